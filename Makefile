@@ -1,0 +1,35 @@
+# Set-up and entry points. Every target creates or reuses the virtual environment in .venv and
+# installs kdcore and every first-party plugin package into it (editable).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+STAMP := $(VENV)/.kdcore-installed
+RECIPE ?= recipes/kd.toml
+
+.PHONY: setup run test lint fashion-mnist
+
+setup: $(STAMP)
+
+# torch 2.14.1 / torchvision 0.29.1 install from this machine's local disk (no GPU needed: the
+# CUDA build runs on the CPU). Reinstalls only when a pyproject.toml changes.
+$(STAMP): pyproject.toml $(PLUGINS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kdcore run $(RECIPE) --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Fashion-MNIST (real, 60k + 10k) for the benchmark recipes, from Debian's archive.
+fashion-mnist:
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)

@@ -1,0 +1,95 @@
+"""The baselines every paper compares with: CE, Hinton KD, label smoothing, all-samples."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from kdcore.component import Batch, Component, PerSample
+from kdcore.losses import kd_kl, smooth_targets, soft_cross_entropy
+
+
+class CrossEntropy(Component):
+    """Cross-entropy of each served model against the batch's current (refined) targets."""
+
+    description = "cross-entropy on the current soft targets"
+
+    def transfer(self, batch: Batch) -> PerSample:
+        targets = batch.targets.detach()
+        return {r: soft_cross_entropy(batch.out(r).logits, targets) for r in self.models}
+
+
+def _temperature(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
+
+
+@attrs.frozen
+class HintonKDParams:
+    """Args:
+        teacher: the model role whose softened outputs are distilled.
+        temperature: T; the term is ``T^2 KL(p_t^T || p_s^T)``.
+    """
+
+    teacher: str = "teacher"
+    temperature: float = attrs.field(default=4.0, validator=_temperature)
+
+
+class HintonKD(Component):
+    """Hinton et al. (2015) knowledge distillation from a teacher role's logits."""
+
+    Params = HintonKDParams
+    description = "Hinton KD: T^2 KL(softmax(t/T) || softmax(s/T))"
+
+    def setup(self, run) -> None:  # noqa: ANN001 - Run is documented in the base class
+        if self.params.teacher not in run.models:
+            from kdcore.errors import RecipeError
+
+            raise RecipeError(f"component '{self.name}': teacher role '{self.params.teacher}' "
+                              f"is not defined in [models]")
+
+    def transfer(self, batch: Batch) -> PerSample:
+        teacher = batch.out(self.params.teacher).logits.detach()
+        return {r: kd_kl(batch.out(r).logits, teacher, self.params.temperature)
+                for r in self.models}
+
+
+def _unit_interval(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"'{attribute.name}' must be in [0, 1], got {value!r}")
+
+
+@attrs.frozen
+class LabelSmoothingParams:
+    """Args:
+        epsilon: the mass moved to the uniform distribution.
+    """
+
+    epsilon: float = attrs.field(default=0.1, validator=_unit_interval)
+
+
+class LabelSmoothing(Component):
+    """Label smoothing as a refinement: ``(1 - eps) q + eps / C`` (Szegedy et al. 2016)."""
+
+    Params = LabelSmoothingParams
+    description = "label smoothing of the current targets"
+
+    def refine(self, batch: Batch, targets: torch.Tensor) -> torch.Tensor:
+        return smooth_targets(targets, self.params.epsilon)
+
+
+class AllSamples(Component):
+    """Selects every sample: the no-selection baseline, explicit in the history."""
+
+    description = "select every sample"
+
+    def select(self, batch: Batch) -> PerSample:
+        return torch.ones(len(batch), dtype=torch.bool, device=batch.index.device)
+
+
+COMPONENTS: dict[str, type[Component]] = {
+    "ce": CrossEntropy,
+    "hinton_kd": HintonKD,
+    "label_smoothing": LabelSmoothing,
+    "all_samples": AllSamples,
+}

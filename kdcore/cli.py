@@ -1,0 +1,288 @@
+"""The ``kdcore`` command line: run, check, plugins, inspect.
+
+A user's mistake ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from kdcore.errors import KdcoreError
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_USER_ERROR = 2
+
+
+def _user_errors(fn: F) -> F:
+    """Turn :class:`KdcoreError` into one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KdcoreError as exc:
+            click.echo(f"kdcore: error: {exc}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.echo("kdcore: interrupted; resume with --resume", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _host(plugins: Sequence[str], strict: bool) -> Any:
+    from kdcore.plugins import PluginHost, import_object
+
+    return PluginHost(strict=strict, extra=[import_object(p) for p in plugins])
+
+
+def _configure_logging(quiet: bool) -> None:
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING" if quiet else "INFO",
+               format="<green>{time:HH:mm:ss}</green> {message}")
+
+
+@click.group()
+@click.version_option(package_name="kdcore")
+def main() -> None:
+    """Knowledge distillation under noisy labels."""
+
+
+_set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+    help="Override a recipe value (repeatable); list entries by index or name, e.g. "
+         "stages.student.components.kd.weight=0.5",
+)
+_plugin_option = click.option(
+    "--plugin", "plugins", multiple=True, metavar="MODULE[:OBJ]",
+    help="Also load this plugin module or object (besides installed plugins).",
+)
+_strict_option = click.option(
+    "--strict-plugins", is_flag=True, help="A plugin that fails to load is an error.")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_set_option
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory "
+              "(default: run.output_dir/run.name).")
+@click.option("--resume", is_flag=True, help="Continue the run in the run directory from its "
+              "last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run in the run directory.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar over batches "
+              "(default: when stderr is a terminal).")
+@_plugin_option
+@_strict_option
+@_user_errors
+def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
+        overwrite: bool, quiet: bool, progress: bool | None, plugins: tuple[str, ...],
+        strict_plugins: bool) -> None:
+    """Train as RECIPE says, writing a history, checkpoints and weights to the run directory."""
+    from kdcore.engine import run_recipe
+    from kdcore.recipe import load_recipe, recipe_from_dict, read_toml
+
+    _configure_logging(quiet)
+    host = _host(plugins, strict_plugins)
+    if resume and out:
+        saved = Path(out) / "recipe.toml"
+        if saved.is_file() and not overrides:
+            # the resolved recipe of the run, exactly as it started
+            resolved = recipe_from_dict(read_toml(saved), source=str(recipe))
+        else:
+            resolved = load_recipe(recipe, overrides)
+    else:
+        resolved = load_recipe(recipe, overrides)
+    summary = run_recipe(resolved, out=out, resume=resume, overwrite=overwrite, host=host,
+                         progress=progress)
+    for role, s in summary.items():
+        click.echo(f"{role}: test acc {s['test_acc_at_best_val']:.4f} at best-val epoch "
+                   f"{s['best_val_epoch']}, last {s['last_test_acc']:.4f} ({s['kept']} kept)")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_set_option
+@_plugin_option
+@_strict_option
+@_user_errors
+def check(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...],
+          strict_plugins: bool) -> None:
+    """Validate RECIPE (with overrides) and print it resolved, without training."""
+    from kdcore.engine import Run, build_components, resolve_device
+    from kdcore.recipe import load_recipe
+
+    host = _host(plugins, strict_plugins)
+    resolved = load_recipe(recipe, overrides)
+    run_ = Run(resolved, Path("."), host, resolve_device(resolved.run.device))
+    for s, stage in enumerate(resolved.stages):
+        build_components(run_, stage, f"stages[{s}]")
+    for role, cfg in resolved.models.items():
+        host.models.get(cfg.arch)
+    host.datasets.get(resolved.data.dataset)
+    host.noise_models.get(resolved.data.noise.model)
+    click.echo(resolved.to_toml(), nl=False)
+
+
+@main.command()
+@_plugin_option
+@_strict_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_user_errors
+def plugins(plugins: tuple[str, ...], strict_plugins: bool, as_json: bool) -> None:
+    """List plugins: distribution, version, what each provides and the hooks it implements."""
+    host = _host(plugins, strict_plugins)
+    infos = list(host.infos.values())
+    if as_json:
+        import attrs
+
+        click.echo(json.dumps([attrs.asdict(i) for i in infos], indent=2))
+        return
+    for info in infos:
+        click.echo(f"{info.name}  ({info.distribution} {info.version})")
+        if info.error:
+            click.echo(f"  FAILED: {info.error}")
+            continue
+        for kind, names in sorted(info.provides.items()):
+            if kind == "components":
+                parts = [f"{n} [{'+'.join(host.components.get(n).kinds()) or 'lifecycle'}]"
+                         for n in names]
+            else:
+                parts = list(names)
+            click.echo(f"  {kind}: {', '.join(parts)}")
+        click.echo(f"  hooks: {', '.join(info.hooks)}")
+
+
+_SUMMARY_PATTERNS = ("train/*/loss", "test/*/acc", "test/*/bacc", "label/acc",
+                     "select/*/fraction", "select/*/precision", "select/*/recall")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=False, path_type=Path))
+@click.option("--column", help="Export this ledger column over epochs (e.g. "
+              "select/small_loss or target).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where --column (or the per-epoch metrics) goes as CSV.")
+@click.option("--cartography", type=click.Path(file_okay=False, path_type=Path),
+              help="Write Dataset Cartography training dynamics (dynamics_epoch_E.jsonl) here.")
+@click.option("--model", "role", default=None, help="Model role for --cartography "
+              "(default: the first with recorded logits).")
+@click.option("--metrics", "patterns", default=None,
+              help="Comma-separated metric names or glob patterns to print.")
+@_user_errors
+def inspect(run_dir: Path, column: str | None, csv_path: Path | None, cartography: Path | None,
+            role: str | None, patterns: str | None) -> None:
+    """Print a per-epoch summary of RUN_DIR's history, or export from it."""
+    from kdcore.history import open_history
+
+    with open_history(run_dir) as hist:
+        if column:
+            _export_column(hist, column, csv_path)
+        elif cartography:
+            n = _export_cartography(hist, cartography, role)
+            click.echo(f"wrote {n} epoch files to {cartography}")
+        else:
+            _print_metrics(hist, patterns.split(",") if patterns else _SUMMARY_PATTERNS,
+                           csv_path)
+
+
+def _print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> None:
+    import fnmatch
+
+    names = [n for n in hist.metric_names() if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    names.sort(key=lambda n: next(i for i, p in enumerate(patterns) if fnmatch.fnmatch(n, p)))
+    epochs = hist.epochs()
+    values = {n: hist.metric(n) for n in names}
+    header = ["row", "stage", "epoch", *names]
+    rows = [[str(i), st, str(e), *(_fmt(values[n][i]) for n in names)]
+            for i, (st, e) in enumerate(epochs)]
+    if csv_path:
+        with csv_path.open("w", newline="") as fh:
+            csv.writer(fh).writerows([header, *rows])
+        click.echo(f"wrote {len(rows)} rows to {csv_path}")
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    click.echo("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+
+
+def _fmt(value: float) -> str:
+    return "-" if value != value else f"{value:.4f}"
+
+
+def _export_column(hist: Any, name: str, csv_path: Path | None) -> None:
+    if name not in hist.column_names() and name not in hist.data_names():
+        from kdcore.errors import did_you_mean
+
+        raise KdcoreError(f"no column '{name}'{did_you_mean(name, hist.column_names())}; "
+                          f"columns: {', '.join(hist.column_names())}")
+    if name in hist.data_names():
+        values = hist.data(name)[None]
+        epochs = [("data", 0)]
+    else:
+        values = hist.column(name)
+        epochs = hist.epochs()
+    if values.ndim == 3:  # soft targets: export the argmax label and its probability
+        labels, conf = values.argmax(-1), values.max(-1)
+        cols = {"label": labels, "confidence": conf}
+    else:
+        cols = {"value": values}
+    out = csv_path.open("w", newline="") if csv_path else sys.stdout
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["row", "stage", "epoch", "sample", *cols])
+        for i, (st, e) in enumerate(epochs):
+            for j in range(values.shape[1]):
+                writer.writerow([i, st, e, j, *(_cell(c[i, j]) for c in cols.values())])
+    finally:
+        if csv_path:
+            out.close()
+    if csv_path:
+        click.echo(f"wrote column '{name}' ({len(epochs)} epochs x {values.shape[1]} samples) "
+                   f"to {csv_path}")
+
+
+def _cell(v: Any) -> Any:
+    return int(v) if v.dtype.kind in "biu" else float(v)
+
+
+def _export_cartography(hist: Any, out_dir: Path, role: str | None) -> int:
+    """One ``dynamics_epoch_E.jsonl`` per epoch, the format of allenai/cartography.
+
+    Each line is ``{"guid": sample, "logits_epoch_E": [...], "gold": noisy label}``, the training
+    logits the model produced for that sample during epoch E.
+    """
+    candidates = [c for c in hist.column_names() if c.startswith("logits/")]
+    if role is not None:
+        candidates = [c for c in candidates if c == f"logits/{role}"]
+    if not candidates:
+        raise KdcoreError("the history holds no training logits"
+                          + (f" of model '{role}'" if role else ""))
+    name = candidates[0]
+    logits = hist.column(name)
+    producers = hist.producers(name)
+    gold = hist.data("noisy_label")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for e in range(logits.shape[0]):
+        if not producers[e]:
+            continue
+        with (out_dir / f"dynamics_epoch_{written}.jsonl").open("w") as fh:
+            for i in range(logits.shape[1]):
+                fh.write(json.dumps({"guid": i, f"logits_epoch_{written}":
+                                     [round(float(v), 4) for v in logits[e, i]],
+                                     "gold": int(gold[i])}) + "\n")
+        written += 1
+    return written

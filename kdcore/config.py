@@ -1,0 +1,197 @@
+"""Turn plain TOML data into typed attrs objects, with errors that name the key path.
+
+Used for the recipe itself and for every component's ``Params`` class, so that a plugin's
+parameters are validated exactly like kdcore's own: unknown keys get a "did you mean", a value of
+the wrong type names what was expected, and attrs validators report through the same message.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import attrs
+
+from kdcore.errors import RecipeError, did_you_mean
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        args = get_args(tp)
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin in (dict, Mapping):
+        return "a table"
+    if tp is type(None):
+        return "nothing"
+    if attrs.has(tp):
+        return "a table"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (int -> float, list -> tuple)."""
+    if tp is Any:
+        return value
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except RecipeError:
+                continue
+        raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)
+        args = get_args(tp)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],)
+        elem = args[0] if args else Any
+        items = [_convert(elem, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise RecipeError(f"got {value!r}, expected a table", key=key)
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is not Any:
+            return {k: _convert(args[1], v, _join(key, str(k))) for k, v in value.items()}
+        return dict(value)
+    if attrs.has(tp):
+        return structure(tp, value, key)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def structure(cls: type[T], data: Any, key: str = "") -> T:
+    """Build the attrs class ``cls`` from a TOML table.
+
+    Args:
+        cls: an attrs class whose field annotations say what each key accepts.
+        data: the table (a dict) read from TOML.
+        key: the key path of ``data`` in the recipe, for messages.
+
+    Raises:
+        RecipeError: an unknown or missing key, a wrong type, or a failed attrs validator.
+    """
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"got {data!r}, expected a table", key=key or None)
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls)}
+    aliases = {f.alias or f.name: f.name for f in fields.values()}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in aliases:
+            raise RecipeError(
+                f"unknown key '{name}'{did_you_mean(name, aliases)}; "
+                f"expected one of: {', '.join(sorted(aliases))}",
+                key=_join(key, name),
+            )
+        field = fields[aliases[name]]
+        kwargs[field.alias or field.name] = _convert(hints[field.name], value, _join(key, name))
+    missing = [
+        a for a, n in aliases.items() if fields[n].default is attrs.NOTHING and a not in kwargs
+    ]
+    if missing:
+        raise RecipeError(f"missing required key '{missing[0]}'", key=_join(key, missing[0]))
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        bad = _validator_key(exc)
+        raise RecipeError(str(exc), key=_join(key, bad) if bad else key or None) from None
+
+
+def _validator_key(exc: Exception) -> str | None:
+    """attrs' built-in validators name the attribute as the first word in quotes."""
+    text = str(exc)
+    if text.startswith("'") and "'" in text[1:]:
+        return text[1 : text.index("'", 1)]
+    return None
+
+
+def bind_params(fn: Callable[..., Any], data: Mapping[str, Any], key: str = "") -> dict[str, Any]:
+    """Check ``data`` against the annotated keyword parameters of ``fn``.
+
+    Registries of datasets, noise models and architectures hold plain functions; their
+    keyword parameters (with annotations and defaults) are what a recipe may set.
+    """
+    sig = inspect.signature(fn)
+    try:
+        hints = get_type_hints(fn)
+    except Exception:  # annotations that cannot be resolved are taken as Any
+        hints = {}
+    params = {
+        n: p for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY
+    }
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in params:
+            raise RecipeError(
+                f"unknown key '{name}'{did_you_mean(name, params)}; "
+                f"expected one of: {', '.join(sorted(params)) or 'none'}",
+                key=_join(key, name),
+            )
+        out[name] = _convert(hints.get(name, Any), value, _join(key, name))
+    return out
+
+
+def keyword_params(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword parameters of ``fn`` with their defaults (``inspect.Parameter.empty`` if none)."""
+    return {
+        n: p.default
+        for n, p in inspect.signature(fn).parameters.items()
+        if p.kind is p.KEYWORD_ONLY
+    }
+
+
+def unstructure(obj: Any) -> Any:
+    """The inverse of :func:`structure`: plain dicts and lists, ready for TOML or JSON."""
+    if attrs.has(type(obj)):
+        return {
+            (f.alias or f.name): unstructure(getattr(obj, f.name))
+            for f in attrs.fields(type(obj))
+            if getattr(obj, f.name) is not None
+        }
+    if isinstance(obj, Mapping):
+        return {k: unstructure(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return [unstructure(v) for v in obj]
+    return obj
+
+
+__all__ = ["bind_params", "keyword_params", "structure", "unstructure"]

@@ -1,0 +1,72 @@
+"""The in-memory dataset type every loader returns, and the contexts handed to noise models.
+
+kdcore keeps a whole split in memory as tensors: on a 2-core CPU a Python ``Dataset`` with a
+``DataLoader`` costs more than the small models it feeds, and every per-sample column of the
+ledger is indexed by the same row number anyway.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+
+@attrs.define(eq=False)
+class ArrayDataset:
+    """One split of a dataset, held in memory.
+
+    Attributes:
+        x: inputs, ``float32`` of any shape ``(N, ...)`` or ``uint8`` images ``(N, C, H, W)``.
+        y: the true labels as ``int64`` ``(N,)`` (the dataset's own labels; noise is applied
+            later by a noise model).
+        num_classes: C.
+        class_names: optional names of the classes, in label order.
+        mean, std: per-channel normalisation applied to ``uint8`` images after scaling to
+            [0, 1]; ``None`` for float inputs.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, index: torch.Tensor) -> ArrayDataset:
+        """The rows ``index`` (a long tensor), as a new dataset sharing nothing mutable."""
+        return attrs.evolve(self, x=self.x[index], y=self.y[index])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+@attrs.define(eq=False)
+class DatasetSplits:
+    """What a dataset loader returns: its training split and, if it has one, its test split.
+
+    When ``test`` is ``None`` the engine carves a stratified test split out of ``train``.
+    """
+
+    train: ArrayDataset
+    test: ArrayDataset | None = None
+
+
+@attrs.define(eq=False)
+class NoiseContext:
+    """What a noise model sees: the clean labels of the samples to corrupt, and more.
+
+    Attributes:
+        labels: clean labels ``(N,)`` int64.
+        num_classes: C.
+        generator: the only source of randomness a noise model may use (seeded by the run).
+        x: the inputs of the same samples (instance-dependent noise needs them).
+    """
+
+    labels: torch.Tensor
+    num_classes: int
+    generator: torch.Generator
+    x: torch.Tensor | None = None

@@ -1,0 +1,733 @@
+"""Stages -> epochs -> batches: the training engine.
+
+The engine knows no method by name. It builds the data, the models and the ledger, then runs each
+stage: components are called in the recipe's order (see :mod:`kdcore.component` for how their
+results combine), every model role the stage trains gets its optimiser step, the ledger and the
+metrics go into the HDF5 history at each epoch end, and a checkpoint makes the run resumable.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from loguru import logger
+from torch import nn
+
+from kdcore import checkpoint as ckpt
+from kdcore.component import Batch, Component, ComponentSpec, ModelOutput
+from kdcore.config import structure
+from kdcore.errors import KdcoreError, RecipeError, TrainingDiverged
+from kdcore.history import HistoryWriter
+from kdcore.ledger import Ledger
+from kdcore.losses import one_hot
+from kdcore.metrics import accuracy, balanced_accuracy, selection_quality
+from kdcore.models.base import KDModel, ModelSpec
+from kdcore.plugins import PluginHost
+from kdcore.recipe import ModelConfig, OptimizerConfig, Recipe, StageConfig
+from kdcore.rundata import RunData, build_run_data
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else as torch reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RecipeError(f"got {name!r}, expected auto, cpu, cuda or cuda:N",
+                          key="run.device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("CUDA was asked for but no GPU is available", key="run.device")
+    return device
+
+
+def _role_seed(seed: int, role: str) -> int:
+    """A seed per role that does not depend on the order the roles are built in."""
+    return (seed * 1_000_003 + zlib.crc32(role.encode())) % (2**63)
+
+
+class Run:
+    """A running training: what components and observers may use.
+
+    Attributes:
+        recipe: the resolved recipe.
+        run_dir: where the history, checkpoints and model weights go.
+        device: the training device.
+        data: the splits and labels (:class:`kdcore.rundata.RunData`).
+        models: every model role of the recipe.
+        optimizers: the optimisers of the roles the current stage trains.
+        ledger: the per-sample columns, indexed by training-sample index.
+        stage: the current stage's config; ``stage_index`` its position.
+        epoch: the epoch within the stage; ``step`` counts optimiser steps over the run.
+        generator: a CPU random generator for components (checkpointed with the run).
+        resumed: whether this process continued a checkpoint.
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: Path, host: PluginHost, device: torch.device):
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.host = host
+        self.device = device
+        self.data: RunData
+        self.models: dict[str, KDModel] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.ledger: Ledger
+        self.stage: StageConfig | None = None
+        self.stage_index = 0
+        self.epoch = 0
+        self.step = 0
+        self.resumed = False
+        self.components: list[Component] = []
+        self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)
+        self._versions: dict[str, int] = defaultdict(int)
+        self._feature_cache: dict[tuple[str, str], tuple[int, ModelOutput]] = {}
+        self._epoch_metrics: dict[str, float] = {}
+
+    # -- facts ------------------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def trains(self, role: str) -> bool:
+        """Whether the current stage trains model ``role``."""
+        return self.stage is not None and role in self.stage.train
+
+    def lr(self, role: str) -> float:
+        """The current learning rate of ``role`` (its first parameter group)."""
+        return float(self.optimizers[role].param_groups[0]["lr"])
+
+    def model_version(self, role: str) -> int:
+        """Counts the optimiser steps taken on ``role``: a cache key for its outputs."""
+        return self._versions[role]
+
+    def log_metric(self, name: str, value: float) -> None:
+        """Record a number for this epoch's history row (last value wins)."""
+        self._epoch_metrics[name] = float(value)
+
+    # -- model calls ------------------------------------------------------------------------
+
+    def forward(self, role: str, x: torch.Tensor) -> ModelOutput:
+        """Run ``role`` on ``x``: with gradients if the stage trains it, else without."""
+        model = self.models[role]
+        if self.trains(role):
+            logits, features = model(x)
+        else:
+            with torch.no_grad():
+                logits, features = model(x)
+        return ModelOutput(logits, features)
+
+    @torch.no_grad()
+    def features(self, role: str, split: str = "train") -> ModelOutput:
+        """Logits ``(N, C)`` and features ``(N, d)`` of ``role`` over a whole split.
+
+        Rows follow the split's sample index (the ledger's rows for ``train``); inputs are not
+        augmented; the model runs in eval mode. The result is cached until the model takes
+        another optimiser step, so components that need the same pass share one.
+        """
+        key = (role, split)
+        version = self._versions[role]
+        hit = self._feature_cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        model = self.models[role]
+        was_training = model.training
+        model.eval()
+        ds = self.data.split(split)
+        logits, feats = [], []
+        for index in self.data.batches(ds, self.recipe.data.eval_batch_size):
+            z, f = model(self.data.inputs(ds, index))
+            logits.append(z)
+            feats.append(f)
+        model.train(was_training)
+        out = ModelOutput(torch.cat(logits) if logits else torch.empty(0, self.num_classes),
+                          torch.cat(feats) if feats else torch.empty(0, model.feature_dim))
+        self._feature_cache[key] = (version, out)
+        return out
+
+    def _bump(self, role: str) -> None:
+        self._versions[role] += 1
+
+
+# -- building --------------------------------------------------------------------------------
+
+
+def build_model(role: str, cfg: ModelConfig, host: PluginHost, spec: ModelSpec, seed: int
+                ) -> KDModel:
+    from kdcore.config import bind_params
+
+    factory = host.models.get(cfg.arch)
+    params = bind_params(factory, cfg.params, f"models.{role}.params")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_role_seed(seed, role))
+        model = factory(spec, **params)
+    if not isinstance(model, nn.Module):
+        raise KdcoreError(f"architecture '{cfg.arch}' did not return a torch module")
+    if cfg.checkpoint:
+        model.load_state_dict(ckpt.load_weights(cfg.checkpoint, role))
+    return model
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def scheduled_lr(cfg: ModelConfig, epoch: int, epochs: int) -> float:
+    """The learning rate of an epoch: a pure function, so nothing needs checkpointing."""
+    base = cfg.optimizer.lr
+    sched = cfg.schedule
+    if sched.name == "multistep":
+        return base * sched.gamma ** sum(epoch >= m for m in sched.milestones)
+    if sched.name == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+    return base
+
+
+def build_components(run: Run, stage: StageConfig, stage_key: str) -> list[Component]:
+    """Instantiate a stage's enabled components, each validating its own parameters."""
+    out: list[Component] = []
+    for c, comp in enumerate(stage.components):
+        key = f"{stage_key}.components[{c}]"
+        if not comp.enabled:
+            continue
+        cls = _component_class(run.host, comp.use, f"{key}.use", run.recipe.source)
+        try:
+            params = structure(cls.Params, comp.params, f"{key}.params")
+        except RecipeError as exc:
+            raise exc.at(file=run.recipe.source) from None
+        spec = ComponentSpec(
+            name=comp.label, use=comp.use,
+            models=tuple(comp.models if comp.models is not None else stage.train),
+            terms=tuple(comp.terms), weight=comp.weight,
+        )
+        out.append(cls(params, spec))
+    labels = {c.name for c in out}
+    for c, comp in zip(out, [x for x in stage.components if x.enabled]):
+        for term in comp.terms:
+            if term not in labels:
+                raise RecipeError(f"no component labelled '{term}' in this stage",
+                                  file=run.recipe.source, key=f"{stage_key}.components.terms")
+    return out
+
+
+def _component_class(host: PluginHost, use: str, key: str, source: str | None
+                     ) -> type[Component]:
+    try:
+        return host.components.get(use)
+    except KdcoreError as exc:
+        raise RecipeError(str(exc), file=source, key=key) from None
+
+
+# -- the trainer -----------------------------------------------------------------------------
+
+
+class Trainer:
+    """Runs a resolved recipe in ``run_dir``.
+
+    Args:
+        recipe: the resolved recipe.
+        run_dir: the run directory (created).
+        host: the loaded plugins.
+        resume: continue from ``run_dir/checkpoint.pt`` (must exist).
+        progress: show a progress bar over batches (defaults to "stderr is a terminal").
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: Path, host: PluginHost, *, resume: bool = False,
+                 progress: bool | None = None):
+        self.recipe = recipe
+        self.host = host
+        self.run_dir = run_dir
+        self.resume = resume
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.history = HistoryWriter(run_dir / "history.h5")
+        self.run = Run(recipe, run_dir, host, resolve_device(recipe.run.device))
+        self._order_gen = torch.Generator().manual_seed(recipe.run.seed + 2)
+        self._augment_gen = torch.Generator().manual_seed(recipe.run.seed + 3)
+        self._best: dict[str, dict[str, Any]] = {}
+        self._best_states: dict[str, dict[str, torch.Tensor]] = {}
+        self.summary: dict[str, Any] = {}
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Seed, build data, models and ledger, check components; write the history head."""
+        recipe, run = self.recipe, self.run
+        if recipe.run.threads:
+            torch.set_num_threads(recipe.run.threads)
+        torch.manual_seed(recipe.run.seed)
+        problems = [p for ps in self.host.hook.kdcore_configure(recipe=recipe) if ps for p in ps]
+        if problems:
+            raise RecipeError(problems[0], file=recipe.source)
+        # Build every stage's components once up front so that a bad parameter fails before
+        # any training time is spent.
+        for s, stage in enumerate(recipe.stages):
+            build_components(run, stage, f"stages[{s}]")
+        run.data = data = build_run_data(recipe.data, self.host, recipe.run.seed, run.device)
+        spec = ModelSpec(tuple(data.train.input_shape), data.num_classes)
+        for role, cfg in recipe.models.items():
+            run.models[role] = build_model(role, cfg, self.host, spec, recipe.run.seed).to(
+                run.device)
+        run.ledger = ledger = Ledger(len(data.train), run.device)
+        ledger.add("noisy_label", data.train_noisy, producer="data", kind="label", snapshot=False)
+        ledger.add("clean_label", data.train.y, producer="data", kind="label", snapshot=False)
+        ledger.add("clean_mask", data.train_noisy == data.train.y, producer="data", kind="mask",
+                   snapshot=False)
+        ledger.add("target", one_hot(data.train_noisy, data.num_classes), producer="labels",
+                   kind="target")
+        self.augmentations = [
+            (self.host.augmentations.get(a.name), a.params) for a in recipe.data.augment
+        ]
+        if not self.resume:
+            self.history.create(
+                recipe_toml=recipe.to_toml(), versions=self.host.versions(),
+                num_classes=data.num_classes, class_names=list(data.class_names),
+                constants={
+                    "noisy_label": data.train_noisy.int(), "clean_label": data.train.y.int(),
+                    "clean_mask": data.train_noisy == data.train.y,
+                    "sample_id": data.train_source.int(),
+                },
+                transition_matrix=data.transition,
+            )
+
+    def banner(self) -> str:
+        """The start-of-run summary: data, models and each stage's components in order."""
+        d, r = self.run.data, self.recipe
+        lines = [
+            f"run '{r.run.name}' seed {r.run.seed} on {self.run.device} -> {self.run_dir}",
+            f"data {r.data.dataset}: train {len(d.train)} (noise {r.data.noise.model}, realised "
+            f"rate {d.noise_rate:.3f}), val {len(d.val)}, gold {len(d.gold)}, test {len(d.test)}",
+        ]
+        for role, m in self.run.models.items():
+            n = sum(p.numel() for p in m.parameters())
+            lines.append(f"model {role}: {r.models[role].arch} ({n:,} parameters)")
+        for s, stage in enumerate(r.stages):
+            lines.append(f"stage {s} '{stage.name}': {stage.epochs} epochs, trains "
+                         f"{', '.join(stage.train) or 'nothing'}, keeps {stage.keep}")
+            comps = build_components(self.run, stage, f"stages[{s}]")
+            for i, comp in enumerate(comps, 1):
+                kinds = "+".join(comp.kinds()) or "lifecycle"
+                lines.append(f"  {i}. {comp.name} ({comp.spec.use}, {kinds}) on "
+                             f"{', '.join(comp.models)}")
+        return "\n".join(lines)
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Run (or resume) every stage; returns the summary also written to summary.json."""
+        run = self.run
+        position = {"stage": 0, "epoch": 0, "history_rows": 0}
+        state: dict[str, Any] | None = None
+        if self.resume:
+            state = ckpt.load(self.run_dir / ckpt.CHECKPOINT)
+            position = state["position"]
+            self.history.truncate(int(position["history_rows"]))
+            for role, sd in state["models"].items():
+                run.models[role].load_state_dict(sd)
+            self._best = state["best"]
+            self._best_states = state["best_states"]
+            self.summary = state["summary"]
+            run.step = int(position["step"])
+            run.resumed = True
+        for line in self.banner().splitlines():
+            logger.info(line)
+        self.host.hook.kdcore_run_start(run=run)
+        for s in range(int(position["stage"]), len(self.recipe.stages)):
+            start = int(position["epoch"]) if s == int(position["stage"]) else 0
+            self._run_stage(s, start, state if s == int(position["stage"]) else None)
+            state = None
+        self.host.hook.kdcore_run_end(run=run, summary=self.summary)
+        (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+        return self.summary
+
+    def _run_stage(self, s: int, start_epoch: int, state: dict[str, Any] | None) -> None:
+        run, stage = self.run, self.recipe.stages[s]
+        run.stage, run.stage_index = stage, s
+        run.components = build_components(run, stage, f"stages[{s}]")
+        for role, model in run.models.items():
+            model.train(role in stage.train)
+            for p in model.parameters():
+                p.requires_grad_(role in stage.train)
+        run.optimizers = {r: build_optimizer(run.models[r], self.recipe.models[r].optimizer)
+                          for r in stage.train}
+        for comp in run.components:
+            comp.setup(run)
+        if state is not None:
+            self._restore(state)
+        if start_epoch == 0:
+            self._best = {k: v for k, v in self._best.items() if not k.startswith(f"{s}/")}
+            for comp in run.components:
+                comp.on_stage_start(run)
+        self.host.hook.kdcore_stage_start(run=run, stage=stage)
+        for epoch in range(start_epoch, stage.epochs):
+            self._run_epoch(s, stage, epoch)
+        if stage.keep == "best_val":
+            for role in stage.train:
+                best = self._best_states.get(f"{s}/{role}")
+                if best is not None:
+                    run.models[role].load_state_dict(best)
+                    run._bump(role)
+                    logger.info(f"stage '{stage.name}': {role} restored to its best-validation "
+                                f"epoch {self._best[f'{s}/{role}']['epoch']}")
+        for role in stage.train:
+            self._record_summary(s, stage, role)
+            ckpt.save_weights(run.models[role], self.run_dir / "models" / f"{role}.pt")
+        self.host.hook.kdcore_stage_end(run=run, stage=stage)
+        run.optimizers = {}
+        run.components = []
+        self._save_checkpoint(s + 1, 0)
+
+    def _lr_for_epoch(self, stage: StageConfig, epoch: int) -> None:
+        for role, opt in self.run.optimizers.items():
+            lr = scheduled_lr(self.recipe.models[role], epoch, stage.epochs)
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def _run_epoch(self, s: int, stage: StageConfig, epoch: int) -> None:
+        run = self.run
+        run.epoch = epoch
+        run._epoch_metrics = {}
+        t0 = time.perf_counter()
+        self._lr_for_epoch(stage, epoch)
+        for comp in run.components:
+            comp.on_epoch_start(run, epoch)
+        self.host.hook.kdcore_epoch_start(run=run, epoch=epoch)
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=run.device))
+        batches = 0
+        n = len(run.data.train)
+        bs = self.recipe.data.batch_size
+        order = torch.randperm(n, generator=self._order_gen).to(run.device)
+        starts = range(0, n, bs)
+        if self.progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False)
+        if stage.train:
+            for start in starts:
+                index = order[start:start + bs]
+                self._train_batch(index, sums)
+                batches += 1
+        metrics: dict[str, float] = {k: float(v) / max(batches, 1) for k, v in sums.items()}
+        metrics.update(self._evaluate(s, stage))
+        metrics.update(self._ledger_metrics())
+        for role in run.optimizers:
+            metrics[f"lr/{role}"] = run.lr(role)
+        metrics.update(run._epoch_metrics)
+        for comp in run.components:
+            comp.on_epoch_end(run, epoch, metrics)
+        self.host.hook.kdcore_epoch_end(run=run, epoch=epoch, metrics=metrics)
+        metrics["time/epoch"] = time.perf_counter() - t0
+        row = self.history.append_epoch(stage=stage.name, epoch=epoch, metrics=metrics,
+                                        columns=dict(run.ledger.items()))
+        self._log_epoch(stage, epoch, metrics)
+        self._save_checkpoint(s, epoch + 1, history_rows=row + 1)
+
+    # -- one batch --------------------------------------------------------------------------
+
+    def _train_batch(self, index: torch.Tensor, sums: dict[str, torch.Tensor]) -> None:
+        run = self.run
+        data, ledger = run.data, run.ledger
+        x = data.inputs(data.train, index)
+        for fn, params in self.augmentations:
+            x = fn(x, self._augment_gen, **params)
+        batch = Batch(run, index, x, data.train_noisy[index], ledger["target"][index], run.step)
+        for opt in run.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        comps = run.components
+        masks = self._collect(batch, [c for c in comps if "selection" in c.kinds()], "select")
+        refiners = [c for c in comps if "refinement" in c.kinds()]
+        if refiners:
+            targets = batch.targets
+            for comp in refiners:
+                targets = comp.refine(batch, targets)
+            batch.targets = targets
+            ledger.write("target", index, targets, producer=refiners[-1].name, kind="target")
+        weights = self._collect(batch, [c for c in comps if "weighting" in c.kinds()], "weight")
+        losses: dict[str, torch.Tensor] = {}
+        for comp in comps:
+            if "transfer" not in comp.kinds():
+                continue
+            out = comp.transfer(batch)
+            if out is None:
+                continue
+            per_role = out if isinstance(out, Mapping) else {r: out for r in comp.models}
+            for role, per_sample in per_role.items():
+                term = self._reduce(comp, role, per_sample, masks, weights)
+                if per_sample.dim() == 1:
+                    col = f"loss/{comp.name}" if len(per_role) == 1 else f"loss/{comp.name}/{role}"
+                    ledger.write(col, index, per_sample, producer=comp.name, kind="value")
+                sums[f"train/{role}/{comp.name}"] += term.detach()
+                weighted = comp.spec.weight * term
+                losses[role] = losses[role] + weighted if role in losses else weighted
+        trained = [r for r in losses if run.trains(r)]
+        for role in run.optimizers:
+            out = batch._outputs.get(role)
+            if out is not None:  # training dynamics, as Dataset Cartography records them
+                ledger.write(f"logits/{role}", index, out.logits, producer=role, kind="value")
+        for role in trained:
+            if not bool(torch.isfinite(losses[role])):
+                self._diverged(role, sums)
+            sums[f"train/{role}/loss"] += losses[role].detach()
+        plain: list[torch.Tensor] = []
+        for role in trained:
+            if not any(c.backward(batch, role, losses[role]) for c in comps
+                       if "backward" in c.hooks()):
+                plain.append(losses[role])
+        if plain:
+            torch.stack(plain).sum().backward() if len(plain) > 1 else plain[0].backward()
+        for role, opt in run.optimizers.items():
+            opt.step()
+            run._bump(role)
+        run.step += 1
+        for comp in comps:
+            comp.after_step(batch)
+        self.host.hook.kdcore_batch_end(
+            run=run, batch=batch, losses={r: losses[r] for r in trained})
+
+    def _collect(self, batch: Batch, comps: Sequence[Component], hook: str
+                 ) -> list[tuple[Component, str, torch.Tensor]]:
+        """Masks or weights as (component, role, tensor); also written to the ledger."""
+        out: list[tuple[Component, str, torch.Tensor]] = []
+        kind = "mask" if hook == "select" else "weight"
+        for comp in comps:
+            result = getattr(comp, hook)(batch)
+            if result is None:
+                continue
+            per_role = result if isinstance(result, Mapping) else {r: result for r in comp.models}
+            shared = not isinstance(result, Mapping)
+            for role, value in per_role.items():
+                col = f"{hook}/{comp.name}" if shared else f"{hook}/{comp.name}/{role}"
+                self.run.ledger.write(col, batch.index, value, producer=comp.name, kind=kind)
+                out.append((comp, role, value))
+                if shared:  # one column for all roles
+                    out.extend((comp, r, value) for r in comp.models if r != role)
+                    break
+        return out
+
+    @staticmethod
+    def _reduce(comp: Component, role: str, per_sample: torch.Tensor,
+                masks: list[tuple[Component, str, torch.Tensor]],
+                weights: list[tuple[Component, str, torch.Tensor]]) -> torch.Tensor:
+        """``sum(mask * weight * loss) / sum(mask)`` over the batch, for one term and role."""
+        if per_sample.dim() == 0:
+            return per_sample
+
+        def applies(src: Component, r: str) -> bool:
+            return r == role and (not src.spec.terms or comp.name in src.spec.terms)
+
+        mask = None
+        for src, r, m in masks:
+            if applies(src, r):
+                m = m.to(per_sample.dtype)
+                mask = m if mask is None else mask * m
+        weight = None
+        for src, r, w in weights:
+            if applies(src, r):
+                weight = w if weight is None else weight * w
+        value = per_sample if weight is None else per_sample * weight
+        if mask is None:
+            return value.mean()
+        return (value * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def _diverged(self, role: str, sums: Mapping[str, torch.Tensor]) -> None:
+        bad = [k.split("/")[-1] for k, v in sums.items()
+               if k.startswith(f"train/{role}/") and not bool(torch.isfinite(v))]
+        term = bad[0] if bad else "?"
+        comp = next((c for c in self.run.components if c.name == term), None)
+        use = f" (component '{comp.spec.use}')" if comp else ""
+        raise TrainingDiverged(
+            f"loss of model '{role}' is not finite at stage '{self.run.stage.name}' epoch "
+            f"{self.run.epoch}, step {self.run.step}: term '{term}'{use}; the history and the "
+            f"last checkpoint hold every completed epoch"
+        )
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _evaluate(self, s: int, stage: StageConfig) -> dict[str, float]:
+        run, data = self.run, self.run.data
+        out: dict[str, float] = {}
+        for role in stage.eval_roles:
+            model = run.models[role]
+            was = model.training
+            model.eval()
+            preds = {}
+            for split in ("val", "test"):
+                ds = data.split(split)
+                p = [model(data.inputs(ds, i))[0].argmax(1)
+                     for i in data.batches(ds, self.recipe.data.eval_batch_size)]
+                preds[split] = torch.cat(p) if p else torch.empty(0, dtype=torch.long)
+            model.train(was)
+            c = data.num_classes
+            out[f"val/{role}/acc"] = accuracy(preds["val"], data.val_noisy)
+            out[f"val/{role}/acc_clean"] = accuracy(preds["val"], data.val.y)
+            out[f"test/{role}/acc"] = accuracy(preds["test"], data.test.y)
+            out[f"test/{role}/bacc"] = balanced_accuracy(preds["test"], data.test.y, c)
+            if role in stage.train:
+                self._track_best(s, role, out)
+        return out
+
+    def _track_best(self, s: int, role: str, metrics: Mapping[str, float]) -> None:
+        key = f"{s}/{role}"
+        val = metrics[f"val/{role}/acc"]
+        best = self._best.get(key)
+        if best is None or val > best["val_acc"]:
+            self._best[key] = {"epoch": self.run.epoch, "val_acc": val,
+                               "test_acc": metrics[f"test/{role}/acc"],
+                               "test_bacc": metrics[f"test/{role}/bacc"]}
+            if self.recipe.stages[s].keep == "best_val":
+                self._best_states[key] = {k: v.detach().clone()
+                                          for k, v in self.run.models[role].state_dict().items()}
+        self._best[key]["last_test_acc"] = metrics[f"test/{role}/acc"]
+        self._best[key]["last_test_bacc"] = metrics[f"test/{role}/bacc"]
+        self._best[key]["last_val_acc"] = val
+
+    def _ledger_metrics(self) -> dict[str, float]:
+        """Refined-label accuracy and selection quality against the true labels."""
+        ledger = self.run.ledger
+        clean = ledger["clean_mask"]
+        truth = ledger["clean_label"]
+        out = {
+            "label/acc": accuracy(ledger["target"].argmax(1), truth),
+            "label/noisy_acc": float(clean.double().mean()),
+        }
+        for name, column in ledger.items():
+            if name.startswith("select/"):
+                q = selection_quality(column.data, clean)
+                for k, v in q.items():
+                    out[f"{name}/{k}"] = v
+        return out
+
+    def _record_summary(self, s: int, stage: StageConfig, role: str) -> None:
+        best = self._best.get(f"{s}/{role}")
+        if best is None:
+            return
+        self.summary[role] = {"stage": stage.name, "best_val_epoch": best["epoch"],
+                              "val_acc": best["val_acc"], "test_acc_at_best_val": best["test_acc"],
+                              "test_bacc_at_best_val": best["test_bacc"],
+                              "last_test_acc": best["last_test_acc"],
+                              "last_test_bacc": best["last_test_bacc"],
+                              "kept": stage.keep}
+
+    def _log_epoch(self, stage: StageConfig, epoch: int, metrics: Mapping[str, float]) -> None:
+        parts = [f"{stage.name} {epoch + 1}/{stage.epochs}"]
+        for role in stage.train:
+            if f"train/{role}/loss" in metrics:
+                parts.append(f"{role} loss {metrics[f'train/{role}/loss']:.4f}")
+        for role in stage.eval_roles:
+            parts.append(f"{role} val {metrics[f'val/{role}/acc']:.4f} "
+                         f"test {metrics[f'test/{role}/acc']:.4f}")
+        parts.append(f"labels {metrics['label/acc']:.4f}")
+        parts.append(f"{metrics['time/epoch']:.1f}s")
+        logger.info(" | ".join(parts))
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _save_checkpoint(self, stage: int, epoch: int, history_rows: int | None = None) -> None:
+        run = self.run
+        if history_rows is None:
+            history_rows = self.history.rows()
+        state = {
+            "position": {"stage": stage, "epoch": epoch, "history_rows": history_rows,
+                         "step": run.step},
+            "models": {r: m.state_dict() for r, m in run.models.items()},
+            "optimizers": {r: o.state_dict() for r, o in run.optimizers.items()},
+            "components": {c.name: c.state_dict() for c in run.components},
+            "plugins": {self.host.name_of(p): st for p, st in self._plugin_states()},
+            "ledger": run.ledger.state_dict(),
+            "rng": ckpt.rng_state(run.generator, self._order_gen, self._augment_gen),
+            "best": copy.deepcopy(self._best),
+            "best_states": self._best_states,
+            "summary": copy.deepcopy(self.summary),
+        }
+        ckpt.save(state, self.run_dir / ckpt.CHECKPOINT)
+
+    def _plugin_states(self) -> list[tuple[Any, dict[str, Any]]]:
+        out = []
+        for impl in self.host.hook.kdcore_checkpoint_state.get_hookimpls():
+            st = impl.function(run=self.run)
+            if st is not None:
+                out.append((impl.plugin, st))
+        return out
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        run = self.run
+        run.ledger.load_state_dict(state["ledger"])
+        for role, sd in state["optimizers"].items():
+            if role in run.optimizers:
+                run.optimizers[role].load_state_dict(sd)
+        for comp in run.components:
+            if comp.name in state["components"]:
+                comp.load_state_dict(state["components"][comp.name])
+        self.host.hook.kdcore_load_checkpoint_state(run=run, states=state["plugins"])
+        ckpt.set_rng_state(state["rng"], run.generator, self._order_gen, self._augment_gen)
+
+
+def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite: bool) -> Path:
+    """Create (or check) the run directory; refuse to clobber an earlier run."""
+    run_dir = Path(out) if out else Path(recipe.run.output_dir) / recipe.run.name
+    history = run_dir / "history.h5"
+    if resume:
+        if not (run_dir / ckpt.CHECKPOINT).is_file():
+            raise KdcoreError(f"nothing to resume: no checkpoint in {run_dir}")
+        return run_dir
+    if history.exists() and not overwrite:
+        raise KdcoreError(
+            f"{run_dir} already holds a run; use --resume to continue it, --overwrite to "
+            f"replace it, or --out for a new directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise KdcoreError(f"cannot write to output directory {run_dir}: "
+                          f"{exc.strerror or exc}") from None
+    if overwrite:
+        for name in ("history.h5", ckpt.CHECKPOINT, "summary.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    return run_dir
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    out: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    host: PluginHost | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run a resolved recipe; the programmatic twin of ``kdcore run``.
+
+    Returns:
+        the summary (best-validation and last-epoch accuracies per model role).
+    """
+    host = host or PluginHost()
+    run_dir = prepare_run_dir(recipe, out, resume=resume, overwrite=overwrite)
+    (run_dir / "recipe.toml").write_text(recipe.to_toml()) if not resume else None
+    trainer = Trainer(recipe, run_dir, host, resume=resume, progress=progress)
+    trainer.prepare()
+    sink = logger.add(run_dir / "log.txt", level="INFO")
+    try:
+        return trainer.fit()
+    finally:
+        logger.remove(sink)
+
+
+__all__ = ["Run", "Trainer", "run_recipe"]

@@ -1,0 +1,45 @@
+"""Exceptions that carry a user-facing message.
+
+Anything derived from :class:`KdcoreError` is the user's to fix (a bad recipe, a missing file);
+the CLI prints its message on one line and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class KdcoreError(Exception):
+    """A mistake in the input (recipe, files, command line) that the user can fix."""
+
+
+class RecipeError(KdcoreError):
+    """A recipe value is missing, misspelt or of the wrong type.
+
+    Args:
+        message: what is wrong and what was expected.
+        file: the recipe file the value came from, if known.
+        key: the dotted key path, e.g. ``stages[1].components[0].params.k``.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None):
+        self.file = file
+        self.key = key
+        self.detail = message
+        where = ": ".join(part for part in (file, key) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def at(self, *, file: str | None = None, key: str | None = None) -> RecipeError:
+        """Return a copy that names ``file``/``key`` where this error does not yet."""
+        return RecipeError(self.detail, file=self.file or file, key=self.key or key)
+
+
+class TrainingDiverged(KdcoreError):
+    """A loss term became NaN or infinite; the message names the term and its component."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A ``" (did you mean 'x'?)"`` suffix for a misspelt ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

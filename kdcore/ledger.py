@@ -1,0 +1,135 @@
+"""The per-sample ledger: every column over the N training samples, in one place.
+
+Rows are the stable training-sample index that every batch carries (``batch.index``), never a
+loader position, so a column written from a shuffled batch lands on the right samples. Each
+column remembers the component that last wrote it; that name is what the history shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import attrs
+import torch
+
+ColumnKind = Literal["label", "target", "mask", "weight", "value"]
+
+
+@attrs.define(eq=False)
+class Column:
+    """One ledger column.
+
+    Attributes:
+        data: the values, shape ``(N, ...)``.
+        producer: the component (or ``"data"``) that wrote it last.
+        kind: how the history stores it: ``target`` as float16 ``N x C``, ``mask`` as bool,
+            ``weight`` and ``value`` as float16, ``label`` as int32.
+        snapshot: whether the history keeps a copy every epoch.
+    """
+
+    data: torch.Tensor
+    producer: str
+    kind: ColumnKind
+    snapshot: bool = True
+
+
+class Ledger:
+    """Named per-sample columns over the N training samples.
+
+    Args:
+        size: N, the number of training samples.
+        device: where the columns live (the training device, so batch reads stay on it).
+    """
+
+    def __init__(self, size: int, device: torch.device | str = "cpu"):
+        self.size = size
+        self.device = torch.device(device)
+        self._columns: dict[str, Column] = {}
+
+    def add(
+        self,
+        name: str,
+        data: torch.Tensor,
+        *,
+        producer: str,
+        kind: ColumnKind = "value",
+        snapshot: bool = True,
+    ) -> torch.Tensor:
+        """Create (or replace) the column ``name`` with ``data`` of shape ``(N, ...)``."""
+        if data.shape[0] != self.size:
+            raise ValueError(f"ledger column '{name}' needs {self.size} rows, got {data.shape[0]}")
+        column = Column(data.detach().to(self.device).clone(), producer, kind, snapshot)
+        self._columns[name] = column
+        return column.data
+
+    def ensure(
+        self,
+        name: str,
+        like: torch.Tensor,
+        *,
+        producer: str,
+        kind: ColumnKind = "value",
+        fill: float | bool = 0,
+        snapshot: bool = True,
+    ) -> torch.Tensor:
+        """The column ``name``, created full of ``fill`` shaped like one row of ``like``."""
+        column = self._columns.get(name)
+        if column is None:
+            shape = (self.size, *like.shape[1:])
+            data = torch.full(shape, fill, dtype=like.dtype, device=self.device)
+            self._columns[name] = column = Column(data, producer, kind, snapshot)
+        return column.data
+
+    def write(self, name: str, index: torch.Tensor, values: torch.Tensor, *, producer: str,
+              kind: ColumnKind = "value", snapshot: bool = True) -> None:
+        """Write ``values`` into rows ``index`` of ``name``, creating the column if needed."""
+        values = values.detach()
+        data = self.ensure(name, values, producer=producer, kind=kind, snapshot=snapshot)
+        data[index.to(self.device)] = values.to(device=self.device, dtype=data.dtype)
+        self._columns[name].producer = producer
+
+    def read(self, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``index`` of ``name`` (all rows when ``index`` is None)."""
+        data = self[name]
+        return data if index is None else data[index.to(self.device)]
+
+    def producer(self, name: str) -> str:
+        return self._columns[name].producer
+
+    def column(self, name: str) -> Column:
+        return self._columns[name]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        try:
+            return self._columns[name].data
+        except KeyError:
+            known = ", ".join(sorted(self._columns))
+            raise KeyError(f"no ledger column '{name}'; columns: {known}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._columns
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def items(self) -> Iterator[tuple[str, Column]]:
+        return iter(self._columns.items())
+
+    def state_dict(self) -> dict[str, dict[str, object]]:
+        """Every column with its metadata, for checkpoints (tensors and strings only)."""
+        return {
+            name: {"data": c.data.cpu(), "producer": c.producer, "kind": c.kind,
+                   "snapshot": c.snapshot}
+            for name, c in self._columns.items()
+        }
+
+    def load_state_dict(self, state: dict[str, dict[str, object]]) -> None:
+        self._columns = {
+            name: Column(
+                torch.as_tensor(s["data"]).to(self.device), str(s["producer"]),
+                s["kind"],  # type: ignore[arg-type]
+                bool(s["snapshot"]),
+            )
+            for name, s in state.items()
+        }

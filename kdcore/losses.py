@@ -1,0 +1,47 @@
+"""Per-sample loss functions shared by the engine's baselines and by method plugins.
+
+Every function returns one value per sample (shape ``(B,)``); the engine applies masks and
+weights and reduces. Golden values for each live in ``tests/fixtures/losses.json``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``-sum_c q_c log softmax(z)_c`` per sample, for soft targets ``q`` ``(B, C)``."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+def kd_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
+    """Hinton's KD term per sample: ``T^2 KL(softmax(t/T) || softmax(s/T))``.
+
+    The ``T^2`` keeps gradient magnitudes comparable across temperatures (Hinton et al. 2015).
+    Summed over classes per sample, so the batch mean is PyTorch's ``batchmean`` reduction.
+    """
+    t = temperature
+    log_p_s = F.log_softmax(student_logits / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits / t, dim=1)
+    return (t * t) * (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+
+
+def smooth_targets(targets: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Label smoothing: ``(1 - eps) q + eps / C`` (Szegedy et al. 2016)."""
+    return (1.0 - epsilon) * targets + epsilon / targets.shape[1]
+
+
+def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32
+            ) -> torch.Tensor:
+    """Float one-hot rows of ``labels``."""
+    return F.one_hot(labels.long(), num_classes).to(dtype)
+
+
+def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """``H(p) / log C`` per row, in [0, 1]; 0 for a one-hot row."""
+    c = probs.shape[1]
+    h = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
+    return h / torch.log(torch.tensor(float(c), device=probs.device))

@@ -1,0 +1,55 @@
+"""Metrics computed every epoch: accuracy, class-balanced accuracy, selection quality."""
+
+from __future__ import annotations
+
+import torch
+
+
+def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of ``pred == labels``; NaN for an empty set."""
+    if labels.numel() == 0:
+        return float("nan")
+    return float((pred == labels).double().mean())
+
+
+def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Mean per-class recall over the classes present in ``labels``.
+
+    Under class imbalance plain accuracy rewards predicting the large classes; F&F argue for
+    this measure (see the F&F plugin's docs).
+    """
+    labels = labels.long()
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    hits = torch.bincount(labels[pred == labels], minlength=num_classes).double()
+    present = counts > 0
+    if not bool(present.any()):
+        return float("nan")
+    return float((hits[present] / counts[present]).mean())
+
+
+def selection_quality(selected: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
+    """How well a selection picks the samples whose observed label is right.
+
+    Args:
+        selected: ``(N,)`` bool (or soft scores; > 0 counts as selected).
+        clean: ``(N,)`` bool, True where the noisy label equals the true label.
+
+    Returns:
+        ``fraction`` selected, ``precision`` (share of selected that are clean) and ``recall``
+        (share of clean that are selected).
+    """
+    sel = selected > 0 if selected.dtype != torch.bool else selected
+    n_sel = int(sel.sum())
+    n_clean = int(clean.sum())
+    both = int((sel & clean).sum())
+    return {
+        "fraction": n_sel / max(sel.numel(), 1),
+        "precision": both / n_sel if n_sel else float("nan"),
+        "recall": both / n_clean if n_clean else float("nan"),
+    }
+
+
+def confusion(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C, C)`` counts, rows the true class."""
+    idx = labels.long() * num_classes + pred.long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)

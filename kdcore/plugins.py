@@ -1,0 +1,159 @@
+"""Find, load and list plugins; one broken plugin never takes kdcore down.
+
+Plugins are found through the entry-point group ``kdcore`` (kdcore's own baselines are
+registered the same way). A plugin that fails to import or to register is named in one warning
+and skipped; ``strict=True`` makes that an error instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import pluggy
+from loguru import logger
+
+from kdcore import hookspecs
+from kdcore.component import Component
+from kdcore.errors import KdcoreError
+from kdcore.registry import Registry
+
+ENTRY_POINT_GROUP = "kdcore"
+REGISTRY_HOOKS = {
+    "components": "kdcore_add_components",
+    "datasets": "kdcore_add_datasets",
+    "noise_models": "kdcore_add_noise_models",
+    "models": "kdcore_add_models",
+    "augmentations": "kdcore_add_augmentations",
+}
+
+
+@attrs.define
+class PluginInfo:
+    """What ``kdcore plugins`` shows for one plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    provides: dict[str, list[str]] = attrs.Factory(dict)
+    hooks: list[str] = attrs.Factory(list)
+    error: str | None = None
+
+
+class PluginHost:
+    """The plugin manager and the registries it filled.
+
+    Args:
+        strict: raise on a plugin that fails to load instead of warning.
+        extra: plugin objects or modules to register besides the entry points (tests,
+            notebooks, programmatic use).
+        entry_points: look up the ``kdcore`` entry-point group (off only in tests).
+    """
+
+    def __init__(self, *, strict: bool = False, extra: Iterable[Any] = (),
+                 entry_points: bool = True):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.strict = strict
+        self.infos: dict[str, PluginInfo] = {}
+        self.components: Registry[type[Component]] = Registry("component")
+        self.datasets: Registry[Any] = Registry("dataset")
+        self.noise_models: Registry[Any] = Registry("noise model")
+        self.models: Registry[Any] = Registry("architecture")
+        self.augmentations: Registry[Any] = Registry("augmentation")
+        if entry_points:
+            self._load_entry_points()
+        if "builtin" not in self.infos:  # running from a source tree without installed metadata
+            from kdcore import builtin
+
+            self._register(builtin, "builtin", "kdcore", _version("kdcore"))
+        for i, plugin in enumerate(extra):
+            name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}"
+            self._register(plugin, name, "(in-process)", "")
+        self._fill_registries()
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _load_entry_points(self) -> None:
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist else "?"
+            version = ep.dist.version if ep.dist else "?"
+            if ep.name in self.infos:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # any import-time failure of third-party code
+                self._fail(ep.name, dist, version, f"failed to import {ep.value}: {exc!r}")
+                continue
+            self._register(plugin, ep.name, dist, version)
+
+    def _register(self, plugin: Any, name: str, dist: str, version: str) -> None:
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # pluggy validation errors, duplicate names
+            self._fail(name, dist, version, f"failed to register: {exc}")
+            return
+        hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        self.infos[name] = PluginInfo(name, dist, version, hooks=hooks)
+
+    def _fail(self, name: str, dist: str, version: str, message: str) -> None:
+        if self.strict:
+            raise KdcoreError(f"plugin '{name}' ({dist}): {message}")
+        logger.warning(f"plugin '{name}' ({dist} {version}) skipped: {message}")
+        self.infos[name] = PluginInfo(name, dist, version, error=message)
+
+    def _fill_registries(self) -> None:
+        for attr, hook_name in REGISTRY_HOOKS.items():
+            registry: Registry[Any] = getattr(self, attr)
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                name = self.pm.get_name(impl.plugin) or "?"
+                try:
+                    entries = impl.function() or {}
+                    for key, obj in entries.items():
+                        registry.register(key, obj, provider=name)
+                except KdcoreError:
+                    raise
+                except Exception as exc:
+                    self._fail(name, self.infos[name].distribution,
+                               self.infos[name].version, f"{hook_name} failed: {exc!r}")
+                    continue
+                self.infos[name].provides.setdefault(attr, []).extend(sorted(entries))
+
+    # -- use --------------------------------------------------------------------------------
+
+    @property
+    def hook(self) -> Any:
+        """pluggy's hook relay: ``host.hook.kdcore_epoch_end(run=..., ...)``."""
+        return self.pm.hook
+
+    def versions(self) -> dict[str, str]:
+        """Distribution and version of every loaded plugin (for the history)."""
+        out = {"kdcore": _version("kdcore")}
+        for info in self.infos.values():
+            if info.error is None and info.distribution not in ("(in-process)",):
+                out[info.distribution] = info.version
+        return out
+
+    def name_of(self, plugin: Any) -> str:
+        return self.pm.get_name(plugin) or "?"
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+def import_object(path: str) -> Any:
+    """Import ``module:attr`` or ``module`` (for ``--plugin`` on the command line)."""
+    module, _, attr = path.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        return getattr(obj, attr) if attr else obj
+    except (ImportError, AttributeError) as exc:
+        raise KdcoreError(f"cannot import plugin '{path}': {exc}") from None

@@ -1,0 +1,149 @@
+"""The data of one run: splits, noisy labels and the realised noise, built from ``[data]``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+
+from kdcore.config import bind_params
+from kdcore.data.base import ArrayDataset, DatasetSplits, NoiseContext
+from kdcore.data.noise import realised_transition
+from kdcore.data.splits import make_splits
+from kdcore.errors import KdcoreError, RecipeError
+
+if TYPE_CHECKING:
+    from kdcore.plugins import PluginHost
+    from kdcore.recipe import DataConfig
+
+
+@attrs.define(eq=False)
+class RunData:
+    """Every split of a run, on the run's device, and the noise that was applied.
+
+    Attributes:
+        train, val, test, gold: the splits; ``y`` holds the true labels.
+        train_noisy, val_noisy: the observed labels of the noisy splits.
+        train_source: the row of each training sample in the loader's training split
+            (``sample_id`` in the history), so that results can be traced back.
+        transition: the realised clean-to-noisy transition matrix on the training split.
+        noise_rate: the realised share of training labels that differ from the truth.
+    """
+
+    train: ArrayDataset
+    val: ArrayDataset
+    test: ArrayDataset
+    gold: ArrayDataset
+    train_noisy: torch.Tensor
+    val_noisy: torch.Tensor
+    train_source: torch.Tensor
+    transition: torch.Tensor
+    noise_rate: float
+    num_classes: int
+    class_names: tuple[str, ...]
+    device: torch.device
+
+    def split(self, name: str) -> ArrayDataset:
+        try:
+            return {"train": self.train, "val": self.val, "test": self.test,
+                    "gold": self.gold}[name]
+        except KeyError:
+            raise KeyError(f"no split '{name}'; splits: train, val, test, gold") from None
+
+    def inputs(self, split: ArrayDataset, index: torch.Tensor) -> torch.Tensor:
+        """Model inputs for rows ``index`` of ``split``: float, normalised, on the device."""
+        x = split.x[index]
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+            if split.mean is not None and split.std is not None:
+                shape = (1, -1) + (1,) * (x.dim() - 2)
+                mean = torch.tensor(split.mean, device=x.device).view(shape)
+                std = torch.tensor(split.std, device=x.device).view(shape)
+                x = (x - mean) / std
+        return x
+
+    def batches(self, split: ArrayDataset, batch_size: int) -> Iterator[torch.Tensor]:
+        """Index batches over ``split`` in order (evaluation and full-set passes)."""
+        n = len(split)
+        for start in range(0, n, batch_size):
+            yield torch.arange(start, min(start + batch_size, n), device=self.device)
+
+
+def build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.device
+                   ) -> RunData:
+    """Load the dataset, split it, apply the noise model, and move everything to ``device``.
+
+    Everything random here draws from one generator seeded by ``seed``, so splits and noise
+    are the same for every run of a recipe with that seed, whatever its models or components.
+    """
+    loader = host.datasets.get(cfg.dataset)
+    params = bind_params(loader, cfg.params, "data.params")
+    try:
+        loaded: DatasetSplits = loader(**params)
+    except KdcoreError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise KdcoreError(f"dataset '{cfg.dataset}' could not be loaded: {exc}") from None
+    gen = torch.Generator().manual_seed(seed)
+    full = loaded.train
+    num_classes = full.num_classes
+    splits = make_splits(
+        full.y, num_classes=num_classes, generator=gen, val_fraction=cfg.val_fraction,
+        gold_per_class=cfg.gold_per_class,
+        test_fraction=cfg.test_fraction if loaded.test is None else 0.0,
+    )
+    test = loaded.test if loaded.test is not None else full.subset(splits["test"])
+    train_idx = splits["train"]
+    if cfg.train_subset and cfg.train_subset < len(train_idx):
+        train_idx = _stratified_subset(full.y[train_idx], train_idx, cfg.train_subset, gen)
+    train, val, gold = full.subset(train_idx), full.subset(splits["val"]), full.subset(
+        splits["gold"])
+
+    noise_fn = host.noise_models.get(cfg.noise.model)
+    noise_params = bind_params(noise_fn, cfg.noise.params, "data.noise.params")
+    train_noisy = _apply_noise(noise_fn, noise_params, train, num_classes, gen)
+    val_noisy = (_apply_noise(noise_fn, noise_params, val, num_classes, gen)
+                 if cfg.noise.apply_to_val else val.y.clone())
+
+    def to_dev(ds: ArrayDataset) -> ArrayDataset:
+        return attrs.evolve(ds, x=ds.x.to(device), y=ds.y.to(device))
+
+    return RunData(
+        train=to_dev(train), val=to_dev(val), test=to_dev(test), gold=to_dev(gold),
+        train_noisy=train_noisy.to(device), val_noisy=val_noisy.to(device),
+        train_source=train_idx.clone(),
+        transition=realised_transition(train.y, train_noisy, num_classes),
+        noise_rate=float((train_noisy != train.y).double().mean()) if len(train) else 0.0,
+        num_classes=num_classes,
+        class_names=tuple(full.class_names) or tuple(str(c) for c in range(num_classes)),
+        device=device,
+    )
+
+
+def _apply_noise(fn: Any, params: dict[str, Any], ds: ArrayDataset, num_classes: int,
+                 gen: torch.Generator) -> torch.Tensor:
+    ctx = NoiseContext(labels=ds.y.clone(), num_classes=num_classes, generator=gen, x=ds.x)
+    try:
+        noisy = fn(ctx, **params)
+    except TypeError as exc:
+        raise RecipeError(str(exc), key="data.noise.params") from None
+    noisy = torch.as_tensor(noisy, dtype=torch.long)
+    if noisy.shape != ds.y.shape or (len(noisy) and (noisy.min() < 0 or noisy.max() >= num_classes)):
+        raise KdcoreError("the noise model returned labels of the wrong shape or range")
+    return noisy
+
+
+def _stratified_subset(labels: torch.Tensor, index: torch.Tensor, size: int,
+                       gen: torch.Generator) -> torch.Tensor:
+    """``size`` rows of ``index`` keeping class proportions (largest remainders)."""
+    perm = torch.randperm(len(index), generator=gen)
+    classes = labels.unique()
+    keep: list[torch.Tensor] = []
+    share = size / len(index)
+    for c in classes:
+        rows = perm[labels[perm] == c]
+        keep.append(rows[: max(1, round(len(rows) * share))])
+    chosen = torch.cat(keep)[:size]
+    return index[chosen.sort().values]

@@ -1,0 +1,191 @@
+"""The engine: component order and combination, ledger alignment, history contents."""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import pytest
+import torch
+
+from kdcore import Component, History, PluginHost, hookimpl, load_recipe, run_recipe
+from kdcore.errors import TrainingDiverged
+from kdcore.losses import one_hot
+
+
+class IndexProbe(Component):
+    """Checks, inside training, that everything a batch carries belongs to its indices."""
+
+    def setup(self, run):
+        self.run = run
+        self.checked = 0
+
+    def select(self, batch):
+        led = self.run.ledger
+        assert torch.equal(batch.noisy_label, led["noisy_label"][batch.index])
+        expected = one_hot(led["noisy_label"][batch.index], batch.num_classes)
+        assert torch.equal(batch.targets.argmax(1), expected.argmax(1))
+        self.checked += len(batch)
+        return batch.index % 2 == 0  # a mask whose ledger column must equal index parity
+
+
+class ShiftRefiner(Component):
+    """Refines every target to the next class: detectable in the ledger by index."""
+
+    def refine(self, batch, targets):
+        return one_hot((batch.noisy_label + 1) % batch.num_classes, batch.num_classes)
+
+
+@attrs.frozen
+class ConstParams:
+    value: float = 1.0
+
+
+class ConstWeight(Component):
+    Params = ConstParams
+
+    def weight(self, batch):
+        return torch.full((len(batch),), self.params.value)
+
+
+class Probes:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"index_probe": IndexProbe, "shift": ShiftRefiner, "const_weight": ConstWeight}
+
+
+def _recipe(tiny_recipe, *sets):
+    return load_recipe(tiny_recipe, list(sets))
+
+
+def _host():
+    return PluginHost(extra=[Probes()])
+
+
+def test_kd_run_writes_history_and_summary(tiny_recipe, tmp_path):
+    summary = run_recipe(_recipe(tiny_recipe), out=str(tmp_path / "run"), host=_host())
+    assert set(summary) == {"teacher", "student"}
+    with History(tmp_path / "run") as h:
+        assert h.epochs() == [("teacher", 0), ("teacher", 1), ("student", 0), ("student", 1)]
+        acc = h.metric("test/student/acc")
+        assert np.isnan(acc[:2]).all() and (acc[2:] >= 0).all()
+        assert 0 <= h.metric("label/acc")[0] <= 1
+        # 40% symmetric noise, excluding the true class: the realised rate is exact
+        assert abs(1 - h.data("clean_mask").mean() - 0.4) < 0.01
+        assert h.column("loss/kd").shape[0] == 4
+        assert "[[stages]]" in h.recipe
+    assert (tmp_path / "run" / "models" / "teacher.pt").is_file()
+
+
+def test_ledger_columns_stay_aligned_with_sample_indices(tiny_recipe, tmp_path):
+    r = _recipe(tiny_recipe, "stages.teacher.epochs=1", "stages.student.epochs=1")
+    stages = [attrs.evolve(r.stages[0], components=[
+        *r.stages[0].components,
+        attrs.evolve(r.stages[0].components[0], use="index_probe", name="probe"),
+        attrs.evolve(r.stages[0].components[0], use="shift", name="shift"),
+    ]), r.stages[1]]
+    r = attrs.evolve(r, stages=stages)
+    run_recipe(r, out=str(tmp_path / "run"), host=_host())
+    with History(tmp_path / "run") as h:
+        n = len(h.data("noisy_label"))
+        parity = h.column("select/probe", 0)
+        np.testing.assert_array_equal(parity, np.arange(n) % 2 == 0)
+        target = h.column("target", 0).argmax(-1)
+        np.testing.assert_array_equal(target, (h.data("noisy_label") + 1) % 10)
+        assert h.producers("target")[0] == "shift"
+        # the selection precision is measured against the true noise mask
+        clean = h.data("clean_mask")
+        expected = clean[np.arange(n) % 2 == 0].mean()
+        assert h.metric("select/probe/precision")[0] == pytest.approx(expected)
+
+
+def test_masks_and_weights_combine_as_documented(tiny_recipe):
+    from kdcore.component import ComponentSpec
+    from kdcore.engine import Trainer
+
+    def comp(name, models=("s",), terms=()):
+        c = Component(None, ComponentSpec(name=name, use=name, models=models, terms=terms))
+        return c
+
+    loss = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    term = comp("ce")
+    masks = [(comp("sel"), "s", torch.tensor([True, True, False, True])),
+             (comp("sel2", terms=("other",)), "s", torch.tensor([False] * 4))]
+    weights = [(comp("w"), "s", torch.tensor([0.5, 1.0, 1.0, 2.0]))]
+    value = Trainer._reduce(term, "s", loss, masks, weights)
+    # sel2 acts on another term; sel keeps samples 0, 1, 3; weights scale
+    assert value.item() == pytest.approx((0.5 * 1 + 2 + 2 * 4) / 3)
+    assert Trainer._reduce(term, "s", loss, [], []).item() == pytest.approx(2.5)
+
+
+def test_nan_loss_names_term_and_keeps_history(tiny_recipe, tmp_path):
+    class Explode(Component):
+        def setup(self, run):
+            self.run = run
+
+        def transfer(self, batch):
+            bad = self.run.epoch == 1
+            z = batch.out(self.model).logits.sum(1)
+            return z * float("nan") if bad else z * 0
+
+    class P:
+        @hookimpl
+        def kdcore_add_components(self):
+            return {"explode": Explode}
+
+    r = _recipe(tiny_recipe)
+    stage = attrs.evolve(r.stages[0], components=[
+        *r.stages[0].components,
+        attrs.evolve(r.stages[0].components[0], use="explode", name="boom")])
+    r = attrs.evolve(r, stages=[stage, r.stages[1]])
+    with pytest.raises(TrainingDiverged, match="term 'boom'.*component 'explode'"):
+        run_recipe(r, out=str(tmp_path / "run"), host=PluginHost(extra=[P()]))
+    with History(tmp_path / "run") as h:
+        assert len(h) == 1  # epoch 0 completed and stays
+
+
+def test_same_seed_same_result_different_seed_differs(tiny_recipe, tmp_path):
+    a = run_recipe(_recipe(tiny_recipe), out=str(tmp_path / "a"))
+    b = run_recipe(_recipe(tiny_recipe), out=str(tmp_path / "b"))
+    c = run_recipe(_recipe(tiny_recipe, "run.seed=1"), out=str(tmp_path / "c"))
+    assert a == b
+    with History(tmp_path / "a") as ha, History(tmp_path / "c") as hc:
+        assert not np.array_equal(ha.data("noisy_label"), hc.data("noisy_label"))
+
+
+def test_features_service_is_shared_and_ordered(tiny_recipe, tmp_path):
+    seen = {}
+
+    class Feat(Component):
+        def on_epoch_start(self, run, epoch):
+            a = run.features("teacher")
+            b = run.features("teacher")
+            seen["same"] = a is b
+            seen["n"] = a.features.shape[0] == len(run.data.train)
+            x = run.data.inputs(run.data.train, torch.arange(5))
+            with torch.no_grad():
+                run.models["teacher"].eval()
+                seen["rows"] = torch.allclose(run.models["teacher"](x)[0], a.logits[:5],
+                                              atol=1e-5)
+                run.models["teacher"].train()
+
+    class P:
+        @hookimpl
+        def kdcore_add_components(self):
+            return {"feat": Feat}
+
+    r = _recipe(tiny_recipe, "stages.teacher.epochs=1", "stages.student.epochs=1")
+    stage = attrs.evolve(r.stages[0], components=[
+        attrs.evolve(r.stages[0].components[0], use="feat", name="feat"),
+        *r.stages[0].components])
+    run_recipe(attrs.evolve(r, stages=[stage, r.stages[1]]), out=str(tmp_path / "r"),
+               host=PluginHost(extra=[P()]))
+    assert seen == {"same": True, "n": True, "rows": True}
+
+
+def test_best_val_keeps_the_best_epoch(tiny_recipe, tmp_path):
+    r = _recipe(tiny_recipe, "stages.teacher.epochs=4")
+    summary = run_recipe(r, out=str(tmp_path / "r"))
+    with History(tmp_path / "r") as h:
+        val = h.metric("val/teacher/acc")[:4]
+        assert summary["teacher"]["best_val_epoch"] == int(np.argmax(val))
+        assert summary["teacher"]["val_acc"] == pytest.approx(val.max())
