@@ -161,6 +161,17 @@ class Component:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    def adapt_models(self, run: Run) -> None:
+        """Change a model's structure (add a connector layer, say), once per process.
+
+        Called when the run is built, for the components of every stage, before optimisers
+        exist and before checkpointed weights are loaded, so that added parameters are trained
+        and resumed like the model's own. Called again on resume; must be deterministic.
+
+        Args:
+            run: the run, with ``run.models`` built and ``run.data`` loaded.
+        """
+
     def setup(self, run: Run) -> None:
         """Build state (networks, optimisers, tables); called when the stage is built.
 
@@ -299,7 +310,7 @@ KIND_HOOKS: dict[str, str] = {
     "transfer": "transfer",
 }
 COMPONENT_HOOKS: tuple[str, ...] = (
-    "setup", "on_stage_start", "on_epoch_start", "select", "refine", "weight", "transfer",
+    "adapt_models", "setup", "on_stage_start", "on_epoch_start", "select", "refine", "weight", "transfer",
     "backward", "after_step", "on_epoch_end", "state_dict", "load_state_dict",
 )
 

@@ -65,7 +65,8 @@ class Run:
         device: the training device.
         data: the splits and labels (:class:`kdcore.rundata.RunData`).
         models: every model role of the recipe.
-        optimizers: the optimisers of the roles the current stage trains.
+        optimizers: one optimiser per role, created the first time a stage trains it and kept
+            across stages (its momentum and the learning-rate schedule span the role's training).
         ledger: the per-sample columns, indexed by training-sample index.
         stage: the current stage's config; ``stage_index`` its position.
         epoch: the epoch within the stage; ``step`` counts optimiser steps over the run.
@@ -121,7 +122,10 @@ class Run:
         """Run ``role`` on ``x``: with gradients if the stage trains it, else without."""
         model = self.models[role]
         if self.trains(role):
-            logits, features = model(x)
+            # even when first asked for inside a no_grad block (a selector ranking losses),
+            # the cached output must carry the graph the loss terms need
+            with torch.enable_grad():
+                logits, features = model(x)
         else:
             with torch.no_grad():
                 logits, features = model(x)
@@ -179,7 +183,9 @@ def build_model(role: str, cfg: ModelConfig, host: PluginHost, spec: ModelSpec, 
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    # every parameter, trainable now or not: a stage freezes a role by requires_grad, and a
+    # frozen parameter has no gradient, so the optimiser leaves it alone
+    params = list(model.parameters())
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
@@ -189,7 +195,11 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
 
 
 def scheduled_lr(cfg: ModelConfig, epoch: int, epochs: int) -> float:
-    """The learning rate of an epoch: a pure function, so nothing needs checkpointing."""
+    """The learning rate at a role's ``epoch``-th training epoch out of ``epochs``.
+
+    Epochs count over every stage that trains the role, so a schedule spans warm-up and later
+    stages alike. A pure function: nothing needs checkpointing.
+    """
     base = cfg.optimizer.lr
     sched = cfg.schedule
     if sched.name == "multistep":
@@ -283,6 +293,9 @@ class Trainer:
         for role, cfg in recipe.models.items():
             run.models[role] = build_model(role, cfg, self.host, spec, recipe.run.seed).to(
                 run.device)
+        for s, stage in enumerate(recipe.stages):
+            for comp in build_components(run, stage, f"stages[{s}]"):
+                comp.adapt_models(run)
         run.ledger = ledger = Ledger(len(data.train), run.device)
         ledger.add("noisy_label", data.train_noisy, producer="data", kind="label", snapshot=False)
         ledger.add("clean_label", data.train.y, producer="data", kind="label", snapshot=False)
@@ -339,6 +352,8 @@ class Trainer:
             self.history.truncate(int(position["history_rows"]))
             for role, sd in state["models"].items():
                 run.models[role].load_state_dict(sd)
+            for role, sd in state["optimizers"].items():
+                self._optimizer(role).load_state_dict(sd)
             self._best = state["best"]
             self._best_states = state["best_states"]
             self.summary = state["summary"]
@@ -363,8 +378,8 @@ class Trainer:
             model.train(role in stage.train)
             for p in model.parameters():
                 p.requires_grad_(role in stage.train)
-        run.optimizers = {r: build_optimizer(run.models[r], self.recipe.models[r].optimizer)
-                          for r in stage.train}
+        for role in stage.train:
+            self._optimizer(role)
         for comp in run.components:
             comp.setup(run)
         if state is not None:
@@ -388,14 +403,23 @@ class Trainer:
             self._record_summary(s, stage, role)
             ckpt.save_weights(run.models[role], self.run_dir / "models" / f"{role}.pt")
         self.host.hook.kdcore_stage_end(run=run, stage=stage)
-        run.optimizers = {}
         run.components = []
         self._save_checkpoint(s + 1, 0)
 
-    def _lr_for_epoch(self, stage: StageConfig, epoch: int) -> None:
-        for role, opt in self.run.optimizers.items():
-            lr = scheduled_lr(self.recipe.models[role], epoch, stage.epochs)
-            for group in opt.param_groups:
+    def _optimizer(self, role: str) -> torch.optim.Optimizer:
+        opt = self.run.optimizers.get(role)
+        if opt is None:
+            opt = self.run.optimizers[role] = build_optimizer(
+                self.run.models[role], self.recipe.models[role].optimizer)
+        return opt
+
+    def _lr_for_epoch(self, s: int, stage: StageConfig, epoch: int) -> None:
+        stages = self.recipe.stages
+        for role in stage.train:
+            done = sum(st.epochs for st in stages[:s] if role in st.train)
+            total = sum(st.epochs for st in stages if role in st.train)
+            lr = scheduled_lr(self.recipe.models[role], done + epoch, total)
+            for group in self.run.optimizers[role].param_groups:
                 group["lr"] = lr
 
     def _run_epoch(self, s: int, stage: StageConfig, epoch: int) -> None:
@@ -403,7 +427,7 @@ class Trainer:
         run.epoch = epoch
         run._epoch_metrics = {}
         t0 = time.perf_counter()
-        self._lr_for_epoch(stage, epoch)
+        self._lr_for_epoch(s, stage, epoch)
         for comp in run.components:
             comp.on_epoch_start(run, epoch)
         self.host.hook.kdcore_epoch_start(run=run, epoch=epoch)
@@ -425,7 +449,7 @@ class Trainer:
         metrics: dict[str, float] = {k: float(v) / max(batches, 1) for k, v in sums.items()}
         metrics.update(self._evaluate(s, stage))
         metrics.update(self._ledger_metrics())
-        for role in run.optimizers:
+        for role in stage.train:
             metrics[f"lr/{role}"] = run.lr(role)
         metrics.update(run._epoch_metrics)
         for comp in run.components:
@@ -446,8 +470,9 @@ class Trainer:
         for fn, params in self.augmentations:
             x = fn(x, self._augment_gen, **params)
         batch = Batch(run, index, x, data.train_noisy[index], ledger["target"][index], run.step)
-        for opt in run.optimizers.values():
-            opt.zero_grad(set_to_none=True)
+        trained_roles = run.stage.train
+        for role in trained_roles:
+            run.optimizers[role].zero_grad(set_to_none=True)
         comps = run.components
         masks = self._collect(batch, [c for c in comps if "selection" in c.kinds()], "select")
         refiners = [c for c in comps if "refinement" in c.kinds()]
@@ -475,7 +500,7 @@ class Trainer:
                 weighted = comp.spec.weight * term
                 losses[role] = losses[role] + weighted if role in losses else weighted
         trained = [r for r in losses if run.trains(r)]
-        for role in run.optimizers:
+        for role in trained_roles:
             out = batch._outputs.get(role)
             if out is not None:  # training dynamics, as Dataset Cartography records them
                 ledger.write(f"logits/{role}", index, out.logits, producer=role, kind="value")
@@ -490,8 +515,8 @@ class Trainer:
                 plain.append(losses[role])
         if plain:
             torch.stack(plain).sum().backward() if len(plain) > 1 else plain[0].backward()
-        for role, opt in run.optimizers.items():
-            opt.step()
+        for role in trained_roles:
+            run.optimizers[role].step()
             run._bump(role)
         run.step += 1
         for comp in comps:
@@ -668,9 +693,6 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         run = self.run
         run.ledger.load_state_dict(state["ledger"])
-        for role, sd in state["optimizers"].items():
-            if role in run.optimizers:
-                run.optimizers[role].load_state_dict(sd)
         for comp in run.components:
             if comp.name in state["components"]:
                 comp.load_state_dict(state["components"][comp.name])

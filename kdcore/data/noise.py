@@ -138,24 +138,21 @@ def instance_dependent(ctx: NoiseContext, *, rate: float, std: float = 0.1) -> t
         raise KdcoreError(
             f"instance_dependent noise: {ctx.x.shape[0]} inputs for {n} labels; they must match"
         )
-    x = ctx.x.reshape(n, -1).to(device=gen.device)
-    x = x.to(torch.float64) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float64)
+    inputs = ctx.x.reshape(n, -1)
 
     flip_rate = _truncated_normal(n, mean=rate, std=std, low=0.0, high=1.0, gen=gen)
     projection = torch.randn(
-        num_classes,
-        x.shape[1],
-        num_classes,
-        generator=gen,
-        device=gen.device,
-        dtype=torch.float64,
+        num_classes, inputs.shape[1], num_classes, generator=gen, device=gen.device
     )
     scores = torch.empty(n, num_classes, dtype=torch.float64, device=gen.device)
-    # One matrix product per class instead of gathering an (N, d, C) tensor of projections.
+    # One product per class, converting only that class's rows to float: gathering an
+    # (N, d, C) tensor of projections, or a float copy of all of CIFAR, would not fit in memory.
     for c in range(num_classes):
         rows = (labels == c).nonzero().squeeze(1)
         if rows.numel():
-            scores[rows] = x[rows] @ projection[c]
+            x = inputs[rows.to(inputs.device)].to(device=gen.device)
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+            scores[rows] = (x @ projection[c]).double()
     true = torch.nn.functional.one_hot(labels, num_classes).bool()
     probs = torch.softmax(scores.masked_fill(true, float("-inf")), dim=1)
     probs = probs * flip_rate[:, None]

@@ -1,0 +1,113 @@
+"""Batch augmentations: shapes, determinism, and what each one does to the pixels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdcore.data.augment import AUGMENTATIONS, cutout, random_crop_flip
+from kdcore.errors import KdcoreError
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _batch(n: int = 16, size: int = 8) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=_gen(99))
+
+
+def test_registry_names() -> None:
+    assert AUGMENTATIONS == {"crop_flip": random_crop_flip, "cutout": cutout}
+
+
+@pytest.mark.parametrize(
+    ("fn", "params"), [(random_crop_flip, {"padding": 2}), (cutout, {"size": 3})]
+)
+def test_shape_dtype_and_determinism(fn, params: dict) -> None:
+    x = _batch()
+    out = fn(x, _gen(1), **params)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.equal(out, fn(x, _gen(1), **params))
+    assert not torch.equal(out, fn(x, _gen(2), **params))
+    assert not torch.equal(out, x)
+
+
+def test_crop_flip_without_padding_or_flip_is_identity() -> None:
+    x = _batch()
+    assert torch.equal(random_crop_flip(x, _gen(), padding=0, flip=False), x)
+
+
+def test_flip_only_mirrors_some_images() -> None:
+    x = _batch(n=64)
+    out = random_crop_flip(x, _gen(), padding=0, flip=True)
+    same = (out == x).flatten(1).all(1)
+    mirrored = (out == x.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all())
+    assert 10 < int(mirrored.sum()) < 54
+
+
+def _window(image: torch.Tensor, top: int, left: int, side: int, flipped: bool) -> torch.Tensor:
+    window = image[:, top : top + side, left : left + side]
+    return window.flip(-1) if flipped else window
+
+
+def test_every_crop_is_a_window_of_the_zero_padded_image() -> None:
+    x, padding = _batch(n=32, size=6), 2
+    out = random_crop_flip(x, _gen(3), padding=padding, flip=True)
+    padded = F.pad(x, (padding,) * 4)
+    offsets_seen = set()
+    for i in range(x.shape[0]):
+        matches = [
+            (top, left, flipped)
+            for top in range(2 * padding + 1)
+            for left in range(2 * padding + 1)
+            for flipped in (False, True)
+            if torch.equal(out[i], _window(padded[i], top, left, 6, flipped))
+        ]
+        assert matches, f"image {i} is not a crop of its padded input"
+        offsets_seen.add(matches[0][:2])
+    assert len(offsets_seen) > 5  # offsets really vary
+
+
+def test_cutout_zeroes_one_square_per_image() -> None:
+    size, side = 4, 16
+    x = torch.ones(300, 3, side, side)
+    out = cutout(x, _gen(), size=size)
+    holes = out == 0
+    # The hole goes through every channel.
+    assert torch.equal(holes[:, 0], holes[:, 1]) and torch.equal(holes[:, 0], holes[:, 2])
+    interior = 0
+    for hole in holes[:, 0]:
+        rows = hole.any(1).nonzero().flatten()
+        cols = hole.any(0).nonzero().flatten()
+        assert rows.numel() and cols.numel()  # the centre is always inside the image
+        box = hole[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        assert bool(box.all()) and int(hole.sum()) == box.numel()  # one solid rectangle
+        assert box.shape[0] <= size and box.shape[1] <= size
+        touches_border = rows[0] == 0 or cols[0] == 0 or rows[-1] == side - 1
+        touches_border = touches_border or cols[-1] == side - 1
+        if not touches_border:
+            interior += 1
+            assert box.shape == (size, size)
+    assert interior > 50
+
+
+def test_cutout_odd_size_interior_hole() -> None:
+    out = cutout(torch.ones(200, 1, 12, 12), _gen(5), size=3)
+    sizes = (out == 0).flatten(1).sum(1)
+    # 3x3 inside the image; a centre in a corner leaves a 2x2 hole.
+    assert int(sizes.max()) == 9 and int(sizes.min()) == 4
+
+
+def test_cutout_size_zero_changes_nothing() -> None:
+    x = _batch()
+    assert torch.equal(cutout(x, _gen(), size=0), x)
+
+
+def test_flat_or_integer_input_is_refused() -> None:
+    with pytest.raises(KdcoreError, match="float image batches"):
+        random_crop_flip(torch.randn(4, 64), _gen())
+    with pytest.raises(KdcoreError, match="float image batches"):
+        cutout(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), _gen(), size=2)
