@@ -220,8 +220,11 @@ class Component:
     def refine(self, batch: Batch, targets: torch.Tensor) -> torch.Tensor:
         """Label refinement: map the batch's current soft targets ``(B, C)`` to new ones.
 
-        Refinements chain in recipe order; the final targets are written to the ledger column
-        ``target``, tagged with the last refiner. Return tensors without a graph unless the
+        The chain starts from the ledger column ``base_target`` (the noisy labels, or what an
+        epoch-level refiner such as label propagation wrote there with ``ledger.add``) and runs
+        in recipe order; the final targets are written to the ledger column ``target`` (what
+        the sample was trained on), tagged with the last refiner. They never feed back into
+        ``base_target``, so a batch-level refinement does not compound over epochs. Return tensors without a graph unless the
         component itself differentiates through them.
 
         Args:

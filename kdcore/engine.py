@@ -301,8 +301,12 @@ class Trainer:
         ledger.add("clean_label", data.train.y, producer="data", kind="label", snapshot=False)
         ledger.add("clean_mask", data.train_noisy == data.train.y, producer="data", kind="mask",
                    snapshot=False)
-        ledger.add("target", one_hot(data.train_noisy, data.num_classes), producer="labels",
-                   kind="target")
+        # base_target: the epoch-level targets (label propagation writes them); target: what
+        # each sample was trained on this epoch, after the batch-level refinement chain
+        noisy_one_hot = one_hot(data.train_noisy, data.num_classes)
+        ledger.add("base_target", noisy_one_hot, producer="labels", kind="target",
+                   snapshot=False)
+        ledger.add("target", noisy_one_hot, producer="labels", kind="target")
         self.augmentations = [
             (self.host.augmentations.get(a.name), a.params) for a in recipe.data.augment
         ]
@@ -446,6 +450,10 @@ class Trainer:
                 index = order[start:start + bs]
                 self._train_batch(index, sums)
                 batches += 1
+        else:  # nothing trains: the epoch-level targets are what the history shows
+            led = run.ledger
+            led.add("target", led["base_target"], producer=led.producer("base_target"),
+                    kind="target")
         metrics: dict[str, float] = {k: float(v) / max(batches, 1) for k, v in sums.items()}
         metrics.update(self._evaluate(s, stage))
         metrics.update(self._ledger_metrics())
@@ -469,19 +477,21 @@ class Trainer:
         x = data.inputs(data.train, index)
         for fn, params in self.augmentations:
             x = fn(x, self._augment_gen, **params)
-        batch = Batch(run, index, x, data.train_noisy[index], ledger["target"][index], run.step)
+        batch = Batch(run, index, x, data.train_noisy[index], ledger["base_target"][index],
+                      run.step)
         trained_roles = run.stage.train
         for role in trained_roles:
             run.optimizers[role].zero_grad(set_to_none=True)
         comps = run.components
         masks = self._collect(batch, [c for c in comps if "selection" in c.kinds()], "select")
-        refiners = [c for c in comps if "refinement" in c.kinds()]
-        if refiners:
-            targets = batch.targets
-            for comp in refiners:
+        targets = batch.targets
+        producer = ledger.producer("base_target")
+        for comp in comps:
+            if "refinement" in comp.kinds():
                 targets = comp.refine(batch, targets)
-            batch.targets = targets
-            ledger.write("target", index, targets, producer=refiners[-1].name, kind="target")
+                producer = comp.name
+        batch.targets = targets
+        ledger.write("target", index, targets, producer=producer, kind="target")
         weights = self._collect(batch, [c for c in comps if "weighting" in c.kinds()], "weight")
         losses: dict[str, torch.Tensor] = {}
         for comp in comps:
@@ -632,7 +642,7 @@ class Trainer:
             "label/noisy_acc": float(clean.double().mean()),
         }
         for name, column in ledger.items():
-            if name.startswith("select/"):
+            if name.startswith("select/") and column.kind == "mask":
                 q = selection_quality(column.data, clean)
                 for k, v in q.items():
                     out[f"{name}/{k}"] = v

@@ -1,0 +1,231 @@
+"""Label-propagation components: the initial teacher LP, teacher-guided LP, and mutual LP.
+
+One class, three registered names with different defaults (AML-KD §1.6 a-c). At the start of
+each epoch (or once, at the start of the stage) it propagates seed labels over a model's feature
+kNN graph and writes the refined labels, as one-hot rows, to the ledger's ``base_target``: what
+every sample trains on from then on. Samples can keep their noisy label: those under a
+confidence percentile, and those a selection (small-loss) marked as trusted.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+
+import kdcore
+from kdcore.losses import one_hot
+from kdcore_lp.graph import feature_graph
+from kdcore_lp.propagation import propagate
+
+
+def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
+
+
+def _alpha(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"'{attribute.name}' must be in [0, 1), got {value!r}")
+
+
+def _percentile(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(f"'{attribute.name}' must be in [0, 100], got {value!r}")
+
+
+@attrs.frozen
+class LPParams:
+    """Parameters shared by ``initial_lp``, ``teacher_lp`` and ``mutual_lp``.
+
+    Attributes:
+        teacher: the role whose features build the graph (``graph = "teacher"``) and whose
+            predictions seed the initial LP.
+        student: the role of the student (its graph in ``mutual_lp``; its predictions make the
+            selected labels).
+        graph: ``teacher``, ``student``, or ``alternate`` (student graph on even epochs of the
+            stage, teacher graph on odd ones: AML-KD's mutual LP).
+        seeds: ``teacher_prediction`` (teacher argmax), ``selected`` (the noisy label where the
+            ``keep_selected`` mask is set, the student's argmax elsewhere), ``previous`` (argmax
+            of the current ``base_target``) or ``noisy``.
+        seed_weights: a ledger column of per-sample seed weights (e.g. ``awe/seed_weight``);
+            empty: all 1.
+        keep_selected: a ledger mask column (e.g. ``select/small_loss``): those samples keep
+            their noisy label, the others take the propagated one.
+        keep_percentile: samples whose LP confidence is below this percentile keep their noisy
+            label (5 in the initial LP, 0 later).
+        when: ``stage_start`` (once) or ``epoch_start`` (every ``every`` epochs).
+        k, gamma, alpha: kNN size, affinity power, propagation strength.
+        normalize: L2-normalise features before the kNN search (AML-KD's defect D5 is
+            ``false`` in its initial and stage-1 LP).
+        clamp: zero negative scores before the read-out (the initial LP of the release skips it).
+        cg_tol, cg_iters: conjugate-gradient tolerance and iteration cap.
+        chunk: rows per block of the exact kNN search.
+        knn_backend: ``exact`` or ``faiss``.
+    """
+
+    teacher: str = "teacher"
+    student: str = "student"
+    graph: Literal["teacher", "student", "alternate"] = "teacher"
+    seeds: Literal["teacher_prediction", "selected", "previous", "noisy"] = "selected"
+    seed_weights: str = ""
+    keep_selected: str = ""
+    keep_percentile: float = attrs.field(default=0.0, validator=_percentile)
+    when: Literal["stage_start", "epoch_start"] = "epoch_start"
+    every: int = attrs.field(default=1, validator=_positive)
+    k: int = attrs.field(default=20, validator=_positive)
+    gamma: float = 3.0
+    alpha: float = attrs.field(default=0.99, validator=_alpha)
+    normalize: bool = True
+    clamp: bool = True
+    cg_tol: float = attrs.field(default=1e-6, validator=_positive)
+    cg_iters: int = attrs.field(default=20, validator=_positive)
+    chunk: int = attrs.field(default=1024, validator=_positive)
+    knn_backend: Literal["exact", "faiss"] = "exact"
+
+
+@attrs.frozen
+class InitialLPParams(LPParams):
+    """``initial_lp`` (AML-KD §1.6a): teacher predictions as seeds, once, 5th percentile."""
+
+    seeds: Literal["teacher_prediction", "selected", "previous", "noisy"] = "teacher_prediction"
+    keep_percentile: float = attrs.field(default=5.0, validator=_percentile)
+    when: Literal["stage_start", "epoch_start"] = "stage_start"
+    clamp: bool = False
+
+
+@attrs.frozen
+class MutualLPParams(LPParams):
+    """``mutual_lp`` (AML-KD §1.6c): previous labels as seeds, alternating graphs."""
+
+    graph: Literal["teacher", "student", "alternate"] = "alternate"
+    seeds: Literal["teacher_prediction", "selected", "previous", "noisy"] = "previous"
+
+
+class LabelPropagation(kdcore.Component):
+    """Refine ``base_target`` by label propagation over a feature kNN graph."""
+
+    Params = LPParams
+    description = "label propagation over a model's feature kNN graph"
+
+    def setup(self, run: kdcore.Run) -> None:
+        self.run = run
+        p = self.params
+        needed = {p.teacher} if p.graph == "teacher" and p.seeds != "selected" else {
+            p.teacher, p.student}
+        if p.graph == "student":
+            needed = {p.student}
+        for role in needed:
+            if role not in run.models:
+                raise kdcore.RecipeError(
+                    f"component '{self.name}': no model role '{role}' in [models]")
+        self._graph_cache: tuple[str, int, torch.Tensor] | None = None
+
+    def on_stage_start(self, run: kdcore.Run) -> None:
+        if self.params.when == "stage_start":
+            self.propagate_now(run)
+
+    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+        if self.params.when == "epoch_start" and epoch % self.params.every == 0:
+            self.propagate_now(run)
+
+    def refine(self, batch: kdcore.Batch, targets: torch.Tensor) -> torch.Tensor:
+        # the work happens per epoch, in base_target; the batch's targets already carry it
+        return targets
+
+    # -- the propagation --------------------------------------------------------------------
+
+    def graph_role(self, epoch: int) -> str:
+        p = self.params
+        if p.graph == "alternate":
+            return p.student if epoch % 2 == 0 else p.teacher
+        return p.teacher if p.graph == "teacher" else p.student
+
+    def _graph(self, role: str) -> torch.Tensor:
+        """The normalised affinity of ``role``'s features, reused while the model is unchanged
+        (a frozen teacher's graph is built once per stage)."""
+        version = self.run.model_version(role)
+        if self._graph_cache and self._graph_cache[:2] == (role, version):
+            return self._graph_cache[2]
+        p = self.params
+        feats = self.run.features(role).features
+        w = feature_graph(feats, k=p.k, gamma=p.gamma, normalize=p.normalize, chunk=p.chunk,
+                          backend=p.knn_backend)
+        self._graph_cache = (role, version, w)
+        return w
+
+    def seed_labels(self) -> torch.Tensor:
+        run, p = self.run, self.params
+        led = run.ledger
+        if p.seeds == "teacher_prediction":
+            return run.features(p.teacher).logits.argmax(1)
+        if p.seeds == "previous":
+            return led["base_target"].argmax(1)
+        if p.seeds == "noisy":
+            return led["noisy_label"]
+        return self.selected_labels()
+
+    def selected_labels(self) -> torch.Tensor:
+        """AML-KD's ``y_sel``: the noisy label where selected, the student's argmax elsewhere."""
+        run, p = self.run, self.params
+        pred = run.features(p.student).logits.argmax(1)
+        if not p.keep_selected:
+            return pred
+        mask = self._column(p.keep_selected).bool()
+        return torch.where(mask, run.ledger["noisy_label"], pred)
+
+    def _column(self, name: str) -> torch.Tensor:
+        try:
+            return self.run.ledger[name]
+        except KeyError:
+            raise kdcore.KdcoreError(
+                f"component '{self.name}' reads ledger column '{name}', which no earlier "
+                f"component wrote; place the component that writes it before '{self.name}'"
+            ) from None
+
+    def propagate_now(self, run: kdcore.Run) -> None:
+        p = self.params
+        led = run.ledger
+        role = self.graph_role(run.epoch)
+        seeds = self.seed_labels()
+        weights = self._column(p.seed_weights).float() if p.seed_weights else None
+        result = propagate(self._graph(role), seeds, run.num_classes, weights, alpha=p.alpha,
+                           clamp=p.clamp, tol=p.cg_tol, maxiter=p.cg_iters)
+        noisy = led["noisy_label"]
+        keep = torch.zeros_like(noisy, dtype=torch.bool)
+        if p.keep_percentile > 0:
+            threshold = torch.quantile(result.confidence.double(), p.keep_percentile / 100.0)
+            keep |= result.confidence.double() < threshold
+        if p.keep_selected:
+            keep |= self._column(p.keep_selected).bool()
+        labels = torch.where(keep, noisy, result.labels)
+        led.add("base_target", one_hot(labels, run.num_classes), producer=self.name,
+                kind="target", snapshot=False)
+        led.add(f"lp/{self.name}/label", result.labels, producer=self.name, kind="label")
+        led.add(f"lp/{self.name}/confidence", result.confidence, producer=self.name)
+        clean = led["clean_label"]
+        run.log_metric(f"lp/{self.name}/acc", float((result.labels == clean).double().mean()))
+        run.log_metric(f"lp/{self.name}/refined_acc", float((labels == clean).double().mean()))
+        run.log_metric(f"lp/{self.name}/changed", float((labels != noisy).double().mean()))
+        run.log_metric(f"lp/{self.name}/graph_is_teacher", float(role == p.teacher))
+
+
+class InitialLP(LabelPropagation):
+    """AML-KD's initial LP: relabel by the propagated teacher predictions, once."""
+
+    Params = InitialLPParams
+    description = "initial teacher LP (teacher predictions as seeds, once per stage)"
+
+
+class TeacherLP(LabelPropagation):
+    """AML-KD's stage-1 LP: selected labels propagated over the teacher's graph."""
+
+    description = "teacher-guided LP of the selected labels, every epoch"
+
+
+class MutualLP(LabelPropagation):
+    """AML-KD's stage-2 mutual LP: previous labels over the student's and teacher's graphs."""
+
+    Params = MutualLPParams
+    description = "mutual LP alternating the student's and the teacher's graphs"
