@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.kdcore-installed
-RECIPE ?= recipes/kd.toml
+RECIPE ?= recipes/amlkd.toml
 
 .PHONY: setup run test lint fashion-mnist
 

@@ -127,6 +127,10 @@ class Component:
 
     Params: ClassVar[type] = NoParams
     description: ClassVar[str] = ""
+    carry_state: ClassVar[bool] = True
+    """A component with the same label and ``use`` in the next stage starts from this one's
+    ``state_dict`` (a WeightNet trained through warm-up keeps training in stage 2); set False
+    to start every stage afresh."""
 
     def __init__(self, params: Any, spec: ComponentSpec):
         self.params = params

@@ -271,6 +271,7 @@ class Trainer:
         self._augment_gen = torch.Generator().manual_seed(recipe.run.seed + 3)
         self._best: dict[str, dict[str, Any]] = {}
         self._best_states: dict[str, dict[str, torch.Tensor]] = {}
+        self._carried: dict[str, dict[str, Any]] = {}
         self.summary: dict[str, Any] = {}
 
     # -- set-up -----------------------------------------------------------------------------
@@ -360,6 +361,7 @@ class Trainer:
                 self._optimizer(role).load_state_dict(sd)
             self._best = state["best"]
             self._best_states = state["best_states"]
+            self._carried = state["carried"]
             self.summary = state["summary"]
             run.step = int(position["step"])
             run.resumed = True
@@ -391,6 +393,10 @@ class Trainer:
         if start_epoch == 0:
             self._best = {k: v for k, v in self._best.items() if not k.startswith(f"{s}/")}
             for comp in run.components:
+                carried = self._carried.get(comp.name)
+                if comp.carry_state and carried and carried["use"] == comp.spec.use:
+                    comp.load_state_dict(carried["state"])
+            for comp in run.components:
                 comp.on_stage_start(run)
         self.host.hook.kdcore_stage_start(run=run, stage=stage)
         for epoch in range(start_epoch, stage.epochs):
@@ -407,6 +413,9 @@ class Trainer:
             self._record_summary(s, stage, role)
             ckpt.save_weights(run.models[role], self.run_dir / "models" / f"{role}.pt")
         self.host.hook.kdcore_stage_end(run=run, stage=stage)
+        # a component of the same name and kind in the next stage continues from this state
+        self._carried = {c.name: {"use": c.spec.use, "state": c.state_dict()}
+                         for c in run.components}
         run.components = []
         self._save_checkpoint(s + 1, 0)
 
@@ -688,6 +697,7 @@ class Trainer:
             "rng": ckpt.rng_state(run.generator, self._order_gen, self._augment_gen),
             "best": copy.deepcopy(self._best),
             "best_states": self._best_states,
+            "carried": self._carried,
             "summary": copy.deepcopy(self.summary),
         }
         ckpt.save(state, self.run_dir / ckpt.CHECKPOINT)

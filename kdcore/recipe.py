@@ -117,7 +117,7 @@ class OptimizerConfig:
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = attrs.field(default=0.05, validator=_positive)
+    lr: float = attrs.field(default=0.05, validator=_non_negative)
     momentum: float = 0.9
     weight_decay: float = attrs.field(default=5e-4, validator=_non_negative)
     nesterov: bool = False

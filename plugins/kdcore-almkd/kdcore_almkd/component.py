@@ -1,0 +1,350 @@
+"""The ``almkd`` component: a per-sample lambda table that mixes CE and KD, learned by meta-gradient.
+
+Reading implemented (``methods/almkd.md`` section 4; every reconstruction is listed in the
+plugin's README):
+
+* a **transfer** component: it computes the student's whole per-sample loss
+  ``sum_k w_ik l_ik`` itself (``l_i0`` soft CE on the batch's current targets, ``l_im`` the
+  ``T^2 KL`` term of teacher ``m``; teachers frozen). The engine takes the batch mean, as the
+  released code does, so no separate ``ce`` or ``hinton_kd`` entry belongs in the stage;
+* the weights ``w`` ``(N, M + 1)`` live in the ledger column ``weight/<name>`` (kind
+  ``weight``), rows = sample index, snapshotted into the history every epoch; the term order is
+  ``[CE, teachers in recipe order]``;
+* ``preset = "amal"`` (default, the AAAI code): ``M + 1`` free weights per sample, init
+  ``lambda0`` for each teacher and ``1 - lambda0`` for CE, clip ``[1e-7, 2 - 1e-7]``, 5
+  repetitions, step 1500, meta objective the CE of one validation batch of 1000;
+  ``preset = "almkd"`` (the 2022 code): one ``lambda_i in [0, 1]`` with
+  ``w_i = [1 - lambda_i, lambda_i]``, init ``U(0, 1)``, 10 repetitions, step 2000, objective
+  ``0.75 L_val + 0.25 L_chunk`` on the whole validation set;
+* the update (``on_epoch_start`` of epochs ``e >= warm_epochs`` with ``e % select_every == 0``)
+  runs over the eval-mode logits and features of the whole training set (``run.features``),
+  in a shuffled order cut into batches and chunks of ``grad_fit`` batches, against the clean
+  ``gold`` split (``data.gold_per_class``). See :mod:`kdcore_almkd.mixing` for the closed form.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+import torch
+
+import kdcore
+from kdcore.config import structure
+from kdcore.losses import one_hot
+from kdcore_almkd.mixing import (
+    Mixing,
+    UpdateConfig,
+    effective_weights,
+    mixed_loss,
+    num_parameters,
+    update_lambdas,
+)
+
+# -- parameters ---------------------------------------------------------------------------------
+
+
+def _positive(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
+
+
+def _unit(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"'{attribute.name}' must be in [0, 1], got {value!r}")
+
+
+def _teachers(instance: object, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+    if not value:
+        raise ValueError(f"'{attribute.name}' must name at least one teacher role")
+    if len(set(value)) != len(value):
+        raise ValueError(f"'{attribute.name}' names a role twice: {list(value)!r}")
+
+
+@attrs.frozen
+class Settings:
+    """The preset's values with the recipe's overrides applied (see :class:`AlmKDParams`)."""
+
+    mixing: Mixing
+    init: Literal["constant", "uniform"]
+    lambda0: float
+    lambda_min: float
+    lambda_max: float
+    repetitions: int
+    step: float
+    val_weight: float
+    val_batch: int
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # AMAL, durgas16/AMAL HEAD (KD/LearnMultiLambdaMeta.py)
+    "amal": {"mixing": "free", "init": "constant", "lambda0": 0.9, "lambda_min": 1e-7,
+             "lambda_max": 2.0 - 1e-7, "repetitions": 5, "step": 1500.0, "val_weight": 1.0,
+             "val_batch": 1000},
+    # ALM-KD, the 2022 history (getLambda/LearnLambdaMeta.py, get_lambdas)
+    "almkd": {"mixing": "convex", "init": "uniform", "lambda0": 0.5, "lambda_min": 1e-7,
+              "lambda_max": 1.0 - 1e-7, "repetitions": 10, "step": 2000.0, "val_weight": 0.75,
+              "val_batch": 0},
+}
+
+
+@attrs.frozen
+class AlmKDParams:
+    """Parameters of ``almkd``; every ``None`` takes the preset's value.
+
+    Attributes:
+        teachers: the frozen teacher roles, in the order of the table's columns 1..M (several:
+            AMAL multi-teacher; a role of the student's architecture: self-distillation).
+        temperature: T of the KD terms ``T^2 KL(softmax(t/T) || softmax(s/T))``.
+        preset: ``amal`` (default) or ``almkd``; fills the knobs below.
+        mixing: ``free`` (``M + 1`` independent weights per sample) or ``convex`` (one
+            ``lambda``, weights ``[1 - lambda, lambda / M, ...]``).
+        init: ``constant`` (teachers ``lambda0``, CE ``1 - lambda0``; convex: ``lambda0``) or
+            ``uniform`` (every parameter ``U(0, 1)`` from ``run.generator``).
+        lambda0: the constant initial teacher weight.
+        lambda_min, lambda_max: the clip interval of every parameter.
+        repetitions: update steps per chunk.
+        step: the multiplier of the meta-gradient: ``lambda <- clip(lambda - step * dJ/dlambda)``
+            where ``dJ/dlambda = -eta <g, U>`` already carries the learning rate ``eta``
+            (ALM-KD's ``lambda + 2000 eta <g_KD - g_CE, u>`` is ``step = 2000``).
+        val_weight: ``a`` in the meta objective ``J = a L_val + (1 - a) L_chunk``.
+        val_batch: meta-split rows per chunk (cycled in a shuffled order); 0: all of them.
+        grad_fit: training batches per chunk.
+        select_every: R; the table is re-learned at epochs ``e`` with ``e % R == 0``.
+        warm_epochs: no update before this epoch of the stage (default: R).
+        batch_size: the ``|B|`` of the update pass's ``1/|B|`` gradients (0: the recipe's
+            ``data.batch_size``); the step sizes are tuned to it.
+        shuffle: visit the training set in a random order (``run.generator``) during updates.
+        meta_split: ``gold`` (clean, ``data.gold_per_class``) or ``val`` (its labels are noisy
+            unless ``data.noise.apply_to_val = false``).
+    """
+
+    teachers: tuple[str, ...] = attrs.field(default=("teacher",), validator=_teachers)
+    temperature: float = attrs.field(default=4.0, validator=_positive)
+    preset: Literal["amal", "almkd"] = "amal"
+    mixing: Literal["free", "convex"] | None = None
+    init: Literal["constant", "uniform"] | None = None
+    lambda0: float | None = attrs.field(default=None, validator=_non_negative)
+    lambda_min: float | None = None
+    lambda_max: float | None = None
+    repetitions: int | None = attrs.field(default=None, validator=_positive)
+    step: float | None = attrs.field(default=None, validator=_non_negative)
+    val_weight: float | None = attrs.field(default=None, validator=_unit)
+    val_batch: int | None = attrs.field(default=None, validator=_non_negative)
+    grad_fit: int = attrs.field(default=2, validator=_positive)
+    select_every: int = attrs.field(default=10, validator=_positive)
+    warm_epochs: int | None = attrs.field(default=None, validator=_non_negative)
+    batch_size: int = attrs.field(default=0, validator=_non_negative)
+    shuffle: bool = True
+    meta_split: Literal["gold", "val"] = "gold"
+
+    def __attrs_post_init__(self) -> None:
+        self.settings()  # cross-field checks, reported through the recipe's error path
+
+    def settings(self) -> Settings:
+        """The preset with every explicitly given knob in place of its value."""
+        values = dict(PRESETS[self.preset])
+        for key in values:
+            given = getattr(self, key)
+            if given is not None:
+                values[key] = given
+        s = Settings(**values)
+        if not s.lambda_min < s.lambda_max:
+            raise ValueError(f"'lambda_min' must be below lambda_max ({s.lambda_max!r}), "
+                             f"got {s.lambda_min!r}")
+        if s.mixing == "convex":
+            if s.lambda_min < 0:
+                raise ValueError(f"'lambda_min' must be >= 0 with convex mixing, got "
+                                 f"{s.lambda_min!r}")
+            if s.lambda_max > 1:
+                raise ValueError(f"'lambda_max' must be <= 1 with convex mixing, got "
+                                 f"{s.lambda_max!r}")
+        return s
+
+    @property
+    def first_update(self) -> int:
+        return self.select_every if self.warm_epochs is None else self.warm_epochs
+
+
+# -- recipe checks --------------------------------------------------------------------------------
+
+
+def recipe_problems(recipe: kdcore.Recipe, use: str = "almkd") -> list[str]:
+    """Role and data problems of every ``almkd`` entry of a recipe, before anything trains."""
+    problems: list[str] = []
+    roles = set(recipe.models)
+    for s, stage in enumerate(recipe.stages):
+        for c, comp in enumerate(stage.components):
+            if comp.use != use or not comp.enabled:
+                continue
+            key = f"stages[{s}].components[{c}]"
+            try:
+                params = structure(AlmKDParams, comp.params, f"{key}.params")
+            except kdcore.RecipeError:
+                continue  # reported with its key path when the stage's components are built
+            served = list(comp.models if comp.models is not None else stage.train)
+            if len(served) != 1:
+                problems.append(f"{key}: '{comp.label}' serves {served}; it mixes the losses "
+                                f"of exactly one student (set 'models')")
+            for teacher in params.teachers:
+                if teacher not in roles:
+                    problems.append(f"{key}.params.teachers: no model role '{teacher}'; "
+                                    f"[models] defines: {', '.join(sorted(roles))}")
+                elif teacher in served:
+                    problems.append(f"{key}.params.teachers: '{teacher}' is the student itself; "
+                                    f"for self-distillation add a role of the same architecture")
+                elif teacher in stage.train:
+                    problems.append(f"{key}.params.teachers: teacher '{teacher}' is trained in "
+                                    f"stage '{stage.name}'; teachers must be frozen (train them "
+                                    f"in an earlier stage)")
+            if params.meta_split == "gold" and recipe.data.gold_per_class == 0:
+                problems.append(f"{key}.params.meta_split: the lambda update needs a clean "
+                                f"meta split; set data.gold_per_class (e.g. 10 on digits)")
+    return problems
+
+
+# -- the component --------------------------------------------------------------------------------
+
+
+def kd_share(weights: torch.Tensor) -> torch.Tensor:
+    """``sum_m w_m / sum_k w_k`` per row: the share of the loss mix given to the teachers."""
+    return weights[:, 1:].sum(dim=1) / weights.sum(dim=1).clamp_min(1e-12)
+
+
+class AlmKD(kdcore.Component):
+    """ALM-KD / AMAL: per-sample CE/KD mixing weights learned through a last-layer look-ahead."""
+
+    Params = AlmKDParams
+    description = "ALM-KD / AMAL: per-sample meta-learned mixing of the CE and KD terms"
+
+    @property
+    def column(self) -> str:
+        """The ledger column of the weight table."""
+        return f"weight/{self.name}"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def setup(self, run: kdcore.Run) -> None:
+        self.run = run
+        self.settings = self.params.settings()
+        try:
+            self.student = self.model
+        except ValueError as exc:
+            raise kdcore.RecipeError(str(exc)) from None
+        for teacher in self.params.teachers:
+            if teacher not in run.models:
+                raise kdcore.RecipeError(f"component '{self.name}': no model role '{teacher}'")
+        self.lam: torch.Tensor | None = None
+        self.updates = 0
+
+    def on_stage_start(self, run: kdcore.Run) -> None:
+        self.lam = self.initial_lambdas(run)
+        self._publish()
+
+    def initial_lambdas(self, run: kdcore.Run) -> torch.Tensor:
+        """The parameter table ``(N, P)`` at the start of the stage (clipped to the bounds)."""
+        s = self.settings
+        n, m = run.ledger.size, len(self.params.teachers)
+        p = num_parameters(s.mixing, m)
+        if s.init == "uniform":
+            lam = torch.rand(n, p, generator=run.generator)
+        elif s.mixing == "convex":
+            lam = torch.full((n, 1), s.lambda0)
+        else:
+            lam = torch.full((n, p), s.lambda0)
+            lam[:, 0] = 1.0 - s.lambda0  # 1 - max_m lambda_m with every teacher at lambda0
+        return lam.clamp(s.lambda_min, s.lambda_max).to(run.device)
+
+    def weights(self) -> torch.Tensor:
+        """The effective per-term weights ``(N, M + 1)``."""
+        if self.lam is None:
+            raise RuntimeError(f"component '{self.name}' has no lambda table yet")
+        return effective_weights(self.lam, self.settings.mixing, len(self.params.teachers))
+
+    def _publish(self) -> None:
+        self.run.ledger.add(self.column, self.weights(), producer=self.name, kind="weight")
+
+    # -- the update -----------------------------------------------------------------------------
+
+    def due(self, epoch: int) -> bool:
+        """Whether the table is re-learned at the start of ``epoch`` (within the stage)."""
+        return epoch >= self.params.first_update and epoch % self.params.select_every == 0
+
+    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+        due = self.due(epoch)
+        if due:
+            self.update(run)
+        run.log_metric(f"{self.column}/updated", float(due))
+
+    def update(self, run: kdcore.Run) -> None:
+        """Re-learn the table: one chunked look-ahead pass over the training set."""
+        s, p = self.settings, self.params
+        split = p.meta_split
+        meta = run.data.split(split)
+        if len(meta) == 0:
+            raise kdcore.RecipeError(
+                f"component '{self.name}': the '{split}' split is empty; set "
+                f"data.gold_per_class (or data.val_fraction) so the lambda update has data")
+        student = run.features(self.student)
+        val = run.features(self.student, split=split)
+        labels = meta.y if split == "gold" else run.data.val_noisy
+        val_targets = one_hot(labels, run.num_classes, val.logits.dtype).to(val.logits.device)
+        n = run.ledger.size
+        order = (torch.randperm(n, generator=run.generator) if p.shuffle
+                 else torch.arange(n))
+        if s.val_batch == 0 or s.val_batch >= len(meta):
+            val_batches = [torch.arange(len(meta))]
+        else:
+            val_batches = list(torch.split(torch.randperm(len(meta), generator=run.generator),
+                                           s.val_batch))
+        cfg = UpdateConfig(
+            mixing=s.mixing, temperature=p.temperature, lr=run.lr(self.student), step=s.step,
+            repetitions=s.repetitions, bounds=(s.lambda_min, s.lambda_max),
+            val_weight=s.val_weight, batch_size=p.batch_size or run.recipe.data.batch_size,
+            grad_fit=p.grad_fit)
+        self.lam, stats = update_lambdas(
+            self.lam, cfg, logits=student.logits, features=student.features,
+            targets=run.ledger["target"].to(student.logits.dtype),
+            teacher_logits=[run.features(t).logits for t in p.teachers],
+            val_logits=val.logits, val_features=val.features, val_targets=val_targets,
+            order=order.to(run.device), val_batches=val_batches)
+        self.updates += 1
+        self._publish()
+        run.log_metric(f"{self.column}/meta_loss_first", stats.objective_first)
+        run.log_metric(f"{self.column}/meta_loss_last", stats.objective_last)
+
+    # -- per batch ------------------------------------------------------------------------------
+
+    def transfer(self, batch: kdcore.Batch) -> torch.Tensor:
+        w = batch.run.ledger[self.column][batch.index]
+        teachers = [batch.out(t).logits.detach() for t in self.params.teachers]
+        return mixed_loss(batch.out(self.student).logits, batch.targets.detach(), teachers, w,
+                          self.params.temperature)
+
+    def on_epoch_end(self, run: kdcore.Run, epoch: int, metrics: dict[str, float]) -> None:
+        w = run.ledger[self.column].double()
+        share = kd_share(w)
+        clean = run.ledger["clean_mask"].bool()
+        col = self.column
+        metrics[f"{col}/kd_share"] = float(share.mean())
+        nan = float("nan")
+        metrics[f"{col}/kd_share_clean"] = float(share[clean].mean()) if clean.any() else nan
+        metrics[f"{col}/kd_share_noisy"] = float(share[~clean].mean()) if (~clean).any() else nan
+        metrics[f"{col}/ce"] = float(w[:, 0].mean())
+        for m, teacher in enumerate(self.params.teachers, 1):
+            metrics[f"{col}/{teacher}"] = float(w[:, m].mean())
+
+    # -- checkpoint -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lam": None if self.lam is None else self.lam.cpu(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        lam = state.get("lam")
+        self.lam = None if lam is None else torch.as_tensor(lam).to(self.run.device)
+        self.updates = int(state.get("updates", 0))

@@ -1,0 +1,189 @@
+"""AWE: ambiguity-aware weights (AML-KD §1.8).
+
+Reading implemented (the released code's, with its defects D1-D3 as options, fixed by default):
+
+* class prototypes ``mu_c``: the mean un-normalised student feature of the samples labelled c
+  (an empty class gets a zero prototype); features come from kdcore's shared eval-mode,
+  un-augmented pass (the release uses an augmented pass: a documented deviation);
+* ambiguity profile ``a_ic = cos(f_i, mu_c)``;
+* learned weights: WeightNet ``Linear(2C, C) -> PReLU -> Linear(C, 1) -> sigmoid`` on
+  ``[a_i ; onehot(y_i)]`` (detached), trained jointly with the student by back-propagating the
+  weighted loss, with its own SGD optimiser; parameter-free weights: ``sigmoid(a_{i, y_i})``;
+* loss weights use prototypes of the current targets (recomputed once per epoch, at its first
+  batch, after label propagation); LP seed weights use prototypes of the *selected* labels
+  (noisy where the small-loss selection kept a sample, the student's prediction elsewhere) and
+  are written at the epoch start to ``awe/seed_weight``, before label propagation reads them.
+
+Release options: ``zero_grad = false`` (D3: WeightNet gradients accumulate), ``batch_mean_weight
+= true`` (D2: the loss weight is the batch mean of the weights, so the weighted CE equals
+``mean(CE) * mean(w)``), ``seed_alignment = "release_shuffled"`` (D1: seed weights attached to
+the wrong samples, as a random permutation).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kdcore
+from kdcore.losses import one_hot
+
+
+class WeightNet(nn.Module):
+    """``[a ; onehot(y)] (2C) -> Linear(C) -> PReLU -> Linear(1) -> sigmoid``."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * num_classes, num_classes), nn.PReLU(),
+                                 nn.Linear(num_classes, 1))
+
+    def forward(self, ambiguity: torch.Tensor, labels_one_hot: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(torch.cat([ambiguity, labels_one_hot], 1))).squeeze(1)
+
+
+def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int
+                     ) -> torch.Tensor:
+    """Mean feature per class ``(C, d)``; a class with no sample gets zeros (no division by 0)."""
+    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype,
+                       device=features.device)
+    sums.index_add_(0, labels.long(), features)
+    counts = torch.bincount(labels.long(), minlength=num_classes).clamp_min(1)
+    return sums / counts.unsqueeze(1).to(features.dtype)
+
+
+def ambiguity_profile(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``a_ic = cos(f_i, mu_c)`` ``(N, C)``."""
+    return F.normalize(features, dim=1) @ F.normalize(prototypes, dim=1).T
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
+
+
+@attrs.frozen
+class AWEParams:
+    """Parameters of ``awe``.
+
+    Attributes:
+        student: the role whose features define prototypes and ambiguity.
+        loss_mode: weights returned for the loss terms: ``learned``, ``cosine`` or ``none``.
+        seed_mode: LP seed weights written to ``awe/seed_weight``: ``learned``, ``cosine`` or
+            ``none`` (AML-KD: learned in stage 1, cosine in stage 2).
+        selection: the ledger mask column of the small-loss selection (for the selected
+            labels of the seed prototypes); empty: the student's predictions everywhere.
+        lr: the WeightNet's learning rate; 0 follows the student's current learning rate (the
+            release gives both the same settings and schedule).
+        momentum, weight_decay: the WeightNet's SGD settings.
+        zero_grad: zero the WeightNet's gradients after each step (release: never, D3).
+        batch_mean_weight: return the batch mean of the weights for every sample (release D2).
+        seed_alignment: ``index`` or ``release_shuffled`` (D1).
+    """
+
+    student: str = "student"
+    loss_mode: Literal["learned", "cosine", "none"] = "learned"
+    seed_mode: Literal["learned", "cosine", "none"] = "none"
+    selection: str = ""
+    lr: float = attrs.field(default=0.0, validator=_non_negative)
+    momentum: float = 0.9
+    weight_decay: float = attrs.field(default=5e-4, validator=_non_negative)
+    zero_grad: bool = True
+    batch_mean_weight: bool = False
+    seed_alignment: Literal["index", "release_shuffled"] = "index"
+
+
+class AWE(kdcore.Component):
+    """Ambiguity-aware per-sample weights for loss terms and LP seeds."""
+
+    Params = AWEParams
+    description = "ambiguity-aware weights (learned WeightNet or parameter-free cosine)"
+
+    def setup(self, run: kdcore.Run) -> None:
+        if self.params.student not in run.models:
+            raise kdcore.RecipeError(
+                f"component '{self.name}': no model role '{self.params.student}'")
+        self.run = run
+        self.net = WeightNet(run.num_classes).to(run.device)
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=self.params.lr or 0.05,
+                                         momentum=self.params.momentum,
+                                         weight_decay=self.params.weight_decay)
+        self._prototypes: torch.Tensor | None = None
+        self._prototype_key: tuple[int, int] | None = None
+
+    # -- per epoch: LP seed weights ---------------------------------------------------------
+
+    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+        self._prototypes = None  # loss prototypes follow this epoch's refined labels
+        if self.params.seed_mode == "none":
+            return
+        feats = run.features(self.params.student)
+        labels = self.selected_labels(feats.logits)
+        protos = class_prototypes(feats.features, labels, run.num_classes)
+        amb = ambiguity_profile(feats.features, protos)
+        with torch.no_grad():
+            weights = self._weights(amb, labels, self.params.seed_mode)
+        if self.params.seed_alignment == "release_shuffled":
+            weights = weights[torch.randperm(len(weights), generator=run.generator).to(
+                weights.device)]
+        run.ledger.add("awe/seed_weight", weights, producer=self.name, kind="weight")
+
+    def selected_labels(self, student_logits: torch.Tensor) -> torch.Tensor:
+        pred = student_logits.argmax(1)
+        if not self.params.selection:
+            return pred
+        mask = self.run.ledger[self.params.selection].bool()
+        return torch.where(mask, self.run.ledger["noisy_label"], pred)
+
+    def _weights(self, amb: torch.Tensor, labels: torch.Tensor, mode: str) -> torch.Tensor:
+        if mode == "learned":
+            was = self.net.training
+            self.net.train(torch.is_grad_enabled())
+            out = self.net(amb.detach(), one_hot(labels, self.run.num_classes))
+            self.net.train(was)
+            return out
+        return torch.sigmoid(amb.gather(1, labels.long().unsqueeze(1)).squeeze(1))
+
+    # -- per batch: loss weights ------------------------------------------------------------
+
+    def loss_prototypes(self) -> torch.Tensor:
+        """Prototypes of the current targets, computed once per epoch (after LP ran)."""
+        key = (self.run.epoch, self.run.stage_index)
+        if self._prototypes is None or self._prototype_key != key:
+            feats = self.run.features(self.params.student).features
+            labels = self.run.ledger["base_target"].argmax(1)
+            self._prototypes = class_prototypes(feats, labels, self.run.num_classes)
+            self._prototype_key = key
+        return self._prototypes
+
+    def weight(self, batch: kdcore.Batch) -> torch.Tensor | None:
+        if self.params.loss_mode == "none":
+            return None
+        feats = batch.out(self.params.student).features.detach()
+        amb = ambiguity_profile(feats, self.loss_prototypes())
+        w = self._weights(amb, batch.targets.argmax(1), self.params.loss_mode)
+        if self.params.batch_mean_weight:
+            w = w.mean().expand(len(batch))
+        return w
+
+    def after_step(self, batch: kdcore.Batch) -> None:
+        if self.params.loss_mode != "learned":
+            return
+        lr = self.params.lr or self.run.lr(self.params.student)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        if self.params.zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    # -- checkpoint -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, object]:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.net.load_state_dict(state["net"])  # type: ignore[arg-type]
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
