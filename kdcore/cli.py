@@ -286,3 +286,95 @@ def _export_cartography(hist: Any, out_dir: Path, role: str | None) -> int:
                                      "gold": int(gold[i])}) + "\n")
         written += 1
     return written
+
+
+@main.command()
+@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path),
+              help="A grid TOML (seeds, variants with their recipe and overrides).")
+@click.option("--seeds", default=None, help="Comma-separated seeds (default: the grid's, or 0).")
+@click.option("--variant", "variants", multiple=True, metavar="NAME:KEY=VAL;KEY=VAL",
+              help="A variant of each recipe (repeatable); none: each recipe as it is.")
+@_set_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Grid directory: runs go to OUT/<variant>/seed<k>/.")
+@click.option("--jobs", "-j", default=1, show_default=True,
+              help="Runs in parallel (separate processes); 1 runs in this process.")
+@_user_errors
+def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
+           variants: tuple[str, ...], overrides: tuple[str, ...], out: Path, jobs: int) -> None:
+    """Run recipes x variants x seeds; finished runs are skipped, interrupted ones resumed."""
+    from kdcore import ablate as ab
+
+    _configure_logging(quiet=True)
+    specs_variants: list[ab.Variant] = []
+    grid_seeds = [0]
+    if grid:
+        specs_variants, grid_seeds = ab.read_grid(grid)
+    for recipe in recipes:
+        if variants:
+            specs_variants += [ab.parse_variant(v, str(recipe)) for v in variants]
+        else:
+            specs_variants.append(ab.Variant(recipe.stem, str(recipe)))
+    if not specs_variants:
+        raise KdcoreError("nothing to run: give RECIPES or --grid")
+    if overrides:
+        specs_variants = [ab.Variant(v.name, v.recipe, [*overrides, *v.set])
+                          for v in specs_variants]
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else grid_seeds
+    except ValueError:
+        raise KdcoreError(f"--seeds takes comma-separated integers, got '{seeds}'") from None
+    specs = ab.plan(specs_variants, seed_list, out)
+    host = _host((), False)
+
+    def in_process(spec: ab.RunSpec, resume: bool) -> None:
+        from kdcore.engine import run_recipe
+        from kdcore.recipe import load_recipe
+
+        run_recipe(load_recipe(spec.variant.recipe, spec.overrides), out=str(spec.out),
+                   resume=resume, host=host, progress=False)
+
+    counts = ab.run_grid(specs, jobs=jobs, echo=click.echo, in_process=in_process)
+    click.echo(f"grid {out}: {counts['ran']} ran, {counts['skipped']} skipped, "
+               f"{counts['failed']} failed")
+    if counts["failed"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the table as Markdown here (default: print it).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the table as CSV here.")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
+              help="Write PNG plots here (needs matplotlib).")
+@click.option("--model", "role", default=None, help="Only this model role.")
+@click.option("--baseline", default=None, help="Variant for the noise-gap recovery's floor.")
+@click.option("--ceiling", default=None, help="Variant for the noise-gap recovery's ceiling.")
+@_user_errors
+def report(runs: tuple[Path, ...], md_path: Path | None, csv_path: Path | None,
+           plots: Path | None, role: str | None, baseline: str | None,
+           ceiling: str | None) -> None:
+    """Tables (mean and std over seeds, best-validation and last epoch) and plots of RUNS."""
+    from kdcore import report as rp
+
+    found = rp.find_runs(runs)
+    rows = rp.aggregate(found, [role] if role else None)
+    table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling, model=role)
+    if md_path:
+        md_path.write_text(table)
+        click.echo(f"wrote {md_path}")
+    else:
+        click.echo(table, nl=False)
+    if csv_path:
+        rp.write_csv(rows, csv_path)
+        click.echo(f"wrote {csv_path}")
+    if plots:
+        written = rp.plot_runs(found, plots, role)
+        click.echo(f"wrote {len(written)} plots to {plots}")
+
+
+if __name__ == "__main__":
+    main()

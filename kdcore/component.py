@@ -19,6 +19,7 @@ How results combine, per trained model:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -156,12 +157,12 @@ class Component:
     @classmethod
     def kinds(cls) -> tuple[str, ...]:
         """The component kinds this class implements, by the hooks it overrides."""
-        return tuple(k for k, hook in KIND_HOOKS.items() if _overrides(cls, hook))
+        return _kinds(cls)
 
     @classmethod
     def hooks(cls) -> tuple[str, ...]:
         """Every component hook this class overrides."""
-        return tuple(h for h in COMPONENT_HOOKS if _overrides(cls, h))
+        return _hooks(cls)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -324,6 +325,17 @@ COMPONENT_HOOKS: tuple[str, ...] = (
 
 def _overrides(cls: type, hook: str) -> bool:
     return getattr(cls, hook) is not getattr(Component, hook)
+
+
+@functools.cache
+def _kinds(cls: type) -> tuple[str, ...]:
+    # cached: the engine asks for every component on every batch
+    return tuple(k for k, hook in KIND_HOOKS.items() if _overrides(cls, hook))
+
+
+@functools.cache
+def _hooks(cls: type) -> tuple[str, ...]:
+    return tuple(h for h in COMPONENT_HOOKS if _overrides(cls, h))
 
 
 ComponentFactory = Callable[[Any, ComponentSpec], Component]

@@ -539,7 +539,8 @@ class Trainer:
             run._bump(role)
         run.step += 1
         for comp in comps:
-            comp.after_step(batch)
+            if "after_step" in comp.hooks():
+                comp.after_step(batch)
         self.host.hook.kdcore_batch_end(
             run=run, batch=batch, losses={r: losses[r] for r in trained})
 

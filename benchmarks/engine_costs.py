@@ -1,0 +1,156 @@
+"""Engine overhead and HDF5 history cost, measured in one run.
+
+1. Overhead: the CE recipe on Fashion-MNIST (flattened, MLP) run by kdcore's engine, against a
+   plain hand-written PyTorch loop on the same model initialisation, data, batch size and epochs
+   (both evaluate validation and test accuracy every epoch, as the engine does). The two are
+   interleaved ``--repeats`` times so that machine load hits both alike; the ratio is
+   engine wall time / plain wall time per pair.
+2. History cost: the time spent appending each epoch to history.h5 (N = 60,000 minus the
+   validation split, C = 10; columns: target, per-sample CE loss, training logits) as a
+   fraction of the epoch's time, and the file size against the same columns as raw float32.
+
+Usage:  .venv/bin/python benchmarks/engine_costs.py [--epochs 3] [--repeats 3]
+Needs Fashion-MNIST (make fashion-mnist). Writes benchmarks/results/engine_costs.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from loguru import logger
+
+import kdcore
+from kdcore import history as history_mod
+from kdcore.engine import Trainer, build_model
+from kdcore.models.base import ModelSpec
+from kdcore.recipe import recipe_from_dict
+from kdcore.rundata import build_run_data
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def ce_recipe(epochs: int, out: str) -> kdcore.Recipe:
+    return recipe_from_dict({
+        "run": {"name": "ce-bench", "seed": 0, "device": "cpu", "output_dir": out},
+        "data": {"dataset": "fashion_mnist", "params": {"flatten": True}, "batch_size": 128,
+                 "noise": {"model": "symmetric", "params": {"rate": 0.4}}},
+        "models": {"student": {"arch": "mlp", "params": {"hidden": [256, 128]},
+                               "optimizer": {"lr": 0.05}}},
+        "stages": [{"name": "student", "epochs": epochs, "train": ["student"],
+                    "components": [{"use": "ce"}]}],
+    })
+
+
+def run_engine(recipe: kdcore.Recipe, host: kdcore.PluginHost) -> tuple[float, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(recipe, Path(tmp), host, progress=False)
+        trainer.prepare()
+        appends: list[float] = []
+        original = history_mod.HistoryWriter.append_epoch
+
+        def timed(self, **kw):
+            t = time.perf_counter()
+            row = original(self, **kw)
+            appends.append(time.perf_counter() - t)
+            return row
+
+        history_mod.HistoryWriter.append_epoch = timed
+        try:
+            t0 = time.perf_counter()
+            trainer.fit()
+            wall = time.perf_counter() - t0
+        finally:
+            history_mod.HistoryWriter.append_epoch = original
+        with kdcore.History(Path(tmp)) as h:
+            epoch_times = h.metric("time/epoch").tolist()
+            raw = sum(h.column(c).size * 4 for c in h.column_names())
+            columns = h.column_names()
+        size = (Path(tmp) / "history.h5").stat().st_size
+    return wall, {"append_s": appends, "epoch_s": epoch_times, "file_bytes": size,
+                  "raw_float32_bytes": raw, "columns": columns}
+
+
+def run_plain(recipe: kdcore.Recipe, host: kdcore.PluginHost) -> float:
+    """The loop a careful user would write by hand, on the engine's own data and init."""
+    torch.manual_seed(recipe.run.seed)
+    data = build_run_data(recipe.data, host, recipe.run.seed, torch.device("cpu"))
+    spec = ModelSpec(tuple(data.train.input_shape), data.num_classes)
+    model = build_model("student", recipe.models["student"], host, spec, recipe.run.seed)
+    opt_cfg = recipe.models["student"].optimizer
+    opt = torch.optim.SGD(model.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
+                          weight_decay=opt_cfg.weight_decay)
+    x, y = data.train.x, data.train_noisy
+    bs = recipe.data.batch_size
+    gen = torch.Generator().manual_seed(recipe.run.seed + 2)
+    t0 = time.perf_counter()
+    for _ in range(recipe.stages[0].epochs):
+        model.train()
+        perm = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), bs):
+            idx = perm[start:start + bs]
+            logits, _ = model(x[idx])
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            for split, labels in ((data.val, data.val_noisy), (data.test, data.test.y)):
+                pred = torch.cat([model(split.x[i:i + 1024])[0].argmax(1)
+                                  for i in range(0, len(labels), 1024)])
+                float((pred == labels).float().mean())
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    logger.remove()
+    torch.set_num_threads(2)
+    host = kdcore.PluginHost()
+    pairs, engine_info = [], None
+    for rep in range(args.repeats):
+        recipe = ce_recipe(args.epochs, tempfile.gettempdir())
+        order = ("engine", "plain") if rep % 2 == 0 else ("plain", "engine")
+        times = {}
+        for which in order:
+            if which == "engine":
+                times["engine"], engine_info = run_engine(recipe, host)
+            else:
+                times["plain"] = run_plain(recipe, host)
+        pairs.append(times)
+        print(f"repeat {rep}: engine {times['engine']:.2f}s plain {times['plain']:.2f}s "
+              f"ratio {times['engine'] / times['plain']:.3f}")
+    ratios = [p["engine"] / p["plain"] for p in pairs]
+    assert engine_info is not None
+    frac = sum(engine_info["append_s"]) / sum(engine_info["epoch_s"])
+    out = {
+        "epochs": args.epochs, "repeats": args.repeats, "batch_size": 128,
+        "model": "mlp [256, 128] on flattened Fashion-MNIST", "threads": 2,
+        "pairs": pairs, "ratio_mean": statistics.mean(ratios),
+        "ratio_std": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
+        "history_append_s": engine_info["append_s"], "epoch_s": engine_info["epoch_s"],
+        "history_fraction_of_epoch": frac, "history_columns": engine_info["columns"],
+        "history_file_bytes": engine_info["file_bytes"],
+        "raw_float32_bytes": engine_info["raw_float32_bytes"],
+        "size_ratio_vs_float32": engine_info["file_bytes"] / engine_info["raw_float32_bytes"],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "engine_costs.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"overhead ratio {out['ratio_mean']:.3f} +- {out['ratio_std']:.3f}; history "
+          f"{100 * frac:.2f}% of epoch time; file {out['history_file_bytes'] / 1e6:.2f} MB vs "
+          f"{out['raw_float32_bytes'] / 1e6:.2f} MB raw float32 "
+          f"({out['size_ratio_vs_float32']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Grids of runs: recipes x variants x seeds, resumable, one at a time or in parallel processes.
+
+A grid's runs live in ``OUT/<variant>/seed<k>/``. A run with a ``summary.json`` is finished and
+skipped; one with a checkpoint but no summary was interrupted and is resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kdcore.checkpoint import CHECKPOINT
+from kdcore.config import structure
+from kdcore.errors import KdcoreError, RecipeError
+from kdcore.recipe import read_toml
+
+
+@attrs.frozen
+class Variant:
+    """One column of a grid: a recipe file and the overrides applied to it.
+
+    Attributes:
+        name: the variant's directory name (and its row label in reports).
+        recipe: the recipe file.
+        set: ``key.path=value`` overrides, as ``--set`` takes them.
+    """
+
+    name: str
+    recipe: str
+    set: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class GridFile:
+    """The TOML form of a grid (``kdcore ablate --grid FILE``).
+
+    Attributes:
+        recipe: the default recipe of every variant (relative to the grid file).
+        seeds: the seeds every variant runs with.
+        set: overrides applied to every variant, before its own.
+        variant: the variants; a variant without ``recipe`` uses the grid's.
+    """
+
+    recipe: str | None = None
+    seeds: list[int] = attrs.Factory(lambda: [0])
+    set: list[str] = attrs.Factory(list)
+    variant: list[dict[str, Any]] = attrs.Factory(list)
+
+
+@attrs.frozen
+class RunSpec:
+    """One run of a grid."""
+
+    variant: Variant
+    seed: int
+    out: Path
+
+    @property
+    def overrides(self) -> list[str]:
+        return [*self.variant.set, f"run.seed={self.seed}"]
+
+
+def read_grid(path: str | Path) -> tuple[list[Variant], list[int]]:
+    """Variants and seeds from a grid file; paths are relative to the file."""
+    path = Path(path)
+    grid = structure(GridFile, read_toml(path))
+    variants = []
+    for i, raw in enumerate(grid.variant):
+        key = f"variant[{i}]"
+        if "name" not in raw:
+            raise RecipeError("a variant needs a 'name'", file=str(path), key=key)
+        recipe = raw.get("recipe", grid.recipe)
+        if recipe is None:
+            raise RecipeError("no recipe: give the grid or the variant a 'recipe'",
+                              file=str(path), key=key)
+        unknown = set(raw) - {"name", "recipe", "set"}
+        if unknown:
+            raise RecipeError(f"unknown key '{sorted(unknown)[0]}'; expected name, recipe, set",
+                              file=str(path), key=key)
+        variants.append(Variant(str(raw["name"]), str(path.parent / recipe),
+                                [*grid.set, *raw.get("set", [])]))
+    if not variants and grid.recipe:
+        variants.append(Variant(Path(grid.recipe).stem, str(path.parent / grid.recipe),
+                                list(grid.set)))
+    return variants, list(grid.seeds)
+
+
+def parse_variant(text: str, recipe: str) -> Variant:
+    """``name:key=value;key=value`` from the command line."""
+    name, _, rest = text.partition(":")
+    if not name:
+        raise KdcoreError(f"variant '{text}' has no name (expected name:key=value;...)")
+    return Variant(name, recipe, [s for s in rest.split(";") if s.strip()])
+
+
+def plan(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[RunSpec]:
+    names = [v.name for v in variants]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise KdcoreError(f"two variants named '{sorted(dup)[0]}'")
+    return [RunSpec(v, s, out / v.name / f"seed{s}") for v in variants for s in seeds]
+
+
+def status(spec: RunSpec) -> str:
+    """``done``, ``partial`` (resumable) or ``new``."""
+    if (spec.out / "summary.json").is_file():
+        return "done"
+    if (spec.out / CHECKPOINT).is_file():
+        return "partial"
+    return "new"
+
+
+def run_grid(
+    specs: Sequence[RunSpec],
+    *,
+    jobs: int = 1,
+    echo: Callable[[str], None] = print,
+    in_process: Callable[[RunSpec, bool], None] | None = None,
+) -> dict[str, int]:
+    """Run every unfinished run of ``specs``; returns counts of ``ran``, ``skipped``, ``failed``.
+
+    With ``jobs == 1`` runs go one after another in this process (no torch import per run);
+    with more, each run is a ``kdcore run`` subprocess, ``jobs`` at a time.
+    """
+    todo = [s for s in specs if status(s) != "done"]
+    counts = {"ran": 0, "skipped": len(specs) - len(todo), "failed": 0}
+    if counts["skipped"]:
+        echo(f"{counts['skipped']} of {len(specs)} runs already finished: skipped")
+    total = len(todo)
+
+    def one(i: int, spec: RunSpec) -> bool:
+        resume = status(spec) == "partial"
+        label = f"[{i + 1}/{total}] {spec.variant.name} seed {spec.seed}"
+        echo(f"{label}: {'resuming' if resume else 'starting'}")
+        t0 = time.perf_counter()
+        try:
+            if jobs == 1 and in_process is not None:
+                in_process(spec, resume)
+            else:
+                _subprocess_run(spec, resume)
+        except (KdcoreError, subprocess.CalledProcessError) as exc:
+            echo(f"{label}: FAILED: {exc}")
+            return False
+        echo(f"{label}: done in {time.perf_counter() - t0:.0f}s")
+        return True
+
+    if jobs == 1:
+        results = [one(i, s) for i, s in enumerate(todo)]
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(lambda a: one(*a), enumerate(todo)))
+    counts["ran"] = sum(results)
+    counts["failed"] = len(results) - counts["ran"]
+    return counts
+
+
+def _subprocess_run(spec: RunSpec, resume: bool) -> None:
+    cmd = [sys.executable, "-m", "kdcore.cli", "run", spec.variant.recipe, "--out",
+           str(spec.out), "--quiet", "--no-progress"]
+    for o in spec.overrides:
+        cmd += ["--set", o]
+    if resume:
+        cmd.append("--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise KdcoreError(f"exit {proc.returncode}: {last}")

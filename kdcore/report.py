@@ -1,0 +1,198 @@
+"""Results tables and plots from run directories (their summary.json and history.h5).
+
+Runs are grouped by variant: the directory above ``seed<k>/`` in a grid made by
+``kdcore ablate``, else the run directory's own name. Every number is the mean and standard
+deviation over the group's seeds of a model's test accuracy, at its best-validation epoch and at
+its last epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kdcore.errors import KdcoreError
+
+SEED_DIR = re.compile(r"seed\d+$")
+METRICS = {
+    "best": "test_acc_at_best_val",
+    "last": "last_test_acc",
+    "best_bacc": "test_bacc_at_best_val",
+    "last_bacc": "last_test_bacc",
+}
+
+
+@attrs.frozen
+class RunResult:
+    """One finished run: where it is, its variant, and its summary."""
+
+    path: Path
+    variant: str
+    summary: dict[str, Any]
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[RunResult]:
+    """Every finished run (a directory with summary.json) at or below ``paths``."""
+    found: list[RunResult] = []
+    for root in map(Path, paths):
+        if not root.exists():
+            raise KdcoreError(f"no such run directory: {root}")
+        summaries = [root / "summary.json"] if (root / "summary.json").is_file() else sorted(
+            root.rglob("summary.json"))
+        for s in summaries:
+            run_dir = s.parent
+            variant = run_dir.parent.name if SEED_DIR.match(run_dir.name) else run_dir.name
+            found.append(RunResult(run_dir, variant, json.loads(s.read_text())))
+    if not found:
+        raise KdcoreError("no finished runs (directories with summary.json) under "
+                          + ", ".join(map(str, paths)))
+    return found
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    vals = [v for v in values if v == v]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def aggregate(runs: Sequence[RunResult], roles: Sequence[str] | None = None
+              ) -> list[dict[str, Any]]:
+    """One row per (variant, model role): seed count and mean/std of each metric."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    order: list[tuple[str, str]] = []
+    for run in runs:
+        for role, s in run.summary.items():
+            if roles and role not in roles:
+                continue
+            key = (run.variant, role)
+            if key not in groups:
+                order.append(key)
+            groups[key].append(s)
+    rows = []
+    for variant, role in order:
+        items = groups[(variant, role)]
+        row: dict[str, Any] = {"variant": variant, "model": role, "seeds": len(items)}
+        for short, key in METRICS.items():
+            row[f"{short}_mean"], row[f"{short}_std"] = _mean_std([i[key] for i in items])
+        rows.append(row)
+    return rows
+
+
+def _pct(mean: float, std: float) -> str:
+    if mean != mean:
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = None,
+                   ceiling: str | None = None, model: str | None = None) -> str:
+    """A Markdown table of ``rows``; with ``baseline`` and ``ceiling`` variants, a column of
+    the noise-gap recovery ``(acc - acc_baseline) / (acc_ceiling - acc_baseline)`` (best
+    epoch)."""
+    ref = {(r["variant"], r["model"]): r for r in rows}
+    header = ["variant", "model", "seeds", "test acc, best val (%)", "test acc, last (%)",
+              "balanced acc, best val (%)"]
+    recovery = baseline is not None and ceiling is not None
+    if recovery:
+        header.append("gap recovered")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["variant"], r["model"], str(r["seeds"]), _pct(r["best_mean"], r["best_std"]),
+                 _pct(r["last_mean"], r["last_std"]),
+                 _pct(r["best_bacc_mean"], r["best_bacc_std"])]
+        if recovery:
+            role = model or r["model"]
+            base = ref.get((baseline, role))
+            top = ref.get((ceiling, role))
+            if base and top and top["best_mean"] != base["best_mean"]:
+                gap = (r["best_mean"] - base["best_mean"]) / (top["best_mean"] - base["best_mean"])
+                cells.append(f"{gap:+.2f}")
+            else:
+                cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) and not math.isnan(v)
+                                 else v) for k, v in r.items()})
+
+
+def plot_runs(runs: Sequence[RunResult], out_dir: Path, role: str | None = None) -> list[Path]:
+    """PNG plots per grid: test accuracy, refined-label accuracy and selection precision and
+    recall over epochs (mean over seeds per variant), and each variant's final label-transition
+    matrix (true class -> trained-on label) as a heat map."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise KdcoreError("plots need matplotlib: pip install 'kdcore[report]'") from exc
+    import numpy as np
+
+    from kdcore.history import History
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    series: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    matrices: dict[str, list[Any]] = defaultdict(list)
+    for run in runs:
+        with History(run.path) as h:
+            names = h.metric_names()
+            model = role or next(iter(run.summary), None)
+            for metric in (f"test/{model}/acc", "label/acc"):
+                if metric in names:
+                    series[metric][run.variant].append(h.metric(metric))
+            for metric in names:
+                if metric.startswith("select/") and metric.endswith(("/precision", "/recall")):
+                    series[metric][run.variant].append(h.metric(metric))
+            clean, target = h.data("clean_label"), h.column("target", len(h) - 1).argmax(-1)
+            c = h.num_classes
+            m = np.zeros((c, c))
+            np.add.at(m, (clean, target), 1)
+            matrices[run.variant].append(m / np.maximum(m.sum(1, keepdims=True), 1))
+    written = []
+    for metric, by_variant in series.items():
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for variant, curves in by_variant.items():
+            length = min(len(c) for c in curves)
+            with warnings.catch_warnings():  # epochs of other stages are NaN by design
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(np.stack([c[:length] for c in curves]), axis=0)
+            ax.plot(np.arange(length), mean, label=variant)
+        ax.set_xlabel("epoch (over all stages)")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / (metric.replace("/", "_") + ".png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    for variant, mats in matrices.items():
+        fig, ax = plt.subplots(figsize=(4, 3.5))
+        im = ax.imshow(np.mean(mats, axis=0), vmin=0, vmax=1, cmap="viridis")
+        ax.set_xlabel("label trained on (last epoch)")
+        ax.set_ylabel("true class")
+        ax.set_title(variant, fontsize=9)
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        path = out_dir / f"transition_{variant}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

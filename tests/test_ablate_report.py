@@ -1,0 +1,106 @@
+"""kdcore ablate and kdcore report: grids, resumability, tables, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+from click.testing import CliRunner
+
+from kdcore.cli import main
+
+FAST = ["--set", "stages.teacher.epochs=1", "--set", "stages.student.epochs=1"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    from tests.conftest import TINY_RECIPE
+
+    root = tmp_path_factory.mktemp("grid")
+    recipe = root / "tiny.toml"
+    recipe.write_text(TINY_RECIPE.format(seed=0))
+    out = root / "out"
+    res = invoke("ablate", recipe, "--seeds", "0,1", "--variant", "kd:",
+                 "--variant", "ce:stages.student.components.kd.enabled=false", *FAST,
+                 "--out", out)
+    assert res.exit_code == 0, res.output
+    return recipe, out, res.output
+
+
+def test_grid_layout_and_counts(grid):
+    _, out, output = grid
+    assert "4 ran, 0 skipped, 0 failed" in output
+    for variant in ("kd", "ce"):
+        for seed in (0, 1):
+            summary = json.loads((out / variant / f"seed{seed}" / "summary.json").read_text())
+            assert "student" in summary
+    saved = (out / "ce" / "seed1" / "recipe.toml").read_text()
+    assert "seed = 1" in saved and "enabled = false" in saved
+
+
+def test_rerun_skips_finished_runs(grid):
+    recipe, out, _ = grid
+    res = invoke("ablate", recipe, "--seeds", "0,1", "--variant", "kd:",
+                 "--variant", "ce:stages.student.components.kd.enabled=false", *FAST,
+                 "--out", out)
+    assert "4 of 4 runs already finished: skipped" in res.output
+    assert "0 ran, 4 skipped" in res.output
+
+
+def test_report_table_rows_and_means(grid, tmp_path):
+    _, out, _ = grid
+    path = tmp_path / "table.csv"
+    res = invoke("report", out, "--model", "student", "--csv", path, "--markdown",
+                 tmp_path / "t.md")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(path.open()))
+    assert sorted((r["variant"], r["model"], r["seeds"]) for r in rows) == [
+        ("ce", "student", "2"), ("kd", "student", "2")]
+    for r in rows:
+        accs = [json.loads((out / r["variant"] / f"seed{s}" / "summary.json").read_text())
+                ["student"]["test_acc_at_best_val"] for s in (0, 1)]
+        assert float(r["best_mean"]) == pytest.approx(statistics.fmean(accs), abs=1e-6)
+        assert float(r["best_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-6)
+    md = (tmp_path / "t.md").read_text()
+    table_lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table_lines) == 1 + 2 and "± " in md  # header and one row per variant
+
+
+def test_report_gap_recovery_column(grid):
+    _, out, _ = grid
+    res = invoke("report", out, "--model", "student", "--baseline", "ce", "--ceiling", "kd")
+    lines = [line for line in res.output.splitlines() if line.startswith("| kd")]
+    assert lines and lines[0].rstrip(" |").endswith("+1.00")
+
+
+def test_report_writes_valid_pngs(grid, tmp_path):
+    _, out, _ = grid
+    res = invoke("report", out, "--plots", tmp_path / "plots")
+    assert res.exit_code == 0, res.output
+    pngs = sorted((tmp_path / "plots").glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"label_acc.png", "transition_kd.png", "transition_ce.png"} <= names
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+
+
+def test_grid_file_and_bad_input(tmp_path):
+    from tests.conftest import TINY_RECIPE
+
+    (tmp_path / "tiny.toml").write_text(TINY_RECIPE.format(seed=0))
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text('recipe = "tiny.toml"\nseeds = [3]\nset = ["stages.teacher.epochs=1",'
+                         ' "stages.student.epochs=1"]\n[[variant]]\nname = "only"\n')
+    res = invoke("ablate", "--grid", grid_file, "--out", tmp_path / "g")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "g" / "only" / "seed3" / "summary.json").is_file()
+    bad = invoke("report", tmp_path / "nothing-here")
+    assert bad.exit_code == 2 and "no such run directory" in bad.output
+    bad = invoke("ablate", "--grid", grid_file, "--out", tmp_path / "g", "--seeds", "a")
+    assert bad.exit_code == 2 and "--seeds" in bad.output
