@@ -90,7 +90,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
         strict_plugins: bool) -> None:
     """Train as RECIPE says, writing a history, checkpoints and weights to the run directory."""
     from kdcore.engine import run_recipe
-    from kdcore.recipe import load_recipe, recipe_from_dict, read_toml
+    from kdcore.recipe import load_recipe, read_toml, recipe_from_dict
 
     _configure_logging(quiet)
     host = _host(plugins, strict_plugins)
@@ -124,10 +124,13 @@ def check(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...],
 
     host = _host(plugins, strict_plugins)
     resolved = load_recipe(recipe, overrides)
+    problems = [p for ps in host.hook.kdcore_configure(recipe=resolved) if ps for p in ps]
+    if problems:
+        raise KdcoreError(f"{recipe}: {problems[0]}")
     run_ = Run(resolved, Path("."), host, resolve_device(resolved.run.device))
     for s, stage in enumerate(resolved.stages):
         build_components(run_, stage, f"stages[{s}]")
-    for role, cfg in resolved.models.items():
+    for cfg in resolved.models.values():
         host.models.get(cfg.arch)
     host.datasets.get(resolved.data.dataset)
     host.noise_models.get(resolved.data.noise.model)

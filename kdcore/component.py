@@ -7,7 +7,8 @@ recipe's order** (pluggy's fan-out order is registration order, which is not the
 is the set of hooks it overrides: one object may select, refine, weight and transfer at once
 (MLC, for instance, both refines the labels and owns its meta-step).
 
-How results combine, per trained model:
+Per batch the engine calls every ``refine`` first (the targets are then final), then every
+``select``, every ``weight`` and every ``transfer``. How results combine, per trained model:
 
 * selection masks multiply (a sample counts for a term only where every selector on that term
   says yes, or with the product of soft scores);
@@ -128,6 +129,9 @@ class Component:
 
     Params: ClassVar[type] = NoParams
     description: ClassVar[str] = ""
+    own_terms_only: ClassVar[bool] = False
+    """A selector or weighter that also contributes a term (LSH's selective variant) acts on
+    its own term only, unless the recipe lists ``terms``."""
     carry_state: ClassVar[bool] = True
     """A component with the same label and ``use`` in the next stage starts from this one's
     ``state_dict`` (a WeightNet trained through warm-up keeps training in stage 2); set False
@@ -229,7 +233,8 @@ class Component:
         epoch-level refiner such as label propagation wrote there with ``ledger.add``) and runs
         in recipe order; the final targets are written to the ledger column ``target`` (what
         the sample was trained on), tagged with the last refiner. They never feed back into
-        ``base_target``, so a batch-level refinement does not compound over epochs. Return tensors without a graph unless the
+        ``base_target``, so a batch-level refinement does not compound over epochs. Return
+        tensors without a graph unless the
         component itself differentiates through them.
 
         Args:
@@ -269,10 +274,13 @@ class Component:
     def backward(self, batch: Batch, role: str, loss: torch.Tensor) -> bool:
         """Take over the backward pass of model ``role`` (meta-learning look-ahead steps).
 
-        Called before the engine's own ``loss.backward()``. A component that returns True
+        Called for each trained role (in the stage's ``train`` order) after every loss term
+        of the batch was computed, before the engine's single ``backward()`` of the roles no
+        component took over, and before any optimiser step. A component that returns True
         must leave the gradients it wants applied in ``.grad`` of the model's parameters; the
-        engine then steps the optimiser. The first component (recipe order) that returns
-        True wins. See :func:`kdcore.meta.virtual_sgd_step` for the look-ahead helper.
+        engine then steps the optimiser, unless the component stepped it itself and said so
+        with ``run.mark_stepped(role)``. The first component (recipe order) that returns True
+        wins. See :func:`kdcore.meta.virtual_sgd_step` for the look-ahead helper.
 
         Args:
             batch: the current mini-batch.
@@ -318,7 +326,8 @@ KIND_HOOKS: dict[str, str] = {
     "transfer": "transfer",
 }
 COMPONENT_HOOKS: tuple[str, ...] = (
-    "adapt_models", "setup", "on_stage_start", "on_epoch_start", "select", "refine", "weight", "transfer",
+    "adapt_models", "setup", "on_stage_start", "on_epoch_start", "select", "refine", "weight",
+    "transfer",
     "backward", "after_step", "on_epoch_end", "state_dict", "load_state_dict",
 )
 

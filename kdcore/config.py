@@ -40,7 +40,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert it (int -> float, list -> tuple)."""
+    """Check ``value`` against the annotation ``tp``; convert it (int -> float, list -> tuple)."""
     if tp is Any:
         return value
     origin = get_origin(tp)
@@ -171,7 +171,7 @@ def bind_params(fn: Callable[..., Any], data: Mapping[str, Any], key: str = "") 
 
 
 def keyword_params(fn: Callable[..., Any]) -> dict[str, Any]:
-    """The keyword parameters of ``fn`` with their defaults (``inspect.Parameter.empty`` if none)."""
+    """The keyword parameters of ``fn`` and their defaults (``inspect.Parameter.empty``: none)."""
     return {
         n: p.default
         for n, p in inspect.signature(fn).parameters.items()

@@ -69,7 +69,9 @@ class Run:
             across stages (its momentum and the learning-rate schedule span the role's training).
         ledger: the per-sample columns, indexed by training-sample index.
         stage: the current stage's config; ``stage_index`` its position.
-        epoch: the epoch within the stage; ``step`` counts optimiser steps over the run.
+        epoch: the epoch within the stage; ``step`` counts optimiser steps over the run,
+            ``stage_step`` within the stage; ``steps_per_epoch`` is ``ceil(N / batch_size)``
+            (the last, partial batch is never dropped).
         generator: a CPU random generator for components (checkpointed with the run).
         resumed: whether this process continued a checkpoint.
     """
@@ -87,11 +89,15 @@ class Run:
         self.stage_index = 0
         self.epoch = 0
         self.step = 0
+        self.stage_step = 0
+        self.steps_per_epoch = 0
         self.resumed = False
+        self._stepped: set[str] = set()
         self.components: list[Component] = []
         self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)
         self._versions: dict[str, int] = defaultdict(int)
         self._feature_cache: dict[tuple[str, str], tuple[int, ModelOutput]] = {}
+        self.augmentations: list[tuple[Any, dict[str, Any]]] = []
         self._epoch_metrics: dict[str, float] = {}
 
     # -- facts ------------------------------------------------------------------------------
@@ -111,6 +117,24 @@ class Run:
     def model_version(self, role: str) -> int:
         """Counts the optimiser steps taken on ``role``: a cache key for its outputs."""
         return self._versions[role]
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+        """Apply the recipe's ``data.augment`` chain to other inputs (a gold batch, say).
+
+        Args:
+            x: a batch of model inputs.
+            generator: the random source (default: ``run.generator``, checkpointed).
+        """
+        gen = self.generator if generator is None else generator
+        for fn, params in self.augmentations:
+            x = fn(x, gen, **params)
+        return x
+
+    def mark_stepped(self, role: str) -> None:
+        """Say that a component stepped ``role``'s optimiser itself in this batch (from its
+        ``backward`` hook, as an in-turn update order does); the engine then skips that step."""
+        self._stepped.add(role)
 
     def log_metric(self, name: str, value: float) -> None:
         """Record a number for this epoch's history row (last value wins)."""
@@ -177,8 +201,6 @@ def build_model(role: str, cfg: ModelConfig, host: PluginHost, spec: ModelSpec, 
         model = factory(spec, **params)
     if not isinstance(model, nn.Module):
         raise KdcoreError(f"architecture '{cfg.arch}' did not return a torch module")
-    if cfg.checkpoint:
-        model.load_state_dict(ckpt.load_weights(cfg.checkpoint, role))
     return model
 
 
@@ -221,14 +243,15 @@ def build_components(run: Run, stage: StageConfig, stage_key: str) -> list[Compo
             params = structure(cls.Params, comp.params, f"{key}.params")
         except RecipeError as exc:
             raise exc.at(file=run.recipe.source) from None
+        terms = tuple(comp.terms) or ((comp.label,) if cls.own_terms_only else ())
         spec = ComponentSpec(
             name=comp.label, use=comp.use,
             models=tuple(comp.models if comp.models is not None else stage.train),
-            terms=tuple(comp.terms), weight=comp.weight,
+            terms=terms, weight=comp.weight,
         )
         out.append(cls(params, spec))
     labels = {c.name for c in out}
-    for c, comp in zip(out, [x for x in stage.components if x.enabled]):
+    for comp in (x for x in stage.components if x.enabled):
         for term in comp.terms:
             if term not in labels:
                 raise RecipeError(f"no component labelled '{term}' in this stage",
@@ -292,11 +315,17 @@ class Trainer:
         run.data = data = build_run_data(recipe.data, self.host, recipe.run.seed, run.device)
         spec = ModelSpec(tuple(data.train.input_shape), data.num_classes)
         for role, cfg in recipe.models.items():
+            if not cfg.enabled:
+                continue
             run.models[role] = build_model(role, cfg, self.host, spec, recipe.run.seed).to(
                 run.device)
         for s, stage in enumerate(recipe.stages):
             for comp in build_components(run, stage, f"stages[{s}]"):
                 comp.adapt_models(run)
+        for role, cfg in recipe.models.items():  # after adapt_models: a saved connector fits
+            if cfg.enabled and cfg.checkpoint:
+                run.models[role].load_state_dict(ckpt.load_weights(cfg.checkpoint, role))
+                run.models[role].to(run.device)
         run.ledger = ledger = Ledger(len(data.train), run.device)
         ledger.add("noisy_label", data.train_noisy, producer="data", kind="label", snapshot=False)
         ledger.add("clean_label", data.train.y, producer="data", kind="label", snapshot=False)
@@ -308,7 +337,7 @@ class Trainer:
         ledger.add("base_target", noisy_one_hot, producer="labels", kind="target",
                    snapshot=False)
         ledger.add("target", noisy_one_hot, producer="labels", kind="target")
-        self.augmentations = [
+        run.augmentations = [
             (self.host.augmentations.get(a.name), a.params) for a in recipe.data.augment
         ]
         if not self.resume:
@@ -399,6 +428,9 @@ class Trainer:
             for comp in run.components:
                 comp.on_stage_start(run)
         self.host.hook.kdcore_stage_start(run=run, stage=stage)
+        run.steps_per_epoch = math.ceil(len(run.data.train) / self.recipe.data.batch_size) \
+            if stage.train else 0
+        run.stage_step = start_epoch * run.steps_per_epoch
         for epoch in range(start_epoch, stage.epochs):
             self._run_epoch(s, stage, epoch)
         if stage.keep == "best_val":
@@ -438,7 +470,6 @@ class Trainer:
     def _run_epoch(self, s: int, stage: StageConfig, epoch: int) -> None:
         run = self.run
         run.epoch = epoch
-        run._epoch_metrics = {}
         t0 = time.perf_counter()
         self._lr_for_epoch(s, stage, epoch)
         for comp in run.components:
@@ -475,6 +506,7 @@ class Trainer:
         metrics["time/epoch"] = time.perf_counter() - t0
         row = self.history.append_epoch(stage=stage.name, epoch=epoch, metrics=metrics,
                                         columns=dict(run.ledger.items()))
+        run._epoch_metrics = {}  # what on_stage_start logged went into this first row
         self._log_epoch(stage, epoch, metrics)
         self._save_checkpoint(s, epoch + 1, history_rows=row + 1)
 
@@ -484,15 +516,13 @@ class Trainer:
         run = self.run
         data, ledger = run.data, run.ledger
         x = data.inputs(data.train, index)
-        for fn, params in self.augmentations:
-            x = fn(x, self._augment_gen, **params)
+        x = run.augment(x, self._augment_gen)
         batch = Batch(run, index, x, data.train_noisy[index], ledger["base_target"][index],
                       run.step)
         trained_roles = run.stage.train
         for role in trained_roles:
             run.optimizers[role].zero_grad(set_to_none=True)
         comps = run.components
-        masks = self._collect(batch, [c for c in comps if "selection" in c.kinds()], "select")
         targets = batch.targets
         producer = ledger.producer("base_target")
         for comp in comps:
@@ -501,6 +531,7 @@ class Trainer:
                 producer = comp.name
         batch.targets = targets
         ledger.write("target", index, targets, producer=producer, kind="target")
+        masks = self._collect(batch, [c for c in comps if "selection" in c.kinds()], "select")
         weights = self._collect(batch, [c for c in comps if "weighting" in c.kinds()], "weight")
         losses: dict[str, torch.Tensor] = {}
         for comp in comps:
@@ -535,9 +566,12 @@ class Trainer:
         if plain:
             torch.stack(plain).sum().backward() if len(plain) > 1 else plain[0].backward()
         for role in trained_roles:
-            run.optimizers[role].step()
+            if role not in run._stepped:
+                run.optimizers[role].step()
             run._bump(role)
+        run._stepped.clear()
         run.step += 1
+        run.stage_step += 1
         for comp in comps:
             if "after_step" in comp.hooks():
                 comp.after_step(batch)

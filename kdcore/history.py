@@ -34,8 +34,8 @@ from kdcore.ledger import Column
 
 FORMAT = "kdcore-history/1"
 _STORE_DTYPE = {"target": np.float16, "weight": np.float16, "value": np.float16,
-                "mask": np.bool_, "label": np.int32}
-_FILL = {np.float16: np.nan, np.bool_: False, np.int32: -1}
+                "exact": np.float32, "mask": np.bool_, "label": np.int32}
+_FILL = {np.float16: np.nan, np.float32: np.nan, np.bool_: False, np.int32: -1}
 
 
 def _compression() -> Mapping[str, Any]:

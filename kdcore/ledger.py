@@ -13,7 +13,7 @@ from typing import Literal
 import attrs
 import torch
 
-ColumnKind = Literal["label", "target", "mask", "weight", "value"]
+ColumnKind = Literal["label", "target", "mask", "weight", "value", "exact"]
 
 
 @attrs.define(eq=False)
@@ -24,7 +24,8 @@ class Column:
         data: the values, shape ``(N, ...)``.
         producer: the component (or ``"data"``) that wrote it last.
         kind: how the history stores it: ``target`` as float16 ``N x C``, ``mask`` as bool,
-            ``weight`` and ``value`` as float16, ``label`` as int32.
+            ``weight`` and ``value`` as float16, ``exact`` as float32 (values float16 cannot
+            hold, such as bounds near 1e-7), ``label`` as int32.
         snapshot: whether the history keeps a copy every epoch.
     """
 

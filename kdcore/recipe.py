@@ -147,6 +147,7 @@ class ModelConfig:
         checkpoint: weights to load before training (a state dict saved by kdcore or a plain
             ``state_dict``); loaded with ``weights_only=True``; a missing file is an error.
         optimizer, schedule: how the role is trained in the stages that train it.
+        enabled: ``false`` drops a role inherited through ``extends``.
     """
 
     arch: str = "mlp"
@@ -154,6 +155,7 @@ class ModelConfig:
     checkpoint: str | None = None
     optimizer: OptimizerConfig = attrs.Factory(OptimizerConfig)
     schedule: ScheduleConfig = attrs.Factory(ScheduleConfig)
+    enabled: bool = True
 
 
 @attrs.frozen
@@ -346,7 +348,8 @@ def _list_position(node: list[Any], part: str, where: str) -> int:
         return names.index(part)
     known = [n for n in names if n is not None]
     raise RecipeError(
-        f"no entry named '{part}'{did_you_mean(part, known)}; entries: {', '.join(map(str, known))}",
+        f"no entry named '{part}'{did_you_mean(part, known)}; "
+        f"entries: {', '.join(map(str, known))}",
         key=where,
     )
 
@@ -382,7 +385,7 @@ def check_consistency(recipe: Recipe) -> None:
     """Cross-field rules that no single field's type can express."""
     if not recipe.stages:
         raise RecipeError("a recipe needs at least one [[stages]] entry", key="stages")
-    roles = set(recipe.models)
+    roles = {r for r, m in recipe.models.items() if m.enabled}
     seen_stages: set[str] = set()
     for s, stage in enumerate(recipe.stages):
         key = f"stages[{s}]"

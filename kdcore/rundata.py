@@ -130,7 +130,8 @@ def _apply_noise(fn: Any, params: dict[str, Any], ds: ArrayDataset, num_classes:
     except TypeError as exc:
         raise RecipeError(str(exc), key="data.noise.params") from None
     noisy = torch.as_tensor(noisy, dtype=torch.long)
-    if noisy.shape != ds.y.shape or (len(noisy) and (noisy.min() < 0 or noisy.max() >= num_classes)):
+    out_of_range = len(noisy) and (noisy.min() < 0 or noisy.max() >= num_classes)
+    if noisy.shape != ds.y.shape or out_of_range:
         raise KdcoreError("the noise model returned labels of the wrong shape or range")
     return noisy
 
