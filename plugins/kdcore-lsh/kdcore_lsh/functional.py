@@ -1,8 +1,9 @@
 """The LSH feature-mimicking maths as plain functions (no engine, no state).
 
-Notation of ``docs``/the specification: teacher features ``f_t`` and student features ``f_s`` of
-size ``D``; a frozen random projection ``u(f) = W f + b`` with ``W`` ``(N, D)`` and ``b`` ``(N,)``
-(``N`` hash functions). Every loss is per sample, shape ``(B,)``; the engine reduces them.
+Notation of the specification (``methods/lsh.md``): teacher features ``f_t`` and student
+features ``f_s`` of size ``D``; a frozen random projection ``u(f) = W f + b`` with ``W``
+``(N, D)`` and ``b`` ``(N,)`` (``N`` hash functions). Every loss is per sample, shape ``(B,)``;
+the engine reduces them.
 """
 
 from __future__ import annotations

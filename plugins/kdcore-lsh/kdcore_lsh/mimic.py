@@ -16,7 +16,8 @@ Reading implemented (specification ``methods/lsh.md``, see the package README):
   ``run.features(teacher)``: eval mode and **un-augmented** inputs, where the release passes
   the augmented training loader (a deliberate deviation: the pass is shared with other
   components and deterministic);
-* ``W``, ``b`` and ``sigma`` are component state, checkpointed for exact resume.
+* ``W``, ``b`` and ``sigma`` are component state, checkpointed for exact resume; a component
+  with the same label and ``use`` in the next stage keeps them (kdcore's ``carry_state``).
 """
 
 from __future__ import annotations
@@ -37,24 +38,17 @@ def _positive(instance: object, attribute: attrs.Attribute, value: float | None)
 
 
 @attrs.frozen
-class L2Params:
-    """Parameters of ``l2``.
+class MimicParams:
+    """Parameters of ``l2``, ``lsh`` and ``lshl2``.
+
+    ``l2`` has no projection and ignores the hash parameters; it accepts them so that a recipe
+    that sets them can swap ``use`` between the four components (an ablation from the command
+    line).
 
     Attributes:
         teacher: the model role whose features are mimicked (frozen in the usual recipe).
         force_connector: give the student a ``Linear(D, D)`` connector even when its feature
             size already equals the teacher's ``D`` (the release's ``force_2FC``).
-    """
-
-    teacher: str = "teacher"
-    force_connector: bool = False
-
-
-@attrs.frozen
-class LSHParams(L2Params):
-    """Parameters of ``lsh`` and ``lshl2`` (and ``l2``'s, which they extend).
-
-    Attributes:
         num_hashes: ``N``, the number of hash functions; None: ``32 * D`` (the release's CIFAR
             default; its ImageNet and multi-label scripts use 2048).
         sigma: the standard deviation of the entries of ``W``; None: the standard deviation of
@@ -65,6 +59,8 @@ class LSHParams(L2Params):
             or ``"epoch"``: again at every epoch start, for a teacher that trains meanwhile.
     """
 
+    teacher: str = "teacher"
+    force_connector: bool = False
     num_hashes: int | None = attrs.field(default=None, validator=_positive)
     sigma: float | None = attrs.field(default=None, validator=_positive)
     bias: Literal["median", "mean", "zero"] = "median"
@@ -72,8 +68,8 @@ class LSHParams(L2Params):
 
 
 @attrs.frozen
-class SelectiveParams(LSHParams):
-    """Parameters of ``lshl2_s`` (and ``lshl2``'s, which they extend).
+class SelectiveParams(MimicParams):
+    """Parameters of ``lshl2_s``: those of the other three, and one more.
 
     Attributes:
         correct_against: the label that decides "the teacher is correct": ``"targets"``, the
@@ -86,9 +82,9 @@ class SelectiveParams(LSHParams):
 
 
 class FeatureMimic(kdcore.Component):
-    """Base of the feature-mimicking terms; ``terms`` says which of L2 and LSH are summed."""
+    """Base of the feature-mimicking terms; ``terms_used`` says which of L2 and LSH are summed."""
 
-    Params: ClassVar[type] = L2Params
+    Params: ClassVar[type] = MimicParams
     terms_used: ClassVar[tuple[str, ...]] = ("l2",)
 
     def __init__(self, params: Any, spec: kdcore.ComponentSpec):
@@ -134,12 +130,14 @@ class FeatureMimic(kdcore.Component):
     def on_stage_start(self, run: kdcore.Run) -> None:
         if not self.uses_lsh:
             return
+        num_hashes = self.params.num_hashes or 32 * self.dim
+        if self.projection is not None and tuple(self.projection.shape) == (num_hashes, self.dim):
+            return  # carried over from the previous stage (same label and use): keep W and b
         teacher = run.models[self.params.teacher]
         if self.params.sigma is not None:
             sigma = float(self.params.sigma)
         else:
             sigma = float(teacher.classifier.weight.detach().std())
-        num_hashes = self.params.num_hashes or 32 * self.dim
         self.sigma = sigma
         self.projection = lshf.draw_projection(num_hashes, self.dim, sigma, run.generator).to(
             run.device)
@@ -210,7 +208,6 @@ class L2Mimic(FeatureMimic):
 class LSHMimic(FeatureMimic):
     """LSH feature mimicking: BCE of the student's projections on the teacher's hash bits."""
 
-    Params = LSHParams
     terms_used = ("lsh",)
     description = "feature mimicking: BCE on the teacher's random-projection hash bits"
 
@@ -218,7 +215,6 @@ class LSHMimic(FeatureMimic):
 class LSHL2Mimic(FeatureMimic):
     """LSHL2: the L2 and the LSH terms added (the method's main loss)."""
 
-    Params = LSHParams
     terms_used = ("l2", "lsh")
     description = "feature mimicking: L2 + LSH"
 
@@ -227,24 +223,14 @@ class SelectiveLSHL2Mimic(LSHL2Mimic):
     """LSHL2_S: LSHL2 averaged only over the samples the teacher classifies correctly.
 
     The mask is a selection (ledger column ``select/<name>``) that acts on this component's own
-    term only (unless the recipe entry lists other ``terms``), so it never masks the CE term.
-    The engine calls selections before refinements, so with ``correct_against = "targets"``
-    the mask is first computed from the targets the batch starts with, then recomputed in
-    :meth:`transfer` from the refined targets and written over the returned mask (in place) and
-    the ledger rows, before the engine reduces the term with it.
+    term only (``own_terms_only``; a recipe entry may list other ``terms``), so it never masks
+    the CE term. The engine runs every refinement before any selection, so with
+    ``correct_against = "targets"`` the test uses the batch's final, refined targets.
     """
 
     Params = SelectiveParams
     description = "feature mimicking: L2 + LSH on the samples the teacher gets right"
-
-    def __init__(self, params: Any, spec: kdcore.ComponentSpec):
-        if not spec.terms:
-            spec = attrs.evolve(spec, terms=(spec.name,))
-        super().__init__(params, spec)
-
-    @property
-    def _scratch_key(self) -> str:
-        return f"kdcore_lsh/{self.name}/mask"
+    own_terms_only = True
 
     def correct(self, batch: kdcore.Batch) -> torch.Tensor:
         """The bool mask ``argmax teacher == label`` for ``batch`` (see ``correct_against``)."""
@@ -253,19 +239,7 @@ class SelectiveLSHL2Mimic(LSHL2Mimic):
         return lshf.teacher_correct(logits, labels.detach())
 
     def select(self, batch: kdcore.Batch) -> torch.Tensor:
-        mask = self.correct(batch)
-        batch.scratch[self._scratch_key] = mask
-        return mask
-
-    def transfer(self, batch: kdcore.Batch) -> dict[str, torch.Tensor]:
-        if self.params.correct_against == "targets":
-            final = self.correct(batch)
-            mask = batch.scratch.get(self._scratch_key)
-            if mask is not None and not torch.equal(mask, final):
-                mask.copy_(final)  # the tensor the engine holds for this term's reduction
-            self.run.ledger.write(f"select/{self.name}", batch.index, final,
-                                  producer=self.name, kind="mask")
-        return super().transfer(batch)
+        return self.correct(batch)
 
 
 COMPONENTS: dict[str, type[kdcore.Component]] = {
@@ -276,6 +250,6 @@ COMPONENTS: dict[str, type[kdcore.Component]] = {
 }
 
 __all__ = [
-    "COMPONENTS", "FeatureMimic", "L2Mimic", "L2Params", "LSHL2Mimic", "LSHMimic", "LSHParams",
+    "COMPONENTS", "FeatureMimic", "L2Mimic", "LSHL2Mimic", "LSHMimic", "MimicParams",
     "SelectiveLSHL2Mimic", "SelectiveParams",
 ]
