@@ -1,4 +1,4 @@
-"""The ``almkd`` component: a per-sample lambda table that mixes CE and KD, learned by meta-gradient.
+"""The ``almkd`` component: a per-sample lambda table mixing CE and KD, learned by meta-gradient.
 
 Reading implemented (``methods/almkd.md`` section 4; every reconstruction is listed in the
 plugin's README):
@@ -243,7 +243,12 @@ class AlmKD(kdcore.Component):
         self.updates = 0
 
     def on_stage_start(self, run: kdcore.Run) -> None:
-        self.lam = self.initial_lambdas(run)
+        # the engine may have handed over the table of the previous stage's component of the
+        # same label (``carry_state``); start afresh only without one of the right shape
+        shape = (run.ledger.size, num_parameters(self.settings.mixing, len(self.params.teachers)))
+        if self.lam is None or tuple(self.lam.shape) != shape:
+            self.lam = self.initial_lambdas(run)
+            self.updates = 0
         self._publish()
 
     def initial_lambdas(self, run: kdcore.Run) -> torch.Tensor:

@@ -91,7 +91,7 @@ def logit_gradients(logits: torch.Tensor, targets: torch.Tensor,
 
 def last_layer_inner(delta: torch.Tensor, features: torch.Tensor, u_b: torch.Tensor,
                      u_w: torch.Tensor) -> torch.Tensor:
-    """``<g_ik, U>`` ``(n, K)`` for ``g_ik = [delta_ik; vec(delta_ik h_i^T)]`` and ``U = (u_b, u_w)``.
+    """``<g_ik, U>`` ``(n, K)``, ``g_ik = [delta_ik; vec(delta_ik h_i^T)]``, ``U = (u_b, u_w)``.
 
     Closed form ``delta_ik . (u_b + u_w h_i)``; ``u_w`` is ``(C, d)`` like ``classifier.weight``.
     """

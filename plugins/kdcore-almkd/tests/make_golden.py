@@ -1,4 +1,4 @@
-"""Regenerate fixtures/golden.json from the NumPy reference (by hand, only when a value must change).
+"""Regenerate fixtures/golden.json from the NumPy reference (by hand, when a value must change).
 
     .venv/bin/python plugins/kdcore-almkd/tests/make_golden.py
 """

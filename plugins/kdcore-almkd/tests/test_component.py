@@ -1,0 +1,247 @@
+"""The component in real runs on digits: lambda rows aligned with sample ids, both recipes with
+their per-epoch lambda tables in the history, recipe checks, and the noisy-vs-clean analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kdcore
+from kdcore_almkd import analysis
+from kdcore_almkd.component import AlmKD
+
+RECIPES = Path(__file__).resolve().parents[3] / "recipes"
+
+TINY = """
+[run]
+name = "almkd-tiny"
+device = "cpu"
+[data]
+dataset = "digits"
+train_subset = 300
+gold_per_class = {gold}
+batch_size = 32
+[data.noise]
+model = "symmetric"
+params = {{ rate = 0.4 }}
+[models.teacher]
+arch = "mlp"
+params = {{ hidden = [32] }}
+optimizer = {{ lr = 0.1 }}
+[models.student]
+arch = "mlp"
+params = {{ hidden = [16] }}
+optimizer = {{ lr = 0.1 }}
+[[stages]]
+name = "teacher"
+epochs = {teacher_epochs}
+train = ["teacher"]
+[[stages.components]]
+use = "ce"
+[[stages]]
+name = "student"
+epochs = {epochs}
+train = ["student"]
+{extra}
+[[stages.components]]
+use = "{use}"
+params = {params}
+"""
+
+
+def _tiny(tmp_path, *, params="{}", use="almkd", epochs=2, gold=5, extra="",
+          teacher_epochs=1) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(params=params, use=use, epochs=epochs, gold=gold, extra=extra,
+                                teacher_epochs=teacher_epochs))
+    return path
+
+
+def _index_weights(index: torch.Tensor) -> torch.Tensor:
+    """A weight table that is a known function of the sample index: [CE, KD] per row."""
+    i = index.double()
+    return torch.stack([(i % 5) / 4, 1 - (i % 3) / 2], dim=1)
+
+
+class IndexedAlmKD(AlmKD):
+    """``almkd`` whose table starts as a function of the sample index (and is never updated)."""
+
+    def initial_lambdas(self, run):
+        return _index_weights(torch.arange(run.ledger.size)).float().to(run.device)
+
+
+class IndexedPlugin:
+    @kdcore.hookimpl
+    def kdcore_add_components(self):
+        return {"almkd_indexed": IndexedAlmKD}
+
+
+class LossCheck:
+    """After every batch: the ledger's per-sample loss must be the index function's mix."""
+
+    def __init__(self):
+        self.batches = 0
+
+    @kdcore.hookimpl
+    def kdcore_batch_end(self, run, batch, losses):
+        if run.stage.name != "student":
+            return
+        w = _index_weights(batch.index.cpu()).float()
+        z = batch.out("student").logits.detach()
+        t = batch.out("teacher").logits.detach()
+        ce = F.cross_entropy(z, batch.noisy_label, reduction="none")
+        kd = 16 * F.kl_div(F.log_softmax(z / 4, 1), F.log_softmax(t / 4, 1), reduction="none",
+                           log_target=True).sum(1)
+        expected = w[:, 0] * ce + w[:, 1] * kd
+        got = run.ledger["loss/almkd_indexed"][batch.index]
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        # the batch is shuffled: its rows are not a contiguous range of sample ids
+        self.batches += 1
+
+
+def test_lambda_rows_stay_aligned_with_sample_ids(tmp_path):
+    check = LossCheck()
+    path = _tiny(tmp_path, use="almkd_indexed",
+                 params='{ preset = "amal", teachers = ["teacher"], select_every = 100 }')
+    host = kdcore.PluginHost(extra=[IndexedPlugin(), check])
+    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"), host=host)
+    assert check.batches >= 2 * 9  # two epochs of ~10 shuffled batches
+    with kdcore.History(tmp_path / "run") as h:
+        table = h.column("weight/almkd_indexed")
+        expected = _index_weights(torch.arange(table.shape[1])).numpy()
+        stages = [s for s, _ in h.epochs()]
+        for row, stage in zip(table, stages):
+            if stage == "student":
+                np.testing.assert_allclose(row, expected, atol=1e-3)  # float16 history
+            else:
+                assert np.isnan(row).all()
+
+
+def _run_recipe_file(name, tmp_path, *overrides):
+    recipe = kdcore.load_recipe(RECIPES / name, [
+        "data.train_subset=300", "run.device=cpu", *overrides])
+    summary = kdcore.run_recipe(recipe, out=str(tmp_path / name), overwrite=True)
+    return summary, tmp_path / name
+
+
+def _check_history(run_dir, column, teachers, bounds, updated_epochs, student_epochs):
+    with kdcore.History(run_dir) as h:
+        table = h.column(column)
+        rows = [i for i, (s, _) in enumerate(h.epochs()) if s == "student"]
+        assert len(rows) == student_epochs
+        assert table.shape[1:] == (300, teachers + 1)  # epochs x N x (M + 1)
+        student = table[rows].astype(np.float64)
+        assert np.isfinite(student).all()
+        assert student.min() >= 0.0 and student.max() <= bounds[1] + 1e-3
+        assert [p for p in h.producers(column) if p] == [column.split("/")[1]] * student_epochs
+        updated = h.metric(f"{column}/updated")[rows]
+        assert [e for e, u in enumerate(updated) if u == 1.0] == updated_epochs
+        for e in range(1, student_epochs):  # the table changes exactly at updates
+            changed = not np.array_equal(student[e], student[e - 1])
+            assert changed == (e in updated_epochs), e
+        share_noisy = h.metric(f"{column}/kd_share_noisy")[rows]
+        assert np.isfinite(share_noisy).all()
+    return student
+
+
+def test_almkd_recipe_runs_on_digits_with_lambda_per_sample_each_epoch(tmp_path, capsys):
+    summary, run_dir = _run_recipe_file(
+        "almkd.toml", tmp_path, "stages.teacher.epochs=1", "stages.student.epochs=3",
+        "stages.student.components.almkd.params.select_every=1")
+    assert "student" in summary
+    student = _check_history(run_dir, "weight/almkd", 1, (0, 1), [1, 2], 3)
+    np.testing.assert_allclose(student.sum(axis=2), 1.0, atol=2e-3)  # convex: (1 - l, l)
+    # the analysis entry point reads the same history
+    assert analysis.main([str(run_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["stage", "epoch"]
+    assert [line.split()[:2] for line in out[1:]] == [["student", str(e)] for e in range(3)]
+    with kdcore.History(run_dir) as h:
+        rows = analysis.lambda_by_noise(h)
+        clean = h.data("clean_mask").astype(bool)
+        w = h.column("weight/almkd", len(h) - 1).astype(np.float64)
+    share = w[:, 1] / (w[:, 0] + w[:, 1])
+    assert rows[-1].share_noisy == pytest.approx(share[~clean].mean())
+    assert rows[-1].share_clean == pytest.approx(share[clean].mean())
+    assert rows[-1].kd_noisy == pytest.approx(w[~clean, 1].mean())
+    assert rows[-1].ce_clean == pytest.approx(w[clean, 0].mean())
+
+
+def test_amal_recipe_runs_with_two_teachers_one_of_them_a_self_distillation_twin(tmp_path):
+    # teacher_small takes the student's own architecture ([32]): a self-distillation teacher
+    summary, run_dir = _run_recipe_file(
+        "amal.toml", tmp_path, "stages.teacher.epochs=1", "stages.teacher_small.epochs=1",
+        "stages.student.epochs=3", "stages.student.components.almkd.params.select_every=2",
+        "models.teacher_small.params.hidden=[32]")
+    assert set(summary) == {"teacher", "teacher_small", "student"}
+    student = _check_history(run_dir, "weight/almkd", 2, (1e-7, 2 - 1e-7), [2], 3)
+    # AMAL's init: every teacher 0.9, CE 1 - 0.9
+    np.testing.assert_allclose(student[0], np.tile([0.1, 0.9, 0.9], (300, 1)), atol=1e-3)
+    with kdcore.History(run_dir) as h:
+        assert analysis.weight_columns(h) == ["weight/almkd"]
+        names = h.metric_names()
+    assert {"weight/almkd/teacher", "weight/almkd/teacher_small", "weight/almkd/ce",
+            "weight/almkd/meta_loss_first"} <= set(names)
+
+
+def test_uniform_init_comes_from_the_run_generator(tmp_path):
+    params = '{ preset = "almkd", select_every = 100 }'
+    first = []
+    for seed_dir in ("a", "b"):
+        path = _tiny(tmp_path, params=params, epochs=1)
+        kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / seed_dir))
+        with kdcore.History(tmp_path / seed_dir) as h:
+            first.append(h.column("weight/almkd", len(h) - 1))
+    np.testing.assert_array_equal(first[0], first[1])  # seeded: the same table twice
+    lam = first[0][:, 1].astype(np.float64)
+    assert 0.3 < lam.mean() < 0.7 and lam.std() > 0.2  # U(0, 1)
+
+
+def test_a_following_stage_continues_the_table(tmp_path):
+    """The same label in the next stage carries the table over (kdcore's ``carry_state``)."""
+    params = '{ preset = "almkd", select_every = 1 }'
+    more = ('[[stages]]\nname = "student2"\nepochs = 1\ntrain = ["student"]\n'
+            '[[stages.components]]\nuse = "almkd"\nparams = ' + params + "\n")
+    path = _tiny(tmp_path, params=params, epochs=2)
+    path.write_text(path.read_text() + more)
+    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"))
+    with kdcore.History(tmp_path / "run") as h:
+        assert [s for s, _ in h.epochs()] == ["teacher", "student", "student", "student2"]
+        table = h.column("weight/almkd")
+        updated = h.metric("weight/almkd/updated")
+    assert updated[-1] == 0.0  # epoch 0 of student2: warm, no update
+    np.testing.assert_array_equal(table[3], table[2])
+
+
+@pytest.mark.parametrize(("params", "extra", "gold", "match"), [
+    ('{ teachers = ["teachr"] }', "", 5, r"no model role 'teachr'"),
+    ('{ teachers = ["student"] }', "", 5, r"'student' is the student itself"),
+    ("{}", "", 0, r"data\.gold_per_class"),
+    ('{ meta_split = "val", teachers = ["teacher"] }', "", 0, None),  # val split: no gold needed
+])
+def test_recipe_checks(tmp_path, params, extra, gold, match):
+    path = _tiny(tmp_path, params=params, gold=gold, extra=extra, epochs=1)
+    recipe = kdcore.load_recipe(path)
+    if match is None:
+        kdcore.run_recipe(recipe, out=str(tmp_path / "run"))
+        return
+    with pytest.raises(kdcore.RecipeError, match=match):
+        kdcore.run_recipe(recipe, out=str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "history.h5").exists()  # refused before any training
+
+
+def test_a_trained_teacher_is_refused(tmp_path):
+    path = _tiny(tmp_path, params='{ teachers = ["teacher"] }')
+    recipe = kdcore.load_recipe(path, ['stages.student.train=["student", "teacher"]',
+                                       'stages.student.components.almkd.models=["student"]'])
+    with pytest.raises(kdcore.RecipeError, match="teachers must be frozen"):
+        kdcore.run_recipe(recipe, out=str(tmp_path / "run"))
+
+
+def test_analysis_reports_a_missing_history(tmp_path, capsys):
+    assert analysis.main([str(tmp_path)]) == 2
+    assert "no history.h5" in capsys.readouterr().err
