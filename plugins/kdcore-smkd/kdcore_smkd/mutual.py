@@ -23,7 +23,6 @@ whose backward re-evaluates the loss with the refreshed peers, so the engine's r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -64,7 +63,8 @@ class _Turn:
             if self.done < len(self.learners) - 1:  # the engine steps the last one
                 optimizer = run.optimizers[current]
                 optimizer.step()
-                optimizer.zero_grad(set_to_none=True)  # the engine's step is then a no-op
+                optimizer.zero_grad(set_to_none=True)
+                run.mark_stepped(current)  # the engine skips its own step of this peer
                 self.stepped.append(current)
                 self.peer_logits[current] = self._recompute(current)
             self.done += 1
@@ -118,9 +118,6 @@ class MutualComponent(kdcore.Component):
             if role not in run.models:
                 raise kdcore.RecipeError(f"component '{self.name}': no model role '{role}'")
         self.run = run
-        self.batches_per_epoch = max(1, math.ceil(len(run.data.train) /
-                                                  run.recipe.data.batch_size))
-        self._epoch_start_step = run.step
         self._sums: dict[str, float] = {}
         self._count = 0
 
@@ -152,13 +149,12 @@ class MutualComponent(kdcore.Component):
         epochs = self.run.stage.epochs if self.run.stage is not None else 1
         if unit == "epoch":
             return self.run.epoch, epochs
-        t = self.run.epoch * self.batches_per_epoch + (batch.step - self._epoch_start_step)
-        return t, epochs * self.batches_per_epoch
+        per_epoch = max(1, self.run.steps_per_epoch)
+        return self.run.stage_step, epochs * per_epoch
 
     # -- the component hooks ----------------------------------------------------------------
 
     def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
-        self._epoch_start_step = run.step
         self._sums = {}
         self._count = 0
 

@@ -67,7 +67,7 @@ class SMKDParams:
 
     certainty: Certainty = "entropy"
     schedule: Literal["static", "progressive"] = "progressive"
-    threshold: float = 0.5
+    threshold: float = 0.15
     direction: Literal["relax", "tighten"] = "relax"
     exp_base: float = attrs.field(default=10.0, validator=_positive)
     transit: float = 0.5

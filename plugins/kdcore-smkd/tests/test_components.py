@@ -1,0 +1,255 @@
+"""The components in the engine: ledger masks, logged thresholds, the special cases as whole
+runs, update orders, peer counts and parameter errors."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import kdcore
+from kdcore_smkd.losses import dml_loss, selection_mask, smkd_loss, threshold_at
+
+PEERS = ("peer_a", "peer_b")
+MIXED = '{ schedule = "static", threshold = 0.12, certainty = "max_prob" }'  # selects ~half
+
+
+class Recorder:
+    """Copies of the models at the start and end, and every batch as trained."""
+
+    def __init__(self, check=None):
+        self.check = check
+        self.start: dict[str, torch.nn.Module] = {}
+        self.end: dict[str, dict[str, torch.Tensor]] = {}
+        self.batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.results: list = []
+
+    @kdcore.hookimpl
+    def kdcore_run_start(self, run):
+        self.start = {r: copy.deepcopy(m) for r, m in run.models.items()}
+
+    @kdcore.hookimpl
+    def kdcore_batch_end(self, run, batch, losses):
+        self.batches.append((batch.index.clone(), batch.x.clone(), batch.targets.clone()))
+        if self.check is not None:
+            self.results.append(self.check(run, batch, losses))
+
+    @kdcore.hookimpl
+    def kdcore_run_end(self, run, summary):
+        self.end = {r: {k: v.detach().clone() for k, v in m.state_dict().items()}
+                    for r, m in run.models.items()}
+
+
+def _assert_same_weights(a, b, **tol):
+    for role in PEERS:
+        for key in a[role]:
+            torch.testing.assert_close(a[role][key], b[role][key], **tol, msg=f"{role}.{key}")
+
+
+# -- the ledger record --------------------------------------------------------------------------
+
+
+def test_masks_are_recorded_at_the_batch_rows_and_do_not_mask_the_loss(run_peers, component):
+    def check(run, batch, losses):
+        out = {r: batch.out(r).logits.detach() for r in PEERS}  # cached: before the step
+        masks_ok = all(
+            torch.equal(run.ledger[f"select/smkd/{r}"][batch.index],
+                        selection_mask(out[r], 0.12, "max_prob")) for r in PEERS)
+        # the engine's loss is the mean over *every* sample of the batch
+        expected = {r: smkd_loss(out[r], [out[o] for o in PEERS if o != r], batch.targets,
+                                 threshold=0.12, certainty_measure="max_prob").mean()
+                    for r in PEERS}
+        loss_ok = all(math.isclose(float(losses[r].detach()), float(expected[r].detach()),
+                                   rel_tol=1e-5)
+                      for r in PEERS)
+        selected = int(run.ledger["select/smkd/peer_a"][batch.index].sum())
+        return masks_ok, loss_ok, selected, len(batch), bool((batch.index != torch.arange(
+            len(batch))).any())
+
+    rec = Recorder(check)
+    with run_peers(component("smkd", MIXED), observers=(rec,)) as h:
+        assert rec.results and all(m and lo for m, lo, *_ in rec.results)
+        assert all(shuffled for *_, shuffled in rec.results)  # rows are not batch positions
+        selected = sum(s for _, _, s, _, _ in rec.results)
+        assert 0 < selected < sum(n for *_, n, _ in rec.results)  # a real mix
+        clean = h.data("clean_mask").astype(bool)
+        for role in PEERS:
+            column = h.column(f"select/smkd/{role}", 0).astype(bool)
+            assert h.metric(f"select/smkd/{role}/fraction")[0] == pytest.approx(column.mean())
+            assert h.metric(f"select/smkd/{role}/precision")[0] == pytest.approx(
+                (column & clean).sum() / column.sum())
+            assert h.metric(f"select/smkd/{role}/recall")[0] == pytest.approx(
+                (column & clean).sum() / clean.sum())
+        assert h.metric("select/smkd/threshold")[0] == pytest.approx(0.12)
+        for split in ("val", "test"):
+            assert 0 <= h.metric(f"ensemble/smkd/{split}_acc")[0] <= 1
+        assert h.metric("better/smkd/test_acc")[0] in (h.metric("test/peer_a/acc")[0],
+                                                       h.metric("test/peer_b/acc")[0])
+
+
+def test_progressive_threshold_is_logged_per_epoch(run_peers, component):
+    params = '{ schedule = "progressive", exp_base = 8.0, transit = 0.4 }'
+    with run_peers(component("smkd", params), epochs=3, batch=50) as h:
+        n = len(h.data("clean_mask"))
+        nb = math.ceil(n / 50)
+        total = 3 * nb
+        kw = {"schedule": "progressive", "threshold": 0.0, "exp_base": 8.0, "transit": 0.4}
+        start = [threshold_at(e * nb, total, **kw) for e in range(3)]
+        mean = [np.mean([threshold_at(e * nb + b, total, **kw) for b in range(nb)])
+                for e in range(3)]
+        np.testing.assert_allclose(h.metric("select/smkd/threshold_start"), start, rtol=1e-12)
+        np.testing.assert_allclose(h.metric("select/smkd/threshold"), mean, rtol=1e-12)
+        assert start[0] == pytest.approx(1 - 1 / (1 + math.exp(8 * 0.4)))
+
+
+# -- the special cases, as whole runs -----------------------------------------------------------
+
+
+def test_zero_knowledge_run_is_independent_training(run_peers, component):
+    """threshold > 1: fallback none = plain CE on each peer; uniform = label smoothing."""
+    runs = {
+        "smkd_none": component("smkd", '{ schedule = "static", threshold = 1.5, '
+                                       'fallback = "none" }'),
+        "ce": component("ce"),
+        "smkd_ls": component("smkd", '{ schedule = "static", threshold = 1.5, epsilon = 0.2 }'),
+        "ls": component("label_smoothing", "{ epsilon = 0.2 }") + component("ce"),
+    }
+    ends = {}
+    for name, comps in runs.items():
+        rec = Recorder()
+        run_peers(comps, epochs=2, observers=(rec,), name=name).close()
+        ends[name] = rec.end
+    _assert_same_weights(ends["smkd_none"], ends["ce"], rtol=1e-5, atol=1e-6)
+    _assert_same_weights(ends["smkd_ls"], ends["ls"], rtol=1e-5, atol=1e-6)
+
+
+def test_all_knowledge_run_is_dml(run_peers, component):
+    """threshold <= 0, epsilon 0.5, KL form and recipe weight 2 trains exactly as DML."""
+    rec_s, rec_d = Recorder(), Recorder()
+    run_peers(component("smkd", '{ schedule = "static", threshold = 0.0, '
+                                          'form = "kl", epsilon = 0.5 }', weight="2.0"),
+              epochs=2, observers=(rec_s,), name="smkd").close()
+    with run_peers(component("dml"), epochs=2, observers=(rec_d,), name="dml") as h:
+        for role in PEERS:  # DML uses every sample's knowledge: all-true masks
+            assert h.metric(f"select/dml/{role}/fraction")[0] == 1.0
+            assert h.metric(f"select/dml/{role}/precision")[0] == pytest.approx(
+                h.data("clean_mask").mean())
+    _assert_same_weights(rec_s.end, rec_d.end, rtol=1e-5, atol=1e-6)
+
+
+# -- update order -------------------------------------------------------------------------------
+
+
+def _replay(rec: Recorder, loss_fn, order: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Train copies of the starting models on the recorded batches by hand."""
+    models = {r: copy.deepcopy(rec.start[r]) for r in PEERS}
+    opts = {r: torch.optim.SGD(models[r].parameters(), lr=0.1, momentum=0.9,
+                               weight_decay=5e-4) for r in PEERS}
+    for _, x, q in rec.batches:
+        z = {r: models[r](x)[0] for r in PEERS}
+        if order == "simultaneous":
+            total = sum(loss_fn(z[r], z[o].detach(), q).mean()
+                        for r, o in (PEERS, PEERS[::-1]))
+            for opt in opts.values():
+                opt.zero_grad()
+            total.backward()
+            for opt in opts.values():
+                opt.step()
+        else:  # DML: A steps against B, then B against the updated A
+            a, b = PEERS
+            opts[a].zero_grad()
+            loss_fn(z[a], z[b].detach(), q).mean().backward()
+            opts[a].step()
+            with torch.no_grad():
+                z_a_new = models[a](x)[0]
+            opts[b].zero_grad()
+            loss_fn(z[b], z_a_new, q).mean().backward()
+            opts[b].step()
+    return {r: {k: v.detach() for k, v in models[r].state_dict().items()} for r in PEERS}
+
+
+@pytest.mark.parametrize(("use", "params", "loss_fn"), [
+    ("dml", "", lambda z, p, q: dml_loss(z, [p], q)),
+    ("smkd", 'schedule = "static", threshold = 0.12, certainty = "max_prob", ',
+     lambda z, p, q: smkd_loss(z, [p], q, threshold=0.12, certainty_measure="max_prob")),
+])
+def test_in_turn_steps_each_peer_once_against_the_updated_peer(run_peers, component, use, params,
+                                                                 loss_fn):
+    ends = {}
+    for order in ("simultaneous", "in_turn"):
+        rec = Recorder()
+        # a zero-weight CE on peer_b first makes the engine offer peer_b's backward first
+        comps = (component("ce", models='["peer_b"]', weight="0.0")
+                 + component(use, f'{{ {params}order = "{order}" }}'))
+        run_peers(comps, observers=(rec,), name=order, batch=100).close()
+        assert len(rec.batches) >= 3
+        ends[order] = rec.end
+        # one SGD step (momentum 0.9) per peer per batch, in the order given: a second step
+        # of a peer, or a peer stepped against stale predictions, would not match
+        _assert_same_weights(rec.end, _replay(rec, loss_fn, order), rtol=1e-5, atol=1e-6)
+    with pytest.raises(AssertionError):
+        _assert_same_weights(ends["simultaneous"], ends["in_turn"], rtol=1e-5, atol=1e-6)
+
+
+# -- peers and parameters -----------------------------------------------------------------------
+
+
+def test_three_peers(run_peers, component):
+    extra = ('[models.peer_c]\narch = "mlp"\nparams = { hidden = [8] }\n'
+             'optimizer = { lr = 0.1 }\n')
+    train = '["peer_a", "peer_b", "peer_c"]'
+    for use in ("smkd", "dml"):
+        with run_peers(component(use, '{ order = "in_turn" }'), train=train,
+                       extra_models=extra, name=use) as h:
+            for role in ("peer_a", "peer_b", "peer_c"):
+                assert f"select/{use}/{role}/fraction" in h.metric_names()
+                assert np.isfinite(h.metric(f"train/{role}/{use}")).all()
+
+
+def test_a_frozen_peer_is_a_fixed_teacher(run_peers, component):
+    comps = component("smkd", models='["peer_a", "peer_b"]')
+    with run_peers(comps, train='["peer_a"]') as h:
+        assert "train/peer_a/smkd" in h.metric_names()
+        assert "train/peer_b/smkd" not in h.metric_names()
+        assert "select/smkd/peer_b/fraction" in h.metric_names()
+
+
+def test_one_peer_is_an_error(run_peers, component):
+    for use in ("smkd", "dml"):
+        with pytest.raises(kdcore.RecipeError, match="two or more distinct peer models"):
+            run_peers(component(use), train='["peer_a"]', name=use)
+
+
+def test_bad_parameters_are_rejected(run_peers, component):
+    cases = [('{ epsilon = 1.5 }', r"params\.epsilon.*\[0, 1\]"),
+             ('{ treshold = 0.3 }', "did you mean 'threshold'"),
+             ('{ direction = "down" }', "'relax' or 'tighten'"),
+             ('{ temperature = 0 }', "temperature.*positive")]
+    for params, message in cases:
+        with pytest.raises(kdcore.RecipeError, match=message):
+            run_peers(component("smkd", params))
+    with pytest.raises(kdcore.RecipeError, match="'sum' or 'mean'"):
+        run_peers(component("dml", '{ peer_reduction = "avg" }'))
+
+
+class TakeOver(kdcore.Component):
+    """Takes over every backward pass it is offered (a stand-in for a meta-learner)."""
+
+    def backward(self, batch, role, loss):
+        loss.backward()
+        return True
+
+
+class TakeOverPlugin:
+    @kdcore.hookimpl
+    def kdcore_add_components(self):
+        return {"take_over": TakeOver}
+
+
+def test_in_turn_refuses_to_share_the_backward_pass(run_peers, component):
+    comps = component("take_over") + component("dml", '{ order = "in_turn" }')
+    with pytest.raises(kdcore.KdcoreError, match="never received the backward pass"):
+        run_peers(comps, observers=(TakeOverPlugin(),))
