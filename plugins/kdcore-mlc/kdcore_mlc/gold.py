@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -43,12 +45,12 @@ class GoldCycler:
             need -= take
         return torch.cat(parts)
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {"perm": None if self.perm is None else self.perm.clone(), "pos": self.pos,
                 "passes": self.passes}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         perm = state["perm"]
         self.perm = None if perm is None else torch.as_tensor(perm).long().cpu()
-        self.pos = int(state["pos"])  # type: ignore[arg-type]
-        self.passes = int(state["passes"])  # type: ignore[arg-type]
+        self.pos = int(state["pos"])
+        self.passes = int(state["passes"])

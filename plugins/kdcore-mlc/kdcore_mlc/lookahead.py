@@ -20,6 +20,7 @@ Following microsoft/MLC ``mlc.py`` (``step_hmlc_K``):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import torch
@@ -196,13 +197,13 @@ class MetaAccumulator:
     def reset(self) -> None:
         self.value = None
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {"count": self.count,
                 "value": None if self.value is None else [
                     None if v is None else v.detach().cpu() for v in self.value]}
 
-    def load_state_dict(self, state: dict[str, object], device: torch.device) -> None:
-        self.count = int(state["count"])  # type: ignore[arg-type]
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.count = int(state["count"])
         value = state["value"]
         self.value = None if value is None else [
-            None if v is None else torch.as_tensor(v).to(device) for v in value]  # type: ignore[union-attr]
+            None if v is None else torch.as_tensor(v).to(device) for v in value]

@@ -130,8 +130,6 @@ class MLC(kdcore.Component):
         self.accumulator = MetaAccumulator(p.gradient_steps)
         self.meta_steps = 0
         self._meta_done_step = -1
-        self._augment = [(run.host.augmentations.get(a.name), a.params)
-                         for a in run.recipe.data.augment] if p.augment_gold else []
         self._reset_stats()
 
     def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
@@ -166,10 +164,7 @@ class MLC(kdcore.Component):
                 f"component '{self.name}': labels after the meta step were asked for before "
                 f"the meta step of step {batch.step} (the model '{self.model}' must be trained "
                 f"with '{self.name}' taking over its backward)")
-        was = self.lcn.training
-        self.lcn.eval()
         y, _ = self.lcn.correct(self.features(batch), batch.noisy_label)
-        self.lcn.train(was)
         return y
 
     def gold_batch(self, batch: kdcore.Batch) -> GoldBatch:
@@ -183,8 +178,8 @@ class MLC(kdcore.Component):
         index = self.gold.next(run.generator)
         rows = index.to(data.gold.y.device)
         x = data.inputs(data.gold, rows)
-        for fn, params in self._augment:
-            x = fn(x, run.generator, **params)
+        if self.params.augment_gold:
+            x = run.augment(x, run.generator)
         y = data.gold.y[rows]
         if self.params.method == "hmlc_K_mix":
             half = len(index) // 2
@@ -243,6 +238,7 @@ class MLC(kdcore.Component):
         for name, param in named_trainable(model).items():
             param.grad = grads.get(name)
         self._meta_done_step = batch.step
+        batch.scratch[self._key("virtual")] = step.virtual  # w': what the real step must give
         st = self._stats
         st["iters"] += 1
         st["meta_loss"] += step.meta_loss
@@ -272,11 +268,26 @@ class MLC(kdcore.Component):
             "accumulator": self.accumulator.state_dict(),
             "gold": self.gold.state_dict(),
             "meta_steps": self.meta_steps,
+            "role": self.model,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lcn.load_state_dict(state["lcn"])
+        # also called when a later stage's component of the same label continues this one
+        # (kdcore's carry_state): the saved LCN must fit this stage's main model
+        saved = state["lcn"]
+        shapes = {k: tuple(v.shape) for k, v in saved.items()}
+        fits = shapes == {k: tuple(v.shape) for k, v in self.lcn.state_dict().items()}
+        perm = state["gold"]["perm"]
+        if not fits or (perm is not None and len(perm) != self.gold.size):
+            raise kdcore.RecipeError(
+                f"component '{self.name}' continues the state of an earlier '{self.name}' "
+                f"(which served '{state.get('role')}'), but its label-correction network or "
+                f"gold split does not fit this stage's (serving '{self.model}'); give it "
+                f"another name to start a new one")
+        self.lcn.load_state_dict(saved)
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        for group in self.meta_optimizer.param_groups:  # this stage's meta_lr
+            group["lr"] = self.params.meta_lr
         self.accumulator.load_state_dict(state["accumulator"], self.run.device)
         self.gold.load_state_dict(state["gold"])
         self.meta_steps = int(state["meta_steps"])

@@ -1,0 +1,203 @@
+"""Disjoint gold / noisy / validation / test splits, and corrected labels aligned by index.
+
+A test dataset carries each sample's row number in its last input column, so every split, every
+gold batch and every training batch can be traced back to the rows they came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from loguru import logger
+
+import kdcore
+from kdcore_mlc.mlc import MLC
+
+RECIPE = """
+[run]
+name = "align"
+device = "cpu"
+threads = 1
+[data]
+dataset = "{dataset}"
+gold_per_class = 10
+val_fraction = 0.1
+test_fraction = 0.2
+batch_size = 64
+[data.noise]
+model = "symmetric"
+params = {{ rate = 0.4 }}
+[models.student]
+arch = "mlp"
+params = {{ hidden = [16] }}
+[[stages]]
+name = "s"
+epochs = {epochs}
+train = ["student"]
+[[stages.components]]
+use = "mlc"
+params = {{ meta_lr = 1e-2 }}
+{extra}
+"""
+
+ID_SCALE = 1e-4
+
+
+def id_digits() -> kdcore.DatasetSplits:
+    """scikit-learn digits plus a 65th column: the row number times 1e-4."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(np.asarray(bunch.data, dtype=np.float32) / 16.0)
+    ids = torch.arange(len(x), dtype=torch.float32)[:, None] * ID_SCALE
+    y = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+    return kdcore.DatasetSplits(train=kdcore.ArrayDataset(x=torch.cat([x, ids], 1), y=y,
+                                                          num_classes=10))
+
+
+def _ids(ds: kdcore.ArrayDataset) -> np.ndarray:
+    return np.rint(ds.x[:, -1].cpu().numpy() / ID_SCALE).astype(np.int64)
+
+
+class Tracer:
+    """Records the splits at run start and the gold rows each training step used."""
+
+    def __init__(self):
+        self.splits: dict[str, np.ndarray] = {}
+        self.gold_used: list[np.ndarray] = []
+        self.true_labels = np.asarray(id_digits().train.y)
+
+    @kdcore.hookimpl
+    def kdcore_add_datasets(self):
+        return {"id_digits": id_digits}
+
+    @kdcore.hookimpl
+    def kdcore_run_start(self, run):
+        data = run.data
+        self.splits = {s: _ids(data.split(s)) for s in ("train", "val", "gold", "test")}
+        self.gold_labels = data.gold.y.cpu().numpy()
+        self.train_source = data.train_source.cpu().numpy()
+
+    @kdcore.hookimpl
+    def kdcore_batch_end(self, run, batch, losses):
+        index = batch.scratch["mlc/gold_index"]
+        self.gold_used.append(self.splits["gold"][index.cpu().numpy()])
+
+
+def _run(tmp_path: Path, plugins, *, dataset="id_digits", epochs=1, extra="") -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(RECIPE.format(dataset=dataset, epochs=epochs, extra=extra))
+    logger.remove()
+    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"),
+                      host=kdcore.PluginHost(extra=plugins))
+    return tmp_path / "run"
+
+
+def test_gold_noisy_validation_and_test_splits_are_disjoint(tmp_path):
+    tracer = Tracer()
+    run_dir = _run(tmp_path, [tracer])
+    s = tracer.splits
+    for a in s:
+        for b in s:
+            if a < b:
+                assert not set(s[a]) & set(s[b]), f"{a} and {b} overlap"
+    assert sorted(np.concatenate(list(s.values()))) == list(range(1797))
+    # the gold split is clean and class balanced
+    np.testing.assert_array_equal(tracer.gold_labels, tracer.true_labels[s["gold"]])
+    assert np.bincount(tracer.gold_labels, minlength=10).tolist() == [10] * 10
+    # the history's sample ids are the noisy split's rows
+    with kdcore.History(run_dir) as h:
+        np.testing.assert_array_equal(h.data("sample_id"), s["train"])
+    np.testing.assert_array_equal(tracer.train_source, s["train"])
+    # every gold batch MLC drew came from the gold split only, each gold row once per pass
+    used = np.concatenate(tracer.gold_used)
+    assert set(used) <= set(s["gold"])
+    assert not set(used) & (set(s["train"]) | set(s["val"]) | set(s["test"]))
+    first_pass = used[:len(s["gold"])]
+    assert sorted(first_pass) == sorted(s["gold"])
+
+
+CHECKS: list[int] = []
+
+
+class AlignCheck(kdcore.Component):
+    """After the refinement, recomputes y^c from the sample ids alone and compares."""
+
+    def setup(self, run):
+        self.run = run
+        self.mlc = next(c for c in run.components if isinstance(c, MLC))
+
+    def transfer(self, batch):
+        run = self.run
+        index = batch.index
+        assert not torch.equal(index, index.sort().values)  # the batches are shuffled
+        with torch.no_grad():
+            # look the samples up by their ids, independently of the batch's own tensors
+            x = run.data.inputs(run.data.train, index)
+            features = run.models["student"](x)[1]
+            expected, _ = self.mlc.lcn.correct(features, run.data.train_noisy[index])
+        ledger = run.ledger["target"][index]
+        torch.testing.assert_close(ledger, expected, rtol=1e-5, atol=1e-6)
+        # and the check would see a shuffle: rows of other samples differ
+        assert not torch.allclose(ledger, expected.roll(1, 0), rtol=1e-5, atol=1e-6)
+        assert run.ledger.producer("target") == self.mlc.name
+        CHECKS.append(len(index))
+        return None
+
+
+class AlignPlugin:
+    @kdcore.hookimpl
+    def kdcore_add_components(self):
+        return {"align_check": AlignCheck}
+
+
+def test_corrected_labels_stay_aligned_by_index(tmp_path):
+    CHECKS.clear()
+    extra = '[[stages.components]]\nuse = "align_check"\n'
+    run_dir = _run(tmp_path, [AlignPlugin()], dataset="digits", epochs=2, extra=extra)
+    with kdcore.History(run_dir) as h:
+        n = len(h.data("sample_id"))
+        assert sum(CHECKS) == 2 * n  # every sample checked in each epoch
+        # the snapshot is the ledger: each sample's row is the y^c of its last batch
+        final = h.column("target", 1).astype(np.float64)
+        np.testing.assert_allclose(final.sum(1), 1.0, atol=5e-3)
+        assert h.producers("target") == ["mlc", "mlc"]
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_cutout_reaches_gold_batches_on_images(augment, tmp_path):
+    """With image data and Cutout in data.augment, gold batches are cut out too (by default)."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Peek:
+        @kdcore.hookimpl
+        def kdcore_batch_end(self, run, batch, losses):
+            gold = batch.scratch["mlc/gold"]
+            half = len(gold.meta_y)
+            plain = run.data.inputs(run.data.gold, gold.index[:half].to(run.device))
+            seen.append((gold.meta_x, plain))
+
+    path = tmp_path / "r.toml"
+    text = RECIPE.format(dataset="digits", epochs=1, extra="")
+    text = text.replace('params = { meta_lr = 1e-2 }',
+                        f'params = {{ meta_lr = 1e-2, augment_gold = {str(augment).lower()} }}')
+    text = text.replace('[data.noise]', 'params = { flatten = false }\n'
+                        '[[data.augment]]\nname = "cutout"\nparams = { size = 4 }\n[data.noise]')
+    text = text.replace('arch = "mlp"\nparams = { hidden = [16] }',
+                        'arch = "cnn"\nparams = { channels = [4], hidden = 16 }')
+    path.write_text(text)
+    logger.remove()
+    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"),
+                      host=kdcore.PluginHost(extra=[Peek()]))
+    x = torch.cat([a for a, _ in seen])
+    plain = torch.cat([b for _, b in seen])
+    assert x.shape[1:] == (1, 8, 8)
+    changed = (x != plain).flatten(1).any(1)
+    if augment:  # a hole over the digit's strokes changes nearly every image, only to zeros
+        assert changed.float().mean() > 0.8
+        assert bool((x[x != plain] == 0).all())
+    else:
+        assert not changed.any()
