@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from kdcore_lp.graph import feature_graph, knn, normalized_affinity
+from kdcore_lp.graph import feature_graph, knn
 from kdcore_lp.propagation import class_balanced_seeds, propagate, propagate_features
 from kdcore_lp.solve import conjugate_gradient
 
@@ -40,7 +41,7 @@ def _dense_affinity(feats, k, gamma):
 
 
 def test_knn_excludes_self_and_matches_brute_force():
-    x = torch.nn.functional.normalize(torch.randn(60, 5, generator=torch.Generator().manual_seed(1)))
+    x = F.normalize(torch.randn(60, 5, generator=torch.Generator().manual_seed(1)))
     idx, sims = knn(x, 4, chunk=16)
     full = x @ x.T
     full.fill_diagonal_(float("-inf"))
@@ -51,7 +52,7 @@ def test_knn_excludes_self_and_matches_brute_force():
 
 
 def test_normalized_affinity_matches_dense_construction():
-    x = torch.nn.functional.normalize(torch.randn(40, 6, generator=torch.Generator().manual_seed(2)))
+    x = F.normalize(torch.randn(40, 6, generator=torch.Generator().manual_seed(2)))
     w = feature_graph(x, k=5, gamma=3.0, normalize=False, chunk=7).to_dense()
     assert torch.allclose(w, _dense_affinity(x, 5, 3.0), atol=1e-12)
     assert torch.allclose(w, w.T)
