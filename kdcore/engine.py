@@ -74,6 +74,9 @@ class Run:
             (the last, partial batch is never dropped).
         generator: a CPU random generator for components (checkpointed with the run).
         resumed: whether this process continued a checkpoint.
+        cache: a dict for expensive results that several components (or stages) may share,
+            such as a kNN graph; key entries by what they depend on (``run.model_version``).
+            Not checkpointed: an entry must be recomputable.
     """
 
     def __init__(self, recipe: Recipe, run_dir: Path, host: PluginHost, device: torch.device):
@@ -98,6 +101,7 @@ class Run:
         self._versions: dict[str, int] = defaultdict(int)
         self._feature_cache: dict[tuple[str, str], tuple[int, ModelOutput]] = {}
         self.augmentations: list[tuple[Any, dict[str, Any]]] = []
+        self.cache: dict[Any, Any] = {}
         self._epoch_metrics: dict[str, float] = {}
 
     # -- facts ------------------------------------------------------------------------------

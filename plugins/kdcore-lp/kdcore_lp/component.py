@@ -120,7 +120,6 @@ class LabelPropagation(kdcore.Component):
             if role not in run.models:
                 raise kdcore.RecipeError(
                     f"component '{self.name}': no model role '{role}' in [models]")
-        self._graph_cache: tuple[str, int, torch.Tensor] | None = None
 
     def on_stage_start(self, run: kdcore.Run) -> None:
         if self.params.when == "stage_start":
@@ -143,17 +142,20 @@ class LabelPropagation(kdcore.Component):
         return p.teacher if p.graph == "teacher" else p.student
 
     def _graph(self, role: str) -> torch.Tensor:
-        """The normalised affinity of ``role``'s features, reused while the model is unchanged
-        (a frozen teacher's graph is built once per stage)."""
-        version = self.run.model_version(role)
-        if self._graph_cache and self._graph_cache[:2] == (role, version):
-            return self._graph_cache[2]
+        """The normalised affinity of ``role``'s features, shared through ``run.cache`` while
+        the model is unchanged: a frozen teacher's graph is built once for the whole run, by
+        whichever LP component needs it first."""
         p = self.params
-        feats = self.run.features(role).features
-        w = feature_graph(feats, k=p.k, gamma=p.gamma, normalize=p.normalize, chunk=p.chunk,
-                          backend=p.knn_backend)
-        self._graph_cache = (role, version, w)
-        return w
+        key = ("kdcore_lp/graph", role, self.run.model_version(role), p.k, p.gamma, p.normalize,
+               p.knn_backend)
+        cache = self.run.cache
+        if key not in cache:
+            for old in [k for k in cache if k[:2] == key[:2]]:  # older versions of this model
+                del cache[old]
+            feats = self.run.features(role).features
+            cache[key] = feature_graph(feats, k=p.k, gamma=p.gamma, normalize=p.normalize,
+                                       chunk=p.chunk, backend=p.knn_backend)
+        return cache[key]
 
     def seed_labels(self) -> torch.Tensor:
         run, p = self.run, self.params
