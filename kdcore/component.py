@@ -265,7 +265,7 @@ class Component:
             The per-sample loss ``(B,)`` of the model it serves, or one per model role (a
             mutual term trains several models). The engine applies masks and weights,
             multiplies by the recipe ``weight`` and adds the terms of each model. Per-sample
-            losses go to the ledger column ``loss/<name>``.
+            losses go to the ledger column ``loss/<name>`` (written once, at the epoch end).
         """
         return None
 

@@ -299,6 +299,9 @@ class Trainer:
         self._best: dict[str, dict[str, Any]] = {}
         self._best_states: dict[str, dict[str, torch.Tensor]] = {}
         self._carried: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, tuple[str, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self._saver = ckpt.BackgroundSaver()
+        self._observes_batches = bool(host.hook.kdcore_batch_end.get_hookimpls())
         self.summary: dict[str, Any] = {}
 
     # -- set-up -----------------------------------------------------------------------------
@@ -401,10 +404,13 @@ class Trainer:
         for line in self.banner().splitlines():
             logger.info(line)
         self.host.hook.kdcore_run_start(run=run)
-        for s in range(int(position["stage"]), len(self.recipe.stages)):
-            start = int(position["epoch"]) if s == int(position["stage"]) else 0
-            self._run_stage(s, start, state if s == int(position["stage"]) else None)
-            state = None
+        try:
+            for s in range(int(position["stage"]), len(self.recipe.stages)):
+                start = int(position["epoch"]) if s == int(position["stage"]) else 0
+                self._run_stage(s, start, state if s == int(position["stage"]) else None)
+                state = None
+        finally:  # a run that stops for any reason leaves its last checkpoint complete
+            self._saver.wait()
         self.host.hook.kdcore_run_end(run=run, summary=self.summary)
         (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
         return self.summary
@@ -479,7 +485,8 @@ class Trainer:
         for comp in run.components:
             comp.on_epoch_start(run, epoch)
         self.host.hook.kdcore_epoch_start(run=run, epoch=epoch)
-        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=run.device))
+        # per-term batch values, appended (no tensor op per batch) and summed at the epoch end
+        sums: dict[str, list[torch.Tensor]] = defaultdict(list)
         batches = 0
         n = len(run.data.train)
         bs = self.recipe.data.batch_size
@@ -494,11 +501,14 @@ class Trainer:
                 index = order[start:start + bs]
                 self._train_batch(index, sums)
                 batches += 1
-        else:  # nothing trains: the epoch-level targets are what the history shows
+            self._flush_pending()
+        if not any("refinement" in c.kinds() for c in run.components):
+            # no batch-level refiner: the epoch-level targets are what every sample trained on
             led = run.ledger
             led.add("target", led["base_target"], producer=led.producer("base_target"),
                     kind="target")
-        metrics: dict[str, float] = {k: float(v) / max(batches, 1) for k, v in sums.items()}
+        metrics: dict[str, float] = {k: float(torch.stack(v).sum()) / max(batches, 1)
+                                     for k, v in sums.items()}
         metrics.update(self._evaluate(s, stage))
         metrics.update(self._ledger_metrics())
         for role in stage.train:
@@ -516,7 +526,7 @@ class Trainer:
 
     # -- one batch --------------------------------------------------------------------------
 
-    def _train_batch(self, index: torch.Tensor, sums: dict[str, torch.Tensor]) -> None:
+    def _train_batch(self, index: torch.Tensor, sums: dict[str, list[torch.Tensor]]) -> None:
         run = self.run
         data, ledger = run.data, run.ledger
         x = data.inputs(data.train, index)
@@ -527,14 +537,13 @@ class Trainer:
         for role in trained_roles:
             run.optimizers[role].zero_grad(set_to_none=True)
         comps = run.components
-        targets = batch.targets
-        producer = ledger.producer("base_target")
-        for comp in comps:
-            if "refinement" in comp.kinds():
+        refiners = [c for c in comps if "refinement" in c.kinds()]
+        if refiners:
+            targets = batch.targets
+            for comp in refiners:
                 targets = comp.refine(batch, targets)
-                producer = comp.name
-        batch.targets = targets
-        ledger.write("target", index, targets, producer=producer, kind="target")
+            batch.targets = targets
+            ledger.write("target", index, targets, producer=refiners[-1].name, kind="target")
         masks = self._collect(batch, [c for c in comps if "selection" in c.kinds()], "select")
         weights = self._collect(batch, [c for c in comps if "weighting" in c.kinds()], "weight")
         losses: dict[str, torch.Tensor] = {}
@@ -549,19 +558,19 @@ class Trainer:
                 term = self._reduce(comp, role, per_sample, masks, weights)
                 if per_sample.dim() == 1:
                     col = f"loss/{comp.name}" if len(per_role) == 1 else f"loss/{comp.name}/{role}"
-                    ledger.write(col, index, per_sample, producer=comp.name, kind="value")
-                sums[f"train/{role}/{comp.name}"] += term.detach()
-                weighted = comp.spec.weight * term
+                    self._defer(col, index, per_sample, comp.name)
+                sums[f"train/{role}/{comp.name}"].append(term.detach())
+                weighted = term if comp.spec.weight == 1.0 else comp.spec.weight * term
                 losses[role] = losses[role] + weighted if role in losses else weighted
         trained = [r for r in losses if run.trains(r)]
         for role in trained_roles:
             out = batch._outputs.get(role)
             if out is not None:  # training dynamics, as Dataset Cartography records them
-                ledger.write(f"logits/{role}", index, out.logits, producer=role, kind="value")
+                self._defer(f"logits/{role}", index, out.logits, role)
         for role in trained:
             if not bool(torch.isfinite(losses[role])):
                 self._diverged(role, sums)
-            sums[f"train/{role}/loss"] += losses[role].detach()
+            sums[f"train/{role}/loss"].append(losses[role].detach())
         plain: list[torch.Tensor] = []
         for role in trained:
             if not any(c.backward(batch, role, losses[role]) for c in comps
@@ -579,8 +588,22 @@ class Trainer:
         for comp in comps:
             if "after_step" in comp.hooks():
                 comp.after_step(batch)
-        self.host.hook.kdcore_batch_end(
-            run=run, batch=batch, losses={r: losses[r] for r in trained})
+        if self._observes_batches:
+            self.host.hook.kdcore_batch_end(
+                run=run, batch=batch, losses={r: losses[r] for r in trained})
+
+    def _defer(self, column: str, index: torch.Tensor, values: torch.Tensor, producer: str
+               ) -> None:
+        """Queue a per-sample record (losses, logits) for one ledger write at the epoch end:
+        two index writes per batch cost more than the rest of the engine's bookkeeping."""
+        self._pending.setdefault(column, (producer, []))[1].append((index, values.detach()))
+
+    def _flush_pending(self) -> None:
+        for column, (producer, parts) in self._pending.items():
+            index = torch.cat([i for i, _ in parts])
+            values = torch.cat([v for _, v in parts])
+            self.run.ledger.write(column, index, values, producer=producer, kind="value")
+        self._pending = {}
 
     def _collect(self, batch: Batch, comps: Sequence[Component], hook: str
                  ) -> list[tuple[Component, str, torch.Tensor]]:
@@ -627,9 +650,9 @@ class Trainer:
             return value.mean()
         return (value * mask).sum() / mask.sum().clamp_min(1.0)
 
-    def _diverged(self, role: str, sums: Mapping[str, torch.Tensor]) -> None:
+    def _diverged(self, role: str, sums: Mapping[str, list[torch.Tensor]]) -> None:
         bad = [k.split("/")[-1] for k, v in sums.items()
-               if k.startswith(f"train/{role}/") and not bool(torch.isfinite(v))]
+               if k.startswith(f"train/{role}/") and v and not bool(torch.isfinite(v[-1]))]
         term = bad[0] if bad else "?"
         comp = next((c for c in self.run.components if c.name == term), None)
         use = f" (component '{comp.spec.use}')" if comp else ""
@@ -739,7 +762,7 @@ class Trainer:
             "carried": self._carried,
             "summary": copy.deepcopy(self.summary),
         }
-        ckpt.save(state, self.run_dir / ckpt.CHECKPOINT)
+        self._saver.save(state, self.run_dir / ckpt.CHECKPOINT)
 
     def _plugin_states(self) -> list[tuple[Any, dict[str, Any]]]:
         out = []
