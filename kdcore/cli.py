@@ -130,10 +130,13 @@ def check(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...],
     run_ = Run(resolved, Path("."), host, resolve_device(resolved.run.device))
     for s, stage in enumerate(resolved.stages):
         build_components(run_, stage, f"stages[{s}]")
-    for cfg in resolved.models.values():
-        host.models.get(cfg.arch)
-    host.datasets.get(resolved.data.dataset)
-    host.noise_models.get(resolved.data.noise.model)
+    from kdcore.config import bind_params
+
+    for role, cfg in resolved.models.items():
+        bind_params(host.models.get(cfg.arch), cfg.params, f"models.{role}.params")
+    bind_params(host.datasets.get(resolved.data.dataset), resolved.data.params, "data.params")
+    bind_params(host.noise_models.get(resolved.data.noise.model), resolved.data.noise.params,
+                "data.noise.params")
     click.echo(resolved.to_toml(), nl=False)
 
 
