@@ -1,0 +1,365 @@
+"""F&F's "friends" as kdcore components: warm-up, instance filtering, label correction.
+
+Only the names of these components are verified (spec ``methods/ff.md`` §6.5); what each does
+here is our placeholder reading, with its open choices as parameters (see the README).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kdcore
+from kdcore.losses import one_hot, soft_cross_entropy
+from kdcore_ff.ncifar import STATUS_CLEAN, STATUS_CLOSED, STATUS_OPEN, label_classes, run_status
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if value < 0:
+        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
+
+
+def _positive(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"'{attribute.name}' must be >= 1, got {value!r}")
+
+
+def _rate(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"'{attribute.name}' must be in [0, 1), got {value!r}")
+
+
+def _unit(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"'{attribute.name}' must be in [0, 1], got {value!r}")
+
+
+def _role(comp: kdcore.Component, run: kdcore.Run, role: str | None) -> str:
+    """The role named by a ``model`` parameter, or the single served model."""
+    if role is None:
+        if len(comp.models) != 1:
+            raise kdcore.RecipeError(
+                f"component '{comp.name}' serves {list(comp.models)}: set params.model to the "
+                "role whose predictions it uses")
+        role = comp.models[0]
+    if role not in run.models:
+        raise kdcore.RecipeError(f"component '{comp.name}': no model role '{role}' in [models]")
+    return role
+
+
+# -- warm-up ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class WarmupParams:
+    """Parameters of ``ff_warmup``.
+
+    Attributes:
+        epochs: the term is active in the stage's first ``epochs`` epochs and then hands over
+            (returns no loss) to the stage's other terms; 0: every epoch of the stage.
+        classifier_only_epochs: in the stage's first ``classifier_only_epochs`` epochs only the
+            served models' ``classifier`` layer trains (the rest is frozen, its batch-norm and
+            dropout layers in eval mode): a linear probe on pre-trained features, then full
+            fine-tuning.
+        labels: ``noisy`` (cross-entropy on the observed labels, whatever earlier refiners
+            did) or ``targets`` (on the batch's current targets).
+    """
+
+    epochs: int = attrs.field(default=0, validator=_non_negative)
+    classifier_only_epochs: int = attrs.field(default=0, validator=_non_negative)
+    labels: Literal["noisy", "targets"] = "noisy"
+
+
+class Warmup(kdcore.Component):
+    """Supervised warm-up on the noisy labels, optionally classifier-only first."""
+
+    Params = WarmupParams
+    description = "F&F warm-up (reconstruction): CE for a few epochs, classifier-only first"
+
+    def setup(self, run: kdcore.Run) -> None:
+        self.run = run
+        self.stage = run.stage
+        self.frozen = False
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def active(self, epoch: int) -> bool:
+        return self.params.epochs == 0 or epoch < self.params.epochs
+
+    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+        frozen = epoch < self.params.classifier_only_epochs
+        if frozen != self.frozen:  # the stage started them trainable (also on resume)
+            for role in self.models:
+                if run.trains(role):
+                    self._freeze_trunk(run.models[role], frozen)
+            self.frozen = frozen
+        run.log_metric(f"ff/{self.name}/active", float(self.active(epoch)))
+        run.log_metric(f"ff/{self.name}/classifier_only", float(frozen))
+
+    def _freeze_trunk(self, model: nn.Module, frozen: bool) -> None:
+        head = {id(p) for p in model.classifier.parameters()}
+        for p in model.parameters():
+            if id(p) not in head:
+                p.requires_grad_(not frozen)
+        if frozen:
+            # run.features() and the engine put the whole model back in train mode; a pre-hook
+            # keeps the frozen trunk's batch-norm statistics and dropout fixed on every call
+            self.handles.append(model.register_forward_pre_hook(self._trunk_eval))
+        else:
+            self._remove_hooks()
+            model.train(True)
+
+    def _trunk_eval(self, model: nn.Module, args: object) -> None:
+        if self.run.stage is not self.stage or not self.frozen:
+            self._remove_hooks()  # the stage ended while frozen: never touch later stages
+            return
+        for child in model.children():
+            if child is not model.classifier:
+                child.eval()
+
+    def _remove_hooks(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def transfer(self, batch: kdcore.Batch) -> kdcore.PerSample | None:
+        if not self.active(self.run.epoch):
+            return None
+        if self.params.labels == "noisy":
+            return {r: F.cross_entropy(batch.out(r).logits, batch.noisy_label, reduction="none")
+                    for r in self.models}
+        targets = batch.targets.detach()
+        return {r: soft_cross_entropy(batch.out(r).logits, targets) for r in self.models}
+
+
+# -- instance filtering -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class FilterParams:
+    """Parameters of ``instance_filter``.
+
+    Attributes:
+        model: the role whose eval-mode pass at the epoch start scores the samples (default:
+            the served model; set it to use a teacher).
+        criterion: ``loss`` (cross-entropy against the label; high = suspicious) or
+            ``confidence`` (the model's probability of the label; low = suspicious).
+        labels: score against the ``noisy`` labels or the epoch-level ``targets`` (the ledger's
+            ``base_target``: what an earlier ``label_correction`` wrote; the noisy labels when
+            nothing did). The class of a sample, for ``per_class``, is the argmax of the same.
+        rule: ``rate`` drops the ``rate`` most suspicious share; ``threshold`` drops every
+            sample whose loss is above ``threshold`` (``criterion = "loss"``) or whose
+            confidence is below it (``"confidence"``).
+        rate: the share dropped by ``rule = "rate"``.
+        oracle_rate: drop the run's realised noise rate instead of ``rate`` (an oracle: it
+            reads the true noise mask; for upper-bound experiments only).
+        threshold: the cut of ``rule = "threshold"``.
+        per_class: rank (``rule = "rate"``) within each class: ``round(rate * n_c)`` of class
+            ``c`` are dropped, so small classes are not emptied by their larger losses.
+        start_epoch: abstain (no mask) before this epoch of the stage.
+        mask_loss: mask the served models' terms; false records the mask only.
+    """
+
+    model: str | None = None
+    criterion: Literal["loss", "confidence"] = "loss"
+    labels: Literal["noisy", "targets"] = "targets"
+    rule: Literal["rate", "threshold"] = "rate"
+    rate: float = attrs.field(default=0.2, validator=_rate)
+    oracle_rate: bool = False
+    threshold: float = 0.5
+    per_class: bool = True
+    start_epoch: int = attrs.field(default=0, validator=_non_negative)
+    mask_loss: bool = True
+
+
+def suspicion(logits: torch.Tensor, targets: torch.Tensor, criterion: str) -> torch.Tensor:
+    """Per-sample loss, or confidence, against soft ``targets`` ``(N, C)``."""
+    if criterion == "loss":
+        return soft_cross_entropy(logits, targets)
+    return (F.softmax(logits, dim=1) * targets).sum(dim=1)
+
+
+def filter_mask(score: torch.Tensor, classes: torch.Tensor, *, criterion: str, rule: str,
+                rate: float, threshold: float, per_class: bool) -> torch.Tensor:
+    """The kept samples (True) given each sample's ``score`` and class.
+
+    ``rule = "rate"``: the ``round(rate * n)`` most suspicious samples of each class (or of
+    all, without ``per_class``) are dropped; the most suspicious have the largest loss or the
+    smallest confidence; ties go by index (a stable sort).
+    """
+    if rule == "threshold":
+        return score <= threshold if criterion == "loss" else score >= threshold
+    badness = score if criterion == "loss" else -score
+    keep = torch.ones_like(score, dtype=torch.bool)
+    groups = [classes == c for c in classes.unique()] if per_class else [
+        torch.ones_like(keep)]
+    for members in groups:
+        rows = members.nonzero().squeeze(1)
+        drop = round(rate * rows.numel())
+        if drop:
+            order = torch.sort(badness[rows], descending=True, stable=True).indices
+            keep[rows[order[:drop]]] = False
+    return keep
+
+
+class InstanceFilter(kdcore.Component):
+    """Drop the samples judged noisy or open-set: per-class small-loss or low-confidence."""
+
+    Params = FilterParams
+    description = "F&F instance filtering (reconstruction): per-class small-loss/confidence"
+
+    @property
+    def column(self) -> str:
+        return f"select/{self.name}"
+
+    def setup(self, run: kdcore.Run) -> None:
+        self.run = run
+        self.ranker = _role(self, run, self.params.model)
+
+    def current_rate(self) -> float:
+        if not self.params.oracle_rate:
+            return self.params.rate
+        return float((~self.run.ledger["clean_mask"]).double().mean())
+
+    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+        if epoch < self.params.start_epoch:
+            return
+        p = self.params
+        led = run.ledger
+        logits = run.features(self.ranker).logits
+        if p.labels == "noisy":
+            targets = one_hot(led["noisy_label"], run.num_classes)
+        else:
+            targets = led["base_target"].float()
+        score = suspicion(logits, targets, p.criterion)
+        rate = self.current_rate()
+        mask = filter_mask(score, targets.argmax(1), criterion=p.criterion, rule=p.rule,
+                           rate=rate, threshold=p.threshold, per_class=p.per_class)
+        led.add(self.column, mask, producer=self.name, kind="mask")
+        led.add(f"ff/{self.name}/score", score, producer=self.name, kind="value")
+        run.log_metric(f"ff/{self.name}/rate", rate if p.rule == "rate" else float("nan"))
+        run.log_metric(f"ff/{self.name}/dropped", float((~mask).double().mean()))
+
+    def select(self, batch: kdcore.Batch) -> torch.Tensor | None:
+        if self.run.epoch < self.params.start_epoch or not self.params.mask_loss:
+            return None
+        return self.run.ledger[self.column][batch.index]
+
+
+# -- label correction ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class CorrectionParams:
+    """Parameters of ``label_correction``.
+
+    Attributes:
+        model: the role whose eval-mode predictions correct the labels (default: the served
+            model; a teacher works too).
+        threshold: a sample is relabelled when the model's top class (over the real labels,
+            without the ncifar open-set class) differs from its label with probability
+            ``>= threshold``.
+        base: ``noisy``: each correction starts again from the noisy labels (a sample the
+            model stops disagreeing with gets its noisy label back); ``previous``: from the
+            current ``base_target`` (corrections accumulate).
+        target: ``hard`` (one-hot of the predicted class) or ``soft`` (the model's
+            probabilities) for relabelled samples.
+        when: ``epoch_start`` (from ``start_epoch``, every ``every`` epochs) or
+            ``stage_start`` (once, with the model as it enters the stage: the warmed-up model).
+        start_epoch, every: the schedule of ``when = "epoch_start"``.
+    """
+
+    model: str | None = None
+    threshold: float = attrs.field(default=0.9, validator=_unit)
+    base: Literal["noisy", "previous"] = "noisy"
+    target: Literal["hard", "soft"] = "hard"
+    when: Literal["epoch_start", "stage_start"] = "epoch_start"
+    start_epoch: int = attrs.field(default=0, validator=_non_negative)
+    every: int = attrs.field(default=1, validator=_positive)
+
+
+def correct_labels(logits: torch.Tensor, current: torch.Tensor, *, num_labels: int,
+                   threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which samples to relabel, and to what.
+
+    Args:
+        logits: ``(N, C)``; only the first ``num_labels`` columns are real labels.
+        current: the labels being corrected ``(N,)``.
+        num_labels: K.
+        threshold: the least top-class probability that relabels.
+
+    Returns:
+        ``(change, predicted, probs)``: the bool mask of relabelled samples, the top class of
+        each sample and the probabilities over the ``num_labels`` real labels.
+    """
+    probs = F.softmax(logits[:, :num_labels].float(), dim=1)
+    conf, pred = probs.max(dim=1)
+    change = (pred != current) & (conf >= threshold)
+    return change, pred, probs
+
+
+class LabelCorrection(kdcore.Component):
+    """Relabel the samples a model confidently assigns to another class (epoch level)."""
+
+    Params = CorrectionParams
+    description = "F&F label correction (reconstruction): confident disagreements relabelled"
+
+    def setup(self, run: kdcore.Run) -> None:
+        self.run = run
+        self.role = _role(self, run, self.params.model)
+
+    def on_stage_start(self, run: kdcore.Run) -> None:
+        if self.params.when == "stage_start":
+            self.correct(run)
+
+    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+        p = self.params
+        if p.when == "epoch_start" and epoch >= p.start_epoch and \
+                (epoch - p.start_epoch) % p.every == 0:
+            self.correct(run)
+
+    def refine(self, batch: kdcore.Batch, targets: torch.Tensor) -> torch.Tensor:
+        return targets  # the work is epoch-level, in base_target, which the batch starts from
+
+    def correct(self, run: kdcore.Run) -> None:
+        p = self.params
+        led = run.ledger
+        num_classes = run.num_classes
+        num_labels = label_classes(run)
+        noisy = led["noisy_label"]
+        start = one_hot(noisy, num_classes) if p.base == "noisy" else led["base_target"].float()
+        change, pred, probs = correct_labels(run.features(self.role).logits, start.argmax(1),
+                                             num_labels=num_labels, threshold=p.threshold)
+        if p.target == "hard":
+            new_rows = one_hot(pred, num_classes)
+        else:
+            new_rows = F.pad(probs, (0, num_classes - num_labels))
+        target = torch.where(change[:, None], new_rows.to(start.dtype), start)
+        led.add("base_target", target, producer=self.name, kind="target", snapshot=False)
+        label = target.argmax(1)
+        led.add(f"lc/{self.name}/label", label, producer=self.name, kind="label")
+        led.add(f"lc/{self.name}/confidence", probs.max(1).values, producer=self.name)
+        self._log(run, label, noisy, change)
+
+    def _log(self, run: kdcore.Run, label: torch.Tensor, noisy: torch.Tensor,
+             change: torch.Tensor) -> None:
+        status = run_status(run)
+        clean = run.ledger["clean_label"]
+        moved = label != noisy
+
+        def share(a: torch.Tensor, b: torch.Tensor) -> float:
+            n = int(b.sum())
+            return int((a & b).sum()) / n if n else float("nan")
+
+        name = f"lc/{self.name}"
+        run.log_metric(f"{name}/changed", float(change.double().mean()))
+        run.log_metric(f"{name}/relabelled", float(moved.double().mean()))
+        run.log_metric(f"{name}/precision", share(label == clean, moved))
+        run.log_metric(f"{name}/closed_fixed", share(label == clean, status == STATUS_CLOSED))
+        run.log_metric(f"{name}/clean_broken", share(moved, status == STATUS_CLEAN))
+        if bool((status == STATUS_OPEN).any()):
+            run.log_metric(f"{name}/open_relabelled", share(moved, status == STATUS_OPEN))
+

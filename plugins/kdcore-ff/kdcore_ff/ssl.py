@@ -1,0 +1,176 @@
+"""Self-supervised pre-training of the backbone: SimCLR's NT-Xent on two augmented views.
+
+F&F name self-supervised learning as one of their "friends" (spec ``methods/ff.md`` §6.5, item
+1); which method and schedule they use is unknown. The placeholder here is SimCLR (Chen et al.
+2020) as in C2D (WACV 2022): a projection head on the penultimate feature, two random views of
+every image, and the normalised-temperature cross-entropy between them. It is a *transfer*
+component, placed in a stage of its own that trains the student without labels.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kdcore
+from kdcore_ff.ncifar import registries
+
+HEAD = "ssl_head"
+"""The attribute under which the projection head is added to a model (``model.ssl_head``)."""
+
+
+def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
+
+
+def _probability(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"'{attribute.name}' must be in [0, 1), got {value!r}")
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss, per sample.
+
+    The ``2B`` projections are L2-normalised; anchor ``i`` scores every other projection by
+    cosine similarity over ``temperature``, and its loss is the cross-entropy of picking its
+    own other view among the ``2B - 1``:
+    ``l_i = -log(exp(s_ip / t) / sum_{k != i} exp(s_ik / t))``.
+
+    Args:
+        z1, z2: ``(B, d)`` projections of the first and second view of the same B samples.
+        temperature: t.
+
+    Returns:
+        ``(B,)``: the mean of each sample's two anchor losses, so the batch mean is SimCLR's
+        loss over all ``2B`` anchors.
+    """
+    b = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = (z @ z.T) / temperature
+    self_mask = torch.eye(2 * b, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_mask, float("-inf"))
+    positive = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    per_anchor = F.cross_entropy(sim, positive, reduction="none")
+    return 0.5 * (per_anchor[:b] + per_anchor[b:])
+
+
+def feature_view(x: torch.Tensor, generator: torch.Generator, *, noise_std: float,
+                 drop_prob: float) -> torch.Tensor:
+    """One random view by feature augmentation: Gaussian noise, then masking.
+
+    Every entry gets ``N(0, noise_std^2)`` noise, then is set to 0 with probability
+    ``drop_prob`` (masking without rescaling; on normalised inputs 0 is the mean). Works on
+    flat vectors and images alike. Draws come from ``generator`` (on its device) and move.
+    """
+    dev = generator.device
+    out = x
+    if noise_std > 0:
+        noise = torch.randn(x.shape, generator=generator, device=dev).to(x.device)
+        out = out + noise_std * noise
+    if drop_prob > 0:
+        keep = torch.rand(x.shape, generator=generator, device=dev).to(x.device) >= drop_prob
+        out = out * keep
+    return out
+
+
+@attrs.frozen
+class SSLParams:
+    """Parameters of ``ssl_pretrain``.
+
+    Attributes:
+        temperature: NT-Xent's temperature.
+        projection_dim: the projection head's output size.
+        projection_hidden: its hidden width (0: the model's feature size).
+        noise_std: Gaussian noise added to every input entry of a view.
+        drop_prob: the probability that an entry of a view is masked to 0.
+        crop_padding: image inputs only: a random crop after this much zero padding
+            (kdcore's ``crop_flip`` augmentation); 0: no crop.
+        flip: image inputs only: mirror half of the views (off for digits and text-like data).
+        recipe_augment: apply the recipe's ``data.augment`` chain to each view first.
+    """
+
+    temperature: float = attrs.field(default=0.5, validator=_positive)
+    projection_dim: int = attrs.field(default=64, validator=_positive)
+    projection_hidden: int = attrs.field(default=0, validator=_non_negative)
+    noise_std: float = attrs.field(default=0.1, validator=_non_negative)
+    drop_prob: float = attrs.field(default=0.2, validator=_probability)
+    crop_padding: int = attrs.field(default=2, validator=_non_negative)
+    flip: bool = False
+    recipe_augment: bool = True
+
+
+def make_head(feature_dim: int, hidden: int, out: int) -> nn.Module:
+    """SimCLR's projection head: ``Linear -> ReLU -> Linear``."""
+    return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out))
+
+
+def head_seed(seed: int, role: str) -> int:
+    """The head's initialisation seed, from the run's seed and the role (order-independent)."""
+    return (seed * 1_000_003 + zlib.crc32(f"{role}/{HEAD}".encode())) % (2**63)
+
+
+class SSLPretrain(kdcore.Component):
+    """SimCLR pre-training of the served models' backbones, without labels."""
+
+    Params = SSLParams
+    description = "self-supervised pre-training: SimCLR NT-Xent on two augmented views"
+
+    def adapt_models(self, run: kdcore.Run) -> None:
+        p = self.params
+        for role in self.models:
+            model = run.models[role]
+            dim = model.feature_dim
+            hidden = p.projection_hidden or dim
+            head = getattr(model, HEAD, None)
+            if head is None:
+                with torch.random.fork_rng(devices=[]):  # CPU init, global stream untouched
+                    torch.default_generator.manual_seed(head_seed(run.recipe.run.seed, role))
+                    head = make_head(dim, hidden, p.projection_dim)
+                device = next(model.parameters()).device
+                model.add_module(HEAD, head.to(device))
+                continue
+            shape = (head[0].in_features, head[0].out_features, head[2].out_features)
+            if shape != (dim, hidden, p.projection_dim):
+                raise kdcore.RecipeError(
+                    f"component '{self.name}': model '{role}' already has a projection head "
+                    f"{shape} from another ssl_pretrain entry; give both the same "
+                    "projection_hidden and projection_dim")
+
+    def setup(self, run: kdcore.Run) -> None:
+        self.run = run
+        self.crop: Any = None
+        p = self.params
+        if run.data.train.x.dim() == 4 and (p.crop_padding or p.flip):
+            self.crop = registries().augmentations.get("crop_flip")
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """One random view of the inputs ``x`` (draws from ``run.generator``)."""
+        p, gen = self.params, self.run.generator
+        if p.recipe_augment:
+            x = self.run.augment(x, gen)
+        if self.crop is not None:
+            x = self.crop(x, gen, padding=p.crop_padding, flip=p.flip)
+        return feature_view(x, gen, noise_std=p.noise_std, drop_prob=p.drop_prob)
+
+    def transfer(self, batch: kdcore.Batch) -> kdcore.PerSample:
+        run = self.run
+        x = run.data.inputs(run.data.train, batch.index)  # un-augmented: each view draws its own
+        views = torch.cat([self.view(x), self.view(x)])
+        b = len(batch)
+        out = {}
+        for role in self.models:
+            z = getattr(run.models[role], HEAD)(batch.forward(role, views).features)
+            out[role] = nt_xent(z[:b], z[b:], self.params.temperature)
+        return out
