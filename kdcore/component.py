@@ -289,6 +289,14 @@ class Component:
         """
         return False
 
+    def on_stage_end(self, run: Run) -> None:
+        """After the stage's last epoch, before the best-validation weights are restored
+        (undo a freeze, drop a hook, log a stage-level number).
+
+        Args:
+            run: the running training.
+        """
+
     def after_step(self, batch: Batch) -> None:
         """Called after the optimisers stepped on this batch (EMA updates, bookkeeping).
 
@@ -328,7 +336,7 @@ KIND_HOOKS: dict[str, str] = {
 COMPONENT_HOOKS: tuple[str, ...] = (
     "adapt_models", "setup", "on_stage_start", "on_epoch_start", "select", "refine", "weight",
     "transfer",
-    "backward", "after_step", "on_epoch_end", "state_dict", "load_state_dict",
+    "backward", "after_step", "on_epoch_end", "on_stage_end", "state_dict", "load_state_dict",
 )
 
 

@@ -443,6 +443,8 @@ class Trainer:
         run.stage_step = start_epoch * run.steps_per_epoch
         for epoch in range(start_epoch, stage.epochs):
             self._run_epoch(s, stage, epoch)
+        for comp in run.components:
+            comp.on_stage_end(run)
         if stage.keep == "best_val":
             for role in stage.train:
                 best = self._best_states.get(f"{s}/{role}")

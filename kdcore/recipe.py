@@ -88,7 +88,8 @@ class DataConfig:
         params: the loader's parameters.
         val_fraction: share of the training set held out for validation (noisy labels).
         gold_per_class: size per class of a clean, class-balanced "gold" split (0: none).
-        test_fraction: share carved out as the test set when the dataset has none.
+        test_fraction: share carved out as the test set when the dataset has none (default
+            0.2); a dataset with its own test split ignores it, with a warning.
         train_subset: keep only this many training samples (stratified; 0: all).
         batch_size: training batch size.
         eval_batch_size: batch size of evaluation and full-set feature passes.
@@ -100,7 +101,8 @@ class DataConfig:
     noise: NoiseConfig = attrs.Factory(NoiseConfig)
     val_fraction: float = attrs.field(default=0.1, validator=_fraction)
     gold_per_class: int = attrs.field(default=0, validator=_non_negative)
-    test_fraction: float = attrs.field(default=0.2, validator=_fraction)
+    test_fraction: float | None = attrs.field(default=None, validator=attrs.validators.optional(
+        _fraction))
     train_subset: int = attrs.field(default=0, validator=_non_negative)
     batch_size: int = attrs.field(default=64, validator=_positive)
     eval_batch_size: int = attrs.field(default=1024, validator=_positive)

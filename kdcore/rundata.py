@@ -13,6 +13,7 @@ from kdcore.data.base import ArrayDataset, DatasetSplits, NoiseContext
 from kdcore.data.noise import realised_transition
 from kdcore.data.splits import make_splits
 from kdcore.errors import KdcoreError, RecipeError
+from loguru import logger
 
 if TYPE_CHECKING:
     from kdcore.plugins import PluginHost
@@ -92,9 +93,13 @@ def build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.d
     splits = make_splits(
         full.y, num_classes=num_classes, generator=gen, val_fraction=cfg.val_fraction,
         gold_per_class=cfg.gold_per_class,
-        test_fraction=cfg.test_fraction if loaded.test is None else 0.0,
+        test_fraction=(0.2 if cfg.test_fraction is None else cfg.test_fraction)
+        if loaded.test is None else 0.0,
     )
     test = loaded.test if loaded.test is not None else full.subset(splits["test"])
+    if loaded.test is not None and cfg.test_fraction is not None:
+        logger.warning(f"dataset '{cfg.dataset}' has its own test split: data.test_fraction "
+                       f"= {cfg.test_fraction} is not used")
     train_idx = splits["train"]
     if cfg.train_subset and cfg.train_subset < len(train_idx):
         train_idx = _stratified_subset(full.y[train_idx], train_idx, cfg.train_subset, gen)
