@@ -8,7 +8,7 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.kdcore-installed
 RECIPE ?= recipes/amlkd.toml
 
-.PHONY: setup run test lint fashion-mnist
+.PHONY: setup run test lint fashion-mnist results
 
 setup: $(STAMP)
 
@@ -33,3 +33,11 @@ lint: $(STAMP)
 # Fashion-MNIST (real, 60k + 10k) for the benchmark recipes, from Debian's archive.
 fashion-mnist:
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
+
+# docs/results.md from the grids it lists (each grid's command is in the file; finished runs
+# are reused, so this only writes the tables once the grids have run)
+results: $(STAMP)
+	$(BIN)/kdcore ablate recipes/ce.toml recipes/kd.toml recipes/clean.toml --seeds 0,1,2 --out runs/digits-baselines
+	$(BIN)/kdcore ablate --grid benchmarks/grids/amlkd-fmnist-sym.toml --out runs/amlkd-fmnist-sym
+	$(BIN)/kdcore ablate --grid benchmarks/grids/amlkd-fmnist-pair.toml --out runs/amlkd-fmnist-pair
+	$(BIN)/python benchmarks/results_doc.py

@@ -115,7 +115,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = Non
             role = model or r["model"]
             base = ref.get((baseline, role))
             top = ref.get((ceiling, role))
-            if base and top and top["best_mean"] != base["best_mean"]:
+            if r["model"] != role:  # the gap is the student's: other roles get none
+                cells.append("-")
+            elif base and top and top["best_mean"] != base["best_mean"]:
                 gap = (r["best_mean"] - base["best_mean"]) / (top["best_mean"] - base["best_mean"])
                 cells.append(f"{gap:+.2f}")
             else:
