@@ -37,6 +37,9 @@ SECTIONS = [
     ("ALM-KD and AMAL on Fashion-MNIST, 40% pair-flip noise (1,000 gold images held out)",
      "kdcore ablate --grid benchmarks/grids/almkd-fmnist-pair.toml --out runs/almkd-fmnist-pair",
      "runs/almkd-fmnist-pair", None, None),
+    ("F&F on the nCIFAR-style Fashion-MNIST set (fmnist-lt: open, closed noise, long tail)",
+     "kdcore ablate --grid benchmarks/grids/ff-fmnist.toml --out runs/ff-fmnist",
+     "runs/ff-fmnist", None, None),
 ]
 
 INTRO = """# Results
