@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
+from loguru import logger
 
 from kdcore.config import bind_params
 from kdcore.data.base import ArrayDataset, DatasetSplits, NoiseContext
 from kdcore.data.noise import realised_transition
 from kdcore.data.splits import make_splits
 from kdcore.errors import KdcoreError, RecipeError
-from loguru import logger
 
 if TYPE_CHECKING:
     from kdcore.plugins import PluginHost

@@ -130,7 +130,7 @@ class MutualComponent(kdcore.Component):
     def peer_loss(self, batch: kdcore.Batch, role: str, logits: torch.Tensor,
                   peers: list[torch.Tensor], context: Any) -> torch.Tensor:
         """The per-sample loss of ``role`` (logits with graph) given the detached peers."""
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: smkd and dml define their loss
 
     def selected(self, peer_logits: torch.Tensor, context: Any) -> torch.Tensor:
         """Where a peer's knowledge is selected (bool ``(B,)``), for the ledger."""
