@@ -53,8 +53,9 @@ class RunData:
         except KeyError:
             raise KeyError(f"no split '{name}'; splits: train, val, test, gold") from None
 
-    def inputs(self, split: ArrayDataset, index: torch.Tensor) -> torch.Tensor:
-        """Model inputs for rows ``index`` of ``split``: float, normalised, on the device."""
+    def inputs(self, split: ArrayDataset, index: torch.Tensor | slice) -> torch.Tensor:
+        """Model inputs for rows ``index`` (a long tensor or a slice) of ``split``: float,
+        normalised, on the device. A slice of float data is a view: no copy."""
         x = split.x[index]
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
@@ -65,11 +66,12 @@ class RunData:
                 x = (x - mean) / std
         return x
 
-    def batches(self, split: ArrayDataset, batch_size: int) -> Iterator[torch.Tensor]:
-        """Index batches over ``split`` in order (evaluation and full-set passes)."""
+    def batches(self, split: ArrayDataset, batch_size: int) -> Iterator[slice]:
+        """Consecutive row slices over ``split`` (evaluation and full-set passes): slicing
+        instead of gathering spares a copy of every input."""
         n = len(split)
         for start in range(0, n, batch_size):
-            yield torch.arange(start, min(start + batch_size, n), device=self.device)
+            yield slice(start, min(start + batch_size, n))
 
 
 def build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.device
