@@ -11,7 +11,9 @@ class-balanced seeds.
   ``scipy.sparse.linalg.cg`` per class (what AML-KD's released code does, faiss-gpu there).
 
 Each measurement runs in a fresh process; peak memory is the process's peak RSS (VmHWM, reset
-once the features are loaded) above its RSS at that point. Sizes: the first N of the 60,000 training images.
+once the features are loaded) above its RSS at that point. Sizes: the first N of the
+60,000 training images.
+training images.
 
 Usage:  .venv/bin/python benchmarks/lp_scaling.py [--sizes 15000 30000 60000] [--repeats 2]
 Needs Fashion-MNIST (make fashion-mnist) and faiss-cpu (pip install 'kdcore-lp[faiss]').
@@ -53,9 +55,9 @@ def make_features() -> None:
     import torch
     import torch.nn.functional as F
 
+    from kdcore.data.base import NoiseContext
     from kdcore.data.loaders import fashion_mnist
     from kdcore.data.noise import symmetric
-    from kdcore.data.base import NoiseContext
     from kdcore.models.base import ModelSpec
     from kdcore.models.zoo import mlp
 
