@@ -40,19 +40,24 @@ def snapshot(obj: Any) -> Any:
 
 
 class BackgroundSaver:
-    """Writes checkpoints on a background thread, one at a time.
+    """Writes checkpoints on a background thread, one at a time, or in line.
 
-    Training goes on while the file is written (serialising several MB takes about as long as
-    a small model's epoch takes to log); ``save`` first waits for the previous write, and the
-    write is atomic (:func:`save`), so a kill at any moment leaves the last complete checkpoint.
+    With ``background`` the GPU trains on while the CPU serialises the file; on a CPU-only run
+    the thread would take cores from training, so the write happens in line. ``save`` first
+    waits for the previous write, and the write is atomic (:func:`save`), so a kill at any
+    moment leaves the last complete checkpoint.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, background: bool = True) -> None:
+        self.background = background
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def save(self, state: dict[str, Any], path: Path) -> None:
         self.wait()
+        if not self.background:
+            save(state, path)
+            return
         frozen = snapshot(state)  # the live tensors change as soon as training resumes
 
         def write() -> None:

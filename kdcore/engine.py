@@ -300,7 +300,7 @@ class Trainer:
         self._best_states: dict[str, dict[str, torch.Tensor]] = {}
         self._carried: dict[str, dict[str, Any]] = {}
         self._pending: dict[str, tuple[str, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
-        self._saver = ckpt.BackgroundSaver()
+        self._saver = ckpt.BackgroundSaver(background=self.run.device.type == "cuda")
         self._observes_batches = bool(host.hook.kdcore_batch_end.get_hookimpls())
         self.summary: dict[str, Any] = {}
 
