@@ -28,7 +28,8 @@ from loguru import logger
 
 import kdcore
 from kdcore import history as history_mod
-from kdcore.engine import Trainer, build_model
+from kdcore.build import build_model
+from kdcore.engine import Trainer
 from kdcore.models.base import ModelSpec
 from kdcore.recipe import recipe_from_dict
 from kdcore.rundata import build_run_data

@@ -7,7 +7,7 @@ modules :mod:`kdcore.hookspecs`, :mod:`kdcore.losses`, :mod:`kdcore.metrics`,
 
 from kdcore.component import Batch, Component, ComponentSpec, ModelOutput, NoParams, PerSample
 from kdcore.data.base import ArrayDataset, DatasetSplits, NoiseContext
-from kdcore.engine import Run, run_recipe
+from kdcore.engine import run_recipe
 from kdcore.errors import KdcoreError, RecipeError, TrainingDiverged
 from kdcore.history import History
 from kdcore.hookspecs import hookimpl, hookspec
@@ -15,6 +15,7 @@ from kdcore.ledger import Ledger
 from kdcore.models.base import KDModel, ModelSpec
 from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe, load_recipe
+from kdcore.run import Run
 
 __version__ = "0.1.0"
 

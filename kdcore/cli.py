@@ -119,8 +119,9 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
 def check(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...],
           strict_plugins: bool) -> None:
     """Validate RECIPE (with overrides) and print it resolved, without training."""
-    from kdcore.engine import Run, build_components, resolve_device
+    from kdcore.build import build_components
     from kdcore.recipe import load_recipe
+    from kdcore.run import Run, resolve_device
 
     host = _host(plugins, strict_plugins)
     resolved = load_recipe(recipe, overrides)

@@ -28,7 +28,7 @@ import attrs
 import torch
 
 if TYPE_CHECKING:
-    from kdcore.engine import Run
+    from kdcore.run import Run
 
 PerSample = torch.Tensor | Mapping[str, torch.Tensor]
 """A ``(B,)`` tensor for every model the component applies to, or one tensor per model role."""
@@ -57,6 +57,9 @@ class Batch:
         targets: the current soft targets ``(B, C)``; refinement hooks replace them in turn.
         step: the global optimiser step counter of the run.
         scratch: a per-batch dict in which components may leave values for later components.
+        records: the per-sample values the engine records for this batch, by ledger column
+            (``loss/<term>``, ``logits/<role>``), detached; observers read them in
+            ``kdcore_batch_end`` (the ledger itself receives them once, at the epoch end).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class Batch:
         self.targets = targets
         self.step = step
         self.scratch: dict[str, Any] = {}
+        self.records: dict[str, torch.Tensor] = {}
         self._outputs: dict[str, ModelOutput] = {}
 
     def __len__(self) -> int:

@@ -13,7 +13,6 @@ import json
 import math
 import sys
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,255 +20,25 @@ from typing import Any
 
 import torch
 from loguru import logger
-from torch import nn
 
 from kdcore import checkpoint as ckpt
-from kdcore.component import Batch, Component, ComponentSpec, ModelOutput
-from kdcore.config import structure
+from kdcore.build import (
+    build_components,
+    build_model,
+    build_optimizer,
+    scheduled_lr,
+)
+from kdcore.component import Batch, Component
 from kdcore.errors import KdcoreError, RecipeError, TrainingDiverged
 from kdcore.history import HistoryWriter
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.metrics import accuracy, balanced_accuracy, selection_quality
-from kdcore.models.base import KDModel, ModelSpec
+from kdcore.models.base import ModelSpec
 from kdcore.plugins import PluginHost
-from kdcore.recipe import ModelConfig, OptimizerConfig, Recipe, StageConfig
-from kdcore.rundata import RunData, build_run_data
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RecipeError(f"got {name!r}, expected auto, cpu, cuda or cuda:N",
-                          key="run.device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("CUDA was asked for but no GPU is available", key="run.device")
-    return device
-
-
-def _role_seed(seed: int, role: str) -> int:
-    """A seed per role that does not depend on the order the roles are built in."""
-    return (seed * 1_000_003 + zlib.crc32(role.encode())) % (2**63)
-
-
-class Run:
-    """A running training: what components and observers may use.
-
-    Attributes:
-        recipe: the resolved recipe.
-        run_dir: where the history, checkpoints and model weights go.
-        device: the training device.
-        data: the splits and labels (:class:`kdcore.rundata.RunData`).
-        models: every model role of the recipe.
-        optimizers: one optimiser per role, created the first time a stage trains it and kept
-            across stages (its momentum and the learning-rate schedule span the role's training).
-        ledger: the per-sample columns, indexed by training-sample index.
-        stage: the current stage's config; ``stage_index`` its position.
-        epoch: the epoch within the stage; ``step`` counts optimiser steps over the run,
-            ``stage_step`` within the stage; ``steps_per_epoch`` is ``ceil(N / batch_size)``
-            (the last, partial batch is never dropped).
-        generator: a CPU random generator for components (checkpointed with the run).
-        resumed: whether this process continued a checkpoint.
-        cache: a dict for expensive results that several components (or stages) may share,
-            such as a kNN graph; key entries by what they depend on (``run.model_version``).
-            Not checkpointed: an entry must be recomputable.
-    """
-
-    def __init__(self, recipe: Recipe, run_dir: Path, host: PluginHost, device: torch.device):
-        self.recipe = recipe
-        self.run_dir = run_dir
-        self.host = host
-        self.device = device
-        self.data: RunData
-        self.models: dict[str, KDModel] = {}
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.ledger: Ledger
-        self.stage: StageConfig | None = None
-        self.stage_index = 0
-        self.epoch = 0
-        self.step = 0
-        self.stage_step = 0
-        self.steps_per_epoch = 0
-        self.resumed = False
-        self._stepped: set[str] = set()
-        self.components: list[Component] = []
-        self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)
-        self._versions: dict[str, int] = defaultdict(int)
-        self._feature_cache: dict[tuple[str, str], tuple[int, ModelOutput]] = {}
-        self.augmentations: list[tuple[Any, dict[str, Any]]] = []
-        self.cache: dict[Any, Any] = {}
-        self._epoch_metrics: dict[str, float] = {}
-
-    # -- facts ------------------------------------------------------------------------------
-
-    @property
-    def num_classes(self) -> int:
-        return self.data.num_classes
-
-    def trains(self, role: str) -> bool:
-        """Whether the current stage trains model ``role``."""
-        return self.stage is not None and role in self.stage.train
-
-    def lr(self, role: str) -> float:
-        """The current learning rate of ``role`` (its first parameter group)."""
-        return float(self.optimizers[role].param_groups[0]["lr"])
-
-    def model_version(self, role: str) -> int:
-        """Counts the optimiser steps taken on ``role``: a cache key for its outputs."""
-        return self._versions[role]
-
-    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
-        """Apply the recipe's ``data.augment`` chain to other inputs (a gold batch, say).
-
-        Args:
-            x: a batch of model inputs.
-            generator: the random source (default: ``run.generator``, checkpointed).
-        """
-        gen = self.generator if generator is None else generator
-        for fn, params in self.augmentations:
-            x = fn(x, gen, **params)
-        return x
-
-    def mark_stepped(self, role: str) -> None:
-        """Say that a component stepped ``role``'s optimiser itself in this batch (from its
-        ``backward`` hook, as an in-turn update order does); the engine then skips that step."""
-        self._stepped.add(role)
-
-    def log_metric(self, name: str, value: float) -> None:
-        """Record a number for this epoch's history row (last value wins)."""
-        self._epoch_metrics[name] = float(value)
-
-    # -- model calls ------------------------------------------------------------------------
-
-    def forward(self, role: str, x: torch.Tensor) -> ModelOutput:
-        """Run ``role`` on ``x``: with gradients if the stage trains it, else without."""
-        model = self.models[role]
-        if self.trains(role):
-            # even when first asked for inside a no_grad block (a selector ranking losses),
-            # the cached output must carry the graph the loss terms need
-            with torch.enable_grad():
-                logits, features = model(x)
-        else:
-            with torch.no_grad():
-                logits, features = model(x)
-        return ModelOutput(logits, features)
-
-    @torch.no_grad()
-    def features(self, role: str, split: str = "train") -> ModelOutput:
-        """Logits ``(N, C)`` and features ``(N, d)`` of ``role`` over a whole split.
-
-        Rows follow the split's sample index (the ledger's rows for ``train``); inputs are not
-        augmented; the model runs in eval mode. The result is cached until the model takes
-        another optimiser step, so components that need the same pass share one.
-        """
-        key = (role, split)
-        version = self._versions[role]
-        hit = self._feature_cache.get(key)
-        if hit is not None and hit[0] == version:
-            return hit[1]
-        model = self.models[role]
-        was_training = model.training
-        model.eval()
-        ds = self.data.split(split)
-        logits, feats = [], []
-        for index in self.data.batches(ds, self.recipe.data.eval_batch_size):
-            z, f = model(self.data.inputs(ds, index))
-            logits.append(z)
-            feats.append(f)
-        model.train(was_training)
-        out = ModelOutput(torch.cat(logits) if logits else torch.empty(0, self.num_classes),
-                          torch.cat(feats) if feats else torch.empty(0, model.feature_dim))
-        self._feature_cache[key] = (version, out)
-        return out
-
-    def _bump(self, role: str) -> None:
-        self._versions[role] += 1
-
-
-# -- building --------------------------------------------------------------------------------
-
-
-def build_model(role: str, cfg: ModelConfig, host: PluginHost, spec: ModelSpec, seed: int
-                ) -> KDModel:
-    from kdcore.config import bind_params
-
-    factory = host.models.get(cfg.arch)
-    params = bind_params(factory, cfg.params, f"models.{role}.params")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_role_seed(seed, role))
-        model = factory(spec, **params)
-    if not isinstance(model, nn.Module):
-        raise KdcoreError(f"architecture '{cfg.arch}' did not return a torch module")
-    return model
-
-
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    # every parameter, trainable now or not: a stage freezes a role by requires_grad, and a
-    # frozen parameter has no gradient, so the optimiser leaves it alone
-    params = list(model.parameters())
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def scheduled_lr(cfg: ModelConfig, epoch: int, epochs: int) -> float:
-    """The learning rate at a role's ``epoch``-th training epoch out of ``epochs``.
-
-    Epochs count over every stage that trains the role, so a schedule spans warm-up and later
-    stages alike. A pure function: nothing needs checkpointing.
-    """
-    base = cfg.optimizer.lr
-    sched = cfg.schedule
-    if sched.name == "multistep":
-        return base * sched.gamma ** sum(epoch >= m for m in sched.milestones)
-    if sched.name == "cosine":
-        return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-    return base
-
-
-def build_components(run: Run, stage: StageConfig, stage_key: str) -> list[Component]:
-    """Instantiate a stage's enabled components, each validating its own parameters."""
-    out: list[Component] = []
-    for c, comp in enumerate(stage.components):
-        key = f"{stage_key}.components[{c}]"
-        if not comp.enabled:
-            continue
-        cls = _component_class(run.host, comp.use, f"{key}.use", run.recipe.source)
-        try:
-            params = structure(cls.Params, comp.params, f"{key}.params")
-        except RecipeError as exc:
-            raise exc.at(file=run.recipe.source) from None
-        terms = tuple(comp.terms) or ((comp.label,) if cls.own_terms_only else ())
-        spec = ComponentSpec(
-            name=comp.label, use=comp.use,
-            models=tuple(comp.models if comp.models is not None else stage.train),
-            terms=terms, weight=comp.weight,
-        )
-        out.append(cls(params, spec))
-    labels = {c.name for c in out}
-    for comp in (x for x in stage.components if x.enabled):
-        for term in comp.terms:
-            if term not in labels:
-                raise RecipeError(f"no component labelled '{term}' in this stage",
-                                  file=run.recipe.source, key=f"{stage_key}.components.terms")
-    return out
-
-
-def _component_class(host: PluginHost, use: str, key: str, source: str | None
-                     ) -> type[Component]:
-    try:
-        return host.components.get(use)
-    except KdcoreError as exc:
-        raise RecipeError(str(exc), file=source, key=key) from None
-
+from kdcore.recipe import Recipe, StageConfig
+from kdcore.run import Run, resolve_device
+from kdcore.rundata import build_run_data
 
 # -- the trainer -----------------------------------------------------------------------------
 
@@ -560,7 +329,7 @@ class Trainer:
                 term = self._reduce(comp, role, per_sample, masks, weights)
                 if per_sample.dim() == 1:
                     col = f"loss/{comp.name}" if len(per_role) == 1 else f"loss/{comp.name}/{role}"
-                    self._defer(col, index, per_sample, comp.name)
+                    self._defer(batch, col, per_sample, comp.name)
                 sums[f"train/{role}/{comp.name}"].append(term.detach())
                 weighted = term if comp.spec.weight == 1.0 else comp.spec.weight * term
                 losses[role] = losses[role] + weighted if role in losses else weighted
@@ -568,7 +337,7 @@ class Trainer:
         for role in trained_roles:
             out = batch._outputs.get(role)
             if out is not None:  # training dynamics, as Dataset Cartography records them
-                self._defer(f"logits/{role}", index, out.logits, role)
+                self._defer(batch, f"logits/{role}", out.logits, role)
         for role in trained:
             if not bool(torch.isfinite(losses[role])):
                 self._diverged(role, sums)
@@ -594,11 +363,13 @@ class Trainer:
             self.host.hook.kdcore_batch_end(
                 run=run, batch=batch, losses={r: losses[r] for r in trained})
 
-    def _defer(self, column: str, index: torch.Tensor, values: torch.Tensor, producer: str
-               ) -> None:
-        """Queue a per-sample record (losses, logits) for one ledger write at the epoch end:
-        two index writes per batch cost more than the rest of the engine's bookkeeping."""
-        self._pending.setdefault(column, (producer, []))[1].append((index, values.detach()))
+    def _defer(self, batch: Batch, column: str, values: torch.Tensor, producer: str) -> None:
+        """Queue a per-sample record (losses, logits) for one ledger write at the epoch end
+        (two index writes per batch cost more than the rest of the engine's bookkeeping); the
+        batch's own copy is in ``batch.records`` at once."""
+        values = values.detach()
+        batch.records[column] = values
+        self._pending.setdefault(column, (producer, []))[1].append((batch.index, values))
 
     def _flush_pending(self) -> None:
         for column, (producer, parts) in self._pending.items():

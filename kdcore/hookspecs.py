@@ -27,8 +27,8 @@ from kdcore.component import COMPONENT_HOOKS, Component
 
 if TYPE_CHECKING:
     from kdcore.component import Batch
-    from kdcore.engine import Run
     from kdcore.recipe import Recipe, StageConfig
+    from kdcore.run import Run
 
 PROJECT = "kdcore"
 hookspec = pluggy.HookspecMarker(PROJECT)

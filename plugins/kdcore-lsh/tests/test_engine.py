@@ -47,8 +47,8 @@ class MaskCheck:
         assert torch.equal(mask, teacher == label)
         self.differs_from_noisy += int((mask != (teacher == batch.noisy_label)).sum())
         # CE averages over the whole batch; only the mimicking term is masked
-        ce = ledger["loss/ce"][index].double()
-        feat = ledger[f"loss/{self.name}"][index].double()
+        ce = batch.records["loss/ce"].double()
+        feat = batch.records[f"loss/{self.name}"].double()
         m = mask.double()
         expected = self.ce_weight * ce.mean() + self.weight * (m * feat).sum() / m.sum()
         assert float(losses["student"].detach()) == pytest.approx(float(expected), rel=1e-5)
