@@ -360,16 +360,20 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
 @click.option("--model", "role", default=None, help="Only this model role.")
 @click.option("--baseline", default=None, help="Variant for the noise-gap recovery's floor.")
 @click.option("--ceiling", default=None, help="Variant for the noise-gap recovery's ceiling.")
+@click.option("--gap-model", "gap_models", multiple=True,
+              help="Model role(s) that get the gap column (repeatable; default: --model, else "
+                   "student).")
 @_user_errors
 def report(runs: tuple[Path, ...], md_path: Path | None, csv_path: Path | None,
            plots: Path | None, role: str | None, baseline: str | None,
-           ceiling: str | None) -> None:
+           ceiling: str | None, gap_models: tuple[str, ...]) -> None:
     """Tables (mean and std over seeds, best-validation and last epoch) and plots of RUNS."""
     from kdcore import report as rp
 
     found = rp.find_runs(runs)
     rows = rp.aggregate(found, [role] if role else None)
-    table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling, model=role)
+    table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling,
+                              gap_models=gap_models or (role or "student",))
     if md_path:
         md_path.write_text(table)
         click.echo(f"wrote {md_path}")

@@ -95,33 +95,57 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = None,
-                   ceiling: str | None = None, model: str | None = None) -> str:
-    """A Markdown table of ``rows``; with ``baseline`` and ``ceiling`` variants, a column of
-    the noise-gap recovery ``(acc - acc_baseline) / (acc_ceiling - acc_baseline)`` (best
-    epoch)."""
+def gap_recovery(rows: Sequence[dict[str, Any]], baseline: str, ceiling: str,
+                 gap_models: Sequence[str] = ("student",)) -> dict[tuple[str, str], float]:
+    """The noise-gap recovery ``(acc - acc_baseline) / (acc_ceiling - acc_baseline)`` (best
+    epoch) of each ``(variant, model)`` row whose model is one of ``gap_models``.
+
+    A row's floor and ceiling are the baseline's and the ceiling's rows of the same model or,
+    where that variant trains another single model (the CE student against a mutual-learning
+    method's peer), that one row. Rows without both references are left out.
+    """
     ref = {(r["variant"], r["model"]): r for r in rows}
+    by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_variant[r["variant"]].append(r)
+
+    def reference(variant: str, model: str) -> dict[str, Any] | None:
+        row = ref.get((variant, model))
+        if row is None and len(by_variant.get(variant, [])) == 1:
+            row = by_variant[variant][0]
+        return row
+
+    gaps: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r["model"] not in gap_models:  # the gap is the student's: other roles get none
+            continue
+        base, top = reference(baseline, r["model"]), reference(ceiling, r["model"])
+        if base and top and top["best_mean"] != base["best_mean"]:
+            gaps[(r["variant"], r["model"])] = (
+                (r["best_mean"] - base["best_mean"]) / (top["best_mean"] - base["best_mean"]))
+    return gaps
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = None,
+                   ceiling: str | None = None,
+                   gap_models: Sequence[str] = ("student",)) -> str:
+    """A Markdown table of ``rows``; with ``baseline`` and ``ceiling`` variants, a column of
+    the noise-gap recovery (:func:`gap_recovery`) for the rows whose model is one of
+    ``gap_models``."""
     header = ["variant", "model", "seeds", "test acc, best val (%)", "test acc, last (%)",
               "balanced acc, best val (%)"]
-    recovery = baseline is not None and ceiling is not None
-    if recovery:
+    gaps = None
+    if baseline is not None and ceiling is not None:
+        gaps = gap_recovery(rows, baseline, ceiling, gap_models)
         header.append("gap recovered")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["variant"], r["model"], str(r["seeds"]), _pct(r["best_mean"], r["best_std"]),
                  _pct(r["last_mean"], r["last_std"]),
                  _pct(r["best_bacc_mean"], r["best_bacc_std"])]
-        if recovery:
-            role = model or r["model"]
-            base = ref.get((baseline, role))
-            top = ref.get((ceiling, role))
-            if r["model"] != role:  # the gap is the student's: other roles get none
-                cells.append("-")
-            elif base and top and top["best_mean"] != base["best_mean"]:
-                gap = (r["best_mean"] - base["best_mean"]) / (top["best_mean"] - base["best_mean"])
-                cells.append(f"{gap:+.2f}")
-            else:
-                cells.append("-")
+        if gaps is not None:
+            gap = gaps.get((r["variant"], r["model"]))
+            cells.append("-" if gap is None else f"{gap:+.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

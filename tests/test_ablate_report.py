@@ -79,6 +79,28 @@ def test_report_gap_recovery_column(grid):
     assert lines and lines[0].rstrip(" |").endswith("+1.00")
 
 
+def _row(variant, model, best):
+    return {"variant": variant, "model": model, "seeds": 3, "best_mean": best, "best_std": 0.0,
+            "last_mean": best, "last_std": 0.0, "best_bacc_mean": best, "best_bacc_std": 0.0}
+
+
+def test_gap_recovery_of_another_role_against_the_ce_student():
+    # a mutual-learning method reports peer_a; CE and clean train a single "student"
+    from kdcore.report import markdown_table
+
+    rows = [_row("ce", "student", 0.80), _row("clean", "student", 0.90),
+            _row("dml", "peer_a", 0.85), _row("dml", "peer_b", 0.88),
+            _row("kd", "teacher", 0.95), _row("kd", "student", 0.82)]
+    table = markdown_table(rows, baseline="ce", ceiling="clean",
+                           gap_models=("student", "peer_a"))
+    gaps = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|")[-2].strip()
+            for line in table.splitlines()[2:]}
+    assert gaps[("dml", "peer_a")] == "+0.50"
+    assert gaps[("kd", "student")] == "+0.20"
+    assert gaps[("clean", "student")] == "+1.00" and gaps[("ce", "student")] == "+0.00"
+    assert gaps[("dml", "peer_b")] == "-" and gaps[("kd", "teacher")] == "-"
+
+
 def test_report_writes_valid_pngs(grid, tmp_path):
     _, out, _ = grid
     res = invoke("report", out, "--plots", tmp_path / "plots")
