@@ -69,6 +69,7 @@ class Trainer:
         self._best_states: dict[str, dict[str, torch.Tensor]] = {}
         self._carried: dict[str, dict[str, Any]] = {}
         self._pending: dict[str, tuple[str, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self._checkpointed_at = time.monotonic()
         self._saver = ckpt.BackgroundSaver(background=self.run.device.type == "cuda")
         self._observes_batches = bool(host.hook.kdcore_batch_end.get_hookimpls())
         self.summary: dict[str, Any] = {}
@@ -293,7 +294,10 @@ class Trainer:
                                         columns=dict(run.ledger.items()))
         run._epoch_metrics = {}  # what on_stage_start logged went into this first row
         self._log_epoch(stage, epoch, metrics)
-        self._save_checkpoint(s, epoch + 1, history_rows=row + 1)
+        # the stage's end is checkpointed by _run_stage; between, at most every interval
+        interval = self.recipe.run.checkpoint_interval_s
+        if epoch + 1 < stage.epochs and time.monotonic() - self._checkpointed_at >= interval:
+            self._save_checkpoint(s, epoch + 1, history_rows=row + 1)
 
     # -- one batch --------------------------------------------------------------------------
 
@@ -536,6 +540,7 @@ class Trainer:
             "summary": copy.deepcopy(self.summary),
         }
         self._saver.save(state, self.run_dir / ckpt.CHECKPOINT)
+        self._checkpointed_at = time.monotonic()
 
     def _plugin_states(self) -> list[tuple[Any, dict[str, Any]]]:
         out = []

@@ -1,4 +1,6 @@
-"""A run killed with SIGKILL mid-epoch resumes to the same final metrics, bit for bit."""
+"""A run killed with SIGKILL mid-epoch resumes to the same final metrics, bit for bit, from an
+epoch checkpoint (``checkpoint_interval_s = 0``) or from the last stage's end (the default
+interval, longer than this run), where resume first drops the history rows after it."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from kdcore import History, load_recipe, run_recipe
+from kdcore.checkpoint import CHECKPOINT, load
 
 KILLER = textwrap.dedent('''
     import os, signal, sys
@@ -31,9 +35,18 @@ KILLER = textwrap.dedent('''
 ''')
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_recipe, tmp_path):
-    tiny_recipe.write_text(tiny_recipe.read_text().replace(
-        'name = "student"\nepochs = 2', 'name = "student"\nepochs = 3'))
+@pytest.mark.parametrize(("interval", "checkpointed"), [
+    (0, {"stage": 1, "epoch": 1, "history_rows": 3}),  # after student epoch 0
+    (None, {"stage": 1, "epoch": 0, "history_rows": 2}),  # the teacher stage's end
+])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_recipe, tmp_path, interval,
+                                                             checkpointed):
+    text = tiny_recipe.read_text().replace('name = "student"\nepochs = 2',
+                                           'name = "student"\nepochs = 3')
+    if interval is not None:
+        text = text.replace('device = "cpu"\n',
+                            f'device = "cpu"\ncheckpoint_interval_s = {interval}\n')
+    tiny_recipe.write_text(text)
     recipe = load_recipe(tiny_recipe)
     straight = run_recipe(recipe, out=str(tmp_path / "straight"))
 
@@ -47,6 +60,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_recipe, tmp_pa
         # teacher 2 epochs + student epoch 0 completed; epoch 1 was interrupted
         assert h.epochs() == [("teacher", 0), ("teacher", 1), ("student", 0)]
     assert not (killed / "summary.json").exists()
+    position = load(killed / CHECKPOINT)["position"]
+    assert {k: position[k] for k in checkpointed} == checkpointed
 
     resumed = run_recipe(recipe, out=str(killed), resume=True)
     assert resumed == straight

@@ -11,6 +11,7 @@ RECIPE = """
 [run]
 name = "almkd-resume"
 device = "cpu"
+checkpoint_interval_s = 0  # every epoch: the resume tests kill mid-stage
 [data]
 dataset = "digits"
 train_subset = 300

@@ -17,7 +17,9 @@ from kdcore.cli import main
 from kdcore_ff import OPEN_CLASS_NAME
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
-TINY = ["run.device=cpu", "stages.ssl.epochs=1", "stages.warmup.epochs=2", "stages.ff.epochs=2"]
+# checkpoint every epoch: the resume test stops the run mid-stage
+TINY = ["run.device=cpu", "run.checkpoint_interval_s=0", "stages.ssl.epochs=1",
+        "stages.warmup.epochs=2", "stages.ff.epochs=2"]
 
 
 def _run(out: Path, extra=(), observers=(), resume=False):

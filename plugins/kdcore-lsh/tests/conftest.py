@@ -16,6 +16,7 @@ RECIPE = """
 name = "lsh-test"
 seed = {seed}
 device = "cpu"
+checkpoint_interval_s = 0  # every epoch: the resume tests kill mid-stage
 
 [data]
 dataset = "digits"

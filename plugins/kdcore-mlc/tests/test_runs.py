@@ -23,6 +23,7 @@ KDMLC = """
 [run]
 name = "kdmlc-tiny"
 device = "cpu"
+checkpoint_interval_s = 0  # every epoch: the resume tests kill mid-stage
 threads = 1
 [data]
 dataset = "digits"

@@ -17,6 +17,7 @@ PEERS_RECIPE = """
 name = "peers"
 seed = {seed}
 device = "cpu"
+checkpoint_interval_s = 0  # every epoch: the resume tests kill mid-stage
 threads = 1
 
 [data]
