@@ -55,6 +55,10 @@ class Batch:
         x: the (augmented) inputs on the run's device.
         noisy_label: the observed, possibly wrong, label ``(B,)``.
         targets: the current soft targets ``(B, C)``; refinement hooks replace them in turn.
+        hard_targets: the class indices ``(B,)`` of which ``targets`` are exactly the one-hot
+            vectors, when the engine knows that (no refinement yet, epoch-level targets still
+            the one-hot labels), else None: a loss may then take the cheaper hard-label kernel
+            (:func:`kdcore.losses.soft_cross_entropy`'s ``labels``) with the same values.
         step: the global optimiser step counter of the run.
         scratch: a per-batch dict in which components may leave values for later components.
         records: the per-sample values the engine records for this batch, by ledger column
@@ -70,12 +74,15 @@ class Batch:
         noisy_label: torch.Tensor,
         targets: torch.Tensor,
         step: int,
+        hard_targets: torch.Tensor | None = None,
     ):
         self.run = run
         self.index = index
         self.x = x
         self.noisy_label = noisy_label
-        self.targets = targets
+        self._targets = targets
+        self._targets_version = targets._version
+        self._hard_targets = hard_targets
         self.step = step
         self.scratch: dict[str, Any] = {}
         self.records: dict[str, torch.Tensor] = {}
@@ -83,6 +90,22 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self._targets
+
+    @targets.setter
+    def targets(self, value: torch.Tensor) -> None:
+        self._targets = value
+        self._hard_targets = None
+
+    @property
+    def hard_targets(self) -> torch.Tensor | None:
+        # an in-place edit of the targets (their version counter moves) voids the hard labels
+        if self._hard_targets is None or self._targets._version != self._targets_version:
+            return None
+        return self._hard_targets
 
     @property
     def num_classes(self) -> int:

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from loguru import logger
@@ -39,6 +39,33 @@ from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe, StageConfig
 from kdcore.run import Run, resolve_device
 from kdcore.rundata import build_run_data
+
+# Steps between two checks that the losses are finite: each check waits for the device, so
+# checking every step would stall a GPU (and costs ~5% of a small CPU step); a divergence is
+# still reported with its exact step and term.
+FINITE_CHECK_EVERY = 32
+
+
+class _StagePlan(NamedTuple):
+    """The stage's components by the hooks they take part in, in recipe order (worked out
+    once per stage: the batch loop then runs no filtering of its own)."""
+
+    refiners: list[Component]
+    selectors: list[Component]
+    weighters: list[Component]
+    transfers: list[Component]
+    backward: list[Component]
+    after_step: list[Component]
+
+    @classmethod
+    def of(cls, comps: Sequence[Component]) -> _StagePlan:
+        return cls([c for c in comps if "refinement" in c.kinds()],
+                   [c for c in comps if "selection" in c.kinds()],
+                   [c for c in comps if "weighting" in c.kinds()],
+                   [c for c in comps if "transfer" in c.kinds()],
+                   [c for c in comps if "backward" in c.hooks()],
+                   [c for c in comps if "after_step" in c.hooks()])
+
 
 # -- the trainer -----------------------------------------------------------------------------
 
@@ -70,6 +97,11 @@ class Trainer:
         self._carried: dict[str, dict[str, Any]] = {}
         self._pending: dict[str, tuple[str, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
         self._checkpointed_at = time.monotonic()
+        # (step, role, loss, {term: value}) of the steps since the last finiteness check
+        self._unchecked: list[tuple[int, str, torch.Tensor, dict[str, torch.Tensor]]] = []
+        # (base_target, its version) while the epoch's targets are the one-hot noisy labels
+        self._hard_source: tuple[torch.Tensor, int] | None = None
+        self._plan = _StagePlan.of([])
         self._saver = ckpt.BackgroundSaver(background=self.run.device.type == "cuda")
         self._observes_batches = bool(host.hook.kdcore_batch_end.get_hookimpls())
         self.summary: dict[str, Any] = {}
@@ -189,6 +221,7 @@ class Trainer:
         run, stage = self.run, self.recipe.stages[s]
         run.stage, run.stage_index = stage, s
         run.components = build_components(run, stage, f"stages[{s}]")
+        self._plan = _StagePlan.of(run.components)
         for role, model in run.models.items():
             model.train(role in stage.train)
             for p in model.parameters():
@@ -257,6 +290,7 @@ class Trainer:
         for comp in run.components:
             comp.on_epoch_start(run, epoch)
         self.host.hook.kdcore_epoch_start(run=run, epoch=epoch)
+        self._hard_source = self._one_hot_labels()
         # per-term batch values, appended (no tensor op per batch) and summed at the epoch end
         sums: dict[str, list[torch.Tensor]] = defaultdict(list)
         batches = 0
@@ -273,8 +307,9 @@ class Trainer:
                 index = order[start:start + bs]
                 self._train_batch(index, sums)
                 batches += 1
+            self._check_finite()
             self._flush_pending()
-        if not any("refinement" in c.kinds() for c in run.components):
+        if not self._plan.refiners:
             # no batch-level refiner: the epoch-level targets are what every sample trained on
             led = run.ledger
             led.add("target", led["base_target"], producer=led.producer("base_target"),
@@ -306,25 +341,26 @@ class Trainer:
         data, ledger = run.data, run.ledger
         x = data.inputs(data.train, index)
         x = run.augment(x, self._augment_gen)
-        batch = Batch(run, index, x, data.train_noisy[index], ledger["base_target"][index],
-                      run.step)
+        base, noisy = ledger["base_target"], data.train_noisy[index]
+        src = self._hard_source
+        hard = noisy if src is not None and src[0] is base and base._version == src[1] else None
+        batch = Batch(run, index, x, noisy, base[index], run.step, hard)
         trained_roles = run.stage.train
         for role in trained_roles:
             run.optimizers[role].zero_grad(set_to_none=True)
-        comps = run.components
-        refiners = [c for c in comps if "refinement" in c.kinds()]
-        if refiners:
+        plan = self._plan
+        if plan.refiners:
             targets = batch.targets
-            for comp in refiners:
+            for comp in plan.refiners:
                 targets = comp.refine(batch, targets)
             batch.targets = targets
-            ledger.write("target", index, targets, producer=refiners[-1].name, kind="target")
-        masks = self._collect(batch, [c for c in comps if "selection" in c.kinds()], "select")
-        weights = self._collect(batch, [c for c in comps if "weighting" in c.kinds()], "weight")
+            ledger.write("target", index, targets, producer=plan.refiners[-1].name,
+                         kind="target")
+        masks = self._collect(batch, plan.selectors, "select") if plan.selectors else []
+        weights = self._collect(batch, plan.weighters, "weight") if plan.weighters else []
         losses: dict[str, torch.Tensor] = {}
-        for comp in comps:
-            if "transfer" not in comp.kinds():
-                continue
+        terms: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+        for comp in plan.transfers:
             out = comp.transfer(batch)
             if out is None:
                 continue
@@ -334,7 +370,9 @@ class Trainer:
                 if per_sample.dim() == 1:
                     col = f"loss/{comp.name}" if len(per_role) == 1 else f"loss/{comp.name}/{role}"
                     self._defer(batch, col, per_sample, comp.name)
-                sums[f"train/{role}/{comp.name}"].append(term.detach())
+                value = term.detach()
+                sums[f"train/{role}/{comp.name}"].append(value)
+                terms[role][comp.name] = value
                 weighted = term if comp.spec.weight == 1.0 else comp.spec.weight * term
                 losses[role] = losses[role] + weighted if role in losses else weighted
         trained = [r for r in losses if run.trains(r)]
@@ -343,13 +381,12 @@ class Trainer:
             if out is not None:  # training dynamics, as Dataset Cartography records them
                 self._defer(batch, f"logits/{role}", out.logits, role)
         for role in trained:
-            if not bool(torch.isfinite(losses[role])):
-                self._diverged(role, sums)
-            sums[f"train/{role}/loss"].append(losses[role].detach())
+            loss = losses[role].detach()
+            sums[f"train/{role}/loss"].append(loss)
+            self._unchecked.append((run.step, role, loss, terms[role]))
         plain: list[torch.Tensor] = []
         for role in trained:
-            if not any(c.backward(batch, role, losses[role]) for c in comps
-                       if "backward" in c.hooks()):
+            if not any(c.backward(batch, role, losses[role]) for c in plan.backward):
                 plain.append(losses[role])
         if plain:
             torch.stack(plain).sum().backward() if len(plain) > 1 else plain[0].backward()
@@ -358,11 +395,12 @@ class Trainer:
                 run.optimizers[role].step()
             run._bump(role)
         run._stepped.clear()
+        if len(self._unchecked) >= FINITE_CHECK_EVERY:
+            self._check_finite()
         run.step += 1
         run.stage_step += 1
-        for comp in comps:
-            if "after_step" in comp.hooks():
-                comp.after_step(batch)
+        for comp in plan.after_step:
+            comp.after_step(batch)
         if self._observes_batches:
             self.host.hook.kdcore_batch_end(
                 run=run, batch=batch, losses={r: losses[r] for r in trained})
@@ -409,6 +447,8 @@ class Trainer:
         """``sum(mask * weight * loss) / sum(mask)`` over the batch, for one term and role."""
         if per_sample.dim() == 0:
             return per_sample
+        if not masks and not weights:
+            return per_sample.mean()
 
         def applies(src: Component, r: str) -> bool:
             return r == role and (not src.spec.terms or comp.name in src.spec.terms)
@@ -427,17 +467,31 @@ class Trainer:
             return value.mean()
         return (value * mask).sum() / mask.sum().clamp_min(1.0)
 
-    def _diverged(self, role: str, sums: Mapping[str, list[torch.Tensor]]) -> None:
-        bad = [k.split("/")[-1] for k, v in sums.items()
-               if k.startswith(f"train/{role}/") and v and not bool(torch.isfinite(v[-1]))]
-        term = bad[0] if bad else "?"
+    def _check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` at the first step since the last check whose loss
+        is not finite, naming the term that made it so."""
+        window, self._unchecked = self._unchecked, []
+        if not window or bool(torch.isfinite(torch.stack([w[2] for w in window])).all()):
+            return
+        step, role, _, terms = next(w for w in window if not bool(torch.isfinite(w[2])))
+        term = next((name for name, v in terms.items() if not bool(torch.isfinite(v))), "?")
         comp = next((c for c in self.run.components if c.name == term), None)
         use = f" (component '{comp.spec.use}')" if comp else ""
         raise TrainingDiverged(
             f"loss of model '{role}' is not finite at stage '{self.run.stage.name}' epoch "
-            f"{self.run.epoch}, step {self.run.step}: term '{term}'{use}; the history and the "
+            f"{self.run.epoch}, step {step}: term '{term}'{use}; the history and the "
             f"last checkpoint hold every completed epoch"
         )
+
+    def _one_hot_labels(self) -> tuple[torch.Tensor, int] | None:
+        """``(base_target, version)`` when the base targets are exactly the one-hot noisy
+        labels; batches then carry those labels as ``hard_targets`` until the column is
+        replaced or edited in place (its version moves)."""
+        base = self.run.ledger["base_target"]
+        noisy = self.run.data.train_noisy
+        if not torch.equal(base, one_hot(noisy, base.shape[1], base.dtype)):
+            return None
+        return base, base._version
 
     # -- evaluation -------------------------------------------------------------------------
 

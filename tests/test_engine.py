@@ -119,12 +119,16 @@ def test_masks_and_weights_combine_as_documented(tiny_recipe):
 
 
 def test_nan_loss_names_term_and_keeps_history(tiny_recipe, tmp_path):
+    first_bad_step = []
+
     class Explode(Component):
         def setup(self, run):
             self.run = run
 
         def transfer(self, batch):
             bad = self.run.epoch == 1
+            if bad and not first_bad_step:
+                first_bad_step.append(batch.step)
             z = batch.out(self.model).logits.sum(1)
             return z * float("nan") if bad else z * 0
 
@@ -138,10 +142,54 @@ def test_nan_loss_names_term_and_keeps_history(tiny_recipe, tmp_path):
         *r.stages[0].components,
         attrs.evolve(r.stages[0].components[0], use="explode", name="boom")])
     r = attrs.evolve(r, stages=[stage, r.stages[1]])
-    with pytest.raises(TrainingDiverged, match="term 'boom'.*component 'explode'"):
+    with pytest.raises(TrainingDiverged, match="term 'boom'.*component 'explode'") as err:
         run_recipe(r, out=str(tmp_path / "run"), host=PluginHost(extra=[P()]))
+    # checked every few steps, reported at the exact one
+    assert f"epoch 1, step {first_bad_step[0]}:" in str(err.value)
     with History(tmp_path / "run") as h:
         assert len(h) == 1  # epoch 0 completed and stays
+
+
+class HardProbe(Component):
+    """Records, per stage epoch, whether batches carried hard targets, and checks them."""
+
+    seen: dict = {}
+
+    def setup(self, run):
+        self.run = run
+
+    def on_epoch_start(self, run, epoch):
+        if self.spec.name == "relabel" and epoch == 1:  # epoch-level targets change
+            led = run.ledger
+            led.add("base_target", led["base_target"].roll(1, dims=1), producer=self.name,
+                    kind="target")
+
+    def transfer(self, batch):
+        if self.spec.name == "probe":
+            hard = batch.hard_targets
+            HardProbe.seen.setdefault(self.run.epoch, set()).add(hard is not None)
+            if hard is not None:
+                assert torch.equal(one_hot(hard, batch.num_classes), batch.targets)
+                batch.targets.mul_(0.5)  # an in-place edit voids them for later terms
+                assert batch.hard_targets is None
+        return None
+
+
+def test_hard_targets_only_while_targets_are_the_one_hot_labels(tiny_recipe, tmp_path):
+    class P:
+        @hookimpl
+        def kdcore_add_components(self):
+            return {"hard_probe": HardProbe}
+
+    r = _recipe(tiny_recipe, "stages.teacher.epochs=2", "stages.student.epochs=1")
+    ce = r.stages[0].components[0]
+    stage = attrs.evolve(r.stages[0], components=[
+        attrs.evolve(ce, use="hard_probe", name="relabel"),
+        attrs.evolve(ce, use="hard_probe", name="probe"), ce])
+    r = attrs.evolve(r, stages=[stage, r.stages[1]])
+    HardProbe.seen = {}
+    run_recipe(r, out=str(tmp_path / "run"), host=PluginHost(extra=[P()]))
+    assert HardProbe.seen == {0: {True}, 1: {False}}
 
 
 def test_same_seed_same_result_different_seed_differs(tiny_recipe, tmp_path):

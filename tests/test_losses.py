@@ -54,3 +54,15 @@ def test_agree_with_torch():
         assert kd_kl(s, t, temp).mean().item() == pytest.approx(ref.item())
     assert torch.allclose(soft_cross_entropy(s, smooth_targets(F.one_hot(hard, 3).double(), 0.1)),
                           F.cross_entropy(s, hard, reduction="none", label_smoothing=0.1))
+
+
+def test_hard_label_path_is_bit_identical_to_one_hot_targets():
+    torch.manual_seed(0)
+    for scale in (1.0, 30.0):
+        z = (torch.randn(64, 10) * scale).requires_grad_()
+        y = torch.randint(0, 10, (64,))
+        soft = soft_cross_entropy(z, F.one_hot(y, 10).float())
+        (g_soft,) = torch.autograd.grad(soft.mean(), z)
+        hard = soft_cross_entropy(z, F.one_hot(y, 10).float(), labels=y)
+        (g_hard,) = torch.autograd.grad(hard.mean(), z)
+        assert torch.equal(soft, hard) and torch.equal(g_soft, g_hard)

@@ -15,8 +15,8 @@ class CrossEntropy(Component):
     description = "cross-entropy on the current soft targets"
 
     def transfer(self, batch: Batch) -> PerSample:
-        targets = batch.targets.detach()
-        return {r: soft_cross_entropy(batch.out(r).logits, targets) for r in self.models}
+        targets, labels = batch.targets.detach(), batch.hard_targets
+        return {r: soft_cross_entropy(batch.out(r).logits, targets, labels) for r in self.models}
 
 
 def _temperature(instance: object, attribute: attrs.Attribute, value: float) -> None:
