@@ -45,8 +45,10 @@ ARCHS = {
 }
 
 
-def ce_recipe(epochs: int, out: str, arch: str = "mlp") -> kdcore.Recipe:
-    data_params, model, subset = ARCHS[arch]
+def ce_recipe(epochs: int, out: str, arch: str = "mlp", subset: int | None = None
+              ) -> kdcore.Recipe:
+    data_params, model, default_subset = ARCHS[arch]
+    subset = default_subset if subset is None else subset
     return recipe_from_dict({
         "run": {"name": "ce-bench", "seed": 0, "device": "cpu", "output_dir": out},
         "data": {"dataset": "fashion_mnist", "params": data_params, "batch_size": 128,
@@ -125,18 +127,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="mlp")
+    parser.add_argument("--subset", type=int, default=None,
+                        help="training images (0: all 54,000; default: the arch's own)")
     args = parser.parse_args()
     logger.remove()
     torch.set_num_threads(2)
     host = kdcore.PluginHost()
     # one untimed round of each first: the first optimiser of a process imports torch._dynamo
     # (about 2 s), a one-off cost that must not land on whichever runs first
-    warm = ce_recipe(1, tempfile.gettempdir(), args.arch)
+    warm = ce_recipe(1, tempfile.gettempdir(), args.arch, 5000)
     run_engine(warm, host)
     run_plain(warm, host)
     pairs, engine_info = [], None
     for rep in range(args.repeats):
-        recipe = ce_recipe(args.epochs, tempfile.gettempdir(), args.arch)
+        recipe = ce_recipe(args.epochs, tempfile.gettempdir(), args.arch, args.subset)
         order = ("engine", "plain") if rep % 2 == 0 else ("plain", "engine")
         times = {}
         for which in order:
@@ -152,7 +156,8 @@ def main() -> None:
     frac = sum(engine_info["append_s"]) / sum(engine_info["epoch_s"])
     out = {
         "epochs": args.epochs, "repeats": args.repeats, "batch_size": 128,
-        "arch": args.arch, "model": ARCHS[args.arch][1], "train_subset": ARCHS[args.arch][2],
+        "arch": args.arch, "model": ARCHS[args.arch][1],
+        "train_subset": ARCHS[args.arch][2] if args.subset is None else args.subset,
         "threads": 2,
         "pairs": pairs, "ratio_mean": statistics.mean(ratios),
         "ratio_std": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
@@ -166,7 +171,9 @@ def main() -> None:
         "size_ratio_vs_float32": engine_info["file_bytes"] / engine_info["raw_float32_bytes"],
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"engine_costs_{args.arch}.json").write_text(json.dumps(out, indent=1) + "\n")
+    suffix = "" if args.subset is None else f"_n{args.subset}"
+    path = RESULTS / f"engine_costs_{args.arch}{suffix}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"overhead ratio {out['ratio_mean']:.3f} +- {out['ratio_std']:.3f} (median "
           f"{out['ratio_median']:.3f}, ratio of minima {out['ratio_of_minima']:.3f}); history "
           f"{100 * frac:.2f}% of epoch time; file {out['history_file_bytes'] / 1e6:.2f} MB vs "
