@@ -72,16 +72,20 @@ class Batch:
         index: torch.Tensor,
         x: torch.Tensor,
         noisy_label: torch.Tensor,
-        targets: torch.Tensor,
+        targets: torch.Tensor | None,
         step: int,
         hard_targets: torch.Tensor | None = None,
+        targets_from: torch.Tensor | None = None,
     ):
         self.run = run
         self.index = index
         self.x = x
         self.noisy_label = noisy_label
+        # with targets_from (an (N, C) column), the rows are read on first use: a batch whose
+        # loss takes the hard labels never gathers them
         self._targets = targets
-        self._targets_version = targets._version
+        self._targets_from = targets_from
+        self._targets_version = -1 if targets is None else targets._version
         self._hard_targets = hard_targets
         self.step = step
         self.scratch: dict[str, Any] = {}
@@ -93,6 +97,10 @@ class Batch:
 
     @property
     def targets(self) -> torch.Tensor:
+        if self._targets is None:
+            assert self._targets_from is not None, "a Batch needs targets or targets_from"
+            self._targets = self._targets_from[self.index]
+            self._targets_version = self._targets._version
         return self._targets
 
     @targets.setter
@@ -103,7 +111,8 @@ class Batch:
     @property
     def hard_targets(self) -> torch.Tensor | None:
         # an in-place edit of the targets (their version counter moves) voids the hard labels
-        if self._hard_targets is None or self._targets._version != self._targets_version:
+        if self._hard_targets is None or (self._targets is not None and
+                                          self._targets._version != self._targets_version):
             return None
         return self._hard_targets
 

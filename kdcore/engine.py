@@ -344,7 +344,7 @@ class Trainer:
         base, noisy = ledger["base_target"], data.train_noisy[index]
         src = self._hard_source
         hard = noisy if src is not None and src[0] is base and base._version == src[1] else None
-        batch = Batch(run, index, x, noisy, base[index], run.step, hard)
+        batch = Batch(run, index, x, noisy, None, run.step, hard, targets_from=base)
         trained_roles = run.stage.train
         for role in trained_roles:
             run.optimizers[role].zero_grad(set_to_none=True)

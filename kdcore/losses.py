@@ -12,19 +12,21 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor | None,
                        labels: torch.Tensor | None = None) -> torch.Tensor:
     """``-sum_c q_c log softmax(z)_c`` per sample, for soft targets ``q`` ``(B, C)``.
 
     Args:
         logits: ``(B, C)``.
-        targets: the soft targets ``(B, C)``.
+        targets: the soft targets ``(B, C)`` (may be None when ``labels`` are given).
         labels: the class indices ``(B,)`` when ``targets`` are known to be exactly their
             one-hot vectors (``batch.hard_targets``): the hard-label kernel gives the same
             values and gradients bit for bit, in about half the time on small batches.
     """
     if labels is not None:
         return F.cross_entropy(logits, labels, reduction="none")
+    if targets is None:
+        raise ValueError("soft_cross_entropy needs targets or labels")
     # PyTorch's fused kernel takes class probabilities as targets: one op instead of four
     return F.cross_entropy(logits, targets.to(logits.dtype), reduction="none")
 

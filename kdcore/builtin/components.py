@@ -15,7 +15,8 @@ class CrossEntropy(Component):
     description = "cross-entropy on the current soft targets"
 
     def transfer(self, batch: Batch) -> PerSample:
-        targets, labels = batch.targets.detach(), batch.hard_targets
+        labels = batch.hard_targets
+        targets = batch.targets.detach() if labels is None else None  # None: never gathered
         return {r: soft_cross_entropy(batch.out(r).logits, targets, labels) for r in self.models}
 
 
