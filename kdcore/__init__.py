@@ -13,7 +13,7 @@ from kdcore.history import History
 from kdcore.hookspecs import hookimpl, hookspec
 from kdcore.ledger import Ledger
 from kdcore.models.base import KDModel, ModelSpec
-from kdcore.plugins import PluginHost
+from kdcore.plugins import PluginHost, active_host
 from kdcore.recipe import Recipe, load_recipe
 from kdcore.run import Run
 
@@ -39,6 +39,7 @@ __all__ = [
     "RecipeError",
     "Run",
     "TrainingDiverged",
+    "active_host",
     "hookimpl",
     "hookspec",
     "load_recipe",

@@ -90,6 +90,7 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.history = HistoryWriter(run_dir / "history.h5")
         self.run = Run(recipe, run_dir, host, resolve_device(recipe.run.device))
+        self.run._write_data = self.history.add_data
         self._order_gen = torch.Generator().manual_seed(recipe.run.seed + 2)
         self._augment_gen = torch.Generator().manual_seed(recipe.run.seed + 3)
         self._best: dict[str, dict[str, Any]] = {}
@@ -186,6 +187,10 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Run (or resume) every stage; returns the summary also written to summary.json."""
+        with self.host.activate():  # loaders and helpers called in the run see its plugins
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         run = self.run
         position = {"stage": 0, "epoch": 0, "history_rows": 0}
         state: dict[str, Any] | None = None

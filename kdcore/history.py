@@ -91,6 +91,15 @@ class HistoryWriter:
             f.create_group("metrics")
             f.create_group("ledger")
 
+    def add_data(self, name: str, values: torch.Tensor) -> None:
+        """Write (or replace) ``/data/<name>``: an array stored once, not per epoch."""
+        arr = values.detach().cpu().numpy()
+        with h5py.File(self.path, "a") as f:
+            group = f["data"]
+            if name in group:
+                del group[name]
+            group.create_dataset(name, data=arr, **(_compression() if arr.size > 1 else {}))
+
     def rows(self) -> int:
         """How many epochs the file holds."""
         with h5py.File(self.path, "r") as f:
@@ -242,7 +251,8 @@ class History:
         return self._file["data"][name][:]
 
     def data_names(self) -> list[str]:
-        return sorted(self._file["data"].keys())
+        """Every array in ``/data`` (nested names as ``a/b``)."""
+        return sorted(_leaf_names(self._file["data"]))
 
 
 def open_history(path: str | Path) -> History:

@@ -7,9 +7,12 @@ and skipped; ``strict=True`` makes that an error instead.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import importlib
 import importlib.metadata as md
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -138,8 +141,40 @@ class PluginHost:
                 out[info.distribution] = info.version
         return out
 
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[PluginHost]:
+        """Make this host :func:`active_host` for the ``with`` block (the engine does so while
+        it builds the data and trains)."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
     def name_of(self, plugin: Any) -> str:
         return self.pm.get_name(plugin) or "?"
+
+
+_ACTIVE: contextvars.ContextVar[PluginHost | None] = contextvars.ContextVar(
+    "kdcore_active_host", default=None)
+
+
+def active_host() -> PluginHost:
+    """The plugin host of the run being built or trained.
+
+    Dataset loaders and noise models are plain functions that are not handed the run; one that
+    delegates to another registered loader, noise model or augmentation (a generator built on
+    any dataset, a noise model that adds to ``symmetric``) finds it here, in the same
+    registries the run uses, in-process plugins included. Components have ``run.host``.
+    Outside a run: a host of the installed plugins, built once per process.
+    """
+    host = _ACTIVE.get()
+    return host if host is not None else _installed_host()
+
+
+@functools.cache
+def _installed_host() -> PluginHost:
+    return PluginHost()
 
 
 def _version(dist: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,8 @@ class Run:
         self.augmentations: list[tuple[Any, dict[str, Any]]] = []
         self.cache: dict[Any, Any] = {}
         self._epoch_metrics: dict[str, float] = {}
+        # set by the engine: writes one array into the history's /data group
+        self._write_data: Callable[[str, torch.Tensor], None] | None = None
 
     # -- facts ------------------------------------------------------------------------------
 
@@ -120,6 +123,19 @@ class Run:
         """Say that a component stepped ``role``'s optimiser itself in this batch (from its
         ``backward`` hook, as an in-turn update order does); the engine then skips that step."""
         self._stepped.add(role)
+
+    def record_data(self, name: str, values: torch.Tensor) -> None:
+        """Store ``values`` once in the history's ``/data`` group, beside ``noisy_label`` and
+        ``clean_label`` (``History.data(name)`` reads it back), for what does not change from
+        epoch to epoch: a per-sample status, a generator's bookkeeping.
+
+        Call it from ``kdcore_run_start``, ``setup`` or ``on_stage_start``; a second call with
+        the same name replaces the array (so a resumed run may call it again). Per-sample
+        values follow the ledger's rows (the training-sample index).
+        """
+        if self._write_data is None:
+            raise RuntimeError("record_data: this run has no history (not started by the engine)")
+        self._write_data(name, values)
 
     def log_metric(self, name: str, value: float) -> None:
         """Record a number for this epoch's history row (last value wins)."""

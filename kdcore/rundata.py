@@ -81,6 +81,12 @@ def build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.d
     Everything random here draws from one generator seeded by ``seed``, so splits and noise
     are the same for every run of a recipe with that seed, whatever its models or components.
     """
+    with host.activate():
+        return _build_run_data(cfg, host, seed, device)
+
+
+def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.device
+                    ) -> RunData:
     loader = host.datasets.get(cfg.dataset)
     params = bind_params(loader, cfg.params, "data.params")
     try:

@@ -238,3 +238,33 @@ def test_best_val_keeps_the_best_epoch(tiny_recipe, tmp_path):
         val = h.metric("val/teacher/acc")[:4]
         assert summary["teacher"]["best_val_epoch"] == int(np.argmax(val))
         assert summary["teacher"]["val_acc"] == pytest.approx(val.max())
+
+
+def test_loaders_reach_the_runs_registries_and_runs_record_data(tiny_recipe, tmp_path):
+    import kdcore
+
+    class P:
+        """A dataset registered only in-process that wraps another one, and a /data array."""
+
+        @hookimpl
+        def kdcore_add_datasets(self):
+            def inner():
+                return kdcore.active_host().datasets.get("digits")()
+
+            def wrapper():  # finds "inner" only through the run's host
+                return kdcore.active_host().datasets.get("inner")()
+
+            return {"inner": inner, "wrapper": wrapper}
+
+        @hookimpl
+        def kdcore_run_start(self, run):
+            run.record_data("probe/order", torch.arange(len(run.data.train)) * 2)
+
+    r = _recipe(tiny_recipe, 'data.dataset="wrapper"', "stages.teacher.epochs=1",
+                "stages.student.epochs=1")
+    run_recipe(r, out=str(tmp_path / "run"), host=PluginHost(extra=[P()]))
+    with History(tmp_path / "run") as h:
+        assert "probe/order" in h.data_names()
+        n = len(h.data("noisy_label"))
+        np.testing.assert_array_equal(h.data("probe/order"), np.arange(n) * 2)
+    assert "inner" not in kdcore.active_host().datasets  # outside a run: the installed plugins
