@@ -6,8 +6,8 @@ A parameterised **reconstruction** (no paper text or code was reachable; see the
   imbalance on any registered dataset (:mod:`kdcore_ff.ncifar`);
 * components ``ff_warmup``, ``instance_filter``, ``label_correction``
   (:mod:`kdcore_ff.components`) and ``ssl_pretrain`` (:mod:`kdcore_ff.ssl`);
-* on ncifar runs, the ledger column ``ff/status`` (0 clean, 1 closed-noisy, 2 open-noisy) and,
-  every epoch, how well each selection drops open and closed noise
+* on ncifar runs, the ledger column and history array ``ff/status`` (0 clean, 1 closed-noisy,
+  2 open-noisy) and, every epoch, how well each selection drops open and closed noise
   (``select/<name>/open_precision``, ``open_recall``, ``closed_recall``, ``noisy_precision``).
 """
 
@@ -86,11 +86,13 @@ def kdcore_configure(recipe: kdcore.Recipe) -> list[str] | None:
 
 @kdcore.hookimpl
 def kdcore_run_start(run: kdcore.Run) -> None:
-    """On ncifar data, record every training sample's true status in the ledger."""
+    """On ncifar data, record every training sample's true status in the ledger (for the
+    components) and, once, in the history's ``/data/ff/status``."""
     if is_ncifar(run):
         led = run.ledger
         status = sample_status(led["clean_label"], led["noisy_label"], run.num_classes - 1)
-        led.add("ff/status", status, producer=DATASET, kind="label")
+        led.add("ff/status", status, producer=DATASET, kind="label", snapshot=False)
+        run.record_data("ff/status", status.int())
 
 
 @kdcore.hookimpl

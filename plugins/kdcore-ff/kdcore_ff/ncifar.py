@@ -36,7 +36,6 @@ column ``ff/status`` at the start of the run (see :func:`sample_status`).
 from __future__ import annotations
 
 import difflib
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -56,20 +55,6 @@ STATUS_CLEAN, STATUS_CLOSED, STATUS_OPEN = 0, 1, 2
 
 DATASET = "ncifar"
 NOISE_MODEL = "ncifar_noise"
-
-
-# -- the registries, through kdcore's public plugin host ----------------------------------------
-
-
-@functools.cache
-def registries() -> kdcore.PluginHost:
-    """A plugin host of the installed plugins: where base loaders and noise models come from.
-
-    The loader and the noise model are plain functions that do not see the run's host, so they
-    reach the registered ``digits``, ``symmetric``, ``crop_flip``... through one host of their
-    own (built once per process; every plugin module is already imported by then).
-    """
-    return kdcore.PluginHost()
 
 
 # -- the generator's parameters -----------------------------------------------------------------
@@ -337,7 +322,7 @@ def ncifar(
         "test_fraction": test_fraction, "test_profile": test_profile, "seed": seed})
     if spec.base == DATASET:
         raise kdcore.RecipeError("ncifar cannot wrap itself", key="data.params.base")
-    host = registries()
+    host = kdcore.active_host()  # the run's registries, in-process plugins included
     try:
         loader = host.datasets.get(spec.base)
     except kdcore.KdcoreError as exc:
@@ -423,7 +408,7 @@ def ncifar_noise(
                 f"ncifar_noise: closed_rate {closed_rate} asks for {n_closed} closed-noisy "
                 f"images but the split has only {kept_rows.numel()} kept-class images")
         sub = kdcore.NoiseContext(labels=labels[kept_rows], num_classes=k, generator=gen)
-        fn = registries().noise_models.get(closed)
+        fn = kdcore.active_host().noise_models.get(closed)
         extra = {"mapping": mapping} if closed == "pair_flip" else {}
         noisy[kept_rows] = fn(sub, rate=n_closed / kept_rows.numel(), **extra).to(noisy.device)
     if open_rows.numel():

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
-from kdcore_ff.ncifar import registries
 
 HEAD = "ssl_head"
 """The attribute under which the projection head is added to a model (``model.ssl_head``)."""
@@ -153,7 +152,7 @@ class SSLPretrain(kdcore.Component):
         self.crop: Any = None
         p = self.params
         if run.data.train.x.dim() == 4 and (p.crop_padding or p.flip):
-            self.crop = registries().augmentations.get("crop_flip")
+            self.crop = run.host.augmentations.get("crop_flip")
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         """One random view of the inputs ``x`` (draws from ``run.generator``)."""

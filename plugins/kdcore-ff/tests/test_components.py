@@ -158,7 +158,7 @@ def test_filter_and_correction_rows_follow_the_sample_index(ff, lr):
     assert checker.losses_ok
     with kdcore.History(run_dir) as h:
         rows = [i for i, (s, _) in enumerate(h.epochs()) if s == "ff"]
-        status = h.column("ff/status", rows[0])
+        status = h.data("ff/status")
         for row, (target, keep) in zip(rows, checker.expected[-2:]):
             np.testing.assert_array_equal(h.column("select/instance_filter", row),
                                           keep.numpy())

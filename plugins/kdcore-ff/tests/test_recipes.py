@@ -43,7 +43,7 @@ def test_ff_recipe_runs_on_digits(tmp_path):
         assert h.metric("lc/label_correction/relabelled")[ff_rows[0]] >= 0  # at stage start
         np.testing.assert_array_equal(h.metric("ff/ff_warmup/classifier_only")[1:3], [1, 1])
         assert h.producers("target")[ff_rows[0]] == "label_correction"
-        status = h.column("ff/status", 0)
+        status = h.data("ff/status")
         assert set(np.unique(status)) == {0, 1, 2}
         assert h.metric("ff/open_share")[0] == pytest.approx((status == 2).mean())
 
