@@ -11,11 +11,11 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from kdcore import History, load_recipe, run_recipe
 from kdcore.checkpoint import CHECKPOINT, load
+from kdcore.testing import assert_same_history
 
 KILLER = textwrap.dedent('''
     import os, signal, sys
@@ -65,12 +65,5 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_recipe, tmp_pa
 
     resumed = run_recipe(recipe, out=str(killed), resume=True)
     assert resumed == straight
-    with History(killed) as a, History(tmp_path / "straight") as b:
-        assert a.epochs() == b.epochs()
-        for name in b.metric_names():
-            if name.startswith("time/"):
-                continue
-            np.testing.assert_array_equal(a.metric(name), b.metric(name), err_msg=name)
-        for name in b.column_names():
-            np.testing.assert_array_equal(a.column(name), b.column(name), err_msg=name)
+    assert_same_history(killed, tmp_path / "straight")
     assert json.loads((killed / "summary.json").read_text()) == straight

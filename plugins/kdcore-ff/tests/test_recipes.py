@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import kdcore
 from kdcore.cli import main
+from kdcore.testing import assert_same_history
 from kdcore_ff import OPEN_CLASS_NAME
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
@@ -68,13 +69,7 @@ def test_ff_recipe_resumes_to_the_same_history(tmp_path):
     with kdcore.History(tmp_path / "killed") as h:
         assert len(h) == 2
     _run(tmp_path / "killed", resume=True)
-    with kdcore.History(tmp_path / "killed") as a, kdcore.History(tmp_path / "straight") as b:
-        assert a.epochs() == b.epochs()
-        for name in b.metric_names():
-            if not name.startswith("time/"):
-                np.testing.assert_array_equal(a.metric(name), b.metric(name), err_msg=name)
-        for name in b.column_names():
-            np.testing.assert_array_equal(a.column(name), b.column(name), err_msg=name)
+    assert_same_history(tmp_path / "killed", tmp_path / "straight")
     for role_file in ("student.pt",):
         x = torch.load(tmp_path / "straight" / "models" / role_file, weights_only=True)
         y = torch.load(tmp_path / "killed" / "models" / role_file, weights_only=True)

@@ -3,11 +3,11 @@ state built at the stage start, and exact resume."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import kdcore
+from kdcore.testing import assert_same_history
 from kdcore_lsh import functional as lshf
 
 
@@ -170,10 +170,4 @@ def test_resume_mid_stage_is_exact(run_lsh, comp, tmp_path):
         run_lsh(components, epochs=3, out=tmp_path / "cut", plugins=[StopMidEpoch()])
     resumed = run_lsh(components, epochs=3, out=tmp_path / "cut", resume=True)
     assert resumed == straight
-    with kdcore.History(tmp_path / "cut") as a, kdcore.History(tmp_path / "straight") as b:
-        assert a.epochs() == b.epochs()
-        for name in b.metric_names():
-            if not name.startswith("time/"):
-                np.testing.assert_array_equal(a.metric(name), b.metric(name), err_msg=name)
-        for name in ("select/feat", "loss/feat", "target"):
-            np.testing.assert_array_equal(a.column(name), b.column(name), err_msg=name)
+    assert_same_history(tmp_path / "cut", tmp_path / "straight")

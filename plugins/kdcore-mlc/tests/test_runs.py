@@ -12,6 +12,7 @@ from loguru import logger
 import kdcore
 from kdcore.config import structure
 from kdcore.meta import functional_forward
+from kdcore.testing import assert_same_history
 from kdcore_mlc import kdcore_configure
 from kdcore_mlc.kdmlc import KDMLCStudent
 from kdcore_mlc.losses import kdmlc_student_loss
@@ -114,13 +115,7 @@ def test_resume_mid_epoch_is_exact(tmp_path):
         _run(recipe, tmp_path, "killed", extra=[StopMidEpoch()])
     resumed = _run(recipe, tmp_path, "killed", resume=True)
     assert resumed == straight
-    with kdcore.History(tmp_path / "killed") as a, kdcore.History(tmp_path / "straight") as b:
-        assert a.epochs() == b.epochs()
-        for name in b.metric_names():
-            if not name.startswith("time/"):
-                np.testing.assert_array_equal(a.metric(name), b.metric(name), err_msg=name)
-        for name in b.column_names():
-            np.testing.assert_array_equal(a.column(name), b.column(name), err_msg=name)
+    assert_same_history(tmp_path / "killed", tmp_path / "straight")
 
 
 PROBES: list[dict[str, object]] = []

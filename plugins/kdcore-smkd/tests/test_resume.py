@@ -4,10 +4,10 @@ optimisers."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import kdcore
+from kdcore.testing import assert_same_history
 
 
 class Crash(Exception):
@@ -31,10 +31,4 @@ def test_interrupted_run_resumes_to_the_same_history(tmp_path, run_peers, compon
         assert len(h) == 1
     recipe = kdcore.load_recipe(tmp_path / "killed.toml")
     kdcore.run_recipe(recipe, out=str(tmp_path / "killed"), resume=True)
-    with kdcore.History(tmp_path / "killed") as a, kdcore.History(tmp_path / "straight") as b:
-        assert a.epochs() == b.epochs()
-        for name in b.metric_names():
-            if not name.startswith("time/"):
-                np.testing.assert_array_equal(a.metric(name), b.metric(name), err_msg=name)
-        for name in b.column_names():
-            np.testing.assert_array_equal(a.column(name), b.column(name), err_msg=name)
+    assert_same_history(tmp_path / "killed", tmp_path / "straight")
