@@ -100,8 +100,9 @@ class Trainer:
         self._checkpointed_at = time.monotonic()
         # (step, role, loss, {term: value}) of the steps since the last finiteness check
         self._unchecked: list[tuple[int, str, torch.Tensor, dict[str, torch.Tensor]]] = []
-        # (base_target, its version) while the epoch's targets are the one-hot noisy labels
-        self._hard_source: tuple[torch.Tensor, int] | None = None
+        # base_target and the versions of it and of the noisy labels, while the epoch's targets
+        # are the one-hot noisy labels
+        self._hard_source: tuple[torch.Tensor, tuple[int, int]] | None = None
         self._plan = _StagePlan.of([])
         self._saver = ckpt.BackgroundSaver(background=self.run.device.type == "cuda")
         self._observes_batches = bool(host.hook.kdcore_batch_end.get_hookimpls())
@@ -348,7 +349,8 @@ class Trainer:
         x = run.augment(x, self._augment_gen)
         base, noisy = ledger["base_target"], data.train_noisy[index]
         src = self._hard_source
-        hard = noisy if src is not None and src[0] is base and base._version == src[1] else None
+        hard = noisy if src is not None and src[0] is base and src[1] == (
+            base._version, data.train_noisy._version) else None
         batch = Batch(run, index, x, noisy, None, run.step, hard, targets_from=base)
         trained_roles = run.stage.train
         for role in trained_roles:
@@ -488,15 +490,16 @@ class Trainer:
             f"last checkpoint hold every completed epoch"
         )
 
-    def _one_hot_labels(self) -> tuple[torch.Tensor, int] | None:
-        """``(base_target, version)`` when the base targets are exactly the one-hot noisy
-        labels; batches then carry those labels as ``hard_targets`` until the column is
-        replaced or edited in place (its version moves)."""
+    def _one_hot_labels(self) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        """``(base_target, (its version, the noisy labels' version))`` when the base targets
+        are exactly the one-hot noisy labels; batches then carry those labels as
+        ``hard_targets`` until either tensor is replaced or edited in place (a version
+        moves)."""
         base = self.run.ledger["base_target"]
         noisy = self.run.data.train_noisy
         if not torch.equal(base, one_hot(noisy, base.shape[1], base.dtype)):
             return None
-        return base, base._version
+        return base, (base._version, noisy._version)
 
     # -- evaluation -------------------------------------------------------------------------
 
