@@ -40,6 +40,6 @@ results: $(STAMP)
 	$(BIN)/kdcore ablate recipes/ce.toml recipes/kd.toml recipes/clean.toml --seeds 0,1,2 --out runs/digits-baselines
 	$(BIN)/kdcore ablate --grid benchmarks/grids/amlkd-fmnist-sym.toml --out runs/amlkd-fmnist-sym
 	$(BIN)/kdcore ablate --grid benchmarks/grids/amlkd-fmnist-pair.toml --out runs/amlkd-fmnist-pair
-	for g in smkd-fmnist-sym smkd-fmnist-pair almkd-fmnist-sym almkd-fmnist-pair ff-fmnist lsh-fmnist-sym lsh-fmnist-pair mlc-fmnist-sym mlc-fmnist-pair; do \
+	for g in smkd-fmnist-sym smkd-fmnist-pair almkd-fmnist-sym almkd-fmnist-pair ff-fmnist ff-fmnist-sym ff-fmnist-pair lsh-fmnist-sym lsh-fmnist-pair mlc-fmnist-sym mlc-fmnist-pair; do \
 	  $(BIN)/kdcore ablate --grid benchmarks/grids/$$g.toml --out runs/$$g || exit 1; done
 	$(BIN)/python benchmarks/results_doc.py

@@ -71,6 +71,8 @@ SECTIONS = [
             "lsh-fmnist-sym"),
     Section("LSH feature mimicking on Fashion-MNIST, 40% pair-flip noise", PAIR,
             "lsh-fmnist-pair"),
+    Section("F&F on Fashion-MNIST, 40% symmetric noise", SYM, "ff-fmnist-sym"),
+    Section("F&F on Fashion-MNIST, 40% pair-flip noise", PAIR, "ff-fmnist-pair"),
     Section("F&F on the nCIFAR-style Fashion-MNIST set", "fmnist-lt (open + closed, long tail)",
             "ff-fmnist",
             note="fmnist-lt: open-set images, closed noise, long tail; the ceiling is the CE "
@@ -86,6 +88,10 @@ EXTRA = {
                                "select/small_loss/recall"],
     "runs/smkd-fmnist-sym": ["select/*/peer_a/fraction", "select/*/peer_a/precision"],
     "runs/smkd-fmnist-pair": ["select/*/peer_a/fraction", "select/*/peer_a/precision"],
+    "runs/ff-fmnist-sym": ["select/instance_filter/precision", "select/instance_filter/recall",
+                           "label/acc"],
+    "runs/ff-fmnist-pair": ["select/instance_filter/precision", "select/instance_filter/recall",
+                            "label/acc"],
     "runs/ff-fmnist": ["select/instance_filter/open_precision",
                        "select/instance_filter/open_recall", "label/acc"],
 }
