@@ -44,8 +44,8 @@ class Section(NamedTuple):
         return f"kdcore ablate --grid benchmarks/grids/{self.grid}.toml --out runs/{self.grid}"
 
 
-DIGITS_COMMAND = ("kdcore ablate recipes/ce.toml recipes/kd.toml recipes/clean.toml "
-                  "--seeds 0,1,2 --out runs/digits-baselines")
+DIGITS_COMMAND = ("kdcore ablate recipes/ce.toml recipes/kd.toml recipes/ls.toml "
+                  "recipes/clean.toml --seeds 0,1,2 --out runs/digits-baselines")
 SYM, PAIR = "Fashion-MNIST, 40% symmetric", "Fashion-MNIST, 40% pair-flip"
 GOLD = "1,000 gold images held out for every variant, the clean student's included"
 PEER_NOTE = ("peer_a, the MLP [64], is the student; its gap is measured against the CE and "

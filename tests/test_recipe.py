@@ -152,7 +152,7 @@ def test_resolved_recipe_round_trips(tmp_path):
     assert again.to_dict() == r.to_dict()
 
 
-@pytest.mark.parametrize("name", ["ce", "kd", "clean"])
+@pytest.mark.parametrize("name", ["ce", "kd", "clean", "ls"])
 def test_shipped_baseline_recipes_load(name):
     from pathlib import Path
 
