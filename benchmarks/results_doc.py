@@ -164,6 +164,13 @@ deviation over seeds, at the epoch of best **validation** accuracy (measured on 
 validation labels, as a practitioner must) and at the last epoch; the test set is never used for
 model selection. "gap recovered" is (acc - acc_CE) / (acc_clean - acc_CE) of the student at its
 best-validation epoch: 0 is plain CE on noisy labels, 1 is the clean-label student.
+
+The Fashion-MNIST grids share one setting (2-core CPU budget): a stratified 20,000-image subset
+of the 54,000 training images, the whole noisy validation split (6,000) and the clean test set
+(10,000), flattened images, student MLP [64], teacher MLP [512, 512], 20 epochs per stage,
+batch 128, SGD; each grid file in `benchmarks/grids/` states its variants and overrides. Rows
+of the same recipe and seed in two grids are the same run repeated (training is deterministic
+on the CPU), so their numbers agree.
 """
 
 
