@@ -167,10 +167,10 @@ best-validation epoch: 0 is plain CE on noisy labels, 1 is the clean-label stude
 
 The Fashion-MNIST grids share one setting (2-core CPU budget): a stratified 20,000-image subset
 of the 54,000 training images, the whole noisy validation split (6,000) and the clean test set
-(10,000), flattened images, student MLP [64], teacher MLP [512, 512], 20 epochs per stage,
-batch 128, SGD; each grid file in `benchmarks/grids/` states its variants and overrides. Rows
-of the same recipe and seed in two grids are the same run repeated (training is deterministic
-on the CPU), so their numbers agree.
+(10,000), flattened images, student MLP [64], teacher MLP [512, 512], 20 student epochs (the KD
+and AML-KD teachers train 15 epochs, the other teachers 20), batch 128, SGD; each grid file in
+`benchmarks/grids/` states its variants and overrides. Rows of the same recipe and seed in two
+grids are the same run repeated (training is deterministic on the CPU), so their numbers agree.
 """
 
 
