@@ -11,54 +11,23 @@ import torch
 import torch.nn.functional as F
 
 import kdcore
+from kdcore.testing import component, run_tiny, stage, teacher_stage, tiny_recipe
 from kdcore_almkd import analysis
 from kdcore_almkd.component import AlmKD
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 
-TINY = """
-[run]
-name = "almkd-tiny"
-device = "cpu"
-[data]
-dataset = "digits"
-train_subset = 300
-gold_per_class = {gold}
-batch_size = 32
-[data.noise]
-model = "symmetric"
-params = {{ rate = 0.4 }}
-[models.teacher]
-arch = "mlp"
-params = {{ hidden = [32] }}
-optimizer = {{ lr = 0.1 }}
-[models.student]
-arch = "mlp"
-params = {{ hidden = [16] }}
-optimizer = {{ lr = 0.1 }}
-[[stages]]
-name = "teacher"
-epochs = {teacher_epochs}
-train = ["teacher"]
-[[stages.components]]
-use = "ce"
-[[stages]]
-name = "student"
-epochs = {epochs}
-train = ["student"]
-{extra}
-[[stages.components]]
-use = "{use}"
-params = {params}
-"""
 
-
-def _tiny(tmp_path, *, params="{}", use="almkd", epochs=2, gold=5, extra="",
-          teacher_epochs=1) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(params=params, use=use, epochs=epochs, gold=gold, extra=extra,
-                                teacher_epochs=teacher_epochs))
-    return path
+def _tiny(*more: dict, params: dict | None = None, use: str = "almkd", epochs: int = 2,
+          gold: int = 5) -> dict:
+    """A one-epoch teacher, then ``epochs`` of the student with the ``use`` component, then
+    the ``more`` stages."""
+    return tiny_recipe(
+        teacher_stage(1),
+        stage("student", epochs, ["student"], component(use, params=params)),
+        *more,
+        name="almkd-tiny", gold_per_class=gold, batch_size=32, run={"checkpoint_interval_s": 30.0},
+    )
 
 
 def _index_weights(index: torch.Tensor) -> torch.Tensor:
@@ -105,10 +74,9 @@ class LossCheck:
 
 def test_lambda_rows_stay_aligned_with_sample_ids(tmp_path):
     check = LossCheck()
-    path = _tiny(tmp_path, use="almkd_indexed",
-                 params='{ preset = "amal", teachers = ["teacher"], select_every = 100 }')
-    host = kdcore.PluginHost(extra=[IndexedPlugin(), check])
-    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"), host=host)
+    recipe = _tiny(use="almkd_indexed",
+                   params={"preset": "amal", "teachers": ["teacher"], "select_every": 100})
+    run_tiny(recipe, tmp_path / "run", plugins=[IndexedPlugin(), check])
     assert check.batches >= 2 * 9  # two epochs of ~10 shuffled batches
     with kdcore.History(tmp_path / "run") as h:
         table = h.column("weight/almkd_indexed")
@@ -189,11 +157,10 @@ def test_amal_recipe_runs_with_two_teachers_one_of_them_a_self_distillation_twin
 
 
 def test_uniform_init_comes_from_the_run_generator(tmp_path):
-    params = '{ preset = "almkd", select_every = 100 }'
+    params = {"preset": "almkd", "select_every": 100}
     first = []
     for seed_dir in ("a", "b"):
-        path = _tiny(tmp_path, params=params, epochs=1)
-        kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / seed_dir))
+        run_tiny(_tiny(params=params, epochs=1), tmp_path / seed_dir)
         with kdcore.History(tmp_path / seed_dir) as h:
             first.append(h.column("weight/almkd", len(h) - 1))
     np.testing.assert_array_equal(first[0], first[1])  # seeded: the same table twice
@@ -203,12 +170,9 @@ def test_uniform_init_comes_from_the_run_generator(tmp_path):
 
 def test_a_following_stage_continues_the_table(tmp_path):
     """The same label in the next stage carries the table over (kdcore's ``carry_state``)."""
-    params = '{ preset = "almkd", select_every = 1 }'
-    more = ('[[stages]]\nname = "student2"\nepochs = 1\ntrain = ["student"]\n'
-            '[[stages.components]]\nuse = "almkd"\nparams = ' + params + "\n")
-    path = _tiny(tmp_path, params=params, epochs=2)
-    path.write_text(path.read_text() + more)
-    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"))
+    params = {"preset": "almkd", "select_every": 1}
+    more = stage("student2", 1, ["student"], component("almkd", params=params))
+    run_tiny(_tiny(more, params=params, epochs=2), tmp_path / "run")
     with kdcore.History(tmp_path / "run") as h:
         assert [s for s, _ in h.epochs()] == ["teacher", "student", "student", "student2"]
         table = h.column("weight/almkd")
@@ -217,29 +181,28 @@ def test_a_following_stage_continues_the_table(tmp_path):
     np.testing.assert_array_equal(table[3], table[2])
 
 
-@pytest.mark.parametrize(("params", "extra", "gold", "match"), [
-    ('{ teachers = ["teachr"] }', "", 5, r"no model role 'teachr'"),
-    ('{ teachers = ["student"] }', "", 5, r"'student' is the student itself"),
-    ("{}", "", 0, r"data\.gold_per_class"),
-    ('{ meta_split = "val", teachers = ["teacher"] }', "", 0, None),  # val split: no gold needed
+@pytest.mark.parametrize(("params", "gold", "match"), [
+    ({"teachers": ["teachr"]}, 5, r"no model role 'teachr'"),
+    ({"teachers": ["student"]}, 5, r"'student' is the student itself"),
+    ({}, 0, r"data\.gold_per_class"),
+    ({"meta_split": "val", "teachers": ["teacher"]}, 0, None),  # val split: no gold needed
 ])
-def test_recipe_checks(tmp_path, params, extra, gold, match):
-    path = _tiny(tmp_path, params=params, gold=gold, extra=extra, epochs=1)
-    recipe = kdcore.load_recipe(path)
+def test_recipe_checks(tmp_path, params, gold, match):
+    recipe = _tiny(params=params, gold=gold, epochs=1)
     if match is None:
-        kdcore.run_recipe(recipe, out=str(tmp_path / "run"))
+        run_tiny(recipe, tmp_path / "run")
         return
     with pytest.raises(kdcore.RecipeError, match=match):
-        kdcore.run_recipe(recipe, out=str(tmp_path / "run"))
+        run_tiny(recipe, tmp_path / "run")
     assert not (tmp_path / "run" / "history.h5").exists()  # refused before any training
 
 
 def test_a_trained_teacher_is_refused(tmp_path):
-    path = _tiny(tmp_path, params='{ teachers = ["teacher"] }')
-    recipe = kdcore.load_recipe(path, ['stages.student.train=["student", "teacher"]',
-                                       'stages.student.components.almkd.models=["student"]'])
+    recipe = _tiny(params={"teachers": ["teacher"]})
+    overrides = ['stages.student.train=["student", "teacher"]',
+                 'stages.student.components.almkd.models=["student"]']
     with pytest.raises(kdcore.RecipeError, match="teachers must be frozen"):
-        kdcore.run_recipe(recipe, out=str(tmp_path / "run"))
+        run_tiny(recipe, tmp_path / "run", overrides=overrides)
 
 
 def test_analysis_reports_a_missing_history(tmp_path, capsys):

@@ -9,43 +9,25 @@ import pytest
 import torch
 
 import kdcore
+from kdcore.testing import component, run_tiny, stage, tiny_recipe
 from kdcore_awe import WeightNet, ambiguity_profile, class_prototypes
 
-RECIPE = """
-[run]
-name = "awe"
-device = "cpu"
-[data]
-dataset = "digits"
-train_subset = 300
-[data.noise]
-model = "symmetric"
-params = {{ rate = 0.4 }}
-[models.student]
-arch = "mlp"
-params = {{ hidden = [16] }}
-optimizer = {{ lr = {lr} }}
-[[stages]]
-name = "s"
-epochs = {epochs}
-train = ["student"]
-[[stages.components]]
-use = "small_loss"
-params = {{ scope = "dataset", mask_loss = false }}
-[[stages.components]]
-use = "awe"
-terms = ["ce"]
-params = {params}
-[[stages.components]]
-use = "ce"
-"""
+
+def _recipe(params: dict, lr: float = 0.0, epochs: int = 1) -> dict:
+    """One stage of the student: dataset-scope small-loss selection, AWE on the CE term, CE."""
+    student = {"arch": "mlp", "params": {"hidden": [16]}, "optimizer": {"lr": lr}}
+    return tiny_recipe(
+        stage("s", epochs, ["student"],
+              component("small_loss", params={"scope": "dataset", "mask_loss": False}),
+              component("awe", terms=["ce"], params=params),
+              component("ce")),
+        models={"student": student}, name="awe", run={"checkpoint_interval_s": 30.0},
+    )
 
 
 def _run(tmp_path, params, lr=0.0, epochs=1):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "r.toml"
-    path.write_text(RECIPE.format(params=params, lr=lr, epochs=epochs))
-    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"))
+    run_tiny(_recipe(params, lr=lr, epochs=epochs), tmp_path / "run")
     return kdcore.History(tmp_path / "run")
 
 
@@ -81,10 +63,7 @@ def test_loss_weights_stay_aligned_with_sample_ids(tmp_path):
     """With lr 0 the student is fixed, so each sample's cosine weight is a function of that
     sample alone: the ledger column must equal it row by row despite shuffled batches."""
     cap = FeatureCapture()
-    path = tmp_path / "r.toml"
-    path.write_text(RECIPE.format(params='{ loss_mode = "cosine" }', lr=0.0, epochs=1))
-    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"),
-                      host=kdcore.PluginHost(extra=[cap]))
+    run_tiny(_recipe({"loss_mode": "cosine"}, lr=0.0, epochs=1), tmp_path / "run", plugins=[cap])
     with kdcore.History(tmp_path / "run") as h:
         weights = h.column("weight/awe", 0).astype(np.float64)
         labels = h.column("target", 0).argmax(-1)
@@ -95,12 +74,10 @@ def test_loss_weights_stay_aligned_with_sample_ids(tmp_path):
 
 
 def test_seed_weights_aligned_and_release_shuffle_permutes(tmp_path):
-    with _run(tmp_path, '{ seed_mode = "cosine", loss_mode = "none", '
-                        'selection = "select/small_loss" }') as h:
+    params = {"seed_mode": "cosine", "loss_mode": "none", "selection": "select/small_loss"}
+    with _run(tmp_path, params) as h:
         aligned = h.column("awe/seed_weight", 0)
-    with _run(tmp_path / "b", '{ seed_mode = "cosine", loss_mode = "none", '
-                              'selection = "select/small_loss", '
-                              'seed_alignment = "release_shuffled" }') as h:
+    with _run(tmp_path / "b", {**params, "seed_alignment": "release_shuffled"}) as h:
         shuffled = h.column("awe/seed_weight", 0)
     assert not np.array_equal(aligned, shuffled)
     np.testing.assert_array_equal(np.sort(aligned), np.sort(shuffled))  # same values, moved
@@ -125,7 +102,7 @@ def test_release_d2_makes_the_ce_term_mean_ce_times_mean_weight():
 
 
 def test_learned_weightnet_trains_and_zero_grad_option(tmp_path):
-    with _run(tmp_path, '{ loss_mode = "learned" }', lr=0.05, epochs=2) as h:
+    with _run(tmp_path, {"loss_mode": "learned"}, lr=0.05, epochs=2) as h:
         w = h.column("weight/awe")
         assert w.shape[0] == 2 and np.isfinite(w.astype(np.float64)).all()
         # the objective only pushes the weights down (spec 1.12 q2): they fall

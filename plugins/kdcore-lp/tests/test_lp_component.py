@@ -6,69 +6,32 @@ import numpy as np
 import torch
 
 import kdcore
+from kdcore.testing import component, run_tiny, stage, teacher_stage, tiny_recipe
 
-RECIPE = """
-[run]
-name = "lp"
-device = "cpu"
-[data]
-dataset = "digits"
-train_subset = 400
-[data.noise]
-model = "symmetric"
-params = { rate = 0.4 }
-[models.teacher]
-arch = "mlp"
-params = { hidden = [64] }
-optimizer = { lr = 0.1 }
-[models.student]
-arch = "mlp"
-params = { hidden = [16] }
-[[stages]]
-name = "teacher"
-epochs = 3
-train = ["teacher"]
-[[stages.components]]
-use = "ce"
-[[stages]]
-name = "warmup"
-epochs = 1
-train = ["student"]
-[[stages.components]]
-use = "initial_lp"
-[[stages.components]]
-use = "ce"
-[[stages]]
-name = "refine"
-epochs = 2
-train = ["student"]
-[[stages.components]]
-use = "small_loss"
-params = { scope = "pass", mask_loss = false }
-[[stages.components]]
-use = "teacher_lp"
-params = { keep_selected = "select/small_loss" }
-[[stages.components]]
-use = "ce"
-[[stages]]
-name = "mutual"
-epochs = 2
-train = ["student"]
-[[stages.components]]
-use = "small_loss"
-params = { scope = "pass", mask_loss = false }
-[[stages.components]]
-use = "mutual_lp"
-params = { keep_selected = "select/small_loss" }
-[[stages.components]]
-use = "ce"
-"""
+# the teacher is wider than kdcore.testing's; the student keeps the default lr (0.05)
+MODELS = {"teacher": {"arch": "mlp", "params": {"hidden": [64]}, "optimizer": {"lr": 0.1}},
+          "student": {"arch": "mlp", "params": {"hidden": [16]}}}
+SMALL_LOSS = component("small_loss", params={"scope": "pass", "mask_loss": False})
+KEEP_SELECTED = {"keep_selected": "select/small_loss"}
+
+
+def _recipe(*, select_in_refine: bool = True) -> dict:
+    """Teacher, LP warm-up, teacher-LP refinement and mutual LP (``select_in_refine=False``
+    drops the refine stage's small-loss selection)."""
+    refine_selection = [SMALL_LOSS] if select_in_refine else []
+    return tiny_recipe(
+        teacher_stage(3),
+        stage("warmup", 1, ["student"], component("initial_lp"), component("ce")),
+        stage("refine", 2, ["student"], *refine_selection,
+              component("teacher_lp", params=KEEP_SELECTED), component("ce")),
+        stage("mutual", 2, ["student"], SMALL_LOSS,
+              component("mutual_lp", params=KEEP_SELECTED), component("ce")),
+        models=MODELS, name="lp", train_subset=400, run={"checkpoint_interval_s": 30.0},
+    )
 
 
 def test_lp_pipeline_refines_labels_and_keeps_selected(tmp_path):
-    path = tmp_path / "lp.toml"
-    path.write_text(RECIPE)
-    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"))
+    run_tiny(_recipe(), tmp_path / "run")
     with kdcore.History(tmp_path / "run") as h:
         rows = h.epochs()
         noisy = h.data("noisy_label")
@@ -96,13 +59,8 @@ def test_lp_pipeline_refines_labels_and_keeps_selected(tmp_path):
 
 
 def test_missing_selection_column_is_a_clear_error(tmp_path):
-    text = RECIPE.replace('use = "small_loss"\nparams = { scope = "pass", mask_loss = false }\n'
-                          '[[stages.components]]\nuse = "teacher_lp"',
-                          'use = "teacher_lp"', 1)
-    path = tmp_path / "lp.toml"
-    path.write_text(text)
     import pytest
 
     with pytest.raises(kdcore.KdcoreError, match="select/small_loss.*no earlier component"):
-        kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"))
+        run_tiny(_recipe(select_in_refine=False), tmp_path / "run")
     assert torch.is_tensor(torch.zeros(1))

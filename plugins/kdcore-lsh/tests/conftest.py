@@ -2,68 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from loguru import logger
 
-import kdcore
+from kdcore.testing import MODELS, component, run_tiny, stage, teacher_stage, tiny_recipe
 
-RECIPE = """
-[run]
-name = "lsh-test"
-seed = {seed}
-device = "cpu"
-checkpoint_interval_s = 0  # every epoch: the resume tests kill mid-stage
 
-[data]
-dataset = "digits"
-train_subset = 300
-batch_size = 64
-
-[data.noise]
-model = "symmetric"
-params = {{ rate = 0.4 }}
-
-[models.teacher]
-arch = "mlp"
-params = {{ hidden = [32] }}
-optimizer = {{ lr = 0.1 }}
-
-[models.student]
-arch = "mlp"
-params = {{ hidden = [{student_hidden}] }}
-optimizer = {{ lr = 0.1 }}
-
-[[stages]]
-name = "teacher"
-epochs = 2
-train = ["teacher"]
-
-[[stages.components]]
-use = "ce"
-
-[[stages]]
-name = "student"
-epochs = {epochs}
-train = ["student"]
-{components}
-"""
-
-def component(use: str, *, name: str | None = None, weight: float = 1.0,
-              params: str = '{ teacher = "teacher" }', extra: str = "") -> str:
-    """One ``[[stages.components]]`` table of the student stage."""
-    label = f'name = "{name}"\n' if name else ""
-    return (f'\n[[stages.components]]\n{label}use = "{use}"\nweight = {weight}\n'
-            f"params = {params}\n{extra}")
+def student_component(use: str, *, name: str | None = None, weight: float = 1.0,
+                      params: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """One component of the student stage; ``params`` default to ``{teacher = "teacher"}``
+    (``models``, ``terms`` as keywords)."""
+    if params is None:
+        params = {"teacher": "teacher"}
+    return component(use, name, params=params, weight=weight, **fields)
 
 
 @pytest.fixture
-def comp() -> Callable[..., str]:
-    """The :func:`component` helper (``comp("ce", params="{}")`` is the CE term)."""
-    return component
+def comp() -> Callable[..., dict[str, Any]]:
+    """The :func:`student_component` helper (``comp("ce", params={})`` is the CE term)."""
+    return student_component
 
 
 @pytest.fixture(autouse=True)
@@ -74,19 +35,24 @@ def _quiet_logs():
 
 @pytest.fixture
 def run_lsh(tmp_path: Path) -> Callable[..., dict[str, Any]]:
-    """Run a tiny recipe whose student stage has ``components``; returns the summary."""
+    """Run a tiny recipe (kdcore.testing's, checkpointed every epoch: the resume tests kill
+    mid-stage) whose student stage has ``components``, then the ``more_stages``; returns the
+    summary."""
     count = [0]
 
-    def run(components: str, *, student_hidden: int = 16, epochs: int = 1, seed: int = 0,
+    def run(*components: Mapping[str, Any], student_hidden: int = 16, epochs: int = 1,
+            seed: int = 0, more_stages: Sequence[Mapping[str, Any]] = (),
             plugins: Iterable[Any] = (), out: Path | None = None, resume: bool = False,
             ) -> dict[str, Any]:
         count[0] += 1
-        path = tmp_path / f"r{count[0]}.toml"
-        path.write_text(RECIPE.format(seed=seed, student_hidden=student_hidden, epochs=epochs,
-                                      components=components))
-        host = kdcore.PluginHost(extra=list(plugins))
-        out = out or tmp_path / f"run{count[0]}"
-        return kdcore.run_recipe(kdcore.load_recipe(path), out=str(out), host=host,
-                                 resume=resume, progress=False)
+        student = {**MODELS["student"], "params": {"hidden": [student_hidden]}}
+        recipe = tiny_recipe(
+            teacher_stage(2),
+            stage("student", epochs, ["student"], *components),
+            *more_stages,
+            models={**MODELS, "student": student}, name="lsh-test", seed=seed,
+        )
+        return run_tiny(recipe, out or tmp_path / f"run{count[0]}", plugins=plugins,
+                        resume=resume)
 
     return run

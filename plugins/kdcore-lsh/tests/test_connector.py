@@ -46,8 +46,8 @@ class Watch:
 ])
 def test_connector_appears_exactly_when_sizes_differ(run_lsh, comp, use, hidden, force, expected):
     watch = Watch()
-    params = f'{{ teacher = "teacher", force_connector = {str(force).lower()} }}'
-    run_lsh(comp("ce", params="{}") + comp(use, params=params), student_hidden=hidden,
+    params = {"teacher": "teacher", "force_connector": force}
+    run_lsh(comp("ce", params={}), comp(use, params=params), student_hidden=hidden,
             plugins=[watch])
     model = watch.start["model"]
     assert isinstance(model, ConnectedModel) is expected
@@ -96,6 +96,5 @@ def _seeded_connector(seed: int) -> dict[str, torch.Tensor]:
 
 
 def test_teacher_cannot_mimic_itself(run_lsh, comp):
-    extra = 'models = ["student", "teacher"]\n'
     with pytest.raises(kdcore.RecipeError, match="mimic itself"):
-        run_lsh(comp("lshl2", extra=extra))
+        run_lsh(comp("lshl2", models=["student", "teacher"]))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kdcore
-from kdcore.testing import assert_same_history
+from kdcore.testing import assert_same_history, component, stage
 from kdcore_lsh import functional as lshf
 
 
@@ -59,11 +59,11 @@ class MaskCheck:
 def test_selective_mask_is_the_teacher_correct_samples_after_refinement(run_lsh, comp, against):
     check = MaskCheck("feat", against, ce_weight=0.5, weight=3.0)
     # the refiner comes after the transfer in the recipe: refinements still run first
-    components = (comp("ce", weight=0.5, params="{}")
-                  + comp("lshl2_s", name="feat", weight=3.0,
-                         params=f'{{ teacher = "teacher", correct_against = "{against}" }}')
-                  + comp("test_shift", params="{}"))
-    run_lsh(components, epochs=2, plugins=[RefinerPlugin(), check])
+    components = (comp("ce", weight=0.5, params={}),
+                  comp("lshl2_s", name="feat", weight=3.0,
+                       params={"teacher": "teacher", "correct_against": against}),
+                  comp("test_shift", params={}))
+    run_lsh(*components, epochs=2, plugins=[RefinerPlugin(), check])
     assert check.batches == 10  # 240 training samples in batches of 64, two epochs
     # the shifted targets changed the verdict for some samples: it was read after refinement
     assert (check.differs_from_noisy > 0) is (against == "targets")
@@ -96,7 +96,7 @@ class HashCheck:
 
 def test_median_bias_splits_the_training_features_and_sigma_is_the_teacher_fc_std(run_lsh, comp):
     check = HashCheck()
-    run_lsh(comp("ce", params="{}") + comp("lshl2"), epochs=2, plugins=[check])
+    run_lsh(comp("ce", params={}), comp("lshl2"), epochs=2, plugins=[check])
     assert len(check.seen) == 2
     first = check.seen[0]
     assert first["shape"] == (32 * 32, 32)  # N = 32 D by default
@@ -109,31 +109,19 @@ def test_median_bias_splits_the_training_features_and_sigma_is_the_teacher_fc_st
 
 def test_given_sigma_hashes_and_zero_bias(run_lsh, comp):
     check = HashCheck()
-    params = '{ teacher = "teacher", num_hashes = 100, sigma = 0.5, bias = "zero" }'
-    run_lsh(comp("ce", params="{}") + comp("lshl2", params=params), plugins=[check])
+    params = {"teacher": "teacher", "num_hashes": 100, "sigma": 0.5, "bias": "zero"}
+    run_lsh(comp("ce", params={}), comp("lshl2", params=params), plugins=[check])
     seen = check.seen[0]
     assert seen["shape"] == (100, 32) and seen["sigma"] == 0.5
 
 
-SECOND_STAGE = """
-[[stages]]
-name = "student2"
-epochs = 1
-train = ["student"]
-
-[[stages.components]]
-use = "ce"
-
-[[stages.components]]
-name = "feat"
-use = "lshl2"
-params = { teacher = "teacher" }
-"""
+SECOND_STAGE = stage("student2", 1, ["student"], component("ce"),
+                     component("lshl2", "feat", params={"teacher": "teacher"}))
 
 
 def test_projection_carries_into_the_next_stage_of_the_same_component(run_lsh, comp):
     check = HashCheck("feat")
-    run_lsh(comp("ce", params="{}") + comp("lshl2", name="feat") + SECOND_STAGE,
+    run_lsh(comp("ce", params={}), comp("lshl2", name="feat"), more_stages=[SECOND_STAGE],
             plugins=[check])
     assert len(check.seen) == 2
     assert torch.equal(check.seen[0]["projection"], check.seen[1]["projection"])
@@ -141,13 +129,13 @@ def test_projection_carries_into_the_next_stage_of_the_same_component(run_lsh, c
 
 def test_bad_parameters_are_rejected(run_lsh, comp):
     with pytest.raises(kdcore.RecipeError, match=r"params\.bias"):
-        run_lsh(comp("lsh", params='{ bias = "mode" }'))
+        run_lsh(comp("lsh", params={"bias": "mode"}))
     with pytest.raises(kdcore.RecipeError, match="num_hashes"):
-        run_lsh(comp("lsh", params="{ num_hashes = 0 }"))
+        run_lsh(comp("lsh", params={"num_hashes": 0}))
     with pytest.raises(kdcore.RecipeError, match="did you mean 'correct_against'"):
-        run_lsh(comp("lshl2_s", params='{ correct_agains = "noisy" }'))
+        run_lsh(comp("lshl2_s", params={"correct_agains": "noisy"}))
     with pytest.raises(kdcore.RecipeError, match="teacher role 'techer'"):
-        run_lsh(comp("l2", params='{ teacher = "techer" }'))
+        run_lsh(comp("l2", params={"teacher": "techer"}))
 
 
 class Interrupt(Exception):
@@ -162,12 +150,12 @@ class StopMidEpoch:
 
 
 def test_resume_mid_stage_is_exact(run_lsh, comp, tmp_path):
-    components = comp("ce", params="{}") + comp(
+    components = (comp("ce", params={}), comp(
         "lshl2_s", name="feat", weight=2.0,
-        params='{ teacher = "teacher", num_hashes = 64, bias_update = "epoch" }')
-    straight = run_lsh(components, epochs=3, out=tmp_path / "straight")
+        params={"teacher": "teacher", "num_hashes": 64, "bias_update": "epoch"}))
+    straight = run_lsh(*components, epochs=3, out=tmp_path / "straight")
     with pytest.raises(Interrupt):
-        run_lsh(components, epochs=3, out=tmp_path / "cut", plugins=[StopMidEpoch()])
-    resumed = run_lsh(components, epochs=3, out=tmp_path / "cut", resume=True)
+        run_lsh(*components, epochs=3, out=tmp_path / "cut", plugins=[StopMidEpoch()])
+    resumed = run_lsh(*components, epochs=3, out=tmp_path / "cut", resume=True)
     assert resumed == straight
     assert_same_history(tmp_path / "cut", tmp_path / "straight")

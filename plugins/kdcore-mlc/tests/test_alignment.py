@@ -14,34 +14,25 @@ import torch
 from loguru import logger
 
 import kdcore
+from kdcore.testing import component, run_tiny, stage, tiny_recipe
 from kdcore_mlc.mlc import MLC
 
-RECIPE = """
-[run]
-name = "align"
-device = "cpu"
-threads = 1
-[data]
-dataset = "{dataset}"
-gold_per_class = 10
-val_fraction = 0.1
-test_fraction = 0.2
-batch_size = 64
-[data.noise]
-model = "symmetric"
-params = {{ rate = 0.4 }}
-[models.student]
-arch = "mlp"
-params = {{ hidden = [16] }}
-[[stages]]
-name = "s"
-epochs = {epochs}
-train = ["student"]
-[[stages.components]]
-use = "mlc"
-params = {{ meta_lr = 1e-2 }}
-{extra}
-"""
+MLP_STUDENT = {"arch": "mlp", "params": {"hidden": [16]}}  # the default lr (0.05)
+
+
+def _recipe(*, dataset: str = "id_digits", epochs: int = 1, extra: tuple[dict, ...] = (),
+            mlc: dict | None = None, student: dict | None = None, data: dict | None = None
+            ) -> dict:
+    """All of ``dataset`` (no subset) with a gold split; one stage of MLC on the student, then
+    the ``extra`` components; ``mlc`` adds to its params, ``data`` to ``[data]``."""
+    return tiny_recipe(
+        stage("s", epochs, ["student"],
+              component("mlc", params={"meta_lr": 1e-2, **(mlc or {})}), *extra),
+        models={"student": student or MLP_STUDENT}, name="align", train_subset=0,
+        gold_per_class=10, batch_size=64, run={"threads": 1, "checkpoint_interval_s": 30.0},
+        data={"dataset": dataset, "val_fraction": 0.1, "test_fraction": 0.2, **(data or {})},
+    )
+
 
 ID_SCALE = 1e-4
 
@@ -87,12 +78,10 @@ class Tracer:
         self.gold_used.append(self.splits["gold"][index.cpu().numpy()])
 
 
-def _run(tmp_path: Path, plugins, *, dataset="id_digits", epochs=1, extra="") -> Path:
-    path = tmp_path / "r.toml"
-    path.write_text(RECIPE.format(dataset=dataset, epochs=epochs, extra=extra))
+def _run(tmp_path: Path, plugins, **recipe) -> Path:
+    """Run :func:`_recipe` (``recipe`` its options) in ``tmp_path / "run"``."""
     logger.remove()
-    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"),
-                      host=kdcore.PluginHost(extra=plugins))
+    run_tiny(_recipe(**recipe), tmp_path / "run", plugins=plugins)
     return tmp_path / "run"
 
 
@@ -156,8 +145,8 @@ class AlignPlugin:
 
 def test_corrected_labels_stay_aligned_by_index(tmp_path):
     CHECKS.clear()
-    extra = '[[stages.components]]\nuse = "align_check"\n'
-    run_dir = _run(tmp_path, [AlignPlugin()], dataset="digits", epochs=2, extra=extra)
+    run_dir = _run(tmp_path, [AlignPlugin()], dataset="digits", epochs=2,
+                   extra=(component("align_check"),))
     with kdcore.History(run_dir) as h:
         n = len(h.data("sample_id"))
         assert sum(CHECKS) == 2 * n  # every sample checked in each epoch
@@ -180,18 +169,10 @@ def test_cutout_reaches_gold_batches_on_images(augment, tmp_path):
             plain = run.data.inputs(run.data.gold, gold.index[:half].to(run.device))
             seen.append((gold.meta_x, plain))
 
-    path = tmp_path / "r.toml"
-    text = RECIPE.format(dataset="digits", epochs=1, extra="")
-    text = text.replace('params = { meta_lr = 1e-2 }',
-                        f'params = {{ meta_lr = 1e-2, augment_gold = {str(augment).lower()} }}')
-    text = text.replace('[data.noise]', 'params = { flatten = false }\n'
-                        '[[data.augment]]\nname = "cutout"\nparams = { size = 4 }\n[data.noise]')
-    text = text.replace('arch = "mlp"\nparams = { hidden = [16] }',
-                        'arch = "cnn"\nparams = { channels = [4], hidden = 16 }')
-    path.write_text(text)
-    logger.remove()
-    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"),
-                      host=kdcore.PluginHost(extra=[Peek()]))
+    _run(tmp_path, [Peek()], dataset="digits", mlc={"augment_gold": augment},
+         student={"arch": "cnn", "params": {"channels": [4], "hidden": 16}},
+         data={"params": {"flatten": False},
+               "augment": [{"name": "cutout", "params": {"size": 4}}]})
     x = torch.cat([a for a, _ in seen])
     plain = torch.cat([b for _, b in seen])
     assert x.shape[1:] == (1, 8, 8)

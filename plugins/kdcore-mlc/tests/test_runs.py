@@ -12,7 +12,7 @@ from loguru import logger
 import kdcore
 from kdcore.config import structure
 from kdcore.meta import functional_forward
-from kdcore.testing import assert_same_history
+from kdcore.testing import assert_same_history, component, run_tiny, stage, tiny_recipe
 from kdcore_mlc import kdcore_configure
 from kdcore_mlc.kdmlc import KDMLCStudent
 from kdcore_mlc.losses import kdmlc_student_loss
@@ -20,51 +20,35 @@ from kdcore_mlc.mlc import MLC
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 
-KDMLC = """
-[run]
-name = "kdmlc-tiny"
-device = "cpu"
-checkpoint_interval_s = 0  # every epoch: the resume tests kill mid-stage
-threads = 1
-[data]
-dataset = "digits"
-gold_per_class = 10
-train_subset = 400
-batch_size = 64
-[data.noise]
-model = "symmetric"
-params = {{ rate = 0.4 }}
-[models.teacher]
-arch = "mlp"
-params = {{ hidden = [32] }}
-[models.student]
-arch = "mlp"
-params = {{ hidden = [16] }}
-[[stages]]
-name = "kdmlc"
-epochs = {epochs}
-train = ["teacher", "student"]
-[[stages.components]]
-use = "mlc"
-models = ["teacher"]
-params = {mlc}
-[[stages.components]]
-use = "kdmlc_student"
-models = ["student"]
-params = {student}
-"""
+# both models keep the default lr (0.05)
+MODELS = {"teacher": {"arch": "mlp", "params": {"hidden": [32]}},
+          "student": {"arch": "mlp", "params": {"hidden": [16]}}}
+
+
+def _tiny(*stages: dict, student: dict | None = None) -> dict:
+    """400 digits with a gold split, one thread, a checkpoint every epoch (the resume tests
+    kill mid-stage); ``student`` replaces the student model."""
+    models = {**MODELS, "student": student} if student else MODELS
+    return tiny_recipe(*stages, models=models, name="kdmlc-tiny", train_subset=400,
+                       gold_per_class=10, batch_size=64, run={"threads": 1})
+
+
+def _kdmlc(*extra: dict, epochs: int = 2, mlc: dict | None = None,
+           student: dict | None = None) -> dict:
+    """One stage: MLC on the teacher, KD-MLC on the student (params ``mlc``, ``student``),
+    then the ``extra`` components."""
+    return _tiny(stage(
+        "kdmlc", epochs, ["teacher", "student"],
+        component("mlc", models=["teacher"], params=mlc),
+        component("kdmlc_student", models=["student"], params=student),
+        *extra,
+    ))
 
 
 @pytest.fixture(autouse=True)
 def _quiet():
     logger.remove()
     yield
-
-
-def _write(tmp_path: Path, epochs=2, mlc="{}", student="{}") -> Path:
-    path = tmp_path / "kdmlc.toml"
-    path.write_text(KDMLC.format(epochs=epochs, mlc=mlc, student=student))
-    return path
 
 
 def _run(recipe, tmp_path, name="run", extra=(), **kw):
@@ -106,14 +90,12 @@ class StopMidEpoch:
 
 def test_resume_mid_epoch_is_exact(tmp_path):
     """LCN, its AMSGrad state, a half-filled K-step sum and the gold stream all resume."""
-    path = _write(tmp_path, epochs=3,
-                  mlc='{ gradient_steps = 2, skip = true, meta_lr = 1e-2 }',
-                  student='{ clean_half = true, soft_target = "lcn" }')
-    recipe = kdcore.load_recipe(path)
-    straight = _run(recipe, tmp_path, "straight")
+    recipe = _kdmlc(epochs=3, mlc={"gradient_steps": 2, "skip": True, "meta_lr": 1e-2},
+                    student={"clean_half": True, "soft_target": "lcn"})
+    straight = run_tiny(recipe, tmp_path / "straight")
     with pytest.raises(Interrupt):
-        _run(recipe, tmp_path, "killed", extra=[StopMidEpoch()])
-    resumed = _run(recipe, tmp_path, "killed", resume=True)
+        run_tiny(recipe, tmp_path / "killed", plugins=[StopMidEpoch()])
+    resumed = run_tiny(recipe, tmp_path / "killed", resume=True)
     assert resumed == straight
     assert_same_history(tmp_path / "killed", tmp_path / "straight")
 
@@ -159,12 +141,10 @@ class ProbePlugin:
 
 @pytest.mark.parametrize("after", [True, False])
 def test_student_learns_from_labels_after_the_meta_step(after, tmp_path):
-    path = _write(tmp_path, epochs=1, mlc="{ meta_lr = 1e-2 }",
-                  student=f"{{ labels_after_meta_step = {str(after).lower()} }}")
-    path.write_text(path.read_text() + '[[stages.components]]\nuse = "student_grad_probe"\n'
-                    'models = ["student"]\n')
+    recipe = _kdmlc(component("student_grad_probe", models=["student"]), epochs=1,
+                    mlc={"meta_lr": 1e-2}, student={"labels_after_meta_step": after})
     PROBES.clear()
-    _run(kdcore.load_recipe(path), tmp_path, extra=[ProbePlugin()])
+    run_tiny(recipe, tmp_path / "run", plugins=[ProbePlugin()])
     assert len(PROBES) == 7  # ceil(400 / 64) steps
     used, other = ("post", "pre") if after else ("pre", "post")
     for probe in PROBES:
@@ -176,20 +156,17 @@ def test_student_learns_from_labels_after_the_meta_step(after, tmp_path):
 
 
 def test_recipe_errors_are_clear(tmp_path):
-    no_gold = kdcore.load_recipe(_write(tmp_path), ["data.gold_per_class=0"])
+    out = tmp_path / "run"
     with pytest.raises(kdcore.RecipeError, match="data.gold_per_class"):
-        _run(no_gold, tmp_path)
-    adam = kdcore.load_recipe(_write(tmp_path), ['models.teacher.optimizer.name="adam"'])
+        run_tiny(_kdmlc(), out, overrides=["data.gold_per_class=0"])
     with pytest.raises(kdcore.RecipeError, match="mirrors SGD"):
-        _run(adam, tmp_path)
-    lonely = kdcore.load_recipe(_write(tmp_path), ["stages.kdmlc.components.mlc.enabled=false"])
+        run_tiny(_kdmlc(), out, overrides=['models.teacher.optimizer.name="adam"'])
     with pytest.raises(kdcore.RecipeError, match="needs an 'mlc' component"):
-        _run(lonely, tmp_path)
+        run_tiny(_kdmlc(), out, overrides=["stages.kdmlc.components.mlc.enabled=false"])
     with pytest.raises(kdcore.RecipeError, match="did you mean 'beta'"):
-        _run(kdcore.load_recipe(_write(tmp_path, student="{ betta = 0.3 }")), tmp_path)
+        run_tiny(_kdmlc(student={"betta": 0.3}), out)
     with pytest.raises(kdcore.RecipeError, match=r"clean_half needs"):
-        _run(kdcore.load_recipe(_write(tmp_path, mlc='{ method = "hmlc_K" }',
-                                       student="{ clean_half = true }")), tmp_path)
+        run_tiny(_kdmlc(mlc={"method": "hmlc_K"}, student={"clean_half": True}), out)
 
 
 @pytest.mark.parametrize("file", ["mlc-fmnist.toml", "kdmlc-fmnist.toml"])
@@ -229,73 +206,35 @@ class VirtualPlugin:
         return {"virtual_equals_real": VirtualEqualsReal}
 
 
-TWO_STAGE = """
-[[stages]]
-name = "teacher"
-epochs = 1
-train = ["teacher"]
-[[stages.components]]
-use = "ce"
-[[stages]]
-name = "student"
-epochs = 2
-train = ["student"]
-[[stages.components]]
-use = "mlc"
-[[stages.components]]
-use = "hinton_kd"
-params = { teacher = "teacher" }
-[[stages.components]]
-use = "virtual_equals_real"
-"""
-
-
 def test_alternative_reading_mlc_on_the_student_with_a_kd_term(tmp_path):
     """Spec 3.2's other reading: MLC on the student, whose loss also has a KD term.
 
     MLC's look-ahead takes the student's whole loss (both terms), and its virtual point is
     where the engine's real SGD step (cosine schedule, Nesterov momentum, weight decay) lands.
     """
-    text = KDMLC.format(epochs=1, mlc="{}", student="{}")
-    text = text[:text.index("[[stages]]")] + TWO_STAGE
-    text = text.replace('params = { hidden = [16] }',
-                        'params = { hidden = [16] }\noptimizer = { nesterov = true }\n'
-                        'schedule = { name = "cosine" }')
-    path = tmp_path / "alt.toml"
-    path.write_text(text)
+    student = {**MODELS["student"], "optimizer": {"nesterov": True},
+               "schedule": {"name": "cosine"}}
+    recipe = _tiny(stage("teacher", 1, ["teacher"], component("ce")),
+                   stage("student", 2, ["student"], component("mlc"),
+                         component("hinton_kd", params={"teacher": "teacher"}),
+                         component("virtual_equals_real")),
+                   student=student)
     VIRTUAL.clear()
-    summary = _run(kdcore.load_recipe(path), tmp_path, extra=[VirtualPlugin()])
+    summary = run_tiny(recipe, tmp_path / "run", plugins=[VirtualPlugin()])
     assert sorted(summary) == ["student", "teacher"]
     assert len(VIRTUAL) == 14 and set(VIRTUAL) == {4}  # 2 epochs x 7 steps, 4 tensors
 
 
-CARRY = """
-[[stages]]
-name = "one"
-epochs = 1
-train = ["{first}"]
-[[stages.components]]
-use = "mlc"
-models = ["{first}"]
-[[stages]]
-name = "two"
-epochs = 1
-train = ["student"]
-[[stages.components]]
-use = "mlc"
-models = ["student"]
-params = {{ meta_lr = 1e-3 }}
-"""
+def _carry(first: str) -> dict:
+    """MLC on ``first`` for an epoch, then the same label on the student."""
+    return _tiny(stage("one", 1, [first], component("mlc", models=[first])),
+                 stage("two", 1, ["student"],
+                       component("mlc", models=["student"], params={"meta_lr": 1e-3})))
 
 
 def test_a_later_stage_continues_the_lcn_or_says_why_not(tmp_path):
-    text = KDMLC.format(epochs=1, mlc="{}", student="{}")
-    head = text[:text.index("[[stages]]")]
-    path = tmp_path / "carry.toml"
-    path.write_text(head + CARRY.format(first="student"))
-    _run(kdcore.load_recipe(path), tmp_path, "carried")
+    run_tiny(_carry("student"), tmp_path / "carried")
     with kdcore.History(tmp_path / "carried") as h:
         assert list(h.metric("mlc/mlc/meta_steps")) == [7, 14]  # the same LCN, continued
-    path.write_text(head + CARRY.format(first="teacher"))
     with pytest.raises(kdcore.RecipeError, match="give it another name"):
-        _run(kdcore.load_recipe(path), tmp_path, "mismatch")
+        run_tiny(_carry("teacher"), tmp_path / "mismatch")

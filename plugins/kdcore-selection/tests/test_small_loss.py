@@ -9,32 +9,10 @@ import pytest
 import torch
 
 import kdcore
+from kdcore.testing import component, run_tiny, stage, tiny_recipe
 from kdcore_selection.small_loss import keep_smallest, kept_count
 
-RECIPE = """
-[run]
-name = "sl"
-device = "cpu"
-[data]
-dataset = "digits"
-train_subset = 300
-batch_size = {batch}
-[data.noise]
-model = "symmetric"
-params = {{ rate = 0.4 }}
-[models.student]
-arch = "mlp"
-params = {{ hidden = [16] }}
-[[stages]]
-name = "s"
-epochs = {epochs}
-train = ["student"]
-[[stages.components]]
-use = "small_loss"
-params = {params}
-[[stages.components]]
-use = "ce"
-"""
+STUDENT = {"student": {"arch": "mlp", "params": {"hidden": [16]}}}  # the default lr (0.05)
 
 
 def test_keep_smallest_picks_the_smallest():
@@ -61,23 +39,23 @@ class CountCheck:
 
 
 def _run(tmp_path, params, batch=64, epochs=1, observer=None):
-    path = tmp_path / "r.toml"
-    path.write_text(RECIPE.format(batch=batch, epochs=epochs, params=params))
-    host = kdcore.PluginHost(extra=[observer] if observer else [])
-    kdcore.run_recipe(kdcore.load_recipe(path), out=str(tmp_path / "run"), host=host)
+    recipe = tiny_recipe(
+        stage("s", epochs, ["student"], component("small_loss", params=params), component("ce")),
+        models=STUDENT, name="sl", batch_size=batch, run={"checkpoint_interval_s": 30.0})
+    run_tiny(recipe, tmp_path / "run", plugins=[observer] if observer else [])
     return kdcore.History(tmp_path / "run")
 
 
 def test_batch_scope_keeps_exactly_floor_of_each_batch(tmp_path):
     check = CountCheck()
-    with _run(tmp_path, "{ rate = 0.3 }", batch=64, observer=check) as h:
+    with _run(tmp_path, {"rate": 0.3}, batch=64, observer=check) as h:
         assert h.metric("select/small_loss/fraction")[0] == pytest.approx(
             sum(k for _, k in check.counts) / sum(b for b, _ in check.counts))
     assert check.counts and all(k == math.floor(0.7 * b + 1e-9) for b, k in check.counts)
 
 
 def test_oracle_rate_is_the_realised_rate_and_pass_scope_records_without_masking(tmp_path):
-    with _run(tmp_path, '{ scope = "pass", pass_batch_size = 50, mask_loss = false }') as h:
+    with _run(tmp_path, {"scope": "pass", "pass_batch_size": 50, "mask_loss": False}) as h:
         realised = 1 - h.data("clean_mask").mean()
         assert h.metric("select/small_loss/rate")[0] == pytest.approx(realised)
         mask = h.column("select/small_loss", 0)
@@ -90,18 +68,18 @@ def test_oracle_rate_is_the_realised_rate_and_pass_scope_records_without_masking
 
 
 def test_dataset_scope_ranks_globally(tmp_path):
-    with _run(tmp_path, '{ scope = "dataset", rate = 0.5, ranking_model = "student" }') as h:
+    with _run(tmp_path, {"scope": "dataset", "rate": 0.5, "ranking_model": "student"}) as h:
         mask = h.column("select/small_loss", 0)
         assert mask.sum() == kept_count(len(mask), 0.5)
 
 
 def test_ramp_grows_the_dropped_share(tmp_path):
-    with _run(tmp_path, "{ rate = 0.4, ramp_epochs = 2 }", epochs=3) as h:
+    with _run(tmp_path, {"rate": 0.4, "ramp_epochs": 2}, epochs=3) as h:
         np.testing.assert_allclose(h.metric("select/small_loss/rate"), [0.0, 0.2, 0.4])
 
 
 def test_bad_parameters_are_rejected(tmp_path):
     with pytest.raises(kdcore.RecipeError, match=r"params\.rate.*\[0, 1\)"):
-        _run(tmp_path, "{ rate = 1.5 }")
+        _run(tmp_path, {"rate": 1.5})
     with pytest.raises(kdcore.RecipeError, match="did you mean 'scope'"):
-        _run(tmp_path, '{ scop = "batch" }')
+        _run(tmp_path, {"scop": "batch"})

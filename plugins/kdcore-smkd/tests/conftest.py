@@ -3,69 +3,45 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from loguru import logger
 
 import kdcore
+from kdcore.testing import component as recipe_component
+from kdcore.testing import run_tiny, stage, tiny_recipe
 
 # Two peers on a few hundred digits, one thread: a run takes about a second.
-PEERS_RECIPE = """
-[run]
-name = "peers"
-seed = {seed}
-device = "cpu"
-checkpoint_interval_s = 0  # every epoch: the resume tests kill mid-stage
-threads = 1
-
-[data]
-dataset = "digits"
-train_subset = {subset}
-batch_size = {batch}
-
-[data.noise]
-model = "symmetric"
-params = {{ rate = 0.4 }}
-
-[models.peer_a]
-arch = "mlp"
-params = {{ hidden = [16] }}
-optimizer = {{ name = "sgd", lr = 0.1, momentum = 0.9, weight_decay = 5e-4 }}
-
-[models.peer_b]
-arch = "mlp"
-params = {{ hidden = [32, 32] }}
-optimizer = {{ name = "sgd", lr = 0.1, momentum = 0.9, weight_decay = 5e-4 }}
-
-{extra_models}
-[[stages]]
-name = "mutual"
-epochs = {epochs}
-train = {train}
-
-{components}
-"""
+PEER_OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+PEERS = {
+    "peer_a": {"arch": "mlp", "params": {"hidden": [16]}, "optimizer": PEER_OPTIMIZER},
+    "peer_b": {"arch": "mlp", "params": {"hidden": [32, 32]}, "optimizer": PEER_OPTIMIZER},
+}
 
 
-def make_component(use: str, params: str = "{}", **entry: str) -> str:
-    """One ``[[stages.components]]`` table; ``entry`` adds raw TOML keys (name, weight...)."""
-    extra = "".join(f"{k} = {v}\n" for k, v in entry.items())
-    return f"[[stages.components]]\nuse = \"{use}\"\n{extra}params = {params}\n"
+def make_component(use: str, params: Mapping[str, Any] | None = None,
+                   **fields: Any) -> dict[str, Any]:
+    """One ``[[stages.components]]`` entry; ``fields`` are its other keys (name, weight...)."""
+    return recipe_component(use, params=params, **fields)
 
 
-def run_peers_in(tmp_path: Path, components: str, *, epochs: int = 1, subset: int = 300,
-              batch: int = 64, seed: int = 0, observers: tuple = (), name: str = "run",
-              train: str = '["peer_a", "peer_b"]', extra_models: str = "",
-              overrides: tuple[str, ...] = ()) -> kdcore.History:
-    """Run the two-peer recipe with ``components``; returns the open history."""
-    path = tmp_path / f"{name}.toml"
-    path.write_text(PEERS_RECIPE.format(seed=seed, subset=subset, batch=batch, epochs=epochs,
-                                        components=components, train=train,
-                                        extra_models=extra_models))
-    host = kdcore.PluginHost(extra=list(observers))
-    kdcore.run_recipe(kdcore.load_recipe(path, overrides), out=str(tmp_path / name), host=host)
+def run_peers_in(tmp_path: Path, *components: Mapping[str, Any], epochs: int = 1,
+                 subset: int = 300, batch: int = 64, seed: int = 0, observers: tuple = (),
+                 name: str = "run", train: Sequence[str] = ("peer_a", "peer_b"),
+                 extra_models: Mapping[str, Any] | None = None,
+                 overrides: tuple[str, ...] = ()) -> kdcore.History:
+    """Run the two-peer recipe (checkpointed every epoch: the resume tests kill mid-stage)
+    with ``components`` in its one stage; returns the open history."""
+    recipe = tiny_recipe(
+        stage("mutual", epochs, train, *components),
+        models={**PEERS, **(extra_models or {})}, name="peers", seed=seed, train_subset=subset,
+        batch_size=batch, run={"threads": 1},
+    )
+    run_tiny(recipe, tmp_path / name, plugins=observers, overrides=overrides)
     return kdcore.History(tmp_path / name)
 
 
@@ -87,11 +63,11 @@ def _one_thread():
 
 @pytest.fixture
 def component():
-    """``component(use, params, **entry)``: one ``[[stages.components]]`` table as TOML."""
+    """``component(use, params, **fields)``: one ``[[stages.components]]`` entry."""
     return make_component
 
 
 @pytest.fixture
 def run_peers(tmp_path: Path):
-    """``run_peers(components, **options)``: run the two-peer recipe in ``tmp_path``."""
+    """``run_peers(*components, **options)``: run the two-peer recipe in ``tmp_path``."""
     return functools.partial(run_peers_in, tmp_path)

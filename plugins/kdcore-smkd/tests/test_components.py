@@ -14,7 +14,7 @@ import kdcore
 from kdcore_smkd.losses import dml_loss, selection_mask, smkd_loss, threshold_at
 
 PEERS = ("peer_a", "peer_b")
-MIXED = '{ schedule = "static", threshold = 0.12, certainty = "max_prob" }'  # selects ~half
+MIXED = {"schedule": "static", "threshold": 0.12, "certainty": "max_prob"}  # selects ~half
 
 
 class Recorder:
@@ -91,7 +91,7 @@ def test_masks_are_recorded_at_the_batch_rows_and_do_not_mask_the_loss(run_peers
 
 
 def test_progressive_threshold_is_logged_per_epoch(run_peers, component):
-    params = '{ schedule = "progressive", exp_base = 8.0, transit = 0.4 }'
+    params = {"schedule": "progressive", "exp_base": 8.0, "transit": 0.4}
     with run_peers(component("smkd", params), epochs=3, batch=50) as h:
         n = len(h.data("clean_mask"))
         nb = math.ceil(n / 50)
@@ -111,16 +111,16 @@ def test_progressive_threshold_is_logged_per_epoch(run_peers, component):
 def test_zero_knowledge_run_is_independent_training(run_peers, component):
     """threshold > 1: fallback none = plain CE on each peer; uniform = label smoothing."""
     runs = {
-        "smkd_none": component("smkd", '{ schedule = "static", threshold = 1.5, '
-                                       'fallback = "none" }'),
-        "ce": component("ce"),
-        "smkd_ls": component("smkd", '{ schedule = "static", threshold = 1.5, epsilon = 0.2 }'),
-        "ls": component("label_smoothing", "{ epsilon = 0.2 }") + component("ce"),
+        "smkd_none": [component("smkd", {"schedule": "static", "threshold": 1.5,
+                                         "fallback": "none"})],
+        "ce": [component("ce")],
+        "smkd_ls": [component("smkd", {"schedule": "static", "threshold": 1.5, "epsilon": 0.2})],
+        "ls": [component("label_smoothing", {"epsilon": 0.2}), component("ce")],
     }
     ends = {}
     for name, comps in runs.items():
         rec = Recorder()
-        run_peers(comps, epochs=2, observers=(rec,), name=name).close()
+        run_peers(*comps, epochs=2, observers=(rec,), name=name).close()
         ends[name] = rec.end
     _assert_same_weights(ends["smkd_none"], ends["ce"], rtol=1e-5, atol=1e-6)
     _assert_same_weights(ends["smkd_ls"], ends["ls"], rtol=1e-5, atol=1e-6)
@@ -129,8 +129,8 @@ def test_zero_knowledge_run_is_independent_training(run_peers, component):
 def test_all_knowledge_run_is_dml(run_peers, component):
     """threshold <= 0, epsilon 0.5, KL form and recipe weight 2 trains exactly as DML."""
     rec_s, rec_d = Recorder(), Recorder()
-    run_peers(component("smkd", '{ schedule = "static", threshold = 0.0, '
-                                          'form = "kl", epsilon = 0.5 }', weight="2.0"),
+    run_peers(component("smkd", {"schedule": "static", "threshold": 0.0, "form": "kl",
+                                 "epsilon": 0.5}, weight=2.0),
               epochs=2, observers=(rec_s,), name="smkd").close()
     with run_peers(component("dml"), epochs=2, observers=(rec_d,), name="dml") as h:
         for role in PEERS:  # DML uses every sample's knowledge: all-true masks
@@ -172,8 +172,8 @@ def _replay(rec: Recorder, loss_fn, order: str) -> dict[str, dict[str, torch.Ten
 
 
 @pytest.mark.parametrize(("use", "params", "loss_fn"), [
-    ("dml", "", lambda z, p, q: dml_loss(z, [p], q)),
-    ("smkd", 'schedule = "static", threshold = 0.12, certainty = "max_prob", ',
+    ("dml", {}, lambda z, p, q: dml_loss(z, [p], q)),
+    ("smkd", {"schedule": "static", "threshold": 0.12, "certainty": "max_prob"},
      lambda z, p, q: smkd_loss(z, [p], q, threshold=0.12, certainty_measure="max_prob")),
 ])
 def test_in_turn_steps_each_peer_once_against_the_updated_peer(run_peers, component, use, params,
@@ -182,9 +182,9 @@ def test_in_turn_steps_each_peer_once_against_the_updated_peer(run_peers, compon
     for order in ("simultaneous", "in_turn"):
         rec = Recorder()
         # a zero-weight CE on peer_b first makes the engine offer peer_b's backward first
-        comps = (component("ce", models='["peer_b"]', weight="0.0")
-                 + component(use, f'{{ {params}order = "{order}" }}'))
-        run_peers(comps, observers=(rec,), name=order, batch=100).close()
+        comps = (component("ce", models=["peer_b"], weight=0.0),
+                 component(use, {**params, "order": order}))
+        run_peers(*comps, observers=(rec,), name=order, batch=100).close()
         assert len(rec.batches) >= 3
         ends[order] = rec.end
         # one SGD step (momentum 0.9) per peer per batch, in the order given: a second step
@@ -198,11 +198,10 @@ def test_in_turn_steps_each_peer_once_against_the_updated_peer(run_peers, compon
 
 
 def test_three_peers(run_peers, component):
-    extra = ('[models.peer_c]\narch = "mlp"\nparams = { hidden = [8] }\n'
-             'optimizer = { lr = 0.1 }\n')
-    train = '["peer_a", "peer_b", "peer_c"]'
+    extra = {"peer_c": {"arch": "mlp", "params": {"hidden": [8]}, "optimizer": {"lr": 0.1}}}
+    train = ["peer_a", "peer_b", "peer_c"]
     for use in ("smkd", "dml"):
-        with run_peers(component(use, '{ order = "in_turn" }'), train=train,
+        with run_peers(component(use, {"order": "in_turn"}), train=train,
                        extra_models=extra, name=use) as h:
             for role in ("peer_a", "peer_b", "peer_c"):
                 assert f"select/{use}/{role}/fraction" in h.metric_names()
@@ -210,8 +209,8 @@ def test_three_peers(run_peers, component):
 
 
 def test_a_frozen_peer_is_a_fixed_teacher(run_peers, component):
-    comps = component("smkd", models='["peer_a", "peer_b"]')
-    with run_peers(comps, train='["peer_a"]') as h:
+    comps = component("smkd", models=["peer_a", "peer_b"])
+    with run_peers(comps, train=["peer_a"]) as h:
         assert "train/peer_a/smkd" in h.metric_names()
         assert "train/peer_b/smkd" not in h.metric_names()
         assert "select/smkd/peer_b/fraction" in h.metric_names()
@@ -220,19 +219,19 @@ def test_a_frozen_peer_is_a_fixed_teacher(run_peers, component):
 def test_one_peer_is_an_error(run_peers, component):
     for use in ("smkd", "dml"):
         with pytest.raises(kdcore.RecipeError, match="two or more distinct peer models"):
-            run_peers(component(use), train='["peer_a"]', name=use)
+            run_peers(component(use), train=["peer_a"], name=use)
 
 
 def test_bad_parameters_are_rejected(run_peers, component):
-    cases = [('{ epsilon = 1.5 }', r"params\.epsilon.*\[0, 1\]"),
-             ('{ treshold = 0.3 }', "did you mean 'threshold'"),
-             ('{ direction = "down" }', "'relax' or 'tighten'"),
-             ('{ temperature = 0 }', "temperature.*positive")]
+    cases = [({"epsilon": 1.5}, r"params\.epsilon.*\[0, 1\]"),
+             ({"treshold": 0.3}, "did you mean 'threshold'"),
+             ({"direction": "down"}, "'relax' or 'tighten'"),
+             ({"temperature": 0}, "temperature.*positive")]
     for params, message in cases:
         with pytest.raises(kdcore.RecipeError, match=message):
             run_peers(component("smkd", params))
     with pytest.raises(kdcore.RecipeError, match="'sum' or 'mean'"):
-        run_peers(component("dml", '{ peer_reduction = "avg" }'))
+        run_peers(component("dml", {"peer_reduction": "avg"}))
 
 
 class TakeOver(kdcore.Component):
@@ -250,6 +249,6 @@ class TakeOverPlugin:
 
 
 def test_in_turn_refuses_to_share_the_backward_pass(run_peers, component):
-    comps = component("take_over") + component("dml", '{ order = "in_turn" }')
+    comps = (component("take_over"), component("dml", {"order": "in_turn"}))
     with pytest.raises(kdcore.KdcoreError, match="never received the backward pass"):
-        run_peers(comps, observers=(TakeOverPlugin(),))
+        run_peers(*comps, observers=(TakeOverPlugin(),))

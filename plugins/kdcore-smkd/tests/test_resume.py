@@ -23,7 +23,7 @@ class CrashMidEpoch:
 
 @pytest.mark.parametrize("use", ["smkd", "dml"])
 def test_interrupted_run_resumes_to_the_same_history(tmp_path, run_peers, component, use):
-    comps = component(use, '{ order = "in_turn" }')
+    comps = component(use, {"order": "in_turn"})
     run_peers(comps, epochs=3, name="straight").close()
     with pytest.raises(Crash):
         run_peers(comps, epochs=3, name="killed", observers=(CrashMidEpoch(),))
