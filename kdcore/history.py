@@ -60,6 +60,14 @@ class HistoryWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        # the metric and ledger dataset names in the file, read once (a walk of the file's
+        # groups every epoch costs more than the epoch's metrics themselves)
+        self._names: dict[str, set[str]] | None = None
+
+    def _known(self, f: h5py.File) -> dict[str, set[str]]:
+        if self._names is None:
+            self._names = {g: set(_leaf_names(f[g])) for g in ("metrics", "ledger")}
+        return self._names
 
     def create(
         self,
@@ -72,6 +80,7 @@ class HistoryWriter:
         transition_matrix: torch.Tensor,
     ) -> None:
         """Write the run's constants; an existing file is replaced."""
+        self._names = None
         with h5py.File(self.path, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["recipe"] = recipe_toml
@@ -124,19 +133,18 @@ class HistoryWriter:
                 ds = f["epochs"][name]
                 ds.resize((row + 1,))
                 ds[row] = value
+            known = self._known(f)
             mgroup = f["metrics"]
             for name, value in metrics.items():
-                ds = mgroup.get(name)
-                if ds is None:
+                if name in known["metrics"]:
+                    ds = mgroup[name]
+                else:
                     ds = mgroup.create_dataset(name, shape=(row,), maxshape=(None,),
                                                dtype=np.float64, chunks=(256,), fillvalue=np.nan)
-                ds.resize((row + 1,))
-                ds[row] = float(value)
-            for name in _leaf_names(mgroup):
-                if name not in metrics:
-                    ds = mgroup[name]
-                    ds.resize((row + 1,))
-                    ds[row] = np.nan
+                    known["metrics"].add(name)
+                _append_scalar(ds, row, float(value))
+            for name in known["metrics"].difference(metrics):
+                _append_scalar(mgroup[name], row, np.nan)
             lgroup = f["ledger"]
             written = set()
             for name, column in columns.items():
@@ -152,17 +160,18 @@ class HistoryWriter:
                     )
                     ds.attrs["producers"] = json.dumps([""] * row)
                     ds.attrs["kind"] = column.kind
+                    known["ledger"].add(name)
                 ds.resize((row + 1, *ds.shape[1:]))
                 ds[row] = arr
                 producers = json.loads(ds.attrs["producers"])
                 ds.attrs["producers"] = json.dumps([*producers[:row], column.producer])
                 written.add(name)
-            for name in _leaf_names(lgroup):
-                if name not in written:  # a column of an earlier stage: keep rows aligned
-                    ds = lgroup[name]
-                    ds.resize((row + 1, *ds.shape[1:]))
-                    producers = json.loads(ds.attrs["producers"])
-                    ds.attrs["producers"] = json.dumps([*producers[:row], ""])
+            for name in known["ledger"].difference(written):
+                # a column of an earlier stage: keep rows aligned
+                ds = lgroup[name]
+                ds.resize((row + 1, *ds.shape[1:]))
+                producers = json.loads(ds.attrs["producers"])
+                ds.attrs["producers"] = json.dumps([*producers[:row], ""])
         return row  # closing the file flushed it: the epoch is on disk
 
     def truncate(self, rows: int) -> None:
@@ -175,6 +184,18 @@ class HistoryWriter:
                         ds.resize((rows, *ds.shape[1:]))
                     if "producers" in ds.attrs:
                         ds.attrs["producers"] = json.dumps(json.loads(ds.attrs["producers"])[:rows])
+
+
+_ONE = h5py.h5s.create_simple((1,))
+
+
+def _append_scalar(ds: h5py.Dataset, row: int, value: float) -> None:
+    """``ds.resize((row + 1,)); ds[row] = value`` through h5py's low-level calls: a run writes
+    every metric every epoch, and the high-level path costs twice as much."""
+    ds.id.set_extent((row + 1,))
+    space = ds.id.get_space()
+    space.select_hyperslab((row,), (1,))
+    ds.id.write(_ONE, space, np.array([value], dtype=np.float64))
 
 
 def _leaf_names(group: h5py.Group) -> list[str]:
