@@ -21,7 +21,9 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor | None,
         targets: the soft targets ``(B, C)`` (may be None when ``labels`` are given).
         labels: the class indices ``(B,)`` when ``targets`` are known to be exactly their
             one-hot vectors (``batch.hard_targets``): the hard-label kernel gives the same
-            values and gradients bit for bit, in about half the time on small batches.
+            values and gradients bit for bit, and its cost does not grow with C (forward and
+            backward of a batch of 128 on 2 CPU cores: about the same at C = 10, 0.21 ms
+            against 0.34 ms at C = 1,000).
     """
     if labels is not None:
         return F.cross_entropy(logits, labels, reduction="none")
