@@ -24,6 +24,7 @@ import numpy as np
 
 from kdcore.engine import run_recipe
 from kdcore.history import History
+from kdcore.hookspecs import hookimpl
 from kdcore.plugins import PluginHost
 from kdcore.recipe import load_recipe, recipe_from_dict
 
@@ -94,6 +95,29 @@ def run_tiny(data: Mapping[str, Any], out: Path, *, plugins: Iterable[Any] = (),
     recipe = load_recipe(path, list(overrides))
     return run_recipe(recipe, out=str(out), host=PluginHost(extra=list(plugins)),
                       resume=resume, progress=False)
+
+
+class Interrupted(Exception):
+    """Raised by :class:`InterruptAt`: a run stopped the way a crash would stop it."""
+
+
+class InterruptAt:
+    """An observer plugin that raises :class:`Interrupted` at the end of batch ``batch``
+    (0-based) of epoch ``epoch`` of stage ``stage`` (the first stage to reach that epoch when
+    ``stage`` is None): a crash in the middle of an epoch, for resume tests."""
+
+    def __init__(self, epoch: int, batch: int, stage: str | None = None):
+        self.epoch, self.batch, self.stage = epoch, batch, stage
+        self._seen: dict[tuple[str, int], int] = {}
+
+    @hookimpl
+    def kdcore_batch_end(self, run: Any, batch: Any, losses: Any) -> None:
+        if run.epoch != self.epoch or self.stage not in (None, run.stage.name):
+            return
+        key = (run.stage.name, run.epoch)
+        seen = self._seen[key] = self._seen.get(key, -1) + 1
+        if seen == self.batch:
+            raise Interrupted(f"stopped at stage '{key[0]}' epoch {key[1]} batch {seen}")
 
 
 def assert_same_history(a: str | Path, b: str | Path, *, columns: Iterable[str] | None = None

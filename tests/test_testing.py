@@ -6,6 +6,8 @@ import pytest
 
 from kdcore import History, load_recipe
 from kdcore.testing import (
+    InterruptAt,
+    Interrupted,
     assert_same_history,
     component,
     run_tiny,
@@ -37,3 +39,11 @@ def test_assert_same_history_tells_runs_apart(tmp_path):
     run_tiny(recipe, tmp_path / "c", overrides=["run.seed=1"])
     with pytest.raises(AssertionError):
         assert_same_history(tmp_path / "a", tmp_path / "c")
+
+
+def test_interrupt_at_stops_after_the_given_batch(tmp_path):
+    recipe = tiny_recipe(teacher_stage(2), stage("student", 2, ["student"], component("ce")))
+    with pytest.raises(Interrupted, match="stage 'student' epoch 1 batch 2"):
+        run_tiny(recipe, tmp_path / "cut", plugins=[InterruptAt(1, 2, "student")])
+    with History(tmp_path / "cut") as h:  # every completed epoch, none of the interrupted one
+        assert h.epochs() == [("teacher", 0), ("teacher", 1), ("student", 0)]

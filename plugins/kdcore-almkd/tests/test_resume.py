@@ -7,6 +7,8 @@ import pytest
 
 import kdcore
 from kdcore.testing import (
+    InterruptAt,
+    Interrupted,
     assert_same_history,
     component,
     run_tiny,
@@ -22,24 +24,15 @@ RECIPE = tiny_recipe(
     name="almkd-resume", gold_per_class=5, batch_size=32,
 )
 
-
-class Crash(Exception):
-    pass
-
-
-class CrashMidEpoch:
-    """Stops the run inside the student stage's last epoch, which began with an update."""
-
-    @kdcore.hookimpl
-    def kdcore_batch_end(self, run, batch, losses):
-        if run.stage.name == "student" and run.epoch == 2 and batch.step % 5 == 3:
-            raise Crash
+# inside the student stage's last epoch, which began with an update
+CRASH = ("student", 2, 3)
 
 
 def test_interrupted_run_resumes_to_the_same_lambdas(tmp_path):
     straight = run_tiny(RECIPE, tmp_path / "straight")
-    with pytest.raises(Crash):
-        run_tiny(RECIPE, tmp_path / "cut", plugins=[CrashMidEpoch()])
+    stage_name, epoch, batch = CRASH
+    with pytest.raises(Interrupted):
+        run_tiny(RECIPE, tmp_path / "cut", plugins=[InterruptAt(epoch, batch, stage_name)])
     with kdcore.History(tmp_path / "cut") as h:
         assert h.epochs()[-1] == ("student", 1)
     resumed = run_tiny(RECIPE, tmp_path / "cut", resume=True)

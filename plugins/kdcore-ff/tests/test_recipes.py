@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import kdcore
 from kdcore.cli import main
-from kdcore.testing import assert_same_history
+from kdcore.testing import InterruptAt, Interrupted, assert_same_history
 from kdcore_ff import OPEN_CLASS_NAME
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
@@ -49,23 +49,10 @@ def test_ff_recipe_runs_on_digits(tmp_path):
         assert h.metric("ff/open_share")[0] == pytest.approx((status == 2).mean())
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashInWarmup:
-    """Stops the run inside a classifier-only warm-up epoch."""
-
-    @kdcore.hookimpl
-    def kdcore_batch_end(self, run, batch, losses):
-        if run.stage.name == "warmup" and run.epoch == 1 and batch.step % 3 == 1:
-            raise Crash
-
-
 def test_ff_recipe_resumes_to_the_same_history(tmp_path):
     _run(tmp_path / "straight")
-    with pytest.raises(Crash):
-        _run(tmp_path / "killed", observers=[CrashInWarmup()])
+    with pytest.raises(Interrupted):  # inside a classifier-only warm-up epoch
+        _run(tmp_path / "killed", observers=[InterruptAt(1, 1, "warmup")])
     with kdcore.History(tmp_path / "killed") as h:
         assert len(h) == 2
     _run(tmp_path / "killed", resume=True)

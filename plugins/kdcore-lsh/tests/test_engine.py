@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kdcore
-from kdcore.testing import assert_same_history, component, stage
+from kdcore.testing import InterruptAt, Interrupted, assert_same_history, component, stage
 from kdcore_lsh import functional as lshf
 
 
@@ -138,24 +138,14 @@ def test_bad_parameters_are_rejected(run_lsh, comp):
         run_lsh(comp("l2", params={"teacher": "techer"}))
 
 
-class Interrupt(Exception):
-    pass
-
-
-class StopMidEpoch:
-    @kdcore.hookimpl
-    def kdcore_batch_end(self, run, batch, losses):
-        if run.stage.name == "student" and run.epoch == 1 and batch.step % 4 == 1:
-            raise Interrupt
-
-
 def test_resume_mid_stage_is_exact(run_lsh, comp, tmp_path):
     components = (comp("ce", params={}), comp(
         "lshl2_s", name="feat", weight=2.0,
         params={"teacher": "teacher", "num_hashes": 64, "bias_update": "epoch"}))
     straight = run_lsh(*components, epochs=3, out=tmp_path / "straight")
-    with pytest.raises(Interrupt):
-        run_lsh(*components, epochs=3, out=tmp_path / "cut", plugins=[StopMidEpoch()])
+    with pytest.raises(Interrupted):
+        run_lsh(*components, epochs=3, out=tmp_path / "cut",
+                plugins=[InterruptAt(1, 1, "student")])
     resumed = run_lsh(*components, epochs=3, out=tmp_path / "cut", resume=True)
     assert resumed == straight
     assert_same_history(tmp_path / "cut", tmp_path / "straight")

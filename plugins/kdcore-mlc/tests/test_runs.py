@@ -12,7 +12,15 @@ from loguru import logger
 import kdcore
 from kdcore.config import structure
 from kdcore.meta import functional_forward
-from kdcore.testing import assert_same_history, component, run_tiny, stage, tiny_recipe
+from kdcore.testing import (
+    InterruptAt,
+    Interrupted,
+    assert_same_history,
+    component,
+    run_tiny,
+    stage,
+    tiny_recipe,
+)
 from kdcore_mlc import kdcore_configure
 from kdcore_mlc.kdmlc import KDMLCStudent
 from kdcore_mlc.losses import kdmlc_student_loss
@@ -75,26 +83,13 @@ def test_recipe_runs_on_digits(file, roles, tmp_path):
             assert np.isfinite(h.metric(f"train/{role}/loss")).all()
 
 
-class Interrupt(Exception):
-    pass
-
-
-class StopMidEpoch:
-    """Raises in the middle of the second epoch, after the first epoch's checkpoint."""
-
-    @kdcore.hookimpl
-    def kdcore_batch_end(self, run, batch, losses):
-        if run.epoch == 1 and batch.step % 7 == 3:
-            raise Interrupt
-
-
 def test_resume_mid_epoch_is_exact(tmp_path):
     """LCN, its AMSGrad state, a half-filled K-step sum and the gold stream all resume."""
     recipe = _kdmlc(epochs=3, mlc={"gradient_steps": 2, "skip": True, "meta_lr": 1e-2},
                     student={"clean_half": True, "soft_target": "lcn"})
     straight = run_tiny(recipe, tmp_path / "straight")
-    with pytest.raises(Interrupt):
-        run_tiny(recipe, tmp_path / "killed", plugins=[StopMidEpoch()])
+    with pytest.raises(Interrupted):  # mid second epoch, after the first epoch's checkpoint
+        run_tiny(recipe, tmp_path / "killed", plugins=[InterruptAt(1, 2)])
     resumed = run_tiny(recipe, tmp_path / "killed", resume=True)
     assert resumed == straight
     assert_same_history(tmp_path / "killed", tmp_path / "straight")
