@@ -159,10 +159,52 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
                                  else v) for k, v in r.items()})
 
 
+def _trained_rows(history: Any, role: str) -> Any:
+    """A mask over the history's epoch rows: the rows of stages that train ``role``."""
+    import tomllib
+
+    import numpy as np
+
+    stages = tomllib.loads(history.recipe).get("stages", [])
+    trains = {st.get("name"): set(st.get("train", [])) for st in stages}
+    return np.array([role in trains.get(stage, set()) for stage, _ in history.epochs()],
+                    dtype=bool)
+
+
+def plot_series(runs: Sequence[RunResult], role: str | None = None
+                ) -> dict[str, dict[str, list[Any]]]:
+    """The curves :func:`plot_runs` draws: per metric, per variant, one array per seed.
+
+    Every curve runs over the training epochs of one model, so that variants line up however
+    many stages came first: ``test/<role>/acc`` over the epochs of the stages that train that
+    role (every role of the run, or only ``role``); ``label/acc`` and the selection metrics over
+    the epochs that train the run's reported model (``role``, or the model of its last stage).
+    """
+    from kdcore.history import History
+
+    series: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        models = [role] if role else list(run.summary)
+        if not models:
+            continue
+        with History(run.path) as h:
+            names = h.metric_names()
+            for model in models:
+                metric = f"test/{model}/acc"
+                if metric in names:
+                    series[metric][run.variant].append(h.metric(metric)[_trained_rows(h, model)])
+            rows = _trained_rows(h, models[-1])
+            for metric in names:
+                if metric == "label/acc" or (metric.startswith("select/")
+                                            and metric.endswith(("/precision", "/recall"))):
+                    series[metric][run.variant].append(h.metric(metric)[rows])
+    return series
+
+
 def plot_runs(runs: Sequence[RunResult], out_dir: Path, role: str | None = None) -> list[Path]:
     """PNG plots per grid: test accuracy, refined-label accuracy and selection precision and
-    recall over epochs (mean over seeds per variant), and each variant's final label-transition
-    matrix (true class -> trained-on label) as a heat map."""
+    recall over training epochs (mean over seeds per variant; see :func:`plot_series`), and each
+    variant's final label-transition matrix (true class -> trained-on label) as a heat map."""
     try:
         import matplotlib
 
@@ -175,18 +217,10 @@ def plot_runs(runs: Sequence[RunResult], out_dir: Path, role: str | None = None)
     from kdcore.history import History
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    series: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    series = plot_series(runs, role)
     matrices: dict[str, list[Any]] = defaultdict(list)
     for run in runs:
         with History(run.path) as h:
-            names = h.metric_names()
-            model = role or next(iter(run.summary), None)
-            for metric in (f"test/{model}/acc", "label/acc"):
-                if metric in names:
-                    series[metric][run.variant].append(h.metric(metric))
-            for metric in names:
-                if metric.startswith("select/") and metric.endswith(("/precision", "/recall")):
-                    series[metric][run.variant].append(h.metric(metric))
             clean, target = h.data("clean_label"), h.column("target", len(h) - 1).argmax(-1)
             c = h.num_classes
             m = np.zeros((c, c))
@@ -201,7 +235,7 @@ def plot_runs(runs: Sequence[RunResult], out_dir: Path, role: str | None = None)
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean = np.nanmean(np.stack([c[:length] for c in curves]), axis=0)
             ax.plot(np.arange(length), mean, label=variant)
-        ax.set_xlabel("epoch (over all stages)")
+        ax.set_xlabel("training epoch of the model")
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
         fig.tight_layout()

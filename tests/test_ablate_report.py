@@ -6,6 +6,7 @@ import csv
 import json
 import statistics
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -99,6 +100,19 @@ def test_gap_recovery_of_another_role_against_the_ce_student():
     assert gaps[("kd", "student")] == "+0.20"
     assert gaps[("clean", "student")] == "+1.00" and gaps[("ce", "student")] == "+0.00"
     assert gaps[("dml", "peer_b")] == "-" and gaps[("kd", "teacher")] == "-"
+
+
+def test_plot_curves_run_over_each_models_own_training_epochs(grid):
+    # the grid's runs train the teacher for 1 epoch, then the student for 1
+    from kdcore.report import find_runs, plot_series
+
+    _, out, _ = grid
+    series = plot_series(find_runs([out]))
+    for metric in ("test/student/acc", "test/teacher/acc", "label/acc"):
+        assert set(series[metric]) == {"kd", "ce"}, metric
+        for curves in series[metric].values():
+            assert len(curves) == 2  # seeds
+            assert all(c.shape == (1,) and np.isfinite(c).all() for c in curves), metric
 
 
 def test_report_writes_valid_pngs(grid, tmp_path):
