@@ -96,6 +96,9 @@ EXTRA = {
                        "select/instance_filter/open_recall", "label/acc"],
 }
 LAMBDA_SECTIONS = {"runs/almkd-fmnist-sym", "runs/almkd-fmnist-pair"}
+# sections whose curves go into docs/figures (kdcore report --plots, the student's)
+FIGURES = {"runs/amlkd-fmnist-sym": ("test_student_acc", "label_acc"),
+           "runs/amlkd-fmnist-pair": ("test_student_acc", "label_acc")}
 
 
 def _last_finite(values: np.ndarray) -> float:
@@ -174,6 +177,24 @@ grids are the same run repeated (training is deterministic on the CPU), so their
 """
 
 
+def figures(runs: list[RunResult], name: str, plots: tuple[str, ...], docs: Path) -> str:
+    """Student curves (mean over seeds per variant) as PNGs in docs/figures, linked here."""
+    import tempfile
+
+    from kdcore.report import plot_runs
+
+    out = docs / "figures"
+    out.mkdir(exist_ok=True)
+    links = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in plot_runs(runs, Path(tmp), "student"):
+            if path.stem in plots:
+                target = out / f"{name}-{path.name}"
+                target.write_bytes(path.read_bytes())
+                links.append(f"![{path.stem} of {name}](figures/{target.name})")
+    return "\n" + "\n".join(links) + "\n"
+
+
 def summary_table(found: list[tuple[Section, list[dict]]]) -> str:
     """One row per method student and setting: its accuracy and its gap recovery."""
     lines = ["| setting | variant | model | test acc, best val (%) | gap recovered |",
@@ -214,6 +235,8 @@ def main() -> None:
             parts.append(extra_table(runs, EXTRA[section.runs]))
         if section.runs in LAMBDA_SECTIONS:
             parts.append(lambda_table(runs))
+        if section.runs in FIGURES:
+            parts.append(figures(runs, section.grid, FIGURES[section.runs], args.out.parent))
     summary = "\n## Every method against CE and the clean ceiling\n\n" + summary_table(found)
     args.out.write_text(INTRO + summary + "".join(parts))
     print(f"wrote {args.out}")
