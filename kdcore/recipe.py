@@ -19,21 +19,7 @@ import attrs
 
 from kdcore.config import structure, unstructure
 from kdcore.errors import RecipeError, did_you_mean
-
-
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
-
-
-def _fraction(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1), got {value!r}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value < 0:
-        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
+from kdcore.validators import below_one, non_negative, positive
 
 
 @attrs.frozen
@@ -56,8 +42,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     output_dir: str = "runs"
-    threads: int = attrs.field(default=0, validator=_non_negative)
-    checkpoint_interval_s: float = attrs.field(default=30.0, validator=_non_negative)
+    threads: int = attrs.field(default=0, validator=non_negative)
+    checkpoint_interval_s: float = attrs.field(default=30.0, validator=non_negative)
 
 
 @attrs.frozen
@@ -104,13 +90,13 @@ class DataConfig:
     dataset: str = "digits"
     params: dict[str, Any] = attrs.Factory(dict)
     noise: NoiseConfig = attrs.Factory(NoiseConfig)
-    val_fraction: float = attrs.field(default=0.1, validator=_fraction)
-    gold_per_class: int = attrs.field(default=0, validator=_non_negative)
+    val_fraction: float = attrs.field(default=0.1, validator=below_one)
+    gold_per_class: int = attrs.field(default=0, validator=non_negative)
     test_fraction: float | None = attrs.field(default=None, validator=attrs.validators.optional(
-        _fraction))
-    train_subset: int = attrs.field(default=0, validator=_non_negative)
-    batch_size: int = attrs.field(default=64, validator=_positive)
-    eval_batch_size: int = attrs.field(default=1024, validator=_positive)
+        below_one))
+    train_subset: int = attrs.field(default=0, validator=non_negative)
+    batch_size: int = attrs.field(default=64, validator=positive)
+    eval_batch_size: int = attrs.field(default=1024, validator=positive)
     augment: list[AugmentConfig] = attrs.Factory(list)
 
 
@@ -124,9 +110,9 @@ class OptimizerConfig:
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = attrs.field(default=0.05, validator=_non_negative)
+    lr: float = attrs.field(default=0.05, validator=non_negative)
     momentum: float = 0.9
-    weight_decay: float = attrs.field(default=5e-4, validator=_non_negative)
+    weight_decay: float = attrs.field(default=5e-4, validator=non_negative)
     nesterov: bool = False
 
 
@@ -207,7 +193,7 @@ class StageConfig:
     """
 
     name: str
-    epochs: int = attrs.field(validator=_non_negative)
+    epochs: int = attrs.field(validator=non_negative)
     train: list[str] = attrs.Factory(list)
     eval: list[str] | None = None
     keep: Literal["best_val", "last"] = "last"

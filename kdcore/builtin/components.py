@@ -7,6 +7,7 @@ import torch
 
 from kdcore.component import Batch, Component, PerSample
 from kdcore.losses import kd_kl, smooth_targets, soft_cross_entropy
+from kdcore.validators import positive, unit_interval
 
 
 class CrossEntropy(Component):
@@ -20,11 +21,6 @@ class CrossEntropy(Component):
         return {r: soft_cross_entropy(batch.out(r).logits, targets, labels) for r in self.models}
 
 
-def _temperature(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
-
-
 @attrs.frozen
 class HintonKDParams:
     """Args:
@@ -33,7 +29,7 @@ class HintonKDParams:
     """
 
     teacher: str = "teacher"
-    temperature: float = attrs.field(default=4.0, validator=_temperature)
+    temperature: float = attrs.field(default=4.0, validator=positive)
 
 
 class HintonKD(Component):
@@ -55,18 +51,13 @@ class HintonKD(Component):
                 for r in self.models}
 
 
-def _unit_interval(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1], got {value!r}")
-
-
 @attrs.frozen
 class LabelSmoothingParams:
     """Args:
         epsilon: the mass moved to the uniform distribution.
     """
 
-    epsilon: float = attrs.field(default=0.1, validator=_unit_interval)
+    epsilon: float = attrs.field(default=0.1, validator=unit_interval)
 
 
 class LabelSmoothing(Component):

@@ -32,6 +32,7 @@ import torch
 import kdcore
 from kdcore.config import structure
 from kdcore.losses import one_hot
+from kdcore.validators import non_negative, positive, unit_interval
 from kdcore_almkd.mixing import (
     Mixing,
     UpdateConfig,
@@ -42,21 +43,6 @@ from kdcore_almkd.mixing import (
 )
 
 # -- parameters ---------------------------------------------------------------------------------
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
-
-
-def _unit(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1], got {value!r}")
 
 
 def _teachers(instance: object, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
@@ -125,21 +111,21 @@ class AlmKDParams:
     """
 
     teachers: tuple[str, ...] = attrs.field(default=("teacher",), validator=_teachers)
-    temperature: float = attrs.field(default=4.0, validator=_positive)
+    temperature: float = attrs.field(default=4.0, validator=positive)
     preset: Literal["amal", "almkd"] = "amal"
     mixing: Literal["free", "convex"] | None = None
     init: Literal["constant", "uniform"] | None = None
-    lambda0: float | None = attrs.field(default=None, validator=_non_negative)
+    lambda0: float | None = attrs.field(default=None, validator=non_negative)
     lambda_min: float | None = None
     lambda_max: float | None = None
-    repetitions: int | None = attrs.field(default=None, validator=_positive)
-    step: float | None = attrs.field(default=None, validator=_non_negative)
-    val_weight: float | None = attrs.field(default=None, validator=_unit)
-    val_batch: int | None = attrs.field(default=None, validator=_non_negative)
-    grad_fit: int = attrs.field(default=2, validator=_positive)
-    select_every: int = attrs.field(default=10, validator=_positive)
-    warm_epochs: int | None = attrs.field(default=None, validator=_non_negative)
-    batch_size: int = attrs.field(default=0, validator=_non_negative)
+    repetitions: int | None = attrs.field(default=None, validator=positive)
+    step: float | None = attrs.field(default=None, validator=non_negative)
+    val_weight: float | None = attrs.field(default=None, validator=unit_interval)
+    val_batch: int | None = attrs.field(default=None, validator=non_negative)
+    grad_fit: int = attrs.field(default=2, validator=positive)
+    select_every: int = attrs.field(default=10, validator=positive)
+    warm_epochs: int | None = attrs.field(default=None, validator=non_negative)
+    batch_size: int = attrs.field(default=0, validator=non_negative)
     shuffle: bool = True
     meta_split: Literal["gold", "val"] = "gold"
 

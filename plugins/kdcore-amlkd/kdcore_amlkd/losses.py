@@ -23,11 +23,7 @@ import torch.nn.functional as F
 
 import kdcore
 from kdcore.losses import kd_kl, soft_cross_entropy
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
+from kdcore.validators import positive
 
 
 @attrs.frozen
@@ -38,8 +34,8 @@ class MixupParams:
         teacher: the teacher role (``mixup_kd``).
     """
 
-    beta: float = attrs.field(default=4.0, validator=_positive)
-    temperature: float = attrs.field(default=4.0, validator=_positive)
+    beta: float = attrs.field(default=4.0, validator=positive)
+    temperature: float = attrs.field(default=4.0, validator=positive)
     teacher: str = "teacher"
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 import kdcore
 from kdcore.losses import one_hot
+from kdcore.validators import non_negative
 
 
 class WeightNet(nn.Module):
@@ -60,11 +61,6 @@ def ambiguity_profile(features: torch.Tensor, prototypes: torch.Tensor) -> torch
     return F.normalize(features, dim=1) @ F.normalize(prototypes, dim=1).T
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value < 0:
-        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
-
-
 @attrs.frozen
 class AWEParams:
     """Parameters of ``awe``.
@@ -88,9 +84,9 @@ class AWEParams:
     loss_mode: Literal["learned", "cosine", "none"] = "learned"
     seed_mode: Literal["learned", "cosine", "none"] = "none"
     selection: str = ""
-    lr: float = attrs.field(default=0.0, validator=_non_negative)
+    lr: float = attrs.field(default=0.0, validator=non_negative)
     momentum: float = 0.9
-    weight_decay: float = attrs.field(default=5e-4, validator=_non_negative)
+    weight_decay: float = attrs.field(default=5e-4, validator=non_negative)
     zero_grad: bool = True
     batch_mean_weight: bool = False
     seed_alignment: Literal["index", "release_shuffled"] = "index"

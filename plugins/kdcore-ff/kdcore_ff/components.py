@@ -15,27 +15,8 @@ from torch import nn
 
 import kdcore
 from kdcore.losses import one_hot, soft_cross_entropy
+from kdcore.validators import below_one, non_negative, positive, unit_interval
 from kdcore_ff.ncifar import STATUS_CLEAN, STATUS_CLOSED, STATUS_OPEN, label_classes, run_status
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"'{attribute.name}' must be >= 1, got {value!r}")
-
-
-def _rate(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1), got {value!r}")
-
-
-def _unit(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1], got {value!r}")
 
 
 def _role(comp: kdcore.Component, run: kdcore.Run, role: str | None) -> str:
@@ -69,8 +50,8 @@ class WarmupParams:
             did) or ``targets`` (on the batch's current targets).
     """
 
-    epochs: int = attrs.field(default=0, validator=_non_negative)
-    classifier_only_epochs: int = attrs.field(default=0, validator=_non_negative)
+    epochs: int = attrs.field(default=0, validator=non_negative)
+    classifier_only_epochs: int = attrs.field(default=0, validator=non_negative)
     labels: Literal["noisy", "targets"] = "noisy"
 
 
@@ -167,11 +148,11 @@ class FilterParams:
     criterion: Literal["loss", "confidence"] = "loss"
     labels: Literal["noisy", "targets"] = "targets"
     rule: Literal["rate", "threshold"] = "rate"
-    rate: float = attrs.field(default=0.2, validator=_rate)
+    rate: float = attrs.field(default=0.2, validator=below_one)
     oracle_rate: bool = False
     threshold: float = 0.5
     per_class: bool = True
-    start_epoch: int = attrs.field(default=0, validator=_non_negative)
+    start_epoch: int = attrs.field(default=0, validator=non_negative)
     mask_loss: bool = True
 
 
@@ -273,12 +254,12 @@ class CorrectionParams:
     """
 
     model: str | None = None
-    threshold: float = attrs.field(default=0.9, validator=_unit)
+    threshold: float = attrs.field(default=0.9, validator=unit_interval)
     base: Literal["noisy", "previous"] = "noisy"
     target: Literal["hard", "soft"] = "hard"
     when: Literal["epoch_start", "stage_start"] = "epoch_start"
-    start_epoch: int = attrs.field(default=0, validator=_non_negative)
-    every: int = attrs.field(default=1, validator=_positive)
+    start_epoch: int = attrs.field(default=0, validator=non_negative)
+    every: int = attrs.field(default=1, validator=positive)
 
 
 def correct_labels(logits: torch.Tensor, current: torch.Tensor, *, num_labels: int,

@@ -46,6 +46,7 @@ from loguru import logger
 
 import kdcore
 from kdcore.config import bind_params, structure
+from kdcore.validators import below_one, between, non_negative, unit_interval
 
 OPEN_CLASS_NAME = "<open-set>"
 """The name of the sentinel class that marks open-set images (always the last class)."""
@@ -60,25 +61,7 @@ NOISE_MODEL = "ncifar_noise"
 # -- the generator's parameters -----------------------------------------------------------------
 
 
-def _rate_below_one(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1), got {value!r}")
-
-
-def _ratio(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"'{attribute.name}' must be in (0, 1] (smallest / largest class), "
-                         f"got {value!r}")
-
-
-def _unit(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1], got {value!r}")
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
+_ratio = between(0.0, 1.0, include_low=False, what="smallest / largest class")
 
 
 @attrs.frozen
@@ -108,12 +91,12 @@ class NCifarSpec:
     base: str = "digits"
     base_params: dict[str, Any] = attrs.Factory(dict)
     open_classes: int | list[int] = 2
-    open_rate: float = attrs.field(default=0.2, validator=_rate_below_one)
+    open_rate: float = attrs.field(default=0.2, validator=below_one)
     imbalance: Literal["none", "exponential", "step"] = "none"
     imbalance_ratio: float = attrs.field(default=0.1, validator=_ratio)
-    step_fraction: float = attrs.field(default=0.5, validator=_unit)
-    max_per_class: int = attrs.field(default=0, validator=_non_negative)
-    test_fraction: float = attrs.field(default=0.2, validator=_rate_below_one)
+    step_fraction: float = attrs.field(default=0.5, validator=unit_interval)
+    max_per_class: int = attrs.field(default=0, validator=non_negative)
+    test_fraction: float = attrs.field(default=0.2, validator=below_one)
     test_profile: Literal["balanced", "same"] = "balanced"
     seed: int = 0
 

@@ -18,24 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
+from kdcore.validators import below_one, non_negative, positive
 
 HEAD = "ssl_head"
 """The attribute under which the projection head is added to a model (``model.ssl_head``)."""
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value < 0:
-        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
-
-
-def _probability(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1), got {value!r}")
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -99,12 +85,12 @@ class SSLParams:
         recipe_augment: apply the recipe's ``data.augment`` chain to each view first.
     """
 
-    temperature: float = attrs.field(default=0.5, validator=_positive)
-    projection_dim: int = attrs.field(default=64, validator=_positive)
-    projection_hidden: int = attrs.field(default=0, validator=_non_negative)
-    noise_std: float = attrs.field(default=0.1, validator=_non_negative)
-    drop_prob: float = attrs.field(default=0.2, validator=_probability)
-    crop_padding: int = attrs.field(default=2, validator=_non_negative)
+    temperature: float = attrs.field(default=0.5, validator=positive)
+    projection_dim: int = attrs.field(default=64, validator=positive)
+    projection_hidden: int = attrs.field(default=0, validator=non_negative)
+    noise_std: float = attrs.field(default=0.1, validator=non_negative)
+    drop_prob: float = attrs.field(default=0.2, validator=below_one)
+    crop_padding: int = attrs.field(default=2, validator=non_negative)
     flip: bool = False
     recipe_augment: bool = True
 

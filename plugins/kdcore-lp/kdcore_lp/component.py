@@ -16,23 +16,11 @@ import torch
 
 import kdcore
 from kdcore.losses import one_hot
+from kdcore.validators import below_one, between, positive
 from kdcore_lp.graph import feature_graph
 from kdcore_lp.propagation import propagate
 
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
-
-
-def _alpha(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1), got {value!r}")
-
-
-def _percentile(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value <= 100.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 100], got {value!r}")
+_percentile = between(0.0, 100.0)
 
 
 @attrs.frozen
@@ -73,15 +61,15 @@ class LPParams:
     keep_selected: str = ""
     keep_percentile: float = attrs.field(default=0.0, validator=_percentile)
     when: Literal["stage_start", "epoch_start"] = "epoch_start"
-    every: int = attrs.field(default=1, validator=_positive)
-    k: int = attrs.field(default=20, validator=_positive)
+    every: int = attrs.field(default=1, validator=positive)
+    k: int = attrs.field(default=20, validator=positive)
     gamma: float = 3.0
-    alpha: float = attrs.field(default=0.99, validator=_alpha)
+    alpha: float = attrs.field(default=0.99, validator=below_one)
     normalize: bool = True
     clamp: bool = True
-    cg_tol: float = attrs.field(default=1e-6, validator=_positive)
-    cg_iters: int = attrs.field(default=20, validator=_positive)
-    chunk: int = attrs.field(default=1024, validator=_positive)
+    cg_tol: float = attrs.field(default=1e-6, validator=positive)
+    cg_iters: int = attrs.field(default=20, validator=positive)
+    chunk: int = attrs.field(default=1024, validator=positive)
     knn_backend: Literal["exact", "faiss"] = "exact"
 
 

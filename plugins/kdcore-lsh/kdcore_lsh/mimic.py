@@ -28,13 +28,9 @@ import attrs
 import torch
 
 import kdcore
+from kdcore.validators import positive
 from kdcore_lsh import functional as lshf
 from kdcore_lsh.connector import attach_connector
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
 
 
 @attrs.frozen
@@ -61,8 +57,8 @@ class MimicParams:
 
     teacher: str = "teacher"
     force_connector: bool = False
-    num_hashes: int | None = attrs.field(default=None, validator=_positive)
-    sigma: float | None = attrs.field(default=None, validator=_positive)
+    num_hashes: int | None = attrs.field(default=None, validator=positive)
+    sigma: float | None = attrs.field(default=None, validator=positive)
     bias: Literal["median", "mean", "zero"] = "median"
     bias_update: Literal["once", "epoch"] = "once"
 

@@ -24,18 +24,9 @@ import torch
 import torch.nn.functional as F
 
 import kdcore
+from kdcore.validators import positive, unit_interval
 from kdcore_mlc.losses import LabelsAtBackward, kdmlc_student_loss
 from kdcore_mlc.mlc import MLC
-
-
-def _unit_interval(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1], got {value!r}")
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
 
 
 @attrs.frozen
@@ -58,8 +49,8 @@ class KDMLCStudentParams:
 
     teacher: str = "teacher"
     corrector: str | None = None
-    beta: float = attrs.field(default=0.5, validator=_unit_interval)
-    temperature: float = attrs.field(default=4.0, validator=_positive)
+    beta: float = attrs.field(default=0.5, validator=unit_interval)
+    temperature: float = attrs.field(default=4.0, validator=positive)
     soft_target: Literal["teacher", "lcn"] = "teacher"
     clean_half: bool = False
     labels_after_meta_step: bool = True

@@ -26,20 +26,11 @@ import torch
 import kdcore
 from kdcore.losses import soft_cross_entropy
 from kdcore.meta import named_trainable
+from kdcore.validators import non_negative, positive
 from kdcore_mlc.gold import GoldCycler
 from kdcore_mlc.lcn import LabelCorrectionNet
 from kdcore_mlc.lookahead import MetaAccumulator, clean_gradient, lookahead
 from kdcore_mlc.losses import mlc_training_loss
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
 
 
 @attrs.frozen
@@ -62,12 +53,12 @@ class MLCParams:
     """
 
     method: Literal["hmlc_K_mix", "hmlc_K"] = "hmlc_K_mix"
-    meta_lr: float = attrs.field(default=3e-4, validator=_positive)
-    cls_dim: int = attrs.field(default=128, validator=_positive)
-    hidden: int = attrs.field(default=128, validator=_positive)
+    meta_lr: float = attrs.field(default=3e-4, validator=positive)
+    cls_dim: int = attrs.field(default=128, validator=positive)
+    hidden: int = attrs.field(default=128, validator=positive)
     skip: bool = False
-    gradient_steps: int = attrs.field(default=1, validator=_positive)
-    gold_batch_size: int = attrs.field(default=0, validator=_non_negative)
+    gradient_steps: int = attrs.field(default=1, validator=positive)
+    gold_batch_size: int = attrs.field(default=0, validator=non_negative)
     augment_gold: bool = True
 
 

@@ -28,16 +28,7 @@ import torch.nn.functional as F
 
 import kdcore
 from kdcore.losses import soft_cross_entropy
-
-
-def _rate(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is not None and not 0.0 <= value < 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1), got {value!r}")
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
+from kdcore.validators import below_one, non_negative
 
 
 @attrs.frozen
@@ -56,14 +47,14 @@ class SmallLossParams:
         mask_loss: mask the served models' loss terms with the selection.
     """
 
-    rate: float | None = attrs.field(default=None, validator=_rate)
+    rate: float | None = attrs.field(default=None, validator=below_one)
     estimate: Literal["oracle", "disagreement"] = "oracle"
     estimator_model: str = "teacher"
     scope: Literal["batch", "pass", "dataset"] = "batch"
-    pass_batch_size: int = attrs.field(default=0, validator=_non_negative)
+    pass_batch_size: int = attrs.field(default=0, validator=non_negative)
     ranking_model: str | None = None
     labels: Literal["noisy", "targets"] = "noisy"
-    ramp_epochs: int = attrs.field(default=0, validator=_non_negative)
+    ramp_epochs: int = attrs.field(default=0, validator=non_negative)
     mask_loss: bool = True
 
 

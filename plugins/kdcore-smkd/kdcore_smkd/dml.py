@@ -20,9 +20,9 @@ import attrs
 import torch
 
 import kdcore
+from kdcore.validators import positive
 from kdcore_smkd.losses import dml_loss
 from kdcore_smkd.mutual import MutualComponent, Order
-from kdcore_smkd.smkd import _positive
 
 
 @attrs.frozen
@@ -38,7 +38,7 @@ class DMLParams:
         log_ensemble: log the peers' ensemble accuracy and the better peer's test accuracy.
     """
 
-    temperature: float = attrs.field(default=1.0, validator=_positive)
+    temperature: float = attrs.field(default=1.0, validator=positive)
     peer_reduction: Literal["sum", "mean"] = "sum"
     order: Order = "simultaneous"
     log_ensemble: bool = True

@@ -12,6 +12,7 @@ import attrs
 import torch
 
 import kdcore
+from kdcore.validators import positive, unit_interval
 from kdcore_smkd.losses import (
     Certainty,
     EpsilonMode,
@@ -24,16 +25,6 @@ from kdcore_smkd.losses import (
     threshold_at,
 )
 from kdcore_smkd.mutual import MutualComponent, Order
-
-
-def _unit_interval(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"'{attribute.name}' must be in [0, 1], got {value!r}")
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
 
 
 @attrs.frozen
@@ -69,14 +60,14 @@ class SMKDParams:
     schedule: Literal["static", "progressive"] = "progressive"
     threshold: float = 0.15
     direction: Literal["relax", "tighten"] = "relax"
-    exp_base: float = attrs.field(default=10.0, validator=_positive)
+    exp_base: float = attrs.field(default=10.0, validator=positive)
     transit: float = 0.5
     time_unit: Literal["step", "epoch"] = "step"
     fallback: Fallback = "uniform"
-    epsilon: float = attrs.field(default=0.5, validator=_unit_interval)
+    epsilon: float = attrs.field(default=0.5, validator=unit_interval)
     epsilon_mode: EpsilonMode = "constant"
     form: Form = "target"
-    temperature: float = attrs.field(default=1.0, validator=_positive)
+    temperature: float = attrs.field(default=1.0, validator=positive)
     self_correction: SelfCorrection = "none"
     order: Order = "simultaneous"
     log_ensemble: bool = True
