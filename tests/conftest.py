@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from loguru import logger
+
+from kdcore.testing import quiet_logs  # noqa: F401 (autouse fixtures)
 
 TINY_RECIPE = """
 [run]
@@ -58,13 +59,6 @@ name = "kd"
 weight = 0.5
 params = {{ teacher = "teacher" }}
 """
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logs():
-    """Keep loguru's INFO lines out of test output."""
-    logger.remove()
-    yield
 
 
 @pytest.fixture

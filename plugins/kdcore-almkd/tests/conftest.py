@@ -2,12 +2,4 @@
 
 from __future__ import annotations
 
-import pytest
-from loguru import logger
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logs():
-    """Keep loguru's INFO lines out of test output."""
-    logger.remove()
-    yield
+from kdcore.testing import quiet_logs  # noqa: F401 (autouse fixtures)

@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from loguru import logger
 
 import kdcore
+from kdcore.testing import one_thread, quiet_logs  # noqa: F401 (autouse fixtures)
 
 # digits 8 and 9 open (20%), exponential imbalance 0.25, 20% symmetric closed noise: ~800
 # training images, an MLP epoch takes a few milliseconds
@@ -81,20 +80,6 @@ def digits_lookup() -> dict[bytes, set[int]]:
     for row, label in zip(x, bunch.target):
         table.setdefault(row.tobytes(), set()).add(int(label))
     return table
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logs():
-    logger.remove()
-    yield
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Helpers:

@@ -7,9 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loguru import logger
 
-from kdcore.testing import MODELS, component, run_tiny, stage, teacher_stage, tiny_recipe
+from kdcore.testing import (
+    MODELS,
+    component,
+    quiet_logs,  # noqa: F401 (autouse fixtures)
+    run_tiny,
+    stage,
+    teacher_stage,
+    tiny_recipe,
+)
 
 
 def student_component(use: str, *, name: str | None = None, weight: float = 1.0,
@@ -25,12 +32,6 @@ def student_component(use: str, *, name: str | None = None, weight: float = 1.0,
 def comp() -> Callable[..., dict[str, Any]]:
     """The :func:`student_component` helper (``comp("ce", params={})`` is the CE term)."""
     return student_component
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logs():
-    logger.remove()
-    yield
 
 
 @pytest.fixture

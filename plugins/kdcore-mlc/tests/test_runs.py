@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 import kdcore
 from kdcore.config import structure
@@ -17,6 +16,7 @@ from kdcore.testing import (
     Interrupted,
     assert_same_history,
     component,
+    quiet_logs,  # noqa: F401 (autouse fixtures)
     run_tiny,
     stage,
     tiny_recipe,
@@ -51,12 +51,6 @@ def _kdmlc(*extra: dict, epochs: int = 2, mlc: dict | None = None,
         component("kdmlc_student", models=["student"], params=student),
         *extra,
     ))
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logger.remove()
-    yield
 
 
 def _run(recipe, tmp_path, name="run", extra=(), **kw):

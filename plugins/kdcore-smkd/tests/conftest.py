@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from loguru import logger
 
 import kdcore
 from kdcore.testing import component as recipe_component
-from kdcore.testing import run_tiny, stage, tiny_recipe
+from kdcore.testing import one_thread, quiet_logs, run_tiny, stage, tiny_recipe  # noqa: F401 (autouse fixtures)
 
 # Two peers on a few hundred digits, one thread: a run takes about a second.
 PEER_OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
@@ -43,22 +41,6 @@ def run_peers_in(tmp_path: Path, *components: Mapping[str, Any], epochs: int = 1
     )
     run_tiny(recipe, tmp_path / name, plugins=observers, overrides=overrides)
     return kdcore.History(tmp_path / name)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logs():
-    """Keep loguru's INFO lines out of test output."""
-    logger.remove()
-    yield
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster on a shared CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
