@@ -1,27 +1,54 @@
 """kdcore: knowledge distillation under noisy labels.
 
 The public API (what plugins may import) is what this module exports, plus the documented
-modules :mod:`kdcore.hookspecs`, :mod:`kdcore.losses`, :mod:`kdcore.metrics`,
-:mod:`kdcore.meta`, :mod:`kdcore.config` and :mod:`kdcore.history`.
+modules :mod:`kdcore.context`, :mod:`kdcore.hookspecs`, :mod:`kdcore.losses`,
+:mod:`kdcore.metrics`, :mod:`kdcore.meta`, :mod:`kdcore.config`, :mod:`kdcore.validators`,
+:mod:`kdcore.history` and :mod:`kdcore.testing`.
+
+``import kdcore`` loads what a plugin needs to declare components, datasets and models; the
+engine and the HDF5 history load on first use of ``run_recipe``, ``dry_setup`` or ``History``.
 """
 
-from kdcore.component import Batch, Component, ComponentSpec, ModelOutput, NoParams, PerSample
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kdcore.component import Batch, Component, ComponentSpec, NoParams, PerSample
+from kdcore.context import BatchStore, ColumnName, ModelOutput, Role, RunContext
 from kdcore.data.base import ArrayDataset, DatasetSplits, NoiseContext
-from kdcore.engine import run_recipe
 from kdcore.errors import KdcoreError, RecipeError, TrainingDiverged
-from kdcore.history import History
 from kdcore.hookspecs import hookimpl, hookspec
 from kdcore.ledger import Ledger
 from kdcore.models.base import KDModel, ModelSpec
 from kdcore.plugins import PluginHost, active_host
 from kdcore.recipe import Recipe, load_recipe
-from kdcore.run import Run
+
+if TYPE_CHECKING:
+    from kdcore.engine import dry_setup, run_recipe
+    from kdcore.history import History
 
 __version__ = "0.1.0"
+
+_LAZY = {"run_recipe": "kdcore.engine", "dry_setup": "kdcore.engine",
+         "History": "kdcore.history"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdcore' has no attribute '{name}'")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ArrayDataset",
     "Batch",
+    "BatchStore",
+    "ColumnName",
     "Component",
     "ComponentSpec",
     "DatasetSplits",
@@ -37,9 +64,11 @@ __all__ = [
     "PluginHost",
     "Recipe",
     "RecipeError",
-    "Run",
+    "Role",
+    "RunContext",
     "TrainingDiverged",
     "active_host",
+    "dry_setup",
     "hookimpl",
     "hookspec",
     "load_recipe",

@@ -90,21 +90,14 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
         strict_plugins: bool) -> None:
     """Train as RECIPE says, writing a history, checkpoints and weights to the run directory."""
     from kdcore.engine import run_recipe
-    from kdcore.recipe import load_recipe, read_toml, recipe_from_dict
+    from kdcore.recipe import load_recipe
 
     _configure_logging(quiet)
     host = _host(plugins, strict_plugins)
-    if resume and out:
-        saved = Path(out) / "recipe.toml"
-        if saved.is_file() and not overrides:
-            # the resolved recipe of the run, exactly as it started
-            resolved = recipe_from_dict(read_toml(saved), source=str(recipe))
-        else:
-            resolved = load_recipe(recipe, overrides)
-    else:
-        resolved = load_recipe(recipe, overrides)
+    # on --resume too: the checkpoint's fingerprint refuses a recipe that differs
+    resolved = load_recipe(recipe, overrides)
     summary = run_recipe(resolved, out=out, resume=resume, overwrite=overwrite, host=host,
-                         progress=progress)
+                         progress=progress, overrides=overrides)
     for role, s in summary.items():
         click.echo(f"{role}: test acc {s['test_acc_at_best_val']:.4f} at best-val epoch "
                    f"{s['best_val_epoch']}, last {s['last_test_acc']:.4f} ({s['kept']} kept)")
@@ -118,26 +111,19 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
 @_user_errors
 def check(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...],
           strict_plugins: bool) -> None:
-    """Validate RECIPE (with overrides) and print it resolved, without training."""
-    from kdcore.build import build_components
+    """Validate RECIPE (with overrides) and print it resolved, without training.
+
+    Builds the run's whole plan and sets it up as a run would (data, models, every stage's
+    components, roles and ledger wiring), writing nothing: a recipe that passes does not
+    fail while its run is being set up.
+    """
+    from kdcore.engine import dry_setup
     from kdcore.recipe import load_recipe
-    from kdcore.run import Run, resolve_device
 
     host = _host(plugins, strict_plugins)
     resolved = load_recipe(recipe, overrides)
-    problems = [p for ps in host.hook.kdcore_configure(recipe=resolved) if ps for p in ps]
-    if problems:
-        raise KdcoreError(f"{recipe}: {problems[0]}")
-    run_ = Run(resolved, Path("."), host, resolve_device(resolved.run.device))
-    for s, stage in enumerate(resolved.stages):
-        build_components(run_, stage, f"stages[{s}]")
-    from kdcore.config import bind_params
-
-    for role, cfg in resolved.models.items():
-        bind_params(host.models.get(cfg.arch), cfg.params, f"models.{role}.params")
-    bind_params(host.datasets.get(resolved.data.dataset), resolved.data.params, "data.params")
-    bind_params(host.noise_models.get(resolved.data.noise.model), resolved.data.noise.params,
-                "data.noise.params")
+    _configure_logging(quiet=True)
+    dry_setup(resolved, host)  # everything a run does before its first batch
     click.echo(resolved.to_toml(), nl=False)
 
 
@@ -340,7 +326,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
         from kdcore.recipe import load_recipe
 
         run_recipe(load_recipe(spec.variant.recipe, spec.overrides), out=str(spec.out),
-                   resume=resume, host=host, progress=False)
+                   resume=resume, host=host, progress=False, overrides=spec.overrides)
 
     counts = ab.run_grid(specs, jobs=jobs, echo=click.echo, in_process=in_process)
     click.echo(f"grid {out}: {counts['ran']} ran, {counts['skipped']} skipped, "

@@ -2,33 +2,33 @@
 
 A component is an object that a recipe names in a stage. It takes part in training through the
 *component hooks*, the methods of :class:`Component` below, which the engine calls **in the
-recipe's order** (pluggy's fan-out order is registration order, which is not the recipe's; see
-:mod:`kdcore.hookspecs` for why the four component kinds are called this way). A component's kind
-is the set of hooks it overrides: one object may select, refine, weight and transfer at once
-(MLC, for instance, both refines the labels and owns its meta-step).
+recipe's order**; :mod:`kdcore.hookspecs` states each hook's contract (when it runs, what it may
+read and change, how several results combine). Every hook is handed the component's
+:class:`~kdcore.context.RunContext`; a component keeps nothing of the run between calls.
 
-Per batch the engine calls every ``refine`` first (the targets are then final), then every
-``select``, every ``weight`` and every ``transfer``. How results combine, per trained model:
+A component's kinds are the four words used everywhere for the same four ideas: its hooks
+``select``, ``refine``, ``weight`` and ``transfer``; the ledger columns they fill,
+``select/<name>``, ``target``, ``weight/<name>`` and ``loss/<name>`` (a transfer term's
+per-sample loss); and the kinds ``kdcore plugins`` lists.
 
-* selection masks multiply (a sample counts for a term only where every selector on that term
-  says yes, or with the product of soft scores);
-* refinements chain (each maps the previous target to a new one);
-* weights multiply;
-* transfer terms add, each with its recipe ``weight``; a term is reduced as
-  ``sum(mask * weight * loss) / sum(mask)`` over the batch.
+A component declares what it depends on, so that ``kdcore check`` can verify a recipe's wiring
+before anything trains: the model roles it uses (parameters typed :class:`~kdcore.Role`, plus
+:meth:`Component.roles`), the ledger columns it reads (parameters typed
+:class:`~kdcore.ColumnName`, plus :meth:`Component.reads`) and those it writes besides its hooks'
+own (:attr:`Component.writes`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import attrs
 import torch
 
-if TYPE_CHECKING:
-    from kdcore.run import Run
+from kdcore.context import BatchStore, ColumnName, ModelOutput, Role, RunContext
 
 PerSample = torch.Tensor | Mapping[str, torch.Tensor]
 """A ``(B,)`` tensor for every model the component applies to, or one tensor per model role."""
@@ -37,14 +37,6 @@ PerSample = torch.Tensor | Mapping[str, torch.Tensor]
 @attrs.frozen
 class NoParams:
     """The ``Params`` of a component that takes none."""
-
-
-@attrs.frozen
-class ModelOutput:
-    """What a model returns for a batch: logits ``(B, C)`` and penultimate features ``(B, d)``."""
-
-    logits: torch.Tensor
-    features: torch.Tensor
 
 
 class Batch:
@@ -60,7 +52,9 @@ class Batch:
             the one-hot labels), else None: a loss may then take the cheaper hard-label kernel
             (:func:`kdcore.losses.soft_cross_entropy`'s ``labels``) with the same values.
         step: the global optimiser step counter of the run.
-        scratch: a per-batch dict in which components may leave values for later components.
+        num_classes: C.
+        store: values components leave for later components of this batch, keyed by producer
+            (:class:`~kdcore.context.BatchStore`).
         records: the per-sample values the engine records for this batch, by ledger column
             (``loss/<term>``, ``logits/<role>``), detached; observers read them in
             ``kdcore_batch_end`` (the ledger itself receives them once, at the epoch end).
@@ -68,27 +62,30 @@ class Batch:
 
     def __init__(
         self,
-        run: Run,
         index: torch.Tensor,
         x: torch.Tensor,
         noisy_label: torch.Tensor,
-        targets: torch.Tensor | None,
-        step: int,
+        *,
+        forward: Callable[[str, torch.Tensor], ModelOutput],
+        num_classes: int,
+        step: int = 0,
+        targets: torch.Tensor | None = None,
         hard_targets: torch.Tensor | None = None,
         targets_from: torch.Tensor | None = None,
     ):
-        self.run = run
         self.index = index
         self.x = x
         self.noisy_label = noisy_label
+        self.num_classes = num_classes
+        self.step = step
+        self._forward = forward
         # with targets_from (an (N, C) column), the rows are read on first use: a batch whose
         # loss takes the hard labels never gathers them
         self._targets = targets
         self._targets_from = targets_from
         self._targets_version = -1 if targets is None else targets._version
         self._hard_targets = hard_targets
-        self.step = step
-        self.scratch: dict[str, Any] = {}
+        self.store = BatchStore()
         self.records: dict[str, torch.Tensor] = {}
         self._outputs: dict[str, ModelOutput] = {}
 
@@ -98,7 +95,8 @@ class Batch:
     @property
     def targets(self) -> torch.Tensor:
         if self._targets is None:
-            assert self._targets_from is not None, "a Batch needs targets or targets_from"
+            if self._targets_from is None:
+                raise ValueError("this batch was built without targets")
             self._targets = self._targets_from[self.index]
             self._targets_version = self._targets._version
         return self._targets
@@ -116,10 +114,6 @@ class Batch:
             return None
         return self._hard_targets
 
-    @property
-    def num_classes(self) -> int:
-        return self.run.num_classes
-
     def out(self, role: str) -> ModelOutput:
         """Logits and features of model ``role`` on ``batch.x``, computed once per batch.
 
@@ -128,12 +122,16 @@ class Batch:
         """
         cached = self._outputs.get(role)
         if cached is None:
-            cached = self._outputs[role] = self.forward(role, self.x)
+            cached = self._outputs[role] = self._forward(role, self.x)
         return cached
+
+    def computed(self, role: str) -> ModelOutput | None:
+        """The cached output of ``role`` if some component asked for it, else None."""
+        return self._outputs.get(role)
 
     def forward(self, role: str, x: torch.Tensor) -> ModelOutput:
         """Run model ``role`` on other inputs (a mixed or second view); not cached."""
-        return self.run.forward(role, x)
+        return self._forward(role, x)
 
 
 @attrs.frozen
@@ -160,11 +158,17 @@ class Component:
     """Base class of recipe components; override the hooks your component takes part in.
 
     Subclasses set ``Params`` to an attrs class (frozen, with validators); the recipe's
-    ``params`` table is validated against it and the instance is ``self.params``.
+    ``params`` table is validated against it and the instance is ``self.params``. The plan
+    creates one instance per stage that names it, once per run; :meth:`setup` builds its state
+    when its stage starts (again on resume).
     """
 
     Params: ClassVar[type] = NoParams
     description: ClassVar[str] = ""
+    writes: ClassVar[tuple[str, ...]] = ()
+    """Ledger columns the component writes itself (``"awe/seed_weight"``, ``"base_target"``),
+    besides those its hooks fill (``select/<name>``, ``weight/<name>``, ``loss/<name>``,
+    ``target``). ``{name}`` is replaced by the component's label."""
     own_terms_only: ClassVar[bool] = False
     """A selector or weighter that also contributes a term (LSH's selective variant) acts on
     its own term only, unless the recipe lists ``terms``."""
@@ -177,7 +181,7 @@ class Component:
         self.params = params
         self.spec = spec
 
-    # -- identity ---------------------------------------------------------------------------
+    # -- identity and declarations ----------------------------------------------------------
 
     @property
     def name(self) -> str:
@@ -196,7 +200,8 @@ class Component:
 
     @classmethod
     def kinds(cls) -> tuple[str, ...]:
-        """The component kinds this class implements, by the hooks it overrides."""
+        """The component kinds this class implements (``select``, ``refine``, ``weight``,
+        ``transfer``), by the hooks it overrides."""
         return _kinds(cls)
 
     @classmethod
@@ -204,150 +209,76 @@ class Component:
         """Every component hook this class overrides."""
         return _hooks(cls)
 
+    def roles(self) -> tuple[str, ...]:
+        """The model roles this component uses besides the ones it serves: by default every
+        parameter typed :class:`~kdcore.Role` (a tuple of them too). Override to drop roles
+        that a parameter setting leaves unused."""
+        return tuple(_typed_values(self.params, Role))
+
+    def reads(self) -> tuple[str, ...]:
+        """The ledger columns this component reads that the data does not provide: by
+        default every non-empty parameter typed :class:`~kdcore.ColumnName`."""
+        return tuple(v for v in _typed_values(self.params, ColumnName) if v)
+
+    def written_columns(self) -> tuple[str, ...]:
+        """Every ledger column this component may write (its hooks' and :attr:`writes`)."""
+        kinds = self.kinds()
+        out = [w.format(name=self.name) for w in self.writes]
+        if "select" in kinds:
+            out += [f"select/{self.name}", *(f"select/{self.name}/{r}" for r in self.models)]
+        if "weight" in kinds:
+            out += [f"weight/{self.name}", *(f"weight/{self.name}/{r}" for r in self.models)]
+        if "refine" in kinds:
+            out.append("target")
+        return tuple(dict.fromkeys(out))
+
     # -- lifecycle --------------------------------------------------------------------------
 
-    def adapt_models(self, run: Run) -> None:
-        """Change a model's structure (add a connector layer, say), once per process.
+    def adapt_models(self, ctx: RunContext) -> None:
+        """Change a model's structure (add a connector layer, say), once per process."""
 
-        Called when the run is built, for the components of every stage, before optimisers
-        exist and before checkpointed weights are loaded, so that added parameters are trained
-        and resumed like the model's own. Called again on resume; must be deterministic.
+    def setup(self, ctx: RunContext) -> None:
+        """Build state (networks, optimisers, tables) when the stage starts or resumes."""
 
-        Args:
-            run: the run, with ``run.models`` built and ``run.data`` loaded.
-        """
+    def on_stage_start(self, ctx: RunContext) -> None:
+        """Once-per-stage work at the start of the stage (an initial label propagation)."""
 
-    def setup(self, run: Run) -> None:
-        """Build state (networks, optimisers, tables); called when the stage is built.
-
-        Called on a fresh start and again on resume, before the checkpointed state is loaded
-        with :meth:`load_state_dict`, so it must not do once-per-stage work.
-
-        Args:
-            run: the running training, with its models, data, ledger and device.
-        """
-
-    def on_stage_start(self, run: Run) -> None:
-        """Once-per-stage work at the start of the stage (an initial label propagation, say).
-
-        Not called again when a run resumes inside the stage. Called in recipe order.
-
-        Args:
-            run: the running training.
-        """
-
-    def on_epoch_start(self, run: Run, epoch: int) -> None:
-        """Epoch-level work before the first batch (full-dataset passes, LP, lambda updates).
-
-        Called in recipe order, so a selection pass placed before a refinement can feed it.
-        Use ``run.features(role)`` for full-set features: it is computed once and shared.
-
-        Args:
-            run: the running training.
-            epoch: the epoch within the stage, from 0.
-        """
+    def on_epoch_start(self, ctx: RunContext) -> None:
+        """Epoch-level work before the first batch (full-dataset passes, LP, lambda updates)."""
 
     # -- the four component kinds -----------------------------------------------------------
 
-    def select(self, batch: Batch) -> PerSample | None:
-        """Sample selection: which samples of the batch each term may learn from.
-
-        Args:
-            batch: the current mini-batch.
-
-        Returns:
-            A bool or float ``(B,)`` tensor (1 = use), or one per model role; ``None`` to
-            abstain. Masks of several selectors multiply. Each is written to the ledger column
-            ``select/<name>`` (``select/<name>/<role>`` for per-role masks).
-        """
+    def select(self, ctx: RunContext, batch: Batch) -> PerSample | None:
+        """Which samples of the batch each term may learn from: a bool or float ``(B,)``
+        tensor (1 = use), one per model role, or None to abstain."""
         return None
 
-    def refine(self, batch: Batch, targets: torch.Tensor) -> torch.Tensor:
-        """Label refinement: map the batch's current soft targets ``(B, C)`` to new ones.
-
-        The chain starts from the ledger column ``base_target`` (the noisy labels, or what an
-        epoch-level refiner such as label propagation wrote there with ``ledger.add``) and runs
-        in recipe order; the final targets are written to the ledger column ``target`` (what
-        the sample was trained on), tagged with the last refiner. They never feed back into
-        ``base_target``, so a batch-level refinement does not compound over epochs. Return
-        tensors without a graph unless the
-        component itself differentiates through them.
-
-        Args:
-            batch: the current mini-batch.
-            targets: the targets after the previous refiner (the ledger's at the start).
-        """
+    def refine(self, ctx: RunContext, batch: Batch, targets: torch.Tensor) -> torch.Tensor:
+        """Map the batch's current soft targets ``(B, C)`` to new ones."""
         return targets
 
-    def weight(self, batch: Batch) -> PerSample | None:
-        """Loss weighting: a per-sample weight ``(B,)`` for the terms this component acts on.
-
-        Args:
-            batch: the current mini-batch.
-
-        Returns:
-            A float ``(B,)`` tensor, or one per model role; ``None`` to abstain. Weights of
-            several weighters multiply; each goes to the ledger column ``weight/<name>``.
-        """
+    def weight(self, ctx: RunContext, batch: Batch) -> PerSample | None:
+        """A per-sample weight ``(B,)`` for the terms this component acts on, or None."""
         return None
 
-    def transfer(self, batch: Batch) -> PerSample | None:
-        """Knowledge transfer: this component's loss term, per sample.
-
-        Args:
-            batch: the current mini-batch (``batch.out(role)`` gives a model's outputs).
-
-        Returns:
-            The per-sample loss ``(B,)`` of the model it serves, or one per model role (a
-            mutual term trains several models). The engine applies masks and weights,
-            multiplies by the recipe ``weight`` and adds the terms of each model. Per-sample
-            losses go to the ledger column ``loss/<name>`` (written once, at the epoch end).
-        """
+    def transfer(self, ctx: RunContext, batch: Batch) -> PerSample | None:
+        """This component's loss term per sample ``(B,)``, or one per model role."""
         return None
 
     # -- optimisation -----------------------------------------------------------------------
 
-    def backward(self, batch: Batch, role: str, loss: torch.Tensor) -> bool:
-        """Take over the backward pass of model ``role`` (meta-learning look-ahead steps).
-
-        Called for each trained role (in the stage's ``train`` order) after every loss term
-        of the batch was computed, before the engine's single ``backward()`` of the roles no
-        component took over, and before any optimiser step. A component that returns True
-        must leave the gradients it wants applied in ``.grad`` of the model's parameters; the
-        engine then steps the optimiser, unless the component stepped it itself and said so
-        with ``run.mark_stepped(role)``. The first component (recipe order) that returns True
-        wins. See :func:`kdcore.meta.virtual_sgd_step` for the look-ahead helper.
-
-        Args:
-            batch: the current mini-batch.
-            role: the model role whose loss this is.
-            loss: the model's total loss (with its graph).
-        """
+    def backward(self, ctx: RunContext, batch: Batch, role: str, loss: torch.Tensor) -> bool:
+        """Take over the backward pass of model ``role``; True when it did."""
         return False
 
-    def on_stage_end(self, run: Run) -> None:
-        """After the stage's last epoch, before the best-validation weights are restored
-        (undo a freeze, drop a hook, log a stage-level number).
+    def after_step(self, ctx: RunContext, batch: Batch) -> None:
+        """After the optimisers stepped on this batch (EMA updates, bookkeeping)."""
 
-        Args:
-            run: the running training.
-        """
+    def on_epoch_end(self, ctx: RunContext, metrics: dict[str, float]) -> None:
+        """After evaluation; entries added to ``metrics`` are written to the history."""
 
-    def after_step(self, batch: Batch) -> None:
-        """Called after the optimisers stepped on this batch (EMA updates, bookkeeping).
-
-        Args:
-            batch: the batch just trained on.
-        """
-
-    def on_epoch_end(self, run: Run, epoch: int, metrics: dict[str, float]) -> None:
-        """After evaluation, in recipe order; add per-epoch numbers to the history row.
-
-        Args:
-            run: the running training.
-            epoch: the epoch within the stage.
-            metrics: this epoch's numbers; entries added here are written to the history.
-        """
+    def on_stage_end(self, ctx: RunContext) -> None:
+        """After the stage's last epoch, before the best-validation weights are restored."""
 
     # -- checkpoint -------------------------------------------------------------------------
 
@@ -356,23 +287,19 @@ class Component:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned, on resume, after :meth:`setup`.
-
-        Args:
-            state: the dict this component's ``state_dict`` returned.
-        """
+        """Restore what :meth:`state_dict` returned, on resume, after :meth:`setup`."""
 
 
 KIND_HOOKS: dict[str, str] = {
-    "selection": "select",
-    "refinement": "refine",
-    "weighting": "weight",
+    "select": "select",
+    "refine": "refine",
+    "weight": "weight",
     "transfer": "transfer",
 }
 COMPONENT_HOOKS: tuple[str, ...] = (
     "adapt_models", "setup", "on_stage_start", "on_epoch_start", "select", "refine", "weight",
-    "transfer",
-    "backward", "after_step", "on_epoch_end", "on_stage_end", "state_dict", "load_state_dict",
+    "transfer", "backward", "after_step", "on_epoch_end", "on_stage_end", "state_dict",
+    "load_state_dict",
 )
 
 
@@ -382,13 +309,36 @@ def _overrides(cls: type, hook: str) -> bool:
 
 @functools.cache
 def _kinds(cls: type) -> tuple[str, ...]:
-    # cached: the engine asks for every component on every batch
     return tuple(k for k, hook in KIND_HOOKS.items() if _overrides(cls, hook))
 
 
 @functools.cache
 def _hooks(cls: type) -> tuple[str, ...]:
     return tuple(h for h in COMPONENT_HOOKS if _overrides(cls, h))
+
+
+@functools.cache
+def _typed_fields(cls: type, kind: type) -> tuple[str, ...]:
+    """The attrs fields of ``cls`` annotated with ``kind`` (alone, optional or in a tuple)."""
+    if not attrs.has(cls):
+        return ()
+    hints = typing.get_type_hints(cls)
+    return tuple(f.name for f in attrs.fields(cls) if _mentions(hints.get(f.name), kind))
+
+
+def _mentions(tp: Any, kind: type) -> bool:
+    if tp is kind:
+        return True
+    return any(_mentions(a, kind) for a in typing.get_args(tp))
+
+
+def _typed_values(params: Any, kind: type) -> Iterable[str]:
+    for field in _typed_fields(type(params), kind):
+        value = getattr(params, field)
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (v for v in value if isinstance(v, str))
 
 
 ComponentFactory = Callable[[Any, ComponentSpec], Component]

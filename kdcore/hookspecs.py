@@ -1,17 +1,27 @@
-"""Every hook of kdcore, grouped by phase.
+"""Every hook of kdcore, grouped by phase, each with its contract.
 
-Two kinds of hook exist, and this module documents both:
+Two kinds of hook exist, and this module states the contract of both:
 
-* **Plugin hooks** (the ``kdcore_*`` functions below) are pluggy hook specifications. A plugin
-  module or object implements them with ``@kdcore.hookimpl``; pluggy calls every
-  implementation (fan-out, in pluggy's order). They fill registries, observe the run and save
-  plugin-wide state. Their order must never matter.
-* **Component hooks** are the methods of :class:`kdcore.Component` (``select``, ``refine``,
-  ``weight``, ``transfer`` and the lifecycle methods). The engine calls them on the components
-  that the recipe names, **in the recipe's order**, because a refinement chain or a selection
-  pass that feeds label propagation depends on order and pluggy's LIFO fan-out cannot express
-  it. They are listed at the end of this module (``COMPONENT_HOOKS``) and documented on the
-  class.
+* **Plugin hooks** (the ``kdcore_*`` functions) are pluggy hook specifications. A plugin module
+  or object implements them with ``@kdcore.hookimpl``; every implementation is called (fan-out,
+  in pluggy's order: the last registered first). They fill registries, observe the run and save
+  plugin-wide state; their order must never matter. An implementation that raises is isolated
+  like a plugin that fails to import: named once in a warning and disabled for the rest of the
+  run (an error under ``--strict-plugins``).
+* **Component hooks** (the methods of :class:`ComponentHooks`, which :class:`kdcore.Component`
+  implements as no-ops) are called by the engine on the components that the recipe names, **in
+  the recipe's order**, because a refinement chain, or a selection pass that feeds label
+  propagation, depends on order and pluggy's fan-out cannot express it.
+
+Every hook that runs during training is handed a :class:`~kdcore.context.RunContext` (``ctx``):
+for a component hook, bound to that component (ledger writes tagged with its name, its own
+generator); for a plugin hook, bound to the observer role.
+
+Lifetime of a component instance: the plan creates it once per run for each stage that names
+it, when the recipe is checked; :meth:`ComponentHooks.setup` builds its state when its stage
+starts (again in a process that resumes inside or at the start of that stage); its state
+lives until the stage ends, and the next stage's component with the same label and ``use``
+starts from it (``carry_state``).
 
 Register a plugin under the entry-point group ``kdcore`` (see ``docs/plugins.md``).
 """
@@ -19,16 +29,18 @@ Register a plugin under the entry-point group ``kdcore`` (see ``docs/plugins.md`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
-from kdcore.component import COMPONENT_HOOKS, Component
+from kdcore.component import COMPONENT_HOOKS, Component, PerSample
 
 if TYPE_CHECKING:
+    import torch
+
     from kdcore.component import Batch
+    from kdcore.context import RunContext
     from kdcore.recipe import Recipe, StageConfig
-    from kdcore.run import Run
 
 PROJECT = "kdcore"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -43,7 +55,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def kdcore_add_components() -> Mapping[str, type[Component]]:
     """Contribute recipe components.
 
-    Called once after plugins are loaded.
+    Called once, when plugins are loaded.
 
     Returns:
         A mapping from the name a recipe uses (``use = "name"``) to a :class:`kdcore.Component`
@@ -56,15 +68,20 @@ def kdcore_add_components() -> Mapping[str, type[Component]]:
 def kdcore_add_datasets() -> Mapping[str, Callable[..., Any]]:
     """Contribute dataset loaders.
 
+    Called once, when plugins are loaded.
+
     Returns:
         Name -> a function taking keyword-only, annotated parameters (the recipe's
-        ``data.params``) and returning :class:`kdcore.DatasetSplits`. Merged like components.
+        ``data.params``, checked by ``kdcore check``) and returning
+        :class:`kdcore.DatasetSplits`. Merged like components.
     """
 
 
 @hookspec
 def kdcore_add_noise_models() -> Mapping[str, Callable[..., Any]]:
     """Contribute label-noise models.
+
+    Called once, when plugins are loaded.
 
     Returns:
         Name -> ``fn(ctx: NoiseContext, **params) -> noisy labels``; ``ctx.generator`` is the
@@ -76,6 +93,8 @@ def kdcore_add_noise_models() -> Mapping[str, Callable[..., Any]]:
 def kdcore_add_models() -> Mapping[str, Callable[..., Any]]:
     """Contribute architectures.
 
+    Called once, when plugins are loaded.
+
     Returns:
         Name -> ``fn(spec: ModelSpec, **params) -> KDModel``; the model returns
         ``(logits, features)``. Merged like components.
@@ -85,6 +104,8 @@ def kdcore_add_models() -> Mapping[str, Callable[..., Any]]:
 @hookspec
 def kdcore_add_augmentations() -> Mapping[str, Callable[..., Any]]:
     """Contribute batch augmentations.
+
+    Called once, when plugins are loaded.
 
     Returns:
         Name -> ``fn(x, generator, **params) -> x`` acting on a float image batch. Merged like
@@ -99,92 +120,93 @@ def kdcore_add_augmentations() -> Mapping[str, Callable[..., Any]]:
 
 @hookspec
 def kdcore_configure(recipe: Recipe) -> list[str] | None:
-    """Check a resolved recipe before anything runs.
+    """Check a resolved recipe before anything runs (by ``kdcore check`` and by every run).
 
-    Called once per run after the recipe is read, extended and overridden, and after every
-    component's parameters were validated by its own ``Params`` class.
+    Called once per plan, after the recipe is read, extended and overridden, before any
+    component is built.
 
     Args:
         recipe: the resolved, typed recipe (read-only).
 
     Returns:
-        Problems as one-line messages (they end the run with exit code 2), or None. All
+        Problems as one-line messages (the first ends the run with exit code 2), or None. All
         plugins' problems are collected.
     """
 
 
 # ------------------------------------------------------------------------------------------
-# Lifecycle observers: every implementation is called; order does not matter.
+# Observers: every implementation is called; order does not matter; results are ignored.
 # ------------------------------------------------------------------------------------------
 
 
 @hookspec
-def kdcore_run_start(run: Run) -> None:
+def kdcore_run_start(ctx: RunContext) -> None:
     """The run's data, models and ledger exist; training is about to start (or resume).
 
     Args:
-        run: the run (``run.resumed`` says whether it continues a checkpoint).
+        ctx: the run (``ctx.resumed`` says whether it continues a checkpoint).
     """
 
 
 @hookspec
-def kdcore_stage_start(run: Run, stage: StageConfig) -> None:
-    """A stage's components are built and set up; its first epoch is next.
+def kdcore_stage_start(ctx: RunContext, stage: StageConfig) -> None:
+    """A stage's components are set up (and ran ``on_stage_start``); its first epoch is next.
 
     Args:
-        run: the run; ``run.components`` are the stage's components in recipe order.
+        ctx: the run.
         stage: the stage's config.
     """
 
 
 @hookspec
-def kdcore_epoch_start(run: Run, epoch: int) -> None:
+def kdcore_epoch_start(ctx: RunContext, epoch: int) -> None:
     """Called after the components' ``on_epoch_start``, before the first batch.
 
     Args:
-        run: the run.
+        ctx: the run.
         epoch: the epoch within the stage, from 0.
     """
 
 
 @hookspec
-def kdcore_batch_end(run: Run, batch: Batch, losses: Mapping[str, float]) -> None:
-    """After the optimiser steps of one batch.
+def kdcore_batch_end(ctx: RunContext, batch: Batch, losses: Mapping[str, torch.Tensor]) -> None:
+    """After the optimiser steps and the components' ``after_step`` of one batch.
 
     Args:
-        run: the run.
-        batch: the batch just trained on.
+        ctx: the run.
+        batch: the batch just trained on (``batch.records`` holds its per-sample records).
         losses: the total loss of each trained model role.
     """
 
 
 @hookspec
-def kdcore_epoch_end(run: Run, epoch: int, metrics: dict[str, float]) -> None:
-    """After evaluation, before the history row is written.
+def kdcore_epoch_end(ctx: RunContext, epoch: int, metrics: dict[str, float]) -> None:
+    """After evaluation and the components' ``on_epoch_end``, before the history row is
+    written.
 
     Args:
-        run: the run.
+        ctx: the run.
         epoch: the epoch within the stage, from 0.
         metrics: this epoch's numbers; an observer may add its own (they are written too).
     """
 
 
 @hookspec
-def kdcore_stage_end(run: Run, stage: StageConfig) -> None:
+def kdcore_stage_end(ctx: RunContext, stage: StageConfig) -> None:
     """After a stage's last epoch (and after the best-validation weights were restored).
 
     Args:
-        run: the run.
+        ctx: the run.
         stage: the stage that ended.
     """
 
 
 @hookspec
-def kdcore_run_end(run: Run, summary: dict[str, Any]) -> None:
+def kdcore_run_end(ctx: RunContext, summary: dict[str, Any]) -> None:
     """Training finished, after the last stage.
 
     Args:
-        run: the run.
+        ctx: the run.
         summary: best-validation and last-epoch accuracies per model role (also written to
             ``summary.json``); an observer may add entries.
     """
@@ -196,11 +218,14 @@ def kdcore_run_end(run: Run, summary: dict[str, Any]) -> None:
 
 
 @hookspec
-def kdcore_checkpoint_state(run: Run) -> dict[str, Any] | None:
-    """Plugin-wide state to store in each checkpoint, at every epoch end.
+def kdcore_checkpoint_state(ctx: RunContext) -> dict[str, Any] | None:
+    """Plugin-wide state to store in each checkpoint.
+
+    Called whenever a checkpoint is written (run start, first epoch, stage boundaries, every
+    ``run.checkpoint_interval_s``).
 
     Args:
-        run: the run.
+        ctx: the run.
 
     Returns:
         Tensors, numbers, strings, lists and dicts only (checkpoints load with
@@ -209,14 +234,197 @@ def kdcore_checkpoint_state(run: Run) -> dict[str, Any] | None:
 
 
 @hookspec
-def kdcore_load_checkpoint_state(run: Run, states: Mapping[str, dict[str, Any]]) -> None:
-    """Restore plugin-wide state on resume, after the components' states.
+def kdcore_load_checkpoint_state(ctx: RunContext, states: Mapping[str, dict[str, Any]]) -> None:
+    """Restore plugin-wide state on resume, before any component of the resumed stage is set
+    up.
 
     Args:
-        run: the run being resumed.
+        ctx: the run being resumed.
         states: what every plugin returned from ``kdcore_checkpoint_state``, by plugin name;
             take your own entry.
     """
 
 
-__all__ = ["COMPONENT_HOOKS", "PROJECT", "hookimpl", "hookspec"]
+# ------------------------------------------------------------------------------------------
+# Component hooks: called on the recipe's components, in recipe order.
+# ------------------------------------------------------------------------------------------
+
+
+class ComponentHooks(Protocol):
+    """The contract of every component hook (:class:`kdcore.Component` implements each as a
+    no-op; override the ones your component takes part in)."""
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def adapt_models(self, ctx: RunContext) -> None:
+        """Change a model's structure (add a connector layer), once per process.
+
+        When: as the run is set up, for every stage's components, before optimisers exist and
+        before checkpointed weights are loaded, so added parameters are trained and resumed
+        like the model's own. Called again on resume; must be deterministic. May change:
+        ``ctx.models[role]`` in place. Order: stage by stage, recipe order.
+
+        Args:
+            ctx: the run, with its models built and its data loaded.
+        """
+
+    def setup(self, ctx: RunContext) -> None:
+        """Build the component's state (networks, optimisers, tables).
+
+        When: at the start of its stage, and again in a process that resumes in that stage,
+        before the checkpointed state is loaded with ``load_state_dict``; so it must not do
+        once-per-stage work. It runs under the component's own seed (``torch`` draws here
+        are the same in every process). Order: recipe order. May read: the models, the data,
+        the ledger; must not write the ledger.
+
+        Args:
+            ctx: the run.
+        """
+
+    def on_stage_start(self, ctx: RunContext) -> None:
+        """Once-per-stage work at the start of the stage (an initial label propagation).
+
+        When: after every component's ``setup`` (and carried state), before the first epoch;
+        not called again when a run resumes inside the stage. Order: recipe order. May write:
+        its declared ledger columns.
+
+        Args:
+            ctx: the run.
+        """
+
+    def on_epoch_start(self, ctx: RunContext) -> None:
+        """Epoch-level work before the first batch (full-dataset passes, LP, lambda updates).
+
+        When: at every epoch's start (``ctx.epoch``), after the learning rates were set.
+        Order: recipe order, so a selection pass placed before a refinement feeds it. Use
+        ``ctx.features(role)`` for full-set features: computed once, shared. May write: its
+        declared ledger columns (``base_target`` for an epoch-level refiner).
+
+        Args:
+            ctx: the run.
+        """
+
+    # -- per batch ------------------------------------------------------------------------
+
+    def refine(self, ctx: RunContext, batch: Batch, targets: torch.Tensor) -> torch.Tensor:
+        """Label refinement: map the batch's current soft targets ``(B, C)`` to new ones.
+
+        When: first in every batch. Combine: refinements chain in recipe order, starting from
+        the ledger column ``base_target``; the final targets become ``batch.targets`` and are
+        written to the column ``target``, tagged with the last refiner. They never feed back
+        into ``base_target``. Return tensors without a graph unless the component itself
+        differentiates through them.
+
+        Args:
+            ctx: the run.
+            batch: the current mini-batch.
+            targets: the targets after the previous refiner.
+        """
+        ...
+
+    def select(self, ctx: RunContext, batch: Batch) -> PerSample | None:
+        """Sample selection: which samples of the batch each term may learn from.
+
+        When: after every ``refine``. Returns a bool or float ``(B,)`` tensor (1 = use), one
+        per model role, or None to abstain. Combine: masks multiply, per term the component
+        acts on (``terms``; default all of its models' terms). Written to ``select/<name>``
+        (``select/<name>/<role>`` per role).
+
+        Args:
+            ctx: the run.
+            batch: the current mini-batch.
+        """
+        ...
+
+    def weight(self, ctx: RunContext, batch: Batch) -> PerSample | None:
+        """Loss weighting: a per-sample weight ``(B,)`` for the terms this component acts on.
+
+        When: after every ``select``. Returns a float tensor, one per role, or None. Combine:
+        weights multiply. Written to ``weight/<name>``.
+
+        Args:
+            ctx: the run.
+            batch: the current mini-batch.
+        """
+        ...
+
+    def transfer(self, ctx: RunContext, batch: Batch) -> PerSample | None:
+        """Knowledge transfer: this component's loss term, per sample.
+
+        When: after every ``weight``. Returns the per-sample loss ``(B,)`` of the models it
+        serves, or one per role (a mutual term trains several), or a scalar. Combine: each is
+        reduced as ``sum(mask * weight * loss) / max(sum(mask), 1)``, times its recipe
+        ``weight``, and the terms of a model add. Per-sample losses go to ``loss/<name>`` at
+        the epoch end.
+
+        Args:
+            ctx: the run.
+            batch: the current mini-batch (``batch.out(role)`` gives a model's outputs).
+        """
+        ...
+
+    def backward(self, ctx: RunContext, batch: Batch, role: str, loss: torch.Tensor) -> bool:
+        """Take over the backward pass of model ``role`` (meta-learning look-ahead steps).
+
+        When: for each trained role with a loss, after every term was computed, before the
+        engine's single ``backward()`` of the other roles. Combine: the first component in
+        recipe order that returns True wins; it must leave the gradients to apply in
+        ``.grad``; the engine then steps the optimiser unless the component did and said so
+        with ``ctx.mark_stepped(role)``.
+
+        Args:
+            ctx: the run.
+            batch: the current mini-batch.
+            role: the model role whose loss this is.
+            loss: the model's total loss (with its graph).
+        """
+        ...
+
+    def after_step(self, ctx: RunContext, batch: Batch) -> None:
+        """After the optimisers stepped on this batch (EMA updates, bookkeeping).
+
+        When: after every optimiser step of the batch, before ``kdcore_batch_end``. Order:
+        recipe order.
+
+        Args:
+            ctx: the run.
+            batch: the batch just trained on.
+        """
+
+    # -- epoch and stage end ----------------------------------------------------------------
+
+    def on_epoch_end(self, ctx: RunContext, metrics: dict[str, float]) -> None:
+        """After evaluation, in recipe order, before ``kdcore_epoch_end``.
+
+        May add entries to ``metrics``: they are written to the history row.
+
+        Args:
+            ctx: the run.
+            metrics: this epoch's numbers.
+        """
+
+    def on_stage_end(self, ctx: RunContext) -> None:
+        """After the stage's last epoch, before the best-validation weights are restored
+        (undo a freeze, drop a hook, log a stage-level number). Order: recipe order.
+
+        Args:
+            ctx: the run.
+        """
+
+    # -- checkpoint -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly, returned when a checkpoint is written or the
+        stage ends (for the next stage's namesake): tensors, numbers, strings, lists, dicts."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned: on resume after ``setup``, and at a stage's
+        start for a carried state.
+
+        Args:
+            state: the dict ``state_dict`` returned.
+        """
+
+
+__all__ = ["COMPONENT_HOOKS", "PROJECT", "ComponentHooks", "hookimpl", "hookspec"]

@@ -155,6 +155,58 @@ class PluginHost:
         return self.pm.get_name(plugin) or "?"
 
 
+class ObserverBus:
+    """Calls a broadcast hook on every plugin, isolating each one.
+
+    A plugin whose implementation raises is named once, in one warning, and no hook of it is
+    called again for the rest of the run, as if it had failed to import; under ``strict`` the
+    failure is an error instead. Runs that use none of its components go on unharmed.
+
+    Args:
+        host: the plugins.
+        strict: raise :class:`KdcoreError` at the first failure.
+    """
+
+    def __init__(self, host: PluginHost, *, strict: bool | None = None):
+        self.host = host
+        self.strict = host.strict if strict is None else strict
+        self.disabled: set[str] = set()
+
+    def has(self, hook_name: str) -> bool:
+        """Whether any enabled plugin implements ``hook_name``."""
+        return any(self.host.name_of(impl.plugin) not in self.disabled
+                   for impl in getattr(self.host.hook, hook_name).get_hookimpls())
+
+    def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call ``hook_name`` on each enabled plugin (in pluggy's order); returns
+        ``(plugin name, result)`` for each one that returned something other than None."""
+        out: list[tuple[str, Any]] = []
+        # pluggy calls the last registered first; keep that order
+        for impl in reversed(getattr(self.host.hook, hook_name).get_hookimpls()):
+            name = self.host.name_of(impl.plugin)
+            if name in self.disabled:
+                continue
+            try:
+                result = impl.function(*(kwargs[a] for a in impl.argnames))
+            except KdcoreError:
+                raise
+            except Exception as exc:  # third-party code: isolate it
+                self._fail(name, hook_name, exc)
+                continue
+            if result is not None:
+                out.append((name, result))
+        return out
+
+    def _fail(self, name: str, hook_name: str, exc: Exception) -> None:
+        info = self.host.infos.get(name)
+        dist = f" ({info.distribution})" if info else ""
+        message = f"plugin '{name}'{dist}: {hook_name} raised {exc!r}"
+        if self.strict:
+            raise KdcoreError(message)
+        logger.warning(f"{message}; the plugin is disabled for the rest of this run")
+        self.disabled.add(name)
+
+
 _ACTIVE: contextvars.ContextVar[PluginHost | None] = contextvars.ContextVar(
     "kdcore_active_host", default=None)
 

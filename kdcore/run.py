@@ -1,36 +1,22 @@
-"""The running training as components and observers see it (:class:`Run`)."""
+"""The running training's state (:class:`Run`) and the per-component view of it
+(:class:`ComponentContext`, an implementation of :class:`kdcore.context.RunContext`)."""
 
 from __future__ import annotations
 
+import types
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdcore.component import Component, ModelOutput
-from kdcore.errors import RecipeError
+from kdcore.context import ColumnKind, ModelOutput
 from kdcore.ledger import Ledger
 from kdcore.models.base import KDModel
-from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe, StageConfig
 from kdcore.rundata import RunData
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RecipeError(f"got {name!r}, expected auto, cpu, cuda or cuda:N",
-                          key="run.device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("CUDA was asked for but no GPU is available", key="run.device")
-    return device
 
 
 def role_seed(seed: int, role: str) -> int:
@@ -38,113 +24,71 @@ def role_seed(seed: int, role: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(role.encode())) % (2**63)
 
 
-class Run:
-    """A running training: what components and observers may use.
+def component_seed(seed: int, stage_index: int, name: str) -> int:
+    """A seed per component placement: its own generator and its ``setup`` draw from it, so
+    adding a component to a recipe does not move another one's random numbers."""
+    return role_seed(seed, f"{stage_index}/{name}")
 
-    Attributes:
-        recipe: the resolved recipe.
-        run_dir: where the history, checkpoints and model weights go.
-        device: the training device.
-        data: the splits and labels (:class:`kdcore.rundata.RunData`).
-        models: every model role of the recipe.
-        optimizers: one optimiser per role, created the first time a stage trains it and kept
-            across stages (its momentum and the learning-rate schedule span the role's training).
-        ledger: the per-sample columns, indexed by training-sample index.
-        stage: the current stage's config; ``stage_index`` its position.
-        epoch: the epoch within the stage; ``step`` counts optimiser steps over the run,
-            ``stage_step`` within the stage; ``steps_per_epoch`` is ``ceil(N / batch_size)``
-            (the last, partial batch is never dropped).
-        generator: a CPU random generator for components (checkpointed with the run).
-        resumed: whether this process continued a checkpoint.
-        cache: a dict for expensive results that several components (or stages) may share,
-            such as a kNN graph; key entries by what they depend on (``run.model_version``).
-            Not checkpointed: an entry must be recomputable.
+
+class Run:
+    """Everything the engine keeps about one running training.
+
+    Components never see this object: they are handed a :class:`ComponentContext`. The engine
+    changes the fields; the capability methods are what the contexts forward to.
     """
 
-    def __init__(self, recipe: Recipe, run_dir: Path, host: PluginHost, device: torch.device):
+    def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device,
+                 augmentations: list[tuple[Callable[..., torch.Tensor], dict[str, Any]]]):
         self.recipe = recipe
         self.run_dir = run_dir
-        self.host = host
         self.device = device
         self.data: RunData
         self.models: dict[str, KDModel] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ledger: Ledger
-        self.stage: StageConfig | None = None
+        self.stage: StageConfig = recipe.stages[0]
         self.stage_index = 0
         self.epoch = 0
         self.step = 0
         self.stage_step = 0
         self.steps_per_epoch = 0
         self.resumed = False
-        self._stepped: set[str] = set()
-        self.components: list[Component] = []
         self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)
+        self.augmentations = augmentations
+        self.cache: dict[Any, Any] = {}
+        self.epoch_metrics: dict[str, float] = {}
+        self.stepped: set[str] = set()
+        self.write_data: Callable[[str, torch.Tensor], None] | None = None
         self._versions: dict[str, int] = defaultdict(int)
         self._feature_cache: dict[tuple[str, str], tuple[int, ModelOutput]] = {}
-        self.augmentations: list[tuple[Any, dict[str, Any]]] = []
-        self.cache: dict[Any, Any] = {}
-        self._epoch_metrics: dict[str, float] = {}
-        # set by the engine: writes one array into the history's /data group
-        self._write_data: Callable[[str, torch.Tensor], None] | None = None
 
-    # -- facts ------------------------------------------------------------------------------
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(self.models)
 
     @property
     def num_classes(self) -> int:
         return self.data.num_classes
 
     def trains(self, role: str) -> bool:
-        """Whether the current stage trains model ``role``."""
-        return self.stage is not None and role in self.stage.train
+        return role in self.stage.train
 
     def lr(self, role: str) -> float:
-        """The current learning rate of ``role`` (its first parameter group)."""
         return float(self.optimizers[role].param_groups[0]["lr"])
 
     def model_version(self, role: str) -> int:
-        """Counts the optimiser steps taken on ``role``: a cache key for its outputs."""
         return self._versions[role]
 
-    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
-        """Apply the recipe's ``data.augment`` chain to other inputs (a gold batch, say).
+    def bump(self, role: str) -> None:
+        """``role``'s weights changed: its cached full-set features are stale."""
+        self._versions[role] += 1
 
-        Args:
-            x: a batch of model inputs.
-            generator: the random source (default: ``run.generator``, checkpointed).
-        """
-        gen = self.generator if generator is None else generator
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         for fn, params in self.augmentations:
-            x = fn(x, gen, **params)
+            x = fn(x, generator, **params)
         return x
 
-    def mark_stepped(self, role: str) -> None:
-        """Say that a component stepped ``role``'s optimiser itself in this batch (from its
-        ``backward`` hook, as an in-turn update order does); the engine then skips that step."""
-        self._stepped.add(role)
-
-    def record_data(self, name: str, values: torch.Tensor) -> None:
-        """Store ``values`` once in the history's ``/data`` group, beside ``noisy_label`` and
-        ``clean_label`` (``History.data(name)`` reads it back), for what does not change from
-        epoch to epoch: a per-sample status, a generator's bookkeeping.
-
-        Call it from ``kdcore_run_start``, ``setup`` or ``on_stage_start``; a second call with
-        the same name replaces the array (so a resumed run may call it again). Per-sample
-        values follow the ledger's rows (the training-sample index).
-        """
-        if self._write_data is None:
-            raise RuntimeError("record_data: this run has no history (not started by the engine)")
-        self._write_data(name, values)
-
-    def log_metric(self, name: str, value: float) -> None:
-        """Record a number for this epoch's history row (last value wins)."""
-        self._epoch_metrics[name] = float(value)
-
-    # -- model calls ------------------------------------------------------------------------
-
     def forward(self, role: str, x: torch.Tensor) -> ModelOutput:
-        """Run ``role`` on ``x``: with gradients if the stage trains it, else without."""
         model = self.models[role]
         if self.trains(role):
             # even when first asked for inside a no_grad block (a selector ranking losses),
@@ -158,12 +102,6 @@ class Run:
 
     @torch.no_grad()
     def features(self, role: str, split: str = "train") -> ModelOutput:
-        """Logits ``(N, C)`` and features ``(N, d)`` of ``role`` over a whole split.
-
-        Rows follow the split's sample index (the ledger's rows for ``train``); inputs are not
-        augmented; the model runs in eval mode. The result is cached until the model takes
-        another optimiser step, so components that need the same pass share one.
-        """
         key = (role, split)
         version = self._versions[role]
         hit = self._feature_cache.get(key)
@@ -184,5 +122,131 @@ class Run:
         self._feature_cache[key] = (version, out)
         return out
 
-    def _bump(self, role: str) -> None:
-        self._versions[role] += 1
+    def record_data(self, name: str, values: torch.Tensor) -> None:
+        if self.write_data is None:
+            raise RuntimeError("record_data: this run has no history (not started by the engine)")
+        self.write_data(name, values)
+
+
+class TaggedLedger:
+    """The ledger as one component sees it: reads as usual, writes tagged with its name.
+
+    Writes to a column the component did not declare (:meth:`Component.written_columns`) are
+    refused, so the plan's wiring check cannot be bypassed by accident.
+    """
+
+    __slots__ = ("_ledger", "_producer", "_allowed")
+
+    def __init__(self, ledger: Ledger, producer: str, allowed: frozenset[str] | None):
+        self._ledger = ledger
+        self._producer = producer
+        self._allowed = allowed
+
+    @property
+    def size(self) -> int:
+        return self._ledger.size
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._ledger[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._ledger
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ledger)
+
+    def read(self, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
+        return self._ledger.read(name, index)
+
+    def producer(self, name: str) -> str:
+        return self._ledger.producer(name)
+
+    def _check(self, name: str) -> None:
+        if self._allowed is not None and name not in self._allowed:
+            raise RuntimeError(
+                f"component '{self._producer}' wrote ledger column '{name}', which it does not "
+                f"declare (declared: {', '.join(sorted(self._allowed)) or 'none'}); add it to "
+                f"the class's `writes`")
+
+    def add(self, name: str, data: torch.Tensor, *, kind: ColumnKind = "value",
+            snapshot: bool = True) -> torch.Tensor:
+        self._check(name)
+        return self._ledger.add(name, data, producer=self._producer, kind=kind, snapshot=snapshot)
+
+    def write(self, name: str, index: torch.Tensor, values: torch.Tensor, *,
+              kind: ColumnKind = "value", snapshot: bool = True) -> None:
+        self._check(name)
+        self._ledger.write(name, index, values, producer=self._producer, kind=kind,
+                           snapshot=snapshot)
+
+    def ensure(self, name: str, like: torch.Tensor, *, kind: ColumnKind = "value",
+               fill: float | bool = 0, snapshot: bool = True) -> torch.Tensor:
+        self._check(name)
+        return self._ledger.ensure(name, like, producer=self._producer, kind=kind, fill=fill,
+                                   snapshot=snapshot)
+
+
+class ComponentContext:
+    """One component's :class:`~kdcore.context.RunContext`: the run's facts read through,
+    ledger writes tagged with the component's name, and the component's own generator.
+
+    Args:
+        run: the run.
+        name: the producer name that tags the ledger writes.
+        generator: the component's own generator.
+        writes: the columns it may write (None: any, for observers).
+    """
+
+    def __init__(self, run: Run, name: str, generator: torch.Generator,
+                 writes: frozenset[str] | None = None):
+        self._run = run
+        self.name = name
+        self.generator = generator
+        self.ledger = TaggedLedger(run.ledger, name, writes)
+        self.models: Mapping[str, KDModel] = types.MappingProxyType(run.models)
+        self.optimizers: Mapping[str, torch.optim.Optimizer] = types.MappingProxyType(
+            run.optimizers)
+
+    # facts, read through so they follow the run
+    recipe = property(lambda self: self._run.recipe)
+    run_dir = property(lambda self: self._run.run_dir)
+    device = property(lambda self: self._run.device)
+    roles = property(lambda self: self._run.roles)
+    num_classes = property(lambda self: self._run.num_classes)
+    stage = property(lambda self: self._run.stage)
+    stage_index = property(lambda self: self._run.stage_index)
+    epoch = property(lambda self: self._run.epoch)
+    step = property(lambda self: self._run.step)
+    stage_step = property(lambda self: self._run.stage_step)
+    steps_per_epoch = property(lambda self: self._run.steps_per_epoch)
+    resumed = property(lambda self: self._run.resumed)
+    data = property(lambda self: self._run.data)
+    cache = property(lambda self: self._run.cache)
+
+    def trains(self, role: str) -> bool:
+        return self._run.trains(role)
+
+    def lr(self, role: str) -> float:
+        return self._run.lr(role)
+
+    def model_version(self, role: str) -> int:
+        return self._run.model_version(role)
+
+    def forward(self, role: str, x: torch.Tensor) -> ModelOutput:
+        return self._run.forward(role, x)
+
+    def features(self, role: str, split: str = "train") -> ModelOutput:
+        return self._run.features(role, split)
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+        return self._run.augment(x, self.generator if generator is None else generator)
+
+    def log_metric(self, name: str, value: float) -> None:
+        self._run.epoch_metrics[name] = float(value)
+
+    def record_data(self, name: str, values: torch.Tensor) -> None:
+        self._run.record_data(name, values)
+
+    def mark_stepped(self, role: str) -> None:
+        self._run.stepped.add(role)

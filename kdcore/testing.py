@@ -1,5 +1,12 @@
-"""Helpers for testing kdcore plugins: tiny recipes on the built-in digits, and exact history
-comparison for resume tests.
+"""Helpers for testing kdcore plugins: a component harness that runs one component's hooks in
+milliseconds, tiny recipes on the built-in digits, and exact history comparison for resume tests.
+
+A component's unit test builds it with :func:`harness` (a real context over data the test
+gives, no recipe file, no history) and calls its hooks::
+
+    h = harness(MySelector, {"rate": 0.2}, x=x, noisy_label=y, models={"student": net})
+    h.setup()
+    mask = h.component.select(h.ctx, h.batch(torch.arange(8)))
 
 kdcore's first-party plugins test themselves with these; a third-party plugin can do the same::
 
@@ -33,6 +40,11 @@ from kdcore.history import History
 from kdcore.hookspecs import hookimpl
 from kdcore.plugins import PluginHost
 from kdcore.recipe import load_recipe, recipe_from_dict
+from kdcore.testing_harness import Harness, harness
+
+__all__ = ["Harness", "InterruptAt", "Interrupted", "assert_same_history", "component",
+           "harness", "one_thread", "quiet_logs", "run_tiny", "stage", "teacher_stage",
+           "tiny_recipe", "write_recipe"]
 
 
 @pytest.fixture(autouse=True)
@@ -134,10 +146,10 @@ class InterruptAt:
         self._seen: dict[tuple[str, int], int] = {}
 
     @hookimpl
-    def kdcore_batch_end(self, run: Any, batch: Any, losses: Any) -> None:
-        if run.epoch != self.epoch or self.stage not in (None, run.stage.name):
+    def kdcore_batch_end(self, ctx: Any, batch: Any, losses: Any) -> None:
+        if ctx.epoch != self.epoch or self.stage not in (None, ctx.stage.name):
             return
-        key = (run.stage.name, run.epoch)
+        key = (ctx.stage.name, ctx.epoch)
         seen = self._seen[key] = self._seen.get(key, -1) + 1
         if seen == self.batch:
             raise Interrupted(f"stopped at stage '{key[0]}' epoch {key[1]} batch {seen}")

@@ -6,6 +6,7 @@ import attrs
 import torch
 
 from kdcore.component import Batch, Component, PerSample
+from kdcore.context import Role, RunContext
 from kdcore.losses import kd_kl, smooth_targets, soft_cross_entropy
 from kdcore.validators import positive, unit_interval
 
@@ -15,7 +16,7 @@ class CrossEntropy(Component):
 
     description = "cross-entropy on the current soft targets"
 
-    def transfer(self, batch: Batch) -> PerSample:
+    def transfer(self, ctx: RunContext, batch: Batch) -> PerSample:
         labels = batch.hard_targets
         targets = batch.targets.detach() if labels is None else None  # None: never gathered
         return {r: soft_cross_entropy(batch.out(r).logits, targets, labels) for r in self.models}
@@ -28,7 +29,7 @@ class HintonKDParams:
         temperature: T; the term is ``T^2 KL(p_t^T || p_s^T)``.
     """
 
-    teacher: str = "teacher"
+    teacher: Role = Role("teacher")
     temperature: float = attrs.field(default=4.0, validator=positive)
 
 
@@ -38,14 +39,7 @@ class HintonKD(Component):
     Params = HintonKDParams
     description = "Hinton KD: T^2 KL(softmax(t/T) || softmax(s/T))"
 
-    def setup(self, run) -> None:  # noqa: ANN001 - Run is documented in the base class
-        if self.params.teacher not in run.models:
-            from kdcore.errors import RecipeError
-
-            raise RecipeError(f"component '{self.name}': teacher role '{self.params.teacher}' "
-                              f"is not defined in [models]")
-
-    def transfer(self, batch: Batch) -> PerSample:
+    def transfer(self, ctx: RunContext, batch: Batch) -> PerSample:
         teacher = batch.out(self.params.teacher).logits.detach()
         return {r: kd_kl(batch.out(r).logits, teacher, self.params.temperature)
                 for r in self.models}
@@ -66,7 +60,7 @@ class LabelSmoothing(Component):
     Params = LabelSmoothingParams
     description = "label smoothing of the current targets"
 
-    def refine(self, batch: Batch, targets: torch.Tensor) -> torch.Tensor:
+    def refine(self, ctx: RunContext, batch: Batch, targets: torch.Tensor) -> torch.Tensor:
         return smooth_targets(targets, self.params.epsilon)
 
 
@@ -75,7 +69,7 @@ class AllSamples(Component):
 
     description = "select every sample"
 
-    def select(self, batch: Batch) -> PerSample:
+    def select(self, ctx: RunContext, batch: Batch) -> PerSample:
         return torch.ones(len(batch), dtype=torch.bool, device=batch.index.device)
 
 

@@ -1,0 +1,184 @@
+"""The run's checkpoint: what it holds, when it is written, how a resume restores it.
+
+A checkpoint is written at the run's start, after the first epoch, at every stage boundary and,
+between those, at most every ``run.checkpoint_interval_s`` seconds. It records:
+
+* ``position``: the stage and epoch to continue at, the history rows committed (the file is
+  rolled back to exactly that many on resume) and the optimiser step;
+* ``fingerprint``: the resolved recipe (and the ``--set`` overrides) the run started with;
+  ``--resume`` with anything else is refused, naming the keys that differ;
+* models, optimisers, the ledger, every component's state and generator, plugin-wide state,
+  best-validation bookkeeping and every random state the run draws from.
+
+The random states are restored before any component of the resumed stage is set up, and each
+component's ``setup`` draws from its own seed, so a resume from any checkpoint ends bit for bit
+where the uninterrupted run ends (on the CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from kdcore import checkpoint as ckpt
+from kdcore.errors import KdcoreError
+
+if TYPE_CHECKING:
+    from kdcore.loop import Trainer
+
+FORMAT = 2
+
+
+class Checkpointer:
+    """Writes and restores a run's checkpoint in ``run_dir``.
+
+    Args:
+        run_dir: the run directory.
+        fingerprint: what the run was started with (``{"recipe": ..., "overrides": ...}``).
+        interval_s: the least time between two epoch checkpoints.
+        background: write on a background thread (CUDA runs).
+    """
+
+    def __init__(self, run_dir: Path, fingerprint: Mapping[str, Any], interval_s: float,
+                 background: bool):
+        self.path = run_dir / ckpt.CHECKPOINT
+        self.weights_dir = run_dir / "models"
+        self.fingerprint = dict(fingerprint)
+        self.interval_s = interval_s
+        self.saver = ckpt.BackgroundSaver(background=background)
+        self._last = time.monotonic()
+
+    def due(self, *, first_epoch: bool = False) -> bool:
+        """Whether an epoch checkpoint is due: after the run's first epoch always, then at
+        most every ``interval_s``."""
+        return first_epoch or time.monotonic() - self._last >= self.interval_s
+
+    def save(self, trainer: Trainer, stage: int, epoch: int, history_rows: int | None = None
+             ) -> None:
+        run = trainer.run
+        if history_rows is None:
+            history_rows = trainer.history.rows()
+        state = {
+            "format": FORMAT,
+            "position": {"stage": stage, "epoch": epoch, "history_rows": history_rows,
+                         "step": run.step},
+            "fingerprint": self.fingerprint,
+            "models": {r: m.state_dict() for r, m in run.models.items()},
+            "optimizers": {r: o.state_dict() for r, o in run.optimizers.items()},
+            "components": {c.name: c.state_dict() for c in trainer.current_stage.components}
+            if trainer.contexts else {},
+            "generators": {ctx.name: ctx.generator.get_state()
+                           for ctx in trainer.contexts.values()},
+            "plugins": dict(trainer.bus.call("kdcore_checkpoint_state", ctx=trainer.observer_ctx)),
+            "ledger": run.ledger.state_dict(),
+            "rng": ckpt.rng_state(run.generator, trainer.order_gen, trainer.augment_gen),
+            "best": trainer.best.state_dict(),
+            "carried": trainer.carried,
+            "summary": copy.deepcopy(trainer.summary),
+        }
+        self.saver.save(state, self.path)
+        self._last = time.monotonic()
+
+    def save_weights(self, role: str, model: nn.Module) -> None:
+        ckpt.save_weights(model, self.weights_dir / f"{role}.pt")
+
+    def wait(self) -> None:
+        self.saver.wait()
+
+    def restore_run(self, trainer: Trainer, state: Mapping[str, Any]) -> None:
+        """What spans stages: models, optimisers, the ledger, bookkeeping, random states.
+
+        Called before the resumed stage's components are set up.
+        """
+        from kdcore.build import build_optimizer
+        from kdcore.prepare import load_weights_into
+
+        run = trainer.run
+        models = state["models"]
+        missing = sorted(set(run.models) - set(models))
+        if missing:
+            raise KdcoreError(f"the checkpoint {self.path} holds no weights for model(s) "
+                              f"{', '.join(missing)}; start again with --overwrite")
+        for role, sd in models.items():
+            if role not in run.models:
+                raise KdcoreError(f"the checkpoint {self.path} holds a model '{role}' that the "
+                                  f"recipe does not define; start again with --overwrite")
+            load_weights_into(run.models[role], sd, role, self.path)
+        for role, sd in state["optimizers"].items():
+            opt = run.optimizers.get(role)
+            if opt is None:
+                opt = run.optimizers[role] = build_optimizer(
+                    run.models[role], run.recipe.models[role].optimizer)
+            try:
+                opt.load_state_dict(sd)
+            except (ValueError, KeyError) as exc:
+                raise KdcoreError(f"the optimiser state of model '{role}' in {self.path} does "
+                                  f"not fit it ({exc}); start again with --overwrite") from None
+        run.ledger.load_state_dict(state["ledger"])
+        trainer.best.load_state_dict(state["best"])
+        trainer.carried = dict(state["carried"])
+        trainer.summary = dict(state["summary"])
+        run.step = int(state["position"]["step"])
+        run.resumed = True
+        ckpt.set_rng_state(state["rng"], run.generator, trainer.order_gen, trainer.augment_gen)
+        trainer.bus.call("kdcore_load_checkpoint_state", ctx=trainer.observer_ctx,
+                         states=state["plugins"])
+
+    def restore_stage(self, trainer: Trainer, state: Mapping[str, Any]) -> None:
+        """Mid-stage state: each component's own state and generator (after ``setup``)."""
+        generators = state["generators"]
+        for comp in trainer.current_stage.components:
+            if comp.name in state["components"]:
+                comp.load_state_dict(state["components"][comp.name])
+            if comp.name in generators:
+                trainer.context(comp).generator.set_state(generators[comp.name])
+
+
+def read(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :class:`Checkpointer`, or one line saying why it cannot be
+    resumed from."""
+    state = ckpt.load(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise KdcoreError(f"{path} is not a checkpoint of this kdcore version (format "
+                          f"{FORMAT}); start again with --overwrite")
+    needed = ("position", "fingerprint", "models", "optimizers", "components", "generators",
+              "plugins", "ledger", "rng", "best", "carried", "summary")
+    missing = [k for k in needed if k not in state]
+    position = state.get("position")
+    if missing or not isinstance(position, dict) or not all(
+            isinstance(position.get(k), int) and position[k] >= 0
+            for k in ("stage", "epoch", "history_rows", "step")):
+        what = f"lacks {', '.join(missing)}" if missing else "has no valid position"
+        raise KdcoreError(f"the checkpoint {path} {what}; start again with --overwrite")
+    return state
+
+
+def differing_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """The dotted key paths at which two plain data trees differ."""
+    if isinstance(saved, Mapping) and isinstance(now, Mapping):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(now), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved or key not in now:
+                out.append(path)
+            else:
+                out += differing_keys(saved[key], now[key], path)
+        return out
+    if isinstance(saved, list) and isinstance(now, list) and len(saved) == len(now):
+        out = []
+        for i, (a, b) in enumerate(zip(saved, now)):
+            out += differing_keys(a, b, f"{prefix}[{i}]")
+        return out
+    return [] if _same(saved, now) else [prefix or "(root)"]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    return type(a) is type(b) and a == b

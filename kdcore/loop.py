@@ -1,0 +1,340 @@
+"""Stages -> epochs -> batches: the training loop.
+
+The loop knows no method by name. Per stage it sets up the stage's components (built once per
+run by the plan), runs its epochs, and at each epoch's end evaluates, writes the history row and
+checkpoints (:mod:`kdcore.checkpointing`); per batch it hands the components to
+:func:`kdcore.step.combine`, then runs the backward pass and the optimiser steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+from loguru import logger
+
+from kdcore.build import build_optimizer, scheduled_lr
+from kdcore.checkpointing import Checkpointer
+from kdcore.component import Batch, Component
+from kdcore.errors import TrainingDiverged
+from kdcore.evaluation import BestKeeper, evaluate, ledger_metrics
+from kdcore.history import HistoryWriter
+from kdcore.losses import one_hot
+from kdcore.plan import RunPlan, StagePlan
+from kdcore.plugins import ObserverBus
+from kdcore.run import ComponentContext, Run, component_seed
+from kdcore.step import combine
+
+# Steps between two checks that the losses are finite: each check waits for the device, so
+# checking every step would stall a GPU (on the CPU it is ~1% of a small step); a divergence is
+# still reported with its exact step and term.
+FINITE_CHECK_EVERY = 32
+
+
+class Trainer:
+    """Trains a prepared run through its plan's stages.
+
+    Args:
+        plan: the run's plan.
+        run: the prepared run (:func:`kdcore.prepare.prepare_run`).
+        history: the history writer (created, or rolled back on resume).
+        bus: the observer hooks.
+        checkpointer: saves and restores the run's state.
+        progress: show a progress bar over batches.
+    """
+
+    def __init__(self, plan: RunPlan, run: Run, history: HistoryWriter, bus: ObserverBus,
+                 checkpointer: Checkpointer, *, progress: bool = False):
+        self.plan, self.run, self.history, self.bus = plan, run, history, bus
+        self.ckpt = checkpointer
+        self.progress = progress
+        seed = plan.recipe.run.seed
+        self.order_gen = torch.Generator().manual_seed(seed + 2)
+        self.augment_gen = torch.Generator().manual_seed(seed + 3)
+        self.best = BestKeeper()
+        self.summary: dict[str, Any] = {}
+        self.carried: dict[str, dict[str, Any]] = {}
+        self.observer_ctx = ComponentContext(run, "observer", run.generator)
+        self.contexts: dict[int, ComponentContext] = {}  # id(component) -> its context
+        self._pending: dict[str, tuple[str, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        # (step, role, loss, {term: value}) of the steps since the last finiteness check
+        self._unchecked: list[tuple[int, str, torch.Tensor, dict[str, torch.Tensor]]] = []
+        self._hard_source: tuple[torch.Tensor, tuple[int, int]] | None = None
+        self.current_stage: StagePlan = plan.stages[0]
+
+    # -- contexts -----------------------------------------------------------------------------
+
+    def context(self, comp: Component) -> ComponentContext:
+        return self.contexts[id(comp)]
+
+    def bind_stage(self, stage: StagePlan) -> None:
+        """Give each of the stage's components its context and its own generator."""
+        seed = self.plan.recipe.run.seed
+        self.contexts = {
+            id(c): ComponentContext(
+                self.run, c.name,
+                torch.Generator().manual_seed(component_seed(seed, stage.index, c.name)),
+                frozenset(c.written_columns()))
+            for c in stage.components
+        }
+
+    def setup_stage(self, stage: StagePlan) -> None:
+        """``setup`` of every component, each under its own seed: what it draws (a network's
+        initial weights) depends on nothing that ran before, so a resumed run builds the same."""
+        seed = self.plan.recipe.run.seed
+        for comp in stage.components:
+            with torch.random.fork_rng(devices=_rng_devices(self.run.device)):
+                torch.manual_seed(component_seed(seed, stage.index, comp.name) + 1)
+                comp.setup(self.context(comp))
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def fit(self, position: dict[str, int], state: dict[str, Any] | None) -> dict[str, Any]:
+        """Run every stage from ``position``; ``state`` is the checkpoint to continue from."""
+        run = self.run
+        self.bus.call("kdcore_run_start", ctx=self.observer_ctx)
+        first = int(position["stage"])
+        if state is None:
+            self.ckpt.save(self, first, 0)  # a run killed before its first epoch resumes
+        for s in range(first, len(self.plan.stages)):
+            start = int(position["epoch"]) if s == first else 0
+            self._run_stage(self.plan.stages[s], start, state if s == first else None)
+            state = None
+        self.bus.call("kdcore_run_end", ctx=self.observer_ctx, summary=self.summary)
+        run.stage_index = len(self.plan.stages)
+        return self.summary
+
+    def _run_stage(self, stage: StagePlan, start_epoch: int, state: dict[str, Any] | None
+                   ) -> None:
+        run, s, cfg = self.run, stage.index, stage.config
+        run.stage, run.stage_index = cfg, s
+        self.current_stage = stage
+        for role, model in run.models.items():
+            model.train(role in cfg.train)
+            for p in model.parameters():
+                p.requires_grad_(role in cfg.train)
+        for role in cfg.train:
+            if role not in run.optimizers:
+                run.optimizers[role] = build_optimizer(run.models[role],
+                                                       self.plan.recipe.models[role].optimizer)
+        self.bind_stage(stage)
+        self.setup_stage(stage)
+        if state is not None and start_epoch > 0:
+            self.ckpt.restore_stage(self, state)
+        if start_epoch == 0:
+            self.best.forget_stage(s)
+            for comp in stage.components:
+                carried = self.carried.get(comp.name)
+                if comp.carry_state and carried and carried["use"] == comp.spec.use:
+                    comp.load_state_dict(carried["state"])
+            for comp in stage.components:
+                comp.on_stage_start(self.context(comp))
+        self.bus.call("kdcore_stage_start", ctx=self.observer_ctx, stage=cfg)
+        bs = self.plan.recipe.data.batch_size
+        run.steps_per_epoch = math.ceil(len(run.data.train) / bs) if cfg.train else 0
+        run.stage_step = start_epoch * run.steps_per_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            self._run_epoch(stage, epoch)
+        for comp in stage.components:
+            comp.on_stage_end(self.context(comp))
+        for role in cfg.train:
+            kept = self.best.kept_state(s, role) if cfg.keep == "best_val" else None
+            if kept is not None:
+                run.models[role].load_state_dict(kept[1])
+                run.bump(role)
+                logger.info(f"stage '{cfg.name}': {role} restored to its best-validation "
+                            f"epoch {kept[0]}")
+        for role in cfg.train:
+            summary = self.best.summary(s, cfg, role)
+            if summary is not None:
+                self.summary[role] = summary
+            self.ckpt.save_weights(role, run.models[role])
+        self.bus.call("kdcore_stage_end", ctx=self.observer_ctx, stage=cfg)
+        # a component of the same name and kind in the next stage continues from this state
+        self.carried = {c.name: {"use": c.spec.use, "state": c.state_dict()}
+                        for c in stage.components}
+        self.contexts = {}
+        self.ckpt.save(self, s + 1, 0)
+
+    def _set_lr(self, stage: StagePlan, epoch: int) -> None:
+        stages = self.plan.recipe.stages
+        for role in stage.config.train:
+            done = sum(st.epochs for st in stages[:stage.index] if role in st.train)
+            total = sum(st.epochs for st in stages if role in st.train)
+            lr = scheduled_lr(self.plan.recipe.models[role], done + epoch, total)
+            for group in self.run.optimizers[role].param_groups:
+                group["lr"] = lr
+
+    def _run_epoch(self, stage: StagePlan, epoch: int) -> None:
+        run, cfg = self.run, stage.config
+        run.epoch = epoch
+        t0 = time.perf_counter()
+        self._set_lr(stage, epoch)
+        for comp in stage.components:
+            comp.on_epoch_start(self.context(comp))
+        self.bus.call("kdcore_epoch_start", ctx=self.observer_ctx, epoch=epoch)
+        self._hard_source = self._one_hot_labels()
+        # per-term batch values, appended (no tensor op per batch) and summed at the epoch end
+        sums: dict[str, list[torch.Tensor]] = defaultdict(list)
+        n, bs = len(run.data.train), self.plan.recipe.data.batch_size
+        order = torch.randperm(n, generator=self.order_gen).to(run.device)
+        starts: Any = range(0, n, bs)
+        if self.progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc=f"{cfg.name} {epoch + 1}/{cfg.epochs}", leave=False)
+        batches = 0
+        if cfg.train:
+            observes = self.bus.has("kdcore_batch_end")
+            for start in starts:
+                self._train_batch(stage, order[start:start + bs], sums, observes)
+                batches += 1
+            self._check_finite()
+            self._flush_pending()
+        if not stage.refiners:
+            # no batch-level refiner: the epoch-level targets are what every sample trained on
+            led = run.ledger
+            led.add("target", led["base_target"], producer=led.producer("base_target"),
+                    kind="target")
+        metrics: dict[str, float] = {k: float(torch.stack(v).sum()) / max(batches, 1)
+                                     for k, v in sums.items()}
+        metrics.update(evaluate(run.models, cfg.eval_roles, run.data,
+                                self.plan.recipe.data.eval_batch_size))
+        for role in cfg.train:
+            if role in cfg.eval_roles:
+                self.best.update(stage.index, cfg, role, epoch, metrics, run.models[role])
+        metrics.update(ledger_metrics(run.ledger))
+        for role in cfg.train:
+            metrics[f"lr/{role}"] = run.lr(role)
+        metrics.update(run.epoch_metrics)
+        for comp in stage.components:
+            comp.on_epoch_end(self.context(comp), metrics)
+        self.bus.call("kdcore_epoch_end", ctx=self.observer_ctx, epoch=epoch, metrics=metrics)
+        metrics["time/epoch"] = time.perf_counter() - t0
+        row = self.history.append_epoch(stage=cfg.name, epoch=epoch, metrics=metrics,
+                                        columns=dict(run.ledger.items()))
+        run.epoch_metrics = {}  # what on_stage_start logged went into this first row
+        self._log_epoch(cfg, epoch, metrics)
+        if epoch + 1 < cfg.epochs and self.ckpt.due(first_epoch=row == 0):
+            self.ckpt.save(self, stage.index, epoch + 1, history_rows=row + 1)
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def _train_batch(self, stage: StagePlan, index: torch.Tensor,
+                     sums: dict[str, list[torch.Tensor]], observes: bool) -> None:
+        run = self.run
+        data, ledger = run.data, run.ledger
+        x = run.augment(data.inputs(data.train, index), self.augment_gen)
+        base, noisy = ledger["base_target"], data.train_noisy[index]
+        src = self._hard_source
+        hard = noisy if src is not None and src[0] is base and src[1] == (
+            base._version, data.train_noisy._version) else None
+        batch = Batch(index, x, noisy, forward=run.forward, num_classes=run.num_classes,
+                      step=run.step, hard_targets=hard, targets_from=base)
+        trained_roles = stage.config.train
+        for role in trained_roles:
+            run.optimizers[role].zero_grad(set_to_none=True)
+        result = combine(batch, refiners=stage.refiners, selectors=stage.selectors,
+                         weighters=stage.weighters, transfers=stage.transfers,
+                         context=self.context)
+        if result.targets is not None:
+            ledger.write("target", index, result.targets[0], producer=result.targets[1],
+                         kind="target")
+        for p in result.masks:
+            ledger.write(p.column, index, p.values, producer=p.producer, kind="mask")
+        for p in result.weights:
+            ledger.write(p.column, index, p.values, producer=p.producer, kind="weight")
+        for p in result.losses_per_sample:
+            self._defer(batch, p.column, p.values, p.producer)
+        for name, values in result.terms.items():
+            for term, value in values.items():
+                sums[f"train/{name}/{term}"].append(value)
+        losses = result.losses
+        trained = [r for r in losses if r in trained_roles]
+        for role in trained_roles:
+            out = batch.computed(role)
+            if out is not None:  # training dynamics, as Dataset Cartography records them
+                self._defer(batch, f"logits/{role}", out.logits.detach(), role)
+        for role in trained:
+            loss = losses[role].detach()
+            sums[f"train/{role}/loss"].append(loss)
+            self._unchecked.append((run.step, role, loss, result.terms[role]))
+        plain: list[torch.Tensor] = []
+        for role in trained:
+            if not any(c.backward(self.context(c), batch, role, losses[role])
+                       for c in stage.backward):
+                plain.append(losses[role])
+        if plain:
+            torch.stack(plain).sum().backward() if len(plain) > 1 else plain[0].backward()
+        for role in trained_roles:
+            if role not in run.stepped:
+                run.optimizers[role].step()
+            run.bump(role)
+        run.stepped.clear()
+        if len(self._unchecked) >= FINITE_CHECK_EVERY:
+            self._check_finite()
+        run.step += 1
+        run.stage_step += 1
+        for comp in stage.after_step:
+            comp.after_step(self.context(comp), batch)
+        if observes:
+            self.bus.call("kdcore_batch_end", ctx=self.observer_ctx, batch=batch,
+                          losses={r: losses[r] for r in trained})
+
+    def _defer(self, batch: Batch, column: str, values: torch.Tensor, producer: str) -> None:
+        """Queue a per-sample record (losses, logits) for one ledger write at the epoch end
+        (two index writes per batch cost more than the rest of the engine's bookkeeping); the
+        batch's own copy is in ``batch.records`` at once."""
+        batch.records[column] = values
+        self._pending.setdefault(column, (producer, []))[1].append((batch.index, values))
+
+    def _flush_pending(self) -> None:
+        for column, (producer, parts) in self._pending.items():
+            index = torch.cat([i for i, _ in parts])
+            values = torch.cat([v for _, v in parts])
+            self.run.ledger.write(column, index, values, producer=producer, kind="value")
+        self._pending = {}
+
+    def _check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` at the first step since the last check whose loss
+        is not finite, naming the term that made it so."""
+        window, self._unchecked = self._unchecked, []
+        if not window or bool(torch.isfinite(torch.stack([w[2] for w in window])).all()):
+            return
+        step, role, _, terms = next(w for w in window if not bool(torch.isfinite(w[2])))
+        term = next((name for name, v in terms.items() if not bool(torch.isfinite(v))), "?")
+        comp = next((c for c in self.current_stage.components if c.name == term), None)
+        use = f" (component '{comp.spec.use}')" if comp else ""
+        raise TrainingDiverged(
+            f"loss of model '{role}' is not finite at stage '{self.run.stage.name}' epoch "
+            f"{self.run.epoch}, step {step}: term '{term}'{use}; the history and the "
+            f"last checkpoint hold every completed epoch")
+
+    def _one_hot_labels(self) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        """``(base_target, (its version, the noisy labels' version))`` when the base targets
+        are exactly the one-hot noisy labels; batches then carry those labels as
+        ``hard_targets`` until either tensor is replaced or edited in place."""
+        base = self.run.ledger["base_target"]
+        noisy = self.run.data.train_noisy
+        if not torch.equal(base, one_hot(noisy, base.shape[1], base.dtype)):
+            return None
+        return base, (base._version, noisy._version)
+
+    def _log_epoch(self, cfg: Any, epoch: int, metrics: dict[str, float]) -> None:
+        parts = [f"{cfg.name} {epoch + 1}/{cfg.epochs}"]
+        for role in cfg.train:
+            if f"train/{role}/loss" in metrics:
+                parts.append(f"{role} loss {metrics[f'train/{role}/loss']:.4f}")
+        for role in cfg.eval_roles:
+            parts.append(f"{role} val {metrics[f'val/{role}/acc']:.4f} "
+                         f"test {metrics[f'test/{role}/acc']:.4f}")
+        parts.append(f"labels {metrics['label/acc']:.4f}")
+        parts.append(f"{metrics['time/epoch']:.1f}s")
+        logger.info(" | ".join(parts))
+
+
+def _rng_devices(device: torch.device) -> list[Any]:
+    return [device] if device.type == "cuda" else []

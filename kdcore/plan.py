@@ -1,0 +1,213 @@
+"""The run's plan: everything a recipe asks for, resolved and checked once, before training.
+
+``kdcore check``, the start banner and the run build the plan through :func:`build_plan`, one
+code path, so a recipe that ``check`` accepts does not fail while the run is being set up.
+The plan instantiates every stage's components once per run (each validating its own
+parameters), resolves the model roles they use, checks that every ledger column a component
+reads is written earlier (by the data, an earlier stage, or an earlier component of its stage)
+and binds the parameters of the dataset loader, the noise model, the architectures and the
+augmentations. Loading the data and building the models is :mod:`kdcore.prepare`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from kdcore.component import Component, ComponentSpec
+from kdcore.config import bind_params, structure
+from kdcore.errors import KdcoreError, RecipeError, did_you_mean
+from kdcore.plugins import PluginHost
+from kdcore.recipe import Recipe, StageConfig
+
+DATA_COLUMNS = ("noisy_label", "clean_label", "clean_mask", "base_target", "target")
+"""Columns every ledger has from the start."""
+
+
+@attrs.define(eq=False)
+class StagePlan:
+    """One stage's components, in recipe order, and by the hooks they take part in.
+
+    The lists are worked out once: the batch loop runs no filtering of its own.
+    """
+
+    index: int
+    config: StageConfig
+    components: list[Component]
+    refiners: list[Component] = attrs.Factory(list)
+    selectors: list[Component] = attrs.Factory(list)
+    weighters: list[Component] = attrs.Factory(list)
+    transfers: list[Component] = attrs.Factory(list)
+    backward: list[Component] = attrs.Factory(list)
+    after_step: list[Component] = attrs.Factory(list)
+
+    def __attrs_post_init__(self) -> None:
+        for comp in self.components:
+            kinds, hooks = comp.kinds(), comp.hooks()
+            for kind, bucket in (("refine", self.refiners), ("select", self.selectors),
+                                 ("weight", self.weighters), ("transfer", self.transfers)):
+                if kind in kinds:
+                    bucket.append(comp)
+            if "backward" in hooks:
+                self.backward.append(comp)
+            if "after_step" in hooks:
+                self.after_step.append(comp)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@attrs.define(eq=False)
+class RunPlan:
+    """A recipe resolved against the installed plugins.
+
+    Attributes:
+        recipe: the resolved recipe.
+        stages: one :class:`StagePlan` per stage.
+        models: per enabled role, its architecture factory and bound parameters.
+        augmentations: the training-batch augmentations and their bound parameters.
+    """
+
+    recipe: Recipe
+    stages: list[StagePlan]
+    models: dict[str, tuple[Callable[..., Any], dict[str, Any]]]
+    augmentations: list[tuple[Callable[..., Any], dict[str, Any]]]
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(self.models)
+
+
+def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
+    """Resolve and check ``recipe`` against ``host``'s plugins without loading any data.
+
+    Raises:
+        RecipeError: the first problem found, naming the file and key path.
+    """
+    src = recipe.source
+    problems = [p for ps in host.hook.kdcore_configure(recipe=recipe) if ps for p in ps]
+    if problems:
+        raise RecipeError(problems[0], file=src)
+    _check_device(recipe)
+    data = recipe.data
+    _bind(host.datasets, data.dataset, data.params, "data.dataset", "data.params", src)
+    _bind(host.noise_models, data.noise.model, data.noise.params, "data.noise.model",
+          "data.noise.params", src)
+    augmentations = [
+        _bind(host.augmentations, a.name, a.params, f"data.augment[{i}].name",
+              f"data.augment[{i}].params", src)
+        for i, a in enumerate(data.augment)
+    ]
+    models = {
+        role: _bind(host.models, cfg.arch, cfg.params, f"models.{role}.arch",
+                    f"models.{role}.params", src)
+        for role, cfg in recipe.models.items() if cfg.enabled
+    }
+    stages = [StagePlan(s, stage, build_components(recipe, host, s))
+              for s, stage in enumerate(recipe.stages)]
+    _check_roles(recipe, stages, set(models))
+    _check_columns(recipe, stages)
+    return RunPlan(recipe, stages, models, augmentations)
+
+
+def build_components(recipe: Recipe, host: PluginHost, s: int) -> list[Component]:
+    """Instantiate stage ``s``'s enabled components, each validating its own parameters."""
+    stage = recipe.stages[s]
+    out: list[Component] = []
+    for c, comp in enumerate(stage.components):
+        key = f"stages[{s}].components[{c}]"
+        if not comp.enabled:
+            continue
+        try:
+            cls = host.components.get(comp.use)
+        except KdcoreError as exc:
+            raise RecipeError(str(exc), file=recipe.source, key=f"{key}.use") from None
+        try:
+            params = structure(cls.Params, comp.params, f"{key}.params")
+        except RecipeError as exc:
+            raise exc.at(file=recipe.source) from None
+        terms = tuple(comp.terms) or ((comp.label,) if cls.own_terms_only else ())
+        spec = ComponentSpec(
+            name=comp.label, use=comp.use,
+            models=tuple(comp.models if comp.models is not None else stage.train),
+            terms=terms, weight=comp.weight,
+        )
+        try:
+            out.append(cls(params, spec))
+        except (ValueError, TypeError) as exc:  # a plugin's own check of its parameters
+            raise RecipeError(str(exc), file=recipe.source, key=f"{key}.params") from None
+    labels = {c.name for c in out}
+    for comp in (x for x in stage.components if x.enabled):
+        for term in comp.terms:
+            if term not in labels:
+                raise RecipeError(f"no component labelled '{term}' in this stage",
+                                  file=recipe.source, key=f"stages[{s}].components.terms")
+    return out
+
+
+def _bind(registry: Any, name: str, params: dict[str, Any], name_key: str, params_key: str,
+          source: str | None) -> tuple[Callable[..., Any], dict[str, Any]]:
+    try:
+        fn = registry.get(name)
+    except KdcoreError as exc:
+        raise RecipeError(str(exc), file=source, key=name_key) from None
+    try:
+        return fn, bind_params(fn, params, params_key)
+    except RecipeError as exc:
+        raise exc.at(file=source) from None
+
+
+def _check_device(recipe: Recipe) -> None:
+    from kdcore.device import resolve_device
+
+    try:
+        resolve_device(recipe.run.device)
+    except RecipeError as exc:
+        raise exc.at(file=recipe.source, key="run.device") from None
+
+
+def _component_key(recipe: Recipe, s: int, comp: Component) -> str:
+    labels = [c.label for c in recipe.stages[s].components]
+    return f"stages[{s}].components[{labels.index(comp.name)}]"
+
+
+def _check_roles(recipe: Recipe, stages: Sequence[StagePlan], roles: set[str]) -> None:
+    for stage in stages:
+        for comp in stage.components:
+            for role in comp.roles():
+                if role not in roles:
+                    raise RecipeError(
+                        f"component '{comp.name}' ({comp.spec.use}) uses model role '{role}'"
+                        f"{did_you_mean(role, roles)}, which [models] does not define; "
+                        f"roles: {', '.join(sorted(roles)) or 'none'}",
+                        file=recipe.source, key=f"{_component_key(recipe, stage.index, comp)}"
+                                                ".params")
+
+
+def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
+    """Every column a component reads is written before it, in stage order."""
+    available: set[str] = set(DATA_COLUMNS)
+    for stage in stages:
+        # per-sample losses and training logits reach the ledger at the end of a stage's first
+        # epoch, so they serve later stages
+        epoch_end: set[str] = {f"logits/{r}" for r in stage.config.train}
+        for comp in stage.components:
+            for column in comp.reads():
+                if column not in available:
+                    raise RecipeError(
+                        f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
+                        f"'{column}'{did_you_mean(column, available)}, which nothing placed "
+                        f"before it writes; written by then: {', '.join(sorted(available))}",
+                        file=recipe.source,
+                        key=f"{_component_key(recipe, stage.index, comp)}.params")
+            available.update(comp.written_columns())
+            if "transfer" in comp.kinds():
+                epoch_end.add(f"loss/{comp.name}")
+                epoch_end.update(f"loss/{comp.name}/{r}" for r in comp.models)
+        available |= epoch_end
+
+
+__all__ = ["DATA_COLUMNS", "RunPlan", "StagePlan", "build_components", "build_plan"]

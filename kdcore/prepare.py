@@ -1,0 +1,131 @@
+"""Setting a run up from its plan: data, models, ledger; the same for ``kdcore check``.
+
+:func:`prepare_run` does everything but training. ``kdcore check`` calls it too (then sets up
+every stage's components and stops), so whatever could fail while a run is being set up fails
+under ``check`` first, with the same message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdcore import checkpoint as ckpt
+from kdcore.device import resolve_device
+from kdcore.errors import KdcoreError, RecipeError
+from kdcore.ledger import Ledger
+from kdcore.losses import one_hot
+from kdcore.models.base import ModelSpec
+from kdcore.plan import RunPlan
+from kdcore.plugins import PluginHost
+from kdcore.run import Run, role_seed
+from kdcore.rundata import build_run_data
+
+# A model whose parameters alone need more than this share of the memory left cannot train
+# (gradients and optimiser state take as much again): refused before it is allocated.
+MEMORY_SHARE = 0.5
+
+
+def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
+    """Seed, load and split the data, build the models and the ledger.
+
+    Raises:
+        KdcoreError: data that cannot be loaded, a model that cannot be built or would not fit
+            in memory, a checkpoint that does not fit its model.
+    """
+    recipe = plan.recipe
+    if recipe.run.threads:
+        torch.set_num_threads(recipe.run.threads)
+    torch.manual_seed(recipe.run.seed)
+    device = resolve_device(recipe.run.device)
+    run = Run(recipe, run_dir, device, plan.augmentations)
+    run.data = data = build_run_data(recipe.data, host, recipe.run.seed, device)
+    spec = ModelSpec(tuple(data.train.input_shape), data.num_classes)
+    for role, (factory, params) in plan.models.items():
+        _check_fits(role, factory, spec, params, device)
+        run.models[role] = _build_model(role, factory, spec, params, recipe.run.seed).to(device)
+    run.ledger = ledger = Ledger(len(data.train), device)
+    ledger.add("noisy_label", data.train_noisy, producer="data", kind="label", snapshot=False)
+    ledger.add("clean_label", data.train.y, producer="data", kind="label", snapshot=False)
+    ledger.add("clean_mask", data.train_noisy == data.train.y, producer="data", kind="mask",
+               snapshot=False)
+    # base_target: the epoch-level targets (label propagation writes them); target: what
+    # each sample was trained on this epoch, after the batch-level refinement chain
+    noisy_one_hot = one_hot(data.train_noisy, data.num_classes)
+    ledger.add("base_target", noisy_one_hot, producer="labels", kind="target", snapshot=False)
+    ledger.add("target", noisy_one_hot, producer="labels", kind="target")
+    return run
+
+
+def load_model_checkpoints(run: Run) -> None:
+    """Load each role's ``checkpoint`` weights (after ``adapt_models``: a saved connector
+    fits); weights that do not fit the model are refused with the role and the keys."""
+    for role, cfg in run.recipe.models.items():
+        if cfg.enabled and cfg.checkpoint:
+            load_weights_into(run.models[role], ckpt.load_weights(cfg.checkpoint, role), role,
+                              cfg.checkpoint)
+            run.models[role].to(run.device)
+
+
+def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], role: str,
+                      source: str | Path) -> None:
+    """``model.load_state_dict(state)``, strict, as one line naming what is missing."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise KdcoreError(f"weights for model '{role}' from {source} do not fit it: "
+                          f"{detail[:300]}") from None
+
+
+def _build_model(role: str, factory: object, spec: ModelSpec, params: dict[str, object],
+                 seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(role_seed(seed, role))
+        model = _call_factory(role, factory, spec, params)
+    return model
+
+
+def _call_factory(role: str, factory: object, spec: ModelSpec, params: dict[str, object]
+                  ) -> nn.Module:
+    try:
+        model = factory(spec, **params)  # type: ignore[operator]
+    except KdcoreError:
+        raise
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise RecipeError(f"architecture cannot be built: {exc}",
+                          key=f"models.{role}.params") from None
+    if not isinstance(model, nn.Module):
+        raise KdcoreError(f"the architecture of model '{role}' did not return a torch module")
+    return model
+
+
+def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, object],
+                device: torch.device) -> None:
+    """Build the model on the meta device (no memory) and refuse one too large to train."""
+    with torch.device("meta"):
+        model = _call_factory(role, factory, spec, params)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = _free_memory(device)
+    if free is not None and size > MEMORY_SHARE * free:
+        raise RecipeError(f"model '{role}' needs {size / 2**30:.1f} GiB for its parameters "
+                          f"alone; {free / 2**30:.1f} GiB are free on {device}",
+                          key=f"models.{role}.params")
+
+
+def _free_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES")
+        return int(pages * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+__all__ = ["load_model_checkpoints", "load_weights_into", "prepare_run"]

@@ -1,0 +1,152 @@
+"""One batch's combination rules, as a function of the stage's components and the batch.
+
+Per batch the components are called in recipe order: every ``refine`` first (the targets are
+then final), then every ``select``, every ``weight`` and every ``transfer``. Per trained model:
+
+* refinements chain (each maps the previous target to a new one);
+* selection masks multiply (a sample counts for a term only where every selector acting on that
+  term says yes, or with the product of soft scores);
+* weights multiply;
+* a term is reduced as ``sum(mask * weight * loss) / max(sum(mask), 1)`` over the batch (a
+  plain mean without masks), and the terms add, each times its recipe ``weight``.
+
+:func:`combine` computes all of that and nothing else: no backward pass, no optimiser, no
+ledger. It is unit-testable with fake components and contexts (:mod:`kdcore.testing`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import attrs
+import torch
+
+from kdcore.component import Batch, Component
+from kdcore.context import RunContext
+
+
+@attrs.define(eq=False)
+class Produced:
+    """A per-sample tensor a hook returned, bound for a ledger column."""
+
+    column: str
+    producer: str
+    values: torch.Tensor
+
+
+@attrs.define(eq=False)
+class StepResult:
+    """What one batch's components produced.
+
+    Attributes:
+        losses: the total loss of each model that got a term (with its graph).
+        terms: per role, each term's reduced value (detached), by component name.
+        targets: the final refined targets and the refiner that made them (None: no refiner).
+        masks, weights: what selectors and weighters returned, one entry per ledger column.
+        losses_per_sample: each term's per-sample loss, for the ``loss/<name>`` columns.
+    """
+
+    losses: dict[str, torch.Tensor] = attrs.Factory(dict)
+    terms: dict[str, dict[str, torch.Tensor]] = attrs.Factory(dict)
+    targets: tuple[torch.Tensor, str] | None = None
+    masks: list[Produced] = attrs.Factory(list)
+    weights: list[Produced] = attrs.Factory(list)
+    losses_per_sample: list[Produced] = attrs.Factory(list)
+
+
+# (component, role, tensor): a mask or weight and the model it applies to
+Applied = tuple[Component, str, torch.Tensor]
+
+
+def combine(
+    batch: Batch,
+    *,
+    refiners: Sequence[Component],
+    selectors: Sequence[Component],
+    weighters: Sequence[Component],
+    transfers: Sequence[Component],
+    context: Callable[[Component], RunContext],
+) -> StepResult:
+    """Call the components' batch hooks in recipe order and combine their results.
+
+    Args:
+        batch: the batch.
+        refiners, selectors, weighters, transfers: the stage's components of each kind, in
+            recipe order.
+        context: the context handed to a component's hooks.
+    """
+    result = StepResult()
+    if refiners:
+        targets = batch.targets
+        for comp in refiners:
+            targets = comp.refine(context(comp), batch, targets)
+        batch.targets = targets
+        result.targets = (targets, refiners[-1].name)
+    masks = _collect(batch, selectors, "select", context, result.masks)
+    weights = _collect(batch, weighters, "weight", context, result.weights)
+    for comp in transfers:
+        out = comp.transfer(context(comp), batch)
+        if out is None:
+            continue
+        per_role = out if isinstance(out, Mapping) else {r: out for r in comp.models}
+        for role, per_sample in per_role.items():
+            term = reduce_term(comp, role, per_sample, masks, weights)
+            if per_sample.dim() == 1:
+                col = f"loss/{comp.name}" if len(per_role) == 1 else f"loss/{comp.name}/{role}"
+                result.losses_per_sample.append(Produced(col, comp.name, per_sample.detach()))
+            result.terms.setdefault(role, {})[comp.name] = term.detach()
+            weighted = term if comp.spec.weight == 1.0 else comp.spec.weight * term
+            losses = result.losses
+            losses[role] = losses[role] + weighted if role in losses else weighted
+    return result
+
+
+def _collect(batch: Batch, comps: Sequence[Component], hook: str,
+             context: Callable[[Component], RunContext], produced: list[Produced]
+             ) -> list[Applied]:
+    out: list[Applied] = []
+    for comp in comps:
+        result = getattr(comp, hook)(context(comp), batch)
+        if result is None:
+            continue
+        if not isinstance(result, Mapping):  # one tensor for every served model: one column
+            produced.append(Produced(f"{hook}/{comp.name}", comp.name, result))
+            out.extend((comp, r, result) for r in comp.models)
+            continue
+        for role, value in result.items():
+            produced.append(Produced(f"{hook}/{comp.name}/{role}", comp.name, value))
+            out.append((comp, role, value))
+    return out
+
+
+def reduce_term(comp: Component, role: str, per_sample: torch.Tensor,
+                masks: Sequence[Applied], weights: Sequence[Applied]) -> torch.Tensor:
+    """``sum(mask * weight * loss) / max(sum(mask), 1)`` over the batch for one term and role.
+
+    A mask or weight applies when it was given for ``role`` and its component acts on this
+    term (its ``terms`` are empty or name it). A scalar term is returned as it is.
+    """
+    if per_sample.dim() == 0:
+        return per_sample
+    if not masks and not weights:
+        return per_sample.mean()
+
+    def applies(src: Component, r: str) -> bool:
+        return r == role and (not src.spec.terms or comp.name in src.spec.terms)
+
+    mask = None
+    for src, r, m in masks:
+        if applies(src, r):
+            m = m.to(per_sample.dtype)
+            mask = m if mask is None else mask * m
+    weight = None
+    for src, r, w in weights:
+        if applies(src, r):
+            weight = w if weight is None else weight * w
+    value = per_sample if weight is None else per_sample * weight
+    if mask is None:
+        return value.mean()
+    return (value * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+__all__ = ["Produced", "StepResult", "combine", "reduce_term"]
