@@ -3,30 +3,110 @@
 Each one names the field and the accepted range in its message, which the recipe loader turns
 into "file: key path: message". ``None`` passes every one of them, so an optional field
 (``rate: float | None = attrs.field(default=None, validator=unit_interval)``) needs no wrapper;
-a required field's type already rejects ``None``.
+a required field's type already rejects ``None``. NaN fails every range check.
+
+The same validators serve plain functions (noise models, augmentations, dataset loaders,
+architectures): put them in ``typing.Annotated`` metadata of a keyword parameter
+(``rate: Annotated[float, unit_interval]``) and :func:`kdcore.config.bind_params` runs them
+on the recipe's value before anything is loaded. There they are called with ``instance=None``
+and a :class:`Param` in place of the attrs attribute; a validator may rely on
+``attribute.name`` only. :func:`validate` runs them on any value, for a function's own runtime
+check of a direct call.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, get_args
 
 import attrs
 
-Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+Validator = Callable[[Any, Any, Any], None]
 
 
-def positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+@attrs.frozen
+class Param:
+    """What a validator sees as ``attribute`` outside attrs: the parameter's name."""
+
+    name: str
+
+
+def validate(value: Any, name: str, validators: Iterable[Validator]) -> None:
+    """Run attrs-style ``validators`` on ``value`` (named ``name`` in their messages).
+
+    Raises:
+        ValueError or TypeError: the first validator that refuses the value.
+    """
+    for check in validators:
+        check(None, Param(name), value)
+
+
+def check_annotated(value: Any, name: str, annotation: Any) -> None:
+    """Run the validators in the ``Annotated`` metadata of ``annotation`` on ``value``: the
+    runtime twin of :func:`kdcore.config.bind_params`' check, for a function called directly.
+
+    Raises:
+        ValueError or TypeError: the first validator that refuses the value.
+    """
+    validate(value, name, (m for m in get_args(annotation)[1:] if callable(m)))
+
+
+def require(value: Any, name: str, annotation: Any, *, where: str) -> None:
+    """:func:`check_annotated` for a plain function's own check of a direct call.
+
+    Raises:
+        KdcoreError: ``"{where}: {the validator's message}"``.
+    """
+    from kdcore.errors import KdcoreError
+
+    try:
+        check_annotated(value, name, annotation)
+    except (ValueError, TypeError) as exc:
+        raise KdcoreError(f"{where}: {exc}") from None
+
+
+def positive(instance: Any, attribute: Any, value: Any) -> None:
     """``value > 0`` (NaN fails)."""
     if value is not None and not value > 0:
         raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
 
 
-def non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def non_negative(instance: Any, attribute: Any, value: Any) -> None:
     """``value >= 0`` (NaN fails)."""
     if value is not None and not value >= 0:
         raise ValueError(f"'{attribute.name}' must be >= 0, got {value!r}")
+
+
+def finite(instance: Any, attribute: Any, value: Any) -> None:
+    """A finite number: NaN and +-inf fail."""
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
+
+
+def no_nul(instance: Any, attribute: Any, value: Any) -> None:
+    """A string without NUL bytes: names and paths become file names, and the OS refuses them
+    there (``ValueError: embedded null byte``) long after the recipe was read."""
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError(f"'{attribute.name}' contains a NUL byte (\\0), which no name or path "
+                         f"may hold: {value!r}")
+
+
+def all_of(*validators: Validator) -> Validator:
+    """Every one of ``validators``, in order (the first failure is reported)."""
+
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        for v in validators:
+            v(instance, attribute, value)
+
+    return check
+
+
+finite_non_negative = all_of(finite, non_negative)
+"""``0 <= value < inf``: a weight decay, a duration."""
+
+finite_positive = all_of(finite, positive)
+"""``0 < value < inf``: a scale, a temperature."""
 
 
 def between(low: float, high: float, *, include_low: bool = True, include_high: bool = True,
@@ -40,7 +120,7 @@ def between(low: float, high: float, *, include_low: bool = True, include_high: 
 
     span = f"{left}{_fmt(low)}, {_fmt(high)}{right}" + (f" ({what})" if what else "")
 
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
         if value is None:
             return
         above = value >= low if include_low else value > low
@@ -49,6 +129,47 @@ def between(low: float, high: float, *, include_low: bool = True, include_high: 
             raise ValueError(f"'{attribute.name}' must be in {span}, got {value!r}")
 
     return check
+
+
+def each(validator: Validator) -> Validator:
+    """Apply ``validator`` to every item of a list; the message names the item
+    (``'hidden[1]' must be positive, got 0``)."""
+
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if value is None:
+            return
+        for i, item in enumerate(value):
+            validator(instance, Param(f"{attribute.name}[{i}]"), item)
+
+    return check
+
+
+def stochastic_matrix(instance: Any, attribute: Any, value: Any, *, tol: float = 1e-6) -> None:
+    """A non-empty square table of finite, non-negative numbers whose rows each sum to 1
+    (within ``tol``): a transition matrix, ``T[i][j]`` the probability of ``i -> j``."""
+    if value is None:
+        return
+    name = attribute.name
+    if not _is_table(value) or not value:
+        raise ValueError(f"'{name}' must be a non-empty table of rows of numbers, got {value!r}")
+    size = len(value)
+    for i, row in enumerate(value):
+        if len(row) != size:
+            raise ValueError(
+                f"'{name}' must be square: row {i} has {len(row)} entries, expected {size}")
+        if any(not math.isfinite(x) or x < 0 for x in row):
+            raise ValueError(f"'{name}': row {i} has a negative or non-finite entry")
+        total = math.fsum(row)
+        if abs(total - 1.0) > tol:
+            raise ValueError(f"'{name}': row {i} sums to {total:.6g}, not 1")
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str) and all(
+        isinstance(row, Sequence) and not isinstance(row, str)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
+        for row in value
+    )
 
 
 unit_interval = between(0.0, 1.0)

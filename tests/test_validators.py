@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import attrs
 import pytest
 
-from kdcore.validators import below_one, between, non_negative, positive, unit_interval
+from kdcore.errors import KdcoreError
+from kdcore.validators import (
+    all_of,
+    below_one,
+    between,
+    check_annotated,
+    each,
+    finite,
+    finite_non_negative,
+    finite_positive,
+    no_nul,
+    non_negative,
+    positive,
+    require,
+    stochastic_matrix,
+    unit_interval,
+    validate,
+)
 
 
 @attrs.frozen
@@ -37,3 +55,68 @@ def test_out_of_range_is_named(field, value, message):
 def test_bounds_and_none_pass():
     P(pos=None, nonneg=0, unit=0.0, rate=0.999, ratio=1.0)
     P(unit=1.0, ratio=1e-9)
+
+
+@attrs.frozen
+class Q:
+    fin: float = attrs.field(default=0.0, validator=finite)
+    scale: float = attrs.field(default=1.0, validator=finite_positive)
+    decay: float = attrs.field(default=0.0, validator=finite_non_negative)
+    sizes: list[int] = attrs.field(factory=list, validator=each(positive))
+    path: str = attrs.field(default="", validator=no_nul)
+    matrix: list[list[float]] | None = attrs.field(default=None, validator=stochastic_matrix)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("fin", math.inf, "'fin' must be a finite number, got inf"),
+    ("fin", -math.inf, "'fin' must be a finite number"),
+    ("fin", math.nan, "'fin' must be a finite number"),
+    ("scale", math.inf, "'scale' must be a finite number"),
+    ("scale", 0.0, "'scale' must be positive"),
+    ("decay", -1e-9, "'decay' must be >= 0"),
+    ("decay", math.inf, "'decay' must be a finite number"),
+    ("sizes", [3, 0, 2], "'sizes[1]' must be positive, got 0"),
+    ("path", "runs/a\0b", "'path' contains a NUL byte"),
+    ("matrix", [], "non-empty table"),
+    ("matrix", [[1.0, "x"], [0.0, 1.0]], "non-empty table"),
+    ("matrix", [[True, False], [False, True]], "non-empty table"),
+    ("matrix", [[1.0, 0.0], [1.0]], "must be square: row 1 has 1 entries, expected 2"),
+    ("matrix", [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], "must be square: row 0 has 3 entries"),
+    ("matrix", [[1.5, -0.5], [0.0, 1.0]], "row 0 has a negative or non-finite entry"),
+    ("matrix", [[1.0, 0.0], [math.nan, 1.0]], "row 1 has a negative or non-finite entry"),
+    ("matrix", [[1.0, 0.0], [math.inf, 1.0]], "row 1 has a negative or non-finite entry"),
+    ("matrix", [[0.5, 0.4], [0.0, 1.0]], "row 0 sums to 0.9, not 1"),
+])
+def test_more_ranges_are_named(field, value, message):
+    with pytest.raises(ValueError) as err:
+        Q(**{field: value})
+    assert message in str(err.value)
+
+
+def test_more_ranges_accept_their_bounds():
+    Q(fin=-1e300, scale=1e-300, decay=0.0, sizes=[1, 5], path="runs/a b",
+      matrix=[[1 / 3 + 1e-8, 1 / 3, 1 / 3], [0, 1, 0], [0.0, 0.0, 1.0]])
+    Q(sizes=[], matrix=None)
+
+
+def test_all_of_reports_the_first_failure():
+    both = all_of(non_negative, between(0.0, 1.0))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        validate(-1.0, "x", [both])
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        validate(2.0, "x", [both])
+    validate(0.5, "x", [both])
+
+
+def test_validators_run_outside_attrs_with_a_name():
+    with pytest.raises(ValueError, match="'rate' must be in"):
+        validate(1.5, "rate", [unit_interval])
+    with pytest.raises(ValueError, match="'rate' must be in"):
+        check_annotated(1.5, "rate", Annotated[float, "a note", unit_interval])
+    check_annotated(0.5, "rate", Annotated[float, unit_interval])
+    check_annotated(5.0, "rate", float)  # no metadata: nothing to check
+
+
+def test_require_raises_a_user_error_that_names_the_caller():
+    with pytest.raises(KdcoreError, match=r"^cutout: 'size' must be positive, got 0$"):
+        require(0, "size", Annotated[int, positive], where="cutout")
