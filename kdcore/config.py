@@ -3,24 +3,60 @@
 Used for the recipe itself and for every component's ``Params`` class, so that a plugin's
 parameters are validated exactly like kdcore's own: unknown keys get a "did you mean", a value of
 the wrong type names what was expected, and attrs validators report through the same message.
+
+Annotations understood: ``int``, ``float`` (an integer is accepted and converted), ``bool``,
+``str`` and subclasses of ``str`` (a TOML string is converted by calling the type, e.g. an
+``enum`` with ``str`` values or a ``Role(str)``), ``Literal``, unions and ``Optional``,
+``list``/``tuple``/``dict`` of those, attrs classes, and ``typing.Annotated[T, v1, v2, ...]``:
+the value is converted as ``T``, then every callable in the metadata is run on it as an attrs
+validator ``v(instance, attribute, value)`` with ``instance=None`` and an ``attribute`` of which
+only ``.name`` is defined (see :mod:`kdcore.validators`; non-callable metadata is ignored).
+That is how a plain function (a noise model, an augmentation, a dataset loader, an
+architecture) declares the range of each keyword parameter, checked by :func:`bind_params`
+before any data is loaded::
+
+    def symmetric(ctx, *, rate: Annotated[float, unit_interval]) -> torch.Tensor: ...
+
+The metadata is honoured on attrs fields too, in addition to their own ``validator``.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 import types
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import attrs
 
 from kdcore.errors import RecipeError, did_you_mean
+from kdcore.validators import check_annotated
 
 T = TypeVar("T")
 
 
+class _Refused(RecipeError):
+    """A value of the right type that an ``Annotated`` validator refused."""
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
+    if origin is Annotated:
+        return _type_name(get_args(tp)[0])
+    if isinstance(tp, type) and issubclass(tp, enum.Enum) and issubclass(tp, str):
+        return " or ".join(repr(m.value) for m in tp)
+    if isinstance(tp, type) and issubclass(tp, str) and tp is not str:
+        return f"a {tp.__name__} (a string)"
     if origin is Literal:
         return " or ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
@@ -44,6 +80,13 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is Any:
         return value
     origin = get_origin(tp)
+    if origin is Annotated:
+        value = _convert(get_args(tp)[0], value, key)
+        try:
+            check_annotated(value, _last_part(key), tp)
+        except (ValueError, TypeError) as exc:
+            raise _Refused(str(exc), key=key or None) from None
+        return value
     if origin is Literal:
         if value in get_args(tp):
             return value
@@ -57,6 +100,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
                 continue
             try:
                 return _convert(arg, value, key)
+            except _Refused:  # the type fitted and a validator said no: that is the message
+                raise
             except RecipeError:
                 continue
         raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)
@@ -80,20 +125,45 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return structure(tp, value, key)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond any float
+                pass
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is bool or tp is str:
         if isinstance(value, tp):
             return value
+    elif isinstance(tp, type) and issubclass(tp, str):
+        if isinstance(value, str):
+            return _str_subclass(tp, value, key)
+    elif isinstance(tp, type) and issubclass(tp, str):  # Role, ColumnName: typed strings
+        if isinstance(value, str):
+            return tp(value)
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
     raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)
 
 
+def _str_subclass(tp: type[str], value: str, key: str) -> str:
+    """A TOML string as the ``str`` subclass ``tp`` (a role name, a ``str`` enum)."""
+    if isinstance(value, tp):
+        return value
+    try:
+        return tp(value)
+    except (ValueError, TypeError) as exc:
+        detail = "" if issubclass(tp, enum.Enum) else f" ({exc})"
+        raise RecipeError(f"got {value!r}, expected {_type_name(tp)}{detail}", key=key) from None
+
+
 def _join(key: str, name: str) -> str:
     return f"{key}.{name}" if key else name
+
+
+def _last_part(key: str) -> str:
+    """The name a validator's message uses: the last part of the key path."""
+    return key.rsplit(".", 1)[-1] or "value"
 
 
 def structure(cls: type[T], data: Any, key: str = "") -> T:
@@ -111,7 +181,7 @@ def structure(cls: type[T], data: Any, key: str = "") -> T:
         return data
     if not isinstance(data, Mapping):
         raise RecipeError(f"got {data!r}, expected a table", key=key or None)
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in attrs.fields(cls)}
     aliases = {f.alias or f.name: f.name for f in fields.values()}
     kwargs: dict[str, Any] = {}
@@ -148,11 +218,20 @@ def bind_params(fn: Callable[..., Any], data: Mapping[str, Any], key: str = "") 
     """Check ``data`` against the annotated keyword parameters of ``fn``.
 
     Registries of datasets, noise models and architectures hold plain functions; their
-    keyword parameters (with annotations and defaults) are what a recipe may set.
+    keyword-only parameters (with annotations and defaults) are what a recipe may set. Each
+    value is converted and checked by its annotation, ``Annotated`` validators included (see
+    the module docstring), so a bad value is refused before the function is ever called.
+
+    Returns:
+        the converted values of the keys in ``data`` (defaults are left to ``fn``).
+
+    Raises:
+        RecipeError: an unknown key, a keyword-only parameter without a default that ``data``
+            does not set, a value of the wrong type, or a value its validators refuse.
     """
     sig = inspect.signature(fn)
     try:
-        hints = get_type_hints(fn)
+        hints = get_type_hints(fn, include_extras=True)
     except Exception:  # annotations that cannot be resolved are taken as Any
         hints = {}
     params = {
@@ -167,6 +246,9 @@ def bind_params(fn: Callable[..., Any], data: Mapping[str, Any], key: str = "") 
                 key=_join(key, name),
             )
         out[name] = _convert(hints.get(name, Any), value, _join(key, name))
+    for name, p in params.items():
+        if p.default is p.empty and name not in out:
+            raise RecipeError(f"missing required key '{name}'", key=_join(key, name))
     return out
 
 
