@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import tomllib
 
 import pytest
 
 from kdcore.errors import RecipeError
-from kdcore.recipe import load_recipe, recipe_from_dict
+from kdcore.recipe import (
+    MAX_DEPTH,
+    apply_override,
+    check_plain,
+    load_recipe,
+    parse_override,
+    recipe_from_dict,
+)
 
 
 def _write(tmp_path, name, text):
@@ -118,7 +127,7 @@ def test_type_errors_name_file_key_and_expectation(tmp_path, edit, key, message)
 
 def test_validator_errors(tmp_path):
     p = _write(tmp_path, "bad.toml", BASE.replace("batch_size = 32", "batch_size = -1"))
-    with pytest.raises(RecipeError, match=r"data\.batch_size.*positive"):
+    with pytest.raises(RecipeError, match=r"data\.batch_size: 'batch_size' must be in \[1, "):
         load_recipe(p)
 
 
@@ -158,3 +167,188 @@ def test_shipped_baseline_recipes_load(name):
 
     r = load_recipe(Path(__file__).parents[1] / "recipes" / f"{name}.toml")
     assert r.stages and r.data.dataset == "digits"
+
+
+# -- ranges, consistency, plain-data checks, writing -------------------------------------------
+
+
+def _with(key_path: str, value):
+    """BASE as data, with one value set the way ``--set`` sets it."""
+    data = tomllib.loads(BASE)
+    apply_override(data, key_path.split("."), value)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("key_path", "value", "message"),
+    [
+        ("run.seed", -1, r"'seed' must be in \[0, 9223372036854775807\]"),
+        ("run.seed", 2**63, "outside TOML's 64-bit range"),
+        ("run.threads", 4097, r"'threads' must be in \[0, 4096\]"),
+        ("run.threads", -1, r"'threads' must be in \[0, 4096\]"),
+        ("run.checkpoint_interval_s", math.inf, "'checkpoint_interval_s' must be a finite"),
+        ("run.checkpoint_interval_s", -1.0, "must be >= 0"),
+        ("run.device", "meta", r"must be 'auto', 'cpu', 'cuda' or 'cuda:N'.*got 'meta'"),
+        ("run.device", "mps", "got 'mps'"),
+        ("run.device", "cuda:-1", "got 'cuda:-1'"),
+        ("run.device", "CPU", "got 'CPU'"),
+        ("run.name", "a\0b", "'name' contains a NUL byte"),
+        ("run.output_dir", "runs\0", "'output_dir' contains a NUL byte"),
+        ("models.student.checkpoint", "w\0.pt", "NUL byte"),
+        ("models.student.optimizer.lr", 1e308, r"'lr' must be in \[0, 10\]"),
+        ("models.student.optimizer.lr", -0.1, r"'lr' must be in \[0, 10\]"),
+        ("models.student.optimizer.lr", math.inf, r"'lr' must be in \[0, 10\]"),
+        ("models.student.optimizer.momentum", 1.0, r"'momentum' must be in \[0, 1\)"),
+        ("models.student.optimizer.momentum", -1, r"'momentum' must be in \[0, 1\)"),
+        ("models.student.optimizer.weight_decay", math.inf, "must be a finite number"),
+        ("models.student.optimizer.weight_decay", -1e-4, "must be >= 0"),
+        ("models.student.schedule.gamma", 0.0, "'gamma' must be positive"),
+        ("models.student.schedule.gamma", math.inf, "'gamma' must be a finite"),
+        ("models.student.schedule.milestones", [3, -1], "'milestones\\[1\\]' must be >= 0"),
+        ("data.batch_size", 0, r"'batch_size' must be in \[1, 1048576\]"),
+        ("data.eval_batch_size", 2**20 + 1, r"'eval_batch_size' must be in \[1, 1048576\]"),
+        ("data.val_fraction", 1.0, r"'val_fraction' must be in \[0, 1\)"),
+        ("data.test_fraction", -0.5, r"'test_fraction' must be in \[0, 1\)"),
+        ("data.gold_per_class", -1, "must be >= 0"),
+        ("data.train_subset", -5, "must be >= 0"),
+        ("stages.s1.epochs", -1, "must be >= 0"),
+        ("stages.s1.components.kd.weight", math.inf, "'weight' must be a finite number"),
+        ("stages.s1.components.kd.weight", -math.inf, "'weight' must be a finite number"),
+        ("stages.s1.components.kd.weight", math.nan, "NaN is not a value any recipe key"),
+        ("data.noise.params.rate", math.nan, "NaN"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_range(key_path, value, message):
+    with pytest.raises(RecipeError, match=message) as err:
+        recipe_from_dict(_with(key_path, value), source="r.toml")
+    assert err.value.file == "r.toml"
+    expected_key = key_path.replace("stages.s1.components.kd", "stages[0].components[1]")
+    assert err.value.key.startswith(expected_key.replace("stages.s1", "stages[0]"))
+
+
+@pytest.mark.parametrize(
+    ("key_path", "value"),
+    [
+        ("run.seed", 2**63 - 1), ("run.threads", 4096), ("run.device", "cuda:3"),
+        ("run.device", "cpu"), ("run.checkpoint_interval_s", 0),
+        ("models.student.optimizer.lr", 10), ("models.student.optimizer.lr", 0.0),
+        ("models.student.optimizer.momentum", 0.0), ("data.batch_size", 2**20),
+        ("stages.s1.components.kd.weight", -0.5), ("data.val_fraction", 0.0),
+    ],
+)
+def test_values_at_the_bounds_are_accepted(key_path, value):
+    recipe_from_dict(_with(key_path, value))
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "message"),
+    [
+        ({"data.val_fraction": 0.5, "data.test_fraction": 0.5}, "data.val_fraction",
+         "val_fraction \\+ test_fraction is 1; it must be below 1"),
+        ({"data.val_fraction": 0.8}, "data.val_fraction", "defaults to 0.2"),
+        ({"models.student.schedule": {"name": "multistep", "milestones": [1, 2, 3], "gamma": 10.0}},
+         "models.student.schedule.gamma", "takes the learning rate 0.05 above 10"),
+        ({"models.student.schedule": {"name": "multistep", "milestones": [1] * 40,
+                                      "gamma": 1e300}},
+         "models.student.schedule.gamma", "above 10"),
+        ({"models.student.optimizer.momentum": 0.0, "models.student.optimizer.nesterov": True},
+         "models.student.optimizer.nesterov", "needs momentum > 0"),
+    ],
+)
+def test_cross_field_rules(changes, key, message):
+    data = tomllib.loads(BASE)
+    for key_path, value in changes.items():
+        apply_override(data, key_path.split("."), value)
+    with pytest.raises(RecipeError, match=message) as err:
+        recipe_from_dict(data)
+    assert err.value.key == key
+
+
+def test_cross_field_rules_accept_what_is_sound():
+    data = tomllib.loads(BASE)
+    apply_override(data, ["models", "student", "schedule"],
+                   {"name": "multistep", "milestones": [5], "gamma": 2.0})
+    apply_override(data, ["models", "student", "optimizer"],
+                   {"name": "adam", "momentum": 0.0, "nesterov": True})  # SGD-only settings
+    apply_override(data, ["data", "val_fraction"], 0.7)
+    recipe_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "message"),
+    [
+        ({"run": {"name\0": "x"}}, "run.name\0", "NUL byte"),
+        ({"run": {"name": "caf\udce9"}}, "run.name", "not valid UTF-8"),
+        ({"data": {"params": {"n": 2**64}}}, "data.params.n", "outside TOML's 64-bit range"),
+        ({"data": {"params": {"n": -(2**63) - 1}}}, "data.params.n", "64-bit"),
+        ({"stages": [{"x": [[math.nan]]}]}, "stages[0].x[0][0]", "NaN"),
+    ],
+)
+def test_plain_data_refuses_what_no_key_accepts(data, key, message):
+    with pytest.raises(RecipeError, match=message) as err:
+        check_plain(data)
+    assert err.value.key == key
+
+
+def test_plain_data_depth_is_bounded_without_recursing():
+    deep: dict = {}
+    node = deep
+    for _ in range(5000):  # far past Python's recursion limit
+        node["a"] = {}
+        node = node["a"]
+    with pytest.raises(RecipeError, match=f"nested more than {MAX_DEPTH}"):
+        check_plain({"data": {"params": deep}})
+    shallow = {"a": [[[1]]]}
+    check_plain(shallow)
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "value"),
+    [
+        ("a.b=1", ["a", "b"], 1),
+        ("a=hello world", ["a"], "hello world"),  # not TOML: taken as text
+        ("a=1\nb = 2", ["a"], "1\nb = 2"),  # two TOML values: taken as text, not half of it
+        ("a=[1, 2]", ["a"], [1, 2]),
+    ],
+)
+def test_override_values(text, path, value):
+    assert parse_override(text) == (path, value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("run..name=x", "the key path has an empty part"),
+        ("stages.\u0661.epochs=3", "no entry named '\u0661'"),  # an Arabic-Indic digit
+        ("stages.5.epochs=3", "index 5 out of range"),
+        ("run.name.first=x", "cannot set a key inside run.name = 'base', which is not a table"),
+        ("data.batch_size=" + "[" * 2000 + "]" * 2000, "nests arrays or tables too deeply"),
+    ],
+)
+def test_bad_overrides_are_recipe_errors_naming_the_file(tmp_path, override, message):
+    p = _write(tmp_path, "a.toml", BASE)
+    with pytest.raises(RecipeError, match=message) as err:
+        load_recipe(p, [override])
+    assert err.value.file == str(p)
+
+
+def test_resolved_recipe_round_trips_awkward_text():
+    data = tomllib.loads(BASE)
+    data["run"]["name"] = 'tab\there "quoted" back\\slash\r\x01\x7f\u00e9\U0001f600'
+    data["data"]["params"] = {"é": 1, "with space": "x", "": [], "when": dt.date(2024, 1, 2),
+                              "at": dt.datetime(2024, 1, 2, 3, 4, 5, 600)}
+    data["stages"][0]["components"][1]["params"]["temperature"] = math.inf
+    r = recipe_from_dict(data)
+    again = recipe_from_dict(tomllib.loads(r.to_toml()))
+    assert again.to_dict() == r.to_dict()
+
+
+def test_every_name_imported_from_the_package_is_there():
+    import kdcore.recipe as package
+
+    used = {"AugmentConfig", "ComponentConfig", "DataConfig", "ModelConfig", "NoiseConfig",
+            "OptimizerConfig", "Recipe", "RunConfig", "ScheduleConfig", "StageConfig",
+            "load_recipe", "read_toml", "recipe_from_dict", "load_raw", "merge", "dumps_toml",
+            "parse_override", "apply_override", "check_consistency"}
+    assert used <= set(package.__all__)
+    assert all(hasattr(package, name) for name in package.__all__)

@@ -1,0 +1,69 @@
+"""Recipes: TOML files read into typed, validated attrs objects.
+
+* :mod:`kdcore.recipe.schema`: the attrs classes, one per table, with every number's range;
+* :mod:`kdcore.recipe.resolve`: reading files, ``extends``, merging, ``--set`` overrides,
+  cross-field checks (:func:`load_recipe`, :func:`recipe_from_dict`);
+* :mod:`kdcore.recipe.writer`: resolved recipes written back as TOML.
+
+Everything is re-exported here; import from ``kdcore.recipe``.
+"""
+
+from kdcore.recipe.resolve import (
+    MAX_DEPTH,
+    MAX_EXTENDS,
+    apply_override,
+    check_consistency,
+    check_plain,
+    load_raw,
+    load_recipe,
+    merge,
+    parse_override,
+    read_toml,
+    recipe_from_dict,
+)
+from kdcore.recipe.schema import (
+    MAX_BATCH_SIZE,
+    MAX_LR,
+    MAX_SEED,
+    MAX_THREADS,
+    AugmentConfig,
+    ComponentConfig,
+    DataConfig,
+    ModelConfig,
+    NoiseConfig,
+    OptimizerConfig,
+    Recipe,
+    RunConfig,
+    ScheduleConfig,
+    StageConfig,
+)
+from kdcore.recipe.writer import dumps_toml
+
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_DEPTH",
+    "MAX_EXTENDS",
+    "MAX_LR",
+    "MAX_SEED",
+    "MAX_THREADS",
+    "AugmentConfig",
+    "ComponentConfig",
+    "DataConfig",
+    "ModelConfig",
+    "NoiseConfig",
+    "OptimizerConfig",
+    "Recipe",
+    "RunConfig",
+    "ScheduleConfig",
+    "StageConfig",
+    "apply_override",
+    "check_consistency",
+    "check_plain",
+    "dumps_toml",
+    "load_raw",
+    "load_recipe",
+    "merge",
+    "parse_override",
+    "read_toml",
+    "recipe_from_dict",
+]

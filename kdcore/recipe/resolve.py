@@ -1,0 +1,358 @@
+"""Reading recipes: TOML files, ``extends``, merging, ``--set`` overrides, consistency checks.
+
+A recipe may ``extends = "other.toml"`` (a path relative to itself) and override keys; tables
+merge key by key, and lists of tables whose entries carry a ``name`` (stages, components) merge
+entry by entry, matched by name, new names appended. ``--set key.path=value`` overrides apply
+after that, with list entries addressed by index or by name
+(``stages.student.components.kd.weight=0``). Nothing in a recipe is evaluated as code.
+
+Reading never ends in a traceback: whatever the bytes of a file or an override, the outcome is a
+:class:`~kdcore.errors.RecipeError` naming the file and the key, or a typed :class:`Recipe`.
+Before anything walks the data recursively (merging, type checks), :func:`check_plain` bounds
+its nesting depth, and refuses what no key accepts: NUL bytes and text that is not UTF-8,
+integers beyond TOML's 64 bits, and NaN.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kdcore.config import structure
+from kdcore.errors import RecipeError, did_you_mean
+from kdcore.recipe.schema import MAX_LR, Recipe
+from kdcore.validators import Param, no_nul
+
+MAX_DEPTH = 32
+"""Tables and arrays nest at most this deep (a shipped recipe needs 6)."""
+
+MAX_EXTENDS = 32
+"""The longest chain of ``extends`` followed."""
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse one TOML file; a missing, unreadable or malformed file is a :class:`RecipeError`.
+
+    The data is checked by :func:`check_plain` before it is returned.
+    """
+    name = str(path)
+    if "\0" in name:
+        raise RecipeError(f"the recipe path {name!r} contains a NUL byte")
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file not found: {path}") from None
+    except IsADirectoryError:
+        raise RecipeError(f"recipe path is a directory: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"malformed TOML: {exc}", file=name) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "TOML files must be UTF-8", file=name) from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively
+        raise RecipeError("malformed TOML: arrays or tables nested too deeply for the reader",
+                          file=name) from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe: {exc.strerror or exc}", file=name) from None
+    try:
+        check_plain(data)
+    except RecipeError as exc:
+        raise exc.at(file=name) from None
+    return data
+
+
+def check_plain(data: Any, key: str = "") -> None:
+    """Refuse what no recipe key accepts, before anything recurses into ``data``.
+
+    Raises:
+        RecipeError: nesting deeper than :data:`MAX_DEPTH`, a string or key with a NUL byte
+            or with text that is not UTF-8 (a command-line argument decoded with surrogate
+            escapes), an integer outside [-2**63, 2**63 - 1] (TOML's own limit), or NaN.
+    """
+    # an explicit stack: the depth check must not itself recurse past Python's limit
+    stack: list[tuple[Any, str, int]] = [(data, key, 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, Mapping) or (isinstance(value, list) and value):
+            if depth >= MAX_DEPTH:
+                raise RecipeError(f"nested more than {MAX_DEPTH} tables or arrays deep",
+                                  key=where or None)
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                sub = _join(where, str(k))
+                _check_text(k, sub)
+                stack.append((v, sub, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, where)
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+            raise RecipeError(f"the integer {value} is outside TOML's 64-bit range "
+                              f"[-2**63, 2**63 - 1]", key=where or None)
+        elif isinstance(value, float) and math.isnan(value):
+            raise RecipeError("NaN is not a value any recipe key accepts", key=where or None)
+
+
+def _check_text(text: Any, where: str) -> None:
+    if not isinstance(text, str):
+        return
+    try:
+        no_nul(None, Param(where.rsplit(".", 1)[-1] or "value"), text)
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a ValueError too: caught first
+        raise RecipeError(f"{text!r} is not valid UTF-8 text", key=where or None) from None
+    except ValueError as exc:
+        raise RecipeError(str(exc), key=where or None) from None
+
+
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The recipe's data with every ``extends`` merged in (the base first)."""
+    if "\0" in str(path):
+        raise RecipeError(f"the recipe path {str(path)!r} contains a NUL byte")
+    try:
+        path = Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
+        raise RecipeError(f"cannot read recipe: {exc}", file=str(path)) from None
+    data = read_toml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    where = {"file": str(path), "key": "extends"}
+    if not isinstance(parent, str):
+        raise RecipeError(f"got {parent!r}, expected a file path", **where)
+    chain = (*_seen, path)
+    try:
+        base_path = (path.parent / parent).resolve()
+        is_dir, is_file = base_path.is_dir(), base_path.is_file()
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+        raise RecipeError(f"cannot read {parent!r}: {exc}", **where) from None
+    if base_path in chain:
+        cycle = " -> ".join(p.name for p in (*chain, base_path))
+        raise RecipeError(f"recipe extends itself in a cycle: {cycle}", **where)
+    if len(chain) > MAX_EXTENDS:
+        raise RecipeError(f"more than {MAX_EXTENDS} recipes extend one another", **where)
+    if is_dir:
+        raise RecipeError(f"{parent!r} is a directory ({base_path}), not a recipe file",
+                          **where)
+    if not is_file:
+        raise RecipeError(f"{parent!r}: no such recipe file ({base_path})", **where)
+    return merge(load_raw(base_path, chain), data)
+
+
+def merge(base: Any, over: Any) -> Any:
+    """Deep-merge ``over`` into ``base`` (see the module docstring for lists of tables)."""
+    if isinstance(base, Mapping) and isinstance(over, Mapping):
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    if _named_list(base) and _named_list(over):
+        out_list = [copy.deepcopy(item) for item in base]
+        names = [_entry_name(item) for item in out_list]
+        for item in over:
+            name = _entry_name(item)
+            if name in names:
+                i = names.index(name)
+                out_list[i] = merge(out_list[i], item)
+            else:
+                out_list.append(copy.deepcopy(item))
+                names.append(name)
+        return out_list
+    return copy.deepcopy(over)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _entry_name(item: Mapping[str, Any]) -> Any:
+    return item.get("name", item.get("use"))
+
+
+def _named_list(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, Mapping) and _entry_name(v) is not None for v in value)
+    )
+
+
+# -- overrides -------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=VALUE"`` -> (["a", "b", "c"], value); VALUE is read as TOML, else a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"override {text!r} is not of the form key.path=value")
+    path = key.split(".")
+    if not all(path):
+        raise RecipeError(f"override {text!r}: the key path has an empty part", key=key)
+    raw = raw.strip()
+    try:
+        parsed = tomllib.loads(f"v = {raw}")
+    except tomllib.TOMLDecodeError:
+        return path, raw
+    except RecursionError:
+        raise RecipeError("the value nests arrays or tables too deeply", key=key) from None
+    # "1\nother = 2" parses, but as more than one value: take the text as it is
+    return path, parsed["v"] if parsed.keys() == {"v"} else raw
+
+
+def apply_override(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    """Set ``value`` at ``path``; list entries are addressed by index or by name."""
+    node: Any = data
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        where = ".".join(path[: depth + 1])
+        if isinstance(node, list):
+            i = _list_position(node, part, where)
+            if last:
+                node[i] = value
+            else:
+                node = node[i]
+            continue
+        if not isinstance(node, dict):
+            raise RecipeError(
+                f"cannot set a key inside {'.'.join(path[:depth])} = {node!r}, which is not a "
+                "table", key=where)
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def _list_position(node: list[Any], part: str, where: str) -> int:
+    sign, digits = (part[0], part[1:]) if part[:1] == "-" else ("", part)
+    if digits.isascii() and digits.isdigit():
+        i = int(sign + digits)
+        if -len(node) <= i < len(node):
+            return i % len(node)
+        raise RecipeError(f"index {i} out of range (length {len(node)})", key=where)
+    names = [_entry_name(x) if isinstance(x, Mapping) else None for x in node]
+    if part in names:
+        return names.index(part)
+    known = [str(n) for n in names if n is not None]
+    raise RecipeError(
+        f"no entry named '{part}'{did_you_mean(part, known)}; "
+        f"entries: {', '.join(known) or 'none (address them by index)'}",
+        key=where,
+    )
+
+
+# -- typing and consistency ------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, extend, override and type-check a recipe file.
+
+    Component parameters are checked later, by the plugin that owns each component (see
+    :func:`kdcore.build.build_components`), because only it knows their types.
+    """
+    data = load_raw(path)
+    for text in overrides:
+        try:
+            key_path, value = parse_override(text)
+            apply_override(data, key_path, value)
+        except RecipeError as exc:
+            raise exc.at(file=str(path)) from None
+    return recipe_from_dict(data, source=str(path))
+
+
+def recipe_from_dict(data: Mapping[str, Any], source: str | None = None) -> Recipe:
+    """Type-check plain recipe data (already extended and overridden)."""
+    try:
+        check_plain(data)
+        recipe = structure(Recipe, {k: v for k, v in data.items() if k != "source"})
+        recipe = attrs.evolve(recipe, source=source)
+        check_consistency(recipe)
+    except RecipeError as exc:
+        raise exc.at(file=source) from None
+    return recipe
+
+
+def check_consistency(recipe: Recipe) -> None:
+    """Cross-field rules that no single field's type can express."""
+    if not recipe.stages:
+        raise RecipeError("a recipe needs at least one [[stages]] entry", key="stages")
+    _check_fractions(recipe)
+    roles = {r for r, m in recipe.models.items() if m.enabled}
+    for role, model in recipe.models.items():
+        _check_schedule(role, model)
+    seen_stages: set[str] = set()
+    for s, stage in enumerate(recipe.stages):
+        key = f"stages[{s}]"
+        if stage.name in seen_stages:
+            raise RecipeError(f"duplicate stage name '{stage.name}'", key=f"{key}.name")
+        seen_stages.add(stage.name)
+        for field in ("train", "eval"):
+            for role in getattr(stage, field) or []:
+                if role not in roles:
+                    raise RecipeError(
+                        f"unknown model role '{role}'{did_you_mean(role, roles)}; "
+                        f"[models] defines: {', '.join(sorted(roles)) or 'none'}",
+                        key=f"{key}.{field}",
+                    )
+        labels: set[str] = set()
+        for c, comp in enumerate(stage.components):
+            ckey = f"{key}.components[{c}]"
+            if comp.label in labels and comp.enabled:
+                raise RecipeError(
+                    f"two components labelled '{comp.label}'; give one a different 'name'",
+                    key=f"{ckey}.name",
+                )
+            labels.add(comp.label)
+            for role in comp.models or []:
+                if role not in roles:
+                    raise RecipeError(
+                        f"unknown model role '{role}'{did_you_mean(role, roles)}",
+                        key=f"{ckey}.models",
+                    )
+            if comp.models is None and not stage.train and comp.enabled:
+                raise RecipeError(
+                    "the stage trains no model, so name the component's 'models'",
+                    key=f"{ckey}.models",
+                )
+
+
+DEFAULT_TEST_FRACTION = 0.2
+"""What ``data.test_fraction`` means when unset, for a dataset without a test split."""
+
+
+def _check_fractions(recipe: Recipe) -> None:
+    data = recipe.data
+    test = DEFAULT_TEST_FRACTION if data.test_fraction is None else data.test_fraction
+    if data.val_fraction + test >= 1.0:
+        default = " (data.test_fraction defaults to 0.2)" if data.test_fraction is None else ""
+        raise RecipeError(
+            f"val_fraction + test_fraction is {data.val_fraction + test:g}{default}; it must "
+            "be below 1 to leave training samples", key="data.val_fraction")
+
+
+def _check_schedule(role: str, model: Any) -> None:
+    sched, lr = model.schedule, model.optimizer.lr
+    if sched.name != "multistep" or sched.gamma <= 1 or lr == 0:
+        return
+    # in logarithms: gamma ** len(milestones) overflows a float long before it is refused
+    steps = len(sched.milestones)
+    if math.log(lr) + steps * math.log(sched.gamma) > math.log(MAX_LR):
+        raise RecipeError(
+            f"gamma {sched.gamma:g} over {steps} milestones takes the learning rate "
+            f"{lr:g} above {MAX_LR:g}", key=f"models.{role}.schedule.gamma")
