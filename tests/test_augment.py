@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdcore.data.augment import AUGMENTATIONS, cutout, random_crop_flip
-from kdcore.errors import KdcoreError
+from kdcore.config import bind_params
+from kdcore.data.augment import AUGMENTATIONS, MAX_CUTOUT, MAX_PADDING, cutout, random_crop_flip
+from kdcore.errors import KdcoreError, RecipeError
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -111,3 +112,37 @@ def test_flat_or_integer_input_is_refused() -> None:
         random_crop_flip(torch.randn(4, 64), _gen())
     with pytest.raises(KdcoreError, match="float image batches"):
         cutout(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), _gen(), size=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "key", "message"),
+    [
+        ("cutout", {}, "size", "missing required key 'size'"),
+        ("cutout", {"size": -1}, "size", r"'size' must be in \[0, 1024\], got -1"),
+        ("cutout", {"size": MAX_CUTOUT + 1}, "size", r"must be in \[0, 1024\]"),
+        ("cutout", {"size": 2.5}, "size", "expected an integer"),
+        ("cutout", {"size": 4, "sigma": 1}, "sigma", "unknown key 'sigma'"),
+        ("crop_flip", {"padding": -2}, "padding", r"must be in \[0, 64\]"),
+        ("crop_flip", {"padding": MAX_PADDING + 1}, "padding", r"must be in \[0, 64\]"),
+        ("crop_flip", {"flip": "yes"}, "flip", "expected true or false"),
+    ],
+)
+def test_bad_parameters_are_refused_when_bound(name, params, key, message) -> None:
+    with pytest.raises(RecipeError, match=message) as err:
+        bind_params(AUGMENTATIONS[name], params, "data.augment[0].params")
+    assert err.value.key == f"data.augment[0].params.{key}"
+
+
+def test_bounds_themselves_bind() -> None:
+    assert bind_params(cutout, {"size": 0}) == {"size": 0}
+    assert bind_params(random_crop_flip, {"padding": MAX_PADDING}) == {"padding": MAX_PADDING}
+
+
+@pytest.mark.parametrize(
+    ("fn", "params", "message"),
+    [(cutout, {"size": -1}, "cutout: 'size' must be in"),
+     (random_crop_flip, {"padding": -1}, "crop_flip: 'padding' must be in")],
+)
+def test_direct_calls_check_their_parameters_too(fn, params, message) -> None:
+    with pytest.raises(KdcoreError, match=message):
+        fn(_batch(), _gen(), **params)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdcore.config import bind_params
 from kdcore.data import noise
 from kdcore.data.base import NoiseContext
 from kdcore.data.noise import (
@@ -19,7 +20,7 @@ from kdcore.data.noise import (
     symmetric,
     transition_matrix,
 )
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, RecipeError
 
 
 def _ctx(n: int, num_classes: int = 10, seed: int = 0, x: torch.Tensor | None = None):
@@ -72,9 +73,41 @@ def test_symmetric_include_true_may_keep_the_label() -> None:
     assert torch.allclose(table.diagonal(), torch.full((10,), 0.55, dtype=torch.float64), atol=0.03)
 
 
-def test_symmetric_rejects_bad_rate() -> None:
-    with pytest.raises(KdcoreError, match="rate must be in"):
-        symmetric(_ctx(10), rate=1.5)
+@pytest.mark.parametrize("rate", [1.5, -0.1, float("nan")])
+def test_symmetric_rejects_bad_rate_when_called_directly(rate: float) -> None:
+    with pytest.raises(KdcoreError, match=r"symmetric noise: 'rate' must be in \[0, 1\]"):
+        symmetric(_ctx(10), rate=rate)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "key", "message"),
+    [
+        ("symmetric", {"rate": 1.5}, "rate", r"'rate' must be in \[0, 1\], got 1.5"),
+        ("symmetric", {"rate": -0.1}, "rate", r"must be in \[0, 1\]"),
+        ("pair_flip", {"rate": 2}, "rate", r"must be in \[0, 1\]"),
+        ("pair_flip", {"rate": 0.2, "mapping": "prev"}, "mapping", "expected 'next' or 'random'"),
+        ("instance_dependent", {"rate": 0.2, "std": -1.0}, "std", "must be >= 0"),
+        ("instance_dependent", {"rate": 0.2, "std": float("inf")}, "std", "finite"),
+        ("transition_matrix", {"matrix": []}, "matrix", "non-empty table"),
+        ("transition_matrix", {"matrix": [[1.0, 0.0]]}, "matrix", "must be square"),
+        ("transition_matrix", {"matrix": [[0.5, 0.6], [0.0, 1.0]]}, "matrix", "row 0 sums to 1.1"),
+        ("transition_matrix", {"matrix": [[2.0, -1.0], [0.0, 1.0]]}, "matrix", "negative"),
+        ("transition_matrix", {"matrix": [[float("inf"), 0], [0, 1]]}, "matrix", "non-finite"),
+        ("transition_matrix", {}, "matrix", "missing required key 'matrix'"),
+        ("symmetric", {}, "rate", "missing required key 'rate'"),
+    ],
+)
+def test_bad_parameters_are_refused_before_any_data(name, params, key, message) -> None:
+    """``kdcore check`` binds the recipe's parameters without loading or corrupting data."""
+    with pytest.raises(RecipeError, match=message) as err:
+        bind_params(NOISE_MODELS[name], params, "data.noise.params")
+    assert err.value.key == f"data.noise.params.{key}"
+
+
+def test_good_parameters_bind_unchanged() -> None:
+    matrix = [[0.9, 0.1], [0.2, 0.8]]
+    assert bind_params(transition_matrix, {"matrix": matrix}) == {"matrix": matrix}
+    assert bind_params(instance_dependent, {"rate": 0, "std": 0}) == {"rate": 0.0, "std": 0.0}
 
 
 def test_pair_flip_next() -> None:
@@ -113,7 +146,8 @@ def test_transition_matrix_samples_rows() -> None:
         ([[1.0, 0.0], [0.0, 1.0]], "is 2x2, expected 3x3"),
         ([[1.0, 0.0, 0.0], [0.5, 0.6, -0.1], [0.0, 0.0, 1.0]], "row 1 has a negative"),
         ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.2, 0.2, 0.2]], "row 2 sums to 0.6"),
-        ([[1.0, 0.0], [0.0, 1.0], [0.5]], "not a table of numbers"),
+        ([[1.0, 0.0], [0.0, 1.0], [0.5]], "must be square"),
+        ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, float("nan"), 1.0]], "row 2 has a negative"),
     ],
 )
 def test_transition_matrix_validation(matrix: list[list[float]], message: str) -> None:
@@ -134,6 +168,14 @@ def _inputs(n: int, d: int = 20, seed: int = 5) -> torch.Tensor:
 def test_instance_dependent_mean_rate() -> None:
     ctx = _ctx(5000, x=_inputs(5000))
     noisy = instance_dependent(ctx, rate=0.3)
+    assert abs(float((noisy != ctx.labels).double().mean()) - 0.3) < 0.03
+
+
+def test_instance_dependent_with_zero_std_gives_every_sample_the_rate() -> None:
+    ctx = _ctx(5000, x=_inputs(5000))
+    assert torch.equal(instance_dependent(ctx, rate=0.0, std=0.0), ctx.labels)
+    assert bool((instance_dependent(ctx, rate=1.0, std=0.0) != ctx.labels).all())
+    noisy = instance_dependent(ctx, rate=0.3, std=0.0)
     assert abs(float((noisy != ctx.labels).double().mean()) - 0.3) < 0.03
 
 

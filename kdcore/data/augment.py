@@ -4,20 +4,34 @@ They act on whole batches already on the run's device (whole splits live in memo
 see :mod:`kdcore.data.base`), so each is vectorised over the batch instead of looping over
 images. The random draws are made on the generator's device and then moved, so a CPU generator
 serves a GPU batch and the augmentations of a seeded run are the same on every device.
+
+Parameter ranges are ``Annotated`` metadata, checked by :func:`kdcore.config.bind_params` when a
+recipe is checked and again by each function when it is called directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
 from kdcore.errors import KdcoreError
+from kdcore.validators import between, require
+
+MAX_PADDING = 64
+"""16 times CIFAR's usual 4 pixels; the padded batch costs memory as ``(H + 2 * padding)^2``."""
+
+MAX_CUTOUT = 1024
+"""Larger than any image side kdcore trains on: a square this big already erases every image."""
+
+Padding = Annotated[int, between(0, MAX_PADDING)]
+CutoutSize = Annotated[int, between(0, MAX_CUTOUT)]
 
 
 def random_crop_flip(
-    x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, flip: bool = True
+    x: torch.Tensor, generator: torch.Generator, *, padding: Padding = 4, flip: bool = True
 ) -> torch.Tensor:
     """Random crop after zero padding, then random horizontal flip (the standard CIFAR recipe).
 
@@ -28,15 +42,15 @@ def random_crop_flip(
     Args:
         x: a float image batch ``(N, C, H, W)``.
         generator: the source of randomness.
-        padding: pixels of zero padding on each side (0: no crop).
+        padding: pixels of zero padding on each side (0: no crop), at most
+            :data:`MAX_PADDING`.
         flip: whether to mirror half of the images.
 
     Returns:
         A new batch of the same shape.
     """
     _check_batch(x, "crop_flip")
-    if padding < 0:
-        raise KdcoreError(f"crop_flip: padding must be 0 or more, not {padding}")
+    require(padding, "padding", Padding, where="crop_flip")
     n, _, height, width = x.shape
     dev = generator.device
     top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev).to(x.device)
@@ -55,7 +69,7 @@ def random_crop_flip(
     return cropped.permute(0, 3, 1, 2).contiguous()
 
 
-def cutout(x: torch.Tensor, generator: torch.Generator, *, size: int) -> torch.Tensor:
+def cutout(x: torch.Tensor, generator: torch.Generator, *, size: CutoutSize) -> torch.Tensor:
     """Cutout (DeVries & Taylor, 2017): zero one ``size`` x ``size`` square per image.
 
     The square's centre is uniform over the image, and the square is clipped at the border, so
@@ -65,14 +79,14 @@ def cutout(x: torch.Tensor, generator: torch.Generator, *, size: int) -> torch.T
     Args:
         x: a float image batch ``(N, C, H, W)``.
         generator: the source of randomness.
-        size: the side of the square (0: no change).
+        size: the side of the square (0: no change, which an ablation may want), at most
+            :data:`MAX_CUTOUT`.
 
     Returns:
         A new batch of the same shape.
     """
     _check_batch(x, "cutout")
-    if size < 0:
-        raise KdcoreError(f"cutout: size must be 0 or more, not {size}")
+    require(size, "size", CutoutSize, where="cutout")
     n, _, height, width = x.shape
     dev = generator.device
     cy = torch.randint(0, height, (n,), generator=generator, device=dev).to(x.device)

@@ -5,6 +5,11 @@ Every model is ``fn(ctx, *, params) -> noisy labels`` and draws its randomness f
 labels on any machine and whatever else the run does. Papers disagree on conventions (may a
 "symmetric" flip land on the true class? is the flip count exact or Bernoulli?); each model's
 docstring says which one it follows, and :func:`realised_transition` measures what was applied.
+
+Parameter ranges are declared in ``Annotated`` metadata, so that a recipe's bad value is refused
+by :func:`kdcore.config.bind_params` (``kdcore check``) before any data is loaded; each model
+checks them again when called directly. What depends on the data (the number of classes, the
+inputs) is checked when the model runs.
 """
 
 from __future__ import annotations
@@ -12,12 +17,23 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 
 from kdcore.data.base import NoiseContext
 from kdcore.data.loaders import cifar_n_labels, find_cifar_n_file
 from kdcore.errors import KdcoreError, did_you_mean
+from kdcore.validators import finite_non_negative, require, stochastic_matrix, unit_interval
+
+Rate = Annotated[float, unit_interval]
+"""A share of samples, in [0, 1]."""
+
+Std = Annotated[float, finite_non_negative]
+"""A finite standard deviation, >= 0."""
+
+Matrix = Annotated[list[list[float]], stochastic_matrix]
+"""A square transition matrix: finite, non-negative rows that each sum to 1 (within 1e-6)."""
 
 CIFAR10N_FILE = "CIFAR-10_human.pt"
 
@@ -27,7 +43,7 @@ def none(ctx: NoiseContext) -> torch.Tensor:
     return ctx.labels.clone()
 
 
-def symmetric(ctx: NoiseContext, *, rate: float, include_true: bool = False) -> torch.Tensor:
+def symmetric(ctx: NoiseContext, *, rate: Rate, include_true: bool = False) -> torch.Tensor:
     """Uniform ("symmetric") label noise.
 
     Exactly ``round(rate * N)`` samples, a uniformly random subset, are given a new label; the
@@ -48,7 +64,7 @@ def symmetric(ctx: NoiseContext, *, rate: float, include_true: bool = False) -> 
     Returns:
         The noisy labels, ``int64`` with the shape of ``ctx.labels``.
     """
-    _check_rate(rate, "symmetric")
+    require(rate, "rate", Rate, where="symmetric noise")
     labels, num_classes, gen = _flat_labels(ctx)
     if num_classes < 2:
         raise KdcoreError("symmetric noise needs at least 2 classes")
@@ -64,7 +80,9 @@ def symmetric(ctx: NoiseContext, *, rate: float, include_true: bool = False) -> 
     return _like(noisy, ctx.labels)
 
 
-def pair_flip(ctx: NoiseContext, *, rate: float, mapping: str = "next") -> torch.Tensor:
+def pair_flip(
+    ctx: NoiseContext, *, rate: Rate, mapping: Literal["next", "random"] = "next"
+) -> torch.Tensor:
     """Pair-flip ("asymmetric") noise: each class is confused with one fixed other class.
 
     Exactly ``round(rate * N)`` samples, a uniformly random subset, get the partner class of
@@ -80,7 +98,7 @@ def pair_flip(ctx: NoiseContext, *, rate: float, mapping: str = "next") -> torch
     Returns:
         The noisy labels, ``int64`` with the shape of ``ctx.labels``.
     """
-    _check_rate(rate, "pair_flip")
+    require(rate, "rate", Rate, where="pair_flip noise")
     labels, num_classes, gen = _flat_labels(ctx)
     if num_classes < 2:
         raise KdcoreError("pair_flip noise needs at least 2 classes")
@@ -98,7 +116,7 @@ def pair_flip(ctx: NoiseContext, *, rate: float, mapping: str = "next") -> torch
     return _like(noisy, ctx.labels)
 
 
-def instance_dependent(ctx: NoiseContext, *, rate: float, std: float = 0.1) -> torch.Tensor:
+def instance_dependent(ctx: NoiseContext, *, rate: Rate, std: Std = 0.1) -> torch.Tensor:
     """Instance-dependent noise of Xia et al. (NeurIPS 2020, "Part-dependent label noise").
 
     As in the authors' ``get_instance_noisy_label``:
@@ -117,7 +135,8 @@ def instance_dependent(ctx: NoiseContext, *, rate: float, std: float = 0.1) -> t
     Args:
         ctx: the clean labels, the inputs ``ctx.x`` and the generator.
         rate: the mean flip rate, in [0, 1].
-        std: the standard deviation of the per-sample flip rate before truncation.
+        std: the standard deviation of the per-sample flip rate before truncation (0: every
+            sample's flip rate is ``rate``).
 
     Returns:
         The noisy labels, ``int64`` with the shape of ``ctx.labels``.
@@ -125,9 +144,8 @@ def instance_dependent(ctx: NoiseContext, *, rate: float, std: float = 0.1) -> t
     Raises:
         KdcoreError: ``ctx.x`` is missing or does not have one row per label.
     """
-    _check_rate(rate, "instance_dependent")
-    if std <= 0:
-        raise KdcoreError(f"instance_dependent: std must be positive, not {std}")
+    require(rate, "rate", Rate, where="instance_dependent noise")
+    require(std, "std", Std, where="instance_dependent noise")
     labels, num_classes, gen = _flat_labels(ctx)
     if num_classes < 2:
         raise KdcoreError("instance_dependent noise needs at least 2 classes")
@@ -140,7 +158,10 @@ def instance_dependent(ctx: NoiseContext, *, rate: float, std: float = 0.1) -> t
         )
     inputs = ctx.x.reshape(n, -1)
 
-    flip_rate = _truncated_normal(n, mean=rate, std=std, low=0.0, high=1.0, gen=gen)
+    if std == 0:  # the truncated normal degenerates to its mean (and would divide by 0)
+        flip_rate = torch.full((n,), float(rate), dtype=torch.float64, device=gen.device)
+    else:
+        flip_rate = _truncated_normal(n, mean=rate, std=std, low=0.0, high=1.0, gen=gen)
     projection = torch.randn(
         num_classes, inputs.shape[1], num_classes, generator=gen, device=gen.device
     )
@@ -161,7 +182,7 @@ def instance_dependent(ctx: NoiseContext, *, rate: float, std: float = 0.1) -> t
     return _like(noisy, ctx.labels)
 
 
-def transition_matrix(ctx: NoiseContext, *, matrix: list[list[float]]) -> torch.Tensor:
+def transition_matrix(ctx: NoiseContext, *, matrix: Matrix) -> torch.Tensor:
     """Noise given by an explicit transition matrix ``T``.
 
     Each sample's noisy label is drawn independently from row ``T[y]`` of its true class ``y``
@@ -175,8 +196,8 @@ def transition_matrix(ctx: NoiseContext, *, matrix: list[list[float]]) -> torch.
         The noisy labels, ``int64`` with the shape of ``ctx.labels``.
 
     Raises:
-        KdcoreError: the matrix is not ``C x C``, has a negative entry, or a row does not sum to
-            1 (within 1e-6); the message names the row.
+        KdcoreError: the matrix is not square, not ``C x C``, has a negative or non-finite
+            entry, or a row does not sum to 1 (within 1e-6); the message names the row.
     """
     labels, num_classes, gen = _flat_labels(ctx)
     table = _check_matrix(matrix, num_classes)
@@ -275,11 +296,6 @@ def realised_transition(clean: torch.Tensor, noisy: torch.Tensor, num_classes: i
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _check_rate(rate: float, model: str) -> None:
-    if not 0.0 <= rate <= 1.0:
-        raise KdcoreError(f"{model} noise: rate must be in [0, 1], not {rate}")
-
-
 def _flat_labels(ctx: NoiseContext) -> tuple[torch.Tensor, int, torch.Generator]:
     """The labels as a flat int64 tensor on the generator's device, C and the generator."""
     gen = ctx.generator
@@ -310,20 +326,13 @@ def _truncated_normal(
 
 
 def _check_matrix(matrix: list[list[float]], num_classes: int) -> torch.Tensor:
-    try:
-        table = torch.tensor(matrix, dtype=torch.float64)
-    except (TypeError, ValueError) as exc:
-        raise KdcoreError(f"transition_matrix: matrix is not a table of numbers ({exc})") from None
+    require(matrix, "matrix", Matrix, where="transition_matrix noise")
+    table = torch.tensor(matrix, dtype=torch.float64)
     if table.shape != (num_classes, num_classes):
         raise KdcoreError(
             f"transition_matrix: matrix is {'x'.join(map(str, table.shape))}, expected "
             f"{num_classes}x{num_classes} (one row and one column per class)"
         )
-    for i, row in enumerate(table):
-        if not torch.isfinite(row).all() or (row < 0).any():
-            raise KdcoreError(f"transition_matrix: row {i} has a negative or non-finite entry")
-        if abs(float(row.sum()) - 1.0) > 1e-6:
-            raise KdcoreError(f"transition_matrix: row {i} sums to {float(row.sum()):.6g}, not 1")
     return table
 
 
