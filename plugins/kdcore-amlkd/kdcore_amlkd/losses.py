@@ -12,7 +12,8 @@
   it a no-op (D4); ``detach_student = true`` reproduces that.
 
 ``mixup_ce`` and ``mixup_kd`` share one mixed batch (and one student forward on it) through
-``batch.scratch``, as the release computes both from one mix.
+``batch.store`` under the namespace ``kdcore_amlkd.mixup`` (:data:`MIXUP`), as the release
+computes both from one mix.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import kdcore
+from kdcore.context import Role, RunContext
 from kdcore.losses import kd_kl, soft_cross_entropy
 from kdcore.validators import positive
 
@@ -31,12 +33,12 @@ class MixupParams:
     """Attributes:
         beta: the Beta(beta, beta) parameter of the mixing coefficient (release: 4).
         temperature: the temperature of the mixup CE (release: 4) or of the KD term (4).
-        teacher: the teacher role (``mixup_kd``).
+        teacher: the teacher role (``mixup_kd``; ``mixup_ce`` ignores it).
     """
 
     beta: float = attrs.field(default=4.0, validator=positive)
     temperature: float = attrs.field(default=4.0, validator=positive)
-    teacher: str = "teacher"
+    teacher: Role = Role("teacher")
 
 
 @attrs.frozen
@@ -48,25 +50,33 @@ class Mix:
     perm: torch.Tensor
 
 
-def mixup_batch(batch: kdcore.Batch, beta: float) -> Mix:
+MIXUP = "kdcore_amlkd.mixup"
+"""The batch-store namespace of the mix (and the outputs on it) that the mixup terms share."""
+
+
+def mixup_batch(ctx: RunContext, batch: kdcore.Batch, beta: float) -> Mix:
     """The batch's mixed inputs, drawn once per batch and shared by every mixup component.
 
-    The coefficient comes from torch's global generator and the permutation from
-    ``run.generator``: both are checkpointed, so resumed runs draw the same mixes.
+    The coefficient comes from torch's global generator and the permutation from the
+    ``ctx.generator`` of the first mixup component of the batch: both are checkpointed, so
+    resumed runs draw the same mixes.
     """
-    mix = batch.scratch.get("mixup")
+    mix = batch.store.get(MIXUP, "mix")
     if mix is None:
         lam = float(torch.distributions.Beta(beta, beta).sample())
-        perm = torch.randperm(len(batch), generator=batch.run.generator).to(batch.x.device)
-        mix = batch.scratch["mixup"] = Mix(lam * batch.x + (1 - lam) * batch.x[perm], lam, perm)
+        perm = torch.randperm(len(batch), generator=ctx.generator).to(batch.x.device)
+        mix = Mix(lam * batch.x + (1 - lam) * batch.x[perm], lam, perm)
+        batch.store.put(MIXUP, "mix", mix)
     return mix
 
 
 def _mixed_out(batch: kdcore.Batch, role: str, mix: Mix) -> kdcore.ModelOutput:
-    key = f"mixup/out/{role}"
-    if key not in batch.scratch:
-        batch.scratch[key] = batch.forward(role, mix.x)
-    return batch.scratch[key]
+    key = f"out/{role}"
+    out = batch.store.get(MIXUP, key)
+    if out is None:
+        out = batch.forward(role, mix.x)
+        batch.store.put(MIXUP, key, out)
+    return out
 
 
 class MixupCE(kdcore.Component):
@@ -75,8 +85,11 @@ class MixupCE(kdcore.Component):
     Params = MixupParams
     description = "mixup CE at temperature (AML-KD)"
 
-    def transfer(self, batch: kdcore.Batch) -> kdcore.PerSample:
-        mix = mixup_batch(batch, self.params.beta)
+    def roles(self) -> tuple[str, ...]:
+        return ()  # the shared parameters name a teacher that this term does not use
+
+    def transfer(self, ctx: RunContext, batch: kdcore.Batch) -> kdcore.PerSample:
+        mix = mixup_batch(ctx, batch, self.params.beta)
         y = batch.targets.detach()
         out = {}
         for role in self.models:
@@ -92,13 +105,8 @@ class MixupKD(kdcore.Component):
     Params = MixupParams
     description = "KD on mixup inputs (AML-KD)"
 
-    def setup(self, run: kdcore.Run) -> None:
-        if self.params.teacher not in run.models:
-            raise kdcore.RecipeError(
-                f"component '{self.name}': no teacher role '{self.params.teacher}'")
-
-    def transfer(self, batch: kdcore.Batch) -> kdcore.PerSample:
-        mix = mixup_batch(batch, self.params.beta)
+    def transfer(self, ctx: RunContext, batch: kdcore.Batch) -> kdcore.PerSample:
+        mix = mixup_batch(ctx, batch, self.params.beta)
         teacher = _mixed_out(batch, self.params.teacher, mix).logits.detach()
         return {r: kd_kl(_mixed_out(batch, r, mix).logits, teacher, self.params.temperature)
                 for r in self.models}
@@ -118,7 +126,7 @@ class RelationalParams:
         detach_student: the release's no-op (D4): no gradient reaches the student.
     """
 
-    teacher: str = "teacher"
+    teacher: Role = Role("teacher")
     detach_student: bool = False
 
 
@@ -128,7 +136,7 @@ class RelationalKD(kdcore.Component):
     Params = RelationalParams
     description = "relational Gram-matrix MSE (AML-KD, optional)"
 
-    def transfer(self, batch: kdcore.Batch) -> kdcore.PerSample:
+    def transfer(self, ctx: RunContext, batch: kdcore.Batch) -> kdcore.PerSample:
         teacher = batch.out(self.params.teacher).features.detach()
         out = {}
         for role in self.models:

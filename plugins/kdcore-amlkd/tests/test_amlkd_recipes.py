@@ -8,12 +8,23 @@ import numpy as np
 import pytest
 
 import kdcore
+from kdcore.testing import (
+    InterruptAt,
+    Interrupted,
+    assert_same_history,
+    component,
+    run_tiny,
+    stage,
+    teacher_stage,
+    tiny_recipe,
+)
 
 RECIPES = Path(__file__).parents[3] / "recipes"
 SHORT = ["data.train_subset=300", "stages.teacher.epochs=2", "stages.warmup.epochs=1",
          "stages.refine.epochs=2", "stages.mutual.epochs=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["amlkd", "amlkd-release", "amlkd-no-awe", "amlkd-no-mutual",
                                   "amlkd-no-smallloss"])
 def test_recipe_runs_and_records_refinement(name, tmp_path):
@@ -36,6 +47,7 @@ def test_recipe_runs_and_records_refinement(name, tmp_path):
             assert np.isfinite(h.metric("train/student/relational_kd")[3:]).all()
 
 
+@pytest.mark.slow
 def test_initial_lp_beats_the_noisy_labels(tmp_path):
     """The refinement is real: with a decently trained teacher the refined labels are more
     often right than the 40%-noisy ones."""
@@ -46,3 +58,28 @@ def test_initial_lp_beats_the_noisy_labels(tmp_path):
     with kdcore.History(tmp_path / "run") as h:
         warm = h.epochs().index(("warmup", 0))
         assert h.metric("label/acc")[warm] > h.metric("label/noisy_acc")[warm] + 0.2
+
+
+@pytest.mark.slow
+def test_resumed_refinement_stage_equals_an_uninterrupted_one(tmp_path):
+    """Every random draw of the AML-KD components (the pass order of the selection, the
+    WeightNet, the shared mix) is checkpointed: a run stopped mid-epoch and resumed is the
+    uninterrupted run, bit for bit."""
+    recipe = tiny_recipe(
+        teacher_stage(2),
+        stage("refine", 3, ["student"],
+              component("small_loss", params={"scope": "pass", "mask_loss": False}),
+              component("awe", terms=["ce"], params={
+                  "seed_mode": "learned", "selection": "select/small_loss",
+                  "seed_alignment": "release_shuffled"}),
+              component("teacher_lp", params={"keep_selected": "select/small_loss",
+                                               "seed_weights": "awe/seed_weight"}),
+              component("ce"), component("mixup_ce"), component("mixup_kd", weight=0.9)),
+        name="amlkd-resume")
+    run_tiny(recipe, tmp_path / "straight")
+    with pytest.raises(Interrupted, match="stage 'refine' epoch 1 batch 2"):
+        run_tiny(recipe, tmp_path / "cut", plugins=[InterruptAt(1, 2, "refine")])
+    with kdcore.History(tmp_path / "cut") as h:
+        assert h.epochs()[-1] == ("refine", 0)
+    run_tiny(recipe, tmp_path / "cut", resume=True)
+    assert_same_history(tmp_path / "cut", tmp_path / "straight")

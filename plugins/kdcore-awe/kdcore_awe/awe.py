@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
+from kdcore.context import ColumnName, Role, RunContext
 from kdcore.losses import one_hot
 from kdcore.validators import non_negative
 
@@ -71,7 +72,8 @@ class AWEParams:
         seed_mode: LP seed weights written to ``awe/seed_weight``: ``learned``, ``cosine`` or
             ``none`` (AML-KD: learned in stage 1, cosine in stage 2).
         selection: the ledger mask column of the small-loss selection (for the selected
-            labels of the seed prototypes); empty: the student's predictions everywhere.
+            labels of the seed prototypes), written by a component placed before this one;
+            empty: the student's predictions everywhere.
         lr: the WeightNet's learning rate; 0 follows the student's current learning rate (the
             release gives both the same settings and schedule).
         momentum, weight_decay: the WeightNet's SGD settings.
@@ -80,10 +82,10 @@ class AWEParams:
         seed_alignment: ``index`` or ``release_shuffled`` (D1).
     """
 
-    student: str = "student"
+    student: Role = Role("student")
     loss_mode: Literal["learned", "cosine", "none"] = "learned"
     seed_mode: Literal["learned", "cosine", "none"] = "none"
-    selection: str = ""
+    selection: ColumnName = ColumnName("")
     lr: float = attrs.field(default=0.0, validator=non_negative)
     momentum: float = 0.9
     weight_decay: float = attrs.field(default=5e-4, validator=non_negative)
@@ -93,17 +95,18 @@ class AWEParams:
 
 
 class AWE(kdcore.Component):
-    """Ambiguity-aware per-sample weights for loss terms and LP seeds."""
+    """Ambiguity-aware per-sample weights for loss terms and LP seeds.
+
+    Reads ``selection`` (a parameter) and writes ``awe/seed_weight`` besides its ``weight``
+    hook's ``weight/<name>``.
+    """
 
     Params = AWEParams
     description = "ambiguity-aware weights (learned WeightNet or parameter-free cosine)"
+    writes = ("awe/seed_weight",)
 
-    def setup(self, run: kdcore.Run) -> None:
-        if self.params.student not in run.models:
-            raise kdcore.RecipeError(
-                f"component '{self.name}': no model role '{self.params.student}'")
-        self.run = run
-        self.net = WeightNet(run.num_classes).to(run.device)
+    def setup(self, ctx: RunContext) -> None:
+        self.net = WeightNet(ctx.num_classes).to(ctx.device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=self.params.lr or 0.05,
                                          momentum=self.params.momentum,
                                          weight_decay=self.params.weight_decay)
@@ -112,63 +115,64 @@ class AWE(kdcore.Component):
 
     # -- per epoch: LP seed weights ---------------------------------------------------------
 
-    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+    def on_epoch_start(self, ctx: RunContext) -> None:
         self._prototypes = None  # loss prototypes follow this epoch's refined labels
         if self.params.seed_mode == "none":
             return
-        feats = run.features(self.params.student)
-        labels = self.selected_labels(feats.logits)
-        protos = class_prototypes(feats.features, labels, run.num_classes)
+        feats = ctx.features(self.params.student)
+        labels = self.selected_labels(ctx, feats.logits)
+        protos = class_prototypes(feats.features, labels, ctx.num_classes)
         amb = ambiguity_profile(feats.features, protos)
         with torch.no_grad():
-            weights = self._weights(amb, labels, self.params.seed_mode)
+            weights = self._weights(amb, labels, self.params.seed_mode, ctx.num_classes)
         if self.params.seed_alignment == "release_shuffled":
-            weights = weights[torch.randperm(len(weights), generator=run.generator).to(
+            weights = weights[torch.randperm(len(weights), generator=ctx.generator).to(
                 weights.device)]
-        run.ledger.add("awe/seed_weight", weights, producer=self.name, kind="weight")
+        ctx.ledger.add("awe/seed_weight", weights, kind="weight")
 
-    def selected_labels(self, student_logits: torch.Tensor) -> torch.Tensor:
+    def selected_labels(self, ctx: RunContext, student_logits: torch.Tensor) -> torch.Tensor:
         pred = student_logits.argmax(1)
         if not self.params.selection:
             return pred
-        mask = self.run.ledger[self.params.selection].bool()
-        return torch.where(mask, self.run.ledger["noisy_label"], pred)
+        mask = ctx.ledger[self.params.selection].bool()
+        return torch.where(mask, ctx.ledger["noisy_label"], pred)
 
-    def _weights(self, amb: torch.Tensor, labels: torch.Tensor, mode: str) -> torch.Tensor:
+    def _weights(self, amb: torch.Tensor, labels: torch.Tensor, mode: str, num_classes: int
+                 ) -> torch.Tensor:
         if mode == "learned":
             was = self.net.training
             self.net.train(torch.is_grad_enabled())
-            out = self.net(amb.detach(), one_hot(labels, self.run.num_classes))
+            out = self.net(amb.detach(), one_hot(labels, num_classes))
             self.net.train(was)
             return out
         return torch.sigmoid(amb.gather(1, labels.long().unsqueeze(1)).squeeze(1))
 
     # -- per batch: loss weights ------------------------------------------------------------
 
-    def loss_prototypes(self) -> torch.Tensor:
+    def loss_prototypes(self, ctx: RunContext) -> torch.Tensor:
         """Prototypes of the current targets, computed once per epoch (after LP ran)."""
-        key = (self.run.epoch, self.run.stage_index)
+        key = (ctx.epoch, ctx.stage_index)
         if self._prototypes is None or self._prototype_key != key:
-            feats = self.run.features(self.params.student).features
-            labels = self.run.ledger["base_target"].argmax(1)
-            self._prototypes = class_prototypes(feats, labels, self.run.num_classes)
+            feats = ctx.features(self.params.student).features
+            labels = ctx.ledger["base_target"].argmax(1)
+            self._prototypes = class_prototypes(feats, labels, ctx.num_classes)
             self._prototype_key = key
         return self._prototypes
 
-    def weight(self, batch: kdcore.Batch) -> torch.Tensor | None:
+    def weight(self, ctx: RunContext, batch: kdcore.Batch) -> torch.Tensor | None:
         if self.params.loss_mode == "none":
             return None
         feats = batch.out(self.params.student).features.detach()
-        amb = ambiguity_profile(feats, self.loss_prototypes())
-        w = self._weights(amb, batch.targets.argmax(1), self.params.loss_mode)
+        amb = ambiguity_profile(feats, self.loss_prototypes(ctx))
+        w = self._weights(amb, batch.targets.argmax(1), self.params.loss_mode, ctx.num_classes)
         if self.params.batch_mean_weight:
             w = w.mean().expand(len(batch))
         return w
 
-    def after_step(self, batch: kdcore.Batch) -> None:
+    def after_step(self, ctx: RunContext, batch: kdcore.Batch) -> None:
         if self.params.loss_mode != "learned":
             return
-        lr = self.params.lr or self.run.lr(self.params.student)
+        lr = self.params.lr or ctx.lr(self.params.student)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()

@@ -7,10 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import kdcore
-from kdcore.testing import component, run_tiny, stage, tiny_recipe
-from kdcore_awe import WeightNet, ambiguity_profile, class_prototypes
+from kdcore import PluginHost, RecipeError
+from kdcore.plan import build_plan
+from kdcore.recipe import recipe_from_dict
+from kdcore.testing import component, harness, run_tiny, stage, tiny_recipe
+from kdcore_awe import AWE, WeightNet, ambiguity_profile, class_prototypes
 
 
 def _recipe(params: dict, lr: float = 0.0, epochs: int = 1) -> dict:
@@ -48,31 +52,44 @@ def test_weightnet_shape_and_range():
     assert isinstance(net.net[1], torch.nn.PReLU) and net.net[1].weight.numel() == 1
 
 
-class FeatureCapture:
-    """Keeps the eval-mode features and targets of the (frozen: lr 0) student."""
+class Net(nn.Module):
+    """A tiny model returning ``(logits, features)`` like kdcore's."""
 
-    def __init__(self):
-        self.features = None
+    def __init__(self, d: int = 6, c: int = 4, hidden: int = 8):
+        super().__init__()
+        self.body = nn.Linear(d, hidden)
+        self.head = nn.Linear(hidden, c)
 
-    @kdcore.hookimpl
-    def kdcore_epoch_end(self, run, epoch, metrics):
-        self.features = run.features("student").features.clone()
-
-
-def test_loss_weights_stay_aligned_with_sample_ids(tmp_path):
-    """With lr 0 the student is fixed, so each sample's cosine weight is a function of that
-    sample alone: the ledger column must equal it row by row despite shuffled batches."""
-    cap = FeatureCapture()
-    run_tiny(_recipe({"loss_mode": "cosine"}, lr=0.0, epochs=1), tmp_path / "run", plugins=[cap])
-    with kdcore.History(tmp_path / "run") as h:
-        weights = h.column("weight/awe", 0).astype(np.float64)
-        labels = h.column("target", 0).argmax(-1)
-    protos = class_prototypes(cap.features, torch.as_tensor(labels), 10)
-    amb = ambiguity_profile(cap.features, protos)
-    expected = torch.sigmoid(amb[torch.arange(len(labels)), torch.as_tensor(labels)])
-    np.testing.assert_allclose(weights, expected.numpy(), atol=2e-3)  # float16 storage
+    def forward(self, x):
+        f = torch.relu(self.body(x))
+        return self.head(f), f
 
 
+def _harness(params, n=60, c=4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    noisy = torch.randint(0, c, (n,), generator=g)
+    torch.manual_seed(0)
+    return harness(AWE, params, x=x, noisy_label=noisy, num_classes=c,
+                   models={"student": Net(c=c)}, name="awe", terms=("ce",))
+
+
+def test_loss_weights_stay_aligned_with_sample_ids():
+    """Each sample's cosine weight is a function of that sample alone (the student is fixed
+    here): a shuffled batch gets exactly its own rows' weights."""
+    h = _harness({"loss_mode": "cosine"}).setup()
+    h.epoch_start(0)
+    with torch.no_grad():
+        feats = h.run.models["student"](h.run.data.train.x)[1]
+    labels = h.run.ledger["base_target"].argmax(1)
+    amb = ambiguity_profile(feats, class_prototypes(feats, labels, 4))
+    expected = torch.sigmoid(amb[torch.arange(len(labels)), labels])
+    index = torch.randperm(60, generator=torch.Generator().manual_seed(1))[:16]
+    w = h.component.weight(h.ctx, h.batch(index))
+    torch.testing.assert_close(w.detach(), expected[index])
+
+
+@pytest.mark.slow
 def test_seed_weights_aligned_and_release_shuffle_permutes(tmp_path):
     params = {"seed_mode": "cosine", "loss_mode": "none", "selection": "select/small_loss"}
     with _run(tmp_path, params) as h:
@@ -87,23 +104,43 @@ def test_seed_weights_aligned_and_release_shuffle_permutes(tmp_path):
 
 
 def test_release_d2_makes_the_ce_term_mean_ce_times_mean_weight():
-    from kdcore.component import ComponentSpec
-    from kdcore.engine import Trainer
+    """D2: every sample of a batch gets the batch mean of the weights, so the engine's
+    weighted term ``mean(w * CE)`` (no mask) is ``mean(CE) * mean(w)``."""
+    index = torch.arange(12)
+    plain = _harness({"loss_mode": "cosine"}).setup()
+    d2 = _harness({"loss_mode": "cosine", "batch_mean_weight": True}).setup()
+    w = plain.component.weight(plain.ctx, plain.batch(index)).detach()
+    w_d2 = d2.component.weight(d2.ctx, d2.batch(index)).detach()
+    torch.testing.assert_close(w_d2, w.mean().expand(12))
+    loss = torch.linspace(0.5, 3.0, 12)
+    assert (loss * w_d2).mean().item() == pytest.approx(loss.mean().item() * w.mean().item())
+    assert (loss * w).mean().item() != pytest.approx(loss.mean().item() * w.mean().item())
 
-    loss = torch.tensor([1.0, 2.0, 3.0, 6.0])
-    w = torch.tensor([0.1, 0.2, 0.3, 0.8])
-    ce = kdcore.Component(None, ComponentSpec(name="ce", use="ce", models=("s",)))
-    awe = kdcore.Component(None, ComponentSpec(name="awe", use="awe", models=("s",),
-                                               terms=("ce",)))
-    per_sample = Trainer._reduce(ce, "s", loss, [], [(awe, "s", w)])
-    batch_mean = Trainer._reduce(ce, "s", loss, [], [(awe, "s", w.mean().expand(4))])
-    assert per_sample.item() == pytest.approx((loss * w).mean().item())
-    assert batch_mean.item() == pytest.approx(loss.mean().item() * w.mean().item())
 
-
+@pytest.mark.slow
 def test_learned_weightnet_trains_and_zero_grad_option(tmp_path):
     with _run(tmp_path, {"loss_mode": "learned"}, lr=0.05, epochs=2) as h:
         w = h.column("weight/awe")
         assert w.shape[0] == 2 and np.isfinite(w.astype(np.float64)).all()
         # the objective only pushes the weights down (spec 1.12 q2): they fall
         assert w[1].astype(np.float64).mean() < w[0].astype(np.float64).mean()
+
+
+def _plan(*components):
+    recipe = tiny_recipe(stage("s", 1, ["student"], *components, component("ce")),
+                         models={"student": {"arch": "mlp", "params": {"hidden": [16]}}})
+    return build_plan(recipe_from_dict(recipe), PluginHost())
+
+
+def test_plan_checks_the_selection_column_and_the_student_role():
+    selection = component("small_loss", params={"scope": "dataset", "mask_loss": False})
+    awe = component("awe", terms=["ce"], params={"selection": "select/small_loss",
+                                                 "seed_mode": "cosine"})
+    plan = _plan(selection, awe)
+    assert "awe/seed_weight" in plan.stages[0].components[1].written_columns()
+    with pytest.raises(RecipeError, match="'awe'.*reads ledger column 'select/nope'"):
+        _plan(selection, component("awe", terms=["ce"], params={"selection": "select/nope"}))
+    with pytest.raises(RecipeError, match="reads ledger column 'select/small_loss'"):
+        _plan(awe, selection)  # the selection must come first
+    with pytest.raises(RecipeError, match="'awe'.*model role 'teacher'"):
+        _plan(component("awe", terms=["ce"], params={"student": "teacher"}))

@@ -15,6 +15,7 @@ import attrs
 import torch
 
 import kdcore
+from kdcore.context import ColumnName, Role, RunContext
 from kdcore.losses import one_hot
 from kdcore.validators import below_one, between, positive
 from kdcore_lp.graph import feature_graph
@@ -29,18 +30,19 @@ class LPParams:
 
     Attributes:
         teacher: the role whose features build the graph (``graph = "teacher"``) and whose
-            predictions seed the initial LP.
+            predictions seed the initial LP (checked by the plan where a setting uses it).
         student: the role of the student (its graph in ``mutual_lp``; its predictions make the
-            selected labels).
+            selected labels; checked by the plan where a setting uses it).
         graph: ``teacher``, ``student``, or ``alternate`` (student graph on even epochs of the
             stage, teacher graph on odd ones: AML-KD's mutual LP).
         seeds: ``teacher_prediction`` (teacher argmax), ``selected`` (the noisy label where the
             ``keep_selected`` mask is set, the student's argmax elsewhere), ``previous`` (argmax
             of the current ``base_target``) or ``noisy``.
-        seed_weights: a ledger column of per-sample seed weights (e.g. ``awe/seed_weight``);
-            empty: all 1.
-        keep_selected: a ledger mask column (e.g. ``select/small_loss``): those samples keep
-            their noisy label, the others take the propagated one.
+        seed_weights: a ledger column of per-sample seed weights (e.g. ``awe/seed_weight``),
+            written by a component placed earlier; empty: all 1.
+        keep_selected: a ledger mask column (e.g. ``select/small_loss``), written by a
+            component placed earlier: those samples keep their noisy label, the others take
+            the propagated one.
         keep_percentile: samples whose LP confidence is below this percentile keep their noisy
             label (5 in the initial LP, 0 later).
         when: ``stage_start`` (once) or ``epoch_start`` (every ``every`` epochs).
@@ -53,12 +55,12 @@ class LPParams:
         knn_backend: ``exact`` or ``faiss``.
     """
 
-    teacher: str = "teacher"
-    student: str = "student"
+    teacher: Role = Role("teacher")
+    student: Role = Role("student")
     graph: Literal["teacher", "student", "alternate"] = "teacher"
     seeds: Literal["teacher_prediction", "selected", "previous", "noisy"] = "selected"
-    seed_weights: str = ""
-    keep_selected: str = ""
+    seed_weights: ColumnName = ColumnName("")
+    keep_selected: ColumnName = ColumnName("")
     keep_percentile: float = attrs.field(default=0.0, validator=_percentile)
     when: Literal["stage_start", "epoch_start"] = "epoch_start"
     every: int = attrs.field(default=1, validator=positive)
@@ -92,32 +94,41 @@ class MutualLPParams(LPParams):
 
 
 class LabelPropagation(kdcore.Component):
-    """Refine ``base_target`` by label propagation over a feature kNN graph."""
+    """Refine ``base_target`` by label propagation over a feature kNN graph.
+
+    Reads ``seed_weights`` and ``keep_selected`` (parameters); writes ``base_target`` and
+    ``lp/<name>/label``, ``lp/<name>/confidence``, besides its ``refine`` hook's ``target``.
+    """
 
     Params = LPParams
     description = "label propagation over a model's feature kNN graph"
+    writes = ("base_target", "lp/{name}/label", "lp/{name}/confidence")
 
-    def setup(self, run: kdcore.Run) -> None:
-        self.run = run
+    def roles(self) -> tuple[str, ...]:
+        """The graph's model(s), the teacher when it seeds, the student when its predictions
+        make the selected labels."""
         p = self.params
-        needed = {p.teacher} if p.graph == "teacher" and p.seeds != "selected" else {
-            p.teacher, p.student}
-        if p.graph == "student":
-            needed = {p.student}
-        for role in needed:
-            if role not in run.models:
-                raise kdcore.RecipeError(
-                    f"component '{self.name}': no model role '{role}' in [models]")
+        used: list[str] = []
+        if p.graph in ("teacher", "alternate"):
+            used.append(p.teacher)
+        if p.graph in ("student", "alternate"):
+            used.append(p.student)
+        if p.seeds == "teacher_prediction":
+            used.append(p.teacher)
+        if p.seeds == "selected":
+            used.append(p.student)
+        return tuple(dict.fromkeys(used))
 
-    def on_stage_start(self, run: kdcore.Run) -> None:
+    def on_stage_start(self, ctx: RunContext) -> None:
         if self.params.when == "stage_start":
-            self.propagate_now(run)
+            self.propagate_now(ctx)
 
-    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
-        if self.params.when == "epoch_start" and epoch % self.params.every == 0:
-            self.propagate_now(run)
+    def on_epoch_start(self, ctx: RunContext) -> None:
+        if self.params.when == "epoch_start" and ctx.epoch % self.params.every == 0:
+            self.propagate_now(ctx)
 
-    def refine(self, batch: kdcore.Batch, targets: torch.Tensor) -> torch.Tensor:
+    def refine(self, ctx: RunContext, batch: kdcore.Batch, targets: torch.Tensor
+               ) -> torch.Tensor:
         # the work happens per epoch, in base_target; the batch's targets already carry it
         return targets
 
@@ -129,76 +140,77 @@ class LabelPropagation(kdcore.Component):
             return p.student if epoch % 2 == 0 else p.teacher
         return p.teacher if p.graph == "teacher" else p.student
 
-    def _graph(self, role: str) -> torch.Tensor:
-        """The normalised affinity of ``role``'s features, shared through ``run.cache`` while
+    def _graph(self, ctx: RunContext, role: str) -> torch.Tensor:
+        """The normalised affinity of ``role``'s features, shared through ``ctx.cache`` while
         the model is unchanged: a frozen teacher's graph is built once for the whole run, by
         whichever LP component needs it first."""
         p = self.params
-        key = ("kdcore_lp/graph", role, self.run.model_version(role), p.k, p.gamma, p.normalize,
+        key = ("kdcore_lp/graph", role, ctx.model_version(role), p.k, p.gamma, p.normalize,
                p.knn_backend)
-        cache = self.run.cache
+        cache = ctx.cache
         if key not in cache:
             for old in [k for k in cache if k[:2] == key[:2]]:  # older versions of this model
                 del cache[old]
-            feats = self.run.features(role).features
+            feats = ctx.features(role).features
             cache[key] = feature_graph(feats, k=p.k, gamma=p.gamma, normalize=p.normalize,
                                        chunk=p.chunk, backend=p.knn_backend)
         return cache[key]
 
-    def seed_labels(self) -> torch.Tensor:
-        run, p = self.run, self.params
-        led = run.ledger
+    def seed_labels(self, ctx: RunContext) -> torch.Tensor:
+        p = self.params
+        led = ctx.ledger
         if p.seeds == "teacher_prediction":
-            return run.features(p.teacher).logits.argmax(1)
+            return ctx.features(p.teacher).logits.argmax(1)
         if p.seeds == "previous":
             return led["base_target"].argmax(1)
         if p.seeds == "noisy":
             return led["noisy_label"]
-        return self.selected_labels()
+        return self.selected_labels(ctx)
 
-    def selected_labels(self) -> torch.Tensor:
+    def selected_labels(self, ctx: RunContext) -> torch.Tensor:
         """AML-KD's ``y_sel``: the noisy label where selected, the student's argmax elsewhere."""
-        run, p = self.run, self.params
-        pred = run.features(p.student).logits.argmax(1)
+        p = self.params
+        pred = ctx.features(p.student).logits.argmax(1)
         if not p.keep_selected:
             return pred
-        mask = self._column(p.keep_selected).bool()
-        return torch.where(mask, run.ledger["noisy_label"], pred)
+        mask = self._column(ctx, p.keep_selected).bool()
+        return torch.where(mask, ctx.ledger["noisy_label"], pred)
 
-    def _column(self, name: str) -> torch.Tensor:
+    def _column(self, ctx: RunContext, name: str) -> torch.Tensor:
+        # the plan checked that a component placed earlier writes the column; this catches
+        # one that has not written it yet (a per-batch column read at the stage's start)
         try:
-            return self.run.ledger[name]
+            return ctx.ledger[name]
         except KeyError:
             raise kdcore.KdcoreError(
                 f"component '{self.name}' reads ledger column '{name}', which no earlier "
                 f"component wrote; place the component that writes it before '{self.name}'"
             ) from None
 
-    def propagate_now(self, run: kdcore.Run) -> None:
+    def propagate_now(self, ctx: RunContext) -> None:
         p = self.params
-        led = run.ledger
-        role = self.graph_role(run.epoch)
-        seeds = self.seed_labels()
-        weights = self._column(p.seed_weights).float() if p.seed_weights else None
-        result = propagate(self._graph(role), seeds, run.num_classes, weights, alpha=p.alpha,
-                           clamp=p.clamp, tol=p.cg_tol, maxiter=p.cg_iters)
+        led = ctx.ledger
+        role = self.graph_role(ctx.epoch)
+        seeds = self.seed_labels(ctx)
+        weights = self._column(ctx, p.seed_weights).float() if p.seed_weights else None
+        result = propagate(self._graph(ctx, role), seeds, ctx.num_classes, weights,
+                           alpha=p.alpha, clamp=p.clamp, tol=p.cg_tol, maxiter=p.cg_iters)
         noisy = led["noisy_label"]
         keep = torch.zeros_like(noisy, dtype=torch.bool)
         if p.keep_percentile > 0:
             threshold = torch.quantile(result.confidence.double(), p.keep_percentile / 100.0)
             keep |= result.confidence.double() < threshold
         if p.keep_selected:
-            keep |= self._column(p.keep_selected).bool()
+            keep |= self._column(ctx, p.keep_selected).bool()
         labels = torch.where(keep, noisy, result.labels)
-        led.add("base_target", one_hot(labels, run.num_classes), producer=self.name,
-                kind="target", snapshot=False)
-        led.add(f"lp/{self.name}/label", result.labels, producer=self.name, kind="label")
-        led.add(f"lp/{self.name}/confidence", result.confidence, producer=self.name)
+        led.add("base_target", one_hot(labels, ctx.num_classes), kind="target", snapshot=False)
+        led.add(f"lp/{self.name}/label", result.labels, kind="label")
+        led.add(f"lp/{self.name}/confidence", result.confidence)
         clean = led["clean_label"]
-        run.log_metric(f"lp/{self.name}/acc", float((result.labels == clean).double().mean()))
-        run.log_metric(f"lp/{self.name}/refined_acc", float((labels == clean).double().mean()))
-        run.log_metric(f"lp/{self.name}/changed", float((labels != noisy).double().mean()))
-        run.log_metric(f"lp/{self.name}/graph_is_teacher", float(role == p.teacher))
+        ctx.log_metric(f"lp/{self.name}/acc", float((result.labels == clean).double().mean()))
+        ctx.log_metric(f"lp/{self.name}/refined_acc", float((labels == clean).double().mean()))
+        ctx.log_metric(f"lp/{self.name}/changed", float((labels != noisy).double().mean()))
+        ctx.log_metric(f"lp/{self.name}/graph_is_teacher", float(role == p.teacher))
 
 
 class InitialLP(LabelPropagation):

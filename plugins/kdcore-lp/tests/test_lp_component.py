@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from torch import nn
 
 import kdcore
-from kdcore.testing import component, run_tiny, stage, teacher_stage, tiny_recipe
+from kdcore import PluginHost, RecipeError
+from kdcore.plan import build_plan
+from kdcore.recipe import recipe_from_dict
+from kdcore.testing import component, harness, run_tiny, stage, teacher_stage, tiny_recipe
+from kdcore_lp import TeacherLP
 
 # the teacher is wider than kdcore.testing's; the student keeps the default lr (0.05)
 MODELS = {"teacher": {"arch": "mlp", "params": {"hidden": [64]}, "optimizer": {"lr": 0.1}},
@@ -15,21 +21,23 @@ SMALL_LOSS = component("small_loss", params={"scope": "pass", "mask_loss": False
 KEEP_SELECTED = {"keep_selected": "select/small_loss"}
 
 
-def _recipe(*, select_in_refine: bool = True) -> dict:
+def _recipe(*, select_in_refine: bool = True, lp_params: dict | None = None) -> dict:
     """Teacher, LP warm-up, teacher-LP refinement and mutual LP (``select_in_refine=False``
-    drops the refine stage's small-loss selection)."""
+    drops the refine stage's small-loss selection; ``lp_params`` override the teacher LP's)."""
     refine_selection = [SMALL_LOSS] if select_in_refine else []
     return tiny_recipe(
         teacher_stage(3),
         stage("warmup", 1, ["student"], component("initial_lp"), component("ce")),
         stage("refine", 2, ["student"], *refine_selection,
-              component("teacher_lp", params=KEEP_SELECTED), component("ce")),
+              component("teacher_lp", params={**KEEP_SELECTED, **(lp_params or {})}),
+              component("ce")),
         stage("mutual", 2, ["student"], SMALL_LOSS,
               component("mutual_lp", params=KEEP_SELECTED), component("ce")),
         models=MODELS, name="lp", train_subset=400, run={"checkpoint_interval_s": 30.0},
     )
 
 
+@pytest.mark.slow
 def test_lp_pipeline_refines_labels_and_keeps_selected(tmp_path):
     run_tiny(_recipe(), tmp_path / "run")
     with kdcore.History(tmp_path / "run") as h:
@@ -58,9 +66,64 @@ def test_lp_pipeline_refines_labels_and_keeps_selected(tmp_path):
         assert 0 <= h.metric("label/acc")[r1] <= 1
 
 
-def test_missing_selection_column_is_a_clear_error(tmp_path):
-    import pytest
+class Net(nn.Module):
+    """A tiny model returning ``(logits, features)`` like kdcore's."""
 
-    with pytest.raises(kdcore.KdcoreError, match="select/small_loss.*no earlier component"):
-        run_tiny(_recipe(select_in_refine=False), tmp_path / "run")
-    assert torch.is_tensor(torch.zeros(1))
+    def __init__(self, d: int = 6, c: int = 3, hidden: int = 8):
+        super().__init__()
+        self.body = nn.Linear(d, hidden)
+        self.head = nn.Linear(hidden, c)
+
+    def forward(self, x):
+        f = torch.relu(self.body(x))
+        return self.head(f), f
+
+
+def test_teacher_lp_rewrites_base_target_and_keeps_the_selected_samples():
+    g = torch.Generator().manual_seed(0)
+    n, c = 90, 3
+    x = torch.randn(n, 6, generator=g)
+    clean = torch.randint(0, c, (n,), generator=g)
+    noisy = torch.where(torch.rand(n, generator=g) < 0.4, torch.randint(0, c, (n,), generator=g),
+                        clean)
+    torch.manual_seed(0)
+    h = harness(TeacherLP, {**KEEP_SELECTED, "k": 5}, x=x, noisy_label=noisy, clean_label=clean,
+                num_classes=c, models={"teacher": Net(c=c), "student": Net(c=c)},
+                name="teacher_lp")
+    selected = torch.rand(n, generator=g) < 0.5
+    h.run.ledger.add("select/small_loss", selected, producer="small_loss", kind="mask")
+    h.setup()
+    h.epoch_start(0)
+    led = h.run.ledger
+    labels = led["base_target"].argmax(1)
+    assert led.producer("base_target") == "teacher_lp"
+    assert torch.equal(labels[selected], noisy[selected])
+    assert torch.equal(labels[~selected], led["lp/teacher_lp/label"][~selected])
+    assert led["lp/teacher_lp/confidence"].shape == (n,)
+    assert h.metrics["lp/teacher_lp/changed"] == pytest.approx(
+        float((labels != noisy).double().mean()))
+    assert h.metrics["lp/teacher_lp/graph_is_teacher"] == 1.0
+    # the batch's targets are the epoch's base targets, untouched by refine
+    batch = h.batch([4, 2, 7])
+    assert torch.equal(h.component.refine(h.ctx, batch, batch.targets),
+                       led["base_target"][[4, 2, 7]])
+
+
+def _plan(data: dict):
+    return build_plan(recipe_from_dict(data), PluginHost())
+
+
+def test_missing_selection_column_is_a_clear_error():
+    with pytest.raises(RecipeError, match="'teacher_lp'.*reads ledger column "
+                                          "'select/small_loss'.*nothing placed before it"):
+        _plan(_recipe(select_in_refine=False))
+
+
+def test_plan_checks_the_roles_the_settings_use():
+    _plan(_recipe())
+    with pytest.raises(RecipeError, match="'teacher_lp'.*model role 'teachr'.*did you mean"):
+        _plan(_recipe(lp_params={"teacher": "teachr"}))
+    with pytest.raises(RecipeError, match="'teacher_lp'.*reads ledger column 'awe/seed_weight'"):
+        _plan(_recipe(lp_params={"seed_weights": "awe/seed_weight"}))
+    # a student graph seeded by the selected labels uses no teacher
+    _plan(_recipe(lp_params={"teacher": "nobody", "graph": "student"}))

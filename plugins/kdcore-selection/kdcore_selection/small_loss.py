@@ -1,6 +1,6 @@
 """Small-loss selection: samples a model fits easily are likely to carry their true label.
 
-Reading implemented (see ``docs/methods/small_loss.md``):
+Reading implemented (see ``docs/methods/amlkd.md``):
 
 * the ranking loss is the cross-entropy of ``ranking_model`` (default: the model the component
   serves) against the **original noisy labels** (``labels = "noisy"``, as AML-KD's released code
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import kdcore
+from kdcore.context import Role, RunContext
 from kdcore.losses import soft_cross_entropy
 from kdcore.validators import below_one, non_negative
 
@@ -38,7 +39,9 @@ class SmallLossParams:
     Attributes:
         rate: the noise rate r to assume; None: estimate it (``estimate``).
         estimate: ``oracle`` (the run's realised rate) or ``disagreement`` (estimator model).
-        estimator_model: the role whose predictions estimate r under ``disagreement``.
+        estimator_model: the role whose predictions estimate r under ``disagreement`` (used,
+            and checked by the plan, only when ``rate`` is None and ``estimate =
+            "disagreement"``).
         scope: ``batch``, ``pass`` or ``dataset``.
         pass_batch_size: the ranking batch size of ``scope = "pass"`` (0: the training batch).
         ranking_model: whose loss ranks the samples (default: the served model).
@@ -49,10 +52,10 @@ class SmallLossParams:
 
     rate: float | None = attrs.field(default=None, validator=below_one)
     estimate: Literal["oracle", "disagreement"] = "oracle"
-    estimator_model: str = "teacher"
+    estimator_model: Role = Role("teacher")
     scope: Literal["batch", "pass", "dataset"] = "batch"
     pass_batch_size: int = attrs.field(default=0, validator=non_negative)
-    ranking_model: str | None = None
+    ranking_model: Role | None = None
     labels: Literal["noisy", "targets"] = "noisy"
     ramp_epochs: int = attrs.field(default=0, validator=non_negative)
     mask_loss: bool = True
@@ -72,83 +75,89 @@ def kept_count(size: int, rate: float) -> int:
 
 
 class SmallLoss(kdcore.Component):
-    """Keep the ``1 - r`` share of samples with the smallest loss."""
+    """Keep the ``1 - r`` share of samples with the smallest loss.
+
+    Writes ``select/<name>`` (a hook column): per batch through ``select``, or at the epoch
+    start for the ``pass`` and ``dataset`` scopes and whenever ``mask_loss = false``.
+    """
 
     Params = SmallLossParams
     description = "small-loss selection (per batch, per pass or over the whole set)"
 
-    def setup(self, run: kdcore.Run) -> None:
-        self.run = run
+    def roles(self) -> tuple[str, ...]:
+        p = self.params
+        used = [] if p.ranking_model is None else [p.ranking_model]
+        if self.estimates():
+            used.append(p.estimator_model)
+        return tuple(dict.fromkeys(used))
+
+    def estimates(self) -> bool:
+        """Whether the estimator model is used: no ``rate``, ``estimate = "disagreement"``."""
+        return self.params.rate is None and self.params.estimate == "disagreement"
+
+    def setup(self, ctx: RunContext) -> None:
         self.ranker = self.params.ranking_model or self.model
-        for role in (self.ranker, self.params.estimator_model):
-            if role == self.params.estimator_model and (
-                    self.params.rate is not None or self.params.estimate != "disagreement"):
-                continue
-            if role not in run.models:
-                raise kdcore.RecipeError(f"component '{self.name}': no model role '{role}'")
         self.estimated_rate: float | None = None
 
     # -- the noise rate ---------------------------------------------------------------------
 
-    def base_rate(self) -> float:
+    def base_rate(self, ctx: RunContext) -> float:
         if self.params.rate is not None:
             return self.params.rate
         if self.estimated_rate is None:
-            run = self.run
-            noisy = run.ledger["noisy_label"]
+            noisy = ctx.ledger["noisy_label"]
             if self.params.estimate == "oracle":
-                self.estimated_rate = float((~run.ledger["clean_mask"]).double().mean())
+                self.estimated_rate = float((~ctx.ledger["clean_mask"]).double().mean())
             else:
-                pred = run.features(self.params.estimator_model).logits.argmax(1)
+                pred = ctx.features(self.params.estimator_model).logits.argmax(1)
                 self.estimated_rate = float((pred != noisy).double().mean())
         return self.estimated_rate
 
-    def current_rate(self) -> float:
-        r = self.base_rate()
+    def current_rate(self, ctx: RunContext) -> float:
+        r = self.base_rate(ctx)
         ramp = self.params.ramp_epochs
-        return r * min(1.0, self.run.epoch / ramp) if ramp else r
+        return r * min(1.0, ctx.epoch / ramp) if ramp else r
 
     # -- epoch-level scopes -----------------------------------------------------------------
 
-    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+    def on_epoch_start(self, ctx: RunContext) -> None:
         if self.params.estimate == "disagreement":
             self.estimated_rate = None  # the estimator may have trained since: re-estimate
-        run.log_metric(f"select/{self.name}/rate", self.current_rate())
+        ctx.log_metric(f"select/{self.name}/rate", self.current_rate(ctx))
         if self.params.scope == "batch":
             return
-        losses = self._losses(run.features(self.ranker).logits, torch.arange(
-            run.ledger.size, device=run.device))
-        rate = self.current_rate()
+        losses = self._losses(ctx, ctx.features(self.ranker).logits, torch.arange(
+            ctx.ledger.size, device=ctx.device))
+        rate = self.current_rate(ctx)
         if self.params.scope == "dataset":
             mask = keep_smallest(losses, kept_count(len(losses), rate))
         else:
-            size = self.params.pass_batch_size or run.recipe.data.batch_size
+            size = self.params.pass_batch_size or ctx.recipe.data.batch_size
             mask = torch.zeros_like(losses, dtype=torch.bool)
-            order = torch.randperm(len(losses), generator=run.generator).to(losses.device)
+            order = torch.randperm(len(losses), generator=ctx.generator).to(losses.device)
             for start in range(0, len(order), size):
                 rows = order[start:start + size]
                 mask[rows] = keep_smallest(losses[rows], kept_count(len(rows), rate))
-        run.ledger.add(f"select/{self.name}", mask, producer=self.name, kind="mask")
+        ctx.ledger.add(f"select/{self.name}", mask, kind="mask")
 
-    def _losses(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def _losses(self, ctx: RunContext, logits: torch.Tensor, index: torch.Tensor
+                ) -> torch.Tensor:
         if self.params.labels == "noisy":
-            return F.cross_entropy(logits, self.run.ledger["noisy_label"][index],
-                                   reduction="none")
-        return soft_cross_entropy(logits, self.run.ledger["target"][index])
+            return F.cross_entropy(logits, ctx.ledger["noisy_label"][index], reduction="none")
+        return soft_cross_entropy(logits, ctx.ledger["target"][index])
 
     # -- per batch --------------------------------------------------------------------------
 
-    def select(self, batch: kdcore.Batch) -> torch.Tensor | None:
+    def select(self, ctx: RunContext, batch: kdcore.Batch) -> torch.Tensor | None:
         if self.params.scope == "batch":
             with torch.no_grad():
-                losses = self._losses(batch.out(self.ranker).logits.detach(), batch.index)
-            mask = keep_smallest(losses, kept_count(len(batch), self.current_rate()))
+                losses = self._losses(ctx, batch.out(self.ranker).logits.detach(), batch.index)
+            mask = keep_smallest(losses, kept_count(len(batch), self.current_rate(ctx)))
         else:
-            mask = self.run.ledger[f"select/{self.name}"][batch.index]
+            mask = ctx.ledger[f"select/{self.name}"][batch.index]
         if not self.params.mask_loss:
             # record only: the engine writes returned masks, so write it ourselves
-            self.run.ledger.write(f"select/{self.name}", batch.index, mask,
-                                  producer=self.name, kind="mask")
+            ctx.ledger.write(f"select/{self.name}", batch.index, mask, kind="mask")
             return None
         return mask
 

@@ -7,10 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import kdcore
-from kdcore.testing import component, run_tiny, stage, tiny_recipe
-from kdcore_selection.small_loss import keep_smallest, kept_count
+from kdcore import PluginHost, RecipeError
+from kdcore.plan import build_plan
+from kdcore.recipe import recipe_from_dict
+from kdcore.testing import component, harness, run_tiny, stage, teacher_stage, tiny_recipe
+from kdcore_selection.small_loss import SmallLoss, keep_smallest, kept_count
 
 STUDENT = {"student": {"arch": "mlp", "params": {"hidden": [16]}}}  # the default lr (0.05)
 
@@ -33,8 +38,8 @@ class CountCheck:
         self.counts = []
 
     @kdcore.hookimpl
-    def kdcore_batch_end(self, run, batch, losses):
-        mask = run.ledger["select/small_loss"][batch.index]
+    def kdcore_batch_end(self, ctx, batch, losses):
+        mask = ctx.ledger["select/small_loss"][batch.index]
         self.counts.append((len(batch), int(mask.sum())))
 
 
@@ -46,6 +51,7 @@ def _run(tmp_path, params, batch=64, epochs=1, observer=None):
     return kdcore.History(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_batch_scope_keeps_exactly_floor_of_each_batch(tmp_path):
     check = CountCheck()
     with _run(tmp_path, {"rate": 0.3}, batch=64, observer=check) as h:
@@ -54,6 +60,7 @@ def test_batch_scope_keeps_exactly_floor_of_each_batch(tmp_path):
     assert check.counts and all(k == math.floor(0.7 * b + 1e-9) for b, k in check.counts)
 
 
+@pytest.mark.slow
 def test_oracle_rate_is_the_realised_rate_and_pass_scope_records_without_masking(tmp_path):
     with _run(tmp_path, {"scope": "pass", "pass_batch_size": 50, "mask_loss": False}) as h:
         realised = 1 - h.data("clean_mask").mean()
@@ -67,19 +74,96 @@ def test_oracle_rate_is_the_realised_rate_and_pass_scope_records_without_masking
         assert 0 <= h.metric("select/small_loss/precision")[0] <= 1
 
 
-def test_dataset_scope_ranks_globally(tmp_path):
-    with _run(tmp_path, {"scope": "dataset", "rate": 0.5, "ranking_model": "student"}) as h:
-        mask = h.column("select/small_loss", 0)
-        assert mask.sum() == kept_count(len(mask), 0.5)
+class Net(nn.Module):
+    """A tiny model returning ``(logits, features)`` like kdcore's."""
+
+    def __init__(self, d: int = 6, c: int = 4, hidden: int = 8):
+        super().__init__()
+        self.body = nn.Linear(d, hidden)
+        self.head = nn.Linear(hidden, c)
+
+    def forward(self, x):
+        f = torch.relu(self.body(x))
+        return self.head(f), f
 
 
-def test_ramp_grows_the_dropped_share(tmp_path):
-    with _run(tmp_path, {"rate": 0.4, "ramp_epochs": 2}, epochs=3) as h:
-        np.testing.assert_allclose(h.metric("select/small_loss/rate"), [0.0, 0.2, 0.4])
+def _harness(params, n=100, c=4, models=None, **kw):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    clean = torch.randint(0, c, (n,), generator=g)
+    noisy = torch.where(torch.rand(n, generator=g) < 0.3, torch.randint(0, c, (n,), generator=g),
+                        clean)
+    torch.manual_seed(0)
+    models = models or {"student": Net(c=c)}
+    return harness(SmallLoss, params, x=x, noisy_label=noisy, clean_label=clean, num_classes=c,
+                   models=models, name="small_loss", **kw)
 
 
-def test_bad_parameters_are_rejected(tmp_path):
+def test_dataset_scope_ranks_globally():
+    h = _harness({"scope": "dataset", "rate": 0.5, "ranking_model": "student"}).setup()
+    h.epoch_start(0)
+    mask = h.run.ledger["select/small_loss"]
+    assert mask.sum() == kept_count(len(mask), 0.5)
+    with torch.no_grad():
+        losses = F.cross_entropy(h.run.models["student"](h.run.data.train.x)[0],
+                                 h.run.ledger["noisy_label"], reduction="none")
+    assert losses[mask].max() <= losses[~mask].min()
+    # the batches read the epoch's selection row by row
+    rows = torch.tensor([5, 0, 17, 3])
+    assert torch.equal(h.component.select(h.ctx, h.batch(rows)), mask[rows])
+
+
+def test_ramp_grows_the_dropped_share_and_batches_keep_the_floor():
+    h = _harness({"rate": 0.4, "ramp_epochs": 2}).setup()
+    rates = []
+    for epoch in range(3):
+        h.epoch_start(epoch)
+        rates.append(h.metrics["select/small_loss/rate"])
+        mask = h.component.select(h.ctx, h.batch(torch.arange(10)))
+        assert int(mask.sum()) == kept_count(10, rates[-1])
+    np.testing.assert_allclose(rates, [0.0, 0.2, 0.4])
+
+
+def test_disagreement_estimate_uses_the_estimator_model():
+    torch.manual_seed(1)
+    h = _harness({"estimate": "disagreement", "scope": "dataset"},
+                 models={"student": Net(), "teacher": Net()}).setup()
+    h.epoch_start(0)
+    pred = h.run.models["teacher"](h.run.data.train.x)[0].argmax(1)
+    expected = float((pred != h.run.ledger["noisy_label"]).double().mean())
+    assert h.metrics["select/small_loss/rate"] == pytest.approx(expected)
+    mask = h.run.ledger["select/small_loss"]
+    assert mask.sum() == kept_count(len(mask), expected)
+
+
+def test_roles_are_the_ones_the_settings_use():
+    def roles(params):
+        return _harness(params).component.roles()
+
+    assert roles({}) == ()  # the oracle rate; ranking by the served model
+    assert roles({"estimate": "disagreement"}) == ("teacher",)
+    assert roles({"estimate": "disagreement", "rate": 0.2}) == ()
+    assert roles({"ranking_model": "teacher", "estimate": "disagreement",
+                  "estimator_model": "helper"}) == ("teacher", "helper")
+
+
+def _plan(params):
+    recipe = tiny_recipe(teacher_stage(1), stage(
+        "s", 1, ["student"], component("small_loss", params=params), component("ce")))
+    return build_plan(recipe_from_dict(recipe), PluginHost())
+
+
+def test_plan_refuses_a_missing_role_only_where_it_is_used():
+    with pytest.raises(RecipeError, match="small_loss.*model role 'nope'"):
+        _plan({"estimate": "disagreement", "estimator_model": "nope"})
+    with pytest.raises(RecipeError, match="model role 'studnet'.*did you mean 'student'"):
+        _plan({"ranking_model": "studnet"})
+    _plan({"rate": 0.3, "estimate": "disagreement", "estimator_model": "nope"})  # unused
+    _plan({"estimate": "oracle", "estimator_model": "nope"})  # unused
+
+
+def test_bad_parameters_are_rejected():
     with pytest.raises(kdcore.RecipeError, match=r"params\.rate.*\[0, 1\)"):
-        _run(tmp_path, {"rate": 1.5})
+        _plan({"rate": 1.5})
     with pytest.raises(kdcore.RecipeError, match="did you mean 'scope'"):
-        _run(tmp_path, {"scop": "batch"})
+        _plan({"scop": "batch"})

@@ -1,0 +1,5 @@
+"""Shared set-up of the kdcore-selection tests."""
+
+from __future__ import annotations
+
+from kdcore.testing import one_thread, quiet_logs  # noqa: F401 (autouse fixtures)
