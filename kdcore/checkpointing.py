@@ -21,18 +21,39 @@ import copy
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from kdcore import checkpoint as ckpt
+from kdcore.component import Component
 from kdcore.errors import KdcoreError
-
-if TYPE_CHECKING:
-    from kdcore.loop import Trainer
+from kdcore.evaluation import BestKeeper
+from kdcore.history import HistoryWriter
+from kdcore.plan import StagePlan
+from kdcore.plugins import ObserverBus
+from kdcore.run import ComponentContext, Run
 
 FORMAT = 2
+
+
+class Trainer(Protocol):
+    """What the checkpoint reads from and restores into (:class:`kdcore.loop.Trainer`)."""
+
+    run: Run
+    history: HistoryWriter
+    bus: ObserverBus
+    observer_ctx: ComponentContext
+    current_stage: StagePlan
+    contexts: dict[int, ComponentContext]
+    order_gen: torch.Generator
+    augment_gen: torch.Generator
+    best: BestKeeper
+    carried: dict[str, dict[str, Any]]
+    summary: dict[str, Any]
+
+    def context(self, comp: Component) -> ComponentContext: ...
 
 
 class Checkpointer:

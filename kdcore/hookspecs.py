@@ -1,7 +1,5 @@
 """Every hook of kdcore, grouped by phase, each with its contract.
 
-Two kinds of hook exist, and this module states the contract of both:
-
 * **Plugin hooks** (the ``kdcore_*`` functions) are pluggy hook specifications. A plugin module
   or object implements them with ``@kdcore.hookimpl``; every implementation is called (fan-out,
   in pluggy's order: the last registered first). They fill registries, observe the run and save
@@ -13,17 +11,13 @@ Two kinds of hook exist, and this module states the contract of both:
   the recipe's order**, because a refinement chain, or a selection pass that feeds label
   propagation, depends on order and pluggy's fan-out cannot express it.
 
-Every hook that runs during training is handed a :class:`~kdcore.context.RunContext` (``ctx``):
-for a component hook, bound to that component (ledger writes tagged with its name, its own
-generator); for a plugin hook, bound to the observer role.
+Hooks that run during training get a :class:`~kdcore.context.RunContext` (``ctx``), bound to
+the component (ledger writes tagged with its name, its own generator) or to the observers.
 
-Lifetime of a component instance: the plan creates it once per run for each stage that names
-it, when the recipe is checked; :meth:`ComponentHooks.setup` builds its state when its stage
-starts (again in a process that resumes inside or at the start of that stage); its state
-lives until the stage ends, and the next stage's component with the same label and ``use``
-starts from it (``carry_state``).
-
-Register a plugin under the entry-point group ``kdcore`` (see ``docs/plugins.md``).
+A component instance is created once per run by the plan, per stage that names it; ``setup``
+builds its state when its stage starts (again on resume); the next stage's component of the
+same label and ``use`` starts from that state (``carry_state``). Plugins register under the
+entry-point group ``kdcore`` (``docs/plugins.md``).
 """
 
 from __future__ import annotations
@@ -47,15 +41,13 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # ------------------------------------------------------------------------------------------
-# Registries: called once when plugins are loaded.
+# Registries: each called once, when plugins are loaded.
 # ------------------------------------------------------------------------------------------
 
 
 @hookspec
 def kdcore_add_components() -> Mapping[str, type[Component]]:
     """Contribute recipe components.
-
-    Called once, when plugins are loaded.
 
     Returns:
         A mapping from the name a recipe uses (``use = "name"``) to a :class:`kdcore.Component`
@@ -68,8 +60,6 @@ def kdcore_add_components() -> Mapping[str, type[Component]]:
 def kdcore_add_datasets() -> Mapping[str, Callable[..., Any]]:
     """Contribute dataset loaders.
 
-    Called once, when plugins are loaded.
-
     Returns:
         Name -> a function taking keyword-only, annotated parameters (the recipe's
         ``data.params``, checked by ``kdcore check``) and returning
@@ -81,11 +71,9 @@ def kdcore_add_datasets() -> Mapping[str, Callable[..., Any]]:
 def kdcore_add_noise_models() -> Mapping[str, Callable[..., Any]]:
     """Contribute label-noise models.
 
-    Called once, when plugins are loaded.
-
     Returns:
-        Name -> ``fn(ctx: NoiseContext, **params) -> noisy labels``; ``ctx.generator`` is the
-        only source of randomness it may use. Merged like components.
+        Name -> ``fn(ctx: NoiseContext, **params) -> noisy labels`` drawing only from
+        ``ctx.generator``. Merged likewise.
     """
 
 
@@ -93,11 +81,8 @@ def kdcore_add_noise_models() -> Mapping[str, Callable[..., Any]]:
 def kdcore_add_models() -> Mapping[str, Callable[..., Any]]:
     """Contribute architectures.
 
-    Called once, when plugins are loaded.
-
     Returns:
-        Name -> ``fn(spec: ModelSpec, **params) -> KDModel``; the model returns
-        ``(logits, features)``. Merged like components.
+        Name -> ``fn(spec: ModelSpec, **params) -> KDModel`` returning ``(logits, features)``.
     """
 
 
@@ -105,11 +90,8 @@ def kdcore_add_models() -> Mapping[str, Callable[..., Any]]:
 def kdcore_add_augmentations() -> Mapping[str, Callable[..., Any]]:
     """Contribute batch augmentations.
 
-    Called once, when plugins are loaded.
-
     Returns:
-        Name -> ``fn(x, generator, **params) -> x`` acting on a float image batch. Merged like
-        components.
+        Name -> ``fn(x, generator, **params) -> x`` on a float image batch. Merged likewise.
     """
 
 
@@ -254,8 +236,6 @@ class ComponentHooks(Protocol):
     """The contract of every component hook (:class:`kdcore.Component` implements each as a
     no-op; override the ones your component takes part in)."""
 
-    # -- set-up ---------------------------------------------------------------------------
-
     def adapt_models(self, ctx: RunContext) -> None:
         """Change a model's structure (add a connector layer), once per process.
 
@@ -277,8 +257,7 @@ class ComponentHooks(Protocol):
         are the same in every process). Order: recipe order. May read: the models, the data,
         the ledger; must not write the ledger.
 
-        Args:
-            ctx: the run.
+        Args: ``ctx``, the run.
         """
 
     def on_stage_start(self, ctx: RunContext) -> None:
@@ -288,8 +267,7 @@ class ComponentHooks(Protocol):
         not called again when a run resumes inside the stage. Order: recipe order. May write:
         its declared ledger columns.
 
-        Args:
-            ctx: the run.
+        Args: ``ctx``, the run.
         """
 
     def on_epoch_start(self, ctx: RunContext) -> None:
@@ -300,11 +278,8 @@ class ComponentHooks(Protocol):
         ``ctx.features(role)`` for full-set features: computed once, shared. May write: its
         declared ledger columns (``base_target`` for an epoch-level refiner).
 
-        Args:
-            ctx: the run.
+        Args: ``ctx``, the run.
         """
-
-    # -- per batch ------------------------------------------------------------------------
 
     def refine(self, ctx: RunContext, batch: Batch, targets: torch.Tensor) -> torch.Tensor:
         """Label refinement: map the batch's current soft targets ``(B, C)`` to new ones.
@@ -391,8 +366,6 @@ class ComponentHooks(Protocol):
             batch: the batch just trained on.
         """
 
-    # -- epoch and stage end ----------------------------------------------------------------
-
     def on_epoch_end(self, ctx: RunContext, metrics: dict[str, float]) -> None:
         """After evaluation, in recipe order, before ``kdcore_epoch_end``.
 
@@ -407,11 +380,8 @@ class ComponentHooks(Protocol):
         """After the stage's last epoch, before the best-validation weights are restored
         (undo a freeze, drop a hook, log a stage-level number). Order: recipe order.
 
-        Args:
-            ctx: the run.
+        Args: ``ctx``, the run.
         """
-
-    # -- checkpoint -----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly, returned when a checkpoint is written or the

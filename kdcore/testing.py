@@ -44,7 +44,7 @@ from kdcore.testing_harness import Harness, harness
 
 __all__ = ["Harness", "InterruptAt", "Interrupted", "assert_same_history", "component",
            "harness", "one_thread", "quiet_logs", "run_tiny", "stage", "teacher_stage",
-           "tiny_recipe", "write_recipe"]
+           "tiny_recipe", "write_fashion_mnist", "write_idx", "write_recipe"]
 
 
 @pytest.fixture(autouse=True)
@@ -132,8 +132,9 @@ def run_tiny(data: Mapping[str, Any], out: Path, *, plugins: Iterable[Any] = (),
                       resume=resume, progress=False)
 
 
-class Interrupted(Exception):
-    """Raised by :class:`InterruptAt`: a run stopped the way a crash would stop it."""
+class Interrupted(BaseException):
+    """Raised by :class:`InterruptAt`: a run stopped the way a crash would stop it (a
+    ``BaseException``, as ``KeyboardInterrupt``: observer isolation does not catch it)."""
 
 
 class InterruptAt:
@@ -174,3 +175,36 @@ def assert_same_history(a: str | Path, b: str | Path, *, columns: Iterable[str] 
         assert ha.data_names() == hb.data_names()
         for name in hb.data_names():
             np.testing.assert_array_equal(ha.data(name), hb.data(name), err_msg=name)
+
+
+def write_idx(path: Path, array: np.ndarray, *, magic: int | None = None) -> None:
+    """Write ``array`` (uint8) as an IDX file, gzipped when ``path`` ends in ``.gz``."""
+    import gzip
+    import struct
+
+    header = struct.pack(">I", magic if magic is not None else 0x0800 | array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as handle:
+            handle.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def write_fashion_mnist(root: Path, *, n_train: int = 6, n_test: int = 3, gz: bool = True,
+                        seed: int = 0) -> dict[str, np.ndarray]:
+    """A small random dataset in Fashion-MNIST's IDX layout under ``root`` (what the
+    ``fashion_mnist`` loader reads from ``data.params.root`` or ``$KDCORE_FASHION_MNIST``);
+    labels cycle through the 10 classes so every class is present. Returns the arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.permutation(np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.permutation(np.arange(n_test) % 10).astype(np.uint8),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        write_idx(root / (f"{name}.gz" if gz else name), array)
+    return arrays

@@ -80,7 +80,7 @@ def test_plugins_lists_builtin_components_with_kinds():
     res = invoke("plugins")
     assert res.exit_code == 0
     assert "builtin  (kdcore" in res.output
-    assert "hinton_kd [transfer]" in res.output and "label_smoothing [refinement]" in res.output
+    assert "hinton_kd [transfer]" in res.output and "label_smoothing [refine]" in res.output
 
 
 def test_check_prints_resolved_recipe(tiny_recipe):

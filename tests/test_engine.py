@@ -15,12 +15,11 @@ from kdcore.losses import one_hot
 class IndexProbe(Component):
     """Checks, inside training, that everything a batch carries belongs to its indices."""
 
-    def setup(self, run):
-        self.run = run
+    def setup(self, ctx):
         self.checked = 0
 
-    def select(self, batch):
-        led = self.run.ledger
+    def select(self, ctx, batch):
+        led = ctx.ledger
         assert torch.equal(batch.noisy_label, led["noisy_label"][batch.index])
         # refinements run before selections: the probe sees the shifted targets
         shifted = (led["noisy_label"][batch.index] + 1) % batch.num_classes
@@ -32,7 +31,7 @@ class IndexProbe(Component):
 class ShiftRefiner(Component):
     """Refines every target to the next class: detectable in the ledger by index."""
 
-    def refine(self, batch, targets):
+    def refine(self, ctx, batch, targets):
         return one_hot((batch.noisy_label + 1) % batch.num_classes, batch.num_classes)
 
 
@@ -44,7 +43,7 @@ class ConstParams:
 class ConstWeight(Component):
     Params = ConstParams
 
-    def weight(self, batch):
+    def weight(self, ctx, batch):
         return torch.full((len(batch),), self.params.value)
 
 
@@ -101,7 +100,7 @@ def test_ledger_columns_stay_aligned_with_sample_indices(tiny_recipe, tmp_path):
 
 def test_masks_and_weights_combine_as_documented(tiny_recipe):
     from kdcore.component import ComponentSpec
-    from kdcore.engine import Trainer
+    from kdcore.step import reduce_term
 
     def comp(name, models=("s",), terms=()):
         c = Component(None, ComponentSpec(name=name, use=name, models=models, terms=terms))
@@ -112,21 +111,18 @@ def test_masks_and_weights_combine_as_documented(tiny_recipe):
     masks = [(comp("sel"), "s", torch.tensor([True, True, False, True])),
              (comp("sel2", terms=("other",)), "s", torch.tensor([False] * 4))]
     weights = [(comp("w"), "s", torch.tensor([0.5, 1.0, 1.0, 2.0]))]
-    value = Trainer._reduce(term, "s", loss, masks, weights)
+    value = reduce_term(term, "s", loss, masks, weights)
     # sel2 acts on another term; sel keeps samples 0, 1, 3; weights scale
     assert value.item() == pytest.approx((0.5 * 1 + 2 + 2 * 4) / 3)
-    assert Trainer._reduce(term, "s", loss, [], []).item() == pytest.approx(2.5)
+    assert reduce_term(term, "s", loss, [], []).item() == pytest.approx(2.5)
 
 
 def test_nan_loss_names_term_and_keeps_history(tiny_recipe, tmp_path):
     first_bad_step = []
 
     class Explode(Component):
-        def setup(self, run):
-            self.run = run
-
-        def transfer(self, batch):
-            bad = self.run.epoch == 1
+        def transfer(self, ctx, batch):
+            bad = ctx.epoch == 1
             if bad and not first_bad_step:
                 first_bad_step.append(batch.step)
             z = batch.out(self.model).logits.sum(1)
@@ -154,20 +150,17 @@ class HardProbe(Component):
     """Records, per stage epoch, whether batches carried hard targets, and checks them."""
 
     seen: dict = {}
+    writes = ("base_target",)
 
-    def setup(self, run):
-        self.run = run
+    def on_epoch_start(self, ctx):
+        if self.spec.name == "relabel" and ctx.epoch == 1:  # epoch-level targets change
+            led = ctx.ledger
+            led.add("base_target", led["base_target"].roll(1, dims=1), kind="target")
 
-    def on_epoch_start(self, run, epoch):
-        if self.spec.name == "relabel" and epoch == 1:  # epoch-level targets change
-            led = run.ledger
-            led.add("base_target", led["base_target"].roll(1, dims=1), producer=self.name,
-                    kind="target")
-
-    def transfer(self, batch):
+    def transfer(self, ctx, batch):
         if self.spec.name == "probe":
             hard = batch.hard_targets
-            HardProbe.seen.setdefault(self.run.epoch, set()).add(hard is not None)
+            HardProbe.seen.setdefault(ctx.epoch, set()).add(hard is not None)
             if hard is not None:
                 assert torch.equal(one_hot(hard, batch.num_classes), batch.targets)
                 batch.targets.mul_(0.5)  # an in-place edit voids them for later terms
@@ -205,17 +198,17 @@ def test_features_service_is_shared_and_ordered(tiny_recipe, tmp_path):
     seen = {}
 
     class Feat(Component):
-        def on_epoch_start(self, run, epoch):
-            a = run.features("teacher")
-            b = run.features("teacher")
+        def on_epoch_start(self, ctx):
+            a = ctx.features("teacher")
+            b = ctx.features("teacher")
             seen["same"] = a is b
-            seen["n"] = a.features.shape[0] == len(run.data.train)
-            x = run.data.inputs(run.data.train, torch.arange(5))
+            seen["n"] = a.features.shape[0] == len(ctx.data.train)
+            x = ctx.data.inputs(ctx.data.train, torch.arange(5))
             with torch.no_grad():
-                run.models["teacher"].eval()
-                seen["rows"] = torch.allclose(run.models["teacher"](x)[0], a.logits[:5],
+                ctx.models["teacher"].eval()
+                seen["rows"] = torch.allclose(ctx.models["teacher"](x)[0], a.logits[:5],
                                               atol=1e-5)
-                run.models["teacher"].train()
+                ctx.models["teacher"].train()
 
     class P:
         @hookimpl
@@ -257,8 +250,8 @@ def test_loaders_reach_the_runs_registries_and_runs_record_data(tiny_recipe, tmp
             return {"inner": inner, "wrapper": wrapper}
 
         @hookimpl
-        def kdcore_run_start(self, run):
-            run.record_data("probe/order", torch.arange(len(run.data.train)) * 2)
+        def kdcore_run_start(self, ctx):
+            ctx.record_data("probe/order", torch.arange(len(ctx.data.train)) * 2)
 
     r = _recipe(tiny_recipe, 'data.dataset="wrapper"', "stages.teacher.epochs=1",
                 "stages.student.epochs=1")

@@ -33,12 +33,16 @@ def test_plugin_hook_is_documented(name):
 
 
 @pytest.mark.parametrize("name", COMPONENT_HOOKS)
-def test_component_hook_is_documented(name):
-    fn = getattr(Component, name)
-    doc = inspect.getdoc(fn) or ""
-    assert len(doc.split()) >= 5, f"Component.{name} has no real docstring"
-    for arg in list(inspect.signature(fn).parameters)[1:]:
-        assert arg in doc, f"Component.{name}: argument '{arg}' is not documented"
+def test_component_hook_contract_is_stated(name):
+    """Each component hook's contract lives in hookspecs.ComponentHooks (pytest's style: one
+    module states every hook), with the base class's exact signature."""
+    spec = getattr(hookspecs.ComponentHooks, name)
+    doc = inspect.getdoc(spec) or ""
+    assert len(doc.split()) >= 12, f"ComponentHooks.{name} states no real contract"
+    params = list(inspect.signature(spec).parameters)
+    assert params == list(inspect.signature(getattr(Component, name)).parameters)
+    for arg in params[1:]:
+        assert arg in doc, f"ComponentHooks.{name}: argument '{arg}' is not documented"
 
 
 def test_every_hookspec_is_registered_with_pluggy():
@@ -51,11 +55,11 @@ def test_every_hookspec_is_registered_with_pluggy():
 
 def test_kinds_are_derived_from_overridden_hooks():
     class Both(Component):
-        def select(self, batch):
+        def select(self, ctx, batch):
             return None
 
-        def transfer(self, batch):
+        def transfer(self, ctx, batch):
             return None
 
-    assert Both.kinds() == ("selection", "transfer")
+    assert Both.kinds() == ("select", "transfer")
     assert Component.kinds() == ()

@@ -25,8 +25,8 @@ KILLER = textwrap.dedent('''
     class KillMidEpoch:
         """SIGKILLs this process in the middle of the student stage's second epoch."""
         @kdcore.hookimpl
-        def kdcore_batch_end(self, run, batch, losses):
-            if run.stage.name == "student" and run.epoch == 1 and batch.step % 7 == 3:
+        def kdcore_batch_end(self, ctx, batch, losses):
+            if ctx.stage.name == "student" and ctx.epoch == 1 and batch.step % 7 == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     logger.remove()

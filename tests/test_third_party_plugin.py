@@ -28,7 +28,7 @@ PLUGIN_MODULE = textwrap.dedent('''
     class EveryNth(kdcore.Component):
         Params = EveryParams
 
-        def select(self, batch):
+        def select(self, ctx, batch):
             return batch.index % self.params.every == 0
 
 
@@ -77,7 +77,7 @@ def test_installed_plugin_is_listed_with_its_distribution(installed_plugin):
     assert (info.distribution, info.version) == ("kdcore-every-nth", "0.3.1")
     assert info.provides["components"] == ["every_nth"]
     assert "kdcore_add_components" in info.hooks
-    assert host.components.get("every_nth").kinds() == ("selection",)
+    assert host.components.get("every_nth").kinds() == ("select",)
 
 
 def test_installed_plugin_component_lands_in_history(installed_plugin, tiny_recipe, tmp_path):

@@ -1,0 +1,131 @@
+"""What --resume accepts and refuses: the recipe's fingerprint, missing or foreign checkpoints,
+runs killed before their first checkpoint, damaged state. Every refusal is one line, exit 2,
+and names how to start again."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kdcore import History, PluginHost, hookimpl, load_recipe, run_recipe
+from kdcore.checkpoint import CHECKPOINT, load, save
+from kdcore.cli import main
+from kdcore.testing import Interrupted, InterruptAt, assert_same_history
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    return lines[0]
+
+
+@pytest.fixture
+def started(tiny_recipe, tmp_path):
+    """A run stopped in the student stage (its checkpoints are the run's start, the first
+    epoch and the teacher stage's end)."""
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        run_recipe(load_recipe(tiny_recipe), out=str(out),
+                   host=PluginHost(extra=[InterruptAt(epoch=0, batch=1, stage="student")]))
+    return out
+
+
+@pytest.mark.slow
+def test_resume_with_a_changed_override_names_the_keys(tiny_recipe, started):
+    line = one_line_error(
+        invoke("run", tiny_recipe, "--out", started, "--resume", "--set", "run.seed=3",
+               "--set", "stages.student.components.kd.weight=0.25"),
+        "run.seed", "stages[1].components[1].weight", "--overwrite")
+    assert "stages[0]" not in line  # only the keys that differ
+
+
+@pytest.mark.slow
+def test_resume_with_a_different_recipe_file_is_refused(tiny_recipe, started, tmp_path):
+    other = tmp_path / "other.toml"
+    other.write_text(tiny_recipe.read_text().replace("hidden = [16]", "hidden = [24]"))
+    one_line_error(invoke("run", other, "--out", started, "--resume"),
+                   "models.student.params.hidden")
+
+
+@pytest.mark.slow
+def test_resume_with_the_same_recipe_and_operational_changes_continues(tiny_recipe, started,
+                                                                       tmp_path):
+    result = invoke("run", tiny_recipe, "--out", started, "--resume", "-q",
+                    "--set", "run.checkpoint_interval_s=5", "--set", "run.name=elsewhere")
+    assert result.exit_code == 0, result.output
+    run_recipe(load_recipe(tiny_recipe), out=str(tmp_path / "straight"))
+    assert_same_history(started, tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_killed_before_the_first_checkpoint_starts_again_on_resume(tiny_recipe, tmp_path):
+    class FailInSetUp:
+        @hookimpl
+        def kdcore_run_start(self, ctx):
+            raise KeyboardInterrupt  # a kill before any checkpoint exists
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(load_recipe(tiny_recipe), out=str(out), host=PluginHost(extra=[FailInSetUp()]))
+    assert not (out / CHECKPOINT).exists() and (out / "history.h5").exists()
+    # a plain rerun names both ways on
+    one_line_error(invoke("run", tiny_recipe, "--out", out), "--resume", "--overwrite")
+    result = invoke("run", tiny_recipe, "--out", out, "--resume", "-q")
+    assert result.exit_code == 0, result.output
+    run_recipe(load_recipe(tiny_recipe), out=str(tmp_path / "straight"))
+    assert_same_history(out, tmp_path / "straight")
+
+
+def test_nothing_to_resume_names_overwrite(tiny_recipe, tmp_path):
+    one_line_error(invoke("run", tiny_recipe, "--out", tmp_path / "none", "--resume"),
+                   "nothing to resume", "--overwrite")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_missing_a_model_is_refused(tiny_recipe, started):
+    state = load(started / CHECKPOINT)
+    del state["models"]["student"]
+    save(state, started / CHECKPOINT)
+    one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"),
+                   "no weights for model(s) student", "--overwrite")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_weights_of_another_shape_is_refused(tiny_recipe, started):
+    state = load(started / CHECKPOINT)
+    state["models"]["student"] = {k: torch.zeros(3) for k in state["models"]["student"]}
+    save(state, started / CHECKPOINT)
+    one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"),
+                   "weights for model 'student'", "do not fit")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["no_position", "garbage", "old_format"])
+def test_a_damaged_checkpoint_is_one_line(tiny_recipe, started, damage):
+    path = started / CHECKPOINT
+    if damage == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    else:
+        state = load(path)
+        state.pop("position" if damage == "no_position" else "format")
+        save(state, path)
+    one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"), str(path))
+
+
+@pytest.mark.slow
+def test_a_history_shorter_than_the_checkpoint_is_refused(tiny_recipe, started):
+    state = load(started / CHECKPOINT)
+    state["position"]["history_rows"] = 99
+    save(state, started / CHECKPOINT)
+    one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"), "history",
+                   "--overwrite")
+    with History(started) as h:
+        assert len(h) >= 1  # nothing already written was lost
