@@ -17,7 +17,7 @@ plugin's README):
   ``w_i = [1 - lambda_i, lambda_i]``, init ``U(0, 1)``, 10 repetitions, step 2000, objective
   ``0.75 L_val + 0.25 L_chunk`` on the whole validation set;
 * the update (``on_epoch_start`` of epochs ``e >= warm_epochs`` with ``e % select_every == 0``)
-  runs over the eval-mode logits and features of the whole training set (``run.features``),
+  runs over the eval-mode logits and features of the whole training set (``ctx.features``),
   in a shuffled order cut into batches and chunks of ``grad_fit`` batches, against the clean
   ``gold`` split (``data.gold_per_class``). See :mod:`kdcore_almkd.mixing` for the closed form.
 """
@@ -30,6 +30,7 @@ import attrs
 import torch
 
 import kdcore
+from kdcore import Role
 from kdcore.config import structure
 from kdcore.losses import one_hot
 from kdcore.validators import non_negative, positive, unit_interval
@@ -45,7 +46,7 @@ from kdcore_almkd.mixing import (
 # -- parameters ---------------------------------------------------------------------------------
 
 
-def _teachers(instance: object, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+def _teachers(instance: object, attribute: attrs.Attribute, value: tuple[Role, ...]) -> None:
     if not value:
         raise ValueError(f"'{attribute.name}' must name at least one teacher role")
     if len(set(value)) != len(value):
@@ -91,7 +92,7 @@ class AlmKDParams:
         mixing: ``free`` (``M + 1`` independent weights per sample) or ``convex`` (one
             ``lambda``, weights ``[1 - lambda, lambda / M, ...]``).
         init: ``constant`` (teachers ``lambda0``, CE ``1 - lambda0``; convex: ``lambda0``) or
-            ``uniform`` (every parameter ``U(0, 1)`` from ``run.generator``).
+            ``uniform`` (every parameter ``U(0, 1)`` from the component's generator).
         lambda0: the constant initial teacher weight.
         lambda_min, lambda_max: the clip interval of every parameter.
         repetitions: update steps per chunk.
@@ -105,12 +106,13 @@ class AlmKDParams:
         warm_epochs: no update before this epoch of the stage (default: R).
         batch_size: the ``|B|`` of the update pass's ``1/|B|`` gradients (0: the recipe's
             ``data.batch_size``); the step sizes are tuned to it.
-        shuffle: visit the training set in a random order (``run.generator``) during updates.
+        shuffle: visit the training set in a random order (the component's generator) during
+            updates.
         meta_split: ``gold`` (clean, ``data.gold_per_class``) or ``val`` (its labels are noisy
             unless ``data.noise.apply_to_val = false``).
     """
 
-    teachers: tuple[str, ...] = attrs.field(default=("teacher",), validator=_teachers)
+    teachers: tuple[Role, ...] = attrs.field(default=(Role("teacher"),), validator=_teachers)
     temperature: float = attrs.field(default=4.0, validator=positive)
     preset: Literal["amal", "almkd"] = "amal"
     mixing: Literal["free", "convex"] | None = None
@@ -161,9 +163,12 @@ class AlmKDParams:
 
 
 def recipe_problems(recipe: kdcore.Recipe, use: str = "almkd") -> list[str]:
-    """Role and data problems of every ``almkd`` entry of a recipe, before anything trains."""
+    """Role and data problems of every ``almkd`` entry of a recipe, before anything trains.
+
+    (Whether each teacher names a model the recipe defines is the plan's check of the
+    ``teachers`` parameter, a tuple of ``Role``.)
+    """
     problems: list[str] = []
-    roles = set(recipe.models)
     for s, stage in enumerate(recipe.stages):
         for c, comp in enumerate(stage.components):
             if comp.use != use or not comp.enabled:
@@ -178,10 +183,7 @@ def recipe_problems(recipe: kdcore.Recipe, use: str = "almkd") -> list[str]:
                 problems.append(f"{key}: '{comp.label}' serves {served}; it mixes the losses "
                                 f"of exactly one student (set 'models')")
             for teacher in params.teachers:
-                if teacher not in roles:
-                    problems.append(f"{key}.params.teachers: no model role '{teacher}'; "
-                                    f"[models] defines: {', '.join(sorted(roles))}")
-                elif teacher in served:
+                if teacher in served:
                     problems.append(f"{key}.params.teachers: '{teacher}' is the student itself; "
                                     f"for self-distillation add a role of the same architecture")
                 elif teacher in stage.train:
@@ -207,49 +209,55 @@ class AlmKD(kdcore.Component):
 
     Params = AlmKDParams
     description = "ALM-KD / AMAL: per-sample meta-learned mixing of the CE and KD terms"
+    writes = ("weight/{name}",)  # the table: a transfer component's column, written by itself
 
     @property
     def column(self) -> str:
         """The ledger column of the weight table."""
         return f"weight/{self.name}"
 
+    @property
+    def student(self) -> str:
+        """The student role, the one model it serves (checked by ``kdcore_configure``)."""
+        return self.model
+
+    def reads(self) -> tuple[str, ...]:
+        # the update's CE targets and the clean/noisy split of the epoch metrics
+        return (*super().reads(), "target", "clean_mask")
+
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def setup(self, run: kdcore.Run) -> None:
-        self.run = run
+    def setup(self, ctx: kdcore.RunContext) -> None:
         self.settings = self.params.settings()
-        try:
-            self.student = self.model
-        except ValueError as exc:
-            raise kdcore.RecipeError(str(exc)) from None
-        for teacher in self.params.teachers:
-            if teacher not in run.models:
-                raise kdcore.RecipeError(f"component '{self.name}': no model role '{teacher}'")
+        if len(self.models) != 1:
+            raise kdcore.RecipeError(f"component '{self.name}' serves {list(self.models)}; it "
+                                     f"mixes the losses of exactly one student (set 'models')")
+        self.device = ctx.device  # where a table loaded from a checkpoint goes
         self.lam: torch.Tensor | None = None
         self.updates = 0
 
-    def on_stage_start(self, run: kdcore.Run) -> None:
+    def on_stage_start(self, ctx: kdcore.RunContext) -> None:
         # the engine may have handed over the table of the previous stage's component of the
         # same label (``carry_state``); start afresh only without one of the right shape
-        shape = (run.ledger.size, num_parameters(self.settings.mixing, len(self.params.teachers)))
+        shape = (ctx.ledger.size, num_parameters(self.settings.mixing, len(self.params.teachers)))
         if self.lam is None or tuple(self.lam.shape) != shape:
-            self.lam = self.initial_lambdas(run)
+            self.lam = self.initial_lambdas(ctx)
             self.updates = 0
-        self._publish()
+        self._publish(ctx)
 
-    def initial_lambdas(self, run: kdcore.Run) -> torch.Tensor:
+    def initial_lambdas(self, ctx: kdcore.RunContext) -> torch.Tensor:
         """The parameter table ``(N, P)`` at the start of the stage (clipped to the bounds)."""
         s = self.settings
-        n, m = run.ledger.size, len(self.params.teachers)
+        n, m = ctx.ledger.size, len(self.params.teachers)
         p = num_parameters(s.mixing, m)
         if s.init == "uniform":
-            lam = torch.rand(n, p, generator=run.generator)
+            lam = torch.rand(n, p, generator=ctx.generator)
         elif s.mixing == "convex":
             lam = torch.full((n, 1), s.lambda0)
         else:
             lam = torch.full((n, p), s.lambda0)
             lam[:, 0] = 1.0 - s.lambda0  # 1 - max_m lambda_m with every teacher at lambda0
-        return lam.clamp(s.lambda_min, s.lambda_max).to(run.device)
+        return lam.clamp(s.lambda_min, s.lambda_max).to(ctx.device)
 
     def weights(self) -> torch.Tensor:
         """The effective per-term weights ``(N, M + 1)``."""
@@ -257,8 +265,8 @@ class AlmKD(kdcore.Component):
             raise RuntimeError(f"component '{self.name}' has no lambda table yet")
         return effective_weights(self.lam, self.settings.mixing, len(self.params.teachers))
 
-    def _publish(self) -> None:
-        self.run.ledger.add(self.column, self.weights(), producer=self.name, kind="weight")
+    def _publish(self, ctx: kdcore.RunContext) -> None:
+        ctx.ledger.add(self.column, self.weights(), kind="weight")
 
     # -- the update -----------------------------------------------------------------------------
 
@@ -266,61 +274,61 @@ class AlmKD(kdcore.Component):
         """Whether the table is re-learned at the start of ``epoch`` (within the stage)."""
         return epoch >= self.params.first_update and epoch % self.params.select_every == 0
 
-    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
-        due = self.due(epoch)
+    def on_epoch_start(self, ctx: kdcore.RunContext) -> None:
+        due = self.due(ctx.epoch)
         if due:
-            self.update(run)
-        run.log_metric(f"{self.column}/updated", float(due))
+            self.update(ctx)
+        ctx.log_metric(f"{self.column}/updated", float(due))
 
-    def update(self, run: kdcore.Run) -> None:
+    def update(self, ctx: kdcore.RunContext) -> None:
         """Re-learn the table: one chunked look-ahead pass over the training set."""
         s, p = self.settings, self.params
         split = p.meta_split
-        meta = run.data.split(split)
+        meta = ctx.data.split(split)
         if len(meta) == 0:
             raise kdcore.RecipeError(
                 f"component '{self.name}': the '{split}' split is empty; set "
                 f"data.gold_per_class (or data.val_fraction) so the lambda update has data")
-        student = run.features(self.student)
-        val = run.features(self.student, split=split)
-        labels = meta.y if split == "gold" else run.data.val_noisy
-        val_targets = one_hot(labels, run.num_classes, val.logits.dtype).to(val.logits.device)
-        n = run.ledger.size
-        order = (torch.randperm(n, generator=run.generator) if p.shuffle
+        student = ctx.features(self.student)
+        val = ctx.features(self.student, split=split)
+        labels = meta.y if split == "gold" else ctx.data.val_noisy
+        val_targets = one_hot(labels, ctx.num_classes, val.logits.dtype).to(val.logits.device)
+        n = ctx.ledger.size
+        order = (torch.randperm(n, generator=ctx.generator) if p.shuffle
                  else torch.arange(n))
         if s.val_batch == 0 or s.val_batch >= len(meta):
             val_batches = [torch.arange(len(meta))]
         else:
-            val_batches = list(torch.split(torch.randperm(len(meta), generator=run.generator),
+            val_batches = list(torch.split(torch.randperm(len(meta), generator=ctx.generator),
                                            s.val_batch))
         cfg = UpdateConfig(
-            mixing=s.mixing, temperature=p.temperature, lr=run.lr(self.student), step=s.step,
+            mixing=s.mixing, temperature=p.temperature, lr=ctx.lr(self.student), step=s.step,
             repetitions=s.repetitions, bounds=(s.lambda_min, s.lambda_max),
-            val_weight=s.val_weight, batch_size=p.batch_size or run.recipe.data.batch_size,
+            val_weight=s.val_weight, batch_size=p.batch_size or ctx.recipe.data.batch_size,
             grad_fit=p.grad_fit)
         self.lam, stats = update_lambdas(
             self.lam, cfg, logits=student.logits, features=student.features,
-            targets=run.ledger["target"].to(student.logits.dtype),
-            teacher_logits=[run.features(t).logits for t in p.teachers],
+            targets=ctx.ledger["target"].to(student.logits.dtype),
+            teacher_logits=[ctx.features(t).logits for t in p.teachers],
             val_logits=val.logits, val_features=val.features, val_targets=val_targets,
-            order=order.to(run.device), val_batches=val_batches)
+            order=order.to(ctx.device), val_batches=val_batches)
         self.updates += 1
-        self._publish()
-        run.log_metric(f"{self.column}/meta_loss_first", stats.objective_first)
-        run.log_metric(f"{self.column}/meta_loss_last", stats.objective_last)
+        self._publish(ctx)
+        ctx.log_metric(f"{self.column}/meta_loss_first", stats.objective_first)
+        ctx.log_metric(f"{self.column}/meta_loss_last", stats.objective_last)
 
     # -- per batch ------------------------------------------------------------------------------
 
-    def transfer(self, batch: kdcore.Batch) -> torch.Tensor:
-        w = batch.run.ledger[self.column][batch.index]
+    def transfer(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> torch.Tensor:
+        w = ctx.ledger.read(self.column, batch.index)
         teachers = [batch.out(t).logits.detach() for t in self.params.teachers]
         return mixed_loss(batch.out(self.student).logits, batch.targets.detach(), teachers, w,
                           self.params.temperature)
 
-    def on_epoch_end(self, run: kdcore.Run, epoch: int, metrics: dict[str, float]) -> None:
-        w = run.ledger[self.column].double()
+    def on_epoch_end(self, ctx: kdcore.RunContext, metrics: dict[str, float]) -> None:
+        w = ctx.ledger[self.column].double()
         share = kd_share(w)
-        clean = run.ledger["clean_mask"].bool()
+        clean = ctx.ledger["clean_mask"].bool()
         col = self.column
         metrics[f"{col}/kd_share"] = float(share.mean())
         nan = float("nan")
@@ -337,5 +345,5 @@ class AlmKD(kdcore.Component):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         lam = state.get("lam")
-        self.lam = None if lam is None else torch.as_tensor(lam).to(self.run.device)
+        self.lam = None if lam is None else torch.as_tensor(lam).to(self.device)
         self.updates = int(state.get("updates", 0))

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from kdcore.testing import quiet_logs  # noqa: F401 (autouse fixtures)
+from kdcore.testing import one_thread, quiet_logs  # noqa: F401 (autouse fixtures)

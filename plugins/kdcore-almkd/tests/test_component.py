@@ -1,5 +1,6 @@
-"""The component in real runs on digits: lambda rows aligned with sample ids, both recipes with
-their per-epoch lambda tables in the history, recipe checks, and the noisy-vs-clean analysis."""
+"""The component: lambda rows aligned with sample ids and its own generator (through the
+component harness), both recipes with their per-epoch lambda tables in the history (real runs on
+digits), the plan's recipe checks, and the noisy-vs-clean analysis."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import kdcore
-from kdcore.testing import component, run_tiny, stage, teacher_stage, tiny_recipe
+from kdcore import PluginHost, RecipeError
+from kdcore.plan import build_plan
+from kdcore.recipe import recipe_from_dict
+from kdcore.testing import component, harness, run_tiny, stage, teacher_stage, tiny_recipe
 from kdcore_almkd import analysis
 from kdcore_almkd.component import AlmKD
 
@@ -39,54 +43,72 @@ def _index_weights(index: torch.Tensor) -> torch.Tensor:
 class IndexedAlmKD(AlmKD):
     """``almkd`` whose table starts as a function of the sample index (and is never updated)."""
 
-    def initial_lambdas(self, run):
-        return _index_weights(torch.arange(run.ledger.size)).float().to(run.device)
+    def initial_lambdas(self, ctx):
+        return _index_weights(torch.arange(ctx.ledger.size)).float().to(ctx.device)
 
 
-class IndexedPlugin:
-    @kdcore.hookimpl
-    def kdcore_add_components(self):
-        return {"almkd_indexed": IndexedAlmKD}
+def _harness(cls=AlmKD, params: dict | None = None, *, n: int = 40, seed: int = 0):
+    """``cls`` serving a student with one frozen teacher, over ``n`` random samples."""
+    torch.manual_seed(0)
+    x = torch.randn(n, 8)
+    y = torch.randint(0, 3, (n,))
+    models = {"student": _mlp(), "teacher": _mlp()}
+    return harness(cls, params, x=x, noisy_label=y, num_classes=3, models=models,
+                   train=("student",), name="almkd", seed=seed)
 
 
-class LossCheck:
-    """After every batch: the ledger's per-sample loss must be the index function's mix."""
+def _mlp() -> kdcore.KDModel:
+    class Net(kdcore.KDModel):
+        def __init__(self):
+            super().__init__()
+            self.trunk = torch.nn.Sequential(torch.nn.Linear(8, 5), torch.nn.Tanh())
+            self.classifier = torch.nn.Linear(5, 3)
 
-    def __init__(self):
-        self.batches = 0
+        def forward_features(self, x):
+            return self.trunk(x)
 
-    @kdcore.hookimpl
-    def kdcore_batch_end(self, run, batch, losses):
-        if run.stage.name != "student":
-            return
-        w = _index_weights(batch.index.cpu()).float()
-        z = batch.out("student").logits.detach()
-        t = batch.out("teacher").logits.detach()
-        ce = F.cross_entropy(z, batch.noisy_label, reduction="none")
-        kd = 16 * F.kl_div(F.log_softmax(z / 4, 1), F.log_softmax(t / 4, 1), reduction="none",
-                           log_target=True).sum(1)
-        expected = w[:, 0] * ce + w[:, 1] * kd
-        got = batch.records["loss/almkd_indexed"]
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-        # the batch is shuffled: its rows are not a contiguous range of sample ids
-        self.batches += 1
+    return Net()
 
 
-def test_lambda_rows_stay_aligned_with_sample_ids(tmp_path):
-    check = LossCheck()
-    recipe = _tiny(use="almkd_indexed",
-                   params={"preset": "amal", "teachers": ["teacher"], "select_every": 100})
-    run_tiny(recipe, tmp_path / "run", plugins=[IndexedPlugin(), check])
-    assert check.batches >= 2 * 9  # two epochs of ~10 shuffled batches
-    with kdcore.History(tmp_path / "run") as h:
-        table = h.column("weight/almkd_indexed")
-        expected = _index_weights(torch.arange(table.shape[1])).numpy()
-        stages = [s for s, _ in h.epochs()]
-        for row, stage in zip(table, stages):
-            if stage == "student":
-                np.testing.assert_allclose(row, expected, atol=1e-3)  # float16 history
-            else:
-                assert np.isnan(row).all()
+def test_lambda_rows_stay_aligned_with_sample_ids():
+    h = _harness(IndexedAlmKD, {"preset": "amal", "teachers": ["teacher"]}).setup()
+    table = h.run.ledger["weight/almkd"]
+    torch.testing.assert_close(table, _index_weights(torch.arange(40)).float())
+    assert h.run.ledger.producer("weight/almkd") == "almkd"
+    index = torch.randperm(40, generator=torch.Generator().manual_seed(1))[:16]
+    assert not torch.equal(index, index.sort().values)  # shuffled: not a range of sample ids
+    batch = h.batch(index)
+    got = h.component.transfer(h.ctx, batch)
+    # the per-sample loss is the mix with the weights of exactly these ids
+    w = _index_weights(index).float()
+    z = batch.out("student").logits.detach()
+    t = batch.out("teacher").logits.detach()
+    ce = F.cross_entropy(z, batch.noisy_label, reduction="none")
+    kd = 16 * F.kl_div(F.log_softmax(z / 4, 1), F.log_softmax(t / 4, 1), reduction="none",
+                       log_target=True).sum(1)
+    torch.testing.assert_close(got.detach(), w[:, 0] * ce + w[:, 1] * kd, rtol=1e-5, atol=1e-6)
+    assert got.requires_grad  # the student's logits keep their graph
+
+
+def test_uniform_init_comes_from_the_component_generator():
+    params = {"preset": "almkd", "select_every": 100}
+
+    def table(seed):
+        return _harness(params=params, n=400, seed=seed).setup().run.ledger["weight/almkd"]
+
+    first = table(0)
+    torch.testing.assert_close(first, table(0), rtol=0, atol=0)  # seeded: the same table twice
+    assert not torch.equal(first, table(1))  # and another seed gives another one
+    lam = first[:, 1].double()
+    assert 0.3 < lam.mean() < 0.7 and lam.std() > 0.2  # U(0, 1)
+    torch.testing.assert_close(first.sum(1), torch.ones(400))  # convex: (1 - l, l)
+
+
+def test_declared_data_flow():
+    comp = _harness(params={"teachers": ["teacher"]}).component
+    assert comp.roles() == ("teacher",)
+    assert "weight/almkd" in comp.written_columns()
+    assert set(comp.reads()) == {"target", "clean_mask"}
 
 
 def _run_recipe_file(name, tmp_path, *overrides):
@@ -116,6 +138,7 @@ def _check_history(run_dir, column, teachers, bounds, updated_epochs, student_ep
     return student
 
 
+@pytest.mark.slow
 def test_almkd_recipe_runs_on_digits_with_lambda_per_sample_each_epoch(tmp_path, capsys):
     summary, run_dir = _run_recipe_file(
         "almkd.toml", tmp_path, "stages.teacher.epochs=1", "stages.student.epochs=3",
@@ -139,6 +162,7 @@ def test_almkd_recipe_runs_on_digits_with_lambda_per_sample_each_epoch(tmp_path,
     assert rows[-1].ce_clean == pytest.approx(w[clean, 0].mean())
 
 
+@pytest.mark.slow
 def test_amal_recipe_runs_with_two_teachers_one_of_them_a_self_distillation_twin(tmp_path):
     # teacher_small takes the student's own architecture ([32]): a self-distillation teacher
     summary, run_dir = _run_recipe_file(
@@ -156,18 +180,7 @@ def test_amal_recipe_runs_with_two_teachers_one_of_them_a_self_distillation_twin
             "weight/almkd/meta_loss_first"} <= set(names)
 
 
-def test_uniform_init_comes_from_the_run_generator(tmp_path):
-    params = {"preset": "almkd", "select_every": 100}
-    first = []
-    for seed_dir in ("a", "b"):
-        run_tiny(_tiny(params=params, epochs=1), tmp_path / seed_dir)
-        with kdcore.History(tmp_path / seed_dir) as h:
-            first.append(h.column("weight/almkd", len(h) - 1))
-    np.testing.assert_array_equal(first[0], first[1])  # seeded: the same table twice
-    lam = first[0][:, 1].astype(np.float64)
-    assert 0.3 < lam.mean() < 0.7 and lam.std() > 0.2  # U(0, 1)
-
-
+@pytest.mark.slow
 def test_a_following_stage_continues_the_table(tmp_path):
     """The same label in the next stage carries the table over (kdcore's ``carry_state``)."""
     params = {"preset": "almkd", "select_every": 1}
@@ -181,28 +194,44 @@ def test_a_following_stage_continues_the_table(tmp_path):
     np.testing.assert_array_equal(table[3], table[2])
 
 
+def _plan(recipe: dict):
+    """The run's plan of ``recipe`` (its checks, no data loaded, nothing trained)."""
+    return build_plan(recipe_from_dict(recipe), PluginHost())
+
+
 @pytest.mark.parametrize(("params", "gold", "match"), [
-    ({"teachers": ["teachr"]}, 5, r"no model role 'teachr'"),
     ({"teachers": ["student"]}, 5, r"'student' is the student itself"),
     ({}, 0, r"data\.gold_per_class"),
-    ({"meta_split": "val", "teachers": ["teacher"]}, 0, None),  # val split: no gold needed
+    ({"teachers": ["teacher", "teacher"]}, 5, r"names a role twice"),
 ])
-def test_recipe_checks(tmp_path, params, gold, match):
-    recipe = _tiny(params=params, gold=gold, epochs=1)
-    if match is None:
-        run_tiny(recipe, tmp_path / "run")
-        return
-    with pytest.raises(kdcore.RecipeError, match=match):
-        run_tiny(recipe, tmp_path / "run")
-    assert not (tmp_path / "run" / "history.h5").exists()  # refused before any training
+def test_recipe_checks(params, gold, match):
+    with pytest.raises(RecipeError, match=match):
+        _plan(_tiny(params=params, gold=gold, epochs=1))
 
 
-def test_a_trained_teacher_is_refused(tmp_path):
+def test_plan_refuses_a_teacher_role_that_does_not_exist():
+    """``teachers`` is a tuple of ``Role``: the plan checks each names a model of the recipe."""
+    with pytest.raises(RecipeError, match="'teachr'"):
+        _plan(_tiny(params={"teachers": ["teachr"]}))
+    with pytest.raises(RecipeError, match="'teacher_small'"):
+        _plan(_tiny(params={"teachers": ["teacher", "teacher_small"]}))
+    _plan(_tiny(params={"teachers": ["teacher"]}))  # the right wiring passes
+
+
+@pytest.mark.slow
+def test_the_val_split_needs_no_gold(tmp_path):
+    run_tiny(_tiny(params={"meta_split": "val", "teachers": ["teacher"], "select_every": 1},
+                   gold=0, epochs=2), tmp_path / "run")
+    with kdcore.History(tmp_path / "run") as h:
+        assert list(h.metric("weight/almkd/updated")[1:]) == [0.0, 1.0]
+
+
+def test_a_trained_teacher_is_refused():
     recipe = _tiny(params={"teachers": ["teacher"]})
-    overrides = ['stages.student.train=["student", "teacher"]',
-                 'stages.student.components.almkd.models=["student"]']
-    with pytest.raises(kdcore.RecipeError, match="teachers must be frozen"):
-        run_tiny(recipe, tmp_path / "run", overrides=overrides)
+    recipe["stages"][1]["train"] = ["student", "teacher"]
+    recipe["stages"][1]["components"][0]["models"] = ["student"]
+    with pytest.raises(RecipeError, match="teachers must be frozen"):
+        _plan(recipe)
 
 
 def test_analysis_reports_a_missing_history(tmp_path, capsys):

@@ -28,6 +28,7 @@ RECIPE = tiny_recipe(
 CRASH = ("student", 2, 3)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_lambdas(tmp_path):
     straight = run_tiny(RECIPE, tmp_path / "straight")
     stage_name, epoch, batch = CRASH

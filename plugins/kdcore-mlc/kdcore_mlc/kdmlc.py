@@ -17,16 +17,16 @@ the teacher's. The teacher's weights are those before this iteration's real step
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import torch
 import torch.nn.functional as F
 
 import kdcore
+from kdcore import Role
 from kdcore.validators import positive, unit_interval
 from kdcore_mlc.losses import LabelsAtBackward, kdmlc_student_loss
-from kdcore_mlc.mlc import MLC
 
 
 @attrs.frozen
@@ -34,7 +34,8 @@ class KDMLCStudentParams:
     """Parameters of ``kdmlc_student`` (all reconstructions, spec section 3.2).
 
     Attributes:
-        teacher: the teacher's model role (whose logits are distilled).
+        teacher: the teacher's model role (whose logits are distilled; used with
+            ``soft_target = "teacher"`` only).
         corrector: the label of the ``mlc`` component whose corrected labels the student
             learns from (default: the only ``mlc`` component of the stage).
         beta: the weight of the KD term; ``1 - beta`` weighs the corrected-label term.
@@ -47,7 +48,7 @@ class KDMLCStudentParams:
             update (true) or before it (false: the labels in the ledger).
     """
 
-    teacher: str = "teacher"
+    teacher: Role = Role("teacher")
     corrector: str | None = None
     beta: float = attrs.field(default=0.5, validator=unit_interval)
     temperature: float = attrs.field(default=4.0, validator=positive)
@@ -56,34 +57,51 @@ class KDMLCStudentParams:
     labels_after_meta_step: bool = True
 
 
+def find_corrector(stage: Any, corrector: str | None) -> Any:
+    """The enabled ``mlc`` entry of ``stage`` a student takes its labels from, or why none.
+
+    Args:
+        stage: the student's stage config (``ctx.stage``, or an entry of ``recipe.stages``).
+        corrector: the student's ``corrector`` parameter (None: the stage's only ``mlc``).
+
+    Returns:
+        the entry (a ``[[stages.components]]`` config), or a message (a ``str``) ending
+        ``... in stage '<name>'``.
+    """
+    mlcs = [c for c in stage.components if c.enabled and c.use == "mlc"]
+    if corrector is not None:
+        mlcs = [c for c in mlcs if c.label == corrector]
+    if len(mlcs) == 1:
+        return mlcs[0]
+    which = (f"an mlc component labelled '{corrector}'" if corrector is not None
+             else "exactly one mlc component (or set params.corrector)")
+    return f"needs {which} in stage '{stage.name}'"
+
+
 class KDMLCStudent(kdcore.Component):
-    """KDMLC's student loss: corrected labels from an MLC teacher plus its distilled logits."""
+    """KDMLC's student loss: corrected labels from an MLC teacher plus its distilled logits.
+
+    It reads what the ``mlc`` component (its corrector) leaves in ``batch.store`` under its
+    label: ``yc``, ``labels_after_meta_step`` and, with ``clean_half``, ``gold``. The recipe
+    checks (a corrector in the stage, the student not its main model, ``clean_half`` with
+    ``hmlc_K_mix``) are the plugin's ``kdcore_configure``.
+    """
 
     Params = KDMLCStudentParams
     description = "KDMLC student: (1-beta) CE on MLC-corrected labels + beta T^2 KL to the teacher"
 
-    def setup(self, run: kdcore.Run) -> None:
-        p = self.params
-        mlcs = [c for c in run.components if isinstance(c, MLC)]
-        if p.corrector is not None:
-            mlcs = [c for c in mlcs if c.name == p.corrector]
-        if len(mlcs) != 1:
-            which = f"an mlc component labelled '{p.corrector}'" if p.corrector else (
-                "exactly one mlc component (or set params.corrector)")
-            raise kdcore.RecipeError(f"component '{self.name}' needs {which} in stage "
-                                     f"'{run.stage.name}'")
-        self.corrector: MLC = mlcs[0]
-        if p.teacher not in run.models:
-            raise kdcore.RecipeError(f"component '{self.name}': teacher role '{p.teacher}' is "
-                                     f"not defined in [models]")
-        if p.clean_half and self.corrector.params.method != "hmlc_K_mix":
-            raise kdcore.RecipeError(f"component '{self.name}': clean_half needs the gold batch's "
-                                     f"clean half (method = \"hmlc_K_mix\" on "
-                                     f"'{self.corrector.name}')")
-        for role in self.models:
-            if role == self.corrector.model:
-                raise kdcore.RecipeError(f"component '{self.name}' serves '{role}', the main "
-                                         f"model of '{self.corrector.name}'; it is for a student")
+    def roles(self) -> tuple[str, ...]:
+        # with soft_target = "lcn" the teacher network is never run
+        return super().roles() if self.params.soft_target == "teacher" else ()
+
+    def setup(self, ctx: kdcore.RunContext) -> None:
+        corrector = self.params.corrector
+        if corrector is None:
+            found = find_corrector(ctx.stage, None)
+            if isinstance(found, str):
+                raise kdcore.RecipeError(f"component '{self.name}' {found}")
+            corrector = found.label
+        self.corrector: str = corrector  # the label its batch values are stored under
 
     def _loss_fn(self, teacher_logits: torch.Tensor | None):
         beta, t = self.params.beta, self.params.temperature
@@ -93,20 +111,20 @@ class KDMLCStudent(kdcore.Component):
 
         return fn
 
-    def transfer(self, batch: kdcore.Batch) -> dict[str, torch.Tensor]:
+    def transfer(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> dict[str, torch.Tensor]:
         p = self.params
-        corrector = self.corrector
-        corrected = corrector.corrected(batch)
+        store, src = batch.store, self.corrector
+        corrected = store.require(src, "yc").detach()
         teacher_logits = (batch.out(p.teacher).logits.detach()
                           if p.soft_target == "teacher" else None)
         fn = self._loss_fn(teacher_logits)
-        gold = corrector.gold_batch(batch) if p.clean_half else None
+        gold = store.require(src, "gold") if p.clean_half else None
+        later = store.require(src, "labels_after_meta_step") if p.labels_after_meta_step else None
         out: dict[str, torch.Tensor] = {}
         for role in self.models:
             logits = batch.out(role).logits
-            if p.labels_after_meta_step:
-                per_sample = LabelsAtBackward.apply(
-                    logits, fn, corrected, lambda: corrector.corrected_after_meta_step(batch))
+            if later is not None:
+                per_sample = LabelsAtBackward.apply(logits, fn, corrected, later)
             else:
                 per_sample = fn(logits, corrected)
             if gold is not None and gold.clean_x is not None and len(gold.clean_y):
@@ -117,4 +135,4 @@ class KDMLCStudent(kdcore.Component):
         return out
 
 
-__all__ = ["KDMLCStudent", "KDMLCStudentParams"]
+__all__ = ["KDMLCStudent", "KDMLCStudentParams", "find_corrector"]

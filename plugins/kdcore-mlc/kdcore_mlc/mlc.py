@@ -17,7 +17,7 @@ Reading implemented (from microsoft/MLC, see ``README.md`` of this package):
 
 from __future__ import annotations
 
-import zlib
+import functools
 from typing import Any, Literal
 
 import attrs
@@ -73,48 +73,48 @@ class GoldBatch:
     clean_y: torch.Tensor | None
 
 
-def component_seed(seed: int, name: str) -> int:
-    """A seed for a component's own initialisation, independent of what else the run builds."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode()) + 7) % (2**63)
-
-
 class MLC(kdcore.Component):
-    """MLC on the model it serves: LCN-corrected labels, look-ahead meta-gradient, real step."""
+    """MLC on the model it serves: LCN-corrected labels, look-ahead meta-gradient, real step.
+
+    What it leaves in ``batch.store`` under its label, for the components after it (KDMLC's
+    student) and for observers: ``yc`` (the corrected labels, with their graph to the LCN),
+    ``features`` (the detached main-model features the LCN read), ``gold`` (this iteration's
+    :class:`GoldBatch`), ``gold_index``, ``labels_after_meta_step`` (a function returning
+    ``y^c`` from the LCN after this iteration's meta update) and, after its backward,
+    ``virtual`` (``w'``, where the real step must land).
+    """
 
     Params = MLCParams
     description = "MLC meta label correction (label-correction network + look-ahead meta step)"
+    writes = ("loss/{name}",)  # its L_tr is a scalar: it records the per-sample part itself
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def setup(self, run: kdcore.Run) -> None:
-        self.run = run
+    def setup(self, ctx: kdcore.RunContext) -> None:
         role = self.model
         p = self.params
-        if role not in run.models:
-            raise kdcore.RecipeError(f"component '{self.name}': no model role '{role}'")
-        if not run.trains(role):
+        if not ctx.trains(role):
             raise kdcore.RecipeError(
-                f"component '{self.name}' serves '{role}', which stage '{run.stage.name}' does "
+                f"component '{self.name}' serves '{role}', which stage '{ctx.stage.name}' does "
                 f"not train; MLC trains its main model (list it in the stage's train)")
-        if not isinstance(run.optimizers.get(role), torch.optim.SGD):
+        if not isinstance(ctx.optimizers.get(role), torch.optim.SGD):
             raise kdcore.RecipeError(
                 f"component '{self.name}': the look-ahead mirrors SGD only; set "
                 f"models.{role}.optimizer.name = \"sgd\"")
-        gold = len(run.data.gold)
+        gold = len(ctx.data.gold)
         if gold == 0:
             raise kdcore.RecipeError(
                 f"component '{self.name}' needs a clean gold split: set data.gold_per_class "
                 f"(e.g. 10 on digits, 100 on Fashion-MNIST)")
-        size = p.gold_batch_size or run.recipe.data.batch_size
+        size = p.gold_batch_size or ctx.recipe.data.batch_size
         if p.method == "hmlc_K_mix" and size < 2:
             raise kdcore.RecipeError(f"component '{self.name}': hmlc_K_mix splits the gold "
                                      f"batch in two and needs gold_batch_size >= 2")
-        model = run.models[role]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(component_seed(run.recipe.run.seed, self.name))
-            self.lcn = LabelCorrectionNet(model.feature_dim, run.num_classes, p.cls_dim,
-                                          p.hidden, p.skip)
-        self.lcn.to(run.device)
+        model = ctx.models[role]
+        # setup runs under the component's own seed: the LCN's initial weights depend only on
+        # the run seed and this component's placement
+        self.lcn = LabelCorrectionNet(model.feature_dim, ctx.num_classes, p.cls_dim, p.hidden,
+                                      p.skip).to(ctx.device)
         self.meta_optimizer = torch.optim.Adam(self.lcn.parameters(), lr=p.meta_lr,
                                                weight_decay=0.0, eps=1e-8, amsgrad=True)
         self.gold = GoldCycler(gold, size)
@@ -123,25 +123,22 @@ class MLC(kdcore.Component):
         self._meta_done_step = -1
         self._reset_stats()
 
-    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+    def on_epoch_start(self, ctx: kdcore.RunContext) -> None:
         self._reset_stats()
 
     def _reset_stats(self) -> None:
         self._stats: dict[str, float] = {"iters": 0, "meta_loss": 0.0, "gamma": 0.0,
                                          "gammas": 0, "skip_a": 0.0, "skip_n": 0}
 
-    # -- helpers other components use --------------------------------------------------------
-
-    def _key(self, what: str) -> str:
-        return f"{self.name}/{what}"
+    # -- what this batch's later readers get ---------------------------------------------------
 
     def corrected(self, batch: kdcore.Batch) -> torch.Tensor:
         """This batch's corrected labels ``y^c`` (detached), as ``refine`` computed them."""
-        return batch.scratch[self._key("yc")].detach()
+        return batch.store.require(self.name, "yc").detach()
 
     def features(self, batch: kdcore.Batch) -> torch.Tensor:
         """The detached main-model features of this batch that the LCN read."""
-        return batch.scratch[self._key("features")]
+        return batch.store.require(self.name, "features")
 
     @torch.no_grad()
     def corrected_after_meta_step(self, batch: kdcore.Batch) -> torch.Tensor:
@@ -158,64 +155,68 @@ class MLC(kdcore.Component):
         y, _ = self.lcn.correct(self.features(batch), batch.noisy_label)
         return y
 
-    def gold_batch(self, batch: kdcore.Batch) -> GoldBatch:
-        """This iteration's gold batch (drawn once per training batch, then shared)."""
-        key = self._key("gold")
-        cached = batch.scratch.get(key)
+    def gold_batch(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> GoldBatch:
+        """This iteration's gold batch (drawn once per training batch, then shared through
+        ``batch.store``), from the component's own generator."""
+        cached = batch.store.get(self.name, "gold")
         if cached is not None:
             return cached
-        run = self.run
-        data = run.data
-        index = self.gold.next(run.generator)
+        data = ctx.data
+        index = self.gold.next(ctx.generator)
         rows = index.to(data.gold.y.device)
         x = data.inputs(data.gold, rows)
         if self.params.augment_gold:
-            x = run.augment(x, run.generator)
+            x = ctx.augment(x)  # the component's own generator
         y = data.gold.y[rows]
         if self.params.method == "hmlc_K_mix":
             half = len(index) // 2
             gold = GoldBatch(index, x[:half], y[:half], x[half:], y[half:])
         else:
             gold = GoldBatch(index, x, y, None, None)
-        batch.scratch[key] = gold
-        batch.scratch[self._key("gold_index")] = index
+        batch.store.put(self.name, "gold", gold)
+        batch.store.put(self.name, "gold_index", index)
         return gold
 
     # -- the component hooks ----------------------------------------------------------------
 
-    def refine(self, batch: kdcore.Batch, targets: torch.Tensor) -> torch.Tensor:
+    def refine(self, ctx: kdcore.RunContext, batch: kdcore.Batch,
+               targets: torch.Tensor) -> torch.Tensor:
         features = batch.out(self.model).features.detach()
         y, a = self.lcn.correct(features, batch.noisy_label)
-        batch.scratch[self._key("features")] = features
-        batch.scratch[self._key("yc")] = y
+        store = batch.store
+        store.put(self.name, "features", features)
+        store.put(self.name, "yc", y)
+        store.put(self.name, "labels_after_meta_step",
+                  functools.partial(self.corrected_after_meta_step, batch))
+        # drawn here, before any transfer, so every reader of this batch finds it
+        self.gold_batch(ctx, batch)
         if a is not None:
             self._stats["skip_a"] += float(a.detach().sum())
             self._stats["skip_n"] += len(a)
         return y.detach()
 
-    def transfer(self, batch: kdcore.Batch) -> torch.Tensor:
+    def transfer(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> torch.Tensor:
         role = self.model
-        y = batch.scratch[self._key("yc")]
+        y = batch.store.require(self.name, "yc")
         logits = batch.out(role).logits
-        gold = self.gold_batch(batch)
+        gold = self.gold_batch(ctx, batch)
         clean_logits = None
         if gold.clean_x is not None:
             clean_logits = batch.forward(role, gold.clean_x).logits
-        self.run.ledger.write(f"loss/{self.name}", batch.index,
-                              soft_cross_entropy(logits.detach(), y.detach()),
-                              producer=self.name, kind="value")
+        ctx.ledger.write(f"loss/{self.name}", batch.index,
+                         soft_cross_entropy(logits.detach(), y.detach()), kind="value")
         return mlc_training_loss(logits, y, clean_logits, gold.clean_y)
 
-    def backward(self, batch: kdcore.Batch, role: str, loss: torch.Tensor) -> bool:
+    def backward(self, ctx: kdcore.RunContext, batch: kdcore.Batch, role: str,
+                 loss: torch.Tensor) -> bool:
         if role != self.model:
             return False
-        run = self.run
-        model = run.models[role]
-        gold = self.gold_batch(batch)
+        model = ctx.models[role]
+        gold = self.gold_batch(ctx, batch)
         g0 = None
         if self.params.gradient_steps > 1:
             g0 = clean_gradient(model, gold.meta_x, gold.meta_y)
-        step = lookahead(model, loss, run.optimizers[role], gold.meta_x, gold.meta_y,
+        step = lookahead(model, loss, ctx.optimizers[role], gold.meta_x, gold.meta_y,
                          list(self.lcn.parameters()), g0=g0)
         if self.accumulator.add(step.meta_grads, step.gamma):
             for param, grad in zip(self.lcn.parameters(), self.accumulator.value or [],
@@ -229,16 +230,16 @@ class MLC(kdcore.Component):
         for name, param in named_trainable(model).items():
             param.grad = grads.get(name)
         self._meta_done_step = batch.step
-        batch.scratch[self._key("virtual")] = step.virtual  # w': what the real step must give
+        batch.store.put(self.name, "virtual", step.virtual)  # w': what the real step must give
         st = self._stats
         st["iters"] += 1
         st["meta_loss"] += step.meta_loss
         if step.gamma is not None:
             st["gamma"] += step.gamma
             st["gammas"] += 1
-        return True
+        return True  # the gradients are in .grad: the engine steps the SGD optimiser
 
-    def on_epoch_end(self, run: kdcore.Run, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, ctx: kdcore.RunContext, metrics: dict[str, float]) -> None:
         st = self._stats
         prefix = f"mlc/{self.name}"
         if st["iters"]:
@@ -279,6 +280,7 @@ class MLC(kdcore.Component):
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         for group in self.meta_optimizer.param_groups:  # this stage's meta_lr
             group["lr"] = self.params.meta_lr
-        self.accumulator.load_state_dict(state["accumulator"], self.run.device)
+        self.accumulator.load_state_dict(state["accumulator"],
+                                         next(self.lcn.parameters()).device)
         self.gold.load_state_dict(state["gold"])
         self.meta_steps = int(state["meta_steps"])

@@ -7,11 +7,11 @@ gold batch and every training batch can be traced back to the rows they came fro
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 import kdcore
 from kdcore.testing import component, run_tiny, stage, tiny_recipe
@@ -66,25 +66,25 @@ class Tracer:
         return {"id_digits": id_digits}
 
     @kdcore.hookimpl
-    def kdcore_run_start(self, run):
-        data = run.data
+    def kdcore_run_start(self, ctx):
+        data = ctx.data
         self.splits = {s: _ids(data.split(s)) for s in ("train", "val", "gold", "test")}
         self.gold_labels = data.gold.y.cpu().numpy()
         self.train_source = data.train_source.cpu().numpy()
 
     @kdcore.hookimpl
-    def kdcore_batch_end(self, run, batch, losses):
-        index = batch.scratch["mlc/gold_index"]
+    def kdcore_batch_end(self, ctx, batch, losses):
+        index = batch.store.require("mlc", "gold_index")
         self.gold_used.append(self.splits["gold"][index.cpu().numpy()])
 
 
 def _run(tmp_path: Path, plugins, **recipe) -> Path:
     """Run :func:`_recipe` (``recipe`` its options) in ``tmp_path / "run"``."""
-    logger.remove()
     run_tiny(_recipe(**recipe), tmp_path / "run", plugins=plugins)
     return tmp_path / "run"
 
 
+@pytest.mark.slow
 def test_gold_noisy_validation_and_test_splits_are_disjoint(tmp_path):
     tracer = Tracer()
     run_dir = _run(tmp_path, [tracer])
@@ -113,28 +113,36 @@ CHECKS: list[int] = []
 
 
 class AlignCheck(kdcore.Component):
-    """After the refinement, recomputes y^c from the sample ids alone and compares."""
+    """After the refinement, recomputes y^c from the sample ids alone and compares it with the
+    batch's targets; after the step, with the ledger's rows of those ids."""
 
-    def setup(self, run):
-        self.run = run
-        self.mlc = next(c for c in run.components if isinstance(c, MLC))
+    mlcs: ClassVar[list[MLC]] = []  # the test's ``mlc_instances``: MLC set up for this run
 
-    def transfer(self, batch):
-        run = self.run
+    def transfer(self, ctx, batch):
+        mlc = self.mlcs[-1]
         index = batch.index
         assert not torch.equal(index, index.sort().values)  # the batches are shuffled
         with torch.no_grad():
             # look the samples up by their ids, independently of the batch's own tensors
-            x = run.data.inputs(run.data.train, index)
-            features = run.models["student"](x)[1]
-            expected, _ = self.mlc.lcn.correct(features, run.data.train_noisy[index])
-        ledger = run.ledger["target"][index]
+            x = ctx.data.inputs(ctx.data.train, index)
+            features = ctx.models["student"](x)[1]
+            expected, _ = mlc.lcn.correct(features, ctx.data.train_noisy[index])
+        torch.testing.assert_close(batch.targets, expected, rtol=1e-5, atol=1e-6)
+        # the same labels are what MLC left for this batch's later components
+        torch.testing.assert_close(batch.store.require(mlc.name, "yc").detach(), expected,
+                                   rtol=1e-5, atol=1e-6)
+        batch.store.put(self.name, "expected", expected)
+        return None
+
+    def after_step(self, ctx, batch):
+        # the engine has written the batch's final targets to the ledger by now
+        expected = batch.store.require(self.name, "expected")
+        ledger = ctx.ledger["target"][batch.index]
         torch.testing.assert_close(ledger, expected, rtol=1e-5, atol=1e-6)
         # and the check would see a shuffle: rows of other samples differ
         assert not torch.allclose(ledger, expected.roll(1, 0), rtol=1e-5, atol=1e-6)
-        assert run.ledger.producer("target") == self.mlc.name
-        CHECKS.append(len(index))
-        return None
+        assert ctx.ledger.producer("target") == self.mlcs[-1].name
+        CHECKS.append(len(batch.index))
 
 
 class AlignPlugin:
@@ -143,8 +151,10 @@ class AlignPlugin:
         return {"align_check": AlignCheck}
 
 
-def test_corrected_labels_stay_aligned_by_index(tmp_path):
+@pytest.mark.slow
+def test_corrected_labels_stay_aligned_by_index(tmp_path, mlc_instances, monkeypatch):
     CHECKS.clear()
+    monkeypatch.setattr(AlignCheck, "mlcs", mlc_instances)
     run_dir = _run(tmp_path, [AlignPlugin()], dataset="digits", epochs=2,
                    extra=(component("align_check"),))
     with kdcore.History(run_dir) as h:
@@ -156,6 +166,7 @@ def test_corrected_labels_stay_aligned_by_index(tmp_path):
         assert h.producers("target") == ["mlc", "mlc"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", [True, False])
 def test_cutout_reaches_gold_batches_on_images(augment, tmp_path):
     """With image data and Cutout in data.augment, gold batches are cut out too (by default)."""
@@ -163,10 +174,10 @@ def test_cutout_reaches_gold_batches_on_images(augment, tmp_path):
 
     class Peek:
         @kdcore.hookimpl
-        def kdcore_batch_end(self, run, batch, losses):
-            gold = batch.scratch["mlc/gold"]
+        def kdcore_batch_end(self, ctx, batch, losses):
+            gold = batch.store.require("mlc", "gold")
             half = len(gold.meta_y)
-            plain = run.data.inputs(run.data.gold, gold.index[:half].to(run.device))
+            plain = ctx.data.inputs(ctx.data.gold, gold.index[:half].to(ctx.device))
             seen.append((gold.meta_x, plain))
 
     _run(tmp_path, [Peek()], dataset="digits", mlc={"augment_gold": augment},

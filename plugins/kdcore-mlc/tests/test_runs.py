@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
 import kdcore
+from kdcore import PluginHost, RecipeError
 from kdcore.config import structure
 from kdcore.meta import functional_forward
+from kdcore.plan import build_plan
+from kdcore.recipe import recipe_from_dict
 from kdcore.testing import (
     InterruptAt,
     Interrupted,
     assert_same_history,
     component,
-    quiet_logs,  # noqa: F401 (autouse fixtures)
     run_tiny,
     stage,
     tiny_recipe,
 )
 from kdcore_mlc import kdcore_configure
-from kdcore_mlc.kdmlc import KDMLCStudent
+from kdcore_mlc.kdmlc import KDMLCStudentParams
 from kdcore_mlc.losses import kdmlc_student_loss
 from kdcore_mlc.mlc import MLC
 
@@ -58,6 +61,12 @@ def _run(recipe, tmp_path, name="run", extra=(), **kw):
     return kdcore.run_recipe(recipe, out=str(tmp_path / name), host=host, **kw)
 
 
+def _plan(recipe: dict):
+    """The run's plan of ``recipe`` (its checks, no data loaded, nothing trained)."""
+    return build_plan(recipe_from_dict(recipe), PluginHost())
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("file", "roles"), [("mlc.toml", ["student"]),
                                              ("kdmlc.toml", ["teacher", "student"])])
 def test_recipe_runs_on_digits(file, roles, tmp_path):
@@ -77,6 +86,7 @@ def test_recipe_runs_on_digits(file, roles, tmp_path):
             assert np.isfinite(h.metric(f"train/{role}/loss")).all()
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_is_exact(tmp_path):
     """LCN, its AMSGrad state, a half-filled K-step sum and the gold stream all resume."""
     recipe = _kdmlc(epochs=3, mlc={"gradient_steps": 2, "skip": True, "meta_lr": 1e-2},
@@ -84,6 +94,8 @@ def test_resume_mid_epoch_is_exact(tmp_path):
     straight = run_tiny(recipe, tmp_path / "straight")
     with pytest.raises(Interrupted):  # mid second epoch, after the first epoch's checkpoint
         run_tiny(recipe, tmp_path / "killed", plugins=[InterruptAt(1, 2)])
+    with kdcore.History(tmp_path / "killed") as h:
+        assert h.epochs() == [("kdmlc", 0)]
     resumed = run_tiny(recipe, tmp_path / "killed", resume=True)
     assert resumed == straight
     assert_same_history(tmp_path / "killed", tmp_path / "straight")
@@ -95,28 +107,28 @@ PROBES: list[dict[str, object]] = []
 class StudentGradProbe(kdcore.Component):
     """Checks, after each step, which corrected labels the student's gradient came from."""
 
-    def setup(self, run):
-        self.run = run
-        self.mlc = next(c for c in run.components if isinstance(c, MLC))
-        self.kd = next(c for c in run.components if isinstance(c, KDMLCStudent))
+    mlcs: ClassVar[list[MLC]] = []  # the test's ``mlc_instances``: MLC set up for this run
 
-    def transfer(self, batch):  # before any backward: snapshot the student's weights and LCN
-        model = self.run.models["student"]
-        batch.scratch["probe"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    def transfer(self, ctx, batch):  # before any backward: snapshot the student's weights
+        model = ctx.models["student"]
+        batch.store.put(self.name, "weights",
+                        {n: p.detach().clone() for n, p in model.named_parameters()})
         return None
 
-    def after_step(self, batch):
-        model = self.run.models["student"]
-        with torch.no_grad():
-            post = self.mlc.lcn.correct(self.mlc.features(batch), batch.noisy_label)[0]
-        pre = self.mlc.corrected(batch)
-        leaves = {n: w.clone().requires_grad_(True) for n, w in batch.scratch["probe"].items()}
+    def after_step(self, ctx, batch):
+        mlc = self.mlcs[-1]
+        kd = KDMLCStudentParams()  # the recipe keeps the student's beta and temperature
+        model = ctx.models["student"]
+        with torch.no_grad():  # the LCN after this iteration's meta step, recomputed here
+            post = mlc.lcn.correct(mlc.features(batch), batch.noisy_label)[0]
+        pre = mlc.corrected(batch)
+        leaves = {n: w.clone().requires_grad_(True)
+                  for n, w in batch.store.require(self.name, "weights").items()}
         logits = functional_forward(model, leaves, batch.x)[0]
         teacher = batch.out("teacher").logits.detach()
         expect = {}
         for which, labels in (("pre", pre), ("post", post)):
-            loss = kdmlc_student_loss(logits, labels, teacher, self.kd.params.beta,
-                                      self.kd.params.temperature).mean()
+            loss = kdmlc_student_loss(logits, labels, teacher, kd.beta, kd.temperature).mean()
             expect[which] = torch.autograd.grad(loss, list(leaves.values()), retain_graph=True)
         actual = [p.grad.clone() for p in model.parameters()]
         PROBES.append({"actual": actual, **expect})
@@ -128,8 +140,11 @@ class ProbePlugin:
         return {"student_grad_probe": StudentGradProbe}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("after", [True, False])
-def test_student_learns_from_labels_after_the_meta_step(after, tmp_path):
+def test_student_learns_from_labels_after_the_meta_step(after, tmp_path, mlc_instances,
+                                                        monkeypatch):
+    monkeypatch.setattr(StudentGradProbe, "mlcs", mlc_instances)
     recipe = _kdmlc(component("student_grad_probe", models=["student"]), epochs=1,
                     mlc={"meta_lr": 1e-2}, student={"labels_after_meta_step": after})
     PROBES.clear()
@@ -144,18 +159,47 @@ def test_student_learns_from_labels_after_the_meta_step(after, tmp_path):
                    for a, b in zip(probe[used], probe[other], strict=True))
 
 
-def test_recipe_errors_are_clear(tmp_path):
-    out = tmp_path / "run"
-    with pytest.raises(kdcore.RecipeError, match="data.gold_per_class"):
-        run_tiny(_kdmlc(), out, overrides=["data.gold_per_class=0"])
-    with pytest.raises(kdcore.RecipeError, match="mirrors SGD"):
-        run_tiny(_kdmlc(), out, overrides=['models.teacher.optimizer.name="adam"'])
-    with pytest.raises(kdcore.RecipeError, match="needs an 'mlc' component"):
-        run_tiny(_kdmlc(), out, overrides=["stages.kdmlc.components.mlc.enabled=false"])
-    with pytest.raises(kdcore.RecipeError, match="did you mean 'beta'"):
-        run_tiny(_kdmlc(student={"betta": 0.3}), out)
-    with pytest.raises(kdcore.RecipeError, match=r"clean_half needs"):
-        run_tiny(_kdmlc(mlc={"method": "hmlc_K"}, student={"clean_half": True}), out)
+def _override(recipe: dict, stage: int, label: str, **fields) -> dict:
+    """``recipe`` with fields of component ``label`` of stage ``stage`` replaced."""
+    for comp in recipe["stages"][stage]["components"]:
+        if comp.get("name", comp["use"]) == label:
+            comp.update(fields)
+    return recipe
+
+
+def test_recipe_errors_are_clear():
+    """Each mistake is refused by the plan, before any data is loaded."""
+    no_gold = _kdmlc()
+    no_gold["data"]["gold_per_class"] = 0
+    adam = _kdmlc()
+    adam["models"]["teacher"]["optimizer"] = {"name": "adam"}
+    cases = [
+        (no_gold, "data.gold_per_class"),
+        (adam, "mirrors SGD"),
+        (_override(_kdmlc(), 0, "mlc", enabled=False), "needs an 'mlc' component"),
+        (_kdmlc(student={"betta": 0.3}), "did you mean 'beta'"),
+        (_kdmlc(mlc={"method": "hmlc_K"}, student={"clean_half": True}), "clean_half needs"),
+        (_kdmlc(student={"corrector": "mlc2"}), "an mlc component labelled 'mlc2'"),
+        (_override(_kdmlc(), 0, "kdmlc_student", models=["teacher"]),
+         "the main model of 'mlc'"),
+    ]
+    for recipe, match in cases:
+        with pytest.raises(RecipeError, match=match):
+            _plan(recipe)
+    _plan(_kdmlc(student={"corrector": "mlc"}))  # named outright: fine
+
+
+def test_plan_refuses_a_student_whose_teacher_role_does_not_exist():
+    """``teacher`` is a ``Role``: the plan checks it names a model of the recipe."""
+    with pytest.raises(RecipeError, match="'teachr'"):
+        _plan(_kdmlc(student={"teacher": "teachr"}))
+    # with soft_target = "lcn" the teacher network is never run, so the role is not needed
+    recipe = _kdmlc(student={"soft_target": "lcn", "teacher": "teachr"})
+    plan = _plan(recipe)
+    student = next(c for c in plan.stages[0].components if c.name == "kdmlc_student")
+    assert student.roles() == ()
+    kd = next(c for c in _plan(_kdmlc()).stages[0].components if c.name == "kdmlc_student")
+    assert kd.roles() == ("teacher",)
 
 
 @pytest.mark.parametrize("file", ["mlc-fmnist.toml", "kdmlc-fmnist.toml"])
@@ -179,12 +223,9 @@ VIRTUAL: list[int] = []
 class VirtualEqualsReal(kdcore.Component):
     """After the optimiser stepped, the model must sit exactly at MLC's virtual point w'."""
 
-    def setup(self, run):
-        self.run = run
-
-    def after_step(self, batch):
-        virtual = batch.scratch["mlc/virtual"]
-        for name, param in self.run.models["student"].named_parameters():
+    def after_step(self, ctx, batch):
+        virtual = batch.store.require("mlc", "virtual")
+        for name, param in ctx.models["student"].named_parameters():
             torch.testing.assert_close(param.detach(), virtual[name], rtol=1e-5, atol=1e-7)
         VIRTUAL.append(len(virtual))
 
@@ -195,6 +236,7 @@ class VirtualPlugin:
         return {"virtual_equals_real": VirtualEqualsReal}
 
 
+@pytest.mark.slow
 def test_alternative_reading_mlc_on_the_student_with_a_kd_term(tmp_path):
     """Spec 3.2's other reading: MLC on the student, whose loss also has a KD term.
 
@@ -221,6 +263,7 @@ def _carry(first: str) -> dict:
                        component("mlc", models=["student"], params={"meta_lr": 1e-3})))
 
 
+@pytest.mark.slow
 def test_a_later_stage_continues_the_lcn_or_says_why_not(tmp_path):
     run_tiny(_carry("student"), tmp_path / "carried")
     with kdcore.History(tmp_path / "carried") as h:
