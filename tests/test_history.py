@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import h5py
@@ -102,3 +103,246 @@ def test_open_history_rejects_foreign_files(tmp_path):
         open_history(tmp_path / "other.h5")
     with pytest.raises(KdcoreError, match="no history"):
         open_history(tmp_path / "missing")
+
+
+# -- rollback, damage and the format -------------------------------------------------------
+
+N, C = 50, 4
+
+
+def _row(r: int) -> dict:
+    """Row ``r`` of a history whose shape changes as it goes: a second stage from row 2, a
+    metric and a column that appear at row 3, a column that stops after row 3."""
+    stage, epoch, metrics, columns = _row_parts(r)
+    return {"stage": stage, "epoch": epoch, "metrics": dict(metrics), "columns": dict(columns)}
+
+
+@functools.cache
+def _row_parts(r: int) -> tuple:
+    led = _ledger(seed=r)
+    if r >= 3:
+        led.add("weight/awe", torch.rand(N, generator=torch.Generator().manual_seed(r)),
+                producer=f"awe{r % 2}", kind="weight")
+    columns = dict(led.items())
+    if r > 3:
+        del columns["select/small_loss"]
+    metrics = {"train/loss": float(r) / 3, **({"late": -float(r)} if r >= 3 else {})}
+    return "a" if r < 2 else "stage-b", r % 2, metrics, columns
+
+
+def _append(w: HistoryWriter, rows: range) -> None:
+    for r in rows:
+        assert w.append_epoch(**_row(r)) == r
+
+
+def _assert_rows(path, rows: int, row=_row, data=("clean_label", "noisy_label")) -> None:
+    """The file holds exactly rows 0..rows-1 of ``row`` (:func:`_row`), value for value."""
+    expected = [row(r) for r in range(rows)]
+    with History(path) as h:
+        assert len(h) == rows
+        assert h.epochs() == [(e["stage"], e["epoch"]) for e in expected]
+        for name in h.metric_names():
+            want = [e["metrics"].get(name, np.nan) for e in expected]
+            np.testing.assert_array_equal(h.metric(name), np.array(want), err_msg=name)
+        for name in h.column_names():
+            got, producers = h.column(name), h.producers(name)
+            assert got.shape[0] == len(producers) == rows
+            for r, e in enumerate(expected):
+                col = e["columns"].get(name)
+                if col is None:
+                    assert producers[r] == ""
+                    continue
+                want = np.asarray(col.data).astype(got.dtype)
+                np.testing.assert_array_equal(got[r], want, err_msg=f"{name} row {r}")
+                assert producers[r] == col.producer
+        assert h.data_names() == sorted([*data, "transition_matrix"])
+        n = h.data("noisy_label").shape[0]
+        np.testing.assert_array_equal(h.data("noisy_label"), np.arange(n) % h.num_classes)
+        assert h.format == "kdcore-history/2"
+
+
+def test_rollback_keeps_exactly_the_first_rows_and_appends_after(tmp_path):
+    w = _writer(tmp_path)
+    _append(w, range(6))
+    _assert_rows(tmp_path, 6)
+    w.rollback(4)
+    _assert_rows(tmp_path, 4)
+    w.rollback(1)  # below the rows where the second stage, "late" and weight/awe began
+    _assert_rows(tmp_path, 1)
+    assert w.rows() == 1
+    _append(w, range(1, 6))
+    _assert_rows(tmp_path, 6)
+    w.truncate(0)  # the engine's old name for it
+    _assert_rows(tmp_path, 0)
+    _append(w, range(2))
+    _assert_rows(tmp_path, 2)
+
+
+def test_rollback_keeps_chunking_filters_and_attributes(tmp_path):
+    w = _writer(tmp_path)
+    _append(w, range(4))
+    with h5py.File(tmp_path / "history.h5") as f:
+        before = {n: (f[n].dtype, f[n].chunks, f[n].maxshape, f[n].compression_opts,
+                      dict(f[n].attrs)) for n in ("ledger/target", "metrics/train/loss")}
+        root = dict(f.attrs)
+    w.rollback(2)
+    with h5py.File(tmp_path / "history.h5") as f:
+        for n, (dtype, chunks, maxshape, opts, attrs) in before.items():
+            assert (f[n].dtype, f[n].chunks, f[n].maxshape) == (dtype, chunks, maxshape)
+            assert f[n].compression_opts == opts and dict(f[n].attrs) == attrs
+        assert "32015" in str(f["ledger/target"]._filters)
+        assert dict(f.attrs) == root
+
+
+def test_per_epoch_names_are_fixed_size_codes(tmp_path):
+    """Nothing per epoch goes through HDF5's global heap (variable-length data), whose
+    half-written state a kill used to leave behind."""
+    w = _writer(tmp_path)
+    _append(w, range(5))
+    with h5py.File(tmp_path / "history.h5") as f:
+        per_epoch = [f"epochs/{n}" for n in f["epochs"]] + [
+            f"{g}/{n}" for g in ("metrics", "ledger", "producers")
+            for n in _leaves(f[g])]
+        for name in per_epoch:
+            assert f[name].dtype.kind in "biuf", name
+            assert all(not h5py.check_vlen_dtype(f[name].attrs.get_id(a).dtype)
+                       and h5py.check_string_dtype(f[name].attrs.get_id(a).dtype) is None
+                       or a == "kind" for a in f[name].attrs), name
+        assert f["strings"].dtype == np.dtype("S255")
+        assert [s.decode() for s in f["strings"][:]] == ["", "a", "lp", "small_loss",
+                                                         "stage-b", "awe1", "awe0"]
+
+
+def _leaves(group):
+    names = []
+    group.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return names
+
+
+def test_an_update_that_fails_leaves_the_file_as_it_was(tmp_path):
+    w = _writer(tmp_path)
+    _append(w, range(2))
+    before = (tmp_path / "history.h5").read_bytes()
+    bad = _row(2)
+    bad["metrics"] = {"train/loss": 1.0, "broken": "not a number"}  # fails after some writes
+    with pytest.raises(ValueError):
+        w.append_epoch(**bad)
+    assert (tmp_path / "history.h5").read_bytes() == before
+    assert not (tmp_path / "history.h5-journal").exists()
+    _append(w, range(2, 4))
+    _assert_rows(tmp_path, 4)
+
+
+def test_add_data_replaces_and_survives_rollback(tmp_path):
+    w = _writer(tmp_path)
+    _append(w, range(2))
+    w.add_data("ff/status", torch.arange(N))
+    w.add_data("ff/status", torch.arange(N) * 2)
+    w.rollback(1)
+    with History(tmp_path) as h:
+        np.testing.assert_array_equal(h.data("ff/status"), np.arange(N) * 2)
+        assert len(h) == 1
+
+
+def _one_line_error(call, *words):
+    from kdcore.errors import KdcoreError
+
+    with pytest.raises(KdcoreError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_damaged_committed_rows_are_one_error_naming_overwrite(tmp_path):
+    w = _writer(tmp_path)
+    _append(w, range(3))
+    _one_line_error(lambda: w.rollback(4), "damaged", "--overwrite", "holds 3 epoch rows")
+    # scribble over the compressed chunk of row 1 of the targets
+    with h5py.File(tmp_path / "history.h5") as f:
+        info = f["ledger/target"].id.get_chunk_info_by_coord((1, 0, 0))
+    with open(tmp_path / "history.h5", "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+    scribbled = (tmp_path / "history.h5").read_bytes()
+    _one_line_error(lambda: w.rollback(3), "damaged", "--overwrite")
+    assert (tmp_path / "history.h5").read_bytes() == scribbled  # a failed rollback changes nothing
+    assert not (tmp_path / "history.h5.rebuild").exists()
+    w.rollback(1)  # rows before the damage are still there to keep
+    _assert_rows(tmp_path, 1)
+
+
+def test_a_truncated_or_garbage_file_is_one_error_for_every_entry_point(tmp_path):
+    w = _writer(tmp_path)
+    _append(w, range(3))
+    whole = (tmp_path / "history.h5").read_bytes()
+    rng = np.random.default_rng(0)
+    for content in (whole[: len(whole) // 2], whole[:100], b"",
+                    rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+                    b"\x89HDF\r\n\x1a\n" + bytes(len(whole) - 8)):
+        (tmp_path / "history.h5").write_bytes(content)
+        _one_line_error(lambda: open_history(tmp_path), "history.h5")
+        _one_line_error(lambda: History(tmp_path / "history.h5"), "history.h5")
+        _one_line_error(w.rows, "history.h5")
+        _one_line_error(lambda: w.append_epoch(**_row(3)), "history.h5")
+        _one_line_error(lambda: w.add_data("x", torch.zeros(3)), "history.h5")
+        _one_line_error(lambda: w.rollback(1), "damaged", "--overwrite")
+    (tmp_path / "history.h5").unlink()
+    _one_line_error(lambda: w.rollback(0), "no history")
+
+
+def _format_1(path, rows: int) -> None:
+    """A history as kdcore-history/1 wrote it: variable-length stage strings and a JSON list
+    of producers in an attribute per ledger column."""
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format="kdcore-history/1", recipe="[run]", versions="{}", num_classes=C,
+                       class_names=json.dumps([str(i) for i in range(C)]))
+        f.create_dataset("data/noisy_label", data=np.arange(N) % C)
+        f.create_dataset("data/clean_label", data=np.arange(N) % C)
+        f.create_dataset("data/transition_matrix", data=np.eye(C))
+        f.create_dataset("epochs/stage", data=[_row(r)["stage"] for r in range(rows)],
+                         dtype=h5py.string_dtype(), maxshape=(None,), chunks=(256,))
+        f.create_dataset("epochs/epoch", data=[_row(r)["epoch"] for r in range(rows)],
+                         dtype=np.int32, maxshape=(None,), chunks=(256,))
+        f.create_dataset("metrics/train/loss", data=[_row(r)["metrics"]["train/loss"]
+                                                     for r in range(rows)],
+                         maxshape=(None,), chunks=(256,))
+        t = f.create_dataset("ledger/target", data=np.stack(
+            [_row(r)["columns"]["target"].data.numpy().astype(np.float16) for r in range(rows)]),
+            maxshape=(None, N, C), chunks=(1, N, C))
+        t.attrs["producers"] = json.dumps(["lp"] * rows)
+        t.attrs["kind"] = "target"
+
+
+def test_format_1_reads_and_resuming_converts_it(tmp_path):
+    path = tmp_path / "history.h5"
+    _format_1(path, 3)
+    with History(path) as h:
+        assert h.format == "kdcore-history/1"
+        assert h.epochs() == [("a", 0), ("a", 1), ("stage-b", 0)]
+        assert h.producers("target") == ["lp"] * 3
+    w = HistoryWriter(path)
+    _one_line_error(lambda: w.append_epoch(**_row(3)), "kdcore-history/1", "resuming")
+    w.rollback(2)
+    with History(path) as h:
+        assert h.format == "kdcore-history/2"
+        assert h.epochs() == [("a", 0), ("a", 1)] and h.producers("target") == ["lp"] * 2
+        np.testing.assert_array_equal(h.column("target", 1),
+                                      _row(1)["columns"]["target"].data.numpy()
+                                      .astype(np.float16))
+    _append(w, range(2, 4))
+    with History(path) as h:
+        assert h.producers("target") == ["lp"] * 4
+        assert h.producers("weight/awe") == ["", "", "", "awe1"]
+
+
+def test_an_open_reader_holds_off_the_writer_with_one_error(tmp_path):
+    w = _writer(tmp_path)
+    _append(w, range(1))
+    w.lock_timeout_s = 0.2  # a run waits a minute for a reader to finish
+    with History(tmp_path):
+        _one_line_error(lambda: w.append_epoch(**_row(1)), "held open", "close it")
+    _append(w, range(1, 2))
+    _assert_rows(tmp_path, 2)

@@ -1,0 +1,252 @@
+"""Crash-safe in-place updates of one file: a rollback journal, plus the lock that orders them.
+
+HDF5 updates a file in place and is not crash-safe: a process killed while the library writes
+its metadata (inside ``H5Fclose`` as much as anywhere) leaves object headers, chunk indexes and
+the superblock's end-of-allocation out of step, and the file may then read but not append, or
+not read at all. So the history writer hands HDF5 a :class:`JournaledFile` (h5py's ``fileobj``
+driver) instead of a path. Before the first write to a page of the bytes the file held when the
+update began, that page's original content is appended to ``<file>-journal``; only then is the
+page written. Deleting the journal is the commit. A journal left behind ("hot") means an update
+died part-way: :func:`recover` copies the saved pages back and truncates the file to its old
+size, which restores it byte for byte, however far the update had got. A kill while a journal
+record is being written leaves a torn last record whose page was never written (records are
+written before their page), so recovery skips it (length and CRC32 tell).
+
+The guarantee is against a killed process (SIGKILL, OOM killer, a crash): the kernel keeps every
+write the process completed. Against power loss it would need an fsync per update, which costs
+more than the whole epoch row; only the rare rebuilds fsync.
+
+Updates and readers exclude each other with ``flock`` on the file itself, the lock HDF5's own
+readers take (shared), so an ``h5py.File(path)`` opened elsewhere is respected too. A writer
+holds the exclusive lock from before the journal exists until after it is gone; a journal seen
+while holding the lock is therefore one a dead process left.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # no flock on this platform: updates still journal, readers just don't wait
+    fcntl = None  # type: ignore[assignment]
+
+from kdcore.errors import KdcoreError
+
+PAGE = 4096
+_MAGIC = b"kdjrnl01"
+_HEAD = struct.Struct("<8sQ")  # magic, the file's size when the update began
+_RECORD = struct.Struct("<QII")  # offset, length, crc32 of the saved bytes that follow
+# filesystems without flock (some network mounts): go on unlocked, as HDF5 does
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+class _Disk:
+    """Every call that changes a file on disk goes through :data:`disk`: one seam, so a test
+    can cut a process off at any one of them (by setting its attributes) and check what
+    recovery makes of the rest."""
+
+    pwrite = staticmethod(os.pwrite)
+    ftruncate = staticmethod(os.ftruncate)
+    unlink = staticmethod(os.unlink)
+    replace = staticmethod(os.replace)
+    fsync = staticmethod(os.fsync)
+
+
+disk = _Disk()
+
+
+def journal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-journal")
+
+
+def recover(path: Path) -> bool:
+    """Undo the update a journal records, if one is there; returns whether there was one.
+
+    The caller holds the exclusive lock. Idempotent: killed part-way, it is simply run again.
+    """
+    journal = journal_path(path)
+    try:
+        raw = journal.read_bytes()
+    except FileNotFoundError:
+        return False
+    # a journal without its full header was cut off before the file was touched
+    if len(raw) >= _HEAD.size and path.exists():
+        magic, size = _HEAD.unpack_from(raw)
+        if magic == _MAGIC:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                pos = _HEAD.size
+                while pos + _RECORD.size <= len(raw):
+                    offset, length, crc = _RECORD.unpack_from(raw, pos)
+                    start = pos + _RECORD.size
+                    page = raw[start:start + length]
+                    if len(page) != length or zlib.crc32(page) != crc:
+                        break  # the torn last record: its page was never overwritten
+                    disk.pwrite(fd, page, offset)
+                    pos = start + length
+                disk.ftruncate(fd, size)
+                disk.fsync(fd)
+            finally:
+                os.close(fd)
+    disk.unlink(journal)
+    return True
+
+
+def is_hot(path: Path) -> bool:
+    return journal_path(path).exists()
+
+
+class JournaledFile:
+    """A binary file object for ``h5py.File(fileobj)`` that journals before it overwrites.
+
+    Args:
+        fd: the file, open read-write; the caller holds its exclusive lock, has run
+            :func:`recover`, and closes ``fd`` afterwards.
+        path: its path (the journal goes beside it).
+    """
+
+    def __init__(self, fd: int, path: Path):
+        self._fd = fd
+        self._pos = 0
+        self.size = os.fstat(fd).st_size  # bytes beyond this are new: nothing to save
+        self._saved: set[int] = set()
+        self._path = path
+        self._journal = journal_path(path)
+        self._jfd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._jpos = 0
+        self._append(_HEAD.pack(_MAGIC, self.size))
+
+    def _append(self, data: bytes) -> None:
+        disk.pwrite(self._jfd, data, self._jpos)
+        self._jpos += len(data)
+
+    def _save(self, start: int, end: int) -> None:
+        """Journal the original pages under ``[start, end)`` not journaled yet."""
+        end = min(end, self.size)
+        if start >= end:
+            return
+        records = []
+        for page in range(start // PAGE, (end - 1) // PAGE + 1):
+            if page not in self._saved:
+                self._saved.add(page)
+                offset = page * PAGE
+                data = os.pread(self._fd, min(PAGE, self.size - offset), offset)
+                records.append(_RECORD.pack(offset, len(data), zlib.crc32(data)) + data)
+        if records:
+            self._append(b"".join(records))
+
+    # -- the file-object protocol h5py's fileobj driver calls -------------------------------
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            self._pos = offset
+        elif whence == os.SEEK_CUR:
+            self._pos += offset
+        else:
+            self._pos = os.fstat(self._fd).st_size + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        n = os.preadv(self._fd, [buffer], self._pos)
+        self._pos += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = os.fstat(self._fd).st_size - self._pos
+        data = os.pread(self._fd, size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = len(data)
+        self._save(self._pos, self._pos + n)
+        disk.pwrite(self._fd, data, self._pos)
+        self._pos += n
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        self._save(size, self.size)
+        disk.ftruncate(self._fd, size)
+        return size
+
+    def flush(self) -> None:
+        pass  # every write above went straight to the kernel, which keeps it if we die
+
+    # -- the end of an update ------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """The update is complete (HDF5 closed the file): drop the journal."""
+        os.close(self._jfd)
+        self._jfd = -1
+        disk.unlink(self._journal)
+
+    def abandon(self) -> None:
+        """The update failed: put the original bytes back now."""
+        if self._jfd >= 0:
+            os.close(self._jfd)
+            self._jfd = -1
+        recover(self._path)
+
+
+def _flock(fd: int, operation: int, deadline: float) -> bool:
+    """Take ``operation`` on ``fd``, polling until ``deadline``; False when it stayed busy."""
+    if fcntl is None:
+        return True
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno in _NO_LOCKS:
+                return True
+            if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                return False
+        time.sleep(0.02)
+
+
+@contextmanager
+def locked(path: Path, *, exclusive: bool, timeout: float) -> Iterator[int]:
+    """Hold ``path``'s lock (exclusive: read-write fd; shared: read-only fd) and yield the fd.
+
+    Raises:
+        KdcoreError: the file is missing, or another process held it longer than ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    operation = 0 if fcntl is None else fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR if exclusive else os.O_RDONLY)
+        except FileNotFoundError:
+            raise KdcoreError(f"no history at {path}") from None
+        try:
+            if not _flock(fd, operation, deadline):
+                raise KdcoreError(
+                    f"{path} is held open elsewhere (a reader such as an open History or "
+                    "h5py.File, or a second run in this directory); close it and try again")
+            # a rebuild may have replaced the file while we waited: the lock must be on the
+            # file the path names now
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
