@@ -239,14 +239,9 @@ class Trainer:
             run.optimizers[role].zero_grad(set_to_none=True)
         result = combine(batch, refiners=stage.refiners, selectors=stage.selectors,
                          weighters=stage.weighters, transfers=stage.transfers,
-                         context=self.context)
-        if result.targets is not None:
-            ledger.write("target", index, result.targets[0], producer=result.targets[1],
-                         kind="target")
-        for p in result.masks:
-            ledger.write(p.column, index, p.values, producer=p.producer, kind="mask")
-        for p in result.weights:
-            ledger.write(p.column, index, p.values, producer=p.producer, kind="weight")
+                         context=self.context,
+                         record=lambda p, kind: ledger.write(p.column, index, p.values,
+                                                             producer=p.producer, kind=kind))
         for p in result.losses_per_sample:
             self._defer(batch, p.column, p.values, p.producer)
         for name, values in result.terms.items():

@@ -66,6 +66,7 @@ def combine(
     weighters: Sequence[Component],
     transfers: Sequence[Component],
     context: Callable[[Component], RunContext],
+    record: Callable[[Produced, str], None] | None = None,
 ) -> StepResult:
     """Call the components' batch hooks in recipe order and combine their results.
 
@@ -74,6 +75,9 @@ def combine(
         refiners, selectors, weighters, transfers: the stage's components of each kind, in
             recipe order.
         context: the context handed to a component's hooks.
+        record: called with each target, mask and weight as soon as it is produced, and its
+            column kind (the engine writes them to the ledger then, so a later hook of the
+            same batch reads this batch's values there).
     """
     result = StepResult()
     if refiners:
@@ -82,8 +86,10 @@ def combine(
             targets = comp.refine(context(comp), batch, targets)
         batch.targets = targets
         result.targets = (targets, refiners[-1].name)
-    masks = _collect(batch, selectors, "select", context, result.masks)
-    weights = _collect(batch, weighters, "weight", context, result.weights)
+        if record is not None:
+            record(Produced("target", refiners[-1].name, targets), "target")
+    masks = _collect(batch, selectors, "select", context, result.masks, record, "mask")
+    weights = _collect(batch, weighters, "weight", context, result.weights, record, "weight")
     for comp in transfers:
         out = comp.transfer(context(comp), batch)
         if out is None:
@@ -102,20 +108,25 @@ def combine(
 
 
 def _collect(batch: Batch, comps: Sequence[Component], hook: str,
-             context: Callable[[Component], RunContext], produced: list[Produced]
-             ) -> list[Applied]:
+             context: Callable[[Component], RunContext], produced: list[Produced],
+             record: Callable[[Produced, str], None] | None, kind: str) -> list[Applied]:
     out: list[Applied] = []
     for comp in comps:
         result = getattr(comp, hook)(context(comp), batch)
         if result is None:
             continue
-        if not isinstance(result, Mapping):  # one tensor for every served model: one column
-            produced.append(Produced(f"{hook}/{comp.name}", comp.name, result))
-            out.extend((comp, r, result) for r in comp.models)
-            continue
-        for role, value in result.items():
-            produced.append(Produced(f"{hook}/{comp.name}/{role}", comp.name, value))
+        # one tensor serves every model of the component (one column), or one per role
+        per_role = (((f"{hook}/{comp.name}", r, result) for r in comp.models)
+                    if not isinstance(result, Mapping) else
+                    ((f"{hook}/{comp.name}/{r}", r, v) for r, v in result.items()))
+        for column, role, value in per_role:
             out.append((comp, role, value))
+            if produced and produced[-1].column == column:
+                continue  # the shared tensor, already recorded
+            item = Produced(column, comp.name, value)
+            produced.append(item)
+            if record is not None:
+                record(item, kind)
     return out
 
 

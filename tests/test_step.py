@@ -1,0 +1,94 @@
+"""The batch step's combination rules, without a run: fake components, a fake context."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdcore.component import Batch, Component, ComponentSpec
+from kdcore.context import ModelOutput
+from kdcore.step import combine
+
+
+class Fn(Component):
+    """A component whose hooks are plain functions of the batch (``weigh`` for ``weight``,
+    whose name the recipe's term factor takes)."""
+
+    def __init__(self, name, models=("s",), terms=(), weight=1.0, **hooks):
+        super().__init__(None, ComponentSpec(name, name, tuple(models), tuple(terms), weight))
+        self.fns = hooks
+
+    def refine(self, ctx, batch, targets):
+        return self.fns["refine"](batch, targets)
+
+    def select(self, ctx, batch):
+        return self.fns["select"](batch)
+
+    def weight(self, ctx, batch):
+        return self.fns["weigh"](batch)
+
+    def transfer(self, ctx, batch):
+        return self.fns["transfer"](batch)
+
+
+def batch4():
+    def forward(role, x):
+        return ModelOutput(x, x)
+
+    return Batch(torch.arange(4), torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]),
+                 forward=forward, num_classes=3, targets=torch.eye(3)[[0, 1, 2, 0]])
+
+
+def test_refinements_chain_in_recipe_order_and_are_recorded_first():
+    seen = []
+    double = Fn("double", refine=lambda b, t: t * 2)
+    plus = Fn("plus", refine=lambda b, t: t + 1)
+    keep = Fn("keep", select=lambda b: b.targets[:, 0] > 2)  # sees the final targets
+    result = combine(batch4(), refiners=[double, plus], selectors=[keep], weighters=[],
+                     transfers=[], context=lambda c: None,
+                     record=lambda p, kind: seen.append((p.column, p.producer, kind)))
+    targets, producer = result.targets
+    assert producer == "plus"
+    assert torch.equal(targets, torch.eye(3)[[0, 1, 2, 0]] * 2 + 1)  # (t * 2) + 1, not (t + 1) * 2
+    assert seen == [("target", "plus", "target"), ("select/keep", "keep", "mask")]
+    assert result.masks[0].values.tolist() == [True, False, False, True]
+
+
+def test_masks_and_weights_multiply_per_term_and_terms_add_with_their_weight():
+    loss = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    a = Fn("a", select=lambda b: torch.tensor([True, True, False, True]))
+    only_kd = Fn("only_kd", terms=("kd",), select=lambda b: torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    w = Fn("w", weigh=lambda b: torch.tensor([0.5, 1.0, 1.0, 2.0]))
+    ce = Fn("ce", transfer=lambda b: loss)
+    kd = Fn("kd", weight=0.25, transfer=lambda b: loss * 10)
+    r = combine(batch4(), refiners=[], selectors=[a, only_kd], weighters=[w],
+                transfers=[ce, kd], context=lambda c: None)
+    ce_term = (0.5 * 1 + 1 * 2 + 2 * 4) / 3           # mask a, weight w
+    kd_term = (0.5 * 10 + 2 * 40) / 2                  # masks a * only_kd, weight w
+    assert r.terms["s"]["ce"].item() == pytest.approx(ce_term)
+    assert r.terms["s"]["kd"].item() == pytest.approx(kd_term)
+    assert r.losses["s"].item() == pytest.approx(ce_term + 0.25 * kd_term)
+    assert [p.column for p in r.losses_per_sample] == ["loss/ce", "loss/kd"]
+
+
+def test_per_role_results_reach_their_own_role_and_column():
+    sel = Fn("sel", models=("p", "q"),
+             select=lambda b: {"p": torch.tensor([True, False, True, True]),
+                               "q": torch.tensor([False, True, True, True])})
+    mutual = Fn("mutual", models=("p", "q"),
+                transfer=lambda b: {"p": torch.ones(4), "q": torch.arange(4.0)})
+    r = combine(batch4(), refiners=[], selectors=[sel], weighters=[], transfers=[mutual],
+                context=lambda c: None)
+    assert [m.column for m in r.masks] == ["select/sel/p", "select/sel/q"]
+    assert r.losses["p"].item() == pytest.approx(1.0)
+    assert r.losses["q"].item() == pytest.approx((1 + 2 + 3) / 3)
+    assert [p.column for p in r.losses_per_sample] == ["loss/mutual/p", "loss/mutual/q"]
+
+
+def test_an_all_false_mask_gives_zero_not_nan_and_abstaining_hooks_change_nothing():
+    none = Fn("none", select=lambda b: torch.zeros(4, dtype=torch.bool))
+    quiet = Fn("quiet", weigh=lambda b: None)
+    ce = Fn("ce", transfer=lambda b: torch.ones(4))
+    r = combine(batch4(), refiners=[], selectors=[none], weighters=[quiet], transfers=[ce],
+                context=lambda c: None)
+    assert r.losses["s"].item() == 0.0 and r.weights == []
