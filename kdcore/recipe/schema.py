@@ -106,7 +106,8 @@ class DataConfig:
             [0, 1).
         gold_per_class: size per class of a clean, class-balanced "gold" split (0: none).
         test_fraction: share carved out as the test set when the dataset has none (default
-            0.2), in [0, 1); a dataset with its own test split ignores it, with a warning.
+            0.2), in (0, 1): a run without a test set has nothing to report; a dataset with its
+            own test split ignores it, with a warning.
             ``val_fraction + test_fraction`` must stay below 1.
         train_subset: keep only this many training samples (stratified; 0: all).
         batch_size: training batch size, in [1, :data:`MAX_BATCH_SIZE`].
@@ -119,7 +120,8 @@ class DataConfig:
     noise: NoiseConfig = attrs.Factory(NoiseConfig)
     val_fraction: float = attrs.field(default=0.1, validator=below_one)
     gold_per_class: int = attrs.field(default=0, validator=non_negative)
-    test_fraction: float | None = attrs.field(default=None, validator=below_one)
+    test_fraction: float | None = attrs.field(
+        default=None, validator=between(0.0, 1.0, include_low=False, include_high=False))
     train_subset: int = attrs.field(default=0, validator=non_negative)
     batch_size: int = attrs.field(default=64, validator=_batch_size)
     eval_batch_size: int = attrs.field(default=1024, validator=_batch_size)
