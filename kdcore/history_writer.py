@@ -28,13 +28,14 @@ The file keeps HDF5's default (oldest) format bounds, so HDF5 1.8 and later read
 11 ms append, but its superblock then carries "open for write" flags that a kill leaves set, and
 such a file refuses to open at all, even read-only, until ``h5clear`` runs; the journal undoes
 that, but a file copied away without its journal would be lost rather than merely stale.
+
+The format's constants, its checks and opening a file for reading are in
+:mod:`kdcore.history_layout`; the rebuild, in :mod:`kdcore.history_rebuild`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import posixpath
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,19 +46,34 @@ import hdf5plugin
 import numpy as np
 
 from kdcore.errors import KdcoreError
-from kdcore.history_journal import JournaledFile, disk, is_hot, journal_path, locked, recover
+from kdcore.history_journal import JournaledFile, locked, recover
+from kdcore.history_layout import (
+    FORMAT,
+    LOCK_TIMEOUT_S,
+    NAME_BYTES,
+    READABLE,
+    ROW_CHUNKS,
+    check_layout,
+    damaged,
+    leaf_names,
+    new_codes,
+    one_line,
+    open_readable,
+    replace_file,
+    string_table,
+)
+from kdcore.history_rebuild import rebuild
 
 if TYPE_CHECKING:
     from kdcore.ledger import Column
 
-FORMAT = "kdcore-history/2"
-READABLE = ("kdcore-history/1", FORMAT)  # format 1: string stages, JSON producer attributes
-NAME_BYTES = 255  # the longest stage or component name the string table holds (UTF-8)
-LOCK_TIMEOUT_S = 60.0
+# what ``from kdcore.history_writer import ...`` has always offered
+__all__ = ["FORMAT", "LOCK_TIMEOUT_S", "NAME_BYTES", "READABLE", "HistoryWriter", "check_layout",
+           "damaged", "leaf_names", "one_line", "open_readable"]
+
 _STORE_DTYPE = {"target": np.float16, "weight": np.float16, "value": np.float16,
                 "exact": np.float32, "mask": np.bool_, "label": np.int32}
 _FILL = {np.float16: np.nan, np.float32: np.nan, np.bool_: False, np.int32: -1}
-_ROWS = (256,)  # chunk of the one-value-per-row datasets
 
 
 def _compression() -> Mapping[str, Any]:
@@ -79,66 +95,6 @@ def _as_numpy(values: Any, dtype: Any) -> np.ndarray:
 
 def _host(values: Any) -> np.ndarray:
     return values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
-
-
-def one_line(exc: BaseException | str) -> str:
-    return " ".join(str(exc).split())
-
-
-def damaged(path: Path, cause: BaseException | str) -> KdcoreError:
-    return KdcoreError(f"{path}: the history is damaged ({one_line(cause)}); start the run "
-                       "again with --overwrite")
-
-
-def leaf_names(group: h5py.Group) -> list[str]:
-    names: list[str] = []
-    group.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
-    return names
-
-
-def check_layout(file: h5py.File, path: Path) -> None:
-    """Raise unless ``file`` is a kdcore history this version reads."""
-    fmt = file.attrs.get("format")
-    if fmt not in READABLE:
-        raise KdcoreError(f"{path} is not a kdcore history (format {FORMAT} expected, "
-                          f"found {fmt!r})")
-    missing = [p for p in ("epochs/epoch", "epochs/stage", "metrics", "ledger", "data")
-               if p not in file]
-    if missing:
-        raise damaged(path, f"no {', '.join(missing)}")
-
-
-def open_readable(path: Path, timeout: float = LOCK_TIMEOUT_S) -> h5py.File:
-    """Open ``path`` for reading, first undoing an update a killed process left half done.
-
-    Raises:
-        KdcoreError: missing, locked past ``timeout``, not HDF5, damaged, or not a history.
-    """
-    for _ in range(3):
-        if is_hot(path):
-            try:
-                with locked(path, exclusive=True, timeout=timeout):
-                    recover(path)
-            except PermissionError:
-                pass  # a read-only copy: read it as it is
-        with locked(path, exclusive=False, timeout=timeout):
-            # a writer holds the lock while its journal exists: hot now means it died
-            if is_hot(path) and os.access(path, os.W_OK):
-                continue
-            try:
-                file = h5py.File(path, "r")  # HDF5's own shared lock goes with ours
-            except OSError as exc:
-                raise KdcoreError(f"{path} is damaged or not an HDF5 file ({one_line(exc)}); "
-                                  "start the run again with --overwrite") from None
-            break
-    else:
-        raise KdcoreError(f"{path}: an interrupted write could not be undone; try again")
-    try:
-        check_layout(file, path)
-    except BaseException:
-        file.close()
-        raise
-    return file
 
 
 class _Index:
@@ -168,20 +124,6 @@ class _Index:
             table[code] = raw
             self.codes[name] = code
         return code
-
-
-def _new_codes(group: h5py.Group, name: str, codes: np.ndarray | int = 0) -> h5py.Dataset:
-    """A per-row int32 code dataset (stage, producer); 0 is the empty name."""
-    data = np.asarray(codes, dtype=np.int32) if np.ndim(codes) else None
-    shape = (int(codes),) if data is None else data.shape
-    return group.create_dataset(name, shape=shape, data=data, maxshape=(None,), dtype=np.int32,
-                                chunks=_ROWS, fillvalue=0)
-
-
-def _string_table(f: h5py.File, names: list[str]) -> None:
-    f.create_dataset("strings", data=np.array([n.encode() for n in names],
-                                              dtype=f"S{NAME_BYTES}"),
-                     maxshape=(None,), chunks=(64,))
 
 
 class HistoryWriter:
@@ -223,13 +165,13 @@ class HistoryWriter:
                 data.create_dataset(name, data=_host(values), **_compression())
             data.create_dataset("transition_matrix", data=_host(transition_matrix))
             ep = f.create_group("epochs")
-            _new_codes(ep, "stage")
+            new_codes(ep, "stage")
             ep.create_dataset("epoch", shape=(0,), maxshape=(None,), dtype=np.int32,
-                              chunks=_ROWS)
+                              chunks=ROW_CHUNKS)
             for group in ("metrics", "ledger", "producers"):
                 f.create_group(group)
-            _string_table(f, [""])
-        _replace(tmp, self.path)
+            string_table(f, [""])
+        replace_file(tmp, self.path)
 
     # -- updating ------------------------------------------------------------------------------
 
@@ -307,7 +249,7 @@ class HistoryWriter:
                     dsid = _open(mgroup, name)
                 else:
                     dsid = mgroup.create_dataset(
-                        name, shape=(row,), maxshape=(None,), dtype=np.float64, chunks=_ROWS,
+                        name, shape=(row,), maxshape=(None,), dtype=np.float64, chunks=ROW_CHUNKS,
                         fillvalue=np.nan).id
                     index.metrics.add(name)
                 _append_value(dsid, row, np.float64(value))
@@ -325,7 +267,7 @@ class HistoryWriter:
                         chunks=(1, *arr.shape), fillvalue=_FILL[dtype], **_compression(),
                     )
                     ds.attrs["kind"] = kind
-                    _new_codes(pgroup, name, row)
+                    new_codes(pgroup, name, row)
                     index.ledger.add(name)
                 ds.resize((row + 1, *ds.shape[1:]))
                 ds[row] = arr
@@ -359,22 +301,7 @@ class HistoryWriter:
         if not self.path.is_file():
             raise KdcoreError(f"no history at {self.path}; start the run again with --overwrite")
         self._index = None
-        tmp = self.path.with_name(self.path.name + ".rebuild")
-        try:
-            with locked(self.path, exclusive=True, timeout=self.lock_timeout_s):
-                recover(self.path)
-                try:
-                    src = h5py.File(self.path, "r", locking=False)
-                except OSError as exc:
-                    raise damaged(self.path, exc) from None
-                with src, h5py.File(tmp, "w", locking=False) as dst:
-                    _Rebuild(src, dst, self.path).copy(rows)
-                _replace(tmp, self.path)
-        except OSError as exc:  # writing the copy failed (a full disk): the file is untouched
-            raise KdcoreError(f"{self.path}: could not rebuild the history "
-                              f"({one_line(exc)})") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        rebuild(self.path, rows, self.lock_timeout_s)
 
     truncate = rollback  # the name the engine used before rollback existed
 
@@ -393,134 +320,3 @@ def _append_value(dsid: h5py.h5d.DatasetID, row: int, value: np.generic) -> None
     space = dsid.get_space()
     space.select_hyperslab((row,), (1,))
     dsid.write(_ONE, space, np.array([value]))
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    """Rename the complete ``tmp`` over ``path`` so that it survives a crash of the machine."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        disk.fsync(fd)
-    finally:
-        os.close(fd)
-    # a journal of the file being replaced must not be applied to its successor
-    journal = journal_path(path)
-    if journal.exists():
-        disk.unlink(journal)
-    disk.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        disk.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Rebuild:
-    """Copy the first rows of a (format 1 or 2) history into a new format-2 file."""
-
-    def __init__(self, src: h5py.File, dst: h5py.File, path: Path):
-        self.src, self.dst, self.path = src, dst, path
-        self.names = [""]
-        self.codes = {"": 0}
-        self.table: list[str] | None = None  # the old file's string table, once read
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        """Errors while reading the old file mean it is damaged."""
-        try:
-            yield
-        except KdcoreError:
-            raise
-        except Exception as exc:
-            raise damaged(self.path, exc) from None
-
-    def encode(self, names: list[str]) -> np.ndarray:
-        for n in names:
-            if n not in self.codes:
-                self.codes[n] = len(self.names)
-                self.names.append(n)
-        return np.array([self.codes[n] for n in names], dtype=np.int32)
-
-    def copy(self, rows: int) -> None:
-        src, dst = self.src, self.dst
-        with self.reading():
-            check_layout(src, self.path)
-            held = int(src["epochs/epoch"].shape[0])
-            metric_names = leaf_names(src["metrics"])
-            ledger_names = leaf_names(src["ledger"])
-        if held < rows:
-            raise damaged(self.path, f"it holds {held} epoch rows, the checkpoint {rows}")
-        with self.reading():
-            stages = self.decoded("epochs/stage", rows)
-            for name in src.attrs:
-                _copy_attr(src, dst, name)
-            # /data is not per epoch: as last committed (H5Ocopy keeps layout and filters)
-            src.copy(src["data"], dst, name="data")
-        dst.attrs["format"] = FORMAT
-        epochs = dst.create_group("epochs")
-        _new_codes(epochs, "stage", self.encode(stages))
-        self.rows("epochs/epoch", epochs, "epoch", rows)
-        metrics = dst.create_group("metrics")
-        for name in metric_names:
-            self.rows(f"metrics/{name}", metrics, name, rows)
-        ledger, producers = dst.create_group("ledger"), dst.create_group("producers")
-        for name in ledger_names:
-            with self.reading():
-                attrs = src["ledger"][name].attrs
-                if "producers" in attrs:  # format 1: a JSON list
-                    made_by = json.loads(attrs["producers"])[:rows]
-                    made_by += [""] * (rows - len(made_by))
-                else:
-                    made_by = self.decoded(f"producers/{name}", rows)
-            self.rows(f"ledger/{name}", ledger, name, rows)
-            _new_codes(producers, name, self.encode(made_by))
-        _string_table(dst, self.names)
-
-    def decoded(self, where: str, rows: int) -> list[str]:
-        """The first ``rows`` names of a per-row name dataset: codes (format 2) or strings."""
-        ds = self.src[where]
-        if ds.shape[0] < rows:
-            raise damaged(self.path, f"{where} holds {ds.shape[0]} of {rows} rows")
-        values = ds[:rows]
-        if ds.dtype.kind not in "iu":
-            return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-        if self.table is None:
-            self.table = [s.decode() for s in self.src["strings"][:]]
-        return [self.table[c] for c in values]
-
-    def rows(self, where: str, group: h5py.Group, name: str, rows: int) -> None:
-        """Copy the first ``rows`` rows of the old file's ``where`` into a dataset made like it
-        (type, chunks, filters, fill value, attributes) at ``group/name``."""
-        with self.reading():
-            src = self.src[where]
-            if src.shape[0] < rows:
-                raise damaged(self.path, f"{where} holds {src.shape[0]} of {rows} rows")
-            parent, base = posixpath.split(name)
-            space = h5py.h5s.create_simple(
-                (rows, *src.shape[1:]),
-                tuple(h5py.h5s.UNLIMITED if m is None else m for m in src.maxshape))
-            dcpl, dtype = src.id.get_create_plist(), src.id.get_type()
-            attrs = [a for a in src.attrs if a != "producers"]
-        into = group.require_group(parent) if parent else group
-        dst = h5py.Dataset(h5py.h5d.create(into.id, base.encode(), dtype, space, dcpl=dcpl))
-        with self.reading():
-            for attr in attrs:
-                _copy_attr(src, dst, attr)
-        if src.chunks is not None and src.chunks == (1, *src.shape[1:]):
-            # one chunk per row (the ledger): copy the compressed bytes as they are, after
-            # decoding them once so that a bad chunk is found now rather than by a reader
-            zero = (0,) * (src.ndim - 1)
-            for i in range(rows):
-                with self.reading():
-                    if src.id.get_chunk_info_by_coord((i, *zero)).byte_offset is None:
-                        continue  # never written: the fill value
-                    src[i]
-                    mask, chunk = src.id.read_direct_chunk((i, *zero))
-                dst.id.write_direct_chunk((i, *zero), chunk, mask)
-        elif rows:
-            with self.reading():
-                values = src[:rows]
-            dst[:rows] = values
-
-
-def _copy_attr(src: h5py.HLObject, dst: h5py.HLObject, name: str) -> None:
-    dst.attrs.create(name, src.attrs[name], dtype=src.attrs.get_id(name).dtype)
