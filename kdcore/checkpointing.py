@@ -1,7 +1,8 @@
 """The run's checkpoint: what it holds, when it is written, how a resume restores it.
 
-A checkpoint is written at the run's start, after the first epoch, at every stage boundary and,
-between those, at most every ``run.checkpoint_interval_s`` seconds. It records:
+A checkpoint is written after the run's first epoch, at every stage boundary and, between
+those, at most every ``run.checkpoint_interval_s`` seconds (a run killed before its first
+checkpoint has nothing to keep: ``--resume`` starts it again from the beginning). It records:
 
 * ``position``: the stage and epoch to continue at, the history rows committed (the file is
   rolled back to exactly that many on resume) and the optimiser step;

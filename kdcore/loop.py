@@ -97,8 +97,6 @@ class Trainer:
         run = self.run
         self.bus.call("kdcore_run_start", ctx=self.observer_ctx)
         first = int(position["stage"])
-        if state is None:
-            self.ckpt.save(self, first, 0)  # a run killed before its first epoch resumes
         for s in range(first, len(self.plan.stages)):
             start = int(position["epoch"]) if s == first else 0
             self._run_stage(self.plan.stages[s], start, state if s == first else None)
