@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
-import attrs
 import torch
 
 if TYPE_CHECKING:
@@ -52,9 +51,11 @@ ColumnKind = Literal["label", "target", "mask", "weight", "value", "exact"]
 bool, ``weight`` and ``value`` float16, ``exact`` float32."""
 
 
-@attrs.frozen
-class ModelOutput:
-    """What a model returns for a batch: logits ``(B, C)`` and penultimate features ``(B, d)``."""
+class ModelOutput(NamedTuple):
+    """What a model returns for a batch: logits ``(B, C)`` and penultimate features ``(B, d)``.
+
+    A named tuple: built for every model call of every batch, it must cost next to nothing.
+    """
 
     logits: torch.Tensor
     features: torch.Tensor

@@ -155,7 +155,8 @@ class Trainer:
         self.carried = {c.name: {"use": c.spec.use, "state": c.state_dict()}
                         for c in stage.components}
         self.contexts = {}
-        self.ckpt.save(self, s + 1, 0)
+        if s + 1 < len(self.plan.stages):  # after the last stage, summary.json marks the end
+            self.ckpt.save(self, s + 1, 0)
 
     def _set_lr(self, stage: StagePlan, epoch: int) -> None:
         stages = self.plan.recipe.stages

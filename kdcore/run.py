@@ -90,11 +90,14 @@ class Run:
 
     def forward(self, role: str, x: torch.Tensor) -> ModelOutput:
         model = self.models[role]
-        if self.trains(role):
-            # even when first asked for inside a no_grad block (a selector ranking losses),
-            # the cached output must carry the graph the loss terms need
-            with torch.enable_grad():
+        if role in self.stage.train:
+            if torch.is_grad_enabled():
                 logits, features = model(x)
+            else:
+                # first asked for inside a no_grad block (a selector ranking losses): the
+                # cached output must still carry the graph the loss terms need
+                with torch.enable_grad():
+                    logits, features = model(x)
         else:
             with torch.no_grad():
                 logits, features = model(x)
