@@ -85,25 +85,29 @@ def kdcore_configure(recipe: kdcore.Recipe) -> list[str] | None:
 
 
 @kdcore.hookimpl
-def kdcore_run_start(run: kdcore.Run) -> None:
+def kdcore_run_start(ctx: kdcore.RunContext) -> None:
     """On ncifar data, record every training sample's true status in the ledger (for the
-    components) and, once, in the history's ``/data/ff/status``."""
-    if is_ncifar(run):
-        led = run.ledger
-        status = sample_status(led["clean_label"], led["noisy_label"], run.num_classes - 1)
-        led.add("ff/status", status, producer=DATASET, kind="label", snapshot=False)
-        run.record_data("ff/status", status.int())
+    components; the observers' writes are tagged ``observer``) and, once, in the history's
+    ``/data/ff/status``."""
+    if is_ncifar(ctx):
+        led = ctx.ledger
+        status = sample_status(led["clean_label"], led["noisy_label"], ctx.num_classes - 1)
+        led.add("ff/status", status, kind="label", snapshot=False)
+        ctx.record_data("ff/status", status.int())
 
 
 @kdcore.hookimpl
-def kdcore_epoch_end(run: kdcore.Run, epoch: int, metrics: dict[str, float]) -> None:
+def kdcore_epoch_end(ctx: kdcore.RunContext, epoch: int, metrics: dict[str, float]) -> None:
     """On ncifar data: realised noise shares, and each selection's open/closed filtering."""
-    if not is_ncifar(run):
+    if not is_ncifar(ctx):
         return
-    status = run_status(run)
+    status = run_status(ctx)
     metrics["ff/open_share"] = float((status == STATUS_OPEN).double().mean())
     metrics["ff/closed_share"] = float((status == STATUS_CLOSED).double().mean())
-    for name, column in list(run.ledger.items()):
-        if name.startswith("select/") and column.kind == "mask":
-            for key, value in filter_quality(column.data, status).items():
+    led = ctx.ledger
+    for name in list(led):
+        # the selection masks: the columns whose quality the engine reported this epoch
+        # (every ``select/`` column of kind ``mask``; a context does not show column kinds)
+        if name.startswith("select/") and f"{name}/fraction" in metrics:
+            for key, value in filter_quality(led[name], status).items():
                 metrics[f"{name}/{key}"] = value

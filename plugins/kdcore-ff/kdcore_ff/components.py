@@ -6,7 +6,7 @@ here is our placeholder reading, with its open choices as parameters (see the RE
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 import torch
@@ -14,21 +14,21 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
+from kdcore import Role
 from kdcore.losses import one_hot, soft_cross_entropy
 from kdcore.validators import below_one, non_negative, positive, unit_interval
 from kdcore_ff.ncifar import STATUS_CLEAN, STATUS_CLOSED, STATUS_OPEN, label_classes, run_status
 
 
-def _role(comp: kdcore.Component, run: kdcore.Run, role: str | None) -> str:
-    """The role named by a ``model`` parameter, or the single served model."""
+def _role(comp: kdcore.Component, role: str | None) -> str:
+    """The role named by a ``model`` parameter, or the single served model (the plan has
+    checked that a named role exists)."""
     if role is None:
         if len(comp.models) != 1:
-            raise kdcore.RecipeError(
+            raise ValueError(
                 f"component '{comp.name}' serves {list(comp.models)}: set params.model to the "
                 "role whose predictions it uses")
         role = comp.models[0]
-    if role not in run.models:
-        raise kdcore.RecipeError(f"component '{comp.name}': no model role '{role}' in [models]")
     return role
 
 
@@ -61,24 +61,28 @@ class Warmup(kdcore.Component):
     Params = WarmupParams
     description = "F&F warm-up (reconstruction): CE for a few epochs, classifier-only first"
 
-    def setup(self, run: kdcore.Run) -> None:
-        self.run = run
-        self.stage = run.stage
+    def setup(self, ctx: kdcore.RunContext) -> None:
         self.frozen = False
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def active(self, epoch: int) -> bool:
         return self.params.epochs == 0 or epoch < self.params.epochs
 
-    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
-        frozen = epoch < self.params.classifier_only_epochs
+    def on_epoch_start(self, ctx: kdcore.RunContext) -> None:
+        frozen = ctx.epoch < self.params.classifier_only_epochs
         if frozen != self.frozen:  # the stage started them trainable (also on resume)
             for role in self.models:
-                if run.trains(role):
-                    self._freeze_trunk(run.models[role], frozen)
+                if ctx.trains(role):
+                    self._freeze_trunk(ctx.models[role], frozen)
             self.frozen = frozen
-        run.log_metric(f"ff/{self.name}/active", float(self.active(epoch)))
-        run.log_metric(f"ff/{self.name}/classifier_only", float(frozen))
+        ctx.log_metric(f"ff/{self.name}/active", float(self.active(ctx.epoch)))
+        ctx.log_metric(f"ff/{self.name}/classifier_only", float(frozen))
+
+    def on_stage_end(self, ctx: kdcore.RunContext) -> None:
+        # the stage ended while frozen: never touch later stages (the engine makes every
+        # parameter of the roles a stage trains trainable again when that stage starts)
+        self._remove_hooks()
+        self.frozen = False
 
     def _freeze_trunk(self, model: nn.Module, frozen: bool) -> None:
         head = {id(p) for p in model.classifier.parameters()}
@@ -86,7 +90,7 @@ class Warmup(kdcore.Component):
             if id(p) not in head:
                 p.requires_grad_(not frozen)
         if frozen:
-            # run.features() and the engine put the whole model back in train mode; a pre-hook
+            # ctx.features() and the engine put the whole model back in train mode; a pre-hook
             # keeps the frozen trunk's batch-norm statistics and dropout fixed on every call
             self.handles.append(model.register_forward_pre_hook(self._trunk_eval))
         else:
@@ -94,8 +98,8 @@ class Warmup(kdcore.Component):
             model.train(True)
 
     def _trunk_eval(self, model: nn.Module, args: object) -> None:
-        if self.run.stage is not self.stage or not self.frozen:
-            self._remove_hooks()  # the stage ended while frozen: never touch later stages
+        if not self.frozen:
+            self._remove_hooks()
             return
         for child in model.children():
             if child is not model.classifier:
@@ -106,8 +110,8 @@ class Warmup(kdcore.Component):
             handle.remove()
         self.handles = []
 
-    def transfer(self, batch: kdcore.Batch) -> kdcore.PerSample | None:
-        if not self.active(self.run.epoch):
+    def transfer(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> kdcore.PerSample | None:
+        if not self.active(ctx.epoch):
             return None
         if self.params.labels == "noisy":
             return {r: F.cross_entropy(batch.out(r).logits, batch.noisy_label, reduction="none")
@@ -144,7 +148,7 @@ class FilterParams:
         mask_loss: mask the served models' terms; false records the mask only.
     """
 
-    model: str | None = None
+    model: Role | None = None
     criterion: Literal["loss", "confidence"] = "loss"
     labels: Literal["noisy", "targets"] = "targets"
     rule: Literal["rate", "threshold"] = "rate"
@@ -191,43 +195,44 @@ class InstanceFilter(kdcore.Component):
 
     Params = FilterParams
     description = "F&F instance filtering (reconstruction): per-class small-loss/confidence"
+    writes: ClassVar[tuple[str, ...]] = ("ff/{name}/score",)
+
+    def __init__(self, params: Any, spec: kdcore.ComponentSpec):
+        super().__init__(params, spec)
+        self.ranker = _role(self, params.model)
 
     @property
     def column(self) -> str:
         return f"select/{self.name}"
 
-    def setup(self, run: kdcore.Run) -> None:
-        self.run = run
-        self.ranker = _role(self, run, self.params.model)
-
-    def current_rate(self) -> float:
+    def current_rate(self, ctx: kdcore.RunContext) -> float:
         if not self.params.oracle_rate:
             return self.params.rate
-        return float((~self.run.ledger["clean_mask"]).double().mean())
+        return float((~ctx.ledger["clean_mask"]).double().mean())
 
-    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
-        if epoch < self.params.start_epoch:
+    def on_epoch_start(self, ctx: kdcore.RunContext) -> None:
+        if ctx.epoch < self.params.start_epoch:
             return
         p = self.params
-        led = run.ledger
-        logits = run.features(self.ranker).logits
+        led = ctx.ledger
+        logits = ctx.features(self.ranker).logits
         if p.labels == "noisy":
-            targets = one_hot(led["noisy_label"], run.num_classes)
+            targets = one_hot(led["noisy_label"], ctx.num_classes)
         else:
             targets = led["base_target"].float()
         score = suspicion(logits, targets, p.criterion)
-        rate = self.current_rate()
+        rate = self.current_rate(ctx)
         mask = filter_mask(score, targets.argmax(1), criterion=p.criterion, rule=p.rule,
                            rate=rate, threshold=p.threshold, per_class=p.per_class)
-        led.add(self.column, mask, producer=self.name, kind="mask")
-        led.add(f"ff/{self.name}/score", score, producer=self.name, kind="value")
-        run.log_metric(f"ff/{self.name}/rate", rate if p.rule == "rate" else float("nan"))
-        run.log_metric(f"ff/{self.name}/dropped", float((~mask).double().mean()))
+        led.add(self.column, mask, kind="mask")
+        led.add(f"ff/{self.name}/score", score, kind="value")
+        ctx.log_metric(f"ff/{self.name}/rate", rate if p.rule == "rate" else float("nan"))
+        ctx.log_metric(f"ff/{self.name}/dropped", float((~mask).double().mean()))
 
-    def select(self, batch: kdcore.Batch) -> torch.Tensor | None:
-        if self.run.epoch < self.params.start_epoch or not self.params.mask_loss:
+    def select(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> torch.Tensor | None:
+        if ctx.epoch < self.params.start_epoch or not self.params.mask_loss:
             return None
-        return self.run.ledger[self.column][batch.index]
+        return ctx.ledger[self.column][batch.index]
 
 
 # -- label correction ---------------------------------------------------------------------------
@@ -253,7 +258,7 @@ class CorrectionParams:
         start_epoch, every: the schedule of ``when = "epoch_start"``.
     """
 
-    model: str | None = None
+    model: Role | None = None
     threshold: float = attrs.field(default=0.9, validator=unit_interval)
     base: Literal["noisy", "previous"] = "noisy"
     target: Literal["hard", "soft"] = "hard"
@@ -287,48 +292,51 @@ class LabelCorrection(kdcore.Component):
 
     Params = CorrectionParams
     description = "F&F label correction (reconstruction): confident disagreements relabelled"
+    writes: ClassVar[tuple[str, ...]] = ("base_target", "lc/{name}/label",
+                                         "lc/{name}/confidence")
 
-    def setup(self, run: kdcore.Run) -> None:
-        self.run = run
-        self.role = _role(self, run, self.params.model)
+    def __init__(self, params: Any, spec: kdcore.ComponentSpec):
+        super().__init__(params, spec)
+        self.role = _role(self, params.model)
 
-    def on_stage_start(self, run: kdcore.Run) -> None:
+    def on_stage_start(self, ctx: kdcore.RunContext) -> None:
         if self.params.when == "stage_start":
-            self.correct(run)
+            self.correct(ctx)
 
-    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+    def on_epoch_start(self, ctx: kdcore.RunContext) -> None:
         p = self.params
-        if p.when == "epoch_start" and epoch >= p.start_epoch and \
-                (epoch - p.start_epoch) % p.every == 0:
-            self.correct(run)
+        if p.when == "epoch_start" and ctx.epoch >= p.start_epoch and \
+                (ctx.epoch - p.start_epoch) % p.every == 0:
+            self.correct(ctx)
 
-    def refine(self, batch: kdcore.Batch, targets: torch.Tensor) -> torch.Tensor:
+    def refine(self, ctx: kdcore.RunContext, batch: kdcore.Batch,
+               targets: torch.Tensor) -> torch.Tensor:
         return targets  # the work is epoch-level, in base_target, which the batch starts from
 
-    def correct(self, run: kdcore.Run) -> None:
+    def correct(self, ctx: kdcore.RunContext) -> None:
         p = self.params
-        led = run.ledger
-        num_classes = run.num_classes
-        num_labels = label_classes(run)
+        led = ctx.ledger
+        num_classes = ctx.num_classes
+        num_labels = label_classes(ctx)
         noisy = led["noisy_label"]
         start = one_hot(noisy, num_classes) if p.base == "noisy" else led["base_target"].float()
-        change, pred, probs = correct_labels(run.features(self.role).logits, start.argmax(1),
+        change, pred, probs = correct_labels(ctx.features(self.role).logits, start.argmax(1),
                                              num_labels=num_labels, threshold=p.threshold)
         if p.target == "hard":
             new_rows = one_hot(pred, num_classes)
         else:
             new_rows = F.pad(probs, (0, num_classes - num_labels))
         target = torch.where(change[:, None], new_rows.to(start.dtype), start)
-        led.add("base_target", target, producer=self.name, kind="target", snapshot=False)
+        led.add("base_target", target, kind="target", snapshot=False)
         label = target.argmax(1)
-        led.add(f"lc/{self.name}/label", label, producer=self.name, kind="label")
-        led.add(f"lc/{self.name}/confidence", probs.max(1).values, producer=self.name)
-        self._log(run, label, noisy, change)
+        led.add(f"lc/{self.name}/label", label, kind="label")
+        led.add(f"lc/{self.name}/confidence", probs.max(1).values)
+        self._log(ctx, label, noisy, change)
 
-    def _log(self, run: kdcore.Run, label: torch.Tensor, noisy: torch.Tensor,
+    def _log(self, ctx: kdcore.RunContext, label: torch.Tensor, noisy: torch.Tensor,
              change: torch.Tensor) -> None:
-        status = run_status(run)
-        clean = run.ledger["clean_label"]
+        status = run_status(ctx)
+        clean = ctx.ledger["clean_label"]
         moved = label != noisy
 
         def share(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -336,11 +344,10 @@ class LabelCorrection(kdcore.Component):
             return int((a & b).sum()) / n if n else float("nan")
 
         name = f"lc/{self.name}"
-        run.log_metric(f"{name}/changed", float(change.double().mean()))
-        run.log_metric(f"{name}/relabelled", float(moved.double().mean()))
-        run.log_metric(f"{name}/precision", share(label == clean, moved))
-        run.log_metric(f"{name}/closed_fixed", share(label == clean, status == STATUS_CLOSED))
-        run.log_metric(f"{name}/clean_broken", share(moved, status == STATUS_CLEAN))
+        ctx.log_metric(f"{name}/changed", float(change.double().mean()))
+        ctx.log_metric(f"{name}/relabelled", float(moved.double().mean()))
+        ctx.log_metric(f"{name}/precision", share(label == clean, moved))
+        ctx.log_metric(f"{name}/closed_fixed", share(label == clean, status == STATUS_CLOSED))
+        ctx.log_metric(f"{name}/clean_broken", share(moved, status == STATUS_CLEAN))
         if bool((status == STATUS_OPEN).any()):
-            run.log_metric(f"{name}/open_relabelled", share(moved, status == STATUS_OPEN))
-
+            ctx.log_metric(f"{name}/open_relabelled", share(moved, status == STATUS_OPEN))

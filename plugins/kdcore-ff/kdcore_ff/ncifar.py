@@ -407,15 +407,15 @@ def ncifar_noise(
 # -- status of every sample ---------------------------------------------------------------------
 
 
-def is_ncifar(run: kdcore.Run) -> bool:
+def is_ncifar(ctx: kdcore.RunContext) -> bool:
     """Whether the run's data follow the ncifar convention (last class: the open-set sentinel)."""
-    names = run.data.class_names
+    names = ctx.data.class_names
     return bool(names) and names[-1] == OPEN_CLASS_NAME
 
 
-def label_classes(run: kdcore.Run) -> int:
+def label_classes(ctx: kdcore.RunContext) -> int:
     """The number of real labels: ``K`` on ncifar data (without the sentinel), else ``C``."""
-    return run.num_classes - 1 if is_ncifar(run) else run.num_classes
+    return ctx.num_classes - 1 if is_ncifar(ctx) else ctx.num_classes
 
 
 def sample_status(clean: torch.Tensor, noisy: torch.Tensor, open_label: int | None
@@ -427,13 +427,14 @@ def sample_status(clean: torch.Tensor, noisy: torch.Tensor, open_label: int | No
     return status.to(torch.long)
 
 
-def run_status(run: kdcore.Run) -> torch.Tensor:
-    """The status of every training sample of ``run`` (by ledger row)."""
-    if "ff/status" in run.ledger:
-        return run.ledger["ff/status"]
-    led = run.ledger
+def run_status(ctx: kdcore.RunContext) -> torch.Tensor:
+    """The status of every training sample of the run (by ledger row): the ledger's
+    ``ff/status`` when the plugin wrote it, else worked out from the labels."""
+    led = ctx.ledger
+    if "ff/status" in led:
+        return led["ff/status"]
     return sample_status(led["clean_label"], led["noisy_label"],
-                         run.num_classes - 1 if is_ncifar(run) else None)
+                         ctx.num_classes - 1 if is_ncifar(ctx) else None)
 
 
 def filter_quality(selected: torch.Tensor, status: torch.Tensor) -> dict[str, float]:

@@ -112,16 +112,16 @@ class SSLPretrain(kdcore.Component):
     Params = SSLParams
     description = "self-supervised pre-training: SimCLR NT-Xent on two augmented views"
 
-    def adapt_models(self, run: kdcore.Run) -> None:
+    def adapt_models(self, ctx: kdcore.RunContext) -> None:
         p = self.params
         for role in self.models:
-            model = run.models[role]
+            model = ctx.models[role]  # changed in place: the mapping itself is read-only
             dim = model.feature_dim
             hidden = p.projection_hidden or dim
             head = getattr(model, HEAD, None)
             if head is None:
                 with torch.random.fork_rng(devices=[]):  # CPU init, global stream untouched
-                    torch.default_generator.manual_seed(head_seed(run.recipe.run.seed, role))
+                    torch.default_generator.manual_seed(head_seed(ctx.recipe.run.seed, role))
                     head = make_head(dim, hidden, p.projection_dim)
                 device = next(model.parameters()).device
                 model.add_module(HEAD, head.to(device))
@@ -133,29 +133,30 @@ class SSLPretrain(kdcore.Component):
                     f"{shape} from another ssl_pretrain entry; give both the same "
                     "projection_hidden and projection_dim")
 
-    def setup(self, run: kdcore.Run) -> None:
-        self.run = run
+    def setup(self, ctx: kdcore.RunContext) -> None:
         self.crop: Any = None
         p = self.params
-        if run.data.train.x.dim() == 4 and (p.crop_padding or p.flip):
-            self.crop = run.host.augmentations.get("crop_flip")
+        if ctx.data.train.x.dim() == 4 and (p.crop_padding or p.flip):
+            # the run's registries (in-process plugins included)
+            self.crop = kdcore.active_host().augmentations.get("crop_flip")
 
-    def view(self, x: torch.Tensor) -> torch.Tensor:
-        """One random view of the inputs ``x`` (draws from ``run.generator``)."""
-        p, gen = self.params, self.run.generator
+    def view(self, ctx: kdcore.RunContext, x: torch.Tensor) -> torch.Tensor:
+        """One random view of the inputs ``x`` (draws from the component's own generator,
+        ``ctx.generator``, checkpointed with the run)."""
+        p, gen = self.params, ctx.generator
         if p.recipe_augment:
-            x = self.run.augment(x, gen)
+            x = ctx.augment(x, gen)
         if self.crop is not None:
             x = self.crop(x, gen, padding=p.crop_padding, flip=p.flip)
         return feature_view(x, gen, noise_std=p.noise_std, drop_prob=p.drop_prob)
 
-    def transfer(self, batch: kdcore.Batch) -> kdcore.PerSample:
-        run = self.run
-        x = run.data.inputs(run.data.train, batch.index)  # un-augmented: each view draws its own
-        views = torch.cat([self.view(x), self.view(x)])
+    def transfer(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> kdcore.PerSample:
+        data = ctx.data
+        x = data.inputs(data.train, batch.index)  # un-augmented: each view draws its own
+        views = torch.cat([self.view(ctx, x), self.view(ctx, x)])
         b = len(batch)
         out = {}
         for role in self.models:
-            z = getattr(run.models[role], HEAD)(batch.forward(role, views).features)
+            z = getattr(ctx.models[role], HEAD)(batch.forward(role, views).features)
             out[role] = nt_xent(z[:b], z[b:], self.params.temperature)
         return out

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import kdcore
+from kdcore.plan import build_plan
 from kdcore.testing import one_thread, quiet_logs  # noqa: F401 (autouse fixtures)
 
 # digits 8 and 9 open (20%), exponential imbalance 0.25, 20% symmetric closed noise: ~800
@@ -57,13 +58,19 @@ def comp(use: str, params: str = "{}", **entry: str) -> str:
     return f'[[stages.components]]\nuse = "{use}"\n{extra}params = {params}\n'
 
 
-def run_ff(tmp_path: Path, stages: str, *, data: str = DATA, noise: str = NOISE, seed: int = 0,
-           lr: float = 0.1, observers: Iterable[Any] = (), name: str = "run",
-           overrides: tuple[str, ...] = ()) -> Path:
-    """Run the tiny recipe with ``stages``; returns the run directory."""
+def write_ff(tmp_path: Path, stages: str, *, data: str = DATA, noise: str = NOISE,
+             seed: int = 0, lr: float = 0.1, name: str = "run") -> Path:
+    """Write the tiny recipe with ``stages`` to ``<name>.toml``; returns its path."""
     path = tmp_path / f"{name}.toml"
     path.write_text(RECIPE.format(seed=seed, data_params=data, noise_params=noise, lr=lr,
                                   stages=stages))
+    return path
+
+
+def run_ff(tmp_path: Path, stages: str, *, observers: Iterable[Any] = (), name: str = "run",
+           overrides: tuple[str, ...] = (), **options: Any) -> Path:
+    """Run the tiny recipe with ``stages``; returns the run directory."""
+    path = write_ff(tmp_path, stages, name=name, **options)
     host = kdcore.PluginHost(extra=list(observers))
     kdcore.run_recipe(kdcore.load_recipe(path, overrides), out=str(tmp_path / name), host=host,
                       progress=False)
@@ -96,6 +103,20 @@ class Helpers:
 
     def run(self, stages: str, **options: Any) -> Path:
         return run_ff(self.tmp_path, stages, **options)
+
+    def recipe(self, stages: str, *, overrides: tuple[str, ...] = (), **options: Any
+               ) -> kdcore.Recipe:
+        """The tiny recipe with ``stages``, resolved (written to ``<name>.toml``)."""
+        return kdcore.load_recipe(write_ff(self.tmp_path, stages, **options), overrides)
+
+    def plan(self, stages: str, *, plugins: Iterable[Any] = (), **options: Any):
+        """The plan of the tiny recipe (every check of a run before any data is loaded)."""
+        return build_plan(self.recipe(stages, **options),
+                          kdcore.PluginHost(extra=list(plugins)))
+
+    def dry(self, stages: str, **options: Any):
+        """Everything a run does before its first batch (``kdcore check``), writing nothing."""
+        return kdcore.dry_setup(self.recipe(stages, **options), kdcore.PluginHost())
 
 
 @pytest.fixture

@@ -3,14 +3,18 @@ runs the ledger rows they write are the rows of the samples they judged (shuffle
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import kdcore
+from kdcore import ColumnName, RecipeError
 from kdcore.losses import one_hot, soft_cross_entropy
-from kdcore_ff import STATUS_OPEN, filter_quality
+from kdcore.testing import harness
+from kdcore_ff import STATUS_OPEN, InstanceFilter, LabelCorrection, Warmup, filter_quality
 from kdcore_ff.components import correct_labels, filter_mask, suspicion
 
 K = 8  # kept classes of the tests' ncifar digits; class 8 is the open-set sentinel
@@ -82,17 +86,17 @@ FILTER = '{ criterion = "loss", labels = "targets", rate = 0.3, per_class = true
 CORRECT = '{ threshold = 0.5, base = "noisy" }'
 
 
-def expected_pass(run: kdcore.Run) -> tuple[torch.Tensor, torch.Tensor]:
+def expected_pass(ctx: kdcore.RunContext) -> tuple[torch.Tensor, torch.Tensor]:
     """The corrected targets and the filter mask, recomputed from the student alone: its
     eval-mode outputs on the training inputs in index order, then the documented rules."""
-    model = run.models["student"]
+    model = ctx.models["student"]
     was = model.training
     model.eval()
     with torch.no_grad():
-        x = run.data.inputs(run.data.train, torch.arange(len(run.data.train)))
+        x = ctx.data.inputs(ctx.data.train, torch.arange(len(ctx.data.train)))
         logits = model(x)[0]
     model.train(was)
-    noisy = run.ledger["noisy_label"]
+    noisy = ctx.ledger["noisy_label"]
     probs = F.softmax(logits[:, :K], dim=1)
     conf, pred = probs.max(1)
     label = torch.where((pred != noisy) & (conf >= 0.5), pred, noisy)
@@ -116,35 +120,36 @@ class Checker:
         self.losses_ok = True
 
     @kdcore.hookimpl
-    def kdcore_epoch_start(self, run, epoch):
-        if run.stage.name != "ff":
+    def kdcore_epoch_start(self, ctx, epoch):
+        if ctx.stage.name != "ff":
             return
-        target, keep = expected_pass(run)
+        target, keep = expected_pass(ctx)
         self.expected.append((target, keep))
-        assert torch.equal(run.ledger["base_target"], target)
-        assert torch.equal(run.ledger["select/instance_filter"], keep)
+        assert torch.equal(ctx.ledger["base_target"], target)
+        assert torch.equal(ctx.ledger["select/instance_filter"], keep)
         assert keep.any() and not keep.all()  # a real mix: a misaligned row would show
 
     @kdcore.hookimpl
-    def kdcore_batch_end(self, run, batch, losses):
-        if run.stage.name != "ff":
+    def kdcore_batch_end(self, ctx, batch, losses):
+        if ctx.stage.name != "ff":
             return
         target, keep = self.expected[-1]
         index = batch.index
         assert torch.equal(batch.targets, target[index])
-        assert torch.equal(run.ledger["target"][index], target[index])
-        assert torch.equal(run.ledger["select/instance_filter"][index], keep[index])
+        assert torch.equal(ctx.ledger["target"][index], target[index])
+        assert torch.equal(ctx.ledger["select/instance_filter"][index], keep[index])
         if len(index) >= 8:  # a tiny last batch may come out sorted by chance
             self.batches += 1
             self.shuffled += int(not torch.equal(index, index.sort().values))
-        if run.lr("student") == 0.0:  # a frozen model: the batch's loss can be recomputed
+        if ctx.lr("student") == 0.0:  # a frozen model: the batch's loss can be recomputed
             with torch.no_grad():
-                ce = soft_cross_entropy(run.models["student"](batch.x)[0], target[index])
+                ce = soft_cross_entropy(ctx.models["student"](batch.x)[0], target[index])
             m = keep[index].double()
             want = float((ce.double() * m).sum() / m.sum().clamp_min(1))
             self.losses_ok &= abs(float(losses["student"].detach()) - want) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lr", [0.0, 0.1])
 def test_filter_and_correction_rows_follow_the_sample_index(ff, lr):
     checker = Checker()
@@ -184,6 +189,7 @@ def test_filter_and_correction_rows_follow_the_sample_index(ff, lr):
                                           h.column("select/instance_filter", rows[1]))
 
 
+@pytest.mark.slow
 def test_correction_once_at_stage_start_and_filter_start_epoch(ff):
     stages = ff.stage("warm", 2, ff.comp("ce")) + ff.stage(
         "ff", 3, ff.comp("label_correction", '{ when = "stage_start", threshold = 0.5 }'),
@@ -199,6 +205,7 @@ def test_correction_once_at_stage_start_and_filter_start_epoch(ff):
         assert np.isnan(h.metric("ff/instance_filter/rate")[rows[0]])
 
 
+@pytest.mark.slow
 def test_oracle_rate_drops_the_realised_noise_share(ff):
     stages = ff.stage("s", 1, ff.comp("instance_filter", "{ oracle_rate = true }"),
                       ff.comp("ce"))
@@ -219,18 +226,19 @@ class ParamProbe:
         self.snapshots: list[dict[str, torch.Tensor]] = []
 
     @kdcore.hookimpl
-    def kdcore_run_start(self, run):
-        self.snapshots.append(self._copy(run))
+    def kdcore_run_start(self, ctx):
+        self.snapshots.append(self._copy(ctx))
 
     @kdcore.hookimpl
-    def kdcore_epoch_end(self, run, epoch, metrics):
-        self.snapshots.append(self._copy(run))
+    def kdcore_epoch_end(self, ctx, epoch, metrics):
+        self.snapshots.append(self._copy(ctx))
 
     @staticmethod
-    def _copy(run):
-        return {k: v.detach().clone() for k, v in run.models["student"].state_dict().items()}
+    def _copy(ctx):
+        return {k: v.detach().clone() for k, v in ctx.models["student"].state_dict().items()}
 
 
+@pytest.mark.slow
 def test_warmup_classifier_only_then_full_then_hands_over(ff):
     probe = ParamProbe()
     stages = ff.stage("warmup", 3, ff.comp(
@@ -248,14 +256,15 @@ def test_warmup_classifier_only_then_full_then_hands_over(ff):
     assert any(not torch.equal(first[k], second[k]) for k in trunk)
 
 
+@pytest.mark.slow
 def test_warmup_on_noisy_labels_ignores_refined_targets(ff):
     class Peek:
         checked = 0
 
         @kdcore.hookimpl
-        def kdcore_batch_end(self, run, batch, losses):
+        def kdcore_batch_end(self, ctx, batch, losses):
             with torch.no_grad():  # lr 0: the model after the step is the model of the step
-                logits = run.models["student"](batch.x)[0]
+                logits = ctx.models["student"](batch.x)[0]
             on_noisy = F.cross_entropy(logits, batch.noisy_label)
             on_targets = soft_cross_entropy(logits, batch.targets).mean()
             loss = float(losses["student"].detach())
@@ -274,9 +283,164 @@ def test_warmup_on_noisy_labels_ignores_refined_targets(ff):
     ("instance_filter", "{ rate = 1.5 }", r"params\.rate.*\[0, 1\)"),
     ("instance_filter", '{ criterion = "margin" }', r"params\.criterion"),
     ("label_correction", "{ threshold = 2.0 }", r"params\.threshold.*\[0, 1\]"),
-    ("label_correction", '{ model = "teacher" }', r"no model role 'teacher'"),
     ("ff_warmup", "{ epochs = -1 }", r"params\.epochs"),
 ])
 def test_bad_parameters_are_clear_errors(ff, use, params, message):
-    with pytest.raises(kdcore.RecipeError, match=message):
-        ff.run(ff.stage("s", 1, ff.comp(use, params), ff.comp("ce")))
+    with pytest.raises(RecipeError, match=message):
+        ff.plan(ff.stage("s", 1, ff.comp(use, params), ff.comp("ce")))
+
+
+# -- the plan's wiring check ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class ReaderParams:
+    column: ColumnName = ColumnName("")
+
+
+class Reader(kdcore.Component):
+    """Reads one ledger column named by a parameter (a stand-in for a downstream method)."""
+
+    Params = ReaderParams
+
+    def on_epoch_start(self, ctx):
+        ctx.ledger[self.params.column]
+
+
+class ReaderPlugin:
+    @kdcore.hookimpl
+    def kdcore_add_components(self):
+        return {"reader": Reader}
+
+
+def test_plan_checks_model_roles_and_declared_columns(ff):
+    filt = ff.comp("instance_filter", '{ model = "student" }')
+    corr = ff.comp("label_correction")
+    plan = ff.plan(ff.stage("s", 1, corr, filt, ff.comp("ce")))
+    lc, inst = plan.stages[0].components[:2]
+    assert inst.roles() == ("student",) and lc.roles() == ()
+    assert set(inst.written_columns()) == {"ff/instance_filter/score", "select/instance_filter",
+                                           "select/instance_filter/student"}
+    assert set(lc.written_columns()) == {"base_target", "lc/label_correction/label",
+                                         "lc/label_correction/confidence", "target"}
+    # a model role that [models] does not define, named by a Role parameter
+    for use in ("instance_filter", "label_correction"):
+        with pytest.raises(RecipeError, match="model role 'teacher'"):
+            ff.plan(ff.stage("s", 1, ff.comp(use, '{ model = "teacher" }'), ff.comp("ce")))
+    # serving two models without naming the one whose predictions count
+    two = ff.comp("instance_filter", models='["student", "peer"]')
+    peer = ('\n[models.peer]\narch = "mlp"\nparams = { hidden = [8] }\n'
+            'optimizer = { lr = 0.1 }\n')
+    with pytest.raises(RecipeError, match="set params.model"):
+        ff.plan(peer + ff.stage("s", 1, two, ff.comp("ce")))
+    # a reader of the correction's column is wired after it, refused before it
+    reader = ff.comp("reader", '{ column = "lc/label_correction/label" }')
+    ff.plan(ff.stage("s", 1, corr, reader, ff.comp("ce")), plugins=[ReaderPlugin()])
+    with pytest.raises(RecipeError, match="'lc/label_correction/label'"):
+        ff.plan(ff.stage("s", 1, reader, corr, ff.comp("ce")), plugins=[ReaderPlugin()])
+    score = ff.comp("reader", '{ column = "ff/instance_filter/score" }')
+    with pytest.raises(RecipeError, match="'ff/instance_filter/score'"):
+        ff.plan(ff.stage("s", 1, score, filt, ff.comp("ce")), plugins=[ReaderPlugin()])
+
+
+# -- one component alone (kdcore.testing.harness) ------------------------------------------------
+
+
+class Net(kdcore.KDModel):
+    """A small MLP with dropout (what a frozen trunk must keep in eval mode)."""
+
+    def __init__(self, d_in: int = 6, classes: int = 4):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(d_in, 8), nn.ReLU(), nn.Dropout(0.5))
+        self.classifier = nn.Linear(8, classes)
+
+    def forward_features(self, x):
+        return self.trunk(x)
+
+
+def component_harness(cls, params=None, n: int = 40):
+    torch.manual_seed(0)
+    x, y = torch.randn(n, 6), torch.randint(0, 4, (n,))
+    clean = torch.where(torch.arange(n) % 4 == 0, (y + 1) % 4, y)
+    return harness(cls, params, x=x, noisy_label=y, clean_label=clean,
+                   models={"student": Net()}, train=("student",))
+
+
+def _eval_logits(h):
+    model = h.ctx.models["student"]
+    model.eval()
+    with torch.no_grad():
+        return model(h.run.data.train.x)[0]
+
+
+def test_instance_filter_writes_its_mask_and_scores_and_selects_the_batch_rows():
+    h = component_harness(InstanceFilter, {"rate": 0.25, "labels": "noisy"}).setup()
+    h.epoch_start(0)
+    logits = _eval_logits(h)
+    noisy = h.run.ledger["noisy_label"]
+    score = F.cross_entropy(logits, noisy, reduction="none")
+    keep = filter_mask(score, noisy, criterion="loss", rule="rate", rate=0.25, threshold=0,
+                       per_class=True)
+    name = "instancefilter"
+    assert torch.equal(h.run.ledger[f"select/{name}"], keep)
+    torch.testing.assert_close(h.run.ledger[f"ff/{name}/score"], score)
+    assert h.run.ledger.producer(f"ff/{name}/score") == name
+    assert h.metrics[f"ff/{name}/rate"] == 0.25
+    rows = torch.tensor([3, 17, 0, 29])
+    assert torch.equal(h.component.select(h.ctx, h.batch(rows)), keep[rows])
+    oracle = component_harness(InstanceFilter, {"oracle_rate": True})
+    oracle.run.ledger.add("clean_mask", torch.arange(40) < 30, producer="data", kind="mask")
+    assert oracle.setup().component.current_rate(oracle.ctx) == pytest.approx(0.25)
+
+
+def test_instance_filter_abstains_before_its_start_epoch():
+    h = component_harness(InstanceFilter, {"start_epoch": 1}).setup()
+    h.epoch_start(0)
+    assert "select/instancefilter" not in h.run.ledger
+    assert h.component.select(h.ctx, h.batch([0, 1])) is None
+    h.epoch_start(1)
+    assert h.component.select(h.ctx, h.batch([0, 1])) is not None
+
+
+def test_label_correction_writes_the_base_target_tagged_with_its_name():
+    h = component_harness(LabelCorrection, {"threshold": 0.0})
+    h.setup()
+    h.epoch_start(0)
+    led = h.run.ledger
+    pred = _eval_logits(h).argmax(1)
+    assert torch.equal(led["base_target"].argmax(1), pred)
+    assert led.producer("base_target") == "labelcorrection"
+    assert torch.equal(led["lc/labelcorrection/label"], pred)
+    moved = pred != led["noisy_label"]
+    assert h.metrics["lc/labelcorrection/relabelled"] == pytest.approx(
+        float(moved.double().mean()))
+    # a batch starts from the corrected base_target; refine itself changes nothing
+    batch = h.batch([2, 5])
+    assert torch.equal(h.component.refine(h.ctx, batch, batch.targets), one_hot(pred[[2, 5]], 4))
+
+
+def test_warmup_freezes_the_trunk_then_releases_it_at_the_stage_end():
+    h = component_harness(Warmup, {"classifier_only_epochs": 2}).setup()
+    model = h.ctx.models["student"]
+    h.epoch_start(0)
+    assert h.metrics["ff/warmup/classifier_only"] == 1.0
+    assert not model.trunk[0].weight.requires_grad and model.classifier.weight.requires_grad
+    model.train()
+    model(torch.randn(3, 6))
+    assert not model.trunk[2].training and model.training  # the pre-hook: dropout fixed
+    h.component.on_stage_end(h.ctx)  # the stage ended while frozen
+    model.train()
+    model(torch.randn(3, 6))
+    assert model.trunk[2].training  # no hook left to touch later stages
+    assert not h.component.handles
+
+
+def test_warmup_hands_over_after_its_epochs():
+    h = component_harness(Warmup, {"epochs": 1}).setup()
+    h.epoch_start(0)
+    batch = h.batch([0, 1, 2])
+    loss = h.component.transfer(h.ctx, batch)["student"]
+    torch.testing.assert_close(loss, F.cross_entropy(batch.out("student").logits,
+                                                     batch.noisy_label, reduction="none"))
+    h.epoch_start(1)
+    assert h.component.transfer(h.ctx, h.batch([0, 1, 2])) is None

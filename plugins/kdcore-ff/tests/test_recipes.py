@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import kdcore
 from kdcore.cli import main
+from kdcore.plan import build_plan
 from kdcore.testing import InterruptAt, Interrupted, assert_same_history
 from kdcore_ff import OPEN_CLASS_NAME
 
@@ -29,6 +30,7 @@ def _run(out: Path, extra=(), observers=(), resume=False):
                              host=kdcore.PluginHost(extra=list(observers)))
 
 
+@pytest.mark.slow
 def test_ff_recipe_runs_on_digits(tmp_path):
     summary = _run(tmp_path / "ff")
     student = summary["student"]
@@ -49,6 +51,7 @@ def test_ff_recipe_runs_on_digits(tmp_path):
         assert h.metric("ff/open_share")[0] == pytest.approx((status == 2).mean())
 
 
+@pytest.mark.slow
 def test_ff_recipe_resumes_to_the_same_history(tmp_path):
     _run(tmp_path / "straight")
     with pytest.raises(Interrupted):  # inside a classifier-only warm-up epoch
@@ -63,11 +66,20 @@ def test_ff_recipe_resumes_to_the_same_history(tmp_path):
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_ff_fmnist_recipe_validates():
-    result = CliRunner().invoke(main, ["check", str(RECIPES / "ff-fmnist.toml")],
+def test_ff_recipe_passes_kdcore_check():
+    """``kdcore check`` sets the run up as a run would (data, models, components)."""
+    result = CliRunner().invoke(main, ["check", str(RECIPES / "ff.toml")],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
+
+
+def test_ff_fmnist_recipe_validates():
+    """The plan (every check but loading the data: ``kdcore check`` also needs the
+    Fashion-MNIST files, which a test machine may lack)."""
     recipe = kdcore.load_recipe(RECIPES / "ff-fmnist.toml")
+    plan = build_plan(recipe, kdcore.PluginHost())
+    assert [c.spec.use for c in plan.stages[2].components] == [
+        "label_correction", "instance_filter", "ce"]
     assert recipe.data.dataset == "ncifar" and recipe.data.params == {"preset": "fmnist-lt"}
     assert recipe.data.noise.model == "ncifar_noise"
     assert [s.name for s in recipe.stages] == ["ssl", "warmup", "ff"]

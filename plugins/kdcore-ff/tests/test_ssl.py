@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import kdcore
-from kdcore_ff import feature_view, nt_xent
+from kdcore.testing import harness
+from kdcore_ff import SSLPretrain, feature_view, nt_xent
 from kdcore_ff.ssl import HEAD
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "ssl_golden.json").read_text())
@@ -103,19 +104,20 @@ class Snap:
         self.head = None
 
     @kdcore.hookimpl
-    def kdcore_run_start(self, run):
-        model = run.models["student"]
+    def kdcore_run_start(self, ctx):
+        model = ctx.models["student"]
         self.head = getattr(model, HEAD, None)
         self.start = {k: v.clone() for k, v in model.state_dict().items()}
 
     @kdcore.hookimpl
-    def kdcore_run_end(self, run, summary):
-        self.end = {k: v.clone() for k, v in run.models["student"].state_dict().items()}
+    def kdcore_run_end(self, ctx, summary):
+        self.end = {k: v.clone() for k, v in ctx.models["student"].state_dict().items()}
 
 
 SSL = '{ temperature = 0.5, projection_dim = 16, noise_std = 0.1, drop_prob = 0.2 }'
 
 
+@pytest.mark.slow
 def test_ssl_stage_trains_the_backbone_without_labels(ff):
     runs = []
     for closed_rate in (0.2, 0.0):  # other noisy labels, same images and seeds
@@ -142,6 +144,7 @@ def test_ssl_stage_trains_the_backbone_without_labels(ff):
     assert any(k.startswith(f"{HEAD}.") for k in saved)  # the head travels with the weights
 
 
+@pytest.mark.slow
 def test_ssl_on_images_with_a_cnn(ff):
     data = ('{ base = "digits", base_params = { flatten = false }, open_classes = [8, 9], '
             'open_rate = 0.2 }')
@@ -160,4 +163,53 @@ def test_head_shape_clash_is_a_clear_error(ff):
     stages = (ff.stage("a", 1, ff.comp("ssl_pretrain", "{ projection_dim = 8 }"))
               + ff.stage("b", 1, ff.comp("ssl_pretrain", "{ projection_dim = 16 }")))
     with pytest.raises(kdcore.RecipeError, match="already has a projection head"):
-        ff.run(stages)
+        ff.dry(stages)  # adapt_models, as the run is set up
+
+
+def test_views_draw_from_the_components_own_generator():
+    """Two views of the same inputs differ; the same seed gives the same views, and torch's
+    global random stream is not used."""
+    x = torch.rand(30, 6)
+    y = torch.randint(0, 3, (30,))
+    params = {"noise_std": 0.1, "drop_prob": 0.2, "projection_dim": 4}
+
+    def views(seed):
+        h = harness(SSLPretrain, params, x=x, noisy_label=y, seed=seed,
+                    models={"student": Net()})
+        h.component.adapt_models(h.ctx)
+        h.setup()
+        state = torch.random.get_rng_state()
+        out = h.component.view(h.ctx, x), h.component.view(h.ctx, x)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        return out
+
+    a1, a2 = views(0)
+    b1, b2 = views(0)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2) and not torch.equal(a1, a2)
+    assert not torch.equal(views(1)[0], a1)
+
+
+def test_head_is_added_in_place_and_trained_by_the_loss():
+    x, y = torch.rand(12, 6), torch.randint(0, 3, (12,))
+    model = Net()
+    h = harness(SSLPretrain, {"projection_dim": 4}, x=x, noisy_label=y,
+                models={"student": model})
+    h.component.adapt_models(h.ctx)
+    assert h.ctx.models["student"] is model and isinstance(getattr(model, HEAD), torch.nn.Module)
+    h.component.adapt_models(h.ctx)  # again on resume: the same head, kept
+    h.setup()
+    loss = h.component.transfer(h.ctx, h.batch(torch.arange(12)))["student"]
+    assert loss.shape == (12,)
+    loss.mean().backward()
+    assert getattr(model, HEAD)[0].weight.grad is not None
+    assert model.trunk[0].weight.grad is not None and model.classifier.weight.grad is None
+
+
+class Net(kdcore.KDModel):
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU())
+        self.classifier = torch.nn.Linear(8, 3)
+
+    def forward_features(self, x):
+        return self.trunk(x)

@@ -10,11 +10,11 @@ Reading implemented (specification ``methods/lsh.md``, see the package README):
   the BCE of the student's projections ``W f_s + b`` on the teacher's bits ``1[W f_t + b > 0]``;
   ``lshl2``: their sum; ``lshl2_s``: ``lshl2`` averaged only over the samples whose teacher
   argmax equals the label (``correct_against``);
-* ``W`` is drawn once per stage from ``N(0, sigma^2)`` with ``run.generator`` (``sigma``: the
-  standard deviation of the teacher's classifier weight unless given) and frozen; ``b`` is 0, or
-  minus the mean or the median of ``W f_t`` over the training set, from
-  ``run.features(teacher)``: eval mode and **un-augmented** inputs, where the release passes
-  the augmented training loader (a deliberate deviation: the pass is shared with other
+* ``W`` is drawn once per stage from ``N(0, sigma^2)`` with the component's own generator
+  (``ctx.generator``; ``sigma``: the standard deviation of the teacher's classifier weight unless
+  given) and frozen; ``b`` is 0, or minus the mean or the median of ``W f_t`` over the training
+  set, from ``ctx.features(teacher)``: eval mode and **un-augmented** inputs, where the release
+  passes the augmented training loader (a deliberate deviation: the pass is shared with other
   components and deterministic);
 * ``W``, ``b`` and ``sigma`` are component state, checkpointed for exact resume; a component
   with the same label and ``use`` in the next stage keeps them (kdcore's ``carry_state``).
@@ -28,6 +28,7 @@ import attrs
 import torch
 
 import kdcore
+from kdcore import Role
 from kdcore.validators import positive
 from kdcore_lsh import functional as lshf
 from kdcore_lsh.connector import attach_connector
@@ -55,7 +56,7 @@ class MimicParams:
             or ``"epoch"``: again at every epoch start, for a teacher that trains meanwhile.
     """
 
-    teacher: str = "teacher"
+    teacher: Role = Role("teacher")
     force_connector: bool = False
     num_hashes: int | None = attrs.field(default=None, validator=positive)
     sigma: float | None = attrs.field(default=None, validator=positive)
@@ -85,6 +86,12 @@ class FeatureMimic(kdcore.Component):
 
     def __init__(self, params: Any, spec: kdcore.ComponentSpec):
         super().__init__(params, spec)
+        if params.teacher in self.models:
+            raise ValueError(
+                f"component '{self.name}' would make '{params.teacher}' mimic itself; list the "
+                f"students in its 'models' (it serves {list(self.models)})")
+        self.device = torch.device("cpu")
+        self.dim = 0
         self.projection: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
         self.sigma: float | None = None
@@ -95,27 +102,16 @@ class FeatureMimic(kdcore.Component):
 
     # -- structure --------------------------------------------------------------------------
 
-    def _teacher(self, run: kdcore.Run) -> kdcore.KDModel:
-        teacher = self.params.teacher
-        if teacher not in run.models:
-            raise kdcore.RecipeError(
-                f"component '{self.name}': teacher role '{teacher}' is not defined in [models]")
-        if teacher in self.models:
-            raise kdcore.RecipeError(
-                f"component '{self.name}' would make '{teacher}' mimic itself; list the "
-                f"students in its 'models' (it serves {list(self.models)})")
-        return run.models[teacher]
-
-    def adapt_models(self, run: kdcore.Run) -> None:
-        dim = self._teacher(run).feature_dim
+    def adapt_models(self, ctx: kdcore.RunContext) -> None:
+        dim = ctx.models[self.params.teacher].feature_dim
         for role in self.models:
-            attach_connector(run, role, dim, force=self.params.force_connector, owner=self.name)
+            attach_connector(ctx, role, dim, force=self.params.force_connector, owner=self.name)
 
-    def setup(self, run: kdcore.Run) -> None:
-        self.run = run
-        self.dim = self._teacher(run).feature_dim
+    def setup(self, ctx: kdcore.RunContext) -> None:
+        self.device = ctx.device  # where load_state_dict puts W and b
+        self.dim = ctx.models[self.params.teacher].feature_dim
         for role in self.models:
-            have = run.models[role].feature_dim
+            have = ctx.models[role].feature_dim
             if have != self.dim:  # adapt_models ran for every stage's components: cannot happen
                 raise kdcore.KdcoreError(
                     f"component '{self.name}': model '{role}' has {have} features, the teacher "
@@ -123,41 +119,41 @@ class FeatureMimic(kdcore.Component):
 
     # -- the projection ---------------------------------------------------------------------
 
-    def on_stage_start(self, run: kdcore.Run) -> None:
+    def on_stage_start(self, ctx: kdcore.RunContext) -> None:
         if not self.uses_lsh:
             return
         num_hashes = self.params.num_hashes or 32 * self.dim
         if self.projection is not None and tuple(self.projection.shape) == (num_hashes, self.dim):
             return  # carried over from the previous stage (same label and use): keep W and b
-        teacher = run.models[self.params.teacher]
+        teacher = ctx.models[self.params.teacher]
         if self.params.sigma is not None:
             sigma = float(self.params.sigma)
         else:
             sigma = float(teacher.classifier.weight.detach().std())
         self.sigma = sigma
-        self.projection = lshf.draw_projection(num_hashes, self.dim, sigma, run.generator).to(
-            run.device)
-        self.bias = self.compute_bias(run)
+        self.projection = lshf.draw_projection(num_hashes, self.dim, sigma, ctx.generator).to(
+            ctx.device)
+        self.bias = self.compute_bias(ctx)
 
-    def compute_bias(self, run: kdcore.Run) -> torch.Tensor:
+    def compute_bias(self, ctx: kdcore.RunContext) -> torch.Tensor:
         """The bias of the chosen kind from the teacher's features over the training set."""
         assert self.projection is not None
         kind = self.params.bias
         if kind == "zero":
             return torch.zeros(self.projection.shape[0], device=self.projection.device)
-        features = run.features(self.params.teacher).features.to(self.projection.device)
+        features = ctx.features(self.params.teacher).features.to(self.projection.device)
         if kind == "mean":
             return lshf.mean_bias(features, self.projection)
         return lshf.median_bias(features, self.projection)
 
-    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+    def on_epoch_start(self, ctx: kdcore.RunContext) -> None:
         if not self.uses_lsh:
             return
-        if self.params.bias_update == "epoch" and epoch > 0 and self.params.bias != "zero":
-            self.bias = self.compute_bias(run)
+        if self.params.bias_update == "epoch" and ctx.epoch > 0 and self.params.bias != "zero":
+            self.bias = self.compute_bias(ctx)
         assert self.projection is not None
-        run.log_metric(f"lsh/{self.name}/sigma", float(self.sigma or 0.0))
-        run.log_metric(f"lsh/{self.name}/num_hashes", float(self.projection.shape[0]))
+        ctx.log_metric(f"lsh/{self.name}/sigma", float(self.sigma or 0.0))
+        ctx.log_metric(f"lsh/{self.name}/num_hashes", float(self.projection.shape[0]))
 
     # -- the loss ---------------------------------------------------------------------------
 
@@ -173,7 +169,7 @@ class FeatureMimic(kdcore.Component):
         assert loss is not None
         return loss
 
-    def transfer(self, batch: kdcore.Batch) -> dict[str, torch.Tensor]:
+    def transfer(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> dict[str, torch.Tensor]:
         teacher = batch.out(self.params.teacher).features.detach()
         return {role: self.per_sample(batch.out(role).features, teacher) for role in self.models}
 
@@ -189,7 +185,7 @@ class FeatureMimic(kdcore.Component):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
-        device = self.run.device
+        device = self.device
         self.projection = torch.as_tensor(state["projection"]).to(device)
         self.bias = torch.as_tensor(state["bias"]).to(device)
         self.sigma = float(state["sigma"])
@@ -234,7 +230,7 @@ class SelectiveLSHL2Mimic(LSHL2Mimic):
         labels = batch.noisy_label if self.params.correct_against == "noisy" else batch.targets
         return lshf.teacher_correct(logits, labels.detach())
 
-    def select(self, batch: kdcore.Batch) -> torch.Tensor:
+    def select(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> torch.Tensor:
         return self.correct(batch)
 
 

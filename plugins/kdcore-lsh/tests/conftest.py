@@ -34,26 +34,29 @@ def comp() -> Callable[..., dict[str, Any]]:
     return student_component
 
 
+def lsh_recipe_data(*components: Mapping[str, Any], student_hidden: int = 16, epochs: int = 1,
+                    seed: int = 0, more_stages: Sequence[Mapping[str, Any]] = ()
+                    ) -> dict[str, Any]:
+    """A tiny recipe (kdcore.testing's, checkpointed every epoch: the resume tests kill
+    mid-stage): a teacher stage, a student stage with ``components``, then ``more_stages``."""
+    student = {**MODELS["student"], "params": {"hidden": [student_hidden]}}
+    return tiny_recipe(
+        teacher_stage(2),
+        stage("student", epochs, ["student"], *components),
+        *more_stages,
+        models={**MODELS, "student": student}, name="lsh-test", seed=seed,
+    )
+
+
 @pytest.fixture
 def run_lsh(tmp_path: Path) -> Callable[..., dict[str, Any]]:
-    """Run a tiny recipe (kdcore.testing's, checkpointed every epoch: the resume tests kill
-    mid-stage) whose student stage has ``components``, then the ``more_stages``; returns the
-    summary."""
+    """Run :func:`lsh_recipe_data` (whose options it takes) in process; returns the summary."""
     count = [0]
 
-    def run(*components: Mapping[str, Any], student_hidden: int = 16, epochs: int = 1,
-            seed: int = 0, more_stages: Sequence[Mapping[str, Any]] = (),
-            plugins: Iterable[Any] = (), out: Path | None = None, resume: bool = False,
-            ) -> dict[str, Any]:
+    def run(*components: Mapping[str, Any], plugins: Iterable[Any] = (), out: Path | None = None,
+            resume: bool = False, **options: Any) -> dict[str, Any]:
         count[0] += 1
-        student = {**MODELS["student"], "params": {"hidden": [student_hidden]}}
-        recipe = tiny_recipe(
-            teacher_stage(2),
-            stage("student", epochs, ["student"], *components),
-            *more_stages,
-            models={**MODELS, "student": student}, name="lsh-test", seed=seed,
-        )
-        return run_tiny(recipe, out or tmp_path / f"run{count[0]}", plugins=plugins,
-                        resume=resume)
+        return run_tiny(lsh_recipe_data(*components, **options),
+                        out or tmp_path / f"run{count[0]}", plugins=plugins, resume=resume)
 
     return run

@@ -34,13 +34,17 @@ from kdcore.metrics import accuracy
 
 Order = Literal["simultaneous", "in_turn"]
 
+TURN_KEY = "in_turn"
+"""The key of a batch's :class:`_Turn` in ``batch.store``, under the component's name."""
+
 
 class _Turn:
     """The in-turn state of one batch: peer predictions, pending losses, who stepped."""
 
-    def __init__(self, comp: MutualComponent, batch: kdcore.Batch, context: Any,
-                 peer_logits: dict[str, torch.Tensor], learners: list[str]):
+    def __init__(self, comp: MutualComponent, ctx: kdcore.RunContext, batch: kdcore.Batch,
+                 context: Any, peer_logits: dict[str, torch.Tensor], learners: list[str]):
         self.comp = comp
+        self.ctx = ctx
         self.batch = batch
         self.context = context
         self.peer_logits = dict(peer_logits)
@@ -56,15 +60,15 @@ class _Turn:
     def offer(self, role: str, loss: torch.Tensor) -> None:
         """Take over ``role``'s backward; run every turn whose predecessors are done."""
         self.pending[role] = loss
-        run = self.comp.run
+        ctx = self.ctx
         while self.done < len(self.learners) and self.learners[self.done] in self.pending:
             current = self.learners[self.done]
             self.pending.pop(current).backward()
             if self.done < len(self.learners) - 1:  # the engine steps the last one
-                optimizer = run.optimizers[current]
+                optimizer = ctx.optimizers[current]
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                run.mark_stepped(current)  # the engine skips its own step of this peer
+                ctx.mark_stepped(current)  # the engine skips its own step of this peer
                 self.stepped.append(current)
                 self.peer_logits[current] = self._recompute(current)
             self.done += 1
@@ -72,7 +76,7 @@ class _Turn:
     def _recompute(self, role: str) -> torch.Tensor:
         """The stepped peer's logits on the batch, leaving its buffers (BN statistics) as
         they were, so that one batch updates them once."""
-        model = self.comp.run.models[role]
+        model = self.ctx.models[role]
         buffers = [b.clone() for b in model.buffers()]
         with torch.no_grad():
             logits = model(self.batch.x)[0].detach()
@@ -108,22 +112,30 @@ class MutualComponent(kdcore.Component):
     """Base class of ``smkd`` and ``dml`` (subclasses set ``Params`` with ``order`` and
     ``log_ensemble`` and implement :meth:`peer_loss` and :meth:`batch_context`)."""
 
-    def setup(self, run: kdcore.Run) -> None:
+    def __init__(self, params: Any, spec: kdcore.ComponentSpec):
+        super().__init__(params, spec)
         peers = self.models
         if len(peers) < 2 or len(set(peers)) != len(peers):
-            raise kdcore.RecipeError(
+            # also reported by the plugin's kdcore_configure, with the recipe's key path
+            raise ValueError(
                 f"component '{self.name}' needs two or more distinct peer models, got "
                 f"{list(peers)}; train them together (stage 'train') or name them in 'models'")
-        for role in peers:
-            if role not in run.models:
-                raise kdcore.RecipeError(f"component '{self.name}': no model role '{role}'")
-        self.run = run
         self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def written_columns(self) -> tuple[str, ...]:
+        """Besides the hooks' own: each peer's selection mask ``select/<name>/<role>``,
+        written from ``transfer`` (the roles are the recipe's, so not a class attribute)."""
+        own = tuple(f"select/{self.name}/{role}" for role in self.models)
+        return tuple(dict.fromkeys((*super().written_columns(), *own)))
+
+    def setup(self, ctx: kdcore.RunContext) -> None:
+        self._sums = {}
         self._count = 0
 
     # -- what subclasses provide ------------------------------------------------------------
 
-    def batch_context(self, batch: kdcore.Batch) -> Any:
+    def batch_context(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> Any:
         """Per-batch values shared by the peers' losses (a threshold, a trust)."""
         return None
 
@@ -142,27 +154,29 @@ class MutualComponent(kdcore.Component):
 
     # -- time within the stage --------------------------------------------------------------
 
-    def stage_time(self, batch: kdcore.Batch, unit: Literal["step", "epoch"] = "step"
+    @staticmethod
+    def stage_time(ctx: kdcore.RunContext, unit: Literal["step", "epoch"] = "step"
                    ) -> tuple[int, int]:
         """``(t, Gamma)``: the optimiser step within the stage and the stage's total steps
         (``epochs x ceil(N / batch_size)``), or the epoch and the number of epochs."""
-        epochs = self.run.stage.epochs if self.run.stage is not None else 1
+        epochs = ctx.stage.epochs if ctx.stage is not None else 1
         if unit == "epoch":
-            return self.run.epoch, epochs
-        per_epoch = max(1, self.run.steps_per_epoch)
-        return self.run.stage_step, epochs * per_epoch
+            return ctx.epoch, epochs
+        per_epoch = max(1, ctx.steps_per_epoch)
+        return ctx.stage_step, epochs * per_epoch
 
     # -- the component hooks ----------------------------------------------------------------
 
-    def on_epoch_start(self, run: kdcore.Run, epoch: int) -> None:
+    def on_epoch_start(self, ctx: kdcore.RunContext) -> None:
         self._sums = {}
         self._count = 0
 
-    def transfer(self, batch: kdcore.Batch) -> Mapping[str, torch.Tensor] | None:
-        context = self.batch_context(batch)
+    def transfer(self, ctx: kdcore.RunContext, batch: kdcore.Batch
+                 ) -> Mapping[str, torch.Tensor] | None:
+        context = self.batch_context(ctx, batch)
         peer_logits = {r: batch.out(r).logits.detach() for r in self.models}
-        self._record(batch, peer_logits, context)
-        learners = [r for r in self.models if self.run.trains(r)]
+        self._record(ctx, batch, peer_logits, context)
+        learners = [r for r in self.models if ctx.trains(r)]
         if not learners:
             return None
         if self.params.order == "simultaneous":
@@ -171,19 +185,20 @@ class MutualComponent(kdcore.Component):
                 peers = [z for r, z in peer_logits.items() if r != role]
                 out[role] = self.peer_loss(batch, role, batch.out(role).logits, peers, context)
             return out
-        turn = _Turn(self, batch, context, peer_logits, learners)
-        batch.scratch[self._turn_key] = turn
+        turn = _Turn(self, ctx, batch, context, peer_logits, learners)
+        batch.store.put(self.name, TURN_KEY, turn)
         return {r: _DeferredLoss.apply(batch.out(r).logits, turn, r) for r in learners}
 
-    def backward(self, batch: kdcore.Batch, role: str, loss: torch.Tensor) -> bool:
-        turn = batch.scratch.get(self._turn_key)
+    def backward(self, ctx: kdcore.RunContext, batch: kdcore.Batch, role: str,
+                 loss: torch.Tensor) -> bool:
+        turn = batch.store.get(self.name, TURN_KEY)
         if turn is None or role not in turn.learners:
             return False
         turn.offer(role, loss)
         return True
 
-    def after_step(self, batch: kdcore.Batch) -> None:
-        turn = batch.scratch.get(self._turn_key)
+    def after_step(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> None:
+        turn = batch.store.get(self.name, TURN_KEY)
         if turn is not None and not turn.finished:
             missing = turn.learners[turn.done:]
             raise kdcore.KdcoreError(
@@ -191,15 +206,15 @@ class MutualComponent(kdcore.Component):
                 f"pass of {missing}: another component took it over; use order = "
                 f"\"simultaneous\" or remove that component")
 
-    def on_epoch_end(self, run: kdcore.Run, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, ctx: kdcore.RunContext, metrics: dict[str, float]) -> None:
         if not self.params.log_ensemble:
             return
         # the spec leaves open which model is reported: log the ensemble and the better peer
-        data = run.data
+        data = ctx.data
         for split, labels in (("val", data.val_noisy), ("test", data.test.y)):
             if labels.numel() == 0:
                 continue
-            probs = sum(F.softmax(run.features(r, split).logits, dim=1) for r in self.models)
+            probs = sum(F.softmax(ctx.features(r, split).logits, dim=1) for r in self.models)
             metrics[f"ensemble/{self.name}/{split}_acc"] = accuracy(
                 probs.argmax(1), labels.to(probs.device))
         scored = [(metrics[f"val/{r}/acc"], -i, r) for i, r in enumerate(self.models)
@@ -211,24 +226,20 @@ class MutualComponent(kdcore.Component):
 
     # -- records ----------------------------------------------------------------------------
 
-    @property
-    def _turn_key(self) -> str:
-        return f"{self.name}:in_turn"
-
-    def _record(self, batch: kdcore.Batch, peer_logits: dict[str, torch.Tensor],
-                context: Any) -> None:
+    def _record(self, ctx: kdcore.RunContext, batch: kdcore.Batch,
+                peer_logits: dict[str, torch.Tensor], context: Any) -> None:
         """Each peer's selection mask into the ledger (not masking any loss), and the
         epoch means of the batch metrics."""
         for role, z in peer_logits.items():
-            self.run.ledger.write(f"select/{self.name}/{role}", batch.index,
-                                  self.selected(z, context), producer=self.name, kind="mask")
+            ctx.ledger.write(f"select/{self.name}/{role}", batch.index,
+                             self.selected(z, context), kind="mask")
         values = self.batch_metrics(context)
         if not values:
             return
         if self._count == 0:
             for key, value in values.items():
-                self.run.log_metric(f"{key}_start", value)
+                ctx.log_metric(f"{key}_start", value)
         self._count += 1
         for key, value in values.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
-            self.run.log_metric(key, self._sums[key] / self._count)
+            ctx.log_metric(key, self._sums[key] / self._count)

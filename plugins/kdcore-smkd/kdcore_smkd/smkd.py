@@ -93,9 +93,9 @@ class SMKD(MutualComponent):
     Params = SMKDParams
     description = "selective mutual KD (static or progressive certainty threshold)"
 
-    def batch_context(self, batch: kdcore.Batch) -> SMKDContext:
+    def batch_context(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> SMKDContext:
         p = self.params
-        t, total = self.stage_time(batch, p.time_unit)
+        t, total = self.stage_time(ctx, p.time_unit)
         eta = threshold_at(t, total, schedule=p.schedule, threshold=p.threshold,
                            direction=p.direction, exp_base=p.exp_base, transit=p.transit)
         return SMKDContext(eta, global_trust(t, total, p.exp_base, p.transit))

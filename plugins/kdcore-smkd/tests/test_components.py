@@ -6,11 +6,15 @@ from __future__ import annotations
 import copy
 import math
 
+import attrs
 import numpy as np
 import pytest
 import torch
 
 import kdcore
+from kdcore import ColumnName
+from kdcore.testing import harness
+from kdcore_smkd import DML, SMKD
 from kdcore_smkd.losses import dml_loss, selection_mask, smkd_loss, threshold_at
 
 PEERS = ("peer_a", "peer_b")
@@ -28,19 +32,19 @@ class Recorder:
         self.results: list = []
 
     @kdcore.hookimpl
-    def kdcore_run_start(self, run):
-        self.start = {r: copy.deepcopy(m) for r, m in run.models.items()}
+    def kdcore_run_start(self, ctx):
+        self.start = {r: copy.deepcopy(m) for r, m in ctx.models.items()}
 
     @kdcore.hookimpl
-    def kdcore_batch_end(self, run, batch, losses):
+    def kdcore_batch_end(self, ctx, batch, losses):
         self.batches.append((batch.index.clone(), batch.x.clone(), batch.targets.clone()))
         if self.check is not None:
-            self.results.append(self.check(run, batch, losses))
+            self.results.append(self.check(ctx, batch, losses))
 
     @kdcore.hookimpl
-    def kdcore_run_end(self, run, summary):
+    def kdcore_run_end(self, ctx, summary):
         self.end = {r: {k: v.detach().clone() for k, v in m.state_dict().items()}
-                    for r, m in run.models.items()}
+                    for r, m in ctx.models.items()}
 
 
 def _assert_same_weights(a, b, **tol):
@@ -52,11 +56,70 @@ def _assert_same_weights(a, b, **tol):
 # -- the ledger record --------------------------------------------------------------------------
 
 
+class Linear(torch.nn.Module):
+    """A model as kdcore's return ``(logits, features)``."""
+
+    def __init__(self, d: int, c: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(d, c)
+
+    def forward(self, x):
+        return self.fc(x), x
+
+
+def _peers_harness(cls, params, train=PEERS):
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 6), torch.randint(0, 4, (40,))
+    models = {r: Linear(6, 4) for r in PEERS}
+    return harness(cls, params, x=x, noisy_label=y, models=models, train=train, serves=PEERS,
+                   name="smkd")
+
+
+def test_transfer_records_each_peers_mask_at_the_batch_rows():
+    h = _peers_harness(SMKD, MIXED).setup()
+    h.epoch_start(0)
+    rows = torch.tensor([7, 3, 31, 0, 12, 25])
+    batch = h.batch(rows)
+    losses = h.component.transfer(h.ctx, batch)
+    z = {r: batch.out(r).logits.detach() for r in PEERS}
+    for role, other in (PEERS, PEERS[::-1]):
+        torch.testing.assert_close(
+            losses[role], smkd_loss(z[role], [z[other]], batch.targets, threshold=0.12,
+                                    certainty_measure="max_prob"))
+        column = h.run.ledger[f"select/smkd/{role}"]
+        assert torch.equal(column[rows], selection_mask(z[role], 0.12, "max_prob"))
+        assert h.run.ledger.producer(f"select/smkd/{role}") == "smkd"
+        untouched = torch.ones(40, dtype=torch.bool)
+        untouched[rows] = False
+        assert not column[untouched].any()
+    assert h.metrics["select/smkd/threshold"] == pytest.approx(0.12)
+    assert h.metrics["select/smkd/threshold_start"] == pytest.approx(0.12)
+    assert batch.store.get("smkd", "in_turn") is None  # simultaneous: no turn
+
+
+def test_in_turn_keeps_its_turn_in_the_batch_store_under_its_name():
+    h = _peers_harness(DML, {"order": "in_turn"}).setup()
+    batch = h.batch([0, 1, 2, 3])
+    h.component.transfer(h.ctx, batch)
+    turn = batch.store.require("smkd", "in_turn")
+    assert turn.learners == list(PEERS) and not turn.finished
+
+
+def test_a_frozen_peer_gets_no_loss_but_its_mask_is_recorded():
+    h = _peers_harness(DML, {}, train=("peer_a",)).setup()
+    losses = h.component.transfer(h.ctx, h.batch([4, 5]))
+    assert set(losses) == {"peer_a"}
+    assert h.run.ledger["select/smkd/peer_b"][[4, 5]].all()
+
+
+
+
+@pytest.mark.slow
 def test_masks_are_recorded_at_the_batch_rows_and_do_not_mask_the_loss(run_peers, component):
-    def check(run, batch, losses):
+    def check(ctx, batch, losses):
         out = {r: batch.out(r).logits.detach() for r in PEERS}  # cached: before the step
         masks_ok = all(
-            torch.equal(run.ledger[f"select/smkd/{r}"][batch.index],
+            torch.equal(ctx.ledger[f"select/smkd/{r}"][batch.index],
                         selection_mask(out[r], 0.12, "max_prob")) for r in PEERS)
         # the engine's loss is the mean over *every* sample of the batch
         expected = {r: smkd_loss(out[r], [out[o] for o in PEERS if o != r], batch.targets,
@@ -65,7 +128,7 @@ def test_masks_are_recorded_at_the_batch_rows_and_do_not_mask_the_loss(run_peers
         loss_ok = all(math.isclose(float(losses[r].detach()), float(expected[r].detach()),
                                    rel_tol=1e-5)
                       for r in PEERS)
-        selected = int(run.ledger["select/smkd/peer_a"][batch.index].sum())
+        selected = int(ctx.ledger["select/smkd/peer_a"][batch.index].sum())
         return masks_ok, loss_ok, selected, len(batch), bool((batch.index != torch.arange(
             len(batch))).any())
 
@@ -90,6 +153,7 @@ def test_masks_are_recorded_at_the_batch_rows_and_do_not_mask_the_loss(run_peers
                                                        h.metric("test/peer_b/acc")[0])
 
 
+@pytest.mark.slow
 def test_progressive_threshold_is_logged_per_epoch(run_peers, component):
     params = {"schedule": "progressive", "exp_base": 8.0, "transit": 0.4}
     with run_peers(component("smkd", params), epochs=3, batch=50) as h:
@@ -108,6 +172,7 @@ def test_progressive_threshold_is_logged_per_epoch(run_peers, component):
 # -- the special cases, as whole runs -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_zero_knowledge_run_is_independent_training(run_peers, component):
     """threshold > 1: fallback none = plain CE on each peer; uniform = label smoothing."""
     runs = {
@@ -126,6 +191,7 @@ def test_zero_knowledge_run_is_independent_training(run_peers, component):
     _assert_same_weights(ends["smkd_ls"], ends["ls"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_all_knowledge_run_is_dml(run_peers, component):
     """threshold <= 0, epsilon 0.5, KL form and recipe weight 2 trains exactly as DML."""
     rec_s, rec_d = Recorder(), Recorder()
@@ -171,6 +237,7 @@ def _replay(rec: Recorder, loss_fn, order: str) -> dict[str, dict[str, torch.Ten
     return {r: {k: v.detach() for k, v in models[r].state_dict().items()} for r in PEERS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("use", "params", "loss_fn"), [
     ("dml", {}, lambda z, p, q: dml_loss(z, [p], q)),
     ("smkd", {"schedule": "static", "threshold": 0.12, "certainty": "max_prob"},
@@ -197,6 +264,7 @@ def test_in_turn_steps_each_peer_once_against_the_updated_peer(run_peers, compon
 # -- peers and parameters -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_three_peers(run_peers, component):
     extra = {"peer_c": {"arch": "mlp", "params": {"hidden": [8]}, "optimizer": {"lr": 0.1}}}
     train = ["peer_a", "peer_b", "peer_c"]
@@ -208,6 +276,7 @@ def test_three_peers(run_peers, component):
                 assert np.isfinite(h.metric(f"train/{role}/{use}")).all()
 
 
+@pytest.mark.slow
 def test_a_frozen_peer_is_a_fixed_teacher(run_peers, component):
     comps = component("smkd", models=["peer_a", "peer_b"])
     with run_peers(comps, train=["peer_a"]) as h:
@@ -216,28 +285,69 @@ def test_a_frozen_peer_is_a_fixed_teacher(run_peers, component):
         assert "select/smkd/peer_b/fraction" in h.metric_names()
 
 
-def test_one_peer_is_an_error(run_peers, component):
+def test_one_peer_is_an_error(plan, component):
     for use in ("smkd", "dml"):
         with pytest.raises(kdcore.RecipeError, match="two or more distinct peer models"):
-            run_peers(component(use), train=["peer_a"], name=use)
+            plan(component(use), train=["peer_a"])
+        with pytest.raises(kdcore.RecipeError, match="two or more distinct peer models"):
+            plan(component(use, models=["peer_a", "peer_a"]))
 
 
-def test_bad_parameters_are_rejected(run_peers, component):
+def test_bad_parameters_are_rejected(plan, component):
     cases = [({"epsilon": 1.5}, r"params\.epsilon.*\[0, 1\]"),
              ({"treshold": 0.3}, "did you mean 'threshold'"),
              ({"direction": "down"}, "'relax' or 'tighten'"),
              ({"temperature": 0}, "temperature.*positive")]
     for params, message in cases:
         with pytest.raises(kdcore.RecipeError, match=message):
-            run_peers(component("smkd", params))
+            plan(component("smkd", params))
     with pytest.raises(kdcore.RecipeError, match="'sum' or 'mean'"):
-        run_peers(component("dml", {"peer_reduction": "avg"}))
+        plan(component("dml", {"peer_reduction": "avg"}))
+
+
+@attrs.frozen
+class ReaderParams:
+    column: ColumnName = ColumnName("")
+
+
+class Reader(kdcore.Component):
+    """Reads one ledger column named by a parameter (a stand-in for a downstream method)."""
+
+    Params = ReaderParams
+
+    def on_epoch_start(self, ctx):
+        ctx.ledger[self.params.column]
+
+
+class ReaderPlugin:
+    @kdcore.hookimpl
+    def kdcore_add_components(self):
+        return {"reader": Reader}
+
+
+@pytest.mark.parametrize("use", ["smkd", "dml"])
+def test_plan_checks_the_selection_columns_and_the_peer_roles(plan, component, use):
+    """Each peer's ``select/<name>/<role>`` is declared: a reader after the component is
+    wired; one before it, or one reading a role the component does not serve, is refused."""
+    reader = component("reader", {"column": f"select/{use}/peer_b"}, models=["peer_a"])
+    mutual = component(use)
+    comp = plan(mutual, reader, plugins=(ReaderPlugin(),)).stages[0].components[0]
+    assert set(comp.written_columns()) >= {f"select/{use}/peer_a", f"select/{use}/peer_b"}
+    assert comp.roles() == () and comp.reads() == ()
+    with pytest.raises(kdcore.RecipeError, match=f"'select/{use}/peer_b'"):
+        plan(reader, mutual, plugins=(ReaderPlugin(),))
+    other = component("reader", {"column": f"select/{use}/peer_c"}, models=["peer_a"])
+    with pytest.raises(kdcore.RecipeError, match=f"'select/{use}/peer_c'"):
+        plan(mutual, other, plugins=(ReaderPlugin(),))
+    # a peer that [models] does not define is refused before any component is built
+    with pytest.raises(kdcore.RecipeError, match="unknown model role 'peer_c'"):
+        plan(component(use, models=["peer_a", "peer_c"]))
 
 
 class TakeOver(kdcore.Component):
     """Takes over every backward pass it is offered (a stand-in for a meta-learner)."""
 
-    def backward(self, batch, role, loss):
+    def backward(self, ctx, batch, role, loss):
         loss.backward()
         return True
 
@@ -248,6 +358,7 @@ class TakeOverPlugin:
         return {"take_over": TakeOver}
 
 
+@pytest.mark.slow
 def test_in_turn_refuses_to_share_the_backward_pass(run_peers, component):
     comps = (component("take_over"), component("dml", {"order": "in_turn"}))
     with pytest.raises(kdcore.KdcoreError, match="never received the backward pass"):

@@ -16,6 +16,7 @@ RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 TINY = ("data.train_subset=200", "stages.mutual.epochs=2", "run.threads=1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("recipe", "name"), [
     ("smkd.toml", "smkd"), ("smkd-static.toml", "smkd"), ("dml.toml", "dml"),
 ])

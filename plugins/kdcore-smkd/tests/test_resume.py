@@ -10,6 +10,7 @@ import kdcore
 from kdcore.testing import InterruptAt, Interrupted, assert_same_history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use", ["smkd", "dml"])
 def test_interrupted_run_resumes_to_the_same_history(tmp_path, run_peers, component, use):
     comps = component(use, {"order": "in_turn"})
