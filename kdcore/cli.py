@@ -106,10 +106,12 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
+@click.option("--out", type=click.Path(file_okay=False), help="The run directory to check "
+              "(default: run.output_dir/run.name); nothing is written.")
 @_plugin_option
 @_strict_option
 @_user_errors
-def check(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...],
+def check(recipe: Path, overrides: tuple[str, ...], out: str | None, plugins: tuple[str, ...],
           strict_plugins: bool) -> None:
     """Validate RECIPE (with overrides) and print it resolved, without training.
 
@@ -123,7 +125,7 @@ def check(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...],
     host = _host(plugins, strict_plugins)
     resolved = load_recipe(recipe, overrides)
     _configure_logging(quiet=True)
-    dry_setup(resolved, host)  # everything a run does before its first batch
+    dry_setup(resolved, host, out)  # everything a run does before its first batch
     click.echo(resolved.to_toml(), nl=False)
 
 

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,25 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
     return run_dir
 
 
+def check_output_dir(run_dir: Path) -> None:
+    """Refuse a run directory that could not be created or written, leaving nothing behind:
+    its nearest existing ancestor must be a directory in which a directory can be made."""
+    try:
+        probe = run_dir.absolute()
+        while not probe.exists():
+            probe = probe.parent
+    except (OSError, ValueError) as exc:
+        raise KdcoreError(f"cannot use output directory {run_dir}: {exc}") from None
+    if not probe.is_dir():
+        raise KdcoreError(f"cannot write to output directory {run_dir}: {probe} is not a "
+                          f"directory")
+    try:  # permissions do not bind root, and some file systems refuse anyway: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".kdcore-check-", dir=probe))
+    except OSError as exc:
+        raise KdcoreError(f"cannot write to output directory {run_dir}: {probe}: "
+                          f"{exc.strerror or exc}") from None
+
+
 def _resume_state(run_dir: Path, started: dict[str, Any]) -> dict[str, Any] | None:
     path = run_dir / ckpt.CHECKPOINT
     if not path.is_file():
@@ -88,14 +109,21 @@ def _adapt_models(plan: RunPlan, run: Run) -> None:
             comp.adapt_models(ComponentContext(run, comp.name, run.generator))
 
 
-def dry_setup(recipe: Recipe, host: PluginHost) -> RunPlan:
-    """Everything a run does before its first batch, writing nothing: the plan, the data,
-    the models, their checkpoints, and every stage's components set up in turn.
+def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPlan:
+    """Everything a run does before its first batch, writing nothing: the plan, the run
+    directory's place, the data, the models, their checkpoints, the augmentations on a
+    training sample, and every stage's components set up in turn.
+
+    Args:
+        recipe: the resolved recipe.
+        host: the plugins.
+        out: the run directory the run would get (default ``run.output_dir/run.name``).
 
     Raises:
         KdcoreError: what would stop the run while it is being set up.
     """
     plan = build_plan(recipe, host)
+    check_output_dir(Path(out) if out else Path(recipe.run.output_dir) / recipe.run.name)
     with host.activate(), torch.random.fork_rng(devices=[]):
         threads = torch.get_num_threads()
         try:
@@ -103,12 +131,13 @@ def dry_setup(recipe: Recipe, host: PluginHost) -> RunPlan:
             run.write_data = lambda name, values: None
             _adapt_models(plan, run)
             load_model_checkpoints(run)
+            if len(run.data.train):  # an augmentation that cannot take these inputs fails now
+                sample = run.data.inputs(run.data.train, torch.arange(1, device=run.device))
+                run.augment(sample, torch.Generator().manual_seed(0))
             trainer = Trainer(plan, run, HistoryWriter(Path("/dev/null")), ObserverBus(host),
                               checkpointing.Checkpointer(Path("."), {}, 0.0, False))
             for stage in plan.stages:
-                run.stage, run.stage_index = stage.config, stage.index
-                trainer.bind_stage(stage)
-                trainer.setup_stage(stage)
+                trainer.enter_stage(stage)
         finally:
             torch.set_num_threads(threads)
     return plan
@@ -210,4 +239,4 @@ def run_recipe(
         logger.remove(sink)
 
 
-__all__ = ["banner", "dry_setup", "fingerprint", "prepare_run_dir", "run_recipe"]
+__all__ = ["banner", "check_output_dir", "dry_setup", "fingerprint", "prepare_run_dir", "run_recipe"]

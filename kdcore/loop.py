@@ -58,6 +58,15 @@ class Trainer:
         self.summary: dict[str, Any] = {}
         self.carried: dict[str, dict[str, Any]] = {}
         self.observer_ctx = ComponentContext(run, "observer", run.generator)
+        observers: dict[str, ComponentContext] = {}
+
+        def observer(name: str) -> ComponentContext:  # a plugin's writes carry its name
+            ctx = observers.get(name)
+            if ctx is None:
+                ctx = observers[name] = ComponentContext(run, name, run.generator)
+            return ctx
+
+        bus.context = observer
         self.contexts: dict[int, ComponentContext] = {}  # id(component) -> its context
         self._pending: dict[str, tuple[str, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
         # (step, role, loss, {term: value}) of the steps since the last finiteness check
@@ -105,10 +114,11 @@ class Trainer:
         run.stage_index = len(self.plan.stages)
         return self.summary
 
-    def _run_stage(self, stage: StagePlan, start_epoch: int, state: dict[str, Any] | None
-                   ) -> None:
-        run, s, cfg = self.run, stage.index, stage.config
-        run.stage, run.stage_index = cfg, s
+    def enter_stage(self, stage: StagePlan) -> None:
+        """Make ``stage`` current: its models trainable (the others frozen), an optimiser for
+        each role it trains, its components bound to their contexts and set up."""
+        run, cfg = self.run, stage.config
+        run.stage, run.stage_index = cfg, stage.index
         self.current_stage = stage
         for role, model in run.models.items():
             model.train(role in cfg.train)
@@ -120,6 +130,11 @@ class Trainer:
                                                        self.plan.recipe.models[role].optimizer)
         self.bind_stage(stage)
         self.setup_stage(stage)
+
+    def _run_stage(self, stage: StagePlan, start_epoch: int, state: dict[str, Any] | None
+                   ) -> None:
+        run, s, cfg = self.run, stage.index, stage.config
+        self.enter_stage(stage)
         if state is not None and start_epoch > 0:
             self.ckpt.restore_stage(self, state)
         if start_epoch == 0:

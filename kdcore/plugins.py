@@ -12,7 +12,7 @@ import contextvars
 import functools
 import importlib
 import importlib.metadata as md
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -165,12 +165,17 @@ class ObserverBus:
     Args:
         host: the plugins.
         strict: raise :class:`KdcoreError` at the first failure.
+        context: the ``ctx`` handed to a plugin, by the plugin's name (default: the ``ctx``
+            the caller passes, to every plugin).
     """
 
-    def __init__(self, host: PluginHost, *, strict: bool | None = None):
+    def __init__(self, host: PluginHost, *, strict: bool | None = None,
+                 context: Callable[[str], Any] | None = None):
         self.host = host
         self.strict = host.strict if strict is None else strict
         self.disabled: set[str] = set()
+        # each plugin's own ``ctx`` (its ledger writes tagged with its name), when given
+        self.context = context
 
     def has(self, hook_name: str) -> bool:
         """Whether any enabled plugin implements ``hook_name``."""
@@ -186,8 +191,11 @@ class ObserverBus:
             name = self.host.name_of(impl.plugin)
             if name in self.disabled:
                 continue
+            args = kwargs
+            if self.context is not None and "ctx" in kwargs:
+                args = {**kwargs, "ctx": self.context(name)}
             try:
-                result = impl.function(*(kwargs[a] for a in impl.argnames))
+                result = impl.function(*(args[a] for a in impl.argnames))
             except KdcoreError:
                 raise
             except Exception as exc:  # third-party code: isolate it

@@ -164,6 +164,9 @@ class TaggedLedger:
     def producer(self, name: str) -> str:
         return self._ledger.producer(name)
 
+    def kind(self, name: str) -> ColumnKind:
+        return self._ledger.column(name).kind
+
     def _check(self, name: str) -> None:
         if self._allowed is not None and name not in self._allowed:
             raise RuntimeError(

@@ -378,16 +378,7 @@ def _cases() -> list[Case]:
 
 CASES = _cases()
 
-_AUGMENT = ("an augmentation that cannot apply to the data's inputs (crop_flip on flat digits) "
-            "fails at the first batch; the plan could apply each one to a one-sample batch")
-_OUTPUT = ("an output directory that cannot be created fails when the run makes it; check "
-           "writes nothing, but could look for the nearest existing, writable ancestor")
-KNOWN_SET_UP_FAILURES: dict[str, str] = {
-    "lp-lsh-data-2": _AUGMENT,
-    "lsh-data-14": _AUGMENT,
-    "amlkd-no-awe-paths-2": _OUTPUT,
-    "dml-paths-5": _OUTPUT,
-}
+KNOWN_SET_UP_FAILURES: dict[str, str] = {}
 """Cases that ``check`` accepts and whose set-up fails, by id, with why: each needs the engine's
 plan to refuse it (listed, not hidden: the mark is strict, so a fix shows up as XPASS)."""
 
