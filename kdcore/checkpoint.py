@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, weights_only_reason
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -86,7 +86,7 @@ def load(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise KdcoreError(f"checkpoint not found: {path}") from None
     except Exception as exc:  # unpickling errors of a damaged or foreign file
-        raise KdcoreError(f"cannot read checkpoint {path}: {exc}") from None
+        raise KdcoreError(f"cannot read checkpoint {path}: {weights_only_reason(exc)}") from None
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

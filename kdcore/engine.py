@@ -239,4 +239,5 @@ def run_recipe(
         logger.remove(sink)
 
 
-__all__ = ["banner", "check_output_dir", "dry_setup", "fingerprint", "prepare_run_dir", "run_recipe"]
+__all__ = ["banner", "check_output_dir", "dry_setup", "fingerprint", "prepare_run_dir",
+           "run_recipe"]

@@ -43,3 +43,22 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ``" (did you mean 'x'?)"`` suffix for a misspelt ``name``, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def one_line(exc: BaseException | str) -> str:
+    """The first non-blank line of an error's message, white space folded (its type name if
+    the message is empty): what a one-line user error quotes of a library's exception."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return " ".join(line.split())
+    return type(exc).__name__ if isinstance(exc, BaseException) else ""
+
+
+def weights_only_reason(exc: BaseException) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused: torch's message
+    spans many lines and suggests ``weights_only=False``; its "WeightsUnpickler error:" part
+    is the reason (or the first line, for other failures)."""
+    _, marker, reason = str(exc).partition("WeightsUnpickler error:")
+    if marker and reason.strip():
+        return one_line(reason).split(". ")[0]
+    return one_line(exc)

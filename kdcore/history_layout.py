@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, one_line
 from kdcore.history_journal import disk, is_hot, journal_path, locked, recover
 
 FORMAT = "kdcore-history/2"
@@ -23,10 +23,6 @@ READABLE = ("kdcore-history/1", FORMAT)  # format 1: string stages, JSON produce
 NAME_BYTES = 255  # the longest stage or component name the string table holds (UTF-8)
 LOCK_TIMEOUT_S = 60.0
 ROW_CHUNKS = (256,)  # chunk of the one-value-per-row datasets
-
-
-def one_line(exc: BaseException | str) -> str:
-    return " ".join(str(exc).split())
 
 
 def damaged(path: Path, cause: BaseException | str) -> KdcoreError:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from kdcore import History, PluginHost, hookimpl, load_recipe, run_recipe
 from kdcore.checkpoint import CHECKPOINT, load, save
 from kdcore.cli import main
-from kdcore.testing import Interrupted, InterruptAt, assert_same_history
+from kdcore.testing import InterruptAt, Interrupted, assert_same_history
 
 
 def invoke(*args):

