@@ -19,6 +19,7 @@ from loguru import logger
 from kdcore.build import build_optimizer, scheduled_lr
 from kdcore.checkpointing import Checkpointer
 from kdcore.component import Batch, Component
+from kdcore.context import ColumnKind
 from kdcore.errors import TrainingDiverged
 from kdcore.evaluation import BestKeeper, evaluate, ledger_metrics
 from kdcore.history import HistoryWriter
@@ -26,7 +27,7 @@ from kdcore.losses import one_hot
 from kdcore.plan import RunPlan, StagePlan
 from kdcore.plugins import ObserverBus
 from kdcore.run import ComponentContext, Run, component_seed
-from kdcore.step import combine
+from kdcore.step import Produced, combine
 
 # Steps between two checks that the losses are finite: each check waits for the device, so
 # checking every step would stall a GPU (on the CPU it is ~1% of a small step); a divergence is
@@ -69,8 +70,11 @@ class Trainer:
         bus.context = observer
         self.contexts: dict[int, ComponentContext] = {}  # id(component) -> its context
         self._pending: dict[str, tuple[str, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
-        # (step, role, loss, {term: value}) of the steps since the last finiteness check
+        # (step, role, loss, {term: value}) of the epoch's steps; those from _checked on are
+        # not yet checked to be finite
         self._unchecked: list[tuple[int, str, torch.Tensor, dict[str, torch.Tensor]]] = []
+        self._checked = 0
+        self._batch_index = torch.empty(0, dtype=torch.long)
         self._hard_source: tuple[torch.Tensor, tuple[int, int]] | None = None
         self.current_stage: StagePlan = plan.stages[0]
 
@@ -191,8 +195,6 @@ class Trainer:
             comp.on_epoch_start(self.context(comp))
         self.bus.call("kdcore_epoch_start", ctx=self.observer_ctx, epoch=epoch)
         self._hard_source = self._one_hot_labels()
-        # per-term batch values, appended (no tensor op per batch) and summed at the epoch end
-        sums: dict[str, list[torch.Tensor]] = defaultdict(list)
         n, bs = len(run.data.train), self.plan.recipe.data.batch_size
         order = torch.randperm(n, generator=self.order_gen).to(run.device)
         starts: Any = range(0, n, bs)
@@ -204,7 +206,7 @@ class Trainer:
         if cfg.train:
             observes = self.bus.has("kdcore_batch_end")
             for start in starts:
-                self._train_batch(stage, order[start:start + bs], sums, observes)
+                self._train_batch(stage, order[start:start + bs], observes)
                 batches += 1
             self._check_finite()
             self._flush_pending()
@@ -213,8 +215,7 @@ class Trainer:
             led = run.ledger
             led.add("target", led["base_target"], producer=led.producer("base_target"),
                     kind="target")
-        metrics: dict[str, float] = {k: float(torch.stack(v).sum()) / max(batches, 1)
-                                     for k, v in sums.items()}
+        metrics = self._train_metrics(batches)
         metrics.update(evaluate(run.models, cfg.eval_roles, run.data,
                                 self.plan.recipe.data.eval_batch_size))
         for role in cfg.train:
@@ -237,8 +238,7 @@ class Trainer:
 
     # -- one batch ----------------------------------------------------------------------------
 
-    def _train_batch(self, stage: StagePlan, index: torch.Tensor,
-                     sums: dict[str, list[torch.Tensor]], observes: bool) -> None:
+    def _train_batch(self, stage: StagePlan, index: torch.Tensor, observes: bool) -> None:
         run = self.run
         data, ledger = run.data, run.ledger
         x = run.augment(data.inputs(data.train, index), self.augment_gen)
@@ -251,30 +251,25 @@ class Trainer:
         trained_roles = stage.config.train
         for role in trained_roles:
             run.optimizers[role].zero_grad(set_to_none=True)
+        self._batch_index = index
         result = combine(batch, refiners=stage.refiners, selectors=stage.selectors,
                          weighters=stage.weighters, transfers=stage.transfers,
-                         context=self.context,
-                         record=lambda p, kind: ledger.write(p.column, index, p.values,
-                                                             producer=p.producer, kind=kind))
+                         context=self.context, record=self._write_now)
         for p in result.losses_per_sample:
             self._defer(batch, p.column, p.values, p.producer)
-        for name, values in result.terms.items():
-            for term, value in values.items():
-                sums[f"train/{name}/{term}"].append(value)
-        losses = result.losses
-        trained = [r for r in losses if r in trained_roles]
         for role in trained_roles:
             out = batch.computed(role)
             if out is not None:  # training dynamics, as Dataset Cartography records them
                 self._defer(batch, f"logits/{role}", out.logits.detach(), role)
-        for role in trained:
-            loss = losses[role].detach()
-            sums[f"train/{role}/loss"].append(loss)
-            self._unchecked.append((run.step, role, loss, result.terms[role]))
+        losses = result.losses
+        trained = [r for r in losses if r in trained_roles]
+        for role in trained:  # summed per term at the epoch end, checked every few steps
+            self._unchecked.append((run.step, role, losses[role].detach(), result.terms[role]))
         plain: list[torch.Tensor] = []
         for role in trained:
-            if not any(c.backward(self.context(c), batch, role, losses[role])
-                       for c in stage.backward):
+            if not stage.backward or not any(
+                    c.backward(self.context(c), batch, role, losses[role])
+                    for c in stage.backward):
                 plain.append(losses[role])
         if plain:
             torch.stack(plain).sum().backward() if len(plain) > 1 else plain[0].backward()
@@ -283,7 +278,7 @@ class Trainer:
                 run.optimizers[role].step()
             run.bump(role)
         run.stepped.clear()
-        if len(self._unchecked) >= FINITE_CHECK_EVERY:
+        if len(self._unchecked) - self._checked >= FINITE_CHECK_EVERY:
             self._check_finite()
         run.step += 1
         run.stage_step += 1
@@ -292,6 +287,23 @@ class Trainer:
         if observes:
             self.bus.call("kdcore_batch_end", ctx=self.observer_ctx, batch=batch,
                           losses={r: losses[r] for r in trained})
+
+    def _write_now(self, produced: Produced, kind: ColumnKind) -> None:
+        """Write a batch's target, mask or weight to the ledger as it is produced."""
+        self.run.ledger.write(produced.column, self._batch_index, produced.values,
+                              producer=produced.producer, kind=kind)
+
+    def _train_metrics(self, batches: int) -> dict[str, float]:
+        """Each model's total loss and every term, averaged over the epoch's batches (one
+        tensor op per name: the batches only appended their detached values)."""
+        self._check_finite()
+        sums: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for _, role, loss, terms in self._unchecked:
+            sums[f"train/{role}/loss"].append(loss)
+            for term, value in terms.items():
+                sums[f"train/{role}/{term}"].append(value)
+        self._unchecked, self._checked = [], 0
+        return {k: float(torch.stack(v).sum()) / max(batches, 1) for k, v in sums.items()}
 
     def _defer(self, batch: Batch, column: str, values: torch.Tensor, producer: str) -> None:
         """Queue a per-sample record (losses, logits) for one ledger write at the epoch end
@@ -310,7 +322,8 @@ class Trainer:
     def _check_finite(self) -> None:
         """Raise :class:`TrainingDiverged` at the first step since the last check whose loss
         is not finite, naming the term that made it so."""
-        window, self._unchecked = self._unchecked, []
+        window = self._unchecked[self._checked:]
+        self._checked = len(self._unchecked)
         if not window or bool(torch.isfinite(torch.stack([w[2] for w in window])).all()):
             return
         step, role, _, terms = next(w for w in window if not bool(torch.isfinite(w[2])))

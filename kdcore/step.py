@@ -17,16 +17,15 @@ ledger. It is unit-testable with fake components and contexts (:mod:`kdcore.test
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
-import attrs
 import torch
 
 from kdcore.component import Batch, Component
 from kdcore.context import RunContext
 
 
-@attrs.define(eq=False)
-class Produced:
+class Produced(NamedTuple):
     """A per-sample tensor a hook returned, bound for a ledger column."""
 
     column: str
@@ -34,9 +33,8 @@ class Produced:
     values: torch.Tensor
 
 
-@attrs.define(eq=False)
 class StepResult:
-    """What one batch's components produced.
+    """What one batch's components produced (a plain class: one is made per batch).
 
     Attributes:
         losses: the total loss of each model that got a term (with its graph).
@@ -46,12 +44,15 @@ class StepResult:
         losses_per_sample: each term's per-sample loss, for the ``loss/<name>`` columns.
     """
 
-    losses: dict[str, torch.Tensor] = attrs.Factory(dict)
-    terms: dict[str, dict[str, torch.Tensor]] = attrs.Factory(dict)
-    targets: tuple[torch.Tensor, str] | None = None
-    masks: list[Produced] = attrs.Factory(list)
-    weights: list[Produced] = attrs.Factory(list)
-    losses_per_sample: list[Produced] = attrs.Factory(list)
+    __slots__ = ("losses", "terms", "targets", "masks", "weights", "losses_per_sample")
+
+    def __init__(self) -> None:
+        self.losses: dict[str, torch.Tensor] = {}
+        self.terms: dict[str, dict[str, torch.Tensor]] = {}
+        self.targets: tuple[torch.Tensor, str] | None = None
+        self.masks: list[Produced] = []
+        self.weights: list[Produced] = []
+        self.losses_per_sample: list[Produced] = []
 
 
 # (component, role, tensor): a mask or weight and the model it applies to
@@ -88,8 +89,10 @@ def combine(
         result.targets = (targets, refiners[-1].name)
         if record is not None:
             record(Produced("target", refiners[-1].name, targets), "target")
-    masks = _collect(batch, selectors, "select", context, result.masks, record, "mask")
-    weights = _collect(batch, weighters, "weight", context, result.weights, record, "weight")
+    masks = (_collect(batch, selectors, "select", context, result.masks, record, "mask")
+             if selectors else [])
+    weights = (_collect(batch, weighters, "weight", context, result.weights, record, "weight")
+               if weighters else [])
     for comp in transfers:
         out = comp.transfer(context(comp), batch)
         if out is None:
