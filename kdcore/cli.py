@@ -5,7 +5,6 @@ A user's mistake ends with one line on stderr and exit code 2, never a traceback
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import sys
@@ -52,7 +51,31 @@ def _configure_logging(quiet: bool) -> None:
                format="<green>{time:HH:mm:ss}</green> {message}")
 
 
-@click.group()
+class _OneLineErrors(click.Group):
+    """click's usage errors (a missing argument, a bad option value) as one line and exit 2,
+    like every other user error, instead of click's usage block."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 - click's entry point
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("kdcore: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            click.echo(f"kdcore: error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except ValueError as exc:  # a NUL byte in a path argument, found by os.stat
+            if "null" not in str(exc):
+                raise
+            click.echo("kdcore: error: a path on the command line contains a NUL byte",
+                       err=True)
+            sys.exit(EXIT_USER_ERROR)
+
+
+@click.group(cls=_OneLineErrors)
 @click.version_option(package_name="kdcore")
 def main() -> None:
     """Knowledge distillation under noisy labels."""
@@ -178,109 +201,18 @@ _SUMMARY_PATTERNS = ("train/*/loss", "test/*/acc", "test/*/bacc", "label/acc",
 def inspect(run_dir: Path, column: str | None, csv_path: Path | None, cartography: Path | None,
             role: str | None, patterns: str | None) -> None:
     """Print a per-epoch summary of RUN_DIR's history, or export from it."""
+    from kdcore.cli_inspect import export_cartography, export_column, print_metrics
     from kdcore.history import open_history
 
     with open_history(run_dir) as hist:
         if column:
-            _export_column(hist, column, csv_path)
+            export_column(hist, column, csv_path)
         elif cartography:
-            n = _export_cartography(hist, cartography, role)
+            n = export_cartography(hist, cartography, role)
             click.echo(f"wrote {n} epoch files to {cartography}")
         else:
-            _print_metrics(hist, patterns.split(",") if patterns else _SUMMARY_PATTERNS,
+            print_metrics(hist, patterns.split(",") if patterns else _SUMMARY_PATTERNS,
                            csv_path)
-
-
-def _print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> None:
-    import fnmatch
-
-    names = [n for n in hist.metric_names() if any(fnmatch.fnmatch(n, p) for p in patterns)]
-    names.sort(key=lambda n: next(i for i, p in enumerate(patterns) if fnmatch.fnmatch(n, p)))
-    epochs = hist.epochs()
-    values = {n: hist.metric(n) for n in names}
-    header = ["row", "stage", "epoch", *names]
-    rows = [[str(i), st, str(e), *(_fmt(values[n][i]) for n in names)]
-            for i, (st, e) in enumerate(epochs)]
-    if csv_path:
-        with csv_path.open("w", newline="") as fh:
-            csv.writer(fh).writerows([header, *rows])
-        click.echo(f"wrote {len(rows)} rows to {csv_path}")
-        return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    click.echo("  ".join(h.rjust(w) for h, w in zip(header, widths)))
-    for r in rows:
-        click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths)))
-
-
-def _fmt(value: float) -> str:
-    return "-" if value != value else f"{value:.4f}"
-
-
-def _export_column(hist: Any, name: str, csv_path: Path | None) -> None:
-    if name not in hist.column_names() and name not in hist.data_names():
-        from kdcore.errors import did_you_mean
-
-        raise KdcoreError(f"no column '{name}'{did_you_mean(name, hist.column_names())}; "
-                          f"columns: {', '.join(hist.column_names())}")
-    if name in hist.data_names():
-        values = hist.data(name)[None]
-        epochs = [("data", 0)]
-    else:
-        values = hist.column(name)
-        epochs = hist.epochs()
-    if values.ndim == 3:  # soft targets: export the argmax label and its probability
-        labels, conf = values.argmax(-1), values.max(-1)
-        cols = {"label": labels, "confidence": conf}
-    else:
-        cols = {"value": values}
-    out = csv_path.open("w", newline="") if csv_path else sys.stdout
-    try:
-        writer = csv.writer(out)
-        writer.writerow(["row", "stage", "epoch", "sample", *cols])
-        for i, (st, e) in enumerate(epochs):
-            for j in range(values.shape[1]):
-                writer.writerow([i, st, e, j, *(_cell(c[i, j]) for c in cols.values())])
-    finally:
-        if csv_path:
-            out.close()
-    if csv_path:
-        click.echo(f"wrote column '{name}' ({len(epochs)} epochs x {values.shape[1]} samples) "
-                   f"to {csv_path}")
-
-
-def _cell(v: Any) -> Any:
-    return int(v) if v.dtype.kind in "biu" else float(v)
-
-
-def _export_cartography(hist: Any, out_dir: Path, role: str | None) -> int:
-    """One ``dynamics_epoch_E.jsonl`` per epoch, the format of allenai/cartography.
-
-    Each line is ``{"guid": sample, "logits_epoch_E": [...], "gold": noisy label}``, the training
-    logits the model produced for that sample during epoch E.
-    """
-    candidates = [c for c in hist.column_names() if c.startswith("logits/")]
-    if role is not None:
-        candidates = [c for c in candidates if c == f"logits/{role}"]
-    if not candidates:
-        raise KdcoreError("the history holds no training logits"
-                          + (f" of model '{role}'" if role else ""))
-    name = candidates[0]
-    logits = hist.column(name)
-    producers = hist.producers(name)
-    gold = hist.data("noisy_label")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for e in range(logits.shape[0]):
-        if not producers[e]:
-            continue
-        with (out_dir / f"dynamics_epoch_{written}.jsonl").open("w") as fh:
-            for i in range(logits.shape[1]):
-                fh.write(json.dumps({"guid": i, f"logits_epoch_{written}":
-                                     [round(float(v), 4) for v in logits[e, i]],
-                                     "gold": int(gold[i])}) + "\n")
-        written += 1
-    return written
 
 
 @main.command()

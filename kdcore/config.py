@@ -138,9 +138,6 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     elif isinstance(tp, type) and issubclass(tp, str):
         if isinstance(value, str):
             return _str_subclass(tp, value, key)
-    elif isinstance(tp, type) and issubclass(tp, str):  # Role, ColumnName: typed strings
-        if isinstance(value, str):
-            return tp(value)
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
     raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)

@@ -174,6 +174,18 @@ def _component_key(recipe: Recipe, s: int, comp: Component) -> str:
     return f"stages[{s}].components[{labels.index(comp.name)}]"
 
 
+def _param_key(recipe: Recipe, s: int, comp: Component, value: str) -> str:
+    """The key path of the parameter of ``comp`` that holds ``value`` (its params table when
+    no single field does: a role or column named by an override of ``roles``/``reads``)."""
+    base = f"{_component_key(recipe, s, comp)}.params"
+    if attrs.has(type(comp.params)):
+        for field in attrs.fields(type(comp.params)):
+            held = getattr(comp.params, field.name)
+            if held == value or (isinstance(held, (list, tuple)) and value in held):
+                return f"{base}.{field.alias or field.name}"
+    return base
+
+
 def _check_roles(recipe: Recipe, stages: Sequence[StagePlan], roles: set[str]) -> None:
     for stage in stages:
         for comp in stage.components:
@@ -183,8 +195,7 @@ def _check_roles(recipe: Recipe, stages: Sequence[StagePlan], roles: set[str]) -
                         f"component '{comp.name}' ({comp.spec.use}) uses model role '{role}'"
                         f"{did_you_mean(role, roles)}, which [models] does not define; "
                         f"roles: {', '.join(sorted(roles)) or 'none'}",
-                        file=recipe.source, key=f"{_component_key(recipe, stage.index, comp)}"
-                                                ".params")
+                        file=recipe.source, key=_param_key(recipe, stage.index, comp, role))
 
 
 def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
@@ -201,8 +212,7 @@ def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                         f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
                         f"'{column}'{did_you_mean(column, available)}, which nothing placed "
                         f"before it writes; written by then: {', '.join(sorted(available))}",
-                        file=recipe.source,
-                        key=f"{_component_key(recipe, stage.index, comp)}.params")
+                        file=recipe.source, key=_param_key(recipe, stage.index, comp, column))
             available.update(comp.written_columns())
             if "transfer" in comp.kinds():
                 epoch_end.add(f"loss/{comp.name}")

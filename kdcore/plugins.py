@@ -130,7 +130,7 @@ class PluginHost:
 
     @property
     def hook(self) -> Any:
-        """pluggy's hook relay: ``host.hook.kdcore_epoch_end(run=..., ...)``."""
+        """pluggy's hook relay (the engine calls observers through :class:`ObserverBus`)."""
         return self.pm.hook
 
     def versions(self) -> dict[str, str]:
@@ -225,7 +225,7 @@ def active_host() -> PluginHost:
     Dataset loaders and noise models are plain functions that are not handed the run; one that
     delegates to another registered loader, noise model or augmentation (a generator built on
     any dataset, a noise model that adds to ``symmetric``) finds it here, in the same
-    registries the run uses, in-process plugins included. Components have ``run.host``.
+    registries the run uses, in-process plugins included; so do components.
     Outside a run: a host of the installed plugins, built once per process.
     """
     host = _ACTIVE.get()
