@@ -109,7 +109,7 @@ class RunContext(Protocol):
         models: the models by role (a read-only mapping).
         optimizers: each trained role's optimiser (created when a stage first trains it).
 
-    Capabilities:
+    Capabilities (see each method):
         ledger: the per-sample columns; writes are tagged with the component's name.
         generator: the component's own CPU random generator, checkpointed with the run.
         cache: a dict for expensive results several components share (a kNN graph); key
@@ -145,6 +145,11 @@ class RunContext(Protocol):
 
     def model_version(self, role: str) -> int:
         """Counts the optimiser steps taken on ``role`` (a cache key for its outputs)."""
+        ...
+
+    def role_epoch(self, role: str) -> int:
+        """Epochs ``role`` trained in earlier stages, plus this stage's epoch when it trains
+        ``role`` (a schedule over all of a role's training, as a release script counts)."""
         ...
 
     def forward(self, role: str, x: torch.Tensor) -> ModelOutput:

@@ -79,6 +79,13 @@ class Run:
     def model_version(self, role: str) -> int:
         return self._versions[role]
 
+    def role_epoch(self, role: str) -> int:
+        """Epochs ``role`` trained in the stages before this one, plus this stage's epoch
+        when it trains ``role``: the epoch count a release script's schedule uses."""
+        stages = self.recipe.stages[:self.stage_index]
+        done = sum(st.epochs for st in stages if role in st.train)
+        return done + (self.epoch if role in self.stage.train else 0)
+
     def bump(self, role: str) -> None:
         """``role``'s weights changed: its cached full-set features are stale."""
         self._versions[role] += 1
@@ -237,6 +244,9 @@ class ComponentContext:
 
     def model_version(self, role: str) -> int:
         return self._run.model_version(role)
+
+    def role_epoch(self, role: str) -> int:
+        return self._run.role_epoch(role)
 
     def forward(self, role: str, x: torch.Tensor) -> ModelOutput:
         return self._run.forward(role, x)

@@ -92,3 +92,15 @@ def test_an_all_false_mask_gives_zero_not_nan_and_abstaining_hooks_change_nothin
     r = combine(batch4(), refiners=[], selectors=[none], weighters=[quiet], transfers=[ce],
                 context=lambda c: None)
     assert r.losses["s"].item() == 0.0 and r.weights == []
+
+
+def test_role_epoch_counts_the_roles_training_over_stages():
+    from kdcore.recipe import Recipe, StageConfig
+    from kdcore.run import Run
+
+    stages = [StageConfig("t", 3, ["teacher"]), StageConfig("warm", 2, ["student"]),
+              StageConfig("frozen", 1, ["teacher"]), StageConfig("late", 4, ["student"])]
+    run = Run(Recipe(stages=stages), None, torch.device("cpu"), [])
+    run.stage, run.stage_index, run.epoch = stages[3], 3, 1
+    assert run.role_epoch("student") == 2 + 1  # warm-up's two epochs, then this one
+    assert run.role_epoch("teacher") == 3 + 1  # it does not train here: its epochs so far
