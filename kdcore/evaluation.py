@@ -53,10 +53,18 @@ def ledger_metrics(ledger: Ledger) -> dict[str, float]:
 
 
 class BestKeeper:
-    """Tracks each trained role's best-validation epoch per stage, and its weights when the
-    stage keeps them (``keep = "best_val"``). Its state goes into every checkpoint."""
+    """Tracks each trained role's best-validation epoch per stage (key ``"<stage>/<role>"``)
+    and over all of its stages so far (key ``"*/<role>"``), with the weights where a stage
+    keeps them: ``keep = "best_val"`` this stage's best, ``"best_val_all"`` the role's best
+    over every stage (stored from the role's first stage on, for the roles ``keep_all``
+    names). Its state goes into every checkpoint.
 
-    def __init__(self) -> None:
+    Args:
+        keep_all: the roles some stage keeps with ``best_val_all``.
+    """
+
+    def __init__(self, keep_all: frozenset[str] = frozenset()) -> None:
+        self.keep_all = keep_all
         self.best: dict[str, dict[str, Any]] = {}
         self.states: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -65,30 +73,36 @@ class BestKeeper:
 
     def update(self, s: int, stage: StageConfig, role: str, epoch: int,
                metrics: Mapping[str, float], model: torch.nn.Module) -> None:
-        key = f"{s}/{role}"
         val = metrics[f"val/{role}/acc"]
-        best = self.best.get(key)
-        if best is None or val > best["val_acc"]:
-            self.best[key] = {"epoch": epoch, "val_acc": val,
-                              "test_acc": metrics[f"test/{role}/acc"],
-                              "test_bacc": metrics[f"test/{role}/bacc"]}
-            if stage.keep == "best_val":
-                self.states[key] = {k: v.detach().clone()
-                                    for k, v in model.state_dict().items()}
-        self.best[key]["last_test_acc"] = metrics[f"test/{role}/acc"]
-        self.best[key]["last_test_bacc"] = metrics[f"test/{role}/bacc"]
-        self.best[key]["last_val_acc"] = val
+        record = {"epoch": epoch, "stage": stage.name, "val_acc": val,
+                  "test_acc": metrics[f"test/{role}/acc"],
+                  "test_bacc": metrics[f"test/{role}/bacc"]}
+        for key, keeps in ((f"{s}/{role}", stage.keep == "best_val"),
+                           (f"*/{role}", role in self.keep_all)):
+            best = self.best.get(key)
+            if best is None or val > best["val_acc"]:
+                self.best[key] = dict(record)
+                if keeps:
+                    self.states[key] = {k: v.detach().clone()
+                                        for k, v in model.state_dict().items()}
+            self.best[key]["last_test_acc"] = metrics[f"test/{role}/acc"]
+            self.best[key]["last_test_bacc"] = metrics[f"test/{role}/bacc"]
+            self.best[key]["last_val_acc"] = val
 
-    def kept_state(self, s: int, role: str) -> tuple[int, dict[str, torch.Tensor]] | None:
-        key = f"{s}/{role}"
-        state = self.states.get(key)
-        return None if state is None else (self.best[key]["epoch"], state)
+    def kept_state(self, s: int, stage: StageConfig, role: str
+                   ) -> tuple[str, int, dict[str, torch.Tensor]] | None:
+        """``(stage name, epoch, weights)`` to restore at the end of stage ``s``, or None."""
+        key = {"best_val": f"{s}/{role}", "best_val_all": f"*/{role}"}.get(stage.keep)
+        state = self.states.get(key) if key else None
+        if state is None:
+            return None
+        return self.best[key]["stage"], self.best[key]["epoch"], state
 
     def summary(self, s: int, stage: StageConfig, role: str) -> dict[str, Any] | None:
-        best = self.best.get(f"{s}/{role}")
+        best = self.best.get(f"*/{role}" if stage.keep == "best_val_all" else f"{s}/{role}")
         if best is None:
             return None
-        return {"stage": stage.name, "best_val_epoch": best["epoch"],
+        return {"stage": best["stage"], "best_val_epoch": best["epoch"],
                 "val_acc": best["val_acc"], "test_acc_at_best_val": best["test_acc"],
                 "test_bacc_at_best_val": best["test_bacc"],
                 "last_test_acc": best["last_test_acc"],

@@ -55,7 +55,8 @@ class Trainer:
         seed = plan.recipe.run.seed
         self.order_gen = torch.Generator().manual_seed(seed + 2)
         self.augment_gen = torch.Generator().manual_seed(seed + 3)
-        self.best = BestKeeper()
+        self.best = BestKeeper(frozenset(
+            r for st in plan.recipe.stages if st.keep == "best_val_all" for r in st.train))
         self.summary: dict[str, Any] = {}
         self.carried: dict[str, dict[str, Any]] = {}
         self.observer_ctx = ComponentContext(run, "observer", run.generator)
@@ -158,12 +159,12 @@ class Trainer:
         for comp in stage.components:
             comp.on_stage_end(self.context(comp))
         for role in cfg.train:
-            kept = self.best.kept_state(s, role) if cfg.keep == "best_val" else None
+            kept = self.best.kept_state(s, cfg, role)
             if kept is not None:
-                run.models[role].load_state_dict(kept[1])
+                run.models[role].load_state_dict(kept[2])
                 run.bump(role)
                 logger.info(f"stage '{cfg.name}': {role} restored to its best-validation "
-                            f"epoch {kept[0]}")
+                            f"epoch {kept[1]} (stage '{kept[0]}')")
         for role in cfg.train:
             summary = self.best.summary(s, cfg, role)
             if summary is not None:

@@ -261,3 +261,33 @@ def test_loaders_reach_the_runs_registries_and_runs_record_data(tiny_recipe, tmp
         n = len(h.data("noisy_label"))
         np.testing.assert_array_equal(h.data("probe/order"), np.arange(n) * 2)
     assert "inner" not in kdcore.active_host().datasets  # outside a run: the installed plugins
+
+
+@pytest.mark.slow
+def test_best_val_all_restores_the_roles_best_epoch_from_an_earlier_stage(tmp_path):
+    """A warm-up that learns, then a stage that unlearns (uniform targets): keep =
+    "best_val_all" restores the warm-up's best epoch, and the saved weights score it."""
+    from kdcore.evaluation import evaluate
+    from kdcore.plan import build_plan
+    from kdcore.prepare import load_weights_into, prepare_run
+    from kdcore.testing import component, run_tiny, stage, tiny_recipe
+
+    data = tiny_recipe(
+        stage("warm", 4, ["student"], component("ce")),
+        stage("unlearn", 3, ["student"], component("label_smoothing", params={"epsilon": 1.0}),
+              component("ce"), keep="best_val_all"),
+        models={"student": {"arch": "mlp", "params": {"hidden": [32]},
+                            "optimizer": {"lr": 0.5}}})
+    summary = run_tiny(data, tmp_path / "run")["student"]
+    with History(tmp_path / "run") as h:
+        val = h.metric("val/student/acc")
+        best = int(np.argmax(val))
+        assert h.epochs()[best][0] == "warm" and val[best] > val[-1]  # the set-up holds
+    assert (summary["stage"], summary["best_val_epoch"]) == ("warm", best)
+    assert summary["val_acc"] == pytest.approx(val[best]) and summary["kept"] == "best_val_all"
+    recipe = load_recipe(tmp_path / "run.toml")
+    run = prepare_run(build_plan(recipe, PluginHost()), PluginHost(), tmp_path)
+    load_weights_into(run.models["student"], torch.load(tmp_path / "run/models/student.pt"),
+                      "student", "models/student.pt")
+    scored = evaluate(run.models, ["student"], run.data, 1024)
+    assert scored["val/student/acc"] == pytest.approx(val[best])

@@ -229,7 +229,9 @@ class StageConfig:
         train: the roles trained in this stage; every other role used is frozen.
         eval: roles evaluated each epoch (default: ``train``).
         keep: ``best_val`` restores, at the stage's end, the weights of the epoch with the best
-            validation accuracy (measured on noisy validation labels); ``last`` keeps the last.
+            validation accuracy (measured on noisy validation labels) in this stage;
+            ``best_val_all`` the best over every stage that trained the role so far (its
+            best epoch may lie in an earlier stage, a warm-up say); ``last`` keeps the last.
         components: in the order the engine calls them.
     """
 
@@ -237,7 +239,7 @@ class StageConfig:
     epochs: int = attrs.field(validator=non_negative)
     train: list[str] = attrs.Factory(list)
     eval: list[str] | None = None
-    keep: Literal["best_val", "last"] = "last"
+    keep: Literal["best_val", "best_val_all", "last"] = "last"
     components: list[ComponentConfig] = attrs.Factory(list)
 
     @property
