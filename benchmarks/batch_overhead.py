@@ -1,0 +1,126 @@
+"""Where the engine's per-batch time goes, against the plain loop's, segment by segment.
+
+The CE recipe's MLP on Fashion-MNIST (as ``engine_costs.py --arch mlp``): the engine's batch
+step (``Trainer._train_batch``, cut into its phases) and the plain loop's, interleaved in
+blocks of 50 batches, median over ``--batches`` of each.
+
+Usage:  .venv/bin/python benchmarks/batch_overhead.py [--batches 3000] [--threads 2]
+Needs Fashion-MNIST (make fashion-mnist).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from engine_costs import ce_recipe
+from loguru import logger
+
+import kdcore
+from kdcore.build import build_optimizer
+from kdcore.checkpointing import Checkpointer
+from kdcore.component import Batch
+from kdcore.history_writer import HistoryWriter
+from kdcore.loop import Trainer
+from kdcore.plan import build_plan
+from kdcore.plugins import ObserverBus
+from kdcore.prepare import prepare_run
+from kdcore.step import combine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=3000)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logger.remove()
+    torch.set_num_threads(args.threads)
+    host = kdcore.PluginHost()
+    recipe = ce_recipe(1, tempfile.gettempdir(), "mlp", 20000)
+    plan = build_plan(recipe, host)
+    tmp = Path(tempfile.mkdtemp())
+    run = prepare_run(plan, host, tmp)
+    trainer = Trainer(plan, run, HistoryWriter(tmp / "h.h5"), ObserverBus(host),
+                      Checkpointer(tmp, {}, 1e9, False))
+    stage = plan.stages[0]
+    run.stage = stage.config
+    run.optimizers["student"] = build_optimizer(run.models["student"],
+                                                recipe.models["student"].optimizer)
+    trainer.bind_stage(stage)
+    trainer.setup_stage(stage)
+    hard_source = trainer._one_hot_labels()
+    model, opt, data = run.models["student"], run.optimizers["student"], run.data
+    y = data.train_noisy
+    order = torch.randperm(len(y))
+    engine: dict[str, list[float]] = defaultdict(list)
+    plain: dict[str, list[float]] = defaultdict(list)
+
+    def engine_batch(index: torch.Tensor) -> None:
+        t = [time.perf_counter()]
+        x = run.augment(data.inputs(data.train, index), trainer.augment_gen)
+        base, noisy = run.ledger["base_target"], data.train_noisy[index]
+        hard = noisy if hard_source is not None else None
+        batch = Batch(index, x, noisy, forward=run.forward, num_classes=run.num_classes,
+                      step=run.step, hard_targets=hard, targets_from=base)
+        opt.zero_grad(set_to_none=True)
+        t.append(time.perf_counter())
+        result = combine(batch, refiners=stage.refiners, selectors=stage.selectors,
+                         weighters=stage.weighters, transfers=stage.transfers,
+                         context=trainer.context)
+        t.append(time.perf_counter())
+        for p in result.losses_per_sample:
+            trainer._defer(batch, p.column, p.values, p.producer)
+        out = batch.computed("student")
+        trainer._defer(batch, "logits/student", out.logits.detach(), "student")
+        loss = result.losses["student"]
+        trainer._unchecked.append((run.step, "student", loss.detach(), result.terms["student"]))
+        t.append(time.perf_counter())
+        loss.backward()
+        t.append(time.perf_counter())
+        opt.step()
+        run.bump("student")
+        t.append(time.perf_counter())
+        for name, a, b in zip(("inputs+batch+zero_grad", "forward+loss", "records",
+                               "backward", "step"), t, t[1:]):
+            engine[name].append(b - a)
+
+    def plain_batch(index: torch.Tensor) -> None:
+        t = [time.perf_counter()]
+        x, labels = data.inputs(data.train, index), y[index]
+        opt.zero_grad(set_to_none=True)
+        t.append(time.perf_counter())
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits, labels)
+        t.append(time.perf_counter())
+        t.append(time.perf_counter())
+        loss.backward()
+        t.append(time.perf_counter())
+        opt.step()
+        t.append(time.perf_counter())
+        for name, a, b in zip(("inputs+batch+zero_grad", "forward+loss", "records",
+                               "backward", "step"), t, t[1:]):
+            plain[name].append(b - a)
+
+    for block in range(args.batches // 50):
+        for fn in ((engine_batch, plain_batch) if block % 2 == 0 else (plain_batch, engine_batch)):
+            for k in range(50):
+                fn(order[((block * 50 + k) * 128) % (len(y) - 128):][:128])
+        trainer._pending, trainer._unchecked, trainer._checked = {}, [], 0
+    print(f"{'segment':24s} {'engine us':>10s} {'plain us':>10s} {'diff us':>8s}")
+    total_e = total_p = 0.0
+    for name in engine:
+        e, p = statistics.median(engine[name]) * 1e6, statistics.median(plain[name]) * 1e6
+        total_e, total_p = total_e + e, total_p + p
+        print(f"{name:24s} {e:10.1f} {p:10.1f} {e - p:8.1f}")
+    print(f"{'sum of medians':24s} {total_e:10.1f} {total_p:10.1f} {total_e - total_p:8.1f} "
+          f"({total_e / total_p:.3f}x)")
+
+
+if __name__ == "__main__":
+    main()
