@@ -40,11 +40,12 @@ from kdcore.history import History
 from kdcore.hookspecs import hookimpl
 from kdcore.plugins import PluginHost
 from kdcore.recipe import load_recipe, recipe_from_dict
-from kdcore.testing_harness import Harness, harness
+from kdcore.testing_harness import ColumnReader, ColumnReaderPlugin, Harness, TinyNet, harness
 
-__all__ = ["Harness", "InterruptAt", "Interrupted", "assert_same_history", "component",
-           "harness", "one_thread", "quiet_logs", "run_tiny", "stage", "teacher_stage",
-           "tiny_recipe", "write_fashion_mnist", "write_idx", "write_recipe"]
+__all__ = ["ColumnReader", "ColumnReaderPlugin", "Harness", "InterruptAt", "Interrupted",
+           "TinyNet", "assert_same_history", "component", "harness", "one_thread", "quiet_logs",
+           "run_tiny", "stage", "teacher_stage", "tiny_recipe", "write_fashion_mnist",
+           "write_idx", "write_recipe"]
 
 
 @pytest.fixture(autouse=True)

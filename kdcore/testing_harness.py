@@ -18,7 +18,9 @@ from torch import nn
 
 from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.config import structure
+from kdcore.context import ColumnName, RunContext
 from kdcore.data.base import ArrayDataset
+from kdcore.hookspecs import hookimpl
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.recipe import Recipe, StageConfig
@@ -126,3 +128,51 @@ def harness(
     ctx = ComponentContext(run, label, torch.Generator().manual_seed(seed),
                            frozenset(comp.written_columns()))
     return Harness(comp, ctx, run)
+
+
+class TinyNet(nn.Module):
+    """A model of a few parameters returning ``(logits, features)`` as kdcore's models do,
+    for the harness (``models={"student": TinyNet()}``).
+
+    Args:
+        d: input features.
+        c: classes.
+        hidden: feature width.
+    """
+
+    def __init__(self, d: int = 6, c: int = 4, hidden: int = 8):
+        super().__init__()
+        self.body = nn.Linear(d, hidden)
+        self.head = nn.Linear(hidden, c)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.relu(self.body(x))
+        return self.head(f), f
+
+
+@attrs.frozen
+class ColumnReaderParams:
+    """Args:
+        column: the ledger column read (checked by the plan like any ``ColumnName``).
+    """
+
+    column: ColumnName = ColumnName("")
+
+
+class ColumnReader(Component):
+    """Reads one ledger column at every epoch start: a stand-in for a downstream method, to
+    test that the plan accepts a column read after its writer and refuses it before. Register
+    it with :class:`ColumnReaderPlugin` (``use = "column_reader"``)."""
+
+    Params = ColumnReaderParams
+
+    def on_epoch_start(self, ctx: RunContext) -> None:
+        ctx.ledger[self.params.column]
+
+
+class ColumnReaderPlugin:
+    """An in-process plugin providing ``column_reader``."""
+
+    @hookimpl
+    def kdcore_add_components(self) -> dict[str, type[Component]]:
+        return {"column_reader": ColumnReader}

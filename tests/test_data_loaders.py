@@ -6,7 +6,6 @@ import gzip
 import importlib.util
 import io
 import pickle
-import struct
 import zipfile
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from kdcore.data.loaders import (
     image_folder,
 )
 from kdcore.errors import KdcoreError
+from kdcore.testing import write_fashion_mnist, write_idx
 
 
 def test_registry_names() -> None:
@@ -52,34 +52,9 @@ def test_digits_flat_and_images() -> None:
 # -- Fashion-MNIST ------------------------------------------------------------------------------
 
 
-def _write_idx(path: Path, array: np.ndarray, *, magic: int | None = None) -> None:
-    header = struct.pack(">I", magic if magic is not None else 0x0800 | array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb") as handle:
-            handle.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def _write_fashion(root: Path, *, gz: bool = True, n_train: int = 6, n_test: int = 3) -> dict:
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
-    }
-    root.mkdir(parents=True, exist_ok=True)
-    for name, array in arrays.items():
-        _write_idx(root / (f"{name}.gz" if gz else name), array)
-    return arrays
-
-
 @pytest.mark.parametrize("gz", [True, False])
 def test_fashion_mnist_reads_idx(tmp_path: Path, gz: bool) -> None:
-    arrays = _write_fashion(tmp_path, gz=gz)
+    arrays = write_fashion_mnist(tmp_path, gz=gz)
     splits = fashion_mnist(root=str(tmp_path))
     train, test = splits.train, splits.test
     assert test is not None
@@ -94,7 +69,7 @@ def test_fashion_mnist_reads_idx(tmp_path: Path, gz: bool) -> None:
 
 
 def test_fashion_mnist_flatten_normalises(tmp_path: Path) -> None:
-    arrays = _write_fashion(tmp_path)
+    arrays = write_fashion_mnist(tmp_path)
     train = fashion_mnist(root=str(tmp_path), flatten=True).train
     assert train.x.shape == (6, 784) and train.x.dtype == torch.float32
     expected = (arrays["train-images-idx3-ubyte"].reshape(6, 784) / 255.0 - 0.2860) / 0.3530
@@ -103,7 +78,7 @@ def test_fashion_mnist_flatten_normalises(tmp_path: Path) -> None:
 
 
 def test_fashion_mnist_root_from_environment(tmp_path: Path, monkeypatch) -> None:
-    _write_fashion(tmp_path / "fm", n_train=4)
+    write_fashion_mnist(tmp_path / "fm", n_train=4)
     monkeypatch.setenv("KDCORE_FASHION_MNIST", str(tmp_path / "fm"))
     assert fashion_mnist().train.x.shape[0] == 4
 
@@ -120,22 +95,22 @@ def test_fashion_mnist_missing_directory_says_how_to_fix(tmp_path: Path) -> None
 
 
 def test_fashion_mnist_missing_file(tmp_path: Path) -> None:
-    _write_fashion(tmp_path)
+    write_fashion_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(KdcoreError, match="t10k-labels-idx1-ubyte"):
         fashion_mnist(root=str(tmp_path))
 
 
 def test_fashion_mnist_corrupt_magic(tmp_path: Path) -> None:
-    _write_fashion(tmp_path)
+    write_fashion_mnist(tmp_path)
     # An image file's magic number in place of a label file's.
-    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(6, np.uint8), magic=0x0803)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(6, np.uint8), magic=0x0803)
     with pytest.raises(KdcoreError, match="magic number is 0x00000803"):
         fashion_mnist(root=str(tmp_path))
 
 
 def test_fashion_mnist_truncated_file(tmp_path: Path) -> None:
-    _write_fashion(tmp_path)
+    write_fashion_mnist(tmp_path)
     path = tmp_path / "train-images-idx3-ubyte.gz"
     data = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(data[:-100]))
@@ -144,15 +119,15 @@ def test_fashion_mnist_truncated_file(tmp_path: Path) -> None:
 
 
 def test_fashion_mnist_not_gzip(tmp_path: Path) -> None:
-    _write_fashion(tmp_path)
+    write_fashion_mnist(tmp_path)
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
     with pytest.raises(KdcoreError, match="cannot read IDX file"):
         fashion_mnist(root=str(tmp_path))
 
 
 def test_fashion_mnist_count_mismatch(tmp_path: Path) -> None:
-    _write_fashion(tmp_path)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
+    write_fashion_mnist(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
     with pytest.raises(KdcoreError, match="6 images but 5 labels"):
         fashion_mnist(root=str(tmp_path))
 

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from kdcore import PluginHost, RecipeError
 from kdcore.plan import build_plan
 from kdcore.recipe import recipe_from_dict
+from kdcore.testing import TinyNet as Net
 from kdcore.testing import component, harness, stage, teacher_stage, tiny_recipe
 from kdcore_amlkd.losses import MIXUP, MixupCE, MixupKD, RelationalKD, gram_mse, mixup_batch
-
-
-class Net(nn.Module):
-    """A tiny model returning ``(logits, features)`` like kdcore's."""
-
-    def __init__(self, d: int = 6, c: int = 4, hidden: int = 8):
-        super().__init__()
-        self.body = nn.Linear(d, hidden)
-        self.head = nn.Linear(hidden, c)
-
-    def forward(self, x):
-        f = torch.relu(self.body(x))
-        return self.head(f), f
 
 
 def _harness(cls, params=None, name=None):

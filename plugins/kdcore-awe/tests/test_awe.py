@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import kdcore
 from kdcore import PluginHost, RecipeError
 from kdcore.plan import build_plan
 from kdcore.recipe import recipe_from_dict
+from kdcore.testing import TinyNet as Net
 from kdcore.testing import component, harness, run_tiny, stage, tiny_recipe
 from kdcore_awe import AWE, WeightNet, ambiguity_profile, class_prototypes
 
@@ -50,19 +50,6 @@ def test_weightnet_shape_and_range():
     out = net(torch.randn(5, 4), torch.eye(4)[[0, 1, 2, 3, 0]])
     assert out.shape == (5,) and ((out > 0) & (out < 1)).all()
     assert isinstance(net.net[1], torch.nn.PReLU) and net.net[1].weight.numel() == 1
-
-
-class Net(nn.Module):
-    """A tiny model returning ``(logits, features)`` like kdcore's."""
-
-    def __init__(self, d: int = 6, c: int = 4, hidden: int = 8):
-        super().__init__()
-        self.body = nn.Linear(d, hidden)
-        self.head = nn.Linear(hidden, c)
-
-    def forward(self, x):
-        f = torch.relu(self.body(x))
-        return self.head(f), f
 
 
 def _harness(params, n=60, c=4):

@@ -3,7 +3,6 @@ runs the ledger rows they write are the rows of the samples they judged (shuffle
 
 from __future__ import annotations
 
-import attrs
 import numpy as np
 import pytest
 import torch
@@ -11,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
-from kdcore import ColumnName, RecipeError
+from kdcore import RecipeError
 from kdcore.losses import one_hot, soft_cross_entropy
-from kdcore.testing import harness
+from kdcore.testing import ColumnReaderPlugin, harness
 from kdcore_ff import STATUS_OPEN, InstanceFilter, LabelCorrection, Warmup, filter_quality
 from kdcore_ff.components import correct_labels, filter_mask, suspicion
 
@@ -293,26 +292,6 @@ def test_bad_parameters_are_clear_errors(ff, use, params, message):
 # -- the plan's wiring check ---------------------------------------------------------------------
 
 
-@attrs.frozen
-class ReaderParams:
-    column: ColumnName = ColumnName("")
-
-
-class Reader(kdcore.Component):
-    """Reads one ledger column named by a parameter (a stand-in for a downstream method)."""
-
-    Params = ReaderParams
-
-    def on_epoch_start(self, ctx):
-        ctx.ledger[self.params.column]
-
-
-class ReaderPlugin:
-    @kdcore.hookimpl
-    def kdcore_add_components(self):
-        return {"reader": Reader}
-
-
 def test_plan_checks_model_roles_and_declared_columns(ff):
     filt = ff.comp("instance_filter", '{ model = "student" }')
     corr = ff.comp("label_correction")
@@ -334,13 +313,13 @@ def test_plan_checks_model_roles_and_declared_columns(ff):
     with pytest.raises(RecipeError, match="set params.model"):
         ff.plan(peer + ff.stage("s", 1, two, ff.comp("ce")))
     # a reader of the correction's column is wired after it, refused before it
-    reader = ff.comp("reader", '{ column = "lc/label_correction/label" }')
-    ff.plan(ff.stage("s", 1, corr, reader, ff.comp("ce")), plugins=[ReaderPlugin()])
+    reader = ff.comp("column_reader", '{ column = "lc/label_correction/label" }')
+    ff.plan(ff.stage("s", 1, corr, reader, ff.comp("ce")), plugins=[ColumnReaderPlugin()])
     with pytest.raises(RecipeError, match="'lc/label_correction/label'"):
-        ff.plan(ff.stage("s", 1, reader, corr, ff.comp("ce")), plugins=[ReaderPlugin()])
-    score = ff.comp("reader", '{ column = "ff/instance_filter/score" }')
+        ff.plan(ff.stage("s", 1, reader, corr, ff.comp("ce")), plugins=[ColumnReaderPlugin()])
+    score = ff.comp("column_reader", '{ column = "ff/instance_filter/score" }')
     with pytest.raises(RecipeError, match="'ff/instance_filter/score'"):
-        ff.plan(ff.stage("s", 1, score, filt, ff.comp("ce")), plugins=[ReaderPlugin()])
+        ff.plan(ff.stage("s", 1, score, filt, ff.comp("ce")), plugins=[ColumnReaderPlugin()])
 
 
 # -- one component alone (kdcore.testing.harness) ------------------------------------------------

@@ -6,14 +6,12 @@ from __future__ import annotations
 import copy
 import math
 
-import attrs
 import numpy as np
 import pytest
 import torch
 
 import kdcore
-from kdcore import ColumnName
-from kdcore.testing import harness
+from kdcore.testing import ColumnReaderPlugin, harness
 from kdcore_smkd import DML, SMKD
 from kdcore_smkd.losses import dml_loss, selection_mask, smkd_loss, threshold_at
 
@@ -305,40 +303,20 @@ def test_bad_parameters_are_rejected(plan, component):
         plan(component("dml", {"peer_reduction": "avg"}))
 
 
-@attrs.frozen
-class ReaderParams:
-    column: ColumnName = ColumnName("")
-
-
-class Reader(kdcore.Component):
-    """Reads one ledger column named by a parameter (a stand-in for a downstream method)."""
-
-    Params = ReaderParams
-
-    def on_epoch_start(self, ctx):
-        ctx.ledger[self.params.column]
-
-
-class ReaderPlugin:
-    @kdcore.hookimpl
-    def kdcore_add_components(self):
-        return {"reader": Reader}
-
-
 @pytest.mark.parametrize("use", ["smkd", "dml"])
 def test_plan_checks_the_selection_columns_and_the_peer_roles(plan, component, use):
     """Each peer's ``select/<name>/<role>`` is declared: a reader after the component is
     wired; one before it, or one reading a role the component does not serve, is refused."""
-    reader = component("reader", {"column": f"select/{use}/peer_b"}, models=["peer_a"])
+    reader = component("column_reader", {"column": f"select/{use}/peer_b"}, models=["peer_a"])
     mutual = component(use)
-    comp = plan(mutual, reader, plugins=(ReaderPlugin(),)).stages[0].components[0]
+    comp = plan(mutual, reader, plugins=(ColumnReaderPlugin(),)).stages[0].components[0]
     assert set(comp.written_columns()) >= {f"select/{use}/peer_a", f"select/{use}/peer_b"}
     assert comp.roles() == () and comp.reads() == ()
     with pytest.raises(kdcore.RecipeError, match=f"'select/{use}/peer_b'"):
-        plan(reader, mutual, plugins=(ReaderPlugin(),))
-    other = component("reader", {"column": f"select/{use}/peer_c"}, models=["peer_a"])
+        plan(reader, mutual, plugins=(ColumnReaderPlugin(),))
+    other = component("column_reader", {"column": f"select/{use}/peer_c"}, models=["peer_a"])
     with pytest.raises(kdcore.RecipeError, match=f"'select/{use}/peer_c'"):
-        plan(mutual, other, plugins=(ReaderPlugin(),))
+        plan(mutual, other, plugins=(ColumnReaderPlugin(),))
     # a peer that [models] does not define is refused before any component is built
     with pytest.raises(kdcore.RecipeError, match="unknown model role 'peer_c'"):
         plan(component(use, models=["peer_a", "peer_c"]))
