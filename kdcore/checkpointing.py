@@ -53,6 +53,7 @@ class Trainer(Protocol):
     best: BestKeeper
     carried: dict[str, dict[str, Any]]
     summary: dict[str, Any]
+    scaler: torch.amp.GradScaler | None
 
     def context(self, comp: Component) -> ComponentContext: ...
 
@@ -103,6 +104,7 @@ class Checkpointer:
             "best": trainer.best.state_dict(),
             "carried": trainer.carried,
             "summary": copy.deepcopy(trainer.summary),
+            "scaler": trainer.scaler.state_dict() if trainer.scaler else {},
         }
         self.saver.save(state, self.path)
         self._last = time.monotonic()
@@ -146,6 +148,8 @@ class Checkpointer:
         trainer.best.load_state_dict(state["best"])
         trainer.carried = dict(state["carried"])
         trainer.summary = dict(state["summary"])
+        if trainer.scaler and state.get("scaler"):
+            trainer.scaler.load_state_dict(state["scaler"])
         run.step = int(state["position"]["step"])
         run.resumed = True
         ckpt.set_rng_state(state["rng"], run.generator, trainer.order_gen, trainer.augment_gen)

@@ -55,6 +55,9 @@ class Trainer:
         seed = plan.recipe.run.seed
         self.order_gen = torch.Generator().manual_seed(seed + 2)
         self.augment_gen = torch.Generator().manual_seed(seed + 3)
+        # fp16 (CUDA only) scales the loss so that small gradients survive float16
+        self.scaler = (torch.amp.GradScaler(run.device.type)
+                       if plan.recipe.run.precision == "fp16" else None)
         self.best = BestKeeper(frozenset(
             r for st in plan.recipe.stages if st.keep == "best_val_all" for r in st.train))
         self.summary: dict[str, Any] = {}
@@ -217,8 +220,9 @@ class Trainer:
             led.add("target", led["base_target"], producer=led.producer("base_target"),
                     kind="target")
         metrics = self._train_metrics(batches)
-        metrics.update(evaluate(run.models, cfg.eval_roles, run.data,
-                                self.plan.recipe.data.eval_batch_size))
+        with run.autocast():
+            metrics.update(evaluate(run.models, cfg.eval_roles, run.data,
+                                    self.plan.recipe.data.eval_batch_size))
         for role in cfg.train:
             if role in cfg.eval_roles:
                 self.best.update(stage.index, cfg, role, epoch, metrics, run.models[role])
@@ -273,11 +277,17 @@ class Trainer:
                     for c in stage.backward):
                 plain.append(losses[role])
         if plain:
-            torch.stack(plain).sum().backward() if len(plain) > 1 else plain[0].backward()
+            total = torch.stack(plain).sum() if len(plain) > 1 else plain[0]
+            (self.scaler.scale(total) if self.scaler else total).backward()
         for role in trained_roles:
             if role not in run.stepped:
-                run.optimizers[role].step()
+                if self.scaler:
+                    self.scaler.step(run.optimizers[role])
+                else:
+                    run.optimizers[role].step()
             run.bump(role)
+        if self.scaler:
+            self.scaler.update()
         run.stepped.clear()
         if len(self._unchecked) - self._checked >= FINITE_CHECK_EVERY:
             self._check_finite()

@@ -110,6 +110,7 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
               for s, stage in enumerate(recipe.stages)]
     _check_roles(recipe, stages, set(models))
     _check_columns(recipe, stages)
+    _check_precision(recipe, stages)
     return RunPlan(recipe, stages, models, augmentations)
 
 
@@ -164,9 +165,24 @@ def _check_device(recipe: Recipe) -> None:
     from kdcore.device import resolve_device
 
     try:
-        resolve_device(recipe.run.device)
+        device = resolve_device(recipe.run.device)
     except RecipeError as exc:
         raise exc.at(file=recipe.source, key="run.device") from None
+    if recipe.run.precision == "fp16" and device.type != "cuda":
+        raise RecipeError(f"fp16 needs a GPU (its gradient scaler is CUDA's); on {device} use "
+                          f"\"bf16\" or \"fp32\"", file=recipe.source, key="run.precision")
+
+
+def _check_precision(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
+    """fp16's gradient scaler scales the engine's backward pass: a component that takes the
+    backward pass over would step unscaled gradients."""
+    if recipe.run.precision != "fp16":
+        return
+    for stage in stages:
+        for comp in stage.backward:
+            raise RecipeError(f"component '{comp.name}' ({comp.spec.use}) runs its own backward "
+                              f"pass, which fp16's gradient scaler does not cover; use "
+                              f"\"bf16\" or \"fp32\"", file=recipe.source, key="run.precision")
 
 
 def _component_key(recipe: Recipe, s: int, comp: Component) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import types
 import zlib
 from collections import defaultdict
@@ -61,6 +62,21 @@ class Run:
         self.write_data: Callable[[str, torch.Tensor], None] | None = None
         self._versions: dict[str, int] = defaultdict(int)
         self._feature_cache: dict[tuple[str, str], tuple[int, ModelOutput]] = {}
+        self._low_precision = _AUTOCAST_DTYPES.get(recipe.run.precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """The recipe's ``run.precision`` for model calls (nothing to do in fp32)."""
+        if self._low_precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._low_precision)
+
+    def _call(self, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._low_precision is None:
+            return model(x)
+        with self.autocast():
+            logits, features = model(x)
+        # losses and ledger records stay in float32 whatever the models compute in
+        return logits.float(), features.float()
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -99,15 +115,15 @@ class Run:
         model = self.models[role]
         if role in self.stage.train:
             if torch.is_grad_enabled():
-                logits, features = model(x)
+                logits, features = self._call(model, x)
             else:
                 # first asked for inside a no_grad block (a selector ranking losses): the
                 # cached output must still carry the graph the loss terms need
                 with torch.enable_grad():
-                    logits, features = model(x)
+                    logits, features = self._call(model, x)
         else:
             with torch.no_grad():
-                logits, features = model(x)
+                logits, features = self._call(model, x)
         return ModelOutput(logits, features)
 
     @torch.no_grad()
@@ -123,7 +139,7 @@ class Run:
         ds = self.data.split(split)
         logits, feats = [], []
         for index in self.data.batches(ds, self.recipe.data.eval_batch_size):
-            z, f = model(self.data.inputs(ds, index))
+            z, f = self._call(model, self.data.inputs(ds, index))
             logits.append(z)
             feats.append(f)
         model.train(was_training)
@@ -136,6 +152,9 @@ class Run:
         if self.write_data is None:
             raise RuntimeError("record_data: this run has no history (not started by the engine)")
         self.write_data(name, values)
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TaggedLedger:

@@ -61,6 +61,9 @@ class RunConfig:
             end of every stage is always checkpointed. ``0`` checkpoints every epoch. A kill
             loses at most this much training plus one epoch; ``--resume`` replays it
             bit for bit. Writing the checkpoint every epoch costs a few percent of a short epoch.
+        precision: ``fp32``; ``bf16`` runs the models under autocast in bfloat16 (CPU and
+            CUDA); ``fp16`` in float16 with a gradient scaler (CUDA only). Logits and features
+            reach the components in float32 either way, so every loss is computed in float32.
     """
 
     name: str = attrs.field(default="run", validator=no_nul)
@@ -69,6 +72,7 @@ class RunConfig:
     output_dir: str = attrs.field(default="runs", validator=no_nul)
     threads: int = attrs.field(default=0, validator=between(0, MAX_THREADS))
     checkpoint_interval_s: float = attrs.field(default=30.0, validator=finite_non_negative)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
 @attrs.frozen
