@@ -5,6 +5,11 @@ each epoch (or once, at the start of the stage) it propagates seed labels over a
 kNN graph and writes the refined labels, as one-hot rows, to the ledger's ``base_target``: what
 every sample trains on from then on. Samples can keep their noisy label: those under a
 confidence percentile, and those a selection (small-loss) marked as trusted.
+
+A model whose features (or, where they make the seeds, logits) are NaN or infinite ends the run
+with :class:`kdcore.TrainingDiverged` naming the component and the model role, checked once per
+graph build; negative similarities are clamped at 0 before the affinity power
+(:mod:`kdcore_lp.graph`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import kdcore
 from kdcore.context import ColumnName, Role, RunContext
 from kdcore.losses import one_hot
 from kdcore.validators import below_one, between, positive
-from kdcore_lp.graph import feature_graph
+from kdcore_lp.graph import NonFiniteFeatures, check_finite, feature_graph
 from kdcore_lp.propagation import propagate
 
 _percentile = between(0.0, 100.0)
@@ -33,8 +38,16 @@ class LPParams:
             predictions seed the initial LP (checked by the plan where a setting uses it).
         student: the role of the student (its graph in ``mutual_lp``; its predictions make the
             selected labels; checked by the plan where a setting uses it).
-        graph: ``teacher``, ``student``, or ``alternate`` (student graph on even epochs of the
-            stage, teacher graph on odd ones: AML-KD's mutual LP).
+        graph: ``teacher``, ``student``, or ``alternate`` (AML-KD's mutual LP: the student's
+            graph when ``(e + offset) % 2 == 0``, the teacher's otherwise, where ``e`` is the
+            student's absolute epoch, ``ctx.role_epoch(student)``: the epochs it trained in
+            earlier stages plus this stage's epoch, counted from 0 like the release's epoch
+            counter; in a stage that does not train the student, its earlier epochs plus this
+            stage's epoch).
+        offset: shifts the alternation by that many epochs (``alternate`` only). The default 0
+            is the release's rule: student graph on even absolute epochs, teacher graph on odd
+            ones (its stage 2 starts at epoch 181, so its first mutual epoch uses the teacher's
+            graph); 1 swaps the two.
         seeds: ``teacher_prediction`` (teacher argmax), ``selected`` (the noisy label where the
             ``keep_selected`` mask is set, the student's argmax elsewhere), ``previous`` (argmax
             of the current ``base_target``) or ``noisy``.
@@ -46,7 +59,8 @@ class LPParams:
         keep_percentile: samples whose LP confidence is below this percentile keep their noisy
             label (5 in the initial LP, 0 later).
         when: ``stage_start`` (once) or ``epoch_start`` (every ``every`` epochs).
-        k, gamma, alpha: kNN size, affinity power, propagation strength.
+        k, gamma, alpha: kNN size, affinity power (> 0, applied to ``max(s, 0)``: negative
+            similarities are clamped at 0, our reading), propagation strength.
         normalize: L2-normalise features before the kNN search (AML-KD's defect D5 is
             ``false`` in its initial and stage-1 LP).
         clamp: zero negative scores before the read-out (the initial LP of the release skips it).
@@ -58,6 +72,7 @@ class LPParams:
     teacher: Role = Role("teacher")
     student: Role = Role("student")
     graph: Literal["teacher", "student", "alternate"] = "teacher"
+    offset: int = 0
     seeds: Literal["teacher_prediction", "selected", "previous", "noisy"] = "selected"
     seed_weights: ColumnName = ColumnName("")
     keep_selected: ColumnName = ColumnName("")
@@ -65,7 +80,7 @@ class LPParams:
     when: Literal["stage_start", "epoch_start"] = "epoch_start"
     every: int = attrs.field(default=1, validator=positive)
     k: int = attrs.field(default=20, validator=positive)
-    gamma: float = 3.0
+    gamma: float = attrs.field(default=3.0, validator=positive)
     alpha: float = attrs.field(default=0.99, validator=below_one)
     normalize: bool = True
     clamp: bool = True
@@ -87,7 +102,8 @@ class InitialLPParams(LPParams):
 
 @attrs.frozen
 class MutualLPParams(LPParams):
-    """``mutual_lp`` (AML-KD §1.6c): previous labels as seeds, alternating graphs."""
+    """``mutual_lp`` (AML-KD §1.6c): previous labels as seeds, graphs alternating by the
+    student's absolute epoch (the release's parity: teacher's graph on odd epochs)."""
 
     graph: Literal["teacher", "student", "alternate"] = "alternate"
     seeds: Literal["teacher_prediction", "selected", "previous", "noisy"] = "previous"
@@ -134,11 +150,36 @@ class LabelPropagation(kdcore.Component):
 
     # -- the propagation --------------------------------------------------------------------
 
-    def graph_role(self, epoch: int) -> str:
+    def absolute_epoch(self, ctx: RunContext) -> int:
+        """The student's epoch over all its training (the release's epoch counter):
+        ``ctx.role_epoch(student)``, plus this stage's epoch where the stage does not train it."""
+        student = self.params.student
+        return ctx.role_epoch(student) + (0 if ctx.trains(student) else ctx.epoch)
+
+    def graph_role(self, ctx: RunContext) -> str:
+        """The role whose graph this epoch's propagation uses (see ``LPParams.graph``)."""
         p = self.params
         if p.graph == "alternate":
-            return p.student if epoch % 2 == 0 else p.teacher
+            even = (self.absolute_epoch(ctx) + p.offset) % 2 == 0
+            return p.student if even else p.teacher
         return p.teacher if p.graph == "teacher" else p.student
+
+    def _diverged(self, ctx: RunContext, what: str, role: str, err: NonFiniteFeatures
+                  ) -> kdcore.TrainingDiverged:
+        return kdcore.TrainingDiverged(
+            f"component '{self.name}' ({self.spec.use}): {what} of model '{role}' are not "
+            f"finite ({err.bad} of {err.total} samples) at stage '{ctx.stage.name}' epoch "
+            f"{ctx.epoch}; the model diverged or its inputs hold NaN, and label propagation "
+            f"cannot use them")
+
+    def _logits(self, ctx: RunContext, role: str) -> torch.Tensor:
+        """``role``'s full-set logits, refused when not finite (their argmax makes seeds)."""
+        logits = ctx.features(role).logits
+        try:
+            check_finite(logits)
+        except NonFiniteFeatures as err:
+            raise self._diverged(ctx, "logits", role, err) from None
+        return logits
 
     def _graph(self, ctx: RunContext, role: str) -> torch.Tensor:
         """The normalised affinity of ``role``'s features, shared through ``ctx.cache`` while
@@ -152,15 +193,18 @@ class LabelPropagation(kdcore.Component):
             for old in [k for k in cache if k[:2] == key[:2]]:  # older versions of this model
                 del cache[old]
             feats = ctx.features(role).features
-            cache[key] = feature_graph(feats, k=p.k, gamma=p.gamma, normalize=p.normalize,
-                                       chunk=p.chunk, backend=p.knn_backend)
+            try:  # feature_graph checks that the features are finite, once per build
+                cache[key] = feature_graph(feats, k=p.k, gamma=p.gamma, normalize=p.normalize,
+                                           chunk=p.chunk, backend=p.knn_backend)
+            except NonFiniteFeatures as err:
+                raise self._diverged(ctx, "features", role, err) from None
         return cache[key]
 
     def seed_labels(self, ctx: RunContext) -> torch.Tensor:
         p = self.params
         led = ctx.ledger
         if p.seeds == "teacher_prediction":
-            return ctx.features(p.teacher).logits.argmax(1)
+            return self._logits(ctx, p.teacher).argmax(1)
         if p.seeds == "previous":
             return led["base_target"].argmax(1)
         if p.seeds == "noisy":
@@ -170,7 +214,7 @@ class LabelPropagation(kdcore.Component):
     def selected_labels(self, ctx: RunContext) -> torch.Tensor:
         """AML-KD's ``y_sel``: the noisy label where selected, the student's argmax elsewhere."""
         p = self.params
-        pred = ctx.features(p.student).logits.argmax(1)
+        pred = self._logits(ctx, p.student).argmax(1)
         if not p.keep_selected:
             return pred
         mask = self._column(ctx, p.keep_selected).bool()
@@ -190,7 +234,7 @@ class LabelPropagation(kdcore.Component):
     def propagate_now(self, ctx: RunContext) -> None:
         p = self.params
         led = ctx.ledger
-        role = self.graph_role(ctx.epoch)
+        role = self.graph_role(ctx)
         seeds = self.seed_labels(ctx)
         weights = self._column(ctx, p.seed_weights).float() if p.seed_weights else None
         result = propagate(self._graph(ctx, role), seeds, ctx.num_classes, weights,

@@ -1,9 +1,21 @@
 """The kNN affinity graph of label propagation, never as an N x N dense matrix.
 
 Iscen et al. (CVPR 2019) and AML-KD: k nearest neighbours by inner product (cosine on
-L2-normalised features), affinity ``s^gamma``, symmetrised ``W = A + A^T`` with a zero diagonal,
-then ``D^-1/2 W D^-1/2``. Search is exact by chunks of rows (memory ``chunk x N``, linear in N);
-faiss is an optional backend for very large N.
+L2-normalised features), affinity ``max(s, 0)^gamma``, symmetrised ``W = A + A^T`` with a zero
+diagonal, then ``D^-1/2 W D^-1/2`` (a zero degree counts as 1). Search is exact by chunks of
+rows (memory ``chunk x N``, linear in N); faiss is an optional backend for very large N.
+
+Negative similarities (our reading, a reconstruction choice): the released code raises the
+*signed* similarity to ``gamma = 3``, so a sample whose k nearest similarities are all negative
+gets a negative degree and ``D^-1/2`` spreads NaN to every row. We clamp the similarity at 0
+before the power: ``A_ij = max(s_ij, 0)^gamma``. Where features are non-negative (after a ReLU,
+as the release's networks' penultimate features are) no similarity is negative and the graph is
+the release's exactly. A sample with no positive similarity has an all-zero row and column: its
+degree counts as 1 (no division by zero) and it is isolated, so propagation leaves it its own
+seed (``Z_i = Y_i``).
+
+Non-finite features would make every score NaN and every label class 0 without a word, so
+:func:`feature_graph` refuses them (:class:`NonFiniteFeatures`).
 """
 
 from __future__ import annotations
@@ -15,6 +27,29 @@ import torch
 import torch.nn.functional as F
 
 Backend = Literal["exact", "faiss"]
+
+
+class NonFiniteFeatures(ValueError):
+    """Features holding NaN or infinity: no graph can be built from them.
+
+    Attributes:
+        bad: the number of samples (rows) with a non-finite value.
+        total: the number of samples.
+    """
+
+    def __init__(self, bad: int, total: int):
+        self.bad = bad
+        self.total = total
+        super().__init__(f"features are not finite ({bad} of {total} samples)")
+
+
+def check_finite(features: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteFeatures` when a row of ``features`` holds NaN or infinity (one
+    reduction over the features; the count only on failure)."""
+    finite = torch.isfinite(features)
+    if not bool(finite.all()):
+        bad = int((~finite.reshape(len(features), -1).all(1)).sum())
+        raise NonFiniteFeatures(bad, len(features))
 
 
 def knn(features: torch.Tensor, k: int, *, chunk: int = 1024, backend: Backend = "exact"
@@ -76,15 +111,19 @@ def _knn_faiss(features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 def normalized_affinity(indices: torch.Tensor, sims: torch.Tensor, gamma: float = 3.0
                         ) -> torch.Tensor:
-    """``D^-1/2 (A + A^T) D^-1/2`` as a sparse CSR tensor, ``A_ij = s_ij^gamma`` on the kNN.
+    """``D^-1/2 (A + A^T) D^-1/2`` as a sparse CSR tensor, ``A_ij = max(s_ij, 0)^gamma`` on
+    the kNN.
 
-    The power is applied to the signed similarity, as in AML-KD's released code; a row whose
-    degree is 0 gets degree 1.
+    Negative similarities are clamped at 0 before the power (our reading; the released code
+    powers the signed similarity, which gives negative degrees and NaN when a sample's
+    neighbours are all dissimilar): every affinity and degree is >= 0, and a row whose degree
+    is 0 (no positive neighbour, and nobody's positive neighbour) gets degree 1, so it is an
+    isolated node that keeps its own seed.
     """
     n, k = indices.shape
     rows = torch.arange(n, device=indices.device).repeat_interleave(k)
     cols = indices.reshape(-1)
-    vals = sims.reshape(-1).double().pow(gamma)
+    vals = sims.reshape(-1).double().clamp_min(0.0).pow(gamma)
     # A + A^T: coalescing sums the entries where i->j and j->i are both kNN edges
     both_r = torch.cat([rows, cols])
     both_c = torch.cat([cols, rows])
@@ -105,7 +144,12 @@ def normalized_affinity(indices: torch.Tensor, sims: torch.Tensor, gamma: float 
 
 def feature_graph(features: torch.Tensor, *, k: int, gamma: float = 3.0, normalize: bool = True,
                   chunk: int = 1024, backend: Backend = "exact") -> torch.Tensor:
-    """The normalised affinity of ``features`` (see the module docstring)."""
+    """The normalised affinity of ``features`` (see the module docstring).
+
+    Raises:
+        NonFiniteFeatures: a feature is NaN or infinite.
+    """
+    check_finite(features)
     feats = F.normalize(features.float(), dim=1) if normalize else features.float()
     idx, sims = knn(feats, k, chunk=chunk, backend=backend)
     return normalized_affinity(idx, sims, gamma)
