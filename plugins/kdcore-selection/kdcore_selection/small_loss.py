@@ -5,10 +5,22 @@ Reading implemented (see ``docs/methods/amlkd.md``):
 * the ranking loss is the cross-entropy of ``ranking_model`` (default: the model the component
   serves) against the **original noisy labels** (``labels = "noisy"``, as AML-KD's released code
   does) or against the current refined targets (``labels = "targets"``);
-* the kept share is ``1 - r``: ``r`` given (``rate``), the realised noise rate of the run
-  (``estimate = "oracle"``: what AML-KD's script does, since it passes the true rate), or the
-  share of training samples whose noisy label disagrees with ``estimator_model``'s prediction
-  (``estimate = "disagreement"``), optionally ramped in over ``ramp_epochs`` (Co-teaching);
+* the kept share is ``1 - r``, optionally ramped in over ``ramp_epochs`` (Co-teaching), with
+  ``r`` given (``rate``) or estimated afresh at each epoch start (``estimate``):
+
+  - ``"mixture"`` (the default; DivideMix's reading): fit a 1-D two-component Gaussian mixture
+    by EM to the ranking model's per-sample cross-entropy against the noisy labels over the
+    whole training set, min-max normalised to [0, 1]; ``r`` is the share of samples whose
+    posterior of the high-mean component exceeds 0.5, i.e. the complement of the share
+    DivideMix labels clean at its threshold 0.5 (see ``mixture_noise_rate``);
+  - ``"oracle"``: the run's realised noise rate, which needs the true labels: what AML-KD's
+    released script does (it passes the true rate); for release parity only, never the default;
+  - ``"disagreement"``: the share of training samples whose noisy label disagrees with
+    ``estimator_model``'s prediction;
+
+  each epoch logs ``select/<name>/rate`` (the share dropped that epoch), and, when ``r`` is
+  estimated, ``select/<name>/rate_estimate``, and the realised rate
+  ``select/<name>/rate_realised`` from the ledger's ``clean_mask``;
 * ``scope = "batch"`` ranks inside each training batch as it trains, keeping exactly
   ``floor((1 - r) B)`` samples; ``scope = "pass"`` makes one shuffled pass over the training set
   at the epoch start in batches of ``pass_batch_size`` and ranks inside each (AML-KD); ``scope =
@@ -38,7 +50,8 @@ class SmallLossParams:
 
     Attributes:
         rate: the noise rate r to assume; None: estimate it (``estimate``).
-        estimate: ``oracle`` (the run's realised rate) or ``disagreement`` (estimator model).
+        estimate: ``mixture`` (two-component loss mixture, the default), ``oracle`` (the run's
+            realised rate: needs the true labels) or ``disagreement`` (estimator model).
         estimator_model: the role whose predictions estimate r under ``disagreement`` (used,
             and checked by the plan, only when ``rate`` is None and ``estimate =
             "disagreement"``).
@@ -51,7 +64,7 @@ class SmallLossParams:
     """
 
     rate: float | None = attrs.field(default=None, validator=below_one)
-    estimate: Literal["oracle", "disagreement"] = "oracle"
+    estimate: Literal["mixture", "oracle", "disagreement"] = "mixture"
     estimator_model: Role = Role("teacher")
     scope: Literal["batch", "pass", "dataset"] = "batch"
     pass_batch_size: int = attrs.field(default=0, validator=non_negative)
@@ -62,16 +75,81 @@ class SmallLossParams:
 
 
 def keep_smallest(losses: torch.Tensor, keep: int) -> torch.Tensor:
-    """A bool mask of the ``keep`` smallest entries (ties broken by position)."""
+    """A bool mask of the ``keep`` smallest entries (ties broken by position: among equal
+    losses the lower positions are kept)."""
     mask = torch.zeros_like(losses, dtype=torch.bool)
     if keep > 0:
-        mask[torch.topk(losses, keep, largest=False, sorted=False).indices] = True
+        mask[torch.sort(losses, stable=True).indices[:keep]] = True
     return mask
+
+
+MIXTURE_VAR_FLOOR = 5e-4  # DivideMix's reg_covar, in the normalised loss units
+MIXTURE_MAX_ITER = 100
+MIXTURE_TOL = 1e-8  # change of the mean log-likelihood that ends EM
+
+
+def mixture_noise_rate(losses: torch.Tensor, *, max_iter: int = MIXTURE_MAX_ITER,
+                       tol: float = MIXTURE_TOL, var_floor: float = MIXTURE_VAR_FLOOR) -> float:
+    """The noise rate a two-component 1-D Gaussian mixture over per-sample losses implies.
+
+    DivideMix's reading: the losses are min-max normalised to [0, 1]; EM (float64, no
+    randomness) starts from the halves below and above the median (means and variances of
+    each half, equal weights), floors both variances at ``var_floor`` and stops when the mean
+    log-likelihood changes by less than ``tol`` or after ``max_iter`` iterations. The estimate
+    is the share of samples whose posterior of the high-mean component exceeds 0.5, the
+    complement of DivideMix's clean set at its threshold 0.5. Chosen over the mixing weight:
+    both agree when the two loss distributions are Gaussian, but clean losses pile up near 0
+    with a long right tail, which the high-mean component's weight partly absorbs (it
+    over-estimates more than the posterior count does). Non-finite losses are ignored; fewer
+    than two losses, or all equal, give 0.0 (no evidence of noise). Always in [0, 1].
+    """
+    x = losses.detach().flatten().double()
+    x = x[torch.isfinite(x)]
+    if x.numel() < 2:
+        return 0.0
+    low, high = x.min(), x.max()
+    if float(high - low) <= 1e-12 * max(1.0, float(high.abs())):
+        return 0.0
+    x = (x - low) / (high - low)
+    median = x.quantile(0.5)
+    halves = (x[x <= median], x[x > median])
+    if halves[1].numel() == 0:  # half or more of the losses equal the maximum
+        halves = (x[x < median], x[x >= median])
+    mean = torch.stack([h.mean() for h in halves])
+    var = torch.stack([h.var(unbiased=False) for h in halves]).clamp_min(var_floor)
+    weight = torch.full((2,), 0.5, dtype=x.dtype, device=x.device)
+    column = x[:, None]
+
+    def log_joint() -> torch.Tensor:  # log w_k + log N(x | mean_k, var_k), one column per k
+        return weight.log() - 0.5 * (torch.log(2 * math.pi * var) + (column - mean) ** 2 / var)
+
+    previous = -math.inf
+    for _ in range(max_iter):
+        # E step, responsibilities by a stable softmax
+        log_p = log_joint()
+        log_lik = torch.logsumexp(log_p, dim=1, keepdim=True)
+        resp = torch.exp(log_p - log_lik)
+        # M step
+        mass = resp.sum(0).clamp_min(1e-12)
+        weight = mass / mass.sum()
+        mean = (resp * column).sum(0) / mass
+        var = ((resp * (column - mean) ** 2).sum(0) / mass).clamp_min(var_floor)
+        current = float(log_lik.mean())
+        if abs(current - previous) < tol:
+            break
+        previous = current
+    posterior_high = torch.softmax(log_joint(), dim=1)[:, int(mean.argmax())]
+    return float((posterior_high > 0.5).double().mean())
 
 
 def kept_count(size: int, rate: float) -> int:
     """``floor((1 - r) * size)``, robust to float round-off (0.6 * 10 is 5.999...)."""
     return math.floor((1.0 - rate) * size + 1e-9)
+
+
+def realised_rate(ctx: RunContext) -> float:
+    """The share of training labels that differ from the truth (needs the true labels)."""
+    return float((~ctx.ledger["clean_mask"]).double().mean())
 
 
 class SmallLoss(kdcore.Component):
@@ -107,7 +185,12 @@ class SmallLoss(kdcore.Component):
         if self.estimated_rate is None:
             noisy = ctx.ledger["noisy_label"]
             if self.params.estimate == "oracle":
-                self.estimated_rate = float((~ctx.ledger["clean_mask"]).double().mean())
+                self.estimated_rate = realised_rate(ctx)
+            elif self.params.estimate == "mixture":
+                with torch.no_grad():
+                    losses = F.cross_entropy(ctx.features(self.ranker).logits, noisy,
+                                             reduction="none")
+                self.estimated_rate = mixture_noise_rate(losses)
             else:
                 pred = ctx.features(self.params.estimator_model).logits.argmax(1)
                 self.estimated_rate = float((pred != noisy).double().mean())
@@ -121,8 +204,11 @@ class SmallLoss(kdcore.Component):
     # -- epoch-level scopes -----------------------------------------------------------------
 
     def on_epoch_start(self, ctx: RunContext) -> None:
-        if self.params.estimate == "disagreement":
-            self.estimated_rate = None  # the estimator may have trained since: re-estimate
+        if self.params.rate is None:
+            self.estimated_rate = None  # the models may have trained since: re-estimate
+            ctx.log_metric(f"select/{self.name}/rate_estimate", self.base_rate(ctx))
+            if "clean_mask" in ctx.ledger:
+                ctx.log_metric(f"select/{self.name}/rate_realised", realised_rate(ctx))
         ctx.log_metric(f"select/{self.name}/rate", self.current_rate(ctx))
         if self.params.scope == "batch":
             return

@@ -1,8 +1,10 @@
-"""Small-loss selection: exact kept counts, rankings, scopes, and the ledger record."""
+"""Small-loss selection: exact kept counts, rankings, tie-breaking, scopes, the noise-rate
+estimates, and the ledger record."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,9 @@ from kdcore import PluginHost, RecipeError
 from kdcore.plan import build_plan
 from kdcore.recipe import recipe_from_dict
 from kdcore.testing import component, harness, run_tiny, stage, teacher_stage, tiny_recipe
-from kdcore_selection.small_loss import SmallLoss, keep_smallest, kept_count
+from kdcore_selection.small_loss import SmallLoss, keep_smallest, kept_count, mixture_noise_rate
+
+RECIPES = Path(__file__).parents[3] / "recipes"
 
 STUDENT = {"student": {"arch": "mlp", "params": {"hidden": [16]}}}  # the default lr (0.05)
 
@@ -24,6 +28,59 @@ def test_keep_smallest_picks_the_smallest():
     losses = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7])
     assert keep_smallest(losses, 2).tolist() == [False, True, False, True, False]
     assert not keep_smallest(losses, 0).any()
+
+
+def test_keep_smallest_breaks_ties_by_position():
+    # the two smallest are unique; the third and fourth kept come from the tied 0.2s at
+    # positions 1, 4, 6, 9: the lowest positions among them, 1 and 4
+    losses = torch.tensor([0.9, 0.2, 0.05, 0.7, 0.2, 0.01, 0.2, 0.8, 0.5, 0.2])
+    assert keep_smallest(losses, 4).nonzero().flatten().tolist() == [1, 2, 4, 5]
+    # all tied, long enough for topk's unordered selection to differ: the first `keep`
+    tied = torch.full((1000,), 0.3)
+    assert keep_smallest(tied, 37).nonzero().flatten().tolist() == list(range(37))
+    # ties straddling the cut among other values
+    losses = torch.tensor([1.0, 0.0, 1.0, 2.0, 1.0, 0.0, 1.0])
+    assert keep_smallest(losses, 3).nonzero().flatten().tolist() == [0, 1, 5]
+    assert keep_smallest(losses, 5).nonzero().flatten().tolist() == [0, 1, 2, 4, 5]
+
+
+CLEAN_NOISY = {
+    # per-sample losses: clean ones small, noisy ones large (two known distributions)
+    "gaussians": (lambda g, k: 0.3 + 0.15 * torch.randn(k, generator=g),
+                  lambda g, k: 2.5 + 0.6 * torch.randn(k, generator=g)),
+    "half-normal clean": (lambda g, k: (0.4 * torch.randn(k, generator=g)).abs(),
+                          lambda g, k: 3.0 + 0.8 * torch.randn(k, generator=g)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(CLEAN_NOISY))
+@pytest.mark.parametrize("rate", [0.2, 0.4])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mixture_estimate_recovers_the_known_noise_rate(family, rate, seed):
+    clean, noisy = CLEAN_NOISY[family]
+    g = torch.Generator().manual_seed(seed)
+    n = 4000
+    n_noisy = round(rate * n)
+    losses = torch.cat([clean(g, n - n_noisy), noisy(g, n_noisy)])
+    losses = losses[torch.randperm(n, generator=g)]
+    assert abs(mixture_noise_rate(losses) - rate) <= 0.05
+    # the scale and the order of the losses do not matter
+    assert abs(mixture_noise_rate(7.0 * losses.flip(0) + 3.0) - rate) <= 0.05
+
+
+@pytest.mark.parametrize("losses", [
+    torch.full((500,), 2.3), torch.zeros(3), torch.ones(1), torch.empty(0),
+    torch.tensor([0.0] * 90 + [1.0] * 10), torch.tensor([0.0] * 10 + [1.0] * 90),
+    torch.tensor([float("nan"), float("inf"), 1.0, 1.0, 1.0]),
+], ids=["equal", "three-zeros", "one", "empty", "two-values-low", "two-values-high", "non-finite"])
+def test_mixture_estimate_is_finite_and_a_rate_on_degenerate_losses(losses):
+    r = mixture_noise_rate(losses)
+    assert math.isfinite(r) and 0.0 <= r <= 1.0
+
+
+def test_mixture_estimate_on_two_point_masses_is_the_upper_share():
+    assert mixture_noise_rate(torch.tensor([0.0] * 90 + [1.0] * 10)) == pytest.approx(0.1)
+    assert mixture_noise_rate(torch.tensor([0.0] * 10 + [1.0] * 90)) == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize(("size", "rate"), [(64, 0.4), (10, 0.4), (256, 0.5), (7, 0.0)])
@@ -62,9 +119,11 @@ def test_batch_scope_keeps_exactly_floor_of_each_batch(tmp_path):
 
 @pytest.mark.slow
 def test_oracle_rate_is_the_realised_rate_and_pass_scope_records_without_masking(tmp_path):
-    with _run(tmp_path, {"scope": "pass", "pass_batch_size": 50, "mask_loss": False}) as h:
+    with _run(tmp_path, {"scope": "pass", "pass_batch_size": 50, "mask_loss": False,
+                         "estimate": "oracle"}) as h:
         realised = 1 - h.data("clean_mask").mean()
         assert h.metric("select/small_loss/rate")[0] == pytest.approx(realised)
+        assert h.metric("select/small_loss/rate_estimate")[0] == pytest.approx(realised)
         mask = h.column("select/small_loss", 0)
         n = len(mask)
         full, rest = divmod(n, 50)
@@ -72,6 +131,16 @@ def test_oracle_rate_is_the_realised_rate_and_pass_scope_records_without_masking
         assert mask.sum() == expected
         # precision against the true noise mask is measured every epoch
         assert 0 <= h.metric("select/small_loss/precision")[0] <= 1
+
+
+@pytest.mark.slow
+def test_mixture_is_the_default_and_its_rates_are_in_the_history(tmp_path):
+    with _run(tmp_path, {"scope": "dataset", "mask_loss": False}, epochs=2) as h:
+        realised = float(1 - h.data("clean_mask").mean())
+        estimates = h.metric("select/small_loss/rate_estimate")
+        assert len(estimates) == 2 and all(0.0 <= r <= 1.0 for r in estimates)
+        np.testing.assert_allclose(h.metric("select/small_loss/rate_realised"), realised)
+        np.testing.assert_allclose(h.metric("select/small_loss/rate"), estimates)
 
 
 class Net(nn.Module):
@@ -140,11 +209,52 @@ def test_roles_are_the_ones_the_settings_use():
     def roles(params):
         return _harness(params).component.roles()
 
-    assert roles({}) == ()  # the oracle rate; ranking by the served model
+    assert roles({}) == ()  # the mixture estimate over the served model's losses
+    assert roles({"estimate": "oracle"}) == ()
     assert roles({"estimate": "disagreement"}) == ("teacher",)
     assert roles({"estimate": "disagreement", "rate": 0.2}) == ()
     assert roles({"ranking_model": "teacher", "estimate": "disagreement",
                   "estimator_model": "helper"}) == ("teacher", "helper")
+
+
+def test_mixture_estimate_reads_the_ranking_models_losses_and_logs_the_rates():
+    h = _harness({"scope": "dataset", "ranking_model": "student"}).setup()
+    h.epoch_start(0)
+    realised = float((h.run.ledger["noisy_label"] != h.run.ledger["clean_label"]).double().mean())
+    assert h.metrics["select/small_loss/rate_realised"] == pytest.approx(realised)
+    with torch.no_grad():
+        losses = F.cross_entropy(h.run.models["student"](h.run.data.train.x)[0],
+                                 h.run.ledger["noisy_label"], reduction="none")
+    estimate = h.metrics["select/small_loss/rate_estimate"]
+    assert estimate == pytest.approx(mixture_noise_rate(losses))
+    assert h.metrics["select/small_loss/rate"] == estimate
+    mask = h.run.ledger["select/small_loss"]
+    assert mask.sum() == kept_count(len(mask), estimate)
+
+
+def test_a_given_rate_logs_no_estimate():
+    h = _harness({"rate": 0.25}).setup()
+    h.epoch_start(0)
+    assert h.metrics["select/small_loss/rate"] == 0.25
+    assert "select/small_loss/rate_estimate" not in h.metrics
+
+
+def test_the_oracle_is_not_the_default():
+    assert SmallLoss.Params().estimate == "mixture"
+
+
+def test_no_shipped_recipe_uses_the_oracle_but_release_parity():
+    """The oracle needs the true noise rate, which no user has on real data: only the
+    release-parity recipe may ask for it, and each setting that does says why in a comment."""
+    using = {p.name: p.read_text() for p in sorted(RECIPES.glob("*.toml"))
+             if "oracle" in p.read_text().lower()}
+    assert set(using) <= {"amlkd-release.toml"}
+    for name, text in using.items():
+        settings = [line for line in text.splitlines()
+                    if "oracle" in line.split("#", 1)[0].lower()]
+        assert settings, name
+        for line in settings:
+            assert "#" in line and "parity" in line.split("#", 1)[1], line
 
 
 def _plan(params):
