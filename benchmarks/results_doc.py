@@ -24,6 +24,54 @@ STUDENT = ("student",)
 PEERS = ("student", "peer_a")  # SMKD/DML's student is peer_a, the CE student's MLP [64]
 
 
+class Caveat(NamedTuple):
+    label: str  # the name its numbers carry wherever they appear
+    note: str  # one short footnote under every table that holds them
+
+
+# Methods whose implementation is not the paper's own: a reconstruction, or a reading that fixes
+# choices the paper leaves open (each plugin's README says which). Their variants are shown as
+# "<variant> — <label>", and each table with one of them gets the method's footnote.
+CAVEATS = {
+    "ff": Caveat(
+        "F&F-style reconstruction",
+        "no F&F text beyond its abstract and introduction, and no code, was reachable: only the "
+        "names of its parts (SSL, warm-up, instance filtering, label correction) are F&F's, how "
+        "each works is our reading (`plugins/kdcore-ff/README.md`); these are not F&F's numbers"),
+    "smkd": Caveat(
+        "SMKD (our reading of open choices)",
+        "no SMKD text or code was reachable: the certainty measure, the threshold and its "
+        "schedule, the target of uncertain samples and the distillation form are our choices "
+        "(`plugins/kdcore-smkd/README.md`, open questions)"),
+    "kdmlc": Caveat(
+        "KDMLC (our reading)",
+        "MLC follows its released code; KDMLC's student loss is a reconstruction (no code or "
+        "full text): one online stage, (1 - β) CE on the corrected labels + β T² KL to the MLC "
+        "teacher, β = 0.5, T = 4 (`plugins/kdcore-mlc/README.md`)"),
+}
+# grid variant -> the method of CAVEATS it runs
+CAVEAT_VARIANTS = {"ff": "ff", "smkd-progressive": "smkd", "smkd-static": "smkd",
+                   "kdmlc": "kdmlc"}
+
+
+def variant_label(variant: str) -> str:
+    """How a variant is named in docs/results.md: with its method's caveat label, if any."""
+    method = CAVEAT_VARIANTS.get(variant)
+    return variant if method is None else f"{variant} — {CAVEATS[method].label}"
+
+
+def caveat_notes(variants: list[str]) -> str:
+    """The footnotes of the caveated methods among ``variants`` (one line each, or "")."""
+    methods = {CAVEAT_VARIANTS[v] for v in variants if v in CAVEAT_VARIANTS}
+    notes = [f"*{c.label}*: {c.note}." for m, c in CAVEATS.items() if m in methods]
+    return "\n" + "\n\n".join(notes) + "\n" if notes else ""
+
+
+def labelled(rows: list[dict]) -> list[dict]:
+    """``rows`` with each variant named by :func:`variant_label` (baselines keep their name)."""
+    return [{**r, "variant": variant_label(r["variant"])} for r in rows]
+
+
 class Section(NamedTuple):
     title: str
     setting: str  # the summary table's short name of the data and noise
@@ -55,26 +103,28 @@ SECTIONS = [
             "runs/digits-baselines"),
     Section("AML-KD on Fashion-MNIST, 40% symmetric noise", SYM, "amlkd-fmnist-sym"),
     Section("AML-KD on Fashion-MNIST, 40% pair-flip noise", PAIR, "amlkd-fmnist-pair"),
-    Section("SMKD and DML on Fashion-MNIST, 40% symmetric noise", SYM, "smkd-fmnist-sym",
-            PEERS, note=PEER_NOTE),
-    Section("SMKD and DML on Fashion-MNIST, 40% pair-flip noise", PAIR, "smkd-fmnist-pair",
-            PEERS, note=PEER_NOTE),
+    Section("SMKD (our reading of open choices) and DML on Fashion-MNIST, 40% symmetric noise",
+            SYM, "smkd-fmnist-sym", PEERS, note=PEER_NOTE),
+    Section("SMKD (our reading of open choices) and DML on Fashion-MNIST, 40% pair-flip noise",
+            PAIR, "smkd-fmnist-pair", PEERS, note=PEER_NOTE),
     Section("ALM-KD and AMAL on Fashion-MNIST, 40% symmetric noise", SYM + ", gold split",
             "almkd-fmnist-sym", note=GOLD),
     Section("ALM-KD and AMAL on Fashion-MNIST, 40% pair-flip noise", PAIR + ", gold split",
             "almkd-fmnist-pair", note=GOLD),
-    Section("MLC and KDMLC on Fashion-MNIST, 40% symmetric noise", SYM + ", gold split",
-            "mlc-fmnist-sym", note=GOLD),
-    Section("MLC and KDMLC on Fashion-MNIST, 40% pair-flip noise", PAIR + ", gold split",
-            "mlc-fmnist-pair", note=GOLD),
+    Section("MLC and KDMLC (our reading) on Fashion-MNIST, 40% symmetric noise",
+            SYM + ", gold split", "mlc-fmnist-sym", note=GOLD),
+    Section("MLC and KDMLC (our reading) on Fashion-MNIST, 40% pair-flip noise",
+            PAIR + ", gold split", "mlc-fmnist-pair", note=GOLD),
     Section("LSH feature mimicking on Fashion-MNIST, 40% symmetric noise", SYM,
             "lsh-fmnist-sym"),
     Section("LSH feature mimicking on Fashion-MNIST, 40% pair-flip noise", PAIR,
             "lsh-fmnist-pair"),
-    Section("F&F on Fashion-MNIST, 40% symmetric noise", SYM, "ff-fmnist-sym"),
-    Section("F&F on Fashion-MNIST, 40% pair-flip noise", PAIR, "ff-fmnist-pair"),
-    Section("F&F on the nCIFAR-style Fashion-MNIST set", "fmnist-lt (open + closed, long tail)",
-            "ff-fmnist",
+    Section("F&F-style reconstruction on Fashion-MNIST, 40% symmetric noise", SYM,
+            "ff-fmnist-sym"),
+    Section("F&F-style reconstruction on Fashion-MNIST, 40% pair-flip noise", PAIR,
+            "ff-fmnist-pair"),
+    Section("F&F-style reconstruction on the nCIFAR-style Fashion-MNIST set",
+            "fmnist-lt (open + closed, long tail)", "ff-fmnist",
             note="fmnist-lt: open-set images, closed noise, long tail; the ceiling is the CE "
                  "student on the same kept-class images without open-set images or closed "
                  "noise"),
@@ -122,7 +172,8 @@ def extra_table(runs: list[RunResult], patterns: list[str]) -> str:
         if not vals:
             continue
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        lines.append(f"| {variant} | `{name}` | {statistics.fmean(vals):.4f} ± {std:.4f} |")
+        lines.append(f"| {variant_label(variant)} | `{name}` | {statistics.fmean(vals):.4f} "
+                     f"± {std:.4f} |")
     return "\n" + "\n".join(lines) + "\n"
 
 
@@ -155,7 +206,7 @@ def lambda_table(runs: list[RunResult]) -> str:
             v = d.get(c, [])
             std = statistics.stdev(v) if len(v) > 1 else 0.0
             cells.append(f"{statistics.fmean(v):.3f} ± {std:.3f}" if v else "-")
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines.append(f"| {variant_label(variant)} | " + " | ".join(cells) + " |")
     return "\n" + "\n".join(lines) + "\n"
 
 
@@ -199,16 +250,18 @@ def summary_table(found: list[tuple[Section, list[dict]]]) -> str:
     """One row per method student and setting: its accuracy and its gap recovery."""
     lines = ["| setting | variant | model | test acc, best val (%) | gap recovered |",
              "|---|---|---|---|---|"]
+    shown: list[str] = []
     for section, rows in found:
         gaps = gap_recovery(rows, section.baseline, section.ceiling, section.gap_models)
         for r in rows:
             gap = gaps.get((r["variant"], r["model"]))
             if gap is None or r["variant"] in (section.baseline, section.ceiling):
                 continue
-            lines.append(f"| {section.setting} | {r['variant']} | {r['model']} | "
+            shown.append(r["variant"])
+            lines.append(f"| {section.setting} | {variant_label(r['variant'])} | {r['model']} | "
                          f"{100 * r['best_mean']:.2f} ± {100 * r['best_std']:.2f} | "
                          f"**{gap:+.2f}** |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + caveat_notes(shown)
 
 
 def main() -> None:
@@ -229,8 +282,9 @@ def main() -> None:
             continue
         rows = aggregate(runs)
         found.append((section, rows))
-        parts.append(markdown_table(rows, baseline=section.baseline, ceiling=section.ceiling,
-                                    gap_models=section.gap_models))
+        parts.append(markdown_table(labelled(rows), baseline=section.baseline,
+                                    ceiling=section.ceiling, gap_models=section.gap_models))
+        parts.append(caveat_notes([r["variant"] for r in rows]))
         if section.runs in EXTRA:
             parts.append(extra_table(runs, EXTRA[section.runs]))
         if section.runs in LAMBDA_SECTIONS:

@@ -12,7 +12,8 @@ plugin's README):
   ``[CE, teachers in recipe order]``;
 * ``preset = "amal"`` (default, the AAAI code): ``M + 1`` free weights per sample, init
   ``lambda0`` for each teacher and ``1 - lambda0`` for CE, clip ``[1e-7, 2 - 1e-7]``, 5
-  repetitions, step 1500, meta objective the CE of one validation batch of 1000;
+  repetitions, step 1500 (at a batch of 128, scaled by ``|B| / 128`` otherwise), meta
+  objective the CE of one validation batch of 1000;
   ``preset = "almkd"`` (the 2022 code): one ``lambda_i in [0, 1]`` with
   ``w_i = [1 - lambda_i, lambda_i]``, init ``U(0, 1)``, 10 repetitions, step 2000, objective
   ``0.75 L_val + 0.25 L_chunk`` on the whole validation set;
@@ -35,8 +36,10 @@ from kdcore.config import structure
 from kdcore.losses import one_hot
 from kdcore.validators import non_negative, positive, unit_interval
 from kdcore_almkd.mixing import (
+    REFERENCE_BATCH_SIZE,
     Mixing,
     UpdateConfig,
+    effective_step,
     effective_weights,
     mixed_loss,
     num_parameters,
@@ -105,7 +108,11 @@ class AlmKDParams:
         select_every: R; the table is re-learned at epochs ``e`` with ``e % R == 0``.
         warm_epochs: no update before this epoch of the stage (default: R).
         batch_size: the ``|B|`` of the update pass's ``1/|B|`` gradients (0: the recipe's
-            ``data.batch_size``); the step sizes are tuned to it.
+            ``data.batch_size``).
+        reference_batch_size: the ``|B|`` at which ``step`` holds (128, the released code's);
+            an update pass at ``|B|`` uses ``step * |B| / reference_batch_size``
+            (:func:`kdcore_almkd.mixing.effective_step`). Set it to ``|B|`` to use ``step`` as
+            given.
         shuffle: visit the training set in a random order (the component's generator) during
             updates.
         meta_split: ``gold`` (clean, ``data.gold_per_class``) or ``val`` (its labels are noisy
@@ -128,6 +135,7 @@ class AlmKDParams:
     select_every: int = attrs.field(default=10, validator=positive)
     warm_epochs: int | None = attrs.field(default=None, validator=non_negative)
     batch_size: int = attrs.field(default=0, validator=non_negative)
+    reference_batch_size: int = attrs.field(default=REFERENCE_BATCH_SIZE, validator=positive)
     shuffle: bool = True
     meta_split: Literal["gold", "val"] = "gold"
 
@@ -301,11 +309,7 @@ class AlmKD(kdcore.Component):
         else:
             val_batches = list(torch.split(torch.randperm(len(meta), generator=ctx.generator),
                                            s.val_batch))
-        cfg = UpdateConfig(
-            mixing=s.mixing, temperature=p.temperature, lr=ctx.lr(self.student), step=s.step,
-            repetitions=s.repetitions, bounds=(s.lambda_min, s.lambda_max),
-            val_weight=s.val_weight, batch_size=p.batch_size or ctx.recipe.data.batch_size,
-            grad_fit=p.grad_fit)
+        cfg = self.update_config(ctx)
         self.lam, stats = update_lambdas(
             self.lam, cfg, logits=student.logits, features=student.features,
             targets=ctx.ledger["target"].to(student.logits.dtype),
@@ -316,6 +320,17 @@ class AlmKD(kdcore.Component):
         self._publish(ctx)
         ctx.log_metric(f"{self.column}/meta_loss_first", stats.objective_first)
         ctx.log_metric(f"{self.column}/meta_loss_last", stats.objective_last)
+        ctx.log_metric(f"{self.column}/step", cfg.step)
+
+    def update_config(self, ctx: kdcore.RunContext) -> UpdateConfig:
+        """The settings of an update pass now: the preset's step scaled to the pass's ``|B|``."""
+        s, p = self.settings, self.params
+        batch = p.batch_size or ctx.recipe.data.batch_size
+        return UpdateConfig(
+            mixing=s.mixing, temperature=p.temperature, lr=ctx.lr(self.student),
+            step=effective_step(s.step, batch, p.reference_batch_size),
+            repetitions=s.repetitions, bounds=(s.lambda_min, s.lambda_max),
+            val_weight=s.val_weight, batch_size=batch, grad_fit=p.grad_fit)
 
     # -- per batch ------------------------------------------------------------------------------
 

@@ -171,6 +171,24 @@ def lookahead_gradient(
 # -- one update pass over the training set ------------------------------------------------------
 
 
+REFERENCE_BATCH_SIZE = 128  # the released code's training batch, to which its step sizes belong
+
+
+def effective_step(step: float, batch_size: int,
+                   reference_batch_size: int = REFERENCE_BATCH_SIZE) -> float:
+    """The step of an update pass at ``batch_size``: ``step * batch_size / reference_batch_size``.
+
+    Each ``g_ik`` carries its batch's ``1/|B|``, so ``dJ/dlambda_ik`` scales as ``1/|B|`` while
+    ``Delta`` (a sum of ``grad_fit`` batch means) does not. The preset steps (1500, 2000) were
+    tuned at ``|B| = 128``; scaling the step with ``|B|`` keeps each sample's lambda change what
+    it is there (exactly so when a larger batch repeats a smaller one's samples).
+    """
+    if batch_size <= 0 or reference_batch_size <= 0:
+        raise ValueError(f"batch sizes must be positive, got {batch_size!r} and "
+                         f"{reference_batch_size!r}")
+    return step * batch_size / reference_batch_size
+
+
 @attrs.frozen
 class UpdateConfig:
     """The knobs of one lambda-update pass (resolved from a preset and overrides).
@@ -179,7 +197,8 @@ class UpdateConfig:
         mixing: ``free`` (AMAL, ``M + 1`` weights) or ``convex`` (ALM-KD, one lambda).
         temperature: T of the KD terms.
         lr: the student's learning rate ``eta`` for the virtual step.
-        step: the multiplier of ``dJ/dlambda`` in the update ``lambda - step * dJ/dlambda``.
+        step: the multiplier of ``dJ/dlambda`` in the update ``lambda - step * dJ/dlambda``,
+            used as given (the component passes :func:`effective_step` of its preset's step).
         repetitions: update steps per chunk, each at the current lambdas.
         bounds: the clip interval ``(low, high)``.
         val_weight: weight of the validation loss in the meta objective (rest: chunk loss).
@@ -282,10 +301,12 @@ def update_lambdas(
 
 
 __all__ = [
+    "REFERENCE_BATCH_SIZE",
     "UpdateConfig",
     "UpdateStats",
     "chain_to_parameters",
     "chunks_of",
+    "effective_step",
     "effective_weights",
     "last_layer_inner",
     "logit_gradients",
