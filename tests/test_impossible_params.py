@@ -16,7 +16,7 @@ from kdcore.errors import KdcoreError, RecipeError
 from kdcore.models.base import ModelSpec
 from kdcore.models.zoo import MODELS
 from kdcore.testing import MODELS as TINY_MODELS
-from tests.test_data_loaders import _write_fashion
+from kdcore.testing import write_fashion_mnist
 from tests.test_data_safety import _assert_one_error_line, _run
 
 IMAGES = ModelSpec((3, 8, 8), 10)
@@ -54,7 +54,7 @@ def test_cifar_root_that_is_a_file_or_missing(tmp_path: Path, loader: Callable[.
 
 def test_empty_roots_do_not_read_the_working_directory(tmp_path: Path, monkeypatch) -> None:
     # Path("") is the working directory; data there must not be picked up silently.
-    _write_fashion(tmp_path)
+    write_fashion_mnist(tmp_path)
     (tmp_path / "cls").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "cls" / "a.png")
     monkeypatch.chdir(tmp_path)
