@@ -83,3 +83,19 @@ def test_resumed_refinement_stage_equals_an_uninterrupted_one(tmp_path):
         assert h.epochs()[-1] == ("refine", 0)
     run_tiny(recipe, tmp_path / "cut", resume=True)
     assert_same_history(tmp_path / "cut", tmp_path / "straight")
+
+
+@pytest.mark.parametrize("name", ["amlkd", "amlkd-fmnist", "amlkd-release"])
+def test_the_mutual_stage_starts_on_the_teachers_graph_as_the_release(name):
+    """The release's stage 2 starts at epoch 181 (odd: the teacher's graph); mutual_lp
+    alternates by the student's absolute epoch plus ``offset`` (even: the student's graph)."""
+    from pathlib import Path
+
+    from kdcore import load_recipe
+
+    recipe = load_recipe(Path(__file__).parents[3] / "recipes" / f"{name}.toml")
+    s = next(i for i, st in enumerate(recipe.stages)
+             if any(c.use == "mutual_lp" for c in st.components))
+    before = sum(st.epochs for st in recipe.stages[:s] if "student" in st.train)
+    lp = next(c for c in recipe.stages[s].components if c.use == "mutual_lp")
+    assert (before + lp.params.get("offset", 0)) % 2 == 1
