@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import kdcore
 from kdcore import PluginHost, RecipeError
 from kdcore.plan import build_plan
 from kdcore.recipe import recipe_from_dict
-from kdcore.testing import component, harness, run_tiny, stage, teacher_stage, tiny_recipe
+from kdcore.testing import TinyNet, component, harness, run_tiny, stage, teacher_stage, tiny_recipe
 from kdcore_lp import TeacherLP
 
 # the teacher is wider than kdcore.testing's; the student keeps the default lr (0.05)
@@ -67,19 +66,6 @@ def test_lp_pipeline_refines_labels_and_keeps_selected(tmp_path):
         assert 0 <= h.metric("label/acc")[r1] <= 1
 
 
-class Net(nn.Module):
-    """A tiny model returning ``(logits, features)`` like kdcore's."""
-
-    def __init__(self, d: int = 6, c: int = 3, hidden: int = 8):
-        super().__init__()
-        self.body = nn.Linear(d, hidden)
-        self.head = nn.Linear(hidden, c)
-
-    def forward(self, x):
-        f = torch.relu(self.body(x))
-        return self.head(f), f
-
-
 def test_teacher_lp_rewrites_base_target_and_keeps_the_selected_samples():
     g = torch.Generator().manual_seed(0)
     n, c = 90, 3
@@ -89,7 +75,7 @@ def test_teacher_lp_rewrites_base_target_and_keeps_the_selected_samples():
                         clean)
     torch.manual_seed(0)
     h = harness(TeacherLP, {**KEEP_SELECTED, "k": 5}, x=x, noisy_label=noisy, clean_label=clean,
-                num_classes=c, models={"teacher": Net(c=c), "student": Net(c=c)},
+                num_classes=c, models={"teacher": TinyNet(c=c), "student": TinyNet(c=c)},
                 name="teacher_lp")
     selected = torch.rand(n, generator=g) < 0.5
     h.run.ledger.add("select/small_loss", selected, producer="small_loss", kind="mask")

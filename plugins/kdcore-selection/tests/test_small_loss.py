@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import kdcore
 from kdcore import PluginHost, RecipeError
 from kdcore.plan import build_plan
 from kdcore.recipe import recipe_from_dict
+from kdcore.testing import TinyNet as Net
 from kdcore.testing import component, harness, run_tiny, stage, teacher_stage, tiny_recipe
 from kdcore_selection.small_loss import SmallLoss, keep_smallest, kept_count, mixture_noise_rate
 
@@ -141,19 +141,6 @@ def test_mixture_is_the_default_and_its_rates_are_in_the_history(tmp_path):
         assert len(estimates) == 2 and all(0.0 <= r <= 1.0 for r in estimates)
         np.testing.assert_allclose(h.metric("select/small_loss/rate_realised"), realised)
         np.testing.assert_allclose(h.metric("select/small_loss/rate"), estimates)
-
-
-class Net(nn.Module):
-    """A tiny model returning ``(logits, features)`` like kdcore's."""
-
-    def __init__(self, d: int = 6, c: int = 4, hidden: int = 8):
-        super().__init__()
-        self.body = nn.Linear(d, hidden)
-        self.head = nn.Linear(hidden, c)
-
-    def forward(self, x):
-        f = torch.relu(self.body(x))
-        return self.head(f), f
 
 
 def _harness(params, n=100, c=4, models=None, **kw):
