@@ -118,6 +118,32 @@ def status(spec: RunSpec) -> str:
     return "new"
 
 
+def pending(specs: Sequence[RunSpec], echo: Callable[[str], None] = print,
+            ) -> tuple[list[RunSpec], dict[str, int]]:
+    """The unfinished runs of ``specs`` and the counts so far (finished runs ``skipped``)."""
+    todo = [s for s in specs if status(s) != "done"]
+    counts = {"ran": 0, "skipped": len(specs) - len(todo), "failed": 0}
+    if counts["skipped"]:
+        echo(f"{counts['skipped']} of {len(specs)} runs already finished: skipped")
+    return todo, counts
+
+
+def run_spec(spec: RunSpec, resume: bool | None = None, host: Any = None) -> None:
+    """Run ``spec`` in this process: its recipe with its overrides, into ``spec.out``.
+
+    Args:
+        resume: continue from the checkpoint in ``spec.out``; None: when there is one.
+        host: the plugin host (default: the installed plugins).
+    """
+    from kdcore.engine import run_recipe
+    from kdcore.recipe import load_recipe
+
+    if resume is None:
+        resume = status(spec) == "partial"
+    run_recipe(load_recipe(spec.variant.recipe, spec.overrides), out=str(spec.out),
+               resume=resume, host=host, progress=False, overrides=spec.overrides)
+
+
 def run_grid(
     specs: Sequence[RunSpec],
     *,
@@ -130,10 +156,7 @@ def run_grid(
     With ``jobs == 1`` runs go one after another in this process (no torch import per run);
     with more, each run is a ``kdcore run`` subprocess, ``jobs`` at a time.
     """
-    todo = [s for s in specs if status(s) != "done"]
-    counts = {"ran": 0, "skipped": len(specs) - len(todo), "failed": 0}
-    if counts["skipped"]:
-        echo(f"{counts['skipped']} of {len(specs)} runs already finished: skipped")
+    todo, counts = pending(specs, echo)
     total = len(todo)
 
     def one(i: int, spec: RunSpec) -> bool:

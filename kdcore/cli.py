@@ -227,9 +227,23 @@ def inspect(run_dir: Path, column: str | None, csv_path: Path | None, cartograph
               help="Grid directory: runs go to OUT/<variant>/seed<k>/.")
 @click.option("--jobs", "-j", default=1, show_default=True,
               help="Runs in parallel (separate processes); 1 runs in this process.")
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local",
+              show_default=True,
+              help="local: --jobs processes here; slurm: every run a SLURM job (submitit).")
+@click.option("--slurm-partition", default=None, help="slurm: the partition.")
+@click.option("--slurm-time", type=int, default=60, show_default=True,
+              help="slurm: time limit per run, minutes (a run cut off is requeued and resumes).")
+@click.option("--slurm-gpus", type=int, default=0, show_default=True, help="slurm: GPUs per run.")
+@click.option("--slurm-cpus", type=int, default=2, show_default=True, help="slurm: CPUs per run.")
+@click.option("--slurm-mem-gb", type=float, default=8, show_default=True,
+              help="slurm: memory per run, GB.")
+@click.option("--slurm-folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="slurm: submitit's job files and logs (default OUT/.submitit).")
 @_user_errors
 def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
-           variants: tuple[str, ...], overrides: tuple[str, ...], out: Path, jobs: int) -> None:
+           variants: tuple[str, ...], overrides: tuple[str, ...], out: Path, jobs: int,
+           launcher: str, slurm_partition: str | None, slurm_time: int, slurm_gpus: int,
+           slurm_cpus: int, slurm_mem_gb: float, slurm_folder: Path | None) -> None:
     """Run recipes x variants x seeds; finished runs are skipped, interrupted ones resumed."""
     from kdcore import ablate as ab
 
@@ -253,16 +267,18 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     except ValueError:
         raise KdcoreError(f"--seeds takes comma-separated integers, got '{seeds}'") from None
     specs = ab.plan(specs_variants, seed_list, out)
-    host = _host((), False)
+    if launcher == "slurm":
+        from kdcore import launchers
 
-    def in_process(spec: ab.RunSpec, resume: bool) -> None:
-        from kdcore.engine import run_recipe
-        from kdcore.recipe import load_recipe
-
-        run_recipe(load_recipe(spec.variant.recipe, spec.overrides), out=str(spec.out),
-                   resume=resume, host=host, progress=False, overrides=spec.overrides)
-
-    counts = ab.run_grid(specs, jobs=jobs, echo=click.echo, in_process=in_process)
+        make_executor = launchers.slurm_executor(
+            partition=slurm_partition, time_min=slurm_time, gpus=slurm_gpus, cpus=slurm_cpus,
+            mem_gb=slurm_mem_gb)
+        counts = launchers.launch_grid(specs, make_executor, echo=click.echo,
+                                       folder=slurm_folder or out / ".submitit")
+    else:
+        host = _host((), False)
+        counts = ab.run_grid(specs, jobs=jobs, echo=click.echo,
+                             in_process=lambda spec, resume: ab.run_spec(spec, resume, host))
     click.echo(f"grid {out}: {counts['ran']} ran, {counts['skipped']} skipped, "
                f"{counts['failed']} failed")
     if counts["failed"]:
