@@ -23,7 +23,7 @@ from kdcore.history import HistoryWriter
 from kdcore.loop import Trainer
 from kdcore.plan import RunPlan, build_plan
 from kdcore.plugins import ObserverBus, PluginHost
-from kdcore.prepare import load_model_checkpoints, prepare_run
+from kdcore.prepare import compile_models, load_model_checkpoints, prepare_run
 from kdcore.recipe import Recipe
 from kdcore.run import ComponentContext, Run
 
@@ -204,6 +204,7 @@ def run_recipe(
             run = prepare_run(plan, host, run_dir)
             _adapt_models(plan, run)
             load_model_checkpoints(run)
+            compile_models(run)
             history = HistoryWriter(run_dir / "history.h5")
             run.write_data = history.add_data
             if state is None:

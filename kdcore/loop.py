@@ -247,6 +247,8 @@ class Trainer:
         run = self.run
         data, ledger = run.data, run.ledger
         x = run.augment(data.inputs(data.train, index), self.augment_gen)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         base, noisy = ledger["base_target"], data.train_noisy[index]
         src = self._hard_source
         hard = noisy if src is not None and src[0] is base and src[1] == (

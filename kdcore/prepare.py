@@ -44,9 +44,16 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
     run = Run(recipe, run_dir, device, plan.augmentations)
     run.data = data = build_run_data(recipe.data, host, recipe.run.seed, device)
     spec = ModelSpec(tuple(data.train.input_shape), data.num_classes)
+    channels_last = recipe.run.channels_last
+    if channels_last is None:
+        channels_last = device.type == "cuda"
     for role, (factory, params) in plan.models.items():
         _check_fits(role, factory, spec, params, device)
-        run.models[role] = _build_model(role, factory, spec, params, recipe.run.seed).to(device)
+        model = _build_model(role, factory, spec, params, recipe.run.seed).to(device)
+        if channels_last and len(spec.input_shape) == 3:  # images (C, H, W): conv nets
+            model = model.to(memory_format=torch.channels_last)
+        run.models[role] = model
+    run.channels_last = bool(channels_last) and len(spec.input_shape) == 3
     run.ledger = ledger = Ledger(len(data.train), device)
     ledger.add("noisy_label", data.train_noisy, producer="data", kind="label", snapshot=False)
     ledger.add("clean_label", data.train.y, producer="data", kind="label", snapshot=False)
@@ -58,6 +65,14 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
     ledger.add("base_target", noisy_one_hot, producer="labels", kind="target", snapshot=False)
     ledger.add("target", noisy_one_hot, producer="labels", kind="target")
     return run
+
+
+def compile_models(run: Run) -> None:
+    """``run.compile``: compile each model in place (``nn.Module.compile``), after its
+    structure is final and its weights are loaded, so names and checkpoints are unchanged."""
+    if run.recipe.run.compile:
+        for model in run.models.values():
+            model.compile()
 
 
 def load_model_checkpoints(run: Run) -> None:
@@ -128,4 +143,4 @@ def _free_memory(device: torch.device) -> int | None:
         return None
 
 
-__all__ = ["load_model_checkpoints", "load_weights_into", "prepare_run"]
+__all__ = ["compile_models", "load_model_checkpoints", "load_weights_into", "prepare_run"]

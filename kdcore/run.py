@@ -54,6 +54,7 @@ class Run:
         self.stage_step = 0
         self.steps_per_epoch = 0
         self.resumed = False
+        self.channels_last = False  # image batches in channels-last order (prepare sets it)
         self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)
         self.augmentations = augmentations
         self.cache: dict[Any, Any] = {}

@@ -81,3 +81,55 @@ def test_fp16_with_a_component_owning_backward_is_refused(monkeypatch):
     with pytest.raises(RecipeError, match="own backward"):
         _check_precision(recipe, [stage_plan])
     _check_precision(recipe_from_dict(kd_recipe("bf16")), [stage_plan])  # bf16 needs no scaler
+
+
+def cnn_recipe(**run: object) -> dict:
+    return tiny_recipe(stage("student", 1, ["student"], component("ce")),
+                       models={"student": {"arch": "cnn", "params": {"channels": [4, 8],
+                                                                     "hidden": 16}}},
+                       data={"params": {"flatten": False}}, run=run, train_subset=120)
+
+
+@pytest.mark.slow
+def test_channels_last_puts_conv_weights_and_batches_in_that_order(tmp_path, monkeypatch):
+    from kdcore import loop
+    from kdcore.prepare import prepare_run
+
+    def conv_weights(channels_last):
+        recipe = recipe_from_dict(cnn_recipe(channels_last=channels_last))
+        run = prepare_run(build_plan(recipe, PluginHost()), PluginHost(), tmp_path)
+        return run, [m.weight for m in run.models["student"].modules()
+                     if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1]
+
+    run, weights = conv_weights(True)
+    assert run.channels_last and weights
+    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+               for w in weights)
+    run, weights = conv_weights(None)  # the default: off on the CPU
+    assert not run.channels_last and all(w.is_contiguous() for w in weights)
+
+    seen: list[bool] = []
+    original = loop.Trainer._train_batch
+
+    def spy(self, stage, index, observes):
+        seen.append(self.run.channels_last)
+        return original(self, stage, index, observes)
+
+    monkeypatch.setattr(loop.Trainer, "_train_batch", spy)
+    on = run_tiny(cnn_recipe(channels_last=True), tmp_path / "on")
+    off = run_tiny(cnn_recipe(channels_last=False), tmp_path / "off")
+    assert seen[0] and not seen[-1]
+    assert on["student"]["last_test_acc"] == pytest.approx(off["student"]["last_test_acc"],
+                                                           abs=0.05)
+
+
+@pytest.mark.slow
+def test_compile_compiles_each_model_in_place_after_its_weights(tmp_path, monkeypatch):
+    compiled: list[type] = []
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, *a, **k: compiled.append(type(self).__name__))
+    run_tiny(kd_recipe("fp32") | {"run": {**kd_recipe("fp32")["run"], "compile": True}},
+             tmp_path / "run")
+    assert sorted(compiled) == ["MLP", "MLP"]  # teacher and student, once each
+    state = torch.load(tmp_path / "run" / "models" / "student.pt")
+    assert not any(k.startswith("_orig_mod") for k in state)  # names unchanged
