@@ -1,0 +1,178 @@
+"""The CIFAR recipes (recipes/cifar*.toml): every one passes `kdcore check` on tiny generated
+CIFAR-10 / CIFAR-100 files in the python-version layout (and a tiny CIFAR-N label file), and a few
+representative ones train one epoch per stage on CPU with tiny widths.
+
+tests/test_shipped_recipes.py checks the other recipes without a data root; it leaves the CIFAR
+ones to this file, which points them at the generated files with `--set data.params.root=...`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kdcore import load_recipe, run_recipe
+from kdcore.cli import main
+from kdcore.recipe.resolve import load_raw
+
+RECIPE_DIR = Path(__file__).parents[1] / "recipes"
+RECIPES = sorted(RECIPE_DIR.glob("cifar*.toml"))
+BASES = [RECIPE_DIR / "base-cifar10.toml", RECIPE_DIR / "base-cifar100.toml"]
+
+N_TRAIN = {10: 400, 100: 500}  # every class present: 40 and 5 images per class
+N_TEST = {10: 100, 100: 200}
+
+
+def _pickle(path: Path, obj: object) -> None:
+    path.write_bytes(pickle.dumps(obj))
+
+
+def _images_and_labels(n: int, classes: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = rng.permutation(np.arange(n) % classes)  # every class, shuffled
+    return images, labels.tolist()
+
+
+def write_cifar10(root: Path) -> Path:
+    """Tiny CIFAR-10 in the release's layout: five data batches, a test batch and the meta."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    images, labels = _images_and_labels(N_TRAIN[10], 10, 0)
+    per_batch = N_TRAIN[10] // 5
+    for i in range(5):
+        part = slice(i * per_batch, (i + 1) * per_batch)
+        _pickle(folder / f"data_batch_{i + 1}", {b"data": images[part], b"labels": labels[part]})
+    test_images, test_labels = _images_and_labels(N_TEST[10], 10, 1)
+    _pickle(folder / "test_batch", {b"data": test_images, b"labels": test_labels})
+    _pickle(folder / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
+    return folder
+
+
+def write_cifar100(root: Path) -> Path:
+    """Tiny CIFAR-100 in the release's layout: train, test and meta, fine and coarse labels."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, seed in (("train", 2), ("test", 3)):
+        n = N_TRAIN[100] if name == "train" else N_TEST[100]
+        images, fine = _images_and_labels(n, 100, seed)
+        coarse = [label // 5 for label in fine]
+        _pickle(folder / name,
+                {b"data": images, b"fine_labels": fine, b"coarse_labels": coarse})
+    meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}
+    _pickle(folder / "meta", meta)
+    return folder
+
+
+def write_cifar10n(path: Path, n: int = 2000) -> Path:
+    """A tiny CIFAR-10N release file: numpy label columns as torch.save wrote them, with the
+    release's column names; every class is confused somewhat."""
+    rng = np.random.default_rng(4)
+    clean = np.arange(n) % 10
+
+    def noisy(rate: float) -> np.ndarray:
+        flip = rng.random(n) < rate
+        return np.where(flip, rng.integers(0, 10, n), clean)
+
+    columns = {"clean_label": clean, "aggre_label": noisy(0.09), "worse_label": noisy(0.4)}
+    columns |= {f"random_label{i}": noisy(0.17) for i in (1, 2, 3)}
+    torch.save(columns, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cifar_data(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("cifar")
+    return {
+        "cifar10": str(write_cifar10(root)),
+        "cifar100": str(write_cifar100(root)),
+        "cifar_n": str(write_cifar10n(root / "CIFAR-10_human.pt")),
+    }
+
+
+def data_overrides(path: Path, data: dict[str, str]) -> list[str]:
+    """The `--set` values that point a shipped recipe at the generated files."""
+    recipe = load_recipe(path)
+    overrides = [f"data.params.root={data[recipe.data.dataset]!r}"]
+    if recipe.data.noise.model == "cifar_n":
+        overrides.append(f"data.noise.params.path={data['cifar_n']!r}")
+    return overrides
+
+
+def test_there_are_cifar_recipes():
+    names = {p.stem for p in RECIPES}
+    for method in ("ce", "kd", "amlkd"):
+        for setting in ("cifar10-{}-sym40", "cifar10-{}-pair40", "cifar10-{}-idn40",
+                        "cifar100-{}-sym40", "cifar10n-{}-worst", "cifar10n-{}-aggre"):
+            assert setting.format(method) in names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_cifar_recipe_checks(path, cifar_data):
+    sets = [arg for value in data_overrides(path, cifar_data) for arg in ("--set", value)]
+    result = CliRunner().invoke(main, ["check", str(path), *sets])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_cifar_recipe_is_the_full_benchmark(path):
+    """As shipped: the full data on the GPU when there is one, CIFAR networks at full width."""
+    recipe = load_recipe(path)
+    assert recipe.run.device == "auto" and recipe.data.train_subset == 0
+    assert recipe.data.dataset in ("cifar10", "cifar100")
+    assert [a.name for a in recipe.data.augment] == ["crop_flip"]
+    assert {m.arch for m in recipe.models.values()} <= {"resnet56", "resnet8"}
+    assert all(m.params.get("width", 16) == 16 for m in recipe.models.values())
+    assert recipe.run.name == path.stem
+    epochs = {role: 0 for role in recipe.models}
+    for stage in recipe.stages:
+        for role in stage.train:
+            epochs[role] += stage.epochs
+    assert epochs["student"] in (200, 240) and epochs["teacher"] in (0, 200)  # ce: no teacher
+    if recipe.data.dataset == "cifar100":  # the CIFAR-100 data of base-cifar100.toml
+        base = load_raw(BASES[1])["data"]
+        assert recipe.data.params == base["params"] and recipe.data.dataset == base["dataset"]
+
+
+def test_cifar_bases_are_not_runnable_alone():
+    for path in BASES:
+        result = CliRunner().invoke(main, ["check", str(path)])
+        assert result.exit_code == 2 and "at least one [[stages]]" in result.output
+
+
+# -- smoke runs: one epoch per stage, a few hundred images, tiny widths, on CPU ----------------
+
+SMOKE = ["cifar10-kd-sym40", "cifar10-amlkd-idn40", "cifar100-ce-sym40", "cifar10n-ce-worst"]
+
+
+def smoke_overrides(path: Path, data: dict[str, str]) -> list[str]:
+    recipe = load_recipe(path)
+    overrides = [*data_overrides(path, data), 'run.device="cpu"', "data.train_subset=300",
+                 "data.batch_size=64", "run.checkpoint_interval_s=1000"]
+    overrides += [f"models.{role}.params.width=4" for role in recipe.models]
+    overrides += [f"stages.{stage.name}.epochs=1" for stage in recipe.stages]
+    return overrides
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SMOKE)
+def test_cifar_recipe_smoke_run(name, cifar_data, tmp_path):
+    path = RECIPE_DIR / f"{name}.toml"
+    overrides = smoke_overrides(path, cifar_data)
+    recipe = load_recipe(path, overrides)
+    started = time.perf_counter()
+    summary = run_recipe(recipe, out=str(tmp_path / "run"), progress=False, overrides=overrides)
+    elapsed = time.perf_counter() - started
+    print(f"{name}: {elapsed:.1f} s")
+    trained = {role for stage in recipe.stages for role in stage.train}
+    assert set(summary) == trained
+    for role, result in summary.items():
+        assert 0.0 <= result["test_acc_at_best_val"] <= 1.0, role
+    assert (tmp_path / "run" / "summary.json").is_file()
