@@ -45,12 +45,12 @@ ARCHS = {
 }
 
 
-def ce_recipe(epochs: int, out: str, arch: str = "mlp", subset: int | None = None
-              ) -> kdcore.Recipe:
+def ce_recipe(epochs: int, out: str, arch: str = "mlp", subset: int | None = None,
+              device: str = "cpu") -> kdcore.Recipe:
     data_params, model, default_subset = ARCHS[arch]
     subset = default_subset if subset is None else subset
     return recipe_from_dict({
-        "run": {"name": "ce-bench", "seed": 0, "device": "cpu", "output_dir": out},
+        "run": {"name": "ce-bench", "seed": 0, "device": device, "output_dir": out},
         "data": {"dataset": "fashion_mnist", "params": data_params, "batch_size": 128,
                  "train_subset": subset,
                  "noise": {"model": "symmetric", "params": {"rate": 0.4}}},
@@ -112,7 +112,7 @@ def run_plain(recipe: kdcore.Recipe, host: kdcore.PluginHost) -> float:
     t0 = time.perf_counter()
     for _ in range(recipe.stages[0].epochs):
         model.train()
-        perm = torch.randperm(len(y), generator=gen)
+        perm = torch.randperm(len(y), generator=gen).to(y.device)
         for start in range(0, len(y), bs):
             idx = perm[start:start + bs]
             logits, _ = model(data.inputs(data.train, idx))
@@ -127,6 +127,8 @@ def run_plain(recipe: kdcore.Recipe, host: kdcore.PluginHost) -> float:
                                                                            len(labels)))))[0]
                                   .argmax(1) for i in range(0, len(labels), 1024)])
                 float((pred == labels).float().mean())
+    if y.is_cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -135,6 +137,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="mlp")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--subset", type=int, default=None,
                         help="training images (0: all 54,000; default: the arch's own)")
     args = parser.parse_args()
@@ -143,12 +146,13 @@ def main() -> None:
     host = kdcore.PluginHost()
     # one untimed round of each first: the first optimiser of a process imports torch._dynamo
     # (about 2 s), a one-off cost that must not land on whichever runs first
-    warm = ce_recipe(1, tempfile.gettempdir(), args.arch, 5000)
+    warm = ce_recipe(1, tempfile.gettempdir(), args.arch, 5000, args.device)
     run_engine(warm, host)
     run_plain(warm, host)
     pairs, engine_info = [], None
     for rep in range(args.repeats):
-        recipe = ce_recipe(args.epochs, tempfile.gettempdir(), args.arch, args.subset)
+        recipe = ce_recipe(args.epochs, tempfile.gettempdir(), args.arch, args.subset,
+                           args.device)
         order = ("engine", "plain") if rep % 2 == 0 else ("plain", "engine")
         times = {}
         for which in order:
@@ -166,7 +170,7 @@ def main() -> None:
         "epochs": args.epochs, "repeats": args.repeats, "batch_size": 128,
         "arch": args.arch, "model": ARCHS[args.arch][1],
         "train_subset": ARCHS[args.arch][2] if args.subset is None else args.subset,
-        "threads": 2,
+        "threads": 2, "device": args.device,
         "pairs": pairs, "ratio_mean": statistics.mean(ratios),
         "ratio_std": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
         "ratio_median": statistics.median(ratios),
@@ -180,6 +184,7 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     suffix = "" if args.subset is None else f"_n{args.subset}"
+    suffix += "" if args.device == "cpu" else f"_{args.device.replace(':', '')}"
     path = RESULTS / f"engine_costs_{args.arch}{suffix}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"overhead ratio {out['ratio_mean']:.3f} +- {out['ratio_std']:.3f} (median "

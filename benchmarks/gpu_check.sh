@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The prepared check for a machine with a GPU (kdcore's CI has none): run it there in one call,
+#   bash benchmarks/gpu_check.sh [OUT]            (default OUT: gpu-check)
+# and record what it measured. In under 8 minutes it writes, under OUT:
+#   env.txt         torch, CUDA and the GPUs seen
+#   tests.txt       the tests that need CUDA (fp16, channels-last, precision), run on it
+#   kd-run/         a KD recipe trained on the GPU in bf16 (summary.json, history.h5, log)
+#   throughput.txt  engine against the plain loop (benchmarks/engine_costs.py) on the GPU,
+#                   on generated Fashion-MNIST-shaped data (the machine has no network)
+#   ddp.txt         why no multi-GPU run yet (kdcore has no multi-process run yet)
+# Without a GPU it runs the same steps on the CPU, smaller (its CPU fallback, also what the
+# test suite exercises); GPU_CHECK_DRY_RUN=1 prints the steps without running them.
+set -uo pipefail
+
+OUT=${1:-gpu-check}
+PY=${PYTHON:-.venv/bin/python}
+KDCORE=${KDCORE:-.venv/bin/kdcore}
+DRY=${GPU_CHECK_DRY_RUN:-0}
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  MODE=gpu DEVICE=cuda GPUS=$(nvidia-smi -L | wc -l)
+  EPOCHS=3 REPEATS=3 SUBSET=0 BUDGET=150
+else
+  MODE=cpu DEVICE=cpu GPUS=0
+  EPOCHS=1 REPEATS=1 SUBSET=5000 BUDGET=120
+fi
+echo "gpu_check: mode $MODE, device $DEVICE, $GPUS GPU(s), output $OUT"
+
+step() {  # step NAME SECONDS COMMAND...: run under a time limit, output to OUT/NAME.txt
+  local name=$1 limit=$2
+  shift 2
+  echo "gpu_check: step $name (at most ${limit}s): $*"
+  if [ "$DRY" = 1 ]; then return 0; fi
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+  local rc=$?
+  echo "gpu_check: step $name ended with $rc after $((SECONDS - t0))s" | tee -a "$OUT/$name.txt"
+}
+
+[ "$DRY" = 1 ] || mkdir -p "$OUT"
+
+step env 60 "$PY" -c "
+import torch
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())
+for i in range(torch.cuda.device_count()):
+    print(i, torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory)
+"
+
+step tests 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_precision.py tests/test_device.py
+
+step kd-run "$BUDGET" "$KDCORE" run recipes/kd.toml --out "$OUT/kd-run" --overwrite -q \
+  --set "run.device=\"$DEVICE\"" --set 'run.precision="bf16"'
+
+# engine_costs.py reads Fashion-MNIST through its loader: point it at generated IDX files
+FMNIST="$OUT/fmnist"
+step fmnist-data 60 "$PY" -c "
+from pathlib import Path
+from kdcore.testing import write_fashion_mnist
+write_fashion_mnist(Path('$FMNIST'), n_train=60000, n_test=10000)
+"
+KDCORE_FASHION_MNIST="$FMNIST" step throughput 240 "$PY" benchmarks/engine_costs.py \
+  --arch cnn --device "$DEVICE" --epochs "$EPOCHS" --repeats "$REPEATS" --subset "$SUBSET"
+
+if [ "$GPUS" -ge 2 ]; then
+  step ddp 5 echo "2 GPUs present, but kdcore has no multi-process run yet (scale-out issue)"
+else
+  step ddp 5 echo "fewer than 2 GPUs: no DDP run"
+fi
+[ "$DRY" = 1 ] || cp benchmarks/results/engine_costs_cnn*.json "$OUT/" 2>/dev/null
+echo "gpu_check: done; results in $OUT"
