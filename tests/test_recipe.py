@@ -353,3 +353,27 @@ def test_every_name_imported_from_the_package_is_there():
             "parse_override", "apply_override", "check_consistency"}
     assert used <= set(package.__all__)
     assert all(hasattr(package, name) for name in package.__all__)
+
+
+def test_replace_marker_takes_a_table_whole_instead_of_merging(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text('[data.noise]\nmodel = "symmetric"\n'
+                    'params = { rate = 0.4, include_true = true }\n'
+                    '[models.student]\narch = "mlp"\nparams = { hidden = [32] }\n'
+                    '[[stages]]\nname = "s"\nepochs = 1\ntrain = ["student"]\n'
+                    '[[stages.components]]\nuse = "ce"\n')
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\n'
+                     '[data.noise]\nmodel = "pair_flip"\n'
+                     'params = { __replace__ = true, rate = 0.2 }\n'
+                     '[models.student]\nparams = { hidden = [8] }\n')
+    recipe = load_recipe(child)
+    assert recipe.data.noise.params == {"rate": 0.2}  # include_true is gone
+    assert recipe.models["student"].params == {"hidden": [8]}  # without the marker: merged
+    merged = tmp_path / "merged.toml"
+    merged.write_text(child.read_text().replace("__replace__ = true, ", ""))
+    assert load_recipe(merged).data.noise.params == {"rate": 0.2, "include_true": True}
+    bad = tmp_path / "bad.toml"
+    bad.write_text(child.read_text().replace("__replace__ = true", "__replace__ = 1"))
+    with pytest.raises(RecipeError, match=r"data\.noise\.params\.__replace__.*expected true"):
+        load_recipe(bad)

@@ -2,7 +2,9 @@
 
 A recipe may ``extends = "other.toml"`` (a path relative to itself) and override keys; tables
 merge key by key, and lists of tables whose entries carry a ``name`` (stages, components) merge
-entry by entry, matched by name, new names appended. ``--set key.path=value`` overrides apply
+entry by entry, matched by name, new names appended; a table holding ``__replace__ = true``
+replaces the inherited table (or list entry) whole instead (a noise model or architecture with
+other parameters than the base's). ``--set key.path=value`` overrides apply
 after that, with list entries addressed by index or by name
 (``stages.student.components.kd.weight=0``). Nothing in a recipe is evaluated as code.
 
@@ -155,26 +157,47 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merge(load_raw(base_path, chain), data)
 
 
-def merge(base: Any, over: Any) -> Any:
-    """Deep-merge ``over`` into ``base`` (see the module docstring for lists of tables)."""
+REPLACE = "__replace__"
+"""In a table of a recipe that extends another: take this table as it is, merge nothing."""
+
+
+def merge(base: Any, over: Any, key: str = "") -> Any:
+    """Deep-merge ``over`` into ``base`` (see the module docstring for lists of tables);
+    ``key`` is where ``over`` stands in the recipe, for messages."""
+    if isinstance(over, Mapping) and REPLACE in over:
+        return strip_replace(over, key)
     if isinstance(base, Mapping) and isinstance(over, Mapping):
         out = dict(base)
-        for key, value in over.items():
-            out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+        for k, value in over.items():
+            out[k] = merge(base[k], value, _join(key, str(k))) if k in base \
+                else copy.deepcopy(value)
         return out
     if _named_list(base) and _named_list(over):
         out_list = [copy.deepcopy(item) for item in base]
         names = [_entry_name(item) for item in out_list]
-        for item in over:
+        for j, item in enumerate(over):
             name = _entry_name(item)
             if name in names:
                 i = names.index(name)
-                out_list[i] = merge(out_list[i], item)
+                out_list[i] = merge(out_list[i], item, f"{key}[{j}]")
             else:
                 out_list.append(copy.deepcopy(item))
                 names.append(name)
         return out_list
     return copy.deepcopy(over)
+
+
+def strip_replace(data: Any, key: str = "") -> Any:
+    """``data`` without its ``__replace__`` markers (each must be ``true``)."""
+    if isinstance(data, Mapping):
+        marker = data.get(REPLACE, True)
+        if marker is not True:
+            raise RecipeError(f"got {marker!r}, expected true (the only value it takes)",
+                              key=_join(key, REPLACE))
+        return {k: strip_replace(v, _join(key, str(k))) for k, v in data.items() if k != REPLACE}
+    if isinstance(data, list):
+        return [strip_replace(v, f"{key}[{i}]") for i, v in enumerate(data)]
+    return copy.deepcopy(data)
 
 
 def _join(key: str, name: str) -> str:
@@ -266,7 +289,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     Component parameters are checked later, by the plugin that owns each component (see
     :func:`kdcore.build.build_components`), because only it knows their types.
     """
-    data = load_raw(path)
+    try:
+        data = strip_replace(load_raw(path))
+    except RecipeError as exc:
+        raise exc.at(file=str(path)) from None
     for text in overrides:
         try:
             key_path, value = parse_override(text)
