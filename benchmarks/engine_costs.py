@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="mlp")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where the JSON goes (default: benchmarks/results)")
     parser.add_argument("--subset", type=int, default=None,
                         help="training images (0: all 54,000; default: the arch's own)")
     args = parser.parse_args()
@@ -182,10 +184,10 @@ def main() -> None:
         "raw_float32_bytes": engine_info["raw_float32_bytes"],
         "size_ratio_vs_float32": engine_info["file_bytes"] / engine_info["raw_float32_bytes"],
     }
-    RESULTS.mkdir(exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.subset is None else f"_n{args.subset}"
     suffix += "" if args.device == "cpu" else f"_{args.device.replace(':', '')}"
-    path = RESULTS / f"engine_costs_{args.arch}{suffix}.json"
+    path = args.results / f"engine_costs_{args.arch}{suffix}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"overhead ratio {out['ratio_mean']:.3f} +- {out['ratio_std']:.3f} (median "
           f"{out['ratio_median']:.3f}, ratio of minima {out['ratio_of_minima']:.3f}); history "

@@ -59,12 +59,12 @@ from kdcore.testing import write_fashion_mnist
 write_fashion_mnist(Path('$FMNIST'), n_train=60000, n_test=10000)
 "
 KDCORE_FASHION_MNIST="$FMNIST" step throughput 240 "$PY" benchmarks/engine_costs.py \
-  --arch cnn --device "$DEVICE" --epochs "$EPOCHS" --repeats "$REPEATS" --subset "$SUBSET"
+  --arch cnn --device "$DEVICE" --epochs "$EPOCHS" --repeats "$REPEATS" --subset "$SUBSET" \
+  --results "$OUT"
 
 if [ "$GPUS" -ge 2 ]; then
   step ddp 5 echo "2 GPUs present, but kdcore has no multi-process run yet (scale-out issue)"
 else
   step ddp 5 echo "fewer than 2 GPUs: no DDP run"
 fi
-[ "$DRY" = 1 ] || cp benchmarks/results/engine_costs_cnn*.json "$OUT/" 2>/dev/null
 echo "gpu_check: done; results in $OUT"
