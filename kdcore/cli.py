@@ -1,4 +1,4 @@
-"""The ``kdcore`` command line: run, check, plugins, inspect.
+"""The ``kdcore`` command line: run, check, plugins, inspect, ablate, report.
 
 A user's mistake ends with one line on stderr and exit code 2, never a traceback.
 """
@@ -75,7 +75,15 @@ class _OneLineErrors(click.Group):
             sys.exit(EXIT_USER_ERROR)
 
 
-@click.group(cls=_OneLineErrors)
+def _examples(*lines: str) -> str:
+    """A ``--help`` epilog of runnable command lines, kept as written (click's \\b)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+@click.group(cls=_OneLineErrors, epilog=_examples(
+    "kdcore run recipes/kd.toml --out runs/kd",
+    "kdcore inspect runs/kd",
+    "kdcore plugins --verbose"))
 @click.version_option(package_name="kdcore")
 def main() -> None:
     """Knowledge distillation under noisy labels."""
@@ -88,13 +96,17 @@ _set_option = click.option(
 )
 _plugin_option = click.option(
     "--plugin", "plugins", multiple=True, metavar="MODULE[:OBJ]",
-    help="Also load this plugin module or object (besides installed plugins).",
+    help="Also load this plugin module or object, importable from here (repeatable; "
+         "besides the installed plugins), e.g. my_pkg.plugin or my_module:MyPlugin.",
 )
 _strict_option = click.option(
     "--strict-plugins", is_flag=True, help="A plugin that fails to load is an error.")
 
 
-@main.command()
+@main.command(epilog=_examples(
+    "kdcore run recipes/kd.toml --out runs/kd",
+    "kdcore run recipes/kd.toml --set 'data.noise.model=\"pair_flip\"' --out runs/kd-pair",
+    "kdcore run recipes/kd.toml --out runs/kd --resume"))
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory "
@@ -126,7 +138,9 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
                    f"{s['best_val_epoch']}, last {s['last_test_acc']:.4f} ({s['kept']} kept)")
 
 
-@main.command()
+@main.command(epilog=_examples(
+    "kdcore check recipes/kd.toml",
+    "kdcore check recipes/kd.toml --set run.seed=1 --set data.noise.params.rate=0.2"))
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
 @click.option("--out", type=click.Path(file_okay=False), help="The run directory to check "
@@ -152,70 +166,84 @@ def check(recipe: Path, overrides: tuple[str, ...], out: str | None, plugins: tu
     click.echo(resolved.to_toml(), nl=False)
 
 
-@main.command()
+@main.command(epilog=_examples(
+    "kdcore plugins",
+    "kdcore plugins --verbose",
+    "kdcore plugins --json --verbose"))
 @_plugin_option
 @_strict_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--verbose", "-v", is_flag=True, help="Also each component's description and "
+              "parameters (name, type, default, doc).")
 @_user_errors
-def plugins(plugins: tuple[str, ...], strict_plugins: bool, as_json: bool) -> None:
+def plugins(plugins: tuple[str, ...], strict_plugins: bool, as_json: bool,
+            verbose: bool) -> None:
     """List plugins: distribution, version, what each provides and the hooks it implements."""
+    from kdcore.cli_plugins import details, print_plugins
+
     host = _host(plugins, strict_plugins)
-    infos = list(host.infos.values())
     if as_json:
         import attrs
 
-        click.echo(json.dumps([attrs.asdict(i) for i in infos], indent=2))
+        out = []
+        for info in host.infos.values():
+            entry = attrs.asdict(info)
+            if verbose and not info.error:
+                entry["components"] = details(host, info.provides.get("components", []))
+            out.append(entry)
+        click.echo(json.dumps(out, indent=2))
         return
-    for info in infos:
-        click.echo(f"{info.name}  ({info.distribution} {info.version})")
-        if info.error:
-            click.echo(f"  FAILED: {info.error}")
-            continue
-        for kind, names in sorted(info.provides.items()):
-            if kind == "components":
-                parts = [f"{n} [{'+'.join(host.components.get(n).kinds()) or 'lifecycle'}]"
-                         for n in names]
-            else:
-                parts = list(names)
-            click.echo(f"  {kind}: {', '.join(parts)}")
-        click.echo(f"  hooks: {', '.join(info.hooks)}")
+    print_plugins(host, verbose)
 
 
 _SUMMARY_PATTERNS = ("train/*/loss", "test/*/acc", "test/*/bacc", "label/acc",
                      "select/*/fraction", "select/*/precision", "select/*/recall")
 
 
-@main.command()
+@main.command(epilog=_examples(
+    "kdcore inspect runs/kd",
+    "kdcore inspect runs/kd --metrics 'test/*/acc,label/acc' --csv metrics.csv",
+    "kdcore inspect runs/kd --column target --column loss/ce --csv ledger.csv",
+    "kdcore inspect runs/kd --column all --csv ledger.csv",
+    "kdcore inspect runs/kd --cartography dynamics/ --model student"))
 @click.argument("run_dir", type=click.Path(exists=False, path_type=Path))
-@click.option("--column", help="Export this ledger column over epochs (e.g. "
-              "select/small_loss or target).")
+@click.option("--column", "columns", multiple=True, metavar="NAME|all",
+              help="Export this ledger column over epochs (repeatable; e.g. target, "
+                   "select/small_loss; 'all': every column), one CSV row per epoch and sample "
+                   "with its sample_id, clean_label and noisy_label.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where --column (or the per-epoch metrics) goes as CSV.")
+              help="Where --column (or the per-epoch metrics) goes as CSV: exact values, "
+                   "missing ones as empty cells (default for --column: stdout).")
 @click.option("--cartography", type=click.Path(file_okay=False, path_type=Path),
-              help="Write Dataset Cartography training dynamics (dynamics_epoch_E.jsonl) here.")
+              help="Write Dataset Cartography training dynamics (dynamics_epoch_E.jsonl) here, "
+                   "one file per epoch in which the model trained.")
 @click.option("--model", "role", default=None, help="Model role for --cartography "
               "(default: the first with recorded logits).")
 @click.option("--metrics", "patterns", default=None,
               help="Comma-separated metric names or glob patterns to print.")
 @_user_errors
-def inspect(run_dir: Path, column: str | None, csv_path: Path | None, cartography: Path | None,
-            role: str | None, patterns: str | None) -> None:
+def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
+            cartography: Path | None, role: str | None, patterns: str | None) -> None:
     """Print a per-epoch summary of RUN_DIR's history, or export from it."""
-    from kdcore.cli_inspect import export_cartography, export_column, print_metrics
+    from kdcore.cli_inspect import export_cartography, export_columns, print_metrics
     from kdcore.history import open_history
 
     with open_history(run_dir) as hist:
-        if column:
-            export_column(hist, column, csv_path)
+        if columns:
+            export_columns(hist, columns, csv_path)
         elif cartography:
-            n = export_cartography(hist, cartography, role)
-            click.echo(f"wrote {n} epoch files to {cartography}")
+            role, n = export_cartography(hist, cartography, role)
+            click.echo(f"wrote {n} epoch files (the epochs model '{role}' trained) to "
+                       f"{cartography}")
         else:
             print_metrics(hist, patterns.split(",") if patterns else _SUMMARY_PATTERNS,
                            csv_path)
 
 
-@main.command()
+@main.command(epilog=_examples(
+    "kdcore ablate recipes/ce.toml recipes/kd.toml --seeds 0,1,2 --out runs/base",
+    "kdcore ablate recipes/kd.toml --variant 'T2:stages.student.components.kd.params."
+    "temperature=2' --out runs/kd-temp --jobs 2"))
 @click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path),
               help="A grid TOML (seeds, variants with their recipe and overrides).")
@@ -239,15 +267,22 @@ def inspect(run_dir: Path, column: str | None, csv_path: Path | None, cartograph
               help="slurm: memory per run, GB.")
 @click.option("--slurm-folder", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="slurm: submitit's job files and logs (default OUT/.submitit).")
+@_plugin_option
+@_strict_option
 @_user_errors
 def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
            variants: tuple[str, ...], overrides: tuple[str, ...], out: Path, jobs: int,
            launcher: str, slurm_partition: str | None, slurm_time: int, slurm_gpus: int,
-           slurm_cpus: int, slurm_mem_gb: float, slurm_folder: Path | None) -> None:
+           slurm_cpus: int, slurm_mem_gb: float, slurm_folder: Path | None,
+           plugins: tuple[str, ...], strict_plugins: bool) -> None:
     """Run recipes x variants x seeds; finished runs are skipped, interrupted ones resumed."""
     from kdcore import ablate as ab
 
     _configure_logging(quiet=True)
+    if plugins and (jobs != 1 or launcher != "local"):
+        # the runs of --jobs N and SLURM build their plugin host in another process
+        raise KdcoreError("--plugin loads into this process: it takes --jobs 1 and the local "
+                          "launcher (install the plugin as a package to use it with others)")
     specs_variants: list[ab.Variant] = []
     grid_seeds = [0]
     if grid:
@@ -276,7 +311,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
         counts = launchers.launch_grid(specs, make_executor, echo=click.echo,
                                        folder=slurm_folder or out / ".submitit")
     else:
-        host = _host((), False)
+        host = _host(plugins, strict_plugins)
         counts = ab.run_grid(specs, jobs=jobs, echo=click.echo,
                              in_process=lambda spec, resume: ab.run_spec(spec, resume, host))
     click.echo(f"grid {out}: {counts['ran']} ran, {counts['skipped']} skipped, "
@@ -285,7 +320,10 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
         sys.exit(1)
 
 
-@main.command()
+@main.command(epilog=_examples(
+    "kdcore report runs/base",
+    "kdcore report runs/base --model student --csv table.csv --plots runs/base/plots",
+    "kdcore report runs/base --baseline ce --ceiling clean --gap-model student"))
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the table as Markdown here (default: print it).")

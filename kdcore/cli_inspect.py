@@ -1,18 +1,31 @@
-"""What ``kdcore inspect`` prints and exports from a history: per-epoch metrics, one ledger
-column as CSV, Dataset Cartography's training dynamics."""
+"""What ``kdcore inspect`` prints and exports from a history: per-epoch metrics, ledger columns
+as CSV, Dataset Cartography's training dynamics.
+
+CSV files are exact and numeric: a value not measured (a metric of a model that did not train
+that epoch, a ledger column no component wrote that epoch, a NaN) is an empty cell, and floats
+are written in full (Python's shortest round-trip form), so pandas reads every value column as
+numbers and ``float(cell)`` equals what h5py reads from the history. The printed table rounds
+to 4 decimals and shows ``-`` for a missing value.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from kdcore.errors import KdcoreError
+
+#: the per-sample constants every ``--column`` export carries, after the row's position
+SAMPLE_COLUMNS = ("sample_id", "clean_label", "noisy_label")
+ALL = "all"
 
 
 def print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> None:
@@ -23,13 +36,16 @@ def print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> 
     epochs = hist.epochs()
     values = {n: hist.metric(n) for n in names}
     header = ["row", "stage", "epoch", *names]
-    rows = [[str(i), st, str(e), *(_fmt(values[n][i]) for n in names)]
-            for i, (st, e) in enumerate(epochs)]
     if csv_path:
         with csv_path.open("w", newline="") as fh:
-            csv.writer(fh).writerows([header, *rows])
-        click.echo(f"wrote {len(rows)} rows to {csv_path}")
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows([i, st, e, *(_exact(values[n][i]) for n in names)]
+                             for i, (st, e) in enumerate(epochs))
+        click.echo(f"wrote {len(epochs)} rows to {csv_path}")
         return
+    rows = [[str(i), st, str(e), *(_rounded(values[n][i]) for n in names)]
+            for i, (st, e) in enumerate(epochs)]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]
     click.echo("  ".join(h.rjust(w) for h, w in zip(header, widths)))
@@ -37,51 +53,142 @@ def print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> 
         click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths)))
 
 
-def _fmt(value: float) -> str:
+def _rounded(value: float) -> str:
     return "-" if value != value else f"{value:.4f}"
 
 
-def export_column(hist: Any, name: str, csv_path: Path | None) -> None:
-    if name not in hist.column_names() and name not in hist.data_names():
-        from kdcore.errors import did_you_mean
+def _exact(value: Any) -> Any:
+    """A CSV cell: an int, a float in full (``str(float)`` round-trips), '' for NaN."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biu":
+        return int(value)
+    value = float(value)
+    return "" if value != value else value
 
-        raise KdcoreError(f"no column '{name}'{did_you_mean(name, hist.column_names())}; "
-                          f"columns: {', '.join(hist.column_names())}")
-    if name in hist.data_names():
-        values = hist.data(name)[None]
-        epochs = [("data", 0)]
-    else:
+
+def _per_sample_data(hist: Any, n: int) -> list[str]:
+    """The ``/data`` arrays with one entry per ledger row."""
+    out = []
+    for name in hist.data_names():
+        arr = hist.data(name)
+        if arr.ndim >= 1 and arr.shape[0] == n and name not in SAMPLE_COLUMNS:
+            out.append(name)
+    return out
+
+
+def _resolve_columns(hist: Any, names: Sequence[str]) -> list[str]:
+    """``names`` as given, ``all`` expanded to every ledger column and per-sample constant."""
+    ledger, data = hist.column_names(), hist.data_names()
+    out: list[str] = []
+    for name in names:
+        if name == ALL:
+            n = hist.data("noisy_label").shape[0]
+            out += [*ledger, *_per_sample_data(hist, n)]
+        elif name in ledger or name in data:
+            out.append(name)
+        else:
+            from kdcore.errors import did_you_mean
+
+            raise KdcoreError(f"no column '{name}'{did_you_mean(name, [*ledger, *data])}; "
+                              f"columns: {', '.join(ledger)} (or 'all')")
+    return list(dict.fromkeys(out))
+
+
+def _cells(hist: Any, name: str, rows: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """CSV header -> (values ``(rows, N)``, missing ``(rows, N)``) for one column.
+
+    A ledger column is missing where no component produced it that epoch (the history's fill
+    value) or where it is NaN; a ``/data`` constant repeats on every epoch row. A column with a
+    class axis exports its argmax and the value there: ``<name>/label`` and
+    ``<name>/confidence`` for targets (probabilities), ``<name>/argmax`` and ``<name>/max``
+    otherwise (logits, per-class values).
+    """
+    if name in hist.column_names():
         values = hist.column(name)
-        epochs = hist.epochs()
-    if values.ndim == 3:  # soft targets: export the argmax label and its probability
-        labels, conf = values.argmax(-1), values.max(-1)
-        cols = {"label": labels, "confidence": conf}
+        absent = np.array([not p for p in hist.producers(name)])
+        kind = _kind(hist, name)
     else:
-        cols = {"value": values}
+        values = np.broadcast_to(hist.data(name)[None], (rows, *hist.data(name).shape))
+        absent = np.zeros(rows, dtype=bool)
+        kind = "data"
+    nan = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+    if values.ndim == 3:
+        nan = nan.any(-1)
+        safe = np.where(np.isnan(values), -np.inf, values) if values.dtype.kind == "f" else values
+        arg = safe.argmax(-1)
+        top = np.take_along_axis(values, arg[..., None], -1)[..., 0]
+        missing = nan | absent[:, None]
+        a, b = ("label", "confidence") if kind == "target" else ("argmax", "max")
+        return {f"{name}/{a}": (arg, missing), f"{name}/{b}": (top, missing)}
+    if values.ndim != 2:
+        raise KdcoreError(f"column '{name}' has shape {values.shape[1:]} per epoch; only "
+                          "per-sample values and per-class vectors export as CSV")
+    return {name: (values, nan | absent[:, None])}
+
+
+def _kind(hist: Any, name: str) -> str:
+    """A ledger column's stored kind (``target``, ``value``, ...; History has no reader)."""
+    kind = hist._file["ledger"][name].attrs.get("kind", "")
+    return kind.decode() if isinstance(kind, bytes) else str(kind)
+
+
+def export_columns(hist: Any, names: Sequence[str], csv_path: Path | None) -> None:
+    """Ledger columns (and ``/data`` constants) as one CSV row per epoch row and sample.
+
+    Header: ``row`` (epoch row in the history), ``stage``, ``epoch`` (within the stage),
+    ``ledger_row`` (the sample's index on the ledger's axis), ``sample_id`` (its row in the
+    loader's training split), ``clean_label``, ``noisy_label``, then the columns asked for.
+    Only ``/data`` columns: one block, stage ``data``.
+    """
+    columns = _resolve_columns(hist, names)
+    epochs = hist.epochs()
+    if not any(c in hist.column_names() for c in columns):
+        epochs = [("data", 0)]
+    rows = len(epochs)
+    base = {k: hist.data(k) for k in SAMPLE_COLUMNS if k in hist.data_names()}
+    cells: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in columns:
+        cells.update(_cells(hist, name, rows))
+    n = next(iter(cells.values()))[0].shape[1]
     out = csv_path.open("w", newline="") if csv_path else sys.stdout
     try:
         writer = csv.writer(out)
-        writer.writerow(["row", "stage", "epoch", "sample", *cols])
+        writer.writerow(["row", "stage", "epoch", "ledger_row", *base, *cells])
+        ids = [[_exact(v[j]) for v in base.values()] for j in range(n)]
         for i, (st, e) in enumerate(epochs):
-            for j in range(values.shape[1]):
-                writer.writerow([i, st, e, j, *(_cell(c[i, j]) for c in cols.values())])
+            # one epoch row at a time: .tolist() gives Python ints and floats (exact values)
+            epoch_cells = [(v[i].tolist(), m[i]) for v, m in cells.values()]
+            for j in range(n):
+                writer.writerow([i, st, e, j, *ids[j],
+                                 *("" if m[j] else int(v[j]) if isinstance(v[j], bool) else v[j]
+                                   for v, m in epoch_cells)])
     finally:
         if csv_path:
             out.close()
     if csv_path:
-        click.echo(f"wrote column '{name}' ({len(epochs)} epochs x {values.shape[1]} samples) "
-                   f"to {csv_path}")
+        click.echo(f"wrote {len(cells)} column(s) ({rows} epochs x {n} samples) to {csv_path}")
 
 
-def _cell(v: Any) -> Any:
-    return int(v) if v.dtype.kind in "biu" else float(v)
+def trained_rows(hist: Any, role: str) -> list[int]:
+    """The history's epoch rows in which model ``role`` trained: the rows of the stages whose
+    ``train`` lists it (the resolved recipe the history holds)."""
+    try:
+        stages = tomllib.loads(hist.recipe).get("stages", [])
+    except (tomllib.TOMLDecodeError, KeyError) as exc:
+        raise KdcoreError(f"{hist.path}: cannot read the run's recipe ({exc})") from None
+    training = {s.get("name") for s in stages if role in s.get("train", ())}
+    return [i for i, (st, _) in enumerate(hist.epochs()) if st in training]
 
 
-def export_cartography(hist: Any, out_dir: Path, role: str | None) -> int:
-    """One ``dynamics_epoch_E.jsonl`` per epoch, the format of allenai/cartography.
+def export_cartography(hist: Any, out_dir: Path, role: str | None) -> tuple[str, int]:
+    """One ``dynamics_epoch_E.jsonl`` per epoch in which the model trained, the format of
+    allenai/cartography; returns the model role and the number of files.
 
-    Each line is ``{"guid": sample, "logits_epoch_E": [...], "gold": noisy label}``, the training
-    logits the model produced for that sample during epoch E.
+    Files are numbered 0.. over the epochs the model trained (the stages whose ``train`` lists
+    it, as the run's recipe says); a frozen model's epochs (its logits unchanged) are left out,
+    since they would skew variability and confidence. Each line is ``{"guid": sample id,
+    "logits_epoch_E": [...], "gold": noisy label}``: the sample's row in the loader's training
+    split, the training logits the model produced for it during that epoch (as stored), and
+    its noisy label.
     """
     candidates = [c for c in hist.column_names() if c.startswith("logits/")]
     if role is not None:
@@ -90,18 +197,18 @@ def export_cartography(hist: Any, out_dir: Path, role: str | None) -> int:
         raise KdcoreError("the history holds no training logits"
                           + (f" of model '{role}'" if role else ""))
     name = candidates[0]
-    logits = hist.column(name)
+    role = name.removeprefix("logits/")
     producers = hist.producers(name)
+    rows = [i for i in trained_rows(hist, role) if producers[i]]
+    if not rows:
+        raise KdcoreError(f"model '{role}' trained in no recorded epoch of this run")
     gold = hist.data("noisy_label")
+    guid = hist.data("sample_id") if "sample_id" in hist.data_names() else np.arange(len(gold))
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for e in range(logits.shape[0]):
-        if not producers[e]:
-            continue
-        with (out_dir / f"dynamics_epoch_{written}.jsonl").open("w") as fh:
-            for i in range(logits.shape[1]):
-                fh.write(json.dumps({"guid": i, f"logits_epoch_{written}":
-                                     [round(float(v), 4) for v in logits[e, i]],
+    for k, e in enumerate(rows):
+        logits = hist.column(name, e).astype(np.float64).tolist()
+        with (out_dir / f"dynamics_epoch_{k}.jsonl").open("w") as fh:
+            for i, row in enumerate(logits):
+                fh.write(json.dumps({"guid": int(guid[i]), f"logits_epoch_{k}": row,
                                      "gold": int(gold[i])}) + "\n")
-        written += 1
-    return written
+    return role, len(rows)

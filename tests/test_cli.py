@@ -61,8 +61,9 @@ def test_inspect_exports_a_column_as_csv(finished_run, tmp_path):
     res = invoke("inspect", finished_run, "--column", "target", "--csv", path)
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(path.open()))
-    assert rows[0].keys() == {"row", "stage", "epoch", "sample", "label", "confidence"}
-    n = len({r["sample"] for r in rows})
+    assert rows[0].keys() == {"row", "stage", "epoch", "ledger_row", "sample_id", "clean_label",
+                              "noisy_label", "target/label", "target/confidence"}
+    n = len({r["sample_id"] for r in rows})
     assert len(rows) == 4 * n
 
 
