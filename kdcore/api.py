@@ -1,0 +1,375 @@
+"""The researcher's API: run a recipe, run a grid, read a run's history as pandas frames.
+
+``kdcore.run``, ``kdcore.ablate`` and ``kdcore.load_history`` (docs/api.md) are these functions;
+they are the programmatic twins of ``kdcore run``, ``kdcore ablate`` and ``kdcore inspect``::
+
+    result = kdcore.run("recipes/amlkd.toml", overrides=["run.seed=1"], out="runs/amlkd-s1")
+    result.summary                          # best-validation and last-epoch accuracies
+    frames = result.history()               # == kdcore.load_history(result.run_dir)
+    frames.metrics                          # one row per epoch: stage, epoch, every metric
+
+The frames need pandas (``pip install 'kdcore[analysis]'``); running does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+from loguru import logger
+
+from kdcore import ablate as grid
+from kdcore.errors import KdcoreError
+from kdcore.recipe import (
+    Recipe,
+    apply_override,
+    load_recipe,
+    parse_override,
+    read_toml,
+    recipe_from_dict,
+)
+
+__all__ = ["AblateResult", "GridRun", "HistoryFrames", "RunResult", "ablate", "as_recipe",
+           "load_history", "run"]
+
+RecipeLike = str | Path | Recipe | Mapping[str, Any]
+_GRID_KEYS = {"recipe", "seeds", "set", "variant"}
+
+
+# -- one run ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RunResult:
+    """What :func:`run` returns.
+
+    Attributes:
+        summary: best-validation and last-epoch accuracies per model role (``summary.json``).
+        run_dir: the run directory (``recipe.toml``, ``history.h5``, ``summary.json``, log).
+    """
+
+    summary: dict[str, Any]
+    run_dir: Path
+
+    def history(self) -> HistoryFrames:
+        """The run's history as pandas frames (:func:`load_history`)."""
+        return load_history(self.run_dir)
+
+
+def as_recipe(recipe: RecipeLike, overrides: Sequence[str] = ()) -> Recipe:
+    """A resolved recipe from a file path, a :class:`~kdcore.recipe.Recipe` or plain recipe
+    data (as :func:`kdcore.testing.tiny_recipe` makes), with ``--set`` style overrides applied.
+
+    Raises:
+        KdcoreError: an unreadable or invalid recipe, or a bad override (one line).
+    """
+    if isinstance(recipe, str | Path):
+        return load_recipe(recipe, list(overrides))
+    if isinstance(recipe, Recipe):
+        if not overrides:
+            return recipe
+        data, source = recipe.to_dict(), recipe.source
+    elif isinstance(recipe, Mapping):
+        data, source = copy.deepcopy(dict(recipe)), None
+    else:
+        raise KdcoreError(f"a recipe is a file path, a kdcore.Recipe or a dict, not "
+                          f"{type(recipe).__name__}")
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    return recipe_from_dict(data, source=source)
+
+
+def run(
+    recipe: RecipeLike,
+    *,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    plugins: Sequence[Any] = (),
+    progress: bool = False,
+) -> RunResult:
+    """Run a recipe; ``kdcore run`` from Python.
+
+    Args:
+        recipe: a recipe file, a :class:`~kdcore.recipe.Recipe` or plain recipe data.
+        overrides: ``key.path=value`` overrides, as ``--set`` takes them (recorded in the run).
+        out: the run directory (default ``run.output_dir/run.name``).
+        resume: continue the run in ``out`` from its last checkpoint.
+        overwrite: replace an earlier run in ``out``.
+        plugins: in-process plugin objects, besides the installed plugins.
+        progress: a progress bar over batches.
+
+    Raises:
+        KdcoreError: a bad recipe or override, an output directory that holds a run (without
+            ``resume`` or ``overwrite``), or what stops the run.
+    """
+    from kdcore.engine import run_recipe
+    from kdcore.plugins import PluginHost
+
+    resolved = as_recipe(recipe, overrides)
+    run_dir = Path(out) if out is not None else (
+        Path(resolved.run.output_dir) / resolved.run.name)
+    summary = run_recipe(resolved, out=str(run_dir), resume=resume, overwrite=overwrite,
+                         host=PluginHost(extra=list(plugins)), progress=progress,
+                         overrides=list(overrides))
+    return RunResult(summary=summary, run_dir=run_dir)
+
+
+# -- grids ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class GridRun:
+    """One run of a grid: ``run_dir`` is ``out/<variant>/seed<seed>``; ``summary`` is None for
+    a run that did not finish."""
+
+    variant: str
+    seed: int
+    run_dir: Path
+    summary: dict[str, Any] | None
+
+
+@attrs.frozen
+class AblateResult:
+    """What :func:`ablate` returns: the counts ``kdcore ablate`` prints and every run."""
+
+    ran: int
+    skipped: int
+    failed: int
+    runs: list[GridRun]
+    out: Path
+
+    def summaries(self) -> dict[tuple[str, int], dict[str, Any]]:
+        """``(variant, seed) -> summary`` of every finished run."""
+        return {(r.variant, r.seed): r.summary for r in self.runs if r.summary is not None}
+
+
+def _recipe_file(recipe: Recipe | Mapping[str, Any], out: Path) -> str:
+    """A Recipe or recipe data written where a grid's runs (and subprocesses) can read it."""
+    resolved = as_recipe(recipe)
+    path = out / ".recipes" / f"{resolved.run.name}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(resolved.to_toml())
+    return str(path)
+
+
+def _variant(raw: str | grid.Variant | tuple[str, Sequence[str]], recipe: str) -> grid.Variant:
+    if isinstance(raw, grid.Variant):
+        return grid.Variant(raw.name, recipe, list(raw.set))
+    if isinstance(raw, str):
+        return grid.parse_variant(raw, recipe)
+    name, sets = raw
+    return grid.Variant(str(name), recipe, [str(s) for s in sets])
+
+
+def _is_grid_file(item: Any) -> bool:
+    if not isinstance(item, str | Path) or not Path(item).is_file():
+        return False
+    return bool(set(read_toml(Path(item))) <= _GRID_KEYS)
+
+
+def ablate(
+    recipes_or_grid: RecipeLike | grid.Variant | Sequence[RecipeLike | grid.Variant],
+    *,
+    seeds: Sequence[int] | None = None,
+    variants: Sequence[str | grid.Variant | tuple[str, Sequence[str]]] = (),
+    overrides: Sequence[str] = (),
+    out: str | Path,
+    jobs: int = 1,
+    echo: Callable[[str], None] | None = None,
+) -> AblateResult:
+    """Run recipes x variants x seeds into ``out/<variant>/seed<k>/``; ``kdcore ablate`` from
+    Python. Finished runs are skipped, interrupted ones resumed, a failed one counted.
+
+    Args:
+        recipes_or_grid: a grid file (``kdcore ablate --grid``: its variants and seeds), or
+            one or a list of recipes (files, ``Recipe`` objects or recipe data; a recipe
+            variant is named after the file's stem or ``run.name``) or
+            :class:`~kdcore.ablate.Variant` objects.
+        seeds: the seeds of every variant (default: the grid file's, else ``(0,)``).
+        variants: applied to every recipe: ``"name:key=value;key=value"`` as ``--variant``
+            takes them, ``(name, [overrides])`` pairs or ``Variant`` objects (their recipe
+            ignored); without any, each recipe is one variant.
+        overrides: ``--set`` overrides of every run, applied before each variant's own.
+        out: the grid directory.
+        jobs: runs in parallel (separate ``kdcore run`` processes); 1 runs here, in turn.
+        echo: where the progress lines go (default: the log, at INFO).
+
+    Raises:
+        KdcoreError: nothing to run, two variants of one name, a bad grid file or recipe (a
+            run that fails is counted in ``failed``, not raised).
+    """
+    out = Path(out)
+    items = (list(recipes_or_grid) if isinstance(recipes_or_grid, list | tuple)
+             else [recipes_or_grid])
+    chosen: list[grid.Variant] = []
+    grid_seeds = [0]
+    for item in items:
+        if isinstance(item, grid.Variant):
+            chosen.append(item)
+        elif _is_grid_file(item):
+            found, grid_seeds = grid.read_grid(item)
+            chosen += found
+        else:
+            if isinstance(item, str | Path):
+                recipe, stem = str(item), Path(item).stem
+            else:
+                recipe = _recipe_file(item, out)
+                stem = Path(recipe).stem
+            chosen += ([_variant(v, recipe) for v in variants] if variants
+                       else [grid.Variant(stem, recipe)])
+    if not chosen:
+        raise KdcoreError("nothing to run: give recipes, variants or a grid file")
+    if overrides:
+        chosen = [grid.Variant(v.name, v.recipe, [*overrides, *v.set]) for v in chosen]
+    specs = grid.plan(chosen, list(seeds) if seeds is not None else grid_seeds, out)
+    from kdcore.plugins import PluginHost
+
+    host = PluginHost()
+    counts = grid.run_grid(specs, jobs=jobs, echo=echo or logger.info,
+                           in_process=lambda spec, resume: grid.run_spec(spec, resume, host))
+    runs = [GridRun(s.variant.name, s.seed, s.out, _summary(s.out)) for s in specs]
+    return AblateResult(ran=counts["ran"], skipped=counts["skipped"], failed=counts["failed"],
+                        runs=runs, out=out)
+
+
+def _summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# -- history as frames ------------------------------------------------------------------------
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError:
+        raise KdcoreError("reading a history as frames needs pandas: install kdcore[analysis] "
+                          "(pip install 'kdcore[analysis]')") from None
+    return pandas
+
+
+@attrs.frozen
+class HistoryFrames:
+    """A run's ``history.h5`` as pandas frames (:func:`load_history`). No file stays open:
+    :meth:`column` and :meth:`data` read the file when called.
+
+    Attributes:
+        path: the ``history.h5`` file.
+        metrics: one row per epoch row (index ``row``): ``stage``, ``epoch`` (within the
+            stage) and every metric (NaN where not measured).
+        recipe_toml: the resolved recipe the run was started with, as TOML.
+        num_classes: the number of classes.
+        class_names: the class names, in label order.
+        columns: the ledger columns' names.
+        data_names: the per-sample constants' names (``noisy_label``, ``clean_mask``, ...).
+    """
+
+    path: Path
+    metrics: Any
+    recipe_toml: str
+    num_classes: int
+    class_names: list[str]
+    columns: list[str]
+    data_names: list[str]
+
+    @property
+    def recipe(self) -> Recipe:
+        """The resolved recipe the run was started with."""
+        import tomllib
+
+        return recipe_from_dict(tomllib.loads(self.recipe_toml), source=str(self.path))
+
+    def _open(self) -> Any:
+        from kdcore.history import History
+
+        return History(self.path)
+
+    def data(self, name: str) -> Any:
+        """A per-sample constant of ``/data`` as stored (numpy; row ``i`` is sample ``i``)."""
+        if name not in self.data_names:
+            raise KdcoreError(f"no data '{name}' in {self.path}; data: "
+                              f"{', '.join(self.data_names)}")
+        with self._open() as h:
+            return h.data(name)
+
+    def column(self, name: str, *, epoch: int | None = None, full: bool = False) -> Any:
+        """A ledger column in long form: one row per (epoch row, sample), as ``kdcore inspect
+        --column`` exports it.
+
+        Columns ``row`` (the epoch row), ``stage``, ``epoch``, ``ledger_row`` (the sample's
+        index, as in :meth:`data`), ``sample_id`` (its row in the dataset's training split),
+        ``clean_label``, ``noisy_label``, then ``value`` for a per-sample column; for an
+        ``N x C`` column ``label`` and ``confidence`` (a target's argmax and max) or ``argmax``
+        and ``max`` (logits and other per-class values), or with ``full`` one column per class,
+        ``class_0`` ... Values keep their stored dtype, float16 read as float32 (the same).
+
+        Args:
+            epoch: one epoch row (negative counts from the end); default every row.
+        """
+        pd = _pandas()
+        if name not in self.columns:
+            raise KdcoreError(f"no column '{name}' in {self.path}; columns: "
+                              f"{', '.join(self.columns) or '(none)'}")
+        rows = np.arange(len(self.metrics))
+        if epoch is not None:
+            if not -len(rows) <= epoch < len(rows):
+                raise KdcoreError(f"epoch row {epoch} out of range: the history has "
+                                  f"{len(rows)} rows")
+            rows = rows[[epoch]]
+        with self._open() as h:
+            values = h.column(name) if epoch is None else h.column(name, int(rows[0]))[None]
+            kind = str(h._file["ledger"][name].attrs.get("kind", ""))  # no History method
+            per_sample = {k: h.data(k) for k in ("sample_id", "clean_label", "noisy_label")
+                          if k in self.data_names}
+        if values.ndim > 3:
+            raise KdcoreError(f"column '{name}' has shape {values.shape[1:]} per epoch; read "
+                              f"it with kdcore.History(...).column('{name}')")
+        n = values.shape[1]
+        frame = {
+            "row": np.repeat(rows, n),
+            "stage": np.repeat(self.metrics["stage"].to_numpy()[rows], n),
+            "epoch": np.repeat(self.metrics["epoch"].to_numpy()[rows], n),
+            "ledger_row": np.tile(np.arange(n), len(rows)),
+            **{k: np.tile(v, len(rows)) for k, v in per_sample.items()},
+        }
+        if values.dtype == np.float16:  # exact in float32; pandas cannot display float16
+            values = values.astype(np.float32)
+        if values.ndim == 2:
+            frame["value"] = values.reshape(-1)
+        elif full:
+            flat = values.reshape(-1, values.shape[2])
+            frame |= {f"class_{k}": flat[:, k] for k in range(flat.shape[1])}
+        else:
+            names = ("label", "confidence") if kind == "target" else ("argmax", "max")
+            frame[names[0]] = values.argmax(-1).reshape(-1)
+            frame[names[1]] = values.max(-1).reshape(-1)
+        return pd.DataFrame(frame)
+
+
+def load_history(run_dir: str | Path) -> HistoryFrames:
+    """A run's ``history.h5`` (``run_dir`` or the file itself) as pandas frames.
+
+    Raises:
+        KdcoreError: pandas is not installed, or no readable history at ``run_dir``.
+    """
+    pd = _pandas()
+    from kdcore.history import History
+
+    with History(run_dir) as h:
+        epochs = h.epochs()
+        metrics = pd.DataFrame({"stage": [s for s, _ in epochs],
+                                "epoch": [e for _, e in epochs],
+                                **h.metrics()})
+        metrics.index.name = "row"
+        class_names = json.loads(str(h._file.attrs["class_names"]))  # no History property
+        return HistoryFrames(path=h.path, metrics=metrics, recipe_toml=h.recipe,
+                             num_classes=h.num_classes, class_names=class_names,
+                             columns=h.column_names(), data_names=h.data_names())

@@ -1,0 +1,242 @@
+"""kdcore.api (docs/api.md): argument handling of run and ablate (the engine replaced by a stub:
+no training), the lazy exports, and load_history against a history written here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import kdcore
+from kdcore import ablate as grid
+from kdcore import api, engine
+from kdcore.history_writer import HistoryWriter
+from kdcore.ledger import Column
+from kdcore.testing import component, stage, teacher_stage, tiny_recipe, write_recipe
+
+
+def _data() -> dict:
+    return tiny_recipe(teacher_stage(1), stage("student", 1, ["student"], component("hinton_kd")),
+                       train_subset=120)
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """run_recipe replaced: records its arguments, writes a summary, returns it."""
+    seen: list[dict] = []
+
+    def fake(recipe, *, out, resume, host, progress, overrides, overwrite=False):
+        seen.append({"recipe": recipe, "out": out, "resume": resume, "overwrite": overwrite,
+                     "host": host, "progress": progress, "overrides": overrides})
+        Path(out).mkdir(parents=True, exist_ok=True)
+        summary = {"seed": recipe.run.seed}
+        (Path(out) / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(engine, "run_recipe", fake)
+    return seen
+
+
+@pytest.mark.parametrize("form", ["path", "str", "recipe", "dict"])
+def test_run_takes_a_path_a_recipe_or_a_dict_and_applies_overrides(tmp_path, calls, form):
+    path = write_recipe(_data(), tmp_path / "tiny.toml")
+    recipe = {"path": path, "str": str(path), "recipe": kdcore.load_recipe(path),
+              "dict": _data()}[form]
+    sets = ["run.seed=7", "data.batch_size=32"]
+    result = kdcore.run(recipe, overrides=sets, out=tmp_path / "run")
+    (call,) = calls
+    assert call["recipe"].run.seed == 7 and call["recipe"].data.batch_size == 32
+    assert call["overrides"] == sets and call["out"] == str(tmp_path / "run")
+    assert (call["resume"], call["overwrite"], call["progress"]) == (False, False, False)
+    assert result == api.RunResult(summary={"seed": 7}, run_dir=tmp_path / "run")
+    with pytest.raises(AttributeError):  # frozen
+        result.run_dir = tmp_path  # type: ignore[misc]
+
+
+def test_run_defaults_to_output_dir_and_name_and_passes_its_flags(tmp_path, calls):
+    data = _data()
+    data["run"] |= {"output_dir": str(tmp_path / "runs"), "name": "mine"}
+    plugin = object()
+    result = kdcore.run(data, resume=True, overwrite=True, progress=True, plugins=[plugin])
+    assert result.run_dir == tmp_path / "runs" / "mine"
+    (call,) = calls
+    assert (call["resume"], call["overwrite"], call["progress"]) == (True, True, True)
+    assert call["host"].pm.is_registered(plugin)
+
+
+def test_a_recipe_object_without_overrides_is_used_as_it_is(tmp_path):
+    recipe = kdcore.load_recipe(write_recipe(_data(), tmp_path / "tiny.toml"))
+    assert api.as_recipe(recipe) is recipe
+    assert api.as_recipe(recipe, ["run.seed=3"]).source == recipe.source
+
+
+@pytest.mark.parametrize("bad", ["no stages", "bad value", "bad override", "no file", "a number"])
+def test_a_bad_recipe_raises_kdcore_error(tmp_path, calls, bad):
+    data, sets = _data(), []
+    recipe: object = data
+    if bad == "no stages":
+        data["stages"] = []
+    elif bad == "bad value":
+        data["data"]["batch_size"] = 0
+    elif bad == "bad override":
+        sets = ["run.seed"]
+    elif bad == "no file":
+        recipe = tmp_path / "missing.toml"
+    else:
+        recipe = 3
+    with pytest.raises(kdcore.KdcoreError):
+        kdcore.run(recipe, overrides=sets, out=tmp_path / "run")
+    assert not calls
+
+
+def test_ablate_plans_with_ablate_py_and_reports_every_run(tmp_path, calls):
+    path = write_recipe(_data(), tmp_path / "tiny.toml")
+    result = kdcore.ablate(path, variants=["a:run.threads=1", ("b", ["run.threads=2"])],
+                           seeds=[0, 1], overrides=["data.batch_size=32"], out=tmp_path / "g",
+                           echo=lambda line: None)
+    assert (result.ran, result.skipped, result.failed) == (4, 0, 0)
+    assert [(r.variant, r.seed, r.run_dir) for r in result.runs] == [
+        (v, s, tmp_path / "g" / v / f"seed{s}") for v in "ab" for s in (0, 1)]
+    assert [c["overrides"] for c in calls][:2] == [
+        ["data.batch_size=32", "run.threads=1", "run.seed=0"],
+        ["data.batch_size=32", "run.threads=1", "run.seed=1"]]
+    assert all(c["recipe"].data.batch_size == 32 for c in calls)
+    assert result.summaries()[("b", 1)] == {"seed": 1}
+    again = kdcore.ablate(path, variants=["a:run.threads=1", ("b", ["run.threads=2"])],
+                          seeds=[0, 1], out=tmp_path / "g", echo=lambda line: None)
+    assert (again.ran, again.skipped, len(calls)) == (0, 4, 4)
+
+
+def test_ablate_reads_a_grid_file_and_takes_recipe_data(tmp_path, calls):
+    write_recipe(_data(), tmp_path / "tiny.toml")
+    (tmp_path / "grid.toml").write_text(
+        'recipe = "tiny.toml"\nseeds = [3]\n[[variant]]\nname = "v"\nset = ["run.threads=1"]\n')
+    result = kdcore.ablate(tmp_path / "grid.toml", out=tmp_path / "g", echo=lambda line: None)
+    assert [(r.variant, r.seed, r.summary) for r in result.runs] == [("v", 3, {"seed": 3})]
+    data = _data()
+    data["run"]["name"] = "from-dict"
+    result = kdcore.ablate([data, grid.Variant("w", str(tmp_path / "tiny.toml"))],
+                           out=tmp_path / "h", echo=lambda line: None)
+    assert [r.variant for r in result.runs] == ["from-dict", "w"]
+    assert (tmp_path / "h" / ".recipes" / "from-dict.toml").is_file()
+
+
+def test_ablate_counts_a_failed_run_and_refuses_nothing_or_twins(tmp_path, monkeypatch):
+    def fail(spec, resume=None, host=None):
+        raise kdcore.KdcoreError("boom")
+
+    monkeypatch.setattr(grid, "run_spec", fail)
+    path = write_recipe(_data(), tmp_path / "tiny.toml")
+    result = kdcore.ablate(path, out=tmp_path / "g", echo=lambda line: None)
+    assert (result.ran, result.failed, result.runs[0].summary) == (0, 1, None)
+    with pytest.raises(kdcore.KdcoreError, match="nothing to run"):
+        kdcore.ablate([], out=tmp_path / "g")
+    with pytest.raises(kdcore.KdcoreError, match="two variants"):
+        kdcore.ablate(path, variants=["a:", "a:run.seed=1"], out=tmp_path / "g")
+
+
+def test_the_exports_are_lazy_and_the_submodules_still_work():
+    code = ("import sys, kdcore; assert 'kdcore.api' not in sys.modules; "
+            "assert {'run', 'ablate', 'load_history'} <= set(kdcore.__all__); "
+            "import kdcore.engine; import kdcore.api as api; "
+            "assert callable(kdcore.run) and callable(kdcore.ablate); "
+            "assert kdcore.run.Run is sys.modules['kdcore.run'].Run; "
+            "from kdcore import ablate as ab; assert ab.plan is sys.modules['kdcore.ablate'].plan; "
+            "assert kdcore.load_history is api.load_history; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+    for first in ("kdcore.run", "kdcore.ablate", "kdcore.api"):  # whichever is imported first
+        code = (f"import {first}, kdcore, inspect; assert callable(kdcore.run), kdcore.run; "
+                f"assert callable(kdcore.ablate); print(kdcore.ablate.run_grid.__name__)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.stdout.strip() == "run_grid", (first, out.stderr)
+
+
+# -- load_history -----------------------------------------------------------------------------
+
+N, C = 5, 3
+TARGETS = [np.eye(C, dtype=np.float16)[[0, 1, 2, 0, 1]] * np.float16(0.75),
+           np.full((N, C), 1 / 3, dtype=np.float16)]
+MASK = np.array([True, False, True, True, False])
+LOGITS = np.arange(N * C, dtype=np.float16).reshape(N, C)[::-1].copy()
+
+
+def _write_history(run_dir: Path) -> None:
+    run_dir.mkdir()
+    w = HistoryWriter(run_dir / "history.h5")
+    recipe = kdcore.load_recipe(write_recipe(_data(), run_dir / "r.toml"))
+    w.create(recipe_toml=recipe.to_toml(),
+             versions={"kdcore": "0"}, num_classes=C, class_names=["a", "b", "c"],
+             constants={"noisy_label": torch.tensor([0, 1, 2, 2, 1], dtype=torch.int32),
+                        "clean_label": torch.tensor([0, 1, 2, 0, 1], dtype=torch.int32),
+                        "clean_mask": torch.tensor([True, True, True, False, True]),
+                        "sample_id": torch.tensor([10, 11, 12, 13, 14], dtype=torch.int32)},
+             transition_matrix=torch.eye(C))
+    w.append_epoch(stage="teacher", epoch=0, metrics={"val/teacher/acc": 0.25, "time/epoch": 1.5},
+                   columns={"target": Column(torch.from_numpy(TARGETS[0]), "ce", "target"),
+                            "select/small_loss": Column(torch.from_numpy(MASK), "sl", "mask")})
+    w.append_epoch(stage="student", epoch=0, metrics={"val/student/acc": 0.125},
+                   columns={"target": Column(torch.from_numpy(TARGETS[1]), "kd", "target"),
+                            "logits/student": Column(torch.from_numpy(LOGITS), "kd", "value")})
+
+
+def test_load_history_metrics_and_metadata(tmp_path):
+    _write_history(tmp_path / "run")
+    h = kdcore.load_history(tmp_path / "run")
+    m = h.metrics
+    assert list(m.columns) == ["stage", "epoch", "time/epoch", "val/student/acc",
+                               "val/teacher/acc"]
+    assert m.index.name == "row" and list(m.index) == [0, 1]
+    assert list(m["stage"]) == ["teacher", "student"] and list(m["epoch"]) == [0, 0]
+    assert m["val/teacher/acc"][0] == 0.25 and np.isnan(m["val/teacher/acc"][1])
+    assert m["val/student/acc"][1] == 0.125 and m["time/epoch"][0] == 1.5
+    assert (h.num_classes, h.class_names) == (C, ["a", "b", "c"])
+    assert h.columns == ["logits/student", "select/small_loss", "target"]
+    assert h.recipe.data.train_subset == 120
+    assert h.data("sample_id").tolist() == [10, 11, 12, 13, 14]
+    assert kdcore.load_history(tmp_path / "run" / "history.h5").metrics.equals(m)
+    with pytest.raises(kdcore.KdcoreError, match="no data"):
+        h.data("nope")
+    with pytest.raises(kdcore.KdcoreError):
+        kdcore.load_history(tmp_path / "nowhere")
+
+
+def test_load_history_columns_in_long_form(tmp_path):
+    _write_history(tmp_path / "run")
+    h = kdcore.load_history(tmp_path / "run")
+    t = h.column("target")
+    assert list(t.columns) == ["row", "stage", "epoch", "ledger_row", "sample_id", "clean_label",
+                               "noisy_label", "label", "confidence"]
+    assert t["row"].tolist() == [0] * N + [1] * N
+    assert t["stage"].tolist() == ["teacher"] * N + ["student"] * N
+    assert t["ledger_row"].tolist() == list(range(N)) * 2
+    assert t["sample_id"].tolist() == [10, 11, 12, 13, 14] * 2
+    assert t["noisy_label"].tolist() == [0, 1, 2, 2, 1] * 2
+    assert t["label"].tolist() == [*TARGETS[0].argmax(1), *TARGETS[1].argmax(1)]
+    assert t["confidence"].to_numpy().tolist() == [*TARGETS[0].max(1).astype(np.float32),
+                                                   *TARGETS[1].max(1).astype(np.float32)]
+    full = h.column("target", full=True, epoch=-1)
+    assert full["row"].tolist() == [1] * N
+    got = full[["class_0", "class_1", "class_2"]].to_numpy()
+    assert got.dtype == np.float32 and np.array_equal(got, TARGETS[1].astype(np.float32))
+    mask = h.column("select/small_loss")
+    assert mask["value"].tolist() == [*MASK, *([False] * N)]  # row 1: not written (fill)
+    logits = h.column("logits/student", epoch=1)
+    assert logits["argmax"].tolist() == LOGITS.argmax(1).tolist()
+    assert logits["max"].tolist() == LOGITS.max(1).astype(np.float32).tolist()
+    with pytest.raises(kdcore.KdcoreError, match="no column"):
+        h.column("nope")
+    with pytest.raises(kdcore.KdcoreError, match="out of range"):
+        h.column("target", epoch=2)
+
+
+def test_load_history_without_pandas_says_what_to_install(tmp_path, monkeypatch):
+    _write_history(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(kdcore.KdcoreError, match=r"install kdcore\[analysis\]"):
+        kdcore.load_history(tmp_path / "run")
