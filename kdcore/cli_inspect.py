@@ -127,7 +127,7 @@ def _cells(hist: Any, name: str, rows: int) -> dict[str, tuple[np.ndarray, np.nd
 
 def _kind(hist: Any, name: str) -> str:
     """A ledger column's stored kind (``target``, ``value``, ...; History has no reader)."""
-    kind = hist._file["ledger"][name].attrs.get("kind", "")
+    kind = hist.column_kind(name)
     return kind.decode() if isinstance(kind, bytes) else str(kind)
 
 

@@ -156,6 +156,11 @@ class History:
         return [names[c] for c in self._file["producers"][name][:]]
 
     @_reads
+    def column_kind(self, name: str) -> str:
+        """How column ``name`` is stored (``target``, ``mask``, ``weight``, ``value``, ...)."""
+        return str(self._file["ledger"][name].attrs.get("kind", ""))
+
+    @_reads
     def data(self, name: str) -> np.ndarray:
         """A per-sample constant from ``/data`` (``noisy_label``, ``clean_label``, ...)."""
         return self._file["data"][name][:]
