@@ -48,8 +48,11 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
     if channels_last is None:
         channels_last = device.type == "cuda"
     for role, (factory, params) in plan.models.items():
-        _check_fits(role, factory, spec, params, device)
-        model = _build_model(role, factory, spec, params, recipe.run.seed).to(device)
+        try:
+            _check_fits(role, factory, spec, params, device)
+            model = _build_model(role, factory, spec, params, recipe.run.seed).to(device)
+        except RecipeError as exc:
+            raise exc.at(file=recipe.source) from None
         if channels_last and len(spec.input_shape) == 3:  # images (C, H, W): conv nets
             model = model.to(memory_format=torch.channels_last)
         run.models[role] = model
