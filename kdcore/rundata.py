@@ -116,8 +116,10 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
 
     noise_fn = host.noise_models.get(cfg.noise.model)
     noise_params = bind_params(noise_fn, cfg.noise.params, "data.noise.params")
-    train_noisy = _apply_noise(noise_fn, noise_params, train, num_classes, gen)
-    val_noisy = (_apply_noise(noise_fn, noise_params, val, num_classes, gen)
+    train_noisy = _apply_noise(noise_fn, noise_params, train, num_classes, gen,
+                               source=(train_idx, len(full)))
+    val_noisy = (_apply_noise(noise_fn, noise_params, val, num_classes, gen,
+                              source=(splits["val"], len(full)))
                  if cfg.noise.apply_to_val else val.y.clone())
 
     def to_dev(ds: ArrayDataset) -> ArrayDataset:
@@ -136,8 +138,12 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
 
 
 def _apply_noise(fn: Any, params: dict[str, Any], ds: ArrayDataset, num_classes: int,
-                 gen: torch.Generator) -> torch.Tensor:
-    ctx = NoiseContext(labels=ds.y.clone(), num_classes=num_classes, generator=gen, x=ds.x)
+                 gen: torch.Generator, source: tuple[torch.Tensor, int]) -> torch.Tensor:
+    """Corrupt ``ds``'s labels; ``source``: its rows in the loader's training split, and that
+    split's size (``NoiseContext.source_index`` / ``source_size``)."""
+    index, size = source
+    ctx = NoiseContext(labels=ds.y.clone(), num_classes=num_classes, generator=gen, x=ds.x,
+                       source_index=index.clone(), source_size=size)
     try:
         noisy = fn(ctx, **params)
     except TypeError as exc:

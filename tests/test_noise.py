@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kdcore.config import bind_params
-from kdcore.data import noise
 from kdcore.data.base import NoiseContext
+from kdcore.data.loaders import cifar_n as cifar_n_loader
 from kdcore.data.noise import (
     NOISE_MODELS,
     cifar_n,
@@ -258,12 +258,15 @@ def test_cifar_n_applies_the_estimated_matrix(tmp_path: Path) -> None:
 def test_cifar_n_errors(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "CIFAR-10_human.pt"
     _fake_release(path)
-    with pytest.raises(KdcoreError, match="10-class dataset"):
+    with pytest.raises(KdcoreError, match="CIFAR-10N annotation of 10 classes, but the dataset "
+                       "has 5 classes"):
         cifar_n(_ctx(20, num_classes=5), path=str(path))
     with pytest.raises(KdcoreError, match="did you mean 'worse_label'"):
         cifar_n(_ctx(20), path=str(path), label="worst_label")
     with pytest.raises(KdcoreError, match="not found"):
         cifar_n(_ctx(20), path=str(tmp_path / "missing.pt"))
-    monkeypatch.setattr(noise, "find_cifar_n_file", lambda name: None)
-    with pytest.raises(KdcoreError, match=r"kdcore\[cifar-n\]"):
+    monkeypatch.setattr(cifar_n_loader, "find_cifar_n_file", lambda name: None)
+    with pytest.raises(KdcoreError, match=r"CIFAR-10_human.pt .*kdcore\[cifar-n\]"):
         cifar_n(_ctx(20))
+    with pytest.raises(KdcoreError, match=r"CIFAR-100_human.pt .*kdcore\[cifar-n\]"):
+        cifar_n(_ctx(20, num_classes=100), label="noisy_label")

@@ -64,9 +64,19 @@ class NoiseContext:
         num_classes: C.
         generator: the only source of randomness a noise model may use (seeded by the run).
         x: the inputs of the same samples (instance-dependent noise needs them).
+        source_index: each sample's row in the loader's training split
+            (``DatasetSplits.train``) as ``int64`` ``(N,)``, or ``None`` when unknown. Noise
+            that is a property of the image rather than of its class needs it: CIFAR-N's
+            per-image human labels are indexed by the row in CIFAR's original training set.
+            Runs fill it for the training and validation splits (both are rows of the loader's
+            training split, after the split and ``train_subset``).
+        source_size: the number of rows of the loader's training split, with ``source_index``
+            (a per-image label file must cover exactly that split).
     """
 
     labels: torch.Tensor
     num_classes: int
     generator: torch.Generator
     x: torch.Tensor | None = None
+    source_index: torch.Tensor | None = None
+    source_size: int | None = None

