@@ -20,6 +20,7 @@ from kdcore import checkpoint as ckpt
 from kdcore import checkpointing
 from kdcore.errors import KdcoreError
 from kdcore.history import HistoryWriter
+from kdcore.loggers import start_loggers
 from kdcore.loop import Trainer
 from kdcore.plan import RunPlan, build_plan
 from kdcore.plugins import ObserverBus, PluginHost
@@ -28,7 +29,8 @@ from kdcore.recipe import Recipe
 from kdcore.run import ComponentContext, Run
 
 # Keys that may change between a run and its resume: they do not change what is computed.
-RESUMABLE_CHANGES = ("run.name", "run.output_dir", "run.threads", "run.checkpoint_interval_s")
+RESUMABLE_CHANGES = ("run.name", "run.output_dir", "run.threads", "run.checkpoint_interval_s",
+                     "run.loggers")
 
 
 def fingerprint(recipe: Recipe, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -222,7 +224,8 @@ def run_recipe(
             checkpointer = checkpointing.Checkpointer(
                 run_dir, started, recipe.run.checkpoint_interval_s,
                 background=run.device.type == "cuda")
-            trainer = Trainer(plan, run, history, ObserverBus(host), checkpointer,
+            bus = ObserverBus(host, extra=start_loggers(host, recipe, run_dir))  # run.loggers
+            trainer = Trainer(plan, run, history, bus, checkpointer,
                               progress=sys.stderr.isatty() if progress is None else progress)
             position = {"stage": 0, "epoch": 0}
             if state is not None:

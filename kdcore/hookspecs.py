@@ -40,9 +40,7 @@ PROJECT = "kdcore"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-# ------------------------------------------------------------------------------------------
-# Registries: each called once, when plugins are loaded.
-# ------------------------------------------------------------------------------------------
+# -- Registries: each called once, when plugins are loaded. ---------------------------------
 
 
 @hookspec
@@ -61,9 +59,8 @@ def kdcore_add_datasets() -> Mapping[str, Callable[..., Any]]:
     """Contribute dataset loaders.
 
     Returns:
-        Name -> a function taking keyword-only, annotated parameters (the recipe's
-        ``data.params``, checked by ``kdcore check``) and returning
-        :class:`kdcore.DatasetSplits`. Merged like components.
+        Name -> a function of keyword-only, annotated parameters (``data.params``, checked by
+        ``kdcore check``) returning :class:`kdcore.DatasetSplits`. Merged like components.
     """
 
 
@@ -95,17 +92,25 @@ def kdcore_add_augmentations() -> Mapping[str, Callable[..., Any]]:
     """
 
 
-# ------------------------------------------------------------------------------------------
-# Run set-up
-# ------------------------------------------------------------------------------------------
+@hookspec
+def kdcore_add_loggers() -> Mapping[str, Callable[..., Any]]:
+    """Contribute loggers, which a recipe chooses by name (``run.loggers``).
+
+    Returns:
+        Name -> ``factory(log_dir: Path, recipe) -> observer``, called as each run process
+        starts; the observer implements observer hooks (``@hookimpl``), runs after the
+        plugins', isolated like them, and writes under ``log_dir`` (``<run_dir>/logs/<name>``).
+    """
+
+
+# -- Run set-up ----------------------------------------------------------------------------
 
 
 @hookspec
 def kdcore_configure(recipe: Recipe) -> list[str] | None:
     """Check a resolved recipe before anything runs (by ``kdcore check`` and by every run).
 
-    Called once per plan, after the recipe is read, extended and overridden, before any
-    component is built.
+    Called once per plan, on the read, extended and overridden recipe, before any component.
 
     Args:
         recipe: the resolved, typed recipe (read-only).
@@ -116,17 +121,14 @@ def kdcore_configure(recipe: Recipe) -> list[str] | None:
     """
 
 
-# ------------------------------------------------------------------------------------------
-# Observers: every implementation is called; order does not matter; results are ignored.
-# ------------------------------------------------------------------------------------------
+# -- Observers: every implementation is called; order does not matter; results are ignored.
 
 
 @hookspec
 def kdcore_run_start(ctx: RunContext) -> None:
     """The run's data, models and ledger exist; training is about to start (or resume).
 
-    Args:
-        ctx: the run (``ctx.resumed`` says whether it continues a checkpoint).
+    Args: ``ctx``, the run (``ctx.resumed`` says whether it continues a checkpoint).
     """
 
 
@@ -163,8 +165,7 @@ def kdcore_batch_end(ctx: RunContext, batch: Batch, losses: Mapping[str, torch.T
 
 @hookspec
 def kdcore_epoch_end(ctx: RunContext, epoch: int, metrics: dict[str, float]) -> None:
-    """After evaluation and the components' ``on_epoch_end``, before the history row is
-    written.
+    """After evaluation and the components' ``on_epoch_end``, before the history row.
 
     Args:
         ctx: the run.
@@ -194,9 +195,7 @@ def kdcore_run_end(ctx: RunContext, summary: dict[str, Any]) -> None:
     """
 
 
-# ------------------------------------------------------------------------------------------
-# Checkpoint state of plugins (components save theirs through their own state_dict).
-# ------------------------------------------------------------------------------------------
+# -- Checkpoint state of plugins (components save theirs through their own state_dict). ----
 
 
 @hookspec
@@ -204,10 +203,7 @@ def kdcore_checkpoint_state(ctx: RunContext) -> dict[str, Any] | None:
     """Plugin-wide state to store in each checkpoint.
 
     Called whenever a checkpoint is written (run start, first epoch, stage boundaries, every
-    ``run.checkpoint_interval_s``).
-
-    Args:
-        ctx: the run.
+    ``run.checkpoint_interval_s``). Args: ``ctx``, the run.
 
     Returns:
         Tensors, numbers, strings, lists and dicts only (checkpoints load with
@@ -217,8 +213,7 @@ def kdcore_checkpoint_state(ctx: RunContext) -> dict[str, Any] | None:
 
 @hookspec
 def kdcore_load_checkpoint_state(ctx: RunContext, states: Mapping[str, dict[str, Any]]) -> None:
-    """Restore plugin-wide state on resume, before any component of the resumed stage is set
-    up.
+    """Restore plugin-wide state on resume, before the resumed stage's components are set up.
 
     Args:
         ctx: the run being resumed.
@@ -227,9 +222,7 @@ def kdcore_load_checkpoint_state(ctx: RunContext, states: Mapping[str, dict[str,
     """
 
 
-# ------------------------------------------------------------------------------------------
-# Component hooks: called on the recipe's components, in recipe order.
-# ------------------------------------------------------------------------------------------
+# -- Component hooks: called on the recipe's components, in recipe order. ------------------
 
 
 class ComponentHooks(Protocol):

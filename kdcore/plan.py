@@ -92,6 +92,7 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
     if problems:
         raise RecipeError(problems[0], file=src)
     _check_device(recipe)
+    _check_loggers(recipe, host)
     data = recipe.data
     _bind(host.datasets, data.dataset, data.params, "data.dataset", "data.params", src)
     _bind(host.noise_models, data.noise.model, data.noise.params, "data.noise.model",
@@ -171,6 +172,18 @@ def _check_device(recipe: Recipe) -> None:
     if recipe.run.precision == "fp16" and device.type != "cuda":
         raise RecipeError(f"fp16 needs a GPU (its gradient scaler is CUDA's); on {device} use "
                           f"\"bf16\" or \"fp32\"", file=recipe.source, key="run.precision")
+
+
+def _check_loggers(recipe: Recipe, host: PluginHost) -> None:
+    """Every name of ``run.loggers`` is a registered logger, named once."""
+    for i, name in enumerate(recipe.run.loggers):
+        key = f"run.loggers[{i}]"
+        try:
+            host.loggers.get(name)
+        except KdcoreError as exc:
+            raise RecipeError(str(exc), file=recipe.source, key=key) from None
+        if name in recipe.run.loggers[:i]:
+            raise RecipeError(f"logger '{name}' is named twice", file=recipe.source, key=key)
 
 
 def _check_precision(recipe: Recipe, stages: Sequence[StagePlan]) -> None:

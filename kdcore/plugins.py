@@ -31,6 +31,7 @@ REGISTRY_HOOKS = {
     "noise_models": "kdcore_add_noise_models",
     "models": "kdcore_add_models",
     "augmentations": "kdcore_add_augmentations",
+    "loggers": "kdcore_add_loggers",
 }
 
 
@@ -67,6 +68,7 @@ class PluginHost:
         self.noise_models: Registry[Any] = Registry("noise model")
         self.models: Registry[Any] = Registry("architecture")
         self.augmentations: Registry[Any] = Registry("augmentation")
+        self.loggers: Registry[Any] = Registry("logger")
         if entry_points:
             self._load_entry_points()
         if "builtin" not in self.infos:  # running from a source tree without installed metadata
@@ -167,30 +169,52 @@ class ObserverBus:
         strict: raise :class:`KdcoreError` at the first failure.
         context: the ``ctx`` handed to a plugin, by the plugin's name (default: the ``ctx``
             the caller passes, to every plugin).
+        extra: ``(name, observer)`` pairs called after the plugins, in this order, and
+            isolated like them: the run's loggers (:func:`kdcore.loggers.start_loggers`).
+            An observer implements observer hooks with ``@kdcore.hookimpl``; its name is
+            ``logger:<name>`` in warnings and in the ledger.
     """
 
     def __init__(self, host: PluginHost, *, strict: bool | None = None,
-                 context: Callable[[str], Any] | None = None):
+                 context: Callable[[str], Any] | None = None,
+                 extra: Iterable[tuple[str, Any]] = ()):
         self.host = host
         self.strict = host.strict if strict is None else strict
         self.disabled: set[str] = set()
         # each plugin's own ``ctx`` (its ledger writes tagged with its name), when given
         self.context = context
+        self.extra: pluggy.PluginManager | None = None
+        for name, observer in extra:
+            if self.extra is None:
+                self.extra = pluggy.PluginManager(hookspecs.PROJECT)
+                self.extra.add_hookspecs(hookspecs)
+            try:
+                self.extra.register(observer, name=f"logger:{name}")
+            except Exception as exc:  # pluggy's validation of its hook signatures
+                self._fail(f"logger:{name}", "registration", exc)
+
+    def _impls(self, hook_name: str) -> Iterator[tuple[str, Any]]:
+        """``(name, hookimpl)`` of every enabled implementation, plugins first."""
+        for pm in (self.host.pm, self.extra):
+            if pm is None:
+                continue
+            # pluggy calls the last registered first; keep that order among the plugins
+            impls = getattr(pm.hook, hook_name).get_hookimpls()
+            for impl in reversed(impls) if pm is self.host.pm else impls:
+                name = pm.get_name(impl.plugin) or "?"
+                if name not in self.disabled:
+                    yield name, impl
 
     def has(self, hook_name: str) -> bool:
         """Whether any enabled plugin implements ``hook_name``."""
-        return any(self.host.name_of(impl.plugin) not in self.disabled
-                   for impl in getattr(self.host.hook, hook_name).get_hookimpls())
+        return any(True for _ in self._impls(hook_name))
 
     def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call ``hook_name`` on each enabled plugin (in pluggy's order); returns
-        ``(plugin name, result)`` for each one that returned something other than None."""
+        """Call ``hook_name`` on each enabled plugin (in pluggy's order), then on each extra
+        observer; returns ``(plugin name, result)`` for each one that returned something
+        other than None."""
         out: list[tuple[str, Any]] = []
-        # pluggy calls the last registered first; keep that order
-        for impl in reversed(getattr(self.host.hook, hook_name).get_hookimpls()):
-            name = self.host.name_of(impl.plugin)
-            if name in self.disabled:
-                continue
+        for name, impl in self._impls(hook_name):
             args = kwargs
             if self.context is not None and "ctx" in kwargs:
                 args = {**kwargs, "ctx": self.context(name)}
@@ -208,10 +232,12 @@ class ObserverBus:
     def _fail(self, name: str, hook_name: str, exc: Exception) -> None:
         info = self.host.infos.get(name)
         dist = f" ({info.distribution})" if info else ""
-        message = f"plugin '{name}'{dist}: {hook_name} raised {exc!r}"
+        what = "logger" if name.startswith("logger:") and not info else "plugin"
+        shown = name.removeprefix("logger:") if what == "logger" else name
+        message = f"{what} '{shown}'{dist}: {hook_name} raised {exc!r}"
         if self.strict:
             raise KdcoreError(message)
-        logger.warning(f"{message}; the plugin is disabled for the rest of this run")
+        logger.warning(f"{message}; the {what} is disabled for the rest of this run")
         self.disabled.add(name)
 
 

@@ -43,6 +43,7 @@ EXPECTED_FILES = {
     "kdcore-confident/pyproject.toml", "kdcore-confident/kdcore_confident.py",
     "kdcore-confident/tests/conftest.py", DOCS_TESTS,
     "kdcore-csv-table/pyproject.toml", "kdcore-csv-table/kdcore_csv_table.py", "table.toml",
+    "kdcore_jsonl_logger.py",  # section 7's logger: tests/test_loggers.py runs it
 }
 TABLE_ROWS = 400
 

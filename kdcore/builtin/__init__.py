@@ -14,6 +14,7 @@ from kdcore.data.augment import AUGMENTATIONS
 from kdcore.data.loaders import DATASETS
 from kdcore.data.noise import NOISE_MODELS
 from kdcore.hookspecs import hookimpl
+from kdcore.loggers import LOGGERS
 from kdcore.models.zoo import MODELS
 
 
@@ -40,3 +41,8 @@ def kdcore_add_models() -> Mapping[str, Callable[..., Any]]:
 @hookimpl
 def kdcore_add_augmentations() -> Mapping[str, Callable[..., Any]]:
     return AUGMENTATIONS
+
+
+@hookimpl
+def kdcore_add_loggers() -> Mapping[str, Callable[..., Any]]:
+    return LOGGERS

@@ -68,6 +68,8 @@ class RunConfig:
             keep their names); pays a compilation once per process for faster steps on a GPU.
         channels_last: keep conv nets and their image batches in channels-last memory order
             (None: on CUDA, where its kernels are faster; never on the CPU).
+        loggers: registered loggers that mirror every epoch's metrics (``"tensorboard"``,
+            ``"csv"``, or a plugin's), each writing under ``<run_dir>/logs/<name>/``.
     """
 
     name: str = attrs.field(default="run", validator=no_nul)
@@ -79,6 +81,7 @@ class RunConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     channels_last: bool | None = None
+    loggers: list[str] = attrs.field(factory=list, validator=each(no_nul))
 
 
 @attrs.frozen
