@@ -12,8 +12,6 @@ the researcher's API (:mod:`kdcore.api`: ``run``, ``ablate``, ``load_history``; 
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from kdcore.component import Batch, Component, ComponentSpec, NoParams, PerSample
@@ -34,36 +32,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {"run_recipe": "kdcore.engine", "dry_setup": "kdcore.engine",
-         "History": "kdcore.history", "load_history": "kdcore.api",
-         # submodules whose name is also a kdcore.api function: the module, made callable
-         "run": "kdcore.run", "ablate": "kdcore.ablate"}
-
-
-class _CallableModule(types.ModuleType):
-    """``kdcore.run`` and ``kdcore.ablate`` are submodules (kdcore/run.py, kdcore/ablate.py)
-    and, called, the functions of :mod:`kdcore.api`: ``kdcore.run(recipe)`` works whichever
-    was imported first, and ``from kdcore import ablate as ab; ab.plan(...)`` still works."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        import importlib
-
-        api = importlib.import_module("kdcore.api")
-        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        # the import system binds a submodule on its package as it loads it: make it callable
-        if _LAZY.get(name) == f"kdcore.{name}" and isinstance(value, types.ModuleType):
-            value.__class__ = _CallableModule
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-for _name in ("run", "ablate"):
-    if f"kdcore.{_name}" in sys.modules:  # loaded while this file ran
-        setattr(sys.modules[__name__], _name, sys.modules[f"kdcore.{_name}"])
-del _name
+         "History": "kdcore.history", "run": "kdcore.api", "ablate": "kdcore.api",
+         "load_history": "kdcore.api"}
 
 
 def __getattr__(name: str) -> Any:
@@ -72,8 +42,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'kdcore' has no attribute '{name}'")
     import importlib
 
-    if module == f"kdcore.{name}":  # binding it on the package makes it callable
-        return importlib.import_module(module)
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -23,7 +23,7 @@ import attrs
 import numpy as np
 from loguru import logger
 
-from kdcore import ablate as grid
+from kdcore import grid
 from kdcore.errors import KdcoreError
 from kdcore.recipe import (
     Recipe,
@@ -191,7 +191,7 @@ def ablate(
         recipes_or_grid: a grid file (``kdcore ablate --grid``: its variants and seeds), or
             one or a list of recipes (files, ``Recipe`` objects or recipe data; a recipe
             variant is named after the file's stem or ``run.name``) or
-            :class:`~kdcore.ablate.Variant` objects.
+            :class:`~kdcore.grid.Variant` objects.
         seeds: the seeds of every variant (default: the grid file's, else ``(0,)``).
         variants: applied to every recipe: ``"name:key=value;key=value"`` as ``--variant``
             takes them, ``(name, [overrides])`` pairs or ``Variant`` objects (their recipe

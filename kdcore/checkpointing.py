@@ -34,7 +34,7 @@ from kdcore.evaluation import BestKeeper
 from kdcore.history import HistoryWriter
 from kdcore.plan import StagePlan
 from kdcore.plugins import ObserverBus
-from kdcore.run import ComponentContext, Run
+from kdcore.runstate import ComponentContext, Run
 
 FORMAT = 2
 

@@ -276,7 +276,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
            slurm_cpus: int, slurm_mem_gb: float, slurm_folder: Path | None,
            plugins: tuple[str, ...], strict_plugins: bool) -> None:
     """Run recipes x variants x seeds; finished runs are skipped, interrupted ones resumed."""
-    from kdcore import ablate as ab
+    from kdcore import grid as ab
 
     _configure_logging(quiet=True)
     if plugins and (jobs != 1 or launcher != "local"):

@@ -26,7 +26,7 @@ from kdcore.plan import RunPlan, build_plan
 from kdcore.plugins import ObserverBus, PluginHost
 from kdcore.prepare import compile_models, load_model_checkpoints, prepare_run
 from kdcore.recipe import Recipe
-from kdcore.run import ComponentContext, Run
+from kdcore.runstate import ComponentContext, Run
 
 # Keys that may change between a run and its resume: they do not change what is computed.
 RESUMABLE_CHANGES = ("run.name", "run.output_dir", "run.threads", "run.checkpoint_interval_s",

@@ -4,7 +4,7 @@
 The scheduler is submitit's, not ours: :func:`launch_grid` takes the planned runs and an executor
 factory (``folder -> submitit.Executor``; :func:`slurm_executor` makes the SLURM one, tests inject
 ``submitit.LocalExecutor``), submits the runs as one job array and collects them as
-:func:`kdcore.ablate.run_grid` does: finished runs skipped, the same counts. Each job is a
+:func:`kdcore.grid.run_grid` does: finished runs skipped, the same counts. Each job is a
 :class:`RunJob`, which resumes a run whose directory holds a checkpoint and is checkpointable: a
 job that reaches its time limit or is preempted is requeued by submitit and resumes.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from kdcore import ablate as ab
+from kdcore import grid as ab
 from kdcore.errors import KdcoreError
 
 ExecutorFactory = Callable[[Path], Any]
@@ -36,7 +36,7 @@ def require_submitit() -> ModuleType:
 
 
 class RunJob:
-    """The job function: runs one :class:`~kdcore.ablate.RunSpec` in the job's process.
+    """The job function: runs one :class:`~kdcore.grid.RunSpec` in the job's process.
 
     A module-level class, so it pickles by reference. The run resumes when its directory holds
     a checkpoint (decided when the job starts, so a requeued job resumes too) and is skipped when
@@ -87,7 +87,7 @@ def launch_grid(specs: Sequence[ab.RunSpec], make_executor: ExecutorFactory, *,
         poll_s: seconds between looks at the jobs' states.
 
     Returns:
-        counts of ``ran``, ``skipped`` and ``failed``, as :func:`kdcore.ablate.run_grid`.
+        counts of ``ran``, ``skipped`` and ``failed``, as :func:`kdcore.grid.run_grid`.
     """
     todo, counts = ab.pending(specs, echo)
     if not todo:

@@ -26,7 +26,7 @@ from kdcore.history import HistoryWriter
 from kdcore.losses import one_hot
 from kdcore.plan import RunPlan, StagePlan
 from kdcore.plugins import ObserverBus
-from kdcore.run import ComponentContext, Run, component_seed
+from kdcore.runstate import ComponentContext, Run, component_seed
 from kdcore.step import Produced, combine
 
 # Steps between two checks that the losses are finite: each check waits for the device, so

@@ -21,8 +21,8 @@ from kdcore.losses import one_hot
 from kdcore.models.base import ModelSpec
 from kdcore.plan import RunPlan
 from kdcore.plugins import PluginHost
-from kdcore.run import Run, role_seed
 from kdcore.rundata import build_run_data
+from kdcore.runstate import Run, role_seed
 
 # A model whose parameters alone need more than this share of the memory left cannot train
 # (gradients and optimiser state take as much again): refused before it is allocated.

@@ -1,7 +1,7 @@
 """A component test harness: one component, a real context, data the test gives.
 
-The context is the engine's own (:class:`kdcore.run.ComponentContext` over a
-:class:`kdcore.run.Run`), built around in-memory tensors instead of a recipe's dataset, so a
+The context is the engine's own (:class:`kdcore.runstate.ComponentContext` over a
+:class:`kdcore.runstate.Run`), built around in-memory tensors instead of a recipe's dataset, so a
 component behaves here exactly as in a run, and a unit test of its hooks takes milliseconds.
 Re-exported by :mod:`kdcore.testing`.
 """
@@ -24,8 +24,8 @@ from kdcore.hookspecs import hookimpl
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.recipe import Recipe, StageConfig
-from kdcore.run import ComponentContext, Run
 from kdcore.rundata import RunData
+from kdcore.runstate import ComponentContext, Run
 
 
 @attrs.define(eq=False)

@@ -10,7 +10,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from kdcore import ablate as ab
+from kdcore import grid as ab
 from kdcore import launchers
 from kdcore.cli import main
 from kdcore.testing import stage, teacher_stage, tiny_recipe, write_recipe

@@ -37,7 +37,7 @@ def test_bf16_outputs_reach_components_in_float32():
     from pathlib import Path
 
     from kdcore.recipe import StageConfig
-    from kdcore.run import Run
+    from kdcore.runstate import Run
 
     recipe = recipe_from_dict(kd_recipe("bf16"))
     run = Run(recipe, Path("."), torch.device("cpu"), [])

@@ -96,7 +96,7 @@ def test_an_all_false_mask_gives_zero_not_nan_and_abstaining_hooks_change_nothin
 
 def test_role_epoch_counts_the_roles_training_over_stages():
     from kdcore.recipe import Recipe, StageConfig
-    from kdcore.run import Run
+    from kdcore.runstate import Run
 
     stages = [StageConfig("t", 3, ["teacher"]), StageConfig("warm", 2, ["student"]),
               StageConfig("frozen", 1, ["teacher"]), StageConfig("late", 4, ["student"])]
