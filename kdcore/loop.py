@@ -79,6 +79,7 @@ class Trainer:
         self._unchecked: list[tuple[int, str, torch.Tensor, dict[str, torch.Tensor]]] = []
         self._checked = 0
         self._batch_index = torch.empty(0, dtype=torch.long)
+        self._epoch_times: dict[int, list[float]] = {}  # stage -> epoch seconds, this process
         self._hard_source: tuple[torch.Tensor, tuple[int, int]] | None = None
         self.current_stage: StagePlan = plan.stages[0]
 
@@ -237,7 +238,7 @@ class Trainer:
         row = self.history.append_epoch(stage=cfg.name, epoch=epoch, metrics=metrics,
                                         columns=dict(run.ledger.items()))
         run.epoch_metrics = {}  # what on_stage_start logged went into this first row
-        self._log_epoch(cfg, epoch, metrics)
+        self._log_epoch(stage, epoch, metrics)
         if epoch + 1 < cfg.epochs and self.ckpt.due(first_epoch=row == 0):
             self.ckpt.save(self, stage.index, epoch + 1, history_rows=row + 1)
 
@@ -358,7 +359,8 @@ class Trainer:
             return None
         return base, (base._version, noisy._version)
 
-    def _log_epoch(self, cfg: Any, epoch: int, metrics: dict[str, float]) -> None:
+    def _log_epoch(self, stage: StagePlan, epoch: int, metrics: dict[str, float]) -> None:
+        cfg = stage.config
         parts = [f"{cfg.name} {epoch + 1}/{cfg.epochs}"]
         for role in cfg.train:
             if f"train/{role}/loss" in metrics:
@@ -367,8 +369,28 @@ class Trainer:
             parts.append(f"{role} val {metrics[f'val/{role}/acc']:.4f} "
                          f"test {metrics[f'test/{role}/acc']:.4f}")
         parts.append(f"labels {metrics['label/acc']:.4f}")
-        parts.append(f"{metrics['time/epoch']:.1f}s")
+        self._epoch_times.setdefault(stage.index, []).append(metrics["time/epoch"])
+        epochs = [st.epochs for st in self.plan.recipe.stages]
+        done = sum(epochs[:stage.index]) + epoch + 1
+        parts.append(f"{metrics['time/epoch']:.1f}s, run {done}/{sum(epochs)} epochs, "
+                     f"{time_left(epochs, stage.index, epoch, self._epoch_times)} left")
         logger.info(" | ".join(parts))
+
+
+def time_left(epochs: list[int], stage: int, epoch: int, seen: dict[int, list[float]]) -> str:
+    """About how long the run has left after ``epoch`` of ``stage``: the stage's own epochs at
+    their mean time so far, later stages' at the mean of every epoch timed in this process."""
+    all_times = [t for times in seen.values() for t in times]
+    if not all_times:
+        return "?"
+    overall = sum(all_times) / len(all_times)
+    current = seen.get(stage) or all_times
+    seconds = (epochs[stage] - epoch - 1) * sum(current) / len(current)
+    seconds += sum(epochs[stage + 1:]) * overall
+    if seconds < 60:
+        return f"~{seconds:.0f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"~{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"~{minutes}m{secs:02d}s"
 
 
 def _rng_devices(device: torch.device) -> list[Any]:

@@ -104,3 +104,16 @@ def test_role_epoch_counts_the_roles_training_over_stages():
     run.stage, run.stage_index, run.epoch = stages[3], 3, 1
     assert run.role_epoch("student") == 2 + 1  # warm-up's two epochs, then this one
     assert run.role_epoch("teacher") == 3 + 1  # it does not train here: its epochs so far
+
+
+def test_time_left_counts_the_stage_at_its_pace_and_later_stages_at_the_mean():
+    from kdcore.loop import time_left
+
+    # stage 0 (2 epochs) took 10 s each, stage 1 has run 1 of 4 epochs at 30 s; stage 2 has 5
+    seen = {0: [10.0, 10.0], 1: [30.0]}
+    mean = (10 + 10 + 30) / 3
+    expected = 3 * 30 + 5 * mean  # 173.3 s
+    assert time_left([2, 4, 5], 1, 0, seen) == f"~{int(expected // 60)}m{round(expected) % 60:02d}s"
+    assert time_left([2, 4, 5], 2, 4, seen) == "~0s"  # the last epoch of the run
+    assert time_left([2], 0, 0, {}) == "?"
+    assert time_left([400], 0, 0, {0: [60.0]}) == "~6h39m"
