@@ -135,7 +135,8 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
                          progress=progress, overrides=overrides)
     for role, s in summary.items():
         click.echo(f"{role}: test acc {s['test_acc_at_best_val']:.4f} at best-val epoch "
-                   f"{s['best_val_epoch']}, last {s['last_test_acc']:.4f} ({s['kept']} kept)")
+                   f"{s['best_val_epoch'] + 1} of stage '{s['stage']}', last "
+                   f"{s['last_test_acc']:.4f} ({s['kept']} kept)")
 
 
 @main.command(epilog=_examples(

@@ -44,7 +44,8 @@ def print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> 
                              for i, (st, e) in enumerate(epochs))
         click.echo(f"wrote {len(epochs)} rows to {csv_path}")
         return
-    rows = [[str(i), st, str(e), *(_rounded(values[n][i]) for n in names)]
+    # on screen epochs count from 1, as the run's log does; the CSV keeps the history's 0-based
+    rows = [[str(i), st, str(e + 1), *(_rounded(values[n][i]) for n in names)]
             for i, (st, e) in enumerate(epochs)]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]

@@ -168,7 +168,7 @@ class Trainer:
                 run.models[role].load_state_dict(kept[2])
                 run.bump(role)
                 logger.info(f"stage '{cfg.name}': {role} restored to its best-validation "
-                            f"epoch {kept[1]} (stage '{kept[0]}')")
+                            f"epoch {kept[1] + 1} (stage '{kept[0]}')")
         for role in cfg.train:
             summary = self.best.summary(s, cfg, role)
             if summary is not None:

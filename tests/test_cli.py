@@ -174,3 +174,13 @@ def test_inspect_missing_and_unknown_column(finished_run, tmp_path):
 
 def test_bad_override_syntax(tiny_recipe):
     assert_user_error(invoke("run", tiny_recipe, "--set", "run.name"), "key.path=value")
+
+
+def test_what_a_person_reads_counts_epochs_from_one(finished_run, tiny_recipe, tmp_path):
+    table = [line.split() for line in invoke("inspect", finished_run).output.splitlines()[1:]]
+    assert [(row[1], row[2]) for row in table] == [("teacher", "1"), ("teacher", "2"),
+                                                   ("student", "1"), ("student", "2")]
+    summary = json.loads((finished_run / "summary.json").read_text())  # data: from 0
+    res = invoke("run", tiny_recipe, "--out", tmp_path / "again")
+    line = next(x for x in res.output.splitlines() if x.startswith("student:"))
+    assert f"best-val epoch {summary['student']['best_val_epoch'] + 1} of stage 'student'" in line
