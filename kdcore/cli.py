@@ -332,33 +332,45 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
               help="Write the table as CSV here.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNG plots here (needs matplotlib).")
-@click.option("--model", "role", default=None, help="Only this model role.")
+@click.option("--model", "role", default=None, metavar="ROLE",
+              help="The model to report of each variant (default: student); a variant without "
+                   "it shows its final trained model (its recipe's last stage's), as the model "
+                   "column says. A ROLE no run has is an error.")
 @click.option("--baseline", default=None, help="Variant for the noise-gap recovery's floor.")
 @click.option("--ceiling", default=None, help="Variant for the noise-gap recovery's ceiling.")
 @click.option("--gap-model", "gap_models", multiple=True,
-              help="Model role(s) that get the gap column (repeatable; default: --model, else "
-                   "student).")
+              help="Model role(s) that get the gap column (repeatable; default: every "
+                   "variant's reported model).")
 @_user_errors
 def report(runs: tuple[Path, ...], md_path: Path | None, csv_path: Path | None,
            plots: Path | None, role: str | None, baseline: str | None,
            ceiling: str | None, gap_models: tuple[str, ...]) -> None:
     """Tables (mean and std over seeds, best-validation and last epoch) and plots of RUNS."""
     from kdcore import report as rp
+    from kdcore import report_models as rm
 
     found = rp.find_runs(runs)
-    rows = rp.aggregate(found, [role] if role else None)
-    table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling,
-                              gap_models=gap_models or (role or "student",))
+    choice = rm.choose_models(found, role or "student", explicit=role is not None)
+    shown = rm.chosen_runs(found, choice)
+    rows = rp.aggregate(shown)
+    gap_models = gap_models or tuple(dict.fromkeys(choice.models.values()))
+    for line in [choice.warning()] + rm.gap_warnings(rows, baseline, ceiling, gap_models):
+        if line:
+            click.echo(f"kdcore: warning: {line}", err=True)
+    table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
     if md_path:
         md_path.write_text(table)
         click.echo(f"wrote {md_path}")
     else:
         click.echo(table, nl=False)
     if csv_path:
+        if baseline is not None and ceiling is not None:
+            gaps = rp.gap_recovery(rows, baseline, ceiling, gap_models)
+            rows = [dict(r, gap_recovered=gaps.get((r["variant"], r["model"]))) for r in rows]
         rp.write_csv(rows, csv_path)
         click.echo(f"wrote {csv_path}")
     if plots:
-        written = rp.plot_runs(found, plots, role)
+        written = rp.plot_runs(shown, plots)
         click.echo(f"wrote {len(written)} plots to {plots}")
 
 

@@ -95,32 +95,34 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def gap_references(rows: Sequence[dict[str, Any]], baseline: str, ceiling: str, model: str
+                   ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The baseline's and the ceiling's rows for ``model``'s gap: those variants' rows of the
+    same model or, where a variant has one row only (the CE student against a mutual-learning
+    method's peer), that row; None where there is neither."""
+    def reference(variant: str) -> dict[str, Any] | None:
+        mine = [r for r in rows if r["variant"] == variant]
+        same = [r for r in mine if r["model"] == model]
+        return same[0] if same else mine[0] if len(mine) == 1 else None
+
+    return reference(baseline), reference(ceiling)
+
+
 def gap_recovery(rows: Sequence[dict[str, Any]], baseline: str, ceiling: str,
                  gap_models: Sequence[str] = ("student",)) -> dict[tuple[str, str], float]:
     """The noise-gap recovery ``(acc - acc_baseline) / (acc_ceiling - acc_baseline)`` (best
-    epoch) of each ``(variant, model)`` row whose model is one of ``gap_models``.
+    epoch) of each ``(variant, model)`` row whose model is one of ``gap_models``, against the
+    rows :func:`gap_references` picks.
 
-    A row's floor and ceiling are the baseline's and the ceiling's rows of the same model or,
-    where that variant trains another single model (the CE student against a mutual-learning
-    method's peer), that one row. Rows without both references are left out.
+    Rows without both references, or whose ceiling is not above their baseline (the gap is then
+    undefined), are left out.
     """
-    ref = {(r["variant"], r["model"]): r for r in rows}
-    by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_variant[r["variant"]].append(r)
-
-    def reference(variant: str, model: str) -> dict[str, Any] | None:
-        row = ref.get((variant, model))
-        if row is None and len(by_variant.get(variant, [])) == 1:
-            row = by_variant[variant][0]
-        return row
-
     gaps: dict[tuple[str, str], float] = {}
     for r in rows:
         if r["model"] not in gap_models:  # the gap is the student's: other roles get none
             continue
-        base, top = reference(baseline, r["model"]), reference(ceiling, r["model"])
-        if base and top and top["best_mean"] != base["best_mean"]:
+        base, top = gap_references(rows, baseline, ceiling, r["model"])
+        if base and top and top["best_mean"] > base["best_mean"]:
             gaps[(r["variant"], r["model"])] = (
                 (r["best_mean"] - base["best_mean"]) / (top["best_mean"] - base["best_mean"]))
     return gaps
@@ -131,7 +133,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = Non
                    gap_models: Sequence[str] = ("student",)) -> str:
     """A Markdown table of ``rows``; with ``baseline`` and ``ceiling`` variants, a column of
     the noise-gap recovery (:func:`gap_recovery`) for the rows whose model is one of
-    ``gap_models``."""
+    ``gap_models`` ("n/a" where it is undefined, "-" for the other rows)."""
     header = ["variant", "model", "seeds", "test acc, best val (%)", "test acc, last (%)",
               "balanced acc, best val (%)"]
     gaps = None
@@ -145,18 +147,21 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = Non
                  _pct(r["best_bacc_mean"], r["best_bacc_std"])]
         if gaps is not None:
             gap = gaps.get((r["variant"], r["model"]))
-            cells.append("-" if gap is None else f"{gap:+.2f}")
+            cells.append("-" if r["model"] not in gap_models
+                         else "n/a" if gap is None else f"{gap:+.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """``rows`` as CSV: floats with 6 decimals, None as an empty cell."""
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) and not math.isnan(v)
-                                 else v) for k, v in r.items()})
+            writer.writerow({k: ("" if v is None else f"{v:.6f}"
+                                 if isinstance(v, float) and not math.isnan(v) else v)
+                             for k, v in r.items()})
 
 
 def _trained_rows(history: Any, role: str) -> Any:

@@ -1,0 +1,176 @@
+"""kdcore report: each variant's reported model (--model is a preference), and the warnings
+about a noise-gap recovery that cannot be computed. The runs are written by hand: a
+summary.json and a history.h5 that holds the resolved recipe (no training)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kdcore.cli import main
+from kdcore.history_writer import HistoryWriter
+from kdcore.report import find_runs
+from kdcore.report_models import choose_models, final_role
+
+CE = [("train", ["student"])]
+KD = [("teacher", ["teacher"]), ("student", ["student"])]
+MUTUAL = [("mutual", ["peer_a", "peer_b"])]
+
+
+def write_run(run_dir, stages, accs, history=True):
+    """A finished run: summary.json with each role's best-val test accuracy ``accs[role]``
+    (its seed's), and a history.h5 whose recipe trains ``stages`` (name, roles) in order."""
+    run_dir.mkdir(parents=True)
+    if history:
+        recipe = "".join(f'[[stages]]\nname = "{name}"\ntrain = {json.dumps(train)}\n\n'
+                         for name, train in stages)
+        HistoryWriter(run_dir / "history.h5").create(
+            recipe_toml=recipe, versions={"kdcore": "0"}, num_classes=2, class_names=["a", "b"],
+            constants={"clean_label": np.array([0, 1], dtype=np.int32)},
+            transition_matrix=np.eye(2))
+    summary = {role: {"stage": stages[-1][0], "best_val_epoch": 0, "val_acc": acc,
+                      "test_acc_at_best_val": acc, "test_bacc_at_best_val": acc,
+                      "last_test_acc": acc, "last_test_bacc": acc, "kept": "best_val"}
+               for role, acc in accs.items()}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def make_grid(root, variants):
+    """``variants``: name -> (stages, [accs of seed 0, accs of seed 1, ...])."""
+    for name, (stages, seeds) in variants.items():
+        for k, accs in enumerate(seeds):
+            write_run(root / name / f"seed{k}", stages, accs)
+    return root
+
+
+@pytest.fixture
+def grid(tmp_path):
+    # the ceiling (clean) above the baseline (ce); smkd trains peer_a and peer_b only
+    return make_grid(tmp_path / "grid", {
+        "ce": (CE, [{"student": 0.60}, {"student": 0.70}]),
+        "clean": (CE, [{"student": 0.85}, {"student": 0.95}]),
+        "kd": (KD, [{"teacher": 0.90, "student": 0.70}, {"teacher": 0.92, "student": 0.80}]),
+        "smkd": (MUTUAL, [{"peer_a": 0.80, "peer_b": 0.70}, {"peer_a": 0.70, "peer_b": 0.72}]),
+    })
+
+
+def report(*args):
+    res = CliRunner().invoke(main, ["report", *map(str, args)], catch_exceptions=False)
+    table = {}
+    for line in res.stdout.splitlines()[2:]:
+        if line.startswith("| "):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            table[cells[0]] = cells
+    return res, table, [line for line in res.stderr.splitlines() if line]
+
+
+def test_a_variant_without_the_student_is_reported_with_its_final_model(grid):
+    res, table, warnings = report(grid)
+    assert res.exit_code == 0, res.output
+    assert {v: cells[1] for v, cells in table.items()} == {
+        "ce": "student", "clean": "student", "kd": "student", "smkd": "peer_a"}
+    assert table["smkd"][3] == "75.00 ± 7.07"  # peer_a's mean and std over its 2 seeds
+    assert warnings == ["kdcore: warning: no model 'student' in 1 variant(s); reported with "
+                        "their final trained model instead (smkd: peer_a)"]
+
+
+def test_an_explicit_model_is_a_preference(grid, tmp_path):
+    res, table, warnings = report(grid, "--model", "teacher", "--csv", tmp_path / "t.csv")
+    assert res.exit_code == 0, res.output
+    assert {v: cells[1] for v, cells in table.items()} == {
+        "ce": "student", "clean": "student", "kd": "teacher", "smkd": "peer_a"}
+    assert warnings == ["kdcore: warning: no model 'teacher' in 3 variant(s); reported with "
+                        "their final trained model instead (ce: student, clean: student, "
+                        "smkd: peer_a)"]
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert [(r["variant"], r["model"]) for r in rows] == [
+        ("ce", "student"), ("clean", "student"), ("kd", "teacher"), ("smkd", "peer_a")]
+    assert "gap_recovered" not in rows[0]
+
+
+def test_an_explicit_model_no_run_has_is_an_error(grid):
+    res, table, warnings = report(grid, "--model", "studnet")
+    assert res.exit_code == 2 and not table
+    assert warnings == ["kdcore: error: no run has model 'studnet' (models: peer_a, peer_b, "
+                        "student, teacher)"]
+
+
+def test_gap_column_against_hand_computed_values(grid, tmp_path):
+    res, table, warnings = report(grid, "--baseline", "ce", "--ceiling", "clean",
+                                  "--csv", tmp_path / "t.csv")
+    assert res.exit_code == 0, res.output
+    # baseline 0.65, ceiling 0.90: kd's student 0.75 -> 0.4, smkd's peer_a 0.75 -> 0.4
+    assert {v: cells[-1] for v, cells in table.items()} == {
+        "ce": "+0.00", "clean": "+1.00", "kd": "+0.40", "smkd": "+0.40"}
+    assert len(warnings) == 1 and "smkd: peer_a" in warnings[0]  # only the model warning
+    gaps = {r["variant"]: r["gap_recovered"] for r in csv.DictReader((tmp_path / "t.csv").open())}
+    assert {v: float(g) for v, g in gaps.items()} == pytest.approx(
+        {"ce": 0.0, "clean": 1.0, "kd": 0.4, "smkd": 0.4})
+
+
+@pytest.mark.parametrize(("base", "top"), [("clean", "ce"), ("kd", "ce")])
+def test_a_ceiling_below_the_baseline_leaves_the_gap_empty(grid, tmp_path, base, top):
+    res, table, warnings = report(grid, "--baseline", base, "--ceiling", top,
+                                  "--csv", tmp_path / "t.csv")
+    assert res.exit_code == 0, res.output
+    assert [cells[-1] for cells in table.values()] == ["n/a"] * 4
+    assert "+1.00" not in res.stdout
+    acc = {"ce": "65.00", "kd": "75.00", "clean": "90.00"}
+    assert (f"kdcore: warning: gap recovered is n/a: ceiling '{top}' (student, {acc[top]}%) is "
+            f"not above baseline '{base}' (student, {acc[base]}%)") in warnings
+    assert len(warnings) == 2  # and the one about smkd's model
+    gaps = [r["gap_recovered"] for r in csv.DictReader((tmp_path / "t.csv").open())]
+    assert gaps == [""] * 4
+
+
+def test_a_ceiling_equal_to_the_baseline(tmp_path):
+    root = make_grid(tmp_path / "g", {"ce": (CE, [{"student": 0.7}]),
+                                      "clean": (CE, [{"student": 0.7}]),
+                                      "kd": (KD, [{"teacher": 0.9, "student": 0.8}])})
+    res, table, warnings = report(root, "--baseline", "ce", "--ceiling", "clean")
+    assert [cells[-1] for cells in table.values()] == ["n/a"] * 3
+    assert warnings == ["kdcore: warning: gap recovered is n/a: ceiling 'clean' (student, "
+                        "70.00%) is not above baseline 'ce' (student, 70.00%)"]
+
+
+@pytest.mark.parametrize(("args", "warning"), [
+    (["--baseline", "ce"], "no gap column: --baseline ce needs --ceiling too"),
+    (["--ceiling", "clean"], "no gap column: --ceiling clean needs --baseline too"),
+])
+def test_a_gap_without_both_references_warns_and_has_no_column(grid, args, warning):
+    res, table, warnings = report(grid, "--model", "student", *args)
+    assert res.exit_code == 0, res.output
+    assert "gap recovered" not in res.stdout and len(table["ce"]) == 6
+    assert f"kdcore: warning: {warning}" in warnings
+
+
+def test_a_reference_variant_missing_from_the_grid(grid):
+    res, table, warnings = report(grid, "--baseline", "ce", "--ceiling", "clen")
+    assert res.exit_code == 0, res.output
+    assert [cells[-1] for cells in table.values()] == ["n/a"] * 4
+    assert ("kdcore: warning: gap recovered is n/a: ceiling 'clen' not among the variants "
+            "(ce, clean, kd, smkd)") in warnings
+
+
+def test_no_gap_asked_no_gap_warning(grid):
+    _, _, warnings = report(grid, "--model", "student")
+    assert warnings == ["kdcore: warning: no model 'student' in 1 variant(s); reported with "
+                        "their final trained model instead (smkd: peer_a)"]
+
+
+def test_final_role_reads_the_recipe_else_the_summary(tmp_path):
+    write_run(tmp_path / "dml", [("mutual", ["peer_b", "peer_a"])],
+              {"peer_a": 0.5, "peer_b": 0.6})
+    write_run(tmp_path / "plain", KD, {"student": 0.5, "teacher": 0.6}, history=False)
+    write_run(tmp_path / "kd", KD, {"student": 0.5, "teacher": 0.6})
+    runs = {r.variant: r for r in find_runs([tmp_path])}
+    assert final_role(runs["dml"]) == "peer_b"  # the first role of the last stage
+    assert final_role(runs["plain"]) == "teacher"  # no history: the summary's last role
+    assert final_role(runs["kd"]) == "student"
+    choice = choose_models(list(runs.values()), "peer_a")
+    assert choice.models == {"dml": "peer_a", "kd": "student", "plain": "teacher"}
+    assert choice.others == ["kd", "plain"]
