@@ -326,7 +326,7 @@ class HistoryFrames:
             rows = rows[[epoch]]
         with self._open() as h:
             values = h.column(name) if epoch is None else h.column(name, int(rows[0]))[None]
-            kind = str(h._file["ledger"][name].attrs.get("kind", ""))  # no History method
+            kind = h.column_kind(name)
             per_sample = {k: h.data(k) for k in ("sample_id", "clean_label", "noisy_label")
                           if k in self.data_names}
         if values.ndim > 3:
@@ -369,7 +369,7 @@ def load_history(run_dir: str | Path) -> HistoryFrames:
                                 "epoch": [e for _, e in epochs],
                                 **h.metrics()})
         metrics.index.name = "row"
-        class_names = json.loads(str(h._file.attrs["class_names"]))  # no History property
+        class_names = h.class_names
         return HistoryFrames(path=h.path, metrics=metrics, recipe_toml=h.recipe,
                              num_classes=h.num_classes, class_names=class_names,
                              columns=h.column_names(), data_names=h.data_names())

@@ -103,6 +103,10 @@ class History:
         return int(self._file.attrs["num_classes"])
 
     @property
+    def class_names(self) -> list[str]:
+        return list(json.loads(str(self._file.attrs.get("class_names", "[]"))))
+
+    @property
     def format(self) -> str:
         return str(self._file.attrs["format"])
 
