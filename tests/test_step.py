@@ -117,3 +117,94 @@ def test_time_left_counts_the_stage_at_its_pace_and_later_stages_at_the_mean():
     assert time_left([2, 4, 5], 2, 4, seen) == "~0s"  # the last epoch of the run
     assert time_left([2], 0, 0, {}) == "?"
     assert time_left([400], 0, 0, {0: [60.0]}) == "~6h39m"
+
+
+class Ctx:
+    """A stand-in context: which component it was made for."""
+
+    def __init__(self, comp):
+        self.comp = comp
+
+
+def test_every_hook_gets_its_own_components_context_and_the_batch():
+    got = []
+
+    def note(kind, value):
+        def hook(batch, *rest):
+            got.append((kind, batch.index.shape[0]))
+            return value(batch) if callable(value) else (rest[0] if rest else value)
+        return hook
+
+    comps = [Fn("r", refine=note("refine", None)),
+             Fn("s", select=note("select", lambda b: b.index >= 0)),
+             Fn("w", weigh=note("weight", lambda b: torch.ones(len(b)))),
+             Fn("t", transfer=note("transfer", lambda b: b.x.sum(1)))]
+    seen = {}
+    for c in comps:  # record the ctx each hook receives
+        for name in ("refine", "select", "weight", "transfer"):
+            original = getattr(c, name)
+
+            def wrapped(ctx, batch, *rest, _o=original, _c=c):
+                seen[_c.name] = ctx
+                return _o(ctx, batch, *rest)
+            setattr(c, name, wrapped)
+    combine(batch4(), refiners=comps[:1], selectors=comps[1:2], weighters=comps[2:3],
+            transfers=comps[3:], context=Ctx)
+    assert {name: ctx.comp.name for name, ctx in seen.items()} == {n: n for n in "rswt"}
+    assert got == [("refine", 4), ("select", 4), ("weight", 4), ("transfer", 4)]
+
+
+def test_the_last_of_three_refiners_names_the_targets():
+    seen = []
+    refiners = [Fn(n, refine=lambda b, t: t + 1) for n in ("a", "b", "c")]
+    r = combine(batch4(), refiners=refiners, selectors=[], weighters=[], transfers=[],
+                context=lambda c: None,
+                record=lambda p, kind: seen.append((p.producer, kind, p.values)))
+    expected = torch.eye(3)[[0, 1, 2, 0]] + 3
+    assert r.targets[1] == "c" and [(p, k) for p, k, _ in seen] == [("c", "target")]
+    assert torch.equal(seen[0][2], expected) and torch.equal(r.targets[0], expected)
+    none = combine(batch4(), refiners=[], selectors=[], weighters=[], transfers=[],
+                   context=lambda c: None)
+    assert none.targets is None and none.losses == {} and none.masks == []
+
+
+def test_weights_multiply_and_a_single_kept_sample_is_its_own_loss():
+    loss = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    one = Fn("one", select=lambda b: torch.tensor([False, False, True, False]))
+    w1 = Fn("w1", weigh=lambda b: torch.full((len(b),), 2.0))
+    w2 = Fn("w2", weigh=lambda b: torch.tensor([1.0, 1.0, 0.25, 1.0]))
+    ce = Fn("ce", transfer=lambda b: loss)
+    recorded = []
+    r = combine(batch4(), refiners=[], selectors=[one], weighters=[w1, w2], transfers=[ce],
+                context=lambda c: None,
+                record=lambda p, kind: recorded.append((p.column, p.producer, kind)))
+    assert r.losses["s"].item() == pytest.approx(3.0 * 2.0 * 0.25)  # / one kept sample
+    assert recorded == [("select/one", "one", "mask"), ("weight/w1", "w1", "weight"),
+                        ("weight/w2", "w2", "weight")]
+    (p,) = r.losses_per_sample
+    assert (p.column, p.producer) == ("loss/ce", "ce") and torch.equal(p.values, loss)
+
+
+def test_abstaining_hooks_do_not_stop_the_ones_after_them():
+    quiet_sel = Fn("quiet", select=lambda b: None)
+    keep2 = Fn("keep2", select=lambda b: torch.tensor([True, True, False, False]))
+    silent = Fn("silent", transfer=lambda b: None)
+    ce = Fn("ce", transfer=lambda b: torch.tensor([1.0, 3.0, 5.0, 7.0]))
+    r = combine(batch4(), refiners=[], selectors=[quiet_sel, keep2], weighters=[],
+                transfers=[silent, ce], context=lambda c: None)
+    assert r.losses["s"].item() == pytest.approx(2.0)  # keep2 applied, ce counted
+    assert [m.column for m in r.masks] == ["select/keep2"]
+
+
+def test_a_shared_mask_applies_to_every_served_model_and_is_recorded_once():
+    roles = ("p", "q", "o")
+    both = Fn("both", models=roles, select=lambda b: torch.tensor([True, False, False, True]))
+    mutual = Fn("mutual", models=roles,
+                transfer=lambda b: {r: torch.tensor([1.0, 2.0, 4.0, 8.0]) * (i + 1)
+                                    for i, r in enumerate(roles)})
+    recorded = []
+    r = combine(batch4(), refiners=[], selectors=[both], weighters=[], transfers=[mutual],
+                context=lambda c: None, record=lambda p, kind: recorded.append(p.column))
+    # samples 0 and 3 only: (1 + 8) / 2 per unit (the whole batch would give 15 / 4)
+    assert [r.losses[x].item() for x in roles] == pytest.approx([4.5, 9.0, 13.5])
+    assert recorded == ["select/both"]
