@@ -8,7 +8,7 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.kdcore-installed
 RECIPE ?= recipes/amlkd.toml
 
-.PHONY: setup run test test-fast lint fashion-mnist results
+.PHONY: setup run test test-fast lint browser fashion-mnist results
 
 setup: $(STAMP)
 
@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml $(PLUGINS)
 run: $(STAMP)
 	$(BIN)/kdcore run $(RECIPE) --overwrite
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 # the unit tests only (no whole-recipe run): a minute on 2 cores
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+# Debian's headless Chromium, for the test that renders `kdcore report --html` (root: apt-get)
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -324,6 +324,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
 @main.command(epilog=_examples(
     "kdcore report runs/base",
     "kdcore report runs/base --model student --csv table.csv --plots runs/base/plots",
+    "kdcore report runs/base --baseline ce --ceiling clean --html runs/base/report",
     "kdcore report runs/base --baseline ce --ceiling clean --gap-model student"))
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -331,7 +332,10 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the table as CSV here.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
-              help="Write PNG plots here (needs matplotlib).")
+              help="Write every figure here as PNG (needs matplotlib).")
+@click.option("--html", "html_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write one self-contained HTML page (table, runs, figures) as "
+                   "DIR/index.html (needs matplotlib).")
 @click.option("--model", "role", default=None, metavar="ROLE",
               help="The model to report of each variant (default: student); a variant without "
                    "it shows its final trained model (its recipe's last stage's), as the model "
@@ -343,35 +347,15 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
                    "variant's reported model).")
 @_user_errors
 def report(runs: tuple[Path, ...], md_path: Path | None, csv_path: Path | None,
-           plots: Path | None, role: str | None, baseline: str | None,
+           plots: Path | None, html_dir: Path | None, role: str | None, baseline: str | None,
            ceiling: str | None, gap_models: tuple[str, ...]) -> None:
-    """Tables (mean and std over seeds, best-validation and last epoch) and plots of RUNS."""
-    from kdcore import report as rp
-    from kdcore import report_models as rm
+    """Tables (mean and std over seeds, best-validation and last epoch), figures and an HTML
+    page of RUNS."""
+    from kdcore.cli_report import report_runs
 
-    found = rp.find_runs(runs)
-    choice = rm.choose_models(found, role or "student", explicit=role is not None)
-    shown = rm.chosen_runs(found, choice)
-    rows = rp.aggregate(shown)
-    gap_models = gap_models or tuple(dict.fromkeys(choice.models.values()))
-    for line in [choice.warning()] + rm.gap_warnings(rows, baseline, ceiling, gap_models):
-        if line:
-            click.echo(f"kdcore: warning: {line}", err=True)
-    table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
-    if md_path:
-        md_path.write_text(table)
-        click.echo(f"wrote {md_path}")
-    else:
-        click.echo(table, nl=False)
-    if csv_path:
-        if baseline is not None and ceiling is not None:
-            gaps = rp.gap_recovery(rows, baseline, ceiling, gap_models)
-            rows = [dict(r, gap_recovered=gaps.get((r["variant"], r["model"]))) for r in rows]
-        rp.write_csv(rows, csv_path)
-        click.echo(f"wrote {csv_path}")
-    if plots:
-        written = rp.plot_runs(shown, plots)
-        click.echo(f"wrote {len(written)} plots to {plots}")
+    report_runs(runs, md_path=md_path, csv_path=csv_path, plots=plots, html_dir=html_dir,
+                role=role, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
+
 
 
 if __name__ == "__main__":

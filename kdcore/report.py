@@ -13,7 +13,6 @@ import json
 import math
 import re
 import statistics
-import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -128,19 +127,17 @@ def gap_recovery(rows: Sequence[dict[str, Any]], baseline: str, ceiling: str,
     return gaps
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = None,
-                   ceiling: str | None = None,
-                   gap_models: Sequence[str] = ("student",)) -> str:
-    """A Markdown table of ``rows``; with ``baseline`` and ``ceiling`` variants, a column of
-    the noise-gap recovery (:func:`gap_recovery`) for the rows whose model is one of
-    ``gap_models`` ("n/a" where it is undefined, "-" for the other rows)."""
+def table_cells(rows: Sequence[dict[str, Any]], *, baseline: str | None = None,
+                ceiling: str | None = None, gap_models: Sequence[str] = ("student",)
+                ) -> tuple[list[str], list[list[str]]]:
+    """The header and cells of the results table (:func:`markdown_table`, the HTML page)."""
     header = ["variant", "model", "seeds", "test acc, best val (%)", "test acc, last (%)",
               "balanced acc, best val (%)"]
     gaps = None
     if baseline is not None and ceiling is not None:
         gaps = gap_recovery(rows, baseline, ceiling, gap_models)
         header.append("gap recovered")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for r in rows:
         cells = [r["variant"], r["model"], str(r["seeds"]), _pct(r["best_mean"], r["best_std"]),
                  _pct(r["last_mean"], r["last_std"]),
@@ -149,7 +146,19 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = Non
             gap = gaps.get((r["variant"], r["model"]))
             cells.append("-" if r["model"] not in gap_models
                          else "n/a" if gap is None else f"{gap:+.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    return header, body
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = None,
+                   ceiling: str | None = None,
+                   gap_models: Sequence[str] = ("student",)) -> str:
+    """A Markdown table of ``rows``; with ``baseline`` and ``ceiling`` variants, a column of
+    the noise-gap recovery (:func:`gap_recovery`) for the rows whose model is one of
+    ``gap_models`` ("n/a" where it is undefined, "-" for the other rows)."""
+    header, body = table_cells(rows, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
 
@@ -164,100 +173,17 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
                              for k, v in r.items()})
 
 
-def _trained_rows(history: Any, role: str) -> Any:
-    """A mask over the history's epoch rows: the rows of stages that train ``role``."""
-    import tomllib
-
-    import numpy as np
-
-    stages = tomllib.loads(history.recipe).get("stages", [])
-    trains = {st.get("name"): set(st.get("train", [])) for st in stages}
-    return np.array([role in trains.get(stage, set()) for stage, _ in history.epochs()],
-                    dtype=bool)
-
-
 def plot_series(runs: Sequence[RunResult], role: str | None = None
                 ) -> dict[str, dict[str, list[Any]]]:
-    """The curves :func:`plot_runs` draws: per metric, per variant, one array per seed.
+    """The curves' data, per metric, per variant, one array per seed
+    (:func:`kdcore.figures.curve_series`)."""
+    from kdcore.figures import curve_series
 
-    Every curve runs over the training epochs of one model, so that variants line up however
-    many stages came first: ``test/<role>/acc`` over the epochs of the stages that train that
-    role (every role of the run, or only ``role``); ``label/acc`` and the selection metrics over
-    the epochs that train the run's reported model (``role``, or the model of its last stage).
-    """
-    from kdcore.history import History
-
-    series: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        models = [role] if role else list(run.summary)
-        if not models:
-            continue
-        with History(run.path) as h:
-            names = h.metric_names()
-            for model in models:
-                metric = f"test/{model}/acc"
-                if metric in names:
-                    series[metric][run.variant].append(h.metric(metric)[_trained_rows(h, model)])
-            rows = _trained_rows(h, models[-1])
-            for metric in names:
-                if metric == "label/acc" or (metric.startswith("select/")
-                                            and metric.endswith(("/precision", "/recall"))):
-                    series[metric][run.variant].append(h.metric(metric)[rows])
-    return series
+    return {metric: dict(curves.runs) for metric, curves in curve_series(runs, role).items()}
 
 
 def plot_runs(runs: Sequence[RunResult], out_dir: Path, role: str | None = None) -> list[Path]:
-    """PNG plots per grid: test accuracy, refined-label accuracy and selection precision and
-    recall over training epochs (mean over seeds per variant; see :func:`plot_series`), and each
-    variant's final label-transition matrix (true class -> trained-on label) as a heat map."""
-    try:
-        import matplotlib
+    """Every figure of :func:`kdcore.figures.draw_figures` as a PNG in ``out_dir``."""
+    from kdcore.figures import draw_figures, write_figures
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise KdcoreError("plots need matplotlib: pip install 'kdcore[report]'") from exc
-    import numpy as np
-
-    from kdcore.history import History
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    series = plot_series(runs, role)
-    matrices: dict[str, list[Any]] = defaultdict(list)
-    for run in runs:
-        with History(run.path) as h:
-            clean, target = h.data("clean_label"), h.column("target", len(h) - 1).argmax(-1)
-            c = h.num_classes
-            m = np.zeros((c, c))
-            np.add.at(m, (clean, target), 1)
-            matrices[run.variant].append(m / np.maximum(m.sum(1, keepdims=True), 1))
-    written = []
-    for metric, by_variant in series.items():
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for variant, curves in by_variant.items():
-            length = min(len(c) for c in curves)
-            with warnings.catch_warnings():  # epochs of other stages are NaN by design
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(np.stack([c[:length] for c in curves]), axis=0)
-            ax.plot(np.arange(length), mean, label=variant)
-        ax.set_xlabel("training epoch of the model")
-        ax.set_ylabel(metric)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / (metric.replace("/", "_") + ".png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    for variant, mats in matrices.items():
-        fig, ax = plt.subplots(figsize=(4, 3.5))
-        im = ax.imshow(np.mean(mats, axis=0), vmin=0, vmax=1, cmap="viridis")
-        ax.set_xlabel("label trained on (last epoch)")
-        ax.set_ylabel("true class")
-        ax.set_title(variant, fontsize=9)
-        fig.colorbar(im, ax=ax)
-        fig.tight_layout()
-        path = out_dir / f"transition_{variant}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
+    return write_figures(draw_figures(runs, role), out_dir)

@@ -72,3 +72,51 @@ def tiny_recipe(tmp_path: Path) -> Path:
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# a teacher stage, then the student over two stages: a plain warm-up and a refining stage with
+# a selection (label smoothing refines, all_samples selects)
+REPORT_RECIPE = TINY_RECIPE[:TINY_RECIPE.index("[[stages]]")] + """
+[[stages]]
+name = "teacher"
+epochs = 1
+train = ["teacher"]
+[[stages.components]]
+use = "ce"
+[[stages]]
+name = "warm"
+epochs = 1
+train = ["student"]
+[[stages.components]]
+use = "ce"
+[[stages]]
+name = "smooth"
+epochs = 2
+train = ["student"]
+[[stages.components]]
+use = "label_smoothing"
+params = {{ epsilon = {eps} }}
+[[stages.components]]
+use = "all_samples"
+[[stages.components]]
+use = "ce"
+"""
+
+
+@pytest.fixture(scope="session")
+def report_grid(tmp_path_factory):
+    """Two variants x two seeds of :data:`REPORT_RECIPE`, run once for the report tests."""
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+
+    root = tmp_path_factory.mktemp("figgrid")
+    for variant, eps in (("ls", 0.3), ("ls-weak", 0.05)):
+        for seed in (0, 1):
+            recipe = root / f"{variant}-{seed}.toml"
+            recipe.write_text(REPORT_RECIPE.format(seed=seed, eps=eps))
+            out = root / "out" / variant / f"seed{seed}"
+            res = CliRunner().invoke(main, ["run", str(recipe), "--out", str(out), "--quiet"],
+                                     catch_exceptions=False)
+            assert res.exit_code == 0, res.output
+    return root / "out"

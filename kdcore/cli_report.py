@@ -1,0 +1,55 @@
+"""What ``kdcore report`` does: the table, its CSV, the figures and the HTML page."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+
+def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | None,
+                plots: Path | None, html_dir: Path | None, role: str | None,
+                baseline: str | None, ceiling: str | None, gap_models: Sequence[str]) -> None:
+    """Report the finished runs under ``runs`` (the options of ``kdcore report``)."""
+    from kdcore import report as rp
+    from kdcore import report_models as rm
+
+    found = rp.find_runs(runs)
+    choice = rm.choose_models(found, role or "student", explicit=role is not None)
+    shown = rm.chosen_runs(found, choice)
+    rows = rp.aggregate(shown)
+    gap_models = tuple(gap_models) or tuple(dict.fromkeys(choice.models.values()))
+    notes = [w for w in [choice.warning()] + rm.gap_warnings(rows, baseline, ceiling,
+                                                                 gap_models) if w]
+    for line in notes:
+        click.echo(f"kdcore: warning: {line}", err=True)
+    table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
+    if md_path:
+        md_path.write_text(table)
+        click.echo(f"wrote {md_path}")
+    else:
+        click.echo(table, nl=False)
+    if csv_path:
+        if baseline is not None and ceiling is not None:
+            gaps = rp.gap_recovery(rows, baseline, ceiling, gap_models)
+            rows = [dict(r, gap_recovered=gaps.get((r["variant"], r["model"]))) for r in rows]
+        rp.write_csv(rows, csv_path)
+        click.echo(f"wrote {csv_path}")
+    if plots or html_dir:
+        from kdcore.figures import draw_figures, write_figures
+
+        figures = draw_figures(shown)
+        if plots:
+            written = write_figures(figures, plots)
+            click.echo(f"wrote {len(written)} plots to {plots}")
+        if html_dir:
+            from kdcore.report_html import render, write_page
+
+            cells = rp.table_cells(rows, baseline=baseline, ceiling=ceiling,
+                                   gap_models=gap_models)
+            title = "kdcore report: " + ", ".join(str(r) for r in runs)
+            page = write_page(render(shown, cells, figures, title=title, notes=notes),
+                              html_dir)
+            click.echo(f"wrote {page} (1 table, {len(figures)} figures)")
+

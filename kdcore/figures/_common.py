@@ -1,0 +1,58 @@
+"""What every figure module shares: the run and figure types, matplotlib, the PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import numpy as np
+
+from kdcore.errors import KdcoreError
+
+
+class RunResult(Protocol):
+    """A finished run as :func:`kdcore.report.find_runs` gives it."""
+
+    path: Path
+    variant: str
+    summary: dict[str, Any]
+
+
+@attrs.frozen
+class Figure:
+    """One figure: its file stem, its title and caption, and the PNG itself."""
+
+    name: str
+    title: str
+    caption: str
+    png: bytes
+
+
+def trained_rows(history: Any, role: str) -> np.ndarray:
+    """A mask over the history's epoch rows: the rows of stages that train ``role``."""
+    import tomllib
+
+    stages = tomllib.loads(history.recipe).get("stages", [])
+    trains = {st.get("name"): set(st.get("train", [])) for st in stages}
+    return np.array([role in trains.get(stage, set()) for stage, _ in history.epochs()],
+                    dtype=bool)
+
+
+def pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise KdcoreError("figures need matplotlib: pip install 'kdcore[report]'") from exc
+    return plt
+
+
+def png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    pyplot().close(fig)
+    return buf.getvalue()
