@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from kdcore.ledger import Ledger
-from kdcore.metrics import accuracy, balanced_accuracy, selection_quality
+from kdcore.metrics import accuracy, balanced_accuracy, roc_auc, selection_quality
 from kdcore.recipe import StageConfig
 from kdcore.rundata import RunData
 
@@ -39,16 +39,21 @@ def evaluate(models: Mapping[str, torch.nn.Module], roles: list[str], data: RunD
 
 
 def ledger_metrics(ledger: Ledger) -> dict[str, float]:
-    """Refined-label accuracy and every selection's quality against the true labels."""
+    """Refined-label accuracy, every selection's quality against the true labels, and every
+    weighting's ROC AUC for telling right training labels (the argmax of the refined target is
+    the true class) from wrong ones (``weight/<name>/auc``)."""
     clean = ledger["clean_mask"]
+    right = ledger["target"].argmax(1) == ledger["clean_label"]
     out = {
-        "label/acc": accuracy(ledger["target"].argmax(1), ledger["clean_label"]),
+        "label/acc": float(right.double().mean()) if right.numel() else float("nan"),
         "label/noisy_acc": float(clean.double().mean()),
     }
     for name, column in ledger.items():
         if name.startswith("select/") and column.kind == "mask":
             for k, v in selection_quality(column.data, clean).items():
                 out[f"{name}/{k}"] = v
+        elif name.startswith("weight/") and column.kind == "weight" and column.data.dim() == 1:
+            out[f"{name}/auc"] = roc_auc(column.data, right)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Metrics computed every epoch: accuracy, class-balanced accuracy, selection quality."""
+"""Metrics computed every epoch: accuracy, class-balanced accuracy, selection quality, ROC AUC."""
 
 from __future__ import annotations
 
@@ -47,6 +47,30 @@ def selection_quality(selected: torch.Tensor, clean: torch.Tensor) -> dict[str, 
         "precision": both / n_sel if n_sel else float("nan"),
         "recall": both / n_clean if n_clean else float("nan"),
     }
+
+
+def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """The ROC AUC of ``scores`` for telling ``positive`` samples from the others: the chance
+    that a random positive scores above a random negative, ties counting one half (the
+    Mann-Whitney U statistic over ``n_pos * n_neg``). Non-finite scores are left out; NaN when
+    either class is empty.
+
+    Args:
+        scores: ``(N,)`` floats (a weighting component's weights).
+        positive: ``(N,)`` bool (whether the sample's training label is right).
+    """
+    keep = torch.isfinite(scores)
+    scores, positive = scores[keep].double(), positive[keep].bool()
+    n_pos = int(positive.sum())
+    n_neg = int(positive.numel()) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    # average ranks (1-based) so that tied scores share their ranks
+    values, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    last = torch.cumsum(counts, 0).double()
+    mean_rank = last - (counts.double() - 1) / 2
+    rank_sum = float(mean_rank[inverse][positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def confusion(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
