@@ -7,7 +7,8 @@ modules :mod:`kdcore.context`, :mod:`kdcore.hookspecs`, :mod:`kdcore.losses`,
 
 ``import kdcore`` loads what a plugin needs to declare components, datasets and models; the
 engine and the HDF5 history load on first use of ``run_recipe``, ``dry_setup``, ``History`` or
-the researcher's API (:mod:`kdcore.api`: ``run``, ``ablate``, ``load_history``; docs/api.md).
+the researcher's API (:mod:`kdcore.api`: ``run``, ``ablate``, ``load_history``; docs/api.md;
+and ``label_issues``, :mod:`kdcore.label_ranking`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ if TYPE_CHECKING:
     from kdcore.api import ablate, load_history, run
     from kdcore.engine import dry_setup, run_recipe
     from kdcore.history import History
+    from kdcore.label_ranking import label_issues
 
 __version__ = "0.1.0"
 
 _LAZY = {"run_recipe": "kdcore.engine", "dry_setup": "kdcore.engine",
          "History": "kdcore.history", "run": "kdcore.api", "ablate": "kdcore.api",
-         "load_history": "kdcore.api"}
+         "load_history": "kdcore.api", "label_issues": "kdcore.label_ranking"}
 
 
 def __getattr__(name: str) -> Any:
@@ -75,6 +77,7 @@ __all__ = [
     "dry_setup",
     "hookimpl",
     "hookspec",
+    "label_issues",
     "load_history",
     "load_recipe",
     "run",

@@ -1,0 +1,265 @@
+"""A run's label issues: the training samples whose given label the finished run believes
+wrong, ranked (``kdcore label-issues``, ``kdcore.label_issues``; docs/history.md).
+
+How a run's history is read (one model, over the epochs that trained it):
+
+* **the model**: the one asked for, else ``student`` where the history holds its training
+  logits, else the first role of the recipe's last stage whose logits it holds. Its epochs are
+  the history's epoch rows of the stages whose ``train`` lists it and in which
+  ``logits/<model>`` was written: E rows, in order.
+* **the belief** about sample i at such a row t, a distribution over the classes: the refined
+  target ``target[t, i]`` where a refiner relabelled the sample (the target's argmax is not the
+  given label), else the model's softmax of its training logits ``logits/<model>[t, i]``.
+  A refiner that only softens the given label (label smoothing, a label propagation that
+  agrees) leaves the model's own view in place.
+* **flagged** at t: the belief's argmax is not the given label, or a selection mask written
+  at t (``select/<name>``, or ``select/<name>/<model>``; another model's masks do not count)
+  left the sample out.
+* **score**: the mean over the E rows of ``1 - belief_t[given label]``, from 0 (the run never
+  doubted the label) to 1 (it never gave it any weight).
+* **times flagged**: how many of the E rows flagged it; **since**: the epoch row (0-based, the
+  history's numbering) where the sample's current unbroken streak of flagged rows began,
+  counted over the model's E rows only.
+* **refined label**: the argmax of the target at the model's last row (the given label if
+  no component wrote the target there); **given label**:
+  ``/data/noisy_label``; **sample id**: ``/data/sample_id`` (the row in the training split).
+
+The list holds the samples flagged at the model's last row, highest score first (ties by
+ledger row). Where the history has the true labels (``/data/clean_label``: synthetic noise),
+a sample is truly mislabelled when its true label is not the given one: precision at k is
+their share of the first k entries, recall the share of all truly mislabelled samples the
+whole list holds.
+
+The history is read one epoch row at a time (``N x C`` each), never all epochs at once.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from kdcore.cli_inspect import trained_rows
+from kdcore.errors import KdcoreError, did_you_mean
+
+__all__ = ["LabelIssues", "find_label_issues", "label_issues", "softmax"]
+
+_LOGITS = "logits/"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (``N x C``)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+@attrs.frozen(eq=False)
+class LabelIssues:
+    """The ranked list :func:`find_label_issues` returns; every array is in list order.
+
+    Attributes:
+        model: the model role whose epochs were read.
+        rows: the history's epoch rows that trained it (0-based), in order.
+        epochs: ``(stage, epoch within the stage)`` of every history row (0-based).
+        num_samples: the training samples in the history.
+        index: each listed sample's ledger row (its index in the history's arrays).
+        sample_id: its row in the dataset's training split.
+        given: the given (noisy) label.
+        refined: the target's argmax at the model's last row.
+        score: the mean of ``1 - belief[given]`` over the model's rows.
+        times_flagged: the number of the model's rows that flagged the sample.
+        since: the epoch row where its current unbroken flagged streak began (0-based).
+        clean: the true label, None where the history has no true labels.
+        num_mislabelled: the truly mislabelled samples of the whole run (None: unknown).
+    """
+
+    model: str
+    rows: np.ndarray
+    epochs: list[tuple[str, int]]
+    num_samples: int
+    index: np.ndarray
+    sample_id: np.ndarray
+    given: np.ndarray
+    refined: np.ndarray
+    score: np.ndarray
+    times_flagged: np.ndarray
+    since: np.ndarray
+    clean: np.ndarray | None
+    num_mislabelled: int | None
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def truly_mislabelled(self) -> np.ndarray | None:
+        """Per listed sample, whether its true label differs from the given one (None:
+        unknown)."""
+        return None if self.clean is None else self.clean != self.given
+
+    def precision_at(self, k: int) -> float | None:
+        """The share of truly mislabelled samples among the first ``k`` of the list; None
+        where the true labels are unknown or the list is shorter than ``k``.
+
+        Raises:
+            KdcoreError: ``k`` is not a positive integer.
+        """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k <= 0:
+            raise KdcoreError(f"precision at k takes a positive integer k, got {k!r}")
+        truly = self.truly_mislabelled
+        if truly is None or k > len(self):
+            return None
+        return float(truly[:k].mean())
+
+    @property
+    def recall(self) -> float | None:
+        """The share of the run's truly mislabelled samples that the list holds; None where
+        the true labels are unknown or no sample is mislabelled."""
+        truly = self.truly_mislabelled
+        if truly is None or not self.num_mislabelled:
+            return None
+        return float(truly.sum() / self.num_mislabelled)
+
+    def since_epoch(self) -> list[tuple[str, int]]:
+        """``(stage, epoch within the stage)`` of :attr:`since`, 0-based, per listed sample."""
+        return [self.epochs[r] for r in self.since.tolist()]
+
+    def table(self) -> dict[str, Any]:
+        """The list as columns (what :meth:`frame` and ``--csv`` hold): ``rank`` (1..),
+        ``ledger_row``, ``sample_id``, ``given_label``, ``refined_label``, ``clean_label`` and
+        ``truly_mislabelled`` (None where unknown), ``score``, ``times_flagged``,
+        ``since_row``, ``since_stage``, ``since_epoch`` (0-based)."""
+        since = self.since_epoch()
+        truly = self.truly_mislabelled
+        return {
+            "rank": np.arange(1, len(self) + 1),
+            "ledger_row": self.index,
+            "sample_id": self.sample_id,
+            "given_label": self.given,
+            "refined_label": self.refined,
+            "clean_label": self.clean,
+            "truly_mislabelled": None if truly is None else truly.astype(np.int64),
+            "score": self.score,
+            "times_flagged": self.times_flagged,
+            "since_row": self.since,
+            "since_stage": np.array([s for s, _ in since], dtype=object),
+            "since_epoch": np.array([e for _, e in since], dtype=np.int64),
+        }
+
+    def frame(self) -> Any:
+        """The list as a pandas DataFrame, one row per sample (:meth:`table`'s columns; the
+        unknown ones left out).
+
+        Raises:
+            KdcoreError: pandas is not installed (``pip install 'kdcore[analysis]'``).
+        """
+        from kdcore.api import _pandas
+
+        pd = _pandas()
+        return pd.DataFrame({k: v for k, v in self.table().items() if v is not None})
+
+
+def _model(hist: Any, model: str | None) -> str:
+    """The model to read (see the module's text)."""
+    roles = [c.removeprefix(_LOGITS) for c in hist.column_names() if c.startswith(_LOGITS)]
+    if model is not None:
+        if model not in roles:
+            raise KdcoreError(f"no training logits of model '{model}' in {hist.path}"
+                              f"{did_you_mean(model, roles)}; models: "
+                              f"{', '.join(roles) or 'none'}")
+        return model
+    if "student" in roles:
+        return "student"
+    try:
+        stages = tomllib.loads(hist.recipe).get("stages", [])
+    except tomllib.TOMLDecodeError as exc:
+        raise KdcoreError(f"{hist.path}: cannot read the run's recipe ({exc})") from None
+    for stage in reversed(stages):
+        for role in stage.get("train", []):
+            if role in roles:
+                return str(role)
+    raise KdcoreError(f"{hist.path} holds no training logits of a model its stages train")
+
+
+def _masks(columns: list[str], model: str) -> list[str]:
+    """The selection masks that count for ``model``: shared ones and its own."""
+    out = []
+    for name in columns:
+        parts = name.split("/")
+        if parts[0] == "select" and (len(parts) == 2 or parts[2:] == [model]):
+            out.append(name)
+    return out
+
+
+def _read(hist: Any, model: str | None) -> LabelIssues:
+    role = _model(hist, model)
+    logits = _LOGITS + role
+    written = hist.producers(logits)
+    rows = [r for r in trained_rows(hist, role) if written[r]]
+    if not rows:
+        raise KdcoreError(f"model '{role}' trained in no recorded epoch of {hist.path}")
+    given = hist.data("noisy_label").astype(np.int64)
+    n = given.shape[0]
+    at = np.arange(n)
+    columns = hist.column_names()
+    targets = hist.producers("target") if "target" in columns else None
+    masks = {m: hist.producers(m) for m in _masks(columns, role)}
+    doubt = np.zeros(n)
+    count = np.zeros(n, dtype=np.int64)
+    start = np.full(n, -1, dtype=np.int64)  # the current flagged streak's first row, -1: none
+    flagged = np.zeros(n, dtype=bool)
+    target = None
+    for r in rows:  # one epoch row at a time: N x C each
+        belief = softmax(hist.column(logits, r))
+        target = hist.column("target", r).astype(np.float64) if targets and targets[r] else None
+        if target is not None:
+            relabelled = target.argmax(1) != given
+            belief[relabelled] = target[relabelled]
+        flagged = belief.argmax(1) != given
+        for name, producers in masks.items():
+            if producers[r]:
+                flagged |= ~hist.column(name, r).astype(bool)
+        doubt += 1.0 - belief[at, given]
+        count += flagged
+        start = np.where(flagged, np.where(start >= 0, start, r), -1)
+    refined = given if target is None else target.argmax(1)  # the last row's target
+    score = doubt / len(rows)
+    listed = np.flatnonzero(flagged)
+    listed = listed[np.argsort(-score[listed], kind="stable")]  # ties: by ledger row
+    data = hist.data_names()
+    sample_id = hist.data("sample_id") if "sample_id" in data else at
+    clean = hist.data("clean_label").astype(np.int64) if "clean_label" in data else None
+    return LabelIssues(
+        model=role, rows=np.asarray(rows, dtype=np.int64), epochs=list(hist.epochs()),
+        num_samples=n, index=listed, sample_id=np.asarray(sample_id)[listed],
+        given=given[listed], refined=np.asarray(refined)[listed], score=score[listed],
+        times_flagged=count[listed], since=start[listed],
+        clean=None if clean is None else clean[listed],
+        num_mislabelled=None if clean is None else int((clean != given).sum()))
+
+
+def find_label_issues(run: str | Path | Any, model: str | None = None) -> LabelIssues:
+    """The samples whose given label the run believes wrong, ranked (see the module's text).
+
+    Args:
+        run: a run directory, its ``history.h5``, or an open :class:`~kdcore.history.History`.
+        model: the model role to read (default: ``student`` where the run has it, else the
+            model of the recipe's last stage).
+
+    Raises:
+        KdcoreError: no readable history, no training logits of ``model``, or a model that
+            trained in no recorded epoch.
+    """
+    if not isinstance(run, str | Path):
+        return _read(run, model)
+    from kdcore.history import History
+
+    with History(run) as hist:
+        return _read(hist, model)
+
+
+#: ``kdcore.label_issues``: the public name of :func:`find_label_issues`
+label_issues = find_label_issues
