@@ -357,6 +357,11 @@ def report(runs: tuple[Path, ...], md_path: Path | None, csv_path: Path | None,
                 role=role, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
 
 
+# kdcore label-issues (kdcore/cli_label_issues.py)
+from kdcore.cli_label_issues import command as _label_issues  # noqa: E402
+
+main.add_command(_label_issues(_user_errors, _examples))
+
 
 if __name__ == "__main__":
     main()
