@@ -22,7 +22,7 @@ import torch
 import kdcore
 from kdcore.context import ColumnName, Role, RunContext
 from kdcore.losses import one_hot
-from kdcore.validators import below_one, between, positive
+from kdcore.validators import below_one, between, non_negative, positive
 from kdcore_lp.graph import NonFiniteFeatures, check_finite, feature_graph
 from kdcore_lp.propagation import propagate
 
@@ -65,8 +65,10 @@ class LPParams:
             ``false`` in its initial and stage-1 LP).
         clamp: zero negative scores before the read-out (the initial LP of the release skips it).
         cg_tol, cg_iters: conjugate-gradient tolerance and iteration cap.
-        chunk: rows per block of the exact kNN search.
-        knn_backend: ``exact`` or ``faiss``.
+        chunk: rows per block of the exact kNN search (0: as many as fit in a 64 MiB block).
+        knn_backend: ``exact`` (chunked torch search, on the run's device), ``faiss`` (exact)
+            or ``faiss_ivf`` (approximate: for hundreds of thousands of samples and more).
+        ivf_nprobe: the inverted lists ``faiss_ivf`` scans per query.
     """
 
     teacher: Role = Role("teacher")
@@ -86,8 +88,9 @@ class LPParams:
     clamp: bool = True
     cg_tol: float = attrs.field(default=1e-6, validator=positive)
     cg_iters: int = attrs.field(default=20, validator=positive)
-    chunk: int = attrs.field(default=1024, validator=positive)
-    knn_backend: Literal["exact", "faiss"] = "exact"
+    chunk: int = attrs.field(default=0, validator=non_negative)
+    knn_backend: Literal["exact", "faiss", "faiss_ivf"] = "exact"
+    ivf_nprobe: int = attrs.field(default=16, validator=positive)
 
 
 @attrs.frozen
@@ -187,7 +190,7 @@ class LabelPropagation(kdcore.Component):
         whichever LP component needs it first."""
         p = self.params
         key = ("kdcore_lp/graph", role, ctx.model_version(role), p.k, p.gamma, p.normalize,
-               p.knn_backend)
+               p.knn_backend, p.ivf_nprobe)
         cache = ctx.cache
         if key not in cache:
             for old in [k for k in cache if k[:2] == key[:2]]:  # older versions of this model
@@ -195,7 +198,8 @@ class LabelPropagation(kdcore.Component):
             feats = ctx.features(role).features
             try:  # feature_graph checks that the features are finite, once per build
                 cache[key] = feature_graph(feats, k=p.k, gamma=p.gamma, normalize=p.normalize,
-                                           chunk=p.chunk, backend=p.knn_backend)
+                                           chunk=p.chunk, backend=p.knn_backend,
+                                           nprobe=p.ivf_nprobe)
             except NonFiniteFeatures as err:
                 raise self._diverged(ctx, "features", role, err) from None
         return cache[key]

@@ -3,7 +3,10 @@
 Iscen et al. (CVPR 2019) and AML-KD: k nearest neighbours by inner product (cosine on
 L2-normalised features), affinity ``max(s, 0)^gamma``, symmetrised ``W = A + A^T`` with a zero
 diagonal, then ``D^-1/2 W D^-1/2`` (a zero degree counts as 1). Search is exact by chunks of
-rows (memory ``chunk x N``, linear in N); faiss is an optional backend for very large N.
+rows (memory ``chunk x N``, at most :data:`BLOCK_BYTES` unless a chunk is given: linear in N),
+its time quadratic in N; faiss is an optional backend: ``faiss`` exact (``IndexFlatIP``),
+``faiss_ivf`` approximate (``IndexIVFFlat``, :func:`ivf_lists` inverted lists of which
+``nprobe`` are scanned per query), the one whose time stays practical at a million samples.
 
 Negative similarities (our reading, a reconstruction choice): the released code raises the
 *signed* similarity to ``gamma = 3``, so a sample whose k nearest similarities are all negative
@@ -26,7 +29,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Backend = Literal["exact", "faiss"]
+Backend = Literal["exact", "faiss", "faiss_ivf"]
+
+BLOCK_BYTES = 64 * 2**20
+"""The size of one block of similarities in the exact search when no chunk is given: small
+enough that the search adds little to the graph's own memory, large enough that each block
+is one efficient matrix product."""
 
 
 class NonFiniteFeatures(ValueError):
@@ -52,16 +60,26 @@ def check_finite(features: torch.Tensor) -> None:
         raise NonFiniteFeatures(bad, len(features))
 
 
-def knn(features: torch.Tensor, k: int, *, chunk: int = 1024, backend: Backend = "exact"
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def auto_chunk(n: int) -> int:
+    """Rows per block of the exact search so that a block of ``n`` float32 similarities per
+    row fits in :data:`BLOCK_BYTES` (at least 16 rows, at most 4,096)."""
+    return max(16, min(4096, BLOCK_BYTES // (4 * max(n, 1))))
+
+
+def knn(features: torch.Tensor, k: int, *, chunk: int = 0, backend: Backend = "exact",
+        cosine: bool = False, nprobe: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest neighbours of every row by inner product, the row itself excluded.
 
     Args:
         features: ``(N, d)``; normalise them first for cosine similarity.
         k: neighbours per row (``k < N``).
-        chunk: rows per block of the exact search.
-        backend: ``exact`` (chunked matrix products and top-k, on the features' device) or
-            ``faiss`` (``IndexFlatIP``; CPU, needs the ``faiss`` extra).
+        chunk: rows per block of the exact search (0: :func:`auto_chunk`).
+        cosine: search by cosine similarity, as if the rows were L2-normalised (the exact
+            search scales each block instead of copying the normalised features).
+        backend: ``exact`` (chunked matrix products and top-k, on the features' device),
+            ``faiss`` (``IndexFlatIP``, exact) or ``faiss_ivf`` (``IndexIVFFlat``,
+            approximate); the faiss ones run on the CPU and need the ``faiss`` extra.
+        nprobe: the inverted lists ``faiss_ivf`` scans per query (more: closer to exact).
 
     Returns:
         ``(indices, similarities)``, both ``(N, k)``, most similar first.
@@ -69,14 +87,22 @@ def knn(features: torch.Tensor, k: int, *, chunk: int = 1024, backend: Backend =
     n = features.shape[0]
     if not 0 < k < n:
         raise ValueError(f"k must be in 1..{n - 1}, got {k}")
-    if backend == "faiss":
-        return _knn_faiss(features, k)
+    if backend in ("faiss", "faiss_ivf"):
+        return _knn_faiss(F.normalize(features.float(), dim=1) if cosine else features, k,
+                          nprobe=nprobe if backend == "faiss_ivf" else 0)
     feats = features.float()
+    # F.normalize's x / max(||x||, 1e-12), applied to each block's rows and columns
+    inv = feats.norm(dim=1).clamp_min(1e-12).reciprocal() if cosine else None
+    chunk = chunk or auto_chunk(n)
     idx_out = torch.empty(n, k, dtype=torch.long, device=feats.device)
     sim_out = torch.empty(n, k, dtype=feats.dtype, device=feats.device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        sims = feats[start:stop] @ feats.T
+        if inv is None:
+            sims = feats[start:stop] @ feats.T
+        else:
+            sims = (feats[start:stop] * inv[start:stop, None]) @ feats.T
+            sims.mul_(inv)
         rows = torch.arange(stop - start, device=feats.device)
         sims[rows, rows + start] = float("-inf")  # a sample is not its own neighbour
         top = sims.topk(k, dim=1)
@@ -85,7 +111,15 @@ def knn(features: torch.Tensor, k: int, *, chunk: int = 1024, backend: Backend =
     return idx_out, sim_out
 
 
-def _knn_faiss(features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ivf_lists(n: int) -> int:
+    """The inverted lists of ``faiss_ivf``: ``sqrt(N)`` (each query then scans about
+    ``nprobe / sqrt(N)`` of the data), at most ``N / 39`` so that k-means has at least 39
+    points per list (faiss's minimum)."""
+    return max(1, min(int(n ** 0.5), n // 39))
+
+
+def _knn_faiss(features: torch.Tensor, k: int, *, nprobe: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         import faiss
     except ImportError as exc:
@@ -94,18 +128,33 @@ def _knn_faiss(features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
         raise kdcore.KdcoreError(
             "knn backend 'faiss' needs faiss: pip install 'kdcore-lp[faiss]'") from exc
     x = features.detach().float().cpu().contiguous().numpy()
-    index = faiss.IndexFlatIP(x.shape[1])
+    if nprobe:
+        lists = ivf_lists(len(x))
+        quantizer = faiss.IndexFlatIP(x.shape[1])
+        index = faiss.IndexIVFFlat(quantizer, x.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+        # k-means on an evenly spaced sample of about 64 points per list: deterministic
+        index.train(x[::max(1, len(x) // (64 * lists))])
+        index.nprobe = min(nprobe, lists)
+    else:
+        index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     sims, idx = index.search(x, k + 1)
     idx_t = torch.from_numpy(idx)
     sims_t = torch.from_numpy(sims)
-    # drop the row itself wherever it appears (with duplicates it need not come first)
-    rows = torch.arange(len(idx_t)).unsqueeze(1)
-    keep = idx_t != rows
-    first_k = keep.cumsum(1) <= k
-    sel = keep & first_k
-    out_idx = idx_t[sel].view(-1, k)
-    out_sim = sims_t[sel].view(-1, k)
+    n = len(idx_t)
+    rows = torch.arange(n).unsqueeze(1)
+    # drop the row itself wherever it appears (with duplicates it need not come first) and
+    # the -1 an approximate search returns when its probed lists hold fewer than k + 1
+    valid = (idx_t != rows) & (idx_t >= 0)
+    pos = valid.cumsum(1) - 1
+    sel = valid & (pos < k)
+    # a missing neighbour stays the row itself with similarity 0: no edge (the diagonal is
+    # dropped from the graph)
+    out_idx = rows.expand(n, k).clone()
+    out_sim = torch.zeros(n, k, dtype=sims_t.dtype)
+    at = rows.expand_as(idx_t)[sel]
+    out_idx[at, pos[sel]] = idx_t[sel]
+    out_sim[at, pos[sel]] = sims_t[sel]
     return out_idx.to(features.device), out_sim.to(features.device)
 
 
@@ -121,35 +170,45 @@ def normalized_affinity(indices: torch.Tensor, sims: torch.Tensor, gamma: float 
     isolated node that keeps its own seed.
     """
     n, k = indices.shape
-    rows = torch.arange(n, device=indices.device).repeat_interleave(k)
+    device = indices.device
+    rows = torch.arange(n, device=device).repeat_interleave(k)
     cols = indices.reshape(-1)
     vals = sims.reshape(-1).double().clamp_min(0.0).pow(gamma)
-    # A + A^T: coalescing sums the entries where i->j and j->i are both kNN edges
-    both_r = torch.cat([rows, cols])
-    both_c = torch.cat([cols, rows])
-    both_v = torch.cat([vals, vals])
-    off_diag = both_r != both_c
-    w = torch.sparse_coo_tensor(torch.stack([both_r[off_diag], both_c[off_diag]]),
-                                both_v[off_diag], (n, n), check_invariants=False).coalesce()
-    degree = torch.zeros(n, dtype=torch.float64, device=indices.device)
-    degree.index_add_(0, w.indices()[0], w.values())
-    degree[degree == 0] = 1.0
-    inv_sqrt = degree.rsqrt()
+    # A + A^T with a zero diagonal: coalescing sums the entries where i->j and j->i are both
+    # kNN edges; the intermediates are freed as soon as the next one exists (peak memory)
+    keep = rows != cols
+    both_r = torch.cat([rows[keep], cols[keep]])
+    both_c = torch.cat([cols[keep], rows[keep]])
+    both_v = torch.cat([vals[keep], vals[keep]])
+    del rows, cols, vals, keep
+    w = torch.sparse_coo_tensor(torch.stack([both_r, both_c]), both_v, (n, n),
+                                check_invariants=False).coalesce()
+    del both_r, both_c, both_v
     r, c = w.indices()
-    norm_vals = w.values() * inv_sqrt[r] * inv_sqrt[c]
+    values = w.values()
+    degree = torch.zeros(n, dtype=torch.float64, device=device)
+    degree.index_add_(0, r, values)
+    degree[degree == 0] = 1.0
+    inv_sqrt = degree.rsqrt_()
+    values = values * inv_sqrt[r] * inv_sqrt[c]
+    # coalesced COO is sorted by row: its row pointers are the cumulative row counts
+    crow = torch.zeros(n + 1, dtype=torch.long, device=device)
+    crow[1:] = torch.bincount(r, minlength=n).cumsum(0)
+    col = c.clone()
+    del w, r, c
     with warnings.catch_warnings():  # "sparse CSR support is in beta": it is what we need
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_coo_tensor(w.indices(), norm_vals, (n, n)).coalesce().to_sparse_csr()
+        return torch.sparse_csr_tensor(crow, col, values, (n, n))
 
 
 def feature_graph(features: torch.Tensor, *, k: int, gamma: float = 3.0, normalize: bool = True,
-                  chunk: int = 1024, backend: Backend = "exact") -> torch.Tensor:
+                  chunk: int = 0, backend: Backend = "exact", nprobe: int = 16
+                  ) -> torch.Tensor:
     """The normalised affinity of ``features`` (see the module docstring).
 
     Raises:
         NonFiniteFeatures: a feature is NaN or infinite.
     """
     check_finite(features)
-    feats = F.normalize(features.float(), dim=1) if normalize else features.float()
-    idx, sims = knn(feats, k, chunk=chunk, backend=backend)
+    idx, sims = knn(features, k, chunk=chunk, backend=backend, cosine=normalize, nprobe=nprobe)
     return normalized_affinity(idx, sims, gamma)

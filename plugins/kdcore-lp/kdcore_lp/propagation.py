@@ -80,11 +80,12 @@ def propagate_features(
     clamp: bool = True,
     tol: float = 1e-6,
     maxiter: int = 20,
-    chunk: int = 1024,
+    chunk: int = 0,
     backend: Backend = "exact",
+    nprobe: int = 16,
 ) -> Propagated:
     """Build the kNN graph of ``features`` and :func:`propagate` over it."""
     w = feature_graph(features, k=k, gamma=gamma, normalize=normalize, chunk=chunk,
-                      backend=backend)
+                      backend=backend, nprobe=nprobe)
     return propagate(w, seed_labels, num_classes, weights, alpha=alpha, clamp=clamp, tol=tol,
                      maxiter=maxiter)

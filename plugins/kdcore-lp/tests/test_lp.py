@@ -123,3 +123,67 @@ def test_graph_memory_is_linear_in_n():
         w = feature_graph(x, k=5, chunk=32)
         assert w.values().numel() <= 2 * 5 * n
         assert np.isfinite(w.values().numpy()).all()
+
+
+def test_the_automatic_block_fits_its_budget_and_gives_the_same_neighbours():
+    from kdcore_lp.graph import BLOCK_BYTES, auto_chunk
+
+    assert auto_chunk(60_000) * 60_000 * 4 <= BLOCK_BYTES < (auto_chunk(60_000) + 1) * 60_000 * 4
+    assert auto_chunk(10) == 4096 and auto_chunk(10**9) == 16
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(9))
+    a_idx, a_sim = knn(x, 5, chunk=0)
+    b_idx, b_sim = knn(x, 5, chunk=7)
+    assert torch.equal(a_idx, b_idx) and torch.equal(a_sim, b_sim)
+
+
+def test_cosine_search_scales_blocks_like_normalised_features():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(120, 6, generator=g) * torch.rand(120, 1, generator=g) * 10
+    x[3] = 0.0  # a zero row: F.normalize leaves it zero, and so does the scaling
+    a_idx, a_sim = knn(x, 6, cosine=True, chunk=17)
+    ref = F.normalize(x, dim=1) @ F.normalize(x, dim=1).T
+    ref.fill_diagonal_(float("-inf"))
+    top = ref.topk(6, dim=1)
+    assert torch.allclose(a_sim, top.values, atol=1e-6)
+    assert (a_idx == top.indices).float().mean() > 0.98  # the zero row's ties may reorder
+
+
+def test_ivf_backend_finds_most_exact_neighbours_and_never_an_invalid_one():
+    pytest.importorskip("faiss")
+    from kdcore_lp.graph import ivf_lists
+
+    assert ivf_lists(1_000_000) == 1000 and ivf_lists(100) == 2 and ivf_lists(5) == 1
+    x, _ = _blobs(n_per=1000, d=16)
+    x = F.normalize(x, dim=1)
+    e_idx, _ = knn(x, 10)
+    lists = ivf_lists(len(x))
+    f_idx, f_sim = knn(x, 10, backend="faiss_ivf", nprobe=lists)  # every list: exact
+    assert (f_idx == e_idx).float().mean() > 0.99
+    def recall(nprobe):
+        a_idx, _ = knn(x, 10, backend="faiss_ivf", nprobe=nprobe)
+        assert (a_idx >= 0).all() and (a_idx < len(x)).all()
+        return np.mean([len(set(a.tolist()) & set(e.tolist())) / 10
+                        for a, e in zip(a_idx, e_idx)])
+
+    # Gaussian blobs in 16 dimensions are a hard case for inverted lists
+    assert 0.6 < recall(4) < recall(16) <= 1.0
+
+
+def test_missing_ivf_neighbours_become_no_edge():
+    faiss = pytest.importorskip("faiss")  # noqa: F841 (the backend needs it)
+    from kdcore_lp.graph import ivf_lists
+
+    # 80 points in two far-apart groups, two inverted lists: probing one list, a query in
+    # the small group of 10 finds only its 9 others, fewer than k = 12
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(70, 4, generator=g) * 0.01 + torch.tensor([1.0, 0, 0, 0]),
+                   torch.randn(10, 4, generator=g) * 0.01 + torch.tensor([0, 1.0, 0, 0])])
+    assert ivf_lists(80) == 2
+    idx, sims = knn(x, 12, backend="faiss_ivf", nprobe=1)
+    rows = torch.arange(80)[:, None]
+    assert ((idx[70:] == rows[70:]).sum(1) == 3).all()  # 9 real neighbours, 3 missing
+    assert set(idx[70:][idx[70:] != rows[70:]].tolist()) <= set(range(70, 80))
+    assert (sims[idx == rows] == 0).all()
+    w = feature_graph(x, k=12, backend="faiss_ivf", nprobe=1).to_dense()
+    assert torch.all(w.diagonal() == 0) and torch.allclose(w, w.T)
+    assert torch.isfinite(w).all()
