@@ -1,8 +1,9 @@
 """Write docs/results.md from finished grids: one table per grid, with the noise-gap recovery.
 
 Usage:  .venv/bin/python benchmarks/results_doc.py [--out docs/results.md]
-Reads the grid directories listed in SECTIONS (made by `kdcore ablate`, see each grid's command);
-a grid that has not been run is listed as such, never invented.
+Reads the grid directories listed in SECTIONS (made by `kdcore ablate`, see each grid's command).
+A grid that has not been run here keeps the table the previous docs/results.md held for it,
+marked as an earlier measurement (or is listed as not run); nothing is invented.
 """
 
 from __future__ import annotations
@@ -146,9 +147,10 @@ EXTRA = {
                        "select/instance_filter/open_recall", "label/acc"],
 }
 LAMBDA_SECTIONS = {"runs/almkd-fmnist-sym", "runs/almkd-fmnist-pair"}
-# sections whose curves go into docs/figures (kdcore report --plots, the student's)
-FIGURES = {"runs/amlkd-fmnist-sym": ("test_student_acc", "label_acc"),
-           "runs/amlkd-fmnist-pair": ("test_student_acc", "label_acc")}
+# sections whose figures go into docs/figures (kdcore report --plots, the student's)
+AMLKD_FIGURES = ("test_student_acc", "val_student_acc", "label_acc", "label_fixed",
+                 "label_broken", "weight_hist_amlkd", "transition_amlkd")
+FIGURES = {"runs/amlkd-fmnist-sym": AMLKD_FIGURES, "runs/amlkd-fmnist-pair": AMLKD_FIGURES}
 
 
 def _last_finite(values: np.ndarray) -> float:
@@ -229,21 +231,19 @@ grids are the same run repeated (training is deterministic on the CPU), so their
 
 
 def figures(runs: list[RunResult], name: str, plots: tuple[str, ...], docs: Path) -> str:
-    """Student curves (mean over seeds per variant) as PNGs in docs/figures, linked here."""
-    import tempfile
-
-    from kdcore.report import plot_runs
+    """The student's figures named in ``plots`` (curves: mean and one-std band over seeds per
+    variant) as PNGs in docs/figures, linked here."""
+    from kdcore.figures import draw_figures
 
     out = docs / "figures"
     out.mkdir(exist_ok=True)
     links = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in plot_runs(runs, Path(tmp), "student"):
-            if path.stem in plots:
-                target = out / f"{name}-{path.name}"
-                target.write_bytes(path.read_bytes())
-                links.append(f"![{path.stem} of {name}](figures/{target.name})")
-    return "\n" + "\n".join(links) + "\n"
+    for fig in draw_figures(runs, "student"):
+        if fig.name in plots:
+            target = out / f"{name}-{fig.name}.png"
+            target.write_bytes(fig.png)
+            links.append(f"![{fig.title} ({name})](figures/{target.name})")
+    return "\n" + "\n\n".join(links) + "\n"
 
 
 def summary_table(found: list[tuple[Section, list[dict]]]) -> str:
@@ -264,12 +264,32 @@ def summary_table(found: list[tuple[Section, list[dict]]]) -> str:
     return "\n".join(lines) + "\n" + caveat_notes(shown)
 
 
+EARLIER = ("*Earlier measurement, not rerun by this regeneration* (its grid has no runs "
+           "here; the command above reruns it, and `make results` regenerates this file). "
+           "Not in the summary table above.\n\n")
+
+
+def previous_sections(path: Path) -> dict[str, str]:
+    """The body of each ``## `` section of the existing docs/results.md after its command
+    block (the tables and notes), by title."""
+    if not path.exists():
+        return {}
+    out = {}
+    for part in path.read_text().split("\n## ")[1:]:
+        title, _, body = part.partition("\n")
+        _, fence, after = body.partition("```\n\n")
+        if fence and after.strip() and not after.startswith("Not run yet"):
+            out[title.strip()] = after if after.startswith(EARLIER) else EARLIER + after
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args()
     parts: list[str] = []
     found: list[tuple[Section, list[dict]]] = []
+    earlier = previous_sections(args.out)
     for section in SECTIONS:
         parts.append(f"\n## {section.title}\n\n")
         if section.note:
@@ -278,7 +298,7 @@ def main() -> None:
         try:
             runs = find_runs([ROOT / section.runs])
         except KdcoreError:
-            parts.append("Not run yet.\n")
+            parts.append(earlier.get(section.title, "Not run yet.\n"))
             continue
         rows = aggregate(runs)
         found.append((section, rows))

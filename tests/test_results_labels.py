@@ -132,3 +132,18 @@ def test_readme_methods_table_names_the_reconstructions():
     assert FF in rows["| `ff`"]
     assert SMKD in rows["| `smkd`, `smkd-static`, `dml`"]
     assert KDMLC in rows["| `mlc`, `kdmlc`"]
+
+
+def test_a_grid_not_rerun_keeps_its_earlier_table_marked_once(tmp_path):
+    old = tmp_path / "results.md"
+    old.write_text("# Results\n\nintro\n\n## Kept grid\n\n```sh\nkdcore ablate x\n```\n\n"
+                   "| variant | acc |\n|---|---|\n| kd | 1.0 |\n\n## Never run\n\n```sh\ncmd\n"
+                   "```\n\nNot run yet.\n")
+    sections = results_doc.previous_sections(old)
+    assert set(sections) == {"Kept grid"}  # a "Not run yet" section has nothing to keep
+    body = sections["Kept grid"]
+    assert body.startswith(results_doc.EARLIER) and "| kd | 1.0 |" in body
+    # regenerating again does not stack the mark
+    old.write_text("# Results\n\n## Kept grid\n\n```sh\nkdcore ablate x\n```\n\n" + body)
+    assert results_doc.previous_sections(old)["Kept grid"] == body
+    assert results_doc.previous_sections(tmp_path / "missing.md") == {}
