@@ -8,7 +8,7 @@ For each finished run (one with ``summary.json``):
 
 * ours: ``kdcore.label_issues(run)`` (docs/history.md, "Label issues"): the samples flagged at
   the model's last trained epoch, ranked by the mean over its epochs of 1 - the run's belief in
-  the given label;
+  the given label, ties by the same mean of 1 - the model's own softmax of it;
 * cleanlab's: ``cleanlab.filter.find_label_issues(labels=given labels, pred_probs=softmax of
   the same model's training logits at its last trained epoch,
   return_indices_ranked_by="self_confidence")``. These pred_probs are **in-sample**: the model

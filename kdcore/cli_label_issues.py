@@ -48,13 +48,15 @@ def format_table(issues: Any, top: int) -> list[str]:
     since = issues.since_epoch()[:k]
     header = ["rank", "sample_id", "given", "refined", *(["true"] if issues.clean is not None
                                                           else []),
-              "score", "flagged", "since"]
+              "score", "model_doubt", "flagged", "excluded", "since"]
     rows = []
     for i in range(k):
         true = [str(issues.clean[i])] if issues.clean is not None else []
         rows.append([str(i + 1), str(issues.sample_id[i]), str(issues.given[i]),
                      str(issues.refined[i]), *true, f"{issues.score[i]:.4f}",
+                     f"{issues.model_doubt[i]:.4f}",
                      f"{issues.times_flagged[i]}/{len(issues.rows)}",
+                     f"{issues.times_excluded[i]}/{len(issues.rows)}",
                      f"{since[i][0]} {since[i][1] + 1}"])
     widths = [max(len(h), *(len(r[j]) for r in rows)) if rows else len(h)
               for j, h in enumerate(header)]
@@ -66,7 +68,7 @@ def summary_lines(issues: Any, top: int) -> list[str]:
     stage, epoch = issues.epochs[int(issues.rows[-1])]
     head = (f"model '{issues.model}': {len(issues)} of {issues.num_samples} samples flagged at "
             f"the last of its {len(issues.rows)} trained epochs (stage '{stage}' epoch "
-            f"{epoch + 1}), ranked by score")
+            f"{epoch + 1}), ranked by score, then model doubt")
     if issues.num_mislabelled is None:
         return [head, "true labels unknown: no precision or recall"]
     tail = [f"precision at {k}: {issues.precision_at(k):.4f}"
@@ -99,11 +101,13 @@ def command(user_errors: Callable[[Any], Any], examples: Callable[..., str]) -> 
         """The samples of RUN_DIR whose given label the run believes wrong, ranked.
 
         A sample is flagged at an epoch of the model when the run's belief (the refined target
-        where a refiner relabelled it, else the model's softmax) does not pick its given label,
-        or a selection mask left it out. The list: the samples flagged at the model's last
-        epoch, by score (the mean over its epochs of 1 - belief in the given label). With the
-        true labels (synthetic noise): precision at k and recall. 'since': the stage and epoch
-        (from 1) where the current unbroken flagged streak began.
+        where a refiner relabelled it, else the model's softmax) does not pick its given label.
+        The list: the samples flagged at the model's last epoch, by score (the mean over its
+        epochs of 1 - belief in the given label), ties by model_doubt (the same mean of 1 - the
+        model's own softmax of the given label). With the true labels (synthetic noise):
+        precision at k and recall. 'flagged' and 'excluded': of the model's epochs, how many
+        flagged the sample and at how many a selection mask left it out (which does not flag);
+        'since': the stage and epoch (from 1) where the current unbroken flagged streak began.
         """
         from kdcore.errors import KdcoreError
         from kdcore.label_ranking import find_label_issues

@@ -12,23 +12,29 @@ How a run's history is read (one model, over the epochs that trained it):
   given label), else the model's softmax of its training logits ``logits/<model>[t, i]``.
   A refiner that only softens the given label (label smoothing, a label propagation that
   agrees) leaves the model's own view in place.
-* **flagged** at t: the belief's argmax is not the given label, or a selection mask written
-  at t (``select/<name>``, or ``select/<name>/<model>``; another model's masks do not count)
-  left the sample out.
+* **flagged** at t: the belief's argmax is not the given label. A selection mask does not flag.
 * **score**: the mean over the E rows of ``1 - belief_t[given label]``, from 0 (the run never
   doubted the label) to 1 (it never gave it any weight).
+* **model doubt**: the mean over the E rows of ``1 - softmax(logits/<model>[t, i])[given]``:
+  the model's own view, whatever the refined target says (equal to the score where no refiner
+  relabelled the sample).
 * **times flagged**: how many of the E rows flagged it; **since**: the epoch row (0-based, the
   history's numbering) where the sample's current unbroken streak of flagged rows began,
   counted over the model's E rows only.
+* **times excluded**: how many of the E rows a selection mask that counts for the model,
+  written at that row (``select/<name>``, or ``select/<name>/<model>``; another model's masks
+  do not count), left the sample out (one per row, however many masks did). Reported only: it
+  neither flags nor ranks.
 * **refined label**: the argmax of the target at the model's last row (the given label if
   no component wrote the target there); **given label**:
   ``/data/noisy_label``; **sample id**: ``/data/sample_id`` (the row in the training split).
 
-The list holds the samples flagged at the model's last row, highest score first (ties by
-ledger row). Where the history has the true labels (``/data/clean_label``: synthetic noise),
-a sample is truly mislabelled when its true label is not the given one: precision at k is
-their share of the first k entries, recall the share of all truly mislabelled samples the
-whole list holds.
+The list holds the samples flagged at the model's last row, highest score first; ties in score
+by the model doubt, highest first (a hard relabel scores exactly 1 at every row, so relabelled
+samples tie), then by ledger row. Where the history has the true labels
+(``/data/clean_label``: synthetic noise), a sample is truly mislabelled when its true label is
+not the given one: precision at k is their share of the first k entries, recall the share of
+all truly mislabelled samples the whole list holds.
 
 The history is read one epoch row at a time (``N x C`` each), never all epochs at once.
 """
@@ -71,7 +77,11 @@ class LabelIssues:
         given: the given (noisy) label.
         refined: the target's argmax at the model's last row.
         score: the mean of ``1 - belief[given]`` over the model's rows.
+        model_doubt: the mean of ``1 - softmax(logits)[given]`` over the model's rows (the
+            tie-break after the score).
         times_flagged: the number of the model's rows that flagged the sample.
+        times_excluded: the number of the model's rows at which a selection mask that counts
+            for it left the sample out.
         since: the epoch row where its current unbroken flagged streak began (0-based).
         clean: the true label, None where the history has no true labels.
         num_mislabelled: the truly mislabelled samples of the whole run (None: unknown).
@@ -86,7 +96,9 @@ class LabelIssues:
     given: np.ndarray
     refined: np.ndarray
     score: np.ndarray
+    model_doubt: np.ndarray
     times_flagged: np.ndarray
+    times_excluded: np.ndarray
     since: np.ndarray
     clean: np.ndarray | None
     num_mislabelled: int | None
@@ -130,8 +142,9 @@ class LabelIssues:
     def table(self) -> dict[str, Any]:
         """The list as columns (what :meth:`frame` and ``--csv`` hold): ``rank`` (1..),
         ``ledger_row``, ``sample_id``, ``given_label``, ``refined_label``, ``clean_label`` and
-        ``truly_mislabelled`` (None where unknown), ``score``, ``times_flagged``,
-        ``since_row``, ``since_stage``, ``since_epoch`` (0-based)."""
+        ``truly_mislabelled`` (None where unknown), ``score``, ``model_doubt``,
+        ``times_flagged``, ``times_excluded``, ``since_row``, ``since_stage``, ``since_epoch``
+        (0-based)."""
         since = self.since_epoch()
         truly = self.truly_mislabelled
         return {
@@ -143,7 +156,9 @@ class LabelIssues:
             "clean_label": self.clean,
             "truly_mislabelled": None if truly is None else truly.astype(np.int64),
             "score": self.score,
+            "model_doubt": self.model_doubt,
             "times_flagged": self.times_flagged,
+            "times_excluded": self.times_excluded,
             "since_row": self.since,
             "since_stage": np.array([s for s, _ in since], dtype=object),
             "since_epoch": np.array([e for _, e in since], dtype=np.int64),
@@ -207,28 +222,32 @@ def _read(hist: Any, model: str | None) -> LabelIssues:
     columns = hist.column_names()
     targets = hist.producers("target") if "target" in columns else None
     masks = {m: hist.producers(m) for m in _masks(columns, role)}
-    doubt = np.zeros(n)
-    count = np.zeros(n, dtype=np.int64)
+    doubt, own_doubt = np.zeros(n), np.zeros(n)
+    count, excluded = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     start = np.full(n, -1, dtype=np.int64)  # the current flagged streak's first row, -1: none
     flagged = np.zeros(n, dtype=bool)
     target = None
     for r in rows:  # one epoch row at a time: N x C each
         belief = softmax(hist.column(logits, r))
+        own_doubt += 1.0 - belief[at, given]  # the model's view, before any relabel
         target = hist.column("target", r).astype(np.float64) if targets and targets[r] else None
         if target is not None:
             relabelled = target.argmax(1) != given
             belief[relabelled] = target[relabelled]
         flagged = belief.argmax(1) != given
+        left_out = np.zeros(n, dtype=bool)
         for name, producers in masks.items():
             if producers[r]:
-                flagged |= ~hist.column(name, r).astype(bool)
+                left_out |= ~hist.column(name, r).astype(bool)
         doubt += 1.0 - belief[at, given]
         count += flagged
+        excluded += left_out
         start = np.where(flagged, np.where(start >= 0, start, r), -1)
     refined = given if target is None else target.argmax(1)  # the last row's target
-    score = doubt / len(rows)
+    score, model_doubt = doubt / len(rows), own_doubt / len(rows)
     listed = np.flatnonzero(flagged)
-    listed = listed[np.argsort(-score[listed], kind="stable")]  # ties: by ledger row
+    # score descending, then model doubt descending, then ledger row (lexsort: last key first)
+    listed = listed[np.lexsort((listed, -model_doubt[listed], -score[listed]))]
     data = hist.data_names()
     sample_id = hist.data("sample_id") if "sample_id" in data else at
     clean = hist.data("clean_label").astype(np.int64) if "clean_label" in data else None
@@ -236,7 +255,8 @@ def _read(hist: Any, model: str | None) -> LabelIssues:
         model=role, rows=np.asarray(rows, dtype=np.int64), epochs=list(hist.epochs()),
         num_samples=n, index=listed, sample_id=np.asarray(sample_id)[listed],
         given=given[listed], refined=np.asarray(refined)[listed], score=score[listed],
-        times_flagged=count[listed], since=start[listed],
+        model_doubt=model_doubt[listed], times_flagged=count[listed],
+        times_excluded=excluded[listed], since=start[listed],
         clean=None if clean is None else clean[listed],
         num_mislabelled=None if clean is None else int((clean != given).sum()))
 

@@ -71,25 +71,31 @@ class FakeHistory:
 
 
 def _worked() -> FakeHistory:
-    """7 samples, 3 classes, given [0, 1, 2, 0, 1, 2, 0], true [0, 2, 2, 1, 1, 0, 0]. The
-    student's rows are 1, 2, 4, 5 (row 3 is the teacher's stage: its student logits do not
-    count)."""
-    given, n, rows = np.array([0, 1, 2, 0, 1, 2, 0]), 7, 6
+    """8 samples, 3 classes, given [0, 1, 2, 0, 1, 2, 0, 2], true [0, 2, 2, 1, 1, 2, 1, 2]
+    (samples 1, 3 and 6 truly mislabelled). The student's rows are 1, 2, 4, 5 (rows 0 and 3
+    are the teacher's stages: nothing at them counts for the student). The model's
+    probabilities p are written as logits log(p), so its softmax is p."""
+    given, n, rows = np.array([0, 1, 2, 0, 1, 2, 0, 2]), 8, 6
     p = np.tile(np.array([[.8, .1, .1], [.1, .8, .1], [.2, .2, .6], [.5, .4, .1],
-                          [.65, .25, .1], [.2, .2, .6], [.8, .1, .1]]), (rows, 1, 1))
+                          [.65, .25, .1], [.2, .2, .6], [.1, .8, .1], [.2, .2, .6]]),
+                (rows, 1, 1))
     p[1:3, 1] = [.1, .2, .7]           # sample 1: the model disagrees in stage a
+    p[4:, 3] = [.4, .5, .1]            # sample 3: the model disagrees in stage c
     p[3] = 1 / 3                       # stage b: would change every score if it counted
     target = np.tile(np.eye(3)[given], (rows, 1, 1))
     target[1:, 4] = [.05, .9, .05]     # sample 4: smoothed only, not relabelled
     target[5, 1] = [0, 0, 1]           # sample 1: relabelled at the last row
-    target[1:, 5] = [1, 0, 0]          # samples 5 and 6: relabelled throughout (score 1)
+    target[1:, [5, 7]] = [1, 0, 0]     # samples 5, 6 and 7: relabelled throughout (score 1)
     target[1:, 6] = [0, 1, 0]
     shared = np.ones((rows, n), bool)
     shared[4:, 2] = False              # sample 2: left out by a shared mask in stage c
-    shared[1:3] = False                # rows no component wrote: not a verdict
+    shared[5, [3, 7]] = False          # samples 3 and 7: left out at the last row
+    shared[1:4] = False                # rows 1-2 no component wrote, row 3 the teacher's
     own, other = np.ones((rows, n), bool), np.ones((rows, n), bool)
-    own[5, 3] = False                  # sample 3: the student's own mask, last row
-    other[:, 3] = False                # the teacher's mask: does not count for the student
+    own[4, 1] = False                  # sample 1: the student's own mask, row 4
+    own[5, 3] = False                  # sample 3: the student's own mask too, row 5
+    own[0] = False                     # row 0: the teacher's stage
+    other[:, [3, 4]] = False           # the teacher's mask: does not count for the student
     written = ["", "s", "s", "s", "s", "s"]
     return FakeHistory({
         "logits/student": (np.log(p), written),
@@ -98,23 +104,53 @@ def _worked() -> FakeHistory:
         "select/sl": (shared, ["", "", "", "sl", "sl", "sl"]),
         "select/co/student": (own, ["co"] * rows),
         "select/co/teacher": (other, ["co"] * rows),
-    }, {"noisy_label": given, "clean_label": np.array([0, 2, 2, 1, 1, 0, 0]),
-        "sample_id": np.arange(10, 17)})
+    }, {"noisy_label": given, "clean_label": np.array([0, 2, 2, 1, 1, 2, 1, 2]),
+        "sample_id": np.arange(10, 18)})
 
 
 def test_the_worked_example():
+    """Worked by hand, over the student's rows 1, 2, 4, 5 (E = 4):
+
+    * 0: p = [.8, .1, .1], given 0: the model agrees at every row; never flagged, not listed.
+    * 1: given 1. Rows 1-2: p = [.1, .2, .7] (flagged, doubt .8 each); row 4: p = [.1, .8, .1]
+      (not flagged, doubt .2; its own mask leaves it out there: excluded, not flagged, so the
+      streak breaks); row 5: the target relabels it [0, 0, 1] (flagged, doubt 1). Score
+      2.8 / 4 = .7, model doubt (.8 + .8 + .2 + .2) / 4 = .5, flagged 3, since row 5,
+      excluded 1, refined 2. Listed.
+    * 2: p = [.2, .2, .6], given 2: the model agrees; the shared mask leaves it out at rows 4
+      and 5, which no longer flags: not listed (excluded 2, unseen).
+    * 3: given 0. Rows 1-2: p = [.5, .4, .1] (doubt .5, not flagged); rows 4-5: p = [.4, .5,
+      .1] (doubt .6, flagged). Score = model doubt = 2.2 / 4 = .55, flagged 2, since row 4.
+      Excluded 1: at row 5 both the shared mask and its own leave it out (one row, counted
+      once); the teacher's mask (every row) and the shared mask at rows 1-3 (unwritten or the
+      teacher's row) do not count. Refined 0 (the target is the given label).
+    * 4: p = [.65, .25, .1], given 1; the target [.05, .9, .05] only smooths the given label,
+      so the belief is the model's: flagged at every row, score = model doubt = .75. The
+      teacher's mask leaves it out: not counted, excluded 0.
+    * 5, 6, 7: relabelled (hard) at every row: belief[given] = 0, score exactly 1, flagged 4,
+      since row 1: a three-way tie in score. Model doubt: 6 (given 0, p = [.1, .8, .1]) .9;
+      5 and 7 (given 2, p = [.2, .2, .6]) .4 each. So 6 first (by model doubt, although its
+      ledger row is later), then 5 and 7 (equal model doubt: by ledger row). Sample 7 is left
+      out by the shared mask at row 5: excluded 1, which changes nothing else.
+
+    The list: 6, 5, 7 (score 1), 4 (.75), 1 (.7), 3 (.55); truly mislabelled: 6, 1, 3.
+    """
     h = _worked()
     r = find_label_issues(h)
-    assert r.model == "student" and list(r.rows) == [1, 2, 4, 5] and r.num_samples == 7
-    assert list(r.index) == [5, 6, 4, 1, 3, 2]      # scores 1, 1 (a tie: by row), .75, .7 ...
-    np.testing.assert_allclose(r.score, [1, 1, .75, .7, .5, .4])
-    assert list(r.sample_id) == [15, 16, 14, 11, 13, 12]
-    assert list(r.given) == [2, 0, 1, 1, 0, 2] and list(r.refined) == [0, 1, 1, 2, 0, 2]
-    assert list(r.times_flagged) == [4, 4, 4, 3, 1, 2]
-    assert list(r.since) == [1, 1, 1, 5, 5, 4]
-    assert r.since_epoch() == [("a", 0)] * 3 + [("c", 1), ("c", 1), ("c", 0)]
-    assert list(r.clean) == [0, 0, 1, 2, 1, 2] and r.num_mislabelled == 3
-    assert [r.precision_at(k) for k in range(1, 7)] == pytest.approx([1, .5, 1 / 3, .5, .6, .5])
+    assert r.model == "student" and list(r.rows) == [1, 2, 4, 5] and r.num_samples == 8
+    assert list(r.index) == [6, 5, 7, 4, 1, 3]
+    np.testing.assert_allclose(r.score, [1, 1, 1, .75, .7, .55])
+    np.testing.assert_allclose(r.model_doubt, [.9, .4, .4, .75, .5, .55])
+    assert list(r.sample_id) == [16, 15, 17, 14, 11, 13]
+    assert list(r.given) == [0, 2, 2, 1, 1, 0] and list(r.refined) == [1, 0, 0, 1, 2, 0]
+    assert list(r.times_flagged) == [4, 4, 4, 4, 3, 2]
+    assert list(r.times_excluded) == [0, 0, 1, 0, 1, 1]
+    assert list(r.since) == [1, 1, 1, 1, 5, 4]
+    assert r.since_epoch() == [("a", 0)] * 4 + [("c", 1), ("c", 0)]
+    assert 2 not in r.index                         # excluded, never flagged: not listed
+    assert list(r.clean) == [1, 2, 2, 1, 2, 1] and r.num_mislabelled == 3
+    assert [r.precision_at(k) for k in range(1, 7)] == pytest.approx(
+        [1, .5, 1 / 3, .25, .4, .5])
     assert r.precision_at(7) is None and r.recall == 1.0
     assert all(epoch in (1, 2, 4, 5) for _, epoch in h.reads)   # only the student's rows
 
@@ -174,16 +210,18 @@ def transcription(h, role: str) -> dict:
              and (k.count("/") == 1 or k.endswith("/" + role))]
     given, out = h._data["noisy_label"], {}
     for i in range(len(given)):
-        doubts, flags = [], []
+        doubts, own, flags, left = [], [], [], 0
         for t in rows:
             e = [math.exp(z) for z in logits[t][i]]
-            belief = [v / sum(e) for v in e]
+            model = [v / sum(e) for v in e]
+            belief = model
             if tprod[t] and int(np.argmax(target[t][i])) != given[i]:
                 belief = list(target[t][i])
-            flag = int(np.argmax(belief)) != given[i]
-            flag = flag or any(prod[t] and not m[t][i] for m, prod in masks)
+            flags.append(int(np.argmax(belief)) != given[i])
             doubts.append(1 - belief[given[i]])
-            flags.append(flag)
+            own.append(1 - model[given[i]])
+            if any(prod[t] and not m[t][i] for m, prod in masks):
+                left += 1
         since = None
         for t, f in zip(reversed(rows), reversed(flags)):
             if not f:
@@ -191,13 +229,19 @@ def transcription(h, role: str) -> dict:
             since = t
         last = rows[-1]
         refined = int(np.argmax(target[last][i])) if tprod[last] else given[i]
-        out[i] = {"score": sum(doubts) / len(doubts), "count": sum(flags), "since": since,
-                  "last": flags[-1], "refined": refined}
-    order = sorted((i for i in out if out[i]["last"]), key=lambda i: (-out[i]["score"], i))
+        out[i] = {"score": sum(doubts) / len(doubts), "model_doubt": sum(own) / len(own),
+                  "count": sum(flags), "excluded": left, "since": since, "last": flags[-1],
+                  "refined": refined}
+    order = sorted((i for i in out if out[i]["last"]),
+                   key=lambda i: (-out[i]["score"], -out[i]["model_doubt"], i))
     return {"order": order, "samples": out}
 
 
 def _random(seed: int, n: int = 40, c: int = 4) -> FakeHistory:
+    """History-like input: random logits (rounded), targets relabelled or softened at random,
+    about a quarter of the samples relabelled hard at every row (as a label propagation does:
+    they tie at score 1 where the target is written at every row of the model), sample 1 a
+    copy of sample 0 (a tie in both keys), a shared mask and each model's own."""
     rng = np.random.default_rng(seed)
     rows = sum(k for *_, k in STAGES)
     given = rng.integers(0, c, n)
@@ -207,16 +251,22 @@ def _random(seed: int, n: int = 40, c: int = 4) -> FakeHistory:
     target[relabel] = np.eye(c)[rng.integers(0, c, (rows, n))][relabel]
     soft = rng.random((rows, n)) < .2
     target[soft] = rng.dirichlet(np.ones(c), (rows, n))[soft]
+    hard = rng.random(n) < .25
+    hard[:2] = True
+    target[:, hard] = np.eye(c)[(given[hard] + rng.integers(1, c, hard.sum())) % c]
     logits = rng.normal(0, 2, (rows, n, c)).round(1)   # ties in the scores happen
     logits[..., 0] = np.where(rng.random((rows, n)) < .3, logits[..., 0], -9)
+    teacher = rng.normal(size=(rows, n, c))
+    given[1], target[:, 1], logits[:, 1], teacher[:, 1] = (given[0], target[:, 0],
+                                                           logits[:, 0], teacher[:, 0])
 
     def mask(p):
         return rng.random((rows, n)) > p, [rng.choice(["", "m"]) for _ in range(rows)]
 
     return FakeHistory({
         "logits/student": (logits, [rng.choice(["", "s", "s"]) for _ in range(rows - 1)] + ["s"]),
-        "logits/teacher": (rng.normal(size=(rows, n, c)), ["t"] * rows),
-        "target": (target, [rng.choice(["", "r", "r"]) for _ in range(rows)]),
+        "logits/teacher": (teacher, ["t"] * rows),
+        "target": (target, [rng.choice(["", "r", "r", "r", "r"]) for _ in range(rows)]),
         "select/a": mask(.2), "select/b/student": mask(.1), "select/b/teacher": mask(.5),
     }, {"noisy_label": given, "clean_label": clean, "sample_id": rng.permutation(n) + 100},
         num_classes=c)
@@ -231,7 +281,9 @@ def test_the_ranking_is_the_transcription(seed, role):
     assert list(r.index) == want["order"]
     s = [want["samples"][i] for i in want["order"]]
     np.testing.assert_allclose(r.score, [x["score"] for x in s], rtol=1e-12)
+    np.testing.assert_allclose(r.model_doubt, [x["model_doubt"] for x in s], rtol=1e-12)
     assert list(r.times_flagged) == [x["count"] for x in s]
+    assert list(r.times_excluded) == [x["excluded"] for x in s]
     assert list(r.since) == [x["since"] for x in s]
     assert list(r.refined) == [x["refined"] for x in s]
     given, clean = h._data["noisy_label"], h._data["clean_label"]
@@ -240,6 +292,23 @@ def test_the_ranking_is_the_transcription(seed, role):
     for k in range(1, len(truly) + 1):
         assert r.precision_at(k) == pytest.approx(sum(truly[:k]) / k)
     assert r.recall == pytest.approx(sum(truly) / int((clean != given).sum()))
+
+
+def test_the_random_input_exercises_the_new_keys():
+    """The transcription comparison means something: across the seeds, score ties that the
+    model doubt orders otherwise than the ledger row, ties in both keys, listed samples a mask
+    left out, and unlisted samples that a mask left out (masks do not flag)."""
+    by_doubt = both = excluded_listed = excluded_only = 0
+    for seed in range(6):
+        want = transcription(_random(seed), "student")
+        o, s = want["order"], want["samples"]
+        for a, b in zip(o, o[1:]):
+            if s[a]["score"] == s[b]["score"]:
+                by_doubt += a > b
+                both += s[a]["model_doubt"] == s[b]["model_doubt"]
+        excluded_listed += sum(s[i]["excluded"] > 0 for i in o)
+        excluded_only += sum(s[i]["excluded"] > 0 and not s[i]["last"] for i in s)
+    assert min(by_doubt, both, excluded_listed, excluded_only) > 0
 
 
 def test_softmax_is_the_softmax():
@@ -283,7 +352,9 @@ def test_a_real_run_is_read_as_transcribed(tiny_run, role):
     assert list(r.index) == want["order"] and len(r) > 0
     s = [want["samples"][i] for i in want["order"]]
     np.testing.assert_allclose(r.score, [x["score"] for x in s], rtol=1e-9)
+    np.testing.assert_allclose(r.model_doubt, [x["model_doubt"] for x in s], rtol=1e-9)
     assert list(r.times_flagged) == [x["count"] for x in s]
+    assert list(r.times_excluded) == [x["excluded"] for x in s]
     assert list(r.since) == [x["since"] for x in s]
     assert list(r.sample_id) == list(sample_id[want["order"]])
 
@@ -293,8 +364,11 @@ def test_the_frame(tiny_run):
     f = r.frame()
     assert list(f.columns) == ["rank", "ledger_row", "sample_id", "given_label",
                                "refined_label", "clean_label", "truly_mislabelled", "score",
-                               "times_flagged", "since_row", "since_stage", "since_epoch"]
+                               "model_doubt", "times_flagged", "times_excluded", "since_row",
+                               "since_stage", "since_epoch"]
     np.testing.assert_array_equal(f["score"], r.score)
+    np.testing.assert_array_equal(f["model_doubt"], r.model_doubt)
+    np.testing.assert_array_equal(f["times_excluded"], r.times_excluded)
     assert (f["truly_mislabelled"] == (f["clean_label"] != f["given_label"])).all()
     assert set(f["since_stage"]) <= {"student"}      # the student's stage only
 
@@ -314,12 +388,13 @@ def test_the_table(tiny_run):
     assert lines[0].startswith(f"model 'student': {len(r)} of 120 samples flagged at the last "
                                "of its 2 trained epochs (stage 'student' epoch 2)")
     assert lines[1].split() == ["rank", "sample_id", "given", "refined", "true", "score",
-                                "flagged", "since"]
+                                "model_doubt", "flagged", "excluded", "since"]
     for i, line in enumerate(lines[2:5]):
         cells = line.split()
-        assert cells[:6] == [str(i + 1), str(r.sample_id[i]), str(r.given[i]),
-                             str(r.refined[i]), str(r.clean[i]), f"{r.score[i]:.4f}"]
-        assert cells[6:] == [f"{r.times_flagged[i]}/2", "student",
+        assert cells[:7] == [str(i + 1), str(r.sample_id[i]), str(r.given[i]),
+                             str(r.refined[i]), str(r.clean[i]), f"{r.score[i]:.4f}",
+                             f"{r.model_doubt[i]:.4f}"]
+        assert cells[7:] == [f"{r.times_flagged[i]}/2", f"{r.times_excluded[i]}/2", "student",
                              str(r.since_epoch()[i][1] + 1)]
     ks = sorted({3, 100, len(r)} if len(r) >= 100 else {3, len(r)})
     assert lines[5:] == [*(f"precision at {k}: {r.precision_at(k):.4f}" for k in ks),
@@ -335,10 +410,12 @@ def test_the_csv_is_the_whole_list_exactly(tiny_run, tmp_path):
     f = pd.read_csv(tmp_path / "issues.csv")
     assert len(f) == len(r)
     for col in ("rank", "ledger_row", "sample_id", "given_label", "refined_label",
-                "clean_label", "truly_mislabelled", "score", "times_flagged", "since_row",
-                "since_epoch"):
+                "clean_label", "truly_mislabelled", "score", "model_doubt", "times_flagged",
+                "times_excluded", "since_row", "since_epoch"):
         assert pd.api.types.is_numeric_dtype(f[col]), col
     np.testing.assert_array_equal(f["score"].to_numpy(), r.score)   # full precision
+    np.testing.assert_array_equal(f["model_doubt"].to_numpy(), r.model_doubt)
+    np.testing.assert_array_equal(f["times_excluded"].to_numpy(), r.times_excluded)
     np.testing.assert_array_equal(f["ledger_row"].to_numpy(), r.index)
     np.testing.assert_array_equal(f["since_row"].to_numpy(), r.since)
 
@@ -358,7 +435,18 @@ def test_unknown_true_labels_are_empty_cells(tmp_path, monkeypatch):
     header, *rows = (line.split(",") for line in (tmp_path / "i.csv").read_text().splitlines())
     unknown = [header.index("clean_label"), header.index("truly_mislabelled")]
     assert all(row[j] == "" for row in rows for j in unknown) and len(rows) == 6
-    assert list(f["sample_id"]) == [15, 16, 14, 11, 13, 12]
+    assert list(f["sample_id"]) == [16, 15, 17, 14, 11, 13]
+    # the worked example's values: model doubt differs from the score where relabelled
+    np.testing.assert_allclose(f["score"], [1, 1, 1, .75, .7, .55])
+    np.testing.assert_allclose(f["model_doubt"], [.9, .4, .4, .75, .5, .55])
+    assert list(f["times_excluded"]) == [0, 0, 1, 0, 1, 1]
+    lines = res.output.splitlines()
+    assert lines[1].split() == ["rank", "sample_id", "given", "refined", "score",
+                                "model_doubt", "flagged", "excluded", "since"]
+    assert [line.split()[4:8] for line in lines[2:8]] == [
+        ["1.0000", "0.9000", "4/4", "0/4"], ["1.0000", "0.4000", "4/4", "0/4"],
+        ["1.0000", "0.4000", "4/4", "1/4"], ["0.7500", "0.7500", "4/4", "0/4"],
+        ["0.7000", "0.5000", "3/4", "1/4"], ["0.5500", "0.5500", "2/4", "1/4"]]
 
 
 @pytest.mark.parametrize("args, needle", [
