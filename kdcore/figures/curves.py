@@ -138,10 +138,12 @@ def curve_order(metric: str) -> tuple[int, str]:
 
 
 def draw_curve(metric: str, curves: Curves) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
     plt = _common.pyplot()
     title, ylabel, percent = describe(metric)
     scale = 100.0 if percent else 1.0
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(7.6, 3.8))
     drawn: dict[float, str] = {}
     longest = 1
     for k, (variant, per_seed) in enumerate(curves.runs.items()):
@@ -169,11 +171,14 @@ def draw_curve(metric: str, curves: Curves) -> Figure:
                     color="0.35", rotation=90, ha="right", va="top", xytext=(-2, -2),
                     textcoords="offset points")
     ax.set_xlim(0.5, longest + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"training epoch of the {curves.model or 'reported model'}")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, title="mean ± std over seeds", title_fontsize=7)
+    # beside the axes, where it hides no curve however many variants there are
+    ax.legend(fontsize=7, title="mean ± std over seeds", title_fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return Figure(metric.replace("/", "_"), title,
                   f"{title}: mean over seeds (line) ± one standard deviation (band); dashed "
