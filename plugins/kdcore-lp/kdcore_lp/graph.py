@@ -2,9 +2,10 @@
 
 Iscen et al. (CVPR 2019) and AML-KD: k nearest neighbours by inner product (cosine on
 L2-normalised features), affinity ``max(s, 0)^gamma``, symmetrised ``W = A + A^T`` with a zero
-diagonal, then ``D^-1/2 W D^-1/2`` (a zero degree counts as 1). Search is exact by chunks of
-rows (memory ``chunk x N``, at most :data:`BLOCK_BYTES` unless a chunk is given: linear in N),
-its time quadratic in N; faiss is an optional backend: ``faiss`` exact (``IndexFlatIP``),
+diagonal, then ``D^-1/2 W D^-1/2`` (a zero degree counts as 1). Search is exact, by square
+tiles (one square tile of similarities, at most :data:`BLOCK_BYTES`, unless a chunk is given;
+memory linear in N, the upper triangle of the symmetric similarity matrix only), its time
+quadratic in N; faiss is an optional backend: ``faiss`` exact (``IndexFlatIP``),
 ``faiss_ivf`` approximate (``IndexIVFFlat``, :func:`ivf_lists` inverted lists of which
 ``nprobe`` are scanned per query), the one whose time stays practical at a million samples.
 
@@ -61,22 +62,27 @@ def check_finite(features: torch.Tensor) -> None:
 
 
 def auto_chunk(n: int) -> int:
-    """Rows per block of the exact search so that a block of ``n`` float32 similarities per
-    row fits in :data:`BLOCK_BYTES` (at least 16 rows, at most 4,096)."""
-    return max(16, min(4096, BLOCK_BYTES // (4 * max(n, 1))))
+    """Rows (and columns) per tile of the exact search: a square tile of float32 similarities
+    fits in :data:`BLOCK_BYTES` (4,096 rows at 64 MiB), and no tile is larger than N."""
+    return max(1, min(n, int((BLOCK_BYTES // 4) ** 0.5)))
 
 
 def knn(features: torch.Tensor, k: int, *, chunk: int = 0, backend: Backend = "exact",
         cosine: bool = False, nprobe: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest neighbours of every row by inner product, the row itself excluded.
 
+    The exact search tiles the similarity matrix ``S = X X^T`` in ``chunk x chunk`` blocks and
+    computes only the tiles on and above the diagonal: ``S`` is symmetric, so a tile serves its
+    rows and, transposed, its columns, half the multiply-adds of a row-by-row search. Each
+    row's best ``k`` so far are merged with every tile's.
+
     Args:
-        features: ``(N, d)``; normalise them first for cosine similarity.
+        features: ``(N, d)``; normalise them first for cosine similarity, or pass ``cosine``.
         k: neighbours per row (``k < N``).
-        chunk: rows per block of the exact search (0: :func:`auto_chunk`).
+        chunk: rows and columns per tile of the exact search (0: :func:`auto_chunk`).
         cosine: search by cosine similarity, as if the rows were L2-normalised (the exact
-            search scales each block instead of copying the normalised features).
-        backend: ``exact`` (chunked matrix products and top-k, on the features' device),
+            search scales each tile instead of copying the normalised features).
+        backend: ``exact`` (tiled matrix products and top-k, on the features' device),
             ``faiss`` (``IndexFlatIP``, exact) or ``faiss_ivf`` (``IndexIVFFlat``,
             approximate); the faiss ones run on the CPU and need the ``faiss`` extra.
         nprobe: the inverted lists ``faiss_ivf`` scans per query (more: closer to exact).
@@ -91,24 +97,83 @@ def knn(features: torch.Tensor, k: int, *, chunk: int = 0, backend: Backend = "e
         return _knn_faiss(F.normalize(features.float(), dim=1) if cosine else features, k,
                           nprobe=nprobe if backend == "faiss_ivf" else 0)
     feats = features.float()
-    # F.normalize's x / max(||x||, 1e-12), applied to each block's rows and columns
+    device = feats.device
+    # F.normalize's x / max(||x||, 1e-12), applied to each tile's rows and columns
     inv = feats.norm(dim=1).clamp_min(1e-12).reciprocal() if cosine else None
-    chunk = chunk or auto_chunk(n)
-    idx_out = torch.empty(n, k, dtype=torch.long, device=feats.device)
-    sim_out = torch.empty(n, k, dtype=feats.dtype, device=feats.device)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        if inv is None:
-            sims = feats[start:stop] @ feats.T
-        else:
-            sims = (feats[start:stop] * inv[start:stop, None]) @ feats.T
-            sims.mul_(inv)
-        rows = torch.arange(stop - start, device=feats.device)
-        sims[rows, rows + start] = float("-inf")  # a sample is not its own neighbour
-        top = sims.topk(k, dim=1)
-        idx_out[start:stop] = top.indices
-        sim_out[start:stop] = top.values
-    return idx_out, sim_out
+    tile = chunk or auto_chunk(n)
+    best_sim = torch.full((n, k), float("-inf"), dtype=feats.dtype, device=device)
+    best_idx = torch.zeros(n, k, dtype=torch.long, device=device)
+
+    def merge(rows: slice, sims: torch.Tensor, col0: int) -> None:
+        """Fold a tile's similarities of ``rows`` (columns from ``col0``) into their best k."""
+        top = sims.topk(min(k, sims.shape[1]), dim=1)
+        values = torch.cat([best_sim[rows], top.values], dim=1)
+        index = torch.cat([best_idx[rows], top.indices + col0], dim=1)
+        keep = values.topk(k, dim=1)
+        best_sim[rows] = keep.values
+        best_idx[rows] = index.gather(1, keep.indices)
+
+    def merge_columns(cols: slice, sims: torch.Tensor, row0: int) -> None:
+        """Fold a tile into the best k of its columns' samples. A top-k down the columns of a
+        row-major tile reads it across the grain (several times a row-wise top-k); once every
+        column has k neighbours, only the entries above a column's k-th best can enter, and
+        after the first tiles those are few: they are found in one row-wise pass and merged."""
+        floor = best_sim[cols, -1]
+        if bool(torch.isneginf(floor).any()):  # some column has fewer than k so far
+            merge(cols, sims.T, row0)
+            return
+        mask = above[:sims.numel()].view(sims.shape)
+        torch.gt(sims, floor, out=mask)
+        r, c = mask.nonzero(as_tuple=True)
+        if r.numel() == 0:
+            return
+        width = sims.shape[1]
+        if r.numel() > width * k:  # dense enough that the full top-k costs less
+            merge(cols, sims.T, row0)
+            return
+        values = sims[r, c]
+        # grouped by column, best first within a column (two stable sorts)
+        order = values.sort(descending=True, stable=True).indices
+        r, c, values = r[order], c[order], values[order]
+        order = c.sort(stable=True).indices
+        r, c, values = r[order], c[order], values[order]
+        counts = torch.bincount(c, minlength=width)
+        pos = torch.arange(len(c), device=device) - (counts.cumsum(0) - counts)[c]
+        first = pos < k
+        touched = (counts > 0).nonzero().squeeze(1)
+        slot = torch.zeros(width, dtype=torch.long, device=device)
+        slot[touched] = torch.arange(len(touched), device=device)
+        cand_sim = torch.full((len(touched), k), float("-inf"), dtype=sims.dtype, device=device)
+        cand_idx = torch.zeros(len(touched), k, dtype=torch.long, device=device)
+        cand_sim[slot[c[first]], pos[first]] = values[first]
+        cand_idx[slot[c[first]], pos[first]] = r[first] + row0
+        targets = touched + cols.start
+        merged = torch.cat([best_sim[targets], cand_sim], dim=1)
+        index = torch.cat([best_idx[targets], cand_idx], dim=1)
+        keep = merged.topk(k, dim=1)
+        best_sim[targets] = keep.values
+        best_idx[targets] = index.gather(1, keep.indices)
+
+    def block(at: slice) -> torch.Tensor:  # the rows of a tile, scaled: a small copy
+        return feats[at] if inv is None else feats[at] * inv[at, None]
+
+    buffer = torch.empty(min(tile, n) ** 2, dtype=feats.dtype, device=device)
+    above = torch.empty(min(tile, n) ** 2, dtype=torch.bool, device=device)
+    for i in range(0, n, tile):
+        rows = slice(i, min(i + tile, n))
+        left = block(rows)
+        for j in range(i, n, tile):
+            cols = slice(j, min(j + tile, n))
+            right = left if i == j else block(cols)
+            # into one reused buffer: a fresh 64 MiB tensor per tile costs its page faults
+            sims = buffer[:len(left) * len(right)].view(len(left), len(right))
+            torch.mm(left, right.T, out=sims)
+            if i == j:  # a sample is not its own neighbour
+                sims.fill_diagonal_(float("-inf"))
+            merge(rows, sims, j)
+            if i != j:
+                merge_columns(cols, sims, i)
+    return best_idx, best_sim
 
 
 def ivf_lists(n: int) -> int:

@@ -125,15 +125,20 @@ def test_graph_memory_is_linear_in_n():
         assert np.isfinite(w.values().numpy()).all()
 
 
-def test_the_automatic_block_fits_its_budget_and_gives_the_same_neighbours():
+def test_the_automatic_tile_fits_its_budget_and_tiles_give_the_same_neighbours():
     from kdcore_lp.graph import BLOCK_BYTES, auto_chunk
 
-    assert auto_chunk(60_000) * 60_000 * 4 <= BLOCK_BYTES < (auto_chunk(60_000) + 1) * 60_000 * 4
-    assert auto_chunk(10) == 4096 and auto_chunk(10**9) == 16
+    assert auto_chunk(60_000) == 4096 and 4096 * 4096 * 4 == BLOCK_BYTES
+    assert auto_chunk(10) == 10 and auto_chunk(1) == 1
     x = torch.randn(300, 8, generator=torch.Generator().manual_seed(9))
-    a_idx, a_sim = knn(x, 5, chunk=0)
-    b_idx, b_sim = knn(x, 5, chunk=7)
-    assert torch.equal(a_idx, b_idx) and torch.equal(a_sim, b_sim)
+    full = x @ x.T
+    full.fill_diagonal_(float("-inf"))
+    ref = full.topk(5, dim=1)
+    # one tile; tiles smaller than k (merged across many); a ragged last tile
+    for chunk in (0, 3, 7, 64):
+        idx, sims = knn(x, 5, chunk=chunk)
+        assert torch.equal(idx, ref.indices), chunk
+        assert torch.allclose(sims, ref.values, atol=1e-6), chunk
 
 
 def test_cosine_search_scales_blocks_like_normalised_features():
