@@ -264,6 +264,41 @@ def summary_table(found: list[tuple[Section, list[dict]]]) -> str:
     return "\n".join(lines) + "\n" + caveat_notes(shown)
 
 
+# the grids whose runs the label-issue lists are compared on, and the variants compared
+ISSUE_GRIDS = ("amlkd-fmnist-sym", "amlkd-fmnist-pair")
+ISSUE_VARIANTS = ("ce", "kd", "amlkd", "amlkd-no-awe")
+ISSUE_TITLE = "Label issues: kdcore's ranked list against cleanlab"
+ISSUE_COMMAND = ("python benchmarks/label_issues_cleanlab.py "
+                 + " ".join(f"runs/{g}/{{{','.join(ISSUE_VARIANTS)}}}/seed*" for g in ISSUE_GRIDS)
+                 + " --out benchmarks/results/label_issues_cleanlab.json")
+
+
+def label_issue_section(earlier: dict[str, str]) -> str:
+    """kdcore label-issues against cleanlab's find_label_issues on the AML-KD grids' runs
+    (benchmarks/label_issues_cleanlab.py, which writes its JSON beside the table)."""
+    import importlib.util
+
+    head = (f"\n## {ISSUE_TITLE}\n\nFor each finished run, `kdcore label-issues` (its reading: "
+            "docs/history.md, \"Label issues\") against `cleanlab.filter.find_label_issues` "
+            "on the same model's predictions; both lists scored against the true labels "
+            "(precision at k: the share truly mislabelled among the first k; 8,000 of the "
+            "20,000 training labels are wrong in every run). Under pair-flip noise the top of "
+            "both lists is less precise than further down: a flipped label names a plausible "
+            "class, so the most doubted samples include hard ones whose label is right.\n\n"
+            f"```sh\n{ISSUE_COMMAND}\n```\n\n")
+    runs = sorted(p for g in ISSUE_GRIDS for v in ISSUE_VARIANTS
+                  for p in (ROOT / "runs" / g / v).glob("seed*") if (p / "summary.json").is_file())
+    if not runs or importlib.util.find_spec("cleanlab") is None:
+        return head + earlier.get(ISSUE_TITLE, "Not run yet.\n")
+    spec = importlib.util.spec_from_file_location(
+        "label_issues_cleanlab", ROOT / "benchmarks" / "label_issues_cleanlab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main([str(p) for p in runs] + [
+        "--out", str(ROOT / "benchmarks" / "results" / "label_issues_cleanlab.json")])
+    return head + module.markdown(results)
+
+
 EARLIER = ("*Earlier measurement, not rerun by this regeneration* (its grid has no runs "
            "here; the command above reruns it, and `make results` regenerates this file). "
            "Not in the summary table above.\n\n")
@@ -312,6 +347,7 @@ def main() -> None:
         if section.runs in FIGURES:
             parts.append(figures(runs, section.grid, FIGURES[section.runs], args.out.parent))
     summary = "\n## Every method against CE and the clean ceiling\n\n" + summary_table(found)
+    parts.append(label_issue_section(earlier))
     args.out.write_text(INTRO + summary + "".join(parts))
     print(f"wrote {args.out}")
 
