@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdcore.component import Batch, Component, ComponentSpec, NoParams, PerSample
 from kdcore.context import BatchStore, ColumnName, ModelOutput, Role, RunContext
-from kdcore.data.base import ArrayDataset, DatasetSplits, NoiseContext
+from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset, NoiseContext
 from kdcore.errors import KdcoreError, RecipeError, TrainingDiverged
 from kdcore.hookspecs import hookimpl, hookspec
 from kdcore.ledger import Ledger
@@ -57,6 +57,7 @@ __all__ = [
     "Component",
     "ComponentSpec",
     "DatasetSplits",
+    "FileDataset",
     "History",
     "KDModel",
     "KdcoreError",

@@ -30,7 +30,7 @@ from kdcore.runstate import ComponentContext, Run
 
 # Keys that may change between a run and its resume: they do not change what is computed.
 RESUMABLE_CHANGES = ("run.name", "run.output_dir", "run.threads", "run.checkpoint_interval_s",
-                     "run.loggers")
+                     "run.loggers", "data.workers")
 
 
 def fingerprint(recipe: Recipe, overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -27,7 +27,8 @@ def evaluate(models: Mapping[str, torch.nn.Module], roles: list[str], data: RunD
         preds = {}
         for split in ("val", "test"):
             ds = data.split(split)
-            p = [model(data.inputs(ds, i))[0].argmax(1) for i in data.batches(ds, batch_size)]
+            p = [model(x)[0].argmax(1)
+                 for _, x in data.stream(ds, list(data.batches(ds, batch_size)))]
             preds[split] = torch.cat(p) if p else torch.empty(0, dtype=torch.long)
         model.train(was)
         out[f"val/{role}/acc"] = accuracy(preds["val"], data.val_noisy)

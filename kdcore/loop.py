@@ -202,17 +202,19 @@ class Trainer:
         self._hard_source = self._one_hot_labels()
         n, bs = len(run.data.train), self.plan.recipe.data.batch_size
         order = torch.randperm(n, generator=self.order_gen).to(run.device)
-        starts: Any = range(0, n, bs)
+        batches: Any = run.data.stream(run.data.train,
+                                       [order[start:start + bs] for start in range(0, n, bs)])
         if self.progress:
             from tqdm import tqdm
 
-            starts = tqdm(starts, desc=f"{cfg.name} {epoch + 1}/{cfg.epochs}", leave=False)
-        batches = 0
+            batches = tqdm(batches, total=-(-n // bs), leave=False,
+                           desc=f"{cfg.name} {epoch + 1}/{cfg.epochs}")
+        count = 0
         if cfg.train:
             observes = self.bus.has("kdcore_batch_end")
-            for start in starts:
-                self._train_batch(stage, order[start:start + bs], observes)
-                batches += 1
+            for index, x in batches:
+                self._train_batch(stage, index, x, observes)
+                count += 1
             self._check_finite()
             self._flush_pending()
         if not stage.refiners:
@@ -220,7 +222,7 @@ class Trainer:
             led = run.ledger
             led.add("target", led["base_target"], producer=led.producer("base_target"),
                     kind="target")
-        metrics = self._train_metrics(batches)
+        metrics = self._train_metrics(count)
         with run.autocast():
             metrics.update(evaluate(run.models, cfg.eval_roles, run.data,
                                     self.plan.recipe.data.eval_batch_size))
@@ -244,10 +246,11 @@ class Trainer:
 
     # -- one batch ----------------------------------------------------------------------------
 
-    def _train_batch(self, stage: StagePlan, index: torch.Tensor, observes: bool) -> None:
+    def _train_batch(self, stage: StagePlan, index: torch.Tensor, inputs: torch.Tensor,
+                     observes: bool) -> None:
         run = self.run
         data, ledger = run.data, run.ledger
-        x = run.augment(data.inputs(data.train, index), self.augment_gen)
+        x = run.augment(inputs, self.augment_gen)
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         base, noisy = ledger["base_target"], data.train_noisy[index]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -10,7 +10,7 @@ import torch
 from loguru import logger
 
 from kdcore.config import bind_params
-from kdcore.data.base import ArrayDataset, DatasetSplits, NoiseContext
+from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset, NoiseContext, Split
 from kdcore.data.noise import realised_transition
 from kdcore.data.splits import make_splits
 from kdcore.errors import KdcoreError, RecipeError
@@ -31,12 +31,14 @@ class RunData:
             (``sample_id`` in the history), so that results can be traced back.
         transition: the realised clean-to-noisy transition matrix on the training split.
         noise_rate: the realised share of training labels that differ from the truth.
+        workers: the DataLoader processes that decode a file-backed split's batches ahead of
+            training (``data.workers``; 0: in this process).
     """
 
-    train: ArrayDataset
-    val: ArrayDataset
-    test: ArrayDataset
-    gold: ArrayDataset
+    train: Split
+    val: Split
+    test: Split
+    gold: Split
     train_noisy: torch.Tensor
     val_noisy: torch.Tensor
     train_source: torch.Tensor
@@ -45,18 +47,25 @@ class RunData:
     num_classes: int
     class_names: tuple[str, ...]
     device: torch.device
+    workers: int = 0
 
-    def split(self, name: str) -> ArrayDataset:
+    def split(self, name: str) -> Split:
         try:
             return {"train": self.train, "val": self.val, "test": self.test,
                     "gold": self.gold}[name]
         except KeyError:
             raise KeyError(f"no split '{name}'; splits: train, val, test, gold") from None
 
-    def inputs(self, split: ArrayDataset, index: torch.Tensor | slice) -> torch.Tensor:
+    def inputs(self, split: Split, index: torch.Tensor | slice) -> torch.Tensor:
         """Model inputs for rows ``index`` (a long tensor or a slice) of ``split``: float,
-        normalised, on the device. A slice of float data is a view: no copy."""
-        x = split.x[index]
+        normalised, on the device. A slice of float data is a view: no copy. A file-backed
+        split's images are read here, in this process (:meth:`stream` reads ahead)."""
+        if isinstance(split, FileDataset):
+            rows = index.cpu() if isinstance(index, torch.Tensor) else index
+            return self._normalised(split, split.read(rows).to(self.device))
+        return self._normalised(split, split.x[index])
+
+    def _normalised(self, split: Split, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
             if split.mean is not None and split.std is not None:
@@ -66,7 +75,31 @@ class RunData:
                 x = (x - mean) / std
         return x
 
-    def batches(self, split: ArrayDataset, batch_size: int) -> Iterator[slice]:
+    def stream(self, split: Split, batches: Sequence[torch.Tensor | slice]
+               ) -> Iterator[tuple[torch.Tensor | slice, torch.Tensor]]:
+        """``(rows, inputs)`` for each batch of rows in ``batches``, in order (the rows are
+        the global sample indices the ledger uses). A file-backed split's images are decoded
+        ahead in :attr:`workers` DataLoader processes; otherwise as :meth:`inputs`."""
+        if not isinstance(split, FileDataset) or self.workers == 0 or not batches:
+            for rows in batches:
+                yield rows, self.inputs(split, rows)
+            return
+        from torch.utils.data import DataLoader
+
+        cpu = [rows.cpu() if isinstance(rows, torch.Tensor) else rows for rows in batches]
+        loader = DataLoader(_Batches(split, cpu), batch_size=None, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda")
+        decoded = iter(loader)
+        for rows in batches:
+            try:
+                raw = next(decoded)
+            except Exception as exc:  # a worker's error arrives wrapped: keep its last line
+                if "DataLoader worker" not in str(exc):
+                    raise
+                raise KdcoreError(_worker_error(exc)) from None
+            yield rows, self._normalised(split, raw.to(self.device, non_blocking=True))
+
+    def batches(self, split: Split, batch_size: int) -> Iterator[slice]:
         """Consecutive row slices over ``split`` (evaluation and full-set passes): slicing
         instead of gathering spares a copy of every input."""
         n = len(split)
@@ -122,7 +155,9 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
                               source=(splits["val"], len(full)))
                  if cfg.noise.apply_to_val else val.y.clone())
 
-    def to_dev(ds: ArrayDataset) -> ArrayDataset:
+    def to_dev(ds: Split) -> Split:
+        if isinstance(ds, FileDataset):  # the images stay files; the labels move
+            return attrs.evolve(ds, y=ds.y.to(device))
         return attrs.evolve(ds, x=ds.x.to(device), y=ds.y.to(device))
 
     return RunData(
@@ -133,16 +168,41 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
         noise_rate=float((train_noisy != train.y).double().mean()) if len(train) else 0.0,
         num_classes=num_classes,
         class_names=tuple(full.class_names) or tuple(str(c) for c in range(num_classes)),
-        device=device,
+        device=device, workers=cfg.workers,
     )
 
 
-def _apply_noise(fn: Any, params: dict[str, Any], ds: ArrayDataset, num_classes: int,
+class _Batches:
+    """A map-style dataset whose items are whole batches: item ``i`` is the ``uint8`` images
+    of the ``i``-th batch of rows (DataLoader workers decode them in order)."""
+
+    def __init__(self, split: FileDataset, batches: Sequence[torch.Tensor | slice]) -> None:
+        self.split = split
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.split.read(self.batches[i])
+
+
+def _worker_error(exc: Exception) -> str:
+    """The message of an error raised in a DataLoader worker (PyTorch re-raises it with the
+    worker's traceback appended; its last line is the original ``Type: message``)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else repr(exc)
+    return last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] \
+        else last
+
+
+def _apply_noise(fn: Any, params: dict[str, Any], ds: Split, num_classes: int,
                  gen: torch.Generator, source: tuple[torch.Tensor, int]) -> torch.Tensor:
     """Corrupt ``ds``'s labels; ``source``: its rows in the loader's training split, and that
     split's size (``NoiseContext.source_index`` / ``source_size``)."""
     index, size = source
-    ctx = NoiseContext(labels=ds.y.clone(), num_classes=num_classes, generator=gen, x=ds.x,
+    ctx = NoiseContext(labels=ds.y.clone(), num_classes=num_classes, generator=gen,
+                       x=ds.x if isinstance(ds, ArrayDataset) else None,
                        source_index=index.clone(), source_size=size)
     try:
         noisy = fn(ctx, **params)

@@ -139,8 +139,9 @@ class Run:
         model.eval()
         ds = self.data.split(split)
         logits, feats = [], []
-        for index in self.data.batches(ds, self.recipe.data.eval_batch_size):
-            z, f = self._call(model, self.data.inputs(ds, index))
+        for _, x in self.data.stream(ds, list(self.data.batches(
+                ds, self.recipe.data.eval_batch_size))):
+            z, f = self._call(model, x)
             logits.append(z)
             feats.append(f)
         model.train(was_training)

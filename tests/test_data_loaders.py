@@ -30,7 +30,8 @@ from kdcore.testing import write_fashion_mnist, write_idx
 
 
 def test_registry_names() -> None:
-    assert set(DATASETS) == {"digits", "fashion_mnist", "cifar10", "cifar100", "image_folder"}
+    assert set(DATASETS) == {"digits", "fashion_mnist", "cifar10", "cifar100", "image_folder",
+                             "image_list", "clothing1m"}
 
 
 # -- digits -------------------------------------------------------------------------------------

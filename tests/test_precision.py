@@ -111,9 +111,9 @@ def test_channels_last_puts_conv_weights_and_batches_in_that_order(tmp_path, mon
     seen: list[bool] = []
     original = loop.Trainer._train_batch
 
-    def spy(self, stage, index, observes):
+    def spy(self, stage, index, inputs, observes):
         seen.append(self.run.channels_last)
-        return original(self, stage, index, observes)
+        return original(self, stage, index, inputs, observes)
 
     monkeypatch.setattr(loop.Trainer, "_train_batch", spy)
     on = run_tiny(cnn_recipe(channels_last=True), tmp_path / "on")

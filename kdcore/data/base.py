@@ -1,13 +1,17 @@
-"""The in-memory dataset type every loader returns, and the contexts handed to noise models.
+"""The dataset types loaders return, and the contexts handed to noise models.
 
-kdcore keeps a whole split in memory as tensors: on a 2-core CPU a Python ``Dataset`` with a
-``DataLoader`` costs more than the small models it feeds, and every per-sample column of the
-ledger is indexed by the same row number anyway.
+kdcore keeps a split in memory as tensors by default (:class:`ArrayDataset`): on a 2-core CPU a
+Python ``Dataset`` with a ``DataLoader`` costs more than the small models it feeds, and every
+per-sample column of the ledger is indexed by the same row number anyway. A split too large for
+memory (a million 224-pixel images) is a :class:`FileDataset`: its images are decoded when a
+batch needs them, in ``data.workers`` DataLoader processes, while its labels and the ledger stay
+in memory, indexed by the same global row numbers.
 """
 
 from __future__ import annotations
 
 import attrs
+import numpy as np
 import torch
 
 
@@ -45,14 +49,66 @@ class ArrayDataset:
 
 
 @attrs.define(eq=False)
+class FileDataset:
+    """One split of images read from files when a batch needs them (streaming).
+
+    Attributes:
+        paths: each sample's image file.
+        y: the labels, ``int64`` ``(N,)``.
+        num_classes: C.
+        size: images are converted to RGB and resized to ``size`` x ``size`` (bilinear) as
+            they are read, giving ``uint8`` ``(3, size, size)``.
+        class_names: optional names of the classes, in label order.
+        mean, std: per-channel normalisation applied after scaling to [0, 1].
+    """
+
+    paths: tuple[str, ...]
+    y: torch.Tensor
+    num_classes: int
+    size: int
+    class_names: tuple[str, ...] = ()
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, index: torch.Tensor) -> FileDataset:
+        """The rows ``index`` (a long tensor), as a new dataset."""
+        rows = index.tolist()
+        return attrs.evolve(self, paths=tuple(self.paths[i] for i in rows), y=self.y[index])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.size, self.size)
+
+    def read(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The images of rows ``index`` (a long tensor or a slice), ``uint8`` ``(B, 3, S, S)``.
+
+        Raises:
+            KdcoreError: an image cannot be read.
+        """
+        from kdcore.data.images import read_image
+
+        rows = range(len(self))[index] if isinstance(index, slice) else index.tolist()
+        if not rows:
+            return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
+        return torch.from_numpy(np.stack([read_image(self.paths[i], self.size) for i in rows]))
+
+
+Split = ArrayDataset | FileDataset
+"""A split of either kind."""
+
+
+@attrs.define(eq=False)
 class DatasetSplits:
     """What a dataset loader returns: its training split and, if it has one, its test split.
 
     When ``test`` is ``None`` the engine carves a stratified test split out of ``train``.
     """
 
-    train: ArrayDataset
-    test: ArrayDataset | None = None
+    train: ArrayDataset | FileDataset
+    test: ArrayDataset | FileDataset | None = None
 
 
 @attrs.define(eq=False)

@@ -146,7 +146,8 @@ def instance_dependent(ctx: NoiseContext, *, rate: Rate, std: Std = 0.1) -> torc
     if num_classes < 2:
         raise KdcoreError("instance_dependent noise needs at least 2 classes")
     if ctx.x is None:
-        raise KdcoreError("instance_dependent noise needs the inputs (NoiseContext.x is None)")
+        raise KdcoreError("instance_dependent noise needs the inputs in memory (NoiseContext.x "
+                          "is None: a streaming dataset keeps only file names)")
     n = labels.numel()
     if ctx.x.shape[0] != n:
         raise KdcoreError(

@@ -9,6 +9,7 @@ path and the accepted range. The bounds that are not mathematical facts:
   or a fuzzer) overflows the first update. ``lr = 0`` is allowed: a role that a stage "trains"
   without moving, which tests use to hold a model fixed.
 * :data:`MAX_THREADS` = 4096: more threads than any CPU has; ``10**6`` fails inside torch.
+* :data:`MAX_WORKERS` = 256: DataLoader processes; each is a process of its own.
 * :data:`MAX_BATCH_SIZE` = 2**20: a batch of a million samples fits no accelerator; the bound
   catches typos such as ``1e9``.
 * ``gamma`` of a multistep schedule may exceed 1, but the learning rate it reaches must stay
@@ -39,6 +40,7 @@ MAX_SEED = 2**63 - 1
 """Seeds are torch's unsigned 64-bit seeds; kdcore adds small offsets per generator."""
 
 MAX_THREADS = 4096
+MAX_WORKERS = 256
 MAX_LR = 10.0
 MAX_BATCH_SIZE = 2**20
 
@@ -126,6 +128,9 @@ class DataConfig:
         batch_size: training batch size, in [1, :data:`MAX_BATCH_SIZE`].
         eval_batch_size: batch size of evaluation and full-set feature passes (same range).
         augment: batch augmentations applied to training batches, in order.
+        workers: DataLoader processes that decode a streaming dataset's batches ahead of
+            training (a loader's ``stream = true``; 0: in the training process), at most
+            :data:`MAX_WORKERS`. In-memory datasets ignore it. It changes no result.
     """
 
     dataset: str = "digits"
@@ -139,6 +144,7 @@ class DataConfig:
     batch_size: int = attrs.field(default=64, validator=_batch_size)
     eval_batch_size: int = attrs.field(default=1024, validator=_batch_size)
     augment: list[AugmentConfig] = attrs.Factory(list)
+    workers: int = attrs.field(default=0, validator=between(0, MAX_WORKERS))
 
 
 def _nesterov_needs_momentum(instance: Any, attribute: Any, value: bool) -> None:

@@ -14,8 +14,9 @@ four times smaller in memory than ``float32``.
 
 One module per format: :mod:`.digits` (scikit-learn's bundled digits), :mod:`.idx`
 (Fashion-MNIST IDX files), :mod:`.cifar` (CIFAR-10/100 python pickles), :mod:`.cifar_n`
-(CIFAR-N label files), :mod:`.folder` (image folders); :mod:`.arrays` unpickles numpy arrays
-without running code.
+(CIFAR-N label files), :mod:`.folder` (image folders), :mod:`.lists` (``path label`` lists
+and Clothing1M's layout, streaming by default); :mod:`.arrays` unpickles numpy arrays without
+running code.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from kdcore.data.loaders.idx import (
     FASHION_MNIST_STD,
     fashion_mnist,
 )
+from kdcore.data.loaders.lists import CLOTHING1M_FILES, clothing1m, image_list
 
 DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "digits": digits,
@@ -54,10 +56,13 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "cifar10": cifar10,
     "cifar100": cifar100,
     "image_folder": image_folder,
+    "image_list": image_list,
+    "clothing1m": clothing1m,
 }
 """The built-in dataset loaders by recipe name."""
 
 __all__ = [
+    "CLOTHING1M_FILES",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "CIFAR10_MEAN",
@@ -74,8 +79,10 @@ __all__ = [
     "cifar10",
     "cifar100",
     "cifar_n_labels",
+    "clothing1m",
     "digits",
     "fashion_mnist",
     "find_cifar_n_file",
     "image_folder",
+    "image_list",
 ]

@@ -7,23 +7,21 @@ from pathlib import Path
 from typing import Annotated
 
 import attrs
-import numpy as np
 import torch
 
-from kdcore.data.base import ArrayDataset, DatasetSplits
+from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset
+from kdcore.data.images import IMAGE_EXTENSIONS, channel_stats, sample_rows
 from kdcore.data.loaders.paths import Directory, given_dir
 from kdcore.errors import KdcoreError
 from kdcore.validators import positive, require
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-"""The file suffixes :func:`image_folder` reads (torchvision's ``IMG_EXTENSIONS``)."""
 
 Size = Annotated[int, positive]
 """The side length images are resized to, at least 1."""
 
 
 def image_folder(
-    *, root: Directory, size: Size = 32, test_root: Directory | None = None
+    *, root: Directory, size: Size = 32, test_root: Directory | None = None,
+    stream: bool = False,
 ) -> DatasetSplits:
     """Images in torchvision's ``ImageFolder`` layout: one subfolder per class.
 
@@ -35,10 +33,14 @@ def image_folder(
         size: the side length every image is resized to.
         test_root: an optional test folder with the same layout; its class folders must be
             among the training classes (a class may be absent from it).
+        stream: keep only the file names and decode each batch's images when it is needed,
+            in ``data.workers`` processes (:class:`~kdcore.data.base.FileDataset`), for folders
+            too large for memory; the same images and labels as the in-memory split.
 
     Returns:
-        ``uint8`` ``(N, 3, size, size)`` splits; mean and std are computed per channel from the
-        training images.
+        ``uint8`` ``(N, 3, size, size)`` splits (or file-backed ones); mean and std are
+        computed per channel from the training images (streaming: from at most 2,000 of them,
+        evenly spaced).
 
     Raises:
         KdcoreError: ``size`` is below 1, a folder is empty, missing or holds no images, or
@@ -57,14 +59,8 @@ def image_folder(
                 f"image_folder: class folder {train_dir / name} holds no images "
                 f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
             )
-    x, y = _read_image_folder(train_dir, classes, size)
-    scaled = x.to(torch.float64) / 255.0
-    mean = tuple(float(v) for v in scaled.mean(dim=(0, 2, 3)))
-    # A constant channel would make normalisation divide by zero; keep it finite.
-    std = tuple(max(float(v), 1e-6) for v in scaled.std(dim=(0, 2, 3), unbiased=False))
-    train = ArrayDataset(
-        x=x, y=y, num_classes=len(classes), class_names=classes, mean=mean, std=std
-    )
+    paths, y = _listing(train_dir, classes)
+    train = image_split(paths, y, classes, size, stream)
     test = None
     if test_dir is not None:
         unknown = sorted(set(_class_folders(test_dir)) - set(classes))
@@ -73,12 +69,34 @@ def image_folder(
                 f"image_folder: test folder {test_dir} has classes {', '.join(unknown)} that the "
                 f"training folder {root} does not have"
             )
-        test_x, test_y = _read_image_folder(test_dir, classes, size)
-        if test_y.numel() == 0:
+        test_paths, test_y = _listing(test_dir, classes)
+        if not test_paths:
             raise KdcoreError(f"image_folder: test folder {test_dir} holds no images")
         # The test split is normalised with the training statistics, as usual.
-        test = attrs.evolve(train, x=test_x, y=test_y)
+        test = image_split(test_paths, test_y, classes, size, stream, stats_from=train)
     return DatasetSplits(train=train, test=test)
+
+
+def image_split(paths: Sequence[str], y: torch.Tensor, classes: Sequence[str], size: int,
+                stream: bool, stats_from: ArrayDataset | FileDataset | None = None
+                ) -> ArrayDataset | FileDataset:
+    """The images ``paths`` with labels ``y`` as one split: read into memory, or file-backed
+    (``stream``); normalised with ``stats_from``'s mean and std (a test split takes its
+    training split's), else with its own (from at most
+    :data:`~kdcore.data.images.STATS_IMAGES` images when streaming, so that a million files
+    are not all read for it)."""
+    files = FileDataset(paths=tuple(paths), y=y, num_classes=len(classes), size=size,
+                        class_names=tuple(classes))
+    if stream:
+        if stats_from is None:
+            mean, std = channel_stats(files.read(sample_rows(len(files))))
+        else:
+            mean, std = stats_from.mean, stats_from.std
+        return attrs.evolve(files, mean=mean, std=std)
+    x = files.read(slice(None))
+    mean, std = channel_stats(x) if stats_from is None else (stats_from.mean, stats_from.std)
+    return ArrayDataset(x=x, y=y, num_classes=len(classes), class_names=tuple(classes),
+                        mean=mean, std=std)
 
 
 def _class_folders(directory: Path) -> tuple[str, ...]:
@@ -102,26 +120,15 @@ def _image_files(directory: Path) -> list[Path]:
     )
 
 
-def _read_image_folder(
-    directory: Path, classes: Sequence[str], size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image, UnidentifiedImageError
-
-    images: list[np.ndarray] = []
+def _listing(directory: Path, classes: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+    """Every image file under ``directory/<class>/`` and its label, class by class."""
+    paths: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
         folder = directory / name
         if not folder.is_dir():
             continue
-        for path in _image_files(folder):
-            try:
-                with Image.open(path) as image:
-                    rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-                    images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
-                raise KdcoreError(f"image_folder: cannot read image {path}: {exc}") from None
-            labels.append(label)
-    if not images:
-        return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    x = torch.from_numpy(np.stack(images))
-    return x, torch.tensor(labels, dtype=torch.int64)
+        files = _image_files(folder)
+        paths += [str(p) for p in files]
+        labels += [label] * len(files)
+    return paths, torch.tensor(labels, dtype=torch.int64)

@@ -1,0 +1,256 @@
+"""Streaming datasets: images decoded batch by batch in DataLoader workers give the same run as
+the same images held in memory; the list and Clothing1M layouts read as their files say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from kdcore.cli import main
+from kdcore.data.base import ArrayDataset, FileDataset
+from kdcore.data.loaders import clothing1m, image_folder, image_list
+from kdcore.errors import KdcoreError
+from kdcore.history import History
+
+
+def _image(path: Path, colour: tuple[int, int, int], rng: np.random.Generator,
+           suffix_size: int = 12) -> None:
+    """A class-coloured image with per-image noise (PNG or JPEG by the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 40, (suffix_size, suffix_size, 3)), 0, 255)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> Path:
+    """210 training and 60 test images, 3 classes, in ImageFolder layout."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 70), ("test", 20)):
+        for c, colour in enumerate(COLOURS):
+            for i in range(per_class):
+                _image(root / split / f"class{c}" / f"{i:03d}.png", colour, rng)
+    return root
+
+
+def test_a_streaming_split_reads_what_the_in_memory_one_holds(folders):
+    memory = image_folder(root=str(folders / "train"), size=8,
+                          test_root=str(folders / "test"))
+    stream = image_folder(root=str(folders / "train"), size=8,
+                          test_root=str(folders / "test"), stream=True)
+    assert isinstance(memory.train, ArrayDataset) and isinstance(stream.train, FileDataset)
+    assert torch.equal(stream.train.y, memory.train.y)
+    assert stream.train.input_shape == memory.train.input_shape == (3, 8, 8)
+    assert torch.equal(stream.train.read(slice(None)), memory.train.x)
+    rows = torch.tensor([5, 0, 209, 70])
+    assert torch.equal(stream.train.read(rows), memory.train.x[rows])
+    assert stream.train.mean == memory.train.mean and stream.train.std == memory.train.std
+    assert stream.test.mean == stream.train.mean  # the test split takes the training stats
+    sub = stream.train.subset(torch.tensor([3, 1]))
+    assert sub.paths == (stream.train.paths[3], stream.train.paths[1])
+    assert torch.equal(sub.read(slice(None)), memory.train.x[[3, 1]])
+
+
+RECIPE = """
+[run]
+name = "stream"
+seed = 3
+device = "cpu"
+[data]
+dataset = "image_folder"
+params = {{ root = "{root}/train", test_root = "{root}/test", size = 8, stream = {stream} }}
+batch_size = 32
+eval_batch_size = 50
+workers = {workers}
+[data.noise]
+model = "symmetric"
+params = {{ rate = 0.3 }}
+[models.student]
+arch = "mlp"
+params = {{ hidden = [16] }}
+optimizer = {{ lr = 0.1 }}
+[[stages]]
+name = "student"
+epochs = 2
+train = ["student"]
+[[stages.components]]
+use = "ce"
+"""
+
+
+def _run(tmp_path: Path, name: str, **fmt) -> Path:
+    recipe = tmp_path / f"{name}.toml"
+    recipe.write_text(RECIPE.format(**fmt))
+    out = tmp_path / name
+    res = CliRunner().invoke(main, ["run", str(recipe), "--out", str(out), "--quiet"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_two_workers_give_the_in_memory_run(folders, tmp_path):
+    memory = _run(tmp_path, "memory", root=folders, stream="false", workers=0)
+    stream = _run(tmp_path, "stream", root=folders, stream="true", workers=2)
+    with History(memory) as a, History(stream) as b:
+        assert len(a) == len(b) == 2
+        assert a.column_names() == b.column_names()
+        for name in a.column_names():  # every ledger column, every epoch, bit for bit
+            for epoch in range(len(a)):
+                assert np.array_equal(a.column(name, epoch), b.column(name, epoch),
+                                      equal_nan=True), (name, epoch)
+        assert np.array_equal(a.data("sample_id"), b.data("sample_id"))
+        for metric in a.metric_names():
+            if not metric.startswith("time/"):
+                assert np.array_equal(a.metric(metric), b.metric(metric), equal_nan=True), \
+                    metric
+
+
+def test_an_unreadable_image_in_a_worker_is_one_line(folders, tmp_path):
+    from kdcore.rundata import RunData
+
+    files = image_folder(root=str(folders / "train"), size=8, stream=True).train
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    bad = FileDataset(paths=(*files.paths[:40], str(broken)), y=torch.zeros(41, dtype=torch.long),
+                      num_classes=3, size=8, mean=files.mean, std=files.std)
+    data = RunData(train=bad, val=bad, test=bad, gold=bad, train_noisy=bad.y, val_noisy=bad.y,
+                   train_source=torch.arange(41), transition=torch.eye(3), noise_rate=0.0,
+                   num_classes=3, class_names=("a", "b", "c"), device=torch.device("cpu"),
+                   workers=2)
+    batches = [torch.arange(0, 20), torch.arange(20, 41)]
+    stream = data.stream(bad, batches)
+    rows, x = next(stream)
+    assert torch.equal(rows, batches[0]) and x.shape == (20, 3, 8, 8)
+    assert torch.allclose(x, data.inputs(bad, batches[0]))
+    with pytest.raises(KdcoreError) as err:
+        next(stream)
+    message = str(err.value)
+    assert message.startswith("cannot read image") and str(broken) in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def _clothing(root: Path, rng: np.random.Generator, *, train: int = 240, test: int = 60
+              ) -> dict[str, int]:
+    """Clothing1M's layout: images/<a>/<b>/<id>.jpg, the kv label lists, the key lists, the
+    class names. The given labels of 30% of the training images differ from their colour's."""
+    noisy, clean = {}, {}
+    train_keys, test_keys = [], []
+    for i in range(train + test):
+        c = i % 3
+        key = f"images/{i % 7}/{i % 5}/{1000 + i}.jpg"
+        _image(root / key, COLOURS[c], rng)
+        if i < train:
+            noisy[key] = (c + 1) % 3 if rng.random() < 0.3 else c
+            train_keys.append(key)
+            if i % 4 == 0:
+                clean[key] = c  # a few training images have a clean label too, as in the release
+        else:
+            clean[key] = c
+            test_keys.append(key)
+    (root / "noisy_label_kv.txt").write_text("".join(f"{k} {v}\n" for k, v in noisy.items()))
+    (root / "clean_label_kv.txt").write_text("".join(f"{k} {v}\n" for k, v in clean.items()))
+    (root / "noisy_train_key_list.txt").write_text("\n".join(train_keys) + "\n")
+    (root / "clean_test_key_list.txt").write_text("\n".join(test_keys) + "\n")
+    names = ["T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
+             "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear"]
+    (root / "category_names_eng.txt").write_text("\n".join(names) + "\n")
+    return noisy
+
+
+def test_clothing1m_layout_reads_the_given_and_the_clean_labels(tmp_path):
+    noisy = _clothing(tmp_path / "c1m", np.random.default_rng(1))
+    splits = clothing1m(root=str(tmp_path / "c1m"), size=8)
+    train, test = splits.train, splits.test
+    assert isinstance(train, FileDataset) and len(train) == 240 and len(test) == 60
+    assert train.num_classes == 14 and train.class_names[0] == "T-Shirt"
+    keys = [p.split("c1m/", 1)[1] for p in train.paths]
+    assert train.y.tolist() == [noisy[k] for k in keys]  # the given labels
+    assert test.y.tolist() == [(240 + i) % 3 for i in range(60)]  # the clean ones
+    assert train.read(torch.tensor([0, 1])).shape == (2, 3, 8, 8)
+    in_memory = clothing1m(root=str(tmp_path / "c1m"), size=8, stream=False)
+    assert torch.equal(in_memory.train.x, train.read(slice(None)))
+
+
+def test_clothing1m_errors_are_one_line(tmp_path):
+    root = tmp_path / "c1m"
+    _clothing(root, np.random.default_rng(2), train=20, test=5)
+    lines = (root / "noisy_train_key_list.txt").read_text() + "images/9/9/missing.jpg\n"
+    (root / "noisy_train_key_list.txt").write_text(lines)
+    with pytest.raises(KdcoreError, match=r"1 images of .* have no label \(first: images/9/9/"):
+        clothing1m(root=str(root), size=8)
+    (root / "noisy_label_kv.txt").write_text("images/0/0/1000.jpg three\n")
+    with pytest.raises(KdcoreError, match="line 1 .* an integer label"):
+        clothing1m(root=str(root), size=8)
+    with pytest.raises(KdcoreError, match="does not exist"):
+        clothing1m(root=str(tmp_path / "nowhere"), size=8)
+
+
+def test_a_clothing1m_run_streams_with_workers(tmp_path):
+    _clothing(tmp_path / "c1m", np.random.default_rng(3))
+    recipe = tmp_path / "c1m.toml"
+    recipe.write_text(f"""
+[run]
+name = "c1m"
+seed = 0
+device = "cpu"
+[data]
+dataset = "clothing1m"
+params = {{ root = "{tmp_path / 'c1m'}", size = 8 }}
+batch_size = 64
+workers = 2
+[data.noise]
+model = "none"
+[models.student]
+arch = "mlp"
+params = {{ hidden = [8] }}
+[[stages]]
+name = "student"
+epochs = 1
+train = ["student"]
+[[stages.components]]
+use = "ce"
+""")
+    res = CliRunner().invoke(main, ["check", str(recipe)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "run"),
+                                    "--quiet"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with History(tmp_path / "run") as h:
+        assert h.column("target", 0).shape[1] == 14
+        n = len(h.data("sample_id"))
+        assert n == 240 - round(240 * 0.1)  # the validation split is carved from the list
+
+
+def test_image_list_reads_paths_relative_to_its_root(tmp_path):
+    rng = np.random.default_rng(4)
+    for i in range(6):
+        _image(tmp_path / "pics" / f"{i}.png", COLOURS[i % 3], rng)
+    (tmp_path / "train.txt").write_text("".join(f"pics/{i}.png {i % 3}\n" for i in range(4)))
+    (tmp_path / "test.txt").write_text("pics/4.png 1\npics/5.png 2\n")
+    (tmp_path / "names.txt").write_text("red\ngreen\nblue\n")
+    splits = image_list(root=str(tmp_path), train_list="train.txt", test_list="test.txt",
+                        class_names="names.txt", size=6)
+    assert splits.train.y.tolist() == [0, 1, 2, 0] and splits.test.y.tolist() == [1, 2]
+    assert splits.train.class_names == ("red", "green", "blue")
+    assert splits.train.read(slice(None)).shape == (4, 3, 6, 6)
+    (tmp_path / "names.txt").write_text("red\n")
+    with pytest.raises(KdcoreError, match="1 class names for labels up to 2"):
+        image_list(root=str(tmp_path), train_list="train.txt", class_names="names.txt")
+
+
+def test_instance_dependent_noise_on_a_stream_says_why_not(folders, tmp_path):
+    recipe = tmp_path / "idn.toml"
+    recipe.write_text(RECIPE.format(root=folders, stream="true", workers=0).replace(
+        'model = "symmetric"', 'model = "instance_dependent"'))
+    res = CliRunner().invoke(main, ["check", str(recipe)])
+    assert res.exit_code == 2
+    assert "streaming dataset keeps only file names" in res.output
+    assert "Traceback" not in res.output
