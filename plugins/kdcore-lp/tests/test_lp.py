@@ -192,3 +192,89 @@ def test_missing_ivf_neighbours_become_no_edge():
     w = feature_graph(x, k=12, backend="faiss_ivf", nprobe=1).to_dense()
     assert torch.all(w.diagonal() == 0) and torch.allclose(w, w.T)
     assert torch.isfinite(w).all()
+
+
+def test_k_must_leave_room_for_the_sample_itself():
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    assert knn(x, 1)[0].shape == (10, 1) and knn(x, 9)[0].shape == (10, 9)
+    for k in (0, 10, 11):
+        with pytest.raises(ValueError, match=r"k must be in 1\.\.9, got " + str(k)):
+            knn(x, k)
+
+
+def test_faiss_backends_search_by_cosine_when_asked():
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(150, 8, generator=g) * torch.rand(150, 1, generator=g) * 5
+    e_idx, e_sim = knn(x, 5, cosine=True)
+    for backend in ("faiss", "faiss_ivf"):
+        idx, sims = knn(x, 5, backend=backend, cosine=True, nprobe=1000)
+        assert torch.allclose(sims, e_sim, atol=1e-5), backend
+        assert (idx == e_idx).float().mean() > 0.99, backend
+    # without cosine, the raw inner product: long vectors win
+    raw_idx, raw_sim = knn(x, 5, backend="faiss")
+    ref = (x @ x.T).fill_diagonal_(float("-inf")).topk(5, dim=1)
+    assert torch.allclose(raw_sim, ref.values, atol=1e-4)
+    assert not torch.allclose(raw_sim, e_sim, atol=1e-3)
+
+
+def test_exact_faiss_probes_everything_and_ivf_reports_inner_products():
+    pytest.importorskip("faiss")
+    from kdcore_lp.graph import ivf_lists
+
+    assert ivf_lists(78) == 2 and ivf_lists(77) == 1
+    x, _ = _blobs(n_per=500, d=16)
+    x = F.normalize(x, dim=1)
+    assert ivf_lists(len(x)) > 16  # so an IVF with 16 probes would be approximate
+    e_idx, e_sim = knn(x, 10)
+    f_idx, f_sim = knn(x, 10, backend="faiss")
+    assert (f_idx == e_idx).float().mean() > 0.99
+    a_idx, a_sim = knn(x, 10, backend="faiss_ivf", nprobe=4)
+    found = a_idx != torch.arange(len(x))[:, None]
+    dots = (x[torch.arange(len(x))[:, None].expand_as(a_idx)] * x[a_idx]).sum(-1)
+    assert torch.allclose(a_sim[found], dots[found], atol=1e-5)  # similarities, not distances
+    assert (a_sim[:, :-1] >= a_sim[:, 1:] - 1e-6).all()
+
+
+def test_graph_defaults_are_the_documented_ones():
+    from kdcore_lp.graph import normalized_affinity
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(50, 5, generator=g).relu() * 3
+    idx, sims = knn(F.normalize(x, dim=1), 6)
+    assert torch.equal(normalized_affinity(idx, sims).to_dense(),
+                       normalized_affinity(idx, sims, 3.0).to_dense())
+    assert torch.equal(feature_graph(x, k=6).to_dense(),
+                       feature_graph(x, k=6, gamma=3.0, normalize=True).to_dense())
+
+
+def test_an_isolated_last_sample_keeps_the_graph_square():
+    # the last sample's neighbours are all dissimilar (clamped to 0): no entry in its row or
+    # column, and the graph must still be N x N
+    x = torch.tensor([[1.0, 0.1], [0.9, 0.2], [1.0, 0.3], [0.8, 0.1], [-1.0, 0.0]])
+    w = feature_graph(x, k=2)
+    assert w.shape == (5, 5)
+    dense = w.to_dense()
+    assert torch.equal(dense[4], torch.zeros(5, dtype=dense.dtype))
+    assert torch.equal(dense[:, 4], torch.zeros(5, dtype=dense.dtype))
+    # the dense construction with the clamp: A_ij = max(s_ij, 0)^3 on each row's 2 nearest
+    u = F.normalize(x, dim=1)
+    sims = u @ u.T
+    sims.fill_diagonal_(float("-inf"))
+    a = torch.zeros(5, 5, dtype=torch.float64)
+    for i, row in enumerate(sims.topk(2, dim=1).indices):
+        a[i, row] = sims[i, row].double().clamp_min(0) ** 3
+    wd = a + a.T
+    d = wd.sum(1)
+    d[d == 0] = 1
+    assert torch.allclose(dense, wd / d.sqrt()[:, None] / d.sqrt()[None, :], atol=1e-12)
+
+
+def test_non_finite_features_say_how_many():
+    from kdcore_lp.graph import NonFiniteFeatures
+
+    x = torch.ones(6, 2)
+    x[1, 0] = float("nan")
+    x[4, 1] = float("inf")
+    with pytest.raises(NonFiniteFeatures, match=r"^features are not finite \(2 of 6 samples\)$"):
+        feature_graph(x, k=2)
