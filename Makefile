@@ -8,7 +8,7 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.kdcore-installed
 RECIPE ?= recipes/amlkd.toml
 
-.PHONY: setup run test test-fast lint browser fashion-mnist results
+.PHONY: setup run test test-fast lint browser mutants fashion-mnist results
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ test-fast: $(STAMP)
 # Debian's headless Chromium, for the test that renders `kdcore report --html` (root: apt-get)
 browser:
 	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+# mutation testing (mutmut) of the formula and wiring modules; hours for all targets on 2
+# cores: `make mutants TARGETS=kdcore-lp` runs one (benchmarks/mutants.py --list names them)
+mutants: $(STAMP)
+	$(BIN)/python -m pip install --quiet "mutmut>=3.3"
+	$(BIN)/python benchmarks/mutants.py $(TARGETS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

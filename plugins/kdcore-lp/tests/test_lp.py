@@ -278,3 +278,19 @@ def test_non_finite_features_say_how_many():
     x[4, 1] = float("inf")
     with pytest.raises(NonFiniteFeatures, match=r"^features are not finite \(2 of 6 samples\)$"):
         feature_graph(x, k=2)
+
+
+def test_feature_graph_forwards_gamma_backend_and_probes():
+    faiss = pytest.importorskip("faiss")  # noqa: F841 (the backend needs it)
+    from kdcore_lp.graph import normalized_affinity
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(70, 4, generator=g) * 0.01 + torch.tensor([1.0, 0, 0, 0]),
+                   torch.randn(10, 4, generator=g) * 0.01 + torch.tensor([0, 1.0, 0, 0])])
+    idx, sims = knn(x, 12, cosine=True)
+    assert torch.allclose(feature_graph(x, k=12, gamma=2.0).to_dense(),
+                          normalized_affinity(idx, sims, 2.0).to_dense())
+    exact = feature_graph(x, k=12).to_dense()
+    probed = feature_graph(x, k=12, backend="faiss_ivf", nprobe=1).to_dense()
+    # one list probed of two: the small group's rows miss neighbours the exact graph has
+    assert (probed != 0).sum() < (exact != 0).sum()

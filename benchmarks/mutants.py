@@ -1,0 +1,106 @@
+"""Mutation testing (mutmut) over the formula and wiring modules of kdcore and its plugins.
+
+Each target is mutated in a copy of its package under ``.mutants/<target>/`` (mutmut runs the
+tests against mutated copies of the modules, so the working tree is never touched), and its
+surviving mutants are written to ``.mutants/<target>/survivors.txt`` with their diffs;
+``.mutants/summary.json`` holds the counts. docs/mutation.md lists every survivor of the targets
+run so far, each killed by a test or argued equivalent.
+
+Usage:  .venv/bin/python benchmarks/mutants.py [TARGET ...]    (``make mutants``; no target:
+all of them, which takes hours on 2 cores; ``--list`` names them)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / ".mutants"
+
+# target: (package directory, modules to mutate, the tests that exercise them)
+TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
+    "kdcore": (".", ["kdcore/step.py", "kdcore/losses.py", "kdcore/metrics.py"],
+               ["tests/test_step.py", "tests/test_losses.py", "tests/test_metrics.py"]),
+    "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/graph.py", "kdcore_lp/solve.py",
+                                        "kdcore_lp/propagation.py"],
+                  ["tests/test_lp.py", "tests/test_lp_edge_cases.py"]),
+    "kdcore-selection": ("plugins/kdcore-selection", ["kdcore_selection/small_loss.py"],
+                         ["tests"]),
+    "kdcore-awe": ("plugins/kdcore-awe", ["kdcore_awe"], ["tests"]),
+    "kdcore-amlkd": ("plugins/kdcore-amlkd", ["kdcore_amlkd"], ["tests"]),
+    "kdcore-almkd": ("plugins/kdcore-almkd", ["kdcore_almkd"], ["tests"]),
+    "kdcore-mlc": ("plugins/kdcore-mlc", ["kdcore_mlc"], ["tests"]),
+    "kdcore-smkd": ("plugins/kdcore-smkd", ["kdcore_smkd"], ["tests"]),
+    "kdcore-lsh": ("plugins/kdcore-lsh", ["kdcore_lsh"], ["tests"]),
+}
+
+_COUNTS = re.compile(r"🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)\s+🔇 (\d+)")
+
+
+def prepare(name: str) -> Path:
+    """A copy of the target's package with mutmut's configuration, under .mutants/<name>."""
+    package, modules, tests = TARGETS[name]
+    src = ROOT / package
+    dst = OUT / name
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    top = sorted({m.split("/")[0] for m in modules})
+    for item in [*top, "tests"]:
+        shutil.copytree(src / item, dst / item, ignore=shutil.ignore_patterns("__pycache__"))
+    config = (src / "pyproject.toml").read_text()
+    config += ("\n[tool.mutmut]\n"
+               f"paths_to_mutate = {json.dumps(modules)}\n"
+               f"also_copy = {json.dumps([t + '/' for t in top])}\n"
+               'tests_dir = ["tests/"]\n'
+               f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n")
+    (dst / "pyproject.toml").write_text(config)
+    return dst
+
+
+def run(name: str) -> dict[str, int]:
+    """Run mutmut on one target; its survivors (with diffs) to survivors.txt."""
+    where = prepare(name)
+    mutmut = [str(Path(sys.executable).parent / "mutmut")]
+    proc = subprocess.run([*mutmut, "run"], cwd=where, capture_output=True, text=True)
+    found = _COUNTS.findall(proc.stdout + proc.stderr)
+    if not found:
+        raise SystemExit(f"{name}: mutmut did not run:\n{(proc.stdout + proc.stderr)[-2000:]}")
+    killed, _, timeout, suspicious, survived, skipped = map(int, found[-1])
+    listed = subprocess.run([*mutmut, "results"], cwd=where, capture_output=True, text=True)
+    names = [line.split(":")[0].strip() for line in listed.stdout.splitlines()
+             if ":" in line and ("survived" in line or "timeout" in line)]
+    diffs = [subprocess.run([*mutmut, "show", n], cwd=where, capture_output=True,
+                            text=True).stdout for n in names]
+    (where / "survivors.txt").write_text("\n".join(f"== {n}\n{d}" for n, d in zip(names, diffs)))
+    return {"killed": killed, "survived": survived, "timeout": timeout,
+            "suspicious": suspicious, "skipped": skipped}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="*", help="targets (default: all)")
+    parser.add_argument("--list", action="store_true", help="name the targets and stop")
+    args = parser.parse_args()
+    if args.list:
+        print("\n".join(TARGETS))
+        return
+    unknown = sorted(set(args.targets) - set(TARGETS))
+    if unknown:
+        raise SystemExit(f"unknown target(s) {', '.join(unknown)}; targets: {', '.join(TARGETS)}")
+    OUT.mkdir(exist_ok=True)
+    summary_path = OUT / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for name in args.targets or list(TARGETS):
+        summary[name] = counts = run(name)
+        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"{name}: {counts}; survivors in {OUT / name / 'survivors.txt'}")
+
+
+if __name__ == "__main__":
+    main()
