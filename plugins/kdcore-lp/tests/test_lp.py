@@ -137,6 +137,7 @@ def test_the_automatic_tile_fits_its_budget_and_tiles_give_the_same_neighbours()
     # one tile; tiles smaller than k (merged across many); a ragged last tile
     for chunk in (0, 3, 7, 64):
         idx, sims = knn(x, 5, chunk=chunk)
+        assert idx.dtype == torch.long and sims.dtype == torch.float32
         assert torch.equal(idx, ref.indices), chunk
         assert torch.allclose(sims, ref.values, atol=1e-6), chunk
 
