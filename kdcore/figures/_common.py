@@ -31,13 +31,13 @@ class Figure:
 
 
 def trained_rows(history: Any, role: str) -> np.ndarray:
-    """A mask over the history's epoch rows: the rows of stages that train ``role``."""
-    import tomllib
+    """A mask over the history's epoch rows: the rows of stages that train ``role``
+    (:func:`kdcore.cli_inspect.trained_rows`, as a boolean array)."""
+    from kdcore.cli_inspect import trained_rows as rows_of
 
-    stages = tomllib.loads(history.recipe).get("stages", [])
-    trains = {st.get("name"): set(st.get("train", [])) for st in stages}
-    return np.array([role in trains.get(stage, set()) for stage, _ in history.epochs()],
-                    dtype=bool)
+    mask = np.zeros(len(history.epochs()), dtype=bool)
+    mask[rows_of(history, role)] = True
+    return mask
 
 
 def pyplot() -> Any:
