@@ -51,17 +51,27 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
 _COUNTS = re.compile(r"🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)\s+🔇 (\d+)")
 
 
-def prepare(name: str) -> Path:
-    """A copy of the target's package with mutmut's configuration, under .mutants/<name>."""
-    package, modules, tests = TARGETS[name]
+def copy_package(name: str, dst: Path) -> list[str]:
+    """Copy the target's package (its top-level module directories, ``tests/`` and
+    ``pyproject.toml``) into ``dst``, which must not exist; the top-level directories copied.
+    (``benchmarks/why_mutants.py`` builds its copies of the repository with it too.)"""
+    package, modules, _ = TARGETS[name]
     src = ROOT / package
-    dst = OUT / name
-    shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     top = sorted({m.split("/")[0] for m in modules})
     for item in [*top, "tests"]:
         shutil.copytree(src / item, dst / item, ignore=shutil.ignore_patterns("__pycache__"))
-    config = (src / "pyproject.toml").read_text()
+    shutil.copy2(src / "pyproject.toml", dst / "pyproject.toml")
+    return top
+
+
+def prepare(name: str) -> Path:
+    """A copy of the target's package with mutmut's configuration, under .mutants/<name>."""
+    _, modules, tests = TARGETS[name]
+    dst = OUT / name
+    shutil.rmtree(dst, ignore_errors=True)
+    top = copy_package(name, dst)
+    config = (dst / "pyproject.toml").read_text()
     config += ("\n[tool.mutmut]\n"
                f"paths_to_mutate = {json.dumps(modules)}\n"
                f"also_copy = {json.dumps([t + '/' for t in top])}\n"
