@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -124,3 +125,43 @@ def test_the_student_reads_its_corrector_by_label():
                     models={"student": net}, name="kd").setup()
     with pytest.raises(KeyError, match="from 'other'"):
         other.component.transfer(other.ctx, batch)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+def test_the_real_step_gradient_treats_the_corrected_labels_as_constants():
+    """The LCN reads ``stopgrad(h)``: the gradient MLC leaves for the real step is that of
+    ``mean sce(z, y^c)`` with ``y^c`` a constant, transcribed with NumPy for the tiny
+    ``Linear -> tanh -> Linear`` model and the LCN's ``Embedding, Linear -> tanh -> Linear ->
+    tanh -> Linear -> softmax`` (``hmlc_K``: no clean half in the loss). Without the detach,
+    ``y^c`` would carry a second path into the trunk's gradient."""
+    h, net = _mlc({"method": "hmlc_K"})
+    mlc, ctx = h.component, h.ctx
+    rows = [5, 1, 7, 3, 12, 20]
+    batch = h.batch(rows)
+    lcn = {n: _np(p) for n, p in mlc.lcn.named_parameters()}  # before its meta step
+    params = {n: _np(p) for n, p in net.named_parameters()}
+    mlc.refine(ctx, batch, batch.targets)
+    loss = mlc.transfer(ctx, batch)
+    assert mlc.backward(ctx, batch, "student", loss) is True
+
+    x, noisy = _np(batch.x), batch.noisy_label.numpy()
+    feats = np.tanh(x @ params["trunk.0.weight"].T + params["trunk.0.bias"])
+    z = feats @ params["classifier.weight"].T + params["classifier.bias"]
+    inp = np.concatenate([feats, lcn["embedding.weight"][noisy]], axis=1)
+    a = np.tanh(inp @ lcn["net.0.weight"].T + lcn["net.0.bias"])
+    a = np.tanh(a @ lcn["net.2.weight"].T + lcn["net.2.bias"])
+    raw = a @ lcn["net.4.weight"].T + lcn["net.4.bias"]
+    y = np.exp(raw - raw.max(1, keepdims=True))
+    y /= y.sum(1, keepdims=True)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    dz = (p - y) / len(rows)  # d mean_i sum_c -y_ic log p_ic / dz, y constant (rows sum to 1)
+    dpre = (dz @ params["classifier.weight"]) * (1.0 - feats ** 2)
+    expected = {"classifier.weight": dz.T @ feats, "classifier.bias": dz.sum(0),
+                "trunk.0.weight": dpre.T @ x, "trunk.0.bias": dpre.sum(0)}
+    for name, param in net.named_parameters():
+        np.testing.assert_allclose(_np(param.grad), expected[name], rtol=1e-4, atol=1e-7,
+                                   err_msg=name)
