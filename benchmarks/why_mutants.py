@@ -16,7 +16,7 @@ from a stale cache. Each plugin's tests first run unmutated in the copy (they mu
 the plugin must import from the copy), then once per mutant: any failing test kills it.
 
 Usage:  .venv/bin/python benchmarks/why_mutants.py [KEY ...] [--out PATH] [--list]
-(no key: all of them, about five minutes on 2 cores; the table goes to
+(no key: all of them, about six minutes on 2 cores; the table goes to
 benchmarks/results/why_mutants.md, and docs/mutation.md quotes it)
 """
 
