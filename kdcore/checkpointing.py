@@ -66,15 +66,18 @@ class Checkpointer:
         fingerprint: what the run was started with (``{"recipe": ..., "overrides": ...}``).
         interval_s: the least time between two epoch checkpoints.
         background: write on a background thread (CUDA runs).
+        writes: write at all (False on the ranks other than 0 of a distributed run, which
+            restore from the checkpoint rank 0 wrote).
     """
 
     def __init__(self, run_dir: Path, fingerprint: Mapping[str, Any], interval_s: float,
-                 background: bool):
+                 background: bool, *, writes: bool = True):
         self.path = run_dir / ckpt.CHECKPOINT
         self.weights_dir = run_dir / "models"
         self.fingerprint = dict(fingerprint)
         self.interval_s = interval_s
         self.saver = ckpt.BackgroundSaver(background=background)
+        self.writes = writes
         self._last = time.monotonic()
 
     def due(self, *, first_epoch: bool = False) -> bool:
@@ -84,6 +87,8 @@ class Checkpointer:
 
     def save(self, trainer: Trainer, stage: int, epoch: int, history_rows: int | None = None
              ) -> None:
+        if not self.writes:
+            return
         run = trainer.run
         if history_rows is None:
             history_rows = trainer.history.rows()
@@ -110,6 +115,8 @@ class Checkpointer:
         self._last = time.monotonic()
 
     def save_weights(self, role: str, model: nn.Module) -> None:
+        if not self.writes:
+            return
         ckpt.save_weights(model, self.weights_dir / f"{role}.pt")
 
     def wait(self) -> None:

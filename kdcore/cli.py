@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -117,22 +118,44 @@ _strict_option = click.option(
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar over batches "
               "(default: when stderr is a terminal).")
+@click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Train in this many processes on this machine (one per GPU; gloo on the "
+                   "CPU), through torchrun; data.batch_size stays the global batch.")
 @_plugin_option
 @_strict_option
 @_user_errors
 def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
-        overwrite: bool, quiet: bool, progress: bool | None, plugins: tuple[str, ...],
-        strict_plugins: bool) -> None:
+        overwrite: bool, quiet: bool, progress: bool | None, nproc: int,
+        plugins: tuple[str, ...], strict_plugins: bool) -> None:
     """Train as RECIPE says, writing a history, checkpoints and weights to the run directory."""
-    from kdcore.engine import run_recipe
+    from kdcore import distributed
     from kdcore.recipe import load_recipe
 
-    _configure_logging(quiet)
+    rank = int(os.environ.get("RANK", "0")) if distributed.launched() else 0
+    _configure_logging(quiet or rank > 0)  # the other ranks' lines would repeat rank 0's
     host = _host(plugins, strict_plugins)
     # on --resume too: the checkpoint's fingerprint refuses a recipe that differs
     resolved = load_recipe(recipe, overrides)
+    if nproc > 1:
+        if distributed.launched():
+            raise KdcoreError("--nproc: this process is already one of a distributed run's "
+                              "workers (started by torchrun); leave --nproc out")
+        from kdcore.engine import prepare_run_dir
+        from kdcore.plan import build_plan, check_distributed
+        from kdcore.torchrun import launch, worker_args
+
+        check_distributed(build_plan(resolved, host), nproc)  # fails here, once
+        if not overwrite:  # the refusals the workers would give: an earlier run, no run
+            prepare_run_dir(resolved, out, resume=resume, overwrite=False)
+        launch(nproc, worker_args(recipe, overrides, out, resume, overwrite, quiet, progress,
+                                  plugins, strict_plugins))
+        return
+    from kdcore.engine import run_recipe
+
     summary = run_recipe(resolved, out=out, resume=resume, overwrite=overwrite, host=host,
                          progress=progress, overrides=overrides)
+    if rank > 0:
+        return
     for role, s in summary.items():
         click.echo(f"{role}: test acc {s['test_acc_at_best_val']:.4f} at best-val epoch "
                    f"{s['best_val_epoch'] + 1} of stage '{s['stage']}', last "

@@ -176,6 +176,13 @@ class Component:
     """A component with the same label and ``use`` in the next stage starts from this one's
     ``state_dict`` (a WeightNet trained through warm-up keeps training in stage 2); set False
     to start every stage afresh."""
+    distributed: ClassVar[bool | str] = True
+    """Whether the component computes the same in a distributed run (``kdcore run --nproc``).
+    True for anything computed from hook arguments, ``ctx.forward`` and ``ctx.features``
+    (every rank sees the whole batch; :mod:`kdcore.distributed`). A component that
+    differentiates a model's parameters itself (a look-ahead step) sees only its rank's share
+    of their gradient: set this to a string saying so, and the run refuses more than one
+    process with it."""
 
     def __init__(self, params: Any, spec: ComponentSpec):
         self.params = params

@@ -17,12 +17,12 @@ import torch
 from loguru import logger
 
 from kdcore import checkpoint as ckpt
-from kdcore import checkpointing
+from kdcore import checkpointing, distributed
 from kdcore.errors import KdcoreError
 from kdcore.history import HistoryWriter
 from kdcore.loggers import start_loggers
 from kdcore.loop import Trainer
-from kdcore.plan import RunPlan, build_plan
+from kdcore.plan import RunPlan, build_plan, check_distributed
 from kdcore.plugins import ObserverBus, PluginHost
 from kdcore.prepare import compile_models, load_model_checkpoints, prepare_run
 from kdcore.recipe import Recipe
@@ -191,23 +191,43 @@ def run_recipe(
     Returns:
         the summary (best-validation and last-epoch accuracies per model role).
     """
-    import sys
+    from kdcore.device import resolve_device
 
     host = host or PluginHost()
     plan = build_plan(recipe, host)
-    run_dir = prepare_run_dir(recipe, out, resume=resume, overwrite=overwrite)
+    with distributed.session(resolve_device(recipe.run.device).type) as world:
+        check_distributed(plan, world.size)
+        return _run(plan, recipe, out=out, resume=resume, overwrite=overwrite, host=host,
+                    progress=progress, overrides=overrides)
+
+
+def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwrite: bool,
+         host: PluginHost, progress: bool | None, overrides: Sequence[str]) -> dict[str, Any]:
+    import sys
+
+    main = distributed.is_main()
     started = fingerprint(recipe, overrides)
+    # rank 0 prepares the run directory; every rank then reads what it holds
+    outcome: tuple[Path | None, str | None] = (None, None)
+    if main:
+        try:
+            outcome = (prepare_run_dir(recipe, out, resume=resume, overwrite=overwrite), None)
+        except KdcoreError as exc:
+            outcome = (None, str(exc))
+    run_dir, failure = distributed.broadcast(outcome)
+    if failure is not None:
+        raise KdcoreError(failure)
     state = _resume_state(run_dir, started) if resume else None
-    if state is None:
+    if state is None and main:
         (run_dir / "recipe.toml").write_text(recipe.to_toml())
-    sink = logger.add(run_dir / "log.txt", level="INFO")
+    sink = logger.add(run_dir / "log.txt", level="INFO") if main else None
     try:
         with host.activate():  # loaders and helpers called in the run see its plugins
             run = prepare_run(plan, host, run_dir)
             _adapt_models(plan, run)
             load_model_checkpoints(run)
             compile_models(run)
-            history = HistoryWriter(run_dir / "history.h5")
+            history = HistoryWriter(run_dir / "history.h5") if main else RowCounter()
             run.write_data = history.add_data
             if state is None:
                 data = run.data
@@ -223,10 +243,12 @@ def run_recipe(
                 history.rollback(int(state["position"]["history_rows"]))
             checkpointer = checkpointing.Checkpointer(
                 run_dir, started, recipe.run.checkpoint_interval_s,
-                background=run.device.type == "cuda")
-            bus = ObserverBus(host, extra=start_loggers(host, recipe, run_dir))  # run.loggers
+                background=run.device.type == "cuda", writes=main)
+            extra = start_loggers(host, recipe, run_dir) if main else []  # run.loggers
+            bus = ObserverBus(host, extra=extra)
             trainer = Trainer(plan, run, history, bus, checkpointer,
-                              progress=sys.stderr.isatty() if progress is None else progress)
+                              progress=main and (sys.stderr.isatty() if progress is None
+                                                 else progress))
             position = {"stage": 0, "epoch": 0}
             if state is not None:
                 checkpointer.restore_run(trainer, state)
@@ -237,10 +259,36 @@ def run_recipe(
                 summary = trainer.fit(position, state)
             finally:  # a run that stops for any reason leaves its last checkpoint complete
                 checkpointer.wait()
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if main:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        distributed.barrier()  # the run is finished when its files are
         return summary
     finally:
-        logger.remove(sink)
+        if sink is not None:
+            logger.remove(sink)
+
+
+class RowCounter:
+    """The history as ranks other than 0 keep it in a distributed run: only its length."""
+
+    def __init__(self) -> None:
+        self._rows = 0
+
+    def create(self, **_: Any) -> None:
+        self._rows = 0
+
+    def rollback(self, rows: int) -> None:
+        self._rows = rows
+
+    def rows(self) -> int:
+        return self._rows
+
+    def append_epoch(self, **_: Any) -> int:
+        self._rows += 1
+        return self._rows - 1
+
+    def add_data(self, name: str, values: Any) -> None:
+        pass
 
 
 __all__ = ["banner", "check_output_dir", "dry_setup", "fingerprint", "prepare_run_dir",

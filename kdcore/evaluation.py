@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -16,9 +16,14 @@ from kdcore.rundata import RunData
 
 @torch.no_grad()
 def evaluate(models: Mapping[str, torch.nn.Module], roles: list[str], data: RunData,
-             batch_size: int) -> dict[str, float]:
+             batch_size: int,
+             predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None
+             ) -> dict[str, float]:
     """Validation accuracy against the noisy and the true labels, test accuracy and balanced
-    accuracy of each role in ``roles``, in eval mode (each model's mode is restored)."""
+    accuracy of each role in ``roles``, in eval mode (each model's mode is restored).
+
+    ``predict(model, x)`` gives the logits (default ``model(x)[0]``; a run passes its own,
+    which keeps its precision and divides the rows among a distributed run's ranks)."""
     out: dict[str, float] = {}
     for role in roles:
         model = models[role]
@@ -27,7 +32,7 @@ def evaluate(models: Mapping[str, torch.nn.Module], roles: list[str], data: RunD
         preds = {}
         for split in ("val", "test"):
             ds = data.split(split)
-            p = [model(x)[0].argmax(1)
+            p = [(model(x)[0] if predict is None else predict(model, x)).argmax(1)
                  for _, x in data.stream(ds, list(data.batches(ds, batch_size)))]
             preds[split] = torch.cat(p) if p else torch.empty(0, dtype=torch.long)
         model.train(was)

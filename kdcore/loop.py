@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from loguru import logger
 
+from kdcore import distributed
 from kdcore.build import build_optimizer, scheduled_lr
 from kdcore.checkpointing import Checkpointer
 from kdcore.component import Batch, Component
@@ -223,9 +224,9 @@ class Trainer:
             led.add("target", led["base_target"], producer=led.producer("base_target"),
                     kind="target")
         metrics = self._train_metrics(count)
-        with run.autocast():
-            metrics.update(evaluate(run.models, cfg.eval_roles, run.data,
-                                    self.plan.recipe.data.eval_batch_size))
+        distributed.average_buffers(*(run.models[r] for r in cfg.train))  # BN statistics
+        metrics.update(evaluate(run.models, cfg.eval_roles, run.data,
+                                self.plan.recipe.data.eval_batch_size, run.predict))
         for role in cfg.train:
             if role in cfg.eval_roles:
                 self.best.update(stage.index, cfg, role, epoch, metrics, run.models[role])
@@ -287,10 +288,9 @@ class Trainer:
             (self.scaler.scale(total) if self.scaler else total).backward()
         for role in trained_roles:
             if role not in run.stepped:
-                if self.scaler:
-                    self.scaler.step(run.optimizers[role])
-                else:
-                    run.optimizers[role].step()
+                optimizer = run.optimizers[role]
+                with distributed.synchronised(optimizer):  # averaged across ranks
+                    self.scaler.step(optimizer) if self.scaler else optimizer.step()
             run.bump(role)
         if self.scaler:
             self.scaler.update()
@@ -311,8 +311,7 @@ class Trainer:
                               producer=produced.producer, kind=kind)
 
     def _train_metrics(self, batches: int) -> dict[str, float]:
-        """Each model's total loss and every term, averaged over the epoch's batches (one
-        tensor op per name: the batches only appended their detached values)."""
+        """Each model's total loss and every term, averaged over the epoch's batches."""
         self._check_finite()
         sums: dict[str, list[torch.Tensor]] = defaultdict(list)
         for _, role, loss, terms in self._unchecked:
@@ -331,8 +330,7 @@ class Trainer:
 
     def _flush_pending(self) -> None:
         for column, (producer, parts) in self._pending.items():
-            index = torch.cat([i for i, _ in parts])
-            values = torch.cat([v for _, v in parts])
+            index, values = torch.cat([i for i, _ in parts]), torch.cat([v for _, v in parts])
             self.run.ledger.write(column, index, values, producer=producer, kind="value")
         self._pending = {}
 

@@ -198,6 +198,26 @@ def _check_precision(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                               f"\"bf16\" or \"fp32\"", file=recipe.source, key="run.precision")
 
 
+def check_distributed(plan: RunPlan, processes: int) -> None:
+    """Refuse a run in ``processes`` > 1 processes with a component that cannot compute the
+    same there (:attr:`Component.distributed`).
+
+    Raises:
+        RecipeError: the first such component, with its reason.
+    """
+    if processes <= 1:
+        return
+    for stage in plan.stages:
+        for comp in stage.components:
+            if comp.distributed is not True:
+                why = comp.distributed or "it does not support a distributed run"
+                raise RecipeError(
+                    f"component '{comp.name}' ({comp.spec.use}) cannot run in {processes} "
+                    f"processes: {why}; run it in one process",
+                    file=plan.recipe.source,
+                    key=f"{_component_key(plan.recipe, stage.index, comp)}.use")
+
+
 def _component_key(recipe: Recipe, s: int, comp: Component) -> str:
     labels = [c.label for c in recipe.stages[s].components]
     return f"stages[{s}].components[{labels.index(comp.name)}]"

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kdcore import checkpoint as ckpt
+from kdcore import distributed
 from kdcore.device import resolve_device
 from kdcore.errors import KdcoreError, RecipeError
 from kdcore.ledger import Ledger
@@ -41,6 +42,9 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
         torch.set_num_threads(recipe.run.threads)
     torch.manual_seed(recipe.run.seed)
     device = resolve_device(recipe.run.device)
+    if device.type == "cuda" and distributed.world().size > 1:
+        device = torch.device("cuda", distributed.world().local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
     run = Run(recipe, run_dir, device, plan.augmentations)
     run.data = data = build_run_data(recipe.data, host, recipe.run.seed, device)
     spec = ModelSpec(tuple(data.train.input_shape), data.num_classes)

@@ -9,6 +9,7 @@ import attrs
 import torch
 from loguru import logger
 
+from kdcore import distributed
 from kdcore.config import bind_params
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset, NoiseContext, Split
 from kdcore.data.noise import realised_transition
@@ -80,13 +81,20 @@ class RunData:
         """``(rows, inputs)`` for each batch of rows in ``batches``, in order (the rows are
         the global sample indices the ledger uses). A file-backed split's images are decoded
         ahead in :attr:`workers` DataLoader processes; otherwise as :meth:`inputs`."""
-        if not isinstance(split, FileDataset) or self.workers == 0 or not batches:
+        if not isinstance(split, FileDataset):
             for rows in batches:
                 yield rows, self.inputs(split, rows)
             return
+        # a distributed run's rank decodes its share of each batch's files (the rows its
+        # models compute) and every rank gets the whole batch
+        shares = [_share(rows) for rows in batches]
+        if self.workers == 0 or not batches:
+            for rows, share in zip(batches, shares):
+                yield rows, distributed.gather_rows(self.inputs(split, share), _len(rows))
+            return
         from torch.utils.data import DataLoader
 
-        cpu = [rows.cpu() if isinstance(rows, torch.Tensor) else rows for rows in batches]
+        cpu = [rows.cpu() if isinstance(rows, torch.Tensor) else rows for rows in shares]
         loader = DataLoader(_Batches(split, cpu), batch_size=None, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda")
         decoded = iter(loader)
@@ -97,7 +105,8 @@ class RunData:
                 if "DataLoader worker" not in str(exc):
                     raise
                 raise KdcoreError(_worker_error(exc)) from None
-            yield rows, self._normalised(split, raw.to(self.device, non_blocking=True))
+            x = self._normalised(split, raw.to(self.device, non_blocking=True))
+            yield rows, distributed.gather_rows(x, _len(rows))
 
     def batches(self, split: Split, batch_size: int) -> Iterator[slice]:
         """Consecutive row slices over ``split`` (evaluation and full-set passes): slicing
@@ -105,6 +114,20 @@ class RunData:
         n = len(split)
         for start in range(0, n, batch_size):
             yield slice(start, min(start + batch_size, n))
+
+
+def _len(rows: torch.Tensor | slice) -> int:
+    return len(rows) if isinstance(rows, torch.Tensor) else rows.stop - rows.start
+
+
+def _share(rows: torch.Tensor | slice) -> torch.Tensor | slice:
+    """The part of ``rows`` this process decodes (all of them outside a distributed run)."""
+    if distributed.world().size == 1:
+        return rows
+    mine = distributed.local_rows(_len(rows))
+    if isinstance(rows, torch.Tensor):
+        return rows[mine]
+    return slice(rows.start + mine.start, rows.start + mine.stop)
 
 
 def build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.device

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from kdcore import distributed
 from kdcore.context import ColumnKind, ModelOutput
 from kdcore.ledger import Ledger
 from kdcore.models.base import KDModel
@@ -72,12 +73,23 @@ class Run:
         return torch.autocast(self.device.type, dtype=self._low_precision)
 
     def _call(self, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``model(x)`` in the run's precision; in a distributed run each rank computes its
+        share of the rows and every rank gets them all (:mod:`kdcore.distributed`)."""
+        logits, features = distributed.split_call(lambda rows: self._compute(model, rows), x)
+        return logits, features
+
+    def _compute(self, model: torch.nn.Module, x: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._low_precision is None:
             return model(x)
         with self.autocast():
             logits, features = model(x)
         # losses and ledger records stay in float32 whatever the models compute in
         return logits.float(), features.float()
+
+    def predict(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``model``'s logits on ``x`` as :meth:`_call` computes them (evaluation)."""
+        return self._call(model, x)[0]
 
     @property
     def roles(self) -> tuple[str, ...]:

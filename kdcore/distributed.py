@@ -1,0 +1,262 @@
+"""One run in several processes: data parallel training under torchrun.
+
+How a distributed run computes (docs/distributed.md has the user's side):
+
+- **Every rank runs the same program on the same global batch.** The data, the batch order,
+  the augmentations, every component's generator and every ledger write are the same on each
+  rank; nothing is exchanged to keep them so.
+- **Only the models' work is divided.** Each model call (:func:`split_call`, through the run's
+  ``forward``, ``features`` and evaluation) computes rows ``rank`` of the global batch cut
+  into ``size`` near-equal parts, and gathers the outputs so that every rank holds the whole
+  batch's logits and features. Losses, selections, label refinement and component networks
+  therefore see exactly what one process would.
+- **Gradients.** The gather's backward passes each rank the gradient of its own rows, times
+  ``size``; before every optimiser step the gradients are averaged across ranks
+  (:func:`average_gradients`). A parameter reached through the gathered rows gets
+  ``(size * g_0 + ... + size * g_{size-1}) / size``, the one-process gradient; one reached on
+  every rank alike (a component's own network fed the gathered outputs) keeps its value. So
+  models and component state stay identical on every rank, and equal, up to the order of
+  floating-point sums, to a one-process run at the same global batch.
+- **Batch-norm statistics** are each rank's own during an epoch (as in DDP without
+  SyncBatchNorm) and averaged across ranks at each epoch's end, before evaluation and the
+  checkpoint.
+
+A single process is ``size == 1``: every function here is then the plain computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+
+@attrs.frozen
+class World:
+    """This process's place in the run: ``rank`` of ``size`` processes, ``local_rank`` on its
+    machine (the GPU it uses)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's files (rank 0)."""
+        return self.rank == 0
+
+
+_SINGLE = World()
+_world = _SINGLE
+_synced: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+
+
+def world() -> World:
+    """This process's :class:`World` (rank 0 of 1 outside a distributed run)."""
+    return _world
+
+
+def is_main() -> bool:
+    """Whether this process writes the run's files: always outside a distributed run."""
+    return _world.main
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher setting ``WORLD_SIZE``) started this process as
+    one of several."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def session(device_type: str) -> Iterator[World]:
+    """Join the process group torchrun set up (nccl on CUDA, gloo on the CPU) for the
+    duration, averaging every optimiser's gradients before its step; outside torchrun, a
+    single process and nothing to do."""
+    global _world
+    if not launched() or _world.size > 1:
+        yield _world
+        return
+    import torch.distributed as dist
+
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    _world = World(dist.get_rank(), dist.get_world_size(),
+                   int(os.environ.get("LOCAL_RANK", "0")))
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    hook = register_optimizer_step_pre_hook(_average_before_step)
+    try:
+        yield _world
+    finally:
+        hook.remove()
+        _world = _SINGLE
+        dist.destroy_process_group()
+
+
+def _average_before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    if optimizer in _synced:
+        return
+    average_gradients(p for group in optimizer.param_groups for p in group["params"])
+
+
+@contextlib.contextmanager
+def synchronised(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Average ``optimizer``'s gradients now, so that a step that may be skipped (a gradient
+    scaler's, after an overflow) is skipped on every rank alike; the step in the block does
+    not average again."""
+    if _world.size == 1:
+        yield
+        return
+    average_gradients(p for group in optimizer.param_groups for p in group["params"])
+    _synced.add(optimizer)
+    try:
+        yield
+    finally:
+        _synced.discard(optimizer)
+
+
+def row_counts(n: int, size: int) -> list[int]:
+    """How many of ``n`` rows each rank computes: ``torch.tensor_split``'s near-equal parts."""
+    base, extra = divmod(n, size)
+    return [base + (r < extra) for r in range(size)]
+
+
+def local_rows(n: int) -> slice:
+    """The rows of an ``n``-row batch this rank computes."""
+    counts = row_counts(n, _world.size)
+    start = sum(counts[:_world.rank])
+    return slice(start, start + counts[_world.rank])
+
+
+class _GatherRows(torch.autograd.Function):
+    """Every rank's rows, concatenated in rank order; backward: this rank's rows of the
+    gradient, times the number of ranks (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        rank, size = _world.rank, _world.size
+        ctx.rows = slice(sum(counts[:rank]), sum(counts[:rank + 1]))
+        ctx.size = size
+        return _all_gather_rows(local, counts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad[ctx.rows] * ctx.size, None
+
+
+def _all_gather_rows(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    import torch.distributed as dist
+
+    most = max(counts)
+    padded = local.detach().contiguous()
+    if padded.shape[0] < most:  # all_gather takes equal shapes
+        pad = padded.new_zeros((most - padded.shape[0], *padded.shape[1:]))
+        padded = torch.cat([padded, pad])
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:c] for part, c in zip(parts, counts)])
+
+
+def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n``-row tensor of which this rank holds rows :func:`local_rows` (``local``), on
+    every rank; differentiable as described in the module docstring."""
+    if _world.size == 1:
+        return local
+    counts = row_counts(n, _world.size)
+    if local.requires_grad:
+        return _GatherRows.apply(local, counts)
+    return _all_gather_rows(local, counts)
+
+
+def split_call(fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], x: torch.Tensor
+               ) -> tuple[torch.Tensor, ...]:
+    """``fn(x)`` with the rows divided among the ranks and the outputs gathered: each rank
+    computes its part, every rank gets the whole. ``fn`` must treat rows independently (a
+    model in eval mode; in training mode, batch-norm statistics are the part's)."""
+    if _world.size == 1:
+        return tuple(fn(x))
+    n = x.shape[0]
+    return tuple(gather_rows(out, n) for out in fn(x[local_rows(n)]))
+
+
+def average_gradients(params: Iterable[torch.Tensor]) -> None:
+    """Average the gradients of ``params`` across ranks in one collective. A parameter with a
+    gradient on any rank gets one everywhere (zero where a rank had none); one with none on
+    every rank keeps none, as in a single process."""
+    if _world.size == 1:
+        return
+    import torch.distributed as dist
+
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    grads = [p.grad.detach().reshape(-1) if p.grad is not None
+             else torch.zeros(p.numel(), device=p.device, dtype=p.dtype) for p in params]
+    flags = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype,
+                         device=grads[0].device)
+    flat = torch.cat([*grads, flags])
+    dist.all_reduce(flat)
+    flat /= _world.size
+    offset = 0
+    for p, flag in zip(params, flat[-len(params):].tolist()):
+        part = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+        if flag > 0:
+            if p.grad is None:
+                p.grad = part.clone()
+            else:
+                p.grad.copy_(part)
+
+
+def average_buffers(*models: nn.Module) -> None:
+    """Average the ``models``' floating-point buffers (batch-norm running statistics) across
+    ranks, in one collective."""
+    if _world.size == 1:
+        return
+    import torch.distributed as dist
+
+    buffers = [b for model in models for b in model.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.detach().reshape(-1).float() for b in buffers])
+    dist.all_reduce(flat)
+    flat /= _world.size
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (a Python object; small)."""
+    if _world.size == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank."""
+    if _world.size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+__all__ = ["World", "average_buffers", "average_gradients", "barrier", "broadcast",
+           "gather_rows", "is_main", "launched", "local_rows", "row_counts", "session",
+           "split_call", "synchronised", "world"]

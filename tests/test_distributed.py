@@ -1,0 +1,234 @@
+"""Data parallel runs (``kdcore run --nproc 2``, gloo on the CPU) against one process at the
+same global batch, and a SIGKILL of the two-process run followed by ``--resume``.
+
+Tolerance: the ranks split each batch's rows, so matrix products and the gradient sum add the
+same numbers in another order. Every discrete column (selections, propagated labels, targets)
+and every metric computed from them must be equal; float columns and the loss metrics may
+differ by float32 rounding carried through a few epochs: ``FLOAT_ATOL`` (logits of magnitude
+about 10 change in the fifth significant digit at most). Two runs with two processes are
+bit-for-bit equal: the gloo sum of two ranks is the same each time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kdcore import distributed
+from kdcore.cli import main
+from kdcore.history import History
+from kdcore.testing import assert_same_history
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+SMALL = ["data.train_subset=240", "run.device=\"cpu\"", "run.checkpoint_interval_s=0",
+         "models.teacher.params.hidden=[32]", "models.student.params.hidden=[16]"]
+KD = [*SMALL, "stages.teacher.epochs=2", "stages.student.epochs=2"]
+AMLKD = [*SMALL, "stages.teacher.epochs=2", "stages.warmup.epochs=1",
+         "stages.refine.epochs=2", "stages.mutual.epochs=2"]
+FLOAT_ATOL = 2e-3
+METRIC_ATOL = 1e-4
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def _launch(args: list[str], tmp_path: Path, timeout: float = 300
+            ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "kdcore", "run", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=tmp_path,
+                          start_new_session=True)
+
+
+def _run_one_process(recipe: str, overrides: list[str], out: Path) -> None:
+    result = CliRunner().invoke(main, ["run", str(RECIPES / recipe), *_sets(overrides),
+                                       "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+
+
+def assert_same_up_to_rounding(a: Path, b: Path) -> None:
+    with History(a / "history.h5") as ha, History(b / "history.h5") as hb:
+        assert ha.epochs() == hb.epochs()
+        assert ha.column_names() == hb.column_names()
+        for name in ha.column_names():
+            x, y = ha.column(name), hb.column(name)
+            if x.dtype.kind in "biu":
+                np.testing.assert_array_equal(x, y, err_msg=name)
+            else:
+                np.testing.assert_allclose(x, y, rtol=0, atol=FLOAT_ATOL, err_msg=name)
+        assert ha.metric_names() == hb.metric_names()
+        for name in ha.metric_names():
+            if name.startswith("time/"):
+                continue
+            np.testing.assert_allclose(ha.metric(name), hb.metric(name), rtol=0,
+                                       atol=METRIC_ATOL, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def amlkd_two(tmp_path_factory) -> Path:
+    """The small AML-KD run in two processes, uninterrupted (shared by two tests)."""
+    out = tmp_path_factory.mktemp("amlkd-two") / "run"
+    proc = _launch([str(RECIPES / "amlkd.toml"), *_sets(AMLKD), "--out", str(out), "--nproc",
+                    "2", "-q"], out.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("test acc") == len(("teacher", "student"))  # printed once
+    return out
+
+
+@pytest.mark.slow
+def test_kd_in_two_processes_matches_one_at_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = _launch([str(RECIPES / "kd.toml"), *_sets(KD), "--out", str(two), "--nproc", "2",
+                    "-q"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_one_process("kd.toml", KD, one)
+    assert_same_up_to_rounding(one, two)
+    # one history and one summary, written by rank 0
+    assert sorted(p.name for p in two.iterdir() if p.suffix in (".h5", ".json")) == [
+        "history.h5", "summary.json"]
+
+
+@pytest.mark.slow
+def test_amlkd_in_two_processes_matches_one_at_the_same_global_batch(tmp_path, amlkd_two):
+    _run_one_process("amlkd.toml", AMLKD, tmp_path / "one")
+    assert_same_up_to_rounding(tmp_path / "one", amlkd_two)
+    with History(amlkd_two / "history.h5") as h:  # the discrete columns checked are there
+        assert {"select/small_loss", "lp/mutual_lp/label", "target"} <= set(h.column_names())
+
+
+KILLER = textwrap.dedent('''
+    """SIGKILLs every process of a distributed run (the launcher and each worker) at the
+    second batch of the refine stage's second epoch, as a machine that dies would."""
+    import os, signal
+    import kdcore
+
+    class Killer:
+        seen = 0
+
+        @kdcore.hookimpl
+        def kdcore_batch_end(self, ctx, batch, losses):
+            if ctx.stage.name != "refine" or ctx.epoch != 1:
+                return
+            self.seen += 1
+            if self.seen == 2 and int(os.environ.get("RANK", "0")) == 0:
+                agent = os.getppid()
+                workers = [int(p) for p in os.listdir("/proc") if p.isdigit()
+                           and _parent(int(p)) == agent]
+                for pid in [agent, *workers]:
+                    if pid != os.getpid():
+                        os.kill(pid, signal.SIGKILL)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    KILLER = Killer()
+
+
+    def _parent(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return int(fh.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return -1
+''')
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
+def test_sigkill_of_a_two_process_run_then_resume_equals_the_uninterrupted_run(tmp_path,
+                                                                              amlkd_two):
+    (tmp_path / "killer.py").write_text(KILLER)
+    args = [str(RECIPES / "amlkd.toml"), *_sets(AMLKD), "--nproc", "2", "-q"]
+    killed = _launch([*args, "--out", str(tmp_path / "killed"), "--plugin", "killer:KILLER"],
+                     tmp_path)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    with History(tmp_path / "killed" / "history.h5") as h:
+        assert 0 < len(h) < 7  # stopped mid-run, with epochs written
+    resumed = _launch([*args, "--out", str(tmp_path / "killed"), "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_history(tmp_path / "killed", amlkd_two)
+    assert (tmp_path / "killed" / "summary.json").read_text() == (
+        amlkd_two / "summary.json").read_text()
+
+
+# -- the pieces, in one process ---------------------------------------------------------------
+
+@pytest.mark.parametrize("n, size", [(0, 2), (1, 2), (5, 2), (6, 3), (7, 4), (64, 8)])
+def test_row_counts_are_tensor_splits_parts(n, size):
+    import torch
+
+    parts = torch.arange(n).tensor_split(size)
+    assert distributed.row_counts(n, size) == [len(p) for p in parts]
+
+
+def test_one_process_is_the_plain_computation():
+    import torch
+
+    x = torch.randn(5, 3, requires_grad=True)
+    (out,) = distributed.split_call(lambda rows: (rows * 2,), x)
+    assert out.shape == (5, 3)
+    out.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((5, 3), 2.0))
+    assert distributed.gather_rows(x, 5) is x
+    assert distributed.local_rows(5) == slice(0, 5)
+    assert distributed.broadcast({"a": 1}) == {"a": 1}
+    assert distributed.world().main and distributed.is_main()
+
+
+# -- the command line, in process (nothing is launched) ----------------------------------------
+
+def _cli(args: list[str]) -> object:
+    return CliRunner().invoke(main, ["run", *args])
+
+
+def test_a_component_that_cannot_run_distributed_is_refused_before_launch(tmp_path):
+    result = _cli([str(RECIPES / "kdmlc.toml"), "--nproc", "2", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "cannot run in 2 processes" in result.output and "look-ahead" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "99999999999999999999"])
+def test_a_bad_process_count_is_one_line(value):
+    result = _cli([str(RECIPES / "kd.toml"), "--nproc", value])
+    assert result.exit_code == 2 and "--nproc" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_nproc_inside_a_torchrun_worker_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = _cli([str(RECIPES / "kd.toml"), "--nproc", "2"])
+    assert result.exit_code == 2 and "already one of a distributed run's workers" in result.output
+
+
+def test_an_earlier_run_is_refused_before_launch(tmp_path):
+    (tmp_path / "history.h5").write_bytes(b"")
+    result = _cli([str(RECIPES / "kd.toml"), "--nproc", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "already holds a run" in result.output
+
+
+def test_nothing_to_resume_is_refused_before_launch(tmp_path):
+    result = _cli([str(RECIPES / "kd.toml"), "--nproc", "2", "--out", str(tmp_path / "none"),
+                   "--resume"])
+    assert result.exit_code == 2 and "nothing to resume" in result.output
+
+
+def test_each_worker_gets_the_same_run():
+    from kdcore.torchrun import worker_args
+
+    args = worker_args(Path("r.toml"), ["run.seed=1", "a.b=\"x y\""], "out", True, False,
+                        True, False, ["my_plugin:P"], True)
+    assert args == ["run", "r.toml", "--no-progress", "--set", "run.seed=1", "--set",
+                    "a.b=\"x y\"", "--plugin", "my_plugin:P", "--out", "out", "--resume",
+                    "--quiet", "--strict-plugins"]
+    assert worker_args(Path("r.toml"), [], None, False, True, False, None, [], False) == [
+        "run", "r.toml", "--overwrite"]
