@@ -278,3 +278,6 @@ def import_object(path: str) -> Any:
         return getattr(obj, attr) if attr else obj
     except (ImportError, AttributeError) as exc:
         raise KdcoreError(f"cannot import plugin '{path}': {exc}") from None
+    except Exception as exc:  # the module itself fails: a syntax error, an error at import
+        raise KdcoreError(f"cannot import plugin '{path}': {type(exc).__name__}: "
+                          f"{exc}") from None

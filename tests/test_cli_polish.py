@@ -172,6 +172,20 @@ def test_plugins_and_check_take_plugin(probe_plugin, tmp_path):
     assert res.exit_code == 0 and "probe_ce [transfer]" in res.output, res.output
 
 
+@pytest.mark.parametrize("source, why", [
+    ("def broken(:\n", "SyntaxError"),
+    ("raise RuntimeError('no licence server')\n", "RuntimeError: no licence server"),
+    ("import no_such_module_anywhere\n", "No module named"),
+])
+def test_a_plugin_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch, source, why):
+    (tmp_path / "failing_plugin_mod.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = invoke("plugins", "--plugin", "failing_plugin_mod")
+    assert res.exit_code == 2, res.output
+    assert "cannot import plugin 'failing_plugin_mod'" in res.output and why in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_ablate_takes_plugin(probe_plugin, tmp_path):
     from kdcore.testing import write_recipe
