@@ -7,7 +7,8 @@
 #   kd-run/         a KD recipe trained on the GPU in bf16 (summary.json, history.h5, log)
 #   throughput.txt  engine against the plain loop (benchmarks/engine_costs.py) on the GPU,
 #                   on generated Fashion-MNIST-shaped data (the machine has no network)
-#   ddp.txt         why no multi-GPU run yet (kdcore has no multi-process run yet)
+#   ddp.txt         the engine against a bare DistributedDataParallel loop, ResNet-20, 2 GPUs
+#                   (benchmarks/ddp_throughput.py; 2 gloo processes on the CPU without them)
 # Without a GPU it runs the same steps on the CPU, smaller (its CPU fallback, also what the
 # test suite exercises); GPU_CHECK_DRY_RUN=1 prints the steps without running them.
 set -uo pipefail
@@ -63,8 +64,10 @@ KDCORE_FASHION_MNIST="$FMNIST" step throughput 240 "$PY" benchmarks/engine_costs
   --results "$OUT"
 
 if [ "$GPUS" -ge 2 ]; then
-  step ddp 5 echo "2 GPUs present, but kdcore has no multi-process run yet (scale-out issue)"
-else
-  step ddp 5 echo "fewer than 2 GPUs: no DDP run"
+  step ddp 200 "$PY" benchmarks/ddp_throughput.py --nproc 2 --device cuda --train 20000 \
+    --epochs 3 --repeats 2 --results "$OUT"
+else  # two gloo processes: the same code path, small
+  step ddp 200 "$PY" benchmarks/ddp_throughput.py --nproc 2 --device cpu --train 1280 \
+    --epochs 2 --repeats 1 --results "$OUT"
 fi
 echo "gpu_check: done; results in $OUT"

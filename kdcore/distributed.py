@@ -27,6 +27,7 @@ A single process is ``size == 1``: every function here is then the plain computa
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -187,7 +188,15 @@ def split_call(fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], x: torch.Te
     if _world.size == 1:
         return tuple(fn(x))
     n = x.shape[0]
-    return tuple(gather_rows(out, n) for out in fn(x[local_rows(n)]))
+    outs = tuple(fn(x[local_rows(n)]))
+    if len({o.dtype for o in outs}) > 1:
+        return tuple(gather_rows(o, n) for o in outs)
+    # one collective for all the outputs (logits and features): each one waits for the
+    # slowest rank
+    widths = [math.prod(o.shape[1:]) for o in outs]
+    whole = gather_rows(torch.cat([o.reshape(o.shape[0], -1) for o in outs], dim=1), n)
+    return tuple(part.reshape(n, *o.shape[1:])
+                 for part, o in zip(whole.split(widths, dim=1), outs))
 
 
 def average_gradients(params: Iterable[torch.Tensor]) -> None:

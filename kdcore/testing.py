@@ -44,8 +44,8 @@ from kdcore.testing_harness import ColumnReader, ColumnReaderPlugin, Harness, Ti
 
 __all__ = ["ColumnReader", "ColumnReaderPlugin", "Harness", "InterruptAt", "Interrupted",
            "TinyNet", "assert_same_history", "component", "harness", "one_thread", "quiet_logs",
-           "run_tiny", "stage", "teacher_stage", "tiny_recipe", "write_fashion_mnist",
-           "write_idx", "write_recipe"]
+           "run_tiny", "stage", "teacher_stage", "tiny_recipe", "write_cifar10",
+           "write_fashion_mnist", "write_idx", "write_recipe"]
 
 
 @pytest.fixture(autouse=True)
@@ -209,3 +209,34 @@ def write_fashion_mnist(root: Path, *, n_train: int = 6, n_test: int = 3, gz: bo
     for name, array in arrays.items():
         write_idx(root / (f"{name}.gz" if gz else name), array)
     return arrays
+
+
+def write_cifar10(root: Path, *, n_train: int = 400, n_test: int = 100, blank: bool = False,
+                  seed: int = 0) -> Path:
+    """Random images in CIFAR-10's "python version" layout under ``root`` (five data batches,
+    a test batch and the meta, in ``root/cifar-10-batches-py``), what the ``cifar10`` loader
+    reads; every class is present, labels shuffled; ``blank`` training images are all zero.
+    Returns the folder."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+
+    def images_and_labels(n: int, blank_images: bool) -> tuple[np.ndarray, list[int]]:
+        images = (np.zeros((n, 3072), dtype=np.uint8) if blank_images
+                  else rng.integers(0, 256, (n, 3072), dtype=np.uint8))
+        return images, rng.permutation(np.arange(n) % 10).tolist()
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    images, labels = images_and_labels(n_train, blank)
+    per_batch = n_train // 5
+    for i in range(5):
+        part = slice(i * per_batch, (i + 1) * per_batch)
+        (folder / f"data_batch_{i + 1}").write_bytes(
+            pickle.dumps({b"data": images[part], b"labels": labels[part]}))
+    test_images, test_labels = images_and_labels(n_test, False)
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({b"data": test_images, b"labels": test_labels}))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+    return folder

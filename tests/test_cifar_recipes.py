@@ -20,7 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdcore import load_recipe, run_recipe
+from kdcore import load_recipe, run_recipe, testing
 from kdcore.cli import main
 from kdcore.data.loaders.cifar_n import CIFAR_N_ROWS
 from kdcore.recipe.resolve import load_raw
@@ -47,19 +47,10 @@ def _images_and_labels(n: int, classes: int, seed: int, blank: bool = False
 
 
 def write_cifar10(root: Path, n_train: int = N_TRAIN[10]) -> Path:
-    """Tiny CIFAR-10 in the release's layout: five data batches, a test batch and the meta
-    (blank training images when there are as many as the real 50,000)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    images, labels = _images_and_labels(n_train, 10, 0, blank=n_train == CIFAR_N_ROWS)
-    per_batch = n_train // 5
-    for i in range(5):
-        part = slice(i * per_batch, (i + 1) * per_batch)
-        _pickle(folder / f"data_batch_{i + 1}", {b"data": images[part], b"labels": labels[part]})
-    test_images, test_labels = _images_and_labels(N_TEST[10], 10, 1)
-    _pickle(folder / "test_batch", {b"data": test_images, b"labels": test_labels})
-    _pickle(folder / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
-    return folder
+    """Tiny CIFAR-10 in the release's layout (blank training images when there are as many as
+    the real 50,000)."""
+    return testing.write_cifar10(root, n_train=n_train, n_test=N_TEST[10],
+                                 blank=n_train == CIFAR_N_ROWS)
 
 
 def write_cifar100(root: Path, n_train: int = N_TRAIN[100]) -> Path:

@@ -25,5 +25,6 @@ def test_without_a_gpu_it_plans_every_step_on_the_cpu(tmp_path):
     assert "mode cpu, device cpu, 0 GPU(s)" in out
     steps = [line.split()[2] for line in out.splitlines() if line.startswith("gpu_check: step")]
     assert steps == ["env", "tests", "kd-run", "fmnist-data", "throughput", "ddp"]
+    assert "ddp_throughput.py --nproc 2 --device cpu" in out  # two gloo processes
     assert '--set run.device="cpu"' in out and "--device cpu" in out
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
