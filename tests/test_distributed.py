@@ -73,12 +73,41 @@ def assert_same_up_to_rounding(a: Path, b: Path) -> None:
                                        atol=METRIC_ATOL, err_msg=name)
 
 
+RANK_DIGEST = textwrap.dedent('''
+    """Writes, on every rank, a digest of the ledger and the models at each stage's end."""
+    import hashlib, os
+    import kdcore
+
+    class Digest:
+        @kdcore.hookimpl
+        def kdcore_stage_end(self, ctx, stage):
+            h = hashlib.sha256()
+            for name in sorted(ctx.ledger):
+                h.update(name.encode() + ctx.ledger[name].cpu().numpy().tobytes())
+            for role in sorted(ctx.models):
+                for key, value in sorted(ctx.models[role].state_dict().items()):
+                    h.update(key.encode() + value.cpu().numpy().tobytes())
+            with open(os.path.join(os.environ["DIGEST_DIR"], f"rank{os.environ['RANK']}"),
+                      "a") as fh:
+                fh.write(f"{stage.name} {h.hexdigest()}\\n")
+
+    DIGEST = Digest()
+''')
+
+
 @pytest.fixture(scope="module")
 def amlkd_two(tmp_path_factory) -> Path:
-    """The small AML-KD run in two processes, uninterrupted (shared by two tests)."""
+    """The small AML-KD run in two processes, uninterrupted (shared by two tests); each rank
+    writes a digest of its ledger and models at every stage's end to ``digests/``."""
     out = tmp_path_factory.mktemp("amlkd-two") / "run"
-    proc = _launch([str(RECIPES / "amlkd.toml"), *_sets(AMLKD), "--out", str(out), "--nproc",
-                    "2", "-q"], out.parent)
+    (out.parent / "rank_digest.py").write_text(RANK_DIGEST)
+    (out.parent / "digests").mkdir()
+    os.environ["DIGEST_DIR"] = str(out.parent / "digests")
+    try:
+        proc = _launch([str(RECIPES / "amlkd.toml"), *_sets(AMLKD), "--out", str(out),
+                        "--nproc", "2", "-q", "--plugin", "rank_digest:DIGEST"], out.parent)
+    finally:
+        del os.environ["DIGEST_DIR"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("test acc") == len(("teacher", "student"))  # printed once
     return out
@@ -95,6 +124,15 @@ def test_kd_in_two_processes_matches_one_at_the_same_global_batch(tmp_path):
     # one history and one summary, written by rank 0
     assert sorted(p.name for p in two.iterdir() if p.suffix in (".h5", ".json")) == [
         "history.h5", "summary.json"]
+
+
+@pytest.mark.slow
+def test_every_rank_holds_the_same_ledger_and_models_at_every_stage_end(amlkd_two):
+    digests = amlkd_two.parent / "digests"
+    zero, one = (digests / "rank0").read_text(), (digests / "rank1").read_text()
+    assert [line.split()[0] for line in zero.splitlines()] == [
+        "teacher", "warmup", "refine", "mutual"]
+    assert zero == one
 
 
 @pytest.mark.slow
