@@ -179,10 +179,10 @@ class Component:
     distributed: ClassVar[bool | str] = True
     """Whether the component computes the same in a distributed run (``kdcore run --nproc``).
     True for anything computed from hook arguments, ``ctx.forward`` and ``ctx.features``
-    (every rank sees the whole batch; :mod:`kdcore.distributed`). A component that
-    differentiates a model's parameters itself (a look-ahead step) sees only its rank's share
-    of their gradient: set this to a string saying so, and the run refuses more than one
-    process with it."""
+    (every rank sees the whole batch; :mod:`kdcore.distributed`); gradients a component takes
+    of a model's parameters itself go through :func:`kdcore.distributed.mean_across_ranks`.
+    A component that cannot run in several processes sets this to a sentence saying why, and
+    the run refuses more than one process with it."""
 
     def __init__(self, params: Any, spec: ComponentSpec):
         self.params = params

@@ -228,6 +228,38 @@ def average_gradients(params: Iterable[torch.Tensor]) -> None:
                 p.grad.copy_(part)
 
 
+class _SumAcrossRanks(torch.autograd.Function):
+    """The sum over the ranks; its gradient is the sum of theirs (differentiable again)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _SumAcrossRanks.apply(grad)
+
+
+def mean_across_ranks(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The mean of each of ``tensors`` over the ranks, differentiable (one collective).
+
+    For a component that takes gradients of a model's parameters itself
+    (``torch.autograd.grad``): each rank gets only its rows' share of them, times the number
+    of ranks (see the module docstring); their mean is the one-process gradient, and
+    everything computed from it is the same on every rank. A look-ahead step passes its
+    ``create_graph`` gradients through this before using them."""
+    tensors = list(tensors)
+    if _world.size == 1 or not tensors:
+        return tensors
+    flat = _SumAcrossRanks.apply(torch.cat([t.reshape(-1) for t in tensors])) / _world.size
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]),
+                                                tensors)]
+
+
 def average_buffers(*models: nn.Module) -> None:
     """Average the ``models``' floating-point buffers (batch-norm running statistics) across
     ranks, in one collective."""
@@ -267,5 +299,5 @@ def barrier() -> None:
 
 
 __all__ = ["World", "average_buffers", "average_gradients", "barrier", "broadcast",
-           "gather_rows", "is_main", "launched", "local_rows", "row_counts", "session",
-           "split_call", "synchronised", "world"]
+           "gather_rows", "is_main", "launched", "local_rows", "mean_across_ranks", "row_counts",
+           "session", "split_call", "synchronised", "world"]

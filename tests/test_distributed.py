@@ -127,6 +127,19 @@ def test_kd_in_two_processes_matches_one_at_the_same_global_batch(tmp_path):
 
 
 @pytest.mark.slow
+def test_kdmlc_in_two_processes_matches_one(tmp_path):
+    """MLC's look-ahead differentiates the teacher's parameters itself: it averages those
+    gradients across ranks (``kdcore.distributed.mean_across_ranks``); without that the
+    ranks' label-correction networks would drift from the one-process run."""
+    overrides = [*SMALL, "stages.kdmlc.epochs=2"]
+    proc = _launch([str(RECIPES / "kdmlc.toml"), *_sets(overrides), "--out",
+                    str(tmp_path / "two"), "--nproc", "2", "-q"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_one_process("kdmlc.toml", overrides, tmp_path / "one")
+    assert_same_up_to_rounding(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.slow
 def test_every_rank_holds_the_same_ledger_and_models_at_every_stage_end(amlkd_two):
     digests = amlkd_two.parent / "digests"
     zero, one = (digests / "rank0").read_text(), (digests / "rank1").read_text()
@@ -227,12 +240,36 @@ def _cli(args: list[str]) -> object:
     return CliRunner().invoke(main, ["run", *args])
 
 
-def test_a_component_that_cannot_run_distributed_is_refused_before_launch(tmp_path):
-    result = _cli([str(RECIPES / "kdmlc.toml"), "--nproc", "2", "--out", str(tmp_path / "r")])
+LOCAL_ONLY = '''
+from kdcore.builtin.components import CrossEntropy
+from kdcore.hookspecs import hookimpl
+
+
+class LocalOnlyCE(CrossEntropy):
+    distributed = "it keeps per-process state that no rank shares"
+
+
+@hookimpl
+def kdcore_add_components():
+    return {"local_only_ce": LocalOnlyCE}
+'''
+
+
+def test_a_component_that_cannot_run_distributed_is_refused_before_launch(tmp_path,
+                                                                         monkeypatch):
+    from kdcore.testing import component, stage, tiny_recipe, write_recipe
+
+    (tmp_path / "local_only_plugin.py").write_text(LOCAL_ONLY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = write_recipe(tiny_recipe(stage("only", 1, ["student"],
+                                            component("local_only_ce"))), tmp_path / "r.toml")
+    args = [str(recipe), "--plugin", "local_only_plugin", "--out", str(tmp_path / "r")]
+    result = _cli([*args, "--nproc", "2"])
     assert result.exit_code == 2
-    assert "cannot run in 2 processes" in result.output and "look-ahead" in result.output
-    assert "Traceback" not in result.output
+    assert "cannot run in 2 processes: it keeps per-process state" in result.output
+    assert "stages[0].components[0].use" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r").exists()
+    assert _cli(args).exit_code == 0  # in one process it runs
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "99999999999999999999"])

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcore import distributed
 from kdcore.meta import functional_forward, named_trainable, virtual_sgd_step
 
 
@@ -125,7 +126,8 @@ def lookahead(
     grads = torch.autograd.grad(loss, [params[n] for n in all_names], create_graph=True,
                                 allow_unused=True)
     names = [n for n, g in zip(all_names, grads, strict=True) if g is not None]
-    g_tr = [g for g in grads if g is not None]
+    # in a distributed run each rank holds its rows' share: the mean is the whole gradient
+    g_tr = distributed.mean_across_ranks([g for g in grads if g is not None])
     used = {n: params[n] for n in names}
     with torch.no_grad():
         virtual = virtual_sgd_step(used, [g.detach() for g in g_tr], optimizer)

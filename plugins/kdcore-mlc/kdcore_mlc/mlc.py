@@ -87,8 +87,6 @@ class MLC(kdcore.Component):
     Params = MLCParams
     description = "MLC meta label correction (label-correction network + look-ahead meta step)"
     writes = ("loss/{name}",)  # its L_tr is a scalar: it records the per-sample part itself
-    distributed = ("its look-ahead step differentiates the student's parameters, whose "
-                   "gradient a distributed run divides among the processes")
 
     # -- lifecycle --------------------------------------------------------------------------
 
