@@ -43,9 +43,9 @@ from kdcore.recipe import load_recipe, recipe_from_dict
 from kdcore.testing_harness import ColumnReader, ColumnReaderPlugin, Harness, TinyNet, harness
 
 __all__ = ["ColumnReader", "ColumnReaderPlugin", "Harness", "InterruptAt", "Interrupted",
-           "TinyNet", "assert_same_history", "component", "harness", "one_thread", "quiet_logs",
-           "run_tiny", "stage", "teacher_stage", "tiny_recipe", "write_cifar10",
-           "write_fashion_mnist", "write_idx", "write_recipe"]
+           "TinyNet", "assert_close_history", "assert_same_history", "component", "harness",
+           "one_thread", "quiet_logs", "run_tiny", "stage", "teacher_stage", "tiny_recipe",
+           "write_cifar10", "write_fashion_mnist", "write_idx", "write_recipe"]
 
 
 @pytest.fixture(autouse=True)
@@ -176,6 +176,43 @@ def assert_same_history(a: str | Path, b: str | Path, *, columns: Iterable[str] 
         assert ha.data_names() == hb.data_names()
         for name in hb.data_names():
             np.testing.assert_array_equal(ha.data(name), hb.data(name), err_msg=name)
+
+
+def assert_close_history(a: str | Path, b: str | Path, *, float_atol: float,
+                         float_rtol: float, metric_atol: float) -> dict[str, float]:
+    """Assert that two runs' histories agree: the same epochs and names, every discrete ledger
+    column (labels, masks) equal, every float column within ``float_atol + float_rtol * |b|``
+    and every metric but ``time/`` within ``metric_atol``. The usual pair: one run in several
+    processes and one in a single process (the same numbers summed in another order; float
+    columns are stored as float16, whose last bit is 2**-10 of the value).
+
+    Returns:
+        the largest absolute difference of each float column and metric that differs.
+    """
+    differ: dict[str, float] = {}
+    with History(a) as ha, History(b) as hb:
+        assert ha.epochs() == hb.epochs(), (ha.epochs(), hb.epochs())
+        assert ha.column_names() == hb.column_names()
+        for name in ha.column_names():
+            x, y = ha.column(name), hb.column(name)
+            if x.dtype.kind in "biu":
+                np.testing.assert_array_equal(x, y, err_msg=name)
+            else:
+                np.testing.assert_allclose(x, y, rtol=float_rtol, atol=float_atol,
+                                           err_msg=name)
+                diff = np.abs(x.astype(np.float64) - y.astype(np.float64))
+                if diff.size and np.nanmax(diff, initial=0.0) > 0:
+                    differ[name] = float(np.nanmax(diff, initial=0.0))
+        assert ha.metric_names() == hb.metric_names()
+        for name in ha.metric_names():
+            if name.startswith("time/"):
+                continue
+            x, y = ha.metric(name), hb.metric(name)
+            np.testing.assert_allclose(x, y, rtol=0, atol=metric_atol, err_msg=name)
+            diff = np.abs(x - y)
+            if diff.size and np.nanmax(diff, initial=0.0) > 0:
+                differ[name] = float(np.nanmax(diff, initial=0.0))
+    return differ
 
 
 def write_idx(path: Path, array: np.ndarray, *, magic: int | None = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
     Raises:
         KdcoreError: a worker failed (its own message is above, on stderr).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -44,6 +46,11 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
         codes = sorted({f.exitcode for f in exc.failures.values()})
         raise KdcoreError(f"worker process(es) {ranks} of {nproc} failed (exit code "
                           f"{', '.join(map(str, codes))}); their messages are above") from None
+    except SignalException as exc:  # the launcher stopped its workers and then itself
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise KdcoreError(f"stopped by {signal.Signals(exc.sigval).name}; continue with "
+                          f"--resume") from None
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
