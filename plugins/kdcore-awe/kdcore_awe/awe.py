@@ -32,7 +32,7 @@ from torch import nn
 import kdcore
 from kdcore.context import ColumnName, Role, RunContext
 from kdcore.losses import one_hot
-from kdcore.validators import non_negative
+from kdcore.validators import non_negative, positive
 
 
 class WeightNet(nn.Module):
@@ -68,9 +68,13 @@ class AWEParams:
 
     Attributes:
         student: the role whose features define prototypes and ambiguity.
-        loss_mode: weights returned for the loss terms: ``learned``, ``cosine`` or ``none``.
-        seed_mode: LP seed weights written to ``awe/seed_weight``: ``learned``, ``cosine`` or
-            ``none`` (AML-KD: learned in stage 1, cosine in stage 2).
+        loss_mode: weights returned for the loss terms: ``learned``, ``cosine``, ``margin``
+            or ``none``.
+        seed_mode: LP seed weights written to ``awe/seed_weight``: ``learned``, ``cosine``,
+            ``margin`` or ``none`` (AML-KD: learned in stage 1, cosine in stage 2).
+        margin_temperature: tau of ``margin``: ``sigmoid((a_{i,y} - max_{c != y} a_ic) / tau)``.
+        mean_one: divide the loss weights by their batch mean, so that down-weighting the
+            ambiguous samples moves weight to the others instead of shrinking the term.
         selection: the ledger mask column of the small-loss selection (for the selected
             labels of the seed prototypes), written by a component placed before this one;
             empty: the student's predictions everywhere.
@@ -83,8 +87,10 @@ class AWEParams:
     """
 
     student: Role = Role("student")
-    loss_mode: Literal["learned", "cosine", "none"] = "learned"
-    seed_mode: Literal["learned", "cosine", "none"] = "none"
+    loss_mode: Literal["learned", "cosine", "margin", "none"] = "learned"
+    seed_mode: Literal["learned", "cosine", "margin", "none"] = "none"
+    margin_temperature: float = attrs.field(default=0.1, validator=positive)
+    mean_one: bool = False
     selection: ColumnName = ColumnName("")
     lr: float = attrs.field(default=0.0, validator=non_negative)
     momentum: float = 0.9
@@ -145,7 +151,11 @@ class AWE(kdcore.Component):
             out = self.net(amb.detach(), one_hot(labels, num_classes))
             self.net.train(was)
             return out
-        return torch.sigmoid(amb.gather(1, labels.long().unsqueeze(1)).squeeze(1))
+        own = amb.gather(1, labels.long().unsqueeze(1)).squeeze(1)
+        if mode == "margin":
+            other = amb.scatter(1, labels.long().unsqueeze(1), float("-inf")).amax(1)
+            return torch.sigmoid((own - other) / self.params.margin_temperature)
+        return torch.sigmoid(own)
 
     # -- per batch: loss weights ------------------------------------------------------------
 
@@ -165,6 +175,8 @@ class AWE(kdcore.Component):
         feats = batch.out(self.params.student).features.detach()
         amb = ambiguity_profile(feats, self.loss_prototypes(ctx))
         w = self._weights(amb, batch.targets.argmax(1), self.params.loss_mode, ctx.num_classes)
+        if self.params.mean_one:
+            w = w / w.mean().clamp_min(torch.finfo(w.dtype).tiny)
         if self.params.batch_mean_weight:
             w = w.mean().expand(len(batch))
         return w

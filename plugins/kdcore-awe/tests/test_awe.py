@@ -131,3 +131,35 @@ def test_plan_checks_the_selection_column_and_the_student_role():
         _plan(awe, selection)  # the selection must come first
     with pytest.raises(RecipeError, match="'awe'.*model role 'teacher'"):
         _plan(component("awe", terms=["ce"], params={"student": "teacher"}))
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_margin_weights_against_a_numpy_transcription(tau):
+    """``margin``: sigmoid((a_{i,y} - max_{c != y} a_ic) / tau), then (``mean_one``) divided by
+    the batch mean; transcribed with NumPy from the features and the current targets."""
+    h = _harness({"loss_mode": "margin", "margin_temperature": tau, "mean_one": True}).setup()
+    h.epoch_start(0)
+    with torch.no_grad():
+        feats = h.run.models["student"](h.run.data.train.x)[1].double().numpy()
+    labels = h.run.ledger["base_target"].argmax(1).numpy()
+    protos = np.stack([feats[labels == c].mean(0) if (labels == c).any() else np.zeros(6)
+                       for c in range(4)])
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    amb = unit @ (protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)).T
+    rows = np.arange(len(labels))
+    own = amb[rows, labels]
+    others = amb.copy()
+    others[rows, labels] = -np.inf
+    w = 1 / (1 + np.exp(-(own - others.max(1)) / tau))
+    index = torch.tensor([3, 17, 5, 40, 22, 9, 31, 58])
+    expected = w[index.numpy()] / w[index.numpy()].mean()
+    got = h.component.weight(h.ctx, h.batch(index)).detach().double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert got.mean() == pytest.approx(1.0)
+
+
+def test_margin_seed_weights_need_no_training():
+    h = _harness({"seed_mode": "margin", "loss_mode": "none"}).setup()
+    h.epoch_start(0)
+    seeds = h.run.ledger["awe/seed_weight"]
+    assert ((seeds > 0) & (seeds < 1)).all() and seeds.std() > 0
