@@ -28,7 +28,9 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
 
     if nproc < 1:
         raise KdcoreError(f"--nproc must be at least 1, got {nproc}")
-    os.environ.setdefault("OMP_NUM_THREADS", DEFAULT_THREADS)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    # the workers inherit it; this process gets its own value back (it may go on computing)
+    os.environ["OMP_NUM_THREADS"] = threads or DEFAULT_THREADS
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--module",
          "kdcore", *kdcore_args])
@@ -54,6 +56,8 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def worker_args(recipe: Path, overrides: Sequence[str], out: str | None, resume: bool,

@@ -309,9 +309,12 @@ def test_a_signal_to_the_launcher_is_one_line(monkeypatch, tmp_path, sig, exit_c
         raise SignalException(f"got signal: {sig}", sigval=sig)
 
     monkeypatch.setattr(torchrun, "run", stopped)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     result = _cli([str(RECIPES / "kd.toml"), "--nproc", "2", "--out", str(tmp_path / "r")])
     assert result.exit_code == exit_code and said in result.output
     assert "Traceback" not in result.output
+    # the launcher's thread setting was for its workers: this process's environment is as it was
+    assert "OMP_NUM_THREADS" not in os.environ
 
 
 def test_a_failed_worker_is_one_line(monkeypatch, tmp_path):
