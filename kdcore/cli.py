@@ -107,7 +107,8 @@ _strict_option = click.option(
 @main.command(epilog=_examples(
     "kdcore run recipes/kd.toml --out runs/kd",
     "kdcore run recipes/kd.toml --set 'data.noise.model=\"pair_flip\"' --out runs/kd-pair",
-    "kdcore run recipes/kd.toml --out runs/kd --resume"))
+    "kdcore run recipes/kd.toml --out runs/kd --resume",
+    "kdcore run recipes/kd.toml --out runs/kd-2 --nproc 2"))
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory "
