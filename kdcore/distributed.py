@@ -111,14 +111,20 @@ def _average_before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: An
     average_gradients(p for group in optimizer.param_groups for p in group["params"])
 
 
-@contextlib.contextmanager
-def synchronised(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+_NOTHING = contextlib.nullcontext()
+
+
+def synchronised(optimizer: torch.optim.Optimizer) -> contextlib.AbstractContextManager[None]:
     """Average ``optimizer``'s gradients now, so that a step that may be skipped (a gradient
     scaler's, after an overflow) is skipped on every rank alike; the step in the block does
-    not average again."""
+    not average again. In one process, a shared do-nothing context (called every step)."""
     if _world.size == 1:
-        yield
-        return
+        return _NOTHING
+    return _synchronised(optimizer)
+
+
+@contextlib.contextmanager
+def _synchronised(optimizer: torch.optim.Optimizer) -> Iterator[None]:
     average_gradients(p for group in optimizer.param_groups for p in group["params"])
     _synced.add(optimizer)
     try:

@@ -75,6 +75,8 @@ class Run:
     def _call(self, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``model(x)`` in the run's precision; in a distributed run each rank computes its
         share of the rows and every rank gets them all (:mod:`kdcore.distributed`)."""
+        if distributed.world().size == 1:
+            return self._compute(model, x)
         logits, features = distributed.split_call(lambda rows: self._compute(model, rows), x)
         return logits, features
 
