@@ -143,9 +143,10 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
                               "workers (started by torchrun); leave --nproc out")
         from kdcore.engine import prepare_run_dir
         from kdcore.plan import build_plan, check_distributed
-        from kdcore.torchrun import launch, worker_args
+        from kdcore.torchrun import check_gpus, launch, worker_args
 
         check_distributed(build_plan(resolved, host), nproc)  # fails here, once
+        check_gpus(resolved.run.device, nproc)
         if not overwrite:  # the refusals the workers would give: an earlier run, no run
             prepare_run_dir(resolved, out, resume=resume, overwrite=False)
         launch(nproc, worker_args(recipe, overrides, out, resume, overwrite, quiet, progress,

@@ -133,6 +133,24 @@ def _synchronised(optimizer: torch.optim.Optimizer) -> Iterator[None]:
         _synced.discard(optimizer)
 
 
+def local_gpu() -> torch.device:
+    """This process's GPU: ``cuda:<local rank>``.
+
+    Raises:
+        KdcoreError: the machine has fewer GPUs than processes.
+    """
+    from kdcore.errors import KdcoreError
+
+    count = torch.cuda.device_count()
+    if _world.local_rank >= count:
+        raise KdcoreError(f"process {_world.local_rank} of this machine needs GPU "
+                          f"{_world.local_rank}, but it has {count}: start at most {count} "
+                          f"processes per machine, or set run.device = \"cpu\"")
+    device = torch.device("cuda", _world.local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
 def row_counts(n: int, size: int) -> list[int]:
     """How many of ``n`` rows each rank computes: ``torch.tensor_split``'s near-equal parts."""
     base, extra = divmod(n, size)

@@ -43,8 +43,7 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
     torch.manual_seed(recipe.run.seed)
     device = resolve_device(recipe.run.device)
     if device.type == "cuda" and distributed.world().size > 1:
-        device = torch.device("cuda", distributed.world().local_rank)  # one GPU per process
-        torch.cuda.set_device(device)
+        device = distributed.local_gpu()  # one GPU per process
     run = Run(recipe, run_dir, device, plan.augmentations)
     run.data = data = build_run_data(recipe.data, host, recipe.run.seed, device)
     spec = ModelSpec(tuple(data.train.input_shape), data.num_classes)

@@ -60,6 +60,25 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
             os.environ.pop("OMP_NUM_THREADS", None)
 
 
+def check_gpus(device: str, nproc: int) -> None:
+    """Refuse more processes than GPUs when the run is on CUDA (one GPU per process).
+
+    Raises:
+        KdcoreError: ``nproc`` exceeds this machine's GPUs.
+    """
+    import torch
+
+    from kdcore.device import resolve_device
+
+    if resolve_device(device).type != "cuda":
+        return
+    count = torch.cuda.device_count()
+    if nproc > count:
+        raise KdcoreError(f"--nproc {nproc}: a CUDA run takes one GPU per process and this "
+                          f"machine has {count}; use --nproc {count}, or set "
+                          f"run.device = \"cpu\" for CPU processes")
+
+
 def worker_args(recipe: Path, overrides: Sequence[str], out: str | None, resume: bool,
                 overwrite: bool, quiet: bool, progress: bool | None, plugins: Sequence[str],
                 strict_plugins: bool) -> list[str]:
@@ -77,4 +96,4 @@ def worker_args(recipe: Path, overrides: Sequence[str], out: str | None, resume:
     return args + ["--strict-plugins"] * strict_plugins
 
 
-__all__ = ["launch", "worker_args"]
+__all__ = ["check_gpus", "launch", "worker_args"]

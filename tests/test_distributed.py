@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kdcore import distributed
+from kdcore import KdcoreError, distributed
 from kdcore.cli import main
 from kdcore.history import History
 from kdcore.testing import assert_close_history, assert_same_history
@@ -329,3 +329,27 @@ def test_a_failed_worker_is_one_line(monkeypatch, tmp_path):
     assert result.exit_code == 2
     assert "worker process(es) 1 of 2 failed (exit code 2); their messages are above" in (
         result.output)
+
+
+def test_more_processes_than_gpus_are_refused(monkeypatch):
+    import torch
+
+    from kdcore.torchrun import check_gpus
+
+    check_gpus("cpu", 64)  # CPU processes: any number
+    if not torch.cuda.is_available():
+        check_gpus("auto", 64)  # "auto" is the CPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_gpus("cuda", 2)
+    with pytest.raises(KdcoreError, match="machine has 2; use --nproc 2"):
+        check_gpus("cuda", 3)
+
+
+def test_a_worker_without_its_gpu_is_one_line(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed, "_world", distributed.World(rank=3, size=4, local_rank=1))
+    with pytest.raises(KdcoreError, match="needs GPU 1, but it has 1"):
+        distributed.local_gpu()
