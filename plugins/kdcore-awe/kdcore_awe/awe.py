@@ -31,8 +31,9 @@ from torch import nn
 
 import kdcore
 from kdcore.context import ColumnName, Role, RunContext
-from kdcore.losses import one_hot
+from kdcore.losses import one_hot, soft_cross_entropy
 from kdcore.validators import non_negative, positive
+from kdcore_selection.small_loss import mixture_posterior
 
 
 class WeightNet(nn.Module):
@@ -68,8 +69,8 @@ class AWEParams:
 
     Attributes:
         student: the role whose features define prototypes and ambiguity.
-        loss_mode: weights returned for the loss terms: ``learned``, ``cosine``, ``margin``
-            or ``none``.
+        loss_mode: weights returned for the loss terms: ``learned``, ``cosine``, ``margin``,
+            ``loss_posterior`` or ``none``.
         seed_mode: LP seed weights written to ``awe/seed_weight``: ``learned``, ``cosine``,
             ``margin`` or ``none`` (AML-KD: learned in stage 1, cosine in stage 2).
         margin_temperature: tau of ``margin``: ``sigmoid((a_{i,y} - max_{c != y} a_ic) / tau)``.
@@ -87,7 +88,7 @@ class AWEParams:
     """
 
     student: Role = Role("student")
-    loss_mode: Literal["learned", "cosine", "margin", "none"] = "learned"
+    loss_mode: Literal["learned", "cosine", "margin", "loss_posterior", "none"] = "learned"
     seed_mode: Literal["learned", "cosine", "margin", "none"] = "none"
     margin_temperature: float = attrs.field(default=0.1, validator=positive)
     mean_one: bool = False
@@ -118,6 +119,8 @@ class AWE(kdcore.Component):
                                          weight_decay=self.params.weight_decay)
         self._prototypes: torch.Tensor | None = None
         self._prototype_key: tuple[int, int] | None = None
+        self._posteriors: torch.Tensor | None = None
+        self._posterior_key: tuple[int, int] | None = None
 
     # -- per epoch: LP seed weights ---------------------------------------------------------
 
@@ -169,9 +172,26 @@ class AWE(kdcore.Component):
             self._prototype_key = key
         return self._prototypes
 
+    def loss_posteriors(self, ctx: RunContext) -> torch.Tensor:
+        """Each sample's posterior of the low-loss component of a two-component mixture over
+        the student's losses on the current targets (eval-mode pass, once per epoch, after
+        LP ran): DivideMix's clean probability, on the refined labels."""
+        key = (ctx.epoch, ctx.stage_index)
+        if self._posteriors is None or self._posterior_key != key:
+            logits = ctx.features(self.params.student).logits
+            losses = soft_cross_entropy(logits, ctx.ledger["base_target"].to(logits.dtype))
+            self._posteriors = mixture_posterior(losses).to(logits.dtype)
+            self._posterior_key = key
+        return self._posteriors
+
     def weight(self, ctx: RunContext, batch: kdcore.Batch) -> torch.Tensor | None:
         if self.params.loss_mode == "none":
             return None
+        if self.params.loss_mode == "loss_posterior":
+            w = self.loss_posteriors(ctx)[batch.index]
+            if self.params.mean_one:
+                w = w / w.mean().clamp_min(torch.finfo(w.dtype).tiny)
+            return w
         feats = batch.out(self.params.student).features.detach()
         amb = ambiguity_profile(feats, self.loss_prototypes(ctx))
         w = self._weights(amb, batch.targets.argmax(1), self.params.loss_mode, ctx.num_classes)

@@ -163,3 +163,28 @@ def test_margin_seed_weights_need_no_training():
     h.epoch_start(0)
     seeds = h.run.ledger["awe/seed_weight"]
     assert ((seeds > 0) & (seeds < 1)).all() and seeds.std() > 0
+
+
+def test_loss_posterior_weights_are_the_clean_posterior_of_the_losses_on_the_targets():
+    """``loss_posterior``: the mixture's clean posterior (kdcore-selection's, tested there
+    against NumPy) of each sample's CE against its current target, from the eval-mode pass,
+    indexed by sample id and divided by the batch mean; the CE is transcribed with NumPy."""
+    from kdcore_selection.small_loss import mixture_posterior
+
+    h = _harness({"loss_mode": "loss_posterior", "mean_one": True}).setup()
+    h.epoch_start(0)
+    targets = h.run.ledger["base_target"].double().numpy()
+    with torch.no_grad():
+        logits = h.run.models["student"](h.run.data.train.x)[0].double().numpy()
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(1, keepdims=True))
+    ce = -(targets * log_p).sum(1)
+    post = mixture_posterior(torch.from_numpy(ce)).numpy()
+    index = torch.tensor([7, 0, 33, 12, 50, 21])
+    expected = post[index.numpy()] / post[index.numpy()].mean()
+    got = h.component.weight(h.ctx, h.batch(index)).detach().double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    raw = _harness({"loss_mode": "loss_posterior"}).setup()
+    raw.epoch_start(0)
+    np.testing.assert_allclose(raw.component.weight(raw.ctx, raw.batch(index)).double().numpy(),
+                               post[index.numpy()], rtol=1e-4, atol=1e-6)

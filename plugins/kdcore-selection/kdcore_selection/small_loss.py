@@ -92,24 +92,40 @@ def mixture_noise_rate(losses: torch.Tensor, *, max_iter: int = MIXTURE_MAX_ITER
                        tol: float = MIXTURE_TOL, var_floor: float = MIXTURE_VAR_FLOOR) -> float:
     """The noise rate a two-component 1-D Gaussian mixture over per-sample losses implies.
 
+    The share of samples whose posterior of the high-mean component exceeds 0.5
+    (:func:`mixture_posterior`), the complement of DivideMix's clean set at its threshold 0.5.
+    Chosen over the mixing weight: both agree when the two loss distributions are Gaussian, but
+    clean losses pile up near 0 with a long right tail, which the high-mean component's weight
+    partly absorbs (it over-estimates more than the posterior count does). Fewer than two
+    finite losses, or all equal, give 0.0 (no evidence of noise). Always in [0, 1].
+    """
+    noisy = 1.0 - mixture_posterior(losses, max_iter=max_iter, tol=tol, var_floor=var_floor)
+    noisy = noisy[torch.isfinite(losses.detach().flatten())]
+    return float((noisy > 0.5).double().mean()) if noisy.numel() >= 2 else 0.0
+
+
+def mixture_posterior(losses: torch.Tensor, *, max_iter: int = MIXTURE_MAX_ITER,
+                      tol: float = MIXTURE_TOL, var_floor: float = MIXTURE_VAR_FLOOR
+                      ) -> torch.Tensor:
+    """Each sample's posterior of the low-loss ("clean") component of a two-component 1-D
+    Gaussian mixture over per-sample losses (float64, the losses' shape flattened).
+
     DivideMix's reading: the losses are min-max normalised to [0, 1]; EM (float64, no
     randomness) starts from the halves below and above the median (means and variances of
     each half, equal weights), floors both variances at ``var_floor`` and stops when the mean
-    log-likelihood changes by less than ``tol`` or after ``max_iter`` iterations. The estimate
-    is the share of samples whose posterior of the high-mean component exceeds 0.5, the
-    complement of DivideMix's clean set at its threshold 0.5. Chosen over the mixing weight:
-    both agree when the two loss distributions are Gaussian, but clean losses pile up near 0
-    with a long right tail, which the high-mean component's weight partly absorbs (it
-    over-estimates more than the posterior count does). Non-finite losses are ignored; fewer
-    than two losses, or all equal, give 0.0 (no evidence of noise). Always in [0, 1].
+    log-likelihood changes by less than ``tol`` or after ``max_iter`` iterations. Non-finite
+    losses are left out of the fit and get 0 (no evidence they are clean); with fewer than
+    two finite losses, or all equal, every finite one gets 1.
     """
-    x = losses.detach().flatten().double()
-    x = x[torch.isfinite(x)]
+    flat = losses.detach().flatten().double()
+    finite = torch.isfinite(flat)
+    out = torch.where(finite, 1.0, 0.0).to(flat)
+    x = flat[finite]
     if x.numel() < 2:
-        return 0.0
+        return out
     low, high = x.min(), x.max()
     if float(high - low) <= 1e-12 * max(1.0, float(high.abs())):
-        return 0.0
+        return out
     x = (x - low) / (high - low)
     median = x.quantile(0.5)
     halves = (x[x <= median], x[x > median])
@@ -138,8 +154,8 @@ def mixture_noise_rate(losses: torch.Tensor, *, max_iter: int = MIXTURE_MAX_ITER
         if abs(current - previous) < tol:
             break
         previous = current
-    posterior_high = torch.softmax(log_joint(), dim=1)[:, int(mean.argmax())]
-    return float((posterior_high > 0.5).double().mean())
+    out[finite] = torch.softmax(log_joint(), dim=1)[:, int(mean.argmin())]
+    return out
 
 
 def kept_count(size: int, rate: float) -> int:

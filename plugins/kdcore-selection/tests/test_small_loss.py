@@ -264,3 +264,51 @@ def test_bad_parameters_are_rejected():
         _plan({"rate": 1.5})
     with pytest.raises(kdcore.RecipeError, match="did you mean 'scope'"):
         _plan({"scop": "batch"})
+
+
+def _em_low_posterior(losses: np.ndarray, iters: int, var_floor: float) -> np.ndarray:
+    """NumPy transcription of the documented EM: min-max normalise, start from the halves
+    around the median, ``iters`` EM steps, posterior of the low-mean component."""
+    x = (losses - losses.min()) / (losses.max() - losses.min())
+    med = np.quantile(x, 0.5)
+    halves = [x[x <= med], x[x > med]]
+    mean = np.array([h.mean() for h in halves])
+    var = np.maximum([h.var() for h in halves], var_floor)
+    w = np.array([0.5, 0.5])
+
+    def joint():
+        return np.log(w) - 0.5 * (np.log(2 * np.pi * var) + (x[:, None] - mean) ** 2 / var)
+
+    for _ in range(iters):
+        lj = joint()
+        resp = np.exp(lj - np.logaddexp(lj[:, 0], lj[:, 1])[:, None])
+        mass = resp.sum(0)
+        w = mass / mass.sum()
+        mean = (resp * x[:, None]).sum(0) / mass
+        var = np.maximum((resp * (x[:, None] - mean) ** 2).sum(0) / mass, var_floor)
+    lj = joint()
+    post = np.exp(lj - np.logaddexp(lj[:, 0], lj[:, 1])[:, None])
+    return post[:, int(mean.argmin())]
+
+
+def test_mixture_posterior_against_a_numpy_transcription():
+    from kdcore_selection.small_loss import MIXTURE_VAR_FLOOR, mixture_posterior
+
+    rng = np.random.default_rng(3)
+    losses = np.concatenate([rng.gamma(1.5, 0.2, 300), rng.normal(2.5, 0.4, 200)])
+    # tol = 0: exactly max_iter steps on both sides
+    got = mixture_posterior(torch.from_numpy(losses), max_iter=40, tol=0.0).numpy()
+    np.testing.assert_allclose(got, _em_low_posterior(losses, 40, MIXTURE_VAR_FLOOR),
+                               atol=1e-9)
+    assert got[:300].mean() > 0.9 and got[300:].mean() < 0.1  # the low component is clean
+    rate = mixture_noise_rate(torch.from_numpy(losses))
+    assert rate == pytest.approx(float((mixture_posterior(torch.from_numpy(losses)) < 0.5)
+                                       .double().mean()))
+
+
+def test_mixture_posterior_on_degenerate_losses():
+    from kdcore_selection.small_loss import mixture_posterior
+
+    post = mixture_posterior(torch.tensor([0.1, float("nan"), 0.1, float("inf"), 0.1]))
+    assert post.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]  # all equal: clean; non-finite: not
+    assert mixture_posterior(torch.tensor([2.0])).tolist() == [1.0]
