@@ -312,3 +312,18 @@ def test_mixture_posterior_on_degenerate_losses():
     post = mixture_posterior(torch.tensor([0.1, float("nan"), 0.1, float("inf"), 0.1]))
     assert post.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]  # all equal: clean; non-finite: not
     assert mixture_posterior(torch.tensor([2.0])).tolist() == [1.0]
+
+
+def test_mixture_noise_rate_passes_its_settings_to_the_posterior():
+    from kdcore_selection.small_loss import mixture_posterior
+
+    rng = np.random.default_rng(5)
+    losses = torch.from_numpy(np.concatenate([rng.normal(0.2, 0.05, 70),
+                                              rng.normal(0.45, 0.3, 30)]))
+    rates = {}
+    for var_floor, max_iter in ((1e-6, 200), (0.05, 200), (1e-6, 1)):
+        post = mixture_posterior(losses, var_floor=var_floor, max_iter=max_iter, tol=0.0)
+        rates[var_floor, max_iter] = mixture_noise_rate(losses, var_floor=var_floor,
+                                                        max_iter=max_iter, tol=0.0)
+        assert rates[var_floor, max_iter] == pytest.approx(float((post < 0.5).double().mean()))
+    assert len(set(rates.values())) == 3  # each setting changes the estimate here
