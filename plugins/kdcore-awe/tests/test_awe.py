@@ -188,3 +188,23 @@ def test_loss_posterior_weights_are_the_clean_posterior_of_the_losses_on_the_tar
     raw.epoch_start(0)
     np.testing.assert_allclose(raw.component.weight(raw.ctx, raw.batch(index)).double().numpy(),
                                post[index.numpy()], rtol=1e-4, atol=1e-6)
+
+
+def test_loss_posteriors_are_computed_once_per_epoch():
+    """Within an epoch the posteriors stay those of the targets its first batch saw (LP runs
+    at the epoch start); the next epoch recomputes them from the targets then."""
+    h = _harness({"loss_mode": "loss_posterior"}).setup()
+    index = torch.arange(20)
+    h.epoch_start(0)
+    first = h.component.weight(h.ctx, h.batch(index)).clone()
+    base = h.run.ledger["base_target"]
+    flipped = base.roll(1, dims=1)  # every target moved to the next class
+    base.copy_(flipped)
+    torch.testing.assert_close(h.component.weight(h.ctx, h.batch(index)), first)
+    h.epoch_start(1)
+    assert not torch.allclose(h.component.weight(h.ctx, h.batch(index)), first)
+    again = _harness({"loss_mode": "loss_posterior"}).setup()
+    again.run.ledger["base_target"].copy_(flipped)
+    again.epoch_start(1)
+    torch.testing.assert_close(h.component.weight(h.ctx, h.batch(index)),
+                               again.component.weight(again.ctx, again.batch(index)))
