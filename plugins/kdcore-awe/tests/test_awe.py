@@ -182,7 +182,9 @@ def test_loss_posterior_weights_are_the_clean_posterior_of_the_losses_on_the_tar
     post = mixture_posterior(torch.from_numpy(ce)).numpy()
     index = torch.tensor([7, 0, 33, 12, 50, 21])
     expected = post[index.numpy()] / post[index.numpy()].mean()
-    got = h.component.weight(h.ctx, h.batch(index)).detach().double().numpy()
+    weights = h.component.weight(h.ctx, h.batch(index)).detach()
+    assert weights.dtype == torch.float32  # the features' dtype, not the EM's float64
+    got = weights.double().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     raw = _harness({"loss_mode": "loss_posterior"}).setup()
     raw.epoch_start(0)
