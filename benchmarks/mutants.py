@@ -33,6 +33,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md)
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
+    # the LP component's wiring (seeds, seed weights, kept selections, when it runs)
+    "kdcore-lp-component": ("plugins/kdcore-lp", ["kdcore_lp/component.py"], ["tests"]),
     "kdcore-selection": ("plugins/kdcore-selection", ["kdcore_selection/small_loss.py"],
                          ["tests"]),
     "kdcore-awe": ("plugins/kdcore-awe", ["kdcore_awe"], ["tests"]),
