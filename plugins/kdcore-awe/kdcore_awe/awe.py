@@ -70,7 +70,7 @@ class AWEParams:
     Attributes:
         student: the role whose features define prototypes and ambiguity.
         loss_mode: weights returned for the loss terms: ``learned``, ``cosine``, ``margin``,
-            ``loss_posterior`` or ``none``.
+            ``loss_posterior``, ``loss_rank`` or ``none``.
         seed_mode: LP seed weights written to ``awe/seed_weight``: ``learned``, ``cosine``,
             ``margin`` or ``none`` (AML-KD: learned in stage 1, cosine in stage 2).
         margin_temperature: tau of ``margin``: ``sigmoid((a_{i,y} - max_{c != y} a_ic) / tau)``.
@@ -88,7 +88,8 @@ class AWEParams:
     """
 
     student: Role = Role("student")
-    loss_mode: Literal["learned", "cosine", "margin", "loss_posterior", "none"] = "learned"
+    loss_mode: Literal["learned", "cosine", "margin", "loss_posterior", "loss_rank",
+                       "none"] = "learned"
     seed_mode: Literal["learned", "cosine", "margin", "none"] = "none"
     margin_temperature: float = attrs.field(default=0.1, validator=positive)
     mean_one: bool = False
@@ -180,14 +181,20 @@ class AWE(kdcore.Component):
         if self._posteriors is None or self._posterior_key != key:
             logits = ctx.features(self.params.student).logits
             losses = soft_cross_entropy(logits, ctx.ledger["base_target"].to(logits.dtype))
-            self._posteriors = mixture_posterior(losses).to(logits.dtype)
+            if self.params.loss_mode == "loss_rank":  # 1 for the smallest loss, 0 the largest
+                ranks = torch.empty_like(losses)
+                ranks[losses.argsort(stable=True)] = torch.arange(
+                    len(losses), dtype=losses.dtype, device=losses.device)
+                self._posteriors = 1.0 - ranks / max(len(losses) - 1, 1)
+            else:
+                self._posteriors = mixture_posterior(losses).to(logits.dtype)
             self._posterior_key = key
         return self._posteriors
 
     def weight(self, ctx: RunContext, batch: kdcore.Batch) -> torch.Tensor | None:
         if self.params.loss_mode == "none":
             return None
-        if self.params.loss_mode == "loss_posterior":
+        if self.params.loss_mode in ("loss_posterior", "loss_rank"):
             w = self.loss_posteriors(ctx)[batch.index]
             if self.params.mean_one:
                 w = w / w.mean().clamp_min(torch.finfo(w.dtype).tiny)

@@ -210,3 +210,24 @@ def test_loss_posteriors_are_computed_once_per_epoch():
     again.epoch_start(1)
     torch.testing.assert_close(h.component.weight(h.ctx, h.batch(index)),
                                again.component.weight(again.ctx, again.batch(index)))
+
+
+def test_loss_rank_weights_fall_linearly_with_the_loss_rank():
+    """``loss_rank``: 1 for the smallest loss on the current targets, 0 for the largest, linear
+    in the rank between (ties by position), then divided by the batch mean; NumPy ranks."""
+    h = _harness({"loss_mode": "loss_rank", "mean_one": True}).setup()
+    h.epoch_start(0)
+    targets = h.run.ledger["base_target"].double().numpy()
+    with torch.no_grad():
+        logits = h.run.models["student"](h.run.data.train.x)[0].double().numpy()
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(1, keepdims=True))
+    ce = -(targets * log_p).sum(1)
+    ranks = np.empty(len(ce))
+    ranks[np.argsort(ce, kind="stable")] = np.arange(len(ce))
+    w = 1.0 - ranks / (len(ce) - 1)
+    index = torch.tensor([7, 0, 33, 12, 50, 21, int(np.argmin(ce)), int(np.argmax(ce))])
+    expected = w[index.numpy()] / w[index.numpy()].mean()
+    got = h.component.weight(h.ctx, h.batch(index)).detach()
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5, atol=1e-7)
