@@ -231,3 +231,10 @@ def test_loss_rank_weights_fall_linearly_with_the_loss_rank():
     got = h.component.weight(h.ctx, h.batch(index)).detach()
     assert got.dtype == torch.float32
     np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_loss_rank_of_two_samples_is_one_and_zero():
+    h = _harness({"loss_mode": "loss_rank"}, n=2, c=2).setup()
+    h.epoch_start(0)
+    w = h.component.weight(h.ctx, h.batch(torch.arange(2))).detach()
+    assert sorted(w.tolist()) == [0.0, 1.0]
