@@ -91,7 +91,7 @@ def recipe_toml(root: Path, epochs: int, device: str, out: Path) -> str:
 
 # -- the bare side (one torchrun worker) ---------------------------------------------------------
 
-def bare_worker(recipe_path: Path, epochs: int, times_path: Path) -> None:
+def bare_worker(recipe_path: Path, epochs: int, times_path: Path, device_type: str) -> None:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -101,7 +101,6 @@ def bare_worker(recipe_path: Path, epochs: int, times_path: Path) -> None:
     from kdcore.plan import build_plan
     from kdcore.prepare import prepare_run
 
-    device_type = "cuda" if "cuda" in recipe_path.read_text() else "cpu"
     rank_local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
         torch.cuda.set_device(rank_local)
@@ -176,7 +175,8 @@ def measure(nproc: int, device: str, n_train: int, epochs: int, repeats: int) ->
                   {**env, "KDCORE_BENCH_TIMES": str(times_engine)})
         times_bare = work / f"bare-{i}.json"
         _torchrun(nproc, [str(Path(__file__).resolve()), "--bare", str(recipe),
-                          "--epochs", str(epochs), "--times", str(times_bare)], env)
+                          "--epochs", str(epochs), "--times", str(times_bare),
+                          "--device", device], env)
         engine = json.loads(times_engine.read_text())[1:]
         bare = json.loads(times_bare.read_text())[1:]
         pair = {"engine_images_s": train_images / min(engine),
@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--times", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
-        bare_worker(args.bare, args.epochs, args.times)
+        bare_worker(args.bare, args.epochs, args.times, args.device)
         return
     t0 = time.time()
     result = measure(args.nproc, args.device, args.train, args.epochs, args.repeats)

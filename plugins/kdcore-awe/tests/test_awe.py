@@ -165,6 +165,16 @@ def test_margin_seed_weights_need_no_training():
     assert ((seeds > 0) & (seeds < 1)).all() and seeds.std() > 0
 
 
+def _numpy_ce_on_targets(h) -> np.ndarray:
+    """Each training sample's soft CE of the student's logits against its current target."""
+    targets = h.run.ledger["base_target"].double().numpy()
+    with torch.no_grad():
+        logits = h.run.models["student"](h.run.data.train.x)[0].double().numpy()
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(1, keepdims=True))
+    return -(targets * log_p).sum(1)
+
+
 def test_loss_posterior_weights_are_the_clean_posterior_of_the_losses_on_the_targets():
     """``loss_posterior``: the mixture's clean posterior (kdcore-selection's, tested there
     against NumPy) of each sample's CE against its current target, from the eval-mode pass,
@@ -173,12 +183,7 @@ def test_loss_posterior_weights_are_the_clean_posterior_of_the_losses_on_the_tar
 
     h = _harness({"loss_mode": "loss_posterior", "mean_one": True}).setup()
     h.epoch_start(0)
-    targets = h.run.ledger["base_target"].double().numpy()
-    with torch.no_grad():
-        logits = h.run.models["student"](h.run.data.train.x)[0].double().numpy()
-    log_p = logits - logits.max(1, keepdims=True)
-    log_p = log_p - np.log(np.exp(log_p).sum(1, keepdims=True))
-    ce = -(targets * log_p).sum(1)
+    ce = _numpy_ce_on_targets(h)
     post = mixture_posterior(torch.from_numpy(ce)).numpy()
     index = torch.tensor([7, 0, 33, 12, 50, 21])
     expected = post[index.numpy()] / post[index.numpy()].mean()
@@ -217,12 +222,7 @@ def test_loss_rank_weights_fall_linearly_with_the_loss_rank():
     in the rank between (ties by position), then divided by the batch mean; NumPy ranks."""
     h = _harness({"loss_mode": "loss_rank", "mean_one": True}).setup()
     h.epoch_start(0)
-    targets = h.run.ledger["base_target"].double().numpy()
-    with torch.no_grad():
-        logits = h.run.models["student"](h.run.data.train.x)[0].double().numpy()
-    log_p = logits - logits.max(1, keepdims=True)
-    log_p = log_p - np.log(np.exp(log_p).sum(1, keepdims=True))
-    ce = -(targets * log_p).sum(1)
+    ce = _numpy_ce_on_targets(h)
     ranks = np.empty(len(ce))
     ranks[np.argsort(ce, kind="stable")] = np.arange(len(ce))
     w = 1.0 - ranks / (len(ce) - 1)

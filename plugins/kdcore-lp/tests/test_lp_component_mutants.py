@@ -12,7 +12,6 @@ import kdcore_lp.component as lp_component
 from kdcore.losses import one_hot
 from kdcore.testing import harness
 from kdcore_lp import TeacherLP
-from kdcore_lp.component import LabelPropagation
 
 N, D, C = 48, 4, 3
 
@@ -177,9 +176,6 @@ def test_a_column_not_written_yet_is_named():
                                         "earlier component wrote"):
         h.component._column(h.ctx, "select/nowhere")
 
-
-def test_the_base_class_is_what_the_named_components_share():
-    assert issubclass(TeacherLP, LabelPropagation)
 
 
 def test_a_stage_that_does_not_train_the_student_adds_its_own_epoch():
