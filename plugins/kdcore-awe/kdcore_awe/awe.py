@@ -14,6 +14,12 @@ Reading implemented (the released code's, with its defects D1-D3 as options, fix
   (noisy where the small-loss selection kept a sample, the student's prediction elsewhere) and
   are written at the epoch start to ``awe/seed_weight``, before label propagation reads them.
 
+Our reading, the default of ``recipes/amlkd.toml`` (docs/methods/amlkd.md): nothing learned.
+Cosine LP seed weights in both stages, and loss weights of the form ``confidence``: the
+samples outside the small-loss selection ranked by label propagation's confidence, 0 for the
+least confident rising linearly to 1, selected samples 1, divided by the batch mean. The
+released WeightNet objective shrinks every weight (to 0.001 on Fashion-MNIST).
+
 Release options: ``zero_grad = false`` (D3: WeightNet gradients accumulate), ``batch_mean_weight
 = true`` (D2: the loss weight is the batch mean of the weights, so the weighted CE equals
 ``mean(CE) * mean(w)``), ``seed_alignment = "release_shuffled"`` (D1: seed weights attached to
@@ -32,7 +38,7 @@ from torch import nn
 import kdcore
 from kdcore.context import ColumnName, Role, RunContext
 from kdcore.losses import one_hot, soft_cross_entropy
-from kdcore.validators import non_negative, positive
+from kdcore.validators import between, non_negative, positive
 from kdcore_selection.small_loss import mixture_posterior
 
 
@@ -63,6 +69,29 @@ def ambiguity_profile(features: torch.Tensor, prototypes: torch.Tensor) -> torch
     return F.normalize(features, dim=1) @ F.normalize(prototypes, dim=1).T
 
 
+def ascending_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Each value's rank ``0 .. n-1`` from the smallest (ties by position), as floats."""
+    ranks = torch.empty_like(values, dtype=torch.float32)
+    ranks[values.argsort(stable=True)] = torch.arange(len(values), dtype=torch.float32,
+                                                      device=values.device)
+    return ranks
+
+
+def confidence_weights(confidence: torch.Tensor, selected: torch.Tensor | None, ramp: float
+                       ) -> torch.Tensor:
+    """Loss weights from per-sample label confidences: the samples outside ``selected``
+    (all of them when None) are ranked by confidence, and the lowest ``ramp`` share of them
+    weigh their rank's fraction of that share (0 for the least confident, rising linearly to
+    1); every other sample weighs 1."""
+    weights = torch.ones_like(confidence, dtype=torch.float32)
+    pool = (torch.arange(len(confidence), device=confidence.device) if selected is None
+            else (~selected).nonzero().squeeze(1))
+    if len(pool) > 1:
+        fraction = ascending_ranks(confidence[pool]) / (len(pool) - 1)
+        weights[pool] = (fraction / ramp).clamp(max=1.0)
+    return weights
+
+
 @attrs.frozen
 class AWEParams:
     """Parameters of ``awe``.
@@ -70,15 +99,22 @@ class AWEParams:
     Attributes:
         student: the role whose features define prototypes and ambiguity.
         loss_mode: weights returned for the loss terms: ``learned``, ``cosine``, ``margin``,
-            ``loss_posterior``, ``loss_rank`` or ``none``.
+            ``loss_posterior``, ``loss_rank``, ``confidence`` or ``none``.
         seed_mode: LP seed weights written to ``awe/seed_weight``: ``learned``, ``cosine``,
-            ``margin`` or ``none`` (AML-KD: learned in stage 1, cosine in stage 2).
+            ``margin`` or ``none`` (the release: learned in stage 1, cosine in stage 2;
+            ``amlkd.toml``: cosine in both).
         margin_temperature: tau of ``margin``: ``sigmoid((a_{i,y} - max_{c != y} a_ic) / tau)``.
         mean_one: divide the loss weights by their batch mean, so that down-weighting the
             ambiguous samples moves weight to the others instead of shrinking the term.
         selection: the ledger mask column of the small-loss selection (for the selected
-            labels of the seed prototypes), written by a component placed before this one;
-            empty: the student's predictions everywhere.
+            labels of the seed prototypes, and the samples ``confidence`` weights leave at 1),
+            written by a component placed before this one; empty: the student's predictions
+            everywhere.
+        confidence: ``confidence`` mode's ledger column of per-sample label confidences
+            (``lp/<name>/confidence`` of an LP component placed before this one).
+        ramp: ``confidence`` mode: the share of the samples outside ``selection``, lowest
+            confidence first, whose weight rises linearly from 0 to 1 with their rank; the rest
+            weigh 1.
         lr: the WeightNet's learning rate; 0 follows the student's current learning rate (the
             release gives both the same settings and schedule).
         momentum, weight_decay: the WeightNet's SGD settings.
@@ -89,17 +125,24 @@ class AWEParams:
 
     student: Role = Role("student")
     loss_mode: Literal["learned", "cosine", "margin", "loss_posterior", "loss_rank",
-                       "none"] = "learned"
+                       "confidence", "none"] = "learned"
     seed_mode: Literal["learned", "cosine", "margin", "none"] = "none"
     margin_temperature: float = attrs.field(default=0.1, validator=positive)
     mean_one: bool = False
     selection: ColumnName = ColumnName("")
+    confidence: ColumnName = ColumnName("")
+    ramp: float = attrs.field(default=1.0, validator=between(0.0, 1.0, include_low=False))
     lr: float = attrs.field(default=0.0, validator=non_negative)
     momentum: float = 0.9
     weight_decay: float = attrs.field(default=5e-4, validator=non_negative)
     zero_grad: bool = True
     batch_mean_weight: bool = False
     seed_alignment: Literal["index", "release_shuffled"] = "index"
+
+    def __attrs_post_init__(self) -> None:
+        if self.loss_mode == "confidence" and not self.confidence:
+            raise ValueError('loss_mode "confidence" needs the confidence column (for example '
+                             '"lp/teacher_lp/confidence" of an LP component placed before it)')
 
 
 class AWE(kdcore.Component):
@@ -120,8 +163,8 @@ class AWE(kdcore.Component):
                                          weight_decay=self.params.weight_decay)
         self._prototypes: torch.Tensor | None = None
         self._prototype_key: tuple[int, int] | None = None
-        self._posteriors: torch.Tensor | None = None
-        self._posterior_key: tuple[int, int] | None = None
+        self._epoch_weights: torch.Tensor | None = None
+        self._epoch_key: tuple[int, int] | None = None
 
     # -- per epoch: LP seed weights ---------------------------------------------------------
 
@@ -173,29 +216,39 @@ class AWE(kdcore.Component):
             self._prototype_key = key
         return self._prototypes
 
-    def loss_posteriors(self, ctx: RunContext) -> torch.Tensor:
-        """Each sample's posterior of the low-loss component of a two-component mixture over
-        the student's losses on the current targets (eval-mode pass, once per epoch, after
-        LP ran): DivideMix's clean probability, on the refined labels."""
+    def epoch_weights(self, ctx: RunContext) -> torch.Tensor:
+        """The per-sample weights of the epoch-level modes, computed once per epoch (after LP
+        ran, at the epoch's first batch):
+
+        * ``loss_posterior``: the posterior of the low-loss component of a two-component
+          mixture over the student's losses on the current targets (eval-mode pass):
+          DivideMix's clean probability, on the refined labels;
+        * ``loss_rank``: 1 for the smallest of those losses, falling linearly to 0 for the
+          largest;
+        * ``confidence``: see :func:`confidence_weights`.
+        """
         key = (ctx.epoch, ctx.stage_index)
-        if self._posteriors is None or self._posterior_key != key:
-            logits = ctx.features(self.params.student).logits
-            losses = soft_cross_entropy(logits, ctx.ledger["base_target"].to(logits.dtype))
-            if self.params.loss_mode == "loss_rank":  # 1 for the smallest loss, 0 the largest
-                ranks = torch.empty_like(losses)
-                ranks[losses.argsort(stable=True)] = torch.arange(
-                    len(losses), dtype=losses.dtype, device=losses.device)
-                self._posteriors = 1.0 - ranks / max(len(losses) - 1, 1)
+        if self._epoch_weights is None or self._epoch_key != key:
+            p = self.params
+            if p.loss_mode == "confidence":
+                selected = (ctx.ledger[p.selection].bool() if p.selection else None)
+                self._epoch_weights = confidence_weights(ctx.ledger[p.confidence].float(),
+                                                      selected, p.ramp)
             else:
-                self._posteriors = mixture_posterior(losses).to(logits.dtype)
-            self._posterior_key = key
-        return self._posteriors
+                logits = ctx.features(p.student).logits
+                losses = soft_cross_entropy(logits, ctx.ledger["base_target"].to(logits.dtype))
+                if p.loss_mode == "loss_rank":
+                    self._epoch_weights = 1.0 - ascending_ranks(losses) / max(len(losses) - 1, 1)
+                else:
+                    self._epoch_weights = mixture_posterior(losses).to(logits.dtype)
+            self._epoch_key = key
+        return self._epoch_weights
 
     def weight(self, ctx: RunContext, batch: kdcore.Batch) -> torch.Tensor | None:
         if self.params.loss_mode == "none":
             return None
-        if self.params.loss_mode in ("loss_posterior", "loss_rank"):
-            w = self.loss_posteriors(ctx)[batch.index]
+        if self.params.loss_mode in ("loss_posterior", "loss_rank", "confidence"):
+            w = self.epoch_weights(ctx)[batch.index]
             if self.params.mean_one:
                 w = w / w.mean().clamp_min(torch.finfo(w.dtype).tiny)
             return w

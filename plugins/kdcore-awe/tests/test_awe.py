@@ -197,7 +197,7 @@ def test_loss_posterior_weights_are_the_clean_posterior_of_the_losses_on_the_tar
                                post[index.numpy()], rtol=1e-4, atol=1e-6)
 
 
-def test_loss_posteriors_are_computed_once_per_epoch():
+def test_epoch_weights_are_computed_once_per_epoch():
     """Within an epoch the posteriors stay those of the targets its first batch saw (LP runs
     at the epoch start); the next epoch recomputes them from the targets then."""
     h = _harness({"loss_mode": "loss_posterior"}).setup()
@@ -238,3 +238,71 @@ def test_loss_rank_of_two_samples_is_one_and_zero():
     h.epoch_start(0)
     w = h.component.weight(h.ctx, h.batch(torch.arange(2))).detach()
     assert sorted(w.tolist()) == [0.0, 1.0]
+
+
+def _confidence_harness(params, conf, selected=None):
+    """AWE in ``confidence`` mode over the ledger columns ``lp/x/confidence`` and, when given,
+    the selection mask ``select/s`` (what an LP component and a selector placed before it
+    write)."""
+    given = {"loss_mode": "confidence", "confidence": "lp/x/confidence", **params}
+    if selected is not None:
+        given["selection"] = "select/s"
+    h = _harness(given, n=len(conf)).setup()
+    h.run.ledger.add("lp/x/confidence", torch.from_numpy(conf), producer="lp")
+    if selected is not None:
+        h.run.ledger.add("select/s", torch.from_numpy(selected), producer="s", kind="mask")
+    h.epoch_start(0)
+    return h
+
+
+def _numpy_confidence_weights(conf, selected, ramp):
+    pool = np.flatnonzero(~selected)
+    ranks = np.empty(len(pool))
+    ranks[np.argsort(conf[pool], kind="stable")] = np.arange(len(pool))
+    w = np.ones(len(conf))
+    w[pool] = np.minimum(ranks / (len(pool) - 1) / ramp, 1.0)
+    return w
+
+
+@pytest.mark.parametrize("ramp", [0.25, 0.4, 1.0])
+def test_confidence_weights_rank_the_unselected_samples_against_numpy(ramp):
+    """Selected samples weigh 1; the others, ranked by confidence (ties by position), weigh
+    ``min(rank / (n - 1) / ramp, 1)``: 0 for the least confident, 1 from the ``ramp`` share on."""
+    rng = np.random.default_rng(3)
+    conf = rng.random(60).astype(np.float32)
+    conf[[4, 9, 30]] = conf[17]  # ties
+    selected = rng.random(60) < 0.4
+    h = _confidence_harness({"ramp": ramp}, conf, selected)
+    w = _numpy_confidence_weights(conf, selected, ramp)
+    index = torch.tensor([17, 4, 9, 30, 0, int(np.argmin(np.where(selected, 2, conf))),
+                          int(np.flatnonzero(selected)[0]), 59])
+    got = h.component.weight(h.ctx, h.batch(index)).detach()
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.double().numpy(), w[index.numpy()], rtol=1e-6, atol=1e-7)
+    assert got[5] == 0.0 and got[6] == 1.0  # the least confident unselected, a selected one
+
+
+def test_confidence_weights_without_selection_rank_everyone_and_mean_one_rescales():
+    rng = np.random.default_rng(4)
+    conf = rng.random(40).astype(np.float32)
+    none = np.zeros(40, dtype=bool)
+    h = _confidence_harness({"ramp": 0.5, "mean_one": True}, conf)
+    index = torch.arange(0, 40, 3)
+    w = _numpy_confidence_weights(conf, none, 0.5)[index.numpy()]
+    got = h.component.weight(h.ctx, h.batch(index)).detach().double().numpy()
+    np.testing.assert_allclose(got, w / w.mean(), rtol=1e-6)
+
+
+def test_confidence_mode_needs_its_column_written_before_it():
+    with pytest.raises(RecipeError, match="confidence column"):
+        _plan(component("awe", terms=["ce"], params={"loss_mode": "confidence"}))
+    with pytest.raises(RecipeError, match="'ramp' must be in"):
+        _plan(component("awe", terms=["ce"], params={"loss_mode": "confidence", "ramp": 0,
+                                                     "confidence": "lp/teacher_lp/confidence"}))
+    lp = component("teacher_lp", params={"seeds": "noisy", "graph": "student"})
+    awe = component("awe", terms=["ce"], params={"loss_mode": "confidence",
+                                                 "confidence": "lp/teacher_lp/confidence"})
+    plan = _plan(lp, awe)
+    assert "lp/teacher_lp/confidence" in plan.stages[0].components[1].reads()
+    with pytest.raises(RecipeError, match="reads ledger column 'lp/teacher_lp/confidence'"):
+        _plan(awe, lp)
