@@ -94,13 +94,14 @@ class Section(NamedTuple):
 
 
 DIGITS_COMMAND = ("kdcore ablate recipes/ce.toml recipes/kd.toml recipes/ls.toml "
-                  "recipes/clean.toml --seeds 0,1,2 --out runs/digits-baselines")
+                  "recipes/clean.toml recipes/amlkd.toml recipes/amlkd-no-awe.toml "
+                  "--seeds 0,1,2 --out runs/digits-baselines")
 SYM, PAIR = "Fashion-MNIST, 40% symmetric", "Fashion-MNIST, 40% pair-flip"
 GOLD = "1,000 gold images held out for every variant, the clean student's included"
 PEER_NOTE = ("peer_a, the MLP [64], is the student; its gap is measured against the CE and "
              "clean students, the same MLP [64] on the same split")
 SECTIONS = [
-    Section("Baselines on digits (40% symmetric noise)", "digits, 40% symmetric",
+    Section("Baselines and AML-KD on digits (40% symmetric noise)", "digits, 40% symmetric",
             "runs/digits-baselines"),
     Section("AML-KD on Fashion-MNIST, 40% symmetric noise", SYM, "amlkd-fmnist-sym"),
     Section("AML-KD on Fashion-MNIST, 40% pair-flip noise", PAIR, "amlkd-fmnist-pair"),
