@@ -15,6 +15,7 @@ from kdcore.recipe import recipe_from_dict
 from kdcore.testing import TinyNet as Net
 from kdcore.testing import component, harness, run_tiny, stage, tiny_recipe
 from kdcore_awe import AWE, WeightNet, ambiguity_profile, class_prototypes
+from kdcore_awe.awe import ascending_ranks, confidence_weights
 
 
 def _recipe(params: dict, lr: float = 0.0, epochs: int = 1) -> dict:
@@ -293,9 +294,27 @@ def test_confidence_weights_without_selection_rank_everyone_and_mean_one_rescale
     np.testing.assert_allclose(got, w / w.mean(), rtol=1e-6)
 
 
+def test_confidence_weights_of_one_or_two_unselected_samples_and_their_dtype():
+    """One unselected sample has no rank to divide by: it keeps weight 1 (not 0 / 0). Two
+    are 0 and 1 (the higher ``1 / ramp``, capped). Weights and ranks are float32 whatever the
+    confidences' dtype."""
+    conf = torch.tensor([0.9, 0.2, 0.5], dtype=torch.float64)
+    one = confidence_weights(conf, torch.tensor([True, False, True]), 1.0)
+    assert one.tolist() == [1.0, 1.0, 1.0] and one.dtype == torch.float32
+    two = confidence_weights(conf, torch.tensor([True, False, False]), 0.5)
+    assert two.tolist() == [1.0, 0.0, 1.0]
+    assert confidence_weights(conf, torch.tensor([False, False, True]), 1.0).tolist() == \
+        [1.0, 0.0, 1.0]
+    ranks = ascending_ranks(torch.tensor([30, 10, 20, 10]))
+    assert ranks.dtype == torch.float32 and ranks.tolist() == [3.0, 0.0, 2.0, 1.0]
+
+
 def test_confidence_mode_needs_its_column_written_before_it():
-    with pytest.raises(RecipeError, match="confidence column"):
+    message = ('loss_mode "confidence" needs the confidence column (for example '
+               '"lp/teacher_lp/confidence" of an LP component placed before it)')
+    with pytest.raises(RecipeError) as refused:
         _plan(component("awe", terms=["ce"], params={"loss_mode": "confidence"}))
+    assert message in str(refused.value)
     with pytest.raises(RecipeError, match="'ramp' must be in"):
         _plan(component("awe", terms=["ce"], params={"loss_mode": "confidence", "ramp": 0,
                                                      "confidence": "lp/teacher_lp/confidence"}))
