@@ -231,9 +231,9 @@ class AWE(kdcore.Component):
         if self._epoch_weights is None or self._epoch_key != key:
             p = self.params
             if p.loss_mode == "confidence":
-                selected = (ctx.ledger[p.selection].bool() if p.selection else None)
+                selected = ctx.ledger[p.selection].bool() if p.selection else None
                 self._epoch_weights = confidence_weights(ctx.ledger[p.confidence].float(),
-                                                      selected, p.ramp)
+                                                         selected, p.ramp)
             else:
                 logits = ctx.features(p.student).logits
                 losses = soft_cross_entropy(logits, ctx.ledger["base_target"].to(logits.dtype))
