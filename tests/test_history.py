@@ -244,7 +244,7 @@ def test_add_data_replaces_and_survives_rollback(tmp_path):
         assert len(h) == 1
 
 
-def _one_line_error(call, *words):
+def _assert_one_line_error(call, *words):
     from kdcore.errors import KdcoreError
 
     with pytest.raises(KdcoreError) as info:
@@ -259,7 +259,7 @@ def _one_line_error(call, *words):
 def test_damaged_committed_rows_are_one_error_naming_overwrite(tmp_path):
     w = _writer(tmp_path)
     _append(w, range(3))
-    _one_line_error(lambda: w.rollback(4), "damaged", "--overwrite", "holds 3 epoch rows")
+    _assert_one_line_error(lambda: w.rollback(4), "damaged", "--overwrite", "holds 3 epoch rows")
     # scribble over the compressed chunk of row 1 of the targets
     with h5py.File(tmp_path / "history.h5") as f:
         info = f["ledger/target"].id.get_chunk_info_by_coord((1, 0, 0))
@@ -267,7 +267,7 @@ def test_damaged_committed_rows_are_one_error_naming_overwrite(tmp_path):
         fh.seek(info.byte_offset)
         fh.write(b"\xff" * info.size)
     scribbled = (tmp_path / "history.h5").read_bytes()
-    _one_line_error(lambda: w.rollback(3), "damaged", "--overwrite")
+    _assert_one_line_error(lambda: w.rollback(3), "damaged", "--overwrite")
     assert (tmp_path / "history.h5").read_bytes() == scribbled  # a failed rollback changes nothing
     assert not (tmp_path / "history.h5.rebuild").exists()
     w.rollback(1)  # rows before the damage are still there to keep
@@ -283,14 +283,14 @@ def test_a_truncated_or_garbage_file_is_one_error_for_every_entry_point(tmp_path
                     rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(),
                     b"\x89HDF\r\n\x1a\n" + bytes(len(whole) - 8)):
         (tmp_path / "history.h5").write_bytes(content)
-        _one_line_error(lambda: open_history(tmp_path), "history.h5")
-        _one_line_error(lambda: History(tmp_path / "history.h5"), "history.h5")
-        _one_line_error(w.rows, "history.h5")
-        _one_line_error(lambda: w.append_epoch(**_row(3)), "history.h5")
-        _one_line_error(lambda: w.add_data("x", torch.zeros(3)), "history.h5")
-        _one_line_error(lambda: w.rollback(1), "damaged", "--overwrite")
+        _assert_one_line_error(lambda: open_history(tmp_path), "history.h5")
+        _assert_one_line_error(lambda: History(tmp_path / "history.h5"), "history.h5")
+        _assert_one_line_error(w.rows, "history.h5")
+        _assert_one_line_error(lambda: w.append_epoch(**_row(3)), "history.h5")
+        _assert_one_line_error(lambda: w.add_data("x", torch.zeros(3)), "history.h5")
+        _assert_one_line_error(lambda: w.rollback(1), "damaged", "--overwrite")
     (tmp_path / "history.h5").unlink()
-    _one_line_error(lambda: w.rollback(0), "no history")
+    _assert_one_line_error(lambda: w.rollback(0), "no history")
 
 
 def _format_1(path, rows: int) -> None:
@@ -324,7 +324,7 @@ def test_format_1_reads_and_resuming_converts_it(tmp_path):
         assert h.epochs() == [("a", 0), ("a", 1), ("stage-b", 0)]
         assert h.producers("target") == ["lp"] * 3
     w = HistoryWriter(path)
-    _one_line_error(lambda: w.append_epoch(**_row(3)), "kdcore-history/1", "resuming")
+    _assert_one_line_error(lambda: w.append_epoch(**_row(3)), "kdcore-history/1", "resuming")
     w.rollback(2)
     with History(path) as h:
         assert h.format == "kdcore-history/2"
@@ -343,6 +343,6 @@ def test_an_open_reader_holds_off_the_writer_with_one_error(tmp_path):
     _append(w, range(1))
     w.lock_timeout_s = 0.2  # a run waits a minute for a reader to finish
     with History(tmp_path):
-        _one_line_error(lambda: w.append_epoch(**_row(1)), "held open", "close it")
+        _assert_one_line_error(lambda: w.append_epoch(**_row(1)), "held open", "close it")
     _append(w, range(1, 2))
     _assert_rows(tmp_path, 2)

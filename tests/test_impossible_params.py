@@ -23,7 +23,7 @@ IMAGES = ModelSpec((3, 8, 8), 10)
 FLAT = ModelSpec((64,), 10)
 
 
-def _refused(call: Callable[[], Any], *needles: str) -> str:
+def _assert_refused(call: Callable[[], Any], *needles: str) -> str:
     with pytest.raises(KdcoreError) as err:
         call()
     message = str(err.value)
@@ -38,18 +38,18 @@ def _refused(call: Callable[[], Any], *needles: str) -> str:
 
 @pytest.mark.parametrize("loader", [cifar10, cifar100])
 def test_cifar_without_a_root(loader: Callable[..., Any]) -> None:
-    _refused(lambda: loader(root=None), loader.__name__, "'root' is missing",
+    _assert_refused(lambda: loader(root=None), loader.__name__, "'root' is missing",
              "python-version release")
     for root in ("", "  "):
-        _refused(lambda root=root: loader(root=root), loader.__name__, "'root' is empty")
+        _assert_refused(lambda root=root: loader(root=root), loader.__name__, "'root' is empty")
 
 
 @pytest.mark.parametrize("loader", [cifar10, cifar100])
 def test_cifar_root_that_is_a_file_or_missing(tmp_path: Path, loader: Callable[..., Any]) -> None:
     afile = tmp_path / "cifar.tar.gz"
     afile.write_bytes(b"an archive, not yet extracted")
-    _refused(lambda: loader(root=str(afile)), str(afile), "is not a directory")
-    _refused(lambda: loader(root=str(tmp_path / "nowhere")), "does not exist")
+    _assert_refused(lambda: loader(root=str(afile)), str(afile), "is not a directory")
+    _assert_refused(lambda: loader(root=str(tmp_path / "nowhere")), "does not exist")
 
 
 def test_empty_roots_do_not_read_the_working_directory(tmp_path: Path, monkeypatch) -> None:
@@ -59,16 +59,16 @@ def test_empty_roots_do_not_read_the_working_directory(tmp_path: Path, monkeypat
     Image.new("RGB", (4, 4)).save(tmp_path / "cls" / "a.png")
     monkeypatch.chdir(tmp_path)
     assert fashion_mnist(root=".").train.x.shape[0] == 6  # the files are there to be found
-    _refused(lambda: fashion_mnist(root=""), "fashion_mnist", "'root' is empty")
+    _assert_refused(lambda: fashion_mnist(root=""), "fashion_mnist", "'root' is empty")
     assert image_folder(root=".", size=4).train.x.shape[0] == 1
-    _refused(lambda: image_folder(root="", size=4), "image_folder", "'root' is empty")
-    _refused(lambda: image_folder(root=".", size=4, test_root=""), "'test_root' is empty")
+    _assert_refused(lambda: image_folder(root="", size=4), "image_folder", "'root' is empty")
+    _assert_refused(lambda: image_folder(root=".", size=4, test_root=""), "'test_root' is empty")
 
 
 def test_fashion_mnist_root_that_is_a_file(tmp_path: Path) -> None:
     afile = tmp_path / "fashion.gz"
     afile.write_bytes(b"")
-    _refused(lambda: fashion_mnist(root=str(afile)), str(afile), "is not a directory")
+    _assert_refused(lambda: fashion_mnist(root=str(afile)), str(afile), "is not a directory")
 
 
 # -- architectures ------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def test_fashion_mnist_root_that_is_a_file(tmp_path: Path) -> None:
 )
 def test_impossible_architecture_parameters(arch: str, spec: ModelSpec, params: dict[str, Any],
                                             needle: str) -> None:
-    _refused(lambda: MODELS[arch](spec, **params), arch, needle)
+    _assert_refused(lambda: MODELS[arch](spec, **params), arch, needle)
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn", "resnet8", "wrn"])
@@ -102,7 +102,7 @@ def test_impossible_architecture_parameters(arch: str, spec: ModelSpec, params: 
 def test_data_no_model_can_be_built_for(arch: str, spec: ModelSpec) -> None:
     # A zero-sized input or no class at all would build layers without weights.
     params = {"depth": 10, "widen": 1} if arch == "wrn" else {}
-    _refused(lambda: MODELS[arch](spec, **params), arch)
+    _assert_refused(lambda: MODELS[arch](spec, **params), arch)
 
 
 # -- in a recipe, before anything is loaded or built -------------------------------------------

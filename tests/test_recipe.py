@@ -238,7 +238,21 @@ def test_out_of_range_values_name_the_key_and_the_range(key_path, value, message
     ],
 )
 def test_values_at_the_bounds_are_accepted(key_path, value):
-    recipe_from_dict(_with(key_path, value))
+    assert _read(recipe_from_dict(_with(key_path, value)), key_path) == value
+
+
+def _read(recipe, key_path: str):
+    """The typed recipe's value at a ``--set`` key path (mappings by key, lists by name)."""
+    node = recipe
+    for part in key_path.split("."):
+        if isinstance(node, dict):
+            node = node[part]
+        elif isinstance(node, (list, tuple)):
+            (node,) = [item for item in node if getattr(item, "name", None) == part
+                       or getattr(item, "label", None) == part]
+        else:
+            node = getattr(node, part)
+    return node
 
 
 @pytest.mark.parametrize(
@@ -272,7 +286,9 @@ def test_cross_field_rules_accept_what_is_sound():
     apply_override(data, ["models", "student", "optimizer"],
                    {"name": "adam", "momentum": 0.0, "nesterov": True})  # SGD-only settings
     apply_override(data, ["data", "val_fraction"], 0.7)
-    recipe_from_dict(data)
+    recipe = recipe_from_dict(data)
+    assert recipe.models["student"].schedule.gamma == 2.0
+    assert recipe.models["student"].optimizer.nesterov and recipe.data.val_fraction == 0.7
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def one_line_error(result, *needles):
+def assert_one_line_error(result, *needles):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
@@ -40,7 +40,7 @@ def started(tiny_recipe, tmp_path):
 
 @pytest.mark.slow
 def test_resume_with_a_changed_override_names_the_keys(tiny_recipe, started):
-    line = one_line_error(
+    line = assert_one_line_error(
         invoke("run", tiny_recipe, "--out", started, "--resume", "--set", "run.seed=3",
                "--set", "stages.student.components.kd.weight=0.25"),
         "run.seed", "stages[1].components[1].weight", "--overwrite")
@@ -51,7 +51,7 @@ def test_resume_with_a_changed_override_names_the_keys(tiny_recipe, started):
 def test_resume_with_a_different_recipe_file_is_refused(tiny_recipe, started, tmp_path):
     other = tmp_path / "other.toml"
     other.write_text(tiny_recipe.read_text().replace("hidden = [16]", "hidden = [24]"))
-    one_line_error(invoke("run", other, "--out", started, "--resume"),
+    assert_one_line_error(invoke("run", other, "--out", started, "--resume"),
                    "models.student.params.hidden")
 
 
@@ -77,7 +77,7 @@ def test_killed_before_the_first_checkpoint_starts_again_on_resume(tiny_recipe, 
         run_recipe(load_recipe(tiny_recipe), out=str(out), host=PluginHost(extra=[FailInSetUp()]))
     assert not (out / CHECKPOINT).exists() and (out / "history.h5").exists()
     # a plain rerun names both ways on
-    one_line_error(invoke("run", tiny_recipe, "--out", out), "--resume", "--overwrite")
+    assert_one_line_error(invoke("run", tiny_recipe, "--out", out), "--resume", "--overwrite")
     result = invoke("run", tiny_recipe, "--out", out, "--resume", "-q")
     assert result.exit_code == 0, result.output
     run_recipe(load_recipe(tiny_recipe), out=str(tmp_path / "straight"))
@@ -85,7 +85,7 @@ def test_killed_before_the_first_checkpoint_starts_again_on_resume(tiny_recipe, 
 
 
 def test_nothing_to_resume_names_overwrite(tiny_recipe, tmp_path):
-    one_line_error(invoke("run", tiny_recipe, "--out", tmp_path / "none", "--resume"),
+    assert_one_line_error(invoke("run", tiny_recipe, "--out", tmp_path / "none", "--resume"),
                    "nothing to resume", "--overwrite")
 
 
@@ -94,7 +94,7 @@ def test_a_checkpoint_missing_a_model_is_refused(tiny_recipe, started):
     state = load(started / CHECKPOINT)
     del state["models"]["student"]
     save(state, started / CHECKPOINT)
-    one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"),
+    assert_one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"),
                    "no weights for model(s) student", "--overwrite")
 
 
@@ -103,7 +103,7 @@ def test_a_checkpoint_with_weights_of_another_shape_is_refused(tiny_recipe, star
     state = load(started / CHECKPOINT)
     state["models"]["student"] = {k: torch.zeros(3) for k in state["models"]["student"]}
     save(state, started / CHECKPOINT)
-    one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"),
+    assert_one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"),
                    "weights for model 'student'", "do not fit")
 
 
@@ -117,7 +117,7 @@ def test_a_damaged_checkpoint_is_one_line(tiny_recipe, started, damage):
         state = load(path)
         state.pop("position" if damage == "no_position" else "format")
         save(state, path)
-    one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"), str(path))
+    assert_one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"), str(path))
 
 
 @pytest.mark.slow
@@ -125,7 +125,7 @@ def test_a_history_shorter_than_the_checkpoint_is_refused(tiny_recipe, started):
     state = load(started / CHECKPOINT)
     state["position"]["history_rows"] = 99
     save(state, started / CHECKPOINT)
-    one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"), "history",
+    assert_one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"), "history",
                    "--overwrite")
     with History(started) as h:
         assert len(h) >= 1  # nothing already written was lost

@@ -53,8 +53,10 @@ def test_out_of_range_is_named(field, value, message):
 
 
 def test_bounds_and_none_pass():
-    P(pos=None, nonneg=0, unit=0.0, rate=0.999, ratio=1.0)
-    P(unit=1.0, ratio=1e-9)
+    low = P(pos=None, nonneg=0, unit=0.0, rate=0.999, ratio=1.0)
+    assert (low.pos, low.nonneg, low.unit, low.rate, low.ratio) == (None, 0, 0.0, 0.999, 1.0)
+    high = P(unit=1.0, ratio=1e-9)
+    assert (high.unit, high.ratio) == (1.0, 1e-9)
 
 
 @attrs.frozen
@@ -94,9 +96,12 @@ def test_more_ranges_are_named(field, value, message):
 
 
 def test_more_ranges_accept_their_bounds():
-    Q(fin=-1e300, scale=1e-300, decay=0.0, sizes=[1, 5], path="runs/a b",
-      matrix=[[1 / 3 + 1e-8, 1 / 3, 1 / 3], [0, 1, 0], [0.0, 0.0, 1.0]])
-    Q(sizes=[], matrix=None)
+    matrix = [[1 / 3 + 1e-8, 1 / 3, 1 / 3], [0, 1, 0], [0.0, 0.0, 1.0]]
+    q = Q(fin=-1e300, scale=1e-300, decay=0.0, sizes=[1, 5], path="runs/a b", matrix=matrix)
+    assert (q.fin, q.scale, q.decay, q.sizes, q.path) == (-1e300, 1e-300, 0.0, [1, 5], "runs/a b")
+    assert q.matrix == matrix  # within the row-sum tolerance, kept as given
+    empty = Q(sizes=[], matrix=None)
+    assert empty.sizes == [] and empty.matrix is None
 
 
 def test_all_of_reports_the_first_failure():

@@ -346,8 +346,9 @@ def test_setup_messages(kwargs, match):
 
 
 def test_setup_accepts_the_smallest_gold_batches():
-    _mlc({"gold_batch_size": 2})
-    _mlc({"method": "hmlc_K", "gold_batch_size": 1}, gold=1)
+    two, _ = _mlc({"gold_batch_size": 2})
+    one, _ = _mlc({"method": "hmlc_K", "gold_batch_size": 1}, gold=1)
+    assert (two.component.params.gold_batch_size, one.component.params.gold_batch_size) == (2, 1)
 
 
 def test_a_continued_state_must_fit_and_takes_this_stages_meta_lr():
