@@ -23,6 +23,7 @@ from kdcore.data.base import ArrayDataset
 from kdcore.hookspecs import hookimpl
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
+from kdcore.models.base import KDModel
 from kdcore.recipe import Recipe, StageConfig
 from kdcore.rundata import RunData
 from kdcore.runstate import ComponentContext, Run
@@ -130,24 +131,38 @@ def harness(
     return Harness(comp, ctx, run)
 
 
-class TinyNet(nn.Module):
-    """A model of a few parameters returning ``(logits, features)`` as kdcore's models do,
-    for the harness (``models={"student": TinyNet()}``).
+class TinyNet(KDModel):
+    """A one-hidden-layer MLP of a few parameters, a :class:`kdcore.KDModel` like kdcore's own
+    models (``forward`` returns ``(logits, features)``; ``trunk`` and ``classifier`` are its
+    parts), for the harness (``models={"student": TinyNet()}``).
+
+    The trunk is ``Linear(d, hidden)``, then ``BatchNorm1d`` if ``batch_norm``, the activation,
+    then ``Dropout`` if ``dropout``; the classifier is ``Linear(hidden, c)``. The layers are
+    built in that order, so a seed set before gives the same weights every time.
 
     Args:
         d: input features.
         c: classes.
         hidden: feature width.
+        activation: ``"relu"`` or ``"tanh"``.
+        batch_norm: a batch-norm layer (a buffer that code freezing a trunk must leave alone).
+        dropout: the dropout probability (what a model in eval mode must switch off).
     """
 
-    def __init__(self, d: int = 6, c: int = 4, hidden: int = 8):
+    def __init__(self, d: int = 6, c: int = 4, hidden: int = 8, *, activation: str = "relu",
+                 batch_norm: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.body = nn.Linear(d, hidden)
-        self.head = nn.Linear(hidden, c)
+        layers: list[nn.Module] = [nn.Linear(d, hidden)]
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden))
+        layers.append({"relu": nn.ReLU, "tanh": nn.Tanh}[activation]())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        self.trunk = nn.Sequential(*layers)
+        self.classifier = nn.Linear(hidden, c)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = torch.relu(self.body(x))
-        return self.head(f), f
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
 
 
 @attrs.frozen

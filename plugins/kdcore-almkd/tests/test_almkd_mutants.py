@@ -15,7 +15,7 @@ import torch
 import kdcore
 from kdcore.data.base import ArrayDataset
 from kdcore.recipe import recipe_from_dict
-from kdcore.testing import component, harness, stage, teacher_stage, tiny_recipe
+from kdcore.testing import TinyNet, component, harness, stage, teacher_stage, tiny_recipe
 from kdcore_almkd import analysis
 from kdcore_almkd import mixing as mx
 from kdcore_almkd.component import AlmKD, AlmKDParams, kd_share, recipe_problems
@@ -162,16 +162,7 @@ def test_main_help_names_the_program_and_its_arguments(capsys):
 
 
 def _mlp() -> kdcore.KDModel:
-    class Net(kdcore.KDModel):
-        def __init__(self):
-            super().__init__()
-            self.trunk = torch.nn.Sequential(torch.nn.Linear(8, 5), torch.nn.Tanh())
-            self.classifier = torch.nn.Linear(5, 3)
-
-        def forward_features(self, x):
-            return self.trunk(x)
-
-    return Net()
+    return TinyNet(8, 3, 5, activation="tanh")
 
 
 def _harness(params=None, *, n=30, teachers=("teacher",), gold=12, clean=None, val=0):

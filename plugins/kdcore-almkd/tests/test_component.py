@@ -15,7 +15,7 @@ import kdcore
 from kdcore import PluginHost, RecipeError
 from kdcore.plan import build_plan
 from kdcore.recipe import recipe_from_dict
-from kdcore.testing import component, harness, run_tiny, stage, teacher_stage, tiny_recipe
+from kdcore.testing import TinyNet, component, harness, run_tiny, stage, teacher_stage, tiny_recipe
 from kdcore_almkd import analysis
 from kdcore_almkd.component import AlmKD
 
@@ -58,16 +58,7 @@ def _harness(cls=AlmKD, params: dict | None = None, *, n: int = 40, seed: int = 
 
 
 def _mlp() -> kdcore.KDModel:
-    class Net(kdcore.KDModel):
-        def __init__(self):
-            super().__init__()
-            self.trunk = torch.nn.Sequential(torch.nn.Linear(8, 5), torch.nn.Tanh())
-            self.classifier = torch.nn.Linear(5, 3)
-
-        def forward_features(self, x):
-            return self.trunk(x)
-
-    return Net()
+    return TinyNet(8, 3, 5, activation="tanh")
 
 
 def test_lambda_rows_stay_aligned_with_sample_ids():

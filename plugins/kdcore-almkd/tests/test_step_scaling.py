@@ -15,7 +15,7 @@ import torch
 import kdcore
 from kdcore.data.base import ArrayDataset
 from kdcore.losses import one_hot
-from kdcore.testing import harness
+from kdcore.testing import TinyNet, harness
 from kdcore_almkd.component import AlmKD, AlmKDParams
 from kdcore_almkd.mixing import UpdateConfig, effective_step, update_lambdas
 
@@ -48,17 +48,12 @@ def test_reference_batch_size_is_a_checked_parameter():
 # -- the component's update against the NumPy reference --------------------------------------
 
 
-class Net(kdcore.KDModel):
-    def __init__(self, seed: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.trunk = torch.nn.Sequential(torch.nn.Linear(8, 5), torch.nn.Tanh())
-        self.classifier = torch.nn.Linear(5, 3)
-        with torch.no_grad():  # spread logits: gradients that move lambda off its start
-            self.classifier.weight.mul_(3.0)
-
-    def forward_features(self, x):
-        return self.trunk(x)
+def Net(seed: int) -> TinyNet:  # noqa: N802 (a model class in all but name)
+    torch.manual_seed(seed)
+    net = TinyNet(8, 3, 5, activation="tanh")
+    with torch.no_grad():  # spread logits: gradients that move lambda off its start
+        net.classifier.weight.mul_(3.0)
+    return net
 
 
 def _update_through_component(preset: str, batch: int, n: int = 256, nv: int = 60):

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import kdcore
 from kdcore import RecipeError
 from kdcore.losses import one_hot, soft_cross_entropy
-from kdcore.testing import ColumnReaderPlugin, harness
+from kdcore.testing import ColumnReaderPlugin, TinyNet, harness
 from kdcore_ff import STATUS_OPEN, InstanceFilter, LabelCorrection, Warmup, filter_quality
 from kdcore_ff.components import correct_labels, filter_mask, suspicion
 
@@ -325,16 +324,9 @@ def test_plan_checks_model_roles_and_declared_columns(ff):
 # -- one component alone (kdcore.testing.harness) ------------------------------------------------
 
 
-class Net(kdcore.KDModel):
+def Net(d_in: int = 6, classes: int = 4) -> TinyNet:  # noqa: N802 (a model class in all but name)
     """A small MLP with dropout (what a frozen trunk must keep in eval mode)."""
-
-    def __init__(self, d_in: int = 6, classes: int = 4):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(d_in, 8), nn.ReLU(), nn.Dropout(0.5))
-        self.classifier = nn.Linear(8, classes)
-
-    def forward_features(self, x):
-        return self.trunk(x)
+    return TinyNet(d_in, classes, 8, dropout=0.5)
 
 
 def component_harness(cls, params=None, n: int = 40):

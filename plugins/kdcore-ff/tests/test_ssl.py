@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kdcore
-from kdcore.testing import harness
+from kdcore.testing import TinyNet, harness
 from kdcore_ff import SSLPretrain, feature_view, nt_xent
 from kdcore_ff.ssl import HEAD
 
@@ -205,11 +205,5 @@ def test_head_is_added_in_place_and_trained_by_the_loss():
     assert model.trunk[0].weight.grad is not None and model.classifier.weight.grad is None
 
 
-class Net(kdcore.KDModel):
-    def __init__(self):
-        super().__init__()
-        self.trunk = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU())
-        self.classifier = torch.nn.Linear(8, 3)
-
-    def forward_features(self, x):
-        return self.trunk(x)
+def Net() -> TinyNet:  # noqa: N802 (a model class in all but name)
+    return TinyNet(6, 3, 8)

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
 import kdcore
+from kdcore.testing import TinyNet
 from kdcore_lsh import ConnectedModel, attach_connector
 
 
@@ -71,16 +71,12 @@ def test_connector_appears_exactly_when_sizes_differ(run_lsh, comp, use, hidden,
         assert not any("connector" in k for k in watch.start["params"])
 
 
-class Net(kdcore.KDModel):
-    """A one-hidden-layer MLP with batch norm (a buffer the connector must leave alone)."""
+class Net(TinyNet):
+    """A one-hidden-layer MLP with batch norm (a buffer the connector must leave alone), a
+    class of its own: the connector names the class it derives from it."""
 
     def __init__(self, hidden: int):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(64, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
-        self.classifier = nn.Linear(hidden, 10)
-
-    def forward_features(self, x):
-        return self.trunk(x)
+        super().__init__(64, 10, hidden, batch_norm=True)
 
 
 def _fake_ctx(seed: int, hidden: int):

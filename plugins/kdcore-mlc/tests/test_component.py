@@ -5,27 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import kdcore
 from kdcore.losses import soft_cross_entropy
-from kdcore.testing import harness
+from kdcore.testing import TinyNet, harness
 from kdcore_mlc.kdmlc import KDMLCStudent
 from kdcore_mlc.mlc import MLC
 
 C, N, GOLD = 3, 24, 10
 
 
-class Tiny(kdcore.KDModel):
+def Tiny() -> TinyNet:  # noqa: N802 (a model class in all but name)
     """6 inputs -> 5 tanh features -> 3 classes."""
-
-    def __init__(self):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(6, 5), nn.Tanh())
-        self.classifier = nn.Linear(5, C)
-
-    def forward_features(self, x):
-        return self.trunk(x)
+    return TinyNet(6, C, 5, activation="tanh")
 
 
 def _mlc(params: dict | None = None, *, seed: int = 0):

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kdcore
 from kdcore.meta import functional_forward, named_trainable, virtual_sgd_step
+from kdcore.testing import TinyNet
 from kdcore_mlc.gold import GoldCycler
 from kdcore_mlc.lcn import LabelCorrectionNet
 from kdcore_mlc.lookahead import MetaAccumulator, clean_gradient, lookahead, step_scales
@@ -17,16 +17,9 @@ from kdcore_mlc.losses import mlc_training_loss
 C = 3
 
 
-class Tiny(kdcore.KDModel):
+def Tiny() -> TinyNet:  # noqa: N802 (a model class in all but name)
     """6 inputs -> 5 tanh features -> 3 classes."""
-
-    def __init__(self):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(6, 5), nn.Tanh())
-        self.classifier = nn.Linear(5, C)
-
-    def forward_features(self, x):
-        return self.trunk(x)
+    return TinyNet(6, C, 5, activation="tanh")
 
 
 def _setup(dtype, *, momentum=0.9, nesterov=False, dampening=0.0, weight_decay=5e-4, warm=2,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
-from kdcore.testing import harness
+from kdcore.testing import TinyNet, harness
 from kdcore_mlc import mlc as mlc_module
 from kdcore_mlc.gold import GoldCycler
 from kdcore_mlc.kdmlc import KDMLCStudent, find_corrector
@@ -216,14 +216,9 @@ def test_lookahead_of_a_loss_without_alpha_has_no_meta_gradient():
 # -- the component ----------------------------------------------------------------------------
 
 
-class Tiny(kdcore.KDModel):
-    def __init__(self):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(6, 5), nn.Tanh())
-        self.classifier = nn.Linear(5, C)
-
-    def forward_features(self, x):
-        return self.trunk(x)
+def Tiny() -> TinyNet:  # noqa: N802 (a model class in all but name)
+    """6 inputs -> 5 tanh features -> 3 classes."""
+    return TinyNet(6, C, 5, activation="tanh")
 
 
 def _mlc(params=None, *, gold=GOLD, train=("student",), optimizer=torch.optim.SGD,
