@@ -40,8 +40,8 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _forward_np(net: Net, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    f = np.maximum(x @ _np(net.body.weight).T + _np(net.body.bias), 0)
-    return f @ _np(net.head.weight).T + _np(net.head.bias), f
+    f = np.maximum(x @ _np(net.trunk[0].weight).T + _np(net.trunk[0].bias), 0)
+    return f @ _np(net.classifier.weight).T + _np(net.classifier.bias), f
 
 
 def test_documented_defaults():
