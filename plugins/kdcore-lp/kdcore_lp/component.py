@@ -116,12 +116,14 @@ class LabelPropagation(kdcore.Component):
     """Refine ``base_target`` by label propagation over a feature kNN graph.
 
     Reads ``seed_weights`` and ``keep_selected`` (parameters); writes ``base_target`` and
-    ``lp/<name>/label``, ``lp/<name>/confidence``, besides its ``refine`` hook's ``target``.
+    ``lp/<name>/label`` (the propagated label), ``lp/<name>/confidence`` and
+    ``lp/<name>/refined`` (the label after the keep rules: what ``base_target`` holds, one-hot),
+    besides its ``refine`` hook's ``target``.
     """
 
     Params = LPParams
     description = "label propagation over a model's feature kNN graph"
-    writes = ("base_target", "lp/{name}/label", "lp/{name}/confidence")
+    writes = ("base_target", "lp/{name}/label", "lp/{name}/confidence", "lp/{name}/refined")
 
     def roles(self) -> tuple[str, ...]:
         """The graph's model(s), the teacher when it seeds, the student when its predictions
@@ -254,6 +256,7 @@ class LabelPropagation(kdcore.Component):
         led.add("base_target", one_hot(labels, ctx.num_classes), kind="target", snapshot=False)
         led.add(f"lp/{self.name}/label", result.labels, kind="label")
         led.add(f"lp/{self.name}/confidence", result.confidence)
+        led.add(f"lp/{self.name}/refined", labels, kind="label")
         clean = led["clean_label"]
         ctx.log_metric(f"lp/{self.name}/acc", float((result.labels == clean).double().mean()))
         ctx.log_metric(f"lp/{self.name}/refined_acc", float((labels == clean).double().mean()))

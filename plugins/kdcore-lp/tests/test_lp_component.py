@@ -50,11 +50,14 @@ def test_lp_pipeline_refines_labels_and_keeps_selected(tmp_path):
         relabel = conf >= np.quantile(conf, 0.05)
         assert (target[relabel] == lp_label[relabel]).all()
         assert (target[~relabel] == noisy[~relabel]).all()
+        assert (h.column("lp/initial_lp/refined", warm) == target).all()
+        assert h.column_kind("lp/initial_lp/refined") == "label"
         assert h.producers("target")[warm] == "initial_lp"
         # stage 1: selected samples keep their noisy labels
         r1 = rows.index(("refine", 1))
         sel = h.column("select/small_loss", r1)
         assert (h.column("target", r1).argmax(-1)[sel] == noisy[sel]).all()
+        assert (h.column("lp/teacher_lp/refined", r1) == h.column("target", r1).argmax(-1)).all()
         assert h.producers("target")[r1] == "teacher_lp"
         assert not np.isnan(h.metric("lp/teacher_lp/acc")[r1])
         # mutual: the graph alternates by the student's absolute epoch, student on even and

@@ -98,6 +98,7 @@ def test_teacher_lp_seeds_weights_k_and_alpha_match_a_numpy_transcription():
     assert np.array_equal(led["lp/teacher_lp/label"].numpy(), labels)
     np.testing.assert_allclose(led["lp/teacher_lp/confidence"].double().numpy(), conf,
                                rtol=0, atol=1e-6)
-    assert np.array_equal(led["base_target"].argmax(1).numpy(),
-                          np.where(selected, noisy, labels))
+    refined_labels = np.where(selected, noisy, labels)
+    assert np.array_equal(led["base_target"].argmax(1).numpy(), refined_labels)
+    assert np.array_equal(led["lp/teacher_lp/refined"].numpy(), refined_labels)
 
