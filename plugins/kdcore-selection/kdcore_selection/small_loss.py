@@ -17,6 +17,12 @@ Reading implemented (see ``docs/methods/amlkd.md``):
     released script does (it passes the true rate); for release parity only, never the default;
   - ``"disagreement"``: the share of training samples whose noisy label disagrees with
     ``estimator_model``'s prediction;
+  - ``"column"``: the share of training samples whose noisy label disagrees with the class
+    labels of the ledger column ``estimate_column``; the AML-KD recipes read
+    ``"lp/initial_lp/refined"``, the labels of AML-KD's warm-up label propagation (the
+    teacher's predictions propagated over its k-NN graph, the least confident 5% keeping their
+    noisy label), so that ``r`` is the share of labels that refinery relabels
+    (docs/methods/amlkd.md says why, and how far off it reads);
 
   each epoch logs ``select/<name>/rate`` (the share dropped that epoch), and, when ``r`` is
   estimated, ``select/<name>/rate_estimate``, and the realised rate
@@ -39,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 import kdcore
-from kdcore.context import Role, RunContext
+from kdcore.context import ColumnName, Role, RunContext
 from kdcore.losses import soft_cross_entropy
 from kdcore.validators import below_one, non_negative
 
@@ -51,10 +57,14 @@ class SmallLossParams:
     Attributes:
         rate: the noise rate r to assume; None: estimate it (``estimate``).
         estimate: ``mixture`` (two-component loss mixture, the default), ``oracle`` (the run's
-            realised rate: needs the true labels) or ``disagreement`` (estimator model).
+            realised rate: needs the true labels), ``disagreement`` (estimator model) or
+            ``column`` (the labels of ``estimate_column``).
         estimator_model: the role whose predictions estimate r under ``disagreement`` (used,
             and checked by the plan, only when ``rate`` is None and ``estimate =
             "disagreement"``).
+        estimate_column: the ledger column of class labels (kind ``label``) that ``estimate =
+            "column"`` compares with the noisy labels; read, and checked by the plan, only
+            then.
         scope: ``batch``, ``pass`` or ``dataset``.
         pass_batch_size: the ranking batch size of ``scope = "pass"`` (0: the training batch).
         ranking_model: whose loss ranks the samples (default: the served model).
@@ -64,14 +74,21 @@ class SmallLossParams:
     """
 
     rate: float | None = attrs.field(default=None, validator=below_one)
-    estimate: Literal["mixture", "oracle", "disagreement"] = "mixture"
+    estimate: Literal["mixture", "oracle", "disagreement", "column"] = "mixture"
     estimator_model: Role = Role("teacher")
+    estimate_column: ColumnName = ColumnName("")
     scope: Literal["batch", "pass", "dataset"] = "batch"
     pass_batch_size: int = attrs.field(default=0, validator=non_negative)
     ranking_model: Role | None = None
     labels: Literal["noisy", "targets"] = "noisy"
     ramp_epochs: int = attrs.field(default=0, validator=non_negative)
     mask_loss: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.estimate == "column" and not self.estimate_column:
+            raise ValueError('estimate "column" needs estimate_column, the ledger column of '
+                             'labels to compare the noisy labels with (for example '
+                             '"lp/initial_lp/refined" of a label propagation placed before it)')
 
 
 def keep_smallest(losses: torch.Tensor, keep: int) -> torch.Tensor:
@@ -185,6 +202,12 @@ class SmallLoss(kdcore.Component):
             used.append(p.estimator_model)
         return tuple(dict.fromkeys(used))
 
+    def reads(self) -> tuple[str, ...]:
+        # the estimate column only when it is read: a recipe that gives ``rate`` or picks
+        # another estimate may keep the column an extended recipe named
+        p = self.params
+        return (p.estimate_column,) if p.rate is None and p.estimate == "column" else ()
+
     def estimates(self) -> bool:
         """Whether the estimator model is used: no ``rate``, ``estimate = "disagreement"``."""
         return self.params.rate is None and self.params.estimate == "disagreement"
@@ -207,10 +230,22 @@ class SmallLoss(kdcore.Component):
                     losses = F.cross_entropy(ctx.features(self.ranker).logits, noisy,
                                              reduction="none")
                 self.estimated_rate = mixture_noise_rate(losses)
+            elif self.params.estimate == "column":
+                self.estimated_rate = self._column_disagreement(ctx, noisy)
             else:
                 pred = ctx.features(self.params.estimator_model).logits.argmax(1)
                 self.estimated_rate = float((pred != noisy).double().mean())
         return self.estimated_rate
+
+    def _column_disagreement(self, ctx: RunContext, noisy: torch.Tensor) -> float:
+        column = self.params.estimate_column
+        kind = ctx.ledger.kind(column)
+        if kind != "label":
+            raise kdcore.RecipeError(
+                f"component '{self.name}': estimate_column '{column}' holds {kind} values; "
+                f"estimate = \"column\" compares class labels (a column of kind label, such "
+                f"as lp/<name>/label)")
+        return float((ctx.ledger[column] != noisy).double().mean())
 
     def current_rate(self, ctx: RunContext) -> float:
         r = self.base_rate(ctx)

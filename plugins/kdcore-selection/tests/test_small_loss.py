@@ -192,6 +192,47 @@ def test_disagreement_estimate_uses_the_estimator_model():
     assert mask.sum() == kept_count(len(mask), expected)
 
 
+def test_column_estimate_is_the_share_of_noisy_labels_the_column_disagrees_with():
+    h = _harness({"estimate": "column", "estimate_column": "lp/x/label", "scope": "dataset"})
+    noisy = h.run.ledger["noisy_label"].clone()
+    labels = noisy.clone()
+    labels[[3, 8, 40, 41, 99]] = (labels[[3, 8, 40, 41, 99]] + 1) % 4  # five of 100 differ
+    h.run.ledger.add("lp/x/label", labels, kind="label", producer="x")
+    h.setup()
+    h.epoch_start(0)
+    assert h.metrics["select/small_loss/rate_estimate"] == pytest.approx(0.05)
+    assert h.metrics["select/small_loss/rate"] == pytest.approx(0.05)
+    assert int(h.run.ledger["select/small_loss"].sum()) == 95
+    # re-read at each epoch start: a column rewritten since gives the new share
+    labels[:20] = (noisy[:20] + 2) % 4
+    h.run.ledger.add("lp/x/label", labels, kind="label", producer="x")
+    h.epoch_start(1)
+    expected = float((labels != noisy).double().mean())
+    assert expected > 0.2 and h.metrics["select/small_loss/rate_estimate"] == pytest.approx(expected)
+
+
+def test_column_estimate_needs_a_column_of_labels():
+    with pytest.raises(ValueError, match="needs estimate_column"):
+        SmallLoss.Params(estimate="column")
+    h = _harness({"estimate": "column", "estimate_column": "lp/x/confidence"})
+    h.run.ledger.add("lp/x/confidence", torch.rand(100), kind="value", producer="x")
+    h.setup()
+    with pytest.raises(RecipeError, match="'small_loss'.*lp/x/confidence.*value.*kind label"):
+        h.epoch_start(0)
+
+
+def test_the_plan_checks_the_estimate_column_only_where_it_is_read():
+    assert _harness({"estimate": "column", "estimate_column": "lp/x/label"}
+                    ).component.reads() == ("lp/x/label",)
+    assert _harness({"estimate": "column", "estimate_column": "lp/x/label", "rate": 0.2}
+                    ).component.reads() == ()
+    assert _harness({"estimate": "oracle", "estimate_column": "lp/x/label"}
+                    ).component.reads() == ()
+    with pytest.raises(RecipeError, match="lp/nowhere/label"):
+        _plan({"estimate": "column", "estimate_column": "lp/nowhere/label"})
+    _plan({"estimate": "oracle", "estimate_column": "lp/nowhere/label"})  # not read
+
+
 def test_roles_are_the_ones_the_settings_use():
     def roles(params):
         return _harness(params).component.roles()
