@@ -17,7 +17,9 @@ Reading implemented (the released code's, with its defects D1-D3 as options, fix
 Our reading, the default of ``recipes/amlkd.toml`` (docs/methods/amlkd.md): nothing learned.
 Cosine LP seed weights in both stages, and loss weights of the form ``confidence``: the
 samples outside the small-loss selection ranked by label propagation's confidence, 0 for the
-least confident rising linearly to 1, selected samples 1, divided by the batch mean. The
+least confident rising linearly to 1, selected samples 1 unless the propagation contradicts
+their label (then they are ranked with the others, the more confident the contradiction the
+lower), divided by the batch mean. The
 released WeightNet objective shrinks every weight (to 0.001 on Fashion-MNIST).
 
 Release options: ``zero_grad = false`` (D3: WeightNet gradients accumulate), ``batch_mean_weight
@@ -77,17 +79,34 @@ def ascending_ranks(values: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def confidence_weights(confidence: torch.Tensor, selected: torch.Tensor | None, ramp: float
-                       ) -> torch.Tensor:
+def confidence_weights(confidence: torch.Tensor, selected: torch.Tensor | None, ramp: float,
+                       contradicted: torch.Tensor | None = None) -> torch.Tensor:
     """Loss weights from per-sample label confidences: the samples outside ``selected``
     (all of them when None) are ranked by confidence, and the lowest ``ramp`` share of them
     weigh their rank's fraction of that share (0 for the least confident, rising linearly to
-    1); every other sample weighs 1."""
+    1); every other sample weighs 1.
+
+    ``contradicted`` marks the samples whose noisy label the propagation contradicts (its own
+    label is another class). A selected sample so contradicted is ambiguous: it is ranked
+    with the unselected ones, and its confidence counts against the label it keeps. Every
+    sample's confidence is first turned into its rank fraction ``q`` over all samples (0 for
+    the least confident); the unselected are ranked by ``q``, the contradicted selected ones
+    by ``1 - q``, so a confident contradiction ranks lowest and a hesitant one near the top.
+    Ignored when ``selected`` is None.
+    """
     weights = torch.ones_like(confidence, dtype=torch.float32)
-    pool = (torch.arange(len(confidence), device=confidence.device) if selected is None
-            else (~selected).nonzero().squeeze(1))
+    if selected is None:
+        ranked, against = torch.ones_like(confidence, dtype=torch.bool), None
+    else:
+        against = selected & contradicted if contradicted is not None else None
+        ranked = ~selected if against is None else ~selected | against
+    pool = ranked.nonzero().squeeze(1)
     if len(pool) > 1:
-        fraction = ascending_ranks(confidence[pool]) / (len(pool) - 1)
+        score = confidence
+        if against is not None:  # q and 1 - q in whole ranks: ties stay exact
+            q = ascending_ranks(confidence).double()
+            score = torch.where(against, len(confidence) - 1 - q, q)
+        fraction = ascending_ranks(score[pool]) / (len(pool) - 1)
         weights[pool] = (fraction / ramp).clamp(max=1.0)
     return weights
 
@@ -112,6 +131,11 @@ class AWEParams:
             everywhere.
         confidence: ``confidence`` mode's ledger column of per-sample label confidences
             (``lp/<name>/confidence`` of an LP component placed before this one).
+        propagated: ``confidence`` mode's ledger column of the propagated labels
+            (``lp/<name>/label`` of the LP component whose ``confidence`` it reads); a
+            selected sample whose noisy label it contradicts is ambiguous and is ranked with
+            the unselected ones (:func:`confidence_weights`); empty, or no ``selection``:
+            nothing is contradicted.
         ramp: ``confidence`` mode: the share of the samples outside ``selection``, lowest
             confidence first, whose weight rises linearly from 0 to 1 with their rank; the rest
             weigh 1.
@@ -131,6 +155,7 @@ class AWEParams:
     mean_one: bool = False
     selection: ColumnName = ColumnName("")
     confidence: ColumnName = ColumnName("")
+    propagated: ColumnName = ColumnName("")
     ramp: float = attrs.field(default=1.0, validator=between(0.0, 1.0, include_low=False))
     lr: float = attrs.field(default=0.0, validator=non_negative)
     momentum: float = 0.9
@@ -232,8 +257,10 @@ class AWE(kdcore.Component):
             p = self.params
             if p.loss_mode == "confidence":
                 selected = ctx.ledger[p.selection].bool() if p.selection else None
+                contradicted = (ctx.ledger[p.propagated] != ctx.ledger["noisy_label"]
+                                if p.propagated and selected is not None else None)
                 self._epoch_weights = confidence_weights(ctx.ledger[p.confidence].float(),
-                                                         selected, p.ramp)
+                                                         selected, p.ramp, contradicted)
             else:
                 logits = ctx.features(p.student).logits
                 losses = soft_cross_entropy(logits, ctx.ledger["base_target"].to(logits.dtype))

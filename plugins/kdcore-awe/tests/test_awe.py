@@ -256,11 +256,19 @@ def _confidence_harness(params, conf, selected=None):
     return h
 
 
-def _numpy_confidence_weights(conf, selected, ramp):
-    pool = np.flatnonzero(~selected)
+def _numpy_confidence_weights(conf, selected, ramp, contradicted=None):
+    """The documented weights, transcribed: q = each confidence's rank fraction over all
+    samples (ties by position); the unselected ranked by q and the contradicted selected ones
+    by 1 - q, together (ties by position); everyone else weighs 1."""
+    n = len(conf)
+    q = np.empty(n, dtype=np.int64)  # in whole ranks, so that q and 1 - q tie exactly
+    q[np.argsort(conf, kind="stable")] = np.arange(n)
+    against = selected & contradicted if contradicted is not None else np.zeros_like(selected)
+    score = np.where(against, n - 1 - q, q)
+    pool = np.flatnonzero(~selected | against)
     ranks = np.empty(len(pool))
-    ranks[np.argsort(conf[pool], kind="stable")] = np.arange(len(pool))
-    w = np.ones(len(conf))
+    ranks[np.argsort(score[pool], kind="stable")] = np.arange(len(pool))
+    w = np.ones(n)
     w[pool] = np.minimum(ranks / (len(pool) - 1) / ramp, 1.0)
     return w
 
@@ -281,6 +289,53 @@ def test_confidence_weights_rank_the_unselected_samples_against_numpy(ramp):
     assert got.dtype == torch.float32
     np.testing.assert_allclose(got.double().numpy(), w[index.numpy()], rtol=1e-6, atol=1e-7)
     assert got[5] == 0.0 and got[6] == 1.0  # the least confident unselected, a selected one
+
+
+@pytest.mark.parametrize("ramp", [0.4, 1.0])
+def test_selected_samples_the_propagation_contradicts_rank_by_their_contradiction(ramp):
+    """A selected sample whose noisy label the propagated label contradicts is ambiguous: it
+    joins the ranked (unselected) samples, and its confidence counts against its label (a
+    confident contradiction ranks lowest, a hesitant one near the top). Unselected samples
+    the propagation relabels are not contradicted (the propagated label is the one they train
+    on)."""
+    rng = np.random.default_rng(5)
+    n = 50
+    conf = rng.random(n).astype(np.float32)
+    conf[[6, 11]] = conf[2]  # ties, broken by position
+    selected = rng.random(n) < 0.6
+    h = _harness({"loss_mode": "confidence", "confidence": "lp/x/confidence",
+                  "selection": "select/s", "propagated": "lp/x/label", "ramp": ramp},
+                 n=n).setup()
+    noisy = h.run.ledger["noisy_label"].numpy()
+    propagated = noisy.copy()
+    flip = rng.random(n) < 0.3
+    propagated[flip] = (noisy[flip] + 1) % 4
+    h.run.ledger.add("lp/x/confidence", torch.from_numpy(conf), producer="lp")
+    h.run.ledger.add("lp/x/label", torch.from_numpy(propagated), producer="lp", kind="label")
+    h.run.ledger.add("select/s", torch.from_numpy(selected), producer="s", kind="mask")
+    h.epoch_start(0)
+    got = h.component.weight(h.ctx, h.batch(torch.arange(n))).detach().double().numpy()
+    contradicted = propagated != noisy
+    expected = _numpy_confidence_weights(conf, selected, ramp, contradicted)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    against = selected & contradicted
+    assert against.sum() >= 3 and (~selected & contradicted).any()
+    assert (got[selected & ~contradicted] == 1.0).all()
+    # the more confident the contradiction, the lower the weight; before the ramp caps them,
+    # the most confident one is below the median unselected sample, the least confident above
+    order = np.flatnonzero(against)[np.argsort(conf[against], kind="stable")]
+    assert (np.diff(got[order]) <= 0).all() and got[order[0]] > got[order[-1]]
+    unramped = _numpy_confidence_weights(conf, selected, 1.0, contradicted)
+    assert unramped[order[-1]] < np.median(unramped[~selected]) < unramped[order[0]]
+    # without the column, or without a selection, nothing is contradicted
+    plain = _numpy_confidence_weights(conf, selected, ramp)
+    np.testing.assert_allclose(
+        confidence_weights(torch.from_numpy(conf), torch.from_numpy(selected), ramp).numpy(),
+        plain, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        confidence_weights(torch.from_numpy(conf), None, ramp,
+                           torch.from_numpy(contradicted)).numpy(),
+        _numpy_confidence_weights(conf, np.zeros(n, dtype=bool), ramp), rtol=1e-6, atol=1e-7)
 
 
 def test_confidence_weights_without_selection_rank_everyone_and_mean_one_rescales():
