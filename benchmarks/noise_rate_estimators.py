@@ -18,8 +18,16 @@ and its logits computed on the training and the (held-out, noisy) validation spl
   NLL over a log grid);
 * ``max_prob_val``: 1 - the mean largest temperature-scaled probability on the validation
   split (what the noise rate is for a calibrated model whose classes do not overlap);
-* ``mixture_student`` (AML-KD runs): what small_loss's default logged in the run itself, its
-  ``select/small_loss/rate_estimate`` at the run's last epoch (the student's losses).
+* ``mixture_student`` (AML-KD runs): small_loss's ``estimate = "mixture"`` on the student's
+  per-sample losses against the noisy labels at the run's last epoch (its logits as the
+  history recorded them, float16);
+* ``lp_disagreement`` (AML-KD runs): small_loss's ``estimate = "column"`` as the AML-KD recipes
+  set it: the share of noisy labels that ``lp/initial_lp/refined`` (the labels of the warm-up's
+  label propagation of the teacher's predictions over its graph, the least confident 5%
+  keeping their noisy label) differs from; runs from before that column existed give the
+  same share as their ``lp/initial_lp/changed`` metric;
+* ``logged`` (AML-KD runs): what the run's own small_loss logged, its
+  ``select/small_loss/rate_estimate`` at the last epoch (whichever estimate its recipe set).
 
 Usage:  .venv/bin/python benchmarks/noise_rate_estimators.py runs/amlkd-fmnist-sym/amlkd/seed*
             runs/amlkd-fmnist-pair/amlkd/seed* --out benchmarks/results/noise_rate_estimators.json
@@ -38,8 +46,8 @@ import numpy as np
 import torch
 from loguru import logger
 
-ESTIMATORS = ("mixture_student", "mixture_teacher", "disagreement_train", "disagreement_val",
-              "confident_joint_val", "max_prob_val")
+ESTIMATORS = ("logged", "lp_disagreement", "mixture_student", "mixture_teacher",
+              "disagreement_train", "disagreement_val", "confident_joint_val", "max_prob_val")
 
 
 def confident_joint_rate(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -105,7 +113,18 @@ def estimate(run_dir: Path) -> dict[str, float]:
             logged = h.metric("select/small_loss/rate_estimate")
             logged = logged[np.isfinite(logged)]
             if logged.size:
-                out["mixture_student"] = float(logged[-1])
+                out["logged"] = float(logged[-1])
+        noisy = torch.from_numpy(h.data("noisy_label")).long()
+        if "lp/initial_lp/refined" in h.column_names():
+            lp = torch.from_numpy(h.column("lp/initial_lp/refined", -1)).long()
+            out["lp_disagreement"] = float((lp != noisy).double().mean())
+        elif "lp/initial_lp/changed" in h.metric_names():
+            changed = h.metric("lp/initial_lp/changed")
+            out["lp_disagreement"] = float(changed[np.isfinite(changed)][-1])
+        if "logits/student" in h.column_names():
+            student = torch.from_numpy(h.column("logits/student", -1)).double()
+            out["mixture_student"] = mixture_noise_rate(
+                torch.nn.functional.cross_entropy(student, noisy, reduction="none"))
     return out
 
 

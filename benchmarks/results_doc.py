@@ -95,7 +95,7 @@ class Section(NamedTuple):
 
 DIGITS_COMMAND = ("kdcore ablate recipes/ce.toml recipes/kd.toml recipes/ls.toml "
                   "recipes/clean.toml recipes/amlkd.toml recipes/amlkd-no-awe.toml "
-                  "--seeds 0,1,2 --out runs/digits-baselines")
+                  "--seeds 0,1,2,3,4,5,6,7,8,9 --out runs/digits-baselines")
 SYM, PAIR = "Fashion-MNIST, 40% symmetric", "Fashion-MNIST, 40% pair-flip"
 GOLD = "1,000 gold images held out for every variant, the clean student's included"
 PEER_NOTE = ("peer_a, the MLP [64], is the student; its gap is measured against the CE and "
