@@ -40,6 +40,14 @@ def test_recipe_runs_and_records_refinement(name, tmp_path):
             prec = h.metric("select/small_loss/precision")
             rec = h.metric("select/small_loss/recall")
             assert np.isfinite(prec[3:]).all() and np.isfinite(rec[3:]).all()
+        if name in ("amlkd", "amlkd-no-awe", "amlkd-no-mutual"):
+            # no oracle: r is the share of noisy labels the warm-up's LP relabelled
+            target = h.column("target", 2).argmax(-1)
+            relabelled = float((target != h.data("noisy_label")).mean())
+            np.testing.assert_allclose(h.metric("select/small_loss/rate_estimate")[3:],
+                                       relabelled, rtol=1e-6)
+            np.testing.assert_allclose(h.metric("select/small_loss/rate")[3:], relabelled,
+                                       rtol=1e-6)
         producers = h.producers("target")
         assert producers[2] == "initial_lp"
         if name == "amlkd-release":
