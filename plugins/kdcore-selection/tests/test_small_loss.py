@@ -212,8 +212,12 @@ def test_column_estimate_is_the_share_of_noisy_labels_the_column_disagrees_with(
 
 
 def test_column_estimate_needs_a_column_of_labels():
-    with pytest.raises(ValueError, match="needs estimate_column"):
+    with pytest.raises(ValueError) as err:
         SmallLoss.Params(estimate="column")
+    assert str(err.value) == (
+        'estimate "column" needs estimate_column, the ledger column of labels to compare the '
+        'noisy labels with (for example "lp/initial_lp/refined" of a label propagation placed '
+        'before it)')
     h = _harness({"estimate": "column", "estimate_column": "lp/x/confidence"})
     h.run.ledger.add("lp/x/confidence", torch.rand(100), kind="value", producer="x")
     h.setup()
