@@ -19,8 +19,8 @@ Cosine LP seed weights in both stages, and loss weights of the form ``confidence
 samples outside the small-loss selection ranked by label propagation's confidence, 0 for the
 least confident rising linearly to 1, selected samples 1 unless the propagation contradicts
 their label (then they are ranked with the others, the more confident the contradiction the
-lower), divided by the batch mean. The
-released WeightNet objective shrinks every weight (to 0.001 on Fashion-MNIST).
+lower), divided by the batch mean. The released WeightNet objective shrinks every weight (to
+0.001 on Fashion-MNIST).
 
 Release options: ``zero_grad = false`` (D3: WeightNet gradients accumulate), ``batch_mean_weight
 = true`` (D2: the loss weight is the batch mean of the weights, so the weighted CE equals

@@ -244,7 +244,7 @@ class SmallLoss(kdcore.Component):
             raise kdcore.RecipeError(
                 f"component '{self.name}': estimate_column '{column}' holds {kind} values; "
                 f"estimate = \"column\" compares class labels (a column of kind label, such "
-                f"as lp/<name>/label)")
+                f"as lp/<name>/refined)")
         return float((ctx.ledger[column] != noisy).double().mean())
 
     def current_rate(self, ctx: RunContext) -> float:
