@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from kdcore.context import BatchStore, ColumnName, ModelOutput, Role, RunContext
+from kdcore.context import BatchStore, ColumnKind, ColumnName, ModelOutput, Role, RunContext
 
 PerSample = torch.Tensor | Mapping[str, torch.Tensor]
 """A ``(B,)`` tensor for every model the component applies to, or one tensor per model role."""
@@ -169,6 +169,10 @@ class Component:
     """Ledger columns the component writes itself (``"awe/seed_weight"``, ``"base_target"``),
     besides those its hooks fill (``select/<name>``, ``weight/<name>``, ``loss/<name>``,
     ``target``). ``{name}`` is replaced by the component's label."""
+    column_kinds: ClassVar[Mapping[str, ColumnKind]] = {}
+    """The kind of some of the ``writes`` columns, by the same template
+    (``{"lp/{name}/label": "label"}``), for the plan to check against what readers need
+    (:meth:`read_kinds`); a column left out has no declared kind."""
     own_terms_only: ClassVar[bool] = False
     """A selector or weighter that also contributes a term (LSH's selective variant) acts on
     its own term only, unless the recipe lists ``terms``."""
@@ -226,6 +230,28 @@ class Component:
         """The ledger columns this component reads that the data does not provide: by
         default every non-empty parameter typed :class:`~kdcore.ColumnName`."""
         return tuple(v for v in _typed_values(self.params, ColumnName) if v)
+
+    def read_kinds(self) -> dict[str, ColumnKind]:
+        """The kind that some of the columns this component reads must have (``{column:
+        kind}``, a subset of :meth:`reads`); the plan refuses a recipe where the column's
+        writer declares another kind. By default none is required."""
+        return {}
+
+    def written_column_kinds(self) -> dict[str, ColumnKind]:
+        """The declared kind of each column this component writes: ``mask`` for its
+        ``select`` hook's columns, ``weight`` for its ``weight`` hook's, ``target`` for
+        ``target``, and :attr:`column_kinds` for the others (a column missing here has no
+        declared kind)."""
+        hook_kinds: dict[str, ColumnKind] = {"select": "mask", "weight": "weight"}
+        out: dict[str, ColumnKind] = {
+            template.format(name=self.name): kind for template, kind in self.column_kinds.items()}
+        for column in self.written_columns():
+            head = column.split("/", 1)[0]
+            if column == "target":
+                out[column] = "target"
+            elif head in hook_kinds and column.split("/")[1:2] == [self.name]:
+                out[column] = hook_kinds[head]
+        return out
 
     def written_columns(self) -> tuple[str, ...]:
         """Every ledger column this component may write (its hooks' and :attr:`writes`)."""

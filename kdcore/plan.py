@@ -23,6 +23,8 @@ from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe, StageConfig
 
 DATA_COLUMNS = ("noisy_label", "clean_label", "clean_mask", "base_target", "target")
+DATA_KINDS = {"noisy_label": "label", "clean_label": "label", "clean_mask": "mask",
+              "base_target": "target", "target": "target"}
 """Columns every ledger has from the start."""
 
 
@@ -248,8 +250,10 @@ def _check_roles(recipe: Recipe, stages: Sequence[StagePlan], roles: set[str]) -
 
 
 def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
-    """Every column a component reads is written before it, in stage order."""
+    """Every column a component reads is written before it, in stage order, and of the kind
+    it needs where both the reader and the last writer say."""
     available: set[str] = set(DATA_COLUMNS)
+    kinds: dict[str, tuple[str, str]] = {c: (k, "the data") for c, k in DATA_KINDS.items()}
     for stage in stages:
         # per-sample losses and training logits reach the ledger at the end of a stage's first
         # epoch, so they serve later stages
@@ -262,7 +266,21 @@ def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                         f"'{column}'{did_you_mean(column, available)}, which nothing placed "
                         f"before it writes; written by then: {', '.join(sorted(available))}",
                         file=recipe.source, key=_param_key(recipe, stage.index, comp, column))
+            for column, need in comp.read_kinds().items():
+                have, writer = kinds.get(column, (need, ""))
+                if have != need:
+                    raise RecipeError(
+                        f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
+                        f"'{column}' as a column of kind {need}, but {writer} writes it as "
+                        f"kind {have}", file=recipe.source,
+                        key=_param_key(recipe, stage.index, comp, column))
             available.update(comp.written_columns())
+            declared = comp.written_column_kinds()
+            for column in comp.written_columns():
+                if column in declared:
+                    kinds[column] = (declared[column], f"'{comp.name}'")
+                else:
+                    kinds.pop(column, None)  # rewritten without a declared kind
             if "transfer" in comp.kinds():
                 epoch_end.add(f"loss/{comp.name}")
                 epoch_end.update(f"loss/{comp.name}/{r}" for r in comp.models)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
-from kdcore.context import ColumnName, Role, RunContext
+from kdcore.context import ColumnKind, ColumnName, Role, RunContext
 from kdcore.losses import one_hot, soft_cross_entropy
 from kdcore.validators import between, non_negative, positive
 from kdcore_selection.small_loss import mixture_posterior
@@ -180,6 +180,11 @@ class AWE(kdcore.Component):
     Params = AWEParams
     description = "ambiguity-aware weights (learned WeightNet or parameter-free cosine)"
     writes = ("awe/seed_weight",)
+
+    def read_kinds(self) -> dict[str, ColumnKind]:
+        p = self.params
+        used = p.loss_mode == "confidence" and p.propagated and p.selection
+        return {p.propagated: "label"} if used else {}
 
     def setup(self, ctx: RunContext) -> None:
         self.net = WeightNet(ctx.num_classes).to(ctx.device)

@@ -124,6 +124,8 @@ class LabelPropagation(kdcore.Component):
     Params = LPParams
     description = "label propagation over a model's feature kNN graph"
     writes = ("base_target", "lp/{name}/label", "lp/{name}/confidence", "lp/{name}/refined")
+    column_kinds = {"base_target": "target", "lp/{name}/label": "label",
+                    "lp/{name}/confidence": "value", "lp/{name}/refined": "label"}
 
     def roles(self) -> tuple[str, ...]:
         """The graph's model(s), the teacher when it seeds, the student when its predictions

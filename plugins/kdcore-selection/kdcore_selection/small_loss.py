@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 import kdcore
-from kdcore.context import ColumnName, Role, RunContext
+from kdcore.context import ColumnKind, ColumnName, Role, RunContext
 from kdcore.losses import soft_cross_entropy
 from kdcore.validators import below_one, non_negative
 
@@ -207,6 +207,9 @@ class SmallLoss(kdcore.Component):
         # another estimate may keep the column an extended recipe named
         p = self.params
         return (p.estimate_column,) if p.rate is None and p.estimate == "column" else ()
+
+    def read_kinds(self) -> dict[str, ColumnKind]:
+        return {column: "label" for column in self.reads()}
 
     def estimates(self) -> bool:
         """Whether the estimator model is used: no ``rate``, ``estimate = "disagreement"``."""

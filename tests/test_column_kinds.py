@@ -1,0 +1,115 @@
+"""Declared column kinds: the plan refuses a reader whose column's last writer declares another
+kind, before anything trains, and says who writes what."""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+import pytest
+import torch
+
+import kdcore
+from kdcore import PluginHost, RecipeError, hookimpl
+from kdcore.context import ColumnKind, ColumnName
+from kdcore.plan import build_plan
+from kdcore.recipe import recipe_from_dict
+from kdcore.testing import component, stage, teacher_stage, tiny_recipe
+
+
+class Writer(kdcore.Component):
+    """Writes one declared label column and one undeclared column, and selects."""
+
+    description = "test writer"
+    writes = ("w/{name}/label", "w/{name}/free")
+    column_kinds = {"w/{name}/label": "label"}
+
+    def select(self, ctx, batch):
+        return None
+
+
+@attrs.frozen
+class ReaderParams:
+    column: ColumnName = ColumnName("")
+    kind: str = "label"
+
+
+class Reader(kdcore.Component):
+    """Reads ``column`` as a column of ``kind``."""
+
+    Params = ReaderParams
+    description = "test reader"
+
+    def read_kinds(self) -> dict[str, ColumnKind]:
+        return {self.params.column: self.params.kind}  # type: ignore[dict-item]
+
+    def transfer(self, ctx, batch):
+        return torch.zeros(len(batch))
+
+
+class Components:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"writer": Writer, "reader": Reader}
+
+
+def _plan(*components):
+    recipe = tiny_recipe(teacher_stage(1), stage("s", 1, ["student"], *components,
+                                                 component("ce")))
+    return build_plan(recipe_from_dict(recipe), PluginHost(extra=[Components()]))
+
+
+def test_written_column_kinds_cover_hook_columns_and_declared_ones():
+    plan = _plan(component("writer"), component("reader", params={"column": "w/writer/label"}))
+    writer = plan.stages[1].components[0]
+    assert writer.written_column_kinds() == {
+        "w/writer/label": "label", "select/writer": "mask", "select/writer/student": "mask"}
+
+
+@pytest.mark.parametrize(("column", "kind", "message"), [
+    ("w/writer/label", "value",
+     "'r' (reader) reads ledger column 'w/writer/label' as a column of kind value, but "
+     "'writer' writes it as kind label"),
+    ("select/writer", "label",
+     "'r' (reader) reads ledger column 'select/writer' as a column of kind label, but "
+     "'writer' writes it as kind mask"),
+    ("noisy_label", "value",
+     "reads ledger column 'noisy_label' as a column of kind value, but the data writes it as "
+     "kind label"),
+])
+def test_a_reader_of_another_kind_is_refused_naming_the_writer(column, kind, message):
+    with pytest.raises(RecipeError, match=re.escape(message)) as err:
+        _plan(component("writer"),
+              component("reader", "r", params={"column": column, "kind": kind}))
+    assert err.value.key.endswith(".params.column")
+
+
+@pytest.mark.parametrize(("column", "kind"), [
+    ("w/writer/label", "label"), ("select/writer", "mask"), ("noisy_label", "label"),
+    ("w/writer/free", "label"),  # no declared kind: nothing to hold it against
+])
+def test_a_reader_of_the_declared_kind_or_of_an_undeclared_column_is_accepted(column, kind):
+    plan = _plan(component("writer"),
+                 component("reader", "r", params={"column": column, "kind": kind}))
+    assert plan.stages[1].components[1].read_kinds() == {column: kind}
+
+
+def test_the_amlkd_wiring_refuses_a_confidence_column_where_labels_are_read():
+    """small_loss's estimate column and AWE's propagated labels are label columns; LP's
+    confidence is a value column."""
+    lp = component("initial_lp", params={"teacher": "teacher"})
+    with pytest.raises(RecipeError, match="'small_loss'.*'lp/initial_lp/confidence' as a "
+                                          "column of kind label, but 'initial_lp' writes it "
+                                          "as kind value"):
+        _plan(lp, component("small_loss", params={
+            "estimate": "column", "estimate_column": "lp/initial_lp/confidence"}))
+    _plan(lp, component("small_loss", params={
+        "estimate": "column", "estimate_column": "lp/initial_lp/refined"}))
+    awe = {"loss_mode": "confidence", "confidence": "lp/initial_lp/confidence",
+           "selection": "select/small_loss"}
+    with pytest.raises(RecipeError, match="'awe'.*'lp/initial_lp/confidence' as a column of "
+                                          "kind label"):
+        _plan(component("small_loss"), lp, component("awe", terms=["ce"], params={
+            **awe, "propagated": "lp/initial_lp/confidence"}))
+    _plan(component("small_loss"), lp, component("awe", terms=["ce"], params={
+        **awe, "propagated": "lp/initial_lp/label"}))
