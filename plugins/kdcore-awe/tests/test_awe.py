@@ -338,6 +338,14 @@ def test_selected_samples_the_propagation_contradicts_rank_by_their_contradictio
         _numpy_confidence_weights(conf, np.zeros(n, dtype=bool), ramp), rtol=1e-6, atol=1e-7)
 
 
+def test_the_propagated_column_must_hold_labels_where_it_is_read():
+    given = {"loss_mode": "confidence", "confidence": "lp/x/confidence",
+             "selection": "select/s", "propagated": "lp/x/label"}
+    assert _harness(given).component.read_kinds() == {"lp/x/label": "label"}
+    for unused in ({"propagated": ""}, {"selection": ""}, {"loss_mode": "cosine"}):
+        assert _harness({**given, **unused}).component.read_kinds() == {}
+
+
 def test_confidence_weights_without_selection_rank_everyone_and_mean_one_rescales():
     rng = np.random.default_rng(4)
     conf = rng.random(40).astype(np.float32)

@@ -236,6 +236,11 @@ def test_the_plan_checks_the_estimate_column_only_where_it_is_read():
     with pytest.raises(RecipeError, match="lp/nowhere/label"):
         _plan({"estimate": "column", "estimate_column": "lp/nowhere/label"})
     _plan({"estimate": "oracle", "estimate_column": "lp/nowhere/label"})  # not read
+    # the column must hold labels; the plan holds that against its writer's declared kind
+    assert _harness({"estimate": "column", "estimate_column": "lp/x/label"}
+                    ).component.read_kinds() == {"lp/x/label": "label"}
+    assert _harness({"estimate": "oracle", "estimate_column": "lp/x/label"}
+                    ).component.read_kinds() == {}
 
 
 def test_roles_are_the_ones_the_settings_use():
