@@ -23,9 +23,10 @@ from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe, StageConfig
 
 DATA_COLUMNS = ("noisy_label", "clean_label", "clean_mask", "base_target", "target")
+"""Columns every ledger has from the start."""
 DATA_KINDS = {"noisy_label": "label", "clean_label": "label", "clean_mask": "mask",
               "base_target": "target", "target": "target"}
-"""Columns every ledger has from the start."""
+"""Their kinds, for the plan's check of what a reader needs (:meth:`Component.read_kinds`)."""
 
 
 @attrs.define(eq=False)
