@@ -22,11 +22,12 @@ from kdcore.errors import KdcoreError, RecipeError, did_you_mean
 from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe, StageConfig
 
-DATA_COLUMNS = ("noisy_label", "clean_label", "clean_mask", "base_target", "target")
-"""Columns every ledger has from the start."""
 DATA_KINDS = {"noisy_label": "label", "clean_label": "label", "clean_mask": "mask",
               "base_target": "target", "target": "target"}
-"""Their kinds, for the plan's check of what a reader needs (:meth:`Component.read_kinds`)."""
+"""The columns every ledger has from the start, and their kinds (for the plan's check of what
+a reader needs, :meth:`Component.read_kinds`)."""
+DATA_COLUMNS = tuple(DATA_KINDS)
+"""Columns every ledger has from the start."""
 
 
 @attrs.define(eq=False)

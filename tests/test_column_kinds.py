@@ -47,10 +47,20 @@ class Reader(kdcore.Component):
         return torch.zeros(len(batch))
 
 
+class Rewriter(kdcore.Component):
+    """Rewrites the data's ``base_target`` without declaring its kind."""
+
+    description = "test rewriter"
+    writes = ("base_target",)
+
+    def select(self, ctx, batch):
+        return None
+
+
 class Components:
     @hookimpl
     def kdcore_add_components(self):
-        return {"writer": Writer, "reader": Reader}
+        return {"writer": Writer, "reader": Reader, "rewriter": Rewriter}
 
 
 def _plan(*components):
@@ -113,3 +123,10 @@ def test_the_amlkd_wiring_refuses_a_confidence_column_where_labels_are_read():
             **awe, "propagated": "lp/initial_lp/confidence"}))
     _plan(component("small_loss"), lp, component("awe", terms=["ce"], params={
         **awe, "propagated": "lp/initial_lp/label"}))
+
+
+def test_a_column_rewritten_without_a_declared_kind_is_no_longer_held_to_the_old_one():
+    reader = component("reader", "r", params={"column": "base_target", "kind": "label"})
+    with pytest.raises(RecipeError, match="but the data writes it as kind target"):
+        _plan(reader)
+    _plan(component("rewriter"), reader)
