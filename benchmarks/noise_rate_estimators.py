@@ -24,8 +24,7 @@ and its logits computed on the training and the (held-out, noisy) validation spl
 * ``lp_disagreement`` (AML-KD runs): small_loss's ``estimate = "column"`` as the AML-KD recipes
   set it: the share of noisy labels that ``lp/initial_lp/refined`` (the labels of the warm-up's
   label propagation of the teacher's predictions over its graph, the least confident 5%
-  keeping their noisy label) differs from; runs from before that column existed give the
-  same share as their ``lp/initial_lp/changed`` metric;
+  keeping their noisy label) differs from;
 * ``logged`` (AML-KD runs): what the run's own small_loss logged, its
   ``select/small_loss/rate_estimate`` at the last epoch (whichever estimate its recipe set).
 
@@ -118,9 +117,6 @@ def estimate(run_dir: Path) -> dict[str, float]:
         if "lp/initial_lp/refined" in h.column_names():
             lp = torch.from_numpy(h.column("lp/initial_lp/refined", -1)).long()
             out["lp_disagreement"] = float((lp != noisy).double().mean())
-        elif "lp/initial_lp/changed" in h.metric_names():
-            changed = h.metric("lp/initial_lp/changed")
-            out["lp_disagreement"] = float(changed[np.isfinite(changed)][-1])
         if "logits/student" in h.column_names():
             student = torch.from_numpy(h.column("logits/student", -1)).double()
             out["mixture_student"] = mixture_noise_rate(
