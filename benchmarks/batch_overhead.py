@@ -75,9 +75,9 @@ def main() -> None:
                          context=trainer.context)
         t.append(time.perf_counter())
         for p in result.losses_per_sample:
-            trainer._defer(batch, p.column, p.values, p.producer)
+            trainer._record(batch, p.column, p.values, p.producer, False)
         out = batch.computed("student")
-        trainer._defer(batch, "logits/student", out.logits.detach(), "student")
+        trainer._record(batch, "logits/student", out.logits.detach(), "student", False)
         loss = result.losses["student"]
         trainer._unchecked.append((run.step, "student", loss.detach(), result.terms["student"]))
         t.append(time.perf_counter())
@@ -111,7 +111,8 @@ def main() -> None:
         for fn in ((engine_batch, plain_batch) if block % 2 == 0 else (plain_batch, engine_batch)):
             for k in range(50):
                 fn(order[((block * 50 + k) * 128) % (len(y) - 128):][:128])
-        trainer._pending, trainer._unchecked, trainer._checked = {}, [], 0
+        trainer.records.clear()
+        trainer._unchecked, trainer._checked = [], 0
     print(f"{'segment':24s} {'engine us':>10s} {'plain us':>10s} {'diff us':>8s}")
     total_e = total_p = 0.0
     for name in engine:

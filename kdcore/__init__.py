@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kdcore.component import Batch, Component, ComponentSpec, NoParams, PerSample
+from kdcore.component import Batch, Component, ComponentSpec, NoParams, PerSample, TransferTerm
 from kdcore.context import BatchStore, ColumnName, ModelOutput, Role, RunContext
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset, NoiseContext
 from kdcore.errors import KdcoreError, RecipeError, TrainingDiverged
@@ -24,6 +24,7 @@ from kdcore.ledger import Ledger
 from kdcore.models.base import KDModel, ModelSpec
 from kdcore.plugins import PluginHost, active_host
 from kdcore.recipe import Recipe, load_recipe
+from kdcore.terms import PerSampleLoss
 
 if TYPE_CHECKING:
     from kdcore.api import ablate, load_history, run
@@ -67,12 +68,14 @@ __all__ = [
     "NoParams",
     "NoiseContext",
     "PerSample",
+    "PerSampleLoss",
     "PluginHost",
     "Recipe",
     "RecipeError",
     "Role",
     "RunContext",
     "TrainingDiverged",
+    "TransferTerm",
     "ablate",
     "active_host",
     "dry_setup",

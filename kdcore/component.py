@@ -29,9 +29,14 @@ import attrs
 import torch
 
 from kdcore.context import BatchStore, ColumnKind, ColumnName, ModelOutput, Role, RunContext
+from kdcore.terms import PerSampleLoss
 
 PerSample = torch.Tensor | Mapping[str, torch.Tensor]
 """A ``(B,)`` tensor for every model the component applies to, or one tensor per model role."""
+
+TransferTerm = torch.Tensor | PerSampleLoss | Mapping[str, torch.Tensor | PerSampleLoss]
+"""What ``transfer`` returns: as :data:`PerSample`, and a term may be a
+:class:`~kdcore.terms.PerSampleLoss` instead of its values."""
 
 
 @attrs.frozen
@@ -294,7 +299,7 @@ class Component:
         """A per-sample weight ``(B,)`` for the terms this component acts on, or None."""
         return None
 
-    def transfer(self, ctx: RunContext, batch: Batch) -> PerSample | None:
+    def transfer(self, ctx: RunContext, batch: Batch) -> TransferTerm | None:
         """This component's loss term per sample ``(B,)``, or one per model role."""
         return None
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
-from kdcore.component import COMPONENT_HOOKS, Component, PerSample
+from kdcore.component import COMPONENT_HOOKS, Component, PerSample, TransferTerm
 
 if TYPE_CHECKING:
     import torch
@@ -316,14 +316,16 @@ class ComponentHooks(Protocol):
         """
         ...
 
-    def transfer(self, ctx: RunContext, batch: Batch) -> PerSample | None:
+    def transfer(self, ctx: RunContext, batch: Batch) -> TransferTerm | None:
         """Knowledge transfer: this component's loss term, per sample.
 
         When: after every ``weight``. Returns the per-sample loss ``(B,)`` of the models it
-        serves, or one per role (a mutual term trains several), or a scalar. Combine: each is
-        reduced as ``sum(mask * weight * loss) / max(sum(mask), 1)``, times its recipe
-        ``weight``, and the terms of a model add. Per-sample losses go to ``loss/<name>`` at
-        the epoch end.
+        serves, or one per role (a mutual term trains several), or a scalar; a per-sample loss
+        may be given as a :class:`~kdcore.terms.PerSampleLoss` (its function and inputs), which
+        costs no more than a hand-written loop's fused loss. Combine: each is reduced as
+        ``sum(mask * weight * loss) / max(sum(mask), 1)`` (a plain mean where no mask or weight
+        acts on it: a ``PerSampleLoss``'s own ``mean``), times its recipe ``weight``, and the
+        terms of a model add. Per-sample losses go to ``loss/<name>`` at the epoch end.
 
         Args:
             ctx: the run.

@@ -27,8 +27,10 @@ from kdcore.history import HistoryWriter
 from kdcore.losses import one_hot
 from kdcore.plan import RunPlan, StagePlan
 from kdcore.plugins import ObserverBus
+from kdcore.records import EpochRecords
 from kdcore.runstate import ComponentContext, Run, component_seed
 from kdcore.step import Produced, combine
+from kdcore.terms import PerSampleLoss
 
 # Steps between two checks that the losses are finite: each check waits for the device, so
 # checking every step would stall a GPU (on the CPU it is ~1% of a small step); a divergence is
@@ -74,7 +76,7 @@ class Trainer:
 
         bus.context = observer
         self.contexts: dict[int, ComponentContext] = {}  # id(component) -> its context
-        self._pending: dict[str, tuple[str, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self.records = EpochRecords(FINITE_CHECK_EVERY)
         # (step, role, loss, {term: value}) of the epoch's steps; those from _checked on are
         # not yet checked to be finite
         self._unchecked: list[tuple[int, str, torch.Tensor, dict[str, torch.Tensor]]] = []
@@ -217,7 +219,7 @@ class Trainer:
                 self._train_batch(stage, index, x, observes)
                 count += 1
             self._check_finite()
-            self._flush_pending()
+            self.records.write(run.ledger)
         if not stage.refiners:
             # no batch-level refiner: the epoch-level targets are what every sample trained on
             led = run.ledger
@@ -268,15 +270,15 @@ class Trainer:
                          weighters=stage.weighters, transfers=stage.transfers,
                          context=self.context, record=self._write_now)
         for p in result.losses_per_sample:
-            self._defer(batch, p.column, p.values, p.producer)
+            self._record(batch, p.column, p.values, p.producer, observes)
         for role in trained_roles:
             out = batch.computed(role)
             if out is not None:  # training dynamics, as Dataset Cartography records them
-                self._defer(batch, f"logits/{role}", out.logits.detach(), role)
+                self._record(batch, f"logits/{role}", out.logits.detach(), role, observes)
         losses = result.losses
         trained = [r for r in losses if r in trained_roles]
         for role in trained:  # summed per term at the epoch end, checked every few steps
-            self._unchecked.append((run.step, role, losses[role].detach(), result.terms[role]))
+            self._unchecked.append((run.step, role, result.total(role), result.terms[role]))
         plain: list[torch.Tensor] = []
         for role in trained:
             if not stage.backward or not any(
@@ -321,18 +323,13 @@ class Trainer:
         self._unchecked, self._checked = [], 0
         return {k: float(torch.stack(v).sum()) / max(batches, 1) for k, v in sums.items()}
 
-    def _defer(self, batch: Batch, column: str, values: torch.Tensor, producer: str) -> None:
-        """Queue a per-sample record (losses, logits) for one ledger write at the epoch end
-        (two index writes per batch cost more than the rest of the engine's bookkeeping); the
-        batch's own copy is in ``batch.records`` at once."""
-        batch.records[column] = values
-        self._pending.setdefault(column, (producer, []))[1].append((batch.index, values))
-
-    def _flush_pending(self) -> None:
-        for column, (producer, parts) in self._pending.items():
-            index, values = torch.cat([i for i, _ in parts]), torch.cat([v for _, v in parts])
-            self.run.ledger.write(column, index, values, producer=producer, kind="value")
-        self._pending = {}
+    def _record(self, batch: Batch, column: str, values: torch.Tensor | PerSampleLoss,
+                producer: str, observes: bool) -> None:
+        """Keep a per-sample record (losses, logits) for the ledger's write at the epoch end;
+        observers of ``kdcore_batch_end`` find the batch's values in ``batch.records``."""
+        if observes:
+            batch.records[column] = self.records.evaluate(column, producer, values)
+        self.records.add(column, producer, batch.index, values)
 
     def _check_finite(self) -> None:
         """Raise :class:`TrainingDiverged` at the first step since the last check whose loss

@@ -1,7 +1,9 @@
 """Per-sample loss functions shared by the engine's baselines and by method plugins.
 
-Every function returns one value per sample (shape ``(B,)``); the engine applies masks and
-weights and reduces. Golden values for each live in ``tests/fixtures/losses.json``.
+Every function returns one value per sample (shape ``(B,)``), or, named ``*_term``, the same
+loss as a :class:`~kdcore.terms.PerSampleLoss` for a ``transfer`` hook to return; the engine
+applies masks and weights and reduces. Golden values for each live in
+``tests/fixtures/losses.json``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from kdcore.terms import PerSampleLoss
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor | None,
@@ -31,6 +35,32 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor | None,
         raise ValueError("soft_cross_entropy needs targets or labels")
     # PyTorch's fused kernel takes class probabilities as targets: one op instead of four
     return F.cross_entropy(logits, targets.to(logits.dtype), reduction="none")
+
+
+def cross_entropy_term(logits: torch.Tensor, targets: torch.Tensor | None,
+                       labels: torch.Tensor | None = None) -> PerSampleLoss:
+    """:func:`soft_cross_entropy` as a :class:`~kdcore.terms.PerSampleLoss`, with the same
+    values and gradients bit for bit, costing what a hand-written ``F.cross_entropy(logits,
+    labels)`` costs when the engine takes the plain mean.
+
+    With ``labels`` the term is kept as ``log_softmax(logits)`` and the labels (the two ops
+    ``F.cross_entropy`` runs): the mean is ``F.nll_loss``'s, and the recorded per-sample values
+    are a gather of the log-probabilities already computed, not a second softmax.
+    """
+    if labels is not None:
+        return PerSampleLoss(_nll_rows, F.log_softmax(logits, dim=1), labels, mean=F.nll_loss)
+    if targets is None:
+        raise ValueError("cross_entropy_term needs targets or labels")
+    return PerSampleLoss(_cross_entropy_rows, logits, targets.to(logits.dtype),
+                         mean=F.cross_entropy)
+
+
+def _nll_rows(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.nll_loss(log_probs, labels, reduction="none")
+
+
+def _cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets, reduction="none")
 
 
 def kd_kl(

@@ -23,6 +23,7 @@ import torch
 
 from kdcore.component import Batch, Component
 from kdcore.context import RunContext
+from kdcore.terms import PerSampleLoss
 
 
 class Produced(NamedTuple):
@@ -30,7 +31,7 @@ class Produced(NamedTuple):
 
     column: str
     producer: str
-    values: torch.Tensor
+    values: torch.Tensor | PerSampleLoss  # a loss record may be evaluated later
 
 
 class StepResult:
@@ -38,21 +39,32 @@ class StepResult:
 
     Attributes:
         losses: the total loss of each model that got a term (with its graph).
+        totals: the same detached where that is already at hand (one term of weight 1: its
+            value), else None (:meth:`total` detaches it).
         terms: per role, each term's reduced value (detached), by component name.
         targets: the final refined targets and the refiner that made them (None: no refiner).
         masks, weights: what selectors and weighters returned, one entry per ledger column.
-        losses_per_sample: each term's per-sample loss, for the ``loss/<name>`` columns.
+        losses_per_sample: each term's per-sample loss, for the ``loss/<name>`` columns:
+            detached values, or a term's kept :class:`~kdcore.terms.PerSampleLoss`
+            (:func:`~kdcore.terms.evaluate_rows` gives its values).
     """
 
-    __slots__ = ("losses", "terms", "targets", "masks", "weights", "losses_per_sample")
+    __slots__ = ("losses", "totals", "terms", "targets", "masks", "weights",
+                 "losses_per_sample")
 
     def __init__(self) -> None:
         self.losses: dict[str, torch.Tensor] = {}
+        self.totals: dict[str, torch.Tensor | None] = {}
         self.terms: dict[str, dict[str, torch.Tensor]] = {}
         self.targets: tuple[torch.Tensor, str] | None = None
         self.masks: list[Produced] = []
         self.weights: list[Produced] = []
         self.losses_per_sample: list[Produced] = []
+
+    def total(self, role: str) -> torch.Tensor:
+        """Model ``role``'s total loss, detached."""
+        value = self.totals.get(role)
+        return self.losses[role].detach() if value is None else value
 
 
 # (component, role, tensor): a mask or weight and the model it applies to
@@ -97,16 +109,35 @@ def combine(
         out = comp.transfer(context(comp), batch)
         if out is None:
             continue
-        per_role = out if isinstance(out, Mapping) else {r: out for r in comp.models}
-        for role, per_sample in per_role.items():
-            term = reduce_term(comp, role, per_sample, masks, weights)
-            if per_sample.dim() == 1:
+        per_role = out if isinstance(out, dict | Mapping) else {r: out for r in comp.models}
+        for role, loss in per_role.items():
+            record: torch.Tensor | PerSampleLoss | None = None
+            if isinstance(loss, PerSampleLoss):
+                if (masks or weights) and _acts_on(comp, role, masks, weights):
+                    values = loss.values()
+                    term = reduce_term(comp, role, values, masks, weights)
+                    record = values.detach()
+                else:  # the fused mean; the values are computed for the record later
+                    term, record = loss.mean(), loss.kept()
+            else:
+                term = reduce_term(comp, role, loss, masks, weights)
+                if loss.dim() == 1:
+                    record = loss.detach()
+            if record is not None:
                 col = f"loss/{comp.name}" if len(per_role) == 1 else f"loss/{comp.name}/{role}"
-                result.losses_per_sample.append(Produced(col, comp.name, per_sample.detach()))
-            result.terms.setdefault(role, {})[comp.name] = term.detach()
-            weighted = term if comp.spec.weight == 1.0 else comp.spec.weight * term
-            losses = result.losses
-            losses[role] = losses[role] + weighted if role in losses else weighted
+                result.losses_per_sample.append(Produced(col, comp.name, record))
+            value = term.detach()
+            result.terms.setdefault(role, {})[comp.name] = value
+            losses, totals = result.losses, result.totals
+            if comp.spec.weight == 1.0:
+                weighted = term
+            else:
+                weighted, value = comp.spec.weight * term, None
+            if role in losses:
+                losses[role] = losses[role] + weighted
+                totals[role] = None
+            else:
+                losses[role], totals[role] = weighted, value
     return result
 
 
@@ -133,6 +164,16 @@ def _collect(batch: Batch, comps: Sequence[Component], hook: str,
     return out
 
 
+def _applies(src: Component, role: str, term: Component, r: str) -> bool:
+    """Whether the mask or weight ``src`` gave for model ``r`` acts on ``term``'s ``role``."""
+    return r == role and (not src.spec.terms or term.name in src.spec.terms)
+
+
+def _acts_on(comp: Component, role: str, masks: Sequence[Applied],
+             weights: Sequence[Applied]) -> bool:
+    return any(_applies(src, role, comp, r) for src, r, _ in (*masks, *weights))
+
+
 def reduce_term(comp: Component, role: str, per_sample: torch.Tensor,
                 masks: Sequence[Applied], weights: Sequence[Applied]) -> torch.Tensor:
     """``sum(mask * weight * loss) / max(sum(mask), 1)`` over the batch for one term and role.
@@ -144,18 +185,14 @@ def reduce_term(comp: Component, role: str, per_sample: torch.Tensor,
         return per_sample
     if not masks and not weights:
         return per_sample.mean()
-
-    def applies(src: Component, r: str) -> bool:
-        return r == role and (not src.spec.terms or comp.name in src.spec.terms)
-
     mask = None
     for src, r, m in masks:
-        if applies(src, r):
+        if _applies(src, role, comp, r):
             m = m.to(per_sample.dtype)
             mask = m if mask is None else mask * m
     weight = None
     for src, r, w in weights:
-        if applies(src, r):
+        if _applies(src, role, comp, r):
             weight = w if weight is None else weight * w
     value = per_sample if weight is None else per_sample * weight
     if mask is None:

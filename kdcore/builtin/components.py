@@ -5,9 +5,9 @@ from __future__ import annotations
 import attrs
 import torch
 
-from kdcore.component import Batch, Component, PerSample
+from kdcore.component import Batch, Component, PerSample, TransferTerm
 from kdcore.context import Role, RunContext
-from kdcore.losses import kd_kl, smooth_targets, soft_cross_entropy
+from kdcore.losses import cross_entropy_term, kd_kl, smooth_targets
 from kdcore.validators import positive, unit_interval
 
 
@@ -16,10 +16,10 @@ class CrossEntropy(Component):
 
     description = "cross-entropy on the current soft targets"
 
-    def transfer(self, ctx: RunContext, batch: Batch) -> PerSample:
+    def transfer(self, ctx: RunContext, batch: Batch) -> TransferTerm:
         labels = batch.hard_targets
         targets = batch.targets.detach() if labels is None else None  # None: never gathered
-        return {r: soft_cross_entropy(batch.out(r).logits, targets, labels) for r in self.models}
+        return {r: cross_entropy_term(batch.out(r).logits, targets, labels) for r in self.models}
 
 
 @attrs.frozen
