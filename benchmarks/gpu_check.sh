@@ -3,12 +3,15 @@
 #   bash benchmarks/gpu_check.sh [OUT]            (default OUT: gpu-check)
 # and record what it measured. In under 8 minutes it writes, under OUT:
 #   env.txt         torch, CUDA and the GPUs seen
-#   tests.txt       the tests that need CUDA (fp16, channels-last, precision), run on it
+#   tests.txt       the tests that need CUDA (fp16, precision, no device sync per step, the
+#                   records of a GPU run), run on it
 #   kd-run/         a KD recipe trained on the GPU in bf16 (summary.json, history.h5, log)
 #   throughput.txt  engine against the plain loop (benchmarks/engine_costs.py) on the GPU,
 #                   on generated Fashion-MNIST-shaped data (the machine has no network)
+#   throughput-mlp.txt  the same for the MLP, where the engine's per-batch work weighs most
 #   ddp.txt         the engine against a bare DistributedDataParallel loop, ResNet-20, 2 GPUs
-#                   (benchmarks/ddp_throughput.py; 2 gloo processes on the CPU without them)
+#                   (benchmarks/ddp_throughput.py; 2 gloo processes on the CPU without a GPU;
+#                   skipped on a machine with one GPU)
 # Without a GPU it runs the same steps on the CPU, smaller (its CPU fallback, also what the
 # test suite exercises); GPU_CHECK_DRY_RUN=1 prints the steps without running them.
 set -uo pipefail
@@ -47,7 +50,8 @@ for i in range(torch.cuda.device_count()):
     print(i, torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory)
 "
 
-step tests 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_precision.py tests/test_device.py
+step tests 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_precision.py tests/test_device.py \
+  tests/test_cuda.py
 
 step kd-run "$BUDGET" "$KDCORE" run recipes/kd.toml --out "$OUT/kd-run" --overwrite -q \
   --set "run.device=\"$DEVICE\"" --set 'run.precision="bf16"'
@@ -62,11 +66,14 @@ write_fashion_mnist(Path('$FMNIST'), n_train=60000, n_test=10000)
 KDCORE_FASHION_MNIST="$FMNIST" step throughput 240 "$PY" benchmarks/engine_costs.py \
   --arch cnn --device "$DEVICE" --epochs "$EPOCHS" --repeats "$REPEATS" --subset "$SUBSET" \
   --results "$OUT"
+KDCORE_FASHION_MNIST="$FMNIST" step throughput-mlp 150 "$PY" benchmarks/engine_costs.py \
+  --arch mlp --device "$DEVICE" --epochs "$EPOCHS" --repeats "$REPEATS" --subset "$SUBSET" \
+  --results "$OUT"
 
 if [ "$GPUS" -ge 2 ]; then
   step ddp 200 "$PY" benchmarks/ddp_throughput.py --nproc 2 --device cuda --train 20000 \
     --epochs 3 --repeats 2 --results "$OUT"
-else  # two gloo processes: the same code path, small
+elif [ "$MODE" = cpu ]; then  # two gloo processes: the same code path, small
   step ddp 200 "$PY" benchmarks/ddp_throughput.py --nproc 2 --device cpu --train 1280 \
     --epochs 2 --repeats 1 --results "$OUT"
 fi

@@ -13,8 +13,9 @@ import pytest
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
 
 
-def test_the_script_parses():
-    parsed = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+@pytest.mark.parametrize("script", [SCRIPT, SCRIPT.with_name("gpu_device.sh")])
+def test_the_script_parses(script):
+    parsed = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert parsed.returncode == 0 and not parsed.stderr, parsed.stderr
 
 
@@ -25,7 +26,7 @@ def test_without_a_gpu_it_plans_every_step_on_the_cpu(tmp_path):
                          env={**os.environ, "GPU_CHECK_DRY_RUN": "1"}).stdout
     assert "mode cpu, device cpu, 0 GPU(s)" in out
     steps = [line.split()[2] for line in out.splitlines() if line.startswith("gpu_check: step")]
-    assert steps == ["env", "tests", "kd-run", "fmnist-data", "throughput", "ddp"]
+    assert steps == ["env", "tests", "kd-run", "fmnist-data", "throughput", "throughput-mlp", "ddp"]
     assert "ddp_throughput.py --nproc 2 --device cpu" in out  # two gloo processes
     assert '--set run.device="cpu"' in out and "--device cpu" in out
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
