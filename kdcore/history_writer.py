@@ -93,6 +93,15 @@ def _as_numpy(values: Any, dtype: Any) -> np.ndarray:
     return values.detach().to(as_torch).cpu().numpy()
 
 
+def _version(data: Any) -> int:
+    """A tensor's version counter (in-place changes move it); -1 where there is none (numpy
+    arrays, inference-mode tensors), which no later call matches."""
+    try:
+        return int(data._version)
+    except (AttributeError, RuntimeError):
+        return -1
+
+
 def _host(values: Any) -> np.ndarray:
     return values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
 
@@ -110,6 +119,15 @@ class _Index:
         self.metrics = set(leaf_names(f["metrics"]))
         self.ledger = set(leaf_names(f["ledger"]))
         self.codes = {s.decode(): i for i, s in enumerate(f["strings"][:])}
+        # column -> (its data, that tensor's version, kind, row) as this process last wrote it
+        self.written: dict[str, tuple[Any, int, str, int]] = {}
+
+    def unchanged(self, name: str, data: Any, kind: str, row: int | None = None) -> bool:
+        """Whether ``data`` is the very tensor, untouched since (its version counter has not
+        moved), that went into column ``name`` at ``row`` (default: at any row)."""
+        last = self.written.get(name)
+        return (last is not None and last[0] is data and last[2] == kind
+                and last[1] == _version(data) >= 0 and (row is None or last[3] == row))
 
     def code(self, f: h5py.File, name: str) -> int:
         code = self.codes.get(name)
@@ -234,8 +252,11 @@ class HistoryWriter:
         Returns:
             the row number written; once this returns the row is committed.
         """
-        # convert before taking the file: the lock is held only for the write itself
-        snapshots = [(name, c.producer, c.kind, _as_numpy(c.data, _STORE_DTYPE[c.kind]))
+        # convert before taking the file (the lock is held only for the write itself), but not
+        # a column that is the tensor written last epoch, untouched: its row is a copy
+        index = self._index
+        snapshots = [(name, c, None if index is not None and index.unchanged(name, c.data, c.kind)
+                      else _as_numpy(c.data, _STORE_DTYPE[c.kind]))
                      for name, c in columns.items() if c.snapshot]
         with self._update() as (f, index):
             row = int(f["epochs/epoch"].shape[0])
@@ -257,10 +278,14 @@ class HistoryWriter:
                 _append_value(_open(mgroup, name), row, np.float64(np.nan))
             lgroup, pgroup = f["ledger"], f["producers"]
             written = set()
-            for name, producer, kind, arr in snapshots:
+            for name, column, arr in snapshots:
+                kind = column.kind
+                if arr is None and not index.unchanged(name, column.data, kind, row - 1):
+                    arr = _as_numpy(column.data, _STORE_DTYPE[kind])
                 if name in index.ledger:
                     ds = lgroup[name]
                 else:
+                    assert arr is not None  # a new column was not written before
                     dtype = _STORE_DTYPE[kind]
                     ds = lgroup.create_dataset(
                         name, shape=(row, *arr.shape), maxshape=(None, *arr.shape), dtype=dtype,
@@ -270,8 +295,14 @@ class HistoryWriter:
                     new_codes(pgroup, name, row)
                     index.ledger.add(name)
                 ds.resize((row + 1, *ds.shape[1:]))
-                ds[row] = arr
-                _append_value(_open(pgroup, name), row, np.int32(index.code(f, producer)))
+                if arr is None:  # last row's compressed chunk, as it is: no conversion, no Zstd
+                    origin = (row - 1,) + (0,) * (ds.ndim - 1)
+                    mask, chunk = ds.id.read_direct_chunk(origin)
+                    ds.id.write_direct_chunk((row,) + origin[1:], chunk, mask)
+                else:
+                    ds[row] = arr
+                index.written[name] = (column.data, _version(column.data), kind, row)
+                _append_value(_open(pgroup, name), row, np.int32(index.code(f, column.producer)))
                 written.add(name)
             for name in index.ledger.difference(written):
                 # a column of an earlier stage: keep rows aligned (fill value, no producer)

@@ -27,12 +27,15 @@ class Column:
             ``weight`` and ``value`` as float16, ``exact`` as float32 (values float16 cannot
             hold, such as bounds near 1e-7), ``label`` as int32.
         snapshot: whether the history keeps a copy every epoch.
+        origin: for a copy :meth:`Ledger.mirror` made: the source's data and version, and
+            the copy's version, when it was made.
     """
 
     data: torch.Tensor
     producer: str
     kind: ColumnKind
     snapshot: bool = True
+    origin: tuple[torch.Tensor, int, int] | None = None
 
 
 class Ledger:
@@ -81,6 +84,19 @@ class Ledger:
             data = torch.full(shape, fill, dtype=like.dtype, device=self.device)
             self._columns[name] = column = Column(data, producer, kind, snapshot)
         return column.data
+
+    def mirror(self, name: str, source: str, *, kind: ColumnKind) -> None:
+        """Make column ``name`` a copy of column ``source``, with its producer; nothing is
+        copied when ``name`` is still the copy made last time, and neither has changed since
+        (so the column stays the same tensor, and the history copies its last row)."""
+        src, dst = self._columns[source], self._columns.get(name)
+        origin = None if dst is None else dst.origin
+        if (origin is not None and origin[0] is src.data and origin[1] == src.data._version
+                and origin[2] == dst.data._version and dst.producer == src.producer
+                and dst.kind == kind):
+            return
+        data = self.add(name, src.data, producer=src.producer, kind=kind)
+        self._columns[name].origin = (src.data, src.data._version, data._version)
 
     def write(self, name: str, index: torch.Tensor, values: torch.Tensor, *, producer: str,
               kind: ColumnKind = "value", snapshot: bool = True) -> None:

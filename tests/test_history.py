@@ -59,6 +59,80 @@ def test_compressed_and_chunked_by_epoch(tmp_path):
         assert "32015" in str(ds._filters)  # the Zstandard filter id
 
 
+def test_an_untouched_column_is_copied_chunk_for_chunk_and_any_change_is_written(
+        tmp_path, monkeypatch):
+    import kdcore.history_writer as hw
+
+    w, led = _writer(tmp_path), _ledger()
+    converted = []
+    as_numpy = hw._as_numpy
+    monkeypatch.setattr(hw, "_as_numpy", lambda v, d: converted.append(v) or as_numpy(v, d))
+    columns = dict(led.items())
+    target = led["target"]
+    expected = [target.clone()]
+    w.append_epoch(stage="s", epoch=0, metrics={}, columns=columns)
+    w.append_epoch(stage="s", epoch=1, metrics={}, columns=columns)  # untouched: copied
+    expected.append(target.clone())
+    assert [v is target for v in converted] == [True, False]  # epoch 1 converted nothing
+    target[0] = torch.tensor([0.1, 0.2, 0.3, 0.4])  # in place: the version moves
+    w.append_epoch(stage="s", epoch=2, metrics={}, columns=columns)
+    expected.append(target.clone())
+    led.add("target", target.clone() * 0.5, producer="lp", kind="target")  # a new tensor
+    w.append_epoch(stage="s", epoch=3, metrics={}, columns=dict(led.items()))
+    expected.append(led["target"].clone())
+    w.append_epoch(stage="s", epoch=4, metrics={}, columns=dict(led.items()))
+    expected.append(led["target"].clone())
+    assert sum(v is led["target"] for v in converted) == 1
+    with History(tmp_path) as h:
+        rows = h.column("target")
+        for r, values in enumerate(expected):
+            np.testing.assert_array_equal(rows[r], values.numpy().astype(np.float16))
+        assert h.producers("target") == ["lp"] * 5
+    with h5py.File(tmp_path / "history.h5") as f:
+        dsid = f["ledger/target"].id
+        assert dsid.read_direct_chunk((1, 0, 0)) == dsid.read_direct_chunk((0, 0, 0))
+
+
+def test_numpy_columns_and_another_kind_are_always_converted(tmp_path):
+    from kdcore.history_writer import _Index
+
+    w = _writer(tmp_path)
+    column = type("C", (), {"data": np.ones(50, np.float32), "producer": "p", "kind": "value",
+                            "snapshot": True})()
+    for epoch in range(2):
+        w.append_epoch(stage="s", epoch=epoch, metrics={}, columns={"loss/p": column})
+    index = w._index
+    assert isinstance(index, _Index) and not index.unchanged("loss/p", column.data, "value")
+    t = torch.ones(3)
+    index.written["x"] = (t, t._version, "value", 4)
+    assert index.unchanged("x", t, "value") and index.unchanged("x", t, "value", 4)
+    assert not index.unchanged("x", t, "weight") and not index.unchanged("x", t, "value", 3)
+    assert not index.unchanged("x", torch.ones(3), "value")
+
+
+def test_mirror_copies_only_when_source_or_copy_changed():
+    led = Ledger(4)
+    led.add("base_target", torch.eye(4), producer="data", kind="target")
+    led.mirror("target", "base_target", kind="target")
+    first = led["target"]
+    assert torch.equal(first, torch.eye(4)) and first is not led["base_target"]
+    led.mirror("target", "base_target", kind="target")
+    assert led["target"] is first  # nothing changed: the same tensor
+    led["base_target"][0, 0] = 0.5
+    led.mirror("target", "base_target", kind="target")
+    assert led["target"] is not first and led["target"][0, 0] == 0.5
+    second = led["target"]
+    second[1, 1] = 0.25  # the copy changed: copied afresh
+    led.mirror("target", "base_target", kind="target")
+    assert led["target"][1, 1] == 1.0
+    led.add("base_target", torch.eye(4) * 2, producer="lp", kind="target")  # a new source
+    led.mirror("target", "base_target", kind="target")
+    assert led["target"][0, 0] == 2.0 and led.producer("target") == "lp"
+    third = led["target"]
+    led.mirror("target", "base_target", kind="value")  # another kind: copied again
+    assert led["target"] is not third and led.column("target").kind == "value"
+
+
 def test_columns_appearing_later_and_metrics_missing_are_aligned(tmp_path):
     w = _writer(tmp_path)
     led = _ledger()
