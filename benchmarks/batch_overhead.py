@@ -31,6 +31,7 @@ from kdcore.loop import Trainer
 from kdcore.plan import build_plan
 from kdcore.plugins import ObserverBus
 from kdcore.prepare import prepare_run
+from kdcore.records import EpochRecords
 from kdcore.step import combine
 
 
@@ -111,7 +112,7 @@ def main() -> None:
         for fn in ((engine_batch, plain_batch) if block % 2 == 0 else (plain_batch, engine_batch)):
             for k in range(50):
                 fn(order[((block * 50 + k) * 128) % (len(y) - 128):][:128])
-        trainer.records.clear()
+        trainer.records = EpochRecords(trainer.records.group)
         trainer._unchecked, trainer._checked = [], 0
     print(f"{'segment':24s} {'engine us':>10s} {'plain us':>10s} {'diff us':>8s}")
     total_e = total_p = 0.0

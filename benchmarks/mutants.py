@@ -30,6 +30,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore": (".", ["kdcore/losses.py", "kdcore/metrics.py"],
                ["tests/test_losses.py", "tests/test_metrics.py",
                 "tests/test_losses_metrics_mutants.py"]),
+    # a transfer term as a row-wise function: its reduction, its record, the combine rules
+    "kdcore-terms": (".", ["kdcore/terms.py", "kdcore/records.py", "kdcore/step.py"],
+                     ["tests/test_terms.py", "tests/test_step.py"]),
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md)
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),

@@ -76,9 +76,6 @@ class EpochRecords:
             ledger.write(column, torch.cat(entry.index), values, producer=entry.producer,
                          kind="value")
 
-    def clear(self) -> None:
-        self._columns = {}
-
 
 def _evaluate(column: str, producer: str, parts: list[torch.Tensor | PerSampleLoss]
               ) -> torch.Tensor:

@@ -49,8 +49,9 @@ def test_values_and_mean_follow_rows_and_the_fused_mean_is_used_when_given():
         return torch.tensor(42.0)
 
     assert PerSampleLoss(dot_rows, a, b, mean=fused).mean().item() == 42.0 and calls == [1]
-    with pytest.raises(ValueError, match="at least one input"):
+    with pytest.raises(ValueError) as err:
         PerSampleLoss(dot_rows)
+    assert str(err.value) == "a PerSampleLoss needs at least one input tensor"
 
 
 def test_evaluate_rows_keeps_order_and_groups_only_what_joins():
@@ -73,6 +74,20 @@ def test_evaluate_rows_keeps_order_and_groups_only_what_joins():
     assert not parts[4].joins(PerSampleLoss(dot_rows, torch.ones(1, 3)))  # other arity
 
 
+def test_consecutive_losses_that_join_cost_one_call_and_no_parts_give_no_rows():
+    calls = []
+
+    def counted(a):
+        calls.append(len(a))
+        return a.sum(1)
+
+    parts = [PerSampleLoss(counted, torch.ones(2, 3)) for _ in range(4)]
+    assert evaluate_rows(parts[:3] + [torch.zeros(1)] + parts[3:]).tolist() == [3.0] * 6 + [
+        0.0] + [3.0] * 2
+    assert calls == [6, 2]  # one call for the three joined, one after the plain values
+    assert evaluate_rows([]).shape == (0,)
+
+
 def test_inputs_that_do_not_concatenate_are_evaluated_apart():
     parts = [PerSampleLoss(dot_rows, torch.ones(2, 3), torch.ones(2, 3)),
              PerSampleLoss(dot_rows, torch.ones(1, 4), torch.full((1, 4), 2.0))]
@@ -90,8 +105,10 @@ def test_an_input_changed_after_the_hook_returned_or_a_wrong_shape_is_refused():
     labels = torch.ones(3, 2)
     kept = PerSampleLoss(dot_rows, torch.ones(3, 2), labels).kept()
     labels[0, 0] = 5.0
-    with pytest.raises(ValueError, match="changed in place"):
+    with pytest.raises(ValueError) as err:
         evaluate_rows([kept])
+    assert str(err.value) == ("an input of a PerSampleLoss was changed in place after the "
+                              "transfer hook returned it; return a copy")
     with pytest.raises(ValueError, match=r"shape \(3, 2\) for 3 rows"):
         evaluate_rows([PerSampleLoss(lambda a: a, torch.ones(3, 2))])
 
@@ -152,6 +169,9 @@ def test_a_masked_or_weighted_term_is_reduced_from_its_values():
     r = combine(batch_of(x), refiners=[], selectors=[mask], weighters=[other], transfers=[ce],
                 context=lambda c: None)
     assert means == []  # the mask acts on ce: no fused mean
+    alone = combine(batch_of(x), refiners=[], selectors=[mask], weighters=[], transfers=[ce],
+                    context=lambda c: None)  # a mask without any weighter
+    assert means == [] and alone.terms["s"]["ce"].item() == pytest.approx(5.0)
     assert r.terms["s"]["ce"].item() == pytest.approx((1 + 9) / 2)
     assert r.losses["s"].item() == pytest.approx(0.5 * (1 + 9) / 2)
     assert r.total("s").item() == pytest.approx(2.5) and r.totals["s"] is None
@@ -160,9 +180,24 @@ def test_a_masked_or_weighted_term_is_reduced_from_its_values():
     # a weight that acts on another term only leaves the fused mean in use
     unmasked = combine(batch_of(x), refiners=[], selectors=[], weighters=[other],
                        transfers=[Fn("ce", transfer=lambda b: PerSampleLoss(
-                           dot_rows, b.x, torch.ones(4, 2), mean=lambda a, c: torch.tensor(7.0)))],
+                           dot_rows, b.x, torch.ones(4, 2), mean=lambda a, c: torch.tensor(42.0)))],
                        context=lambda c: None)
-    assert unmasked.losses["s"].item() == 7.0
+    assert unmasked.losses["s"].item() == 42.0  # the fused mean, not the values' 7.0
+
+
+def test_weights_alone_weigh_a_term_and_two_terms_total_is_their_sum():
+    x = torch.arange(8.0).view(4, 2)
+    w = Fn("w", weigh=lambda b: torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    ce = Fn("ce", transfer=lambda b: PerSampleLoss(dot_rows, b.x, torch.ones(4, 2)))
+    kd = Fn("kd", transfer=lambda b: torch.ones(4))
+    r = combine(batch_of(x), refiners=[], selectors=[], weighters=[w], transfers=[ce, kd],
+                context=lambda c: None)
+    assert r.terms["s"]["ce"].item() == pytest.approx((1 + 13) / 4)  # weighted, no mask
+    assert r.totals["s"] is None and r.total("s").item() == pytest.approx(3.5 + 0.5)  # w on both
+    scalar = combine(batch_of(x), refiners=[], selectors=[], weighters=[],
+                     transfers=[Fn("reg", transfer=lambda b: torch.tensor(2.0))],
+                     context=lambda c: None)
+    assert scalar.losses_per_sample == [] and scalar.total("s").item() == 2.0
 
 
 def test_epoch_records_settle_in_groups_and_write_every_row_once():
@@ -175,16 +210,32 @@ def test_epoch_records_settle_in_groups_and_write_every_row_once():
                 if k != 2 else values[rows])
         records.add("loss/t", "t", rows, part)
         records.add("logits/s", "s", rows, values[rows, None].repeat(1, 2))
-    assert len(records._columns["loss/t"].values) == 3  # three settled into one, two pending
+    entry = records._columns["loss/t"]
+    assert (len(entry.values), entry.settled) == (3, 1)  # three settled into one, two pending
     records.write(ledger)
     assert torch.equal(ledger["loss/t"], values)
     assert torch.equal(ledger["logits/s"], values[:, None].repeat(1, 2))
     assert ledger.producer("loss/t") == "t" and ledger.column("loss/t").kind == "value"
     assert records._columns == {}
+    one = EpochRecords(group=1)  # settles every batch: a single part's rows each time
+    for k in range(5):
+        one.add("loss/t", "t", order[2 * k:2 * k + 2], values[order[2 * k:2 * k + 2]])
+    one.write(ledger)
+    assert torch.equal(ledger["loss/t"], values)
 
 
-def test_a_bad_record_names_its_component():
-    records = EpochRecords(group=1)
-    with pytest.raises(KdcoreError, match="component 'mine', column 'loss/mine': PerSampleLoss"):
-        records.add("loss/mine", "mine", torch.arange(2),
-                    PerSampleLoss(lambda a: a, torch.ones(2, 2)).kept())
+def test_a_bad_record_names_its_component_when_added_written_or_observed():
+    bad = PerSampleLoss(lambda a: a, torch.ones(2, 2)).kept()
+    message = "component 'mine', column 'loss/mine': PerSampleLoss rows gave shape"
+    with pytest.raises(KdcoreError, match=message):
+        EpochRecords(group=1).add("loss/mine", "mine", torch.arange(2), bad)
+    later = EpochRecords(group=8)
+    later.add("loss/mine", "mine", torch.arange(2), bad)
+    with pytest.raises(KdcoreError, match=message):
+        later.write(Ledger(2))
+    with pytest.raises(KdcoreError, match=message):
+        EpochRecords().evaluate("loss/mine", "mine", bad)
+    good = PerSampleLoss(dot_rows, torch.ones(2, 3), torch.ones(2, 3)).kept()
+    assert EpochRecords().evaluate("loss/t", "t", good).tolist() == [3.0, 3.0]
+    values = torch.ones(2)
+    assert EpochRecords().evaluate("loss/t", "t", values) is values
