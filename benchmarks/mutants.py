@@ -29,7 +29,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # kdcore/step.py was run on its own before (docs/mutation.md), with tests/test_step.py
     "kdcore": (".", ["kdcore/losses.py", "kdcore/metrics.py"],
                ["tests/test_losses.py", "tests/test_metrics.py",
-                "tests/test_losses_metrics_mutants.py"]),
+                "tests/test_losses_metrics_mutants.py", "tests/test_terms.py"]),
     # a transfer term as a row-wise function: its reduction, its record, the combine rules
     "kdcore-terms": (".", ["kdcore/terms.py", "kdcore/records.py", "kdcore/step.py"],
                      ["tests/test_terms.py", "tests/test_step.py"]),

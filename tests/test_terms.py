@@ -131,8 +131,21 @@ def test_cross_entropy_term_equals_f_cross_entropy_bit_for_bit_and_numpy(soft):
                         q.numpy() if soft else None)
     np.testing.assert_allclose(term.values().detach().double().numpy(), expected, rtol=1e-5)
     assert term.mean().item() == pytest.approx(expected.mean(), rel=1e-5)
-    with pytest.raises(ValueError, match="targets or labels"):
+    with pytest.raises(ValueError) as err:
         cross_entropy_term(z, None, None)
+    assert str(err.value) == "cross_entropy_term needs targets or labels"
+
+
+def test_cross_entropy_terms_mean_is_one_fused_node_and_soft_targets_take_the_logits_dtype():
+    z = torch.randn(6, 4, requires_grad=True)
+    hard = cross_entropy_term(z, None, torch.tensor([0, 1, 2, 3, 0, 1])).mean()
+    assert hard.grad_fn.name() == "NllLossBackward0"  # not a MeanBackward over the rows
+    assert hard.grad_fn.next_functions[0][0].name() == "LogSoftmaxBackward0"
+    q = torch.softmax(torch.randn(6, 4, dtype=torch.float64), 1)  # float64 targets
+    soft = cross_entropy_term(z, q, None)
+    assert "Mean" not in soft.mean().grad_fn.name()  # F.cross_entropy's own reduction
+    assert soft.values().dtype == torch.float32
+    torch.testing.assert_close(soft.values(), F.cross_entropy(z, q.float(), reduction="none"))
 
 
 def batch_of(logits):
