@@ -10,12 +10,14 @@ inputs a few dozen batches at a time, in one call without gradients, off the bac
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import cast
 
 import torch
 
 RowsFn = Callable[..., torch.Tensor]
+_VERSION = operator.attrgetter("_version")
 
 
 class PerSampleLoss:
@@ -55,17 +57,20 @@ class PerSampleLoss:
         return self.mean_fn(*self.inputs)
 
     def kept(self) -> PerSampleLoss:
-        """This loss, kept for the record: its inputs' versions are noted, so that an input
-        changed in place before the record is evaluated is caught. The inputs are not
-        detached here (a detach per input and batch costs more than the rest of the record);
-        the record is evaluated without gradients."""
-        self._versions = tuple(t._version for t in self.inputs)
-        return self
+        """The same loss, kept for the record until it is evaluated (at most a few dozen
+        batches later): the inputs that carry a graph are detached, so that the graph (and
+        whatever a component's own backward pass kept alive in it) is not held with them, and
+        their versions are noted, so that an input changed in place before then is caught.
+        This loss itself keeps its graph."""
+        inputs = tuple(t.detach() if t.requires_grad else t for t in self.inputs)
+        out = PerSampleLoss(self.rows, *inputs, mean=self.mean_fn)
+        out._versions = tuple(map(_VERSION, inputs))
+        return out
 
     def changed(self) -> bool:
         """Whether an input was changed in place since :meth:`kept`."""
         return self._versions is not None and self._versions != tuple(
-            t._version for t in self.inputs)
+            map(_VERSION, self.inputs))
 
     def joins(self, other: PerSampleLoss) -> bool:
         """Whether ``other``'s rows may be evaluated in one call with these: the same function

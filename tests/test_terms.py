@@ -94,9 +94,14 @@ def test_inputs_that_do_not_concatenate_are_evaluated_apart():
     assert evaluate_rows(parts).tolist() == [3.0, 3.0, 8.0]
 
 
-def test_the_record_has_no_graph_even_from_inputs_that_carry_one():
+def test_a_kept_loss_holds_no_graph_and_its_record_has_none():
     z = torch.randn(4, 3, requires_grad=True)
-    kept = PerSampleLoss(dot_rows, z * 2, torch.ones(4, 3)).kept()
+    labels = torch.ones(4, 3)
+    loss = PerSampleLoss(dot_rows, z * 2, labels)
+    kept = loss.kept()
+    assert kept.inputs[1] is labels  # nothing to detach: the same tensor
+    assert not kept.inputs[0].requires_grad and kept.inputs[0].grad_fn is None
+    assert loss.mean().requires_grad  # the term itself still trains
     values = evaluate_rows([kept, kept])
     assert not values.requires_grad and values.shape == (8,)
 
