@@ -67,6 +67,8 @@ class StepResult:
         return self.losses[role].detach() if value is None else value
 
 
+_MAPPINGS = (dict, Mapping)  # dict first: the common case, without the ABC's check
+
 # (component, role, tensor): a mask or weight and the model it applies to
 Applied = tuple[Component, str, torch.Tensor]
 
@@ -109,7 +111,7 @@ def combine(
         out = comp.transfer(context(comp), batch)
         if out is None:
             continue
-        per_role = out if isinstance(out, dict | Mapping) else {r: out for r in comp.models}
+        per_role = out if isinstance(out, _MAPPINGS) else {r: out for r in comp.models}
         for role, loss in per_role.items():
             record: torch.Tensor | PerSampleLoss | None = None
             if isinstance(loss, PerSampleLoss):
