@@ -63,7 +63,7 @@ class PerSampleLoss:
         their versions are noted, so that an input changed in place before then is caught.
         This loss itself keeps its graph."""
         inputs = tuple(t.detach() if t.requires_grad else t for t in self.inputs)
-        out = PerSampleLoss(self.rows, *inputs, mean=self.mean_fn)
+        out = PerSampleLoss(self.rows, *inputs)  # the record takes rows only, never a mean
         out._versions = tuple(map(_VERSION, inputs))
         return out
 
