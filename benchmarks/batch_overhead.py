@@ -4,7 +4,12 @@ The CE recipe's MLP on Fashion-MNIST (as ``engine_costs.py --arch mlp``): the en
 step (``Trainer._train_batch``, cut into its phases) and the plain loop's, interleaved in
 blocks of 50 batches, median over ``--batches`` of each.
 
-Usage:  .venv/bin/python benchmarks/batch_overhead.py [--batches 3000] [--threads 2]
+With ``--whole``, also the engine's whole batch step (``Trainer._train_batch``: the records,
+their grouped evaluation and the finiteness checks included) against the plain step, in
+interleaved blocks of 50 batches (median of the blocks' mean per batch), with and without the
+per-sample records.
+
+Usage:  .venv/bin/python benchmarks/batch_overhead.py [--batches 3000] [--threads 2] [--whole]
 Needs Fashion-MNIST (make fashion-mnist).
 """
 
@@ -39,6 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--whole", action="store_true",
+                        help="also time the whole Trainer._train_batch against the plain step")
     args = parser.parse_args()
     logger.remove()
     torch.set_num_threads(args.threads)
@@ -122,6 +129,50 @@ def main() -> None:
         print(f"{name:24s} {e:10.1f} {p:10.1f} {e - p:8.1f}")
     print(f"{'sum of medians':24s} {total_e:10.1f} {total_p:10.1f} {total_e - total_p:8.1f} "
           f"({total_e / total_p:.3f}x)")
+    if args.whole:
+        trainer._hard_source = hard_source
+        whole_steps(trainer, stage, order, args.batches // 50)
+
+
+def whole_steps(trainer: Trainer, stage, order: torch.Tensor, blocks: int) -> None:
+    """The real batch step against the plain one, interleaved in blocks of 50 batches."""
+    run = trainer.run
+    model, opt, data = run.models["student"], run.optimizers["student"], run.data
+    y = data.train_noisy
+    add = EpochRecords.add
+
+    def engine(index: torch.Tensor) -> None:
+        trainer._train_batch(stage, index, data.inputs(data.train, index), False)
+
+    def engine_without_records(index: torch.Tensor) -> None:
+        EpochRecords.add = lambda *a, **k: None  # type: ignore[method-assign]
+        try:
+            engine(index)
+        finally:
+            EpochRecords.add = add  # type: ignore[method-assign]
+
+    def plain(index: torch.Tensor) -> None:
+        logits, _ = model(data.inputs(data.train, index))
+        loss = F.cross_entropy(logits, y[index])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sides = [engine, engine_without_records, plain]
+    times: dict[str, list[float]] = defaultdict(list)
+    for block in range(blocks):
+        for fn in (sides if block % 2 == 0 else sides[::-1]):
+            t = time.perf_counter()
+            for k in range(50):
+                fn(order[((block * 50 + k) * 128) % (len(y) - 128):][:128])
+            times[fn.__name__].append((time.perf_counter() - t) / 50)
+        trainer.records = EpochRecords(trainer.records.group)
+        trainer._unchecked, trainer._checked = [], 0
+    base = statistics.median(times["plain"]) * 1e6
+    print(f"\n{'whole step':24s} {'us':>10s} {'minus plain':>12s}")
+    for name, values in times.items():
+        us = statistics.median(values) * 1e6
+        print(f"{name:24s} {us:10.1f} {us - base:+12.1f} ({us / base:.3f}x)")
 
 
 if __name__ == "__main__":
