@@ -9,7 +9,12 @@ their grouped evaluation and the finiteness checks included) against the plain s
 interleaved blocks of 50 batches (median of the blocks' mean per batch), with and without the
 per-sample records.
 
+With ``--framework``, instead: the same two steps on a near-null model (digits, an MLP with
+one hidden layer of 4, batches of 8, one thread), where the compute is a few operations and
+the difference is the engine's own per-batch cost.
+
 Usage:  .venv/bin/python benchmarks/batch_overhead.py [--batches 3000] [--threads 2] [--whole]
+        .venv/bin/python benchmarks/batch_overhead.py --framework [--batches 3000]
 Needs Fashion-MNIST (make fashion-mnist).
 """
 
@@ -36,6 +41,7 @@ from kdcore.loop import Trainer
 from kdcore.plan import build_plan
 from kdcore.plugins import ObserverBus
 from kdcore.prepare import prepare_run
+from kdcore.recipe import recipe_from_dict
 from kdcore.records import EpochRecords
 from kdcore.step import combine
 
@@ -46,10 +52,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--whole", action="store_true",
                         help="also time the whole Trainer._train_batch against the plain step")
+    parser.add_argument("--framework", action="store_true",
+                        help="only the whole steps, on a near-null model (the engine's own cost)")
     args = parser.parse_args()
     logger.remove()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1 if args.framework else args.threads)
     host = kdcore.PluginHost()
+    if args.framework:
+        framework_cost(host, args.batches // 50)
+        return
     recipe = ce_recipe(1, tempfile.gettempdir(), "mlp", 20000)
     plan = build_plan(recipe, host)
     tmp = Path(tempfile.mkdtemp())
@@ -134,7 +145,32 @@ def main() -> None:
         whole_steps(trainer, stage, order, args.batches // 50)
 
 
-def whole_steps(trainer: Trainer, stage, order: torch.Tensor, blocks: int) -> None:
+def framework_cost(host: kdcore.PluginHost, blocks: int) -> None:
+    """:func:`whole_steps` where the model's compute is next to nothing."""
+    recipe = recipe_from_dict({
+        "run": {"name": "framework", "seed": 0, "device": "cpu",
+                "output_dir": tempfile.gettempdir()},
+        "data": {"dataset": "digits", "batch_size": 8,
+                 "noise": {"model": "symmetric", "params": {"rate": 0.4}}},
+        "models": {"student": {"arch": "mlp", "params": {"hidden": [4]},
+                               "optimizer": {"lr": 0.05}}},
+        "stages": [{"name": "s", "epochs": 1, "train": ["student"],
+                    "components": [{"use": "ce"}]}],
+    })
+    plan = build_plan(recipe, host)
+    tmp = Path(tempfile.mkdtemp())
+    run = prepare_run(plan, host, tmp)
+    trainer = Trainer(plan, run, HistoryWriter(tmp / "h.h5"), ObserverBus(host),
+                      Checkpointer(tmp, {}, 1e9, False))
+    stage = plan.stages[0]
+    trainer.enter_stage(stage)
+    trainer._hard_source = trainer._one_hot_labels()
+    order = torch.randperm(len(run.data.train_noisy), generator=torch.Generator().manual_seed(0))
+    whole_steps(trainer, stage, order, blocks, batch_size=8)
+
+
+def whole_steps(trainer: Trainer, stage, order: torch.Tensor, blocks: int,
+                batch_size: int = 128) -> None:
     """The real batch step against the plain one, interleaved in blocks of 50 batches."""
     run = trainer.run
     model, opt, data = run.models["student"], run.optimizers["student"], run.data
@@ -164,7 +200,8 @@ def whole_steps(trainer: Trainer, stage, order: torch.Tensor, blocks: int) -> No
         for fn in (sides if block % 2 == 0 else sides[::-1]):
             t = time.perf_counter()
             for k in range(50):
-                fn(order[((block * 50 + k) * 128) % (len(y) - 128):][:128])
+                start = ((block * 50 + k) * batch_size) % (len(y) - batch_size)
+                fn(order[start:start + batch_size])
             times[fn.__name__].append((time.perf_counter() - t) / 50)
         trainer.records = EpochRecords(trainer.records.group)
         trainer._unchecked, trainer._checked = [], 0
