@@ -48,7 +48,8 @@ def cross_entropy_term(logits: torch.Tensor, targets: torch.Tensor | None,
     are a gather of the log-probabilities already computed, not a second softmax.
     """
     if labels is not None:
-        return PerSampleLoss(_nll_rows, F.log_softmax(logits, dim=1), labels, mean=F.nll_loss)
+        # the tensor method: the same kernel without the functional wrapper's checks
+        return PerSampleLoss(_nll_rows, logits.log_softmax(1), labels, mean=F.nll_loss)
     if targets is None:
         raise ValueError("cross_entropy_term needs targets or labels")
     return PerSampleLoss(_cross_entropy_rows, logits, targets.to(logits.dtype),

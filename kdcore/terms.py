@@ -62,8 +62,9 @@ class PerSampleLoss:
         whatever a component's own backward pass kept alive in it) is not held with them, and
         their versions are noted, so that an input changed in place before then is caught.
         This loss itself keeps its graph."""
-        inputs = tuple(t.detach() if t.requires_grad else t for t in self.inputs)
-        out = PerSampleLoss(self.rows, *inputs)  # the record takes rows only, never a mean
+        inputs = tuple([t.detach() if t.requires_grad else t for t in self.inputs])
+        out = object.__new__(PerSampleLoss)  # once per batch: no argument checks to repeat
+        out.rows, out.inputs, out.mean_fn = self.rows, inputs, None  # the record takes no mean
         out._versions = tuple(map(_VERSION, inputs))
         return out
 
