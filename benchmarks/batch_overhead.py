@@ -33,7 +33,6 @@ from engine_costs import ce_recipe
 from loguru import logger
 
 import kdcore
-from kdcore.build import build_optimizer
 from kdcore.checkpointing import Checkpointer
 from kdcore.component import Batch
 from kdcore.history_writer import HistoryWriter
@@ -61,19 +60,9 @@ def main() -> None:
     if args.framework:
         framework_cost(host, args.batches // 50)
         return
-    recipe = ce_recipe(1, tempfile.gettempdir(), "mlp", 20000)
-    plan = build_plan(recipe, host)
-    tmp = Path(tempfile.mkdtemp())
-    run = prepare_run(plan, host, tmp)
-    trainer = Trainer(plan, run, HistoryWriter(tmp / "h.h5"), ObserverBus(host),
-                      Checkpointer(tmp, {}, 1e9, False))
-    stage = plan.stages[0]
-    run.stage = stage.config
-    run.optimizers["student"] = build_optimizer(run.models["student"],
-                                                recipe.models["student"].optimizer)
-    trainer.bind_stage(stage)
-    trainer.setup_stage(stage)
-    hard_source = trainer._one_hot_labels()
+    trainer = first_stage_trainer(ce_recipe(1, tempfile.gettempdir(), "mlp", 20000), host)
+    run, stage = trainer.run, trainer.current_stage
+    hard_source = trainer._hard_source
     model, opt, data = run.models["student"], run.optimizers["student"], run.data
     y = data.train_noisy
     order = torch.randperm(len(y))
@@ -157,16 +146,22 @@ def framework_cost(host: kdcore.PluginHost, blocks: int) -> None:
         "stages": [{"name": "s", "epochs": 1, "train": ["student"],
                     "components": [{"use": "ce"}]}],
     })
+    trainer = first_stage_trainer(recipe, host)
+    n = len(trainer.run.data.train_noisy)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    whole_steps(trainer, trainer.current_stage, order, blocks, batch_size=8)
+
+
+def first_stage_trainer(recipe: kdcore.Recipe, host: kdcore.PluginHost) -> Trainer:
+    """A trainer of ``recipe``'s prepared run, in its first stage, as an epoch would begin."""
     plan = build_plan(recipe, host)
     tmp = Path(tempfile.mkdtemp())
     run = prepare_run(plan, host, tmp)
     trainer = Trainer(plan, run, HistoryWriter(tmp / "h.h5"), ObserverBus(host),
                       Checkpointer(tmp, {}, 1e9, False))
-    stage = plan.stages[0]
-    trainer.enter_stage(stage)
+    trainer.enter_stage(plan.stages[0])
     trainer._hard_source = trainer._one_hot_labels()
-    order = torch.randperm(len(run.data.train_noisy), generator=torch.Generator().manual_seed(0))
-    whole_steps(trainer, stage, order, blocks, batch_size=8)
+    return trainer
 
 
 def whole_steps(trainer: Trainer, stage, order: torch.Tensor, blocks: int,
