@@ -52,16 +52,12 @@ def cross_entropy_term(logits: torch.Tensor, targets: torch.Tensor | None,
         return PerSampleLoss(_nll_rows, logits.log_softmax(1), labels, mean=F.nll_loss)
     if targets is None:
         raise ValueError("cross_entropy_term needs targets or labels")
-    return PerSampleLoss(_cross_entropy_rows, logits, targets.to(logits.dtype),
+    return PerSampleLoss(soft_cross_entropy, logits, targets.to(logits.dtype),
                          mean=F.cross_entropy)
 
 
 def _nll_rows(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.nll_loss(log_probs, labels, reduction="none")
-
-
-def _cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, targets, reduction="none")
 
 
 def kd_kl(

@@ -3,9 +3,10 @@
 A ``transfer`` hook may return its per-sample loss as values ``(B,)``; then the engine reduces
 them with a mean (one op forward, one autograd node backward) and records them. Returned as a
 :class:`PerSampleLoss`, the same term costs what a hand-written loop pays: where no mask or
-weight applies to it, the engine takes the term's fused mean (``F.cross_entropy``'s own
-reduction), and the per-sample values for the ``loss/<name>`` column are computed from the
-inputs a few dozen batches at a time, in one call without gradients, off the backward pass.
+weight applies to it, the engine takes the term's fused mean (for the built-in cross-entropy,
+``F.nll_loss``'s own reduction over the log-probabilities), and the per-sample values for the
+``loss/<name>`` column are computed from the inputs a few dozen batches at a time, in one call
+without gradients, off the backward pass.
 """
 
 from __future__ import annotations
