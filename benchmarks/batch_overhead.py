@@ -83,9 +83,9 @@ def main() -> None:
                          context=trainer.context)
         t.append(time.perf_counter())
         for p in result.losses_per_sample:
-            trainer._record(batch, p.column, p.values, p.producer, False)
+            trainer.records.add(p.column, p.producer, index, p.values)
         out = batch.computed("student")
-        trainer._record(batch, "logits/student", out.logits.detach(), "student", False)
+        trainer.records.add("logits/student", "student", index, out.logits.detach())
         loss = result.losses["student"]
         trainer._unchecked.append((run.step, "student", loss.detach(), result.terms["student"]))
         t.append(time.perf_counter())

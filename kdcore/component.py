@@ -90,12 +90,19 @@ class Batch:
         self._targets_from = targets_from
         self._targets_version = -1 if targets is None else targets._version
         self._hard_targets = hard_targets
-        self.store = BatchStore()
+        self._store: BatchStore | None = None
         self.records: dict[str, torch.Tensor] = {}
         self._outputs: dict[str, ModelOutput] = {}
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    @property
+    def store(self) -> BatchStore:
+        # made on first use: most batches of most recipes never leave a value
+        if self._store is None:
+            self._store = BatchStore()
+        return self._store
 
     @property
     def targets(self) -> torch.Tensor:

@@ -30,7 +30,6 @@ from kdcore.plugins import ObserverBus
 from kdcore.records import EpochRecords
 from kdcore.runstate import ComponentContext, Run, component_seed
 from kdcore.step import Produced, combine
-from kdcore.terms import PerSampleLoss
 
 # Steps between two checks that the losses are finite: each check waits for the device, so
 # checking every step would stall a GPU (on the CPU it is ~1% of a small step); a divergence is
@@ -86,6 +85,7 @@ class Trainer:
         self._hard_source: tuple[torch.Tensor, tuple[int, int]] | None = None
         self._hard_labels: torch.Tensor | None = None  # the labels _hard_source matched
         self.current_stage: StagePlan = plan.stages[0]
+        self._logit_columns: list[tuple[str, str]] = []  # (role, its column) the stage trains
 
     # -- contexts -----------------------------------------------------------------------------
 
@@ -142,6 +142,7 @@ class Trainer:
                 run.optimizers[role] = build_optimizer(run.models[role],
                                                        self.plan.recipe.models[role].optimizer)
         self.bind_stage(stage)
+        self._logit_columns = [(role, f"logits/{role}") for role in cfg.train]
         self.setup_stage(stage)
 
     def _run_stage(self, stage: StagePlan, start_epoch: int, state: dict[str, Any] | None
@@ -251,15 +252,15 @@ class Trainer:
     def _train_batch(self, stage: StagePlan, index: torch.Tensor, inputs: torch.Tensor,
                      observes: bool) -> None:
         run = self.run
-        data, ledger = run.data, run.ledger
-        x = run.augment(inputs, self.augment_gen)
+        data = run.data
+        x = run.augment(inputs, self.augment_gen) if run.augmentations else inputs
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        base, noisy = ledger["base_target"], data.train_noisy[index]
+        base, noisy = run.ledger["base_target"], data.train_noisy[index]
         src = self._hard_source
         hard = noisy if src is not None and src[0] is base and src[1] == (
             base._version, data.train_noisy._version) else None
-        batch = Batch(index, x, noisy, forward=run.forward, num_classes=run.num_classes,
+        batch = Batch(index, x, noisy, forward=run.forward, num_classes=data.num_classes,
                       step=run.step, hard_targets=hard, targets_from=base)
         trained_roles = stage.config.train
         for role in trained_roles:
@@ -268,12 +269,15 @@ class Trainer:
         result = combine(batch, refiners=stage.refiners, selectors=stage.selectors,
                          weighters=stage.weighters, transfers=stage.transfers,
                          context=self.context, record=self._write_now)
-        for p in result.losses_per_sample:
-            self._record(batch, p.column, p.values, p.producer, observes)
-        for role in trained_roles:
-            out = batch.computed(role)
-            if out is not None:  # training dynamics, as Dataset Cartography records them
-                self._record(batch, f"logits/{role}", out.logits.detach(), role, observes)
+        records = self.records
+        # each term's loss, and each trained model's logits (training dynamics, as Dataset
+        # Cartography records them)
+        for column, producer, values in result.losses_per_sample + [
+                (column, role, out.logits.detach()) for role, column in self._logit_columns
+                if (out := batch.computed(role)) is not None]:
+            if observes:  # the batch's values for kdcore_batch_end
+                batch.records[column] = records.evaluate(column, producer, values)
+            records.add(column, producer, index, values)
         losses = result.losses
         trained = [r for r in losses if r in trained_roles]
         for role in trained:  # summed per term at the epoch end, checked every few steps
@@ -287,14 +291,19 @@ class Trainer:
         if plain:
             total = torch.stack(plain).sum() if len(plain) > 1 else plain[0]
             (self.scaler.scale(total) if self.scaler else total).backward()
+        scaler = self.scaler  # without one, in one process: no context to enter per step
+        alone = scaler is None and distributed.world().size == 1
         for role in trained_roles:
             if role not in run.stepped:
                 optimizer = run.optimizers[role]
-                with distributed.synchronised(optimizer):  # averaged across ranks
-                    self.scaler.step(optimizer) if self.scaler else optimizer.step()
+                if alone:
+                    optimizer.step()
+                else:
+                    with distributed.synchronised(optimizer):  # averaged across ranks
+                        scaler.step(optimizer) if scaler else optimizer.step()
             run.bump(role)
-        if self.scaler:
-            self.scaler.update()
+        if scaler:
+            scaler.update()
         run.stepped.clear()
         if len(self._unchecked) - self._checked >= FINITE_CHECK_EVERY:
             self._check_finite()
@@ -321,14 +330,6 @@ class Trainer:
                 sums[f"train/{role}/{term}"].append(value)
         self._unchecked, self._checked = [], 0
         return {k: float(torch.stack(v).sum()) / max(batches, 1) for k, v in sums.items()}
-
-    def _record(self, batch: Batch, column: str, values: torch.Tensor | PerSampleLoss,
-                producer: str, observes: bool) -> None:
-        """Keep a per-sample record (losses, logits) for the ledger's write at the epoch end;
-        observers of ``kdcore_batch_end`` find the batch's values in ``batch.records``."""
-        if observes:
-            batch.records[column] = self.records.evaluate(column, producer, values)
-        self.records.add(column, producer, batch.index, values)
 
     def _check_finite(self) -> None:
         """Raise :class:`TrainingDiverged` at the first step since the last check whose loss

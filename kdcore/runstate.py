@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 import zlib
 from collections import defaultdict
@@ -76,7 +77,7 @@ class Run:
         """``model(x)`` in the run's precision; in a distributed run each rank computes its
         share of the rows and every rank gets them all (:mod:`kdcore.distributed`)."""
         if distributed.world().size == 1:
-            return self._compute(model, x)
+            return model(x) if self._low_precision is None else self._compute(model, x)
         logits, features = distributed.split_call(lambda rows: self._compute(model, rows), x)
         return logits, features
 
@@ -139,7 +140,7 @@ class Run:
         else:
             with torch.no_grad():
                 logits, features = self._call(model, x)
-        return ModelOutput(logits, features)
+        return _model_output((logits, features))
 
     @torch.no_grad()
     def features(self, role: str, split: str = "train") -> ModelOutput:
@@ -171,6 +172,9 @@ class Run:
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# ModelOutput((logits, features)) without the named tuple's Python-level __new__: built for
+# every model call of every batch
+_model_output = functools.partial(tuple.__new__, ModelOutput)
 
 
 class TaggedLedger:

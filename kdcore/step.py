@@ -16,6 +16,7 @@ ledger. It is unit-testable with fake components and contexts (:mod:`kdcore.test
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -67,6 +68,10 @@ class StepResult:
         return self.losses[role].detach() if value is None else value
 
 
+# Produced((column, producer, values)) without the named tuple's Python-level __new__: one
+# per term of every batch
+_produced = functools.partial(tuple.__new__, Produced)
+
 _MAPPINGS = (dict, Mapping)  # dict first: the common case, without the ABC's check
 
 # (component, role, tensor): a mask or weight and the model it applies to
@@ -111,7 +116,9 @@ def combine(
         out = comp.transfer(context(comp), batch)
         if out is None:
             continue
-        per_role = out if isinstance(out, _MAPPINGS) else {r: out for r in comp.models}
+        spec = comp.spec
+        name = spec.name
+        per_role = out if isinstance(out, _MAPPINGS) else {r: out for r in spec.models}
         for role, loss in per_role.items():
             record: torch.Tensor | PerSampleLoss | None = None
             if isinstance(loss, PerSampleLoss):
@@ -126,15 +133,15 @@ def combine(
                 if loss.dim() == 1:
                     record = loss.detach()
             if record is not None:
-                col = f"loss/{comp.name}" if len(per_role) == 1 else f"loss/{comp.name}/{role}"
-                result.losses_per_sample.append(Produced(col, comp.name, record))
+                col = f"loss/{name}" if len(per_role) == 1 else f"loss/{name}/{role}"
+                result.losses_per_sample.append(_produced((col, name, record)))
             value = term.detach()
-            result.terms.setdefault(role, {})[comp.name] = value
+            result.terms.setdefault(role, {})[name] = value
             losses, totals = result.losses, result.totals
-            if comp.spec.weight == 1.0:
+            if spec.weight == 1.0:
                 weighted = term
             else:
-                weighted, value = comp.spec.weight * term, None
+                weighted, value = spec.weight * term, None
             if role in losses:
                 losses[role] = losses[role] + weighted
                 totals[role] = None
