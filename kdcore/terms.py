@@ -19,7 +19,6 @@ import torch
 
 RowsFn = Callable[..., torch.Tensor]
 _VERSION = operator.attrgetter("_version")
-_DTYPE = operator.attrgetter("dtype")
 
 
 class PerSampleLoss:
@@ -78,12 +77,8 @@ class PerSampleLoss:
     def joins(self, other: PerSampleLoss) -> bool:
         """Whether ``other``'s rows may be evaluated in one call with these: the same function
         on inputs of the same dtypes (inputs that do not concatenate are evaluated apart)."""
-        return other.rows == self.rows and _dtypes(other) == _dtypes(self)
-
-
-def _dtypes(loss: PerSampleLoss) -> list[torch.dtype]:
-    # map with an attrgetter: no Python frame per input (this runs for every kept batch)
-    return list(map(_DTYPE, loss.inputs))
+        return other.rows == self.rows and len(other.inputs) == len(self.inputs) and all(
+            a.dtype == b.dtype for a, b in zip(self.inputs, other.inputs))
 
 
 def evaluate_rows(parts: list[torch.Tensor | PerSampleLoss]) -> torch.Tensor:
@@ -104,11 +99,9 @@ def evaluate_rows(parts: list[torch.Tensor | PerSampleLoss]) -> torch.Tensor:
             i += 1
             continue
         j = i + 1
-        rows, dtypes = part.rows, _dtypes(part)
         while j < n:
             other = parts[j]
-            if (not isinstance(other, PerSampleLoss) or other.rows != rows
-                    or _dtypes(other) != dtypes):
+            if not isinstance(other, PerSampleLoss) or not part.joins(other):
                 break
             j += 1
         out.append(_evaluate(cast(list[PerSampleLoss], parts[i:j])))
@@ -119,8 +112,7 @@ def evaluate_rows(parts: list[torch.Tensor | PerSampleLoss]) -> torch.Tensor:
 
 
 def _evaluate(group: list[PerSampleLoss]) -> torch.Tensor:
-    if any(p._versions is not None and tuple(map(_VERSION, p.inputs)) != p._versions
-           for p in group):  # changed(), without a call per batch
+    if any(p.changed() for p in group):
         raise ValueError("an input of a PerSampleLoss was changed in place after the "
                          "transfer hook returned it; return a copy")
     rows = sum(int(p.inputs[0].shape[0]) for p in group)
