@@ -3,11 +3,13 @@ run, other plugins and the run go on; under strict plugins it is an error."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from loguru import logger
 
-from kdcore import KdcoreError, PluginHost, hookimpl, load_recipe, run_recipe
+from kdcore import History, KdcoreError, PluginHost, hookimpl, load_recipe, run_recipe
 from kdcore.plugins import ObserverBus
+from kdcore.testing import component, run_tiny, stage, tiny_recipe
 
 
 class Broken:
@@ -78,3 +80,33 @@ def test_strict_plugins_make_a_raising_observer_an_error():
     host = PluginHost(entry_points=False, extra=[Broken()], strict=True)
     with pytest.raises(KdcoreError, match="Broken.*kdcore_epoch_end.*observer bug"):
         ObserverBus(host).call("kdcore_epoch_end", ctx=None, epoch=0, metrics={})
+
+
+def test_batch_end_observers_find_the_batchs_records_and_the_history_holds_them(tmp_path):
+    seen: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]] = []
+
+    class Watch:
+        @hookimpl
+        def kdcore_batch_end(self, ctx, batch, losses):
+            assert set(batch.records) == {"loss/ce", "logits/teacher"}
+            seen.append((batch.index.numpy().copy(), batch.noisy_label.numpy().copy(),
+                         batch.records["loss/ce"].numpy().copy(),
+                         batch.records["logits/teacher"].numpy().copy(), ctx.epoch))
+
+    recipe = tiny_recipe(stage("teacher", 2, ["teacher"], component("ce")), train_subset=256,
+                         batch_size=32)
+    run_tiny(recipe, tmp_path / "run", plugins=[Watch()])
+    assert len(seen) == 2 * 256 // 32
+    for _, labels, loss, logits, _ in seen:
+        z = logits.astype(np.float64)
+        shifted = z - z.max(1, keepdims=True)
+        expected = np.log(np.exp(shifted).sum(1)) - shifted[np.arange(len(labels)), labels]
+        np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    last = [s for s in seen if s[4] == 1]
+    with History(tmp_path / "run") as h:
+        column, logit_column = h.column("loss/ce")[-1], h.column("logits/teacher")[-1]
+    rows = np.concatenate([s[0] for s in last])
+    assert sorted(rows.tolist()) == list(range(len(column)))  # every sample once an epoch
+    np.testing.assert_allclose(column[rows], np.concatenate([s[2] for s in last]), rtol=1e-3)
+    np.testing.assert_allclose(logit_column[rows], np.concatenate([s[3] for s in last]),
+                               rtol=1e-3, atol=1e-3)
