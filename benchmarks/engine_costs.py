@@ -4,7 +4,10 @@
    plain hand-written PyTorch loop on the same model initialisation, data, batch size and epochs
    (both evaluate validation and test accuracy every epoch, as the engine does). The two are
    interleaved ``--repeats`` times so that machine load hits both alike; the ratio is
-   engine wall time / plain wall time per pair.
+   engine wall time / plain wall time per pair. Each repeat also runs the two epoch by epoch
+   (:class:`PlainAlongside`: a plain epoch just before each engine epoch, in the engine's run):
+   ``--epochs`` pairs a repeat, each under a second long on the MLP, so that fewer of them
+   straddle one of a shared machine's changes of pace than the whole runs' pairs do.
 2. History cost: the time spent appending each epoch to history.h5 (N = 60,000 minus the
    validation split, C = 10; columns: target, per-sample CE loss, training logits) as a
    fraction of the epoch's time, and the file size against the same columns as raw float32.
@@ -16,6 +19,7 @@ Needs Fashion-MNIST (make fashion-mnist). Writes benchmarks/results/engine_costs
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import tempfile
@@ -33,6 +37,7 @@ from kdcore.engine import run_recipe
 from kdcore.plan import build_plan
 from kdcore.prepare import prepare_run
 from kdcore.recipe import recipe_from_dict
+from kdcore.rundata import RunData
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -98,38 +103,94 @@ def run_engine(recipe: kdcore.Recipe, host: kdcore.PluginHost) -> tuple[float, d
                     "raw_float32_bytes": raw, "columns": columns}
 
 
+def plain_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: RunData,
+                bs: int, gen: torch.Generator) -> None:
+    """One epoch of the loop a careful user would write by hand: train, then validation and
+    test accuracy."""
+    y = data.train_noisy
+    model.train()
+    perm = torch.randperm(len(y), generator=gen).to(y.device)
+    for start in range(0, len(y), bs):
+        idx = perm[start:start + bs]
+        logits, _ = model(data.inputs(data.train, idx))
+        loss = F.cross_entropy(logits, y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        for split, labels in ((data.val, data.val_noisy), (data.test, data.test.y)):
+            pred = torch.cat([model(data.inputs(split, torch.arange(i, min(i + 1024,
+                                                                       len(labels)))))[0]
+                              .argmax(1) for i in range(0, len(labels), 1024)])
+            float((pred == labels).float().mean())
+    if y.is_cuda:
+        torch.cuda.synchronize()
+
+
+def plain_optimizer(recipe: kdcore.Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+    cfg = recipe.models["student"].optimizer
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
 def run_plain(recipe: kdcore.Recipe, host: kdcore.PluginHost) -> float:
-    """The loop a careful user would write by hand, on the engine's own data and init."""
+    """The plain loop on the engine's own data and initialisation, every epoch."""
     with tempfile.TemporaryDirectory() as tmp:
         run = prepare_run(build_plan(recipe, host), host, Path(tmp))
-    data, model = run.data, run.models["student"]
-    opt_cfg = recipe.models["student"].optimizer
-    opt = torch.optim.SGD(model.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
-                          weight_decay=opt_cfg.weight_decay)
-    y = data.train_noisy
-    bs = recipe.data.batch_size
+    model = run.models["student"]
+    opt = plain_optimizer(recipe, model)
     gen = torch.Generator().manual_seed(recipe.run.seed + 2)
     t0 = time.perf_counter()
     for _ in range(recipe.stages[0].epochs):
-        model.train()
-        perm = torch.randperm(len(y), generator=gen).to(y.device)
-        for start in range(0, len(y), bs):
-            idx = perm[start:start + bs]
-            logits, _ = model(data.inputs(data.train, idx))
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            for split, labels in ((data.val, data.val_noisy), (data.test, data.test.y)):
-                pred = torch.cat([model(data.inputs(split, torch.arange(i, min(i + 1024,
-                                                                           len(labels)))))[0]
-                                  .argmax(1) for i in range(0, len(labels), 1024)])
-                float((pred == labels).float().mean())
-    if y.is_cuda:
-        torch.cuda.synchronize()
+        plain_epoch(model, opt, run.data, recipe.data.batch_size, gen)
     return time.perf_counter() - t0
+
+
+class PlainAlongside:
+    """An observer plugin that runs one epoch of the plain loop just before each of the
+    engine's epochs, on its own copy of the engine's initial model: the two sides interleaved
+    epoch by epoch (under a second apart on the MLP) rather than run by run (several seconds),
+    so that fewer pairs straddle one of the machine's changes of pace.
+
+    The engine's epoch is the time from the end of one plain epoch to the start of the next
+    (or the run's end): its batches, evaluation, records, history row and checkpoint, and the
+    next epoch's start (learning rate, component hooks). The run's set-up before its first
+    epoch (about a millisecond here) is left out."""
+
+    def __init__(self, recipe: kdcore.Recipe):
+        self.recipe = recipe
+        self.pairs: list[dict[str, float]] = []
+        self._mark: float | None = None
+
+    @kdcore.hookimpl
+    def kdcore_run_start(self, ctx: kdcore.RunContext) -> None:
+        self.model = copy.deepcopy(ctx.models["student"]).requires_grad_(True)
+        self.opt = plain_optimizer(self.recipe, self.model)
+        self.data = ctx.data
+        self.gen = torch.Generator().manual_seed(self.recipe.run.seed + 2)
+
+    @kdcore.hookimpl
+    def kdcore_epoch_start(self, ctx: kdcore.RunContext, epoch: int) -> None:
+        t = time.perf_counter()
+        if self._mark is not None:
+            self.pairs[-1]["engine"] = t - self._mark
+        plain_epoch(self.model, self.opt, self.data, self.recipe.data.batch_size, self.gen)
+        self._mark = time.perf_counter()
+        self.pairs.append({"plain": self._mark - t})
+
+    @kdcore.hookimpl
+    def kdcore_run_end(self, ctx: kdcore.RunContext, summary: dict) -> None:
+        assert self._mark is not None
+        self.pairs[-1]["engine"] = time.perf_counter() - self._mark
+
+
+def run_alongside(recipe: kdcore.Recipe) -> list[dict[str, float]]:
+    """One engine run with the plain loop's epochs interleaved (:class:`PlainAlongside`)."""
+    alongside = PlainAlongside(recipe)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_recipe(recipe, out=tmp, host=kdcore.PluginHost(extra=[alongside]), progress=False)
+    return alongside.pairs
 
 
 def steady_ratios(pairs: list[dict[str, float]], slack: float = 0.10) -> list[float]:
@@ -162,6 +223,7 @@ def main() -> None:
     run_engine(warm, host)
     run_plain(warm, host)
     pairs, engine_info = [], None
+    epoch_pairs: list[dict[str, float]] = []
     for rep in range(args.repeats):
         recipe = ce_recipe(args.epochs, tempfile.gettempdir(), args.arch, args.subset,
                            args.device)
@@ -173,10 +235,16 @@ def main() -> None:
             else:
                 times["plain"] = run_plain(recipe, host)
         pairs.append(times)
+        epochs = run_alongside(recipe)
+        epoch_pairs.extend(epochs)
+        run_ratio = sum(p["engine"] for p in epochs) / sum(p["plain"] for p in epochs)
         print(f"repeat {rep}: engine {times['engine']:.2f}s plain {times['plain']:.2f}s "
-              f"ratio {times['engine'] / times['plain']:.3f}")
+              f"ratio {times['engine'] / times['plain']:.3f}; epoch by epoch: "
+              + " ".join(f"{p['engine'] / p['plain']:.3f}" for p in epochs)
+              + f" (run {run_ratio:.3f})")
     ratios = [p["engine"] / p["plain"] for p in pairs]
     steady = steady_ratios(pairs)
+    epoch_ratios = [p["engine"] / p["plain"] for p in epoch_pairs]
     assert engine_info is not None
     frac = sum(engine_info["append_s"]) / sum(engine_info["epoch_s"])
     out = {
@@ -192,6 +260,12 @@ def main() -> None:
         # the pairs whose two runs both went at the machine's usual pace (see steady_ratios)
         "steady_pairs": len(steady),
         "ratio_median_steady": statistics.median(steady) if steady else None,
+        # the same comparison interleaved epoch by epoch (PlainAlongside), one run per repeat
+        "epoch_pairs": epoch_pairs,
+        "epoch_ratio_median": statistics.median(epoch_ratios),
+        "epoch_ratio_quartiles": statistics.quantiles(epoch_ratios, n=4),
+        "epoch_ratio_of_sums": (sum(p["engine"] for p in epoch_pairs)
+                                / sum(p["plain"] for p in epoch_pairs)),
         "history_append_s": engine_info["append_s"], "epoch_s": engine_info["epoch_s"],
         "history_fraction_of_epoch": frac, "history_columns": engine_info["columns"],
         "history_file_bytes": engine_info["file_bytes"],
@@ -207,7 +281,10 @@ def main() -> None:
                    if steady else "no steady pair")
     print(f"overhead ratio {out['ratio_mean']:.3f} +- {out['ratio_std']:.3f} (median "
           f"{out['ratio_median']:.3f}, ratio of minima {out['ratio_of_minima']:.3f}, median "
-          f"{steady_text}); history "
+          f"{steady_text}); epoch by epoch: median {out['epoch_ratio_median']:.3f} over "
+          f"{len(epoch_ratios)} pairs (quartiles {out['epoch_ratio_quartiles'][0]:.3f}-"
+          f"{out['epoch_ratio_quartiles'][2]:.3f}), ratio of sums "
+          f"{out['epoch_ratio_of_sums']:.3f}; history "
           f"{100 * frac:.2f}% of epoch time; file {out['history_file_bytes'] / 1e6:.2f} MB vs "
           f"{out['raw_float32_bytes'] / 1e6:.2f} MB raw float32 "
           f"({out['size_ratio_vs_float32']:.2f}x)")
