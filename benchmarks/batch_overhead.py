@@ -13,24 +13,32 @@ With ``--framework``, instead: the same two steps on a near-null model (digits, 
 one hidden layer of 4, batches of 8, one thread), where the compute is a few operations and
 the difference is the engine's own per-batch cost.
 
+With ``--count``, instead: Python-level calls and aten operations per step of the same two
+steps on that model (deterministic counts, not times).
+
 Usage:  .venv/bin/python benchmarks/batch_overhead.py [--batches 3000] [--threads 2] [--whole]
         .venv/bin/python benchmarks/batch_overhead.py --framework [--batches 3000]
+        .venv/bin/python benchmarks/batch_overhead.py --count [--batches 3000]
 Needs Fashion-MNIST (make fashion-mnist).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from engine_costs import ce_recipe
 from loguru import logger
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import kdcore
 from kdcore.checkpointing import Checkpointer
@@ -53,12 +61,17 @@ def main() -> None:
                         help="also time the whole Trainer._train_batch against the plain step")
     parser.add_argument("--framework", action="store_true",
                         help="only the whole steps, on a near-null model (the engine's own cost)")
+    parser.add_argument("--count", action="store_true",
+                        help="only count Python calls and aten ops per step, near-null model")
     args = parser.parse_args()
     logger.remove()
     torch.set_num_threads(1 if args.framework else args.threads)
     host = kdcore.PluginHost()
     if args.framework:
         framework_cost(host, args.batches // 50)
+        return
+    if args.count:
+        count_calls(host, args.batches)
         return
     trainer = first_stage_trainer(ce_recipe(1, tempfile.gettempdir(), "mlp", 20000), host)
     run, stage = trainer.run, trainer.current_stage
@@ -134,8 +147,9 @@ def main() -> None:
         whole_steps(trainer, stage, order, args.batches // 50)
 
 
-def framework_cost(host: kdcore.PluginHost, blocks: int) -> None:
-    """:func:`whole_steps` where the model's compute is next to nothing."""
+def framework_trainer(host: kdcore.PluginHost) -> Trainer:
+    """The trainer of a near-null model: digits, an MLP with one hidden layer of 4, batches
+    of 8."""
     recipe = recipe_from_dict({
         "run": {"name": "framework", "seed": 0, "device": "cpu",
                 "output_dir": tempfile.gettempdir()},
@@ -146,10 +160,48 @@ def framework_cost(host: kdcore.PluginHost, blocks: int) -> None:
         "stages": [{"name": "s", "epochs": 1, "train": ["student"],
                     "components": [{"use": "ce"}]}],
     })
-    trainer = first_stage_trainer(recipe, host)
+    return first_stage_trainer(recipe, host)
+
+
+def framework_cost(host: kdcore.PluginHost, blocks: int) -> None:
+    """:func:`whole_steps` where the model's compute is next to nothing."""
+    trainer = framework_trainer(host)
     n = len(trainer.run.data.train_noisy)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     whole_steps(trainer, trainer.current_stage, order, blocks, batch_size=8)
+
+
+class _AtenCount(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_calls(host: kdcore.PluginHost, batches: int) -> None:
+    """Python-level calls (cProfile's count, C functions included) and aten operations per
+    step of the engine's and the plain step, on the near-null model: deterministic counts of
+    the work whose time the other measures estimate."""
+    trainer = framework_trainer(host)
+    engine, _, plain = step_functions(trainer, trainer.current_stage)
+    rows = [torch.arange(k * 8, k * 8 + 8) for k in range(100)]
+    print(f"{'step':10s} {'Python calls':>13s} {'aten ops':>9s}")
+    for fn in (engine, plain):
+        for k in range(200):  # past the first steps' one-off work (the optimiser's state)
+            fn(rows[k % 100])
+        profile = cProfile.Profile()
+        profile.enable()
+        for k in range(batches):
+            fn(rows[k % 100])
+        profile.disable()
+        with _AtenCount() as aten:
+            for k in range(batches):
+                fn(rows[k % 100])
+        calls = pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
+        print(f"{fn.__name__:10s} {calls / batches:13.1f} {aten.ops / batches:9.1f}")
 
 
 def first_stage_trainer(recipe: kdcore.Recipe, host: kdcore.PluginHost) -> Trainer:
@@ -164,9 +216,9 @@ def first_stage_trainer(recipe: kdcore.Recipe, host: kdcore.PluginHost) -> Train
     return trainer
 
 
-def whole_steps(trainer: Trainer, stage, order: torch.Tensor, blocks: int,
-                batch_size: int = 128) -> None:
-    """The real batch step against the plain one, interleaved in blocks of 50 batches."""
+def step_functions(trainer: Trainer, stage) -> list[Callable[[torch.Tensor], None]]:
+    """The engine's whole batch step, the same without its records, and the plain step, each
+    taking the batch's rows."""
     run = trainer.run
     model, opt, data = run.models["student"], run.optimizers["student"], run.data
     y = data.train_noisy
@@ -189,7 +241,14 @@ def whole_steps(trainer: Trainer, stage, order: torch.Tensor, blocks: int,
         loss.backward()
         opt.step()
 
-    sides = [engine, engine_without_records, plain]
+    return [engine, engine_without_records, plain]
+
+
+def whole_steps(trainer: Trainer, stage, order: torch.Tensor, blocks: int,
+                batch_size: int = 128) -> None:
+    """The real batch step against the plain one, interleaved in blocks of 50 batches."""
+    y = trainer.run.data.train_noisy
+    sides = step_functions(trainer, stage)
     times: dict[str, list[float]] = defaultdict(list)
     for block in range(blocks):
         for fn in (sides if block % 2 == 0 else sides[::-1]):
