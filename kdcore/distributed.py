@@ -111,24 +111,19 @@ def _average_before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: An
     average_gradients(p for group in optimizer.param_groups for p in group["params"])
 
 
-_NOTHING = contextlib.nullcontext()
-
-
-def synchronised(optimizer: torch.optim.Optimizer) -> contextlib.AbstractContextManager[None]:
-    """Average ``optimizer``'s gradients now, so that a step that may be skipped (a gradient
-    scaler's, after an overflow) is skipped on every rank alike; the step in the block does
-    not average again. In one process, a shared do-nothing context (called every step)."""
-    if _world.size == 1:
-        return _NOTHING
-    return _synchronised(optimizer)
-
-
-@contextlib.contextmanager
-def _synchronised(optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    average_gradients(p for group in optimizer.param_groups for p in group["params"])
-    _synced.add(optimizer)
+def step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
+    """One optimiser step, through ``scaler`` when given. In a distributed run the gradients
+    are averaged first, so that a step the scaler skips (after an overflow) is skipped on every
+    rank alike, and the step itself does not average again. In one process, the step alone:
+    this runs every batch."""
+    if _world.size > 1:
+        average_gradients(p for group in optimizer.param_groups for p in group["params"])
+        _synced.add(optimizer)
     try:
-        yield
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
     finally:
         _synced.discard(optimizer)
 
@@ -324,4 +319,4 @@ def barrier() -> None:
 
 __all__ = ["World", "average_buffers", "average_gradients", "barrier", "broadcast",
            "gather_rows", "is_main", "launched", "local_rows", "mean_across_ranks", "row_counts",
-           "session", "split_call", "synchronised", "world"]
+           "session", "split_call", "step", "world"]

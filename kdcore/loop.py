@@ -291,19 +291,12 @@ class Trainer:
         if plain:
             total = torch.stack(plain).sum() if len(plain) > 1 else plain[0]
             (self.scaler.scale(total) if self.scaler else total).backward()
-        scaler = self.scaler  # without one, in one process: no context to enter per step
-        alone = scaler is None and distributed.world().size == 1
         for role in trained_roles:
-            if role not in run.stepped:
-                optimizer = run.optimizers[role]
-                if alone:
-                    optimizer.step()
-                else:
-                    with distributed.synchronised(optimizer):  # averaged across ranks
-                        scaler.step(optimizer) if scaler else optimizer.step()
+            if role not in run.stepped:  # gradients averaged across ranks first
+                distributed.step(run.optimizers[role], self.scaler)
             run.bump(role)
-        if scaler:
-            scaler.update()
+        if self.scaler:
+            self.scaler.update()
         run.stepped.clear()
         if len(self._unchecked) - self._checked >= FINITE_CHECK_EVERY:
             self._check_finite()

@@ -353,3 +353,31 @@ def test_a_worker_without_its_gpu_is_one_line(monkeypatch):
     monkeypatch.setattr(distributed, "_world", distributed.World(rank=3, size=4, local_rank=1))
     with pytest.raises(KdcoreError, match="needs GPU 1, but it has 1"):
         distributed.local_gpu()
+
+
+def test_a_step_averages_gradients_first_only_across_ranks_and_then_not_again(monkeypatch):
+    import torch
+
+    param = torch.nn.Parameter(torch.ones(2))
+    param.grad = torch.full((2,), 4.0)
+    opt = torch.optim.SGD([param], lr=1.0)
+    averaged: list[str] = []
+
+    def average(params):  # what the all-reduce would do on 2 ranks, one holding zeros
+        for p in params:
+            p.grad.mul_(0.5)
+        averaged.append("grads")
+
+    class Scaler:  # a gradient scaler that found no overflow
+        def step(self, optimizer):
+            averaged.append("scaler")
+            optimizer.step()
+
+    monkeypatch.setattr(distributed, "average_gradients", average)
+    distributed.step(opt)  # one process: the step alone
+    assert averaged == [] and param.tolist() == [-3.0, -3.0]
+    monkeypatch.setattr(distributed, "_world", distributed.World(rank=0, size=2, local_rank=0))
+    param.grad = torch.full((2,), 4.0)
+    distributed.step(opt, Scaler())
+    assert averaged == ["grads", "scaler"] and param.tolist() == [-5.0, -5.0]
+    assert opt not in distributed._synced  # a later step outside this one averages again
