@@ -189,6 +189,16 @@ def read(path: Path) -> dict[str, Any]:
             for k in ("stage", "epoch", "history_rows", "step")):
         what = f"lacks {', '.join(missing)}" if missing else "has no valid position"
         raise KdcoreError(f"the checkpoint {path} {what}; start again with --overwrite")
+    # the containers the restore walks (their contents are checked where they are loaded)
+    kinds = {"fingerprint": dict, "models": dict, "optimizers": dict, "components": dict,
+             "generators": dict, "plugins": dict, "ledger": dict, "rng": dict, "best": dict,
+             "carried": dict, "summary": dict}
+    wrong = [k for k, kind in kinds.items() if not isinstance(state[k], kind)]
+    if not wrong and not isinstance(state["fingerprint"].get("recipe"), dict):
+        wrong = ["fingerprint"]
+    if wrong:
+        raise KdcoreError(f"the checkpoint {path} is damaged (wrong type of "
+                          f"{', '.join(wrong)}); start again with --overwrite")
     return state
 
 

@@ -63,7 +63,16 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
         raise KdcoreError(f"cannot write to output directory {run_dir}: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
     if overwrite and not resume:
-        for name in ("history.h5", ckpt.CHECKPOINT, "summary.json"):
+        names = ("history.h5", "history.h5-journal", ckpt.CHECKPOINT, "summary.json")
+        # everything checked before anything goes: a refused --overwrite deletes nothing
+        odd = [n for n in names if (run_dir / n).exists() and not (run_dir / n).is_file()]
+        if (run_dir / "models").exists() and not (run_dir / "models").is_dir():
+            odd.append("models")
+        if odd:
+            raise KdcoreError(f"--overwrite: {', '.join(odd)} in {run_dir} is not what a run "
+                              f"leaves there (a directory or a file of the other kind); move "
+                              f"it away first")
+        for name in names:
             (run_dir / name).unlink(missing_ok=True)
     return run_dir
 
@@ -87,22 +96,64 @@ def check_output_dir(run_dir: Path) -> None:
                           f"{exc.strerror or exc}") from None
 
 
-def _resume_state(run_dir: Path, started: dict[str, Any]) -> dict[str, Any] | None:
+def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
+                  ) -> dict[str, Any] | None:
     path = run_dir / ckpt.CHECKPOINT
+    if path.exists() and not path.is_file():
+        raise KdcoreError(f"{path} is not a checkpoint file; start again with --overwrite")
     if not path.is_file():
+        _check_unstarted(run_dir, started)
         logger.warning(f"{run_dir} has no checkpoint yet (the run stopped before its first "
                        f"one): starting it from the beginning")
         return None
     state = checkpointing.read(path)
-    differ = [k for k in checkpointing.differing_keys(state["fingerprint"]["recipe"],
-                                                      started["recipe"])
+    _refuse_changes(run_dir, state["fingerprint"]["recipe"], started)
+    position = state["position"]
+    stages = plan.stages
+    stage, epoch = position["stage"], position["epoch"]
+    if stage >= len(stages) or epoch >= stages[stage].config.epochs or position[
+            "history_rows"] != sum(st.config.epochs for st in stages[:stage]) + epoch:
+        raise KdcoreError(f"the checkpoint {path} holds a position (stage {stage}, epoch "
+                          f"{epoch}, {position['history_rows']} history rows) that this "
+                          f"recipe's run never reaches; start again with --overwrite")
+    return state
+
+
+def _refuse_changes(run_dir: Path, saved: dict[str, Any], started: dict[str, Any]) -> None:
+    differ = [k for k in checkpointing.differing_keys(saved, started["recipe"])
               if not k.startswith(RESUMABLE_CHANGES)]
     if differ:
         shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
         raise KdcoreError(f"--resume: the recipe differs from the one {run_dir} was started "
                           f"with, at {shown}; resume with the same recipe and --set values, "
                           f"or start again with --overwrite")
-    return state
+
+
+def _check_unstarted(run_dir: Path, started: dict[str, Any]) -> None:
+    """Without a checkpoint, a resume starts again from the beginning: only right for a run
+    killed before its first checkpoint (after its first epoch), under the same recipe."""
+    import tomllib
+
+    from kdcore.recipe import recipe_from_dict
+
+    again = "; start again with --overwrite (it replaces that run)"
+    if (run_dir / "summary.json").exists():
+        raise KdcoreError(f"{run_dir} holds a finished run and no checkpoint: nothing to "
+                          f"resume{again}")
+    history = run_dir / "history.h5"
+    if history.exists():
+        rows = HistoryWriter(history).rows()  # a damaged file: one line naming --overwrite
+        if rows > 1:
+            raise KdcoreError(f"{run_dir} holds {rows} epochs of history but no checkpoint "
+                              f"({ckpt.CHECKPOINT} is missing){again}")
+    saved = run_dir / "recipe.toml"
+    if saved.exists():
+        try:
+            recipe = recipe_from_dict(tomllib.loads(saved.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KdcoreError) as exc:
+            raise KdcoreError(f"{saved} cannot be read ({type(exc).__name__}), so whether "
+                              f"this is the same run is unknown{again}") from None
+        _refuse_changes(run_dir, recipe.to_dict(), started)
 
 
 def _adapt_models(plan: RunPlan, run: Run) -> None:
@@ -217,10 +268,12 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
     run_dir, failure = distributed.broadcast(outcome)
     if failure is not None:
         raise KdcoreError(failure)
-    state = _resume_state(run_dir, started) if resume else None
+    state = _resume_state(run_dir, started, plan) if resume else None
     if state is None and main:
         (run_dir / "recipe.toml").write_text(recipe.to_toml())
-    sink = logger.add(run_dir / "log.txt", level="INFO") if main else None
+    # loguru formats a sink's path ("{time}" and the like): braces in it are literal here
+    sink = (logger.add(str(run_dir / "log.txt").replace("{", "{{").replace("}", "}}"),
+                       level="INFO") if main else None)
     try:
         with host.activate():  # loaders and helpers called in the run see its plugins
             run = prepare_run(plan, host, run_dir)
@@ -251,7 +304,14 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
                                                  else progress))
             position = {"stage": 0, "epoch": 0}
             if state is not None:
-                checkpointer.restore_run(trainer, state)
+                try:
+                    checkpointer.restore_run(trainer, state)
+                except (TypeError, ValueError, KeyError, AttributeError, IndexError,
+                        RuntimeError) as exc:  # torch's own checks of a state that does not fit
+                    raise KdcoreError(
+                        f"the checkpoint {checkpointer.path} does not fit this run "
+                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); start "
+                        f"again with --overwrite") from None
                 position = state["position"]
             for line in banner(plan, run).splitlines():
                 logger.info(line)

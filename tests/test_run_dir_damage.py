@@ -1,0 +1,156 @@
+"""A run directory in an unexpected state: ``--resume`` and ``--overwrite`` refuse in one line
+(exit 2) before they write or delete anything, and a run directory's name is only a name."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kdcore import History, PluginHost, load_recipe, run_recipe
+from kdcore.checkpoint import CHECKPOINT, load, save
+from kdcore.cli import main
+from kdcore.testing import InterruptAt, Interrupted
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+def digest(run_dir: Path) -> dict[str, str]:
+    """Every file of the run directory, by content."""
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_and_started(tmp_path_factory):
+    """A finished tiny run and one stopped in its student stage (copied for each test)."""
+    from tests.conftest import TINY_RECIPE
+
+    root = tmp_path_factory.mktemp("runs")
+    recipe = root / "tiny.toml"
+    recipe.write_text(TINY_RECIPE.format(seed=0))
+    run_recipe(load_recipe(recipe), out=str(root / "finished"))
+    with pytest.raises(Interrupted):
+        run_recipe(load_recipe(recipe), out=str(root / "started"),
+                   host=PluginHost(extra=[InterruptAt(epoch=0, batch=1, stage="student")]))
+    return root
+
+
+@pytest.fixture
+def runs(finished_and_started, tmp_path):
+    for name in ("finished", "started"):
+        shutil.copytree(finished_and_started / name, tmp_path / name)
+    shutil.copy(finished_and_started / "tiny.toml", tmp_path / "tiny.toml")
+    return tmp_path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["finished", "started"])
+def test_resume_without_a_checkpoint_after_the_first_epochs_is_refused(runs, which):
+    run_dir = runs / which
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    before = digest(run_dir)
+    one_line_error(invoke("run", runs / "tiny.toml", "--out", run_dir, "--resume"),
+                   "--overwrite", "no checkpoint" if which == "started" else "finished run")
+    assert digest(run_dir) == before
+
+
+@pytest.mark.slow
+def test_resume_without_a_checkpoint_under_another_recipe_is_refused(runs):
+    """A run killed before its first checkpoint starts again on --resume, but only under the
+    recipe it was started with (its recipe.toml)."""
+    run_dir = runs / "started"
+    (run_dir / CHECKPOINT).unlink()
+    (run_dir / "history.h5").unlink()
+    other = runs / "other.toml"
+    other.write_text((runs / "tiny.toml").read_text().replace("hidden = [16]", "hidden = [8]"))
+    before = digest(run_dir)
+    one_line_error(invoke("run", other, "--out", run_dir, "--resume"),
+                   "models.student.params.hidden", "--overwrite")
+    assert digest(run_dir) == before
+    result = invoke("run", runs / "tiny.toml", "--out", run_dir, "--resume", "-q")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_is_a_directory_is_refused_before_anything_is_written(runs):
+    run_dir = runs / "started"
+    (run_dir / CHECKPOINT).unlink()
+    (run_dir / CHECKPOINT).mkdir()
+    before = digest(run_dir)
+    one_line_error(invoke("run", runs / "tiny.toml", "--out", run_dir, "--resume"),
+                   "not a checkpoint file", "--overwrite")
+    assert digest(run_dir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("odd", ["checkpoint_dir", "summary_dir", "models_file"])
+def test_overwrite_deletes_nothing_when_it_cannot_finish(runs, odd):
+    run_dir = runs / "finished"
+    if odd == "models_file":
+        shutil.rmtree(run_dir / "models")
+        (run_dir / "models").write_text("not a directory")
+    else:
+        path = run_dir / (CHECKPOINT if odd == "checkpoint_dir" else "summary.json")
+        path.unlink(missing_ok=True)
+        path.mkdir()
+    before = digest(run_dir)
+    one_line_error(invoke("run", runs / "tiny.toml", "--out", run_dir, "--overwrite"),
+                   "--overwrite", "move it away")
+    assert digest(run_dir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("field,value", [
+    ("fingerprint", 5), ("optimizers", {"student": 1}), ("ledger", 5), ("best", "x"),
+    ("rng", {"torch": 1}), ("summary", "x"), ("carried", 7)])
+def test_a_checkpoint_field_of_the_wrong_type_is_one_line(runs, field, value):
+    run_dir = runs / "started"
+    state = load(run_dir / CHECKPOINT)
+    state[field] = value
+    save(state, run_dir / CHECKPOINT)
+    with History(run_dir) as h:
+        rows = len(h)
+    one_line_error(invoke("run", runs / "tiny.toml", "--out", run_dir, "--resume"),
+                   str(run_dir / CHECKPOINT), "--overwrite")
+    with History(run_dir) as h:
+        assert len(h) >= rows - 1  # what was written stays readable
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("position", [{"stage": 99}, {"epoch": 10**6}, {"history_rows": 0}])
+def test_a_checkpoint_position_the_recipe_never_reaches_is_refused(runs, position):
+    run_dir = runs / "started"
+    state = load(run_dir / CHECKPOINT)
+    state["position"].update(position)
+    save(state, run_dir / CHECKPOINT)
+    one_line_error(invoke("run", runs / "tiny.toml", "--out", run_dir, "--resume"),
+                   "never reaches", "--overwrite")
+    assert not (run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["{x}", "a{", "}", "{time}"])
+def test_braces_in_the_run_directory_are_literal(tmp_path, name):
+    from tests.conftest import TINY_RECIPE
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE.format(seed=0).replace("epochs = 2", "epochs = 1"))
+    out = tmp_path / name
+    result = invoke("run", recipe, "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert (out / "log.txt").is_file() and (out / "summary.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "tiny.toml"])
