@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kdcore.cli_files import reading
 from kdcore.errors import KdcoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -248,6 +249,7 @@ _SUMMARY_PATTERNS = ("train/*/loss", "test/*/acc", "test/*/bacc", "label/acc",
 @click.option("--metrics", "patterns", default=None,
               help="Comma-separated metric names or glob patterns to print.")
 @_user_errors
+@reading
 def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
             cartography: Path | None, role: str | None, patterns: str | None) -> None:
     """Print a per-epoch summary of RUN_DIR's history, or export from it."""
@@ -371,6 +373,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
               help="Model role(s) that get the gap column (repeatable; default: every "
                    "variant's reported model).")
 @_user_errors
+@reading
 def report(runs: tuple[Path, ...], md_path: Path | None, csv_path: Path | None,
            plots: Path | None, html_dir: Path | None, role: str | None, baseline: str | None,
            ceiling: str | None, gap_models: tuple[str, ...]) -> None:
@@ -385,7 +388,7 @@ def report(runs: tuple[Path, ...], md_path: Path | None, csv_path: Path | None,
 # kdcore label-issues (kdcore/cli_label_issues.py)
 from kdcore.cli_label_issues import command as _label_issues  # noqa: E402
 
-main.add_command(_label_issues(_user_errors, _examples))
+main.add_command(_label_issues(lambda fn: _user_errors(reading(fn)), _examples))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@ import json
 import sys
 import tomllib
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from kdcore.cli_files import output_dir, output_file
 from kdcore.errors import KdcoreError
 
 #: the per-sample constants every ``--column`` export carries, after the row's position
@@ -37,7 +39,7 @@ def print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> 
     values = {n: hist.metric(n) for n in names}
     header = ["row", "stage", "epoch", *names]
     if csv_path:
-        with csv_path.open("w", newline="") as fh:
+        with output_file(csv_path, newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(header)
             writer.writerows([i, st, e, *(_exact(values[n][i]) for n in names)]
@@ -150,8 +152,7 @@ def export_columns(hist: Any, names: Sequence[str], csv_path: Path | None) -> No
     for name in columns:
         cells.update(_cells(hist, name, rows))
     n = next(iter(cells.values()))[0].shape[1]
-    out = csv_path.open("w", newline="") if csv_path else sys.stdout
-    try:
+    with output_file(csv_path, newline="") if csv_path else nullcontext(sys.stdout) as out:
         writer = csv.writer(out)
         writer.writerow(["row", "stage", "epoch", "ledger_row", *base, *cells])
         ids = [[_exact(v[j]) for v in base.values()] for j in range(n)]
@@ -162,9 +163,6 @@ def export_columns(hist: Any, names: Sequence[str], csv_path: Path | None) -> No
                 writer.writerow([i, st, e, j, *ids[j],
                                  *("" if m[j] else int(v[j]) if isinstance(v[j], bool) else v[j]
                                    for v, m in epoch_cells)])
-    finally:
-        if csv_path:
-            out.close()
     if csv_path:
         click.echo(f"wrote {len(cells)} column(s) ({rows} epochs x {n} samples) to {csv_path}")
 
@@ -205,10 +203,10 @@ def export_cartography(hist: Any, out_dir: Path, role: str | None) -> tuple[str,
         raise KdcoreError(f"model '{role}' trained in no recorded epoch of this run")
     gold = hist.data("noisy_label")
     guid = hist.data("sample_id") if "sample_id" in hist.data_names() else np.arange(len(gold))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_dir(out_dir)
     for k, e in enumerate(rows):
         logits = hist.column(name, e).astype(np.float64).tolist()
-        with (out_dir / f"dynamics_epoch_{k}.jsonl").open("w") as fh:
+        with output_file(out_dir / f"dynamics_epoch_{k}.jsonl") as fh:
             for i, row in enumerate(logits):
                 fh.write(json.dumps({"guid": int(guid[i]), f"logits_epoch_{k}": row,
                                      "gold": int(gold[i])}) + "\n")

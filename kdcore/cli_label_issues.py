@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from kdcore.cli_files import check_output, output_file
+
 #: the list lengths at which precision is printed, besides ``--top`` and the whole list
 PRECISION_AT = (100, 1000)
 
@@ -34,7 +36,7 @@ def write_csv(issues: Any, path: Path) -> None:
     """The whole list, one row per sample, :meth:`~kdcore.label_ranking.LabelIssues.table`'s
     columns; unknown ones (no true labels) as empty cells."""
     table = issues.table()
-    with path.open("w", newline="") as fh:
+    with output_file(path, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(table)
         columns = [[""] * len(issues) if v is None else v.tolist() for v in table.values()]
@@ -114,6 +116,8 @@ def command(user_errors: Callable[[Any], Any], examples: Callable[..., str]) -> 
 
         if top <= 0:
             raise KdcoreError(f"--top takes a positive number, got {top}")
+        if csv_path:
+            check_output(csv_path)  # before the table is printed
         issues = find_label_issues(run_dir, role)
         head, *tail = summary_lines(issues, top)
         click.echo(head)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from kdcore.cli_files import check_output, output_dir, write_output
+
 
 def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | None,
                 plots: Path | None, html_dir: Path | None, role: str | None,
@@ -15,6 +17,12 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
     from kdcore import report as rp
     from kdcore import report_models as rm
 
+    for path in (md_path, csv_path):  # before anything is read or printed
+        if path is not None:
+            check_output(path)
+    for folder in (plots, html_dir):
+        if folder is not None:
+            output_dir(folder)
     found = rp.find_runs(runs)
     choice = rm.choose_models(found, role or "student", explicit=role is not None)
     shown = rm.chosen_runs(found, choice)
@@ -26,7 +34,7 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
         click.echo(f"kdcore: warning: {line}", err=True)
     table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
     if md_path:
-        md_path.write_text(table)
+        write_output(md_path, lambda handle: handle.write(table))
         click.echo(f"wrote {md_path}")
     else:
         click.echo(table, nl=False)

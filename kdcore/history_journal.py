@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 import time
 import zlib
@@ -73,31 +74,59 @@ def recover(path: Path) -> bool:
     The caller holds the exclusive lock. Idempotent: killed part-way, it is simply run again.
     """
     journal = journal_path(path)
-    try:
-        raw = journal.read_bytes()
-    except FileNotFoundError:
+    raw = _read_journal(journal)
+    if raw is None:
         return False
     # a journal without its full header was cut off before the file was touched
     if len(raw) >= _HEAD.size and path.exists():
         magic, size = _HEAD.unpack_from(raw)
         if magic == _MAGIC:
+            pages = list(_records(raw))
+            if size >= _MAX_FILE or any(offset % PAGE or offset + len(page) > size
+                                                for offset, page in pages):
+                raise KdcoreError(f"{journal} is not a journal of {path} (its records do not "
+                                  f"fit a history file); move it away, then try again")
             fd = os.open(path, os.O_RDWR)
             try:
-                pos = _HEAD.size
-                while pos + _RECORD.size <= len(raw):
-                    offset, length, crc = _RECORD.unpack_from(raw, pos)
-                    start = pos + _RECORD.size
-                    page = raw[start:start + length]
-                    if len(page) != length or zlib.crc32(page) != crc:
-                        break  # the torn last record: its page was never overwritten
+                for offset, page in pages:
                     disk.pwrite(fd, page, offset)
-                    pos = start + length
                 disk.ftruncate(fd, size)
                 disk.fsync(fd)
             finally:
                 os.close(fd)
     disk.unlink(journal)
     return True
+
+
+# a journal names the file's size when its update began: no history comes near 2**48 bytes
+_MAX_FILE = 1 << 48
+
+
+def _read_journal(journal: Path) -> bytes | None:
+    """The journal's bytes (None: there is none); one line for what is not a journal file."""
+    try:
+        if not stat.S_ISREG(os.stat(journal).st_mode):
+            raise KdcoreError(f"{journal} is not a journal file; move it away, then try again")
+        return journal.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise KdcoreError(f"cannot read {journal} ({exc.strerror or exc}); move it away, then "
+                          f"try again") from None
+
+
+def _records(raw: bytes) -> Iterator[tuple[int, bytes]]:
+    """The saved pages, up to the torn last record a kill may leave (length and CRC tell):
+    records are written before their page, so that page was never overwritten."""
+    pos = _HEAD.size
+    while pos + _RECORD.size <= len(raw):
+        offset, length, crc = _RECORD.unpack_from(raw, pos)
+        start = pos + _RECORD.size
+        page = raw[start:start + length]
+        if len(page) != length or zlib.crc32(page) != crc:
+            return
+        yield offset, page
+        pos = start + length
 
 
 def is_hot(path: Path) -> bool:

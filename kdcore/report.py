@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from kdcore.cli_files import output_file
 from kdcore.errors import KdcoreError
 
 SEED_DIR = re.compile(r"seed\d+$")
@@ -164,7 +165,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = Non
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """``rows`` as CSV: floats with 6 decimals, None as an empty cell."""
-    with path.open("w", newline="") as fh:
+    with output_file(path, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         for r in rows:

@@ -13,6 +13,7 @@ from html import escape
 from importlib import metadata
 from pathlib import Path
 
+from kdcore.cli_files import output_dir, write_output
 from kdcore.figures import Figure
 from kdcore.report import RunResult
 
@@ -87,11 +88,8 @@ def render(runs: Sequence[RunResult], table: tuple[list[str], list[list[str]]],
 
 def write_page(page: str, out_dir: Path) -> Path:
     """``page`` as ``out_dir/index.html`` (written whole, then moved into place)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    path = output_dir(out_dir) / "index.html"
+    write_output(path, lambda handle: handle.write(page))
     return path
 
 

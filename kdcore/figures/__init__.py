@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from kdcore.cli_files import output_dir, write_bytes
 from kdcore.figures._common import Figure, RunResult, trained_rows
 from kdcore.figures.curves import Curves, curve_series, describe, draw_curve, label_changes
 from kdcore.figures.curves import curve_order as _curve_order
@@ -46,11 +47,11 @@ def draw_figures(runs: Sequence[RunResult], role: str | None = None) -> list[Fig
 
 def write_figures(figures: Sequence[Figure], out_dir: Path) -> list[Path]:
     """Each figure as ``out_dir/<name>.png``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_dir(out_dir)
     paths = []
     for fig in figures:
         path = out_dir / f"{fig.name}.png"
-        path.write_bytes(fig.png)
+        write_bytes(path, fig.png)
         paths.append(path)
     return paths
 

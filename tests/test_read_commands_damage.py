@@ -1,0 +1,186 @@
+"""The reading commands (inspect, label-issues, report) never write over a run's own files,
+refuse an output path the system cannot take before they print anything, and read a damaged
+history, summary or journal as one line with exit 2: never a traceback, nothing lost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import h5py
+import pytest
+from click.testing import CliRunner
+
+from kdcore import load_recipe, run_recipe
+from kdcore.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+def error_last(result, *needles):
+    """Exit 2 with one error line, the last: ``report`` prints its table before it reads the
+    histories its figures need."""
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert [line for line in lines if "error" in line] == lines[-1:], result.output
+    assert lines[-1].startswith("kdcore: error: "), result.output
+    for needle in needles:
+        assert needle in lines[-1], result.output
+
+
+def digest(run_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from tests.conftest import TINY_RECIPE
+
+    root = tmp_path_factory.mktemp("finished")
+    recipe = root / "tiny.toml"
+    recipe.write_text(TINY_RECIPE.format(seed=0))
+    run_recipe(load_recipe(recipe), out=str(root / "run"))
+    return root / "run"
+
+
+@pytest.fixture
+def run_dir(finished, tmp_path):
+    shutil.copytree(finished, tmp_path / "run")
+    return tmp_path / "run"
+
+
+OWN_FILES = [
+    ("inspect", "--csv", "history.h5"),
+    ("inspect --column target", "--csv", "recipe.toml"),
+    ("label-issues", "--csv", "history.h5"),
+    ("report", "--csv", "summary.json"),
+    ("report", "--markdown", "models/student.pt"),
+    ("inspect", "--csv", "log.txt"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command,option,name", OWN_FILES)
+def test_an_output_on_one_of_the_runs_own_files_is_refused(run_dir, command, option, name):
+    before = digest(run_dir)
+    verb, *extra = command.split()
+    one_line_error(invoke(verb, run_dir, *extra, option, run_dir / name),
+                   "is a file of the run", "elsewhere")
+    assert digest(run_dir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["inspect", "label-issues", "report"])
+@pytest.mark.parametrize("where", ["missing_folder", "long_name", "device_full"])
+def test_an_output_the_system_refuses_is_one_line(run_dir, tmp_path, command, where):
+    path = {"missing_folder": tmp_path / "nowhere" / "out.csv",
+            "long_name": tmp_path / ("x" * 300 + ".csv"),
+            "device_full": Path("/dev/full")}[where]
+    if where == "device_full" and not path.exists():
+        pytest.skip("no /dev/full here")
+    result = invoke(command, run_dir, "--csv", path)
+    if where == "device_full":  # found when the table, printed first, is written
+        error_last(result, "cannot write")
+    else:
+        one_line_error(result, "cannot write")
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.slow
+def test_a_csv_output_is_written_whole_and_replaces_an_older_one(run_dir, tmp_path):
+    out = tmp_path / "metrics.csv"
+    out.write_text("old\n")
+    result = invoke("inspect", run_dir, "--csv", out)
+    assert result.exit_code == 0, result.output
+    assert out.read_text().startswith("row,stage,epoch")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _drop_strings(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        del f["strings"]
+
+
+def _bad_stage_code(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        f["epochs/stage"][0] = 999
+
+
+def _bad_recipe(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        f.attrs["recipe"] = "stages = 5"
+
+
+def _bad_labels(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        labels = f["data/noisy_label"]
+        labels[0] = 12345
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [_drop_strings, _bad_stage_code, _bad_recipe, _bad_labels])
+@pytest.mark.parametrize("command", [("inspect",), ("inspect", "--cartography", "{tmp}/c"),
+                                     ("label-issues",), ("report", "--html", "{tmp}/h")])
+def test_a_damaged_history_is_one_line(run_dir, tmp_path, damage, command):
+    damage(run_dir / "history.h5")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command[1:]]
+    result = invoke(command[0], run_dir, *args)
+    if result.exit_code == 0:  # a damage this command does not read
+        return
+    (error_last if command[0] == "report" else one_line_error)(result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", ["not json", "[1]", "3", '{"student": {}}',
+                                     '{"student": 5}', "[" * 100000])
+def test_a_damaged_summary_is_one_line(run_dir, content):
+    (run_dir / "summary.json").write_text(content)
+    one_line_error(invoke("report", run_dir))
+
+
+_HEAD = struct.Struct("<8sQ")
+_RECORD = struct.Struct("<QII")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("journal", ["directory", "offset_beyond_size", "huge_size"])
+def test_a_journal_that_cannot_be_this_files_is_refused_and_the_history_kept(run_dir,
+                                                                             journal):
+    import zlib
+
+    history = run_dir / "history.h5"
+    before = history.read_bytes()
+    path = run_dir / "history.h5-journal"
+    size = len(before)
+    if journal == "directory":
+        path.mkdir()
+    else:
+        page = bytes(4096)
+        offset = size + 4096 if journal == "offset_beyond_size" else 0
+        recorded = 1 << 62 if journal == "huge_size" else size
+        path.write_bytes(_HEAD.pack(b"kdjrnl01", recorded)
+                         + _RECORD.pack(offset, len(page), zlib.crc32(page)) + page)
+    for command in (["inspect"], ["label-issues"], ["report", "--html", run_dir.parent / "h"]):
+        check = error_last if command[0] == "report" else one_line_error
+        check(invoke(command[0], run_dir, *command[1:]), "journal", "move it away")
+    assert history.read_bytes() == before
+
+
+def test_the_summary_fixture_is_what_report_reads(run_dir):
+    """The damage above replaces a file report does read: the intact one reports."""
+    assert json.loads((run_dir / "summary.json").read_text())
+    assert invoke("report", run_dir).exit_code == 0
