@@ -281,7 +281,7 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
 @_set_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Grid directory: runs go to OUT/<variant>/seed<k>/.")
-@click.option("--jobs", "-j", default=1, show_default=True,
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
               help="Runs in parallel (separate processes); 1 runs in this process.")
 @click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local",
               show_default=True,

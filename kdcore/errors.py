@@ -61,4 +61,9 @@ def weights_only_reason(exc: BaseException) -> str:
     _, marker, reason = str(exc).partition("WeightsUnpickler error:")
     if marker and reason.strip():
         return one_line(reason).split(". ")[0]
+    # newer torch: a first paragraph of advice ("Weights only load failed. ... Re-running
+    # with weights_only set to False will likely succeed"), then the reason on its own
+    paragraphs = [p for p in str(exc).split("\n\n") if p.strip()]
+    if len(paragraphs) > 1 and paragraphs[0].startswith("Weights only load failed"):
+        return one_line(paragraphs[1]).split(". ")[0]
     return one_line(exc)

@@ -85,6 +85,13 @@ def read_grid(path: str | Path) -> tuple[list[Variant], list[int]]:
         if unknown:
             raise RecipeError(f"unknown key '{sorted(unknown)[0]}'; expected name, recipe, set",
                               file=str(path), key=key)
+        for field, kind in (("name", str), ("recipe", str), ("set", list)):
+            value = raw.get(field, "" if kind is str else [])
+            if not isinstance(value, kind) or (kind is list
+                                               and not all(isinstance(s, str) for s in value)):
+                what = "a string" if kind is str else "a list of strings"
+                raise RecipeError(f"'{field}' must be {what}", file=str(path),
+                                  key=f"{key}.{field}")
         variants.append(Variant(str(raw["name"]), str(path.parent / recipe),
                                 [*grid.set, *raw.get("set", [])]))
     if not variants and grid.recipe:
@@ -101,7 +108,17 @@ def parse_variant(text: str, recipe: str) -> Variant:
     return Variant(name, recipe, [s for s in rest.split(";") if s.strip()])
 
 
+def check_name(name: str) -> None:
+    """A variant's name is one directory under the grid's: no separator, no ``.`` or ``..``."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or len(name.encode()) > 200):
+        raise KdcoreError(f"variant name {name!r} is not a directory name (one path part, "
+                          f"not '.' or '..', no '/', at most 200 bytes)")
+
+
 def plan(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[RunSpec]:
+    for v in variants:
+        check_name(v.name)
     names = [v.name for v in variants]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

@@ -36,8 +36,37 @@ def test_load_refuses_pickled_code(tmp_path):
             return (print, ("executed",))
 
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(KdcoreError, match="cannot read checkpoint"):
+    with pytest.raises(KdcoreError, match="cannot read checkpoint") as info:
         ckpt.load(tmp_path / "evil.pt")
+    # the reason (the global torch blocked), never torch's advice to load it unsafely
+    message = str(info.value)
+    assert "print" in message and "\n" not in message, message
+    assert "weights_only" not in message and "Re-running" not in message, message
+
+
+@pytest.mark.parametrize("text,reason", [
+    # torch 2.4-2.5: the reason follows a marker
+    ("Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` "
+     "will likely succeed, but it can result in arbitrary code execution. Do it only if you "
+     "got the file from a trusted source.\n Please file an issue with the following so that "
+     "we can make `weights_only=True` compatible with your use case: WeightsUnpickler error: "
+     "Unsupported global: GLOBAL builtins.print was not an allowed global by default. Please "
+     "use `torch.serialization.add_safe_globals([print])` to allowlist this global.",
+     "Unsupported global: GLOBAL builtins.print was not an allowed global by default"),
+    # torch 2.6 on: advice first, then the reason as its own paragraph
+    ("Weights only load failed. In PyTorch 2.6, we changed the default value of the "
+     "`weights_only` argument in `torch.load` from `False` to `True`. Re-running `torch.load` "
+     "with `weights_only` set to `False` will likely succeed, but it can result in arbitrary "
+     "code execution. Do it only if you got the file from a trusted source.\n\n\nTrying to "
+     "load unsupported GLOBAL posix.system whose module posix is blocked.\n\nCheck the "
+     "documentation of torch.load to learn more.",
+     "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."),
+    ("invalid load key, 'x'.", "invalid load key, 'x'."),
+])
+def test_the_reason_torch_refused_a_file_is_its_own_line(text, reason):
+    from kdcore.errors import weights_only_reason
+
+    assert weights_only_reason(RuntimeError(text)) == reason
 
 
 def test_load_weights_accepts_run_checkpoints_and_state_dicts(tmp_path):

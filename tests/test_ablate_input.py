@@ -1,0 +1,53 @@
+"""``kdcore ablate``'s own inputs (jobs, variant names, a grid file's variants) are checked
+before any run starts: one line, exit 2, nothing written outside ``--out``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kdcore.cli import main
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+def ablate(*args):
+    return CliRunner().invoke(main, ["ablate", *map(str, args)], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("jobs", ["0", "-3"])
+def test_jobs_below_one_is_refused(tmp_path, jobs):
+    one_line_error(ablate(RECIPES / "ce.toml", "--jobs", jobs, "--out", tmp_path / "g"),
+                   "--jobs")
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "/abs", "x" * 201])
+def test_a_variant_name_that_is_not_one_directory_is_refused(tmp_path, name):
+    one_line_error(ablate(RECIPES / "ce.toml", "--variant", f"{name}:run.seed=0",
+                          "--out", tmp_path / "g"), "not a directory name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("variant,key", [
+    ('name = "a"\nset = 5', "set"),
+    ('name = "a"\nset = "run.seed=1"', "set"),
+    ('name = "a"\nset = [1]', "set"),
+    ("name = {a = 1}", "name"),
+    ('name = "a"\nrecipe = 3', "recipe"),
+])
+def test_a_grid_variant_of_the_wrong_type_is_refused(tmp_path, variant, key):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'recipe = "{RECIPES / "ce.toml"}"\n[[variant]]\n{variant}\n')
+    one_line_error(ablate("--grid", grid, "--out", tmp_path / "g"), key)
+    assert not (tmp_path / "g").exists()
