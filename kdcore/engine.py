@@ -108,6 +108,9 @@ def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
         return None
     state = checkpointing.read(path)
     _refuse_changes(run_dir, state["fingerprint"]["recipe"], started)
+    written = _history_recipe(run_dir / "history.h5")
+    if written is not None:  # a history.h5 copied in from another run is not appended to
+        _refuse_changes(run_dir, written, started, what="its history.h5 was written by")
     position = state["position"]
     stages = plan.stages
     stage, epoch = position["stage"], position["epoch"]
@@ -119,14 +122,33 @@ def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
     return state
 
 
-def _refuse_changes(run_dir: Path, saved: dict[str, Any], started: dict[str, Any]) -> None:
+def _refuse_changes(run_dir: Path, saved: dict[str, Any], started: dict[str, Any],
+                    what: str = "was started with") -> None:
     differ = [k for k in checkpointing.differing_keys(saved, started["recipe"])
               if not k.startswith(RESUMABLE_CHANGES)]
     if differ:
         shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
-        raise KdcoreError(f"--resume: the recipe differs from the one {run_dir} was started "
-                          f"with, at {shown}; resume with the same recipe and --set values, "
-                          f"or start again with --overwrite")
+        raise KdcoreError(f"--resume: the recipe differs from the one {run_dir} {what}, at "
+                          f"{shown}; resume with the same recipe and --set values, or start "
+                          f"again with --overwrite")
+
+
+def _history_recipe(path: Path) -> dict[str, Any] | None:
+    """The resolved recipe a history was created with; None where it cannot be read (the
+    rollback then rebuilds the file or says it is damaged)."""
+    import tomllib
+
+    from kdcore.history_layout import open_readable
+    from kdcore.recipe import recipe_from_dict
+
+    if not path.is_file():
+        return None
+    try:
+        with open_readable(path) as f:
+            text = str(f.attrs["recipe"])
+        return recipe_from_dict(tomllib.loads(text)).to_dict()
+    except (KdcoreError, OSError, KeyError, ValueError, TypeError, RuntimeError):
+        return None
 
 
 def _check_unstarted(run_dir: Path, started: dict[str, Any]) -> None:

@@ -257,6 +257,8 @@ def locked(path: Path, *, exclusive: bool, timeout: float) -> Iterator[int]:
     operation = 0 if fcntl is None else fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     while True:
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe would block the open
+                raise KdcoreError(f"{path} is not a file")
             fd = os.open(path, os.O_RDWR if exclusive else os.O_RDONLY)
         except FileNotFoundError:
             raise KdcoreError(f"no history at {path}") from None

@@ -50,6 +50,8 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunResult]:
         summaries = [root / "summary.json"] if (root / "summary.json").is_file() else sorted(
             root.rglob("summary.json"))
         for s in summaries:
+            if not s.is_file():  # a pipe or a device would block the read, or never end
+                raise KdcoreError(f"{s} is not a file")
             run_dir = s.parent
             variant = run_dir.parent.name if SEED_DIR.match(run_dir.name) else run_dir.name
             found.append(RunResult(run_dir, variant, json.loads(s.read_text())))

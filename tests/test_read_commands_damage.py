@@ -184,3 +184,15 @@ def test_the_summary_fixture_is_what_report_reads(run_dir):
     """The damage above replaces a file report does read: the intact one reports."""
     assert json.loads((run_dir / "summary.json").read_text())
     assert invoke("report", run_dir).exit_code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,command", [("history.h5", "inspect"),
+                                          ("history.h5", "label-issues"),
+                                          ("summary.json", "report")])
+def test_a_pipe_in_place_of_a_runs_file_is_refused_not_waited_on(run_dir, name, command):
+    import os
+
+    (run_dir / name).unlink()
+    os.mkfifo(run_dir / name)
+    one_line_error(invoke(command, run_dir), "is not a file")

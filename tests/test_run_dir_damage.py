@@ -46,12 +46,15 @@ def finished_and_started(tmp_path_factory):
     with pytest.raises(Interrupted):
         run_recipe(load_recipe(recipe), out=str(root / "started"),
                    host=PluginHost(extra=[InterruptAt(epoch=0, batch=1, stage="student")]))
+    other = root / "other.toml"
+    other.write_text(recipe.read_text().replace("hidden = [16]", "hidden = [8]"))
+    run_recipe(load_recipe(other), out=str(root / "other"))
     return root
 
 
 @pytest.fixture
 def runs(finished_and_started, tmp_path):
-    for name in ("finished", "started"):
+    for name in ("finished", "started", "other"):
         shutil.copytree(finished_and_started / name, tmp_path / name)
     shutil.copy(finished_and_started / "tiny.toml", tmp_path / "tiny.toml")
     return tmp_path
@@ -154,3 +157,13 @@ def test_braces_in_the_run_directory_are_literal(tmp_path, name):
     assert result.exit_code == 0, result.output
     assert (out / "log.txt").is_file() and (out / "summary.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "tiny.toml"])
+
+
+@pytest.mark.slow
+def test_a_history_copied_in_from_another_run_is_not_appended_to(runs):
+    run_dir = runs / "started"
+    shutil.copy(runs / "other" / "history.h5", run_dir / "history.h5")
+    before = digest(run_dir)
+    one_line_error(invoke("run", runs / "tiny.toml", "--out", run_dir, "--resume"),
+                   "history.h5 was written by", "models.student.params.hidden", "--overwrite")
+    assert digest(run_dir) == before
