@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,6 +119,10 @@ def reading(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except OSError as exc:
+            if exc.filename is None or exc.errno is None:
+                raise KdcoreError(f"cannot read the run's files ({one_line(exc)})") from None
+            raise KdcoreError(f"cannot read {exc.filename}: {exc.strerror}") from None
         except _READ_ERRORS as exc:
             detail = " ".join(str(exc).split())[:200]
             raise KdcoreError(f"cannot read the run's files as a kdcore run's; one may be "

@@ -34,6 +34,9 @@ def print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> 
     import fnmatch
 
     names = [n for n in hist.metric_names() if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    if not names and hist.metric_names():
+        raise KdcoreError(f"no metric matches {', '.join(repr(p) for p in patterns)}; the "
+                          f"history has {', '.join(hist.metric_names())}")
     names.sort(key=lambda n: next(i for i, p in enumerate(patterns) if fnmatch.fnmatch(n, p)))
     epochs = hist.epochs()
     values = {n: hist.metric(n) for n in names}

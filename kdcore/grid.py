@@ -119,6 +119,11 @@ def check_name(name: str) -> None:
 def plan(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[RunSpec]:
     for v in variants:
         check_name(v.name)
+        if not Path(v.recipe).is_file():
+            raise KdcoreError(f"variant '{v.name}': no recipe file {v.recipe}")
+    twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if twice:
+        raise KdcoreError(f"seed {twice[0]} is given twice (a grid runs each seed once)")
     names = [v.name for v in variants]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

@@ -21,7 +21,7 @@ from loguru import logger
 
 from kdcore import hookspecs
 from kdcore.component import Component
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, one_line
 from kdcore.registry import Registry
 
 ENTRY_POINT_GROUP = "kdcore"
@@ -99,7 +99,8 @@ class PluginHost:
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # pluggy validation errors, duplicate names
-            self._fail(name, dist, version, f"failed to register: {exc}")
+            # pluggy's message may list every plugin over several lines: its first line says it
+            self._fail(name, dist, version, f"failed to register: {one_line(exc)}")
             return
         hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
         self.infos[name] = PluginInfo(name, dist, version, hooks=hooks)

@@ -51,3 +51,16 @@ def test_a_grid_variant_of_the_wrong_type_is_refused(tmp_path, variant, key):
     grid.write_text(f'recipe = "{RECIPES / "ce.toml"}"\n[[variant]]\n{variant}\n')
     one_line_error(ablate("--grid", grid, "--out", tmp_path / "g"), key)
     assert not (tmp_path / "g").exists()
+
+
+def test_a_missing_recipe_and_a_seed_given_twice_are_refused_before_any_run(tmp_path):
+    one_line_error(ablate(tmp_path / "none.toml", "--out", tmp_path / "g"), "no recipe file")
+    one_line_error(ablate(RECIPES / "ce.toml", "--seeds", "0,1,0", "--out", tmp_path / "g"),
+                   "seed 0 is given twice")
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_plugin_that_cannot_register_is_one_line_under_strict_plugins():
+    result = CliRunner().invoke(main, ["plugins", "--plugin", "kdcore_almkd",
+                                       "--strict-plugins"], catch_exceptions=False)
+    one_line_error(result, "kdcore_almkd", "failed to register")

@@ -72,6 +72,7 @@ def test_grid_runs_as_local_submitit_jobs_then_skips(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_failing_job_is_counted_and_the_rest_run(tmp_path):
     (a, _) = _recipes(tmp_path)
+    (tmp_path / "no.toml").write_text("[run\n")  # found when its job reads it
     specs = ab.plan([ab.Variant("ok", str(a)), ab.Variant("gone", str(tmp_path / "no.toml"))],
                     [0], tmp_path / "grid")
     lines = []

@@ -196,3 +196,14 @@ def test_a_pipe_in_place_of_a_runs_file_is_refused_not_waited_on(run_dir, name, 
     (run_dir / name).unlink()
     os.mkfifo(run_dir / name)
     one_line_error(invoke(command, run_dir), "is not a file")
+
+
+@pytest.mark.slow
+def test_metrics_that_match_nothing_are_an_error_naming_what_there_is(run_dir):
+    one_line_error(invoke("inspect", run_dir, "--metrics", "nosuch,[x"), "'nosuch'",
+                   "test/student/acc")
+
+
+@pytest.mark.parametrize("command", ["inspect", "label-issues", "report"])
+def test_a_run_directory_name_the_system_refuses_is_one_line(tmp_path, command):
+    one_line_error(invoke(command, tmp_path / ("r" * 300)), "File name too long")
