@@ -33,6 +33,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # a transfer term as a row-wise function: its reduction, its record, the combine rules
     "kdcore-terms": (".", ["kdcore/terms.py", "kdcore/records.py", "kdcore/step.py"],
                      ["tests/test_terms.py", "tests/test_step.py"]),
+    # what the reading commands write and how they read a damaged run (session 10)
+    "kdcore-cli-files": (".", ["kdcore/cli_files.py"],
+                         ["tests/test_cli_files.py", "tests/test_read_commands_damage.py"]),
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md)
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),

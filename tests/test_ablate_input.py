@@ -9,16 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from kdcore.cli import main
+from tests.cli_helpers import one_line_error
 
 RECIPES = Path(__file__).parents[1] / "recipes"
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in result.output, result.output
 
 
 def ablate(*args):

@@ -4,7 +4,6 @@ history, summary or journal as one line with exit 2: never a traceback, nothing 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import struct
@@ -12,38 +11,9 @@ from pathlib import Path
 
 import h5py
 import pytest
-from click.testing import CliRunner
 
 from kdcore import load_recipe, run_recipe
-from kdcore.cli import main
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in result.output, result.output
-
-
-def error_last(result, *needles):
-    """Exit 2 with one error line, the last: ``report`` prints its table before it reads the
-    histories its figures need."""
-    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert [line for line in lines if "error" in line] == lines[-1:], result.output
-    assert lines[-1].startswith("kdcore: error: "), result.output
-    for needle in needles:
-        assert needle in lines[-1], result.output
-
-
-def digest(run_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+from tests.cli_helpers import digest, error_last, invoke, one_line_error
 
 
 @pytest.fixture(scope="module")

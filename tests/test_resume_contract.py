@@ -6,25 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from kdcore import History, PluginHost, hookimpl, load_recipe, run_recipe
 from kdcore.checkpoint import CHECKPOINT, load, save
-from kdcore.cli import main
 from kdcore.testing import InterruptAt, Interrupted, assert_same_history
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in result.output, result.output
-    return lines[0]
+from tests.cli_helpers import invoke
+from tests.cli_helpers import one_line_error as assert_one_line_error
 
 
 @pytest.fixture

@@ -3,35 +3,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from kdcore import History, PluginHost, load_recipe, run_recipe
 from kdcore.checkpoint import CHECKPOINT, load, save
-from kdcore.cli import main
 from kdcore.testing import InterruptAt, Interrupted
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in result.output, result.output
-
-
-def digest(run_dir: Path) -> dict[str, str]:
-    """Every file of the run directory, by content."""
-    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+from tests.cli_helpers import digest, invoke, one_line_error
 
 
 @pytest.fixture(scope="module")
