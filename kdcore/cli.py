@@ -287,12 +287,14 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
               show_default=True,
               help="local: --jobs processes here; slurm: every run a SLURM job (submitit).")
 @click.option("--slurm-partition", default=None, help="slurm: the partition.")
-@click.option("--slurm-time", type=int, default=60, show_default=True,
+@click.option("--slurm-time", type=click.IntRange(min=1), default=60, show_default=True,
               help="slurm: time limit per run, minutes (a run cut off is requeued and resumes).")
-@click.option("--slurm-gpus", type=int, default=0, show_default=True, help="slurm: GPUs per run.")
-@click.option("--slurm-cpus", type=int, default=2, show_default=True, help="slurm: CPUs per run.")
-@click.option("--slurm-mem-gb", type=float, default=8, show_default=True,
-              help="slurm: memory per run, GB.")
+@click.option("--slurm-gpus", type=click.IntRange(0), default=0, show_default=True,
+              help="slurm: GPUs per run.")
+@click.option("--slurm-cpus", type=click.IntRange(1), default=2, show_default=True,
+              help="slurm: CPUs per run.")
+@click.option("--slurm-mem-gb", type=click.FloatRange(0, 1e6, min_open=True), default=8,
+              show_default=True, help="slurm: memory per run, GB.")
 @click.option("--slurm-folder", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="slurm: submitit's job files and logs (default OUT/.submitit).")
 @_plugin_option

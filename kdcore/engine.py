@@ -44,7 +44,7 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
     Returns:
         the run directory.
     """
-    run_dir = Path(out) if out else Path(recipe.run.output_dir) / recipe.run.name
+    run_dir = run_dir_of(recipe, out)
     if resume:
         if not run_dir.is_dir() or not any(
                 (run_dir / n).exists() for n in (ckpt.CHECKPOINT, "history.h5", "recipe.toml")):
@@ -75,6 +75,15 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
         for name in names:
             (run_dir / name).unlink(missing_ok=True)
     return run_dir
+
+
+def run_dir_of(recipe: Recipe, out: str | None) -> Path:
+    """The run directory: ``out``, or ``run.output_dir/run.name`` without one."""
+    if out is not None and not str(out).strip():
+        # an unset shell variable: taking the default would let --overwrite replace that run
+        raise KdcoreError("--out is empty; give a run directory, or leave --out out for "
+                          "run.output_dir/run.name")
+    return Path(out) if out is not None else Path(recipe.run.output_dir) / recipe.run.name
 
 
 def check_output_dir(run_dir: Path) -> None:
@@ -198,7 +207,7 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
         KdcoreError: what would stop the run while it is being set up.
     """
     plan = build_plan(recipe, host)
-    check_output_dir(Path(out) if out else Path(recipe.run.output_dir) / recipe.run.name)
+    check_output_dir(run_dir_of(recipe, out))
     with host.activate(), torch.random.fork_rng(devices=[]):
         threads = torch.get_num_threads()
         try:

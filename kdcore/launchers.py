@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from kdcore import grid as ab
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, one_line
 
 ExecutorFactory = Callable[[Path], Any]
 """Makes a submitit executor (parameters set) whose job files go to the given folder."""
@@ -58,13 +58,18 @@ class RunJob:
 def slurm_executor(*, partition: str | None = None, time_min: int = 60, gpus: int = 0,
                    cpus: int = 2, mem_gb: float = 8, name: str = "kdcore") -> ExecutorFactory:
     """An executor factory for SLURM; refuses (one line) without submitit or ``sbatch``."""
+    if not 0 < mem_gb < float("inf"):  # click's range lets NaN through
+        raise KdcoreError(f"--slurm-mem-gb takes a positive number of GB, got {mem_gb}")
     submitit = require_submitit()
     if shutil.which("sbatch") is None:
         raise KdcoreError("--launcher slurm: no 'sbatch' on PATH (run it where SLURM jobs "
                           "are submitted)")
 
     def make(folder: Path) -> Any:
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        try:
+            executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        except RuntimeError as exc:  # sbatch found, the rest of SLURM (srun) not
+            raise KdcoreError(f"--launcher slurm: {one_line(exc)}") from None
         params: dict[str, Any] = {"name": name, "timeout_min": time_min, "cpus_per_task": cpus,
                                   "gpus_per_node": gpus, "mem_gb": mem_gb, "nodes": 1,
                                   "tasks_per_node": 1}

@@ -57,3 +57,25 @@ def test_a_plugin_that_cannot_register_is_one_line_under_strict_plugins():
     result = CliRunner().invoke(main, ["plugins", "--plugin", "kdcore_almkd",
                                        "--strict-plugins"], catch_exceptions=False)
     one_line_error(result, "kdcore_almkd", "failed to register")
+
+
+@pytest.mark.parametrize("option,value", [("--slurm-time", "-5"), ("--slurm-cpus", "0"),
+                                          ("--slurm-gpus", "-1"), ("--slurm-mem-gb", "nan"),
+                                          ("--slurm-mem-gb", "0")])
+def test_slurm_numbers_out_of_range_are_refused(tmp_path, option, value):
+    one_line_error(ablate(RECIPES / "ce.toml", "--launcher", "slurm", option, value,
+                          "--out", tmp_path / "g"), option)
+
+
+def test_sbatch_without_the_rest_of_slurm_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from kdcore import launchers
+    from kdcore.errors import KdcoreError
+
+    monkeypatch.setattr(launchers.shutil, "which",
+                        lambda name: "/usr/bin/sbatch" if name == "sbatch" else None)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun for submitit to find
+    make = launchers.slurm_executor()
+    with pytest.raises(KdcoreError, match="^--launcher slurm: ") as info:
+        make(tmp_path / "jobs")
+    assert "\n" not in str(info.value)

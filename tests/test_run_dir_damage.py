@@ -146,3 +146,16 @@ def test_a_history_copied_in_from_another_run_is_not_appended_to(runs):
     one_line_error(invoke("run", runs / "tiny.toml", "--out", run_dir, "--resume"),
                    "history.h5 was written by", "models.student.params.hidden", "--overwrite")
     assert digest(run_dir) == before
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_an_empty_out_is_refused_not_taken_for_the_default(tmp_path, command, monkeypatch):
+    """``--out "$UNSET" --overwrite`` must not replace run.output_dir/run.name."""
+    from tests.conftest import TINY_RECIPE
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE.format(seed=0))
+    extra = ["--overwrite"] if command == "run" else []
+    one_line_error(invoke(command, recipe, "--out", "", *extra), "--out is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]
