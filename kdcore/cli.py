@@ -332,6 +332,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     except ValueError:
         raise KdcoreError(f"--seeds takes comma-separated integers, got '{seeds}'") from None
     specs = ab.plan(specs_variants, seed_list, out)
+    ab.check_specs(specs)
     if launcher == "slurm":
         from kdcore import launchers
 

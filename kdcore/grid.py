@@ -131,6 +131,15 @@ def plan(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[R
     return [RunSpec(v, s, out / v.name / f"seed{s}") for v in variants for s in seeds]
 
 
+def check_specs(specs: Sequence[RunSpec]) -> None:
+    """Resolve every run's recipe with its overrides and seed, as the run will: a bad file,
+    ``--set`` or seed is one error before any run starts, not a failure per run."""
+    from kdcore.recipe import load_recipe
+
+    for spec in specs:
+        load_recipe(spec.variant.recipe, spec.overrides)
+
+
 def status(spec: RunSpec) -> str:
     """``done``, ``partial`` (resumable) or ``new``."""
     if (spec.out / "summary.json").is_file():

@@ -79,3 +79,14 @@ def test_sbatch_without_the_rest_of_slurm_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(KdcoreError, match="^--launcher slurm: ") as info:
         make(tmp_path / "jobs")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "nosuch=1"], "nosuch"),
+    (["--variant", "v:notakeyvalue"], "notakeyvalue"),
+    (["--seeds", "-1"], "seed"),
+    (["--seeds", str(2**63)], "seed"),
+])
+def test_a_bad_override_or_seed_is_one_error_before_any_run(tmp_path, args, needle):
+    one_line_error(ablate(RECIPES / "ce.toml", *args, "--out", tmp_path / "g"), needle)
+    assert not (tmp_path / "g").exists()
