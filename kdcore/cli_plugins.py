@@ -95,7 +95,8 @@ def details(host: Any, names: list[str]) -> list[dict[str, Any]]:
 
 def print_plugins(host: Any, verbose: bool) -> None:
     for info in host.infos.values():
-        click.echo(f"{info.name}  ({info.distribution} {info.version})")
+        origin = " ".join(filter(None, (info.distribution.strip("()"), info.version)))
+        click.echo(f"{info.name}  ({origin})")
         if info.error:
             click.echo(f"  FAILED: {info.error}")
             continue

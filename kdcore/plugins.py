@@ -103,6 +103,11 @@ class PluginHost:
             self._fail(name, dist, version, f"failed to register: {one_line(exc)}")
             return
         hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        if not hooks:  # `--plugin os` or a wrong attribute: a typo, not a plugin
+            self.pm.unregister(name=name)
+            self._fail(name, dist, version, "implements no kdcore hook (a @kdcore.hookimpl "
+                                            "function or method named kdcore_*)")
+            return
         self.infos[name] = PluginInfo(name, dist, version, hooks=hooks)
 
     def _fail(self, name: str, dist: str, version: str, message: str) -> None:

@@ -53,12 +53,6 @@ def test_a_missing_recipe_and_a_seed_given_twice_are_refused_before_any_run(tmp_
     assert not (tmp_path / "g").exists()
 
 
-def test_a_plugin_that_cannot_register_is_one_line_under_strict_plugins():
-    result = CliRunner().invoke(main, ["plugins", "--plugin", "kdcore_almkd",
-                                       "--strict-plugins"], catch_exceptions=False)
-    one_line_error(result, "kdcore_almkd", "failed to register")
-
-
 @pytest.mark.parametrize("option,value", [("--slurm-time", "-5"), ("--slurm-cpus", "0"),
                                           ("--slurm-gpus", "-1"), ("--slurm-mem-gb", "nan"),
                                           ("--slurm-mem-gb", "0")])
