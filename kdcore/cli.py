@@ -253,19 +253,10 @@ _SUMMARY_PATTERNS = ("train/*/loss", "test/*/acc", "test/*/bacc", "label/acc",
 def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
             cartography: Path | None, role: str | None, patterns: str | None) -> None:
     """Print a per-epoch summary of RUN_DIR's history, or export from it."""
-    from kdcore.cli_inspect import export_cartography, export_columns, print_metrics
-    from kdcore.history import open_history
+    from kdcore.cli_inspect import inspect_run
 
-    with open_history(run_dir) as hist:
-        if columns:
-            export_columns(hist, columns, csv_path)
-        elif cartography:
-            role, n = export_cartography(hist, cartography, role)
-            click.echo(f"wrote {n} epoch files (the epochs model '{role}' trained) to "
-                       f"{cartography}")
-        else:
-            print_metrics(hist, patterns.split(",") if patterns else _SUMMARY_PATTERNS,
-                           csv_path)
+    inspect_run(run_dir, columns=columns, csv_path=csv_path, cartography=cartography,
+                role=role, patterns=patterns.split(",") if patterns else _SUMMARY_PATTERNS)
 
 
 @main.command(epilog=_examples(

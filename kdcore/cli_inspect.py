@@ -30,6 +30,26 @@ SAMPLE_COLUMNS = ("sample_id", "clean_label", "noisy_label")
 ALL = "all"
 
 
+def inspect_run(run_dir: Path, *, columns: Sequence[str], csv_path: Path | None,
+                cartography: Path | None, role: str | None, patterns: Sequence[str]) -> None:
+    """``kdcore inspect``: the metrics table (or its CSV), ledger columns, or cartography."""
+    from kdcore.history import open_history
+
+    if columns and cartography:
+        raise KdcoreError("--column and --cartography are two exports: give one")
+    if role is not None and not cartography:
+        raise KdcoreError("--model chooses the model of --cartography; give --cartography too")
+    with open_history(run_dir) as hist:
+        if columns:
+            export_columns(hist, columns, csv_path)
+        elif cartography:
+            role, n = export_cartography(hist, cartography, role)
+            click.echo(f"wrote {n} epoch files (the epochs model '{role}' trained) to "
+                       f"{cartography}")
+        else:
+            print_metrics(hist, patterns, csv_path)
+
+
 def print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> None:
     import fnmatch
 

@@ -177,3 +177,11 @@ def test_metrics_that_match_nothing_are_an_error_naming_what_there_is(run_dir):
 @pytest.mark.parametrize("command", ["inspect", "label-issues", "report"])
 def test_a_run_directory_name_the_system_refuses_is_one_line(tmp_path, command):
     one_line_error(invoke(command, tmp_path / ("r" * 300)), "File name too long")
+
+
+@pytest.mark.slow
+def test_inspect_options_that_would_be_ignored_are_refused(run_dir, tmp_path):
+    one_line_error(invoke("inspect", run_dir, "--model", "student"), "--cartography")
+    one_line_error(invoke("inspect", run_dir, "--column", "target", "--cartography",
+                          tmp_path / "c"), "give one")
+    assert not (tmp_path / "c").exists()
