@@ -60,7 +60,12 @@ def test_run_takes_a_path_a_recipe_or_a_dict_and_applies_overrides(tmp_path, cal
 def test_run_defaults_to_output_dir_and_name_and_passes_its_flags(tmp_path, calls):
     data = _data()
     data["run"] |= {"output_dir": str(tmp_path / "runs"), "name": "mine"}
-    plugin = object()
+    class Plugin:  # a plugin implements at least one hook
+        @kdcore.hookimpl
+        def kdcore_run_start(self, ctx):
+            pass
+
+    plugin = Plugin()
     result = kdcore.run(data, resume=True, overwrite=True, progress=True, plugins=[plugin])
     assert result.run_dir == tmp_path / "runs" / "mine"
     (call,) = calls
