@@ -95,7 +95,7 @@ def details(host: Any, names: list[str]) -> list[dict[str, Any]]:
 
 def print_plugins(host: Any, verbose: bool) -> None:
     for info in host.infos.values():
-        origin = " ".join(filter(None, (info.distribution.strip("()"), info.version)))
+        origin = " ".join(filter(None, (info.distribution, info.version)))
         click.echo(f"{info.name}  ({origin})")
         if info.error:
             click.echo(f"  FAILED: {info.error}")

@@ -25,6 +25,8 @@ from kdcore.errors import KdcoreError, one_line
 from kdcore.registry import Registry
 
 ENTRY_POINT_GROUP = "kdcore"
+# the distribution name of a plugin object handed to the host in this process (--plugin)
+IN_PROCESS = "in-process"
 REGISTRY_HOOKS = {
     "components": "kdcore_add_components",
     "datasets": "kdcore_add_datasets",
@@ -77,7 +79,7 @@ class PluginHost:
             self._register(builtin, "builtin", "kdcore", _version("kdcore"))
         for i, plugin in enumerate(extra):
             name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}"
-            self._register(plugin, name, "(in-process)", "")
+            self._register(plugin, name, IN_PROCESS, "")
         self._fill_registries()
 
     # -- loading ----------------------------------------------------------------------------
@@ -145,7 +147,7 @@ class PluginHost:
         """Distribution and version of every loaded plugin (for the history)."""
         out = {"kdcore": _version("kdcore")}
         for info in self.infos.values():
-            if info.error is None and info.distribution not in ("(in-process)",):
+            if info.error is None and info.distribution != IN_PROCESS:
                 out[info.distribution] = info.version
         return out
 

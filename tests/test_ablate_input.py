@@ -57,8 +57,9 @@ def test_a_missing_recipe_and_a_seed_given_twice_are_refused_before_any_run(tmp_
                                           ("--slurm-gpus", "-1"), ("--slurm-mem-gb", "nan"),
                                           ("--slurm-mem-gb", "0")])
 def test_slurm_numbers_out_of_range_are_refused(tmp_path, option, value):
-    one_line_error(ablate(RECIPES / "ce.toml", "--launcher", "slurm", option, value,
-                          "--out", tmp_path / "g"), option)
+    line = one_line_error(ablate(RECIPES / "ce.toml", "--launcher", "slurm", option, value,
+                                 "--out", tmp_path / "g"), option)
+    assert value in line, line  # the value refused is named
 
 
 def test_sbatch_without_the_rest_of_slurm_is_one_line(tmp_path, monkeypatch):

@@ -13,7 +13,8 @@ from tests.cli_helpers import one_line_error
 def test_a_plugin_that_cannot_register_is_one_line_under_strict_plugins():
     result = CliRunner().invoke(main, ["plugins", "--plugin", "kdcore_almkd",
                                        "--strict-plugins"], catch_exceptions=False)
-    one_line_error(result, "kdcore_almkd", "failed to register")
+    line = one_line_error(result, "failed to register")
+    assert line.startswith("kdcore: error: plugin 'kdcore_almkd' (in-process): "), line
 
 
 @pytest.mark.parametrize("plugin", ["builtins:None", "os", "sys:modules"])

@@ -101,6 +101,13 @@ def _bad_labels(path: Path) -> None:
         labels[0] = 12345
 
 
+# what a command does not read, so its damage goes unseen there (the rest must be refused):
+# the metrics table reads no recipe and no labels; cartography and the page copy the labels
+# without indexing by them
+UNREAD = {("_bad_recipe", "inspect"), ("_bad_labels", "inspect"),
+          ("_bad_labels", "inspect --cartography"), ("_bad_labels", "report --html")}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", [_drop_strings, _bad_stage_code, _bad_recipe, _bad_labels])
 @pytest.mark.parametrize("command", [("inspect",), ("inspect", "--cartography", "{tmp}/c"),
@@ -109,9 +116,11 @@ def test_a_damaged_history_is_one_line(run_dir, tmp_path, damage, command):
     damage(run_dir / "history.h5")
     args = [a.replace("{tmp}", str(tmp_path)) for a in command[1:]]
     result = invoke(command[0], run_dir, *args)
-    if result.exit_code == 0:  # a damage this command does not read
+    if (damage.__name__, " ".join(command[:2])) in UNREAD:
+        assert result.exit_code == 0, result.output
         return
     (error_last if command[0] == "report" else one_line_error)(result)
+    assert "Traceback" not in result.output
 
 
 @pytest.mark.slow
@@ -119,7 +128,9 @@ def test_a_damaged_history_is_one_line(run_dir, tmp_path, damage, command):
                                      '{"student": 5}', "[" * 100000])
 def test_a_damaged_summary_is_one_line(run_dir, content):
     (run_dir / "summary.json").write_text(content)
-    one_line_error(invoke("report", run_dir))
+    line = one_line_error(invoke("report", run_dir))
+    assert line.startswith("kdcore: error: cannot read the run's files as a kdcore run's; "
+                           "one may be damaged ("), line
 
 
 _HEAD = struct.Struct("<8sQ")
@@ -165,18 +176,22 @@ def test_a_pipe_in_place_of_a_runs_file_is_refused_not_waited_on(run_dir, name, 
 
     (run_dir / name).unlink()
     os.mkfifo(run_dir / name)
-    one_line_error(invoke(command, run_dir), "is not a file")
+    line = one_line_error(invoke(command, run_dir))
+    assert line == f"kdcore: error: {run_dir / name} is not a file", line
 
 
 @pytest.mark.slow
 def test_metrics_that_match_nothing_are_an_error_naming_what_there_is(run_dir):
-    one_line_error(invoke("inspect", run_dir, "--metrics", "nosuch,[x"), "'nosuch'",
-                   "test/student/acc")
+    line = one_line_error(invoke("inspect", run_dir, "--metrics", "nosuch,[x"))
+    assert line.startswith(
+        "kdcore: error: no metric matches 'nosuch', '[x'; the history has "), line
+    assert "test/student/acc" in line.split("the history has ")[1]
 
 
 @pytest.mark.parametrize("command", ["inspect", "label-issues", "report"])
 def test_a_run_directory_name_the_system_refuses_is_one_line(tmp_path, command):
-    one_line_error(invoke(command, tmp_path / ("r" * 300)), "File name too long")
+    line = one_line_error(invoke(command, tmp_path / ("r" * 300)))
+    assert line.startswith("kdcore: error: ") and line.endswith("File name too long"), line
 
 
 @pytest.mark.slow
