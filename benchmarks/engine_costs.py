@@ -107,6 +107,13 @@ def plain_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: RunDat
                 bs: int, gen: torch.Generator) -> None:
     """One epoch of the loop a careful user would write by hand: train, then validation and
     test accuracy."""
+    plain_train(model, opt, data, bs, gen)
+    plain_evaluate(model, data)
+
+
+def plain_train(model: torch.nn.Module, opt: torch.optim.Optimizer, data: RunData, bs: int,
+                gen: torch.Generator) -> None:
+    """The plain loop's training pass over a shuffled epoch."""
     y = data.train_noisy
     model.train()
     perm = torch.randperm(len(y), generator=gen).to(y.device)
@@ -117,6 +124,12 @@ def plain_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: RunDat
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if y.is_cuda:  # the pass ends when its work does (timed on its own by epoch_phases.py)
+        torch.cuda.synchronize()
+
+
+def plain_evaluate(model: torch.nn.Module, data: RunData) -> None:
+    """The plain loop's validation and test accuracy."""
     model.eval()
     with torch.no_grad():
         for split, labels in ((data.val, data.val_noisy), (data.test, data.test.y)):
@@ -124,7 +137,7 @@ def plain_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: RunDat
                                                                        len(labels)))))[0]
                               .argmax(1) for i in range(0, len(labels), 1024)])
             float((pred == labels).float().mean())
-    if y.is_cuda:
+    if data.train_noisy.is_cuda:
         torch.cuda.synchronize()
 
 
