@@ -120,3 +120,25 @@ def report_grid(tmp_path_factory):
                                      catch_exceptions=False)
             assert res.exit_code == 0, res.output
     return root / "out"
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """The tiny recipe (``tiny.toml``) run three ways, once per session, for tests that copy a
+    run directory and damage the copy: ``finished``; ``started``, stopped in its student stage
+    (its checkpoints: the first epoch, the teacher stage's end); ``other``, finished under
+    another recipe (``other.toml``, the student's hidden layer 8 wide)."""
+    from kdcore import PluginHost, load_recipe, run_recipe
+    from kdcore.testing import InterruptAt, Interrupted
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    recipe = root / "tiny.toml"
+    recipe.write_text(TINY_RECIPE.format(seed=0))
+    run_recipe(load_recipe(recipe), out=str(root / "finished"))
+    with pytest.raises(Interrupted):
+        run_recipe(load_recipe(recipe), out=str(root / "started"),
+                   host=PluginHost(extra=[InterruptAt(epoch=0, batch=1, stage="student")]))
+    other = root / "other.toml"
+    other.write_text(recipe.read_text().replace("hidden = [16]", "hidden = [8]"))
+    run_recipe(load_recipe(other), out=str(root / "other"))
+    return root

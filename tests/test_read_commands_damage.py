@@ -12,24 +12,13 @@ from pathlib import Path
 import h5py
 import pytest
 
-from kdcore import load_recipe, run_recipe
 from tests.cli_helpers import digest, error_last, invoke, one_line_error
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    from tests.conftest import TINY_RECIPE
-
-    root = tmp_path_factory.mktemp("finished")
-    recipe = root / "tiny.toml"
-    recipe.write_text(TINY_RECIPE.format(seed=0))
-    run_recipe(load_recipe(recipe), out=str(root / "run"))
-    return root / "run"
-
-
 @pytest.fixture
-def run_dir(finished, tmp_path):
-    shutil.copytree(finished, tmp_path / "run")
+def run_dir(tiny_runs, tmp_path):
+    """A copy of the session's finished tiny run (tests/conftest.py)."""
+    shutil.copytree(tiny_runs / "finished", tmp_path / "run")
     return tmp_path / "run"
 
 

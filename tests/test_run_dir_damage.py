@@ -7,35 +7,17 @@ import shutil
 
 import pytest
 
-from kdcore import History, PluginHost, load_recipe, run_recipe
+from kdcore import History
 from kdcore.checkpoint import CHECKPOINT, load, save
-from kdcore.testing import InterruptAt, Interrupted
 from tests.cli_helpers import digest, invoke, one_line_error
 
 
-@pytest.fixture(scope="module")
-def finished_and_started(tmp_path_factory):
-    """A finished tiny run and one stopped in its student stage (copied for each test)."""
-    from tests.conftest import TINY_RECIPE
-
-    root = tmp_path_factory.mktemp("runs")
-    recipe = root / "tiny.toml"
-    recipe.write_text(TINY_RECIPE.format(seed=0))
-    run_recipe(load_recipe(recipe), out=str(root / "finished"))
-    with pytest.raises(Interrupted):
-        run_recipe(load_recipe(recipe), out=str(root / "started"),
-                   host=PluginHost(extra=[InterruptAt(epoch=0, batch=1, stage="student")]))
-    other = root / "other.toml"
-    other.write_text(recipe.read_text().replace("hidden = [16]", "hidden = [8]"))
-    run_recipe(load_recipe(other), out=str(root / "other"))
-    return root
-
-
 @pytest.fixture
-def runs(finished_and_started, tmp_path):
+def runs(tiny_runs, tmp_path):
+    """Copies of the session's tiny runs (tests/conftest.py), each test its own."""
     for name in ("finished", "started", "other"):
-        shutil.copytree(finished_and_started / name, tmp_path / name)
-    shutil.copy(finished_and_started / "tiny.toml", tmp_path / "tiny.toml")
+        shutil.copytree(tiny_runs / name, tmp_path / name)
+    shutil.copy(tiny_runs / "tiny.toml", tmp_path / "tiny.toml")
     return tmp_path
 
 
