@@ -323,7 +323,9 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     except ValueError:
         raise KdcoreError(f"--seeds takes comma-separated integers, got '{seeds}'") from None
     specs = ab.plan(specs_variants, seed_list, out)
-    ab.check_specs(specs)
+    # SLURM's and --jobs' runs load the installed plugins, as this host does without --plugin
+    host = _host(plugins, strict_plugins)
+    ab.check_specs(specs, host)
     if launcher == "slurm":
         from kdcore import launchers
 
@@ -333,7 +335,6 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
         counts = launchers.launch_grid(specs, make_executor, echo=click.echo,
                                        folder=slurm_folder or out / ".submitit")
     else:
-        host = _host(plugins, strict_plugins)
         counts = ab.run_grid(specs, jobs=jobs, echo=click.echo,
                              in_process=lambda spec, resume: ab.run_spec(spec, resume, host))
     click.echo(f"grid {out}: {counts['ran']} ran, {counts['skipped']} skipped, "

@@ -131,13 +131,21 @@ def plan(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[R
     return [RunSpec(v, s, out / v.name / f"seed{s}") for v in variants for s in seeds]
 
 
-def check_specs(specs: Sequence[RunSpec]) -> None:
-    """Resolve every run's recipe with its overrides and seed, as the run will: a bad file,
-    ``--set`` or seed is one error before any run starts, not a failure per run."""
+def check_specs(specs: Sequence[RunSpec], host: Any = None) -> None:
+    """Resolve every run's recipe with its overrides and seed, as the run will, and with
+    ``host`` (a :class:`~kdcore.PluginHost`) build its plan (every component's parameters,
+    roles and column wiring; no data is loaded): a bad file, ``--set``, seed or component
+    parameter is one error before any run starts, not a failure per run."""
+    from kdcore.plan import build_plan
     from kdcore.recipe import load_recipe
 
     for spec in specs:
-        load_recipe(spec.variant.recipe, spec.overrides)
+        try:
+            recipe = load_recipe(spec.variant.recipe, spec.overrides)
+            if host is not None:
+                build_plan(recipe, host)
+        except KdcoreError as exc:  # the file alone does not say which of the grid's runs
+            raise KdcoreError(f"variant '{spec.variant.name}' seed {spec.seed}: {exc}") from None
 
 
 def status(spec: RunSpec) -> str:

@@ -85,3 +85,15 @@ def test_sbatch_without_the_rest_of_slurm_is_one_line(tmp_path, monkeypatch):
 def test_a_bad_override_or_seed_is_one_error_before_any_run(tmp_path, args, needle):
     one_line_error(ablate(RECIPES / "ce.toml", *args, "--out", tmp_path / "g"), needle)
     assert not (tmp_path / "g").exists()
+
+
+def test_a_component_parameter_its_plugin_refuses_is_one_error_before_any_run(tmp_path):
+    """Each run's plan is built before the first run starts: the components' own parameter
+    checks run then, and the error names the grid's run."""
+    result = ablate(RECIPES / "kd.toml", "--variant", "base:", "--variant",
+                    "hot:stages.1.components.1.params.temperature=-1", "--out", tmp_path / "g")
+    line = one_line_error(result, "temperature")
+    assert line == (f"kdcore: error: variant 'hot' seed 0: {RECIPES / 'kd.toml'}: "
+                    "stages[1].components[1].params.temperature: 'temperature' must be "
+                    "positive, got -1.0")
+    assert not (tmp_path / "g").exists()
