@@ -109,7 +109,13 @@ def _resolve_columns(hist: Any, names: Sequence[str]) -> list[str]:
         if name == ALL:
             n = hist.data("noisy_label").shape[0]
             out += [*ledger, *_per_sample_data(hist, n)]
-        elif name in ledger or name in data:
+        elif name in ledger:
+            out.append(name)
+        elif name in data:
+            shape, n = hist.data(name).shape, hist.data("noisy_label").shape[0]
+            if not shape or shape[0] != n:  # the transition matrix, a scalar: not per sample
+                raise KdcoreError(f"'{name}' is not per sample (shape {shape}, the run has "
+                                  f"{n} samples); --column exports per-sample data only")
             out.append(name)
         else:
             from kdcore.errors import did_you_mean

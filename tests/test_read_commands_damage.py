@@ -189,3 +189,19 @@ def test_inspect_options_that_would_be_ignored_are_refused(run_dir, tmp_path):
     one_line_error(invoke("inspect", run_dir, "--column", "target", "--cartography",
                           tmp_path / "c"), "give one")
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_a_data_array_that_is_not_per_sample_is_not_exported_as_a_column(run_dir, tmp_path):
+    """The noise's transition matrix (C x C) is in /data beside the per-sample labels; its rows
+    are classes, so pairing them with sample ids would be wrong."""
+    with h5py.File(run_dir / "history.h5", "r") as f:
+        classes, n = f["data/transition_matrix"].shape[0], f["data/noisy_label"].shape[0]
+    line = one_line_error(invoke("inspect", run_dir, "--column", "transition_matrix",
+                                 "--csv", tmp_path / "t.csv"))
+    assert line == (f"kdcore: error: 'transition_matrix' is not per sample (shape ({classes}, "
+                    f"{classes}), the run has {n} samples); --column exports per-sample data "
+                    "only"), line
+    assert not (tmp_path / "t.csv").exists()
+    assert invoke("inspect", run_dir, "--column", "clean_label", "--csv",
+                  tmp_path / "c.csv").exit_code == 0
