@@ -74,7 +74,18 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
                               f"it away first")
         for name in names:
             (run_dir / name).unlink(missing_ok=True)
+        for weights in _stale_weights(recipe, run_dir):
+            weights.unlink()
     return run_dir
+
+
+def _stale_weights(recipe: Recipe, run_dir: Path) -> list[Path]:
+    """The earlier run's ``models/*.pt`` that ``--overwrite`` deletes: all but those the new
+    recipe loads as a ``models.<role>.checkpoint`` (which the new run has not read yet)."""
+    loaded = {Path(cfg.checkpoint).resolve() for cfg in recipe.models.values()
+              if cfg.enabled and cfg.checkpoint}
+    return [p for p in sorted((run_dir / "models").glob("*.pt"))
+            if p.is_file() and p.resolve() not in loaded]
 
 
 def run_dir_of(recipe: Recipe, out: str | None) -> Path:

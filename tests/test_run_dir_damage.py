@@ -141,3 +141,17 @@ def test_an_empty_out_is_refused_not_taken_for_the_default(tmp_path, command, mo
     extra = ["--overwrite"] if command == "run" else []
     one_line_error(invoke(command, recipe, "--out", "", *extra), "--out is empty")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]
+
+
+@pytest.mark.slow
+def test_overwrite_removes_the_earlier_runs_weights_but_not_those_the_recipe_loads(runs):
+    """A role of the earlier run that the new recipe lacks leaves no weights file behind; a
+    weights file the new recipe loads as a checkpoint is read, not deleted first."""
+    run_dir = runs / "finished"
+    shutil.copy(run_dir / "models" / "student.pt", run_dir / "models" / "ghost.pt")
+    teacher = run_dir / "models" / "teacher.pt"
+    result = invoke("run", runs / "tiny.toml", "--out", run_dir, "--overwrite", "--set",
+                    f'models.teacher.checkpoint="{teacher}"')
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run_dir / "models").iterdir()) == ["student.pt",
+                                                                       "teacher.pt"]
