@@ -60,7 +60,8 @@ class LPParams:
             label (5 in the initial LP, 0 later).
         when: ``stage_start`` (once) or ``epoch_start`` (every ``every`` epochs).
         k, gamma, alpha: kNN size, affinity power (> 0, applied to ``max(s, 0)``: negative
-            similarities are clamped at 0, our reading), propagation strength.
+            similarities are clamped at 0, our reading), propagation strength; ``k`` must be
+            below the number of training samples (refused at set-up, so by ``kdcore check``).
         normalize: L2-normalise features before the kNN search (AML-KD's defect D5 is
             ``false`` in its initial and stage-1 LP).
         clamp: zero negative scores before the read-out (the initial LP of the release skips it).
@@ -141,6 +142,15 @@ class LabelPropagation(kdcore.Component):
         if p.seeds == "selected":
             used.append(p.student)
         return tuple(dict.fromkeys(used))
+
+    def setup(self, ctx: RunContext) -> None:
+        # the graph links each training sample to k others: refused here, so that `kdcore
+        # check` says so, not the first propagation after a whole teacher stage
+        k, n = self.params.k, ctx.ledger.size
+        if k >= n:
+            raise kdcore.RecipeError(
+                f"component '{self.name}': k = {k} neighbours needs more than {k} training "
+                f"samples; the run has {n} (lower params.k, or train on more samples)")
 
     def on_stage_start(self, ctx: RunContext) -> None:
         if self.params.when == "stage_start":

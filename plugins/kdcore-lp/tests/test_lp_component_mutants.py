@@ -217,3 +217,19 @@ def test_kept_share_is_the_confidence_below_the_percentile(percentile):
     kept = led["base_target"].argmax(1).numpy() != lp_labels.numpy()
     np.testing.assert_array_equal(kept, expected)
     assert expected.sum() >= 1
+
+
+@pytest.mark.parametrize("k, refused", [(N - 1, False), (N, True), (N + 5, True)])
+def test_a_k_that_needs_more_samples_than_the_run_has_is_refused_at_setup(k, refused):
+    """At set-up, so that ``kdcore check`` refuses it, not the first propagation."""
+    import kdcore
+
+    h = _harness({"seeds": "noisy", "k": k})
+    if not refused:
+        h.setup()
+        return
+    with pytest.raises(kdcore.RecipeError) as info:
+        h.setup()
+    assert str(info.value) == (f"component 'teacher_lp': k = {k} neighbours needs more than "
+                               f"{k} training samples; the run has {N} (lower params.k, or "
+                               "train on more samples)")
