@@ -17,6 +17,7 @@ import click
 
 from kdcore.cli_files import reading
 from kdcore.errors import KdcoreError
+from kdcore.failures import one_line_failures
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USER_ERROR = 2
@@ -31,7 +32,7 @@ def _user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except KdcoreError as exc:
             click.echo(f"kdcore: error: {exc}", err=True)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(getattr(exc, "exit_code", EXIT_USER_ERROR))  # 1: failures.RunFailed
         except KeyboardInterrupt:
             click.echo("kdcore: interrupted; resume with --resume", err=True)
             sys.exit(130)
@@ -126,6 +127,7 @@ _strict_option = click.option(
 @_plugin_option
 @_strict_option
 @_user_errors
+@one_line_failures("the run")
 def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
         overwrite: bool, quiet: bool, progress: bool | None, nproc: int,
         plugins: tuple[str, ...], strict_plugins: bool) -> None:
@@ -175,6 +177,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
 @_plugin_option
 @_strict_option
 @_user_errors
+@one_line_failures("the set-up")
 def check(recipe: Path, overrides: tuple[str, ...], out: str | None, plugins: tuple[str, ...],
           strict_plugins: bool) -> None:
     """Validate RECIPE (with overrides) and print it resolved, without training.

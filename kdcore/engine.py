@@ -19,7 +19,8 @@ from loguru import logger
 from kdcore import checkpoint as ckpt
 from kdcore import checkpointing, distributed
 from kdcore.errors import KdcoreError
-from kdcore.history import HistoryWriter
+from kdcore.failures import save_traceback
+from kdcore.history import HistoryWriter, RowCounter
 from kdcore.loggers import start_loggers
 from kdcore.loop import Trainer
 from kdcore.plan import RunPlan, build_plan, check_distributed
@@ -365,32 +366,15 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         distributed.barrier()  # the run is finished when its files are
         return summary
+    except Exception as exc:
+        if sink is not None and not isinstance(exc, KdcoreError):  # a plugin's bug, or ours
+            logger.remove(sink)
+            sink = None
+            save_traceback(exc, run_dir / "log.txt")
+        raise
     finally:
         if sink is not None:
             logger.remove(sink)
-
-
-class RowCounter:
-    """The history as ranks other than 0 keep it in a distributed run: only its length."""
-
-    def __init__(self) -> None:
-        self._rows = 0
-
-    def create(self, **_: Any) -> None:
-        self._rows = 0
-
-    def rollback(self, rows: int) -> None:
-        self._rows = rows
-
-    def rows(self) -> int:
-        return self._rows
-
-    def append_epoch(self, **_: Any) -> int:
-        self._rows += 1
-        return self._rows - 1
-
-    def add_data(self, name: str, values: Any) -> None:
-        pass
 
 
 __all__ = ["banner", "check_output_dir", "dry_setup", "fingerprint", "prepare_run_dir",

@@ -1,0 +1,107 @@
+"""A run or a check that stopped on an exception that is not a :class:`KdcoreError`: a plugin's
+``ValueError`` from an input its author did not foresee, or a bug.
+
+The command line reports it in one line that names the component and hook that raised it (the
+outermost component frame of the traceback), the exception, and where its traceback went (the
+run's ``log.txt``, which :func:`save_traceback` appends to); exit code 1, since the input may be
+fine. ``KDCORE_TRACEBACK=1`` re-raises it instead, for whoever debugs the plugin. The Python API
+(:func:`kdcore.run_recipe`) raises the exception itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kdcore.errors import KdcoreError
+
+#: the environment variable that makes the command line show the traceback itself
+SHOW_TRACEBACK = "KDCORE_TRACEBACK"
+_MAX_MESSAGE = 300
+_SAVED = "kdcore_traceback_log"  # the attribute save_traceback sets on the exception
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RunFailed(KdcoreError):
+    """A run or check stopped on an unexpected exception (exit code 1, not 2: the cause may
+    be a plugin's bug rather than the input)."""
+
+    exit_code = 1
+
+
+def shows_traceback() -> bool:
+    return os.environ.get(SHOW_TRACEBACK, "") not in ("", "0")
+
+
+def raising_component(exc: BaseException) -> str | None:
+    """``component 'NAME' (USE) in HOOK`` for the outermost component method in ``exc``'s
+    traceback, or None when no component's code was running."""
+    from kdcore.component import Component
+
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Component):
+            return (f"component '{owner.name}' ({owner.spec.use}) in "
+                    f"{frame.f_code.co_name}")
+        tb = tb.tb_next
+    return None
+
+
+def failure(exc: BaseException, what: str) -> RunFailed:
+    """The one-line error for ``exc``, which stopped ``what`` ("the run", "the set-up")."""
+    where = raising_component(exc)
+    message = " ".join(str(exc).split())
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE] + "..."
+    cause = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = f"{what} stopped: {where + ' raised ' if where else ''}{cause}"
+    log = getattr(exc, _SAVED, None)
+    if log is not None:
+        text += f"; the traceback is in {log}"
+    else:
+        text += f"; {SHOW_TRACEBACK}=1 shows the traceback"
+    return RunFailed(text)
+
+
+def one_line_failures(what: str) -> Callable[[F], F]:
+    """A command decorator: an unexpected exception becomes :func:`failure`'s error (unless
+    ``KDCORE_TRACEBACK`` is set); user errors and click's own pass as they are."""
+    import click
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (KdcoreError, click.ClickException, click.exceptions.Exit):
+                raise
+            except Exception as exc:
+                if shows_traceback():
+                    raise
+                raise failure(exc, what) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def save_traceback(exc: BaseException, log: Path) -> None:
+    """Append ``exc`` with its traceback to ``log``, and note on ``exc`` that it is there."""
+    try:
+        with log.open("a", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(exc)))
+        setattr(exc, _SAVED, log)
+    except (OSError, AttributeError):  # no log after all: the one line says how to see it
+        pass
+
+
+__all__ = ["SHOW_TRACEBACK", "RunFailed", "failure", "one_line_failures", "raising_component",
+           "save_traceback", "shows_traceback"]

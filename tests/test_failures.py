@@ -1,0 +1,108 @@
+"""A component that raises something other than a KdcoreError (a plugin's bug, or an input its
+author did not foresee) stops ``kdcore run`` and ``kdcore check`` with one line that names the
+component, the hook and the exception, exit 1; ``run`` saves the traceback in the run's
+``log.txt``, and the history keeps every completed epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from kdcore import Component, History, hookimpl, run_recipe
+from kdcore.failures import RunFailed, failure, raising_component
+from kdcore.testing import component, stage, teacher_stage, tiny_recipe, write_recipe
+from tests.cli_helpers import invoke
+
+
+@attrs.frozen
+class BoomParams:
+    at: int = 1
+
+
+class Boom(Component):
+    """Raises at the start of epoch ``at`` (0: at set-up)."""
+
+    Params = BoomParams
+    description = "raises on purpose"
+
+    def setup(self, ctx):
+        if self.params.at == 0:
+            raise ValueError("cannot set up\n  (second line)")
+
+    def on_epoch_start(self, ctx):
+        if ctx.epoch == self.params.at:
+            raise ValueError("boom at epoch start")
+
+
+class BoomPlugin:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"boom": Boom}
+
+
+PLUGIN = BoomPlugin()
+
+
+def _recipe(tmp_path: Path, at: int) -> Path:
+    data = tiny_recipe(teacher_stage(1),
+                       stage("student", 3, ["student"], component("ce"),
+                             component("boom", params={"at": at})))
+    return write_recipe(data, tmp_path / "boom.toml")
+
+
+def _lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_a_component_that_raises_stops_the_run_in_one_line_with_its_traceback_saved(tmp_path):
+    run_dir = tmp_path / "run"
+    result = invoke("run", _recipe(tmp_path, at=1), "--out", run_dir, "--quiet",
+                    "--plugin", "tests.test_failures:PLUGIN")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert _lines(result) == [
+        "kdcore: error: the run stopped: component 'boom' (boom) in on_epoch_start raised "
+        f"ValueError: boom at epoch start; the traceback is in {run_dir / 'log.txt'}"]
+    log = (run_dir / "log.txt").read_text()
+    assert "Traceback (most recent call last)" in log and "boom at epoch start" in log
+    with History(run_dir) as h:  # the teacher's epoch and the student's first are kept
+        assert len(h.epochs()) == 2
+
+
+@pytest.mark.slow
+def test_check_names_a_component_whose_setup_raises(tmp_path):
+    result = invoke("check", _recipe(tmp_path, at=0), "--plugin", "tests.test_failures:PLUGIN")
+    assert result.exit_code == 1, result.output
+    assert _lines(result) == [
+        "kdcore: error: the set-up stopped: component 'boom' (boom) in setup raised "
+        "ValueError: cannot set up (second line); KDCORE_TRACEBACK=1 shows the traceback"]
+
+
+@pytest.mark.slow
+def test_kdcore_traceback_shows_the_exception_and_the_api_raises_it(tmp_path, monkeypatch):
+    from kdcore import PluginHost, load_recipe
+
+    recipe = _recipe(tmp_path, at=0)
+    with pytest.raises(ValueError, match="cannot set up"):
+        run_recipe(load_recipe(recipe), out=str(tmp_path / "api"),
+                   host=PluginHost(extra=[PLUGIN]))
+    monkeypatch.setenv("KDCORE_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="cannot set up"):
+        invoke("check", recipe, "--plugin", "tests.test_failures:PLUGIN")
+
+
+def test_the_line_without_a_component_and_with_a_long_message():
+    def engine_code():
+        raise RuntimeError("x" * 400)
+
+    with pytest.raises(RuntimeError) as info:
+        engine_code()
+    assert raising_component(info.value) is None
+    error = failure(info.value, "the run")
+    assert isinstance(error, RunFailed) and error.exit_code == 1
+    assert str(error) == (f"the run stopped: RuntimeError: {'x' * 300}...; "
+                          "KDCORE_TRACEBACK=1 shows the traceback")
+    assert str(failure(KeyError(), "the run")).startswith("the run stopped: KeyError; ")
