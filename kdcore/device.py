@@ -8,6 +8,7 @@ a "meta" run would build tensors without storage and fail at its first step.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -54,4 +55,49 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-__all__ = ["ACCEPTED", "device_name", "resolve_device"]
+# What a run may plan to hold of the memory left on its device: a model's parameters (gradients
+# and optimiser state take as much again), the ledger's per-class columns, the transition
+# matrix; more is refused before it is allocated.
+MEMORY_SHARE = 0.5
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` (the GPU's, or the host's available pages); None: unknown."""
+    import torch
+
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:  # Linux: what can be had without swapping, the page cache included
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # free pages only: a lower bound
+        pages = os.sysconf("SC_AVPHYS_PAGES")
+        return int(pages * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(what: str, size: int, device: torch.device, fix: str) -> None:
+    """Refuse ``size`` bytes for ``what`` beyond :data:`MEMORY_SHARE` of the free memory."""
+    free = free_memory(device)
+    if free is not None and size > MEMORY_SHARE * free:
+        from kdcore.errors import KdcoreError
+
+        raise KdcoreError(f"{what} needs {_bytes(size)}; {_bytes(free)} are free on {device} "
+                          f"({fix})")
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+__all__ = ["ACCEPTED", "MEMORY_SHARE", "check_fits", "device_name", "free_memory",
+           "resolve_device"]

@@ -7,7 +7,6 @@ under ``check`` first, with the same message.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from torch import nn
 
 from kdcore import checkpoint as ckpt
 from kdcore import distributed
-from kdcore.device import resolve_device
+from kdcore.device import MEMORY_SHARE, free_memory, resolve_device
 from kdcore.errors import KdcoreError, RecipeError
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
@@ -24,10 +23,6 @@ from kdcore.plan import RunPlan
 from kdcore.plugins import PluginHost
 from kdcore.rundata import build_run_data
 from kdcore.runstate import Run, role_seed
-
-# A model whose parameters alone need more than this share of the memory left cannot train
-# (gradients and optimiser state take as much again): refused before it is allocated.
-MEMORY_SHARE = 0.5
 
 
 def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
@@ -131,22 +126,11 @@ def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, o
     with torch.device("meta"):
         model = _call_factory(role, factory, spec, params)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    free = _free_memory(device)
+    free = free_memory(device)
     if free is not None and size > MEMORY_SHARE * free:
         raise RecipeError(f"model '{role}' needs {size / 2**30:.1f} GiB for its parameters "
                           f"alone; {free / 2**30:.1f} GiB are free on {device}",
                           key=f"models.{role}.params")
-
-
-def _free_memory(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        pages = os.sysconf("SC_AVPHYS_PAGES")
-        return int(pages * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 __all__ = ["compile_models", "load_model_checkpoints", "load_weights_into", "prepare_run"]

@@ -14,6 +14,7 @@ from kdcore.config import bind_params
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset, NoiseContext, Split
 from kdcore.data.noise import realised_transition
 from kdcore.data.splits import make_splits
+from kdcore.device import check_fits
 from kdcore.errors import KdcoreError, RecipeError
 
 if TYPE_CHECKING:
@@ -154,6 +155,9 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
     gen = torch.Generator().manual_seed(seed)
     full = loaded.train
     num_classes = full.num_classes
+    # the C x C transition matrix (float64), counted before anything loops over the classes
+    check_fits(f"dataset '{cfg.dataset}' has {num_classes} classes: its transition matrix",
+               8 * num_classes ** 2, device, "a label space this large is a mistake")
     splits = make_splits(
         full.y, num_classes=num_classes, generator=gen, val_fraction=cfg.val_fraction,
         gold_per_class=cfg.gold_per_class,
@@ -169,6 +173,9 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
         train_idx = _stratified_subset(full.y[train_idx], train_idx, cfg.train_subset, gen)
     train, val, gold = full.subset(train_idx), full.subset(splits["val"]), full.subset(
         splits["gold"])
+    # the ledger's per-class float32 columns: the targets before and after refinement
+    check_fits(f"the ledger's targets of {len(train)} samples x {num_classes} classes",
+               2 * 4 * len(train) * num_classes, device, "lower data.train_subset")
 
     noise_fn = host.noise_models.get(cfg.noise.model)
     noise_params = bind_params(noise_fn, cfg.noise.params, "data.noise.params")

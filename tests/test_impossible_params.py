@@ -150,3 +150,76 @@ def test_cli_reports_impossible_parameters_on_one_line(tmp_path: Path, data: dic
                                                        needle: str) -> None:
     models = {**TINY_MODELS, "teacher": {**TINY_MODELS["teacher"], **teacher}}
     _assert_one_error_line(_run(tmp_path, data, models), needle)
+
+
+# -- label spaces and ledgers the memory cannot hold ---------------------------------------------
+
+
+class _ManyClasses:
+    """A dataset plugin that declares ``classes`` classes for 40 samples."""
+
+    classes = 10
+
+    @staticmethod
+    def loader():
+        import torch
+
+        from kdcore.data.base import ArrayDataset, DatasetSplits
+
+        y = torch.arange(40) % 4
+        return DatasetSplits(train=ArrayDataset(torch.randn(40, 5), y, _ManyClasses.classes))
+
+    from kdcore import hookimpl
+
+    @hookimpl
+    def kdcore_add_datasets(self):
+        return {"many_classes": self.loader}
+
+
+MANY = _ManyClasses()
+
+
+def _check_many(tmp_path: Path, classes: int):
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+    from kdcore.testing import stage, tiny_recipe, write_recipe
+
+    _ManyClasses.classes = classes
+    data = tiny_recipe(stage("s", 1, ["student"], {"use": "ce"}))
+    data["data"] = {"dataset": "many_classes", "batch_size": 8, "val_fraction": 0.0,
+                    "test_fraction": 0.25}
+    del data["models"]["teacher"]
+    recipe = write_recipe(data, tmp_path / "many.toml")
+    return CliRunner().invoke(main, ["check", str(recipe), "--plugin",
+                                     "tests.test_impossible_params:MANY"])
+
+
+def test_a_label_space_whose_transition_matrix_cannot_fit_is_refused_before_the_splits(
+        tmp_path, monkeypatch):
+    import kdcore.data.splits as splits
+
+    def no_split(*args, **kwargs):  # make_splits loops over the classes: not reached
+        raise AssertionError("make_splits ran")
+
+    monkeypatch.setattr("kdcore.rundata.make_splits", no_split)
+    assert splits.make_splits is not no_split
+    result = _check_many(tmp_path, 10**7)
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line.startswith("kdcore: error: dataset 'many_classes' has 10000000 classes: its "
+                           "transition matrix needs 745058.1 GiB; "), line
+    assert line.endswith(" GiB are free on cpu (a label space this large is a mistake)"), line
+
+
+def test_a_ledger_that_cannot_fit_is_refused(tmp_path, monkeypatch):
+    # 32 training samples x 10 classes x 2 float32 columns: 2,560 bytes (the transition
+    # matrix: 800); a run may plan for half the free memory: refused with 5,119 bytes free
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 5_119)
+    result = _check_many(tmp_path, 10)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        "kdcore: error: the ledger's targets of 32 samples x 10 classes needs 2.5 KiB; 5.0 KiB "
+        "are free on cpu (lower data.train_subset)"), result.output
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 5_120)
+    assert _check_many(tmp_path, 10).exit_code == 0

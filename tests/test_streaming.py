@@ -254,3 +254,26 @@ def test_instance_dependent_noise_on_a_stream_says_why_not(folders, tmp_path):
     assert res.exit_code == 2
     assert "streaming dataset keeps only file names" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("label, error", [
+    ("²", "line 1 is 'pics/0.png ²'; every line must be an image path and an integer label"),
+    ("-1", "line 1 is 'pics/0.png -1'; every line must be an image path and an integer label"),
+    (str(2**20), f"line 1 has label {2**20}; labels are class indices 0 .. C-1, at most "
+                 f"{2**20 - 1}"),
+    ("99999999999", "line 1 has label 99999999999; labels are class indices 0 .. C-1, at "
+                    f"most {2**20 - 1}"),
+])
+def test_a_label_list_with_a_label_that_is_no_class_index_is_refused(tmp_path, label, error):
+    """Before the loader builds a class name per index (a label of 10**11 would hang it)."""
+    (tmp_path / "train.txt").write_text(f"pics/0.png {label}\n")
+    with pytest.raises(KdcoreError) as info:
+        image_list(root=str(tmp_path), train_list="train.txt")
+    assert str(info.value) == f"image_list: {tmp_path / 'train.txt'} {error}"
+
+
+def test_labels_written_in_other_decimal_digits_are_read(tmp_path):
+    from kdcore.data.loaders.lists import read_label_list
+
+    (tmp_path / "l.txt").write_text("a.png \u0663\nb.png 0\n")  # ARABIC-INDIC DIGIT THREE
+    assert read_label_list(tmp_path / "l.txt", "image_list") == {"a.png": 3, "b.png": 0}

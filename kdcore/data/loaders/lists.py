@@ -34,6 +34,11 @@ CLOTHING1M_FILES = {
 """The files of Clothing1M's release that :func:`clothing1m` reads, under its root."""
 
 
+# A class index beyond this is a mistake in the file, not a label space (ImageNet-21k has
+# 21,841 classes); the loader builds C class names before the run's own memory checks.
+MAX_LABEL = 2**20 - 1
+
+
 def _lines(path: Path, loader: str) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -53,10 +58,15 @@ def read_label_list(path: Path, loader: str) -> dict[str, int]:
     labels: dict[str, int] = {}
     for number, line in enumerate(_lines(path, loader), 1):
         parts = line.rsplit(None, 1)
-        if len(parts) != 2 or not parts[1].isdigit():
+        # isdecimal, not isdigit: int() refuses "²", which isdigit takes
+        if len(parts) != 2 or not parts[1].isdecimal():
             raise KdcoreError(f"{loader}: {path} line {number} is '{line[:80]}'; every line "
                               "must be an image path and an integer label")
-        labels[parts[0]] = int(parts[1])
+        label = int(parts[1])
+        if label > MAX_LABEL:  # the class names and per-class tables would not fit
+            raise KdcoreError(f"{loader}: {path} line {number} has label {label}; labels are "
+                              f"class indices 0 .. C-1, at most {MAX_LABEL}")
+        labels[parts[0]] = label
     return labels
 
 
