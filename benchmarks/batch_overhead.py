@@ -13,6 +13,12 @@ With ``--framework``, instead: the same two steps on a near-null model (digits, 
 one hidden layer of 4, batches of 8, one thread), where the compute is a few operations and
 the difference is the engine's own per-batch cost.
 
+With ``--floor``, instead: on that near-null model, the engine's whole step, the plain step, and
+the floor between them: the plain step plus only what the engine must keep of a CE batch (the
+per-sample loss as a kept ``PerSampleLoss``, the logits record, the loss for the finiteness
+check every 32 steps). The engine's cost above the floor is the most that a batch path
+bypassing the per-component machinery could save.
+
 With ``--count``, instead: Python-level calls and aten operations per step of the same two
 steps on that model (deterministic counts, not times).
 
@@ -44,13 +50,15 @@ import kdcore
 from kdcore.checkpointing import Checkpointer
 from kdcore.component import Batch
 from kdcore.history_writer import HistoryWriter
-from kdcore.loop import Trainer
+from kdcore.loop import FINITE_CHECK_EVERY, Trainer
+from kdcore.losses import _nll_rows
 from kdcore.plan import build_plan
 from kdcore.plugins import ObserverBus
 from kdcore.prepare import prepare_run
 from kdcore.recipe import recipe_from_dict
 from kdcore.records import EpochRecords
 from kdcore.step import combine
+from kdcore.terms import PerSampleLoss
 
 
 def main() -> None:
@@ -61,12 +69,17 @@ def main() -> None:
                         help="also time the whole Trainer._train_batch against the plain step")
     parser.add_argument("--framework", action="store_true",
                         help="only the whole steps, on a near-null model (the engine's own cost)")
+    parser.add_argument("--floor", action="store_true",
+                        help="only the engine, floor and plain steps, near-null model")
     parser.add_argument("--count", action="store_true",
                         help="only count Python calls and aten ops per step, near-null model")
     args = parser.parse_args()
     logger.remove()
-    torch.set_num_threads(1 if args.framework else args.threads)
+    torch.set_num_threads(1 if args.framework or args.floor else args.threads)
     host = kdcore.PluginHost()
+    if args.floor:
+        floor_cost(host, args.batches // 50)
+        return
     if args.framework:
         framework_cost(host, args.batches // 50)
         return
@@ -169,6 +182,51 @@ def framework_cost(host: kdcore.PluginHost, blocks: int) -> None:
     n = len(trainer.run.data.train_noisy)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     whole_steps(trainer, trainer.current_stage, order, blocks, batch_size=8)
+
+
+def floor_cost(host: kdcore.PluginHost, blocks: int) -> None:
+    """The engine's whole step, the floor and the plain step (``--floor``), interleaved."""
+    trainer = framework_trainer(host)
+    run = trainer.run
+    model, opt, data = run.models["student"], run.optimizers["student"], run.data
+    y = data.train_noisy
+    records, unchecked = EpochRecords(FINITE_CHECK_EVERY), []
+
+    def floor(index: torch.Tensor) -> None:
+        labels = y[index]
+        opt.zero_grad(set_to_none=True)
+        logits, _ = model(data.inputs(data.train, index))
+        log_probs = logits.log_softmax(1)
+        loss = F.nll_loss(log_probs, labels)  # F.cross_entropy's two ops, as the engine's CE
+        records.add("loss/ce", "ce", index, PerSampleLoss(_nll_rows, log_probs.detach(), labels))
+        records.add("logits/student", "student", index, logits.detach())
+        unchecked.append(loss.detach())
+        loss.backward()
+        opt.step()
+        if len(unchecked) >= FINITE_CHECK_EVERY:
+            bool(torch.isfinite(torch.stack(unchecked)).all())
+            unchecked.clear()
+
+    engine, _, plain = step_functions(trainer, trainer.current_stage)
+    n = len(y)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = defaultdict(list)
+    sides = [engine, floor, plain]
+    for block in range(blocks):
+        for fn in (sides if block % 2 == 0 else sides[::-1]):
+            t = time.perf_counter()
+            for k in range(50):
+                start = ((block * 50 + k) * 8) % (n - 8)
+                fn(order[start:start + 8])
+            times[fn.__name__].append((time.perf_counter() - t) / 50)
+        trainer.records = EpochRecords(trainer.records.group)
+        trainer._unchecked, trainer._checked = [], 0
+        records = EpochRecords(FINITE_CHECK_EVERY)
+    base = statistics.median(times["plain"]) * 1e6
+    print(f"{'step (near-null model)':24s} {'us':>10s} {'minus plain':>12s}")
+    for name, values in times.items():
+        us = statistics.median(values) * 1e6
+        print(f"{name:24s} {us:10.1f} {us - base:+12.1f}")
 
 
 class _AtenCount(TorchDispatchMode):
