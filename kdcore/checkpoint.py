@@ -6,9 +6,11 @@ unpickles code; a user may resume runs and load teachers received from others sa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,51 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def save(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` through a temporary file, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` to ``path`` through a temporary file, so a kill never leaves half a file.
+
+    Raises:
+        KdcoreError: the file system refused the write (full, read-only, gone); the temporary
+            file is removed and ``path`` is as it was.
+    """
+    _replace(path, lambda tmp: torch.save(state, tmp))
+
+
+def save_text(text: str, path: Path) -> None:
+    """:func:`save` for a text file of the run (``recipe.toml``, ``summary.json``): a kill
+    never leaves half of one, which a reader would take for the whole."""
+    _replace(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        # torch's zip writer reports a failed write as a RuntimeError ("enforce fail at
+        # inline_container.cc", "iostream error"); any other RuntimeError is not the disk's
+        if isinstance(exc, RuntimeError) and not _write_failure(exc):
+            raise
+        with contextlib.suppress(OSError):  # its folder may be what failed
+            tmp.unlink(missing_ok=True)
+        raise KdcoreError(f"cannot write {path}: {_disk_reason(exc, path.parent)}; the files "
+                          "written before it are as they were") from None
+
+
+def _write_failure(exc: RuntimeError) -> bool:
+    return any(s in str(exc) for s in ("inline_container", "iostream", "file write failed"))
+
+
+def _disk_reason(exc: BaseException, folder: Path) -> str:
+    import shutil
+
+    reason = getattr(exc, "strerror", None) or "the write failed"
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return reason
+    return f"{reason} ({free} bytes free on its file system)"
 
 
 def snapshot(obj: Any) -> Any:

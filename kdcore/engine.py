@@ -313,7 +313,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
         raise KdcoreError(failure)
     state = _resume_state(run_dir, started, plan) if resume else None
     if state is None and main:
-        (run_dir / "recipe.toml").write_text(recipe.to_toml())
+        ckpt.save_text(recipe.to_toml(), run_dir / "recipe.toml")
     # loguru formats a sink's path ("{time}" and the like): braces in it are literal here
     sink = (logger.add(str(run_dir / "log.txt").replace("{", "{{").replace("}", "}}"),
                        level="INFO") if main else None)
@@ -363,7 +363,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
             finally:  # a run that stops for any reason leaves its last checkpoint complete
                 checkpointer.wait()
         if main:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            ckpt.save_text(json.dumps(summary, indent=2), run_dir / "summary.json")
         distributed.barrier()  # the run is finished when its files are
         return summary
     except Exception as exc:

@@ -149,12 +149,22 @@ class JournaledFile:
         self._saved: set[int] = set()
         self._path = path
         self._journal = journal_path(path)
+        #: the first write the file system refused (a full disk); from then on the update's
+        #: writes are kept in memory (:attr:`_overlay`), never on disk, and are abandoned
+        self.failure: OSError | None = None
+        self._overlay: list[tuple[int, bytes]] = []
+        self._end = 0  # the file's end as HDF5 sees it, once writes go to the overlay
         self._jfd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._jpos = 0
-        self._append(_HEAD.pack(_MAGIC, self.size))
+        try:
+            self._append(_HEAD.pack(_MAGIC, self.size))
+        except OSError:  # nothing was written to the file: no journal to leave behind
+            os.close(self._jfd)
+            disk.unlink(self._journal)
+            raise
 
     def _append(self, data: bytes) -> None:
-        disk.pwrite(self._jfd, data, self._jpos)
+        _write_all(self._jfd, data, self._jpos)
         self._jpos += len(data)
 
     def _save(self, start: int, end: int) -> None:
@@ -180,35 +190,63 @@ class JournaledFile:
         elif whence == os.SEEK_CUR:
             self._pos += offset
         else:
-            self._pos = os.fstat(self._fd).st_size + offset
+            self._pos = self._file_end() + offset
         return self._pos
 
     def tell(self) -> int:
         return self._pos
 
+    def _file_end(self) -> int:
+        return self._end if self.failure is not None else os.fstat(self._fd).st_size
+
     def readinto(self, buffer: memoryview | bytearray) -> int:
-        n = os.preadv(self._fd, [buffer], self._pos)
+        if self.failure is None:
+            n = os.preadv(self._fd, [buffer], self._pos)
+        else:  # what is on disk, under what HDF5 wrote since
+            view = memoryview(buffer).cast("B")
+            n = max(0, min(len(view), self._end - self._pos))
+            got = os.preadv(self._fd, [view[:n]], self._pos) if n else 0
+            view[got:n] = bytes(n - got)
+            for start, data in self._overlay:
+                lo, hi = max(start, self._pos), min(start + len(data), self._pos + n)
+                if lo < hi:
+                    view[lo - self._pos:hi - self._pos] = data[lo - start:hi - start]
         self._pos += n
         return n
 
     def read(self, size: int = -1) -> bytes:
         if size < 0:
-            size = os.fstat(self._fd).st_size - self._pos
-        data = os.pread(self._fd, size, self._pos)
-        self._pos += len(data)
-        return data
+            size = max(0, self._file_end() - self._pos)
+        buffer = bytearray(size)
+        return bytes(buffer[:self.readinto(buffer)])
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        # never raises: an error raised into HDF5's write callback leaves h5py's file driver
+        # unusable (its closing flush then crashes the process); the caller checks failure
         n = len(data)
-        self._save(self._pos, self._pos + n)
-        disk.pwrite(self._fd, data, self._pos)
+        if self.failure is None:
+            try:
+                self._save(self._pos, self._pos + n)
+                _write_all(self._fd, data, self._pos)
+            except OSError as exc:
+                self.failure = exc
+                self._end = os.fstat(self._fd).st_size
+        if self.failure is not None:
+            self._overlay.append((self._pos, bytes(data)))
+            self._end = max(self._end, self._pos + n)
         self._pos += n
         return n
 
     def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else size
-        self._save(size, self.size)
-        disk.ftruncate(self._fd, size)
+        if self.failure is None:
+            try:
+                self._save(size, self.size)
+                disk.ftruncate(self._fd, size)
+                return size
+            except OSError as exc:
+                self.failure = exc
+        self._end = size
         return size
 
     def flush(self) -> None:
@@ -228,6 +266,15 @@ class JournaledFile:
             os.close(self._jfd)
             self._jfd = -1
         recover(self._path)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """``data`` at ``offset``, whole: a short write (the disk filled up part-way) is an error,
+    or the next record would land after a gap and hide every later one from recovery."""
+    written = disk.pwrite(fd, data, offset)
+    if written != len(data):
+        raise OSError(errno.ENOSPC, f"the disk took {written} of {len(data)} bytes: it is "
+                                    "probably full")
 
 
 def _flock(fd: int, operation: int, deadline: float) -> bool:

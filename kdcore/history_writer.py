@@ -36,6 +36,7 @@ The format's constants, its checks and opening a file for reading are in
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,6 +101,14 @@ def _version(data: Any) -> int:
         return int(data._version)
     except (AttributeError, RuntimeError):
         return -1
+
+
+def _reason(exc: BaseException) -> str:
+    """The system's words for a failed write ("No space left on device"), not HDF5's page of
+    context around them."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return one_line(exc)
 
 
 def _host(values: Any) -> np.ndarray:
@@ -172,6 +181,18 @@ class HistoryWriter:
         """Write the run's constants; an existing file is replaced (atomically)."""
         self._index = None
         tmp = self.path.with_name(self.path.name + ".create")
+        try:
+            self._create(tmp, recipe_toml, versions, num_classes, class_names, constants,
+                         transition_matrix)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise KdcoreError(f"cannot create {self.path}: {_reason(exc)}") from None
+        replace_file(tmp, self.path)
+
+    @staticmethod
+    def _create(tmp: Path, recipe_toml: str, versions: Mapping[str, str], num_classes: int,
+                class_names: list[str], constants: Mapping[str, Any], transition_matrix: Any
+                ) -> None:
         with h5py.File(tmp, "w", locking=False) as f:
             f.attrs["format"] = FORMAT
             f.attrs["recipe"] = recipe_toml
@@ -189,7 +210,6 @@ class HistoryWriter:
             for group in ("metrics", "ledger", "producers"):
                 f.create_group(group)
             string_table(f, [""])
-        replace_file(tmp, self.path)
 
     # -- updating ------------------------------------------------------------------------------
 
@@ -199,7 +219,11 @@ class HistoryWriter:
         with locked(self.path, exclusive=True, timeout=self.lock_timeout_s) as fd:
             if recover(self.path):
                 self._index = None  # another process's update died and was undone
-            journaled = JournaledFile(fd, self.path)
+            try:
+                journaled = JournaledFile(fd, self.path)
+            except OSError as exc:
+                raise KdcoreError(f"{self.path}: writing the history failed ({_reason(exc)}); "
+                                  "the file is as before this write") from None
             try:
                 try:
                     f = h5py.File(journaled, "r+")
@@ -209,14 +233,17 @@ class HistoryWriter:
                     if self._index is None:
                         self._index = _Index(f, self.path)
                     yield f, self._index
+                if journaled.failure is not None:  # HDF5 never saw it (JournaledFile.write)
+                    raise journaled.failure
             except BaseException as exc:
                 # the file goes back to its last commit now, and what we cached may be ahead
                 self._index = None
                 journaled.abandon()
                 # HDF5's errors (KeyError: an object the layout has is missing)
                 if isinstance(exc, (OSError, RuntimeError, KeyError)):
+                    cause = journaled.failure or exc  # the disk's error, not HDF5's echo of it
                     raise KdcoreError(f"{self.path}: writing the history failed "
-                                      f"({one_line(exc)}); the file is as before this write; "
+                                      f"({_reason(cause)}); the file is as before this write; "
                                       "if it is damaged, start the run again with --overwrite"
                                       ) from None
                 raise

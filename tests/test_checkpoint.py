@@ -78,3 +78,39 @@ def test_load_weights_accepts_run_checkpoints_and_state_dicts(tmp_path):
                            sd["layer.weight"])
     with pytest.raises(KdcoreError, match="holds no model 'student'"):
         ckpt.load_weights(tmp_path / "run.pt", "student")
+
+
+def test_a_write_the_disk_refuses_leaves_the_old_file_and_no_temporary_one(tmp_path,
+                                                                             monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save({"a": torch.ones(2)}, path)
+    before = path.read_bytes()
+
+    def full(state, f):  # torch's zip writer on a full disk
+        f.write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(KdcoreError) as info:
+        ckpt.save({"a": torch.zeros(2)}, path)
+    assert str(info.value).startswith(f"cannot write {path}: the write failed (")
+    assert str(info.value).endswith(" bytes free on its file system); the files written "
+                                    "before it are as they were")
+    assert path.read_bytes() == before and not (tmp_path / "checkpoint.pt.tmp").exists()
+
+    def bug(state, f):  # not the disk's: a state torch cannot pickle, say
+        raise RuntimeError("cannot pickle 'generator' object")
+
+    monkeypatch.setattr(torch, "save", bug)
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        ckpt.save({"a": torch.zeros(2)}, path)
+
+
+def test_run_text_files_are_written_whole_or_refused_in_one_line(tmp_path):
+    ckpt.save_text('{"a": 1}', tmp_path / "summary.json")
+    assert (tmp_path / "summary.json").read_text() == '{"a": 1}'
+    assert not (tmp_path / "summary.json.tmp").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KdcoreError) as info:
+        ckpt.save_text("x", tmp_path / "file" / "summary.json")
+    assert str(info.value).startswith(f"cannot write {tmp_path / 'file' / 'summary.json'}: ")

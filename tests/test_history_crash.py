@@ -283,3 +283,65 @@ def test_sigkill_inside_updates(tmp_path):
         w.append_epoch(**row(COMMITTED))
         w.add_data("extra", np.arange(5))
         _assert_rows(path, COMMITTED + 1, row, data=("clean_label", "noisy_label", "extra"))
+
+
+class _Full:
+    """A disk that fills up at write ``at``: from then on a write that needs new space (one
+    past the file's end: every journal record, the file's growth) is refused with ENOSPC, or,
+    every other time, cut short where the file ends; overwriting what exists still works."""
+
+    def __init__(self, at: int):
+        self.at, self.calls, self.refused = at, 0, 0
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(disk, "pwrite", self.pwrite)
+
+    def pwrite(self, fd, data, offset):
+        import errno
+        import os
+
+        n, self.calls = self.calls, self.calls + 1
+        end = os.fstat(fd).st_size
+        if n < self.at or offset + len(data) <= end:
+            return os.pwrite(fd, data, offset)
+        self.refused += 1
+        if self.refused % 2 == 0 and offset < end:  # what fits in place, then no more
+            return os.pwrite(fd, bytes(data)[: end - offset], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_at_any_write_of_append_epoch_leaves_the_committed_rows(
+        base, tmp_path):
+    """One line naming the disk's error, the file as it was (readable, no journal left),
+    and appendable once there is space again; never a crash of HDF5's file driver."""
+    from kdcore.errors import KdcoreError
+
+    at = 0
+    while True:
+        path = tmp_path / f"at{at}"
+        path.mkdir()
+        shutil.copy(base / "history.h5", path / "history.h5")
+        full = _Full(at)
+        with pytest.MonkeyPatch.context() as m:
+            full.install(m)
+            try:
+                HistoryWriter(path / "history.h5").append_epoch(**_row(COMMITTED))
+            except KdcoreError as exc:
+                message = str(exc)
+            else:
+                message = None
+        if not full.refused:
+            assert message is None
+            _assert_rows(path, COMMITTED + 1)
+            break
+        assert message is not None and "\n" not in message
+        assert message.startswith(f"{path / 'history.h5'}: writing the history failed (")
+        assert "No space left on device" in message or "probably full" in message, message
+        assert not (path / "history.h5-journal").exists()
+        _assert_rows(path, COMMITTED)
+        w = HistoryWriter(path / "history.h5")
+        w.append_epoch(**_row(COMMITTED))
+        _assert_rows(path, COMMITTED + 1)
+        at += 1
+    assert at > 10
