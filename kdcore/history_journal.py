@@ -154,6 +154,7 @@ class JournaledFile:
         self.failure: OSError | None = None
         self._overlay: list[tuple[int, bytes]] = []
         self._end = 0  # the file's end as HDF5 sees it, once writes go to the overlay
+        self._disk_end = 0  # and how much of what is on disk it still sees beneath them
         self._jfd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._jpos = 0
         try:
@@ -205,7 +206,8 @@ class JournaledFile:
         else:  # what is on disk, under what HDF5 wrote since
             view = memoryview(buffer).cast("B")
             n = max(0, min(len(view), self._end - self._pos))
-            got = os.preadv(self._fd, [view[:n]], self._pos) if n else 0
+            seen = max(0, min(n, self._disk_end - self._pos))
+            got = os.preadv(self._fd, [view[:seen]], self._pos) if seen else 0
             view[got:n] = bytes(n - got)
             for start, data in self._overlay:
                 lo, hi = max(start, self._pos), min(start + len(data), self._pos + n)
@@ -229,8 +231,7 @@ class JournaledFile:
                 self._save(self._pos, self._pos + n)
                 _write_all(self._fd, data, self._pos)
             except OSError as exc:
-                self.failure = exc
-                self._end = os.fstat(self._fd).st_size
+                self._fail(exc)
         if self.failure is not None:
             self._overlay.append((self._pos, bytes(data)))
             self._end = max(self._end, self._pos + n)
@@ -245,9 +246,16 @@ class JournaledFile:
                 disk.ftruncate(self._fd, size)
                 return size
             except OSError as exc:
-                self.failure = exc
-        self._end = size
+                self._fail(exc)
+        self._end = size  # and nothing beyond it may reappear if the file grows again
+        self._disk_end = min(self._disk_end, size)
+        self._overlay = [(start, data[:size - start]) for start, data in self._overlay
+                         if start < size]
         return size
+
+    def _fail(self, exc: OSError) -> None:
+        self.failure = exc
+        self._end = self._disk_end = os.fstat(self._fd).st_size
 
     def flush(self) -> None:
         pass  # every write above went straight to the kernel, which keeps it if we die
