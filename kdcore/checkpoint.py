@@ -142,6 +142,9 @@ def load_weights(path: str | Path, role: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise KdcoreError(f"checkpoint for model '{role}' not found: {path}")
     state = load(path)
+    if not isinstance(state, dict):  # a bare tensor, a list: not a state dict
+        raise KdcoreError(f"{path} holds a {type(state).__name__}, not the weights of a model "
+                          "(a state dict, a kdcore weights file or a kdcore checkpoint)")
     if "models" in state and isinstance(state["models"], dict):  # a full run checkpoint
         if role not in state["models"]:
             raise KdcoreError(f"{path} holds no model '{role}'; it has "

@@ -28,7 +28,8 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
         with Image.open(path) as image:
             rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        # a bomb: more pixels than PIL will decode (Image.MAX_IMAGE_PIXELS)
         raise KdcoreError(f"cannot read image {path}: {exc}") from None
 
 

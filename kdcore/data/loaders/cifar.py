@@ -40,7 +40,7 @@ def cifar10(*, root: Directory) -> DatasetSplits:
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
     directory = _cifar_dir(root, "cifar-10-batches-py", files, "CIFAR-10", "cifar10")
     meta = load_array_pickle(directory / "batches.meta", "CIFAR file")
-    names = _decode_names(meta, b"label_names", directory)
+    names = _decode_names(meta, b"label_names", directory, 10)
     batches = [_cifar_batch(directory / f"data_batch_{i}", b"labels", 10) for i in range(1, 6)]
     train_x = np.concatenate([x for x, _ in batches])
     train_y = np.concatenate([y for _, y in batches])
@@ -74,7 +74,7 @@ def cifar100(*, root: Directory, label: Literal["fine", "coarse"] = "fine") -> D
         root, "cifar-100-python", ["train", "test", "meta"], "CIFAR-100", "cifar100"
     )
     meta = load_array_pickle(directory / "meta", "CIFAR file")
-    names = _decode_names(meta, f"{label}_label_names".encode(), directory)
+    names = _decode_names(meta, f"{label}_label_names".encode(), directory, num_classes)
     key = f"{label}_labels".encode()
     train_x, train_y = _cifar_batch(directory / "train", key, num_classes)
     test_x, test_y = _cifar_batch(directory / "test", key, num_classes)
@@ -112,22 +112,39 @@ def _cifar_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.nda
             f"{path} is not a CIFAR batch: expected a dict with keys b'data' and {label_key!r}"
         )
     data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[label_key], dtype=np.int64)
+    labels = _labels(batch[label_key], path, label_key)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise KdcoreError(
             f"{path}: b'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072) CIFAR images"
         )
+    if data.shape[0] == 0:
+        raise KdcoreError(f"{path}: the batch holds no images")
     if labels.shape != (data.shape[0],):
-        raise KdcoreError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
+        raise KdcoreError(f"{path}: {data.shape[0]} images but {labels.size} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise KdcoreError(f"{path}: labels outside 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _decode_names(meta: Any, key: bytes, directory: Path) -> tuple[str, ...]:
+def _labels(value: Any, path: Path, key: bytes) -> np.ndarray:
+    """A batch's labels as ``int64``: a list or array of integers, nothing else (a float label
+    would be truncated to another class without a word)."""
+    labels = np.asarray(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+    if labels is None or labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        kind = type(value).__name__ if labels is None else f"{labels.dtype} {labels.shape}"
+        raise KdcoreError(f"{path}: {key!r} is {kind}; expected a list of integer labels")
+    return labels.astype(np.int64)
+
+
+def _decode_names(meta: Any, key: bytes, directory: Path, num_classes: int) -> tuple[str, ...]:
     if not isinstance(meta, dict) or key not in meta:
         raise KdcoreError(f"the meta file in {directory} has no {key!r} entry")
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[key])
+    names = meta[key]
+    if not isinstance(names, (list, tuple)) or len(names) != num_classes or not all(
+            isinstance(n, (bytes, str)) for n in names):
+        raise KdcoreError(f"the meta file in {directory}: {key!r} must list {num_classes} "
+                          "class names")
+    return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
 
 
 def _cifar_dataset(

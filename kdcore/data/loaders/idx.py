@@ -69,6 +69,9 @@ def fashion_mnist(*, root: Directory | None = None, flatten: bool = False) -> Da
     for prefix in ("train", "t10k"):
         images = _read_idx(_find_idx_file(directory, f"{prefix}-images-idx3-ubyte"), ndim=3)
         labels = _read_idx(_find_idx_file(directory, f"{prefix}-labels-idx1-ubyte"), ndim=1)
+        if images.shape[0] == 0:
+            raise KdcoreError(f"Fashion-MNIST in {directory}: the {prefix} files hold no "
+                              "images; the files are truncated or not the release's")
         if images.shape[0] != labels.shape[0]:
             raise KdcoreError(
                 f"Fashion-MNIST in {directory}: {prefix} has {images.shape[0]} images but "
