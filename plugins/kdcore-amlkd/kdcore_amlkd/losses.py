@@ -25,18 +25,21 @@ import torch.nn.functional as F
 import kdcore
 from kdcore.context import Role, RunContext
 from kdcore.losses import kd_kl, soft_cross_entropy
-from kdcore.validators import positive
+from kdcore.validators import between, positive
 
 
 @attrs.frozen
 class MixupParams:
     """Attributes:
-        beta: the Beta(beta, beta) parameter of the mixing coefficient (release: 4).
+        beta: the Beta(beta, beta) parameter of the mixing coefficient (release: 4), in
+            [1e-6, 1e6]: torch samples Beta in float32, where a smaller or larger value
+            underflows to 0 or overflows (beyond that range the coefficient is 0 or 1, or 1/2,
+            to float32 precision anyway).
         temperature: the temperature of the mixup CE (release: 4) or of the KD term (4).
         teacher: the teacher role (``mixup_kd``; ``mixup_ce`` ignores it).
     """
 
-    beta: float = attrs.field(default=4.0, validator=positive)
+    beta: float = attrs.field(default=4.0, validator=between(1e-6, 1e6))
     temperature: float = attrs.field(default=4.0, validator=positive)
     teacher: Role = Role("teacher")
 

@@ -67,3 +67,17 @@ def test_gram_mse_against_explicit_loop():
 
 if __name__ == "__main__":  # regenerate the fixture only when a loss is meant to change
     GOLDEN.write_text(json.dumps(compute(), indent=1) + "\n")
+
+
+@pytest.mark.parametrize("beta, ok", [(1e-300, False), (1e-7, False), (1e-6, True), (4.0, True),
+                                      (1e6, True), (1e7, False), (1e300, False)])
+def test_beta_is_refused_where_float32_sampling_breaks(beta, ok):
+    """torch draws Beta in float32: 1e-300 underflowed to 0 and the run stopped with a
+    Dirichlet ValueError; now the recipe is refused by ``check``."""
+    from kdcore_amlkd.losses import MixupParams
+
+    if ok:
+        assert MixupParams(beta=beta).beta == beta
+    else:
+        with pytest.raises(ValueError, match=r"'beta' must be in \[1e-06, 1000000\]"):
+            MixupParams(beta=beta)

@@ -30,7 +30,10 @@ Reading implemented (see ``docs/methods/amlkd.md``):
 * ``scope = "batch"`` ranks inside each training batch as it trains, keeping exactly
   ``floor((1 - r) B)`` samples; ``scope = "pass"`` makes one shuffled pass over the training set
   at the epoch start in batches of ``pass_batch_size`` and ranks inside each (AML-KD); ``scope =
-  "dataset"`` ranks the whole training set at once;
+  "dataset"`` ranks the whole training set at once. Under ``batch``, a component that reads
+  ``select/<name>`` at an epoch start (AWE's ``selection``, LP's ``keep_selected``) sees the
+  previous epoch's batch masks, and, before the first batch has been ranked, every sample kept
+  (our reading: nothing is selected away before a selection has run);
 * ``mask_loss = false`` records the selection in the ledger (``select/<name>``, with precision
   and recall in the history) without masking any loss term: label refinement reads it instead.
 """
@@ -265,6 +268,10 @@ class SmallLoss(kdcore.Component):
                 ctx.log_metric(f"select/{self.name}/rate_realised", realised_rate(ctx))
         ctx.log_metric(f"select/{self.name}/rate", self.current_rate(ctx))
         if self.params.scope == "batch":
+            column = f"select/{self.name}"
+            if column not in ctx.ledger:  # read at an epoch start before any batch ranked
+                ctx.ledger.add(column, torch.ones(ctx.ledger.size, dtype=torch.bool,
+                                                  device=ctx.device), kind="mask")
             return
         losses = self._losses(ctx, ctx.features(self.ranker).logits, torch.arange(
             ctx.ledger.size, device=ctx.device))

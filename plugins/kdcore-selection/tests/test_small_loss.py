@@ -378,3 +378,31 @@ def test_mixture_noise_rate_passes_its_settings_to_the_posterior():
                                                         max_iter=max_iter, tol=0.0)
         assert rates[var_floor, max_iter] == pytest.approx(float((post < 0.5).double().mean()))
     assert len(set(rates.values())) == 3  # each setting changes the estimate here
+
+
+def test_batch_scope_shows_every_sample_kept_before_its_first_batch():
+    """A component that reads the mask at an epoch start (AWE, LP's keep_selected) finds it:
+    every sample kept before any batch was ranked, then the batches' own masks."""
+    h = _harness({"scope": "batch", "rate": 0.5}).setup()
+    h.epoch_start(0)
+    mask = h.run.ledger["select/small_loss"]
+    assert mask.dtype == torch.bool and bool(mask.all()) and len(mask) == h.run.ledger.size
+    assert h.run.ledger.column("select/small_loss").kind == "mask"
+    rows = torch.arange(10)
+    batch_mask = h.component.select(h.ctx, h.batch(rows))
+    assert int(batch_mask.sum()) == kept_count(10, 0.5)
+    h.run.ledger.write("select/small_loss", rows, batch_mask, producer="small_loss", kind="mask")
+    h.epoch_start(1)  # the next epoch start leaves the batches' masks as they are
+    assert torch.equal(h.run.ledger["select/small_loss"][rows], batch_mask)
+
+
+@pytest.mark.slow
+def test_amlkd_with_a_batch_scoped_selection_runs(tmp_path):
+    """AWE and teacher LP read select/small_loss at the refine stage's first epoch start."""
+    recipe = kdcore.load_recipe(RECIPES / "amlkd.toml", [
+        "data.train_subset=60", *(f"stages.{s}.epochs=1" for s in range(4)),
+        'stages.refine.components.small_loss.params={rate=0.2, scope="batch", '
+        'mask_loss=true}'])
+    kdcore.run_recipe(recipe, out=str(tmp_path / "run"))
+    with kdcore.History(tmp_path / "run") as h:
+        assert "select/small_loss" in h.column_names()

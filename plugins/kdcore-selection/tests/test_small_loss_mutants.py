@@ -283,12 +283,17 @@ def test_pass_scope_with_an_estimated_rate_and_a_ramp():
     assert int(mask.sum()) == 3 * kept_count(30, realised / 2) + kept_count(10, realised / 2)
 
 
-def test_batch_scope_writes_nothing_at_the_epoch_start():
+def test_batch_scope_ranks_nothing_at_the_epoch_start():
+    """It only makes the column (every sample kept) where none is yet, and draws nothing."""
     h = _harness({"rate": 0.3}).setup()
     before = h.ctx.generator.get_state()
     h.epoch_start(0)
-    assert "select/small_loss" not in h.run.ledger
+    assert bool(h.run.ledger["select/small_loss"].all())
     assert torch.equal(h.ctx.generator.get_state(), before)
+    h.run.ledger.write("select/small_loss", torch.tensor([3]), torch.tensor([False]),
+                       producer="small_loss", kind="mask")
+    h.epoch_start(1)
+    assert int(h.run.ledger["select/small_loss"].sum()) == h.run.ledger.size - 1
 
 
 def test_recording_without_masking_writes_a_mask_column_in_batch_scope():
