@@ -154,6 +154,9 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
         raise KdcoreError(f"dataset '{cfg.dataset}' could not be loaded: {exc}") from None
     gen = torch.Generator().manual_seed(seed)
     full = loaded.train
+    for name, split in (("training", full), ("test", loaded.test)):
+        if split is not None and len(split) == 0:  # nothing to train on, or to measure
+            raise KdcoreError(f"dataset '{cfg.dataset}' gave an empty {name} split")
     num_classes = full.num_classes
     # the C x C transition matrix (float64), counted before anything loops over the classes
     check_fits(f"dataset '{cfg.dataset}' has {num_classes} classes: its transition matrix",

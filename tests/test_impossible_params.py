@@ -223,3 +223,22 @@ def test_a_ledger_that_cannot_fit_is_refused(tmp_path, monkeypatch):
         "are free on cpu (lower data.train_subset)"), result.output
     monkeypatch.setattr("kdcore.device.free_memory", lambda device: 5_120)
     assert _check_many(tmp_path, 10).exit_code == 0
+
+
+@pytest.mark.parametrize("split", ["training", "test"])
+def test_a_dataset_plugin_that_gives_an_empty_split_is_refused(tmp_path, monkeypatch, split):
+    import torch
+
+    from kdcore.data.base import ArrayDataset, DatasetSplits
+
+    def loader():
+        rows = 0 if split == "training" else 40
+        full = ArrayDataset(torch.randn(rows, 5), torch.arange(rows) % 4, 10)
+        test = ArrayDataset(torch.randn(0, 5), torch.zeros(0, dtype=torch.long), 10)
+        return DatasetSplits(train=full, test=test if split == "test" else None)
+
+    monkeypatch.setattr(_ManyClasses, "loader", staticmethod(loader))
+    result = _check_many(tmp_path, 10)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"kdcore: error: dataset 'many_classes' gave an empty "
+                                     f"{split} split"), result.output
