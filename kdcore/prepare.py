@@ -21,6 +21,7 @@ from kdcore.losses import one_hot
 from kdcore.models.base import ModelSpec
 from kdcore.plan import RunPlan
 from kdcore.plugins import PluginHost
+from kdcore.recipe import Recipe
 from kdcore.rundata import build_run_data
 from kdcore.runstate import Run, role_seed
 
@@ -40,7 +41,11 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
     if device.type == "cuda" and distributed.world().size > 1:
         device = distributed.local_gpu()  # one GPU per process
     run = Run(recipe, run_dir, device, plan.augmentations)
-    run.data = data = build_run_data(recipe.data, host, recipe.run.seed, device)
+    try:
+        run.data = data = build_run_data(recipe.data, host, recipe.run.seed, device)
+    except RecipeError as exc:
+        raise exc.at(file=recipe.source) from None
+    _check_validation(recipe, len(data.val))
     spec = ModelSpec(tuple(data.train.input_shape), data.num_classes)
     channels_last = recipe.run.channels_last
     if channels_last is None:
@@ -118,6 +123,19 @@ def _call_factory(role: str, factory: object, spec: ModelSpec, params: dict[str,
     if not isinstance(model, nn.Module):
         raise KdcoreError(f"the architecture of model '{role}' did not return a torch module")
     return model
+
+
+def _check_validation(recipe: Recipe, samples: int) -> None:
+    """A stage that keeps its best-validation epoch needs validation samples: without any,
+    every epoch's accuracy is NaN and the "best" would be whichever epoch came first."""
+    if samples:
+        return
+    for s, stage in enumerate(recipe.stages):
+        if stage.keep != "last" and stage.epochs:
+            raise RecipeError(
+                f"'{stage.keep}' keeps the epoch with the best validation accuracy, but the "
+                "validation split is empty; use keep = \"last\", or raise data.val_fraction",
+                file=recipe.source, key=f"stages[{s}].keep")
 
 
 def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, object],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -168,6 +169,10 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
         if loaded.test is None else 0.0,
     )
     test = loaded.test if loaded.test is not None else full.subset(splits["test"])
+    if len(test) == 0:  # every class too small for its share to round to a sample
+        raise RecipeError(f"carves no test sample from dataset '{cfg.dataset}' ({len(full)} "
+                          "samples): a run without a test set has nothing to report; raise it",
+                          key="data.test_fraction")
     if loaded.test is not None and cfg.test_fraction is not None:
         logger.warning(f"dataset '{cfg.dataset}' has its own test split: data.test_fraction "
                        f"= {cfg.test_fraction} is not used")
@@ -250,13 +255,22 @@ def _apply_noise(fn: Any, params: dict[str, Any], ds: Split, num_classes: int,
 
 def _stratified_subset(labels: torch.Tensor, index: torch.Tensor, size: int,
                        gen: torch.Generator) -> torch.Tensor:
-    """``size`` rows of ``index`` keeping class proportions (largest remainders)."""
+    """Exactly ``size`` rows of ``index`` keeping class proportions: each class gets the floor
+    of its share, the rows left over go to the largest remainders (ties: the lower class), and,
+    where ``size`` allows, no class is left out (a row moves from the class that has most)."""
     perm = torch.randperm(len(index), generator=gen)
     classes = labels.unique()
-    keep: list[torch.Tensor] = []
-    share = size / len(index)
-    for c in classes:
-        rows = perm[labels[perm] == c]
-        keep.append(rows[: max(1, round(len(rows) * share))])
-    chosen = torch.cat(keep)[:size]
+    rows = [perm[labels[perm] == c] for c in classes]
+    quotas = [len(r) * size / len(index) for r in rows]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(rows)), key=lambda k: (counts[k] - quotas[k], k))
+    for k in by_remainder[:size - sum(counts)]:
+        counts[k] += 1
+    if size >= len(rows):
+        for k in range(len(rows)):
+            if counts[k] == 0:
+                donor = max(range(len(rows)), key=lambda j: (counts[j], -j))
+                counts[donor] -= 1
+                counts[k] = 1
+    chosen = torch.cat([r[:n] for r, n in zip(rows, counts)])
     return index[chosen.sort().values]

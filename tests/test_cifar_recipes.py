@@ -29,7 +29,7 @@ RECIPE_DIR = Path(__file__).parents[1] / "recipes"
 RECIPES = sorted(RECIPE_DIR.glob("cifar*.toml"))
 BASES = [RECIPE_DIR / "base-cifar10.toml", RECIPE_DIR / "base-cifar100.toml"]
 
-N_TRAIN = {10: 400, 100: 500}  # every class present: 40 and 5 images per class
+N_TRAIN = {10: 400, 100: 600}  # every class present, with a validation image: 40 and 6
 N_TEST = {10: 100, 100: 200}
 
 

@@ -242,3 +242,57 @@ def test_a_dataset_plugin_that_gives_an_empty_split_is_refused(tmp_path, monkeyp
     assert result.exit_code == 2, result.output
     assert result.output.strip() == (f"kdcore: error: dataset 'many_classes' gave an empty "
                                      f"{split} split"), result.output
+
+
+# -- splits too small for what the recipe does with them -----------------------------------------
+
+
+def _check_ce(*overrides: str):
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+
+    recipe = Path(__file__).parents[1] / "recipes" / "ce.toml"
+    args = ["check", str(recipe)] + [a for o in overrides for a in ("--set", o)]
+    return CliRunner().invoke(main, args), recipe
+
+
+def test_best_val_with_an_empty_validation_split_is_refused():
+    """Every epoch's validation accuracy would be NaN, and the 'best' epoch the first."""
+    result, recipe = _check_ce("data.val_fraction=0.0")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"kdcore: error: {recipe}: stages[0].keep: 'best_val' keeps the epoch with the best "
+        "validation accuracy, but the validation split is empty; use keep = \"last\", or raise "
+        "data.val_fraction")
+    assert _check_ce("data.val_fraction=0.0", 'stages.0.keep="last"')[0].exit_code == 0
+
+
+def test_a_test_fraction_that_carves_no_test_sample_is_refused():
+    result, recipe = _check_ce("data.test_fraction=0.001", 'stages.0.keep="last"')
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"kdcore: error: {recipe}: data.test_fraction: carves no test sample from dataset "
+        "'digits' (1797 samples): a run without a test set has nothing to report; raise it")
+
+
+def test_train_subset_is_exactly_the_size_asked_for_in_class_proportions():
+    """Every size of digits' training split: exactly that many distinct rows, each class
+    within one row of its proportional share, none left out once there are enough rows."""
+    import numpy as np
+    import torch
+
+    from kdcore.rundata import _stratified_subset
+
+    labels = torch.arange(1000) % 7  # seven classes of 143 or 142
+    labels[:60] = 6  # and one larger
+    index = torch.arange(1000) + 5
+    counts_all = np.bincount(labels.numpy(), minlength=7)
+    for size in range(1, 1000, 7):
+        got = _stratified_subset(labels, index, size, torch.Generator().manual_seed(size))
+        assert len(got) == size and len(set(got.tolist())) == size, size
+        assert set(got.tolist()) <= set(index.tolist())
+        counts = np.bincount(labels[got - 5].numpy(), minlength=7)
+        assert np.all(np.abs(counts - counts_all * size / 1000) <= 1 + 1e-9), (size, counts)
+        if size >= 7:
+            assert np.all(counts >= 1), (size, counts)

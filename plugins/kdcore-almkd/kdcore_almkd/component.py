@@ -240,9 +240,19 @@ class AlmKD(kdcore.Component):
         if len(self.models) != 1:
             raise kdcore.RecipeError(f"component '{self.name}' serves {list(self.models)}; it "
                                      f"mixes the losses of exactly one student (set 'models')")
+        if any(self.due(e) for e in range(ctx.stage.epochs)):  # an update will need it
+            self._check_meta_split(ctx)
         self.device = ctx.device  # where a table loaded from a checkpoint goes
         self.lam: torch.Tensor | None = None
         self.updates = 0
+
+    def _check_meta_split(self, ctx: kdcore.RunContext) -> None:
+        """At set-up too, so that ``kdcore check`` refuses what the first update would."""
+        split = self.params.meta_split
+        if len(ctx.data.split(split)) == 0:
+            raise kdcore.RecipeError(
+                f"component '{self.name}': the '{split}' split is empty; set "
+                f"data.gold_per_class (or data.val_fraction) so the lambda update has data")
 
     def on_stage_start(self, ctx: kdcore.RunContext) -> None:
         # the engine may have handed over the table of the previous stage's component of the
@@ -293,10 +303,7 @@ class AlmKD(kdcore.Component):
         s, p = self.settings, self.params
         split = p.meta_split
         meta = ctx.data.split(split)
-        if len(meta) == 0:
-            raise kdcore.RecipeError(
-                f"component '{self.name}': the '{split}' split is empty; set "
-                f"data.gold_per_class (or data.val_fraction) so the lambda update has data")
+        self._check_meta_split(ctx)
         student = ctx.features(self.student)
         val = ctx.features(self.student, split=split)
         labels = meta.y if split == "gold" else ctx.data.val_noisy

@@ -228,3 +228,20 @@ def test_a_trained_teacher_is_refused():
 def test_analysis_reports_a_missing_history(tmp_path, capsys):
     assert analysis.main([str(tmp_path)]) == 2
     assert "no history.h5" in capsys.readouterr().err
+
+
+def test_check_refuses_a_meta_split_that_is_empty():
+    """At set-up, as the first lambda update would, so that ``kdcore check`` says so."""
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+
+    recipe = Path(__file__).parents[3] / "recipes" / "almkd.toml"
+    sets = ["data.val_fraction=0.0", 'stages.student.components.almkd.params.meta_split="val"',
+            'stages.teacher.keep="last"', 'stages.student.keep="last"']
+    result = CliRunner().invoke(main, ["check", str(recipe)] + [
+        a for s in sets for a in ("--set", s)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        "kdcore: error: component 'almkd': the 'val' split is empty; set data.gold_per_class "
+        "(or data.val_fraction) so the lambda update has data")
