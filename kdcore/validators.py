@@ -67,9 +67,12 @@ def require(value: Any, name: str, annotation: Any, *, where: str) -> None:
 
 
 def positive(instance: Any, attribute: Any, value: Any) -> None:
-    """``value > 0`` (NaN fails)."""
+    """``0 < value < inf`` (NaN fails): a temperature, a rate or a size of ``inf`` gives no
+    number a run can use (a KD term at T = inf is NaN at the first step)."""
     if value is not None and not value > 0:
         raise ValueError(f"'{attribute.name}' must be positive, got {value!r}")
+    if value == math.inf:
+        raise ValueError(f"'{attribute.name}' must be finite, got {value!r}")
 
 
 def non_negative(instance: Any, attribute: Any, value: Any) -> None:

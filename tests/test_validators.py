@@ -41,6 +41,7 @@ class P:
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("pos", 0.0, "'pos' must be positive, got 0.0"),
     ("pos", math.nan, "'pos' must be positive"),
+    ("pos", math.inf, "'pos' must be finite, got inf"),
     ("nonneg", -1, "'nonneg' must be >= 0, got -1"),
     ("unit", 1.5, "'unit' must be in [0, 1], got 1.5"),
     ("rate", 1.0, "'rate' must be in [0, 1), got 1.0"),
