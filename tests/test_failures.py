@@ -86,12 +86,15 @@ def test_kdcore_traceback_shows_the_exception_and_the_api_raises_it(tmp_path, mo
     from kdcore import PluginHost, load_recipe
 
     recipe = _recipe(tmp_path, at=0)
-    with pytest.raises(ValueError, match="cannot set up"):
+    with pytest.raises(ValueError, match="cannot set up") as raised:
         run_recipe(load_recipe(recipe), out=str(tmp_path / "api"),
                    host=PluginHost(extra=[PLUGIN]))
+    assert type(raised.value) is ValueError  # the plugin's own exception, not a RunFailed
+    assert "cannot set up" in (tmp_path / "api" / "log.txt").read_text()  # and its traceback
     monkeypatch.setenv("KDCORE_TRACEBACK", "1")
-    with pytest.raises(ValueError, match="cannot set up"):
+    with pytest.raises(ValueError, match="cannot set up") as shown:
         invoke("check", recipe, "--plugin", "tests.test_failures:PLUGIN")
+    assert type(shown.value) is ValueError
 
 
 def test_the_line_without_a_component_and_with_a_long_message():
