@@ -82,14 +82,14 @@ def free_memory(device: torch.device) -> int | None:
         return None
 
 
-def check_fits(what: str, size: int, device: torch.device, fix: str) -> None:
-    """Refuse ``size`` bytes for ``what`` beyond :data:`MEMORY_SHARE` of the free memory."""
+def check_fits(what: str, size: int, device: torch.device, fix: str,
+               key: str | None = None) -> None:
+    """Refuse ``size`` bytes for ``what`` beyond :data:`MEMORY_SHARE` of the free memory (a
+    :class:`~kdcore.errors.RecipeError` at ``key``, the recipe value to change)."""
     free = free_memory(device)
     if free is not None and size > MEMORY_SHARE * free:
-        from kdcore.errors import KdcoreError
-
-        raise KdcoreError(f"{what} needs {_bytes(size)}; {_bytes(free)} are free on {device} "
-                          f"({fix})")
+        raise RecipeError(f"{what} needs {_bytes(size)}; {_bytes(free)} are free on {device} "
+                          f"({fix})", key=key)
 
 
 def _bytes(n: int) -> str:

@@ -14,7 +14,7 @@ from torch import nn
 
 from kdcore import checkpoint as ckpt
 from kdcore import distributed
-from kdcore.device import MEMORY_SHARE, free_memory, resolve_device
+from kdcore.device import check_fits, resolve_device
 from kdcore.errors import KdcoreError, RecipeError
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
@@ -144,11 +144,9 @@ def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, o
     with torch.device("meta"):
         model = _call_factory(role, factory, spec, params)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    free = free_memory(device)
-    if free is not None and size > MEMORY_SHARE * free:
-        raise RecipeError(f"model '{role}' needs {size / 2**30:.1f} GiB for its parameters "
-                          f"alone; {free / 2**30:.1f} GiB are free on {device}",
-                          key=f"models.{role}.params")
+    # gradients and optimiser state take as much again
+    check_fits(f"model '{role}' (its parameters alone)", size, device, "a smaller model",
+               key=f"models.{role}.params")
 
 
 __all__ = ["compile_models", "load_model_checkpoints", "load_weights_into", "prepare_run"]

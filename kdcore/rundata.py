@@ -161,7 +161,8 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
     num_classes = full.num_classes
     # the C x C transition matrix (float64), counted before anything loops over the classes
     check_fits(f"dataset '{cfg.dataset}' has {num_classes} classes: its transition matrix",
-               8 * num_classes ** 2, device, "a label space this large is a mistake")
+               8 * num_classes ** 2, device, "a label space this large is a mistake",
+               key="data.dataset")
     splits = make_splits(
         full.y, num_classes=num_classes, generator=gen, val_fraction=cfg.val_fraction,
         gold_per_class=cfg.gold_per_class,
@@ -183,7 +184,7 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
         splits["gold"])
     # the ledger's per-class float32 columns: the targets before and after refinement
     check_fits(f"the ledger's targets of {len(train)} samples x {num_classes} classes",
-               2 * 4 * len(train) * num_classes, device, "lower data.train_subset")
+               2 * 4 * len(train) * num_classes, device, "lower it", key="data.train_subset")
 
     noise_fn = host.noise_models.get(cfg.noise.model)
     noise_params = bind_params(noise_fn, cfg.noise.params, "data.noise.params")

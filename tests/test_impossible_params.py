@@ -179,7 +179,7 @@ class _ManyClasses:
 MANY = _ManyClasses()
 
 
-def _check_many(tmp_path: Path, classes: int):
+def _check_many(tmp_path: Path, classes: int, hidden: int = 16):
     from click.testing import CliRunner
 
     from kdcore.cli import main
@@ -190,6 +190,7 @@ def _check_many(tmp_path: Path, classes: int):
     data["data"] = {"dataset": "many_classes", "batch_size": 8, "val_fraction": 0.0,
                     "test_fraction": 0.25}
     del data["models"]["teacher"]
+    data["models"]["student"]["params"] = {"hidden": [hidden]}
     recipe = write_recipe(data, tmp_path / "many.toml")
     return CliRunner().invoke(main, ["check", str(recipe), "--plugin",
                                      "tests.test_impossible_params:MANY"])
@@ -207,8 +208,9 @@ def test_a_label_space_whose_transition_matrix_cannot_fit_is_refused_before_the_
     result = _check_many(tmp_path, 10**7)
     assert result.exit_code == 2, result.output
     line = result.output.strip()
-    assert line.startswith("kdcore: error: dataset 'many_classes' has 10000000 classes: its "
-                           "transition matrix needs 745058.1 GiB; "), line
+    assert line.startswith(f"kdcore: error: {tmp_path / 'many.toml'}: data.dataset: dataset "
+                           "'many_classes' has 10000000 classes: its transition matrix needs "
+                           "745058.1 GiB; "), line
     assert line.endswith(" GiB are free on cpu (a label space this large is a mistake)"), line
 
 
@@ -219,8 +221,8 @@ def test_a_ledger_that_cannot_fit_is_refused(tmp_path, monkeypatch):
     result = _check_many(tmp_path, 10)
     assert result.exit_code == 2, result.output
     assert result.output.strip() == (
-        "kdcore: error: the ledger's targets of 32 samples x 10 classes needs 2.5 KiB; 5.0 KiB "
-        "are free on cpu (lower data.train_subset)"), result.output
+        f"kdcore: error: {tmp_path / 'many.toml'}: data.train_subset: the ledger's targets of 32 "
+        "samples x 10 classes needs 2.5 KiB; 5.0 KiB are free on cpu (lower it)"), result.output
     monkeypatch.setattr("kdcore.device.free_memory", lambda device: 5_120)
     assert _check_many(tmp_path, 10).exit_code == 0
 
@@ -296,3 +298,17 @@ def test_train_subset_is_exactly_the_size_asked_for_in_class_proportions():
         assert np.all(np.abs(counts - counts_all * size / 1000) <= 1 + 1e-9), (size, counts)
         if size >= 7:
             assert np.all(counts >= 1), (size, counts)
+
+
+def test_a_model_whose_parameters_cannot_fit_is_refused_before_it_is_built(tmp_path,
+                                                                          monkeypatch):
+    # the student (5 inputs, hidden [1000], 10 classes): 16,010 float32 = 64,040 bytes, more
+    # than the data's checks (the ledger: 2,560); a run may plan for half the free memory
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 128_079)
+    result = _check_many(tmp_path, 10, hidden=1000)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"kdcore: error: {tmp_path / 'many.toml'}: models.student.params: model 'student' (its "
+        "parameters alone) needs 62.5 KiB; 125.1 KiB are free on cpu (a smaller model)")
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 128_080)
+    assert _check_many(tmp_path, 10, hidden=1000).exit_code == 0
