@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore.errors import KdcoreError, weights_only_reason
+from kdcore.errors import KdcoreError, os_reason, weights_only_reason
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -62,7 +62,7 @@ def _write_failure(exc: RuntimeError) -> bool:
 def _disk_reason(exc: BaseException, folder: Path) -> str:
     import shutil
 
-    reason = getattr(exc, "strerror", None) or "the write failed"
+    reason = os_reason(exc) if isinstance(exc, OSError) else "the write failed"
     try:
         free = shutil.disk_usage(folder).free
     except OSError:

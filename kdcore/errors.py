@@ -7,6 +7,7 @@ the CLI prints its message on one line and exits with code 2, never a traceback.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 
 
@@ -43,6 +44,14 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ``" (did you mean 'x'?)"`` suffix for a misspelt ``name``, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def os_reason(exc: BaseException) -> str:
+    """The system's words for a failed file operation ("No space left on device"), not the
+    page of context a library (HDF5) wraps around them; else :func:`one_line`."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return one_line(exc)
 
 
 def one_line(exc: BaseException | str) -> str:

@@ -36,7 +36,6 @@ The format's constants, its checks and opening a file for reading are in
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,7 +45,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, os_reason
 from kdcore.history_journal import JournaledFile, locked, recover
 from kdcore.history_layout import (
     FORMAT,
@@ -101,14 +100,6 @@ def _version(data: Any) -> int:
         return int(data._version)
     except (AttributeError, RuntimeError):
         return -1
-
-
-def _reason(exc: BaseException) -> str:
-    """The system's words for a failed write ("No space left on device"), not HDF5's page of
-    context around them."""
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
-    return one_line(exc)
 
 
 def _host(values: Any) -> np.ndarray:
@@ -186,7 +177,7 @@ class HistoryWriter:
                          transition_matrix)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise KdcoreError(f"cannot create {self.path}: {_reason(exc)}") from None
+            raise KdcoreError(f"cannot create {self.path}: {os_reason(exc)}") from None
         replace_file(tmp, self.path)
 
     @staticmethod
@@ -222,7 +213,7 @@ class HistoryWriter:
             try:
                 journaled = JournaledFile(fd, self.path)
             except OSError as exc:
-                raise KdcoreError(f"{self.path}: writing the history failed ({_reason(exc)}); "
+                raise KdcoreError(f"{self.path}: writing the history failed ({os_reason(exc)}); "
                                   "the file is as before this write") from None
             try:
                 try:
@@ -243,7 +234,7 @@ class HistoryWriter:
                 if isinstance(exc, (OSError, RuntimeError, KeyError)):
                     cause = journaled.failure or exc  # the disk's error, not HDF5's echo of it
                     raise KdcoreError(f"{self.path}: writing the history failed "
-                                      f"({_reason(cause)}); the file is as before this write; "
+                                      f"({os_reason(cause)}); the file is as before this write; "
                                       "if it is damaged, start the run again with --overwrite"
                                       ) from None
                 raise
