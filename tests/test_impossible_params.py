@@ -290,7 +290,7 @@ def test_train_subset_is_exactly_the_size_asked_for_in_class_proportions():
     labels[:60] = 6  # and one larger
     index = torch.arange(1000) + 5
     counts_all = np.bincount(labels.numpy(), minlength=7)
-    for size in range(1, 1000, 7):
+    for size in [*range(1, 1000, 7), 6, 7, 999]:
         got = _stratified_subset(labels, index, size, torch.Generator().manual_seed(size))
         assert len(got) == size and len(set(got.tolist())) == size, size
         assert set(got.tolist()) <= set(index.tolist())
@@ -298,6 +298,30 @@ def test_train_subset_is_exactly_the_size_asked_for_in_class_proportions():
         assert np.all(np.abs(counts - counts_all * size / 1000) <= 1 + 1e-9), (size, counts)
         if size >= 7:
             assert np.all(counts >= 1), (size, counts)
+        quota = counts_all * size / 1000
+        if np.all(np.floor(quota) >= 1):  # no class needed a row moved to it: plain Hamilton
+            expected = np.floor(quota).astype(int)
+            order = sorted(range(7), key=lambda k: (-(quota[k] - expected[k]), k))
+            expected[order[:size - expected.sum()]] += 1
+            assert np.array_equal(counts, expected), (size, counts, expected)
+        assert size >= 7 or np.all(counts <= 1)  # a row each for the first classes by share
+
+
+def test_train_subset_leaves_no_class_out_where_it_can():
+    """One class of 904 rows and six of 16: at 7 to 20 rows the small classes' shares round
+    to nothing, and each still gets one row, taken from the large class."""
+    import numpy as np
+    import torch
+
+    from kdcore.rundata import _stratified_subset
+
+    labels = torch.cat([torch.zeros(904, dtype=torch.long), torch.arange(96) % 6 + 1])
+    for size in range(7, 21):
+        got = _stratified_subset(labels, torch.arange(1000), size, torch.Generator())
+        counts = np.bincount(labels[got].numpy(), minlength=7)
+        assert counts.tolist() == [size - 6] + [1] * 6, (size, counts)
+    got = _stratified_subset(labels, torch.arange(1000), 6, torch.Generator())
+    assert np.bincount(labels[got].numpy(), minlength=7).tolist() == [6, 0, 0, 0, 0, 0, 0]
 
 
 def test_a_model_whose_parameters_cannot_fit_is_refused_before_it_is_built(tmp_path,
