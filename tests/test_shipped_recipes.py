@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import kdcore
 from kdcore.cli import main
 from kdcore.testing import write_fashion_mnist
 
@@ -39,3 +40,16 @@ def test_base_recipes_are_not_runnable_alone():
     for path in bases:
         result = CliRunner().invoke(main, ["check", str(path)])
         assert result.exit_code == 2 and "at least one [[stages]]" in result.output
+
+
+@pytest.mark.slow
+def test_amlkd_with_a_batch_scoped_selection_runs(tmp_path):
+    """AWE and teacher LP read select/small_loss at the refine stage's first epoch start: a
+    batch-scoped small_loss (kdcore-selection) must have the column by then."""
+    recipe = kdcore.load_recipe(Path(__file__).parents[1] / "recipes" / "amlkd.toml", [
+        "data.train_subset=60", *(f"stages.{s}.epochs=1" for s in range(4)),
+        'stages.refine.components.small_loss.params={rate=0.2, scope="batch", '
+        'mask_loss=true}'])
+    kdcore.run_recipe(recipe, out=str(tmp_path / "run"))
+    with kdcore.History(tmp_path / "run") as h:
+        assert "select/small_loss" in h.column_names()

@@ -395,14 +395,3 @@ def test_batch_scope_shows_every_sample_kept_before_its_first_batch():
     h.epoch_start(1)  # the next epoch start leaves the batches' masks as they are
     assert torch.equal(h.run.ledger["select/small_loss"][rows], batch_mask)
 
-
-@pytest.mark.slow
-def test_amlkd_with_a_batch_scoped_selection_runs(tmp_path):
-    """AWE and teacher LP read select/small_loss at the refine stage's first epoch start."""
-    recipe = kdcore.load_recipe(RECIPES / "amlkd.toml", [
-        "data.train_subset=60", *(f"stages.{s}.epochs=1" for s in range(4)),
-        'stages.refine.components.small_loss.params={rate=0.2, scope="batch", '
-        'mask_loss=true}'])
-    kdcore.run_recipe(recipe, out=str(tmp_path / "run"))
-    with kdcore.History(tmp_path / "run") as h:
-        assert "select/small_loss" in h.column_names()
