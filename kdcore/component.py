@@ -243,10 +243,11 @@ class Component:
         default every non-empty parameter typed :class:`~kdcore.ColumnName`."""
         return tuple(v for v in _typed_values(self.params, ColumnName) if v)
 
-    def read_kinds(self) -> dict[str, ColumnKind]:
+    def read_kinds(self) -> dict[str, ColumnKind | tuple[ColumnKind, ...]]:
         """The kind that some of the columns this component reads must have (``{column:
-        kind}``, a subset of :meth:`reads`); the plan refuses a recipe where the column's
-        writer declares another kind. By default none is required."""
+        kind}`` or ``{column: (kind, ...)}`` for any of several, a subset of :meth:`reads`);
+        the plan refuses a recipe where the column's writer declares another kind. By
+        default none is required."""
         return {}
 
     def written_column_kinds(self) -> dict[str, ColumnKind]:

@@ -50,6 +50,10 @@ ColumnKind = Literal["label", "target", "mask", "weight", "value", "exact"]
 """How the history stores a column: ``label`` int32, ``target`` float16 ``N x C``, ``mask``
 bool, ``weight`` and ``value`` float16, ``exact`` float32."""
 
+SCALAR_KINDS: tuple[ColumnKind, ...] = ("mask", "weight", "value", "exact")
+"""The kinds that hold one number per sample: what a reader of per-sample weights or scores
+accepts (``read_kinds() -> {column: SCALAR_KINDS}``)."""
+
 
 class ModelOutput(NamedTuple):
     """What a model returns for a batch: logits ``(B, C)`` and penultimate features ``(B, d)``.
@@ -210,5 +214,5 @@ class BatchStore:
         return item in self._values
 
 
-__all__ = ["BatchStore", "ColumnKind", "ColumnName", "LedgerAccess", "ModelOutput", "Role",
-           "RunContext"]
+__all__ = ["SCALAR_KINDS", "BatchStore", "ColumnKind", "ColumnName", "LedgerAccess",
+           "ModelOutput", "Role", "RunContext"]

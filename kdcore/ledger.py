@@ -8,12 +8,11 @@ column remembers the component that last wrote it; that name is what the history
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
 
 import attrs
 import torch
 
-ColumnKind = Literal["label", "target", "mask", "weight", "value", "exact"]
+from kdcore.context import ColumnKind
 
 
 @attrs.define(eq=False)

@@ -269,12 +269,13 @@ def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                         f"before it writes; written by then: {', '.join(sorted(available))}",
                         file=recipe.source, key=_param_key(recipe, stage.index, comp, column))
             for column, need in comp.read_kinds().items():
-                have, writer = kinds.get(column, (need, ""))
-                if have != need:
+                needs = (need,) if isinstance(need, str) else tuple(need)
+                have, writer = kinds.get(column, (needs[0], ""))
+                if have not in needs:
                     raise RecipeError(
                         f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
-                        f"'{column}' as a column of kind {need}, but {writer} writes it as "
-                        f"kind {have}", file=recipe.source,
+                        f"'{column}' as a column of kind {_either(needs)}, but {writer} "
+                        f"writes it as kind {have}", file=recipe.source,
                         key=_param_key(recipe, stage.index, comp, column))
             available.update(comp.written_columns())
             declared = comp.written_column_kinds()
@@ -287,6 +288,12 @@ def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                 epoch_end.add(f"loss/{comp.name}")
                 epoch_end.update(f"loss/{comp.name}/{r}" for r in comp.models)
         available |= epoch_end
+        # the engine's records: per-sample losses and training logits, as values
+        kinds.update({column: ("value", "the engine") for column in epoch_end})
+
+
+def _either(kinds: Sequence[str]) -> str:
+    return kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} or {kinds[-1]}"
 
 
 __all__ = ["DATA_COLUMNS", "RunPlan", "StagePlan", "build_components", "build_plan"]

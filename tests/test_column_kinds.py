@@ -63,9 +63,9 @@ class Components:
         return {"writer": Writer, "reader": Reader, "rewriter": Rewriter}
 
 
-def _plan(*components):
+def _plan(*components, **recipe_fields):
     recipe = tiny_recipe(teacher_stage(1), stage("s", 1, ["student"], *components,
-                                                 component("ce")))
+                                                 component("ce")), **recipe_fields)
     return build_plan(recipe_from_dict(recipe), PluginHost(extra=[Components()]))
 
 
@@ -130,3 +130,62 @@ def test_a_column_rewritten_without_a_declared_kind_is_no_longer_held_to_the_old
     with pytest.raises(RecipeError, match="but the data writes it as kind target"):
         _plan(reader)
     _plan(component("rewriter"), reader)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    # a label column as the mask of kept samples: every label but 0 would read as "kept"
+    ({"keep_selected": "noisy_label"},
+     "'lp' (mutual_lp) reads ledger column 'noisy_label' as a column of kind mask, but the "
+     "data writes it as kind label"),
+    # a weight as the mask: every non-zero weight would read as "kept"
+    ({"keep_selected": "awe/seed_weight"},
+     "reads ledger column 'awe/seed_weight' as a column of kind mask, but 'awe' writes it as "
+     "kind weight"),
+    ({"keep_selected": "loss/ce"},
+     "reads ledger column 'loss/ce' as a column of kind mask, but the engine writes it as "
+     "kind value"),
+    # an N x C target as one weight per sample
+    ({"seed_weights": "base_target"},
+     "reads ledger column 'base_target' as a column of kind mask, weight, value or exact, but "
+     "the data writes it as kind target"),
+])
+def test_lp_refuses_a_column_of_the_wrong_kind(params, message):
+    with pytest.raises(RecipeError, match=re.escape(message)) as err:
+        _plan(component("small_loss"), component("awe", terms=["ce"], params={
+            "loss_mode": "cosine", "seed_mode": "cosine", "selection": "select/small_loss"}),
+              component("mutual_lp", "lp", params={"teacher": "teacher", **params}))
+    assert err.value.key == f"stages[1].components[2].params.{next(iter(params))}"
+
+
+@pytest.mark.parametrize("params", [
+    {"keep_selected": "select/small_loss", "seed_weights": "awe/seed_weight"},  # AML-KD's
+    {"seed_weights": "select/small_loss"},  # a mask as 0/1 seed weights
+    {"seed_weights": "loss/ce"},  # any one number per sample
+])
+def test_lp_accepts_a_mask_to_keep_and_any_per_sample_number_as_seed_weights(params):
+    plan = _plan(component("small_loss"), component("awe", terms=["ce"], params={
+        "loss_mode": "cosine", "seed_mode": "cosine", "selection": "select/small_loss"}),
+                 component("mutual_lp", "lp", params={"teacher": "teacher", **params}))
+    assert set(plan.stages[1].components[2].read_kinds()) == set(params.values())
+
+
+def test_awe_refuses_a_selection_that_is_not_a_mask():
+    with pytest.raises(RecipeError, match=re.escape(
+            "'awe' (awe) reads ledger column 'noisy_label' as a column of kind mask, but the "
+            "data writes it as kind label")):
+        _plan(component("awe", terms=["ce"], params={"loss_mode": "cosine",
+                                                      "selection": "noisy_label"}))
+    _plan(component("awe", terms=["ce"], params={"loss_mode": "cosine",
+                                                 "selection": "clean_mask"}))
+
+
+@pytest.mark.parametrize(("writer", "column", "kind"), [
+    (component("almkd", params={"teachers": ["teacher"]}), "weight/almkd", "weight"),
+    (component("mlc"), "loss/mlc", "value"),
+])
+def test_columns_a_transfer_component_writes_itself_have_their_kind(writer, column, kind):
+    with pytest.raises(RecipeError, match=re.escape(
+            f"reads ledger column '{column}' as a column of kind label, but "
+            f"'{writer['use']}' writes it as kind {kind}")):
+        _plan(writer, component("reader", "r", params={"column": column, "kind": "label"}),
+              gold_per_class=5)

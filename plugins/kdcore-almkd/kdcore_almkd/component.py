@@ -218,6 +218,7 @@ class AlmKD(kdcore.Component):
     Params = AlmKDParams
     description = "ALM-KD / AMAL: per-sample meta-learned mixing of the CE and KD terms"
     writes = ("weight/{name}",)  # the table: a transfer component's column, written by itself
+    column_kinds = {"weight/{name}": "weight"}
 
     @property
     def column(self) -> str:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
-from kdcore.context import ColumnKind, ColumnName, Role, RunContext
+from kdcore.context import SCALAR_KINDS, ColumnKind, ColumnName, Role, RunContext
 from kdcore.losses import one_hot, soft_cross_entropy
 from kdcore.validators import between, non_negative, positive
 from kdcore_selection.small_loss import mixture_posterior
@@ -180,11 +180,20 @@ class AWE(kdcore.Component):
     Params = AWEParams
     description = "ambiguity-aware weights (learned WeightNet or parameter-free cosine)"
     writes = ("awe/seed_weight",)
+    column_kinds = {"awe/seed_weight": "weight"}
 
-    def read_kinds(self) -> dict[str, ColumnKind]:
+    def read_kinds(self) -> dict[str, ColumnKind | tuple[ColumnKind, ...]]:
+        """``selection`` is a mask, ``confidence`` one number per sample, and ``propagated``
+        (read only with both of them in ``confidence`` mode) labels."""
         p = self.params
-        used = p.loss_mode == "confidence" and p.propagated and p.selection
-        return {p.propagated: "label"} if used else {}
+        out: dict[str, ColumnKind | tuple[ColumnKind, ...]] = {}
+        if p.selection:
+            out[p.selection] = "mask"
+        if p.confidence:
+            out[p.confidence] = SCALAR_KINDS
+        if p.loss_mode == "confidence" and p.propagated and p.selection:
+            out[p.propagated] = "label"
+        return out
 
     def setup(self, ctx: RunContext) -> None:
         self.net = WeightNet(ctx.num_classes).to(ctx.device)

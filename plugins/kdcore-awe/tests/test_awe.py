@@ -341,9 +341,16 @@ def test_selected_samples_the_propagation_contradicts_rank_by_their_contradictio
 def test_the_propagated_column_must_hold_labels_where_it_is_read():
     given = {"loss_mode": "confidence", "confidence": "lp/x/confidence",
              "selection": "select/s", "propagated": "lp/x/label"}
-    assert _harness(given).component.read_kinds() == {"lp/x/label": "label"}
-    for unused in ({"propagated": ""}, {"selection": ""}, {"loss_mode": "cosine"}):
-        assert _harness({**given, **unused}).component.read_kinds() == {}
+    scalar = ("mask", "weight", "value", "exact")
+    assert _harness(given).component.read_kinds() == {
+        "lp/x/label": "label", "select/s": "mask", "lp/x/confidence": scalar}
+    assert _harness({**given, "propagated": ""}).component.read_kinds() == {
+        "select/s": "mask", "lp/x/confidence": scalar}
+    assert _harness({**given, "selection": ""}).component.read_kinds() == {
+        "lp/x/confidence": scalar}
+    assert _harness({**given, "loss_mode": "cosine"}).component.read_kinds() == {
+        "select/s": "mask", "lp/x/confidence": scalar}
+    assert _harness({"loss_mode": "cosine"}).component.read_kinds() == {}
 
 
 def test_confidence_weights_without_selection_rank_everyone_and_mean_one_rescales():

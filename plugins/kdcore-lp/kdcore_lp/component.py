@@ -20,7 +20,7 @@ import attrs
 import torch
 
 import kdcore
-from kdcore.context import ColumnName, Role, RunContext
+from kdcore.context import SCALAR_KINDS, ColumnKind, ColumnName, Role, RunContext
 from kdcore.losses import one_hot
 from kdcore.validators import below_one, between, non_negative, positive
 from kdcore_lp.graph import NonFiniteFeatures, check_finite, feature_graph
@@ -142,6 +142,17 @@ class LabelPropagation(kdcore.Component):
         if p.seeds == "selected":
             used.append(p.student)
         return tuple(dict.fromkeys(used))
+
+    def read_kinds(self) -> dict[str, ColumnKind | tuple[ColumnKind, ...]]:
+        """``keep_selected`` is a mask (a weight would be read as "kept" wherever it is not
+        0); ``seed_weights`` holds one number per sample (not a label or a target)."""
+        p = self.params
+        out: dict[str, ColumnKind | tuple[ColumnKind, ...]] = {}
+        if p.seed_weights:
+            out[p.seed_weights] = SCALAR_KINDS
+        if p.keep_selected:
+            out[p.keep_selected] = "mask"
+        return out
 
     def setup(self, ctx: RunContext) -> None:
         # the graph links each training sample to k others: refused here, so that `kdcore
