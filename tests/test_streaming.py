@@ -229,6 +229,53 @@ use = "ce"
         assert n == 240 - round(240 * 0.1)  # the validation split is carved from the list
 
 
+def test_a_listed_image_that_is_not_a_file_is_refused_by_check(tmp_path, monkeypatch):
+    """Before, a streamed image outside the statistics' sample, or in the test list, passed
+    ``kdcore check`` and stopped the run at its first batch or evaluation."""
+    from kdcore.data.loaders import folder
+
+    from .cli_helpers import invoke, one_line_error
+
+    # the statistics read images 0, 5, 10 and 15 of the 20 (a million, and 2,000 of them)
+    monkeypatch.setattr(folder, "sample_rows", lambda n: torch.arange(0, n, 5))
+    rng = np.random.default_rng(5)
+    for i in range(24):
+        _image(tmp_path / "pics" / f"{i}.png", COLOURS[i % 3], rng)
+    (tmp_path / "train.txt").write_text("".join(f"pics/{i}.png {i % 3}\n" for i in range(20)))
+    (tmp_path / "test.txt").write_text("".join(f"pics/{i}.png {i % 3}\n" for i in range(20, 24)))
+    recipe = tmp_path / "list.toml"
+    recipe.write_text(f"""
+[run]
+name = "list"
+device = "cpu"
+[data]
+dataset = "image_list"
+params = {{ root = "{tmp_path}", train_list = "train.txt", test_list = "test.txt", size = 6 }}
+batch_size = 8
+[data.noise]
+model = "none"
+[models.student]
+arch = "mlp"
+params = {{ hidden = [4] }}
+[[stages]]
+name = "student"
+epochs = 1
+train = ["student"]
+[[stages.components]]
+use = "ce"
+""")
+    assert invoke("check", recipe).exit_code == 0
+    (tmp_path / "pics" / "22.png").unlink()  # a test image
+    one_line_error(invoke("check", recipe), "1 of the 4 listed images are not files",
+                   f"(first: {tmp_path / 'pics' / '22.png'})")
+    _image(tmp_path / "pics" / "22.png", COLOURS[1], rng)
+    (tmp_path / "pics" / "7.png").unlink()  # a training image the sample does not read
+    (tmp_path / "pics" / "9.png").unlink()
+    (tmp_path / "pics" / "9.png").mkdir()  # a folder where an image should be
+    one_line_error(invoke("check", recipe), "2 of the 20 listed images are not files",
+                   f"(first: {tmp_path / 'pics' / '7.png'})")
+
+
 def test_image_list_reads_paths_relative_to_its_root(tmp_path):
     rng = np.random.default_rng(4)
     for i in range(6):
