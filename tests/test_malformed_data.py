@@ -98,3 +98,24 @@ def test_a_checkpoint_file_that_holds_no_state_dict(tmp_path, content, kind):
     assert _one_line(lambda: ckpt.load_weights(tmp_path / "w.pt", "teacher")) == (
         f"{tmp_path / 'w.pt'} holds a {kind}, not the weights of a model (a state dict, a "
         "kdcore weights file or a kdcore checkpoint)")
+
+
+@pytest.mark.parametrize("column, message", [
+    (np.array([0.0, 2.7, 1.0, 2.2]), "holds 2 labels that are not whole numbers (first: "
+                                     "np.float64(2.7) at position 1)"),
+    (np.array([0.0, 1.0, np.nan, 2.0], dtype=np.float32), "holds 1 labels that are not whole "
+                                                          "numbers (first: np.float32(nan) at "
+                                                          "position 2)"),
+    (["0", "1", "2", "1"], "is not a label array (its values are of type <U1, not "
+                           "integers)"),
+])
+def test_cifar_n_labels_that_are_not_whole_numbers(tmp_path, column, message):
+    """Before, a float label was truncated: 2.7 became class 2 without a word."""
+    from kdcore.data.loaders import cifar_n_labels
+
+    path = tmp_path / "CIFAR-10_human.pt"
+    torch.save({"clean_label": np.arange(4), "worse_label": column}, path)
+    assert _one_line(lambda: cifar_n_labels(str(path))).endswith(message)
+    torch.save({"clean_label": np.arange(4), "worse_label": np.array([0.0, 3.0, 1.0, 2.0])},
+               path)
+    assert cifar_n_labels(str(path))["worse_label"].tolist() == [0, 3, 1, 2]

@@ -82,7 +82,8 @@ def cifar_n_labels(path: str | os.PathLike[str] | BinaryIO) -> dict[str, torch.T
     columns: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
         try:
-            column = torch.as_tensor(np.asarray(value)).to(torch.int64)
+            array = np.asarray(value)
+            column = torch.as_tensor(_integral(array, f"{where}: entry {key!r}")).to(torch.int64)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise KdcoreError(
                 f"CIFAR-N label file {where}: entry {key!r} is not a label array ({exc})"
@@ -97,6 +98,22 @@ def cifar_n_labels(path: str | os.PathLike[str] | BinaryIO) -> dict[str, torch.T
     if len(set(lengths.values())) > 1:
         raise KdcoreError(f"CIFAR-N label file {where}: label columns differ in length {lengths}")
     return columns
+
+
+def _integral(array: np.ndarray, where: str) -> np.ndarray:
+    """``array`` if it holds whole numbers (integers, or floats like 3.0); a float label such
+    as 2.7 would otherwise be truncated to class 2 without a word."""
+    if array.dtype.kind in "iub":
+        return array
+    if array.dtype.kind != "f":
+        raise TypeError(f"its values are of type {array.dtype}, not integers")
+    bad = ~np.isfinite(array) | (array != np.round(array))
+    if bad.any():
+        first = int(np.flatnonzero(bad.reshape(-1))[0])
+        raise KdcoreError(f"CIFAR-N label file {where} holds {int(bad.sum())} labels that are "
+                          f"not whole numbers (first: {array.reshape(-1)[first]!r} at "
+                          f"position {first})")
+    return array
 
 
 def cifar_n_columns(

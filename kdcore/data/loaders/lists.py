@@ -52,10 +52,14 @@ def _lines(path: Path, loader: str) -> list[str]:
 def read_label_list(path: Path, loader: str) -> dict[str, int]:
     """A ``relative/path label`` list as a dict (label a non-negative integer).
 
+    A path listed again with the same label counts once.
+
     Raises:
-        KdcoreError: the file is missing, or a line is not a path and an integer label.
+        KdcoreError: the file is missing, a line is not a path and an integer label, or a
+            path is listed with two different labels.
     """
     labels: dict[str, int] = {}
+    first_line: dict[str, int] = {}
     for number, line in enumerate(_lines(path, loader), 1):
         parts = line.rsplit(None, 1)
         # isdecimal, not isdigit: int() refuses "²", which isdigit takes
@@ -66,7 +70,12 @@ def read_label_list(path: Path, loader: str) -> dict[str, int]:
         if label > MAX_LABEL:  # the class names and per-class tables would not fit
             raise KdcoreError(f"{loader}: {path} line {number} has label {label}; labels are "
                               f"class indices 0 .. C-1, at most {MAX_LABEL}")
-        labels[parts[0]] = label
+        # a path listed twice with two labels: which one is true is not ours to pick
+        if labels.setdefault(parts[0], label) != label:
+            raise KdcoreError(
+                f"{loader}: {path} lists {parts[0]} with label {labels[parts[0]]} on line "
+                f"{first_line[parts[0]]} and with label {label} on line {number}")
+        first_line.setdefault(parts[0], number)
     return labels
 
 
