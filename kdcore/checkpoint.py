@@ -10,9 +10,10 @@ import contextlib
 import os
 import random
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -121,10 +122,19 @@ class BackgroundSaver:
             raise KdcoreError(f"could not write checkpoint: {error}") from error
 
 
+def load_weights_only(source: str | os.PathLike[str] | BinaryIO) -> Any:
+    """``torch.load(source, weights_only=True)`` onto the CPU, without the warning torch gives
+    for a pickle protocol other than its own: it would only precede the caller's one-line
+    refusal of a file that holds more than tensors and plain data."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(source, map_location="cpu", weights_only=True)
+
+
 def load(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save`."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_weights_only(path)
     except FileNotFoundError:
         raise KdcoreError(f"checkpoint not found: {path}") from None
     except Exception as exc:  # unpickling errors of a damaged or foreign file

@@ -92,12 +92,46 @@ def test_an_image_with_more_pixels_than_pil_decodes(tmp_path, monkeypatch):
                               "pixels) exceeds limit"), message
 
 
+def test_an_image_over_the_pixel_limit_but_under_twice_it_is_read_without_a_warning(
+        tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1,600 pixels: over it, under twice
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = read_image(tmp_path / "large.png", 8)
+    assert image.shape == (3, 8, 8) and image[:, 0, 0].tolist() == [200, 10, 10]
+    assert [str(w.message) for w in caught] == []
+
+
 @pytest.mark.parametrize("content, kind", [(torch.ones(3), "Tensor"), ([1, 2], "list")])
 def test_a_checkpoint_file_that_holds_no_state_dict(tmp_path, content, kind):
     torch.save(content, tmp_path / "w.pt")
     assert _one_line(lambda: ckpt.load_weights(tmp_path / "w.pt", "teacher")) == (
         f"{tmp_path / 'w.pt'} holds a {kind}, not the weights of a model (a state dict, a "
         "kdcore weights file or a kdcore checkpoint)")
+
+
+class _Runs:
+    def __reduce__(self):  # what a crafted file would run on unpickling
+        return (print, ("this ran",))
+
+
+def test_a_plain_pickle_given_as_weights_is_refused_without_a_warning_first(tmp_path):
+    """torch warns about a pickle protocol other than its own before it refuses such a file;
+    that warning put lines on stderr above the one-line refusal."""
+    import warnings
+
+    path = tmp_path / "w.pt"
+    path.write_bytes(pickle.dumps({"layer.weight": _Runs()}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        message = _one_line(lambda: ckpt.load_weights(path, "teacher"))
+    assert message.startswith(f"cannot read checkpoint {path}: ")
+    assert [str(w.message) for w in caught] == []
 
 
 @pytest.mark.parametrize("column, message", [

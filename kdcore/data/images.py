@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,12 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # a photo over PIL's pixel limit but under twice it is decoded and resized like
+            # any other; its warning would only add lines to the run's output
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:

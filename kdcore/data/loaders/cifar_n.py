@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 import zipfile
 import zlib
 from importlib import metadata, util
@@ -15,6 +14,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from kdcore.checkpoint import load_weights_only
 from kdcore.data.loaders.arrays import torch_array_globals
 from kdcore.errors import KdcoreError, did_you_mean, one_line, weights_only_reason
 
@@ -193,11 +193,7 @@ def _load_label_file(source: str | os.PathLike[str] | BinaryIO, where: str) -> A
                 "release holds only numpy label arrays, and unpickling it could run code"
             )
         try:
-            with warnings.catch_warnings():
-                # A pickle protocol other than torch.save's own draws a warning that only
-                # precedes the refusal below; the user gets the one-line error instead.
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                return torch.load(source, map_location="cpu", weights_only=True)
+            return load_weights_only(source)
         except Exception as exc:  # unpickling can fail in many ways; all mean a bad file
             raise KdcoreError(f"cannot read CIFAR-N label file {where}: {_refusal(exc)}") from None
 
