@@ -137,6 +137,34 @@ def test_an_unreadable_image_in_a_worker_is_one_line(folders, tmp_path):
     assert "\n" not in message and "Traceback" not in message
 
 
+def _given_labels_recipe(path: Path, dataset: str, params: str, *, batch_size: int,
+                         workers: int) -> Path:
+    """One epoch of CE on ``dataset``'s given labels (no noise added), written to ``path``."""
+    path.write_text(f"""
+[run]
+name = "{path.stem}"
+seed = 0
+device = "cpu"
+[data]
+dataset = "{dataset}"
+params = {{ {params} }}
+batch_size = {batch_size}
+workers = {workers}
+[data.noise]
+model = "none"
+[models.student]
+arch = "mlp"
+params = {{ hidden = [8] }}
+[[stages]]
+name = "student"
+epochs = 1
+train = ["student"]
+[[stages.components]]
+use = "ce"
+""")
+    return path
+
+
 def _clothing(root: Path, rng: np.random.Generator, *, train: int = 240, test: int = 60
               ) -> dict[str, int]:
     """Clothing1M's layout: images/<a>/<b>/<id>.jpg, the kv label lists, the key lists, the
@@ -195,29 +223,9 @@ def test_clothing1m_errors_are_one_line(tmp_path):
 
 def test_a_clothing1m_run_streams_with_workers(tmp_path):
     _clothing(tmp_path / "c1m", np.random.default_rng(3))
-    recipe = tmp_path / "c1m.toml"
-    recipe.write_text(f"""
-[run]
-name = "c1m"
-seed = 0
-device = "cpu"
-[data]
-dataset = "clothing1m"
-params = {{ root = "{tmp_path / 'c1m'}", size = 8 }}
-batch_size = 64
-workers = 2
-[data.noise]
-model = "none"
-[models.student]
-arch = "mlp"
-params = {{ hidden = [8] }}
-[[stages]]
-name = "student"
-epochs = 1
-train = ["student"]
-[[stages.components]]
-use = "ce"
-""")
+    recipe = _given_labels_recipe(tmp_path / "c1m.toml", "clothing1m",
+                                  f'root = "{tmp_path / "c1m"}", size = 8', batch_size=64,
+                                  workers=2)
     res = CliRunner().invoke(main, ["check", str(recipe)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "run"),
@@ -243,27 +251,10 @@ def test_a_listed_image_that_is_not_a_file_is_refused_by_check(tmp_path, monkeyp
         _image(tmp_path / "pics" / f"{i}.png", COLOURS[i % 3], rng)
     (tmp_path / "train.txt").write_text("".join(f"pics/{i}.png {i % 3}\n" for i in range(20)))
     (tmp_path / "test.txt").write_text("".join(f"pics/{i}.png {i % 3}\n" for i in range(20, 24)))
-    recipe = tmp_path / "list.toml"
-    recipe.write_text(f"""
-[run]
-name = "list"
-device = "cpu"
-[data]
-dataset = "image_list"
-params = {{ root = "{tmp_path}", train_list = "train.txt", test_list = "test.txt", size = 6 }}
-batch_size = 8
-[data.noise]
-model = "none"
-[models.student]
-arch = "mlp"
-params = {{ hidden = [4] }}
-[[stages]]
-name = "student"
-epochs = 1
-train = ["student"]
-[[stages.components]]
-use = "ce"
-""")
+    recipe = _given_labels_recipe(
+        tmp_path / "list.toml", "image_list",
+        f'root = "{tmp_path}", train_list = "train.txt", test_list = "test.txt", size = 6',
+        batch_size=8, workers=0)
     assert invoke("check", recipe).exit_code == 0
     (tmp_path / "pics" / "22.png").unlink()  # a test image
     one_line_error(invoke("check", recipe), "1 of the 4 listed images are not files",
