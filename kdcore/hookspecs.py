@@ -15,7 +15,8 @@ Hooks that run during training get a :class:`~kdcore.context.RunContext` (``ctx`
 the component (ledger writes tagged with its name, its own generator) or to the observers.
 
 A component instance is created once per run by the plan, per stage that names it; ``setup``
-builds its state when its stage starts (again on resume); the next stage's component of the
+builds its state when its stage starts (again on resume, and once before the run's first
+stage trains, so that its refusals come first); the next stage's component of the
 same label and ``use`` starts from that state (``carry_state``). Plugins register under the
 entry-point group ``kdcore`` (``docs/plugins.md``).
 """
@@ -245,8 +246,11 @@ class ComponentHooks(Protocol):
         """Build the component's state (networks, optimisers, tables).
 
         When: at the start of its stage, and again in a process that resumes in that stage,
-        before the checkpointed state is loaded with ``load_state_dict``; so it must not do
-        once-per-stage work. It runs under the component's own seed (``torch`` draws here
+        before the checkpointed state is loaded with ``load_state_dict``; for a stage after the
+        one the run starts (or resumes) in, also once before that first stage trains, so that
+        a refusal (a ``RecipeError`` for a split too small, say) stops the run before any
+        training, as ``kdcore check`` does. So it must build its state afresh on every call
+        and not do once-per-stage work. It runs under the component's own seed (``torch`` draws here
         are the same in every process). Order: recipe order. May read: the models, the data,
         the ledger; must not write the ledger.
 

@@ -117,8 +117,12 @@ class Trainer:
     def fit(self, position: dict[str, int], state: dict[str, Any] | None) -> dict[str, Any]:
         """Run every stage from ``position``; ``state`` is the checkpoint to continue from."""
         run = self.run
-        self.bus.call("kdcore_run_start", ctx=self.observer_ctx)
         first = int(position["stage"])
+        # every later stage's components set up now, as `kdcore check` sets them up: a refusal
+        # of theirs (LP's k, an empty meta split) comes before any stage trains, not after
+        for stage in self.plan.stages[first + 1:]:
+            self.enter_stage(stage)
+        self.bus.call("kdcore_run_start", ctx=self.observer_ctx)
         for s in range(first, len(self.plan.stages)):
             start = int(position["epoch"]) if s == first else 0
             self._run_stage(self.plan.stages[s], start, state if s == first else None)

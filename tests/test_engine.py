@@ -291,3 +291,21 @@ def test_best_val_all_restores_the_roles_best_epoch_from_an_earlier_stage(tmp_pa
                       "student", "models/student.pt")
     scored = evaluate(run.models, ["student"], run.data, 1024)
     assert scored["val/student/acc"] == pytest.approx(val[best])
+
+
+def test_a_later_stage_that_cannot_be_set_up_stops_the_run_before_any_stage_trains(
+        tmp_path):
+    """LP's k is refused in its set-up. Before, a run set a stage's components up only when
+    the stage began: the teacher stage trained whole, then the run stopped."""
+    from kdcore.testing import component, stage, teacher_stage, tiny_recipe, write_recipe
+
+    from .cli_helpers import invoke, one_line_error
+
+    recipe = write_recipe(tiny_recipe(teacher_stage(2), stage(
+        "lp", 1, ["student"], component("teacher_lp", params={"k": 1000}), component("ce"))),
+        tmp_path / "late.toml")
+    one_line_error(invoke("run", recipe, "--out", tmp_path / "run", "--quiet"),
+                   "k = 1000 neighbours needs more than 1000 training samples")
+    with History(tmp_path / "run") as h:
+        assert h.epochs() == []  # no teacher epoch trained
+    assert not (tmp_path / "run" / "models" / "teacher.pt").exists()
