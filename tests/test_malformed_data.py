@@ -140,6 +140,8 @@ def test_a_plain_pickle_given_as_weights_is_refused_without_a_warning_first(tmp_
     (np.array([0.0, 1.0, np.nan, 2.0], dtype=np.float32), "holds 1 labels that are not whole "
                                                           "numbers (first: np.float32(nan) at "
                                                           "position 2)"),
+    (np.array([0.0, np.inf, 1.0, 2.0]), "holds 1 labels that are not whole numbers (first: "
+                                        "np.float64(inf) at position 1)"),
     (["0", "1", "2", "1"], "is not a label array (its values are of type <U1, not "
                            "integers)"),
 ])

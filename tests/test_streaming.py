@@ -293,12 +293,12 @@ def test_a_path_listed_with_two_labels_is_refused_and_a_repeat_counts_once(tmp_p
                                         "pics/2.png 2\n")
     splits = image_list(root=str(tmp_path), train_list="train.txt", size=4)
     assert splits.train.y.tolist() == [0, 1, 2]
-    (tmp_path / "train.txt").write_text("pics/0.png 0\npics/1.png 1\npics/2.png 2\n"
-                                        "pics/1.png 2\n")
+    (tmp_path / "train.txt").write_text("pics/0.png 0\npics/1.png 1\npics/1.png 1\n"
+                                        "pics/2.png 2\npics/1.png 2\n")
     with pytest.raises(KdcoreError) as err:
         image_list(root=str(tmp_path), train_list="train.txt", size=4)
     assert str(err.value) == (f"image_list: {tmp_path / 'train.txt'} lists pics/1.png with "
-                              "label 1 on line 2 and with label 2 on line 4")
+                              "label 1 on line 2 and with label 2 on line 5")
 
 
 def test_instance_dependent_noise_on_a_stream_says_why_not(folders, tmp_path):

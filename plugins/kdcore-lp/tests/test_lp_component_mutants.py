@@ -233,3 +233,12 @@ def test_a_k_that_needs_more_samples_than_the_run_has_is_refused_at_setup(k, ref
     assert str(info.value) == (f"component 'teacher_lp': k = {k} neighbours needs more than "
                                f"{k} training samples; the run has {N} (lower params.k, or "
                                "train on more samples)")
+
+
+def test_read_kinds_hold_keep_selected_to_a_mask_and_seed_weights_to_one_number_a_sample():
+    scalar = ("mask", "weight", "value", "exact")
+    comp = _harness({"keep_selected": "select/s", "seed_weights": "awe/w"}).component
+    assert comp.read_kinds() == {"select/s": "mask", "awe/w": scalar}
+    assert _harness({"keep_selected": "select/s"}).component.read_kinds() == {"select/s": "mask"}
+    assert _harness({"seed_weights": "awe/w"}).component.read_kinds() == {"awe/w": scalar}
+    assert _harness({}).component.read_kinds() == {}
