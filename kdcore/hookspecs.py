@@ -250,9 +250,9 @@ class ComponentHooks(Protocol):
         one the run starts (or resumes) in, also once before that first stage trains, so that
         a refusal (a ``RecipeError`` for a split too small, say) stops the run before any
         training, as ``kdcore check`` does. So it must build its state afresh on every call
-        and not do once-per-stage work. It runs under the component's own seed (``torch`` draws here
-        are the same in every process). Order: recipe order. May read: the models, the data,
-        the ledger; must not write the ledger.
+        and not do once-per-stage work. It runs under the component's own seed (``torch``
+        draws here are the same in every process). Order: recipe order. May read: the models,
+        the data, the ledger; must not write the ledger.
 
         Args: ``ctx``, the run.
         """
