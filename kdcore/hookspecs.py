@@ -252,7 +252,7 @@ class ComponentHooks(Protocol):
         training, as ``kdcore check`` does. So it must build its state afresh on every call
         and not do once-per-stage work. It runs under the component's own seed (``torch``
         draws here are the same in every process). Order: recipe order. May read: the models,
-        the data, the ledger; must not write the ledger.
+        the data, the ledger; must not write the ledger (a write raises).
 
         Args: ``ctx``, the run.
         """

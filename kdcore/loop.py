@@ -108,9 +108,11 @@ class Trainer:
         initial weights) depends on nothing that ran before, so a resumed run builds the same."""
         seed = self.plan.recipe.run.seed
         for comp in stage.components:
-            with torch.random.fork_rng(devices=_rng_devices(self.run.device)):
+            ctx = self.context(comp)
+            with torch.random.fork_rng(devices=_rng_devices(self.run.device)), \
+                    ctx.ledger.frozen("setup"):
                 torch.manual_seed(component_seed(seed, stage.index, comp.name) + 1)
-                comp.setup(self.context(comp))
+                comp.setup(ctx)
 
     # -- the run ------------------------------------------------------------------------------
 

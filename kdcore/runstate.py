@@ -184,12 +184,23 @@ class TaggedLedger:
     refused, so the plan's wiring check cannot be bypassed by accident.
     """
 
-    __slots__ = ("_ledger", "_producer", "_allowed")
+    __slots__ = ("_ledger", "_producer", "_allowed", "_frozen_in")
 
     def __init__(self, ledger: Ledger, producer: str, allowed: frozenset[str] | None):
         self._ledger = ledger
         self._producer = producer
         self._allowed = allowed
+        self._frozen_in: str | None = None  # the hook in which writes are refused
+
+    @contextlib.contextmanager
+    def frozen(self, hook: str) -> Iterator[None]:
+        """Refuse every write while ``hook`` runs (``setup``: it runs again on resume and
+        before the first stage trains, so a write there would differ between runs)."""
+        self._frozen_in = hook
+        try:
+            yield
+        finally:
+            self._frozen_in = None
 
     @property
     def size(self) -> int:
@@ -214,6 +225,11 @@ class TaggedLedger:
         return self._ledger.column(name).kind
 
     def _check(self, name: str) -> None:
+        if self._frozen_in is not None:
+            raise RuntimeError(
+                f"component '{self._producer}' wrote ledger column '{name}' in "
+                f"{self._frozen_in}, which must not write the ledger (it runs again on resume "
+                f"and before the run's first stage); write it in on_stage_start")
         if self._allowed is not None and name not in self._allowed:
             raise RuntimeError(
                 f"component '{self._producer}' wrote ledger column '{name}', which it does not "

@@ -56,8 +56,10 @@ class Harness:
                      targets_from=run.ledger["base_target"])
 
     def setup(self) -> Harness:
-        """``setup`` then ``on_stage_start``, as at a stage's start; returns self."""
-        self.component.setup(self.ctx)
+        """``setup`` (the ledger read-only, as in a run) then ``on_stage_start``, as at a
+        stage's start; returns self."""
+        with self.ctx.ledger.frozen("setup"):
+            self.component.setup(self.ctx)
         self.component.on_stage_start(self.ctx)
         return self
 

@@ -309,3 +309,39 @@ def test_a_later_stage_that_cannot_be_set_up_stops_the_run_before_any_stage_trai
     with History(tmp_path / "run") as h:
         assert h.epochs() == []  # no teacher epoch trained
     assert not (tmp_path / "run" / "models" / "teacher.pt").exists()
+
+
+class LedgerInSetup(Component):
+    """Breaks setup's contract: writes a column while it builds its state."""
+
+    writes = ("probe/{name}",)
+
+    def setup(self, ctx):
+        ctx.ledger.add(f"probe/{self.name}", torch.zeros(ctx.ledger.size))
+
+    def select(self, ctx, batch):
+        return None
+
+
+class SetupWriter:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"ledger_in_setup": LedgerInSetup}
+
+
+def test_setup_that_writes_the_ledger_is_refused_in_a_run_and_in_the_harness(tmp_path):
+    """setup runs again on resume and before the first stage trains: a column it wrote would
+    differ between a run and its resumed twin, so the ledger is read-only there."""
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, harness, stage, tiny_recipe
+
+    message = ("component 'ledger_in_setup' wrote ledger column 'probe/ledger_in_setup' in "
+               "setup, which must not write the ledger")
+    recipe = recipe_from_dict(tiny_recipe(stage("s", 1, ["student"], component(
+        "ledger_in_setup"), component("ce")), models={"student": {"arch": "mlp"}}))
+    with pytest.raises(RuntimeError, match=message):
+        run_recipe(recipe, out=str(tmp_path / "run"),
+                   host=PluginHost(extra=[SetupWriter()]))
+    with pytest.raises(RuntimeError, match=message):
+        harness(LedgerInSetup, {}, x=torch.zeros(6, 2), noisy_label=torch.arange(6) % 2,
+                num_classes=2, name="ledger_in_setup").setup()
