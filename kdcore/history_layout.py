@@ -17,10 +17,10 @@ import numpy as np
 
 from kdcore.errors import KdcoreError, one_line
 from kdcore.history_journal import disk, is_hot, journal_path, locked, recover
+from kdcore.recipe.schema import NAME_BYTES  # the string table's width
 
 FORMAT = "kdcore-history/2"
 READABLE = ("kdcore-history/1", FORMAT)  # format 1: string stages, JSON producer attributes
-NAME_BYTES = 255  # the longest stage or component name the string table holds (UTF-8)
 LOCK_TIMEOUT_S = 60.0
 ROW_CHUNKS = (256,)  # chunk of the one-value-per-row datasets
 

@@ -268,6 +268,24 @@ def _read(recipe, key_path: str):
          "models.student.schedule.gamma", "above 10"),
         ({"models.student.optimizer.momentum": 0.0, "models.student.optimizer.nesterov": True},
          "models.student.optimizer.nesterov", "needs momentum > 0"),
+        # a role trained twice would take two optimiser steps a batch
+        ({"stages.s1.train": ["student", "student"]}, "stages[0].train",
+         "'student' is listed twice"),
+        ({"stages.s1.eval": ["student", "student"]}, "stages[0].eval", "listed twice"),
+        # best_val of a model the stage never validates: nothing to restore
+        ({"stages.s1.eval": [], "stages.s1.keep": "best_val"}, "stages[0].keep",
+         'keep = "best_val" needs the validation accuracy of every model the stage trains, '
+         "but eval leaves out student"),
+        ({"stages.s1.eval": [], "stages.s1.keep": "best_val_all"}, "stages[0].keep",
+         "eval leaves out student"),
+        # names the history's string table cannot hold (UTF-8 bytes, not characters)
+        ({"stages.s1.name": "s" * 256}, "stages[0].name", "is 256 bytes long; the history "
+                                                          "stores names of at most 255"),
+        ({"stages.s1.name": "\u00e9" * 128}, "stages[0].name", "is 256 bytes long"),
+        ({"stages.s1.components.kd.name": "k" * 300}, "stages[0].components[1].name",
+         "300 bytes"),
+        ({"models": {"m" * 256: {"arch": "mlp"}}, "stages.s1.train": ["m" * 256]},
+         "models." + "m" * 256, "256 bytes"),
     ],
 )
 def test_cross_field_rules(changes, key, message):
@@ -286,6 +304,9 @@ def test_cross_field_rules_accept_what_is_sound():
     apply_override(data, ["models", "student", "optimizer"],
                    {"name": "adam", "momentum": 0.0, "nesterov": True})  # SGD-only settings
     apply_override(data, ["data", "val_fraction"], 0.7)
+    apply_override(data, ["stages", "s1", "eval"], [])
+    apply_override(data, ["stages", "s1", "keep"], "last")  # no validation needed
+    apply_override(data, ["stages", "s1", "name"], "\u00e9" * 127)  # 254 bytes
     recipe = recipe_from_dict(data)
     assert recipe.models["student"].schedule.gamma == 2.0
     assert recipe.models["student"].optimizer.nesterov and recipe.data.val_fraction == 0.7
@@ -393,3 +414,57 @@ def test_replace_marker_takes_a_table_whole_instead_of_merging(tmp_path):
     bad.write_text(child.read_text().replace("__replace__ = true", "__replace__ = 1"))
     with pytest.raises(RecipeError, match=r"data\.noise\.params\.__replace__.*expected true"):
         load_recipe(bad)
+
+
+@pytest.mark.parametrize("key", ["extends", "source"])
+def test_extends_and_source_cannot_be_overridden(tmp_path, key):
+    """Before, `--set extends=...` was kept as a plain key and dropped: the run used the
+    original base, whatever file was named (even one that does not exist)."""
+    path = _write(tmp_path, "r.toml", BASE)
+    with pytest.raises(RecipeError, match=f"{key} cannot be set with an override") as err:
+        load_recipe(path, [f'{key}="other.toml"'])
+    assert err.value.key == key
+
+
+def test_source_in_a_recipe_file_is_refused(tmp_path):
+    path = _write(tmp_path, "r.toml", 'source = "elsewhere.toml"\n' + BASE)
+    with pytest.raises(RecipeError, match="'source' is not a recipe key"):
+        load_recipe(path)
+
+
+TWO_PHASES = BASE.replace('name = "s1"', 'name = "1"') + """
+[[stages]]
+name = "2"
+epochs = 4
+train = ["student"]
+[[stages.components]]
+use = "ce"
+"""
+
+
+def test_an_index_that_is_another_entrys_name_is_refused(tmp_path):
+    """Before, `stages.1.epochs` on stages named "1" and "2" changed the one named "2"."""
+    path = _write(tmp_path, "r.toml", TWO_PHASES)
+    with pytest.raises(RecipeError, match="'1' is both an index and the name of entry 0"):
+        load_recipe(path, ["stages.1.epochs=7"])
+    # an index out of range, or one whose entry has that very name, is not ambiguous
+    assert [s.epochs for s in load_recipe(path, ["stages.2.epochs=7"]).stages] == [3, 7]
+    assert [s.epochs for s in load_recipe(path, ["stages.0.epochs=7"]).stages] == [7, 4]
+    same = _write(tmp_path, "same.toml", TWO_PHASES.replace('name = "1"', 'name = "0"'))
+    assert [s.epochs for s in load_recipe(same, ["stages.0.epochs=7"]).stages] == [7, 4]
+
+
+def test_a_recipe_path_that_is_no_regular_file_or_too_large_is_refused(tmp_path):
+    import os
+
+    fifo = tmp_path / "r.fifo"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    with pytest.raises(RecipeError, match="recipe path is not a regular file"):
+        load_recipe(fifo)
+    with pytest.raises(RecipeError, match="recipe path is not a regular file"):
+        load_recipe("/dev/zero")  # reading it would never end
+    big = _write(tmp_path, "big.toml", "# " + "x" * (1 << 20) + "\n" + BASE)
+    with pytest.raises(RecipeError, match="larger than 1 MiB"):
+        load_recipe(big)
+    with pytest.raises(RecipeError, match="recipe path is a directory"):
+        load_recipe(tmp_path)

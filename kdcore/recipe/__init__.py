@@ -1,8 +1,9 @@
 """Recipes: TOML files read into typed, validated attrs objects.
 
 * :mod:`kdcore.recipe.schema`: the attrs classes, one per table, with every number's range;
-* :mod:`kdcore.recipe.resolve`: reading files, ``extends``, merging, ``--set`` overrides,
-  cross-field checks (:func:`load_recipe`, :func:`recipe_from_dict`);
+* :mod:`kdcore.recipe.resolve`: reading files, ``extends``, merging, ``--set`` overrides
+  (:func:`load_recipe`, :func:`recipe_from_dict`);
+* :mod:`kdcore.recipe.rules`: the cross-field checks (:func:`check_consistency`);
 * :mod:`kdcore.recipe.writer`: resolved recipes written back as TOML.
 
 Everything is re-exported here; import from ``kdcore.recipe``.
@@ -12,7 +13,6 @@ from kdcore.recipe.resolve import (
     MAX_DEPTH,
     MAX_EXTENDS,
     apply_override,
-    check_consistency,
     check_plain,
     load_raw,
     load_recipe,
@@ -21,6 +21,7 @@ from kdcore.recipe.resolve import (
     read_toml,
     recipe_from_dict,
 )
+from kdcore.recipe.rules import check_consistency
 from kdcore.recipe.schema import (
     MAX_BATCH_SIZE,
     MAX_LR,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +29,8 @@ import attrs
 
 from kdcore.config import structure
 from kdcore.errors import RecipeError, did_you_mean
-from kdcore.recipe.schema import MAX_LR, Recipe
+from kdcore.recipe.rules import check_consistency
+from kdcore.recipe.schema import Recipe
 from kdcore.validators import Param, no_nul
 
 MAX_DEPTH = 32
@@ -38,6 +40,9 @@ MAX_EXTENDS = 32
 """The longest chain of ``extends`` followed."""
 
 _INT64 = (-(2**63), 2**63 - 1)
+
+MAX_RECIPE_BYTES = 1 << 20
+"""The largest recipe or grid file read (1 MiB)."""
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -52,12 +57,19 @@ def read_toml(path: Path) -> dict[str, Any]:
     if "\0" in name:
         raise RecipeError(f"the recipe path {name!r} contains a NUL byte")
     try:
+        kind = path.stat().st_mode
+        if stat.S_ISDIR(kind):
+            raise RecipeError(f"recipe path is a directory: {path}")
+        if not stat.S_ISREG(kind):  # a FIFO would block, /dev/zero never ends
+            raise RecipeError(f"recipe path is not a regular file: {path}")
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_RECIPE_BYTES + 1)
+        if len(raw) > MAX_RECIPE_BYTES:
+            raise RecipeError(f"larger than {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a few "
+                              "kilobytes of TOML", file=name)
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"recipe file not found: {path}") from None
-    except IsADirectoryError:
-        raise RecipeError(f"recipe path is a directory: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"malformed TOML: {exc}", file=name) from None
     except UnicodeDecodeError as exc:
@@ -241,6 +253,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_override(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
     """Set ``value`` at ``path``; list entries are addressed by index or by name."""
+    if path and path[0] in ("extends", "source"):  # merged (or set) before any override
+        raise RecipeError(f"{path[0]} cannot be set with an override; write a recipe file that "
+                          "extends the other instead", key=path[0])
     node: Any = data
     for depth, part in enumerate(path):
         last = depth == len(path) - 1
@@ -264,12 +279,18 @@ def apply_override(data: dict[str, Any], path: Sequence[str], value: Any) -> Non
 
 def _list_position(node: list[Any], part: str, where: str) -> int:
     sign, digits = (part[0], part[1:]) if part[:1] == "-" else ("", part)
+    names = [_entry_name(x) if isinstance(x, Mapping) else None for x in node]
     if digits.isascii() and digits.isdigit():
         i = int(sign + digits)
         if -len(node) <= i < len(node):
+            if part in names and names[i] != part:
+                raise RecipeError(
+                    f"'{part}' is both an index and the name of entry {names.index(part)}; "
+                    "rename the entry so that its name is not a number", key=where)
             return i % len(node)
+        if part in names:
+            return names.index(part)
         raise RecipeError(f"index {i} out of range (length {len(node)})", key=where)
-    names = [_entry_name(x) if isinstance(x, Mapping) else None for x in node]
     if part in names:
         return names.index(part)
     known = [str(n) for n in names if n is not None]
@@ -306,79 +327,11 @@ def recipe_from_dict(data: Mapping[str, Any], source: str | None = None) -> Reci
     """Type-check plain recipe data (already extended and overridden)."""
     try:
         check_plain(data)
-        recipe = structure(Recipe, {k: v for k, v in data.items() if k != "source"})
+        if "source" in data:  # kdcore's record of the file a recipe came from, not a key
+            raise RecipeError("'source' is not a recipe key", key="source")
+        recipe = structure(Recipe, dict(data))
         recipe = attrs.evolve(recipe, source=source)
         check_consistency(recipe)
     except RecipeError as exc:
         raise exc.at(file=source) from None
     return recipe
-
-
-def check_consistency(recipe: Recipe) -> None:
-    """Cross-field rules that no single field's type can express."""
-    if not recipe.stages:
-        raise RecipeError("a recipe needs at least one [[stages]] entry", key="stages")
-    _check_fractions(recipe)
-    roles = {r for r, m in recipe.models.items() if m.enabled}
-    for role, model in recipe.models.items():
-        _check_schedule(role, model)
-    seen_stages: set[str] = set()
-    for s, stage in enumerate(recipe.stages):
-        key = f"stages[{s}]"
-        if stage.name in seen_stages:
-            raise RecipeError(f"duplicate stage name '{stage.name}'", key=f"{key}.name")
-        seen_stages.add(stage.name)
-        for field in ("train", "eval"):
-            for role in getattr(stage, field) or []:
-                if role not in roles:
-                    raise RecipeError(
-                        f"unknown model role '{role}'{did_you_mean(role, roles)}; "
-                        f"[models] defines: {', '.join(sorted(roles)) or 'none'}",
-                        key=f"{key}.{field}",
-                    )
-        labels: set[str] = set()
-        for c, comp in enumerate(stage.components):
-            ckey = f"{key}.components[{c}]"
-            if comp.label in labels and comp.enabled:
-                raise RecipeError(
-                    f"two components labelled '{comp.label}'; give one a different 'name'",
-                    key=f"{ckey}.name",
-                )
-            labels.add(comp.label)
-            for role in comp.models or []:
-                if role not in roles:
-                    raise RecipeError(
-                        f"unknown model role '{role}'{did_you_mean(role, roles)}",
-                        key=f"{ckey}.models",
-                    )
-            if comp.models is None and not stage.train and comp.enabled:
-                raise RecipeError(
-                    "the stage trains no model, so name the component's 'models'",
-                    key=f"{ckey}.models",
-                )
-
-
-DEFAULT_TEST_FRACTION = 0.2
-"""What ``data.test_fraction`` means when unset, for a dataset without a test split."""
-
-
-def _check_fractions(recipe: Recipe) -> None:
-    data = recipe.data
-    test = DEFAULT_TEST_FRACTION if data.test_fraction is None else data.test_fraction
-    if data.val_fraction + test >= 1.0:
-        default = " (data.test_fraction defaults to 0.2)" if data.test_fraction is None else ""
-        raise RecipeError(
-            f"val_fraction + test_fraction is {data.val_fraction + test:g}{default}; it must "
-            "be below 1 to leave training samples", key="data.val_fraction")
-
-
-def _check_schedule(role: str, model: Any) -> None:
-    sched, lr = model.schedule, model.optimizer.lr
-    if sched.name != "multistep" or sched.gamma <= 1 or lr == 0:
-        return
-    # in logarithms: gamma ** len(milestones) overflows a float long before it is refused
-    steps = len(sched.milestones)
-    if math.log(lr) + steps * math.log(sched.gamma) > math.log(MAX_LR):
-        raise RecipeError(
-            f"gamma {sched.gamma:g} over {steps} milestones takes the learning rate "
-            f"{lr:g} above {MAX_LR:g}", key=f"models.{role}.schedule.gamma")

@@ -41,6 +41,9 @@ MAX_SEED = 2**63 - 1
 
 MAX_THREADS = 4096
 MAX_WORKERS = 256
+NAME_BYTES = 255
+"""The longest stage, component or model-role name (UTF-8 bytes): the history's string table
+holds names of this length."""
 MAX_LR = 10.0
 MAX_BATCH_SIZE = 2**20
 
