@@ -98,9 +98,18 @@ def write_output(path: Path, write: Callable[[IO[str]], None], newline: str | No
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """``data`` as ``path`` (in a folder :func:`output_dir` made); one line on failure."""
+    """``data`` as ``path`` (in a folder :func:`output_dir` made), checked as every output is
+    (:func:`check_output`: never a run's file, a link to one included), through a temporary
+    file moved into place: a link at ``path`` is replaced, not written through, and a full
+    disk leaves no half-written file. One line on failure."""
+    check_output(path)
+    tmp = path.with_name(f".{path.name[:200]}.{os.getpid()}.tmp")
     try:
-        path.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise KdcoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -77,7 +77,8 @@ def test_refusals_say_what_the_system_said(tmp_path):
                               f"Not a directory"
     with pytest.raises(KdcoreError) as info:
         write_bytes(tmp_path / "file" / "a.png", b"png")
-    assert str(info.value) == f"cannot write {tmp_path / 'file' / 'a.png'}: Not a directory"
+    assert str(info.value) == f"cannot write {tmp_path / 'file' / 'a.png'}: no folder " \
+                              f"{tmp_path / 'file'}"
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(KdcoreError) as info:
         check_output(tmp_path / "loop" / "x.csv")
@@ -137,6 +138,26 @@ def test_an_output_over_a_directory_is_refused(tmp_path):
 def test_write_bytes_writes_them(tmp_path):
     write_bytes(tmp_path / "a.png", b"\x89PNG")
     assert (tmp_path / "a.png").read_bytes() == b"\x89PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary left
+
+
+def test_write_bytes_never_writes_through_a_link_to_a_run_file(tmp_path):
+    """`report --plots` wrote a figure through a link named like it, over history.h5."""
+    run = _run_dir(tmp_path, "history.h5")
+    before = (run / "history.h5").read_bytes()
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "test_acc.png").symlink_to(run / "history.h5")
+    with pytest.raises(KdcoreError, match="is a file of the run"):
+        write_bytes(plots / "test_acc.png", b"\x89PNG")
+    assert (run / "history.h5").read_bytes() == before
+    # a link to any other file is replaced by the figure, the file it named left as it was
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    (plots / "curve.png").symlink_to(other)
+    write_bytes(plots / "curve.png", b"\x89PNG")
+    assert not (plots / "curve.png").is_symlink()
+    assert (plots / "curve.png").read_bytes() == b"\x89PNG" and other.read_text() == "mine"
 
 
 @pytest.mark.parametrize("exc,message", [
