@@ -232,6 +232,7 @@ def ablate(
     from kdcore.plugins import PluginHost
 
     host = PluginHost()
+    grid.check_specs(specs, host)  # every run's plan, and a run in the way, before any runs
     counts = grid.run_grid(specs, jobs=jobs, echo=echo or logger.info,
                            in_process=lambda spec, resume: grid.run_spec(spec, resume, host))
     runs = [GridRun(s.variant.name, s.seed, s.out, _summary(s.out)) for s in specs]

@@ -143,12 +143,18 @@ def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
     return state
 
 
+def recipe_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """The keys at which two resolved recipes (``Recipe.to_dict()``) differ in what a run
+    computes (not :data:`RESUMABLE_CHANGES`), as a short list; empty when none do."""
+    differ = [k for k in checkpointing.differing_keys(saved, now)
+              if not k.startswith(RESUMABLE_CHANGES)]
+    return ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+
+
 def _refuse_changes(run_dir: Path, saved: dict[str, Any], started: dict[str, Any],
                     what: str = "was started with") -> None:
-    differ = [k for k in checkpointing.differing_keys(saved, started["recipe"])
-              if not k.startswith(RESUMABLE_CHANGES)]
-    if differ:
-        shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+    shown = recipe_changes(saved, started["recipe"])
+    if shown:
         raise KdcoreError(f"--resume: the recipe differs from the one {run_dir} {what}, at "
                           f"{shown}; resume with the same recipe and --set values, or start "
                           f"again with --overwrite")
@@ -219,7 +225,11 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
         KdcoreError: what would stop the run while it is being set up.
     """
     plan = build_plan(recipe, host)
-    check_output_dir(run_dir_of(recipe, out))
+    run_dir = run_dir_of(recipe, out)
+    check_output_dir(run_dir)
+    if (run_dir / "history.h5").exists():  # the recipe is sound; the run needs a flag
+        logger.warning(f"{run_dir} already holds a run: `kdcore run` needs --resume to "
+                       f"continue it, --overwrite to replace it, or --out for a new directory")
     with host.activate(), torch.random.fork_rng(devices=[]):
         threads = torch.get_num_threads()
         try:

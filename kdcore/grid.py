@@ -144,8 +144,34 @@ def check_specs(specs: Sequence[RunSpec], host: Any = None) -> None:
             recipe = load_recipe(spec.variant.recipe, spec.overrides)
             if host is not None:
                 build_plan(recipe, host)
+            _check_same_recipe(spec, recipe)
         except KdcoreError as exc:  # the file alone does not say which of the grid's runs
             raise KdcoreError(f"variant '{spec.variant.name}' seed {spec.seed}: {exc}") from None
+
+
+def _check_same_recipe(spec: RunSpec, recipe: Any) -> None:
+    """A run already in ``spec.out`` (finished, so skipped; or interrupted, so resumed) must
+    have been started with the recipe this grid now resolves for it: else its numbers would
+    stand in the report for a configuration they were not measured on."""
+    import tomllib
+
+    from kdcore.engine import recipe_changes
+    from kdcore.recipe import recipe_from_dict
+
+    saved = spec.out / "recipe.toml"
+    if status(spec) == "new" or not saved.is_file():
+        return
+    again = f"remove {spec.out} to run it again, or give the grid another --out"
+    try:
+        old = recipe_from_dict(tomllib.loads(saved.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KdcoreError):
+        raise KdcoreError(f"{saved} cannot be read, so whether the run there is this one is "
+                          f"unknown; {again}") from None
+    changed = recipe_changes(old.to_dict(), recipe.to_dict())
+    if changed:
+        kind = "finished" if status(spec) == "done" else "interrupted"
+        raise KdcoreError(f"{spec.out} holds a {kind} run of another recipe (it "
+                          f"differs at {changed}); {again}")
 
 
 def status(spec: RunSpec) -> str:

@@ -97,3 +97,21 @@ def test_a_component_parameter_its_plugin_refuses_is_one_error_before_any_run(tm
                     "stages[1].components[1].params.temperature: 'temperature' must be "
                     "positive, got -1.0")
     assert not (tmp_path / "g").exists()
+
+
+def test_a_run_already_in_the_grid_made_with_another_recipe_is_refused(tmp_path):
+    """Before, a finished run was skipped whatever recipe made it, so the report showed its
+    numbers under the new configuration."""
+    small = ["--set", "data.train_subset=100", "--set", "stages.student.epochs=1"]
+    assert ablate(RECIPES / "ce.toml", *small, "--seeds", "0", "--out", tmp_path / "g"
+                  ).exit_code == 0
+    summary = (tmp_path / "g" / "ce" / "seed0" / "summary.json").read_text()
+    again = ablate(RECIPES / "ce.toml", *small, "--set", "data.noise.params.rate=0.0",
+                   "--seeds", "0", "--out", tmp_path / "g")
+    one_line_error(again, f"variant 'ce' seed 0: {tmp_path / 'g' / 'ce' / 'seed0'} holds a "
+                          "finished run of another recipe (it differs at "
+                          "data.noise.params.rate); remove")
+    assert (tmp_path / "g" / "ce" / "seed0" / "summary.json").read_text() == summary
+    # the same recipe again: the finished run is skipped
+    same = ablate(RECIPES / "ce.toml", *small, "--seeds", "0", "--out", tmp_path / "g")
+    assert same.exit_code == 0 and "1 of 1 runs already finished: skipped" in same.output

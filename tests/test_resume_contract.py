@@ -116,3 +116,13 @@ def test_a_history_shorter_than_the_checkpoint_is_refused(tiny_recipe, started):
                    "--overwrite")
     with History(started) as h:
         assert len(h) >= 1  # nothing already written was lost
+
+
+def test_check_says_when_the_run_directory_already_holds_a_run(tiny_recipe, started):
+    """`check --out DIR` passed silently where `run` then refused DIR for want of a flag."""
+    result = invoke("check", tiny_recipe, "--out", started)
+    assert result.exit_code == 0
+    assert (f"{started} already holds a run: `kdcore run` needs --resume to continue it, "
+            "--overwrite to replace it, or --out for a new directory") in result.output
+    assert "already holds" not in invoke("check", tiny_recipe, "--out",
+                                         started.parent / "fresh").output
