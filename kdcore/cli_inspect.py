@@ -239,4 +239,14 @@ def export_cartography(hist: Any, out_dir: Path, role: str | None) -> tuple[str,
             for i, row in enumerate(logits):
                 fh.write(json.dumps({"guid": int(guid[i]), f"logits_epoch_{k}": row,
                                      "gold": int(gold[i])}) + "\n")
+    # an earlier export's later epochs: cartography reads every epoch file in the folder
+    for stale in out_dir.glob("dynamics_epoch_*.jsonl"):
+        number = stale.name.removeprefix("dynamics_epoch_").removesuffix(".jsonl")
+        if not (number.isdecimal() and int(number) < len(rows)):
+            try:
+                stale.unlink()
+            except OSError as exc:
+                raise KdcoreError(f"cannot remove {stale}, an earlier export's epoch file "
+                                  f"that would mix with this one: {exc.strerror or exc}"
+                                  ) from None
     return role, len(rows)

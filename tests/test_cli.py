@@ -77,6 +77,20 @@ def test_inspect_exports_cartography_jsonl(finished_run, tmp_path):
     assert set(first) == {"guid", "logits_epoch_1", "gold"} and len(first["logits_epoch_1"]) == 10
 
 
+def test_a_cartography_export_leaves_no_earlier_exports_epochs_behind(finished_run, tmp_path):
+    """cartography reads every dynamics_epoch_*.jsonl in the folder: an earlier, longer
+    export's later epochs mixed with this run's."""
+    out = tmp_path / "dyn"
+    out.mkdir()
+    for name in ("dynamics_epoch_2.jsonl", "dynamics_epoch_17.jsonl", "dynamics_epoch_x.jsonl"):
+        (out / name).write_text("{}\n")
+    (out / "notes.txt").write_text("mine")
+    assert invoke("inspect", finished_run, "--cartography", out, "--model", "student"
+                  ).exit_code == 0
+    assert sorted(f.name for f in out.iterdir()) == [
+        "dynamics_epoch_0.jsonl", "dynamics_epoch_1.jsonl", "notes.txt"]
+
+
 def test_plugins_lists_builtin_components_with_kinds():
     res = invoke("plugins")
     assert res.exit_code == 0
