@@ -110,10 +110,10 @@ def parse_variant(text: str, recipe: str) -> Variant:
 
 def check_name(name: str) -> None:
     """A variant's name is one directory under the grid's: no separator, no ``.`` or ``..``."""
-    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
-            or len(name.encode()) > 200):
+    if (not name or name in (".", "..") or "/" in name or "\\" in name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode()) > 200):
         raise KdcoreError(f"variant name {name!r} is not a directory name (one path part, "
-                          f"not '.' or '..', no '/', at most 200 bytes)")
+                          f"not '.' or '..', no '/' or control character, at most 200 bytes)")
 
 
 def plan(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[RunSpec]:

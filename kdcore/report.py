@@ -161,8 +161,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str | None = Non
     ``gap_models`` ("n/a" where it is undefined, "-" for the other rows)."""
     header, body = table_cells(rows, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += ["| " + " | ".join(map(_md_cell, cells)) + " |" for cells in body]
     return "\n".join(lines) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    """A cell that stays one cell: ``|`` escaped, line breaks and other control characters
+    (a folder's name can hold any) as spaces."""
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text).replace("|", "\\|")
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:

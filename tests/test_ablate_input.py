@@ -25,7 +25,8 @@ def test_jobs_below_one_is_refused(tmp_path, jobs):
     assert not (tmp_path / "g").exists()
 
 
-@pytest.mark.parametrize("name", ["..", ".", "a/b", "/abs", "x" * 201])
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "/abs", "x" * 201, "x\ny", "tab\there",
+                                  "del\x7f"])
 def test_a_variant_name_that_is_not_one_directory_is_refused(tmp_path, name):
     one_line_error(ablate(RECIPES / "ce.toml", "--variant", f"{name}:run.seed=0",
                           "--out", tmp_path / "g"), "not a directory name")

@@ -108,6 +108,20 @@ def test_gap_recovery_of_another_role_against_the_ce_student():
     assert gaps[("dml", "peer_b")] == "-" and gaps[("kd", "teacher")] == "-"
 
 
+def test_a_markdown_cell_holding_a_bar_or_a_line_break_stays_one_cell():
+    """A folder name (a variant made outside ablate) can hold '|' or a newline: the row
+    gained a column, or split in two."""
+    import re
+
+    from kdcore.report import markdown_table
+
+    table = markdown_table([_row("a|b", "student", 0.8), _row("x\ny", "student", 0.7)])
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert [len(re.split(r"(?<!\\)\|", line)) for line in lines] == [8, 8, 8, 8]
+    assert lines[2].startswith("| a\\|b | student |") and lines[3].startswith("| x y |")
+
+
 def test_plot_curves_run_over_each_models_own_training_epochs(grid):
     # the grid's runs train the teacher for 1 epoch, then the student for 1
     from kdcore.report import find_runs, plot_series
