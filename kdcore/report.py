@@ -3,7 +3,9 @@
 Runs are grouped by variant: the directory above ``seed<k>/`` in a grid made by
 ``kdcore ablate``, else the run directory's own name. Every number is the mean and standard
 deviation over the group's seeds of a model's test accuracy, at its best-validation epoch and at
-its last epoch.
+its last epoch. A run reached through two of the paths counts once; runs of one variant must
+be seeds of one recipe (their ``recipe.toml`` differ only in ``run.seed``, each seed once), or
+the report stops with one line rather than average unrelated runs.
 """
 
 from __future__ import annotations
@@ -44,21 +46,63 @@ class RunResult:
 def find_runs(paths: Iterable[str | Path]) -> list[RunResult]:
     """Every finished run (a directory with summary.json) at or below ``paths``."""
     found: list[RunResult] = []
+    seen: set[Path] = set()
     for root in map(Path, paths):
         if not root.exists():
             raise KdcoreError(f"no such run directory: {root}")
-        summaries = [root / "summary.json"] if (root / "summary.json").is_file() else sorted(
-            root.rglob("summary.json"))
-        for s in summaries:
+        for s in sorted(root.rglob("summary.json"), key=lambda p: (p != root / "summary.json", p)):
             if not s.is_file():  # a pipe or a device would block the read, or never end
                 raise KdcoreError(f"{s} is not a file")
             run_dir = s.parent
+            if run_dir.resolve() in seen:  # reached through two of the paths: counted once
+                continue
+            seen.add(run_dir.resolve())
             variant = run_dir.parent.name if SEED_DIR.match(run_dir.name) else run_dir.name
             found.append(RunResult(run_dir, variant, json.loads(s.read_text())))
     if not found:
         raise KdcoreError("no finished runs (directories with summary.json) under "
                           + ", ".join(map(str, paths)))
+    _check_variants(found)
     return found
+
+
+def _check_variants(runs: Sequence[RunResult]) -> None:
+    """The runs of one variant are its seeds: the same recipe but for ``run.seed``, each seed
+    once. Runs that share only a folder name (two grids' ``ce``, ``seed1`` and ``seed2`` of
+    two recipes) would otherwise be averaged as one."""
+    from kdcore.checkpointing import differing_keys
+    from kdcore.engine import RESUMABLE_CHANGES
+
+    first: dict[str, tuple[RunResult, dict[str, Any]]] = {}
+    seeds: dict[tuple[str, Any], Path] = {}
+    for run in runs:
+        recipe = _saved_recipe(run.path)
+        if recipe is None:  # nothing to compare (a run of an older layout): taken as it is
+            continue
+        seed = recipe.get("run", {}).get("seed")
+        if (run.variant, seed) in seeds:
+            raise KdcoreError(f"{seeds[(run.variant, seed)]} and {run.path} are both seed "
+                              f"{seed} of variant '{run.variant}'; report them apart")
+        seeds[(run.variant, seed)] = run.path
+        if run.variant not in first:
+            first[run.variant] = (run, recipe)
+            continue
+        other, base = first[run.variant]
+        differ = [k for k in differing_keys(base, recipe)
+                  if k != "run.seed" and not k.startswith(RESUMABLE_CHANGES)]
+        if differ:
+            raise KdcoreError(
+                f"{other.path} and {run.path} would be averaged as variant '{run.variant}', "
+                f"but their recipes differ at {', '.join(differ[:5])}; report them apart")
+
+
+def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
+    import tomllib
+
+    try:
+        return tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -160,3 +160,54 @@ def test_grid_file_and_bad_input(tmp_path):
     assert bad.exit_code == 2 and "no such run directory" in bad.output
     bad = invoke("ablate", "--grid", grid_file, "--out", tmp_path / "g", "--seeds", "a")
     assert bad.exit_code == 2 and "--seeds" in bad.output
+
+
+def _fake_run(folder, *, seed, rate=0.4, acc=0.5):
+    """A finished run's summary.json and recipe.toml, written by hand."""
+    import json as _json
+
+    folder.mkdir(parents=True)
+    metrics = {"test_acc_at_best_val": acc, "last_test_acc": acc, "test_bacc_at_best_val": acc,
+               "last_test_bacc": acc}
+    (folder / "summary.json").write_text(_json.dumps({"student": metrics}))
+    (folder / "recipe.toml").write_text(
+        f'[run]\nname = "x"\nseed = {seed}\noutput_dir = "{folder}"\n'
+        f"[data.noise.params]\nrate = {rate}\n")
+    return folder
+
+
+def test_report_counts_a_run_reached_twice_once(tmp_path):
+    from kdcore.report import aggregate, find_runs
+
+    _fake_run(tmp_path / "g" / "ce" / "seed0", seed=0, acc=0.2)
+    _fake_run(tmp_path / "g" / "ce" / "seed1", seed=1, acc=0.4)
+    for paths in ([tmp_path / "g", tmp_path / "g"], [tmp_path / "g" / "ce",
+                                                     tmp_path / "g" / "ce" / "seed0"]):
+        (row,) = aggregate(find_runs(paths))
+        assert row["seeds"] == 2 and row["best_mean"] == pytest.approx(0.3)
+
+
+def test_report_refuses_to_average_runs_that_only_share_a_folder_name(tmp_path):
+    from kdcore.errors import KdcoreError
+    from kdcore.report import find_runs
+
+    _fake_run(tmp_path / "a" / "ce" / "seed0", seed=0)
+    _fake_run(tmp_path / "b" / "ce" / "seed1", seed=1, rate=0.8)
+    with pytest.raises(KdcoreError, match="would be averaged as variant 'ce', but their "
+                                          "recipes differ at data.noise.params.rate"):
+        find_runs([tmp_path])
+    _fake_run(tmp_path / "c" / "ce" / "seed0", seed=0)
+    with pytest.raises(KdcoreError, match="are both seed 0 of variant 'ce'"):
+        find_runs([tmp_path / "a", tmp_path / "c"])
+    # the same recipe's other seed, wherever it lies, is one more seed of the variant
+    _fake_run(tmp_path / "d" / "ce" / "seed2", seed=2)
+    assert [r.path for r in find_runs([tmp_path / "a", tmp_path / "d"])] == [
+        tmp_path / "a" / "ce" / "seed0", tmp_path / "d" / "ce" / "seed2"]
+
+
+def test_a_run_given_as_the_root_does_not_hide_the_runs_below_it(tmp_path):
+    from kdcore.report import find_runs
+
+    _fake_run(tmp_path / "kd", seed=0)
+    _fake_run(tmp_path / "kd" / "ce" / "seed0", seed=0)
+    assert sorted(r.variant for r in find_runs([tmp_path / "kd"])) == ["ce", "kd"]
