@@ -162,9 +162,10 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
     if rank > 0:
         return
     for role, s in summary.items():
-        click.echo(f"{role}: test acc {s['test_acc_at_best_val']:.4f} at best-val epoch "
-                   f"{s['best_val_epoch'] + 1} of stage '{s['stage']}', last "
-                   f"{s['last_test_acc']:.4f} ({s['kept']} kept)")
+        best = ("no validation split" if s["best_val_epoch"] is None else
+                f"test acc {s['test_acc_at_best_val']:.4f} at best-val epoch "
+                f"{s['best_val_epoch'] + 1} of stage '{s['stage']}'")
+        click.echo(f"{role}: {best}, last {s['last_test_acc']:.4f} ({s['kept']} kept)")
 
 
 @main.command(epilog=_examples(

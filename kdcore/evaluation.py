@@ -113,9 +113,13 @@ class BestKeeper:
         best = self.best.get(f"*/{role}" if stage.keep == "best_val_all" else f"{s}/{role}")
         if best is None:
             return None
-        return {"stage": best["stage"], "best_val_epoch": best["epoch"],
-                "val_acc": best["val_acc"], "test_acc_at_best_val": best["test_acc"],
-                "test_bacc_at_best_val": best["test_bacc"],
+        # no validation accuracy (an empty split): no best epoch, so no result at it (its
+        # first epoch's numbers would pass for a model selection); null in summary.json
+        validated = best["val_acc"] == best["val_acc"]
+        return {"stage": best["stage"], "best_val_epoch": best["epoch"] if validated else None,
+                "val_acc": best["val_acc"] if validated else None,
+                "test_acc_at_best_val": best["test_acc"] if validated else None,
+                "test_bacc_at_best_val": best["test_bacc"] if validated else None,
                 "last_test_acc": best["last_test_acc"],
                 "last_test_bacc": best["last_test_bacc"], "kept": stage.keep}
 

@@ -106,7 +106,7 @@ def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    vals = [v for v in values if v == v]
+    vals = [v for v in values if v is not None and v == v]  # None: no validation split
     if not vals:
         return float("nan"), float("nan")
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0

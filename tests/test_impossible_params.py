@@ -336,3 +336,31 @@ def test_a_model_whose_parameters_cannot_fit_is_refused_before_it_is_built(tmp_p
         "parameters alone) needs 62.5 KiB; 125.1 KiB are free on cpu (a smaller model)")
     monkeypatch.setattr("kdcore.device.free_memory", lambda device: 128_080)
     assert _check_many(tmp_path, 10, hidden=1000).exit_code == 0
+
+
+def test_without_a_validation_split_no_best_val_result_is_reported(tmp_path):
+    """Before, the first epoch's numbers stood as the 'best-val' result (and summary.json held
+    a bare NaN, which is not JSON)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+
+    run = tmp_path / "noval"
+    res = CliRunner().invoke(main, [
+        "run", str(Path(__file__).parents[1] / "recipes" / "ce.toml"),
+        "--set", "data.train_subset=100", "--set",
+        "stages.student.epochs=2", "--set", "data.val_fraction=0.0", "--set",
+        'stages.student.keep="last"', "--out", str(run)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "student: no validation split, last " in res.output
+    text = (run / "summary.json").read_text()
+    assert "NaN" not in text
+    student = json.loads(text)["student"]
+    assert student["best_val_epoch"] is None and student["test_acc_at_best_val"] is None
+    assert student["val_acc"] is None and 0 <= student["last_test_acc"] <= 1
+    table = CliRunner().invoke(main, ["report", str(run)], catch_exceptions=False).output
+    (row,) = [line for line in table.splitlines() if line.startswith("| noval")]
+    assert row.split("|")[4].strip() == "-"
+    assert row.split("|")[5].strip() == f"{100 * student['last_test_acc']:.2f} ± 0.00"
