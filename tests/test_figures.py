@@ -189,3 +189,26 @@ def test_report_writes_every_figure_as_png(report_grid, tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     names = {p.stem for p in pngs}
     assert {"test_student_acc", "label_fixed", "transition_ls", "class_label_acc"} <= names
+
+
+def test_given_label_bars_do_not_depend_on_which_variant_comes_first(captured):
+    """The 'given labels' bars were the first variant's: with a clean run first, 100%."""
+    clean = np.array([0, 0, 1, 1, 2, 2])
+    noisy = np.array([0, 1, 1, 1, 0, 2])  # class 0: 1 of 2 right, class 1: 2 of 2, class 2: 1/2
+    pools = {"ce": {"clean": clean, "noisy": noisy, "target": noisy, "classes": ["a", "b", "c"]},
+             "clean": {"clean": clean, "noisy": clean, "target": clean,
+                       "classes": ["a", "b", "c"]}}
+
+    def heights(chosen):
+        fg.draw_class_accuracy(chosen)
+        ax = captured[-1].axes[0]
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        per_bar = [[round(p.get_height()) for p in c.patches] for c in ax.containers]
+        return dict(zip(labels, per_bar))
+
+    one = heights({k: pools[k] for k in ["ce", "clean"]})
+    other = heights({k: pools[k] for k in ["clean", "ce"]})
+    assert one == other == {"given labels (ce)": [50, 100, 50], "given labels (clean)":
+                            [100, 100, 100], "ce": [50, 100, 50], "clean": [100, 100, 100]}
+    shared = {"a": pools["ce"], "b": {**pools["ce"], "target": clean}}
+    assert list(heights(shared)) == ["given labels", "a", "b"]

@@ -124,16 +124,30 @@ def draw_class_accuracy(pools: dict[str, dict[str, Any]]) -> Figure | None:
     first = next(iter(pools.values()))
     classes = first["classes"]
     c = len(classes)
-    bars = {"given labels": first["noisy"] == first["clean"]}
+    # the given labels of each set of variants that share them (a clean ceiling's differ
+    # from a noisy run's): one bar for all where they agree
+    given: list[tuple[list[str], dict[str, Any]]] = []
+    for v, p in pools.items():
+        same = next((g for g in given if np.array_equal(g[1]["noisy"], p["noisy"])
+                     and np.array_equal(g[1]["clean"], p["clean"])), None)
+        if same is None:
+            given.append(([v], p))
+        else:
+            same[0].append(v)
+    bars: dict[str, np.ndarray] = {}
+    reference: dict[str, np.ndarray] = {}
+    for names, p in given:
+        label = "given labels" if len(given) == 1 else f"given labels ({', '.join(names)})"
+        bars[label], reference[label] = p["noisy"] == p["clean"], p["clean"]
     bars.update({v: p["target"] == p["clean"] for v, p in pools.items()})
-    reference = {"given labels": first["clean"], **{v: p["clean"] for v, p in pools.items()}}
+    reference.update({v: p["clean"] for v, p in pools.items()})
     fig, ax = plt.subplots(figsize=(max(6.4, 0.55 * c * (len(bars) + 1) / 2), 3.6))
     width = 0.8 / len(bars)
     for k, (name, right) in enumerate(bars.items()):
         per_class = np.array([right[reference[name] == i].mean() if (reference[name] == i).any()
                               else np.nan for i in range(c)])
         ax.bar(np.arange(c) + (k - (len(bars) - 1) / 2) * width, 100 * per_class, width,
-               label=name, hatch="//" if k == 0 else None)
+               label=name, hatch="//" if k < len(given) else None)
     long = max(map(len, classes)) > 3
     ax.set_xticks(np.arange(c), classes, rotation=45 if long else 0,
                   ha="right" if long else "center", fontsize=7)
@@ -143,5 +157,6 @@ def draw_class_accuracy(pools: dict[str, dict[str, Any]]) -> Figure | None:
     ax.legend(fontsize=7, ncols=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    caption = f"{title}, pooled over seeds, against the given (noisy) labels."
+    caption = (f"{title}, pooled over seeds; hatched: the given (noisy) labels, one bar per "
+               "set of variants that share them.")
     return Figure("class_label_acc", title, caption, _common.png(fig))
