@@ -39,10 +39,15 @@ def inspect_run(run_dir: Path, *, columns: Sequence[str], csv_path: Path | None,
         raise KdcoreError("--column and --cartography are two exports: give one")
     if role is not None and not cartography:
         raise KdcoreError("--model chooses the model of --cartography; give --cartography too")
+    if columns:
+        # read, then let the history go before writing: a slow reader of the output (a
+        # pager) must not hold the file that a running training appends to
+        with open_history(run_dir) as hist:
+            table = read_columns(hist, columns)
+        write_columns(table, csv_path)
+        return
     with open_history(run_dir) as hist:
-        if columns:
-            export_columns(hist, columns, csv_path)
-        elif cartography:
+        if cartography:
             role, n = export_cartography(hist, cartography, role)
             click.echo(f"wrote {n} epoch files (the epochs model '{role}' trained) to "
                        f"{cartography}")
@@ -163,7 +168,27 @@ def _kind(hist: Any, name: str) -> str:
     return kind.decode() if isinstance(kind, bytes) else str(kind)
 
 
-def export_columns(hist: Any, names: Sequence[str], csv_path: Path | None) -> None:
+ColumnTable = tuple[list[Any], dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]
+"""The epoch rows, the per-sample base columns, and each CSV column's (values, missing)."""
+
+
+def read_columns(hist: Any, names: Sequence[str]) -> ColumnTable:
+    """What :func:`write_columns` writes, read from ``hist``: the epoch rows, the per-sample
+    base columns, and the cells of the columns asked for (a base column asked for again is
+    not repeated)."""
+    columns = _resolve_columns(hist, names)
+    epochs = hist.epochs()
+    if not any(c in hist.column_names() for c in columns):
+        epochs = [("data", 0)]
+    base = {k: hist.data(k) for k in SAMPLE_COLUMNS if k in hist.data_names()}
+    cells: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in columns:
+        if name not in base:
+            cells.update(_cells(hist, name, len(epochs)))
+    return epochs, base, cells
+
+
+def write_columns(table: ColumnTable, csv_path: Path | None) -> None:
     """Ledger columns (and ``/data`` constants) as one CSV row per epoch row and sample.
 
     Header: ``row`` (epoch row in the history), ``stage``, ``epoch`` (within the stage),
@@ -171,16 +196,10 @@ def export_columns(hist: Any, names: Sequence[str], csv_path: Path | None) -> No
     loader's training split), ``clean_label``, ``noisy_label``, then the columns asked for.
     Only ``/data`` columns: one block, stage ``data``.
     """
-    columns = _resolve_columns(hist, names)
-    epochs = hist.epochs()
-    if not any(c in hist.column_names() for c in columns):
-        epochs = [("data", 0)]
+    epochs, base, cells = table
     rows = len(epochs)
-    base = {k: hist.data(k) for k in SAMPLE_COLUMNS if k in hist.data_names()}
-    cells: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in columns:
-        cells.update(_cells(hist, name, rows))
-    n = next(iter(cells.values()))[0].shape[1]
+    n = (next(iter(cells.values()))[0].shape[1] if cells
+         else len(next(iter(base.values()))))
     with output_file(csv_path, newline="") if csv_path else nullcontext(sys.stdout) as out:
         writer = csv.writer(out)
         writer.writerow(["row", "stage", "epoch", "ledger_row", *base, *cells])
