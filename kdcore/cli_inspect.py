@@ -39,23 +39,25 @@ def inspect_run(run_dir: Path, *, columns: Sequence[str], csv_path: Path | None,
         raise KdcoreError("--column and --cartography are two exports: give one")
     if role is not None and not cartography:
         raise KdcoreError("--model chooses the model of --cartography; give --cartography too")
-    if columns:
-        # read, then let the history go before writing: a slow reader of the output (a
-        # pager) must not hold the file that a running training appends to
+    if cartography:
         with open_history(run_dir) as hist:
-            table = read_columns(hist, columns)
-        write_columns(table, csv_path)
-        return
-    with open_history(run_dir) as hist:
-        if cartography:
             role, n = export_cartography(hist, cartography, role)
-            click.echo(f"wrote {n} epoch files (the epochs model '{role}' trained) to "
-                       f"{cartography}")
-        else:
-            print_metrics(hist, patterns, csv_path)
+        click.echo(f"wrote {n} epoch files (the epochs model '{role}' trained) to "
+                   f"{cartography}")
+        return
+    # read, then let the history go before writing: a slow reader of the output (a pager)
+    # must not hold the file that a running training appends to
+    with open_history(run_dir) as hist:
+        table = read_columns(hist, columns) if columns else read_metrics(hist, patterns)
+    if columns:
+        write_columns(table, csv_path)
+    else:
+        print_metrics(table, csv_path)
 
 
-def print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> None:
+def read_metrics(hist: Any, patterns: Sequence[str]
+                 ) -> tuple[list[str], list[Any], dict[str, np.ndarray]]:
+    """The metrics matching ``patterns`` (in the patterns' order), the epoch rows, the values."""
     import fnmatch
 
     names = [n for n in hist.metric_names() if any(fnmatch.fnmatch(n, p) for p in patterns)]
@@ -63,8 +65,13 @@ def print_metrics(hist: Any, patterns: Sequence[str], csv_path: Path | None) -> 
         raise KdcoreError(f"no metric matches {', '.join(repr(p) for p in patterns)}; the "
                           f"history has {', '.join(hist.metric_names())}")
     names.sort(key=lambda n: next(i for i, p in enumerate(patterns) if fnmatch.fnmatch(n, p)))
-    epochs = hist.epochs()
-    values = {n: hist.metric(n) for n in names}
+    return names, hist.epochs(), {n: hist.metric(n) for n in names}
+
+
+def print_metrics(table: tuple[list[str], list[Any], dict[str, np.ndarray]],
+                  csv_path: Path | None) -> None:
+    """The metrics table on screen (rounded), or as CSV (exact)."""
+    names, epochs, values = table
     header = ["row", "stage", "epoch", *names]
     if csv_path:
         with output_file(csv_path, newline="") as fh:

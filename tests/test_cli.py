@@ -77,7 +77,9 @@ def test_inspect_exports_cartography_jsonl(finished_run, tmp_path):
     assert set(first) == {"guid", "logits_epoch_1", "gold"} and len(first["logits_epoch_1"]) == 10
 
 
-def test_inspect_column_lets_the_history_go_before_it_writes(finished_run, monkeypatch):
+@pytest.mark.parametrize("writer, args", [("write_columns", ["--column", "clean_label"]),
+                                          ("print_metrics", [])])
+def test_inspect_lets_the_history_go_before_it_writes(finished_run, monkeypatch, writer, args):
     """A pager reading `inspect --column` slowly kept the history locked, and a training run
     appending to it stopped after a minute."""
     import fcntl
@@ -86,9 +88,9 @@ def test_inspect_column_lets_the_history_go_before_it_writes(finished_run, monke
     from kdcore import cli_inspect
 
     seen = []
-    original = cli_inspect.write_columns
+    original = getattr(cli_inspect, writer)
 
-    def write_columns(table, csv_path):
+    def write(table, csv_path):
         fd = os.open(finished_run / "history.h5", os.O_RDWR)
         try:  # the writer's exclusive lock, without waiting: free only if inspect let go
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,12 +101,12 @@ def test_inspect_column_lets_the_history_go_before_it_writes(finished_run, monke
             os.close(fd)
         original(table, csv_path)
 
-    monkeypatch.setattr(cli_inspect, "write_columns", write_columns)
-    res = invoke("inspect", finished_run, "--column", "clean_label")
+    monkeypatch.setattr(cli_inspect, writer, write)
+    res = invoke("inspect", finished_run, *args)
     assert res.exit_code == 0 and seen == ["free"]
-    # a base column asked for is not written twice
-    assert res.output.splitlines()[0] == "row,stage,epoch,ledger_row,sample_id,clean_label," \
-                                         "noisy_label"
+    if args:  # a base column asked for is not written twice
+        assert res.output.splitlines()[0] == ("row,stage,epoch,ledger_row,sample_id,"
+                                              "clean_label,noisy_label")
 
 
 def test_a_cartography_export_leaves_no_earlier_exports_epochs_behind(finished_run, tmp_path):
