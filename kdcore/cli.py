@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -322,10 +323,10 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     if overrides:
         specs_variants = [ab.Variant(v.name, v.recipe, [*overrides, *v.set])
                           for v in specs_variants]
-    try:
-        seed_list = [int(s) for s in seeds.split(",")] if seeds else grid_seeds
-    except ValueError:
-        raise KdcoreError(f"--seeds takes comma-separated integers, got '{seeds}'") from None
+    # ASCII digits only: int() would read "1_0" as 10, and other scripts' digits
+    if seeds and not re.fullmatch(r"\s*-?[0-9]+\s*(,\s*-?[0-9]+\s*)*", seeds):
+        raise KdcoreError(f"--seeds takes comma-separated integers, got '{seeds}'")
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else grid_seeds
     specs = ab.plan(specs_variants, seed_list, out)
     # SLURM's and --jobs' runs load the installed plugins, as this host does without --plugin
     host = _host(plugins, strict_plugins)

@@ -121,6 +121,8 @@ def plan(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[R
         check_name(v.name)
         if not Path(v.recipe).is_file():
             raise KdcoreError(f"variant '{v.name}': no recipe file {v.recipe}")
+    if not seeds:
+        raise KdcoreError("no seeds to run: give at least one")
     twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
     if twice:
         raise KdcoreError(f"seed {twice[0]} is given twice (a grid runs each seed once)")

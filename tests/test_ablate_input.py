@@ -81,6 +81,9 @@ def test_sbatch_without_the_rest_of_slurm_is_one_line(tmp_path, monkeypatch):
     (["--set", "nosuch=1"], "nosuch"),
     (["--variant", "v:notakeyvalue"], "notakeyvalue"),
     (["--seeds", "-1"], "seed"),
+    (["--seeds", "1_0"], "--seeds takes comma-separated integers, got '1_0'"),  # int(): 10
+    (["--seeds", "\u0663"], "--seeds takes comma-separated integers"),  # int(): 3
+    (["--seeds", "0,,1"], "--seeds takes comma-separated integers"),
     (["--seeds", str(2**63)], "seed"),
 ])
 def test_a_bad_override_or_seed_is_one_error_before_any_run(tmp_path, args, needle):
@@ -116,3 +119,10 @@ def test_a_run_already_in_the_grid_made_with_another_recipe_is_refused(tmp_path)
     # the same recipe again: the finished run is skipped
     same = ablate(RECIPES / "ce.toml", *small, "--seeds", "0", "--out", tmp_path / "g")
     assert same.exit_code == 0 and "1 of 1 runs already finished: skipped" in same.output
+
+
+def test_a_grid_without_seeds_is_refused(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text(f'seeds = []\n[[variant]]\nname = "ce"\nrecipe = "{RECIPES / "ce.toml"}"\n')
+    one_line_error(CliRunner().invoke(main, ["ablate", "--grid", str(grid), "--out",
+                                             str(tmp_path / "out")]), "no seeds to run")
