@@ -114,6 +114,7 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
     stages = [StagePlan(s, stage, build_components(recipe, host, s))
               for s, stage in enumerate(recipe.stages)]
     _check_roles(recipe, stages, set(models))
+    _check_trained(recipe, stages)
     _check_columns(recipe, stages)
     _check_precision(recipe, stages)
     return RunPlan(recipe, stages, models, augmentations)
@@ -249,6 +250,18 @@ def _check_roles(recipe: Recipe, stages: Sequence[StagePlan], roles: set[str]) -
                         f"{did_you_mean(role, roles)}, which [models] does not define; "
                         f"roles: {', '.join(sorted(roles)) or 'none'}",
                         file=recipe.source, key=_param_key(recipe, stage.index, comp, role))
+
+
+def _check_trained(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
+    """A model a stage trains gets a loss term there: else its optimiser only decays it."""
+    for stage in stages:
+        termed = {role for comp in stage.transfers for role in comp.models}
+        for role in stage.config.train:
+            if role not in termed:
+                raise RecipeError(
+                    f"stage '{stage.config.name}' trains '{role}', but none of its components "
+                    f"gives '{role}' a loss term; add one (ce, say), or leave '{role}' out of "
+                    "train", file=recipe.source, key=f"stages[{stage.index}].train")
 
 
 def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> None:

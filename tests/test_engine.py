@@ -345,3 +345,21 @@ def test_setup_that_writes_the_ledger_is_refused_in_a_run_and_in_the_harness(tmp
     with pytest.raises(RuntimeError, match=message):
         harness(LedgerInSetup, {}, x=torch.zeros(6, 2), noisy_label=torch.arange(6) % 2,
                 num_classes=2, name="ledger_in_setup").setup()
+
+
+def test_a_trained_model_without_a_loss_term_is_refused_by_the_plan():
+    """It trained nothing (its optimiser only decayed the weights), and the log read like a
+    normal run."""
+    from kdcore import RecipeError
+    from kdcore.plan import build_plan
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, teacher_stage, tiny_recipe
+
+    frozen_term = stage("s", 1, ["student"], component("hinton_kd", models=["teacher"],
+                                                       params={"teacher": "teacher"}))
+    with pytest.raises(RecipeError, match="stage 's' trains 'student', but none of its "
+                                          "components gives 'student' a loss term") as err:
+        build_plan(recipe_from_dict(tiny_recipe(teacher_stage(1), frozen_term)), PluginHost())
+    assert err.value.key == "stages[1].train"
+    build_plan(recipe_from_dict(tiny_recipe(teacher_stage(1), stage(
+        "s", 1, ["student"], component("ce")))), PluginHost())
