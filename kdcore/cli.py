@@ -44,6 +44,7 @@ def _user_errors(fn: F) -> F:
 def _host(plugins: Sequence[str], strict: bool) -> Any:
     from kdcore.plugins import PluginHost, import_object
 
+    _configure_logging(quiet=True)  # a plugin skipped while loading is one warning line
     return PluginHost(strict=strict, extra=[import_object(p) for p in plugins])
 
 

@@ -115,7 +115,8 @@ class PluginHost:
     def _fail(self, name: str, dist: str, version: str, message: str) -> None:
         if self.strict:
             raise KdcoreError(f"plugin '{name}' ({dist}): {message}")
-        logger.warning(f"plugin '{name}' ({dist} {version}) skipped: {message}")
+        where = f"{dist} {version}" if version else dist
+        logger.warning(f"plugin '{name}' ({where}) skipped: {message}")
         self.infos[name] = PluginInfo(name, dist, version, error=message)
 
     def _fill_registries(self) -> None:

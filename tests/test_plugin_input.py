@@ -24,3 +24,8 @@ def test_an_object_that_implements_no_hook_is_not_a_plugin(plugin):
     result = CliRunner().invoke(main, ["plugins", "--plugin", plugin], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "(in-process)\n  FAILED: implements no kdcore hook" in result.output
+    # the warning is kdcore's one line, not loguru's default record (level, module, line)
+    (warning,) = [line for line in result.output.splitlines() if "skipped" in line]
+    assert warning.endswith("(in-process) skipped: implements no kdcore hook (a "
+                            "@kdcore.hookimpl function or method named kdcore_*)")
+    assert "WARNING" not in warning and "kdcore.plugins:" not in warning
