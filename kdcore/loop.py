@@ -331,20 +331,21 @@ class Trainer:
         return {k: float(torch.stack(v).sum()) / max(batches, 1) for k, v in sums.items()}
 
     def _check_finite(self) -> None:
-        """Raise :class:`TrainingDiverged` at the first step since the last check whose loss
-        is not finite, naming the term that made it so."""
+        """Raise :class:`TrainingDiverged` at the first unchecked non-finite loss, naming why."""
         window = self._unchecked[self._checked:]
         self._checked = len(self._unchecked)
         if not window or bool(torch.isfinite(torch.stack([w[2] for w in window])).all()):
             return
         step, role, _, terms = next(w for w in window if not bool(torch.isfinite(w[2])))
-        term = next((name for name, v in terms.items() if not bool(torch.isfinite(v))), "?")
+        term = next((name for name, v in terms.items() if not bool(torch.isfinite(v))), None)
         comp = next((c for c in self.current_stage.components if c.name == term), None)
         use = f" (component '{comp.spec.use}')" if comp else ""
+        cause = (f"term '{term}'{use}" if term else "every term is finite, their sum times "
+                 "the components' weights is not (a weight too large?)")
         raise TrainingDiverged(
             f"loss of model '{role}' is not finite at stage '{self.run.stage.name}' epoch "
-            f"{self.run.epoch}, step {step}: term '{term}'{use}; the history and the "
-            f"last checkpoint hold every completed epoch")
+            f"{self.run.epoch}, step {step}: {cause}; the history and the last checkpoint "
+            "hold every completed epoch")
 
     def _one_hot_labels(self) -> tuple[torch.Tensor, tuple[int, int]] | None:
         """``(base_target, (its version, the noisy labels' version))`` when the base targets

@@ -363,3 +363,15 @@ def test_a_trained_model_without_a_loss_term_is_refused_by_the_plan():
     assert err.value.key == "stages[1].train"
     build_plan(recipe_from_dict(tiny_recipe(teacher_stage(1), stage(
         "s", 1, ["student"], component("ce")))), PluginHost())
+
+
+def test_a_loss_that_overflows_only_in_the_weighted_sum_says_so(tiny_recipe, tmp_path):
+    """Each term was finite, so the message named term '?'."""
+    r = _recipe(tiny_recipe, "stages.teacher.components.ce.weight=1e308",
+                "stages.teacher.components.0.name=\"ce1\"")
+    stage = attrs.evolve(r.stages[0], components=[
+        *r.stages[0].components, attrs.evolve(r.stages[0].components[0], name="ce2")])
+    r = attrs.evolve(r, stages=[stage, r.stages[1]])
+    with pytest.raises(TrainingDiverged, match=r"step 0: every term is finite, their sum "
+                                               r"times the components' weights is not"):
+        run_recipe(r, out=str(tmp_path / "run"), host=_host())
