@@ -33,8 +33,8 @@ def _is_run_dir(path: Path) -> bool:
 def check_output(path: Path) -> Path:
     """``path`` resolved, once it is known to be fit for an output file; else one line.
 
-    Refused: a run's own file (or anything in a run's ``models/``), and a path whose folder
-    does not exist.
+    Refused: a run's own file (or anything in a run's ``models/``), a folder, and a path
+    whose folder does not exist.
     """
     try:
         target = path.resolve()
@@ -54,6 +54,8 @@ def check_output(path: Path) -> Path:
         raise KdcoreError(f"{path} is a file of the run in {owner}; write the output elsewhere")
     if not folder_ok:
         raise KdcoreError(f"cannot write {path}: no folder {target.parent}")
+    if target.is_dir():  # refused now, before anything is printed, not when it is written
+        raise KdcoreError(f"cannot write {path}: it is a folder; name a file")
     return target
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from kdcore.cli_files import check_output, output_dir, write_output
+from kdcore.errors import KdcoreError
 
 
 def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | None,
@@ -17,12 +18,15 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
     from kdcore import report as rp
     from kdcore import report_models as rm
 
-    for path in (md_path, csv_path):  # before anything is read or printed
-        if path is not None:
-            check_output(path)
+    # every output checked before anything is read or printed
+    targets = [check_output(path) for path in (md_path, csv_path) if path is not None]
+    if len(targets) == 2 and targets[0] == targets[1]:
+        raise KdcoreError(f"--markdown and --csv name one file, {md_path}; give each its own")
     for folder in (plots, html_dir):
         if folder is not None:
             output_dir(folder)
+    if html_dir is not None:
+        check_output(html_dir / "index.html")
     found = rp.find_runs(runs)
     choice = rm.choose_models(found, role or "student", explicit=role is not None)
     shown = rm.chosen_runs(found, choice)

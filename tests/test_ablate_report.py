@@ -211,3 +211,19 @@ def test_a_run_given_as_the_root_does_not_hide_the_runs_below_it(tmp_path):
     _fake_run(tmp_path / "kd", seed=0)
     _fake_run(tmp_path / "kd" / "ce" / "seed0", seed=0)
     assert sorted(r.variant for r in find_runs([tmp_path / "kd"])) == ["ce", "kd"]
+
+
+def test_report_refuses_outputs_it_cannot_write_before_it_prints(tmp_path):
+    """The table was printed first, then '--csv .' failed; --markdown and --csv on one path
+    wrote the Markdown, then replaced it with the CSV."""
+    from tests.cli_helpers import one_line_error
+
+    _fake_run(tmp_path / "runs" / "ce", seed=0)
+    one_line_error(invoke("report", tmp_path / "runs", "--csv", ""),
+                   "it is a folder; name a file")  # '' is the current folder
+    one_line_error(invoke("report", tmp_path / "runs", "--markdown", tmp_path / "x.md",
+                          "--csv", tmp_path / "x.md"), "--markdown and --csv name one file")
+    assert not (tmp_path / "x.md").exists()
+    (tmp_path / "page" / "index.html").mkdir(parents=True)
+    one_line_error(invoke("report", tmp_path / "runs", "--html", tmp_path / "page"),
+                   "index.html: it is a folder")
