@@ -105,7 +105,27 @@ def parse_variant(text: str, recipe: str) -> Variant:
     name, _, rest = text.partition(":")
     if not name:
         raise KdcoreError(f"variant '{text}' has no name (expected name:key=value;...)")
-    return Variant(name, recipe, [s for s in rest.split(";") if s.strip()])
+    return Variant(name, recipe, [s for s in _split_outside_strings(rest) if s.strip()])
+
+
+def _split_outside_strings(text: str) -> list[str]:
+    """``text`` split at each ``;`` that is not inside a TOML string (``"a;b"``, ``'a;b'``)."""
+    parts, current, quote, escaped = [], [], "", False
+    for c in text:
+        if c == ";" and not quote:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(c)
+        if quote == '"' and escaped:
+            escaped = False
+        elif quote == '"' and c == "\\":
+            escaped = True
+        elif quote and c == quote:
+            quote = ""
+        elif not quote and c in "\"'":
+            quote = c
+    return [*parts, "".join(current)]
 
 
 def check_name(name: str) -> None:

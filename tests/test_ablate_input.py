@@ -126,3 +126,17 @@ def test_a_grid_without_seeds_is_refused(tmp_path):
     grid.write_text(f'seeds = []\n[[variant]]\nname = "ce"\nrecipe = "{RECIPES / "ce.toml"}"\n')
     one_line_error(CliRunner().invoke(main, ["ablate", "--grid", str(grid), "--out",
                                              str(tmp_path / "out")]), "no seeds to run")
+
+
+@pytest.mark.parametrize("text, overrides", [
+    ('v:run.name="a;b";data.train_subset=100', ['run.name="a;b"', "data.train_subset=100"]),
+    ("v:run.name='x;y'", ["run.name='x;y'"]),
+    ('v:run.name="q\\";z";run.seed=1', ['run.name="q\\";z"', "run.seed=1"]),
+    ("v:a=1;;b=2;", ["a=1", "b=2"]),
+    ("v:", []),
+])
+def test_a_variant_splits_its_overrides_at_semicolons_outside_strings(text, overrides):
+    """A ';' inside a quoted value split the override: 'override 'b"' is not of the form'."""
+    from kdcore.grid import parse_variant
+
+    assert parse_variant(text, "r.toml").set == overrides
