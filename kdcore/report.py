@@ -109,7 +109,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     vals = [v for v in values if v is not None and v == v]  # None: no validation split
     if not vals:
         return float("nan"), float("nan")
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+    # one seed has no spread: NaN, shown as none rather than as a measured 0
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else float("nan")
 
 
 def aggregate(runs: Sequence[RunResult], roles: Sequence[str] | None = None
@@ -138,7 +139,7 @@ def aggregate(runs: Sequence[RunResult], roles: Sequence[str] | None = None
 def _pct(mean: float, std: float) -> str:
     if mean != mean:
         return "-"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{100 * mean:.2f}" if std != std else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def gap_references(rows: Sequence[dict[str, Any]], baseline: str, ceiling: str, model: str
@@ -216,13 +217,14 @@ def _md_cell(text: str) -> str:
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """``rows`` as CSV: floats with 6 decimals, None as an empty cell."""
+    """``rows`` as CSV: floats with 6 decimals, None and NaN (no value, no spread of one
+    seed) as an empty cell."""
     with output_file(path, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: ("" if v is None else f"{v:.6f}"
-                                 if isinstance(v, float) and not math.isnan(v) else v)
+            writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v))
+                                 else f"{v:.6f}" if isinstance(v, float) else v)
                              for k, v in r.items()})
 
 

@@ -227,3 +227,18 @@ def test_report_refuses_outputs_it_cannot_write_before_it_prints(tmp_path):
     (tmp_path / "page" / "index.html").mkdir(parents=True)
     one_line_error(invoke("report", tmp_path / "runs", "--html", tmp_path / "page"),
                    "index.html: it is a folder")
+
+
+def test_one_seed_has_no_spread_rather_than_a_spread_of_zero(tmp_path):
+    import csv as _csv
+
+    _fake_run(tmp_path / "runs" / "ce" / "seed0", seed=0, acc=0.25)
+    _fake_run(tmp_path / "runs" / "kd" / "seed0", seed=0, acc=0.5)
+    _fake_run(tmp_path / "runs" / "kd" / "seed1", seed=1, acc=0.7)
+    res = invoke("report", tmp_path / "runs", "--csv", tmp_path / "t.csv")
+    rows = {line.split("|")[1].strip(): line.split("|")[4].strip()
+            for line in res.output.splitlines()[2:] if line.startswith("|")}
+    assert rows == {"ce": "25.00", "kd": "60.00 ± 14.14"}
+    table = {r["variant"]: r for r in _csv.DictReader((tmp_path / "t.csv").open())}
+    assert table["ce"]["best_std"] == "" and table["ce"]["best_mean"] == "0.250000"
+    assert table["kd"]["best_std"] == "0.141421"
