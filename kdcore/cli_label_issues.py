@@ -119,6 +119,9 @@ def command(user_errors: Callable[[Any], Any], examples: Callable[..., str]) -> 
         if csv_path:
             check_output(csv_path)  # before the table is printed
         issues = find_label_issues(run_dir, role)
+        if not (run_dir / "summary.json").is_file():  # a model's later epochs may be missing
+            click.echo(f"kdcore: warning: {run_dir} is an unfinished run (no summary.json): "
+                       f"the list reads the epochs recorded so far", err=True)
         head, *tail = summary_lines(issues, top)
         click.echo(head)
         for line in format_table(issues, top):

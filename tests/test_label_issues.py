@@ -531,3 +531,18 @@ def test_the_comparison_on_a_tiny_run(tiny_run, tmp_path):
     table = script.markdown({"summary": [row], "pred_probs": script.PRED_PROBS,
                              "cleanlab_version": cleanlab.__version__})
     assert "| kdcore |" in table and "| cleanlab |" in table and "in-sample" in table
+
+
+def test_an_unfinished_run_is_read_with_a_warning(tiny_run, tmp_path):
+    import shutil
+
+    finished = invoke("label-issues", tiny_run)
+    assert finished.exit_code == 0 and "unfinished" not in finished.output
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    (copy / "summary.json").unlink()
+    result = invoke("label-issues", copy)
+    assert result.exit_code == 0
+    assert result.output.splitlines()[0] == (
+        f"kdcore: warning: {copy} is an unfinished run (no summary.json): the list reads the "
+        "epochs recorded so far")
