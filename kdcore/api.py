@@ -109,12 +109,11 @@ def run(
         KdcoreError: a bad recipe or override, an output directory that holds a run (without
             ``resume`` or ``overwrite``), or what stops the run.
     """
-    from kdcore.engine import run_recipe
+    from kdcore.engine import run_dir_of, run_recipe
     from kdcore.plugins import PluginHost
 
     resolved = as_recipe(recipe, overrides)
-    run_dir = Path(out) if out is not None else (
-        Path(resolved.run.output_dir) / resolved.run.name)
+    run_dir = run_dir_of(resolved, None if out is None else str(out))  # "" refused, as --out
     summary = run_recipe(resolved, out=str(run_dir), resume=resume, overwrite=overwrite,
                          host=PluginHost(extra=list(plugins)), progress=progress,
                          overrides=list(overrides))

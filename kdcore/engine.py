@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from kdcore.plan import RunPlan, build_plan, check_distributed
 from kdcore.plugins import ObserverBus, PluginHost
 from kdcore.prepare import compile_models, load_model_checkpoints, prepare_run
 from kdcore.recipe import Recipe
+from kdcore.rundir import check_output_dir, prepare_run_dir, run_dir_of
 from kdcore.runstate import ComponentContext, Run
 
 # Keys that may change between a run and its resume: they do not change what is computed.
@@ -37,84 +36,6 @@ RESUMABLE_CHANGES = ("run.name", "run.output_dir", "run.threads", "run.checkpoin
 def fingerprint(recipe: Recipe, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """What a checkpoint records of how its run was started."""
     return {"recipe": recipe.to_dict(), "overrides": list(overrides)}
-
-
-def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite: bool) -> Path:
-    """Create (or check) the run directory; refuse to clobber an earlier run.
-
-    Returns:
-        the run directory.
-    """
-    run_dir = run_dir_of(recipe, out)
-    if resume:
-        if not run_dir.is_dir() or not any(
-                (run_dir / n).exists() for n in (ckpt.CHECKPOINT, "history.h5", "recipe.toml")):
-            raise KdcoreError(f"nothing to resume: no run was started in {run_dir}; run without "
-                              f"--resume to start one (--overwrite replaces an earlier run)")
-    elif (run_dir / "history.h5").exists() and not overwrite:
-        raise KdcoreError(
-            f"{run_dir} already holds a run; use --resume to continue it, --overwrite to "
-            f"replace it, or --out for a new directory")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except (OSError, ValueError) as exc:
-        raise KdcoreError(f"cannot write to output directory {run_dir}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
-    if overwrite and not resume:
-        names = ("history.h5", "history.h5-journal", ckpt.CHECKPOINT, "summary.json")
-        # everything checked before anything goes: a refused --overwrite deletes nothing
-        odd = [n for n in names if (run_dir / n).exists() and not (run_dir / n).is_file()]
-        if (run_dir / "models").exists() and not (run_dir / "models").is_dir():
-            odd.append("models")
-        if odd:
-            raise KdcoreError(f"--overwrite: {', '.join(odd)} in {run_dir} is not what a run "
-                              f"leaves there (a directory or a file of the other kind); move "
-                              f"it away first")
-        for name in names:
-            (run_dir / name).unlink(missing_ok=True)
-        for weights in _stale_weights(recipe, run_dir):
-            weights.unlink()
-    return run_dir
-
-
-def _stale_weights(recipe: Recipe, run_dir: Path) -> list[Path]:
-    """The earlier run's ``models/*.pt`` that ``--overwrite`` deletes: all but those the new
-    recipe loads as a ``models.<role>.checkpoint`` (which the new run has not read yet)."""
-    loaded = {Path(cfg.checkpoint).resolve() for cfg in recipe.models.values()
-              if cfg.enabled and cfg.checkpoint}
-    return [p for p in sorted((run_dir / "models").glob("*.pt"))
-            if p.is_file() and p.resolve() not in loaded]
-
-
-def run_dir_of(recipe: Recipe, out: str | None) -> Path:
-    """The run directory: ``out``, or ``run.output_dir/run.name`` without one."""
-    if out is not None and not str(out).strip():
-        # an unset shell variable: taking the default would let --overwrite replace that run
-        raise KdcoreError("--out is empty; give a run directory, or leave --out out for "
-                          "run.output_dir/run.name")
-    return Path(out) if out is not None else Path(recipe.run.output_dir) / recipe.run.name
-
-
-def check_output_dir(run_dir: Path) -> None:
-    """Refuse a run directory that could not be created or written, leaving nothing behind:
-    its nearest existing ancestor must be a directory in which a directory can be made."""
-    try:
-        probe = run_dir.absolute()
-        while not probe.exists():
-            probe = probe.parent
-    except (OSError, ValueError) as exc:
-        raise KdcoreError(f"cannot use output directory {run_dir}: {exc}") from None
-    if not probe.is_dir():
-        raise KdcoreError(f"cannot write to output directory {run_dir}: {probe} is not a "
-                          f"directory")
-    try:  # permissions do not bind root, and some file systems refuse anyway: try it
-        os.rmdir(tempfile.mkdtemp(prefix=".kdcore-check-", dir=probe))
-    except OSError as exc:
-        raise KdcoreError(f"cannot write to output directory {run_dir}: {probe}: "
-                          f"{exc.strerror or exc}") from None
 
 
 def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan

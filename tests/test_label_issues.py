@@ -428,6 +428,7 @@ def test_unknown_true_labels_are_empty_cells(tmp_path, monkeypatch):
 
     monkeypatch.setattr(label_ranking, "find_label_issues",
                         lambda run, model: find_label_issues(h, model))
+    (tmp_path / "summary.json").write_text("{}")  # a finished run: no warning line first
     res = invoke("label-issues", tmp_path, "--csv", tmp_path / "i.csv")
     assert res.exit_code == 0 and "true labels unknown" in res.output
     f = pd.read_csv(tmp_path / "i.csv")

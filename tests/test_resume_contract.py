@@ -126,3 +126,25 @@ def test_check_says_when_the_run_directory_already_holds_a_run(tiny_recipe, star
             "--overwrite to replace it, or --out for a new directory") in result.output
     assert "already holds" not in invoke("check", tiny_recipe, "--out",
                                          started.parent / "fresh").output
+
+
+def test_a_folder_holding_a_runs_files_but_no_run_is_not_written_over(tiny_recipe, tmp_path):
+    """`run recipe.toml --out .` replaced the user's recipe (comments and all) and
+    models/teacher.pt; the API's out="" wrote a run into the current folder."""
+    import kdcore
+
+    home = tmp_path / "project"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "teacher.pt").write_text("my weights")
+    (home / "notes.toml").write_text(tiny_recipe.read_text())
+    assert_one_line_error(invoke("run", home / "notes.toml", "--out", home),
+                          "holds models, which a run writes, but no run")
+    assert (home / "models" / "teacher.pt").read_text() == "my weights"
+    mine = home / "recipe.toml"
+    mine.write_text("# mine\n" + tiny_recipe.read_text())
+    for flags in ([], ["--overwrite"]):  # not even when told to replace what is there
+        assert_one_line_error(invoke("run", mine, "--out", home, *flags),
+                              "the file the run in", "writes its resolved recipe to")
+    assert mine.read_text().startswith("# mine\n")
+    with pytest.raises(kdcore.KdcoreError, match="--out is empty"):
+        kdcore.run(tiny_recipe, out="")
