@@ -1,8 +1,8 @@
-"""Stages -> epochs -> batches: the training loop.
+"""Stages -> epochs -> batches: the training loop, which knows no method by name.
 
-The loop knows no method by name. Per stage it sets up the stage's components (built once per
-run by the plan), runs its epochs, and at each epoch's end evaluates, writes the history row and
-checkpoints (:mod:`kdcore.checkpointing`); per batch it hands the components to
+Per stage it sets up the stage's components (built once per run by the plan), runs its epochs,
+and at each epoch's end evaluates, writes the history row and checkpoints
+(:mod:`kdcore.checkpointing`); per batch it hands the components to
 :func:`kdcore.step.combine`, then runs the backward pass and the optimiser steps.
 """
 
@@ -29,11 +29,10 @@ from kdcore.plan import RunPlan, StagePlan
 from kdcore.plugins import ObserverBus
 from kdcore.records import EpochRecords
 from kdcore.runstate import ComponentContext, Run, component_seed
-from kdcore.step import Produced, combine
+from kdcore.step import Produced, check_outputs, combine
 
-# Steps between two checks that the losses are finite: each check waits for the device, so
-# checking every step would stall a GPU (on the CPU it is ~1% of a small step); a divergence is
-# still reported with its exact step and term.
+# Steps between two checks that the losses are finite: each check waits for the device (every
+# step would stall a GPU); a divergence is still reported with its exact step and term.
 FINITE_CHECK_EVERY = 32
 
 
@@ -228,6 +227,7 @@ class Trainer:
                 count += 1
             self._check_finite()
             self.records.write(run.ledger)
+            check_outputs(run.ledger, stage.refiners, stage.selectors, stage.weighters)
         if not stage.refiners:
             # no batch-level refiner: the epoch-level targets are what every sample trained on
             run.ledger.mirror("target", "base_target", kind="target")

@@ -17,6 +17,7 @@ ledger. It is unit-testable with fake components and contexts (:mod:`kdcore.test
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -24,6 +25,8 @@ import torch
 
 from kdcore.component import Batch, Component
 from kdcore.context import RunContext
+from kdcore.failures import RunFailed
+from kdcore.ledger import Ledger
 from kdcore.terms import PerSampleLoss
 
 
@@ -103,7 +106,12 @@ def combine(
     if refiners:
         targets = batch.targets
         for comp in refiners:
+            shape = targets.shape
             targets = comp.refine(context(comp), batch, targets)
+            if not (isinstance(targets, torch.Tensor) and targets.shape == shape):
+                raise RunFailed(f"component '{comp.name}' ({comp.spec.use}) refine returned "
+                                f"{_described(targets)}; expected targets of shape "
+                                f"{tuple(shape)}")
         batch.targets = targets
         result.targets = (targets, refiners[-1].name)
         if record is not None:
@@ -163,6 +171,9 @@ def _collect(batch: Batch, comps: Sequence[Component], hook: str,
                     if not isinstance(result, Mapping) else
                     ((f"{hook}/{comp.name}/{r}", r, v) for r, v in result.items()))
         for column, role, value in per_role:
+            if not (isinstance(value, torch.Tensor) and value.shape == (len(batch),)
+                    and role in comp.models):  # a (B, 1) mask turned each mean into a sum
+                raise _misreturned(comp, hook, role, value, len(batch))
             out.append((comp, role, value))
             if produced and produced[-1].column == column:
                 continue  # the shared tensor, already recorded
@@ -171,6 +182,48 @@ def _collect(batch: Batch, comps: Sequence[Component], hook: str,
             if record is not None:
                 record(item, kind)
     return out
+
+
+def _described(value: object) -> str:
+    return (f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+            else f"a {type(value).__name__}")
+
+
+def _misreturned(comp: Component, hook: str, role: str, value: object, size: int) -> RunFailed:
+    if role not in comp.models:
+        return RunFailed(f"component '{comp.name}' ({comp.spec.use}) {hook} returned a value "
+                         f"for model '{role}', which it does not serve (it serves "
+                         f"{', '.join(comp.models)})")
+    return RunFailed(f"component '{comp.name}' ({comp.spec.use}) {hook} returned "
+                     f"{_described(value)}; expected one value per sample, shape ({size},)")
+
+
+def check_outputs(ledger: Ledger, refiners: Sequence[Component],
+                  selectors: Sequence[Component], weighters: Sequence[Component]) -> None:
+    """At an epoch's end, what the stage's batch hooks wrote: masks in [0, 1], weights not
+    negative, refined targets distributions (non-negative rows summing to 1); else one line
+    naming the component (a mask of -1 had turned training into gradient ascent)."""
+    for comps, hook, high in ((selectors, "select", 1.0), (weighters, "weight", math.inf)):
+        for comp in comps:
+            for column in (f"{hook}/{comp.name}", *(f"{hook}/{comp.name}/{r}"
+                                                    for r in comp.models)):
+                data = ledger[column] if column in ledger else None
+                if data is not None and data.is_floating_point() and not bool(
+                        ((data >= 0) & (data <= high)).all()):
+                    raise RunFailed(
+                        f"component '{comp.name}' ({comp.spec.use}) {hook} returned values "
+                        f"outside [0, {high:g}] (from {float(data.min()):g} to "
+                        f"{float(data.max()):g}); a {hook} must lie there")
+    if refiners and "target" in ledger:
+        t = ledger["target"].float()
+        sums = t.sum(1)
+        if t.numel() and not (bool((t >= -1e-3).all()) and bool(((sums - 1).abs() < 1e-2).all())):
+            comp = refiners[-1]
+            raise RunFailed(
+                f"component '{comp.name}' ({comp.spec.use}) refine made targets that are not "
+                f"distributions (entries from {float(t.min()):g}, rows summing to "
+                f"{float(sums.min()):g} .. {float(sums.max()):g}); each row must be "
+                "non-negative and sum to 1")
 
 
 def _applies(src: Component, role: str, term: Component, r: str) -> bool:
@@ -209,4 +262,4 @@ def reduce_term(comp: Component, role: str, per_sample: torch.Tensor,
     return (value * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-__all__ = ["Produced", "StepResult", "combine", "reduce_term"]
+__all__ = ["Produced", "StepResult", "check_outputs", "combine", "reduce_term"]

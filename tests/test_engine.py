@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import attrs
 import numpy as np
 import pytest
@@ -375,3 +377,77 @@ def test_a_loss_that_overflows_only_in_the_weighted_sum_says_so(tiny_recipe, tmp
     with pytest.raises(TrainingDiverged, match=r"step 0: every term is finite, their sum "
                                                r"times the components' weights is not"):
         run_recipe(r, out=str(tmp_path / "run"), host=_host())
+
+
+@attrs.frozen
+class BadParams:
+    mode: str = "ok"
+
+
+class BadSelect(Component):
+    """Returns a mask of the shape, role or values ``mode`` names."""
+
+    Params = BadParams
+
+    def select(self, ctx, batch):
+        ones = torch.ones(len(batch))
+        return {"2d": ones[:, None], "scalar": torch.tensor(1.0), "list": [1.0] * len(batch),
+                "role": {"nope": ones}, "neg": -ones, "big": 5 * ones, "ok": ones}[
+                    self.params.mode]
+
+
+class BadWeight(Component):
+    Params = BadParams
+
+    def weight(self, ctx, batch):
+        return -torch.ones(len(batch)) if self.params.mode == "neg" else torch.ones(len(batch))
+
+
+class BadRefine(Component):
+    Params = BadParams
+
+    def refine(self, ctx, batch, targets):
+        return {"neg": targets - 0.5, "unnorm": targets * 3, "shape": targets[:, :2],
+                "ok": targets}[self.params.mode]
+
+
+class BadHooks:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"bad_select": BadSelect, "bad_weight": BadWeight, "bad_refine": BadRefine}
+
+
+@pytest.mark.parametrize(("use", "mode", "message"), [
+    ("bad_select", "2d", "select returned a tensor of shape (64, 1); expected one value per "
+                         "sample, shape (64,)"),
+    ("bad_select", "scalar", "select returned a tensor of shape (); expected"),
+    ("bad_select", "list", "select returned a list; expected"),
+    ("bad_select", "role", "select returned a value for model 'nope', which it does not serve "
+                           "(it serves student)"),
+    ("bad_select", "neg", "select returned values outside [0, 1] (from -1 to -1)"),
+    ("bad_select", "big", "select returned values outside [0, 1] (from 5 to 5)"),
+    ("bad_weight", "neg", "weight returned values outside [0, inf] (from -1 to -1)"),
+    ("bad_refine", "neg", "refine made targets that are not distributions (entries from -0.5, "
+                          "rows summing to -4 .. -4)"),
+    ("bad_refine", "unnorm", "refine made targets that are not distributions (entries from 0, "
+                             "rows summing to 3 .. 3)"),
+    ("bad_refine", "shape", "refine returned a tensor of shape (64, 2); expected targets of "
+                            "shape (64, 10)"),
+])
+def test_a_batch_hook_that_returns_what_the_contract_does_not_allow_stops_the_run(
+        tmp_path, use, mode, message):
+    """Each was accepted: a (B, 1) mask made each term a sum, a mask of -1 gradient ascent,
+    a mask for a role not served was ignored, targets of -0.5 were trained on."""
+    from kdcore.failures import RunFailed
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, tiny_recipe
+
+    recipe = recipe_from_dict(tiny_recipe(stage("s", 1, ["student"], component(
+        use, "bad", params={"mode": mode}), component("ce")), models={"student": {
+            "arch": "mlp"}}))
+    with pytest.raises(RunFailed, match=re.escape(f"component 'bad' ({use}) {message}")):
+        run_recipe(recipe, out=str(tmp_path / "run"), host=PluginHost(extra=[BadHooks()]))
+    ok = attrs.evolve(recipe, stages=[attrs.evolve(recipe.stages[0], components=[
+        attrs.evolve(recipe.stages[0].components[0], params={"mode": "ok"}),
+        recipe.stages[0].components[1]])])
+    run_recipe(ok, out=str(tmp_path / "ok"), host=PluginHost(extra=[BadHooks()]))
