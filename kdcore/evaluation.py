@@ -63,6 +63,23 @@ def ledger_metrics(ledger: Ledger) -> dict[str, float]:
     return out
 
 
+class EpochMetrics(dict):
+    """An epoch's metrics as ``on_epoch_end`` gets them: a component adds numbers under new
+    names (``metrics["x/y"] = value``); one that would replace a metric already there (the
+    engine's ``label/acc``, say) or store a value that is not one number is refused."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        from kdcore.failures import RunFailed
+
+        if name in self:
+            raise RunFailed(f"metric '{name}' is already this epoch's; a component adds its "
+                            "own under a new name, it does not replace one")
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            raise RunFailed(f"metric '{name}' is a tensor of shape {tuple(value.shape)}; a "
+                            "metric is one number")
+        super().__setitem__(name, float(value))
+
+
 class BestKeeper:
     """Tracks each trained role's best-validation epoch per stage (key ``"<stage>/<role>"``)
     and over all of its stages so far (key ``"*/<role>"``), with the weights where a stage

@@ -368,7 +368,8 @@ class ComponentHooks(Protocol):
     def on_epoch_end(self, ctx: RunContext, metrics: dict[str, float]) -> None:
         """After evaluation, in recipe order, before ``kdcore_epoch_end``.
 
-        May add entries to ``metrics``: they are written to the history row.
+        May add entries to ``metrics`` (one number each; they are written to the history
+        row); replacing one already there is refused.
 
         Args:
             ctx: the run.

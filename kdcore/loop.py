@@ -22,7 +22,7 @@ from kdcore.checkpointing import Checkpointer
 from kdcore.component import Batch, Component
 from kdcore.context import ColumnKind
 from kdcore.errors import TrainingDiverged
-from kdcore.evaluation import BestKeeper, evaluate, ledger_metrics
+from kdcore.evaluation import BestKeeper, EpochMetrics, evaluate, ledger_metrics
 from kdcore.history import HistoryWriter
 from kdcore.losses import one_hot
 from kdcore.plan import RunPlan, StagePlan
@@ -290,9 +290,8 @@ class Trainer:
             self._unchecked.append((run.step, role, result.total(role), result.terms[role]))
         plain: list[torch.Tensor] = []
         for role in trained:
-            if not stage.backward or not any(
-                    c.backward(self.context(c), batch, role, losses[role])
-                    for c in stage.backward):
+            if not stage.backward or not any(c.backward(self.context(c), batch, role,
+                                                        losses[role]) for c in stage.backward):
                 plain.append(losses[role])
         if plain:
             total = torch.stack(plain).sum() if len(plain) > 1 else plain[0]
@@ -327,8 +326,9 @@ class Trainer:
             sums[f"train/{role}/loss"].append(loss)
             for term, value in terms.items():
                 sums[f"train/{role}/{term}"].append(value)
-        self._unchecked, self._checked = [], 0
-        return {k: float(torch.stack(v).sum()) / max(batches, 1) for k, v in sums.items()}
+        self._unchecked, self._checked = [], 0  # a component's on_epoch_end only adds to it
+        return EpochMetrics({k: float(torch.stack(v).sum()) / max(batches, 1)
+                             for k, v in sums.items()})
 
     def _check_finite(self) -> None:
         """Raise :class:`TrainingDiverged` at the first unchecked non-finite loss, naming why."""

@@ -451,3 +451,46 @@ def test_a_batch_hook_that_returns_what_the_contract_does_not_allow_stops_the_ru
         attrs.evolve(recipe.stages[0].components[0], params={"mode": "ok"}),
         recipe.stages[0].components[1]])])
     run_recipe(ok, out=str(tmp_path / "ok"), host=PluginHost(extra=[BadHooks()]))
+
+
+class MetricWriter(Component):
+    Params = BadParams
+
+    def on_epoch_end(self, ctx, metrics):
+        name, value = {"clobber": ("label/acc", 0.123), "tensor": ("mine/v", torch.ones(2)),
+                       "ok": ("mine/v", torch.tensor(2.5))}[self.params.mode]
+        metrics[name] = value
+
+    def transfer(self, ctx, batch):
+        return None
+
+
+class MetricHooks:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"metric_writer": MetricWriter}
+
+
+@pytest.mark.parametrize(("mode", "message"), [
+    ("clobber", "metric 'label/acc' is already this epoch's; a component adds its own under a "
+                "new name, it does not replace one"),
+    ("tensor", "metric 'mine/v' is a tensor of shape (2,); a metric is one number"),
+])
+def test_on_epoch_end_adds_metrics_and_replaces_none(tmp_path, mode, message):
+    """A component had overwritten the engine's label/acc (0.8 became 0.123 in the history),
+    and a two-element tensor was stored as its first element."""
+    from kdcore.failures import RunFailed
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, tiny_recipe
+
+    def recipe(m):
+        return recipe_from_dict(tiny_recipe(stage("s", 1, ["student"], component(
+            "metric_writer", "mw", params={"mode": m}), component("ce")),
+            models={"student": {"arch": "mlp"}}))
+
+    with pytest.raises(RunFailed, match=re.escape(message)):
+        run_recipe(recipe(mode), out=str(tmp_path / "run"),
+                   host=PluginHost(extra=[MetricHooks()]))
+    run_recipe(recipe("ok"), out=str(tmp_path / "ok"), host=PluginHost(extra=[MetricHooks()]))
+    with History(tmp_path / "ok") as h:
+        assert h.metric("mine/v").tolist() == [2.5]
