@@ -246,6 +246,63 @@ def test_a_dataset_plugin_that_gives_an_empty_split_is_refused(tmp_path, monkeyp
                                      f"{split} split"), result.output
 
 
+def _good_split(rows=40, features=5):
+    import torch
+
+    from kdcore.data.base import ArrayDataset
+
+    return ArrayDataset(torch.randn(rows, features), torch.arange(rows) % 4, 10)
+
+
+def _wrong(what):
+    import attrs
+
+    from kdcore.data.base import DatasetSplits
+
+    good = _good_split()
+    return {
+        "dict": {"train": good},
+        "x float64": DatasetSplits(attrs.evolve(good, x=good.x.double())),
+        "x int64": DatasetSplits(attrs.evolve(good, x=good.x.long())),
+        "y 2d": DatasetSplits(attrs.evolve(good, y=good.y[:, None])),
+        "y float": DatasetSplits(attrs.evolve(good, y=good.y.float())),
+        "y negative": DatasetSplits(attrs.evolve(good, y=good.y - 1)),
+        "x short": DatasetSplits(attrs.evolve(good, x=good.x[:39])),
+        "test shape": DatasetSplits(good, test=_good_split(features=6)),
+        "test labels": DatasetSplits(good, test=attrs.evolve(good, y=good.y + 7)),
+        "names": DatasetSplits(attrs.evolve(good, class_names=("a",))),
+    }[what]
+
+
+@pytest.mark.parametrize(("what", "message"), [
+    ("dict", "gave a dict, not DatasetSplits of ArrayDataset or FileDataset splits"),
+    ("x float64", "its training inputs are torch.float64 for 40 samples and 40 labels; "
+                  "expected float32 (or uint8 images), one per label"),
+    ("x int64", "its training inputs are torch.int64 for 40 samples and 40 labels; expected "
+                "float32 (or uint8 images), one per label"),
+    ("y 2d", "its training labels are torch.int64 of shape (40, 1); expected integers of "
+             "shape (N,)"),
+    ("y float", "its training labels are torch.float32 of shape (40,); expected integers of "
+                "shape (N,)"),
+    ("y negative", "its training labels run from -1 to 2; classes are 0 .. 9"),
+    ("x short", "inputs are torch.float32 for 39 samples and 40 labels; expected float32 "
+                "(or uint8 images), one per label"),
+    ("test shape", "its test split holds inputs (6,) of 10 classes, the training split (5,) "
+                   "of 10"),
+    ("test labels", "its test labels run from 7 to 10; classes are 0 .. 9"),
+    ("names", "names 1 classes of 10"),
+])
+def test_a_dataset_plugin_that_gives_what_datasetsplits_does_not_hold_is_refused(
+        tmp_path, monkeypatch, what, message):
+    """Each passed check and failed in the run, blamed on 'ce' or on nothing named, some
+    after a whole epoch."""
+    monkeypatch.setattr(_ManyClasses, "loader", staticmethod(lambda: _wrong(what)))
+    result = _check_many(tmp_path, 10)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("kdcore: error: dataset 'many_classes'") and line.endswith(message)
+
+
 # -- splits too small for what the recipe does with them -----------------------------------------
 
 
