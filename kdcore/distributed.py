@@ -213,7 +213,9 @@ def split_call(fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], x: torch.Te
     # one collective for all the outputs (logits and features): each one waits for the
     # slowest rank
     widths = [math.prod(o.shape[1:]) for o in outs]
-    whole = gather_rows(torch.cat([o.reshape(o.shape[0], -1) for o in outs], dim=1), n)
+    # widths given, not -1: a rank whose share is empty (fewer rows than ranks) has 0 rows
+    whole = gather_rows(torch.cat([o.reshape(o.shape[0], w) for o, w in zip(outs, widths)],
+                                  dim=1), n)
     return tuple(part.reshape(n, *o.shape[1:])
                  for part, o in zip(whole.split(widths, dim=1), outs))
 

@@ -115,6 +115,18 @@ def test_kd_in_two_processes_matches_one_at_the_same_global_batch(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_batch_with_fewer_rows_than_processes_runs_as_in_one_process(tmp_path):
+    """The last batch of 65 rows in batches of 64 has one row: the second rank's share is
+    empty, and the run crashed in the gather."""
+    small = [*SMALL, "data.train_subset=65", "data.batch_size=64", "stages.student.epochs=1"]
+    proc = _launch([str(RECIPES / "ce.toml"), *_sets(small), "--out", str(tmp_path / "two"),
+                    "--nproc", "2", "-q"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_one_process("ce.toml", small, tmp_path / "one")
+    assert_same_up_to_rounding(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.slow
 def test_kdmlc_in_two_processes_matches_one(tmp_path):
     """MLC's look-ahead differentiates the teacher's parameters itself: it averages those
     gradients across ranks (``kdcore.distributed.mean_across_ranks``); without that the
