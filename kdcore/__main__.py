@@ -1,6 +1,30 @@
 """``python -m kdcore``: the command line (what torchrun's ``-m kdcore`` starts)."""
 
+import os
+import sys
+
 from kdcore.cli import main
 
+
+def worker_main() -> None:
+    """The command line in one of torchrun's workers, which leaves through ``os._exit`` once
+    the command has ended and its output is flushed: the interpreter's finalisation can
+    destroy gloo's objects in an order that aborts the process ("terminate called without an
+    active exception", seen once in a few hundred two-process runs on a loaded machine),
+    which would report a finished run as failed. Every file the run writes is closed by then
+    (the history, the checkpoints, summary.json through a rename)."""
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
+        worker_main()
     main()
