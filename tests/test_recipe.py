@@ -306,7 +306,7 @@ def test_cross_field_rules_accept_what_is_sound():
     apply_override(data, ["data", "val_fraction"], 0.7)
     apply_override(data, ["stages", "s1", "eval"], [])
     apply_override(data, ["stages", "s1", "keep"], "last")  # no validation needed
-    apply_override(data, ["stages", "s1", "name"], "\u00e9" * 127)  # 254 bytes
+    apply_override(data, ["stages", "s1", "name"], "\u00e9" * 127 + "x")  # 255 bytes: the most
     recipe = recipe_from_dict(data)
     assert recipe.models["student"].schedule.gamma == 2.0
     assert recipe.models["student"].optimizer.nesterov and recipe.data.val_fraction == 0.7
