@@ -124,8 +124,11 @@ def test_a_run_already_in_the_grid_made_with_another_recipe_is_refused(tmp_path)
 def test_a_grid_without_seeds_is_refused(tmp_path):
     grid = tmp_path / "g.toml"
     grid.write_text(f'seeds = []\n[[variant]]\nname = "ce"\nrecipe = "{RECIPES / "ce.toml"}"\n')
-    one_line_error(CliRunner().invoke(main, ["ablate", "--grid", str(grid), "--out",
-                                             str(tmp_path / "out")]), "no seeds to run")
+    result = CliRunner().invoke(main, ["ablate", "--grid", str(grid), "--out",
+                                       str(tmp_path / "out")])
+    assert result.exit_code == 2  # it ran nothing and exited 0
+    assert one_line_error(result) == "kdcore: error: no seeds to run: give at least one"
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("text, overrides", [

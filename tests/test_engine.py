@@ -325,25 +325,35 @@ class LedgerInSetup(Component):
         return None
 
 
-class SetupWriter:
+class ContractBreakers:
+    """The components below that break a hook's contract, as one in-process plugin."""
+
     @hookimpl
     def kdcore_add_components(self):
-        return {"ledger_in_setup": LedgerInSetup}
+        return {"ledger_in_setup": LedgerInSetup, "bad_select": BadSelect,
+                "bad_weight": BadWeight, "bad_refine": BadRefine,
+                "metric_writer": MetricWriter}
+
+
+def _run_one_stage(out, use, label, **params):
+    """One epoch of the student with component ``use`` (``params``) beside ce."""
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, tiny_recipe
+
+    recipe = recipe_from_dict(tiny_recipe(stage("s", 1, ["student"], component(
+        use, label, params=params), component("ce")), models={"student": {"arch": "mlp"}}))
+    return run_recipe(recipe, out=str(out), host=PluginHost(extra=[ContractBreakers()]))
 
 
 def test_setup_that_writes_the_ledger_is_refused_in_a_run_and_in_the_harness(tmp_path):
     """setup runs again on resume and before the first stage trains: a column it wrote would
     differ between a run and its resumed twin, so the ledger is read-only there."""
-    from kdcore.recipe import recipe_from_dict
-    from kdcore.testing import component, harness, stage, tiny_recipe
+    from kdcore.testing import harness
 
     message = ("component 'ledger_in_setup' wrote ledger column 'probe/ledger_in_setup' in "
                "setup, which must not write the ledger")
-    recipe = recipe_from_dict(tiny_recipe(stage("s", 1, ["student"], component(
-        "ledger_in_setup"), component("ce")), models={"student": {"arch": "mlp"}}))
     with pytest.raises(RuntimeError, match=message):
-        run_recipe(recipe, out=str(tmp_path / "run"),
-                   host=PluginHost(extra=[SetupWriter()]))
+        _run_one_stage(tmp_path / "run", "ledger_in_setup", "ledger_in_setup")
     with pytest.raises(RuntimeError, match=message):
         harness(LedgerInSetup, {}, x=torch.zeros(6, 2), noisy_label=torch.arange(6) % 2,
                 num_classes=2, name="ledger_in_setup").setup()
@@ -411,12 +421,6 @@ class BadRefine(Component):
                 "ok": targets}[self.params.mode]
 
 
-class BadHooks:
-    @hookimpl
-    def kdcore_add_components(self):
-        return {"bad_select": BadSelect, "bad_weight": BadWeight, "bad_refine": BadRefine}
-
-
 @pytest.mark.parametrize(("use", "mode", "message"), [
     ("bad_select", "2d", "select returned a tensor of shape (64, 1); expected one value per "
                          "sample, shape (64,)"),
@@ -439,18 +443,10 @@ def test_a_batch_hook_that_returns_what_the_contract_does_not_allow_stops_the_ru
     """Each was accepted: a (B, 1) mask made each term a sum, a mask of -1 gradient ascent,
     a mask for a role not served was ignored, targets of -0.5 were trained on."""
     from kdcore.failures import RunFailed
-    from kdcore.recipe import recipe_from_dict
-    from kdcore.testing import component, stage, tiny_recipe
 
-    recipe = recipe_from_dict(tiny_recipe(stage("s", 1, ["student"], component(
-        use, "bad", params={"mode": mode}), component("ce")), models={"student": {
-            "arch": "mlp"}}))
     with pytest.raises(RunFailed, match=re.escape(f"component 'bad' ({use}) {message}")):
-        run_recipe(recipe, out=str(tmp_path / "run"), host=PluginHost(extra=[BadHooks()]))
-    ok = attrs.evolve(recipe, stages=[attrs.evolve(recipe.stages[0], components=[
-        attrs.evolve(recipe.stages[0].components[0], params={"mode": "ok"}),
-        recipe.stages[0].components[1]])])
-    run_recipe(ok, out=str(tmp_path / "ok"), host=PluginHost(extra=[BadHooks()]))
+        _run_one_stage(tmp_path / "run", use, "bad", mode=mode)
+    _run_one_stage(tmp_path / "ok", use, "bad", mode="ok")
 
 
 class MetricWriter(Component):
@@ -465,12 +461,6 @@ class MetricWriter(Component):
         return None
 
 
-class MetricHooks:
-    @hookimpl
-    def kdcore_add_components(self):
-        return {"metric_writer": MetricWriter}
-
-
 @pytest.mark.parametrize(("mode", "message"), [
     ("clobber", "metric 'label/acc' is already this epoch's; a component adds its own under a "
                 "new name, it does not replace one"),
@@ -480,17 +470,9 @@ def test_on_epoch_end_adds_metrics_and_replaces_none(tmp_path, mode, message):
     """A component had overwritten the engine's label/acc (0.8 became 0.123 in the history),
     and a two-element tensor was stored as its first element."""
     from kdcore.failures import RunFailed
-    from kdcore.recipe import recipe_from_dict
-    from kdcore.testing import component, stage, tiny_recipe
-
-    def recipe(m):
-        return recipe_from_dict(tiny_recipe(stage("s", 1, ["student"], component(
-            "metric_writer", "mw", params={"mode": m}), component("ce")),
-            models={"student": {"arch": "mlp"}}))
 
     with pytest.raises(RunFailed, match=re.escape(message)):
-        run_recipe(recipe(mode), out=str(tmp_path / "run"),
-                   host=PluginHost(extra=[MetricHooks()]))
-    run_recipe(recipe("ok"), out=str(tmp_path / "ok"), host=PluginHost(extra=[MetricHooks()]))
+        _run_one_stage(tmp_path / "run", "metric_writer", "mw", mode=mode)
+    _run_one_stage(tmp_path / "ok", "metric_writer", "mw", mode="ok")
     with History(tmp_path / "ok") as h:
         assert h.metric("mine/v").tolist() == [2.5]
