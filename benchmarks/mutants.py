@@ -32,7 +32,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                 "tests/test_losses_metrics_mutants.py", "tests/test_terms.py"]),
     # a transfer term as a row-wise function: its reduction, its record, the combine rules
     "kdcore-terms": (".", ["kdcore/terms.py", "kdcore/records.py", "kdcore/step.py"],
-                     ["tests/test_terms.py", "tests/test_step.py"]),
+                     ["tests/test_terms.py", "tests/test_step.py", "tests/test_engine.py"]),
     # what the reading commands write and how they read a damaged run (session 10)
     "kdcore-cli-files": (".", ["kdcore/cli_files.py"],
                          ["tests/test_cli_files.py", "tests/test_read_commands_damage.py"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -208,3 +210,54 @@ def test_a_shared_mask_applies_to_every_served_model_and_is_recorded_once():
     # samples 0 and 3 only: (1 + 8) / 2 per unit (the whole batch would give 15 / 4)
     assert [r.losses[x].item() for x in roles] == pytest.approx([4.5, 9.0, 13.5])
     assert recorded == ["select/both"]
+
+
+def _ledger(**columns):
+    from kdcore.ledger import Ledger
+
+    ledger = Ledger(2)
+    for name, values in columns.items():
+        ledger.add(name.replace("__", "/"), torch.tensor(values), producer="x")
+    return ledger
+
+
+def test_check_outputs_takes_masks_at_0_and_1_weights_at_0_and_distributions():
+    from kdcore.step import check_outputs
+
+    sel, wei, ref = Fn("sel"), Fn("wei"), Fn("ref")
+    check_outputs(_ledger(select__sel=[0.0, 1.0], weight__wei=[0.0, 7.0],
+                          target=[[1.0, 0.0], [0.25, 0.75]]), [ref], [sel], [wei])
+    # targets a refiner did not make (none in the stage) are not the stage's to check
+    check_outputs(_ledger(target=[[3.0, 0.0], [0.0, 0.0]]), [], [sel], [wei])
+
+
+@pytest.mark.parametrize(("columns", "message"), [
+    ({"select__sel": [0.5, 1.5]}, "component 'sel' (sel) select returned values outside "
+                                  "[0, 1] (from 0.5 to 1.5); a select must lie there"),
+    ({"select__sel__s": [-0.5, 1.0]}, "component 'sel' (sel) select returned values outside "
+                                      "[0, 1] (from -0.5 to 1); a select must lie there"),
+    ({"weight__wei": [-1.0, 2.0]}, "component 'wei' (wei) weight returned values outside "
+                                   "[0, inf] (from -1 to 2); a weight must lie there"),
+    ({"target": [[1.5, -0.5], [0.0, 1.0]]},  # rows sum to 1: the negative entry alone
+     "component 'ref' (ref) refine made targets that are not distributions (entries from "
+     "-0.5, rows summing to 1 .. 1); each row must be non-negative and sum to 1"),
+    ({"target": [[1.0, 0.5], [0.0, 1.0]]}, "(entries from 0, rows summing to 1 .. 1.5)"),
+])
+def test_check_outputs_refuses_what_breaks_the_contract(columns, message):
+    from kdcore.failures import RunFailed
+    from kdcore.step import check_outputs
+
+    with pytest.raises(RunFailed, match=re.escape(message) + "$" if "component" in message
+                       else re.escape(message)):
+        check_outputs(_ledger(**columns), [Fn("ref")], [Fn("sel")], [Fn("wei")])
+
+
+def test_a_value_for_a_model_not_served_names_the_ones_served():
+    from kdcore.failures import RunFailed
+
+    sel = Fn("sel", models=("a", "b"), select=lambda b: {"c": torch.ones(len(b))})
+    with pytest.raises(RunFailed, match=re.escape(
+            "component 'sel' (sel) select returned a value for model 'c', which it does not "
+            "serve (it serves a, b)") + "$"):
+        combine(batch4(), refiners=[], selectors=[sel], weighters=[], transfers=[],
+                context=lambda c: None)
