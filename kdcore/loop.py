@@ -21,6 +21,7 @@ from kdcore.build import build_optimizer, scheduled_lr
 from kdcore.checkpointing import Checkpointer
 from kdcore.component import Batch, Component
 from kdcore.context import ColumnKind
+from kdcore.epoch_line import epoch_line
 from kdcore.errors import TrainingDiverged
 from kdcore.evaluation import BestKeeper, EpochMetrics, evaluate, ledger_metrics
 from kdcore.history import HistoryWriter
@@ -331,14 +332,17 @@ class Trainer:
                              for k, v in sums.items()})
 
     def _check_finite(self) -> None:
-        """Raise :class:`TrainingDiverged` at the first unchecked non-finite loss, naming why."""
+        """Raise :class:`TrainingDiverged` at the first unchecked non-finite loss, naming why
+        (or RunFailed naming the selector, weighter or refiner whose output made it NaN)."""
         window = self._unchecked[self._checked:]
         self._checked = len(self._unchecked)
         if not window or bool(torch.isfinite(torch.stack([w[2] for w in window])).all()):
             return
         step, role, _, terms = next(w for w in window if not bool(torch.isfinite(w[2])))
         term = next((name for name, v in terms.items() if not bool(torch.isfinite(v))), None)
-        comp = next((c for c in self.current_stage.components if c.name == term), None)
+        stage = self.current_stage  # a NaN mask, weight or target is its producer's fault
+        check_outputs(self.run.ledger, stage.refiners, stage.selectors, stage.weighters)
+        comp = next((c for c in stage.components if c.name == term), None)
         use = f" (component '{comp.spec.use}')" if comp else ""
         cause = (f"term '{term}'{use}" if term else "every term is finite, their sum times "
                  "the components' weights is not (a weight too large?)")
@@ -363,37 +367,9 @@ class Trainer:
         return base, versions
 
     def _log_epoch(self, stage: StagePlan, epoch: int, metrics: dict[str, float]) -> None:
-        cfg = stage.config
-        parts = [f"{cfg.name} {epoch + 1}/{cfg.epochs}"]
-        for role in cfg.train:
-            if f"train/{role}/loss" in metrics:
-                parts.append(f"{role} loss {metrics[f'train/{role}/loss']:.4f}")
-        for role in cfg.eval_roles:
-            parts.append(f"{role} val {metrics[f'val/{role}/acc']:.4f} "
-                         f"test {metrics[f'test/{role}/acc']:.4f}")
-        parts.append(f"labels {metrics['label/acc']:.4f}")
         self._epoch_times.setdefault(stage.index, []).append(metrics["time/epoch"])
-        epochs = [st.epochs for st in self.plan.recipe.stages]
-        done = sum(epochs[:stage.index]) + epoch + 1
-        parts.append(f"{metrics['time/epoch']:.1f}s, run {done}/{sum(epochs)} epochs, "
-                     f"{time_left(epochs, stage.index, epoch, self._epoch_times)} left")
-        logger.info(" | ".join(parts))
-
-
-def time_left(epochs: list[int], stage: int, epoch: int, seen: dict[int, list[float]]) -> str:
-    """About how long the run has left after ``epoch`` of ``stage``: the stage's own epochs at
-    their mean time so far, later stages' at the mean of every epoch timed in this process."""
-    all_times = [t for times in seen.values() for t in times]
-    if not all_times:
-        return "?"
-    overall = sum(all_times) / len(all_times)
-    current = seen.get(stage) or all_times
-    seconds = (epochs[stage] - epoch - 1) * sum(current) / len(current)
-    seconds += sum(epochs[stage + 1:]) * overall
-    if seconds < 60:
-        return f"~{seconds:.0f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"~{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"~{minutes}m{secs:02d}s"
+        logger.info(epoch_line(self.plan.recipe, stage.index, epoch, metrics,
+                               self._epoch_times))
 
 
 def _rng_devices(device: torch.device) -> list[Any]:

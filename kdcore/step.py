@@ -202,15 +202,21 @@ def check_outputs(ledger: Ledger, refiners: Sequence[Component],
                   selectors: Sequence[Component], weighters: Sequence[Component]) -> None:
     """At an epoch's end, what the stage's batch hooks wrote: masks in [0, 1], weights not
     negative, refined targets distributions (non-negative rows summing to 1); else one line
-    naming the component (a mask of -1 had turned training into gradient ascent)."""
+    naming the component (a mask of -1 had turned training into gradient ascent). Also called
+    when a loss turns out not finite, so that a NaN mask is blamed on its selector rather than
+    on the term it made NaN."""
     for comps, hook, high in ((selectors, "select", 1.0), (weighters, "weight", math.inf)):
         for comp in comps:
             for column in (f"{hook}/{comp.name}", *(f"{hook}/{comp.name}/{r}"
                                                     for r in comp.models)):
                 data = ledger[column] if column in ledger else None
-                if data is not None and data.is_floating_point() and not bool(
+                if data is None or not data.is_floating_point() or bool(
                         ((data >= 0) & (data <= high)).all()):
-                    raise RunFailed(
+                    continue
+                if bool(data.isnan().any()):
+                    raise RunFailed(f"component '{comp.name}' ({comp.spec.use}) {hook} returned "
+                                    f"NaN; a {hook} must lie in [0, {high:g}]")
+                raise RunFailed(
                         f"component '{comp.name}' ({comp.spec.use}) {hook} returned values "
                         f"outside [0, {high:g}] (from {float(data.min()):g} to "
                         f"{float(data.max()):g}); a {hook} must lie there")
@@ -219,6 +225,9 @@ def check_outputs(ledger: Ledger, refiners: Sequence[Component],
         sums = t.sum(1)
         if t.numel() and not (bool((t >= -1e-3).all()) and bool(((sums - 1).abs() < 1e-2).all())):
             comp = refiners[-1]
+            if bool(t.isnan().any()):
+                raise RunFailed(f"component '{comp.name}' ({comp.spec.use}) refine made targets "
+                                "that hold NaN; each row must be non-negative and sum to 1")
             raise RunFailed(
                 f"component '{comp.name}' ({comp.spec.use}) refine made targets that are not "
                 f"distributions (entries from {float(t.min()):g}, rows summing to "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import attrs
@@ -402,15 +403,16 @@ class BadSelect(Component):
     def select(self, ctx, batch):
         ones = torch.ones(len(batch))
         return {"2d": ones[:, None], "scalar": torch.tensor(1.0), "list": [1.0] * len(batch),
-                "role": {"nope": ones}, "neg": -ones, "big": 5 * ones, "ok": ones}[
-                    self.params.mode]
+                "role": {"nope": ones}, "neg": -ones, "big": 5 * ones, "nan": ones * math.nan,
+                "ok": ones}[self.params.mode]
 
 
 class BadWeight(Component):
     Params = BadParams
 
     def weight(self, ctx, batch):
-        return -torch.ones(len(batch)) if self.params.mode == "neg" else torch.ones(len(batch))
+        ones = torch.ones(len(batch))
+        return {"neg": -ones, "nan": ones * math.nan, "ok": ones}[self.params.mode]
 
 
 class BadRefine(Component):
@@ -418,7 +420,7 @@ class BadRefine(Component):
 
     def refine(self, ctx, batch, targets):
         return {"neg": targets - 0.5, "unnorm": targets * 3, "shape": targets[:, :2],
-                "ok": targets}[self.params.mode]
+                "nan": targets * math.nan, "ok": targets}[self.params.mode]
 
 
 @pytest.mark.parametrize(("use", "mode", "message"), [
@@ -431,6 +433,10 @@ class BadRefine(Component):
     ("bad_select", "neg", "select returned values outside [0, 1] (from -1 to -1)"),
     ("bad_select", "big", "select returned values outside [0, 1] (from 5 to 5)"),
     ("bad_weight", "neg", "weight returned values outside [0, inf] (from -1 to -1)"),
+    ("bad_select", "nan", "select returned NaN; a select must lie in [0, 1]"),
+    ("bad_weight", "nan", "weight returned NaN; a weight must lie in [0, inf]"),
+    ("bad_refine", "nan", "refine made targets that hold NaN; each row must be non-negative "
+                          "and sum to 1"),
     ("bad_refine", "neg", "refine made targets that are not distributions (entries from -0.5, "
                           "rows summing to -4 .. -4)"),
     ("bad_refine", "unnorm", "refine made targets that are not distributions (entries from 0, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -109,7 +110,7 @@ def test_role_epoch_counts_the_roles_training_over_stages():
 
 
 def test_time_left_counts_the_stage_at_its_pace_and_later_stages_at_the_mean():
-    from kdcore.loop import time_left
+    from kdcore.epoch_line import time_left
 
     # stage 0 (2 epochs) took 10 s each, stage 1 has run 1 of 4 epochs at 30 s; stage 2 has 5
     seen = {0: [10.0, 10.0], 1: [30.0]}
@@ -242,6 +243,14 @@ def test_check_outputs_takes_masks_at_0_and_1_weights_at_0_and_distributions():
      "component 'ref' (ref) refine made targets that are not distributions (entries from "
      "-0.5, rows summing to 1 .. 1); each row must be non-negative and sum to 1"),
     ({"target": [[1.0, 0.5], [0.0, 1.0]]}, "(entries from 0, rows summing to 1 .. 1.5)"),
+    # NaN fails both bounds; the message names it rather than "from nan to nan"
+    ({"select__sel": [1.0, math.nan]}, "component 'sel' (sel) select returned NaN; a select "
+                                       "must lie in [0, 1]"),
+    ({"weight__wei__s": [math.nan, 2.0]}, "component 'wei' (wei) weight returned NaN; a weight "
+                                          "must lie in [0, inf]"),
+    ({"target": [[math.nan, 0.5], [0.0, 1.0]]}, "component 'ref' (ref) refine made targets "
+                                                "that hold NaN; each row must be non-negative "
+                                                "and sum to 1"),
 ])
 def test_check_outputs_refuses_what_breaks_the_contract(columns, message):
     from kdcore.failures import RunFailed
