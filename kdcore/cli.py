@@ -19,6 +19,7 @@ import click
 from kdcore.cli_files import reading
 from kdcore.errors import KdcoreError
 from kdcore.failures import one_line_failures
+from kdcore.torchrun import report_worker_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USER_ERROR = 2
@@ -32,10 +33,13 @@ def _user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except KdcoreError as exc:
-            click.echo(f"kdcore: error: {exc}", err=True)
-            sys.exit(getattr(exc, "exit_code", EXIT_USER_ERROR))  # 1: failures.RunFailed
+            code = getattr(exc, "exit_code", EXIT_USER_ERROR)  # 1: failures.RunFailed
+            if not report_worker_error(str(exc), code):  # else the launcher says it, once
+                click.echo(f"kdcore: error: {exc}", err=True)
+            sys.exit(code)
         except KeyboardInterrupt:
-            click.echo("kdcore: interrupted; resume with --resume", err=True)
+            if not report_worker_error("interrupted; resume with --resume", 130):
+                click.echo("kdcore: interrupted; resume with --resume", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]

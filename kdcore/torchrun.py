@@ -4,16 +4,29 @@ would (several machines: run torchrun itself; docs/distributed.md)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kdcore.errors import KdcoreError
 
 # OMP threads per worker when the user set none: torchrun's own default, without its banner
 DEFAULT_THREADS = "1"
+# the folder where the workers of launch() leave their error line, one file per rank: the
+# launcher says each distinct line once, rather than every worker the same one
+ERRORS_ENV = "KDCORE_WORKER_ERRORS"
+
+
+class WorkersFailed(KdcoreError):
+    """Workers of ``--nproc`` failed; the exit code is theirs (1: a failure, 2: the input)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
@@ -29,8 +42,10 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
     if nproc < 1:
         raise KdcoreError(f"--nproc must be at least 1, got {nproc}")
     threads = os.environ.get("OMP_NUM_THREADS")
-    # the workers inherit it; this process gets its own value back (it may go on computing)
+    # the workers inherit both; this process gets its own values back (it may go on computing)
     os.environ["OMP_NUM_THREADS"] = threads or DEFAULT_THREADS
+    errors = tempfile.TemporaryDirectory(prefix="kdcore-workers-")
+    os.environ[ERRORS_ENV] = errors.name
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--module",
          "kdcore", *kdcore_args])
@@ -44,10 +59,8 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
     try:
         run(args)
     except ChildFailedError as exc:
-        ranks = ", ".join(str(r) for r in sorted(exc.failures))
-        codes = sorted({f.exitcode for f in exc.failures.values()})
-        raise KdcoreError(f"worker process(es) {ranks} of {nproc} failed (exit code "
-                          f"{', '.join(map(str, codes))}); their messages are above") from None
+        raise workers_failed({r: f.exitcode for r, f in exc.failures.items()}, nproc,
+                             Path(errors.name)) from None
     except SignalException as exc:  # the launcher stopped its workers and then itself
         if exc.sigval == signal.SIGINT:
             raise KeyboardInterrupt from None
@@ -58,6 +71,58 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
             lg.setLevel(level)
         if threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
+        os.environ.pop(ERRORS_ENV, None)
+        errors.cleanup()
+
+
+def report_worker_error(message: str, exit_code: int) -> bool:
+    """In a worker of :func:`launch`, leave the error line for the launcher and return True
+    (the launcher says it); elsewhere (one process, a user's own torchrun) return False."""
+    folder = os.environ.get(ERRORS_ENV)
+    if not folder or "RANK" not in os.environ:
+        return False
+    try:
+        (Path(folder) / os.environ["RANK"]).write_text(
+            json.dumps({"message": message, "exit_code": exit_code}), encoding="utf-8")
+    except OSError:
+        return False
+    return True
+
+
+def workers_failed(exit_codes: Mapping[int, int], nproc: int, folder: Path) -> WorkersFailed:
+    """The launcher's one error for its failed workers (rank -> exit code): each distinct line
+    they left once, the first one left first (its failure most likely broke the others'
+    connections), prefixed by the ranks that said it unless every failed worker said the
+    same; a worker that left none (killed by a signal, crashed) by its exit code."""
+    said: dict[str, list[int]] = {}
+    left: list[tuple[int, int, str, int]] = []  # (when, rank, line, exit code)
+    for rank in sorted(exit_codes):
+        path = folder / str(rank)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            left.append((path.stat().st_mtime_ns, rank, str(record["message"]),
+                         int(record["exit_code"])))
+        except (OSError, ValueError, TypeError, KeyError):
+            code = exit_codes[rank]
+            how = (f"was stopped by {_signal_name(-code)}" if code < 0
+                   else f"ended with exit code {code}")
+            left.append((2**63, rank, f"worker process {how} without a message", 1))
+    for _, rank, line, _ in sorted(left):
+        said.setdefault(line, []).append(rank)
+    codes = {code for *_, code in left}
+    if len(said) == 1 and not left[-1][2].startswith("worker process "):
+        message = left[-1][2]
+    else:
+        message = "; ".join(f"worker {', '.join(map(str, ranks))} of {nproc}: {line}"
+                            for line, ranks in said.items())
+    return WorkersFailed(message, codes.pop() if len(codes) == 1 else 1)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def check_gpus(device: str, nproc: int) -> None:
@@ -96,4 +161,5 @@ def worker_args(recipe: Path, overrides: Sequence[str], out: str | None, resume:
     return args + ["--strict-plugins"] * strict_plugins
 
 
-__all__ = ["check_gpus", "launch", "worker_args"]
+__all__ = ["WorkersFailed", "check_gpus", "launch", "report_worker_error", "worker_args",
+           "workers_failed"]

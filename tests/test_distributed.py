@@ -338,9 +338,9 @@ def test_a_failed_worker_is_one_line(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torchrun, "run", failed)
     result = _cli([str(RECIPES / "kd.toml"), "--nproc", "2", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2
-    assert "worker process(es) 1 of 2 failed (exit code 2); their messages are above" in (
-        result.output)
+    assert result.exit_code == 1
+    assert result.output == ("kdcore: error: worker 1 of 2: worker process ended with exit "
+                             "code 2 without a message\n")
 
 
 def test_more_processes_than_gpus_are_refused(monkeypatch):
@@ -393,3 +393,80 @@ def test_a_step_averages_gradients_first_only_across_ranks_and_then_not_again(mo
     distributed.step(opt, Scaler())
     assert averaged == ["grads", "scaler"] and param.tolist() == [-5.0, -5.0]
     assert opt not in distributed._synced  # a later step outside this one averages again
+
+
+NAN_SELECT = textwrap.dedent('''
+    """A selector whose mask is NaN: every worker's run fails (RunFailed, exit code 1)."""
+    import math
+    import torch
+    import kdcore
+
+    class NanSelect(kdcore.Component):
+        def select(self, ctx, batch):
+            return torch.full((len(batch),), math.nan)
+
+    class Plugin:
+        @kdcore.hookimpl
+        def kdcore_add_components(self):
+            return {"nan_select": NanSelect}
+
+    PLUGIN = Plugin()
+''')
+
+
+@pytest.mark.slow
+def test_failed_workers_say_their_error_once_with_their_exit_code(tmp_path):
+    """Each of N workers printed the same line, the launcher one more, and the launcher's
+    exit code was 2 where the workers' was 1."""
+    (tmp_path / "nan_select.py").write_text(NAN_SELECT)
+    recipe = tmp_path / "nan.toml"
+    recipe.write_text(f'extends = "{(RECIPES / "base-digits.toml").as_posix()}"\n'
+                      '[[stages]]\nname = "student"\nepochs = 1\ntrain = ["student"]\n'
+                      '[[stages.components]]\nuse = "nan_select"\n'
+                      '[[stages.components]]\nuse = "ce"\n')
+    proc = _launch([str(recipe), *_sets(SMALL), "--out",
+                    str(tmp_path / "r"), "--nproc", "2", "-q", "--plugin", "nan_select:PLUGIN"],
+                   tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["kdcore: error: component 'nan_select' (nan_select) select returned NaN; "
+                     "a select must lie in [0, 1]"]
+
+
+def test_the_launcher_says_each_workers_line_once_first_one_first(tmp_path):
+    from kdcore.torchrun import workers_failed
+
+    def leave(rank: int, message: str, code: int, when_ns: int) -> None:
+        path = tmp_path / str(rank)
+        path.write_text(f'{{"message": "{message}", "exit_code": {code}}}')
+        os.utime(path, ns=(when_ns, when_ns))
+
+    leave(0, "broken pipe", 1, 2_000)
+    leave(1, "bad input", 2, 1_000)
+    leave(2, "broken pipe", 1, 3_000)
+    failed = workers_failed({0: 1, 1: 2, 2: 1, 3: -9}, 4, tmp_path)
+    assert str(failed) == ("worker 1 of 4: bad input; worker 0, 2 of 4: broken pipe; worker 3 "
+                           "of 4: worker process was stopped by SIGKILL without a message")
+    assert failed.exit_code == 1  # the workers disagree: a failure
+    same = workers_failed({1: 2, 2: 1}, 4, tmp_path)  # only the workers that failed count
+    assert (str(same), same.exit_code) == (
+        "worker 1 of 4: bad input; worker 2 of 4: broken pipe", 1)
+    assert (str(workers_failed({0: 1, 2: 1}, 3, tmp_path)),
+            workers_failed({0: 1, 2: 1}, 3, tmp_path).exit_code) == ("broken pipe", 1)
+    assert workers_failed({1: 2}, 2, tmp_path).exit_code == 2
+    (tmp_path / "5").write_text("{not json")
+    assert str(workers_failed({5: 7}, 6, tmp_path)) == (
+        "worker 5 of 6: worker process ended with exit code 7 without a message")
+
+
+def test_a_worker_leaves_its_line_only_under_the_launcher(monkeypatch, tmp_path):
+    from kdcore.torchrun import ERRORS_ENV, report_worker_error
+
+    monkeypatch.delenv(ERRORS_ENV, raising=False)
+    monkeypatch.setenv("RANK", "3")
+    assert not report_worker_error("x", 2)  # one process, or a user's own torchrun
+    monkeypatch.setenv(ERRORS_ENV, str(tmp_path))
+    assert report_worker_error("bad: \"quoted\"", 2)
+    assert (tmp_path / "3").read_text() == '{"message": "bad: \\"quoted\\"", "exit_code": 2}'
+    monkeypatch.setenv(ERRORS_ENV, str(tmp_path / "gone"))
+    assert not report_worker_error("x", 2)  # nowhere to leave it: the worker says it
