@@ -23,7 +23,7 @@ import attrs
 import numpy as np
 from loguru import logger
 
-from kdcore import grid
+from kdcore import api_args, grid
 from kdcore.errors import KdcoreError
 from kdcore.recipe import (
     Recipe,
@@ -68,8 +68,9 @@ def as_recipe(recipe: RecipeLike, overrides: Sequence[str] = ()) -> Recipe:
     Raises:
         KdcoreError: an unreadable or invalid recipe, or a bad override (one line).
     """
+    overrides = api_args.strings(overrides, "overrides", "['run.seed=1']")
     if isinstance(recipe, str | Path):
-        return load_recipe(recipe, list(overrides))
+        return load_recipe(recipe, overrides)
     if isinstance(recipe, Recipe):
         if not overrides:
             return recipe
@@ -102,21 +103,26 @@ def run(
         out: the run directory (default ``run.output_dir/run.name``).
         resume: continue the run in ``out`` from its last checkpoint.
         overwrite: replace an earlier run in ``out``.
-        plugins: in-process plugin objects, besides the installed plugins.
+        plugins: in-process plugin objects, besides the installed plugins (a string names
+            one as ``--plugin`` does: ``"module:attr"``).
         progress: a progress bar over batches.
 
     Raises:
-        KdcoreError: a bad recipe or override, an output directory that holds a run (without
-            ``resume`` or ``overwrite``), or what stops the run.
+        KdcoreError: an argument of the wrong type (a lone string where a list goes), a bad
+            recipe or override, an output directory that holds a run (without ``resume`` or
+            ``overwrite``), or what stops the run.
     """
     from kdcore.engine import run_dir_of, run_recipe
     from kdcore.plugins import PluginHost
 
+    overrides = api_args.strings(overrides, "overrides", "['run.seed=1']")
+    flags = {name: api_args.flag(value, name) for name, value in (
+        ("resume", resume), ("overwrite", overwrite), ("progress", progress))}
+    extra = api_args.plugins(plugins)
     resolved = as_recipe(recipe, overrides)
-    run_dir = run_dir_of(resolved, None if out is None else str(out))  # "" refused, as --out
-    summary = run_recipe(resolved, out=str(run_dir), resume=resume, overwrite=overwrite,
-                         host=PluginHost(extra=list(plugins)), progress=progress,
-                         overrides=list(overrides))
+    run_dir = run_dir_of(resolved, None if out is None else str(api_args.path(out, "out")))
+    summary = run_recipe(resolved, out=str(run_dir), host=PluginHost(extra=extra),
+                         overrides=overrides, **flags)
     return RunResult(summary=summary, run_dir=run_dir)
 
 
@@ -201,10 +207,15 @@ def ablate(
         echo: where the progress lines go (default: the log, at INFO).
 
     Raises:
-        KdcoreError: nothing to run, two variants of one name, a bad grid file or recipe (a
-            run that fails is counted in ``failed``, not raised).
+        KdcoreError: an argument of the wrong type, nothing to run, two variants of one
+            name, a bad grid file or recipe (a run that fails is counted in ``failed``, not
+            raised).
     """
-    out = Path(out)
+    out = api_args.path(out, "out")
+    seeds = api_args.seeds(seeds)
+    variants = api_args.variants(variants, grid.Variant)
+    overrides = api_args.strings(overrides, "overrides", "['run.seed=1']")
+    jobs = api_args.count(jobs, "jobs")
     items = (list(recipes_or_grid) if isinstance(recipes_or_grid, list | tuple)
              else [recipes_or_grid])
     chosen: list[grid.Variant] = []
@@ -360,6 +371,7 @@ def load_history(run_dir: str | Path) -> HistoryFrames:
     Raises:
         KdcoreError: pandas is not installed, or no readable history at ``run_dir``.
     """
+    run_dir = api_args.path(run_dir, "run_dir")
     pd = _pandas()
     from kdcore.history import History
 

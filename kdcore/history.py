@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from kdcore import api_args
 from kdcore.history_writer import (
     FORMAT,
     HistoryWriter,
@@ -74,7 +75,7 @@ class History:
     """
 
     def __init__(self, path: str | Path):
-        path = Path(path)
+        path = api_args.path(path, "History")
         if path.is_dir():
             path = path / "history.h5"
         self.path = path

@@ -4,6 +4,7 @@ no training), the lazy exports, and load_history against a history written here.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,85 @@ def test_a_recipe_object_without_overrides_is_used_as_it_is(tmp_path):
     recipe = kdcore.load_recipe(write_recipe(_data(), tmp_path / "tiny.toml"))
     assert api.as_recipe(recipe) is recipe
     assert api.as_recipe(recipe, ["run.seed=3"]).source == recipe.source
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    # a lone string was iterated: "run.seed=1" became the override "r", seeds="10" seeds 1, 0
+    ({"overrides": "run.seed=1"}, "overrides takes a list, such as ['run.seed=1'], not str "
+                                  "'run.seed=1'"),
+    ({"overrides": ["run.seed=1", 2]}, "overrides takes strings, such as ['run.seed=1']; got "
+                                       "int 2"),
+    ({"plugins": "mod:P"}, "plugins takes a list, such as [MyPlugin()], not str 'mod:P'"),
+    ({"plugins": object()}, "plugins takes a list, such as [MyPlugin()], not object <object"),
+    ({"out": 5}, "out takes a path (a string or a pathlib.Path), not int 5"),  # made ./5
+    ({"out": ""}, "out takes a path (a string or a pathlib.Path), not str ''"),
+    ({"resume": "no"}, "resume takes True or False, not str 'no'"),  # "no" is truthy
+    ({"overwrite": 1}, "overwrite takes True or False, not int 1"),
+    ({"progress": None}, "progress takes True or False, not NoneType None"),
+    ({"overrides": ["x" * 100]}, "override 'xxxx"),  # a string, but not an override
+])
+def test_run_refuses_arguments_of_the_wrong_type_naming_the_argument(tmp_path, calls, call,
+                                                                     message):
+    args = {"out": tmp_path / "run", **call}
+    with pytest.raises(kdcore.KdcoreError, match="^" + re.escape(message)):
+        kdcore.run(_data(), **args)
+    assert not calls and not Path("5").exists()
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ({"seeds": "10"}, "seeds takes a list, such as [0, 1, 2], not str '10'"),
+    ({"seeds": 3}, "seeds takes a list, such as [0, 1, 2], not int 3"),
+    ({"seeds": [1, 1.5]}, "seeds takes integers; got float 1.5"),
+    ({"seeds": [True]}, "seeds takes integers; got bool True"),
+    ({"variants": "a:run.seed=1"}, "variants takes a list, such as "
+                                   "['lr-high:models.student.optimizer.lr=0.1'], not str"),
+    ({"variants": [("a", "run.seed=1")]}, "variants takes 'name:key=value;...' strings, "
+                                          "(name, [overrides]) pairs or kdcore.grid.Variant "
+                                          "objects; got tuple ('a', 'run.seed=1')"),
+    ({"variants": [3]}, "variants takes 'name:key=value;...' strings"),
+    ({"overrides": "run.seed=1"}, "overrides takes a list"),
+    ({"jobs": 0}, "jobs takes a positive integer, not int 0"),
+    ({"jobs": "2"}, "jobs takes a positive integer, not str '2'"),
+    ({"jobs": True}, "jobs takes a positive integer, not bool True"),
+    ({"out": None}, "out takes a path (a string or a pathlib.Path), not NoneType None"),
+])
+def test_ablate_refuses_arguments_of_the_wrong_type_naming_the_argument(tmp_path, calls, call,
+                                                                        message):
+    args = {"out": tmp_path / "grid", **call}
+    with pytest.raises(kdcore.KdcoreError, match="^" + re.escape(message)):
+        kdcore.ablate(_data(), **args)
+    assert not calls and not (tmp_path / "grid").exists()
+
+
+def test_ablate_takes_seeds_variants_and_jobs_of_the_right_types(tmp_path, calls):
+    result = kdcore.ablate(_data(), seeds=(3,), variants=[("a", ("run.seed=1",)), "b:"],
+                           jobs=1, out=str(tmp_path / "grid"))
+    assert sorted(result.summaries()) == [("a", 3), ("b", 3)]
+
+
+def test_a_plugin_named_by_a_string_is_imported_as_plugin_does(tmp_path, calls, monkeypatch):
+    (tmp_path / "my_plugin.py").write_text(
+        "import kdcore\n"
+        "class P:\n"
+        "    @kdcore.hookimpl\n"
+        "    def kdcore_run_start(self, ctx):\n"
+        "        pass\n"
+        "PLUGIN = P()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kdcore.run(_data(), out=tmp_path / "run", plugins=["my_plugin:PLUGIN"])
+    import my_plugin
+
+    assert calls[0]["host"].pm.is_registered(my_plugin.PLUGIN)
+    with pytest.raises(kdcore.KdcoreError, match="cannot import plugin 'no_such_module:P'"):
+        kdcore.run(_data(), out=tmp_path / "run2", plugins=["no_such_module:P"])
+
+
+def test_load_history_and_history_refuse_what_is_not_a_path():
+    for read in (kdcore.load_history, kdcore.History):
+        with pytest.raises(kdcore.KdcoreError, match="takes a path .*, not int 5$"):
+            read(5)
+        with pytest.raises(kdcore.KdcoreError, match="takes a path .*, not str ''$"):
+            read("")  # the current directory
 
 
 @pytest.mark.parametrize("bad", ["no stages", "bad value", "bad override", "no file", "a number"])

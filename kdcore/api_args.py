@@ -1,0 +1,88 @@
+"""The Python API's arguments checked where they come in: one :class:`KdcoreError` naming the
+argument, rather than a string iterated character by character (``seeds="10"`` ran seeds 1
+and 0), a value passed on until it fails deep inside a run, or a traceback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kdcore.errors import KdcoreError
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _items(value: Any, name: str, example: str) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise KdcoreError(f"{name} takes a list, such as {example}, not {_shown(value)}")
+
+
+def strings(value: Any, name: str, example: str) -> list[str]:
+    """A list or tuple of strings (``overrides``)."""
+    items = _items(value, name, example)
+    for item in items:
+        if not isinstance(item, str):
+            raise KdcoreError(f"{name} takes strings, such as {example}; got {_shown(item)}")
+    return items
+
+
+def seeds(value: Any) -> list[int] | None:
+    """``None`` or a list or tuple of integers."""
+    if value is None:
+        return None
+    items = _items(value, "seeds", "[0, 1, 2]")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise KdcoreError(f"seeds takes integers; got {_shown(item)}")
+    return items
+
+
+def flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise KdcoreError(f"{name} takes True or False, not {_shown(value)}")
+    return value
+
+
+def count(value: Any, name: str) -> int:
+    """A positive integer (``jobs``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KdcoreError(f"{name} takes a positive integer, not {_shown(value)}")
+    return value
+
+
+def path(value: Any, name: str) -> Path:
+    """A non-empty path given as a string or a path object (an empty one would be the
+    current directory)."""
+    if isinstance(value, str | os.PathLike) and str(os.fspath(value)) != "":
+        return Path(os.fspath(value))
+    raise KdcoreError(f"{name} takes a path (a string or a pathlib.Path), not {_shown(value)}")
+
+
+def plugins(value: Any) -> list[Any]:
+    """In-process plugin objects; a string names one as ``--plugin`` does (``module:attr``)."""
+    from kdcore.plugins import import_object
+
+    return [import_object(p) if isinstance(p, str) else p
+            for p in _items(value, "plugins", "[MyPlugin()]")]
+
+
+def variants(value: Any, variant: type) -> list[Any]:
+    """``"name:key=value;..."`` strings, ``(name, [overrides])`` pairs or ``variant`` objects
+    (:class:`kdcore.grid.Variant`, given: the grid imports the engine, which reads histories,
+    which use this module)."""
+    items = _items(value, "variants", "['lr-high:models.student.optimizer.lr=0.1']")
+    for item in items:
+        if isinstance(item, str | variant):
+            continue
+        if (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                and not isinstance(item[1], str) and isinstance(item[1], list | tuple)
+                and all(isinstance(s, str) for s in item[1])):
+            continue
+        raise KdcoreError("variants takes 'name:key=value;...' strings, (name, [overrides]) "
+                          f"pairs or kdcore.grid.Variant objects; got {_shown(item)}")
+    return items
