@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from kdcore.cli_files import reading
+from kdcore.cli_files import GivenPath, reading
 from kdcore.errors import KdcoreError
 from kdcore.failures import one_line_failures
 from kdcore.torchrun import report_worker_error
@@ -117,9 +117,9 @@ _strict_option = click.option(
     "kdcore run recipes/kd.toml --set 'data.noise.model=\"pair_flip\"' --out runs/kd-pair",
     "kdcore run recipes/kd.toml --out runs/kd --resume",
     "kdcore run recipes/kd.toml --out runs/kd-2 --nproc 2"))
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=GivenPath(dir_okay=False, path_type=Path))
 @_set_option
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory "
+@click.option("--out", type=GivenPath(file_okay=False), help="Run directory "
               "(default: run.output_dir/run.name).")
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its "
               "last checkpoint.")
@@ -177,9 +177,9 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
 @main.command(epilog=_examples(
     "kdcore check recipes/kd.toml",
     "kdcore check recipes/kd.toml --set run.seed=1 --set data.noise.params.rate=0.2"))
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=GivenPath(dir_okay=False, path_type=Path))
 @_set_option
-@click.option("--out", type=click.Path(file_okay=False), help="The run directory to check "
+@click.option("--out", type=GivenPath(file_okay=False), help="The run directory to check "
               "(default: run.output_dir/run.name); nothing is written.")
 @_plugin_option
 @_strict_option
@@ -243,15 +243,15 @@ _SUMMARY_PATTERNS = ("train/*/loss", "test/*/acc", "test/*/bacc", "label/acc",
     "kdcore inspect runs/kd --column target --column loss/ce --csv ledger.csv",
     "kdcore inspect runs/kd --column all --csv ledger.csv",
     "kdcore inspect runs/kd --cartography dynamics/ --model student"))
-@click.argument("run_dir", type=click.Path(exists=False, path_type=Path))
+@click.argument("run_dir", type=GivenPath(exists=False, path_type=Path))
 @click.option("--column", "columns", multiple=True, metavar="NAME|all",
               help="Export this ledger column over epochs (repeatable; e.g. target, "
                    "select/small_loss; 'all': every column), one CSV row per epoch and sample "
                    "with its sample_id, clean_label and noisy_label.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--csv", "csv_path", type=GivenPath(dir_okay=False, path_type=Path),
               help="Where --column (or the per-epoch metrics) goes as CSV: exact values, "
                    "missing ones as empty cells (default for --column: stdout).")
-@click.option("--cartography", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--cartography", type=GivenPath(file_okay=False, path_type=Path),
               help="Write Dataset Cartography training dynamics (dynamics_epoch_E.jsonl) here, "
                    "one file per epoch in which the model trained.")
 @click.option("--model", "role", default=None, help="Model role for --cartography "
@@ -273,14 +273,14 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
     "kdcore ablate recipes/ce.toml recipes/kd.toml --seeds 0,1,2 --out runs/base",
     "kdcore ablate recipes/kd.toml --variant 'T2:stages.student.components.kd.params."
     "temperature=2' --out runs/kd-temp --jobs 2"))
-@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("recipes", nargs=-1, type=GivenPath(dir_okay=False, path_type=Path))
+@click.option("--grid", type=GivenPath(dir_okay=False, path_type=Path),
               help="A grid TOML (seeds, variants with their recipe and overrides).")
 @click.option("--seeds", default=None, help="Comma-separated seeds (default: the grid's, or 0).")
 @click.option("--variant", "variants", multiple=True, metavar="NAME:KEY=VAL;KEY=VAL",
               help="A variant of each recipe (repeatable); none: each recipe as it is.")
 @_set_option
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=GivenPath(file_okay=False, path_type=Path),
               help="Grid directory: runs go to OUT/<variant>/seed<k>/.")
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
               help="Runs in parallel (separate processes); 1 runs in this process.")
@@ -296,7 +296,7 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
               help="slurm: CPUs per run.")
 @click.option("--slurm-mem-gb", type=click.FloatRange(0, 1e6, min_open=True), default=8,
               show_default=True, help="slurm: memory per run, GB.")
-@click.option("--slurm-folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--slurm-folder", type=GivenPath(file_okay=False, path_type=Path), default=None,
               help="slurm: submitit's job files and logs (default OUT/.submitit).")
 @_plugin_option
 @_strict_option
@@ -358,14 +358,14 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     "kdcore report runs/base --model student --csv table.csv --plots runs/base/plots",
     "kdcore report runs/base --baseline ce --ceiling clean --html runs/base/report",
     "kdcore report runs/base --baseline ce --ceiling clean --gap-model student"))
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("runs", nargs=-1, required=True, type=GivenPath(path_type=Path))
+@click.option("--markdown", "md_path", type=GivenPath(dir_okay=False, path_type=Path),
               help="Write the table as Markdown here (default: print it).")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--csv", "csv_path", type=GivenPath(dir_okay=False, path_type=Path),
               help="Write the table as CSV here.")
-@click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--plots", type=GivenPath(file_okay=False, path_type=Path),
               help="Write every figure here as PNG (needs matplotlib).")
-@click.option("--html", "html_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--html", "html_dir", type=GivenPath(file_okay=False, path_type=Path),
               help="Write one self-contained HTML page (table, runs, figures) as "
                    "DIR/index.html (needs matplotlib).")
 @click.option("--model", "role", default=None, metavar="ROLE",

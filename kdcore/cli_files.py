@@ -16,9 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import click
+
 from kdcore.errors import KdcoreError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class GivenPath(click.Path):
+    """``click.Path`` that refuses an empty argument: ``''`` would be the current directory
+    (``ablate --out ''`` wrote its grid there, ``report ''`` read it as a run)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value == "":
+            self.fail("an empty path; name a file or folder ('.' for this one)", param, ctx)
+        return super().convert(value, param, ctx)
 
 #: the files a run directory holds (``models/`` holds its weights)
 RUN_FILES = frozenset({"history.h5", "history.h5-journal", "history.h5.rebuild", "checkpoint.pt",

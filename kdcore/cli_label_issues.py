@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from kdcore.cli_files import check_output, output_file
+from kdcore.cli_files import GivenPath, check_output, output_file
 
 #: the list lengths at which precision is printed, besides ``--top`` and the whole list
 PRECISION_AT = (100, 1000)
@@ -89,13 +89,13 @@ def command(user_errors: Callable[[Any], Any], examples: Callable[..., str]) -> 
         "kdcore label-issues runs/amlkd",
         "kdcore label-issues runs/amlkd --model teacher --top 50",
         "kdcore label-issues runs/amlkd --csv issues.csv"))
-    @click.argument("run_dir", type=click.Path(path_type=Path))
+    @click.argument("run_dir", type=GivenPath(path_type=Path))
     @click.option("--model", "role", default=None, metavar="ROLE",
                   help="The model whose epochs are read (default: student, else the model of "
                        "the recipe's last stage).")
     @click.option("--top", default=20, show_default=True, type=int,
                   help="How many of the list to print.")
-    @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+    @click.option("--csv", "csv_path", type=GivenPath(dir_okay=False, path_type=Path),
                   help="Write the whole list here as CSV: exact values, 0-based epochs, "
                        "unknown values (no true labels) as empty cells.")
     @user_errors

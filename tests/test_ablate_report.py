@@ -219,8 +219,9 @@ def test_report_refuses_outputs_it_cannot_write_before_it_prints(tmp_path):
     from tests.cli_helpers import one_line_error
 
     _fake_run(tmp_path / "runs" / "ce", seed=0)
+    one_line_error(invoke("report", tmp_path / "runs", "--csv", tmp_path), "is a directory")
     one_line_error(invoke("report", tmp_path / "runs", "--csv", ""),
-                   "it is a folder; name a file")  # '' is the current folder
+                   "an empty path; name a file or folder")  # '' was the current folder
     one_line_error(invoke("report", tmp_path / "runs", "--markdown", tmp_path / "x.md",
                           "--csv", tmp_path / "x.md"), "--markdown and --csv name one file")
     assert not (tmp_path / "x.md").exists()

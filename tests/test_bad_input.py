@@ -192,3 +192,54 @@ def test_overrides_that_cannot_apply(good: Path, override: str, message: str) ->
     line = _refused(str(good), "--set", override)
     assert str(good) in line
     assert message in line
+
+
+# -- empty paths ----------------------------------------------------------------------------------
+
+
+def _path_params() -> list[tuple[str, str]]:
+    import click
+
+    from kdcore.cli_files import GivenPath
+
+    found = []
+    for name, command in sorted(main.commands.items()):
+        for param in command.params:
+            if isinstance(param.type, click.Path):
+                assert isinstance(param.type, GivenPath), (name, param.name)
+                found.append((name, param.opts[0]))
+    return found
+
+
+def test_every_path_of_every_command_refuses_an_empty_one():
+    """'' is the current directory to pathlib: ``ablate --out ''`` wrote its grid there."""
+    assert ("ablate", "--out") in _path_params() and ("report", "runs") in _path_params()
+
+
+@pytest.mark.parametrize(("command", "args"), [
+    ("ablate", ["--out", "", "RECIPE"]),
+    ("run", ["RECIPE", "--out", ""]),
+    ("run", [""]),
+    ("report", [""]),
+    ("report", ["RUN", "--markdown", ""]),
+    ("inspect", [""]),
+    ("label-issues", [""]),
+])
+def test_an_empty_path_is_refused_and_nothing_is_written(tmp_path, monkeypatch, good, command,
+                                                         args):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    args = [str(good) if a == "RECIPE" else str(tmp_path) if a == "RUN" else a for a in args]
+    result = CliRunner().invoke(main, [command, *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"kdcore: error: Invalid value for '{_shown_param(command, args)}': an empty path; "
+        "name a file or folder ('.' for this one)"]
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def _shown_param(command: str, args: list[str]) -> str:
+    at = args.index("")
+    return args[at - 1] if at and args[at - 1].startswith("--") else {
+        "run": "RECIPE", "report": "RUNS...", "inspect": "RUN_DIR", "label-issues": "RUN_DIR"}[
+            command]
