@@ -58,12 +58,36 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunResult]:
                 continue
             seen.add(run_dir.resolve())
             variant = run_dir.parent.name if SEED_DIR.match(run_dir.name) else run_dir.name
-            found.append(RunResult(run_dir, variant, json.loads(s.read_text())))
+            found.append(RunResult(run_dir, variant, read_summary(s)))
     if not found:
         raise KdcoreError("no finished runs (directories with summary.json) under "
                           + ", ".join(map(str, paths)))
     _check_variants(found)
     return found
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json: per model role, the accuracies :data:`METRICS` names (numbers, or
+    null without a validation split); anything else is one line naming the file (a
+    summary.json of another program, found under a folder given to ``report``, failed deep
+    in the table as "'int' object is not subscriptable")."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise KdcoreError(f"{path}: not a kdcore run summary ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:120]})") from None
+    if not isinstance(summary, dict) or not summary:
+        raise KdcoreError(f"{path}: not a kdcore run summary (expected an object of model "
+                          "roles)")
+    for role, entry in summary.items():
+        bad = ("not an object" if not isinstance(entry, dict) else next(
+            (f"'{key}' is not a number" for key in METRICS.values()
+             if entry.get(key) is not None and (isinstance(entry.get(key), bool)
+                                                or not isinstance(entry.get(key), int | float))),
+            next((f"no '{key}'" for key in METRICS.values() if key not in entry), None)))
+        if bad:
+            raise KdcoreError(f"{path}: not a kdcore run summary (model '{role}': {bad})")
+    return summary
 
 
 def _check_variants(runs: Sequence[RunResult]) -> None:

@@ -174,3 +174,32 @@ def test_final_role_reads_the_recipe_else_the_summary(tmp_path):
     choice = choose_models(list(runs.values()), "peer_a")
     assert choice.models == {"dml": "peer_a", "kd": "student", "plain": "teacher"}
     assert choice.others == ["kd", "plain"]
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ('{"seed": 7}', "model 'seed': not an object"),  # another program's summary.json
+    ("[1, 2]", "expected an object of model roles"),
+    ("{}", "expected an object of model roles"),
+    ('{"student": {"last_test_acc": 0.5}}', "model 'student': no 'test_acc_at_best_val'"),
+    ('{"student": {"test_acc_at_best_val": "0.9", "last_test_acc": 0.5, '
+     '"test_bacc_at_best_val": null, "last_test_bacc": null}}',
+     "model 'student': 'test_acc_at_best_val' is not a number"),
+    ('{"student": {"test_acc_at_best_val": 0.9, "last_test_acc": true, '
+     '"test_bacc_at_best_val": null, "last_test_bacc": null}}',
+     "model 'student': 'last_test_acc' is not a number"),
+    ("{not json", "JSONDecodeError: Expecting property name"),
+    (b"\xff\xfe", "UnicodeDecodeError"),
+])
+def test_a_summary_that_is_not_a_runs_is_one_line_naming_it(tmp_path, text, said):
+    write_run(tmp_path / "grid" / "ce" / "seed0", CE, {"student": 0.6})
+    other = tmp_path / "grid" / "tool" / "summary.json"
+    other.parent.mkdir()
+    other.write_bytes(text if isinstance(text, bytes) else text.encode())
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "grid")])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"kdcore: error: {other}: not a kdcore run summary (")
+    assert said in result.output and result.output.count("\n") == 1
+    # null accuracies (a run without a validation split) are a run's
+    other.write_text('{"student": {"test_acc_at_best_val": null, "last_test_acc": 0.5, '
+                     '"test_bacc_at_best_val": null, "last_test_bacc": 0.5}}')
+    assert len(find_runs([tmp_path / "grid"])) == 2
