@@ -46,9 +46,11 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
     os.environ["OMP_NUM_THREADS"] = threads or DEFAULT_THREADS
     errors = tempfile.TemporaryDirectory(prefix="kdcore-workers-")
     os.environ[ERRORS_ENV] = errors.name
+    # the elastic agent's own log folder goes with ours (else a torchelastic_* folder is left
+    # in the temporary directory by every run)
     args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--module",
-         "kdcore", *kdcore_args])
+        ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0",
+         f"--log-dir={errors.name}", "--module", "kdcore", *kdcore_args])
     # the elastic agent logs each worker's exit at ERROR with a multi-line report; the
     # worker has already said why in one line
     quiet = [logging.getLogger(name) for name in ("torch.distributed.elastic",

@@ -415,9 +415,12 @@ NAN_SELECT = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_failed_workers_say_their_error_once_with_their_exit_code(tmp_path):
+def test_failed_workers_say_their_error_once_with_their_exit_code(tmp_path, monkeypatch):
     """Each of N workers printed the same line, the launcher one more, and the launcher's
-    exit code was 2 where the workers' was 1."""
+    exit code was 2 where the workers' was 1. Nothing is left in the temporary directory
+    (the elastic agent left a torchelastic_* folder there)."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "nan_select.py").write_text(NAN_SELECT)
     recipe = tmp_path / "nan.toml"
     recipe.write_text(f'extends = "{(RECIPES / "base-digits.toml").as_posix()}"\n'
@@ -431,6 +434,8 @@ def test_failed_workers_say_their_error_once_with_their_exit_code(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == ["kdcore: error: component 'nan_select' (nan_select) select returned NaN; "
                      "a select must lie in [0, 1]"]
+    left = [p.name for p in (tmp_path / "tmp").iterdir()]
+    assert [n for n in left if n != "torchinductor_root"] == [], left  # (torch's cache)
 
 
 def test_the_launcher_says_each_workers_line_once_first_one_first(tmp_path):
