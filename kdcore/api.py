@@ -8,7 +8,8 @@ they are the programmatic twins of ``kdcore run``, ``kdcore ablate`` and ``kdcor
     frames = result.history()               # == kdcore.load_history(result.run_dir)
     frames.metrics                          # one row per epoch: stage, epoch, every metric
 
-The frames need pandas (``pip install 'kdcore[analysis]'``); running does not.
+The frames (:mod:`kdcore.frames`) need pandas (``pip install 'kdcore[analysis]'``); running
+does not.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 from loguru import logger
 
 from kdcore import api_args, grid
 from kdcore.errors import KdcoreError
+from kdcore.frames import HistoryFrames, load_history
 from kdcore.recipe import (
     Recipe,
     apply_override,
@@ -253,135 +254,3 @@ def ablate(
 def _summary(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "summary.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-# -- history as frames ------------------------------------------------------------------------
-
-
-def _pandas() -> Any:
-    try:
-        import pandas
-    except ImportError:
-        raise KdcoreError("reading a history as frames needs pandas: install kdcore[analysis] "
-                          "(pip install 'kdcore[analysis]')") from None
-    return pandas
-
-
-@attrs.frozen
-class HistoryFrames:
-    """A run's ``history.h5`` as pandas frames (:func:`load_history`). No file stays open:
-    :meth:`column` and :meth:`data` read the file when called.
-
-    Attributes:
-        path: the ``history.h5`` file.
-        metrics: one row per epoch row (index ``row``): ``stage``, ``epoch`` (within the
-            stage) and every metric (NaN where not measured).
-        recipe_toml: the resolved recipe the run was started with, as TOML.
-        num_classes: the number of classes.
-        class_names: the class names, in label order.
-        columns: the ledger columns' names.
-        data_names: the per-sample constants' names (``noisy_label``, ``clean_mask``, ...).
-    """
-
-    path: Path
-    metrics: Any
-    recipe_toml: str
-    num_classes: int
-    class_names: list[str]
-    columns: list[str]
-    data_names: list[str]
-
-    @property
-    def recipe(self) -> Recipe:
-        """The resolved recipe the run was started with."""
-        import tomllib
-
-        return recipe_from_dict(tomllib.loads(self.recipe_toml), source=str(self.path))
-
-    def _open(self) -> Any:
-        from kdcore.history import History
-
-        return History(self.path)
-
-    def data(self, name: str) -> Any:
-        """A per-sample constant of ``/data`` as stored (numpy; row ``i`` is sample ``i``)."""
-        if name not in self.data_names:
-            raise KdcoreError(f"no data '{name}' in {self.path}; data: "
-                              f"{', '.join(self.data_names)}")
-        with self._open() as h:
-            return h.data(name)
-
-    def column(self, name: str, *, epoch: int | None = None, full: bool = False) -> Any:
-        """A ledger column in long form: one row per (epoch row, sample), as ``kdcore inspect
-        --column`` exports it.
-
-        Columns ``row`` (the epoch row), ``stage``, ``epoch``, ``ledger_row`` (the sample's
-        index, as in :meth:`data`), ``sample_id`` (its row in the dataset's training split),
-        ``clean_label``, ``noisy_label``, then ``value`` for a per-sample column; for an
-        ``N x C`` column ``label`` and ``confidence`` (a target's argmax and max) or ``argmax``
-        and ``max`` (logits and other per-class values), or with ``full`` one column per class,
-        ``class_0`` ... Values keep their stored dtype, float16 read as float32 (the same).
-
-        Args:
-            epoch: one epoch row (negative counts from the end); default every row.
-        """
-        pd = _pandas()
-        if name not in self.columns:
-            raise KdcoreError(f"no column '{name}' in {self.path}; columns: "
-                              f"{', '.join(self.columns) or '(none)'}")
-        rows = np.arange(len(self.metrics))
-        if epoch is not None:
-            if not -len(rows) <= epoch < len(rows):
-                raise KdcoreError(f"epoch row {epoch} out of range: the history has "
-                                  f"{len(rows)} rows")
-            rows = rows[[epoch]]
-        with self._open() as h:
-            values = h.column(name) if epoch is None else h.column(name, int(rows[0]))[None]
-            kind = h.column_kind(name)
-            per_sample = {k: h.data(k) for k in ("sample_id", "clean_label", "noisy_label")
-                          if k in self.data_names}
-        if values.ndim > 3:
-            raise KdcoreError(f"column '{name}' has shape {values.shape[1:]} per epoch; read "
-                              f"it with kdcore.History(...).column('{name}')")
-        n = values.shape[1]
-        frame = {
-            "row": np.repeat(rows, n),
-            "stage": np.repeat(self.metrics["stage"].to_numpy()[rows], n),
-            "epoch": np.repeat(self.metrics["epoch"].to_numpy()[rows], n),
-            "ledger_row": np.tile(np.arange(n), len(rows)),
-            **{k: np.tile(v, len(rows)) for k, v in per_sample.items()},
-        }
-        if values.dtype == np.float16:  # exact in float32; pandas cannot display float16
-            values = values.astype(np.float32)
-        if values.ndim == 2:
-            frame["value"] = values.reshape(-1)
-        elif full:
-            flat = values.reshape(-1, values.shape[2])
-            frame |= {f"class_{k}": flat[:, k] for k in range(flat.shape[1])}
-        else:
-            names = ("label", "confidence") if kind == "target" else ("argmax", "max")
-            frame[names[0]] = values.argmax(-1).reshape(-1)
-            frame[names[1]] = values.max(-1).reshape(-1)
-        return pd.DataFrame(frame)
-
-
-def load_history(run_dir: str | Path) -> HistoryFrames:
-    """A run's ``history.h5`` (``run_dir`` or the file itself) as pandas frames.
-
-    Raises:
-        KdcoreError: pandas is not installed, or no readable history at ``run_dir``.
-    """
-    run_dir = api_args.path(run_dir, "run_dir")
-    pd = _pandas()
-    from kdcore.history import History
-
-    with History(run_dir) as h:
-        epochs = h.epochs()
-        metrics = pd.DataFrame({"stage": [s for s, _ in epochs],
-                                "epoch": [e for _, e in epochs],
-                                **h.metrics()})
-        metrics.index.name = "row"
-        class_names = h.class_names
-        return HistoryFrames(path=h.path, metrics=metrics, recipe_toml=h.recipe,
-                             num_classes=h.num_classes, class_names=class_names,
-                             columns=h.column_names(), data_names=h.data_names())

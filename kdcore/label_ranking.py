@@ -171,9 +171,9 @@ class LabelIssues:
         Raises:
             KdcoreError: pandas is not installed (``pip install 'kdcore[analysis]'``).
         """
-        from kdcore.api import _pandas
+        from kdcore.frames import pandas_module
 
-        pd = _pandas()
+        pd = pandas_module()
         return pd.DataFrame({k: v for k, v in self.table().items() if v is not None})
 
 

@@ -284,6 +284,8 @@ def test_load_history_metrics_and_metadata(tmp_path):
 
 
 def test_load_history_columns_in_long_form(tmp_path):
+    import pandas as pd
+
     _write_history(tmp_path / "run")
     h = kdcore.load_history(tmp_path / "run")
     t = h.column("target")
@@ -302,7 +304,16 @@ def test_load_history_columns_in_long_form(tmp_path):
     got = full[["class_0", "class_1", "class_2"]].to_numpy()
     assert got.dtype == np.float32 and np.array_equal(got, TARGETS[1].astype(np.float32))
     mask = h.column("select/small_loss")
-    assert mask["value"].tolist() == [*MASK, *([False] * N)]  # row 1: not written (fill)
+    # row 1: no component wrote it; its fill (False) read as "not selected"
+    assert str(mask["value"].dtype) == "boolean"
+    assert mask["value"].tolist() == [*MASK, *([pd.NA] * N)]
+    assert mask["value"].isna().tolist() == [False] * N + [True] * N
+    assert str(t["label"].dtype) == "Int64"
+    # row 0 of the logits: not written (NaN fill), so no argmax (numpy's of NaN is 0)
+    every = h.column("logits/student")
+    assert every["argmax"].isna().tolist() == [True] * N + [False] * N
+    assert np.isnan(every["max"].to_numpy()[:N]).all()
+    assert every["max"].to_numpy()[N:].tolist() == LOGITS.max(1).astype(np.float32).tolist()
     logits = h.column("logits/student", epoch=1)
     assert logits["argmax"].tolist() == LOGITS.argmax(1).tolist()
     assert logits["max"].tolist() == LOGITS.max(1).astype(np.float32).tolist()
@@ -317,3 +328,19 @@ def test_load_history_without_pandas_says_what_to_install(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(kdcore.KdcoreError, match=r"install kdcore\[analysis\]"):
         kdcore.load_history(tmp_path / "run")
+
+
+def test_a_nan_row_of_a_class_column_has_no_argmax(tmp_path):
+    """numpy's argmax of a row holding NaN is the NaN's index: it read as a class."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    w = HistoryWriter(run_dir / "history.h5")
+    recipe = kdcore.load_recipe(write_recipe(_data(), run_dir / "r.toml"))
+    w.create(recipe_toml=recipe.to_toml(), versions={"kdcore": "0"}, num_classes=C,
+             class_names=["a", "b", "c"], constants={}, transition_matrix=torch.eye(C))
+    logits = torch.tensor([[0.0, 2.0, 1.0], [float("nan"), 0.0, 5.0]])
+    w.append_epoch(stage="teacher", epoch=0, metrics={},
+                   columns={"logits/teacher": Column(logits, "ce", "value")})
+    frame = kdcore.load_history(run_dir).column("logits/teacher")
+    assert frame["argmax"].isna().tolist() == [False, True]
+    assert frame["argmax"][0] == 1 and np.isnan(frame["max"][1]) and frame["max"][0] == 2.0
