@@ -146,5 +146,5 @@ def test_a_folder_holding_a_runs_files_but_no_run_is_not_written_over(tiny_recip
         assert_one_line_error(invoke("run", mine, "--out", home, *flags),
                               "the file the run in", "writes its resolved recipe to")
     assert mine.read_text().startswith("# mine\n")
-    with pytest.raises(kdcore.KdcoreError, match="--out is empty"):
+    with pytest.raises(kdcore.KdcoreError, match="out takes a path .*, not str ''"):
         kdcore.run(tiny_recipe, out="")
