@@ -25,12 +25,9 @@ from kdcore.plan import RunPlan, build_plan, check_distributed
 from kdcore.plugins import ObserverBus, PluginHost
 from kdcore.prepare import compile_models, load_model_checkpoints, prepare_run
 from kdcore.recipe import Recipe
+from kdcore.recipe.rules import RESUMABLE_CHANGES
 from kdcore.rundir import check_output_dir, prepare_run_dir, run_dir_of
 from kdcore.runstate import ComponentContext, Run
-
-# Keys that may change between a run and its resume: they do not change what is computed.
-RESUMABLE_CHANGES = ("run.name", "run.output_dir", "run.threads", "run.checkpoint_interval_s",
-                     "run.loggers", "data.workers")
 
 
 def fingerprint(recipe: Recipe, overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def _check_variants(runs: Sequence[RunResult]) -> None:
     once. Runs that share only a folder name (two grids' ``ce``, ``seed1`` and ``seed2`` of
     two recipes) would otherwise be averaged as one."""
     from kdcore.checkpointing import differing_keys
-    from kdcore.engine import RESUMABLE_CHANGES
+    from kdcore.recipe.rules import RESUMABLE_CHANGES
 
     first: dict[str, tuple[RunResult, dict[str, Any]]] = {}
     seeds: dict[tuple[str, Any], Path] = {}

@@ -9,6 +9,11 @@ from typing import Any
 from kdcore.errors import RecipeError, did_you_mean
 from kdcore.recipe.schema import MAX_LR, NAME_BYTES, Recipe
 
+#: keys that may change between a run and its resume, or between the seeds of one variant
+#: that ``kdcore report`` averages: they do not change what is computed
+RESUMABLE_CHANGES = ("run.name", "run.output_dir", "run.threads", "run.checkpoint_interval_s",
+                     "run.loggers", "data.workers")
+
 
 def check_consistency(recipe: Recipe) -> None:
     """Cross-field rules that no single field's type can express."""
