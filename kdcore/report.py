@@ -73,7 +73,7 @@ def read_summary(path: Path) -> dict[str, Any]:
     in the table as "'int' object is not subscriptable")."""
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
         raise KdcoreError(f"{path}: not a kdcore run summary ({type(exc).__name__}: "
                           f"{' '.join(str(exc).split())[:120]})") from None
     if not isinstance(summary, dict) or not summary:

@@ -118,8 +118,8 @@ def test_a_damaged_history_is_one_line(run_dir, tmp_path, damage, command):
 def test_a_damaged_summary_is_one_line(run_dir, content):
     (run_dir / "summary.json").write_text(content)
     line = one_line_error(invoke("report", run_dir))
-    assert line.startswith("kdcore: error: cannot read the run's files as a kdcore run's; "
-                           "one may be damaged ("), line
+    assert line.startswith(f"kdcore: error: {run_dir / 'summary.json'}: not a kdcore run "
+                           "summary ("), line
 
 
 _HEAD = struct.Struct("<8sQ")
