@@ -131,7 +131,10 @@ def test_a_history_copied_in_from_another_run_is_not_appended_to(runs):
 
 
 @pytest.mark.parametrize("command", ["run", "check"])
-def test_an_empty_out_is_refused_not_taken_for_the_default(tmp_path, command, monkeypatch):
+@pytest.mark.parametrize(("out", "said"), [("", "'--out': an empty path"),
+                                           ("  ", "--out is empty")])
+def test_an_empty_out_is_refused_not_taken_for_the_default(tmp_path, command, monkeypatch,
+                                                            out, said):
     """``--out "$UNSET" --overwrite`` must not replace run.output_dir/run.name."""
     from tests.conftest import TINY_RECIPE
 
@@ -139,7 +142,7 @@ def test_an_empty_out_is_refused_not_taken_for_the_default(tmp_path, command, mo
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(TINY_RECIPE.format(seed=0))
     extra = ["--overwrite"] if command == "run" else []
-    one_line_error(invoke(command, recipe, "--out", "", *extra), "--out is empty")
+    one_line_error(invoke(command, recipe, "--out", out, *extra), said)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]
 
 
