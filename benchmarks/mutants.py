@@ -36,6 +36,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # what the reading commands write and how they read a damaged run (session 10)
     "kdcore-cli-files": (".", ["kdcore/cli_files.py"],
                          ["tests/test_cli_files.py", "tests/test_read_commands_damage.py"]),
+    # the Python API's argument checks, the --nproc launcher's error lines, the pandas frames
+    # (session 13); the real two-process runs (slow) start processes outside the copy
+    "kdcore-api-input": (".", ["kdcore/api_args.py", "kdcore/torchrun.py", "kdcore/frames.py"],
+                         ["tests/test_api.py", "tests/test_distributed.py", "-m", "not slow"]),
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md)
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
@@ -72,16 +76,19 @@ _COUNTS = re.compile(r"🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d
 
 def copy_package(name: str, dst: Path) -> list[str]:
     """Copy the target's package (its top-level module directories, ``tests/`` and
-    ``pyproject.toml``) into ``dst``, which must not exist; the top-level directories copied.
+    ``pyproject.toml``; kdcore's ``recipes/`` too) into ``dst``, which must not exist; the
+    top-level directories copied besides ``tests/``.
     (``benchmarks/why_mutants.py`` builds its copies of the repository with it too.)"""
     package, modules, _ = TARGETS[name]
     src = ROOT / package
     dst.mkdir(parents=True)
     top = sorted({m.split("/")[0] for m in modules})
-    for item in [*top, "tests"]:
+    # kdcore's own tests read the shipped recipes beside them
+    extra = ["recipes"] if package == "." else []
+    for item in [*top, "tests", *extra]:
         shutil.copytree(src / item, dst / item, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(src / "pyproject.toml", dst / "pyproject.toml")
-    return top
+    return [*top, *extra]
 
 
 def prepare(name: str) -> Path:

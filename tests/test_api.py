@@ -152,11 +152,26 @@ def test_a_plugin_named_by_a_string_is_imported_as_plugin_does(tmp_path, calls, 
 
 
 def test_load_history_and_history_refuse_what_is_not_a_path():
-    for read in (kdcore.load_history, kdcore.History):
-        with pytest.raises(kdcore.KdcoreError, match="takes a path .*, not int 5$"):
+    for read, name in ((kdcore.load_history, "run_dir"), (kdcore.History, "History")):
+        with pytest.raises(kdcore.KdcoreError, match=f"^{name} takes a path .*, not int 5$"):
             read(5)
-        with pytest.raises(kdcore.KdcoreError, match="takes a path .*, not str ''$"):
+        with pytest.raises(kdcore.KdcoreError, match=f"^{name} takes a path .*, not str ''$"):
             read("")  # the current directory
+
+
+def test_a_value_shown_in_a_refusal_is_cut_at_60_characters():
+    from kdcore.api_args import _shown
+
+    assert _shown("a" * 58) == f"str '{'a' * 58}'"  # its repr is 60 characters
+    assert _shown("a" * 59) == f"str '{'a' * 56}..."
+    with pytest.raises(kdcore.KdcoreError, match=r"^overrides takes a list, such as "
+                                                  r"\['run.seed=1'\], not str 'x{56}\.\.\.$"):
+        kdcore.run(_data(), overrides="x" * 100, out="never")
+
+
+def test_every_variant_is_checked_not_only_the_first(tmp_path, calls):
+    with pytest.raises(kdcore.KdcoreError, match="variants takes 'name:key=value;...'"):
+        kdcore.ablate(_data(), variants=["a:", ("b", []), 3], out=tmp_path / "grid")
 
 
 @pytest.mark.parametrize("bad", ["no stages", "bad value", "bad override", "no file", "a number"])
@@ -317,10 +332,14 @@ def test_load_history_columns_in_long_form(tmp_path):
     logits = h.column("logits/student", epoch=1)
     assert logits["argmax"].tolist() == LOGITS.argmax(1).tolist()
     assert logits["max"].tolist() == LOGITS.max(1).astype(np.float32).tolist()
-    with pytest.raises(kdcore.KdcoreError, match="no column"):
+    with pytest.raises(kdcore.KdcoreError, match="no column 'nope' in .*; columns: "
+                                                 "logits/student, select/small_loss, target$"):
         h.column("nope")
-    with pytest.raises(kdcore.KdcoreError, match="out of range"):
-        h.column("target", epoch=2)
+    assert h.column("target", epoch=-2)["row"].tolist() == [0] * N  # the first of two rows
+    for row in (2, -3):
+        with pytest.raises(kdcore.KdcoreError, match=f"epoch row {row} out of range: the "
+                                                     "history has 2 rows"):
+            h.column("target", epoch=row)
 
 
 def test_load_history_without_pandas_says_what_to_install(tmp_path, monkeypatch):
@@ -340,7 +359,18 @@ def test_a_nan_row_of_a_class_column_has_no_argmax(tmp_path):
              class_names=["a", "b", "c"], constants={}, transition_matrix=torch.eye(C))
     logits = torch.tensor([[0.0, 2.0, 1.0], [float("nan"), 0.0, 5.0]])
     w.append_epoch(stage="teacher", epoch=0, metrics={},
-                   columns={"logits/teacher": Column(logits, "ce", "value")})
-    frame = kdcore.load_history(run_dir).column("logits/teacher")
-    assert frame["argmax"].isna().tolist() == [False, True]
-    assert frame["argmax"][0] == 1 and np.isnan(frame["max"][1]) and frame["max"][0] == 2.0
+                   columns={"logits/teacher": Column(logits, "ce", "value"),
+                            "loss/ce": Column(torch.tensor([0.5, 1.5]), "ce", "value")})
+    # values with no producer: kept in the file, not a value of that epoch
+    w.append_epoch(stage="teacher", epoch=1, metrics={},
+                   columns={"logits/teacher": Column(logits.nan_to_num(), "", "value"),
+                            "loss/ce": Column(torch.tensor([0.5, 1.5]), "", "value")})
+    h = kdcore.load_history(run_dir)
+    frame = h.column("logits/teacher")
+    assert frame["argmax"].isna().tolist() == [False, True, True, True]
+    assert frame["argmax"][0] == 1 and frame["max"][0] == 2.0
+    assert np.isnan(frame["max"].to_numpy()[1:]).all()
+    full = h.column("logits/teacher", full=True)
+    assert np.isnan(full["class_1"].to_numpy()[2:]).all() and full["class_1"][0] == 2.0
+    assert h.column("loss/ce")["value"].tolist()[:2] == [0.5, 1.5]
+    assert np.isnan(h.column("loss/ce")["value"].to_numpy()[2:]).all()

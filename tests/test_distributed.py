@@ -307,6 +307,47 @@ def test_each_worker_gets_the_same_run():
                     "--quiet", "--strict-plugins"]
     assert worker_args(Path("r.toml"), [], None, False, True, False, None, [], False) == [
         "run", "r.toml", "--overwrite"]
+    assert worker_args(Path("r.toml"), [], None, False, False, False, True, [], False) == [
+        "run", "r.toml", "--progress"]
+
+
+def test_the_launcher_starts_kdcore_in_n_workers_and_restores_its_environment(monkeypatch):
+    """torchrun's arguments, the workers' environment (one OMP thread unless set, the folder
+    for their error lines), and this process's environment and loggers as they were."""
+    import logging
+
+    import torch.distributed.run as torchrun
+
+    from kdcore.torchrun import ERRORS_ENV, launch
+
+    seen = {}
+
+    def started(args):
+        seen.update(args=args, threads=os.environ.get("OMP_NUM_THREADS"),
+                    errors=os.environ.get(ERRORS_ENV),
+                    level=logging.getLogger("torch.distributed.elastic").level,
+                    run_level=logging.getLogger("torch.distributed.run").level)
+        assert Path(seen["errors"]).is_dir()
+
+    monkeypatch.setattr(torchrun, "run", started)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(ERRORS_ENV, raising=False)
+    launch(3, ["run", "r.toml", "-q"])
+    args = seen["args"]
+    assert (args.standalone, args.nproc_per_node, args.max_restarts, args.module,
+            args.training_script, args.training_script_args) == (
+        True, "3", 0, True, "kdcore", ["run", "r.toml", "-q"])
+    assert args.log_dir == seen["errors"] and Path(seen["errors"]).name.startswith(
+        "kdcore-workers-")
+    assert seen["threads"] == "1" and seen["level"] == seen["run_level"] == logging.CRITICAL
+    assert "OMP_NUM_THREADS" not in os.environ and ERRORS_ENV not in os.environ
+    assert not Path(seen["errors"]).exists()  # removed with the workers' lines
+    assert logging.getLogger("torch.distributed.elastic").level != logging.CRITICAL
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    launch(1, ["run", "r.toml"])
+    assert seen["threads"] == "4" and os.environ["OMP_NUM_THREADS"] == "4"
+    with pytest.raises(KdcoreError, match="^--nproc must be at least 1, got 0$"):
+        launch(0, ["run", "r.toml"])
 
 
 @pytest.mark.parametrize("sig, exit_code, said", [
@@ -459,6 +500,8 @@ def test_the_launcher_says_each_workers_line_once_first_one_first(tmp_path):
     assert (str(workers_failed({0: 1, 2: 1}, 3, tmp_path)),
             workers_failed({0: 1, 2: 1}, 3, tmp_path).exit_code) == ("broken pipe", 1)
     assert workers_failed({1: 2}, 2, tmp_path).exit_code == 2
+    leave(4, "stopped", 130, 4_000)
+    assert workers_failed({1: 2, 4: 130}, 5, tmp_path).exit_code == 1  # two codes: a failure
     (tmp_path / "5").write_text("{not json")
     assert str(workers_failed({5: 7}, 6, tmp_path)) == (
         "worker 5 of 6: worker process ended with exit code 7 without a message")
