@@ -184,3 +184,40 @@ def test_reading_passes_results_and_other_errors_through():
     assert reading(lambda x: x + 1)(1) == 2
     with pytest.raises(KdcoreError, match="^mine$"):
         reading(lambda: (_ for _ in ()).throw(KdcoreError("mine")))()
+
+
+def test_write_bytes_that_fails_says_what_the_system_said_and_keeps_the_older_file(
+        tmp_path, monkeypatch):
+    out = tmp_path / "a.png"
+    out.write_bytes(b"old")
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(KdcoreError, match=f"^cannot write {out}: No space left on device$"):
+        write_bytes(out, b"new")
+    monkeypatch.undo()
+    assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.png"]
+
+
+@pytest.mark.parametrize("option", ["--out", "--csv"])
+def test_an_empty_path_is_refused_by_the_path_type_naming_the_option(option):
+    import click
+    from click.testing import CliRunner
+
+    from kdcore.cli_files import GivenPath
+
+    @click.command()
+    @click.option(option, "value", type=GivenPath(path_type=Path))
+    def command(value):
+        click.echo(repr(value))
+
+    result = CliRunner().invoke(command, [option, ""])
+    assert result.exit_code == 2
+    assert (f"Invalid value for '{option}': an empty path; name a file or folder ('.' for this "
+            "one)") in result.output
+    ok = CliRunner().invoke(command, [option, "x"])
+    assert ok.exit_code == 0 and ok.output == f"{Path('x')!r}\n"  # click.Path's conversion
+    assert CliRunner().invoke(command, [option, " "]).output == f"{Path(' ')!r}\n"
