@@ -134,6 +134,12 @@ def between(low: float, high: float, *, include_low: bool = True, include_high: 
     return check
 
 
+softmax_temperature = between(1e-3, 1e3, what="a softmax temperature")
+"""``0.001 <= value <= 1000``: a softmax temperature. Every published value lies far inside;
+beyond it float32 breaks: logits / T overflows for a tiny T, and a KD term's T**2 factor is
+infinite from T = 2e19 on (0 times inf is NaN at the first step)."""
+
+
 def each(validator: Validator) -> Validator:
     """Apply ``validator`` to every item of a list; the message names the item
     (``'hidden[1]' must be positive, got 0``)."""

@@ -3,6 +3,7 @@ is called (and one line from ``kdcore run``), never a traceback or a silent fall
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -421,3 +422,40 @@ def test_without_a_validation_split_no_best_val_result_is_reported(tmp_path):
     (row,) = [line for line in table.splitlines() if line.startswith("| noval")]
     assert row.split("|")[4].strip() == "-"
     assert row.split("|")[5].strip() == f"{100 * student['last_test_acc']:.2f}"  # one seed
+
+
+# -- softmax temperatures -------------------------------------------------------------------------
+
+
+def _temperature_fields() -> list[tuple[str, str]]:
+    import attrs
+
+    from kdcore.plugins import PluginHost
+
+    host = PluginHost()
+    return [(name, field.name) for name in host.components
+            for field in attrs.fields(host.components.get(name).Params)
+            if field.name.endswith("temperature")]
+
+
+def test_every_temperature_of_every_installed_component_is_checked():
+    fields = _temperature_fields()
+    # hinton_kd's, the first-party packages' (AML-KD, ALM-KD, KDMLC, DML, SMKD, F&F, AWE)
+    assert ("hinton_kd", "temperature") in fields and ("awe", "margin_temperature") in fields
+    assert len(fields) >= 8, fields
+
+
+@pytest.mark.parametrize(("use", "field"), _temperature_fields())
+def test_a_temperature_where_float32_breaks_is_refused_by_the_recipe(use: str,
+                                                                     field: str) -> None:
+    """A KD term at T = 1e20 (T**2 infinite in float32) was NaN at the first step, after the
+    recipe had passed `check`; T = 1e-40 overflowed the scaled logits."""
+    from kdcore.plugins import PluginHost
+
+    params = PluginHost().components.get(use).Params
+    for value in (1e-3, 1e3):
+        params(**{field: value})
+    for value in (1e20, 1000.5, 9.99e-4, 1e-40, 0.0):
+        with pytest.raises(ValueError, match=re.escape(
+                f"'{field}' must be in [0.001, 1000] (a softmax temperature), got {value!r}")):
+            params(**{field: value})

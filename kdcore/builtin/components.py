@@ -8,7 +8,7 @@ import torch
 from kdcore.component import Batch, Component, PerSample, TransferTerm
 from kdcore.context import Role, RunContext
 from kdcore.losses import cross_entropy_term, kd_kl, smooth_targets
-from kdcore.validators import positive, unit_interval
+from kdcore.validators import softmax_temperature, unit_interval
 
 
 class CrossEntropy(Component):
@@ -30,7 +30,7 @@ class HintonKDParams:
     """
 
     teacher: Role = Role("teacher")
-    temperature: float = attrs.field(default=4.0, validator=positive)
+    temperature: float = attrs.field(default=4.0, validator=softmax_temperature)
 
 
 class HintonKD(Component):

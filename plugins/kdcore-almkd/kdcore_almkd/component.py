@@ -34,7 +34,7 @@ import kdcore
 from kdcore import Role
 from kdcore.config import structure
 from kdcore.losses import one_hot
-from kdcore.validators import non_negative, positive, unit_interval
+from kdcore.validators import non_negative, positive, softmax_temperature, unit_interval
 from kdcore_almkd.mixing import (
     REFERENCE_BATCH_SIZE,
     Mixing,
@@ -120,7 +120,7 @@ class AlmKDParams:
     """
 
     teachers: tuple[Role, ...] = attrs.field(default=(Role("teacher"),), validator=_teachers)
-    temperature: float = attrs.field(default=4.0, validator=positive)
+    temperature: float = attrs.field(default=4.0, validator=softmax_temperature)
     preset: Literal["amal", "almkd"] = "amal"
     mixing: Literal["free", "convex"] | None = None
     init: Literal["constant", "uniform"] | None = None

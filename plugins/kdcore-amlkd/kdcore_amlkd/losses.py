@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import kdcore
 from kdcore.context import Role, RunContext
 from kdcore.losses import kd_kl, soft_cross_entropy
-from kdcore.validators import between, positive
+from kdcore.validators import between, softmax_temperature
 
 
 @attrs.frozen
@@ -40,7 +40,7 @@ class MixupParams:
     """
 
     beta: float = attrs.field(default=4.0, validator=between(1e-6, 1e6))
-    temperature: float = attrs.field(default=4.0, validator=positive)
+    temperature: float = attrs.field(default=4.0, validator=softmax_temperature)
     teacher: Role = Role("teacher")
 
 

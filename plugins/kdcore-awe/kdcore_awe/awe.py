@@ -40,7 +40,7 @@ from torch import nn
 import kdcore
 from kdcore.context import SCALAR_KINDS, ColumnKind, ColumnName, Role, RunContext
 from kdcore.losses import one_hot, soft_cross_entropy
-from kdcore.validators import between, non_negative, positive
+from kdcore.validators import between, non_negative, softmax_temperature
 from kdcore_selection.small_loss import mixture_posterior
 
 
@@ -151,7 +151,7 @@ class AWEParams:
     loss_mode: Literal["learned", "cosine", "margin", "loss_posterior", "loss_rank",
                        "confidence", "none"] = "learned"
     seed_mode: Literal["learned", "cosine", "margin", "none"] = "none"
-    margin_temperature: float = attrs.field(default=0.1, validator=positive)
+    margin_temperature: float = attrs.field(default=0.1, validator=softmax_temperature)
     mean_one: bool = False
     selection: ColumnName = ColumnName("")
     confidence: ColumnName = ColumnName("")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
-from kdcore.validators import below_one, non_negative, positive
+from kdcore.validators import below_one, non_negative, positive, softmax_temperature
 
 HEAD = "ssl_head"
 """The attribute under which the projection head is added to a model (``model.ssl_head``)."""
@@ -85,7 +85,7 @@ class SSLParams:
         recipe_augment: apply the recipe's ``data.augment`` chain to each view first.
     """
 
-    temperature: float = attrs.field(default=0.5, validator=positive)
+    temperature: float = attrs.field(default=0.5, validator=softmax_temperature)
     projection_dim: int = attrs.field(default=64, validator=positive)
     projection_hidden: int = attrs.field(default=0, validator=non_negative)
     noise_std: float = attrs.field(default=0.1, validator=non_negative)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import kdcore
 from kdcore import Role
-from kdcore.validators import positive, unit_interval
+from kdcore.validators import softmax_temperature, unit_interval
 from kdcore_mlc.losses import LabelsAtBackward, kdmlc_student_loss
 
 
@@ -51,7 +51,7 @@ class KDMLCStudentParams:
     teacher: Role = Role("teacher")
     corrector: str | None = None
     beta: float = attrs.field(default=0.5, validator=unit_interval)
-    temperature: float = attrs.field(default=4.0, validator=positive)
+    temperature: float = attrs.field(default=4.0, validator=softmax_temperature)
     soft_target: Literal["teacher", "lcn"] = "teacher"
     clean_half: bool = False
     labels_after_meta_step: bool = True

@@ -20,7 +20,7 @@ import attrs
 import torch
 
 import kdcore
-from kdcore.validators import positive
+from kdcore.validators import softmax_temperature
 from kdcore_smkd.losses import dml_loss
 from kdcore_smkd.mutual import MutualComponent, Order
 
@@ -38,7 +38,7 @@ class DMLParams:
         log_ensemble: log the peers' ensemble accuracy and the better peer's test accuracy.
     """
 
-    temperature: float = attrs.field(default=1.0, validator=positive)
+    temperature: float = attrs.field(default=1.0, validator=softmax_temperature)
     peer_reduction: Literal["sum", "mean"] = "sum"
     order: Order = "simultaneous"
     log_ensemble: bool = True

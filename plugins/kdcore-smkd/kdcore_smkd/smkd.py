@@ -12,7 +12,7 @@ import attrs
 import torch
 
 import kdcore
-from kdcore.validators import positive, unit_interval
+from kdcore.validators import positive, softmax_temperature, unit_interval
 from kdcore_smkd.losses import (
     Certainty,
     EpsilonMode,
@@ -67,7 +67,7 @@ class SMKDParams:
     epsilon: float = attrs.field(default=0.5, validator=unit_interval)
     epsilon_mode: EpsilonMode = "constant"
     form: Form = "target"
-    temperature: float = attrs.field(default=1.0, validator=positive)
+    temperature: float = attrs.field(default=1.0, validator=softmax_temperature)
     self_correction: SelfCorrection = "none"
     order: Order = "simultaneous"
     log_ensemble: bool = True

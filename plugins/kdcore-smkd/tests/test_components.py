@@ -295,7 +295,7 @@ def test_bad_parameters_are_rejected(plan, component):
     cases = [({"epsilon": 1.5}, r"params\.epsilon.*\[0, 1\]"),
              ({"treshold": 0.3}, "did you mean 'threshold'"),
              ({"direction": "down"}, "'relax' or 'tighten'"),
-             ({"temperature": 0}, "temperature.*positive")]
+             ({"temperature": 0}, r"temperature.*must be in \[0.001, 1000\]")]
     for params, message in cases:
         with pytest.raises(kdcore.RecipeError, match=message):
             plan(component("smkd", params))
