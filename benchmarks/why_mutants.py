@@ -91,8 +91,8 @@ MLC = "plugins/kdcore-mlc/kdcore_mlc/mlc.py"
 MUTANTS: list[Mutant] = [
     # 1. MixupCE/MixupKD at temperature 1
     Mutant("1a", "MixupCE/MixupKD at temperature 1: the shared default 4 -> 1", "kdcore-amlkd",
-           AMLKD, "temperature: float = attrs.field(default=4.0, validator=positive)",
-           "temperature: float = attrs.field(default=1.0, validator=positive)"),
+           AMLKD, "temperature: float = attrs.field(default=4.0, validator=softmax_temperature)",
+           "temperature: float = attrs.field(default=1.0, validator=softmax_temperature)"),
     Mutant("1b", "MixupCE at temperature 1: its logits not divided by T", "kdcore-amlkd", AMLKD,
            "z = _mixed_out(batch, role, mix).logits / self.params.temperature",
            "z = _mixed_out(batch, role, mix).logits / 1.0"),

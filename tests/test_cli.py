@@ -172,7 +172,7 @@ def test_wrong_component_parameter(tiny_recipe, tmp_path):
         "stages[1].components[1].params.temprature", "did you mean 'temperature'")
     assert_user_error(
         invoke("run", tiny_recipe, "--set", "stages.student.components.kd.params.temperature=-1",
-               "--out", tmp_path / "r"), "temperature", "positive")
+               "--out", tmp_path / "r"), "temperature", "must be in [0.001, 1000]")
 
 
 def test_missing_recipe_file(tmp_path):
