@@ -98,8 +98,8 @@ def test_a_component_parameter_its_plugin_refuses_is_one_error_before_any_run(tm
                     "hot:stages.1.components.1.params.temperature=-1", "--out", tmp_path / "g")
     line = one_line_error(result, "temperature")
     assert line == (f"kdcore: error: variant 'hot' seed 0: {RECIPES / 'kd.toml'}: "
-                    "stages[1].components[1].params.temperature: 'temperature' must be "
-                    "positive, got -1.0")
+                    "stages[1].components[1].params.temperature: 'temperature' must be in "
+                    "[0.001, 1000] (a softmax temperature), got -1.0")
     assert not (tmp_path / "g").exists()
 
 
