@@ -217,6 +217,7 @@ def ablate(
     variants = api_args.variants(variants, grid.Variant)
     overrides = api_args.strings(overrides, "overrides", "['run.seed=1']")
     jobs = api_args.count(jobs, "jobs")
+    echo = api_args.callback(echo, "echo")
     items = (list(recipes_or_grid) if isinstance(recipes_or_grid, list | tuple)
              else [recipes_or_grid])
     chosen: list[grid.Variant] = []

@@ -8,18 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kdcore.errors import KdcoreError
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+from kdcore.errors import KdcoreError, shown
 
 
 def _items(value: Any, name: str, example: str) -> list[Any]:
     if isinstance(value, list | tuple):
         return list(value)
-    raise KdcoreError(f"{name} takes a list, such as {example}, not {_shown(value)}")
+    raise KdcoreError(f"{name} takes a list, such as {example}, not {shown(value)}")
 
 
 def strings(value: Any, name: str, example: str) -> list[str]:
@@ -27,7 +22,7 @@ def strings(value: Any, name: str, example: str) -> list[str]:
     items = _items(value, name, example)
     for item in items:
         if not isinstance(item, str):
-            raise KdcoreError(f"{name} takes strings, such as {example}; got {_shown(item)}")
+            raise KdcoreError(f"{name} takes strings, such as {example}; got {shown(item)}")
     return items
 
 
@@ -38,20 +33,27 @@ def seeds(value: Any) -> list[int] | None:
     items = _items(value, "seeds", "[0, 1, 2]")
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
-            raise KdcoreError(f"seeds takes integers; got {_shown(item)}")
+            raise KdcoreError(f"seeds takes integers; got {shown(item)}")
     return items
 
 
 def flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise KdcoreError(f"{name} takes True or False, not {_shown(value)}")
+        raise KdcoreError(f"{name} takes True or False, not {shown(value)}")
+    return value
+
+
+def callback(value: Any, name: str) -> Any:
+    """``None`` or something to call (``echo``)."""
+    if value is not None and not callable(value):
+        raise KdcoreError(f"{name} takes a function (print, say) or None, not {shown(value)}")
     return value
 
 
 def count(value: Any, name: str) -> int:
     """A positive integer (``jobs``)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise KdcoreError(f"{name} takes a positive integer, not {_shown(value)}")
+        raise KdcoreError(f"{name} takes a positive integer, not {shown(value)}")
     return value
 
 
@@ -60,7 +62,7 @@ def path(value: Any, name: str) -> Path:
     current directory)."""
     if isinstance(value, str | os.PathLike) and str(os.fspath(value)) != "":
         return Path(os.fspath(value))
-    raise KdcoreError(f"{name} takes a path (a string or a pathlib.Path), not {_shown(value)}")
+    raise KdcoreError(f"{name} takes a path (a string or a pathlib.Path), not {shown(value)}")
 
 
 def plugins(value: Any) -> list[Any]:
@@ -84,5 +86,5 @@ def variants(value: Any, variant: type) -> list[Any]:
                 and all(isinstance(s, str) for s in item[1])):
             continue
         raise KdcoreError("variants takes 'name:key=value;...' strings, (name, [overrides]) "
-                          f"pairs or kdcore.grid.Variant objects; got {_shown(item)}")
+                          f"pairs or kdcore.grid.Variant objects; got {shown(item)}")
     return items

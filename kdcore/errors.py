@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Iterable
+from typing import Any
 
 
 class KdcoreError(Exception):
@@ -38,6 +39,12 @@ class RecipeError(KdcoreError):
 
 class TrainingDiverged(KdcoreError):
     """A loss term became NaN or infinite; the message names the term and its component."""
+
+
+def shown(value: Any) -> str:
+    """``type repr`` of a refused value, cut at 60 characters."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

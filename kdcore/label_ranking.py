@@ -41,6 +41,7 @@ The history is read one epoch row at a time (``N x C`` each), never all epochs a
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from kdcore import api_args
 from kdcore.cli_inspect import trained_rows
 from kdcore.errors import KdcoreError, did_you_mean
 
@@ -270,14 +272,18 @@ def find_label_issues(run: str | Path | Any, model: str | None = None) -> LabelI
             model of the recipe's last stage).
 
     Raises:
-        KdcoreError: no readable history, no training logits of ``model``, or a model that
-            trained in no recorded epoch.
+        KdcoreError: a run or model of the wrong type, no readable history, no training
+            logits of ``model``, or a model that trained in no recorded epoch.
     """
-    if not isinstance(run, str | Path):
-        return _read(run, model)
+    from kdcore.errors import KdcoreError
     from kdcore.history import History
 
-    with History(run) as hist:
+    if model is not None and not isinstance(model, str):
+        raise KdcoreError(f"model takes a model role such as 'student', not "
+                          f"{type(model).__name__} {model!r}")
+    if not isinstance(run, str | os.PathLike) and hasattr(run, "column_names"):
+        return _read(run, model)  # an open History, or one that reads like it
+    with History(api_args.path(run, "run")) as hist:
         return _read(hist, model)
 
 

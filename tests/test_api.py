@@ -119,6 +119,7 @@ def test_run_refuses_arguments_of_the_wrong_type_naming_the_argument(tmp_path, c
     ({"jobs": "2"}, "jobs takes a positive integer, not str '2'"),
     ({"jobs": True}, "jobs takes a positive integer, not bool True"),
     ({"out": None}, "out takes a path (a string or a pathlib.Path), not NoneType None"),
+    ({"echo": "x"}, "echo takes a function (print, say) or None, not str 'x'"),
 ])
 def test_ablate_refuses_arguments_of_the_wrong_type_naming_the_argument(tmp_path, calls, call,
                                                                         message):
@@ -151,6 +152,22 @@ def test_a_plugin_named_by_a_string_is_imported_as_plugin_does(tmp_path, calls, 
         kdcore.run(_data(), out=tmp_path / "run2", plugins=["no_such_module:P"])
 
 
+def test_load_recipe_and_label_issues_refuse_arguments_of_the_wrong_type(tmp_path):
+    path = write_recipe(_data(), tmp_path / "tiny.toml")
+    with pytest.raises(kdcore.KdcoreError, match=r"^load_recipe takes a recipe file's path, "
+                                                  r"not int 5$"):
+        kdcore.load_recipe(5)
+    with pytest.raises(kdcore.KdcoreError, match=r"^load_recipe's overrides take a list, such "
+                                                  r"as \['run.seed=1'\], not str 'run.seed=1'$"):
+        kdcore.load_recipe(path, "run.seed=1")
+    assert kdcore.load_recipe(str(path), ("run.seed=4",)).run.seed == 4
+    with pytest.raises(kdcore.KdcoreError, match=r"^run takes a path .*, not int 5$"):
+        kdcore.label_issues(5)
+    with pytest.raises(kdcore.KdcoreError, match=r"^model takes a model role such as "
+                                                  r"'student', not int 3$"):
+        kdcore.label_issues(tmp_path, model=3)
+
+
 def test_load_history_and_history_refuse_what_is_not_a_path():
     for read, name in ((kdcore.load_history, "run_dir"), (kdcore.History, "History")):
         with pytest.raises(kdcore.KdcoreError, match=f"^{name} takes a path .*, not int 5$"):
@@ -160,10 +177,10 @@ def test_load_history_and_history_refuse_what_is_not_a_path():
 
 
 def test_a_value_shown_in_a_refusal_is_cut_at_60_characters():
-    from kdcore.api_args import _shown
+    from kdcore.errors import shown
 
-    assert _shown("a" * 58) == f"str '{'a' * 58}'"  # its repr is 60 characters
-    assert _shown("a" * 59) == f"str '{'a' * 56}..."
+    assert shown("a" * 58) == f"str '{'a' * 58}'"  # its repr is 60 characters
+    assert shown("a" * 59) == f"str '{'a' * 56}..."
     with pytest.raises(kdcore.KdcoreError, match=r"^overrides takes a list, such as "
                                                   r"\['run.seed=1'\], not str 'x{56}\.\.\.$"):
         kdcore.run(_data(), overrides="x" * 100, out="never")

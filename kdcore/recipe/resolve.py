@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 import attrs
 
 from kdcore.config import structure
-from kdcore.errors import RecipeError, did_you_mean
+from kdcore.errors import RecipeError, did_you_mean, shown
 from kdcore.recipe.rules import check_consistency
 from kdcore.recipe.schema import Recipe
 from kdcore.validators import Param, no_nul
@@ -310,6 +311,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     Component parameters are checked later, by the plugin that owns each component (see
     :func:`kdcore.build.build_components`), because only it knows their types.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise RecipeError(f"load_recipe takes a recipe file's path, not {shown(path)}")
+    if isinstance(overrides, str | bytes):  # iterated, "run.seed=1" became the override "r"
+        raise RecipeError(f"load_recipe's overrides take a list, such as ['run.seed=1'], not "
+                          f"{shown(overrides)}")
     try:
         data = strip_replace(load_raw(path))
     except RecipeError as exc:
