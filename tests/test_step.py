@@ -122,6 +122,25 @@ def test_time_left_counts_the_stage_at_its_pace_and_later_stages_at_the_mean():
     assert time_left([400], 0, 0, {0: [60.0]}) == "~6h39m"
 
 
+
+def test_the_epoch_line_names_each_trained_models_loss_each_evaluated_models_accuracies():
+    from kdcore.epoch_line import epoch_line
+    from kdcore.recipe import Recipe, StageConfig
+
+    stages = [StageConfig("teacher", 2, ["teacher"]),
+              StageConfig("kd", 3, ["student"], eval=["teacher", "student"])]
+    metrics = {"train/student/loss": 0.123456, "val/teacher/acc": 0.5, "test/teacher/acc": 0.25,
+               "val/student/acc": 0.75, "test/student/acc": 0.875, "label/acc": 0.6,
+               "time/epoch": 12.34}
+    line = epoch_line(Recipe(stages=stages), 1, 0, metrics, {0: [10.0, 10.0], 1: [12.34]})
+    left = 2 * 12.34 + 0 * (10 + 10 + 12.34) / 3  # this stage's two more epochs
+    assert line == ("kd 1/3 | student loss 0.1235 | teacher val 0.5000 test 0.2500 | student "
+                    "val 0.7500 test 0.8750 | labels 0.6000 | 12.3s, run 3/5 epochs, "
+                    f"~{left:.0f}s left")
+    # a trained model without its loss this epoch (a frozen stage's) is left out
+    del metrics["train/student/loss"]
+    assert " | student loss" not in epoch_line(Recipe(stages=stages), 1, 0, metrics, {})
+
 class Ctx:
     """A stand-in context: which component it was made for."""
 
