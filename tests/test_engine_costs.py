@@ -64,3 +64,22 @@ def test_the_plain_loop_alongside_the_engine_trains_the_same_weights_and_times_e
     assert final.keys() == plain.keys() == initial.keys()
     assert all(torch.equal(final[k], plain[k]) for k in final)
     assert not any(torch.equal(final[k], initial[k]) for k in final)  # both trained
+
+
+def test_the_history_row_benchmark_times_each_row_after_the_first_two(monkeypatch):
+    spec_row = importlib.util.spec_from_file_location("history_row",
+                                                      ROOT / "benchmarks" / "history_row.py")
+    history_row = importlib.util.module_from_spec(spec_row)
+    spec_row.loader.exec_module(history_row)
+    monkeypatch.setattr(history_row, "N", 300)  # the shape, not the size, is under test
+    appended = []
+    original = history_row.HistoryWriter.append_epoch
+
+    def counted(self, **kw):
+        appended.append(kw["epoch"])
+        assert kw["columns"]["logits/student"].data.shape == (300, history_row.C)
+        return original(self, **kw)
+
+    monkeypatch.setattr(history_row.HistoryWriter, "append_epoch", counted)
+    times = history_row.one_repeat(3, seed=0)
+    assert appended == [0, 1, 2, 3, 4] and len(times) == 3 and all(t > 0 for t in times)
