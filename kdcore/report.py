@@ -80,14 +80,21 @@ def read_summary(path: Path) -> dict[str, Any]:
         raise KdcoreError(f"{path}: not a kdcore run summary (expected an object of model "
                           "roles)")
     for role, entry in summary.items():
-        bad = ("not an object" if not isinstance(entry, dict) else next(
-            (f"'{key}' is not a number" for key in METRICS.values()
-             if entry.get(key) is not None and (isinstance(entry.get(key), bool)
-                                                or not isinstance(entry.get(key), int | float))),
-            next((f"no '{key}'" for key in METRICS.values() if key not in entry), None)))
+        bad = _summary_fault(entry)
         if bad:
             raise KdcoreError(f"{path}: not a kdcore run summary (model '{role}': {bad})")
     return summary
+
+
+def _summary_fault(entry: Any) -> str | None:
+    """What is wrong with one model's entry of a summary, or None."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    for key in METRICS.values():
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"'{key}' is not a number"
+    return next((f"no '{key}'" for key in METRICS.values() if key not in entry), None)
 
 
 def _check_variants(runs: Sequence[RunResult]) -> None:
