@@ -77,6 +77,7 @@ class Batch:
         targets: torch.Tensor | None = None,
         hard_targets: torch.Tensor | None = None,
         targets_from: torch.Tensor | None = None,
+        stored: Mapping[str, Callable[[], ModelOutput]] | None = None,
     ):
         self.index = index
         self.x = x
@@ -93,6 +94,8 @@ class Batch:
         self._store: BatchStore | None = None
         self.records: dict[str, torch.Tensor] = {}
         self._outputs: dict[str, ModelOutput] = {}
+        # roles whose outputs on the training set are stored (models.<role>.cache_outputs)
+        self._stored = stored
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -130,11 +133,18 @@ class Batch:
         """Logits and features of model ``role`` on ``batch.x``, computed once per batch.
 
         A model that the stage trains runs in train mode with gradients; a frozen one runs in
-        eval mode without them.
+        eval mode without them, or its rows are read from its stored outputs on the training
+        set (``models.<role>.cache_outputs``).
         """
         cached = self._outputs.get(role)
         if cached is None:
-            cached = self._outputs[role] = self._forward(role, self.x)
+            full = self._stored.get(role) if self._stored is not None else None
+            if full is None:
+                cached = self._outputs[role] = self._forward(role, self.x)
+            else:
+                out = full()
+                rows = self.index.to(out.logits.device)
+                cached = self._outputs[role] = ModelOutput(out.logits[rows], out.features[rows])
         return cached
 
     def computed(self, role: str) -> ModelOutput | None:

@@ -8,6 +8,7 @@ and at each epoch's end evaluates, writes the history row and checkpoints
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import defaultdict
@@ -86,6 +87,7 @@ class Trainer:
         self._hard_labels: torch.Tensor | None = None  # the labels _hard_source matched
         self.current_stage: StagePlan = plan.stages[0]
         self._logit_columns: list[tuple[str, str]] = []  # (role, its column) the stage trains
+        self._stored: dict[str, Any] | None = None  # frozen roles read from run.features
 
     # -- contexts -----------------------------------------------------------------------------
 
@@ -149,6 +151,9 @@ class Trainer:
                                                        self.plan.recipe.models[role].optimizer)
         self.bind_stage(stage)
         self._logit_columns = [(role, f"logits/{role}") for role in cfg.train]
+        models = self.plan.recipe.models
+        self._stored = {r: functools.partial(run.features, r, "train") for r in run.models
+                        if models[r].cache_outputs and r not in cfg.train} or None
         self.setup_stage(stage)
 
     def _run_stage(self, stage: StagePlan, start_epoch: int, state: dict[str, Any] | None
@@ -268,7 +273,7 @@ class Trainer:
         hard = noisy if src is not None and src[0] is base and src[1] == (
             base._version, data.train_noisy._version) else None
         batch = Batch(index, x, noisy, forward=run.forward, num_classes=data.num_classes,
-                      step=run.step, hard_targets=hard, targets_from=base)
+                      step=run.step, hard_targets=hard, targets_from=base, stored=self._stored)
         trained_roles = stage.config.train
         for role in trained_roles:
             run.optimizers[role].zero_grad(set_to_none=True)

@@ -117,6 +117,7 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
     _check_trained(recipe, stages)
     _check_columns(recipe, stages)
     _check_precision(recipe, stages)
+    _check_cached_outputs(recipe)
     return RunPlan(recipe, stages, models, augmentations)
 
 
@@ -201,6 +202,23 @@ def _check_precision(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
             raise RecipeError(f"component '{comp.name}' ({comp.spec.use}) runs its own backward "
                               f"pass, which fp16's gradient scaler does not cover; use "
                               f"\"bf16\" or \"fp32\"", file=recipe.source, key="run.precision")
+
+
+def _check_cached_outputs(recipe: Recipe) -> None:
+    """``cache_outputs`` stores a model's outputs on the training inputs as loaded: it needs
+    batches that are those inputs, and a stage in which the model is frozen."""
+    for role, cfg in recipe.models.items():
+        if not (cfg.enabled and cfg.cache_outputs):
+            continue
+        key = f"models.{role}.cache_outputs"
+        if recipe.data.augment:
+            raise RecipeError(
+                f"'{role}' caches its outputs on the training inputs as loaded, but data.augment "
+                f"changes every batch's inputs; drop one of the two", file=recipe.source, key=key)
+        if all(role in stage.train for stage in recipe.stages):
+            raise RecipeError(
+                f"'{role}' is trained in every stage, so it has no outputs to cache (they are "
+                f"kept only where it is frozen); remove the key", file=recipe.source, key=key)
 
 
 def check_distributed(plan: RunPlan, processes: int) -> None:

@@ -203,6 +203,12 @@ class ModelConfig:
         checkpoint: weights to load before training (a state dict saved by kdcore or a plain
             ``state_dict``); loaded with ``weights_only=True``; a missing file is an error.
         optimizer, schedule: how the role is trained in the stages that train it.
+        cache_outputs: in the stages that do not train this role, read its outputs on a
+            training batch (``batch.out(role)``) from one pass over the training set, made
+            when first asked for and kept while its weights do not change, instead of
+            running it on every batch of every epoch; a recipe with ``data.augment`` is
+            refused (its batches are not the stored inputs). Equal to the per-batch outputs
+            up to float rounding (a different batching), so not bit for bit the uncached run.
         enabled: ``false`` drops a role inherited through ``extends``.
     """
 
@@ -211,6 +217,7 @@ class ModelConfig:
     checkpoint: str | None = attrs.field(default=None, validator=no_nul)
     optimizer: OptimizerConfig = attrs.Factory(OptimizerConfig)
     schedule: ScheduleConfig = attrs.Factory(ScheduleConfig)
+    cache_outputs: bool = False
     enabled: bool = True
 
 
