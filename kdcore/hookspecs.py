@@ -15,10 +15,9 @@ Hooks that run during training get a :class:`~kdcore.context.RunContext` (``ctx`
 the component (ledger writes tagged with its name, its own generator) or to the observers.
 
 A component instance is created once per run by the plan, per stage that names it; ``setup``
-builds its state when its stage starts (again on resume, and once before the run's first
-stage trains, so that its refusals come first); the next stage's component of the
-same label and ``use`` starts from that state (``carry_state``). Plugins register under the
-entry-point group ``kdcore`` (``docs/plugins.md``).
+builds its state when its stage starts (again on resume, and once before the first stage
+trains, so its refusals come first); the next stage's component of the same label and ``use``
+starts from that state (``carry_state``). Plugins register under the group ``kdcore``.
 """
 
 from __future__ import annotations
@@ -273,7 +272,8 @@ class ComponentHooks(Protocol):
         When: at every epoch's start (``ctx.epoch``), after the learning rates were set.
         Order: recipe order, so a selection pass placed before a refinement feeds it. Use
         ``ctx.features(role)`` for full-set features: computed once, shared. May write: its
-        declared ledger columns (``base_target`` for an epoch-level refiner).
+        declared ledger columns (``base_target`` for an epoch-level refiner). A column others
+        write only in batch hooks is missing at the stage's first epoch start.
 
         Args: ``ctx``, the run.
         """
