@@ -26,7 +26,6 @@ import argparse
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -178,8 +177,7 @@ MUTANTS: list[Mutant] = [
 def build_copy(where: Path, targets: list[str]) -> None:
     """kdcore, its tests, pyproject.toml and recipes/ of the working tree under ``where``, and
     each target package under ``where / <its package directory>``."""
-    mutants.copy_package("kdcore", where)  # kdcore/, tests/, pyproject.toml
-    shutil.copytree(ROOT / "recipes", where / "recipes")
+    mutants.copy_package("kdcore", where)  # kdcore/, tests/, pyproject.toml, recipes/
     for target in targets:
         mutants.copy_package(target, where / mutants.TARGETS[target][0])
 

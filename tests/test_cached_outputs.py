@@ -108,3 +108,13 @@ def test_check_accepts_caching_a_role_frozen_somewhere(tiny_recipe):
                     "--set", "models.student.cache_outputs=true")
     assert result.exit_code == 0, result.output
     assert "cache_outputs = true" in result.output
+
+
+def test_check_ignores_the_key_on_a_disabled_role(tiny_recipe):
+    text = tiny_recipe.read_text() + '\n[models.extra]\narch = "mlp"\ncache_outputs = true\n' \
+        'enabled = false\n'
+    tiny_recipe.write_text(text.replace("[data]\n", '[data]\nparams = {flatten = false}\n'
+                                        'augment = [{name = "cutout", params = {size = 2}}]\n',
+                                        1))
+    result = invoke("check", tiny_recipe)
+    assert result.exit_code == 0, result.output

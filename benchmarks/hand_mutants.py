@@ -1,0 +1,101 @@
+"""Hand-written mutants of engine features too small for a mutmut target, each run against the
+feature's own tests in a copy of the repository: killed or survived.
+
+Each mutant is an explicit textual patch checked to match the current code exactly once (as in
+``why_mutants.py``, whose copy, environment and patching this reuses): a refactor that moves
+the line stops the script instead of letting it test nothing. The copy's tests run unmutated
+first; then, per mutant, only the feature's test files (seconds, not the whole suite).
+
+Usage:  .venv/bin/python benchmarks/hand_mutants.py [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("kdcore_why_mutants", Path(__file__).with_name(
+    "why_mutants.py"))
+assert _spec is not None and _spec.loader is not None
+why = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = why  # dataclasses look their module up while building the class
+_spec.loader.exec_module(why)
+Mutant = why.Mutant
+
+CACHED = ("tests/test_cached_outputs.py",)
+"""``models.<role>.cache_outputs`` (session 14)."""
+
+MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", path, a, b), tests)
+                                                 for key, what, path, a, b, tests in [
+    ("c1", "stored rows never read (the role is run as before)", "kdcore/component.py",
+     "            if full is None:\n                cached",
+     "            if full is not None:\n                cached", CACHED),
+    ("c2", "the stored pass's first rows instead of the batch's", "kdcore/component.py",
+     "rows = self.index.to(out.logits.device)", "rows = torch.arange(len(self.index))", CACHED),
+    ("c3", "the whole stored features instead of the batch's rows", "kdcore/component.py",
+     "out.features[rows])", "out.features)", CACHED),
+    ("c4", "trained roles stored too", "kdcore/loop.py",
+     "if models[r].cache_outputs and r not in cfg.train", "if models[r].cache_outputs", CACHED),
+    ("c5", "every frozen role stored, asked or not", "kdcore/loop.py",
+     "if models[r].cache_outputs and r not in cfg.train", "if r not in cfg.train", CACHED),
+    ("c6", "the stored pass over the test split", "kdcore/loop.py",
+     'run.features, r, "train")', 'run.features, r, "test")', CACHED),
+    ("c7", "the batch not handed the stored outputs", "kdcore/loop.py",
+     "targets_from=base, stored=self._stored)", "targets_from=base)", CACHED),
+    ("c8", "a disabled role's key checked", "kdcore/plan.py",
+     "if not (cfg.enabled and cfg.cache_outputs):", "if not cfg.cache_outputs:", CACHED),
+    ("c9", "augmentation check inverted", "kdcore/plan.py",
+     "        if recipe.data.augment:\n", "        if not recipe.data.augment:\n", CACHED),
+    ("c10", "refused where any stage trains the role", "kdcore/plan.py",
+     "if all(role in stage.train", "if any(role in stage.train", CACHED),
+    ("c11", "the plan's check not called", "kdcore/plan.py",
+     "    _check_cached_outputs(recipe)\n", "", CACHED),
+]]
+
+
+def run(where: Path, tests: tuple[str, ...]) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", *tests], cwd=where,
+                          env=why.environment(where, "."), capture_output=True, text=True,
+                          timeout=why.TIMEOUT_S)
+    return {0: "passed", 1: "failed"}.get(proc.returncode, f"error {proc.returncode}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    args = parser.parse_args()
+    for m, _ in MUTANTS:
+        m.line()  # every snippet matches the current code once
+    if args.list:
+        for m, _ in MUTANTS:
+            print(f"{m.key:4} {m.path}:{m.line()}  {m.what}")
+        return
+    survived = []
+    with tempfile.TemporaryDirectory(prefix="hand_mutants_") as tmp:
+        where = Path(tmp) / "repo"
+        why.build_copy(where, [])
+        for tests in dict.fromkeys(t for _, t in MUTANTS):
+            if (outcome := run(where, tests)) != "passed":
+                raise SystemExit(f"unmutated {' '.join(tests)}: {outcome}")
+        for m, tests in MUTANTS:
+            original = why.apply(where, m)
+            try:
+                outcome = run(where, tests)
+            finally:
+                (where / m.path).write_text(original)
+            if outcome.startswith("error"):
+                raise SystemExit(f"mutant {m.key}: pytest could not run ({outcome})")
+            print(f"{m.key:4} {m.path}:{m.line()}  {m.what}: "
+                  f"{'survived' if outcome == 'passed' else 'killed'}", flush=True)
+            if outcome == "passed":
+                survived.append(m.key)
+    if survived:
+        raise SystemExit(f"survived: {', '.join(survived)}")
+
+
+if __name__ == "__main__":
+    main()
