@@ -1,5 +1,6 @@
-"""benchmarks/why_mutants.py's patches still match the code (running them takes minutes: see
-docs/mutation.md); a refactor that moves a mutated line must update its mutant."""
+"""The patches of benchmarks/why_mutants.py and hand_mutants.py still match the code (running
+them takes minutes: see docs/mutation.md), and their copy of the repository builds; a refactor
+that moves a mutated line must update its mutant."""
 
 from __future__ import annotations
 
@@ -26,3 +27,21 @@ def test_every_item_of_the_issue_has_a_mutant():
     keys = [m.key for m in why.MUTANTS]
     assert len(set(keys)) == len(keys)
     assert {k.rstrip("abc") for k in keys} == {str(i) for i in range(1, 15)}
+
+
+def test_the_copy_holds_what_the_tests_read(tmp_path):
+    where = tmp_path / "repo"
+    why.build_copy(where, ["kdcore-lp"])
+    for part in ("kdcore/loop.py", "tests/conftest.py", "recipes/amlkd.toml", "pyproject.toml",
+                 "plugins/kdcore-lp/kdcore_lp/solve.py", "plugins/kdcore-lp/tests"):
+        assert (where / part).exists(), part
+
+
+def test_hand_mutants_match_their_files_once():
+    spec = importlib.util.spec_from_file_location("hand_mutants", ROOT / "benchmarks" /
+                                                  "hand_mutants.py")
+    hand = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hand)
+    for m, tests in hand.MUTANTS:
+        assert m.line() > 0 and m.replacement != m.original, m.key
+        assert all((ROOT / t).is_file() for t in tests), m.key
