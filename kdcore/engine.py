@@ -177,7 +177,8 @@ def banner(plan: RunPlan, run: Run) -> str:
     ]
     for role, m in run.models.items():
         n = sum(p.numel() for p in m.parameters())
-        lines.append(f"model {role}: {r.models[role].arch} ({n:,} parameters)")
+        stored = ", outputs stored where frozen" if r.models[role].cache_outputs else ""
+        lines.append(f"model {role}: {r.models[role].arch} ({n:,} parameters){stored}")
     for stage in plan.stages:
         cfg = stage.config
         lines.append(f"stage {stage.index} '{cfg.name}': {cfg.epochs} epochs, trains "

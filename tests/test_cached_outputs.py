@@ -72,6 +72,9 @@ def test_a_cached_teacher_is_run_once_over_the_training_set_and_trains_the_same(
         run_recipe(load_recipe(recipe, [f"models.teacher.cache_outputs={str(cached).lower()}"]),
                    out=str(out), host=PluginHost(extra=[rows]))
         counts[cached] = rows.rows
+        log = (out / "log.txt").read_text()
+        assert ("model teacher: mlp (2,410 parameters), outputs stored where frozen" in log
+                ) is cached and "student: mlp (1,210 parameters)\n" in log
         students[cached] = torch.load(out / "models" / "student.pt", weights_only=True)
     n = 400  # train_subset
     assert counts[False] == 3 * n and counts[True] == n
