@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 import torch
 
 from kdcore.data.base import NoiseContext
+from kdcore.data.label_file import label_file
 from kdcore.data.loaders.cifar_n import CIFAR_N_ROWS, cifar_n_columns
 from kdcore.errors import KdcoreError
 from kdcore.validators import finite_non_negative, require, stochastic_matrix, unit_interval
@@ -377,5 +378,6 @@ NOISE_MODELS: dict[str, Callable[..., torch.Tensor]] = {
     "instance_dependent": instance_dependent,
     "transition_matrix": transition_matrix,
     "cifar_n": cifar_n,
+    "label_file": label_file,
 }
 """The built-in noise models by recipe name."""

@@ -1,0 +1,185 @@
+"""The ``label_file`` noise model: noisy labels read from a shared file, by sample id."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from kdcore import History, load_recipe, run_recipe
+from kdcore.data.base import NoiseContext
+from kdcore.data.label_file import label_file
+from kdcore.errors import KdcoreError
+from tests.cli_helpers import invoke, one_line_error
+
+LABELS = [3, 0, 2, 2, 1, 0, 3]
+
+
+def _ctx(rows=None, size=None, classes=4, n=None):
+    n = len(rows) if rows is not None else (n or len(LABELS))
+    return NoiseContext(labels=torch.zeros(n, dtype=torch.long), num_classes=classes,
+                        generator=torch.Generator().manual_seed(0),
+                        source_index=None if rows is None else torch.tensor(rows),
+                        source_size=size)
+
+
+def _write(tmp_path, suffix, labels=LABELS):
+    path = tmp_path / f"noise{suffix}"
+    if suffix == ".npy":
+        np.save(path, np.asarray(labels))
+    elif suffix == ".json":
+        path.write_text(json.dumps(labels))
+    else:
+        path.write_text("\n".join(str(v) for v in labels) + "\n\n")
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".json", ".txt", ".csv"])
+def test_each_format_gives_the_rows_the_run_uses(tmp_path, suffix):
+    path = _write(tmp_path, suffix)
+    assert label_file(_ctx(), path=str(path)).tolist() == LABELS
+    rows = [5, 0, 6, 2]  # a split's rows of the loader's training split
+    got = label_file(_ctx(rows, size=len(LABELS)), path=str(path))
+    assert got.dtype == torch.int64 and got.tolist() == [LABELS[r] for r in rows]
+
+
+def test_whole_floats_are_labels(tmp_path):
+    np.save(tmp_path / "f.npy", np.asarray(LABELS, dtype=np.float32))
+    (tmp_path / "f.json").write_text(json.dumps([float(v) for v in LABELS]))
+    for name in ("f.npy", "f.json"):
+        assert label_file(_ctx(), path=str(tmp_path / name)).tolist() == LABELS
+
+
+class _Payload:
+    """Writes a marker file when unpickled: what a crafted .npy would do."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickled_array_is_refused_without_running_it(tmp_path):
+    _Payload.marker = str(tmp_path / "ran")
+    np.save(tmp_path / "evil.npy", np.array([_Payload()], dtype=object), allow_pickle=True)
+    with pytest.raises(KdcoreError, match="not a readable .npy file"):
+        label_file(_ctx(n=1), path=str(tmp_path / "evil.npy"))
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize(("name", "content", "needle"), [
+    ("missing.npy", None, "cannot read"),
+    ("labels.pt", b"x", "not a .npy, .json, .txt, .csv file"),
+    ("d.json", b'{"labels": [1, 2]}', "list of integer labels"),
+    ("b.json", b"[1, true, 2, 0, 1, 1, 1]", "list of integer labels"),
+    ("s.json", b'[1, "2", 2, 0, 1, 1, 1]', "list of integer labels"),
+    ("n.json", b"[1, NaN, 2, 0, 1, 1, 1]", "not a finite number"),
+    ("h.json", b"[1, 99999999999999999999999, 2, 0, 1, 1, 1]", "far outside"),
+    ("x.json", b"[1, 2.5, 2, 0, 1, 1, 1]", "2.5, not a whole number"),
+    ("deep.json", b"[" * 100000 + b"]" * 100000, "not a readable .json file"),
+    ("broken.json", b"[1, 2", "not a readable .json file"),
+    ("t.txt", b"1\n2\nthree\n", "line 3"),
+    ("u.txt", b"\xff\xfe1\n", "not a readable .txt file"),
+    ("short.json", b"[1, 2]", "holds 2 labels, but the dataset's training split has 7"),
+    ("range.json", b"[1, 2, 4, 0, 1, 1, 1]", "sample 2 the label 4; labels must lie in 0..3"),
+    ("neg.txt", b"1\n-1\n0\n0\n0\n0\n0\n", "sample 1 the label -1"),
+])
+def test_a_bad_file_is_one_line(tmp_path, name, content, needle):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(KdcoreError) as info:
+        label_file(_ctx(), path=str(path))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_array_of_another_shape_or_kind_is_refused(tmp_path):
+    np.save(tmp_path / "two.npy", np.zeros((7, 2), dtype=np.int64))
+    np.save(tmp_path / "str.npy", np.array(["1"] * 7))
+    for name in ("two.npy", "str.npy"):
+        with pytest.raises(KdcoreError, match="expected one integer label per sample"):
+            label_file(_ctx(), path=str(tmp_path / name))
+
+
+def test_fuzzed_files_give_labels_or_one_error(tmp_path):
+    """Seeded byte-level mutations of valid files: a label tensor or a KdcoreError, never
+    another exception."""
+    rng = random.Random(0)
+    seeds = {s: _write(tmp_path, s).read_bytes() for s in (".npy", ".json", ".txt")}
+    outcomes = set()
+    for i in range(300):
+        suffix = rng.choice(sorted(seeds))
+        data = bytearray(seeds[suffix])
+        for _ in range(rng.randint(1, 4)):
+            op, at = rng.randrange(3), rng.randrange(len(data) + 1)
+            if op == 0 and data:
+                del data[min(at, len(data) - 1)]
+            elif op == 1:
+                data.insert(at, rng.randrange(256))
+            elif data:
+                data[min(at, len(data) - 1)] = rng.choice(b"0123456789-.,[]eE \n\x00\xff")
+        path = tmp_path / f"fuzz{i}{suffix}"
+        path.write_bytes(bytes(data))
+        try:
+            got = label_file(_ctx(), path=str(path))
+        except KdcoreError as exc:
+            assert "\n" not in str(exc)
+            outcomes.add("refused")
+        else:
+            assert got.shape == (7,) and bool(((got >= 0) & (got < 4)).all())
+            outcomes.add("read")
+    assert outcomes == {"refused", "read"}
+
+
+DIGITS_RECIPE = """
+[run]
+name = "shared-noise"
+seed = {seed}
+device = "cpu"
+[data]
+dataset = "digits"
+val_fraction = 0.1
+train_subset = 300
+batch_size = 64
+[data.noise]
+model = "label_file"
+params = {{ path = "{path}" }}
+[models.student]
+arch = "mlp"
+params = {{ hidden = [8] }}
+[[stages]]
+name = "student"
+epochs = 1
+train = ["student"]
+[[stages.components]]
+use = "ce"
+"""
+
+
+@pytest.mark.slow
+def test_runs_of_two_seeds_train_on_the_files_labels_by_sample_id(tmp_path):
+    from sklearn.datasets import load_digits
+
+    clean = load_digits().target
+    gen = np.random.default_rng(1)
+    shared = np.where(gen.random(len(clean)) < 0.3, (clean + 1) % 10, clean)
+    np.save(tmp_path / "noise.npy", shared)
+    for seed in (0, 1):
+        recipe = tmp_path / f"r{seed}.toml"
+        recipe.write_text(DIGITS_RECIPE.format(seed=seed, path=tmp_path / "noise.npy"))
+        out = tmp_path / f"run{seed}"
+        run_recipe(load_recipe(recipe), out=str(out))
+        with History(out) as h:
+            ids = h.data("sample_id")
+            assert np.array_equal(h.data("noisy_label"), shared[ids])
+            assert np.array_equal(h.data("clean_label"), clean[ids])
+
+
+def test_check_refuses_a_file_of_the_wrong_length(tmp_path):
+    (tmp_path / "noise.json").write_text("[1, 2, 3]")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(DIGITS_RECIPE.format(seed=0, path=tmp_path / "noise.json"))
+    one_line_error(invoke("check", recipe), "holds 3 labels", "has 1,797 samples")
