@@ -1,63 +1,33 @@
-"""The ``kdcore`` command line: run, check, plugins, inspect, ablate, report.
+"""The ``kdcore`` command line: run, check, plugins, inspect, ablate, report, label-issues,
+noise.
 
 A user's mistake ends with one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from kdcore.cli_common import (
+    EXIT_USER_ERROR,
+    configure_logging,
+    examples,
+    plugin_host,
+    plugin_option,
+    set_option,
+    strict_option,
+    user_errors,
+)
 from kdcore.cli_files import GivenPath, reading
 from kdcore.errors import KdcoreError
 from kdcore.failures import one_line_failures
-from kdcore.torchrun import report_worker_error
-
-F = TypeVar("F", bound=Callable[..., Any])
-EXIT_USER_ERROR = 2
-
-
-def _user_errors(fn: F) -> F:
-    """Turn :class:`KdcoreError` into one line and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except KdcoreError as exc:
-            code = getattr(exc, "exit_code", EXIT_USER_ERROR)  # 1: failures.RunFailed
-            if not report_worker_error(str(exc), code):  # else the launcher says it, once
-                click.echo(f"kdcore: error: {exc}", err=True)
-            sys.exit(code)
-        except KeyboardInterrupt:
-            if not report_worker_error("interrupted; resume with --resume", 130):
-                click.echo("kdcore: interrupted; resume with --resume", err=True)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _host(plugins: Sequence[str], strict: bool) -> Any:
-    from kdcore.plugins import PluginHost, import_object
-
-    _configure_logging(quiet=True)  # a plugin skipped while loading is one warning line
-    return PluginHost(strict=strict, extra=[import_object(p) for p in plugins])
-
-
-def _configure_logging(quiet: bool) -> None:
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING" if quiet else "INFO",
-               format="<green>{time:HH:mm:ss}</green> {message}")
 
 
 class _OneLineErrors(click.Group):
@@ -84,12 +54,7 @@ class _OneLineErrors(click.Group):
             sys.exit(EXIT_USER_ERROR)
 
 
-def _examples(*lines: str) -> str:
-    """A ``--help`` epilog of runnable command lines, kept as written (click's \\b)."""
-    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-@click.group(cls=_OneLineErrors, epilog=_examples(
+@click.group(cls=_OneLineErrors, epilog=examples(
     "kdcore run recipes/kd.toml --out runs/kd",
     "kdcore inspect runs/kd",
     "kdcore plugins --verbose"))
@@ -98,27 +63,14 @@ def main() -> None:
     """Knowledge distillation under noisy labels."""
 
 
-_set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-    help="Override a recipe value (repeatable); list entries by index or name, e.g. "
-         "stages.student.components.kd.weight=0.5",
-)
-_plugin_option = click.option(
-    "--plugin", "plugins", multiple=True, metavar="MODULE[:OBJ]",
-    help="Also load this plugin module or object, importable from here (repeatable; "
-         "besides the installed plugins), e.g. my_pkg.plugin or my_module:MyPlugin.",
-)
-_strict_option = click.option(
-    "--strict-plugins", is_flag=True, help="A plugin that fails to load is an error.")
 
-
-@main.command(epilog=_examples(
+@main.command(epilog=examples(
     "kdcore run recipes/kd.toml --out runs/kd",
     "kdcore run recipes/kd.toml --set 'data.noise.model=\"pair_flip\"' --out runs/kd-pair",
     "kdcore run recipes/kd.toml --out runs/kd --resume",
     "kdcore run recipes/kd.toml --out runs/kd-2 --nproc 2"))
 @click.argument("recipe", type=GivenPath(dir_okay=False, path_type=Path))
-@_set_option
+@set_option
 @click.option("--out", type=GivenPath(file_okay=False), help="Run directory "
               "(default: run.output_dir/run.name).")
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its "
@@ -130,9 +82,9 @@ _strict_option = click.option(
 @click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Train in this many processes on this machine (one per GPU; gloo on the "
                    "CPU), through torchrun; data.batch_size stays the global batch.")
-@_plugin_option
-@_strict_option
-@_user_errors
+@plugin_option
+@strict_option
+@user_errors
 @one_line_failures("the run")
 def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
         overwrite: bool, quiet: bool, progress: bool | None, nproc: int,
@@ -142,8 +94,8 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
     from kdcore.recipe import load_recipe
 
     rank = int(os.environ.get("RANK", "0")) if distributed.launched() else 0
-    _configure_logging(quiet or rank > 0)  # the other ranks' lines would repeat rank 0's
-    host = _host(plugins, strict_plugins)
+    configure_logging(quiet or rank > 0)  # the other ranks' lines would repeat rank 0's
+    host = plugin_host(plugins, strict_plugins)
     # on --resume too: the checkpoint's fingerprint refuses a recipe that differs
     resolved = load_recipe(recipe, overrides)
     if nproc > 1:
@@ -174,16 +126,16 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
         click.echo(f"{role}: {best}, last {s['last_test_acc']:.4f} ({s['kept']} kept)")
 
 
-@main.command(epilog=_examples(
+@main.command(epilog=examples(
     "kdcore check recipes/kd.toml",
     "kdcore check recipes/kd.toml --set run.seed=1 --set data.noise.params.rate=0.2"))
 @click.argument("recipe", type=GivenPath(dir_okay=False, path_type=Path))
-@_set_option
+@set_option
 @click.option("--out", type=GivenPath(file_okay=False), help="The run directory to check "
               "(default: run.output_dir/run.name); nothing is written.")
-@_plugin_option
-@_strict_option
-@_user_errors
+@plugin_option
+@strict_option
+@user_errors
 @one_line_failures("the set-up")
 def check(recipe: Path, overrides: tuple[str, ...], out: str | None, plugins: tuple[str, ...],
           strict_plugins: bool) -> None:
@@ -196,29 +148,29 @@ def check(recipe: Path, overrides: tuple[str, ...], out: str | None, plugins: tu
     from kdcore.engine import dry_setup
     from kdcore.recipe import load_recipe
 
-    host = _host(plugins, strict_plugins)
+    host = plugin_host(plugins, strict_plugins)
     resolved = load_recipe(recipe, overrides)
-    _configure_logging(quiet=True)
+    configure_logging(quiet=True)
     dry_setup(resolved, host, out)  # everything a run does before its first batch
     click.echo(resolved.to_toml(), nl=False)
 
 
-@main.command(epilog=_examples(
+@main.command(epilog=examples(
     "kdcore plugins",
     "kdcore plugins --verbose",
     "kdcore plugins --json --verbose"))
-@_plugin_option
-@_strict_option
+@plugin_option
+@strict_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--verbose", "-v", is_flag=True, help="Also each component's description and "
               "parameters (name, type, default, doc).")
-@_user_errors
+@user_errors
 def plugins(plugins: tuple[str, ...], strict_plugins: bool, as_json: bool,
             verbose: bool) -> None:
     """List plugins: distribution, version, what each provides and the hooks it implements."""
     from kdcore.cli_plugins import details, print_plugins
 
-    host = _host(plugins, strict_plugins)
+    host = plugin_host(plugins, strict_plugins)
     if as_json:
         import attrs
 
@@ -237,7 +189,7 @@ _SUMMARY_PATTERNS = ("train/*/loss", "test/*/acc", "test/*/bacc", "label/acc",
                      "select/*/fraction", "select/*/precision", "select/*/recall")
 
 
-@main.command(epilog=_examples(
+@main.command(epilog=examples(
     "kdcore inspect runs/kd",
     "kdcore inspect runs/kd --metrics 'test/*/acc,label/acc' --csv metrics.csv",
     "kdcore inspect runs/kd --column target --column loss/ce --csv ledger.csv",
@@ -258,7 +210,7 @@ _SUMMARY_PATTERNS = ("train/*/loss", "test/*/acc", "test/*/bacc", "label/acc",
               "(default: the first with recorded logits).")
 @click.option("--metrics", "patterns", default=None,
               help="Comma-separated metric names or glob patterns to print.")
-@_user_errors
+@user_errors
 @reading
 def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
             cartography: Path | None, role: str | None, patterns: str | None) -> None:
@@ -269,7 +221,7 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
                 role=role, patterns=patterns.split(",") if patterns else _SUMMARY_PATTERNS)
 
 
-@main.command(epilog=_examples(
+@main.command(epilog=examples(
     "kdcore ablate recipes/ce.toml recipes/kd.toml --seeds 0,1,2 --out runs/base",
     "kdcore ablate recipes/kd.toml --variant 'T2:stages.student.components.kd.params."
     "temperature=2' --out runs/kd-temp --jobs 2"))
@@ -279,7 +231,7 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
 @click.option("--seeds", default=None, help="Comma-separated seeds (default: the grid's, or 0).")
 @click.option("--variant", "variants", multiple=True, metavar="NAME:KEY=VAL;KEY=VAL",
               help="A variant of each recipe (repeatable); none: each recipe as it is.")
-@_set_option
+@set_option
 @click.option("--out", required=True, type=GivenPath(file_okay=False, path_type=Path),
               help="Grid directory: runs go to OUT/<variant>/seed<k>/.")
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
@@ -298,9 +250,9 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
               show_default=True, help="slurm: memory per run, GB.")
 @click.option("--slurm-folder", type=GivenPath(file_okay=False, path_type=Path), default=None,
               help="slurm: submitit's job files and logs (default OUT/.submitit).")
-@_plugin_option
-@_strict_option
-@_user_errors
+@plugin_option
+@strict_option
+@user_errors
 def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
            variants: tuple[str, ...], overrides: tuple[str, ...], out: Path, jobs: int,
            launcher: str, slurm_partition: str | None, slurm_time: int, slurm_gpus: int,
@@ -309,7 +261,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     """Run recipes x variants x seeds; finished runs are skipped, interrupted ones resumed."""
     from kdcore import grid as ab
 
-    _configure_logging(quiet=True)
+    configure_logging(quiet=True)
     if plugins and (jobs != 1 or launcher != "local"):
         # the runs of --jobs N and SLURM build their plugin host in another process
         raise KdcoreError("--plugin loads into this process: it takes --jobs 1 and the local "
@@ -334,7 +286,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     seed_list = [int(s) for s in seeds.split(",")] if seeds else grid_seeds
     specs = ab.plan(specs_variants, seed_list, out)
     # SLURM's and --jobs' runs load the installed plugins, as this host does without --plugin
-    host = _host(plugins, strict_plugins)
+    host = plugin_host(plugins, strict_plugins)
     ab.check_specs(specs, host)
     if launcher == "slurm":
         from kdcore import launchers
@@ -353,7 +305,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
         sys.exit(1)
 
 
-@main.command(epilog=_examples(
+@main.command(epilog=examples(
     "kdcore report runs/base",
     "kdcore report runs/base --model student --csv table.csv --plots runs/base/plots",
     "kdcore report runs/base --baseline ce --ceiling clean --html runs/base/report",
@@ -377,7 +329,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
 @click.option("--gap-model", "gap_models", multiple=True,
               help="Model role(s) that get the gap column (repeatable; default: every "
                    "variant's reported model).")
-@_user_errors
+@user_errors
 @reading
 def report(runs: tuple[Path, ...], md_path: Path | None, csv_path: Path | None,
            plots: Path | None, html_dir: Path | None, role: str | None, baseline: str | None,
@@ -393,7 +345,11 @@ def report(runs: tuple[Path, ...], md_path: Path | None, csv_path: Path | None,
 # kdcore label-issues (kdcore/cli_label_issues.py)
 from kdcore.cli_label_issues import command as _label_issues  # noqa: E402
 
-main.add_command(_label_issues(lambda fn: _user_errors(reading(fn)), _examples))
+main.add_command(_label_issues(lambda fn: user_errors(reading(fn)), examples))
+
+from kdcore.cli_noise import noise as _noise  # noqa: E402  (kdcore noise)
+
+main.add_command(_noise)
 
 
 if __name__ == "__main__":

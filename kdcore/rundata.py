@@ -32,6 +32,9 @@ class RunData:
         train_noisy, val_noisy: the observed labels of the noisy splits.
         train_source: the row of each training sample in the loader's training split
             (``sample_id`` in the history), so that results can be traced back.
+        source_noisy: the observed label of every row of the loader's training split: the
+            training and (with ``apply_to_val``) validation rows as corrupted, the others
+            their true labels (``kdcore noise`` writes it; None where not built here).
         transition: the realised clean-to-noisy transition matrix on the training split.
         noise_rate: the realised share of training labels that differ from the truth.
         workers: the DataLoader processes that decode a file-backed split's batches ahead of
@@ -51,6 +54,7 @@ class RunData:
     class_names: tuple[str, ...]
     device: torch.device
     workers: int = 0
+    source_noisy: torch.Tensor | None = None
 
     def split(self, name: str) -> Split:
         try:
@@ -232,6 +236,11 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
                               source=(splits["val"], len(full)))
                  if cfg.noise.apply_to_val else val.y.clone())
 
+    source_noisy = full.y.clone()
+    source_noisy[train_idx] = train_noisy.to(source_noisy.device)
+    if cfg.noise.apply_to_val:
+        source_noisy[splits["val"]] = val_noisy.to(source_noisy.device)
+
     def to_dev(ds: Split) -> Split:
         if isinstance(ds, FileDataset):  # the images stay files; the labels move
             return attrs.evolve(ds, y=ds.y.to(device))
@@ -245,7 +254,7 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
         noise_rate=float((train_noisy != train.y).double().mean()) if len(train) else 0.0,
         num_classes=num_classes,
         class_names=tuple(full.class_names) or tuple(str(c) for c in range(num_classes)),
-        device=device, workers=cfg.workers,
+        device=device, workers=cfg.workers, source_noisy=source_noisy,
     )
 
 

@@ -183,3 +183,63 @@ def test_check_refuses_a_file_of_the_wrong_length(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(DIGITS_RECIPE.format(seed=0, path=tmp_path / "noise.json"))
     one_line_error(invoke("check", recipe), "holds 3 labels", "has 1,797 samples")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".json", ".txt", ".csv"])
+def test_written_files_read_back(tmp_path, suffix):
+    from kdcore.data.label_file import labels_file_bytes, read_labels
+
+    labels = torch.tensor([9, 0, 4, 4, 1])
+    path = tmp_path / f"l{suffix}"
+    path.write_bytes(labels_file_bytes(labels, suffix))
+    assert read_labels(str(path)).tolist() == labels.tolist()
+
+
+NOISE_RECIPE = DIGITS_RECIPE.replace('model = "label_file"\nparams = {{ path = "{path}" }}',
+                                     'model = "pair_flip"\nparams = {{ rate = 0.3 }}\n'
+                                     'apply_to_val = {to_val}')
+
+
+@pytest.mark.parametrize("to_val", ["true", "false"])
+def test_the_written_noise_rebuilds_the_runs_labels(tmp_path, to_val):
+    """``kdcore noise`` then ``label_file``: the same training and validation labels as the
+    recipe's own noise model, and the rows it did not corrupt keep their true labels."""
+    from sklearn.datasets import load_digits
+
+    from kdcore import PluginHost
+    from kdcore.rundata import build_run_data
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(NOISE_RECIPE.format(seed=3, to_val=to_val))
+    result = invoke("noise", recipe, "--out", tmp_path / "noise.json")
+    assert result.exit_code == 0, result.output
+    rows = 300 + (179 if to_val == "true" else 0)  # train_subset, and the validation split
+    assert f"wrote 1,797 labels to {tmp_path / 'noise.json'}: {rows} rows as the run" \
+        in result.output
+    original = load_recipe(recipe)
+    shared = load_recipe(recipe, ['data.noise={model = "label_file", params = {path = "'
+                                  f'{tmp_path / "noise.json"}"}}}}'])
+    a, b = (build_run_data(r.data, PluginHost(), r.run.seed, torch.device("cpu"))
+            for r in (original, shared))
+    assert torch.equal(a.train_noisy, b.train_noisy) and torch.equal(a.val_noisy, b.val_noisy)
+    written = np.asarray(json.loads((tmp_path / "noise.json").read_text()))
+    clean = load_digits().target
+    ids = a.train_source.numpy()
+    assert np.array_equal(written[ids], a.train_noisy.numpy())
+    others = np.ones(len(written), dtype=bool)
+    others[ids] = False  # validation, test: true labels but for validation's corruption
+    flipped_val = int((a.val_noisy != a.val.y).sum())
+    assert (written[others] != clean[others]).sum() == flipped_val
+    assert (flipped_val > 0) is (to_val == "true")
+    flipped = int((a.train_noisy != a.train.y).sum()) + flipped_val
+    assert f"({flipped:,} differ from the true label)" in result.output
+
+
+def test_noise_refuses_a_bad_output_in_one_line(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(NOISE_RECIPE.format(seed=0, to_val="true"))
+    one_line_error(invoke("noise", recipe, "--out", tmp_path / "noise.pt"), "not '.pt'")
+    one_line_error(invoke("noise", recipe, "--out", tmp_path / "no" / "noise.npy"),
+                   "cannot write")
+    one_line_error(invoke("noise", recipe), "--out")
+    assert not list(tmp_path.glob("noise*"))

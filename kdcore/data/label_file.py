@@ -1,4 +1,6 @@
-"""Noise read from a file of noisy labels, so that runs and codebases share one corruption.
+"""Noise read from a file of noisy labels, so that runs and codebases share one corruption
+(:func:`label_file`), and the writer of such files (:func:`labels_file_bytes`, behind
+``kdcore noise``).
 
 DivideMix and its successors write the noisy labels of CIFAR's training set to a JSON list and
 read them back in every run of a comparison; a file is also how a corruption made elsewhere
@@ -8,6 +10,7 @@ read them back in every run of a comparison; a file is also how a corruption mad
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import warnings
@@ -141,3 +144,23 @@ def _whole_numbers(raw: object, path: str) -> np.ndarray:
             raise KdcoreError(f"label_file: {path} gives sample {bad} the label "
                               f"{float(values[bad])!r}, not a whole number")
     return values.astype(np.int64)
+
+
+def labels_file_bytes(labels: torch.Tensor | np.ndarray, suffix: str) -> bytes:
+    """``labels`` (1-D integers) as the contents of a :func:`label_file` file of ``suffix``.
+
+    Raises:
+        KdcoreError: ``suffix`` is not one of :data:`FORMATS`.
+    """
+    values = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels,
+                        dtype=np.int64).reshape(-1)
+    suffix = suffix.lower()
+    if suffix == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, values, allow_pickle=False)
+        return buffer.getvalue()
+    if suffix == ".json":
+        return (json.dumps(values.tolist()) + "\n").encode()
+    if suffix in FORMATS:
+        return "".join(f"{v}\n" for v in values.tolist()).encode()
+    raise KdcoreError(f"a label file ends in {', '.join(FORMATS)}, not {suffix or 'nothing'!r}")

@@ -1,0 +1,78 @@
+"""What every ``kdcore`` command shares: one-line user errors, the plugin host, logging, the
+``--help`` examples and the recipe options (``--set``, ``--plugin``, ``--strict-plugins``).
+
+Kept apart from :mod:`kdcore.cli` so that a command defined in a module of its own
+(:mod:`kdcore.cli_noise`) uses them without importing the command group.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from kdcore.errors import KdcoreError
+from kdcore.torchrun import report_worker_error
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_USER_ERROR = 2
+
+
+def user_errors(fn: F) -> F:
+    """Turn :class:`KdcoreError` into one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KdcoreError as exc:
+            code = getattr(exc, "exit_code", EXIT_USER_ERROR)  # 1: failures.RunFailed
+            if not report_worker_error(str(exc), code):  # else the launcher says it, once
+                click.echo(f"kdcore: error: {exc}", err=True)
+            sys.exit(code)
+        except KeyboardInterrupt:
+            if not report_worker_error("interrupted; resume with --resume", 130):
+                click.echo("kdcore: interrupted; resume with --resume", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def plugin_host(plugins: Sequence[str], strict: bool) -> Any:
+    """The installed plugins and ``--plugin`` ones (``--strict-plugins``: a failure is an
+    error); loading is quiet but for one warning per skipped plugin."""
+    from kdcore.plugins import PluginHost, import_object
+
+    configure_logging(quiet=True)  # a plugin skipped while loading is one warning line
+    return PluginHost(strict=strict, extra=[import_object(p) for p in plugins])
+
+
+def configure_logging(quiet: bool) -> None:
+    """Log to stderr: warnings only when ``quiet``, else from INFO on."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING" if quiet else "INFO",
+               format="<green>{time:HH:mm:ss}</green> {message}")
+
+
+def examples(*lines: str) -> str:
+    """A ``--help`` epilog of runnable command lines, kept as written (click's \\b)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+    help="Override a recipe value (repeatable); list entries by index or name, e.g. "
+         "stages.student.components.kd.weight=0.5",
+)
+plugin_option = click.option(
+    "--plugin", "plugins", multiple=True, metavar="MODULE[:OBJ]",
+    help="Also load this plugin module or object, importable from here (repeatable; "
+         "besides the installed plugins), e.g. my_pkg.plugin or my_module:MyPlugin.",
+)
+strict_option = click.option(
+    "--strict-plugins", is_flag=True, help="A plugin that fails to load is an error.")
