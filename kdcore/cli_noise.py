@@ -23,9 +23,7 @@ from kdcore.failures import one_line_failures
 
 @click.command(epilog=examples(
     "kdcore noise recipes/kd.toml --out noise.npy",
-    "kdcore noise recipes/kd.toml --set run.seed=1 --out noise-seed1.json",
-    "kdcore run recipes/kd.toml --set 'data.noise={model=\"label_file\", "
-    "params={path=\"noise.npy\"}}'"))
+    "kdcore noise recipes/kd.toml --set run.seed=1 --out noise-seed1.json"))
 @click.argument("recipe", type=GivenPath(dir_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=GivenPath(dir_okay=False, path_type=Path),
               help=f"The file to write, by its suffix: {', '.join(FORMATS)} (.txt and .csv: "
@@ -43,7 +41,8 @@ def noise(recipe: Path, out: Path, overrides: tuple[str, ...], plugins: tuple[st
     sample_id): the label a run of RECIPE with its seed trains on for its training rows and,
     with data.noise.apply_to_val, its validation rows; the other rows (gold, a test split
     carved from the training data) keep their true labels. The label_file noise model reads
-    the file back. The data is built as the run builds it; nothing is trained.
+    the file back: --set 'data.noise={model="label_file", params={path="noise.npy"}}'. The
+    data is built as the run builds it; nothing is trained.
     """
     import torch
 
