@@ -46,7 +46,7 @@ def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
                        f"one): starting it from the beginning")
         return None
     state = checkpointing.read(path)
-    _refuse_changes(run_dir, state["fingerprint"]["recipe"], started)
+    _refuse_changes(run_dir, _resolved_again(state["fingerprint"]["recipe"]), started)
     written = _history_recipe(run_dir / "history.h5")
     if written is not None:  # a history.h5 copied in from another run is not appended to
         _refuse_changes(run_dir, written, started, what="its history.h5 was written by")
@@ -59,6 +59,18 @@ def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
                           f"{epoch}, {position['history_rows']} history rows) that this "
                           f"recipe's run never reaches; start again with --overwrite")
     return state
+
+
+def _resolved_again(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's recipe as this version of kdcore resolves it, so that a key added since
+    the run started (``models.<role>.cache_outputs``), at its default, is no difference; the
+    recipe as saved where it no longer resolves (the comparison then names what changed)."""
+    from kdcore.recipe import recipe_from_dict
+
+    try:
+        return recipe_from_dict(saved).to_dict()
+    except (KdcoreError, ValueError, TypeError, KeyError):
+        return saved
 
 
 def recipe_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:

@@ -53,6 +53,22 @@ def test_resume_with_the_same_recipe_and_operational_changes_continues(tiny_reci
 
 
 @pytest.mark.slow
+def test_a_checkpoint_of_an_older_kdcore_resumes_and_still_names_real_changes(tiny_recipe,
+                                                                              started):
+    """A recipe key added since the run started (at its default) is no change; one the run
+    was started with at another value still is."""
+    state = load(started / CHECKPOINT)
+    for model in state["fingerprint"]["recipe"]["models"].values():
+        del model["cache_outputs"]  # as kdcore wrote it before the key existed
+    save(state, started / CHECKPOINT)
+    assert_one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume", "--set",
+                                 "models.teacher.cache_outputs=true"),
+                          "models.teacher.cache_outputs", "--overwrite")
+    result = invoke("run", tiny_recipe, "--out", started, "--resume", "-q")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
 def test_killed_before_the_first_checkpoint_starts_again_on_resume(tiny_recipe, tmp_path):
     class FailInSetUp:
         @hookimpl
