@@ -40,6 +40,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # (session 13); the real two-process runs (slow) start processes outside the copy
     "kdcore-api-input": (".", ["kdcore/api_args.py", "kdcore/torchrun.py", "kdcore/frames.py"],
                          ["tests/test_api.py", "tests/test_distributed.py", "-m", "not slow"]),
+    # the label_file noise model and its writer (session 14): a file a user hands in
+    "kdcore-label-file": (".", ["kdcore/data/label_file.py"], ["tests/test_label_file.py"]),
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md)
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),

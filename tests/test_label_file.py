@@ -82,9 +82,18 @@ def test_a_pickled_array_is_refused_without_running_it(tmp_path):
     ("deep.json", b"[" * 100000 + b"]" * 100000, "not a readable .json file"),
     ("broken.json", b"[1, 2", "not a readable .json file"),
     ("t.txt", b"1\n2\nthree\n", "line 3"),
+    ("long.txt", b"1\n" + b"x" * 50 + b"\n", f"line 2 of {{}} is '{'x' * 40}', not a label"),
+    ("bad.npy", b"not an array", "not a readable .npy file of labels (This file contains"),
+    ("empty.npy", b"", "not a readable .npy file of labels (No data left in file)"),
     ("u.txt", b"\xff\xfe1\n", "not a readable .txt file"),
     ("short.json", b"[1, 2]", "holds 2 labels, but the dataset's training split has 7"),
-    ("range.json", b"[1, 2, 4, 0, 1, 1, 1]", "sample 2 the label 4; labels must lie in 0..3"),
+    ("range.json", b"[0, 2, 4, 0, 1, 1, 1]", "sample 2 the label 4; labels must lie in 0..3"),
+    ("big.json", b"[0, 2, 200, 0, 1, 1, 1]", "sample 2 the label 200; labels must lie"),
+    ("bigf.json", b"[0, 2, 200.0, 0, 1, 1, 1]", "sample 2 the label 200; labels must lie"),
+    ("exact.json", b"[0, 1152921504606846977, 1, 0, 1, 1, 1]",
+     "sample 1 the label 1152921504606846977; labels"),
+    ("edge.json", b"[0, 4611686018427387904, 1, 0, 1, 1, 1]", "far outside any class range"),
+    ("edgef.json", b"[0, 4.611686018427388e18, 1, 0, 1, 1, 1]", "4.611686018427388e+18, not a"),
     ("neg.txt", b"1\n-1\n0\n0\n0\n0\n0\n", "sample 1 the label -1"),
 ])
 def test_a_bad_file_is_one_line(tmp_path, name, content, needle):
@@ -93,7 +102,36 @@ def test_a_bad_file_is_one_line(tmp_path, name, content, needle):
         path.write_bytes(content)
     with pytest.raises(KdcoreError) as info:
         label_file(_ctx(), path=str(path))
-    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert needle.replace("{}", str(path)) in str(info.value) and "\n" not in str(info.value)
+    assert str(path) in str(info.value)  # which file
+
+
+def test_the_messages_say_what_to_do(tmp_path):
+    from kdcore.data.label_file import labels_file_bytes
+
+    def message(name, content=None):
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(KdcoreError) as info:
+            label_file(_ctx(), path=str(tmp_path / name))
+        return str(info.value).replace(str(tmp_path / name), "FILE")
+
+    assert message("s.json", b"[1]") == ("label_file: FILE holds 1 labels, but the dataset's "
+                                         "training split has 7 samples (one label per sample, "
+                                         "in the loader's order)")
+    assert message("t.txt", b"1\n x \n") == ("label_file: line 2 of FILE is 'x', not a label "
+                                              "(one integer per line)")
+    assert message("gone.json") == "label_file: cannot read FILE: No such file or directory"
+    assert message("j.json", b"[1,") == ("label_file: FILE is not a readable .json file of "
+                                         "labels (Expecting value: line 1 column 4 (char 3))")
+    np.save(tmp_path / "h.npy", np.zeros(3, dtype=np.int64))
+    header = (tmp_path / "h.npy").read_bytes().replace(b"(3,), ", b"(99999999999,), ")
+    # a header claiming more rows than the file holds: refused before any allocation
+    assert "mmap length is greater than file size" in message("h.npy", header)
+    for suffix, shown in ((".pt", "'.pt'"), ("", "'nothing'")):
+        with pytest.raises(KdcoreError) as info:
+            labels_file_bytes(torch.tensor([1]), suffix)
+        assert str(info.value) == f"a label file ends in .npy, .json, .txt, .csv, not {shown}"
 
 
 def test_an_array_of_another_shape_or_kind_is_refused(tmp_path):
