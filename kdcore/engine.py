@@ -179,6 +179,18 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
     return plan
 
 
+def run_setup(device: torch.device) -> dict[str, Any]:
+    """What a history records of where its run was started (``History.setup``)."""
+    import platform
+
+    shown = str(device)
+    if device.type == "cuda":
+        shown += f" ({torch.cuda.get_device_name(device)})"
+    return {"device": shown, "processes": distributed.world().size,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
 def banner(plan: RunPlan, run: Run) -> str:
     """The start-of-run summary: data, models and each stage's components in order."""
     d, r = run.data, plan.recipe
@@ -275,7 +287,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
                                "clean_label": data.train.y.int(),
                                "clean_mask": data.train_noisy == data.train.y,
                                "sample_id": data.train_source.int()},
-                    transition_matrix=data.transition)
+                    transition_matrix=data.transition, setup=run_setup(run.device))
             else:
                 history.rollback(int(state["position"]["history_rows"]))
             checkpointer = checkpointing.Checkpointer(

@@ -3,7 +3,8 @@
 Layout of ``history.h5`` (one file per run), format ``kdcore-history/2``:
 
 * root attributes: ``format``, ``recipe`` (resolved TOML), ``versions`` (JSON: kdcore and every
-  plugin), ``num_classes``, ``class_names`` (JSON);
+  plugin), ``setup`` (JSON: device, processes, threads, torch and Python versions; absent in
+  files written before it), ``num_classes``, ``class_names`` (JSON);
 * ``/data``: ``noisy_label``, ``clean_label``, ``clean_mask`` (noisy == clean), ``sample_id``
   (row in the loader's training split), ``transition_matrix`` (the realised clean-to-noisy
   matrix, rows the true class), and any per-sample constants a plugin adds;
@@ -98,6 +99,14 @@ class History:
     @property
     def versions(self) -> dict[str, str]:
         return json.loads(self._file.attrs["versions"])
+
+    @property
+    def setup(self) -> dict[str, Any]:
+        """Where the run was started: ``device`` (with the GPU's name), ``processes``,
+        ``threads``, ``torch`` and ``python`` versions; empty for a history written before
+        kdcore recorded them."""
+        text = self._file.attrs.get("setup")
+        return dict(json.loads(str(text))) if text is not None else {}
 
     @property
     def num_classes(self) -> int:

@@ -168,13 +168,16 @@ class HistoryWriter:
         class_names: list[str],
         constants: Mapping[str, Any],
         transition_matrix: Any,
+        setup: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write the run's constants; an existing file is replaced (atomically)."""
+        """Write the run's constants; an existing file is replaced (atomically). ``setup``
+        (JSON data: the device, the processes, torch's version) becomes the ``setup``
+        attribute."""
         self._index = None
         tmp = self.path.with_name(self.path.name + ".create")
         try:
             self._create(tmp, recipe_toml, versions, num_classes, class_names, constants,
-                         transition_matrix)
+                         transition_matrix, setup or {})
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise KdcoreError(f"cannot create {self.path}: {os_reason(exc)}") from None
@@ -182,12 +185,13 @@ class HistoryWriter:
 
     @staticmethod
     def _create(tmp: Path, recipe_toml: str, versions: Mapping[str, str], num_classes: int,
-                class_names: list[str], constants: Mapping[str, Any], transition_matrix: Any
-                ) -> None:
+                class_names: list[str], constants: Mapping[str, Any], transition_matrix: Any,
+                setup: Mapping[str, Any]) -> None:
         with h5py.File(tmp, "w", locking=False) as f:
             f.attrs["format"] = FORMAT
             f.attrs["recipe"] = recipe_toml
             f.attrs["versions"] = json.dumps(dict(versions))
+            f.attrs["setup"] = json.dumps(dict(setup))
             f.attrs["num_classes"] = num_classes
             f.attrs["class_names"] = json.dumps(list(class_names))
             data = f.create_group("data")

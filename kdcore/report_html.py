@@ -51,6 +51,39 @@ def _figure(fig: Figure) -> str:
             "</figcaption></figure>")
 
 
+RUN_COLUMNS = ["variant", "run", "directory", "models", "data", "batch", "seed", "device",
+               "torch"]
+"""The page's table of runs: where each is, and how it was set up (mdistiller's and
+RepDistiller's users ask which batch size and device a number came from)."""
+
+
+def run_cells(run: RunResult) -> list[str]:
+    """One row of the table of runs: the resolved recipe's data, batch size and seed, and the
+    history's setup; ``-`` for what a run does not hold or cannot be read."""
+    import tomllib
+
+    from kdcore.errors import KdcoreError
+    from kdcore.history import open_history
+
+    cells = [run.variant, run.path.name, str(run.path), ", ".join(run.summary)]
+    try:
+        recipe = tomllib.loads((run.path / "recipe.toml").read_text(encoding="utf-8"))
+        data, seed = recipe["data"], recipe["run"]["seed"]
+        noise = data["noise"]
+        rate = noise.get("params", {}).get("rate")
+        cells += [f"{data['dataset']}, {noise['model']}" + ("" if rate is None else f" {rate}"),
+                  str(data["batch_size"]), str(seed)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        cells += ["-"] * 3
+    try:
+        with open_history(run.path / "history.h5") as h:
+            setup = h.setup
+        cells += [str(setup.get("device", "-")), str(setup.get("torch", "-"))]
+    except (KdcoreError, OSError, ValueError):
+        cells += ["-"] * 2
+    return cells
+
+
 def render(runs: Sequence[RunResult], table: tuple[list[str], list[list[str]]],
            figures: Sequence[Figure], *, title: str, notes: Sequence[str] = ()) -> str:
     """The page: ``table`` (header and cells, :func:`kdcore.report.table_cells`), the list of
@@ -59,7 +92,7 @@ def render(runs: Sequence[RunResult], table: tuple[list[str], list[list[str]]],
         version = metadata.version("kdcore")
     except metadata.PackageNotFoundError:  # a source tree that was never installed
         version = "(not installed)"
-    run_rows = [[r.variant, r.path.name, str(r.path), ", ".join(r.summary)] for r in runs]
+    run_rows = [run_cells(r) for r in runs]
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -76,7 +109,7 @@ def render(runs: Sequence[RunResult], table: tuple[list[str], list[list[str]]],
         *(f'<p class="note">{escape(n)}</p>' for n in notes),
         _table(*table, numeric_from=2, table_id="results-table"),
         '<h2 id="runs">Runs</h2>',
-        _table(["variant", "run", "directory", "models"], run_rows, numeric_from=99,
+        _table(RUN_COLUMNS, run_rows, numeric_from=99,
                table_id="runs-table"),
         '<h2 id="figures">Figures</h2>',
         f'<div class="figures">{"".join(_figure(f) for f in figures)}</div>'

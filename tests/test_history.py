@@ -50,6 +50,25 @@ def test_layout_dtypes_and_producers(tmp_path):
         assert "recipe" in h._file.attrs and json.loads(h._file.attrs["versions"])
 
 
+def test_setup_is_recorded_and_absent_reads_empty(tmp_path):
+    from kdcore.engine import run_setup
+
+    w = _writer(tmp_path)
+    with History(tmp_path) as h:
+        assert h.setup == {}  # created without one: as a file of an older kdcore reads
+    setup = run_setup(torch.device("cpu"))
+    assert setup["device"] == "cpu" and setup["processes"] == 1
+    assert setup["threads"] == torch.get_num_threads() and setup["torch"] == torch.__version__
+    w.create(recipe_toml="", versions={}, num_classes=2, class_names=["a", "b"],
+             constants={}, transition_matrix=torch.eye(2), setup=setup)
+    with History(tmp_path) as h:
+        assert h.setup == setup
+    with h5py.File(tmp_path / "history.h5", "a") as f:
+        del f.attrs["setup"]
+    with History(tmp_path) as h:
+        assert h.setup == {}
+
+
 def test_compressed_and_chunked_by_epoch(tmp_path):
     w = _writer(tmp_path)
     w.append_epoch(stage="s", epoch=0, metrics={}, columns=dict(_ledger().items()))

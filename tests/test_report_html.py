@@ -101,6 +101,12 @@ def test_page_is_self_contained_and_holds_every_table_and_figure(page, report_gr
         assert r[3].startswith(f"{100 * mean:.2f} ± ")
     runs = parsed.tables["runs-table"]
     assert len(runs) == 1 + 4  # header, 2 variants x 2 seeds
+    import torch
+
+    assert runs[0] == ["variant", "run", "directory", "models", "data", "batch", "seed",
+                       "device", "torch"]
+    for row in runs[1:]:  # what each run was set up with (REPORT_RECIPE, on this machine)
+        assert row[4:] == ["digits, symmetric 0.4", "64", row[1][-1], "cpu", torch.__version__]
     assert sorted(Path(page.parent).iterdir()) == [page]  # everything is inside the page
     assert len(parsed.images) >= 12
     for img in parsed.images:
@@ -120,6 +126,21 @@ def test_names_are_escaped(tmp_path, report_grid):
     html = render(runs[:1], (["<h>"], [["<script>"]]), [fig], title="<t>", notes=["<n>"])
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;" in html
     assert "<t>" not in html and "<n>" not in html
+
+
+def test_a_run_without_its_setup_shows_dashes(tmp_path, report_grid):
+    """A history written before kdcore recorded the setup, a recipe.toml gone."""
+    import h5py
+
+    from kdcore.report_html import run_cells
+
+    run = tmp_path / "old"
+    shutil.copytree(report_grid / "ls" / "seed0", run)
+    with h5py.File(run / "history.h5", "a") as f:
+        del f.attrs["setup"]
+    (run / "recipe.toml").unlink()
+    cells = run_cells(find_runs([run])[0])
+    assert cells[:2] == ["old", "old"] and cells[4:] == ["-"] * 5
 
 
 def _chromium() -> str | None:
