@@ -5,7 +5,9 @@
 #   env.txt         torch, CUDA and the GPUs seen
 #   tests.txt       the tests that need CUDA (fp16, precision, no device sync per step, the
 #                   records of a GPU run), run on it
-#   kd-run/         a KD recipe trained on the GPU in bf16 (summary.json, history.h5, log)
+#   kd-run/         a KD recipe trained on the GPU in bf16, its frozen teacher's outputs
+#                   stored (models.teacher.cache_outputs; summary.json, history.h5 with the
+#                   GPU's name in its setup attribute, log)
 #   throughput.txt  engine against the plain loop (benchmarks/engine_costs.py) on the GPU,
 #                   on generated Fashion-MNIST-shaped data (the machine has no network)
 #   throughput-mlp.txt  the same for the MLP, where the engine's per-batch work weighs most
@@ -54,7 +56,8 @@ step tests 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_precision.py te
   tests/test_cuda.py
 
 step kd-run "$BUDGET" "$KDCORE" run recipes/kd.toml --out "$OUT/kd-run" --overwrite -q \
-  --set "run.device=\"$DEVICE\"" --set 'run.precision="bf16"'
+  --set "run.device=\"$DEVICE\"" --set 'run.precision="bf16"' \
+  --set models.teacher.cache_outputs=true
 
 # engine_costs.py reads Fashion-MNIST through its loader: point it at generated IDX files
 FMNIST="$OUT/fmnist"

@@ -63,3 +63,19 @@ def test_a_runs_loss_records_are_the_losses_of_its_logits(tmp_path, device):
     shifted = logits - logits.max(1, keepdims=True)
     expected = np.log(np.exp(shifted).sum(1)) - shifted[np.arange(len(labels)), labels]
     np.testing.assert_allclose(loss, expected, atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_gpu)])
+def test_a_cached_teacher_trains_the_student_as_the_uncached_one(tmp_path, device):
+    """``models.teacher.cache_outputs`` on the device: the stored pass's rows are gathered
+    there, and the student ends where the per-batch teacher leads it (up to float rounding)."""
+    recipe = tiny_recipe(stage("teacher", 1, ["teacher"], component("ce")),
+                         stage("student", 2, ["student"],
+                               component("hinton_kd", params={"teacher": "teacher"})),
+                         run={"device": device})
+    for cached in ("false", "true"):
+        run_tiny(recipe, tmp_path / cached, overrides=[f"models.teacher.cache_outputs={cached}"])
+    with History(tmp_path / "false") as a, History(tmp_path / "true") as b:
+        assert b.setup["device"].startswith(device)
+        np.testing.assert_allclose(b.metric("train/student/loss"),
+                                   a.metric("train/student/loss"), rtol=1e-4, equal_nan=True)
