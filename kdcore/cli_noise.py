@@ -17,7 +17,7 @@ from kdcore.cli_common import (
     user_errors,
 )
 from kdcore.cli_files import GivenPath, check_output, write_bytes
-from kdcore.data.label_file import FORMATS
+from kdcore.data.label_file import FORMATS, labels_file_bytes
 from kdcore.failures import one_line_failures
 
 
@@ -46,14 +46,13 @@ def noise(recipe: Path, out: Path, overrides: tuple[str, ...], plugins: tuple[st
     """
     import torch
 
-    from kdcore.data.label_file import labels_file_bytes
     from kdcore.errors import RecipeError
     from kdcore.recipe import load_recipe
     from kdcore.rundata import build_run_data
 
     host = plugin_host(plugins, strict_plugins)
     resolved = load_recipe(recipe, overrides)
-    contents = labels_file_bytes([], out.suffix)  # a bad suffix is refused before the data
+    labels_file_bytes([], out.suffix)  # a bad suffix is refused before the data is built
     check_output(out)
     try:
         data = build_run_data(resolved.data, host, resolved.run.seed, torch.device("cpu"))
@@ -61,8 +60,7 @@ def noise(recipe: Path, out: Path, overrides: tuple[str, ...], plugins: tuple[st
         raise exc.at(file=resolved.source) from None
     labels = data.source_noisy
     assert labels is not None  # build_run_data fills it
-    contents = labels_file_bytes(labels, out.suffix)
-    write_bytes(out, contents)
+    write_bytes(out, labels_file_bytes(labels, out.suffix))
     trained = len(data.train) + (len(data.val) if resolved.data.noise.apply_to_val else 0)
     flipped = int((data.train_noisy != data.train.y.to(data.train_noisy.device)).sum())
     if resolved.data.noise.apply_to_val:
