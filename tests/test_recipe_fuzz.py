@@ -333,7 +333,12 @@ def _data(rng: random.Random, source: str, data: dict[str, Any], text: str
         ("data.noise", {"model": "pair_flip", "params": {"rate": 1.0, "mapping": "random"}}),
         ("data.noise", {"model": "none"}),
         ("data.noise", {"model": "cifar_n", "params": {"path": "nope.pt"}}),
+        ("data.noise", {"model": "label_file", "params": {"path": "nope.npy"}}),
+        ("data.noise", {"model": "label_file", "params": {"path": "adir"}}),
+        ("data.noise", {"model": "label_file", "params": {"path": "latin.toml"}}),
         ("data.gold_per_class", 1000), ("data.val_fraction", 0.79),
+        ("models.teacher.cache_outputs", True), ("models.student.cache_outputs", True),
+        ("models.student.cache_outputs", "yes"),
     ]
     key, value = rng.choice(choices)
     return f"{key} = {_toml(value)}", {"overrides": (f"{key}={_toml(value)}",)}
