@@ -46,6 +46,13 @@ def test_each_format_gives_the_rows_the_run_uses(tmp_path, suffix):
     assert got.dtype == torch.int64 and got.tolist() == [LABELS[r] for r in rows]
 
 
+def test_rows_without_the_splits_size_must_lie_in_the_file(tmp_path):
+    path = str(_write(tmp_path, ".json"))
+    assert label_file(_ctx([6, 1]), path=path).tolist() == [LABELS[6], LABELS[1]]
+    with pytest.raises(KdcoreError, match="holds 7 labels, but the samples' rows reach 7"):
+        label_file(_ctx([7, 1]), path=path)
+
+
 def test_whole_floats_are_labels(tmp_path):
     np.save(tmp_path / "f.npy", np.asarray(LABELS, dtype=np.float32))
     (tmp_path / "f.json").write_text(json.dumps([float(v) for v in LABELS]))

@@ -53,7 +53,14 @@ def label_file(ctx: NoiseContext, *, path: str) -> torch.Tensor:
             outside ``0..C-1``.
     """
     labels = read_labels(path)
+    rows = (ctx.source_index.reshape(-1).cpu() if ctx.source_index is not None
+            else torch.arange(ctx.labels.numel()))
     size = ctx.source_size if ctx.source_index is not None else ctx.labels.numel()
+    if size is None:  # rows without the split's size: the file must reach every row
+        if len(rows) and int(rows.max()) >= len(labels):
+            raise KdcoreError(f"label_file: {path} holds {len(labels):,} labels, but the "
+                              f"samples' rows reach {int(rows.max()):,}")
+        size = len(labels)
     if len(labels) != size:
         raise KdcoreError(f"label_file: {path} holds {len(labels):,} labels, but the dataset's "
                           f"training split has {size:,} samples (one label per sample, in the "
@@ -63,8 +70,6 @@ def label_file(ctx: NoiseContext, *, path: str) -> torch.Tensor:
         raise KdcoreError(f"label_file: {path} gives sample {bad} the label {int(labels[bad])}; "
                           f"labels must lie in 0..{ctx.num_classes - 1}")
     noisy = torch.from_numpy(labels)
-    rows = (ctx.source_index.reshape(-1).cpu() if ctx.source_index is not None
-            else torch.arange(ctx.labels.numel()))
     return noisy[rows].reshape(ctx.labels.shape).to(ctx.labels.device)
 
 
