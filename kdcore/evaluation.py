@@ -26,22 +26,43 @@ def evaluate(models: Mapping[str, torch.nn.Module], roles: list[str], data: RunD
     which keeps its precision and divides the rows among a distributed run's ranks)."""
     out: dict[str, float] = {}
     for role in roles:
-        model = models[role]
-        was = model.training
-        model.eval()
-        preds = {}
-        for split in ("val", "test"):
-            ds = data.split(split)
-            p = [(model(x)[0] if predict is None else predict(model, x)).argmax(1)
-                 for _, x in data.stream(ds, list(data.batches(ds, batch_size)))]
-            preds[split] = torch.cat(p) if p else torch.empty(0, dtype=torch.long)
-        model.train(was)
+        preds = predictions(models[role], data, ("val", "test"), batch_size, predict)
         out[f"val/{role}/acc"] = accuracy(preds["val"], data.val_noisy)
         out[f"val/{role}/acc_clean"] = accuracy(preds["val"], data.val.y)
         out[f"test/{role}/acc"] = accuracy(preds["test"], data.test.y)
         out[f"test/{role}/bacc"] = balanced_accuracy(preds["test"], data.test.y,
                                                      data.num_classes)
     return out
+
+
+@torch.no_grad()
+def predictions(model: torch.nn.Module, data: RunData, splits: tuple[str, ...], batch_size: int,
+                predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None
+                ) -> dict[str, torch.Tensor]:
+    """``model``'s predicted class of every sample of each of ``splits``, in eval mode (its
+    mode is restored); ``predict`` as :func:`evaluate` takes it."""
+    was = model.training
+    model.eval()
+    out = {}
+    for split in splits:
+        ds = data.split(split)
+        p = [(model(x)[0] if predict is None else predict(model, x)).argmax(1)
+             for _, x in data.stream(ds, list(data.batches(ds, batch_size)))]
+        out[split] = torch.cat(p) if p else torch.empty(0, dtype=torch.long)
+    model.train(was)
+    return out
+
+
+def confusion_on_test(model: torch.nn.Module, data: RunData, batch_size: int,
+                   predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+    """The test split's confusion matrix of ``model`` (``int64``, ``C x C``): row the true
+    class, column the predicted one. A stage records it for each model it trains and
+    evaluates, with the weights it keeps (``/data/test_confusion/<stage>/<role>``)."""
+    pred = predictions(model, data, ("test",), batch_size, predict)["test"]
+    c = data.num_classes
+    truth = data.test.y.to(pred.device)
+    return torch.bincount(truth * c + pred, minlength=c * c).view(c, c).cpu()
 
 
 def ledger_metrics(ledger: Ledger) -> dict[str, float]:

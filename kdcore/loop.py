@@ -24,7 +24,13 @@ from kdcore.component import Batch, Component
 from kdcore.context import ColumnKind
 from kdcore.epoch_line import epoch_line
 from kdcore.errors import TrainingDiverged
-from kdcore.evaluation import BestKeeper, EpochMetrics, evaluate, ledger_metrics
+from kdcore.evaluation import (
+    BestKeeper,
+    EpochMetrics,
+    confusion_on_test,
+    evaluate,
+    ledger_metrics,
+)
 from kdcore.history import HistoryWriter
 from kdcore.losses import one_hot
 from kdcore.plan import RunPlan, StagePlan
@@ -185,6 +191,10 @@ class Trainer:
                 run.bump(role)
                 logger.info(f"stage '{cfg.name}': {role} restored to its best-validation "
                             f"epoch {kept[1] + 1} (stage '{kept[0]}')")
+            if role in cfg.eval_roles and cfg.epochs:  # per class, with the kept weights
+                run.record_data(f"test_confusion/{cfg.name}/{role}", confusion_on_test(
+                    run.models[role], run.data, self.plan.recipe.data.eval_batch_size,
+                    run.predict))
         for role in cfg.train:
             summary = self.best.summary(s, cfg, role)
             if summary is not None:

@@ -146,7 +146,7 @@ def test_every_figure_of_a_grid(report_grid, captured):
     assert names[0] == "test_student_acc"  # what the model reaches comes first
     assert {"val_student_acc", "train_student_loss", "label_acc", "label_fixed",
             "label_broken", "loss_hist_ls", "loss_hist_ls-weak", "transition_ls",
-            "transition_ls-weak", "class_label_acc"} <= set(names)
+            "transition_ls-weak", "class_label_acc", "class_test_acc"} <= set(names)
     assert not any(n.startswith("weight_hist") for n in names)  # no weighter in these runs
     assert len(set(names)) == len(names)
     for f in figs:
@@ -165,6 +165,30 @@ def test_every_figure_of_a_grid(report_grid, captured):
     bars = by_name["class_label_acc"].axes[0]
     assert [t.get_text() for t in bars.get_legend().get_texts()] == ["given labels", "ls",
                                                                      "ls-weak"]
+
+
+def test_per_class_test_accuracy_is_each_variants_mean_recall_of_its_last_stage(report_grid,
+                                                                               captured):
+    from kdcore.figures.classes import per_class_test_accuracy
+
+    runs = find_runs([report_grid])
+    for role, stage in (("student", "smooth"), ("teacher", "teacher")):
+        accuracy, classes = per_class_test_accuracy(runs, role)
+        assert sorted(accuracy) == ["ls", "ls-weak"] and len(classes) == 10
+        for variant in accuracy:
+            recalls = []
+            for seed in (0, 1):
+                with History(report_grid / variant / f"seed{seed}") as h:
+                    m = h.data(f"test_confusion/{stage}/{role}")
+                recalls.append([m[i, i] / m[i].sum() for i in range(10)])
+            np.testing.assert_allclose(accuracy[variant], np.mean(recalls, axis=0))
+    figs = fg.draw_figures(runs, "student")
+    by_name = dict(zip([f.name for f in figs], captured))
+    bars = by_name["class_test_acc"].axes[0]
+    assert bars.get_title() == "Per-class test accuracy of the student"
+    heights = [p.get_height() for p in bars.patches]
+    np.testing.assert_allclose(heights[:10], 100 * per_class_test_accuracy(runs, "student")[0][
+        "ls"])
 
 
 def test_weight_histogram_splits_by_training_label():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kdcore.cli_files import output_dir, write_bytes
 from kdcore.figures._common import Figure, RunResult, trained_rows
+from kdcore.figures.classes import draw_test_class_accuracy
 from kdcore.figures.curves import Curves, curve_series, describe, draw_curve, label_changes
 from kdcore.figures.curves import curve_order as _curve_order
 from kdcore.figures.ledger import (
@@ -29,7 +30,8 @@ from kdcore.figures.ledger import (
 
 def draw_figures(runs: Sequence[RunResult], role: str | None = None) -> list[Figure]:
     """Every figure of ``runs``: the curves of :func:`curve_series`, then per variant the
-    loss and weight distributions and the transition matrix, then per-class label accuracy."""
+    loss and weight distributions and the transition matrix, then per-class label accuracy
+    and per-class test accuracy."""
     series = curve_series(runs, role)
     figures = [draw_curve(metric, series[metric]) for metric in sorted(series, key=_curve_order)]
     pools = pooled(runs, role)
@@ -39,9 +41,9 @@ def draw_figures(runs: Sequence[RunResult], role: str | None = None) -> list[Fig
             if fig is not None:
                 figures.append(fig)
         figures.append(draw_transition(variant, pool))
-    per_class = draw_class_accuracy(pools)
-    if per_class is not None:
-        figures.append(per_class)
+    for per_class in (draw_class_accuracy(pools), draw_test_class_accuracy(runs, role)):
+        if per_class is not None:
+            figures.append(per_class)
     return figures
 
 

@@ -1,0 +1,56 @@
+"""Each stage records the test confusion matrix of every model it trains and evaluates, with the
+weights it keeps (``/data/test_confusion/<stage>/<role>``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdcore import History, PluginHost, load_recipe, run_recipe
+from kdcore.evaluation import confusion_on_test
+from kdcore.rundata import build_run_data
+
+
+def test_the_matrix_counts_true_class_by_predicted_class(tiny_recipe):
+    recipe = load_recipe(tiny_recipe)
+    data = build_run_data(recipe.data, PluginHost(), recipe.run.seed, torch.device("cpu"))
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 10)
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return linear(x), x
+
+    x = data.inputs(data.test, slice(None)).numpy().astype(np.float64)
+    w, b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
+    pred = (x @ w.T + b).argmax(1)
+    expected = np.zeros((10, 10), dtype=np.int64)
+    for t, p in zip(data.test.y.tolist(), pred.tolist()):
+        expected[t, p] += 1
+    got = confusion_on_test(Model(), data, batch_size=7)
+    assert got.dtype == torch.int64 and np.array_equal(got.numpy(), expected)
+    assert expected.sum() == len(data.test.y) and np.trace(expected) > 0
+
+
+@pytest.mark.slow
+def test_a_run_records_each_stages_matrix_of_its_kept_weights(tiny_recipe, tmp_path):
+    recipe = load_recipe(tiny_recipe)
+    run_recipe(recipe, out=str(tmp_path / "run"))
+    test_y = build_run_data(recipe.data, PluginHost(), recipe.run.seed,
+                            torch.device("cpu")).test.y.numpy()
+    import json
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    with History(tmp_path / "run") as h:
+        assert {n for n in h.data_names() if n.startswith("test_confusion/")} == {
+            "test_confusion/teacher/teacher", "test_confusion/student/student"}
+        for stage, role in (("teacher", "teacher"), ("student", "student")):
+            m = h.data(f"test_confusion/{stage}/{role}")
+            assert m.shape == (10, 10)
+            assert np.array_equal(m.sum(1), np.bincount(test_y, minlength=10))
+            # the kept weights' accuracy and balanced accuracy, as the summary has them
+            kept = summary[role]
+            assert np.trace(m) / m.sum() == pytest.approx(kept["test_acc_at_best_val"])
+            per_class = np.diag(m) / np.maximum(m.sum(1), 1)
+            assert per_class.mean() == pytest.approx(kept["test_bacc_at_best_val"])
