@@ -17,16 +17,19 @@ from kdcore.rundata import RunData
 @torch.no_grad()
 def evaluate(models: Mapping[str, torch.nn.Module], roles: list[str], data: RunData,
              batch_size: int,
-             predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None
-             ) -> dict[str, float]:
+             predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
+             confusions: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Validation accuracy against the noisy and the true labels, test accuracy and balanced
     accuracy of each role in ``roles``, in eval mode (each model's mode is restored).
 
     ``predict(model, x)`` gives the logits (default ``model(x)[0]``; a run passes its own,
-    which keeps its precision and divides the rows among a distributed run's ranks)."""
+    which keeps its precision and divides the rows among a distributed run's ranks). With
+    ``confusions``, each role's test confusion matrix (:func:`confusion`) is put there."""
     out: dict[str, float] = {}
     for role in roles:
         preds = predictions(models[role], data, ("val", "test"), batch_size, predict)
+        if confusions is not None:
+            confusions[role] = confusion(data.test.y, preds["test"], data.num_classes)
         out[f"val/{role}/acc"] = accuracy(preds["val"], data.val_noisy)
         out[f"val/{role}/acc_clean"] = accuracy(preds["val"], data.val.y)
         out[f"test/{role}/acc"] = accuracy(preds["test"], data.test.y)
@@ -53,16 +56,21 @@ def predictions(model: torch.nn.Module, data: RunData, splits: tuple[str, ...], 
     return out
 
 
+def confusion(truth: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The confusion matrix (``int64``, ``C x C``, on the CPU): row the true class, column the
+    predicted one. A stage records its test split's for each model it trains and evaluates,
+    with the weights it keeps (``/data/test_confusion/<stage>/<role>``)."""
+    c = num_classes
+    return torch.bincount(truth.to(pred.device) * c + pred, minlength=c * c).view(c, c).cpu()
+
+
 def confusion_on_test(model: torch.nn.Module, data: RunData, batch_size: int,
-                   predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None
-                   ) -> torch.Tensor:
-    """The test split's confusion matrix of ``model`` (``int64``, ``C x C``): row the true
-    class, column the predicted one. A stage records it for each model it trains and
-    evaluates, with the weights it keeps (``/data/test_confusion/<stage>/<role>``)."""
+                      predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None
+                      ) -> torch.Tensor:
+    """:func:`confusion` of ``model`` on the test split, predicted now (a stage whose kept
+    epoch's matrix is not at hand: a checkpoint of an older kdcore)."""
     pred = predictions(model, data, ("test",), batch_size, predict)["test"]
-    c = data.num_classes
-    truth = data.test.y.to(pred.device)
-    return torch.bincount(truth * c + pred, minlength=c * c).view(c, c).cpu()
+    return confusion(data.test.y, pred, data.num_classes)
 
 
 def ledger_metrics(ledger: Ledger) -> dict[str, float]:
@@ -121,11 +129,12 @@ class BestKeeper:
         self.best = {k: v for k, v in self.best.items() if not k.startswith(f"{s}/")}
 
     def update(self, s: int, stage: StageConfig, role: str, epoch: int,
-               metrics: Mapping[str, float], model: torch.nn.Module) -> None:
+               metrics: Mapping[str, float], model: torch.nn.Module,
+               test_confusion: torch.Tensor | None = None) -> None:
         val = metrics[f"val/{role}/acc"]
         record = {"epoch": epoch, "stage": stage.name, "val_acc": val,
                   "test_acc": metrics[f"test/{role}/acc"],
-                  "test_bacc": metrics[f"test/{role}/bacc"]}
+                  "test_bacc": metrics[f"test/{role}/bacc"], "test_confusion": test_confusion}
         for key, keeps in ((f"{s}/{role}", stage.keep == "best_val"),
                            (f"*/{role}", role in self.keep_all)):
             best = self.best.get(key)
@@ -137,6 +146,14 @@ class BestKeeper:
             self.best[key]["last_test_acc"] = metrics[f"test/{role}/acc"]
             self.best[key]["last_test_bacc"] = metrics[f"test/{role}/bacc"]
             self.best[key]["last_val_acc"] = val
+            self.best[key]["last_test_confusion"] = test_confusion
+
+    def kept_confusion(self, s: int, stage: StageConfig, role: str) -> torch.Tensor | None:
+        """The test confusion matrix of the weights stage ``s`` keeps for ``role`` (its best
+        or its last epoch's), or None where the record has none."""
+        key = f"*/{role}" if stage.keep == "best_val_all" else f"{s}/{role}"
+        field = "last_test_confusion" if stage.keep == "last" else "test_confusion"
+        return self.best.get(key, {}).get(field)
 
     def kept_state(self, s: int, stage: StageConfig, role: str
                    ) -> tuple[str, int, dict[str, torch.Tensor]] | None:

@@ -192,9 +192,11 @@ class Trainer:
                 logger.info(f"stage '{cfg.name}': {role} restored to its best-validation "
                             f"epoch {kept[1] + 1} (stage '{kept[0]}')")
             if role in cfg.eval_roles and cfg.epochs:  # per class, with the kept weights
-                run.record_data(f"test_confusion/{cfg.name}/{role}", confusion_on_test(
-                    run.models[role], run.data, self.plan.recipe.data.eval_batch_size,
-                    run.predict))
+                matrix = self.best.kept_confusion(s, cfg, role)
+                if matrix is None:  # resumed from a checkpoint of an older kdcore
+                    matrix = confusion_on_test(run.models[role], run.data,
+                                               self.plan.recipe.data.eval_batch_size, run.predict)
+                run.record_data(f"test_confusion/{cfg.name}/{role}", matrix)
         for role in cfg.train:
             summary = self.best.summary(s, cfg, role)
             if summary is not None:
@@ -249,11 +251,13 @@ class Trainer:
             run.ledger.mirror("target", "base_target", kind="target")
         metrics = self._train_metrics(count)
         distributed.average_buffers(*(run.models[r] for r in cfg.train))  # BN statistics
+        confusions: dict[str, torch.Tensor] = {}
         metrics.update(evaluate(run.models, cfg.eval_roles, run.data,
-                                self.plan.recipe.data.eval_batch_size, run.predict))
+                                self.plan.recipe.data.eval_batch_size, run.predict, confusions))
         for role in cfg.train:
             if role in cfg.eval_roles:
-                self.best.update(stage.index, cfg, role, epoch, metrics, run.models[role])
+                self.best.update(stage.index, cfg, role, epoch, metrics, run.models[role],
+                                 confusions[role])
         metrics.update(ledger_metrics(run.ledger))
         for role in cfg.train:
             metrics[f"lr/{role}"] = run.lr(role)

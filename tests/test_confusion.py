@@ -54,3 +54,32 @@ def test_a_run_records_each_stages_matrix_of_its_kept_weights(tiny_recipe, tmp_p
             assert np.trace(m) / m.sum() == pytest.approx(kept["test_acc_at_best_val"])
             per_class = np.diag(m) / np.maximum(m.sum(1), 1)
             assert per_class.mean() == pytest.approx(kept["test_bacc_at_best_val"])
+
+
+@pytest.mark.slow
+def test_a_resume_records_the_same_matrices_even_from_an_older_checkpoint(tiny_recipe,
+                                                                          tmp_path):
+    """The kept epoch's matrix travels in the checkpoint; a checkpoint without it (an older
+    kdcore's) has the stage predict the test split once more, to the same matrix."""
+    from kdcore.checkpoint import CHECKPOINT, load, save
+    from kdcore.testing import InterruptAt, Interrupted, assert_same_history
+
+    # a student that does not learn keeps its first epoch, before the resume point
+    recipe = load_recipe(tiny_recipe, ["stages.student.epochs=3", "run.checkpoint_interval_s=0",
+                                       'stages.student.keep="best_val"',
+                                       "models.student.optimizer.lr=1e-12"])
+    run_recipe(recipe, out=str(tmp_path / "whole"))
+    for name, older in (("resumed", False), ("older", True)):
+        out = tmp_path / name
+        with pytest.raises(Interrupted):
+            run_recipe(recipe, out=str(out),
+                       host=PluginHost(extra=[InterruptAt(epoch=2, batch=1, stage="student")]))
+        if older:
+            state = load(out / CHECKPOINT)
+            for record in state["best"]["best"].values():
+                del record["test_confusion"], record["last_test_confusion"]
+            save(state, out / CHECKPOINT)
+        run_recipe(recipe, out=str(out), resume=True)
+        assert_same_history(tmp_path / "whole", out)
+    with History(tmp_path / "whole") as h:
+        assert h.metric("val/student/acc")[-3:].tolist() == [h.metric("val/student/acc")[-3]] * 3
