@@ -29,6 +29,11 @@ Mutant = why.Mutant
 CACHED = ("tests/test_cached_outputs.py",)
 """``models.<role>.cache_outputs`` (session 14)."""
 
+CONFUSION = ("tests/test_confusion.py", "tests/test_figures.py")
+"""The test confusion matrices and their figure (session 14). Two mutants are left out as
+equivalent: the stage end's fallback pass taken always, or the keeper's matrix never stored
+(both predict the kept weights' test split again, to the same matrix, only slower)."""
+
 MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", path, a, b), tests)
                                                  for key, what, path, a, b, tests in [
     ("c1", "stored rows never read (the role is run as before)", "kdcore/component.py",
@@ -54,6 +59,16 @@ MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", pa
      "if all(role in stage.train", "if any(role in stage.train", CACHED),
     ("c11", "the plan's check not called", "kdcore/plan.py",
      "    _check_cached_outputs(recipe)\n", "", CACHED),
+    ("m1", "the confusion matrix transposed", "kdcore/evaluation.py",
+     "torch.bincount(truth.to(pred.device) * c + pred,",
+     "torch.bincount(pred * c + truth.to(pred.device),", CONFUSION),
+    ("m2", "a stage keeping its best epoch records its last epoch's matrix",
+     "kdcore/evaluation.py", 'field = "last_test_confusion" if stage.keep == "last" else',
+     'field = "last_test_confusion" if stage.keep != "last" else', CONFUSION),
+    ("m3", "the figure reads the first stage that trained the model", "kdcore/figures/classes.py",
+     'h.data(f"{PREFIX}{last[-1]}/', 'h.data(f"{PREFIX}{last[0]}/', CONFUSION),
+    ("m4", "the figure's recall over predicted, not true, counts", "kdcore/figures/classes.py",
+     "np.diag(m) / m.sum(1)", "np.diag(m) / m.sum(0)", CONFUSION),
 ]]
 
 
