@@ -56,3 +56,16 @@ def png(fig: Any) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     pyplot().close(fig)
     return buf.getvalue()
+
+
+def finish_class_bars(fig: Any, ax: Any, classes: list[str], ylabel: str, title: str) -> None:
+    """The per-class bar charts' axes: class names under their bars (slanted when long), the
+    axis label, the title, the legend and the grid."""
+    long = max(map(len, classes)) > 3
+    ax.set_xticks(np.arange(len(classes)), classes, rotation=45 if long else 0,
+                  ha="right" if long else "center", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncols=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()

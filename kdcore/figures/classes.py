@@ -54,16 +54,8 @@ def draw_test_class_accuracy(runs: Sequence[RunResult], role: str | None) -> Fig
     for k, (variant, values) in enumerate(accuracy.items()):
         ax.bar(np.arange(c) + (k - (len(accuracy) - 1) / 2) * width, 100 * values, width,
                label=variant)
-    long = max(map(len, classes)) > 3
-    ax.set_xticks(np.arange(c), classes, rotation=45 if long else 0,
-                  ha="right" if long else "center", fontsize=7)
-    ax.set_ylabel("test accuracy (%)")
-    who = f"the {role}" if role else "the reported model"
-    title = f"Per-class test accuracy of {who}"
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncols=2)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    title = f"Per-class test accuracy of {f'the {role}' if role else 'the reported model'}"
+    _common.finish_class_bars(fig, ax, classes, "test accuracy (%)", title)
     caption = (f"{title}, with the weights kept by the last stage that trained it (its "
                "best-validation or last epoch, as the recipe keeps), mean over seeds.")
     return Figure("class_test_acc", title, caption, _common.png(fig))

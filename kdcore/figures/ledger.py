@@ -148,15 +148,8 @@ def draw_class_accuracy(pools: dict[str, dict[str, Any]]) -> Figure | None:
                               else np.nan for i in range(c)])
         ax.bar(np.arange(c) + (k - (len(bars) - 1) / 2) * width, 100 * per_class, width,
                label=name, hatch="//" if k < len(given) else None)
-    long = max(map(len, classes)) > 3
-    ax.set_xticks(np.arange(c), classes, rotation=45 if long else 0,
-                  ha="right" if long else "center", fontsize=7)
-    ax.set_ylabel("correct labels (%)")
     title = "Per-class accuracy of the labels trained on (last epoch)"
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncols=2)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    _common.finish_class_bars(fig, ax, classes, "correct labels (%)", title)
     caption = (f"{title}, pooled over seeds; hatched: the given (noisy) labels, one bar per "
                "set of variants that share them.")
     return Figure("class_label_acc", title, caption, _common.png(fig))
