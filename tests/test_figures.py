@@ -173,8 +173,9 @@ def test_per_class_test_accuracy_is_each_variants_mean_recall_of_its_last_stage(
 
     runs = find_runs([report_grid])
     for role, stage in (("student", "smooth"), ("teacher", "teacher")):
-        accuracy, classes = per_class_test_accuracy(runs, role)
+        accuracy, classes, shown = per_class_test_accuracy(runs, role)
         assert sorted(accuracy) == ["ls", "ls-weak"] and len(classes) == 10
+        assert shown == {role}
         for variant in accuracy:
             recalls = []
             for seed in (0, 1):
@@ -182,7 +183,7 @@ def test_per_class_test_accuracy_is_each_variants_mean_recall_of_its_last_stage(
                     m = h.data(f"test_confusion/{stage}/{role}")
                 recalls.append([m[i, i] / m[i].sum() for i in range(10)])
             np.testing.assert_allclose(accuracy[variant], np.mean(recalls, axis=0))
-    figs = fg.draw_figures(runs, "student")
+    figs = fg.draw_figures(runs)  # no --model: each run's reported model, the student here
     by_name = dict(zip([f.name for f in figs], captured))
     bars = by_name["class_test_acc"].axes[0]
     assert bars.get_title() == "Per-class test accuracy of the student"
