@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,29 +180,13 @@ def test_fuzzed_files_give_labels_or_one_error(tmp_path):
     assert outcomes == {"refused", "read"}
 
 
-DIGITS_RECIPE = """
-[run]
-name = "shared-noise"
-seed = {seed}
-device = "cpu"
-[data]
-dataset = "digits"
-val_fraction = 0.1
-train_subset = 300
-batch_size = 64
-[data.noise]
-model = "label_file"
-params = {{ path = "{path}" }}
-[models.student]
-arch = "mlp"
-params = {{ hidden = [8] }}
-[[stages]]
-name = "student"
-epochs = 1
-train = ["student"]
-[[stages.components]]
-use = "ce"
-"""
+def _recipe(path: Path, seed: int, noise: dict) -> Path:
+    """A one-stage CE recipe on 300 digits with ``noise`` (kdcore.testing's tiny recipe)."""
+    from kdcore.testing import component, stage, tiny_recipe, write_recipe
+
+    return write_recipe(tiny_recipe(stage("student", 1, ["student"], component("ce")),
+                                    models={"student": {"params": {"hidden": [8]}}}, seed=seed,
+                                    data={"noise": noise}), path)
 
 
 @pytest.mark.slow
@@ -213,8 +198,8 @@ def test_runs_of_two_seeds_train_on_the_files_labels_by_sample_id(tmp_path):
     shared = np.where(gen.random(len(clean)) < 0.3, (clean + 1) % 10, clean)
     np.save(tmp_path / "noise.npy", shared)
     for seed in (0, 1):
-        recipe = tmp_path / f"r{seed}.toml"
-        recipe.write_text(DIGITS_RECIPE.format(seed=seed, path=tmp_path / "noise.npy"))
+        recipe = _recipe(tmp_path / f"r{seed}.toml", seed, {
+            "model": "label_file", "params": {"path": str(tmp_path / "noise.npy")}})
         out = tmp_path / f"run{seed}"
         run_recipe(load_recipe(recipe), out=str(out))
         with History(out) as h:
@@ -225,8 +210,8 @@ def test_runs_of_two_seeds_train_on_the_files_labels_by_sample_id(tmp_path):
 
 def test_check_refuses_a_file_of_the_wrong_length(tmp_path):
     (tmp_path / "noise.json").write_text("[1, 2, 3]")
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(DIGITS_RECIPE.format(seed=0, path=tmp_path / "noise.json"))
+    recipe = _recipe(tmp_path / "r.toml", 0, {
+        "model": "label_file", "params": {"path": str(tmp_path / "noise.json")}})
     one_line_error(invoke("check", recipe), "holds 3 labels", "has 1,797 samples")
 
 
@@ -240,9 +225,9 @@ def test_written_files_read_back(tmp_path, suffix):
     assert read_labels(str(path)).tolist() == labels.tolist()
 
 
-NOISE_RECIPE = DIGITS_RECIPE.replace('model = "label_file"\nparams = {{ path = "{path}" }}',
-                                     'model = "pair_flip"\nparams = {{ rate = 0.3 }}\n'
-                                     'apply_to_val = {to_val}')
+def _pair_flip(tmp_path: Path, seed: int, to_val: bool) -> Path:
+    return _recipe(tmp_path / "r.toml", seed, {"model": "pair_flip", "params": {"rate": 0.3},
+                                               "apply_to_val": to_val})
 
 
 @pytest.mark.parametrize("to_val", ["true", "false"])
@@ -254,8 +239,7 @@ def test_the_written_noise_rebuilds_the_runs_labels(tmp_path, to_val):
     from kdcore import PluginHost
     from kdcore.rundata import build_run_data
 
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(NOISE_RECIPE.format(seed=3, to_val=to_val))
+    recipe = _pair_flip(tmp_path, 3, to_val == "true")
     result = invoke("noise", recipe, "--out", tmp_path / "noise.json")
     assert result.exit_code == 0, result.output
     rows = 300 + (179 if to_val == "true" else 0)  # train_subset, and the validation split
@@ -281,8 +265,7 @@ def test_the_written_noise_rebuilds_the_runs_labels(tmp_path, to_val):
 
 
 def test_noise_refuses_a_bad_output_in_one_line(tmp_path):
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(NOISE_RECIPE.format(seed=0, to_val="true"))
+    recipe = _pair_flip(tmp_path, 0, True)
     one_line_error(invoke("noise", recipe, "--out", tmp_path / "noise.pt"), "not '.pt'")
     one_line_error(invoke("noise", recipe, "--out", tmp_path / "no" / "noise.npy"),
                    "cannot write")
