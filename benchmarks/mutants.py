@@ -42,6 +42,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                          ["tests/test_api.py", "tests/test_distributed.py", "-m", "not slow"]),
     # the label_file noise model and its writer (session 14): a file a user hands in
     "kdcore-label-file": (".", ["kdcore/data/label_file.py"], ["tests/test_label_file.py"]),
+    # the noise models and the validation split (session 15): the rates a paper reports
+    "kdcore-noise": (".", ["kdcore/data/noise.py", "kdcore/data/splits.py"],
+                     ["tests/test_noise.py", "tests/test_splits.py",
+                      "tests/test_cifar_n_per_image.py", "tests/test_noise_mutants.py"]),
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md)
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
@@ -68,6 +72,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # not tests/test_recipes.py: whole-recipe runs, reading recipes/ outside the copy
     "kdcore-smkd": ("plugins/kdcore-smkd", ["kdcore_smkd"],
                     ["tests", "--ignore=tests/test_recipes.py"]),
+    # the F&F reconstruction (session 15); not tests/test_recipes.py: it reads recipes/
+    # outside the copy
+    "kdcore-ff": ("plugins/kdcore-ff", ["kdcore_ff"], ["tests", "--ignore=tests/test_recipes.py"]),
     # not tests/test_recipes.py: the shipped recipes, read from recipes/ outside the copy
     "kdcore-lsh": ("plugins/kdcore-lsh", ["kdcore_lsh"],
                    ["tests", "--ignore=tests/test_recipes.py"]),

@@ -184,3 +184,34 @@ def test_run_data_noises_train_and_val_by_their_source_rows(files, tmp_path):
     assert run.noise_rate == pytest.approx(expected_rate)
     gold_rows = _rows_of(run.gold.x)  # the gold split stays clean
     assert run.gold.y.tolist() == ten["clean_label"][gold_rows].tolist()
+
+
+def test_per_image_row_bounds_and_half_given_rows(files):
+    folder, ten, _ = files
+    for rows in (np.array([0, CIFAR_N_ROWS]), np.array([-1, 5])):
+        bad = _ctx(ten["clean_label"], np.array([0, 5]), 10)
+        bad.source_index = torch.as_tensor(rows)
+        with pytest.raises(KdcoreError, match="one row in 0..49999 per sample"):
+            cifar_n(bad, path=str(folder), mode="per_image")
+    half = _ctx(ten["clean_label"], ROWS, 10)
+    half.source_index = None
+    with pytest.raises(KdcoreError, match=r"source_index and source_size\), which were not"):
+        cifar_n(half, path=str(folder), mode="per_image")
+    shuffled = np.roll(ten["clean_label"], 1)
+    with pytest.raises(KdcoreError, match="'random_label2' needs CIFAR's training images"):
+        cifar_n(_ctx(shuffled, ROWS, 10, labels=shuffled[ROWS]), path=str(folder),
+                label="random_label2", mode="per_image")
+
+
+def test_transition_mode_is_seeded_and_needs_every_clean_class(files, tmp_path):
+    folder, ten, _ = files
+    draws = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # the global stream must not matter
+        draws.append(cifar_n(_ctx(ten["clean_label"], np.arange(300), 10), path=str(folder)))
+    assert torch.equal(*draws)
+    gap = {k: v.copy() for k, v in ten.items()}
+    gap["clean_label"] = np.where(gap["clean_label"] == 3, 4, gap["clean_label"])
+    torch.save(gap, tmp_path / "CIFAR-10_human.pt")
+    with pytest.raises(KdcoreError, match="^the CIFAR-N file has no image of clean class 3$"):
+        cifar_n(_ctx(ten["clean_label"], np.arange(10), 10), path=str(tmp_path))

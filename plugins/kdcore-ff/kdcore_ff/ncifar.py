@@ -240,6 +240,8 @@ def generate(base: kdcore.DatasetSplits, spec: NCifarSpec) -> Generated:
     kept_rows = torch.cat([p[:n] for p, n in zip(pools, sizes)])
     total_kept = sum(sizes)
     n_open = round(spec.open_rate * total_kept / (1.0 - spec.open_rate))
+    if n_open and not open_ids:  # before the pool check, whose message would miss the point
+        raise kdcore.RecipeError("open_rate > 0 needs open_classes", key="data.params.open_rate")
     open_pool = order[torch.isin(y[order], torch.tensor(open_ids, dtype=torch.long))]
     if n_open > len(open_pool):
         most = len(open_pool) / (len(open_pool) + total_kept)
@@ -247,8 +249,6 @@ def generate(base: kdcore.DatasetSplits, spec: NCifarSpec) -> Generated:
             f"ncifar: open_rate {spec.open_rate} needs {n_open} open-class images but the base "
             f"has {len(open_pool)} of classes {open_ids}; the largest feasible open_rate with "
             f"these class sizes is {math.floor(most * 1000) / 1000}")
-    if n_open and not open_ids:
-        raise kdcore.RecipeError("open_rate > 0 needs open_classes", key="data.params.open_rate")
 
     remap = torch.full((num_base,), k, dtype=torch.long)  # open classes -> the sentinel
     remap[torch.tensor(kept, dtype=torch.long)] = torch.arange(k)
