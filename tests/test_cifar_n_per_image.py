@@ -101,7 +101,9 @@ def test_per_image_refuses_another_training_set(files):
     with pytest.raises(KdcoreError, match=r"training split has 400 rows.*50,000") as err:
         cifar_n(_ctx(ten["clean_label"], np.arange(10), 10, size=400), path=str(folder),
                 mode="per_image")
-    assert "\n" not in str(err.value) and "mode = 'transition'" in str(err.value)
+    assert "\n" not in str(err.value) and str(err.value).endswith(
+        "but the CIFAR-N release has 50,000; mode = 'transition' applies the human noise "
+        "structure to other data instead")
 
 
 def test_per_image_refuses_another_order(files):
@@ -195,7 +197,9 @@ def test_per_image_row_bounds_and_half_given_rows(files):
             cifar_n(bad, path=str(folder), mode="per_image")
     half = _ctx(ten["clean_label"], ROWS, 10)
     half.source_index = None
-    with pytest.raises(KdcoreError, match=r"source_index and source_size\), which were not"):
+    with pytest.raises(KdcoreError, match=r"^cifar_n per_image noise needs each sample's row in "
+                       r"the loader's training split \(NoiseContext\.source_index and "
+                       r"source_size\), which were not given$"):
         cifar_n(half, path=str(folder), mode="per_image")
     shuffled = np.roll(ten["clean_label"], 1)
     with pytest.raises(KdcoreError, match="'random_label2' needs CIFAR's training images"):

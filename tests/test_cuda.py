@@ -79,3 +79,31 @@ def test_a_cached_teacher_trains_the_student_as_the_uncached_one(tmp_path, devic
         assert b.setup["device"].startswith(device)
         np.testing.assert_allclose(b.metric("train/student/loss"),
                                    a.metric("train/student/loss"), rtol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("labels_on", ["cpu", pytest.param("cuda", marks=needs_gpu)])
+@pytest.mark.parametrize("generator_on", ["cpu", pytest.param("cuda", marks=needs_gpu)])
+def test_noise_models_and_splits_with_a_generator_on_either_device(labels_on, generator_on):
+    """A direct caller may hand a CUDA generator (runs use a CPU one): every model draws on the
+    generator's device and returns int64 labels on the labels' device, the same for a seed."""
+    from kdcore.data.base import NoiseContext
+    from kdcore.data.noise import NOISE_MODELS
+    from kdcore.data.splits import make_splits
+
+    labels = (torch.arange(200) % 4).to(labels_on)
+    x = torch.randn(200, 5, generator=torch.Generator().manual_seed(0)).to(labels_on)
+    cases = [("symmetric", {"rate": 0.4}), ("symmetric", {"rate": 0.4, "include_true": True}),
+             ("pair_flip", {"rate": 0.3, "mapping": "random"}),
+             ("instance_dependent", {"rate": 0.3}), ("instance_dependent", {"rate": 0.3, "std": 0}),
+             ("transition_matrix", {"matrix": [[0.7, 0.1, 0.1, 0.1]] * 4})]
+    for name, params in cases:
+        draws = []
+        for _ in range(2):
+            gen = torch.Generator(device=generator_on).manual_seed(3)
+            draws.append(NOISE_MODELS[name](NoiseContext(labels, 4, gen, x=x), **params))
+        assert draws[0].device == labels.device and draws[0].dtype == torch.int64, name
+        assert torch.equal(*draws) and not torch.equal(draws[0], labels), name
+    parts = make_splits(labels, num_classes=4, val_fraction=0.25, gold_per_class=2,
+                        generator=torch.Generator(device=generator_on).manual_seed(1))
+    assert sum(len(p) for p in parts.values()) == 200
+    assert all(p.device.type == "cpu" for p in parts.values())

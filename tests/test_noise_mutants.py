@@ -60,15 +60,19 @@ def test_pair_flip_random_follows_its_documented_draws():
 @pytest.mark.parametrize(("rate", "std", "uint8"), [(0.3, 0.2, False), (0.8, 0.3, True),
                                                      (0.4, 0.0, False)])
 def test_instance_dependent_follows_its_documented_draws(rate, std, uint8):
+    """3,000 images of 12 bytes: enough draws near a boundary that scaling by 1/256 instead
+    of 1/255 moves some."""
     normal = NormalDist()  # the standard library's CDF and its inverse (AS241)
     gen = torch.Generator().manual_seed(11)
-    labels = np.array([0, 1, 2, 3, 0, 1, 2, 0, 1, 0] * 4)  # class 3 of 5 rare, class 4 absent
-    x = (torch.randint(0, 256, (40, 2, 3), generator=gen, dtype=torch.uint8) if uint8
-         else torch.randn(40, 2, 3, generator=gen))
-    noisy = instance_dependent(_ctx(labels, 5, seed=5, x=x), rate=rate, std=std).numpy()
+    labels = np.array([0, 1, 2, 3, 0, 1, 2, 0, 1, 0] * 300)  # class 3 of 5 rare, 4 absent
+    n, c, shape = 3000, 5, (3, 2, 2)
+    x = (torch.randint(0, 256, (n, *shape), generator=gen, dtype=torch.uint8) if uint8
+         else torch.randn(n, *shape, generator=gen))
+    # int32 labels: the model works on int64 copies
+    ctx = _ctx(labels.astype(np.int32), 5, seed=5, x=x)
+    noisy = instance_dependent(ctx, rate=rate, std=std).numpy()
 
     ref = torch.Generator().manual_seed(5)
-    n, c = 40, 5
     if std == 0:
         q = np.full(n, rate)
     else:  # a normal truncated to [0, 1] by inverting its CDF
@@ -76,7 +80,7 @@ def test_instance_dependent_follows_its_documented_draws(rate, std, uint8):
         u = torch.rand(n, generator=ref, dtype=torch.float64).numpy()
         z = np.array([normal.inv_cdf(a + v * (b - a)) for v in u])
         q = np.clip(rate + std * z, 0, 1)
-    w = torch.randn(c, 6, c, generator=ref).numpy()
+    w = torch.randn(c, 12, c, generator=ref).numpy()
     flat = x.reshape(n, -1).numpy().astype(np.float64)
     if uint8:
         flat = flat / 255.0
@@ -123,6 +127,18 @@ def test_instance_dependent_input_messages():
         instance_dependent(_ctx([0, 1], 2, x=torch.randn(3, 5)), rate=0.2)
 
 
+def test_transition_matrix_follows_its_documented_draws():
+    table = [[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]]
+    labels = np.arange(90) % 3
+    noisy = transition_matrix(_ctx(labels, 3, seed=2), matrix=table)
+    rows = torch.tensor(table, dtype=torch.float64)[torch.from_numpy(labels)]
+    want = torch.multinomial(rows, 1, generator=torch.Generator().manual_seed(2)).squeeze(1)
+    assert torch.equal(noisy, want)
+    with pytest.raises(KdcoreError, match=r"^transition_matrix noise: 'matrix': row 0 sums to "
+                       r"1\.1, not 1$"):
+        transition_matrix(_ctx(labels, 3), matrix=[[0.5, 0.6], [0.0, 1.0]])
+
+
 def test_one_label_through_a_transition_matrix():
     assert transition_matrix(_ctx([0], 2), matrix=[[0.0, 1.0], [1.0, 0.0]]).tolist() == [1]
 
@@ -150,7 +166,33 @@ def test_gold_from_an_empty_class_is_refused():
                     generator=torch.Generator(), val_fraction=0.0, gold_per_class=1)
 
 
-def test_fraction_sum_message():
-    with pytest.raises(KdcoreError, match=r"^val_fraction \+ test_fraction is 1\.1; it must"):
+def test_an_empty_label_set_splits_into_empty_parts():
+    parts = make_splits(torch.empty(0, dtype=torch.int64), num_classes=0,
+                        generator=torch.Generator(), val_fraction=0.1, gold_per_class=0)
+    assert {k: (v.dtype, v.shape) for k, v in parts.items()} == {
+        k: (torch.int64, (0,)) for k in ("train", "val", "gold")}
+
+
+def test_split_messages():
+    with pytest.raises(KdcoreError, match=r"^class 1 has 2 samples: too few for 2 gold, 0 "
+                       r"validation and 0 test samples with at least one left for training; "
+                       r"lower data.gold_per_class or the fractions$"):
+        make_splits(torch.tensor([0, 0, 0, 1, 1]), num_classes=2, generator=torch.Generator(),
+                    val_fraction=0.0, gold_per_class=2)
+    with pytest.raises(KdcoreError, match=r"^val_fraction \+ test_fraction is 1\.1; it must be "
+                       r"below 1 to leave training samples$"):
         make_splits(torch.tensor([0, 1]), num_classes=2, generator=torch.Generator(),
                     val_fraction=0.6, test_fraction=0.5, gold_per_class=0)
+
+
+def test_truncated_normal_is_computed_in_double_precision():
+    from kdcore.data.noise import _truncated_normal
+
+    normal = NormalDist()
+    gen = torch.Generator().manual_seed(8)
+    got = _truncated_normal(50, mean=0.3, std=0.2, low=0.0, high=1.0, gen=gen)
+    u = torch.rand(50, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    a, b = normal.cdf(-0.3 / 0.2), normal.cdf(0.7 / 0.2)
+    want = [0.3 + 0.2 * normal.inv_cdf(a + float(v) * (b - a)) for v in u]
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=0)

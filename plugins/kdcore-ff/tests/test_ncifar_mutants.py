@@ -34,7 +34,7 @@ from kdcore_ff.ncifar import (
     resolve_spec,
     run_status,
 )
-from kdcore_ff.ssl import HEAD, feature_view, head_seed
+from kdcore_ff.ssl import HEAD, SSLPretrain, feature_view, head_seed
 
 
 def _refused(call, message: str, key: str | None = None):
@@ -87,11 +87,11 @@ def test_largest_remainder_weights_at_their_edges():
 
 
 def _base(test: bool, names: tuple[str, ...] = ("a", "b", "c", "d")) -> kdcore.DatasetSplits:
-    """400 training rows (x = the row number) and, with ``test``, 40 test rows (x = 1000 +
-    the row number), four classes in turn."""
+    """400 training rows (x = the row number, class = row % 4) and, with ``test``, 40 test
+    rows (x = 1000 + the row number, class = (row + 1) % 4)."""
     train = kdcore.ArrayDataset(x=torch.arange(400.0)[:, None], y=torch.arange(400) % 4,
                                 num_classes=4, class_names=names)
-    held = kdcore.ArrayDataset(x=1000 + torch.arange(40.0)[:, None], y=(torch.arange(40) % 4),
+    held = kdcore.ArrayDataset(x=1000 + torch.arange(40.0)[:, None], y=(torch.arange(41) % 4)[1:],
                                num_classes=4, class_names=names)
     return kdcore.DatasetSplits(train=train, test=held if test else None)
 
@@ -101,7 +101,7 @@ def test_the_base_test_split_is_the_test_set():
     test = made.splits.test
     assert (test.x >= 1000).all() and len(test) == 30
     rows = (test.x[:, 0] - 1000).long()
-    assert torch.equal(torch.tensor([0, 0, 1, 2])[rows % 4], test.y)  # b dropped, c -> 1
+    assert torch.equal(torch.tensor([0, 0, 1, 2])[(rows + 1) % 4], test.y)  # b gone, c -> 1
     assert test.class_names == made.splits.train.class_names == ("a", "c", "d",
                                                                  OPEN_CLASS_NAME)
 
@@ -130,8 +130,29 @@ def test_infeasible_open_rates_name_the_largest_feasible_one():
     _refused(lambda: generate(base, spec),
              "ncifar: open_rate 0.9 needs 2700 open-class images but the base has 100 of "
              "classes [3]; the largest feasible open_rate with these class sizes is 0.25")
+    # 4 open images and one per kept class: at most 4 / 6, cut (not rounded) to 0.666
+    tiny = kdcore.DatasetSplits(train=kdcore.ArrayDataset(
+        x=torch.zeros(6, 1), y=torch.tensor([0, 1, 2, 2, 2, 2]), num_classes=3), test=None)
+    _refused(lambda: generate(tiny, NCifarSpec(open_classes=[2], open_rate=0.9,
+                                               test_fraction=0.0)),
+             "ncifar: open_rate 0.9 needs 18 open-class images but the base has 4 of classes "
+             "[2]; the largest feasible open_rate with these class sizes is 0.666")
     _refused(lambda: generate(base, NCifarSpec(open_classes=[], open_rate=0.2)),
              "open_rate > 0 needs open_classes", "data.params.open_rate")
+
+
+def test_the_loader_passes_every_parameter_on():
+    made = ncifar(base="digits", open_classes=[9], open_rate=0.0, imbalance="step",
+                  imbalance_ratio=0.5, step_fraction=0.25, max_per_class=40, test_fraction=0.5,
+                  test_profile="same")
+    sizes = torch.bincount(made.train.y, minlength=10).tolist()
+    assert sizes == [40] * 7 + [20] * 2 + [0]  # round(0.25 * 9) = 2 minority classes
+    test = torch.bincount(made.test.y, minlength=10).tolist()
+    assert test[:7] == [test[0]] * 7 and test[7:9] == [round(test[0] * 0.5)] * 2
+    assert 80 <= test[0] <= 92  # half of each class of about 180 digits: the test carve
+    with pytest.raises(kdcore.RecipeError) as info:
+        ncifar(base="digit")
+    assert info.value.key == "data.params.base"
 
 
 def test_the_loader_seeds_its_draw_and_refuses_itself():
@@ -190,10 +211,28 @@ def test_pair_flip_passes_its_mapping_on():
     assert any(p != (c + 1) % 6 for c, p in seen)  # not the "next" mapping
 
 
-def test_open_labels_proportional_with_an_absent_kept_class():
-    labels = [0] * 6 + [2] * 3 + [3] * 9  # class 1 absent, class 3 the sentinel
+@pytest.mark.parametrize(("kept", "want"), [([0] * 6 + [2] * 3, [6, 0, 3]),
+                                            ([0] * 6 + [1] * 3, [6, 3, 0])])
+def test_open_labels_proportional_with_an_absent_kept_class(kept, want):
+    labels = kept + [3] * 9  # class 3: the sentinel
     noisy = ncifar_noise(_ctx(labels, 3), closed="none")
-    assert torch.bincount(noisy[9:], minlength=3).tolist() == [6, 0, 3]
+    assert torch.bincount(noisy[9:], minlength=3).tolist() == want
+
+
+def test_open_images_get_their_labels_in_random_order():
+    labels = [0] * 20 + [1] * 20 + [2] * 40
+    noisy = ncifar_noise(_ctx(labels, 2), closed="none", open_labels="uniform")[40:]
+    assert torch.bincount(noisy).tolist() == [20, 20]
+    assert not torch.equal(noisy, noisy.sort().values)  # not handed out in row order
+
+
+def test_noise_model_messages():
+    _refused(lambda: ncifar_noise(_ctx([0, 1], 1)),
+             "ncifar_noise needs at least two kept classes plus the open-set class (use it "
+             "with the ncifar dataset)")
+    _refused(lambda: class_sizes([3], [1.0], 5),
+             "ncifar: kept class 0 needs 5 training images (max_per_class 5 x profile 1) but "
+             "the base has 3 left; lower data.params.max_per_class (0: the largest feasible)")
 
 
 # -- status on ncifar data ----------------------------------------------------------------------
@@ -214,6 +253,18 @@ def test_status_and_label_count_on_ncifar_data():
                                           STATUS_CLEAN, STATUS_OPEN, STATUS_CLEAN]
 
 
+def test_status_recorded_by_the_plugin_wins():
+    h = harness(InstanceFilter, {}, x=torch.zeros(3, 2), noisy_label=torch.tensor([0, 1, 0]),
+                num_classes=2, models={"student": TinyNet(2, 2)})
+    h.run.ledger.add("ff/status", torch.tensor([2, 2, 1]), producer="ff", kind="label")
+    assert run_status(h.ctx).tolist() == [2, 2, 1]
+
+
+def test_filter_quality_without_drops_or_noise_is_nan():
+    q = filter_quality(torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.long))
+    assert all(v != v for v in q.values())
+
+
 def test_filter_quality_of_soft_scores():
     scores = torch.tensor([0.0, 0.5, 1.0, 0.0])
     status = torch.tensor([STATUS_OPEN, STATUS_CLEAN, STATUS_OPEN, STATUS_CLOSED])
@@ -229,6 +280,56 @@ def test_head_seed_golden_values():
     for seed, role in ((0, "student"), (7, "teacher"), (2**62 + 5, "student")):
         want = (seed * 1_000_003 + zlib.crc32(f"{role}/{HEAD}".encode())) % (2**63)
         assert head_seed(seed, role) == want
+
+
+def test_every_served_model_gets_its_own_head():
+    torch.manual_seed(0)
+    h = harness(SSLPretrain, {"projection_dim": 3}, x=torch.randn(8, 6),
+                noisy_label=torch.arange(8) % 2,
+                models={"student": TinyNet(6, 2), "peer": TinyNet(6, 2)},
+                train=("student", "peer"))
+    h.component.adapt_models(h.ctx)
+    heads = [getattr(h.ctx.models[r], HEAD)[0].weight for r in ("student", "peer")]
+    assert not torch.equal(*heads)
+
+
+def test_image_views_are_flipped_without_a_crop():
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 4, 4)
+    h = harness(SSLPretrain, {"crop_padding": 0, "flip": True, "noise_std": 0.0,
+                              "drop_prob": 0.0, "recipe_augment": False}, x=x,
+                noisy_label=torch.arange(8) % 2, models={"student": TinyNet(16, 2)}).setup()
+    view = h.component.view(h.ctx, x)
+    same = [torch.equal(v, a) for v, a in zip(view, x)]
+    mirrored = [torch.equal(v, a.flip(-1)) for v, a in zip(view, x)]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert any(same) and any(mirrored)
+
+
+def test_image_views_are_cropped_without_a_flip():
+    from kdcore.data.augment import random_crop_flip
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 4, 4)
+    h = harness(SSLPretrain, {"crop_padding": 1, "flip": False, "noise_std": 0.0,
+                              "drop_prob": 0.0, "recipe_augment": False}, x=x,
+                noisy_label=torch.arange(8) % 2, models={"student": TinyNet(16, 2)}).setup()
+    want = random_crop_flip(x, torch.Generator().manual_seed(0), padding=1, flip=False)
+    assert torch.equal(h.component.view(h.ctx, x), want)
+
+
+def test_a_second_entry_with_another_head_shape_is_refused():
+    torch.manual_seed(0)
+    models = {"student": TinyNet(6, 2)}
+    first = harness(SSLPretrain, {"projection_dim": 3}, x=torch.randn(4, 6),
+                    noisy_label=torch.arange(4) % 2, models=models)
+    first.component.adapt_models(first.ctx)
+    second = harness(SSLPretrain, {"projection_dim": 5}, x=torch.randn(4, 6),
+                     noisy_label=torch.arange(4) % 2, models=models, name="again")
+    _refused(lambda: second.component.adapt_models(second.ctx),
+             "component 'again': model 'student' already has a projection head (8, 8, 3) "
+             "from another ssl_pretrain entry; give both the same projection_hidden and "
+             "projection_dim")
 
 
 def test_feature_view_draws_only_what_it_uses():
