@@ -42,6 +42,12 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                          ["tests/test_api.py", "tests/test_distributed.py", "-m", "not slow"]),
     # the label_file noise model and its writer (session 14): a file a user hands in
     "kdcore-label-file": (".", ["kdcore/data/label_file.py"], ["tests/test_label_file.py"]),
+    # batch augmentations and a finished run's ranked label issues (session 15)
+    "kdcore-augment": (".", ["kdcore/data/augment.py"], ["tests/test_augment.py"]),
+    # not the tests of benchmarks/label_issues_cleanlab.py (outside the copy)
+    "kdcore-label-ranking": (".", ["kdcore/label_ranking.py"],
+                             ["tests/test_label_issues.py", "-k", "not list_scores and not "
+                              "grid_setting_of_a_path and not comparison_on_a_tiny_run"]),
     # the noise models and the validation split (session 15): the rates a paper reports
     "kdcore-noise": (".", ["kdcore/data/noise.py", "kdcore/data/splits.py"],
                      ["tests/test_noise.py", "tests/test_splits.py",

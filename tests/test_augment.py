@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,3 +147,63 @@ def test_bounds_themselves_bind() -> None:
 def test_direct_calls_check_their_parameters_too(fn, params, message) -> None:
     with pytest.raises(KdcoreError, match=message):
         fn(_batch(), _gen(), **params)
+
+
+# -- the documented draws, one by one (a seed gives the same batches in every version) --------
+
+
+def _np_crop_flip(x: np.ndarray, gen: torch.Generator, padding: int, flip: bool) -> np.ndarray:
+    """The docstring's algorithm: per image a top and a left offset in 0..2 * padding (all
+    tops first, then all lefts), then a mirror draw below 1/2, on the zero-padded image."""
+    n, _, h, w = x.shape
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=gen).numpy()
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=gen).numpy()
+    mirror = (torch.rand(n, generator=gen).numpy() < 0.5) if flip else np.zeros(n, bool)
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    out = np.stack([padded[i, :, top[i]:top[i] + h, left[i]:left[i] + w] for i in range(n)])
+    out[mirror] = out[mirror][..., ::-1]
+    return out
+
+
+def _np_cutout(x: np.ndarray, gen: torch.Generator, size: int) -> np.ndarray:
+    """A ``size`` square whose centre (cy, cx) is uniform; rows cy - size // 2 on, clipped."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=gen).numpy()
+    cx = torch.randint(0, w, (n,), generator=gen).numpy()
+    out = x.copy()
+    for i in range(n):
+        top, left = cy[i] - size // 2, cx[i] - size // 2
+        out[i, :, max(top, 0):max(top + size, 0), max(left, 0):max(left + size, 0)] = 0
+    return out
+
+
+@pytest.mark.parametrize(("padding", "flip"), [(2, True), (3, False), (0, True)])
+def test_crop_flip_follows_its_documented_draws(padding, flip):
+    x = torch.randn(12, 2, 5, 7, generator=torch.Generator().manual_seed(0))
+    got = random_crop_flip(x, torch.Generator().manual_seed(4), padding=padding, flip=flip)
+    want = _np_crop_flip(x.numpy(), torch.Generator().manual_seed(4), padding, flip)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_crop_flip_defaults_are_cifars_padding_4_and_a_flip():
+    x = torch.randn(12, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    got = random_crop_flip(x, torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(
+        got.numpy(), _np_crop_flip(x.numpy(), torch.Generator().manual_seed(5), 4, True))
+
+
+@pytest.mark.parametrize("size", [1, 4, 5, 9])
+def test_cutout_follows_its_documented_draws(size):
+    x = torch.randn(16, 2, 6, 8, generator=torch.Generator().manual_seed(0)) + 5.0
+    got = cutout(x, torch.Generator().manual_seed(6), size=size)
+    want = _np_cutout(x.numpy(), torch.Generator().manual_seed(6), size)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("fn", [random_crop_flip, cutout])
+def test_the_refusal_names_the_augmentation(fn):
+    name = "crop_flip" if fn is random_crop_flip else "cutout"
+    with pytest.raises(KdcoreError, match=rf"^{name} augments float image batches \(N, C, H, W\);"
+                       r" got torch.float32 \(4, 3\) \(flat inputs cannot be cropped; drop "
+                       r"data.augment or use images\)$"):
+        fn(torch.zeros(4, 3), torch.Generator(), **({"size": 2} if fn is cutout else {}))

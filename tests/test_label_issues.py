@@ -547,3 +547,44 @@ def test_an_unfinished_run_is_read_with_a_warning(tiny_run, tmp_path):
     assert result.output.splitlines()[0] == (
         f"kdcore: warning: {copy} is an unfinished run (no summary.json): the list reads the "
         "epochs recorded so far")
+
+
+# -- which model, and the refusals' exact words (mutation run kdcore-label-ranking) -----------
+
+
+class _RecipeOnly(FakeHistory):
+    """A history with teacher logits only and the recipe text given."""
+
+    def __init__(self, recipe: str, roles=("teacher",)):
+        super().__init__({f"logits/{r}": (np.zeros((1, 2, 3)), ["x"]) for r in roles}, {})
+        self.recipe = recipe
+
+
+@pytest.mark.parametrize("recipe", ["", '[[stages]]\nname = "a"\n',
+                                    '[[stages]]\nname = "a"\ntrain = ["student"]\n'])
+def test_a_model_no_stage_trains_is_refused_in_words(recipe):
+    with pytest.raises(KdcoreError, match=r"^fake/history.h5 holds no training logits of a model "
+                       r"its stages train$"):
+        find_label_issues(_RecipeOnly(recipe))
+
+
+def test_model_refusals_in_words():
+    with pytest.raises(KdcoreError, match=r"^fake/history.h5: cannot read the run's recipe \("):
+        find_label_issues(_RecipeOnly("[[stages"))
+    with pytest.raises(KdcoreError, match=r"^no training logits of model 'peer' in "
+                       r"fake/history.h5; models: none$"):
+        find_label_issues(_RecipeOnly("", roles=()), model="peer")
+    with pytest.raises(KdcoreError, match=r"^model takes a model role such as 'student', not int "
+                       r"5$"):
+        find_label_issues("run", model=5)
+    with pytest.raises(KdcoreError, match=r"^run takes a path \(a string or a pathlib.Path\), "
+                       r"not int 12345$"):
+        find_label_issues(12345)
+
+
+def test_the_tables_column_types(tiny_run):
+    table = find_label_issues(tiny_run).table()
+    assert table["since_stage"].dtype == object and table["since_epoch"].dtype == np.int64
+    assert table["truly_mislabelled"].dtype == np.int64
+    assert table["clean_label"].dtype == np.int64  # "3", not "3.0", in --csv
+    assert set(table["since_stage"]) <= {"student", None}
