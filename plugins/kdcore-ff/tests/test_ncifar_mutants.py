@@ -293,13 +293,19 @@ def test_every_served_model_gets_its_own_head():
     assert not torch.equal(*heads)
 
 
-def test_image_views_are_flipped_without_a_crop():
+def _image_view(crop_padding: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eight 4 x 4 images and one SSL view of them with only the crop and flip (the
+    component's generator seeded 0)."""
     torch.manual_seed(0)
     x = torch.randn(8, 1, 4, 4)
-    h = harness(SSLPretrain, {"crop_padding": 0, "flip": True, "noise_std": 0.0,
+    h = harness(SSLPretrain, {"crop_padding": crop_padding, "flip": flip, "noise_std": 0.0,
                               "drop_prob": 0.0, "recipe_augment": False}, x=x,
                 noisy_label=torch.arange(8) % 2, models={"student": TinyNet(16, 2)}).setup()
-    view = h.component.view(h.ctx, x)
+    return x, h.component.view(h.ctx, x)
+
+
+def test_image_views_are_flipped_without_a_crop():
+    x, view = _image_view(0, True)
     same = [torch.equal(v, a) for v, a in zip(view, x)]
     mirrored = [torch.equal(v, a.flip(-1)) for v, a in zip(view, x)]
     assert all(s or m for s, m in zip(same, mirrored))
@@ -309,13 +315,9 @@ def test_image_views_are_flipped_without_a_crop():
 def test_image_views_are_cropped_without_a_flip():
     from kdcore.data.augment import random_crop_flip
 
-    torch.manual_seed(0)
-    x = torch.randn(8, 1, 4, 4)
-    h = harness(SSLPretrain, {"crop_padding": 1, "flip": False, "noise_std": 0.0,
-                              "drop_prob": 0.0, "recipe_augment": False}, x=x,
-                noisy_label=torch.arange(8) % 2, models={"student": TinyNet(16, 2)}).setup()
+    x, view = _image_view(1, False)
     want = random_crop_flip(x, torch.Generator().manual_seed(0), padding=1, flip=False)
-    assert torch.equal(h.component.view(h.ctx, x), want)
+    assert torch.equal(view, want)
 
 
 def test_a_second_entry_with_another_head_shape_is_refused():
