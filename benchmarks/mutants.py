@@ -42,6 +42,12 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                          ["tests/test_api.py", "tests/test_distributed.py", "-m", "not slow"]),
     # the label_file noise model and its writer (session 14): a file a user hands in
     "kdcore-label-file": (".", ["kdcore/data/label_file.py"], ["tests/test_label_file.py"]),
+    # the range checks every recipe number passes, and a stage's evaluation (session 15)
+    "kdcore-validators": (".", ["kdcore/validators.py"],
+                          ["tests/test_validators.py", "tests/test_config.py"]),
+    "kdcore-evaluation": (".", ["kdcore/evaluation.py"],
+                          ["tests/test_confusion.py", "tests/test_metrics.py",
+                           "tests/test_best_keeper.py"]),
     # batch augmentations and a finished run's ranked label issues (session 15)
     "kdcore-augment": (".", ["kdcore/data/augment.py"], ["tests/test_augment.py"]),
     # not the tests of benchmarks/label_issues_cleanlab.py (outside the copy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated
 
 import attrs
@@ -10,6 +11,7 @@ import pytest
 
 from kdcore.errors import KdcoreError
 from kdcore.validators import (
+    Param,
     all_of,
     below_one,
     between,
@@ -126,3 +128,31 @@ def test_validators_run_outside_attrs_with_a_name():
 def test_require_raises_a_user_error_that_names_the_caller():
     with pytest.raises(KdcoreError, match=r"^cutout: 'size' must be positive, got 0$"):
         require(0, "size", Annotated[int, positive], where="cutout")
+
+
+# -- interval ends and the words of the message (mutation run kdcore-validators) --------------
+
+
+@pytest.mark.parametrize(("low_closed", "high_closed", "span"), [
+    (True, True, "[0.5, 2]"), (False, True, "(0.5, 2]"), (True, False, "[0.5, 2)"),
+    (False, False, "(0.5, 2)")])
+def test_between_ends_open_or_closed(low_closed, high_closed, span):
+    check = between(0.5, 2.0, include_low=low_closed, include_high=high_closed, what="a scale")
+    for value, ok in ((0.5, low_closed), (2.0, high_closed), (1.0, True), (0.49, False),
+                      (2.01, False)):
+        if ok:
+            check(None, Param("s"), value)
+        else:
+            with pytest.raises(ValueError, match=rf"^'s' must be in {re.escape(span)} \(a "
+                               rf"scale\), got {value!r}$"):
+                check(None, Param("s"), value)
+
+
+def test_between_prints_its_ends_as_written():
+    with pytest.raises(ValueError, match=r"^'x' must be in \[-inf, 0\.25\], got 1$"):
+        between(-math.inf, 0.25)(None, Param("x"), 1)
+
+
+def test_a_bad_transition_matrix_is_named():
+    with pytest.raises(ValueError, match=r"^'T' must be square: row 0 has 1 entries"):
+        stochastic_matrix(None, Param("T"), [[1.0], [0.0, 1.0]])
