@@ -145,7 +145,6 @@ class BestKeeper:
                                         for k, v in model.state_dict().items()}
             self.best[key]["last_test_acc"] = metrics[f"test/{role}/acc"]
             self.best[key]["last_test_bacc"] = metrics[f"test/{role}/bacc"]
-            self.best[key]["last_val_acc"] = val
             self.best[key]["last_test_confusion"] = test_confusion
 
     def kept_confusion(self, s: int, stage: StageConfig, role: str) -> torch.Tensor | None:

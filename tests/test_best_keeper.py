@@ -1,0 +1,174 @@
+"""Best-epoch keeping, the epoch metrics' guard and the ledger metrics, as units: what a stage
+keeps and reports for each ``keep`` mode, written out by hand for a short history of epochs
+(whole runs test them too, but only as far as a run happens to go; a mutation run,
+``benchmarks/mutants.py kdcore-evaluation``, showed what they left)."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import pytest
+import torch
+
+from kdcore.evaluation import BestKeeper, EpochMetrics, ledger_metrics
+from kdcore.failures import RunFailed
+from kdcore.ledger import Ledger
+from kdcore.recipe import StageConfig
+
+# (val, test, bacc) per epoch: the best validation is epoch 1; epoch 3 ties it (no replacement)
+EPOCHS = [(0.5, 0.40, 0.35), (0.7, 0.60, 0.55), (0.6, 0.65, 0.60), (0.7, 0.66, 0.61)]
+
+
+def _metrics(val: float, test: float, bacc: float) -> dict[str, float]:
+    return {"val/m/acc": val, "test/m/acc": test, "test/m/bacc": bacc}
+
+
+def _feed(keeper: BestKeeper, s: int, stage: StageConfig, epochs=EPOCHS, scale: float = 1.0):
+    """One update per epoch; the model's weight is the epoch number times ``scale``, and so
+    is every entry of its confusion matrix."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    for epoch, values in enumerate(epochs):
+        with torch.no_grad():
+            model.weight.fill_(epoch * scale)
+        keeper.update(s, stage, "m", epoch, _metrics(*values), model,
+                      torch.full((2, 2), int(epoch * scale)))
+
+
+def test_best_val_keeps_the_first_best_epochs_weights_and_reports_it():
+    stage = StageConfig(name="a", epochs=4, train=["m"], keep="best_val")
+    keeper = BestKeeper()
+    _feed(keeper, 0, stage)
+    name, epoch, state = keeper.kept_state(0, stage, "m")
+    assert (name, epoch, float(state["weight"])) == ("a", 1, 1.0)
+    assert int(keeper.kept_confusion(0, stage, "m")[0, 0]) == 1
+    assert keeper.summary(0, stage, "m") == {
+        "stage": "a", "best_val_epoch": 1, "val_acc": 0.7, "test_acc_at_best_val": 0.60,
+        "test_bacc_at_best_val": 0.55, "last_test_acc": 0.66, "last_test_bacc": 0.61,
+        "kept": "best_val"}
+
+
+def test_last_keeps_no_weights_and_the_last_epochs_matrix():
+    stage = StageConfig(name="a", epochs=4, train=["m"], keep="last")
+    keeper = BestKeeper()
+    _feed(keeper, 0, stage)
+    assert keeper.kept_state(0, stage, "m") is None
+    assert int(keeper.kept_confusion(0, stage, "m")[0, 0]) == 3
+    summary = keeper.summary(0, stage, "m")
+    assert summary["best_val_epoch"] == 1 and summary["kept"] == "last"
+
+
+def test_best_val_all_spans_stages_and_forget_stage_drops_only_that_stage():
+    first = StageConfig(name="warm", epochs=4, train=["m"], keep="last")
+    second = StageConfig(name="main", epochs=2, train=["m"], keep="best_val_all")
+    keeper = BestKeeper(keep_all=frozenset({"m"}))
+    _feed(keeper, 1, first)
+    # the second stage never beats the first's best (0.7 at its epoch 1)
+    _feed(keeper, 10, second, epochs=[(0.65, 0.9, 0.9), (0.68, 0.95, 0.93)], scale=10.0)
+    name, epoch, state = keeper.kept_state(10, second, "m")
+    assert (name, epoch, float(state["weight"])) == ("warm", 1, 1.0)
+    summary = keeper.summary(10, second, "m")
+    assert (summary["stage"], summary["best_val_epoch"], summary["last_test_acc"]) == (
+        "warm", 1, 0.95)
+    assert int(keeper.kept_confusion(10, second, "m")[0, 0]) == 1
+    assert keeper.summary(10, StageConfig(name="main", epochs=2, keep="best_val"),
+                          "m")["best_val_epoch"] == 1  # the stage's own best: its epoch 1
+    keeper.forget_stage(1)
+    assert set(keeper.best) == {"10/m", "*/m"}  # not "10/m", which starts with "1"
+    assert keeper.summary(1, first, "m") is None
+    assert keeper.kept_confusion(1, first, "m") is None
+    assert keeper.kept_state(0, StageConfig(name="x", epochs=1, keep="last"), "m") is None
+
+
+def test_best_val_all_for_a_role_not_kept_over_stages_keeps_no_weights():
+    stage = StageConfig(name="a", epochs=4, train=["m"], keep="best_val")
+    keeper = BestKeeper()  # no role keeps best_val_all
+    _feed(keeper, 0, stage)
+    assert set(keeper.states) == {"0/m"}
+
+
+def test_without_validation_accuracy_no_best_epoch_is_reported():
+    stage = StageConfig(name="a", epochs=2, train=["m"], keep="last")
+    keeper = BestKeeper()
+    _feed(keeper, 0, stage, epochs=[(math.nan, 0.3, 0.2), (math.nan, 0.4, 0.3)])
+    summary = keeper.summary(0, stage, "m")
+    assert summary == {"stage": "a", "best_val_epoch": None, "val_acc": None,
+                       "test_acc_at_best_val": None, "test_bacc_at_best_val": None,
+                       "last_test_acc": 0.4, "last_test_bacc": 0.3, "kept": "last"}
+
+
+def test_state_dict_is_a_snapshot():
+    stage = StageConfig(name="a", epochs=4, train=["m"], keep="best_val")
+    keeper = BestKeeper()
+    _feed(keeper, 0, stage, epochs=EPOCHS[:2])
+    saved = keeper.state_dict()
+    _feed(keeper, 0, stage, epochs=[(0.1, 0.2, 0.3)])  # no new best: the record is edited
+    again = BestKeeper()
+    again.load_state_dict(saved)
+    summary = again.summary(0, stage, "m")
+    assert (summary["best_val_epoch"], summary["last_test_acc"]) == (1, 0.60)
+
+
+# -- EpochMetrics ---------------------------------------------------------------------------------
+
+
+def test_epoch_metrics_add_numbers_and_refuse_replacing_or_tensors():
+    metrics = EpochMetrics({"label/acc": 0.5})
+    metrics["x/one"] = torch.tensor([2.5])
+    assert metrics["x/one"] == 2.5 and type(metrics["x/one"]) is float
+    with pytest.raises(RunFailed, match=r"^metric 'label/acc' is already this epoch's; a "
+                       r"component adds its own under a new name, it does not replace one$"):
+        metrics["label/acc"] = 0.7
+    with pytest.raises(RunFailed, match=r"^metric 'x/two' is a tensor of shape \(2,\); a "
+                       r"metric is one number$"):
+        metrics["x/two"] = torch.tensor([1.0, 2.0])
+
+
+# -- ledger_metrics -------------------------------------------------------------------------------
+
+
+def test_ledger_metrics_read_masks_and_weights_by_their_prefix_and_kind():
+    led = Ledger(4)
+    clean = torch.tensor([True, True, False, False])
+    led.add("clean_mask", clean, producer="data", kind="mask")
+    led.add("clean_label", torch.tensor([0, 1, 0, 1]), producer="data", kind="label")
+    led.add("target", torch.eye(2)[[0, 1, 1, 1]], producer="x", kind="target")
+    led.add("select/a", torch.tensor([True, True, False, True]), producer="a", kind="mask")
+    led.add("weight/w", torch.tensor([0.9, 0.8, 0.1, 0.7]), producer="w", kind="weight")
+    led.add("other/mask", torch.tensor([True, False, True, False]), producer="o", kind="mask")
+    led.add("weight/v", torch.tensor([0.1, 0.2, 0.3, 0.4]), producer="v", kind="value")
+    led.add("weight/two", torch.ones(4, 2), producer="t", kind="weight")
+    out = ledger_metrics(led)
+    assert out["label/acc"] == 0.75 and out["label/noisy_acc"] == 0.5
+    assert out["select/a/precision"] == pytest.approx(2 / 3)
+    # right labels: rows 0, 1, 3; AUC of the weights for telling them from row 2: all above
+    assert out["weight/w/auc"] == 1.0
+    assert not any(k.startswith(("other/", "weight/v", "weight/two")) for k in out)
+    empty = Ledger(0)
+    for name, kind in (("clean_mask", "mask"), ("clean_label", "label")):
+        empty.add(name, torch.zeros(0, dtype=torch.long), producer="data", kind=kind)
+    empty.add("target", torch.zeros(0, 2), producer="x", kind="target")
+    assert math.isnan(ledger_metrics(empty)["label/acc"])
+
+
+def test_confusion_on_test_predicts_with_the_runs_predict():
+    from kdcore.builtin.components import CrossEntropy
+    from kdcore.data.base import ArrayDataset
+    from kdcore.evaluation import confusion_on_test
+    from kdcore.testing import TinyNet, harness
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 6, generator=gen), torch.randint(0, 3, (30,), generator=gen)
+    model = TinyNet(6, 3)
+    h = harness(CrossEntropy, {}, x=x, noisy_label=y, models={"student": model})
+    data = attrs.evolve(h.run.data, test=ArrayDataset(x, y, 3))
+
+    def flipped(m, batch):  # a run's own predict: here, the least likely class
+        return -m(batch)[0]
+
+    with torch.no_grad():
+        pred = (-model(x)[0]).argmax(1)
+    want = torch.zeros(3, 3, dtype=torch.int64)
+    for t, p in zip(y.tolist(), pred.tolist()):
+        want[t, p] += 1
+    assert torch.equal(confusion_on_test(model, data, 7, flipped), want)
