@@ -48,6 +48,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-evaluation": (".", ["kdcore/evaluation.py"],
                           ["tests/test_confusion.py", "tests/test_metrics.py",
                            "tests/test_best_keeper.py"]),
+    # the report's table: which model, mean and spread over seeds, the gap (session 15)
+    "kdcore-report": (".", ["kdcore/report.py", "kdcore/report_models.py"],
+                      ["tests/test_ablate_report.py", "tests/test_report_choices.py",
+                       "tests/test_report_table.py"]),
     # batch augmentations and a finished run's ranked label issues (session 15)
     "kdcore-augment": (".", ["kdcore/data/augment.py"], ["tests/test_augment.py"]),
     # not the tests of benchmarks/label_issues_cleanlab.py (outside the copy)

@@ -1,0 +1,109 @@
+"""The report table's arithmetic on hand-built rows: mean and spread over seeds, which rows a
+gap is measured against, the gap itself, the cells and the warnings' words (the first run of
+``benchmarks/mutants.py kdcore-report`` found them tested only through whole grids)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from kdcore.report import (
+    RunResult,
+    aggregate,
+    gap_recovery,
+    gap_references,
+    table_cells,
+)
+from kdcore.report_models import gap_warnings
+
+
+def _run(variant: str, seed: int, **summaries: dict[str, float | None]) -> RunResult:
+    return RunResult(path=Path(f"{variant}/seed{seed}"), variant=variant,
+                     summary={role: {"test_acc_at_best_val": s.get("best"),
+                                     "last_test_acc": s.get("last", 0.5),
+                                     "test_bacc_at_best_val": s.get("bacc", 0.5),
+                                     "last_test_bacc": 0.5}
+                              for role, s in summaries.items()})
+
+
+def test_aggregate_means_and_spreads_over_seeds_skipping_unknown_values():
+    runs = [_run("kd", 0, student={"best": 0.80}, teacher={"best": 0.9}),
+            _run("kd", 1, student={"best": 0.84}, teacher={"best": 0.9}),
+            _run("kd", 2, student={"best": None}, teacher={"best": 0.9}),  # no validation split
+            _run("kd", 3, student={"best": math.nan}, teacher={"best": 0.9})]
+    rows = aggregate(runs, roles=["student"])
+    assert [(r["variant"], r["model"], r["seeds"]) for r in rows] == [("kd", "student", 4)]
+    assert rows[0]["best_mean"] == pytest.approx(0.82)
+    assert rows[0]["best_std"] == pytest.approx(statistics.stdev([0.80, 0.84]))
+    one = aggregate([_run("ce", 0, student={"best": 0.7})])[0]
+    assert one["best_mean"] == 0.7 and math.isnan(one["best_std"])  # one seed: no spread
+    none = aggregate([_run("ce", 0, student={"best": None})])[0]
+    assert math.isnan(none["best_mean"]) and math.isnan(none["best_std"])
+    both = aggregate(runs)
+    assert [r["model"] for r in both] == ["student", "teacher"]
+
+
+def _row(variant: str, model: str, best: float) -> dict:
+    return {"variant": variant, "model": model, "seeds": 3, "best_mean": best, "best_std": 0.01,
+            "last_mean": best, "last_std": math.nan, "best_bacc_mean": math.nan,
+            "best_bacc_std": math.nan}
+
+
+ROWS = [_row("ce", "student", 0.60), _row("ce-clean", "student", 0.90),
+        _row("dml", "student", 0.75), _row("dml", "peer", 0.70),
+        _row("kd", "teacher", 0.95), _row("kd", "student", 0.81)]
+
+
+def test_gap_references_prefer_the_same_model_then_a_lone_row():
+    base, top = gap_references(ROWS, "ce", "ce-clean", "peer")  # ce has only a student row
+    assert base["model"] == "student" and top["best_mean"] == 0.90
+    base, top = gap_references(ROWS, "kd", "ce-clean", "student")
+    assert base["best_mean"] == 0.81  # kd's student, not its teacher
+    assert gap_references(ROWS, "kd", "ce-clean", "peer")[0] is None  # two rows, no peer
+
+
+def test_gap_recovery_and_its_cells():
+    gaps = gap_recovery(ROWS, "ce", "ce-clean", gap_models=("student", "peer"))
+    assert gaps[("dml", "student")] == pytest.approx((0.75 - 0.60) / (0.90 - 0.60))
+    assert gaps[("dml", "peer")] == pytest.approx((0.70 - 0.60) / 0.30)
+    assert ("kd", "teacher") not in gaps
+    header, body = table_cells(ROWS, baseline="ce", ceiling="ce-clean")
+    assert header == ["variant", "model", "seeds", "test acc, best val (%)",
+                      "test acc, last (%)", "balanced acc, best val (%)", "gap recovered"]
+    assert body[2] == ["dml", "student", "3", "75.00 ± 1.00", "75.00", "-", "+0.50"]
+    assert body[3][-1] == "-" and body[4][-1] == "-"  # not a gap model
+    _, plain = table_cells(ROWS)
+    assert len(plain[0]) == 6
+
+
+def test_gap_warnings_in_words():
+    assert gap_warnings(ROWS, None, None, ("student",)) == []
+    assert gap_warnings(ROWS, "ce", None, ("student",)) == [
+        "no gap column: --baseline ce needs --ceiling too"]
+    assert gap_warnings(ROWS, None, "ce-clean", ("student",)) == [
+        "no gap column: --ceiling ce-clean needs --baseline too"]
+    assert gap_warnings(ROWS, "x", "y", ("student",)) == [
+        "gap recovered is n/a: baseline 'x' and ceiling 'y' not among the variants (ce, "
+        "ce-clean, dml, kd)"]
+    lines = gap_warnings(ROWS, "kd", "dml", ("student", "peer", "teacher"))
+    assert lines == ["gap recovered is n/a: ceiling 'dml' (student, 75.00%) is not above "
+                     "baseline 'kd' (student, 81.00%)",
+                     "gap recovered of peer is n/a: baseline 'kd' has no peer row",
+                     "gap recovered of teacher is n/a: ceiling 'dml' has no teacher row"]
+
+
+def test_filters_and_references_that_depend_on_the_model():
+    # a role filtered out before the one kept: the kept one is still read
+    rows = aggregate([_run("kd", 0, teacher={"best": 0.9}, student={"best": 0.8})],
+                     roles=["student"])
+    assert [(r["model"], r["best_mean"]) for r in rows] == [("student", 0.8)]
+    # a baseline and a ceiling of two rows each: the reference is the same model's row
+    gaps = gap_recovery(ROWS, "dml", "kd")
+    assert gaps[("ce", "student")] == pytest.approx((0.60 - 0.75) / (0.81 - 0.75))
+    # every model's problem is reported, after a model whose gap is fine
+    assert gap_warnings(ROWS, "dml", "kd", ("student", "peer", "teacher")) == [
+        "gap recovered of peer is n/a: ceiling 'kd' has no peer row",
+        "gap recovered of teacher is n/a: baseline 'dml' has no teacher row"]
