@@ -37,7 +37,9 @@ from kdcore_ff.ncifar import (
 from kdcore_ff.ssl import HEAD, SSLPretrain, feature_view, head_seed
 
 
-def _refused(call, message: str, key: str | None = None):
+def assert_refused(call, message: str, key: str | None = None):
+    """Assert that ``call()`` raises a KdcoreError whose message is exactly ``message`` (and
+    whose recipe key is ``key``, when given)."""
     with pytest.raises(kdcore.KdcoreError) as info:
         call()
     assert (getattr(info.value, "detail", None) or str(info.value)) == message
@@ -53,7 +55,7 @@ def test_open_classes_by_count_at_their_bounds():
     assert _open_class_ids(0, 10) == []
     assert _open_class_ids(8, 10) == list(range(2, 10))
     for bad in (9, -1):
-        _refused(lambda bad=bad: _open_class_ids(bad, 10),
+        assert_refused(lambda bad=bad: _open_class_ids(bad, 10),
                  f"got {bad}, expected 0 to 8 (at least two classes must stay in the label set)",
                  "data.params.open_classes")
 
@@ -62,7 +64,7 @@ def test_open_classes_by_index_at_their_bounds():
     assert _open_class_ids([9, 0], 10) == [0, 9]
     assert _open_class_ids(list(range(8)), 10) == list(range(8))
     for bad in ([10], [-1], [2, 2], list(range(9))):
-        _refused(lambda bad=bad: _open_class_ids(bad, 10),
+        assert_refused(lambda bad=bad: _open_class_ids(bad, 10),
                  f"got {bad}, expected distinct class indices in 0..9 leaving at least two "
                  "classes", "data.params.open_classes")
 
@@ -127,17 +129,17 @@ def test_infeasible_open_rates_name_the_largest_feasible_one():
     base = _base(False)
     spec = NCifarSpec(open_classes=[3], open_rate=0.9, test_fraction=0.0)
     # 3 x 100 kept, 100 open: at most 100 / 400 = 0.25
-    _refused(lambda: generate(base, spec),
+    assert_refused(lambda: generate(base, spec),
              "ncifar: open_rate 0.9 needs 2700 open-class images but the base has 100 of "
              "classes [3]; the largest feasible open_rate with these class sizes is 0.25")
     # 4 open images and one per kept class: at most 4 / 6, cut (not rounded) to 0.666
     tiny = kdcore.DatasetSplits(train=kdcore.ArrayDataset(
         x=torch.zeros(6, 1), y=torch.tensor([0, 1, 2, 2, 2, 2]), num_classes=3), test=None)
-    _refused(lambda: generate(tiny, NCifarSpec(open_classes=[2], open_rate=0.9,
+    assert_refused(lambda: generate(tiny, NCifarSpec(open_classes=[2], open_rate=0.9,
                                                test_fraction=0.0)),
              "ncifar: open_rate 0.9 needs 18 open-class images but the base has 4 of classes "
              "[2]; the largest feasible open_rate with these class sizes is 0.666")
-    _refused(lambda: generate(base, NCifarSpec(open_classes=[], open_rate=0.2)),
+    assert_refused(lambda: generate(base, NCifarSpec(open_classes=[], open_rate=0.2)),
              "open_rate > 0 needs open_classes", "data.params.open_rate")
 
 
@@ -160,7 +162,7 @@ def test_the_loader_seeds_its_draw_and_refuses_itself():
             for s in (0, 0, 1)]
     assert torch.equal(made[0].train.x, made[1].train.x)
     assert not torch.equal(made[0].train.x, made[2].train.x)
-    _refused(lambda: ncifar(base="ncifar"), "ncifar cannot wrap itself", "data.params.base")
+    assert_refused(lambda: ncifar(base="ncifar"), "ncifar cannot wrap itself", "data.params.base")
 
 
 def test_the_loader_logs_what_it_made():
@@ -176,7 +178,7 @@ def test_the_loader_logs_what_it_made():
 
 
 def test_preset_hints_and_base_params():
-    _refused(lambda: resolve_spec("zzz", {}),
+    assert_refused(lambda: resolve_spec("zzz", {}),
              "unknown preset 'zzz'; presets: digits-lt, digits-open, digits-step, fmnist-lt, "
              "fmnist-open", "data.params.preset")
     assert resolve_spec(None, {"base_params": {"flatten": True}}).base_params == {
@@ -195,7 +197,7 @@ def test_closed_rate_of_one_flips_every_kept_image():
     labels = [0, 1, 2] * 10
     noisy = ncifar_noise(_ctx(labels, 3), closed_rate=1.0)
     assert (noisy != torch.tensor(labels)).all()
-    _refused(lambda: ncifar_noise(_ctx(labels, 3), closed_rate=1.5),
+    assert_refused(lambda: ncifar_noise(_ctx(labels, 3), closed_rate=1.5),
              "ncifar_noise: closed_rate must be in [0, 1], not 1.5")
 
 
@@ -227,10 +229,10 @@ def test_open_images_get_their_labels_in_random_order():
 
 
 def test_noise_model_messages():
-    _refused(lambda: ncifar_noise(_ctx([0, 1], 1)),
+    assert_refused(lambda: ncifar_noise(_ctx([0, 1], 1)),
              "ncifar_noise needs at least two kept classes plus the open-set class (use it "
              "with the ncifar dataset)")
-    _refused(lambda: class_sizes([3], [1.0], 5),
+    assert_refused(lambda: class_sizes([3], [1.0], 5),
              "ncifar: kept class 0 needs 5 training images (max_per_class 5 x profile 1) but "
              "the base has 3 left; lower data.params.max_per_class (0: the largest feasible)")
 
@@ -328,7 +330,7 @@ def test_a_second_entry_with_another_head_shape_is_refused():
     first.component.adapt_models(first.ctx)
     second = harness(SSLPretrain, {"projection_dim": 5}, x=torch.randn(4, 6),
                      noisy_label=torch.arange(4) % 2, models=models, name="again")
-    _refused(lambda: second.component.adapt_models(second.ctx),
+    assert_refused(lambda: second.component.adapt_models(second.ctx),
              "component 'again': model 'student' already has a projection head (8, 8, 3) "
              "from another ssl_pretrain entry; give both the same projection_hidden and "
              "projection_dim")
