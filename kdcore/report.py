@@ -1,4 +1,5 @@
-"""Results tables and plots from run directories (their summary.json and history.h5).
+"""Results tables from run directories (their summary.json; the figures, drawn from their
+history.h5, are :mod:`kdcore.figures`).
 
 Runs are grouped by variant: the directory above ``seed<k>/`` in a grid made by
 ``kdcore ablate``, else the run directory's own name. Every number is the mean and standard
@@ -257,19 +258,3 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
             writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v))
                                  else f"{v:.6f}" if isinstance(v, float) else v)
                              for k, v in r.items()})
-
-
-def plot_series(runs: Sequence[RunResult], role: str | None = None
-                ) -> dict[str, dict[str, list[Any]]]:
-    """The curves' data, per metric, per variant, one array per seed
-    (:func:`kdcore.figures.curve_series`)."""
-    from kdcore.figures import curve_series
-
-    return {metric: dict(curves.runs) for metric, curves in curve_series(runs, role).items()}
-
-
-def plot_runs(runs: Sequence[RunResult], out_dir: Path, role: str | None = None) -> list[Path]:
-    """Every figure of :func:`kdcore.figures.draw_figures` as a PNG in ``out_dir``."""
-    from kdcore.figures import draw_figures, write_figures
-
-    return write_figures(draw_figures(runs, role), out_dir)

@@ -36,7 +36,7 @@ def final_role(run: RunResult) -> str | None:
         for role in stage.get("train", []) if isinstance(stage, dict) else []:
             if role in run.summary:
                 return str(role)
-    return next(reversed(run.summary), None) if run.summary else None
+    return next(reversed(run.summary), None)
 
 
 @attrs.frozen
@@ -86,7 +86,7 @@ def choose_models(runs: Sequence[RunResult], preferred: str = "student",
 
 def chosen_runs(runs: Sequence[RunResult], choice: ModelChoice) -> list[RunResult]:
     """``runs`` with each summary cut to its variant's reported model (runs without it left
-    out), for :func:`~kdcore.report.aggregate` and :func:`~kdcore.report.plot_runs`."""
+    out), for :func:`~kdcore.report.aggregate` and :func:`~kdcore.figures.draw_figures`."""
     out = []
     for run in runs:
         role = choice.models.get(run.variant)

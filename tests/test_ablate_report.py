@@ -124,13 +124,14 @@ def test_a_markdown_cell_holding_a_bar_or_a_line_break_stays_one_cell():
 
 def test_plot_curves_run_over_each_models_own_training_epochs(grid):
     # the grid's runs train the teacher for 1 epoch, then the student for 1
-    from kdcore.report import find_runs, plot_series
+    from kdcore.figures import curve_series
+    from kdcore.report import find_runs
 
     _, out, _ = grid
-    series = plot_series(find_runs([out]))
+    series = curve_series(find_runs([out]))
     for metric in ("test/student/acc", "test/teacher/acc", "label/acc"):
-        assert set(series[metric]) == {"kd", "ce"}, metric
-        for curves in series[metric].values():
+        assert set(series[metric].runs) == {"kd", "ce"}, metric
+        for curves in series[metric].runs.values():
             assert len(curves) == 2  # seeds
             assert all(c.shape == (1,) and np.isfinite(c).all() for c in curves), metric
 
@@ -162,8 +163,9 @@ def test_grid_file_and_bad_input(tmp_path):
     assert bad.exit_code == 2 and "--seeds" in bad.output
 
 
-def _fake_run(folder, *, seed, rate=0.4, acc=0.5):
-    """A finished run's summary.json and recipe.toml, written by hand."""
+def _fake_run(folder, *, seed, rate=0.4, acc=0.5, extra=""):
+    """A finished run's summary.json and recipe.toml (``extra``: more of the recipe's TOML),
+    written by hand."""
     import json as _json
 
     folder.mkdir(parents=True)
@@ -172,7 +174,7 @@ def _fake_run(folder, *, seed, rate=0.4, acc=0.5):
     (folder / "summary.json").write_text(_json.dumps({"student": metrics}))
     (folder / "recipe.toml").write_text(
         f'[run]\nname = "x"\nseed = {seed}\noutput_dir = "{folder}"\n'
-        f"[data.noise.params]\nrate = {rate}\n")
+        f"[data.noise.params]\nrate = {rate}\n{extra}")
     return folder
 
 
@@ -211,6 +213,106 @@ def test_a_run_given_as_the_root_does_not_hide_the_runs_below_it(tmp_path):
     _fake_run(tmp_path / "kd", seed=0)
     _fake_run(tmp_path / "kd" / "ce" / "seed0", seed=0)
     assert sorted(r.variant for r in find_runs([tmp_path / "kd"])) == ["ce", "kd"]
+
+
+def test_runs_are_found_root_first_then_in_path_order_each_once(tmp_path):
+    from kdcore.report import find_runs
+
+    root = _fake_run(tmp_path / "kd", seed=0)
+    below = [_fake_run(root / name / "seed0", seed=0) for name in ("a", "b")]
+    # "kd/a/seed0/summary.json" sorts before "kd/summary.json": the root's own run is put
+    # first; a/seed0, found through the first path already, is skipped, not an end
+    found = find_runs([below[0], root])
+    assert [r.path for r in found] == [below[0], root, below[1]]
+    assert [r.variant for r in found] == ["a", "kd", "b"]
+
+
+def test_find_runs_says_where_it_looked_and_what_is_not_a_file(tmp_path):
+    from kdcore.errors import KdcoreError
+    from kdcore.report import find_runs
+
+    empty = [tmp_path / "x", tmp_path / "y"]
+    for folder in empty:
+        folder.mkdir()
+    with pytest.raises(KdcoreError) as exc:
+        find_runs(empty)
+    assert str(exc.value) == (f"no finished runs (directories with summary.json) under "
+                              f"{empty[0]}, {empty[1]}")
+    (tmp_path / "y" / "r" / "summary.json").mkdir(parents=True)
+    with pytest.raises(KdcoreError) as exc:
+        find_runs(empty)
+    assert str(exc.value) == f"{tmp_path / 'y' / 'r' / 'summary.json'} is not a file"
+
+
+def test_the_variant_check_goes_on_past_a_run_without_its_recipe(tmp_path):
+    from kdcore.errors import KdcoreError
+    from kdcore.report import find_runs
+
+    (_fake_run(tmp_path / "a" / "ce" / "seed0", seed=0) / "recipe.toml").unlink()
+    twins = [_fake_run(tmp_path / name / "ce" / "seed0", seed=0) for name in ("b", "c")]
+    with pytest.raises(KdcoreError) as exc:
+        find_runs([tmp_path])
+    assert str(exc.value) == (f"{twins[0]} and {twins[1]} are both seed 0 of variant 'ce'; "
+                              "report them apart")
+
+
+def test_a_saved_recipe_without_a_run_table_is_one_seed(tmp_path):
+    from kdcore.report import find_runs
+
+    run = _fake_run(tmp_path / "ce", seed=0)
+    (run / "recipe.toml").write_text("[data]\nbatch_size = 4\n")
+    assert [r.path for r in find_runs([tmp_path])] == [run]
+
+
+def test_recipes_that_differ_name_their_first_five_keys(tmp_path):
+    from kdcore.errors import KdcoreError
+    from kdcore.report import find_runs
+
+    runs = [_fake_run(tmp_path / name / "ce" / f"seed{k}", seed=k,
+                      extra="[extra]\n" + "".join(f"{key} = {k}\n" for key in "abcdef"))
+            for k, name in enumerate("pq")]
+    with pytest.raises(KdcoreError) as exc:
+        find_runs([tmp_path])
+    assert str(exc.value) == (f"{runs[0]} and {runs[1]} would be averaged as variant 'ce', but "
+                              "their recipes differ at extra.a, extra.b, extra.c, extra.d, "
+                              "extra.e; report them apart")
+
+
+def test_summaries_and_recipes_are_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    """On a machine whose locale encoding is ASCII (the C locale without Python's UTF-8 mode),
+    a role or a recipe value outside ASCII still reads: both files are UTF-8 by definition."""
+    import io
+    import json as _json
+
+    from kdcore.errors import KdcoreError
+    from kdcore.report import find_runs
+
+    first = _fake_run(tmp_path / "a" / "ce" / "seed0", seed=0, extra='[note]\ntext = "é"\n')
+    again = _fake_run(tmp_path / "b" / "ce" / "seed0", seed=0, extra='[note]\ntext = "é"\n')
+    summary = _json.loads((again / "summary.json").read_text())
+    (again / "summary.json").write_text(_json.dumps({"élève": summary["student"]},
+                                                    ensure_ascii=False), encoding="utf-8")
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "ascii")
+    (run,) = find_runs([again])
+    assert list(run.summary) == ["élève"]
+    with pytest.raises(KdcoreError, match="are both seed 0 of variant 'ce'"):
+        find_runs([first, again])
+
+
+def test_a_summary_error_quotes_at_most_120_characters_of_the_reason(tmp_path, monkeypatch):
+    from kdcore import report
+    from kdcore.errors import KdcoreError
+
+    path = _fake_run(tmp_path / "ce", seed=0) / "summary.json"
+
+    def refuse(text):
+        raise ValueError("why\n" + "x" * 200)
+
+    monkeypatch.setattr(report.json, "loads", refuse)
+    with pytest.raises(KdcoreError) as exc:
+        report.read_summary(path)
+    reason = "why " + "x" * 116  # line breaks as spaces, then cut
+    assert str(exc.value) == f"{path}: not a kdcore run summary (ValueError: {reason})"
 
 
 def test_report_refuses_outputs_it_cannot_write_before_it_prints(tmp_path):

@@ -21,13 +21,15 @@ KD = [("teacher", ["teacher"]), ("student", ["student"])]
 MUTUAL = [("mutual", ["peer_a", "peer_b"])]
 
 
-def write_run(run_dir, stages, accs, history=True):
+def write_run(run_dir, stages, accs, history=True, recipe=None):
     """A finished run: summary.json with each role's best-val test accuracy ``accs[role]``
-    (its seed's), and a history.h5 whose recipe trains ``stages`` (name, roles) in order."""
+    (its seed's), and a history.h5 whose recipe trains ``stages`` (name, roles) in order
+    (or whose recipe is the TOML text ``recipe``)."""
     run_dir.mkdir(parents=True)
     if history:
-        recipe = "".join(f'[[stages]]\nname = "{name}"\ntrain = {json.dumps(train)}\n\n'
-                         for name, train in stages)
+        if recipe is None:
+            recipe = "".join(f'[[stages]]\nname = "{name}"\ntrain = {json.dumps(train)}\n\n'
+                             for name, train in stages)
         HistoryWriter(run_dir / "history.h5").create(
             recipe_toml=recipe, versions={"kdcore": "0"}, num_classes=2, class_names=["a", "b"],
             constants={"clean_label": np.array([0, 1], dtype=np.int32)},
@@ -174,6 +176,47 @@ def test_final_role_reads_the_recipe_else_the_summary(tmp_path):
     choice = choose_models(list(runs.values()), "peer_a")
     assert choice.models == {"dml": "peer_a", "kd": "student", "plain": "teacher"}
     assert choice.others == ["kd", "plain"]
+
+
+@pytest.mark.parametrize("recipe", [
+    "",  # no stages
+    "stages = [1, 2]",  # stages that are not tables
+    '[[stages]]\nname = "warm"\n',  # a stage that trains nothing
+    None,  # a history.h5 that is not HDF5
+])
+def test_final_role_of_a_recipe_without_trained_stages_is_the_summarys_last(tmp_path, recipe):
+    run_dir = tmp_path / "odd"
+    write_run(run_dir, [("x", ["student"])], {"student": 0.5, "teacher": 0.6},
+              recipe=recipe or "")
+    if recipe is None:
+        (run_dir / "history.h5").write_bytes(b"not HDF5")
+    (run,) = find_runs([run_dir])
+    assert final_role(run) == "teacher"
+
+
+def test_choose_models_prefers_the_student_and_names_none_only_when_asked(tmp_path):
+    # the student trained first, the teacher last: its final role is the teacher
+    write_run(tmp_path / "g" / "rev", [("s", ["student"]), ("t", ["teacher"])],
+              {"student": 0.5, "teacher": 0.6})
+    write_run(tmp_path / "g" / "smkd", MUTUAL, {"peer_a": 0.5, "peer_b": 0.6})
+    runs = find_runs([tmp_path / "g"])
+    choice = choose_models(runs)  # the defaults: "student", not named by the user
+    assert (choice.models, choice.others) == ({"rev": "student", "smkd": "peer_a"}, ["smkd"])
+    only_mutual = [r for r in runs if r.variant == "smkd"]
+    assert choose_models(only_mutual).models == {"smkd": "peer_a"}  # no error unless explicit
+
+
+def test_choose_models_of_runs_without_models(tmp_path):
+    from kdcore.errors import KdcoreError
+    from kdcore.report import RunResult
+
+    empty = [RunResult(tmp_path / "v", "v", {})]
+    assert final_role(empty[0]) is None
+    choice = choose_models(empty)
+    assert (choice.models, choice.others) == ({}, [])
+    with pytest.raises(KdcoreError) as exc:
+        choose_models(empty, "student", explicit=True)
+    assert str(exc.value) == "no run has model 'student' (models: none)"
 
 
 @pytest.mark.parametrize(("text", "said"), [

@@ -12,10 +12,13 @@ import pytest
 
 from kdcore.report import (
     RunResult,
+    _md_cell,
     aggregate,
     gap_recovery,
     gap_references,
+    markdown_table,
     table_cells,
+    write_csv,
 )
 from kdcore.report_models import gap_warnings
 
@@ -107,3 +110,25 @@ def test_filters_and_references_that_depend_on_the_model():
     assert gap_warnings(ROWS, "dml", "kd", ("student", "peer", "teacher")) == [
         "gap recovered of peer is n/a: ceiling 'kd' has no peer row",
         "gap recovered of teacher is n/a: baseline 'dml' has no teacher row"]
+
+
+def test_markdown_table_text():
+    assert markdown_table([_row("ce", "student", 0.60)]) == (
+        "| variant | model | seeds | test acc, best val (%) | test acc, last (%) | "
+        "balanced acc, best val (%) |\n"
+        "|---|---|---|---|---|---|\n"
+        "| ce | student | 3 | 60.00 ± 1.00 | 60.00 | - |\n")
+
+
+def test_markdown_cells_blank_control_characters_only():
+    # C0 controls, tab and DEL become spaces; a C1 character (U+0080) and text stay
+    assert _md_cell("a\x00b\tc\x1fd\x7fe\x80f g|h") == "a b c d e\x80f g\\|h"
+
+
+def test_csv_of_one_row(tmp_path):
+    row = {"variant": "ce", "model": "student", "seeds": 2, "best_mean": 0.5,
+           "best_std": math.nan, "gap": None, "last_mean": 1 / 3}
+    write_csv([row], tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_bytes() == (
+        b"variant,model,seeds,best_mean,best_std,gap,last_mean\r\n"
+        b"ce,student,2,0.500000,,,0.333333\r\n")
