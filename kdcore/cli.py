@@ -6,6 +6,7 @@ A user's mistake ends with one line on stderr and exit code 2, never a traceback
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from kdcore.cli_common import (
     user_errors,
 )
 from kdcore.cli_files import GivenPath, reading
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, printable
 from kdcore.failures import one_line_failures
 
 
@@ -36,6 +37,11 @@ class _OneLineErrors(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 - click's entry point
         kwargs.pop("standalone_mode", None)
+        # a name from a non-UTF-8 argument or folder holds lone surrogates; printed, they are
+        # escaped (as stderr already does) rather than a UnicodeEncodeError mid-table
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, io.TextIOWrapper):
+                stream.reconfigure(errors="backslashreplace")
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Exit as exc:
@@ -44,7 +50,8 @@ class _OneLineErrors(click.Group):
             click.echo("kdcore: aborted", err=True)
             sys.exit(1)
         except click.ClickException as exc:
-            click.echo(f"kdcore: error: {' '.join(exc.format_message().split())}", err=True)
+            message = printable(" ".join(exc.format_message().split()))
+            click.echo(f"kdcore: error: {message}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except ValueError as exc:  # a NUL byte in a path argument, found by os.stat
             if "null" not in str(exc):

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, printable
 from kdcore.torchrun import report_worker_error
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,7 +31,7 @@ def user_errors(fn: F) -> F:
         except KdcoreError as exc:
             code = getattr(exc, "exit_code", EXIT_USER_ERROR)  # 1: failures.RunFailed
             if not report_worker_error(str(exc), code):  # else the launcher says it, once
-                click.echo(f"kdcore: error: {exc}", err=True)
+                click.echo(f"kdcore: error: {printable(str(exc))}", err=True)
             sys.exit(code)
         except KeyboardInterrupt:
             if not report_worker_error("interrupted; resume with --resume", 130):

@@ -81,7 +81,9 @@ def output_file(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
     tmp = target if direct else target.with_name(f".{target.name[:200]}.{os.getpid()}.tmp")
     try:
         try:
-            with open(tmp, "w", newline=newline, encoding="utf-8") as handle:
+            # a folder name from a non-UTF-8 file system holds lone surrogates: escaped
+            with open(tmp, "w", newline=newline, encoding="utf-8",
+                      errors="backslashreplace") as handle:
                 yield handle
             if not direct:
                 os.replace(tmp, target)

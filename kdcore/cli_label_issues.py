@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from kdcore.cli_files import GivenPath, check_output, output_file
+from kdcore.errors import printable
 
 #: the list lengths at which precision is printed, besides ``--top`` and the whole list
 PRECISION_AT = (100, 1000)
@@ -120,8 +121,8 @@ def command(user_errors: Callable[[Any], Any], examples: Callable[..., str]) -> 
             check_output(csv_path)  # before the table is printed
         issues = find_label_issues(run_dir, role)
         if not (run_dir / "summary.json").is_file():  # a model's later epochs may be missing
-            click.echo(f"kdcore: warning: {run_dir} is an unfinished run (no summary.json): "
-                       f"the list reads the epochs recorded so far", err=True)
+            click.echo(f"kdcore: warning: {printable(str(run_dir))} is an unfinished run (no "
+                       "summary.json): the list reads the epochs recorded so far", err=True)
         head, *tail = summary_lines(issues, top)
         click.echo(head)
         for line in format_table(issues, top):

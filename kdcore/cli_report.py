@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kdcore.cli_files import check_output, output_dir, write_output
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, printable
 
 
 def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | None,
@@ -27,6 +27,7 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
             output_dir(folder)
     if html_dir is not None:
         check_output(html_dir / "index.html")
+    baseline, ceiling = (None if v is None else rp.variant_label(v) for v in (baseline, ceiling))
     found = rp.find_runs(runs)
     choice = rm.choose_models(found, role or "student", explicit=role is not None)
     shown = rm.chosen_runs(found, choice)
@@ -35,7 +36,7 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
     notes = [w for w in [choice.warning()] + rm.gap_warnings(rows, baseline, ceiling,
                                                                  gap_models) if w]
     for line in notes:
-        click.echo(f"kdcore: warning: {line}", err=True)
+        click.echo(f"kdcore: warning: {printable(line)}", err=True)
     table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
     if md_path:
         write_output(md_path, lambda handle: handle.write(table))

@@ -268,8 +268,10 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
     if state is None and main:
         ckpt.save_text(recipe.to_toml(), run_dir / "recipe.toml")
     # loguru formats a sink's path ("{time}" and the like): braces in it are literal here
+    # a path or name from a non-UTF-8 argument holds lone surrogates: escaped, not a failure
     sink = (logger.add(str(run_dir / "log.txt").replace("{", "{{").replace("}", "}}"),
-                       level="INFO") if main else None)
+                       level="INFO", encoding="utf-8", errors="backslashreplace")
+            if main else None)
     try:
         with host.activate():  # loaders and helpers called in the run see its plugins
             run = prepare_run(plan, host, run_dir)

@@ -61,6 +61,16 @@ def os_reason(exc: BaseException) -> str:
     return one_line(exc)
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would not show as itself (line breaks, escape
+    sequences and other controls, U+2028, a lone surrogate from a non-UTF-8 argument) written
+    as its Python escape: a message quoting what a user typed stays one visible line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def one_line(exc: BaseException | str) -> str:
     """The first non-blank line of an error's message, white space folded (its type name if
     the message is empty): what a one-line user error quotes of a library's exception."""

@@ -96,7 +96,7 @@ def one_line_failures(what: str) -> Callable[[F], F]:
 def save_traceback(exc: BaseException, log: Path) -> None:
     """Append ``exc`` with its traceback to ``log``, and note on ``exc`` that it is there."""
     try:
-        with log.open("a", encoding="utf-8") as f:
+        with log.open("a", encoding="utf-8", errors="backslashreplace") as f:
             f.write("".join(traceback.format_exception(exc)))
         setattr(exc, _SAVED, log)
     except (OSError, AttributeError):  # no log after all: the one line says how to see it

@@ -21,6 +21,7 @@ from kdcore.checkpoint import CHECKPOINT
 from kdcore.config import structure
 from kdcore.errors import KdcoreError, RecipeError
 from kdcore.recipe import read_toml
+from kdcore.rundir import check_output_dir
 
 
 @attrs.frozen
@@ -131,7 +132,7 @@ def _split_outside_strings(text: str) -> list[str]:
 def check_name(name: str) -> None:
     """A variant's name is one directory under the grid's: no separator, no ``.`` or ``..``."""
     if (not name or name in (".", "..") or "/" in name or "\\" in name
-            or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode()) > 200):
+            or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(os.fsencode(name)) > 200):
         raise KdcoreError(f"variant name {name!r} is not a directory name (one path part, "
                           f"not '.' or '..', no '/' or control character, at most 200 bytes)")
 
@@ -143,6 +144,12 @@ def plan(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[R
             raise KdcoreError(f"variant '{v.name}': no recipe file {v.recipe}")
     if not seeds:
         raise KdcoreError("no seeds to run: give at least one")
+    check_output_dir(out)  # a name the system refuses (too long) is one line here
+    held = [n for n in ("history.h5", "summary.json", "recipe.toml", CHECKPOINT)
+            if (out / n).exists()]
+    if held:  # the grid's runs would land among that run's files, and report would mix them
+        raise KdcoreError(f"{out} holds a run ({', '.join(held)}); a grid's runs go in a "
+                          "folder of their own")
     twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
     if twice:
         raise KdcoreError(f"seed {twice[0]} is given twice (a grid runs each seed once)")

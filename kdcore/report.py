@@ -59,12 +59,19 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunResult]:
                 continue
             seen.add(run_dir.resolve())
             variant = run_dir.parent.name if SEED_DIR.match(run_dir.name) else run_dir.name
-            found.append(RunResult(run_dir, variant, read_summary(s)))
+            found.append(RunResult(run_dir, variant_label(variant), read_summary(s)))
     if not found:
         raise KdcoreError("no finished runs (directories with summary.json) under "
                           + ", ".join(map(str, paths)))
     _check_variants(found)
     return found
+
+
+def variant_label(name: str) -> str:
+    """A folder's name as a variant's label: a byte that is not UTF-8 (a lone surrogate, as
+    Python reads it from a file system or a command line) as its escape, so that every table,
+    file and figure can write it, and ``--baseline`` typed with the same byte names it."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def read_summary(path: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
         the run directory.
     """
     run_dir = run_dir_of(recipe, out)
+    check_output_dir(run_dir)  # a name the system refuses is one line, before any file test
     if recipe.source and run_dir.joinpath("recipe.toml").resolve() == Path(
             recipe.source).resolve():
         raise KdcoreError(f"the recipe is {recipe.source}, the file the run in {run_dir} "
@@ -97,8 +98,9 @@ def check_output_dir(run_dir: Path) -> None:
         probe = run_dir.absolute()
         while not probe.exists():
             probe = probe.parent
-    except (OSError, ValueError) as exc:
-        raise KdcoreError(f"cannot use output directory {run_dir}: {exc}") from None
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise KdcoreError(f"cannot use output directory {run_dir}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
     if not probe.is_dir():
         raise KdcoreError(f"cannot write to output directory {run_dir}: {probe} is not a "
                           f"directory")

@@ -3,6 +3,7 @@ before any run starts: one line, exit 2, nothing written outside ``--out``."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,15 @@ def test_a_variant_splits_its_overrides_at_semicolons_outside_strings(text, over
     from kdcore.grid import parse_variant
 
     assert parse_variant(text, "r.toml").set == overrides
+
+
+def test_a_grid_into_a_runs_own_folder_is_refused(tmp_path, tiny_runs):
+    from tests.cli_helpers import digest
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs / "finished", run)
+    before = digest(run)
+    line = one_line_error(ablate(RECIPES / "ce.toml", "--seeds", "0", "--out", run))
+    assert line == (f"kdcore: error: {run} holds a run (history.h5, summary.json, recipe.toml, "
+                    "checkpoint.pt); a grid's runs go in a folder of their own")
+    assert digest(run) == before

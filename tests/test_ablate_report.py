@@ -173,7 +173,7 @@ def _fake_run(folder, *, seed, rate=0.4, acc=0.5, extra=""):
                "last_test_bacc": acc}
     (folder / "summary.json").write_text(_json.dumps({"student": metrics}))
     (folder / "recipe.toml").write_text(
-        f'[run]\nname = "x"\nseed = {seed}\noutput_dir = "{folder}"\n'
+        f'[run]\nname = "x"\nseed = {seed}\noutput_dir = "runs"\n'
         f"[data.noise.params]\nrate = {rate}\n{extra}")
     return folder
 
@@ -345,3 +345,23 @@ def test_one_seed_has_no_spread_rather_than_a_spread_of_zero(tmp_path):
     table = {r["variant"]: r for r in _csv.DictReader((tmp_path / "t.csv").open())}
     assert table["ce"]["best_std"] == "" and table["ce"]["best_mean"] == "0.250000"
     assert table["kd"]["best_std"] == "0.141421"
+
+
+def test_a_variant_folder_whose_name_is_not_utf8_is_reported_escaped(tmp_path):
+    import os
+
+    name = os.fsdecode(b"v\xff")  # a Latin-1 "ÿ" on a UTF-8 system: a lone surrogate
+    _fake_run(tmp_path / "g" / name / "seed0", seed=0, acc=0.5)
+    _fake_run(tmp_path / "g" / "ce" / "seed0", seed=0, acc=0.25)
+    _fake_run(tmp_path / "g" / "clean" / "seed0", seed=0, acc=0.75)
+    res = invoke("report", tmp_path / "g", "--csv", tmp_path / "t.csv", "--markdown",
+                 tmp_path / "t.md", "--baseline", "ce", "--ceiling", "clean")
+    assert res.exit_code == 0, res.output
+    assert "| v\\udcff | student | 1 | 50.00 | 50.00 | 50.00 | +0.50 |" in (
+        tmp_path / "t.md").read_text()
+    with open(tmp_path / "t.csv", newline="") as fh:
+        assert [r["variant"] for r in csv.DictReader(fh)] == ["ce", "clean", "v\\udcff"]
+    # the same byte typed on the command line names the variant
+    res = invoke("report", tmp_path / "g", "--baseline", name, "--ceiling", "clean")
+    assert res.exit_code == 0 and "| ce | student | 1 | 25.00 | 25.00 | 25.00 | -1.00 |" in (
+        res.output), res.output
