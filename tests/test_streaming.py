@@ -332,3 +332,129 @@ def test_labels_written_in_other_decimal_digits_are_read(tmp_path):
 
     (tmp_path / "l.txt").write_text("a.png \u0663\nb.png 0\n")  # ARABIC-INDIC DIGIT THREE
     assert read_label_list(tmp_path / "l.txt", "image_list") == {"a.png": 3, "b.png": 0}
+
+
+# every rule and message of the list loaders, one by one (the loaders' mutation run, session 16)
+
+
+def test_clothing1m_messages_name_the_loader_and_the_file(tmp_path):
+    root = tmp_path / "c1m"
+    _clothing(root, np.random.default_rng(7), train=8, test=4)
+    kv, clean_kv = root / "noisy_label_kv.txt", root / "clean_label_kv.txt"
+    train_list, test_list = root / "noisy_train_key_list.txt", root / "clean_test_key_list.txt"
+    names = root / "category_names_eng.txt"
+
+    def said(**kwargs):
+        with pytest.raises(KdcoreError) as err:
+            clothing1m(**{"root": str(root), "size": 4, **kwargs})
+        return str(err.value)
+
+    assert said(root=None) == ("clothing1m: 'root' is missing; it must name Clothing1M's "
+                               "images and lists")
+    assert said(size=0) == "clothing1m: 'size' must be positive, got 0"
+    keep = {p: p.read_text() for p in (kv, clean_kv, train_list, test_list, names)}
+    for path in (kv, clean_kv, train_list, test_list):
+        path.unlink()
+        assert said() == f"clothing1m: {path} does not exist"
+        path.write_text(keep[path])
+    clean_kv.write_text("images/0/0/1000.jpg 1 x\n")
+    assert said() == (f"clothing1m: {clean_kv} line 1 is 'images/0/0/1000.jpg 1 x'; every line "
+                      "must be an image path and an integer label")
+    clean_kv.write_text(keep[clean_kv])
+    test_list.write_text(keep[test_list] + "images/9/9/nolabel.jpg\n")
+    assert said() == (f"clothing1m: 1 images of {test_list} have no label (first: "
+                      "images/9/9/nolabel.jpg)")
+    test_list.write_text(keep[test_list])
+    train_list.write_text(keep[train_list] + "images/9/9/nolabel.jpg\n")
+    assert said() == (f"clothing1m: 1 images of {train_list} have no label (first: "
+                      "images/9/9/nolabel.jpg)")
+    train_list.write_text("\n")
+    assert said() == f"clothing1m: {train_list} lists no images"
+    train_list.write_text(keep[train_list])
+    names.write_text("a\nb\n")
+    assert said() == "clothing1m: 2 class names for labels up to 13"
+
+
+def test_clothing1m_classes_sizes_and_test_split(tmp_path):
+    root = tmp_path / "c1m"
+    _clothing(root, np.random.default_rng(8), train=8, test=4)
+    (root / "category_names_eng.txt").unlink()  # optional: the classes are then numbered
+    splits = clothing1m(root=str(root))
+    train, test = splits.train, splits.test
+    assert train.size == 224 and train.num_classes == 14
+    assert train.class_names == tuple(str(c) for c in range(14))
+    assert isinstance(test, FileDataset) and (test.mean, test.std) == (train.mean, train.std)
+    in_memory = clothing1m(root=str(root), size=4, stream=False)
+    assert isinstance(in_memory.test, ArrayDataset)
+    assert in_memory.test.mean == in_memory.train.mean
+    # a clean test label above the given ones widens the label space
+    clean_kv = root / "clean_label_kv.txt"
+    first_test = (root / "clean_test_key_list.txt").read_text().split()[0]
+    lines = [f"{first_test} 15" if line.split()[0] == first_test else line
+             for line in clean_kv.read_text().splitlines()]
+    clean_kv.write_text("\n".join(lines) + "\n")
+    splits = clothing1m(root=str(root), size=4)
+    assert splits.train.num_classes == 16 and splits.test.y.max() == 15
+
+
+def test_image_list_messages_defaults_and_test_split(tmp_path):
+    rng = np.random.default_rng(9)
+    for i in range(5):
+        _image(tmp_path / "my pics" / f"{i}.png", COLOURS[i % 3], rng)
+    train = tmp_path / "train.txt"
+    train.write_text("".join(f"my pics/{i}.png {i % 3}\n" for i in range(4)))
+
+    def said(**kwargs):
+        with pytest.raises(KdcoreError) as err:
+            image_list(**{"root": str(tmp_path), "train_list": "train.txt", **kwargs})
+        return str(err.value)
+
+    assert said(root=None) == "image_list: 'root' is missing; it must name the listed images"
+    assert said(size=0) == "image_list: 'size' must be positive, got 0"
+    assert said(train_list="none.txt") == f"image_list: {tmp_path / 'none.txt'} does not exist"
+    assert said(class_names="none.txt") == f"image_list: {tmp_path / 'none.txt'} does not exist"
+    (tmp_path / "test.txt").write_text("my pics/4.png two\n")
+    assert said(test_list="test.txt") == (
+        f"image_list: {tmp_path / 'test.txt'} line 1 is 'my pics/4.png two'; every line must be "
+        "an image path and an integer label")
+    (tmp_path / "test.txt").write_text("my pics/4.png 1\n")
+    (tmp_path / "names.txt").write_text("red\n")
+    assert said(class_names="names.txt") == "image_list: 1 class names for labels up to 2"
+    (tmp_path / "empty.txt").write_text(" \n")
+    assert said(train_list="empty.txt") == f"image_list: {tmp_path / 'empty.txt'} lists no images"
+    # paths with spaces; the default size; classes numbered; no test list, no test split
+    splits = image_list(root=str(tmp_path), train_list="train.txt")
+    assert splits.test is None and splits.train.size == 224
+    assert splits.train.class_names == ("0", "1", "2") and splits.train.y.tolist() == [0, 1, 2, 0]
+    assert splits.train.paths[0] == str(tmp_path / "my pics" / "0.png")
+    splits = image_list(root=str(tmp_path), train_list="train.txt", test_list="test.txt",
+                        size=4)
+    assert isinstance(splits.test, FileDataset) and splits.test.y.tolist() == [1]
+    assert (splits.test.mean, splits.test.std) == (splits.train.mean, splits.train.std)
+
+
+def test_label_lines_up_to_the_largest_label_and_their_messages(tmp_path):
+    from kdcore.data.loaders.lists import MAX_LABEL, read_label_list
+
+    path = tmp_path / "labels.txt"
+    path.write_text(f"a b/c.png {MAX_LABEL}\nd.png 0\n")
+    assert read_label_list(path, "x") == {"a b/c.png": MAX_LABEL, "d.png": 0}
+    path.write_text(f"d.png 0\ne.png {MAX_LABEL + 1}\n")
+    with pytest.raises(KdcoreError) as err:
+        read_label_list(path, "x")
+    assert str(err.value) == (f"x: {path} line 2 has label {MAX_LABEL + 1}; labels are class "
+                              f"indices 0 .. C-1, at most {MAX_LABEL}")
+    line = "p" * 100 + ".png one"
+    path.write_text(line + "\n")
+    with pytest.raises(KdcoreError) as err:
+        read_label_list(path, "x")
+    assert str(err.value) == (f"x: {path} line 1 is '{line[:80]}'; every line must be an image "
+                              "path and an integer label")
+    with pytest.raises(KdcoreError) as err:
+        read_label_list(tmp_path, "x")
+    assert str(err.value) == f"x: cannot read {tmp_path}: [Errno 21] Is a directory: '{tmp_path}'"
+    path.write_bytes(b"\xff.png 1\n")
+    with pytest.raises(KdcoreError) as err:
+        read_label_list(path, "x")
+    assert str(err.value).startswith(f"x: cannot read {path}: 'utf-8' codec can't decode byte "
+                                     "0xff in position 0")
