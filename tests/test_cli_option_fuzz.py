@@ -203,3 +203,17 @@ def test_a_name_printed_with_a_byte_that_is_not_utf8_is_escaped(one_stage, tmp_p
     assert result.exit_code == 0, result.output
     assert "[1/1] v\\udcff seed 0: starting" in result.stdout
     assert (tmp_path / "g" / "v\udcff" / "seed0" / "summary.json").is_file()
+
+
+def test_a_usage_error_or_a_warning_quoting_a_value_is_escaped(tiny_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs / "finished", run)
+    result = CliRunner().invoke(main, ["label-issues", str(run), "--top", "a\rb"])
+    assert result.exit_code == 2
+    assert result.stderr == ("kdcore: error: Invalid value for '--top': 'a\\rb' is not a valid "
+                             "integer.\n")
+    result = CliRunner().invoke(main, ["report", str(run), "--baseline", "x\ny", "--ceiling",
+                                       "z"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ("kdcore: warning: gap recovered is n/a: baseline 'x\\ny' and "
+                             "ceiling 'z' not among the variants (run)\n")
