@@ -5,6 +5,7 @@ component, the hook and the exception, exit 1; ``run`` saves the traceback in th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import attrs
@@ -109,3 +110,19 @@ def test_the_line_without_a_component_and_with_a_long_message():
     assert str(error) == (f"the run stopped: RuntimeError: {'x' * 300}...; "
                           "KDCORE_TRACEBACK=1 shows the traceback")
     assert str(failure(KeyError(), "the run")).startswith("the run stopped: KeyError; ")
+
+
+def test_a_traceback_holding_a_byte_that_is_not_utf8_is_saved_escaped(tmp_path):
+    """A component's message quoting a name from a non-UTF-8 file system (a lone surrogate)
+    made the append to log.txt raise UnicodeEncodeError, a traceback in place of the line."""
+    from kdcore.failures import save_traceback
+
+    log = tmp_path / "log.txt"
+    log.write_text("the run's log\n", encoding="utf-8")
+    try:
+        raise ValueError(f"no file {os.fsdecode(b'caf' + bytes([0xE9]))}.png")
+    except ValueError as exc:
+        save_traceback(exc, log)
+    text = log.read_text(encoding="utf-8")
+    assert text.startswith("the run's log\nTraceback (most recent call last)")
+    assert text.endswith("ValueError: no file caf\\udce9.png\n")
