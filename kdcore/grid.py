@@ -145,8 +145,8 @@ def plan(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[R
     if not seeds:
         raise KdcoreError("no seeds to run: give at least one")
     check_output_dir(out)  # a name the system refuses (too long) is one line here
-    held = [n for n in ("history.h5", "summary.json", "recipe.toml", CHECKPOINT)
-            if (out / n).exists()]
+    # what only a run writes (not recipe.toml: a grid's own recipe may be kept in its folder)
+    held = [n for n in ("history.h5", "summary.json", CHECKPOINT) if (out / n).exists()]
     if held:  # the grid's runs would land among that run's files, and report would mix them
         raise KdcoreError(f"{out} holds a run ({', '.join(held)}); a grid's runs go in a "
                           "folder of their own")

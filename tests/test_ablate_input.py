@@ -153,6 +153,14 @@ def test_a_grid_into_a_runs_own_folder_is_refused(tmp_path, tiny_runs):
     shutil.copytree(tiny_runs / "finished", run)
     before = digest(run)
     line = one_line_error(ablate(RECIPES / "ce.toml", "--seeds", "0", "--out", run))
-    assert line == (f"kdcore: error: {run} holds a run (history.h5, summary.json, recipe.toml, "
+    assert line == (f"kdcore: error: {run} holds a run (history.h5, summary.json, "
                     "checkpoint.pt); a grid's runs go in a folder of their own")
     assert digest(run) == before
+    # a grid's own recipe kept in its folder is no run
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    (grid / "recipe.toml").write_text(f'extends = "{RECIPES / "ce.toml"}"\n')
+    result = ablate(grid / "recipe.toml", "--seeds", "0", "--out", grid, "--set",
+                    "data.train_subset=100", "--set", "stages.0.epochs=1")
+    assert result.exit_code == 0, result.output
+    assert (grid / "recipe" / "seed0" / "summary.json").is_file()
