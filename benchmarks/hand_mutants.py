@@ -39,9 +39,8 @@ CLI_INPUT = ("tests/test_cli_option_fuzz.py", "-k", "not every_option",
              "tests/test_ablate_report.py::"
              "test_a_variant_folder_whose_name_is_not_utf8_is_reported_escaped")
 """What the option fuzz found (session 16), by the tests that pin each fix (not the fuzz itself,
-whose draws may miss one). Two fixes are left out: the escaping of click's own usage errors
-(click quotes the values it names with their escapes already) and of the text output files (the
-names reaching them are escaped before, as variant labels)."""
+whose draws may miss one). One fix is left out: the escaping of click's own usage errors
+(click quotes the values it names with their escapes already)."""
 
 MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", path, a, b), tests)
                                                  for key, what, path, a, b, tests in [
@@ -104,6 +103,9 @@ MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", pa
      "rp.variant_label(v) for v in", "v for v in", CLI_INPUT),
     ("u11", "a report warning quotes its values unescaped", "kdcore/cli_report.py",
      "{printable(line)}", "{line}", CLI_INPUT),
+    ("u12", "text output files written strictly", "kdcore/cli_files.py",
+     'encoding="utf-8",\n                      errors="backslashreplace")', 'encoding="utf-8")',
+     CLI_INPUT),
 ]]
 
 

@@ -217,3 +217,15 @@ def test_a_usage_error_or_a_warning_quoting_a_value_is_escaped(tiny_runs, tmp_pa
     assert result.exit_code == 0, result.output
     assert result.stderr == ("kdcore: warning: gap recovered is n/a: baseline 'x\\ny' and "
                              "ceiling 'z' not among the variants (run)\n")
+
+
+def test_an_output_file_naming_a_path_with_a_byte_that_is_not_utf8(tiny_runs, tmp_path,
+                                                                   stand_ins):
+    """The HTML page's title quotes the run paths as given: one holding a lone surrogate made
+    the page's write raise; it is written escaped."""
+    run = tmp_path / "run\udcff"
+    shutil.copytree(tiny_runs / "finished", run)
+    result = CliRunner().invoke(main, ["report", str(run), "--html", str(tmp_path / "page")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "page" / "index.html").read_text(encoding="utf-8")
+    assert f"kdcore report: {tmp_path}/run\\udcff" in page
