@@ -71,6 +71,11 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                         "tests/test_cifar_recipes.py", "tests/test_streaming.py",
                         "-k", "not smoke_run and not workers"]),
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md)
+    # the history's crash safety (session 17): the rollback journal, its recovery, the lock,
+    # and the rebuild of a file HDF5 can read but not append to
+    "kdcore-journal": (".", ["kdcore/history_journal.py", "kdcore/history_rebuild.py"],
+                       ["tests/test_history_crash.py", "tests/test_history.py",
+                        "tests/test_history_journal.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -350,9 +350,10 @@ def test_a_disk_that_fills_up_at_any_write_of_append_epoch_leaves_the_committed_
 @pytest.mark.parametrize("seed", range(12))
 def test_a_journaled_file_reads_as_a_plain_file_before_and_after_the_disk_fills(
         tmp_path, monkeypatch, seed):
-    """Random writes, truncations and reads against a bytearray: once the disk refuses a
-    write, what HDF5 reads back is still what it wrote (kept in memory), and abandoning the
-    update restores the original bytes."""
+    """Random seeks (from the start, the position and the end), writes, truncations and reads
+    against a bytearray and a position, as a file opened "r+b" behaves: once the disk refuses
+    a write or a truncation, what HDF5 reads back is still what it wrote (kept in memory), and
+    abandoning the update restores the original bytes."""
     import errno
     import os
     import random
@@ -365,7 +366,7 @@ def test_a_journaled_file_reads_as_a_plain_file_before_and_after_the_disk_fills(
     path.write_bytes(original)
     fd = os.open(path, os.O_RDWR)
     f = JournaledFile(fd, path)
-    model = bytearray(original)
+    model, at = bytearray(original), 0
 
     def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -374,30 +375,42 @@ def test_a_journaled_file_reads_as_a_plain_file_before_and_after_the_disk_fills(
     for step in range(300):
         if step == fills_at:
             monkeypatch.setattr(disk, "pwrite", full)
+            monkeypatch.setattr(disk, "ftruncate", full)
         op = rng.random()
-        if op < 0.5:
-            pos, data = rng.randrange(len(model) + 3000), rng.randbytes(rng.randrange(1, 2000))
-            f.seek(pos)
+        if op < 0.2:  # seek, from one of the three places
+            whence = rng.choice((os.SEEK_SET, os.SEEK_CUR, os.SEEK_END))
+            base = {os.SEEK_SET: 0, os.SEEK_CUR: at, os.SEEK_END: len(model)}[whence]
+            offset = rng.randrange(-base, len(model) + 3000 - base)
+            at = base + offset
+            assert f.seek(offset, whence) == at, step
+        elif op < 0.5:  # write where the last operation left off
+            data = rng.randbytes(rng.randrange(1, 2000))
             assert f.write(data) == len(data)
-            model.extend(bytes(max(0, pos - len(model))))
-            model[pos:pos + len(data)] = data
+            model.extend(bytes(max(0, at - len(model))))
+            model[at:at + len(data)] = data
+            at += len(data)
         elif op < 0.6:
-            size = rng.randrange(len(model) + 100)
-            f.truncate(size)
+            size = rng.randrange(len(model) + 100) if op < 0.55 else at
+            assert f.truncate(size if op < 0.55 else None) == size
             del model[size:]
             model.extend(bytes(size - len(model)))
         else:
-            pos, n = rng.randrange(len(model) + 100), rng.randrange(3000)
-            f.seek(pos)
-            if op < 0.8:
-                assert f.read(n) == bytes(model[pos:pos + n]), step
+            n = rng.randrange(3000)
+            if op < 0.7:
+                assert f.read(n) == bytes(model[at:at + n]), step
+            elif op < 0.75:  # to the end
+                assert f.read() == bytes(model[at:]), step
+                n = len(model)
             else:  # h5py's driver reads into a buffer it does not clear
                 buffer = bytearray(b"\xff" * n)
                 got = f.readinto(buffer)
-                assert bytes(buffer[:got]) == bytes(model[pos:pos + n]), step
-        assert f.seek(0, os.SEEK_END) == len(model), step
+                assert bytes(buffer[:got]) == bytes(model[at:at + n]), step
+            at = max(at, min(at + n, len(model)))
+        assert f.tell() == at, step
+    assert f.seek(0, os.SEEK_END) == len(model)
     assert isinstance(f.failure, OSError) and f.failure.errno == errno.ENOSPC
     monkeypatch.setattr(disk, "pwrite", _Disk.pwrite)
+    monkeypatch.setattr(disk, "ftruncate", _Disk.ftruncate)
     f.abandon()
     os.close(fd)
     assert path.read_bytes() == original
