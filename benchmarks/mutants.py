@@ -76,6 +76,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-journal": (".", ["kdcore/history_journal.py", "kdcore/history_rebuild.py"],
                        ["tests/test_history_crash.py", "tests/test_history.py",
                         "tests/test_history_journal.py"]),
+    # checkpoints (session 17): atomic writes, weights-only reads, the resume fingerprint
+    "kdcore-checkpoint": (".", ["kdcore/checkpoint.py", "kdcore/checkpointing.py"],
+                          ["tests/test_checkpoint.py", "tests/test_checkpoint_contract.py",
+                           "tests/test_resume_contract.py", "tests/test_run_dir_damage.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -107,7 +107,32 @@ def test_a_checkpoint_with_weights_of_another_shape_is_refused(tiny_recipe, star
     state["models"]["student"] = {k: torch.zeros(3) for k in state["models"]["student"]}
     save(state, started / CHECKPOINT)
     assert_one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"),
-                   "weights for model 'student'", "do not fit")
+                          f"weights for model 'student' from {started / CHECKPOINT} do not fit")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["none", "extra", "optimizer"])
+def test_models_and_optimisers_that_do_not_match_the_recipe_are_named_whole(tiny_recipe,
+                                                                             started, change):
+    path = started / CHECKPOINT
+    state = load(path)
+    if change == "none":
+        state["models"] = {}
+        what = "holds no weights for model(s) student, teacher"
+    elif change == "extra":
+        state["models"]["peer"] = state["models"]["student"]
+        what = "holds a model 'peer' that the recipe does not define"
+    else:
+        state["optimizers"]["student"]["param_groups"][0]["params"] = [0]
+        what = None
+    save(state, path)
+    line = assert_one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"))
+    if what is not None:
+        assert line == f"kdcore: error: the checkpoint {path} {what}; start again with --overwrite"
+    else:
+        assert line.startswith(f"kdcore: error: the optimiser state of model 'student' in {path} "
+                               "does not fit it (")
+        assert line.endswith("); start again with --overwrite")
 
 
 @pytest.mark.slow
