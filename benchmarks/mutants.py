@@ -80,6 +80,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-checkpoint": (".", ["kdcore/checkpoint.py", "kdcore/checkpointing.py"],
                           ["tests/test_checkpoint.py", "tests/test_checkpoint_contract.py",
                            "tests/test_resume_contract.py", "tests/test_run_dir_damage.py"]),
+    # the ledger (session 17): every per-sample column, its producer and kind, its state
+    "kdcore-ledger": (".", ["kdcore/ledger.py"],
+                      ["tests/test_ledger.py", "tests/test_step.py", "tests/test_terms.py",
+                       "tests/test_history.py", "tests/test_resume_contract.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)
