@@ -84,6 +84,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-ledger": (".", ["kdcore/ledger.py"],
                       ["tests/test_ledger.py", "tests/test_step.py", "tests/test_terms.py",
                        "tests/test_history.py", "tests/test_resume_contract.py"]),
+    # the helpers every one-line message goes through (session 17)
+    "kdcore-errors": (".", ["kdcore/errors.py"],
+                      ["tests/test_errors.py", "tests/test_checkpoint.py",
+                       "tests/test_failures.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

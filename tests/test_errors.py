@@ -1,0 +1,79 @@
+"""The helpers every one-line message goes through, against hand-written expected text."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from kdcore.errors import (
+    KdcoreError,
+    RecipeError,
+    did_you_mean,
+    one_line,
+    os_reason,
+    printable,
+    shown,
+    weights_only_reason,
+)
+
+
+def test_a_recipe_error_names_its_file_and_key_where_known():
+    assert str(RecipeError("must be > 0", file="r.toml", key="data.batch_size")) == (
+        "r.toml: data.batch_size: must be > 0")
+    assert str(RecipeError("must be > 0", key="data.batch_size")) == "data.batch_size: must be > 0"
+    assert str(RecipeError("must be > 0", file="r.toml")) == "r.toml: must be > 0"
+    assert str(RecipeError("must be > 0")) == "must be > 0"
+    placed = RecipeError("bad", key="run.seed").at(file="base.toml", key="other.key")
+    assert (placed.file, placed.key, placed.detail) == ("base.toml", "run.seed", "bad")
+    assert str(placed) == "base.toml: run.seed: bad" and isinstance(placed, KdcoreError)
+    kept = RecipeError("bad", file="a.toml").at(file="b.toml")
+    assert str(kept) == "a.toml: bad"
+
+
+def test_a_refused_value_is_shown_with_its_type_and_cut_at_60_characters():
+    assert shown(5) == "int 5" and shown([1, 2]) == "list [1, 2]"
+    text = "x" * 58  # its repr, quotes included, is 60 characters: shown whole
+    assert shown(text) == f"str '{text}'"
+    longer = "y" * 59
+    assert shown(longer) == "str " + repr(longer)[:57] + "..."
+
+
+def test_did_you_mean_offers_the_closest_name_or_nothing():
+    assert did_you_mean("symetric", ["pair_flip", "symmetric", "asymmetric"]) == (
+        " (did you mean 'symmetric'?)")
+    assert did_you_mean("zzz", ["symmetric", "pair_flip"]) == ""
+    assert did_you_mean("abcd", ["abxy"]) == ""  # half the letters: below the 0.6 cutoff
+    assert did_you_mean("abcde", ["abcxy"]) == " (did you mean 'abcxy'?)"  # exactly 0.6
+
+
+def test_os_reason_gives_the_systems_words():
+    assert os_reason(OSError(errno.ENOSPC, "HDF5 page of context")) == "No space left on device"
+    assert os_reason(OSError("no errno\nmore")) == "no errno"
+    assert os_reason(OSError(0, "zero")) == "[Errno 0] zero"
+    assert os_reason(RuntimeError("  first  \nsecond")) == "first"
+
+
+def test_printable_escapes_what_a_terminal_would_not_show():
+    assert printable("plain text, é and 中") == "plain text, é and 中"
+    assert printable("a\nb\r\tc\x1b[31m\u2028\udcff") == "a\\nb\\r\\tc\\x1b[31m\\u2028\\udcff"
+    assert printable("é 中\n") == "é 中\\n"  # only what is not shown is escaped
+
+
+def test_one_line_is_the_first_line_with_white_space_folded():
+    assert one_line(ValueError("\n   \n  first   of\tmany  \nsecond")) == "first of many"
+    assert one_line(ValueError()) == "ValueError"
+    assert one_line("") == "" and one_line("  text  ") == "text"
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("Weights only load failed. WeightsUnpickler error: Unsupported global: x. Use y.",
+     "Unsupported global: x"),
+    # the marker with nothing after it: the advice paragraph, then the reason
+    ("Weights only load failed. Advice.\n\nThe reason. More. WeightsUnpickler error:",
+     "The reason"),
+    ("Something else first.\n\nSecond paragraph.", "Something else first."),
+    ("Weights only load failed. Advice only.", "Weights only load failed. Advice only."),
+])
+def test_the_reason_a_weights_only_load_failed(text, reason):
+    assert weights_only_reason(RuntimeError(text)) == reason
