@@ -39,7 +39,7 @@ try:
 except ImportError:  # no flock on this platform: updates still journal, readers just don't wait
     fcntl = None  # type: ignore[assignment]
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, os_reason
 
 PAGE = 4096
 _MAGIC = b"kdjrnl01"
@@ -286,7 +286,11 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
 
 
 def _flock(fd: int, operation: int, deadline: float) -> bool:
-    """Take ``operation`` on ``fd``, polling until ``deadline``; False when it stayed busy."""
+    """Take ``operation`` on ``fd``, polling until ``deadline``; False when it stayed busy.
+
+    Raises:
+        OSError: the lock failed for a reason other than another holder.
+    """
     if fcntl is None:
         return True
     while True:
@@ -296,7 +300,9 @@ def _flock(fd: int, operation: int, deadline: float) -> bool:
         except OSError as exc:
             if exc.errno in _NO_LOCKS:
                 return True
-            if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            if time.monotonic() >= deadline:
                 return False
         time.sleep(0.02)
 
@@ -318,7 +324,11 @@ def locked(path: Path, *, exclusive: bool, timeout: float) -> Iterator[int]:
         except FileNotFoundError:
             raise KdcoreError(f"no history at {path}") from None
         try:
-            if not _flock(fd, operation, deadline):
+            try:
+                taken = _flock(fd, operation, deadline)
+            except OSError as exc:  # not another holder: the system's reason, not "held open"
+                raise KdcoreError(f"cannot lock {path} ({os_reason(exc)})") from None
+            if not taken:
                 raise KdcoreError(
                     f"{path} is held open elsewhere (a reader such as an open History or "
                     "h5py.File, or a second run in this directory); close it and try again")
