@@ -1,0 +1,389 @@
+"""The run plan's checks (kdcore/plan.py), each at its boundary: what it accepts, what it
+refuses, and the one line and key path it refuses with. The expected key paths and column sets
+are written out by hand from the recipes below, not taken from the code."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import torch
+
+import kdcore
+from kdcore import PluginHost, RecipeError, hookimpl
+from kdcore.context import ColumnName, Role
+from kdcore.plan import DATA_COLUMNS, build_plan, check_distributed
+from kdcore.recipe import recipe_from_dict
+from kdcore.testing import MODELS, component, stage, teacher_stage, tiny_recipe
+
+
+@attrs.frozen
+class TakerParams:
+    column: ColumnName = ColumnName("")
+    role: Role = Role("")
+    others: tuple[Role, ...] = ()
+
+
+class Taker(kdcore.Component):
+    """Reads ``column``, uses ``role`` and ``others``; selects."""
+
+    Params = TakerParams
+    description = "test reader of a column"
+
+    def roles(self):
+        return tuple(r for r in (self.params.role, *self.params.others) if r)
+
+    def select(self, ctx, batch):
+        return None
+
+
+class Writer(kdcore.Component):
+    """Writes ``w/<name>`` (undeclared kind) and weights."""
+
+    description = "test writer"
+    writes = ("w/{name}",)
+
+    def weight(self, ctx, batch):
+        return None
+
+
+class Everything(kdcore.Component):
+    """Every batch hook at once, and the two engine-side ones."""
+
+    description = "test component of every kind"
+    own_terms_only = True
+
+    def refine(self, ctx, batch, targets):
+        return targets
+
+    def select(self, ctx, batch):
+        return None
+
+    def weight(self, ctx, batch):
+        return None
+
+    def transfer(self, ctx, batch):
+        return torch.zeros(len(batch))
+
+    def backward(self, ctx, batch, role, loss):
+        return False
+
+    def after_step(self, ctx, batch):
+        pass
+
+
+@attrs.frozen
+class PickyParams:
+    k: int = 1
+
+
+class Picky(kdcore.Component):
+    """Refuses ``k`` < 1 in its own constructor, as plugins check their parameters."""
+
+    Params = PickyParams
+    description = "test component with its own parameter check"
+
+    def __init__(self, params, spec):
+        if params.k < 1:
+            raise ValueError(f"k must be at least 1, got {params.k}")
+        super().__init__(params, spec)
+
+    def transfer(self, ctx, batch):
+        return torch.zeros(len(batch))
+
+
+class Local(kdcore.Component):
+    description = "test component that cannot run distributed"
+    distributed = False
+
+    def select(self, ctx, batch):
+        return None
+
+
+class LocalWhy(Local):
+    description = "test component that says why it cannot run distributed"
+    distributed = "its graph spans every sample"
+
+
+class Components:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"taker": Taker, "writer": Writer, "everything": Everything, "picky": Picky,
+                "local": Local, "local_why": LocalWhy}
+
+
+def _recipe(*stages, **fields):
+    return recipe_from_dict(tiny_recipe(*stages, **fields))
+
+
+def _plan(*stages, host=None, **fields):
+    return build_plan(_recipe(*stages, **fields), host or PluginHost(extra=[Components()]))
+
+
+def _refused(*stages, host=None, **fields) -> RecipeError:
+    with pytest.raises(RecipeError) as info:
+        _plan(*stages, host=host, **fields)
+    return info.value
+
+
+def _student(*components):
+    return stage("s", 1, ["student"], *components, component("ce"))
+
+
+# -- the stage's buckets and the components' specs ----------------------------------------------
+
+
+def test_stage_buckets_follow_the_hooks_each_class_overrides_in_recipe_order():
+    plan = _plan(teacher_stage(1), stage("s", 1, ["student"], component("writer"),
+                                         component("everything"), component("ce"),
+                                         component("taker")))
+    s = plan.stages[1]
+    names = lambda comps: [c.name for c in comps]  # noqa: E731
+    assert names(s.components) == ["writer", "everything", "ce", "taker"]
+    assert names(s.refiners) == ["everything"]
+    assert names(s.selectors) == ["everything", "taker"]
+    assert names(s.weighters) == ["writer", "everything"]
+    assert names(s.transfers) == ["everything", "ce"]
+    assert names(s.backward) == ["everything"]
+    assert names(s.after_step) == ["everything"]
+    assert (s.index, s.name) == (1, "s")
+    assert plan.roles == ("teacher", "student")
+    assert [st.index for st in plan.stages] == [0, 1]
+
+
+def test_specs_take_stage_models_by_default_labels_terms_and_weights_from_the_recipe():
+    plan = _plan(teacher_stage(1), stage(
+        "s", 1, ["teacher", "student"],
+        component("writer", "w1", terms=["main"]), component("everything"),
+        component("ce", "main", weight=0.25, models=["student"]),
+        component("ce", "aux", models=["teacher"])))
+    w1, every, main, aux = plan.stages[1].components
+    assert w1.spec.models == ("teacher", "student") and w1.spec.terms == ("main",)
+    assert every.spec.terms == ("everything",)  # own_terms_only: its own term by default
+    assert main.spec == kdcore.ComponentSpec(name="main", use="ce", models=("student",),
+                                             terms=(), weight=0.25)
+    assert aux.spec.weight == 1.0 and aux.spec.models == ("teacher",)
+
+
+def test_disabled_components_are_left_out_but_keep_their_index_in_key_paths():
+    plan = _plan(teacher_stage(1), _student(component("taker", enabled=False,
+                                                      params={"role": "nobody"})))
+    assert [c.name for c in plan.stages[1].components] == ["ce"]
+    err = _refused(teacher_stage(1), _student(component("writer", enabled=False),
+                                              component("no_such_thing")))
+    assert err.key == "stages[1].components[1].use"
+    assert "no_such_thing" in err.detail
+
+
+def test_terms_must_name_an_enabled_component_of_the_same_stage():
+    err = _refused(teacher_stage(1), _student(component("writer", terms=["gone"]),
+                                              component("ce", "gone", enabled=False)))
+    assert err.key == "stages[1].components.terms"
+    assert err.detail == "no component labelled 'gone' in this stage"
+    _plan(teacher_stage(1), _student(component("writer", terms=["ce"])))
+
+
+def test_a_plugin_constructor_refusing_its_parameters_is_a_recipe_error_at_params():
+    _plan(teacher_stage(1), _student(component("picky", params={"k": 1})))
+    err = _refused(teacher_stage(1), _student(component("picky", params={"k": 0})))
+    assert (err.key, err.detail) == ("stages[1].components[0].params",
+                                     "k must be at least 1, got 0")
+    err = _refused(teacher_stage(1), _student(component("picky", params={"k": "x"})))
+    assert err.key == "stages[1].components[0].params.k"
+
+
+# -- roles and training -------------------------------------------------------------------------
+
+
+def test_a_role_a_component_uses_must_be_an_enabled_model():
+    _plan(teacher_stage(1), _student(component("taker", params={"role": "teacher"})))
+    err = _refused(teacher_stage(1), _student(component("taker", params={"role": "teachr"})))
+    assert err.key == "stages[1].components[0].params.role"
+    assert err.detail == ("component 'taker' (taker) uses model role 'teachr' (did you mean "
+                          "'teacher'?), which [models] does not define; roles: student, teacher")
+    # a role held in a tuple parameter is found in it
+    err = _refused(teacher_stage(1), _student(component(
+        "taker", params={"role": "teacher", "others": ["student", "zebra"]})))
+    assert err.key == "stages[1].components[0].params.others"
+    assert "'zebra', which" in err.detail  # nothing close: no suggestion
+    # a disabled model is no role
+    models = {**MODELS, "third": {**MODELS["student"], "enabled": False}}
+    err = _refused(teacher_stage(1), _student(component("taker", params={"role": "third"})),
+                   models=models)
+    assert err.detail.endswith("roles: student, teacher")
+
+
+def test_a_role_named_by_no_single_parameter_points_at_the_params_table():
+    class Fixed(Taker):
+        def roles(self):
+            return ("ghost",)
+
+    class More:
+        @hookimpl
+        def kdcore_add_components(self):
+            return {"fixed": Fixed}
+
+    err = _refused(teacher_stage(1), _student(component("fixed")),
+                   host=PluginHost(extra=[Components(), More()]))
+    assert err.key == "stages[1].components[0].params"
+    assert err.detail.endswith("roles: student, teacher")
+
+
+def test_every_trained_model_needs_a_loss_term_in_its_stage():
+    _plan(teacher_stage(1), stage("s", 1, ["teacher", "student"], component("ce")))
+    err = _refused(teacher_stage(1), stage("s", 1, ["teacher", "student"],
+                                           component("ce", models=["teacher"]),
+                                           component("writer")))
+    assert err.key == "stages[1].train"
+    assert err.detail == ("stage 's' trains 'student', but none of its components gives "
+                          "'student' a loss term; add one (ce, say), or leave 'student' out "
+                          "of train")
+
+
+# -- the data flow ------------------------------------------------------------------------------
+
+
+def _reader(column, **fields):
+    return component("taker", "reader", params={"column": column}, **fields)
+
+
+def test_a_column_is_readable_after_its_writer_in_the_stage_not_before():
+    _plan(teacher_stage(1), _student(component("writer"), _reader("w/writer")))
+    err = _refused(teacher_stage(1), _student(_reader("w/writer"), component("writer")))
+    assert err.key == "stages[1].components[0].params.column"
+    written = sorted([*DATA_COLUMNS, "loss/ce", "loss/ce/teacher", "logits/teacher"])
+    assert err.detail == (
+        "component 'reader' (taker) reads ledger column 'w/writer', which nothing placed "
+        f"before it writes; written by then: {', '.join(written)}")
+
+
+def test_a_column_of_an_earlier_stage_is_readable_in_every_later_one():
+    third = stage("t", 1, ["student"], _reader("w/writer"), component("ce"))
+    _plan(teacher_stage(1), _student(component("writer")), third)
+
+
+def test_the_engines_records_serve_later_stages_only():
+    # loss/<term> and loss/<term>/<role>, logits/<trained role>: at the end of a stage's epoch
+    for column in ("loss/ce", "loss/ce/teacher", "logits/teacher"):
+        _plan(teacher_stage(1), _student(_reader(column)))
+        err = _refused(stage("teacher", 1, ["teacher"], component("ce"), _reader(column)))
+        assert err.key == "stages[0].components[1].params.column"
+        assert "which nothing placed before it writes" in err.detail
+    # the logits of a model no earlier stage trains are never recorded
+    err = _refused(teacher_stage(1), _student(_reader("logits/student")))
+    assert "'logits/student' (did you mean 'logits/teacher'?)" in err.detail
+    # a term's per-role column names its models, not others
+    err = _refused(teacher_stage(1), _student(_reader("loss/ce/student")))
+    assert "loss/ce/student" in err.detail
+
+
+def test_a_selector_or_weighter_makes_its_hook_columns_readable_later_in_the_stage():
+    for column in ("select/reader0", "select/reader0/student", "weight/writer",
+                   "weight/writer/student"):
+        _plan(teacher_stage(1), _student(
+            component("taker", "reader0"), component("writer"), _reader(column)))
+    err = _refused(teacher_stage(1), _student(component("writer"),
+                                              _reader("weight/writer/teacher")))
+    assert "weight/writer/teacher" in err.detail
+    # a refiner writes the target, which the data already holds: always readable
+    _plan(teacher_stage(1), _student(_reader("target"), component("everything")))
+
+
+def test_a_columns_kind_is_the_last_writers_and_the_engines_records_are_values():
+    class NeedsMask(Taker):
+        def read_kinds(self):
+            return {self.params.column: "mask"}
+
+    class More:
+        @hookimpl
+        def kdcore_add_components(self):
+            return {"needs_mask": NeedsMask}
+
+    host = PluginHost(extra=[Components(), More()])
+    _plan(teacher_stage(1), _student(component("taker", "sel"),
+                                     component("needs_mask", params={"column": "select/sel"})),
+          host=host)
+    _plan(teacher_stage(1), _student(component("needs_mask",
+                                               params={"column": "clean_mask"})), host=host)
+    err = _refused(teacher_stage(1), _student(component("needs_mask",
+                                                        params={"column": "loss/ce"})),
+                   host=host)
+    assert err.detail == ("component 'needs_mask' (needs_mask) reads ledger column 'loss/ce' "
+                          "as a column of kind mask, but the engine writes it as kind value")
+    err = _refused(teacher_stage(1), _student(component("needs_mask",
+                                                        params={"column": "noisy_label"})),
+                   host=host)
+    assert err.detail.endswith("but the data writes it as kind label")
+    # a column whose writer declares no kind passes any reader
+    _plan(teacher_stage(1), _student(component("writer"),
+                                     component("needs_mask", params={"column": "w/writer"})),
+          host=host)
+
+
+# -- run-wide checks ----------------------------------------------------------------------------
+
+
+def test_loggers_must_exist_and_be_named_once():
+    _plan(teacher_stage(1), run={"loggers": ["csv"]})
+    err = _refused(teacher_stage(1), run={"loggers": ["csv", "csvv"]})
+    assert err.key == "run.loggers[1]" and "csvv" in err.detail
+    err = _refused(teacher_stage(1), run={"loggers": ["csv", "tensorboard", "csv"]})
+    assert (err.key, err.detail) == ("run.loggers[2]", "logger 'csv' is named twice")
+
+
+def test_configure_hook_problems_end_the_plan_with_the_first_one():
+    class Configure:
+        def __init__(self, problems):
+            self.problems = problems
+
+        @hookimpl
+        def kdcore_configure(self, recipe):
+            return self.problems
+
+    host = PluginHost(extra=[Configure(None), Configure([])])
+    _plan(teacher_stage(1), host=host)
+    host = PluginHost(extra=[Configure(["first problem", "second"])])
+    assert _refused(teacher_stage(1), host=host).detail == "first problem"
+
+
+def test_fp16_needs_a_gpu_and_a_component_that_runs_its_own_backward_refuses_it(monkeypatch):
+    err = _refused(teacher_stage(1), run={"precision": "fp16"})
+    assert err.key == "run.precision" and err.detail.startswith("fp16 needs a GPU")
+    _plan(teacher_stage(1), _student(component("everything")), run={"precision": "bf16"})
+    import kdcore.device
+
+    monkeypatch.setattr(kdcore.device, "resolve_device", lambda name: torch.device("cuda"))
+    _plan(teacher_stage(1), _student(component("writer")), run={"precision": "fp16"})
+    err = _refused(teacher_stage(1), _student(component("everything")),
+                   run={"precision": "fp16"})
+    assert (err.key, err.detail) == (
+        "run.precision", "component 'everything' (everything) runs its own backward pass, "
+        "which fp16's gradient scaler does not cover; use \"bf16\" or \"fp32\"")
+
+
+def test_cached_outputs_need_unaugmented_batches_and_a_stage_where_the_model_is_frozen():
+    cached = {**MODELS, "teacher": {**MODELS["teacher"], "cache_outputs": True}}
+    _plan(teacher_stage(1), _student(), models=cached)
+    err = _refused(teacher_stage(1), stage("s", 1, ["teacher", "student"], component("ce")),
+                   models=cached)
+    assert err.key == "models.teacher.cache_outputs"
+    assert "trained in every stage" in err.detail
+    err = _refused(teacher_stage(1), _student(), models=cached,
+                   data={"augment": [{"name": "cutout", "params": {"size": 2}}]})
+    assert err.key == "models.teacher.cache_outputs"
+    assert "data.augment changes every batch's inputs" in err.detail
+
+
+def test_distributed_runs_refuse_components_that_cannot_compute_the_same():
+    ok = _plan(teacher_stage(1), _student(component("writer")))
+    check_distributed(ok, 8)
+    local = _plan(teacher_stage(1), _student(component("writer"), component("local", "mine")))
+    check_distributed(local, 1)
+    with pytest.raises(RecipeError) as info:
+        check_distributed(local, 2)
+    assert info.value.key == "stages[1].components[1].use"
+    assert info.value.detail == ("component 'mine' (local) cannot run in 2 processes: it does "
+                                 "not support a distributed run; run it in one process")
+    why = _plan(teacher_stage(1), _student(component("local_why")))
+    with pytest.raises(RecipeError, match="cannot run in 3 processes: its graph spans every "
+                                          "sample; run it in one process"):
+        check_distributed(why, 3)
