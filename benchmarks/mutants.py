@@ -88,6 +88,13 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-errors": (".", ["kdcore/errors.py"],
                       ["tests/test_errors.py", "tests/test_checkpoint.py",
                        "tests/test_failures.py"]),
+    # the history file's writer, reader and layout (session 18): what every epoch row holds
+    "kdcore-history": (".", ["kdcore/history_writer.py", "kdcore/history.py",
+                             "kdcore/history_layout.py"],
+                       ["tests/test_history.py", "tests/test_history_crash.py",
+                        "tests/test_history_journal.py", "tests/test_history_format.py"]),
+    # the run plan (session 18): the checks `kdcore check` and every run make before training
+    "kdcore-plan": (".", ["kdcore/plan.py"], ["tests/test_plan.py", "tests/test_column_kinds.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

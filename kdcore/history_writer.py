@@ -85,7 +85,8 @@ def _as_numpy(values: Any, dtype: Any) -> np.ndarray:
     """A column's values as ``dtype``; numpy arrays pass, tensors convert on torch's side
     (vectorised, on the GPU when the ledger is there) before the copy to the host."""
     if isinstance(values, np.ndarray):
-        return values.astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # out of float16's range is inf, as torch's cast
+            return values.astype(dtype, copy=False)
     import torch
 
     as_torch = {np.float16: torch.float16, np.float32: torch.float32, np.bool_: torch.bool,
