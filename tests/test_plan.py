@@ -111,8 +111,11 @@ class Components:
                 "local": Local, "local_why": LocalWhy}
 
 
+SOURCE = "recipes/under_test.toml"  # every refusal names the recipe file
+
+
 def _recipe(*stages, **fields):
-    return recipe_from_dict(tiny_recipe(*stages, **fields))
+    return recipe_from_dict(tiny_recipe(*stages, **fields), SOURCE)
 
 
 def _plan(*stages, host=None, **fields):
@@ -122,6 +125,7 @@ def _plan(*stages, host=None, **fields):
 def _refused(*stages, host=None, **fields) -> RecipeError:
     with pytest.raises(RecipeError) as info:
         _plan(*stages, host=host, **fields)
+    assert info.value.file == SOURCE
     return info.value
 
 
@@ -380,6 +384,7 @@ def test_distributed_runs_refuse_components_that_cannot_compute_the_same():
     check_distributed(local, 1)
     with pytest.raises(RecipeError) as info:
         check_distributed(local, 2)
+    assert info.value.file == SOURCE
     assert info.value.key == "stages[1].components[1].use"
     assert info.value.detail == ("component 'mine' (local) cannot run in 2 processes: it does "
                                  "not support a distributed run; run it in one process")
@@ -387,3 +392,68 @@ def test_distributed_runs_refuse_components_that_cannot_compute_the_same():
     with pytest.raises(RecipeError, match="cannot run in 3 processes: its graph spans every "
                                           "sample; run it in one process"):
         check_distributed(why, 3)
+
+
+@pytest.mark.parametrize(("fields", "key", "detail"), [
+    ({"data": {"dataset": "digitz"}}, "data.dataset",
+     "unknown dataset 'digitz' (did you mean 'digits'?); known: "),
+    ({"data": {"params": {"nope": 1}}}, "data.params.nope", "unknown key 'nope'"),
+    ({"data": {"noise": {"model": "symetric", "params": {"rate": 0.4}}}}, "data.noise.model",
+     "unknown noise model 'symetric' (did you mean 'symmetric'?)"),
+    ({"data": {"noise": {"model": "symmetric", "params": {"rat": 0.4}}}},
+     "data.noise.params.rat", "unknown key 'rat' (did you mean 'rate'?)"),
+    ({"data": {"augment": [{"name": "cutout", "params": {"size": 2}}, {"name": "cutot"}]}},
+     "data.augment[1].name", "unknown augmentation 'cutot' (did you mean 'cutout'?)"),
+    ({"data": {"augment": [{"name": "cutout", "params": {"size": 2}},
+                           {"name": "cutout", "params": {"sise": 2}}]}},
+     "data.augment[1].params.sise", "unknown key 'sise' (did you mean 'size'?)"),
+    ({"models": {**MODELS, "student": {**MODELS["student"], "arch": "mpl"}}},
+     "models.student.arch", "unknown architecture 'mpl' (did you mean 'mlp'?)"),
+    ({"models": {**MODELS, "student": {**MODELS["student"], "params": {"hiden": [3]}}}},
+     "models.student.params.hiden", "unknown key 'hiden' (did you mean 'hidden'?)"),
+    ({"run": {"device": "tpu"}}, "run.device", "'device' must be 'auto', 'cpu', 'cuda' or "),
+])
+def test_the_data_noise_augmentations_models_and_device_are_bound_at_their_keys(
+        fields, key, detail):
+    err = _refused(teacher_stage(1), **fields)
+    assert err.key == key and err.detail.startswith(detail), (err.key, err.detail)
+
+
+def test_the_plan_binds_the_augmentations_and_models_it_names():
+    host = PluginHost()
+    plan = _plan(teacher_stage(1), host=host, data={"augment": [
+        {"name": "cutout", "params": {"size": 2}}, {"name": "cutout", "params": {"size": 3}}]})
+    assert [(fn, params) for fn, params in plan.augmentations] == [
+        (host.augmentations.get("cutout"), {"size": 2}),
+        (host.augmentations.get("cutout"), {"size": 3})]
+    assert plan.models["student"][0] is host.models.get("mlp")
+    assert tuple(plan.models["student"][1]["hidden"]) == (16,)
+    assert _plan(teacher_stage(1)).augmentations == []
+
+
+def test_every_cached_model_is_checked_not_only_the_first():
+    cached = {**MODELS, "student": {**MODELS["student"], "cache_outputs": True}}
+    err = _refused(teacher_stage(1), _student(), models=cached,
+                   data={"augment": [{"name": "cutout", "params": {"size": 2}}]})
+    assert err.key == "models.student.cache_outputs"
+
+
+def test_a_private_parameter_is_named_by_its_recipe_key():
+    @attrs.frozen
+    class Hidden:
+        _role: Role = Role("")
+
+    class Private(Taker):
+        Params = Hidden
+
+        def roles(self):
+            return (self.params._role,)
+
+    class More:
+        @hookimpl
+        def kdcore_add_components(self):
+            return {"private": Private}
+
+    err = _refused(teacher_stage(1), _student(component("private", params={"role": "ghost"})),
+                   host=PluginHost(extra=[Components(), More()]))
+    assert err.key == "stages[1].components[0].params.role"
