@@ -95,6 +95,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                         "tests/test_history_journal.py", "tests/test_history_format.py"]),
     # the run plan (session 18): the checks `kdcore check` and every run make before training
     "kdcore-plan": (".", ["kdcore/plan.py"], ["tests/test_plan.py", "tests/test_column_kinds.py"]),
+    # the running training's state and a component's view of it (session 18)
+    "kdcore-runstate": (".", ["kdcore/runstate.py"], ["tests/test_runstate.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

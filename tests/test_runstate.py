@@ -1,0 +1,223 @@
+"""The running training's state and a component's view of it (kdcore/runstate.py), on a
+prepared run of the tiny digits recipe: seeds, the facts a context reads through, the model
+calls in and out of the graph, the cached full-set features, the tagged ledger's refusals."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from kdcore import PluginHost
+from kdcore.plan import build_plan
+from kdcore.prepare import prepare_run
+from kdcore.recipe import recipe_from_dict
+from kdcore.runstate import ComponentContext, Run, TaggedLedger, component_seed, role_seed
+from kdcore.testing import component, stage, teacher_stage, tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Run:
+    recipe = tiny_recipe(teacher_stage(3), stage("s", 2, ["student"], component("ce")),
+                         stage("both", 4, ["teacher", "student"], component("ce")),
+                         train_subset=100, data={"params": {"flatten": False}, "augment": [
+                             {"name": "cutout", "params": {"size": 2}}]})
+    host = PluginHost()
+    plan = build_plan(recipe_from_dict(recipe), host)
+    prepared = prepare_run(plan, host, tmp_path_factory.mktemp("run"))
+    for role, model in prepared.models.items():  # as a stage's start makes them
+        prepared.optimizers[role] = torch.optim.SGD(model.parameters(), lr=0.1)
+    return prepared
+
+
+def _at(run: Run, stage_index: int, epoch: int) -> None:
+    run.stage_index, run.stage, run.epoch = stage_index, run.recipe.stages[stage_index], epoch
+
+
+def test_seeds_per_role_and_placement_are_the_documented_formula():
+    assert role_seed(0, "teacher") == zlib.crc32(b"teacher")
+    assert role_seed(1, "a") == 1_000_003 + 0xE8B7BE43  # crc32(b"a")
+    assert role_seed(2**62, "a") == (2**62 * 1_000_003 + 0xE8B7BE43) % 2**63
+    assert component_seed(7, 2, "lp") == role_seed(7, "2/lp") != component_seed(7, 1, "lp")
+
+
+def test_role_epoch_counts_the_earlier_stages_that_trained_the_role(run):
+    # stages: teacher 3 epochs (teacher), s 2 (student), both 4 (teacher and student)
+    for (s, epoch), teacher, student in (((0, 0), 0, 0), ((0, 2), 2, 0), ((1, 1), 3, 1),
+                                         ((2, 0), 3, 2), ((2, 3), 6, 5)):
+        _at(run, s, epoch)
+        assert (run.role_epoch("teacher"), run.role_epoch("student")) == (teacher, student)
+    _at(run, 1, 0)
+    assert run.trains("student") and not run.trains("teacher")
+
+
+def test_model_calls_keep_the_graph_only_for_trained_models(run):
+    _at(run, 1, 0)  # the student trains, the teacher is frozen
+    x = run.data.inputs(run.data.train, torch.arange(5))
+    out = run.forward("student", x)
+    assert out.logits.requires_grad and out.logits.shape == (5, run.num_classes)
+    assert not run.forward("teacher", x).logits.requires_grad
+    with torch.no_grad():  # a selector asks first inside no_grad: the terms need the graph
+        assert run.forward("student", x).logits.requires_grad
+    with torch.no_grad():
+        expected = run.models["student"](x)[0]
+    torch.testing.assert_close(out.logits.detach(), expected)
+    torch.testing.assert_close(run.predict(run.models["student"], x), expected)
+
+
+def test_full_set_features_are_cached_per_version_and_computed_in_eval_mode(run):
+    _at(run, 1, 0)
+    model = run.models["teacher"]
+    model.train()
+    first = run.features("teacher", "test")
+    assert model.training  # its mode given back
+    assert run.features("teacher", "test") is first
+    model.eval()
+    with torch.no_grad():
+        logits, features = model(run.data.inputs(run.data.test, slice(None)))
+    model.train()
+    torch.testing.assert_close(first.logits, logits)
+    torch.testing.assert_close(first.features, features)
+    version = run.model_version("teacher")
+    run.bump("teacher")
+    assert run.model_version("teacher") == version + 1
+    again = run.features("teacher", "test")
+    assert again is not first
+    torch.testing.assert_close(again.logits, first.logits)  # the weights did not change
+    assert run.features("teacher", "train").logits.shape[0] == len(run.data.train)
+
+
+def test_augment_applies_the_recipes_augmentations_with_the_given_generator(run):
+    x = run.data.inputs(run.data.train, torch.arange(4))
+    fn, params = run.augmentations[0]
+    expected = fn(x, torch.Generator().manual_seed(3), **params)
+    torch.testing.assert_close(run.augment(x, torch.Generator().manual_seed(3)), expected)
+    assert not torch.equal(expected, x)
+
+
+def test_record_data_needs_the_engines_history(run):
+    with pytest.raises(RuntimeError, match=r"^record_data: this run has no history \(not "
+                                           r"started by the engine\)$"):
+        run.record_data("x", torch.zeros(2))
+    got = []
+    run.write_data = lambda name, values: got.append((name, values))
+    try:
+        run.record_data("x", torch.ones(2))
+    finally:
+        run.write_data = None
+    assert got[0][0] == "x" and got[0][1].tolist() == [1.0, 1.0]
+
+
+def test_precision_runs_models_in_low_precision_and_hands_back_float32(tmp_path):
+    recipe = tiny_recipe(teacher_stage(1), train_subset=100, run={"precision": "bf16"})
+    host = PluginHost()
+    bf16 = prepare_run(build_plan(recipe_from_dict(recipe), host), host, tmp_path)
+    x = bf16.data.inputs(bf16.data.train, torch.arange(3))
+    with bf16.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled(
+            "cpu")
+    out = bf16.forward("teacher", x)
+    assert out.logits.dtype == torch.float32 and out.features.dtype == torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = bf16.models["teacher"](x)[0].float()
+    torch.testing.assert_close(out.logits.detach(), expected)
+
+
+def test_fp32_runs_without_autocast(run):
+    with run.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+
+
+# -- a component's view -------------------------------------------------------------------------
+
+
+def test_a_context_reads_the_runs_facts_as_they_change(run):
+    ctx = ComponentContext(run, "me", torch.Generator().manual_seed(0))
+    for s, epoch, step in ((0, 1, 5), (2, 3, 40)):
+        _at(run, s, epoch)
+        run.step, run.stage_step, run.steps_per_epoch, run.resumed = step, step - 1, 7, bool(s)
+        assert (ctx.stage, ctx.stage_index, ctx.epoch, ctx.step, ctx.stage_step) == (
+            run.recipe.stages[s], s, epoch, step, step - 1)
+        assert ctx.steps_per_epoch == 7 and ctx.resumed is bool(s)
+        assert ctx.role_epoch("student") == run.role_epoch("student")
+        assert ctx.trains("teacher") is run.trains("teacher")
+    assert (ctx.recipe, ctx.run_dir, ctx.device, ctx.data, ctx.cache) == (
+        run.recipe, run.run_dir, run.device, run.data, run.cache)
+    assert ctx.roles == ("teacher", "student") and ctx.num_classes == 10
+    run.optimizers["student"].param_groups[0]["lr"] = 0.125
+    assert ctx.lr("student") == 0.125
+    run.bump("student")
+    assert ctx.model_version("student") == run.model_version("student")
+    with pytest.raises(TypeError):
+        ctx.models["student"] = run.models["teacher"]  # read-only views
+    with pytest.raises(TypeError):
+        ctx.optimizers["student"] = run.optimizers["teacher"]
+    assert ctx.models["student"] is run.models["student"]
+
+
+def test_a_contexts_capabilities_reach_the_run(run):
+    ctx = ComponentContext(run, "me", torch.Generator().manual_seed(5))
+    ctx.log_metric("me/x", torch.tensor(0.5))
+    assert run.epoch_metrics["me/x"] == 0.5 and type(run.epoch_metrics["me/x"]) is float
+    ctx.mark_stepped("student")
+    assert "student" in run.stepped
+    run.stepped.clear()
+    x = run.data.inputs(run.data.train, torch.arange(4))
+    torch.testing.assert_close(ctx.augment(x), run.augment(x, torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(ctx.augment(x, torch.Generator().manual_seed(9)),
+                               run.augment(x, torch.Generator().manual_seed(9)))
+    _at(run, 1, 0)
+    torch.testing.assert_close(ctx.forward("teacher", x).logits,
+                               run.forward("teacher", x).logits)
+    assert ctx.features("teacher", "test") is run.features("teacher", "test")
+    got = []
+    run.write_data = lambda name, values: got.append(name)
+    try:
+        ctx.record_data("me/y", torch.zeros(1))
+    finally:
+        run.write_data = None
+    assert got == ["me/y"]
+
+
+def test_the_tagged_ledger_tags_writes_and_refuses_undeclared_ones(run):
+    ledger = TaggedLedger(run.ledger, "me", frozenset({"me/b", "me/a"}))
+    n = ledger.size
+    assert n == run.ledger.size == len(run.data.train)
+    ledger.add("me/a", torch.zeros(n), kind="weight")
+    ledger.write("me/a", torch.tensor([1, 2]), torch.tensor([0.5, 0.25]), kind="weight")
+    assert ledger.producer("me/a") == "me" and ledger.kind("me/a") == "weight"
+    assert ledger["me/a"][:3].tolist() == [0.0, 0.5, 0.25]
+    assert ledger.read("me/a", torch.tensor([2])).tolist() == [0.25]
+    assert "me/a" in ledger and "me/b" not in ledger and "me/a" in list(ledger)
+    made = ledger.ensure("me/b", torch.zeros(n), kind="mask", fill=True, snapshot=False)
+    assert made.all() and run.ledger.column("me/b").snapshot is False
+    with pytest.raises(RuntimeError) as info:
+        ledger.add("other", torch.zeros(n))
+    assert str(info.value) == ("component 'me' wrote ledger column 'other', which it does not "
+                               "declare (declared: me/a, me/b); add it to the class's `writes`")
+    with pytest.raises(RuntimeError, match=r"\(declared: none\)"):
+        TaggedLedger(run.ledger, "you", frozenset()).write("x", torch.tensor([0]),
+                                                           torch.zeros(1))
+    TaggedLedger(run.ledger, "observer", None).add("anything", torch.zeros(n))
+    assert run.ledger.producer("anything") == "observer"
+
+
+def test_the_tagged_ledger_refuses_every_write_while_frozen(run):
+    ledger = TaggedLedger(run.ledger, "me", None)
+    n = ledger.size
+    with ledger.frozen("setup"):
+        for write in (lambda: ledger.add("f", torch.zeros(n)),
+                      lambda: ledger.write("f", torch.tensor([0]), torch.zeros(1)),
+                      lambda: ledger.ensure("f", torch.zeros(n))):
+            with pytest.raises(RuntimeError) as info:
+                write()
+            assert str(info.value) == (
+                "component 'me' wrote ledger column 'f' in setup, which must not write the "
+                "ledger (it runs again on resume and before the run's first stage); write it "
+                "in on_stage_start")
+    ledger.add("f", torch.zeros(n))  # thawed once the hook ends
+    with pytest.raises(ValueError), ledger.frozen("setup"):
+        raise ValueError
+    ledger.add("f", torch.ones(n))  # thawed after a hook that raised too
+    assert run.ledger["f"].sum() == n and run.ledger.producer("f") == "me"
