@@ -6,6 +6,7 @@ that cannot be undone), each with its whole message."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import h5py
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import kdcore.history_layout as layout
 from kdcore.errors import KdcoreError
 from kdcore.history import History, HistoryWriter, RowCounter
-from kdcore.history_journal import journal_path
+from kdcore.history_journal import journal_path, locked
 
 N, C = 12, 3
 ZSTD, SHUFFLE = 32015, 2  # HDF5 filter ids
@@ -114,10 +115,12 @@ def test_stored_values_are_numpys_conversions_of_the_column(tmp_path, as_numpy):
     def col(a, kind):
         return Col(a if as_numpy else torch.from_numpy(a), kind)
 
-    w.append_epoch(stage="s", epoch=0, metrics={}, columns={
-        "v": col(values, "value"), "wt": col(values, "weight"), "t": col(values, "target"),
-        "x": col(values.astype(np.float64) / 3, "exact"), "l": col(labels, "label"),
-        "m": col(values, "mask")})
+    columns = {"v": col(values, "value"), "wt": col(values, "weight"),
+               "t": col(values, "target"), "x": col(values.astype(np.float64) / 3, "exact"),
+               "l": col(labels, "label"), "m": col(values, "mask")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # out of range is inf, without a warning per epoch
+        w.append_epoch(stage="s", epoch=0, metrics={}, columns=columns)
     with History(tmp_path) as h, np.errstate(over="ignore"):
         for name in ("v", "wt", "t"):
             stored = h.column(name, 0)
@@ -231,9 +234,9 @@ def test_foreign_and_incomplete_files_are_refused_with_their_path(tmp_path):
     path.write_bytes(b"not HDF5 at all")
     with pytest.raises(KdcoreError) as info:
         History(path)
-    message = str(info.value)
-    assert message.startswith(f"{path} is damaged or not an HDF5 file (")
-    assert message.endswith("); start the run again with --overwrite")
+    assert str(info.value) == (f"{path} is damaged or not an HDF5 file (Unable to synchronously "
+                               "open file (file signature not found)); start the run again with "
+                               "--overwrite")
 
 
 def test_a_journal_that_cannot_be_undone_is_retried_then_one_error(tmp_path, monkeypatch):
@@ -276,3 +279,28 @@ def test_row_counter_counts_rows_as_the_writer_does():
     assert counter.rows() == 2
     counter.create(recipe_toml="")
     assert counter.rows() == 0 and counter.append_epoch() == 0
+
+
+def test_a_reader_waits_for_other_readers_before_undoing_a_journal(tmp_path):
+    """Undoing a dead writer's update takes the file to itself: never while another process
+    reads it."""
+    path = tmp_path / "history.h5"
+    _create(path)
+    with locked(path, exclusive=False, timeout=1.0):  # another reader
+        journal_path(path).write_bytes(b"")
+        with pytest.raises(KdcoreError, match="is held open elsewhere"):
+            layout.open_readable(path, timeout=0.2)
+        assert journal_path(path).exists()
+    with layout.open_readable(path, timeout=0.2) as f:  # alone now: undone, then read
+        assert f.attrs["format"] == "kdcore-history/2"
+    assert not journal_path(path).exists()
+
+
+def test_the_writers_lock_timeout_also_bounds_counting_rows(tmp_path):
+    path = tmp_path / "history.h5"
+    w = _create(path)
+    w.lock_timeout_s = 0.2
+    with locked(path, exclusive=True, timeout=1.0):  # a writer in another process
+        with pytest.raises(KdcoreError, match="is held open elsewhere"):
+            w.rows()
+    assert w.rows() == 0
