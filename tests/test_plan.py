@@ -457,3 +457,8 @@ def test_a_private_parameter_is_named_by_its_recipe_key():
     err = _refused(teacher_stage(1), _student(component("private", params={"role": "ghost"})),
                    host=PluginHost(extra=[Components(), More()]))
     assert err.key == "stages[1].components[0].params.role"
+
+
+def test_a_device_this_machine_lacks_is_refused_at_run_device():
+    err = _refused(teacher_stage(1), run={"device": "cuda:99"})  # no machine has a GPU 99
+    assert err.key == "run.device" and "'cuda:99'" in err.detail
