@@ -221,3 +221,96 @@ def test_the_tagged_ledger_refuses_every_write_while_frozen(run):
         raise ValueError
     ledger.add("f", torch.ones(n))  # thawed after a hook that raised too
     assert run.ledger["f"].sum() == n and run.ledger.producer("f") == "me"
+
+
+def test_a_new_run_starts_at_the_first_stage_with_nothing_done(tmp_path):
+    recipe = recipe_from_dict(tiny_recipe(teacher_stage(2), seed=11))
+    fresh = Run(recipe, tmp_path, torch.device("cpu"), [])
+    assert fresh.run_dir == tmp_path and fresh.stage is recipe.stages[0]
+    assert (fresh.stage_index, fresh.epoch, fresh.step, fresh.stage_step,
+            fresh.steps_per_epoch) == (0, 0, 0, 0, 0)
+    assert fresh.resumed is False and fresh.channels_last is False
+    assert fresh.augmentations == [] and fresh.write_data is None
+    assert fresh.cache == {} and fresh.epoch_metrics == {} and fresh.stepped == set()
+    # the run's own generator is seeded with seed + 1, apart from torch's global one (seed)
+    assert torch.equal(torch.rand(4, generator=fresh.generator),
+                       torch.rand(4, generator=torch.Generator().manual_seed(12)))
+    assert fresh.model_version("anyone") == 0
+    fresh.bump("anyone")
+    fresh.bump("anyone")
+    assert fresh.model_version("anyone") == 2 and fresh.model_version("other") == 0
+
+
+def test_autocast_asks_for_the_recipes_precision_on_the_runs_device(tmp_path):
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        recipe = recipe_from_dict(tiny_recipe(teacher_stage(1), run={"precision": precision}))
+        with pytest.warns(UserWarning):  # no GPU here: torch disables it, keeping its dtype
+            context = Run(recipe, tmp_path, torch.device("cuda"), []).autocast()
+        assert (context.device, context.fast_dtype) == ("cuda", dtype)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_in_a_distributed_run_each_rank_computes_its_rows(tmp_path, monkeypatch, precision):
+    """Run._call hands the model call to distributed.split_call, here two ranks simulated in
+    one process (the real collectives: tests/test_distributed.py)."""
+    from kdcore import distributed
+
+    recipe = tiny_recipe(teacher_stage(1), train_subset=100, run={"precision": precision})
+    host = PluginHost()
+    two = prepare_run(build_plan(recipe_from_dict(recipe), host), host, tmp_path)
+    model = two.models["teacher"].eval()
+    x = two.data.inputs(two.data.train, torch.arange(6))
+    with torch.no_grad(), two.autocast():
+        expected = [t.float() for t in model(x)]
+    parts = []
+
+    def split_call(fn, rows):
+        parts.append(rows.shape[0])
+        halves = [fn(rows[:4]), fn(rows[4:])]  # rank 0's rows, then rank 1's
+        return tuple(torch.cat(p) for p in zip(*halves))
+
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=0, size=2))
+    monkeypatch.setattr(distributed, "split_call", split_call)
+    with torch.no_grad():
+        logits, features = two.predict(model, x), two.forward("teacher", x).features
+    assert parts == [6, 6]
+    assert logits.dtype == torch.float32 and features.dtype == torch.float32
+    torch.testing.assert_close(logits, expected[0])
+    torch.testing.assert_close(features, expected[1])
+
+
+def test_the_tagged_ledgers_defaults_are_the_ledgers(run):
+    ledger = TaggedLedger(run.ledger, "d", None)
+    n = ledger.size
+    ledger.add("d/a", torch.zeros(n))
+    ledger.write("d/b", torch.tensor([0]), torch.ones(1))
+    made = ledger.ensure("d/c", torch.zeros(n))
+    for name in ("d/a", "d/b", "d/c"):
+        column = run.ledger.column(name)
+        assert (column.kind, column.snapshot, column.producer) == ("value", True, "d"), name
+    assert not made.any()
+    ledger.write("d/e", torch.tensor([1]), torch.ones(1), kind="mask", snapshot=False)
+    column = run.ledger.column("d/e")
+    assert (column.kind, column.snapshot, column.producer) == ("mask", False, "d")
+    ledger.add("d/f", torch.zeros(n), kind="weight", snapshot=False)
+    column = run.ledger.column("d/f")
+    assert (column.kind, column.snapshot) == ("weight", False)
+
+
+def test_a_contexts_name_ledger_and_views_are_its_own(run):
+    ctx = ComponentContext(run, "mine", torch.Generator(), frozenset({"mine/x"}))
+    assert ctx.name == "mine"
+    ctx.ledger.add("mine/x", torch.zeros(ctx.ledger.size))
+    assert run.ledger.producer("mine/x") == "mine"
+    with pytest.raises(RuntimeError, match=r"\(declared: mine/x\)"):
+        ctx.ledger.add("mine/y", torch.zeros(ctx.ledger.size))
+    assert dict(ctx.optimizers) == run.optimizers
+    _at(run, 1, 0)
+    assert ctx.features("teacher") is run.features("teacher", "train")
+    got = []
+    run.write_data = lambda name, values: got.append(values)
+    try:
+        ctx.record_data("mine/z", torch.tensor([4.0]))
+    finally:
+        run.write_data = None
+    assert got[0].tolist() == [4.0]
