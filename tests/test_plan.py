@@ -122,7 +122,7 @@ def _plan(*stages, host=None, **fields):
     return build_plan(_recipe(*stages, **fields), host or PluginHost(extra=[Components()]))
 
 
-def _refused(*stages, host=None, **fields) -> RecipeError:
+def _assert_refused(*stages, host=None, **fields) -> RecipeError:
     with pytest.raises(RecipeError) as info:
         _plan(*stages, host=host, **fields)
     assert info.value.file == SOURCE
@@ -172,15 +172,15 @@ def test_disabled_components_are_left_out_but_keep_their_index_in_key_paths():
     plan = _plan(teacher_stage(1), _student(component("taker", enabled=False,
                                                       params={"role": "nobody"})))
     assert [c.name for c in plan.stages[1].components] == ["ce"]
-    err = _refused(teacher_stage(1), _student(component("writer", enabled=False),
-                                              component("no_such_thing")))
+    err = _assert_refused(teacher_stage(1), _student(component("writer", enabled=False),
+                                                     component("no_such_thing")))
     assert err.key == "stages[1].components[1].use"
     assert "no_such_thing" in err.detail
 
 
 def test_terms_must_name_an_enabled_component_of_the_same_stage():
-    err = _refused(teacher_stage(1), _student(component("writer", terms=["gone"]),
-                                              component("ce", "gone", enabled=False)))
+    err = _assert_refused(teacher_stage(1), _student(component("writer", terms=["gone"]),
+                                                     component("ce", "gone", enabled=False)))
     assert err.key == "stages[1].components.terms"
     assert err.detail == "no component labelled 'gone' in this stage"
     _plan(teacher_stage(1), _student(component("writer", terms=["ce"])))
@@ -188,10 +188,10 @@ def test_terms_must_name_an_enabled_component_of_the_same_stage():
 
 def test_a_plugin_constructor_refusing_its_parameters_is_a_recipe_error_at_params():
     _plan(teacher_stage(1), _student(component("picky", params={"k": 1})))
-    err = _refused(teacher_stage(1), _student(component("picky", params={"k": 0})))
+    err = _assert_refused(teacher_stage(1), _student(component("picky", params={"k": 0})))
     assert (err.key, err.detail) == ("stages[1].components[0].params",
                                      "k must be at least 1, got 0")
-    err = _refused(teacher_stage(1), _student(component("picky", params={"k": "x"})))
+    err = _assert_refused(teacher_stage(1), _student(component("picky", params={"k": "x"})))
     assert err.key == "stages[1].components[0].params.k"
 
 
@@ -200,19 +200,20 @@ def test_a_plugin_constructor_refusing_its_parameters_is_a_recipe_error_at_param
 
 def test_a_role_a_component_uses_must_be_an_enabled_model():
     _plan(teacher_stage(1), _student(component("taker", params={"role": "teacher"})))
-    err = _refused(teacher_stage(1), _student(component("taker", params={"role": "teachr"})))
+    err = _assert_refused(teacher_stage(1),
+                          _student(component("taker", params={"role": "teachr"})))
     assert err.key == "stages[1].components[0].params.role"
     assert err.detail == ("component 'taker' (taker) uses model role 'teachr' (did you mean "
                           "'teacher'?), which [models] does not define; roles: student, teacher")
     # a role held in a tuple parameter is found in it
-    err = _refused(teacher_stage(1), _student(component(
+    err = _assert_refused(teacher_stage(1), _student(component(
         "taker", params={"role": "teacher", "others": ["student", "zebra"]})))
     assert err.key == "stages[1].components[0].params.others"
     assert "'zebra', which" in err.detail  # nothing close: no suggestion
     # a disabled model is no role
     models = {**MODELS, "third": {**MODELS["student"], "enabled": False}}
-    err = _refused(teacher_stage(1), _student(component("taker", params={"role": "third"})),
-                   models=models)
+    err = _assert_refused(teacher_stage(1),
+                          _student(component("taker", params={"role": "third"})), models=models)
     assert err.detail.endswith("roles: student, teacher")
 
 
@@ -226,17 +227,17 @@ def test_a_role_named_by_no_single_parameter_points_at_the_params_table():
         def kdcore_add_components(self):
             return {"fixed": Fixed}
 
-    err = _refused(teacher_stage(1), _student(component("fixed")),
-                   host=PluginHost(extra=[Components(), More()]))
+    err = _assert_refused(teacher_stage(1), _student(component("fixed")),
+                          host=PluginHost(extra=[Components(), More()]))
     assert err.key == "stages[1].components[0].params"
     assert err.detail.endswith("roles: student, teacher")
 
 
 def test_every_trained_model_needs_a_loss_term_in_its_stage():
     _plan(teacher_stage(1), stage("s", 1, ["teacher", "student"], component("ce")))
-    err = _refused(teacher_stage(1), stage("s", 1, ["teacher", "student"],
-                                           component("ce", models=["teacher"]),
-                                           component("writer")))
+    err = _assert_refused(teacher_stage(1), stage("s", 1, ["teacher", "student"],
+                                                  component("ce", models=["teacher"]),
+                                                  component("writer")))
     assert err.key == "stages[1].train"
     assert err.detail == ("stage 's' trains 'student', but none of its components gives "
                           "'student' a loss term; add one (ce, say), or leave 'student' out "
@@ -252,7 +253,7 @@ def _reader(column, **fields):
 
 def test_a_column_is_readable_after_its_writer_in_the_stage_not_before():
     _plan(teacher_stage(1), _student(component("writer"), _reader("w/writer")))
-    err = _refused(teacher_stage(1), _student(_reader("w/writer"), component("writer")))
+    err = _assert_refused(teacher_stage(1), _student(_reader("w/writer"), component("writer")))
     assert err.key == "stages[1].components[0].params.column"
     written = sorted([*DATA_COLUMNS, "loss/ce", "loss/ce/teacher", "logits/teacher"])
     assert err.detail == (
@@ -269,14 +270,14 @@ def test_the_engines_records_serve_later_stages_only():
     # loss/<term> and loss/<term>/<role>, logits/<trained role>: at the end of a stage's epoch
     for column in ("loss/ce", "loss/ce/teacher", "logits/teacher"):
         _plan(teacher_stage(1), _student(_reader(column)))
-        err = _refused(stage("teacher", 1, ["teacher"], component("ce"), _reader(column)))
+        err = _assert_refused(stage("teacher", 1, ["teacher"], component("ce"), _reader(column)))
         assert err.key == "stages[0].components[1].params.column"
         assert "which nothing placed before it writes" in err.detail
     # the logits of a model no earlier stage trains are never recorded
-    err = _refused(teacher_stage(1), _student(_reader("logits/student")))
+    err = _assert_refused(teacher_stage(1), _student(_reader("logits/student")))
     assert "'logits/student' (did you mean 'logits/teacher'?)" in err.detail
     # a term's per-role column names its models, not others
-    err = _refused(teacher_stage(1), _student(_reader("loss/ce/student")))
+    err = _assert_refused(teacher_stage(1), _student(_reader("loss/ce/student")))
     assert "loss/ce/student" in err.detail
 
 
@@ -285,8 +286,8 @@ def test_a_selector_or_weighter_makes_its_hook_columns_readable_later_in_the_sta
                    "weight/writer/student"):
         _plan(teacher_stage(1), _student(
             component("taker", "reader0"), component("writer"), _reader(column)))
-    err = _refused(teacher_stage(1), _student(component("writer"),
-                                              _reader("weight/writer/teacher")))
+    err = _assert_refused(teacher_stage(1), _student(component("writer"),
+                                                     _reader("weight/writer/teacher")))
     assert "weight/writer/teacher" in err.detail
     # a refiner writes the target, which the data already holds: always readable
     _plan(teacher_stage(1), _student(_reader("target"), component("everything")))
@@ -308,14 +309,14 @@ def test_a_columns_kind_is_the_last_writers_and_the_engines_records_are_values()
           host=host)
     _plan(teacher_stage(1), _student(component("needs_mask",
                                                params={"column": "clean_mask"})), host=host)
-    err = _refused(teacher_stage(1), _student(component("needs_mask",
-                                                        params={"column": "loss/ce"})),
-                   host=host)
+    err = _assert_refused(teacher_stage(1), _student(component("needs_mask",
+                                                               params={"column": "loss/ce"})),
+                          host=host)
     assert err.detail == ("component 'needs_mask' (needs_mask) reads ledger column 'loss/ce' "
                           "as a column of kind mask, but the engine writes it as kind value")
-    err = _refused(teacher_stage(1), _student(component("needs_mask",
-                                                        params={"column": "noisy_label"})),
-                   host=host)
+    err = _assert_refused(teacher_stage(1), _student(component("needs_mask",
+                                                               params={"column": "noisy_label"})),
+                          host=host)
     assert err.detail.endswith("but the data writes it as kind label")
     # a column whose writer declares no kind passes any reader
     _plan(teacher_stage(1), _student(component("writer"),
@@ -328,9 +329,9 @@ def test_a_columns_kind_is_the_last_writers_and_the_engines_records_are_values()
 
 def test_loggers_must_exist_and_be_named_once():
     _plan(teacher_stage(1), run={"loggers": ["csv"]})
-    err = _refused(teacher_stage(1), run={"loggers": ["csv", "csvv"]})
+    err = _assert_refused(teacher_stage(1), run={"loggers": ["csv", "csvv"]})
     assert err.key == "run.loggers[1]" and "csvv" in err.detail
-    err = _refused(teacher_stage(1), run={"loggers": ["csv", "tensorboard", "csv"]})
+    err = _assert_refused(teacher_stage(1), run={"loggers": ["csv", "tensorboard", "csv"]})
     assert (err.key, err.detail) == ("run.loggers[2]", "logger 'csv' is named twice")
 
 
@@ -346,19 +347,19 @@ def test_configure_hook_problems_end_the_plan_with_the_first_one():
     host = PluginHost(extra=[Configure(None), Configure([])])
     _plan(teacher_stage(1), host=host)
     host = PluginHost(extra=[Configure(["first problem", "second"])])
-    assert _refused(teacher_stage(1), host=host).detail == "first problem"
+    assert _assert_refused(teacher_stage(1), host=host).detail == "first problem"
 
 
 def test_fp16_needs_a_gpu_and_a_component_that_runs_its_own_backward_refuses_it(monkeypatch):
-    err = _refused(teacher_stage(1), run={"precision": "fp16"})
+    err = _assert_refused(teacher_stage(1), run={"precision": "fp16"})
     assert err.key == "run.precision" and err.detail.startswith("fp16 needs a GPU")
     _plan(teacher_stage(1), _student(component("everything")), run={"precision": "bf16"})
     import kdcore.device
 
     monkeypatch.setattr(kdcore.device, "resolve_device", lambda name: torch.device("cuda"))
     _plan(teacher_stage(1), _student(component("writer")), run={"precision": "fp16"})
-    err = _refused(teacher_stage(1), _student(component("everything")),
-                   run={"precision": "fp16"})
+    err = _assert_refused(teacher_stage(1), _student(component("everything")),
+                          run={"precision": "fp16"})
     assert (err.key, err.detail) == (
         "run.precision", "component 'everything' (everything) runs its own backward pass, "
         "which fp16's gradient scaler does not cover; use \"bf16\" or \"fp32\"")
@@ -367,12 +368,12 @@ def test_fp16_needs_a_gpu_and_a_component_that_runs_its_own_backward_refuses_it(
 def test_cached_outputs_need_unaugmented_batches_and_a_stage_where_the_model_is_frozen():
     cached = {**MODELS, "teacher": {**MODELS["teacher"], "cache_outputs": True}}
     _plan(teacher_stage(1), _student(), models=cached)
-    err = _refused(teacher_stage(1), stage("s", 1, ["teacher", "student"], component("ce")),
-                   models=cached)
+    err = _assert_refused(teacher_stage(1),
+                          stage("s", 1, ["teacher", "student"], component("ce")), models=cached)
     assert err.key == "models.teacher.cache_outputs"
     assert "trained in every stage" in err.detail
-    err = _refused(teacher_stage(1), _student(), models=cached,
-                   data={"augment": [{"name": "cutout", "params": {"size": 2}}]})
+    err = _assert_refused(teacher_stage(1), _student(), models=cached,
+                          data={"augment": [{"name": "cutout", "params": {"size": 2}}]})
     assert err.key == "models.teacher.cache_outputs"
     assert "data.augment changes every batch's inputs" in err.detail
 
@@ -415,7 +416,7 @@ def test_distributed_runs_refuse_components_that_cannot_compute_the_same():
 ])
 def test_the_data_noise_augmentations_models_and_device_are_bound_at_their_keys(
         fields, key, detail):
-    err = _refused(teacher_stage(1), **fields)
+    err = _assert_refused(teacher_stage(1), **fields)
     assert err.key == key and err.detail.startswith(detail), (err.key, err.detail)
 
 
@@ -433,8 +434,8 @@ def test_the_plan_binds_the_augmentations_and_models_it_names():
 
 def test_every_cached_model_is_checked_not_only_the_first():
     cached = {**MODELS, "student": {**MODELS["student"], "cache_outputs": True}}
-    err = _refused(teacher_stage(1), _student(), models=cached,
-                   data={"augment": [{"name": "cutout", "params": {"size": 2}}]})
+    err = _assert_refused(teacher_stage(1), _student(), models=cached,
+                          data={"augment": [{"name": "cutout", "params": {"size": 2}}]})
     assert err.key == "models.student.cache_outputs"
 
 
@@ -454,11 +455,12 @@ def test_a_private_parameter_is_named_by_its_recipe_key():
         def kdcore_add_components(self):
             return {"private": Private}
 
-    err = _refused(teacher_stage(1), _student(component("private", params={"role": "ghost"})),
-                   host=PluginHost(extra=[Components(), More()]))
+    err = _assert_refused(teacher_stage(1),
+                          _student(component("private", params={"role": "ghost"})),
+                          host=PluginHost(extra=[Components(), More()]))
     assert err.key == "stages[1].components[0].params.role"
 
 
 def test_a_device_this_machine_lacks_is_refused_at_run_device():
-    err = _refused(teacher_stage(1), run={"device": "cuda:99"})  # no machine has a GPU 99
+    err = _assert_refused(teacher_stage(1), run={"device": "cuda:99"})  # no GPU 99 anywhere
     assert err.key == "run.device" and "'cuda:99'" in err.detail
