@@ -192,6 +192,7 @@ def test_the_tagged_ledger_tags_writes_and_refuses_undeclared_ones(run):
     assert "me/a" in ledger and "me/b" not in ledger and "me/a" in list(ledger)
     made = ledger.ensure("me/b", torch.zeros(n), kind="mask", fill=True, snapshot=False)
     assert made.all() and run.ledger.column("me/b").snapshot is False
+    assert ledger.kind("me/b") == "mask" and ledger.producer("me/b") == "me"
     with pytest.raises(RuntimeError) as info:
         ledger.add("other", torch.zeros(n))
     assert str(info.value) == ("component 'me' wrote ledger column 'other', which it does not "
@@ -223,7 +224,7 @@ def test_the_tagged_ledger_refuses_every_write_while_frozen(run):
     assert run.ledger["f"].sum() == n and run.ledger.producer("f") == "me"
 
 
-def test_a_new_run_starts_at_the_first_stage_with_nothing_done(tmp_path):
+def test_a_new_run_starts_at_the_first_stage_with_nothing_done(tmp_path, run):
     recipe = recipe_from_dict(tiny_recipe(teacher_stage(2), seed=11))
     fresh = Run(recipe, tmp_path, torch.device("cpu"), [])
     assert fresh.run_dir == tmp_path and fresh.stage is recipe.stages[0]
@@ -239,6 +240,8 @@ def test_a_new_run_starts_at_the_first_stage_with_nothing_done(tmp_path):
     fresh.bump("anyone")
     fresh.bump("anyone")
     assert fresh.model_version("anyone") == 2 and fresh.model_version("other") == 0
+    fresh.data, fresh.models = run.data, run.models  # as prepare_run sets them
+    assert fresh.features("teacher", "test") is fresh.features("teacher", "test")
 
 
 def test_autocast_asks_for_the_recipes_precision_on_the_runs_device(tmp_path):
