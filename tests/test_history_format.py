@@ -6,6 +6,7 @@ that cannot be undone), each with its whole message."""
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 
 import h5py
@@ -300,7 +301,20 @@ def test_the_writers_lock_timeout_also_bounds_counting_rows(tmp_path):
     path = tmp_path / "history.h5"
     w = _create(path)
     w.lock_timeout_s = 0.2
-    with locked(path, exclusive=True, timeout=1.0):  # a writer in another process
+    taken, release = threading.Event(), threading.Event()
+
+    def writer_elsewhere():  # holds the file for a second, far past the 0.2 s
+        with locked(path, exclusive=True, timeout=1.0):
+            taken.set()
+            release.wait(1.0)
+
+    thread = threading.Thread(target=writer_elsewhere)
+    thread.start()
+    try:
+        assert taken.wait(10.0)
         with pytest.raises(KdcoreError, match="is held open elsewhere"):
-            w.rows()
+            w.rows()  # had it waited the default minute, it would count the rows at 1 s
+    finally:
+        release.set()
+        thread.join()
     assert w.rows() == 0
