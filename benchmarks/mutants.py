@@ -97,12 +97,11 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-plan": (".", ["kdcore/plan.py"], ["tests/test_plan.py", "tests/test_column_kinds.py"]),
     # the running training's state and a component's view of it (session 18)
     "kdcore-runstate": (".", ["kdcore/runstate.py"], ["tests/test_runstate.py"]),
-    # reading a recipe: TOML, extends, --set overrides, the cross-key rules, the writer of the
-    # resolved recipe, the typed structuring of plain data (session 18)
-    "kdcore-recipe": (".", ["kdcore/recipe/resolve.py", "kdcore/recipe/rules.py",
-                            "kdcore/recipe/writer.py", "kdcore/config.py"],
-                      ["tests/test_recipe.py", "tests/test_config.py",
-                       "tests/test_recipe_writer.py"]),
+    # reading a recipe: TOML, extends, --set overrides, and writing the resolved recipe back
+    # (session 18)
+    "kdcore-recipe": (".", ["kdcore/recipe/resolve.py", "kdcore/recipe/writer.py"],
+                      ["tests/test_recipe.py", "tests/test_recipe_writer.py",
+                       "tests/test_bad_input.py", "tests/test_recipe_reading.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

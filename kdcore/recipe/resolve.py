@@ -180,10 +180,10 @@ def merge(base: Any, over: Any, key: str = "") -> Any:
     if isinstance(over, Mapping) and REPLACE in over:
         return strip_replace(over, key)
     if isinstance(base, Mapping) and isinstance(over, Mapping):
-        out = dict(base)
-        for k, value in over.items():
-            out[k] = merge(base[k], value, _join(key, str(k))) if k in base \
-                else copy.deepcopy(value)
+        # copies throughout: the result shares nothing with either input
+        out = {k: merge(v, over[k], _join(key, str(k))) if k in over else copy.deepcopy(v)
+               for k, v in base.items()}
+        out.update((k, copy.deepcopy(v)) for k, v in over.items() if k not in base)
         return out
     if _named_list(base) and _named_list(over):
         out_list = [copy.deepcopy(item) for item in base]
