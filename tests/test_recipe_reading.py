@@ -139,19 +139,27 @@ def test_a_cycle_names_every_file_in_it(tmp_path):
 
 
 def test_merging_copies_the_base_and_the_override_instead_of_sharing_them():
-    base = {"t": {"a": [1]}, "s": [{"name": "x", "v": [1]}]}
-    over = {"t": {"b": [2]}, "s": [{"name": "x", "w": [3]}, {"name": "y", "u": [4]}], "n": [5]}
-    out = merge(base, over)
-    assert out == {"t": {"a": [1], "b": [2]}, "s": [{"name": "x", "v": [1], "w": [3]},
-                                                    {"name": "y", "u": [4]}], "n": [5]}
-    out["t"]["a"].append(9)
-    out["t"]["b"].append(9)
-    out["s"][0]["v"].append(9)
-    out["s"][1]["u"].append(9)
-    out["n"].append(9)
-    assert base == {"t": {"a": [1]}, "s": [{"name": "x", "v": [1]}]}
-    assert over == {"t": {"b": [2]}, "s": [{"name": "x", "w": [3]}, {"name": "y", "u": [4]}],
-                    "n": [5]}
+    def base():
+        return {"t": {"a": [[1]], "o": {"k": [1]}},
+                "s": [{"name": "x", "v": [[1]]}, {"name": "z", "v": [[1]]}], "r": [[0]]}
+
+    def over():
+        return {"t": {"b": [[2]], "o": {"j": 1}}, "s": [{"name": "x", "w": [[3]]},
+                                                         {"name": "y", "u": [[4]]}],
+                "n": [[5]], "r": [[6]]}
+
+    b, o = base(), over()
+    out = merge(b, o)
+    assert out == {"t": {"a": [[1]], "o": {"k": [1], "j": 1}, "b": [[2]]},
+                   "s": [{"name": "x", "v": [[1]], "w": [[3]]}, {"name": "z", "v": [[1]]},
+                         {"name": "y", "u": [[4]]}],
+                   "r": [[6]], "n": [[5]]}
+    # every list in the result, however deep, is the result's own
+    for inner in (out["t"]["a"][0], out["t"]["o"]["k"], out["t"]["b"][0], out["s"][0]["v"][0],
+                  out["s"][0]["w"][0], out["s"][1]["v"][0], out["s"][2]["u"][0], out["n"][0],
+                  out["r"][0]):
+        inner.append(9)
+    assert (b, o) == (base(), over())
 
 
 def test_only_two_named_lists_or_two_tables_merge():
@@ -310,3 +318,38 @@ def test_source_is_not_a_key_and_is_kept_from_the_reader():
     err = _assert_refused(lambda: recipe_from_dict({**data, "source": "x"}, "here.toml"))
     assert (err.file, err.key, err.detail) == ("here.toml", "source",
                                                "'source' is not a recipe key")
+
+
+def test_a_nul_in_text_is_named_by_the_last_part_of_its_key():
+    err = _assert_refused(lambda: check_plain({"a": {"b": {"c": "x\0"}}}))
+    assert err.key == "a.b.c" and err.detail.startswith("'c' contains a NUL byte")
+
+
+def test_extends_and_source_cannot_be_set_by_an_override():
+    for key in ("extends", "source"):
+        err = _assert_refused(lambda key=key: apply_override({}, [key], "x.toml"))
+        assert (err.key, err.detail) == (
+            key, f"{key} cannot be set with an override; write a recipe file that extends the "
+                 "other instead")
+
+
+def test_load_recipe_names_its_file_where_the_reading_did_not(tmp_path):
+    nul = str(tmp_path / "a") + "\0.toml"
+    assert _assert_refused(lambda: load_recipe(nul)).file == nul
+    path = tmp_path / "r.toml"
+    path.write_text("[run]\n__replace__ = 1\n")
+    err = _assert_refused(lambda: load_recipe(path))
+    assert (err.file, err.key) == (str(path), "run.__replace__")
+
+
+def test_only_the_first_mebibyte_of_a_recipe_is_ever_read(tmp_path):
+    """A file of a terabyte (sparse: no disk used) is refused after reading 1 MiB, not read
+    into memory whole."""
+    path = tmp_path / "huge.toml"
+    with path.open("wb") as fh:
+        try:
+            fh.truncate(2**40)
+        except OSError:
+            pytest.skip("this file system refuses a sparse file of a terabyte")
+    err = _assert_refused(lambda: read_toml(path))
+    assert err.detail == "larger than 1 MiB; a recipe is a few kilobytes of TOML"
