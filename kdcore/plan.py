@@ -242,8 +242,10 @@ def check_distributed(plan: RunPlan, processes: int) -> None:
 
 
 def _component_key(recipe: Recipe, s: int, comp: Component) -> str:
-    labels = [c.label for c in recipe.stages[s].components]
-    return f"stages[{s}].components[{labels.index(comp.name)}]"
+    # the enabled entry: a disabled one may carry the same label
+    c = next(c for c, entry in enumerate(recipe.stages[s].components)
+             if entry.enabled and entry.label == comp.name)
+    return f"stages[{s}].components[{c}]"
 
 
 def _param_key(recipe: Recipe, s: int, comp: Component, value: str) -> str:

@@ -464,3 +464,11 @@ def test_a_private_parameter_is_named_by_its_recipe_key():
 def test_a_device_this_machine_lacks_is_refused_at_run_device():
     err = _assert_refused(teacher_stage(1), run={"device": "cuda:99"})  # no GPU 99 anywhere
     assert err.key == "run.device" and "'cuda:99'" in err.detail
+
+
+def test_a_disabled_entry_with_the_same_label_does_not_move_the_key_path():
+    local = _plan(teacher_stage(1), _student(component("local", "mine", enabled=False),
+                                             component("local", "mine")))
+    with pytest.raises(RecipeError) as info:
+        check_distributed(local, 2)
+    assert info.value.key == "stages[1].components[1].use"

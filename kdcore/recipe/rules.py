@@ -52,12 +52,13 @@ def check_consistency(recipe: Recipe) -> None:
         labels: set[str] = set()
         for c, comp in enumerate(stage.components):
             ckey = f"{key}.components[{c}]"
-            if comp.label in labels and comp.enabled:
-                raise RecipeError(
-                    f"two components labelled '{comp.label}'; give one a different 'name'",
-                    key=f"{ckey}.name",
-                )
-            labels.add(comp.label)
+            if comp.enabled:  # a disabled entry may share its label: it is not there
+                if comp.label in labels:
+                    raise RecipeError(
+                        f"two components labelled '{comp.label}'; give one a different 'name'",
+                        key=f"{ckey}.name",
+                    )
+                labels.add(comp.label)
             _check_name(comp.label, f"{ckey}.name")
             for role in comp.models or []:
                 if role not in roles:
