@@ -102,6 +102,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-recipe": (".", ["kdcore/recipe/resolve.py", "kdcore/recipe/writer.py"],
                       ["tests/test_recipe.py", "tests/test_recipe_writer.py",
                        "tests/test_bad_input.py", "tests/test_recipe_reading.py"]),
+    # plain data to typed objects, and the recipe's cross-field rules (session 18)
+    "kdcore-config": (".", ["kdcore/config.py", "kdcore/recipe/rules.py"],
+                      ["tests/test_config.py", "tests/test_config_structure.py",
+                       "tests/test_recipe_rules.py", "tests/test_recipe.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

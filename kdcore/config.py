@@ -108,9 +108,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)
-        args = get_args(tp)
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            args = (args[0],)
+        args = get_args(tp)  # tuple[T, ...] is (T, Ellipsis): its elements are T too
         elem = args[0] if args else Any
         items = [_convert(elem, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
