@@ -131,3 +131,10 @@ def test_a_name_longer_than_the_history_holds_is_cut_at_40_characters_in_the_mes
         "stages[0].name", f"the name '{'é' * 40}...' is 256 bytes long; the history stores "
                           "names of at most 255")
     _accepted(stage("é" * 127 + "a", 1, ["teacher"], component("ce")))
+
+
+def test_a_recipe_whose_every_model_is_disabled_says_none_are_defined():
+    models = {role: {**m, "enabled": False} for role, m in MODELS.items()}
+    err = _assert_refused(teacher_stage(1), models=models)
+    assert (err.key, err.detail) == ("stages[0].train",
+                                     "unknown model role 'teacher'; [models] defines: none")
