@@ -30,7 +30,7 @@ _VALUES = st.recursive(
 _TABLES = st.dictionaries(_TEXT, _VALUES, max_size=6)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)  # the same examples in CI
 @given(_TABLES)
 def test_written_toml_reads_back_equal(data):
     assert tomllib.loads(dumps_toml(data)) == data
