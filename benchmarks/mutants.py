@@ -106,6 +106,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-config": (".", ["kdcore/config.py", "kdcore/recipe/rules.py"],
                       ["tests/test_config.py", "tests/test_config_structure.py",
                        "tests/test_recipe_rules.py", "tests/test_recipe.py"]),
+    # ablation grids: grid files, --variant text, run directories, what is pending (session 18)
+    "kdcore-grid": (".", ["kdcore/grid.py"], ["tests/test_ablate_input.py", "tests/test_grid.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

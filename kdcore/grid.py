@@ -72,7 +72,10 @@ class RunSpec:
 def read_grid(path: str | Path) -> tuple[list[Variant], list[int]]:
     """Variants and seeds from a grid file; paths are relative to the file."""
     path = Path(path)
-    grid = structure(GridFile, read_toml(path))
+    try:
+        grid = structure(GridFile, read_toml(path))
+    except RecipeError as exc:
+        raise exc.at(file=str(path)) from None
     variants = []
     for i, raw in enumerate(grid.variant):
         key = f"variant[{i}]"

@@ -1,0 +1,276 @@
+"""Ablation grids (kdcore/grid.py) piece by piece, without training: grid files, ``--variant``
+text, run names, the run directories a grid plans, which of them are pending, how runs are
+started (in this process or as ``kdcore run`` subprocesses) and how a failure is reported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdcore import grid
+from kdcore.checkpoint import CHECKPOINT
+from kdcore.errors import KdcoreError, RecipeError
+from kdcore.grid import RunSpec, Variant
+
+
+def _grid_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    return path
+
+
+# -- grid files ---------------------------------------------------------------------------------
+
+
+def test_a_grid_file_gives_variants_with_paths_relative_to_it_and_its_overrides_first(
+        tmp_path):
+    path = _grid_file(tmp_path, """
+recipe = "base.toml"
+seeds = [3, 1]
+set = ["run.threads=1"]
+
+[[variant]]
+name = "plain"
+
+[[variant]]
+name = "other"
+recipe = "sub/other.toml"
+set = ["models.student.optimizer.lr=0.1"]
+""")
+    variants, seeds = grid.read_grid(path)
+    assert seeds == [3, 1]
+    assert variants == [
+        Variant("plain", str(tmp_path / "base.toml"), ["run.threads=1"]),
+        Variant("other", str(tmp_path / "sub/other.toml"),
+                ["run.threads=1", "models.student.optimizer.lr=0.1"])]
+
+
+def test_a_grid_without_variants_is_its_recipe_under_the_recipes_name(tmp_path):
+    path = _grid_file(tmp_path, 'recipe = "recipes/amlkd.toml"\nset = ["run.seed=1"]\n')
+    assert grid.read_grid(path) == ([Variant("amlkd", str(tmp_path / "recipes/amlkd.toml"),
+                                             ["run.seed=1"])], [0])
+    assert grid.read_grid(_grid_file(tmp_path, "seeds = [2]\n")) == ([], [2])
+
+
+@pytest.mark.parametrize(("text", "key", "detail"), [
+    ('recipe = "r.toml"\n[[variant]]\nset = []\n', "variant[0]", "a variant needs a 'name'"),
+    ('[[variant]]\nname = "a"\n', "variant[0]",
+     "no recipe: give the grid or the variant a 'recipe'"),
+    ('recipe = "r.toml"\n[[variant]]\nname = "a"\n[[variant]]\nname = "b"\nzeta = 1\nalpha = 2\n',
+     "variant[1]", "unknown key 'alpha'; expected name, recipe, set"),
+    ('recipe = "r.toml"\n[[variant]]\nname = 1\n', "variant[0].name", "'name' must be a string"),
+    ('[[variant]]\nname = "a"\nrecipe = 2\n', "variant[0].recipe",
+     "'recipe' must be a string"),
+    ('recipe = "r.toml"\n[[variant]]\nname = "a"\nset = "x=1"\n', "variant[0].set",
+     "'set' must be a list of strings"),
+    ('recipe = "r.toml"\n[[variant]]\nname = "a"\nset = ["x=1", 2]\n', "variant[0].set",
+     "'set' must be a list of strings"),
+    ("seeds = 1\n", "seeds", "got 1, expected a list of an integer"),
+])
+def test_a_grid_file_that_cannot_be_run_names_its_file_and_key(tmp_path, text, key, detail):
+    path = _grid_file(tmp_path, text)
+    with pytest.raises(RecipeError) as info:
+        grid.read_grid(path)
+    assert (info.value.file, info.value.key, info.value.detail) == (str(path), key, detail)
+
+
+# -- --variant text and names -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "name", "overrides"), [
+    ("a", "a", []),
+    ("a:", "a", []),
+    ("a:x=1; ;y=2;", "a", ["x=1", "y=2"]),  # blank parts dropped
+    ("b:run.name=\"p;q\";z=1", "b", ['run.name="p;q"', "z=1"]),
+    ("c:n='p;q';z=1", "c", ["n='p;q'", "z=1"]),
+    ('d:n="p\\";q";z=1', "d", ['n="p\\";q"', "z=1"]),  # an escaped quote does not end it
+    ("e:n='p\\';q", "e", ["n='p\\'", "q"]),  # no escapes in a literal string
+    ("f:n=\"it's;x\";z=1", "f", ["n=\"it's;x\"", "z=1"]),  # the other quote inside
+    ('g:n="a\\\\";z=1', "g", ['n="a\\\\"', "z=1"]),  # an escaped backslash ends the escape
+])
+def test_a_variant_on_the_command_line(text, name, overrides):
+    assert grid.parse_variant(text, "r.toml") == Variant(name, "r.toml", overrides)
+
+
+def test_a_variant_without_a_name_is_refused():
+    with pytest.raises(KdcoreError) as info:
+        grid.parse_variant(":x=1", "r.toml")
+    assert str(info.value) == "variant ':x=1' has no name (expected name:key=value;...)"
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", "a\x1fb", "a\x7fb",
+                                  "x" * 201, "é" * 101])
+def test_a_variant_name_must_be_one_directory(name):
+    with pytest.raises(KdcoreError) as info:
+        grid.check_name(name)
+    assert str(info.value) == (f"variant name {name!r} is not a directory name (one path part, "
+                               "not '.' or '..', no '/' or control character, at most 200 "
+                               "bytes)")
+
+
+@pytest.mark.parametrize("name", ["x" * 200, "é" * 100, "a b", "...", "a.b", "-x"])
+def test_names_that_are_one_directory(name):
+    grid.check_name(name)
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recipes(tmp_path):
+    for name in ("r1.toml", "r2.toml"):
+        (tmp_path / name).write_text("")
+    return tmp_path
+
+
+def test_a_grid_plans_every_variant_with_every_seed(recipes):
+    a = Variant("a", str(recipes / "r1.toml"), ["x=1"])
+    b = Variant("b", str(recipes / "r2.toml"))
+    specs = grid.plan([a, b], [7, 2], recipes / "out")
+    assert [(s.variant.name, s.seed, s.out) for s in specs] == [
+        ("a", 7, recipes / "out/a/seed7"), ("a", 2, recipes / "out/a/seed2"),
+        ("b", 7, recipes / "out/b/seed7"), ("b", 2, recipes / "out/b/seed2")]
+    assert specs[0].overrides == ["x=1", "run.seed=7"]
+    assert specs[3].overrides == ["run.seed=2"]
+
+
+def test_what_a_grid_refuses_before_any_run(recipes):
+    a = Variant("a", str(recipes / "r1.toml"))
+    cases = [
+        (([Variant("m", str(recipes / "missing.toml"))], [0]),
+         f"variant 'm': no recipe file {recipes / 'missing.toml'}"),
+        (([a], []), "no seeds to run: give at least one"),
+        (([a], [1, 2, 1, 2]), "seed 1 is given twice (a grid runs each seed once)"),
+        (([a, Variant("b", a.recipe), Variant("b", a.recipe), Variant("a", a.recipe)], [0]),
+         "two variants named 'a'"),
+        (([Variant("x/y", a.recipe)], [0]), None),
+    ]
+    for (variants, seeds), message in cases:
+        with pytest.raises(KdcoreError) as info:
+            grid.plan(variants, seeds, recipes / "out")
+        if message is not None:
+            assert str(info.value) == message
+
+
+@pytest.mark.parametrize("held", [["history.h5"], ["summary.json", CHECKPOINT]])
+def test_a_grid_does_not_go_into_a_runs_own_folder(recipes, held):
+    out = recipes / "out"
+    out.mkdir()
+    for name in held:
+        (out / name).write_text("")
+    (out / "recipe.toml").write_text("")  # a grid may keep its recipe there
+    with pytest.raises(KdcoreError) as info:
+        grid.plan([Variant("a", str(recipes / "r1.toml"))], [0], out)
+    assert str(info.value) == (f"{out} holds a run ({', '.join(held)}); a grid's runs go in a "
+                               "folder of their own")
+    (out / "recipe.toml").unlink()
+    for name in held:
+        (out / name).unlink()
+    (out / "recipe.toml").write_text("")
+    assert len(grid.plan([Variant("a", str(recipes / "r1.toml"))], [0], out)) == 1
+
+
+def _specs(tmp_path, n=3):
+    return [RunSpec(Variant("v", "r.toml"), s, tmp_path / f"seed{s}") for s in range(n)]
+
+
+def test_status_and_pending(tmp_path):
+    specs = _specs(tmp_path)
+    specs[1].out.mkdir()
+    (specs[1].out / CHECKPOINT).write_text("")
+    specs[2].out.mkdir()
+    (specs[2].out / "summary.json").write_text("{}")
+    (specs[2].out / CHECKPOINT).write_text("")
+    assert [grid.status(s) for s in specs] == ["new", "partial", "done"]
+    said = []
+    todo, counts = grid.pending(specs, said.append)
+    assert todo == specs[:2] and counts == {"ran": 0, "skipped": 1, "failed": 0}
+    assert said == ["1 of 3 runs already finished: skipped"]
+    said.clear()
+    assert grid.pending(specs[:2], said.append)[1]["skipped"] == 0 and said == []
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def test_runs_in_this_process_one_after_another_resuming_the_interrupted(tmp_path):
+    specs = _specs(tmp_path)
+    specs[1].out.mkdir()
+    (specs[1].out / CHECKPOINT).write_text("")
+    calls, said = [], []
+
+    def in_process(spec, resume):
+        calls.append((spec.seed, resume))
+        if spec.seed == 2:
+            raise KdcoreError("it broke")
+
+    counts = grid.run_grid(specs, echo=said.append, in_process=in_process)
+    assert calls == [(0, False), (1, True), (2, False)]
+    assert counts == {"ran": 2, "skipped": 0, "failed": 1}
+    assert said[0] == "[1/3] v seed 0: starting" and said[2] == "[2/3] v seed 1: resuming"
+    assert said[1].startswith("[1/3] v seed 0: done in ") and said[1].endswith("s")
+    assert said[-1] == "[3/3] v seed 2: FAILED: it broke"
+
+
+def test_runs_in_parallel_are_subprocesses(tmp_path, monkeypatch):
+    specs = _specs(tmp_path, 4)
+    started = []
+
+    def subprocess_run(spec, resume):
+        started.append(spec.seed)
+        if spec.seed == 3:
+            raise subprocess.CalledProcessError(1, "kdcore")
+
+    monkeypatch.setattr(grid, "_subprocess_run", subprocess_run)
+    said = []
+    counts = grid.run_grid(specs, jobs=2, echo=said.append,
+                           in_process=lambda s, r: pytest.fail("not in this process"))
+    assert sorted(started) == [0, 1, 2, 3]
+    assert counts == {"ran": 3, "skipped": 0, "failed": 1}
+    assert any(line.startswith("[4/4] v seed 3: FAILED: ") for line in said)
+    started.clear()
+    assert grid.run_grid(specs[:1], echo=said.append)["ran"] == 1  # one job, no in_process
+    assert started == [0]
+
+
+class _Done:
+    def __init__(self, returncode, stderr=""):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def test_a_subprocess_run_is_kdcore_run_with_the_specs_overrides(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen["cmd"], seen["env"] = cmd, kwargs["env"]
+        assert kwargs["capture_output"] and kwargs["text"]
+        return _Done(0)
+
+    monkeypatch.setattr(grid.subprocess, "run", fake_run)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    spec = RunSpec(Variant("v", "r.toml", ["a=1", "b=2"]), 5, tmp_path / "seed5")
+    grid._subprocess_run(spec, resume=False)
+    assert seen["cmd"] == [sys.executable, "-m", "kdcore.cli", "run", "r.toml", "--out",
+                           str(tmp_path / "seed5"), "--quiet", "--no-progress", "--set", "a=1",
+                           "--set", "b=2", "--set", "run.seed=5"]
+    assert seen["env"]["OMP_NUM_THREADS"] == "1"  # one thread per process
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    grid._subprocess_run(spec, resume=True)
+    assert seen["cmd"][-1] == "--resume" and seen["env"]["OMP_NUM_THREADS"] == "3"
+
+
+@pytest.mark.parametrize(("stderr", "message"), [
+    ("loading\nkdcore: error: r.toml: run.seed: bad\n",
+     "exit 2: kdcore: error: r.toml: run.seed: bad"),
+    ("", "exit 2: (no output)"),
+    ("  \n", "exit 2: (no output)"),
+])
+def test_a_failed_subprocess_says_its_exit_code_and_last_line(tmp_path, monkeypatch, stderr,
+                                                              message):
+    monkeypatch.setattr(grid.subprocess, "run", lambda cmd, **kw: _Done(2, stderr))
+    with pytest.raises(KdcoreError) as info:
+        grid._subprocess_run(RunSpec(Variant("v", "r.toml"), 0, tmp_path), resume=False)
+    assert str(info.value) == message
