@@ -201,8 +201,8 @@ def _check_same_recipe(spec: RunSpec, recipe: Any) -> None:
                           f"unknown; {again}") from None
     changed = recipe_changes(old.to_dict(), recipe.to_dict())
     if changed:
-        kind = "finished" if status(spec) == "done" else "interrupted"
-        raise KdcoreError(f"{spec.out} holds a {kind} run of another recipe (it "
+        kind = "a finished" if status(spec) == "done" else "an interrupted"
+        raise KdcoreError(f"{spec.out} holds {kind} run of another recipe (it "
                           f"differs at {changed}); {again}")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from kdcore import grid
 from kdcore.checkpoint import CHECKPOINT
 from kdcore.errors import KdcoreError, RecipeError
 from kdcore.grid import RunSpec, Variant
+from kdcore.testing import teacher_stage, tiny_recipe, write_recipe
 
 
 def _grid_file(tmp_path: Path, text: str) -> Path:
@@ -90,6 +93,8 @@ def test_a_grid_file_that_cannot_be_run_names_its_file_and_key(tmp_path, text, k
     ("e:n='p\\';q", "e", ["n='p\\'", "q"]),  # no escapes in a literal string
     ("f:n=\"it's;x\";z=1", "f", ["n=\"it's;x\"", "z=1"]),  # the other quote inside
     ('g:n="a\\\\";z=1', "g", ['n="a\\\\"', "z=1"]),  # an escaped backslash ends the escape
+    ('h:n="";z=1', "h", ['n=""', "z=1"]),  # an empty string ends at its second quote
+    ("X:n=X;Y=1", "X", ["n=X", "Y=1"]),
 ])
 def test_a_variant_on_the_command_line(text, name, overrides):
     assert grid.parse_variant(text, "r.toml") == Variant(name, "r.toml", overrides)
@@ -196,10 +201,15 @@ def test_status_and_pending(tmp_path):
 # -- running ------------------------------------------------------------------------------------
 
 
-def test_runs_in_this_process_one_after_another_resuming_the_interrupted(tmp_path):
-    specs = _specs(tmp_path)
+def test_runs_in_this_process_one_after_another_resuming_the_interrupted(tmp_path,
+                                                                        monkeypatch):
+    specs = _specs(tmp_path, 4)
     specs[1].out.mkdir()
     (specs[1].out / CHECKPOINT).write_text("")
+    specs[3].out.mkdir()
+    (specs[3].out / "summary.json").write_text("{}")
+    clock = iter([100.0, 103.4, 200.0, 200.2, 300.0])
+    monkeypatch.setattr(grid.time, "perf_counter", lambda: next(clock))
     calls, said = [], []
 
     def in_process(spec, resume):
@@ -209,31 +219,91 @@ def test_runs_in_this_process_one_after_another_resuming_the_interrupted(tmp_pat
 
     counts = grid.run_grid(specs, echo=said.append, in_process=in_process)
     assert calls == [(0, False), (1, True), (2, False)]
-    assert counts == {"ran": 2, "skipped": 0, "failed": 1}
-    assert said[0] == "[1/3] v seed 0: starting" and said[2] == "[2/3] v seed 1: resuming"
-    assert said[1].startswith("[1/3] v seed 0: done in ") and said[1].endswith("s")
-    assert said[-1] == "[3/3] v seed 2: FAILED: it broke"
+    assert counts == {"ran": 2, "skipped": 1, "failed": 1}
+    assert said == ["1 of 4 runs already finished: skipped", "[1/3] v seed 0: starting",
+                    "[1/3] v seed 0: done in 3s", "[2/3] v seed 1: resuming",
+                    "[2/3] v seed 1: done in 0s", "[3/3] v seed 2: starting",
+                    "[3/3] v seed 2: FAILED: it broke"]
 
 
-def test_runs_in_parallel_are_subprocesses(tmp_path, monkeypatch):
+def test_runs_in_parallel_are_subprocesses_jobs_at_a_time(tmp_path, monkeypatch):
     specs = _specs(tmp_path, 4)
+    specs[2].out.mkdir()
+    (specs[2].out / CHECKPOINT).write_text("")
     started = []
+    together = threading.Barrier(2, timeout=30)  # two at once, or this never opens
+    pools = []
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, max_workers):
+            pools.append(max_workers)
+            super().__init__(max_workers=max_workers)
 
     def subprocess_run(spec, resume):
-        started.append(spec.seed)
+        started.append((spec.seed, resume))
+        together.wait()
         if spec.seed == 3:
             raise subprocess.CalledProcessError(1, "kdcore")
 
     monkeypatch.setattr(grid, "_subprocess_run", subprocess_run)
+    monkeypatch.setattr(grid, "ThreadPoolExecutor", Pool)
     said = []
     counts = grid.run_grid(specs, jobs=2, echo=said.append,
                            in_process=lambda s, r: pytest.fail("not in this process"))
-    assert sorted(started) == [0, 1, 2, 3]
+    assert sorted(started) == [(0, False), (1, False), (2, True), (3, False)]
+    assert pools == [2]
     assert counts == {"ran": 3, "skipped": 0, "failed": 1}
     assert any(line.startswith("[4/4] v seed 3: FAILED: ") for line in said)
     started.clear()
+    together = threading.Barrier(1)
     assert grid.run_grid(specs[:1], echo=said.append)["ran"] == 1  # one job, no in_process
-    assert started == [0]
+    assert started == [(0, False)] and pools == [2]
+
+
+def test_run_spec_runs_the_recipe_with_the_specs_overrides_in_its_folder(tmp_path,
+                                                                         monkeypatch):
+    import kdcore.engine
+
+    recipe = write_recipe(tiny_recipe(teacher_stage(1)), tmp_path / "r.toml")
+    spec = RunSpec(Variant("v", str(recipe), ["run.threads=1"]), 4, tmp_path / "v" / "seed4")
+    got = []
+    monkeypatch.setattr(kdcore.engine, "run_recipe",
+                        lambda recipe, **kw: got.append((recipe, kw)))
+    host = object()
+    grid.run_spec(spec, host=host)
+    (loaded, kw), = got
+    assert loaded.run.seed == 4 and loaded.run.threads == 1
+    assert kw == {"out": str(spec.out), "resume": False, "host": host, "progress": False,
+                  "overrides": ["run.threads=1", "run.seed=4"]}
+    spec.out.mkdir(parents=True)
+    (spec.out / CHECKPOINT).write_text("")
+    grid.run_spec(spec)
+    assert got[1][1]["resume"] is True and got[1][1]["host"] is None
+    grid.run_spec(spec, resume=False)
+    assert got[2][1]["resume"] is False
+
+
+def test_a_run_already_in_the_grids_folder_must_be_of_the_same_recipe(tmp_path):
+    recipe = write_recipe(tiny_recipe(teacher_stage(1)), tmp_path / "r.toml")
+    other = write_recipe(tiny_recipe(teacher_stage(2)), tmp_path / "other.toml")
+    spec = RunSpec(Variant("v", str(recipe)), 0, tmp_path / "v" / "seed0")
+    spec.out.mkdir(parents=True)
+    (spec.out / "recipe.toml").write_text(other.read_text())
+    grid.check_specs([spec])  # nothing there has run: no run to compare with
+    (spec.out / CHECKPOINT).write_text("")
+    with pytest.raises(KdcoreError) as info:
+        grid.check_specs([spec])
+    assert str(info.value) == (
+        f"variant 'v' seed 0: {spec.out} holds an interrupted run of another recipe (it "
+        f"differs at stages[0].epochs); remove {spec.out} to run it again, or give the grid "
+        "another --out")
+    (spec.out / "recipe.toml").write_bytes(b"\xff not TOML")
+    with pytest.raises(KdcoreError) as info:
+        grid.check_specs([spec])
+    assert str(info.value) == (
+        f"variant 'v' seed 0: {spec.out / 'recipe.toml'} cannot be read, so whether the run "
+        f"there is this one is unknown; remove {spec.out} to run it again, or give the grid "
+        "another --out")
 
 
 class _Done:
