@@ -291,19 +291,15 @@ def test_a_run_already_in_the_grids_folder_must_be_of_the_same_recipe(tmp_path):
     (spec.out / "recipe.toml").write_text(other.read_text())
     grid.check_specs([spec])  # nothing there has run: no run to compare with
     (spec.out / CHECKPOINT).write_text("")
-    with pytest.raises(KdcoreError) as info:
-        grid.check_specs([spec])
-    assert str(info.value) == (
-        f"variant 'v' seed 0: {spec.out} holds an interrupted run of another recipe (it "
-        f"differs at stages[0].epochs); remove {spec.out} to run it again, or give the grid "
-        "another --out")
-    (spec.out / "recipe.toml").write_bytes(b"\xff not TOML")
-    with pytest.raises(KdcoreError) as info:
-        grid.check_specs([spec])
-    assert str(info.value) == (
-        f"variant 'v' seed 0: {spec.out / 'recipe.toml'} cannot be read, so whether the run "
-        f"there is this one is unknown; remove {spec.out} to run it again, or give the grid "
-        "another --out")
+    again = f"remove {spec.out} to run it again, or give the grid another --out"
+    for saved, why in ((other.read_bytes(), f"{spec.out} holds an interrupted run of another "
+                                            f"recipe (it differs at stages[0].epochs)"),
+                       (b"\xff not TOML", f"{spec.out / 'recipe.toml'} cannot be read, so "
+                                          "whether the run there is this one is unknown")):
+        (spec.out / "recipe.toml").write_bytes(saved)
+        with pytest.raises(KdcoreError) as info:
+            grid.check_specs([spec])
+        assert str(info.value) == f"variant 'v' seed 0: {why}; {again}"
 
 
 class _Done:
