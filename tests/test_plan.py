@@ -263,7 +263,14 @@ def test_a_column_is_readable_after_its_writer_in_the_stage_not_before():
 
 def test_a_column_of_an_earlier_stage_is_readable_in_every_later_one():
     third = stage("t", 1, ["student"], _reader("w/writer"), component("ce"))
-    _plan(teacher_stage(1), _student(component("writer")), third)
+    plan = _plan(teacher_stage(1), _student(component("writer")), third)
+    reader = plan.stages[2].components[0]
+    assert (reader.name, reader.reads()) == ("reader", ("w/writer",))
+    # a later stage's writer does not serve an earlier stage
+    err = _assert_refused(teacher_stage(1), third, _student(component("writer")))
+    assert err.key == "stages[1].components[0].params.column"
+    assert err.detail.startswith("component 'reader' (taker) reads ledger column 'w/writer', "
+                                 "which nothing placed before it writes")
 
 
 def test_the_engines_records_serve_later_stages_only():
