@@ -166,9 +166,49 @@ def test_only_two_named_lists_or_two_tables_merge():
     assert merge({"a": 1}, [1]) == [1] and merge([1], {"a": 1}) == {"a": 1}
     assert merge([{"name": "x", "v": 1}], [1, 2]) == [1, 2]
     assert merge([1, 2], [{"name": "x"}]) == [{"name": "x"}]
-    # two entries of one new name: the second merges into the first
+    # each inherited entry takes one entry of the same name; the others are appended, as
+    # they stand in a file that extends nothing (where the plan refuses an enabled pair)
     assert merge([{"name": "a"}], [{"name": "b", "v": 1}, {"name": "b", "w": 2}]) == [
-        {"name": "a"}, {"name": "b", "v": 1, "w": 2}]
+        {"name": "a"}, {"name": "b", "v": 1}, {"name": "b", "w": 2}]
+    assert merge([{"name": "a", "v": 0}, {"name": "a", "enabled": False}],
+                 [{"name": "a", "v": 1}, {"name": "a", "v": 2}, {"name": "a", "v": 3}]) == [
+        {"name": "a", "v": 1}, {"name": "a", "enabled": False, "v": 2}, {"name": "a", "v": 3}]
+
+
+@pytest.mark.parametrize("disabled_first", [True, False])
+def test_a_name_shared_by_a_disabled_entry_means_the_enabled_one(disabled_first):
+    off, on = {"name": "kd", "use": "kd_a", "enabled": False}, {"name": "kd", "use": "kd_b"}
+    entries = [off, on] if disabled_first else [on, off]
+    where = entries.index(on)
+    data = {"s": [dict(e) for e in entries]}
+    apply_override(data, ["s", "kd", "weight"], 0.5)
+    assert data["s"][where] == {**on, "weight": 0.5} and data["s"][1 - where] == off
+    merged = merge({"s": [dict(e) for e in entries]}, {"s": [{"name": "kd", "weight": 2}]})
+    assert merged["s"][where] == {**on, "weight": 2} and merged["s"][1 - where] == off
+    # only `enabled = false` itself marks the other entry; a lone disabled entry is addressed
+    lone = {"s": [{"name": "kd", "enabled": False}, {"name": "x"}]}
+    apply_override(lone, ["s", "kd", "enabled"], True)
+    assert lone["s"][0] == {"name": "kd", "enabled": True}
+    falsy = {"s": [{"name": "kd", "enabled": 0}, {"name": "kd"}]}
+    apply_override(falsy, ["s", "kd", "v"], 1)
+    assert falsy["s"] == [{"name": "kd", "enabled": 0, "v": 1}, {"name": "kd"}]
+    # a name that reads as an index, shared likewise
+    numbered = {"s": [{"name": "7", "enabled": False}, {"name": "7"}]}
+    apply_override(numbered, ["s", "7", "v"], 1)
+    assert numbered["s"] == [{"name": "7", "enabled": False}, {"name": "7", "v": 1}]
+
+
+def test_a_variant_that_swaps_a_component_under_its_label_is_tuned_by_that_label(tmp_path):
+    base = tiny_recipe(teacher_stage(1), stage("student", 1, ["student"], component("ce")))
+    write_recipe(base, tmp_path / "base.toml")
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\n[[stages]]\nname = "student"\n'
+                     '[[stages.components]]\nname = "ce"\nenabled = false\n'
+                     '[[stages.components]]\nname = "ce"\nuse = "label_smoothing"\n')
+    recipe = load_recipe(child, ["stages.student.components.ce.weight=0.25"])
+    comps = recipe.stages[1].components
+    assert [(c.use, c.enabled, c.weight) for c in comps] == [
+        ("ce", False, 1.0), ("label_smoothing", True, 0.25)]
 
 
 def test_a_replace_marker_that_is_not_true_names_its_key_in_a_merge():

@@ -2,11 +2,13 @@
 
 A recipe may ``extends = "other.toml"`` (a path relative to itself) and override keys; tables
 merge key by key, and lists of tables whose entries carry a ``name`` (stages, components) merge
-entry by entry, matched by name, new names appended; a table holding ``__replace__ = true``
-replaces the inherited table (or list entry) whole instead (a noise model or architecture with
-other parameters than the base's). ``--set key.path=value`` overrides apply
-after that, with list entries addressed by index or by name
-(``stages.student.components.kd.weight=0``). Nothing in a recipe is evaluated as code.
+entry by entry, matched by name (each inherited entry takes at most one), the others appended;
+a table holding ``__replace__ = true`` replaces the inherited table (or list entry) whole
+instead (a noise model or architecture with other parameters than the base's). ``--set
+key.path=value`` overrides apply after that, with list entries addressed by index or by name
+(``stages.student.components.kd.weight=0``). A disabled entry may share its name with an
+enabled one; the name then means the enabled entry, in a merge and in an override alike.
+Nothing in a recipe is evaluated as code.
 
 Reading never ends in a traceback: whatever the bytes of a file or an override, the outcome is a
 :class:`~kdcore.errors.RecipeError` naming the file and the key, or a typed :class:`Recipe`.
@@ -22,7 +24,7 @@ import math
 import os
 import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -187,15 +189,15 @@ def merge(base: Any, over: Any, key: str = "") -> Any:
         return out
     if _named_list(base) and _named_list(over):
         out_list = [copy.deepcopy(item) for item in base]
-        names = [_entry_name(item) for item in out_list]
+        names = [_entry_name(item) for item in base]
+        merged: set[int] = set()  # each of the base's entries takes one entry of `over`
         for j, item in enumerate(over):
-            name = _entry_name(item)
-            if name in names:
-                i = names.index(name)
-                out_list[i] = merge(out_list[i], item, f"{key}[{j}]")
-            else:
+            i = _named_position(out_list, names, _entry_name(item), merged)
+            if i is None:
                 out_list.append(copy.deepcopy(item))
-                names.append(name)
+            else:
+                out_list[i] = merge(out_list[i], item, f"{key}[{j}]")
+                merged.add(i)
         return out_list
     return copy.deepcopy(over)
 
@@ -219,6 +221,20 @@ def _join(key: str, name: str) -> str:
 
 def _entry_name(item: Mapping[str, Any]) -> Any:
     return item.get("name", item.get("use"))
+
+
+def _named_position(entries: Sequence[Any], names: Sequence[Any], name: Any,
+                    taken: Set[int] = frozenset()) -> int | None:
+    """The position among the first ``len(names)`` of ``entries`` (``names``: their names) of
+    the entry that ``name`` addresses, ``taken`` positions left out; None if no entry has it.
+    A disabled entry may share its name with an enabled one: the name then means the enabled
+    one, wherever the two stand; otherwise the first of that name."""
+    found = [i for i, other in enumerate(names) if other == name and i not in taken]
+    for i in found:
+        entry = entries[i]
+        if not (isinstance(entry, Mapping) and entry.get("enabled") is False):
+            return i
+    return found[0] if found else None
 
 
 def _named_list(value: Any) -> bool:
@@ -289,11 +305,13 @@ def _list_position(node: list[Any], part: str, where: str) -> int:
                     f"'{part}' is both an index and the name of entry {names.index(part)}; "
                     "rename the entry so that its name is not a number", key=where)
             return i % len(node)
-        if part in names:
-            return names.index(part)
+        position = _named_position(node, names, part)
+        if position is not None:
+            return position
         raise RecipeError(f"index {i} out of range (length {len(node)})", key=where)
-    if part in names:
-        return names.index(part)
+    position = _named_position(node, names, part)
+    if position is not None:
+        return position
     known = [str(n) for n in names if n is not None]
     raise RecipeError(
         f"no entry named '{part}'{did_you_mean(part, known)}; "
