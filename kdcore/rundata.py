@@ -251,7 +251,7 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
         train_noisy=train_noisy.to(device), val_noisy=val_noisy.to(device),
         train_source=train_idx.clone(),
         transition=realised_transition(train.y, train_noisy, num_classes),
-        noise_rate=float((train_noisy != train.y).double().mean()) if len(train) else 0.0,
+        noise_rate=float((train_noisy != train.y).double().mean()),  # make_splits: N > 0
         num_classes=num_classes,
         class_names=tuple(full.class_names) or tuple(str(c) for c in range(num_classes)),
         device=device, workers=cfg.workers, source_noisy=source_noisy,
