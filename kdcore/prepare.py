@@ -115,6 +115,9 @@ def _call_factory(role: str, factory: object, spec: ModelSpec, params: dict[str,
                   ) -> nn.Module:
     try:
         model = factory(spec, **params)  # type: ignore[operator]
+        if isinstance(model, nn.Module) and any(
+                isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+            _materialise(model, spec)
     except KdcoreError:
         raise
     except (ValueError, TypeError, RuntimeError) as exc:
@@ -123,6 +126,18 @@ def _call_factory(role: str, factory: object, spec: ModelSpec, params: dict[str,
     if not isinstance(model, nn.Module):
         raise KdcoreError(f"the architecture of model '{role}' did not return a torch module")
     return model
+
+
+def _materialise(model: nn.Module, spec: ModelSpec) -> None:
+    """Give a lazy module (``nn.LazyLinear``) its shapes with one dry batch, in evaluation
+    mode (batch-norm statistics untouched): its size is then known before it is built for real
+    (this runs on the meta device too), its weights are drawn from the role's seed like any
+    other model's, and its optimiser gets real parameters."""
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *spec.input_shape))
+    model.train(training)
 
 
 def _check_validation(recipe: Recipe, samples: int) -> None:

@@ -1,0 +1,355 @@
+"""Setting a run up from its plan (kdcore/prepare.py), without training: the seeds, the models
+(each from its own seed, on the meta device first to see whether it fits), the ledger's first
+columns, the memory layout, the refusals of a model that cannot be built and of weights that
+do not fit, and a best-validation stage without validation samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdcore import hookimpl
+from kdcore.errors import KdcoreError, RecipeError
+from kdcore.losses import one_hot
+from kdcore.models.base import ModelSpec
+from kdcore.models.mlp import mlp
+from kdcore.plan import build_plan
+from kdcore.plugins import PluginHost
+from kdcore.prepare import (
+    compile_models,
+    load_model_checkpoints,
+    load_weights_into,
+    prepare_run,
+)
+from kdcore.recipe import recipe_from_dict
+from kdcore.runstate import role_seed
+from kdcore.testing import component, stage, teacher_stage, tiny_recipe
+
+SOURCE = "/recipes/tiny.toml"
+
+
+class _Architectures:
+    """Architectures whose factories the tests choose."""
+
+    def __init__(self) -> None:
+        self.factory = None
+        self.calls: list[str] = []  # the device each build ran on
+
+    @hookimpl
+    def kdcore_add_models(self):
+        def custom(spec, *, width: int = 3):
+            self.calls.append(str(torch.empty(0).device))
+            return self.factory(spec, width)
+
+        return {"custom": custom}
+
+
+def _prepare(tmp_path, *stages, plugin=None, models=None, **recipe_fields):
+    data = tiny_recipe(*(stages or (teacher_stage(1),)), models=models, train_subset=60,
+                       **recipe_fields)
+    recipe = recipe_from_dict(data, source=SOURCE)
+    host = PluginHost(extra=[plugin] if plugin else [], entry_points=False)
+    return prepare_run(build_plan(recipe, host), host, tmp_path)
+
+
+def _custom(**fields):
+    return {"student": {"arch": "custom", **fields}}
+
+
+def _student_stage(**fields):
+    return stage("s", 1, ["student"], component("ce"), **fields)
+
+
+# -- seeds and models -------------------------------------------------------------------------
+
+
+def test_each_model_starts_from_its_roles_own_seed(tmp_path):
+    run = _prepare(tmp_path, seed=7)
+    for role, hidden in (("teacher", [32]), ("student", [16])):
+        torch.manual_seed(role_seed(7, role))
+        fresh = mlp(ModelSpec((64,), 10), hidden=hidden)
+        for (name, a), (_, b) in zip(run.models[role].state_dict().items(),
+                                     fresh.state_dict().items(), strict=True):
+            assert torch.equal(a, b), (role, name)
+    alone = _prepare(tmp_path, _student_stage(), seed=7,
+                     models={"student": tiny_recipe()["models"]["student"]})
+    assert all(torch.equal(a, b) for a, b in zip(alone.models["student"].parameters(),
+                                                 run.models["student"].parameters()))
+
+
+def test_the_global_generator_is_left_seeded_by_the_recipe(tmp_path):
+    _prepare(tmp_path, seed=11)
+    after = torch.rand(3)
+    torch.manual_seed(11)
+    assert torch.equal(after, torch.rand(3))
+
+
+def test_threads_are_set_only_when_the_recipe_asks(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _prepare(tmp_path, run={"threads": 1})
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        _prepare(tmp_path)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_model_is_sized_on_the_meta_device_before_it_is_built(tmp_path, monkeypatch):
+    plugin = _Architectures()
+    plugin.factory = lambda spec, width: nn.Linear(spec.input_shape[0], 1000)
+    run = _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
+    assert plugin.calls == ["meta", "cpu"]
+    assert run.models["student"].weight.device.type == "cpu"
+    # the data's transition matrix and targets fit, 260,000 bytes of weights do not
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 100_000)
+    plugin.calls.clear()
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
+    assert plugin.calls == ["meta"]  # never built for real
+    err = info.value
+    assert (err.file, err.key) == (SOURCE, "models.student.params")
+    # 64 x 1000 weights and 1000 biases in float32
+    assert err.detail.startswith("model 'student' (its parameters alone) needs 253.9 KiB; "), \
+        err.detail
+    assert err.detail.endswith("(a smaller model)")
+
+
+@pytest.mark.parametrize("error", [ValueError("width 0"), TypeError("width 0"),
+                                   RuntimeError("width 0")])
+def test_a_factory_that_fails_is_blamed_on_the_models_parameters(tmp_path, error):
+    plugin = _Architectures()
+
+    def fails(spec, width):
+        raise error
+
+    plugin.factory = fails
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
+    assert (info.value.file, info.value.key, info.value.detail) == (
+        SOURCE, "models.student.params", "architecture cannot be built: width 0")
+
+
+def test_a_factory_may_refuse_in_its_own_words_and_a_bug_is_not_disguised(tmp_path):
+    plugin = _Architectures()
+
+    def own(spec, width):
+        raise KdcoreError("custom needs images")
+
+    plugin.factory = own
+    with pytest.raises(KdcoreError, match="^custom needs images$"):
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
+
+    def bug(spec, width):
+        raise ZeroDivisionError("a bug")
+
+    plugin.factory = bug
+    with pytest.raises(ZeroDivisionError):
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
+
+
+def test_a_factory_must_return_a_module(tmp_path):
+    plugin = _Architectures()
+    plugin.factory = lambda spec, width: lambda x: x
+    with pytest.raises(KdcoreError) as info:
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
+    assert str(info.value) == "the architecture of model 'student' did not return a torch module"
+
+
+def _convnet(spec, width):
+    channels, height, wide = spec.input_shape
+    return nn.Sequential(nn.Conv2d(channels, width, 3), nn.Flatten(),
+                         nn.Linear(width * (height - 2) * (wide - 2), spec.num_classes))
+
+
+@pytest.mark.parametrize(("setting", "images", "expected"), [
+    (True, True, True), (None, True, False), (False, True, False), (True, False, False)])
+def test_channels_last_applies_to_image_models_where_asked(tmp_path, setting, images,
+                                                           expected):
+    plugin = _Architectures()
+    plugin.factory = _convnet if images else (
+        lambda spec, width: nn.Linear(spec.input_shape[0], spec.num_classes))
+    run = _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(),
+                   run={"channels_last": setting},
+                   data={"params": {"flatten": not images}})
+    assert run.channels_last is expected
+    if images:
+        weight = run.models["student"][0].weight  # (3, 1, 3, 3): one input channel
+        assert weight.stride() == ((9, 1, 3, 1) if expected else (9, 9, 3, 1))
+
+
+class _LazyNet(nn.Module):
+    """An architecture whose first layer learns its input width from the first batch."""
+
+    def __init__(self, spec, width):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Flatten(), nn.LazyLinear(width), nn.BatchNorm1d(width))
+        self.classifier = nn.Linear(width, spec.num_classes)
+
+    def forward(self, x):
+        features = self.trunk(x)
+        return self.classifier(features), features
+
+
+def test_a_lazy_module_gets_its_shapes_from_one_dry_batch_and_its_weights_from_its_seed(
+        tmp_path):
+    plugin = _Architectures()
+    plugin.factory = _LazyNet
+    runs = [_prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(), seed=s)
+            for s in (3, 3, 4)]
+    model = runs[0].models["student"]
+    assert model.trunk[1].weight.shape == (3, 64) and model.training
+    norm = model.trunk[2]  # the dry batch ran in evaluation mode: no statistics moved
+    assert int(norm.num_batches_tracked) == 0 and torch.equal(norm.running_mean, torch.zeros(3))
+    assert torch.equal(model.trunk[1].weight, runs[1].models["student"].trunk[1].weight)
+    assert not torch.equal(model.trunk[1].weight, runs[2].models["student"].trunk[1].weight)
+    torch.manual_seed(role_seed(3, "student"))
+    expected = _LazyNet(ModelSpec((64,), 10), 3)
+    expected.eval()
+    expected(torch.zeros(1, 64))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), expected.parameters(),
+                                                 strict=True))
+
+
+def test_a_lazy_module_is_sized_on_the_meta_device(tmp_path, monkeypatch):
+    plugin = _Architectures()
+    plugin.factory = _LazyNet
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 100_000)
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(params={
+            "width": 1000}))
+    assert plugin.calls == ["meta"]  # (64 + 1 + 2 + 10) x 1000 + 10 floats: 300.8 KiB
+    assert info.value.detail.startswith("model 'student' (its parameters alone) needs "
+                                        "300.8 KiB; ")
+
+
+def test_a_dry_batch_that_fails_is_blamed_on_the_models_parameters(tmp_path):
+    plugin = _Architectures()
+
+    def wrong(spec, width):
+        return nn.Sequential(nn.LazyLinear(width), nn.Linear(width + 1, 2))
+
+    plugin.factory = wrong
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
+    assert info.value.key == "models.student.params"
+    assert plugin.calls == ["meta"]  # the sizing's dry batch found it
+    detail = info.value.detail  # torch's own words follow
+    assert detail.startswith("architecture cannot be built: ") and "[1, 3]" in detail, detail
+
+
+# -- the ledger -------------------------------------------------------------------------------
+
+
+def test_the_ledger_starts_with_the_labels_and_one_hot_targets(tmp_path):
+    run = _prepare(tmp_path)
+    data, ledger = run.data, run.ledger
+    assert ledger.size == len(data.train) == 60
+    assert list(ledger) == ["noisy_label", "clean_label", "clean_mask", "base_target", "target"]
+    expected = {
+        "noisy_label": (data.train_noisy, "data", "label", False),
+        "clean_label": (data.train.y, "data", "label", False),
+        "clean_mask": (data.train_noisy == data.train.y, "data", "mask", False),
+        "base_target": (one_hot(data.train_noisy, 10), "labels", "target", False),
+        "target": (one_hot(data.train_noisy, 10), "labels", "target", True),
+    }
+    for name, (values, producer, kind, snapshot) in expected.items():
+        column = ledger.column(name)
+        assert torch.equal(column.data, values), name
+        assert (column.producer, column.kind, column.snapshot) == (producer, kind, snapshot)
+    assert not torch.equal(ledger["clean_mask"], torch.ones(60, dtype=torch.bool))  # noise
+    assert ledger["target"] is not ledger["base_target"]  # a refiner's writes stay its own
+
+
+# -- a stage that keeps its best validation epoch ---------------------------------------------
+
+
+@pytest.mark.parametrize(("keep", "epochs", "refused"), [
+    ("best_val", 1, True), ("best_val_all", 1, True), ("last", 1, False), ("best_val", 0, False)])
+def test_keeping_the_best_validation_epoch_needs_validation_samples(tmp_path, keep, epochs,
+                                                                   refused):
+    stages = (teacher_stage(1) | {"keep": "last"}, _student_stage(keep=keep) | {"epochs": epochs})
+    if not refused:
+        _prepare(tmp_path, *stages, data={"val_fraction": 0.0})
+        return
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, *stages, data={"val_fraction": 0.0})
+    assert (info.value.file, info.value.key) == (SOURCE, "stages[1].keep")
+    assert info.value.detail == (
+        f"'{keep}' keeps the epoch with the best validation accuracy, but the validation split "
+        "is empty; use keep = \"last\", or raise data.val_fraction")
+
+
+def test_a_data_refusal_names_the_recipe_file(tmp_path):
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, data={"test_fraction": 0.001})
+    assert (info.value.file, info.value.key) == (SOURCE, "data.test_fraction")
+
+
+# -- weights from a file, compiling -----------------------------------------------------------
+
+
+def test_checkpoint_weights_are_loaded_into_their_role_only(tmp_path):
+    from kdcore.checkpoint import save_weights
+
+    source = _prepare(tmp_path, seed=1)
+    path = tmp_path / "teacher.pt"
+    save_weights(source.models["teacher"], path)
+    models = tiny_recipe()["models"]
+    models["teacher"]["checkpoint"] = str(path)
+    run = _prepare(tmp_path, seed=2, models=models)
+    fresh = _prepare(tmp_path, seed=2)
+    load_model_checkpoints(run)
+    for a, b in zip(run.models["teacher"].parameters(), source.models["teacher"].parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(run.models["student"].parameters(), fresh.models["student"].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_disabled_roles_checkpoint_is_not_read(tmp_path):
+    models = tiny_recipe()["models"]
+    models["teacher"] |= {"checkpoint": str(tmp_path / "missing.pt"), "enabled": False}
+    run = _prepare(tmp_path, _student_stage(), models=models)
+    load_model_checkpoints(run)  # a missing file would be refused
+
+
+def test_weights_that_do_not_fit_are_refused_in_one_line():
+    model = nn.Linear(3, 2)
+    with pytest.raises(KdcoreError) as info:
+        load_weights_into(model, {"weight": torch.zeros(2, 3)}, "teacher", "w.pt")
+    assert str(info.value) == ("weights for model 'teacher' from w.pt do not fit it: Error(s) "
+                               "in loading state_dict for Linear: Missing key(s) in state_dict: "
+                               "\"bias\".")
+    many = {f"extra{i}": torch.zeros(1) for i in range(100)} | model.state_dict()
+    with pytest.raises(KdcoreError) as info:
+        load_weights_into(model, many, "teacher", "w.pt")
+    message = str(info.value)
+    prefix = "weights for model 'teacher' from w.pt do not fit it: "
+    assert message.startswith(prefix) and len(message) == len(prefix) + 300
+    assert "\n" not in message
+    with pytest.raises(KdcoreError, match="do not fit it"):
+        load_weights_into(model, {"weight": "not a tensor", "bias": torch.zeros(2)}, "t", "w")
+
+
+def test_a_three_line_error_is_joined_and_a_fourth_line_left_out():
+    class Picky(nn.Module):
+        def load_state_dict(self, state, strict=True, assign=False):
+            raise RuntimeError("  one\n two \n\nthree\nfour")
+
+    with pytest.raises(KdcoreError) as info:
+        load_weights_into(Picky(), {}, "r", "f")
+    assert str(info.value) == "weights for model 'r' from f do not fit it: one two "
+
+
+def test_models_are_compiled_only_when_the_recipe_asks(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self: compiled.append(self))
+    run = _prepare(tmp_path)
+    compile_models(run)
+    assert compiled == []
+    run = _prepare(tmp_path, run={"compile": True})
+    compile_models(run)
+    assert compiled == [run.models["teacher"], run.models["student"]]
