@@ -104,11 +104,11 @@ def _exact(value: Any) -> Any:
 
 
 def _per_sample_data(hist: Any, n: int) -> list[str]:
-    """The ``/data`` arrays with one entry per ledger row."""
+    """The ``/data`` arrays that export as CSV: a value or a vector per ledger row."""
     out = []
     for name in hist.data_names():
         arr = hist.data(name)
-        if arr.ndim >= 1 and arr.shape[0] == n and name not in SAMPLE_COLUMNS:
+        if 1 <= arr.ndim <= 2 and arr.shape[0] == n and name not in SAMPLE_COLUMNS:
             out.append(name)
     return out
 
