@@ -49,11 +49,13 @@ def param_docs(doc: str | None) -> dict[str, str]:
 
 
 def _type_name(tp: Any) -> str:
+    """A parameter's type as written: the annotation's text (``from __future__ import
+    annotations``), a class's name, or a generic in full (``list[int]``, not ``list``)."""
     if tp is None:
         return "?"
     if isinstance(tp, str):
         return tp
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 
 def _default(field: Any) -> str:

@@ -1,0 +1,206 @@
+"""What ``kdcore plugins`` prints (kdcore/cli_plugins.py), line by line, for a plugin written
+here: its origin, what it provides, its hooks, a failed plugin's reason, and with ``--verbose``
+each component's kinds, description and parameters read from its ``Params`` docstring."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import attrs
+import pytest
+
+from kdcore import Component, hookimpl
+from kdcore.cli_plugins import (
+    component_description,
+    component_params,
+    details,
+    param_docs,
+    print_plugins,
+)
+from kdcore.plugins import PluginHost, PluginInfo
+
+# -- docstrings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("doc", "expected"), [
+    (None, {}),
+    ("", {}),
+    ("One line.", {}),
+    # every section title that holds parameters, in any case
+    *(((f"X.\n\n{title}:\n    a: one.\n"), {"a": "one."})
+      for title in ("Args", "Arguments", "attributes", "PARAMETERS", "Params")),
+    # other sections end one and hold no parameters
+    *(((f"X.\n\nArgs:\n    a: one.\n{title}:\n    b: two.\n"), {"a": "one."})
+      for title in ("Returns", "Raises", "Yields", "Note", "Notes", "Example", "Examples",
+                    "See also", "Warning", "Warnings")),
+    # a line less indented than the section's entries ends it
+    ("Args:\n    a: one\n  more: not an entry\n    b: two\n", {"a": "one"}),
+    # a deeper line continues the entry; a blank line does not end the section
+    ("Args:\n    a: one\n        two\n\n    b: three\n", {"a": "one two", "b": "three"}),
+    # types in parentheses, several names, *args and **kwargs, an entry without text
+    ("Args:\n    a (int, optional): x\n    b, c: y\n    *rest: z\n    **kw: w\n    d:\n",
+     {"a": "x", "b": "y", "c": "y", "rest": "z", "kw": "w", "d": ""}),
+    # tabs count as the indentation they expand to
+    ("Args:\n\ta: one\n\t\tmore\n", {"a": "one more"}),
+    # a continuation before any entry, and a line that is no entry, are skipped
+    ("Args:\n    not an entry\n    a: one\n", {"a": "one"}),
+    # the section's entries must start at its first line's indentation
+    ("Args:\n    a: one\n      b: two\n", {"a": "one b: two"}),
+    # a title in the middle of text is not a section
+    ("Text mentioning Args: here.\n    a: one\n", {}),
+])
+def test_param_docs_reads_the_parameter_sections_of_a_docstring(doc, expected):
+    assert param_docs(doc) == expected
+
+
+# -- a component's parameters -----------------------------------------------------------------
+
+
+@attrs.define
+class _Params:
+    """The parameters.
+
+    Attributes:
+        rate: the share kept.
+        names: which ones.
+    """
+
+    rate: float = 0.5
+    names: list[str] = attrs.Factory(lambda: ["a"])
+    scale: Any = attrs.Factory(lambda self: self.rate * 2, takes_self=True)
+    mode: Literal["x"] = "x"
+    needed: int = attrs.field(kw_only=True)
+
+
+class _Comp(Component):
+    """Keeps the small-loss samples.
+
+    More text.
+    """
+
+    Params = _Params
+
+    def select(self, ctx, batch):
+        return None
+
+
+def test_component_params_name_type_default_and_doc():
+    assert component_params(_Comp) == [
+        {"name": "rate", "type": "float", "default": "0.5", "doc": "the share kept."},
+        {"name": "names", "type": "list[str]", "default": "['a']", "doc": "which ones."},
+        {"name": "scale", "type": "Any", "default": "(computed)", "doc": ""},
+        {"name": "mode", "type": "Literal['x']", "default": "'x'", "doc": ""},
+        {"name": "needed", "type": "int", "default": "required", "doc": ""},
+    ]
+
+    @attrs.define
+    class Untyped:
+        value = attrs.field(default=None)
+
+    class Old(Component):
+        Params = Untyped
+
+    assert component_params(Old) == [{"name": "value", "type": "?", "default": "None",
+                                      "doc": ""}]
+
+
+@pytest.mark.parametrize(("tp", "shown"), [
+    (int, "int"), (list[int], "list[int]"), (Optional[int], "Optional[int]"),  # noqa: UP045
+    (int | None, "int | None"), (Any, "Any"), (Literal["x"], "Literal['x']")])
+def test_a_type_given_as_an_object_is_shown_in_full(tp, shown):
+    """A plugin module without ``from __future__ import annotations``: types, not text."""
+    params = attrs.make_class("P", {"x": attrs.field(type=tp, default=None)})
+    comp = type("C", (Component,), {"Params": params})
+    assert component_params(comp)[0]["type"] == shown
+
+
+def test_a_component_without_attrs_params_has_none():
+    class Plain(Component):
+        Params = dict
+
+    class Bare(Component):
+        Params = None
+
+    assert component_params(Plain) == [] and component_params(Bare) == []
+
+
+def test_the_description_is_the_attribute_or_the_docstrings_first_line():
+    assert component_description(_Comp) == "Keeps the small-loss samples."
+
+    class Described(_Comp):
+        """Not this."""
+
+        description = "This one."
+
+    class Undocumented(Component):
+        pass
+
+    Undocumented.__doc__ = None
+    assert component_description(Described) == "This one."
+    assert component_description(Undocumented) == ""
+
+
+# -- the listing ------------------------------------------------------------------------------
+
+
+class _Plugin:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"keep_small": _Comp, "quiet": _Quiet}
+
+    @hookimpl
+    def kdcore_add_noise_models(self):
+        return {"flip_all": lambda ctx: ctx.labels, "flip_none": lambda ctx: ctx.labels}
+
+    @hookimpl
+    def kdcore_epoch_end(self, ctx, epoch, metrics):
+        pass
+
+
+class _Quiet(Component):
+    """Does nothing per batch."""
+
+
+def _listing(capsys, verbose):
+    host = PluginHost(extra=[_Plugin()], entry_points=False)
+    host.infos = {"_Plugin-0": host.infos["_Plugin-0"]}
+    host.infos["failed"] = PluginInfo("failed", "some-dist", "1.2", error="ImportError: nope")
+    print_plugins(host, verbose)
+    return capsys.readouterr().out.splitlines()
+
+
+def test_the_listing_shows_origin_provisions_and_hooks(capsys):
+    assert _listing(capsys, False) == [
+        "_Plugin-0  (in-process)",
+        "  components: keep_small [select], quiet [lifecycle]",
+        "  noise_models: flip_all, flip_none",
+        "  hooks: kdcore_add_components, kdcore_add_noise_models, kdcore_epoch_end",
+        "failed  (some-dist 1.2)",
+        "  FAILED: ImportError: nope",
+    ]
+
+
+def test_the_verbose_listing_adds_each_components_parameters(capsys):
+    lines = _listing(capsys, True)
+    assert lines[4:11] == [
+        "  component keep_small [select]: Keeps the small-loss samples.",
+        "    rate: float = 0.5  the share kept.",
+        "    names: list[str] = ['a']  which ones.",
+        "    scale: Any = (computed)",
+        "    mode: Literal['x'] = 'x'",
+        "    needed: int = required",
+        "  component quiet [lifecycle]: Does nothing per batch.",
+    ]
+    assert lines[11] == "    (no parameters)"
+    assert lines[12:] == ["failed  (some-dist 1.2)", "  FAILED: ImportError: nope"]
+
+
+def test_details_are_the_json_listings_data():
+    host = PluginHost(extra=[_Plugin()], entry_points=False)
+    (keep, quiet) = details(host, ["keep_small", "quiet"])
+    assert keep["name"] == "keep_small" and keep["kinds"] == ["select"]
+    assert keep["description"] == "Keeps the small-loss samples."
+    assert keep["params"][0] == {"name": "rate", "type": "float", "default": "0.5",
+                                 "doc": "the share kept."}
+    assert quiet == {"name": "quiet", "kinds": [], "description": "Does nothing per batch.",
+                     "params": []}
