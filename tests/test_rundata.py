@@ -5,6 +5,8 @@ distributed rank's share of a streamed batch, and a DataLoader worker's error me
 
 from __future__ import annotations
 
+import os
+
 import attrs
 import numpy as np
 import pytest
@@ -151,8 +153,12 @@ def test_train_subset_keeps_that_many_rows_and_the_others_do_not_train(plugin):
     untouched = torch.ones(40, dtype=torch.bool)
     untouched[rows] = False
     assert torch.equal(data.source_noisy[untouched], (torch.arange(40) % CLASSES)[untouched])
-    assert _build(plugin, val_fraction=0.0, train_subset=32).train_source.tolist() == \
-        _build(plugin, val_fraction=0.0).train_source.tolist()  # all of them: no subset
+    # as many as there are: no subset drawn, so the noise draws are those of a run without
+    noisy = NoiseConfig(model="symmetric", params={"rate": 0.5})
+    whole, every = (_build(plugin, val_fraction=0.0, train_subset=k, noise=noisy)
+                    for k in (32, 0))
+    assert torch.equal(whole.train_source, every.train_source)
+    assert torch.equal(whole.train_noisy, every.train_noisy)
 
 
 def test_class_names_come_from_the_loader(plugin):
@@ -176,6 +182,47 @@ def test_a_loader_bug_is_not_disguised_as_bad_data(plugin):
     plugin.loaded = RuntimeError("a bug")
     with pytest.raises(RuntimeError, match="a bug"):
         _build(plugin)
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"params": {"size": 3}}, "data.params.size"),
+    ({"noise": NoiseConfig(model="shift", params={"rate": 0.1})}, "data.noise.params.rate")])
+def test_a_parameter_the_loader_or_the_noise_model_lacks_is_named_by_its_key(plugin, data, key):
+    with pytest.raises(RecipeError) as info:
+        _build(plugin, **data)
+    assert info.value.key == key
+
+
+def test_the_test_split_must_be_a_split(plugin):
+    plugin.loaded = DatasetSplits(train=_splits().train, test=[1, 2])
+    with pytest.raises(KdcoreError) as info:
+        _build(plugin)
+    assert str(info.value) == "dataset 'tiny': its test split is a list"
+
+
+def test_the_workers_setting_is_kept(plugin):
+    assert _build(plugin, workers=3).workers == 3
+
+
+def test_noise_as_other_integers_is_taken_as_int64(plugin):
+    def narrow(ctx):
+        return ctx.labels.numpy().astype(np.int32)
+
+    plugin.kdcore_add_noise_models = hookimpl(lambda: {"narrow": narrow})
+    data = _build(plugin, noise=NoiseConfig(model="narrow"))
+    assert data.train_noisy.dtype == torch.long and data.val_noisy.dtype == torch.long
+    assert torch.equal(data.train_noisy, data.train.y)
+
+
+def test_a_class_left_without_rows_takes_one_from_the_lowest_of_the_largest():
+    """Two classes of 450 and five of 20, 10 rows: the large ones get 5 each, then give one
+    to each small class in turn, the lower class first where they tie."""
+    from kdcore.rundata import _stratified_subset
+
+    labels = torch.cat([torch.zeros(450, dtype=torch.long), torch.ones(450, dtype=torch.long),
+                        torch.arange(100) % 5 + 2])
+    got = _stratified_subset(labels, torch.arange(1000), 10, torch.Generator())
+    assert np.bincount(labels[got].numpy(), minlength=7).tolist() == [2, 3, 1, 1, 1, 1, 1]
 
 
 @pytest.mark.parametrize("labels", [[0] * 31, [0] * 33, [0] * 31 + [-1], [0] * 31 + [4]])
@@ -295,6 +342,9 @@ def test_outside_a_distributed_run_a_process_decodes_the_whole_batch():
     ("DataLoader worker (pid 7) is killed by signal: Killed.\n\n",
      "DataLoader worker (pid 7) is killed by signal: Killed."),
     ("", "RuntimeError('')"),
+    # the part before the first ': ' must name an error for the rest to be the message
+    ("Decode Error: bad header", "bad header"),
+    ("worker exited: MemoryError: out of memory", "worker exited: MemoryError: out of memory"),
 ])
 def test_a_workers_error_is_told_by_its_last_line(text, message):
     assert _worker_error(RuntimeError(text)) == message
@@ -317,3 +367,53 @@ def test_a_file_split_streams_each_batch_from_its_files(monkeypatch):
     assert reads[1] == slice(1, 2)
     assert all(torch.allclose(x, torch.full_like(x, 0.2)) for _, x in got)
     assert list(data.stream(split, [])) == []
+
+
+def _file_split(tmp_path, monkeypatch):
+    """Three files whose reads are logged, with the reading process, to a file (DataLoader
+    workers are other processes)."""
+    log = tmp_path / "reads.log"
+    split = FileDataset(paths=("a", "b", "c"), y=torch.tensor([0, 1, 0]), num_classes=2,
+                        size=2)
+
+    def read(self, rows):
+        rows = list(range(3)[rows]) if isinstance(rows, slice) else rows.tolist()
+        with log.open("a") as fh:
+            fh.write(f"{os.getpid()} {rows}\n")
+        return torch.tensor(rows, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+
+    monkeypatch.setattr(FileDataset, "read", read)
+    return split, log
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_file_split_is_decoded_in_as_many_worker_processes_as_asked(tmp_path, monkeypatch,
+                                                                     workers):
+    split, log = _file_split(tmp_path, monkeypatch)
+    data = attrs.evolve(_run_data(split), workers=workers)
+    order = [torch.tensor([2, 0]), torch.tensor([1]), slice(0, 3)]
+    got = list(data.stream(split, order))
+    assert [rows for rows, _ in got] == order
+    for (_, x), expected in zip(got, ([2, 0], [1], [0, 1, 2])):
+        assert torch.equal(x[:, 0, 0, 0], torch.tensor(expected, dtype=torch.float32) / 255)
+    pids = {int(line.split()[0]) for line in log.read_text().splitlines()}
+    assert (pids == {os.getpid()}) == (workers == 0) and len(pids) <= max(workers, 1)
+    log.unlink()
+    assert list(data.stream(split, [])) == [] and not log.exists()  # no worker started
+
+
+def test_a_split_in_memory_ignores_the_workers():
+    data = attrs.evolve(_run_data(_splits().train), workers=2)
+    ((rows, x),) = data.stream(data.train, [torch.tensor([1])])
+    assert torch.equal(x, data.train.x[[1]])
+
+
+def test_a_worker_reads_whole_batches(monkeypatch):
+    from kdcore.rundata import _Batches
+
+    split = FileDataset(paths=("a", "b"), y=torch.tensor([0, 1]), num_classes=2, size=2)
+    batches = _Batches(split, [torch.tensor([1]), torch.tensor([0, 1])])
+    reads = []
+    monkeypatch.setattr(FileDataset, "read",
+                        lambda self, rows: reads.append((self, rows.tolist())) or rows)
+    assert len(batches) == 2 and batches[1].tolist() == [0, 1] and reads == [(split, [0, 1])]
