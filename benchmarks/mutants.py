@@ -108,6 +108,21 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                        "tests/test_recipe_rules.py", "tests/test_recipe.py"]),
     # ablation grids: grid files, --variant text, run directories, what is pending (session 18)
     "kdcore-grid": (".", ["kdcore/grid.py"], ["tests/test_ablate_input.py", "tests/test_grid.py"]),
+    # a run's data: splits, noise, inputs, batches, a rank's share (session 19)
+    "kdcore-rundata": (".", ["kdcore/rundata.py"],
+                       ["tests/test_rundata.py", "tests/test_impossible_params.py",
+                        "tests/test_label_file.py", "tests/test_streaming.py"]),
+    # a run's set-up from its plan: seeds, models sized and built, the first ledger columns
+    # (session 19)
+    "kdcore-prepare": (".", ["kdcore/prepare.py"],
+                       ["tests/test_prepare.py", "tests/test_impossible_params.py"]),
+    # what `kdcore inspect` reads and writes: metrics, columns as CSV, cartography (session 19)
+    "kdcore-cli-inspect": (".", ["kdcore/cli_inspect.py"],
+                           ["tests/test_cli_inspect.py", "tests/test_read_commands_damage.py"]),
+    # what `kdcore plugins` prints, docstrings read for parameter docs (session 19)
+    "kdcore-cli-plugins": (".", ["kdcore/cli_plugins.py"],
+                           ["tests/test_cli_plugins.py", "tests/test_cli_polish.py", "-k",
+                            "plugin or param_docs"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)
