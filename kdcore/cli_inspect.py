@@ -149,16 +149,15 @@ def _cells(hist: Any, name: str, rows: int) -> dict[str, tuple[np.ndarray, np.nd
     if name in hist.column_names():
         values = hist.column(name)
         absent = np.array([not p for p in hist.producers(name)])
-        kind = _kind(hist, name)
+        kind = hist.column_kind(name)
     else:
         values = np.broadcast_to(hist.data(name)[None], (rows, *hist.data(name).shape))
         absent = np.zeros(rows, dtype=bool)
         kind = "data"
     nan = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
     if values.ndim == 3:
-        nan = nan.any(-1)
-        safe = np.where(np.isnan(values), -np.inf, values) if values.dtype.kind == "f" else values
-        arg = safe.argmax(-1)
+        nan = nan.any(-1)  # a row holding NaN is missing whole, whatever its argmax
+        arg = values.argmax(-1)
         top = np.take_along_axis(values, arg[..., None], -1)[..., 0]
         missing = nan | absent[:, None]
         a, b = ("label", "confidence") if kind == "target" else ("argmax", "max")
@@ -167,12 +166,6 @@ def _cells(hist: Any, name: str, rows: int) -> dict[str, tuple[np.ndarray, np.nd
         raise KdcoreError(f"column '{name}' has shape {values.shape[1:]} per epoch; only "
                           "per-sample values and per-class vectors export as CSV")
     return {name: (values, nan | absent[:, None])}
-
-
-def _kind(hist: Any, name: str) -> str:
-    """A ledger column's stored kind (``target``, ``value``, ...; History has no reader)."""
-    kind = hist.column_kind(name)
-    return kind.decode() if isinstance(kind, bytes) else str(kind)
 
 
 ColumnTable = tuple[list[Any], dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]

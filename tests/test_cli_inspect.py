@@ -45,8 +45,9 @@ T_LOGITS = np.arange(2 * N * C, dtype=np.float32).reshape(2, N, C) / 8
 S_LOGITS = -np.arange(N * C, dtype=np.float32).reshape(N, C) / 4
 LOSS = [[0.5, NAN, 2.25], [1.0, 0.125, 3.0]]  # loss/ce of the teacher's two epochs
 TARGETS = np.array([[[0.125, 0.5, 0.25, 0.125], [1, 0, 0, 0], [0, 0, 0.25, 0.75]],
-                    [[NAN, 0, 0, 1], [0.25, 0.25, 0.25, 0.25], [0, 1, 0, 0]]],
+                    [[0, 0, 0, 1], [0.25, 0.25, 0.25, 0.25], [0, 1, 0, NAN]]],
                    dtype=np.float32)
+PROBS = np.array([[0.5, 0.5, 0, 0], [0, 0.25, 0.75, 0], [0, 0, 0, 1]])  # a vector per sample
 
 
 def _col(data, producer, kind="value"):
@@ -64,7 +65,8 @@ def run_dir(tmp_path_factory):
                              "clean_label": np.array([0, 1, 2]),
                              "noisy_label": np.array([1, 1, 3]),
                              "noise_mask": np.array([True, False, True]),
-                             "per_class": np.ones(C), "grid": np.zeros((N, 2, 2))},
+                             "per_class": np.ones(C), "grid": np.zeros((N, 2, 2)),
+                             "probs": PROBS},
                   transition_matrix=np.eye(C))
     for e in range(2):
         writer.append_epoch(stage="teacher", epoch=e, metrics={
@@ -184,7 +186,11 @@ def test_all_means_every_ledger_column_and_every_per_sample_constant(hist, tmp_p
     # the ledger's columns by name, then the constants with a value (or a vector) per sample
     assert header[7:] == ["logits/student/argmax", "logits/student/max",
                           "logits/teacher/argmax", "logits/teacher/max", "loss/ce",
-                          "select/small", "target/label", "target/confidence", "noise_mask"]
+                          "select/small", "target/label", "target/confidence", "noise_mask",
+                          "probs/argmax", "probs/max"]
+    rows = _exported(hist, ["select/small", "all"], tmp_path)
+    assert rows[0][7:9] == ["select/small", "logits/student/argmax"]  # as asked, then the rest
+    assert [r[-2:] for r in rows[1:4]] == [["0", "0.5"], ["2", "0.75"], ["3", "1.0"]]
 
 
 def test_only_constants_make_one_block_of_stage_data(hist, tmp_path):
@@ -341,6 +347,29 @@ def test_the_command_prints_the_table_and_writes_the_exports(run_dir, tmp_path):
                                   str(path)])
     assert result.output == f"wrote 1 column(s) (3 epochs x 3 samples) to {path}\n"
     result = runner.invoke(main, ["inspect", str(run_dir), "--cartography",
-                                  str(tmp_path / "d"), "--model", "student"])
-    assert result.output == (f"wrote 1 epoch files (the epochs model 'student' trained) to "
+                                  str(tmp_path / "d"), "--model", "teacher"])
+    assert result.output == (f"wrote 2 epoch files (the epochs model 'teacher' trained) to "
                              f"{tmp_path / 'd'}\n")
+
+
+def test_a_recipe_without_stages_or_train_lists_trains_nothing(tmp_path):
+    for toml in ("", '[[stages]]\nname = "s"\n'):
+        writer = HistoryWriter(tmp_path / "h.h5")
+        writer.create(recipe_toml=toml, versions={}, num_classes=2, class_names=["a", "b"],
+                      constants={"noisy_label": np.array([0, 1])}, transition_matrix=np.eye(2))
+        writer.append_epoch(stage="s", epoch=0, metrics={}, columns={})
+        with History(tmp_path / "h.h5") as h:
+            assert trained_rows(h, "m") == [], toml
+
+
+def test_a_history_without_the_sample_constants_still_exports_its_columns(tmp_path):
+    writer = HistoryWriter(tmp_path / "h.h5")
+    writer.create(recipe_toml="", versions={}, num_classes=2, class_names=["a", "b"],
+                  constants={"other": np.zeros(3)}, transition_matrix=np.eye(2))
+    writer.append_epoch(stage="s", epoch=0, metrics={},
+                        columns={"loss/x": _col([0.5, 1.5, 2.5], "x")})
+    with History(tmp_path / "h.h5") as h:
+        rows = _exported(h, ["loss/x"], tmp_path)
+    assert rows == [["row", "stage", "epoch", "ledger_row", "loss/x"],
+                    ["0", "s", "0", "0", "0.5"], ["0", "s", "0", "1", "1.5"],
+                    ["0", "s", "0", "2", "2.5"]]
