@@ -48,6 +48,14 @@ from kdcore.plugins import PluginHost, PluginInfo
     ("Args:\n    a: one\n      b: two\n", {"a": "one b: two"}),
     # a title in the middle of text is not a section
     ("Text mentioning Args: here.\n    a: one\n", {}),
+    # what comes before the first section is no parameter, even in the entries' form
+    ("Note: see below.\n\nArgs:\n    a: one.\n", {"a": "one."}),
+    # a continuation line that reads as a section's name without its colon continues
+    ("Args:\n    a: kept as\n        notes\n    b: two\n", {"a": "kept as notes", "b": "two"}),
+    # text between two parameter sections ends the first, not the reading
+    ("Args:\n    a: one\nText.\nAttributes:\n    b: two\n", {"a": "one", "b": "two"}),
+    # names are kept whole, only the stars of *args and **kwargs dropped
+    ("Args:\n    X_train: inputs\n", {"X_train": "inputs"}),
 ])
 def test_param_docs_reads_the_parameter_sections_of_a_docstring(doc, expected):
     assert param_docs(doc) == expected
@@ -122,6 +130,7 @@ def test_a_component_without_attrs_params_has_none():
         Params = None
 
     assert component_params(Plain) == [] and component_params(Bare) == []
+    assert component_params(type("NotAComponent", (), {})) == []
 
 
 def test_the_description_is_the_attribute_or_the_docstrings_first_line():
@@ -138,6 +147,9 @@ def test_the_description_is_the_attribute_or_the_docstrings_first_line():
     Undocumented.__doc__ = None
     assert component_description(Described) == "This one."
     assert component_description(Undocumented) == ""
+    # any class: one without the attribute falls back to its docstring
+    assert component_description(type("Other", (), {"__doc__": "Its doc.\n\nMore."})) == \
+        "Its doc."
 
 
 # -- the listing ------------------------------------------------------------------------------
@@ -146,7 +158,7 @@ def test_the_description_is_the_attribute_or_the_docstrings_first_line():
 class _Plugin:
     @hookimpl
     def kdcore_add_components(self):
-        return {"keep_small": _Comp, "quiet": _Quiet}
+        return {"keep_small": _Comp, "quiet": _Quiet, "both": _Both}
 
     @hookimpl
     def kdcore_add_noise_models(self):
@@ -161,28 +173,51 @@ class _Quiet(Component):
     """Does nothing per batch."""
 
 
+class _Both(Component):
+    """Selects and weights."""
+
+    def select(self, ctx, batch):
+        return None
+
+    def weight(self, ctx, batch):
+        return None
+
+
+class _Augmenting:
+    @hookimpl
+    def kdcore_add_augmentations(self):
+        return {"nothing": lambda x, generator: x}
+
+
 def _listing(capsys, verbose):
-    host = PluginHost(extra=[_Plugin()], entry_points=False)
-    host.infos = {"_Plugin-0": host.infos["_Plugin-0"]}
-    host.infos["failed"] = PluginInfo("failed", "some-dist", "1.2", error="ImportError: nope")
+    host = PluginHost(extra=[_Plugin(), _Augmenting()], entry_points=False)
+    failed = PluginInfo("failed", "some-dist", "1.2", error="ImportError: nope")
+    host.infos = {"failed": failed, "_Plugin-0": host.infos["_Plugin-0"],
+                  "_Augmenting-1": host.infos["_Augmenting-1"]}
     print_plugins(host, verbose)
     return capsys.readouterr().out.splitlines()
 
 
 def test_the_listing_shows_origin_provisions_and_hooks(capsys):
     assert _listing(capsys, False) == [
-        "_Plugin-0  (in-process)",
-        "  components: keep_small [select], quiet [lifecycle]",
-        "  noise_models: flip_all, flip_none",
-        "  hooks: kdcore_add_components, kdcore_add_noise_models, kdcore_epoch_end",
         "failed  (some-dist 1.2)",
         "  FAILED: ImportError: nope",
+        "_Plugin-0  (in-process)",
+        "  components: both [select+weight], keep_small [select], quiet [lifecycle]",
+        "  noise_models: flip_all, flip_none",
+        "  hooks: kdcore_add_components, kdcore_add_noise_models, kdcore_epoch_end",
+        "_Augmenting-1  (in-process)",
+        "  augmentations: nothing",
+        "  hooks: kdcore_add_augmentations",
     ]
 
 
 def test_the_verbose_listing_adds_each_components_parameters(capsys):
     lines = _listing(capsys, True)
-    assert lines[4:11] == [
+    assert lines[:6] == _listing(capsys, False)[:6]
+    assert lines[6:] == [
+        "  component both [select+weight]: Selects and weights.",
+        "    (no parameters)",
         "  component keep_small [select]: Keeps the small-loss samples.",
         "    rate: float = 0.5  the share kept.",
         "    names: list[str] = ['a']  which ones.",
@@ -190,9 +225,11 @@ def test_the_verbose_listing_adds_each_components_parameters(capsys):
         "    mode: Literal['x'] = 'x'",
         "    needed: int = required",
         "  component quiet [lifecycle]: Does nothing per batch.",
+        "    (no parameters)",
+        "_Augmenting-1  (in-process)",
+        "  augmentations: nothing",
+        "  hooks: kdcore_add_augmentations",
     ]
-    assert lines[11] == "    (no parameters)"
-    assert lines[12:] == ["failed  (some-dist 1.2)", "  FAILED: ImportError: nope"]
 
 
 def test_details_are_the_json_listings_data():
