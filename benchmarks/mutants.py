@@ -119,6 +119,11 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # what `kdcore inspect` reads and writes: metrics, columns as CSV, cartography (session 19)
     "kdcore-cli-inspect": (".", ["kdcore/cli_inspect.py"],
                            ["tests/test_cli_inspect.py", "tests/test_read_commands_damage.py"]),
+    # what `kdcore label-issues` prints and writes (session 19)
+    "kdcore-cli-label-issues": (".", ["kdcore/cli_label_issues.py"],
+                                ["tests/test_cli_label_issues.py", "tests/test_label_issues.py",
+                                 "-k", "not list_scores and not "
+                                 "grid_setting_of_a_path and not comparison_on_a_tiny_run"]),
     # what `kdcore plugins` prints, docstrings read for parameter docs (session 19)
     "kdcore-cli-plugins": (".", ["kdcore/cli_plugins.py"],
                            ["tests/test_cli_plugins.py", "tests/test_cli_polish.py", "-k",

@@ -28,11 +28,6 @@ def precision_ks(top: int, length: int) -> list[int]:
     return sorted({k for k in (top, *PRECISION_AT, length) if 0 < k <= length})
 
 
-def _cell(value: Any) -> Any:
-    """A CSV cell: Python ints and floats in full (``str(float)`` round-trips)."""
-    return value.item() if hasattr(value, "item") else value
-
-
 def write_csv(issues: Any, path: Path) -> None:
     """The whole list, one row per sample, :meth:`~kdcore.label_ranking.LabelIssues.table`'s
     columns; unknown ones (no true labels) as empty cells."""
