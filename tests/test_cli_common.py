@@ -1,0 +1,123 @@
+"""What every command shares (kdcore/cli_common.py): a user error as one line and its exit
+code, an interrupt, an error left for the ``--nproc`` launcher instead of said, the plugin
+host of ``--plugin`` and ``--strict-plugins``, the log's level, and the ``--help`` examples."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+from loguru import logger
+
+from kdcore.cli_common import (
+    configure_logging,
+    examples,
+    plugin_host,
+    plugin_option,
+    set_option,
+    strict_option,
+    user_errors,
+)
+from kdcore.errors import KdcoreError
+from kdcore.failures import RunFailed
+from kdcore.torchrun import ERRORS_ENV
+
+
+def _command(raises: BaseException | None = None, returns: object = None):
+    @click.command()
+    @user_errors
+    def cmd() -> object:
+        """Its doc."""
+        if raises is not None:
+            raise raises
+        click.echo("ran")
+        return returns
+
+    return cmd
+
+
+@pytest.mark.parametrize(("error", "code", "line"), [
+    (KdcoreError("no such run"), 2, "kdcore: error: no such run"),
+    (RunFailed("component 'x' returned NaN"), 1, "kdcore: error: component 'x' returned NaN"),
+    (KdcoreError("a\nb\x1b[31m"), 2, "kdcore: error: a\\nb\\x1b[31m"),
+    (KeyboardInterrupt(), 130, "kdcore: interrupted; resume with --resume"),
+])
+def test_an_error_is_one_line_on_stderr_with_its_exit_code(error, code, line):
+    result = CliRunner().invoke(_command(error))
+    assert result.exit_code == code
+    assert result.stderr == line + "\n" and result.stdout == ""
+
+
+def test_any_other_exception_is_not_taken_for_a_user_error():
+    result = CliRunner().invoke(_command(ValueError("a bug")))
+    assert isinstance(result.exception, ValueError) and result.exit_code == 1
+
+
+def test_a_command_that_succeeds_runs_as_written():
+    fn = user_errors(lambda x: x * 2)
+    assert fn(21) == 42
+    wrapped = _command().callback
+    assert wrapped.__name__ == "cmd" and wrapped.__doc__ == "Its doc."
+    assert CliRunner().invoke(_command()).stdout == "ran\n"
+
+
+@pytest.mark.parametrize(("error", "code", "message"), [
+    (KdcoreError("bad recipe"), 2, "bad recipe"),
+    (KeyboardInterrupt(), 130, "interrupted; resume with --resume"),
+])
+def test_a_launched_worker_leaves_its_error_to_the_launcher(tmp_path, monkeypatch, error, code,
+                                                            message):
+    monkeypatch.setenv(ERRORS_ENV, str(tmp_path))
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(_command(error))
+    assert result.exit_code == code and result.stderr == ""
+    assert json.loads((tmp_path / "1").read_text()) == {"message": message, "exit_code": code}
+
+
+def test_the_plugin_host_loads_the_given_plugins_and_is_strict_when_asked(tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "cli_common_probe.py").write_text(
+        "import kdcore\n\n@kdcore.hookimpl\ndef kdcore_add_noise_models():\n"
+        "    return {'probe_noise': lambda ctx: ctx.labels}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = plugin_host(["cli_common_probe"], strict=False)
+    assert "probe_noise" in host.noise_models.names() and host.strict is False
+    assert plugin_host([], strict=True).strict is True
+
+
+@pytest.mark.parametrize(("quiet", "shown"), [(True, ["warning"]), (False, ["info", "warning"])])
+def test_the_log_shows_warnings_or_everything_from_info(capsys, quiet, shown):
+    configure_logging(quiet)
+    try:
+        logger.debug("debug")
+        logger.info("info")
+        logger.warning("warning")
+    finally:
+        logger.remove()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == shown
+    assert all(len(line.split(" ", 1)[0]) == len("12:34:56") for line in lines)
+
+
+def test_examples_keep_their_lines_as_written():
+    assert examples("kdcore run a.toml", "kdcore check b.toml") == (
+        "\b\nExamples:\n  kdcore run a.toml\n  kdcore check b.toml")
+
+
+def test_the_recipe_options_parse_as_documented():
+    @click.command()
+    @set_option
+    @plugin_option
+    @strict_option
+    def cmd(overrides, plugins, strict_plugins):
+        click.echo(json.dumps([overrides, plugins, strict_plugins]))
+
+    runner = CliRunner()
+    result = runner.invoke(cmd, ["--set", "a=1", "--set", "b.c=2", "--plugin", "m:P",
+                                 "--strict-plugins"])
+    assert json.loads(result.stdout) == [["a=1", "b.c=2"], ["m:P"], True]
+    assert json.loads(runner.invoke(cmd, []).stdout) == [[], [], False]
+    help_text = runner.invoke(cmd, ["--help"]).stdout
+    assert "--set KEY.PATH=VALUE" in help_text and "--plugin MODULE[:OBJ]" in help_text
