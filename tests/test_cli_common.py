@@ -87,6 +87,17 @@ def test_the_plugin_host_loads_the_given_plugins_and_is_strict_when_asked(tmp_pa
     assert plugin_host([], strict=True).strict is True
 
 
+def test_loading_plugins_logs_warnings_only(capsys):
+    plugin_host([], strict=False)
+    try:
+        logger.info("info")
+        logger.warning("warning")
+    finally:
+        logger.remove()
+    assert [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()] == [
+        "warning"]
+
+
 @pytest.mark.parametrize(("quiet", "shown"), [(True, ["warning"]), (False, ["info", "warning"])])
 def test_the_log_shows_warnings_or_everything_from_info(capsys, quiet, shown):
     configure_logging(quiet)
@@ -99,6 +110,16 @@ def test_the_log_shows_warnings_or_everything_from_info(capsys, quiet, shown):
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == shown
     assert all(len(line.split(" ", 1)[0]) == len("12:34:56") for line in lines)
+
+
+def test_the_log_shows_the_time_on_a_24_hour_clock(capsys):
+    configure_logging(False)
+    try:
+        logger.patch(lambda r: r.update(time=r["time"].replace(hour=15, minute=4, second=5))
+                     ).info("late")
+    finally:
+        logger.remove()
+    assert capsys.readouterr().err == "15:04:05 late\n"
 
 
 def test_examples_keep_their_lines_as_written():
