@@ -119,6 +119,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # what `kdcore inspect` reads and writes: metrics, columns as CSV, cartography (session 19)
     "kdcore-cli-inspect": (".", ["kdcore/cli_inspect.py"],
                            ["tests/test_cli_inspect.py", "tests/test_read_commands_damage.py"]),
+    # `kdcore report`: outputs checked first, the table, its CSV, figures, the page (session 19)
+    "kdcore-cli-report": (".", ["kdcore/cli_report.py"],
+                          ["tests/test_ablate_report.py", "tests/test_report_html.py"]),
     # what every command shares: one-line errors, exit codes, plugins, logging (session 19)
     "kdcore-cli-common": (".", ["kdcore/cli_common.py"], ["tests/test_cli_common.py"]),
     # what `kdcore label-issues` prints and writes (session 19)

@@ -365,3 +365,49 @@ def test_a_variant_folder_whose_name_is_not_utf8_is_reported_escaped(tmp_path):
     res = invoke("report", tmp_path / "g", "--baseline", name, "--ceiling", "clean")
     assert res.exit_code == 0 and "| ce | student | 1 | 25.00 | 25.00 | 25.00 | -1.00 |" in (
         res.output), res.output
+
+
+# -- the command's wiring (kdcore/cli_report.py) ----------------------------------------------
+
+
+def test_report_prints_the_table_it_writes_and_says_what_it_wrote(grid, tmp_path):
+    _, out, _ = grid
+    shown = invoke("report", out)
+    md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    written = invoke("report", out, "--markdown", md, "--csv", table_csv)
+    assert shown.stdout == md.read_text() and shown.stdout.endswith(" |\n")
+    assert written.stdout == f"wrote {md}\nwrote {table_csv}\n"
+    assert "gap_recovered" not in table_csv.read_text().splitlines()[0]
+
+
+def test_report_names_the_model_asked_for(grid):
+    _, out, _ = grid
+    teacher = invoke("report", out, "--model", "teacher").stdout
+    rows = [line for line in teacher.splitlines() if line.startswith(("| kd", "| ce"))]
+    assert len(rows) == 2 and all("| teacher |" in line for line in rows), teacher
+    ghost = invoke("report", out, "--model", "ghost")
+    assert ghost.exit_code == 2 and "'ghost'" in ghost.stderr and ghost.stdout == ""
+
+
+def test_report_warnings_go_to_stderr_and_into_the_page(grid, tmp_path):
+    _, out, _ = grid
+    res = invoke("report", out, "--baseline", "ce", "--html", tmp_path / "page")
+    note = "no gap column: --baseline ce needs --ceiling too"
+    assert res.stderr == f"kdcore: warning: {note}\n" and note not in res.stdout
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert f'<p class="note">{note}</p>' in page
+    assert f"<title>kdcore report: {out}</title>" in page
+
+
+def test_report_csv_holds_the_gap_recovered_with_both_references(grid, tmp_path):
+    _, out, _ = grid
+    path = tmp_path / "gap.csv"
+    invoke("report", out, "--baseline", "ce", "--ceiling", "kd", "--csv", path)
+    rows = {r["variant"]: r for r in csv.DictReader(path.open())}
+    mean = {v: float(rows[v]["best_mean"]) for v in ("ce", "kd")}
+    expected = ({"ce": "0.000000", "kd": "1.000000"} if mean["kd"] > mean["ce"]
+                else {"ce": "", "kd": ""})
+    assert {v: rows[v]["gap_recovered"] for v in ("ce", "kd")} == expected
+    only = tmp_path / "only.csv"
+    invoke("report", out, "--baseline", "ce", "--csv", only)
+    assert "gap_recovered" not in only.read_text().splitlines()[0]
