@@ -145,6 +145,7 @@ def test_report_writes_valid_pngs(grid, tmp_path):
     assert {"label_acc.png", "transition_kd.png", "transition_ce.png"} <= names
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+    assert res.stdout.splitlines()[-1] == f"wrote {len(pngs)} plots to {tmp_path / 'plots'}"
 
 
 def test_grid_file_and_bad_input(tmp_path):
@@ -402,12 +403,13 @@ def test_report_warnings_go_to_stderr_and_into_the_page(grid, tmp_path):
 def test_report_csv_holds_the_gap_recovered_with_both_references(grid, tmp_path):
     _, out, _ = grid
     path = tmp_path / "gap.csv"
-    invoke("report", out, "--baseline", "ce", "--ceiling", "kd", "--csv", path)
+    res = invoke("report", out, "--baseline", "ce", "--ceiling", "kd", "--csv", path)
     rows = {r["variant"]: r for r in csv.DictReader(path.open())}
     mean = {v: float(rows[v]["best_mean"]) for v in ("ce", "kd")}
     expected = ({"ce": "0.000000", "kd": "1.000000"} if mean["kd"] > mean["ce"]
                 else {"ce": "", "kd": ""})
     assert {v: rows[v]["gap_recovered"] for v in ("ce", "kd")} == expected
+    assert (res.stderr == "") == (mean["kd"] > mean["ce"])  # both references: no warning
     only = tmp_path / "only.csv"
     invoke("report", out, "--baseline", "ce", "--csv", only)
     assert "gap_recovered" not in only.read_text().splitlines()[0]
