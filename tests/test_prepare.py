@@ -370,6 +370,10 @@ def test_a_disabled_roles_checkpoint_is_not_read(tmp_path):
     models["teacher"] |= {"checkpoint": str(tmp_path / "missing.pt"), "enabled": False}
     run = _prepare(tmp_path, _student_stage(), models=models)
     load_model_checkpoints(run)  # a missing file would be refused
+    assert "teacher" not in run.models  # no model to load it into either
+    models["teacher"]["enabled"] = True
+    with pytest.raises(KdcoreError, match="checkpoint for model 'teacher' not found"):
+        load_model_checkpoints(_prepare(tmp_path, _student_stage(), models=models))
 
 
 def test_weights_that_do_not_fit_are_refused_in_one_line():
