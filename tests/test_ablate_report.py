@@ -164,15 +164,15 @@ def test_grid_file_and_bad_input(tmp_path):
     assert bad.exit_code == 2 and "--seeds" in bad.output
 
 
-def _fake_run(folder, *, seed, rate=0.4, acc=0.5, extra=""):
-    """A finished run's summary.json and recipe.toml (``extra``: more of the recipe's TOML),
-    written by hand."""
+def _fake_run(folder, *, seed, rate=0.4, acc=0.5, extra="", model="student"):
+    """A finished run's summary.json (one model's) and recipe.toml (``extra``: more of the
+    recipe's TOML), written by hand."""
     import json as _json
 
     folder.mkdir(parents=True)
     metrics = {"test_acc_at_best_val": acc, "last_test_acc": acc, "test_bacc_at_best_val": acc,
                "last_test_bacc": acc}
-    (folder / "summary.json").write_text(_json.dumps({"student": metrics}))
+    (folder / "summary.json").write_text(_json.dumps({model: metrics}))
     (folder / "recipe.toml").write_text(
         f'[run]\nname = "x"\nseed = {seed}\noutput_dir = "runs"\n'
         f"[data.noise.params]\nrate = {rate}\n{extra}")
@@ -413,3 +413,25 @@ def test_report_csv_holds_the_gap_recovered_with_both_references(grid, tmp_path)
     only = tmp_path / "only.csv"
     invoke("report", out, "--baseline", "ce", "--csv", only)
     assert "gap_recovered" not in only.read_text().splitlines()[0]
+
+
+def test_the_gap_of_a_model_other_than_student_reaches_every_output(tmp_path, monkeypatch):
+    # the gap column is the reported model's, in the table, the CSV and the page alike; the
+    # runs lie in two folders, both named in the page's title (hand-written runs have no
+    # history to draw: the page gets no figures)
+    monkeypatch.setattr("kdcore.figures.draw_figures", lambda runs: [])
+    first, second = tmp_path / "refs", tmp_path / "method"
+    for folder, variant, acc in ((first, "ce", 0.25), (first, "clean", 0.75),
+                                 (second, "dml", 0.5)):
+        _fake_run(folder / variant / "seed0", seed=0, acc=acc, model="peer")
+    md, table_csv, page = tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "page"
+    res = invoke("report", first, second, "--model", "peer", "--baseline", "ce", "--ceiling",
+                 "clean", "--markdown", md, "--csv", table_csv, "--html", page)
+    assert res.exit_code == 0 and res.stderr == "", res.output
+    assert "| dml | peer | 1 | 50.00 | 50.00 | 50.00 | +0.50 |" in md.read_text()
+    with open(table_csv, newline="") as fh:
+        gaps = {r["variant"]: r["gap_recovered"] for r in csv.DictReader(fh)}
+    assert gaps == {"ce": "0.000000", "clean": "1.000000", "dml": "0.500000"}
+    html = (page / "index.html").read_text(encoding="utf-8")
+    assert '<td>dml</td><td>peer</td>' in html and '<td class="num">+0.50</td></tr>' in html
+    assert f"<title>kdcore report: {first}, {second}</title>" in html
