@@ -133,6 +133,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-cli-plugins": (".", ["kdcore/cli_plugins.py"],
                            ["tests/test_cli_plugins.py", "tests/test_cli_polish.py", "-k",
                             "(plugin or param_docs) and not readme"]),
+    # the baselines' hooks through the component harness (session 20)
+    "kdcore-builtin": (".", ["kdcore/builtin/components.py"],
+                       ["tests/test_builtin_components.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)
