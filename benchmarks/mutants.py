@@ -136,6 +136,19 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # the baselines' hooks through the component harness (session 20)
     "kdcore-builtin": (".", ["kdcore/builtin/components.py"],
                        ["tests/test_builtin_components.py"]),
+    # around a run: the device string, the one-line failure, the loggers, the run directory
+    # (session 20)
+    "kdcore-run-support": (".", ["kdcore/device.py", "kdcore/failures.py", "kdcore/loggers.py",
+                                 "kdcore/rundir.py"],
+                           ["tests/test_device.py", "tests/test_failures.py",
+                            "tests/test_loggers.py", "tests/test_run_dir_damage.py",
+                            "tests/test_rundir.py", "tests/test_resume_contract.py",
+                            "tests/test_impossible_params.py",
+                            # the pages logger's tests run docs/plugins.md, which the copy
+                            # leaves out
+                            "-k", "not pages_logger"]),
+    # the meta-learning plugins' look-ahead: the virtual SGD step (session 20)
+    "kdcore-meta": (".", ["kdcore/meta.py"], ["tests/test_meta.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)
@@ -213,7 +226,7 @@ def run(name: str) -> dict[str, int]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([*mutmut, "run"], cwd=where, capture_output=True, text=True, env=env)
     found = _COUNTS.findall(proc.stdout + proc.stderr)
-    if not found:
+    if not found or "failed to collect stats" in proc.stdout + proc.stderr:
         raise SystemExit(f"{name}: mutmut did not run:\n{(proc.stdout + proc.stderr)[-2000:]}")
     killed, no_tests, timeout, suspicious, survived, skipped = map(int, found[-1])
     listed = subprocess.run([*mutmut, "results"], cwd=where, capture_output=True, text=True)

@@ -126,3 +126,39 @@ def test_a_traceback_holding_a_byte_that_is_not_utf8_is_saved_escaped(tmp_path):
     text = log.read_text(encoding="utf-8")
     assert text.startswith("the run's log\nTraceback (most recent call last)")
     assert text.endswith("ValueError: no file caf\\udce9.png\n")
+
+
+def test_a_message_of_exactly_the_limit_is_kept_whole():
+    error = failure(RuntimeError("y" * 300), "the set-up")
+    assert str(error) == (f"the set-up stopped: RuntimeError: {'y' * 300}; "
+                          "KDCORE_TRACEBACK=1 shows the traceback")
+
+
+@pytest.mark.parametrize(("value", "shown"), [(None, False), ("", False), ("0", False),
+                                              ("1", True), ("yes", True)])
+def test_which_values_of_kdcore_traceback_show_it(monkeypatch, value, shown):
+    from kdcore.failures import shows_traceback
+
+    if value is None:
+        monkeypatch.delenv("KDCORE_TRACEBACK", raising=False)
+    else:
+        monkeypatch.setenv("KDCORE_TRACEBACK", value)
+    assert shows_traceback() is shown
+
+
+def test_the_saved_traceback_is_python_s_own_text_in_utf8_whatever_the_locale(tmp_path,
+                                                                            monkeypatch):
+    import io
+    import traceback
+
+    from kdcore.failures import save_traceback
+
+    log = tmp_path / "log.txt"
+    try:
+        raise ValueError("élève")
+    except ValueError as exc:
+        caught = exc
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "ascii")
+    save_traceback(caught, log)
+    assert log.read_text(encoding="utf-8") == "".join(traceback.format_exception(caught))
+    assert str(failure(caught, "the run")).endswith(f"; the traceback is in {log}")

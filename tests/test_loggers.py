@@ -143,6 +143,40 @@ def test_the_csv_grows_columns_and_drops_replayed_rows(tmp_path):
     assert read_csv(path) == [["row", "stage", "epoch", "w"], ["0", "a", "0", "1.0"]]
 
 
+def test_a_resumed_csv_logger_reads_back_exactly_what_was_written(tmp_path):
+    # a metric name holding a line break is written quoted and must come back as it was (not
+    # as a second column); a row short of cells (a file edited by hand) reads as empty cells
+    path = tmp_path / "csv" / "metrics.csv"
+    CsvLogger(tmp_path / "csv").kdcore_epoch_end(fake_ctx(0), 0, {"a\r\nb": 1.0})
+    with path.open("a", newline="") as handle:
+        handle.write("1,a,1\r\n")
+    resumed = CsvLogger(tmp_path / "csv")
+    resumed.kdcore_epoch_end(fake_ctx(1, resumed=True), 0, {"a\r\nb": 2.0})
+    assert read_csv(path) == [["row", "stage", "epoch", "a\r\nb"], ["0", "a", "0", "1.0"],
+                              ["1", "a", "1", ""], ["2", "b", "0", "2.0"]]
+
+
+def test_start_loggers_hands_each_factory_its_folder_and_the_recipe(tmp_path):
+    from kdcore.loggers import start_loggers
+
+    seen = []
+    host = SimpleNamespace(loggers={"mine": lambda folder, rec: seen.append((folder, rec))
+                                    or "observer"}, strict=False)
+    rec = SimpleNamespace(run=SimpleNamespace(loggers=["mine"]))
+    assert start_loggers(host, rec, tmp_path) == [("mine", "observer")]
+    assert seen == [(tmp_path / "logs" / "mine", rec)]
+
+
+def test_tensorboard_without_its_package_is_one_line(monkeypatch, tmp_path):
+    from kdcore.loggers import tensorboard_logger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(kdcore.KdcoreError) as err:
+        tensorboard_logger(tmp_path, None)
+    assert str(err.value).startswith("logger 'tensorboard' needs the tensorboard package (")
+    assert str(err.value).endswith("); install it with: pip install 'kdcore[loggers]'")
+
+
 # -- choosing loggers -------------------------------------------------------------------------
 
 
