@@ -149,6 +149,11 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                             "-k", "not pages_logger"]),
     # the meta-learning plugins' look-ahead: the virtual SGD step (session 20)
     "kdcore-meta": (".", ["kdcore/meta.py"], ["tests/test_meta.py"]),
+    # the recipe's typed schema: every table's defaults and ranges (session 20)
+    "kdcore-schema": (".", ["kdcore/recipe/schema.py"],
+                      ["tests/test_config.py", "tests/test_recipe.py", "tests/test_bad_input.py",
+                       "tests/test_config_structure.py", "tests/test_recipe_rules.py",
+                       "tests/test_validators.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

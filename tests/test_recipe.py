@@ -468,3 +468,57 @@ def test_a_recipe_path_that_is_no_regular_file_or_too_large_is_refused(tmp_path)
         load_recipe(big)
     with pytest.raises(RecipeError, match="recipe path is a directory"):
         load_recipe(tmp_path)
+
+
+def test_nesterov_without_momentum_is_one_whole_line():
+    data = tomllib.loads(BASE)
+    apply_override(data, ["models", "student", "optimizer"],
+                   {"momentum": 0.0, "nesterov": True})
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict(data)
+    assert str(err.value).endswith(
+        "'nesterov' needs momentum > 0 (SGD's Nesterov step is defined on the momentum buffer)")
+
+
+def test_the_resolved_recipe_names_neither_its_source_nor_what_it_extended(tmp_path):
+    # the saved recipe.toml is complete: read again, it must not extend its base a second time
+    import attrs
+
+    base = _write(tmp_path, "base.toml", BASE)
+    child = _write(tmp_path, "child.toml", f'extends = "{base.name}"\n[run]\nname = "child"\n')
+    recipe = attrs.evolve(load_recipe(child), extends=base.name)
+    assert recipe.source == str(child)
+    saved = recipe.to_dict()
+    assert "extends" not in saved and "source" not in saved and saved["run"]["name"] == "child"
+    again = _write(tmp_path, "again.toml", recipe.to_toml())
+    assert "extends" not in again.read_text()
+    assert load_recipe(again).to_dict() == saved
+
+
+def test_the_schemas_defaults_are_the_documented_ones():
+    # docs/recipes.md and the schema's docstrings state these; a changed default changes
+    # every recipe that leaves the key out (keys whose default is None are not written)
+    from kdcore.recipe import Recipe
+
+    defaults = Recipe().to_dict()
+    assert defaults["run"] == {
+        "name": "run", "seed": 0, "device": "auto", "output_dir": "runs", "threads": 0,
+        "checkpoint_interval_s": 30.0, "precision": "fp32", "compile": False, "loggers": []}
+    assert Recipe().run.channels_last is None and Recipe().data.test_fraction is None
+    data = defaults["data"]
+    assert {k: v for k, v in data.items() if k != "noise"} == {
+        "dataset": "digits", "params": {}, "val_fraction": 0.1, "gold_per_class": 0,
+        "train_subset": 0, "batch_size": 64, "eval_batch_size": 1024, "augment": [],
+        "workers": 0}
+    assert data["noise"] == {"model": "none", "params": {}, "apply_to_val": True}
+    one = recipe_from_dict({"models": {"m": {}}, "stages": [
+        {"name": "s", "epochs": 1, "train": ["m"], "components": [{"use": "ce"}]}]}).to_dict()
+    assert one["models"]["m"] == {
+        "arch": "mlp", "params": {},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                      "nesterov": False},
+        "schedule": {"name": "constant", "milestones": [], "gamma": 0.1},
+        "cache_outputs": False, "enabled": True}
+    assert one["stages"] == [{"name": "s", "epochs": 1, "train": ["m"], "keep": "last",
+                              "components": [{"use": "ce", "terms": [], "weight": 1.0,
+                                              "enabled": True, "params": {}}]}]
