@@ -154,6 +154,14 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                       ["tests/test_config.py", "tests/test_recipe.py", "tests/test_bad_input.py",
                        "tests/test_config_structure.py", "tests/test_recipe_rules.py",
                        "tests/test_validators.py"]),
+    # the component contract: the batch, the spec, the declared roles and columns, the per-batch
+    # store, the test harness (session 20)
+    "kdcore-contract": (".", ["kdcore/component.py", "kdcore/context.py",
+                              "kdcore/testing_harness.py"],
+                        ["tests/test_hookspecs.py", "tests/test_step.py", "tests/test_testing.py",
+                         "tests/test_column_kinds.py", "tests/test_plan.py",
+                         "tests/test_cached_outputs.py", "tests/test_builtin_components.py",
+                         "tests/test_harness.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -1,0 +1,237 @@
+"""kdcore.testing's component harness, what every plugin's unit tests stand on: the run, data,
+ledger, context and component it builds, its batches and hooks, and TinyNet; and the pieces of
+the component contract a harness test reaches (Batch, BatchStore, the declared roles and
+columns)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+import torch
+from torch import nn
+
+from kdcore import Component, RecipeError, Role
+from kdcore.builtin.components import AllSamples, CrossEntropy, HintonKD, LabelSmoothing
+from kdcore.component import Batch, ComponentSpec
+from kdcore.context import BatchStore, ModelOutput
+from kdcore.recipe import StageConfig
+from kdcore.testing import TinyNet, harness
+
+X = torch.arange(20.0).reshape(5, 4)
+NOISY = torch.tensor([0, 1, 2, 1, 0])
+CLEAN = torch.tensor([0, 1, 1, 1, 2])
+
+
+class _Writer(Component):
+    """Writes a column of its own, in a hook or (wrongly) at set-up."""
+
+    writes = ("mine/{name}",)
+    description = "writes"
+    seen: list = []
+
+    def setup(self, ctx):
+        _Writer.seen.append(("setup", ctx.epoch))
+        if getattr(ctx, "write_in_setup", False):
+            ctx.ledger.add(f"mine/{self.name}", torch.zeros(5))
+
+    def on_stage_start(self, ctx):
+        _Writer.seen.append(("stage", ctx.stage.name))
+
+    def on_epoch_start(self, ctx):
+        _Writer.seen.append(("epoch", ctx.epoch))
+
+
+def test_the_run_data_and_ledger_it_builds():
+    h = harness(CrossEntropy, x=X, noisy_label=NOISY, clean_label=CLEAN)
+    run, data, ledger = h.run, h.run.data, h.run.ledger
+    assert run.recipe.stages == [StageConfig(name="stage", epochs=1, train=["student"])]
+    assert run.run_dir == Path(".") and run.device == torch.device("cpu")
+    assert run.augmentations == []
+    assert data.num_classes == 3 and data.class_names == ("0", "1", "2")
+    assert torch.equal(data.train.x, X) and torch.equal(data.train.y, CLEAN)
+    assert data.train.num_classes == 3
+    assert torch.equal(data.train_noisy, NOISY) and torch.equal(data.train_source,
+                                                                torch.arange(5))
+    assert data.noise_rate == pytest.approx(2 / 5)
+    assert torch.equal(data.transition, torch.eye(3)) and data.device == torch.device("cpu")
+    for split in (data.val, data.test, data.gold):
+        assert split.x.shape == (0, 4) and split.y.shape == (0,) and split.num_classes == 3
+    assert data.val_noisy.shape == (0,)
+    expected = {"noisy_label": (NOISY, "data", "label", False),
+                "clean_label": (CLEAN, "data", "label", False),
+                "clean_mask": (NOISY == CLEAN, "data", "mask", False),
+                "base_target": (torch.eye(3)[NOISY], "labels", "target", False),
+                "target": (torch.eye(3)[NOISY], "labels", "target", True)}
+    assert sorted(name for name, _ in ledger.items()) == sorted(expected)
+    for name, (values, producer, kind, snapshot) in expected.items():
+        column = ledger.column(name)
+        assert torch.equal(column.data, values), name
+        assert (column.producer, column.kind, column.snapshot) == (producer, kind, snapshot)
+    h.ctx.record_data("anything", torch.ones(2))  # no history: dropped
+    assert h.ctx.stage.name == "stage" and h.ctx.epoch == 0
+
+
+def test_defaults_clean_labels_classes_and_models():
+    h = harness(CrossEntropy, x=X, noisy_label=NOISY)
+    assert torch.equal(h.run.data.train.y, NOISY) and h.run.data.noise_rate == 0.0
+    assert h.run.data.num_classes == 3  # the largest label + 1
+    # the clean labels count too, and an explicit number wins
+    assert harness(CrossEntropy, x=X, noisy_label=NOISY,
+                   clean_label=torch.tensor([0, 1, 4, 1, 0])).run.data.num_classes == 5
+    assert harness(CrossEntropy, x=X, noisy_label=NOISY,
+                   num_classes=7).run.ledger["target"].shape == (5, 7)
+    net = TinyNet(4, 3)
+    assert harness(CrossEntropy, x=X, noisy_label=NOISY, models={"peer": net}
+                   ).run.models == {"peer": net}
+
+
+def test_the_component_its_spec_params_and_context():
+    h = harness(HintonKD, {"temperature": 2.0}, x=X, noisy_label=NOISY, train=("a", "b"),
+                serves=("b",), name="kd", terms=("ce",), weight=0.5, seed=3)
+    assert isinstance(h.component, HintonKD) and h.component.params.temperature == 2.0
+    assert h.component.spec == ComponentSpec("kd", "kd", ("b",), ("ce",), 0.5)
+    assert h.run.stage.train == ["a", "b"]
+    assert h.ctx.generator.initial_seed() == 3
+    expected = torch.randint(0, 1000, (4,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.randint(0, 1000, (4,), generator=h.ctx.generator), expected)
+    plain = harness(LabelSmoothing, x=X, noisy_label=NOISY)
+    assert plain.component.spec == ComponentSpec("labelsmoothing", "labelsmoothing",
+                                                 ("student",), (), 1.0)
+    assert plain.ctx.generator.initial_seed() == 0
+    with pytest.raises(RecipeError) as err:
+        harness(LabelSmoothing, {"epsilon": 2.0}, x=X, noisy_label=NOISY)
+    assert err.value.key == "params.epsilon"
+
+
+def test_the_context_writes_the_declared_columns_only():
+    h = harness(_Writer, x=X, noisy_label=NOISY, name="w")
+    h.ctx.ledger.add("mine/w", torch.ones(5))
+    assert h.run.ledger.producer("mine/w") == "w"
+    with pytest.raises(Exception, match="other"):
+        h.ctx.ledger.add("other", torch.ones(5))
+
+
+def test_setup_runs_with_the_ledger_frozen_then_the_stage_start_and_epochs():
+    _Writer.seen = []
+    h = harness(_Writer, x=X, noisy_label=NOISY, name="w")
+    assert h.setup() is h
+    h.epoch_start(2)
+    h.epoch_start()
+    assert _Writer.seen == [("setup", 0), ("stage", "stage"), ("epoch", 2), ("epoch", 0)]
+    assert h.run.epoch == 0
+    h.ctx.write_in_setup = True
+    with pytest.raises(RuntimeError, match="wrote ledger column 'mine/w' in setup, which must "
+                                           "not write the ledger"):
+        h.setup()
+    assert "mine/w" not in h.run.ledger
+
+
+def test_batches_as_the_engine_builds_them():
+    h = harness(CrossEntropy, x=X, noisy_label=NOISY)
+    h.run.step = 7
+    whole = h.batch()
+    assert torch.equal(whole.index, torch.arange(5)) and torch.equal(whole.x, X)
+    some = h.batch([3, 1])
+    assert torch.equal(some.x, X[[3, 1]]) and torch.equal(some.noisy_label, NOISY[[3, 1]])
+    assert some.num_classes == 3 and some.step == 7 and len(some) == 2
+    assert torch.equal(some.targets, torch.eye(3)[NOISY[[3, 1]]])
+    assert some.hard_targets is None  # the harness does not promise one-hot targets
+    other = torch.zeros(2, 4)
+    assert h.batch([3, 1], x=other).x is other
+
+
+def test_a_batch_keeps_what_it_is_given():
+    idx, x, y = torch.tensor([2, 0]), torch.ones(2, 4), torch.tensor([1, 0])
+    b = Batch(idx, x, y, forward=None, num_classes=3)
+    assert b.step == 0 and b.num_classes == 3 and b.noisy_label is y
+    with pytest.raises(ValueError, match="built without targets"):
+        _ = b.targets
+    # explicit targets with their hard labels: the labels hold until the targets change
+    t = torch.eye(3)[y]
+    b = Batch(idx, x, y, forward=None, num_classes=3, targets=t, hard_targets=y)
+    assert b.targets is t and b.hard_targets is y
+    t.mul_(1.0)  # an in-place edit moves the version: the labels no longer describe them
+    assert b.hard_targets is None
+    b = Batch(idx, x, y, forward=None, num_classes=3, targets=torch.eye(3)[y], hard_targets=y)
+    b.targets = torch.full((2, 3), 1 / 3)
+    assert b.hard_targets is None
+
+
+def test_a_batch_runs_each_model_once_and_says_which_ran():
+    calls = []
+
+    def forward(role, x):
+        calls.append(role)
+        return ModelOutput(x.sum(1, keepdim=True), x)
+
+    b = Batch(torch.tensor([0, 1]), torch.ones(2, 3), torch.tensor([0, 0]), forward=forward,
+              num_classes=2)
+    assert b.computed("student") is None
+    out = b.out("student")
+    assert b.out("student") is out and b.computed("student") is out and calls == ["student"]
+    assert b.computed("teacher") is None
+
+
+def test_the_batch_store():
+    b = Batch(torch.tensor([0]), torch.ones(1, 2), torch.tensor([0]), forward=None,
+              num_classes=2)
+    store = b.store
+    assert isinstance(store, BatchStore) and b.store is store
+    assert ("mix", "lam") not in store and store.get("mix", "lam") is None
+    assert store.get("mix", "lam", 0.5) == 0.5
+    store.put("mix", "lam", 0.3)
+    assert ("mix", "lam") in store and store.get("mix", "lam", 0.5) == 0.3
+    assert store.require("mix", "lam") == 0.3 and store.get("other", "lam") is None
+    with pytest.raises(KeyError) as err:
+        store.require("mixup", "lam")
+    assert err.value.args[0] == ("no batch value 'lam' from 'mixup' (is that component placed "
+                                 "before this one in the stage?)")
+
+
+def test_declared_roles_columns_and_kinds():
+    # classes made here, not at import: the fields of a Params class are found once per class
+    # and kept, so a class seen before would not exercise the search again
+    @attrs.frozen
+    class RoleParams:
+        teacher: Role = Role("teacher")
+        peers: tuple[Role, ...] = ()
+        spare: Role | None = None
+        label: str = "x"
+        names: tuple[str, ...] = ("y",)
+
+    class UsesRoles(Component):
+        Params = RoleParams
+
+    comp = UsesRoles(RoleParams(Role("mentor"), (Role("p1"), Role("p2")), Role("s")),
+                     ComponentSpec("u", "u", ("student",)))
+    assert comp.roles() == ("mentor", "p1", "p2", "s")  # typed Role: alone, in a tuple, optional
+    smooth = LabelSmoothing(LabelSmoothing.Params(), ComponentSpec("ls", "label_smoothing",
+                                                                   ("student",)))
+    assert smooth.written_columns() == ("target",)
+    assert smooth.written_column_kinds() == {"target": "target"}
+    select = AllSamples(AllSamples.Params(), ComponentSpec("all", "all_samples", ("a", "b")))
+    assert select.written_column_kinds() == {"select/all": "mask", "select/all/a": "mask",
+                                             "select/all/b": "mask"}
+
+    class Weigher(Component):
+        def weight(self, ctx, batch):
+            return None
+
+    weigh = Weigher(Weigher.Params(), ComponentSpec("w", "w", ("a",)))
+    assert weigh.written_column_kinds() == {"weight/w": "weight", "weight/w/a": "weight"}
+    # the base hook leaves the backward pass to the engine
+    assert weigh.backward(None, None, "a", torch.tensor(0.0)) is False
+
+
+def test_tinynet_layers():
+    plain = TinyNet()
+    assert [type(m) for m in plain.trunk] == [nn.Linear, nn.ReLU]
+    assert (plain.trunk[0].in_features, plain.trunk[0].out_features) == (6, 8)
+    assert (plain.classifier.in_features, plain.classifier.out_features) == (8, 4)
+    full = TinyNet(3, 2, 5, activation="tanh", batch_norm=True, dropout=0.25)
+    assert [type(m) for m in full.trunk] == [nn.Linear, nn.BatchNorm1d, nn.Tanh, nn.Dropout]
+    assert full.trunk[1].num_features == 5 and full.trunk[3].p == 0.25
+    logits, features = full.eval()(torch.ones(2, 3))
+    assert logits.shape == (2, 2) and features.shape == (2, 5)
