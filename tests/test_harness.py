@@ -109,7 +109,8 @@ def test_the_context_writes_the_declared_columns_only():
     h = harness(_Writer, x=X, noisy_label=NOISY, name="w")
     h.ctx.ledger.add("mine/w", torch.ones(5))
     assert h.run.ledger.producer("mine/w") == "w"
-    with pytest.raises(Exception, match="other"):
+    with pytest.raises(RuntimeError, match=r"wrote ledger column 'other', which it does not "
+                                           r"declare \(declared: mine/w\)"):
         h.ctx.ledger.add("other", torch.ones(5))
 
 
