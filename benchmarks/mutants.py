@@ -162,6 +162,12 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                          "tests/test_column_kinds.py", "tests/test_plan.py",
                          "tests/test_cached_outputs.py", "tests/test_builtin_components.py",
                          "tests/test_harness.py"]),
+    # finding, loading and isolating plugins; the registries they fill (session 21)
+    "kdcore-plugins": (".", ["kdcore/plugins.py", "kdcore/registry.py"],
+                       ["tests/test_plugins.py", "tests/test_observers.py",
+                        "tests/test_plugin_input.py", "tests/test_hookspecs.py",
+                        "tests/test_cli_plugins.py", "tests/test_cli_common.py",
+                        "tests/test_loggers.py", "-k", "not pages_logger"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -135,7 +135,8 @@ class PluginHost:
                     self._fail(name, self.infos[name].distribution,
                                self.infos[name].version, f"{hook_name} failed: {exc!r}")
                     continue
-                self.infos[name].provides.setdefault(attr, []).extend(sorted(entries))
+                if entries:  # a hook that returns nothing provides nothing to list
+                    self.infos[name].provides.setdefault(attr, []).extend(sorted(entries))
 
     # -- use --------------------------------------------------------------------------------
 
