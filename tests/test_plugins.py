@@ -194,6 +194,14 @@ class FakeEntryPoint:
         return self._load()
 
 
+def _recorded(log: list[str], name: str, make):
+    """An entry point's ``load`` that notes its name in ``log`` and returns ``make()``."""
+    def load():
+        log.append(name)
+        return make()
+    return load
+
+
 def _fail_import():
     raise ImportError("no module named 'torch_extra'")
 
@@ -211,18 +219,12 @@ def _entry_points(monkeypatch, eps):
 def test_entry_points_load_in_name_order_and_a_failing_import_is_one_warning(monkeypatch,
                                                                              warnings):
     order: list[str] = []
-
-    def loader(name):
-        def load():
-            order.append(name)
-            return Datasets() if name == "b-data" else NoEntries()
-        return load
-
     groups = _entry_points(monkeypatch, [
         FakeEntryPoint("ab-broken", "kdcore_c:plugin", _fail_import,
                        FakeDist("kdcore-c", "0.3")),
-        FakeEntryPoint("b-data", "kdcore_b", loader("b-data"), FakeDist("kdcore-b", "2.0")),
-        FakeEntryPoint("a-none", "kdcore_a", loader("a-none"), None),
+        FakeEntryPoint("b-data", "kdcore_b", _recorded(order, "b-data", Datasets),
+                       FakeDist("kdcore-b", "2.0")),
+        FakeEntryPoint("a-none", "kdcore_a", _recorded(order, "a-none", NoEntries), None),
     ])
     host = PluginHost()
     assert groups == ["kdcore"]
@@ -246,17 +248,11 @@ def test_entry_points_load_in_name_order_and_a_failing_import_is_one_warning(mon
 
 def test_the_first_entry_point_of_a_name_wins(monkeypatch):
     loaded: list[str] = []
-
-    def load(which):
-        def go():
-            loaded.append(which)
-            return Datasets() if which == "one" else NoEntries()
-        return go
-
     _entry_points(monkeypatch, [
-        FakeEntryPoint("same", "one", load("one"), FakeDist("d1", "1")),
-        FakeEntryPoint("same", "two", load("two"), FakeDist("d2", "2")),
-        FakeEntryPoint("then", "three", load("three"), FakeDist("d3", "3")),
+        FakeEntryPoint("same", "one", _recorded(loaded, "one", Datasets), FakeDist("d1", "1")),
+        FakeEntryPoint("same", "two", _recorded(loaded, "two", NoEntries), FakeDist("d2", "2")),
+        FakeEntryPoint("then", "three", _recorded(loaded, "three", NoEntries),
+                       FakeDist("d3", "3")),
     ])
     host = PluginHost()
     assert loaded == ["one", "three"] and host.infos["same"].distribution == "d1"
