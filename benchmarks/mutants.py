@@ -168,6 +168,14 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                         "tests/test_plugin_input.py", "tests/test_hookspecs.py",
                         "tests/test_cli_plugins.py", "tests/test_cli_common.py",
                         "tests/test_loggers.py", "-k", "not pages_logger"]),
+    # the training loop: an epoch's order of work, a batch's step, the finiteness checks, the
+    # epoch's metrics and row, checkpoints and resume (session 21); not the SIGKILL tests
+    # (subprocesses)
+    "kdcore-loop": (".", ["kdcore/loop.py"],
+                    ["tests/test_loop.py", "tests/test_engine.py", "tests/test_step.py",
+                     "tests/test_resume_contract.py", "tests/test_checkpoint_contract.py",
+                     "tests/test_failures.py", "tests/test_observers.py",
+                     "tests/test_confusion.py", "tests/test_best_keeper.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -250,8 +250,8 @@ class ComponentHooks(Protocol):
         a refusal (a ``RecipeError`` for a split too small, say) stops the run before any
         training, as ``kdcore check`` does. So it must build its state afresh on every call
         and not do once-per-stage work. It runs under the component's own seed (``torch``
-        draws here are the same in every process). Order: recipe order. May read: the models,
-        the data, the ledger; must not write the ledger (a write raises).
+        draws are the same in every process), at its stage's start (``ctx.epoch`` 0). Order:
+        recipe order. May read: the models, the data, the ledger; must not write it (it raises).
 
         Args: ``ctx``, the run.
         """
@@ -259,9 +259,9 @@ class ComponentHooks(Protocol):
     def on_stage_start(self, ctx: RunContext) -> None:
         """Once-per-stage work at the start of the stage (an initial label propagation).
 
-        When: after every component's ``setup`` (and carried state), before the first epoch;
-        not called again when a run resumes inside the stage. Order: recipe order. May write:
-        its declared ledger columns.
+        When: after every component's ``setup`` (and carried state), before the first epoch
+        (``ctx.epoch`` 0, ``ctx.steps_per_epoch`` the stage's); not called again when a run
+        resumes inside the stage. Order: recipe order. May write: its declared columns.
 
         Args: ``ctx``, the run.
         """

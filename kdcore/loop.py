@@ -146,6 +146,11 @@ class Trainer:
         each role it trains, its components bound to their contexts and set up."""
         run, cfg = self.run, stage.config
         run.stage, run.stage_index = cfg, stage.index
+        # the stage's own position from the start: its setup and on_stage_start must not see
+        # the previous stage's last epoch or step count
+        run.epoch, run.stage_step = 0, 0
+        bs = self.plan.recipe.data.batch_size
+        run.steps_per_epoch = math.ceil(len(run.data.train) / bs) if cfg.train else 0
         self.current_stage = stage
         for role, model in run.models.items():
             model.train(role in cfg.train)
@@ -166,6 +171,7 @@ class Trainer:
                    ) -> None:
         run, s, cfg = self.run, stage.index, stage.config
         self.enter_stage(stage)
+        run.epoch, run.stage_step = start_epoch, start_epoch * run.steps_per_epoch
         if state is not None and start_epoch > 0:
             self.ckpt.restore_stage(self, state)
         if start_epoch == 0:
@@ -177,9 +183,6 @@ class Trainer:
             for comp in stage.components:
                 comp.on_stage_start(self.context(comp))
         self.bus.call("kdcore_stage_start", ctx=self.observer_ctx, stage=cfg)
-        bs = self.plan.recipe.data.batch_size
-        run.steps_per_epoch = math.ceil(len(run.data.train) / bs) if cfg.train else 0
-        run.stage_step = start_epoch * run.steps_per_epoch
         for epoch in range(start_epoch, cfg.epochs):
             self._run_epoch(stage, epoch)
         for comp in stage.components:
