@@ -117,9 +117,12 @@ class Watcher:
 
 
 class Components:
+    """The test components of this module, as one plugin."""
+
     @hookimpl
     def kdcore_add_components(self):
-        return {"recorder": Recorder}
+        return {"recorder": Recorder, "modes": Modes, "undeclared": Undeclared,
+                "nan_from": NanFrom}
 
 
 def _two_stage_recipe(schedule=None, **rec_params):
@@ -268,18 +271,13 @@ class Modes(Component):
         return None
 
 
-class ModesPlugin:
-    @hookimpl
-    def kdcore_add_components(self):
-        return {"modes": Modes}
-
 
 def test_only_the_stages_trained_models_are_in_training_mode_and_take_gradients(tmp_path):
     recipe = tiny_recipe(stage("t", 1, ["teacher"], component("ce"), component("modes")),
                          stage("s", 1, ["student"], component("ce"), component("modes")),
                          train_subset=64, batch_size=64)
     Modes.seen = []
-    run_tiny(recipe, tmp_path / "run", plugins=[ModesPlugin()])
+    run_tiny(recipe, tmp_path / "run", plugins=[Components()])
     assert Modes.seen == [{"teacher": (True, True), "student": (False, False)},
                           {"teacher": (False, False), "student": (True, True)}]
 
@@ -313,17 +311,12 @@ class Undeclared(Component):
         return None
 
 
-class UndeclaredPlugin:
-    @hookimpl
-    def kdcore_add_components(self):
-        return {"undeclared": Undeclared}
-
 
 def test_a_component_that_writes_a_column_it_did_not_declare_stops_the_run(tmp_path):
     recipe = tiny_recipe(stage("t", 1, ["teacher"], component("ce"), component("undeclared")),
                          train_subset=64, batch_size=64)
     with pytest.raises(RuntimeError) as err:
-        run_tiny(recipe, tmp_path / "run", plugins=[UndeclaredPlugin()])
+        run_tiny(recipe, tmp_path / "run", plugins=[Components()])
     assert str(err.value) == (
         "component 'undeclared' wrote ledger column 'mine/undeclared', which it does not "
         "declare (declared: select/undeclared, select/undeclared/teacher); add it to the "
@@ -436,11 +429,6 @@ class NanFrom(Component):
         return z * float("nan") if ctx.step >= 35 else z
 
 
-class NanPlugin:
-    @hookimpl
-    def kdcore_add_components(self):
-        return {"nan_from": NanFrom}
-
 
 def test_a_loss_that_turns_nan_between_two_checks_is_named_at_its_step(tmp_path):
     """Losses are checked every 32 steps and at the epoch's end; the message names the first
@@ -451,7 +439,7 @@ def test_a_loss_that_turns_nan_between_two_checks_is_named_at_its_step(tmp_path)
                                component("nan_from", "boom")),
                          train_subset=300, batch_size=4)  # more than 64 steps in the epoch
     with pytest.raises(TrainingDiverged) as err:
-        run_tiny(recipe, tmp_path / "run", plugins=[NanPlugin()])
+        run_tiny(recipe, tmp_path / "run", plugins=[Components()])
     assert str(err.value) == (
         "loss of model 'teacher' is not finite at stage 't' epoch 0, step 35: term 'boom' "
         "(component 'nan_from'); the history and the last checkpoint hold every completed "
