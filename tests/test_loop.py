@@ -41,6 +41,7 @@ class Recorder(Component):
 
     def setup(self, ctx):
         self.contexts = set()
+        self.stage_name = ctx.stage.name  # what it carries to the next stage's namesake
         # a draw under the seed setup runs with (its stage's and its label's)
         self._log("setup", ctx, ctx.stage_step, ctx.steps_per_epoch, float(torch.rand(())))
 
@@ -74,7 +75,7 @@ class Recorder(Component):
         self._log("on_stage_end", ctx, len(self.contexts))
 
     def state_dict(self):
-        return {"stage": EVENTS[-1][2]}
+        return {"stage": self.stage_name}
 
     def load_state_dict(self, state):
         EVENTS.append((self.name, "load_state_dict", state["stage"]))
