@@ -175,7 +175,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                     ["tests/test_loop.py", "tests/test_engine.py", "tests/test_step.py",
                      "tests/test_resume_contract.py", "tests/test_checkpoint_contract.py",
                      "tests/test_failures.py", "tests/test_observers.py",
-                     "tests/test_confusion.py", "tests/test_best_keeper.py"]),
+                     "tests/test_confusion.py", "tests/test_best_keeper.py",
+                     "tests/test_cached_outputs.py",
+                     "tests/test_precision.py::"
+                     "test_channels_last_puts_conv_weights_and_batches_in_that_order"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -125,9 +125,6 @@ class BestKeeper:
         self.best: dict[str, dict[str, Any]] = {}
         self.states: dict[str, dict[str, torch.Tensor]] = {}
 
-    def forget_stage(self, s: int) -> None:
-        self.best = {k: v for k, v in self.best.items() if not k.startswith(f"{s}/")}
-
     def update(self, s: int, stage: StageConfig, role: str, epoch: int,
                metrics: Mapping[str, float], model: torch.nn.Module,
                test_confusion: torch.Tensor | None = None) -> None:

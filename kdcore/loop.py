@@ -126,7 +126,6 @@ class Trainer:
 
     def fit(self, position: dict[str, int], state: dict[str, Any] | None) -> dict[str, Any]:
         """Run every stage from ``position``; ``state`` is the checkpoint to continue from."""
-        run = self.run
         first = int(position["stage"])
         # every later stage's components set up now, as `kdcore check` sets them up: a refusal
         # of theirs (LP's k, an empty meta split) comes before any stage trains, not after
@@ -136,9 +135,7 @@ class Trainer:
         for s in range(first, len(self.plan.stages)):
             start = int(position["epoch"]) if s == first else 0
             self._run_stage(self.plan.stages[s], start, state if s == first else None)
-            state = None
         self.bus.call("kdcore_run_end", ctx=self.observer_ctx, summary=self.summary)
-        run.stage_index = len(self.plan.stages)
         return self.summary
 
     def enter_stage(self, stage: StagePlan) -> None:
@@ -175,7 +172,6 @@ class Trainer:
         if state is not None and start_epoch > 0:
             self.ckpt.restore_stage(self, state)
         if start_epoch == 0:
-            self.best.forget_stage(s)
             for comp in stage.components:
                 carried = self.carried.get(comp.name)
                 if comp.carry_state and carried and carried["use"] == comp.spec.use:

@@ -66,7 +66,7 @@ class Recorder(Component):
 
     def after_step(self, ctx, batch):
         self._log("after_step", ctx, ctx.step, ctx.stage_step,
-                  {r: ctx.model_version(r) for r in ctx.stage.train})
+                  {r: ctx.model_version(r) for r in ctx.stage.train}, len(batch))
 
     def on_epoch_end(self, ctx, metrics):
         self._log("on_epoch_end", ctx, "val/" in "".join(metrics))
@@ -123,7 +123,8 @@ class Components:
     @hookimpl
     def kdcore_add_components(self):
         return {"recorder": Recorder, "modes": Modes, "undeclared": Undeclared,
-                "nan_from": NanFrom}
+                "nan_from": NanFrom, "wrong_rows": WrongRows, "stale_view": StaleView,
+                "relabel": Relabel}
 
 
 def _two_stage_recipe(schedule=None, **rec_params):
@@ -175,7 +176,7 @@ def _expected(n_train: int, bs: int) -> list[tuple]:
                 out.append(("rec", "backward", name, epoch, role, version, size))
                 step, version = step + 1, version + 1
                 out.append(("rec", "after_step", name, epoch, step, stage_step + 1,
-                            {role: version}))
+                            {role: version}, size))
                 out.append(("obs", "batch_end", name, epoch, [role], step))
             out.append(("rec", "on_epoch_end", name, epoch, True))
             out.append(("obs", "epoch_end", name, epoch, epoch, True))
@@ -283,11 +284,13 @@ def test_only_the_stages_trained_models_are_in_training_mode_and_take_gradients(
                           {"teacher": (False, False), "student": (True, True)}]
 
 
-def test_each_epoch_and_the_best_epochs_restore_are_logged_as_one_line(tmp_path):
+@pytest.mark.parametrize("keep", ["best_val", "best_val_all"])
+def test_each_epoch_and_the_best_epochs_restore_are_logged_as_one_line(tmp_path, keep):
+    """(In a one-stage run the role's best over all its stages is the stage's best.)"""
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
     try:
-        recipe = tiny_recipe(stage("t", 3, ["teacher"], component("ce"), keep="best_val"),
+        recipe = tiny_recipe(stage("t", 3, ["teacher"], component("ce"), keep=keep),
                              train_subset=100, batch_size=50)
         run_tiny(recipe, tmp_path / "run")
     finally:
@@ -486,3 +489,164 @@ def test_a_run_resumed_in_process_ends_as_the_uninterrupted_one(tmp_path, stage_
     tail = [e for e in whole if e[1] in kept][-len(resumed):]
     assert resumed == tail and resumed
     assert_same_history(tmp_path / "whole", tmp_path / "cut")
+
+
+class Inputs:
+    """The training split's inputs, and each batch's rows and model inputs, in order."""
+
+    def __init__(self):
+        self.train_x: torch.Tensor | None = None
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @hookimpl
+    def kdcore_run_start(self, ctx):
+        self.train_x = ctx.data.train.x.clone()
+
+    @hookimpl
+    def kdcore_batch_end(self, ctx, batch, losses):
+        self.batches.append((batch.index.clone(), batch.x.clone()))
+
+
+def test_training_batches_are_augmented_in_order_from_the_runs_seed(tmp_path):
+    """``data.augment``'s chain runs on each training batch as it comes, every draw from one
+    generator seeded ``seed + 3`` (a seed reproduces the augmented inputs too)."""
+    from kdcore.data.augment import cutout, random_crop_flip
+
+    chain = [{"name": "crop_flip", "params": {"padding": 2}},
+             {"name": "cutout", "params": {"size": 3}}]
+    recipe = tiny_recipe(
+        stage("s", 2, ["student"], component("ce", models=["student"])),
+        models={"student": {"arch": "cnn", "params": {"channels": [4], "hidden": 8}}},
+        data={"params": {"flatten": False}, "augment": chain}, seed=5, train_subset=100,
+        batch_size=32)
+    seen = Inputs()
+    run_tiny(recipe, tmp_path / "run", plugins=[seen])
+    gen = torch.Generator().manual_seed(5 + 3)
+    assert len(seen.batches) == 2 * math.ceil(len(seen.train_x) / 32)
+    for index, x in seen.batches:
+        raw = seen.train_x[index]
+        want = cutout(random_crop_flip(raw, gen, padding=2), gen, size=3)
+        assert torch.equal(x, want) and not torch.equal(x, raw)
+
+
+def _rows_not_reduced(logits):
+    return logits  # (B, C): a per-sample loss must give one value per row
+
+
+class WrongRows(Component):
+    """A term whose per-sample rows have the wrong shape (its mean still trains)."""
+
+    def transfer(self, ctx, batch):
+        from kdcore.terms import PerSampleLoss
+
+        return PerSampleLoss(_rows_not_reduced, batch.out(self.model).logits * 0)
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_a_per_sample_loss_of_the_wrong_shape_is_named_by_its_component_and_column(
+        tmp_path, observed):
+    """Its rows are evaluated for the record at the epoch's end, or in the batch when an
+    observer is handed the batch's values; either way the message names both."""
+    from kdcore.errors import KdcoreError
+
+    recipe = tiny_recipe(stage("t", 1, ["teacher"], component("ce"),
+                               component("wrong_rows", "odd")), train_subset=64)
+    plugins = [Components()] + ([Order()] if observed else [])
+    with pytest.raises(KdcoreError) as err:
+        run_tiny(recipe, tmp_path / "run", plugins=plugins)
+    assert str(err.value).startswith("component 'odd', column 'loss/odd': ")
+
+
+class StaleView(Component):
+    """Asks for the teacher's whole-split outputs: while it trains, at each epoch's end (so
+    they are cached for its last weights); in the next stage, compares them with a fresh
+    forward pass of the teacher as the run holds it then."""
+
+    checks: list[tuple[bool, bool]] = []
+
+    def on_epoch_end(self, ctx, metrics):
+        if ctx.trains("teacher"):
+            ctx.features("teacher")
+
+    def after_step(self, ctx, batch):
+        # the teacher's last step ruins it: its best epoch is an earlier one
+        if ctx.trains("teacher") and ctx.epoch == 2 and ctx.stage_step == 3 * ctx.steps_per_epoch:
+            with torch.no_grad():
+                for p in ctx.models["teacher"].parameters():
+                    p.zero_()
+
+    def on_stage_start(self, ctx):
+        if not ctx.trains("teacher"):
+            cached = ctx.features("teacher").logits
+            fresh = ctx.forward("teacher", ctx.data.train.x).logits
+            StaleView.checks.append((torch.allclose(cached, fresh),
+                                     bool(fresh.abs().sum() > 0)))
+
+
+def test_a_roles_outputs_after_its_best_epoch_is_restored_are_the_restored_weights(tmp_path):
+    StaleView.checks.clear()
+    recipe = tiny_recipe(
+        stage("t", 3, ["teacher"], component("ce"), component("stale_view", "view"),
+              keep="best_val"),
+        stage("s", 1, ["student"], component("ce", models=["student"]),
+              component("stale_view", "view", models=["student"])),
+        train_subset=96, batch_size=32)
+    run_tiny(recipe, tmp_path / "run", plugins=[Components()])
+    assert StaleView.checks == [(True, True)]  # restored (not the zeroed last weights), fresh
+
+
+def test_the_time_left_counts_the_stages_own_epochs_at_their_own_mean_time(tmp_path,
+                                                                          monkeypatch):
+    """A later stage's remaining epochs are estimated from its own epochs' times, not from
+    every epoch's (here each epoch takes longer than the one before)."""
+    import types
+
+    from kdcore import loop
+    from kdcore.epoch_line import time_left
+
+    calls = iter(range(10_000))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(
+        perf_counter=lambda: 30.0 * next(calls) ** 2))
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        recipe = tiny_recipe(stage("a", 2, ["teacher"], component("ce")),
+                             stage("b", 3, ["student"], component("ce", models=["student"])),
+                             train_subset=64)
+        run_tiny(recipe, tmp_path / "run")
+    finally:
+        logger.remove(sink)
+    with History(tmp_path / "run") as h:
+        times = h.metric("time/epoch")
+    assert len(set(times)) == 5  # each epoch its own time
+    seen: dict[int, list[float]] = {}
+    want = []
+    for row, (s, e) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]):
+        seen.setdefault(s, []).append(float(times[row]))
+        want.append(f"{time_left([2, 3], s, e, seen)} left")
+    got = [line.rsplit(", ", 1)[-1] for line in lines if line.startswith(("a ", "b "))]
+    assert got == want
+
+
+class Relabel(Component):
+    """An epoch-level label refiner: at each epoch's end, base_target becomes the one-hot of
+    the next class over (a change a batch-level refiner would not see)."""
+
+    writes = ("base_target",)
+
+    def on_epoch_end(self, ctx, metrics):
+        base = ctx.ledger["base_target"]
+        ctx.ledger.add("base_target", base.roll(1, dims=1).clone(), kind="target")
+
+
+def test_without_a_batch_refiner_each_epochs_target_is_the_base_target_it_trained_on(
+        tmp_path):
+    recipe = tiny_recipe(stage("t", 3, ["teacher"], component("ce"),
+                               component("relabel", "shift")), train_subset=64)
+    run_tiny(recipe, tmp_path / "run", plugins=[Components()])
+    with History(tmp_path / "run") as h:
+        target, base = h.column("target"), h.column("base_target")
+    assert target.shape[0] == 3
+    for epoch in range(1, 3):  # trained on the base target the previous epoch's end left
+        np.testing.assert_array_equal(target[epoch], base[epoch - 1])
+    np.testing.assert_array_equal(target[0], np.roll(base[0], -1, axis=1))
