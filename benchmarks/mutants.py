@@ -179,6 +179,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                      "tests/test_cached_outputs.py",
                      "tests/test_precision.py::"
                      "test_channels_last_puts_conv_weights_and_batches_in_that_order"]),
+    # a role's optimiser and schedule; the epoch line and its time-left estimate (session 22)
+    "kdcore-build": (".", ["kdcore/build.py", "kdcore/epoch_line.py"],
+                     ["tests/test_build.py", "tests/test_step.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -181,8 +181,9 @@ class ScheduleConfig:
     """The learning-rate schedule of one model role, stepped once per epoch of a stage.
 
     Attributes:
-        name: ``constant``, ``multistep`` (``milestones``, ``gamma``) or ``cosine`` (to 0 at
-            the stage's last epoch).
+        name: ``constant``, ``multistep`` (``milestones``, ``gamma``) or ``cosine`` (from the
+            base rate towards 0 over every epoch of every stage that trains the role: torch's
+            ``CosineAnnealingLR`` with ``T_max`` that many epochs, stepped once per epoch).
         milestones: epochs (counted over the role's training) at which the rate is multiplied
             by ``gamma``; each >= 0.
         gamma: finite, > 0.
