@@ -182,6 +182,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # a role's optimiser and schedule; the epoch line and its time-left estimate (session 22)
     "kdcore-build": (".", ["kdcore/build.py", "kdcore/epoch_line.py"],
                      ["tests/test_build.py", "tests/test_step.py"]),
+    # reading one image file, a split's channel statistics and the rows they read (session 22)
+    "kdcore-images": (".", ["kdcore/data/images.py"],
+                      ["tests/test_images.py", "tests/test_malformed_data.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

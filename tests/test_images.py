@@ -1,0 +1,68 @@
+"""What every image loader shares (kdcore.data.images): reading one file as RGB of one size,
+the per-channel statistics that normalise a split, and the rows those statistics read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kdcore.data.images import STATS_IMAGES, channel_stats, read_image, sample_rows
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "RGB", "I;16"])
+def test_any_pil_mode_is_read_as_rgb_uint8_of_the_asked_size(tmp_path, mode):
+    # (an adaptive palette holds the colour exactly; the default one would dither it)
+    extra = {"palette": Image.Palette.ADAPTIVE} if mode == "P" else {}
+    Image.new("RGB", (7, 5), (200, 100, 50)).convert(mode, **extra).save(tmp_path / "a.png")
+    image = read_image(tmp_path / "a.png", 4)
+    assert image.shape == (3, 4, 4) and image.dtype == np.uint8
+    want = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))[0, 0]
+    assert (image[:, 0, 0] == want).all() and (image == image[:, :1, :1]).all()  # one colour
+
+
+def test_resizing_is_bilinear_and_the_channels_come_first(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (9, 6, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    want = np.asarray(Image.fromarray(pixels).resize((5, 5), Image.Resampling.BILINEAR))
+    assert np.array_equal(read_image(tmp_path / "a.png", 5), want.transpose(2, 0, 1))
+    nearest = np.asarray(Image.fromarray(pixels).resize((5, 5), Image.Resampling.NEAREST))
+    assert not np.array_equal(want, nearest)  # (so the comparison above tells them apart)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image", b"\x89PNG\r\n\x1a\n broken"])
+def test_a_file_that_is_not_an_image_is_one_message_naming_it(tmp_path, content):
+    from kdcore.errors import KdcoreError
+
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(KdcoreError) as err:
+        read_image(tmp_path / "x.png", 4)
+    assert str(err.value).startswith(f"cannot read image {tmp_path / 'x.png'}: ")
+    with pytest.raises(KdcoreError, match="cannot read image .*missing.png"):
+        read_image(tmp_path / "missing.png", 4)
+
+
+def test_channel_statistics_are_the_population_mean_and_std_of_the_scaled_pixels():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (6, 3, 4, 5), dtype=np.uint8)
+    x[:, 2] = 77  # a constant channel: its std is kept off zero
+    mean, std = channel_stats(torch.from_numpy(x))
+    scaled = x.astype(np.float64) / 255.0
+    np.testing.assert_allclose(mean, scaled.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(std[:2], scaled.std(axis=(0, 2, 3))[:2], rtol=1e-12)
+    assert std[2] == 1e-6 and mean[2] == pytest.approx(77 / 255, rel=1e-12)
+    assert all(isinstance(v, float) for v in mean + std) and len(mean) == len(std) == 3
+
+
+@pytest.mark.parametrize(("n", "at_most"), [(0, 5), (5, 5), (3, 5), (6, 5), (101, 10),
+                                            (STATS_IMAGES * 3 + 7, STATS_IMAGES)])
+def test_sample_rows_are_every_row_or_at_most_so_many_evenly_spaced_from_first_to_last(
+        n, at_most):
+    rows = sample_rows(n, at_most) if at_most != STATS_IMAGES else sample_rows(n)
+    if n <= at_most:
+        assert rows.tolist() == list(range(n))
+        return
+    want = np.unique(np.round(np.linspace(0, n - 1, at_most)).astype(np.int64))
+    assert rows.dtype == torch.int64 and rows.tolist() == want.tolist()
+    assert len(rows) == at_most and rows[0] == 0 and rows[-1] == n - 1
