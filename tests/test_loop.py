@@ -650,3 +650,47 @@ def test_without_a_batch_refiner_each_epochs_target_is_the_base_target_it_traine
     for epoch in range(1, 3):  # trained on the base target the previous epoch's end left
         np.testing.assert_array_equal(target[epoch], base[epoch - 1])
     np.testing.assert_array_equal(target[0], np.roll(base[0], -1, axis=1))
+
+
+def test_a_trained_role_that_no_stage_evaluates_gets_no_test_confusion_matrix(tmp_path):
+    recipe = tiny_recipe(stage("t", 1, ["teacher"], component("ce"), eval=[]),
+                         stage("s", 1, ["student"], component("ce", models=["student"])),
+                         train_subset=64)
+    run_tiny(recipe, tmp_path / "run")
+    with History(tmp_path / "run") as h:
+        assert [n for n in h.data_names() if n.startswith("test_confusion/")] == [
+            "test_confusion/s/student"]
+
+
+def test_a_checkpoint_whose_records_hold_no_confusion_matrix_still_ends_with_one(tmp_path,
+                                                                            monkeypatch):
+    """A checkpoint of a kdcore that kept no matrices with its best-epoch records: the stage's
+    matrix is computed at its end from the weights it keeps, the one an uninterrupted run
+    records."""
+    from kdcore import loop
+    from kdcore.checkpoint import CHECKPOINT, load, save
+    from kdcore.testing import InterruptAt, Interrupted, assert_same_history
+
+    recipe = tiny_recipe(stage("warm", 3, ["teacher"], component("ce"), keep="best_val"),
+                         stage("main", 1, ["student"], component("ce", models=["student"])),
+                         train_subset=150, batch_size=64)
+    run_tiny(recipe, tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        run_tiny(recipe, tmp_path / "cut", plugins=[InterruptAt(2, 0, "warm")])
+    state = load(tmp_path / "cut" / CHECKPOINT)
+    records = state["best"]["best"].values()
+    assert records and all(r["test_confusion"] is not None for r in records)
+    for record in records:
+        del record["test_confusion"], record["last_test_confusion"]
+    save(state, tmp_path / "cut" / CHECKPOINT)
+    computed: list[torch.nn.Module] = []
+    original = loop.confusion_on_test
+
+    def spy(model, *args):
+        computed.append(model)
+        return original(model, *args)
+
+    monkeypatch.setattr(loop, "confusion_on_test", spy)
+    run_tiny(recipe, tmp_path / "cut", resume=True)
+    assert len(computed) == 1  # the teacher's, at the end of the resumed stage
+    assert_same_history(tmp_path / "whole", tmp_path / "cut")

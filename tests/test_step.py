@@ -120,6 +120,17 @@ def test_time_left_counts_the_stage_at_its_pace_and_later_stages_at_the_mean():
     assert time_left([2, 4, 5], 2, 4, seen) == "~0s"  # the last epoch of the run
     assert time_left([2], 0, 0, {}) == "?"
     assert time_left([400], 0, 0, {0: [60.0]}) == "~6h39m"
+    # the stage's own mean over its epochs so far: 1 more at 15 s, then 2 at the mean, 15 s
+    assert time_left([3, 2], 0, 1, {0: [10.0, 20.0]}) == "~45s"
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [
+    (59.4, "~59s"), (60.0, "~1m00s"), (3599.0, "~59m59s"), (3600.0, "~1h00m"),
+    (3661.0, "~1h01m")])
+def test_time_left_is_seconds_under_a_minute_then_minutes_then_hours(seconds, shown):
+    from kdcore.epoch_line import time_left
+
+    assert time_left([2], 0, 0, {0: [seconds]}) == shown  # one epoch left at that pace
 
 
 
@@ -137,6 +148,9 @@ def test_the_epoch_line_names_each_trained_models_loss_each_evaluated_models_acc
     assert line == ("kd 1/3 | student loss 0.1235 | teacher val 0.5000 test 0.2500 | student "
                     "val 0.7500 test 0.8750 | labels 0.6000 | 12.3s, run 3/5 epochs, "
                     f"~{left:.0f}s left")
+    # the run's epochs so far count every epoch of the stages before and this one
+    assert "12.3s, run 5/5 epochs, ? left" in epoch_line(Recipe(stages=stages), 1, 2, metrics,
+                                                          {})
     # a trained model without its loss this epoch (a frozen stage's) is left out
     del metrics["train/student/loss"]
     assert " | student loss" not in epoch_line(Recipe(stages=stages), 1, 0, metrics, {})
