@@ -179,6 +179,12 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                      "tests/test_cached_outputs.py",
                      "tests/test_precision.py::"
                      "test_channels_last_puts_conv_weights_and_batches_in_that_order"]),
+    # a run's start: the run directory, resume and what it refuses, the banner (session 22);
+    # not the SIGKILL tests (subprocesses) nor the recipe fuzz (minutes per mutant)
+    "kdcore-engine": (".", ["kdcore/engine.py"],
+                      ["tests/test_engine_start.py", "tests/test_run_dir_damage.py",
+                       "tests/test_resume_contract.py",
+                       "tests/test_history.py::test_setup_is_recorded_and_absent_reads_empty"]),
     # a role's optimiser and schedule; the epoch line and its time-left estimate (session 22)
     "kdcore-build": (".", ["kdcore/build.py", "kdcore/epoch_line.py"],
                      ["tests/test_build.py", "tests/test_step.py"]),

@@ -46,10 +46,11 @@ def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
                        f"one): starting it from the beginning")
         return None
     state = checkpointing.read(path)
-    _refuse_changes(run_dir, _resolved_again(state["fingerprint"]["recipe"]), started)
+    _refuse_changes(f"{run_dir} was started with",
+                    _resolved_again(state["fingerprint"]["recipe"]), started)
     written = _history_recipe(run_dir / "history.h5")
     if written is not None:  # a history.h5 copied in from another run is not appended to
-        _refuse_changes(run_dir, written, started, what="its history.h5 was written by")
+        _refuse_changes(f"{run_dir / 'history.h5'} was written by", written, started)
     position = state["position"]
     stages = plan.stages
     stage, epoch = position["stage"], position["epoch"]
@@ -81,13 +82,14 @@ def recipe_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
     return ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
 
 
-def _refuse_changes(run_dir: Path, saved: dict[str, Any], started: dict[str, Any],
-                    what: str = "was started with") -> None:
+def _refuse_changes(source: str, saved: dict[str, Any], started: dict[str, Any]) -> None:
+    """Refuse to resume when ``saved`` (the recipe ``source``, "<what> was started with",
+    ran under) differs from the one given now."""
     shown = recipe_changes(saved, started["recipe"])
     if shown:
-        raise KdcoreError(f"--resume: the recipe differs from the one {run_dir} {what}, at "
-                          f"{shown}; resume with the same recipe and --set values, or start "
-                          f"again with --overwrite")
+        raise KdcoreError(f"--resume: the recipe differs from the one {source}, at {shown}; "
+                          f"resume with the same recipe and --set values, or start again with "
+                          f"--overwrite")
 
 
 def _history_recipe(path: Path) -> dict[str, Any] | None:
@@ -132,7 +134,7 @@ def _check_unstarted(run_dir: Path, started: dict[str, Any]) -> None:
         except (OSError, ValueError, KdcoreError) as exc:
             raise KdcoreError(f"{saved} cannot be read ({type(exc).__name__}), so whether "
                               f"this is the same run is unknown{again}") from None
-        _refuse_changes(run_dir, recipe.to_dict(), started)
+        _refuse_changes(f"{run_dir} was started with", recipe.to_dict(), started)
 
 
 def _adapt_models(plan: RunPlan, run: Run) -> None:

@@ -23,10 +23,20 @@ class Watch(Component):
         pass
 
 
+class Abstain(Component):
+    """A selector and a weighter that keep every sample at weight one (it abstains)."""
+
+    def select(self, ctx, batch):
+        return None
+
+    def weight(self, ctx, batch):
+        return None
+
+
 class WatchPlugin:
     @hookimpl
     def kdcore_add_components(self):
-        return {"watch": Watch}
+        return {"watch": Watch, "abstain": Abstain}
 
 
 def _mlp_parameters(sizes: list[int]) -> int:
@@ -44,6 +54,9 @@ def test_the_banner_names_the_data_each_model_and_each_stages_components_in_orde
         stage("kd", 1, ["student"], component("ce", "ce_s", models=["student"]),
               component("hinton_kd", "kd", models=["student"])),
         stage("look", 1, [], component("watch", models=["student"]), eval=["student"]),
+        stage("both", 1, ["teacher", "student"], component("ce", "ce_t", models=["teacher"]),
+              component("ce", "ce_s", models=["student"]),
+              component("abstain", "sw", models=["teacher", "student"])),
         models=models, name="banner", seed=3, train_subset=120, noise_rate=0.3)
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
@@ -54,7 +67,7 @@ def test_the_banner_names_the_data_each_model_and_each_stages_components_in_orde
     with History(tmp_path / "run") as h:
         noisy, clean = h.data("noisy_label"), h.data("clean_label")
     start = next(i for i, line in enumerate(lines) if line.startswith("run 'banner'"))
-    banner = lines[start:start + 11]
+    banner = lines[start:start + 15]
     assert banner[0] == f"run 'banner' seed 3 on cpu -> {tmp_path / 'run'}"
     data = re.fullmatch(r"data digits: train (\d+) \(noise symmetric, realised rate "
                         r"([0-9.]+)\), val (\d+), gold 0, test (\d+)", banner[1])
@@ -72,6 +85,10 @@ def test_the_banner_names_the_data_each_model_and_each_stages_components_in_orde
         "  2. kd (hinton_kd, transfer) on student",
         "stage 2 'look': 1 epochs, trains nothing, keeps last",
         "  1. watch (watch, lifecycle) on student",
+        "stage 3 'both': 1 epochs, trains teacher, student, keeps last",
+        "  1. ce_t (ce, transfer) on teacher",
+        "  2. ce_s (ce, transfer) on student",
+        "  3. sw (abstain, select+weight) on teacher, student",
     ]
 
 
@@ -124,3 +141,103 @@ def test_resume_without_a_checkpoint_starts_again_with_a_warning(tmp_path):
                         "starting it from the beginning")
     with History(out) as h:
         assert len(h) == 1
+
+
+def test_a_checkpoint_records_the_resolved_recipe_and_the_set_values_it_was_started_with(
+        tmp_path):
+    from kdcore import PluginHost, load_recipe, run_recipe
+    from kdcore.checkpoint import load
+    from kdcore.testing import InterruptAt, Interrupted, write_recipe
+
+    path = write_recipe(tiny_recipe(stage("t", 2, ["teacher"], component("ce")),
+                                    train_subset=64), tmp_path / "r.toml")
+    overrides = ["run.seed=4", "data.batch_size=16"]
+    recipe = load_recipe(path, overrides)
+    with pytest.raises(Interrupted):
+        run_recipe(recipe, out=str(tmp_path / "run"), overrides=overrides,
+                   host=PluginHost(extra=[InterruptAt(1, 0)]))
+    state = load(tmp_path / "run" / CHECKPOINT)
+    assert state["fingerprint"] == {"recipe": recipe.to_dict(), "overrides": overrides}
+
+
+def _resume(started, *args):
+    return one_line_error(invoke("run", started.parent / "tiny.toml", "--out", started,
+                                 "--resume", *args))
+
+
+def _differs(source: str, keys: str) -> str:
+    return (f"kdcore: error: --resume: the recipe differs from the one {source}, at {keys}; "
+            "resume with the same recipe and --set values, or start again with --overwrite")
+
+
+def test_each_recipe_a_resume_compares_with_is_named_in_its_refusal(started, tiny_runs):
+    assert _resume(started, "--set", "run.seed=5") == _differs(
+        f"{started} was started with", "run.seed")
+    shutil.copy(tiny_runs / "other" / "history.h5", started / "history.h5")
+    assert _resume(started) == _differs(f"{started / 'history.h5'} was written by",
+                                        "models.student.params.hidden[0]")
+    (started / CHECKPOINT).unlink()
+    (started / "history.h5").unlink()  # killed before its first checkpoint: its recipe.toml
+    assert _resume(started, "--set", "data.batch_size=32") == _differs(
+        f"{started} was started with", "data.batch_size")
+
+
+@pytest.mark.parametrize("position", [
+    {"stage": 2},  # one past the last stage
+    {"epoch": 2, "history_rows": 4},  # one past the stage's last epoch
+    {"epoch": 1, "history_rows": 1},  # the rows of another epoch
+])
+def test_a_checkpoint_position_just_past_the_run_is_refused_whole(started, position):
+    from kdcore.checkpoint import load, save
+
+    state = load(started / CHECKPOINT)
+    assert state["position"]["stage"] == 1 and state["position"]["epoch"] == 0
+    state["position"].update(position)
+    save(state, started / CHECKPOINT)
+    p = state["position"]
+    assert _resume(started) == (
+        f"kdcore: error: the checkpoint {started / CHECKPOINT} holds a position (stage "
+        f"{p['stage']}, epoch {p['epoch']}, {p['history_rows']} history rows) that this "
+        "recipe's run never reaches; start again with --overwrite")
+
+
+@pytest.mark.parametrize(("differ", "shown"), [
+    (1, "k00"), (8, "k00, k01, k02, k03, k04, k05, k06, k07"),
+    (9, "k00, k01, k02, k03, k04, k05, k06, k07 and 1 more"),
+    (12, "k00, k01, k02, k03, k04, k05, k06, k07 and 4 more")])
+def test_recipe_changes_lists_at_most_eight_keys_then_counts_the_rest(differ, shown):
+    from kdcore.engine import recipe_changes
+
+    saved = {f"k{i:02d}": i for i in range(12)}
+    now = {k: v + (1 if i < differ else 0) for i, (k, v) in enumerate(saved.items())}
+    assert recipe_changes(saved, now) == shown
+    assert recipe_changes(saved, dict(saved)) == ""
+
+
+def test_the_history_records_where_the_run_was_started_and_each_samples_labels(tmp_path):
+    import platform
+
+    import torch
+
+    run_tiny(tiny_recipe(stage("t", 1, ["teacher"], component("ce")), train_subset=64),
+             tmp_path / "run")
+    with History(tmp_path / "run") as h:
+        assert h.setup == {"device": "cpu", "processes": 1, "threads": torch.get_num_threads(),
+                           "torch": torch.__version__, "python": platform.python_version()}
+        noisy, clean = h.data("noisy_label"), h.data("clean_label")
+        assert np.array_equal(h.data("clean_mask"), noisy == clean)
+        sample_id = h.data("sample_id")
+    assert len(noisy) == len(sample_id) == 64 and len(np.unique(sample_id)) == 64
+
+
+def test_a_run_does_not_replace_an_earlier_one_unless_told_to(tmp_path):
+    from kdcore import KdcoreError, load_recipe, run_recipe
+    from kdcore.testing import write_recipe
+
+    path = write_recipe(tiny_recipe(stage("t", 1, ["teacher"], component("ce")),
+                                    train_subset=64), tmp_path / "r.toml")
+    out = str(tmp_path / "run")
+    run_recipe(load_recipe(path), out=out)
+    with pytest.raises(KdcoreError, match="already holds a run"):
+        run_recipe(load_recipe(path), out=out)
+    run_recipe(load_recipe(path), out=out, overwrite=True)
