@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from loguru import logger
 
 from kdcore import Component, History, hookimpl
@@ -33,10 +34,35 @@ class Abstain(Component):
         return None
 
 
+class Noted(Component):
+    """Records a table in setup, logs at DEBUG level, and notes the context its adapt_models
+    is handed."""
+
+    adapted: list[tuple[str, str]] = []
+
+    def adapt_models(self, ctx):
+        Noted.adapted.append((ctx.name, type(ctx.generator).__name__))
+
+    def setup(self, ctx):
+        ctx.record_data(f"noted/{self.name}", torch.arange(3))
+
+    def on_epoch_end(self, ctx, metrics):
+        logger.debug("a debug line the run's log leaves out")
+
+
+class Stop(Component):
+    """Stops the run at the first epoch's end: with a KdcoreError, or as a plugin's bug."""
+
+    def on_epoch_end(self, ctx, metrics):
+        from kdcore import KdcoreError
+
+        raise KdcoreError("stopped on purpose") if ctx.stage.name == "k" else RuntimeError("bug")
+
+
 class WatchPlugin:
     @hookimpl
     def kdcore_add_components(self):
-        return {"watch": Watch, "abstain": Abstain}
+        return {"watch": Watch, "abstain": Abstain, "noted": Noted, "stop": Stop}
 
 
 def _mlp_parameters(sizes: list[int]) -> int:
@@ -217,8 +243,6 @@ def test_recipe_changes_lists_at_most_eight_keys_then_counts_the_rest(differ, sh
 def test_the_history_records_where_the_run_was_started_and_each_samples_labels(tmp_path):
     import platform
 
-    import torch
-
     run_tiny(tiny_recipe(stage("t", 1, ["teacher"], component("ce")), train_subset=64),
              tmp_path / "run")
     with History(tmp_path / "run") as h:
@@ -241,3 +265,88 @@ def test_a_run_does_not_replace_an_earlier_one_unless_told_to(tmp_path):
     with pytest.raises(KdcoreError, match="already holds a run"):
         run_recipe(load_recipe(path), out=out)
     run_recipe(load_recipe(path), out=out, overwrite=True)
+
+
+def _one_stage(name: str, *components) -> dict:
+    return tiny_recipe(stage(name, 1, ["teacher"], component("ce"), *components),
+                       train_subset=64)
+
+
+def test_a_components_adapt_models_data_and_debug_lines_in_a_run_and_in_check(tmp_path):
+    """adapt_models gets the component's own context; the run's log is INFO and up; check
+    (dry_setup) sets every component up and records nothing anywhere."""
+    from kdcore import PluginHost, load_recipe
+    from kdcore.engine import dry_setup
+    from kdcore.testing import write_recipe
+
+    recipe = _one_stage("n", component("noted", "mine"))
+    Noted.adapted.clear()
+    run_tiny(recipe, tmp_path / "run", plugins=[WatchPlugin()])
+    assert Noted.adapted == [("mine", "Generator")]
+    with History(tmp_path / "run") as h:
+        assert h.data("noted/mine").tolist() == [0, 1, 2]
+    log = (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
+    assert "run 'tiny' seed 0" in log and "a debug line" not in log
+    (tmp_path / "check").mkdir()
+    path = write_recipe(recipe, tmp_path / "check" / "r.toml")
+    dry_setup(load_recipe(path), PluginHost(extra=[WatchPlugin()]),
+              out=str(tmp_path / "check" / "out"))
+    assert sorted(p.name for p in (tmp_path / "check").iterdir()) == ["r.toml"]
+
+
+@pytest.mark.parametrize(("stage_name", "saved"), [("k", False), ("b", True)])
+def test_a_run_that_stops_leaves_other_log_sinks_and_saves_a_traceback_only_for_a_bug(
+        tmp_path, stage_name, saved):
+    from kdcore import KdcoreError
+
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        with pytest.raises(KdcoreError if stage_name == "k" else RuntimeError):
+            run_tiny(_one_stage(stage_name, component("stop")), tmp_path / "run",
+                     plugins=[WatchPlugin()])
+        logger.info("after the run")
+    finally:
+        logger.remove(sink)
+    assert lines[-1] == "after the run"  # the run removed its own sink only
+    log = (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
+    assert ("Traceback (most recent call last)" in log) == saved
+    assert "after the run" not in log
+
+
+def test_a_finished_run_writes_its_summary_and_stops_writing_its_log(tmp_path):
+    import json
+
+    summary = run_tiny(_one_stage("t"), tmp_path / "run")
+    logger.info("a line after the run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    assert summary["teacher"]["stage"] == "t"
+    assert "a line after the run" not in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_the_progress_bar_follows_the_terminal_unless_asked(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from kdcore import load_recipe, run_recipe
+    from kdcore.testing import write_recipe
+
+    path = write_recipe(_one_stage("p"), tmp_path / "r.toml")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    run_recipe(load_recipe(path), out=str(tmp_path / "tty"))
+    assert "p 1/1" in capsys.readouterr().err
+    run_recipe(load_recipe(path), out=str(tmp_path / "off"), progress=False)
+    assert "p 1/1" not in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_does_not_fit_is_named_with_the_error_on_one_line(started,
+                                                                          monkeypatch):
+    from kdcore import checkpointing
+
+    def restore_run(self, trainer, state):
+        raise ValueError("first line\n  second   line " + "x" * 300)
+
+    monkeypatch.setattr(checkpointing.Checkpointer, "restore_run", restore_run)
+    shown = ("first line second line " + "x" * 300)[:200]
+    assert _resume(started) == (
+        f"kdcore: error: the checkpoint {started / CHECKPOINT} does not fit this run "
+        f"(ValueError: {shown}); start again with --overwrite")
