@@ -1,5 +1,6 @@
-"""The start of a run (kdcore.engine): the banner it logs, and what a resume without a
-checkpoint refuses, each message whole."""
+"""A run's start and end (kdcore.engine): the banner, what a resume compares and refuses (each
+message whole), what the checkpoint and the history record of the start, the log sink, saved
+tracebacks and the summary."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.cli_helpers import invoke, one_line_error
 
 
 class Watch(Component):
-    """A component of no kind: it only watches the epochs end."""
+    """A component of no kind: it only watches each epoch end."""
 
     def on_epoch_end(self, ctx, metrics):
         pass
@@ -59,7 +60,9 @@ class Stop(Component):
         raise KdcoreError("stopped on purpose") if ctx.stage.name == "k" else RuntimeError("bug")
 
 
-class WatchPlugin:
+class Components:
+    """The test components of this module, as one plugin."""
+
     @hookimpl
     def kdcore_add_components(self):
         return {"watch": Watch, "abstain": Abstain, "noted": Noted, "stop": Stop}
@@ -87,7 +90,7 @@ def test_the_banner_names_the_data_each_model_and_each_stages_components_in_orde
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
     try:
-        run_tiny(recipe, tmp_path / "run", plugins=[WatchPlugin()])
+        run_tiny(recipe, tmp_path / "run", plugins=[Components()])
     finally:
         logger.remove(sink)
     with History(tmp_path / "run") as h:
@@ -281,7 +284,7 @@ def test_a_components_adapt_models_data_and_debug_lines_in_a_run_and_in_check(tm
 
     recipe = _one_stage("n", component("noted", "mine"))
     Noted.adapted.clear()
-    run_tiny(recipe, tmp_path / "run", plugins=[WatchPlugin()])
+    run_tiny(recipe, tmp_path / "run", plugins=[Components()])
     assert Noted.adapted == [("mine", "Generator")]
     with History(tmp_path / "run") as h:
         assert h.data("noted/mine").tolist() == [0, 1, 2]
@@ -289,7 +292,7 @@ def test_a_components_adapt_models_data_and_debug_lines_in_a_run_and_in_check(tm
     assert "run 'tiny' seed 0" in log and "a debug line" not in log
     (tmp_path / "check").mkdir()
     path = write_recipe(recipe, tmp_path / "check" / "r.toml")
-    dry_setup(load_recipe(path), PluginHost(extra=[WatchPlugin()]),
+    dry_setup(load_recipe(path), PluginHost(extra=[Components()]),
               out=str(tmp_path / "check" / "out"))
     assert sorted(p.name for p in (tmp_path / "check").iterdir()) == ["r.toml"]
 
@@ -304,7 +307,7 @@ def test_a_run_that_stops_leaves_other_log_sinks_and_saves_a_traceback_only_for_
     try:
         with pytest.raises(KdcoreError if stage_name == "k" else RuntimeError):
             run_tiny(_one_stage(stage_name, component("stop")), tmp_path / "run",
-                     plugins=[WatchPlugin()])
+                     plugins=[Components()])
         logger.info("after the run")
     finally:
         logger.remove(sink)
