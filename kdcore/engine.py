@@ -83,8 +83,8 @@ def recipe_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
 
 
 def _refuse_changes(source: str, saved: dict[str, Any], started: dict[str, Any]) -> None:
-    """Refuse to resume when ``saved`` (the recipe ``source``, "<what> was started with",
-    ran under) differs from the one given now."""
+    """Refuse to resume when ``saved`` differs from the recipe given now; ``source`` says
+    where ``saved`` came from ("<run> was started with")."""
     shown = recipe_changes(saved, started["recipe"])
     if shown:
         raise KdcoreError(f"--resume: the recipe differs from the one {source}, at {shown}; "
