@@ -191,6 +191,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # reading one image file, a split's channel statistics and the rows they read (session 22)
     "kdcore-images": (".", ["kdcore/data/images.py"],
                       ["tests/test_images.py", "tests/test_malformed_data.py"]),
+    # the Python API's run and ablate, the SLURM launcher, the dataset types (session 23)
+    "kdcore-api": (".", ["kdcore/api.py", "kdcore/launchers.py", "kdcore/data/base.py"],
+                   ["tests/test_api.py", "tests/test_ablate_input.py", "tests/test_launcher.py",
+                    "tests/test_streaming.py", "tests/test_rundata.py", "-m", "not slow"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -114,7 +114,8 @@ def test_run_refuses_arguments_of_the_wrong_type_naming_the_argument(tmp_path, c
                                           "(name, [overrides]) pairs or kdcore.grid.Variant "
                                           "objects; got tuple ('a', 'run.seed=1')"),
     ({"variants": [3]}, "variants takes 'name:key=value;...' strings"),
-    ({"overrides": "run.seed=1"}, "overrides takes a list"),
+    ({"overrides": "run.seed=1"}, "overrides takes a list, such as ['run.seed=1'], not str "
+                                  "'run.seed=1'"),
     ({"jobs": 0}, "jobs takes a positive integer, not int 0"),
     ({"jobs": "2"}, "jobs takes a positive integer, not str '2'"),
     ({"jobs": True}, "jobs takes a positive integer, not bool True"),
@@ -391,3 +392,103 @@ def test_a_nan_row_of_a_class_column_has_no_argmax(tmp_path):
     assert np.isnan(full["class_1"].to_numpy()[2:]).all() and full["class_1"][0] == 2.0
     assert h.column("loss/ce")["value"].tolist()[:2] == [0.5, 1.5]
     assert np.isnan(h.column("loss/ce")["value"].to_numpy()[2:]).all()
+
+
+# -- as_recipe and ablate: what reaches the runs -------------------------------------------------
+
+
+def test_as_recipe_names_its_argument_and_leaves_the_callers_data_alone(tmp_path):
+    with pytest.raises(kdcore.KdcoreError, match=r"^overrides takes a list, such as "
+                                                  r"\['run.seed=1'\], not str 'run.seed=1'$"):
+        api.as_recipe(_data(), "run.seed=1")
+    with pytest.raises(kdcore.KdcoreError, match=r"^a recipe is a file path, a kdcore.Recipe "
+                                                  r"or a dict, not int$"):
+        api.as_recipe(3)
+    data = _data()
+    recipe = api.as_recipe(data, ["data.batch_size=32", "models.student.params.hidden=[8]"])
+    assert recipe.data.batch_size == 32 and recipe.models["student"].params["hidden"] == [8]
+    assert data == _data()  # the nested tables the overrides changed are copies
+
+
+def test_ablate_checks_every_plan_before_any_run(tmp_path, calls):
+    good, bad = _data(), _data()
+    good["run"]["name"], bad["run"]["name"] = "good", "bad"
+    bad["stages"][1]["components"][0]["params"] = {"temperature": -1.0}
+    with pytest.raises(kdcore.KdcoreError, match="temperature"):
+        kdcore.ablate([good, bad], out=tmp_path / "g", echo=lambda line: None)
+    assert not calls
+
+
+def test_ablate_hands_every_run_one_plugin_host_and_whether_it_resumes(tmp_path, calls):
+    from kdcore.checkpoint import CHECKPOINT
+    from kdcore.plugins import PluginHost
+
+    path = write_recipe(_data(), tmp_path / "tiny.toml")
+    (tmp_path / "g" / "tiny" / "seed1").mkdir(parents=True)
+    (tmp_path / "g" / "tiny" / "seed1" / CHECKPOINT).write_bytes(b"")  # an interrupted run
+    lines: list[str] = []
+    result = kdcore.ablate(path, seeds=[0, 1], out=tmp_path / "g", echo=lines.append)
+    assert [(c["resume"], c["recipe"].run.seed) for c in calls] == [(False, 0), (True, 1)]
+    assert isinstance(calls[0]["host"], PluginHost) and calls[1]["host"] is calls[0]["host"]
+    assert lines[0] == "[1/2] tiny seed 0: starting" and lines[2] == "[2/2] tiny seed 1: resuming"
+    assert result.out == tmp_path / "g" and (result.ran, result.failed) == (2, 0)
+
+
+def test_ablate_passes_jobs_to_the_grid(tmp_path, monkeypatch):
+    seen = []
+
+    def run_grid(specs, *, jobs, echo, in_process):
+        seen.append((len(specs), jobs))
+        return {"ran": 0, "skipped": 0, "failed": len(specs)}
+
+    monkeypatch.setattr(grid, "run_grid", run_grid)
+    result = kdcore.ablate(_data(), seeds=[0, 1, 2], jobs=3, out=tmp_path / "g")
+    assert seen == [(3, 3)] and result.failed == 3 and result.summaries() == {}
+
+
+def test_ablate_variants_of_every_kind_on_every_recipe(tmp_path, calls):
+    a = write_recipe(_data(), tmp_path / "a.toml")
+    b = write_recipe(_data(), tmp_path / "b.toml")
+    variant = grid.Variant("obj", "ignored.toml", ["run.threads=1"])
+    result = kdcore.ablate([a], variants=["s:run.threads=2", ("t", ["run.threads=3"]), variant],
+                           out=tmp_path / "g", echo=lambda line: None)
+    assert [(r.variant, r.seed) for r in result.runs] == [("s", 0), ("t", 0), ("obj", 0)]
+    assert [c["overrides"] for c in calls] == [["run.threads=2", "run.seed=0"],
+                                               ["run.threads=3", "run.seed=0"],
+                                               ["run.threads=1", "run.seed=0"]]
+    assert all(c["recipe"].source == str(a) for c in calls)
+    # without variants, each recipe is one, named after its file; recipe data after run.name
+    data_a, data_b = _data(), _data()
+    data_a["run"]["name"], data_b["run"]["name"] = "da", "db"
+    both = kdcore.ablate([a, b, data_a, data_b], out=tmp_path / "h", echo=lambda line: None)
+    assert [r.variant for r in both.runs] == ["a", "b", "da", "db"]
+    assert sorted(p.name for p in (tmp_path / "h" / ".recipes").iterdir()) == ["da.toml",
+                                                                             "db.toml"]
+
+
+def test_a_grid_file_with_every_key_beside_a_recipe(tmp_path, calls):
+    write_recipe(_data(), tmp_path / "tiny.toml")
+    other = write_recipe(_data(), tmp_path / "other.toml")
+    (tmp_path / "grid.toml").write_text(
+        'recipe = "tiny.toml"\nseeds = [4]\nset = ["run.threads=1"]\n'
+        '[[variant]]\nname = "v"\nset = ["data.batch_size=32"]\n')
+    result = kdcore.ablate([other, tmp_path / "grid.toml"], out=tmp_path / "g",
+                           echo=lambda line: None)
+    assert [(r.variant, r.seed) for r in result.runs] == [("other", 4), ("v", 4)]
+    assert calls[1]["overrides"] == ["run.threads=1", "data.batch_size=32", "run.seed=4"]
+    # without a grid file, seed 0
+    alone = kdcore.ablate(other, out=tmp_path / "h", echo=lambda line: None)
+    assert [(r.variant, r.seed) for r in alone.runs] == [("other", 0)]
+
+
+def test_nothing_to_run_says_what_to_give(tmp_path):
+    with pytest.raises(kdcore.KdcoreError, match="^nothing to run: give recipes, variants or a "
+                                                 "grid file$"):
+        kdcore.ablate([], out=tmp_path / "g")
+
+
+def test_a_run_results_history_is_load_history_of_its_directory(tmp_path):
+    pytest.importorskip("pandas")
+    _write_history(tmp_path / "run")
+    frames = api.RunResult(summary={}, run_dir=tmp_path / "run").history()
+    assert frames.metrics.equals(kdcore.load_history(tmp_path / "run").metrics)

@@ -174,3 +174,157 @@ def test_slurm_refused_without_submitit_or_sbatch(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "sbatch" in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "g").exists()
+
+
+# -- the SLURM executor's parameters, the polling loop and the job's error line -----------------
+
+
+class _FakeAutoExecutor:
+    made: list[_FakeAutoExecutor] = []
+    fail: str | None = None
+
+    def __init__(self, folder, cluster):
+        if self.fail:
+            raise RuntimeError(self.fail)
+        self.folder, self.cluster, self.params = folder, cluster, None
+        _FakeAutoExecutor.made.append(self)
+
+    def update_parameters(self, **params):
+        self.params = params
+
+
+@pytest.fixture
+def fake_slurm(monkeypatch):
+    """submitit's AutoExecutor recorded, sbatch 'on PATH'."""
+    import types
+
+    module = types.SimpleNamespace(AutoExecutor=_FakeAutoExecutor)
+    monkeypatch.setitem(__import__("sys").modules, "submitit", module)
+    monkeypatch.setattr(launchers.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(_FakeAutoExecutor, "made", [])
+    monkeypatch.setattr(_FakeAutoExecutor, "fail", None)
+    return _FakeAutoExecutor
+
+
+def test_slurm_executor_defaults_and_every_parameter(tmp_path, fake_slurm):
+    launchers.slurm_executor()(tmp_path / "a")
+    launchers.slurm_executor(partition="gpu", time_min=5, gpus=2, cpus=8, mem_gb=0.5,
+                             name="mine")(tmp_path / "b")
+    first, second = fake_slurm.made
+    assert (first.folder, first.cluster) == (tmp_path / "a", "slurm")
+    assert first.params == {"name": "kdcore", "timeout_min": 60, "cpus_per_task": 2,
+                            "gpus_per_node": 0, "mem_gb": 8, "nodes": 1, "tasks_per_node": 1}
+    assert second.params == {"name": "mine", "timeout_min": 5, "cpus_per_task": 8,
+                             "gpus_per_node": 2, "mem_gb": 0.5, "nodes": 1, "tasks_per_node": 1,
+                             "slurm_partition": "gpu"}
+
+
+@pytest.mark.parametrize("mem", [0.0, -1.0, float("inf"), float("nan")])
+def test_slurm_memory_must_be_positive_and_finite(fake_slurm, mem):
+    with pytest.raises(launchers.KdcoreError, match=r"^--slurm-mem-gb takes a positive number "
+                                                    rf"of GB, got {mem}$"):
+        launchers.slurm_executor(mem_gb=mem)
+
+
+def test_slurm_refusals_are_one_line_naming_what_is_missing(tmp_path, fake_slurm, monkeypatch):
+    fake_slurm.fail = "Could not detect slurm\n(srun not found)"
+    make = launchers.slurm_executor()
+    with pytest.raises(launchers.KdcoreError, match=r"^--launcher slurm: Could not detect slurm"):
+        make(tmp_path)
+    monkeypatch.setattr(launchers.shutil, "which", lambda name: None)
+    with pytest.raises(launchers.KdcoreError) as info:
+        launchers.slurm_executor()
+    assert str(info.value) == ("--launcher slurm: no 'sbatch' on PATH (run it where SLURM jobs "
+                               "are submitted)")
+
+
+def test_a_run_job_returns_the_seconds_its_run_took(tmp_path, monkeypatch):
+    clock = iter([100.0, 103.5])
+    monkeypatch.setattr(launchers.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(ab, "run_spec", lambda spec: None)
+    assert launchers.RunJob()(ab.RunSpec(ab.Variant("v", "r.toml"), 0, tmp_path)) == 3.5
+
+
+class _SlowJob:
+    """Done from its ``after``-th look on; every look is logged."""
+
+    def __init__(self, log, job_id, after):
+        self.log, self.job_id, self.after, self.looks = log, job_id, after, 0
+
+    def done(self):
+        self.looks += 1
+        self.log.append(f"look {self.job_id}")
+        return self.looks >= self.after
+
+    def result(self):
+        return 1.0
+
+
+class _SlowExecutor:
+    def __init__(self, log, afters):
+        self.log, self.afters, self.jobs = log, afters, []
+
+    @contextlib.contextmanager
+    def batch(self):
+        yield
+
+    def submit(self, fn, spec):
+        self.jobs.append(_SlowJob(self.log, f"9_{len(self.jobs)}", self.afters[len(self.jobs)]))
+        return self.jobs[-1]
+
+
+def _specs(tmp_path, n):
+    return [ab.RunSpec(ab.Variant(f"v{i}", "r.toml"), 0, tmp_path / "grid" / f"v{i}" / "seed0")
+            for i in range(n)]
+
+
+def test_launch_grid_sleeps_only_when_no_job_finished(tmp_path, monkeypatch):
+    log: list[str] = []
+    monkeypatch.setattr(launchers.time, "sleep", lambda s: log.append(f"sleep {s}"))
+    specs = _specs(tmp_path, 2)
+    lines: list[str] = []
+    counts = launchers.launch_grid(specs, lambda folder: _SlowExecutor(log, [2, 3]),
+                                   folder=tmp_path / "sub", echo=lines.append)
+    assert counts == {"ran": 2, "skipped": 0, "failed": 0}
+    assert log == ["look 9_0", "look 9_1", "sleep 5.0",  # neither finished: wait
+                   "look 9_0", "look 9_1",  # one finished: look again at once
+                   "look 9_1"]
+    assert lines[0] == f"submitted 2 runs as jobs 9_0..9_1; logs in {tmp_path / 'sub'}"
+    assert lines[1:] == ["[1/2] v0 seed 0: done in 1s (job 9_0)",
+                         "[2/2] v1 seed 0: done in 1s (job 9_1)"]
+
+
+def test_launch_grid_names_one_job_and_the_finished_runs_it_skips(tmp_path):
+    specs = _specs(tmp_path, 2)
+    specs[0].out.mkdir(parents=True)
+    (specs[0].out / "summary.json").write_text("{}")
+    lines: list[str] = []
+    counts = launchers.launch_grid(specs, lambda folder: _SlowExecutor([], [1]),
+                                   folder=tmp_path / "sub", echo=lines.append)
+    assert counts == {"ran": 1, "skipped": 1, "failed": 0}
+    assert lines[:2] == ["1 of 2 runs already finished: skipped",
+                         f"submitted 1 runs as jobs 9_0; logs in {tmp_path / 'sub'}"]
+
+
+def test_an_interrupted_launch_names_the_jobs_to_cancel(tmp_path, monkeypatch):
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launchers.time, "sleep", interrupt)
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        launchers.launch_grid(_specs(tmp_path, 3), lambda folder: _SlowExecutor([], [9, 9, 9]),
+                              folder=tmp_path / "sub", echo=lines.append, poll_s=0.5)
+    assert lines[0] == f"submitted 3 runs as jobs 9_0..9_2; logs in {tmp_path / 'sub'}"
+    assert lines[-1] == "interrupted: 3 jobs still queued or running (scancel 9_0 9_1 9_2)"
+
+
+@pytest.mark.parametrize("message, line", [
+    ("Job failed:\n-----\nValueError: x\n-----\nsee logs", "ValueError: x"),
+    ("Job failed:\n-----\nTraceback\n  File a\nKdcoreError: y\n-----\n", "KdcoreError: y"),
+    ("head\n-----\n\n-----\n", "head"),  # nothing between the rules: the first line
+    ("\n\n  just this  \nand more", "just this"),
+    ("", "RuntimeError"),
+])
+def test_the_error_line_of_a_failed_job(message, line):
+    assert launchers._last_error(RuntimeError(message)) == line

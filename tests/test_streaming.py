@@ -479,3 +479,10 @@ def test_clothing1m_optional_parts_and_an_unreadable_names_file(tmp_path, monkey
                      encoding="utf-8")
     monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "ascii")
     assert clothing1m(root=str(root), size=4).train.class_names[5] == "Sweat à capuche"
+
+
+def test_reading_no_rows_gives_an_empty_batch_of_the_images_shape():
+    ds = FileDataset(paths=("a.png",), y=torch.zeros(1, dtype=torch.long), num_classes=2, size=5)
+    for rows in (torch.zeros(0, dtype=torch.long), slice(1, 1)):
+        empty = ds.read(rows)
+        assert empty.shape == (0, 3, 5, 5) and empty.dtype == torch.uint8
