@@ -195,6 +195,11 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-api": (".", ["kdcore/api.py", "kdcore/launchers.py", "kdcore/data/base.py"],
                    ["tests/test_api.py", "tests/test_ablate_input.py", "tests/test_launcher.py",
                     "tests/test_streaming.py", "tests/test_rundata.py", "-m", "not slow"]),
+    # the model zoo: MLP, small CNN, CIFAR ResNets, Wide ResNets, torchvision's (session 23)
+    "kdcore-models": (".", ["kdcore/models"],
+                      ["tests/test_models.py", "tests/test_model_forward.py",
+                       "tests/test_impossible_params.py",
+                       "tests/test_prepare.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

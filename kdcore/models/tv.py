@@ -25,9 +25,9 @@ class TorchvisionModel(KDModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
-        out = self.trunk(x)
-        # GoogLeNet and Inception v3 return (logits, aux...) tuples in training mode.
-        return out[0] if isinstance(out, tuple) else out
+        # GoogLeNet and Inception v3 are built without their auxiliary heads (the factory's
+        # aux_logits=False), so every trunk returns one tensor, in training mode too
+        return self.trunk(x)
 
 
 def torchvision_model(spec: ModelSpec, *, name: str, pretrained: bool = False) -> KDModel:
@@ -66,12 +66,10 @@ def torchvision_model(spec: ModelSpec, *, name: str, pretrained: bool = False) -
     kwargs = {"aux_logits": False, "init_weights": True} if name in _AUX_HEAD_MODELS else {}
     trunk = tv_models.get_model(name, weights=None, **kwargs)
     # The classification head is the last linear layer the network registers.
-    head_name, head = None, None
-    for module_name, module in trunk.named_modules():
-        if isinstance(module, nn.Linear):
-            head_name, head = module_name, module
-    if head is None or head_name is None:
+    linears = [(n, m) for n, m in trunk.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:  # SqueezeNet's head is a convolution
         raise KdcoreError(f"torchvision: model {name!r} has no final linear layer to replace")
+    head_name, head = linears[-1]
     parent_name, _, attr = head_name.rpartition(".")
     setattr(trunk.get_submodule(parent_name), attr, nn.Identity())
     classifier = nn.Linear(head.in_features, spec.num_classes)
