@@ -200,6 +200,12 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                       ["tests/test_models.py", "tests/test_model_forward.py",
                        "tests/test_impossible_params.py",
                        "tests/test_prepare.py"]),
+    # the figures (training curves, class confusion, ledger views) and the HTML report
+    # (session 23)
+    "kdcore-figures": (".", ["kdcore/figures", "kdcore/report_html.py"],
+                       ["tests/test_figures.py", "tests/test_figures_drawn.py",
+                        "tests/test_report_html.py", "tests/test_report_page.py",
+                        "tests/test_ablate_report.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -181,14 +181,16 @@ def test_a_pool_leaves_out_runs_without_the_model_or_the_labels(report_grid, tmp
     assert pooled(nameless[:1] + runs[1:], None).keys() == {"b", "c"}
 
 
-def test_a_pool_keeps_per_sample_losses_and_weights_with_finite_values_only(tmp_path):
+@pytest.mark.parametrize("names, classes", [(["x", "y"], ["x", "y"]), ([], ["0", "1"])])
+def test_a_pool_keeps_per_sample_losses_and_weights_with_finite_values_only(tmp_path, names,
+                                                                            classes):
     from kdcore.figures.ledger import pooled
 
     path = tmp_path / "v" / "seed0"
     path.mkdir(parents=True)
     w = HistoryWriter(path / "history.h5")
     w.create(recipe_toml='[[stages]]\nname = "main"\ntrain = ["student"]\n',
-             versions={"kdcore": "0"}, num_classes=2, class_names=["x", "y"],
+             versions={"kdcore": "0"}, num_classes=2, class_names=names,
              constants={"clean_label": torch.tensor([0, 1, 1], dtype=torch.int32),
                         "noisy_label": torch.tensor([0, 0, 1], dtype=torch.int32)},
              transition_matrix=torch.eye(2))
@@ -203,7 +205,7 @@ def test_a_pool_keeps_per_sample_losses_and_weights_with_finite_values_only(tmp_
     pool = pooled([RunResult(path=path, variant="v", summary={"student": {}})], None)["v"]
     assert sorted(pool["columns"]) == ["loss/ce", "weight/awe"]
     np.testing.assert_array_equal(pool["columns"]["weight/awe"][0], [0.5, 1.0, 0.25])
-    assert pool["classes"] == ["x", "y"]
+    assert pool["classes"] == classes
     np.testing.assert_array_equal(pool["target"], [0, 0, 1])
     np.testing.assert_array_equal(pool["transitions"][0], [[1, 0], [0.5, 0.5]])
 
@@ -371,3 +373,114 @@ def test_write_figures_writes_each_as_its_name_png(tmp_path):
                           tmp_path / "plots")
     assert paths == [tmp_path / "plots" / "a_b.png", tmp_path / "plots" / "c.png"]
     assert [p.read_bytes() for p in paths] == [b"\x89PNG one", b"2"]
+
+
+def test_the_asked_model_is_drawn_and_named(tmp_path, drawn):
+    runs = [_run(tmp_path, "a", 0, {"main/student": M1, "main/peer": M2})]
+    draw_test_class_accuracy(runs, "peer")
+    ax = drawn[0].axes[0]
+    assert ax.get_title() == "Per-class test accuracy of the peer"
+    assert ax.get_ylabel() == "test accuracy (%)"
+    np.testing.assert_allclose([p.get_height() for p in ax.patches], 100 * _recall(M2))
+
+
+def test_a_figure_becomes_a_png_of_110_dpi_and_is_closed():
+    import struct
+
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(2.0, 1.0))
+    other = plt.figure()  # the current figure now: not the one to close
+    data = _common.png(fig)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (220, 110)  # IHDR: width, height in pixels
+    assert not plt.fignum_exists(fig.number) and plt.fignum_exists(other.number)
+    plt.close(other)
+
+
+def test_label_accuracy_bars_per_class_given_labels_first_and_hatched(drawn):
+    from kdcore.figures.ledger import draw_class_accuracy
+
+    clean = np.array([0, 0, 1, 1, 2, 2])
+    noisy = np.array([0, 1, 1, 1, 0, 2])
+    pools = {"x": {"clean": clean, "noisy": noisy, "target": clean, "classes": ["a", "b", "c"]},
+             "y": {"clean": clean, "noisy": noisy, "target": noisy, "classes": ["a", "b", "c"]},
+             "z": {"clean": clean[:4], "noisy": clean[:4], "target": np.array([1, 0, 1, 1]),
+                   "classes": ["a", "b", "c"]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a class without samples is NaN, not a mean of nothing
+        figure = draw_class_accuracy(pools)
+    ax = drawn[0].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["given labels (x, y)", "given labels (z)", "x", "y", "z"]
+    width = 0.8 / 5
+    expected = {"given labels (x, y)": [50, 100, 50], "given labels (z)": [100, 100, np.nan],
+                "x": [100, 100, 100], "y": [50, 100, 50], "z": [50, 100, np.nan]}
+    for k, (label, container) in enumerate(zip(labels, ax.containers, strict=True)):
+        patches = container.patches
+        np.testing.assert_allclose([p.get_x() + p.get_width() / 2 for p in patches],
+                                   np.arange(3) + (k - 2) * width)
+        np.testing.assert_allclose([p.get_width() for p in patches], width)
+        np.testing.assert_allclose([p.get_height() for p in patches], expected[label])
+        assert {p.get_hatch() for p in patches} == ({"//"} if k < 2 else {None})
+    title = "Per-class accuracy of the labels trained on (last epoch)"
+    assert (figure.name, figure.title, ax.get_title()) == ("class_label_acc", title, title)
+    assert ax.get_ylabel() == "correct labels (%)"
+    assert figure.caption == (f"{title}, pooled over seeds; hatched: the given (noisy) labels, "
+                              "one bar per set of variants that share them.")
+    assert draw_class_accuracy({}) is None
+
+
+def test_which_metrics_are_the_reported_models_curves():
+    from kdcore.figures.curves import _is_curve
+
+    curves = ["val/s/acc", "train/s/loss", "label/acc", "select/a/precision", "select/a/recall"]
+    others = ["val/t/acc", "test/s/acc", "select/a/fraction", "val/s/recall", "label/fixed"]
+    assert [m for m in curves + others if _is_curve(m, "s")] == curves
+
+
+def test_labels_fixed_or_broken_when_no_sample_is_of_one_kind():
+    from kdcore.figures.curves import label_changes
+
+    class History:
+        def __init__(self, noisy):
+            self.noisy = np.array(noisy)
+
+        def data(self, name):
+            return np.array([0, 1, 1]) if name == "clean_label" else self.noisy
+
+        def column(self, name, row):
+            return np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])  # labels 0, 1, 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mean of nothing
+        fixed, broken = label_changes(History([0, 1, 1]), np.array([True]))  # none mislabelled
+        np.testing.assert_array_equal(fixed, [np.nan])
+        np.testing.assert_array_equal(broken, [1 / 3])
+        fixed, broken = label_changes(History([1, 0, 0]), np.array([False, True]))  # all
+        np.testing.assert_array_equal(fixed, [2 / 3])
+        np.testing.assert_array_equal(broken, [np.nan])
+
+
+def test_the_asked_models_curves_and_figures(report_grid, drawn):
+    from kdcore.figures import curve_series, draw_figures
+    from kdcore.report import find_runs
+
+    runs = find_runs([report_grid])
+    series = curve_series(runs, "teacher")
+    assert {"test/teacher/acc", "val/teacher/acc", "train/teacher/loss"} <= set(series)
+    assert "val/student/acc" not in series and series["label/fixed"].model == "teacher"
+    assert all(len(c) == 1 for c in series["val/teacher/acc"].runs["ls"])  # one teacher epoch
+    nameless = [type(r)(path=r.path, variant=r.variant, summary={}) for r in runs]
+    assert set(curve_series(nameless[:1] + runs[1:])["val/student/acc"].runs) == {"ls",
+                                                                                   "ls-weak"}
+    figures = {f.name: f for f in draw_figures(runs, "teacher")}
+    assert "val_teacher_acc" in figures and "val_student_acc" not in figures
+    assert figures["class_test_acc"].title == "Per-class test accuracy of the teacher"
+    transition = np.mean(pooled_transitions(report_grid, "ls", row=0), axis=0)
+    ax = drawn[list(figures).index("transition_ls")].axes[0]
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), transition)
+
+
+def pooled_transitions(root: Path, variant: str, row: int) -> list[np.ndarray]:
+    return [_expected_pool(root / variant / f"seed{s}", row)["transition"] for s in (0, 1)]

@@ -76,7 +76,8 @@ def test_a_run_row_without_a_readable_history(tmp_path):
 def _page(tmp_path: Path, figures: list[Figure], notes: tuple[str, ...] = ()) -> str:
     runs = [_run(tmp_path, "seed0", "a"), _run(tmp_path, "seed1", "a"),
             _run(tmp_path, "seed0", "b")]
-    table = (["variant", "model", "acc", "gap"], [["a", "student", "90.00", "1.0"]])
+    table = (["variant", "model", "acc", "gap"], [["a", "student", "90.00", "1.0"],
+                                                  ["b", "student", "80.00", "-"]])
     return render(runs, table, figures, title="Grid <1>", notes=notes)
 
 
@@ -109,7 +110,8 @@ def test_the_page_from_head_to_foot(tmp_path, monkeypatch):
     assert results == ('<table id="results-table"><thead><tr><th>variant</th><th>model</th>'
                        '<th>acc</th><th>gap</th></tr></thead><tbody><tr><td>a</td>'
                        '<td>student</td><td class="num">90.00</td><td class="num">1.0</td>'
-                       '</tr></tbody></table>')
+                       '</tr><tr><td>b</td><td>student</td><td class="num">80.00</td>'
+                       '<td class="num">-</td></tr></tbody></table>')
     runs = next(line for line in lines if line.startswith('<table id="runs-table">'))
     assert 'class="num"' not in runs and runs.count("<tr>") == 4
     parsed = Page()
@@ -121,7 +123,8 @@ def test_the_page_from_head_to_foot(tmp_path, monkeypatch):
     assert div.startswith('<div class="figures"><figure id="fig-curves"><img alt="Curves &amp; '
                           'more" src="data:image/png;base64,')
     assert div.count("<figure ") == 2 and '<figure id="fig-classes">' in div
-    assert "<figcaption>What it shows</figcaption></figure>" in div and div.endswith("</div>")
+    assert "<figcaption>What it shows</figcaption></figure><figure " in div
+    assert div.endswith("<figcaption>Per class</figcaption></figure></div>")
     sources = [img["src"] for img in parsed.images]
     assert [base64.b64decode(s.split(",", 1)[1]) for s in sources] == [png, b"\x89PNG 2"]
 
@@ -141,3 +144,21 @@ def test_the_page_is_written_as_index_html(tmp_path):
     path = write_page("<p>page</p>\n", tmp_path / "out" / "report")
     assert path == tmp_path / "out" / "report" / "index.html"
     assert path.read_text(encoding="utf-8") == "<p>page</p>\n"
+
+
+def test_the_pages_time_is_utc_whatever_the_machines_zone(tmp_path, monkeypatch):
+    import datetime as dt
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Kathmandu")  # UTC+05:45: no whole-hour coincidence
+    time.tzset()
+    try:
+        before = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+        html = _page(tmp_path, [])
+        after = dt.datetime.now(dt.UTC)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    stamp = re.search(r", (\d{4}-\d\d-\d\d \d\d:\d\d) UTC: ", html).group(1)
+    shown = dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M").replace(tzinfo=dt.UTC)
+    assert before <= shown <= after

@@ -29,7 +29,7 @@ def pooled(runs: Sequence[RunResult], role: str | None) -> dict[str, dict[str, A
             if row is None or not {"clean_label", "noisy_label"} <= set(h.data_names()):
                 continue
             pool = out.setdefault(run.variant, {"clean": [], "noisy": [], "target": [],
-                                                "columns": defaultdict(list), "classes": None,
+                                                "columns": defaultdict(list),
                                                 "transitions": []})
             c = h.num_classes
             clean, noisy = h.data("clean_label"), h.data("noisy_label")
