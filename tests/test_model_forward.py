@@ -241,6 +241,21 @@ def test_googlenet_is_built_without_auxiliary_heads_and_with_its_own_initialisat
     assert logits.shape == (2, 5) and features.shape == (2, 1024)
 
 
+def test_a_trunk_given_with_auxiliary_heads_gives_its_main_output():
+    from kdcore.models.zoo import TorchvisionModel
+
+    class Aux(nn.Module):
+        def forward(self, x):
+            main = x.flatten(1)[:, :4]
+            return (main, -main) if self.training else main
+
+    model = TorchvisionModel(Aux(), nn.Linear(4, 2), in_channels=1)
+    x = torch.randn(2, 1, 2, 2)
+    features = x.expand(-1, 3, -1, -1).flatten(1)[:, :4]
+    for training in (True, False):
+        torch.testing.assert_close(model.train(training)(x)[1], features)
+
+
 def test_torchvision_refusals_are_whole_lines():
     spec = ModelSpec((3, 32, 32), 10)
     with pytest.raises(KdcoreError) as info:

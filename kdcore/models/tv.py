@@ -25,9 +25,10 @@ class TorchvisionModel(KDModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
-        # GoogLeNet and Inception v3 are built without their auxiliary heads (the factory's
-        # aux_logits=False), so every trunk returns one tensor, in training mode too
-        return self.trunk(x)
+        out = self.trunk(x)
+        # the factory builds GoogLeNet and Inception v3 without their auxiliary heads; a trunk
+        # given directly with them returns (logits, aux...) in training mode
+        return out[0] if isinstance(out, tuple) else out
 
 
 def torchvision_model(spec: ModelSpec, *, name: str, pretrained: bool = False) -> KDModel:
