@@ -153,6 +153,8 @@ def test_the_pages_time_is_utc_whatever_the_machines_zone(tmp_path, monkeypatch)
     monkeypatch.setenv("TZ", "Asia/Kathmandu")  # UTC+05:45: no whole-hour coincidence
     time.tzset()
     try:
+        if time.localtime().tm_gmtoff == 0:  # no tz database: the zone would be UTC itself
+            pytest.skip("this machine has no Asia/Kathmandu time zone")
         before = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
         html = _page(tmp_path, [])
         after = dt.datetime.now(dt.UTC)
