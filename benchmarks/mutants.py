@@ -206,6 +206,16 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                        ["tests/test_figures.py", "tests/test_figures_drawn.py",
                         "tests/test_report_html.py", "tests/test_report_page.py",
                         "tests/test_ablate_report.py"]),
+    # the command line: every command's options, their ranges and defaults, and `kdcore noise`
+    # (session 24)
+    "kdcore-cli": (".", ["kdcore/cli.py", "kdcore/cli_noise.py"],
+                   ["tests/test_cli.py", "tests/test_cli_entry.py", "tests/test_cli_polish.py",
+                    "tests/test_cli_option_fuzz.py", "tests/test_bad_input.py",
+                    "tests/test_label_file.py", "tests/test_data_safety.py",
+                    "tests/test_ablate_input.py", "tests/test_launcher.py", "-m", "not slow",
+                    # it reads README.md, outside the copy
+                    "--deselect=tests/test_cli_polish.py::"
+                    "test_readme_documents_plugin_and_exports"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -27,4 +27,4 @@ def worker_main() -> None:
 if __name__ == "__main__":
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         worker_main()
-    main()
+    sys.exit(main())  # as the console script does: main returns --version's or --help's 0

@@ -43,9 +43,9 @@ class _OneLineErrors(click.Group):
             if isinstance(stream, io.TextIOWrapper):
                 stream.reconfigure(errors="backslashreplace")
         try:
+            # outside standalone mode click returns the code of an Exit (--help, --version)
+            # rather than exiting; the console script passes it to sys.exit
             return super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             click.echo("kdcore: aborted", err=True)
             sys.exit(1)
