@@ -484,3 +484,95 @@ def test_the_asked_models_curves_and_figures(report_grid, drawn):
 
 def pooled_transitions(root: Path, variant: str, row: int) -> list[np.ndarray]:
     return [_expected_pool(root / variant / f"seed{s}", row)["transition"] for s in (0, 1)]
+
+
+def test_variants_differ_in_line_style_and_marker_their_bands_in_their_colour(drawn):
+    # told apart in black and white too; the band is the colour of its line
+    from matplotlib.colors import to_rgb
+
+    from kdcore.figures import Curves, draw_curve
+
+    curves = Curves(model="student")
+    for k, variant in enumerate(("a", "b", "c")):
+        # one seed of the first variant: no band, so the bands' own colour cycle lags
+        curves.runs[variant] += [np.arange(20.0) + k, np.arange(20.0) + k + 1][:1 + (k > 0)]
+        curves.stages[variant] = ["main"] * 20
+    draw_curve("train/s/loss", curves)
+    (ax,) = drawn[0].axes
+    lines = [ln for ln in ax.lines if ln.get_label() in ("a (n=1)", "b (n=2)", "c (n=2)")]
+    assert [ln.get_linestyle() for ln in lines] == ["-", "--", "-."]
+    assert [ln.get_marker() for ln in lines] == ["o", "s", "^"]
+    assert [ln.get_markevery() for ln in lines] == [2, 2, 2]  # about eight markers a line
+    bands = ax.collections
+    assert len(bands) == 2
+    for line, band in zip(lines[1:], bands):
+        assert to_rgb(band.get_facecolor()[0]) == pytest.approx(to_rgb(line.get_color()))
+    # the lines over every band, each later variant over the earlier ones
+    assert max(b.get_zorder() for b in bands) < min(ln.get_zorder() for ln in lines)
+    assert [ln.get_zorder() for ln in lines] == sorted(ln.get_zorder() for ln in lines)
+    assert ax.get_xlabel() == "training epoch of the student"
+    assert ax.get_xlim() == (0.5, 20.5)
+
+
+def test_one_seed_of_one_epoch_no_band_and_whole_epochs_on_the_axis(drawn):
+    from kdcore.figures import Curves, draw_curve
+
+    curves = Curves()
+    curves.runs["v"] += [np.array([0.25])]
+    draw_curve("test/s/acc", curves)
+    (ax,) = drawn[0].axes
+    assert ax.get_xlim() == (0.5, 1.5)
+    assert not ax.collections  # one seed: no standard deviation to draw
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [25.0])  # a fraction, in %
+    curves.runs["v"] = [np.array([0.1, 0.2, 0.3])]
+    draw_curve("test/s/acc", curves)
+    assert drawn[1].axes[0].lines[0].get_markevery() == 1  # under eight epochs: every one
+    ticks = [t for t in drawn[1].axes[0].get_xticks() if 0.5 <= t <= 3.5]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_weight_histograms_are_titled_weights_right_in_blue_wrong_in_red(drawn):
+    from matplotlib.colors import to_rgb
+
+    from kdcore.figures.ledger import draw_distributions
+
+    figure = draw_distributions("v", _pool({"weight/w": [np.linspace(0, 1, 5)]}), "weight/")
+    assert figure.title == "Per-sample weights at the last epoch, v"
+    assert drawn[0]._suptitle.get_text() == figure.title
+    (ax,) = drawn[0].axes
+    colours = {c.patches[0].get_label(): {to_rgb(p.get_facecolor()) for p in c.patches}
+               for c in ax.containers}
+    assert colours == {"training label right (2)": {to_rgb("tab:blue")},
+                       "training label wrong (3)": {to_rgb("tab:red")}}
+
+
+@pytest.mark.parametrize("classes, rotation, align", [
+    (["cat", "dog", "eel"], 0, "center"),  # three letters at most: upright, centred
+    (["cat", "dogs", "eel"], 45, "right"),  # a longer name: slanted, ending under its bar
+])
+def test_class_names_under_their_bars_slanted_when_long(classes, rotation, align):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.bar(range(3), [1, 2, 3], label="v")
+    _common.finish_class_bars(fig, ax, classes, "accuracy (%)", "Title")
+    labels = ax.get_xticklabels()
+    assert [t.get_text() for t in labels] == classes
+    assert list(ax.get_xticks()) == [0, 1, 2]
+    assert {(t.get_rotation(), t.get_horizontalalignment()) for t in labels} == {
+        (rotation, align)}
+    assert (ax.get_ylabel(), ax.get_title()) == ("accuracy (%)", "Title")
+    assert not ax.xaxis.get_gridlines()[0].get_visible()  # the grid across, for the heights
+    assert ax.yaxis.get_gridlines()[0].get_visible()
+    plt.close(fig)
+
+
+def test_figures_without_matplotlib_say_how_to_install_it(monkeypatch):
+    import sys
+
+    from kdcore.errors import KdcoreError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    with pytest.raises(KdcoreError) as err:
+        _common.pyplot()
+    assert str(err.value) == "figures need matplotlib: pip install 'kdcore[report]'"

@@ -152,14 +152,14 @@ def draw_curve(metric: str, curves: Curves) -> Figure:
         with warnings.catch_warnings():  # an epoch no seed measured stays a gap
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(stack, axis=0)
-            # the sample standard deviation, as the tables report it
-            std = np.nanstd(stack, axis=0, ddof=1) if len(per_seed) > 1 else 0 * mean
+            # the sample standard deviation, as the tables report it (one seed: no band)
+            std = np.nanstd(stack, axis=0, ddof=1) if len(per_seed) > 1 else None
         x = np.arange(1, length + 1)
         longest = max(longest, length)
         line, = ax.plot(x, mean, STYLES[k % len(STYLES)], marker=MARKERS[k % len(MARKERS)],
                         markevery=max(1, length // 8), markersize=4, linewidth=1.4,
                         label=f"{variant} (n={len(per_seed)})", zorder=3 + k)
-        if len(per_seed) > 1:
+        if std is not None:
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.18,
                             linewidth=0, zorder=2)
         for at, stage in _boundaries(curves.stages.get(variant, [])[:length]):
