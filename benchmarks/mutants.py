@@ -216,6 +216,12 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                     # it reads README.md, outside the copy
                     "--deselect=tests/test_cli_polish.py::"
                     "test_readme_documents_plugin_and_exports"]),
+    # the public test helpers: tiny recipes, the interrupting observer, the history comparisons
+    # the resume and distributed tests rest on, the dataset writers (session 24)
+    "kdcore-testing": (".", ["kdcore/testing.py"],
+                       ["tests/test_testing.py", "tests/test_testing_history.py",
+                        "tests/test_testing_builders.py", "tests/test_data_loaders.py",
+                        "-m", "not slow"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -47,3 +47,13 @@ def test_interrupt_at_stops_after_the_given_batch(tmp_path):
         run_tiny(recipe, tmp_path / "cut", plugins=[InterruptAt(1, 2, "student")])
     with History(tmp_path / "cut") as h:  # every completed epoch, none of the interrupted one
         assert h.epochs() == [("teacher", 0), ("teacher", 1), ("student", 0)]
+
+
+def test_run_tiny_resumes_an_interrupted_run_to_the_same_history_quietly(tmp_path, capsys):
+    recipe = tiny_recipe(teacher_stage(2))
+    run_tiny(recipe, tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        run_tiny(recipe, tmp_path / "cut", plugins=[InterruptAt(1, 1, "teacher")])
+    run_tiny(recipe, tmp_path / "cut", resume=True)
+    assert_same_history(tmp_path / "whole", tmp_path / "cut")
+    assert "it/s" not in capsys.readouterr().err  # no progress bar in a test's output
