@@ -222,6 +222,12 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                        ["tests/test_testing.py", "tests/test_testing_history.py",
                         "tests/test_testing_builders.py", "tests/test_data_loaders.py",
                         "-m", "not slow"]),
+    # several processes: the collectives with ranks simulated as threads of one process
+    # (tests/test_distributed_ranks.py); gloo between torchrun workers is in the slow tests
+    # (session 24)
+    "kdcore-distributed": (".", ["kdcore/distributed.py"],
+                           ["tests/test_distributed.py", "tests/test_distributed_ranks.py",
+                            "-m", "not slow"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)
