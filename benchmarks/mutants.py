@@ -8,6 +8,9 @@ run so far, each killed by a test or argued equivalent.
 
 Usage:  .venv/bin/python benchmarks/mutants.py [TARGET ...]    (``make mutants``; no target:
 all of them, which takes hours on 2 cores; ``--list`` names them)
+        .venv/bin/python benchmarks/mutants.py TARGET --only 'kdcore.figures.curves.x_draw_curve*'
+(only the mutants whose names match, as mutmut names them: ``<module>.x_<function>__mutmut_<n>``,
+``<module>.xǁ<Class>ǁ<method>__mutmut_<n>``; repeatable; a slow target run function by function)
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / ".mutants"
@@ -296,14 +301,16 @@ def prepare(name: str) -> Path:
     return dst
 
 
-def run(name: str) -> dict[str, int]:
-    """Run mutmut on one target; its survivors (with diffs) to survivors.txt."""
+def run(name: str, only: Sequence[str] = ()) -> dict[str, int]:
+    """Run mutmut on one target (``only``: the mutants whose names match these globs); its
+    survivors (with diffs) to survivors.txt."""
     where = prepare(name)
     mutmut = [str(Path(sys.executable).parent / "mutmut")]
     # one intra-op thread: mutmut forks its test runs from a process that has run torch, and a
     # forked child that uses the parent's OpenMP pool hangs (a false timeout)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*mutmut, "run"], cwd=where, capture_output=True, text=True, env=env)
+    proc = subprocess.run([*mutmut, "run", *only], cwd=where, capture_output=True, text=True,
+                          env=env)
     found = _COUNTS.findall(proc.stdout + proc.stderr)
     if not found or "failed to collect stats" in proc.stdout + proc.stderr:
         raise SystemExit(f"{name}: mutmut did not run:\n{(proc.stdout + proc.stderr)[-2000:]}")
@@ -323,6 +330,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="*", help="targets (default: all)")
     parser.add_argument("--list", action="store_true", help="name the targets and stop")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="only the mutants whose names match (repeatable; one target)")
     args = parser.parse_args()
     if args.list:
         print("\n".join(TARGETS))
@@ -330,11 +339,16 @@ def main() -> None:
     unknown = sorted(set(args.targets) - set(TARGETS))
     if unknown:
         raise SystemExit(f"unknown target(s) {', '.join(unknown)}; targets: {', '.join(TARGETS)}")
+    if args.only and len(args.targets) != 1:
+        raise SystemExit("--only names mutants of one target: give exactly one")
     OUT.mkdir(exist_ok=True)
     summary_path = OUT / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for name in args.targets or list(TARGETS):
-        summary[name] = counts = run(name)
+        counts: dict[str, Any] = run(name, args.only)
+        if args.only:  # a part of the target: the counts say which
+            counts["only"] = args.only
+        summary[name] = counts
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
         print(f"{name}: {counts}; survivors in {OUT / name / 'survivors.txt'}")
 

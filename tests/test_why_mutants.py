@@ -8,6 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("why_mutants", ROOT / "benchmarks" /
                                               "why_mutants.py")
@@ -48,3 +50,21 @@ def test_hand_mutants_match_their_files_once():
         files = [t.split("::")[0] for i, t in enumerate(tests)
                  if not t.startswith("-") and (i == 0 or tests[i - 1] != "-k")]
         assert files and all((ROOT / f).is_file() for f in files), m.key
+
+
+def test_every_mutation_target_names_modules_and_tests_that_exist():
+    # a renamed test file would otherwise leave its target's mutants unkilled without a word
+    for name, (package, modules, tests) in why.mutants.TARGETS.items():
+        for module in modules:
+            assert (ROOT / package / module).exists(), (name, module)
+        paths = [t for t in tests if t.startswith("tests")]
+        assert paths, name
+        for path in paths:
+            assert (ROOT / package / path.split("::")[0]).exists(), (name, path)
+
+
+def test_only_names_the_mutants_of_one_target(monkeypatch):
+    for argv in (["kdcore-cli", "kdcore-figures"], []):
+        monkeypatch.setattr(sys, "argv", ["mutants.py", *argv, "--only", "kdcore.cli.x_*"])
+        with pytest.raises(SystemExit, match="--only names mutants of one target"):
+            why.mutants.main()
