@@ -164,16 +164,16 @@ def assert_same_history(a: str | Path, b: str | Path, *, columns: Iterable[str] 
     array. A resumed run against an uninterrupted one is the usual pair."""
     with History(a) as ha, History(b) as hb:
         assert ha.epochs() == hb.epochs(), (ha.epochs(), hb.epochs())
-        assert ha.metric_names() == hb.metric_names()
+        _same_names("metrics", ha.metric_names(), hb.metric_names())
         for name in hb.metric_names():
             if not name.startswith("time/"):
                 np.testing.assert_array_equal(ha.metric(name), hb.metric(name), err_msg=name)
         names = hb.column_names() if columns is None else list(columns)
         if columns is None:
-            assert ha.column_names() == names
+            _same_names("ledger columns", ha.column_names(), names)
         for name in names:
             np.testing.assert_array_equal(ha.column(name), hb.column(name), err_msg=name)
-        assert ha.data_names() == hb.data_names()
+        _same_names("/data arrays", ha.data_names(), hb.data_names())
         for name in hb.data_names():
             np.testing.assert_array_equal(ha.data(name), hb.data(name), err_msg=name)
 
@@ -192,7 +192,7 @@ def assert_close_history(a: str | Path, b: str | Path, *, float_atol: float,
     differ: dict[str, float] = {}
     with History(a) as ha, History(b) as hb:
         assert ha.epochs() == hb.epochs(), (ha.epochs(), hb.epochs())
-        assert ha.column_names() == hb.column_names()
+        _same_names("ledger columns", ha.column_names(), hb.column_names())
         for name in ha.column_names():
             x, y = ha.column(name), hb.column(name)
             if x.dtype.kind in "biu":
@@ -203,7 +203,7 @@ def assert_close_history(a: str | Path, b: str | Path, *, float_atol: float,
                 diff = np.abs(x.astype(np.float64) - y.astype(np.float64))
                 if diff.size and np.nanmax(diff, initial=0.0) > 0:
                     differ[name] = float(np.nanmax(diff, initial=0.0))
-        assert ha.metric_names() == hb.metric_names()
+        _same_names("metrics", ha.metric_names(), hb.metric_names())
         for name in ha.metric_names():
             if name.startswith("time/"):
                 continue
@@ -213,6 +213,12 @@ def assert_close_history(a: str | Path, b: str | Path, *, float_atol: float,
             if diff.size and np.nanmax(diff, initial=0.0) > 0:
                 differ[name] = float(np.nanmax(diff, initial=0.0))
     return differ
+
+
+def _same_names(what: str, a: list[str], b: list[str]) -> None:
+    # the reader lists names sorted: two lists differ only by what one of them lacks
+    assert a == b, (f"the histories' {what} differ: only in the first "
+                    f"{sorted(set(a) - set(b))}, only in the second {sorted(set(b) - set(a))}")
 
 
 def write_idx(path: Path, array: np.ndarray, *, magic: int | None = None) -> None:

@@ -177,3 +177,22 @@ def test_a_column_and_a_metric_of_nan_in_both_compare_quietly(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's "All-NaN slice" would be one
         assert assert_close_history(a, b, float_atol=0, float_rtol=0, metric_atol=0) == {}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"metrics": {0: {"train/s/loss": 1.0}, 1: {"train/s/loss": 1.0}}},
+     "metrics differ: only in the first [], only in the second ['train/s/loss']"),
+    ({"drop_column": "label"}, "ledger columns differ: only in the first ['label'], only in "
+                               "the second []"),
+    ({"data": {"test_confusion/a/s": np.eye(C), "other": np.eye(C)}},
+     "/data arrays differ: only in the first [], only in the second ['other']"),
+])
+def test_names_on_one_side_only_are_named(base, tmp_path, change, words):
+    other = _history(tmp_path / "other", **change)
+    with pytest.raises(AssertionError) as same:
+        assert_same_history(base, other)
+    assert words in str(same.value)
+    if "/data" not in words:  # the close comparison leaves /data out
+        with pytest.raises(AssertionError) as close:
+            assert_close_history(base, other, float_atol=1, float_rtol=1, metric_atol=1)
+        assert words in str(close.value)
