@@ -233,6 +233,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-distributed": (".", ["kdcore/distributed.py"],
                            ["tests/test_distributed.py", "tests/test_distributed_ranks.py",
                             "-m", "not slow"]),
+    # the package's lazy exports (the engine and the history load on first use; session 24)
+    "kdcore-init": (".", ["kdcore/__init__.py"], ["tests/test_structure.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 PACKAGE = ROOT / "kdcore"
 MAX_LINES = 400
@@ -125,3 +127,22 @@ def test_plugins_import_only_the_public_api():
                           if n.startswith("kdcore") and not n.startswith("kdcore_")
                           and n not in public]
     assert not offenders, offenders
+
+
+def test_each_lazy_export_is_its_modules_object_and_other_names_are_attribute_errors(
+        monkeypatch):
+    import importlib
+
+    import kdcore
+
+    homes = {"run_recipe": "kdcore.engine", "dry_setup": "kdcore.engine",
+             "History": "kdcore.history", "run": "kdcore.api", "ablate": "kdcore.api",
+             "load_history": "kdcore.api", "label_issues": "kdcore.label_ranking"}
+    for name, module in homes.items():
+        monkeypatch.delitem(vars(kdcore), name, raising=False)  # as if never used before
+        home = getattr(importlib.import_module(module), name)
+        assert getattr(kdcore, name) is home
+        assert vars(kdcore)[name] is home  # kept: the next use is a plain attribute
+    assert set(homes) <= set(kdcore.__all__)  # exported, though loaded on first use
+    with pytest.raises(AttributeError, match=r"^module 'kdcore' has no attribute 'engine_v1'$"):
+        kdcore.engine_v1  # noqa: B018
