@@ -15,7 +15,8 @@ def worker_main() -> None:
     (the history, the checkpoints, summary.json through a rename)."""
     code = 0
     try:
-        main()
+        returned = main()  # --help or --version: their 0, as the console script exits with
+        code = returned if isinstance(returned, int) else 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     finally:

@@ -48,3 +48,20 @@ def test_a_nul_byte_in_a_path_argument_is_one_line():
     assert res.exit_code == 2, res.output
     assert res.stderr == "kdcore: error: a path on the command line contains a NUL byte\n"
     assert res.stdout == ""
+
+
+@pytest.mark.parametrize("outcome, code", [(0, 0), (None, 0), (3, 3), (SystemExit(2), 2),
+                                           (SystemExit(None), 0), (SystemExit("x"), 1)])
+def test_a_torchrun_worker_leaves_with_the_commands_status(monkeypatch, outcome, code):
+    import kdcore.__main__ as entry
+
+    def command():
+        if isinstance(outcome, SystemExit):
+            raise outcome
+        return outcome
+
+    left = []
+    monkeypatch.setattr(entry, "main", command)
+    monkeypatch.setattr(entry.os, "_exit", left.append)
+    entry.worker_main()
+    assert left == [code]

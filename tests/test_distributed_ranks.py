@@ -22,23 +22,10 @@ _local = threading.local()
 
 
 class _ThreadWorld:
-    """``distributed._world`` as each thread sees it."""
+    """``distributed._world`` as each thread sees it: that thread's :class:`World`."""
 
-    @property
-    def rank(self) -> int:
-        return _local.world.rank
-
-    @property
-    def size(self) -> int:
-        return _local.world.size
-
-    @property
-    def local_rank(self) -> int:
-        return _local.world.local_rank
-
-    @property
-    def main(self) -> bool:
-        return _local.world.main
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_local.world, name)
 
 
 class _Exchange:
@@ -76,6 +63,7 @@ class _Exchange:
         tensor.copy_(total)
 
     def broadcast_object_list(self, box: list[Any], src: int = 0) -> None:
+        self._record("broadcast")
         box[:] = self._swap(list(box))[src]
 
     def barrier(self) -> None:
@@ -278,6 +266,7 @@ def test_buffers_are_averaged_and_integer_ones_left(ranks):
 
 def test_broadcast_gives_rank_0s_object_and_barrier_waits_for_all(ranks):
     assert ranks(3, lambda rank: distributed.broadcast({"rank": rank})) == [{"rank": 0}] * 3
+    assert ranks.exchanges[-1].calls == ["broadcast"]
     arrived: list[int] = []
 
     def wait(rank: int) -> int:
