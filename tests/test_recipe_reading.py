@@ -115,17 +115,21 @@ def test_an_extends_chain_of_the_limit_is_followed_and_a_longer_one_refused(tmp_
     ("1", "got 1, expected a file path"),
     ('"sub"', "'sub' is a directory (SUB), not a recipe file"),
     ('"gone.toml"', "'gone.toml': no such recipe file (GONE)"),
+    ('"pipe"', "'pipe': is not a regular file (PIPE)"),
+    ('"/dev/zero"', "'/dev/zero': is not a regular file (/dev/zero)"),
     ('"' + "y" * 300 + '.toml"',
      "cannot read '" + "y" * 300 + ".toml': [Errno 36] File name too long: 'LONG'"),
 ])
 def test_an_extends_that_leads_nowhere_names_the_file_and_the_key(tmp_path, extends, detail):
     (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "pipe")  # reading it would block until a writer came
     child = tmp_path / "child.toml"
     child.write_text(f"extends = {extends}\n")
     err = _assert_refused(lambda: load_raw(child))
     assert (err.file, err.key) == (str(child.resolve()), "extends")
     assert err.detail == (detail.replace("SUB", str((tmp_path / "sub").resolve()))
                           .replace("GONE", str((tmp_path / "gone.toml").resolve()))
+                          .replace("PIPE", str((tmp_path / "pipe").resolve()))
                           .replace("LONG", str(tmp_path / ("y" * 300 + ".toml"))))
 
 

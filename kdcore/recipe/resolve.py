@@ -156,7 +156,7 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     chain = (*_seen, path)
     try:
         base_path = (path.parent / parent).resolve()
-        is_dir, is_file = base_path.is_dir(), base_path.is_file()
+        is_dir, is_file, exists = base_path.is_dir(), base_path.is_file(), base_path.exists()
     except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
         raise RecipeError(f"cannot read {parent!r}: {exc}", **where) from None
     if base_path in chain:
@@ -167,8 +167,9 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if is_dir:
         raise RecipeError(f"{parent!r} is a directory ({base_path}), not a recipe file",
                           **where)
-    if not is_file:
-        raise RecipeError(f"{parent!r}: no such recipe file ({base_path})", **where)
+    if not is_file:  # a FIFO or a device is read no more than a missing file
+        what = "is not a regular file" if exists else "no such recipe file"
+        raise RecipeError(f"{parent!r}: {what} ({base_path})", **where)
     return merge(load_raw(base_path, chain), data)
 
 
