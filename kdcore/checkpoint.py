@@ -149,8 +149,9 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def load_weights(path: str | Path, role: str) -> dict[str, torch.Tensor]:
     """Weights for ``role`` from a kdcore weights file, a kdcore checkpoint or a state dict."""
     path = Path(path)
-    if not path.is_file():
-        raise KdcoreError(f"checkpoint for model '{role}' not found: {path}")
+    if not path.is_file():  # a directory, FIFO or device is refused before it is opened
+        what = "is not a regular file" if path.exists() else "not found"
+        raise KdcoreError(f"checkpoint for model '{role}' {what}: {path}")
     state = load(path)
     if not isinstance(state, dict):  # a bare tensor, a list: not a state dict
         raise KdcoreError(f"{path} holds a {type(state).__name__}, not the weights of a model "

@@ -86,6 +86,10 @@ def test_missing_files_and_files_that_hold_no_weights_are_named_whole(tmp_path):
     with pytest.raises(KdcoreError) as info:
         ckpt.load_weights(missing, "teacher")
     assert str(info.value) == f"checkpoint for model 'teacher' not found: {missing}"
+    for odd in (tmp_path, "/dev/zero"):  # a directory; a file that never ends
+        with pytest.raises(KdcoreError) as info:
+            ckpt.load_weights(odd, "teacher")
+        assert str(info.value) == f"checkpoint for model 'teacher' is not a regular file: {odd}"
     listed = tmp_path / "list.pt"
     ckpt.save([torch.zeros(1)], listed)
     with pytest.raises(KdcoreError) as info:
