@@ -101,8 +101,8 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
     from kdcore.recipe import load_recipe
 
     rank = int(os.environ.get("RANK", "0")) if distributed.launched() else 0
+    host = plugin_host(plugins, strict_plugins)  # quiet while plugins load: warnings only
     configure_logging(quiet or rank > 0)  # the other ranks' lines would repeat rank 0's
-    host = plugin_host(plugins, strict_plugins)
     # on --resume too: the checkpoint's fingerprint refuses a recipe that differs
     resolved = load_recipe(recipe, overrides)
     if nproc > 1:

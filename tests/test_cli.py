@@ -39,6 +39,23 @@ def test_run_prints_summary(finished_run):
     assert {"teacher", "student"} == set(summary)
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_run_logs_its_set_up_and_every_epoch_on_stderr_unless_quiet(tiny_recipe, tmp_path,
+                                                                     quiet):
+    """Loading the plugins is quiet in every command; the run after it logs from INFO on."""
+    out = tmp_path / "run"
+    result = invoke("run", tiny_recipe, "--out", out, *(["-q"] if quiet else []))
+    assert result.exit_code == 0, result.output
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["teacher", "student"]
+    if quiet:
+        assert result.stderr == ""
+        return
+    logged = [line.split(" ", 1)[1] for line in result.stderr.splitlines()]  # after the time
+    assert logged[0] == f"run 'tiny' seed 0 on cpu -> {out}"
+    epochs = [line.split(" | ")[0] for line in logged if " | " in line]
+    assert epochs == ["teacher 1/2", "teacher 2/2", "student 1/2", "student 2/2"]
+
+
 def test_inspect_prints_per_epoch_accuracy_labels_and_selection(finished_run, tiny_recipe,
                                                                   tmp_path):
     res = invoke("inspect", finished_run)
