@@ -6,6 +6,7 @@ A user's mistake ends with one line on stderr and exit code 2, never a traceback
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -23,6 +24,7 @@ from kdcore.cli_common import (
     plugin_host,
     plugin_option,
     set_option,
+    stop_on_sigterm,
     strict_option,
     user_errors,
 )
@@ -122,8 +124,11 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
         return
     from kdcore.engine import run_recipe
 
-    summary = run_recipe(resolved, out=out, resume=resume, overwrite=overwrite, host=host,
-                         progress=progress, overrides=overrides)
+    # a kill or a pre-emption stops the run as Ctrl-C does; but torchrun's agent stops its
+    # workers with SIGTERM when one fails, and names that one itself
+    with contextlib.nullcontext() if distributed.launched() else stop_on_sigterm():
+        summary = run_recipe(resolved, out=out, resume=resume, overwrite=overwrite, host=host,
+                             progress=progress, overrides=overrides)
     if rank > 0:
         return
     for role, s in summary.items():

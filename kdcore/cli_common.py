@@ -1,5 +1,6 @@
-"""What every ``kdcore`` command shares: one-line user errors, the plugin host, logging, the
-``--help`` examples and the recipe options (``--set``, ``--plugin``, ``--strict-plugins``).
+"""What every ``kdcore`` command shares: one-line user errors, stopping on SIGTERM as on
+Ctrl-C, the plugin host, logging, the ``--help`` examples and the recipe options (``--set``,
+``--plugin``, ``--strict-plugins``).
 
 Kept apart from :mod:`kdcore.cli` so that a command defined in a module of its own
 (:mod:`kdcore.cli_noise`) uses them without importing the command group.
@@ -7,9 +8,12 @@ Kept apart from :mod:`kdcore.cli` so that a command defined in a module of its o
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -33,12 +37,45 @@ def user_errors(fn: F) -> F:
             if not report_worker_error(str(exc), code):  # else the launcher says it, once
                 click.echo(f"kdcore: error: {printable(str(exc))}", err=True)
             sys.exit(code)
-        except KeyboardInterrupt:
-            if not report_worker_error("interrupted; resume with --resume", 130):
-                click.echo("kdcore: interrupted; resume with --resume", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            code, what = ((128 + exc.signum, f"stopped by {exc}") if isinstance(exc, Stopped)
+                          else (130, "interrupted"))
+            if not report_worker_error(f"{what}; resume with --resume", code):
+                click.echo(f"kdcore: {what}; resume with --resume", err=True)
+            sys.exit(code)
 
     return wrapper  # type: ignore[return-value]
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal that asks the process to end (SIGTERM: ``kill``, a scheduler's pre-emption),
+    raised where the run was, so that it stops as Ctrl-C stops it: the last checkpoint
+    complete, one line, and an exit code of 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Stopped` in the main thread instead of killing the
+    process on the spot. A handler someone else installed (an embedding program, a job
+    scheduler's library) is left as it is, and so is everything off the main thread, where
+    Python cannot install one."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def plugin_host(plugins: Sequence[str], strict: bool) -> Any:

@@ -274,6 +274,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
     sink = (logger.add(str(run_dir / "log.txt").replace("{", "{{").replace("}", "}}"),
                        level="INFO", encoding="utf-8", errors="backslashreplace")
             if main else None)
+    run = None
     try:
         with host.activate():  # loaders and helpers called in the run see its plugins
             run = prepare_run(plan, host, run_dir)
@@ -323,6 +324,12 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
             ckpt.save_text(json.dumps(summary, indent=2), run_dir / "summary.json")
         distributed.barrier()  # the run is finished when its files are
         return summary
+    except KeyboardInterrupt as exc:  # Ctrl-C, or the SIGTERM that `kdcore run` turns into one
+        stage = run.stage.name if run is not None else recipe.stages[0].name
+        epoch = run.epoch + 1 if run is not None else 1
+        logger.info(f"{f'stopped by {exc}' if str(exc) else 'interrupted'} in stage "
+                    f"'{stage}', epoch {epoch}; --resume continues from the last checkpoint")
+        raise
     except Exception as exc:
         if sink is not None and not isinstance(exc, KdcoreError):  # a plugin's bug, or ours
             logger.remove(sink)

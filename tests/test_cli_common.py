@@ -1,10 +1,13 @@
 """What every command shares (kdcore/cli_common.py): a user error as one line and its exit
-code, an interrupt, an error left for the ``--nproc`` launcher instead of said, the plugin
-host of ``--plugin`` and ``--strict-plugins``, the log's level, and the ``--help`` examples."""
+code, an interrupt, SIGTERM stopping as an interrupt does, an error left for the ``--nproc``
+launcher instead of said, the plugin host of ``--plugin`` and ``--strict-plugins``, the log's
+level, and the ``--help`` examples."""
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 
 import click
 import pytest
@@ -12,11 +15,13 @@ from click.testing import CliRunner
 from loguru import logger
 
 from kdcore.cli_common import (
+    Stopped,
     configure_logging,
     examples,
     plugin_host,
     plugin_option,
     set_option,
+    stop_on_sigterm,
     strict_option,
     user_errors,
 )
@@ -43,6 +48,8 @@ def _command(raises: BaseException | None = None, returns: object = None):
     (RunFailed("component 'x' returned NaN"), 1, "kdcore: error: component 'x' returned NaN"),
     (KdcoreError("a\nb\x1b[31m"), 2, "kdcore: error: a\\nb\\x1b[31m"),
     (KeyboardInterrupt(), 130, "kdcore: interrupted; resume with --resume"),
+    (Stopped(signal.SIGTERM), 143, "kdcore: stopped by SIGTERM; resume with --resume"),
+    (Stopped(signal.SIGHUP), 129, "kdcore: stopped by SIGHUP; resume with --resume"),
 ])
 def test_an_error_is_one_line_on_stderr_with_its_exit_code(error, code, line):
     result = CliRunner().invoke(_command(error))
@@ -66,6 +73,7 @@ def test_a_command_that_succeeds_runs_as_written():
 @pytest.mark.parametrize(("error", "code", "message"), [
     (KdcoreError("bad recipe"), 2, "bad recipe"),
     (KeyboardInterrupt(), 130, "interrupted; resume with --resume"),
+    (Stopped(signal.SIGTERM), 143, "stopped by SIGTERM; resume with --resume"),
 ])
 def test_a_launched_worker_leaves_its_error_to_the_launcher(tmp_path, monkeypatch, error, code,
                                                             message):
@@ -142,3 +150,42 @@ def test_the_recipe_options_parse_as_documented():
     assert json.loads(runner.invoke(cmd, []).stdout) == [[], [], False]
     help_text = runner.invoke(cmd, ["--help"]).stdout
     assert "--set KEY.PATH=VALUE" in help_text and "--plugin MODULE[:OBJ]" in help_text
+
+
+def _probe(signum, frame):  # a handler of someone else's
+    raise AssertionError("not ours")
+
+
+def test_sigterm_raises_stopped_inside_and_kills_again_outside():
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # pytest's own, untouched
+    with stop_on_sigterm():
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        with pytest.raises(Stopped) as info:
+            handler(signal.SIGTERM, None)
+        assert (info.value.signum, str(info.value)) == (signal.SIGTERM, "SIGTERM")
+        assert isinstance(info.value, KeyboardInterrupt)  # stops a run as Ctrl-C does
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_handler_installed_by_someone_else_is_left_alone():
+    previous = signal.signal(signal.SIGTERM, _probe)
+    try:
+        with stop_on_sigterm():
+            assert signal.getsignal(signal.SIGTERM) is _probe
+        assert signal.getsignal(signal.SIGTERM) is _probe
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_off_the_main_thread_nothing_is_installed():
+    seen = []
+
+    def body():  # signal.signal would raise ValueError here
+        with stop_on_sigterm():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert seen == [signal.SIG_DFL]

@@ -4,6 +4,8 @@ and names how to start again."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -81,6 +83,41 @@ def test_killed_before_the_first_checkpoint_starts_again_on_resume(tiny_recipe, 
     assert not (out / CHECKPOINT).exists() and (out / "history.h5").exists()
     # a plain rerun names both ways on
     assert_one_line_error(invoke("run", tiny_recipe, "--out", out), "--resume", "--overwrite")
+    result = invoke("run", tiny_recipe, "--out", out, "--resume", "-q")
+    assert result.exit_code == 0, result.output
+    run_recipe(load_recipe(tiny_recipe), out=str(tmp_path / "straight"))
+    assert_same_history(out, tmp_path / "straight")
+
+
+# sends its own process SIGTERM in the middle of the student stage's first epoch, once `kdcore
+# run` has put its handler in place (never under the default one, which would end pytest)
+SIGTERM_PROBE = """
+import os, signal
+import kdcore
+
+class TermAt:
+    @kdcore.hookimpl
+    def kdcore_batch_end(self, ctx, batch, losses):
+        if ctx.stage.name == "student" and ctx.epoch == 0:
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            os.kill(os.getpid(), signal.SIGTERM)
+
+plugin = TermAt()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_resume_finishes_it(tiny_recipe, tmp_path,
+                                                                    monkeypatch):
+    (tmp_path / "sigterm_probe.py").write_text(SIGTERM_PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    result = invoke("run", tiny_recipe, "--out", out, "-q", "--plugin", "sigterm_probe:plugin")
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert result.stderr == "kdcore: stopped by SIGTERM; resume with --resume\n"
+    assert ("stopped by SIGTERM in stage 'student', epoch 1; --resume continues from the last "
+            "checkpoint") in (out / "log.txt").read_text()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back as it was
     result = invoke("run", tiny_recipe, "--out", out, "--resume", "-q")
     assert result.exit_code == 0, result.output
     run_recipe(load_recipe(tiny_recipe), out=str(tmp_path / "straight"))
