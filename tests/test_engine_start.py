@@ -317,6 +317,42 @@ def test_a_run_that_stops_leaves_other_log_sinks_and_saves_a_traceback_only_for_
     assert "after the run" not in log
 
 
+def test_an_interrupt_logs_where_the_run_stopped_even_before_its_set_up_ends(tmp_path,
+                                                                              monkeypatch):
+    from kdcore import engine
+    from kdcore.testing import InterruptAt, Interrupted
+
+    class Stop(KeyboardInterrupt):  # how `kdcore run` raises a SIGTERM
+        def __str__(self):
+            return "SIGTERM"
+
+    two = _one_stage("t")
+    two["stages"] = [{**two["stages"][0], "epochs": 2},
+                     {**two["stages"][0], "name": "u", "epochs": 3}]
+
+    class StopAt(InterruptAt):
+        @hookimpl
+        def kdcore_batch_end(self, ctx, batch, losses):
+            try:
+                super().kdcore_batch_end(ctx, batch, losses)
+            except Interrupted:
+                raise Stop from None
+
+    with pytest.raises(Stop):
+        run_tiny(two, tmp_path / "late", plugins=[StopAt(epoch=1, batch=0, stage="u")])
+    assert ("stopped by SIGTERM in stage 'u', epoch 2; --resume continues from the last "
+            "checkpoint") in (tmp_path / "late" / "log.txt").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the data loads
+
+    monkeypatch.setattr(engine, "prepare_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny(two, tmp_path / "early")
+    assert ("interrupted in stage 't', epoch 1; --resume continues from the last checkpoint"
+            in (tmp_path / "early" / "log.txt").read_text())
+
+
 def test_a_finished_run_writes_its_summary_and_stops_writing_its_log(tmp_path):
     import json
 
