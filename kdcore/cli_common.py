@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from kdcore.errors import KdcoreError, printable
+from kdcore.errors import KdcoreError, Stopped, printable
 from kdcore.torchrun import report_worker_error
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,16 +45,6 @@ def user_errors(fn: F) -> F:
             sys.exit(code)
 
     return wrapper  # type: ignore[return-value]
-
-
-class Stopped(KeyboardInterrupt):
-    """A signal that asks the process to end (SIGTERM: ``kill``, a scheduler's pre-emption),
-    raised where the run was, so that it stops as Ctrl-C stops it: the last checkpoint
-    complete, one line, and an exit code of 128 + the signal's number."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def _raise_stopped(signum: int, frame: object) -> None:

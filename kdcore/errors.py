@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import signal
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,6 +40,16 @@ class RecipeError(KdcoreError):
 
 class TrainingDiverged(KdcoreError):
     """A loss term became NaN or infinite; the message names the term and its component."""
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal that asks the process to end (SIGTERM: ``kill``, a scheduler's pre-emption),
+    raised where the run was, so that it stops as Ctrl-C stops it: the last checkpoint
+    complete, one line, and an exit code of 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def shown(value: Any) -> str:

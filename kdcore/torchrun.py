@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, Stopped
 
 # OMP threads per worker when the user set none: torchrun's own default, without its banner
 DEFAULT_THREADS = "1"
@@ -66,8 +66,7 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
     except SignalException as exc:  # the launcher stopped its workers and then itself
         if exc.sigval == signal.SIGINT:
             raise KeyboardInterrupt from None
-        raise KdcoreError(f"stopped by {signal.Signals(exc.sigval).name}; continue with "
-                          f"--resume") from None
+        raise Stopped(exc.sigval) from None  # as one process stops: one line, 128 + signal
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from loguru import logger
 
 from kdcore.cli_common import (
-    Stopped,
     configure_logging,
     examples,
     plugin_host,
@@ -25,7 +24,7 @@ from kdcore.cli_common import (
     strict_option,
     user_errors,
 )
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, Stopped
 from kdcore.failures import RunFailed
 from kdcore.torchrun import ERRORS_ENV
 
