@@ -93,7 +93,7 @@ def main() -> None:
                    "CPU), through torchrun; data.batch_size stays the global batch.")
 @plugin_option
 @strict_option
-@user_errors
+@user_errors(on_interrupt="resume with --resume")
 @one_line_failures("the run")
 def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
         overwrite: bool, quiet: bool, progress: bool | None, nproc: int,
@@ -264,7 +264,7 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
               help="slurm: submitit's job files and logs (default OUT/.submitit).")
 @plugin_option
 @strict_option
-@user_errors
+@user_errors(on_interrupt="the same kdcore ablate again resumes it (finished runs are skipped)")
 def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
            variants: tuple[str, ...], overrides: tuple[str, ...], out: Path, jobs: int,
            launcher: str, slurm_partition: str | None, slurm_time: int, slurm_gpus: int,
@@ -309,8 +309,11 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
         counts = launchers.launch_grid(specs, make_executor, echo=click.echo,
                                        folder=slurm_folder or out / ".submitit")
     else:
-        counts = ab.run_grid(specs, jobs=jobs, echo=click.echo,
-                             in_process=lambda spec, resume: ab.run_spec(spec, resume, host))
+        # the runs of --jobs 1 are in this process: a SIGTERM stops one as Ctrl-C does (the
+        # subprocesses of --jobs N would run on, their parent gone or waiting for them)
+        with stop_on_sigterm() if jobs == 1 else contextlib.nullcontext():
+            counts = ab.run_grid(specs, jobs=jobs, echo=click.echo,
+                                 in_process=lambda spec, resume: ab.run_spec(spec, resume, host))
     click.echo(f"grid {out}: {counts['ran']} ran, {counts['skipped']} skipped, "
                f"{counts['failed']} failed")
     if counts["failed"]:

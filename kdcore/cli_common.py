@@ -25,8 +25,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USER_ERROR = 2
 
 
-def user_errors(fn: F) -> F:
-    """Turn :class:`KdcoreError` into one line and exit code 2."""
+def user_errors(fn: F | None = None, *, on_interrupt: str = "") -> Any:
+    """Turn :class:`KdcoreError` into one line and exit code 2, and an interrupt (Ctrl-C, or
+    the SIGTERM of :func:`stop_on_sigterm`) into one line and 128 + the signal's number.
+
+    Used bare (``@user_errors``) or with ``on_interrupt``, what the interrupt's line adds: how
+    to continue what the command was doing (``kdcore run``: "resume with --resume")."""
+    if fn is None:
+        return functools.partial(user_errors, on_interrupt=on_interrupt)
+    hint = f"; {on_interrupt}" if on_interrupt else ""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,8 +47,8 @@ def user_errors(fn: F) -> F:
         except KeyboardInterrupt as exc:
             code, what = ((128 + exc.signum, f"stopped by {exc}") if isinstance(exc, Stopped)
                           else (130, "interrupted"))
-            if not report_worker_error(f"{what}; resume with --resume", code):
-                click.echo(f"kdcore: {what}; resume with --resume", err=True)
+            if not report_worker_error(what + hint, code):
+                click.echo(f"kdcore: {what}{hint}", err=True)
             sys.exit(code)
 
     return wrapper  # type: ignore[return-value]

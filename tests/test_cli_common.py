@@ -29,9 +29,9 @@ from kdcore.failures import RunFailed
 from kdcore.torchrun import ERRORS_ENV
 
 
-def _command(raises: BaseException | None = None, returns: object = None):
+def _command(raises: BaseException | None = None, returns: object = None, hint: str = ""):
     @click.command()
-    @user_errors
+    @(user_errors(on_interrupt=hint) if hint else user_errors)
     def cmd() -> object:
         """Its doc."""
         if raises is not None:
@@ -46,12 +46,23 @@ def _command(raises: BaseException | None = None, returns: object = None):
     (KdcoreError("no such run"), 2, "kdcore: error: no such run"),
     (RunFailed("component 'x' returned NaN"), 1, "kdcore: error: component 'x' returned NaN"),
     (KdcoreError("a\nb\x1b[31m"), 2, "kdcore: error: a\\nb\\x1b[31m"),
-    (KeyboardInterrupt(), 130, "kdcore: interrupted; resume with --resume"),
-    (Stopped(signal.SIGTERM), 143, "kdcore: stopped by SIGTERM; resume with --resume"),
-    (Stopped(signal.SIGHUP), 129, "kdcore: stopped by SIGHUP; resume with --resume"),
+    (KeyboardInterrupt(), 130, "kdcore: interrupted"),
+    (Stopped(signal.SIGTERM), 143, "kdcore: stopped by SIGTERM"),
+    (Stopped(signal.SIGHUP), 129, "kdcore: stopped by SIGHUP"),
 ])
 def test_an_error_is_one_line_on_stderr_with_its_exit_code(error, code, line):
     result = CliRunner().invoke(_command(error))
+    assert result.exit_code == code
+    assert result.stderr == line + "\n" and result.stdout == ""
+
+
+@pytest.mark.parametrize(("error", "code", "line"), [
+    (KeyboardInterrupt(), 130, "kdcore: interrupted; go on thus"),
+    (Stopped(signal.SIGTERM), 143, "kdcore: stopped by SIGTERM; go on thus"),
+    (KdcoreError("no such run"), 2, "kdcore: error: no such run"),  # no hint: not interrupted
+])
+def test_an_interrupt_says_how_the_command_goes_on_where_it_knows(error, code, line):
+    result = CliRunner().invoke(_command(error, hint="go on thus"))
     assert result.exit_code == code
     assert result.stderr == line + "\n" and result.stdout == ""
 
@@ -64,6 +75,7 @@ def test_any_other_exception_is_not_taken_for_a_user_error():
 def test_a_command_that_succeeds_runs_as_written():
     fn = user_errors(lambda x: x * 2)
     assert fn(21) == 42
+    assert user_errors(on_interrupt="again")(lambda x: x * 3)(7) == 21
     wrapped = _command().callback
     assert wrapped.__name__ == "cmd" and wrapped.__doc__ == "Its doc."
     assert CliRunner().invoke(_command()).stdout == "ran\n"
@@ -78,7 +90,7 @@ def test_a_launched_worker_leaves_its_error_to_the_launcher(tmp_path, monkeypatc
                                                             message):
     monkeypatch.setenv(ERRORS_ENV, str(tmp_path))
     monkeypatch.setenv("RANK", "1")
-    result = CliRunner().invoke(_command(error))
+    result = CliRunner().invoke(_command(error, hint="resume with --resume"))
     assert result.exit_code == code and result.stderr == ""
     assert json.loads((tmp_path / "1").read_text()) == {"message": message, "exit_code": code}
 

@@ -124,6 +124,24 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_resume_finishes_it(tiny_recipe, 
     assert_same_history(out, tmp_path / "straight")
 
 
+@pytest.mark.slow
+def test_sigterm_stops_an_in_process_grid_and_the_same_ablate_resumes_it(tiny_recipe, tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "sigterm_probe.py").write_text(SIGTERM_PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    grid = tmp_path / "grid"
+    result = invoke("ablate", tiny_recipe, "--out", grid, "--plugin", "sigterm_probe:plugin")
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert result.stderr == ("kdcore: stopped by SIGTERM; the same kdcore ablate again resumes "
+                             "it (finished runs are skipped)\n")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    result = invoke("ablate", tiny_recipe, "--out", grid)
+    assert result.exit_code == 0, result.output
+    assert "[1/1] tiny seed 0: resuming" in result.stdout
+    run_recipe(load_recipe(tiny_recipe), out=str(tmp_path / "straight"))
+    assert_same_history(grid / "tiny" / "seed0", tmp_path / "straight")
+
+
 def test_nothing_to_resume_names_overwrite(tiny_recipe, tmp_path):
     assert_one_line_error(invoke("run", tiny_recipe, "--out", tmp_path / "none", "--resume"),
                    "nothing to resume", "--overwrite")
