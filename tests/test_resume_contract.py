@@ -106,13 +106,19 @@ plugin = TermAt()
 """
 
 
-@pytest.mark.slow
-def test_sigterm_stops_a_run_as_ctrl_c_does_and_resume_finishes_it(tiny_recipe, tmp_path,
-                                                                    monkeypatch):
+@pytest.fixture
+def sigterm_probe(tmp_path, monkeypatch):
+    """The ``--plugin`` value of :data:`SIGTERM_PROBE`, importable for the test's while."""
     (tmp_path / "sigterm_probe.py").write_text(SIGTERM_PROBE)
     monkeypatch.syspath_prepend(str(tmp_path))
+    return "sigterm_probe:plugin"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_resume_finishes_it(tiny_recipe, tmp_path,
+                                                                    sigterm_probe):
     out = tmp_path / "run"
-    result = invoke("run", tiny_recipe, "--out", out, "-q", "--plugin", "sigterm_probe:plugin")
+    result = invoke("run", tiny_recipe, "--out", out, "-q", "--plugin", sigterm_probe)
     assert result.exit_code == 128 + signal.SIGTERM, result.output
     assert result.stderr == "kdcore: stopped by SIGTERM; resume with --resume\n"
     assert ("stopped by SIGTERM in stage 'student', epoch 1; --resume continues from the last "
@@ -126,11 +132,9 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_resume_finishes_it(tiny_recipe, 
 
 @pytest.mark.slow
 def test_sigterm_stops_an_in_process_grid_and_the_same_ablate_resumes_it(tiny_recipe, tmp_path,
-                                                                          monkeypatch):
-    (tmp_path / "sigterm_probe.py").write_text(SIGTERM_PROBE)
-    monkeypatch.syspath_prepend(str(tmp_path))
+                                                                          sigterm_probe):
     grid = tmp_path / "grid"
-    result = invoke("ablate", tiny_recipe, "--out", grid, "--plugin", "sigterm_probe:plugin")
+    result = invoke("ablate", tiny_recipe, "--out", grid, "--plugin", sigterm_probe)
     assert result.exit_code == 128 + signal.SIGTERM, result.output
     assert result.stderr == ("kdcore: stopped by SIGTERM; the same kdcore ablate again resumes "
                              "it (finished runs are skipped)\n")
