@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import signal
 
 import pytest
 
 from kdcore.errors import (
     KdcoreError,
     RecipeError,
+    Stopped,
     did_you_mean,
     one_line,
     os_reason,
@@ -77,3 +79,11 @@ def test_one_line_is_the_first_line_with_white_space_folded():
 ])
 def test_the_reason_a_weights_only_load_failed(text, reason):
     assert weights_only_reason(RuntimeError(text)) == reason
+
+
+@pytest.mark.parametrize(("signum", "name"), [(signal.SIGTERM, "SIGTERM"), (1, "SIGHUP")])
+def test_a_stopping_signal_is_an_interrupt_named_by_its_signal(signum, name):
+    stopped = Stopped(signum)
+    assert (str(stopped), stopped.signum) == (name, signum)
+    # an interrupt, so that the run stops as on Ctrl-C; no Exception, which isolation catches
+    assert isinstance(stopped, KeyboardInterrupt) and not isinstance(stopped, Exception)
