@@ -319,12 +319,11 @@ def test_a_run_that_stops_leaves_other_log_sinks_and_saves_a_traceback_only_for_
 
 def test_an_interrupt_logs_where_the_run_stopped_even_before_its_set_up_ends(tmp_path,
                                                                               monkeypatch):
-    from kdcore import engine
-    from kdcore.testing import InterruptAt, Interrupted
+    import signal
 
-    class Stop(KeyboardInterrupt):  # how `kdcore run` raises a SIGTERM
-        def __str__(self):
-            return "SIGTERM"
+    from kdcore import engine
+    from kdcore.errors import Stopped
+    from kdcore.testing import InterruptAt, Interrupted
 
     two = _one_stage("t")
     two["stages"] = [{**two["stages"][0], "epochs": 2},
@@ -336,9 +335,9 @@ def test_an_interrupt_logs_where_the_run_stopped_even_before_its_set_up_ends(tmp
             try:
                 super().kdcore_batch_end(ctx, batch, losses)
             except Interrupted:
-                raise Stop from None
+                raise Stopped(signal.SIGTERM) from None  # as `kdcore run` raises a SIGTERM
 
-    with pytest.raises(Stop):
+    with pytest.raises(Stopped):
         run_tiny(two, tmp_path / "late", plugins=[StopAt(epoch=1, batch=0, stage="u")])
     assert ("stopped by SIGTERM in stage 'u', epoch 2; --resume continues from the last "
             "checkpoint") in (tmp_path / "late" / "log.txt").read_text()
