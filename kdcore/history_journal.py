@@ -34,19 +34,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # no flock on this platform: updates still journal, readers just don't wait
-    fcntl = None  # type: ignore[assignment]
-
 from kdcore.errors import KdcoreError, os_reason
+from kdcore.locks import try_lock
 
 PAGE = 4096
 _MAGIC = b"kdjrnl01"
 _HEAD = struct.Struct("<8sQ")  # magic, the file's size when the update began
 _RECORD = struct.Struct("<QII")  # offset, length, crc32 of the saved bytes that follow
-# filesystems without flock (some network mounts): go on unlocked, as HDF5 does
-_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 class _Disk:
@@ -285,28 +279,6 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
                                     "probably full")
 
 
-def _flock(fd: int, operation: int, deadline: float) -> bool:
-    """Take ``operation`` on ``fd``, polling until ``deadline``; False when it stayed busy.
-
-    Raises:
-        OSError: the lock failed for a reason other than another holder.
-    """
-    if fcntl is None:
-        return True
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return True
-        except OSError as exc:
-            if exc.errno in _NO_LOCKS:
-                return True
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            if time.monotonic() >= deadline:
-                return False
-        time.sleep(0.02)
-
-
 @contextmanager
 def locked(path: Path, *, exclusive: bool, timeout: float) -> Iterator[int]:
     """Hold ``path``'s lock (exclusive: read-write fd; shared: read-only fd) and yield the fd.
@@ -315,7 +287,6 @@ def locked(path: Path, *, exclusive: bool, timeout: float) -> Iterator[int]:
         KdcoreError: the file is missing, or another process held it longer than ``timeout``.
     """
     deadline = time.monotonic() + timeout
-    operation = 0 if fcntl is None else fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     while True:
         try:
             if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe would block the open
@@ -325,7 +296,7 @@ def locked(path: Path, *, exclusive: bool, timeout: float) -> Iterator[int]:
             raise KdcoreError(f"no history at {path}") from None
         try:
             try:
-                taken = _flock(fd, operation, deadline)
+                taken = try_lock(fd, exclusive=exclusive, deadline=deadline)
             except OSError as exc:  # not another holder: the system's reason, not "held open"
                 raise KdcoreError(f"cannot lock {path} ({os_reason(exc)})") from None
             if not taken:

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from kdcore import history_journal
+from kdcore import locks
 from kdcore.errors import KdcoreError
 from kdcore.history import History, HistoryWriter
 from kdcore.history_journal import PAGE, JournaledFile, disk, locked, recover
@@ -222,8 +222,8 @@ class _Flock:
 def test_a_busy_lock_is_waited_for_in_short_polls(three_pages, monkeypatch):
     path, _ = three_pages
     flock, sleeps = _Flock(errno.EAGAIN, errno.EACCES, errno.EAGAIN), []
-    monkeypatch.setattr(history_journal.fcntl, "flock", flock)
-    monkeypatch.setattr(history_journal.time, "sleep", sleeps.append)
+    monkeypatch.setattr(locks.fcntl, "flock", flock)
+    monkeypatch.setattr(locks.time, "sleep", sleeps.append)
     with locked(path, exclusive=True, timeout=60):
         pass
     assert flock.calls == 4 and len(sleeps) == 3
@@ -233,7 +233,7 @@ def test_a_busy_lock_is_waited_for_in_short_polls(three_pages, monkeypatch):
 def test_a_file_system_without_locks_goes_on_unlocked(three_pages, monkeypatch):
     path, _ = three_pages
     for code in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-        monkeypatch.setattr(history_journal.fcntl, "flock", _Flock(code))
+        monkeypatch.setattr(locks.fcntl, "flock", _Flock(code))
         with locked(path, exclusive=True, timeout=0) as fd:
             assert os.fstat(fd).st_ino == os.stat(path).st_ino
 
@@ -241,8 +241,8 @@ def test_a_file_system_without_locks_goes_on_unlocked(three_pages, monkeypatch):
 def test_a_lock_error_that_is_not_busy_fails_at_once(three_pages, monkeypatch):
     path, _ = three_pages
     flock = _Flock(*[errno.EINVAL] * 1000)
-    monkeypatch.setattr(history_journal.fcntl, "flock", flock)
-    monkeypatch.setattr(history_journal.time, "sleep", lambda s: None)
+    monkeypatch.setattr(locks.fcntl, "flock", flock)
+    monkeypatch.setattr(locks.time, "sleep", lambda s: None)
     with pytest.raises(KdcoreError) as info:
         with locked(path, exclusive=True, timeout=1.0):
             pass
