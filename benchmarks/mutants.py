@@ -142,12 +142,13 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-builtin": (".", ["kdcore/builtin/components.py"],
                        ["tests/test_builtin_components.py"]),
     # around a run: the device string, the one-line failure, the loggers, the run directory
-    # (session 20)
+    # (session 20) and its lock (session 26)
     "kdcore-run-support": (".", ["kdcore/device.py", "kdcore/failures.py", "kdcore/loggers.py",
-                                 "kdcore/rundir.py"],
+                                 "kdcore/rundir.py", "kdcore/locks.py"],
                            ["tests/test_device.py", "tests/test_failures.py",
                             "tests/test_loggers.py", "tests/test_run_dir_damage.py",
                             "tests/test_rundir.py", "tests/test_resume_contract.py",
+                            "tests/test_run_dir_lock.py", "tests/test_history_journal.py",
                             "tests/test_impossible_params.py",
                             # the pages logger's tests run docs/plugins.md, which the copy
                             # leaves out

@@ -111,14 +111,15 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
         if distributed.launched():
             raise KdcoreError("--nproc: this process is already one of a distributed run's "
                               "workers (started by torchrun); leave --nproc out")
-        from kdcore.engine import prepare_run_dir
         from kdcore.plan import build_plan, check_distributed
+        from kdcore.rundir import RunDirLock, prepare_run_dir
         from kdcore.torchrun import check_gpus, launch, worker_args
 
         check_distributed(build_plan(resolved, host), nproc)  # fails here, once
         check_gpus(resolved.run.device, nproc)
-        if not overwrite:  # the refusals the workers would give: an earlier run, no run
-            prepare_run_dir(resolved, out, resume=resume, overwrite=False)
+        if not overwrite:  # the refusals the workers would give: a live run, an earlier one
+            with RunDirLock() as in_use:  # the first worker takes it for the run
+                prepare_run_dir(resolved, out, resume=resume, overwrite=False, lock=in_use)
         launch(nproc, worker_args(recipe, overrides, out, resume, overwrite, quiet, progress,
                                   plugins, strict_plugins))
         return

@@ -26,7 +26,7 @@ from kdcore.plugins import ObserverBus, PluginHost
 from kdcore.prepare import compile_models, load_model_checkpoints, prepare_run
 from kdcore.recipe import Recipe
 from kdcore.recipe.rules import RESUMABLE_CHANGES
-from kdcore.rundir import check_output_dir, prepare_run_dir, run_dir_of
+from kdcore.rundir import RunDirLock, check_output_dir, prepare_run_dir, run_dir_of
 from kdcore.runstate import ComponentContext, Run
 
 
@@ -159,6 +159,12 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
     plan = build_plan(recipe, host)
     run_dir = run_dir_of(recipe, out)
     check_output_dir(run_dir)
+    if run_dir.is_dir():  # a run alive there now refuses `kdcore run`, whatever its flags
+        try:
+            with RunDirLock() as probe:
+                probe.acquire(run_dir)
+        except KdcoreError as exc:
+            logger.warning(str(exc))
     if (run_dir / "history.h5").exists():  # the recipe is sound; the run needs a flag
         logger.warning(f"{run_dir} already holds a run: `kdcore run` needs --resume to "
                        f"continue it, --overwrite to replace it, or --out for a new directory")
@@ -244,14 +250,16 @@ def run_recipe(
 
     host = host or PluginHost()
     plan = build_plan(recipe, host)
-    with distributed.session(resolve_device(recipe.run.device).type) as world:
+    with (distributed.session(resolve_device(recipe.run.device).type) as world,
+          RunDirLock() as lock):  # held by the rank that writes, until the run's end
         check_distributed(plan, world.size)
         return _run(plan, recipe, out=out, resume=resume, overwrite=overwrite, host=host,
-                    progress=progress, overrides=overrides)
+                    progress=progress, overrides=overrides, lock=lock)
 
 
 def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwrite: bool,
-         host: PluginHost, progress: bool | None, overrides: Sequence[str]) -> dict[str, Any]:
+         host: PluginHost, progress: bool | None, overrides: Sequence[str],
+         lock: RunDirLock) -> dict[str, Any]:
     import sys
 
     main = distributed.is_main()
@@ -260,7 +268,8 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
     outcome: tuple[Path | None, str | None] = (None, None)
     if main:
         try:
-            outcome = (prepare_run_dir(recipe, out, resume=resume, overwrite=overwrite), None)
+            outcome = (prepare_run_dir(recipe, out, resume=resume, overwrite=overwrite,
+                                       lock=lock), None)
         except KdcoreError as exc:
             outcome = (None, str(exc))
     run_dir, failure = distributed.broadcast(outcome)

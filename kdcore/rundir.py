@@ -13,12 +13,66 @@ import tempfile
 from pathlib import Path
 
 from kdcore import checkpoint as ckpt
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, os_reason
+from kdcore.locks import try_lock
 from kdcore.recipe import Recipe
 
 
-def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite: bool) -> Path:
+class RunDirLock:
+    """The exclusive lock a run holds on its directory while it runs (a context manager;
+    leaving it releases the lock, as the process's end does, however it ends).
+
+    Two processes in one run directory would append their epochs to one history, overwrite
+    each other's checkpoint, or (``--overwrite``) delete a live run's files under it.
+    """
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def acquire(self, run_dir: Path) -> None:
+        """Lock ``run_dir`` (an existing directory); a no-op while held.
+
+        Raises:
+            KdcoreError: another process holds it.
+        """
+        if self._fd is not None:
+            return
+        try:
+            fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise KdcoreError(f"cannot use output directory {run_dir}: "
+                              f"{os_reason(exc)}") from None
+        try:
+            taken = try_lock(fd, exclusive=True, deadline=0.0)
+        except OSError:  # a file system whose locks refuse directories: run unguarded
+            taken = True
+        if not taken:
+            os.close(fd)
+            raise KdcoreError(f"{run_dir} is in use by another kdcore process (a run, its "
+                              "--resume or --overwrite); wait for it to end, or give another "
+                              "--out")
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops its lock
+            self._fd = None
+
+    def __enter__(self) -> RunDirLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite: bool,
+                    lock: RunDirLock | None = None) -> Path:
     """Create (or check) the run directory; refuse to clobber an earlier run.
+
+    Args:
+        lock: taken on the directory before anything in it is checked or replaced (a live
+            run's directory is then refused as in use, not as holding a run); the caller
+            releases it when its run ends.
 
     Returns:
         the run directory.
@@ -30,6 +84,8 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
         raise KdcoreError(f"the recipe is {recipe.source}, the file the run in {run_dir} "
                           "writes its resolved recipe to; move the recipe, or give another "
                           "--out")
+    if lock is not None and run_dir.is_dir():
+        lock.acquire(run_dir)
     if resume:
         if not run_dir.is_dir() or not any(
                 (run_dir / n).exists() for n in (ckpt.CHECKPOINT, "history.h5", "recipe.toml")):
@@ -52,6 +108,8 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
     except (OSError, ValueError) as exc:
         raise KdcoreError(f"cannot write to output directory {run_dir}: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
+    if lock is not None:  # made just now, or made by a run started at the same moment
+        lock.acquire(run_dir)
     if overwrite and not resume:
         names = ("history.h5", "history.h5-journal", ckpt.CHECKPOINT, "summary.json")
         # everything checked before anything goes: a refused --overwrite deletes nothing
@@ -111,4 +169,4 @@ def check_output_dir(run_dir: Path) -> None:
                           f"{exc.strerror or exc}") from None
 
 
-__all__ = ["RUN_FILES", "check_output_dir", "prepare_run_dir", "run_dir_of"]
+__all__ = ["RUN_FILES", "RunDirLock", "check_output_dir", "prepare_run_dir", "run_dir_of"]

@@ -291,6 +291,26 @@ def test_an_earlier_run_is_refused_before_launch(tmp_path):
     assert result.exit_code == 2 and "already holds a run" in result.output
 
 
+def test_a_live_runs_folder_is_refused_before_launch_and_left_free_for_the_workers(
+        tmp_path, monkeypatch):
+    import kdcore.torchrun
+    from kdcore.rundir import RunDirLock
+
+    (tmp_path / "history.h5").write_bytes(b"")
+    args = [str(RECIPES / "kd.toml"), "--nproc", "2", "--out", str(tmp_path), "--resume"]
+    launched = []
+    monkeypatch.setattr(kdcore.torchrun, "launch", lambda n, worker: launched.append(worker))
+    with RunDirLock() as live:
+        live.acquire(tmp_path)
+        result = _cli(args)
+        assert result.exit_code == 2 and "is in use by another kdcore process" in result.output
+    assert not launched
+    result = _cli(args)
+    assert result.exit_code == 0 and launched, result.output
+    with RunDirLock() as first_worker:  # the launcher's check let go of it
+        first_worker.acquire(tmp_path)
+
+
 def test_nothing_to_resume_is_refused_before_launch(tmp_path):
     result = _cli([str(RECIPES / "kd.toml"), "--nproc", "2", "--out", str(tmp_path / "none"),
                    "--resume"])

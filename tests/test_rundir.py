@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from kdcore import locks
 from kdcore.errors import KdcoreError
 from kdcore.recipe import load_recipe, recipe_from_dict
-from kdcore.rundir import prepare_run_dir
+from kdcore.rundir import RunDirLock, prepare_run_dir
 from kdcore.testing import component, stage, tiny_recipe, write_recipe
 
 
@@ -108,6 +109,121 @@ def test_overwrite_refuses_odd_entries_naming_each_and_deletes_nothing(tmp_path)
         f"--overwrite: history.h5, history.h5-journal, models in {out} is not what a run "
         "leaves there (a directory or a file of the other kind); move it away first")
     assert (out / "summary.json").exists()
+
+
+def _in_use(out: Path) -> str:
+    return (f"{out} is in use by another kdcore process (a run, its --resume or --overwrite); "
+            "wait for it to end, or give another --out")
+
+
+@pytest.mark.parametrize("flags", [{}, {"resume": True}, {"overwrite": True},
+                                   {"resume": True, "overwrite": True}])
+def test_a_folder_a_live_run_holds_is_refused_as_in_use_before_any_other_check(tmp_path,
+                                                                              flags):
+    recipe, out = _recipe(tmp_path), tmp_path / "run"
+    out.mkdir()
+    for name in ("history.h5", "checkpoint.pt", "summary.json"):
+        (out / name).write_text("live")
+    with RunDirLock() as live:  # another open description of the folder: another process's
+        live.acquire(out)
+        with pytest.raises(KdcoreError) as err:
+            prepare_run_dir(recipe, str(out), lock=RunDirLock(),
+                            **{"resume": False, "overwrite": False, **flags})
+        assert str(err.value) == _in_use(out)  # not "already holds a run; use --resume"
+    assert all((out / n).read_text() == "live" for n in ("history.h5", "checkpoint.pt",
+                                                         "summary.json"))
+
+
+def test_the_lock_is_held_from_the_folders_making_until_released(tmp_path):
+    recipe, out = _recipe(tmp_path), tmp_path / "new" / "run"
+    with RunDirLock() as mine:
+        assert prepare_run_dir(recipe, str(out), resume=False, overwrite=False,
+                               lock=mine) == out
+        mine.acquire(out)  # held: taking it again is a no-op, not a refusal
+        with pytest.raises(KdcoreError) as err:
+            RunDirLock().acquire(out)
+        assert str(err.value) == _in_use(out)
+    with RunDirLock() as after:  # left: free for the next run
+        after.acquire(out)
+    # without a lock given, nothing is taken (the --nproc launcher's refusals, tests)
+    prepare_run_dir(recipe, str(out), resume=False, overwrite=True)
+    with RunDirLock() as free:
+        free.acquire(out)
+
+
+def test_a_live_run_keeps_its_files_from_overwrite_made_by_a_run_started_with_it(
+        tmp_path, monkeypatch):
+    """Two runs started together: both find no folder; the one that locks it second, after
+    making it, is refused before it deletes anything."""
+    recipe, out = _recipe(tmp_path), tmp_path / "run"
+    other = RunDirLock()
+    made = Path.mkdir
+
+    def mkdir_then_the_other_run_locks(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        if self == out:
+            other.acquire(out)
+            (out / "history.h5").write_text("the other run's")
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_the_other_run_locks)
+    with other, pytest.raises(KdcoreError) as err:
+        prepare_run_dir(recipe, str(out), resume=False, overwrite=True, lock=RunDirLock())
+    assert str(err.value) == _in_use(out)
+    assert (out / "history.h5").read_text() == "the other run's"
+
+
+def test_a_file_system_that_cannot_lock_a_folder_runs_unguarded(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def refuse(fd, operation):
+        raise OSError(9, "Bad file descriptor")  # NFS's emulation on a read-only descriptor
+
+    monkeypatch.setattr(locks.fcntl, "flock", refuse)
+    with RunDirLock() as first, RunDirLock() as second:
+        first.acquire(out)
+        second.acquire(out)
+
+
+def test_a_folder_that_cannot_be_opened_for_its_lock_is_one_line(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def refuse(path, flags, *args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("kdcore.rundir.os.open", refuse)
+    with pytest.raises(KdcoreError) as err:
+        RunDirLock().acquire(out)
+    assert str(err.value) == f"cannot use output directory {out}: Permission denied"
+
+
+def test_only_a_folder_is_locked(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KdcoreError) as err:
+        RunDirLock().acquire(tmp_path / "file")
+    assert str(err.value) == f"cannot use output directory {tmp_path / 'file'}: Not a directory"
+
+
+def test_a_released_lock_can_be_taken_again_and_is_then_refused_like_any(tmp_path):
+    mine, other = RunDirLock(), RunDirLock()
+    mine.acquire(tmp_path)
+    mine.release()
+    mine.release()  # twice is harmless
+    other.acquire(tmp_path)
+    with pytest.raises(KdcoreError):
+        mine.acquire(tmp_path)  # released, so not a no-op: the other holds it now
+    other.release()
+    mine.acquire(tmp_path)
+    mine.release()
+
+
+def test_without_flock_on_the_platform_every_lock_is_taken(tmp_path, monkeypatch):
+    monkeypatch.setattr(locks, "fcntl", None)
+    assert locks.try_lock(0, exclusive=True, deadline=0.0) is True
+    with RunDirLock() as first, RunDirLock() as second:
+        first.acquire(tmp_path)
+        second.acquire(tmp_path)
 
 
 @pytest.mark.parametrize(("error", "reason"), [

@@ -1,0 +1,75 @@
+"""One process per run directory: a run holds its folder's lock from before it changes anything
+there until it ends, however it ends; a second ``kdcore run``, ``--resume`` or ``--overwrite``
+into the folder meanwhile is one line and exit 2, and the live run's files are left as they
+were. (Before the lock, an ``--overwrite`` started beside a live run deleted its history under
+it, and two ``--resume`` would have appended their epochs to one history.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from kdcore import PluginHost, hookimpl, load_recipe, run_recipe
+from kdcore.errors import KdcoreError
+from kdcore.rundir import RunDirLock
+from kdcore.testing import InterruptAt, Interrupted
+from tests.cli_helpers import invoke
+from tests.cli_helpers import one_line_error as assert_one_line_error
+
+
+class LockSeen:
+    """An observer that tries the run directory's lock at every epoch's end."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    def kdcore_epoch_end(self, ctx, epoch, metrics):
+        try:
+            with RunDirLock() as other:
+                other.acquire(ctx.run_dir)
+        except KdcoreError as exc:
+            self.seen.append(str(exc))
+        else:
+            self.seen.append("free")
+
+
+def _in_use(out) -> str:
+    return (f"{out} is in use by another kdcore process (a run, its --resume or --overwrite); "
+            "wait for it to end, or give another --out")
+
+
+@pytest.mark.slow
+def test_a_run_holds_its_folder_while_it_trains_and_leaves_it_free_however_it_ends(
+        tiny_recipe, tmp_path):
+    out, probe = tmp_path / "run", LockSeen()
+    run_recipe(load_recipe(tiny_recipe), out=str(out), host=PluginHost(extra=[probe]))
+    assert probe.seen and set(probe.seen) == {_in_use(out)}
+    with RunDirLock() as after:
+        after.acquire(out)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(Interrupted):
+        run_recipe(load_recipe(tiny_recipe), out=str(stopped),
+                   host=PluginHost(extra=[InterruptAt(epoch=0, batch=1, stage="student")]))
+    with RunDirLock() as after:  # an exception out of the run releases it too
+        after.acquire(stopped)
+
+
+@pytest.mark.slow
+def test_run_resume_and_overwrite_beside_a_live_run_are_refused_and_touch_nothing(
+        tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        run_recipe(load_recipe(tiny_recipe), out=str(out),
+                   host=PluginHost(extra=[InterruptAt(epoch=0, batch=1, stage="student")]))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with RunDirLock() as live:  # the run, alive in another process
+        live.acquire(out)
+        for flags in ((), ("--resume",), ("--overwrite",)):
+            assert_one_line_error(invoke("run", tiny_recipe, "--out", out, "-q", *flags),
+                                  _in_use(out))
+        result = invoke("check", tiny_recipe, "--out", out)  # the recipe is fine: a warning
+        assert result.exit_code == 0, result.output
+        assert _in_use(out) in result.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    result = invoke("run", tiny_recipe, "--out", out, "-q", "--resume")  # ended: it resumes
+    assert result.exit_code == 0, result.output
