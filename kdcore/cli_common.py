@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kdcore import interrupts
 from kdcore.errors import KdcoreError, Stopped, printable
 from kdcore.torchrun import report_worker_error
 
@@ -54,25 +55,22 @@ def user_errors(fn: F | None = None, *, on_interrupt: str = "") -> Any:
     return wrapper  # type: ignore[return-value]
 
 
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise Stopped(signum)
-
-
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """While inside, SIGTERM raises :class:`Stopped` in the main thread instead of killing the
-    process on the spot. A handler someone else installed (an embedding program, a job
-    scheduler's library) is left as it is, and so is everything off the main thread, where
-    Python cannot install one."""
+    process on the spot, once (:func:`kdcore.interrupts.stop_on_signal`). A handler someone
+    else installed (an embedding program, a job scheduler's library) is left as it is, and so
+    is everything off the main thread, where Python cannot install one."""
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGTERM, interrupts.stop_on_signal)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        interrupts.reset()
 
 
 def plugin_host(plugins: Sequence[str], strict: bool) -> Any:

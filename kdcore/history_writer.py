@@ -45,6 +45,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from kdcore import interrupts
 from kdcore.errors import KdcoreError, os_reason
 from kdcore.history_journal import JournaledFile, locked, recover
 from kdcore.history_layout import (
@@ -211,8 +212,11 @@ class HistoryWriter:
 
     @contextmanager
     def _update(self) -> Iterator[tuple[h5py.File, _Index]]:
-        """The file open for one journaled update, committed when the block completes."""
-        with locked(self.path, exclusive=True, timeout=self.lock_timeout_s) as fd:
+        """The file open for one journaled update, committed when the block completes; an
+        interrupt arriving meanwhile is raised after (HDF5 calls back into Python here)."""
+        # held only once the lock is taken: waiting for a reader stays interruptible
+        with locked(self.path, exclusive=True, timeout=self.lock_timeout_s) as fd, \
+                interrupts.held():
             if recover(self.path):
                 self._index = None  # another process's update died and was undone
             try:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from loguru import logger
 
-from kdcore import distributed
+from kdcore import distributed, interrupts
 from kdcore.build import build_optimizer, scheduled_lr
 from kdcore.checkpointing import Checkpointer
 from kdcore.component import Batch, Component
@@ -242,6 +242,7 @@ class Trainer:
             for index, x in batches:
                 self._train_batch(stage, index, x, observes)
                 count += 1
+                interrupts.check()  # a stop whose exception Python dropped stops here
             self._check_finite()
             self.records.write(run.ledger)
             check_outputs(run.ledger, stage.refiners, stage.selectors, stage.weighters)

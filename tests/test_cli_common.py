@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from loguru import logger
 
+from kdcore import interrupts
 from kdcore.cli_common import (
     configure_logging,
     examples,
@@ -176,7 +177,12 @@ def test_sigterm_raises_stopped_inside_and_kills_again_outside():
             handler(signal.SIGTERM, None)
         assert (info.value.signum, str(info.value)) == (signal.SIGTERM, "SIGTERM")
         assert isinstance(info.value, KeyboardInterrupt)  # stops a run as Ctrl-C does
+        # the stop it began is not cut short by a second one (a forward of the same signal),
+        # and is remembered in case its exception got lost
+        assert handler(signal.SIGTERM, None) is None
+        assert interrupts.requested == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert interrupts.requested is None  # the next run in this process starts afresh
 
 
 def test_a_handler_installed_by_someone_else_is_left_alone():
