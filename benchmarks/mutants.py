@@ -153,6 +153,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                             # the pages logger's tests run docs/plugins.md, which the copy
                             # leaves out
                             "-k", "not pages_logger"]),
+    # signals held while HDF5 calls back into Python, a stop raised once (session 26)
+    "kdcore-interrupts": (".", ["kdcore/interrupts.py"],
+                          ["tests/test_interrupts.py", "tests/test_cli_common.py"]),
     # the meta-learning plugins' look-ahead: the virtual SGD step (session 20)
     "kdcore-meta": (".", ["kdcore/meta.py"], ["tests/test_meta.py"]),
     # the recipe's typed schema: every table's defaults and ranges (session 20)

@@ -310,9 +310,9 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
         counts = launchers.launch_grid(specs, make_executor, echo=click.echo,
                                        folder=slurm_folder or out / ".submitit")
     else:
-        # the runs of --jobs 1 are in this process: a SIGTERM stops one as Ctrl-C does (the
-        # subprocesses of --jobs N would run on, their parent gone or waiting for them)
-        with stop_on_sigterm() if jobs == 1 else contextlib.nullcontext():
+        # a SIGTERM stops the grid as Ctrl-C does: the runs of --jobs 1 are in this process,
+        # those of --jobs N are each passed the signal and waited for
+        with stop_on_sigterm():
             counts = ab.run_grid(specs, jobs=jobs, echo=click.echo,
                                  in_process=lambda spec, resume: ab.run_spec(spec, resume, host))
     click.echo(f"grid {out}: {counts['ran']} ran, {counts['skipped']} skipped, "

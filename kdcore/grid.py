@@ -6,12 +6,14 @@ skipped; one with a checkpoint but no summary was interrupted and is resumed.
 
 from __future__ import annotations
 
+import collections
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -251,21 +253,30 @@ def run_grid(
     """Run every unfinished run of ``specs``; returns counts of ``ran``, ``skipped``, ``failed``.
 
     With ``jobs == 1`` runs go one after another in this process (no torch import per run);
-    with more, each run is a ``kdcore run`` subprocess, ``jobs`` at a time.
+    with more, each run is a ``kdcore run`` subprocess, ``jobs`` at a time. An interrupt
+    (Ctrl-C, or the SIGTERM ``kdcore ablate`` turns into one) starts no further run, passes the
+    signal on to the running ones, waits while each stops at its last checkpoint, and is
+    raised again.
     """
     todo, counts = pending(specs, echo)
     total = len(todo)
+    children = _Children()
 
     def one(i: int, spec: RunSpec) -> bool:
         resume = status(spec) == "partial"
         label = f"[{i + 1}/{total}] {spec.variant.name} seed {spec.seed}"
+        if children.stopping is not None:  # cancelled too late: it had just been picked up
+            return False
         echo(f"{label}: {'resuming' if resume else 'starting'}")
         t0 = time.perf_counter()
         try:
             if jobs == 1 and in_process is not None:
                 in_process(spec, resume)
             else:
-                _subprocess_run(spec, resume)
+                _subprocess_run(spec, resume, children)
+        except _RunStopped as exc:
+            echo(f"{label}: stopped by {exc}; the next kdcore ablate resumes it")
+            return False
         except (KdcoreError, subprocess.CalledProcessError) as exc:
             echo(f"{label}: FAILED: {exc}")
             return False
@@ -275,14 +286,100 @@ def run_grid(
     if jobs == 1:
         results = [one(i, s) for i, s in enumerate(todo)]
     else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(lambda a: one(*a), enumerate(todo)))
+        results = _in_threads(todo, jobs, one, children)
     counts["ran"] = sum(results)
     counts["failed"] = len(results) - counts["ran"]
     return counts
 
 
-def _subprocess_run(spec: RunSpec, resume: bool) -> None:
+def _in_threads(todo: Sequence[RunSpec], jobs: int, one: Callable[[int, RunSpec], bool],
+                children: _Children) -> list[bool]:
+    """``one`` over ``todo`` in ``jobs`` threads. An interrupt (in the main thread, wherever
+    it is: even while a thread starts) stops ``children``, waits for every thread that
+    started to finish the run it holds, and is raised again."""
+    waiting = collections.deque(enumerate(todo))  # popleft is atomic: no lock needed
+    results: dict[int, bool] = {}
+    errors: list[BaseException] = []
+
+    def worker(done: threading.Event) -> None:
+        try:
+            while children.stopping is None:
+                try:
+                    i, spec = waiting.popleft()
+                except IndexError:
+                    return
+                results[i] = one(i, spec)
+        except BaseException as exc:  # a bug: raised again in the main thread
+            errors.append(exc)
+        finally:
+            done.set()
+
+    # waited for through events, not Thread.join: a join that an interrupt cuts short marks
+    # its thread as ended although it runs on (CPython 3.11, bpo-45274's handling)
+    ends = [threading.Event() for _ in range(min(jobs, len(todo)))]
+    threads = [threading.Thread(target=worker, args=(done,), name=f"kdcore-ablate-{k}")
+               for k, done in enumerate(ends)]
+    try:
+        for t in threads:
+            t.start()
+        for done in ends:
+            done.wait()
+    except KeyboardInterrupt as exc:
+        children.stop(getattr(exc, "signum", signal.SIGINT))
+        for t, done in zip(threads, ends, strict=True):
+            if t.ident is not None:  # started (a start cut short by the signal included)
+                done.wait()
+        raise
+    if errors:
+        raise errors[0]
+    return [results[i] for i in sorted(results)]
+
+
+class _RunStopped(Exception):
+    """A run that stopped because the grid was interrupted (its signal's name)."""
+
+
+class _Children:
+    """The ``kdcore run`` processes of ``--jobs N`` alive now, so that an interrupt of the
+    grid reaches each of them exactly once and starts no more.
+
+    Each runs in a session of its own: a terminal's Ctrl-C reaches only the grid, which passes
+    it on (a run given SIGINT twice would have its stop cut short). A signal sent to every
+    process of a job (SLURM's) reaches a run directly as well; a second SIGTERM is ignored
+    while a run stops (:func:`kdcore.interrupts.stop_on_signal`).
+    """
+
+    def __init__(self) -> None:
+        self._alive: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+        self.stopping: int | None = None  # the signal the grid was stopped by
+
+    def run(self, cmd: list[str], env: dict[str, str]) -> tuple[int, str] | None:
+        """Run ``cmd`` to its end: its exit code and standard error; None when the grid was
+        stopped before it could start."""
+        with self._lock:
+            if self.stopping is not None:
+                return None
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=env, start_new_session=True)
+            self._alive.add(proc)
+        try:
+            _, stderr = proc.communicate()
+        finally:
+            with self._lock:
+                self._alive.discard(proc)
+        return proc.returncode, stderr
+
+    def stop(self, signum: int) -> None:
+        """Start no more runs, and pass ``signum`` on to each running one."""
+        with self._lock:
+            self.stopping = signum
+            for proc in self._alive:
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+
+
+def _subprocess_run(spec: RunSpec, resume: bool, children: _Children | None = None) -> None:
     cmd = [sys.executable, "-m", "kdcore.cli", "run", spec.variant.recipe, "--out",
            str(spec.out), "--quiet", "--no-progress"]
     for o in spec.overrides:
@@ -290,7 +387,14 @@ def _subprocess_run(spec: RunSpec, resume: bool) -> None:
     if resume:
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise KdcoreError(f"exit {proc.returncode}: {last}")
+    children = children or _Children()
+    done = children.run(cmd, env)
+    if done is None:
+        raise _RunStopped(signal.Signals(children.stopping or signal.SIGINT).name)
+    code, stderr = done
+    # stopped at its checkpoint (128 + the signal), or killed by it before it could be
+    if children.stopping is not None and code in (128 + children.stopping, -children.stopping):
+        raise _RunStopped(signal.Signals(children.stopping).name)
+    if code != 0:
+        last = (stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise KdcoreError(f"exit {code}: {last}")

@@ -86,7 +86,8 @@ def stand_ins(monkeypatch):
     from kdcore.figures import Figure
 
     monkeypatch.setattr(torchrun, "launch", lambda nproc, args: None)
-    monkeypatch.setattr(grid, "_subprocess_run", lambda spec, resume: grid.run_spec(spec, resume))
+    monkeypatch.setattr(grid, "_subprocess_run",
+                        lambda spec, resume, children: grid.run_spec(spec, resume))
     png = b"\x89PNG\r\n\x1a\n" + bytes(64)
     monkeypatch.setattr(figures, "draw_figures",
                         lambda runs, role=None: [Figure("test_student_acc", "t", "c", png)])

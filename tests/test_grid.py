@@ -4,15 +4,16 @@ started (in this process or as ``kdcore run`` subprocesses) and how a failure is
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from kdcore import grid
+from kdcore import grid, interrupts
 from kdcore.checkpoint import CHECKPOINT
 from kdcore.errors import KdcoreError, RecipeError
 from kdcore.grid import RunSpec, Variant
@@ -232,32 +233,128 @@ def test_runs_in_parallel_are_subprocesses_jobs_at_a_time(tmp_path, monkeypatch)
     (specs[2].out / CHECKPOINT).write_text("")
     started = []
     together = threading.Barrier(2, timeout=30)  # two at once, or this never opens
-    pools = []
+    lock, running, most = threading.Lock(), [0], [0]
 
-    class Pool(ThreadPoolExecutor):
-        def __init__(self, max_workers):
-            pools.append(max_workers)
-            super().__init__(max_workers=max_workers)
-
-    def subprocess_run(spec, resume):
-        started.append((spec.seed, resume))
+    def subprocess_run(spec, resume, children):
+        with lock:
+            started.append((spec.seed, resume))
+            running[0] += 1
+            most[0] = max(most[0], running[0])
         together.wait()
+        with lock:
+            running[0] -= 1
         if spec.seed == 3:
             raise subprocess.CalledProcessError(1, "kdcore")
 
     monkeypatch.setattr(grid, "_subprocess_run", subprocess_run)
-    monkeypatch.setattr(grid, "ThreadPoolExecutor", Pool)
     said = []
     counts = grid.run_grid(specs, jobs=2, echo=said.append,
                            in_process=lambda s, r: pytest.fail("not in this process"))
     assert sorted(started) == [(0, False), (1, False), (2, True), (3, False)]
-    assert pools == [2]
+    assert most == [2]  # never more than --jobs at once
     assert counts == {"ran": 3, "skipped": 0, "failed": 1}
     assert any(line.startswith("[4/4] v seed 3: FAILED: ") for line in said)
     started.clear()
     together = threading.Barrier(1)
     assert grid.run_grid(specs[:1], echo=said.append)["ran"] == 1  # one job, no in_process
-    assert started == [(0, False)] and pools == [2]
+    assert started == [(0, False)]
+
+
+def test_a_bug_in_a_parallel_run_is_raised_in_the_calling_thread(tmp_path, monkeypatch):
+    def broken_for_seed_1(spec, resume, children):
+        if spec.seed == 1:
+            raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(grid, "_subprocess_run", broken_for_seed_1)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        grid.run_grid(_specs(tmp_path, 3), jobs=2, echo=lambda line: None)
+
+
+class _Stoppable:
+    """A stand-in for ``subprocess.Popen``: a run that goes on until it is sent a signal,
+    then stops at its checkpoint (exit 128 + the signal), or one killed by it at its start.
+    The first, once both run, sends the grid's process ``signum``."""
+
+    made: list[_Stoppable] = []
+    both_running = threading.Barrier(2, timeout=30)
+    killed_at_start = False
+    signum = signal.SIGINT
+
+    def __init__(self, cmd, **kwargs):
+        self.cmd, self.kwargs, self.returncode, self.signals = cmd, kwargs, None, []
+        self.sent = threading.Event()
+        type(self).made.append(self)
+
+    def communicate(self):
+        first = self is self.made[0]
+        self.both_running.wait()
+        if first:
+            os.kill(os.getpid(), self.signum)
+        assert self.sent.wait(30)
+        return "", ""
+
+    def poll(self):
+        return self.returncode
+
+    def send_signal(self, signum):
+        self.signals.append(signum)
+        self.returncode = -signum if self.killed_at_start else 128 + signum
+        self.sent.set()
+
+
+@pytest.fixture
+def sigterm_stops():
+    """SIGINT and SIGTERM handled as `kdcore ablate` has them, whatever the test runner's
+    own handlers (mutmut's)."""
+    previous = (signal.signal(signal.SIGTERM, interrupts.stop_on_signal),
+                signal.signal(signal.SIGINT, signal.default_int_handler))
+    yield
+    signal.signal(signal.SIGTERM, previous[0])
+    signal.signal(signal.SIGINT, previous[1])
+    interrupts.reset()
+
+
+@pytest.mark.parametrize(("signum", "killed_at_start"), [
+    (signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_an_interrupted_parallel_grid_passes_the_signal_on_once_and_starts_no_more(
+        tmp_path, monkeypatch, sigterm_stops, signum, killed_at_start):
+    specs = _specs(tmp_path, 4)
+    monkeypatch.setattr(_Stoppable, "made", [])
+    monkeypatch.setattr(_Stoppable, "both_running", threading.Barrier(2, timeout=30))
+    monkeypatch.setattr(_Stoppable, "killed_at_start", killed_at_start)
+    monkeypatch.setattr(_Stoppable, "signum", signum)
+    monkeypatch.setattr(grid.subprocess, "Popen", _Stoppable)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        grid.run_grid(specs, jobs=2, echo=said.append)
+    assert len(_Stoppable.made) == 2  # the third and fourth never started
+    assert [p.signals for p in _Stoppable.made] == [[signum], [signum]]
+    assert all(p.kwargs["start_new_session"] for p in _Stoppable.made)
+    name = signal.Signals(signum).name
+    assert sorted(said) == ["[1/4] v seed 0: starting",
+                            f"[1/4] v seed 0: stopped by {name}; the next kdcore ablate "
+                            "resumes it",
+                            "[2/4] v seed 1: starting",
+                            f"[2/4] v seed 1: stopped by {name}; the next kdcore ablate "
+                            "resumes it"]
+
+
+def test_a_run_picked_up_as_the_grid_stops_is_not_started(tmp_path, monkeypatch):
+    monkeypatch.setattr(grid.subprocess, "Popen", lambda *a, **k: pytest.fail("started"))
+    children = grid._Children()
+    children.stop(signal.SIGTERM)
+    with pytest.raises(grid._RunStopped) as info:
+        grid._subprocess_run(RunSpec(Variant("v", "r.toml"), 0, tmp_path), False, children)
+    assert str(info.value) == "SIGTERM"
+
+
+def test_a_run_that_fails_while_the_grid_stops_is_still_a_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(grid._Children, "run", lambda self, cmd, env: (1, "kdcore: error: x\n"))
+    children = grid._Children()
+    children.stopping = signal.SIGTERM  # it ended, of its own failure, as the grid stopped
+    with pytest.raises(KdcoreError) as info:
+        grid._subprocess_run(RunSpec(Variant("v", "r.toml"), 0, tmp_path), False, children)
+    assert str(info.value) == "exit 1: kdcore: error: x"
 
 
 def test_run_spec_runs_the_recipe_with_the_specs_overrides_in_its_folder(tmp_path,
@@ -302,20 +399,25 @@ def test_a_run_already_in_the_grids_folder_must_be_of_the_same_recipe(tmp_path):
         assert str(info.value) == f"variant 'v' seed 0: {why}; {again}"
 
 
-class _Done:
-    def __init__(self, returncode, stderr=""):
-        self.returncode, self.stderr = returncode, stderr
+def _popen(returncode=0, stderr="", seen=None):
+    """A stand-in for ``subprocess.Popen`` whose process ends with ``returncode``."""
+
+    class Proc:
+        def __init__(self, cmd, **kwargs):
+            if seen is not None:
+                seen.update(cmd=cmd, **kwargs)
+            self.returncode = None
+
+        def communicate(self):
+            self.returncode = returncode
+            return "", stderr
+
+    return Proc
 
 
 def test_a_subprocess_run_is_kdcore_run_with_the_specs_overrides(tmp_path, monkeypatch):
     seen = {}
-
-    def fake_run(cmd, **kwargs):
-        seen["cmd"], seen["env"] = cmd, kwargs["env"]
-        assert kwargs["capture_output"] and kwargs["text"]
-        return _Done(0)
-
-    monkeypatch.setattr(grid.subprocess, "run", fake_run)
+    monkeypatch.setattr(grid.subprocess, "Popen", _popen(seen=seen))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     spec = RunSpec(Variant("v", "r.toml", ["a=1", "b=2"]), 5, tmp_path / "seed5")
     grid._subprocess_run(spec, resume=False)
@@ -323,6 +425,10 @@ def test_a_subprocess_run_is_kdcore_run_with_the_specs_overrides(tmp_path, monke
                            str(tmp_path / "seed5"), "--quiet", "--no-progress", "--set", "a=1",
                            "--set", "b=2", "--set", "run.seed=5"]
     assert seen["env"]["OMP_NUM_THREADS"] == "1"  # one thread per process
+    # its output kept from the terminal; a session of its own, so that a terminal's Ctrl-C
+    # reaches it once, through the grid
+    assert seen["stdout"] == seen["stderr"] == subprocess.PIPE and seen["text"]
+    assert seen["start_new_session"] is True
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     grid._subprocess_run(spec, resume=True)
     assert seen["cmd"][-1] == "--resume" and seen["env"]["OMP_NUM_THREADS"] == "3"
@@ -336,7 +442,7 @@ def test_a_subprocess_run_is_kdcore_run_with_the_specs_overrides(tmp_path, monke
 ])
 def test_a_failed_subprocess_says_its_exit_code_and_last_line(tmp_path, monkeypatch, stderr,
                                                               message):
-    monkeypatch.setattr(grid.subprocess, "run", lambda cmd, **kw: _Done(2, stderr))
+    monkeypatch.setattr(grid.subprocess, "Popen", _popen(2, stderr))
     with pytest.raises(KdcoreError) as info:
         grid._subprocess_run(RunSpec(Variant("v", "r.toml"), 0, tmp_path), resume=False)
     assert str(info.value) == message

@@ -21,6 +21,14 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Python's own SIGINT handler, whatever the test runner installed (mutmut's)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def sigterm_raises():
     """SIGTERM raising Stopped for the test's while, as `kdcore run` has it."""

@@ -4,7 +4,10 @@ and names how to start again."""
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -144,6 +147,40 @@ def test_sigterm_stops_an_in_process_grid_and_the_same_ablate_resumes_it(tiny_re
     assert "[1/1] tiny seed 0: resuming" in result.stdout
     run_recipe(load_recipe(tiny_recipe), out=str(tmp_path / "straight"))
     assert_same_history(grid / "tiny" / "seed0", tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_parallel_grid_its_running_runs_at_their_checkpoints_and_no_more(
+        tiny_recipe, tmp_path):
+    """``--jobs 2``: the runs are subprocesses; the grid passes the signal on to each running
+    one, waits while it stops, and starts no further run."""
+    grid = tmp_path / "grid"
+    runs = [grid / "tiny" / f"seed{k}" for k in range(3)]
+
+    def signal_once_both_train():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            logs = [r / "log.txt" for r in runs[:2]]
+            if all(log.is_file() and "student 1/" in log.read_text() for log in logs):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=signal_once_both_train)
+    sender.start()
+    result = invoke("ablate", tiny_recipe, "--out", grid, "--seeds", "0,1,2", "--jobs", "2",
+                    "--set", "stages.student.epochs=5000")
+    sender.join()
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert result.stderr == ("kdcore: stopped by SIGTERM; the same kdcore ablate again resumes "
+                             "it (finished runs are skipped)\n")
+    for k in (0, 1):
+        assert (f"tiny seed {k}: stopped by SIGTERM; the next kdcore ablate resumes it"
+                in result.stdout), result.stdout
+        assert "stopped by SIGTERM in stage 'student'" in (runs[k] / "log.txt").read_text()
+        assert (runs[k] / CHECKPOINT).is_file() and not (runs[k] / "summary.json").exists()
+    assert "seed 2: starting" not in result.stdout and not runs[2].exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_nothing_to_resume_names_overwrite(tiny_recipe, tmp_path):
