@@ -27,10 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def trial(out: Path, signum: int, env: dict[str, str], rng: random.Random) -> str:
+def trial(out: Path, signum: int, env: dict[str, str], rng: random.Random,
+          overrides: list[str]) -> str:
     cmd = [sys.executable, "-m", "kdcore.cli", "run", str(ROOT / "recipes" / "ce.toml"),
            "--out", str(out), "-q", "--set", "stages.student.epochs=3000",
            "--set", "data.train_subset=200"]
+    for override in overrides:
+        cmd += ["--set", override]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True, cwd=out.parent)
     log = out / "log.txt"
@@ -61,6 +64,9 @@ def main() -> None:
     parser.add_argument("--signal", choices=("TERM", "INT", "both"), default="TERM")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kdcore-root", type=Path, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="more --set values for the runs "
+                        "(run.checkpoint_interval_s=0: a checkpoint every epoch)")
     args = parser.parse_args()
     env = dict(os.environ)
     if args.kdcore_root is not None:
@@ -76,7 +82,7 @@ def main() -> None:
         print(f"kdcore from {where}")
         for k in range(args.trials):
             signum = signals[k % len(signals)]
-            outcome = trial(Path(tmp) / f"r{k}", signum, env, rng)
+            outcome = trial(Path(tmp) / f"r{k}", signum, env, rng, args.overrides)
             clean += outcome.startswith("clean")
             print(f"trial {k} {signal.Signals(signum).name}: {outcome}", flush=True)
     print(f"{clean} of {args.trials} stops clean")
