@@ -45,15 +45,15 @@ def _replace(path: Path, write: Callable[[Path], object]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
-        # torch's zip writer reports a failed write as a RuntimeError ("enforce fail at
-        # inline_container.cc", "iostream error"); any other RuntimeError is not the disk's
-        if isinstance(exc, RuntimeError) and not _write_failure(exc):
-            raise
+    except BaseException as exc:  # a bug, the disk, or Ctrl-C: no half file left behind
         with contextlib.suppress(OSError):  # its folder may be what failed
             tmp.unlink(missing_ok=True)
-        raise KdcoreError(f"cannot write {path}: {_disk_reason(exc, path.parent)}; the files "
-                          "written before it are as they were") from None
+        # torch's zip writer reports a failed write as a RuntimeError ("enforce fail at
+        # inline_container.cc", "iostream error"); any other RuntimeError is not the disk's
+        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and _write_failure(exc)):
+            raise KdcoreError(f"cannot write {path}: {_disk_reason(exc, path.parent)}; the "
+                              "files written before it are as they were") from None
+        raise
 
 
 def _write_failure(exc: RuntimeError) -> bool:

@@ -104,6 +104,27 @@ def test_a_write_the_disk_refuses_leaves_the_old_file_and_no_temporary_one(tmp_p
     monkeypatch.setattr(torch, "save", bug)
     with pytest.raises(RuntimeError, match="cannot pickle"):
         ckpt.save({"a": torch.zeros(2)}, path)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), RuntimeError("cannot pickle it")])
+def test_a_save_stopped_half_way_leaves_the_old_file_and_no_temporary_one(tmp_path,
+                                                                         monkeypatch, stop):
+    """Ctrl-C or a SIGTERM while the checkpoint is written (once a run has stopped so, its
+    folder held a half `checkpoint.pt.tmp`), or a state torch cannot pickle."""
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save({"a": torch.ones(2)}, path)
+    before = path.read_bytes()
+
+    def stopped(state, f):
+        f.write_bytes(b"half")
+        raise stop
+
+    monkeypatch.setattr(torch, "save", stopped)
+    with pytest.raises(type(stop)):
+        ckpt.save({"a": torch.zeros(2)}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
 def test_run_text_files_are_written_whole_or_refused_in_one_line(tmp_path):
