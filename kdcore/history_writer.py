@@ -180,9 +180,11 @@ class HistoryWriter:
         try:
             self._create(tmp, recipe_toml, versions, num_classes, class_names, constants,
                          transition_matrix, setup or {})
-        except OSError as exc:
+        except BaseException as exc:  # the disk, or Ctrl-C: no half file left behind
             tmp.unlink(missing_ok=True)
-            raise KdcoreError(f"cannot create {self.path}: {os_reason(exc)}") from None
+            if isinstance(exc, OSError):
+                raise KdcoreError(f"cannot create {self.path}: {os_reason(exc)}") from None
+            raise
         replace_file(tmp, self.path)
 
     @staticmethod

@@ -195,6 +195,17 @@ def test_create_replaces_a_stale_temporary_file_and_says_why_it_cannot(tmp_path)
     assert str(info.value) == f"cannot create {missing}: No such file or directory"
 
 
+def test_a_create_stopped_half_way_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Ctrl-C while the history is made at a run's start."""
+    def stopped(values):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("kdcore.history_writer._host", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _create(tmp_path / "history.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_add_data_compresses_arrays_and_stores_scalars(tmp_path):
     path = tmp_path / "history.h5"
     w = _create(path)
