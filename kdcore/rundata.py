@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,7 @@ import attrs
 import torch
 from loguru import logger
 
-from kdcore import distributed
+from kdcore import distributed, interrupts
 from kdcore.config import bind_params
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset, NoiseContext, Split
 from kdcore.data.noise import realised_transition
@@ -102,17 +103,25 @@ class RunData:
 
         cpu = [rows.cpu() if isinstance(rows, torch.Tensor) else rows for rows in shares]
         loader = DataLoader(_Batches(split, cpu), batch_size=None, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda")
-        decoded = iter(loader)
-        for rows in batches:
-            try:
-                raw = next(decoded)
-            except Exception as exc:  # a worker's error arrives wrapped: keep its last line
-                if "DataLoader worker" not in str(exc):
-                    raise
-                raise KdcoreError(_worker_error(exc)) from None
-            x = self._normalised(split, raw.to(self.device, non_blocking=True))
-            yield rows, distributed.gather_rows(x, _len(rows))
+                            pin_memory=self.device.type == "cuda",
+                            worker_init_fn=leave_stop_signals_to_the_run)
+        # the workers are started and ended with interrupts held: one raised in a fork hook
+        # or in torch's iterator __del__ (which joins the workers) is printed and dropped
+        with interrupts.held():
+            decoded = iter(loader)
+        try:
+            for rows in batches:
+                try:
+                    raw = next(decoded)
+                except Exception as exc:  # a worker's error arrives wrapped: its last line
+                    if "DataLoader worker" not in str(exc):
+                        raise
+                    raise KdcoreError(_worker_error(exc)) from None
+                x = self._normalised(split, raw.to(self.device, non_blocking=True))
+                yield rows, distributed.gather_rows(x, _len(rows))
+        finally:
+            with interrupts.held():
+                del decoded  # its __del__ runs here, not wherever the collector gets to it
 
     def batches(self, split: Split, batch_size: int) -> Iterator[slice]:
         """Consecutive row slices over ``split`` (evaluation and full-set passes): slicing
@@ -271,6 +280,27 @@ class _Batches:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.split.read(self.batches[i])
+
+
+WORKER_GRACE_S = 3
+"""How long a DataLoader worker goes on after a SIGTERM (:func:`leave_stop_signals_to_the_run`)."""
+
+
+def leave_stop_signals_to_the_run(worker_id: int) -> None:
+    """In a DataLoader worker: a SIGTERM ends it only :data:`WORKER_GRACE_S` seconds later.
+
+    A scheduler's SIGTERM reaches every process of a run; a worker killed at once made torch
+    raise "DataLoader worker is killed by signal" inside the run's own stop, which then
+    failed. Given the grace, the run stops at its checkpoint and ends its workers itself. Not
+    ignored outright: Python's multiprocessing ends a worker left at exit with SIGTERM and
+    waits for it. (Ctrl-C's KeyboardInterrupt torch's workers already leave to the run.)
+    """
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # its default action ends the process
+    signal.signal(signal.SIGTERM, _end_after_grace)
+
+
+def _end_after_grace(signum: int, frame: object) -> None:
+    signal.alarm(WORKER_GRACE_S)
 
 
 def _worker_error(exc: Exception) -> str:

@@ -3,6 +3,9 @@ the same images held in memory; the list and Clothing1M layouts read as their fi
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +114,57 @@ def test_two_workers_give_the_in_memory_run(folders, tmp_path):
             if not metric.startswith("time/"):
                 assert np.array_equal(a.metric(metric), b.metric(metric), equal_nan=True), \
                     metric
+
+
+def test_workers_leave_a_sigterm_to_the_run_and_go_on_decoding_for_a_while(folders):
+    """A scheduler's SIGTERM reaches every process of a run: the workers go on for a grace
+    period (the run stops at its checkpoint and ends them itself); one killed by it at once
+    had made torch raise "DataLoader worker is killed by signal" inside the run's stop. After
+    the grace they end: Python ends a worker left at exit with SIGTERM and waits for it."""
+    import multiprocessing
+
+    from kdcore.rundata import RunData
+
+    files = image_folder(root=str(folders / "train"), size=8, stream=True).train
+    data = RunData(train=files, val=files, test=files, gold=files, train_noisy=files.y,
+                   val_noisy=files.y, train_source=torch.arange(len(files)),
+                   transition=torch.eye(3), noise_rate=0.0, num_classes=3,
+                   class_names=("a", "b", "c"), device=torch.device("cpu"), workers=2)
+    batches = [torch.arange(k, k + 4) for k in range(0, 60, 4)]
+    stream = data.stream(files, batches)
+    rows, x = next(stream)
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+    time.sleep(0.5)  # delivered and acted on before the next batch is asked for
+    got = [(rows, x), *stream]
+    assert [r.tolist() for r, _ in got] == [b.tolist() for b in batches]
+    for r, x in got:
+        assert torch.equal(x, data.inputs(files, r))
+
+
+def _a_worker_that_sleeps() -> None:
+    from kdcore.rundata import leave_stop_signals_to_the_run
+
+    leave_stop_signals_to_the_run(0)
+    time.sleep(60)
+
+
+def test_a_worker_ends_the_grace_after_a_sigterm():
+    """As Python's multiprocessing ends a worker left at exit: SIGTERM, then a wait."""
+    import multiprocessing
+
+    from kdcore.rundata import WORKER_GRACE_S
+
+    worker = multiprocessing.get_context("fork").Process(target=_a_worker_that_sleeps)
+    worker.start()
+    time.sleep(0.5)  # its signal handlers are in place
+    worker.terminate()
+    worker.join(timeout=WORKER_GRACE_S - 1)
+    assert worker.is_alive()  # still working through the grace
+    worker.join(timeout=30)
+    assert worker.exitcode == -signal.SIGALRM
 
 
 def test_an_unreadable_image_in_a_worker_is_one_line(folders, tmp_path):
