@@ -3,6 +3,8 @@ there and what it refuses, each refusal's whole line."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -172,17 +174,27 @@ def test_a_live_run_keeps_its_files_from_overwrite_made_by_a_run_started_with_it
     assert (out / "history.h5").read_text() == "the other run's"
 
 
-def test_a_file_system_that_cannot_lock_a_folder_runs_unguarded(tmp_path, monkeypatch):
-    out = tmp_path / "run"
+@pytest.mark.parametrize(("code", "runs"), [
+    (errno.EBADF, True),  # NFS's emulation on a read-only descriptor: no lock to be had
+    (errno.ENOLCK, True),  # a file system without locks
+    (errno.EAGAIN, False),  # held by another process: refused
+])
+def test_a_file_system_that_cannot_lock_a_folder_runs_unguarded(tmp_path, monkeypatch, code,
+                                                                runs):
+    recipe, out = _recipe(tmp_path), tmp_path / "run"
     out.mkdir()
 
-    def refuse(fd, operation):
-        raise OSError(9, "Bad file descriptor")  # NFS's emulation on a read-only descriptor
+    def flock(fd, operation):
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(locks.fcntl, "flock", refuse)
-    with RunDirLock() as first, RunDirLock() as second:
-        first.acquire(out)
-        second.acquire(out)
+    monkeypatch.setattr(locks.fcntl, "flock", flock)
+    if runs:
+        assert prepare_run_dir(recipe, str(out), resume=False, overwrite=False,
+                               lock=RunDirLock()) == out
+    else:
+        with pytest.raises(KdcoreError) as err:
+            prepare_run_dir(recipe, str(out), resume=False, overwrite=False, lock=RunDirLock())
+        assert str(err.value) == _in_use(out)
 
 
 def test_a_folder_that_cannot_be_opened_for_its_lock_is_one_line(tmp_path, monkeypatch):
