@@ -102,9 +102,13 @@ class RunData:
         from torch.utils.data import DataLoader
 
         cpu = [rows.cpu() if isinstance(rows, torch.Tensor) else rows for rows in shares]
+        # a generator of its own: the iterator draws its workers' base seed from it, not
+        # from torch's global generator, which dropout and components draw from (AML-KD's
+        # mixup coefficient): a streamed run must train as the in-memory run does
         loader = DataLoader(_Batches(split, cpu), batch_size=None, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda",
-                            worker_init_fn=leave_stop_signals_to_the_run)
+                            worker_init_fn=leave_stop_signals_to_the_run,
+                            generator=torch.Generator())
         # the workers are started and ended with interrupts held: one raised in a fork hook
         # or in torch's iterator __del__ (which joins the workers) is printed and dropped
         with interrupts.held():

@@ -78,7 +78,7 @@ model = "symmetric"
 params = {{ rate = 0.3 }}
 [models.student]
 arch = "mlp"
-params = {{ hidden = [16] }}
+params = {{ hidden = [16], dropout = {dropout} }}
 optimizer = {{ lr = 0.1 }}
 [[stages]]
 name = "student"
@@ -99,9 +99,13 @@ def _run(tmp_path: Path, name: str, **fmt) -> Path:
     return out
 
 
-def test_two_workers_give_the_in_memory_run(folders, tmp_path):
-    memory = _run(tmp_path, "memory", root=folders, stream="false", workers=0)
-    stream = _run(tmp_path, "stream", root=folders, stream="true", workers=2)
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_two_workers_give_the_in_memory_run(folders, tmp_path, dropout):
+    """Bit for bit, also where the model draws from torch's global generator (dropout, as
+    AML-KD's mixup coefficient does): the workers' DataLoader must not draw from it."""
+    memory = _run(tmp_path, "memory", root=folders, stream="false", workers=0,
+                  dropout=dropout)
+    stream = _run(tmp_path, "stream", root=folders, stream="true", workers=2, dropout=dropout)
     with History(memory) as a, History(stream) as b:
         assert len(a) == len(b) == 2
         assert a.column_names() == b.column_names()
@@ -357,7 +361,7 @@ def test_a_path_listed_with_two_labels_is_refused_and_a_repeat_counts_once(tmp_p
 
 def test_instance_dependent_noise_on_a_stream_says_why_not(folders, tmp_path):
     recipe = tmp_path / "idn.toml"
-    recipe.write_text(RECIPE.format(root=folders, stream="true", workers=0).replace(
+    recipe.write_text(RECIPE.format(root=folders, stream="true", workers=0, dropout=0.0).replace(
         'model = "symmetric"', 'model = "instance_dependent"'))
     res = CliRunner().invoke(main, ["check", str(recipe)])
     assert res.exit_code == 2
