@@ -7,7 +7,8 @@ checkpoint has nothing to keep: ``--resume`` starts it again from the beginning)
 * ``position``: the stage and epoch to continue at, the history rows committed (the file is
   rolled back to exactly that many on resume) and the optimiser step;
 * ``fingerprint``: the resolved recipe (and the ``--set`` overrides) the run started with;
-  ``--resume`` with anything else is refused, naming the keys that differ;
+  ``--resume`` with anything else is refused, naming the keys that differ (the data the
+  recipe names are compared with the history's per-sample constants: :func:`data_changes`);
 * models, optimisers, the ledger, every component's state and generator, plugin-wide state,
   best-validation bookkeeping and every random state the run draws from.
 
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -200,6 +202,37 @@ def read(path: Path) -> dict[str, Any]:
         raise KdcoreError(f"the checkpoint {path} is damaged (wrong type of "
                           f"{', '.join(wrong)}); start again with --overwrite")
     return state
+
+
+def data_changes(history: Path, num_classes: int, class_names: Sequence[str],
+                 constants: Mapping[str, torch.Tensor]) -> list[str]:
+    """What differs between the data a resumed run has built and the data its history was
+    started with: the classes, and each per-sample constant in ``/data`` (the training split's
+    size and order, its true and observed labels). Empty when nothing does.
+
+    The recipe's fingerprint cannot see this: a dataset folder that gained an image, or a
+    label file edited between the run and its resume, gives the same recipe and other data
+    (which ran on to an IndexError in the first batch, or trained on silently).
+    """
+    from kdcore.history import History
+
+    with History(history) as saved:
+        if saved.num_classes != num_classes:
+            return [f"{num_classes} classes, the run's {saved.num_classes}"]
+        changes = []
+        if saved.class_names and saved.class_names != list(class_names):
+            changes.append("the class names")
+        names = set(saved.data_names())
+        for name, values in constants.items():
+            if name not in names:  # a history from before kdcore kept it
+                continue
+            was, now = saved.data(name), values.cpu().numpy()
+            if was.shape != now.shape:
+                return [*changes, f"{len(now)} training samples, the run's {len(was)}"]
+            if not np.array_equal(was, now):
+                changes.append(f"{name} differs at {int((was != now).sum())} of "
+                               f"{len(now)} samples")
+    return changes
 
 
 def differing_keys(saved: Any, now: Any, prefix: str = "") -> list[str]:

@@ -292,18 +292,26 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
             compile_models(run)
             history = HistoryWriter(run_dir / "history.h5") if main else RowCounter()
             run.write_data = history.add_data
+            data = run.data
+            constants = {"noisy_label": data.train_noisy.int(), "clean_label": data.train.y.int(),
+                         "clean_mask": data.train_noisy == data.train.y,
+                         "sample_id": data.train_source.int()}
             if state is None:
-                data = run.data
                 history.create(
                     recipe_toml=recipe.to_toml(), versions=host.versions(),
                     num_classes=data.num_classes, class_names=list(data.class_names),
-                    constants={"noisy_label": data.train_noisy.int(),
-                               "clean_label": data.train.y.int(),
-                               "clean_mask": data.train_noisy == data.train.y,
-                               "sample_id": data.train_source.int()},
-                    transition_matrix=data.transition, setup=run_setup(run.device))
+                    constants=constants, transition_matrix=data.transition,
+                    setup=run_setup(run.device))
             else:
                 history.rollback(int(state["position"]["history_rows"]))
+                changes = distributed.broadcast(checkpointing.data_changes(
+                    history.path, data.num_classes, data.class_names, constants) if main
+                    else None)
+                if changes:
+                    raise KdcoreError(
+                        f"--resume: the data are not those the run in {run_dir} started with "
+                        f"({'; '.join(changes)}); restore them (the dataset's files, a label or "
+                        f"noise file), or start again with --overwrite")
             checkpointer = checkpointing.Checkpointer(
                 run_dir, started, recipe.run.checkpoint_interval_s,
                 background=run.device.type == "cuda", writes=main)
