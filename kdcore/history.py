@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import h5py
 import numpy as np
 
 from kdcore import api_args
@@ -52,14 +53,16 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _reads(method: _F) -> _F:
-    """HDF5 errors while reading mean a damaged file: one line, not a traceback."""
+    """The file held for the call (one consistent view of it); HDF5 errors while reading mean
+    a damaged file: one line, not a traceback."""
 
     @functools.wraps(method)
     def read(self: History, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except (OSError, RuntimeError) as exc:
-            raise damaged(self.path, exc) from None
+        with self:
+            try:
+                return method(self, *args, **kwargs)
+            except (OSError, RuntimeError) as exc:
+                raise damaged(self.path, exc) from None
 
     return read  # type: ignore[return-value]
 
@@ -67,12 +70,17 @@ def _reads(method: _F) -> _F:
 class History:
     """Read a run's ``history.h5`` (``import kdcore.history`` registers the HDF5 filters).
 
+    The file is held (and a live run's next history write waits) only while a method runs,
+    or for the whole of a ``with History(...) as h:`` block, which reads one consistent state
+    of it. A ``History`` kept open in a notebook between calls holds nothing: each call sees
+    the rows the run has written so far.
+
     Args:
         path: the file, or a run directory that holds ``history.h5``.
 
     Raises:
         KdcoreError: no such file, or not a readable kdcore history (damaged, truncated, not
-            HDF5, or another program's file).
+            HDF5, or another program's file); checked when the ``History`` is made.
     """
 
     def __init__(self, path: str | Path):
@@ -80,27 +88,43 @@ class History:
         if path.is_dir():
             path = path / "history.h5"
         self.path = path
-        self._file = open_readable(path)
+        self._file: h5py.File | None = None
+        self._holds = 0  # the with-blocks and method calls now holding the file
         self._names: list[str] | None = None
+        with self:  # opened once now: a missing, damaged or foreign file fails here
+            pass
 
     def close(self) -> None:
-        self._file.close()
+        """Let go of the file now, inside a ``with`` block too."""
+        if self._file is not None:
+            self._file.close()
+        self._file, self._holds = None, 0
 
     def __enter__(self) -> History:
+        if self._holds == 0:
+            self._file = open_readable(self.path)
+            self._names = None  # the writer may have added names since the last hold
+        self._holds += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        if self._holds > 1:
+            self._holds -= 1
+        else:
+            self.close()
 
     @property
+    @_reads
     def recipe(self) -> str:
         return str(self._file.attrs["recipe"])
 
     @property
+    @_reads
     def versions(self) -> dict[str, str]:
         return json.loads(self._file.attrs["versions"])
 
     @property
+    @_reads
     def setup(self) -> dict[str, Any]:
         """Where the run was started: ``device`` (with the GPU's name), ``processes``,
         ``threads``, ``torch`` and ``python`` versions; empty for a history written before
@@ -109,17 +133,21 @@ class History:
         return dict(json.loads(str(text))) if text is not None else {}
 
     @property
+    @_reads
     def num_classes(self) -> int:
         return int(self._file.attrs["num_classes"])
 
     @property
+    @_reads
     def class_names(self) -> list[str]:
         return list(json.loads(str(self._file.attrs.get("class_names", "[]"))))
 
     @property
+    @_reads
     def format(self) -> str:
         return str(self._file.attrs["format"])
 
+    @_reads
     def __len__(self) -> int:
         return int(self._file["epochs/epoch"].shape[0])
 
@@ -147,6 +175,7 @@ class History:
     def metric(self, name: str) -> np.ndarray:
         return self._file["metrics"][name][:]
 
+    @_reads
     def metrics(self) -> dict[str, np.ndarray]:
         return {n: self.metric(n) for n in self.metric_names()}
 

@@ -25,12 +25,13 @@ while holding the lock is therefore one a dead process left.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -280,11 +281,17 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
 
 
 @contextmanager
-def locked(path: Path, *, exclusive: bool, timeout: float) -> Iterator[int]:
+def locked(path: Path, *, exclusive: bool, timeout: float,
+           on_held: Callable[[], None] | None = None) -> Iterator[int]:
     """Hold ``path``'s lock (exclusive: read-write fd; shared: read-only fd) and yield the fd.
 
+    ``on_held``: called once when another holder has kept the file for ``timeout``, after
+    which the wait goes on for as long as it takes (a run waiting for a reader); without it,
+    the wait ends there with an error.
+
     Raises:
-        KdcoreError: the file is missing, or another process held it longer than ``timeout``.
+        KdcoreError: the file is missing, or another process held it longer than ``timeout``
+            (without ``on_held``).
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -297,6 +304,10 @@ def locked(path: Path, *, exclusive: bool, timeout: float) -> Iterator[int]:
         try:
             try:
                 taken = try_lock(fd, exclusive=exclusive, deadline=deadline)
+                if not taken and on_held is not None:
+                    on_held()
+                    on_held, deadline = None, math.inf
+                    taken = try_lock(fd, exclusive=exclusive, deadline=deadline)
             except OSError as exc:  # not another holder: the system's reason, not "held open"
                 raise KdcoreError(f"cannot lock {path} ({os_reason(exc)})") from None
             if not taken:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import hdf5plugin
 import numpy as np
+from loguru import logger
 
 from kdcore import interrupts
 from kdcore.errors import KdcoreError, os_reason
@@ -153,7 +154,10 @@ class HistoryWriter:
         path: the file; created by :meth:`create`, appended to by :meth:`append_epoch`.
     """
 
-    lock_timeout_s = LOCK_TIMEOUT_S  # how long an update waits for readers to close the file
+    lock_timeout_s = LOCK_TIMEOUT_S  # how long an update waits for readers before it says so
+    #: past lock_timeout_s, an update warns once and waits on rather than fail: a notebook's
+    #: h5py.File left open on a live run's history must not stop the run
+    wait_for_readers = True
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -217,8 +221,9 @@ class HistoryWriter:
         """The file open for one journaled update, committed when the block completes; an
         interrupt arriving meanwhile is raised after (HDF5 calls back into Python here)."""
         # held only once the lock is taken: waiting for a reader stays interruptible
-        with locked(self.path, exclusive=True, timeout=self.lock_timeout_s) as fd, \
-                interrupts.held():
+        waiting = self._held_open if self.wait_for_readers else None
+        with locked(self.path, exclusive=True, timeout=self.lock_timeout_s,
+                    on_held=waiting) as fd, interrupts.held():
             if recover(self.path):
                 self._index = None  # another process's update died and was undone
             try:
@@ -250,6 +255,10 @@ class HistoryWriter:
                                       ) from None
                 raise
             journaled.commit()
+
+    def _held_open(self) -> None:
+        logger.warning(f"{self.path} is held open elsewhere (an h5py.File, or a History in a "
+                       f"with block); the run waits until it is closed to write its history")
 
     def add_data(self, name: str, values: Any) -> None:
         """Write (or replace) ``/data/<name>``: an array stored once, not per epoch."""

@@ -433,11 +433,71 @@ def test_format_1_reads_and_resuming_converts_it(tmp_path):
         assert h.producers("weight/awe") == ["", "", "", "awe1"]
 
 
-def test_an_open_reader_holds_off_the_writer_with_one_error(tmp_path):
+def test_a_writer_told_not_to_wait_for_readers_stops_with_one_error(tmp_path):
     w = _writer(tmp_path)
     _append(w, range(1))
-    w.lock_timeout_s = 0.2  # a run waits a minute for a reader to finish
+    w.lock_timeout_s, w.wait_for_readers = 0.2, False
     with History(tmp_path):
         _assert_one_line_error(lambda: w.append_epoch(**_row(1)), "held open", "close it")
     _append(w, range(1, 2))
     _assert_rows(tmp_path, 2)
+
+
+def test_a_run_waits_for_a_reader_however_long_it_holds_the_file_and_says_so_once(
+        tmp_path, monkeypatch):
+    """A notebook's h5py.File left open on a live run's history stopped the run after a
+    minute ("held open elsewhere", exit 2); the run now warns once and writes when it is
+    closed."""
+    import threading
+    import time
+
+    from loguru import logger
+
+    w = _writer(tmp_path)
+    _append(w, range(1))
+    w.lock_timeout_s = 0.2
+    warnings: list[str] = []
+    sink = logger.add(warnings.append, level="WARNING", format="{message}")
+    wrote = threading.Event()
+    try:
+        with h5py.File(tmp_path / "history.h5", "r"):  # HDF5's own shared lock
+            def append() -> None:
+                w.append_epoch(**_row(1))
+                wrote.set()
+
+            writer = threading.Thread(target=append)
+            writer.start()
+            deadline = time.monotonic() + 30.0
+            while not warnings and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert warnings and not wrote.is_set()  # it said why it waits, and waits on
+        assert wrote.wait(30.0)
+        writer.join()
+    finally:
+        logger.remove(sink)
+    assert [m.strip() for m in warnings] == [
+        f"{tmp_path / 'history.h5'} is held open elsewhere (an h5py.File, or a History in a "
+        "with block); the run waits until it is closed to write its history"]
+    _assert_rows(tmp_path, 2)
+
+
+def test_a_history_kept_between_calls_holds_nothing_and_sees_new_rows(tmp_path):
+    """``h = History(run)`` in a notebook, outside a with block: the writer never waits for it,
+    and each call reads the rows written so far."""
+    w = _writer(tmp_path)
+    _append(w, range(1))
+    w.wait_for_readers = False  # a held file would be an error, not a wait
+    w.lock_timeout_s = 0.2
+    h = History(tmp_path)
+    assert len(h) == 1 and h.epochs() == [("a", 0)]
+    _append(w, range(1, 3))
+    assert len(h) == 3 and h.metric("train/loss").shape == (3,)
+    with h:  # a block holds one view of the file, and the writer off
+        _assert_one_line_error(lambda: w.append_epoch(**_row(3)), "held open")
+        with h:  # nested: still held after the inner block
+            assert len(h) == 3
+        _assert_one_line_error(lambda: w.append_epoch(**_row(3)), "held open")
+    _append(w, range(3, 4))
+    assert len(h) == 4
+    h.close()
+    assert len(h) == 4  # close() lets go of the file; a later call reads it again
