@@ -92,7 +92,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # the helpers every one-line message goes through (session 17)
     "kdcore-errors": (".", ["kdcore/errors.py"],
                       ["tests/test_errors.py", "tests/test_checkpoint.py",
-                       "tests/test_failures.py"]),
+                       "tests/test_failures.py", "tests/test_broken_pipe.py"]),
     # the history file's writer, reader and layout (session 18): what every epoch row holds
     "kdcore-history": (".", ["kdcore/history_writer.py", "kdcore/history.py",
                              "kdcore/history_layout.py"],

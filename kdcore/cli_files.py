@@ -18,7 +18,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from kdcore.errors import KdcoreError, one_line
+from kdcore.errors import KdcoreError, console_gone, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -146,6 +146,8 @@ def reading(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except OSError as exc:
+            if console_gone(exc):  # `| head` has exited: not the run's files
+                raise
             if exc.filename is None or exc.errno is None:
                 raise KdcoreError(f"cannot read the run's files ({one_line(exc)})") from None
             raise KdcoreError(f"cannot read {exc.filename}: {exc.strerror}") from None

@@ -72,6 +72,27 @@ def os_reason(exc: BaseException) -> str:
     return one_line(exc)
 
 
+def console_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is the broken pipe of a console whose reader has gone
+    (``kdcore inspect RUN | head``): stdout's or stderr's pipe with its reading end closed.
+    A broken pipe of anything else (a plugin's own subprocess) is a failure like any other."""
+    import select
+    import sys
+
+    if not isinstance(exc, BrokenPipeError) or not hasattr(select, "poll"):
+        return False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):  # closed, or no file behind it
+            continue
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        if any(events & select.POLLERR for _, events in poll.poll(0)):
+            return True
+    return False
+
+
 def printable(text: str) -> str:
     """``text`` with every character a terminal would not show as itself (line breaks, escape
     sequences and other controls, U+2028, a lone surrogate from a non-UTF-8 argument) written

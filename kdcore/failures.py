@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, console_gone
 
 #: the environment variable that makes the command line show the traceback itself
 SHOW_TRACEBACK = "KDCORE_TRACEBACK"
@@ -84,7 +84,7 @@ def one_line_failures(what: str) -> Callable[[F], F]:
             except (KdcoreError, click.ClickException, click.exceptions.Exit):
                 raise
             except Exception as exc:
-                if shows_traceback():
+                if shows_traceback() or console_gone(exc):  # `| head` exited: said nowhere
                     raise
                 raise failure(exc, what) from None
 
