@@ -111,7 +111,8 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
     if lock is not None:  # made just now, or made by a run started at the same moment
         lock.acquire(run_dir)
     if overwrite and not resume:
-        names = ("history.h5", "history.h5-journal", ckpt.CHECKPOINT, "summary.json")
+        # the earlier run's log goes with it: appended to, it opened with that run's lines
+        names = ("history.h5", "history.h5-journal", ckpt.CHECKPOINT, "summary.json", "log.txt")
         # everything checked before anything goes: a refused --overwrite deletes nothing
         odd = [n for n in names if (run_dir / n).exists() and not (run_dir / n).is_file()]
         if (run_dir / "models").exists() and not (run_dir / "models").is_dir():

@@ -86,14 +86,15 @@ def test_an_earlier_run_needs_resume_or_overwrite(tmp_path):
         "or --out for a new directory")
 
 
-def test_overwrite_removes_the_earlier_runs_history_journal_checkpoint_and_summary(tmp_path):
+def test_overwrite_removes_the_earlier_runs_history_journal_checkpoint_summary_and_log(
+        tmp_path):
     recipe, out = _recipe(tmp_path), tmp_path / "run"
     out.mkdir()
-    gone = ("history.h5", "history.h5-journal", "checkpoint.pt", "summary.json")
-    for name in (*gone, "log.txt", "recipe.toml"):
+    gone = ("history.h5", "history.h5-journal", "checkpoint.pt", "summary.json", "log.txt")
+    for name in (*gone, "recipe.toml"):
         (out / name).write_text("old")
     prepare_run_dir(recipe, str(out), resume=False, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["log.txt", "recipe.toml"]
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.toml"]  # the run rewrites it
     # resuming keeps them all
     for name in gone:
         (out / name).write_text("old")
