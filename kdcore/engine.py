@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,19 @@ def _adapt_models(plan: RunPlan, run: Run) -> None:
             comp.adapt_models(ComponentContext(run, comp.name, run.generator))
 
 
+@contextlib.contextmanager
+def torch_state_kept(device: torch.device) -> Iterator[None]:
+    """Torch's random states (the CPU's and ``device``'s) and thread count as the block found
+    them: a run seeds the generators and sets ``run.threads``, which must not carry over into
+    the program that called :func:`run_recipe` (a notebook's next draws, a grid's next run)."""
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+
 def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPlan:
     """Everything a run does before its first batch, writing nothing: the plan, the run
     directory's place, the data, the models, their checkpoints, the augmentations on a
@@ -168,22 +182,18 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
     if (run_dir / "history.h5").exists():  # the recipe is sound; the run needs a flag
         logger.warning(f"{run_dir} already holds a run: `kdcore run` needs --resume to "
                        f"continue it, --overwrite to replace it, or --out for a new directory")
-    with host.activate(), torch.random.fork_rng(devices=[]):
-        threads = torch.get_num_threads()
-        try:
-            run = prepare_run(plan, host, Path("."))
-            run.write_data = lambda name, values: None
-            _adapt_models(plan, run)
-            load_model_checkpoints(run)
-            if len(run.data.train):  # an augmentation that cannot take these inputs fails now
-                sample = run.data.inputs(run.data.train, torch.arange(1, device=run.device))
-                run.augment(sample, torch.Generator().manual_seed(0))
-            trainer = Trainer(plan, run, HistoryWriter(Path("/dev/null")), ObserverBus(host),
-                              checkpointing.Checkpointer(Path("."), {}, 0.0, False))
-            for stage in plan.stages:
-                trainer.enter_stage(stage)
-        finally:
-            torch.set_num_threads(threads)
+    with host.activate(), torch_state_kept(torch.device("cpu")):
+        run = prepare_run(plan, host, Path("."))
+        run.write_data = lambda name, values: None
+        _adapt_models(plan, run)
+        load_model_checkpoints(run)
+        if len(run.data.train):  # an augmentation that cannot take these inputs fails now
+            sample = run.data.inputs(run.data.train, torch.arange(1, device=run.device))
+            run.augment(sample, torch.Generator().manual_seed(0))
+        trainer = Trainer(plan, run, HistoryWriter(Path("/dev/null")), ObserverBus(host),
+                          checkpointing.Checkpointer(Path("."), {}, 0.0, False))
+        for stage in plan.stages:
+            trainer.enter_stage(stage)
     return plan
 
 
@@ -250,7 +260,8 @@ def run_recipe(
 
     host = host or PluginHost()
     plan = build_plan(recipe, host)
-    with (distributed.session(resolve_device(recipe.run.device).type) as world,
+    device = resolve_device(recipe.run.device)
+    with (torch_state_kept(device), distributed.session(device.type) as world,
           RunDirLock() as lock):  # held by the rank that writes, until the run's end
         check_distributed(plan, world.size)
         return _run(plan, recipe, out=out, resume=resume, overwrite=overwrite, host=host,
@@ -359,4 +370,4 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
 
 
 __all__ = ["banner", "check_output_dir", "dry_setup", "fingerprint", "prepare_run_dir",
-           "run_recipe"]
+           "run_recipe", "torch_state_kept"]

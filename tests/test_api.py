@@ -492,3 +492,22 @@ def test_a_run_results_history_is_load_history_of_its_directory(tmp_path):
     _write_history(tmp_path / "run")
     frames = api.RunResult(summary={}, run_dir=tmp_path / "run").history()
     assert frames.metrics.equals(kdcore.load_history(tmp_path / "run").metrics)
+
+
+def test_a_run_leaves_the_callers_torch_state_as_it_found_it(tmp_path):
+    """In a notebook, api.run seeded torch's generator with the run's seed and left the thread
+    count at run.threads: the caller's next draws and every later computation changed."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(1234)
+    expected = torch.rand(3)  # what the caller draws next, had no run happened
+    torch.manual_seed(1234)
+    try:
+        torch.set_num_threads(2)
+        api.run(_data(), overrides=["run.threads=1"], out=tmp_path / "run")
+        assert torch.get_num_threads() == 2
+        assert torch.equal(torch.rand(3), expected)
+        torch.manual_seed(1234)
+        engine.dry_setup(api.as_recipe(_data(), ["run.threads=1"]), kdcore.PluginHost())
+        assert torch.get_num_threads() == 2 and torch.equal(torch.rand(3), expected)
+    finally:
+        torch.set_num_threads(threads)
