@@ -24,7 +24,7 @@ from kdcore.cli_common import (
     plugin_host,
     plugin_option,
     set_option,
-    stop_on_sigterm,
+    stop_on_signals,
     strict_option,
     user_errors,
 )
@@ -127,7 +127,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
 
     # a kill or a pre-emption stops the run as Ctrl-C does; but torchrun's agent stops its
     # workers with SIGTERM when one fails, and names that one itself
-    with contextlib.nullcontext() if distributed.launched() else stop_on_sigterm():
+    with contextlib.nullcontext() if distributed.launched() else stop_on_signals():
         summary = run_recipe(resolved, out=out, resume=resume, overwrite=overwrite, host=host,
                              progress=progress, overrides=overrides)
     if rank > 0:
@@ -312,7 +312,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     else:
         # a SIGTERM stops the grid as Ctrl-C does: the runs of --jobs 1 are in this process,
         # those of --jobs N are each passed the signal and waited for
-        with stop_on_sigterm():
+        with stop_on_signals():
             counts = ab.run_grid(specs, jobs=jobs, echo=click.echo,
                                  in_process=lambda spec, resume: ab.run_spec(spec, resume, host))
     click.echo(f"grid {out}: {counts['ran']} ran, {counts['skipped']} skipped, "

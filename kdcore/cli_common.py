@@ -28,7 +28,7 @@ EXIT_USER_ERROR = 2
 
 def user_errors(fn: F | None = None, *, on_interrupt: str = "") -> Any:
     """Turn :class:`KdcoreError` into one line and exit code 2, and an interrupt (Ctrl-C, or
-    the SIGTERM of :func:`stop_on_sigterm`) into one line and 128 + the signal's number.
+    the SIGTERM of :func:`stop_on_signals`) into one line and 128 + the signal's number.
 
     Used bare (``@user_errors``) or with ``on_interrupt``, what the interrupt's line adds: how
     to continue what the command was doing (``kdcore run``: "resume with --resume")."""
@@ -56,20 +56,28 @@ def user_errors(fn: F | None = None, *, on_interrupt: str = "") -> Any:
 
 
 @contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
+def stop_on_signals() -> Iterator[None]:
     """While inside, SIGTERM raises :class:`Stopped` in the main thread instead of killing the
-    process on the spot, once (:func:`kdcore.interrupts.stop_on_signal`). A handler someone
-    else installed (an embedding program, a job scheduler's library) is left as it is, and so
-    is everything off the main thread, where Python cannot install one."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+    process on the spot, once (:func:`kdcore.interrupts.stop_on_signal`), and Ctrl-C raises
+    ``KeyboardInterrupt`` as Python's own handler does (:func:`kdcore.interrupts.
+    interrupt_on_ctrl_c`); both are remembered, so that one whose exception Python drops still
+    stops a run at its next batch. A handler someone else installed (an embedding program, a
+    job scheduler's library, a notebook's kernel) is left as it is, and so is everything off
+    the main thread, where Python cannot install one."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.signal(signal.SIGTERM, interrupts.stop_on_signal)
+    ours = {}
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        ours[signal.SIGTERM] = interrupts.stop_on_signal
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        ours[signal.SIGINT] = interrupts.interrupt_on_ctrl_c
+    previous = {signum: signal.signal(signum, handler) for signum, handler in ours.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         interrupts.reset()
 
 

@@ -7,8 +7,9 @@ object (:class:`kdcore.history_journal.JournaledFile`) loses the exception, fail
 with a ``SystemError``, or leaves h5py's driver broken so that the process segfaults later
 (``benchmarks/signal_trials.py``). :func:`held` keeps such a block whole and
 delivers a signal that arrived inside it when it ends. An exception raised in a weak-reference
-callback or a ``__del__`` is dropped by Python itself; :func:`stop_on_signal` records its signal
-too, and :func:`check` (the training loop calls it every batch) raises it again there.
+callback or a ``__del__`` is dropped by Python itself; :func:`stop_on_signal` (SIGTERM) and
+:func:`interrupt_on_ctrl_c` (SIGINT) record their signal too, and :func:`check` (the training
+loop calls it every batch) raises it again there.
 """
 
 from __future__ import annotations
@@ -37,16 +38,31 @@ def stop_on_signal(signum: int, frame: object) -> None:
     raise Stopped(signum)
 
 
+interrupted = False
+"""Whether :func:`interrupt_on_ctrl_c` has raised, while its process stops."""
+
+
+def interrupt_on_ctrl_c(signum: int, frame: object) -> None:
+    """SIGINT's handler: Python's own (a ``KeyboardInterrupt`` every time, so that a second
+    Ctrl-C still cuts a stop short), remembered in case Python drops the exception."""
+    global interrupted
+    interrupted = True
+    raise KeyboardInterrupt
+
+
 def check() -> None:
-    """Raise :class:`Stopped` if a stop was asked for and its exception got lost."""
+    """Raise :class:`Stopped` (or ``KeyboardInterrupt``, for Ctrl-C) if a stop was asked for
+    and its exception got lost."""
     if requested is not None:
         raise Stopped(requested)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def reset() -> None:
     """Forget a stop asked for (its handler is being uninstalled)."""
-    global requested
-    requested = None
+    global requested, interrupted
+    requested, interrupted = None, False
 
 
 @contextmanager
@@ -75,4 +91,5 @@ def held() -> Iterator[None]:
             saved[s](s, None)
 
 
-__all__ = ["check", "held", "requested", "reset", "stop_on_signal"]
+__all__ = ["check", "held", "interrupt_on_ctrl_c", "interrupted", "requested", "reset",
+           "stop_on_signal"]

@@ -21,7 +21,7 @@ from kdcore.cli_common import (
     plugin_host,
     plugin_option,
     set_option,
-    stop_on_sigterm,
+    stop_on_signals,
     strict_option,
     user_errors,
 )
@@ -170,7 +170,7 @@ def _probe(signum, frame):  # a handler of someone else's
 
 def test_sigterm_raises_stopped_inside_and_kills_again_outside():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # pytest's own, untouched
-    with stop_on_sigterm():
+    with stop_on_signals():
         handler = signal.getsignal(signal.SIGTERM)
         assert callable(handler)
         with pytest.raises(Stopped) as info:
@@ -185,21 +185,42 @@ def test_sigterm_raises_stopped_inside_and_kills_again_outside():
     assert interrupts.requested is None  # the next run in this process starts afresh
 
 
-def test_a_handler_installed_by_someone_else_is_left_alone():
-    previous = signal.signal(signal.SIGTERM, _probe)
+def test_ctrl_c_raises_every_time_inside_and_is_remembered_until_the_end():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # not mutmut's
     try:
-        with stop_on_sigterm():
-            assert signal.getsignal(signal.SIGTERM) is _probe
-        assert signal.getsignal(signal.SIGTERM) is _probe
+        with stop_on_signals():
+            handler = signal.getsignal(signal.SIGINT)
+            assert handler is not signal.default_int_handler and not interrupts.interrupted
+            for _ in range(2):  # a second Ctrl-C still cuts a stop short
+                with pytest.raises(KeyboardInterrupt) as info:
+                    handler(signal.SIGINT, None)
+                assert type(info.value) is KeyboardInterrupt  # exit 130, "interrupted"
+                assert interrupts.interrupted
+            with pytest.raises(KeyboardInterrupt):  # dropped, it is raised again here
+                interrupts.check()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert not interrupts.interrupted  # the next run in this process starts afresh
+        interrupts.check()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_handler_installed_by_someone_else_is_left_alone(signum):
+    previous = signal.signal(signum, _probe)
+    try:
+        with stop_on_signals():
+            assert signal.getsignal(signum) is _probe
+        assert signal.getsignal(signum) is _probe
+    finally:
+        signal.signal(signum, previous)
 
 
 def test_off_the_main_thread_nothing_is_installed():
     seen = []
 
     def body():  # signal.signal would raise ValueError here
-        with stop_on_sigterm():
+        with stop_on_signals():
             seen.append(signal.getsignal(signal.SIGTERM))
 
     thread = threading.Thread(target=body)

@@ -107,6 +107,9 @@ class DropsItsStop:
     """An observer that asks for a stop the way the SIGTERM handler does, in a place where
     Python drops the exception (a weak reference's callback), at batch 1 of the student."""
 
+    handler = staticmethod(interrupts.stop_on_signal)
+    signum = signal.SIGTERM
+
     def __init__(self) -> None:
         self.batches = 0
 
@@ -117,9 +120,14 @@ class DropsItsStop:
         self.batches += 1
         if self.batches == 2:
             try:
-                interrupts.stop_on_signal(signal.SIGTERM, None)
-            except Stopped:
+                self.handler(self.signum, None)
+            except KeyboardInterrupt:  # Stopped is one
                 pass  # dropped, as "Exception ignored in ..." drops it
+
+
+class DropsItsCtrlC(DropsItsStop):
+    handler = staticmethod(interrupts.interrupt_on_ctrl_c)
+    signum = signal.SIGINT
 
 
 @pytest.mark.slow
@@ -136,3 +144,18 @@ def test_a_stop_whose_exception_was_dropped_stops_the_run_at_the_next_batch(tiny
     assert probe.batches == 2  # not one batch more
     assert "stopped by SIGTERM in stage 'student', epoch 1" in (
         tmp_path / "run" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_whose_exception_was_dropped_stops_the_run_at_the_next_batch(tiny_recipe,
+                                                                            tmp_path):
+    probe = DropsItsCtrlC()
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            run_recipe(load_recipe(tiny_recipe), out=str(tmp_path / "run"),
+                       host=PluginHost(extra=[probe]))
+    finally:
+        interrupts.reset()
+    assert type(info.value) is KeyboardInterrupt
+    assert probe.batches == 2  # not one batch more
+    assert "interrupted in stage 'student', epoch 1" in (tmp_path / "run" / "log.txt").read_text()
