@@ -526,6 +526,34 @@ def test_image_folder_test_root(tmp_path: Path) -> None:
         image_folder(root=str(tmp_path / "train"), size=4, test_root=str(tmp_path / "test"))
 
 
+def test_image_folder_passes_over_hidden_names_and_reads_nested_folders(tmp_path: Path) -> None:
+    """A notebook's .ipynb_checkpoints beside the classes was a class of its own (and, empty,
+    an error); macOS's ._ copies are not images; images in a class's subfolders are its own,
+    after its top-level ones, as torchvision's ImageFolder reads them."""
+    import os
+
+    root = tmp_path / "train"
+    for path, value in (("cat/b.png", 10), ("cat/a.png", 20), ("cat/z/deeper/c.png", 30),
+                        ("cat/y/d.png", 40), ("dog/e.png", 50),
+                        (".ipynb_checkpoints/f.png", 60), ("cat/.hidden/g.png", 70)):
+        _save(root / path, "L", (4, 4), value)
+    (root / "cat" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "empty_hidden" / ".keep").parent.mkdir()
+    os.rename(root / "empty_hidden", root / ".Trash-1000")  # an empty hidden folder
+    os.symlink(root / "cat", root / "cat" / "a_loop")  # a link back up: read once, first
+    _save(tmp_path / "elsewhere" / "j.png", "L", (4, 4), 100)
+    os.symlink(tmp_path / "elsewhere", root / "dog" / "linked")  # followed, as torchvision does
+    splits = image_folder(root=str(root), size=4)
+    assert splits.train.class_names == ("cat", "dog")
+    # cat: a, b (its own), then y/d, then z/deeper/c; dog: e, then linked/j
+    assert splits.train.x[:, 0, 0, 0].tolist() == [20, 10, 40, 30, 50, 100]
+    assert splits.train.y.tolist() == [0, 0, 0, 0, 1, 1]
+    _save(tmp_path / "test" / ".ipynb_checkpoints" / "h.png", "L", (4, 4), 80)
+    _save(tmp_path / "test" / "dog" / "i.png", "L", (4, 4), 90)
+    splits = image_folder(root=str(root), size=4, test_root=str(tmp_path / "test"))
+    assert splits.test.y.tolist() == [1]  # no "classes .ipynb_checkpoints" refusal
+
+
 def test_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(KdcoreError, match="not a directory"):
         image_folder(root=str(tmp_path / "missing"))

@@ -1,4 +1,10 @@
-"""Images in torchvision's ``ImageFolder`` layout: one subfolder per class."""
+"""Images in torchvision's ``ImageFolder`` layout: one subfolder per class, its images at any
+depth below it.
+
+Names that begin with a dot are passed over, folders and files alike: a notebook's
+``.ipynb_checkpoints`` beside the class folders became a class of its own (torchvision's
+reading, pytorch/vision#2831), and macOS's ``._<name>.png`` copies are not images.
+"""
 
 from __future__ import annotations
 
@@ -117,7 +123,8 @@ def _class_folders(directory: Path) -> tuple[str, ...]:
             f"image_folder: {directory} is not a directory; it should hold one subfolder of "
             "images per class"
         )
-    classes = tuple(sorted(p.name for p in directory.iterdir() if p.is_dir()))
+    classes = tuple(sorted(p.name for p in directory.iterdir()
+                           if p.is_dir() and not p.name.startswith(".")))
     if not classes:
         raise KdcoreError(
             f"image_folder: {directory} has no class subfolders; put each class's images in "
@@ -127,9 +134,23 @@ def _class_folders(directory: Path) -> tuple[str, ...]:
 
 
 def _image_files(directory: Path) -> list[Path]:
-    return sorted(
-        p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    """The images under ``directory`` at any depth, by folder path and then by name (as
+    torchvision orders them; a flat folder's are its sorted names), hidden names left out. A
+    folder reached twice through links is read once (a link to a parent would never end)."""
+    found: list[tuple[str, list[str]]] = []
+    seen: set[tuple[int, int]] = set()
+    for folder, subfolders, files in os.walk(directory, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen:
+            subfolders[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        # in sorted order: of two links to one folder, the same one is read on every machine
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        found.append((folder, sorted(f for f in files if not f.startswith(".")
+                                     and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)))
+    return [Path(folder) / name for folder, names in sorted(found) for name in names
+            if (Path(folder) / name).is_file()]
 
 
 def _listing(directory: Path, classes: Sequence[str]) -> tuple[list[str], torch.Tensor]:
