@@ -86,6 +86,16 @@ def test_fashion_mnist_root_from_environment(tmp_path: Path, monkeypatch) -> Non
     assert fashion_mnist().train.x.shape[0] == 4
 
 
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_reads_torchvisions_download_folder(tmp_path: Path, gz: bool) -> None:
+    """root as torchvision.datasets.FashionMNIST(root, download=True) takes it: the files are
+    in root/FashionMNIST/raw (both forms there); files in root itself come first."""
+    write_fashion_mnist(tmp_path / "FashionMNIST" / "raw", n_train=5, gz=gz)
+    assert fashion_mnist(root=str(tmp_path)).train.x.shape[0] == 5
+    write_fashion_mnist(tmp_path, n_train=3, gz=not gz)
+    assert fashion_mnist(root=str(tmp_path)).train.x.shape[0] == 3
+
+
 def test_fashion_mnist_missing_directory_says_how_to_fix(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(KdcoreError) as err:

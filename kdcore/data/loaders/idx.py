@@ -46,7 +46,8 @@ def fashion_mnist(*, root: Directory | None = None, flatten: bool = False) -> Da
 
     The directory is ``root`` if given, else the environment variable ``KDCORE_FASHION_MNIST``,
     else ``/usr/share/datasets/fashion-mnist`` (where the Debian package
-    ``dataset-fashion-mnist`` puts it). Each of ``train-images-idx3-ubyte``,
+    ``dataset-fashion-mnist`` puts it); torchvision's download folder (its ``root``, which
+    holds ``FashionMNIST/raw/``) is read from there. Each of ``train-images-idx3-ubyte``,
     ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` may
     be gzip-compressed (``.gz``) or not.
 
@@ -110,7 +111,16 @@ def _fashion_mnist_dir(root: str | None) -> Path:
             f"dataset-fashion-mnist' (into {FASHION_MNIST_DEFAULT_DIR}), or set data.params.root "
             f"or ${FASHION_MNIST_ENV} to a directory holding them"
         )
+    # torchvision.datasets.FashionMNIST(root, download=True) keeps them in root/FashionMNIST/raw
+    downloaded = path / "FashionMNIST" / "raw"
+    if not _holds_idx(path) and _holds_idx(downloaded):
+        return downloaded
     return path
+
+
+def _holds_idx(directory: Path) -> bool:
+    name = "train-images-idx3-ubyte"
+    return (directory / name).is_file() or (directory / f"{name}.gz").is_file()
 
 
 def _find_idx_file(directory: Path, name: str) -> Path:
