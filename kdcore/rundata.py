@@ -259,16 +259,48 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
             return attrs.evolve(ds, y=ds.y.to(device))
         return attrs.evolve(ds, x=ds.x.to(device), y=ds.y.to(device))
 
+    transition = realised_transition(train.y, train_noisy, num_classes)
+    class_names = tuple(full.class_names) or tuple(str(c) for c in range(num_classes))
+    _warn_if_mostly_mislabelled(transition, torch.bincount(train.y.cpu(), minlength=num_classes),
+                                class_names, cfg.noise.model)
     return RunData(
         train=to_dev(train), val=to_dev(val), test=to_dev(test), gold=to_dev(gold),
         train_noisy=train_noisy.to(device), val_noisy=val_noisy.to(device),
         train_source=train_idx.clone(),
-        transition=realised_transition(train.y, train_noisy, num_classes),
+        transition=transition,
         noise_rate=float((train_noisy != train.y).double().mean()),  # make_splits: N > 0
         num_classes=num_classes,
-        class_names=tuple(full.class_names) or tuple(str(c) for c in range(num_classes)),
-        device=device, workers=cfg.workers, source_noisy=source_noisy,
+        class_names=class_names, device=device, workers=cfg.workers,
+        source_noisy=source_noisy,
     )
+
+
+#: a class this small may be labelled mostly wrong by chance at a moderate rate: not warned of
+MOSTLY_MISLABELLED_MIN = 20
+
+
+def _warn_if_mostly_mislabelled(transition: torch.Tensor, counts: torch.Tensor,
+                                class_names: Sequence[str], model: str) -> None:
+    """Warn of the classes whose training samples carry one other class's label more often than
+    their own (pair-flip noise above 0.5, symmetric noise past (C-1)/C): labels alone then teach
+    that class as the other, and no method can tell from them alone that they should not."""
+    found = []
+    for c in range(len(transition)):
+        if int(counts[c]) < MOSTLY_MISLABELLED_MIN:
+            continue
+        others = transition[c].clone()
+        others[c] = -1.0
+        j = int(others.argmax())
+        if others[j] > transition[c, c]:
+            found.append(f"'{class_names[c]}' mostly '{class_names[j]}' "
+                         f"({float(others[j]):.0%}, its own {float(transition[c, c]):.0%})")
+    if found:
+        extra = len(found) - 3
+        more = f", and {extra} more class{'es' if extra > 1 else ''}" if extra > 0 else ""
+        logger.warning(
+            f"data.noise ({model}): in the training labels, class {', '.join(found[:3])}{more}: "
+            f"learning from these labels alone teaches each as the other class (clean "
+            f"samples, data.gold_per_class, are the way round it)")
 
 
 class _Batches:

@@ -417,3 +417,58 @@ def test_a_worker_reads_whole_batches(monkeypatch):
     monkeypatch.setattr(FileDataset, "read",
                         lambda self, rows: reads.append((self, rows.tolist())) or rows)
     assert len(batches) == 2 and batches[1].tolist() == [0, 1] and reads == [(split, [0, 1])]
+
+
+def _mislabelled_warnings(transition, counts, names="abcde") -> list[str]:
+    from kdcore.rundata import _warn_if_mostly_mislabelled
+
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    try:
+        _warn_if_mostly_mislabelled(torch.tensor(transition, dtype=torch.float64),
+                                    torch.tensor(counts), tuple(names), "pair_flip")
+    finally:
+        logger.remove(sink)
+    return lines
+
+
+def test_classes_labelled_mostly_as_another_are_named_once_they_have_20_samples():
+    rows = [[0.4, 0.6, 0.0], [0.0, 0.5, 0.5], [0.1, 0.0, 0.9]]  # a: mostly b; b: a tie
+    assert _mislabelled_warnings(rows, [20, 30, 30], "abc") == [
+        "data.noise (pair_flip): in the training labels, class 'a' mostly 'b' (60%, its own 40%): "
+        "learning from these labels alone teaches each as the other class (clean samples, "
+        "data.gold_per_class, are the way round it)"]
+    assert _mislabelled_warnings(rows, [19, 30, 30], "abc") == []  # a class too small to tell
+    rows[2] = [0.0, 0.6, 0.4]  # c: mostly b, after the small class a
+    assert _mislabelled_warnings(rows, [19, 30, 30], "abc")[0].startswith(
+        "data.noise (pair_flip): in the training labels, class 'c' mostly 'b' (60%, its own "
+        "40%): ")
+    assert _mislabelled_warnings([[0.9, 0.1], [0.2, 0.8]], [50, 50], "ab") == []
+
+
+@pytest.mark.parametrize(("flipped", "more"), [
+    (3, ""), (4, ", and 1 more class"), (5, ", and 2 more classes")])
+def test_more_than_three_mislabelled_classes_are_counted_after_the_first_three(flipped, more):
+    flip = [[(0.3 if i < flipped else 0.9) if i == j else (0.7 if i < flipped else 0.1)
+             if j == (i + 1) % 5 else 0.0 for j in range(5)] for i in range(5)]
+    (line,) = _mislabelled_warnings(flip, [40] * 5)
+    assert line.startswith("data.noise (pair_flip): in the training labels, class 'a' mostly "
+                           "'b' (70%, its own 30%), 'b' mostly 'c' (70%, its own 30%), 'c' "
+                           f"mostly 'd' (70%, its own 30%){more}: learning ")
+
+
+def test_a_recipe_whose_noise_mislabels_classes_is_warned_of_while_its_data_is_built(tmp_path):
+    from kdcore.api import as_recipe
+    from kdcore.engine import dry_setup
+    from kdcore.testing import teacher_stage, tiny_recipe
+
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    try:
+        for rate in (0.2, 1.0):
+            dry_setup(as_recipe(tiny_recipe(teacher_stage(1)), [
+                f'data.noise={{model="pair_flip", params={{rate={rate}}}}}']), PluginHost())
+    finally:
+        logger.remove(sink)
+    assert [line[:62] for line in lines if line.startswith("data.noise")] == [
+        "data.noise (pair_flip): in the training labels, class '0' most"]
