@@ -150,7 +150,10 @@ def torch_state_kept(device: torch.device) -> Iterator[None]:
     them: a run seeds the generators and sets ``run.threads``, which must not carry over into
     the program that called :func:`run_recipe` (a notebook's next draws, a grid's next run)."""
     threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # a torchrun worker has no caller to keep the GPU's state for, and reading it now, before
+    # the worker picks its GPU, would put a CUDA context of every worker on GPU 0
+    gpu = device.type == "cuda" and not distributed.launched()
+    with torch.random.fork_rng(devices=[device] if gpu else []):
         try:
             yield
         finally:
