@@ -154,6 +154,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                             # leaves out
                             "-k", "not pages_logger"]),
     # signals held while HDF5 calls back into Python, a stop raised once (session 26)
+    # an epoch's batches (session 27): a last batch of one sample joins the one before it
+    "kdcore-batching": (".", ["kdcore/batching.py"], ["tests/test_batching.py"]),
     "kdcore-interrupts": (".", ["kdcore/interrupts.py"],
                           ["tests/test_interrupts.py", "tests/test_cli_common.py"]),
     # the meta-learning plugins' look-ahead: the virtual SGD step (session 20)

@@ -107,7 +107,8 @@ class RunContext(Protocol):
         stage, stage_index: the current stage's config and position.
         epoch: the epoch within the stage, from 0.
         step: optimiser steps over the run; ``stage_step`` within the stage;
-            ``steps_per_epoch`` is ``ceil(N / batch_size)``.
+            ``steps_per_epoch`` is ``ceil(N / batch_size)``, one less where that would leave a
+            last batch of one sample (it joins the batch before it: :mod:`kdcore.batching`).
         resumed: whether this process continued a checkpoint.
         data: the splits and labels (:class:`kdcore.rundata.RunData`), read-only.
         models: the models by role (a read-only mapping).

@@ -9,7 +9,6 @@ and at each epoch's end evaluates, writes the history row and checkpoints
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections import defaultdict
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from loguru import logger
 
 from kdcore import distributed, interrupts
+from kdcore.batching import batches_per_epoch, epoch_batches
 from kdcore.build import build_optimizer, scheduled_lr
 from kdcore.checkpointing import Checkpointer
 from kdcore.component import Batch, Component
@@ -147,7 +147,7 @@ class Trainer:
         # the previous stage's last epoch or step count
         run.epoch, run.stage_step = 0, 0
         bs = self.plan.recipe.data.batch_size
-        run.steps_per_epoch = math.ceil(len(run.data.train) / bs) if cfg.train else 0
+        run.steps_per_epoch = batches_per_epoch(len(run.data.train), bs) if cfg.train else 0
         self.current_stage = stage
         for role, model in run.models.items():
             model.train(role in cfg.train)
@@ -229,12 +229,12 @@ class Trainer:
         self._hard_source = self._one_hot_labels()
         n, bs = len(run.data.train), self.plan.recipe.data.batch_size
         order = torch.randperm(n, generator=self.order_gen).to(run.device)
-        batches: Any = run.data.stream(run.data.train,
-                                       [order[start:start + bs] for start in range(0, n, bs)])
+        rows = epoch_batches(order, bs)
+        batches: Any = run.data.stream(run.data.train, rows)
         if self.progress:
             from tqdm import tqdm
 
-            batches = tqdm(batches, total=-(-n // bs), leave=False,
+            batches = tqdm(batches, total=len(rows), leave=False,
                            desc=f"{cfg.name} {epoch + 1}/{cfg.epochs}")
         count = 0
         if cfg.train:

@@ -158,7 +158,7 @@ class MutualComponent(kdcore.Component):
     def stage_time(ctx: kdcore.RunContext, unit: Literal["step", "epoch"] = "step"
                    ) -> tuple[int, int]:
         """``(t, Gamma)``: the optimiser step within the stage and the stage's total steps
-        (``epochs x ceil(N / batch_size)``), or the epoch and the number of epochs."""
+        (``epochs x ctx.steps_per_epoch``), or the epoch and the number of epochs."""
         epochs = ctx.stage.epochs if ctx.stage is not None else 1
         if unit == "epoch":
             return ctx.epoch, epochs
