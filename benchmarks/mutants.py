@@ -120,7 +120,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # a run's set-up from its plan: seeds, models sized and built, the first ledger columns
     # (session 19)
     "kdcore-prepare": (".", ["kdcore/prepare.py"],
-                       ["tests/test_prepare.py", "tests/test_impossible_params.py"]),
+                       ["tests/test_prepare.py", "tests/test_impossible_params.py",
+                        "tests/test_batching.py"]),
     # what `kdcore inspect` reads and writes: metrics, columns as CSV, cartography (session 19)
     "kdcore-cli-inspect": (".", ["kdcore/cli_inspect.py"],
                            ["tests/test_cli_inspect.py", "tests/test_read_commands_damage.py"]),

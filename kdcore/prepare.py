@@ -14,6 +14,7 @@ from torch import nn
 
 from kdcore import checkpoint as ckpt
 from kdcore import distributed
+from kdcore.batching import batches_per_epoch
 from kdcore.device import check_fits, resolve_device
 from kdcore.errors import KdcoreError, RecipeError
 from kdcore.ledger import Ledger
@@ -60,6 +61,7 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
             model = model.to(memory_format=torch.channels_last)
         run.models[role] = model
     run.channels_last = bool(channels_last) and len(spec.input_shape) == 3
+    _check_batch_norm_batches(recipe, run)
     run.ledger = ledger = Ledger(len(data.train), device)
     ledger.add("noisy_label", data.train_noisy, producer="data", kind="label", snapshot=False)
     ledger.add("clean_label", data.train.y, producer="data", kind="label", snapshot=False)
@@ -151,6 +153,31 @@ def _check_validation(recipe: Recipe, samples: int) -> None:
                 f"'{stage.keep}' keeps the epoch with the best validation accuracy, but the "
                 "validation split is empty; use keep = \"last\", or raise data.val_fraction",
                 file=recipe.source, key=f"stages[{s}].keep")
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _check_batch_norm_batches(recipe: Recipe, run: Run) -> None:
+    """BatchNorm cannot train on one row ("Expected more than 1 value per channel when
+    training"): a trained model with BatchNorm whose smallest batch, or a process's share of
+    one, would hold fewer than two rows is refused now rather than at its first such batch."""
+    n, size, world = len(run.data.train), recipe.data.batch_size, distributed.world().size
+    if not n:
+        return
+    count = batches_per_epoch(n, size)
+    smallest = min(min(n, size), n - (count - 1) * size) // world
+    if smallest >= 2:
+        return
+    trained = {role for stage in recipe.stages for role in stage.train}
+    for role in sorted(trained & set(run.models)):
+        if any(isinstance(m, _BATCH_NORMS) for m in run.models[role].modules()):
+            shared = f" shared by {world} processes" if world > 1 else ""
+            raise RecipeError(
+                f"model '{role}' has BatchNorm layers, which cannot train on fewer than 2 "
+                f"rows, and {n} training samples in batches of {size}{shared} give a batch "
+                f"{'share ' if world > 1 else ''}of {smallest}; choose another data.batch_size",
+                file=recipe.source, key="data.batch_size")
 
 
 def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, object],
