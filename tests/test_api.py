@@ -494,6 +494,7 @@ def test_a_run_results_history_is_load_history_of_its_directory(tmp_path):
     assert frames.metrics.equals(kdcore.load_history(tmp_path / "run").metrics)
 
 
+@pytest.mark.slow
 def test_a_run_leaves_the_callers_torch_state_as_it_found_it(tmp_path):
     """In a notebook, api.run seeded torch's generator with the run's seed and left the thread
     count at run.threads: the caller's next draws and every later computation changed."""

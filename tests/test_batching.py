@@ -3,6 +3,7 @@ sample joined to the one before it (BatchNorm cannot train on one sample)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kdcore import api
@@ -29,6 +30,7 @@ def test_batches_cover_the_order_once_in_order_and_never_leave_one_sample_alone(
             assert batches_per_epoch(n, batch_size) == len(batches)
 
 
+@pytest.mark.slow
 def test_a_batchnorm_model_trains_on_a_set_one_more_than_a_multiple_of_the_batch(tmp_path):
     """300 training rows in batches of 13: 23 batches of 13 and one of 1, which stopped the run
     at the end of its first epoch ("Expected more than 1 value per channel when training")."""
@@ -65,8 +67,6 @@ def _bn_check(n: int, batch_size: int, world: int, monkeypatch, batch_norm: bool
 
 def test_a_batchnorm_model_is_refused_where_a_batch_or_a_share_of_one_holds_one_row(
         monkeypatch):
-    import pytest
-
     from kdcore.errors import RecipeError
 
     with pytest.raises(RecipeError) as info:
