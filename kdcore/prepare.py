@@ -166,7 +166,8 @@ def _check_batch_norm_batches(recipe: Recipe, run: Run) -> None:
     if not n:
         return
     count = batches_per_epoch(n, size)
-    smallest = min(min(n, size), n - (count - 1) * size) // world
+    last = n - (count - 1) * size  # a lone batch holds every row, up to size + 1 of them
+    smallest = (last if count == 1 else min(size, last)) // world
     if smallest >= 2:
         return
     trained = {role for stage in recipe.stages for role in stage.train}

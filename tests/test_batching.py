@@ -86,6 +86,9 @@ def test_a_batchnorm_model_is_refused_where_a_batch_or_a_share_of_one_holds_one_
     with pytest.raises(RecipeError, match="1 training samples in batches of 64 give a batch of 1"):
         _bn_check(1, 64, 1, monkeypatch)
     _bn_check(300, 6, 3, monkeypatch)  # 2 rows for each process
+    _bn_check(4, 3, 2, monkeypatch)  # one batch of all 4 rows (3 + the lone one): 2 each
+    with pytest.raises(RecipeError, match="give a batch share of 1;"):  # batches of 3, then 4
+        _bn_check(7, 3, 2, monkeypatch)
     _bn_check(301, 6, 3, monkeypatch)  # 301 = 49 x 6 + 7: the last batch's shares are 2, 2, 3
     _bn_check(300, 1, 1, monkeypatch, batch_norm=False)  # LayerNorm, and the teacher untrained
     _bn_check(0, 64, 1, monkeypatch)  # no rows: nothing to train on, nothing to refuse here
