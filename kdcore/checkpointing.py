@@ -178,7 +178,10 @@ class Checkpointer:
 def read(path: Path) -> dict[str, Any]:
     """A checkpoint written by :class:`Checkpointer`, or one line saying why it cannot be
     resumed from."""
-    state = ckpt.load(path)
+    try:
+        state = ckpt.load(path)
+    except KdcoreError as exc:  # truncated, damaged or not a checkpoint at all
+        raise KdcoreError(f"{str(exc).rstrip('.')}; start again with --overwrite") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise KdcoreError(f"{path} is not a checkpoint of this kdcore version (format "
                           f"{FORMAT}); start again with --overwrite")

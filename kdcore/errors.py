@@ -124,4 +124,5 @@ def weights_only_reason(exc: BaseException) -> str:
     paragraphs = [p for p in str(exc).split("\n\n") if p.strip()]
     if len(paragraphs) > 1 and paragraphs[0].startswith("Weights only load failed"):
         return one_line(paragraphs[1]).split(". ")[0]
-    return one_line(exc)
+    # a damaged zip archive: torch adds a paragraph of guesses after miniz's reason
+    return one_line(exc).partition(" This is an internal miniz error")[0]

@@ -78,6 +78,20 @@ def test_a_damaged_checkpoint_is_named_whole(tmp_path, changes, what):
     assert checkpointing.read(path)["position"]["step"] == 7
 
 
+def test_a_truncated_checkpoint_is_one_line_naming_overwrite(tmp_path):
+    """A checkpoint cut short (copied while written, a disk that filled): torch's zip reader
+    adds a paragraph of guesses after its reason; the refusal is the reason and the way out."""
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save(_state(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(KdcoreError) as info:
+        checkpointing.read(path)
+    message = str(info.value)
+    assert message.startswith(f"cannot read checkpoint {path}: ")
+    assert message.endswith("; start again with --overwrite") and ".;" not in message
+    assert "\n" not in message and "miniz" not in message and "likelihood" not in message
+
+
 def test_missing_files_and_files_that_hold_no_weights_are_named_whole(tmp_path):
     missing = tmp_path / "none.pt"
     with pytest.raises(KdcoreError) as info:

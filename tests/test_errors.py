@@ -76,6 +76,9 @@ def test_one_line_is_the_first_line_with_white_space_folded():
      "The reason"),
     ("Something else first.\n\nSecond paragraph.", "Something else first."),
     ("Weights only load failed. Advice only.", "Weights only load failed. Advice only."),
+    ("PytorchStreamReader failed reading zip archive: failed finding central directory. This "
+     "is an internal miniz error. If you are seeing this error, there is a high likelihood...",
+     "PytorchStreamReader failed reading zip archive: failed finding central directory."),
 ])
 def test_the_reason_a_weights_only_load_failed(text, reason):
     assert weights_only_reason(RuntimeError(text)) == reason
