@@ -43,6 +43,42 @@ def test_a_file_that_is_not_an_image_is_one_message_naming_it(tmp_path, content)
         read_image(tmp_path / "missing.png", 4)
 
 
+@pytest.mark.parametrize("bad", [[1], [0, 4], [0, 2, 3, 5], [0, 2, 3, 5, 6], []])
+def test_a_split_read_names_its_first_unreadable_image_and_counts_the_others(tmp_path, bad):
+    """Every image is tried, so that one run finds all of a folder's damaged files."""
+    from kdcore.data.base import FileDataset
+    from kdcore.errors import KdcoreError
+
+    paths = []
+    for i in range(7):
+        path = tmp_path / f"{i}.png"
+        if i in bad:
+            path.write_bytes(b"not an image")
+        else:
+            Image.new("RGB", (3, 3), (i, 0, 0)).save(path)
+        paths.append(str(path))
+    split = FileDataset(paths=tuple(paths), y=torch.zeros(7, dtype=torch.int64), num_classes=1,
+                        size=2)
+    if not bad:
+        assert split.read(slice(None))[:, 0, 0, 0].tolist() == list(range(7))
+        return
+    with pytest.raises(KdcoreError) as err:
+        split.read(slice(None))
+    message = str(err.value)
+    first = f"cannot read image {paths[bad[0]]}: "
+    assert message.startswith(first) and message.count("cannot read image") == 1
+    others = [paths[i] for i in bad[1:]]
+    if not others:
+        assert "more of the" not in message
+    else:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        assert message.endswith(f"; {len(others)} more of the 7 images cannot be read either: "
+                                f"{listed}")
+    with pytest.raises(KdcoreError) as err:  # a batch: counted among its own rows
+        split.read(torch.tensor([bad[-1], min(set(range(7)) - set(bad))]))
+    assert "more of the" not in str(err.value)
+
+
 def test_channel_statistics_are_the_population_mean_and_std_of_the_scaled_pixels():
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (6, 3, 4, 5), dtype=np.uint8)

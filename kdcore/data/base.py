@@ -14,6 +14,8 @@ import attrs
 import numpy as np
 import torch
 
+from kdcore.errors import KdcoreError
+
 
 @attrs.define(eq=False)
 class ArrayDataset:
@@ -86,14 +88,29 @@ class FileDataset:
         """The images of rows ``index`` (a long tensor or a slice), ``uint8`` ``(B, 3, S, S)``.
 
         Raises:
-            KdcoreError: an image cannot be read.
+            KdcoreError: an image cannot be read; the message names the first and counts the
+                others (every image is tried, so that one pass finds all of a folder's damaged
+                files, not one per run).
         """
         from kdcore.data.images import read_image
 
         rows = range(len(self))[index] if isinstance(index, slice) else index.tolist()
         if not rows:
             return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
-        return torch.from_numpy(np.stack([read_image(self.paths[i], self.size) for i in rows]))
+        images, unreadable = [], []
+        for i in rows:
+            try:
+                images.append(read_image(self.paths[i], self.size))
+            except KdcoreError as exc:
+                unreadable.append((self.paths[i], exc))
+        if unreadable:
+            first, others = unreadable[0][1], [path for path, _ in unreadable[1:]]
+            if not others:
+                raise first
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise KdcoreError(f"{first}; {len(others)} more of the {len(rows)} images cannot "
+                              f"be read either: {shown}")
+        return torch.from_numpy(np.stack(images))
 
 
 Split = ArrayDataset | FileDataset
