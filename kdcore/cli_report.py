@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from kdcore.cli_files import check_output, output_dir, write_output
 from kdcore.errors import KdcoreError, printable
+
+if TYPE_CHECKING:
+    from kdcore.report import RunResult
 
 
 def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | None,
@@ -52,7 +56,11 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
     if plots or html_dir:
         from kdcore.figures import draw_figures, write_figures
 
-        figures = draw_figures(shown)
+        drawn, unread = _with_history(shown)
+        for line in unread:
+            click.echo(f"kdcore: warning: {printable(line)}", err=True)
+        notes += unread
+        figures = draw_figures(drawn)
         if plots:
             written = write_figures(figures, plots)
             click.echo(f"wrote {len(written)} plots to {plots}")
@@ -66,3 +74,20 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
                               html_dir)
             click.echo(f"wrote {page} (1 table, {len(figures)} figures)")
 
+
+
+def _with_history(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[str]]:
+    """The runs whose history can be read, and a line for each of the others: a run whose
+    ``history.h5`` was deleted to save space, or damaged, keeps its place in the table (its
+    summary) and is left out of the figures, rather than ending the report."""
+    from kdcore.history import History
+
+    readable, lines = [], []
+    for run in runs:
+        try:
+            with History(run.path):
+                readable.append(run)
+        except KdcoreError as exc:
+            lines.append(f"{run.path}: left out of the figures, its summary is in the table "
+                         f"({exc})")
+    return readable, lines

@@ -415,11 +415,10 @@ def test_report_csv_holds_the_gap_recovered_with_both_references(grid, tmp_path)
     assert "gap_recovered" not in only.read_text().splitlines()[0]
 
 
-def test_the_gap_of_a_model_other_than_student_reaches_every_output(tmp_path, monkeypatch):
+def test_the_gap_of_a_model_other_than_student_reaches_every_output(tmp_path):
     # the gap column is the reported model's, in the table, the CSV and the page alike; the
     # runs lie in two folders, both named in the page's title (hand-written runs have no
-    # history to draw: the page gets no figures)
-    monkeypatch.setattr("kdcore.figures.draw_figures", lambda runs: [])
+    # history to draw: the page gets no figures, and says why)
     first, second = tmp_path / "refs", tmp_path / "method"
     for folder, variant, acc in ((first, "ce", 0.25), (first, "clean", 0.75),
                                  (second, "dml", 0.5)):
@@ -427,7 +426,12 @@ def test_the_gap_of_a_model_other_than_student_reaches_every_output(tmp_path, mo
     md, table_csv, page = tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "page"
     res = invoke("report", first, second, "--model", "peer", "--baseline", "ce", "--ceiling",
                  "clean", "--markdown", md, "--csv", table_csv, "--html", page)
-    assert res.exit_code == 0 and res.stderr == "", res.output
+    assert res.exit_code == 0, res.output
+    assert [line.split(": ", 2)[2] for line in res.stderr.splitlines()] == [
+        f"{run}: left out of the figures, its summary is in the table (no history at "
+        f"{run / 'history.h5'})" for run in (first / "ce" / "seed0", first / "clean" / "seed0",
+                                             second / "dml" / "seed0")]
+    assert f"wrote {page / 'index.html'} (1 table, 0 figures)" in res.output
     assert "| dml | peer | 1 | 50.00 | 50.00 | 50.00 | +0.50 |" in md.read_text()
     with open(table_csv, newline="") as fh:
         gaps = {r["variant"]: r["gap_recovered"] for r in csv.DictReader(fh)}

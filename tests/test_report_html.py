@@ -184,3 +184,29 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
     assert set(tables) == set(parsed.tables)
     for table_id, rows in parsed.tables.items():
         assert tables[table_id]["rows"] == len(rows) and tables[table_id]["height"] > 20
+
+
+def test_runs_whose_history_is_gone_or_damaged_stay_in_the_table_and_leave_the_figures(
+        tmp_path, report_grid):
+    """A grid whose histories were deleted to save space (the summaries kept), or one damaged:
+    the report said ``no history at ...`` and wrote no page, after printing the table."""
+    grid = tmp_path / "grid"
+    shutil.copytree(report_grid, grid)
+    (grid / "ls" / "seed1" / "history.h5").unlink()
+    (grid / "ls-weak" / "seed0" / "history.h5").write_bytes(b"not an HDF5 file")
+    out = tmp_path / "html"
+    res = CliRunner().invoke(main, ["report", str(grid), "--html", str(out), "--plots",
+                                    str(tmp_path / "plots")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("kdcore: warning")]
+    assert [w.split(": left out")[0] for w in warnings] == [
+        f"kdcore: warning: {grid / 'ls' / 'seed1'}",
+        f"kdcore: warning: {grid / 'ls-weak' / 'seed0'}"]
+    assert f"(no history at {grid / 'ls' / 'seed1' / 'history.h5'})" in warnings[0]
+    assert "damaged or not an HDF5 file" in warnings[1]
+    parsed = Page()
+    parsed.feed((out / "index.html").read_text(encoding="utf-8"))
+    assert [r[2] for r in parsed.tables["results-table"][1:]] == ["2", "2"]  # seeds, summaries
+    assert len(parsed.images) >= 12 and len(list((tmp_path / "plots").iterdir())) >= 12
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert html.count("left out of the figures") == 2  # the page says so too
