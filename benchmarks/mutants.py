@@ -64,9 +64,11 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                              ["tests/test_label_issues.py", "-k", "not list_scores and not "
                               "grid_setting_of_a_path and not comparison_on_a_tiny_run"]),
     # the noise models and the validation split (session 15): the rates a paper reports
-    "kdcore-noise": (".", ["kdcore/data/noise.py", "kdcore/data/splits.py"],
+    "kdcore-noise": (".", ["kdcore/data/noise.py", "kdcore/data/splits.py",
+                           "kdcore/data/class_map.py"],
                      ["tests/test_noise.py", "tests/test_splits.py",
-                      "tests/test_cifar_n_per_image.py", "tests/test_noise_mutants.py"]),
+                      "tests/test_cifar_n_per_image.py", "tests/test_noise_mutants.py",
+                      "tests/test_noise_class_map.py"]),
     # the dataset loaders (session 16): files a user hands in, read without executing code;
     # not the CIFAR recipes' smoke runs nor the streaming runs with DataLoader workers (whole
     # runs, seconds each, testing no loader line more)

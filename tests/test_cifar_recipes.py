@@ -142,6 +142,7 @@ def test_there_are_cifar_recipes():
     names = {p.stem for p in RECIPES}
     for method in ("ce", "kd", "amlkd"):
         for setting in ("cifar10-{}-sym40", "cifar10-{}-pair40", "cifar10-{}-idn40",
+                        "cifar10-{}-asym40",
                         "cifar100-{}-sym40", "cifar10n-{}-worst", "cifar10n-{}-aggre",
                         "cifar100n-{}-noisy"):
             assert setting.format(method) in names

@@ -30,7 +30,7 @@ def _ctx(n: int, num_classes: int = 10, seed: int = 0, x: torch.Tensor | None = 
 
 def test_registry_names() -> None:
     expected = {"none", "symmetric", "pair_flip", "instance_dependent", "transition_matrix"}
-    assert set(NOISE_MODELS) == expected | {"cifar_n", "label_file"}
+    assert set(NOISE_MODELS) == expected | {"cifar_n", "label_file", "class_map"}
 
 
 def test_none_returns_a_copy() -> None:

@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 import torch
 
 from kdcore.data.base import NoiseContext
+from kdcore.data.class_map import class_map
 from kdcore.data.label_file import label_file
 from kdcore.data.loaders.cifar_n import CIFAR_N_ROWS, cifar_n_columns
 from kdcore.errors import KdcoreError
@@ -378,6 +379,7 @@ NOISE_MODELS: dict[str, Callable[..., torch.Tensor]] = {
     "none": none,
     "symmetric": symmetric,
     "pair_flip": pair_flip,
+    "class_map": class_map,
     "instance_dependent": instance_dependent,
     "transition_matrix": transition_matrix,
     "cifar_n": cifar_n,
