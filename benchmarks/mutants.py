@@ -209,7 +209,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-api": (".", ["kdcore/api.py", "kdcore/launchers.py", "kdcore/data/base.py"],
                    ["tests/test_api.py", "tests/test_ablate_input.py", "tests/test_launcher.py",
                     "tests/test_streaming.py", "tests/test_rundata.py", "tests/test_images.py",
-                    "-m", "not slow"]),
+                    "tests/test_noise.py", "tests/test_noise_class_map.py", "-m", "not slow"]),
     # the model zoo: MLP, small CNN, CIFAR ResNets, Wide ResNets, torchvision's (session 23)
     "kdcore-models": (".", ["kdcore/models"],
                       ["tests/test_models.py", "tests/test_model_forward.py",

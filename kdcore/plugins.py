@@ -67,7 +67,9 @@ class PluginHost:
         self.infos: dict[str, PluginInfo] = {}
         self.components: Registry[type[Component]] = Registry("component")
         self.datasets: Registry[Any] = Registry("dataset")
-        self.noise_models: Registry[Any] = Registry("noise model")
+        from kdcore.data.noise import NOISE_HINTS  # (the built-in plugin imports it anyway)
+
+        self.noise_models: Registry[Any] = Registry("noise model", hints=NOISE_HINTS)
         self.models: Registry[Any] = Registry("architecture")
         self.augmentations: Registry[Any] = Registry("augmentation")
         self.loggers: Registry[Any] = Registry("logger")

@@ -6,7 +6,7 @@ remembers the plugin that provided it, so that ``kdcore plugins`` and error mess
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
 from kdcore.errors import KdcoreError, did_you_mean
@@ -19,10 +19,14 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the entries are ("dataset", "component", ...), used in messages.
+        hints: names users bring from other codebases, each with what to use here; an unknown
+            name among them gets its hint rather than the closest spelling ("asymmetric" is
+            one letter from "symmetric", and means something else).
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, hints: Mapping[str, str] | None = None):
         self.kind = kind
+        self.hints = dict(hints or {})
         self._items: dict[str, T] = {}
         self._providers: dict[str, str] = {}
 
@@ -42,9 +46,9 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             known = ", ".join(sorted(self._items)) or "none"
-            raise KdcoreError(
-                f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; known: {known}"
-            ) from None
+            hint = (f" (use {self.hints[name]})" if name in self.hints
+                    else did_you_mean(name, self._items))
+            raise KdcoreError(f"unknown {self.kind} '{name}'{hint}; known: {known}") from None
 
     def provider(self, name: str) -> str:
         """The plugin that registered ``name``."""

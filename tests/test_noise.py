@@ -270,3 +270,17 @@ def test_cifar_n_errors(tmp_path: Path, monkeypatch) -> None:
         cifar_n(_ctx(20))
     with pytest.raises(KdcoreError, match=r"CIFAR-100_human.pt .*kdcore\[cifar-n\]"):
         cifar_n(_ctx(20, num_classes=100), label="noisy_label")
+
+
+def test_a_noise_context_gives_flat_int64_labels_and_shapes_a_result_back() -> None:
+    """What a third-party noise model uses (docs/plugins.md): the labels flat and int64, and
+    its result with the labels' shape, as int64 whatever it computed in."""
+    labels = torch.tensor([[0, 2, 1], [3, 1, 0]], dtype=torch.int32)
+    ctx = NoiseContext(labels, 4, torch.Generator())
+    flat = ctx.flat_labels()
+    assert flat.dtype == torch.int64 and flat.tolist() == [0, 2, 1, 3, 1, 0]
+    back = ctx.shaped_as_labels(torch.tensor([1, 1, 2, 0, 3, 3], dtype=torch.int16))
+    assert back.dtype == torch.int64 and back.tolist() == [[1, 1, 2], [0, 3, 3]]
+    with pytest.raises(KdcoreError) as err:
+        NoiseContext(labels, 3, torch.Generator()).flat_labels()
+    assert str(err.value) == "labels must lie in 0..2 for noise to be applied"

@@ -61,6 +61,30 @@ def test_an_unknown_name_suggests_the_closest_and_lists_the_known():
                               "known: asymmetric, pairflip, symmetric")
 
 
+def test_a_name_from_another_codebase_gets_its_hint_not_the_closest_spelling():
+    reg: Registry[int] = Registry("noise model", hints={"asym": "class_map or pair_flip"})
+    reg.register("symmetric", 0)
+    with pytest.raises(KdcoreError) as err:
+        reg.get("asym")
+    assert str(err.value) == ("unknown noise model 'asym' (use class_map or pair_flip); "
+                              "known: symmetric")
+    with pytest.raises(KdcoreError) as err:
+        reg.get("symetric")  # a misspelling still gets the closest name
+    assert "(did you mean 'symmetric'?)" in str(err.value)
+
+
+def test_the_hosts_noise_models_hint_at_the_models_other_codebases_name_otherwise():
+    from kdcore.data.noise import NOISE_HINTS
+
+    host = PluginHost(entry_points=False)
+    for name, hint in NOISE_HINTS.items():
+        assert name not in host.noise_models
+        used = hint.split(",")[0].split(" ")[0]
+        assert used in host.noise_models, (name, hint)  # the hint names a model that exists
+    with pytest.raises(KdcoreError, match=r"'asymmetric' \(use class_map, .* or pair_flip, "):
+        host.noise_models.get("asymmetric")
+
+
 # -- the host: in-process plugins -------------------------------------------------------------
 
 

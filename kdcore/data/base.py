@@ -153,3 +153,21 @@ class NoiseContext:
     x: torch.Tensor | None = None
     source_index: torch.Tensor | None = None
     source_size: int | None = None
+
+    def flat_labels(self) -> torch.Tensor:
+        """The clean labels as a flat ``int64`` tensor on the generator's device, where a noise
+        model draws.
+
+        Raises:
+            KdcoreError: a label outside ``0..C-1``.
+        """
+        labels = self.labels.reshape(-1).to(device=self.generator.device, dtype=torch.int64)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise KdcoreError(f"labels must lie in 0..{self.num_classes - 1} for noise to be "
+                              "applied")
+        return labels
+
+    def shaped_as_labels(self, noisy: torch.Tensor) -> torch.Tensor:
+        """A noise model's flat result as it returns it: ``int64``, with the shape and device
+        of :attr:`labels`."""
+        return noisy.to(device=self.labels.device, dtype=torch.int64).reshape(self.labels.shape)

@@ -97,17 +97,15 @@ def class_map(ctx: NoiseContext, *, rate: Rate, mapping: Mapping) -> torch.Tenso
         KdcoreError: a preset on a dataset with another number of classes, or a pair naming a
             class the dataset does not have.
     """
-    from kdcore.data.noise import _flat_labels, _like  # (noise.py registers this model)
-
     require(rate, "rate", Rate, where="class_map noise")
     require(mapping, "mapping", Mapping, where="class_map noise")
-    labels, num_classes, gen = _flat_labels(ctx)
+    labels, gen = ctx.flat_labels(), ctx.generator
     noisy = labels.clone()
-    for source, target in resolve_mapping(mapping, num_classes, gen):
+    for source, target in resolve_mapping(mapping, ctx.num_classes, gen):
         rows = (labels == source).nonzero().squeeze(1)
         chosen = torch.randperm(rows.numel(), generator=gen, device=gen.device)
         noisy[rows[chosen[:round(rate * rows.numel())]]] = target
-    return _like(noisy, ctx.labels)
+    return ctx.shaped_as_labels(noisy)
 
 
 def resolve_mapping(mapping: str | list[list[int]], num_classes: int,

@@ -75,7 +75,7 @@ def symmetric(ctx: NoiseContext, *, rate: Rate, include_true: bool = False) -> t
         new = (labels[chosen] + offset) % num_classes
     noisy = labels.clone()
     noisy[chosen] = new
-    return _like(noisy, ctx.labels)
+    return ctx.shaped_as_labels(noisy)
 
 
 def pair_flip(
@@ -111,7 +111,7 @@ def pair_flip(
     chosen = _exact_subset(labels.numel(), rate, gen)
     noisy = labels.clone()
     noisy[chosen] = partner[labels[chosen]]
-    return _like(noisy, ctx.labels)
+    return ctx.shaped_as_labels(noisy)
 
 
 def instance_dependent(ctx: NoiseContext, *, rate: Rate, std: Std = 0.1) -> torch.Tensor:
@@ -181,7 +181,7 @@ def instance_dependent(ctx: NoiseContext, *, rate: Rate, std: Std = 0.1) -> torc
     probs = probs * flip_rate[:, None]
     probs[true] = 1.0 - flip_rate
     noisy = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-    return _like(noisy, ctx.labels)
+    return ctx.shaped_as_labels(noisy)
 
 
 def transition_matrix(ctx: NoiseContext, *, matrix: Matrix) -> torch.Tensor:
@@ -203,7 +203,7 @@ def transition_matrix(ctx: NoiseContext, *, matrix: Matrix) -> torch.Tensor:
     """
     labels, num_classes, gen = _flat_labels(ctx)
     table = _check_matrix(matrix, num_classes)
-    return _like(_sample_through(table.to(gen.device), labels, gen), ctx.labels)
+    return ctx.shaped_as_labels(_sample_through(table.to(gen.device), labels, gen))
 
 
 def cifar_n(
@@ -252,14 +252,14 @@ def cifar_n(
     clean, noisy = cifar_n_columns(path, label, num_classes)
     if mode == "per_image":
         rows = _release_rows(ctx, labels, clean, label)
-        return _like(noisy.to(rows.device)[rows], ctx.labels)
+        return ctx.shaped_as_labels(noisy.to(rows.device)[rows])
     if mode != "transition":
         raise KdcoreError(f"cifar_n: mode must be 'per_image' or 'transition', not {mode!r}")
     table = realised_transition(clean, noisy, num_classes)
     empty = (table.sum(dim=1) == 0).nonzero().flatten().tolist()
     if empty:
         raise KdcoreError(f"the CIFAR-N file has no image of clean class {empty[0]}")
-    return _like(_sample_through(table.to(gen.device), labels, gen), ctx.labels)
+    return ctx.shaped_as_labels(_sample_through(table.to(gen.device), labels, gen))
 
 
 def _release_rows(
@@ -328,15 +328,7 @@ def realised_transition(clean: torch.Tensor, noisy: torch.Tensor, num_classes: i
 
 def _flat_labels(ctx: NoiseContext) -> tuple[torch.Tensor, int, torch.Generator]:
     """The labels as a flat int64 tensor on the generator's device, C and the generator."""
-    gen = ctx.generator
-    labels = ctx.labels.reshape(-1).to(device=gen.device, dtype=torch.int64)
-    if labels.numel() and (labels.min() < 0 or labels.max() >= ctx.num_classes):
-        raise KdcoreError(f"labels must lie in 0..{ctx.num_classes - 1} for noise to be applied")
-    return labels, ctx.num_classes, gen
-
-
-def _like(noisy: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return noisy.to(device=labels.device, dtype=torch.int64).reshape(labels.shape)
+    return ctx.flat_labels(), ctx.num_classes, ctx.generator
 
 
 def _exact_subset(n: int, rate: float, gen: torch.Generator) -> torch.Tensor:
@@ -386,3 +378,12 @@ NOISE_MODELS: dict[str, Callable[..., torch.Tensor]] = {
     "label_file": label_file,
 }
 """The built-in noise models by recipe name."""
+
+_ASYMMETRIC = ("class_map, each class mislabelled as a given one, mapping = \"cifar10\" for "
+               "CIFAR-10's asym setting; or pair_flip, each as the next class")
+NOISE_HINTS = {"asymmetric": _ASYMMETRIC, "asym": _ASYMMETRIC, "sym": "symmetric",
+               "uniform": "symmetric", "idn": "instance_dependent",
+               "instance": "instance_dependent", "pair": "pair_flip", "pairflip": "pair_flip",
+               "flip": "pair_flip", "clean": "none", "human": "cifar_n"}
+"""Noise names of other codebases (DivideMix's ``asym``, Xia et al.'s ``instance``) and the
+model that gives that noise here, for the message refusing them."""
