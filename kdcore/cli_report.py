@@ -40,7 +40,7 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
     notes = [w for w in [choice.warning()] + rm.gap_warnings(rows, baseline, ceiling,
                                                                  gap_models) if w]
     for line in notes:
-        click.echo(f"kdcore: warning: {printable(line)}", err=True)
+        _warn(line)
     table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
     if md_path:
         write_output(md_path, lambda handle: handle.write(table))
@@ -58,7 +58,7 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
 
         drawn, unread = _with_history(shown)
         for line in unread:
-            click.echo(f"kdcore: warning: {printable(line)}", err=True)
+            _warn(line)
         notes += unread
         figures = draw_figures(drawn)
         if plots:
@@ -91,3 +91,7 @@ def _with_history(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[str]
             lines.append(f"{run.path}: left out of the figures, its summary is in the table "
                          f"({exc})")
     return readable, lines
+
+
+def _warn(line: str) -> None:
+    click.echo(f"kdcore: warning: {printable(line)}", err=True)  # a run's name may hold anything
