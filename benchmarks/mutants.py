@@ -76,7 +76,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                        ["tests/test_data_loaders.py", "tests/test_data_safety.py",
                         "tests/test_malformed_data.py", "tests/test_cifar_n_per_image.py",
                         "tests/test_cifar_recipes.py", "tests/test_streaming.py",
-                        "-k", "not smoke_run and not workers"]),
+                        "tests/test_npz_loader.py", "-k", "not smoke_run and not workers"]),
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md)
     # the history's crash safety (session 17): the rollback journal, its recovery, the lock,
     # and the rebuild of a file HDF5 can read but not append to

@@ -32,7 +32,7 @@ from kdcore.testing import write_fashion_mnist, write_idx
 
 def test_registry_names() -> None:
     assert set(DATASETS) == {"digits", "fashion_mnist", "cifar10", "cifar100", "image_folder",
-                             "image_list", "clothing1m"}
+                             "image_list", "clothing1m", "npz"}
 
 
 # -- digits -------------------------------------------------------------------------------------

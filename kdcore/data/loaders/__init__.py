@@ -15,8 +15,8 @@ four times smaller in memory than ``float32``.
 One module per format: :mod:`.digits` (scikit-learn's bundled digits), :mod:`.idx`
 (Fashion-MNIST IDX files), :mod:`.cifar` (CIFAR-10/100 python pickles), :mod:`.cifar_n`
 (CIFAR-N label files), :mod:`.folder` (image folders), :mod:`.lists` (``path label`` lists
-and Clothing1M's layout, streaming by default); :mod:`.arrays` unpickles numpy arrays without
-running code.
+and Clothing1M's layout, streaming by default), :mod:`.npz` (one's own arrays);
+:mod:`.arrays` unpickles numpy arrays without running code.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from kdcore.data.loaders.idx import (
     fashion_mnist,
 )
 from kdcore.data.loaders.lists import CLOTHING1M_FILES, clothing1m, image_list
+from kdcore.data.loaders.npz import npz
 
 DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "digits": digits,
@@ -58,6 +59,7 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "image_folder": image_folder,
     "image_list": image_list,
     "clothing1m": clothing1m,
+    "npz": npz,
 }
 """The built-in dataset loaders by recipe name."""
 
@@ -85,4 +87,5 @@ __all__ = [
     "find_cifar_n_file",
     "image_folder",
     "image_list",
+    "npz",
 ]
