@@ -56,12 +56,13 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # the report's table: which model, mean and spread over seeds, the gap (session 15)
     "kdcore-report": (".", ["kdcore/report.py", "kdcore/report_models.py"],
                       ["tests/test_ablate_report.py", "tests/test_report_choices.py",
-                       "tests/test_report_table.py"]),
+                       "tests/test_report_table.py", "tests/test_history_skip.py"]),
     # batch augmentations and a finished run's ranked label issues (session 15)
     "kdcore-augment": (".", ["kdcore/data/augment.py"], ["tests/test_augment.py"]),
     # not the tests of benchmarks/label_issues_cleanlab.py (outside the copy)
     "kdcore-label-ranking": (".", ["kdcore/label_ranking.py"],
-                             ["tests/test_label_issues.py", "-k", "not list_scores and not "
+                             ["tests/test_label_issues.py", "tests/test_history_skip.py", "-k",
+                              "not list_scores and not "
                               "grid_setting_of_a_path and not comparison_on_a_tiny_run"]),
     # the noise models and the validation split (session 15): the rates a paper reports
     "kdcore-noise": (".", ["kdcore/data/noise.py", "kdcore/data/splits.py",
@@ -94,21 +95,25 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # the helpers every one-line message goes through (session 17)
     "kdcore-errors": (".", ["kdcore/errors.py"],
                       ["tests/test_errors.py", "tests/test_checkpoint.py",
-                       "tests/test_failures.py", "tests/test_broken_pipe.py"]),
+                       "tests/test_failures.py", "tests/test_broken_pipe.py",
+                       "tests/test_history.py"]),
     # the history file's writer, reader and layout (session 18): what every epoch row holds
     "kdcore-history": (".", ["kdcore/history_writer.py", "kdcore/history.py",
                              "kdcore/history_layout.py"],
                        ["tests/test_history.py", "tests/test_history_crash.py",
-                        "tests/test_history_journal.py", "tests/test_history_format.py"]),
+                        "tests/test_history_journal.py", "tests/test_history_format.py",
+                        "tests/test_history_skip.py"]),
     # the run plan (session 18): the checks `kdcore check` and every run make before training
-    "kdcore-plan": (".", ["kdcore/plan.py"], ["tests/test_plan.py", "tests/test_column_kinds.py"]),
+    "kdcore-plan": (".", ["kdcore/plan.py"], ["tests/test_plan.py", "tests/test_column_kinds.py",
+                                              "tests/test_history_skip.py"]),
     # the running training's state and a component's view of it (session 18)
     "kdcore-runstate": (".", ["kdcore/runstate.py"], ["tests/test_runstate.py"]),
     # reading a recipe: TOML, extends, --set overrides, and writing the resolved recipe back
     # (session 18)
     "kdcore-recipe": (".", ["kdcore/recipe/resolve.py", "kdcore/recipe/writer.py"],
                       ["tests/test_recipe.py", "tests/test_recipe_writer.py",
-                       "tests/test_bad_input.py", "tests/test_recipe_reading.py"]),
+                       "tests/test_bad_input.py", "tests/test_recipe_reading.py",
+                       "tests/test_resume_contract.py", "tests/test_history_skip.py"]),
     # plain data to typed objects, and the recipe's cross-field rules (session 18)
     "kdcore-config": (".", ["kdcore/config.py", "kdcore/recipe/rules.py"],
                       ["tests/test_config.py", "tests/test_config_structure.py",
@@ -167,7 +172,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-schema": (".", ["kdcore/recipe/schema.py"],
                       ["tests/test_config.py", "tests/test_recipe.py", "tests/test_bad_input.py",
                        "tests/test_config_structure.py", "tests/test_recipe_rules.py",
-                       "tests/test_validators.py"]),
+                       "tests/test_validators.py", "tests/test_history_skip.py"]),
     # the component contract: the batch, the spec, the declared roles and columns, the per-batch
     # store, the test harness (session 20)
     "kdcore-contract": (".", ["kdcore/component.py", "kdcore/context.py",

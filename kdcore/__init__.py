@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kdcore.component import Batch, Component, ComponentSpec, NoParams, PerSample, TransferTerm
 from kdcore.context import BatchStore, ColumnName, ModelOutput, Role, RunContext
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset, NoiseContext
-from kdcore.errors import KdcoreError, RecipeError, TrainingDiverged
+from kdcore.errors import KdcoreError, NotInHistory, RecipeError, TrainingDiverged
 from kdcore.hookspecs import hookimpl, hookspec
 from kdcore.ledger import Ledger
 from kdcore.models.base import KDModel, ModelSpec
@@ -62,6 +62,7 @@ __all__ = [
     "History",
     "KDModel",
     "KdcoreError",
+    "NotInHistory",
     "Ledger",
     "ModelOutput",
     "ModelSpec",

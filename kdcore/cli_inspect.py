@@ -241,8 +241,10 @@ def export_cartography(hist: Any, out_dir: Path, role: str | None) -> tuple[str,
     if role is not None:
         candidates = [c for c in candidates if c == f"logits/{role}"]
     if not candidates:
+        from kdcore.history import logits_kept_out
+
         raise KdcoreError("the history holds no training logits"
-                          + (f" of model '{role}'" if role else ""))
+                          + (f" of model '{role}'" if role else "") + logits_kept_out(hist))
     name = candidates[0]
     role = name.removeprefix("logits/")
     producers = hist.producers(name)

@@ -25,7 +25,7 @@ from kdcore.loop import Trainer
 from kdcore.plan import RunPlan, build_plan, check_distributed
 from kdcore.plugins import ObserverBus, PluginHost
 from kdcore.prepare import compile_models, load_model_checkpoints, prepare_run
-from kdcore.recipe import Recipe
+from kdcore.recipe import Recipe, resolved_now
 from kdcore.recipe.rules import RESUMABLE_CHANGES
 from kdcore.rundir import RunDirLock, check_output_dir, prepare_run_dir, run_dir_of
 from kdcore.runstate import ComponentContext, Run
@@ -48,7 +48,7 @@ def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
         return None
     state = checkpointing.read(path)
     _refuse_changes(f"{run_dir} was started with",
-                    _resolved_again(state["fingerprint"]["recipe"]), started)
+                    resolved_now(state["fingerprint"]["recipe"]), started)
     written = _history_recipe(run_dir / "history.h5")
     if written is not None:  # a history.h5 copied in from another run is not appended to
         _refuse_changes(f"{run_dir / 'history.h5'} was written by", written, started)
@@ -61,18 +61,6 @@ def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
                           f"{epoch}, {position['history_rows']} history rows) that this "
                           f"recipe's run never reaches; start again with --overwrite")
     return state
-
-
-def _resolved_again(saved: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's recipe as this version of kdcore resolves it, so that a key added since
-    the run started (``models.<role>.cache_outputs``), at its default, is no difference; the
-    recipe as saved where it no longer resolves (the comparison then names what changed)."""
-    from kdcore.recipe import recipe_from_dict
-
-    try:
-        return recipe_from_dict(saved).to_dict()
-    except (KdcoreError, ValueError, TypeError, KeyError):
-        return saved
 
 
 def recipe_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:

@@ -38,6 +38,14 @@ class RecipeError(KdcoreError):
         return RecipeError(self.detail, file=self.file or file, key=self.key or key)
 
 
+class NotInHistory(KdcoreError, KeyError):
+    """A metric, ledger column or ``/data`` array a history does not hold: a ``KeyError``
+    for code that looks names up, one line for the command line."""
+
+    def __str__(self) -> str:  # KeyError's own would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 class TrainingDiverged(KdcoreError):
     """A loss term became NaN or infinite; the message names the term and its component."""
 

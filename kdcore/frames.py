@@ -11,7 +11,7 @@ import attrs
 import numpy as np
 
 from kdcore import api_args
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, NotInHistory
 from kdcore.recipe import Recipe, recipe_from_dict
 
 __all__ = ["HistoryFrames", "load_history", "pandas_module"]
@@ -65,7 +65,7 @@ class HistoryFrames:
     def data(self, name: str) -> Any:
         """A per-sample constant of ``/data`` as stored (numpy; row ``i`` is sample ``i``)."""
         if name not in self.data_names:
-            raise KdcoreError(f"no data '{name}' in {self.path}; data: "
+            raise NotInHistory(f"no data '{name}' in {self.path}; data: "
                               f"{', '.join(self.data_names)}")
         with self._open() as h:
             return h.data(name)
@@ -88,7 +88,7 @@ class HistoryFrames:
         """
         pd = pandas_module()
         if name not in self.columns:
-            raise KdcoreError(f"no column '{name}' in {self.path}; columns: "
+            raise NotInHistory(f"no column '{name}' in {self.path}; columns: "
                               f"{', '.join(self.columns) or '(none)'}")
         rows = np.arange(len(self.metrics))
         if epoch is not None:

@@ -29,8 +29,10 @@ before reading.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +41,7 @@ import h5py
 import numpy as np
 
 from kdcore import api_args
+from kdcore.errors import NotInHistory, did_you_mean
 from kdcore.history_writer import (
     FORMAT,
     HistoryWriter,
@@ -47,7 +50,7 @@ from kdcore.history_writer import (
     open_readable,
 )
 
-__all__ = ["FORMAT", "History", "HistoryWriter", "RowCounter", "open_history"]
+__all__ = ["FORMAT", "History", "HistoryWriter", "RowCounter", "logits_kept_out", "open_history"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -173,11 +176,25 @@ class History:
 
     @_reads
     def metric(self, name: str) -> np.ndarray:
-        return self._file["metrics"][name][:]
+        return self._entry("metrics", name, "metric")[:]
 
     @_reads
     def metrics(self) -> dict[str, np.ndarray]:
         return {n: self.metric(n) for n in self.metric_names()}
+
+    def _entry(self, group: str, name: str, what: str) -> h5py.Dataset:
+        """``/<group>/<name>``, or :class:`~kdcore.errors.NotInHistory` naming what is there."""
+        try:
+            entry = self._file[group][name]
+        except (KeyError, ValueError):  # ValueError: a name h5py cannot take ("", a NUL)
+            entry = None
+        if not isinstance(entry, h5py.Dataset):
+            names = sorted(leaf_names(self._file[group]))
+            listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more"
+                                              if len(names) > 10 else "")
+            raise NotInHistory(f"{self.path} holds no {what} {name!r}"
+                               f"{did_you_mean(str(name), names)}; {what}s: {listed or 'none'}")
+        return entry
 
     @_reads
     def column_names(self) -> list[str]:
@@ -186,13 +203,13 @@ class History:
     @_reads
     def column(self, name: str, epoch: int | None = None) -> np.ndarray:
         """A ledger column over epochs ``(E, N, ...)``, or one epoch row ``(N, ...)``."""
-        ds = self._file["ledger"][name]
+        ds = self._entry("ledger", name, "column")
         return ds[:] if epoch is None else ds[epoch]
 
     @_reads
     def producers(self, name: str) -> list[str]:
         """The component that produced each epoch row of column ``name`` ("" where none)."""
-        attrs = self._file["ledger"][name].attrs
+        attrs = self._entry("ledger", name, "column").attrs
         if "producers" in attrs:  # format 1
             return json.loads(attrs["producers"])
         names = self._strings()
@@ -201,12 +218,12 @@ class History:
     @_reads
     def column_kind(self, name: str) -> str:
         """How column ``name`` is stored (``target``, ``mask``, ``weight``, ``value``, ...)."""
-        return str(self._file["ledger"][name].attrs.get("kind", ""))
+        return str(self._entry("ledger", name, "column").attrs.get("kind", ""))
 
     @_reads
     def data(self, name: str) -> np.ndarray:
         """A per-sample constant from ``/data`` (``noisy_label``, ``clean_label``, ...)."""
-        return self._file["data"][name][:]
+        return self._entry("data", name, "data array")[:]
 
     @_reads
     def data_names(self) -> list[str]:
@@ -241,3 +258,18 @@ class RowCounter:
 
     def add_data(self, name: str, values: Any) -> None:
         pass
+
+
+def logits_kept_out(hist: Any) -> str:
+    """Why a history holds no training logits, when its recipe says: ``" (the run's
+    run.history_skip 'logits/*' kept them out)"``, else ``""``."""
+    try:
+        recipe = tomllib.loads(hist.recipe)
+    except tomllib.TOMLDecodeError:
+        return ""
+    skip, models = recipe.get("run", {}).get("history_skip", []), recipe.get("models", {})
+    if not isinstance(skip, list) or not isinstance(models, dict):
+        return ""
+    kept_out = [p for p in skip if isinstance(p, str)
+                and any(fnmatch.fnmatchcase(f"logits/{role}", p) for role in models)]
+    return f" (the run's run.history_skip '{kept_out[0]}' kept them out)" if kept_out else ""

@@ -52,6 +52,7 @@ import numpy as np
 from kdcore import api_args
 from kdcore.cli_inspect import trained_rows
 from kdcore.errors import KdcoreError, did_you_mean
+from kdcore.history import logits_kept_out
 
 __all__ = ["LabelIssues", "find_label_issues", "label_issues", "softmax"]
 
@@ -186,7 +187,7 @@ def _model(hist: Any, model: str | None) -> str:
         if model not in roles:
             raise KdcoreError(f"no training logits of model '{model}' in {hist.path}"
                               f"{did_you_mean(model, roles)}; models: "
-                              f"{', '.join(roles) or 'none'}")
+                              f"{', '.join(roles) or 'none'}{logits_kept_out(hist)}")
         return model
     if "student" in roles:
         return "student"
@@ -198,7 +199,9 @@ def _model(hist: Any, model: str | None) -> str:
         for role in stage.get("train", []):
             if role in roles:
                 return str(role)
-    raise KdcoreError(f"{hist.path} holds no training logits of a model its stages train")
+    raise KdcoreError(f"{hist.path} holds no training logits of a model its stages train"
+                      f"{logits_kept_out(hist)}")
+
 
 
 def _masks(columns: list[str], model: str) -> list[str]:

@@ -266,8 +266,9 @@ class Trainer:
             comp.on_epoch_end(self.context(comp), metrics)
         self.bus.call("kdcore_epoch_end", ctx=self.observer_ctx, epoch=epoch, metrics=metrics)
         metrics["time/epoch"] = time.perf_counter() - t0
+        kept = self.plan.recipe.run.kept_in_history
         row = self.history.append_epoch(stage=cfg.name, epoch=epoch, metrics=metrics,
-                                        columns=dict(run.ledger.items()))
+                                        columns={n: c for n, c in run.ledger.items() if kept(n)})
         run.epoch_metrics = {}  # what on_stage_start logged went into this first row
         self._log_epoch(stage, epoch, metrics)
         if epoch + 1 < cfg.epochs and self.ckpt.due(first_epoch=row == 0):

@@ -11,10 +11,12 @@ augmentations. Loading the data and building the models is :mod:`kdcore.prepare`
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+from loguru import logger
 
 from kdcore.component import Component, ComponentSpec
 from kdcore.config import bind_params, structure
@@ -115,7 +117,7 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
               for s, stage in enumerate(recipe.stages)]
     _check_roles(recipe, stages, set(models))
     _check_trained(recipe, stages)
-    _check_columns(recipe, stages)
+    _check_history_skip(recipe, _check_columns(recipe, stages))
     _check_precision(recipe, stages)
     _check_cached_outputs(recipe)
     return RunPlan(recipe, stages, models, augmentations)
@@ -284,9 +286,10 @@ def _check_trained(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                     "train", file=recipe.source, key=f"stages[{stage.index}].train")
 
 
-def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
+def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> set[str]:
     """Every column a component reads is written before it, in stage order, and of the kind
-    it needs where both the reader and the last writer say."""
+    it needs where both the reader and the last writer say. Returns every column the run
+    writes."""
     available: set[str] = set(DATA_COLUMNS)
     kinds: dict[str, tuple[str, str]] = {c: (k, "the data") for c, k in DATA_KINDS.items()}
     for stage in stages:
@@ -323,6 +326,16 @@ def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
         available |= epoch_end
         # the engine's records: per-sample losses and training logits, as values
         kinds.update({column: ("value", "the engine") for column in epoch_end})
+    return available
+
+
+def _check_history_skip(recipe: Recipe, written: set[str]) -> None:
+    """Warn of a ``run.history_skip`` pattern that matches no column the recipe writes: a
+    misspelt one would leave the history as large as before, unnoticed."""
+    for pattern in recipe.run.history_skip:
+        if not any(fnmatch.fnmatchcase(column, pattern) for column in written):
+            logger.warning(f"run.history_skip: '{pattern}' matches none of the columns this "
+                           f"recipe writes: {', '.join(sorted(written))}")
 
 
 def _either(kinds: Sequence[str]) -> str:

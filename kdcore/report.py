@@ -138,10 +138,13 @@ def _check_variants(runs: Sequence[RunResult]) -> None:
 def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
     import tomllib
 
+    from kdcore.recipe import resolved_now
+
     try:
-        return tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8"))
+        saved = tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return resolved_now(saved)  # a seed run by an older kdcore lacks keys added since
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

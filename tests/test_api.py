@@ -353,6 +353,8 @@ def test_load_history_columns_in_long_form(tmp_path):
     with pytest.raises(kdcore.KdcoreError, match="no column 'nope' in .*; columns: "
                                                  "logits/student, select/small_loss, target$"):
         h.column("nope")
+    with pytest.raises(KeyError):  # as a missing name is in Python, for code that looks it up
+        h.data("nope")
     assert h.column("target", epoch=-2)["row"].tolist() == [0] * N  # the first of two rows
     for row in (2, -3):
         with pytest.raises(kdcore.KdcoreError, match=f"epoch row {row} out of range: the "

@@ -501,3 +501,51 @@ def test_a_history_kept_between_calls_holds_nothing_and_sees_new_rows(tmp_path):
     assert len(h) == 4
     h.close()
     assert len(h) == 4  # close() lets go of the file; a later call reads it again
+
+
+def test_a_name_the_history_does_not_hold_is_a_key_error_naming_what_it_holds(tiny_runs):
+    """A typo in a notebook (``h.metric("test/student/ac")``) raised h5py's "Unable to
+    synchronously open object"; it names the file, the closest name and the names held."""
+    from kdcore.errors import KdcoreError, NotInHistory
+
+    path = tiny_runs / "finished" / "history.h5"
+    with History(tiny_runs / "finished") as h:
+        cases = [
+            (h.metric, "test/student/ac", f"{path} holds no metric 'test/student/ac' (did you "
+             "mean 'test/student/acc'?); metrics: "),
+            (h.column, "logits/studnet", f"{path} holds no column 'logits/studnet' (did you "
+             "mean 'logits/student'?); columns: " + ", ".join(h.column_names())),
+            (h.column_kind, "", f"{path} holds no column ''; columns: "),
+            (h.producers, "zzz", f"{path} holds no column 'zzz'; columns: "),
+            (h.data, "noisy", f"{path} holds no data array 'noisy' (did you mean "
+             "'noisy_label'?); data arrays: "),
+        ]
+        for method, name, message in cases:
+            with pytest.raises(NotInHistory) as err:
+                method(name)
+            assert isinstance(err.value, KeyError) and isinstance(err.value, KdcoreError)
+            assert str(err.value).startswith(message), str(err.value)
+        metrics = h.metric_names()
+        assert len(metrics) > 10
+        with pytest.raises(KeyError) as err:
+            h.metric("nothing")
+        assert str(err.value).endswith(", ".join(metrics[:10]) +
+                                       f" and {len(metrics) - 10} more")
+
+
+@pytest.mark.parametrize("count", [0, 10, 11])
+def test_the_names_a_missing_name_lists_are_the_first_ten_and_a_count(tmp_path, count):
+    from kdcore.errors import NotInHistory
+
+    w = _writer(tmp_path)
+    w.append_epoch(stage="s", epoch=0, metrics={f"m{i:02d}": 0.5 for i in range(count)},
+                   columns={})
+    names = [f"m{i:02d}" for i in range(count)]
+    listed = (", ".join(names[:10]) + (" and 1 more" if count == 11 else "")) or "none"
+    with History(tmp_path) as h, pytest.raises(NotInHistory) as err:
+        h.metric("zzz")
+    assert str(err.value) == f"{tmp_path / 'history.h5'} holds no metric 'zzz'; metrics: {listed}"
+    with History(tmp_path) as h, pytest.raises(NotInHistory) as err:
+        h.column("zzz")
+    assert str(err.value).endswith("holds no column 'zzz'; columns: none")
+    assert str(NotInHistory()) == ""  # (KeyError's own str would be "''")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import math
 import tomllib
@@ -503,7 +504,8 @@ def test_the_schemas_defaults_are_the_documented_ones():
     defaults = Recipe().to_dict()
     assert defaults["run"] == {
         "name": "run", "seed": 0, "device": "auto", "output_dir": "runs", "threads": 0,
-        "checkpoint_interval_s": 30.0, "precision": "fp32", "compile": False, "loggers": []}
+        "checkpoint_interval_s": 30.0, "precision": "fp32", "compile": False, "loggers": [],
+        "history_skip": []}
     assert Recipe().run.channels_last is None and Recipe().data.test_fraction is None
     data = defaults["data"]
     assert {k: v for k, v in data.items() if k != "noise"} == {
@@ -522,3 +524,18 @@ def test_the_schemas_defaults_are_the_documented_ones():
     assert one["stages"] == [{"name": "s", "epochs": 1, "train": ["m"], "keep": "last",
                               "components": [{"use": "ce", "terms": [], "weight": 1.0,
                                               "enabled": True, "params": {}}]}]
+
+
+def test_a_saved_recipe_is_read_as_this_version_resolves_it_or_as_saved():
+    """A run's saved recipe gains the keys added since, at their defaults; one that no longer
+    resolves is returned as saved, so that a comparison names what changed."""
+    from kdcore.recipe import resolved_now
+
+    now = recipe_from_dict({"models": {"m": {}}, "stages": [
+        {"name": "s", "epochs": 1, "train": ["m"], "components": [{"use": "ce"}]}]}).to_dict()
+    saved = copy.deepcopy(now)
+    del saved["run"]["history_skip"], saved["models"]["m"]["cache_outputs"]
+    assert resolved_now(saved) == now
+    broken = {"run": {"seed": "zero"}, "stages": []}
+    again = resolved_now(broken)
+    assert again == broken and again is not broken

@@ -20,6 +20,7 @@ from kdcore.recipe.resolve import (
     parse_override,
     read_toml,
     recipe_from_dict,
+    resolved_now,
 )
 from kdcore.recipe.rules import check_consistency
 from kdcore.recipe.schema import (
@@ -67,4 +68,5 @@ __all__ = [
     "parse_override",
     "read_toml",
     "recipe_from_dict",
+    "resolved_now",
 ]

@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 
 from kdcore.config import structure
-from kdcore.errors import RecipeError, did_you_mean, shown
+from kdcore.errors import KdcoreError, RecipeError, did_you_mean, shown
 from kdcore.recipe.rules import check_consistency
 from kdcore.recipe.schema import Recipe
 from kdcore.validators import Param, no_nul
@@ -360,3 +360,14 @@ def recipe_from_dict(data: Mapping[str, Any], source: str | None = None) -> Reci
     except RecipeError as exc:
         raise exc.at(file=source) from None
     return recipe
+
+
+def resolved_now(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved recipe saved by a run (its checkpoint's or ``recipe.toml``) as this version
+    of kdcore resolves it, so that a key added since the run (``run.history_skip``), at its
+    default, is no difference from a run of now; the recipe as saved where it no longer
+    resolves (a comparison then names what changed)."""
+    try:
+        return recipe_from_dict(saved).to_dict()
+    except (KdcoreError, ValueError, TypeError, KeyError):
+        return dict(saved)

@@ -18,6 +18,7 @@ path and the accepted range. The bounds that are not mathematical facts:
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, Literal
 
 import attrs
@@ -75,6 +76,10 @@ class RunConfig:
             (None: on CUDA, where its kernels are faster; never on the CPU).
         loggers: registered loggers that mirror every epoch's metrics (``"tensorboard"``,
             ``"csv"``, or a plugin's), each writing under ``<run_dir>/logs/<name>/``.
+        history_skip: ledger columns kept out of ``history.h5``, as shell patterns
+            (``"logits/*"``); components still read them during the run. Training logits
+            are most of a history when C is large (50,000 samples of 100 classes: 8.5 MB of
+            an epoch row's 8.7), and ``label-issues`` and ``inspect --cartography`` need them.
     """
 
     name: str = attrs.field(default="run", validator=no_nul)
@@ -87,6 +92,12 @@ class RunConfig:
     compile: bool = False
     channels_last: bool | None = None
     loggers: list[str] = attrs.field(factory=list, validator=each(no_nul))
+    history_skip: list[str] = attrs.field(factory=list, validator=each(no_nul))
+
+    def kept_in_history(self, column: str) -> bool:
+        """Whether the history keeps ledger column ``column`` (no ``history_skip`` pattern
+        matches it)."""
+        return not any(fnmatch.fnmatchcase(column, p) for p in self.history_skip)
 
 
 @attrs.frozen

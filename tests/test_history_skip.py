@@ -1,0 +1,156 @@
+"""``run.history_skip``: ledger columns kept out of history.h5 (the training logits, most of a
+large-C history), still read by components during the run; the readers that need them say
+why they are missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from loguru import logger
+
+from kdcore import History, KdcoreError, PluginHost, load_recipe
+from kdcore.cli import main
+from kdcore.plan import build_plan
+from kdcore.recipe import RunConfig, recipe_from_dict
+
+
+@pytest.mark.parametrize(("patterns", "column", "kept"), [
+    ([], "logits/student", True),
+    (["logits/*"], "logits/student", False),
+    (["logits/*"], "loss/ce", True),
+    (["logits/teacher"], "logits/student", True),
+    (["lp/*/refined", "logits/?eacher"], "lp/mutual_lp/refined", False),
+    (["lp/*/refined", "logits/?eacher"], "logits/teacher", False),
+    (["LOGITS/*"], "logits/student", True),  # case matters, on every system
+    (["*"], "target", False),
+])
+def test_a_column_is_kept_unless_a_pattern_matches_it(patterns, column, kept):
+    assert RunConfig(history_skip=patterns).kept_in_history(column) is kept
+
+
+def test_a_pattern_is_checked_like_every_name(tiny_recipe):
+    res = CliRunner().invoke(main, ["check", str(tiny_recipe), "--set",
+                                    'run.history_skip="logits/*"'])
+    assert res.exit_code == 2 and "run.history_skip" in res.output
+    res = CliRunner().invoke(main, ["check", str(tiny_recipe), "--set",
+                                    'run.history_skip=["a\\u0000"]'])
+    assert res.exit_code == 2 and "NUL" in res.output
+
+
+def _plan_warnings(recipe_path: Path, patterns: list[str]) -> list[str]:
+    data = load_recipe(recipe_path).to_dict()
+    data["run"]["history_skip"] = patterns
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m).rstrip()), level="WARNING")
+    try:
+        build_plan(recipe_from_dict(data), PluginHost())
+    finally:
+        logger.remove(sink)
+    return messages
+
+
+def test_a_pattern_that_matches_no_column_the_recipe_writes_is_a_warning(tiny_recipe):
+    assert _plan_warnings(tiny_recipe, ["logits/*", "loss/*", "target"]) == []
+    (message,) = _plan_warnings(tiny_recipe, ["logits/*", "logit/*"])
+    assert message.endswith("run.history_skip: 'logit/*' matches none of the columns this "
+                            "recipe writes: base_target, clean_label, clean_mask, "
+                            "logits/student, logits/teacher, loss/ce, loss/ce/student, "
+                            "loss/ce/teacher, loss/kd, loss/kd/student, noisy_label, target")
+
+
+@pytest.mark.slow
+def test_a_run_keeps_the_skipped_columns_out_of_its_history_and_the_readers_say_so(
+        tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", str(tiny_recipe), "--out", str(out), "--quiet", "--set",
+                               'run.history_skip=["logits/*", "loss/kd*"]'])
+    assert res.exit_code == 0, res.output
+    with History(out) as h:
+        assert sorted(h.column_names()) == ["loss/ce", "target"]
+        assert len(h) == 4 and h.column("target").shape[0] == 4
+    for command in (["label-issues", str(out)],
+                    ["inspect", str(out), "--cartography", str(tmp_path / "c")]):
+        res = runner.invoke(main, command)
+        assert res.exit_code == 2, res.output
+        assert res.output.rstrip().endswith(
+            " (the run's run.history_skip 'logits/*' kept them out)"), res.output
+        assert len(res.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("recipe", "note"), [
+    ('[run]\nhistory_skip = ["logits/*"]\n[models.student]\narch = "mlp"\n',
+     " (the run's run.history_skip 'logits/*' kept them out)"),
+    ('[run]\nhistory_skip = ["loss/*", "logits/st*"]\n[models.student]\n[models.peer]\n',
+     " (the run's run.history_skip 'logits/st*' kept them out)"),
+    ('[run]\nhistory_skip = ["loss/*"]\n[models.student]\n', ""),
+    ('[run]\nhistory_skip = ["logits/teacher"]\n[models.student]\n', ""),
+    ('[models.student]\n', ""),                                   # no pattern
+    ('[run]\nhistory_skip = "logits/*"\n[models.student]\n', ""),  # not a list
+    ('[run]\nhistory_skip = [3, "logits/*"]\n[models.student]\n',
+     " (the run's run.history_skip 'logits/*' kept them out)"),
+    ('models = 3\n[run]\nhistory_skip = ["logits/*"]\n', ""),    # models not a table
+    ("[run\n", ""),                                               # not TOML
+])
+def test_why_a_history_holds_no_logits_is_read_from_its_recipe(recipe, note):
+    from types import SimpleNamespace
+
+    from kdcore.history import logits_kept_out
+
+    assert logits_kept_out(SimpleNamespace(recipe=recipe)) == note
+
+
+def test_seeds_that_differ_only_in_what_their_history_keeps_are_one_variant(tmp_path,
+                                                                            report_grid):
+    """A seed run before ``run.history_skip`` existed (its recipe.toml lacks the key), and one
+    that kept its logits out, average with the others: neither changes what was computed."""
+    import shutil
+
+    from kdcore.report import aggregate, find_runs
+
+    grid = tmp_path / "grid"
+    shutil.copytree(report_grid, grid)
+    older = grid / "ls" / "seed1" / "recipe.toml"
+    text = older.read_text()
+    assert "history_skip = []\n" in text and text.count("cache_outputs = false\n") == 2
+    # keys added since, at their defaults (models.<role>.cache_outputs came in session 14)
+    older.write_text(text.replace("history_skip = []\n", "").replace(
+        "cache_outputs = false\n", ""))
+    lean = grid / "ls-weak" / "seed1" / "recipe.toml"
+    lean.write_text(lean.read_text().replace("history_skip = []", 'history_skip = ["logits/*"]'))
+    rows = aggregate(find_runs([grid]))
+    assert {(r["variant"], r["seeds"]) for r in rows} == {("ls", 2), ("ls-weak", 2)}
+    changed = grid / "ls" / "seed0" / "recipe.toml"  # what is computed still may not differ
+    changed.write_text(changed.read_text().replace("batch_size = 64", "batch_size = 32"))
+    with pytest.raises(KdcoreError, match="recipes differ at data.batch_size"):
+        find_runs([grid])
+
+
+@pytest.mark.slow
+def test_a_run_resumed_with_its_logits_kept_out_trains_on_as_it_would_have(tiny_runs,
+                                                                             tmp_path):
+    """``run.history_skip`` changes what the file keeps, not what is computed: ``--resume``
+    takes it, the epochs after the resume lack the logits, and every other column and metric
+    is the uninterrupted run's."""
+    import shutil
+
+    import numpy as np
+
+    from kdcore import run_recipe
+    from kdcore.testing import assert_same_history
+
+    run = tmp_path / "started"
+    shutil.copytree(tiny_runs / "started", run)
+    recipe = load_recipe(tiny_runs / "tiny.toml", ['run.history_skip=["logits/*"]'])
+    run_recipe(recipe, out=str(run), resume=True)
+    finished = tiny_runs / "finished"
+    assert_same_history(run, finished, columns=["target", "loss/ce", "loss/kd"])
+    with History(run) as h, History(finished) as whole:
+        assert len(h) == 4
+        teacher = h.column("logits/teacher")
+        assert np.array_equal(teacher[:2], whole.column("logits/teacher")[:2])
+        # stopped in the student stage's first epoch: its logits never reached the file
+        assert "logits/student" not in h.column_names()
+        assert "logits/student" in whole.column_names()
