@@ -46,6 +46,9 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    #: how long a collective waits for the other processes before it fails (torch's default
+    #: for the backend); none outside a distributed run
+    timeout_s: float = math.inf
 
     @property
     def main(self) -> bool:
@@ -91,9 +94,10 @@ def session(device_type: str) -> Iterator[World]:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
+    timeout = group_timeout(backend)
+    dist.init_process_group(backend, timeout=timeout)
     _world = World(dist.get_rank(), dist.get_world_size(),
-                   int(os.environ.get("LOCAL_RANK", "0")))
+                   int(os.environ.get("LOCAL_RANK", "0")), timeout.total_seconds())
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     hook = register_optimizer_step_pre_hook(_average_before_step)
@@ -103,6 +107,25 @@ def session(device_type: str) -> Iterator[World]:
         hook.remove()
         _world = _SINGLE
         dist.destroy_process_group()
+
+
+def group_timeout(backend: str) -> Any:
+    """torch's default timeout of a process group's collectives for ``backend`` (NCCL's 10
+    minutes, gloo's 30), passed explicitly so that the run knows it."""
+    from torch.distributed import constants
+
+    nccl = getattr(constants, "default_pg_nccl_timeout", None)
+    return nccl if backend == "nccl" and nccl is not None else constants.default_pg_timeout
+
+
+def reader_wait_s(world: World, warned_after_s: float) -> float:
+    """How long rank 0 may wait on, after its warning, for a reader that holds the history
+    open: its other processes wait in their next collective and fail at the group's timeout,
+    so it must give up first (a minute before, with its own message); without limit in one
+    process."""
+    if world.size == 1:
+        return math.inf
+    return max(world.timeout_s - warned_after_s - 60.0, 0.0)
 
 
 def _average_before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

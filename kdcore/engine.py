@@ -293,6 +293,11 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
             load_model_checkpoints(run)
             compile_models(run)
             history = HistoryWriter(run_dir / "history.h5") if main else RowCounter()
+            world = distributed.world()
+            if main and world.size > 1:  # the other processes wait on it in a collective
+                history.reader_wait_s = distributed.reader_wait_s(world, history.lock_timeout_s)
+                history.gave_up = (f"the run's other processes stop at the process group's "
+                                   f"timeout ({world.timeout_s:.0f} s): close it, then --resume")
             run.write_data = history.add_data
             data = run.data
             constants = {"noisy_label": data.train_noisy.int(), "clean_label": data.train.y.int(),

@@ -282,12 +282,14 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
 
 @contextmanager
 def locked(path: Path, *, exclusive: bool, timeout: float,
-           on_held: Callable[[], None] | None = None) -> Iterator[int]:
+           on_held: Callable[[], None] | None = None, then_wait: float = math.inf,
+           gave_up: str = "close it and try again") -> Iterator[int]:
     """Hold ``path``'s lock (exclusive: read-write fd; shared: read-only fd) and yield the fd.
 
     ``on_held``: called once when another holder has kept the file for ``timeout``, after
-    which the wait goes on for as long as it takes (a run waiting for a reader); without it,
-    the wait ends there with an error.
+    which the wait goes on for ``then_wait`` seconds more (a run waiting for a reader: as long
+    as it takes, unless other processes wait on it); without it, the wait ends there with an
+    error. ``gave_up``: what the error tells the user to do.
 
     Raises:
         KdcoreError: the file is missing, or another process held it longer than ``timeout``
@@ -306,14 +308,14 @@ def locked(path: Path, *, exclusive: bool, timeout: float,
                 taken = try_lock(fd, exclusive=exclusive, deadline=deadline)
                 if not taken and on_held is not None:
                     on_held()
-                    on_held, deadline = None, math.inf
+                    on_held, deadline = None, time.monotonic() + then_wait
                     taken = try_lock(fd, exclusive=exclusive, deadline=deadline)
             except OSError as exc:  # not another holder: the system's reason, not "held open"
                 raise KdcoreError(f"cannot lock {path} ({os_reason(exc)})") from None
             if not taken:
                 raise KdcoreError(
                     f"{path} is held open elsewhere (a reader such as an open History or "
-                    "h5py.File, or a second run in this directory); close it and try again")
+                    f"h5py.File, or a second run in this directory); {gave_up}")
             # a rebuild may have replaced the file while we waited: the lock must be on the
             # file the path names now
             if os.path.samestat(os.fstat(fd), os.stat(path)):

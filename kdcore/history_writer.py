@@ -36,6 +36,7 @@ The format's constants, its checks and opening a file for reading are in
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,6 +159,8 @@ class HistoryWriter:
     #: past lock_timeout_s, an update warns once and waits on rather than fail: a notebook's
     #: h5py.File left open on a live run's history must not stop the run
     wait_for_readers = True
+    reader_wait_s = math.inf  # after the warning (distributed.reader_wait_s); then gave_up
+    gave_up = "close it and try again"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -222,8 +225,8 @@ class HistoryWriter:
         interrupt arriving meanwhile is raised after (HDF5 calls back into Python here)."""
         # held only once the lock is taken: waiting for a reader stays interruptible
         waiting = self._held_open if self.wait_for_readers else None
-        with locked(self.path, exclusive=True, timeout=self.lock_timeout_s,
-                    on_held=waiting) as fd, interrupts.held():
+        with locked(self.path, exclusive=True, timeout=self.lock_timeout_s, on_held=waiting,
+                    then_wait=self.reader_wait_s, gave_up=self.gave_up) as fd, interrupts.held():
             if recover(self.path):
                 self._index = None  # another process's update died and was undone
             try:

@@ -294,3 +294,21 @@ def test_launched_by_world_size(monkeypatch, value, launched):
     else:
         monkeypatch.setenv("WORLD_SIZE", value)
     assert distributed.launched() is launched
+
+
+def test_the_process_groups_timeout_is_torchs_default_for_its_backend():
+    import datetime as dt
+
+    assert distributed.group_timeout("gloo") == dt.timedelta(minutes=30)
+    assert distributed.group_timeout("nccl") == dt.timedelta(minutes=10)
+
+
+@pytest.mark.parametrize(("world", "warned", "wait"), [
+    (World(), 60.0, float("inf")),                       # one process: as long as it takes
+    (World(0, 2, 0, 600.0), 60.0, 480.0),                # gives up a minute before the others
+    (World(0, 4, 0, 1800.0), 60.0, 1680.0),
+    (World(0, 2, 0, 90.0), 60.0, 0.0),                   # never below nothing
+])
+def test_rank_0_waits_for_a_reader_less_than_its_other_processes_wait_for_it(world, warned,
+                                                                             wait):
+    assert distributed.reader_wait_s(world, warned) == wait

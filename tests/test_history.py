@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdcore.errors import KdcoreError
 from kdcore.history import History, HistoryWriter, open_history
 from kdcore.ledger import Ledger
 
@@ -478,6 +479,33 @@ def test_a_run_waits_for_a_reader_however_long_it_holds_the_file_and_says_so_onc
     assert [m.strip() for m in warnings] == [
         f"{tmp_path / 'history.h5'} is held open elsewhere (an h5py.File, or a History in a "
         "with block); the run waits until it is closed to write its history"]
+    _assert_rows(tmp_path, 2)
+
+
+def test_a_writer_others_wait_on_gives_up_before_they_do_and_says_what_to_do(tmp_path):
+    """Rank 0 of a distributed run: its other processes wait in a collective that fails at
+    the process group's timeout, so its wait for a reader is bounded
+    (``distributed.reader_wait_s``) and ends with its own message; the file as it was."""
+    from loguru import logger
+
+    w = _writer(tmp_path)
+    _append(w, range(1))
+    w.lock_timeout_s, w.reader_wait_s = 0.1, 0.2
+    w.gave_up = "the run's other processes stop at the process group's timeout: --resume"
+    warnings: list[str] = []
+    sink = logger.add(warnings.append, level="WARNING", format="{message}")
+    try:
+        with h5py.File(tmp_path / "history.h5", "r"), pytest.raises(KdcoreError) as err:
+            w.append_epoch(**_row(1))
+    finally:
+        logger.remove(sink)
+    assert len(warnings) == 1 and "the run waits until it is closed" in warnings[0]
+    assert str(err.value) == (
+        f"{tmp_path / 'history.h5'} is held open elsewhere (a reader such as an open History "
+        "or h5py.File, or a second run in this directory); the run's other processes stop at "
+        "the process group's timeout: --resume")
+    _assert_rows(tmp_path, 1)
+    w.append_epoch(**_row(1))  # closed: the next write goes through
     _assert_rows(tmp_path, 2)
 
 
