@@ -139,6 +139,13 @@ def test_workers_leave_a_sigterm_to_the_run_and_go_on_decoding_for_a_while(folde
     rows, x = next(stream)
     workers = multiprocessing.active_children()
     assert len(workers) == 2
+    # the first batch can come from one worker while the other is still starting: a SIGTERM
+    # before its handler is in place ends it (the race a loaded machine showed), so wait until
+    # each catches SIGTERM (Linux: /proc/<pid>/status, SigCgt)
+    deadline = time.monotonic() + 30.0
+    while not all(_catches(w.pid, signal.SIGTERM) for w in workers):
+        assert time.monotonic() < deadline, "a worker never caught SIGTERM"
+        time.sleep(0.01)
     for worker in workers:
         os.kill(worker.pid, signal.SIGTERM)
     time.sleep(0.5)  # delivered and acted on before the next batch is asked for
@@ -146,6 +153,13 @@ def test_workers_leave_a_sigterm_to_the_run_and_go_on_decoding_for_a_while(folde
     assert [r.tolist() for r, _ in got] == [b.tolist() for b in batches]
     for r, x in got:
         assert torch.equal(x, data.inputs(files, r))
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask)."""
+    with open(f"/proc/{pid}/status") as status:
+        mask = next(line for line in status if line.startswith("SigCgt:")).split()[1]
+    return bool(int(mask, 16) >> (signum - 1) & 1)
 
 
 def _a_worker_that_sleeps() -> None:
