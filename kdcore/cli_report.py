@@ -75,7 +75,6 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
             click.echo(f"wrote {page} (1 table, {len(figures)} figures)")
 
 
-
 def _with_history(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[str]]:
     """The runs whose history can be read, and a line for each of the others: a run whose
     ``history.h5`` was deleted to save space, or damaged, keeps its place in the table (its

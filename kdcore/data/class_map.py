@@ -74,12 +74,12 @@ def class_pairs(instance: Any, attribute: Any, value: Any) -> None:
 
 
 Rate = Annotated[float, unit_interval]
-Mapping = Annotated[Literal["cifar10", "cifar100_superclass_pairs"] | list[list[int]],
-                    class_pairs]
+ClassMapping = Annotated[Literal["cifar10", "cifar100_superclass_pairs"] | list[list[int]],
+                         class_pairs]
 """A preset's name or ``[source, target]`` pairs of class indices."""
 
 
-def class_map(ctx: NoiseContext, *, rate: Rate, mapping: Mapping) -> torch.Tensor:
+def class_map(ctx: NoiseContext, *, rate: Rate, mapping: ClassMapping) -> torch.Tensor:
     """Class-mapped noise: ``rate`` of each source class's samples get its target class.
 
     Args:
@@ -98,7 +98,7 @@ def class_map(ctx: NoiseContext, *, rate: Rate, mapping: Mapping) -> torch.Tenso
             class the dataset does not have.
     """
     require(rate, "rate", Rate, where="class_map noise")
-    require(mapping, "mapping", Mapping, where="class_map noise")
+    require(mapping, "mapping", ClassMapping, where="class_map noise")
     labels, gen = ctx.flat_labels(), ctx.generator
     noisy = labels.clone()
     for source, target in resolve_mapping(mapping, ctx.num_classes, gen):
