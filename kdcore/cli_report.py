@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kdcore.cli_files import check_output, output_dir, write_output
+from kdcore.cli_files import check_output, output_dir, reading, write_output
 from kdcore.errors import KdcoreError, printable
 
 if TYPE_CHECKING:
@@ -56,11 +56,10 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
     if plots or html_dir:
         from kdcore.figures import draw_figures, write_figures
 
-        drawn, unread = _with_history(shown)
+        figures, unread = _drawn(shown, draw_figures)
         for line in unread:
             _warn(line)
         notes += unread
-        figures = draw_figures(drawn)
         if plots:
             written = write_figures(figures, plots)
             click.echo(f"wrote {len(written)} plots to {plots}")
@@ -75,21 +74,37 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
             click.echo(f"wrote {page} (1 table, {len(figures)} figures)")
 
 
-def _with_history(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[str]]:
-    """The runs whose history can be read, and a line for each of the others: a run whose
-    ``history.h5`` was deleted to save space, or damaged, keeps its place in the table (its
-    summary) and is left out of the figures, rather than ending the report."""
+def _drawn(runs: Sequence[RunResult], draw: Callable[[list[RunResult]], list[Any]]
+           ) -> tuple[list[Any], list[str]]:
+    """The figures of the runs whose history can be read, and a line for each of the others:
+    a run whose ``history.h5`` was deleted to save space, or is damaged, keeps its place in
+    the table (its summary) and is left out of the figures, rather than ending the report."""
     from kdcore.history import History
 
     readable, lines = [], []
+
+    def leave_out(run: RunResult, exc: KdcoreError) -> None:
+        lines.append(f"{run.path}: left out of the figures, its summary is in the table ({exc})")
+
     for run in runs:
         try:
             with History(run.path):
                 readable.append(run)
         except KdcoreError as exc:
-            lines.append(f"{run.path}: left out of the figures, its summary is in the table "
-                         f"({exc})")
-    return readable, lines
+            leave_out(run, exc)
+    safe_draw = reading(draw)  # a damaged history's h5py and numpy errors as one line
+    try:
+        return safe_draw(readable), lines
+    except KdcoreError:  # a history that opens but fails further in: which one, run by run
+        pass
+    drawable = []
+    for run in readable:
+        try:
+            safe_draw([run])
+            drawable.append(run)
+        except KdcoreError as exc:
+            leave_out(run, exc)
+    return safe_draw(drawable), lines
 
 
 def _warn(line: str) -> None:

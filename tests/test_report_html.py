@@ -210,3 +210,26 @@ def test_runs_whose_history_is_gone_or_damaged_stay_in_the_table_and_leave_the_f
     assert len(parsed.images) >= 12 and len(list((tmp_path / "plots").iterdir())) >= 12
     html = (out / "index.html").read_text(encoding="utf-8")
     assert html.count("left out of the figures") == 2  # the page says so too
+
+
+def test_a_history_that_opens_but_cannot_be_drawn_leaves_only_its_run_out(tmp_path,
+                                                                          report_grid):
+    """Damage further in (HDF5's string table gone): the first draw fails, the runs are
+    drawn one by one to find which, and the others' figures are drawn as before."""
+    import h5py
+
+    grid = tmp_path / "grid"
+    shutil.copytree(report_grid, grid)
+    whole = CliRunner().invoke(main, ["report", str(grid), "--plots", str(tmp_path / "all")])
+    assert whole.exit_code == 0 and "warning" not in whole.output, whole.output
+    with h5py.File(grid / "ls" / "seed0" / "history.h5", "r+") as f:
+        del f["strings"]
+    res = CliRunner().invoke(main, ["report", str(grid), "--plots", str(tmp_path / "p")],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    (warning,) = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert warning.startswith(f"kdcore: warning: {grid / 'ls' / 'seed0'}: left out of the "
+                              "figures, its summary is in the table (cannot read the run's "
+                              "files as a kdcore run's; one may be damaged (KeyError: ")
+    drawn = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert drawn == sorted(p.name for p in (tmp_path / "all").iterdir())  # ls keeps seed1
