@@ -42,6 +42,10 @@ CLI_INPUT = ("tests/test_cli_option_fuzz.py", "-k", "not every_option",
 whose draws may miss one). One fix is left out: the escaping of click's own usage errors
 (click quotes the values it names with their escapes already)."""
 
+GROUP_TIMEOUT = ("tests/test_distributed.py", "-k", "reader_stops_before_the_group_timeout")
+"""``run.distributed_timeout_s`` and rank 0's wait for a reader under it (session 29): the
+engine's wiring, run by the two-process test only (each mutant waits out its 120 s)."""
+
 MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", path, a, b), tests)
                                                  for key, what, path, a, b, tests in [
     ("c1", "stored rows never read (the role is run as before)", "kdcore/component.py",
@@ -106,6 +110,15 @@ MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", pa
     ("u12", "text output files written strictly", "kdcore/cli_files.py",
      'encoding="utf-8",\n                      errors="backslashreplace")', 'encoding="utf-8")',
      CLI_INPUT),
+    ("t1", "the recipe's process-group timeout not passed to torch", "kdcore/distributed.py",
+     "timeout = group_timeout(backend, timeout_s)", "timeout = group_timeout(backend)",
+     GROUP_TIMEOUT),
+    ("t2", "the engine's session without the recipe's timeout", "kdcore/engine.py",
+     "distributed.session(device.type, timeout_s)", "distributed.session(device.type)",
+     GROUP_TIMEOUT),
+    ("t3", "rank 0 warns after the writer's own minute, whatever the timeout",
+     "kdcore/engine.py", "history.lock_timeout_s, history.reader_wait_s = distributed",
+     "_, history.reader_wait_s = distributed", GROUP_TIMEOUT),
 ]]
 
 

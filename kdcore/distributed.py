@@ -81,7 +81,7 @@ def launched() -> bool:
 
 
 @contextlib.contextmanager
-def session(device_type: str) -> Iterator[World]:
+def session(device_type: str, timeout_s: float | None = None) -> Iterator[World]:
     """Join the process group torchrun set up (nccl on CUDA, gloo on the CPU) for the
     duration, averaging every optimiser's gradients before its step; outside torchrun, a
     single process and nothing to do."""
@@ -94,7 +94,7 @@ def session(device_type: str) -> Iterator[World]:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    timeout = group_timeout(backend)
+    timeout = group_timeout(backend, timeout_s)
     dist.init_process_group(backend, timeout=timeout)
     _world = World(dist.get_rank(), dist.get_world_size(),
                    int(os.environ.get("LOCAL_RANK", "0")), timeout.total_seconds())
@@ -109,23 +109,31 @@ def session(device_type: str) -> Iterator[World]:
         dist.destroy_process_group()
 
 
-def group_timeout(backend: str) -> Any:
-    """torch's default timeout of a process group's collectives for ``backend`` (NCCL's 10
-    minutes, gloo's 30), passed explicitly so that the run knows it."""
+def group_timeout(backend: str, timeout_s: float | None = None) -> Any:
+    """The timeout of a process group's collectives: ``timeout_s`` (``run.distributed_timeout_s``)
+    or torch's default for ``backend`` (NCCL's 10 minutes, gloo's 30), passed explicitly so
+    that the run knows it."""
+    import datetime as dt
+
     from torch.distributed import constants
 
+    if timeout_s is not None:
+        return dt.timedelta(seconds=timeout_s)
     nccl = getattr(constants, "default_pg_nccl_timeout", None)
     return nccl if backend == "nccl" and nccl is not None else constants.default_pg_timeout
 
 
-def reader_wait_s(world: World, warned_after_s: float) -> float:
-    """How long rank 0 may wait on, after its warning, for a reader that holds the history
-    open: its other processes wait in their next collective and fail at the group's timeout,
-    so it must give up first (a minute before, with its own message); without limit in one
-    process."""
+def reader_waits(world: World, warn_after_s: float) -> tuple[float, float]:
+    """How long rank 0 waits for a reader that holds the history open before it warns, and
+    then before it gives up. Its other processes wait in their next collective and fail at the
+    group's timeout, so it must give up first, with its own message: a minute before (a
+    quarter of the timeout when that is shorter), warning half-way at the latest. In one
+    process: the warning after ``warn_after_s``, then no limit."""
     if world.size == 1:
-        return math.inf
-    return max(world.timeout_s - warned_after_s - 60.0, 0.0)
+        return warn_after_s, math.inf
+    give_up = world.timeout_s - min(60.0, world.timeout_s / 4)
+    warn = min(warn_after_s, give_up / 2)
+    return warn, give_up - warn
 
 
 def _average_before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

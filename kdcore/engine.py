@@ -252,7 +252,8 @@ def run_recipe(
     host = host or PluginHost()
     plan = build_plan(recipe, host)
     device = resolve_device(recipe.run.device)
-    with (torch_state_kept(device), distributed.session(device.type) as world,
+    timeout_s = recipe.run.distributed_timeout_s
+    with (torch_state_kept(device), distributed.session(device.type, timeout_s) as world,
           RunDirLock() as lock):  # held by the rank that writes, until the run's end
         check_distributed(plan, world.size)
         return _run(plan, recipe, out=out, resume=resume, overwrite=overwrite, host=host,
@@ -295,7 +296,8 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
             history = HistoryWriter(run_dir / "history.h5") if main else RowCounter()
             world = distributed.world()
             if main and world.size > 1:  # the other processes wait on it in a collective
-                history.reader_wait_s = distributed.reader_wait_s(world, history.lock_timeout_s)
+                history.lock_timeout_s, history.reader_wait_s = distributed.reader_waits(
+                    world, history.lock_timeout_s)
                 history.gave_up = (f"the run's other processes stop at the process group's "
                                    f"timeout ({world.timeout_s:.0f} s): close it, then --resume")
             run.write_data = history.add_data

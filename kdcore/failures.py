@@ -55,9 +55,24 @@ def raising_component(exc: BaseException) -> str | None:
     return None
 
 
+def failed_collective(exc: BaseException) -> str | None:
+    """``torch.distributed's NAME``, the innermost public torch.distributed function in
+    ``exc``'s traceback (a collective that failed: most often because another process of the
+    run stopped, so the component that called it is not the cause), or None."""
+    name = None
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if (str(tb.tb_frame.f_globals.get("__name__")).startswith("torch.distributed")
+                and not code.co_name.startswith("_")):
+            name = code.co_name
+        tb = tb.tb_next
+    return None if name is None else f"torch.distributed's {name}"
+
+
 def failure(exc: BaseException, what: str) -> RunFailed:
     """The one-line error for ``exc``, which stopped ``what`` ("the run", "the set-up")."""
-    where = raising_component(exc)
+    where = ", ".join(w for w in (raising_component(exc), failed_collective(exc)) if w) or None
     message = " ".join(str(exc).split())
     if len(message) > _MAX_MESSAGE:
         message = message[:_MAX_MESSAGE] + "..."
@@ -103,5 +118,5 @@ def save_traceback(exc: BaseException, log: Path) -> None:
         pass
 
 
-__all__ = ["SHOW_TRACEBACK", "RunFailed", "failure", "one_line_failures", "raising_component",
-           "save_traceback", "shows_traceback"]
+__all__ = ["SHOW_TRACEBACK", "RunFailed", "failed_collective", "failure", "one_line_failures",
+           "raising_component", "save_traceback", "shows_traceback"]

@@ -210,6 +210,84 @@ def test_sigkill_of_a_two_process_run_then_resume_equals_the_uninterrupted_run(t
         amlkd_two / "summary.json").read_text()
 
 
+READER_GATE = textwrap.dedent('''
+    """Rank 0 holds its second epoch's end (after the first checkpoint) until the test has
+    opened the history as a reader would (an h5py.File left open in a notebook):
+    READER_DIR/ready, then READER_DIR/open."""
+    import os, pathlib, time
+    import kdcore
+
+    class Gate:
+        @kdcore.hookimpl
+        def kdcore_epoch_end(self, ctx, epoch, metrics):
+            folder = pathlib.Path(os.environ["READER_DIR"])
+            if (epoch != 1 or int(os.environ.get("RANK", "0")) != 0
+                    or (folder / "open").exists()):
+                return
+            (folder / "ready").touch()
+            deadline = time.monotonic() + 60
+            while not (folder / "open").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+    GATE = Gate()
+''')
+
+
+@pytest.mark.slow
+def test_rank_0_held_up_by_a_reader_stops_before_the_group_timeout_and_resumes(tmp_path):
+    """An h5py.File held open on a two-process run's history: rank 0 warns, gives up before
+    ``run.distributed_timeout_s`` (at which the other rank's collective fails) with one line
+    naming the reader and --resume, its checkpoint kept; once the reader is closed, --resume
+    finishes the run as the uninterrupted one."""
+    import time
+
+    import h5py
+
+    (tmp_path / "reader_gate.py").write_text(READER_GATE)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    over = [*SMALL, "stages.student.epochs=3", "run.distributed_timeout_s=20"]
+    args = [str(RECIPES / "ce.toml"), *_sets(over), "--nproc", "2", "-q"]
+    held = tmp_path / "held"
+    env = {**os.environ, "READER_DIR": str(gate), "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "kdcore", "run", *args, "--out", str(held),
+                             "--plugin", "reader_gate:GATE"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (gate / "ready").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        with h5py.File(held / "history.h5", "r"):
+            (gate / "open").touch()
+            started = time.monotonic()
+            out, err = proc.communicate(timeout=120)
+            waited = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    # the workers disagree (rank 0's line exit 2, the other rank's broken collective 1): 1
+    assert proc.returncode == 1, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("kdcore: error:")]
+    assert len(said) == 1 and said[0].startswith(
+        f"kdcore: error: worker 0 of 2: {held / 'history.h5'} is held open elsewhere (a reader "
+        "such as an open History or h5py.File, or a second run in this directory); the run's "
+        "other processes stop at the process group's timeout (20 s): close it, then --resume; "
+        "worker 1 of 2: the run stopped: "), err[-3000:]
+    assert "torch.distributed's " in said[0].split("worker 1 of 2:")[1]  # not the cause
+    assert "the run waits until it is closed" in err  # warned first, half-way at the latest
+    assert waited < 20  # before the other rank's collective failed: it would have said first
+    assert (held / "checkpoint.pt").exists() and not (held / "summary.json").exists()
+
+    resumed = _launch([*args, "--out", str(held), "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = _launch([*args, "--out", str(tmp_path / "whole")], tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert_same_history(held, tmp_path / "whole")
+
+
 # -- the pieces, in one process ---------------------------------------------------------------
 
 @pytest.mark.parametrize("n, size", [(0, 2), (1, 2), (5, 2), (6, 3), (7, 4), (64, 8)])

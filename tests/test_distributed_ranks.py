@@ -303,12 +303,23 @@ def test_the_process_groups_timeout_is_torchs_default_for_its_backend():
     assert distributed.group_timeout("nccl") == dt.timedelta(minutes=10)
 
 
-@pytest.mark.parametrize(("world", "warned", "wait"), [
-    (World(), 60.0, float("inf")),                       # one process: as long as it takes
-    (World(0, 2, 0, 600.0), 60.0, 480.0),                # gives up a minute before the others
-    (World(0, 4, 0, 1800.0), 60.0, 1680.0),
-    (World(0, 2, 0, 90.0), 60.0, 0.0),                   # never below nothing
+def test_a_recipes_timeout_replaces_torchs_default():
+    import datetime as dt
+
+    assert distributed.group_timeout("gloo", 20.0) == dt.timedelta(seconds=20)
+    assert distributed.group_timeout("nccl", 3600) == dt.timedelta(hours=1)
+
+
+@pytest.mark.parametrize(("world", "warned", "waits"), [
+    (World(), 60.0, (60.0, float("inf"))),               # one process: as long as it takes
+    (World(0, 2, 0, 600.0), 60.0, (60.0, 480.0)),        # gives up a minute before the others
+    (World(0, 4, 0, 1800.0), 60.0, (60.0, 1680.0)),
+    (World(0, 2, 0, 1800.0), 30.0, (30.0, 1710.0)),
+    (World(0, 2, 0, 240.0), 60.0, (60.0, 120.0)),        # a minute is a quarter: either way
+    (World(0, 2, 0, 100.0), 60.0, (37.5, 37.5)),         # a quarter before; warned half-way
+    (World(0, 2, 0, 20.0), 60.0, (7.5, 7.5)),
+    (World(0, 2, 0, 20.0), 5.0, (5.0, 10.0)),            # an earlier warning kept
 ])
 def test_rank_0_waits_for_a_reader_less_than_its_other_processes_wait_for_it(world, warned,
-                                                                             wait):
-    assert distributed.reader_wait_s(world, warned) == wait
+                                                                             waits):
+    assert distributed.reader_waits(world, warned) == waits

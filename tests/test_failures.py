@@ -112,6 +112,42 @@ def test_the_line_without_a_component_and_with_a_long_message():
     assert str(failure(KeyError(), "the run")).startswith("the run stopped: KeyError; ")
 
 
+def test_a_failed_collective_is_named_beside_the_component_that_called_it():
+    """In a distributed run a collective fails when another process stopped: the line names
+    torch.distributed's function (the innermost public one: not its private helpers), so
+    the component that called it is not taken for the cause."""
+    import torch
+    import torch.distributed as dist
+
+    from kdcore.failures import failed_collective
+    from kdcore.testing import harness
+
+    def collective():
+        dist.all_reduce(torch.ones(1))  # no process group: raises inside torch.distributed
+
+    class Collects(Component):
+        Params = BoomParams
+
+        def on_epoch_start(self, ctx):
+            collective()
+
+    with pytest.raises(ValueError) as info:
+        collective()
+    assert failed_collective(info.value) == "torch.distributed's all_reduce"
+    assert str(failure(info.value, "the run")).startswith(
+        "the run stopped: torch.distributed's all_reduce raised ValueError: Default process "
+        "group has not been initialized")
+    h = harness(Collects, x=torch.zeros(2, 1), noisy_label=torch.tensor([0, 1]))
+    with pytest.raises(ValueError) as called:
+        h.component.on_epoch_start(h.ctx)
+    assert str(failure(called.value, "the run")).startswith(
+        "the run stopped: component 'collects' (collects) in on_epoch_start, torch.distributed's "
+        "all_reduce raised ValueError: ")
+    with pytest.raises(RuntimeError) as plain:
+        raise RuntimeError("x")
+    assert failed_collective(plain.value) is None
+
+
 def test_a_traceback_holding_a_byte_that_is_not_utf8_is_saved_escaped(tmp_path):
     """A component's message quoting a name from a non-UTF-8 file system (a lone surrogate)
     made the append to log.txt raise UnicodeEncodeError, a traceback in place of the line."""

@@ -485,7 +485,7 @@ def test_a_run_waits_for_a_reader_however_long_it_holds_the_file_and_says_so_onc
 def test_a_writer_others_wait_on_gives_up_before_they_do_and_says_what_to_do(tmp_path):
     """Rank 0 of a distributed run: its other processes wait in a collective that fails at
     the process group's timeout, so its wait for a reader is bounded
-    (``distributed.reader_wait_s``) and ends with its own message; the file as it was."""
+    (``distributed.reader_waits``) and ends with its own message; the file as it was."""
     from loguru import logger
 
     w = _writer(tmp_path)

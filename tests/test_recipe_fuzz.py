@@ -3,7 +3,8 @@
 A seeded generator mutates the shipped digits recipes and a few tiny ones across syntax, types,
 ranges, unknown names, missing model roles, ledger column wiring, NUL bytes, devices,
 ``extends``, data (augmentations, noise models), paths (output directory, checkpoints) and
-the inputs added since (class-mapped noise, the ``npz`` dataset, ``run.history_skip``). For
+the inputs added since (class-mapped noise, the ``npz`` dataset, ``run.history_skip``,
+``run.distributed_timeout_s``). For
 every mutant, ``check`` exits 0, or exits 2 with exactly one line on stderr and no traceback;
 every mutant that ``check`` accepts must also get through the run's set-up (data, models, run
 directory, history, components) to its first batch, and its resolved recipe must read back from
@@ -347,7 +348,8 @@ def _data(rng: random.Random, source: str, data: dict[str, Any], text: str
 
 def _added(rng: random.Random, source: str, data: dict[str, Any], text: str
            ) -> tuple[str, dict[str, Any]]:
-    """Session 28's inputs: asymmetric noise, one's own arrays, what the history keeps."""
+    """Inputs added since session 28: asymmetric noise, one's own arrays, what the history
+    keeps, the process group's timeout."""
     choices: list[tuple[str, Any]] = [
         ("data.noise", {"model": "class_map", "params": {"rate": 0.4, "mapping": "cifar10"}}),
         ("data.noise", {"model": "class_map", "params": {"rate": 0.4,
@@ -361,6 +363,9 @@ def _added(rng: random.Random, source: str, data: dict[str, Any], text: str
         ("data", {"dataset": "npz", "params": {"path": "latin.toml"}}),
         ("run.history_skip", ["logits/*"]), ("run.history_skip", ["nothing/*"]),
         ("run.history_skip", "logits/*"), ("run.history_skip", ["*"]),
+        ("run.distributed_timeout_s", 20), ("run.distributed_timeout_s", 0.5),
+        ("run.distributed_timeout_s", float("nan")), ("run.distributed_timeout_s", 1e9),
+        ("run.distributed_timeout_s", "600"),
     ]
     key, value = rng.choice(choices)
     return f"{key} = {_toml(value)}", {"overrides": (f"{key}={_toml(value)}",)}
@@ -384,7 +389,7 @@ CATEGORIES: dict[str, tuple[Mutator, int]] = {
     "syntax": (_syntax, 45), "types": (_types, 45), "ranges": (_ranges, 80),
     "names": (_names, 35), "roles": (_roles, 40), "wiring": (_wiring, 30), "nul": (_nul, 20),
     "devices": (_devices, 15), "extends": (_extends, 15), "data": (_data, 20),
-    "paths": (_paths, 15), "added": (_added, 40),
+    "paths": (_paths, 15), "added": (_added, 55),
 }
 
 
@@ -419,8 +424,8 @@ def _param(case: Case) -> Any:
 
 def test_the_generator_makes_enough_distinct_mutants():
     assert len(CASES) >= 300
-    # every input added in session 28 is tried at least once (the seed is fixed)
-    assert len({c.describe for c in CASES if "-added-" in c.id}) == 13
+    # every input added since session 28 is tried at least once (the seed is fixed)
+    assert len({c.describe for c in CASES if "-added-" in c.id}) == 18
     assert len({(c.source, c.describe, c.text, c.extra) for c in CASES}) >= 250
     assert {c.source for c in CASES} == {*SHIPPED, *TINY}
 

@@ -12,7 +12,8 @@ from kdcore.recipe.schema import MAX_LR, NAME_BYTES, Recipe
 #: keys that may change between a run and its resume, or between the seeds of one variant
 #: that ``kdcore report`` averages: they do not change what is computed
 RESUMABLE_CHANGES = ("run.name", "run.output_dir", "run.threads", "run.checkpoint_interval_s",
-                     "run.loggers", "run.history_skip", "data.workers")
+                     "run.loggers", "run.history_skip", "run.distributed_timeout_s",
+                     "data.workers")
 
 
 def check_consistency(recipe: Recipe) -> None:

@@ -45,6 +45,8 @@ MAX_WORKERS = 256
 NAME_BYTES = 255
 """The longest stage, component or model-role name (UTF-8 bytes): the history's string table
 holds names of this length."""
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+"""The longest process-group timeout: a week (a hung collective is found within it)."""
 MAX_LR = 10.0
 MAX_BATCH_SIZE = 2**20
 
@@ -80,6 +82,10 @@ class RunConfig:
             (``"logits/*"``); components still read them during the run. Training logits
             are most of a history when C is large (50,000 samples of 100 classes: 8.5 MB of
             an epoch row's 8.7), and ``label-issues`` and ``inspect --cartography`` need them.
+        distributed_timeout_s: how long a process of a distributed run waits in a collective
+            for the others before the run fails (None: torch's default, 10 minutes with NCCL,
+            30 with gloo); rank 0's work between two collectives (the history row, a
+            checkpoint) must fit in it. At least 1 s, at most :data:`MAX_TIMEOUT_S`.
     """
 
     name: str = attrs.field(default="run", validator=no_nul)
@@ -93,6 +99,8 @@ class RunConfig:
     channels_last: bool | None = None
     loggers: list[str] = attrs.field(factory=list, validator=each(no_nul))
     history_skip: list[str] = attrs.field(factory=list, validator=each(no_nul))
+    distributed_timeout_s: float | None = attrs.field(
+        default=None, validator=between(1, MAX_TIMEOUT_S))
 
     def kept_in_history(self, column: str) -> bool:
         """Whether the history keeps ledger column ``column`` (no ``history_skip`` pattern
