@@ -51,7 +51,8 @@ def test_resume_with_a_different_recipe_file_is_refused(tiny_recipe, started, tm
 def test_resume_with_the_same_recipe_and_operational_changes_continues(tiny_recipe, started,
                                                                        tmp_path):
     result = invoke("run", tiny_recipe, "--out", started, "--resume", "-q",
-                    "--set", "run.checkpoint_interval_s=5", "--set", "run.name=elsewhere")
+                    "--set", "run.checkpoint_interval_s=5", "--set", "run.name=elsewhere",
+                    "--set", "run.distributed_timeout_s=60")
     assert result.exit_code == 0, result.output
     run_recipe(load_recipe(tiny_recipe), out=str(tmp_path / "straight"))
     assert_same_history(started, tmp_path / "straight")
