@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,9 @@ from kdcore.errors import KdcoreError, console_gone
 SHOW_TRACEBACK = "KDCORE_TRACEBACK"
 _MAX_MESSAGE = 300
 _SAVED = "kdcore_traceback_log"  # the attribute save_traceback sets on the exception
+#: a collective's timeout, as gloo ("Timed out waiting 20000ms") and NCCL's watchdog ("ran
+#: for 600010 milliseconds before timing out") say it
+_TIMED_OUT = re.compile(r"timed out|timing out|timeout", re.IGNORECASE)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,12 +76,17 @@ def failed_collective(exc: BaseException) -> str | None:
 
 def failure(exc: BaseException, what: str) -> RunFailed:
     """The one-line error for ``exc``, which stopped ``what`` ("the run", "the set-up")."""
-    where = ", ".join(w for w in (raising_component(exc), failed_collective(exc)) if w) or None
+    collective = failed_collective(exc)
+    where = ", ".join(w for w in (raising_component(exc), collective) if w) or None
     message = " ".join(str(exc).split())
+    timed_out = collective is not None and _TIMED_OUT.search(message) is not None
     if len(message) > _MAX_MESSAGE:
         message = message[:_MAX_MESSAGE] + "..."
     cause = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     text = f"{what} stopped: {where + ' raised ' if where else ''}{cause}"
+    if timed_out:
+        text += ("; the other processes took longer than run.distributed_timeout_s: raise it "
+                 "if they were busy rather than hung")
     log = getattr(exc, _SAVED, None)
     if log is not None:
         text += f"; the traceback is in {log}"

@@ -148,6 +148,36 @@ def test_a_failed_collective_is_named_beside_the_component_that_called_it():
     assert failed_collective(plain.value) is None
 
 
+def _raised_in_torch_distributed(message: str) -> BaseException:
+    """An exception raised by a function of a module named like torch.distributed's."""
+    scope = {"__name__": "torch.distributed.distributed_c10d"}
+    exec("def all_gather(m):\n    raise RuntimeError(m)\n", scope)
+    try:
+        scope["all_gather"](message)
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("not raised")
+
+
+@pytest.mark.parametrize(("message", "hinted"), [
+    ("[gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 15000ms for send", True),
+    ("WorkNCCL(SeqNum=1, OpType=ALLREDUCE) ran for 600010 milliseconds before timing out.",
+     True),
+    ("Socket Timeout", True),  # the rendezvous store's
+    ("x" * 400 + " Timed out", True),  # found in the whole message, not the line's cut
+    ("Connection closed by peer [127.0.0.1]:55199", False),
+])
+def test_a_collective_that_timed_out_names_the_recipes_timeout(message, hinted):
+    line = str(failure(_raised_in_torch_distributed(message), "the run"))
+    assert line.startswith("the run stopped: torch.distributed's all_gather raised RuntimeError: ")
+    hint = ("; the other processes took longer than run.distributed_timeout_s: raise it if "
+            "they were busy rather than hung; KDCORE_TRACEBACK=1 shows the traceback")
+    assert line.endswith(hint) is hinted
+    with pytest.raises(RuntimeError) as elsewhere:  # a timeout outside a collective: no hint
+        raise RuntimeError(message)
+    assert "distributed_timeout_s" not in str(failure(elsewhere.value, "the run"))
+
+
 def test_a_traceback_holding_a_byte_that_is_not_utf8_is_saved_escaped(tmp_path):
     """A component's message quoting a name from a non-UTF-8 file system (a lone surrogate)
     made the append to log.txt raise UnicodeEncodeError, a traceback in place of the line."""
