@@ -97,6 +97,7 @@ DIGITS_COMMAND = ("kdcore ablate recipes/ce.toml recipes/kd.toml recipes/ls.toml
                   "recipes/clean.toml recipes/amlkd.toml recipes/amlkd-no-awe.toml "
                   "--seeds 0,1,2,3,4,5,6,7,8,9 --out runs/digits-baselines")
 SYM, PAIR = "Fashion-MNIST, 40% symmetric", "Fashion-MNIST, 40% pair-flip"
+IDN = "Fashion-MNIST, 40% instance-dependent"
 GOLD = "1,000 gold images held out for every variant, the clean student's included"
 PEER_NOTE = ("peer_a, the MLP [64], is the student; its gap is measured against the CE and "
              "clean students, the same MLP [64] on the same split")
@@ -105,6 +106,8 @@ SECTIONS = [
             "runs/digits-baselines"),
     Section("AML-KD on Fashion-MNIST, 40% symmetric noise", SYM, "amlkd-fmnist-sym"),
     Section("AML-KD on Fashion-MNIST, 40% pair-flip noise", PAIR, "amlkd-fmnist-pair"),
+    Section("The baselines and AML-KD on Fashion-MNIST, 40% instance-dependent noise", IDN,
+            "baselines-fmnist-idn"),
     Section("SMKD (our reading of open choices) and DML on Fashion-MNIST, 40% symmetric noise",
             SYM, "smkd-fmnist-sym", PEERS, note=PEER_NOTE),
     Section("SMKD (our reading of open choices) and DML on Fashion-MNIST, 40% pair-flip noise",
@@ -138,6 +141,8 @@ EXTRA = {
                               "select/small_loss/recall"],
     "runs/amlkd-fmnist-pair": ["label/acc", "select/small_loss/precision",
                                "select/small_loss/recall"],
+    "runs/baselines-fmnist-idn": ["label/acc", "select/small_loss/precision",
+                                  "select/small_loss/recall"],
     "runs/smkd-fmnist-sym": ["select/*/peer_a/fraction", "select/*/peer_a/precision"],
     "runs/smkd-fmnist-pair": ["select/*/peer_a/fraction", "select/*/peer_a/precision"],
     "runs/ff-fmnist-sym": ["select/instance_filter/precision", "select/instance_filter/recall",
