@@ -46,6 +46,11 @@ GROUP_TIMEOUT = ("tests/test_distributed.py", "-k", "reader_stops_before_the_gro
 """``run.distributed_timeout_s`` and rank 0's wait for a reader under it (session 29): the
 engine's wiring, run by the two-process test only (each mutant waits out its 120 s)."""
 
+PROVENANCE = ("tests/test_provenance.py", "tests/test_engine_start.py",
+              "tests/test_ablate_input.py")
+"""Which recipe and code made a run (session 29): the engine's record and resume warning, the
+grid's and the report's comparisons."""
+
 MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", path, a, b), tests)
                                                  for key, what, path, a, b, tests in [
     ("c1", "stored rows never read (the role is run as before)", "kdcore/component.py",
@@ -119,6 +124,17 @@ MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", pa
     ("t3", "rank 0 warns after the writer's own minute, whatever the timeout",
      "kdcore/engine.py", "history.lock_timeout_s, history.reader_wait_s = distributed",
      "_, history.reader_wait_s = distributed", GROUP_TIMEOUT),
+    ("p1", "a history without the code's digests", "kdcore/engine.py",
+     '"code": code_digests(recipe, host)}', '}', PROVENANCE),
+    ("p2", "a resume after an edit says nothing", "kdcore/engine.py",
+     "changed = main and code_changes(", "changed = False and code_changes(", PROVENANCE),
+    ("p3", "a grid does not compare the code of the runs it keeps", "kdcore/grid.py",
+     "other_code[spec.out] = changed", "pass", PROVENANCE),
+    ("p4", "a grid compares the code of runs not there yet only", "kdcore/grid.py",
+     'if status(spec) != "new":', 'if status(spec) == "new":', PROVENANCE),
+    ("p5", "a report does not compare its runs' code", "kdcore/cli_report.py",
+     "choice.warning(), mixed_code([r.path for r in shown])]", "choice.warning()]",
+     PROVENANCE),
 ]]
 
 

@@ -245,6 +245,11 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # several processes: the collectives with ranks simulated as threads of one process
     # (tests/test_distributed_ranks.py); gloo between torchrun workers is in the slow tests
     # (session 24)
+    # which recipe and code made a run (session 29)
+    "kdcore-provenance": (".", ["kdcore/provenance.py"],
+                          ["tests/test_provenance.py", "tests/test_grid.py",
+                           "tests/test_ablate_input.py", "tests/test_engine_start.py",
+                           "tests/test_resume_contract.py"]),
     "kdcore-distributed": (".", ["kdcore/distributed.py"],
                            ["tests/test_distributed.py", "tests/test_distributed_ranks.py",
                             "-m", "not slow"]),

@@ -21,6 +21,7 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
     """Report the finished runs under ``runs`` (the options of ``kdcore report``)."""
     from kdcore import report as rp
     from kdcore import report_models as rm
+    from kdcore.provenance import mixed_code
 
     # every output checked before anything is read or printed
     targets = [check_output(path) for path in (md_path, csv_path) if path is not None]
@@ -37,8 +38,8 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
     shown = rm.chosen_runs(found, choice)
     rows = rp.aggregate(shown)
     gap_models = tuple(gap_models) or tuple(dict.fromkeys(choice.models.values()))
-    notes = [w for w in [choice.warning()] + rm.gap_warnings(rows, baseline, ceiling,
-                                                                 gap_models) if w]
+    notes = [w for w in [choice.warning(), mixed_code([r.path for r in shown])]
+             + rm.gap_warnings(rows, baseline, ceiling, gap_models) if w]
     for line in notes:
         _warn(line)
     table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling, gap_models=gap_models)

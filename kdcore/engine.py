@@ -25,8 +25,8 @@ from kdcore.loop import Trainer
 from kdcore.plan import RunPlan, build_plan, check_distributed
 from kdcore.plugins import ObserverBus, PluginHost
 from kdcore.prepare import compile_models, load_model_checkpoints, prepare_run
+from kdcore.provenance import code_changes, code_digests, recipe_changes, recorded_code
 from kdcore.recipe import Recipe, resolved_now
-from kdcore.recipe.rules import RESUMABLE_CHANGES
 from kdcore.rundir import RunDirLock, check_output_dir, prepare_run_dir, run_dir_of
 from kdcore.runstate import ComponentContext, Run
 
@@ -61,14 +61,6 @@ def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
                           f"{epoch}, {position['history_rows']} history rows) that this "
                           f"recipe's run never reaches; start again with --overwrite")
     return state
-
-
-def recipe_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
-    """The keys at which two resolved recipes (``Recipe.to_dict()``) differ in what a run
-    computes (not :data:`RESUMABLE_CHANGES`), as a short list; empty when none do."""
-    differ = [k for k in checkpointing.differing_keys(saved, now)
-              if not k.startswith(RESUMABLE_CHANGES)]
-    return ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
 
 
 def _refuse_changes(source: str, saved: dict[str, Any], started: dict[str, Any]) -> None:
@@ -310,7 +302,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
                     recipe_toml=recipe.to_toml(), versions=host.versions(),
                     num_classes=data.num_classes, class_names=list(data.class_names),
                     constants=constants, transition_matrix=data.transition,
-                    setup=run_setup(run.device))
+                    setup={**run_setup(run.device), "code": code_digests(recipe, host)})
             else:
                 history.rollback(int(state["position"]["history_rows"]))
                 changes = distributed.broadcast(checkpointing.data_changes(
@@ -321,6 +313,11 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
                         f"--resume: the data are not those the run in {run_dir} started with "
                         f"({'; '.join(changes)}); restore them (the dataset's files, a label or "
                         f"noise file), or start again with --overwrite")
+                changed = main and code_changes(recorded_code(run_dir),
+                                                code_digests(recipe, host))
+                if changed:
+                    logger.warning(f"--resume: {', '.join(changed)} changed since the run "
+                                   f"started; its epochs from here on are this code's")
             checkpointer = checkpointing.Checkpointer(
                 run_dir, started, recipe.run.checkpoint_interval_s,
                 background=run.device.type == "cuda", writes=main)

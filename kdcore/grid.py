@@ -170,42 +170,33 @@ def check_specs(specs: Sequence[RunSpec], host: Any = None) -> None:
     ``host`` (a :class:`~kdcore.PluginHost`) build its plan (every component's parameters,
     roles and column wiring; no data is loaded): a bad file, ``--set``, seed or component
     parameter is one error before any run starts, not a failure per run."""
+    from loguru import logger
+
     from kdcore.plan import build_plan
+    from kdcore.provenance import check_same_recipe, code_changes, code_digests, recorded_code
     from kdcore.recipe import load_recipe
 
+    other_code: dict[Path, list[str]] = {}
     for spec in specs:
         try:
             recipe = load_recipe(spec.variant.recipe, spec.overrides)
             if host is not None:
                 build_plan(recipe, host)
-            _check_same_recipe(spec, recipe)
+            if status(spec) != "new":
+                check_same_recipe(spec.out, status(spec) == "done", recipe)
+                if host is not None and (changed := code_changes(recorded_code(spec.out),
+                                                                 code_digests(recipe, host))):
+                    other_code[spec.out] = changed
         except KdcoreError as exc:  # the file alone does not say which of the grid's runs
             raise KdcoreError(f"variant '{spec.variant.name}' seed {spec.seed}: {exc}") from None
-
-
-def _check_same_recipe(spec: RunSpec, recipe: Any) -> None:
-    """A run already in ``spec.out`` (finished, so skipped; or interrupted, so resumed) must
-    have been started with the recipe this grid now resolves for it: else its numbers would
-    stand in the report for a configuration they were not measured on."""
-    import tomllib
-
-    from kdcore.engine import recipe_changes
-    from kdcore.recipe import recipe_from_dict
-
-    saved = spec.out / "recipe.toml"
-    if status(spec) == "new" or not saved.is_file():
-        return
-    again = f"remove {spec.out} to run it again, or give the grid another --out"
-    try:
-        old = recipe_from_dict(tomllib.loads(saved.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KdcoreError):
-        raise KdcoreError(f"{saved} cannot be read, so whether the run there is this one is "
-                          f"unknown; {again}") from None
-    changed = recipe_changes(old.to_dict(), recipe.to_dict())
-    if changed:
-        kind = "a finished" if status(spec) == "done" else "an interrupted"
-        raise KdcoreError(f"{spec.out} holds {kind} run of another recipe (it "
-                          f"differs at {changed}); {again}")
+    if other_code:  # an edit may change nothing computed: said, not refused
+        dists = sorted({d for changed in other_code.values() for d in changed})
+        shown = ", ".join(map(str, list(other_code)[:3])) + (", ..." if len(other_code) > 3
+                                                             else "")
+        logger.warning(f"{len(other_code)} of the grid's runs already there were made by other "
+                       f"code ({', '.join(dists)} changed since: {shown}); finished ones stand "
+                       f"as they are, interrupted ones resume with this code; remove them to "
+                       f"run them again")
 
 
 def status(spec: RunSpec) -> str:

@@ -130,8 +130,9 @@ class History:
     @_reads
     def setup(self) -> dict[str, Any]:
         """Where the run was started: ``device`` (with the GPU's name), ``processes``,
-        ``threads``, ``torch`` and ``python`` versions; empty for a history written before
-        kdcore recorded them."""
+        ``threads``, ``torch`` and ``python`` versions, and ``code``, a digest of the sources
+        of kdcore and of each plugin distribution the recipe uses (:mod:`kdcore.provenance`);
+        empty (or without ``code``) for a history written before kdcore recorded them."""
         text = self._file.attrs.get("setup")
         return dict(json.loads(str(text))) if text is not None else {}
 

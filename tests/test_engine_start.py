@@ -235,7 +235,7 @@ def test_a_checkpoint_position_just_past_the_run_is_refused_whole(started, posit
     (9, "k00, k01, k02, k03, k04, k05, k06, k07 and 1 more"),
     (12, "k00, k01, k02, k03, k04, k05, k06, k07 and 4 more")])
 def test_recipe_changes_lists_at_most_eight_keys_then_counts_the_rest(differ, shown):
-    from kdcore.engine import recipe_changes
+    from kdcore.provenance import recipe_changes
 
     saved = {f"k{i:02d}": i for i in range(12)}
     now = {k: v + (1 if i < differ else 0) for i, (k, v) in enumerate(saved.items())}
@@ -246,11 +246,17 @@ def test_recipe_changes_lists_at_most_eight_keys_then_counts_the_rest(differ, sh
 def test_the_history_records_where_the_run_was_started_and_each_samples_labels(tmp_path):
     import platform
 
-    run_tiny(tiny_recipe(stage("t", 1, ["teacher"], component("ce")), train_subset=64),
-             tmp_path / "run")
+    from kdcore import PluginHost, load_recipe
+    from kdcore.provenance import code_digests
+    from kdcore.testing import write_recipe
+
+    data = tiny_recipe(stage("t", 1, ["teacher"], component("ce")), train_subset=64)
+    run_tiny(data, tmp_path / "run")
+    code = code_digests(load_recipe(write_recipe(data, tmp_path / "r.toml")), PluginHost())
     with History(tmp_path / "run") as h:
         assert h.setup == {"device": "cpu", "processes": 1, "threads": torch.get_num_threads(),
-                           "torch": torch.__version__, "python": platform.python_version()}
+                           "torch": torch.__version__, "python": platform.python_version(),
+                           "code": code}
         noisy, clean = h.data("noisy_label"), h.data("clean_label")
         assert np.array_equal(h.data("clean_mask"), noisy == clean)
         sample_id = h.data("sample_id")
