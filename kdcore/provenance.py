@@ -154,8 +154,8 @@ def mixed_code(run_dirs: Sequence[Path]) -> str | None:
             seen = first.setdefault(dist, (digest, run_dir))
             if seen[0] != digest:
                 return (f"the runs were made by different code: {dist} differs between "
-                        f"{seen[1]} and {run_dir} (an edit since the first); rerun the older "
-                        f"runs to compare like with like")
+                        f"{seen[1]} and {run_dir}; rerun those made before the edit to compare "
+                        f"like with like")
     return None
 
 

@@ -215,8 +215,8 @@ def test_a_run_records_its_code_and_a_report_warns_when_runs_mixed_code(two_runs
         _set_code(b, None)  # a run made before kdcore recorded it: nothing to compare
         assert recorded_code(b) == {} and mixed_code(two_runs) is None
         _set_code(b, {**original, "kdcore": "0" * 12})
-        warning = (f"the runs were made by different code: kdcore differs between {a} and {b} "
-                   "(an edit since the first); rerun the older runs to compare like with like")
+        warning = (f"the runs were made by different code: kdcore differs between {a} and {b}; "
+                   "rerun those made before the edit to compare like with like")
         assert mixed_code(two_runs) == warning
         result = CliRunner().invoke(main, ["report", str(a.parent)])
         assert result.exit_code == 0, result.output
