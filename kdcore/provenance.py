@@ -30,23 +30,29 @@ _SET_UP_HOOKS = frozenset({"kdcore_configure", "kdcore_add_components", "kdcore_
                            "kdcore_add_augmentations", "kdcore_add_loggers"})
 
 
-@functools.cache
-def package_digest(module: str) -> str:
+def _package_digest(module: str) -> str:
     """The first 12 hex digits of the SHA-256 of the sources of ``module``'s top-level
     package (every ``*.py`` below its folder, each by its relative path and bytes; a
-    top-level module alone: its file; a namespace package: empty). Computed once per
-    process: the code a process runs is the code it imported, whatever is edited on disk
-    later."""
-    top = sys.modules[module.partition(".")[0]]
-    if top.__file__ is None:  # a namespace package: no folder of its own to read
+    top-level module alone: its file; empty where there is none to read: a namespace
+    package, a module not imported under its name, a file that cannot be read). Computed once
+    per process: the code a process runs is the code it imported, whatever is edited on disk
+    later. A digest never stops a run."""
+    top = sys.modules.get(module.partition(".")[0])
+    if top is None or getattr(top, "__file__", None) is None:
         return ""
     path = Path(top.__file__)
     files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
     h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(path.parent).as_posix().encode() + b"\0")
-        h.update(f.read_bytes() + b"\0")
+    try:
+        for f in files:
+            h.update(f.relative_to(path.parent).as_posix().encode() + b"\0")
+            h.update(f.read_bytes() + b"\0")
+    except OSError:
+        return ""
     return h.hexdigest()[:12]
+
+
+package_digest = functools.cache(_package_digest)
 
 
 def _used_names(recipe: Recipe) -> dict[str, set[str]]:

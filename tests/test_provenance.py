@@ -80,6 +80,14 @@ def test_a_packages_digest_is_that_of_its_sources_by_path_and_bytes(package):
     assert package_digest("prov_pkg") == _independent_digest(package / "prov_pkg")
 
 
+def test_a_module_not_imported_or_a_source_that_cannot_be_read_has_no_digest(package):
+    assert package_digest("prov_nowhere.sub") == ""  # not in sys.modules under that name
+    assert package_digest("sys") == ""  # built into the interpreter: no file at all
+    (package / "prov_pkg" / "gone.py").symlink_to(package / "missing.py")
+    package_digest.cache_clear()
+    assert package_digest("prov_pkg") == ""  # a dangling link: unreadable, never a crash
+
+
 def test_a_namespace_package_has_no_digest(tmp_path, monkeypatch):
     (tmp_path / "prov_ns").mkdir()
     (tmp_path / "prov_ns" / "mod.py").write_text("")
