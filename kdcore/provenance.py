@@ -23,13 +23,6 @@ if TYPE_CHECKING:
     from kdcore.plugins import PluginHost
     from kdcore.recipe import Recipe
 
-#: hooks that only check a recipe or fill a registry: a plugin whose other hooks would run
-#: during every run (observers) counts as used by every run
-_SET_UP_HOOKS = frozenset({"kdcore_configure", "kdcore_add_components", "kdcore_add_datasets",
-                           "kdcore_add_noise_models", "kdcore_add_models",
-                           "kdcore_add_augmentations", "kdcore_add_loggers"})
-
-
 def _package_digest(module: str) -> str:
     """The first 12 hex digits of the SHA-256 of the sources of ``module``'s top-level
     package (every ``*.py`` below its folder, each by its relative path and bytes; a
@@ -71,15 +64,18 @@ def code_digests(recipe: Recipe, host: PluginHost) -> dict[str, str]:
     """The digest of kdcore and of each installed plugin distribution that ``recipe`` uses
     (one of its registry entries, or an observer hook, which runs in every run), by
     distribution name. Plugins given with ``--plugin`` are left out, as in the versions."""
-    from kdcore.plugins import IN_PROCESS
+    from kdcore.plugins import IN_PROCESS, REGISTRY_HOOKS
 
+    # hooks that only check a recipe or fill a registry; a plugin with others (observers)
+    # has code that runs during every run
+    set_up_hooks = {"kdcore_configure", *REGISTRY_HOOKS.values()}
     used = _used_names(recipe)
     out = {"kdcore": package_digest("kdcore")}
     for info in host.infos.values():
         if info.error is not None or info.distribution == IN_PROCESS:
             continue
         provides = any(used[kind] & set(names) for kind, names in info.provides.items())
-        if provides or set(info.hooks) - _SET_UP_HOOKS:
+        if provides or set(info.hooks) - set_up_hooks:
             plugin = host.pm.get_plugin(info.name)
             module = plugin.__name__ if isinstance(plugin, types.ModuleType) else (
                 type(plugin).__module__)
