@@ -233,6 +233,10 @@ of the 54,000 training images, the whole noisy validation split (6,000) and the 
 and AML-KD teachers train 15 epochs, the other teachers 20), batch 128, SGD; each grid file in
 `benchmarks/grids/` states its variants and overrides. Rows of the same recipe and seed in two
 grids are the same run repeated (training is deterministic on the CPU), so their numbers agree.
+`kdcore ablate` skips the runs its folder already holds, so a table is only as new as its oldest
+run: each history records which code made it, and `kdcore ablate` and `kdcore report` warn when
+runs come from code edited since (docs/recipes.md, "Which code made a run"). The tables measured
+in session 29 were rerun from empty folders; a table marked *earlier* was not.
 """
 
 
