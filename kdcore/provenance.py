@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from kdcore.plugins import PluginHost
     from kdcore.recipe import Recipe
 
+
 def _package_digest(module: str) -> str:
     """The first 12 hex digits of the SHA-256 of the sources of ``module``'s top-level
     package (every ``*.py`` below its folder, each by its relative path and bytes; a
