@@ -233,6 +233,11 @@ def test_a_replace_marker_that_is_not_true_names_its_key_in_a_merge():
 @pytest.mark.parametrize(("text", "path", "detail"), [
     ("run.x.=1", "run.x.", "override 'run.x.=1': the key path has an empty part"),
     ("a=" + "[" * 2000 + "]" * 2000, "a", "the value nests arrays or tables too deeply"),
+    ("stages[0].epochs=2", "stages[0].epochs", "list entries are addressed with a dot, by index "
+     "or by name, not with brackets: write stages.0.epochs"),
+    ("stages[s].components[-1].params.x=[1]", "stages[s].components[-1].params.x",
+     "list entries are addressed with a dot, by index or by name, not with brackets: write "
+     "stages.s.components.-1.params.x"),
 ])
 def test_an_override_that_cannot_be_read_names_its_key(text, path, detail):
     err = _assert_refused(lambda: parse_override(text))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence, Set
@@ -249,6 +250,9 @@ def _named_list(value: Any) -> bool:
 # -- overrides -------------------------------------------------------------------------------
 
 
+_BRACKETED = re.compile(r"\[([^\[\]]*)\]")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b.c=VALUE"`` -> (["a", "b", "c"], value); VALUE is read as TOML, else a string."""
     key, sep, raw = text.partition("=")
@@ -258,6 +262,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = key.split(".")
     if not all(path):
         raise RecipeError(f"override {text!r}: the key path has an empty part", key=key)
+    if any(_BRACKETED.search(part) for part in path):  # the Python or jq way of indexing
+        dotted = _BRACKETED.sub(r".\1", key)
+        raise RecipeError(f"list entries are addressed with a dot, by index or by name, not "
+                          f"with brackets: write {dotted}", key=key)
     raw = raw.strip()
     try:
         parsed = tomllib.loads(f"v = {raw}")
