@@ -198,6 +198,10 @@ class Component:
     own_terms_only: ClassVar[bool] = False
     """A selector or weighter that also contributes a term (LSH's selective variant) acts on
     its own term only, unless the recipe lists ``terms``."""
+    learns_from: ClassVar[tuple[str, ...]] = ()
+    """The parameters (typed :class:`~kdcore.Role`, or tuples of them) that name the models
+    whose detached outputs the served models learn from; the plan refuses a recipe in which
+    the component serves one of them (a model distilled from itself gets no gradient)."""
     carry_state: ClassVar[bool] = True
     """A component with the same label and ``use`` in the next stage starts from this one's
     ``state_dict`` (a WeightNet trained through warm-up keeps training in stage 2); set False
@@ -346,12 +350,7 @@ class Component:
         """Restore what :meth:`state_dict` returned, on resume, after :meth:`setup`."""
 
 
-KIND_HOOKS: dict[str, str] = {
-    "select": "select",
-    "refine": "refine",
-    "weight": "weight",
-    "transfer": "transfer",
-}
+KINDS: tuple[str, ...] = ("select", "refine", "weight", "transfer")  # each its hook's name
 COMPONENT_HOOKS: tuple[str, ...] = (
     "adapt_models", "setup", "on_stage_start", "on_epoch_start", "select", "refine", "weight",
     "transfer", "backward", "after_step", "on_epoch_end", "on_stage_end", "state_dict",
@@ -365,7 +364,7 @@ def _overrides(cls: type, hook: str) -> bool:
 
 @functools.cache
 def _kinds(cls: type) -> tuple[str, ...]:
-    return tuple(k for k, hook in KIND_HOOKS.items() if _overrides(cls, hook))
+    return tuple(k for k in KINDS if _overrides(cls, k))
 
 
 @functools.cache

@@ -12,6 +12,7 @@ augmentations. Loading the data and building the models is :mod:`kdcore.prepare`
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -116,6 +117,7 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
     stages = [StagePlan(s, stage, build_components(recipe, host, s))
               for s, stage in enumerate(recipe.stages)]
     _check_roles(recipe, stages, set(models))
+    _check_self_taught(recipe, stages)
     _check_trained(recipe, stages)
     _check_history_skip(recipe, _check_columns(recipe, stages))
     _check_precision(recipe, stages)
@@ -272,6 +274,27 @@ def _check_roles(recipe: Recipe, stages: Sequence[StagePlan], roles: set[str]) -
                         f"{did_you_mean(role, roles)}, which [models] does not define; "
                         f"roles: {', '.join(sorted(roles)) or 'none'}",
                         file=recipe.source, key=_param_key(recipe, stage.index, comp, role))
+
+
+def _check_self_taught(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
+    """A component serves none of the models it distils from (:attr:`Component.learns_from`)."""
+    for stage in stages:
+        for comp in stage.components:
+            used = set(comp.roles())
+            for param in comp.learns_from:
+                value = getattr(comp.params, param)
+                for role in (value,) if isinstance(value, str) else value:
+                    if role not in comp.models or role not in used:
+                        continue
+                    rest = [m for m in comp.models if m != role]
+                    fix = (f"set its models = {json.dumps(rest)}" if rest else
+                           f"name another model in params.{param}")
+                    raise RecipeError(
+                        f"component '{comp.name}' ({comp.spec.use}) would distil '{role}' from "
+                        f"itself (params.{param}), a term without gradient: it serves "
+                        f"{json.dumps(list(comp.models))} (its models, or else the stage's "
+                        f"train); {fix}", file=recipe.source,
+                        key=f"{_component_key(recipe, stage.index, comp)}.models")
 
 
 def _check_trained(recipe: Recipe, stages: Sequence[StagePlan]) -> None:

@@ -368,8 +368,7 @@ def test_a_trained_model_without_a_loss_term_is_refused_by_the_plan():
     from kdcore.recipe import recipe_from_dict
     from kdcore.testing import component, stage, teacher_stage, tiny_recipe
 
-    frozen_term = stage("s", 1, ["student"], component("hinton_kd", models=["teacher"],
-                                                       params={"teacher": "teacher"}))
+    frozen_term = stage("s", 1, ["student"], component("ce", models=["teacher"]))
     with pytest.raises(RecipeError, match="stage 's' trains 'student', but none of its "
                                           "components gives 'student' a loss term") as err:
         build_plan(recipe_from_dict(tiny_recipe(teacher_stage(1), frozen_term)), PluginHost())

@@ -244,6 +244,57 @@ def test_every_trained_model_needs_a_loss_term_in_its_stage():
                           "of train")
 
 
+class Distiller(Taker):
+    """Distils ``role`` and ``others`` into the models it serves."""
+
+    learns_from = ("role", "others")
+
+    def transfer(self, ctx, batch):
+        return torch.zeros(len(batch))
+
+
+class Unused(Distiller):
+    def roles(self):
+        return ()  # a setting of its parameters leaves its teachers unused
+
+
+def test_a_component_serves_none_of_the_models_it_distils_from():
+    both = ["teacher", "student"]
+    # the stage's train by default: the teacher would be distilled from itself
+    err = _assert_refused(teacher_stage(1), stage("s", 1, both, component("ce"),
+                                                  component("hinton_kd")))
+    assert err.key == "stages[1].components[1].models"
+    assert err.detail == (
+        "component 'hinton_kd' (hinton_kd) would distil 'teacher' from itself (params.teacher), "
+        'a term without gradient: it serves ["teacher", "student"] (its models, or else the '
+        'stage\'s train); set its models = ["student"]')
+    # online KD: the teacher trains on CE beside the student it teaches
+    _plan(teacher_stage(1), stage("s", 1, both, component("ce"),
+                                  component("hinton_kd", models=["student"])))
+    host = PluginHost(extra=[Components(), _Extra(distiller=Distiller, unused=Unused)])
+    # a role among several of a tuple parameter; nothing left to serve
+    err = _assert_refused(teacher_stage(1), _student(component(
+        "distiller", params={"role": "teacher", "others": ["teacher", "student"]})), host=host)
+    assert err.key == "stages[1].components[0].models"
+    assert err.detail.startswith("component 'distiller' (distiller) would distil 'student' from "
+                                 "itself (params.others), ")
+    assert err.detail.endswith('it serves ["student"] (its models, or else the stage\'s train); '
+                               "name another model in params.others")
+    # a teacher role it serves but does not use, or one it does not serve: accepted
+    _plan(teacher_stage(1), _student(component("unused", params={"role": "student"})), host=host)
+    _plan(teacher_stage(1), _student(component("distiller", params={"role": "teacher"})),
+          host=host)
+
+
+class _Extra:
+    def __init__(self, **components):
+        self.components = components
+
+    @hookimpl
+    def kdcore_add_components(self):
+        return self.components
+
+
 # -- the data flow ------------------------------------------------------------------------------
 
 

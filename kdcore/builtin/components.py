@@ -37,6 +37,7 @@ class HintonKD(Component):
     """Hinton et al. (2015) knowledge distillation from a teacher role's logits."""
 
     Params = HintonKDParams
+    learns_from = ("teacher",)
     description = "Hinton KD: T^2 KL(softmax(t/T) || softmax(s/T))"
 
     def transfer(self, ctx: RunContext, batch: Batch) -> PerSample:

@@ -106,6 +106,7 @@ class MixupKD(kdcore.Component):
     """Hinton KD on the mixed inputs (teacher frozen)."""
 
     Params = MixupParams
+    learns_from = ("teacher",)
     description = "KD on mixup inputs (AML-KD)"
 
     def transfer(self, ctx: RunContext, batch: kdcore.Batch) -> kdcore.PerSample:
@@ -137,6 +138,7 @@ class RelationalKD(kdcore.Component):
     """Similarity-preserving relational term on clean-view features (a batch-level scalar)."""
 
     Params = RelationalParams
+    learns_from = ("teacher",)
     description = "relational Gram-matrix MSE (AML-KD, optional)"
 
     def transfer(self, ctx: RunContext, batch: kdcore.Batch) -> kdcore.PerSample:

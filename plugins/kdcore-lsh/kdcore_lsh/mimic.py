@@ -82,14 +82,11 @@ class FeatureMimic(kdcore.Component):
     """Base of the feature-mimicking terms; ``terms_used`` says which of L2 and LSH are summed."""
 
     Params: ClassVar[type] = MimicParams
+    learns_from = ("teacher",)
     terms_used: ClassVar[tuple[str, ...]] = ("l2",)
 
     def __init__(self, params: Any, spec: kdcore.ComponentSpec):
         super().__init__(params, spec)
-        if params.teacher in self.models:
-            raise ValueError(
-                f"component '{self.name}' would make '{params.teacher}' mimic itself; list the "
-                f"students in its 'models' (it serves {list(self.models)})")
         self.device = torch.device("cpu")
         self.dim = 0
         self.projection: torch.Tensor | None = None

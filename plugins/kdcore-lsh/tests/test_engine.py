@@ -223,7 +223,7 @@ def test_bad_parameters_are_rejected(comp):
 
 
 def test_teacher_cannot_mimic_itself(comp):
-    with pytest.raises(RecipeError, match="mimic itself"):
+    with pytest.raises(RecipeError, match="would distil .teacher. from itself"):
         lsh_plan(comp("lshl2", models=["student", "teacher"]))
 
 

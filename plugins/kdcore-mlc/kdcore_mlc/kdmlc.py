@@ -88,6 +88,7 @@ class KDMLCStudent(kdcore.Component):
     """
 
     Params = KDMLCStudentParams
+    learns_from = ("teacher",)
     description = "KDMLC student: (1-beta) CE on MLC-corrected labels + beta T^2 KL to the teacher"
 
     def roles(self) -> tuple[str, ...]:
