@@ -4,7 +4,7 @@ A seeded generator mutates the shipped digits recipes and a few tiny ones across
 ranges, unknown names, missing model roles, ledger column wiring, NUL bytes, devices,
 ``extends``, data (augmentations, noise models), paths (output directory, checkpoints) and
 the inputs added since (class-mapped noise, the ``npz`` dataset, ``run.history_skip``,
-``run.distributed_timeout_s``). For
+``run.distributed_timeout_s``), and registered components composed at random. For
 every mutant, ``check`` exits 0, or exits 2 with exactly one line on stderr and no traceback;
 every mutant that ``check`` accepts must also get through the run's set-up (data, models, run
 directory, history, components) to its first batch, and its resolved recipe must read back from
@@ -35,7 +35,7 @@ from kdcore.engine import run_recipe
 from kdcore.errors import KdcoreError
 from kdcore.plugins import PluginHost
 from kdcore.recipe import load_raw, load_recipe, recipe_from_dict
-from kdcore.testing import component, stage, teacher_stage, tiny_recipe
+from kdcore.testing import MODELS, component, stage, teacher_stage, tiny_recipe
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 SEED = 20261130
@@ -385,11 +385,39 @@ def _paths(rng: random.Random, source: str, data: dict[str, Any], text: str
     return f"{key} = {_toml(value)}", {"overrides": (f"{key}={_toml(value)}",)}
 
 
+def _compose(rng: random.Random, source: str, data: dict[str, Any], text: str
+             ) -> tuple[str, dict[str, Any]]:
+    """Registered components composed at random in a run's first stage (so that its first
+    batch calls them all), serving the stage's models or some of them. Found this way:
+    ``hinton_kd`` distilling a teacher the stage trains from itself, ``small_loss`` and
+    ``mlc`` refusing a second model only in their set-up, and an SSL projection head on
+    features that an LSH connector added after it had widened (a shape error at the first
+    batch)."""
+    global _HOST
+    _HOST = _HOST or PluginHost()
+    uses = rng.sample(_HOST.components.names(), rng.randint(1, 4))
+    if rng.random() < 0.7:
+        uses.append("ce")
+    train = rng.choice([["student"], ["student", "peer"], ["teacher", "student"]])
+    comps = []
+    for i, use in enumerate(uses):
+        fields = {}
+        if rng.random() < 0.25:
+            fields["models"] = rng.sample(train, rng.randint(1, len(train)))
+        comps.append(component(use, f"{use}{i}", **fields))
+    peer = {"arch": "mlp", "params": {"hidden": [24]}, "optimizer": {"lr": 0.1}}
+    recipe = tiny_recipe(stage("s", 1, train, *comps), teacher_stage(1),
+                         models={**MODELS, "peer": peer}, train_subset=200,
+                         gold_per_class=rng.choice([0, 3]))
+    described = ", ".join(f"{c['use']}{c.get('models', '')}" for c in comps)
+    return f"compose on {train}: {described}", {"text": recipe_from_dict(recipe).to_toml()}
+
+
 CATEGORIES: dict[str, tuple[Mutator, int]] = {
     "syntax": (_syntax, 45), "types": (_types, 45), "ranges": (_ranges, 80),
     "names": (_names, 35), "roles": (_roles, 40), "wiring": (_wiring, 30), "nul": (_nul, 20),
     "devices": (_devices, 15), "extends": (_extends, 15), "data": (_data, 20),
-    "paths": (_paths, 15), "added": (_added, 55),
+    "paths": (_paths, 15), "added": (_added, 55), "compose": (_compose, 40),
 }
 
 
@@ -426,6 +454,7 @@ def test_the_generator_makes_enough_distinct_mutants():
     assert len(CASES) >= 300
     # every input added since session 28 is tried at least once (the seed is fixed)
     assert len({c.describe for c in CASES if "-added-" in c.id}) == 18
+    assert len({c.describe for c in CASES if "-compose-" in c.id}) == 40
     assert len({(c.source, c.describe, c.text, c.extra) for c in CASES}) >= 250
     assert {c.source for c in CASES} == {*SHIPPED, *TINY}
 

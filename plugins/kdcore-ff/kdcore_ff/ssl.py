@@ -134,6 +134,17 @@ class SSLPretrain(kdcore.Component):
                     "projection_hidden and projection_dim")
 
     def setup(self, ctx: kdcore.RunContext) -> None:
+        for role in self.models:  # every component's adapt_models has run, in recipe order
+            model = ctx.models[role]
+            head = getattr(model, HEAD, None)  # None: a harness that skipped adapt_models
+            built = model.feature_dim if head is None else head[0].in_features
+            if built != model.feature_dim:
+                raise kdcore.RecipeError(
+                    f"component '{self.name}': model '{role}' has {model.feature_dim} features, "
+                    f"but its projection head was built for {built}: a component after this one "
+                    "in the recipe changed the model's features (an LSH connector, say); give "
+                    f"'{role}' the feature size that component needs, so that nothing changes, "
+                    "or put that component's stage first")
         self.crop: Any = None
         p = self.params
         if ctx.data.train.x.dim() == 4 and (p.crop_padding or p.flip):

@@ -322,6 +322,24 @@ def test_image_views_are_cropped_without_a_flip():
     assert torch.equal(view, want)
 
 
+def test_a_head_whose_features_a_later_component_changed_is_refused_at_set_up():
+    """An LSH connector added after the head (a later stage's mimicking, say) widened the
+    features the head reads: the first batch stopped with a shape error."""
+    torch.manual_seed(0)
+    models = {"student": TinyNet(6, 2)}
+    h = harness(SSLPretrain, {"projection_dim": 3}, x=torch.randn(4, 6),
+                noisy_label=torch.arange(4) % 2, models=models)
+    h.component.adapt_models(h.ctx)
+    h.component.setup(h.ctx)  # the features the head was built for
+    models["student"].classifier = torch.nn.Linear(12, 2)  # what a connector does
+    assert_refused(lambda: h.component.setup(h.ctx),
+                   "component 'sslpretrain': model 'student' has 12 features, but its "
+                   "projection head was built for 8: a component after this one in the recipe "
+                   "changed the model's features (an LSH connector, say); give 'student' the "
+                   "feature size that component needs, so that nothing changes, or put that "
+                   "component's stage first")
+
+
 def test_a_second_entry_with_another_head_shape_is_refused():
     torch.manual_seed(0)
     models = {"student": TinyNet(6, 2)}

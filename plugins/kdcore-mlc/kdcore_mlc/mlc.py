@@ -89,6 +89,14 @@ class MLC(kdcore.Component):
     writes = ("loss/{name}",)  # its L_tr is a scalar: it records the per-sample part itself
     column_kinds = {"loss/{name}": "value"}
 
+    def __init__(self, params: MLCParams, spec: kdcore.ComponentSpec):
+        super().__init__(params, spec)
+        if len(self.models) != 1:
+            raise ValueError(
+                f"component '{self.name}' serves {list(self.models)}: MLC corrects the labels "
+                "of one main model; set its models to that role (a student distilled from it "
+                "takes kdmlc_student)")
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def setup(self, ctx: kdcore.RunContext) -> None:

@@ -182,6 +182,12 @@ def test_recipe_errors_are_clear():
         (_kdmlc(student={"corrector": "mlc2"}), "an mlc component labelled 'mlc2'"),
         (_override(_kdmlc(), 0, "kdmlc_student", models=["teacher"]),
          "the main model of 'mlc'"),
+        (_override(_override(_kdmlc(), 0, "kdmlc_student", enabled=False), 0, "mlc",
+                   models=["teacher", "student"]),
+         r"components\[0\]\.params: component 'mlc' serves \['teacher', 'student'\]: MLC "
+         r"corrects the labels of one main model; set its models to that role \(a student "
+         r"distilled from it takes kdmlc_student\)$"),
+        (_kdmlc(student={"teacher": "student"}), "would distil 'student' from itself"),
     ]
     for recipe, match in cases:
         with pytest.raises(RecipeError, match=match):

@@ -198,6 +198,13 @@ class SmallLoss(kdcore.Component):
     Params = SmallLossParams
     description = "small-loss selection (per batch, per pass or over the whole set)"
 
+    def __init__(self, params: SmallLossParams, spec: kdcore.ComponentSpec):
+        super().__init__(params, spec)
+        if params.ranking_model is None and len(self.models) != 1:
+            raise ValueError(
+                f"component '{self.name}' serves {list(self.models)}: set params.ranking_model "
+                "to the role whose losses rank the samples, or its models to one role")
+
     def roles(self) -> tuple[str, ...]:
         p = self.params
         used = [] if p.ranking_model is None else [p.ranking_model]

@@ -15,8 +15,8 @@ import kdcore
 from kdcore import PluginHost, RecipeError
 from kdcore.plan import build_plan
 from kdcore.recipe import recipe_from_dict
+from kdcore.testing import MODELS, component, harness, run_tiny, stage, teacher_stage, tiny_recipe
 from kdcore.testing import TinyNet as Net
-from kdcore.testing import component, harness, run_tiny, stage, teacher_stage, tiny_recipe
 from kdcore_selection.small_loss import SmallLoss, keep_smallest, kept_count, mixture_noise_rate
 
 RECIPES = Path(__file__).parents[3] / "recipes"
@@ -308,6 +308,26 @@ def test_plan_refuses_a_missing_role_only_where_it_is_used():
         _plan({"ranking_model": "studnet"})
     _plan({"rate": 0.3, "estimate": "disagreement", "estimator_model": "nope"})  # unused
     _plan({"estimate": "oracle", "estimator_model": "nope"})  # unused
+
+
+def test_a_selector_serving_several_models_needs_the_one_that_ranks():
+    """It stopped in set-up with "serves ('student', 'peer'); name one", after `check` had
+    accepted the recipe."""
+    models = {**MODELS, "peer": MODELS["student"]}
+
+    def plan(params):
+        recipe = tiny_recipe(teacher_stage(1), stage(
+            "s", 1, ["student", "peer"], component("small_loss", params=params),
+            component("ce")), models=models)
+        return build_plan(recipe_from_dict(recipe), PluginHost())
+
+    with pytest.raises(RecipeError) as err:
+        plan({})
+    assert err.value.key == "stages[1].components[0].params"
+    assert err.value.detail == ("component 'small_loss' serves ['student', 'peer']: set "
+                                "params.ranking_model to the role whose losses rank the samples, "
+                                "or its models to one role")
+    plan({"ranking_model": "peer"})
 
 
 def test_bad_parameters_are_rejected():
