@@ -6,21 +6,32 @@ must agree as tests/test_distributed.py requires (``kdcore.testing.assert_close_
 discrete columns equal, float columns within 1e-3 + 2e-3 x their value (float16 storage),
 metrics within 1e-4). The largest difference of each float column and metric is recorded.
 
+With ``--compositions N`` it runs N recipes drawn by ``kdcore.testing.random_composition``
+instead (registered components composed at random after a teacher stage, 2 epochs a stage,
+the draws that ``kdcore check`` accepts; ``--seed`` picks them): whether the components keep
+their parity together as they do in their own recipes.
+
 Usage:  .venv/bin/python benchmarks/distributed_parity.py [RECIPE ...]
-Writes benchmarks/results/distributed_parity.json.
+        .venv/bin/python benchmarks/distributed_parity.py --compositions 15 [--seed 7]
+Writes benchmarks/results/distributed_parity.json (or distributed_parity_compositions.json).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from kdcore import KdcoreError, PluginHost
+from kdcore.engine import dry_setup
+from kdcore.recipe import recipe_from_dict
 from kdcore.recipe.resolve import load_raw
-from kdcore.testing import assert_close_history
+from kdcore.testing import assert_close_history, random_composition, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -34,39 +45,74 @@ def overrides(name: str) -> list[str]:
     return ["data.train_subset=240", 'run.device="cpu"', *short]
 
 
-def kdcore_run(name: str, out: Path, extra: list[str]) -> None:
-    sets = [a for o in overrides(name) for a in ("--set", o)]
-    proc = subprocess.run([sys.executable, "-m", "kdcore", "run", str(ROOT / "recipes" /
-                                                                     f"{name}.toml"),
-                           *sets, "--out", str(out), "-q", *extra],
-                          capture_output=True, text=True)
+def kdcore_run(recipe: Path, out: Path, sets: list[str], extra: list[str]) -> None:
+    args = [a for o in sets for a in ("--set", o)]
+    proc = subprocess.run([sys.executable, "-m", "kdcore", "run", str(recipe), *args, "--out",
+                           str(out), "-q", *extra], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
 
 
-def main() -> None:
-    names = sys.argv[1:] or RECIPES
-    work = Path(tempfile.mkdtemp(prefix="parity-"))
-    results = {}
-    for name in names:
-        t0 = time.time()
-        kdcore_run(name, work / f"{name}-1", [])
-        kdcore_run(name, work / f"{name}-2", ["--nproc", "2"])
+def compare(name: str, recipe: Path, sets: list[str], work: Path) -> dict:
+    """Run ``recipe`` in 1 and in 2 processes; whether the histories agree, and by how much."""
+    t0 = time.time()
+    kdcore_run(recipe, work / f"{name}-1", sets, [])
+    kdcore_run(recipe, work / f"{name}-2", sets, ["--nproc", "2"])
+    try:
+        differ = assert_close_history(work / f"{name}-1" / "history.h5",
+                                      work / f"{name}-2" / "history.h5",
+                                      float_atol=FLOAT_ATOL, float_rtol=FLOAT_RTOL,
+                                      metric_atol=METRIC_ATOL)
+        result = {"agree": True, "largest_differences": differ}
+    except AssertionError as exc:
+        result = {"agree": False, "why": str(exc)[:500]}
+    worst = max(result.get("largest_differences", {}).values(), default=0.0)
+    print(f"{name}: {'agree' if result['agree'] else 'DIFFER'} (largest float difference "
+          f"{worst:.2g}; {time.time() - t0:.0f}s)", flush=True)
+    return result
+
+
+def compositions(count: int, seed: int, work: Path) -> dict[str, Path]:
+    """``count`` drawn recipes that ``kdcore check`` accepts, written under ``work``."""
+    host = PluginHost()
+    names = host.components.names()
+    rng = random.Random(seed)
+    out: dict[str, Path] = {}
+    while len(out) < count:
+        recipe = random_composition(rng, names, epochs=2, train_subset=240, gold_per_class=3)
         try:
-            differ = assert_close_history(work / f"{name}-1" / "history.h5",
-                                          work / f"{name}-2" / "history.h5",
-                                          float_atol=FLOAT_ATOL, float_rtol=FLOAT_RTOL,
-                                          metric_atol=METRIC_ATOL)
-            results[name] = {"agree": True, "largest_differences": differ}
-        except AssertionError as exc:
-            results[name] = {"agree": False, "why": str(exc)[:500]}
-        worst = max(results[name].get("largest_differences", {}).values(), default=0.0)
-        print(f"{name}: {'agree' if results[name]['agree'] else 'DIFFER'} (largest float "
-              f"difference {worst:.2g}; {time.time() - t0:.0f}s)", flush=True)
+            dry_setup(recipe_from_dict(recipe), host)
+        except KdcoreError:
+            continue
+        uses = "+".join(c["use"] for c in recipe["stages"][1]["components"])
+        name = f"{len(out)}-{uses}-on-{'+'.join(recipe['stages'][1]['train'])}"
+        out[name] = write_recipe(recipe, work / f"{name}.toml")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipes", nargs="*", default=RECIPES)
+    parser.add_argument("--compositions", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="parity-"))
+    if args.compositions:
+        recipes = compositions(args.compositions, args.seed, work)
+        sets = {name: [] for name in recipes}
+        target = "distributed_parity_compositions.json"
+    else:
+        recipes = {n: ROOT / "recipes" / f"{n}.toml" for n in args.recipes}
+        sets = {n: overrides(n) for n in args.recipes}
+        target = "distributed_parity.json"
+    results = {name: compare(name, path, sets[name], work) for name, path in recipes.items()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"overrides": {n: overrides(n) for n in names}, "float_atol": FLOAT_ATOL,
-              "float_rtol": FLOAT_RTOL, "metric_atol": METRIC_ATOL, "results": results}
-    (RESULTS / "distributed_parity.json").write_text(json.dumps(record, indent=1) + "\n")
+    record = {"overrides": sets, "float_atol": FLOAT_ATOL, "float_rtol": FLOAT_RTOL,
+              "metric_atol": METRIC_ATOL, "results": results}
+    if args.compositions:
+        record["seed"] = args.seed
+        record["recipes"] = {n: p.read_text(encoding="utf-8") for n, p in recipes.items()}
+    (RESULTS / target).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ mid-stage).
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,8 @@ from kdcore.testing_harness import ColumnReader, ColumnReaderPlugin, Harness, Ti
 
 __all__ = ["ColumnReader", "ColumnReaderPlugin", "Harness", "InterruptAt", "Interrupted",
            "TinyNet", "assert_close_history", "assert_same_history", "component", "harness",
-           "one_thread", "quiet_logs", "run_tiny", "stage", "teacher_stage", "tiny_recipe",
-           "write_cifar10", "write_fashion_mnist", "write_idx", "write_recipe"]
+           "one_thread", "quiet_logs", "random_composition", "run_tiny", "stage", "teacher_stage",
+           "tiny_recipe", "write_cifar10", "write_fashion_mnist", "write_idx", "write_recipe"]
 
 
 @pytest.fixture(autouse=True)
@@ -115,6 +116,44 @@ def tiny_recipe(*stages: Mapping[str, Any], models: Mapping[str, Mapping[str, An
         "models": copy.deepcopy(dict(models or MODELS)),
         "stages": [dict(s) for s in stages],
     }
+
+
+PEER: dict[str, Any] = {"arch": "mlp", "params": {"hidden": [24]}, "optimizer": {"lr": 0.1}}
+"""The ``peer`` model of :func:`random_composition`'s recipes (a third feature size)."""
+
+
+def random_composition(rng: random.Random, names: Sequence[str], *, must: Sequence[str] = (),
+                       trains: Sequence[Sequence[str]] = (("student",), ("student", "peer")),
+                       first: bool = False, epochs: int = 3, again: float = 0.4,
+                       **recipe: Any) -> dict[str, Any]:
+    """Recipe data composing components at random, to test how they work together.
+
+    Stage ``s`` trains one of ``trains`` (the models are :data:`MODELS` and :data:`PEER`) for
+    ``epochs`` with 1 to 4 of ``names`` (registered component names: ``PluginHost().
+    components.names()``), then ``must``, then, seven times in ten, ``ce``; each entry serves
+    the stage's models or, one time in four, some of them. Stage ``s`` follows a one-epoch
+    teacher stage, or comes first with ``first`` (so that a run's first batch calls its
+    components); with probability ``again``, a stage ``t`` of 2 epochs repeats the entries
+    (each starts from its state in ``s``). ``recipe`` goes to :func:`tiny_recipe`.
+
+    Many draws are recipes that ``kdcore check`` refuses (a peer method with one model, a
+    selector of two models): keep the ones it accepts (:func:`kdcore.engine.dry_setup`).
+    """
+    uses = [*rng.sample(list(names), rng.randint(1, min(4, len(names)))), *must]
+    if rng.random() < 0.7:
+        uses.append("ce")
+    train = list(rng.choice(trains))
+    comps = []
+    for i, use in enumerate(uses):
+        fields = {}
+        if rng.random() < 0.25:
+            fields["models"] = rng.sample(train, rng.randint(1, len(train)))
+        comps.append(component(use, f"{use}{i}", **fields))
+    stages = [stage("s", epochs, train, *comps)]
+    stages.insert(len(stages) if first else 0, teacher_stage(1))
+    if rng.random() < again:
+        stages.append(stage("t", 2, train, *comps))
+    return tiny_recipe(*stages, models={**MODELS, "peer": PEER}, **recipe)
 
 
 def write_recipe(data: Mapping[str, Any], path: Path) -> Path:

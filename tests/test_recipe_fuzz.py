@@ -35,7 +35,7 @@ from kdcore.engine import run_recipe
 from kdcore.errors import KdcoreError
 from kdcore.plugins import PluginHost
 from kdcore.recipe import load_raw, load_recipe, recipe_from_dict
-from kdcore.testing import MODELS, component, stage, teacher_stage, tiny_recipe
+from kdcore.testing import component, random_composition, stage, teacher_stage, tiny_recipe
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 SEED = 20261130
@@ -395,20 +395,11 @@ def _compose(rng: random.Random, source: str, data: dict[str, Any], text: str
     batch)."""
     global _HOST
     _HOST = _HOST or PluginHost()
-    uses = rng.sample(_HOST.components.names(), rng.randint(1, 4))
-    if rng.random() < 0.7:
-        uses.append("ce")
     train = rng.choice([["student"], ["student", "peer"], ["teacher", "student"]])
-    comps = []
-    for i, use in enumerate(uses):
-        fields = {}
-        if rng.random() < 0.25:
-            fields["models"] = rng.sample(train, rng.randint(1, len(train)))
-        comps.append(component(use, f"{use}{i}", **fields))
-    peer = {"arch": "mlp", "params": {"hidden": [24]}, "optimizer": {"lr": 0.1}}
-    recipe = tiny_recipe(stage("s", 1, train, *comps), teacher_stage(1),
-                         models={**MODELS, "peer": peer}, train_subset=200,
-                         gold_per_class=rng.choice([0, 3]))
+    recipe = random_composition(rng, _HOST.components.names(), trains=[train], first=True,
+                                epochs=1, again=0, train_subset=200,
+                                gold_per_class=rng.choice([0, 3]))
+    comps = recipe["stages"][0]["components"]
     described = ", ".join(f"{c['use']}{c.get('models', '')}" for c in comps)
     return f"compose on {train}: {described}", {"text": recipe_from_dict(recipe).to_toml()}
 

@@ -24,40 +24,15 @@ from kdcore import KdcoreError, PluginHost
 from kdcore.engine import dry_setup
 from kdcore.recipe import recipe_from_dict
 from kdcore.testing import (
-    MODELS,
     InterruptAt,
     Interrupted,
     assert_same_history,
-    component,
+    random_composition,
     run_tiny,
-    stage,
-    teacher_stage,
-    tiny_recipe,
 )
 
 SEED = 20261203
 CASES = 16
-PEER = {"arch": "mlp", "params": {"hidden": [24]}, "optimizer": {"lr": 0.1}}
-
-
-def _draw(rng: random.Random, names: list[str]) -> dict[str, Any]:
-    uses = rng.sample(names, rng.randint(1, 4))
-    if rng.random() < 0.7:
-        uses.append("ce")
-    train = rng.choice([["student"], ["student", "peer"]])
-    comps = []
-    for i, use in enumerate(uses):
-        fields = {}
-        if rng.random() < 0.25:
-            fields["models"] = rng.sample(train, rng.randint(1, len(train)))
-        comps.append(component(use, f"{use}{i}", **fields))
-    stages = [teacher_stage(1), stage("s", 3, train, *comps)]
-    if rng.random() < 0.4:  # the same labels and uses again: each starts from its state
-        stages.append(stage("t", 2, train, *comps))
-    return tiny_recipe(*stages, models={**MODELS, "peer": PEER}, train_subset=200,
-                       gold_per_class=3, batch_size=32)
-
-
 def _compositions() -> list[tuple[dict[str, Any], str, int, int]]:
     """The first ``CASES`` draws that ``kdcore check`` accepts, each with where to stop it."""
     host = PluginHost()
@@ -65,7 +40,8 @@ def _compositions() -> list[tuple[dict[str, Any], str, int, int]]:
     rng = random.Random(SEED)
     out = []
     while len(out) < CASES:
-        recipe = _draw(rng, names)
+        recipe = random_composition(rng, names, train_subset=200, gold_per_class=3,
+                                    batch_size=32)
         try:
             dry_setup(recipe_from_dict(recipe), host)
         except KdcoreError:

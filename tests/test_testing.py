@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from kdcore import History, load_recipe
+from kdcore.recipe import recipe_from_dict
 from kdcore.testing import (
     InterruptAt,
     Interrupted,
     assert_same_history,
     component,
+    random_composition,
     run_tiny,
     stage,
     teacher_stage,
@@ -29,6 +33,44 @@ def test_tiny_recipe_runs_and_round_trips_through_toml(tmp_path):
     assert set(summary) == {"teacher", "student"}
     with History(tmp_path / "a") as h:
         assert h.epochs() == [("teacher", 0), ("student", 0)]
+
+
+def test_random_composition_draws_entries_of_the_given_names_for_the_stage_models():
+    names = ["a", "b", "c", "d", "e", "f"]
+    draws = [random_composition(random.Random(k), names, must=["mine"], train_subset=50)
+             for k in range(60)]
+    assert random_composition(random.Random(3), names) == random_composition(
+        random.Random(3), names)  # seeded
+    shapes = set()
+    for recipe in draws:
+        assert recipe_from_dict(recipe).data.train_subset == 50  # a recipe's shape
+        assert set(recipe["models"]) == {"teacher", "student", "peer"}
+        stages = recipe["stages"]
+        assert stages[0] == teacher_stage(1) and stages[1]["name"] == "s"
+        train = stages[1]["train"]
+        assert train in (["student"], ["student", "peer"]) and stages[1]["epochs"] == 3
+        comps = stages[1]["components"]
+        uses = [c["use"] for c in comps]
+        drawn = uses[:uses.index("mine")]
+        assert 1 <= len(drawn) <= 4 and set(drawn) <= set(names)
+        assert len(set(drawn)) == len(drawn)  # drawn without repeats
+        assert uses[len(drawn) + 1:] in ([], ["ce"])
+        assert [c["name"] for c in comps] == [f"{u}{i}" for i, u in enumerate(uses)]
+        for c in comps:
+            assert set(c.get("models", train)) <= set(train) and c.get("models") != []
+        if len(stages) == 3:
+            assert stages[2] == stage("t", 2, train, *comps)
+        shapes.add((len(drawn), len(stages), len(train), "ce" in uses,
+                    any("models" in c for c in comps)))
+    # every choice is taken both ways in 60 draws
+    assert {s[0] for s in shapes} == {1, 2, 3, 4}
+    for i in range(1, 5):
+        assert {s[i] for s in shapes} == ({2, 3} if i == 1 else {1, 2} if i == 2
+                                          else {True, False})
+    first = random_composition(random.Random(0), names, first=True, again=0, epochs=1,
+                               trains=[["teacher"]])
+    assert [s["name"] for s in first["stages"]] == ["s", "teacher"]
+    assert first["stages"][0]["epochs"] == 1 and first["stages"][0]["train"] == ["teacher"]
 
 
 def test_assert_same_history_tells_runs_apart(tmp_path):
