@@ -37,7 +37,7 @@ from kdcore.plan import RunPlan, StagePlan
 from kdcore.plugins import ObserverBus
 from kdcore.records import EpochRecords
 from kdcore.runstate import ComponentContext, Run, component_seed
-from kdcore.step import Produced, check_outputs, combine
+from kdcore.step import Produced, check_outputs, combine, without_gradient
 
 # Steps between two checks that the losses are finite: each check waits for the device (every
 # step would stall a GPU); a divergence is still reported with its exact step and term.
@@ -59,8 +59,8 @@ class Trainer:
     def __init__(self, plan: RunPlan, run: Run, history: HistoryWriter, bus: ObserverBus,
                  checkpointer: Checkpointer, *, progress: bool = False):
         self.plan, self.run, self.history, self.bus = plan, run, history, bus
-        self.ckpt = checkpointer
-        self.progress = progress
+        self.ckpt, self.progress = checkpointer, progress
+        self.gradient_free: set[str] = set()  # roles warned of a loss without gradient
         seed = plan.recipe.run.seed
         self.order_gen = torch.Generator().manual_seed(seed + 2)
         self.augment_gen = torch.Generator().manual_seed(seed + 3)
@@ -309,6 +309,8 @@ class Trainer:
         trained = [r for r in losses if r in trained_roles]
         for role in trained:  # summed per term at the epoch end, checked every few steps
             self._unchecked.append((run.step, role, result.total(role), result.terms[role]))
+            if not losses[role].requires_grad:
+                without_gradient(role, result, trained, self.gradient_free)
         plain: list[torch.Tensor] = []
         for role in trained:
             if not stage.backward or not any(c.backward(self.context(c), batch, role,

@@ -22,9 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
+from loguru import logger
 
 from kdcore.component import Batch, Component
 from kdcore.context import RunContext
+from kdcore.errors import KdcoreError
 from kdcore.failures import RunFailed
 from kdcore.ledger import Ledger
 from kdcore.terms import PerSampleLoss
@@ -158,6 +160,23 @@ def combine(
     return result
 
 
+def without_gradient(role: str, result: StepResult, trained: Sequence[str],
+                     warned: set[str]) -> None:
+    """Model ``role``'s loss has no gradient: every term it got was computed from detached
+    tensors (``relational_kd`` with ``detach_student``, say). When no trained model's loss has
+    one, nothing can learn (and the backward pass would fail): an error naming the terms.
+    Beside a model that learns, ``role`` learns nothing from this batch: said once per role."""
+    why = (f"model '{role}' got a loss without gradient (its terms: "
+           f"{', '.join(result.terms[role])}; each was computed from detached tensors)")
+    if not any(result.losses[r].requires_grad for r in trained):
+        raise KdcoreError(f"{why}, as did every model the stage trains, so none can learn; "
+                          "give them a term with a gradient (ce, say)" if len(trained) > 1 else
+                          f"{why}, so it cannot learn; give it a term with a gradient (ce, say)")
+    if role not in warned:
+        warned.add(role)
+        logger.warning(f"{why}: it learns nothing from such a batch (said once)")
+
+
 def _collect(batch: Batch, comps: Sequence[Component], hook: str,
              context: Callable[[Component], RunContext], produced: list[Produced],
              record: Callable[[Produced, str], None] | None, kind: str) -> list[Applied]:
@@ -271,4 +290,5 @@ def reduce_term(comp: Component, role: str, per_sample: torch.Tensor,
     return (value * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-__all__ = ["Produced", "StepResult", "check_outputs", "combine", "reduce_term"]
+__all__ = ["Produced", "StepResult", "check_outputs", "combine", "reduce_term",
+           "without_gradient"]

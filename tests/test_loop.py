@@ -694,3 +694,43 @@ def test_a_checkpoint_whose_records_hold_no_confusion_matrix_still_ends_with_one
     run_tiny(recipe, tmp_path / "cut", resume=True)
     assert len(computed) == 1  # the teacher's, at the end of the resumed stage
     assert_same_history(tmp_path / "whole", tmp_path / "cut")
+
+
+class DetachedTerm(Component):
+    """A term computed from detached outputs only (as relational_kd with detach_student)."""
+
+    def transfer(self, ctx, batch):
+        return batch.out(self.model).logits.detach().logsumexp(1)
+
+
+class DetachedTermPlugin:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"detached": DetachedTerm}
+
+
+@pytest.mark.slow
+def test_a_stage_whose_terms_have_no_gradient_stops_in_one_line_and_a_second_model_is_warned(
+        tmp_path):
+    from kdcore import KdcoreError
+
+    peer = {"arch": "mlp", "params": {"hidden": [8]}, "optimizer": {"lr": 0.1}}
+    models = {"student": peer, "peer": peer}
+    alone = tiny_recipe(stage("s", 1, ["student"], component("detached")), models=models,
+                        train_subset=100)
+    with pytest.raises(KdcoreError, match=r"^model 'student' got a loss without gradient \(its "
+                                          r"terms: detached; .* so it cannot learn"):
+        run_tiny(alone, tmp_path / "alone", plugins=[DetachedTermPlugin()])
+    beside = tiny_recipe(stage("s", 2, ["student", "peer"],
+                               component("detached", models=["student"]),
+                               component("ce", models=["peer"])), models=models,
+                         train_subset=100)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    try:
+        run_tiny(beside, tmp_path / "beside", plugins=[DetachedTermPlugin()])
+    finally:
+        logger.remove(sink)
+    assert [line for line in lines if "without gradient" in line] == [
+        "model 'student' got a loss without gradient (its terms: detached; each was computed "
+        "from detached tensors): it learns nothing from such a batch (said once)"]

@@ -10,7 +10,8 @@ import torch
 
 from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.context import ModelOutput
-from kdcore.step import combine
+from kdcore.errors import KdcoreError
+from kdcore.step import StepResult, combine, without_gradient
 
 
 class Fn(Component):
@@ -303,3 +304,44 @@ def test_a_value_for_a_model_not_served_names_the_ones_served():
             "serve (it serves a, b)") + "$"):
         combine(batch4(), refiners=[], selectors=[sel], weighters=[], transfers=[],
                 context=lambda c: None)
+
+
+def _result(**losses):
+    out = StepResult()
+    for role, (value, terms) in losses.items():
+        out.losses[role] = value
+        out.terms[role] = {t: value.detach() for t in terms}
+    return out
+
+
+def test_a_loss_without_gradient_stops_the_run_only_when_nothing_can_learn():
+    """A stage whose only term was computed from detached tensors (relational_kd with
+    detach_student) stopped with torch's "element 0 of tensors does not require grad"; beside
+    a model that learned, the other trained on weight decay alone, silently."""
+    from loguru import logger
+
+    learning = torch.ones((), requires_grad=True) * 2
+    frozen = torch.tensor(1.0)
+    with pytest.raises(KdcoreError) as err:
+        without_gradient("student", _result(student=(frozen, ["rel", "kd"])), ["student"], set())
+    assert str(err.value) == (
+        "model 'student' got a loss without gradient (its terms: rel, kd; each was computed "
+        "from detached tensors), so it cannot learn; give it a term with a gradient (ce, say)")
+    both = _result(student=(frozen, ["rel"]), peer=(frozen, ["rel"]))
+    with pytest.raises(KdcoreError, match=r"\(its terms: rel; each was computed from detached "
+                                          r"tensors\), as did every model the stage trains, so "
+                                          r"none can learn; give them a term"):
+        without_gradient("peer", both, ["student", "peer"], set())
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    try:
+        warned: set[str] = set()
+        one = _result(student=(frozen, ["rel"]), peer=(learning, ["ce"]))
+        for _ in range(3):
+            without_gradient("student", one, ["student", "peer"], warned)
+    finally:
+        logger.remove(sink)
+    assert lines == ["model 'student' got a loss without gradient (its terms: rel; each was "
+                     "computed from detached tensors): it learns nothing from such a batch "
+                     "(said once)"]
+    assert warned == {"student"}

@@ -63,8 +63,11 @@ class _Turn:
         ctx = self.ctx
         while self.done < len(self.learners) and self.learners[self.done] in self.pending:
             current = self.learners[self.done]
-            self.pending.pop(current).backward()
-            if self.done < len(self.learners) - 1:  # the engine steps the last one
+            last = self.done == len(self.learners) - 1
+            # another component's graph may serve every peer (a learned weighter's weights):
+            # kept until the last peer's pass has gone through it too
+            self.pending.pop(current).backward(retain_graph=not last)
+            if not last:  # the engine steps the last one
                 optimizer = ctx.optimizers[current]
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -341,3 +342,35 @@ def test_in_turn_refuses_to_share_the_backward_pass(run_peers, component):
     comps = (component("take_over"), component("dml", {"order": "in_turn"}))
     with pytest.raises(kdcore.KdcoreError, match="never received the backward pass"):
         run_peers(*comps, observers=(TakeOverPlugin(),))
+
+
+class SharedWeight(kdcore.Component):
+    """Weights that carry a graph to a parameter of the component, one tensor for every model
+    it serves (AWE's learned WeightNet does the same)."""
+
+    made: ClassVar[list[SharedWeight]] = []
+
+    def setup(self, ctx):
+        self.theta = torch.zeros((), requires_grad=True)
+        self.made.append(self)
+
+    def weight(self, ctx, batch):
+        return 2 * torch.sigmoid(self.theta).expand(len(batch))
+
+
+class SharedWeightPlugin:
+    @kdcore.hookimpl
+    def kdcore_add_components(self):
+        return {"shared_weight": SharedWeight}
+
+
+@pytest.mark.slow
+def test_in_turn_backs_up_each_peer_through_a_graph_they_share(run_peers, component):
+    """The second peer's backward went through the weights' graph again, which the first had
+    freed ("Trying to backward through the graph a second time")."""
+    SharedWeight.made.clear()
+    comps = (component("shared_weight"), component("dml", {"order": "in_turn"}))
+    with run_peers(*comps, observers=(SharedWeightPlugin(),)) as h:
+        assert np.isfinite(h.metric("train/peer_b/dml")).all()
+    assert SharedWeight.made[-1].theta.grad is not None  # the peers' losses reached it
+
