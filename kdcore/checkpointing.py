@@ -175,6 +175,34 @@ class Checkpointer:
                 trainer.context(comp).generator.set_state(generators[comp.name])
 
 
+def carried_states(components: Sequence[Component]) -> dict[str, dict[str, Any]]:
+    """What a stage's components leave the next stage: each one's ``use`` and state."""
+    return {c.name: {"use": c.spec.use, "state": c.state_dict()} for c in components}
+
+
+def continue_states(components: Sequence[Component], carried: Mapping[str, Any]) -> None:
+    """A component with the label and ``use`` of one of the previous stage (and
+    ``carry_state``) starts from that one's state (a WeightNet keeps training)."""
+    for comp in components:
+        got = carried.get(comp.name)
+        if comp.carry_state and got and got["use"] == comp.spec.use:
+            comp.load_state_dict(got["state"])
+
+
+def rehearse_stages(trainer: Any, stages: Sequence[StagePlan]) -> None:
+    """Set up ``stages``' components in turn, each continuing its namesake of the stage before
+    from the state that one has after its set-up: a refusal of theirs (LP's ``k``, an empty
+    meta split, a carried network that does not fit the next stage's settings) comes before
+    anything trains, in ``kdcore check`` and in the run alike. The training loop sets each
+    stage up again when it runs it."""
+    previous: StagePlan | None = None
+    for stage in stages:
+        trainer.enter_stage(stage)
+        if previous is not None:
+            continue_states(stage.components, carried_states(previous.components))
+        previous = stage
+
+
 def read(path: Path) -> dict[str, Any]:
     """A checkpoint written by :class:`Checkpointer`, or one line saying why it cannot be
     resumed from."""

@@ -175,8 +175,7 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
             run.augment(sample, torch.Generator().manual_seed(0))
         trainer = Trainer(plan, run, HistoryWriter(Path("/dev/null")), ObserverBus(host),
                           checkpointing.Checkpointer(Path("."), {}, 0.0, False))
-        for stage in plan.stages:
-            trainer.enter_stage(stage)
+        checkpointing.rehearse_stages(trainer, plan.stages)
     return plan
 
 

@@ -17,7 +17,8 @@ the component (ledger writes tagged with its name, its own generator) or to the 
 A component instance is created once per run by the plan, per stage that names it; ``setup``
 builds its state when its stage starts (again on resume, and once before the first stage
 trains, so its refusals come first); the next stage's component of the same label and ``use``
-starts from that state (``carry_state``). Plugins register under the group ``kdcore``.
+starts from that state (``carry_state``; rehearsed before anything trains, too). Plugins
+register under the group ``kdcore``.
 """
 
 from __future__ import annotations
@@ -76,11 +77,8 @@ def kdcore_add_noise_models() -> Mapping[str, Callable[..., Any]]:
 
 @hookspec
 def kdcore_add_models() -> Mapping[str, Callable[..., Any]]:
-    """Contribute architectures.
-
-    Returns:
-        Name -> ``fn(spec: ModelSpec, **params) -> KDModel`` returning ``(logits, features)``.
-    """
+    """Contribute architectures: name -> ``fn(spec: ModelSpec, **params) -> KDModel`` returning
+    ``(logits, features)``."""
 
 
 @hookspec
@@ -244,10 +242,9 @@ class ComponentHooks(Protocol):
     def setup(self, ctx: RunContext) -> None:
         """Build the component's state (networks, optimisers, tables).
 
-        When: at the start of its stage, and again in a process that resumes in that stage,
-        before the checkpointed state is loaded with ``load_state_dict``; for a stage after the
-        one the run starts (or resumes) in, also once before that first stage trains, so that
-        a refusal (a ``RecipeError`` for a split too small, say) stops the run before any
+        When: at the start of its stage (on resume too, before ``load_state_dict``), and for
+        every stage from the one the run starts (or resumes) in once before that one trains,
+        so that a refusal (a ``RecipeError``: a split too small) stops the run before any
         training, as ``kdcore check`` does. So it must build its state afresh on every call
         and not do once-per-stage work. It runs under the component's own seed (``torch``
         draws are the same in every process), at its stage's start (``ctx.epoch`` 0). Order:
@@ -390,7 +387,9 @@ class ComponentHooks(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned: on resume after ``setup``, and at a stage's
-        start for a carried state.
+        start for a carried state, which is rehearsed before anything trains (the namesake's
+        state after ``setup``): a ``RecipeError`` for a state that does not fit this
+        component's settings then stops the run before training, and ``kdcore check``.
 
         Args:
             state: the dict ``state_dict`` returned.

@@ -19,7 +19,12 @@ from loguru import logger
 from kdcore import distributed, interrupts
 from kdcore.batching import batches_per_epoch, epoch_batches
 from kdcore.build import build_optimizer, scheduled_lr
-from kdcore.checkpointing import Checkpointer
+from kdcore.checkpointing import (
+    Checkpointer,
+    carried_states,
+    continue_states,
+    rehearse_stages,
+)
 from kdcore.component import Batch, Component
 from kdcore.context import ColumnKind
 from kdcore.epoch_line import epoch_line
@@ -127,10 +132,7 @@ class Trainer:
     def fit(self, position: dict[str, int], state: dict[str, Any] | None) -> dict[str, Any]:
         """Run every stage from ``position``; ``state`` is the checkpoint to continue from."""
         first = int(position["stage"])
-        # every later stage's components set up now, as `kdcore check` sets them up: a refusal
-        # of theirs (LP's k, an empty meta split) comes before any stage trains, not after
-        for stage in self.plan.stages[first + 1:]:
-            self.enter_stage(stage)
+        rehearse_stages(self, self.plan.stages[first:])  # as `kdcore check` sets them up
         self.bus.call("kdcore_run_start", ctx=self.observer_ctx)
         for s in range(first, len(self.plan.stages)):
             start = int(position["epoch"]) if s == first else 0
@@ -172,10 +174,7 @@ class Trainer:
         if state is not None and start_epoch > 0:
             self.ckpt.restore_stage(self, state)
         if start_epoch == 0:
-            for comp in stage.components:
-                carried = self.carried.get(comp.name)
-                if comp.carry_state and carried and carried["use"] == comp.spec.use:
-                    comp.load_state_dict(carried["state"])
+            continue_states(stage.components, self.carried)
             for comp in stage.components:
                 comp.on_stage_start(self.context(comp))
         self.bus.call("kdcore_stage_start", ctx=self.observer_ctx, stage=cfg)
@@ -202,9 +201,7 @@ class Trainer:
                 self.summary[role] = summary
             self.ckpt.save_weights(role, run.models[role])
         self.bus.call("kdcore_stage_end", ctx=self.observer_ctx, stage=cfg)
-        # a component of the same name and kind in the next stage continues from this state
-        self.carried = {c.name: {"use": c.spec.use, "state": c.state_dict()}
-                        for c in stage.components}
+        self.carried = carried_states(stage.components)  # the next stage continues them
         self.contexts = {}
         if s + 1 < len(self.plan.stages):  # after the last stage, summary.json marks the end
             self.ckpt.save(self, s + 1, 0)

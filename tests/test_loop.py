@@ -154,8 +154,11 @@ def _expected(n_train: int, bs: int) -> list[tuple]:
     sizes = [min(bs, n_train - k * bs) for k in range(per_epoch)]
     lrs = {"warm": {"teacher": 0.1}, "main": {"student": 0.05}}
     train = {"warm": "teacher", "main": "student"}
-    # stage "main" is set up before any training, at its own start
-    out: list[tuple] = [("rec", "setup", "main", 0, 0, per_epoch, draw(1, True))]
+    # every stage is set up before any training, and each hands its state to its namesake
+    # in the next (a rehearsal of the boundary), then again at its own start
+    out: list[tuple] = [("rec", "setup", "warm", 0, 0, per_epoch, draw(0, True)),
+                        ("rec", "setup", "main", 0, 0, per_epoch, draw(1, True)),
+                        ("rec", "load_state_dict", "warm")]
     # each plugin its own context, by name, with the run's generator
     out.append(("obs", "run_start", "Watcher-1", "Generator"))
     step = 0
@@ -450,7 +453,7 @@ def test_a_loss_that_turns_nan_between_two_checks_is_named_at_its_step(tmp_path)
         "epoch")
 
 
-def test_the_stages_after_the_first_are_set_up_before_it_trains_and_an_eval_stage_has_no_steps(
+def test_every_stage_is_set_up_and_handed_over_before_training_and_an_eval_stage_has_no_steps(
         tmp_path):
     recipe = tiny_recipe(
         stage("a", 1, ["teacher"], component("ce"), component("recorder", "rec")),
@@ -459,7 +462,11 @@ def test_the_stages_after_the_first_are_set_up_before_it_trains_and_an_eval_stag
         stage("c", 1, [], component("recorder", "rec", models=["student"]), eval=["student"]),
         train_subset=64, batch_size=64)
     events = _run(tmp_path, recipe)
-    assert [e[:3] for e in events[:4]] == [("rec", "setup", "b"), ("rec", "setup", "c"),
+    # each stage in turn, each handing its state to the next (a rehearsal of the boundaries)
+    assert [e[:3] for e in events[:7]] == [("rec", "setup", "a"), ("rec", "setup", "b"),
+                                           ("rec", "load_state_dict", "a"),
+                                           ("rec", "setup", "c"),
+                                           ("rec", "load_state_dict", "b"),
                                            ("obs", "run_start", "Watcher-1"),
                                            ("rec", "setup", "a")]
     (start_c,) = [e for e in events if e[1] == "on_stage_start" and e[2] == "c"]
@@ -734,3 +741,67 @@ def test_a_stage_whose_terms_have_no_gradient_stops_in_one_line_and_a_second_mod
     assert [line for line in lines if "without gradient" in line] == [
         "model 'student' got a loss without gradient (its terms: detached; each was computed "
         "from detached tensors): it learns nothing from such a batch (said once)"]
+
+
+@attrs.frozen
+class SizedParams:
+    size: int = 1
+
+
+class Sized(Component):
+    """A state whose shape its parameters fix; one of another size does not fit."""
+
+    Params = SizedParams
+
+    def setup(self, ctx):
+        self.table = torch.zeros(self.params.size)
+
+    def transfer(self, ctx, batch):
+        return torch.nn.functional.cross_entropy(batch.out(self.model).logits, batch.noisy_label,
+                                                 reduction="none")
+
+    def state_dict(self):
+        return {"table": self.table}
+
+    def load_state_dict(self, state):
+        if state["table"].shape != self.table.shape:
+            from kdcore import RecipeError
+            raise RecipeError(f"component '{self.name}' cannot continue a table of "
+                              f"{len(state['table'])}")
+        self.table = state["table"]
+
+
+class SizedPlugin:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"sized": Sized}
+
+
+SIZED = SizedPlugin()  # for --plugin MODULE:OBJ
+
+
+@pytest.mark.slow
+def test_a_carried_state_that_does_not_fit_is_refused_before_anything_trains(tmp_path):
+    """MLC's network carried into a stage that built it with another size stopped the run at
+    the stage boundary, after the first stage had trained (and `check` had accepted it)."""
+    from click.testing import CliRunner
+
+    from kdcore import RecipeError
+    from kdcore.cli import main
+    from kdcore.testing import write_recipe
+
+    def recipe(size):
+        return tiny_recipe(stage("a", 1, ["student"], component("sized", "s")),
+                           stage("b", 1, ["student"], component("sized", "s",
+                                                               params={"size": size})),
+                           train_subset=100)
+
+    path = write_recipe(recipe(2), tmp_path / "r.toml")
+    result = CliRunner().invoke(main, ["check", str(path), "--plugin", f"{__name__}:SIZED"])
+    assert result.exit_code == 2
+    assert result.stderr == "kdcore: error: component 's' cannot continue a table of 1\n"
+    EVENTS.clear()
+    with pytest.raises(RecipeError, match="cannot continue a table of 1"):
+        run_tiny(recipe(2), tmp_path / "run", plugins=[SIZED, Watcher()])
+    assert not [e for e in EVENTS if e[1] == "batch_end"]  # nothing trained
+    run_tiny(recipe(1), tmp_path / "fits", plugins=[SIZED])

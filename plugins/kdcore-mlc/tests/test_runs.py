@@ -195,6 +195,19 @@ def test_recipe_errors_are_clear():
     _plan(_kdmlc(student={"corrector": "mlc"}))  # named outright: fine
 
 
+def test_a_carried_network_built_with_other_settings_is_refused_by_check():
+    """The same label in the next stage with another ``hidden`` (or ``skip``) stopped the run
+    at the stage boundary, after the first stage had trained."""
+    def two_stages(second: dict) -> kdcore.Recipe:
+        return recipe_from_dict(_tiny(stage("a", 1, ["student"], component("mlc")),
+                                      stage("b", 1, ["student"], component("mlc", params=second))))
+
+    with pytest.raises(RecipeError, match="component 'mlc' continues the state of an earlier "
+                                          "'mlc' .* does not fit this stage's"):
+        kdcore.dry_setup(two_stages({"hidden": 16}), PluginHost())
+    kdcore.dry_setup(two_stages({"meta_lr": 1e-3}), PluginHost())  # a setting it can continue
+
+
 def test_plan_refuses_a_student_whose_teacher_role_does_not_exist():
     """``teacher`` is a ``Role``: the plan checks it names a model of the recipe."""
     with pytest.raises(RecipeError, match="'teachr'"):
