@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import copy
 import random
+import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -45,8 +47,9 @@ from kdcore.testing_harness import ColumnReader, ColumnReaderPlugin, Harness, Ti
 
 __all__ = ["ColumnReader", "ColumnReaderPlugin", "Harness", "InterruptAt", "Interrupted",
            "TinyNet", "assert_close_history", "assert_same_history", "component", "harness",
-           "one_thread", "quiet_logs", "random_composition", "run_tiny", "stage", "teacher_stage",
-           "tiny_recipe", "write_cifar10", "write_fashion_mnist", "write_idx", "write_recipe"]
+           "one_thread", "quiet_logs", "random_choices", "random_composition", "run_tiny",
+           "stage", "teacher_stage", "tiny_recipe", "write_cifar10", "write_fashion_mnist",
+           "write_idx", "write_recipe"]
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +128,7 @@ PEER: dict[str, Any] = {"arch": "mlp", "params": {"hidden": [24]}, "optimizer": 
 def random_composition(rng: random.Random, names: Sequence[str], *, must: Sequence[str] = (),
                        trains: Sequence[Sequence[str]] = (("student",), ("student", "peer")),
                        first: bool = False, epochs: int = 3, again: float = 0.4,
-                       **recipe: Any) -> dict[str, Any]:
+                       host: PluginHost | None = None, **recipe: Any) -> dict[str, Any]:
     """Recipe data composing components at random, to test how they work together.
 
     Stage ``s`` trains one of ``trains`` (the models are :data:`MODELS` and :data:`PEER`) for
@@ -134,7 +137,9 @@ def random_composition(rng: random.Random, names: Sequence[str], *, must: Sequen
     the stage's models or, one time in four, some of them. Stage ``s`` follows a one-epoch
     teacher stage, or comes first with ``first`` (so that a run's first batch calls its
     components); with probability ``again``, a stage ``t`` of 2 epochs repeats the entries
-    (each starts from its state in ``s``). ``recipe`` goes to :func:`tiny_recipe`.
+    (each starts from its state in ``s``). With ``host``, each entry also sets each of its
+    component's ``Literal`` and ``bool`` parameters, half of them, to a value drawn from its
+    type (:func:`random_choices`). ``recipe`` goes to :func:`tiny_recipe`.
 
     Many draws are recipes that ``kdcore check`` refuses (a peer method with one model, a
     selector of two models): keep the ones it accepts (:func:`kdcore.engine.dry_setup`).
@@ -148,12 +153,37 @@ def random_composition(rng: random.Random, names: Sequence[str], *, must: Sequen
         fields = {}
         if rng.random() < 0.25:
             fields["models"] = rng.sample(train, rng.randint(1, len(train)))
-        comps.append(component(use, f"{use}{i}", **fields))
+        params = random_choices(rng, host.components.get(use).Params) if host else None
+        comps.append(component(use, f"{use}{i}", params=params, **fields))
     stages = [stage("s", epochs, train, *comps)]
     stages.insert(len(stages) if first else 0, teacher_stage(1))
     if rng.random() < again:
         stages.append(stage("t", 2, train, *comps))
     return tiny_recipe(*stages, models={**MODELS, "peer": PEER}, **recipe)
+
+
+def random_choices(rng: random.Random, params: type) -> dict[str, Any]:
+    """Recipe parameters for the attrs class ``params`` (a component's ``Params``): each field
+    typed ``Literal[...]`` (or an optional one) or ``bool``, with probability one half, set to
+    a value drawn from its type; the others left to their defaults."""
+    if not attrs.has(params):
+        return {}
+    hints = typing.get_type_hints(params)
+    out: dict[str, Any] = {}
+    for field in attrs.fields(params):
+        kind = hints.get(field.name)
+        options: list[Any] = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(options) == 1 and typing.get_origin(options[0]) is typing.Literal:
+            kind = options[0]  # Literal[...] | None
+        if kind is bool:
+            options = [True, False]
+        elif typing.get_origin(kind) is typing.Literal:
+            options = list(typing.get_args(kind))
+        else:
+            continue
+        if rng.random() < 0.5:
+            out[field.alias or field.name] = rng.choice(options)
+    return out
 
 
 def write_recipe(data: Mapping[str, Any], path: Path) -> Path:

@@ -397,10 +397,10 @@ def _compose(rng: random.Random, source: str, data: dict[str, Any], text: str
     _HOST = _HOST or PluginHost()
     train = rng.choice([["student"], ["student", "peer"], ["teacher", "student"]])
     recipe = random_composition(rng, _HOST.components.names(), trains=[train], first=True,
-                                epochs=1, again=0, train_subset=200,
+                                epochs=1, again=0, host=_HOST, train_subset=200,
                                 gold_per_class=rng.choice([0, 3]))
     comps = recipe["stages"][0]["components"]
-    described = ", ".join(f"{c['use']}{c.get('models', '')}" for c in comps)
+    described = ", ".join(f"{c['use']}{c.get('params', '')}{c.get('models', '')}" for c in comps)
     return f"compose on {train}: {described}", {"text": recipe_from_dict(recipe).to_toml()}
 
 

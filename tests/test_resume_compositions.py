@@ -6,10 +6,12 @@ random epoch of a composed stage and resumed, against the same recipe uninterrup
 Components' own resume tests cover their recipes; this one covers what they do together: two
 mixup terms sharing one mix, a selector beside a meta-learner, a refiner before a mutual term,
 each drawing from its own generator and the global one in the order a batch calls them.
-Components take their default parameters (AWE's are parameter-free, say), so state that only
-other settings use is left to the components' own tests. A scratch run of this draw found no
-difference in 60 compositions stopped mid-epoch when it was written; the test keeps ``CASES``
-of them (dropping the restore of the components' generators fails four, of their states two).
+Each entry sets about half of its component's ``Literal`` and ``bool`` parameters at random
+(``kdcore.testing.random_choices``: a selection's scope, a mutual method's order, AWE's mode);
+numeric settings keep their defaults. Scratch runs of this draw found no
+difference in 60 compositions with default parameters and 80 with random ones, stopped
+mid-epoch, when it was written; the test keeps ``CASES`` of them (not restoring the components'
+generators fails four, their states several).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from kdcore.testing import (
 )
 
 SEED = 20261203
-CASES = 16
+CASES = 28
 def _compositions() -> list[tuple[dict[str, Any], str, int, int]]:
     """The first ``CASES`` draws that ``kdcore check`` accepts, each with where to stop it."""
     host = PluginHost()
@@ -40,8 +42,8 @@ def _compositions() -> list[tuple[dict[str, Any], str, int, int]]:
     rng = random.Random(SEED)
     out = []
     while len(out) < CASES:
-        recipe = random_composition(rng, names, train_subset=200, gold_per_class=3,
-                                    batch_size=32)
+        recipe = random_composition(rng, names, host=host, train_subset=200,
+                                    gold_per_class=3, batch_size=32)
         try:
             dry_setup(recipe_from_dict(recipe), host)
         except KdcoreError:

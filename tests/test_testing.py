@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import random
+from typing import Literal
 
+import attrs
 import pytest
 
-from kdcore import History, load_recipe
+from kdcore import History, PluginHost, load_recipe
 from kdcore.recipe import recipe_from_dict
 from kdcore.testing import (
     InterruptAt,
     Interrupted,
     assert_same_history,
     component,
+    random_choices,
     random_composition,
     run_tiny,
     stage,
@@ -71,6 +74,46 @@ def test_random_composition_draws_entries_of_the_given_names_for_the_stage_model
                                trains=[["teacher"]])
     assert [s["name"] for s in first["stages"]] == ["s", "teacher"]
     assert first["stages"][0]["epochs"] == 1 and first["stages"][0]["train"] == ["teacher"]
+
+
+@attrs.frozen
+class ChoiceParams:
+    mode: Literal["a", "b", "c"] = "a"
+    maybe: Literal["x", "y"] | None = None
+    flag: bool = False
+    rate: float = 0.5
+    name: str = "n"
+    listed: tuple[Literal["p", "q"], ...] = ()
+    aliased: bool = attrs.field(default=True, alias="alias_name")
+
+
+def test_random_choices_draws_half_of_the_literal_and_bool_parameters_from_their_types():
+    draws = [random_choices(random.Random(k), ChoiceParams) for k in range(400)]
+    keys = {"mode": {"a", "b", "c"}, "maybe": {"x", "y"}, "flag": {True, False},
+            "alias_name": {True, False}}
+    for key, values in keys.items():
+        seen = [d[key] for d in draws if key in d]
+        assert set(seen) == values  # every value of the type, and only those
+        assert 160 < len(seen) < 240  # about half of the draws set it
+    assert set().union(*draws) == set(keys)  # numbers, text, tuples keep their defaults
+    assert random_choices(random.Random(0), dict) == {}  # not an attrs class
+    for recipe_draw in draws:
+        ChoiceParams(**recipe_draw)  # each a valid set of parameters
+
+
+def test_random_composition_with_a_host_gives_each_entry_its_random_choices():
+    host = PluginHost()
+    names = ["small_loss", "dml", "awe"]
+    recipe = random_composition(random.Random(5), names, host=host, again=1.0)
+    comps = recipe["stages"][1]["components"]
+    again = random.Random(5)
+    plain = random_composition(again, names)  # the same draw without parameters
+    assert [c["use"] for c in comps] == [c["use"] for c in plain["stages"][1]["components"]]
+    assert any(c.get("params") for c in comps)
+    for c in comps:
+        fields = attrs.fields(host.components.get(c["use"]).Params)
+        assert set(c.get("params", {})) <= {f.alias or f.name for f in fields}
+    assert recipe["stages"][2]["components"] == comps  # the repeated stage: the same entries
 
 
 def test_assert_same_history_tells_runs_apart(tmp_path):
