@@ -283,13 +283,22 @@ def _version(dist: str) -> str:
 
 
 def import_object(path: str) -> Any:
-    """Import ``module:attr`` or ``module`` (for ``--plugin`` on the command line)."""
+    """Import ``module:attr`` or ``module`` (for ``--plugin`` on the command line). A class
+    is instantiated (``mod:MyPlugin`` for ``mod:MyPlugin()``): its hooks are methods."""
     module, _, attr = path.partition(":")
     try:
         obj = importlib.import_module(module)
-        return getattr(obj, attr) if attr else obj
+        obj = getattr(obj, attr) if attr else obj
     except (ImportError, AttributeError) as exc:
         raise KdcoreError(f"cannot import plugin '{path}': {exc}") from None
     except Exception as exc:  # the module itself fails: a syntax error, an error at import
         raise KdcoreError(f"cannot import plugin '{path}': {type(exc).__name__}: "
                           f"{exc}") from None
+    if not isinstance(obj, type):
+        return obj
+    try:
+        return obj()
+    except Exception as exc:  # noqa: BLE001 - the plugin's own constructor; say which
+        raise KdcoreError(f"plugin '{path}' is a class, and making one without arguments "
+                          f"failed ({type(exc).__name__}: {exc}); name an instance of it "
+                          "instead") from None

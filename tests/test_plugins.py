@@ -341,6 +341,35 @@ def test_a_module_that_fails_at_import_is_named_with_its_error(tmp_path, monkeyp
                               "boom at import")
 
 
+class _ClassMade(kdcore.Component):
+    description = "registered by a plugin named as a class"
+
+
+class _ClassPlugin:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"class_made": _ClassMade}
+
+
+class _NeedsArguments(_ClassPlugin):
+    def __init__(self, size):
+        self.size = size
+
+
+def test_a_class_named_by_a_plugin_path_is_made_into_its_plugin():
+    """``--plugin mod:MyPlugin`` registered the class, whose hooks then failed for want of
+    ``self`` ("kdcore_add_components() missing 1 required positional argument")."""
+    made = import_object(f"{__name__}:_ClassPlugin")
+    assert type(made) is _ClassPlugin
+    assert PluginHost(extra=[made]).components.get("class_made") is _ClassMade
+    with pytest.raises(KdcoreError) as err:
+        import_object(f"{__name__}:_NeedsArguments")
+    assert str(err.value) == (
+        f"plugin '{__name__}:_NeedsArguments' is a class, and making one without arguments "
+        "failed (TypeError: _NeedsArguments.__init__() missing 1 required positional argument: "
+        "'size'); name an instance of it instead")
+
+
 # -- the observer bus -------------------------------------------------------------------------
 
 
