@@ -100,6 +100,14 @@ class PluginHost:
             self._register(plugin, ep.name, dist, version)
 
     def _register(self, plugin: Any, name: str, dist: str, version: str) -> None:
+        if isinstance(plugin, type):  # named where its instance belongs: hooks are methods
+            try:
+                plugin = plugin()
+            except Exception as exc:  # the plugin's own constructor
+                self._fail(name, dist, version, f"is a class, and making one without arguments "
+                                                f"failed ({type(exc).__name__}: {exc}); name "
+                                                "an instance of it")
+                return
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # pluggy validation errors, duplicate names
@@ -283,22 +291,13 @@ def _version(dist: str) -> str:
 
 
 def import_object(path: str) -> Any:
-    """Import ``module:attr`` or ``module`` (for ``--plugin`` on the command line). A class
-    is instantiated (``mod:MyPlugin`` for ``mod:MyPlugin()``): its hooks are methods."""
+    """Import ``module:attr`` or ``module`` (for ``--plugin`` on the command line)."""
     module, _, attr = path.partition(":")
     try:
         obj = importlib.import_module(module)
-        obj = getattr(obj, attr) if attr else obj
+        return getattr(obj, attr) if attr else obj
     except (ImportError, AttributeError) as exc:
         raise KdcoreError(f"cannot import plugin '{path}': {exc}") from None
     except Exception as exc:  # the module itself fails: a syntax error, an error at import
         raise KdcoreError(f"cannot import plugin '{path}': {type(exc).__name__}: "
                           f"{exc}") from None
-    if not isinstance(obj, type):
-        return obj
-    try:
-        return obj()
-    except Exception as exc:  # noqa: BLE001 - the plugin's own constructor; say which
-        raise KdcoreError(f"plugin '{path}' is a class, and making one without arguments "
-                          f"failed ({type(exc).__name__}: {exc}); name an instance of it "
-                          "instead") from None

@@ -356,18 +356,22 @@ class _NeedsArguments(_ClassPlugin):
         self.size = size
 
 
-def test_a_class_named_by_a_plugin_path_is_made_into_its_plugin():
-    """``--plugin mod:MyPlugin`` registered the class, whose hooks then failed for want of
-    ``self`` ("kdcore_add_components() missing 1 required positional argument")."""
-    made = import_object(f"{__name__}:_ClassPlugin")
-    assert type(made) is _ClassPlugin
-    assert PluginHost(extra=[made]).components.get("class_made") is _ClassMade
-    with pytest.raises(KdcoreError) as err:
-        import_object(f"{__name__}:_NeedsArguments")
-    assert str(err.value) == (
-        f"plugin '{__name__}:_NeedsArguments' is a class, and making one without arguments "
-        "failed (TypeError: _NeedsArguments.__init__() missing 1 required positional argument: "
-        "'size'); name an instance of it instead")
+def test_a_class_given_as_a_plugin_is_made_into_its_plugin():
+    """``--plugin mod:MyPlugin`` (or an entry point, or ``extra``) registered the class, whose
+    hooks then failed for want of ``self`` ("kdcore_add_components() missing 1 required
+    positional argument")."""
+    assert import_object(f"{__name__}:_ClassPlugin") is _ClassPlugin
+    assert PluginHost(extra=[_ClassPlugin]).components.get("class_made") is _ClassMade
+    host = PluginHost(extra=[_NeedsArguments])
+    assert host.infos["_NeedsArguments"].error == (
+        "is a class, and making one without arguments failed (TypeError: _NeedsArguments."
+        "__init__() missing 1 required positional argument: 'size'); name an instance of it")
+    with pytest.raises(KdcoreError, match=r"^plugin '_NeedsArguments' \(in-process\): is a "
+                                          r"class, and making one"):
+        PluginHost(extra=[_NeedsArguments], strict=True)
+    host._register(_NeedsArguments, "by_entry_point", "kdcore-thing", "1.2")  # as one loads
+    assert (host.infos["by_entry_point"].distribution, host.infos["by_entry_point"].version) == (
+        "kdcore-thing", "1.2")
 
 
 # -- the observer bus -------------------------------------------------------------------------
