@@ -8,12 +8,15 @@ metrics within 1e-4). The largest difference of each float column and metric is 
 
 With ``--compositions N`` it runs N recipes drawn by ``kdcore.testing.random_composition``
 instead (registered components composed at random after a teacher stage, 2 epochs a stage,
-the draws that ``kdcore check`` accepts; ``--seed`` picks them): whether the components keep
-their parity together as they do in their own recipes.
+the draws that ``kdcore check`` accepts and that may run in 2 processes; ``--seed`` picks them):
+whether the components keep their parity together as they do in their own recipes. With
+``--choices`` each entry also draws its ``Literal`` and ``bool`` parameters
+(``kdcore.testing.random_choices``).
 
 Usage:  .venv/bin/python benchmarks/distributed_parity.py [RECIPE ...]
-        .venv/bin/python benchmarks/distributed_parity.py --compositions 15 [--seed 7]
-Writes benchmarks/results/distributed_parity.json (or distributed_parity_compositions.json).
+        .venv/bin/python benchmarks/distributed_parity.py --compositions 15 [--seed 7] [--choices]
+Writes benchmarks/results/distributed_parity.json (or distributed_parity_compositions.json,
+distributed_parity_compositions_choices.json).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from kdcore import KdcoreError, PluginHost
 from kdcore.engine import dry_setup
+from kdcore.plan import check_distributed
 from kdcore.recipe import recipe_from_dict
 from kdcore.recipe.resolve import load_raw
 from kdcore.testing import assert_close_history, random_composition, write_recipe
@@ -72,16 +76,17 @@ def compare(name: str, recipe: Path, sets: list[str], work: Path) -> dict:
     return result
 
 
-def compositions(count: int, seed: int, work: Path) -> dict[str, Path]:
-    """``count`` drawn recipes that ``kdcore check`` accepts, written under ``work``."""
+def compositions(count: int, seed: int, work: Path, choices: bool) -> dict[str, Path]:
+    """``count`` drawn recipes that ``kdcore check`` accepts in 2 processes, under ``work``."""
     host = PluginHost()
     names = host.components.names()
     rng = random.Random(seed)
     out: dict[str, Path] = {}
     while len(out) < count:
-        recipe = random_composition(rng, names, epochs=2, train_subset=240, gold_per_class=3)
+        recipe = random_composition(rng, names, epochs=2, train_subset=240, gold_per_class=3,
+                                    host=host if choices else None)
         try:
-            dry_setup(recipe_from_dict(recipe), host)
+            check_distributed(dry_setup(recipe_from_dict(recipe), host), 2)
         except KdcoreError:
             continue
         uses = "+".join(c["use"] for c in recipe["stages"][1]["components"])
@@ -95,12 +100,14 @@ def main() -> None:
     parser.add_argument("recipes", nargs="*", default=RECIPES)
     parser.add_argument("--compositions", type=int, default=0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--choices", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="parity-"))
     if args.compositions:
-        recipes = compositions(args.compositions, args.seed, work)
+        recipes = compositions(args.compositions, args.seed, work, args.choices)
         sets = {name: [] for name in recipes}
-        target = "distributed_parity_compositions.json"
+        target = ("distributed_parity_compositions_choices.json" if args.choices else
+                  "distributed_parity_compositions.json")
     else:
         recipes = {n: ROOT / "recipes" / f"{n}.toml" for n in args.recipes}
         sets = {n: overrides(n) for n in args.recipes}
