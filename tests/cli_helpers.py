@@ -1,12 +1,16 @@
-"""What the CLI tests share: an in-process ``kdcore`` call, the one-line-error contract, and
-a run directory's files by content (to show a refused command changed nothing)."""
+"""What the CLI tests share: an in-process ``kdcore`` call, the one-line-error contract, a
+run directory's files by content (to show a refused command changed nothing), and the lines
+a block logs."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from click.testing import CliRunner, Result
+from loguru import logger
 
 from kdcore.cli import main
 
@@ -41,3 +45,14 @@ def digest(run_dir: Path) -> dict[str, str]:
     """Every file under ``run_dir``, by content."""
     return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@contextlib.contextmanager
+def logged(level: str = "INFO") -> Iterator[list[str]]:
+    """The messages loguru logs at ``level`` and above while the block runs."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level=level)
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)

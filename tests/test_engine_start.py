@@ -15,7 +15,7 @@ from loguru import logger
 from kdcore import Component, History, hookimpl
 from kdcore.checkpoint import CHECKPOINT
 from kdcore.testing import component, run_tiny, stage, tiny_recipe
-from tests.cli_helpers import invoke, one_line_error
+from tests.cli_helpers import invoke, logged, one_line_error
 
 
 class Watch(Component):
@@ -87,12 +87,8 @@ def test_the_banner_names_the_data_each_model_and_each_stages_components_in_orde
               component("ce", "ce_s", models=["student"]),
               component("abstain", "sw", models=["teacher", "student"])),
         models=models, name="banner", seed=3, train_subset=120, noise_rate=0.3)
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
-    try:
+    with logged() as lines:
         run_tiny(recipe, tmp_path / "run", plugins=[Components()])
-    finally:
-        logger.remove(sink)
     with History(tmp_path / "run") as h:
         noisy, clean = h.data("noisy_label"), h.data("clean_label")
     start = next(i for i, line in enumerate(lines) if line.startswith("run 'banner'"))
@@ -160,12 +156,8 @@ def test_resume_without_a_checkpoint_starts_again_with_a_warning(tmp_path):
     run_tiny(recipe, out)
     (out / CHECKPOINT).unlink(missing_ok=True)
     (out / "summary.json").unlink()
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
-    try:
+    with logged("WARNING") as lines:
         run_tiny(recipe, out, resume=True)
-    finally:
-        logger.remove(sink)
     assert lines[0] == (f"{out} has no checkpoint yet (the run stopped before its first one): "
                         "starting it from the beginning")
     with History(out) as h:
@@ -308,15 +300,11 @@ def test_a_run_that_stops_leaves_other_log_sinks_and_saves_a_traceback_only_for_
         tmp_path, stage_name, saved):
     from kdcore import KdcoreError
 
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
-    try:
+    with logged() as lines:
         with pytest.raises(KdcoreError if stage_name == "k" else RuntimeError):
             run_tiny(_one_stage(stage_name, component("stop")), tmp_path / "run",
                      plugins=[Components()])
         logger.info("after the run")
-    finally:
-        logger.remove(sink)
     assert lines[-1] == "after the run"  # the run removed its own sink only
     log = (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
     assert ("Traceback (most recent call last)" in log) == saved

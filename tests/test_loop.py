@@ -13,11 +13,11 @@ import attrs
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 from kdcore import Component, History, hookimpl
 from kdcore.runstate import component_seed
 from kdcore.testing import component, run_tiny, stage, tiny_recipe
+from tests.cli_helpers import logged
 
 EVENTS: list[tuple] = []
 
@@ -290,14 +290,10 @@ def test_only_the_stages_trained_models_are_in_training_mode_and_take_gradients(
 @pytest.mark.parametrize("keep", ["best_val", "best_val_all"])
 def test_each_epoch_and_the_best_epochs_restore_are_logged_as_one_line(tmp_path, keep):
     """(In a one-stage run the role's best over all its stages is the stage's best.)"""
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
-    try:
+    with logged() as lines:
         recipe = tiny_recipe(stage("t", 3, ["teacher"], component("ce"), keep=keep),
                              train_subset=100, batch_size=50)
         run_tiny(recipe, tmp_path / "run")
-    finally:
-        logger.remove(sink)
     with History(tmp_path / "run") as h:
         best = int(np.argmax(h.metric("val/teacher/acc")))
         losses = h.metric("train/teacher/loss")
@@ -614,15 +610,11 @@ def test_the_time_left_counts_the_stages_own_epochs_at_their_own_mean_time(tmp_p
     calls = iter(range(10_000))
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(
         perf_counter=lambda: 30.0 * next(calls) ** 2))
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
-    try:
+    with logged() as lines:
         recipe = tiny_recipe(stage("a", 2, ["teacher"], component("ce")),
                              stage("b", 3, ["student"], component("ce", models=["student"])),
                              train_subset=64)
         run_tiny(recipe, tmp_path / "run")
-    finally:
-        logger.remove(sink)
     with History(tmp_path / "run") as h:
         times = h.metric("time/epoch")
     assert len(set(times)) == 5  # each epoch its own time
@@ -732,12 +724,8 @@ def test_a_stage_whose_terms_have_no_gradient_stops_in_one_line_and_a_second_mod
                                component("detached", models=["student"]),
                                component("ce", models=["peer"])), models=models,
                          train_subset=100)
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
-    try:
+    with logged("WARNING") as lines:
         run_tiny(beside, tmp_path / "beside", plugins=[DetachedTermPlugin()])
-    finally:
-        logger.remove(sink)
     assert [line for line in lines if "without gradient" in line] == [
         "model 'student' got a loss without gradient (its terms: detached; each was computed "
         "from detached tensors): it learns nothing from such a batch (said once)"]

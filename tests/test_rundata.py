@@ -19,6 +19,7 @@ from kdcore.errors import KdcoreError, RecipeError
 from kdcore.plugins import PluginHost
 from kdcore.recipe.schema import DataConfig, NoiseConfig
 from kdcore.rundata import RunData, _share, _worker_error, build_run_data
+from tests.cli_helpers import logged
 
 CLASSES = 4
 
@@ -422,13 +423,9 @@ def test_a_worker_reads_whole_batches(monkeypatch):
 def _mislabelled_warnings(transition, counts, names="abcde") -> list[str]:
     from kdcore.rundata import _warn_if_mostly_mislabelled
 
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
-    try:
+    with logged("WARNING") as lines:
         _warn_if_mostly_mislabelled(torch.tensor(transition, dtype=torch.float64),
                                     torch.tensor(counts), tuple(names), "pair_flip")
-    finally:
-        logger.remove(sink)
     return lines
 
 
@@ -462,13 +459,9 @@ def test_a_recipe_whose_noise_mislabels_classes_is_warned_of_while_its_data_is_b
     from kdcore.engine import dry_setup
     from kdcore.testing import teacher_stage, tiny_recipe
 
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
-    try:
+    with logged("WARNING") as lines:
         for rate in (0.2, 1.0):
             dry_setup(as_recipe(tiny_recipe(teacher_stage(1)), [
                 f'data.noise={{model="pair_flip", params={{rate={rate}}}}}']), PluginHost())
-    finally:
-        logger.remove(sink)
     assert [line[:62] for line in lines if line.startswith("data.noise")] == [
         "data.noise (pair_flip): in the training labels, class '0' most"]

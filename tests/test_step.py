@@ -12,6 +12,7 @@ from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.context import ModelOutput
 from kdcore.errors import KdcoreError
 from kdcore.step import StepResult, combine, without_gradient
+from tests.cli_helpers import logged
 
 
 class Fn(Component):
@@ -318,7 +319,6 @@ def test_a_loss_without_gradient_stops_the_run_only_when_nothing_can_learn():
     """A stage whose only term was computed from detached tensors (relational_kd with
     detach_student) stopped with torch's "element 0 of tensors does not require grad"; beside
     a model that learned, the other trained on weight decay alone, silently."""
-    from loguru import logger
 
     learning = torch.ones((), requires_grad=True) * 2
     frozen = torch.tensor(1.0)
@@ -332,15 +332,11 @@ def test_a_loss_without_gradient_stops_the_run_only_when_nothing_can_learn():
                                           r"tensors\), as did every model the stage trains, so "
                                           r"none can learn; give them a term"):
         without_gradient("peer", both, ["student", "peer"], set())
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
-    try:
+    with logged("WARNING") as lines:
         warned: set[str] = set()
         one = _result(student=(frozen, ["rel"]), peer=(learning, ["ce"]))
         for _ in range(3):
             without_gradient("student", one, ["student", "peer"], warned)
-    finally:
-        logger.remove(sink)
     assert lines == ["model 'student' got a loss without gradient (its terms: rel; each was "
                      "computed from detached tensors): it learns nothing from such a batch "
                      "(said once)"]
