@@ -408,7 +408,7 @@ CATEGORIES: dict[str, tuple[Mutator, int]] = {
     "syntax": (_syntax, 45), "types": (_types, 45), "ranges": (_ranges, 80),
     "names": (_names, 35), "roles": (_roles, 40), "wiring": (_wiring, 30), "nul": (_nul, 20),
     "devices": (_devices, 15), "extends": (_extends, 15), "data": (_data, 20),
-    "paths": (_paths, 15), "added": (_added, 55), "compose": (_compose, 40),
+    "paths": (_paths, 15), "added": (_added, 55), "compose": (_compose, 60),
 }
 
 
@@ -445,7 +445,7 @@ def test_the_generator_makes_enough_distinct_mutants():
     assert len(CASES) >= 300
     # every input added since session 28 is tried at least once (the seed is fixed)
     assert len({c.describe for c in CASES if "-added-" in c.id}) == 18
-    assert len({c.describe for c in CASES if "-compose-" in c.id}) == 40
+    assert len({c.describe for c in CASES if "-compose-" in c.id}) == 60
     assert len({(c.source, c.describe, c.text, c.extra) for c in CASES}) >= 250
     assert {c.source for c in CASES} == {*SHIPPED, *TINY}
 
