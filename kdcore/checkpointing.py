@@ -189,7 +189,11 @@ def continue_states(components: Sequence[Component], carried: Mapping[str, Any])
             comp.load_state_dict(got["state"])
 
 
-def rehearse_stages(trainer: Any, stages: Sequence[StagePlan]) -> None:
+class _EntersStages(Protocol):
+    def enter_stage(self, stage: StagePlan) -> None: ...
+
+
+def rehearse_stages(trainer: _EntersStages, stages: Sequence[StagePlan]) -> None:
     """Set up ``stages``' components in turn, each continuing its namesake of the stage before
     from the state that one has after its set-up: a refusal of theirs (LP's ``k``, an empty
     meta split, a carried network that does not fit the next stage's settings) comes before
