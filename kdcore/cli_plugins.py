@@ -91,7 +91,7 @@ def details(host: Any, names: list[str]) -> list[dict[str, Any]]:
         cls = host.components.get(name)
         out.append({"name": name, "kinds": list(cls.kinds()),
                     "description": component_description(cls),
-                    "params": component_params(cls)})
+                    "params": component_params(cls), "learns_from": list(cls.learns_from)})
     return out
 
 
@@ -115,6 +115,9 @@ def print_plugins(host: Any, verbose: bool) -> None:
         for comp in details(host, info.provides.get("components", [])):
             kinds = "+".join(comp["kinds"]) or "lifecycle"
             click.echo(f"  component {comp['name']} [{kinds}]: {comp['description']}")
+            if comp["learns_from"]:  # the plan refuses an entry serving one of these models
+                click.echo(f"    learns from the models in: "
+                           f"{', '.join('params.' + n for n in comp['learns_from'])}")
             if not comp["params"]:
                 click.echo("    (no parameters)")
             for p in comp["params"]:

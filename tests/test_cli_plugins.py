@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional
 import attrs
 import pytest
 
+import kdcore
 from kdcore import Component, hookimpl
 from kdcore.cli_plugins import (
     component_description,
@@ -240,4 +241,27 @@ def test_details_are_the_json_listings_data():
     assert keep["params"][0] == {"name": "rate", "type": "float", "default": "0.5",
                                  "doc": "the share kept."}
     assert quiet == {"name": "quiet", "kinds": [], "description": "Does nothing per batch.",
-                     "params": []}
+                     "params": [], "learns_from": []}
+
+
+def test_a_component_that_learns_from_models_says_which_parameters_name_them(capsys):
+    host = PluginHost(entry_points=False)
+    assert details(host, ["hinton_kd"])[0]["learns_from"] == ["teacher"]
+    print_plugins(host, verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  component hinton_kd "))
+    assert lines[at + 1] == "    learns from the models in: params.teacher"
+    ce = next(i for i, line in enumerate(lines) if line.startswith("  component ce "))
+    assert "learns from" not in lines[ce + 1]
+
+    class TwoTeachers(kdcore.Component):
+        learns_from = ("first", "second")
+
+    class Plugin:
+        @kdcore.hookimpl
+        def kdcore_add_components(self):
+            return {"two": TwoTeachers}
+
+    print_plugins(PluginHost(extra=[Plugin()], entry_points=False), verbose=True)
+    assert "  component two [lifecycle]: \n    learns from the models in: params.first, " \
+           "params.second\n" in capsys.readouterr().out
