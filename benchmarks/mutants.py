@@ -78,7 +78,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                         "tests/test_malformed_data.py", "tests/test_cifar_n_per_image.py",
                         "tests/test_cifar_recipes.py", "tests/test_streaming.py",
                         "tests/test_npz_loader.py", "-k", "not smoke_run and not workers"]),
-    # kdcore_lp/graph.py was run on its own before (docs/mutation.md)
+    # kdcore_lp/graph.py was run on its own before (docs/mutation.md); this target reruns
+    # parts of it with --only (session 30: the faiss search)
+    "kdcore-lp-graph": ("plugins/kdcore-lp", ["kdcore_lp/graph.py"], ["tests"]),
     # the history's crash safety (session 17): the rollback journal, its recovery, the lock,
     # and the rebuild of a file HDF5 can read but not append to
     "kdcore-journal": (".", ["kdcore/history_journal.py", "kdcore/history_rebuild.py"],

@@ -179,7 +179,7 @@ def knn(features: torch.Tensor, k: int, *, chunk: int = 0, backend: Backend = "e
 def ivf_lists(n: int) -> int:
     """The inverted lists of ``faiss_ivf``: ``sqrt(N)`` (each query then scans about
     ``nprobe / sqrt(N)`` of the data), at most ``N / 39`` so that k-means has at least 39
-    points per list (faiss's minimum)."""
+    points per list (faiss's minimum); one list (``N`` under 78) means an exact search."""
     return max(1, min(int(n ** 0.5), n // 39))
 
 
@@ -193,8 +193,10 @@ def _knn_faiss(features: torch.Tensor, k: int, *, nprobe: int = 0
         raise kdcore.KdcoreError(
             "knn backend 'faiss' needs faiss: pip install 'kdcore-lp[faiss]'") from exc
     x = features.detach().float().cpu().contiguous().numpy()
-    if nprobe:
-        lists = ivf_lists(len(x))
+    lists = ivf_lists(len(x))
+    # one inverted list is the flat search, less its k-means (which faiss warns about on
+    # stderr below 39 points): a few dozen samples search exactly
+    if nprobe and lists > 1:
         quantizer = faiss.IndexFlatIP(x.shape[1])
         index = faiss.IndexIVFFlat(quantizer, x.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
         # k-means on an evenly spaced sample of about 64 points per list: deterministic

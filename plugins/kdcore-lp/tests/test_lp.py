@@ -175,6 +175,34 @@ def test_ivf_backend_finds_most_exact_neighbours_and_never_an_invalid_one():
     assert 0.6 < recall(4) < recall(16) <= 1.0
 
 
+def test_ivf_on_a_few_dozen_samples_is_the_exact_search_without_a_faiss_warning(capfd):
+    """With one inverted list, faiss trained k-means on fewer than 39 points and printed
+    "WARNING clustering 25 points to 1 centroids" on stderr, once per LP."""
+    pytest.importorskip("faiss")
+    x = torch.randn(25, 6, generator=torch.Generator().manual_seed(1))
+    idx, sims = knn(x, 5, backend="faiss_ivf", nprobe=8)
+    e_idx, e_sim = knn(x, 5, backend="faiss")
+    assert torch.equal(idx, e_idx) and torch.equal(sims, e_sim)
+    assert "WARNING" not in capfd.readouterr().err
+    knn(torch.randn(80, 6, generator=torch.Generator().manual_seed(2)), 5,
+        backend="faiss_ivf", nprobe=1)  # two lists: the inverted index, trained quietly
+    assert capfd.readouterr().err == ""
+
+
+def test_a_faiss_backend_without_faiss_says_how_to_install_it(monkeypatch):
+    import sys
+
+    import kdcore
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    for backend in ("faiss", "faiss_ivf"):
+        with pytest.raises(kdcore.KdcoreError) as err:
+            knn(x, 3, backend=backend, nprobe=1)
+        assert str(err.value) == ("knn backend 'faiss' needs faiss: pip install "
+                                  "'kdcore-lp[faiss]'")
+
+
 def test_missing_ivf_neighbours_become_no_edge():
     faiss = pytest.importorskip("faiss")  # noqa: F841 (the backend needs it)
     from kdcore_lp.graph import ivf_lists
