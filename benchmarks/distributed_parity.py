@@ -30,12 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdcore import KdcoreError, PluginHost
-from kdcore.engine import dry_setup
-from kdcore.plan import check_distributed
-from kdcore.recipe import recipe_from_dict
 from kdcore.recipe.resolve import load_raw
-from kdcore.testing import assert_close_history, random_composition, write_recipe
+from kdcore.testing import accepted_compositions, assert_close_history, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -78,17 +74,10 @@ def compare(name: str, recipe: Path, sets: list[str], work: Path) -> dict:
 
 def compositions(count: int, seed: int, work: Path, choices: bool) -> dict[str, Path]:
     """``count`` drawn recipes that ``kdcore check`` accepts in 2 processes, under ``work``."""
-    host = PluginHost()
-    names = host.components.names()
-    rng = random.Random(seed)
     out: dict[str, Path] = {}
-    while len(out) < count:
-        recipe = random_composition(rng, names, epochs=2, train_subset=240, gold_per_class=3,
-                                    host=host if choices else None)
-        try:
-            check_distributed(dry_setup(recipe_from_dict(recipe), host), 2)
-        except KdcoreError:
-            continue
+    for recipe in accepted_compositions(random.Random(seed), count, choices=choices,
+                                        processes=2, epochs=2, train_subset=240,
+                                        gold_per_class=3):
         uses = "+".join(c["use"] for c in recipe["stages"][1]["components"])
         name = f"{len(out)}-{uses}-on-{'+'.join(recipe['stages'][1]['train'])}"
         out[name] = write_recipe(recipe, work / f"{name}.toml")

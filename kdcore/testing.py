@@ -45,11 +45,11 @@ from kdcore.plugins import PluginHost
 from kdcore.recipe import load_recipe, recipe_from_dict
 from kdcore.testing_harness import ColumnReader, ColumnReaderPlugin, Harness, TinyNet, harness
 
-__all__ = ["ColumnReader", "ColumnReaderPlugin", "Harness", "InterruptAt", "Interrupted",
-           "TinyNet", "assert_close_history", "assert_same_history", "component", "harness",
-           "one_thread", "quiet_logs", "random_choices", "random_composition", "run_tiny",
-           "stage", "teacher_stage", "tiny_recipe", "write_cifar10", "write_fashion_mnist",
-           "write_idx", "write_recipe"]
+__all__ = ["ColumnReader", "ColumnReaderPlugin", "Harness", "InterruptAt", "Interrupted", "TinyNet",
+           "accepted_compositions", "assert_close_history", "assert_same_history", "component",
+           "harness", "one_thread", "quiet_logs", "random_choices", "random_composition",
+           "run_tiny", "stage", "teacher_stage", "tiny_recipe", "write_cifar10",
+           "write_fashion_mnist", "write_idx", "write_recipe"]
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +142,7 @@ def random_composition(rng: random.Random, names: Sequence[str], *, must: Sequen
     type (:func:`random_choices`). ``recipe`` goes to :func:`tiny_recipe`.
 
     Many draws are recipes that ``kdcore check`` refuses (a peer method with one model, a
-    selector of two models): keep the ones it accepts (:func:`kdcore.engine.dry_setup`).
+    selector of two models): :func:`accepted_compositions` keeps the ones it accepts.
     """
     uses = [*rng.sample(list(names), rng.randint(1, min(4, len(names)))), *must]
     if rng.random() < 0.7:
@@ -160,6 +160,38 @@ def random_composition(rng: random.Random, names: Sequence[str], *, must: Sequen
     if rng.random() < again:
         stages.append(stage("t", 2, train, *comps))
     return tiny_recipe(*stages, models={**MODELS, "peer": PEER}, **recipe)
+
+
+def accepted_compositions(rng: random.Random, count: int, *, host: PluginHost | None = None,
+                          choices: bool = False, processes: int = 1, **draw: Any
+                          ) -> list[dict[str, Any]]:
+    """The first ``count`` draws of :func:`random_composition` (over every component ``host``
+    registers; ``draw`` are its keywords, with ``choices`` its random parameter choices) that
+    ``kdcore check`` accepts, in ``processes`` processes: the set-up a run does before its
+    first batch, nothing trained (:func:`kdcore.engine.dry_setup`).
+
+    Raises:
+        ValueError: not one draw in a hundred was accepted.
+    """
+    from kdcore.engine import dry_setup
+    from kdcore.errors import KdcoreError
+    from kdcore.plan import check_distributed
+
+    host = host or PluginHost()
+    names = host.components.names()
+    out: list[dict[str, Any]] = []
+    for _ in range(100 * count):
+        if len(out) == count:
+            break
+        recipe = random_composition(rng, names, host=host if choices else None, **draw)
+        try:
+            check_distributed(dry_setup(recipe_from_dict(recipe), host), processes)
+        except KdcoreError:
+            continue
+        out.append(recipe)
+    if len(out) < count:
+        raise ValueError(f"{len(out)} of {100 * count} draws were accepted, not {count}")
+    return out
 
 
 def random_choices(rng: random.Random, params: type) -> dict[str, Any]:

@@ -7,12 +7,15 @@ from typing import Literal
 
 import attrs
 import pytest
+import torch
 
+import kdcore
 from kdcore import History, PluginHost, load_recipe
 from kdcore.recipe import recipe_from_dict
 from kdcore.testing import (
     InterruptAt,
     Interrupted,
+    accepted_compositions,
     assert_same_history,
     component,
     random_choices,
@@ -114,6 +117,63 @@ def test_random_composition_with_a_host_gives_each_entry_its_random_choices():
         fields = attrs.fields(host.components.get(c["use"]).Params)
         assert set(c.get("params", {})) <= {f.alias or f.name for f in fields}
     assert recipe["stages"][2]["components"] == comps  # the repeated stage: the same entries
+
+
+def test_accepted_compositions_keeps_the_draws_check_accepts_in_the_processes_asked():
+    from kdcore import KdcoreError
+    from kdcore.engine import dry_setup
+    from kdcore.plan import check_distributed
+
+    host = PluginHost()
+    kept = accepted_compositions(random.Random(3), 4, host=host, choices=True, again=0,
+                                 train_subset=120, gold_per_class=3)
+    assert len(kept) == 4
+    for recipe in kept:
+        dry_setup(recipe_from_dict(recipe), host)  # accepted
+    # the same generator gives the same draws; those refused in between are skipped
+    rng, refused = random.Random(3), 0
+    names = host.components.names()
+    while True:
+        draw = random_composition(rng, names, host=host, again=0, train_subset=120,
+                                  gold_per_class=3)
+        try:
+            dry_setup(recipe_from_dict(draw), host)
+            break
+        except KdcoreError:
+            refused += 1
+    assert draw == kept[0] and refused > 0
+    # in two processes, a component that cannot run there is never kept
+    for recipe in accepted_compositions(random.Random(3), 4, host=host, processes=2,
+                                        train_subset=120, gold_per_class=3):
+        check_distributed(dry_setup(recipe_from_dict(recipe), host), 2)
+    tried = random.Random(0)
+    with pytest.raises(ValueError, match=r"^0 of 100 draws were accepted, not 1$"):
+        accepted_compositions(tried, 1, host=host, trains=[["nobody"]])
+    again = random.Random(0)
+    for _ in range(100):  # a hundred draws, no more
+        random_composition(again, names, trains=[["nobody"]])
+    assert tried.random() == again.random()
+    # by default: the installed plugins, no parameter choices, one process
+    (plain,) = accepted_compositions(random.Random(1), 1, train_subset=120, gold_per_class=3)
+    assert not any("params" in c for st in plain["stages"] for c in st["components"])
+
+    class Local(kdcore.Component):
+        distributed = "it cannot"
+
+        def transfer(self, ctx, batch):
+            return torch.zeros(len(batch))
+
+    class Plugin:
+        @kdcore.hookimpl
+        def kdcore_add_components(self):
+            return {"local": Local}
+
+    local = PluginHost(extra=[Plugin()])
+    assert accepted_compositions(random.Random(2), 2, host=local, must=["local"],
+                                 train_subset=120, gold_per_class=3)
+    with pytest.raises(ValueError):
+        accepted_compositions(random.Random(2), 1, host=local, must=["local"], processes=2,
+                              train_subset=120, gold_per_class=3)
 
 
 def test_assert_same_history_tells_runs_apart(tmp_path):
