@@ -185,4 +185,25 @@ unit_interval = between(0.0, 1.0)
 """``0 <= value <= 1``: a probability, a mixing weight."""
 
 below_one = between(0.0, 1.0, include_high=False)
-"""``0 <= value < 1``: a rate, a fraction that cannot be everything."""
+"""``0 <= value < 1``: a rate, a fraction that cannot be everything (SGD's momentum: at 1 and
+above its buffer grows without bound)."""
+
+MAX_LR = 10.0
+"""The largest learning rate of a model's or a component's own optimiser: published SGD recipes
+for these networks stay at or below ~1 (0.1 x batch/256 with linear scaling); 10 leaves room
+for large-batch scaling while 1e308 (a typo, or a fuzzer) overflows the first update."""
+
+learning_rate = between(0.0, MAX_LR, what="a learning rate")
+"""``0 <= value <= MAX_LR``: a learning rate (0: the parameters do not move)."""
+
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite float32, the type kdcore's tensors compute in."""
+
+
+def float32(instance: Any, attribute: Any, value: Any) -> None:
+    """A number a float32 tensor holds: ``|value| <= FLOAT32_MAX``, or +-inf (a bound that is
+    no bound); NaN fails. ``1e300`` fails: torch refuses to put it in a float32 tensor
+    (``clamp``, ``full``) mid-run, where ``inf`` works."""
+    if value is not None and not (abs(value) <= FLOAT32_MAX or math.isinf(value)):
+        raise ValueError(f"'{attribute.name}' must be a float32 number (magnitude at most "
+                         f"3.4e38, or inf), got {value!r}")

@@ -203,6 +203,9 @@ def _with(key_path: str, value):
         ("models.student.optimizer.momentum", -1, r"'momentum' must be in \[0, 1\)"),
         ("models.student.optimizer.weight_decay", math.inf, "must be a finite number"),
         ("models.student.optimizer.weight_decay", -1e-4, "must be >= 0"),
+        # torch's SGD step cannot put it in a float32 tensor: "value cannot be converted"
+        ("models.student.optimizer.weight_decay", 1e300, "'weight_decay' must be a float32 "
+                                                         "number"),
         ("models.student.schedule.gamma", 0.0, "'gamma' must be positive"),
         ("models.student.schedule.gamma", math.inf, "'gamma' must be a finite"),
         ("models.student.schedule.milestones", [3, -1], "'milestones\\[1\\]' must be >= 0"),

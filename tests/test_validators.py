@@ -156,3 +156,40 @@ def test_between_prints_its_ends_as_written():
 def test_a_bad_transition_matrix_is_named():
     with pytest.raises(ValueError, match=r"^'T' must be square: row 0 has 1 entries"):
         stochastic_matrix(None, Param("T"), [[1.0], [0.0, 1.0]])
+
+
+def test_float32_holds_what_a_float32_tensor_holds():
+    import numpy as np
+
+    from kdcore.validators import FLOAT32_MAX, float32
+
+    largest = float(np.finfo(np.float32).max)
+    assert FLOAT32_MAX == largest
+    beyond = float(np.nextafter(largest, math.inf))
+    for ok in (None, 0.0, -0.0, largest, -largest, math.inf, -math.inf, 1e-300):
+        float32(None, Param("bound"), ok)
+    for bad in (beyond, -beyond, 1e300, -1e308):
+        with pytest.raises(ValueError, match=re.escape(
+                "'bound' must be a float32 number (magnitude at most 3.4e38, or inf), got ")):
+            float32(None, Param("bound"), bad)
+    with pytest.raises(ValueError):
+        float32(None, Param("bound"), math.nan)
+    # what the bound is for: torch takes the largest into a float32 tensor, not the next one
+    import torch
+
+    torch.full((1,), largest)
+    with pytest.raises(RuntimeError, match="overflow"):
+        torch.full((1,), beyond)
+
+
+def test_learning_rate_is_a_models_range():
+    from kdcore.recipe import MAX_LR
+    from kdcore.validators import learning_rate
+
+    assert MAX_LR == 10.0
+    for ok in (None, 0.0, 1e-300, 10.0):
+        learning_rate(None, Param("lr"), ok)
+    for bad in (-1e-300, math.nextafter(10.0, 11.0), math.inf, math.nan):
+        with pytest.raises(ValueError, match=re.escape("'lr' must be in [0, 10] (a learning "
+                                                       "rate), got ")):
+            learning_rate(None, Param("lr"), bad)

@@ -25,7 +25,6 @@ from kdcore.recipe.resolve import (
 from kdcore.recipe.rules import check_consistency
 from kdcore.recipe.schema import (
     MAX_BATCH_SIZE,
-    MAX_LR,
     MAX_SEED,
     MAX_THREADS,
     AugmentConfig,
@@ -40,6 +39,7 @@ from kdcore.recipe.schema import (
     StageConfig,
 )
 from kdcore.recipe.writer import dumps_toml
+from kdcore.validators import MAX_LR
 
 __all__ = [
     "MAX_BATCH_SIZE",

@@ -7,7 +7,8 @@ import math
 from typing import Any
 
 from kdcore.errors import RecipeError, did_you_mean
-from kdcore.recipe.schema import MAX_LR, NAME_BYTES, Recipe
+from kdcore.recipe.schema import NAME_BYTES, Recipe
+from kdcore.validators import MAX_LR
 
 #: keys that may change between a run and its resume, or between the seeds of one variant
 #: that ``kdcore report`` averages: they do not change what is computed

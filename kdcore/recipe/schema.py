@@ -4,16 +4,15 @@ Every bound below is checked when a recipe is read (``kdcore check`` included), 
 would only fail, or quietly misbehave, once training starts is refused with the file, the key
 path and the accepted range. The bounds that are not mathematical facts:
 
-* :data:`MAX_LR` = 10: published SGD recipes for these networks stay at or below ~1 (0.1 x
-  batch/256 with linear scaling); 10 leaves room for large-batch scaling while 1e308 (a typo,
-  or a fuzzer) overflows the first update. ``lr = 0`` is allowed: a role that a stage "trains"
-  without moving, which tests use to hold a model fixed.
+* :data:`~kdcore.validators.MAX_LR` = 10 (:data:`kdcore.validators.learning_rate`, shared with
+  components' own optimisers). ``lr = 0`` is allowed: a role that a stage "trains" without
+  moving, which tests use to hold a model fixed.
 * :data:`MAX_THREADS` = 4096: more threads than any CPU has; ``10**6`` fails inside torch.
 * :data:`MAX_WORKERS` = 256: DataLoader processes; each is a process of its own.
 * :data:`MAX_BATCH_SIZE` = 2**20: a batch of a million samples fits no accelerator; the bound
   catches typos such as ``1e9``.
 * ``gamma`` of a multistep schedule may exceed 1, but the learning rate it reaches must stay
-  within :data:`MAX_LR` (checked with the recipe, :mod:`kdcore.recipe.resolve`).
+  within :data:`~kdcore.validators.MAX_LR` (checked with the recipe, :mod:`kdcore.recipe.resolve`).
 """
 
 from __future__ import annotations
@@ -27,12 +26,15 @@ from kdcore.config import unstructure
 from kdcore.device import device_name
 from kdcore.recipe.writer import dumps_toml
 from kdcore.validators import (
+    all_of,
     below_one,
     between,
     each,
     finite,
     finite_non_negative,
     finite_positive,
+    float32,
+    learning_rate,
     no_nul,
     non_negative,
 )
@@ -47,7 +49,6 @@ NAME_BYTES = 255
 holds names of this length."""
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 """The longest process-group timeout: a week (a hung collective is found within it)."""
-MAX_LR = 10.0
 MAX_BATCH_SIZE = 2**20
 
 _batch_size = between(1, MAX_BATCH_SIZE)
@@ -182,16 +183,17 @@ class OptimizerConfig:
 
     Attributes:
         name: ``sgd``, ``adam`` or ``adamw``.
-        lr: the base learning rate, in [0, :data:`MAX_LR`].
+        lr: the base learning rate, in [0, :data:`~kdcore.validators.MAX_LR`].
         momentum: SGD's momentum, in [0, 1).
-        weight_decay: finite, >= 0.
+        weight_decay: >= 0 and a float32 number (``1e300`` stopped the first step).
         nesterov: SGD's Nesterov momentum (needs ``momentum > 0``).
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = attrs.field(default=0.05, validator=between(0.0, MAX_LR))
+    lr: float = attrs.field(default=0.05, validator=learning_rate)
     momentum: float = attrs.field(default=0.9, validator=below_one)
-    weight_decay: float = attrs.field(default=5e-4, validator=finite_non_negative)
+    weight_decay: float = attrs.field(default=5e-4,
+                                      validator=all_of(finite_non_negative, float32))
     nesterov: bool = attrs.field(default=False, validator=_nesterov_needs_momentum)
 
 
