@@ -93,9 +93,11 @@ def check_fits(what: str, size: int, device: torch.device, fix: str,
 
 
 def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20),
+                       ("KiB", 2**10)):
         if n >= size:
-            return f"{n / size:.1f} {unit}"
+            # a size from a typo (hidden = 10**12) reads as "3.6e+09 PiB", not 22 digits
+            return f"{n / size:.1f} {unit}" if n < 10**4 * size else f"{n / size:.2g} {unit}"
     return f"{n} bytes"
 
 

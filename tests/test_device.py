@@ -119,7 +119,10 @@ def test_without_meminfo_the_free_pages_are_a_lower_bound(monkeypatch) -> None:
 @pytest.mark.parametrize(("size", "text"), [
     (0, "0 bytes"), (1023, "1023 bytes"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
     (2**20 - 1, "1024.0 KiB"), (2**20, "1.0 MiB"), (3 * 2**20, "3.0 MiB"),
-    (2**30, "1.0 GiB"), (5 * 2**30 // 2, "2.5 GiB"), (2**40, "1024.0 GiB"),
+    (2**30, "1.0 GiB"), (5 * 2**30 // 2, "2.5 GiB"), (2**40 - 1, "1024.0 GiB"),
+    (2**40, "1.0 TiB"), (2**50 - 2**39, "1023.5 TiB"), (2**50, "1.0 PiB"),
+    (10**4 * 2**50 - 1, "10000.0 PiB"), (10**4 * 2**50, "1e+04 PiB"),
+    (4 * 10**24, "3.6e+09 PiB"),
 ])
 def test_sizes_in_messages(size: int, text: str) -> None:
     from kdcore.device import _bytes

@@ -211,7 +211,7 @@ def test_a_label_space_whose_transition_matrix_cannot_fit_is_refused_before_the_
     line = result.output.strip()
     assert line.startswith(f"kdcore: error: {tmp_path / 'many.toml'}: data.dataset: dataset "
                            "'many_classes' has 10000000 classes: its transition matrix needs "
-                           "745058.1 GiB; "), line
+                           "727.6 TiB; "), line
     assert line.endswith(" GiB are free on cpu (a label space this large is a mistake)"), line
 
 
