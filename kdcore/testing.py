@@ -46,7 +46,8 @@ from kdcore.recipe import load_recipe, recipe_from_dict
 from kdcore.testing_harness import ColumnReader, ColumnReaderPlugin, Harness, TinyNet, harness
 
 __all__ = ["ColumnReader", "ColumnReaderPlugin", "Harness", "InterruptAt", "Interrupted", "TinyNet",
-           "accepted_compositions", "assert_close_history", "assert_same_history", "component",
+           "accepted_compositions", "assert_close_history", "assert_same_history", "check_tiny",
+           "component",
            "harness", "one_thread", "quiet_logs", "random_choices", "random_composition",
            "run_tiny", "stage", "teacher_stage", "tiny_recipe", "write_cifar10",
            "write_fashion_mnist", "write_idx", "write_recipe"]
@@ -173,9 +174,7 @@ def accepted_compositions(rng: random.Random, count: int, *, host: PluginHost | 
     Raises:
         ValueError: not one draw in a hundred was accepted.
     """
-    from kdcore.engine import dry_setup
     from kdcore.errors import KdcoreError
-    from kdcore.plan import check_distributed
 
     host = host or PluginHost()
     names = host.components.names()
@@ -185,13 +184,27 @@ def accepted_compositions(rng: random.Random, count: int, *, host: PluginHost | 
             break
         recipe = random_composition(rng, names, host=host if choices else None, **draw)
         try:
-            check_distributed(dry_setup(recipe_from_dict(recipe), host), processes)
+            check_tiny(recipe, host=host, processes=processes)
         except KdcoreError:
             continue
         out.append(recipe)
     if len(out) < count:
         raise ValueError(f"{len(out)} of {100 * count} draws were accepted, not {count}")
     return out
+
+
+def check_tiny(data: Mapping[str, Any], *, host: PluginHost | None = None,
+               processes: int = 1) -> None:
+    """What ``kdcore check`` does with recipe ``data`` (for ``processes`` processes): the plan
+    and the run's set-up up to its first batch, nothing trained.
+
+    Raises:
+        KdcoreError: ``check``'s refusal (its message is the line ``check`` prints).
+    """
+    from kdcore.engine import dry_setup
+    from kdcore.plan import check_distributed
+
+    check_distributed(dry_setup(recipe_from_dict(data), host or PluginHost()), processes)
 
 
 def random_choices(rng: random.Random, params: type) -> dict[str, Any]:

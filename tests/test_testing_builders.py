@@ -134,3 +134,41 @@ def test_write_cifar10_by_default_400_training_and_100_test_images(tmp_path):
     given = write_cifar10(tmp_path / "given", n_train=400, n_test=100)
     for name in ("data_batch_1", "test_batch"):  # the same draws: the defaults are those
         assert (folder / name).read_bytes() == (given / name).read_bytes()
+
+
+def test_check_tiny_does_what_kdcore_check_does_with_recipe_data():
+    from kdcore.errors import KdcoreError
+    from kdcore.testing import check_tiny, component, stage, teacher_stage, tiny_recipe
+
+    check_tiny(tiny_recipe(teacher_stage(1)))
+    # a refusal of the plan (a role), of the set-up (a size that cannot fit), of the processes
+    missing = tiny_recipe(stage("s", 1, ["student"], component("hinton_kd")))
+    missing["models"].pop("teacher")
+    with pytest.raises(KdcoreError, match="teacher"):
+        check_tiny(missing)
+    huge = tiny_recipe(stage("s", 1, ["student"], component("ce")))
+    huge["models"]["student"]["params"]["hidden"] = [10**12]
+    with pytest.raises(KdcoreError, match="needs .* are free on cpu"):
+        check_tiny(huge)
+
+    import kdcore
+    from kdcore.plugins import PluginHost
+
+    class PerProcess(kdcore.Component):
+        distributed = "its sums are per process"
+
+        def transfer(self, ctx, batch):
+            return batch.out("student").logits.sum(dim=1)
+
+    class Plugin:
+        @kdcore.hookimpl
+        def kdcore_add_components(self):
+            return {"per_process": PerProcess}
+
+    host = PluginHost(extra=[Plugin()])
+    single = tiny_recipe(stage("s", 1, ["student"], component("per_process")))
+    check_tiny(single, host=host)
+    with pytest.raises(KdcoreError, match="cannot run in 2 processes: its sums are per process"):
+        check_tiny(single, host=host, processes=2)
+    with pytest.raises(KdcoreError, match="per_process"):  # the installed plugins alone
+        check_tiny(single)

@@ -34,7 +34,15 @@ import kdcore
 from kdcore import Role
 from kdcore.config import structure
 from kdcore.losses import one_hot
-from kdcore.validators import non_negative, positive, softmax_temperature, unit_interval
+from kdcore.validators import (
+    all_of,
+    finite_non_negative,
+    float32,
+    non_negative,
+    positive,
+    softmax_temperature,
+    unit_interval,
+)
 from kdcore_almkd.mixing import (
     REFERENCE_BATCH_SIZE,
     Mixing,
@@ -96,12 +104,14 @@ class AlmKDParams:
             ``lambda``, weights ``[1 - lambda, lambda / M, ...]``).
         init: ``constant`` (teachers ``lambda0``, CE ``1 - lambda0``; convex: ``lambda0``) or
             ``uniform`` (every parameter ``U(0, 1)`` from the component's generator).
-        lambda0: the constant initial teacher weight.
-        lambda_min, lambda_max: the clip interval of every parameter.
+        lambda0: the constant initial teacher weight (float32: at most 3.4e38, or inf).
+        lambda_min, lambda_max: the clip interval of every parameter (float32 numbers; inf:
+            no bound on that side).
         repetitions: update steps per chunk.
-        step: the multiplier of the meta-gradient: ``lambda <- clip(lambda - step * dJ/dlambda)``
-            where ``dJ/dlambda = -eta <g, U>`` already carries the learning rate ``eta``
-            (ALM-KD's ``lambda + 2000 eta <g_KD - g_CE, u>`` is ``step = 2000``).
+        step: the multiplier of the meta-gradient:
+            ``lambda <- clip(lambda - step * dJ/dlambda)`` where ``dJ/dlambda = -eta <g, U>``
+            already carries the learning rate ``eta`` (ALM-KD's
+            ``lambda + 2000 eta <g_KD - g_CE, u>`` is ``step = 2000``); finite.
         val_weight: ``a`` in the meta objective ``J = a L_val + (1 - a) L_chunk``.
         val_batch: meta-split rows per chunk (cycled in a shuffled order); 0: all of them.
         grad_fit: training batches per chunk.
@@ -124,11 +134,11 @@ class AlmKDParams:
     preset: Literal["amal", "almkd"] = "amal"
     mixing: Literal["free", "convex"] | None = None
     init: Literal["constant", "uniform"] | None = None
-    lambda0: float | None = attrs.field(default=None, validator=non_negative)
-    lambda_min: float | None = None
-    lambda_max: float | None = None
+    lambda0: float | None = attrs.field(default=None, validator=all_of(non_negative, float32))
+    lambda_min: float | None = attrs.field(default=None, validator=float32)
+    lambda_max: float | None = attrs.field(default=None, validator=float32)
     repetitions: int | None = attrs.field(default=None, validator=positive)
-    step: float | None = attrs.field(default=None, validator=non_negative)
+    step: float | None = attrs.field(default=None, validator=finite_non_negative)
     val_weight: float | None = attrs.field(default=None, validator=unit_interval)
     val_batch: int | None = attrs.field(default=None, validator=non_negative)
     grad_fit: int = attrs.field(default=2, validator=positive)

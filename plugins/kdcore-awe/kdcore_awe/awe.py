@@ -40,7 +40,15 @@ from torch import nn
 import kdcore
 from kdcore.context import SCALAR_KINDS, ColumnKind, ColumnName, Role, RunContext
 from kdcore.losses import one_hot, soft_cross_entropy
-from kdcore.validators import between, non_negative, softmax_temperature
+from kdcore.validators import (
+    all_of,
+    below_one,
+    between,
+    finite_non_negative,
+    float32,
+    learning_rate,
+    softmax_temperature,
+)
 from kdcore_selection.small_loss import mixture_posterior
 
 
@@ -139,9 +147,10 @@ class AWEParams:
         ramp: ``confidence`` mode: the share of the samples outside ``selection``, lowest
             confidence first, whose weight rises linearly from 0 to 1 with their rank; the rest
             weigh 1.
-        lr: the WeightNet's learning rate; 0 follows the student's current learning rate (the
-            release gives both the same settings and schedule).
-        momentum, weight_decay: the WeightNet's SGD settings.
+        lr: the WeightNet's learning rate, in [0, 10] as a model's; 0 follows the student's
+            current learning rate (the release gives both the same settings and schedule).
+        momentum, weight_decay: the WeightNet's SGD settings (momentum in [0, 1), weight decay
+            >= 0 and a float32 number, as a model's optimiser).
         zero_grad: zero the WeightNet's gradients after each step (release: never, D3).
         batch_mean_weight: return the batch mean of the weights for every sample (release D2).
         seed_alignment: ``index`` or ``release_shuffled`` (D1).
@@ -157,9 +166,10 @@ class AWEParams:
     confidence: ColumnName = ColumnName("")
     propagated: ColumnName = ColumnName("")
     ramp: float = attrs.field(default=1.0, validator=between(0.0, 1.0, include_low=False))
-    lr: float = attrs.field(default=0.0, validator=non_negative)
-    momentum: float = 0.9
-    weight_decay: float = attrs.field(default=5e-4, validator=non_negative)
+    lr: float = attrs.field(default=0.0, validator=learning_rate)
+    momentum: float = attrs.field(default=0.9, validator=below_one)
+    weight_decay: float = attrs.field(default=5e-4,
+                                      validator=all_of(finite_non_negative, float32))
     zero_grad: bool = True
     batch_mean_weight: bool = False
     seed_alignment: Literal["index", "release_shuffled"] = "index"

@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
-from kdcore.validators import below_one, non_negative, positive, softmax_temperature
+from kdcore.device import check_fits
+from kdcore.validators import (
+    below_one,
+    finite_non_negative,
+    non_negative,
+    positive,
+    softmax_temperature,
+)
 
 HEAD = "ssl_head"
 """The attribute under which the projection head is added to a model (``model.ssl_head``)."""
@@ -80,7 +87,7 @@ class SSLParams:
         noise_std: Gaussian noise added to every input entry of a view.
         drop_prob: the probability that an entry of a view is masked to 0.
         crop_padding: image inputs only: a random crop after this much zero padding
-            (kdcore's ``crop_flip`` augmentation); 0: no crop.
+            (kdcore's ``crop_flip`` augmentation, at most 64 pixels); 0: no crop.
         flip: image inputs only: mirror half of the views (off for digits and text-like data).
         recipe_augment: apply the recipe's ``data.augment`` chain to each view first.
     """
@@ -88,7 +95,7 @@ class SSLParams:
     temperature: float = attrs.field(default=0.5, validator=softmax_temperature)
     projection_dim: int = attrs.field(default=64, validator=positive)
     projection_hidden: int = attrs.field(default=0, validator=non_negative)
-    noise_std: float = attrs.field(default=0.1, validator=non_negative)
+    noise_std: float = attrs.field(default=0.1, validator=finite_non_negative)
     drop_prob: float = attrs.field(default=0.2, validator=below_one)
     crop_padding: int = attrs.field(default=2, validator=non_negative)
     flip: bool = False
@@ -120,6 +127,10 @@ class SSLPretrain(kdcore.Component):
             hidden = p.projection_hidden or dim
             head = getattr(model, HEAD, None)
             if head is None:
+                size = 4 * ((dim + 1) * hidden + (hidden + 1) * p.projection_dim)
+                check_fits(f"component '{self.name}': the projection head of '{role}' ({dim} x "
+                           f"{hidden} x {p.projection_dim})", size, ctx.device,
+                           "lower projection_hidden or projection_dim")
                 with torch.random.fork_rng(devices=[]):  # CPU init, global stream untouched
                     torch.default_generator.manual_seed(head_seed(ctx.recipe.run.seed, role))
                     head = make_head(dim, hidden, p.projection_dim)
@@ -150,6 +161,14 @@ class SSLPretrain(kdcore.Component):
         if ctx.data.train.x.dim() == 4 and (p.crop_padding or p.flip):
             # the run's registries (in-process plugins included)
             self.crop = kdcore.active_host().augmentations.get("crop_flip")
+            # a padding crop_flip refuses stops `kdcore check`, not the stage's first batch
+            one = ctx.data.inputs(ctx.data.train, torch.arange(1, device=ctx.device))
+            try:
+                self.crop(one, torch.Generator(device=one.device), padding=p.crop_padding,
+                          flip=p.flip)
+            except kdcore.KdcoreError as exc:
+                raise kdcore.RecipeError(f"component '{self.name}': crop_padding: {exc}"
+                                         ) from None
 
     def view(self, ctx: kdcore.RunContext, x: torch.Tensor) -> torch.Tensor:
         """One random view of the inputs ``x`` (draws from the component's own generator,

@@ -29,6 +29,7 @@ import torch
 
 import kdcore
 from kdcore import Role
+from kdcore.device import check_fits
 from kdcore.validators import positive
 from kdcore_lsh import functional as lshf
 from kdcore_lsh.connector import attach_connector
@@ -113,6 +114,12 @@ class FeatureMimic(kdcore.Component):
                 raise kdcore.KdcoreError(
                     f"component '{self.name}': model '{role}' has {have} features, the teacher "
                     f"{self.dim}, and no connector")
+        if self.uses_lsh:  # refused now, by `kdcore check`, not when a later stage draws W
+            hashes = self.params.num_hashes or 32 * self.dim
+            # W (N x D) and a batch's projections of student and teacher, with a gradient
+            size = 4 * hashes * (self.dim + 3 * ctx.recipe.data.batch_size)
+            check_fits(f"component '{self.name}': num_hashes = {hashes} (the projection and a "
+                       "batch's projections)", size, ctx.device, "lower it")
 
     # -- the projection ---------------------------------------------------------------------
 

@@ -64,6 +64,15 @@ class LabelCorrectionNet(nn.Module):
         )
         self.reset_parameters()
 
+    @staticmethod
+    def parameter_count(feature_dim: int, num_classes: int, cls_dim: int = 128,
+                        hidden: int = 128, skip: bool = False) -> int:
+        """The number of parameters the network of these arguments has, counted without
+        building it (a size from a recipe may be far too large to build even without memory)."""
+        outputs = num_classes + int(skip)
+        return (num_classes * cls_dim + (feature_dim + cls_dim + 1) * hidden
+                + (hidden + 1) * hidden + (hidden + 1) * outputs)
+
     def reset_parameters(self) -> None:
         """MLC's ``init_weights``: Xavier-uniform embedding, Xavier-normal weights, zero biases."""
         nn.init.xavier_uniform_(self.embedding.weight)

@@ -24,9 +24,10 @@ import attrs
 import torch
 
 import kdcore
+from kdcore.device import check_fits
 from kdcore.losses import soft_cross_entropy
 from kdcore.meta import named_trainable
-from kdcore.validators import non_negative, positive
+from kdcore.validators import all_of, learning_rate, non_negative, positive
 from kdcore_mlc.gold import GoldCycler
 from kdcore_mlc.lcn import LabelCorrectionNet
 from kdcore_mlc.lookahead import MetaAccumulator, clean_gradient, lookahead
@@ -41,7 +42,8 @@ class MLCParams:
         method: ``hmlc_K_mix`` splits each gold batch into a meta half G (first half) and a
             clean half C added to the main model's loss; ``hmlc_K`` uses the whole gold batch
             as G and no clean data in the loss.
-        meta_lr: the learning rate of the LCN's Adam (AMSGrad, weight decay 0, eps 1e-8).
+        meta_lr: the learning rate of the LCN's Adam (AMSGrad, weight decay 0, eps 1e-8), in
+            (0, 10] as a model's.
         cls_dim: the label-embedding size e.
         hidden: the LCN's hidden width (128 in MLC).
         skip: the skip-link LCN: ``y = (1 - a) softmax + a onehot(noisy)``.
@@ -53,7 +55,7 @@ class MLCParams:
     """
 
     method: Literal["hmlc_K_mix", "hmlc_K"] = "hmlc_K_mix"
-    meta_lr: float = attrs.field(default=3e-4, validator=positive)
+    meta_lr: float = attrs.field(default=3e-4, validator=all_of(positive, learning_rate))
     cls_dim: int = attrs.field(default=128, validator=positive)
     hidden: int = attrs.field(default=128, validator=positive)
     skip: bool = False
@@ -120,10 +122,13 @@ class MLC(kdcore.Component):
             raise kdcore.RecipeError(f"component '{self.name}': hmlc_K_mix splits the gold "
                                      f"batch in two and needs gold_batch_size >= 2")
         model = ctx.models[role]
+        shape = (model.feature_dim, ctx.num_classes, p.cls_dim, p.hidden, p.skip)
+        check_fits(f"component '{self.name}': its label-correction network (its parameters "
+                   "alone)", 4 * LabelCorrectionNet.parameter_count(*shape), ctx.device,
+                   "lower its hidden or cls_dim")
         # setup runs under the component's own seed: the LCN's initial weights depend only on
         # the run seed and this component's placement
-        self.lcn = LabelCorrectionNet(model.feature_dim, ctx.num_classes, p.cls_dim, p.hidden,
-                                      p.skip).to(ctx.device)
+        self.lcn = LabelCorrectionNet(*shape).to(ctx.device)
         self.meta_optimizer = torch.optim.Adam(self.lcn.parameters(), lr=p.meta_lr,
                                                weight_decay=0.0, eps=1e-8, amsgrad=True)
         self.gold = GoldCycler(gold, size)

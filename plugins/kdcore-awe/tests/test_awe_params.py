@@ -1,0 +1,39 @@
+"""AWE's own optimiser takes the settings a model's optimiser takes, refused by ``kdcore check``
+otherwise (momentum -1 reached torch's SGD in set-up; momentum >= 1, an infinite learning rate
+or weight decay turned the WeightNet's weights to NaN mid-run, and a weight decay of 1e300
+stopped its first step)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from kdcore.errors import KdcoreError
+from kdcore.testing import check_tiny, component, stage, teacher_stage, tiny_recipe
+
+
+def _awe(**params: float) -> dict:
+    return tiny_recipe(teacher_stage(1), stage("s", 1, ["student"],
+                                                component("awe", params=params), component("ce")))
+
+
+@pytest.mark.parametrize(("params", "needle"), [
+    ({"momentum": -1.0}, "'momentum' must be in [0, 1), got -1.0"),
+    ({"momentum": 1.0}, "'momentum' must be in [0, 1), got 1.0"),
+    ({"lr": 10.5}, "'lr' must be in [0, 10] (a learning rate), got 10.5"),
+    ({"lr": math.inf}, "'lr' must be in [0, 10] (a learning rate), got inf"),
+    ({"weight_decay": math.inf}, "'weight_decay' must be a finite number, got inf"),
+    ({"weight_decay": -1e-9}, "'weight_decay' must be >= 0, got -1e-09"),
+    ({"weight_decay": 1e300}, "'weight_decay' must be a float32 number (magnitude at most "
+                              "3.4e38, or inf), got 1e+300"),
+])
+def test_an_optimiser_setting_a_model_could_not_have_is_refused(params, needle):
+    with pytest.raises(KdcoreError, match=re.escape(f"params.{next(iter(params))}: {needle}")):
+        check_tiny(_awe(**params))
+
+
+def test_the_edges_a_model_takes_are_taken():
+    check_tiny(_awe(momentum=0.0, lr=10.0, weight_decay=0.0))
+    check_tiny(_awe(momentum=0.999, lr=0.0, weight_decay=3.4e38))
