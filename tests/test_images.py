@@ -102,3 +102,74 @@ def test_sample_rows_are_every_row_or_at_most_so_many_evenly_spaced_from_first_t
     want = np.unique(np.round(np.linspace(0, n - 1, at_most)).astype(np.int64))
     assert rows.dtype == torch.int64 and rows.tolist() == want.tolist()
     assert len(rows) == at_most and rows[0] == 0 and rows[-1] == n - 1
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 512])
+def test_channel_statistics_over_chunks_are_those_of_the_whole_split(monkeypatch, chunk):
+    import kdcore.data.images as images
+
+    monkeypatch.setattr(images, "STATS_CHUNK", chunk)
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (10, 3, 3, 2), dtype=np.uint8)
+    mean, std = channel_stats(torch.from_numpy(x))
+    scaled = x.astype(np.float64) / 255.0
+    np.testing.assert_allclose(mean, scaled.mean(axis=(0, 2, 3)), rtol=1e-13)
+    np.testing.assert_allclose(std, scaled.std(axis=(0, 2, 3)), rtol=1e-13)
+
+
+def test_channel_statistics_are_rounded_once_from_exact_sums():
+    # half the pixels 0, half 255: mean and std 1/2 exactly; 1, 2, ..., 255 and 0 in a row:
+    # (255 / 2) / 255 and sqrt((256^2 - 1) / 12) / 255, each the correctly rounded value
+    x = torch.zeros(2, 2, 16, 16, dtype=torch.uint8)
+    x[0, 0] = 255
+    x[:, 1] = torch.arange(256, dtype=torch.uint8).reshape(16, 16)
+    mean, std = channel_stats(x)
+    assert mean == (0.5, 0.5) and std[0] == 0.5
+    from fractions import Fraction
+
+    variance = Fraction(256**2 - 1, 12) / 255**2
+    assert std[1] == max(float(variance) ** 0.5, 1e-6)
+
+
+def _folder(root, n: int = 6) -> str:
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (5, 3), (40 * i, 0, 0)).save(root / name / f"{i}.png")
+    return str(root)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_split_that_cannot_be_held_is_refused_before_an_image_is_read(tmp_path, monkeypatch,
+                                                                         stream):
+    import kdcore.data.images as images
+    from kdcore.data.loaders.folder import image_folder
+    from kdcore.errors import RecipeError
+
+    root = _folder(tmp_path / "train")
+    # 12 images of 3 x 4 x 4 bytes, decoded and stacked: 1,152 bytes; half the free memory
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 2_303)
+    read = []
+    monkeypatch.setattr(images, "read_image", lambda *a: read.append(a))
+    with pytest.raises(RecipeError) as err:
+        image_folder(root=root, size=4, stream=stream)
+    assert str(err.value) == (
+        "image_folder: 12 images of 3 x 4 x 4 pixels held at once needs 1.1 KiB; 2.2 KiB are "
+        "free on cpu (lower size" + ("" if stream else ", or set stream = true") + ")")
+    assert read == []
+    monkeypatch.undo()
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 2_304)
+    assert len(image_folder(root=root, size=4, stream=stream).train) == 12
+
+
+def test_streaming_holds_the_statistics_sample_and_a_test_split_one_image(tmp_path,
+                                                                         monkeypatch):
+    import kdcore.data.loaders.folder as folder
+
+    seen = []
+    monkeypatch.setattr(folder, "check_fits", lambda what, n, *a, **k: seen.append((what, n)))
+    monkeypatch.setattr(folder, "sample_rows", lambda n: torch.arange(min(n, 5)))
+    folder.image_folder(root=_folder(tmp_path / "train"), size=4, stream=True,
+                        test_root=_folder(tmp_path / "test", 2))
+    assert seen == [("image_folder: 5 images of 3 x 4 x 4 pixels held at once", 2 * 5 * 48),
+                    ("image_folder: 1 image of 3 x 4 x 4 pixels held at once", 2 * 1 * 48)]

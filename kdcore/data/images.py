@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -39,12 +40,33 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
         raise KdcoreError(f"cannot read image {path}: {exc}") from None
 
 
+STATS_CHUNK = 512
+"""Images converted at a time by :func:`channel_stats`."""
+
+
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of ``uint8`` images ``(N, C, H, W)`` scaled to
-    [0, 1]; a constant channel's std is kept at 1e-6 so normalising never divides by zero."""
-    scaled = x.to(torch.float64) / 255.0
-    mean = tuple(float(v) for v in scaled.mean(dim=(0, 2, 3)))
-    std = tuple(max(float(v), 1e-6) for v in scaled.std(dim=(0, 2, 3), unbiased=False))
+    [0, 1]; a constant channel's std is kept at 1e-6 so normalising never divides by zero.
+
+    The sums of the pixels and of their squares are integers, summed exactly
+    :data:`STATS_CHUNK` images at a time (a float64 copy of a whole split, as before, took 16
+    times its memory: 2.4 GB for CIFAR-10), and each result is rounded once from them.
+    """
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    total = [0] * x.shape[1]
+    squares = [0] * x.shape[1]
+    for start in range(0, x.shape[0], STATS_CHUNK):
+        part = x[start:start + STATS_CHUNK].to(torch.int64)
+        for c, (s1, s2) in enumerate(zip(part.sum(dim=(0, 2, 3)).tolist(),
+                                         (part * part).sum(dim=(0, 2, 3)).tolist())):
+            total[c] += s1
+            squares[c] += s2
+    if n == 0:
+        return (math.nan,) * len(total), (math.nan,) * len(total)
+    mean = tuple(s1 / (n * 255) for s1 in total)
+    # n^2 var = n S2 - S1^2, an exact integer; the square root's argument rounded once
+    std = tuple(max(math.sqrt((n * s2 - s1 * s1) / (n * n * 255 * 255)), 1e-6)
+                for s1, s2 in zip(total, squares))
     return mean, std
 
 

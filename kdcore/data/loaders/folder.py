@@ -19,6 +19,7 @@ import torch
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset
 from kdcore.data.images import IMAGE_EXTENSIONS, channel_stats, sample_rows
 from kdcore.data.loaders.paths import Directory, given_dir
+from kdcore.device import check_fits
 from kdcore.errors import KdcoreError
 from kdcore.validators import positive, require
 
@@ -85,13 +86,25 @@ def image_folder(
 
 
 def image_split(paths: Sequence[str], y: torch.Tensor, classes: Sequence[str], size: int,
-                stream: bool, stats_from: ArrayDataset | FileDataset | None = None
-                ) -> ArrayDataset | FileDataset:
+                stream: bool, stats_from: ArrayDataset | FileDataset | None = None, *,
+                loader: str = "image_folder") -> ArrayDataset | FileDataset:
     """The images ``paths`` with labels ``y`` as one split: read into memory, or file-backed
     (``stream``); normalised with ``stats_from``'s mean and std (a test split takes its
     training split's), else with its own (from at most
     :data:`~kdcore.data.images.STATS_IMAGES` images when streaming, so that a million files
-    are not all read for it)."""
+    are not all read for it).
+
+    Raises:
+        RecipeError: the images it would hold at once do not fit in memory (before any is
+            read: a ``size`` of 100,000 is 30 GB an image).
+    """
+    held = len(paths) if not stream else 1 if stats_from is not None else len(
+        sample_rows(len(paths)))
+    # the decoded images and the tensor stacked from them, both held for a moment
+    check_fits(f"{loader}: {held:,} image{'s' * (held != 1)} of 3 x {size} x {size} pixels "
+               "held at once",
+               2 * held * 3 * size * size, torch.device("cpu"),
+               "lower size" + ("" if stream else ", or set stream = true"))
     files = FileDataset(paths=tuple(paths), y=y, num_classes=len(classes), size=size,
                         class_names=tuple(classes))
     if stream:

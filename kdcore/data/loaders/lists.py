@@ -124,12 +124,13 @@ def image_list(*, root: Directory, train_list: ListFile, size: Size = 224,
     names = _lines(base / class_names, "image_list") if class_names else None
     classes = _classes(count, names, "image_list")
     paths, y = _labelled(base, list(labels), labels, train_file, "image_list")
-    train = image_split(paths, y, classes, size, stream)
+    train = image_split(paths, y, classes, size, stream, loader="image_list")
     test = None
     if test_list:
         test_paths, test_y = _labelled(base, list(test_labels), test_labels, base / test_list,
                                        "image_list")
-        test = image_split(test_paths, test_y, classes, size, stream, stats_from=train)
+        test = image_split(test_paths, test_y, classes, size, stream, stats_from=train,
+                           loader="image_list")
     return DatasetSplits(train=train, test=test)
 
 
@@ -165,11 +166,12 @@ def clothing1m(*, root: Directory, size: Size = 224, stream: bool = True) -> Dat
                                                                   if k in clean] + [13]) + 1
     classes = _classes(count, names, "clothing1m")
     paths, y = _labelled(base, train_keys, noisy, files["noisy_train"], "clothing1m")
-    train = image_split(paths, y, classes, size, stream)
+    train = image_split(paths, y, classes, size, stream, loader="clothing1m")
     test = None
     if test_keys:
         test_paths, test_y = _labelled(base, test_keys, clean, files["clean_test"], "clothing1m")
-        test = image_split(test_paths, test_y, classes, size, stream, stats_from=train)
+        test = image_split(test_paths, test_y, classes, size, stream, stats_from=train,
+                           loader="clothing1m")
     return DatasetSplits(train=train, test=test)
 
 
