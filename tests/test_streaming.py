@@ -120,14 +120,20 @@ def test_two_workers_give_the_in_memory_run(folders, tmp_path, dropout):
                     metric
 
 
-def test_workers_leave_a_sigterm_to_the_run_and_go_on_decoding_for_a_while(folders):
+def test_workers_leave_a_sigterm_to_the_run_and_go_on_decoding_for_a_while(folders,
+                                                                           monkeypatch):
     """A scheduler's SIGTERM reaches every process of a run: the workers go on for a grace
     period (the run stops at its checkpoint and ends them itself); one killed by it at once
     had made torch raise "DataLoader worker is killed by signal" inside the run's stop. After
-    the grace they end: Python ends a worker left at exit with SIGTERM and waits for it."""
+    the grace they end: Python ends a worker left at exit with SIGTERM and waits for it (the
+    next test). Here the grace is longer than the run's 3 s, which a loaded machine took to
+    decode the batches after the signal (a flaky failure: "DataLoader worker exited
+    unexpectedly"); the forked workers inherit it."""
     import multiprocessing
 
     from kdcore.rundata import RunData
+
+    monkeypatch.setattr("kdcore.rundata.WORKER_GRACE_S", 60)
 
     files = image_folder(root=str(folders / "train"), size=8, stream=True).train
     data = RunData(train=files, val=files, test=files, gold=files, train_noisy=files.y,
