@@ -77,7 +77,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                        ["tests/test_data_loaders.py", "tests/test_data_safety.py",
                         "tests/test_malformed_data.py", "tests/test_cifar_n_per_image.py",
                         "tests/test_cifar_recipes.py", "tests/test_streaming.py",
-                        "tests/test_npz_loader.py", "-k", "not smoke_run and not workers"]),
+                        "tests/test_npz_loader.py", "tests/test_images.py",
+                        "-k", "not smoke_run and not workers"]),
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md); this target reruns
     # parts of it with --only (session 30: the faiss search)
     "kdcore-lp-graph": ("plugins/kdcore-lp", ["kdcore_lp/graph.py"], ["tests"]),
@@ -244,6 +245,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-testing": (".", ["kdcore/testing.py"],
                        ["tests/test_testing.py", "tests/test_testing_history.py",
                         "tests/test_testing_builders.py", "tests/test_data_loaders.py",
+                        "tests/test_component_edges.py",
                         "-m", "not slow"]),
     # several processes: the collectives with ranks simulated as threads of one process
     # (tests/test_distributed_ranks.py); gloo between torchrun workers is in the slow tests

@@ -173,3 +173,19 @@ def test_streaming_holds_the_statistics_sample_and_a_test_split_one_image(tmp_pa
                         test_root=_folder(tmp_path / "test", 2))
     assert seen == [("image_folder: 5 images of 3 x 4 x 4 pixels held at once", 2 * 5 * 48),
                     ("image_folder: 1 image of 3 x 4 x 4 pixels held at once", 2 * 1 * 48)]
+    seen.clear()  # in memory: every image of each split, the test split's too
+    folder.image_folder(root=str(tmp_path / "train"), size=4, stream=False,
+                        test_root=str(tmp_path / "test"))
+    assert [n for _, n in seen] == [2 * 12 * 48, 2 * 4 * 48]
+
+
+def test_channel_statistics_of_one_pixel_of_a_wide_image_and_of_no_image():
+    one = torch.tensor([[[[10]], [[20]], [[30]], [[255]]]], dtype=torch.uint8)  # (1, 4, 1, 1)
+    mean, std = channel_stats(one)
+    assert mean == (10 / 255, 20 / 255, 30 / 255, 1.0) and std == (1e-6,) * 4
+    wide = torch.arange(12, dtype=torch.uint8).reshape(1, 3, 1, 4)  # fewer rows than channels
+    mean, std = channel_stats(wide)
+    np.testing.assert_allclose(mean, wide.double().mean(dim=(0, 2, 3)).numpy() / 255,
+                               rtol=1e-15)
+    mean, std = channel_stats(torch.zeros(0, 3, 2, 2, dtype=torch.uint8))
+    assert len(mean) == len(std) == 3 and all(np.isnan(v) for v in mean + std)
