@@ -18,7 +18,7 @@ from loguru import logger
 from kdcore import checkpoint as ckpt
 from kdcore import checkpointing, distributed
 from kdcore.errors import KdcoreError
-from kdcore.failures import save_traceback
+from kdcore.failures import save_error_line, save_traceback
 from kdcore.history import HistoryWriter, RowCounter
 from kdcore.loggers import start_loggers
 from kdcore.loop import Trainer
@@ -353,10 +353,13 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
                     f"'{stage}', epoch {epoch}; --resume continues from the last checkpoint")
         raise
     except Exception as exc:
-        if sink is not None and not isinstance(exc, KdcoreError):  # a plugin's bug, or ours
+        if sink is not None:  # the run directory keeps why the run stopped
             logger.remove(sink)
             sink = None
-            save_traceback(exc, run_dir / "log.txt")
+            if isinstance(exc, KdcoreError):
+                save_error_line(exc, run_dir / "log.txt")
+            else:  # a plugin's bug, or ours
+                save_traceback(exc, run_dir / "log.txt")
         raise
     finally:
         if sink is not None:

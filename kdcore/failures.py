@@ -117,6 +117,22 @@ def one_line_failures(what: str) -> Callable[[F], F]:
     return decorate
 
 
+def save_error_line(exc: BaseException, log: Path) -> None:
+    """Append why a run stopped (a :class:`~kdcore.errors.KdcoreError`: a diverged loss, a
+    refused set-up) to its ``log``, one line in the file sink's format, so that the run
+    directory says it after the console has gone (a batch job's, say); the console has the
+    command's own one line."""
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    message = " ".join(str(exc).split())
+    try:
+        with log.open("a", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"{stamp} | ERROR    | the run stopped: {message}\n")
+    except OSError:  # no log after all (a full disk): the console's line is the record
+        pass
+
+
 def save_traceback(exc: BaseException, log: Path) -> None:
     """Append ``exc`` with its traceback to ``log``, and note on ``exc`` that it is there."""
     try:
@@ -128,4 +144,5 @@ def save_traceback(exc: BaseException, log: Path) -> None:
 
 
 __all__ = ["SHOW_TRACEBACK", "RunFailed", "failed_collective", "failure", "one_line_failures",
+           "save_error_line",
            "raising_component", "save_traceback", "shows_traceback"]

@@ -228,3 +228,42 @@ def test_the_saved_traceback_is_python_s_own_text_in_utf8_whatever_the_locale(tm
     save_traceback(caught, log)
     assert log.read_text(encoding="utf-8") == "".join(traceback.format_exception(caught))
     assert str(failure(caught, "the run")).endswith(f"; the traceback is in {log}")
+
+
+def test_a_run_stopped_by_a_user_error_says_why_in_its_log(tmp_path):
+    """A diverged loss ended the console's one line but left log.txt at its last epoch, so a
+    batch job's run directory did not say why it stopped."""
+    recipe = tiny_recipe(teacher_stage(1), stage("s", 1, ["student"],
+                                                 component("ce", weight=1e308),
+                                                 component("label_smoothing")))
+    path = write_recipe(recipe, tmp_path / "diverges.toml")
+    run_dir = tmp_path / "run"
+    result = invoke("run", path, "--out", run_dir, "--quiet")
+    assert result.exit_code == 2, result.output
+    (line,) = _lines(result)
+    assert line.startswith("kdcore: error: loss of model 'student' is not finite at stage 's'")
+    log = (run_dir / "log.txt").read_text().splitlines()
+    assert "teacher 1/1" in log[-2]  # the teacher's epoch, then why the run stopped
+    stamp, level, text = log[-1].split(" | ", 2)
+    assert level == "ERROR   " and len(stamp) == len("2026-12-03 10:11:33.905")
+    assert text == "the run stopped: " + line.removeprefix("kdcore: error: ")
+    assert "Traceback" not in "\n".join(log)
+
+
+def test_the_error_line_is_one_line_in_utf8_and_a_log_that_cannot_be_written_is_no_failure(
+        tmp_path, monkeypatch):
+    import io
+
+    from kdcore.errors import KdcoreError
+    from kdcore.failures import save_error_line
+
+    log = tmp_path / "log.txt"
+    log.write_text("the run's log\n", encoding="utf-8")
+    # UTF-8 whatever the locale's encoding (ASCII here)
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "ascii")
+    save_error_line(KdcoreError(f"two\nlines, {os.fsdecode(b'caf' + bytes([0xE9]))} élève"),
+                    log)
+    first, second = log.read_text(encoding="utf-8").splitlines()
+    assert first == "the run's log"
+    assert second.endswith(" | ERROR    | the run stopped: two lines, caf\\udce9 élève")
+    save_error_line(KdcoreError("no directory"), tmp_path / "gone" / "log.txt")  # no raise
