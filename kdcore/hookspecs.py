@@ -338,10 +338,10 @@ class ComponentHooks(Protocol):
         """Take over the backward pass of model ``role`` (meta-learning look-ahead steps).
 
         When: for each trained role with a loss, after every term was computed, before the
-        engine's single ``backward()`` of the other roles. Combine: the first component in
-        recipe order that returns True wins; it must leave the gradients to apply in
-        ``.grad``; the engine then steps the optimiser unless the component did and said so
-        with ``ctx.mark_stepped(role)``.
+        engine's single ``backward()`` of the other roles. Combine: the first in recipe order
+        that returns True wins (the roles it takes are declared in ``backward_roles``, and the
+        plan refuses two for one); it leaves the gradients to apply in ``.grad``, and the
+        engine steps the optimiser unless it did and said so with ``ctx.mark_stepped(role)``.
 
         Args:
             ctx: the run.

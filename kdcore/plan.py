@@ -118,6 +118,7 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
               for s, stage in enumerate(recipe.stages)]
     _check_roles(recipe, stages, set(models))
     _check_self_taught(recipe, stages)
+    _check_backward_taken_once(recipe, stages)
     _check_trained(recipe, stages)
     _check_history_skip(recipe, _check_columns(recipe, stages))
     _check_precision(recipe, stages)
@@ -295,6 +296,24 @@ def _check_self_taught(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                         f"{json.dumps(list(comp.models))} (its models, or else the stage's "
                         f"train); {fix}", file=recipe.source,
                         key=f"{_component_key(recipe, stage.index, comp)}.models")
+
+
+def _check_backward_taken_once(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
+    """At most one component of a stage takes over a trained model's backward pass
+    (:meth:`Component.backward_roles`): the first in recipe order would win it, and the other
+    stop the run at the first batch, or train on a pass it never ran."""
+    for stage in stages:
+        taken: dict[str, Component] = {}
+        for comp in stage.components:
+            for role in comp.backward_roles():
+                first = taken.setdefault(role, comp)
+                if first is not comp and role in stage.config.train:
+                    raise RecipeError(
+                        f"components '{first.name}' ({first.spec.use}) and '{comp.name}' "
+                        f"({comp.spec.use}) both take over the backward pass of '{role}', and "
+                        f"only the first would get it; keep one (a mutual method with order = "
+                        f"\"simultaneous\" takes none)", file=recipe.source,
+                        key=_component_key(recipe, stage.index, comp))
 
 
 def _check_trained(recipe: Recipe, stages: Sequence[StagePlan]) -> None:

@@ -4,6 +4,8 @@ are written out by hand from the recipes below, not taken from the code."""
 
 from __future__ import annotations
 
+import re
+
 import attrs
 import pytest
 import torch
@@ -12,8 +14,8 @@ import kdcore
 from kdcore import PluginHost, RecipeError, hookimpl
 from kdcore.context import ColumnName, Role
 from kdcore.plan import DATA_COLUMNS, build_plan, check_distributed
-from kdcore.recipe import recipe_from_dict
-from kdcore.testing import MODELS, component, stage, teacher_stage, tiny_recipe
+from kdcore.recipe import load_recipe, recipe_from_dict
+from kdcore.testing import MODELS, component, stage, teacher_stage, tiny_recipe, write_recipe
 
 
 @attrs.frozen
@@ -530,3 +532,65 @@ def test_a_disabled_entry_with_the_same_label_does_not_move_the_key_path():
     with pytest.raises(RecipeError) as info:
         check_distributed(local, 2)
     assert info.value.key == "stages[1].components[1].use"
+
+
+class _TakesBackward(kdcore.Component):
+    """Takes over the backward pass of every model it serves (as MLC does of its one)."""
+
+    def transfer(self, ctx, batch):
+        return {r: batch.out(r).logits.sum(dim=1) for r in self.models}
+
+    def backward_roles(self):
+        return tuple(self.models)
+
+
+class _TakesBackwardPlugin:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"takes_backward": _TakesBackward}
+
+
+def _plan_of(*entries, train=("student",), path=None):
+    recipe = tiny_recipe(teacher_stage(1), stage("s", 1, list(train), *entries),
+                         models={**MODELS, "peer": MODELS["student"]}, gold_per_class=3)
+    loaded = (recipe_from_dict(recipe) if path is None
+              else load_recipe(write_recipe(recipe, path)))
+    return build_plan(loaded, PluginHost(extra=[_TakesBackwardPlugin()]))
+
+
+def test_two_components_may_not_take_over_one_trained_models_backward_pass(tmp_path):
+    """Found by compositions with drawn parameters: DML and SMKD both in turn passed check and
+    stopped at the first batch ("smkd1 never received the backward pass")."""
+    with pytest.raises(RecipeError) as err:
+        _plan_of(component("takes_backward", "a"), component("ce"),
+                 component("takes_backward", "b"), path=tmp_path / "two.toml")
+    assert err.value.key == "stages[1].components[2]"
+    assert err.value.file == str(tmp_path / "two.toml")
+    assert str(err.value).endswith(
+        "components 'a' (takes_backward) and 'b' (takes_backward) both take over the backward "
+        "pass of 'student', and only the first would get it; keep one (a mutual method with "
+        "order = \"simultaneous\" takes none)")
+    # one of them; two on different models; a role the stage does not train
+    _plan_of(component("takes_backward", "a"), component("ce", "b"))
+    _plan_of(component("takes_backward", "a", models=["student"]),
+             component("takes_backward", "b", models=["peer"]), train=("student", "peer"))
+    _plan_of(component("takes_backward", "a", models=["student", "teacher"]),
+             component("takes_backward", "b", models=["teacher"]), component("ce"))
+
+
+@pytest.mark.parametrize(("entries", "refused"), [
+    ((component("dml", params={"order": "in_turn"}),
+      component("smkd", params={"order": "in_turn"})), "'dml' (dml) and 'smkd' (smkd)"),
+    ((component("dml", params={"order": "simultaneous"}),
+      component("smkd", params={"order": "in_turn"})), None),
+    ((component("mlc", models=["student"]), component("dml", params={"order": "in_turn"})),
+     "'mlc' (mlc) and 'dml' (dml)"),
+    ((component("mlc", models=["student"]), component("dml")), None),
+])
+def test_the_components_that_take_over_a_backward_pass_say_so(entries, refused):
+    if refused is None:
+        _plan_of(*entries, train=("student", "peer"))
+        return
+    with pytest.raises(RecipeError, match=re.escape(
+            f"{refused} both take over the backward pass of 'student'")):
+        _plan_of(*entries, train=("student", "peer"))

@@ -221,6 +221,9 @@ class MLC(kdcore.Component):
                          soft_cross_entropy(logits.detach(), y.detach()), kind="value")
         return mlc_training_loss(logits, y, clean_logits, gold.clean_y)
 
+    def backward_roles(self) -> tuple[str, ...]:
+        return (self.model,)
+
     def backward(self, ctx: kdcore.RunContext, batch: kdcore.Batch, role: str,
                  loss: torch.Tensor) -> bool:
         if role != self.model:

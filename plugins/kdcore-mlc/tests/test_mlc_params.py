@@ -51,3 +51,12 @@ def test_a_meta_learning_rate_above_a_models_is_refused():
             "'meta_lr' must be in [0, 10] (a learning rate), got 11.0")):
         check_tiny(_mlc(meta_lr=11.0))
     check_tiny(_mlc(meta_lr=10.0))
+
+
+def test_mlc_declares_the_backward_pass_it_takes_over():
+    from kdcore import PluginHost
+    from kdcore.plan import build_plan
+    from kdcore.recipe import recipe_from_dict
+
+    plan = build_plan(recipe_from_dict(_mlc()), PluginHost())
+    assert plan.stages[1].components[0].backward_roles() == ("student",)

@@ -192,6 +192,9 @@ class MutualComponent(kdcore.Component):
         batch.store.put(self.name, TURN_KEY, turn)
         return {r: _DeferredLoss.apply(batch.out(r).logits, turn, r) for r in learners}
 
+    def backward_roles(self) -> tuple[str, ...]:
+        return tuple(self.models) if self.params.order == "in_turn" else ()
+
     def backward(self, ctx: kdcore.RunContext, batch: kdcore.Batch, role: str,
                  loss: torch.Tensor) -> bool:
         turn = batch.store.get(self.name, TURN_KEY)

@@ -374,3 +374,26 @@ def test_in_turn_backs_up_each_peer_through_a_graph_they_share(run_peers, compon
         assert np.isfinite(h.metric("train/peer_b/dml")).all()
     assert SharedWeight.made[-1].theta.grad is not None  # the peers' losses reached it
 
+
+
+@pytest.mark.parametrize("use", ["dml", "smkd"])
+def test_in_turn_declares_the_backward_passes_it_takes_over(use):
+    from kdcore import PluginHost
+    from kdcore.plan import build_plan
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import check_tiny, tiny_recipe
+
+    peers = {"student": {"arch": "mlp", "params": {"hidden": [16]}},
+             "peer": {"arch": "mlp", "params": {"hidden": [8]}}}
+    for order, taken in (("in_turn", ("student", "peer")), ("simultaneous", ())):
+        entry = {"use": use, "params": {"order": order}}
+        comp = build_plan(recipe_from_dict(tiny_recipe(
+            {"name": "s", "epochs": 1, "train": ["student", "peer"], "components": [entry]},
+            models=peers)), PluginHost()).stages[0].components[0]
+        assert comp.backward_roles() == taken
+    # and check refuses two that take the same one
+    two = tiny_recipe({"name": "s", "epochs": 1, "train": ["student", "peer"], "components": [
+        {"use": use, "name": "a", "params": {"order": "in_turn"}},
+        {"use": use, "name": "b", "params": {"order": "in_turn"}}]}, models=peers)
+    with pytest.raises(kdcore.KdcoreError, match="both take over the backward pass"):
+        check_tiny(two)
