@@ -242,7 +242,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                     "test_readme_documents_plugin_and_exports"]),
     # the public test helpers: tiny recipes, the interrupting observer, the history comparisons
     # the resume and distributed tests rest on, the dataset writers (session 24)
-    "kdcore-testing": (".", ["kdcore/testing.py"],
+    "kdcore-testing": (".", ["kdcore/testing.py", "kdcore/testing_recipes.py"],
                        ["tests/test_testing.py", "tests/test_testing_history.py",
                         "tests/test_testing_builders.py", "tests/test_data_loaders.py",
                         "tests/test_component_edges.py",

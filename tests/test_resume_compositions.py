@@ -8,9 +8,11 @@ mixup terms sharing one mix, a selector beside a meta-learner, a refiner before 
 each drawing from its own generator and the global one in the order a batch calls them.
 Each entry sets about half of its component's ``Literal`` and ``bool`` parameters at random
 (``kdcore.testing.random_choices``: a selection's scope, a mutual method's order, AWE's mode);
-numeric settings keep their defaults. Scratch runs of this draw found no
-difference in 60 compositions with default parameters and 80 with random ones, stopped
-mid-epoch, when it was written; the test keeps ``CASES`` of them (not restoring the components'
+numeric settings keep their defaults in ``CASES`` of them and are drawn in ``NUMBER_CASES``
+more (``numbers=True``: a warm-up of 0 or 50 epochs, a rate of 0.9, LP every 7 epochs).
+Scratch runs of this draw found no difference in 60 compositions with default parameters, 80
+with random choices and 40 with random numbers (session 31), stopped mid-epoch, when it was
+written; the test keeps ``CASES + NUMBER_CASES`` of them (not restoring the components'
 generators fails three, their states four).
 """
 
@@ -32,10 +34,16 @@ from kdcore.testing import (
 
 SEED = 20261203
 CASES = 28
+NUMBER_CASES = 12
 def _compositions() -> list[tuple[dict[str, Any], str, int, int]]:
-    """``CASES`` draws that ``kdcore check`` accepts, each with where to stop it."""
+    """``CASES`` draws that ``kdcore check`` accepts, then ``NUMBER_CASES`` whose numbers are
+    drawn too (an epoch to start at, a rate of 0, an update every 7 epochs), each with where
+    to stop it."""
     recipes = accepted_compositions(random.Random(SEED), CASES, choices=True, train_subset=200,
                                     gold_per_class=3, batch_size=32)
+    recipes += accepted_compositions(random.Random(SEED + 2), NUMBER_CASES, choices=True,
+                                     numbers=True, train_subset=200, gold_per_class=3,
+                                     batch_size=32)
     where = random.Random(SEED + 1)
     out = []
     for recipe in recipes:

@@ -26,6 +26,7 @@ from kdcore.testing import (
     tiny_recipe,
     write_recipe,
 )
+from kdcore.validators import between, positive
 
 
 def test_tiny_recipe_runs_and_round_trips_through_toml(tmp_path):
@@ -102,6 +103,40 @@ def test_random_choices_draws_half_of_the_literal_and_bool_parameters_from_their
     assert random_choices(random.Random(0), dict) == {}  # not an attrs class
     for recipe_draw in draws:
         ChoiceParams(**recipe_draw)  # each a valid set of parameters
+
+
+@attrs.frozen
+class NumberParams:
+    scale: float = 1.0
+    rate: float = attrs.field(default=0.1, validator=between(0.0, 1.0, include_high=False))
+    epochs: int = attrs.field(default=1, validator=positive)
+    maybe: float | None = None
+    flag: bool = False
+    mode: Literal["a", "b"] = "a"
+
+
+def test_random_choices_with_numbers_draws_a_third_of_them_within_their_validators():
+    from kdcore.testing import COUNTS, NUMBERS
+
+    draws = [random_choices(random.Random(k), NumberParams, numbers=True) for k in range(600)]
+    allowed = {"scale": set(NUMBERS), "maybe": set(NUMBERS),
+               "rate": {v for v in NUMBERS if 0 <= v < 1}, "epochs": {v for v in COUNTS if v > 0}}
+    for key, values in allowed.items():
+        seen = [d[key] for d in draws if key in d]
+        assert set(seen) == values, key  # every value its validators take, and only those
+        share = len(values) / len(NUMBERS if isinstance(next(iter(values)), float) else COUNTS)
+        assert abs(len(seen) / 600 - share / 3) < 0.06, key  # a third of the draws, if taken
+    assert all(isinstance(d["epochs"], int) and not isinstance(d["epochs"], bool)
+               for d in draws if "epochs" in d)
+    for recipe_draw in draws:
+        NumberParams(**recipe_draw)
+    # without numbers: the choices alone, drawn as before (the same stream of the generator)
+    for k in range(50):
+        a, b = random.Random(k), random.Random(k)
+        assert random_choices(a, NumberParams) == random_choices(b, NumberParams, numbers=False)
+        assert a.random() == b.random()
+        assert set(random_choices(random.Random(k), ChoiceParams, numbers=True)) <= {
+            "mode", "maybe", "flag", "alias_name", "rate"}
 
 
 def test_random_composition_with_a_host_gives_each_entry_its_random_choices():
@@ -202,3 +237,23 @@ def test_run_tiny_resumes_an_interrupted_run_to_the_same_history_quietly(tmp_pat
     run_tiny(recipe, tmp_path / "cut", resume=True)
     assert_same_history(tmp_path / "whole", tmp_path / "cut")
     assert "it/s" not in capsys.readouterr().err  # no progress bar in a test's output
+
+
+def test_random_composition_draws_numbers_only_when_asked():
+    host = PluginHost()
+    names = host.components.names()
+
+    def numeric_params(recipes):
+        out = set()
+        for recipe in recipes:
+            for c in recipe["stages"][1]["components"]:
+                for key, value in c.get("params", {}).items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        out.add((c["use"], key))
+        return out
+
+    plain = [random_composition(random.Random(k), names, host=host) for k in range(40)]
+    assert numeric_params(plain) == set()
+    drawn = [random_composition(random.Random(k), names, host=host, numbers=True)
+             for k in range(40)]
+    assert len(numeric_params(drawn)) >= 10
