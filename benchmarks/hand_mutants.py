@@ -53,12 +53,12 @@ grid's and the report's comparisons."""
 
 MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", path, a, b), tests)
                                                  for key, what, path, a, b, tests in [
-    ("c1", "stored rows never read (the role is run as before)", "kdcore/component.py",
+    ("c1", "stored rows never read (the role is run as before)", "kdcore/batch.py",
      "            if full is None:\n                cached",
      "            if full is not None:\n                cached", CACHED),
-    ("c2", "the stored pass's first rows instead of the batch's", "kdcore/component.py",
+    ("c2", "the stored pass's first rows instead of the batch's", "kdcore/batch.py",
      "rows = self.index.to(out.logits.device)", "rows = torch.arange(len(self.index))", CACHED),
-    ("c3", "the whole stored features instead of the batch's rows", "kdcore/component.py",
+    ("c3", "the whole stored features instead of the batch's rows", "kdcore/batch.py",
      "out.features[rows])", "out.features)", CACHED),
     ("c4", "trained roles stored too", "kdcore/loop.py",
      "if models[r].cache_outputs and r not in cfg.train", "if models[r].cache_outputs", CACHED),
