@@ -11,12 +11,13 @@ instead (registered components composed at random after a teacher stage, 2 epoch
 the draws that ``kdcore check`` accepts and that may run in 2 processes; ``--seed`` picks them):
 whether the components keep their parity together as they do in their own recipes. With
 ``--choices`` each entry also draws its ``Literal`` and ``bool`` parameters
-(``kdcore.testing.random_choices``).
+(``kdcore.testing.random_choices``), and with ``--numbers`` a third of its numbers too.
 
 Usage:  .venv/bin/python benchmarks/distributed_parity.py [RECIPE ...]
-        .venv/bin/python benchmarks/distributed_parity.py --compositions 15 [--seed 7] [--choices]
+        .venv/bin/python benchmarks/distributed_parity.py --compositions 15 [--seed 7] [--choices
+            [--numbers]]
 Writes benchmarks/results/distributed_parity.json (or distributed_parity_compositions.json,
-distributed_parity_compositions_choices.json).
+distributed_parity_compositions_choices.json, distributed_parity_compositions_numbers.json).
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ def compare(name: str, recipe: Path, sets: list[str], work: Path) -> dict:
     return result
 
 
-def compositions(count: int, seed: int, work: Path, choices: bool) -> dict[str, Path]:
+def compositions(count: int, seed: int, work: Path, choices: bool, numbers: bool = False
+                 ) -> dict[str, Path]:
     """``count`` drawn recipes that ``kdcore check`` accepts in 2 processes, under ``work``."""
     out: dict[str, Path] = {}
-    for recipe in accepted_compositions(random.Random(seed), count, choices=choices,
-                                        processes=2, epochs=2, train_subset=240,
-                                        gold_per_class=3):
+    for recipe in accepted_compositions(random.Random(seed), count, choices=choices or numbers,
+                                        numbers=numbers, processes=2, epochs=2,
+                                        train_subset=240, gold_per_class=3):
         uses = "+".join(c["use"] for c in recipe["stages"][1]["components"])
         name = f"{len(out)}-{uses}-on-{'+'.join(recipe['stages'][1]['train'])}"
         out[name] = write_recipe(recipe, work / f"{name}.toml")
@@ -90,12 +92,14 @@ def main() -> None:
     parser.add_argument("--compositions", type=int, default=0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--choices", action="store_true")
+    parser.add_argument("--numbers", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="parity-"))
     if args.compositions:
-        recipes = compositions(args.compositions, args.seed, work, args.choices)
+        recipes = compositions(args.compositions, args.seed, work, args.choices, args.numbers)
         sets = {name: [] for name in recipes}
-        target = ("distributed_parity_compositions_choices.json" if args.choices else
+        target = ("distributed_parity_compositions_numbers.json" if args.numbers else
+                  "distributed_parity_compositions_choices.json" if args.choices else
                   "distributed_parity_compositions.json")
     else:
         recipes = {n: ROOT / "recipes" / f"{n}.toml" for n in args.recipes}
