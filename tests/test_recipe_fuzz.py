@@ -4,7 +4,8 @@ A seeded generator mutates the shipped digits recipes and a few tiny ones across
 ranges, unknown names, missing model roles, ledger column wiring, NUL bytes, devices,
 ``extends``, data (augmentations, noise models), paths (output directory, checkpoints) and
 the inputs added since (class-mapped noise, the ``npz`` dataset, ``run.history_skip``,
-``run.distributed_timeout_s``), and registered components composed at random. For
+``run.distributed_timeout_s``), and registered components composed at random (their
+numbers drawn too in the ``numbers`` category). For
 every mutant, ``check`` exits 0, or exits 2 with exactly one line on stderr and no traceback;
 every mutant that ``check`` accepts must also get through the run's set-up (data, models, run
 directory, history, components) to its first batch, and its resolved recipe must read back from
@@ -16,6 +17,7 @@ mutation, so it says what was done to which recipe.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -385,20 +387,22 @@ def _paths(rng: random.Random, source: str, data: dict[str, Any], text: str
     return f"{key} = {_toml(value)}", {"overrides": (f"{key}={_toml(value)}",)}
 
 
-def _compose(rng: random.Random, source: str, data: dict[str, Any], text: str
-             ) -> tuple[str, dict[str, Any]]:
+def _compose(rng: random.Random, source: str, data: dict[str, Any], text: str,
+             numbers: bool = False) -> tuple[str, dict[str, Any]]:
     """Registered components composed at random in a run's first stage (so that its first
     batch calls them all), serving the stage's models or some of them. Found this way:
     ``hinton_kd`` distilling a teacher the stage trains from itself, ``small_loss`` and
     ``mlc`` refusing a second model only in their set-up, and an SSL projection head on
     features that an LSH connector added after it had widened (a shape error at the first
-    batch)."""
+    batch). With ``numbers`` (the ``numbers`` category), a third of each entry's numbers are
+    drawn too (such draws, in the resume test, found DML and SMKD both in turn taking one
+    backward pass; tests/test_plan.py holds that case)."""
     global _HOST
     _HOST = _HOST or PluginHost()
     train = rng.choice([["student"], ["student", "peer"], ["teacher", "student"]])
     recipe = random_composition(rng, _HOST.components.names(), trains=[train], first=True,
-                                epochs=1, again=0, host=_HOST, train_subset=200,
-                                gold_per_class=rng.choice([0, 3]))
+                                epochs=1, again=0, host=_HOST, numbers=numbers,
+                                train_subset=200, gold_per_class=rng.choice([0, 3]))
     comps = recipe["stages"][0]["components"]
     described = ", ".join(f"{c['use']}{c.get('params', '')}{c.get('models', '')}" for c in comps)
     return f"compose on {train}: {described}", {"text": recipe_from_dict(recipe).to_toml()}
@@ -409,6 +413,7 @@ CATEGORIES: dict[str, tuple[Mutator, int]] = {
     "names": (_names, 35), "roles": (_roles, 40), "wiring": (_wiring, 30), "nul": (_nul, 20),
     "devices": (_devices, 15), "extends": (_extends, 15), "data": (_data, 20),
     "paths": (_paths, 15), "added": (_added, 55), "compose": (_compose, 60),
+    "numbers": (functools.partial(_compose, numbers=True), 40),
 }
 
 
@@ -446,6 +451,8 @@ def test_the_generator_makes_enough_distinct_mutants():
     # every input added since session 28 is tried at least once (the seed is fixed)
     assert len({c.describe for c in CASES if "-added-" in c.id}) == 18
     assert len({c.describe for c in CASES if "-compose-" in c.id}) == 60
+    numbered = [c.describe for c in CASES if "-numbers-" in c.id]
+    assert len(set(numbered)) == 40 and sum(any(ch.isdigit() for ch in d) for d in numbered) > 30
     assert len({(c.source, c.describe, c.text, c.extra) for c in CASES}) >= 250
     assert {c.source for c in CASES} == {*SHIPPED, *TINY}
 
