@@ -79,19 +79,15 @@ def _numeric_fields(params: type) -> list[tuple[str, tuple[Any, ...]]]:
 def test_check_accepts_or_refuses_every_edge_value_in_one_line(name: str) -> None:
     base = _base(name)
     entry = next(c for s in base["stages"] for c in s["components"] if c["use"] == name)
-    tried = refused = 0
     for field, values in _numeric_fields(HOST.components.get(name).Params):
         for value in values:
             entry["params"] = {field: value}
-            tried += 1
             try:
                 check_tiny(base, host=HOST)
             except KdcoreError as exc:
-                refused += 1
                 assert str(exc) and "\n" not in str(exc), (field, value, str(exc))
             except Exception as exc:  # noqa: BLE001 - what the test is for
                 pytest.fail(f"{name}.{field} = {value!r}: {type(exc).__name__}: {exc}")
-    assert refused <= tried
 
 
 def test_a_refused_edge_value_is_one_line_of_the_command_line(tmp_path):

@@ -8,7 +8,6 @@ import math
 import re
 
 import pytest
-import torch
 
 from kdcore.errors import KdcoreError
 from kdcore.testing import check_tiny, component, stage, teacher_stage, tiny_recipe
@@ -34,6 +33,3 @@ def test_numbers_the_float32_table_cannot_hold_are_refused(params, needle):
 
 def test_infinite_clip_bounds_and_the_largest_float32_are_taken():
     check_tiny(_almkd(lambda_min=-math.inf, lambda_max=math.inf, lambda0=3.4e38))
-    # what set-up does with them (initial_lambdas): a table of finite values
-    table = torch.full((2, 2), 3.4e38).clamp(-math.inf, math.inf)
-    assert torch.isfinite(table).all()
