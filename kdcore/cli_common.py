@@ -42,13 +42,17 @@ def user_errors(fn: F | None = None, *, on_interrupt: str = "") -> Any:
             return fn(*args, **kwargs)
         except KdcoreError as exc:
             code = getattr(exc, "exit_code", EXIT_USER_ERROR)  # 1: failures.RunFailed
-            if not report_worker_error(str(exc), code):  # else the launcher says it, once
+            # else the launcher says it, once; after the others' if a collective failed
+            if not report_worker_error(str(exc), code,
+                                       consequence=getattr(exc, "collective", None) is not None):
                 click.echo(f"kdcore: error: {printable(str(exc))}", err=True)
             sys.exit(code)
         except KeyboardInterrupt as exc:
             code, what = ((128 + exc.signum, f"stopped by {exc}") if isinstance(exc, Stopped)
                           else (130, "interrupted"))
-            if not report_worker_error(what + hint, code):
+            # a worker stopped by a signal was most likely stopped by the launcher, because
+            # another worker failed
+            if not report_worker_error(what + hint, code, consequence=True):
                 click.echo(f"kdcore: {what}{hint}", err=True)
             sys.exit(code)
 

@@ -34,9 +34,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 class RunFailed(KdcoreError):
     """A run or check stopped on an unexpected exception (exit code 1, not 2: the cause may
-    be a plugin's bug rather than the input)."""
+    be a plugin's bug rather than the input).
+
+    Attributes:
+        collective: the torch.distributed function that raised it (:func:`failed_collective`),
+            else None: then the process most likely failed because another one stopped, and
+            the launcher of ``--nproc`` says the others' lines first.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, collective: str | None = None):
+        super().__init__(message)
+        self.collective = collective
 
 
 def shows_traceback() -> bool:
@@ -87,12 +97,14 @@ def failure(exc: BaseException, what: str) -> RunFailed:
     if timed_out:
         text += ("; the other processes took longer than run.distributed_timeout_s: raise it "
                  "if they were busy rather than hung")
+    elif collective is not None:
+        text += "; most likely another process of the run stopped first, and its line says why"
     log = getattr(exc, _SAVED, None)
     if log is not None:
         text += f"; the traceback is in {log}"
     else:
         text += f"; {SHOW_TRACEBACK}=1 shows the traceback"
-    return RunFailed(text)
+    return RunFailed(text, collective)
 
 
 def one_line_failures(what: str) -> Callable[[F], F]:

@@ -76,15 +76,20 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
         errors.cleanup()
 
 
-def report_worker_error(message: str, exit_code: int) -> bool:
+def report_worker_error(message: str, exit_code: int, *, consequence: bool = False) -> bool:
     """In a worker of :func:`launch`, leave the error line for the launcher and return True
-    (the launcher says it); elsewhere (one process, a user's own torchrun) return False."""
+    (the launcher says it); elsewhere (one process, a user's own torchrun) return False.
+
+    ``consequence``: the worker stopped because another one did (its collective failed, or
+    the launcher stopped it after another had failed), so the launcher says it after the
+    others."""
     folder = os.environ.get(ERRORS_ENV)
     if not folder or "RANK" not in os.environ:
         return False
     try:
         (Path(folder) / os.environ["RANK"]).write_text(
-            json.dumps({"message": message, "exit_code": exit_code}), encoding="utf-8")
+            json.dumps({"message": message, "exit_code": exit_code,
+                        "consequence": consequence}), encoding="utf-8")
     except OSError:
         return False
     return True
@@ -92,27 +97,35 @@ def report_worker_error(message: str, exit_code: int) -> bool:
 
 def workers_failed(exit_codes: Mapping[int, int], nproc: int, folder: Path) -> WorkersFailed:
     """The launcher's one error for its failed workers (rank -> exit code): each distinct line
-    they left once, the first one left first (its failure most likely broke the others'
-    connections), prefixed by the ranks that said it unless every failed worker said the
-    same; a worker that left none (killed by a signal, crashed) by its exit code."""
+    they left once, prefixed by the ranks that said it unless every failed worker said the
+    same; a worker that left none (killed by a signal, crashed) by its exit code.
+
+    The likely cause comes first: the lines of workers that failed on their own, the first
+    one first; then the workers that died without a line (a SIGKILL from the out-of-memory
+    killer breaks the others' connections); last the lines that are consequences (a
+    collective that failed, a worker the launcher stopped), the first one first."""
     said: dict[str, list[int]] = {}
-    left: list[tuple[int, int, str, int]] = []  # (when, rank, line, exit code)
+    left: list[tuple[int, int, int, str, int]] = []  # (order, when, rank, line, exit code)
     for rank in sorted(exit_codes):
         path = folder / str(rank)
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            left.append((path.stat().st_mtime_ns, rank, str(record["message"]),
+            left.append((2 if record.get("consequence") is True else 0,
+                         path.stat().st_mtime_ns, rank, str(record["message"]),
                          int(record["exit_code"])))
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             code = exit_codes[rank]
             how = (f"was stopped by {_signal_name(-code)}" if code < 0
                    else f"ended with exit code {code}")
-            left.append((2**63, rank, f"worker process {how} without a message", 1))
-    for _, rank, line, _ in sorted(left):
+            why = (" (the way the out-of-memory killer stops one)" if code == -signal.SIGKILL
+                   else "")
+            left.append((1, 0, rank, f"worker process {how} without a message{why}", 1))
+    left.sort()
+    for *_, rank, line, _ in left:
         said.setdefault(line, []).append(rank)
     codes = {code for *_, code in left}
-    if len(said) == 1 and not left[-1][2].startswith("worker process "):
-        message = left[-1][2]
+    if len(said) == 1 and left[-1][0] != 1:
+        message = left[-1][3]
     else:
         message = "; ".join(f"worker {', '.join(map(str, ranks))} of {nproc}: {line}"
                             for line, ranks in said.items())

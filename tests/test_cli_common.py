@@ -82,18 +82,22 @@ def test_a_command_that_succeeds_runs_as_written():
     assert CliRunner().invoke(_command()).stdout == "ran\n"
 
 
-@pytest.mark.parametrize(("error", "code", "message"), [
-    (KdcoreError("bad recipe"), 2, "bad recipe"),
-    (KeyboardInterrupt(), 130, "interrupted; resume with --resume"),
-    (Stopped(signal.SIGTERM), 143, "stopped by SIGTERM; resume with --resume"),
+@pytest.mark.parametrize(("error", "code", "message", "consequence"), [
+    (KdcoreError("bad recipe"), 2, "bad recipe", False),
+    (RunFailed("own bug"), 1, "own bug", False),
+    # stopped because another worker did: the launcher says it after the others' lines
+    (RunFailed("lost", "torch.distributed's all_gather"), 1, "lost", True),
+    (KeyboardInterrupt(), 130, "interrupted; resume with --resume", True),
+    (Stopped(signal.SIGTERM), 143, "stopped by SIGTERM; resume with --resume", True),
 ])
 def test_a_launched_worker_leaves_its_error_to_the_launcher(tmp_path, monkeypatch, error, code,
-                                                            message):
+                                                            message, consequence):
     monkeypatch.setenv(ERRORS_ENV, str(tmp_path))
     monkeypatch.setenv("RANK", "1")
     result = CliRunner().invoke(_command(error, hint="resume with --resume"))
     assert result.exit_code == code and result.stderr == ""
-    assert json.loads((tmp_path / "1").read_text()) == {"message": message, "exit_code": code}
+    assert json.loads((tmp_path / "1").read_text()) == {
+        "message": message, "exit_code": code, "consequence": consequence}
 
 
 def test_the_plugin_host_loads_the_given_plugins_and_is_strict_when_asked(tmp_path,

@@ -12,6 +12,7 @@ time.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,12 +102,19 @@ def amlkd_two(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
-def test_kd_in_two_processes_matches_one_at_the_same_global_batch(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    proc = _launch([str(RECIPES / "kd.toml"), *_sets(KD), "--out", str(two), "--nproc", "2",
-                    "-q"], tmp_path)
+@pytest.fixture(scope="module")
+def kd_two(tmp_path_factory) -> Path:
+    """The small KD run in two processes, uninterrupted (shared by two tests)."""
+    out = tmp_path_factory.mktemp("kd-two") / "run"
+    proc = _launch([str(RECIPES / "kd.toml"), *_sets(KD), "--out", str(out), "--nproc", "2",
+                    "-q"], out.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_kd_in_two_processes_matches_one_at_the_same_global_batch(tmp_path, kd_two):
+    one, two = tmp_path / "one", kd_two
     _run_one_process("kd.toml", KD, one)
     assert_same_up_to_rounding(one, two)
     # one history and one summary, written by rank 0
@@ -208,6 +216,46 @@ def test_sigkill_of_a_two_process_run_then_resume_equals_the_uninterrupted_run(t
     assert_same_history(tmp_path / "killed", amlkd_two)
     assert (tmp_path / "killed" / "summary.json").read_text() == (
         amlkd_two / "summary.json").read_text()
+
+
+WORKER_KILLER = textwrap.dedent('''
+    """SIGKILLs the second worker of a distributed run at the student stage's first batch, as
+    the out-of-memory killer would: the first worker's collective then fails."""
+    import os, signal
+    import kdcore
+
+    class WorkerKiller:
+        @kdcore.hookimpl
+        def kdcore_batch_end(self, ctx, batch, losses):
+            if ctx.stage.name == "student" and os.environ.get("RANK") == "1":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    KILLER = WorkerKiller()
+''')
+
+
+@pytest.mark.slow
+def test_a_worker_killed_alone_is_said_first_and_the_run_resumes(tmp_path, kd_two):
+    """The launcher's line leads with the worker that died without a word, before the broken
+    collective of the worker that outlived it (which named the collective and the component
+    that called it, and was said first when it was the only line left); --resume then ends
+    as the uninterrupted run."""
+    (tmp_path / "worker_killer.py").write_text(WORKER_KILLER)
+    args = [str(RECIPES / "kd.toml"), *_sets(KD), "--nproc", "2", "-q"]
+    killed = _launch([*args, "--out", str(tmp_path / "killed"),
+                      "--plugin", "worker_killer:KILLER"], tmp_path)
+    assert killed.returncode == 1, killed.stderr[-3000:]
+    said = [line for line in killed.stderr.splitlines() if line.startswith("kdcore: error:")]
+    assert len(said) == 1 and said[0].startswith(
+        "kdcore: error: worker 1 of 2: worker process was stopped by SIGKILL without a message "
+        "(the way the out-of-memory killer stops one); worker 0 of 2: the run stopped: "
+        "component '"), said[0][:600]
+    assert " in transfer, torch.distributed's all_gather raised RuntimeError: " in said[0]
+    assert "; most likely another process of the run stopped first, and its line says why" in (
+        said[0])
+    resumed = _launch([*args, "--out", str(tmp_path / "killed"), "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_history(tmp_path / "killed", kd_two)
 
 
 READER_GATE = textwrap.dedent('''
@@ -577,17 +625,20 @@ def test_failed_workers_say_their_error_once_with_their_exit_code(tmp_path, monk
 def test_the_launcher_says_each_workers_line_once_first_one_first(tmp_path):
     from kdcore.torchrun import workers_failed
 
-    def leave(rank: int, message: str, code: int, when_ns: int) -> None:
+    def leave(rank: int, message: str, code: int, when_ns: int,
+              consequence: bool | None = None) -> None:
         path = tmp_path / str(rank)
-        path.write_text(f'{{"message": "{message}", "exit_code": {code}}}')
+        extra = "" if consequence is None else f', "consequence": {str(consequence).lower()}'
+        path.write_text(f'{{"message": "{message}", "exit_code": {code}{extra}}}')
         os.utime(path, ns=(when_ns, when_ns))
 
     leave(0, "broken pipe", 1, 2_000)
     leave(1, "bad input", 2, 1_000)
-    leave(2, "broken pipe", 1, 3_000)
+    leave(2, "broken pipe", 1, 3_000, consequence=False)
     failed = workers_failed({0: 1, 1: 2, 2: 1, 3: -9}, 4, tmp_path)
     assert str(failed) == ("worker 1 of 4: bad input; worker 0, 2 of 4: broken pipe; worker 3 "
-                           "of 4: worker process was stopped by SIGKILL without a message")
+                           "of 4: worker process was stopped by SIGKILL without a message "
+                           "(the way the out-of-memory killer stops one)")
     assert failed.exit_code == 1  # the workers disagree: a failure
     same = workers_failed({1: 2, 2: 1}, 4, tmp_path)  # only the workers that failed count
     assert (str(same), same.exit_code) == (
@@ -600,6 +651,37 @@ def test_the_launcher_says_each_workers_line_once_first_one_first(tmp_path):
     (tmp_path / "5").write_text("{not json")
     assert str(workers_failed({5: 7}, 6, tmp_path)) == (
         "worker 5 of 6: worker process ended with exit code 7 without a message")
+    (tmp_path / "6").write_text('["a list"]')
+    assert str(workers_failed({6: -15}, 7, tmp_path)) == (
+        "worker 6 of 7: worker process was stopped by SIGTERM without a message")
+
+
+def test_the_launcher_says_a_worker_that_died_silently_before_the_lines_it_caused(tmp_path):
+    """A worker killed by SIGKILL (the out-of-memory killer) leaves no line, and the others'
+    collectives then fail on the broken connection, or the launcher stops them: their lines,
+    left first, are consequences, said after the cause; among the lines of a kind, the first
+    one left comes first."""
+    from kdcore.torchrun import workers_failed
+
+    def leave(rank: int, message: str, when_ns: int, consequence: bool) -> None:
+        path = tmp_path / str(rank)
+        path.write_text(json.dumps({"message": message, "exit_code": 1,
+                                    "consequence": consequence}))
+        os.utime(path, ns=(when_ns, when_ns))
+
+    leave(0, "all_gather raised: connection reset", 1_000, True)
+    leave(2, "stopped by SIGTERM", 500, True)
+    failed = workers_failed({0: 1, 1: -9, 2: 143}, 3, tmp_path)
+    assert str(failed) == (
+        "worker 1 of 3: worker process was stopped by SIGKILL without a message (the way "
+        "the out-of-memory killer stops one); worker 2 of 3: stopped by SIGTERM; worker 0 "
+        "of 3: all_gather raised: connection reset")
+    leave(3, "bad input", 9_000, False)  # a worker's own failure, though left last: first
+    assert str(workers_failed({0: 1, 1: -9, 3: 2}, 4, tmp_path)).startswith(
+        "worker 3 of 4: bad input; worker 1 of 4: worker process was stopped by SIGKILL")
+    assert str(workers_failed({0: 1}, 3, tmp_path)) == "all_gather raised: connection reset"
+    leave(4, "x", 0, "yes")  # anything but true is the worker's own failure
+    assert str(workers_failed({0: 1, 4: 1}, 5, tmp_path)).startswith("worker 4 of 5: x; ")
 
 
 def test_a_worker_leaves_its_line_only_under_the_launcher(monkeypatch, tmp_path):
@@ -610,6 +692,7 @@ def test_a_worker_leaves_its_line_only_under_the_launcher(monkeypatch, tmp_path)
     assert not report_worker_error("x", 2)  # one process, or a user's own torchrun
     monkeypatch.setenv(ERRORS_ENV, str(tmp_path))
     assert report_worker_error("bad: \"quoted\"", 2)
-    assert (tmp_path / "3").read_text() == '{"message": "bad: \\"quoted\\"", "exit_code": 2}'
+    assert (tmp_path / "3").read_text() == (
+        '{"message": "bad: \\"quoted\\"", "exit_code": 2, "consequence": false}')
     monkeypatch.setenv(ERRORS_ENV, str(tmp_path / "gone"))
     assert not report_worker_error("x", 2)  # nowhere to leave it: the worker says it

@@ -173,9 +173,17 @@ def test_a_collective_that_timed_out_names_the_recipes_timeout(message, hinted):
     hint = ("; the other processes took longer than run.distributed_timeout_s: raise it if "
             "they were busy rather than hung; KDCORE_TRACEBACK=1 shows the traceback")
     assert line.endswith(hint) is hinted
+    # else the other process most likely stopped: the launcher says this line after its
+    lost = ("; most likely another process of the run stopped first, and its line says why; "
+            "KDCORE_TRACEBACK=1 shows the traceback")
+    assert line.endswith(lost) is not hinted
+    assert failure(_raised_in_torch_distributed(message), "the run").collective == (
+        "torch.distributed's all_gather")
     with pytest.raises(RuntimeError) as elsewhere:  # a timeout outside a collective: no hint
         raise RuntimeError(message)
     assert "distributed_timeout_s" not in str(failure(elsewhere.value, "the run"))
+    assert "another process" not in str(failure(elsewhere.value, "the run"))
+    assert failure(elsewhere.value, "the run").collective is None
 
 
 def test_a_traceback_holding_a_byte_that_is_not_utf8_is_saved_escaped(tmp_path):
