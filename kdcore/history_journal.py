@@ -283,13 +283,14 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
 @contextmanager
 def locked(path: Path, *, exclusive: bool, timeout: float,
            on_held: Callable[[], None] | None = None, then_wait: float = math.inf,
-           gave_up: str = "close it and try again") -> Iterator[int]:
+           gave_up: str = "close it and try again", missing: str = "") -> Iterator[int]:
     """Hold ``path``'s lock (exclusive: read-write fd; shared: read-only fd) and yield the fd.
 
     ``on_held``: called once when another holder has kept the file for ``timeout``, after
     which the wait goes on for ``then_wait`` seconds more (a run waiting for a reader: as long
     as it takes, unless other processes wait on it); without it, the wait ends there with an
-    error. ``gave_up``: what the error tells the user to do.
+    error. ``gave_up``: what the error tells the user to do; ``missing``: what it says when
+    there is no file (after "no history at PATH").
 
     Raises:
         KdcoreError: the file is missing, or another process held it longer than ``timeout``
@@ -302,7 +303,7 @@ def locked(path: Path, *, exclusive: bool, timeout: float,
                 raise KdcoreError(f"{path} is not a file")
             fd = os.open(path, os.O_RDWR if exclusive else os.O_RDONLY)
         except FileNotFoundError:
-            raise KdcoreError(f"no history at {path}") from None
+            raise KdcoreError(f"no history at {path}{missing}") from None
         try:
             try:
                 taken = try_lock(fd, exclusive=exclusive, deadline=deadline)

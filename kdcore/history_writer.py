@@ -226,7 +226,10 @@ class HistoryWriter:
         # held only once the lock is taken: waiting for a reader stays interruptible
         waiting = self._held_open if self.wait_for_readers else None
         with locked(self.path, exclusive=True, timeout=self.lock_timeout_s, on_held=waiting,
-                    then_wait=self.reader_wait_s, gave_up=self.gave_up) as fd, interrupts.held():
+                    then_wait=self.reader_wait_s, gave_up=self.gave_up,
+                    missing=" any more: it, or its folder, was removed while it was being "
+                            "written; start the run again with --overwrite") as fd, \
+                interrupts.held():
             if recover(self.path):
                 self._index = None  # another process's update died and was undone
             try:

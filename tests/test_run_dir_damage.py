@@ -158,3 +158,35 @@ def test_overwrite_removes_the_earlier_runs_weights_but_not_those_the_recipe_loa
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (run_dir / "models").iterdir()) == ["student.pt",
                                                                        "teacher.pt"]
+
+
+REMOVER = '''
+import shutil
+import kdcore
+
+
+class Remover:
+    """Removes the run directory at the end of the first epoch, as a user's rm -rf would."""
+
+    @kdcore.hookimpl
+    def kdcore_epoch_end(self, ctx, epoch, metrics):
+        if epoch == 0:
+            shutil.rmtree(REMOVE)
+
+
+REMOVER = Remover()
+'''
+
+
+@pytest.mark.slow
+def test_a_run_whose_directory_is_removed_mid_run_says_so(runs, monkeypatch):
+    """It said only "no history at PATH", as if the file had never been there."""
+    run_dir = runs / "removed"
+    (runs / "remover_plugin.py").write_text(f"REMOVE = {str(run_dir)!r}\n{REMOVER}")
+    monkeypatch.syspath_prepend(str(runs))
+    line = one_line_error(invoke("run", runs / "tiny.toml", "--out", run_dir, "--plugin",
+                                 "remover_plugin:REMOVER", "-q"))
+    assert line == (f"kdcore: error: no history at {run_dir / 'history.h5'} any more: it, or "
+                    "its folder, was removed while it was being written; start the run again "
+                    "with --overwrite")
+    assert invoke("run", runs / "tiny.toml", "--out", run_dir, "-q").exit_code == 0
