@@ -22,6 +22,9 @@ from kdcore.recipe.schema import NAME_BYTES  # the string table's width
 FORMAT = "kdcore-history/2"
 READABLE = ("kdcore-history/1", FORMAT)  # format 1: string stages, JSON producer attributes
 LOCK_TIMEOUT_S = 60.0
+#: what "no history at PATH" adds when a run's own history has gone (HistoryWriter)
+GONE = (" any more: it, or its folder, was removed while it was being written; start the run "
+        "again with --overwrite")
 ROW_CHUNKS = (256,)  # chunk of the one-value-per-row datasets
 
 
@@ -48,8 +51,9 @@ def check_layout(file: h5py.File, path: Path) -> None:
         raise damaged(path, f"no {', '.join(missing)}")
 
 
-def open_readable(path: Path, timeout: float = LOCK_TIMEOUT_S) -> h5py.File:
-    """Open ``path`` for reading, first undoing an update a killed process left half done.
+def open_readable(path: Path, timeout: float = LOCK_TIMEOUT_S, missing: str = "") -> h5py.File:
+    """Open ``path`` for reading, first undoing an update a killed process left half done;
+    ``missing``: what the error adds when there is no file.
 
     Raises:
         KdcoreError: missing, locked past ``timeout``, not HDF5, damaged, or not a history.
@@ -61,7 +65,7 @@ def open_readable(path: Path, timeout: float = LOCK_TIMEOUT_S) -> h5py.File:
                     recover(path)
             except PermissionError:
                 pass  # a read-only copy: read it as it is
-        with locked(path, exclusive=False, timeout=timeout):
+        with locked(path, exclusive=False, timeout=timeout, missing=missing):
             # a writer holds the lock while its journal exists: hot now means it died
             if is_hot(path) and os.access(path, os.W_OK):
                 continue

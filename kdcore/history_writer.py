@@ -52,6 +52,7 @@ from kdcore.errors import KdcoreError, os_reason
 from kdcore.history_journal import JournaledFile, locked, recover
 from kdcore.history_layout import (
     FORMAT,
+    GONE,
     LOCK_TIMEOUT_S,
     NAME_BYTES,
     READABLE,
@@ -227,9 +228,7 @@ class HistoryWriter:
         waiting = self._held_open if self.wait_for_readers else None
         with locked(self.path, exclusive=True, timeout=self.lock_timeout_s, on_held=waiting,
                     then_wait=self.reader_wait_s, gave_up=self.gave_up,
-                    missing=" any more: it, or its folder, was removed while it was being "
-                            "written; start the run again with --overwrite") as fd, \
-                interrupts.held():
+                    missing=GONE) as fd, interrupts.held():
             if recover(self.path):
                 self._index = None  # another process's update died and was undone
             try:
@@ -277,7 +276,7 @@ class HistoryWriter:
 
     def rows(self) -> int:
         """How many epochs the file holds."""
-        with open_readable(self.path, self.lock_timeout_s) as f:
+        with open_readable(self.path, self.lock_timeout_s, missing=GONE) as f:
             return int(f["epochs/epoch"].shape[0])
 
     def append_epoch(

@@ -166,12 +166,24 @@ import kdcore
 
 
 class Remover:
-    """Removes the run directory at the end of the first epoch, as a user's rm -rf would."""
+    """Removes the run directory, as a user's rm -rf would: at the end of the first epoch
+    (the next history row finds no file), or of the first stage (the stage's checkpoint,
+    which counts the history's rows, does)."""
+
+    removed = False
+
+    def remove(self, where):
+        if where == WHERE and not self.removed:
+            self.removed = True
+            shutil.rmtree(REMOVE)
 
     @kdcore.hookimpl
     def kdcore_epoch_end(self, ctx, epoch, metrics):
-        if epoch == 0:
-            shutil.rmtree(REMOVE)
+        self.remove("epoch")
+
+    @kdcore.hookimpl
+    def kdcore_stage_end(self, ctx, stage):
+        self.remove("stage")
 
 
 REMOVER = Remover()
@@ -179,14 +191,18 @@ REMOVER = Remover()
 
 
 @pytest.mark.slow
-def test_a_run_whose_directory_is_removed_mid_run_says_so(runs, monkeypatch):
+@pytest.mark.parametrize("where", ["epoch", "stage"])
+def test_a_run_whose_directory_is_removed_mid_run_says_so(runs, monkeypatch, where):
     """It said only "no history at PATH", as if the file had never been there."""
     run_dir = runs / "removed"
-    (runs / "remover_plugin.py").write_text(f"REMOVE = {str(run_dir)!r}\n{REMOVER}")
+    module = f"remover_at_{where}"
+    (runs / f"{module}.py").write_text(f"REMOVE = {str(run_dir)!r}\nWHERE = {where!r}\n"
+                                       f"{REMOVER}")
     monkeypatch.syspath_prepend(str(runs))
     line = one_line_error(invoke("run", runs / "tiny.toml", "--out", run_dir, "--plugin",
-                                 "remover_plugin:REMOVER", "-q"))
+                                 f"{module}:REMOVER", "-q"))
     assert line == (f"kdcore: error: no history at {run_dir / 'history.h5'} any more: it, or "
                     "its folder, was removed while it was being written; start the run again "
                     "with --overwrite")
+    assert not run_dir.exists()
     assert invoke("run", runs / "tiny.toml", "--out", run_dir, "-q").exit_code == 0
