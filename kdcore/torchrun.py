@@ -117,8 +117,8 @@ def workers_failed(exit_codes: Mapping[int, int], nproc: int, folder: Path) -> W
             code = exit_codes[rank]
             how = (f"was stopped by {_signal_name(-code)}" if code < 0
                    else f"ended with exit code {code}")
-            why = (" (the way the out-of-memory killer stops one)" if code == -signal.SIGKILL
-                   else "")
+            why = (" (sent by the out-of-memory killer, or by the launcher to a worker that "
+                   "hung)" if code == -signal.SIGKILL else "")
             left.append((1, 0, rank, f"worker process {how} without a message{why}", 1))
     left.sort()
     for *_, rank, line, _ in left:

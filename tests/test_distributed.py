@@ -248,7 +248,8 @@ def test_a_worker_killed_alone_is_said_first_and_the_run_resumes(tmp_path, kd_tw
     said = [line for line in killed.stderr.splitlines() if line.startswith("kdcore: error:")]
     assert len(said) == 1 and said[0].startswith(
         "kdcore: error: worker 1 of 2: worker process was stopped by SIGKILL without a message "
-        "(the way the out-of-memory killer stops one); worker 0 of 2: the run stopped: "
+        "(sent by the out-of-memory killer, or by the launcher to a worker that hung); worker "
+        "0 of 2: the run stopped: "
         "component '"), said[0][:600]
     assert " in transfer, torch.distributed's all_gather raised RuntimeError: " in said[0]
     assert "; most likely another process of the run stopped first, and its line says why" in (
@@ -638,7 +639,8 @@ def test_the_launcher_says_each_workers_line_once_first_one_first(tmp_path):
     failed = workers_failed({0: 1, 1: 2, 2: 1, 3: -9}, 4, tmp_path)
     assert str(failed) == ("worker 1 of 4: bad input; worker 0, 2 of 4: broken pipe; worker 3 "
                            "of 4: worker process was stopped by SIGKILL without a message "
-                           "(the way the out-of-memory killer stops one)")
+                           "(sent by the out-of-memory killer, or by the launcher to a worker "
+                           "that hung)")
     assert failed.exit_code == 1  # the workers disagree: a failure
     same = workers_failed({1: 2, 2: 1}, 4, tmp_path)  # only the workers that failed count
     assert (str(same), same.exit_code) == (
@@ -673,9 +675,9 @@ def test_the_launcher_says_a_worker_that_died_silently_before_the_lines_it_cause
     leave(2, "stopped by SIGTERM", 500, True)
     failed = workers_failed({0: 1, 1: -9, 2: 143}, 3, tmp_path)
     assert str(failed) == (
-        "worker 1 of 3: worker process was stopped by SIGKILL without a message (the way "
-        "the out-of-memory killer stops one); worker 2 of 3: stopped by SIGTERM; worker 0 "
-        "of 3: all_gather raised: connection reset")
+        "worker 1 of 3: worker process was stopped by SIGKILL without a message (sent by the "
+        "out-of-memory killer, or by the launcher to a worker that hung); worker 2 of 3: "
+        "stopped by SIGTERM; worker 0 of 3: all_gather raised: connection reset")
     leave(3, "bad input", 9_000, False)  # a worker's own failure, though left last: first
     assert str(workers_failed({0: 1, 1: -9, 3: 2}, 4, tmp_path)).startswith(
         "worker 3 of 4: bad input; worker 1 of 4: worker process was stopped by SIGKILL")
