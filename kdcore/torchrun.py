@@ -4,10 +4,12 @@ would (several machines: run torchrun itself; docs/distributed.md)."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +21,9 @@ DEFAULT_THREADS = "1"
 # the folder where the workers of launch() leave their error line, one file per rank: the
 # launcher says each distinct line once, rather than every worker the same one
 ERRORS_ENV = "KDCORE_WORKER_ERRORS"
+# the launcher's process id, which its workers die with (die_with_launcher)
+LAUNCHER_ENV = "KDCORE_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class WorkersFailed(KdcoreError):
@@ -46,6 +51,7 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
     os.environ["OMP_NUM_THREADS"] = threads or DEFAULT_THREADS
     errors = tempfile.TemporaryDirectory(prefix="kdcore-workers-")
     os.environ[ERRORS_ENV] = errors.name
+    os.environ[LAUNCHER_ENV] = str(os.getpid())
     # the elastic agent's own log folder goes with ours (else a torchelastic_* folder is left
     # in the temporary directory by every run)
     args = get_args_parser().parse_args(
@@ -73,7 +79,30 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
         if threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         os.environ.pop(ERRORS_ENV, None)
+        os.environ.pop(LAUNCHER_ENV, None)
         errors.cleanup()
+
+
+def die_with_launcher() -> bool:
+    """In a worker of :func:`launch` on Linux, have the kernel SIGKILL this process when the
+    launcher dies, and return True; elsewhere return False.
+
+    torch's elastic agent starts each worker in a session of its own, so a SIGKILL of the
+    launcher alone, or of its process group (a job scheduler's, ``timeout``'s), left the workers
+    training on: the run went on unseen, and ``--resume`` was refused as the directory was in
+    use. Killed with it, they stop as a machine that dies does, and ``--resume`` continues the
+    run from its last checkpoint."""
+    launcher = os.environ.get(LAUNCHER_ENV, "")
+    if not launcher.isdigit() or "RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        if ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            return False  # refused (a sandbox's seccomp filter)
+    except (OSError, AttributeError):  # no C library to ask
+        return False
+    if os.getppid() != int(launcher):  # it died before the request: no signal will come
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
 
 
 def report_worker_error(message: str, exit_code: int, *, consequence: bool = False) -> bool:
@@ -175,5 +204,5 @@ def worker_args(recipe: Path, overrides: Sequence[str], out: str | None, resume:
     return args + ["--strict-plugins"] * strict_plugins
 
 
-__all__ = ["WorkersFailed", "check_gpus", "launch", "report_worker_error", "worker_args",
-           "workers_failed"]
+__all__ = ["WorkersFailed", "check_gpus", "die_with_launcher", "launch", "report_worker_error",
+           "worker_args", "workers_failed"]

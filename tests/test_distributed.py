@@ -28,7 +28,8 @@ from kdcore.cli import main
 from kdcore.history import History
 from kdcore.testing import assert_close_history, assert_same_history
 
-RECIPES = Path(__file__).parents[1] / "recipes"
+ROOT = Path(__file__).parents[1]
+RECIPES = ROOT / "recipes"
 SMALL = ["data.train_subset=240", "run.device=\"cpu\"", "run.checkpoint_interval_s=0",
          "models.teacher.params.hidden=[32]", "models.student.params.hidden=[16]"]
 KD = [*SMALL, "stages.teacher.epochs=2", "stages.student.epochs=2"]
@@ -259,6 +260,141 @@ def test_a_worker_killed_alone_is_said_first_and_the_run_resumes(tmp_path, kd_tw
     assert_same_history(tmp_path / "killed", kd_two)
 
 
+LAUNCHER_KILLER = textwrap.dedent('''
+    """SIGKILLs the launcher of --nproc alone (the workers' parent) at the student stage's
+    first batch, as a job scheduler that kills only the process it started would; each worker
+    leaves its process id in the run's parent folder first."""
+    import os, signal
+    import kdcore
+
+    class LauncherKiller:
+        done = False
+
+        @kdcore.hookimpl
+        def kdcore_run_start(self, ctx):
+            with open(f"worker{os.environ['RANK']}.pid", "w") as fh:
+                fh.write(str(os.getpid()))
+
+        @kdcore.hookimpl
+        def kdcore_batch_end(self, ctx, batch, losses):
+            if ctx.stage.name == "student" and os.environ.get("RANK") == "0" and not self.done:
+                self.done = True
+                os.kill(os.getppid(), signal.SIGKILL)
+
+    KILLER = LauncherKiller()
+''')
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_workers_die_with_their_launcher_and_the_run_resumes(tmp_path, kd_two):
+    """torch's agent starts the workers in sessions of their own: with the launcher killed
+    they trained on alone, unseen, to the run's end (or --resume was refused while they held
+    the run directory)."""
+    import time
+
+    (tmp_path / "launcher_killer.py").write_text(LAUNCHER_KILLER)
+    args = [str(RECIPES / "kd.toml"), *_sets(KD), "--nproc", "2", "-q"]
+    killed = _launch([*args, "--out", str(tmp_path / "killed"),
+                      "--plugin", "launcher_killer:KILLER"], tmp_path)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    workers = [int((tmp_path / f"worker{rank}.pid").read_text()) for rank in (0, 1)]
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "the workers outlived their launcher"
+        time.sleep(0.05)
+    assert not (tmp_path / "killed" / "summary.json").exists()  # they stopped with it
+    resumed = _launch([*args, "--out", str(tmp_path / "killed"), "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_history(tmp_path / "killed", kd_two)
+
+
+def _death_signal() -> int:
+    import ctypes
+
+    got = ctypes.c_int(0)
+    ctypes.CDLL(None).prctl(2, ctypes.byref(got), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return got.value
+
+
+@pytest.fixture
+def death_signal_cleared():
+    """This process's parent-death signal, cleared again after the test has asked for one."""
+    import ctypes
+
+    yield _death_signal
+    ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+@pytest.mark.parametrize(("launcher", "rank", "armed", "killed"), [
+    ("parent", "0", True, False),  # a worker of launch(): SIGKILL when its launcher dies
+    (None, "0", False, False),  # a user's own torchrun: nothing asked
+    ("", "0", False, False),
+    ("12x", "0", False, False),
+    ("parent", None, False, False),  # not a worker
+    ("other", "0", True, True),  # reparented: the launcher died before the request
+])
+def test_a_worker_of_the_launcher_asks_to_die_with_it(monkeypatch, death_signal_cleared,
+                                                      launcher, rank, armed, killed):
+    from kdcore.torchrun import LAUNCHER_ENV, die_with_launcher
+
+    kills = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    monkeypatch.delenv(LAUNCHER_ENV, raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    if launcher is not None:
+        pids = {"parent": os.getppid(), "other": os.getppid() + 1}
+        monkeypatch.setenv(LAUNCHER_ENV, str(pids.get(launcher, launcher)))
+    if rank is not None:
+        monkeypatch.setenv("RANK", rank)
+    assert die_with_launcher() is armed
+    assert death_signal_cleared() == (9 if armed else 0)
+    assert kills == ([(os.getpid(), 9)] if killed else [])
+
+
+@pytest.mark.parametrize("libc", ["refuses", "missing", "no prctl"])
+def test_a_worker_that_cannot_ask_to_die_with_its_launcher_goes_on(monkeypatch, libc):
+    """prctl refused (a sandbox's seccomp), no C library, or one without prctl: the worker
+    runs as before, and nothing is killed."""
+    import ctypes
+
+    from kdcore.torchrun import LAUNCHER_ENV, die_with_launcher
+
+    class Refusing:
+        def prctl(self, *args):
+            return -1
+
+    def load(name, *args, **kwargs):
+        if libc == "missing":
+            raise OSError("no libc")
+        return Refusing() if libc == "refuses" else object()
+
+    kills = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    monkeypatch.setattr(ctypes, "CDLL", load)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid() + 1))  # would be killed if asked
+    monkeypatch.setenv("RANK", "0")
+    assert die_with_launcher() is False and kills == []
+    monkeypatch.setattr(sys, "platform", "darwin")  # Linux only
+    assert die_with_launcher() is False and kills == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_a_worker_whose_launcher_died_before_it_asked_is_killed():
+    """For real, in a process of its own: the launcher's death before the request sends no
+    signal; the worker, reparented, sees another parent and stops at once."""
+    from kdcore.torchrun import LAUNCHER_ENV
+
+    env = {**os.environ, LAUNCHER_ENV: "1" if os.getpid() != 1 else "2", "RANK": "0",
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", "from kdcore.torchrun import "
+                           "die_with_launcher; die_with_launcher(); print('alive')"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9 and proc.stdout == "", (proc.returncode, proc.stdout)
+
+
 READER_GATE = textwrap.dedent('''
     """Rank 0 holds its second epoch's end (after the first checkpoint) until the test has
     opened the history as a reader would (an h5py.File left open in a notebook):
@@ -457,18 +593,19 @@ def test_each_worker_gets_the_same_run():
 
 def test_the_launcher_starts_kdcore_in_n_workers_and_restores_its_environment(monkeypatch):
     """torchrun's arguments, the workers' environment (one OMP thread unless set, the folder
-    for their error lines), and this process's environment and loggers as they were."""
+    for their error lines, the launcher's process id), and this process's environment and
+    loggers as they were."""
     import logging
 
     import torch.distributed.run as torchrun
 
-    from kdcore.torchrun import ERRORS_ENV, launch
+    from kdcore.torchrun import ERRORS_ENV, LAUNCHER_ENV, launch
 
     seen = {}
 
     def started(args):
         seen.update(args=args, threads=os.environ.get("OMP_NUM_THREADS"),
-                    errors=os.environ.get(ERRORS_ENV),
+                    errors=os.environ.get(ERRORS_ENV), launcher=os.environ.get(LAUNCHER_ENV),
                     level=logging.getLogger("torch.distributed.elastic").level,
                     run_level=logging.getLogger("torch.distributed.run").level)
         assert Path(seen["errors"]).is_dir()
@@ -484,7 +621,8 @@ def test_the_launcher_starts_kdcore_in_n_workers_and_restores_its_environment(mo
     assert args.log_dir == seen["errors"] and Path(seen["errors"]).name.startswith(
         "kdcore-workers-")
     assert seen["threads"] == "1" and seen["level"] == seen["run_level"] == logging.CRITICAL
-    assert "OMP_NUM_THREADS" not in os.environ and ERRORS_ENV not in os.environ
+    assert seen["launcher"] == str(os.getpid())
+    assert not {"OMP_NUM_THREADS", ERRORS_ENV, LAUNCHER_ENV} & set(os.environ)
     assert not Path(seen["errors"]).exists()  # removed with the workers' lines
     assert logging.getLogger("torch.distributed.elastic").level != logging.CRITICAL
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
