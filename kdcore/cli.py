@@ -31,6 +31,7 @@ from kdcore.cli_common import (
 from kdcore.cli_files import GivenPath, reading
 from kdcore.errors import KdcoreError, printable
 from kdcore.failures import one_line_failures
+from kdcore.torchrun import die_with_launcher
 
 
 class _OneLineErrors(click.Group):
@@ -103,10 +104,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
     from kdcore.recipe import load_recipe
 
     rank = int(os.environ.get("RANK", "0")) if distributed.launched() else 0
-    if distributed.launched():
-        from kdcore.torchrun import die_with_launcher
-
-        die_with_launcher()  # of --nproc: not left training alone if it is killed
+    die_with_launcher()  # of --nproc or a grid: not left training alone if it is killed
     host = plugin_host(plugins, strict_plugins)  # quiet while plugins load: warnings only
     configure_logging(quiet or rank > 0)  # the other ranks' lines would repeat rank 0's
     # on --resume too: the checkpoint's fingerprint refuses a recipe that differs

@@ -24,6 +24,7 @@ from kdcore.config import structure
 from kdcore.errors import KdcoreError, RecipeError
 from kdcore.recipe import read_toml
 from kdcore.rundir import check_output_dir
+from kdcore.torchrun import LAUNCHER_ENV
 
 
 @attrs.frozen
@@ -377,7 +378,8 @@ def _subprocess_run(spec: RunSpec, resume: bool, children: _Children | None = No
         cmd += ["--set", o]
     if resume:
         cmd.append("--resume")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           LAUNCHER_ENV: str(os.getpid())}  # the run dies with the grid (die_with_launcher)
     children = children or _Children()
     done = children.run(cmd, env)
     if done is None:

@@ -21,7 +21,7 @@ DEFAULT_THREADS = "1"
 # the folder where the workers of launch() leave their error line, one file per rank: the
 # launcher says each distinct line once, rather than every worker the same one
 ERRORS_ENV = "KDCORE_WORKER_ERRORS"
-# the launcher's process id, which its workers die with (die_with_launcher)
+# the process id of the launcher (--nproc's, a grid's) its processes die with
 LAUNCHER_ENV = "KDCORE_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 
@@ -84,16 +84,19 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
 
 
 def die_with_launcher() -> bool:
-    """In a worker of :func:`launch` on Linux, have the kernel SIGKILL this process when the
-    launcher dies, and return True; elsewhere return False.
+    """In a process that a kdcore launcher started (a worker of :func:`launch`, a run of
+    ``kdcore ablate --jobs N``), on Linux: have the kernel SIGKILL it when that launcher
+    dies, and return True; elsewhere return False. The launcher's id is taken out of the
+    environment, so that a process this one starts does not inherit it.
 
-    torch's elastic agent starts each worker in a session of its own, so a SIGKILL of the
-    launcher alone, or of its process group (a job scheduler's, ``timeout``'s), left the workers
-    training on: the run went on unseen, and ``--resume`` was refused as the directory was in
-    use. Killed with it, they stop as a machine that dies does, and ``--resume`` continues the
-    run from its last checkpoint."""
-    launcher = os.environ.get(LAUNCHER_ENV, "")
-    if not launcher.isdigit() or "RANK" not in os.environ or not sys.platform.startswith("linux"):
+    Both launchers start their processes in sessions of their own (torch's elastic agent does,
+    and the grid, so that a terminal's Ctrl-C reaches only the launcher), so a SIGKILL of the
+    launcher alone, or of its process group (``timeout``'s), left them training on unseen,
+    and ``--resume`` or the next ``kdcore ablate`` was refused while they held the run
+    directory. Killed with it, they stop as a machine that dies does, and the run continues
+    from its last checkpoint."""
+    launcher = os.environ.pop(LAUNCHER_ENV, "")
+    if not launcher.isdigit() or not sys.platform.startswith("linux"):
         return False
     try:
         if ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:

@@ -329,10 +329,11 @@ def death_signal_cleared():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
 @pytest.mark.parametrize(("launcher", "rank", "armed", "killed"), [
     ("parent", "0", True, False),  # a worker of launch(): SIGKILL when its launcher dies
+    ("parent", None, True, False),  # a run of a grid's
     (None, "0", False, False),  # a user's own torchrun: nothing asked
+    (None, None, False, False),  # kdcore run
     ("", "0", False, False),
     ("12x", "0", False, False),
-    ("parent", None, False, False),  # not a worker
     ("other", "0", True, True),  # reparented: the launcher died before the request
 ])
 def test_a_worker_of_the_launcher_asks_to_die_with_it(monkeypatch, death_signal_cleared,
@@ -351,6 +352,7 @@ def test_a_worker_of_the_launcher_asks_to_die_with_it(monkeypatch, death_signal_
     assert die_with_launcher() is armed
     assert death_signal_cleared() == (9 if armed else 0)
     assert kills == ([(os.getpid(), 9)] if killed else [])
+    assert LAUNCHER_ENV not in os.environ  # not handed on to what this process starts
 
 
 @pytest.mark.parametrize("libc", ["refuses", "missing", "no prctl"])
@@ -375,9 +377,9 @@ def test_a_worker_that_cannot_ask_to_die_with_its_launcher_goes_on(monkeypatch, 
     monkeypatch.setattr(ctypes, "CDLL", load)
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid() + 1))  # would be killed if asked
-    monkeypatch.setenv("RANK", "0")
     assert die_with_launcher() is False and kills == []
     monkeypatch.setattr(sys, "platform", "darwin")  # Linux only
+    monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid() + 1))
     assert die_with_launcher() is False and kills == []
 
 
@@ -387,7 +389,7 @@ def test_a_worker_whose_launcher_died_before_it_asked_is_killed():
     signal; the worker, reparented, sees another parent and stops at once."""
     from kdcore.torchrun import LAUNCHER_ENV
 
-    env = {**os.environ, LAUNCHER_ENV: "1" if os.getpid() != 1 else "2", "RANK": "0",
+    env = {**os.environ, LAUNCHER_ENV: "1" if os.getpid() != 1 else "2",
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", "from kdcore.torchrun import "
                            "die_with_launcher; die_with_launcher(); print('alive')"],

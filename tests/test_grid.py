@@ -429,6 +429,8 @@ def test_a_subprocess_run_is_kdcore_run_with_the_specs_overrides(tmp_path, monke
     # reaches it once, through the grid
     assert seen["stdout"] == seen["stderr"] == subprocess.PIPE and seen["text"]
     assert seen["start_new_session"] is True
+    # so it dies with the grid, in whatever way the grid dies (kdcore.torchrun.die_with_launcher)
+    assert seen["env"]["KDCORE_LAUNCHER_PID"] == str(os.getpid())
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     grid._subprocess_run(spec, resume=True)
     assert seen["cmd"][-1] == "--resume" and seen["env"]["OMP_NUM_THREADS"] == "3"

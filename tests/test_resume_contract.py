@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,6 +183,55 @@ def test_sigterm_stops_a_parallel_grid_its_running_runs_at_their_checkpoints_and
         assert (runs[k] / CHECKPOINT).is_file() and not (runs[k] / "summary.json").exists()
     assert "seed 2: starting" not in result.stdout and not runs[2].exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the runs in /proc")
+def test_a_killed_parallel_grid_takes_its_runs_with_it_and_the_same_ablate_resumes_them(
+        tiny_recipe, tmp_path):
+    """``--jobs 2`` starts each run in a session of its own: with the grid SIGKILLed they
+    trained on alone, and the next ``kdcore ablate`` counted each as failed, its directory in
+    use. They die with the grid now, unfinished, and the same ablate resumes them."""
+    import subprocess
+    import sys
+
+    grid = tmp_path / "grid"
+    runs = [grid / "tiny" / f"seed{k}" for k in range(2)]
+    args = ["ablate", str(tiny_recipe), "--out", str(grid), "--seeds", "0,1", "--jobs", "2",
+            "--set", "stages.student.epochs=300"]
+    proc = subprocess.Popen([sys.executable, "-m", "kdcore", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((r / "log.txt").is_file() and "student 1/" in (r / "log.txt").read_text()
+                      for r in runs):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        children = [int(p.name) for p in Path("/proc").iterdir()
+                    if p.name.isdigit() and _parent(int(p.name)) == proc.pid]
+        assert len(children) == 2
+        proc.kill()
+        proc.wait()
+        while any(Path(f"/proc/{pid}").exists() and _parent(pid) != -1 for pid in children):
+            assert time.monotonic() < deadline, "the runs outlived their grid"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not any((r / "summary.json").exists() for r in runs)  # stopped with it
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "2 ran, 0 skipped, 0 failed" in result.output, result.output
+
+
+def _parent(pid: int) -> int:
+    """``pid``'s parent process id, or -1 once it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1
+    return -1 if fields[0] == "Z" else int(fields[1])
 
 
 def test_nothing_to_resume_names_overwrite(tiny_recipe, tmp_path):
