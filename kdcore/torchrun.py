@@ -59,8 +59,7 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
          f"--log-dir={errors.name}", "--module", "kdcore", *kdcore_args])
     # the elastic agent logs each worker's exit at ERROR with a multi-line report; the
     # worker has already said why in one line
-    quiet = [logging.getLogger(name) for name in ("torch.distributed.elastic",
-                                                  "torch.distributed.run")]
+    quiet = [logging.getLogger(name) for name in _elastic_loggers()]
     levels = [lg.level for lg in quiet]
     for lg in quiet:
         lg.setLevel(logging.CRITICAL)
@@ -106,6 +105,15 @@ def die_with_launcher() -> bool:
     if os.getppid() != int(launcher):  # it died before the request: no signal will come
         os.kill(os.getpid(), signal.SIGKILL)
     return True
+
+
+def _elastic_loggers() -> list[str]:
+    """The loggers of torch's launcher and elastic agent, each of which torch gives a level of
+    its own (so quieting their parent left the agent's "Received 15 death signal, shutting
+    down workers" on a SIGTERM's one line)."""
+    names = {"torch.distributed.elastic", "torch.distributed.run"}
+    return sorted(names | {name for name in logging.root.manager.loggerDict
+                           if name.startswith("torch.distributed.elastic.")})
 
 
 def report_worker_error(message: str, exit_code: int, *, consequence: bool = False) -> bool:

@@ -638,11 +638,18 @@ def test_the_launcher_starts_kdcore_in_n_workers_and_restores_its_environment(mo
     (2, 130, "interrupted; resume with --resume"),
     (15, 143, "stopped by SIGTERM; resume with --resume"),  # as one process says it
 ])
-def test_a_signal_to_the_launcher_is_one_line(monkeypatch, tmp_path, sig, exit_code, said):
+def test_a_signal_to_the_launcher_is_one_line(monkeypatch, tmp_path, capfd, sig, exit_code,
+                                             said):
+    import logging
+
+    import torch.distributed.elastic.agent.server.api  # noqa: F401  (the agent's logger)
     import torch.distributed.run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
     def stopped(args):
+        # what torch's agent logs, through a logger with a level of its own, before it raises
+        logging.getLogger("torch.distributed.elastic.agent.server.api").warning(
+            "Received %s death signal, shutting down workers", sig)
         raise SignalException(f"got signal: {sig}", sigval=sig)
 
     monkeypatch.setattr(torchrun, "run", stopped)
@@ -650,6 +657,9 @@ def test_a_signal_to_the_launcher_is_one_line(monkeypatch, tmp_path, sig, exit_c
     result = _cli([str(RECIPES / "kd.toml"), "--nproc", "2", "--out", str(tmp_path / "r")])
     assert result.exit_code == exit_code and said in result.output
     assert "Traceback" not in result.output
+    assert "death signal" not in result.output + capfd.readouterr().err
+    assert logging.getLogger("torch.distributed.elastic.agent.server.api").level != (
+        logging.CRITICAL)  # as it was
     # the launcher's thread setting was for its workers: this process's environment is as it was
     assert "OMP_NUM_THREADS" not in os.environ
 
