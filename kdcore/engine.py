@@ -194,8 +194,10 @@ def run_setup(device: torch.device) -> dict[str, Any]:
 def banner(plan: RunPlan, run: Run) -> str:
     """The start-of-run summary: data, models and each stage's components in order."""
     d, r = run.data, plan.recipe
+    processes = distributed.world().size
+    on = f"{run.device}" + (f" in {processes} processes" if processes > 1 else "")
     lines = [
-        f"run '{r.run.name}' seed {r.run.seed} on {run.device} -> {run.run_dir}",
+        f"run '{r.run.name}' seed {r.run.seed} on {on} -> {run.run_dir}",
         f"data {r.data.dataset}: train {len(d.train)} (noise {r.data.noise.model}, realised "
         f"rate {d.noise_rate:.3f}), val {len(d.val)}, gold {len(d.gold)}, test {len(d.test)}",
     ]

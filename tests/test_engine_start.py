@@ -117,6 +117,23 @@ def test_the_banner_names_the_data_each_model_and_each_stages_components_in_orde
     ]
 
 
+def test_the_banner_names_the_processes_of_a_distributed_run(tmp_path, monkeypatch):
+    from kdcore import PluginHost, distributed
+    from kdcore.engine import banner
+    from kdcore.plan import build_plan
+    from kdcore.prepare import prepare_run
+    from kdcore.recipe import recipe_from_dict
+
+    host = PluginHost()
+    plan = build_plan(recipe_from_dict(tiny_recipe(stage("only", 1, ["student"],
+                                                         component("ce")), seed=4)), host)
+    run = prepare_run(plan, host, tmp_path)
+    assert banner(plan, run).splitlines()[0] == f"run 'tiny' seed 4 on cpu -> {tmp_path}"
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=0, size=2))
+    assert banner(plan, run).splitlines()[0] == (
+        f"run 'tiny' seed 4 on cpu in 2 processes -> {tmp_path}")
+
+
 @pytest.fixture
 def started(tiny_runs, tmp_path):
     """A copy of the session's run stopped in its student stage, and its recipe."""

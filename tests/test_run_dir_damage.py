@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 
@@ -199,6 +200,9 @@ def test_a_run_whose_directory_is_removed_mid_run_says_so(runs, monkeypatch, whe
     (runs / f"{module}.py").write_text(f"REMOVE = {str(run_dir)!r}\nWHERE = {where!r}\n"
                                        f"{REMOVER}")
     monkeypatch.syspath_prepend(str(runs))
+    # a module imported by an earlier run of this test (mutmut's passes share a process)
+    # would remove the other test's directory, once
+    monkeypatch.delitem(sys.modules, module, raising=False)
     line = one_line_error(invoke("run", runs / "tiny.toml", "--out", run_dir, "--plugin",
                                  f"{module}:REMOVER", "-q"))
     assert line == (f"kdcore: error: no history at {run_dir / 'history.h5'} any more: it, or "
