@@ -67,6 +67,19 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunResult]:
     return found
 
 
+def unfinished_note(paths: Iterable[str | Path], found: Sequence[RunResult]) -> str | None:
+    """A line naming the runs at or below ``paths`` that hold a history but no summary.json
+    (running, stopped or failed), which the table leaves out; None when there are none."""
+    done = {r.path.resolve() for r in found}
+    left = sorted({h.parent for root in map(Path, paths) for h in Path(root).rglob("history.h5")
+                   if h.parent.resolve() not in done})
+    if not left:
+        return None
+    named = ", ".join(map(str, left[:5])) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    return (f"{len(left)} unfinished run{'s' * (len(left) != 1)} left out (a history but no "
+            f"summary.json: running, stopped or failed): {named}")
+
+
 def variant_label(name: str) -> str:
     """A folder's name as a variant's label: a byte that is not UTF-8 (a lone surrogate, as
     Python reads it from a file system or a command line) as its escape, so that every table,

@@ -164,6 +164,33 @@ def test_no_gap_asked_no_gap_warning(grid):
                         "their final trained model instead (smkd: peer_a)"]
 
 
+def test_unfinished_runs_are_named_as_left_out(grid):
+    """A run still going, stopped or failed has a history but no summary.json: the table
+    leaves it out, and said nothing of it."""
+    for seed in (2, 3):
+        write_run(grid / "kd" / f"seed{seed}", KD, {"student": 0.1})
+        (grid / "kd" / f"seed{seed}" / "summary.json").unlink()
+    res, table, warnings = report(grid, "--model", "student")
+    assert res.exit_code == 0 and table["kd"][2] == "2", res.output  # seeds 0 and 1 only
+    assert warnings[0] == (
+        f"kdcore: warning: 2 unfinished runs left out (a history but no summary.json: "
+        f"running, stopped or failed): {grid / 'kd' / 'seed2'}, {grid / 'kd' / 'seed3'}")
+    for seed, count, end in [(4, 3, "kd/seed3"), (5, 4, "kd/seed3"), (6, 5, "kd/seed3"),
+                             (7, 6, "kd/seed2 and 1 more"),
+                             (8, 7, "ce/seed8 and 2 more")]:
+        write_run(grid / "ce" / f"seed{seed}", CE, {"student": 0.1})
+        (grid / "ce" / f"seed{seed}" / "summary.json").unlink()
+        _, _, warnings = report(grid, "--model", "student")
+        assert warnings[0].startswith(f"kdcore: warning: {count} unfinished runs left out")
+        assert warnings[0].endswith(f"{grid}/{end}"), warnings[0]  # five named, in order
+    finished = grid / "kd" / "seed0"
+    assert "unfinished" not in " ".join(report(finished)[2])  # a run given by itself
+    (finished / "summary.json").unlink()
+    (grid / "kd" / "seed1" / "summary.json").unlink()
+    res = CliRunner().invoke(main, ["report", str(grid / "kd")])
+    assert res.exit_code == 2 and "no finished runs" in res.output
+
+
 def test_final_role_reads_the_recipe_else_the_summary(tmp_path):
     write_run(tmp_path / "dml", [("mutual", ["peer_b", "peer_a"])],
               {"peer_a": 0.5, "peer_b": 0.6})
