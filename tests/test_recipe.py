@@ -418,6 +418,15 @@ def test_replace_marker_takes_a_table_whole_instead_of_merging(tmp_path):
     bad.write_text(child.read_text().replace("__replace__ = true", "__replace__ = 1"))
     with pytest.raises(RecipeError, match=r"data\.noise\.params\.__replace__.*expected true"):
         load_recipe(bad)
+    # an override replaces a table whole anyway: the marker, written as a recipe writes it, is
+    # taken and changes nothing (it was refused as an unknown parameter)
+    for text in ("{ __replace__ = true, rate = 0.3 }", "{ rate = 0.3 }"):
+        over = load_recipe(base, [f"data.noise.params={text}"])
+        assert over.data.noise.params == {"rate": 0.3}
+    assert load_recipe(base, ["stages.s.components.0={ use = 'ce', params = { __replace__ = "
+                              "true } }"]).stages[0].components[0].params == {}
+    with pytest.raises(RecipeError, match=r"data\.noise\.params\.__replace__.*expected true"):
+        load_recipe(base, ["data.noise.params={ __replace__ = false, rate = 0.3 }"])
 
 
 @pytest.mark.parametrize("key", ["extends", "source"])

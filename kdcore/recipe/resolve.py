@@ -278,10 +278,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
-    """Set ``value`` at ``path``; list entries are addressed by index or by name."""
+    """Set ``value`` at ``path``; list entries are addressed by index or by name. A table
+    replaces the one there whole, so ``__replace__ = true`` in it (as a recipe that extends
+    another writes it) is taken and changes nothing."""
     if path and path[0] in ("extends", "source"):  # merged (or set) before any override
         raise RecipeError(f"{path[0]} cannot be set with an override; write a recipe file that "
                           "extends the other instead", key=path[0])
+    value = strip_replace(value, ".".join(path))
     node: Any = data
     for depth, part in enumerate(path):
         last = depth == len(path) - 1
