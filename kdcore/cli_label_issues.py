@@ -61,6 +61,23 @@ def format_table(issues: Any, top: int) -> list[str]:
     return ["  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in [header, *rows]]
 
 
+def class_legend(issues: Any, top: int) -> str | None:
+    """``classes: 0 cat, 2 dog``: the names of the labels the first ``top`` rows show, when
+    the dataset's names say more than the labels do (not digits' "0".."9")."""
+    names = issues.class_names
+    if not names or all(name == str(i) for i, name in enumerate(names)):
+        return None
+    k = min(top, len(issues))
+    shown = [issues.given[:k], issues.refined[:k]]
+    if issues.clean is not None:
+        shown.append(issues.clean[:k])
+    labels = sorted({int(v) for column in shown for v in column})
+    if not labels:
+        return None
+    return "classes: " + ", ".join(f"{i} {printable(names[i])}" for i in labels
+                                   if 0 <= i < len(names))
+
+
 def summary_lines(issues: Any, top: int) -> list[str]:
     """What precedes and follows the table: the model, the list's size, precision and recall."""
     stage, epoch = issues.epochs[int(issues.rows[-1])]
@@ -122,6 +139,9 @@ def command(user_errors: Callable[[Any], Any], examples: Callable[..., str]) -> 
         click.echo(head)
         for line in format_table(issues, top):
             click.echo(line)
+        legend = class_legend(issues, top)
+        if legend:
+            click.echo(legend)
         for line in tail:
             click.echo(line)
         if csv_path:

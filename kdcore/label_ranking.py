@@ -88,6 +88,7 @@ class LabelIssues:
         since: the epoch row where its current unbroken flagged streak began (0-based).
         clean: the true label, None where the history has no true labels.
         num_mislabelled: the truly mislabelled samples of the whole run (None: unknown).
+        class_names: the dataset's name of each class, by label (empty: none recorded).
     """
 
     model: str
@@ -105,6 +106,7 @@ class LabelIssues:
     since: np.ndarray
     clean: np.ndarray | None
     num_mislabelled: int | None
+    class_names: list[str] = attrs.field(factory=list)
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -263,7 +265,8 @@ def _read(hist: Any, model: str | None) -> LabelIssues:
         model_doubt=model_doubt[listed], times_flagged=count[listed],
         times_excluded=excluded[listed], since=start[listed],
         clean=None if clean is None else clean[listed],
-        num_mislabelled=None if clean is None else int((clean != given).sum()))
+        num_mislabelled=None if clean is None else int((clean != given).sum()),
+        class_names=list(getattr(hist, "class_names", [])))
 
 
 def find_label_issues(run: str | Path | Any, model: str | None = None) -> LabelIssues:

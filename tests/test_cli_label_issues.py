@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdcore.cli_label_issues import format_table, precision_ks, summary_lines
+from kdcore.cli_label_issues import class_legend, format_table, precision_ks, summary_lines
 from kdcore.label_ranking import LabelIssues
 
 
-def _issues(n: int = 3, *, clean: bool = True, mislabelled: int | None = None) -> LabelIssues:
+def _issues(n: int = 3, *, clean: bool = True, mislabelled: int | None = None,
+            class_names: tuple[str, ...] = ()) -> LabelIssues:
     """``n`` listed samples of 50, flagged over the student's three epoch rows (rows 1-3 of a
     history whose row 0 is the teacher's)."""
     given = np.arange(n) % 3
@@ -23,7 +24,8 @@ def _issues(n: int = 3, *, clean: bool = True, mislabelled: int | None = None) -
         model_doubt=np.linspace(0.8, 0.125, n), times_flagged=np.full(n, 3),
         times_excluded=np.arange(n) % 2, since=np.full(n, 1),
         clean=np.where(np.arange(n) % 2 == 0, (given + 1) % 3, given) if clean else None,
-        num_mislabelled=None if not clean else (mislabelled if mislabelled is not None else 4))
+        num_mislabelled=None if not clean else (mislabelled if mislabelled is not None else 4),
+        class_names=list(class_names))
 
 
 def test_the_table_aligns_every_column_right_under_its_header():
@@ -85,3 +87,39 @@ def test_recall_without_a_mislabelled_sample_is_not_a_number():
 ])
 def test_precision_is_printed_at_top_100_1000_and_the_whole_list(top, length, expected):
     assert precision_ks(top, length) == expected
+
+
+NAMES = ("cat", "dog", "\u00e9mu\x07", "owl")
+
+
+def test_the_class_legend_names_the_labels_the_shown_rows_hold():
+    # rows: given 0 1 2 0, refined 1 2 0 1, true 1 1 0 0 (see _issues)
+    assert class_legend(_issues(4, class_names=NAMES), 20) == (
+        "classes: 0 cat, 1 dog, 2 \u00e9mu\\x07")  # a control character escaped
+    assert class_legend(_issues(4, class_names=NAMES), 1) == "classes: 0 cat, 1 dog"  # row 1
+    assert class_legend(_issues(1, clean=False, class_names=NAMES), 5) == (
+        "classes: 0 cat, 1 dog")
+    issues = _issues(1, class_names=NAMES)
+    object.__setattr__(issues, "clean", np.array([3]))  # only the true label is new
+    assert class_legend(issues, 5) == "classes: 0 cat, 1 dog, 3 owl"
+    assert class_legend(_issues(0, class_names=NAMES), 5) is None  # nothing shown
+    assert class_legend(_issues(4), 5) is None  # no names recorded
+    assert class_legend(_issues(4, class_names=("0", "1", "2")), 5) is None  # digits' names
+    assert class_legend(_issues(4, class_names=("0", "1", "x")), 5) == "classes: 0 0, 1 1, 2 x"
+    # names for fewer classes than the labels (a plugin's dataset): the named ones only
+    assert class_legend(_issues(4, class_names=("cat", "dog")), 5) == "classes: 0 cat, 1 dog"
+
+
+def test_the_command_prints_the_legend_between_the_table_and_the_rates(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from kdcore import label_ranking
+    from kdcore.cli import main
+
+    monkeypatch.setattr(label_ranking, "find_label_issues",
+                        lambda run, role: _issues(2, class_names=NAMES[:2] + ("bird",)))
+    (tmp_path / "summary.json").write_text("{}")
+    res = CliRunner().invoke(main, ["label-issues", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[4:6] == ["classes: 0 cat, 1 dog, 2 bird", "precision at 2: 0.5000"]

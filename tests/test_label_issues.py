@@ -382,6 +382,8 @@ def invoke(*args):
 
 def test_the_table(tiny_run):
     r = kdcore.label_issues(tiny_run)
+    with kdcore.History(tiny_run) as h:
+        assert r.class_names == h.class_names == [str(i) for i in range(10)]  # no legend
     res = invoke("label-issues", tiny_run, "--top", 3)
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
