@@ -93,7 +93,12 @@ def die_with_launcher() -> bool:
     launcher alone, or of its process group (``timeout``'s), left them training on unseen,
     and ``--resume`` or the next ``kdcore ablate`` was refused while they held the run
     directory. Killed with it, they stop as a machine that dies does, and the run continues
-    from its last checkpoint."""
+    from its last checkpoint.
+
+    Raises:
+        KdcoreError: the launcher died before the request (this process was handed on to
+            another parent), so no signal will come.
+    """
     launcher = os.environ.pop(LAUNCHER_ENV, "")
     if not launcher.isdigit() or not sys.platform.startswith("linux"):
         return False
@@ -103,7 +108,8 @@ def die_with_launcher() -> bool:
     except (OSError, AttributeError):  # no C library to ask
         return False
     if os.getppid() != int(launcher):  # it died before the request: no signal will come
-        os.kill(os.getpid(), signal.SIGKILL)
+        raise KdcoreError(f"the process that started this one (process {launcher}, a kdcore "
+                          "launcher) is gone; stopping before the run starts")
     return True
 
 

@@ -327,38 +327,48 @@ def death_signal_cleared():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
-@pytest.mark.parametrize(("launcher", "rank", "armed", "killed"), [
-    ("parent", "0", True, False),  # a worker of launch(): SIGKILL when its launcher dies
-    ("parent", None, True, False),  # a run of a grid's
-    (None, "0", False, False),  # a user's own torchrun: nothing asked
-    (None, None, False, False),  # kdcore run
-    ("", "0", False, False),
-    ("12x", "0", False, False),
-    ("other", "0", True, True),  # reparented: the launcher died before the request
+@pytest.mark.parametrize(("launcher", "rank", "armed"), [
+    ("parent", "0", True),  # a worker of launch(): SIGKILL when its launcher dies
+    ("parent", None, True),  # a run of a grid's
+    (None, "0", False),  # a user's own torchrun: nothing asked
+    (None, None, False),  # kdcore run
+    ("", "0", False),
+    ("12x", "0", False),
 ])
 def test_a_worker_of_the_launcher_asks_to_die_with_it(monkeypatch, death_signal_cleared,
-                                                      launcher, rank, armed, killed):
+                                                      launcher, rank, armed):
     from kdcore.torchrun import LAUNCHER_ENV, die_with_launcher
 
-    kills = []
-    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
     monkeypatch.delenv(LAUNCHER_ENV, raising=False)
     monkeypatch.delenv("RANK", raising=False)
     if launcher is not None:
-        pids = {"parent": os.getppid(), "other": os.getppid() + 1}
-        monkeypatch.setenv(LAUNCHER_ENV, str(pids.get(launcher, launcher)))
+        monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid()) if launcher == "parent" else launcher)
     if rank is not None:
         monkeypatch.setenv("RANK", rank)
     assert die_with_launcher() is armed
     assert death_signal_cleared() == (9 if armed else 0)
-    assert kills == ([(os.getpid(), 9)] if killed else [])
     assert LAUNCHER_ENV not in os.environ  # not handed on to what this process starts
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_a_worker_whose_launcher_is_not_its_parent_stops_with_one_line(monkeypatch,
+                                                                      death_signal_cleared):
+    """Handed on to another parent: the launcher died before the request, so no signal will
+    come; the worker stops before its run starts."""
+    from kdcore.torchrun import LAUNCHER_ENV, die_with_launcher
+
+    monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid() + 1))
+    with pytest.raises(KdcoreError, match=rf"^the process that started this one \(process "
+                       rf"{os.getppid() + 1}, a kdcore launcher\) is gone; stopping before the "
+                       "run starts$"):
+        die_with_launcher()
+    assert death_signal_cleared() == 9 and LAUNCHER_ENV not in os.environ
 
 
 @pytest.mark.parametrize("libc", ["refuses", "missing", "no prctl"])
 def test_a_worker_that_cannot_ask_to_die_with_its_launcher_goes_on(monkeypatch, libc):
     """prctl refused (a sandbox's seccomp), no C library, or one without prctl: the worker
-    runs as before, and nothing is killed."""
+    runs as before."""
     import ctypes
 
     from kdcore.torchrun import LAUNCHER_ENV, die_with_launcher
@@ -372,29 +382,33 @@ def test_a_worker_that_cannot_ask_to_die_with_its_launcher_goes_on(monkeypatch, 
             raise OSError("no libc")
         return Refusing() if libc == "refuses" else object()
 
-    kills = []
-    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
     monkeypatch.setattr(ctypes, "CDLL", load)
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid() + 1))  # would be killed if asked
-    assert die_with_launcher() is False and kills == []
+    monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid() + 1))  # would stop it if asked
+    assert die_with_launcher() is False
     monkeypatch.setattr(sys, "platform", "darwin")  # Linux only
     monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid() + 1))
-    assert die_with_launcher() is False and kills == []
+    assert die_with_launcher() is False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
-def test_a_worker_whose_launcher_died_before_it_asked_is_killed():
-    """For real, in a process of its own: the launcher's death before the request sends no
-    signal; the worker, reparented, sees another parent and stops at once."""
+def test_a_run_whose_launcher_is_gone_stops_with_one_line(tmp_path):
+    """For real, through the command line, in a process of its own: a grid's run whose
+    launcher is not its parent stops before anything is written, exit 2, one line."""
     from kdcore.torchrun import LAUNCHER_ENV
 
-    env = {**os.environ, LAUNCHER_ENV: "1" if os.getpid() != 1 else "2",
+    env = {**os.environ, LAUNCHER_ENV: "1" if os.getppid() != 1 else "2",
            "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", "from kdcore.torchrun import "
-                           "die_with_launcher; die_with_launcher(); print('alive')"],
-                          env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == -9 and proc.stdout == "", (proc.returncode, proc.stdout)
+    proc = subprocess.run([sys.executable, "-m", "kdcore", "run", str(RECIPES / "ce.toml"),
+                           "--out", str(tmp_path / "run")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == (2 if sys.platform.startswith("linux") else 0), proc.stderr
+    if proc.returncode == 2:
+        # the last line (a mutation run's copy warns about its configuration first)
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"kdcore: error: the process that started this one (process {env[LAUNCHER_ENV]}, "
+            "a kdcore launcher) is gone; stopping before the run starts")
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "run").exists()
 
 
 READER_GATE = textwrap.dedent('''
