@@ -59,9 +59,15 @@ __all__ = ["LabelIssues", "find_label_issues", "label_issues", "softmax"]
 _LOGITS = "logits/"
 
 
+F16_MAX = float(np.finfo(np.float16).max)
+"""The largest finite float16 (65504), which the history's logits are stored as."""
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (``N x C``)."""
-    z = np.asarray(logits, dtype=np.float64)
+    """Row-wise softmax in float64 (``N x C``). The history keeps logits in float16, where a
+    model that ran away wrote ±inf past 65504: such a logit counts as 65504 (inf - inf made
+    the row NaN, and numpy warned on the command's output)."""
+    z = np.clip(np.asarray(logits, dtype=np.float64), -F16_MAX, F16_MAX)
     z = np.exp(z - z.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
 

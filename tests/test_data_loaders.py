@@ -25,14 +25,15 @@ from kdcore.data.loaders import (
     fashion_mnist,
     find_cifar_n_file,
     image_folder,
+    mnist,
 )
 from kdcore.errors import KdcoreError
 from kdcore.testing import write_fashion_mnist, write_idx
 
 
 def test_registry_names() -> None:
-    assert set(DATASETS) == {"digits", "fashion_mnist", "cifar10", "cifar100", "image_folder",
-                             "image_list", "clothing1m", "npz"}
+    assert set(DATASETS) == {"digits", "fashion_mnist", "mnist", "cifar10", "cifar100",
+                             "image_folder", "image_list", "clothing1m", "npz"}
 
 
 # -- digits -------------------------------------------------------------------------------------
@@ -69,6 +70,109 @@ def test_fashion_mnist_reads_idx(tmp_path: Path, gz: bool) -> None:
     assert train.mean == (0.2860,) and train.std == (0.3530,)
     assert train.num_classes == 10 and train.class_names[0] == "T-shirt/top"
     assert train.class_names[9] == "Ankle boot"
+
+
+# -- the MNIST release's layout: MNIST, KMNIST, EMNIST ------------------------------------------
+
+
+def _mnist_files(root: Path, train: np.ndarray, test: np.ndarray, *, gz: bool = True,
+                 labels: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Images ``train`` and ``test`` (N, H, W) with labels (default: 0..N-1 modulo 3)."""
+    root.mkdir(parents=True, exist_ok=True)
+    ys = labels or tuple((np.arange(len(x)) % 3).astype(np.uint8) for x in (train, test))
+    for prefix, x, y in (("train", train, ys[0]), ("t10k", test, ys[1])):
+        suffix = ".gz" if gz else ""
+        write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", x)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", y)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_reads_the_releases_layout_with_its_own_statistics(tmp_path: Path, gz: bool):
+    rng = np.random.default_rng(3)
+    train_x = rng.integers(0, 256, (7, 12, 10), dtype=np.uint8)  # any one size: 12 x 10
+    test_x = rng.integers(0, 256, (4, 12, 10), dtype=np.uint8)
+    _mnist_files(tmp_path, train_x, test_x, gz=gz)
+    splits = mnist(root=str(tmp_path))
+    train, test = splits.train, splits.test
+    assert test is not None and train.x.dtype == torch.uint8
+    assert np.array_equal(train.x[:, 0].numpy(), train_x)
+    assert np.array_equal(test.x[:, 0].numpy(), test_x)
+    assert train.y.tolist() == [0, 1, 2, 0, 1, 2, 0] and test.y.tolist() == [0, 1, 2, 0]
+    assert train.y.dtype == test.y.dtype == torch.int64
+    pixels = train_x.astype(np.float64) / 255  # the training images' own, not Fashion-MNIST's
+    np.testing.assert_allclose(train.mean, (pixels.mean(),), atol=1e-6)
+    np.testing.assert_allclose(train.std, (pixels.std(),), atol=1e-6)
+    assert test.mean == train.mean and test.std == train.std
+    assert train.num_classes == 3 and train.class_names == ("0", "1", "2")
+    flat = mnist(root=str(tmp_path), flatten=True, class_names=["a", "b", "c", "d"]).train
+    assert flat.x.shape == (7, 120) and flat.x.dtype == torch.float32
+    np.testing.assert_allclose(flat.x.numpy(), ((pixels - pixels.mean()) / pixels.std())
+                               .reshape(7, 120), atol=1e-5)
+    assert flat.mean is None and flat.num_classes == 4 and flat.class_names == ("a", "b", "c",
+                                                                                "d")
+    assert DATASETS["mnist"] is mnist
+
+
+def test_mnist_counts_a_class_only_the_test_split_holds(tmp_path: Path) -> None:
+    x = np.zeros((3, 4, 4), dtype=np.uint8)
+    _mnist_files(tmp_path, x, x, labels=(np.array([0, 1, 0], np.uint8),
+                                          np.array([0, 4, 1], np.uint8)))
+    assert mnist(root=str(tmp_path)).train.num_classes == 5
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    ("missing", "mnist: t10k-labels-idx1-ubyte[.gz] not found in {root}, which should hold "
+                "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                "t10k-labels-idx1-ubyte (each may end in .gz)"),
+    ("empty", "mnist in {root}: train has 0 images and 0 labels; the files are truncated or "
+              "not one release's"),
+    ("fewer labels", "mnist in {root}: t10k has 4 images and 3 labels"),
+    ("sizes", "mnist in {root}: train images are (4, 4) but test images are (5, 4); the files "
+              "are from different datasets"),
+    ("names", "mnist in {root}: labels go up to 2, but class_names names 2 classes; name every "
+              "class"),
+])
+def test_mnist_refuses_files_that_are_not_one_release(tmp_path: Path, change: str, said: str):
+    x = np.zeros((4, 4, 4), dtype=np.uint8)
+    _mnist_files(tmp_path, x, x, gz=False)
+    names: list[str] = []
+    if change == "missing":
+        (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    elif change == "empty":
+        _mnist_files(tmp_path, x[:0], x, gz=False, labels=(np.zeros(0, np.uint8),
+                                                         np.zeros(4, np.uint8)))
+    elif change == "fewer labels":
+        write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
+    elif change == "sizes":
+        write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((4, 5, 4), np.uint8))
+    else:
+        names = ["a", "b"]
+    with pytest.raises(KdcoreError) as info:
+        mnist(root=str(tmp_path), class_names=names)
+    assert str(info.value).startswith(said.format(root=tmp_path)), str(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "said"), [
+    ({"root": ""}, "mnist: 'root' is empty; it must name a directory"),
+    ({"root": "a\0b"}, "mnist: 'root' contains a NUL byte"),
+    ({"root": ".", "class_names": ("a", "b\0")}, "mnist: 'class_names[1]' contains a NUL byte"),
+])
+def test_mnist_called_directly_checks_its_arguments(kwargs, said):
+    with pytest.raises(KdcoreError) as info:
+        mnist(**kwargs)
+    assert str(info.value).startswith(said), str(info.value)
+
+
+def test_mnist_through_a_recipe_checks_its_parameters(tmp_path: Path) -> None:
+    from kdcore.config import bind_params
+    from kdcore.errors import RecipeError
+
+    assert bind_params(mnist, {"root": "r", "class_names": ["a", "b"]}) == {
+        "root": "r", "class_names": ("a", "b")}
+    with pytest.raises(RecipeError, match=r"class_names\[1\].*NUL"):
+        bind_params(mnist, {"root": "r", "class_names": ["a", "b\0"]})
+    with pytest.raises(RecipeError, match="root"):
+        bind_params(mnist, {"class_names": []})
 
 
 def test_fashion_mnist_flatten_normalises(tmp_path: Path) -> None:

@@ -317,6 +317,26 @@ def test_softmax_is_the_softmax():
     np.testing.assert_allclose(softmax(z), [e / e.sum(), [1 / 3] * 3], atol=1e-12)
 
 
+def test_softmax_of_logits_past_float16s_range_counts_them_at_its_largest_value(recwarn):
+    """A model that ran away wrote ±inf into the float16 history; inf - inf had made the row
+    NaN (its score and doubt with it), and numpy warned on label-issues' output."""
+    big = 65504.0  # float16's largest
+    z = np.array([[np.inf, 0.0, 1.0], [np.inf, np.inf, -np.inf], [-np.inf, 2.0, 0.0],
+                  [-np.inf, -np.inf, -np.inf]], dtype=np.float16)
+    want = []
+    for row in np.clip(z.astype(np.float64), -big, big):
+        e = np.exp(row - row.max())
+        want.append(e / e.sum())
+    np.testing.assert_allclose(softmax(z), want, atol=1e-12)
+    np.testing.assert_allclose(softmax(z)[[0, 1, 3]], [[1, 0, 0], [0.5, 0.5, 0], [1 / 3] * 3],
+                               atol=1e-12)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    finite = np.array([[65504.0, 65472.0]], dtype=np.float16)  # the range's edge is kept
+    np.testing.assert_allclose(softmax(finite), [[1 / (1 + np.exp(-32.0)),
+                                                  np.exp(-32.0) / (1 + np.exp(-32.0))]],
+                               rtol=1e-9)
+
+
 # -- a tiny real run ------------------------------------------------------------------------
 
 

@@ -13,10 +13,10 @@ standard deviation that the engine applies after scaling to [0, 1]; this keeps C
 four times smaller in memory than ``float32``.
 
 One module per format: :mod:`.digits` (scikit-learn's bundled digits), :mod:`.idx`
-(Fashion-MNIST IDX files), :mod:`.cifar` (CIFAR-10/100 python pickles), :mod:`.cifar_n`
-(CIFAR-N label files), :mod:`.folder` (image folders), :mod:`.lists` (``path label`` lists
-and Clothing1M's layout, streaming by default), :mod:`.npz` (one's own arrays);
-:mod:`.arrays` unpickles numpy arrays without running code.
+(IDX files: Fashion-MNIST, and MNIST's layout for MNIST, KMNIST, EMNIST), :mod:`.cifar`
+(CIFAR-10/100 python pickles), :mod:`.cifar_n` (CIFAR-N label files), :mod:`.folder` (image
+folders), :mod:`.lists` (``path label`` lists and Clothing1M's layout, streaming by default),
+:mod:`.npz` (one's own arrays); :mod:`.arrays` unpickles numpy arrays without running code.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from kdcore.data.loaders.idx import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     fashion_mnist,
+    mnist,
 )
 from kdcore.data.loaders.lists import CLOTHING1M_FILES, clothing1m, image_list
 from kdcore.data.loaders.npz import npz
@@ -54,6 +55,7 @@ from kdcore.data.loaders.npz import npz
 DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "digits": digits,
     "fashion_mnist": fashion_mnist,
+    "mnist": mnist,
     "cifar10": cifar10,
     "cifar100": cifar100,
     "image_folder": image_folder,
@@ -87,5 +89,6 @@ __all__ = [
     "find_cifar_n_file",
     "image_folder",
     "image_list",
+    "mnist",
     "npz",
 ]

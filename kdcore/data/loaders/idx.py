@@ -1,5 +1,6 @@
-"""Fashion-MNIST from IDX files (the MNIST format), as the Debian package
-``dataset-fashion-mnist`` installs them."""
+"""Datasets in IDX files (the MNIST format): Fashion-MNIST, as the Debian package
+``dataset-fashion-mnist`` installs it, and any other in the MNIST release's layout (MNIST,
+KMNIST, EMNIST's splits)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
 from kdcore.data.base import ArrayDataset, DatasetSplits
+from kdcore.data.images import channel_stats
 from kdcore.data.loaders.paths import Directory
 from kdcore.errors import KdcoreError
-from kdcore.validators import require
+from kdcore.validators import each, no_nul, require
 
 FASHION_MNIST_ENV = "KDCORE_FASHION_MNIST"
 """Environment variable naming the Fashion-MNIST directory when the recipe gives no ``root``."""
@@ -39,6 +42,11 @@ FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 
 _IDX_UBYTE = 0x08
+_RELEASE_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                  "t10k-labels-idx1-ubyte")
+
+ClassNames = Annotated[tuple[str, ...], each(no_nul)]
+"""A name per class, in label order."""
 
 
 def fashion_mnist(*, root: Directory | None = None, flatten: bool = False) -> DatasetSplits:
@@ -93,6 +101,70 @@ def fashion_mnist(*, root: Directory | None = None, flatten: bool = False) -> Da
     return DatasetSplits(train=train, test=test)
 
 
+def mnist(*, root: Directory, flatten: bool = False, class_names: ClassNames = ()
+          ) -> DatasetSplits:
+    """A dataset in the MNIST release's layout of IDX files: MNIST, KMNIST, EMNIST's splits
+    (Fashion-MNIST has its own loader, with its class names and statistics).
+
+    ``root`` holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each gzip-compressed
+    (``.gz``) or not; the images are greyscale, of any one size.
+
+    Args:
+        root: the directory holding the four IDX files.
+        flatten: return ``float32`` vectors ``(N, H * W)`` for MLPs instead of ``uint8``
+            images, standardised with the training images' mean and standard deviation.
+        class_names: a name per class, in label order (their count is C); empty: C is the
+            largest label plus one, and each class is named by its label.
+
+    Returns:
+        Train and test splits: ``uint8`` ``(N, 1, H, W)`` with the training images' mean and
+        std, or the flattened ``float32`` form.
+
+    Raises:
+        KdcoreError: a file is missing or not a valid IDX file, a split holds no images or
+            more labels than images (or fewer), the splits' image sizes differ, or a label has
+            no name in ``class_names``.
+    """
+    require(root, "root", Directory, where="mnist")
+    require(class_names, "class_names", ClassNames, where="mnist")
+    directory = Path(root).expanduser()
+    read = []
+    for prefix in ("train", "t10k"):
+        found = [_find_idx_file(directory, f"{prefix}-{kind}-idx{n}-ubyte", dataset="mnist")
+                 for kind, n in (("images", 3), ("labels", 1))]
+        images, labels = _read_idx(found[0], ndim=3), _read_idx(found[1], ndim=1)
+        if images.shape[0] == 0 or images.shape[0] != labels.shape[0]:
+            raise KdcoreError(f"mnist in {directory}: {prefix} has {images.shape[0]} images and "
+                              f"{labels.shape[0]} labels; the files are truncated or not one "
+                              "release's")
+        read.append((images, labels))
+    (train_x, train_y), (test_x, test_y) = read
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise KdcoreError(f"mnist in {directory}: train images are {train_x.shape[1:]} but test "
+                          f"images are {test_x.shape[1:]}; the files are from different datasets")
+    top = int(max(train_y.max(), test_y.max()))
+    names = tuple(class_names) or tuple(str(c) for c in range(top + 1))
+    if top >= len(names):
+        raise KdcoreError(f"mnist in {directory}: labels go up to {top}, but class_names names "
+                          f"{len(names)} classes; name every class")
+    x = torch.from_numpy(train_x.copy()).unsqueeze(1)
+    mean, std = channel_stats(x)
+    splits = [_idx_split(images, labels, names, mean, std, flatten) for images, labels in read]
+    return DatasetSplits(train=splits[0], test=splits[1])
+
+
+def _idx_split(images: np.ndarray, labels: np.ndarray, names: tuple[str, ...],
+               mean: tuple[float, ...], std: tuple[float, ...], flatten: bool) -> ArrayDataset:
+    y = torch.from_numpy(labels.astype(np.int64))
+    x = torch.from_numpy(images.copy()).unsqueeze(1)
+    common = {"y": y, "num_classes": len(names), "class_names": names}
+    if not flatten:
+        return ArrayDataset(x=x, mean=mean, std=std, **common)
+    flat = x.reshape(x.shape[0], -1) / 255.0  # float32
+    return ArrayDataset(x=(flat - mean[0]) / std[0], **common)
+
+
 def _fashion_mnist_dir(root: str | None) -> Path:
     if root is not None:
         require(root, "root", Directory, where="fashion_mnist")
@@ -123,10 +195,13 @@ def _holds_idx(directory: Path) -> bool:
     return (directory / name).is_file() or (directory / f"{name}.gz").is_file()
 
 
-def _find_idx_file(directory: Path, name: str) -> Path:
+def _find_idx_file(directory: Path, name: str, dataset: str = "fashion_mnist") -> Path:
     for candidate in (directory / f"{name}.gz", directory / name):
         if candidate.is_file():
             return candidate
+    if dataset != "fashion_mnist":
+        raise KdcoreError(f"{dataset}: {name}[.gz] not found in {directory}, which should hold "
+                          f"{', '.join(_RELEASE_FILES)} (each may end in .gz)")
     raise KdcoreError(
         f"Fashion-MNIST file {name}[.gz] not found in {directory}; reinstall the files with "
         "'apt-get install --reinstall dataset-fashion-mnist', or point data.params.root or "
