@@ -124,11 +124,11 @@ def test_mnist_counts_a_class_only_the_test_split_holds(tmp_path: Path) -> None:
     ("missing", "mnist: t10k-labels-idx1-ubyte[.gz] not found in {root}, which should hold "
                 "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
                 "t10k-labels-idx1-ubyte (each may end in .gz)"),
-    ("empty", "mnist in {root}: train has 0 images and 0 labels; the files are truncated or "
-              "not one release's"),
-    ("fewer labels", "mnist in {root}: t10k has 4 images and 3 labels"),
-    ("sizes", "mnist in {root}: train images are (4, 4) but test images are (5, 4); the files "
-              "are from different datasets"),
+    ("empty", "mnist in {root}: the train files hold no images; the files are truncated or "
+              "not the release's"),
+    ("fewer labels", "mnist in {root}: t10k has 4 images but 3 labels"),
+    ("sizes", "mnist in {root}: train images are (1, 4, 4) but test images are (1, 5, 4); the "
+              "files are from different datasets"),
     ("names", "mnist in {root}: labels go up to 2, but class_names names 2 classes; name every "
               "class"),
 ])
@@ -356,15 +356,27 @@ def test_cifar100_missing(tmp_path: Path) -> None:
 # the rules and words of the Fashion-MNIST loader (the loaders' mutation run, session 16)
 
 
-def test_fashion_mnist_label_10_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefix", ["train", "t10k"])
+def test_fashion_mnist_label_10_is_refused(tmp_path: Path, prefix: str) -> None:
     arrays = write_fashion_mnist(tmp_path, gz=False)
-    labels = arrays["t10k-labels-idx1-ubyte"].copy()
+    labels = arrays[f"{prefix}-labels-idx1-ubyte"].copy()
     labels[0] = 10
-    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
     with pytest.raises(KdcoreError) as err:
         fashion_mnist(root=str(tmp_path))
-    assert str(err.value) == (f"Fashion-MNIST in {tmp_path}: t10k labels go up to 10, but there "
-                              "are only 10 classes; the file is corrupt")
+    assert str(err.value) == (f"Fashion-MNIST in {tmp_path}: {prefix} labels go up to 10, but "
+                              "there are only 10 classes; the file is corrupt")
+
+
+@pytest.mark.parametrize("loader", ["fashion_mnist", "mnist"])
+def test_a_missing_image_file_is_named_in_each_loaders_words(tmp_path: Path, loader: str):
+    write_fashion_mnist(tmp_path, gz=False)
+    (tmp_path / "train-images-idx3-ubyte").unlink()
+    with pytest.raises(KdcoreError) as err:
+        DATASETS[loader](root=str(tmp_path))
+    said = {"fashion_mnist": "Fashion-MNIST file train-images-idx3-ubyte[.gz] not found in ",
+            "mnist": "mnist: train-images-idx3-ubyte[.gz] not found in "}[loader]
+    assert str(err.value).startswith(said + str(tmp_path)), str(err.value)
 
 
 def test_fashion_mnist_train_and_test_of_other_sizes_are_refused(tmp_path: Path) -> None:

@@ -74,30 +74,15 @@ def fashion_mnist(*, root: Directory | None = None, flatten: bool = False) -> Da
         KdcoreError: the directory or a file is missing, or a file is not a valid IDX file.
     """
     directory = _fashion_mnist_dir(root)
-    splits = []
-    for prefix in ("train", "t10k"):
-        images = _read_idx(_find_idx_file(directory, f"{prefix}-images-idx3-ubyte"), ndim=3)
-        labels = _read_idx(_find_idx_file(directory, f"{prefix}-labels-idx1-ubyte"), ndim=1)
-        if images.shape[0] == 0:
-            raise KdcoreError(f"Fashion-MNIST in {directory}: the {prefix} files hold no "
-                              "images; the files are truncated or not the release's")
-        if images.shape[0] != labels.shape[0]:
-            raise KdcoreError(
-                f"Fashion-MNIST in {directory}: {prefix} has {images.shape[0]} images but "
-                f"{labels.shape[0]} labels; the files are from different releases or truncated"
-            )
-        if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+    read = _read_release(directory, "Fashion-MNIST", "fashion_mnist")
+    for prefix, (_, labels) in zip(("train", "t10k"), read):
+        if int(labels.max()) >= len(FASHION_MNIST_CLASSES):
             raise KdcoreError(
                 f"Fashion-MNIST in {directory}: {prefix} labels go up to {int(labels.max())}, "
                 f"but there are only {len(FASHION_MNIST_CLASSES)} classes; the file is corrupt"
             )
-        splits.append(_fashion_mnist_split(images, labels, flatten=flatten))
-    train, test = splits
-    if train.x.shape[1:] != test.x.shape[1:]:
-        raise KdcoreError(
-            f"Fashion-MNIST in {directory}: train images are {tuple(train.x.shape[1:])} but test "
-            f"images are {tuple(test.x.shape[1:])}; the files are from different datasets"
-        )
+    train, test = (_idx_split(images, labels, FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN,
+                              FASHION_MNIST_STD, flatten) for images, labels in read)
     return DatasetSplits(train=train, test=test)
 
 
@@ -129,20 +114,8 @@ def mnist(*, root: Directory, flatten: bool = False, class_names: ClassNames = (
     require(root, "root", Directory, where="mnist")
     require(class_names, "class_names", ClassNames, where="mnist")
     directory = Path(root).expanduser()
-    read = []
-    for prefix in ("train", "t10k"):
-        found = [_find_idx_file(directory, f"{prefix}-{kind}-idx{n}-ubyte", dataset="mnist")
-                 for kind, n in (("images", 3), ("labels", 1))]
-        images, labels = _read_idx(found[0], ndim=3), _read_idx(found[1], ndim=1)
-        if images.shape[0] == 0 or images.shape[0] != labels.shape[0]:
-            raise KdcoreError(f"mnist in {directory}: {prefix} has {images.shape[0]} images and "
-                              f"{labels.shape[0]} labels; the files are truncated or not one "
-                              "release's")
-        read.append((images, labels))
-    (train_x, train_y), (test_x, test_y) = read
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise KdcoreError(f"mnist in {directory}: train images are {train_x.shape[1:]} but test "
-                          f"images are {test_x.shape[1:]}; the files are from different datasets")
+    read = _read_release(directory, "mnist", "mnist")
+    (train_x, train_y), (_, test_y) = read
     top = int(max(train_y.max(), test_y.max()))
     names = tuple(class_names) or tuple(str(c) for c in range(top + 1))
     if top >= len(names):
@@ -152,6 +125,33 @@ def mnist(*, root: Directory, flatten: bool = False, class_names: ClassNames = (
     mean, std = channel_stats(x)
     splits = [_idx_split(images, labels, names, mean, std, flatten) for images, labels in read]
     return DatasetSplits(train=splits[0], test=splits[1])
+
+
+def _read_release(directory: Path, what: str, dataset: str
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The release's ``(images, labels)`` of the train and the t10k split, each split's
+    counts checked and the two splits' image sizes compared; ``what`` names the dataset in the
+    errors, ``dataset`` in a missing file's."""
+    read = []
+    for prefix in ("train", "t10k"):
+        images = _read_idx(_find_idx_file(directory, f"{prefix}-images-idx3-ubyte", dataset),
+                           ndim=3)
+        labels = _read_idx(_find_idx_file(directory, f"{prefix}-labels-idx1-ubyte", dataset),
+                           ndim=1)
+        if images.shape[0] == 0:
+            raise KdcoreError(f"{what} in {directory}: the {prefix} files hold no images; the "
+                              "files are truncated or not the release's")
+        if images.shape[0] != labels.shape[0]:
+            raise KdcoreError(
+                f"{what} in {directory}: {prefix} has {images.shape[0]} images but "
+                f"{labels.shape[0]} labels; the files are from different releases or truncated")
+        read.append((images, labels))
+    (train, _), (test, _) = read
+    if train.shape[1:] != test.shape[1:]:
+        raise KdcoreError(
+            f"{what} in {directory}: train images are {(1, *train.shape[1:])} but test images "
+            f"are {(1, *test.shape[1:])}; the files are from different datasets")
+    return read
 
 
 def _idx_split(images: np.ndarray, labels: np.ndarray, names: tuple[str, ...],
@@ -239,18 +239,3 @@ def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
             f"{len(payload)} bytes; the file is truncated or corrupt"
         )
     return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
-
-
-def _fashion_mnist_split(images: np.ndarray, labels: np.ndarray, *, flatten: bool) -> ArrayDataset:
-    y = torch.from_numpy(labels.astype(np.int64))
-    x = torch.from_numpy(images.copy()).unsqueeze(1)
-    common = {
-        "y": y,
-        "num_classes": len(FASHION_MNIST_CLASSES),
-        "class_names": FASHION_MNIST_CLASSES,
-    }
-    if not flatten:
-        return ArrayDataset(x=x, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, **common)
-    flat = x.reshape(x.shape[0], -1).to(torch.float32) / 255.0
-    flat = (flat - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
-    return ArrayDataset(x=flat, **common)
