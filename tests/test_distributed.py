@@ -247,14 +247,18 @@ def test_a_worker_killed_alone_is_said_first_and_the_run_resumes(tmp_path, kd_tw
                       "--plugin", "worker_killer:KILLER"], tmp_path)
     assert killed.returncode == 1, killed.stderr[-3000:]
     said = [line for line in killed.stderr.splitlines() if line.startswith("kdcore: error:")]
-    assert len(said) == 1 and said[0].startswith(
-        "kdcore: error: worker 1 of 2: worker process was stopped by SIGKILL without a message "
-        "(sent by the out-of-memory killer, or by the launcher to a worker that hung); worker "
-        "0 of 2: the run stopped: "
-        "component '"), said[0][:600]
-    assert " in transfer, torch.distributed's all_gather raised RuntimeError: " in said[0]
-    assert "; most likely another process of the run stopped first, and its line says why" in (
-        said[0])
+    first = ("kdcore: error: worker 1 of 2: worker process was stopped by SIGKILL without a "
+             "message (sent by the out-of-memory killer, or by the launcher to a worker that "
+             "hung); worker 0 of 2: ")
+    assert len(said) == 1 and said[0].startswith(first), said[0][:600]
+    rest = said[0][len(first):]
+    # the survivor's collective fails on the broken connection at once; on a loaded machine
+    # the launcher's SIGTERM can reach it first, and it then leaves no line
+    if rest != "worker process was stopped by SIGTERM without a message":
+        assert rest.startswith("the run stopped: component '"), rest
+        assert " in transfer, torch.distributed's all_gather raised RuntimeError: " in rest
+        assert "; most likely another process of the run stopped first, and its line says " in (
+            rest)
     resumed = _launch([*args, "--out", str(tmp_path / "killed"), "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_history(tmp_path / "killed", kd_two)

@@ -209,7 +209,7 @@ def test_a_killed_parallel_grid_takes_its_runs_with_it_and_the_same_ablate_resum
             time.sleep(0.02)
         children = [int(p.name) for p in Path("/proc").iterdir()
                     if p.name.isdigit() and _parent(int(p.name)) == proc.pid]
-        assert len(children) == 2
+        assert len(children) >= 2  # its two runs (and any helper it started)
         proc.kill()
         proc.wait()
         while any(Path(f"/proc/{pid}").exists() and _parent(pid) != -1 for pid in children):
