@@ -79,6 +79,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                         "tests/test_cifar_recipes.py", "tests/test_streaming.py",
                         "tests/test_npz_loader.py", "tests/test_images.py",
                         "-k", "not smoke_run and not workers"]),
+    # the digest of each training input that --resume compares (session 33)
+    "kdcore-digest": (".", ["kdcore/data/digest.py"], ["tests/test_input_digest.py"]),
     # kdcore_lp/graph.py was run on its own before (docs/mutation.md); this target reruns
     # parts of it with --only (session 30: the faiss search)
     "kdcore-lp-graph": ("plugins/kdcore-lp", ["kdcore_lp/graph.py"], ["tests"]),

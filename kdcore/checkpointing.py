@@ -243,13 +243,16 @@ def data_changes(history: Path, num_classes: int, class_names: Sequence[str],
                  constants: Mapping[str, torch.Tensor]) -> list[str]:
     """What differs between the data a resumed run has built and the data its history was
     started with: the classes, and each per-sample constant in ``/data`` (the training split's
-    size and order, its true and observed labels). Empty when nothing does.
+    size and order, its true and observed labels, the digest of its inputs). Empty when nothing
+    does.
 
-    The recipe's fingerprint cannot see this: a dataset folder that gained an image, or a
-    label file edited between the run and its resume, gives the same recipe and other data
-    (which ran on to an IndexError in the first batch, or trained on silently).
+    The recipe's fingerprint cannot see this: a dataset folder that gained an image, a label
+    file edited, or images re-made with another crop between the run and its resume, give the
+    same recipe and other data (which ran on to an IndexError in the first batch, or trained on
+    silently).
     """
     from kdcore.history import History
+    from kdcore.history_layout import INPUT_DIGEST
 
     with History(history) as saved:
         if saved.num_classes != num_classes:
@@ -265,8 +268,8 @@ def data_changes(history: Path, num_classes: int, class_names: Sequence[str],
             if was.shape != now.shape:
                 return [*changes, f"{len(now)} training samples, the run's {len(was)}"]
             if not np.array_equal(was, now):
-                changes.append(f"{name} differs at {int((was != now).sum())} of "
-                               f"{len(now)} samples")
+                what = "the inputs differ" if name == INPUT_DIGEST else f"{name} differs"
+                changes.append(f"{what} at {int((was != now).sum())} of {len(now)} samples")
     return changes
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from kdcore.cli_files import output_dir, output_file
 from kdcore.errors import KdcoreError
+from kdcore.history_layout import INPUT_DIGEST
 
 #: the per-sample constants every ``--column`` export carries, after the row's position
 SAMPLE_COLUMNS = ("sample_id", "clean_label", "noisy_label")
@@ -108,7 +109,8 @@ def _per_sample_data(hist: Any, n: int) -> list[str]:
     out = []
     for name in hist.data_names():
         arr = hist.data(name)
-        if 1 <= arr.ndim <= 2 and arr.shape[0] == n and name not in SAMPLE_COLUMNS:
+        if (1 <= arr.ndim <= 2 and arr.shape[0] == n and name not in SAMPLE_COLUMNS
+                and name != INPUT_DIGEST):
             out.append(name)
     return out
 

@@ -26,6 +26,9 @@ LOCK_TIMEOUT_S = 60.0
 GONE = (" any more: it, or its folder, was removed while it was being written; start the run "
         "again with --overwrite")
 ROW_CHUNKS = (256,)  # chunk of the one-value-per-row datasets
+#: ``/data``'s digest of each training sample's input (:mod:`kdcore.data.digest`), compared
+#: on resume, not a value to read or export
+INPUT_DIGEST = "input_digest"
 
 
 def damaged(path: Path, cause: BaseException | str) -> KdcoreError:
