@@ -12,6 +12,7 @@ import torch
 from loguru import logger
 
 from kdcore import distributed, interrupts
+from kdcore.class_warnings import warn_if_classes_missing, warn_if_mostly_mislabelled
 from kdcore.config import bind_params
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset, NoiseContext, Split
 from kdcore.data.noise import realised_transition
@@ -261,8 +262,9 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
 
     transition = realised_transition(train.y, train_noisy, num_classes)
     class_names = tuple(full.class_names) or tuple(str(c) for c in range(num_classes))
-    _warn_if_mostly_mislabelled(transition, torch.bincount(train.y.cpu(), minlength=num_classes),
-                                class_names, cfg.noise.model)
+    counts = torch.bincount(train.y.cpu(), minlength=num_classes)
+    warn_if_classes_missing(cfg.dataset, counts, test.y, class_names)
+    warn_if_mostly_mislabelled(transition, counts, class_names, cfg.noise.model)
     return RunData(
         train=to_dev(train), val=to_dev(val), test=to_dev(test), gold=to_dev(gold),
         train_noisy=train_noisy.to(device), val_noisy=val_noisy.to(device),
@@ -273,34 +275,6 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
         class_names=class_names, device=device, workers=cfg.workers,
         source_noisy=source_noisy,
     )
-
-
-#: a class this small may be labelled mostly wrong by chance at a moderate rate: not warned of
-MOSTLY_MISLABELLED_MIN = 20
-
-
-def _warn_if_mostly_mislabelled(transition: torch.Tensor, counts: torch.Tensor,
-                                class_names: Sequence[str], model: str) -> None:
-    """Warn of the classes whose training samples carry one other class's label more often than
-    their own (pair-flip noise above 0.5, symmetric noise past (C-1)/C): labels alone then teach
-    that class as the other, and no method can tell from them alone that they should not."""
-    found = []
-    for c in range(len(transition)):
-        if int(counts[c]) < MOSTLY_MISLABELLED_MIN:
-            continue
-        others = transition[c].clone()
-        others[c] = -1.0
-        j = int(others.argmax())
-        if others[j] > transition[c, c]:
-            found.append(f"'{class_names[c]}' mostly '{class_names[j]}' "
-                         f"({float(others[j]):.0%}, its own {float(transition[c, c]):.0%})")
-    if found:
-        extra = len(found) - 3
-        more = f", and {extra} more class{'es' if extra > 1 else ''}" if extra > 0 else ""
-        logger.warning(
-            f"data.noise ({model}): in the training labels, class {', '.join(found[:3])}{more}: "
-            f"learning from these labels alone teaches each as the other class (clean "
-            f"samples, data.gold_per_class, are the way round it)")
 
 
 class _Batches:

@@ -420,11 +420,58 @@ def test_a_worker_reads_whole_batches(monkeypatch):
     assert len(batches) == 2 and batches[1].tolist() == [0, 1] and reads == [(split, [0, 1])]
 
 
-def _mislabelled_warnings(transition, counts, names="abcde") -> list[str]:
-    from kdcore.rundata import _warn_if_mostly_mislabelled
+def test_classes_the_training_split_lacks_are_named_with_their_test_samples(plugin):
+    """A split made from sorted arrays (every training row of class 0): no model learns the
+    others, and each of their test samples counts as an error; said once, before training."""
+    rows = 12
+    train = ArrayDataset(torch.zeros(rows, 3), torch.zeros(rows, dtype=torch.int64), CLASSES,
+                         class_names=tuple("abcd"))
+    test = ArrayDataset(torch.zeros(5, 3), torch.tensor([0, 1, 1, 2, 0]), CLASSES)
+    plugin.loaded = DatasetSplits(train=train, test=test)
+    with logged("WARNING") as lines:
+        _build(plugin, val_fraction=0.0)
+    assert lines == [
+        "dataset 'tiny': the training split holds no sample of class 'b', 'c', 'd' (3 of 4 "
+        "classes), so no model learns them; the test split's 3 samples of them count as "
+        "errors"]
+    with logged("WARNING") as lines:  # every class has a training sample
+        _build(_with(plugin, _splits(test=6)), val_fraction=0.0)
+    assert lines == []
+
+
+def _with(plugin: _Data, loaded: DatasetSplits) -> _Data:
+    plugin.loaded = loaded
+    return plugin
+
+
+@pytest.mark.parametrize("counts, test, message", [
+    ([3, 0, 2], [0, 2], "class 'b' (1 of 3 classes), so no model learns it"),
+    ([3, 0, 2], [1], "class 'b' (1 of 3 classes), so no model learns it; the test split's 1 "
+                     "sample of it counts as an error"),
+    ([3, 0, 2], [1, 0, 1], "class 'b' (1 of 3 classes), so no model learns it; the test "
+                           "split's 2 samples of it count as errors"),
+    ([0, 0, 2], [1], "class 'a', 'b' (2 of 3 classes), so no model learns them; the test "
+                     "split's 1 sample of them counts as an error"),
+    ([0, 0, 0, 0, 0, 1], [0, 4, 4], "class 'a', 'b', 'c', and 2 more classes (5 of 6 classes), "
+                                     "so no model learns them; the test split's 3 samples of "
+                                     "them count as errors"),
+    ([0, 0, 0, 0, 1], [], "class 'a', 'b', 'c', and 1 more class (4 of 5 classes), so no "
+                          "model learns them"),
+])
+def test_the_missing_classes_warning_names_three_then_counts(counts, test, message):
+    from kdcore.class_warnings import warn_if_classes_missing
 
     with logged("WARNING") as lines:
-        _warn_if_mostly_mislabelled(torch.tensor(transition, dtype=torch.float64),
+        warn_if_classes_missing("d", torch.tensor(counts), torch.tensor(test, dtype=torch.int64),
+                                tuple("abcdef"))
+    assert lines == [f"dataset 'd': the training split holds no sample of {message}"]
+
+
+def _mislabelled_warnings(transition, counts, names="abcde") -> list[str]:
+    from kdcore.class_warnings import warn_if_mostly_mislabelled
+
+    with logged("WARNING") as lines:
+        warn_if_mostly_mislabelled(torch.tensor(transition, dtype=torch.float64),
                                     torch.tensor(counts), tuple(names), "pair_flip")
     return lines
 
