@@ -20,8 +20,9 @@ def worker_main() -> None:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: the process was started without it (2>&-)
+                stream.flush()
     os._exit(code)
 
 

@@ -95,12 +95,14 @@ def plugin_host(plugins: Sequence[str], strict: bool) -> Any:
 
 
 def configure_logging(quiet: bool) -> None:
-    """Log to stderr: warnings only when ``quiet``, else from INFO on."""
+    """Log to stderr: warnings only when ``quiet``, else from INFO on. A process started
+    without one (``2>&-``: Python's ``sys.stderr`` is None) logs only to its run's log.txt."""
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="WARNING" if quiet else "INFO",
-               format="<green>{time:HH:mm:ss}</green> {message}")
+    if sys.stderr is not None:
+        logger.add(sys.stderr, level="WARNING" if quiet else "INFO",
+                   format="<green>{time:HH:mm:ss}</green> {message}")
 
 
 def examples(*lines: str) -> str:

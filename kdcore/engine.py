@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,12 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
     return plan
 
 
+def _console_is_terminal() -> bool:
+    """Whether stderr is a terminal, to draw progress bars on; not when the process has none
+    (started with ``2>&-``: ``sys.stderr`` is None)."""
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
 def run_setup(device: torch.device) -> dict[str, Any]:
     """What a history records of where its run was started (``History.setup``)."""
     import platform
@@ -259,8 +266,6 @@ def run_recipe(
 def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwrite: bool,
          host: PluginHost, progress: bool | None, overrides: Sequence[str],
          lock: RunDirLock) -> dict[str, Any]:
-    import sys
-
     main = distributed.is_main()
     started = fingerprint(recipe, overrides)
     # rank 0 prepares the run directory; every rank then reads what it holds
@@ -330,7 +335,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
             extra = start_loggers(host, recipe, run_dir) if main else []  # run.loggers
             bus = ObserverBus(host, extra=extra)
             trainer = Trainer(plan, run, history, bus, checkpointer,
-                              progress=main and (sys.stderr.isatty() if progress is None
+                              progress=main and (_console_is_terminal() if progress is None
                                                  else progress))
             position = {"stage": 0, "epoch": 0}
             if state is not None:
