@@ -80,6 +80,27 @@ def unfinished_note(paths: Iterable[str | Path], found: Sequence[RunResult]) -> 
             f"summary.json: running, stopped or failed): {named}")
 
 
+def mixed_datasets(runs: Sequence[RunResult]) -> str | None:
+    """A line when the variants were trained and tested on different datasets (``data.dataset``
+    of their saved recipes), naming each dataset's variants; None when they share one. Rows of
+    two datasets read as one comparison otherwise (their test splits differ)."""
+    by_dataset: dict[str, list[str]] = {}
+    for run in runs:
+        data = (_saved_recipe(run.path) or {}).get("data")  # a hand-edited file: anything
+        dataset = data.get("dataset") if isinstance(data, dict) else None
+        if isinstance(dataset, str):
+            variants = by_dataset.setdefault(dataset, [])
+            if run.variant not in variants:
+                variants.append(run.variant)
+    if len(by_dataset) < 2:
+        return None
+    named = "; ".join(f"'{dataset}': {', '.join(variants[:3])}"
+                      f"{f' and {len(variants) - 3} more' if len(variants) > 3 else ''}"
+                      for dataset, variants in by_dataset.items())
+    return (f"the variants use {len(by_dataset)} datasets ({named}); rows of different "
+            "datasets are tested on different test splits and do not compare")
+
+
 def variant_label(name: str) -> str:
     """A folder's name as a variant's label: a byte that is not UTF-8 (a lone surrogate, as
     Python reads it from a file system or a command line) as its escape, so that every table,

@@ -132,3 +132,39 @@ def test_csv_of_one_row(tmp_path):
     assert (tmp_path / "t.csv").read_bytes() == (
         b"variant,model,seeds,best_mean,best_std,gap,last_mean\r\n"
         b"ce,student,2,0.500000,,,0.333333\r\n")
+
+
+def _saved(tmp_path: Path, variant: str, seed: int, dataset: str | None,
+           recipe: str | None = None) -> RunResult:
+    run = _run(variant, seed, student={"best": 0.5})
+    path = tmp_path / variant / f"seed{seed}"
+    path.mkdir(parents=True)
+    if dataset is not None:
+        recipe = f'[data]\ndataset = "{dataset}"\n'
+    if recipe is not None:
+        path.joinpath("recipe.toml").write_text(recipe)
+    return RunResult(path=path, variant=variant, summary=run.summary)
+
+
+def test_variants_of_different_datasets_are_named_by_dataset(tmp_path):
+    from kdcore.report import mixed_datasets
+
+    same = [_saved(tmp_path, "ce", 0, "digits"), _saved(tmp_path, "ce", 1, "digits"),
+            _saved(tmp_path, "kd", 0, "digits"), _saved(tmp_path, "old", 0, None),
+            _saved(tmp_path, "bare", 0, None, "[run]\nseed = 1\n"),
+            _saved(tmp_path, "odd", 0, None, "data = 5\n")]
+    # one dataset; a run without recipe.toml, or with no data table, is not counted
+    assert mixed_datasets(same) is None
+    mixed = same + [_saved(tmp_path, f"f{i}", 0, "fashion_mnist") for i in range(5)]
+    assert mixed_datasets(mixed) == (
+        "the variants use 2 datasets ('digits': ce, kd; 'fashion_mnist': f0, f1, f2 and 2 "
+        "more); rows of different datasets are tested on different test splits and do not "
+        "compare")
+    for count, more in ((3, ""), (4, " and 1 more")):
+        variants = [_saved(tmp_path / f"{count}", f"v{i}", 0, "npz") for i in range(count)]
+        assert mixed_datasets(same + variants) == (
+            f"the variants use 2 datasets ('digits': ce, kd; 'npz': v0, v1, v2{more}); rows of "
+            "different datasets are tested on different test splits and do not compare")
+    three = same + [_saved(tmp_path, "n", 0, "npz"), _saved(tmp_path, "m", 0, "mnist")]
+    assert mixed_datasets(three).startswith(
+        "the variants use 3 datasets ('digits': ce, kd; 'npz': n; 'mnist': m);")
