@@ -42,9 +42,7 @@ def fingerprint(recipe: Recipe, overrides: Sequence[str] = ()) -> dict[str, Any]
 
 def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
                   ) -> dict[str, Any] | None:
-    path = run_dir / ckpt.CHECKPOINT
-    if path.exists() and not path.is_file():
-        raise KdcoreError(f"{path} is not a checkpoint file; start again with --overwrite")
+    path = run_dir / ckpt.CHECKPOINT  # a folder of that name: refused by prepare_run_dir
     if not path.is_file():
         _check_unstarted(run_dir, started)
         logger.warning(f"{run_dir} has no checkpoint yet (the run stopped before its first "

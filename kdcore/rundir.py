@@ -110,17 +110,20 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
                           f"{getattr(exc, 'strerror', None) or exc}") from None
     if lock is not None:  # made just now, or made by a run started at the same moment
         lock.acquire(run_dir)
-    if overwrite and not resume:
-        # the earlier run's log goes with it: appended to, it opened with that run's lines
-        names = ("history.h5", "history.h5-journal", ckpt.CHECKPOINT, "summary.json", "log.txt")
-        # everything checked before anything goes: a refused --overwrite deletes nothing
-        odd = [n for n in names if (run_dir / n).exists() and not (run_dir / n).is_file()]
+    # the earlier run's log goes with it: appended to, it opened with that run's lines
+    names = ("history.h5", "history.h5-journal", ckpt.CHECKPOINT, "summary.json", "log.txt")
+    if overwrite or resume:
+        # everything checked before anything goes: a refused --overwrite deletes nothing, and
+        # a resume does not train to its end to fail on saving the weights into a file
+        odd = [n for n in (*names, "recipe.toml")
+               if (run_dir / n).exists() and not (run_dir / n).is_file()]
         if (run_dir / "models").exists() and not (run_dir / "models").is_dir():
             odd.append("models")
         if odd:
-            raise KdcoreError(f"--overwrite: {', '.join(odd)} in {run_dir} is not what a run "
-                              f"leaves there (a directory or a file of the other kind); move "
-                              f"it away first")
+            raise KdcoreError(f"{'--resume' if resume else '--overwrite'}: {', '.join(odd)} in "
+                              f"{run_dir} is not what a run leaves there (a directory or a "
+                              f"file of the other kind); move it away first")
+    if overwrite and not resume:
         for name in names:
             (run_dir / name).unlink(missing_ok=True)
         for weights in _stale_weights(recipe, run_dir):

@@ -114,6 +114,22 @@ def test_overwrite_refuses_odd_entries_naming_each_and_deletes_nothing(tmp_path)
     assert (out / "summary.json").exists()
 
 
+@pytest.mark.parametrize("odd, make", [
+    ("log.txt", Path.mkdir), ("recipe.toml", Path.mkdir), ("checkpoint.pt", Path.mkdir),
+    ("models", Path.touch)])
+def test_resume_refuses_odd_entries_before_training(tmp_path, odd, make):
+    """A log.txt that is a folder stopped the resume with "the run stopped: IsADirectoryError";
+    a models that is a file let it train to the end and fail on saving the weights."""
+    recipe, out = _recipe(tmp_path), tmp_path / "run"
+    out.mkdir()
+    (out / "history.h5").write_text("")
+    make(out / odd)
+    assert _refused(recipe, out, resume=True) == (
+        f"--resume: {odd} in {out} is not what a run leaves there (a directory or a file of "
+        "the other kind); move it away first")
+    assert (out / "history.h5").read_text() == ""
+
+
 def _in_use(out: Path) -> str:
     return (f"{out} is in use by another kdcore process (a run, its --resume or --overwrite); "
             "wait for it to end, or give another --out")
