@@ -27,6 +27,8 @@ _SAVED = "kdcore_traceback_log"  # the attribute save_traceback sets on the exce
 #: a collective's timeout, as gloo ("Timed out waiting 20000ms") and NCCL's watchdog ("ran
 #: for 600010 milliseconds before timing out") say it
 _TIMED_OUT = re.compile(r"timed out|timing out|timeout", re.IGNORECASE)
+#: what torch's CPU allocator says when an allocation fails (a RuntimeError, unlike CUDA's)
+_CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,6 +86,15 @@ def failed_collective(exc: BaseException) -> str | None:
     return None if name is None else f"torch.distributed's {name}"
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device's memory ran out: CUDA's ``OutOfMemoryError``, the CPU
+    allocator's RuntimeError, or Python's ``MemoryError``."""
+    import torch
+
+    return isinstance(exc, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and _CPU_OUT_OF_MEMORY in str(exc))
+
+
 def failure(exc: BaseException, what: str) -> RunFailed:
     """The one-line error for ``exc``, which stopped ``what`` ("the run", "the set-up")."""
     collective = failed_collective(exc)
@@ -93,7 +104,13 @@ def failure(exc: BaseException, what: str) -> RunFailed:
     if len(message) > _MAX_MESSAGE:
         message = message[:_MAX_MESSAGE] + "..."
     cause = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    text = f"{what} stopped: {where + ' raised ' if where else ''}{cause}"
+    if out_of_memory(exc):  # the batch's size, not the code running when it ran out
+        text = (f"{what} stopped: out of memory{' in ' + where if where else ''} ({cause}); "
+                f"a smaller data.batch_size or model needs less, as does run.precision = "
+                f'"bf16" on a GPU' + ("; --resume continues from the last checkpoint"
+                                      if what == "the run" else ""))
+    else:
+        text = f"{what} stopped: {where + ' raised ' if where else ''}{cause}"
     if timed_out:
         text += ("; the other processes took longer than run.distributed_timeout_s: raise it "
                  "if they were busy rather than hung")

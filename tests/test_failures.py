@@ -202,6 +202,43 @@ def test_a_traceback_holding_a_byte_that_is_not_utf8_is_saved_escaped(tmp_path):
     assert text.endswith("ValueError: no file caf\\udce9.png\n")
 
 
+def test_running_out_of_memory_says_so_and_what_needs_less():
+    """CUDA's OutOfMemoryError blamed the component whose tensor did not fit ("component 'ce'
+    in transfer raised OutOfMemoryError"); the batch's size is the usual cause."""
+    import torch
+
+    from kdcore.testing import harness
+
+    class Grows(Component):
+        Params = BoomParams
+
+        def on_epoch_start(self, ctx):
+            torch.empty(10**15, dtype=torch.uint8)  # the CPU allocator refuses it
+
+    h = harness(Grows, x=torch.zeros(2, 1), noisy_label=torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError) as cpu:
+        h.component.on_epoch_start(h.ctx)
+    line = str(failure(cpu.value, "the run"))
+    assert line.startswith("the run stopped: out of memory in component 'grows' (grows) in "
+                           "on_epoch_start (RuntimeError: [enforce fail at ")
+    assert line.endswith(
+        "you tried to allocate 1000000000000000 bytes. Error code 12 (Cannot allocate memory)); "
+        'a smaller data.batch_size or model needs less, as does run.precision = "bf16" on a '
+        "GPU; --resume continues from the last checkpoint; KDCORE_TRACEBACK=1 shows the "
+        "traceback")
+    cuda = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+    assert str(failure(cuda, "the set-up")) == (
+        "the set-up stopped: out of memory (OutOfMemoryError: CUDA out of memory. Tried to "
+        'allocate 2.00 GiB.); a smaller data.batch_size or model needs less, as does '
+        'run.precision = "bf16" on a GPU; KDCORE_TRACEBACK=1 shows the traceback')
+    assert str(failure(MemoryError(), "the run")).startswith(
+        "the run stopped: out of memory (MemoryError); a smaller")
+    # another RuntimeError of the allocator's code, or one that only mentions memory, is not
+    for other in (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0."),
+                  RuntimeError("not enough memory for the cache")):
+        assert str(failure(other, "the run")).startswith("the run stopped: RuntimeError: ")
+
+
 def test_a_message_of_exactly_the_limit_is_kept_whole():
     error = failure(RuntimeError("y" * 300), "the set-up")
     assert str(error) == (f"the set-up stopped: RuntimeError: {'y' * 300}; "
