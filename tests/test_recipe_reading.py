@@ -59,12 +59,30 @@ def test_a_recipe_of_exactly_the_size_limit_is_read_and_one_byte_more_is_not(tmp
     (b"x = " + b"[" * 2000 + b"]" * 2000 + b"\n",
      "malformed TOML: arrays or tables nested too deeply for the reader"),
     (b"x = 1\nx = 2\n", "malformed TOML: Cannot overwrite a value (at line 2, column 6)"),
+    # after a byte-order mark: offsets in the file, lines and columns as an editor shows them
+    (b'\xef\xbb\xbf[run]\nname = "\xe9t\xe9"\n',
+     "not UTF-8 text (byte 0xe9 at offset 17); TOML files must be UTF-8"),
+    (b"\xef\xbb\xbfx = 1\nx = 2\n",
+     "malformed TOML: Cannot overwrite a value (at line 2, column 6)"),
+    (b"\xef\xbb\xbf\xef\xbb\xbfx = 1\n",  # one mark is dropped, not two
+     "malformed TOML: Invalid statement (at line 1, column 1)"),
 ])
 def test_unreadable_content_names_the_file(tmp_path, content, detail):
     path = tmp_path / "r.toml"
     path.write_bytes(content)
     err = _assert_refused(lambda: read_toml(path))
     assert (err.file, err.key, err.detail) == (str(path), None, detail)
+
+
+def test_a_recipe_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Windows editors (Notepad) may start a UTF-8 file with U+FEFF; tomllib refused it as
+    "Invalid statement (at line 1, column 1)"."""
+    text = '[run]\nname = "\u00e9t\u00e9"\nseed = 3\n'
+    plain, marked = tmp_path / "plain.toml", tmp_path / "marked.toml"
+    plain.write_bytes(text.encode("utf-8"))
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read_toml(marked) == read_toml(plain) == {"run": {"name": "\u00e9t\u00e9",
+                                                             "seed": 3}}
 
 
 def test_plain_data_problems_in_a_file_name_the_file_and_the_key(tmp_path):

@@ -52,6 +52,9 @@ MAX_RECIPE_BYTES = 1 << 20
 # -- reading ---------------------------------------------------------------------------------
 
 
+_BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse one TOML file; a missing, unreadable or malformed file is a :class:`RecipeError`.
 
@@ -71,14 +74,15 @@ def read_toml(path: Path) -> dict[str, Any]:
         if len(raw) > MAX_RECIPE_BYTES:
             raise RecipeError(f"larger than {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a few "
                               "kilobytes of TOML", file=name)
-        data = tomllib.loads(raw.decode("utf-8"))
+        bom = len(_BOM) if raw.startswith(_BOM) else 0  # as Notepad writes it: dropped
+        data = tomllib.loads(raw[bom:].decode("utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"recipe file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"malformed TOML: {exc}", file=name) from None
     except UnicodeDecodeError as exc:
         raise RecipeError(
-            f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {bom + exc.start}); "
             "TOML files must be UTF-8", file=name) from None
     except RecursionError:
         # tomllib parses nested arrays and inline tables recursively
