@@ -47,6 +47,13 @@ def test_each_format_gives_the_rows_the_run_uses(tmp_path, suffix):
     assert got.dtype == torch.int64 and got.tolist() == [LABELS[r] for r in rows]
 
 
+@pytest.mark.parametrize("suffix", [".json", ".txt"])
+def test_a_text_file_with_a_byte_order_mark_reads_as_without(tmp_path, suffix):
+    path = _write(tmp_path, suffix)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Notepad may save it
+    assert label_file(_ctx(), path=str(path)).tolist() == LABELS
+
+
 def test_rows_without_the_splits_size_must_lie_in_the_file(tmp_path):
     path = str(_write(tmp_path, ".json"))
     assert label_file(_ctx([6, 1]), path=path).tolist() == [LABELS[6], LABELS[1]]

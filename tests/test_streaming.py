@@ -536,6 +536,9 @@ def test_label_lines_up_to_the_largest_label_and_their_messages(tmp_path):
         read_label_list(path, "x")
     assert str(err.value).startswith(f"x: cannot read {path}: 'utf-8' codec can't decode byte "
                                      "0xff in position 0")
+    # a byte-order mark (Notepad's) is not taken into the first path
+    path.write_bytes(b"\xef\xbb\xbfa.png 1\nb.png 0\n")
+    assert read_label_list(path, "x") == {"a.png": 1, "b.png": 0}
 
 
 def test_clothing1m_optional_parts_and_an_unreadable_names_file(tmp_path, monkeypatch):

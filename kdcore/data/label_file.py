@@ -87,10 +87,10 @@ def read_labels(path: str) -> np.ndarray:
         if suffix == ".npy":
             raw = _load_npy(file, path)
         elif suffix == ".json":
-            raw = json.loads(file.read_text(encoding="utf-8"))
+            raw = json.loads(file.read_text(encoding="utf-8-sig"))  # a BOM: dropped
         else:
             raw = [_integer(line, path, n) for n, line in
-                   enumerate(file.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+                   enumerate(file.read_text(encoding="utf-8-sig").splitlines(), 1) if line.strip()]
     except OSError as exc:
         raise KdcoreError(f"label_file: cannot read {path}: {os_reason(exc)}") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

@@ -41,7 +41,7 @@ MAX_LABEL = 2**20 - 1
 
 def _lines(path: Path, loader: str) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Notepad writes one): dropped
     except FileNotFoundError:
         raise KdcoreError(f"{loader}: {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
