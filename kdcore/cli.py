@@ -239,7 +239,8 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
 @main.command(epilog=examples(
     "kdcore ablate recipes/ce.toml recipes/kd.toml --seeds 0,1,2 --out runs/base",
     "kdcore ablate recipes/kd.toml --variant 'T2:stages.student.components.kd.params."
-    "temperature=2' --out runs/kd-temp --jobs 2"))
+    "temperature=2' --out runs/kd-temp --jobs 2",
+    "kdcore ablate recipes/ce.toml recipes/kd.toml --seeds 0,1,2 --out runs/base --dry-run"))
 @click.argument("recipes", nargs=-1, type=GivenPath(dir_okay=False, path_type=Path))
 @click.option("--grid", type=GivenPath(dir_okay=False, path_type=Path),
               help="A grid TOML (seeds, variants with their recipe and overrides).")
@@ -265,13 +266,16 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
               show_default=True, help="slurm: memory per run, GB.")
 @click.option("--slurm-folder", type=GivenPath(file_okay=False, path_type=Path), default=None,
               help="slurm: submitit's job files and logs (default OUT/.submitit).")
+@click.option("--dry-run", is_flag=True,
+              help="Check every run and list what each would do (start, resume, skip); run "
+                   "none.")
 @plugin_option
 @strict_option
 @user_errors(on_interrupt="the same kdcore ablate again resumes it (finished runs are skipped)")
 def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
            variants: tuple[str, ...], overrides: tuple[str, ...], out: Path, jobs: int,
            launcher: str, slurm_partition: str | None, slurm_time: int, slurm_gpus: int,
-           slurm_cpus: int, slurm_mem_gb: float, slurm_folder: Path | None,
+           slurm_cpus: int, slurm_mem_gb: float, slurm_folder: Path | None, dry_run: bool,
            plugins: tuple[str, ...], strict_plugins: bool) -> None:
     """Run recipes x variants x seeds; finished runs are skipped, interrupted ones resumed."""
     from kdcore import grid as ab
@@ -303,6 +307,13 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     # SLURM's and --jobs' runs load the installed plugins, as this host does without --plugin
     host = plugin_host(plugins, strict_plugins)
     ab.check_specs(specs, host)
+    if dry_run:  # checked as each would start; the grid's folder is left as it is
+        does = {"new": "would start", "partial": "would resume", "done": "finished: skipped"}
+        for spec in specs:
+            click.echo(f"{spec.variant.name} seed {spec.seed}: {does[ab.status(spec)]} "
+                       f"({spec.out})")
+        click.echo(f"grid {out}: {len(specs)} runs checked, none run (--dry-run)")
+        return
     if launcher == "slurm":
         from kdcore import launchers
 

@@ -18,6 +18,7 @@ from kdcore.checkpoint import CHECKPOINT
 from kdcore.errors import KdcoreError, RecipeError
 from kdcore.grid import RunSpec, Variant
 from kdcore.testing import teacher_stage, tiny_recipe, write_recipe
+from tests.cli_helpers import invoke
 
 
 def _grid_file(tmp_path: Path, text: str) -> Path:
@@ -448,3 +449,28 @@ def test_a_failed_subprocess_says_its_exit_code_and_last_line(tmp_path, monkeypa
     with pytest.raises(KdcoreError) as info:
         grid._subprocess_run(RunSpec(Variant("v", "r.toml"), 0, tmp_path), resume=False)
     assert str(info.value) == message
+
+
+def test_a_dry_run_checks_every_run_and_says_what_each_would_do(tmp_path):
+    from kdcore.recipe import load_recipe
+
+    recipe = write_recipe(tiny_recipe(teacher_stage(1)), tmp_path / "r.toml")
+    out = tmp_path / "grid"
+    for seed, left in ((0, "summary.json"), (1, CHECKPOINT)):  # finished; interrupted
+        run = out / "r" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "recipe.toml").write_text(load_recipe(recipe, [f"run.seed={seed}"]).to_toml())
+        (run / left).write_text("{}")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    result = invoke("ablate", recipe, "--seeds", "0,1,2", "--out", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"r seed 0: finished: skipped ({out / 'r' / 'seed0'})",
+        f"r seed 1: would resume ({out / 'r' / 'seed1'})",
+        f"r seed 2: would start ({out / 'r' / 'seed2'})",
+        f"grid {out}: 3 runs checked, none run (--dry-run)"]
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    # checked as a run would be: a bad override is refused, naming the run
+    bad = invoke("ablate", recipe, "--seeds", "0", "--out", out, "--dry-run",
+                 "--set", "stages.0.epochs=-1")
+    assert bad.exit_code == 2 and bad.output.startswith("kdcore: error: variant 'r' seed 0: ")
