@@ -133,6 +133,26 @@ def test_a_name_longer_than_the_history_holds_is_cut_at_40_characters_in_the_mes
     _accepted(stage("é" * 127 + "a", 1, ["teacher"], component("ce")))
 
 
+@pytest.mark.parametrize("name", [".", "..", "a/b", "/", "tab\there", "new\nline", "\x7f"])
+def test_a_name_that_cannot_be_one_part_of_a_history_path_is_refused(name):
+    """'.' as a component's name made HDF5 refuse its first column once a whole stage had
+    trained ("name already exists"); 'a/b' reads as component 'a' of model 'b'."""
+    detail = (f"the name {name!r} cannot be one part of the history's paths and column names; "
+              "give a name that is not empty, '.' or '..', without '/' or control characters")
+    err = _assert_refused(stage(name, 1, ["teacher"], component("ce")))
+    assert (err.key, err.detail) == ("stages[0].name", detail)
+    err = _assert_refused(stage("s", 1, ["teacher"], component("ce", name)))
+    assert (err.key, err.detail) == ("stages[0].components[0].name", detail)
+    models = {name if role == "teacher" else role: m for role, m in MODELS.items()}
+    err = _assert_refused(stage("s", 1, [name], component("ce")), models=models)
+    assert (err.key, err.detail) == (f"models.{name}", detail)
+
+
+@pytest.mark.parametrize("name", ["a.b", "..x", "a b", "é", "x\\y", "-"])
+def test_names_that_are_one_path_part_are_accepted(name):
+    _accepted(stage(name, 1, ["teacher"], component("ce", name)))
+
+
 def test_a_recipe_whose_every_model_is_disabled_says_none_are_defined():
     models = {role: {**m, "enabled": False} for role, m in MODELS.items()}
     err = _assert_refused(teacher_stage(1), models=models)

@@ -102,6 +102,13 @@ def _check_schedule(role: str, model: Any) -> None:
 
 
 def _check_name(name: str, key: str) -> None:
+    # a name is one part of the history's paths (loss/<component>, test_confusion/<stage>/
+    # <role>) and of models/<role>.pt: '.' made HDF5 refuse the stage's first column after a
+    # whole stage had trained, and 'a/b' reads as component 'a' of model 'b'
+    if not name or name in (".", "..") or "/" in name or not name.isprintable():
+        raise RecipeError(f"the name {name!r} cannot be one part of the history's paths and "
+                          "column names; give a name that is not empty, '.' or '..', without "
+                          "'/' or control characters", key=key)
     if len(name.encode("utf-8")) > NAME_BYTES:
         raise RecipeError(f"the name '{name[:40]}...' is {len(name.encode('utf-8'))} bytes "
                           f"long; the history stores names of at most {NAME_BYTES}", key=key)
