@@ -95,6 +95,18 @@ def no_nul(instance: Any, attribute: Any, value: Any) -> None:
                          f"may hold: {value!r}")
 
 
+def below_output_dir(instance: Any, attribute: Any, value: Any) -> None:
+    """A run's name, its folder under ``run.output_dir``: a relative path that stays there
+    (``cifar10/amlkd`` groups runs; ``""``, ``.``, ``../x`` or ``/x`` would put the run in
+    ``output_dir`` itself, beside it or anywhere)."""
+    if not isinstance(value, str):
+        return
+    parts = value.split("/")
+    if not value.strip() or any(p in ("", ".", "..") for p in parts):  # "/x": "" first
+        raise ValueError(f"'{attribute.name}' must be a folder name below run.output_dir "
+                         f"(parts joined by '/', none empty, '.' or '..'), got {value!r}")
+
+
 def all_of(*validators: Validator) -> Validator:
     """Every one of ``validators``, in order (the first failure is reported)."""
 

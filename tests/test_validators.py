@@ -193,3 +193,31 @@ def test_learning_rate_is_a_models_range():
         with pytest.raises(ValueError, match=re.escape("'lr' must be in [0, 10] (a learning "
                                                        "rate), got ")):
             learning_rate(None, Param("lr"), bad)
+
+
+@pytest.mark.parametrize("name", ["", " ", ".", "..", "/abs", "a//b", "x/../y", "a/", "./a",
+                                  "a/."])
+def test_a_run_name_that_leaves_its_output_dir_is_refused(name):
+    """run.name is the folder under run.output_dir: "" or "." put the run into output_dir
+    itself, "../x" beside it, "/x" anywhere."""
+    from kdcore.validators import below_output_dir
+
+    @attrs.frozen
+    class Run:
+        name: str = attrs.field(validator=below_output_dir)
+
+    with pytest.raises(ValueError) as err:
+        Run(name)
+    assert str(err.value) == ("'name' must be a folder name below run.output_dir (parts joined "
+                              f"by '/', none empty, '.' or '..'), got {name!r}")
+
+
+@pytest.mark.parametrize("name", ["run", "cifar10/amlkd-sym40", "a.b", "..a", "a b", "é"])
+def test_run_names_below_the_output_dir_are_accepted(name):
+    from kdcore.validators import below_output_dir
+
+    @attrs.frozen
+    class Run:
+        name: str = attrs.field(validator=below_output_dir)
+
+    assert Run(name).name == name

@@ -28,6 +28,7 @@ from kdcore.recipe.writer import dumps_toml
 from kdcore.validators import (
     all_of,
     below_one,
+    below_output_dir,
     between,
     each,
     finite,
@@ -89,7 +90,7 @@ class RunConfig:
             checkpoint) must fit in it. At least 1 s, at most :data:`MAX_TIMEOUT_S`.
     """
 
-    name: str = attrs.field(default="run", validator=no_nul)
+    name: str = attrs.field(default="run", validator=all_of(no_nul, below_output_dir))
     seed: int = attrs.field(default=0, validator=between(0, MAX_SEED))
     device: str = attrs.field(default="auto", validator=device_name)
     output_dir: str = attrs.field(default="runs", validator=no_nul)
