@@ -312,7 +312,8 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
         for spec in specs:
             click.echo(f"{spec.variant.name} seed {spec.seed}: {does[ab.status(spec)]} "
                        f"({spec.out})")
-        click.echo(f"grid {out}: {len(specs)} runs checked, none run (--dry-run)")
+        click.echo(f"grid {out}: {len(specs)} run{'s' * (len(specs) != 1)} checked, none run "
+                   "(--dry-run)")
         return
     if launcher == "slurm":
         from kdcore import launchers

@@ -474,3 +474,5 @@ def test_a_dry_run_checks_every_run_and_says_what_each_would_do(tmp_path):
     bad = invoke("ablate", recipe, "--seeds", "0", "--out", out, "--dry-run",
                  "--set", "stages.0.epochs=-1")
     assert bad.exit_code == 2 and bad.output.startswith("kdcore: error: variant 'r' seed 0: ")
+    one = invoke("ablate", recipe, "--seeds", "2", "--out", out, "--dry-run")
+    assert one.output.splitlines()[-1] == f"grid {out}: 1 run checked, none run (--dry-run)"
