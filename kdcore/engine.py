@@ -209,10 +209,15 @@ def banner(plan: RunPlan, run: Run) -> str:
         f"data {r.data.dataset}: train {len(d.train)} (noise {r.data.noise.model}, realised "
         f"rate {d.noise_rate:.3f}), val {len(d.val)}, gold {len(d.gold)}, test {len(d.test)}",
     ]
+    # a role a base recipe defines that this recipe's stages leave alone (ce's teacher)
+    used = {role for stage in plan.stages for role in (
+        *stage.config.train, *stage.config.eval_roles,
+        *(r for comp in stage.components for r in (*comp.models, *comp.roles())))}
     for role, m in run.models.items():
         n = sum(p.numel() for p in m.parameters())
         stored = ", outputs stored where frozen" if r.models[role].cache_outputs else ""
-        lines.append(f"model {role}: {r.models[role].arch} ({n:,} parameters){stored}")
+        unused = "" if role in used else ", used by no stage"
+        lines.append(f"model {role}: {r.models[role].arch} ({n:,} parameters){stored}{unused}")
     for stage in plan.stages:
         cfg = stage.config
         lines.append(f"stage {stage.index} '{cfg.name}': {cfg.epochs} epochs, trains "

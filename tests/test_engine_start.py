@@ -134,6 +134,33 @@ def test_the_banner_names_the_processes_of_a_distributed_run(tmp_path, monkeypat
         f"run 'tiny' seed 4 on cpu in 2 processes -> {tmp_path}")
 
 
+@pytest.mark.parametrize("stages, unused", [
+    ([stage("only", 1, ["student"], component("ce"))], ["teacher"]),
+    # a component's role parameter, a stage's eval, a component's models: each one uses it
+    ([stage("kd", 1, ["student"], component("ce"),
+            component("hinton_kd", "kd", params={"teacher": "teacher"}))], []),
+    ([stage("s", 1, ["student"], component("ce"), eval=["student", "teacher"])], []),
+    ([stage("s", 1, ["student"], component("ce"), component("watch", models=["teacher"]))], []),
+    ([stage("t", 1, ["teacher"], component("ce"))], ["student"]),
+])
+def test_the_banner_says_which_models_no_stage_uses(tmp_path, stages, unused):
+    """ce.toml extends a base that defines a teacher: it was listed like a model the run
+    uses (and is built all the same: a base recipe's roles are the recipe's)."""
+    from kdcore import PluginHost
+    from kdcore.engine import banner
+    from kdcore.plan import build_plan
+    from kdcore.prepare import prepare_run
+    from kdcore.recipe import recipe_from_dict
+
+    host = PluginHost(extra=[Components()])
+    plan = build_plan(recipe_from_dict(tiny_recipe(*stages)), host)
+    lines = banner(plan, prepare_run(plan, host, tmp_path)).splitlines()
+    models = [line for line in lines if line.startswith("model ")]
+    assert [line.split(":")[0][len("model "):] for line in models
+            if line.endswith(", used by no stage")] == unused
+    assert len(models) == 2
+
+
 @pytest.fixture
 def started(tiny_runs, tmp_path):
     """A copy of the session's run stopped in its student stage, and its recipe."""
