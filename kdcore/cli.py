@@ -29,7 +29,7 @@ from kdcore.cli_common import (
     user_errors,
 )
 from kdcore.cli_files import GivenPath, reading
-from kdcore.errors import KdcoreError, printable
+from kdcore.errors import KdcoreError, console_gone, os_reason, printable
 from kdcore.failures import one_line_failures
 from kdcore.torchrun import die_with_launcher
 
@@ -134,11 +134,21 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
                              progress=progress, overrides=overrides)
     if rank > 0:
         return
-    for role, s in summary.items():
-        best = ("no validation split" if s["best_val_epoch"] is None else
-                f"test acc {s['test_acc_at_best_val']:.4f} at best-val epoch "
-                f"{s['best_val_epoch'] + 1} of stage '{s['stage']}'")
-        click.echo(f"{role}: {best}, last {s['last_test_acc']:.4f} ({s['kept']} kept)")
+    try:
+        for role, s in summary.items():
+            best = ("no validation split" if s["best_val_epoch"] is None else
+                    f"test acc {s['test_acc_at_best_val']:.4f} at best-val epoch "
+                    f"{s['best_val_epoch'] + 1} of stage '{s['stage']}'")
+            click.echo(f"{role}: {best}, last {s['last_test_acc']:.4f} ({s['kept']} kept)")
+    except OSError as exc:  # stdout on a full disk read "the run stopped", after it finished
+        if console_gone(exc):
+            raise
+        from kdcore.failures import RunFailed
+        from kdcore.rundir import run_dir_of
+
+        raise RunFailed(f"the run finished (its results are in "
+                        f"{run_dir_of(resolved, out) / 'summary.json'}), but printing them "
+                        f"failed: {os_reason(exc)}") from None
 
 
 @main.command(epilog=examples(
