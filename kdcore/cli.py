@@ -106,7 +106,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: str | None, resume: bool,
     rank = int(os.environ.get("RANK", "0")) if distributed.launched() else 0
     die_with_launcher()  # of --nproc or a grid: not left training alone if it is killed
     host = plugin_host(plugins, strict_plugins)  # quiet while plugins load: warnings only
-    configure_logging(quiet or rank > 0)  # the other ranks' lines would repeat rank 0's
+    configure_logging(quiet)  # the other ranks': errors only (they would repeat rank 0's)
     # on --resume too: the checkpoint's fingerprint refuses a recipe that differs
     resolved = load_recipe(recipe, overrides)
     if nproc > 1:

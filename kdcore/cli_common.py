@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import sys
 import threading
@@ -95,14 +96,25 @@ def plugin_host(plugins: Sequence[str], strict: bool) -> Any:
 
 
 def configure_logging(quiet: bool) -> None:
-    """Log to stderr: warnings only when ``quiet``, else from INFO on. A process started
-    without one (``2>&-``: Python's ``sys.stderr`` is None) logs only to its run's log.txt."""
+    """Log to stderr: warnings only when ``quiet``, else from INFO on; errors only in a
+    distributed run's processes other than rank 0, whose lines would repeat rank 0's (a
+    warning about the data, once per process). A process started without stderr (``2>&-``:
+    Python's ``sys.stderr`` is None) logs only to its run's log.txt."""
     from loguru import logger
 
     logger.remove()
     if sys.stderr is not None:
-        logger.add(sys.stderr, level="WARNING" if quiet else "INFO",
-                   format="<green>{time:HH:mm:ss}</green> {message}")
+        level = "ERROR" if _another_rank() else "WARNING" if quiet else "INFO"
+        logger.add(sys.stderr, level=level, format="<green>{time:HH:mm:ss}</green> {message}")
+
+
+def _another_rank() -> bool:
+    """Whether torchrun started this process as one of several, other than rank 0 (read
+    from its environment: importing torch.distributed here would slow every command)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+    except ValueError:
+        return False
 
 
 def examples(*lines: str) -> str:

@@ -149,28 +149,34 @@ def workers_failed(exit_codes: Mapping[int, int], nproc: int, folder: Path) -> W
     The likely cause comes first: the lines of workers that failed on their own, the first
     one first; then the workers that died without a line (a SIGKILL from the out-of-memory
     killer breaks the others' connections); last the lines that are consequences (a
-    collective that failed, a worker the launcher stopped), the first one first."""
+    collective that failed, a worker the launcher stopped, with a line or, by SIGTERM, without
+    one), the first one first."""
     said: dict[str, list[int]] = {}
-    left: list[tuple[int, int, int, str, int]] = []  # (order, when, rank, line, exit code)
+    # (order, when, rank, line, exit code, silent: the line is the launcher's, not the worker's)
+    left: list[tuple[int, int, int, str, int, bool]] = []
     for rank in sorted(exit_codes):
         path = folder / str(rank)
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
             left.append((2 if record.get("consequence") is True else 0,
                          path.stat().st_mtime_ns, rank, str(record["message"]),
-                         int(record["exit_code"])))
+                         int(record["exit_code"]), False))
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             code = exit_codes[rank]
             how = (f"was stopped by {_signal_name(-code)}" if code < 0
                    else f"ended with exit code {code}")
             why = (" (sent by the out-of-memory killer, or by the launcher to a worker that "
                    "hung)" if code == -signal.SIGKILL else "")
-            left.append((1, 0, rank, f"worker process {how} without a message{why}", 1))
+            # a SIGTERM without a line is most likely the launcher stopping the others once
+            # one had failed: a consequence, said after a worker SIGKILLed at the same time
+            order = 2 if code == -signal.SIGTERM else 1
+            left.append((order, 0, rank, f"worker process {how} without a message{why}", 1,
+                         True))
     left.sort()
-    for *_, rank, line, _ in left:
+    for *_, rank, line, _, _ in left:
         said.setdefault(line, []).append(rank)
-    codes = {code for *_, code in left}
-    if len(said) == 1 and left[-1][0] != 1:
+    codes = {code for *_, code, _ in left}
+    if len(said) == 1 and not left[-1][5]:
         message = left[-1][3]
     else:
         message = "; ".join(f"worker {', '.join(map(str, ranks))} of {nproc}: {line}"

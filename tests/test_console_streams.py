@@ -82,3 +82,25 @@ def test_a_finished_run_whose_result_cannot_be_printed_says_it_finished(tmp_path
     assert result.output == (f"kdcore: error: the run finished (its results are in "
                              f"{tmp_path / 'run' / 'summary.json'}), but printing them "
                              "failed: No space left on device\n")
+
+
+@pytest.mark.parametrize("env, shown", [
+    ({}, ["a warning", "an error"]),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, ["a warning", "an error"]),
+    ({"WORLD_SIZE": "2", "RANK": "1"}, ["an error"]),  # rank 0 says the warnings, once
+    ({"WORLD_SIZE": "1", "RANK": "1"}, ["a warning", "an error"]),
+    ({"WORLD_SIZE": "two", "RANK": "1"}, ["a warning", "an error"]),
+    ({"WORLD_SIZE": "2", "RANK": "x"}, ["a warning", "an error"]),
+])
+def test_other_ranks_of_a_distributed_run_log_errors_only(monkeypatch, capsys, env, shown):
+    """A data warning was printed once per process of `kdcore run --nproc 2`."""
+    for name in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    configure_logging(quiet=True)
+    logger.info("no info when quiet")
+    logger.warning("a warning")
+    logger.error("an error")
+    logger.remove()
+    assert [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()] == shown

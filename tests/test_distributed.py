@@ -852,6 +852,21 @@ def test_the_launcher_says_a_worker_that_died_silently_before_the_lines_it_cause
     assert str(workers_failed({0: 1}, 3, tmp_path)) == "all_gather raised: connection reset"
     leave(4, "x", 0, "yes")  # anything but true is the worker's own failure
     assert str(workers_failed({0: 1, 4: 1}, 5, tmp_path)).startswith("worker 4 of 5: x; ")
+    # both silent: the launcher's SIGTERM of the survivor after the SIGKILL it followed (by
+    # rank, worker 0 led; tests/test_distributed.py's kill test failed on it now and then)
+    silent = workers_failed({5: -15, 6: -9, 7: -11}, 8, tmp_path)
+    assert str(silent) == (
+        "worker 6 of 8: worker process was stopped by SIGKILL without a message (sent by the "
+        "out-of-memory killer, or by the launcher to a worker that hung); worker 7 of 8: "
+        "worker process was stopped by SIGSEGV without a message; worker 5 of 8: worker "
+        "process was stopped by SIGTERM without a message")
+    assert silent.exit_code == 1
+    leave(8, "all_gather raised: connection reset", 50, True)  # a consequence with a line
+    assert str(workers_failed({8: 1, 5: -15, 6: -9}, 9, tmp_path)) == (
+        "worker 6 of 9: worker process was stopped by SIGKILL without a message (sent by the "
+        "out-of-memory killer, or by the launcher to a worker that hung); worker 5 of 9: "
+        "worker process was stopped by SIGTERM without a message; worker 8 of 9: all_gather "
+        "raised: connection reset")
 
 
 def test_a_worker_leaves_its_line_only_under_the_launcher(monkeypatch, tmp_path):
