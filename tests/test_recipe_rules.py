@@ -150,7 +150,10 @@ def test_a_name_that_cannot_be_one_part_of_a_history_path_is_refused(name):
 
 @pytest.mark.parametrize("name", ["a.b", "..x", "a b", "é", "x\\y", "-"])
 def test_names_that_are_one_path_part_are_accepted(name):
-    _accepted(stage(name, 1, ["teacher"], component("ce", name)))
+    models = {name if role == "teacher" else role: m for role, m in MODELS.items()}
+    recipe = _accepted(stage(name, 1, [name], component("ce", name)), models=models)
+    assert recipe.stages[0].name == name and recipe.stages[0].components[0].label == name
+    assert name in recipe.models
 
 
 def test_a_recipe_whose_every_model_is_disabled_says_none_are_defined():
