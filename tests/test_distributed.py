@@ -478,8 +478,13 @@ def test_rank_0_held_up_by_a_reader_stops_before_the_group_timeout_and_resumes(t
         f"kdcore: error: worker 0 of 2: {held / 'history.h5'} is held open elsewhere (a reader "
         "such as an open History or h5py.File, or a second run in this directory); the run's "
         "other processes stop at the process group's timeout (20 s): close it, then --resume; "
-        "worker 1 of 2: the run stopped: "), err[-3000:]
-    assert "torch.distributed's " in said[0].split("worker 1 of 2:")[1]  # not the cause
+        "worker 1 of 2: "), err[-3000:]
+    other = said[0].split("worker 1 of 2: ")[1]
+    # the other rank's collective fails once rank 0 has gone; on a loaded machine the
+    # launcher's SIGTERM can reach it first, and it then leaves no line (a consequence either
+    # way, said after rank 0's)
+    if other != "worker process was stopped by SIGTERM without a message":
+        assert other.startswith("the run stopped: ") and "torch.distributed's " in other, other
     assert "the run waits until it is closed" in err  # warned first, half-way at the latest
     assert (held / "checkpoint.pt").exists() and not (held / "summary.json").exists()
 
