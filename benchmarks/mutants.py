@@ -272,14 +272,17 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # not tests/test_amlkd_recipes.py: it reads recipes/ outside the copy and tests no formula
     "kdcore-amlkd": ("plugins/kdcore-amlkd", ["kdcore_amlkd"],
                      ["tests", "--ignore=tests/test_amlkd_recipes.py"]),
-    # tests that read recipes/ files, outside the copy: two whole runs and the step check
+    # tests that read recipes/ files, outside the copy: two whole runs, the step check and the
+    # empty meta split's check
     "kdcore-almkd": ("plugins/kdcore-almkd", ["kdcore_almkd"],
                      ["tests", "--deselect=tests/test_component.py::"
                       "test_almkd_recipe_runs_on_digits_with_lambda_per_sample_each_epoch",
                       "--deselect=tests/test_component.py::"
                       "test_amal_recipe_runs_with_two_teachers_one_of_them_a_self_distillation_twin",
                       "--deselect=tests/test_step_scaling.py::"
-                      "test_recipes_resolve_to_the_scaled_step"]),
+                      "test_recipes_resolve_to_the_scaled_step",
+                      "--deselect=tests/test_component.py::"
+                      "test_check_refuses_a_meta_split_that_is_empty"]),
     # two of test_runs.py's tests read recipes/ outside the copy
     "kdcore-mlc": ("plugins/kdcore-mlc", ["kdcore_mlc"],
                    ["tests", "--deselect=tests/test_runs.py::test_recipe_runs_on_digits",

@@ -3,7 +3,8 @@
 The public API (what plugins may import) is what this module exports, plus the documented
 modules :mod:`kdcore.context`, :mod:`kdcore.hookspecs`, :mod:`kdcore.losses`,
 :mod:`kdcore.metrics`, :mod:`kdcore.meta`, :mod:`kdcore.config`, :mod:`kdcore.validators`,
-:mod:`kdcore.distributed`, :mod:`kdcore.history` and :mod:`kdcore.testing`.
+:mod:`kdcore.distributed`, :mod:`kdcore.batching`, :mod:`kdcore.history` and
+:mod:`kdcore.testing`.
 
 ``import kdcore`` loads what a plugin needs to declare components, datasets and models; the
 engine and the HDF5 history load on first use of ``run_recipe``, ``dry_setup``, ``History`` or

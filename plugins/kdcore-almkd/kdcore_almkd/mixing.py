@@ -19,6 +19,7 @@ from typing import Literal
 import attrs
 import torch
 
+from kdcore.batching import epoch_batches
 from kdcore.losses import kd_kl, soft_cross_entropy
 
 Mixing = Literal["free", "convex"]
@@ -230,11 +231,14 @@ def chunks_of(order: torch.Tensor, batch_size: int, grad_fit: int
               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Split a visiting order into chunks of ``grad_fit`` batches.
 
+    The batches are cut as the engine cuts an epoch (:func:`kdcore.batching.epoch_batches`), so
+    each sample's ``1/|B|`` is the one its training batch gives it: the last batch holds the
+    rest, and a rest of one sample joins the batch before it.
+
     Returns:
-        ``(rows, scale)`` per chunk: the sample indices and each one's ``1/|B|`` (the last batch
-        may be smaller than ``batch_size``).
+        ``(rows, scale)`` per chunk: the sample indices and each one's ``1/|B|``.
     """
-    batches = list(torch.split(order, batch_size))
+    batches = epoch_batches(order, batch_size)
     out = []
     for start in range(0, len(batches), grad_fit):
         group = batches[start:start + grad_fit]

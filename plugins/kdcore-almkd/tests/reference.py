@@ -62,6 +62,8 @@ def up_grads(comb, z, h, y, eta):
 
 def _chunks(order, batch, fit):
     batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+    if len(batches) > 1 and len(batches[-1]) == 1:  # a lone last sample joins the one before
+        batches = batches[:-2] + [np.concatenate(batches[-2:])]
     for i in range(0, len(batches), fit):
         yield batches[i:i + fit]
 

@@ -210,19 +210,21 @@ def _objectives(lam, z, h, q, teacher, zv, hv, yv, *, order, batch, fit, val_bat
     return first / chunks, last / chunks
 
 
-@pytest.mark.parametrize(("val_batch", "split"), [
-    (1000, "gold"), (12, "gold"), (5, "gold"),  # 12: the whole split
-    (5, "val"),  # the val split's observed (noisy) labels
+@pytest.mark.parametrize(("val_batch", "split", "n"), [
+    (1000, "gold", 30), (12, "gold", 30), (5, "gold", 30),  # 12: the whole split
+    (5, "val", 30),  # the val split's observed (noisy) labels
+    (5, "gold", 33),  # 8 + 8 + 8 + 9: the lone last sample in the batch before, as in training
 ])
 def test_update_is_the_numpy_reference_on_the_components_order_and_meta_batches(reference,
-                                                                                val_batch, split):
+                                                                                val_batch, split,
+                                                                                n):
     params = {"batch_size": 8, "grad_fit": 2, "repetitions": 3, "val_batch": val_batch,
               "reference_batch_size": 16, "meta_split": split}
-    h = _harness(params, gold=12 if split == "gold" else 0, val=12).setup()
+    h = _harness(params, n=n, gold=12 if split == "gold" else 0, val=12).setup()
     comp, ctx = h.component, h.ctx
     lam0 = _np(comp.lam)
     gen = torch.Generator().manual_seed(0)  # the component's generator, unused so far
-    order = torch.randperm(30, generator=gen).numpy()
+    order = torch.randperm(n, generator=gen).numpy()
     meta = h.run.data.split(split)
     if val_batch >= len(meta):
         val_batches = [np.arange(len(meta))]

@@ -387,3 +387,19 @@ def test_presets_and_individual_overrides():
 def test_bad_parameters_name_the_key(params, match):
     with pytest.raises(kdcore.RecipeError, match=match):
         structure(AlmKDParams, params, "stages[1].components[0].params")
+
+
+@pytest.mark.parametrize(("n", "sizes"), [(7, [2, 2, 3]), (6, [2, 2, 2]), (5, [2, 3]),
+                                          (1, [1]), (2, [2])])
+def test_chunks_cut_batches_as_the_engine_does(n, sizes):
+    """A lone last sample joins the batch before it, so its 1/|B| is the one training gives it."""
+    from kdcore_almkd.mixing import chunks_of
+
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    chunks = chunks_of(order, 2, 2)
+    assert torch.equal(torch.cat([rows for rows, _ in chunks]), order)
+    scales = torch.cat([scale for _, scale in chunks])
+    want = torch.cat([torch.full((s,), 1.0 / s, dtype=torch.float64) for s in sizes])
+    assert torch.equal(scales, want)
+    assert [len(rows) for rows, _ in chunks] == [sum(sizes[i:i + 2])
+                                                 for i in range(0, len(sizes), 2)]
