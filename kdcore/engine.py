@@ -220,7 +220,8 @@ def banner(plan: RunPlan, run: Run) -> str:
         lines.append(f"model {role}: {r.models[role].arch} ({n:,} parameters){stored}{unused}")
     for stage in plan.stages:
         cfg = stage.config
-        lines.append(f"stage {stage.index} '{cfg.name}': {cfg.epochs} epochs, trains "
+        epochs = f"{cfg.epochs} epoch" + ("" if cfg.epochs == 1 else "s")
+        lines.append(f"stage {stage.index} '{cfg.name}': {epochs}, trains "
                      f"{', '.join(cfg.train) or 'nothing'}, keeps {cfg.keep}")
         for i, comp in enumerate(stage.components, 1):
             kinds = "+".join(comp.kinds()) or "lifecycle"
