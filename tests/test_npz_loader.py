@@ -58,6 +58,27 @@ def test_uint8_images_are_normalised_with_the_training_images_statistics(tmp_pat
     assert one.train.x[:, 0].numpy().tolist() == gray.tolist() and len(one.train.mean) == 1
 
 
+@pytest.mark.parametrize(("shape", "channels_last"), [
+    ((12, 5, 6, 3), True), ((12, 7, 7, 1), True), ((12, 2, 2, 4), True),  # PIL's and Keras' layout
+    ((12, 5, 3, 3), True),  # a width of 3 does not matter
+    ((12, 3, 5, 6), False), ((12, 1, 6, 6), False),  # channels first, as documented
+    ((12, 3, 4, 3), False), ((12, 4, 4, 1), False), ((12, 3, 5, 3), False),  # both could be
+    # channels: channels first
+    ((12, 5, 6, 2), False), ((12, 5, 6, 5), False),  # the last axis is no channel count
+])
+def test_uint8_images_laid_out_channels_last_are_read_channels_first(tmp_path, shape,
+                                                                      channels_last):
+    x = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    np.savez(tmp_path / "i.npz", x_train=x, y_train=np.arange(12) % 3, x_test=x[:4],
+             y_test=np.arange(4) % 3)
+    got = npz(path=str(tmp_path / "i.npz"))
+    want = np.moveaxis(x, 3, 1) if channels_last else x
+    assert got.train.x.numpy().tolist() == want.tolist()
+    assert got.test.x.numpy().tolist() == want[:4].tolist()
+    assert got.train.input_shape == want.shape[1:]
+    np.testing.assert_allclose(got.train.mean, (want / 255).mean(axis=(0, 2, 3)), rtol=1e-12)
+
+
 @pytest.mark.parametrize(("labels", "names", "num_classes", "want"), [
     ([0, 2, 1], None, 0, 3),          # the largest label plus one
     ([0, 1, 1], ["a", "b", "c"], 0, 3),  # the names' count: a class without samples

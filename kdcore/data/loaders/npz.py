@@ -43,9 +43,11 @@ def npz(*, path: NpzFile, num_classes: Classes = 0) -> DatasetSplits:
     ``x_train`` (N rows) and ``y_train`` (N integer labels) are the training split, ``x_test``
     and ``y_test`` the test split if present (else the engine carves one out), ``class_names``
     an optional 1-D array of strings. A ``uint8`` ``x`` of shape ``(N, C, H, W)`` (or
-    ``(N, H, W)``, one channel) is images, normalised per channel with the training images'
-    mean and standard deviation as every image loader's; any other numeric ``x`` is used as
-    given, as ``float32`` (features, tabular data; standardise them beforehand if they need it).
+    ``(N, H, W)``, one channel; or ``(N, H, W, C)`` with 1, 3 or 4 channels where ``H`` is none
+    of these counts, read as channels last) is images, normalised per channel with the
+    training images' mean and standard deviation as every image loader's; any other numeric
+    ``x`` is used as given, as ``float32`` (features, tabular data; standardise them beforehand
+    if they need it).
 
     Args:
         path: the ``.npz`` file.
@@ -152,6 +154,8 @@ def _inputs(values: np.ndarray, name: str, rows: int, file: Path) -> torch.Tenso
             raise KdcoreError(f"npz: {file}'s {name} is uint8 of shape {values.shape}: uint8 "
                               "inputs are images, (N, C, H, W) or (N, H, W); give features "
                               "as floats")
+        if _channels_last(values.shape):
+            values = values.transpose(0, 3, 1, 2)
         return torch.from_numpy(np.ascontiguousarray(values))
     with np.errstate(over="ignore"):  # beyond float32 is inf, refused below
         x = values.astype(np.float32)
@@ -160,6 +164,16 @@ def _inputs(values: np.ndarray, name: str, rows: int, file: Path) -> torch.Tenso
         raise KdcoreError(f"npz: {file}'s {name} has a value that is not finite in row {bad}"
                           f"{' (or beyond float32)' if np.isfinite(values).all() else ''}")
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+_CHANNELS = (1, 3, 4)
+
+
+def _channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether ``(N, A, B, D)`` images are ``(N, H, W, C)``, as PIL, Keras and OpenCV lay them
+    out: ``D`` is a channel count (1, 3 or 4) and ``A`` is not. Where both are, channels
+    first is read, as documented."""
+    return shape[3] in _CHANNELS and shape[1] not in _CHANNELS
 
 
 def _class_names(values: np.ndarray | None, file: Path) -> tuple[str, ...]:
