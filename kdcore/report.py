@@ -61,8 +61,9 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunResult]:
             variant = run_dir.parent.name if SEED_DIR.match(run_dir.name) else run_dir.name
             found.append(RunResult(run_dir, variant_label(variant), read_summary(s)))
     if not found:
+        left = unfinished_note(paths, found)
         raise KdcoreError("no finished runs (directories with summary.json) under "
-                          + ", ".join(map(str, paths)))
+                          + ", ".join(map(str, paths)) + (f"; {left}" if left else ""))
     _check_variants(found)
     return found
 
