@@ -339,9 +339,9 @@ class ComponentHooks(Protocol):
 
         When: for each trained role with a loss, after every term was computed, before the
         engine's single ``backward()`` of the other roles. Combine: the first in recipe order
-        that returns True wins (the roles it takes are declared in ``backward_roles``, and the
-        plan refuses two for one); it leaves the gradients to apply in ``.grad``, and the
-        engine steps the optimiser unless it did and said so with ``ctx.mark_stepped(role)``.
+        that returns True wins (it declares the roles in ``backward_roles``: the plan refuses
+        two takers of one, the engine an undeclared taker); it leaves the gradients in ``.grad``,
+        and the engine steps the optimiser unless it did and said so (``ctx.mark_stepped(role)``).
 
         Args:
             ctx: the run.

@@ -42,7 +42,7 @@ from kdcore.plan import RunPlan, StagePlan
 from kdcore.plugins import ObserverBus
 from kdcore.records import EpochRecords
 from kdcore.runstate import ComponentContext, Run, component_seed
-from kdcore.step import Produced, check_outputs, combine, without_gradient
+from kdcore.step import Produced, check_outputs, combine, take_backward, without_gradient
 
 # Steps between two checks that the losses are finite: each check waits for the device (every
 # step would stall a GPU); a divergence is still reported with its exact step and term.
@@ -310,8 +310,8 @@ class Trainer:
                 without_gradient(role, result, trained, self.gradient_free)
         plain: list[torch.Tensor] = []
         for role in trained:
-            if not stage.backward or not any(c.backward(self.context(c), batch, role,
-                                                        losses[role]) for c in stage.backward):
+            if not stage.backward or not take_backward(stage.backward, self.context, batch,
+                                                       role, losses[role]):
                 plain.append(losses[role])
         if plain:
             total = torch.stack(plain).sum() if len(plain) > 1 else plain[0]

@@ -177,6 +177,24 @@ def without_gradient(role: str, result: StepResult, trained: Sequence[str],
         logger.warning(f"{why}: it learns nothing from such a batch (said once)")
 
 
+def take_backward(takers: Sequence[Component], context: Callable[[Component], RunContext],
+                  batch: Batch, role: str, loss: torch.Tensor) -> bool:
+    """Whether a component took over model ``role``'s backward pass: the first of ``takers``
+    (in recipe order) whose ``backward`` returns True. One that takes a role its
+    ``backward_roles()`` does not name is refused: the plan's check that no two components
+    take one role (``kdcore check``) relies on that declaration."""
+    for comp in takers:
+        if comp.backward(context(comp), batch, role, loss):
+            if role not in comp.backward_roles():
+                raise KdcoreError(
+                    f"component '{comp.name}' ({comp.spec.use}) took over the backward pass of "
+                    f"'{role}', which its backward_roles() does not name "
+                    f"({', '.join(comp.backward_roles()) or 'none'}); a component that takes "
+                    "over a backward pass declares the roles it takes (docs/plugins.md)")
+            return True
+    return False
+
+
 def _collect(batch: Batch, comps: Sequence[Component], hook: str,
              context: Callable[[Component], RunContext], produced: list[Produced],
              record: Callable[[Produced, str], None] | None, kind: str) -> list[Applied]:

@@ -25,6 +25,7 @@ EVENTS: list[tuple] = []
 @attrs.frozen
 class RecorderParams:
     take_backward: bool = False
+    declare_backward: bool = True
 
 
 class Recorder(Component):
@@ -56,6 +57,10 @@ class Recorder(Component):
     def select(self, ctx, batch):
         self._log("select", ctx, ctx.step, ctx.stage_step, ctx.steps_per_epoch, len(batch))
         return None
+
+    def backward_roles(self):
+        take = self.params.take_backward and self.params.declare_backward
+        return tuple(self.models) if take else ()
 
     def backward(self, ctx, batch, role, loss):
         self._log("backward", ctx, role, ctx.model_version(role), len(batch))
@@ -212,6 +217,20 @@ def test_a_component_that_takes_over_the_backward_pass_trains_as_the_engine_woul
             np.testing.assert_array_equal(a.metric(name), b.metric(name))
         for column in ("logits/teacher", "logits/student", "loss/ce"):
             np.testing.assert_array_equal(a.column(column), b.column(column))
+
+
+def test_a_backward_pass_taken_over_without_its_role_declared_stops_the_run(tmp_path):
+    """``kdcore check`` refuses two takers of one role by their ``backward_roles()``; a
+    component that takes a role it does not name would slip past that check."""
+    from kdcore.errors import KdcoreError
+
+    with pytest.raises(KdcoreError) as err:
+        _run(tmp_path, _two_stage_recipe(take_backward=True, declare_backward=False))
+    assert str(err.value) == (
+        "component 'rec' (recorder) took over the backward pass of 'teacher', which its "
+        "backward_roles() does not name (none); a component that takes over a backward pass "
+        "declares the roles it takes (docs/plugins.md)")
+    assert [e[1] for e in EVENTS if e[0] == "rec"].count("backward") == 1  # the first batch's
 
 
 def test_the_learning_rate_follows_each_roles_schedule_over_the_stages_that_train_it(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.context import ModelOutput
 from kdcore.errors import KdcoreError
-from kdcore.step import StepResult, combine, without_gradient
+from kdcore.step import StepResult, combine, take_backward, without_gradient
 from tests.cli_helpers import logged
 
 
@@ -341,3 +341,41 @@ def test_a_loss_without_gradient_stops_the_run_only_when_nothing_can_learn():
                      "computed from detached tensors): it learns nothing from such a batch "
                      "(said once)"]
     assert warned == {"student"}
+
+
+class Taker(Component):
+    """Takes the backward pass of the roles in ``takes``, declaring those in ``declares``."""
+
+    def __init__(self, name, takes=(), declares=()):
+        super().__init__(None, ComponentSpec(name, "taker", ("s", "t"), (), 1.0))
+        self.takes, self.declares, self.offered, self.batches = takes, declares, [], []
+
+    def backward(self, ctx, batch, role, loss):
+        self.offered.append((ctx, role, float(loss)))
+        self.batches.append(batch)
+        return role in self.takes
+
+    def backward_roles(self):
+        return self.declares
+
+
+def test_the_first_component_that_takes_a_backward_pass_wins_and_must_have_declared_it():
+    none, first = Taker("none"), Taker("a", ("s",), ("s",))
+    second = Taker("b", ("s", "t"), ("s", "t"))
+    takers = [none, first, second]
+    loss, batch = torch.tensor(2.5), batch4()
+    assert take_backward(takers, lambda c: f"ctx-{c.name}", batch, "s", loss) is True
+    assert none.offered == [("ctx-none", "s", 2.5)] and first.offered == [("ctx-a", "s", 2.5)]
+    assert none.batches == first.batches == [batch]
+    assert second.offered == []  # the first taker in recipe order wins: the rest are not asked
+    assert take_backward(takers, lambda c: None, batch4(), "t", loss) is True
+    assert [r for _, r, _ in second.offered] == ["t"]
+    assert take_backward([none], lambda c: None, batch4(), "s", loss) is False
+    assert take_backward([], lambda c: None, batch4(), "s", loss) is False
+    for declares, named in (((), "none"), (("t", "u"), "t, u")):
+        with pytest.raises(KdcoreError) as err:
+            take_backward([Taker("c", ("s",), declares)], lambda c: None, batch4(), "s", loss)
+        assert str(err.value) == (
+            f"component 'c' (taker) took over the backward pass of 's', which its "
+            f"backward_roles() does not name ({named}); a component that takes over a backward "
+            "pass declares the roles it takes (docs/plugins.md)")

@@ -203,15 +203,6 @@ class MutualComponent(kdcore.Component):
         turn.offer(role, loss)
         return True
 
-    def after_step(self, ctx: kdcore.RunContext, batch: kdcore.Batch) -> None:
-        turn = batch.store.get(self.name, TURN_KEY)
-        if turn is not None and not turn.finished:
-            missing = turn.learners[turn.done:]
-            raise kdcore.KdcoreError(
-                f"component '{self.name}' (order = \"in_turn\") never received the backward "
-                f"pass of {missing}: another component took it over; use order = "
-                f"\"simultaneous\" or remove that component")
-
     def on_epoch_end(self, ctx: kdcore.RunContext, metrics: dict[str, float]) -> None:
         if not self.params.log_ensemble:
             return

@@ -324,23 +324,38 @@ def test_plan_checks_the_selection_columns_and_the_peer_roles(plan, component, u
 
 
 class TakeOver(kdcore.Component):
-    """Takes over every backward pass it is offered (a stand-in for a meta-learner)."""
+    """Takes over every backward pass it is offered (a stand-in for a meta-learner), declaring
+    the roles it serves, or none (a third party's oversight)."""
+
+    declares = True
+
+    def backward_roles(self):
+        return tuple(self.models) if self.declares else ()
 
     def backward(self, ctx, batch, role, loss):
         loss.backward()
         return True
 
 
+class Undeclared(TakeOver):
+    declares = False
+
+
 class TakeOverPlugin:
     @kdcore.hookimpl
     def kdcore_add_components(self):
-        return {"take_over": TakeOver}
+        return {"take_over": TakeOver, "undeclared_take_over": Undeclared}
 
 
 @pytest.mark.slow
-def test_in_turn_refuses_to_share_the_backward_pass(run_peers, component):
-    comps = (component("take_over"), component("dml", {"order": "in_turn"}))
-    with pytest.raises(kdcore.KdcoreError, match="never received the backward pass"):
+@pytest.mark.parametrize(("use", "match"), [
+    ("take_over", "both take over the backward pass of 'peer_a'"),  # the plan's check
+    ("undeclared_take_over", "took over the backward pass of 'peer_a', which its "
+                             r"backward_roles\(\) does not name"),  # the engine's, at once
+])
+def test_in_turn_refuses_to_share_the_backward_pass(run_peers, component, use, match):
+    comps = (component(use), component("dml", {"order": "in_turn"}))
+    with pytest.raises(kdcore.KdcoreError, match=match):
         run_peers(*comps, observers=(TakeOverPlugin(),))
 
 
