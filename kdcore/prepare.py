@@ -147,12 +147,15 @@ def _check_validation(recipe: Recipe, samples: int) -> None:
     every epoch's accuracy is NaN and the "best" would be whichever epoch came first."""
     if samples:
         return
+    fraction = recipe.data.val_fraction
+    why = (f" (data.val_fraction = {fraction:g} is taken of each class and rounded: of classes "
+           "this small it rounds to no sample)" if fraction else "")
     for s, stage in enumerate(recipe.stages):
         if stage.keep != "last" and stage.epochs:
             raise RecipeError(
                 f"'{stage.keep}' keeps the epoch with the best validation accuracy, but the "
-                "validation split is empty; use keep = \"last\", or raise data.val_fraction",
-                file=recipe.source, key=f"stages[{s}].keep")
+                f"validation split is empty{why}; use keep = \"last\", or raise "
+                "data.val_fraction", file=recipe.source, key=f"stages[{s}].keep")
 
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

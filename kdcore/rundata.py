@@ -228,7 +228,8 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
     test = loaded.test if loaded.test is not None else full.subset(splits["test"])
     if len(test) == 0:  # every class too small for its share to round to a sample
         raise RecipeError(f"carves no test sample from dataset '{cfg.dataset}' ({len(full)} "
-                          "samples): a run without a test set has nothing to report; raise it",
+                          "samples; the fraction is taken of each class and rounded): a run "
+                          "without a test set has nothing to report; raise it",
                           key="data.test_fraction")
     if loaded.test is not None and cfg.test_fraction is not None:
         logger.warning(f"dataset '{cfg.dataset}' has its own test split: data.test_fraction "

@@ -326,6 +326,14 @@ def test_best_val_with_an_empty_validation_split_is_refused():
         "validation accuracy, but the validation split is empty; use keep = \"last\", or raise "
         "data.val_fraction")
     assert _check_ce("data.val_fraction=0.0", 'stages.0.keep="last"')[0].exit_code == 0
+    # a fraction that rounds to no sample of any class (digits' classes: 174 to 183 samples)
+    result, recipe = _check_ce("data.val_fraction=0.0025")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"kdcore: error: {recipe}: stages[0].keep: 'best_val' keeps the epoch with the best "
+        "validation accuracy, but the validation split is empty (data.val_fraction = 0.0025 is "
+        "taken of each class and rounded: of classes this small it rounds to no sample); use "
+        "keep = \"last\", or raise data.val_fraction")
 
 
 def test_a_test_fraction_that_carves_no_test_sample_is_refused():
@@ -333,7 +341,8 @@ def test_a_test_fraction_that_carves_no_test_sample_is_refused():
     assert result.exit_code == 2, result.output
     assert result.output.strip() == (
         f"kdcore: error: {recipe}: data.test_fraction: carves no test sample from dataset "
-        "'digits' (1797 samples): a run without a test set has nothing to report; raise it")
+        "'digits' (1797 samples; the fraction is taken of each class and rounded): a run "
+        "without a test set has nothing to report; raise it")
 
 
 def test_train_subset_is_exactly_the_size_asked_for_in_class_proportions():
