@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from kdcore.errors import KdcoreError, os_reason, weights_only_reason
+from kdcore.errors import KdcoreError, missing_path, os_reason, weights_only_reason
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -136,7 +136,7 @@ def load(path: Path) -> dict[str, Any]:
     try:
         return load_weights_only(path)
     except FileNotFoundError:
-        raise KdcoreError(f"checkpoint not found: {path}") from None
+        raise KdcoreError(f"checkpoint not found: {missing_path(path)}") from None
     except Exception as exc:  # unpickling errors of a damaged or foreign file
         raise KdcoreError(f"cannot read checkpoint {path}: {weights_only_reason(exc)}") from None
 
@@ -150,8 +150,9 @@ def load_weights(path: str | Path, role: str) -> dict[str, torch.Tensor]:
     """Weights for ``role`` from a kdcore weights file, a kdcore checkpoint or a state dict."""
     path = Path(path)
     if not path.is_file():  # a directory, FIFO or device is refused before it is opened
-        what = "is not a regular file" if path.exists() else "not found"
-        raise KdcoreError(f"checkpoint for model '{role}' {what}: {path}")
+        what, shown = (("is not a regular file", path) if path.exists()
+                       else ("not found", missing_path(path)))
+        raise KdcoreError(f"checkpoint for model '{role}' {what}: {shown}")
     state = load(path)
     if not isinstance(state, dict):  # a bare tensor, a list: not a state dict
         raise KdcoreError(f"{path} holds a {type(state).__name__}, not the weights of a model "

@@ -66,6 +66,19 @@ def shown(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
+def missing_path(path: str | os.PathLike[str]) -> str:
+    """A path that was not found, as a message shows it: as given, and when relative, with the
+    directory it was looked for from. A recipe's paths are read from the working directory,
+    but its ``extends`` from the recipe's own folder: the message says which was meant."""
+    text = os.fspath(path)
+    if os.path.isabs(text):
+        return text
+    try:
+        return f"{text} (relative to the working directory {os.getcwd()})"
+    except OSError:  # the working directory itself was removed
+        return text
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ``" (did you mean 'x'?)"`` suffix for a misspelt ``name``, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

@@ -12,6 +12,7 @@ from kdcore.errors import (
     RecipeError,
     Stopped,
     did_you_mean,
+    missing_path,
     one_line,
     os_reason,
     printable,
@@ -90,3 +91,51 @@ def test_a_stopping_signal_is_an_interrupt_named_by_its_signal(signum, name):
     assert (str(stopped), stopped.signum) == (name, signum)
     # an interrupt, so that the run stops as on Ctrl-C; no Exception, which isolation catches
     assert isinstance(stopped, KeyboardInterrupt) and not isinstance(stopped, Exception)
+
+
+def test_a_missing_relative_path_is_shown_with_the_directory_it_was_looked_for_from(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    want = f"data/x.npz (relative to the working directory {tmp_path})"
+    assert missing_path("data/x.npz") == want
+    assert missing_path(tmp_path / "x.npz") == str(tmp_path / "x.npz")  # absolute: as it is
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # the working directory itself removed: the path as given
+    assert missing_path("x.npz") == "x.npz"
+
+
+RELATIVE = "../elsewhere/missing"
+
+
+@pytest.mark.parametrize(("overrides", "said"), [
+    (['data={dataset="npz", params={path="%s.npz"}}'], "npz: %s.npz{} does not exist"),
+    (['data={dataset="image_folder", params={root="%s"}}'], "image_folder: %s{} is not a "
+     "directory"),
+    (['data={dataset="fashion_mnist", params={root="%s"}}'], "Fashion-MNIST directory %s{} "
+     "(from data.params.root) does not exist"),
+    (['data={dataset="cifar10", params={root="%s"}}'], "CIFAR-10 not found: %s{} does not exist"),
+    (['data={dataset="image_list", params={root=".", train_list="%s.txt"}}'],
+     "image_list: %s.txt{} does not exist"),
+    (['data.noise={model="label_file", params={path="%s.npy"}}'], "label_file: %s.npy{} does "
+     "not exist"),
+    (['models.student.checkpoint="%s.pt"'], "checkpoint for model 'student' not found: %s.pt{}"),
+])
+def test_check_says_where_a_relative_path_was_looked_for(tmp_path, monkeypatch, overrides,
+                                                         said):
+    """A recipe's paths are read from the working directory, its ``extends`` from the recipe's
+    folder: a path not found says which directory it was taken from."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).parents[1] / "recipes" / "ce.toml"
+    args = ["check", str(recipe)] + [a for o in overrides for a in ("--set", o % RELATIVE)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    where = f" (relative to the working directory {tmp_path})"
+    assert (said % RELATIVE).format(where) in result.output.strip().splitlines()[-1]

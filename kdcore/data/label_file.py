@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kdcore.data.base import NoiseContext
-from kdcore.errors import KdcoreError, os_reason
+from kdcore.errors import KdcoreError, missing_path, os_reason
 
 FORMATS = (".npy", ".json", ".txt", ".csv")
 """The suffixes :func:`label_file` reads."""
@@ -91,6 +91,8 @@ def read_labels(path: str) -> np.ndarray:
         else:
             raw = [_integer(line, path, n) for n, line in
                    enumerate(file.read_text(encoding="utf-8-sig").splitlines(), 1) if line.strip()]
+    except FileNotFoundError:
+        raise KdcoreError(f"label_file: {missing_path(path)} does not exist") from None
     except OSError as exc:
         raise KdcoreError(f"label_file: cannot read {path}: {os_reason(exc)}") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

@@ -14,7 +14,7 @@ import torch
 from kdcore.data.base import ArrayDataset, DatasetSplits
 from kdcore.data.loaders.arrays import load_array_pickle
 from kdcore.data.loaders.paths import Directory, given_dir
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, missing_path
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -98,7 +98,8 @@ def _cifar_dir(
     if directory.is_dir():
         where = f"{directory} lacks {', '.join(missing)}"
     else:
-        where = f"{directory} {'is not a directory' if directory.exists() else 'does not exist'}"
+        where = (f"{directory} is not a directory" if directory.exists()
+                 else f"{missing_path(directory)} does not exist")
     raise KdcoreError(
         f"{dataset} not found: {where}. data.params.root must be the extracted '{folder}' folder "
         f"of the python-version release (or its parent), holding {', '.join(files)}"

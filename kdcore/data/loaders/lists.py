@@ -15,7 +15,7 @@ import torch
 from kdcore.data.base import DatasetSplits
 from kdcore.data.loaders.folder import image_split
 from kdcore.data.loaders.paths import Directory, given_dir
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, missing_path
 from kdcore.validators import no_nul, positive, require
 
 Size = Annotated[int, positive]
@@ -43,7 +43,7 @@ def _lines(path: Path, loader: str) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")  # a BOM (Notepad writes one): dropped
     except FileNotFoundError:
-        raise KdcoreError(f"{loader}: {path} does not exist") from None
+        raise KdcoreError(f"{loader}: {missing_path(path)} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KdcoreError(f"{loader}: cannot read {path}: {exc}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]

@@ -18,7 +18,7 @@ import torch
 from kdcore.data.base import ArrayDataset, DatasetSplits
 from kdcore.data.images import channel_stats
 from kdcore.data.loaders.lists import MAX_LABEL
-from kdcore.errors import KdcoreError, os_reason
+from kdcore.errors import KdcoreError, missing_path, os_reason
 from kdcore.validators import between, no_nul, require
 
 
@@ -97,8 +97,9 @@ def npz(*, path: NpzFile, num_classes: Classes = 0) -> DatasetSplits:
 def _read(file: Path) -> dict[str, np.ndarray]:
     """Every array of ``file``, refusing names other than :data:`KEYS` and pickled objects."""
     if not file.is_file():
-        what = "is not a regular file" if file.exists() else "does not exist"
-        raise KdcoreError(f"npz: {file} {what}")
+        if file.exists():
+            raise KdcoreError(f"npz: {file} is not a regular file")
+        raise KdcoreError(f"npz: {missing_path(file)} does not exist")
     try:
         archive = np.load(file, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
