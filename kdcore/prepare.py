@@ -16,7 +16,7 @@ from kdcore import checkpoint as ckpt
 from kdcore import distributed
 from kdcore.batching import batches_per_epoch
 from kdcore.device import check_fits, resolve_device
-from kdcore.errors import KdcoreError, RecipeError
+from kdcore.errors import KdcoreError, RecipeError, one_line
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.models.base import ModelSpec
@@ -186,13 +186,43 @@ def _check_batch_norm_batches(recipe: Recipe, run: Run) -> None:
 
 def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, object],
                 device: torch.device) -> None:
-    """Build the model on the meta device (no memory) and refuse one too large to train."""
+    """Build the model on the meta device (no memory) and refuse one too large to train, or
+    one that cannot take the data's inputs."""
     with torch.device("meta"):
         model = _call_factory(role, factory, spec, params)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     # gradients and optimiser state take as much again
     check_fits(f"model '{role}' (its parameters alone)", size, device, "a smaller model",
                key=f"models.{role}.params")
+    _check_takes_inputs(role, model, spec)
+
+
+def _check_takes_inputs(role: str, model: nn.Module, spec: ModelSpec) -> None:
+    """A training-mode forward pass of two inputs on the meta device, where shapes propagate
+    without memory or arithmetic: a model that cannot take the data's input shape (a ViT's
+    fixed 224 pixels, pooling that shrinks 8 pixels to none) or gives logits of another
+    shape than ``(B, C)`` is refused now, not at its first batch. An operation the meta device
+    cannot run (a ``.item()``, a data-dependent shape) leaves the question open: not refused."""
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"), torch.no_grad():
+            out = model(torch.zeros(2, *spec.input_shape))
+    except KdcoreError:
+        raise
+    except Exception as exc:  # whatever the architecture raises on these shapes
+        if isinstance(exc, NotImplementedError) or "meta" in str(exc).lower():
+            return
+        raise RecipeError(
+            f"model '{role}' cannot take the data's inputs of shape {tuple(spec.input_shape)}: "
+            f"{type(exc).__name__}: {one_line(exc).rstrip('.')}; use an architecture made for "
+            "inputs of this size, or inputs resized to fit it", key=f"models.{role}.arch"
+        ) from None
+    logits = out[0] if isinstance(out, tuple | list) else out
+    if isinstance(logits, torch.Tensor) and tuple(logits.shape) != (2, spec.num_classes):
+        raise RecipeError(
+            f"model '{role}' gives logits of shape {tuple(logits.shape)} for a batch of 2 "
+            f"inputs, not (2, {spec.num_classes}): one per class of the dataset",
+            key=f"models.{role}.arch")
 
 
 __all__ = ["compile_models", "load_model_checkpoints", "load_weights_into", "prepare_run"]

@@ -97,11 +97,12 @@ def test_threads_are_set_only_when_the_recipe_asks(tmp_path, monkeypatch):
 
 def test_a_model_is_sized_on_the_meta_device_before_it_is_built(tmp_path, monkeypatch):
     plugin = _Architectures()
-    plugin.factory = lambda spec, width: nn.Linear(spec.input_shape[0], 1000)
+    plugin.factory = lambda spec, width: nn.Sequential(nn.Linear(spec.input_shape[0], 1000),
+                                                       nn.Linear(1000, spec.num_classes))
     run = _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
     assert plugin.calls == ["meta", "cpu"]
-    assert run.models["student"].weight.device.type == "cpu"
-    # the data's transition matrix and targets fit, 260,000 bytes of weights do not
+    assert run.models["student"][0].weight.device.type == "cpu"
+    # the data's transition matrix and targets fit, 300,040 bytes of weights do not
     monkeypatch.setattr("kdcore.device.free_memory", lambda device: 100_000)
     plugin.calls.clear()
     with pytest.raises(RecipeError) as info:
@@ -109,8 +110,8 @@ def test_a_model_is_sized_on_the_meta_device_before_it_is_built(tmp_path, monkey
     assert plugin.calls == ["meta"]  # never built for real
     err = info.value
     assert (err.file, err.key) == (SOURCE, "models.student.params")
-    # 64 x 1000 weights and 1000 biases in float32
-    assert err.detail.startswith("model 'student' (its parameters alone) needs 253.9 KiB; "), \
+    # 64 x 1000 + 1000 x 10 weights and 1000 + 10 biases in float32
+    assert err.detail.startswith("model 'student' (its parameters alone) needs 293.0 KiB; "), \
         err.detail
     assert err.detail.endswith("(a smaller model)")
 
@@ -253,7 +254,8 @@ def test_a_factory_that_fails_only_when_built_for_real_is_named_alike(tmp_path):
     assert (info.value.key, info.value.detail) == ("models.student.params",
                                                    "architecture cannot be built: no memory "
                                                    "for it")
-    plugin.factory = lambda spec, width: (nn.Identity() if torch.empty(0).device.type == "meta"
+    plugin.factory = lambda spec, width: (nn.Linear(spec.input_shape[0], spec.num_classes)
+                                          if torch.empty(0).device.type == "meta"
                                           else "a module")
     with pytest.raises(KdcoreError) as info:
         _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
@@ -413,3 +415,82 @@ def test_models_are_compiled_only_when_the_recipe_asks(tmp_path, monkeypatch):
     run = _prepare(tmp_path, run={"compile": True})
     compile_models(run)
     assert compiled == [run.models["teacher"], run.models["student"]]
+
+
+# -- a model that cannot take the data's inputs -------------------------------------------------
+
+
+class _FixedWidth(nn.Module):
+    """Takes inputs of ``width`` features only, as a ViT takes 224 pixels only."""
+
+    def __init__(self, spec, width):
+        super().__init__()
+        self.trunk, self.classifier = nn.Linear(width, 5), nn.Linear(5, spec.num_classes)
+
+    def forward(self, x):
+        features = self.trunk(x)
+        return self.classifier(features), features
+
+
+class _Classes(_FixedWidth):
+    """Gives ``width`` logits, whatever the dataset's classes."""
+
+    def __init__(self, spec, width):
+        super().__init__(spec, spec.input_shape[0])
+        self.classifier = nn.Linear(5, width)
+
+
+class _Draws(_FixedWidth):
+    """Draws from the global CPU generator and reads a value back (``.item()``), which the
+    meta device cannot: the dry pass leaves both alone."""
+
+    def __init__(self, spec, width):
+        super().__init__(spec, spec.input_shape[0])
+
+    def forward(self, x):
+        if torch.rand((), device="cpu") < 2 and x.sum().item() >= 0:
+            return super().forward(x)
+        raise AssertionError("unreachable")
+
+
+def test_a_model_that_cannot_take_the_inputs_is_refused_before_it_is_built(tmp_path):
+    plugin = _Architectures()
+    plugin.factory = _FixedWidth
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
+    assert plugin.calls == ["meta"]
+    assert (info.value.file, info.value.key) == (SOURCE, "models.student.arch")
+    assert info.value.detail == (
+        "model 'student' cannot take the data's inputs of shape (64,): RuntimeError: a and b "
+        "must have same reduction dim, but got [2, 64] X [3, 5]; use an architecture made for "
+        "inputs of this size, or inputs resized to fit it")
+    run = _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(params={
+        "width": 64}))
+    assert plugin.calls == ["meta", "meta", "cpu"] and run.models["student"].training
+
+
+@pytest.mark.parametrize("width", [3, 11])
+def test_a_model_whose_logits_are_not_one_per_class_is_refused(tmp_path, width):
+    plugin = _Architectures()
+    plugin.factory = _Classes
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(params={
+            "width": width}))
+    assert (info.value.key, info.value.detail) == (
+        "models.student.arch", f"model 'student' gives logits of shape (2, {width}) for a batch "
+        "of 2 inputs, not (2, 10): one per class of the dataset")
+    assert _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(params={
+        "width": 10})).models["student"].classifier.out_features == 10
+
+
+def test_what_the_meta_device_cannot_run_leaves_a_model_accepted_and_the_generator_alone(
+        tmp_path):
+    plugin = _Architectures()
+    plugin.factory = _Draws
+    run = _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(), seed=5)
+    assert plugin.calls == ["meta", "cpu"]
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # the dry pass's draw was put back
+    logits, _ = run.models["student"](torch.zeros(2, 64))
+    assert logits.shape == (2, 10)
