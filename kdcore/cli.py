@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from kdcore.cli_common import (
     EXIT_USER_ERROR,
     configure_logging,
     examples,
+    parse_seeds,
     plugin_host,
     plugin_option,
     set_option,
@@ -254,7 +254,8 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
 @click.argument("recipes", nargs=-1, type=GivenPath(dir_okay=False, path_type=Path))
 @click.option("--grid", type=GivenPath(dir_okay=False, path_type=Path),
               help="A grid TOML (seeds, variants with their recipe and overrides).")
-@click.option("--seeds", default=None, help="Comma-separated seeds (default: the grid's, or 0).")
+@click.option("--seeds", default=None,
+              help="Comma-separated seeds and ranges, e.g. 0-4,10 (default: the grid's, or 0).")
 @click.option("--variant", "variants", multiple=True, metavar="NAME:KEY=VAL;KEY=VAL",
               help="A variant of each recipe (repeatable); none: each recipe as it is.")
 @set_option
@@ -309,10 +310,7 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     if overrides:
         specs_variants = [ab.Variant(v.name, v.recipe, [*overrides, *v.set])
                           for v in specs_variants]
-    # ASCII digits only: int() would read "1_0" as 10, and other scripts' digits
-    if seeds and not re.fullmatch(r"\s*-?[0-9]+\s*(,\s*-?[0-9]+\s*)*", seeds):
-        raise KdcoreError(f"--seeds takes comma-separated integers, got '{seeds}'")
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else grid_seeds
+    seed_list = parse_seeds(seeds) if seeds else grid_seeds
     specs = ab.plan(specs_variants, seed_list, out)
     # SLURM's and --jobs' runs load the installed plugins, as this host does without --plugin
     host = plugin_host(plugins, strict_plugins)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import signal
 import sys
 import threading
@@ -93,6 +94,34 @@ def plugin_host(plugins: Sequence[str], strict: bool) -> Any:
 
     configure_logging(quiet=True)  # a plugin skipped while loading is one warning line
     return PluginHost(strict=strict, extra=[import_object(p) for p in plugins])
+
+
+MAX_SEEDS = 100_000
+"""The most seeds ``--seeds`` may name: a range past it is a typo, not a grid."""
+
+# ASCII digits only (int() would read "1_0" as 10, and other scripts' digits), and few enough
+# that int() takes them (past 4,300 it refuses)
+_SEEDS_ITEM = re.compile(r"\s*(-?[0-9]{1,30})\s*(?:-\s*([0-9]{1,30})\s*)?")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated integers and inclusive ranges (``0-4``), in the order
+    given; a seed named twice is the grid's to refuse."""
+    seeds: list[int] = []
+    for item in text.split(","):
+        match = _SEEDS_ITEM.fullmatch(item)
+        if match is None:
+            raise KdcoreError(f"--seeds takes comma-separated integers or ranges (0-4), got "
+                              f"'{printable(text)}'")
+        first = int(match[1])
+        last = first if match[2] is None else int(match[2])
+        if last < first:
+            raise KdcoreError(f"--seeds: the range {first}-{last} runs backwards; write "
+                              f"{last}-{first}")
+        if len(seeds) + last - first + 1 > MAX_SEEDS:
+            raise KdcoreError(f"--seeds names more than {MAX_SEEDS:,} seeds ('{printable(text)}')")
+        seeds.extend(range(first, last + 1))
+    return seeds
 
 
 def configure_logging(quiet: bool) -> None:

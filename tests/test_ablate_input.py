@@ -82,7 +82,7 @@ def test_sbatch_without_the_rest_of_slurm_is_one_line(tmp_path, monkeypatch):
     (["--set", "nosuch=1"], "nosuch"),
     (["--variant", "v:notakeyvalue"], "notakeyvalue"),
     (["--seeds", "-1"], "seed"),
-    (["--seeds", "1_0"], "--seeds takes comma-separated integers, got '1_0'"),  # int(): 10
+    (["--seeds", "1_0"], "--seeds takes comma-separated integers or ranges (0-4), got '1_0'"),
     (["--seeds", "\u0663"], "--seeds takes comma-separated integers"),  # int(): 3
     (["--seeds", "0,,1"], "--seeds takes comma-separated integers"),
     (["--seeds", str(2**63)], "seed"),
@@ -164,3 +164,11 @@ def test_a_grid_into_a_runs_own_folder_is_refused(tmp_path, tiny_runs):
                     "data.train_subset=100", "--set", "stages.0.epochs=1")
     assert result.exit_code == 0, result.output
     assert (grid / "recipe" / "seed0" / "summary.json").is_file()
+
+
+def test_a_range_of_seeds_runs_each(tmp_path):
+    result = ablate(RECIPES / "ce.toml", "--seeds", "1-2,5", "--out", tmp_path / "g",
+                    "--dry-run")
+    assert result.exit_code == 0, result.output
+    planned = [line.split(":")[0] for line in result.output.splitlines() if "would start" in line]
+    assert planned == ["ce seed 1", "ce seed 2", "ce seed 5"]

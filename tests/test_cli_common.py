@@ -231,3 +231,39 @@ def test_off_the_main_thread_nothing_is_installed():
     thread.start()
     thread.join()
     assert seen == [signal.SIG_DFL]
+
+
+@pytest.mark.parametrize(("text", "seeds"), [
+    ("0", [0]), (" 3 ", [3]), ("0,1,2", [0, 1, 2]), (" 0, 1", [0, 1]),
+    ("0-4", [0, 1, 2, 3, 4]), ("2 - 3,7", [2, 3, 7]), ("5-5", [5]), ("9,0-1", [9, 0, 1]),
+    ("-1", [-1]),  # refused by the recipe's own check, with the key that says why
+])
+def test_seeds_are_integers_and_inclusive_ranges_in_the_order_given(text, seeds):
+    from kdcore.cli_common import parse_seeds
+
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1-3-5", "--seeds takes comma-separated integers or ranges (0-4), got '1-3-5'"),
+    ("0,,1", "--seeds takes comma-separated integers or ranges (0-4), got '0,,1'"),
+    ("1e3", "--seeds takes comma-separated integers or ranges (0-4), got '1e3'"),
+    ("9" * 31, f"--seeds takes comma-separated integers or ranges (0-4), got '{'9' * 31}'"),
+    ("0,\x1b[2J", "--seeds takes comma-separated integers or ranges (0-4), got '0,\\x1b[2J'"),
+    ("4-2", "--seeds: the range 4-2 runs backwards; write 2-4"),
+    ("0-99999", None), ("50000-149999", None),  # 100,000 seeds: the most
+    ("0-100000", "--seeds names more than 100,000 seeds ('0-100000')"),
+    ("0-99998,5,7", "--seeds names more than 100,000 seeds ('0-99998,5,7')"),
+    ("0-" + "9" * 30, f"--seeds names more than 100,000 seeds ('0-{'9' * 30}')"),
+])
+def test_seeds_that_are_no_list_or_too_many_are_one_line(text, message):
+    from kdcore.cli_common import parse_seeds
+    from kdcore.errors import KdcoreError
+
+    if message is None:
+        assert len(parse_seeds(text)) == 100_000
+        return
+    with pytest.raises(KdcoreError) as info:
+        parse_seeds(text)
+    assert str(info.value) == message
+
