@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import signal
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,6 +59,17 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+LONG_INTEGER = (f"an integer of more than {sys.get_int_max_str_digits():,} digits, past what "
+                "Python reads")
+"""What int() refuses to read (``ValueError: Exceeds the limit ...``), in a user's words."""
+
+
+def long_integer(exc: BaseException) -> bool:
+    """Whether ``exc`` is int()'s refusal of a decimal too long to read (json and tomllib let
+    it through as a plain ``ValueError``, whose advice is ``sys.set_int_max_str_digits()``)."""
+    return isinstance(exc, ValueError) and "integer string conversion" in str(exc)
 
 
 def shown(value: Any) -> str:

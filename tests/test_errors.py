@@ -12,6 +12,7 @@ from kdcore.errors import (
     RecipeError,
     Stopped,
     did_you_mean,
+    long_integer,
     missing_path,
     one_line,
     os_reason,
@@ -139,3 +140,11 @@ def test_check_says_where_a_relative_path_was_looked_for(tmp_path, monkeypatch, 
     assert result.exit_code == 2, result.output
     where = f" (relative to the working directory {tmp_path})"
     assert (said % RELATIVE).format(where) in result.output.strip().splitlines()[-1]
+
+
+def test_ints_refusal_of_a_decimal_too_long_is_told_apart():
+    with pytest.raises(ValueError) as info:
+        int("9" * 4301)
+    assert long_integer(info.value)
+    assert not long_integer(ValueError("invalid literal for int() with base 10: 'x'"))
+    assert not long_integer(RuntimeError(str(info.value)))  # int()'s is a ValueError

@@ -96,6 +96,8 @@ def test_a_pickled_array_is_refused_without_running_it(tmp_path):
     ("x.json", b"[1, 2.5, 2, 0, 1, 1, 1]", "2.5, not a whole number"),
     ("deep.json", b"[" * 100000 + b"]" * 100000, "not a readable .json file"),
     ("broken.json", b"[1, 2", "not a readable .json file"),
+    ("long.json", b"[" + b"9" * 4301 + b"]", "not a readable .json file of labels (an integer "
+     "of more than 4,300 digits, past what Python reads)"),
     ("t.txt", b"1\n2\nthree\n", "line 3"),
     ("long.txt", b"1\n" + b"x" * 50 + b"\n", f"line 2 of {{}} is '{'x' * 40}', not a label"),
     ("bad.npy", b"not an array", "not a readable .npy file of labels (This file contains"),

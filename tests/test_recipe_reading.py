@@ -66,6 +66,9 @@ def test_a_recipe_of_exactly_the_size_limit_is_read_and_one_byte_more_is_not(tmp
      "malformed TOML: Cannot overwrite a value (at line 2, column 6)"),
     (b"\xef\xbb\xbf\xef\xbb\xbfx = 1\n",  # one mark is dropped, not two
      "malformed TOML: Invalid statement (at line 1, column 1)"),
+    # tomllib lets int()'s refusal through as a bare ValueError
+    (b"[run]\nseed = " + b"9" * 4301 + b"\n", "malformed TOML: an integer of more than 4,300 "
+     "digits, past what Python reads; no recipe value needs one"),
 ])
 def test_unreadable_content_names_the_file(tmp_path, content, detail):
     path = tmp_path / "r.toml"
@@ -251,6 +254,8 @@ def test_a_replace_marker_that_is_not_true_names_its_key_in_a_merge():
 @pytest.mark.parametrize(("text", "path", "detail"), [
     ("run.x.=1", "run.x.", "override 'run.x.=1': the key path has an empty part"),
     ("a=" + "[" * 2000 + "]" * 2000, "a", "the value nests arrays or tables too deeply"),
+    ("run.seed=" + "9" * 4301, "run.seed", "the value is an integer of more than 4,300 digits, "
+     "past what Python reads; no recipe value needs one"),
     ("stages[0].epochs=2", "stages[0].epochs", "list entries are addressed with a dot, by index "
      "or by name, not with brackets: write stages.0.epochs"),
     ("stages[s].components[-1].params.x=[1]", "stages[s].components[-1].params.x",
@@ -269,6 +274,11 @@ def test_list_entries_are_addressed_from_the_end_by_negative_index():
     assert [e["v"] for e in data["s"]] == [3, 0, 1]
     err = _assert_refused(lambda: apply_override(data, ["s", "-4", "v"], 1))
     assert (err.key, err.detail) == ("s.-4", "index -4 out of range (length 3)")
+    for far in ("9" * 19, "-" + "9" * 19, "9" * 5000):  # past int64, past what int() reads
+        err = _assert_refused(lambda far=far: apply_override(data, ["s", far, "v"], 1))
+        assert (err.key, err.detail) == (f"s.{far}", f"index {far} out of range (length 3)")
+    apply_override(data, ["s", "0" * 18 + "1", "v"], 5)  # 19 digits, one of them significant
+    assert [e["v"] for e in data["s"]] == [3, 5, 1]
     plain = {"x": [1, 2]}
     apply_override(plain, ["x", "-2"], 7)
     assert plain == {"x": [7, 2]}

@@ -396,6 +396,10 @@ def test_instance_dependent_noise_on_a_stream_says_why_not(folders, tmp_path):
                  f"{2**20 - 1}"),
     ("99999999999", "line 1 has label 99999999999; labels are class indices 0 .. C-1, at "
                     f"most {2**20 - 1}"),
+    ("9" * 5000, f"line 1 has label {'9' * 40}; labels are class indices 0 .. C-1, at "  # int()
+                 f"most {2**20 - 1}"),  # refuses 4,301 digits and more; the message cuts at 40
+    ("1" + "0" * 18, f"line 1 has label 1{'0' * 18}; labels are class indices 0 .. C-1, at "
+                     f"most {2**20 - 1}"),
 ])
 def test_a_label_list_with_a_label_that_is_no_class_index_is_refused(tmp_path, label, error):
     """Before the loader builds a class name per index (a label of 10**11 would hang it)."""
@@ -408,8 +412,10 @@ def test_a_label_list_with_a_label_that_is_no_class_index_is_refused(tmp_path, l
 def test_labels_written_in_other_decimal_digits_are_read(tmp_path):
     from kdcore.data.loaders.lists import read_label_list
 
-    (tmp_path / "l.txt").write_text("a.png \u0663\nb.png 0\n")  # ARABIC-INDIC DIGIT THREE
-    assert read_label_list(tmp_path / "l.txt", "image_list") == {"a.png": 3, "b.png": 0}
+    (tmp_path / "l.txt").write_text("a.png \u0663\nb.png 0\nc.png " + "0" * 30 + "7\n")
+    # ARABIC-INDIC DIGIT THREE; leading zeros, however many, are a number's own
+    assert read_label_list(tmp_path / "l.txt", "image_list") == {"a.png": 3, "b.png": 0,
+                                                                  "c.png": 7}
 
 
 # every rule and message of the list loaders, one by one (the loaders' mutation run, session 16)

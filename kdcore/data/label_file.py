@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kdcore.data.base import NoiseContext
-from kdcore.errors import KdcoreError, missing_path, os_reason
+from kdcore.errors import LONG_INTEGER, KdcoreError, long_integer, missing_path, os_reason
 
 FORMATS = (".npy", ".json", ".txt", ".csv")
 """The suffixes :func:`label_file` reads."""
@@ -96,10 +96,11 @@ def read_labels(path: str) -> np.ndarray:
     except OSError as exc:
         raise KdcoreError(f"label_file: cannot read {path}: {os_reason(exc)}") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        # JSON that is not JSON, bytes that are not text
+        # JSON that is not JSON, bytes that are not text, a number past what int() reads
+        why = (LONG_INTEGER if long_integer(exc) else
+               str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise KdcoreError(f"label_file: {path} is not a readable {suffix} file of labels "
-                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                          ) from None
+                          f"({why})") from None
     return _whole_numbers(raw, path)
 
 

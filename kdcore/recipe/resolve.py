@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 
 from kdcore.config import structure
-from kdcore.errors import KdcoreError, RecipeError, did_you_mean, shown
+from kdcore.errors import LONG_INTEGER, KdcoreError, RecipeError, did_you_mean, shown
 from kdcore.recipe.rules import check_consistency
 from kdcore.recipe.schema import Recipe
 from kdcore.validators import Param, no_nul
@@ -53,6 +53,7 @@ MAX_RECIPE_BYTES = 1 << 20
 
 
 _BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark
+_LONG_INTEGER = f"{LONG_INTEGER}; no recipe value needs one"
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -88,6 +89,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         # tomllib parses nested arrays and inline tables recursively
         raise RecipeError("malformed TOML: arrays or tables nested too deeply for the reader",
                           file=name) from None
+    except ValueError:  # the one tomllib lets through: int() of a decimal too long to read
+        raise RecipeError(f"malformed TOML: {_LONG_INTEGER}", file=name) from None
     except OSError as exc:
         raise RecipeError(f"cannot read recipe: {exc.strerror or exc}", file=name) from None
     try:
@@ -277,6 +280,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         return path, raw
     except RecursionError:
         raise RecipeError("the value nests arrays or tables too deeply", key=key) from None
+    except ValueError:
+        raise RecipeError(f"the value is {_LONG_INTEGER}", key=key) from None
     # "1\nother = 2" parses, but as more than one value: take the text as it is
     return path, parsed["v"] if parsed.keys() == {"v"} else raw
 
@@ -314,8 +319,9 @@ def _list_position(node: list[Any], part: str, where: str) -> int:
     sign, digits = (part[0], part[1:]) if part[:1] == "-" else ("", part)
     names = [_entry_name(x) if isinstance(x, Mapping) else None for x in node]
     if digits.isascii() and digits.isdigit():
-        i = int(sign + digits)
-        if -len(node) <= i < len(node):
+        # 19 digits and more: past any list (and, past 4,300, past what int() reads)
+        i = int(sign + digits) if len(digits.lstrip("0")) < 19 else None
+        if i is not None and -len(node) <= i < len(node):
             if part in names and names[i] != part:
                 raise RecipeError(
                     f"'{part}' is both an index and the name of entry {names.index(part)}; "
@@ -324,7 +330,7 @@ def _list_position(node: list[Any], part: str, where: str) -> int:
         position = _named_position(node, names, part)
         if position is not None:
             return position
-        raise RecipeError(f"index {i} out of range (length {len(node)})", key=where)
+        raise RecipeError(f"index {sign}{digits} out of range (length {len(node)})", key=where)
     position = _named_position(node, names, part)
     if position is not None:
         return position

@@ -66,10 +66,11 @@ def read_label_list(path: Path, loader: str) -> dict[str, int]:
         if len(parts) != 2 or not parts[1].isdecimal():
             raise KdcoreError(f"{loader}: {path} line {number} is '{line[:80]}'; every line "
                               "must be an image path and an integer label")
-        label = int(parts[1])
+        # int() of thousands of digits is refused (and slow): a label that long is too large
+        label = int(parts[1]) if len(parts[1].lstrip("0")) < 19 else MAX_LABEL + 1
         if label > MAX_LABEL:  # the class names and per-class tables would not fit
-            raise KdcoreError(f"{loader}: {path} line {number} has label {label}; labels are "
-                              f"class indices 0 .. C-1, at most {MAX_LABEL}")
+            raise KdcoreError(f"{loader}: {path} line {number} has label {parts[1][:40]}; "
+                              f"labels are class indices 0 .. C-1, at most {MAX_LABEL}")
         # a path listed twice with two labels: which one is true is not ours to pick
         if labels.setdefault(parts[0], label) != label:
             raise KdcoreError(
