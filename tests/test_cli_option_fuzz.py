@@ -35,7 +35,8 @@ DRAWS = 8  # values per option, besides the empty one
 
 HOSTILE = ["", " ", "-", "--", "\x00", "a\x00b", "x\ny", "\r", "\t", "\x1b[2J", "\x7f", "é",
            "\udcff", "0", "-1", "1", "2.5", "1e309", "-1e309", "nan", "inf",
-           "99999999999999999999999", "0x10", "=", "a=b", "run.seed=", "run.seed=nan",
+           "99999999999999999999999", "9" * 5000, "run.seed=" + "9" * 5000, "0-" + "9" * 40,
+           "0x10", "=", "a=b", "run.seed=", "run.seed=nan",
            "stages[0].epochs=-1", "data.batch_size=0", "[", "{", "'", '"', ";", "a;b", ":",
            "x:", ":y", "x" * 300, "/", ".", "..", "/dev/null", "/nonexistent/f", "{run}",
            "{run}/history.h5", "{run}/summary.json", "{run}/models/student.pt", "{recipe}",
