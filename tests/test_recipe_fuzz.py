@@ -72,7 +72,7 @@ ROLE_PARAMS = ("teacher", "student", "estimator_model", "ranking_model", "model"
 COLUMN_PARAMS = ("selection", "keep_selected", "seed_weights")
 NUMBERS = ("nan", "inf", "-inf", "-1", "0", "-0.0", "1.5", "0.5", "2", "1e308", "1e-320",
            "1e30", "1000000", "9223372036854775807", "9223372036854775808",
-           "99999999999999999999999", "-1e-9")
+           "99999999999999999999999", "-1e-9", "9" * 4301)  # the last: past what int() reads
 DEVICES = ("meta", "mps", "cuda", "cuda:1", "cuda:99", "cuda:-1", "cuda:0 ", "", "CPU", "xla",
            "cpu:0", "gpu", "auto ", "cpu", "auto")
 
