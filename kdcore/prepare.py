@@ -200,8 +200,9 @@ def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, o
 def _check_takes_inputs(role: str, model: nn.Module, spec: ModelSpec) -> None:
     """A training-mode forward pass of two inputs on the meta device, where shapes propagate
     without memory or arithmetic: a model that cannot take the data's input shape (a ViT's
-    fixed 224 pixels, pooling that shrinks 8 pixels to none) or gives logits of another
-    shape than ``(B, C)`` is refused now, not at its first batch. An operation the meta device
+    fixed 224 pixels, pooling that shrinks 8 pixels to none), or does not return
+    ``(logits, features)`` of shapes ``(B, C)`` and ``(B, d)``, is refused now, not at its
+    first batch. An operation the meta device
     cannot run (a ``.item()``, a data-dependent shape) leaves the question open: not refused."""
     model.train()
     try:
@@ -217,11 +218,23 @@ def _check_takes_inputs(role: str, model: nn.Module, spec: ModelSpec) -> None:
             f"{type(exc).__name__}: {one_line(exc).rstrip('.')}; use an architecture made for "
             "inputs of this size, or inputs resized to fit it", key=f"models.{role}.arch"
         ) from None
-    logits = out[0] if isinstance(out, tuple | list) else out
-    if isinstance(logits, torch.Tensor) and tuple(logits.shape) != (2, spec.num_classes):
+    if not (isinstance(out, tuple | list) and len(out) == 2
+            and all(isinstance(t, torch.Tensor) for t in out)):
+        what = (f"{type(out).__name__} of {len(out)}" if isinstance(out, tuple | list)
+                else type(out).__name__)
+        raise RecipeError(f"model '{role}' returns a {what} for a batch, not (logits, features) "
+                          "as kdcore.KDModel does (features: its classifier's input)",
+                          key=f"models.{role}.arch")
+    logits, features = out
+    if tuple(logits.shape) != (2, spec.num_classes):
         raise RecipeError(
             f"model '{role}' gives logits of shape {tuple(logits.shape)} for a batch of 2 "
             f"inputs, not (2, {spec.num_classes}): one per class of the dataset",
+            key=f"models.{role}.arch")
+    if features.dim() != 2 or len(features) != 2:
+        raise RecipeError(
+            f"model '{role}' gives features of shape {tuple(features.shape)} for a batch of 2 "
+            "inputs, not (2, d): one vector per input, its classifier's input",
             key=f"models.{role}.arch")
 
 

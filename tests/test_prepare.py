@@ -53,6 +53,16 @@ def _prepare(tmp_path, *stages, plugin=None, models=None, **recipe_fields):
     return prepare_run(build_plan(recipe, host), host, tmp_path)
 
 
+class _Seq(nn.Sequential):
+    """A stack whose last layer is its classifier: ``(logits, features)``, as every kdcore
+    architecture returns them."""
+
+    def forward(self, x):
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        return self[-1](x), x
+
+
 def _custom(**fields):
     return {"student": {"arch": "custom", **fields}}
 
@@ -97,8 +107,8 @@ def test_threads_are_set_only_when_the_recipe_asks(tmp_path, monkeypatch):
 
 def test_a_model_is_sized_on_the_meta_device_before_it_is_built(tmp_path, monkeypatch):
     plugin = _Architectures()
-    plugin.factory = lambda spec, width: nn.Sequential(nn.Linear(spec.input_shape[0], 1000),
-                                                       nn.Linear(1000, spec.num_classes))
+    plugin.factory = lambda spec, width: _Seq(nn.Linear(spec.input_shape[0], 1000),
+                                              nn.Linear(1000, spec.num_classes))
     run = _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
     assert plugin.calls == ["meta", "cpu"]
     assert run.models["student"][0].weight.device.type == "cpu"
@@ -159,8 +169,8 @@ def test_a_factory_must_return_a_module(tmp_path):
 
 def _convnet(spec, width):
     channels, height, wide = spec.input_shape
-    return nn.Sequential(nn.Conv2d(channels, width, 3), nn.Flatten(),
-                         nn.Linear(width * (height - 2) * (wide - 2), spec.num_classes))
+    return _Seq(nn.Conv2d(channels, width, 3), nn.Flatten(),
+                nn.Linear(width * (height - 2) * (wide - 2), spec.num_classes))
 
 
 @pytest.mark.parametrize(("setting", "images", "expected"), [
@@ -169,7 +179,7 @@ def test_channels_last_applies_to_image_models_where_asked(tmp_path, setting, im
                                                            expected):
     plugin = _Architectures()
     plugin.factory = _convnet if images else (
-        lambda spec, width: nn.Linear(spec.input_shape[0], spec.num_classes))
+        lambda spec, width: _Seq(nn.Linear(spec.input_shape[0], spec.num_classes)))
     run = _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(),
                    run={"channels_last": setting},
                    data={"params": {"flatten": not images}})
@@ -245,7 +255,7 @@ def test_a_factory_that_fails_only_when_built_for_real_is_named_alike(tmp_path):
     def real_only(spec, width):
         if torch.empty(0).device.type != "meta":
             raise ValueError("no memory for it")
-        return nn.Linear(spec.input_shape[0], spec.num_classes)
+        return _Seq(nn.Linear(spec.input_shape[0], spec.num_classes))
 
     plugin.factory = real_only
     with pytest.raises(RecipeError) as info:
@@ -254,7 +264,7 @@ def test_a_factory_that_fails_only_when_built_for_real_is_named_alike(tmp_path):
     assert (info.value.key, info.value.detail) == ("models.student.params",
                                                    "architecture cannot be built: no memory "
                                                    "for it")
-    plugin.factory = lambda spec, width: (nn.Linear(spec.input_shape[0], spec.num_classes)
+    plugin.factory = lambda spec, width: (_Seq(nn.Linear(spec.input_shape[0], spec.num_classes))
                                           if torch.empty(0).device.type == "meta"
                                           else "a module")
     with pytest.raises(KdcoreError) as info:
@@ -494,3 +504,42 @@ def test_what_the_meta_device_cannot_run_leaves_a_model_accepted_and_the_generat
     assert torch.equal(after, torch.rand(3))  # the dry pass's draw was put back
     logits, _ = run.models["student"](torch.zeros(2, 64))
     assert logits.shape == (2, 10)
+
+
+class _Returns(nn.Module):
+    """Returns what ``shape`` makes of its logits and features: the KDModel contract broken."""
+
+    def __init__(self, spec, width):
+        super().__init__()
+        self.classifier, self.width = nn.Linear(spec.input_shape[0], spec.num_classes), width
+
+    def forward(self, x):
+        logits = self.classifier(x)
+        return {0: logits, 1: (logits, x, x), 2: (logits, x.reshape(len(x), 8, 8)),
+                3: (logits, x[:1]), 4: [logits, x], 5: (logits, "x")}[self.width]
+
+
+@pytest.mark.parametrize(("width", "detail"), [
+    (0, "model 'student' returns a Tensor for a batch, not (logits, features) as kdcore.KDModel "
+        "does (features: its classifier's input)"),
+    (1, "model 'student' returns a tuple of 3 for a batch, not (logits, features) as "
+        "kdcore.KDModel does (features: its classifier's input)"),
+    (5, "model 'student' returns a tuple of 2 for a batch, not (logits, features) as "
+        "kdcore.KDModel does (features: its classifier's input)"),
+    (2, "model 'student' gives features of shape (2, 8, 8) for a batch of 2 inputs, not (2, d): "
+        "one vector per input, its classifier's input"),
+    (3, "model 'student' gives features of shape (1, 64) for a batch of 2 inputs, not (2, d): "
+        "one vector per input, its classifier's input"),
+    (4, None),  # a list of the two is taken as the pair
+])
+def test_a_model_that_does_not_return_logits_and_features_is_refused(tmp_path, width, detail):
+    plugin = _Architectures()
+    plugin.factory = _Returns
+    models = _custom(params={"width": width})
+    if detail is None:
+        assert _prepare(tmp_path, _student_stage(), plugin=plugin, models=models).models
+        return
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=models)
+    assert (info.value.key, info.value.detail) == ("models.student.arch", detail)
+    assert plugin.calls == ["meta"]
