@@ -202,8 +202,8 @@ def _check_takes_inputs(role: str, model: nn.Module, spec: ModelSpec) -> None:
     without memory or arithmetic: a model that cannot take the data's input shape (a ViT's
     fixed 224 pixels, pooling that shrinks 8 pixels to none), or does not return
     ``(logits, features)`` of shapes ``(B, C)`` and ``(B, d)``, is refused now, not at its
-    first batch. An operation the meta device
-    cannot run (a ``.item()``, a data-dependent shape) leaves the question open: not refused."""
+    first batch. An operation the meta device cannot run (a ``.item()``, a data-dependent
+    shape) leaves the question open: not refused."""
     model.train()
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"), torch.no_grad():
