@@ -358,6 +358,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
                 summary = trainer.fit(position, state)
             finally:  # a run that stops for any reason leaves its last checkpoint complete
                 checkpointer.wait()
+                run.data.close_streams()  # and no DataLoader worker behind it
         if main:
             ckpt.save_text(json.dumps(summary, indent=2), run_dir / "summary.json")
         distributed.barrier()  # the run is finished when its files are

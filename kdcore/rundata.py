@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import signal
+import traceback
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +59,8 @@ class RunData:
     device: torch.device
     workers: int = 0
     source_noisy: torch.Tensor | None = None
+    _streams: weakref.WeakSet[Any] = attrs.field(factory=weakref.WeakSet, init=False,
+                                                  repr=False)
 
     def split(self, name: str) -> Split:
         try:
@@ -89,6 +93,19 @@ class RunData:
         """``(rows, inputs)`` for each batch of rows in ``batches``, in order (the rows are
         the global sample indices the ledger uses). A file-backed split's images are decoded
         ahead in :attr:`workers` DataLoader processes; otherwise as :meth:`inputs`."""
+        passes = self._stream(split, batches)
+        self._streams.add(passes)
+        return passes
+
+    def close_streams(self) -> None:
+        """End every pass that a stop left suspended (an error or an interrupt in the middle
+        of an epoch), and with it its DataLoader workers: left to the collector they outlived
+        the run, and at exit multiprocessing ended them with a traceback."""
+        for passes in list(self._streams):
+            passes.close()
+
+    def _stream(self, split: Split, batches: Sequence[torch.Tensor | slice]
+                ) -> Iterator[tuple[torch.Tensor | slice, torch.Tensor]]:
         if not isinstance(split, FileDataset):
             for rows in batches:
                 yield rows, self.inputs(split, rows)
@@ -116,12 +133,19 @@ class RunData:
             decoded = iter(loader)
         try:
             for rows in batches:
+                failed = None
                 try:
                     raw = next(decoded)
                 except Exception as exc:  # a worker's error arrives wrapped: its last line
                     if "DataLoader worker" not in str(exc):
                         raise
-                    raise KdcoreError(_worker_error(exc)) from None
+                    failed = _worker_error(exc)
+                    # torch's error and its frames form a cycle that holds the iterator: left
+                    # to the collector, its workers outlived the run's stop, and at exit
+                    # multiprocessing ended them with a traceback ("killed by signal")
+                    traceback.clear_frames(exc.__traceback__)
+                if failed is not None:  # raised here: no context to keep torch's error alive
+                    raise KdcoreError(failed)
                 x = self._normalised(split, raw.to(self.device, non_blocking=True))
                 yield rows, distributed.gather_rows(x, _len(rows))
         finally:

@@ -3,6 +3,7 @@ the same images held in memory; the list and Clothing1M layouts read as their fi
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import kdcore
 from kdcore.cli import main
 from kdcore.data.base import ArrayDataset, FileDataset
 from kdcore.data.loaders import clothing1m, image_folder, image_list
@@ -213,6 +215,35 @@ def test_an_unreadable_image_in_a_worker_is_one_line(folders, tmp_path):
     message = str(err.value)
     assert message.startswith("cannot read image") and str(broken) in message
     assert "\n" not in message and "Traceback" not in message
+    # ended with the error, not left to the collector: torch's error and its frames, a cycle,
+    # had held the workers until multiprocessing ended them at exit, with a traceback
+    assert multiprocessing.active_children() == []
+
+
+class _Boom(kdcore.Component):
+    """Raises in the middle of the first epoch, while the workers decode batches ahead."""
+
+    def select(self, ctx, batch):
+        if ctx.step == 3:
+            raise ValueError("boom")
+
+
+class _BoomPlugin:
+    @kdcore.hookimpl
+    def kdcore_add_components(self):
+        return {"boom": _Boom}
+
+
+def test_a_run_stopped_in_the_middle_of_a_streamed_epoch_ends_its_workers(folders, tmp_path):
+    recipe = tmp_path / "boom.toml"
+    recipe.write_text(RECIPE.format(root=folders, stream="true", workers=2, dropout=0.0)
+                      + '[[stages.components]]\nuse = "boom"\n')
+    with pytest.raises(ValueError, match="^boom$") as info:
+        kdcore.run(recipe, out=tmp_path / "run", plugins=[_BoomPlugin()])
+    # while the error is still held, as the command line holds it until the process exits:
+    # its frames hold the suspended epoch, whose workers had outlived the run (see above)
+    assert info.value.__traceback__ is not None
+    assert multiprocessing.active_children() == []
 
 
 def _given_labels_recipe(path: Path, dataset: str, params: str, *, batch_size: int,
