@@ -94,7 +94,8 @@ class RunData:
         the global sample indices the ledger uses). A file-backed split's images are decoded
         ahead in :attr:`workers` DataLoader processes; otherwise as :meth:`inputs`."""
         passes = self._stream(split, batches)
-        self._streams.add(passes)
+        if self.workers and isinstance(split, FileDataset):  # the passes with workers to end
+            self._streams.add(passes)
         return passes
 
     def close_streams(self) -> None:
