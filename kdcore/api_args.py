@@ -4,6 +4,7 @@ and 0), a value passed on until it fails deep inside a run, or a traceback."""
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,25 @@ def seeds(value: Any) -> list[int] | None:
 def flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise KdcoreError(f"{name} takes True or False, not {shown(value)}")
+    return value
+
+
+def epoch_row(value: Any, rows: int) -> int:
+    """One of a history's ``rows`` epoch rows, negative counting from the end (as a list
+    index); numpy integers are taken, a bool or a float is not (``True`` was row 1, ``1.5`` an
+    h5py error)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise KdcoreError(f"epoch takes an epoch row, an integer (negative counts from the end), "
+                          f"not {shown(value)}")
+    if not -rows <= value < rows:
+        raise KdcoreError(f"epoch row {value} out of range: the history has {rows} rows")
+    return int(value)
+
+
+def name(value: Any, what: str) -> str:
+    """The name of something a history holds (a metric, a column): a string."""
+    if not isinstance(value, str):
+        raise KdcoreError(f"a {what} is named by a string, not {shown(value)}")
     return value
 
 

@@ -90,12 +90,10 @@ class HistoryFrames:
         if name not in self.columns:
             raise NotInHistory(f"no column '{name}' in {self.path}; columns: "
                               f"{', '.join(self.columns) or '(none)'}")
+        full = api_args.flag(full, "full")
         rows = np.arange(len(self.metrics))
         if epoch is not None:
-            if not -len(rows) <= epoch < len(rows):
-                raise KdcoreError(f"epoch row {epoch} out of range: the history has "
-                                  f"{len(rows)} rows")
-            rows = rows[[epoch]]
+            rows = rows[[api_args.epoch_row(epoch, len(rows))]]
         with self._open() as h:
             values = h.column(name) if epoch is None else h.column(name, int(rows[0]))[None]
             kind = h.column_kind(name)

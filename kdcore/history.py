@@ -185,6 +185,7 @@ class History:
 
     def _entry(self, group: str, name: str, what: str) -> h5py.Dataset:
         """``/<group>/<name>``, or :class:`~kdcore.errors.NotInHistory` naming what is there."""
+        api_args.name(name, what)
         try:
             entry = self._file[group][name]
         except (KeyError, ValueError):  # ValueError: a name h5py cannot take ("", a NUL)
@@ -205,7 +206,7 @@ class History:
     def column(self, name: str, epoch: int | None = None) -> np.ndarray:
         """A ledger column over epochs ``(E, N, ...)``, or one epoch row ``(N, ...)``."""
         ds = self._entry("ledger", name, "column")
-        return ds[:] if epoch is None else ds[epoch]
+        return ds[:] if epoch is None else ds[api_args.epoch_row(epoch, len(ds))]
 
     @_reads
     def producers(self, name: str) -> list[str]:

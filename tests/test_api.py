@@ -362,6 +362,40 @@ def test_load_history_columns_in_long_form(tmp_path):
             h.column("target", epoch=row)
 
 
+def test_an_epoch_row_or_a_name_of_the_wrong_type_is_one_error(tmp_path):
+    """``epoch=True`` read row 1, ``epoch=1.5`` and ``"1"`` and a name that is not a string were
+    an IndexError, a TypeError or h5py's "Field names only allowed for compound types", and
+    ``full="no"`` showed the full table; numpy integers (a frame's row numbers) are rows."""
+    _write_history(tmp_path / "run")
+    frames = kdcore.load_history(tmp_path / "run")
+    history = kdcore.History(tmp_path / "run")
+    assert frames.column("target", epoch=np.int64(1))["row"].tolist() == [1] * N
+    assert np.array_equal(history.column("target", np.int32(-2)), TARGETS[0].astype(np.float32))
+    assert np.array_equal(history.column("target", 1), TARGETS[1].astype(np.float32))
+    read_row = [lambda e: frames.column("target", epoch=e),
+                lambda e: history.column("target", e)]
+    for read in read_row:
+        for epoch, shown in ((True, "bool True"), (1.5, "float 1.5"), ("1", "str '1'"),
+                             (np.float64(1.0), "float64 np.float64(1.0)")):
+            with pytest.raises(kdcore.KdcoreError) as err:
+                read(epoch)
+            assert str(err.value) == ("epoch takes an epoch row, an integer (negative counts "
+                                      f"from the end), not {shown}")
+        for row in (2, -3):
+            with pytest.raises(kdcore.KdcoreError, match=f"^epoch row {row} out of range: the "
+                                                         "history has 2 rows$"):
+                read(row)
+    with pytest.raises(kdcore.KdcoreError, match="^full takes True or False, not str 'no'$"):
+        frames.column("target", full="no")
+    for method, what in ((history.metric, "metric"), (history.column, "column"),
+                         (history.data, "data array"), (history.producers, "column"),
+                         (history.column_kind, "column")):
+        for name, shown in ((5, "int 5"), (None, "NoneType None"), (b"target", "bytes b'target'")):
+            with pytest.raises(kdcore.KdcoreError) as err:
+                method(name)
+            assert str(err.value) == f"a {what} is named by a string, not {shown}"
+
+
 def test_load_history_without_pandas_says_what_to_install(tmp_path, monkeypatch):
     _write_history(tmp_path / "run")
     monkeypatch.setitem(sys.modules, "pandas", None)
