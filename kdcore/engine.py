@@ -170,14 +170,17 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
     with host.activate(), torch_state_kept(torch.device("cpu")):
         run = prepare_run(plan, host, Path("."))
         run.write_data = lambda name, values: None
-        _adapt_models(plan, run)
-        load_model_checkpoints(run)
-        if len(run.data.train):  # an augmentation that cannot take these inputs fails now
-            sample = run.data.inputs(run.data.train, torch.arange(1, device=run.device))
-            run.augment(sample, torch.Generator().manual_seed(0))
-        trainer = Trainer(plan, run, HistoryWriter(Path("/dev/null")), ObserverBus(host),
-                          checkpointing.Checkpointer(Path("."), {}, 0.0, False))
-        checkpointing.rehearse_stages(trainer, plan.stages)
+        try:
+            _adapt_models(plan, run)
+            load_model_checkpoints(run)
+            if len(run.data.train):  # an augmentation that cannot take these inputs fails now
+                sample = run.data.inputs(run.data.train, torch.arange(1, device=run.device))
+                run.augment(sample, torch.Generator().manual_seed(0))
+            trainer = Trainer(plan, run, HistoryWriter(Path("/dev/null")), ObserverBus(host),
+                              checkpointing.Checkpointer(Path("."), {}, 0.0, False))
+            checkpointing.rehearse_stages(trainer, plan.stages)
+        finally:  # a set-up that stops in a streamed pass leaves no DataLoader worker
+            run.data.close_streams()
     return plan
 
 
