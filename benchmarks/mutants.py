@@ -93,7 +93,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-checkpoint": (".", ["kdcore/checkpoint.py", "kdcore/checkpointing.py"],
                           ["tests/test_checkpoint.py", "tests/test_checkpoint_contract.py",
                            "tests/test_resume_contract.py", "tests/test_run_dir_damage.py",
-                           "tests/test_loop.py"]),
+                           "tests/test_loop.py", "tests/test_input_digest.py"]),
     # the ledger (session 17): every per-sample column, its producer and kind, its state
     "kdcore-ledger": (".", ["kdcore/ledger.py"],
                       ["tests/test_ledger.py", "tests/test_step.py", "tests/test_terms.py",

@@ -252,7 +252,7 @@ def data_changes(history: Path, num_classes: int, class_names: Sequence[str],
     silently).
     """
     from kdcore.history import History
-    from kdcore.history_layout import INPUT_DIGEST
+    from kdcore.history_layout import FILE_SIZE, INPUT_DIGEST
 
     with History(history) as saved:
         if saved.num_classes != num_classes:
@@ -268,7 +268,8 @@ def data_changes(history: Path, num_classes: int, class_names: Sequence[str],
             if was.shape != now.shape:
                 return [*changes, f"{len(now)} training samples, the run's {len(was)}"]
             if not np.array_equal(was, now):
-                what = "the inputs differ" if name == INPUT_DIGEST else f"{name} differs"
+                what = {INPUT_DIGEST: "the inputs differ",
+                        FILE_SIZE: "the image files differ in size"}.get(name, f"{name} differs")
                 changes.append(f"{what} at {int((was != now).sum())} of {len(now)} samples")
     return changes
 

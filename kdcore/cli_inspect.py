@@ -24,7 +24,7 @@ import numpy as np
 
 from kdcore.cli_files import output_dir, output_file
 from kdcore.errors import KdcoreError
-from kdcore.history_layout import INPUT_DIGEST
+from kdcore.history_layout import RESUME_CHECKS
 
 #: the per-sample constants every ``--column`` export carries, after the row's position
 SAMPLE_COLUMNS = ("sample_id", "clean_label", "noisy_label")
@@ -110,7 +110,7 @@ def _per_sample_data(hist: Any, n: int) -> list[str]:
     for name in hist.data_names():
         arr = hist.data(name)
         if (1 <= arr.ndim <= 2 and arr.shape[0] == n and name not in SAMPLE_COLUMNS
-                and name != INPUT_DIGEST):
+                and name not in RESUME_CHECKS):
             out.append(name)
     return out
 

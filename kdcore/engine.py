@@ -18,12 +18,12 @@ from loguru import logger
 
 from kdcore import checkpoint as ckpt
 from kdcore import checkpointing, distributed
-from kdcore.data.base import ArrayDataset
-from kdcore.data.digest import row_digests
+from kdcore.data.base import ArrayDataset, FileDataset
+from kdcore.data.digest import file_sizes, row_digests
 from kdcore.errors import KdcoreError
 from kdcore.failures import save_error_line, save_traceback
 from kdcore.history import HistoryWriter, RowCounter
-from kdcore.history_layout import INPUT_DIGEST
+from kdcore.history_layout import FILE_SIZE, INPUT_DIGEST
 from kdcore.loggers import start_loggers
 from kdcore.loop import Trainer
 from kdcore.plan import RunPlan, build_plan, check_distributed
@@ -313,8 +313,10 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
             constants = {"noisy_label": data.train_noisy.int(), "clean_label": data.train.y.int(),
                          "clean_mask": data.train_noisy == data.train.y,
                          "sample_id": data.train_source.int()}
-            if main and isinstance(data.train, ArrayDataset):  # files: too slow to read all
+            if main and isinstance(data.train, ArrayDataset):
                 constants[INPUT_DIGEST] = row_digests(data.train.x)
+            elif main and isinstance(data.train, FileDataset):  # too slow to read all
+                constants[FILE_SIZE] = file_sizes(data.train.paths)
             if state is None:
                 history.create(
                     recipe_toml=recipe.to_toml(), versions=host.versions(),

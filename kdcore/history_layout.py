@@ -29,6 +29,11 @@ ROW_CHUNKS = (256,)  # chunk of the one-value-per-row datasets
 #: ``/data``'s digest of each training sample's input (:mod:`kdcore.data.digest`), compared
 #: on resume, not a value to read or export
 INPUT_DIGEST = "input_digest"
+#: ``/data``'s size in bytes of each training sample's image file, for a split streamed from
+#: files (which keeps no digest: reading every file at every start would cost an epoch)
+FILE_SIZE = "file_size"
+#: the constants kept only for ``--resume`` to compare
+RESUME_CHECKS = (INPUT_DIGEST, FILE_SIZE)
 
 
 def damaged(path: Path, cause: BaseException | str) -> KdcoreError:

@@ -12,6 +12,7 @@ import torch
 from kdcore import History, PluginHost, load_recipe, run_recipe
 from kdcore.data import digest
 from kdcore.data.digest import row_digests
+from kdcore.errors import KdcoreError
 from kdcore.testing import InterruptAt, Interrupted
 from tests.cli_helpers import invoke
 from tests.cli_helpers import one_line_error as assert_one_line_error
@@ -98,6 +99,36 @@ def test_data_changes_names_inputs_that_changed(tmp_path):
     assert data_changes(path, 3, ["a", "b", "c"], saved) == []
     moved = dict(saved, input_digest=torch.tensor([0, 1, 7, 3, 9]))
     assert data_changes(path, 3, ["a", "b", "c"], moved) == ["the inputs differ at 2 of 5 samples"]
+
+
+def test_data_changes_names_image_files_of_another_size(tmp_path):
+    from kdcore.checkpointing import data_changes
+    from kdcore.history import HistoryWriter
+
+    saved = {"noisy_label": torch.tensor([0, 1, 2], dtype=torch.int32),
+             "file_size": torch.tensor([100, 200, 300])}
+    path = tmp_path / "history.h5"
+    HistoryWriter(path).create(recipe_toml="", versions={}, num_classes=3,
+                               class_names=["a", "b", "c"], constants=saved,
+                               transition_matrix=torch.eye(3).numpy())
+    assert data_changes(path, 3, ["a", "b", "c"], saved) == []
+    resized = dict(saved, file_size=torch.tensor([100, 201, 300]))
+    assert data_changes(path, 3, ["a", "b", "c"], resized) == [
+        "the image files differ in size at 1 of 3 samples"]
+
+
+def test_file_sizes_are_each_files_bytes_and_a_missing_file_is_one_line(tmp_path):
+    paths = []
+    for i, size in enumerate((0, 5, 70000)):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Path(paths[-1]).write_bytes(b"x" * size)
+    sizes = digest.file_sizes(paths)
+    assert sizes.dtype == torch.int64 and sizes.tolist() == [0, 5, 70000]
+    assert digest.file_sizes([]).tolist() == []
+    gone = str(tmp_path / "gone.png")
+    with pytest.raises(KdcoreError) as err:
+        digest.file_sizes([*paths, gone])
+    assert str(err.value) == f"cannot read image {gone}: No such file or directory"
 
 
 @pytest.mark.slow

@@ -246,6 +246,47 @@ def test_a_run_stopped_in_the_middle_of_a_streamed_epoch_ends_its_workers(folder
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.slow
+def test_a_streamed_run_resumes_on_copied_images_and_refuses_resized_ones(folders, tmp_path):
+    """A streamed split keeps no digest of its images (it would read them all at every
+    start), so an image re-made at another size, with its label and the count unchanged,
+    was resumed on silently; each file's size is now compared. A copy of the images (new
+    times, same bytes) resumes."""
+    import shutil
+
+    from kdcore.testing import InterruptAt, Interrupted
+
+    root = tmp_path / "images"
+    shutil.copytree(folders, root)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE.format(root=root, stream="true", workers=0, dropout=0.0))
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        kdcore.run(recipe, out=out, plugins=[InterruptAt(epoch=1, batch=0)])
+    paths = image_folder(root=str(root / "train"), size=8, stream=True).train.paths
+    with History(out) as h:
+        sample_id = h.data("sample_id")
+        assert h.data("file_size").tolist() == [os.path.getsize(paths[i]) for i in sample_id]
+        assert "input_digest" not in h.data_names()
+    shutil.rmtree(root)
+    shutil.copytree(folders, root, copy_function=shutil.copyfile)  # the bytes, not the times
+    trained = Path(paths[sample_id[5]])
+    original = trained.read_bytes()
+    Image.open(trained).resize((16, 16)).save(trained)  # another size, the same class
+    resume = ["run", str(recipe), "--out", str(out), "--resume"]
+    result = CliRunner().invoke(main, resume)
+    assert result.exit_code == 2, result.output
+    assert "the image files differ in size at 1 of 189 samples" in result.output, result.output
+    assert "Traceback" not in result.output
+    trained.write_bytes(original)
+    result = CliRunner().invoke(main, [*resume, "--quiet"])
+    assert result.exit_code == 0, result.output
+    exported = tmp_path / "all.csv"
+    assert CliRunner().invoke(main, ["inspect", str(out), "--column", "all", "--csv",
+                                     str(exported)]).exit_code == 0
+    assert "file_size" not in exported.read_text().splitlines()[0]
+
+
 class _FeaturesAtSetup(kdcore.Component):
     """Reads the student's features over the training split as it is set up (a graph built
     from them, say); the model fails on the second batch, with more batches decoded ahead."""

@@ -14,8 +14,13 @@ digest (an odd multiplier is invertible modulo 2**64); other changes are missed 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+
+from kdcore.errors import KdcoreError
 
 #: rows digested at a time: the product of a block is at most ~64 MB
 _BLOCK_BYTES = 64 * 2**20
@@ -39,6 +44,21 @@ def row_digests(x: torch.Tensor) -> torch.Tensor:
         out[start:start + step] = block.view("<u8") @ multipliers
     out ^= np.uint64(width)  # rows of another width (a resize) differ even when all zero
     return torch.from_numpy(out.view(np.int64))
+
+
+def file_sizes(paths: Sequence[str]) -> torch.Tensor:
+    """The size in bytes of each file, ``int64``: what a streamed split keeps for ``--resume``
+    to compare instead of a digest. An image re-made (another crop, resize or encoding) almost
+    always changes size, and a copy of the dataset to another machine keeps every size (its
+    times and paths may change, so neither is compared). A stat per file, as the set-up's check
+    that each is a file already made."""
+    sizes = np.empty(len(paths), dtype=np.int64)
+    for i, path in enumerate(paths):
+        try:
+            sizes[i] = os.stat(path).st_size
+        except OSError as exc:  # gone since the set-up looked
+            raise KdcoreError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    return torch.from_numpy(sizes)
 
 
 def _multipliers(count: int) -> np.ndarray:
