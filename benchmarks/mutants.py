@@ -127,7 +127,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # ablation grids: grid files, --variant text, run directories, what is pending (session 18)
     "kdcore-grid": (".", ["kdcore/grid.py"], ["tests/test_ablate_input.py", "tests/test_grid.py"]),
     # a run's data: splits, noise, inputs, batches, a rank's share (session 19)
-    "kdcore-rundata": (".", ["kdcore/rundata.py", "kdcore/class_warnings.py"],
+    "kdcore-rundata": (".", ["kdcore/rundata.py", "kdcore/class_warnings.py",
+                             "kdcore/data/split_checks.py"],
                        ["tests/test_rundata.py", "tests/test_impossible_params.py",
                         "tests/test_label_file.py", "tests/test_streaming.py"]),
     # a run's set-up from its plan: seeds, models sized and built, the first ledger columns

@@ -18,6 +18,7 @@ from kdcore.class_warnings import warn_if_classes_missing, warn_if_mostly_mislab
 from kdcore.config import bind_params
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset, NoiseContext, Split
 from kdcore.data.noise import realised_transition
+from kdcore.data.split_checks import check_splits
 from kdcore.data.splits import make_splits
 from kdcore.device import check_fits
 from kdcore.errors import KdcoreError, RecipeError
@@ -186,46 +187,6 @@ def build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.d
         return _build_run_data(cfg, host, seed, device)
 
 
-def _check_splits(dataset: str, loaded: Any) -> None:
-    """What a loader gave is what :class:`DatasetSplits` documents, refused at set-up (so by
-    ``kdcore check``) rather than where a batch or the evaluation first trips on it."""
-    where = f"dataset '{dataset}'"
-    if not isinstance(loaded, DatasetSplits) or not isinstance(
-            loaded.train, ArrayDataset | FileDataset):
-        raise KdcoreError(f"{where} gave a {type(loaded).__name__}, not DatasetSplits of "
-                          "ArrayDataset or FileDataset splits")
-    train = loaded.train
-    for name, split in (("training", train), ("test", loaded.test)):
-        if split is None:
-            continue
-        if not isinstance(split, ArrayDataset | FileDataset):
-            raise KdcoreError(f"{where}: its {name} split is a {type(split).__name__}")
-        if len(split) == 0:  # nothing to train on, or to measure
-            raise KdcoreError(f"{where} gave an empty {name} split")
-        y = split.y
-        if y.dtype in (torch.bool, *_FLOATS) or y.is_complex() or y.dim() != 1:
-            raise KdcoreError(f"{where}: its {name} labels are {y.dtype} of shape "
-                              f"{tuple(y.shape)}; expected integers of shape (N,)")
-        if int(y.min()) < 0 or int(y.max()) >= train.num_classes:
-            raise KdcoreError(f"{where}: its {name} labels run from {int(y.min())} to "
-                              f"{int(y.max())}; classes are 0 .. {train.num_classes - 1}")
-        if isinstance(split, ArrayDataset) and (split.x.dtype not in (torch.float32, torch.uint8)
-                                                or len(split.x) != len(y)):
-            raise KdcoreError(f"{where}: its {name} inputs are {split.x.dtype} for "
-                              f"{len(split.x)} samples and {len(y)} labels; expected float32 "
-                              "(or uint8 images), one per label")
-        if split.input_shape != train.input_shape or split.num_classes != train.num_classes:
-            raise KdcoreError(f"{where}: its {name} split holds inputs {split.input_shape} "
-                              f"of {split.num_classes} classes, the training split "
-                              f"{train.input_shape} of {train.num_classes}")
-    if train.class_names and len(train.class_names) != train.num_classes:
-        raise KdcoreError(f"{where} names {len(train.class_names)} classes of "
-                          f"{train.num_classes}")
-
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.device
                     ) -> RunData:
     loader = host.datasets.get(cfg.dataset)
@@ -237,7 +198,7 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
     except (OSError, ValueError) as exc:
         raise KdcoreError(f"dataset '{cfg.dataset}' could not be loaded: {exc}") from None
     gen = torch.Generator().manual_seed(seed)
-    _check_splits(cfg.dataset, loaded)
+    check_splits(cfg.dataset, loaded)
     full = loaded.train
     num_classes = full.num_classes
     # the C x C transition matrix (float64), counted before anything loops over the classes

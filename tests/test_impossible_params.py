@@ -3,6 +3,7 @@ is called (and one line from ``kdcore run``), never a traceback or a silent fall
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -272,26 +273,105 @@ def _wrong(what):
         "test shape": DatasetSplits(good, test=_good_split(features=6)),
         "test labels": DatasetSplits(good, test=attrs.evolve(good, y=good.y + 7)),
         "names": DatasetSplits(attrs.evolve(good, class_names=("a",))),
+        "x nan": DatasetSplits(attrs.evolve(good, x=_with(good.x, (3, 1), math.nan))),
+        "x inf": DatasetSplits(attrs.evolve(good, x=_with(_with(good.x, (7, 0), math.inf),
+                                                          (30, 4), -math.inf))),
+        "test nan": DatasetSplits(good, test=attrs.evolve(good, x=_with(good.x, (39, 4),
+                                                                        math.nan))),
+        "x numpy": DatasetSplits(attrs.evolve(good, x=good.x.numpy())),
+        "x scalar": DatasetSplits(attrs.evolve(good, x=good.x[0, 0])),
+        "classes 0": DatasetSplits(attrs.evolve(good, num_classes=0)),
+        "classes 10.0": DatasetSplits(attrs.evolve(good, num_classes=10.0)),
+        "classes True": DatasetSplits(attrs.evolve(good, num_classes=True)),
+        "float mean": DatasetSplits(attrs.evolve(good, mean=(0.5,), std=(0.2,))),
+        "float std": DatasetSplits(attrs.evolve(good, std=(0.2,))),
+        **{f"images {k}": DatasetSplits(attrs.evolve(_images(), **v)) for k, v in {
+            "mean alone": {"mean": (0.5, 0.5, 0.5), "std": None},
+            "std alone": {"std": (0.2, 0.2, 0.2), "mean": None},
+            "mean of 2": {"mean": (0.5, 0.5)},
+            "std 0": {"std": (0.2, 0.0, 0.2)},
+            "std nan": {"std": (0.2, math.nan, 0.2)},
+            "mean inf": {"mean": (math.inf,)},
+            "mean str": {"mean": "abc"},
+            "mean number": {"mean": 0.5},
+            "without channels": {"x": _images().x[:, 0], "mean": (0.5,), "std": (0.2,)},
+        }.items()},
     }[what]
+
+
+def _with(x, where, value):
+    x = x.clone()
+    x[where] = value
+    return x
+
+
+def _images(rows=40):
+    """uint8 images of 3 channels, normalised per channel."""
+    import torch
+
+    from kdcore.data.base import ArrayDataset
+
+    x = torch.arange(rows * 3 * 4 * 4).reshape(rows, 3, 4, 4).remainder(256).to(torch.uint8)
+    return ArrayDataset(x, torch.arange(rows) % 4, 10, mean=(0.5, 0.4, 0.3),
+                        std=(0.2, 0.2, 0.2))
 
 
 @pytest.mark.parametrize(("what", "message"), [
     ("dict", "gave a dict, not DatasetSplits of ArrayDataset or FileDataset splits"),
-    ("x float64", "its training inputs are torch.float64 for 40 samples and 40 labels; "
+    ("x float64", "its training inputs are torch.float64 of shape (40, 5) for 40 labels; "
                   "expected float32 (or uint8 images), one per label"),
-    ("x int64", "its training inputs are torch.int64 for 40 samples and 40 labels; expected "
+    ("x int64", "its training inputs are torch.int64 of shape (40, 5) for 40 labels; expected "
                 "float32 (or uint8 images), one per label"),
     ("y 2d", "its training labels are torch.int64 of shape (40, 1); expected integers of "
              "shape (N,)"),
     ("y float", "its training labels are torch.float32 of shape (40,); expected integers of "
                 "shape (N,)"),
     ("y negative", "its training labels run from -1 to 2; classes are 0 .. 9"),
-    ("x short", "inputs are torch.float32 for 39 samples and 40 labels; expected float32 "
+    ("x short", "inputs are torch.float32 of shape (39, 5) for 40 labels; expected float32 "
                 "(or uint8 images), one per label"),
     ("test shape", "its test split holds inputs (6,) of 10 classes, the training split (5,) "
                    "of 10"),
     ("test labels", "its test labels run from 7 to 10; classes are 0 .. 9"),
     ("names", "names 1 classes of 10"),
+    ("x nan", "its training inputs are not finite (NaN or infinite) in 1 sample (the first: "
+              "sample 3); the loader should drop or fill them"),
+    ("x inf", "its training inputs are not finite (NaN or infinite) in 2 samples (the first: "
+              "sample 7); the loader should drop or fill them"),
+    ("test nan", "its test inputs are not finite (NaN or infinite) in 1 sample (the first: "
+                 "sample 39); the loader should drop or fill them"),
+    ("x numpy", "its training inputs are a ndarray; expected a torch.Tensor (torch.from_numpy "
+                "turns an array into one)"),
+    ("x scalar", "its training inputs are torch.float32 of shape () for 40 labels; expected "
+                 "float32 (or uint8 images), one per label"),
+    ("classes 0", "gave num_classes int 0; expected a whole number of classes, at least 1"),
+    ("classes 10.0", "gave num_classes float 10.0; expected a whole number of classes, at "
+                     "least 1"),
+    ("classes True", "gave num_classes bool True; expected a whole number of classes, at "
+                     "least 1"),
+    ("float mean", "its training split gives a mean and std for float inputs, which are used "
+                   "as they are; normalise them in the loader (mean and std apply to uint8 "
+                   "images)"),
+    ("float std", "its training split gives a mean and std for float inputs, which are used "
+                  "as they are; normalise them in the loader (mean and std apply to uint8 "
+                  "images)"),
+    ("images mean alone", "its training split gives a mean without a std; give both, or "
+                          "neither"),
+    ("images std alone", "its training split gives a std without a mean; give both, or "
+                         "neither"),
+    ("images mean of 2", "its training split's mean has 2 values for 3 channels; expected 1 "
+                         "or 3"),
+    ("images std 0", "its training split's std is (0.2, 0.0, 0.2); expected finite values, "
+                     "each above 0"),
+    ("images std nan", "its training split's std is (0.2, nan, 0.2); expected finite values, "
+                       "each above 0"),
+    ("images mean inf", "its training split's mean is (inf,); expected finite values"),
+    ("images mean str", "its training split's mean is str 'abc'; expected one number per "
+                        "channel"),
+    ("images mean number", "its training split's mean is float 0.5; expected one number per "
+                           "channel"),
+    ("images without channels", "its training split gives a mean and std for uint8 inputs of "
+                                "shape (4, 4) per sample; they scale images of shape (C, H, W) "
+                                "per channel (give the channel axis, even of 1)"),
 ])
 def test_a_dataset_plugin_that_gives_what_datasetsplits_does_not_hold_is_refused(
         tmp_path, monkeypatch, what, message):
@@ -302,6 +382,44 @@ def test_a_dataset_plugin_that_gives_what_datasetsplits_does_not_hold_is_refused
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith("kdcore: error: dataset 'many_classes'") and line.endswith(message)
+
+
+def test_what_datasetsplits_holds_passes_its_checks():
+    """The controls of the refusals above: uint8 images with a mean and std of one value per
+    channel or one for all, or none; a numpy integer count of classes; float features."""
+    import attrs
+    import numpy as np
+    import torch
+
+    from kdcore.data.base import DatasetSplits
+    from kdcore.data.split_checks import check_splits
+
+    images = _images()
+    one_class = attrs.evolve(_good_split(), y=torch.zeros(40, dtype=torch.long), num_classes=1)
+    for split in (images, attrs.evolve(images, mean=(0.5,), std=(0.25,)),
+                  attrs.evolve(images, mean=None, std=None), one_class,
+                  attrs.evolve(_good_split(), num_classes=np.int64(10)), _good_split()):
+        check_splits("d", DatasetSplits(split, test=split))
+
+
+def test_inputs_are_checked_for_nan_in_blocks_to_the_last_row(monkeypatch):
+    """A block of a few rows at a time (not a boolean copy of a whole split): a NaN in a later
+    block, and in the last row, is found with its row number."""
+    import attrs
+
+    from kdcore.data import split_checks
+    from kdcore.data.base import DatasetSplits
+
+    monkeypatch.setattr(split_checks, "_CHECK_BYTES", 3 * 5 * 4)  # 3 rows of 5 float32
+    good = _good_split()
+    split_checks.check_splits("d", DatasetSplits(good))
+    for rows in ([39], [10, 20], [0, 2, 3]):
+        x = good.x.clone()
+        x[rows, 1] = math.nan
+        with pytest.raises(KdcoreError) as err:
+            split_checks.check_splits("d", DatasetSplits(attrs.evolve(good, x=x)))
+        plural = "s" if len(rows) > 1 else ""
+        assert f"in {len(rows)} sample{plural} (the first: sample {rows[0]});" in str(err.value)
 
 
 # -- splits too small for what the recipe does with them -----------------------------------------

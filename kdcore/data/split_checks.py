@@ -1,0 +1,117 @@
+"""What a dataset loader gave, checked against what :class:`~kdcore.data.base.DatasetSplits`
+documents at set-up (so by ``kdcore check``), rather than where a batch, the normalisation or
+the evaluation first trips on it: a wrong type or shape, labels outside the classes, inputs
+that are not finite, a normalisation that cannot apply."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+
+from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset
+from kdcore.errors import KdcoreError, shown
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: inputs checked for NaN this many bytes at a time
+_CHECK_BYTES = 64 * 2**20
+
+
+def check_splits(dataset: str, loaded: Any) -> None:
+    """Refuse, in one line naming ``dataset``, what the engine could not train on as given.
+
+    Raises:
+        KdcoreError: the first thing found wrong.
+    """
+    where = f"dataset '{dataset}'"
+    if not isinstance(loaded, DatasetSplits) or not isinstance(
+            loaded.train, ArrayDataset | FileDataset):
+        raise KdcoreError(f"{where} gave a {type(loaded).__name__}, not DatasetSplits of "
+                          "ArrayDataset or FileDataset splits")
+    train = loaded.train
+    classes = train.num_classes
+    if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) or classes < 1:
+        raise KdcoreError(f"{where} gave num_classes {shown(classes)}; expected a whole "
+                          "number of classes, at least 1")
+    for name, split in (("training", train), ("test", loaded.test)):
+        if split is None:
+            continue
+        if not isinstance(split, ArrayDataset | FileDataset):
+            raise KdcoreError(f"{where}: its {name} split is a {type(split).__name__}")
+        if len(split) == 0:  # nothing to train on, or to measure
+            raise KdcoreError(f"{where} gave an empty {name} split")
+        y = split.y
+        if y.dtype in (torch.bool, *_FLOATS) or y.is_complex() or y.dim() != 1:
+            raise KdcoreError(f"{where}: its {name} labels are {y.dtype} of shape "
+                              f"{tuple(y.shape)}; expected integers of shape (N,)")
+        if int(y.min()) < 0 or int(y.max()) >= classes:
+            raise KdcoreError(f"{where}: its {name} labels run from {int(y.min())} to "
+                              f"{int(y.max())}; classes are 0 .. {classes - 1}")
+        if isinstance(split, ArrayDataset):
+            _check_inputs(f"{where}: its {name}", split, len(y))
+        _check_normalisation(f"{where}: its {name} split", split)
+        if split.input_shape != train.input_shape or split.num_classes != classes:
+            raise KdcoreError(f"{where}: its {name} split holds inputs {split.input_shape} "
+                              f"of {split.num_classes} classes, the training split "
+                              f"{train.input_shape} of {classes}")
+    if train.class_names and len(train.class_names) != classes:
+        raise KdcoreError(f"{where} names {len(train.class_names)} classes of {classes}")
+
+
+def _check_inputs(where: str, split: ArrayDataset, labels: int) -> None:
+    x = split.x
+    if not isinstance(x, torch.Tensor):
+        raise KdcoreError(f"{where} inputs are a {type(x).__name__}; expected a torch.Tensor "
+                          "(torch.from_numpy turns an array into one)")
+    if x.dtype not in (torch.float32, torch.uint8) or x.dim() == 0 or len(x) != labels:
+        raise KdcoreError(f"{where} inputs are {x.dtype} of shape {tuple(x.shape)} for "
+                          f"{labels} labels; expected float32 (or uint8 images), one per label")
+    # a NaN or an infinity made the first batch's loss NaN, a whole set-up later
+    if x.dtype == torch.float32 and len(x):
+        rows = x.reshape(len(x), -1)
+        step = max(1, _CHECK_BYTES // max(4 * rows.shape[1], 1))  # no copy of a whole split
+        bad = [torch.nonzero(~torch.isfinite(rows[start:start + step]).all(dim=1)) + start
+               for start in range(0, len(rows), step)]
+        found = torch.cat(bad).flatten()
+        if len(found):
+            raise KdcoreError(f"{where} inputs are not finite (NaN or infinite) in "
+                              f"{len(found)} sample{'s' if len(found) > 1 else ''} (the "
+                              f"first: sample {int(found[0])}); the loader should drop or fill "
+                              "them")
+
+
+def _check_normalisation(where: str, split: ArrayDataset | FileDataset) -> None:
+    """``mean`` and ``std`` scale uint8 images ``(C, H, W)`` per channel, both or neither: one
+    given alone, or either given for float inputs, was passed over without a word; a std of 0
+    or a length that is neither 1 nor the channels' count failed in the first batch."""
+    mean, std = split.mean, split.std
+    if mean is None and std is None:
+        return
+    images = isinstance(split, FileDataset) or split.x.dtype == torch.uint8
+    if not images:
+        raise KdcoreError(f"{where} gives a mean and std for float inputs, which are used as "
+                          "they are; normalise them in the loader (mean and std apply to "
+                          "uint8 images)")
+    if mean is None or std is None:
+        raise KdcoreError(f"{where} gives a {'std' if mean is None else 'mean'} without a "
+                          f"{'mean' if mean is None else 'std'}; give both, or neither")
+    if len(split.input_shape) != 3:  # (N, H, W) would be scaled per row of pixels
+        raise KdcoreError(f"{where} gives a mean and std for uint8 inputs of shape "
+                          f"{split.input_shape} per sample; they scale images of shape "
+                          "(C, H, W) per channel (give the channel axis, even of 1)")
+    channels = split.input_shape[0]
+    for label, values in (("mean", mean), ("std", std)):
+        try:
+            given = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise KdcoreError(f"{where}'s {label} is {shown(values)}; expected one number "
+                              "per channel") from None
+        if len(given) not in (1, channels):
+            raise KdcoreError(f"{where}'s {label} has {len(given)} values for "
+                              f"{channels} channels; expected 1 or {channels}")
+        if not all(math.isfinite(v) for v in given) or (
+                label == "std" and min(given) <= 0):
+            raise KdcoreError(f"{where}'s {label} is {tuple(values)}; expected finite values"
+                              f"{', each above 0' if label == 'std' else ''}")
