@@ -402,6 +402,60 @@ def test_what_datasetsplits_holds_passes_its_checks():
         check_splits("d", DatasetSplits(split, test=split))
 
 
+def _files(folder: Path, rows: int = 40):
+    """A streamed split of ``rows`` 4x4 PNG files in ``folder``."""
+    import numpy as np
+    import torch
+
+    from kdcore.data.base import FileDataset
+
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(rows):
+        paths.append(str(folder / f"{i}.png"))
+        Image.fromarray(np.full((4, 4, 3), 6 * i, dtype=np.uint8)).save(paths[-1])
+    return FileDataset(paths=tuple(paths), y=torch.arange(rows) % 4, num_classes=10, size=4,
+                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"paths": tuple(range(40))}, "lists int 0 as a path; expected a tuple of paths as strings"),
+    ({"paths": "images/"}, "lists str 'images/' as a path; expected a tuple of paths as "
+                           "strings"),
+    ({"paths": lambda p: p[:30]}, "lists 30 image files for 40 labels; expected one per label"),
+    ({"size": 0}, "resizes images to a size of int 0; expected a whole number of pixels, at "
+                  "least 1"),
+    ({"size": 2.5}, "resizes images to a size of float 2.5; expected a whole number of pixels, "
+                    "at least 1"),
+    ({"size": True}, "resizes images to a size of bool True; expected a whole number of "
+                     "pixels, at least 1"),
+    ({"paths": lambda p: (*p[:38], "gone.png", str(Path(p[0]).parent))},
+     ": 2 of the 40 listed images are not files (first: gone.png)"),
+])
+def test_a_dataset_plugin_that_lists_files_it_cannot_stream_is_refused(
+        tmp_path, monkeypatch, change, message):
+    """An int path was read as an open file descriptor ('cannot read image 7: Bad file
+    descriptor'); a short list was an IndexError; a missing file or a folder stopped the run
+    at its batch, a size of 0 or 2.5 failed in the model's check with torch's words."""
+    import attrs
+
+    from kdcore.data.base import DatasetSplits
+    from kdcore.data.split_checks import check_splits
+
+    good = _files(tmp_path / "images")
+    check_splits("d", DatasetSplits(attrs.evolve(good, size=1)))  # one pixel is a size
+    monkeypatch.setattr(_ManyClasses, "loader", staticmethod(lambda: DatasetSplits(good)))
+    assert _check_many(tmp_path, 10).exit_code == 0
+    fields = {k: v(good.paths) if callable(v) else v for k, v in change.items()}
+    monkeypatch.setattr(_ManyClasses, "loader",
+                        staticmethod(lambda: DatasetSplits(attrs.evolve(good, **fields))))
+    result = _check_many(tmp_path, 10)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    shown = message if message.startswith(":") else f" {message}"
+    assert line == f"kdcore: error: dataset 'many_classes': its training split{shown}", line
+
+
 def test_inputs_are_checked_for_nan_in_blocks_to_the_last_row(monkeypatch):
     """A block of a few rows at a time (not a boolean copy of a whole split): a NaN in a later
     block, and in the last row, is found with its row number."""

@@ -19,6 +19,7 @@ import torch
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset
 from kdcore.data.images import IMAGE_EXTENSIONS, channel_stats, sample_rows
 from kdcore.data.loaders.paths import Directory, given_dir
+from kdcore.data.split_checks import check_listed_files
 from kdcore.device import check_fits
 from kdcore.errors import KdcoreError, missing_path
 from kdcore.validators import positive, require
@@ -108,7 +109,7 @@ def image_split(paths: Sequence[str], y: torch.Tensor, classes: Sequence[str], s
     files = FileDataset(paths=tuple(paths), y=y, num_classes=len(classes), size=size,
                         class_names=tuple(classes))
     if stream:
-        _check_listed_files(paths)
+        check_listed_files(paths)
         if stats_from is None:
             mean, std = channel_stats(files.read(sample_rows(len(files))))
         else:
@@ -118,16 +119,6 @@ def image_split(paths: Sequence[str], y: torch.Tensor, classes: Sequence[str], s
     mean, std = channel_stats(x) if stats_from is None else (stats_from.mean, stats_from.std)
     return ArrayDataset(x=x, y=y, num_classes=len(classes), class_names=tuple(classes),
                         mean=mean, std=std)
-
-
-def _check_listed_files(paths: Sequence[str]) -> None:
-    """Refuse a streamed split with a listed image that is not a file, at set-up: its batch
-    would otherwise fail in the middle of training (the mean and std read only a sample of
-    the images). A stat per file: seconds for a million, against the epochs it saves."""
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise KdcoreError(f"{len(missing)} of the {len(paths)} listed images are not files "
-                          f"(first: {missing[0]})")
 
 
 def _class_folders(directory: Path) -> tuple[str, ...]:
