@@ -18,7 +18,7 @@ from kdcore.class_warnings import warn_if_classes_missing, warn_if_mostly_mislab
 from kdcore.config import bind_params
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset, NoiseContext, Split
 from kdcore.data.noise import realised_transition
-from kdcore.data.split_checks import check_splits
+from kdcore.data.split_checks import check_noisy_labels, check_splits
 from kdcore.data.splits import make_splits
 from kdcore.device import check_fits
 from kdcore.errors import KdcoreError, RecipeError
@@ -231,9 +231,9 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
 
     noise_fn = host.noise_models.get(cfg.noise.model)
     noise_params = bind_params(noise_fn, cfg.noise.params, "data.noise.params")
-    train_noisy = _apply_noise(noise_fn, noise_params, train, num_classes, gen,
+    train_noisy = _apply_noise(cfg.noise.model, noise_fn, noise_params, train, num_classes, gen,
                                source=(train_idx, len(full)))
-    val_noisy = (_apply_noise(noise_fn, noise_params, val, num_classes, gen,
+    val_noisy = (_apply_noise(cfg.noise.model, noise_fn, noise_params, val, num_classes, gen,
                               source=(splits["val"], len(full)))
                  if cfg.noise.apply_to_val else val.y.clone())
 
@@ -309,7 +309,7 @@ def _worker_error(exc: Exception) -> str:
         else last
 
 
-def _apply_noise(fn: Any, params: dict[str, Any], ds: Split, num_classes: int,
+def _apply_noise(name: str, fn: Any, params: dict[str, Any], ds: Split, num_classes: int,
                  gen: torch.Generator, source: tuple[torch.Tensor, int]) -> torch.Tensor:
     """Corrupt ``ds``'s labels; ``source``: its rows in the loader's training split, and that
     split's size (``NoiseContext.source_index`` / ``source_size``)."""
@@ -321,11 +321,7 @@ def _apply_noise(fn: Any, params: dict[str, Any], ds: Split, num_classes: int,
         noisy = fn(ctx, **params)
     except TypeError as exc:
         raise RecipeError(str(exc), key="data.noise.params") from None
-    noisy = torch.as_tensor(noisy, dtype=torch.long)
-    out_of_range = len(noisy) and (noisy.min() < 0 or noisy.max() >= num_classes)
-    if noisy.shape != ds.y.shape or out_of_range:
-        raise KdcoreError("the noise model returned labels of the wrong shape or range")
-    return noisy
+    return check_noisy_labels(name, noisy, ds.y, num_classes)
 
 
 def _stratified_subset(labels: torch.Tensor, index: torch.Tensor, size: int,

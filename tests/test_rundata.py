@@ -6,6 +6,7 @@ distributed rank's share of a streamed batch, and a DataLoader worker's error me
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import attrs
 import numpy as np
@@ -47,7 +48,7 @@ class _Data:
             self.seen.append(ctx)
             return (ctx.labels + by) % ctx.num_classes
 
-        def returns(ctx, *, labels: list[int]):
+        def returns(ctx, *, labels: Any):
             return labels
 
         return {"shift": shift, "returns": returns}
@@ -226,12 +227,38 @@ def test_a_class_left_without_rows_takes_one_from_the_lowest_of_the_largest():
     assert np.bincount(labels[got].numpy(), minlength=7).tolist() == [2, 3, 1, 1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("labels", [[0] * 31, [0] * 33, [0] * 31 + [-1], [0] * 31 + [4]])
-def test_noise_of_the_wrong_shape_or_range_is_refused(plugin, labels):
+@pytest.mark.parametrize(("labels", "message"), [
+    ([0] * 31, "labels of shape (31,) for labels of shape (32,)"),
+    ([0] * 33, "labels of shape (33,) for labels of shape (32,)"),
+    ([[0]] * 32, "labels of shape (32, 1) for labels of shape (32,)"),
+    ([0] * 31 + [-1], "labels from -1 to 0; classes are 0 .. 3"),
+    ([1] * 31 + [4], "labels from 1 to 4; classes are 0 .. 3"),
+    ([0.0] * 32, "labels of dtype torch.float32; expected integers"),
+    ([0] * 31 + [2.5], "labels of dtype torch.float32; expected integers"),
+    ([True] * 32, "labels of dtype torch.bool; expected integers"),
+    (None, "NoneType None; expected a label per sample"),
+    ("0" * 32, "str '00000000000000000000000000000000'; expected a label per sample"),
+    ([[0], [0, 1]] * 16, "list [[0], [0, 1], [0], [0, 1], [0], [0, 1], [0], [0, 1], [0],..., "
+                         "which is not an array of labels (expected sequence of length 1 at "
+                         "dim 1 (got 2))"),
+])
+def test_noise_of_the_wrong_type_shape_or_range_is_refused(plugin, labels, message):
+    """Each named the noise model and what it gave: it said "the wrong shape or range" of
+    all of them, took floats truncated and bools as classes 0 and 1, and None was a
+    TypeError traceback."""
     with pytest.raises(KdcoreError) as info:
         _build(plugin, val_fraction=0.0, noise=NoiseConfig(
             model="returns", params={"labels": labels}, apply_to_val=False))
-    assert str(info.value) == "the noise model returned labels of the wrong shape or range"
+    assert str(info.value).startswith(f"noise model 'returns' returned {message}"), info.value
+
+
+def test_noise_as_numpy_or_narrow_integers_is_taken_as_labels(plugin):
+    labels = [3, 2, 1, 0] * 8
+    for given in (np.array(labels, dtype=np.uint8), torch.tensor(labels, dtype=torch.int8),
+                  tuple(labels)):
+        data = _build(plugin, val_fraction=0.0, noise=NoiseConfig(
+            model="returns", params={"labels": given}, apply_to_val=False))
+        assert data.train_noisy.tolist() == labels and data.train_noisy.dtype == torch.long
 
 
 def test_noise_as_a_list_is_taken_as_labels(plugin):

@@ -1,7 +1,8 @@
-"""What a dataset loader gave, checked against what :class:`~kdcore.data.base.DatasetSplits`
-documents at set-up (so by ``kdcore check``), rather than where a batch, the normalisation or
-the evaluation first trips on it: a wrong type or shape, labels outside the classes, inputs
-that are not finite, a normalisation that cannot apply."""
+"""What a dataset loader or a noise model gave, checked against what
+:class:`~kdcore.data.base.DatasetSplits` and the noise hook document at set-up (so by ``kdcore
+check``), rather than where a batch, the normalisation or the evaluation first trips on it: a
+wrong type or shape, labels outside the classes, inputs that are not finite, a normalisation
+that cannot apply."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from kdcore.data.base import ArrayDataset, DatasetSplits, FileDataset
@@ -152,3 +154,27 @@ def _check_normalisation(where: str, split: ArrayDataset | FileDataset) -> None:
                 label == "std" and min(given) <= 0):
             raise KdcoreError(f"{where}'s {label} is {tuple(values)}; expected finite values"
                               f"{', each above 0' if label == 'std' else ''}")
+
+
+def check_noisy_labels(model: str, noisy: Any, labels: torch.Tensor,
+                       num_classes: int) -> torch.Tensor:
+    """A noise model's result as ``int64`` labels of ``labels``' shape, or one line naming the
+    model and what it returned: labels that are not integers (floats were truncated, bools read
+    as classes 0 and 1), of another shape, outside the classes, or no labels at all."""
+    where = f"noise model '{model}'"
+    if not isinstance(noisy, torch.Tensor | np.ndarray | list | tuple):
+        raise KdcoreError(f"{where} returned {shown(noisy)}; expected a label per sample")
+    try:
+        given = torch.as_tensor(noisy)
+    except (TypeError, ValueError, RuntimeError) as exc:  # a ragged list, a list of strings
+        raise KdcoreError(f"{where} returned {shown(noisy)}, which is not an array of labels "
+                          f"({exc})") from None
+    if given.dtype == torch.bool or given.is_floating_point() or given.is_complex():
+        raise KdcoreError(f"{where} returned labels of dtype {given.dtype}; expected integers")
+    if given.shape != labels.shape:
+        raise KdcoreError(f"{where} returned labels of shape {tuple(given.shape)} for labels "
+                          f"of shape {tuple(labels.shape)}")
+    if len(given) and (int(given.min()) < 0 or int(given.max()) >= num_classes):
+        raise KdcoreError(f"{where} returned labels from {int(given.min())} to "
+                          f"{int(given.max())}; classes are 0 .. {num_classes - 1}")
+    return given.to(device=labels.device, dtype=torch.long)
