@@ -28,7 +28,7 @@ from kdcore.loggers import start_loggers
 from kdcore.loop import Trainer
 from kdcore.plan import RunPlan, build_plan, check_distributed
 from kdcore.plugins import ObserverBus, PluginHost
-from kdcore.prepare import compile_models, load_model_checkpoints, prepare_run
+from kdcore.prepare import check_augmentations, compile_models, load_model_checkpoints, prepare_run
 from kdcore.provenance import code_changes, code_digests, recipe_changes, recorded_code
 from kdcore.recipe import Recipe, resolved_now
 from kdcore.rundir import RunDirLock, check_output_dir, prepare_run_dir, run_dir_of
@@ -173,9 +173,7 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
         try:
             _adapt_models(plan, run)
             load_model_checkpoints(run)
-            if len(run.data.train):  # an augmentation that cannot take these inputs fails now
-                sample = run.data.inputs(run.data.train, torch.arange(1, device=run.device))
-                run.augment(sample, torch.Generator().manual_seed(0))
+            check_augmentations(run)  # one that cannot take these inputs fails now
             trainer = Trainer(plan, run, HistoryWriter(Path("/dev/null")), ObserverBus(host),
                               checkpointing.Checkpointer(Path("."), {}, 0.0, False))
             checkpointing.rehearse_stages(trainer, plan.stages)
@@ -300,6 +298,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
             run = prepare_run(plan, host, run_dir)
             _adapt_models(plan, run)
             load_model_checkpoints(run)
+            check_augmentations(run)
             compile_models(run)
             history = HistoryWriter(run_dir / "history.h5") if main else RowCounter()
             world = distributed.world()

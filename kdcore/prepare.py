@@ -24,7 +24,7 @@ from kdcore.plan import RunPlan
 from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe
 from kdcore.rundata import build_run_data
-from kdcore.runstate import Run, role_seed
+from kdcore.runstate import Run, augmentation_changed, role_seed
 
 
 def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
@@ -238,4 +238,33 @@ def _check_takes_inputs(role: str, model: nn.Module, spec: ModelSpec) -> None:
             key=f"models.{role}.arch")
 
 
-__all__ = ["compile_models", "load_model_checkpoints", "load_weights_into", "prepare_run"]
+def check_augmentations(run: Run) -> None:
+    """Each augmentation applied in turn to two training inputs, as a batch meets them: one
+    that cannot take these inputs, or returns something of another shape, dtype or device,
+    is refused now, naming it (it was the first batch's error, blamed on a loss term)."""
+    train = run.data.train
+    if not (run.augmentations and len(train)):
+        return
+    x = run.data.inputs(train, torch.arange(min(2, len(train)), device=run.device))
+    generator = torch.Generator().manual_seed(0)  # on the CPU, as the training loop's
+    # one that draws from torch's global generators leaves the run's draws as they were
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        for i, (fn, params) in enumerate(run.augmentations):
+            try:
+                out = fn(x, generator, **params)
+            except KdcoreError:
+                raise
+            except Exception as exc:  # whatever the augmentation raises on these inputs
+                raise RecipeError(
+                    f"augmentation '{run.recipe.data.augment[i].name}' cannot take the data's "
+                    f"inputs ({x.dtype} {tuple(x.shape)}): {type(exc).__name__}: "
+                    f"{one_line(exc).rstrip('.')}", file=run.recipe.source,
+                    key=f"data.augment[{i}].name") from None
+            if not (isinstance(out, torch.Tensor) and out.shape == x.shape
+                    and out.dtype == x.dtype and out.device == x.device):
+                raise augmentation_changed(run.recipe, i, x, out)
+            x = out
+
+
+__all__ = ["check_augmentations", "compile_models", "load_model_checkpoints", "load_weights_into",
+           "prepare_run"]

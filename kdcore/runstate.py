@@ -16,6 +16,7 @@ import torch
 
 from kdcore import distributed
 from kdcore.context import ColumnKind, ModelOutput
+from kdcore.errors import RecipeError
 from kdcore.ledger import Ledger
 from kdcore.models.base import KDModel
 from kdcore.recipe import Recipe, StageConfig
@@ -123,8 +124,12 @@ class Run:
         self._versions[role] += 1
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        for fn, params in self.augmentations:
-            x = fn(x, generator, **params)
+        for i, (fn, params) in enumerate(self.augmentations):
+            out = fn(x, generator, **params)
+            if not (isinstance(out, torch.Tensor) and out.shape == x.shape
+                    and out.dtype == x.dtype and out.device == x.device):
+                raise augmentation_changed(self.recipe, i, x, out)
+            x = out
         return x
 
     def forward(self, role: str, x: torch.Tensor) -> ModelOutput:
@@ -169,6 +174,18 @@ class Run:
         if self.write_data is None:
             raise RuntimeError("record_data: this run has no history (not started by the engine)")
         self.write_data(name, values)
+
+
+def augmentation_changed(recipe: Recipe, index: int, x: torch.Tensor, out: Any) -> RecipeError:
+    """Why augmentation ``index`` of ``recipe`` gave ``out`` for ``x`` that the model cannot
+    take: the hook returns a batch of ``x``'s shape, dtype and device (a model, a loss or a
+    ledger write failed on it, blamed on whatever met it first)."""
+    given = (f"{out.dtype} {tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor)
+             else type(out).__name__)
+    return RecipeError(
+        f"augmentation '{recipe.data.augment[index].name}' returned {given} for a batch of "
+        f"{x.dtype} {tuple(x.shape)} on {x.device}; an augmentation returns a batch of the "
+        "same shape, dtype and device", file=recipe.source, key=f"data.augment[{index}].name")
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

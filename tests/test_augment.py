@@ -207,3 +207,158 @@ def test_the_refusal_names_the_augmentation(fn):
                        r" got torch.float32 \(4, 3\) \(flat inputs cannot be cropped; drop "
                        r"data.augment or use images\)$"):
         fn(torch.zeros(4, 3), torch.Generator(), **({"size": 2} if fn is cutout else {}))
+
+
+# -- a plugin's augmentation, checked where a run is set up ---------------------------------------
+
+class _Calls:
+    """Counts an augmentation's calls: the set-up's probe is the first."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+CALLS = _Calls()
+
+
+def _misbehaves_after_the_probe(x, generator):
+    CALLS.count += 1
+    return x if CALLS.count < 2 else x[:1]
+
+
+def _global_noise(x, generator):
+    """Draws from torch's global generator (as a careless third-party augmentation may)."""
+    return x + 1e-3 * torch.rand(x.shape)
+
+
+PLUGIN_AUGMENTATIONS = {
+    "gives_none": lambda x, generator: None,
+    "drops_rows": lambda x, generator: x[:1],
+    "float64": lambda x, generator: x.double(),
+    "ndarray": lambda x, generator: x.numpy(),
+    "needs_images": lambda x, generator: x[:, :, 1:],
+    "misbehaves_later": _misbehaves_after_the_probe,
+    "global_noise": _global_noise,
+    "identity": lambda x, generator: x,
+    "says_why": lambda x, generator: (_ for _ in ()).throw(ValueError("needs colour images.")),
+}
+
+
+class _AugmentPlugin:
+    from kdcore import hookimpl
+
+    @hookimpl
+    def kdcore_add_augmentations(self):
+        return PLUGIN_AUGMENTATIONS
+
+
+AUGMENT_PLUGIN = _AugmentPlugin()
+
+
+def _augmented_recipe(tmp_path, *names, data=None):
+    from kdcore.testing import stage, tiny_recipe, write_recipe
+
+    augment = [{"name": n} if isinstance(n, str) else n for n in names]
+    recipe = tiny_recipe(stage("student", 1, ["student"], {"use": "ce"}), train_subset=120,
+                         data={"augment": augment, **(data or {})})
+    del recipe["models"]["teacher"]
+    return write_recipe(recipe, tmp_path / ("-".join(a["name"] for a in augment) + ".toml"))
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("gives_none", "augmentation 'gives_none' returned NoneType for a batch of torch.float32 "
+                   "(2, 64) on cpu"),
+    ("drops_rows", "augmentation 'drops_rows' returned torch.float32 (1, 64) on cpu for a batch "
+                   "of torch.float32 (2, 64) on cpu"),
+    ("float64", "augmentation 'float64' returned torch.float64 (2, 64) on cpu for a batch of "
+                "torch.float32 (2, 64) on cpu"),
+    ("ndarray", "augmentation 'ndarray' returned ndarray for a batch of torch.float32 (2, 64) "
+                "on cpu"),
+    ("needs_images", "augmentation 'needs_images' cannot take the data's inputs (torch.float32 "
+                     "(2, 64)): IndexError: too many indices for tensor of dimension 2"),
+])
+def test_an_augmentation_that_cannot_give_a_batch_of_its_input_is_refused_at_set_up(
+        tmp_path, name, message):
+    """Each passed `kdcore check` and stopped the first batch, blamed on the loss term 'ce'
+    (exit 1: "component 'ce' (ce) in transfer raised AttributeError"); a third-party
+    augmentation returns a batch of its input's shape, dtype and device."""
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+
+    recipe = _augmented_recipe(tmp_path, name)
+    plugin = ["--plugin", "tests.test_augment:AUGMENT_PLUGIN"]
+    for command in (["check", str(recipe)],
+                    ["run", str(recipe), "--out", str(tmp_path / "r"), "--quiet"]):
+        result = CliRunner().invoke(main, [command[0], *plugin, *command[1:]])
+        assert result.exit_code == 2, result.output
+        line = result.output.strip().splitlines()[-1]
+        assert line.startswith(f"kdcore: error: {recipe}: data.augment[0].name: {message}"), line
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "r" / "history.h5").exists()  # refused before the history began
+
+
+def _check(recipe):
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+
+    return CliRunner().invoke(main, ["check", "--plugin", "tests.test_augment:AUGMENT_PLUGIN",
+                                     str(recipe)])
+
+
+def test_the_probe_passes_each_augmentation_the_last_ones_batch_and_names_the_one_that_fails(
+        tmp_path):
+    result = _check(_augmented_recipe(tmp_path, "identity", "says_why"))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().endswith(
+        "data.augment[1].name: augmentation 'says_why' cannot take the data's inputs "
+        "(torch.float32 (2, 64)): ValueError: needs colour images"), result.output
+    result = _check(_augmented_recipe(tmp_path, "identity", "drops_rows"))
+    assert result.output.strip().endswith(
+        "data.augment[1].name: augmentation 'drops_rows' returned torch.float32 (1, 64) on cpu "
+        "for a batch of torch.float32 (2, 64) on cpu; an augmentation returns a batch of the "
+        "same shape, dtype and device"), result.output
+
+
+def test_the_probe_runs_the_built_in_augmentations_with_their_generator_and_parameters(
+        tmp_path):
+    """Images of an npz file through crop_flip and cutout, as the training loop calls them."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "images.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (120, 3, 8, 8), dtype=np.uint8),
+             y_train=np.arange(120) % 4)
+    recipe = _augmented_recipe(tmp_path, "crop_flip", {"name": "cutout", "params": {"size": 3}},
+                               data={"dataset": "npz", "params": {"path": str(path)}})
+    result = _check(recipe)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_an_augmentation_that_misbehaves_in_training_stops_the_run_naming_it(tmp_path):
+    import kdcore
+
+    CALLS.count = 0
+    with pytest.raises(RecipeError) as err:
+        kdcore.run(_augmented_recipe(tmp_path, "misbehaves_later"), out=tmp_path / "r",
+                   plugins=[AUGMENT_PLUGIN])
+    assert CALLS.count == 2  # the set-up's probe, then the first batch
+    assert str(err.value).endswith(
+        "data.augment[0].name: augmentation 'misbehaves_later' returned torch.float32 (1, 64) "
+        "on cpu for a batch of torch.float32 (64, 64) on cpu; an augmentation returns a batch "
+        "of the same shape, dtype and device")
+
+
+@pytest.mark.slow
+def test_the_set_up_probe_leaves_torchs_global_generator_as_it_was(tmp_path, monkeypatch):
+    """An augmentation that draws from torch's global generator trains on the same draws
+    with the probe as without it."""
+    import kdcore
+    from kdcore.history import History
+
+    recipe = _augmented_recipe(tmp_path, "global_noise")
+    kdcore.run(recipe, out=tmp_path / "probed", plugins=[AUGMENT_PLUGIN])
+    monkeypatch.setattr("kdcore.engine.check_augmentations", lambda run: None)
+    kdcore.run(recipe, out=tmp_path / "unprobed", plugins=[AUGMENT_PLUGIN])
+    with History(tmp_path / "probed") as a, History(tmp_path / "unprobed") as b:
+        assert np.array_equal(a.column("logits/student"), b.column("logits/student"))
