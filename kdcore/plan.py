@@ -95,7 +95,7 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
         RecipeError: the first problem found, naming the file and key path.
     """
     src = recipe.source
-    problems = [p for ps in host.hook.kdcore_configure(recipe=recipe) if ps for p in ps]
+    problems = host.configure_problems(recipe)
     if problems:
         raise RecipeError(problems[0], file=src)
     _check_device(recipe)

@@ -12,7 +12,8 @@ import contextvars
 import functools
 import importlib
 import importlib.metadata as md
-from collections.abc import Callable, Iterable, Iterator
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -21,7 +22,7 @@ from loguru import logger
 
 from kdcore import hookspecs
 from kdcore.component import Component
-from kdcore.errors import KdcoreError, one_line
+from kdcore.errors import KdcoreError, one_line, shown
 from kdcore.registry import Registry
 
 ENTRY_POINT_GROUP = "kdcore"
@@ -135,16 +136,21 @@ class PluginHost:
             caller = getattr(self.pm.hook, hook_name)
             for impl in caller.get_hookimpls():
                 name = self.pm.get_name(impl.plugin) or "?"
+                info = self.infos[name]
                 try:
                     entries = impl.function() or {}
-                    for key, obj in entries.items():
-                        registry.register(key, obj, provider=name)
                 except KdcoreError:
                     raise
                 except Exception as exc:
-                    self._fail(name, self.infos[name].distribution,
-                               self.infos[name].version, f"{hook_name} failed: {exc!r}")
+                    self._fail(name, info.distribution, info.version,
+                               f"{hook_name} failed: {exc!r}")
                     continue
+                problem = _unusable_entry(attr, entries)
+                if problem:  # nothing of it registered: not half a plugin
+                    self._fail(name, info.distribution, info.version, f"{hook_name} {problem}")
+                    continue
+                for key, obj in entries.items():
+                    registry.register(key, obj, provider=name)
                 if entries:  # a hook that returns nothing provides nothing to list
                     self.infos[name].provides.setdefault(attr, []).extend(sorted(entries))
 
@@ -175,6 +181,47 @@ class PluginHost:
 
     def name_of(self, plugin: Any) -> str:
         return self.pm.get_name(plugin) or "?"
+
+    def configure_problems(self, recipe: Any) -> list[str]:
+        """What the plugins' ``kdcore_configure`` find wrong with ``recipe``. One that raises,
+        or returns anything but a list of messages (a string was read letter by letter), is
+        named in a warning and its check skipped, as a failing observer is (an error under
+        ``--strict-plugins``): a broken plugin stops no recipe it has no say in."""
+        bus = ObserverBus(self)
+        problems: list[str] = []
+        for name, found in bus.call("kdcore_configure", recipe=recipe):
+            if isinstance(found, list | tuple) and all(isinstance(p, str) for p in found):
+                problems += found
+            else:
+                bus.refuse(name, "kdcore_configure", f"returned {shown(found)}, not a list of "
+                                                     "messages")
+        return problems
+
+
+def _unusable_entry(registry: str, entries: Any) -> str | None:
+    """What in a registry hook's result no recipe could use, or None: a result that is not a
+    mapping, a name that is not a non-empty string (a recipe names entries in TOML), a
+    component that is not a :class:`Component` subclass, anything else not callable."""
+    if not isinstance(entries, Mapping):
+        return f"returned {shown(entries)}, not a mapping of names"
+    for key, obj in entries.items():
+        if not isinstance(key, str) or not key:
+            return f"gave the name {shown(key)}; a name is a non-empty string"
+        if registry == "components":
+            if not (isinstance(obj, type) and issubclass(obj, Component)):
+                return f"gave '{key}': {_kind(obj)}, not a kdcore.Component subclass"
+        elif not callable(obj):
+            return f"gave '{key}': {_kind(obj)}, not a function"
+    return None
+
+
+def _kind(obj: Any) -> str:
+    """A refused entry as a message names it: a function or class by its name."""
+    if isinstance(obj, type):
+        return f"type {obj.__name__}"
+    if isinstance(obj, types.FunctionType):
+        return f"function {obj.__name__}"
+    return shown(obj)
 
 
 class ObserverBus:
@@ -250,11 +297,16 @@ class ObserverBus:
         return out
 
     def _fail(self, name: str, hook_name: str, exc: Exception) -> None:
+        self.refuse(name, hook_name, f"raised {exc!r}")
+
+    def refuse(self, name: str, hook_name: str, what_it_did: str) -> None:
+        """Name plugin ``name`` once and call none of its hooks again (an error under
+        ``strict``)."""
         info = self.host.infos.get(name)
         dist = f" ({info.distribution})" if info else ""
         what = "logger" if name.startswith("logger:") and not info else "plugin"
-        shown = name.removeprefix("logger:") if what == "logger" else name
-        message = f"{what} '{shown}'{dist}: {hook_name} raised {exc!r}"
+        called = name.removeprefix("logger:") if what == "logger" else name
+        message = f"{what} '{called}'{dist}: {hook_name} {what_it_did}"
         if self.strict:
             raise KdcoreError(message)
         logger.warning(f"{message}; the {what} is disabled for the rest of this run")

@@ -88,10 +88,18 @@ def test_the_hosts_noise_models_hint_at_the_models_other_codebases_name_otherwis
 # -- the host: in-process plugins -------------------------------------------------------------
 
 
+def z_loader():
+    """A dataset loader (never called here)."""
+
+
+def a_loader():
+    """A dataset loader (never called here)."""
+
+
 class Datasets:
     @hookimpl
     def kdcore_add_datasets(self):
-        return {"zeta": "z-loader", "alpha": "a-loader"}
+        return {"zeta": z_loader, "alpha": a_loader}
 
 
 class NoEntries:
@@ -109,7 +117,7 @@ class Raises:
 class Clashes:
     @hookimpl
     def kdcore_add_components(self):
-        return {"ce": object}
+        return {"ce": kdcore.Component}
 
 
 class WrongArgs:
@@ -120,7 +128,7 @@ class WrongArgs:
 
 def test_an_in_process_plugin_provides_its_entries_and_is_listed_as_in_process():
     host = PluginHost(entry_points=False, extra=[Datasets(), NoEntries()])
-    assert host.datasets.get("alpha") == "a-loader"
+    assert host.datasets.get("alpha") is a_loader
     assert host.datasets.provider("zeta") == "Datasets-0"  # its class and place in `extra`
     info = host.infos["Datasets-0"]
     assert (info.name, info.distribution, info.version, info.error) == (
@@ -149,7 +157,7 @@ def test_each_registry_names_its_kind_as_messages_say_it():
 
 def test_a_module_plugin_is_named_by_its_module():
     module = types.ModuleType("my_plugin_module")
-    module.kdcore_add_datasets = hookimpl(lambda: {"mine": 1})
+    module.kdcore_add_datasets = hookimpl(lambda: {"mine": a_loader})
     host = PluginHost(entry_points=False, extra=[module])
     assert host.datasets.provider("mine") == "my_plugin_module"
     assert host.infos["my_plugin_module"].provides == {"datasets": ["mine"]}
@@ -495,12 +503,12 @@ def test_kdcore_exports_the_hookimpl_marker_of_its_project():
 class MoreAugmentations:
     @hookimpl
     def kdcore_add_augmentations(self):
-        return {"my_flip": "flip"}
+        return {"my_flip": z_loader}
 
 
 def test_a_failing_registry_hook_does_not_stop_the_next_plugins_entries(warnings):
     host = PluginHost(entry_points=False, extra=[Raises(), MoreAugmentations()])
-    assert host.augmentations.get("my_flip") == "flip"
+    assert host.augmentations.get("my_flip") is z_loader
     assert host.infos["MoreAugmentations-1"].provides == {"augmentations": ["my_flip"]}
     assert len(warnings) == 1
 
@@ -519,3 +527,37 @@ def test_an_installed_plugin_that_fails_is_named_with_its_distribution_and_versi
     for name, version in (("a-raises", "1.5"), ("b-args", "2.5"), ("c-none", "3.5")):
         info = host.infos[name]
         assert (info.name, info.version) == (name, version) and info.error
+
+
+class UnusableAugmentations:
+    @hookimpl
+    def kdcore_add_augmentations(self):
+        return {"my_crop": "crop"}
+
+
+def test_an_unusable_registry_entry_names_the_installed_plugin_and_spares_the_next(
+        monkeypatch, warnings):
+    _entry_points(monkeypatch, [
+        FakeEntryPoint("a-unusable", "kdcore_a", UnusableAugmentations,
+                       FakeDist("kdcore-a", "1.5")),
+        FakeEntryPoint("b-good", "kdcore_b", MoreAugmentations, FakeDist("kdcore-b", "2.5")),
+    ])
+    host = PluginHost()
+    assert warnings == ["plugin 'a-unusable' (kdcore-a 1.5) skipped: kdcore_add_augmentations "
+                        "gave 'my_crop': str 'crop', not a function"]
+    assert host.augmentations.get("my_flip") is z_loader and "my_crop" not in host.augmentations
+
+
+class _Finds:
+    def __init__(self, *found):
+        self.found = list(found)
+
+    @hookimpl
+    def kdcore_configure(self, recipe):
+        return self.found
+
+
+def test_every_plugins_configure_messages_are_kept_in_pluggys_order():
+    """The last registered is called first, as pluggy calls every hook."""
+    host = PluginHost(entry_points=False, extra=[_Finds("a1"), _Finds(), _Finds("c1", "c2")])
+    assert host.configure_problems("recipe") == ["c1", "c2", "a1"]
