@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, shown
 from kdcore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -150,16 +150,32 @@ def start_loggers(host: Any, recipe: Recipe, run_dir: Path) -> list[tuple[str, A
     for name in recipe.run.loggers:
         factory = host.loggers.get(name)
         try:
-            out.append((name, factory(run_dir / "logs" / name, recipe)))
+            observer = factory(run_dir / "logs" / name, recipe)
         except KdcoreError:
             raise
         except Exception as exc:  # third-party code: isolate it
-            message = (f"logger '{name}' ({host.loggers.provider(name)}) failed to start: "
-                       f"{exc!r}")
-            if host.strict:
-                raise KdcoreError(message) from None
-            logger.warning(f"{message}; the run goes on without it")
+            _skip(host, name, f"failed to start: {exc!r}")
+            continue
+        if not _observes(observer):  # None, or an object pluggy would register doing nothing
+            _skip(host, name, f"gave {shown(observer)}, which implements no observer hook (a "
+                              "@kdcore.hookimpl method named kdcore_*)")
+            continue
+        out.append((name, observer))
     return out
+
+
+def _skip(host: Any, name: str, why: str) -> None:
+    message = f"logger '{name}' ({host.loggers.provider(name)}) {why}"
+    if host.strict:
+        raise KdcoreError(message) from None
+    logger.warning(f"{message}; the run goes on without it")
+
+
+def _observes(observer: Any) -> bool:
+    """Whether ``observer`` has a method marked ``@kdcore.hookimpl`` (pluggy's marker)."""
+    return observer is not None and any(
+        getattr(getattr(observer, attr, None), "kdcore_impl", None) is not None
+        for attr in dir(observer) if attr.startswith("kdcore_"))
 
 
 __all__ = ["CSV_FIXED", "LOGGERS", "CsvLogger", "TensorBoardLogger", "history_row",

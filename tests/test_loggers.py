@@ -159,12 +159,61 @@ def test_a_resumed_csv_logger_reads_back_exactly_what_was_written(tmp_path):
 def test_start_loggers_hands_each_factory_its_folder_and_the_recipe(tmp_path):
     from kdcore.loggers import start_loggers
 
-    seen = []
+    class Observer:
+        @kdcore.hookimpl
+        def kdcore_run_end(self, summary):
+            pass
+
+    seen, observer = [], Observer()
     host = SimpleNamespace(loggers={"mine": lambda folder, rec: seen.append((folder, rec))
-                                    or "observer"}, strict=False)
+                                    or observer}, strict=False)
     rec = SimpleNamespace(run=SimpleNamespace(loggers=["mine"]))
-    assert start_loggers(host, rec, tmp_path) == [("mine", "observer")]
+    assert start_loggers(host, rec, tmp_path) == [("mine", observer)]
     assert seen == [(tmp_path / "logs" / "mine", rec)]
+
+
+class _Unmarked:
+    def kdcore_run_end(self, summary):  # no @kdcore.hookimpl: pluggy would never call it
+        pass
+
+
+class _Observes:
+    @kdcore.hookimpl
+    def kdcore_epoch_end(self, epoch):
+        pass
+
+
+class _Factories:
+    @kdcore.hookimpl
+    def kdcore_add_loggers(self):
+        return {"gives_none": lambda log_dir, recipe: None,
+                "unmarked": lambda log_dir, recipe: _Unmarked(),
+                "observes": lambda log_dir, recipe: _Observes()}
+
+
+@pytest.mark.parametrize(("name", "gave"), [("gives_none", "NoneType None"),
+                                            ("unmarked", "_Unmarked <tests.test_loggers.")])
+def test_a_logger_whose_factory_gives_no_observer_is_named_and_left_out(tmp_path, name, gave):
+    """It was registered with pluggy and never called: a logger that logged nothing, said
+    nowhere."""
+    from kdcore.loggers import start_loggers
+
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        host = PluginHost(entry_points=False, extra=[_Factories()])
+        rec = SimpleNamespace(run=SimpleNamespace(loggers=[name, "observes"]))
+        (kept,) = start_loggers(host, rec, tmp_path)
+    finally:
+        logger.remove(sink)
+    assert kept[0] == "observes" and isinstance(kept[1], _Observes)
+    (line,) = warnings
+    assert line.startswith(f"logger '{name}' (_Factories-0) gave {gave}"), line
+    assert line.endswith(", which implements no observer hook (a @kdcore.hookimpl method named "
+                         "kdcore_*); the run goes on without it")
+    strict = PluginHost(entry_points=False, extra=[_Factories()], strict=True)
+    with pytest.raises(kdcore.KdcoreError, match=f"^logger '{name}' \\(_Factories-0\\) gave"):
+        start_loggers(strict, rec, tmp_path)
 
 
 def test_tensorboard_without_its_package_is_one_line(monkeypatch, tmp_path):
