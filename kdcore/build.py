@@ -7,13 +7,25 @@ import math
 import torch
 from torch import nn
 
+from kdcore.errors import RecipeError
 from kdcore.recipe import ModelConfig, OptimizerConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, role: str) -> torch.optim.Optimizer:
+    """The optimiser of ``role``'s ``model`` as ``cfg`` says, built as a stage that trains the
+    role first starts (so by ``kdcore check``'s rehearsal of the stages).
+
+    Raises:
+        RecipeError: the model has no parameters (torch's "optimizer got an empty parameter
+            list" was a traceback).
+    """
     # every parameter, trainable now or not: a stage freezes a role by requires_grad, and a
     # frozen parameter has no gradient, so the optimiser leaves it alone
     params = list(model.parameters())
+    if not params:
+        raise RecipeError(f"model '{role}' has no parameters, so a stage that trains it has "
+                          "nothing to learn; take it out of the stage's train list (it can "
+                          "still serve as a fixed teacher)", key=f"models.{role}.arch")
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)

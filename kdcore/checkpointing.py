@@ -147,7 +147,7 @@ class Checkpointer:
             opt = run.optimizers.get(role)
             if opt is None:
                 opt = run.optimizers[role] = build_optimizer(
-                    run.models[role], run.recipe.models[role].optimizer)
+                    run.models[role], run.recipe.models[role].optimizer, role)
             try:
                 opt.load_state_dict(sd)
             except (ValueError, KeyError) as exc:

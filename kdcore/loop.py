@@ -28,7 +28,7 @@ from kdcore.checkpointing import (
 from kdcore.component import Batch, Component
 from kdcore.context import ColumnKind
 from kdcore.epoch_line import epoch_line
-from kdcore.errors import TrainingDiverged
+from kdcore.errors import RecipeError, TrainingDiverged
 from kdcore.evaluation import (
     BestKeeper,
     EpochMetrics,
@@ -157,8 +157,11 @@ class Trainer:
                 p.requires_grad_(role in cfg.train)
         for role in cfg.train:
             if role not in run.optimizers:
-                run.optimizers[role] = build_optimizer(run.models[role],
-                                                       self.plan.recipe.models[role].optimizer)
+                try:
+                    run.optimizers[role] = build_optimizer(
+                        run.models[role], self.plan.recipe.models[role].optimizer, role)
+                except RecipeError as exc:
+                    raise exc.at(file=self.plan.recipe.source) from None
         self.bind_stage(stage)
         self._logit_columns = [(role, f"logits/{role}") for role in cfg.train]
         models = self.plan.recipe.models

@@ -16,7 +16,7 @@ from kdcore import checkpoint as ckpt
 from kdcore import distributed
 from kdcore.batching import batches_per_epoch
 from kdcore.device import check_fits, resolve_device
-from kdcore.errors import KdcoreError, RecipeError, one_line
+from kdcore.errors import KdcoreError, RecipeError, one_line, shown
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.models.base import ModelSpec
@@ -126,7 +126,8 @@ def _call_factory(role: str, factory: object, spec: ModelSpec, params: dict[str,
         raise RecipeError(f"architecture cannot be built: {exc}",
                           key=f"models.{role}.params") from None
     if not isinstance(model, nn.Module):
-        raise KdcoreError(f"the architecture of model '{role}' did not return a torch module")
+        raise RecipeError(f"the architecture of model '{role}' returned {shown(model)}, not a "
+                          "torch module (kdcore.KDModel)", key=f"models.{role}.arch")
     return model
 
 

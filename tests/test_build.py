@@ -38,7 +38,7 @@ def _steps(model: torch.nn.Module, opt: torch.optim.Optimizer, n: int = 3) -> li
 ])
 def test_each_optimiser_steps_as_torchs_with_the_recipes_settings(cfg, reference):
     ours = _model()
-    opt = build_optimizer(ours, cfg)
+    opt = build_optimizer(ours, cfg, "student")
     assert type(opt) is type(reference(_model().parameters()))
     theirs = _model()
     for a, b in zip(_steps(ours, opt), _steps(theirs, reference(theirs.parameters()))):
@@ -49,7 +49,7 @@ def test_the_optimiser_holds_every_parameter_even_those_frozen_now():
     """A role frozen in one stage and trained in a later one keeps one optimiser."""
     model = _model()
     model[0].weight.requires_grad_(False)
-    opt = build_optimizer(model, OptimizerConfig())
+    opt = build_optimizer(model, OptimizerConfig(), "student")
     assert [id(p) for g in opt.param_groups for p in g["params"]] == [
         id(p) for p in model.parameters()]
     before = model[0].weight.detach().clone()
@@ -103,3 +103,59 @@ def test_each_schedule_is_torchs_scheduler_of_that_name_stepped_once_per_epoch(s
 def test_a_cosine_schedule_over_no_epochs_stays_at_the_base_rate():
     cfg = ModelConfig(optimizer=OptimizerConfig(lr=0.4), schedule=ScheduleConfig(name="cosine"))
     assert scheduled_lr(cfg, 0, 0) == 0.4
+
+
+class _Paramless(torch.nn.Module):
+    """(zero logits, zero features): a model with nothing to learn."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.classes = spec.num_classes
+
+    def forward(self, x):
+        return torch.zeros(len(x), self.classes), torch.zeros(len(x), 3)
+
+
+class _ParamlessPlugin:
+    from kdcore import hookimpl
+
+    @hookimpl
+    def kdcore_add_models(self):
+        return {"paramless": lambda spec: _Paramless(spec)}
+
+
+PARAMLESS = _ParamlessPlugin()
+
+
+def test_a_trained_model_without_parameters_is_refused_as_its_stage_is_set_up(tmp_path):
+    """torch's "optimizer got an empty parameter list" was a traceback (exit 1); as a fixed
+    teacher such a model is accepted."""
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+    from kdcore.errors import RecipeError
+    from kdcore.testing import component, stage, tiny_recipe, write_recipe
+
+    with pytest.raises(RecipeError) as err:
+        build_optimizer(_Paramless(type("Spec", (), {"num_classes": 3})), OptimizerConfig(),
+                        "peer")
+    assert str(err.value) == (
+        "models.peer.arch: model 'peer' has no parameters, so a stage that trains it has "
+        "nothing to learn; take it out of the stage's train list (it can still serve as a "
+        "fixed teacher)")
+    data = tiny_recipe(stage("student", 1, ["student"], component("hinton_kd",
+                                                                  models=["student"])))
+    data["models"]["teacher"]["arch"] = "paramless"
+    data["models"]["teacher"]["params"] = {}
+    check = ["check", "--plugin", "tests.test_build:PARAMLESS"]
+    fixed = write_recipe(data, tmp_path / "fixed.toml")
+    assert CliRunner().invoke(main, [*check, str(fixed)]).exit_code == 0
+    data["stages"][0]["train"] = ["student", "teacher"]
+    data["stages"][0]["components"].append(component("ce", models=["teacher"]))
+    trained = write_recipe(data, tmp_path / "trained.toml")
+    result = CliRunner().invoke(main, [*check, str(trained)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"kdcore: error: {trained}: models.teacher.arch: model "
+                                     "'teacher' has no parameters, so a stage that trains it "
+                                     "has nothing to learn; take it out of the stage's train "
+                                     "list (it can still serve as a fixed teacher)")

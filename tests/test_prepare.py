@@ -161,10 +161,12 @@ def test_a_factory_may_refuse_in_its_own_words_and_a_bug_is_not_disguised(tmp_pa
 
 def test_a_factory_must_return_a_module(tmp_path):
     plugin = _Architectures()
-    plugin.factory = lambda spec, width: lambda x: x
-    with pytest.raises(KdcoreError) as info:
+    plugin.factory = lambda spec, width: None
+    with pytest.raises(RecipeError) as info:
         _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
-    assert str(info.value) == "the architecture of model 'student' did not return a torch module"
+    assert (info.value.key, info.value.detail) == (
+        "models.student.arch", "the architecture of model 'student' returned NoneType None, "
+                               "not a torch module (kdcore.KDModel)")
 
 
 def _convnet(spec, width):
@@ -267,9 +269,10 @@ def test_a_factory_that_fails_only_when_built_for_real_is_named_alike(tmp_path):
     plugin.factory = lambda spec, width: (_Seq(nn.Linear(spec.input_shape[0], spec.num_classes))
                                           if torch.empty(0).device.type == "meta"
                                           else "a module")
-    with pytest.raises(KdcoreError) as info:
+    with pytest.raises(RecipeError) as info:
         _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom())
-    assert str(info.value) == "the architecture of model 'student' did not return a torch module"
+    assert info.value.detail == ("the architecture of model 'student' returned str 'a module', "
+                                 "not a torch module (kdcore.KDModel)")
 
 
 def test_a_cpu_run_of_several_processes_stays_on_the_cpu(tmp_path, monkeypatch):
