@@ -131,6 +131,8 @@ def combine(
         per_role = out if isinstance(out, _MAPPINGS) else {r: out for r in spec.models}
         for role, loss in per_role.items():
             record: torch.Tensor | PerSampleLoss | None = None
+            if role not in spec.models:
+                raise _misreturned(comp, "transfer", role, loss, len(batch))
             if isinstance(loss, PerSampleLoss):
                 if (masks or weights) and _acts_on(comp, role, masks, weights):
                     values = loss.values()
@@ -139,6 +141,8 @@ def combine(
                 else:  # the fused mean; the values are computed for the record later
                     term, record = loss.mean(), loss.kept()
             else:
+                if not (isinstance(loss, torch.Tensor) and loss.shape in ((), (len(batch),))):
+                    raise _misreturned_term(comp, loss, len(batch))  # (B, k): a mean over k
                 term = reduce_term(comp, role, loss, masks, weights)
                 if loss.dim() == 1:
                     record = loss.detach()
@@ -233,6 +237,12 @@ def _misreturned(comp: Component, hook: str, role: str, value: object, size: int
                          f"{', '.join(comp.models)})")
     return RunFailed(f"component '{comp.name}' ({comp.spec.use}) {hook} returned "
                      f"{_described(value)}; expected one value per sample, shape ({size},)")
+
+
+def _misreturned_term(comp: Component, value: object, size: int) -> RunFailed:
+    return RunFailed(f"component '{comp.name}' ({comp.spec.use}) transfer returned "
+                     f"{_described(value)}; expected a loss: a scalar, or one value per "
+                     f"sample, shape ({size},)")
 
 
 def check_outputs(ledger: Ledger, refiners: Sequence[Component],

@@ -307,6 +307,50 @@ def test_a_value_for_a_model_not_served_names_the_ones_served():
                 context=lambda c: None)
 
 
+@pytest.mark.parametrize(("term", "described"), [
+    (torch.ones(4, 2), "a tensor of shape (4, 2)"),
+    (torch.ones(3), "a tensor of shape (3,)"),
+    (torch.ones(1, 1), "a tensor of shape (1, 1)"),
+    ("loss", "a str"),
+    ([1.0, 1.0, 1.0, 1.0], "a list"),
+])
+def test_a_transfer_term_that_is_no_loss_of_the_batch_is_refused_naming_it(term, described):
+    """A (4, 2) term was averaged over its second axis too (or failed against a mask), a
+    string was an AttributeError traceback."""
+    from kdcore.failures import RunFailed
+
+    for terms in (term, {"s": term}):
+        kd = Fn("kd", transfer=lambda b, terms=terms: terms)
+        with pytest.raises(RunFailed) as err:
+            combine(batch4(), refiners=[], selectors=[], weighters=[], transfers=[kd],
+                    context=lambda c: None)
+        assert str(err.value) == (f"component 'kd' (kd) transfer returned {described}; "
+                                  "expected a loss: a scalar, or one value per sample, "
+                                  "shape (4,)")
+
+
+def test_a_transfer_term_may_be_a_scalar_or_one_value_per_sample():
+    for term, expected in ((torch.tensor(2.5), 2.5), (torch.tensor([1.0, 2.0, 3.0, 6.0]), 3.0)):
+        kd = Fn("kd", transfer=lambda b, term=term: term)
+        result = combine(batch4(), refiners=[], selectors=[], weighters=[], transfers=[kd],
+                         context=lambda c: None)
+        assert float(result.losses["s"]) == expected
+
+
+def test_a_transfer_term_for_a_model_not_served_names_the_ones_served():
+    from kdcore.failures import RunFailed
+    from kdcore.terms import PerSampleLoss
+
+    for term in (torch.ones(4), PerSampleLoss.__new__(PerSampleLoss)):
+        kd = Fn("kd", models=("a",), transfer=lambda b, term=term: {"a": torch.ones(4),
+                                                                    "t": term})
+        with pytest.raises(RunFailed) as err:
+            combine(batch4(), refiners=[], selectors=[], weighters=[], transfers=[kd],
+                    context=lambda c: None)
+        assert str(err.value) == ("component 'kd' (kd) transfer returned a value for model "
+                                  "'t', which it does not serve (it serves a)")
+
+
 def _result(**losses):
     out = StepResult()
     for role, (value, terms) in losses.items():
