@@ -94,19 +94,71 @@ def ledger_metrics(ledger: Ledger) -> dict[str, float]:
 
 class EpochMetrics(dict):
     """An epoch's metrics as ``on_epoch_end`` gets them: a component adds numbers under new
-    names (``metrics["x/y"] = value``); one that would replace a metric already there (the
-    engine's ``label/acc``, say) or store a value that is not one number is refused."""
+    names (``metrics["x/y"] = value``); one that would replace or remove a metric already
+    there (the engine's ``label/acc``, say), store a value that is not one number, or use a
+    name the history cannot hold (not a string, an empty part, a name that is another's
+    folder: ``a`` beside ``a/b``) is refused in one line, not with h5py's words at the write."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self._logged: set[str] = set()  # names taken from ctx.log_metric: logged again, replaced
+        self.update(*args, **kwargs)
 
     def __setitem__(self, name: str, value: Any) -> None:
-        from kdcore.failures import RunFailed
-
         if name in self:
-            raise RunFailed(f"metric '{name}' is already this epoch's; a component adds its "
-                            "own under a new name, it does not replace one")
-        if isinstance(value, torch.Tensor) and value.numel() != 1:
-            raise RunFailed(f"metric '{name}' is a tensor of shape {tuple(value.shape)}; a "
-                            "metric is one number")
-        super().__setitem__(name, float(value))
+            raise _refused(f"metric '{name}' is already this epoch's; a component adds its own "
+                           "under a new name, it does not replace one")
+        super().__setitem__(_metric_name(name, self), _number(name, value))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # dict's own bypasses __setitem__
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
+
+    def take_logged(self, logged: dict[str, float]) -> None:
+        """Add, and empty, what ``ctx.log_metric`` collected since the last call: a name logged
+        before may be logged again (the last value wins); a metric of the engine's may not."""
+        for name, value in logged.items():
+            if name in self._logged:
+                super().__setitem__(name, _number(name, value))
+            else:
+                self[name] = value
+                self._logged.add(name)
+        logged.clear()
+
+    def _removes(self, *args: Any) -> Any:
+        raise _refused("a component adds metrics; it does not remove one (the history row "
+                       "and the best-epoch keeping read them)")
+
+    __delitem__ = pop = popitem = clear = _removes  # type: ignore[assignment]
+
+
+def _refused(message: str) -> Exception:
+    from kdcore.failures import RunFailed
+
+    return RunFailed(message)
+
+
+def _metric_name(name: Any, metrics: Mapping[str, float]) -> str:
+    if not isinstance(name, str):
+        raise _refused(f"a metric is named by a string, not {type(name).__name__} {name!r}")
+    if "\0" in name or any(part in ("", ".", "..") for part in name.split("/")):
+        raise _refused(f"metric name {name!r} is not a path of named parts (a/b/c)")
+    for other in metrics:  # the history keeps "a/b" as b in a folder a
+        if other.startswith(name + "/") or name.startswith(other + "/"):
+            raise _refused(f"metrics '{other}' and '{name}' cannot both be written: the "
+                           "history keeps a name with '/' as a folder of metrics")
+    return name
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        raise _refused(f"metric '{name}' is a tensor of shape {tuple(value.shape)}; a metric "
+                       "is one number")
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise _refused(f"metric '{name}' is {type(value).__name__} {value!r:.60}; a metric is "
+                       "one number") from None
 
 
 class BestKeeper:

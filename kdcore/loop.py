@@ -261,10 +261,12 @@ class Trainer:
         metrics.update(ledger_metrics(run.ledger))
         for role in cfg.train:
             metrics[f"lr/{role}"] = run.lr(role)
-        metrics.update(run.epoch_metrics)
+        metrics.take_logged(run.epoch_metrics)
         for comp in stage.components:
             comp.on_epoch_end(self.context(comp), metrics)
+        metrics.take_logged(run.epoch_metrics)  # what on_epoch_end logged, for the observers
         self.bus.call("kdcore_epoch_end", ctx=self.observer_ctx, epoch=epoch, metrics=metrics)
+        metrics.take_logged(run.epoch_metrics)
         metrics["time/epoch"] = time.perf_counter() - t0
         kept = self.plan.recipe.run.kept_in_history
         row = self.history.append_epoch(stage=cfg.name, epoch=epoch, metrics=metrics,

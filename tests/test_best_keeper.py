@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 
 import attrs
+import numpy as np
 import pytest
 import torch
 
+import kdcore
 from kdcore.evaluation import BestKeeper, EpochMetrics, ledger_metrics
 from kdcore.failures import RunFailed
 from kdcore.ledger import Ledger
@@ -122,6 +124,58 @@ def test_epoch_metrics_add_numbers_and_refuse_replacing_or_tensors():
         metrics["x/two"] = torch.tensor([1.0, 2.0])
 
 
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("", 1.0, "metric name '' is not a path of named parts (a/b/c)"),
+    ("x//y", 1.0, "metric name 'x//y' is not a path of named parts (a/b/c)"),
+    ("x/", 1.0, "metric name 'x/' is not a path of named parts (a/b/c)"),
+    ("./x", 1.0, "metric name './x' is not a path of named parts (a/b/c)"),
+    ("x/..", 1.0, "metric name 'x/..' is not a path of named parts (a/b/c)"),
+    ("x\0y", 1.0, "metric name 'x\\x00y' is not a path of named parts (a/b/c)"),
+    (5, 1.0, "a metric is named by a string, not int 5"),
+    ("label", 1.0, "metrics 'label/acc' and 'label' cannot both be written: the history keeps "
+                   "a name with '/' as a folder of metrics"),
+    ("label/acc/high", 1.0, "metrics 'label/acc' and 'label/acc/high' cannot both be written: "
+                            "the history keeps a name with '/' as a folder of metrics"),
+    ("x", "abc", "metric 'x' is str 'abc'; a metric is one number"),
+    ("x", None, "metric 'x' is NoneType None; a metric is one number"),
+    ("x", 10 ** 400, "metric 'x' is int 1000000000000000000000000000000000000000000000000000000"
+                     "00000; a metric is one number"),
+])
+def test_epoch_metrics_refuse_a_name_or_value_the_history_cannot_hold(name, value, message):
+    """Each was a traceback from h5py or float() when the row was written (exit 1)."""
+    metrics = EpochMetrics({"label/acc": 0.5})
+    with pytest.raises(RunFailed) as err:
+        metrics[name] = value
+    assert str(err.value) == message
+    with pytest.raises(RunFailed):  # as a component's log_metric reaches them
+        metrics.take_logged({name: value})
+    assert dict(metrics) == {"label/acc": 0.5}
+
+
+def test_epoch_metrics_refuse_removing_one_and_take_logged_values_last_wins():
+    metrics = EpochMetrics({"label/acc": 0.5, "x/a": 1.0})
+    for remove in (lambda: metrics.pop("label/acc"), lambda: metrics.__delitem__("x/a"),
+                   metrics.popitem, metrics.clear):
+        with pytest.raises(RunFailed) as err:
+            remove()
+        assert str(err.value) == ("a component adds metrics; it does not remove one (the "
+                                  "history row and the best-epoch keeping read them)")
+    assert dict(EpochMetrics(k=1.0)) == {"k": 1.0}
+    metrics.update(x_kw=2.0)
+    assert metrics["x_kw"] == 2.0
+    with pytest.raises(RunFailed, match="^metric 'x/a' is already"):
+        metrics.update({"x/b": 2.0, "x/a": 3.0})  # dict's own update bypassed the check
+    logged = {"mine/p": 0.25, "mine/q": np.float32(0.5)}
+    metrics.take_logged(logged)
+    assert logged == {} and metrics["mine/p"] == 0.25 and type(metrics["mine/q"]) is float
+    metrics.take_logged({"mine/p": 0.75})  # logged again later in the epoch: the last value
+    assert metrics["mine/p"] == 0.75
+    with pytest.raises(RunFailed, match="^metric 'mine/p' is str 'high'; a metric is one "):
+        metrics.take_logged({"mine/p": "high"})
+    with pytest.raises(RunFailed, match="^metric 'label/acc' is already"):
+        metrics.take_logged({"label/acc": 0.9})
+
+
 # -- ledger_metrics -------------------------------------------------------------------------------
 
 
@@ -170,3 +224,50 @@ def test_confusion_on_test_predicts_with_the_runs_predict():
     for t, p in zip(y.tolist(), pred.tolist()):
         want[t, p] += 1
     assert torch.equal(confusion_on_test(model, data, 7, flipped), want)
+
+
+# -- a component's and an observer's numbers reach the epoch's row ------------------------------
+
+class _LogsEverywhere(kdcore.Component):
+    def on_epoch_start(self, ctx):
+        ctx.log_metric("mine/start", 1.0)
+        ctx.log_metric("mine/again", 1.0)
+
+    def on_epoch_end(self, ctx, metrics):
+        ctx.log_metric("mine/end", 2.0 + ctx.epoch)
+        ctx.log_metric("mine/again", 3.0)  # the last value logged in the epoch wins
+
+
+class _Observer:
+    def __init__(self):
+        self.seen = []
+
+    @kdcore.hookimpl
+    def kdcore_add_components(self):
+        return {"logs_everywhere": _LogsEverywhere}
+
+    @kdcore.hookimpl
+    def kdcore_epoch_end(self, ctx, epoch, metrics):
+        self.seen.append({k: v for k, v in metrics.items() if k.startswith("mine/")})
+        ctx.log_metric("observed/epoch", float(epoch))
+
+
+@pytest.mark.slow
+def test_numbers_logged_in_on_epoch_end_and_by_observers_reach_the_row(tmp_path):
+    """What a component logged with ctx.log_metric in on_epoch_end (the natural place for an
+    epoch's summary) was dropped without a word, as was an observer's."""
+    from kdcore.history import History
+    from kdcore.testing import component, run_tiny, stage, tiny_recipe
+
+    observer = _Observer()
+    data = tiny_recipe(stage("student", 2, ["student"], component("ce"),
+                             component("logs_everywhere")))
+    del data["models"]["teacher"]
+    run_tiny(data, tmp_path / "run", plugins=[observer])
+    assert observer.seen == [{"mine/start": 1.0, "mine/again": 3.0, "mine/end": 2.0 + e}
+                             for e in (0, 1)]
+    with History(tmp_path / "run") as h:
+        assert h.metric("mine/start").tolist() == [1.0, 1.0]
+        assert h.metric("mine/again").tolist() == [3.0, 3.0]
+        assert h.metric("mine/end").tolist() == [2.0, 3.0]
+        assert h.metric("observed/epoch").tolist() == [0.0, 1.0]
