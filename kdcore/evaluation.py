@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from kdcore.history_names import folder_clash, name_problem
 from kdcore.ledger import Ledger
 from kdcore.metrics import accuracy, balanced_accuracy, roc_auc, selection_quality
 from kdcore.recipe import StageConfig
@@ -139,14 +140,13 @@ def _refused(message: str) -> Exception:
 
 
 def _metric_name(name: Any, metrics: Mapping[str, float]) -> str:
-    if not isinstance(name, str):
-        raise _refused(f"a metric is named by a string, not {type(name).__name__} {name!r}")
-    if "\0" in name or any(part in ("", ".", "..") for part in name.split("/")):
-        raise _refused(f"metric name {name!r} is not a path of named parts (a/b/c)")
-    for other in metrics:  # the history keeps "a/b" as b in a folder a
-        if other.startswith(name + "/") or name.startswith(other + "/"):
-            raise _refused(f"metrics '{other}' and '{name}' cannot both be written: the "
-                           "history keeps a name with '/' as a folder of metrics")
+    problem = name_problem(name)
+    if problem:
+        raise _refused(f"metric name {problem}")
+    other = folder_clash(name, metrics)  # the history keeps "a/b" as b in a folder a
+    if other:
+        raise _refused(f"metrics '{other}' and '{name}' cannot both be written: the history "
+                       "keeps a name with '/' as a folder of metrics")
     return name
 
 

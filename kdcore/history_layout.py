@@ -17,6 +17,7 @@ import numpy as np
 
 from kdcore.errors import KdcoreError, one_line
 from kdcore.history_journal import disk, is_hot, journal_path, locked, recover
+from kdcore.history_names import FILE_SIZE, INPUT_DIGEST, RESUME_CHECKS  # noqa: F401 (their home before)
 from kdcore.recipe.schema import NAME_BYTES  # the string table's width
 
 FORMAT = "kdcore-history/2"
@@ -26,14 +27,6 @@ LOCK_TIMEOUT_S = 60.0
 GONE = (" any more: it, or its folder, was removed while it was being written; start the run "
         "again with --overwrite")
 ROW_CHUNKS = (256,)  # chunk of the one-value-per-row datasets
-#: ``/data``'s digest of each training sample's input (:mod:`kdcore.data.digest`), compared
-#: on resume, not a value to read or export
-INPUT_DIGEST = "input_digest"
-#: ``/data``'s size in bytes of each training sample's image file, for a split streamed from
-#: files (which keeps no digest: reading every file at every start would cost an epoch)
-FILE_SIZE = "file_size"
-#: the constants kept only for ``--resume`` to compare
-RESUME_CHECKS = (INPUT_DIGEST, FILE_SIZE)
 
 
 def damaged(path: Path, cause: BaseException | str) -> KdcoreError:

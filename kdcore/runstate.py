@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kdcore import distributed
 from kdcore.context import ColumnKind, ModelOutput
 from kdcore.errors import RecipeError
+from kdcore.history_names import ENGINE_DATA, folder_clash, name_problem
 from kdcore.ledger import Ledger
 from kdcore.models.base import KDModel
 from kdcore.recipe import Recipe, StageConfig
@@ -64,6 +66,7 @@ class Run:
         self.epoch_metrics: dict[str, float] = {}
         self.stepped: set[str] = set()
         self.write_data: Callable[[str, torch.Tensor], None] | None = None
+        self.recorded: dict[str, None] = {}  # the names components recorded, in order
         self._versions: dict[str, int] = defaultdict(int)
         self._feature_cache: dict[tuple[str, str], tuple[int, ModelOutput]] = {}
         self._low_precision = _AUTOCAST_DTYPES.get(recipe.run.precision)
@@ -334,6 +337,27 @@ class ComponentContext:
         self._run.epoch_metrics[name] = float(value)
 
     def record_data(self, name: str, values: torch.Tensor) -> None:
+        """The run's ``record_data``, refusing in one line naming the component what would
+        replace the engine's arrays (the labels resume and ``inspect`` read), or a folder of
+        another record, or could not be stored (h5py's words, exit 1)."""
+        from kdcore.failures import RunFailed
+
+        problem = name_problem(name)
+        other = None if problem else folder_clash(name, self._run.recorded)
+        if problem:
+            problem = f"record_data's name {problem}"
+        elif name.split("/")[0] in ENGINE_DATA:
+            problem = (f"record_data's name '{name}' is the engine's ({', '.join(ENGINE_DATA)}); "
+                       "record under a name of your own")
+        elif other is not None:
+            problem = (f"record_data's names '{other}' and '{name}' cannot both be kept: a name "
+                       "with '/' is a folder of arrays")
+        elif not isinstance(values, torch.Tensor | np.ndarray):
+            problem = (f"record_data takes a tensor or a numpy array, not "
+                       f"{type(values).__name__} (for '{name}')")
+        if problem:
+            raise RunFailed(f"component '{self.name}': {problem}")
+        self._run.recorded[name] = None
         self._run.record_data(name, values)
 
     def mark_stepped(self, role: str) -> None:

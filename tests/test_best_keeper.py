@@ -131,7 +131,7 @@ def test_epoch_metrics_add_numbers_and_refuse_replacing_or_tensors():
     ("./x", 1.0, "metric name './x' is not a path of named parts (a/b/c)"),
     ("x/..", 1.0, "metric name 'x/..' is not a path of named parts (a/b/c)"),
     ("x\0y", 1.0, "metric name 'x\\x00y' is not a path of named parts (a/b/c)"),
-    (5, 1.0, "a metric is named by a string, not int 5"),
+    (5, 1.0, "metric name int 5 is not a string"),
     ("label", 1.0, "metrics 'label/acc' and 'label' cannot both be written: the history keeps "
                    "a name with '/' as a folder of metrics"),
     ("label/acc/high", 1.0, "metrics 'label/acc' and 'label/acc/high' cannot both be written: "

@@ -9,6 +9,7 @@ import zlib
 import pytest
 import torch
 
+import kdcore
 from kdcore import PluginHost
 from kdcore.plan import build_plan
 from kdcore.prepare import prepare_run
@@ -317,3 +318,64 @@ def test_a_contexts_name_ledger_and_views_are_its_own(run):
     finally:
         run.write_data = None
     assert got[0].tolist() == [4.0]
+
+
+# -- what a component records in /data ------------------------------------------------------------
+
+def _recording_context():
+    import numpy as np
+
+    from kdcore.testing import harness
+
+    h = harness(kdcore.Component, x=torch.zeros(6, 2), noisy_label=torch.tensor([0, 1] * 3))
+    written: dict[str, object] = {}
+    h.run.write_data = written.__setitem__
+    return h.ctx, written, np
+
+
+@pytest.mark.parametrize(("name", "values", "message"), [
+    ("noisy_label", torch.zeros(3), "record_data's name 'noisy_label' is the engine's"),
+    ("input_digest", torch.zeros(3), "record_data's name 'input_digest' is the engine's"),
+    ("file_size", torch.zeros(3), "record_data's name 'file_size' is the engine's"),
+    ("test_confusion/s/student", torch.zeros(3),
+     "record_data's name 'test_confusion/s/student' is the engine's"),
+    ("", torch.zeros(3), "record_data's name '' is not a path of named parts (a/b/c)"),
+    ("mine//x", torch.zeros(3), "record_data's name 'mine//x' is not a path of named parts"),
+    (5, torch.zeros(3), "record_data's name int 5 is not a string"),
+    ("mine/list", [1, 2, 3], "record_data takes a tensor or a numpy array, not list (for "
+                             "'mine/list')"),
+])
+def test_a_component_cannot_record_over_the_engines_data_or_under_an_impossible_name(
+        name, values, message):
+    """noisy_label replaced by 3 zeros was written without a word (the history's labels,
+    which resume and inspect read, gone); '' or 5 were h5py tracebacks."""
+    from kdcore.failures import RunFailed
+
+    ctx, written, _ = _recording_context()
+    ctx.record_data("mine/ok", torch.zeros(1))  # a name recorded before: compared with it too
+    with pytest.raises(RunFailed) as err:
+        ctx.record_data(name, values)
+    assert str(err.value).startswith(f"component '{ctx.name}': {message}"), str(err.value)
+    assert list(written) == ["mine/ok"]
+    if message.endswith("is the engine's"):
+        assert str(err.value).endswith(
+            "is the engine's (noisy_label, clean_label, clean_mask, sample_id, "
+            "transition_matrix, test_confusion, input_digest, file_size); record under a name "
+            "of your own")
+
+
+def test_a_component_records_arrays_again_but_not_one_inside_another():
+    """'g/a' then 'g' deleted the folder g, and 'g/a' with it, without a word."""
+    from kdcore.failures import RunFailed
+
+    ctx, written, np = _recording_context()
+    ctx.record_data("mine/x", torch.arange(3))
+    ctx.record_data("mine/x", torch.arange(4))  # recorded again: replaced, as every epoch may
+    ctx.record_data("mine/y", np.arange(2))
+    assert list(written) == ["mine/x", "mine/y"] and len(written["mine/x"]) == 4
+    for name, other in (("mine", "mine/x"), ("mine/x/deeper", "mine/x")):
+        with pytest.raises(RunFailed) as err:
+            ctx.record_data(name, torch.zeros(1))
+        assert str(err.value) == (f"component '{ctx.name}': record_data's names '{other}' and "
+                                  f"'{name}' cannot both be kept: a name with '/' is a folder "
+                                  "of arrays")

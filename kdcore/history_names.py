@@ -1,0 +1,40 @@
+"""The names of what a history holds besides its ledger: metrics (``/metrics/<name>``) and
+per-run arrays (``/data/<name>``). Each is an HDF5 path, so a name is a path of named parts
+(``a/b``: ``b`` in a folder ``a``), and one cannot be another's folder; the ``/data`` names
+the engine writes are its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: ``/data``'s digest of each training sample's input (:mod:`kdcore.data.digest`), compared
+#: on resume, not a value to read or export
+INPUT_DIGEST = "input_digest"
+#: ``/data``'s size in bytes of each training sample's image file, for a split streamed from
+#: files (which keeps no digest: reading every file at every start would cost an epoch)
+FILE_SIZE = "file_size"
+#: the constants kept only for ``--resume`` to compare
+RESUME_CHECKS = (INPUT_DIGEST, FILE_SIZE)
+#: the ``/data`` entries the engine writes (``test_confusion`` a folder), which a component's
+#: ``record_data`` may not replace: resume, ``inspect`` and ``label-issues`` read them
+ENGINE_DATA = ("noisy_label", "clean_label", "clean_mask", "sample_id", "transition_matrix",
+               "test_confusion", *RESUME_CHECKS)
+
+
+def name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name a metric or a ``/data`` array, or None."""
+    if not isinstance(name, str):
+        return f"{type(name).__name__} {name!r:.60} is not a string"
+    if "\0" in name or any(part in ("", ".", "..") for part in name.split("/")):
+        return f"{name!r} is not a path of named parts (a/b/c)"
+    return None
+
+
+def folder_clash(name: str, names: Any) -> str | None:
+    """The first of ``names`` that is ``name``'s folder or has ``name`` as its folder."""
+    return next((other for other in names
+                 if other.startswith(name + "/") or name.startswith(other + "/")), None)
+
+
+__all__ = ["ENGINE_DATA", "FILE_SIZE", "INPUT_DIGEST", "RESUME_CHECKS", "folder_clash",
+           "name_problem"]
