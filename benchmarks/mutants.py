@@ -114,7 +114,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                                               "tests/test_history_skip.py"]),
     # the running training's state and a component's view of it (session 18)
     "kdcore-runstate": (".", ["kdcore/runstate.py", "kdcore/history_names.py"],
-                        ["tests/test_runstate.py", "tests/test_best_keeper.py"]),
+                        ["tests/test_runstate.py", "tests/test_best_keeper.py",
+                         "tests/test_column_kinds.py"]),
     # reading a recipe: TOML, extends, --set overrides, and writing the resolved recipe back
     # (session 18)
     "kdcore-recipe": (".", ["kdcore/recipe/resolve.py", "kdcore/recipe/writer.py"],

@@ -36,5 +36,25 @@ def folder_clash(name: str, names: Any) -> str | None:
                  if other.startswith(name + "/") or name.startswith(other + "/")), None)
 
 
-__all__ = ["ENGINE_DATA", "FILE_SIZE", "INPUT_DIGEST", "RESUME_CHECKS", "folder_clash",
-           "name_problem"]
+#: the ledger's data columns: what the dataset says, which no component rewrites
+READ_ONLY_COLUMNS = ("noisy_label", "clean_label", "clean_mask")
+
+
+def declared_column_problem(name: str, others: Any) -> str | None:
+    """Why a column a component declares in ``writes`` cannot be a ledger column beside
+    ``others`` (the other columns the run may write), or None; the history keeps each
+    column at ``/ledger/<name>``."""
+    problem = name_problem(name)
+    if problem:
+        return problem
+    if name in READ_ONLY_COLUMNS:
+        return f"'{name}' is the data's ({', '.join(READ_ONLY_COLUMNS)} are read only)"
+    other = folder_clash(name, others)
+    if other:
+        return (f"'{name}' beside '{other}': the history keeps a name with '/' as a folder "
+                "of columns")
+    return None
+
+
+__all__ = ["ENGINE_DATA", "FILE_SIZE", "INPUT_DIGEST", "READ_ONLY_COLUMNS", "RESUME_CHECKS",
+           "declared_column_problem", "folder_clash", "name_problem"]

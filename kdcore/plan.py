@@ -22,6 +22,7 @@ from loguru import logger
 from kdcore.component import Component, ComponentSpec
 from kdcore.config import bind_params, structure
 from kdcore.errors import KdcoreError, RecipeError, did_you_mean
+from kdcore.history_names import declared_column_problem
 from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe, StageConfig
 
@@ -355,6 +356,7 @@ def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> set[str]:
                         f"'{column}' as a column of kind {_either(needs)}, but {writer} "
                         f"writes it as kind {have}", file=recipe.source,
                         key=_param_key(recipe, stage.index, comp, column))
+            _check_writes(recipe, stage, comp, available | epoch_end)
             available.update(comp.written_columns())
             declared = comp.written_column_kinds()
             for column in comp.written_columns():
@@ -369,6 +371,16 @@ def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> set[str]:
         # the engine's records: per-sample losses and training logits, as values
         kinds.update({column: ("value", "the engine") for column in epoch_end})
     return available
+
+
+def _check_writes(recipe: Recipe, stage: StagePlan, comp: Component, before: set[str]) -> None:
+    """Each column in ``comp``'s ``writes`` can be kept by the history beside the others."""
+    for column in dict.fromkeys(w.format(name=comp.name) for w in comp.writes):
+        problem = declared_column_problem(column, before | set(comp.written_columns()) - {column})
+        if problem:
+            raise RecipeError(f"component '{comp.name}' ({comp.spec.use}) declares a ledger "
+                              f"column it cannot write: {problem}", file=recipe.source,
+                              key=f"{_component_key(recipe, stage.index, comp)}.use")
 
 
 def _check_history_skip(recipe: Recipe, written: set[str]) -> None:

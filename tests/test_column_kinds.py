@@ -189,3 +189,53 @@ def test_columns_a_transfer_component_writes_itself_have_their_kind(writer, colu
             f"'{writer['use']}' writes it as kind {kind}")):
         _plan(writer, component("reader", "r", params={"column": column, "kind": "label"}),
               gold_per_class=5)
+
+
+# -- the names a component declares in `writes` ---------------------------------------------------
+
+def _declaring(*writes):
+    return type("Declares", (kdcore.Component,), {"writes": writes,
+                                                  "description": "declares columns"})
+
+
+class _Declarers:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"empty": _declaring(""), "doubled": _declaring("a//b"),
+                "dot": _declaring("mine/."), "folder": _declaring("mine/{name}", "mine"),
+                "data": _declaring("noisy_label"), "losses": _declaring("loss/ce/extra"),
+                "fine": _declaring("mine/{name}", "base_target", "target")}
+
+
+@pytest.mark.parametrize(("use", "problem"), [
+    ("empty", "'' is not a path of named parts (a/b/c)"),
+    ("doubled", "'a//b' is not a path of named parts (a/b/c)"),
+    ("dot", "'mine/.' is not a path of named parts (a/b/c)"),
+    ("folder", "'mine/folder' beside 'mine': the history keeps a name with '/' as a folder of "
+               "columns"),
+    ("data", "'noisy_label' is the data's (noisy_label, clean_label, clean_mask are read "
+             "only)"),
+    ("losses", "'loss/ce/extra' beside 'loss/ce': the history keeps a name with '/' as a "
+               "folder of columns"),
+])
+def test_a_declared_column_the_history_cannot_keep_is_refused_by_the_plan(
+        use, problem, tmp_path):
+    """Each passed `kdcore check` and failed at the first epoch's history row, with h5py's
+    words (exit 1); a rewritten noisy_label changed the run's observed labels silently."""
+    from kdcore.testing import write_recipe
+
+    recipe = tiny_recipe(stage("s", 1, ["student"], component("ce"),
+                               component(use, name="folder" if use == "folder" else None)))
+    del recipe["models"]["teacher"]
+    path = write_recipe(recipe, tmp_path / "r.toml")
+    with pytest.raises(RecipeError) as err:
+        build_plan(kdcore.load_recipe(path), PluginHost(extra=[_Declarers()]))
+    assert (err.value.file, err.value.key) == (str(path), "stages[0].components[1].use")
+    assert err.value.detail == (f"component '{'folder' if use == 'folder' else use}' ({use}) "
+                                f"declares a ledger column it cannot write: {problem}")
+
+
+def test_declared_columns_of_the_components_own_and_the_targets_are_accepted():
+    recipe = tiny_recipe(stage("s", 1, ["student"], component("ce"), component("fine")))
+    del recipe["models"]["teacher"]
+    build_plan(recipe_from_dict(recipe), PluginHost(extra=[_Declarers()]))
