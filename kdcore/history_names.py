@@ -40,20 +40,26 @@ def folder_clash(name: str, names: Any) -> str | None:
 READ_ONLY_COLUMNS = ("noisy_label", "clean_label", "clean_mask")
 
 
-def declared_column_problem(name: str, others: Any) -> str | None:
+def declared_column_problem(name: str, others: Any, roles: Any = ()) -> str | None:
     """Why a column a component declares in ``writes`` cannot be a ledger column beside
     ``others`` (the other columns the run may write), or None; the history keeps each
-    column at ``/ledger/<name>``."""
+    column at ``/ledger/<name>``. A hook's per-role column (``loss/<name>/<role>``, of one of
+    ``roles``) is written only where its plain one is not: no clash with it."""
     problem = name_problem(name)
     if problem:
         return problem
     if name in READ_ONLY_COLUMNS:
         return f"'{name}' is the data's ({', '.join(READ_ONLY_COLUMNS)} are read only)"
-    other = folder_clash(name, others)
+    other = folder_clash(name, (o for o in others if not _per_role(o, roles)))
     if other:
         return (f"'{name}' beside '{other}': the history keeps a name with '/' as a folder "
                 "of columns")
     return None
+
+
+def _per_role(column: str, roles: Any) -> bool:
+    parts = column.split("/")
+    return len(parts) == 3 and parts[0] in ("select", "weight", "loss") and parts[2] in roles
 
 
 __all__ = ["ENGINE_DATA", "FILE_SIZE", "INPUT_DIGEST", "READ_ONLY_COLUMNS", "RESUME_CHECKS",

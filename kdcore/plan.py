@@ -376,7 +376,8 @@ def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> set[str]:
 def _check_writes(recipe: Recipe, stage: StagePlan, comp: Component, before: set[str]) -> None:
     """Each column in ``comp``'s ``writes`` can be kept by the history beside the others."""
     for column in dict.fromkeys(w.format(name=comp.name) for w in comp.writes):
-        problem = declared_column_problem(column, before | set(comp.written_columns()) - {column})
+        problem = declared_column_problem(
+            column, before | set(comp.written_columns()) - {column}, recipe.models)
         if problem:
             raise RecipeError(f"component '{comp.name}' ({comp.spec.use}) declares a ledger "
                               f"column it cannot write: {problem}", file=recipe.source,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,17 @@ name = "kd"
 weight = 0.5
 params = {{ teacher = "teacher" }}
 """
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    """The messages of the warnings logged during the test."""
+    from loguru import logger
+
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(m.record["message"]), level="WARNING")
+    yield seen
+    logger.remove(sink)
 
 
 @pytest.fixture

@@ -204,7 +204,14 @@ class _Declarers:
         return {"empty": _declaring(""), "doubled": _declaring("a//b"),
                 "dot": _declaring("mine/."), "folder": _declaring("mine/{name}", "mine"),
                 "data": _declaring("noisy_label"), "losses": _declaring("loss/ce/extra"),
-                "fine": _declaring("mine/{name}", "base_target", "target")}
+                "fine": _declaring("mine/{name}", "base_target", "target"),
+                "own_loss": _declaring("loss/{name}"),
+                "own_select": _declaring("select/{name}"),
+                "own_weight": _declaring("weight/{name}"),
+                "selects": type("Selects", (kdcore.Component,), {
+                    "description": "selects", "select": lambda self, ctx, batch: None}),
+                "weighs": type("Weighs", (kdcore.Component,), {
+                    "description": "weighs", "weight": lambda self, ctx, batch: None})}
 
 
 @pytest.mark.parametrize(("use", "problem"), [
@@ -237,5 +244,20 @@ def test_a_declared_column_the_history_cannot_keep_is_refused_by_the_plan(
 
 def test_declared_columns_of_the_components_own_and_the_targets_are_accepted():
     recipe = tiny_recipe(stage("s", 1, ["student"], component("ce"), component("fine")))
+    del recipe["models"]["teacher"]
+    build_plan(recipe_from_dict(recipe), PluginHost(extra=[_Declarers()]))
+
+
+@pytest.mark.parametrize(("hook", "declares"), [("ce", "own_loss"), ("selects", "own_select"),
+                                                ("weighs", "own_weight")])
+def test_a_declared_column_beside_the_per_role_form_of_the_same_hook_column_is_accepted(
+        hook, declares):
+    """The engine declares a hook's column both as <kind>/<name> and <kind>/<name>/<role> and
+    writes one of them: a later component writing <kind>/<name> itself (MLC's loss/<name>)
+    clashes with neither; with another name under it, it would."""
+    first = [component(hook, name="shared")] + ([component("ce")] if hook != "ce" else [])
+    recipe = tiny_recipe(stage("first", 1, ["student"], *first),
+                         stage("then", 1, ["student"], component("ce"),
+                               component(declares, name="shared")))
     del recipe["models"]["teacher"]
     build_plan(recipe_from_dict(recipe), PluginHost(extra=[_Declarers()]))

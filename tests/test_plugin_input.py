@@ -33,15 +33,6 @@ def test_an_object_that_implements_no_hook_is_not_a_plugin(plugin):
 
 # -- what a plugin's hooks return -----------------------------------------------------------------
 
-@pytest.fixture
-def warnings():
-    from loguru import logger
-
-    seen: list[str] = []
-    sink = logger.add(lambda m: seen.append(m.record["message"]), level="WARNING")
-    yield seen
-    logger.remove(sink)
-
 
 class _Configure:
     """``kdcore_configure`` returning ``found`` (or raising it, an exception)."""

@@ -8,22 +8,12 @@ import types
 from importlib import metadata
 
 import pytest
-from loguru import logger
 
 import kdcore
 from kdcore import KdcoreError, PluginHost, hookimpl
 from kdcore import plugins as plugins_mod
 from kdcore.plugins import IN_PROCESS, ObserverBus, active_host, import_object
 from kdcore.registry import Registry
-
-
-@pytest.fixture
-def warnings():
-    seen: list[str] = []
-    sink = logger.add(lambda m: seen.append(m.record["message"]), level="WARNING")
-    yield seen
-    logger.remove(sink)
-
 
 # -- the registry -----------------------------------------------------------------------------
 
