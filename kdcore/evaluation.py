@@ -103,13 +103,24 @@ class EpochMetrics(dict):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
         self._logged: set[str] = set()  # names taken from ctx.log_metric: logged again, replaced
+        self._folders: set[str] = set()  # every folder of a name held ("a" and "a/b" of "a/b/c")
         self.update(*args, **kwargs)
 
     def __setitem__(self, name: str, value: Any) -> None:
         if name in self:
             raise _refused(f"metric '{name}' is already this epoch's; a component adds its own "
                            "under a new name, it does not replace one")
-        super().__setitem__(_metric_name(name, self), _number(name, value))
+        problem = name_problem(name)
+        if problem:
+            raise _refused(f"metric name {problem}")
+        parts = name.split("/")
+        folders = ["/".join(parts[:k]) for k in range(1, len(parts))]
+        # the history keeps "a/b" as b in a folder a; a set lookup per folder, not a scan
+        if name in self._folders or any(f in self for f in folders):
+            raise _refused(f"metrics '{folder_clash(name, self)}' and '{name}' cannot both be "
+                           "written: the history keeps a name with '/' as a folder of metrics")
+        super().__setitem__(name, _number(name, value))
+        self._folders.update(folders)
 
     def update(self, *args: Any, **kwargs: Any) -> None:  # dict's own bypasses __setitem__
         for name, value in dict(*args, **kwargs).items():
@@ -137,17 +148,6 @@ def _refused(message: str) -> Exception:
     from kdcore.failures import RunFailed
 
     return RunFailed(message)
-
-
-def _metric_name(name: Any, metrics: Mapping[str, float]) -> str:
-    problem = name_problem(name)
-    if problem:
-        raise _refused(f"metric name {problem}")
-    other = folder_clash(name, metrics)  # the history keeps "a/b" as b in a folder a
-    if other:
-        raise _refused(f"metrics '{other}' and '{name}' cannot both be written: the history "
-                       "keeps a name with '/' as a folder of metrics")
-    return name
 
 
 def _number(name: str, value: Any) -> float:

@@ -208,6 +208,8 @@ class _Declarers:
                 "own_loss": _declaring("loss/{name}"),
                 "own_select": _declaring("select/{name}"),
                 "own_weight": _declaring("weight/{name}"),
+                **{f"deeper_{k}": _declaring(f"{k}/{{name}}/x") for k in ("loss", "select",
+                                                                          "weight")},
                 "selects": type("Selects", (kdcore.Component,), {
                     "description": "selects", "select": lambda self, ctx, batch: None}),
                 "weighs": type("Weighs", (kdcore.Component,), {
@@ -245,7 +247,9 @@ def test_a_declared_column_the_history_cannot_keep_is_refused_by_the_plan(
 def test_declared_columns_of_the_components_own_and_the_targets_are_accepted():
     recipe = tiny_recipe(stage("s", 1, ["student"], component("ce"), component("fine")))
     del recipe["models"]["teacher"]
-    build_plan(recipe_from_dict(recipe), PluginHost(extra=[_Declarers()]))
+    plan = build_plan(recipe_from_dict(recipe), PluginHost(extra=[_Declarers()]))
+    assert plan.stages[0].components[1].written_columns() == ("mine/fine", "base_target",
+                                                               "target")
 
 
 @pytest.mark.parametrize(("hook", "declares"), [("ce", "own_loss"), ("selects", "own_select"),
@@ -256,8 +260,15 @@ def test_a_declared_column_beside_the_per_role_form_of_the_same_hook_column_is_a
     writes one of them: a later component writing <kind>/<name> itself (MLC's loss/<name>)
     clashes with neither; with another name under it, it would."""
     first = [component(hook, name="shared")] + ([component("ce")] if hook != "ce" else [])
-    recipe = tiny_recipe(stage("first", 1, ["student"], *first),
-                         stage("then", 1, ["student"], component("ce"),
-                               component(declares, name="shared")))
-    del recipe["models"]["teacher"]
-    build_plan(recipe_from_dict(recipe), PluginHost(extra=[_Declarers()]))
+
+    def plan(declaring):
+        recipe = tiny_recipe(stage("first", 1, ["student"], *first),
+                             stage("then", 1, ["student"], component("ce"),
+                                   component(declaring, name="shared")))
+        del recipe["models"]["teacher"]
+        return build_plan(recipe_from_dict(recipe), PluginHost(extra=[_Declarers()]))
+
+    kind = declares.removeprefix("own_")
+    assert plan(declares).stages[1].components[1].written_columns() == (f"{kind}/shared",)
+    with pytest.raises(RecipeError, match=f"'{kind}/shared/x' beside '{kind}/shared': "):
+        plan(f"deeper_{kind}")  # a name under the plain form does clash
