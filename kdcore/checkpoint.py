@@ -7,10 +7,13 @@ unpickles code; a user may resume runs and load teachers received from others sa
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
+import sys
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -77,6 +80,8 @@ def snapshot(obj: Any) -> Any:
         return obj.detach().clone()
     if isinstance(obj, dict):
         return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple takes its fields
+        return type(obj)(*(snapshot(v) for v in obj))
     if isinstance(obj, (list, tuple)):
         return type(obj)(snapshot(v) for v in obj)
     return obj
@@ -122,6 +127,76 @@ class BackgroundSaver:
             raise KdcoreError(f"could not write checkpoint: {error}") from error
 
 
+#: what every torch since 2.2 reads back with ``weights_only=True``, besides tensors
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+_SEQUENCES = (list, tuple, torch.Size)
+_MAPPINGS = (dict, OrderedDict)
+
+
+def unloadable(state: Any) -> tuple[str, str] | None:
+    """Where ``state`` holds a value that a checkpoint read with ``weights_only=True`` refuses
+    (a NumPy scalar or array, a class of a plugin's own, a function), and that value's type:
+    ``("['best'][0]", "numpy.float64")``; None when all of it reads back.
+
+    Checked before a checkpoint is written: torch writes such a value without complaint, and
+    only the resume, maybe days later, finds the file unreadable. Values outside the plain
+    types (a set, a tensor subclass) are asked of torch itself, by a round trip in memory.
+    """
+    stack: list[tuple[str, Any]] = [("", state)]
+    seen: set[int] = set()  # a list that holds itself is pickled once, and walked once
+    while stack:
+        at, value = stack.pop()
+        kind = type(value)
+        if kind in _PLAIN or kind is torch.Tensor or kind is nn.Parameter:
+            continue
+        if kind in _SEQUENCES or kind in _MAPPINGS:
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            items = value.items() if kind in _MAPPINGS else enumerate(value)
+            for key, item in items:
+                if kind in _MAPPINGS and type(key) not in _PLAIN and not _reads_back(key):
+                    return f"{at}[{key!r}] (the key)", _type_name(key)
+                stack.append((f"{at}[{key!r}]", item))
+        elif not _reads_back(value):
+            return at, _type_name(value)
+    return None
+
+
+def unloadable_message(owner: str, state: Any) -> str | None:
+    """``"<owner> holds a numpy.float64 at ['best'], which ..."`` when :func:`unloadable` finds
+    something in ``state``; else None."""
+    found = unloadable(state)
+    if found is None:
+        return None
+    at, kind = found
+    where = f"holds a value of type {kind} at {at}" if at else f"is a value of type {kind}"
+    return (f"{owner} {where}, which a checkpoint cannot hold: checkpoints are read back with "
+            "weights_only=True, which admits tensors, numbers, strings, lists, tuples and "
+            "dicts (float(x), x.tolist() or torch.as_tensor(x) converts a NumPy value)")
+
+
+def _reads_back(value: Any) -> bool:
+    buffer = io.BytesIO()
+    try:
+        torch.save(value, buffer)
+        buffer.seek(0)
+        load_weights_only(buffer)
+    except Exception:  # noqa: BLE001 - unpicklable, or refused on the way back: the answer
+        return False
+    return True
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    module = kind.__module__
+    if module == "builtins":
+        return kind.__qualname__
+    top = sys.modules.get(module.split(".")[0])  # numpy.float64, not numpy._core....float64
+    public = top is not None and getattr(top, kind.__qualname__, None) is kind
+    return f"{top.__name__ if public else module}.{kind.__qualname__}"
+
+
 def load_weights_only(source: str | os.PathLike[str] | BinaryIO) -> Any:
     """``torch.load(source, weights_only=True)`` onto the CPU, without the warning torch gives
     for a pickle protocol other than its own: it would only precede the caller's one-line
@@ -141,9 +216,12 @@ def load(path: Path) -> dict[str, Any]:
         raise KdcoreError(f"cannot read checkpoint {path}: {weights_only_reason(exc)}") from None
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """A model's ``state_dict``, loadable as a recipe's ``models.<role>.checkpoint``."""
-    save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+def weights_of(model: nn.Module) -> dict[str, Any]:
+    """A model's ``state_dict`` for a weights file, loadable as a recipe's
+    ``models.<role>.checkpoint``: its tensors detached, on the CPU, and its extra state (what
+    its ``get_extra_state`` returns, which need not be a tensor) as it is."""
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+            for k, v in model.state_dict().items()}
 
 
 def load_weights(path: str | Path, role: str) -> dict[str, torch.Tensor]:

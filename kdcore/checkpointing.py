@@ -101,11 +101,11 @@ class Checkpointer:
             "fingerprint": self.fingerprint,
             "models": {r: m.state_dict() for r, m in run.models.items()},
             "optimizers": {r: o.state_dict() for r, o in run.optimizers.items()},
-            "components": {c.name: c.state_dict() for c in trainer.current_stage.components}
+            "components": _component_states(trainer.current_stage.components)
             if trainer.contexts else {},
             "generators": {ctx.name: ctx.generator.get_state()
                            for ctx in trainer.contexts.values()},
-            "plugins": dict(trainer.bus.call("kdcore_checkpoint_state", ctx=trainer.observer_ctx)),
+            "plugins": _plugin_states(trainer.bus, trainer.observer_ctx),
             "ledger": run.ledger.state_dict(),
             "rng": ckpt.rng_state(run.generator, trainer.order_gen, trainer.augment_gen),
             "best": trainer.best.state_dict(),
@@ -113,13 +113,20 @@ class Checkpointer:
             "summary": copy.deepcopy(trainer.summary),
             "scaler": trainer.scaler.state_dict() if trainer.scaler else {},
         }
+        for role, sd in state["models"].items():  # an extra state of a plugin's model
+            _refuse_unloadable(f"model '{role}' state_dict()", sd)
+        for name, got in trainer.carried.items():
+            _refuse_unloadable(f"component '{name}' ({got['use']}) state_dict() at the end of "
+                               "its stage", got["state"])
         self.saver.save(state, self.path)
         self._last = time.monotonic()
 
     def save_weights(self, role: str, model: nn.Module) -> None:
         if not self.writes:
             return
-        ckpt.save_weights(model, self.weights_dir / f"{role}.pt")
+        state = ckpt.weights_of(model)
+        _refuse_unloadable(f"model '{role}' state_dict()", state)
+        ckpt.save(state, self.weights_dir / f"{role}.pt")
 
     def wait(self) -> None:
         self.saver.wait()
@@ -173,6 +180,35 @@ class Checkpointer:
                 comp.load_state_dict(state["components"][comp.name])
             if comp.name in generators:
                 trainer.context(comp).generator.set_state(generators[comp.name])
+
+
+def _component_states(components: Sequence[Component]) -> dict[str, Any]:
+    states = {}
+    for comp in components:
+        states[comp.name] = state = comp.state_dict()
+        _refuse_unloadable(f"component '{comp.name}' ({comp.spec.use}) state_dict()", state)
+    return states
+
+
+def _plugin_states(bus: ObserverBus, ctx: Any) -> dict[str, Any]:
+    """Each plugin's ``kdcore_checkpoint_state``; one whose state would not read back is
+    disabled, like a plugin whose hook raises, and its state left out."""
+    states = {}
+    for name, state in bus.call("kdcore_checkpoint_state", ctx=ctx):
+        problem = ckpt.unloadable_message("returned a state that", state)
+        if problem is None:
+            states[name] = state
+        else:
+            bus.refuse(name, "kdcore_checkpoint_state", problem)
+    return states
+
+
+def _refuse_unloadable(owner: str, state: Any) -> None:
+    from kdcore.failures import RunFailed
+
+    problem = ckpt.unloadable_message(owner, state)
+    if problem is not None:  # found now, not by the resume that could not read the file
+        raise RunFailed(problem)
 
 
 def carried_states(components: Sequence[Component]) -> dict[str, dict[str, Any]]:

@@ -238,7 +238,8 @@ class Component:
     # -- checkpoint -------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: tensors, numbers, strings, lists, dicts."""
+        """Everything needed to resume exactly: tensors, numbers, strings, lists, dicts (checked
+        at each checkpoint: one that would not read back, a NumPy scalar, stops the run)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

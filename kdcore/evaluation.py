@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from kdcore.checkpoint import snapshot
 from kdcore.history_names import folder_clash, name_problem
 from kdcore.ledger import Ledger
 from kdcore.metrics import accuracy, balanced_accuracy, roc_auc, selection_quality
@@ -190,8 +191,7 @@ class BestKeeper:
             if best is None or val > best["val_acc"]:
                 self.best[key] = dict(record)
                 if keeps:
-                    self.states[key] = {k: v.detach().clone()
-                                        for k, v in model.state_dict().items()}
+                    self.states[key] = snapshot(model.state_dict())
             self.best[key]["last_test_acc"] = metrics[f"test/{role}/acc"]
             self.best[key]["last_test_bacc"] = metrics[f"test/{role}/bacc"]
             self.best[key]["last_test_confusion"] = test_confusion

@@ -200,12 +200,13 @@ def kdcore_run_end(ctx: RunContext, summary: dict[str, Any]) -> None:
 def kdcore_checkpoint_state(ctx: RunContext) -> dict[str, Any] | None:
     """Plugin-wide state to store in each checkpoint.
 
-    Called whenever a checkpoint is written (run start, first epoch, stage boundaries, every
-    ``run.checkpoint_interval_s``). Args: ``ctx``, the run.
+    Called whenever a checkpoint is written (after the run's first epoch, at stage boundaries,
+    every ``run.checkpoint_interval_s``). Args: ``ctx``, the run.
 
     Returns:
         Tensors, numbers, strings, lists and dicts only (checkpoints load with
-        ``weights_only=True``), or None. Stored under the plugin's registered name.
+        ``weights_only=True``), or None. Stored under the plugin's registered name. A state
+        that would not read back (a NumPy value, a class of the plugin's) disables the plugin.
     """
 
 
@@ -381,8 +382,8 @@ class ComponentHooks(Protocol):
         """
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly, returned when a checkpoint is written or the
-        stage ends (for the next stage's namesake): tensors, numbers, strings, lists, dicts."""
+        """What an exact resume needs, taken at each checkpoint and stage end (for the next
+        stage's namesake): tensors, numbers, strings, lists, dicts (a NumPy value stops the run)."""
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -21,6 +21,22 @@ def test_saver_writes_a_snapshot_not_the_live_tensors(tmp_path, background):
     assert not (tmp_path / "c.pt.tmp").exists()
 
 
+def test_a_snapshot_copies_every_tensor_of_the_tree_and_keeps_its_containers():
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "first second")
+    live = {"pair": Pair(torch.zeros(1), [torch.ones(1), 3]), "size": torch.Size([2]),
+            "t": (torch.zeros(2), "a"), "n": 1.5}
+    copy = ckpt.snapshot(live)
+    assert type(copy["pair"]) is Pair and type(copy["size"]) is torch.Size
+    assert copy["size"] == torch.Size([2]) and copy["t"][1] == "a" and copy["n"] == 1.5
+    for tensor in (live["pair"].first, live["pair"].second[0], live["t"][0]):
+        tensor.add_(5)  # the live state trains on
+    assert torch.equal(copy["pair"].first, torch.zeros(1))
+    assert torch.equal(copy["pair"].second[0], torch.ones(1)) and copy["pair"].second[1] == 3
+    assert torch.equal(copy["t"][0], torch.zeros(2))
+
+
 def test_background_write_errors_surface_on_wait(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

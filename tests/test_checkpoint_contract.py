@@ -9,6 +9,7 @@ import re
 import threading
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -344,3 +345,248 @@ def test_a_resume_mid_stage_restores_plugin_state_and_each_components_state_and_
     assert again.resumed is True and straight.resumed is False
     assert again.batches == straight.batches == 28
     assert_same_history(tmp_path / "run", tmp_path / "straight")
+
+
+# -- what a checkpoint can hold ---------------------------------------------------------------
+
+class _Own:
+    """A plugin's own class: torch pickles it, and ``weights_only`` refuses it on the way back."""
+
+
+def _reads_back_in_torch(value):
+    """The oracle: a real round trip through a file, as a resume reads a checkpoint."""
+    import io
+
+    buffer = io.BytesIO()
+    try:
+        torch.save({"x": value}, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("value", [
+    np.float64(0.5), np.zeros(3), np.int64(2), _Own(), len, lambda: 1, torch.Generator(),
+    (i for i in ()), frozenset({1}), slice(1, 2), range(3), {1, 2}, torch.Size([2]),
+    torch.float16, torch.device("cpu"), 1j, 10**40, float("nan"), b"ab", None, True,
+    torch.nn.Parameter(torch.zeros(1)), torch.zeros(2).to_sparse(), "text",
+    {"nested": [1, (2.0, {"deeper": np.float32(1)})]}, {np.int64(1): 2}, {(1, 2): 3},
+    type("Str", (str,), {})("a")], ids=lambda value: type(value).__name__)
+def test_unloadable_agrees_with_what_torch_reads_back(value):
+    assert (ckpt.unloadable({"x": value}) is None) is _reads_back_in_torch(value)
+
+
+def test_unloadable_names_the_first_place_and_type_that_would_not_read_back():
+    state = {"a": [1, 2, {"b": (3, np.float32(1.5))}], "c": torch.zeros(2)}
+    assert ckpt.unloadable(state) == ("['a'][2]['b'][1]", "numpy.float32")
+    assert ckpt.unloadable({"k": {np.int64(3): 1}}) == ("['k'][np.int64(3)] (the key)",
+                                                        "numpy.int64")
+    assert ckpt.unloadable(_Own()) == ("", f"{__name__}._Own")
+    assert ckpt.unloadable([len]) == ("[0]", "builtin_function_or_method")
+    assert ckpt.unloadable([torch.Generator()]) == ("[0]", "torch.Generator")  # not torch._C
+    loop: list = [1]
+    loop.append(loop)  # pickled once by its memo: the walk ends too
+    assert ckpt.unloadable(loop) is None
+    loop = [np.float64(1)]
+    loop.append(loop)  # met again before the value beside it: the walk goes on past it
+    assert ckpt.unloadable(loop) == ("[0]", "numpy.float64")
+    assert ckpt.unloadable({"deep": _nested(5000)}) is None  # no recursion to run out of
+    assert ckpt.unloadable_message("model 'student' state_dict()", {"m": np.zeros(1)}) == (
+        "model 'student' state_dict() holds a value of type numpy.ndarray at ['m'], which a "
+        "checkpoint cannot hold: checkpoints are read back with weights_only=True, which admits "
+        "tensors, numbers, strings, lists, tuples and dicts (float(x), x.tolist() or "
+        "torch.as_tensor(x) converts a NumPy value)")
+    assert ckpt.unloadable_message("it", np.float64(1)).startswith(
+        "it is a value of type numpy.float64, which")
+    assert ckpt.unloadable_message("it", {"a": [1.0]}) is None
+
+
+def test_unloadable_serialises_no_tensor_and_no_plain_value(monkeypatch):
+    """A model's weights are walked, not copied into a buffer at every checkpoint."""
+    def probe(value):
+        raise AssertionError(f"probed {value!r}")
+
+    monkeypatch.setattr(ckpt, "_reads_back", probe)
+    state = {"w": torch.zeros(3), "p": torch.nn.Parameter(torch.zeros(1)), "n": [1, 2.5, 1j],
+             "s": ("a", b"b", None, True), "t": torch.float16, "d": torch.device("cpu"),
+             "size": torch.Size([2]), 3: {4.5: 1}}
+    assert ckpt.unloadable(state) is None
+
+
+def _nested(depth):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class NumpyState(kdcore.Component):
+    """Keeps a NumPy scalar in its state, as a component that averages with NumPy would."""
+
+    description = "test component whose state holds a NumPy scalar"
+
+    def transfer(self, ctx, batch):
+        return F.cross_entropy(batch.out("student").logits, batch.noisy_label, reduction="none")
+
+    def state_dict(self):
+        return {"mean": np.float64(0.25)}
+
+
+class NumpyPlugin:
+    """A plugin whose checkpoint state holds a NumPy array."""
+
+    def __init__(self):
+        self.__name__ = "numpy_plugin"
+
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"numpy_state": NumpyState}
+
+    @hookimpl
+    def kdcore_checkpoint_state(self, ctx):
+        return {"seen": np.zeros(2)}
+
+
+def test_a_component_whose_state_would_not_read_back_stops_the_run_at_its_first_checkpoint(
+        tmp_path):
+    from kdcore.failures import RunFailed
+
+    _recipe(tmp_path)  # a checkpoint due after every epoch
+    path = tmp_path / "tiny.toml"
+    path.write_text(path.read_text().replace('"noisy_ce"', '"numpy_state"'))
+    recipe = load_recipe(path)
+    with pytest.raises(RunFailed, match=re.escape(
+            "component 'numpy_state' (numpy_state) state_dict() holds a value of type "
+            "numpy.float64 at ['mean'], which a checkpoint cannot hold")):
+        run_recipe(recipe, out=str(tmp_path / "run"), host=PluginHost(extra=[NumpyPlugin()]))
+
+
+def test_a_plugin_whose_state_would_not_read_back_is_disabled_and_the_checkpoint_reads(
+        tmp_path, warnings):
+    _recipe(tmp_path)
+    path = tmp_path / "tiny.toml"
+    path.write_text(path.read_text().replace('"noisy_ce"', '"ce"'))
+    recipe = load_recipe(path)
+    run_recipe(recipe, out=str(tmp_path / "run"), host=PluginHost(extra=[NumpyPlugin()]))
+    assert [w for w in warnings if "numpy_plugin" in w] == [
+        "plugin 'numpy_plugin' (in-process): kdcore_checkpoint_state returned a state that "
+        "holds a value of type numpy.ndarray at ['seen'], which a checkpoint cannot hold: "
+        "checkpoints are read back with weights_only=True, which admits tensors, numbers, "
+        "strings, lists, tuples and dicts (float(x), x.tolist() or torch.as_tensor(x) "
+        "converts a NumPy value); the plugin is disabled for the rest of this run"]
+    assert ckpt.load(tmp_path / "run" / ckpt.CHECKPOINT)["plugins"] == {}
+
+
+class _ExtraState(torch.nn.Module):
+    """A plugin's architecture that keeps a NumPy value as its extra state."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.layer = torch.nn.Linear(spec.input_shape[0], spec.num_classes)
+
+    def forward(self, x):
+        return self.layer(x), x
+
+    def get_extra_state(self):
+        return {"scale": np.float32(1.0)}
+
+    def set_extra_state(self, state):
+        pass
+
+
+class StageEndNumpy(kdcore.Component):
+    """Plain CE, whose state takes a NumPy value at its stage's end (a summary statistic)."""
+
+    description = "test component whose state changes at its stage's end"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ended = False
+
+    def transfer(self, ctx, batch):
+        return F.cross_entropy(batch.out(self.models[0]).logits, batch.noisy_label)
+
+    def on_stage_end(self, ctx):
+        self.ended = True
+
+    def state_dict(self):
+        return {"mean": np.float64(0.5) if self.ended else 0.5}
+
+
+class _Parts:
+    @hookimpl
+    def kdcore_add_models(self):
+        return {"extra_state": _ExtraState}
+
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"stage_end_numpy": StageEndNumpy}
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_a_models_extra_state_that_would_not_read_back_stops_the_run_at_its_first_write(
+        tmp_path, epochs):
+    """The first epoch's checkpoint, or a one-epoch stage's weights file at its end."""
+    from kdcore.failures import RunFailed
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, tiny_recipe
+
+    recipe = recipe_from_dict(tiny_recipe(
+        stage("s", epochs, ["student"], component("ce")),
+        models={"student": {"arch": "extra_state"}}))
+    with pytest.raises(RunFailed, match=re.escape(
+            "model 'student' state_dict() holds a value of type numpy.float32 at "
+            "['_extra_state']['scale'], which")):
+        run_recipe(recipe, out=str(tmp_path / "run"), host=PluginHost(extra=[_Parts()]))
+    with kdcore.History(tmp_path / "run") as history:
+        assert len(history.metric("time/epoch")) == 1
+    assert not (tmp_path / "run" / "models" / "student.pt").exists()
+
+
+def test_a_state_carried_from_a_stages_end_that_would_not_read_back_stops_the_run(tmp_path):
+    from kdcore.failures import RunFailed
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, tiny_recipe
+
+    recipe = recipe_from_dict(tiny_recipe(
+        stage("t", 1, ["teacher"], component("stage_end_numpy", "mean_ce")),
+        stage("s", 1, ["student"], component("ce"))))
+    with pytest.raises(RunFailed, match=re.escape(
+            "component 'mean_ce' (stage_end_numpy) state_dict() at the end of its stage holds "
+            "a value of type numpy.float64 at ['mean'], which")):
+        run_recipe(recipe, out=str(tmp_path / "run"), host=PluginHost(extra=[_Parts()]))
+
+
+class _PlainExtraState(_ExtraState):
+    """An architecture whose extra state is plain data and a tensor, as torch allows."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.restored = None
+
+    def get_extra_state(self):
+        return {"scale": 2.0, "table": self.layer.bias.detach() * 0 + 1}
+
+    def set_extra_state(self, state):
+        self.restored = state
+
+
+def test_a_model_with_an_extra_state_keeps_its_best_epoch_and_writes_its_weights(tmp_path):
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, tiny_recipe
+
+    class Architectures:
+        @hookimpl
+        def kdcore_add_models(self):
+            return {"plain_extra": _PlainExtraState}
+
+    recipe = recipe_from_dict(tiny_recipe(
+        stage("s", 2, ["student"], component("ce"), keep="best_val"),
+        models={"student": {"arch": "plain_extra"}}))
+    run_recipe(recipe, out=str(tmp_path / "run"), host=PluginHost(extra=[Architectures()]))
+    weights = ckpt.load_weights(tmp_path / "run" / "models" / "student.pt", "student")
+    assert weights["_extra_state"]["scale"] == 2.0
+    assert torch.equal(weights["_extra_state"]["table"], torch.ones(10))
+    assert set(weights) == {"layer.weight", "layer.bias", "_extra_state"}
