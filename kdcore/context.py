@@ -119,6 +119,9 @@ class RunContext(Protocol):
         generator: the component's own CPU random generator, checkpointed with the run.
         cache: a dict for expensive results several components share (a kNN graph); key
             entries by what they depend on (``model_version``); not checkpointed.
+
+    A method given a role the recipe has no model for raises a ``KeyError`` that names the
+    recipe's models; ``lr`` of a model no stage has trained yet says it has no optimiser.
     """
 
     recipe: Recipe
@@ -180,7 +183,8 @@ class RunContext(Protocol):
         ...
 
     def mark_stepped(self, role: str) -> None:
-        """Say that this component stepped ``role``'s optimiser itself in this batch."""
+        """Say that this component stepped ``role``'s optimiser itself in this batch (a
+        ``ValueError`` for a role the stage does not train: the engine steps none of those)."""
         ...
 
 

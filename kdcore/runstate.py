@@ -110,14 +110,28 @@ class Run:
         return role in self.stage.train
 
     def lr(self, role: str) -> float:
-        return float(self.optimizers[role].param_groups[0]["lr"])
+        optimizer = self.optimizers.get(role)
+        if optimizer is None:
+            self.model(role)
+            raise KeyError(f"model '{role}' has no optimiser yet: no stage so far trains it")
+        return float(optimizer.param_groups[0]["lr"])
+
+    def model(self, role: str) -> torch.nn.Module:
+        """Model ``role``; a ``KeyError`` that names the recipe's models when it has none."""
+        try:
+            return self.models[role]
+        except KeyError:
+            raise KeyError(f"no model '{role}'; the recipe's models: "
+                           f"{', '.join(self.models)}") from None
 
     def model_version(self, role: str) -> int:
+        self.model(role)  # not the 0 the counter gives any name
         return self._versions[role]
 
     def role_epoch(self, role: str) -> int:
         """Epochs ``role`` trained in the stages before this one, plus this stage's epoch
         when it trains ``role``: the epoch count a release script's schedule uses."""
+        self.model(role)
         stages = self.recipe.stages[:self.stage_index]
         done = sum(st.epochs for st in stages if role in st.train)
         return done + (self.epoch if role in self.stage.train else 0)
@@ -136,7 +150,10 @@ class Run:
         return x
 
     def forward(self, role: str, x: torch.Tensor) -> ModelOutput:
-        model = self.models[role]
+        try:
+            model = self.models[role]
+        except KeyError:  # free until it happens: this is every batch's model call
+            model = self.model(role)
         if role in self.stage.train:
             if torch.is_grad_enabled():
                 logits, features = self._call(model, x)
@@ -152,12 +169,12 @@ class Run:
 
     @torch.no_grad()
     def features(self, role: str, split: str = "train") -> ModelOutput:
+        model = self.model(role)
         key = (role, split)
         version = self._versions[role]
         hit = self._feature_cache.get(key)
         if hit is not None and hit[0] == version:
             return hit[1]
-        model = self.models[role]
         was_training = model.training
         model.eval()
         ds = self.data.split(split)
@@ -361,4 +378,8 @@ class ComponentContext:
         self._run.record_data(name, values)
 
     def mark_stepped(self, role: str) -> None:
+        if not self._run.trains(role):  # the engine would have stepped nothing: a slip
+            self._run.model(role)
+            raise ValueError(f"mark_stepped('{role}'): this stage does not train model "
+                             f"'{role}'")
         self._run.stepped.add(role)

@@ -4,6 +4,7 @@ calls in and out of the graph, the cached full-set features, the tagged ledger's
 
 from __future__ import annotations
 
+import re
 import zlib
 
 import pytest
@@ -133,6 +134,34 @@ def test_fp32_runs_without_autocast(run):
 # -- a component's view -------------------------------------------------------------------------
 
 
+def test_a_context_asked_for_a_model_the_recipe_lacks_names_the_models(run):
+    ctx = ComponentContext(run, "me", torch.Generator())
+    _at(run, 1, 0)  # the student trains, the teacher does not
+    x = run.data.inputs(run.data.train, torch.arange(2))
+    versions = {r: run.model_version(r) for r in run.models}
+    calls = {"lr": lambda: ctx.lr("nope"), "version": lambda: ctx.model_version("nope"),
+             "epoch": lambda: ctx.role_epoch("nope"), "forward": lambda: ctx.forward("nope", x),
+             "features": lambda: ctx.features("nope"),
+             "stepped": lambda: ctx.mark_stepped("nope")}
+    for call in calls.values():
+        with pytest.raises(KeyError, match=re.escape(
+                "no model 'nope'; the recipe's models: teacher, student")):
+            call()
+    assert {r: run.model_version(r) for r in run.models} == versions
+    with pytest.raises(ValueError, match=re.escape(
+            "mark_stepped('teacher'): this stage does not train model 'teacher'")):
+        ctx.mark_stepped("teacher")  # the engine steps only what the stage trains
+    assert not run.stepped
+    optimizer = run.optimizers.pop("teacher")  # as before a stage first trains the teacher
+    try:
+        with pytest.raises(KeyError, match=re.escape(
+                "model 'teacher' has no optimiser yet: no stage so far trains it")):
+            ctx.lr("teacher")
+    finally:
+        run.optimizers["teacher"] = optimizer
+    assert ctx.lr("teacher") == 0.1 and ctx.role_epoch("teacher") == 3
+
+
 def test_a_context_reads_the_runs_facts_as_they_change(run):
     ctx = ComponentContext(run, "me", torch.Generator().manual_seed(0))
     for s, epoch, step in ((0, 1, 5), (2, 3, 40)):
@@ -159,6 +188,7 @@ def test_a_context_reads_the_runs_facts_as_they_change(run):
 
 def test_a_contexts_capabilities_reach_the_run(run):
     ctx = ComponentContext(run, "me", torch.Generator().manual_seed(5))
+    _at(run, 1, 0)  # the student trains
     ctx.log_metric("me/x", torch.tensor(0.5))
     assert run.epoch_metrics["me/x"] == 0.5 and type(run.epoch_metrics["me/x"]) is float
     ctx.mark_stepped("student")
@@ -237,6 +267,7 @@ def test_a_new_run_starts_at_the_first_stage_with_nothing_done(tmp_path, run):
     # the run's own generator is seeded with seed + 1, apart from torch's global one (seed)
     assert torch.equal(torch.rand(4, generator=fresh.generator),
                        torch.rand(4, generator=torch.Generator().manual_seed(12)))
+    fresh.models.update(anyone=torch.nn.Linear(1, 1), other=torch.nn.Linear(1, 1))
     assert fresh.model_version("anyone") == 0
     fresh.bump("anyone")
     fresh.bump("anyone")

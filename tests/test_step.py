@@ -106,6 +106,7 @@ def test_role_epoch_counts_the_roles_training_over_stages():
     stages = [StageConfig("t", 3, ["teacher"]), StageConfig("warm", 2, ["student"]),
               StageConfig("frozen", 1, ["teacher"]), StageConfig("late", 4, ["student"])]
     run = Run(Recipe(stages=stages), None, torch.device("cpu"), [])
+    run.models.update(teacher=torch.nn.Linear(1, 1), student=torch.nn.Linear(1, 1))
     run.stage, run.stage_index, run.epoch = stages[3], 3, 1
     assert run.role_epoch("student") == 2 + 1  # warm-up's two epochs, then this one
     assert run.role_epoch("teacher") == 3 + 1  # it does not train here: its epochs so far
