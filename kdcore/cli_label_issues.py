@@ -135,6 +135,8 @@ def command(user_errors: Callable[[Any], Any], examples: Callable[..., str]) -> 
         if not (run_dir / "summary.json").is_file():  # a model's later epochs may be missing
             click.echo(f"kdcore: warning: {printable(str(run_dir))} is an unfinished run (no "
                        "summary.json): the list reads the epochs recorded so far", err=True)
+        if csv_path:  # first: a write the system refuses ends in its one line, no table
+            write_csv(issues, csv_path)
         head, *tail = summary_lines(issues, top)
         click.echo(head)
         for line in format_table(issues, top):
@@ -145,7 +147,6 @@ def command(user_errors: Callable[[Any], Any], examples: Callable[..., str]) -> 
         for line in tail:
             click.echo(line)
         if csv_path:
-            write_csv(issues, csv_path)
             click.echo(f"wrote {len(issues)} rows to {csv_path}")
 
     return label_issues

@@ -44,16 +44,19 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
     for line in notes:
         _warn(line)
     table = rp.markdown_table(rows, baseline=baseline, ceiling=ceiling, gap_models=gap_models)
+    if csv_path:  # before the table is printed: a write the system refuses is one line
+        csv_rows = rows
+        if baseline is not None and ceiling is not None:
+            gaps = rp.gap_recovery(rows, baseline, ceiling, gap_models)
+            csv_rows = [dict(r, gap_recovered=gaps.get((r["variant"], r["model"])))
+                        for r in rows]
+        rp.write_csv(csv_rows, csv_path)
     if md_path:
         write_output(md_path, lambda handle: handle.write(table))
         click.echo(f"wrote {md_path}")
     else:
         click.echo(table, nl=False)
     if csv_path:
-        if baseline is not None and ceiling is not None:
-            gaps = rp.gap_recovery(rows, baseline, ceiling, gap_models)
-            rows = [dict(r, gap_recovered=gaps.get((r["variant"], r["model"]))) for r in rows]
-        rp.write_csv(rows, csv_path)
         click.echo(f"wrote {csv_path}")
     if plots or html_dir:
         from kdcore.figures import draw_figures, write_figures

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,6 +339,9 @@ def test_report_refuses_outputs_it_cannot_write_before_it_prints(tmp_path):
     (tmp_path / "page" / "index.html").mkdir(parents=True)
     one_line_error(invoke("report", tmp_path / "runs", "--html", tmp_path / "page"),
                    "index.html: it is a folder")
+    if Path("/proc/self").is_dir():  # a folder that exists and refuses new files, to root too
+        one_line_error(invoke("report", tmp_path / "runs", "--csv", "/proc/kdcore.csv"),
+                       "cannot write /proc/kdcore.csv")
 
 
 def test_one_seed_has_no_spread_rather_than_a_spread_of_zero(tmp_path):

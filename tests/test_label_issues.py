@@ -442,6 +442,15 @@ def test_the_csv_is_the_whole_list_exactly(tiny_run, tmp_path):
     np.testing.assert_array_equal(f["since_row"].to_numpy(), r.since)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_csv_the_system_refuses_is_one_line_and_no_table(tiny_run):
+    """/proc exists and refuses new files, to root too: the check before the work passes it."""
+    res = invoke("label-issues", tiny_run, "--csv", "/proc/kdcore-issues.csv")
+    assert res.exit_code == 2
+    assert res.output.splitlines() == [
+        "kdcore: error: cannot write /proc/kdcore-issues.csv: No such file or directory"]
+
+
 def test_unknown_true_labels_are_empty_cells(tmp_path, monkeypatch):
     pd = pytest.importorskip("pandas")
     h = _worked()
