@@ -7,7 +7,8 @@ the wrong type names what was expected, and attrs validators report through the 
 Annotations understood: ``int``, ``float`` (an integer is accepted and converted), ``bool``,
 ``str`` and subclasses of ``str`` (a TOML string is converted by calling the type, e.g. an
 ``enum`` with ``str`` values or a ``Role(str)``), ``Literal``, unions and ``Optional``,
-``list``/``tuple``/``dict`` of those, attrs classes, and ``typing.Annotated[T, v1, v2, ...]``:
+``list``/``tuple``/``dict`` of those (``tuple[int, str]``: that many, each its own type),
+attrs classes, and ``typing.Annotated[T, v1, v2, ...]``:
 the value is converted as ``T``, then every callable in the metadata is run on it as an attrs
 validator ``v(instance, attribute, value)`` with ``instance=None`` and an ``attribute`` of which
 only ``.name`` is defined (see :mod:`kdcore.validators`; non-callable metadata is ignored).
@@ -63,6 +64,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in get_args(tp))
     if origin in (list, tuple):
         args = get_args(tp)
+        if _fixed_length(tp):
+            return f"a list of {len(args)}: {', '.join(_type_name(a) for a in args)}"
         return f"a list of {_type_name(args[0])}" if args else "a list"
     if origin in (dict, Mapping):
         return "a table"
@@ -109,6 +112,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)
         args = get_args(tp)  # tuple[T, ...] is (T, Ellipsis): its elements are T too
+        if _fixed_length(tp):  # tuple[int, str]: this many, each of its own type
+            if len(value) != len(args):
+                raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)
+            return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         elem = args[0] if args else Any
         items = [_convert(elem, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -139,6 +146,12 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
     raise RecipeError(f"got {value!r}, expected {_type_name(tp)}", key=key)
+
+
+def _fixed_length(tp: Any) -> bool:
+    """``tuple[int, str]`` (not ``tuple[int, ...]``, ``tuple`` or ``list[int]``)."""
+    args = get_args(tp)
+    return get_origin(tp) is tuple and bool(args) and args[-1] is not Ellipsis
 
 
 def _str_subclass(tp: type[str], value: str, key: str) -> str:

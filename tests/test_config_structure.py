@@ -43,6 +43,8 @@ class Everything:
     lst: list[int] = attrs.Factory(list)
     any_list: typing.List = attrs.Factory(list)  # noqa: UP006 (a bare typing.List, on purpose)
     tup: tuple[int, ...] = ()
+    pair: tuple[float, str] = (0.0, "")
+    single: tuple[int] = (0,)
     table: dict[str, int] = attrs.Factory(dict)
     any_table: dict[str, Any] = attrs.Factory(dict)
     inner: Inner = attrs.Factory(Inner)
@@ -60,6 +62,8 @@ class Everything:
 @pytest.mark.parametrize(("data", "field", "value"), [
     ({"f": 3}, "f", 3.0),
     ({"tup": [1, 2]}, "tup", (1, 2)),
+    ({"pair": [1, "a"]}, "pair", (1.0, "a")),
+    ({"single": [3]}, "single", (3,)),
     ({"lst": [4]}, "lst", [4]),
     ({"any_list": ["x", 1]}, "any_list", ["x", 1]),
     ({"union": "x"}, "union", "x"),
@@ -101,6 +105,12 @@ def test_a_str_subclass_value_becomes_that_class():
     ({"lst": [1, "x"]}, "p.lst[1]", "got 'x', expected an integer"),
     ({"any_list": 1}, "p.any_list", "got 1, expected a list"),
     ({"tup": ["x"]}, "p.tup[0]", "got 'x', expected an integer"),
+    ({"pair": [1.5]}, "p.pair", "got [1.5], expected a list of 2: a number, a string"),
+    ({"pair": [1.5, "a", "b"]}, "p.pair",
+     "got [1.5, 'a', 'b'], expected a list of 2: a number, a string"),
+    ({"pair": ["a", 1.5]}, "p.pair[0]", "got 'a', expected a number"),
+    ({"pair": [1.5, 2]}, "p.pair[1]", "got 2, expected a string"),
+    ({"single": [1, 2]}, "p.single", "got [1, 2], expected a list of 1: an integer"),
     ({"table": []}, "p.table", "got [], expected a table"),
     ({"table": {"k": "v"}}, "p.table.k", "got 'v', expected an integer"),
     ({"inner": 3}, "p.inner", "got 3, expected a table"),
@@ -117,7 +127,7 @@ def test_a_str_subclass_value_becomes_that_class():
     ({"coutn": 1}, "p.coutn", "unknown key 'coutn' (did you mean 'count'?); expected one of: "
                               "any_list, any_table, anything, b, bare, color, count, "
                               "count_or_name, f, i, inner, inner_or_none, lit, lst, none_first, "
-                              "opt, raw, s, table, tables, tag, tup, union"),
+                              "opt, pair, raw, s, single, table, tables, tag, tup, union"),
 ])
 def test_refusals_name_the_key_and_what_was_expected(data, key, detail):
     with pytest.raises(RecipeError) as info:
