@@ -108,3 +108,24 @@ def variants(value: Any, variant: type) -> list[Any]:
         raise KdcoreError("variants takes 'name:key=value;...' strings, (name, [overrides]) "
                           f"pairs or kdcore.grid.Variant objects; got {shown(item)}")
     return items
+
+
+def recipe(value: Any, function: str) -> Any:
+    """A resolved :class:`kdcore.Recipe` (a path is ``kdcore.run``'s, not ``function``'s)."""
+    from kdcore.recipe import Recipe
+
+    if isinstance(value, Recipe):
+        return value
+    hint = ("; kdcore.run takes a recipe file or recipe data as they are (kdcore.load_recipe "
+            "reads a file into a Recipe)" if isinstance(value, str | os.PathLike | dict) else "")
+    raise KdcoreError(f"{function} takes a kdcore.Recipe, not {shown(value)}{hint}")
+
+
+def host(value: Any, function: str, required: bool = False) -> Any:
+    """A :class:`kdcore.PluginHost`, or None where ``function`` builds the installed one."""
+    from kdcore.plugins import PluginHost
+
+    if isinstance(value, PluginHost) or (value is None and not required):
+        return value
+    what = "a kdcore.PluginHost" + ("" if required else " or None")
+    raise KdcoreError(f"{function}'s host takes {what}, not {shown(value)}")

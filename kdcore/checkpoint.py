@@ -216,6 +216,11 @@ def load(path: Path) -> dict[str, Any]:
         raise KdcoreError(f"cannot read checkpoint {path}: {weights_only_reason(exc)}") from None
 
 
+def save_weights(model: nn.Module, path: Path) -> None:
+    """A model's weights file (:func:`weights_of`), written atomically."""
+    save(weights_of(model), path)
+
+
 def weights_of(model: nn.Module) -> dict[str, Any]:
     """A model's ``state_dict`` for a weights file, loadable as a recipe's
     ``models.<role>.checkpoint``: its tensors detached, on the CPU, and its extra state (what

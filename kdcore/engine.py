@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from loguru import logger
 
+from kdcore import api_args, checkpointing, distributed
 from kdcore import checkpoint as ckpt
-from kdcore import checkpointing, distributed
 from kdcore.data.base import ArrayDataset, FileDataset
 from kdcore.data.digest import file_sizes, row_digests
 from kdcore.errors import KdcoreError
@@ -155,6 +155,7 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
     Raises:
         KdcoreError: what would stop the run while it is being set up.
     """
+    recipe, host = api_args.recipe(recipe, "dry_setup"), api_args.host(host, "dry_setup", True)
     plan = build_plan(recipe, host)
     run_dir = run_dir_of(recipe, out)
     check_output_dir(run_dir)
@@ -254,9 +255,17 @@ def run_recipe(
 
     Returns:
         the summary (best-validation and last-epoch accuracies per model role).
+
+    Raises:
+        KdcoreError: an argument of the wrong type (a recipe's path), or what stops the run.
     """
     from kdcore.device import resolve_device
 
+    recipe, host = api_args.recipe(recipe, "run_recipe"), api_args.host(host, "run_recipe")
+    out = None if out is None else str(api_args.path(out, "out"))
+    resume, overwrite = api_args.flag(resume, "resume"), api_args.flag(overwrite, "overwrite")
+    progress = None if progress is None else api_args.flag(progress, "progress")
+    overrides = api_args.strings(overrides, "overrides", "['run.seed=1']")
     host = host or PluginHost()
     plan = build_plan(recipe, host)
     device = resolve_device(recipe.run.device)

@@ -104,6 +104,47 @@ def test_run_refuses_arguments_of_the_wrong_type_naming_the_argument(tmp_path, c
 
 
 @pytest.mark.parametrize(("call", "message"), [
+    # a path or plain data: AttributeError 'str' object has no attribute 'source'
+    ({"recipe": "recipes/ce.toml"}, "run_recipe takes a kdcore.Recipe, not str "
+                                    "'recipes/ce.toml'; kdcore.run takes a recipe file or "
+                                    "recipe data as they are (kdcore.load_recipe reads a file "
+                                    "into a Recipe)"),
+    ({"recipe": Path("r.toml")}, "run_recipe takes a kdcore.Recipe, not PosixPath"),
+    ({"recipe": {"run": {}}}, "run_recipe takes a kdcore.Recipe, not dict {'run': {}}; kdcore"),
+    ({"recipe": 5}, "run_recipe takes a kdcore.Recipe, not int 5"),
+    ({"host": "x"}, "run_recipe's host takes a kdcore.PluginHost or None, not str 'x'"),
+    ({"out": 5}, "out takes a path (a string or a pathlib.Path), not int 5"),  # a TypeError
+    ({"resume": "no"}, "resume takes True or False, not str 'no'"),
+    ({"overwrite": 1}, "overwrite takes True or False, not int 1"),
+    ({"progress": "yes"}, "progress takes True or False, not str 'yes'"),
+    ({"overrides": "run.seed=1"}, "overrides takes a list, such as ['run.seed=1'], not str "
+                                  "'run.seed=1'"),
+])
+def test_run_recipe_refuses_arguments_of_the_wrong_type_naming_the_argument(tmp_path, call,
+                                                                            message):
+    from kdcore.recipe import recipe_from_dict
+
+    args = {"recipe": recipe_from_dict(_data()), "out": str(tmp_path / "run"), **call}
+    with pytest.raises(kdcore.KdcoreError, match="^" + re.escape(message)):
+        kdcore.run_recipe(args.pop("recipe"), **args)
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_setup_refuses_a_path_for_a_recipe_and_needs_a_host(tmp_path):
+    from kdcore.recipe import recipe_from_dict
+
+    with pytest.raises(kdcore.KdcoreError, match=re.escape(
+            "dry_setup takes a kdcore.Recipe, not str 'r.toml'; kdcore.run takes")):
+        kdcore.dry_setup("r.toml", kdcore.PluginHost())
+    with pytest.raises(kdcore.KdcoreError) as exc:  # no hint for what is no recipe at all
+        kdcore.dry_setup(5, kdcore.PluginHost())
+    assert str(exc.value) == "dry_setup takes a kdcore.Recipe, not int 5"
+    with pytest.raises(kdcore.KdcoreError, match=re.escape(
+            "dry_setup's host takes a kdcore.PluginHost, not NoneType None")):
+        kdcore.dry_setup(recipe_from_dict(_data()), None, out=str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize(("call", "message"), [
     ({"seeds": "10"}, "seeds takes a list, such as [0, 1, 2], not str '10'"),
     ({"seeds": 3}, "seeds takes a list, such as [0, 1, 2], not int 3"),
     ({"seeds": [1, 1.5]}, "seeds takes integers; got float 1.5"),
