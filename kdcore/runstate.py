@@ -67,6 +67,7 @@ class Run:
         self.stepped: set[str] = set()
         self.write_data: Callable[[str, torch.Tensor], None] | None = None
         self.recorded: dict[str, None] = {}  # the names components recorded, in order
+        self._history_read = False  # whether ``recorded`` holds those of before a resume
         self._versions: dict[str, int] = defaultdict(int)
         self._feature_cache: dict[tuple[str, str], tuple[int, ModelOutput]] = {}
         self._low_precision = _AUTOCAST_DTYPES.get(recipe.run.precision)
@@ -190,6 +191,19 @@ class Run:
         self._feature_cache[key] = (version, out)
         return out
 
+    def recorded_names(self) -> dict[str, None]:
+        """The names components and plugins recorded in this run, before its resume too
+        (read once from the history: a name must not replace a folder of earlier records)."""
+        path = self.run_dir / "history.h5"
+        if self.resumed and not self._history_read and distributed.is_main() and path.is_file():
+            from kdcore.history import History  # read by the process that writes it
+
+            self._history_read = True
+            with History(path) as history:
+                before = [n for n in history.data_names() if n.split("/")[0] not in ENGINE_DATA]
+            self.recorded = {**dict.fromkeys(before), **self.recorded}
+        return self.recorded
+
     def record_data(self, name: str, values: torch.Tensor) -> None:
         if self.write_data is None:
             raise RuntimeError("record_data: this run has no history (not started by the engine)")
@@ -306,6 +320,7 @@ class ComponentContext:
                  writes: frozenset[str] | None = None):
         self._run = run
         self.name = name
+        self._owner = "plugin" if writes is None else "component"  # for messages
         self.generator = generator
         self.ledger = TaggedLedger(run.ledger, name, writes)
         self.models: Mapping[str, KDModel] = types.MappingProxyType(run.models)
@@ -360,7 +375,7 @@ class ComponentContext:
         from kdcore.failures import RunFailed
 
         problem = name_problem(name)
-        other = None if problem else folder_clash(name, self._run.recorded)
+        other = None if problem else folder_clash(name, self._run.recorded_names())
         if problem:
             problem = f"record_data's name {problem}"
         elif name.split("/")[0] in ENGINE_DATA:
@@ -373,7 +388,7 @@ class ComponentContext:
             problem = (f"record_data takes a tensor or a numpy array, not "
                        f"{type(values).__name__} (for '{name}')")
         if problem:
-            raise RunFailed(f"component '{self.name}': {problem}")
+            raise RunFailed(f"{self._owner} '{self.name}': {problem}")
         self._run.recorded[name] = None
         self._run.record_data(name, values)
 

@@ -266,6 +266,37 @@ def test_loaders_reach_the_runs_registries_and_runs_record_data(tiny_recipe, tmp
     assert "inner" not in kdcore.active_host().datasets  # outside a run: the installed plugins
 
 
+class _FolderLater:
+    """Records ``g/a`` at the first epoch's end and ``g`` at the third's: a folder of an
+    earlier record, which ``add_data`` replaced (deleting ``g/a``) when a resume came between."""
+
+    @hookimpl
+    def kdcore_epoch_end(self, ctx, epoch, metrics):
+        if epoch in (0, 2):
+            ctx.record_data("g/a" if epoch == 0 else "g", torch.ones(2))
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_record_that_would_replace_a_folder_of_earlier_ones_is_refused_across_a_resume(
+        tmp_path, resumed):
+    from kdcore.failures import RunFailed
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import InterruptAt, Interrupted, component, stage, tiny_recipe
+
+    recipe = recipe_from_dict(tiny_recipe(stage("s", 3, ["student"], component("ce")),
+                                          run={"checkpoint_interval_s": 0}))
+    out = str(tmp_path / "run")
+    if resumed:  # killed in the third epoch, after the second's checkpoint
+        with pytest.raises(Interrupted):
+            run_recipe(recipe, out=out, host=PluginHost(extra=[_FolderLater(),
+                                                               InterruptAt(epoch=2, batch=1)]))
+    with pytest.raises(RunFailed, match=re.escape(
+            "plugin '_FolderLater-0': record_data's names 'g/a' and 'g' cannot both be kept")):
+        run_recipe(recipe, out=out, resume=resumed, host=PluginHost(extra=[_FolderLater()]))
+    with History(tmp_path / "run") as h:
+        np.testing.assert_array_equal(h.data("g/a"), np.ones(2))
+
+
 @pytest.mark.slow
 def test_best_val_all_restores_the_roles_best_epoch_from_an_earlier_stage(tmp_path):
     """A warm-up that learns, then a stage that unlearns (uniform targets): keep =

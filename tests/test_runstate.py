@@ -410,3 +410,38 @@ def test_a_component_records_arrays_again_but_not_one_inside_another():
         assert str(err.value) == (f"component '{ctx.name}': record_data's names '{other}' and "
                                   f"'{name}' cannot both be kept: a name with '/' is a folder "
                                   "of arrays")
+
+
+def test_a_resumed_run_knows_the_names_recorded_before_it(tmp_path, monkeypatch):
+    """Without them, a resumed run's 'g' replaced the folder 'g/a' of an earlier record."""
+    import numpy as np
+
+    from kdcore.failures import RunFailed
+    from kdcore.history_writer import HistoryWriter
+    from kdcore.ledger import Ledger
+
+    writer = HistoryWriter(tmp_path / "history.h5")
+    writer.create(recipe_toml="", versions={}, num_classes=2, class_names=["a", "b"],
+                  constants={"noisy_label": np.zeros(3, dtype=np.int32)},
+                  transition_matrix=np.eye(2))
+    for name in ("g/a", "test_confusion/s/student", "h"):
+        writer.add_data(name, np.ones(2))
+    run = Run(recipe_from_dict(tiny_recipe(teacher_stage(1))), tmp_path, torch.device("cpu"), [])
+    run.write_data, run.ledger = writer.add_data, Ledger(3)
+    run.recorded["mine"] = None
+    assert run.recorded_names() == {"mine": None}  # a new run: its own names only
+    run.resumed = True
+    monkeypatch.setattr(kdcore.distributed, "is_main", lambda: False)
+    assert run.recorded_names() == {"mine": None}  # another process than the history's writer
+    monkeypatch.undo()
+    assert list(run.recorded_names()) == ["g/a", "h", "mine"]  # the engine's arrays left out
+    run.recorded.pop("h")
+    assert list(run.recorded_names()) == ["g/a", "mine"]  # read once
+    component = ComponentContext(run, "c", torch.Generator(), frozenset())
+    with pytest.raises(RunFailed, match=re.escape(
+            "component 'c': record_data's names 'g/a' and 'g' cannot both be kept")):
+        component.record_data("g", torch.zeros(1))
+    with pytest.raises(RunFailed, match=re.escape("plugin 'p': record_data's names 'g/a' and")):
+        ComponentContext(run, "p", torch.Generator()).record_data("g/a/b", torch.zeros(1))
+    with kdcore.History(tmp_path) as history:  # nothing written over the earlier record
+        assert "g/a" in history.data_names() and "g/a/b" not in history.data_names()
