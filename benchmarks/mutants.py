@@ -115,7 +115,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # the running training's state and a component's view of it (session 18)
     "kdcore-runstate": (".", ["kdcore/runstate.py", "kdcore/history_names.py"],
                         ["tests/test_runstate.py", "tests/test_best_keeper.py",
-                         "tests/test_column_kinds.py"]),
+                         "tests/test_column_kinds.py", "tests/test_history.py"]),
     # reading a recipe: TOML, extends, --set overrides, and writing the resolved recipe back
     # (session 18)
     "kdcore-recipe": (".", ["kdcore/recipe/resolve.py", "kdcore/recipe/writer.py"],

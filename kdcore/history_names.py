@@ -36,6 +36,17 @@ def folder_clash(name: str, names: Any) -> str | None:
                  if other.startswith(name + "/") or name.startswith(other + "/")), None)
 
 
+def check_new_metric(name: str, metrics: Any) -> None:
+    """Refuse metric ``name``, first written now, when it is the folder of a metric of earlier
+    rows (``metrics``) or lies in one's place: one line, not h5py's "name already exists"."""
+    from kdcore.failures import RunFailed
+
+    other = folder_clash(name, metrics)
+    if other is not None:
+        raise RunFailed(f"metrics '{other}' and '{name}' cannot both be kept: the history keeps "
+                        "a name with '/' as a folder of metrics; the file is as before this row")
+
+
 #: the ledger's data columns: what the dataset says, which no component rewrites
 READ_ONLY_COLUMNS = ("noisy_label", "clean_label", "clean_mask")
 
@@ -63,4 +74,4 @@ def _per_role(column: str, roles: Any) -> bool:
 
 
 __all__ = ["ENGINE_DATA", "FILE_SIZE", "INPUT_DIGEST", "READ_ONLY_COLUMNS", "RESUME_CHECKS",
-           "declared_column_problem", "folder_clash", "name_problem"]
+           "check_new_metric", "declared_column_problem", "folder_clash", "name_problem"]

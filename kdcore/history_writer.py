@@ -24,10 +24,9 @@ The layout is described in :mod:`kdcore.history`. How the writer keeps it safe:
   heap: the source of "Expected global heap object size does not match" after a kill.)
 
 The file keeps HDF5's default (oldest) format bounds, so HDF5 1.8 and later read it.
-``libver="latest"`` (or ``"v110"``) was measured and left out: it saves about 0.5 ms of an
-11 ms append, but its superblock then carries "open for write" flags that a kill leaves set, and
-such a file refuses to open at all, even read-only, until ``h5clear`` runs; the journal undoes
-that, but a file copied away without its journal would be lost rather than merely stale.
+``libver="latest"`` saves about 0.5 ms of an 11 ms append, but its superblock then carries
+"open for write" flags that a kill leaves set, and such a file refuses to open, even read-only,
+until ``h5clear`` runs: a file copied away without its journal would be lost.
 
 The format's constants, its checks and opening a file for reading are in
 :mod:`kdcore.history_layout`; the rebuild, in :mod:`kdcore.history_rebuild`.
@@ -66,6 +65,7 @@ from kdcore.history_layout import (
     replace_file,
     string_table,
 )
+from kdcore.history_names import check_new_metric
 from kdcore.history_rebuild import rebuild
 
 if TYPE_CHECKING:
@@ -312,6 +312,7 @@ class HistoryWriter:
                 if name in index.metrics:
                     dsid = _open(mgroup, name)
                 else:
+                    check_new_metric(name, index.metrics)
                     dsid = mgroup.create_dataset(
                         name, shape=(row,), maxshape=(None,), dtype=np.float64, chunks=ROW_CHUNKS,
                         fillvalue=np.nan).id

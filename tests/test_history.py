@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 import h5py
 import numpy as np
@@ -577,3 +578,26 @@ def test_the_names_a_missing_name_lists_are_the_first_ten_and_a_count(tmp_path, 
         h.column("zzz")
     assert str(err.value).endswith("holds no column 'zzz'; columns: none")
     assert str(NotInHistory()) == ""  # (KeyError's own str would be "''")
+
+
+@pytest.mark.parametrize(("first", "later"), [("m/x", "m"), ("m", "m/x"), ("a/b", "a/b/c")])
+def test_a_metric_in_the_place_of_an_earlier_rows_folder_is_one_line_and_writes_nothing(
+        tmp_path, first, later):
+    """h5py said 'name already exists' or 'Incompatible object (Dataset) already exists'; an
+    epoch checks its own names only, so a name of an earlier row reached the write."""
+    from kdcore.failures import RunFailed
+
+    w = _writer(tmp_path)
+    w.append_epoch(stage="s", epoch=0, metrics={first: 1.0, "ok": 1.0}, columns={})
+    message = (f"metrics '{first}' and '{later}' cannot both be kept: the history keeps a name "
+               "with '/' as a folder of metrics; the file is as before this row")
+    with pytest.raises(RunFailed) as err:
+        w.append_epoch(stage="s", epoch=1, metrics={"ok": 2.0, later: 1.0}, columns={})
+    assert str(err.value) == message
+    again = HistoryWriter(tmp_path / "history.h5")  # as a resumed run finds the file
+    with pytest.raises(RunFailed, match="^" + re.escape(message) + "$"):
+        again.append_epoch(stage="s", epoch=1, metrics={later: 1.0}, columns={})
+    with History(tmp_path) as h:
+        assert len(h.metric("ok")) == 1 and h.metric(first).tolist() == [1.0]
+        assert later not in h.metric_names()
+    assert again.append_epoch(stage="s", epoch=1, metrics={"ok": 3.0}, columns={}) == 1
