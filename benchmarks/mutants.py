@@ -113,7 +113,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-plan": (".", ["kdcore/plan.py"], ["tests/test_plan.py", "tests/test_column_kinds.py",
                                               "tests/test_history_skip.py"]),
     # the running training's state and a component's view of it (session 18)
-    "kdcore-runstate": (".", ["kdcore/runstate.py", "kdcore/history_names.py"],
+    "kdcore-runstate": (".", ["kdcore/runstate.py", "kdcore/history_names.py",
+                              "kdcore/tagged_ledger.py"],
                         ["tests/test_runstate.py", "tests/test_best_keeper.py",
                          "tests/test_column_kinds.py", "tests/test_history.py"]),
     # reading a recipe: TOML, extends, --set overrides, and writing the resolved recipe back

@@ -15,7 +15,8 @@ from kdcore import PluginHost
 from kdcore.plan import build_plan
 from kdcore.prepare import prepare_run
 from kdcore.recipe import recipe_from_dict
-from kdcore.runstate import ComponentContext, Run, TaggedLedger, component_seed, role_seed
+from kdcore.runstate import ComponentContext, Run, component_seed, role_seed
+from kdcore.tagged_ledger import TaggedLedger
 from kdcore.testing import component, stage, teacher_stage, tiny_recipe
 
 
@@ -233,6 +234,38 @@ def test_the_tagged_ledger_tags_writes_and_refuses_undeclared_ones(run):
                                                            torch.zeros(1))
     TaggedLedger(run.ledger, "observer", None).add("anything", torch.zeros(n))
     assert run.ledger.producer("anything") == "observer"
+
+
+@pytest.mark.parametrize(("existing", "name", "problem"), [
+    ("o/x", "o", "'o' beside 'o/x': the history keeps a name with '/' as a folder of columns"),
+    ("o", "o/x", "'o/x' beside 'o': the history keeps a name with '/' as a folder of columns"),
+    (None, "a//b", "'a//b' is not a path of named parts (a/b/c)"),
+    (None, 5, "int 5 is not a string"),
+    (None, "noisy_label", "'noisy_label' is the data's (noisy_label, clean_label, clean_mask "
+                          "are read only)"),
+])
+def test_a_plugins_new_column_is_one_the_history_can_keep(existing, name, problem):
+    """An observer declares no columns: 'o' beside 'o/x' failed in h5py at the epoch's end
+    (the whole run stopped), 'a//b' was kept as 'a/b', and noisy_label could be rewritten."""
+    from kdcore.ledger import Ledger
+
+    ledger = Ledger(4)
+    ledger.add("noisy_label", torch.zeros(4), producer="data", kind="label")
+    if existing:
+        ledger.add(existing, torch.zeros(4), producer="p")
+    observer = TaggedLedger(ledger, "p", None)
+    for write in (lambda: observer.add(name, torch.ones(4)),
+                  lambda: observer.write(name, torch.tensor([0]), torch.ones(1)),
+                  lambda: observer.ensure(name, torch.ones(4))):
+        with pytest.raises(RuntimeError) as info:
+            write()
+        assert str(info.value) == (f"plugin 'p' wrote ledger column {name!r}, which the history "
+                                   f"cannot keep: {problem}")
+    assert list(ledger) == ["noisy_label", *([existing] if existing else [])]
+    assert not ledger["noisy_label"].any()
+    if existing:  # a column it made before: written again without a check
+        observer.write(existing, torch.tensor([1]), torch.ones(1))
+        assert ledger[existing].tolist() == [0, 1, 0, 0]
 
 
 def test_the_tagged_ledger_refuses_every_write_while_frozen(run):

@@ -1,0 +1,99 @@
+"""The ledger as one component or plugin sees it (:class:`TaggedLedger`): reads as usual,
+writes tagged with the writer's name and held to what it may write."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from kdcore.context import ColumnKind
+from kdcore.history_names import READ_ONLY_COLUMNS, declared_column_problem
+from kdcore.ledger import Ledger
+
+
+class TaggedLedger:
+    """The ledger as one component sees it: reads as usual, writes tagged with its name.
+
+    Writes to a column the component did not declare (:meth:`Component.written_columns`) are
+    refused, so the plan's wiring check cannot be bypassed by accident. A plugin's observer
+    (``allowed`` None) declares nothing: a new column of its is held to what the plan holds a
+    declared one to (a name the history can keep, no folder of another column's, not one of
+    the data's read-only columns), since the history would fail on it at the epoch's end.
+    """
+
+    __slots__ = ("_ledger", "_producer", "_allowed", "_frozen_in")
+
+    def __init__(self, ledger: Ledger, producer: str, allowed: frozenset[str] | None):
+        self._ledger = ledger
+        self._producer = producer
+        self._allowed = allowed
+        self._frozen_in: str | None = None  # the hook in which writes are refused
+
+    @contextlib.contextmanager
+    def frozen(self, hook: str) -> Iterator[None]:
+        """Refuse every write while ``hook`` runs (``setup``: it runs again on resume and
+        before the first stage trains, so a write there would differ between runs)."""
+        self._frozen_in = hook
+        try:
+            yield
+        finally:
+            self._frozen_in = None
+
+    @property
+    def size(self) -> int:
+        return self._ledger.size
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._ledger[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._ledger
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ledger)
+
+    def read(self, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
+        return self._ledger.read(name, index)
+
+    def producer(self, name: str) -> str:
+        return self._ledger.producer(name)
+
+    def kind(self, name: str) -> ColumnKind:
+        return self._ledger.column(name).kind
+
+    def _check(self, name: str) -> None:
+        if self._frozen_in is not None:
+            raise RuntimeError(
+                f"component '{self._producer}' wrote ledger column '{name}' in "
+                f"{self._frozen_in}, which must not write the ledger (it runs again on resume "
+                f"and before the run's first stage); write it in on_stage_start")
+        if self._allowed is None:  # a plugin's observer: any column the history can keep
+            if name in READ_ONLY_COLUMNS or name not in self._ledger:
+                problem = declared_column_problem(name, self._ledger)
+                if problem:
+                    raise RuntimeError(f"plugin '{self._producer}' wrote ledger column "
+                                       f"{name!r}, which the history cannot keep: {problem}")
+        elif name not in self._allowed:
+            raise RuntimeError(
+                f"component '{self._producer}' wrote ledger column '{name}', which it does not "
+                f"declare (declared: {', '.join(sorted(self._allowed)) or 'none'}); add it to "
+                f"the class's `writes`")
+
+    def add(self, name: str, data: torch.Tensor, *, kind: ColumnKind = "value",
+            snapshot: bool = True) -> torch.Tensor:
+        self._check(name)
+        return self._ledger.add(name, data, producer=self._producer, kind=kind, snapshot=snapshot)
+
+    def write(self, name: str, index: torch.Tensor, values: torch.Tensor, *,
+              kind: ColumnKind = "value", snapshot: bool = True) -> None:
+        self._check(name)
+        self._ledger.write(name, index, values, producer=self._producer, kind=kind,
+                           snapshot=snapshot)
+
+    def ensure(self, name: str, like: torch.Tensor, *, kind: ColumnKind = "value",
+               fill: float | bool = 0, snapshot: bool = True) -> torch.Tensor:
+        self._check(name)
+        return self._ledger.ensure(name, like, producer=self._producer, kind=kind, fill=fill,
+                                   snapshot=snapshot)
