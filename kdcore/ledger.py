@@ -37,6 +37,17 @@ class Column:
     origin: tuple[torch.Tensor, int, int] | None = None
 
 
+def _check_rows(name: str, data: torch.Tensor) -> None:
+    """Refuse rows the history cannot keep: it would fail at the epoch's end (h5py's "chunk
+    dimensions must be positive") or drop the imaginary parts with a warning from torch."""
+    if data.is_complex():
+        raise ValueError(f"ledger column '{name}' holds complex numbers ({data.dtype}); the "
+                         "history keeps real ones")
+    if 0 in data.shape[1:]:
+        raise ValueError(f"ledger column '{name}' has empty rows (of shape "
+                         f"{tuple(data.shape[1:])}); a row holds at least one value")
+
+
 class Ledger:
     """Named per-sample columns over the N training samples.
 
@@ -60,8 +71,10 @@ class Ledger:
         snapshot: bool = True,
     ) -> torch.Tensor:
         """Create (or replace) the column ``name`` with ``data`` of shape ``(N, ...)``."""
-        if data.shape[0] != self.size:
-            raise ValueError(f"ledger column '{name}' needs {self.size} rows, got {data.shape[0]}")
+        if data.dim() == 0 or data.shape[0] != self.size:
+            got = "a single number" if data.dim() == 0 else f"{data.shape[0]}"
+            raise ValueError(f"ledger column '{name}' needs {self.size} rows, got {got}")
+        _check_rows(name, data)
         column = Column(data.detach().to(self.device).clone(), producer, kind, snapshot)
         self._columns[name] = column
         return column.data
@@ -79,6 +92,7 @@ class Ledger:
         """The column ``name``, created full of ``fill`` shaped like one row of ``like``."""
         column = self._columns.get(name)
         if column is None:
+            _check_rows(name, like)
             shape = (self.size, *like.shape[1:])
             data = torch.full(shape, fill, dtype=like.dtype, device=self.device)
             self._columns[name] = column = Column(data, producer, kind, snapshot)

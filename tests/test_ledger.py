@@ -3,6 +3,8 @@ state a checkpoint keeps."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -133,3 +135,28 @@ def test_every_column_lives_on_the_ledgers_device():
                                  "snapshot": True}})
     on.append(other["d"])
     assert [t.device.type for t in on] == ["meta"] * 5
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (torch.zeros(4, dtype=torch.complex64), "ledger column 'c' holds complex numbers "
+                                            "(torch.complex64); the history keeps real ones"),
+    (torch.zeros(4, 0), "ledger column 'c' has empty rows (of shape (0,)); a row holds at "
+                        "least one value"),
+    (torch.zeros(4, 3, 0), "ledger column 'c' has empty rows (of shape (3, 0)); a row holds"),
+    (torch.tensor(1.0), "ledger column 'c' needs 4 rows, got a single number"),
+])
+def test_a_column_the_history_cannot_keep_is_refused_when_it_is_made(data, message):
+    """An empty row failed in h5py at the epoch's end ('chunk dimensions must be positive');
+    a complex column lost its imaginary part with a warning from torch; a 0-d tensor was an
+    IndexError."""
+    ledger = Ledger(4)
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        ledger.add("c", data, producer="p")
+    if data.dim():
+        with pytest.raises(ValueError, match="^" + re.escape(message)):
+            ledger.ensure("c", data[:2], producer="p")
+        with pytest.raises(ValueError, match="^" + re.escape(message)):
+            ledger.write("c", torch.tensor([0, 1]), data[:2], producer="p")
+    assert "c" not in ledger
+    ledger.write("c", torch.tensor([1]), torch.tensor(2.0), producer="p")  # a scalar per row
+    assert ledger["c"].tolist() == [0, 2, 0, 0]
