@@ -124,7 +124,7 @@ class Run:
             return self.models[role]
         except KeyError:
             raise KeyError(f"no model '{role}'; the recipe's models: "
-                           f"{', '.join(self.models)}") from None
+                           f"{', '.join(self.models) or 'none'}") from None
 
     def model_version(self, role: str) -> int:
         self.model(role)  # not the 0 the counter gives any name

@@ -300,6 +300,8 @@ def test_a_new_run_starts_at_the_first_stage_with_nothing_done(tmp_path, run):
     # the run's own generator is seeded with seed + 1, apart from torch's global one (seed)
     assert torch.equal(torch.rand(4, generator=fresh.generator),
                        torch.rand(4, generator=torch.Generator().manual_seed(12)))
+    with pytest.raises(KeyError, match=re.escape("no model 'anyone'; the recipe's models: none")):
+        fresh.model_version("anyone")  # a harness given no models, say
     fresh.models.update(anyone=torch.nn.Linear(1, 1), other=torch.nn.Linear(1, 1))
     assert fresh.model_version("anyone") == 0
     fresh.bump("anyone")
