@@ -187,6 +187,14 @@ def build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.d
         return _build_run_data(cfg, host, seed, device)
 
 
+def _int64_labels(loaded: DatasetSplits) -> DatasetSplits:
+    """The splits with ``int64`` labels, as the engine writes them: a loader's ``int32`` or
+    ``uint8`` labels (NumPy's and image formats' usual types) are taken as they are meant."""
+    train, test = (s if s is None or s.y.dtype == torch.int64 else attrs.evolve(s, y=s.y.long())
+                   for s in (loaded.train, loaded.test))
+    return DatasetSplits(train=train, test=test)
+
+
 def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.device
                     ) -> RunData:
     loader = host.datasets.get(cfg.dataset)
@@ -199,6 +207,7 @@ def _build_run_data(cfg: DataConfig, host: PluginHost, seed: int, device: torch.
         raise KdcoreError(f"dataset '{cfg.dataset}' could not be loaded: {exc}") from None
     gen = torch.Generator().manual_seed(seed)
     check_splits(cfg.dataset, loaded)
+    loaded = _int64_labels(loaded)
     full = loaded.train
     num_classes = full.num_classes
     # the C x C transition matrix (float64), counted before anything loops over the classes

@@ -640,3 +640,35 @@ def test_a_temperature_where_float32_breaks_is_refused_by_the_recipe(use: str,
         with pytest.raises(ValueError, match=re.escape(
                 f"'{field}' must be in [0.001, 1000] (a softmax temperature), got {value!r}")):
             params(**{field: value})
+
+
+@pytest.mark.parametrize("dtype", ["int32", "uint8", "int16"])
+def test_integer_labels_of_any_width_are_taken_as_they_are_meant(tmp_path, dtype):
+    """int32 labels (NumPy's usual type on some platforms, np.loadtxt's) passed every check
+    and then stopped the run: 'Index put requires the source and destination dtypes match'."""
+    import torch
+
+    from kdcore import History, PluginHost, hookimpl, run_recipe
+    from kdcore.data.base import ArrayDataset, DatasetSplits
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, tiny_recipe
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(120) % 4
+    train = ArrayDataset(torch.randn(120, 5, generator=g), y.to(getattr(torch, dtype)), 4)
+    test = ArrayDataset(torch.randn(20, 5, generator=g), (torch.arange(20) % 4).to(torch.uint8),
+                        4)
+
+    class Loader:
+        @hookimpl
+        def kdcore_add_datasets(self):
+            return {"narrow": lambda: DatasetSplits(train, test=test)}
+
+    recipe = recipe_from_dict(tiny_recipe(stage("s", 1, ["student"], component("ce")),
+                                          train_subset=0, data={"dataset": "narrow"}))
+    summary = run_recipe(recipe, out=str(tmp_path / "run"), host=PluginHost(extra=[Loader()]))
+    assert 0 <= summary["student"]["last_test_acc"] <= 1
+    with History(tmp_path / "run") as h:
+        clean, ids = h.data("clean_label"), h.data("sample_id")
+    assert clean.tolist() == y[torch.as_tensor(ids)].tolist()
+    assert train.y.dtype == getattr(torch, dtype)  # the loader's own split is left as it was

@@ -23,8 +23,8 @@ class ArrayDataset:
 
     Attributes:
         x: inputs, ``float32`` of any shape ``(N, ...)`` or ``uint8`` images ``(N, C, H, W)``.
-        y: the true labels as ``int64`` ``(N,)`` (the dataset's own labels; noise is applied
-            later by a noise model).
+        y: the true labels, integers ``(N,)``, taken as ``int64`` (the dataset's own labels;
+            noise is applied later by a noise model).
         num_classes: C.
         class_names: optional names of the classes, in label order.
         mean, std: per-channel normalisation applied to ``uint8`` images after scaling to
@@ -56,7 +56,7 @@ class FileDataset:
 
     Attributes:
         paths: each sample's image file.
-        y: the labels, ``int64`` ``(N,)``.
+        y: the labels, integers ``(N,)``, taken as ``int64``.
         num_classes: C.
         size: images are converted to RGB and resized to ``size`` x ``size`` (bilinear) as
             they are read, giving ``uint8`` ``(3, size, size)``.
