@@ -133,8 +133,10 @@ def _resolve_columns(hist: Any, names: Sequence[str]) -> list[str]:
             out.append(name)
         else:
             from kdcore.errors import did_you_mean
+            from kdcore.history import column_kept_out
 
-            raise KdcoreError(f"no column '{name}'{did_you_mean(name, [*ledger, *data])}; "
+            raise KdcoreError(f"no column '{name}'{column_kept_out(hist, name)}"
+                              f"{did_you_mean(name, [*ledger, *data])}; "
                               f"columns: {', '.join(ledger)} (or 'all')")
     return list(dict.fromkeys(out))
 

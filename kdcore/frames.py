@@ -88,7 +88,11 @@ class HistoryFrames:
         """
         pd = pandas_module()
         if name not in self.columns:
-            raise NotInHistory(f"no column '{name}' in {self.path}; columns: "
+            from kdcore.history import column_kept_out
+
+            with self._open() as h:
+                why = column_kept_out(h, name) if isinstance(name, str) else ""
+            raise NotInHistory(f"no column '{name}' in {self.path}{why}; columns: "
                               f"{', '.join(self.columns) or '(none)'}")
         full = api_args.flag(full, "full")
         rows = np.arange(len(self.metrics))

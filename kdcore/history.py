@@ -50,7 +50,8 @@ from kdcore.history_writer import (
     open_readable,
 )
 
-__all__ = ["FORMAT", "History", "HistoryWriter", "RowCounter", "logits_kept_out", "open_history"]
+__all__ = ["FORMAT", "History", "HistoryWriter", "RowCounter", "column_kept_out",
+           "logits_kept_out", "open_history"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -194,7 +195,8 @@ class History:
             names = sorted(leaf_names(self._file[group]))
             listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more"
                                               if len(names) > 10 else "")
-            raise NotInHistory(f"{self.path} holds no {what} {name!r}"
+            why = column_kept_out(self, name) if group == "ledger" else ""
+            raise NotInHistory(f"{self.path} holds no {what} {name!r}{why}"
                                f"{did_you_mean(str(name), names)}; {what}s: {listed or 'none'}")
         return entry
 
@@ -265,13 +267,26 @@ class RowCounter:
 def logits_kept_out(hist: Any) -> str:
     """Why a history holds no training logits, when its recipe says: ``" (the run's
     run.history_skip 'logits/*' kept them out)"``, else ``""``."""
+    skip, models = _skipped(hist)
+    kept_out = [p for p in skip
+                if any(fnmatch.fnmatchcase(f"logits/{role}", p) for role in models)]
+    return f" (the run's run.history_skip '{kept_out[0]}' kept them out)" if kept_out else ""
+
+
+def column_kept_out(hist: Any, name: str) -> str:
+    """Why a history holds no column ``name``, when its recipe says: ``" (the run's
+    run.history_skip 'loss/*' kept it out)"``, else ``""``."""
+    kept_out = [p for p in _skipped(hist)[0] if fnmatch.fnmatchcase(name, p)]
+    return f" (the run's run.history_skip '{kept_out[0]}' kept it out)" if kept_out else ""
+
+
+def _skipped(hist: Any) -> tuple[list[str], dict[str, Any]]:
+    """The recipe's ``run.history_skip`` patterns and its models, as far as they read."""
     try:
         recipe = tomllib.loads(hist.recipe)
     except tomllib.TOMLDecodeError:
-        return ""
-    skip, models = recipe.get("run", {}).get("history_skip", []), recipe.get("models", {})
-    if not isinstance(skip, list) or not isinstance(models, dict):
-        return ""
-    kept_out = [p for p in skip if isinstance(p, str)
-                and any(fnmatch.fnmatchcase(f"logits/{role}", p) for role in models)]
-    return f" (the run's run.history_skip '{kept_out[0]}' kept them out)" if kept_out else ""
+        return [], {}
+    run, models = recipe.get("run"), recipe.get("models")
+    skip = run.get("history_skip") if isinstance(run, dict) else None
+    return ([p for p in skip if isinstance(p, str)] if isinstance(skip, list) else [],
+            models if isinstance(models, dict) else {})

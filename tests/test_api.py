@@ -471,6 +471,30 @@ def test_a_nan_row_of_a_class_column_has_no_argmax(tmp_path):
     assert np.isnan(h.column("loss/ce")["value"].to_numpy()[2:]).all()
 
 
+def test_a_column_a_history_skip_kept_out_is_named_as_such(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    w = HistoryWriter(run_dir / "history.h5")
+    data = _data()
+    data["run"] = {**data.get("run", {}), "history_skip": ["logits/*"]}
+    recipe = kdcore.load_recipe(write_recipe(data, run_dir / "r.toml"))
+    w.create(recipe_toml=recipe.to_toml(), versions={"kdcore": "0"}, num_classes=C,
+             class_names=["a", "b", "c"], constants={}, transition_matrix=torch.eye(C))
+    w.append_epoch(stage="teacher", epoch=0, metrics={},
+                   columns={"loss/ce": Column(torch.tensor([0.5, 1.5]), "ce", "value")})
+    h = kdcore.load_history(run_dir)
+    with pytest.raises(kdcore.KdcoreError) as err:
+        h.column("logits/teacher")
+    assert str(err.value) == (f"no column 'logits/teacher' in {run_dir / 'history.h5'} (the "
+                              "run's run.history_skip 'logits/*' kept it out); columns: loss/ce")
+    with pytest.raises(kdcore.KdcoreError) as err:
+        h.column("loss/kd")
+    assert str(err.value).endswith("history.h5; columns: loss/ce")
+    with pytest.raises(kdcore.KdcoreError) as err:
+        h.column(5)
+    assert str(err.value) == f"no column '5' in {run_dir / 'history.h5'}; columns: loss/ce"
+
+
 # -- as_recipe and ablate: what reaches the runs -------------------------------------------------
 
 

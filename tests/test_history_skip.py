@@ -4,6 +4,7 @@ why they are missing."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -78,9 +79,38 @@ def test_a_run_keeps_the_skipped_columns_out_of_its_history_and_the_readers_say_
         assert res.output.rstrip().endswith(
             " (the run's run.history_skip 'logits/*' kept them out)"), res.output
         assert len(res.output.splitlines()) == 1
+    res = runner.invoke(main, ["inspect", str(out), "--column", "logits/student"])
+    assert res.output == ("kdcore: error: no column 'logits/student' (the run's "
+                          "run.history_skip 'logits/*' kept it out); columns: loss/ce, target "
+                          "(or 'all')\n")
+    with pytest.raises(KdcoreError, match=re.escape(
+            "holds no column 'loss/kd' (the run's run.history_skip 'loss/kd*' kept it out)")):
+        History(out).column("loss/kd")
+    with pytest.raises(KdcoreError) as err:  # a metric is never kept out by history_skip
+        History(out).metric("logits/student")
+    assert "history_skip" not in str(err.value)
+
+
+@pytest.mark.parametrize(("recipe", "name", "note"), [
+    ('[run]\nhistory_skip = ["logits/*", "loss/*"]\n', "loss/ce",
+     " (the run's run.history_skip 'loss/*' kept it out)"),
+    ('[run]\nhistory_skip = [3, "loss/c?"]\n', "loss/ce",
+     " (the run's run.history_skip 'loss/c?' kept it out)"),
+    ('[run]\nhistory_skip = ["loss/*"]\n', "target", ""),
+    ('[run]\nhistory_skip = "loss/*"\n', "loss/ce", ""),            # not a list
+    ('run = 3\n', "loss/ce", ""),                                     # run not a table
+    ("[run\n", "loss/ce", ""),                                        # not TOML
+])
+def test_why_a_history_holds_no_column_is_read_from_its_recipe(recipe, name, note):
+    from types import SimpleNamespace
+
+    from kdcore.history import column_kept_out
+
+    assert column_kept_out(SimpleNamespace(recipe=recipe), name) == note
 
 
 @pytest.mark.parametrize(("recipe", "note"), [
+    ('run = 3\n[models.student]\n', ""),  # an AttributeError before
     ('[run]\nhistory_skip = ["logits/*"]\n[models.student]\narch = "mlp"\n',
      " (the run's run.history_skip 'logits/*' kept them out)"),
     ('[run]\nhistory_skip = ["loss/*", "logits/st*"]\n[models.student]\n[models.peer]\n',
