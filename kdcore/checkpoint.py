@@ -127,9 +127,11 @@ class BackgroundSaver:
             raise KdcoreError(f"could not write checkpoint: {error}") from error
 
 
-#: what every torch since 2.2 reads back with ``weights_only=True``, besides tensors
-_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
-_SEQUENCES = (list, tuple, torch.Size)
+#: what every torch since 2.2 reads back with ``weights_only=True``, besides tensors; the
+#: rest (a dtype, a device, a set, a complex number: admitted by some torch releases only)
+#: is asked of the torch installed
+_PLAIN = (bool, int, float, str, bytes, type(None))
+_SEQUENCES = (list, tuple)
 _MAPPINGS = (dict, OrderedDict)
 
 
