@@ -27,6 +27,8 @@ _SAVED = "kdcore_traceback_log"  # the attribute save_traceback sets on the exce
 #: a collective's timeout, as gloo ("Timed out waiting 20000ms") and NCCL's watchdog ("ran
 #: for 600010 milliseconds before timing out") say it
 _TIMED_OUT = re.compile(r"timed out|timing out|timeout", re.IGNORECASE)
+#: what autograd says when a graph's backward pass runs twice
+_SECOND_BACKWARD = "Trying to backward through the graph a second time"
 #: what torch's CPU allocator says when an allocation fails (a RuntimeError, unlike CUDA's)
 _CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
 
@@ -111,6 +113,9 @@ def failure(exc: BaseException, what: str) -> RunFailed:
                                       if what == "the run" else ""))
     else:
         text = f"{what} stopped: {where + ' raised ' if where else ''}{cause}"
+    if message.startswith(_SECOND_BACKWARD) and where is None:  # the engine's own backward
+        text += ("; a component's backward hook that runs the backward pass itself must "
+                 "return True, or the engine runs it again")
     if timed_out:
         text += ("; the other processes took longer than run.distributed_timeout_s: raise it "
                  "if they were busy rather than hung")

@@ -98,6 +98,65 @@ def test_kdcore_traceback_shows_the_exception_and_the_api_raises_it(tmp_path, mo
     assert type(shown.value) is ValueError
 
 
+class ForgetsToSayItTook(Component):
+    """Runs the backward pass of its model itself and returns None, not True."""
+
+    description = "a backward hook that forgets its return"
+
+    def transfer(self, ctx, batch):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(batch.out("student").logits, batch.noisy_label)
+
+    def backward_roles(self):
+        return ("student",)
+
+    def backward(self, ctx, batch, role, loss):
+        loss.backward()
+
+
+class ForgetfulPlugin:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"forgets": ForgetsToSayItTook}
+
+
+FORGETFUL = ForgetfulPlugin()
+
+
+def test_a_backward_hook_that_took_the_pass_and_returned_none_is_told_what_to_return(tmp_path):
+    """The engine ran the backward pass again, and autograd's words blamed no one."""
+    recipe = write_recipe(tiny_recipe(stage("s", 1, ["student"], component("forgets"))),
+                          tmp_path / "r.toml")
+    result = invoke("run", recipe, "--out", tmp_path / "run", "--quiet",
+                    "--plugin", "tests.test_failures:FORGETFUL")
+    assert result.exit_code == 1, result.output
+    (line,) = _lines(result)
+    assert line.startswith("kdcore: error: the run stopped: RuntimeError: Trying to backward "
+                           "through the graph a second time")
+    assert line.endswith("...; a component's backward hook that runs the backward pass itself "
+                         "must return True, or the engine runs it again; the traceback is in "
+                         f"{tmp_path / 'run' / 'log.txt'}")
+
+
+def test_a_second_backward_in_a_components_own_code_gets_no_hint_about_returns():
+    class Twice(Component):
+        def after_step(self, ctx, batch):
+            raise RuntimeError("Trying to backward through the graph a second time (here)")
+
+    import torch
+
+    from kdcore.testing import harness
+
+    h = harness(Twice, x=torch.zeros(4, 2), noisy_label=torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(RuntimeError) as info:
+        h.component.after_step(h.ctx, h.batch())
+    assert str(failure(info.value, "the run")) == (
+        "the run stopped: component 'twice' (twice) in after_step raised RuntimeError: Trying to "
+        "backward through the graph a second time (here); KDCORE_TRACEBACK=1 shows the "
+        "traceback")
+
+
 def test_the_line_without_a_component_and_with_a_long_message():
     def engine_code():
         raise RuntimeError("x" * 400)
