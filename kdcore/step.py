@@ -141,7 +141,8 @@ def combine(
                 else:  # the fused mean; the values are computed for the record later
                     term, record = loss.mean(), loss.kept()
             else:
-                if not (isinstance(loss, torch.Tensor) and loss.shape in ((), (len(batch),))):
+                if not (isinstance(loss, torch.Tensor) and loss.shape in ((), (len(batch),))
+                        and loss.is_floating_point()):
                     raise _misreturned_term(comp, loss, len(batch))  # (B, k): a mean over k
                 term = reduce_term(comp, role, loss, masks, weights)
                 if loss.dim() == 1:
@@ -240,6 +241,11 @@ def _misreturned(comp: Component, hook: str, role: str, value: object, size: int
 
 
 def _misreturned_term(comp: Component, value: object, size: int) -> RunFailed:
+    if isinstance(value, torch.Tensor) and value.shape in ((), (size,)):  # of another dtype
+        return RunFailed(f"component '{comp.name}' ({comp.spec.use}) transfer returned a loss "
+                         f"of dtype {value.dtype}; expected floating point (a mean and a "
+                         "backward pass of integers, booleans or complex numbers are not "
+                         "defined)")
     return RunFailed(f"component '{comp.name}' ({comp.spec.use}) transfer returned "
                      f"{_described(value)}; expected a loss: a scalar, or one value per "
                      f"sample, shape ({size},)")

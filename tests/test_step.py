@@ -330,8 +330,29 @@ def test_a_transfer_term_that_is_no_loss_of_the_batch_is_refused_naming_it(term,
                                   "shape (4,)")
 
 
+@pytest.mark.parametrize("term", [
+    torch.ones(4, dtype=torch.long), torch.tensor(1), torch.ones(4, dtype=torch.bool),
+    torch.ones(4, dtype=torch.complex64)], ids=lambda t: f"{t.dtype}{tuple(t.shape)}")
+def test_a_transfer_term_that_is_no_floating_point_loss_is_refused_naming_its_dtype(term):
+    """An integer or boolean term was autograd's 'mean(): could not infer output dtype', a
+    complex one its 'grad can be implicitly created only for real scalar outputs', both
+    blamed on no component."""
+    from kdcore.failures import RunFailed
+
+    for terms in (term, {"s": term}):
+        kd = Fn("kd", transfer=lambda b, terms=terms: terms)
+        with pytest.raises(RunFailed) as err:
+            combine(batch4(), refiners=[], selectors=[], weighters=[], transfers=[kd],
+                    context=lambda c: None)
+        assert str(err.value) == (
+            f"component 'kd' (kd) transfer returned a loss of dtype {term.dtype}; expected "
+            "floating point (a mean and a backward pass of integers, booleans or complex "
+            "numbers are not defined)")
+
+
 def test_a_transfer_term_may_be_a_scalar_or_one_value_per_sample():
-    for term, expected in ((torch.tensor(2.5), 2.5), (torch.tensor([1.0, 2.0, 3.0, 6.0]), 3.0)):
+    for term, expected in ((torch.tensor(2.5), 2.5), (torch.tensor([1.0, 2.0, 3.0, 6.0]), 3.0),
+                           (torch.tensor([1.0, 2.0, 3.0, 6.0], dtype=torch.float16), 3.0)):
         kd = Fn("kd", transfer=lambda b, term=term: term)
         result = combine(batch4(), refiners=[], selectors=[], weighters=[], transfers=[kd],
                          context=lambda c: None)
