@@ -13,6 +13,7 @@ import functools
 import importlib
 import importlib.metadata as md
 import types
+import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -210,8 +211,24 @@ def _unusable_entry(registry: str, entries: Any) -> str | None:
         if registry == "components":
             if not (isinstance(obj, type) and issubclass(obj, Component)):
                 return f"gave '{key}': {_kind(obj)}, not a kdcore.Component subclass"
+            problem = _params_problem(obj.Params)
+            if problem:
+                return f"gave '{key}', whose Params {problem}"
         elif not callable(obj):
             return f"gave '{key}': {_kind(obj)}, not a function"
+    return None
+
+
+def _params_problem(params: Any) -> str | None:
+    """Why a component's ``Params`` could not take a recipe's table, or None: a recipe's
+    ``params`` are structured into an attrs class by its annotations (:mod:`kdcore.config`)."""
+    if not (isinstance(params, type) and attrs.has(params)):
+        return (f"is {_kind(params)}, not an attrs class (declare it with @attrs.frozen, as "
+                "docs/plugins.md shows)")
+    try:
+        typing.get_type_hints(params)
+    except Exception as exc:  # noqa: BLE001 - a name the annotations use is not importable
+        return f"has annotations that cannot be read ({type(exc).__name__}: {one_line(exc)})"
     return None
 
 

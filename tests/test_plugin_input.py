@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import attrs
 import pytest
 from click.testing import CliRunner
 
@@ -107,11 +110,38 @@ def _nothing(*args, **kwargs):
     return None
 
 
+@dataclasses.dataclass
+class _DataclassParams:
+    size: int = 3
+
+
+@attrs.frozen
+class _UnreadableParams:
+    size: NotAName = 3  # noqa: F821 - the point: a name that is not importable
+
+
+def _with_params(params):
+    import kdcore
+
+    return type("WithParams", (kdcore.Component,), {"Params": params})
+
+
 @pytest.mark.parametrize(("hook", "entries", "said"), [
     ("kdcore_add_components", {"good": None, "weird": _nothing},
      "gave 'weird': function _nothing, not a kdcore.Component subclass"),
     ("kdcore_add_components", {"weird": int}, "gave 'weird': type int, not a kdcore.Component "
                                                "subclass"),
+    # a recipe's params failed where a recipe used them: NotAnAttrsClassError, NameError,
+    # TypeError, each "the set-up stopped" blamed on no plugin
+    ("kdcore_add_components", {"good": None, "dc": _with_params(_DataclassParams)},
+     "gave 'dc', whose Params is type _DataclassParams, not an attrs class (declare it with "
+     "@attrs.frozen, as docs/plugins.md shows)"),
+    ("kdcore_add_components", {"n": _with_params(5)},
+     "gave 'n', whose Params is int 5, not an attrs class (declare it with @attrs.frozen, as "
+     "docs/plugins.md shows)"),
+    ("kdcore_add_components", {"u": _with_params(_UnreadableParams)},
+     "gave 'u', whose Params has annotations that cannot be read (NameError: name 'NotAName' "
+     "is not defined)"),
     ("kdcore_add_models", {"good": _nothing, 5: _nothing},
      "gave the name int 5; a name is a non-empty string"),
     ("kdcore_add_datasets", {"": _nothing}, "gave the name str ''; a name is a non-empty string"),
