@@ -38,6 +38,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # a transfer term as a row-wise function: its reduction, its record, the combine rules
     "kdcore-terms": (".", ["kdcore/terms.py", "kdcore/records.py", "kdcore/step.py"],
                      ["tests/test_terms.py", "tests/test_step.py", "tests/test_engine.py"]),
+    # the combination rules and the batch hooks' contracts alone, with their unit tests
+    # (session 37: fast enough to run function by function)
+    "kdcore-step": (".", ["kdcore/step.py"], ["tests/test_step.py", "tests/test_terms.py"]),
     # what the reading commands write and how they read a damaged run (session 10)
     "kdcore-cli-files": (".", ["kdcore/cli_files.py"],
                          ["tests/test_cli_files.py", "tests/test_read_commands_damage.py"]),
@@ -105,7 +108,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                        "tests/test_history.py"]),
     # the history file's writer, reader and layout (session 18): what every epoch row holds
     "kdcore-history": (".", ["kdcore/history_writer.py", "kdcore/history.py",
-                             "kdcore/history_layout.py"],
+                             "kdcore/history_layout.py", "kdcore/history_values.py"],
                        ["tests/test_history.py", "tests/test_history_crash.py",
                         "tests/test_history_journal.py", "tests/test_history_format.py",
                         "tests/test_history_skip.py", "tests/test_api.py"]),

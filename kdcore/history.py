@@ -12,7 +12,8 @@ Layout of ``history.h5`` (one file per run), format ``kdcore-history/2``:
   ``epoch`` (within the stage);
 * ``/metrics/<name>``: one float per epoch row (NaN where a metric was not measured);
 * ``/ledger/<column>``: the ledger snapshot, shape ``(epochs, N, ...)``; targets float16,
-  masks bool, weights and values float16, labels int32; attribute ``kind``;
+  masks bool (float16 once a selector's scores are soft, neither 0 nor 1), weights and values
+  float16, labels int32; attribute ``kind``;
 * ``/producers/<column>``: per epoch row, the code of the component that produced the
   snapshot (0, the empty name, where the column was not written);
 * ``/strings``: the names the codes stand for, fixed-length UTF-8 (``S255``), row 0 empty.

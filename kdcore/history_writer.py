@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import h5py
-import hdf5plugin
 import numpy as np
 from loguru import logger
 
@@ -67,6 +66,8 @@ from kdcore.history_layout import (
 )
 from kdcore.history_names import check_new_metric
 from kdcore.history_rebuild import rebuild
+from kdcore.history_values import FILL, compression, host, store_dtype, version, widened
+from kdcore.history_values import as_numpy as _as_numpy  # a seam tests patch
 
 if TYPE_CHECKING:
     from kdcore.ledger import Column
@@ -74,42 +75,6 @@ if TYPE_CHECKING:
 # what ``from kdcore.history_writer import ...`` has always offered
 __all__ = ["FORMAT", "LOCK_TIMEOUT_S", "NAME_BYTES", "READABLE", "HistoryWriter", "check_layout",
            "damaged", "leaf_names", "one_line", "open_readable"]
-
-_STORE_DTYPE = {"target": np.float16, "weight": np.float16, "value": np.float16,
-                "exact": np.float32, "mask": np.bool_, "label": np.int32}
-_FILL = {np.float16: np.nan, np.float32: np.nan, np.bool_: False, np.int32: -1}
-
-
-def _compression() -> Mapping[str, Any]:
-    # level 1: as small as level 3 on these columns (float16 rows), and faster
-    return hdf5plugin.Zstd(clevel=1)
-
-
-def _as_numpy(values: Any, dtype: Any) -> np.ndarray:
-    """A column's values as ``dtype``; numpy arrays pass, tensors convert on torch's side
-    (vectorised, on the GPU when the ledger is there) before the copy to the host."""
-    if isinstance(values, np.ndarray):
-        with np.errstate(over="ignore"):  # out of float16's range is inf, as torch's cast
-            return values.astype(dtype, copy=False)
-    import torch
-
-    as_torch = {np.float16: torch.float16, np.float32: torch.float32, np.bool_: torch.bool,
-                np.int32: torch.int32}[dtype]
-    return values.detach().to(as_torch).cpu().numpy()
-
-
-def _version(data: Any) -> int:
-    """A tensor's version counter (in-place changes move it); -1 where there is none (numpy
-    arrays, inference-mode tensors), which no later call matches."""
-    try:
-        return int(data._version)
-    except (AttributeError, RuntimeError):
-        return -1
-
-
-def _host(values: Any) -> np.ndarray:
-    return values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
-
 
 class _Index:
     """What the writer would otherwise look up in the file every epoch: the metric and ledger
@@ -132,7 +97,7 @@ class _Index:
         moved), that went into column ``name`` at ``row`` (default: at any row)."""
         last = self.written.get(name)
         return (last is not None and last[0] is data and last[2] == kind
-                and last[1] == _version(data) >= 0 and (row is None or last[3] == row))
+                and last[1] == version(data) >= 0 and (row is None or last[3] == row))
 
     def code(self, f: h5py.File, name: str) -> int:
         code = self.codes.get(name)
@@ -208,8 +173,8 @@ class HistoryWriter:
             f.attrs["class_names"] = json.dumps(list(class_names))
             data = f.create_group("data")
             for name, values in constants.items():
-                data.create_dataset(name, data=_host(values), **_compression())
-            data.create_dataset("transition_matrix", data=_host(transition_matrix))
+                data.create_dataset(name, data=host(values), **compression())
+            data.create_dataset("transition_matrix", data=host(transition_matrix))
             ep = f.create_group("epochs")
             new_codes(ep, "stage")
             ep.create_dataset("epoch", shape=(0,), maxshape=(None,), dtype=np.int32,
@@ -267,12 +232,12 @@ class HistoryWriter:
 
     def add_data(self, name: str, values: Any) -> None:
         """Write (or replace) ``/data/<name>``: an array stored once, not per epoch."""
-        arr = _host(values)
+        arr = host(values)
         with self._update() as (f, _):
             group = f["data"]
             if name in group:
                 del group[name]
-            group.create_dataset(name, data=arr, **(_compression() if arr.size > 1 else {}))
+            group.create_dataset(name, data=arr, **(compression() if arr.size > 1 else {}))
 
     def rows(self) -> int:
         """How many epochs the file holds."""
@@ -299,7 +264,7 @@ class HistoryWriter:
         # a column that is the tensor written last epoch, untouched: its row is a copy
         index = self._index
         snapshots = [(name, c, None if index is not None and index.unchanged(name, c.data, c.kind)
-                      else _as_numpy(c.data, _STORE_DTYPE[c.kind]))
+                      else _as_numpy(c.data, store_dtype(c.kind, c.data)))
                      for name, c in columns.items() if c.snapshot]
         with self._update() as (f, index):
             row = int(f["epochs/epoch"].shape[0])
@@ -325,15 +290,19 @@ class HistoryWriter:
             for name, column, arr in snapshots:
                 kind = column.kind
                 if arr is None and not index.unchanged(name, column.data, kind, row - 1):
-                    arr = _as_numpy(column.data, _STORE_DTYPE[kind])
+                    arr = _as_numpy(column.data, store_dtype(kind, column.data))
                 if name in index.ledger:
                     ds = lgroup[name]
+                    if arr is not None and arr.dtype != ds.dtype:  # a mask turned soft, or back
+                        if ds.dtype == np.bool_:
+                            ds = widened(lgroup, name, arr.dtype.type)
+                        arr = arr.astype(ds.dtype)
                 else:
                     assert arr is not None  # a new column was not written before
-                    dtype = _STORE_DTYPE[kind]
+                    dtype = arr.dtype.type
                     ds = lgroup.create_dataset(
                         name, shape=(row, *arr.shape), maxshape=(None, *arr.shape), dtype=dtype,
-                        chunks=(1, *arr.shape), fillvalue=_FILL[dtype], **_compression(),
+                        chunks=(1, *arr.shape), fillvalue=FILL[dtype], **compression(),
                         # bytes grouped by significance first: float16 logits' high bytes
                         # compress, so Zstd has less to do (8% smaller, a little faster)
                         shuffle=True,
@@ -348,7 +317,7 @@ class HistoryWriter:
                     ds.id.write_direct_chunk((row,) + origin[1:], chunk, mask)
                 else:
                     ds[row] = arr
-                index.written[name] = (column.data, _version(column.data), kind, row)
+                index.written[name] = (column.data, version(column.data), kind, row)
                 _append_value(_open(pgroup, name), row, np.int32(index.code(f, column.producer)))
                 written.add(name)
             for name in index.ledger.difference(written):

@@ -295,9 +295,9 @@ class ComponentHooks(Protocol):
     def select(self, ctx: RunContext, batch: Batch) -> PerSample | None:
         """Sample selection: which samples of the batch each term may learn from.
 
-        When: after every ``refine``. Returns a bool or float ``(B,)`` tensor (1 = use), one
-        per model role, or None to abstain. Combine: masks multiply, per term the component
-        acts on (``terms``; default all of its models' terms). Written to ``select/<name>``
+        When: after every ``refine``. Returns a bool or float ``(B,)`` tensor (1 = use; a soft
+        score weights), per model role, or None to abstain. Combine: masks multiply, per term
+        the component acts on (``terms``; default its models' terms). Written to ``select/<name>``
         (``select/<name>/<role>`` per role).
 
         Args:
@@ -309,8 +309,8 @@ class ComponentHooks(Protocol):
     def weight(self, ctx: RunContext, batch: Batch) -> PerSample | None:
         """Loss weighting: a per-sample weight ``(B,)`` for the terms this component acts on.
 
-        When: after every ``select``. Returns a float tensor, one per role, or None. Combine:
-        weights multiply. Written to ``weight/<name>``.
+        When: after every ``select``. Returns a float tensor, non-negative and finite, one per
+        role, or None. Combine: weights multiply. Written to ``weight/<name>``.
 
         Args:
             ctx: the run.

@@ -22,9 +22,10 @@ class Column:
     Attributes:
         data: the values, shape ``(N, ...)``.
         producer: the component (or ``"data"``) that wrote it last.
-        kind: how the history stores it: ``target`` as float16 ``N x C``, ``mask`` as bool,
-            ``weight`` and ``value`` as float16, ``exact`` as float32 (values float16 cannot
-            hold, such as bounds near 1e-7), ``label`` as int32.
+        kind: how the history stores it: ``target`` as float16 ``N x C``, ``mask`` as bool
+            (float16 once it holds soft scores), ``weight`` and ``value`` as float16, ``exact``
+            as float32 (values float16 cannot hold, such as bounds near 1e-7), ``label`` as
+            int32.
         snapshot: whether the history keeps a copy every epoch.
         origin: for a copy :meth:`Ledger.mirror` made: the source's data and version, and
             the copy's version, when it was made.
@@ -116,8 +117,12 @@ class Ledger:
         """Write ``values`` into rows ``index`` of ``name``, creating the column if needed."""
         values = values.detach()
         data = self.ensure(name, values, producer=producer, kind=kind, snapshot=snapshot)
+        column = self._columns[name]
+        if values.is_floating_point() and not data.is_floating_point() and kind != "label":
+            # a bool mask first, soft scores later: cast to bool, 0.3 would have become 1
+            data = column.data = data.to(values.dtype)
         data[index.to(self.device)] = values.to(device=self.device, dtype=data.dtype)
-        self._columns[name].producer = producer
+        column.producer = producer
 
     def read(self, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``index`` of ``name`` (all rows when ``index`` is None)."""

@@ -109,10 +109,14 @@ def combine(
         targets = batch.targets
         for comp in refiners:
             shape = targets.shape
+            device = targets.device
             targets = comp.refine(context(comp), batch, targets)
-            if not (isinstance(targets, torch.Tensor) and targets.shape == shape):
-                raise RunFailed(f"component '{comp.name}' ({comp.spec.use}) refine returned "
-                                f"{_described(targets)}; expected targets of shape "
+            if not (isinstance(targets, torch.Tensor) and targets.shape == shape
+                    and not targets.is_complex() and targets.device == device):
+                says = f"component '{comp.name}' ({comp.spec.use}) refine returned"
+                if isinstance(targets, torch.Tensor) and targets.shape == shape:
+                    raise _unreal(says, targets, device)
+                raise RunFailed(f"{says} {_described(targets)}; expected targets of shape "
                                 f"{tuple(shape)}")
         batch.targets = targets
         result.targets = (targets, refiners[-1].name)
@@ -214,8 +218,9 @@ def _collect(batch: Batch, comps: Sequence[Component], hook: str,
                     ((f"{hook}/{comp.name}/{r}", r, v) for r, v in result.items()))
         for column, role, value in per_role:
             if not (isinstance(value, torch.Tensor) and value.shape == (len(batch),)
-                    and role in comp.models):  # a (B, 1) mask turned each mean into a sum
-                raise _misreturned(comp, hook, role, value, len(batch))
+                    and role in comp.models and not value.is_complex()
+                    and value.device == batch.index.device):  # a (B, 1) mask: each mean a sum
+                raise _misreturned(comp, hook, role, value, len(batch), batch.index.device)
             out.append((comp, role, value))
             if produced and produced[-1].column == column:
                 continue  # the shared tensor, already recorded
@@ -231,13 +236,23 @@ def _described(value: object) -> str:
             else f"a {type(value).__name__}")
 
 
-def _misreturned(comp: Component, hook: str, role: str, value: object, size: int) -> RunFailed:
+def _misreturned(comp: Component, hook: str, role: str, value: object, size: int,
+                 device: torch.device | None = None) -> RunFailed:
+    says = f"component '{comp.name}' ({comp.spec.use}) {hook} returned"
     if role not in comp.models:
-        return RunFailed(f"component '{comp.name}' ({comp.spec.use}) {hook} returned a value "
-                         f"for model '{role}', which it does not serve (it serves "
-                         f"{', '.join(comp.models)})")
-    return RunFailed(f"component '{comp.name}' ({comp.spec.use}) {hook} returned "
-                     f"{_described(value)}; expected one value per sample, shape ({size},)")
+        return RunFailed(f"{says} a value for model '{role}', which it does not serve (it "
+                         f"serves {', '.join(comp.models)})")
+    if isinstance(value, torch.Tensor) and value.shape == (size,):
+        return _unreal(says, value, device)
+    return RunFailed(f"{says} {_described(value)}; expected one value per sample, shape ({size},)")
+
+
+def _unreal(says: str, value: torch.Tensor, device: torch.device | None) -> RunFailed:
+    """A value of the right shape but complex, or on another device than the run's."""
+    if value.is_complex():
+        return RunFailed(f"{says} complex numbers ({value.dtype}); expected real ones")
+    return RunFailed(f"{says} a tensor on device '{value.device}'; expected it on the run's "
+                     f"device '{device}'")
 
 
 def _misreturned_term(comp: Component, value: object, size: int) -> RunFailed:
@@ -258,20 +273,23 @@ def check_outputs(ledger: Ledger, refiners: Sequence[Component],
     naming the component (a mask of -1 had turned training into gradient ascent). Also called
     when a loss turns out not finite, so that a NaN mask is blamed on its selector rather than
     on the term it made NaN."""
-    for comps, hook, high in ((selectors, "select", 1.0), (weighters, "weight", math.inf)):
+    # an infinite weight made the loss infinite, and the divergence was blamed on the term
+    for comps, hook, high, interval in ((selectors, "select", 1.0, "[0, 1]"),
+                                        (weighters, "weight", math.inf, "[0, inf)")):
         for comp in comps:
             for column in (f"{hook}/{comp.name}", *(f"{hook}/{comp.name}/{r}"
                                                     for r in comp.models)):
                 data = ledger[column] if column in ledger else None
-                if data is None or not data.is_floating_point() or bool(
-                        ((data >= 0) & (data <= high)).all()):
+                # integers too: a weight of -1 as an int64 had trained by gradient ascent
+                if data is None or data.dtype == torch.bool or bool(
+                        ((data >= 0) & (data <= high) & (data < math.inf)).all()):
                     continue
                 if bool(data.isnan().any()):
                     raise RunFailed(f"component '{comp.name}' ({comp.spec.use}) {hook} returned "
-                                    f"NaN; a {hook} must lie in [0, {high:g}]")
+                                    f"NaN; a {hook} must lie in {interval}")
                 raise RunFailed(
                         f"component '{comp.name}' ({comp.spec.use}) {hook} returned values "
-                        f"outside [0, {high:g}] (from {float(data.min()):g} to "
+                        f"outside {interval} (from {float(data.min()):g} to "
                         f"{float(data.max()):g}); a {hook} must lie there")
     if refiners and "target" in ledger:
         t = ledger["target"].float()

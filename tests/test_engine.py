@@ -434,7 +434,8 @@ class BadSelect(Component):
         ones = torch.ones(len(batch))
         return {"2d": ones[:, None], "scalar": torch.tensor(1.0), "list": [1.0] * len(batch),
                 "role": {"nope": ones}, "neg": -ones, "big": 5 * ones, "nan": ones * math.nan,
-                "ok": ones}[self.params.mode]
+                "complex": ones.to(torch.complex64), "meta": ones.to("meta"),
+                "int": 2 * ones.long(), "soft": (batch.index % 4) / 4, "ok": ones}[self.params.mode]
 
 
 class BadWeight(Component):
@@ -442,7 +443,8 @@ class BadWeight(Component):
 
     def weight(self, ctx, batch):
         ones = torch.ones(len(batch))
-        return {"neg": -ones, "nan": ones * math.nan, "ok": ones}[self.params.mode]
+        return {"neg": -ones, "nan": ones * math.nan, "int": -ones.long(), "inf": ones * math.inf,
+                "ok": ones}[self.params.mode]
 
 
 class BadRefine(Component):
@@ -450,7 +452,8 @@ class BadRefine(Component):
 
     def refine(self, ctx, batch, targets):
         return {"neg": targets - 0.5, "unnorm": targets * 3, "shape": targets[:, :2],
-                "nan": targets * math.nan, "ok": targets}[self.params.mode]
+                "nan": targets * math.nan, "complex": targets.to(torch.complex64),
+                "meta": targets.to("meta"), "ok": targets}[self.params.mode]
 
 
 @pytest.mark.parametrize(("use", "mode", "message"), [
@@ -462,9 +465,20 @@ class BadRefine(Component):
                            "(it serves student)"),
     ("bad_select", "neg", "select returned values outside [0, 1] (from -1 to -1)"),
     ("bad_select", "big", "select returned values outside [0, 1] (from 5 to 5)"),
-    ("bad_weight", "neg", "weight returned values outside [0, inf] (from -1 to -1)"),
+    ("bad_weight", "neg", "weight returned values outside [0, inf) (from -1 to -1)"),
     ("bad_select", "nan", "select returned NaN; a select must lie in [0, 1]"),
-    ("bad_weight", "nan", "weight returned NaN; a weight must lie in [0, inf]"),
+    ("bad_weight", "nan", "weight returned NaN; a weight must lie in [0, inf)"),
+    ("bad_select", "int", "select returned values outside [0, 1] (from 2 to 2)"),
+    ("bad_weight", "int", "weight returned values outside [0, inf) (from -1 to -1)"),
+    ("bad_weight", "inf", "weight returned values outside [0, inf) (from inf to inf)"),
+    ("bad_select", "complex", "select returned complex numbers (torch.complex64); expected real "
+                              "ones"),
+    ("bad_select", "meta", "select returned a tensor on device 'meta'; expected it on the run's "
+                           "device 'cpu'"),
+    ("bad_refine", "complex", "refine returned complex numbers (torch.complex64); expected real "
+                              "ones"),
+    ("bad_refine", "meta", "refine returned a tensor on device 'meta'; expected it on the run's "
+                           "device 'cpu'"),
     ("bad_refine", "nan", "refine made targets that hold NaN; each row must be non-negative "
                           "and sum to 1"),
     ("bad_refine", "neg", "refine made targets that are not distributions (entries from -0.5, "
@@ -477,12 +491,31 @@ class BadRefine(Component):
 def test_a_batch_hook_that_returns_what_the_contract_does_not_allow_stops_the_run(
         tmp_path, use, mode, message):
     """Each was accepted: a (B, 1) mask made each term a sum, a mask of -1 gradient ascent,
-    a mask for a role not served was ignored, targets of -0.5 were trained on."""
+    a mask for a role not served was ignored, targets of -0.5 were trained on; an integer
+    weight of -1 was never checked, an infinite weight's divergence was blamed on the term,
+    and complex or meta tensors ended in a traceback."""
     from kdcore.failures import RunFailed
 
     with pytest.raises(RunFailed, match=re.escape(f"component 'bad' ({use}) {message}")):
         _run_one_stage(tmp_path / "run", use, "bad", mode=mode)
     _run_one_stage(tmp_path / "ok", use, "bad", mode="ok")
+
+
+def test_a_selectors_soft_scores_are_what_the_history_keeps(tmp_path):
+    """Stored as bool, a score of 0.25 read back as True: the history showed the sample fully
+    selected where its loss had counted a quarter. Readers of the masks take the scores."""
+    import kdcore
+
+    _run_one_stage(tmp_path / "run", "bad_select", "bad", mode="soft")
+    with History(tmp_path / "run") as h:
+        mask = h.column("select/bad", 0)
+        assert mask.dtype == np.float16 and h.column_kind("select/bad") == "mask"
+        np.testing.assert_array_equal(mask, (np.arange(len(mask)) % 4) / 4)
+        assert h.metric("select/bad/fraction")[0] == pytest.approx(0.75)
+    issues = kdcore.label_issues(tmp_path / "run")
+    assert set(issues.times_excluded.tolist()) <= {0, 1}  # a score of 0 leaves a sample out
+    excluded = issues.times_excluded.astype(bool)
+    assert (np.asarray(issues.index)[excluded] % 4 == 0).all()
 
 
 class MetricWriter(Component):

@@ -6,6 +6,7 @@ that cannot be undone), each with its whole message."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import warnings
 
@@ -116,14 +117,15 @@ def test_stored_values_are_numpys_conversions_of_the_column(tmp_path, as_numpy):
     def col(a, kind):
         return Col(a if as_numpy else torch.from_numpy(a), kind)
 
+    hard = (values > 0.5).astype(np.float32)  # a hard selection given as floats
     columns = {"v": col(values, "value"), "wt": col(values, "weight"),
                "t": col(values, "target"), "x": col(values.astype(np.float64) / 3, "exact"),
-               "l": col(labels, "label"), "m": col(values, "mask")}
+               "l": col(labels, "label"), "m": col(values, "mask"), "h": col(hard, "mask")}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # out of range is inf, without a warning per epoch
         w.append_epoch(stage="s", epoch=0, metrics={}, columns=columns)
     with History(tmp_path) as h, np.errstate(over="ignore"):
-        for name in ("v", "wt", "t"):
+        for name in ("v", "wt", "t", "m"):  # a mask of other values than 0 and 1 too
             stored = h.column(name, 0)
             assert stored.dtype == np.float16
             np.testing.assert_array_equal(stored, values.astype(np.float16))
@@ -131,19 +133,52 @@ def test_stored_values_are_numpys_conversions_of_the_column(tmp_path, as_numpy):
         np.testing.assert_array_equal(h.column("x", 0), (values.astype(np.float64) / 3)
                                       .astype(np.float32))
         np.testing.assert_array_equal(h.column("l", 0), labels.astype(np.int32))
-        np.testing.assert_array_equal(h.column("m", 0), values.astype(np.bool_))
-        assert h.column("l", 0).dtype == np.int32 and h.column("m", 0).dtype == np.bool_
+        np.testing.assert_array_equal(h.column("h", 0), hard.astype(np.bool_))
+        assert h.column("l", 0).dtype == np.int32 and h.column("h", 0).dtype == np.bool_
 
 
-def test_a_column_that_skips_a_row_is_written_again_when_it_returns_untouched(tmp_path):
+def test_a_mask_is_stored_as_bool_until_it_holds_soft_scores_then_as_float16(tmp_path):
+    """Stored as bool, a selector's soft score of 0.3 read back as True: the history showed
+    the sample fully selected where the loss had weighted it by 0.3. A column stored as bool
+    is widened when the scores turn soft, its earlier rows kept; a later hard row is 0 and 1."""
+    path = tmp_path / "history.h5"
+    w = _create(path)
+    hard = torch.arange(N) % 3 == 0
+    soft = torch.linspace(0, 1, N)
+    nan = torch.ones(N)
+    nan[2] = math.nan  # not 0 or 1 either: a bool would read back True
+    rows = [("float 0/1", hard.float()), ("bool", hard), ("soft", soft), ("bool", ~hard),
+            ("nan", nan)]
+    for epoch, (_, mask) in enumerate(rows):
+        w.append_epoch(stage="s", epoch=epoch, metrics={}, columns={
+            "select/s": Col(mask, "mask", "s"), "select/hard": Col(hard, "mask", "s")})
+        with History(tmp_path) as h:
+            assert h.column("select/s").dtype == (np.bool_ if epoch < 2 else np.float16)
+    with History(tmp_path) as h:
+        stored = h.column("select/s")
+        assert h.column("select/hard").dtype == np.bool_  # never soft: bool all along
+        np.testing.assert_array_equal(stored[[0, 1, 3]], np.stack(
+            [hard.numpy(), hard.numpy(), ~hard.numpy()]).astype(np.float16))
+        np.testing.assert_array_equal(stored[2], soft.numpy().astype(np.float16))
+        np.testing.assert_array_equal(stored[4], nan.numpy().astype(np.float16))
+        assert h.column_kind("select/s") == "mask" and h.producers("select/s") == ["s"] * 5
+    with h5py.File(path, "r") as f:  # widened with the column's own layout and filters
+        ds = f["ledger/select/s"]
+        assert (ds.chunks, ds.maxshape) == ((1, N), (None, N))
+        assert [code for code, *_ in _filters(ds)] == [SHUFFLE, ZSTD]
+        assert np.isnan(ds.fillvalue)
+
+
+@pytest.mark.parametrize("kind", ["value", "mask"])  # a mask of soft scores: float16 too
+def test_a_column_that_skips_a_row_is_written_again_when_it_returns_untouched(tmp_path, kind):
     w = _create(tmp_path / "history.h5")
     t = torch.linspace(0, 1, N)
-    w.append_epoch(stage="s", epoch=0, metrics={}, columns={"v": Col(t, "value")})
-    w.append_epoch(stage="s", epoch=1, metrics={}, columns={"v": Col(t, "value",
+    w.append_epoch(stage="s", epoch=0, metrics={}, columns={"v": Col(t, kind)})
+    w.append_epoch(stage="s", epoch=1, metrics={}, columns={"v": Col(t, kind,
                                                                       snapshot=False)})
-    w.append_epoch(stage="s", epoch=2, metrics={}, columns={"v": Col(t, "value")})
+    w.append_epoch(stage="s", epoch=2, metrics={}, columns={"v": Col(t, kind)})
     w.append_epoch(stage="s", epoch=3, metrics={}, columns={})
-    w.append_epoch(stage="s", epoch=4, metrics={}, columns={"v": Col(t, "value")})
+    w.append_epoch(stage="s", epoch=4, metrics={}, columns={"v": Col(t, kind)})
     with History(tmp_path) as h:
         rows = h.column("v")
         expected = t.numpy().astype(np.float16)
@@ -151,6 +186,18 @@ def test_a_column_that_skips_a_row_is_written_again_when_it_returns_untouched(tm
             np.testing.assert_array_equal(rows[r], expected)
         assert np.isnan(rows[1]).all() and np.isnan(rows[3]).all()
         assert h.producers("v") == ["p", "", "p", "", "p"]
+
+
+def test_a_column_whose_kind_changes_keeps_its_dtype_and_numpys_rounding(tmp_path):
+    """Written as float32 ("exact") into a float16 column: numpy's cast (65519 is 65504),
+    not HDF5's conversion (inf)."""
+    w = _create(tmp_path / "history.h5")
+    w.append_epoch(stage="s", epoch=0, metrics={}, columns={"v": Col(torch.zeros(N), "value")})
+    big = torch.full((N,), 65519.0)
+    w.append_epoch(stage="s", epoch=1, metrics={}, columns={"v": Col(big, "exact")})
+    with History(tmp_path) as h:
+        assert h.column("v").dtype == np.float16
+        np.testing.assert_array_equal(h.column("v", 1), np.full(N, 65504.0, np.float16))
 
 
 def test_an_untouched_columns_chunk_is_copied_with_its_filter_mask(tmp_path):
@@ -200,7 +247,7 @@ def test_a_create_stopped_half_way_leaves_no_temporary_file(tmp_path, monkeypatc
     def stopped(values):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("kdcore.history_writer._host", stopped)
+    monkeypatch.setattr("kdcore.history_writer.host", stopped)
     with pytest.raises(KeyboardInterrupt):
         _create(tmp_path / "history.h5")
     assert list(tmp_path.iterdir()) == []

@@ -58,7 +58,29 @@ def test_writes_land_on_their_rows_and_name_the_last_writer():
     led.write("mask", torch.tensor([4]), torch.tensor([True]), producer="s", kind="mask")
     assert led.column("mask").kind == "mask" and led.column("mask").snapshot
     assert torch.equal(led.read("loss/ce", torch.tensor([1, 0])), torch.tensor([0.25, 2.0]))
+
     assert led.read("loss/ce") is led["loss/ce"]
+
+@pytest.mark.parametrize("kind", ["mask", "weight", "value"])
+def test_floating_values_widen_a_bool_or_integer_column_and_leave_labels_integers(kind):
+    """A selector whose first batch gave a bool mask and a later one soft scores: cast to
+    the column's bool, a score of 0.3 became 1 (an integer weight column, 2.5 became 2)."""
+    led = Ledger(4)
+    led.write("c", torch.tensor([0, 1]), torch.tensor([True, False]), producer="s", kind=kind)
+    first = led["c"]
+    led.write("c", torch.tensor([2, 3]), torch.tensor([0.3, 1.0], dtype=torch.float64),
+              producer="s", kind=kind)
+    assert led["c"].dtype == torch.float64 and led["c"] is not first
+    assert led["c"].tolist() == [1.0, 0.0, 0.3, 1.0] and led.column("c").kind == kind
+    led.write("w", torch.tensor([0]), torch.tensor([2]), producer="w", kind=kind)
+    led.write("w", torch.tensor([1]), torch.tensor([2.5]), producer="w", kind=kind)
+    assert led["w"].tolist() == [2.0, 2.5, 0.0, 0.0]
+    led.write("l", torch.tensor([0]), torch.tensor([3]), producer="d", kind="label")
+    led.write("l", torch.tensor([1]), torch.tensor([2.7]), producer="d", kind="label")
+    assert led["l"].dtype == torch.int64 and led["l"].tolist() == [3, 2, 0, 0]
+    led.write("f", torch.tensor([0]), torch.tensor([0.5]), producer="d", kind=kind)
+    led.write("f", torch.tensor([1]), torch.tensor([True]), producer="d", kind=kind)
+    assert led["f"].dtype == torch.float32 and led["f"].tolist() == [0.5, 1.0, 0.0, 0.0]
 
 
 def test_a_mirror_copies_only_when_something_changed():

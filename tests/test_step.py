@@ -264,6 +264,9 @@ def test_check_outputs_takes_masks_at_0_and_1_weights_at_0_and_distributions():
     sel, wei, ref = Fn("sel"), Fn("wei"), Fn("ref")
     check_outputs(_ledger(select__sel=[0.0, 1.0], weight__wei=[0.0, 7.0],
                           target=[[1.0, 0.0], [0.25, 0.75]]), [ref], [sel], [wei])
+    check_outputs(_ledger(select__sel=[0, 1], weight__wei=[0, 3]), [ref], [sel], [wei])
+    check_outputs(_ledger(select__sel=[True, False], weight__wei=[True, True]), [ref], [sel],
+                  [wei])
     # targets a refiner did not make (none in the stage) are not the stage's to check
     check_outputs(_ledger(target=[[3.0, 0.0], [0.0, 0.0]]), [], [sel], [wei])
 
@@ -274,7 +277,14 @@ def test_check_outputs_takes_masks_at_0_and_1_weights_at_0_and_distributions():
     ({"select__sel__s": [-0.5, 1.0]}, "component 'sel' (sel) select returned values outside "
                                       "[0, 1] (from -0.5 to 1); a select must lie there"),
     ({"weight__wei": [-1.0, 2.0]}, "component 'wei' (wei) weight returned values outside "
-                                   "[0, inf] (from -1 to 2); a weight must lie there"),
+                                   "[0, inf) (from -1 to 2); a weight must lie there"),
+    # integers are checked as floats are; an infinite weight is outside too
+    ({"weight__wei": [-1, 2]}, "component 'wei' (wei) weight returned values outside "
+                               "[0, inf) (from -1 to 2); a weight must lie there"),
+    ({"select__sel": [0, 2]}, "component 'sel' (sel) select returned values outside "
+                              "[0, 1] (from 0 to 2); a select must lie there"),
+    ({"weight__wei": [1.0, math.inf]}, "component 'wei' (wei) weight returned values outside "
+                                       "[0, inf) (from 1 to inf); a weight must lie there"),
     ({"target": [[1.5, -0.5], [0.0, 1.0]]},  # rows sum to 1: the negative entry alone
      "component 'ref' (ref) refine made targets that are not distributions (entries from "
      "-0.5, rows summing to 1 .. 1); each row must be non-negative and sum to 1"),
@@ -283,7 +293,7 @@ def test_check_outputs_takes_masks_at_0_and_1_weights_at_0_and_distributions():
     ({"select__sel": [1.0, math.nan]}, "component 'sel' (sel) select returned NaN; a select "
                                        "must lie in [0, 1]"),
     ({"weight__wei__s": [math.nan, 2.0]}, "component 'wei' (wei) weight returned NaN; a weight "
-                                          "must lie in [0, inf]"),
+                                          "must lie in [0, inf)"),
     ({"target": [[math.nan, 0.5], [0.0, 1.0]]}, "component 'ref' (ref) refine made targets "
                                                 "that hold NaN; each row must be non-negative "
                                                 "and sum to 1"),
@@ -306,6 +316,66 @@ def test_a_value_for_a_model_not_served_names_the_ones_served():
             "serve (it serves a, b)") + "$"):
         combine(batch4(), refiners=[], selectors=[sel], weighters=[], transfers=[],
                 context=lambda c: None)
+
+
+@pytest.mark.parametrize(("hook", "value", "said"), [
+    ("select", torch.ones(4, 1), "a tensor of shape (4, 1); expected one value per sample, "
+                                 "shape (4,)"),
+    ("weigh", [1.0] * 4, "a list; expected one value per sample, shape (4,)"),
+    ("refine", torch.ones(4, 2), "a tensor of shape (4, 2); expected targets of shape (4, 3)"),
+    ("refine", [[1.0, 0.0, 0.0]] * 4, "a list; expected targets of shape (4, 3)"),
+], ids=["select-shape", "weight-list", "refine-shape", "refine-list"])
+def test_a_mask_weight_or_target_of_the_wrong_shape_or_type_is_refused_naming_it(
+        hook, value, said):
+    from kdcore.failures import RunFailed
+
+    kinds = {"select": "selectors", "weigh": "weighters", "refine": "refiners"}
+    lists = {"refiners": [], "selectors": [], "weighters": [], "transfers": []}
+    lists[kinds[hook]] = [Fn("c", **{hook: (lambda b, *_: value)})]
+    with pytest.raises(RunFailed) as err:
+        combine(batch4(), context=lambda c: None, **lists)
+    name = "weight" if hook == "weigh" else hook
+    assert str(err.value) == f"component 'c' (c) {name} returned {said}"
+
+
+@pytest.mark.parametrize(("hook", "value", "said"), [
+    ("select", torch.ones(4, dtype=torch.complex64),
+     "complex numbers (torch.complex64); expected real ones"),
+    ("weigh", torch.ones(4, dtype=torch.complex128),
+     "complex numbers (torch.complex128); expected real ones"),
+    ("select", torch.ones(4, device="meta"),
+     "a tensor on device 'meta'; expected it on the run's device 'cpu'"),
+    ("weigh", torch.ones(4, device="meta"),
+     "a tensor on device 'meta'; expected it on the run's device 'cpu'"),
+    ("refine", torch.ones(4, 3, dtype=torch.complex64),
+     "complex numbers (torch.complex64); expected real ones"),
+    ("refine", torch.ones(4, 3, device="meta"),
+     "a tensor on device 'meta'; expected it on the run's device 'cpu'"),
+], ids=["select-complex", "weight-complex", "select-meta", "weight-meta", "refine-complex",
+        "refine-meta"])
+def test_a_mask_weight_or_target_of_no_real_number_or_on_another_device_is_refused(
+        hook, value, said):
+    """A complex mask was a ValueError traceback from the ledger, and a meta one (or refined
+    targets on it) torch's 'Cannot copy out of meta tensor'; per role alike."""
+    from kdcore.failures import RunFailed
+
+    kinds = {"select": "selectors", "weigh": "weighters", "refine": "refiners"}
+    for per_role in (False, True):
+        if hook == "refine" and per_role:
+            continue
+        returned = {"s": value} if per_role else value
+        comp = Fn("c", **{hook: (lambda b, *_, v=returned: v)})
+        lists = {"refiners": [], "selectors": [], "weighters": [], "transfers": []}
+        lists[kinds[hook]] = [comp]
+        with pytest.raises(RunFailed) as err:
+            combine(batch4(), context=lambda c: None, **lists)
+        name = "weight" if hook == "weigh" else hook
+        assert str(err.value) == f"component 'c' (c) {name} returned {said}"
+    right = torch.ones(4, 3) / 3 if hook == "refine" else torch.ones(4)  # the same, real: fine
+    comp = Fn("c", **{hook: (lambda b, *_, v=right: v)})
+    lists = {"refiners": [], "selectors": [], "weighters": [], "transfers": []}
+    lists[kinds[hook]] = [comp]
+    combine(batch4(), context=lambda c: None, **lists)
 
 
 @pytest.mark.parametrize(("term", "described"), [

@@ -1,0 +1,83 @@
+"""How the history stores a ledger column's values: the dtype of each column kind, the fill
+value of the rows a column skips, the filters, and the conversion itself (numpy's cast, done
+on torch's side for a tensor).
+
+A ``mask`` column is stored as bool while every value is 0 or 1 (a hard selection), and as
+float16 once a selector returns soft scores: stored as bool, a score of 0.3 read back as
+True, so the history showed a sample as fully selected where the loss had weighted it by 0.3.
+A column stored as bool that receives soft scores later is widened to float16 in place
+(:func:`widened`), its earlier rows kept as 0 and 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+STORE_DTYPE = {"target": np.float16, "weight": np.float16, "value": np.float16,
+               "exact": np.float32, "mask": np.bool_, "label": np.int32}
+FILL = {np.float16: np.nan, np.float32: np.nan, np.bool_: False, np.int32: -1}
+SOFT_MASK = np.float16
+
+
+def compression() -> Mapping[str, Any]:
+    # level 1: as small as level 3 on these columns (float16 rows), and faster
+    return hdf5plugin.Zstd(clevel=1)
+
+
+def store_dtype(kind: str, values: Any) -> Any:
+    """The numpy dtype column ``values`` of ``kind`` is stored as (a key of :data:`FILL`)."""
+    if kind == "mask" and not _binary(values):
+        return SOFT_MASK
+    return STORE_DTYPE[kind]
+
+
+def _binary(values: Any) -> bool:
+    """Whether every value is 0 or 1 (NaN is not: stored as bool it read back as True)."""
+    return bool(((values == 0) | (values == 1)).all())
+
+
+def as_numpy(values: Any, dtype: Any) -> np.ndarray:
+    """A column's values as ``dtype``; numpy arrays pass, tensors convert on torch's side
+    (vectorised, on the GPU when the ledger is there) before the copy to the host."""
+    if isinstance(values, np.ndarray):
+        with np.errstate(over="ignore"):  # out of float16's range is inf, as torch's cast
+            return values.astype(dtype, copy=False)
+    import torch
+
+    as_torch = {np.float16: torch.float16, np.float32: torch.float32, np.bool_: torch.bool,
+                np.int32: torch.int32}[dtype]
+    return values.detach().to(as_torch).cpu().numpy()
+
+
+def version(data: Any) -> int:
+    """A tensor's version counter (in-place changes move it); -1 where there is none (numpy
+    arrays, inference-mode tensors), which no later call matches."""
+    try:
+        return int(data._version)
+    except (AttributeError, RuntimeError):
+        return -1
+
+
+def host(values: Any) -> np.ndarray:
+    return values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
+
+
+def widened(group: h5py.Group, name: str, dtype: Any) -> h5py.Dataset:
+    """Dataset ``name`` of ``group`` (a ledger column stored as bool) rewritten as ``dtype``,
+    with its rows, chunking, filters and attributes; its rows so far become 0 and 1."""
+    old = group[name]
+    rows, attrs, maxshape, chunks = old[:].astype(dtype), dict(old.attrs), old.maxshape, old.chunks
+    del group[name]
+    new = group.create_dataset(name, data=rows, maxshape=maxshape, chunks=chunks,
+                               fillvalue=FILL[dtype], shuffle=True, **compression())
+    new.attrs.update(attrs)
+    return new
+
+
+__all__ = ["FILL", "STORE_DTYPE", "as_numpy", "compression", "host", "store_dtype", "version",
+           "widened"]
