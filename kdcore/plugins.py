@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import functools
 import importlib
 import importlib.metadata as md
@@ -116,11 +117,15 @@ class PluginHost:
             # pluggy's message may list every plugin over several lines: its first line says it
             self._fail(name, dist, version, f"failed to register: {one_line(exc)}")
             return
-        hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
-        if not hooks:  # `--plugin os` or a wrong attribute: a typo, not a plugin
+        callers = self.pm.get_hookcallers(plugin) or []
+        hooks = sorted(h.name for h in callers)
+        unknown = sorted(c.name for c in callers if not c.has_spec() and not all(
+            i.optionalhook for i in c.get_hookimpls() if i.plugin is plugin))
+        if not hooks or unknown:  # `--plugin os` or a wrong attribute: a typo, not a plugin
             self.pm.unregister(name=name)
-            self._fail(name, dist, version, "implements no kdcore hook (a @kdcore.hookimpl "
-                                            "function or method named kdcore_*)")
+            self._fail(name, dist, version, _unknown_hooks(unknown) if unknown else
+                       "implements no kdcore hook (a @kdcore.hookimpl function or method "
+                       "named kdcore_*)")
             return
         self.infos[name] = PluginInfo(name, dist, version, hooks=hooks)
 
@@ -197,6 +202,19 @@ class PluginHost:
                 bus.refuse(name, "kdcore_configure", f"returned {shown(found)}, not a list of "
                                                      "messages")
         return problems
+
+
+def _unknown_hooks(names: list[str]) -> str:
+    """Why a plugin implementing hooks kdcore does not define is skipped: pluggy would keep
+    it and never call them (``kdcore_add_component`` for ``kdcore_add_components``, and every
+    component it meant to add was an "unknown component")."""
+    known = [n for n in dir(hookspecs) if n.startswith("kdcore_")]
+    said = []
+    for hook in names:
+        close = difflib.get_close_matches(hook, known, n=1)
+        said.append(f"'{hook}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return (f"implements {', '.join(said)}, which kdcore does not define (kdcore/hookspecs.py "
+            "lists its hooks; mark one of a later kdcore @kdcore.hookimpl(optionalhook=True))")
 
 
 def _unusable_entry(registry: str, entries: Any) -> str | None:

@@ -189,6 +189,53 @@ def test_an_object_with_no_hook_is_unregistered_and_named():
     assert host.infos["object-0"].error.startswith("implements no kdcore hook")
 
 
+class Misspelt:
+    """A plugin whose hooks kdcore does not define: pluggy kept it and never called them."""
+
+    @hookimpl
+    def kdcore_add_component(self):
+        return {"mine": kdcore.Component}
+
+    @hookimpl
+    def kdcore_epoch_ends(self, ctx, epoch, metrics):
+        pass
+
+    @hookimpl
+    def kdcore_add_datasets(self):
+        return {"mine": lambda: None}
+
+
+class Later:
+    """A hook of a later kdcore, marked optional, beside one of this kdcore."""
+
+    @hookimpl(optionalhook=True)
+    def kdcore_of_the_future(self):
+        pass
+
+    @hookimpl
+    def kdcore_add_datasets(self):
+        return {"later": lambda: None}
+
+
+def test_a_plugin_with_a_hook_kdcore_does_not_define_is_skipped_naming_the_closest(warnings):
+    host = PluginHost(entry_points=False, extra=[Misspelt(), Later()])
+    message = ("implements 'kdcore_add_component' (did you mean 'kdcore_add_components'?), "
+               "'kdcore_epoch_ends' (did you mean 'kdcore_epoch_end'?), which kdcore does not "
+               "define (kdcore/hookspecs.py lists its hooks; mark one of a later kdcore "
+               "@kdcore.hookimpl(optionalhook=True))")
+    assert warnings == [f"plugin 'Misspelt-0' (in-process) skipped: {message}"]
+    assert host.infos["Misspelt-0"].error == message
+    assert host.pm.get_plugin("Misspelt-0") is None and "mine" not in host.datasets
+    assert "later" in host.datasets and host.infos["Later-1"].error is None
+    assert "kdcore_of_the_future" in host.infos["Later-1"].hooks
+    with pytest.raises(KdcoreError) as err:
+        PluginHost(entry_points=False, extra=[Misspelt()], strict=True)
+    assert str(err.value) == f"plugin 'Misspelt-0' (in-process): {message}"
+    assert plugins_mod._unknown_hooks(["zzz_qqq"]) == (
+        "implements 'zzz_qqq', which kdcore does not define (kdcore/hookspecs.py lists its "
+        "hooks; mark one of a later kdcore @kdcore.hookimpl(optionalhook=True))")
+
+
 def test_versions_name_each_loaded_distribution_but_not_in_process_or_failed_ones():
     host = PluginHost(entry_points=False, extra=[Datasets(), Raises()])
     host.infos["fake"] = plugins_mod.PluginInfo("fake", "kdcore-fake", "1.2")
