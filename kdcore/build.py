@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kdcore.errors import RecipeError
-from kdcore.recipe import ModelConfig, OptimizerConfig
+from kdcore.recipe import ModelConfig, OptimizerConfig, Recipe
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, role: str) -> torch.optim.Optimizer:
@@ -47,3 +47,16 @@ def scheduled_lr(cfg: ModelConfig, epoch: int, epochs: int) -> float:
     if sched.name == "cosine":
         return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
     return base
+
+
+def set_stage_lr(optimizers: dict[str, torch.optim.Optimizer], recipe: Recipe, stage: int,
+                 epoch: int) -> None:
+    """Each optimiser of the roles stage ``stage`` trains at its scheduled rate for the stage's
+    ``epoch``-th epoch (:func:`scheduled_lr`, counting the role's epochs of earlier stages)."""
+    stages = recipe.stages
+    for role in stages[stage].train:
+        done = sum(st.epochs for st in stages[:stage] if role in st.train)
+        total = sum(st.epochs for st in stages if role in st.train)
+        lr = scheduled_lr(recipe.models[role], done + epoch, total)
+        for group in optimizers[role].param_groups:
+            group["lr"] = lr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -75,10 +75,12 @@ def confusion_on_test(model: torch.nn.Module, data: RunData, batch_size: int,
     return confusion(data.test.y, pred, data.num_classes)
 
 
-def ledger_metrics(ledger: Ledger) -> dict[str, float]:
+def ledger_metrics(ledger: Ledger, skip: Collection[str] = ()) -> dict[str, float]:
     """Refined-label accuracy, every selection's quality against the true labels, and every
     weighting's ROC AUC for telling right training labels (the argmax of the refined target is
-    the true class) from wrong ones (``weight/<name>/auc``)."""
+    the true class) from wrong ones (``weight/<name>/auc``); none of the columns in ``skip``
+    (masks and weights no hook wrote this epoch: a selector that abstained, one of an earlier
+    stage)."""
     clean = ledger["clean_mask"]
     right = ledger["target"].argmax(1) == ledger["clean_label"]
     out = {
@@ -86,6 +88,8 @@ def ledger_metrics(ledger: Ledger) -> dict[str, float]:
         "label/noisy_acc": float(clean.double().mean()),
     }
     for name, column in ledger.items():
+        if name in skip:
+            continue
         if name.startswith("select/") and column.kind == "mask":
             for k, v in selection_quality(column.data, clean).items():
                 out[f"{name}/{k}"] = v

@@ -38,6 +38,13 @@ class Column:
     origin: tuple[torch.Tensor, int, int] | None = None
 
 
+def _version(data: torch.Tensor) -> int:
+    try:
+        return data._version
+    except RuntimeError:  # an inference-mode tensor keeps no version
+        return -1
+
+
 def _check_rows(name: str, data: torch.Tensor) -> None:
     """Refuse rows the history cannot keep: it would fail at the epoch's end (h5py's "chunk
     dimensions must be positive") or drop the imaginary parts with a warning from torch."""
@@ -150,6 +157,19 @@ class Ledger:
 
     def items(self) -> Iterator[tuple[str, Column]]:
         return iter(self._columns.items())
+
+    def marks(self, prefixes: tuple[str, ...]) -> dict[str, tuple[torch.Tensor, int]]:
+        """Each column whose name starts with one of ``prefixes``: its tensor and that tensor's
+        version now (every write moves it), for :meth:`unwritten`."""
+        return {n: (c.data, _version(c.data)) for n, c in self._columns.items()
+                if n.startswith(prefixes)}
+
+    def unwritten(self, marks: dict[str, tuple[torch.Tensor, int]]) -> set[str]:
+        """The columns of ``marks`` that nothing wrote since: the same tensor, its version
+        unmoved (one whose version cannot be read counts as written)."""
+        return {n for n, (data, version) in marks.items() if version >= 0
+                and (c := self._columns.get(n)) is not None and c.data is data
+                and _version(data) == version}
 
     def state_dict(self) -> dict[str, dict[str, object]]:
         """Every column with its metadata, for checkpoints (tensors and strings only)."""

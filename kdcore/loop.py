@@ -18,7 +18,7 @@ from loguru import logger
 
 from kdcore import distributed, interrupts
 from kdcore.batching import batches_per_epoch, epoch_batches
-from kdcore.build import build_optimizer, scheduled_lr
+from kdcore.build import build_optimizer, set_stage_lr
 from kdcore.checkpointing import (
     Checkpointer,
     carried_states,
@@ -47,6 +47,9 @@ from kdcore.step import Produced, check_outputs, combine, take_backward, without
 # Steps between two checks that the losses are finite: each check waits for the device (every
 # step would stall a GPU); a divergence is still reported with its exact step and term.
 FINITE_CHECK_EVERY = 32
+# an epoch's own columns (masks, weights, loss and logit records): an epoch row holds one only
+# if the epoch wrote it (a selector that abstained, a model the stage does not train: not)
+EPOCH_COLUMNS = ("select/", "weight/", "loss/", "logits/")
 
 
 class Trainer:
@@ -209,20 +212,12 @@ class Trainer:
         if s + 1 < len(self.plan.stages):  # after the last stage, summary.json marks the end
             self.ckpt.save(self, s + 1, 0)
 
-    def _set_lr(self, stage: StagePlan, epoch: int) -> None:
-        stages = self.plan.recipe.stages
-        for role in stage.config.train:
-            done = sum(st.epochs for st in stages[:stage.index] if role in st.train)
-            total = sum(st.epochs for st in stages if role in st.train)
-            lr = scheduled_lr(self.plan.recipe.models[role], done + epoch, total)
-            for group in self.run.optimizers[role].param_groups:
-                group["lr"] = lr
-
     def _run_epoch(self, stage: StagePlan, epoch: int) -> None:
         run, cfg = self.run, stage.config
         run.epoch = epoch
         t0 = time.perf_counter()
-        self._set_lr(stage, epoch)
+        marks = run.ledger.marks(EPOCH_COLUMNS)  # which of them this epoch writes
+        set_stage_lr(run.optimizers, self.plan.recipe, stage.index, epoch)
         for comp in stage.components:
             comp.on_epoch_start(self.context(comp))
         self.bus.call("kdcore_epoch_start", ctx=self.observer_ctx, epoch=epoch)
@@ -258,7 +253,8 @@ class Trainer:
             if role in cfg.eval_roles:
                 self.best.update(stage.index, cfg, role, epoch, metrics, run.models[role],
                                  confusions[role])
-        metrics.update(ledger_metrics(run.ledger))
+        stale = run.ledger.unwritten(marks)  # not this epoch's: no row, no metrics
+        metrics.update(ledger_metrics(run.ledger, skip=stale))
         for role in cfg.train:
             metrics[f"lr/{role}"] = run.lr(role)
         metrics.take_logged(run.epoch_metrics)
@@ -270,7 +266,8 @@ class Trainer:
         metrics["time/epoch"] = time.perf_counter() - t0
         kept = self.plan.recipe.run.kept_in_history
         row = self.history.append_epoch(stage=cfg.name, epoch=epoch, metrics=metrics,
-                                        columns={n: c for n, c in run.ledger.items() if kept(n)})
+                                        columns={n: c for n, c in run.ledger.items()
+                                                 if kept(n) and n not in stale})
         run.epoch_metrics = {}  # what on_stage_start logged went into this first row
         self._log_epoch(stage, epoch, metrics)
         if epoch + 1 < cfg.epochs and self.ckpt.due(first_epoch=row == 0):

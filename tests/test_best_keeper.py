@@ -196,6 +196,9 @@ def test_ledger_metrics_read_masks_and_weights_by_their_prefix_and_kind():
     # right labels: rows 0, 1, 3; AUC of the weights for telling them from row 2: all above
     assert out["weight/w/auc"] == 1.0
     assert not any(k.startswith(("other/", "weight/v", "weight/two")) for k in out)
+    skipped = ledger_metrics(led, skip={"select/a", "other/mask"})  # not this epoch's
+    assert "weight/w/auc" in skipped and not any(k.startswith("select/") for k in skipped)
+    assert ledger_metrics(led, skip={"weight/w"}).keys() == out.keys() - {"weight/w/auc"}
     empty = Ledger(0)
     for name, kind in (("clean_mask", "mask"), ("clean_label", "label")):
         empty.add(name, torch.zeros(0, dtype=torch.long), producer="data", kind=kind)

@@ -159,3 +159,49 @@ def test_a_trained_model_without_parameters_is_refused_as_its_stage_is_set_up(tm
                                      "'teacher' has no parameters, so a stage that trains it "
                                      "has nothing to learn; take it out of the stage's train "
                                      "list (it can still serve as a fixed teacher)")
+
+
+def test_a_stages_rates_count_the_roles_epochs_of_earlier_stages_only():
+    """Stage 2 of 3 (teacher, student, student): the student's epoch 1 there is its epoch 3 of
+    5 (two in stage 1), and the teacher, which stage 2 does not train, keeps its rate."""
+    from kdcore.build import set_stage_lr
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, teacher_stage, tiny_recipe
+
+    recipe = recipe_from_dict(tiny_recipe(
+        teacher_stage(4), stage("s1", 2, ["student"], component("ce")),
+        stage("s2", 3, ["student"], component("ce")),
+        models={"teacher": {"arch": "mlp"},
+                "student": {"arch": "mlp", "optimizer": {"lr": 0.8},
+                            "schedule": {"name": "multistep", "milestones": [3, 4],
+                                         "gamma": 0.5}}}))
+    opts = {r: torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=9.0)
+            for r in ("teacher", "student")}
+    expected = {0: 0.8, 1: 0.4, 2: 0.2}  # student epochs 2, 3, 4: milestones at 3 and 4
+    for epoch, lr in expected.items():
+        set_stage_lr(opts, recipe, 2, epoch)
+        assert opts["student"].param_groups[0]["lr"] == pytest.approx(lr, rel=1e-12)
+        assert opts["teacher"].param_groups[0]["lr"] == 9.0
+    set_stage_lr(opts, recipe, 1, 1)  # student epoch 1 of 5: before any milestone
+    assert opts["student"].param_groups[0]["lr"] == 0.8
+
+
+def test_a_cosine_schedule_spans_every_epoch_of_the_role_over_its_stages():
+    """The cosine's period is the role's epochs over all its stages (5 here), not the stage's:
+    lr at the student's epoch 3 is 0.8 * (1 + cos(3 pi / 5)) / 2."""
+    import math
+
+    from kdcore.build import set_stage_lr
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, teacher_stage, tiny_recipe
+
+    recipe = recipe_from_dict(tiny_recipe(
+        teacher_stage(4), stage("s1", 2, ["student"], component("ce")),
+        stage("s2", 3, ["student"], component("ce")),
+        models={"teacher": {"arch": "mlp"},
+                "student": {"arch": "mlp", "optimizer": {"lr": 0.8},
+                            "schedule": {"name": "cosine"}}}))
+    opts = {"student": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=9.0)}
+    set_stage_lr(opts, recipe, 2, 1)
+    assert opts["student"].param_groups[0]["lr"] == pytest.approx(
+        0.8 * (1 + math.cos(3 * math.pi / 5)) / 2, rel=1e-12)

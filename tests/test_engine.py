@@ -518,6 +518,58 @@ def test_a_selectors_soft_scores_are_what_the_history_keeps(tmp_path):
     assert (np.asarray(issues.index)[excluded] % 4 == 0).all()
 
 
+@attrs.frozen
+class UntilParams:
+    until: int = 1
+
+
+class SelectUntil(Component):
+    """Selects the even rows until epoch ``until``, then abstains: every sample counts."""
+
+    Params = UntilParams
+
+    def select(self, ctx, batch):
+        return None if ctx.epoch >= self.params.until else batch.index % 2 == 0
+
+
+def test_an_epoch_row_holds_only_the_masks_and_records_that_epoch_wrote(tmp_path):
+    """A selector that had stopped, or one of an earlier stage, was written into every later
+    row as its last mask, with its name as producer: the history, its metrics and
+    label-issues' exclusions said half the samples were left out where all had counted. The
+    teacher's logits were likewise repeated through the student's stages."""
+    import kdcore
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, teacher_stage, tiny_recipe
+
+    recipe = recipe_from_dict(tiny_recipe(
+        teacher_stage(1),
+        stage("a", 3, ["student"], component("select_until", "sel", params={"until": 1}),
+              component("ce")),
+        stage("b", 1, ["student"], component("ce"))))
+    plugins = PluginHost(extra=[Probes(), SelectUntilPlugin()])
+    run_recipe(recipe, out=str(tmp_path / "run"), host=plugins)
+    with History(tmp_path / "run") as h:
+        assert [s for s, _ in h.epochs()] == ["teacher", "a", "a", "a", "b"]
+        assert h.producers("select/sel") == ["", "sel", "", "", ""]
+        mask = h.column("select/sel")
+        assert mask[1].tolist() == (np.arange(mask.shape[1]) % 2 == 0).tolist()
+        assert not mask[[0, 2, 3, 4]].any()  # the fill value where no hook wrote it
+        fraction = h.metric("select/sel/fraction")
+        assert fraction[1] == 0.5 and np.isnan(fraction[[0, 2, 3, 4]]).all()
+        assert h.producers("logits/teacher") == ["teacher", "", "", "", ""]
+        assert np.isnan(h.column("logits/teacher")[1:]).all()
+        assert h.producers("logits/student") == ["", "student", "student", "student", "student"]
+        assert h.producers("loss/ce") == ["ce"] * 5
+    issues = kdcore.label_issues(tmp_path / "run")
+    assert issues.times_excluded.max() == 1  # once: the only epoch that selected
+
+
+class SelectUntilPlugin:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"select_until": SelectUntil}
+
+
 class MetricWriter(Component):
     Params = BadParams
 

@@ -83,6 +83,24 @@ def test_floating_values_widen_a_bool_or_integer_column_and_leave_labels_integer
     assert led["f"].dtype == torch.float32 and led["f"].tolist() == [0.5, 1.0, 0.0, 0.0]
 
 
+def test_marks_tell_which_columns_of_their_prefixes_nothing_wrote_since():
+    led = Ledger(3)
+    for name in ("select/a", "select/b", "weight/w", "loss/ce", "logits/s", "lp/x", "target"):
+        led.add(name, torch.zeros(3), producer="p")
+    marks = led.marks(("select/", "weight/", "loss/", "logits/"))
+    assert set(marks) == {"select/a", "select/b", "weight/w", "loss/ce", "logits/s"}
+    led.write("select/a", torch.tensor([1]), torch.tensor([1.0]), producer="p")  # in place
+    led.add("weight/w", torch.ones(3), producer="p")  # replaced
+    led["loss/ce"].add_(1)  # edited in place by whoever holds it
+    led.write("lp/x", torch.tensor([0]), torch.tensor([2.0]), producer="p")  # not marked
+    led.add("select/new", torch.ones(3), producer="p")  # made since: not in the marks
+    assert led.unwritten(marks) == {"select/b", "logits/s"}
+    with torch.inference_mode():  # a tensor that keeps no version: counted as written
+        led.add("select/inf", torch.ones(3), producer="p")
+    assert "select/inf" in led.marks(("select/",))
+    assert led.unwritten(led.marks(("select/",))) == {"select/a", "select/b", "select/new"}
+
+
 def test_a_mirror_copies_only_when_something_changed():
     led = Ledger(3)
     led.add("base", torch.zeros(3), producer="data", kind="target")
