@@ -7,7 +7,7 @@ column remembers the component that last wrote it; that name is what the history
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import attrs
 import torch
@@ -158,11 +158,12 @@ class Ledger:
     def items(self) -> Iterator[tuple[str, Column]]:
         return iter(self._columns.items())
 
-    def marks(self, prefixes: tuple[str, ...]) -> dict[str, tuple[torch.Tensor, int]]:
-        """Each column whose name starts with one of ``prefixes``: its tensor and that tensor's
-        version now (every write moves it), for :meth:`unwritten`."""
+    def marks(self, prefixes: tuple[str, ...], names: Collection[str] = ()
+              ) -> dict[str, tuple[torch.Tensor, int]]:
+        """Each column named in ``names`` or whose name starts with one of ``prefixes``: its
+        tensor and that tensor's version now (every write moves it), for :meth:`unwritten`."""
         return {n: (c.data, _version(c.data)) for n, c in self._columns.items()
-                if n.startswith(prefixes)}
+                if n.startswith(prefixes) or n in names}
 
     def unwritten(self, marks: dict[str, tuple[torch.Tensor, int]]) -> set[str]:
         """The columns of ``marks`` that nothing wrote since: the same tensor, its version

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from loguru import logger
 
-from kdcore import distributed, interrupts
+from kdcore import distributed, interrupts, step
 from kdcore.batching import batches_per_epoch, epoch_batches
 from kdcore.build import build_optimizer, set_stage_lr
 from kdcore.checkpointing import (
@@ -47,9 +47,9 @@ from kdcore.step import Produced, check_outputs, combine, take_backward, without
 # Steps between two checks that the losses are finite: each check waits for the device (every
 # step would stall a GPU); a divergence is still reported with its exact step and term.
 FINITE_CHECK_EVERY = 32
-# an epoch's own columns (masks, weights, loss and logit records): an epoch row holds one only
-# if the epoch wrote it (a selector that abstained, a model the stage does not train: not)
-EPOCH_COLUMNS = ("select/", "weight/", "loss/", "logits/")
+# an epoch's own columns besides the select and weight hooks' (step.hook_columns): an epoch
+# row holds one only if the epoch wrote it (a selector that abstained, an untrained model: not)
+EPOCH_RECORDS = ("loss/", "logits/")
 
 
 class Trainer:
@@ -91,6 +91,8 @@ class Trainer:
         bus.context = observer
         self.contexts: dict[int, ComponentContext] = {}  # id(component) -> its context
         self.records = EpochRecords(FINITE_CHECK_EVERY)
+        self.hook_columns = step.hook_columns([c for s in plan.stages for c in s.selectors],
+                                         [c for s in plan.stages for c in s.weighters])
         # (step, role, loss, {term: value}) of the epoch's steps; those from _checked on are
         # not yet checked to be finite
         self._unchecked: list[tuple[int, str, torch.Tensor, dict[str, torch.Tensor]]] = []
@@ -216,7 +218,7 @@ class Trainer:
         run, cfg = self.run, stage.config
         run.epoch = epoch
         t0 = time.perf_counter()
-        marks = run.ledger.marks(EPOCH_COLUMNS)  # which of them this epoch writes
+        marks = run.ledger.marks(EPOCH_RECORDS, self.hook_columns)  # which this epoch writes
         set_stage_lr(run.optimizers, self.plan.recipe, stage.index, epoch)
         for comp in stage.components:
             comp.on_epoch_start(self.context(comp))

@@ -204,6 +204,15 @@ def take_backward(takers: Sequence[Component], context: Callable[[Component], Ru
     return False
 
 
+def hook_columns(selectors: Sequence[Component], weighters: Sequence[Component]
+                 ) -> frozenset[str]:
+    """The ledger columns the ``select`` and ``weight`` hooks of these components write: an
+    epoch's own, unlike a column a component keeps itself (ALM-KD's ``weight/<name>`` table)."""
+    return frozenset(f"{hook}/{comp.name}{role}" for comps, hook in ((selectors, "select"),
+                                                                     (weighters, "weight"))
+                     for comp in comps for role in ("", *(f"/{r}" for r in comp.models)))
+
+
 def _collect(batch: Batch, comps: Sequence[Component], hook: str,
              context: Callable[[Component], RunContext], produced: list[Produced],
              record: Callable[[Produced, str], None] | None, kind: str) -> list[Applied]:

@@ -87,7 +87,8 @@ def test_marks_tell_which_columns_of_their_prefixes_nothing_wrote_since():
     led = Ledger(3)
     for name in ("select/a", "select/b", "weight/w", "loss/ce", "logits/s", "lp/x", "target"):
         led.add(name, torch.zeros(3), producer="p")
-    marks = led.marks(("select/", "weight/", "loss/", "logits/"))
+    assert set(led.marks(("loss/", "logits/"))) == {"loss/ce", "logits/s"}
+    marks = led.marks(("loss/", "logits/"), {"select/a", "select/b", "weight/w", "none"})
     assert set(marks) == {"select/a", "select/b", "weight/w", "loss/ce", "logits/s"}
     led.write("select/a", torch.tensor([1]), torch.tensor([1.0]), producer="p")  # in place
     led.add("weight/w", torch.ones(3), producer="p")  # replaced
@@ -99,6 +100,7 @@ def test_marks_tell_which_columns_of_their_prefixes_nothing_wrote_since():
         led.add("select/inf", torch.ones(3), producer="p")
     assert "select/inf" in led.marks(("select/",))
     assert led.unwritten(led.marks(("select/",))) == {"select/a", "select/b", "select/new"}
+    assert led.marks((), {"lp/x"}).keys() == {"lp/x"}
 
 
 def test_a_mirror_copies_only_when_something_changed():

@@ -307,6 +307,16 @@ def test_check_outputs_refuses_what_breaks_the_contract(columns, message):
         check_outputs(_ledger(**columns), [Fn("ref")], [Fn("sel")], [Fn("wei")])
 
 
+def test_hook_columns_are_the_select_and_weight_hooks_columns_shared_and_per_role():
+    from kdcore.step import hook_columns
+
+    sel, wei = Fn("sel", models=("a", "b")), Fn("wei")
+    assert hook_columns([sel], [wei]) == {"select/sel", "select/sel/a", "select/sel/b",
+                                          "weight/wei", "weight/wei/s"}
+    assert hook_columns([], [sel]) == {"weight/sel", "weight/sel/a", "weight/sel/b"}
+    assert hook_columns([], []) == frozenset()
+
+
 def test_a_value_for_a_model_not_served_names_the_ones_served():
     from kdcore.failures import RunFailed
 
