@@ -92,7 +92,7 @@ class Trainer:
         self.contexts: dict[int, ComponentContext] = {}  # id(component) -> its context
         self.records = EpochRecords(FINITE_CHECK_EVERY)
         self.hook_columns = step.hook_columns([c for s in plan.stages for c in s.selectors],
-                                         [c for s in plan.stages for c in s.weighters])
+                                              [c for s in plan.stages for c in s.weighters])
         # (step, role, loss, {term: value}) of the epoch's steps; those from _checked on are
         # not yet checked to be finite
         self._unchecked: list[tuple[int, str, torch.Tensor, dict[str, torch.Tensor]]] = []
