@@ -18,6 +18,8 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from kdcore.tensor_version import version
+
 STORE_DTYPE = {"target": np.float16, "weight": np.float16, "value": np.float16,
                "exact": np.float32, "mask": np.bool_, "label": np.int32}
 FILL = {np.float16: np.nan, np.float32: np.nan, np.bool_: False, np.int32: -1}
@@ -52,15 +54,6 @@ def as_numpy(values: Any, dtype: Any) -> np.ndarray:
     as_torch = {np.float16: torch.float16, np.float32: torch.float32, np.bool_: torch.bool,
                 np.int32: torch.int32}[dtype]
     return values.detach().to(as_torch).cpu().numpy()
-
-
-def version(data: Any) -> int:
-    """A tensor's version counter (in-place changes move it); -1 where there is none (numpy
-    arrays, inference-mode tensors), which no later call matches."""
-    try:
-        return int(data._version)
-    except (AttributeError, RuntimeError):
-        return -1
 
 
 def host(values: Any) -> np.ndarray:

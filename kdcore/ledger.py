@@ -13,6 +13,7 @@ import attrs
 import torch
 
 from kdcore.context import ColumnKind
+from kdcore.tensor_version import version
 
 
 @attrs.define(eq=False)
@@ -36,13 +37,6 @@ class Column:
     kind: ColumnKind
     snapshot: bool = True
     origin: tuple[torch.Tensor, int, int] | None = None
-
-
-def _version(data: torch.Tensor) -> int:
-    try:
-        return data._version
-    except RuntimeError:  # an inference-mode tensor keeps no version
-        return -1
 
 
 def _check_rows(name: str, data: torch.Tensor) -> None:
@@ -162,15 +156,15 @@ class Ledger:
               ) -> dict[str, tuple[torch.Tensor, int]]:
         """Each column named in ``names`` or whose name starts with one of ``prefixes``: its
         tensor and that tensor's version now (every write moves it), for :meth:`unwritten`."""
-        return {n: (c.data, _version(c.data)) for n, c in self._columns.items()
+        return {n: (c.data, version(c.data)) for n, c in self._columns.items()
                 if n.startswith(prefixes) or n in names}
 
     def unwritten(self, marks: dict[str, tuple[torch.Tensor, int]]) -> set[str]:
         """The columns of ``marks`` that nothing wrote since: the same tensor, its version
         unmoved (one whose version cannot be read counts as written)."""
-        return {n for n, (data, version) in marks.items() if version >= 0
+        return {n for n, (data, mark) in marks.items() if mark >= 0
                 and (c := self._columns.get(n)) is not None and c.data is data
-                and _version(data) == version}
+                and version(data) == mark}
 
     def state_dict(self) -> dict[str, dict[str, object]]:
         """Every column with its metadata, for checkpoints (tensors and strings only)."""
