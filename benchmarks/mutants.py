@@ -40,7 +40,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                      ["tests/test_terms.py", "tests/test_step.py", "tests/test_engine.py"]),
     # the combination rules and the batch hooks' contracts alone, with their unit tests
     # (session 37: fast enough to run function by function)
-    "kdcore-step": (".", ["kdcore/step.py"], ["tests/test_step.py", "tests/test_terms.py"]),
+    "kdcore-step": (".", ["kdcore/step.py", "kdcore/hook_writes.py"],
+                    ["tests/test_step.py", "tests/test_terms.py", "tests/test_hook_writes.py"]),
     # what the reading commands write and how they read a damaged run (session 10)
     "kdcore-cli-files": (".", ["kdcore/cli_files.py"],
                          ["tests/test_cli_files.py", "tests/test_read_commands_damage.py"]),

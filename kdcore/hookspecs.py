@@ -296,9 +296,9 @@ class ComponentHooks(Protocol):
         """Sample selection: which samples of the batch each term may learn from.
 
         When: after every ``refine``. Returns a bool or float ``(B,)`` tensor (1 = use; a soft
-        score weights), per model role, or None to abstain. Combine: masks multiply, per term
-        the component acts on (``terms``; default its models' terms). Written to ``select/<name>``
-        (``select/<name>/<role>`` per role).
+        score weights), per model role, or None to abstain (the batch's rows of the column then
+        hold 1, once the hook wrote it that epoch). Combine: masks multiply, per term it acts
+        on (``terms``; default its models' terms). Written to ``select/<name>[/<role>]``.
 
         Args:
             ctx: the run.
@@ -310,7 +310,7 @@ class ComponentHooks(Protocol):
         """Loss weighting: a per-sample weight ``(B,)`` for the terms this component acts on.
 
         When: after every ``select``. Returns a float tensor, non-negative and finite, one per
-        role, or None. Combine: weights multiply. Written to ``weight/<name>``.
+        role, or None (abstains as ``select``). Combine: multiply. Written to ``weight/<name>``.
 
         Args:
             ctx: the run.

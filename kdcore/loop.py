@@ -26,7 +26,6 @@ from kdcore.checkpointing import (
     rehearse_stages,
 )
 from kdcore.component import Batch, Component
-from kdcore.context import ColumnKind
 from kdcore.epoch_line import epoch_line
 from kdcore.errors import RecipeError, TrainingDiverged
 from kdcore.evaluation import (
@@ -37,12 +36,13 @@ from kdcore.evaluation import (
     ledger_metrics,
 )
 from kdcore.history import HistoryWriter
+from kdcore.hook_writes import HookWrites
 from kdcore.losses import one_hot
 from kdcore.plan import RunPlan, StagePlan
 from kdcore.plugins import ObserverBus
 from kdcore.records import EpochRecords
 from kdcore.runstate import ComponentContext, Run, component_seed
-from kdcore.step import Produced, check_outputs, combine, take_backward, without_gradient
+from kdcore.step import check_outputs, combine, take_backward, without_gradient
 
 # Steps between two checks that the losses are finite: each check waits for the device (every
 # step would stall a GPU); a divergence is still reported with its exact step and term.
@@ -97,7 +97,7 @@ class Trainer:
         # not yet checked to be finite
         self._unchecked: list[tuple[int, str, torch.Tensor, dict[str, torch.Tensor]]] = []
         self._checked = 0
-        self._batch_index = torch.empty(0, dtype=torch.long)
+        self.hook_writes = HookWrites(run.ledger)  # what batch hooks return or abstain on
         self._epoch_times: dict[int, list[float]] = {}  # stage -> epoch seconds, this process
         self._hard_source: tuple[torch.Tensor, tuple[int, int]] | None = None
         self._hard_labels: torch.Tensor | None = None  # the labels _hard_source matched
@@ -224,6 +224,7 @@ class Trainer:
             comp.on_epoch_start(self.context(comp))
         self.bus.call("kdcore_epoch_start", ctx=self.observer_ctx, epoch=epoch)
         self._hard_source = self._one_hot_labels()
+        self.hook_writes.start()
         n, bs = len(run.data.train), self.plan.recipe.data.batch_size
         order = torch.randperm(n, generator=self.order_gen).to(run.device)
         rows = epoch_batches(order, bs)
@@ -240,6 +241,7 @@ class Trainer:
                 self._train_batch(stage, index, x, observes)
                 count += 1
                 interrupts.check()  # a stop whose exception Python dropped stops here
+            self.hook_writes.settle()
             self._check_finite()
             self.records.write(run.ledger)
             check_outputs(run.ledger, stage.refiners, stage.selectors, stage.weighters)
@@ -293,10 +295,11 @@ class Trainer:
         trained_roles = stage.config.train
         for role in trained_roles:
             run.optimizers[role].zero_grad(set_to_none=True)
-        self._batch_index = index
+        writes = self.hook_writes
+        writes.index = index
         result = combine(batch, refiners=stage.refiners, selectors=stage.selectors,
                          weighters=stage.weighters, transfers=stage.transfers,
-                         context=self.context, record=self._write_now)
+                         context=self.context, record=writes.write, abstain=writes.abstained)
         records = self.records
         # each term's loss, and each trained model's logits (training dynamics, as Dataset
         # Cartography records them)
@@ -336,11 +339,6 @@ class Trainer:
         if observes:
             self.bus.call("kdcore_batch_end", ctx=self.observer_ctx, batch=batch,
                           losses={r: losses[r] for r in trained})
-
-    def _write_now(self, produced: Produced, kind: ColumnKind) -> None:
-        """Write a batch's target, mask or weight to the ledger as it is produced."""
-        self.run.ledger.write(produced.column, self._batch_index, produced.values,
-                              producer=produced.producer, kind=kind)
 
     def _train_metrics(self, batches: int) -> dict[str, float]:
         """Each model's total loss and every term, averaged over the epoch's batches."""

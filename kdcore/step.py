@@ -92,6 +92,7 @@ def combine(
     transfers: Sequence[Component],
     context: Callable[[Component], RunContext],
     record: Callable[[Produced, str], None] | None = None,
+    abstain: Callable[[str, str], None] | None = None,
 ) -> StepResult:
     """Call the components' batch hooks in recipe order and combine their results.
 
@@ -103,6 +104,9 @@ def combine(
         record: called with each target, mask and weight as soon as it is produced, and its
             column kind (the engine writes them to the ledger then, so a later hook of the
             same batch reads this batch's values there).
+        abstain: called with each column a ``select`` or ``weight`` hook could have written
+            but abstained on (returned None, or a mapping without that model) and its
+            component's name: the engine writes the identity there (:mod:`kdcore.hook_writes`).
     """
     result = StepResult()
     if refiners:
@@ -122,10 +126,10 @@ def combine(
         result.targets = (targets, refiners[-1].name)
         if record is not None:
             record(Produced("target", refiners[-1].name, targets), "target")
-    masks = (_collect(batch, selectors, "select", context, result.masks, record, "mask")
-             if selectors else [])
-    weights = (_collect(batch, weighters, "weight", context, result.weights, record, "weight")
-               if weighters else [])
+    masks = (_collect(batch, selectors, "select", context, result.masks, record, "mask",
+                      abstain) if selectors else [])
+    weights = (_collect(batch, weighters, "weight", context, result.weights, record, "weight",
+                        abstain) if weighters else [])
     for comp in transfers:
         out = comp.transfer(context(comp), batch)
         if out is None:
@@ -215,16 +219,26 @@ def hook_columns(selectors: Sequence[Component], weighters: Sequence[Component]
 
 def _collect(batch: Batch, comps: Sequence[Component], hook: str,
              context: Callable[[Component], RunContext], produced: list[Produced],
-             record: Callable[[Produced, str], None] | None, kind: str) -> list[Applied]:
+             record: Callable[[Produced, str], None] | None, kind: str,
+             abstain: Callable[[str, str], None] | None) -> list[Applied]:
     out: list[Applied] = []
     for comp in comps:
         result = getattr(comp, hook)(context(comp), batch)
+        prefix = f"{hook}/{comp.name}"
         if result is None:
+            if abstain is not None:  # every column it could have written
+                for column in (prefix, *(f"{prefix}/{r}" for r in comp.models)):
+                    abstain(column, comp.name)
             continue
         # one tensor serves every model of the component (one column), or one per role
-        per_role = (((f"{hook}/{comp.name}", r, result) for r in comp.models)
-                    if not isinstance(result, Mapping) else
-                    ((f"{hook}/{comp.name}/{r}", r, v) for r, v in result.items()))
+        if isinstance(result, _MAPPINGS):
+            if abstain is not None and len(result) < len(comp.models):
+                for r in comp.models:
+                    if r not in result:  # a model left out: abstained for it
+                        abstain(f"{prefix}/{r}", comp.name)
+            per_role = ((f"{prefix}/{r}", r, v) for r, v in result.items())
+        else:
+            per_role = ((prefix, r, result) for r in comp.models)
         for column, role, value in per_role:
             if not (isinstance(value, torch.Tensor) and value.shape == (len(batch),)
                     and role in comp.models and not value.is_complex()

@@ -564,10 +564,51 @@ def test_an_epoch_row_holds_only_the_masks_and_records_that_epoch_wrote(tmp_path
     assert issues.times_excluded.max() == 1  # once: the only epoch that selected
 
 
+class SelectSometimes(Component):
+    """Selects the even rows on even steps and abstains on odd ones, keeping each epoch's
+    abstained rows (class-level: the plan builds the instance)."""
+
+    abstained: dict[int, list[torch.Tensor]] = {}
+
+    def select(self, ctx, batch):
+        if ctx.step % 2:
+            SelectSometimes.abstained.setdefault(ctx.epoch, []).append(batch.index.clone())
+            return None
+        return batch.index % 2 == 0
+
+
 class SelectUntilPlugin:
     @hookimpl
     def kdcore_add_components(self):
-        return {"select_until": SelectUntil}
+        return {"select_until": SelectUntil, "select_sometimes": SelectSometimes}
+
+
+def test_the_rows_of_the_batches_a_selector_abstained_on_hold_one(tmp_path):
+    """They kept what the column held before (False at first): the history, the fraction
+    selected and label-issues' exclusions said that samples which had trained in full
+    (abstention counts every sample) had been left out."""
+    import kdcore
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, tiny_recipe
+
+    SelectSometimes.abstained = {}
+    recipe = recipe_from_dict(tiny_recipe(
+        stage("a", 2, ["student"], component("select_sometimes", "sel"), component("ce")),
+        models={"student": {"arch": "mlp"}}))
+    run_recipe(recipe, out=str(tmp_path / "run"), host=PluginHost(extra=[SelectUntilPlugin()]))
+    with History(tmp_path / "run") as h:
+        mask = h.column("select/sel")
+        fraction = h.metric("select/sel/fraction")
+    excluded = np.zeros(mask.shape[1], dtype=int)
+    for epoch in (0, 1):
+        truth = np.arange(mask.shape[1]) % 2 == 0  # the ledger row is the sample's index
+        truth[torch.cat(SelectSometimes.abstained[epoch]).numpy()] = True
+        assert 0 < (~truth).sum() < truth.sum()  # both kinds of batch in the epoch
+        np.testing.assert_array_equal(mask[epoch], truth)
+        assert fraction[epoch] == pytest.approx(truth.mean())
+        excluded += ~truth
+    issues = kdcore.label_issues(tmp_path / "run")
+    np.testing.assert_array_equal(issues.times_excluded, excluded[np.asarray(issues.index)])
 
 
 class MetricWriter(Component):

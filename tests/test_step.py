@@ -235,6 +235,26 @@ def test_abstaining_hooks_do_not_stop_the_ones_after_them():
     assert [m.column for m in r.masks] == ["select/keep2"]
 
 
+def test_an_abstaining_hook_is_reported_for_each_column_it_could_have_written():
+    """A selector or weighter that returns None abstains on every column it could write (its
+    shared one and one per model); a mapping abstains on the models it leaves out. Nothing is
+    reported for a hook that returns a value for every model."""
+    roles = ("p", "q")
+    quiet = Fn("quiet", models=roles, select=lambda b: None)
+    only_p = Fn("only_p", models=roles, select=lambda b: {"p": torch.ones(4)})
+    full = Fn("full", models=roles, weigh=lambda b: {r: torch.ones(4) for r in roles})
+    shared = Fn("shared", models=roles, weigh=lambda b: torch.ones(4))
+    off = Fn("off", models=("q",), weigh=lambda b: None)
+    mutual = Fn("mutual", models=roles, transfer=lambda b: {r: torch.ones(4) for r in roles})
+    said = []
+    combine(batch4(), refiners=[], selectors=[quiet, only_p], weighters=[full, shared, off],
+            transfers=[mutual], context=lambda c: None,
+            abstain=lambda column, producer: said.append((column, producer)))
+    assert said == [("select/quiet", "quiet"), ("select/quiet/p", "quiet"),
+                    ("select/quiet/q", "quiet"), ("select/only_p/q", "only_p"),
+                    ("weight/off", "off"), ("weight/off/q", "off")]
+
+
 def test_a_shared_mask_applies_to_every_served_model_and_is_recorded_once():
     roles = ("p", "q", "o")
     both = Fn("both", models=roles, select=lambda b: torch.tensor([True, False, False, True]))
