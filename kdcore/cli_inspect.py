@@ -25,6 +25,7 @@ import numpy as np
 from kdcore.cli_files import output_dir, output_file
 from kdcore.errors import KdcoreError
 from kdcore.history_layout import RESUME_CHECKS
+from kdcore.history_values import F16_MAX
 
 #: the per-sample constants every ``--column`` export carries, after the row's position
 SAMPLE_COLUMNS = ("sample_id", "clean_label", "noisy_label")
@@ -238,8 +239,10 @@ def export_cartography(hist: Any, out_dir: Path, role: str | None) -> tuple[str,
     it, as the run's recipe says); a frozen model's epochs (its logits unchanged) are left out,
     since they would skew variability and confidence. Each line is ``{"guid": sample id,
     "logits_epoch_E": [...], "gold": noisy label}``: the sample's row in the loader's training
-    split, the training logits the model produced for it during that epoch (as stored), and
-    its noisy label.
+    split, the training logits the model produced for it during that epoch (as stored; ±inf,
+    a float16 overflow, as ±65504, since JSON has no infinity), and its noisy label. A sample
+    whose logits the epoch did not record (nothing computed the model on its batch: NaN in
+    the history) has no line in that epoch's file.
     """
     candidates = [c for c in hist.column_names() if c.startswith("logits/")]
     if role is not None:
@@ -259,10 +262,13 @@ def export_cartography(hist: Any, out_dir: Path, role: str | None) -> tuple[str,
     guid = hist.data("sample_id") if "sample_id" in hist.data_names() else np.arange(len(gold))
     output_dir(out_dir)
     for k, e in enumerate(rows):
-        logits = hist.column(name, e).astype(np.float64).tolist()
+        logits = hist.column(name, e).astype(np.float64)
+        has = ~np.isnan(logits).any(axis=1)
+        # JSON has no inf: a float16 logit past 65504 counts as 65504, as in label-issues
+        logits = np.clip(logits, -F16_MAX, F16_MAX).tolist()
         with output_file(out_dir / f"dynamics_epoch_{k}.jsonl") as fh:
-            for i, row in enumerate(logits):
-                fh.write(json.dumps({"guid": int(guid[i]), f"logits_epoch_{k}": row,
+            for i in np.flatnonzero(has).tolist():
+                fh.write(json.dumps({"guid": int(guid[i]), f"logits_epoch_{k}": logits[i],
                                      "gold": int(gold[i])}) + "\n")
     # an earlier export's later epochs: cartography reads every epoch file in the folder
     for stale in out_dir.glob("dynamics_epoch_*.jsonl"):

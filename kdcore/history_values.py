@@ -24,6 +24,8 @@ STORE_DTYPE = {"target": np.float16, "weight": np.float16, "value": np.float16,
                "exact": np.float32, "mask": np.bool_, "label": np.int32}
 FILL = {np.float16: np.nan, np.float32: np.nan, np.bool_: False, np.int32: -1}
 SOFT_MASK = np.float16
+F16_MAX = float(np.finfo(np.float16).max)
+"""The largest finite float16 (65504): the history's logits past it are stored as ±inf."""
 
 
 def compression() -> Mapping[str, Any]:
@@ -72,5 +74,5 @@ def widened(group: h5py.Group, name: str, dtype: Any) -> h5py.Dataset:
     return new
 
 
-__all__ = ["FILL", "STORE_DTYPE", "as_numpy", "compression", "host", "store_dtype", "version",
-           "widened"]
+__all__ = ["F16_MAX", "FILL", "STORE_DTYPE", "as_numpy", "compression", "host", "store_dtype",
+           "version", "widened"]

@@ -21,6 +21,9 @@ How a run's history is read (one model, over the epochs that trained it):
 * **times flagged**: how many of the E rows flagged it; **since**: the epoch row (0-based, the
   history's numbering) where the sample's current unbroken streak of flagged rows began,
   counted over the model's E rows only.
+* **a row without the sample's logits** (NaN: no term computed the model on its batch that
+  epoch) is left out of its score, model doubt, flags and streak: the means are over the rows
+  that hold it, and its state at the last row is that of the last row that did.
 * **times excluded**: how many of the E rows a selection mask that counts for the model,
   written at that row (``select/<name>``, or ``select/<name>/<model>``; another model's masks
   do not count), left the sample out (one per row, however many masks did). Reported only: it
@@ -53,14 +56,11 @@ from kdcore import api_args
 from kdcore.cli_inspect import trained_rows
 from kdcore.errors import KdcoreError, did_you_mean
 from kdcore.history import logits_kept_out
+from kdcore.history_values import F16_MAX
 
 __all__ = ["LabelIssues", "find_label_issues", "label_issues", "softmax"]
 
 _LOGITS = "logits/"
-
-
-F16_MAX = float(np.finfo(np.float16).max)
-"""The largest finite float16 (65504), which the history's logits are stored as."""
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -237,27 +237,33 @@ def _read(hist: Any, model: str | None) -> LabelIssues:
     masks = {m: hist.producers(m) for m in _masks(columns, role)}
     doubt, own_doubt = np.zeros(n), np.zeros(n)
     count, excluded = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    seen = np.zeros(n, dtype=np.int64)  # the rows that hold the sample's logits
     start = np.full(n, -1, dtype=np.int64)  # the current flagged streak's first row, -1: none
     flagged = np.zeros(n, dtype=bool)
     target = None
     for r in rows:  # one epoch row at a time: N x C each
-        belief = softmax(hist.column(logits, r))
-        own_doubt += 1.0 - belief[at, given]  # the model's view, before any relabel
+        z = hist.column(logits, r)
+        has = ~np.isnan(z).any(axis=1)  # NaN: nothing computed the model on its batch
+        belief = softmax(z)
+        own_doubt += np.where(has, 1.0 - belief[at, given], 0.0)  # before any relabel
         target = hist.column("target", r).astype(np.float64) if targets and targets[r] else None
         if target is not None:
             relabelled = target.argmax(1) != given
             belief[relabelled] = target[relabelled]
-        flagged = belief.argmax(1) != given
+        now = belief.argmax(1) != given
         left_out = np.zeros(n, dtype=bool)
         for name, producers in masks.items():
             if producers[r]:
                 left_out |= ~hist.column(name, r).astype(bool)
-        doubt += 1.0 - belief[at, given]
-        count += flagged
+        doubt += np.where(has, 1.0 - belief[at, given], 0.0)
+        count += now & has
+        seen += has
         excluded += left_out
-        start = np.where(flagged, np.where(start >= 0, start, r), -1)
+        flagged = np.where(has, now, flagged)
+        start = np.where(has, np.where(now, np.where(start >= 0, start, r), -1), start)
     refined = given if target is None else target.argmax(1)  # the last row's target
-    score, model_doubt = doubt / len(rows), own_doubt / len(rows)
+    with np.errstate(invalid="ignore"):  # a sample no row holds: NaN
+        score, model_doubt = doubt / seen, own_doubt / seen
     listed = np.flatnonzero(flagged)
     # score descending, then model doubt descending, then ledger row (lexsort: last key first)
     listed = listed[np.lexsort((listed, -model_doubt[listed], -score[listed]))]

@@ -9,6 +9,7 @@ the inputs held stay bounded.
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import torch
@@ -68,13 +69,20 @@ class EpochRecords:
         return _evaluate(column, producer, [values])
 
     def write(self, ledger: Ledger) -> None:
-        """Write every column to ``ledger`` (kind ``value``) and start afresh."""
+        """Write every column to ``ledger`` (kind ``value``) and start afresh. The rows of a
+        column that no batch recorded this epoch (a term that abstained on their batches, a
+        model nothing computed there) become NaN: they had kept an earlier epoch's values, or
+        the 0 a new column starts with, which the history showed as this epoch's loss."""
         columns, self._columns = self._columns, {}
         for column, entry in columns.items():
             entry.settle(column)  # every value is a tensor now
             values = torch.cat(cast(list[torch.Tensor], entry.values))
-            ledger.write(column, torch.cat(entry.index), values, producer=entry.producer,
-                         kind="value")
+            index = torch.cat(entry.index)
+            if len(index) < ledger.size and values.is_floating_point():
+                data = ledger.ensure(column, values, producer=entry.producer, kind="value")
+                if data.is_floating_point():
+                    data.fill_(math.nan)
+            ledger.write(column, index, values, producer=entry.producer, kind="value")
 
 
 def _evaluate(column: str, producer: str, parts: list[torch.Tensor | PerSampleLoss]

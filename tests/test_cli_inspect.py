@@ -244,6 +244,28 @@ def test_cartography_writes_the_epochs_each_model_trained(hist, tmp_path):
     assert first == {"guid": 7, "logits_epoch_0": S_LOGITS[0].tolist(), "gold": 1}
 
 
+def test_cartography_leaves_out_a_sample_without_logits_and_writes_strict_json(tmp_path):
+    """A sample whose batch no term computed the model on has NaN logits that epoch: it was
+    written as ``NaN`` (not JSON) as if the model had produced it; a float16 overflow (inf)
+    as ``Infinity``, which JSON has not either."""
+    writer = HistoryWriter(tmp_path / "h.h5")
+    writer.create(recipe_toml='[[stages]]\nname = "s"\ntrain = ["m"]\n', versions={},
+                  num_classes=2, class_names=["a", "b"],
+                  constants={"noisy_label": np.array([0, 1, 1])}, transition_matrix=np.eye(2))
+    logits = np.array([[0.5, -0.25], [NAN, NAN], [1e6, -1e6]], dtype=np.float32)
+    writer.append_epoch(stage="s", epoch=0, metrics={}, columns={"logits/m": _col(logits, "m")})
+    with History(tmp_path / "h.h5") as h:
+        assert export_cartography(h, tmp_path / "d", None) == ("m", 1)
+
+    def strict(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    lines = [json.loads(line, parse_constant=strict)
+             for line in (tmp_path / "d" / "dynamics_epoch_0.jsonl").read_text().splitlines()]
+    assert lines == [{"guid": 0, "logits_epoch_0": [0.5, -0.25], "gold": 0},
+                     {"guid": 2, "logits_epoch_0": [65504.0, -65504.0], "gold": 1}]
+
+
 def test_the_rows_a_model_trained_are_those_of_its_stages(hist):
     assert trained_rows(hist, "teacher") == [0, 1]
     assert trained_rows(hist, "student") == [2]

@@ -577,10 +577,26 @@ class SelectSometimes(Component):
         return batch.index % 2 == 0
 
 
+class TermSometimes(Component):
+    """A cross-entropy term on even steps, none on odd ones (their rows kept as for
+    :class:`SelectSometimes`)."""
+
+    abstained: dict[tuple[str, int], list[torch.Tensor]] = {}
+
+    def transfer(self, ctx, batch):
+        if ctx.step % 2:
+            key = (ctx.stage.name, ctx.epoch)
+            TermSometimes.abstained.setdefault(key, []).append(batch.index.clone())
+            return None
+        logits = batch.out(self.models[0]).logits
+        return torch.nn.functional.cross_entropy(logits, batch.targets, reduction="none")
+
+
 class SelectUntilPlugin:
     @hookimpl
     def kdcore_add_components(self):
-        return {"select_until": SelectUntil, "select_sometimes": SelectSometimes}
+        return {"select_until": SelectUntil, "select_sometimes": SelectSometimes,
+                "term_sometimes": TermSometimes}
 
 
 def test_the_rows_of_the_batches_a_selector_abstained_on_hold_one(tmp_path):
@@ -609,6 +625,31 @@ def test_the_rows_of_the_batches_a_selector_abstained_on_hold_one(tmp_path):
         excluded += ~truth
     issues = kdcore.label_issues(tmp_path / "run")
     np.testing.assert_array_equal(issues.times_excluded, excluded[np.asarray(issues.index)])
+
+
+def test_the_rows_of_the_batches_a_term_or_model_was_not_computed_on_are_nan(tmp_path):
+    """They kept the last epoch's loss and logits, or 0 in the first epoch: the history said
+    a sample had a loss of 0 where no term had computed one."""
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.testing import component, stage, tiny_recipe
+
+    TermSometimes.abstained = {}
+    recipe = recipe_from_dict(tiny_recipe(
+        stage("a", 2, ["student"], component("term_sometimes", "t")),
+        stage("b", 1, ["student"], component("term_sometimes", "t"), component("ce")),
+        models={"student": {"arch": "mlp"}}))
+    run_recipe(recipe, out=str(tmp_path / "run"), host=PluginHost(extra=[SelectUntilPlugin()]))
+    with History(tmp_path / "run") as h:
+        loss, logits, ce = h.column("loss/t"), h.column("logits/student"), h.column("loss/ce")
+    for epoch, key in enumerate([("a", 0), ("a", 1), ("b", 0)]):
+        missing = np.zeros(loss.shape[1], dtype=bool)
+        missing[torch.cat(TermSometimes.abstained[key]).numpy()] = True
+        assert 0 < missing.sum() < len(missing)
+        np.testing.assert_array_equal(np.isnan(loss[epoch]), missing)
+        assert (loss[epoch][~missing] > 0).all()
+        # the model is computed on every batch of stage b (ce), on half of stage a's
+        np.testing.assert_array_equal(np.isnan(logits[epoch]).any(1), missing & (epoch < 2))
+    assert np.isfinite(ce[2]).all()
 
 
 class MetricWriter(Component):

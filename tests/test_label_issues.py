@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -210,8 +211,13 @@ def transcription(h, role: str) -> dict:
              and (k.count("/") == 1 or k.endswith("/" + role))]
     given, out = h._data["noisy_label"], {}
     for i in range(len(given)):
-        doubts, own, flags, left = [], [], [], 0
+        doubts, own, flags, present, left = [], [], [], [], 0
         for t in rows:
+            if any(prod[t] and not m[t][i] for m, prod in masks):
+                left += 1
+            if any(math.isnan(z) for z in logits[t][i]):
+                continue  # no logits of the sample at this row: the row does not count
+            present.append(t)
             e = [math.exp(z) for z in logits[t][i]]
             model = [v / sum(e) for v in e]
             belief = model
@@ -220,21 +226,21 @@ def transcription(h, role: str) -> dict:
             flags.append(int(np.argmax(belief)) != given[i])
             doubts.append(1 - belief[given[i]])
             own.append(1 - model[given[i]])
-            if any(prod[t] and not m[t][i] for m, prod in masks):
-                left += 1
         since = None
-        for t, f in zip(reversed(rows), reversed(flags)):
+        for t, f in zip(reversed(present), reversed(flags)):
             if not f:
                 break
             since = t
         last = rows[-1]
         refined = int(np.argmax(target[last][i])) if tprod[last] else given[i]
-        out[i] = {"score": sum(doubts) / len(doubts), "model_doubt": sum(own) / len(own),
-                  "count": sum(flags), "excluded": left, "since": since, "last": flags[-1],
-                  "refined": refined}
+        out[i] = {"score": sum(doubts) / len(doubts) if doubts else None,
+                  "model_doubt": sum(own) / len(own) if own else None,
+                  "count": sum(flags), "excluded": left, "since": since,
+                  "last": bool(flags) and flags[-1], "refined": refined,
+                  "missing": len(rows) - len(present), "last_missing": rows[-1] not in present}
     order = sorted((i for i in out if out[i]["last"]),
                    key=lambda i: (-out[i]["score"], -out[i]["model_doubt"], i))
-    return {"order": order, "samples": out}
+    return {"order": order, "samples": out, "rows": rows}
 
 
 def _random(seed: int, n: int = 40, c: int = 4) -> FakeHistory:
@@ -257,6 +263,10 @@ def _random(seed: int, n: int = 40, c: int = 4) -> FakeHistory:
     logits = rng.normal(0, 2, (rows, n, c)).round(1)   # ties in the scores happen
     logits[..., 0] = np.where(rng.random((rows, n)) < .3, logits[..., 0], -9)
     teacher = rng.normal(size=(rows, n, c))
+    # no logits of a sample at a row (nothing computed the model on its batch), and of
+    # sample 3 at every row
+    logits[rng.random((rows, n)) < .15] = teacher[rng.random((rows, n)) < .15] = np.nan
+    logits[:, 3] = teacher[:, 3] = np.nan
     given[1], target[:, 1], logits[:, 1], teacher[:, 1] = (given[0], target[:, 0],
                                                            logits[:, 0], teacher[:, 0])
 
@@ -277,7 +287,9 @@ def _random(seed: int, n: int = 40, c: int = 4) -> FakeHistory:
 def test_the_ranking_is_the_transcription(seed, role):
     h = _random(seed)
     want = transcription(h, role)
-    r = find_label_issues(h, role)
+    with warnings.catch_warnings():  # sample 3 has no logits at any row: no 0/0 warning
+        warnings.simplefilter("error")
+        r = find_label_issues(h, role)
     assert list(r.index) == want["order"]
     s = [want["samples"][i] for i in want["order"]]
     np.testing.assert_allclose(r.score, [x["score"] for x in s], rtol=1e-12)
@@ -297,8 +309,9 @@ def test_the_ranking_is_the_transcription(seed, role):
 def test_the_random_input_exercises_the_new_keys():
     """The transcription comparison means something: across the seeds, score ties that the
     model doubt orders otherwise than the ledger row, ties in both keys, listed samples a mask
-    left out, and unlisted samples that a mask left out (masks do not flag)."""
-    by_doubt = both = excluded_listed = excluded_only = 0
+    left out, unlisted samples that a mask left out (masks do not flag), and listed samples
+    without logits at some rows, the last among them."""
+    by_doubt = both = excluded_listed = excluded_only = missing = last_missing = 0
     for seed in range(6):
         want = transcription(_random(seed), "student")
         o, s = want["order"], want["samples"]
@@ -308,7 +321,10 @@ def test_the_random_input_exercises_the_new_keys():
                 both += s[a]["model_doubt"] == s[b]["model_doubt"]
         excluded_listed += sum(s[i]["excluded"] > 0 for i in o)
         excluded_only += sum(s[i]["excluded"] > 0 and not s[i]["last"] for i in s)
-    assert min(by_doubt, both, excluded_listed, excluded_only) > 0
+        missing += sum(s[i]["missing"] > 0 for i in o)
+        last_missing += sum(s[i]["last_missing"] for i in o)
+        assert s[3]["missing"] == len(want["rows"]) and 3 not in o  # no logits at any row
+    assert min(by_doubt, both, excluded_listed, excluded_only, missing, last_missing) > 0
 
 
 def test_softmax_is_the_softmax():

@@ -19,6 +19,8 @@ from kdcore.step import combine
 from kdcore.terms import PerSampleLoss, evaluate_rows
 from tests.test_step import Fn
 
+NAN = float("nan")
+
 
 def dot_rows(a, b):
     return (a * b).sum(1)
@@ -240,6 +242,29 @@ def test_epoch_records_settle_in_groups_and_write_every_row_once():
         one.add("loss/t", "t", order[2 * k:2 * k + 2], values[order[2 * k:2 * k + 2]])
     one.write(ledger)
     assert torch.equal(ledger["loss/t"], values)
+
+
+def test_the_rows_no_batch_recorded_this_epoch_are_nan():
+    """A term that abstained on a batch (or a model nothing computed there) left that batch's
+    rows as the last epoch had them, or 0 in a new column: the history said those samples had
+    a loss of 0. They are NaN; a record that covers every row keeps the column as it is."""
+    ledger = Ledger(6)
+    full = EpochRecords(group=2)
+    full.add("loss/t", "t", torch.tensor([0, 1, 2]), torch.tensor([1.0, 2.0, 3.0]))
+    full.add("loss/t", "t", torch.tensor([3, 4, 5]), torch.tensor([4.0, 5.0, 6.0]))
+    full.write(ledger)
+    column = ledger["loss/t"]
+    partial = EpochRecords(group=2)
+    partial.add("loss/t", "t", torch.tensor([4, 1]), torch.tensor([0.5, 0.25]))
+    partial.add("logits/s", "s", torch.tensor([2]), torch.tensor([[1.0, -1.0]]))
+    partial.add("label/k", "k", torch.tensor([3]), torch.tensor([7]))  # no NaN in integers
+    partial.write(ledger)
+    assert ledger["loss/t"] is column  # the same tensor: readers holding it see the epoch
+    np.testing.assert_array_equal(ledger["loss/t"].numpy(), [NAN, 0.25, NAN, NAN, 0.5, NAN])
+    logits = np.full((6, 2), NAN)
+    logits[2] = [1.0, -1.0]
+    np.testing.assert_array_equal(ledger["logits/s"].numpy(), logits)
+    assert ledger["label/k"].tolist() == [0, 0, 0, 7, 0, 0]
 
 
 def test_a_bad_record_names_its_component_when_added_written_or_observed():
