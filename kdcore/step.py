@@ -150,8 +150,9 @@ def combine(
                     term, record = loss.mean(), loss.kept()
             else:
                 if not (isinstance(loss, torch.Tensor) and loss.shape in ((), (len(batch),))
-                        and loss.is_floating_point()):
-                    raise _misreturned_term(comp, loss, len(batch))  # (B, k): a mean over k
+                        and loss.is_floating_point() and loss.device == batch.index.device):
+                    # (B, k): a mean over k; on another device: a traceback in the backward
+                    raise _misreturned_term(comp, loss, len(batch), batch.index.device)
                 term = reduce_term(comp, role, loss, masks, weights)
                 if loss.dim() == 1:
                     record = loss.detach()
@@ -278,8 +279,12 @@ def _unreal(says: str, value: torch.Tensor, device: torch.device | None) -> RunF
                      f"device '{device}'")
 
 
-def _misreturned_term(comp: Component, value: object, size: int) -> RunFailed:
-    if isinstance(value, torch.Tensor) and value.shape in ((), (size,)):  # of another dtype
+def _misreturned_term(comp: Component, value: object, size: int, device: torch.device
+                      ) -> RunFailed:
+    if isinstance(value, torch.Tensor) and value.shape in ((), (size,)):
+        if value.is_floating_point():  # on another device
+            return _unreal(f"component '{comp.name}' ({comp.spec.use}) transfer returned",
+                           value, device)
         return RunFailed(f"component '{comp.name}' ({comp.spec.use}) transfer returned a loss "
                          f"of dtype {value.dtype}; expected floating point (a mean and a "
                          "backward pass of integers, booleans or complex numbers are not "

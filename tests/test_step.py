@@ -450,6 +450,22 @@ def test_a_transfer_term_that_is_no_floating_point_loss_is_refused_naming_its_dt
             "numbers are not defined)")
 
 
+@pytest.mark.parametrize("shape", [(), (4,)])
+def test_a_transfer_term_on_another_device_than_the_runs_is_refused_naming_both(shape):
+    """A meta-device term was a traceback ('Cannot copy out of meta tensor') when the engine
+    read it; one on another real device fails in the sum or the backward pass."""
+    from kdcore.failures import RunFailed
+
+    term = torch.ones(shape, device="meta")
+    for terms in (term, {"s": term}):
+        kd = Fn("kd", transfer=lambda b, terms=terms: terms)
+        with pytest.raises(RunFailed) as err:
+            combine(batch4(), refiners=[], selectors=[], weighters=[], transfers=[kd],
+                    context=lambda c: None)
+        assert str(err.value) == ("component 'kd' (kd) transfer returned a tensor on device "
+                                  "'meta'; expected it on the run's device 'cpu'")
+
+
 def test_a_transfer_term_may_be_a_scalar_or_one_value_per_sample():
     for term, expected in ((torch.tensor(2.5), 2.5), (torch.tensor([1.0, 2.0, 3.0, 6.0]), 3.0),
                            (torch.tensor([1.0, 2.0, 3.0, 6.0], dtype=torch.float16), 3.0)):
