@@ -339,10 +339,10 @@ class ComponentHooks(Protocol):
         """Take over the backward pass of model ``role`` (meta-learning look-ahead steps).
 
         When: for each trained role with a loss, after every term was computed, before the
-        engine's single ``backward()`` of the other roles. Combine: the first in recipe order
-        that returns True wins (it declares the roles in ``backward_roles``: the plan refuses
-        two takers of one, the engine an undeclared taker); it leaves the gradients in ``.grad``,
-        and the engine steps the optimiser unless it did and said so (``ctx.mark_stepped(role)``).
+        engine's single ``backward()`` of the other roles. Returns True or False (None: False).
+        Combine: the first in recipe order to return True wins (declared in ``backward_roles``:
+        the plan refuses two takers of one role, the engine an undeclared one); it leaves the
+        gradients in ``.grad``; the engine steps the optimiser unless ``ctx.mark_stepped(role)``.
 
         Args:
             ctx: the run.

@@ -198,7 +198,15 @@ def take_backward(takers: Sequence[Component], context: Callable[[Component], Ru
     ``backward_roles()`` does not name is refused: the plan's check that no two components
     take one role (``kdcore check``) relies on that declaration."""
     for comp in takers:
-        if comp.backward(context(comp), batch, role, loss):
+        taken = comp.backward(context(comp), batch, role, loss)
+        if isinstance(taken, str | bytes | Mapping | Sequence) or (
+                isinstance(taken, torch.Tensor) and (taken.numel() != 1
+                                                     or taken.dtype != torch.bool)):
+            # "no" was true: the model went without its backward pass and never trained
+            raise RunFailed(f"component '{comp.name}' ({comp.spec.use}) backward returned "
+                            f"{_described(taken)}; expected True (it ran the backward pass "
+                            f"of '{role}' itself) or False")
+        if taken:
             if role not in comp.backward_roles():
                 raise KdcoreError(
                     f"component '{comp.name}' ({comp.spec.use}) took over the backward pass of "

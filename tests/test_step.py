@@ -561,3 +561,39 @@ def test_the_first_component_that_takes_a_backward_pass_wins_and_must_have_decla
             f"component 'c' (taker) took over the backward pass of 's', which its "
             f"backward_roles() does not name ({named}); a component that takes over a backward "
             "pass declares the roles it takes (docs/plugins.md)")
+
+
+class Says(Component):
+    """Answers the backward offer with ``said``."""
+
+    def __init__(self, said):
+        super().__init__(None, ComponentSpec("c", "says", ("s",), (), 1.0))
+        self.said = said
+
+    def backward(self, ctx, batch, role, loss):
+        return self.said
+
+    def backward_roles(self):
+        return ("s",)
+
+
+@pytest.mark.parametrize(("said", "described"), [
+    ("no", "a str"), (["s"], "a list"), ({"s": True}, "a dict"),
+    (torch.ones(2, dtype=torch.bool), "a tensor of shape (2,)"),
+    (torch.tensor(1.0), "a tensor of shape ()")])
+def test_a_backward_answer_that_is_not_true_or_false_is_refused(said, described):
+    """"no" was true: the engine left the model's backward pass to a component that had not
+    run it, and the model never trained; a two-element tensor was a traceback."""
+    from kdcore.failures import RunFailed
+
+    with pytest.raises(RunFailed) as err:
+        take_backward([Says(said)], lambda c: None, batch4(), "s", torch.tensor(1.0))
+    assert str(err.value) == (f"component 'c' (says) backward returned {described}; expected "
+                              "True (it ran the backward pass of 's' itself) or False")
+
+
+@pytest.mark.parametrize(("said", "taken"), [
+    (True, True), (False, False), (None, False), (torch.tensor(True), True),
+    (torch.tensor([False]), False)])
+def test_a_backward_answer_may_be_a_bool_none_or_a_one_element_bool_tensor(said, taken):
+    assert take_backward([Says(said)], lambda c: None, batch4(), "s", torch.tensor(1.0)) is taken
