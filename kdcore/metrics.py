@@ -31,17 +31,20 @@ def selection_quality(selected: torch.Tensor, clean: torch.Tensor) -> dict[str, 
     """How well a selection picks the samples whose observed label is right.
 
     Args:
-        selected: ``(N,)`` bool (or soft scores; > 0 counts as selected).
+        selected: ``(N,)`` bool, or soft scores in [0, 1]: each sample counts by its score (a
+            score of 0.25 is a quarter of a selected sample, as it weighs a quarter in the
+            loss), so that a soft selector's fraction is the share of the data's weight it
+            keeps rather than the share of nonzero scores, which is nearly always 1.
         clean: ``(N,)`` bool, True where the noisy label equals the true label.
 
     Returns:
         ``fraction`` selected, ``precision`` (share of selected that are clean) and ``recall``
-        (share of clean that are selected).
+        (share of clean that are selected); for a bool mask, counts of samples.
     """
-    sel = selected > 0 if selected.dtype != torch.bool else selected
-    n_sel = int(sel.sum())
+    sel = selected.double()
+    n_sel = float(sel.sum())
     n_clean = int(clean.sum())
-    both = int((sel & clean).sum())
+    both = float(sel[clean.bool()].sum())
     return {
         "fraction": n_sel / max(sel.numel(), 1),
         "precision": both / n_sel if n_sel else float("nan"),

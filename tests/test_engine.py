@@ -511,7 +511,13 @@ def test_a_selectors_soft_scores_are_what_the_history_keeps(tmp_path):
         mask = h.column("select/bad", 0)
         assert mask.dtype == np.float16 and h.column_kind("select/bad") == "mask"
         np.testing.assert_array_equal(mask, (np.arange(len(mask)) % 4) / 4)
-        assert h.metric("select/bad/fraction")[0] == pytest.approx(0.75)
+        clean = h.data("clean_mask").astype(bool)
+        scores = mask.astype(np.float64)  # each sample counts by its score
+        assert h.metric("select/bad/fraction")[0] == pytest.approx(scores.mean())
+        assert h.metric("select/bad/precision")[0] == pytest.approx(
+            scores[clean].sum() / scores.sum())
+        assert h.metric("select/bad/recall")[0] == pytest.approx(
+            scores[clean].sum() / clean.sum())
     issues = kdcore.label_issues(tmp_path / "run")
     excluded = issues.times_excluded.astype(bool)  # a score of 0 leaves a sample out
     assert excluded.any() and (np.asarray(issues.index)[excluded] % 4 == 0).all()

@@ -80,11 +80,14 @@ def test_balanced_accuracy_counts_a_class_seen_once_and_is_nan_when_empty():
 
 
 def test_selection_quality_of_soft_scores_and_edges():
-    # scores > 0 count as selected: 0.0 and -0.2 are not, 0.7 and 1.0 and 0.3 are
-    scores = torch.tensor([0.7, 0.0, -0.2, 1.0, 0.3])
-    clean = torch.tensor([True, True, False, False, True])
-    assert selection_quality(scores, clean) == {"fraction": 3 / 5, "precision": 2 / 3,
-                                                "recall": 2 / 3}
+    """Each sample counts by its score: with "> 0 counts as selected", a soft selector's
+    fraction was nearly always 1 and its precision ignored what the scores weighed."""
+    scores = np.array([0.75, 0.0, 0.25, 1.0, 0.5])
+    clean = np.array([True, True, False, False, True])
+    want = {"fraction": scores.mean(), "precision": scores[clean].sum() / scores.sum(),
+            "recall": scores[clean].sum() / clean.sum()}  # 0.25, 1.25 / 2.5, 1.25 / 3
+    got = selection_quality(torch.tensor(scores, dtype=torch.float32), torch.tensor(clean))
+    assert got == pytest.approx(want, rel=1e-12)
     assert selection_quality(torch.tensor([True]), torch.tensor([True])) == {
         "fraction": 1.0, "precision": 1.0, "recall": 1.0}
     none = selection_quality(torch.tensor([False, False]), torch.tensor([True, False]))
