@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
+from loguru import logger
 
 from kdcore.checkpoint import snapshot
 from kdcore.history_names import folder_clash, name_problem
@@ -15,21 +16,31 @@ from kdcore.metrics import accuracy, balanced_accuracy, roc_auc, selection_quali
 from kdcore.recipe import StageConfig
 from kdcore.rundata import RunData
 
+NO_PREDICTION = -1
+"""The predicted class of a sample whose logits hold NaN: none, so it counts as wrong (argmax
+had taken the NaN's index, class 0 for a model whose logits were all NaN: a model that had
+broken down scored the share of class 0 as its accuracy)."""
+
 
 @torch.no_grad()
 def evaluate(models: Mapping[str, torch.nn.Module], roles: list[str], data: RunData,
              batch_size: int,
              predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
-             confusions: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+             confusions: dict[str, torch.Tensor] | None = None,
+             warned: set[str] | None = None) -> dict[str, float]:
     """Validation accuracy against the noisy and the true labels, test accuracy and balanced
     accuracy of each role in ``roles``, in eval mode (each model's mode is restored).
 
     ``predict(model, x)`` gives the logits (default ``model(x)[0]``; a run passes its own,
     which keeps its precision and divides the rows among a distributed run's ranks). With
-    ``confusions``, each role's test confusion matrix (:func:`confusion`) is put there."""
+    ``confusions``, each role's test confusion matrix (:func:`confusion`) is put there. A
+    sample whose logits hold NaN has no prediction (:data:`NO_PREDICTION`): a warning says how
+    many, once per role in ``warned`` (each time without it)."""
     out: dict[str, float] = {}
     for role in roles:
         preds = predictions(models[role], data, ("val", "test"), batch_size, predict)
+        if warned is None or role not in warned:
+            _warn_unpredicted(role, preds, warned)
         if confusions is not None:
             confusions[role] = confusion(data.test.y, preds["test"], data.num_classes)
         out[f"val/{role}/acc"] = accuracy(preds["val"], data.val_noisy)
@@ -51,19 +62,42 @@ def predictions(model: torch.nn.Module, data: RunData, splits: tuple[str, ...], 
     out = {}
     for split in splits:
         ds = data.split(split)
-        p = [(model(x)[0] if predict is None else predict(model, x)).argmax(1)
+        p = [_predicted(model(x)[0] if predict is None else predict(model, x))
              for _, x in data.stream(ds, list(data.batches(ds, batch_size)))]
         out[split] = torch.cat(p) if p else torch.empty(0, dtype=torch.long)
     model.train(was)
     return out
 
 
+_SPLIT_NAMES = {"val": "validation"}
+
+
+def _predicted(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(1).masked_fill_(torch.isnan(logits).any(1), NO_PREDICTION)
+
+
+def _warn_unpredicted(role: str, preds: Mapping[str, torch.Tensor], warned: set[str] | None
+                      ) -> None:
+    missing = {split: int((p == NO_PREDICTION).sum()) for split, p in preds.items()}
+    if not any(missing.values()):
+        return
+    counts = " and ".join(f"{missing[s]} of {len(preds[s])} {_SPLIT_NAMES.get(s, s)}"
+                          for s in preds)
+    logger.warning(f"model '{role}' gave NaN logits for {counts} samples, which count as wrong "
+                   "predictions: a NaN in its weights or BatchNorm statistics (training loss "
+                   "finite, evaluation not)?" + (" (said once)" if warned is not None else ""))
+    if warned is not None:
+        warned.add(role)
+
+
 def confusion(truth: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The confusion matrix (``int64``, ``C x C``, on the CPU): row the true class, column the
-    predicted one. A stage records its test split's for each model it trains and evaluates,
-    with the weights it keeps (``/data/test_confusion/<stage>/<role>``)."""
+    predicted one; a sample without a prediction (:data:`NO_PREDICTION`) is in no column. A
+    stage records its test split's for each model it trains and evaluates, with the weights it
+    keeps (``/data/test_confusion/<stage>/<role>``)."""
     c = num_classes
-    return torch.bincount(truth.to(pred.device) * c + pred, minlength=c * c).view(c, c).cpu()
+    truth, kept = truth.to(pred.device), pred != NO_PREDICTION
+    return torch.bincount(truth[kept] * c + pred[kept], minlength=c * c).view(c, c).cpu()
 
 
 def confusion_on_test(model: torch.nn.Module, data: RunData, batch_size: int,

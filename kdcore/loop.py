@@ -69,6 +69,7 @@ class Trainer:
         self.plan, self.run, self.history, self.bus = plan, run, history, bus
         self.ckpt, self.progress = checkpointer, progress
         self.gradient_free: set[str] = set()  # roles warned of a loss without gradient
+        self.nan_logits: set[str] = set()  # roles warned of NaN logits in evaluation
         seed = plan.recipe.run.seed
         self.order_gen = torch.Generator().manual_seed(seed + 2)
         self.augment_gen = torch.Generator().manual_seed(seed + 3)
@@ -252,7 +253,8 @@ class Trainer:
         distributed.average_buffers(*(run.models[r] for r in cfg.train))  # BN statistics
         confusions: dict[str, torch.Tensor] = {}
         metrics.update(evaluate(run.models, cfg.eval_roles, run.data,
-                                self.plan.recipe.data.eval_batch_size, run.predict, confusions))
+                                self.plan.recipe.data.eval_batch_size, run.predict, confusions,
+                                self.nan_logits))
         for role in cfg.train:
             if role in cfg.eval_roles:
                 self.best.update(stage.index, cfg, role, epoch, metrics, run.models[role],

@@ -33,6 +33,52 @@ def test_the_matrix_counts_true_class_by_predicted_class(tiny_recipe):
     assert expected.sum() == len(data.test.y) and np.trace(expected) > 0
 
 
+def test_a_sample_whose_logits_hold_nan_has_no_prediction_and_is_said_once(tiny_recipe,
+                                                                              warnings):
+    """argmax took the NaN's index: a model whose BatchNorm statistics had turned NaN (its
+    training loss still finite) scored the share of class 0 as its accuracy, silently."""
+    from kdcore.evaluation import evaluate
+
+    recipe = load_recipe(tiny_recipe)
+    data = build_run_data(recipe.data, PluginHost(), recipe.run.seed, torch.device("cpu"))
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 10)
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            z = linear(x)
+            z[x[:, 27] > x[:, 36], 3] = float("nan")  # some rows, by input
+            return z, x
+
+    def numpy_reading(split, labels):
+        x = data.inputs(split, slice(None)).numpy().astype(np.float64)
+        w, b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
+        pred = (x @ w.T + b).argmax(1)
+        nan = x[:, 27] > x[:, 36]
+        return pred, nan, ((pred == labels.numpy()) & ~nan).mean()
+
+    val_pred, val_nan, val_acc = numpy_reading(data.val, data.val_noisy)
+    test_pred, test_nan, test_acc = numpy_reading(data.test, data.test.y)
+    assert 0 < val_nan.sum() < len(val_nan) and 0 < test_nan.sum() < len(test_nan)
+    said, confusions = set(), {}
+    for _ in range(2):
+        out = evaluate({"s": Model()}, ["s"], data, 7, confusions=confusions, warned=said)
+        assert out["val/s/acc"] == pytest.approx(val_acc)
+        assert out["test/s/acc"] == pytest.approx(test_acc)
+    expected = np.zeros((10, 10), dtype=np.int64)
+    for t, p in zip(data.test.y.numpy()[~test_nan], test_pred[~test_nan]):
+        expected[t, p] += 1
+    assert np.array_equal(confusions["s"].numpy(), expected)
+    assert warnings == [  # once: the second epoch is not said again
+        f"model 's' gave NaN logits for {val_nan.sum()} of {len(val_nan)} validation and "
+        f"{test_nan.sum()} of {len(test_nan)} test samples, which count as wrong predictions: "
+        "a NaN in its weights or BatchNorm statistics (training loss finite, evaluation "
+        "not)? (said once)"]
+    assert said == {"s"}
+    evaluate({"s": Model()}, ["s"], data, 7)  # without a set to note it in: said every time
+    assert warnings[1] == warnings[0].removesuffix(" (said once)")
+
+
 @pytest.mark.slow
 def test_a_run_records_each_stages_matrix_of_its_kept_weights(tiny_recipe, tmp_path):
     recipe = load_recipe(tiny_recipe)
