@@ -25,7 +25,7 @@ import numpy as np
 from kdcore.cli_files import output_dir, output_file
 from kdcore.errors import KdcoreError
 from kdcore.history_layout import RESUME_CHECKS
-from kdcore.history_values import F16_MAX
+from kdcore.history_values import F16_MAX, NO_LABEL, target_labels
 
 #: the per-sample constants every ``--column`` export carries, after the row's position
 SAMPLE_COLUMNS = ("sample_id", "clean_label", "noisy_label")
@@ -148,8 +148,9 @@ def _cells(hist: Any, name: str, rows: int) -> dict[str, tuple[np.ndarray, np.nd
     A ledger column is missing where no component produced it that epoch (the history's fill
     value) or where it is NaN; a ``/data`` constant repeats on every epoch row. A column with a
     class axis exports its argmax and the value there: ``<name>/label`` and
-    ``<name>/confidence`` for targets (probabilities), ``<name>/argmax`` and ``<name>/max``
-    otherwise (logits, per-class values).
+    ``<name>/confidence`` for targets (probabilities; the label missing where the largest value
+    is not alone, as in a uniform row), ``<name>/argmax`` and ``<name>/max`` otherwise (logits,
+    per-class values).
     """
     if name in hist.column_names():
         values = hist.column(name)
@@ -165,8 +166,10 @@ def _cells(hist: Any, name: str, rows: int) -> dict[str, tuple[np.ndarray, np.nd
         arg = values.argmax(-1)
         top = np.take_along_axis(values, arg[..., None], -1)[..., 0]
         missing = nan | absent[:, None]
-        a, b = ("label", "confidence") if kind == "target" else ("argmax", "max")
-        return {f"{name}/{a}": (arg, missing), f"{name}/{b}": (top, missing)}
+        if kind == "target":  # a row whose largest value is not alone names no label
+            tied = target_labels(values) == NO_LABEL
+            return {f"{name}/label": (arg, missing | tied), f"{name}/confidence": (top, missing)}
+        return {f"{name}/argmax": (arg, missing), f"{name}/max": (top, missing)}
     if values.ndim != 2:
         raise KdcoreError(f"column '{name}' has shape {values.shape[1:]} per epoch; only "
                           "per-sample values and per-class vectors export as CSV")

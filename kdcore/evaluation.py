@@ -111,12 +111,14 @@ def confusion_on_test(model: torch.nn.Module, data: RunData, batch_size: int,
 
 def ledger_metrics(ledger: Ledger, skip: Collection[str] = ()) -> dict[str, float]:
     """Refined-label accuracy, every selection's quality against the true labels, and every
-    weighting's ROC AUC for telling right training labels (the argmax of the refined target is
-    the true class) from wrong ones (``weight/<name>/auc``); none of the columns in ``skip``
-    (masks and weights no hook wrote this epoch: a selector that abstained, one of an earlier
-    stage)."""
+    weighting's ROC AUC for telling right training labels (the refined target's largest value
+    is at the true class, and there alone: a uniform row names no label, where argmax had named
+    class 0) from wrong ones (``weight/<name>/auc``); none of the columns in ``skip`` (masks and
+    weights no hook wrote this epoch: a selector that abstained, one of an earlier stage)."""
     clean = ledger["clean_mask"]
-    right = ledger["target"].argmax(1) == ledger["clean_label"]
+    target = ledger["target"]
+    alone = (target == target.amax(1, keepdim=True)).sum(1) == 1
+    right = (target.argmax(1) == ledger["clean_label"]) & alone
     out = {
         "label/acc": float(right.double().mean()) if right.numel() else float("nan"),
         "label/noisy_acc": float(clean.double().mean()),

@@ -12,6 +12,7 @@ import numpy as np
 
 from kdcore import api_args
 from kdcore.errors import KdcoreError, NotInHistory
+from kdcore.history_values import NO_LABEL, target_labels
 from kdcore.recipe import Recipe, recipe_from_dict
 
 __all__ = ["HistoryFrames", "load_history", "pandas_module"]
@@ -77,7 +78,8 @@ class HistoryFrames:
         Columns ``row`` (the epoch row), ``stage``, ``epoch``, ``ledger_row`` (the sample's
         index, as in :meth:`data`), ``sample_id`` (its row in the dataset's training split),
         ``clean_label``, ``noisy_label``, then ``value`` for a per-sample column; for an
-        ``N x C`` column ``label`` and ``confidence`` (a target's argmax and max) or ``argmax``
+        ``N x C`` column ``label`` and ``confidence`` (a target's argmax, missing where its
+        largest value is not alone, and max) or ``argmax``
         and ``max`` (logits and other per-class values), or with ``full`` one column per class,
         ``class_0`` ... Float values keep their stored dtype, float16 read as float32 (the
         same); masks are ``boolean`` and labels and argmaxes ``Int64`` (nullable): an epoch row
@@ -129,7 +131,11 @@ class HistoryFrames:
             names = ("label", "confidence") if kind == "target" else ("argmax", "max")
             if values.dtype.kind == "f":  # a NaN row has no argmax
                 missing = missing | np.isnan(values).any(-1).reshape(-1)
-            frame[names[0]] = _missing_as_na(pd, values.argmax(-1).reshape(-1), missing)
+            # a target whose largest value is not alone (a uniform row) names no label
+            unlabelled = (target_labels(values).reshape(-1) == NO_LABEL if kind == "target"
+                          else False)
+            frame[names[0]] = _missing_as_na(pd, values.argmax(-1).reshape(-1),
+                                             missing | unlabelled)
             frame[names[1]] = _missing_as_na(pd, values.max(-1).reshape(-1), missing)
         return pd.DataFrame(frame)
 

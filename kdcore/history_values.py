@@ -28,6 +28,18 @@ F16_MAX = float(np.finfo(np.float16).max)
 """The largest finite float16 (65504): the history's logits past it are stored as ±inf."""
 
 
+NO_LABEL = -1
+
+
+def target_labels(targets: np.ndarray) -> np.ndarray:
+    """The label of each target row (over the last axis): the class that holds its largest
+    value alone, or :data:`NO_LABEL` where several tie for it (a uniform row, label smoothing
+    with epsilon 1, names no label; argmax had named the first class)."""
+    labels = targets.argmax(-1)
+    tied = (targets == targets.max(-1, keepdims=True)).sum(-1) > 1
+    return np.where(tied, NO_LABEL, labels)
+
+
 def compression() -> Mapping[str, Any]:
     # level 1: as small as level 3 on these columns (float16 rows), and faster
     return hdf5plugin.Zstd(clevel=1)
@@ -74,5 +86,5 @@ def widened(group: h5py.Group, name: str, dtype: Any) -> h5py.Dataset:
     return new
 
 
-__all__ = ["F16_MAX", "FILL", "STORE_DTYPE", "as_numpy", "compression", "host", "store_dtype",
-           "version", "widened"]
+__all__ = ["F16_MAX", "FILL", "NO_LABEL", "STORE_DTYPE", "as_numpy", "compression", "host",
+           "store_dtype", "target_labels", "version", "widened"]

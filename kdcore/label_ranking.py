@@ -8,10 +8,11 @@ How a run's history is read (one model, over the epochs that trained it):
   the history's epoch rows of the stages whose ``train`` lists it and in which
   ``logits/<model>`` was written: E rows, in order.
 * **the belief** about sample i at such a row t, a distribution over the classes: the refined
-  target ``target[t, i]`` where a refiner relabelled the sample (the target's argmax is not the
-  given label), else the model's softmax of its training logits ``logits/<model>[t, i]``.
-  A refiner that only softens the given label (label smoothing, a label propagation that
-  agrees) leaves the model's own view in place.
+  target ``target[t, i]`` where a refiner relabelled the sample (the given label falls short
+  of the target's largest value), else the model's softmax of its training logits
+  ``logits/<model>[t, i]``. A refiner that only softens the given label (label smoothing, even
+  to the uniform row of epsilon 1, a label propagation that agrees) leaves the model's own
+  view in place.
 * **flagged** at t: the belief's argmax is not the given label. A selection mask does not flag.
 * **score**: the mean over the E rows of ``1 - belief_t[given label]``, from 0 (the run never
   doubted the label) to 1 (it never gave it any weight).
@@ -28,8 +29,9 @@ How a run's history is read (one model, over the epochs that trained it):
   written at that row (``select/<name>``, or ``select/<name>/<model>``; another model's masks
   do not count), left the sample out (one per row, however many masks did). Reported only: it
   neither flags nor ranks.
-* **refined label**: the argmax of the target at the model's last row (the given label if
-  no component wrote the target there); **given label**:
+* **refined label**: the argmax of the target at the model's last row where it relabelled
+  the sample, else the given label (also where no component wrote the target there); **given
+  label**:
   ``/data/noisy_label``; **sample id**: ``/data/sample_id`` (the row in the training split).
 
 The list holds the samples flagged at the model's last row, highest score first; ties in score
@@ -84,7 +86,8 @@ class LabelIssues:
         index: each listed sample's ledger row (its index in the history's arrays).
         sample_id: its row in the dataset's training split.
         given: the given (noisy) label.
-        refined: the target's argmax at the model's last row.
+        refined: the target's argmax at the model's last row where it relabelled the sample,
+            else the given label.
         score: the mean of ``1 - belief[given]`` over the model's rows.
         model_doubt: the mean of ``1 - softmax(logits)[given]`` over the model's rows (the
             tie-break after the score).
@@ -247,8 +250,8 @@ def _read(hist: Any, model: str | None) -> LabelIssues:
         belief = softmax(z)
         own_doubt += np.where(has, 1.0 - belief[at, given], 0.0)  # before any relabel
         target = hist.column("target", r).astype(np.float64) if targets and targets[r] else None
-        if target is not None:
-            relabelled = target.argmax(1) != given
+        if target is not None:  # relabelled: the given label short of the target's largest
+            relabelled = target[at, given] < target.max(1)
             belief[relabelled] = target[relabelled]
         now = belief.argmax(1) != given
         left_out = np.zeros(n, dtype=bool)
@@ -261,7 +264,7 @@ def _read(hist: Any, model: str | None) -> LabelIssues:
         excluded += left_out
         flagged = np.where(has, now, flagged)
         start = np.where(has, np.where(now, np.where(start >= 0, start, r), -1), start)
-    refined = given if target is None else target.argmax(1)  # the last row's target
+    refined = given if target is None else np.where(relabelled, target.argmax(1), given)
     with np.errstate(invalid="ignore"):  # a sample no row holds: NaN
         score, model_doubt = doubt / seen, own_doubt / seen
     listed = np.flatnonzero(flagged)

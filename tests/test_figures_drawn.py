@@ -210,6 +210,25 @@ def test_a_pool_keeps_per_sample_losses_and_weights_with_finite_values_only(tmp_
     np.testing.assert_array_equal(pool["transitions"][0], [[1, 0], [0.5, 0.5]])
 
 
+def test_a_uniform_target_row_is_in_no_column_of_the_transitions(tmp_path):
+    """argmax counted it as trained on class 0."""
+    from kdcore.figures.ledger import pooled
+
+    path = tmp_path / "v" / "seed0"
+    path.mkdir(parents=True)
+    w = HistoryWriter(path / "history.h5")
+    w.create(recipe_toml='[[stages]]\nname = "main"\ntrain = ["student"]\n',
+             versions={"kdcore": "0"}, num_classes=2, class_names=["a", "b"],
+             constants={"clean_label": torch.tensor([0, 1, 1], dtype=torch.int32),
+                        "noisy_label": torch.tensor([0, 0, 1], dtype=torch.int32)},
+             transition_matrix=torch.eye(2))
+    target = torch.tensor([[1.0, 0], [0.5, 0.5], [0, 1]])
+    w.append_epoch(stage="main", epoch=0, metrics={},
+                   columns={"target": Column(target, "ls", "target")})
+    pool = pooled([RunResult(path=path, variant="v", summary={"student": {}})], None)["v"]
+    np.testing.assert_array_equal(pool["transitions"][0], [[1, 0], [0, 1]])
+
+
 def test_the_transition_matrix_is_the_mean_over_seeds_with_its_cells_written(drawn):
     from kdcore.figures.ledger import draw_transition
 

@@ -221,7 +221,7 @@ def transcription(h, role: str) -> dict:
             e = [math.exp(z) for z in logits[t][i]]
             model = [v / sum(e) for v in e]
             belief = model
-            if tprod[t] and int(np.argmax(target[t][i])) != given[i]:
+            if tprod[t] and target[t][i][given[i]] < max(target[t][i]):  # relabelled
                 belief = list(target[t][i])
             flags.append(int(np.argmax(belief)) != given[i])
             doubts.append(1 - belief[given[i]])
@@ -232,7 +232,8 @@ def transcription(h, role: str) -> dict:
                 break
             since = t
         last = rows[-1]
-        refined = int(np.argmax(target[last][i])) if tprod[last] else given[i]
+        relabelled = tprod[last] and target[last][i][given[i]] < max(target[last][i])
+        refined = int(np.argmax(target[last][i])) if relabelled else given[i]
         out[i] = {"score": sum(doubts) / len(doubts) if doubts else None,
                   "model_doubt": sum(own) / len(own) if own else None,
                   "count": sum(flags), "excluded": left, "since": since,
@@ -257,6 +258,14 @@ def _random(seed: int, n: int = 40, c: int = 4) -> FakeHistory:
     target[relabel] = np.eye(c)[rng.integers(0, c, (rows, n))][relabel]
     soft = rng.random((rows, n)) < .2
     target[soft] = rng.dirichlet(np.ones(c), (rows, n))[soft]
+    # uniform rows (label smoothing with epsilon 1) and ties of the given label with another
+    # class: neither relabels the sample (argmax had named the first of the tied classes)
+    target[rng.random((rows, n)) < .1] = 1 / c
+    tie = rng.random((rows, n)) < .1
+    other = (given + 1) % c
+    target[tie] = 0.0
+    target[tie, given[None].repeat(rows, 0)[tie]] = 0.5
+    target[tie, other[None].repeat(rows, 0)[tie]] = 0.5
     hard = rng.random(n) < .25
     hard[:2] = True
     target[:, hard] = np.eye(c)[(given[hard] + rng.integers(1, c, hard.sum())) % c]

@@ -83,3 +83,32 @@ def test_ledger_metrics_report_each_weightings_auc():
     assert out["select/sl/precision"] == pytest.approx(
         (noisy == clean_label)[weights > 0.4].double().mean().item())
     assert "select/sl/auc" not in out and not any(k.startswith("target/") for k in out)
+
+
+def test_a_target_row_whose_largest_value_is_not_alone_names_no_label():
+    """argmax named the first of the tied classes: label smoothing with epsilon 1 (a uniform
+    row) scored the share of class 0 as label/acc, and a weighting's AUC counted those
+    samples' training labels right. Neither is right now, nor is a tie that holds the true
+    class; the stored rows read the same (kdcore.history_values.target_labels)."""
+    from kdcore.history_values import NO_LABEL, target_labels
+
+    clean_label = torch.tensor([0, 0, 1, 0, 1, 2])
+    target = torch.tensor([[1.0, 0.0, 0.0],  # right
+                           [1 / 3, 1 / 3, 1 / 3],  # uniform: no label (argmax: 0, the truth)
+                           [0.0, 0.5, 0.5],  # the true class 1 tied with 2: no label
+                           [0.2, 0.7, 0.1],  # wrong
+                           [0.1, 0.8, 0.1],  # right
+                           [0.5, 0.25, 0.25]])  # wrong
+    ledger = Ledger(6)
+    ledger.add("clean_label", clean_label, producer="data", kind="label")
+    ledger.add("clean_mask", torch.ones(6, dtype=torch.bool), producer="data", kind="mask")
+    ledger.add("target", target, producer="lp", kind="target")
+    weights = torch.tensor([0.9, 0.95, 0.85, 0.2, 0.8, 0.1])
+    ledger.add("weight/w", weights, producer="w", kind="weight")
+    out = ledger_metrics(ledger)
+    right = np.array([True, False, False, False, True, False])
+    assert out["label/acc"] == right.mean()
+    assert out["weight/w/auc"] == pytest.approx(pairwise_auc(weights.numpy(), right))
+    labels = target_labels(target.numpy().astype(np.float16))
+    assert labels.tolist() == [0, NO_LABEL, NO_LABEL, 1, 1, 0]
+    assert target_labels(target.numpy()[None]).tolist() == [labels.tolist()]  # any leading axes

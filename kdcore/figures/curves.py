@@ -13,6 +13,7 @@ import numpy as np
 
 from kdcore.figures import _common
 from kdcore.figures._common import Figure, RunResult, trained_rows
+from kdcore.history_values import target_labels
 
 STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -68,12 +69,13 @@ def _is_curve(metric: str, role: str) -> bool:
 
 def label_changes(history: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row in ``rows``: the fraction of mislabelled samples whose training label (the
-    argmax of the refined target) is right, and of correctly labelled ones whose is wrong."""
+    refined target's largest value, where it is alone: :func:`target_labels`) is right, and of
+    correctly labelled ones whose is wrong."""
     clean, noisy = history.data("clean_label"), history.data("noisy_label")
     wrong = noisy != clean
     fixed, broken = [], []
     for row in np.flatnonzero(rows):
-        right = history.column("target", int(row)).argmax(-1) == clean
+        right = target_labels(history.column("target", int(row))) == clean
         fixed.append(right[wrong].mean() if wrong.any() else np.nan)
         broken.append((~right[~wrong]).mean() if (~wrong).any() else np.nan)
     return np.asarray(fixed, dtype=float), np.asarray(broken, dtype=float)

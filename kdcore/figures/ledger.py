@@ -11,6 +11,7 @@ import numpy as np
 
 from kdcore.figures import _common
 from kdcore.figures._common import Figure, RunResult, trained_rows
+from kdcore.history_values import NO_LABEL, target_labels
 
 
 def pooled(runs: Sequence[RunResult], role: str | None) -> dict[str, dict[str, Any]]:
@@ -33,13 +34,14 @@ def pooled(runs: Sequence[RunResult], role: str | None) -> dict[str, dict[str, A
                                                 "transitions": []})
             c = h.num_classes
             clean, noisy = h.data("clean_label"), h.data("noisy_label")
-            target = h.column("target", row).argmax(-1)
+            target = target_labels(h.column("target", row))  # NO_LABEL: a uniform row
             pool["classes"] = h.class_names or [str(i) for i in range(c)]
             pool["clean"].append(clean)
             pool["noisy"].append(noisy)
             pool["target"].append(target)
             m = np.zeros((c, c))
-            np.add.at(m, (clean, target), 1)
+            labelled = target != NO_LABEL
+            np.add.at(m, (clean[labelled], target[labelled]), 1)
             pool["transitions"].append(m / np.maximum(m.sum(1, keepdims=True), 1))
             for name in h.column_names():
                 if name.startswith(("loss/", "weight/")):
