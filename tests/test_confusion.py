@@ -12,19 +12,29 @@ from kdcore.evaluation import confusion_on_test
 from kdcore.rundata import build_run_data
 
 
-def test_the_matrix_counts_true_class_by_predicted_class(tiny_recipe):
+def _data_and_linear(tiny_recipe):
+    """The tiny recipe's data (digits, 64 inputs, 10 classes) and a seeded linear layer."""
     recipe = load_recipe(tiny_recipe)
     data = build_run_data(recipe.data, PluginHost(), recipe.run.seed, torch.device("cpu"))
     torch.manual_seed(0)
-    linear = torch.nn.Linear(64, 10)
+    return data, torch.nn.Linear(64, 10)
+
+
+def _numpy_predictions(data, split, linear):
+    """``linear``'s argmax over ``split``, in float64 NumPy, and the inputs."""
+    x = data.inputs(split, slice(None)).numpy().astype(np.float64)
+    w, b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
+    return (x @ w.T + b).argmax(1), x
+
+
+def test_the_matrix_counts_true_class_by_predicted_class(tiny_recipe):
+    data, linear = _data_and_linear(tiny_recipe)
 
     class Model(torch.nn.Module):
         def forward(self, x):
             return linear(x), x
 
-    x = data.inputs(data.test, slice(None)).numpy().astype(np.float64)
-    w, b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
-    pred = (x @ w.T + b).argmax(1)
+    pred, _ = _numpy_predictions(data, data.test, linear)
     expected = np.zeros((10, 10), dtype=np.int64)
     for t, p in zip(data.test.y.tolist(), pred.tolist()):
         expected[t, p] += 1
@@ -39,10 +49,7 @@ def test_a_sample_whose_logits_hold_nan_has_no_prediction_and_is_said_once(tiny_
     training loss still finite) scored the share of class 0 as its accuracy, silently."""
     from kdcore.evaluation import evaluate
 
-    recipe = load_recipe(tiny_recipe)
-    data = build_run_data(recipe.data, PluginHost(), recipe.run.seed, torch.device("cpu"))
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(64, 10)
+    data, linear = _data_and_linear(tiny_recipe)
 
     class Model(torch.nn.Module):
         def forward(self, x):
@@ -51,9 +58,7 @@ def test_a_sample_whose_logits_hold_nan_has_no_prediction_and_is_said_once(tiny_
             return z, x
 
     def numpy_reading(split, labels):
-        x = data.inputs(split, slice(None)).numpy().astype(np.float64)
-        w, b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
-        pred = (x @ w.T + b).argmax(1)
+        pred, x = _numpy_predictions(data, split, linear)
         nan = x[:, 27] > x[:, 36]
         return pred, nan, ((pred == labels.numpy()) & ~nan).mean()
 
