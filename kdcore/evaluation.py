@@ -117,8 +117,8 @@ def ledger_metrics(ledger: Ledger, skip: Collection[str] = ()) -> dict[str, floa
     weights no hook wrote this epoch: a selector that abstained, one of an earlier stage)."""
     clean = ledger["clean_mask"]
     target = ledger["target"]
-    alone = (target == target.amax(1, keepdim=True)).sum(1) == 1
-    right = (target.argmax(1) == ledger["clean_label"]) & alone
+    top = target.max(1)  # one pass for the largest values and their (first) classes
+    right = (top.indices == ledger["clean_label"]) & ((target == top.values[:, None]).sum(1) == 1)
     out = {
         "label/acc": float(right.double().mean()) if right.numel() else float("nan"),
         "label/noisy_acc": float(clean.double().mean()),
