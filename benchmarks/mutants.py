@@ -133,7 +133,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                       ["tests/test_config.py", "tests/test_config_structure.py",
                        "tests/test_recipe_rules.py", "tests/test_recipe.py"]),
     # ablation grids: grid files, --variant text, run directories, what is pending (session 18)
-    "kdcore-grid": (".", ["kdcore/grid.py"], ["tests/test_ablate_input.py", "tests/test_grid.py"]),
+    "kdcore-grid": (".", ["kdcore/grid.py"], ["tests/test_ablate_input.py", "tests/test_grid.py",
+                                              "tests/test_plugin_exits.py"]),
     # a run's data: splits, noise, inputs, batches, a rank's share (session 19)
     "kdcore-rundata": (".", ["kdcore/rundata.py", "kdcore/class_warnings.py",
                              "kdcore/data/split_checks.py"],
@@ -172,7 +173,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                             "tests/test_loggers.py", "tests/test_run_dir_damage.py",
                             "tests/test_rundir.py", "tests/test_resume_contract.py",
                             "tests/test_run_dir_lock.py", "tests/test_history_journal.py",
-                            "tests/test_impossible_params.py",
+                            "tests/test_impossible_params.py", "tests/test_plugin_exits.py",
                             # the pages logger's tests run docs/plugins.md, which the copy
                             # leaves out
                             "-k", "not pages_logger"]),
@@ -201,7 +202,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                        ["tests/test_plugins.py", "tests/test_observers.py",
                         "tests/test_plugin_input.py", "tests/test_hookspecs.py",
                         "tests/test_cli_plugins.py", "tests/test_cli_common.py",
-                        "tests/test_loggers.py", "-k", "not pages_logger"]),
+                        "tests/test_loggers.py", "tests/test_plugin_exits.py",
+                        "-k", "not pages_logger"]),
     # the training loop: an epoch's order of work, a batch's step, the finiteness checks, the
     # epoch's metrics and row, checkpoints and resume (session 21); not the SIGKILL tests
     # (subprocesses)

@@ -20,7 +20,7 @@ from kdcore import api_args, checkpointing, distributed
 from kdcore import checkpoint as ckpt
 from kdcore.data.base import ArrayDataset, FileDataset
 from kdcore.data.digest import file_sizes, row_digests
-from kdcore.errors import KdcoreError
+from kdcore.errors import PLUGIN_FAILURES, KdcoreError
 from kdcore.failures import save_error_line, save_traceback
 from kdcore.history import HistoryWriter, RowCounter
 from kdcore.history_layout import FILE_SIZE, INPUT_DIGEST
@@ -382,7 +382,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
         logger.info(f"{f'stopped by {exc}' if str(exc) else 'interrupted'} in stage "
                     f"'{stage}', epoch {epoch}; --resume continues from the last checkpoint")
         raise
-    except Exception as exc:
+    except PLUGIN_FAILURES as exc:
         if sink is not None:  # the run directory keeps why the run stopped
             logger.remove(sink)
             sink = None

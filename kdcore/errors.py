@@ -61,6 +61,15 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+PLUGIN_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit, GeneratorExit)
+"""What third-party code raises when it fails, as opposed to being stopped: any ``Exception``,
+and the two other exceptions code raises by itself, ``SystemExit`` (a ``sys.exit`` in a plugin,
+or argparse reading kdcore's own command line when a plugin module is imported) and
+``GeneratorExit``. Caught where plugin code is called, they are that plugin's failure, never
+kdcore's exit (``SystemExit(0)`` would end an unfinished run with status 0); only
+``KeyboardInterrupt`` (Ctrl-C, and :class:`Stopped`) stops kdcore itself."""
+
+
 LONG_INTEGER = (f"an integer of more than {sys.get_int_max_str_digits():,} digits, past what "
                 "Python reads")
 """What int() refuses to read (``ValueError: Exceeds the limit ...``), in a user's words."""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kdcore.errors import KdcoreError, console_gone
+from kdcore.errors import PLUGIN_FAILURES, KdcoreError, console_gone
 
 #: the environment variable that makes the command line show the traceback itself
 SHOW_TRACEBACK = "KDCORE_TRACEBACK"
@@ -113,6 +113,8 @@ def failure(exc: BaseException, what: str) -> RunFailed:
                                       if what == "the run" else ""))
     else:
         text = f"{what} stopped: {where + ' raised ' if where else ''}{cause}"
+    if isinstance(exc, SystemExit):  # argparse's parse_args() calls it too
+        text += "; plugin code must raise an exception, not call sys.exit"
     if message.startswith(_SECOND_BACKWARD) and where is None:  # the engine's own backward
         text += ("; a component's backward hook that runs the backward pass itself must "
                  "return True, or the engine runs it again")
@@ -141,7 +143,7 @@ def one_line_failures(what: str) -> Callable[[F], F]:
                 return fn(*args, **kwargs)
             except (KdcoreError, click.ClickException, click.exceptions.Exit):
                 raise
-            except Exception as exc:
+            except PLUGIN_FAILURES as exc:  # the commands themselves never call sys.exit
                 if shows_traceback() or console_gone(exc):  # `| head` exited: said nowhere
                     raise
                 raise failure(exc, what) from None

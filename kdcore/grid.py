@@ -222,17 +222,23 @@ def pending(specs: Sequence[RunSpec], echo: Callable[[str], None] = print,
 def run_spec(spec: RunSpec, resume: bool | None = None, host: Any = None) -> None:
     """Run ``spec`` in this process: its recipe with its overrides, into ``spec.out``.
 
+    A run that a plugin's exception stops (its bug, not the user's error) raises
+    :class:`~kdcore.failures.RunFailed`, its traceback in the run's ``log.txt``, as a ``kdcore
+    run`` of ``--jobs N`` exits 1 with that line: the grid counts it failed and goes on.
+
     Args:
         resume: continue from the checkpoint in ``spec.out``; None: when there is one.
         host: the plugin host (default: the installed plugins).
     """
     from kdcore.engine import run_recipe
+    from kdcore.failures import one_line_failures
     from kdcore.recipe import load_recipe
 
     if resume is None:
         resume = status(spec) == "partial"
-    run_recipe(load_recipe(spec.variant.recipe, spec.overrides), out=str(spec.out),
-               resume=resume, host=host, progress=False, overrides=spec.overrides)
+    run = one_line_failures("the run")(run_recipe)
+    run(load_recipe(spec.variant.recipe, spec.overrides), out=str(spec.out), resume=resume,
+        host=host, progress=False, overrides=spec.overrides)
 
 
 def run_grid(

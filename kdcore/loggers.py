@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from kdcore.errors import KdcoreError, shown
+from kdcore.errors import PLUGIN_FAILURES, KdcoreError, shown
 from kdcore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def start_loggers(host: Any, recipe: Recipe, run_dir: Path) -> list[tuple[str, A
             observer = factory(run_dir / "logs" / name, recipe)
         except KdcoreError:
             raise
-        except Exception as exc:  # third-party code: isolate it
+        except PLUGIN_FAILURES as exc:  # third-party code: isolate it
             _skip(host, name, f"failed to start: {exc!r}")
             continue
         if not _observes(observer):  # None, or an object pluggy would register doing nothing

@@ -24,7 +24,7 @@ from loguru import logger
 
 from kdcore import hookspecs
 from kdcore.component import Component
-from kdcore.errors import KdcoreError, one_line, shown
+from kdcore.errors import PLUGIN_FAILURES, KdcoreError, one_line, shown
 from kdcore.registry import Registry
 
 ENTRY_POINT_GROUP = "kdcore"
@@ -97,7 +97,7 @@ class PluginHost:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # any import-time failure of third-party code
+            except PLUGIN_FAILURES as exc:  # any import-time failure of third-party code
                 self._fail(ep.name, dist, version, f"failed to import {ep.value}: {exc!r}")
                 continue
             self._register(plugin, ep.name, dist, version)
@@ -106,7 +106,7 @@ class PluginHost:
         if isinstance(plugin, type):  # named where its instance belongs: hooks are methods
             try:
                 plugin = plugin()
-            except Exception as exc:  # the plugin's own constructor
+            except PLUGIN_FAILURES as exc:  # the plugin's own constructor
                 self._fail(name, dist, version, f"is a class, and making one without arguments "
                                                 f"failed ({type(exc).__name__}: {exc}); name "
                                                 "an instance of it")
@@ -147,7 +147,7 @@ class PluginHost:
                     entries = impl.function() or {}
                 except KdcoreError:
                     raise
-                except Exception as exc:
+                except PLUGIN_FAILURES as exc:
                     self._fail(name, info.distribution, info.version,
                                f"{hook_name} failed: {exc!r}")
                     continue
@@ -324,14 +324,14 @@ class ObserverBus:
                 result = impl.function(*(args[a] for a in impl.argnames))
             except KdcoreError:
                 raise
-            except Exception as exc:  # third-party code: isolate it
+            except PLUGIN_FAILURES as exc:  # third-party code: isolate it
                 self._fail(name, hook_name, exc)
                 continue
             if result is not None:
                 out.append((name, result))
         return out
 
-    def _fail(self, name: str, hook_name: str, exc: Exception) -> None:
+    def _fail(self, name: str, hook_name: str, exc: BaseException) -> None:
         self.refuse(name, hook_name, f"raised {exc!r}")
 
     def refuse(self, name: str, hook_name: str, what_it_did: str) -> None:
@@ -385,6 +385,6 @@ def import_object(path: str) -> Any:
         return getattr(obj, attr) if attr else obj
     except (ImportError, AttributeError) as exc:
         raise KdcoreError(f"cannot import plugin '{path}': {exc}") from None
-    except Exception as exc:  # the module itself fails: a syntax error, an error at import
+    except PLUGIN_FAILURES as exc:  # the module itself fails: a syntax error, a sys.exit
         raise KdcoreError(f"cannot import plugin '{path}': {type(exc).__name__}: "
                           f"{exc}") from None
