@@ -145,10 +145,22 @@ def printable(text: str) -> str:
                    for c in text)
 
 
+def exception_text(exc: BaseException, *, quoted: bool = False) -> str:
+    """``str(exc)``, or ``repr(exc)`` if ``quoted``; where the exception cannot say itself (a
+    plugin's ``__str__`` that raises, reading an attribute its ``__init__`` never set), what
+    it raised instead: a message about a failure must not fail in turn."""
+    try:
+        return repr(exc) if quoted else str(exc)
+    except Exception as inner:  # noqa: BLE001 - whatever the plugin's method raises
+        said = f"<its message raised {type(inner).__name__}>"
+        return f"{type(exc).__name__}({said})" if quoted else said
+
+
 def one_line(exc: BaseException | str) -> str:
     """The first non-blank line of an error's message, white space folded (its type name if
     the message is empty): what a one-line user error quotes of a library's exception."""
-    for line in str(exc).splitlines():
+    text = exception_text(exc) if isinstance(exc, BaseException) else exc
+    for line in text.splitlines():
         if line.strip():
             return " ".join(line.split())
     return type(exc).__name__ if isinstance(exc, BaseException) else ""

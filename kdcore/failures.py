@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kdcore.errors import PLUGIN_FAILURES, KdcoreError, console_gone
+from kdcore.errors import PLUGIN_FAILURES, KdcoreError, console_gone, exception_text
 
 #: the environment variable that makes the command line show the traceback itself
 SHOW_TRACEBACK = "KDCORE_TRACEBACK"
@@ -94,14 +94,14 @@ def out_of_memory(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, MemoryError | torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and _CPU_OUT_OF_MEMORY in str(exc))
+        isinstance(exc, RuntimeError) and _CPU_OUT_OF_MEMORY in exception_text(exc))
 
 
 def failure(exc: BaseException, what: str) -> RunFailed:
     """The one-line error for ``exc``, which stopped ``what`` ("the run", "the set-up")."""
     collective = failed_collective(exc)
     where = ", ".join(w for w in (raising_component(exc), collective) if w) or None
-    message = " ".join(str(exc).split())
+    message = " ".join(exception_text(exc).split())
     timed_out = collective is not None and _TIMED_OUT.search(message) is not None
     if len(message) > _MAX_MESSAGE:
         message = message[:_MAX_MESSAGE] + "..."

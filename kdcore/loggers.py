@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from kdcore.errors import PLUGIN_FAILURES, KdcoreError, shown
+from kdcore.errors import PLUGIN_FAILURES, KdcoreError, exception_text, shown
 from kdcore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def start_loggers(host: Any, recipe: Recipe, run_dir: Path) -> list[tuple[str, A
         except KdcoreError:
             raise
         except PLUGIN_FAILURES as exc:  # third-party code: isolate it
-            _skip(host, name, f"failed to start: {exc!r}")
+            _skip(host, name, f"failed to start: {exception_text(exc, quoted=True)}")
             continue
         if not _observes(observer):  # None, or an object pluggy would register doing nothing
             _skip(host, name, f"gave {shown(observer)}, which implements no observer hook (a "

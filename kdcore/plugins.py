@@ -24,7 +24,7 @@ from loguru import logger
 
 from kdcore import hookspecs
 from kdcore.component import Component
-from kdcore.errors import PLUGIN_FAILURES, KdcoreError, one_line, shown
+from kdcore.errors import PLUGIN_FAILURES, KdcoreError, exception_text, one_line, shown
 from kdcore.registry import Registry
 
 ENTRY_POINT_GROUP = "kdcore"
@@ -98,7 +98,8 @@ class PluginHost:
             try:
                 plugin = ep.load()
             except PLUGIN_FAILURES as exc:  # any import-time failure of third-party code
-                self._fail(ep.name, dist, version, f"failed to import {ep.value}: {exc!r}")
+                self._fail(ep.name, dist, version, f"failed to import {ep.value}: "
+                           f"{exception_text(exc, quoted=True)}")
                 continue
             self._register(plugin, ep.name, dist, version)
 
@@ -108,7 +109,8 @@ class PluginHost:
                 plugin = plugin()
             except PLUGIN_FAILURES as exc:  # the plugin's own constructor
                 self._fail(name, dist, version, f"is a class, and making one without arguments "
-                                                f"failed ({type(exc).__name__}: {exc}); name "
+                                                f"failed ({type(exc).__name__}: "
+                                                f"{exception_text(exc)}); name "
                                                 "an instance of it")
                 return
         try:
@@ -149,7 +151,7 @@ class PluginHost:
                     raise
                 except PLUGIN_FAILURES as exc:
                     self._fail(name, info.distribution, info.version,
-                               f"{hook_name} failed: {exc!r}")
+                               f"{hook_name} failed: {exception_text(exc, quoted=True)}")
                     continue
                 problem = _unusable_entry(attr, entries)
                 if problem:  # nothing of it registered: not half a plugin
@@ -332,7 +334,7 @@ class ObserverBus:
         return out
 
     def _fail(self, name: str, hook_name: str, exc: BaseException) -> None:
-        self.refuse(name, hook_name, f"raised {exc!r}")
+        self.refuse(name, hook_name, f"raised {exception_text(exc, quoted=True)}")
 
     def refuse(self, name: str, hook_name: str, what_it_did: str) -> None:
         """Name plugin ``name`` once and call none of its hooks again (an error under
@@ -387,4 +389,4 @@ def import_object(path: str) -> Any:
         raise KdcoreError(f"cannot import plugin '{path}': {exc}") from None
     except PLUGIN_FAILURES as exc:  # the module itself fails: a syntax error, a sys.exit
         raise KdcoreError(f"cannot import plugin '{path}': {type(exc).__name__}: "
-                          f"{exc}") from None
+                          f"{exception_text(exc)}") from None

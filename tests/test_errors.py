@@ -12,6 +12,7 @@ from kdcore.errors import (
     RecipeError,
     Stopped,
     did_you_mean,
+    exception_text,
     long_integer,
     missing_path,
     one_line,
@@ -68,6 +69,24 @@ def test_one_line_is_the_first_line_with_white_space_folded():
     assert one_line(ValueError("\n   \n  first   of\tmany  \nsecond")) == "first of many"
     assert one_line(ValueError()) == "ValueError"
     assert one_line("") == "" and one_line("  text  ") == "text"
+
+
+class Unsayable(Exception):
+    """A plugin's exception whose message reads an attribute its ``__init__`` never set."""
+
+    def __str__(self):
+        return self.detail
+
+    __repr__ = __str__
+
+
+def test_an_exception_that_cannot_say_itself_is_named_by_what_it_raised():
+    assert exception_text(ValueError("v")) == "v"
+    assert exception_text(ValueError("v"), quoted=True) == "ValueError('v')"
+    assert exception_text(Unsayable()) == "<its message raised AttributeError>"
+    assert exception_text(Unsayable(), quoted=True) == (
+        "Unsayable(<its message raised AttributeError>)")
+    assert one_line(Unsayable()) == "<its message raised AttributeError>"
 
 
 @pytest.mark.parametrize(("text", "reason"), [

@@ -1,7 +1,10 @@
-"""Plugin code that raises ``SystemExit`` (a ``sys.exit``, or argparse's ``parse_args()`` reading
+"""Plugin failures that got past kdcore's isolation of plugin code.
+
+Plugin code that raises ``SystemExit`` (a ``sys.exit``, or argparse's ``parse_args()`` reading
 kdcore's own command line when a plugin module is imported) or ``GeneratorExit`` fails as that
 plugin, wherever kdcore calls it: never kdcore's own exit, which would end an unfinished run
-with the plugin's status (0 for ``sys.exit()``) and no word of why. A component that raises any
+with the plugin's status (0 for ``sys.exit()``) and no word of why. An exception whose own
+message raises is named by what it raised, not a second traceback. A component that raises any
 exception in a run of ``kdcore ablate`` fails that run, as a ``kdcore run`` subprocess of
 ``--jobs N`` does: the grid says so and goes on."""
 
@@ -20,9 +23,19 @@ from kdcore.testing import component, stage, tiny_recipe, write_recipe
 from tests.cli_helpers import invoke
 from tests.test_plugins import FakeDist, FakeEntryPoint, _entry_points
 
+
+class Unsayable(Exception):
+    """An exception whose message reads an attribute its ``__init__`` never set."""
+
+    def __str__(self):
+        return self.detail
+
+    __repr__ = __str__
+
+
 # made anew at each raise: kdcore notes on an exception where its traceback went
 EXITS = [lambda: SystemExit(0), lambda: SystemExit(3), lambda: SystemExit("usage: ..."),
-         GeneratorExit]
+         GeneratorExit, Unsayable]
 
 
 @attrs.frozen
@@ -76,13 +89,14 @@ def _lines(result) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", range(len(EXITS)))
-def test_a_component_that_exits_stops_the_run_in_one_line_with_status_1(tmp_path, how):
+def test_a_component_that_exits_or_cannot_say_why_stops_the_run_in_one_line(tmp_path, how):
     run_dir = tmp_path / "run"
     result = invoke("run", _recipe(tmp_path, how=how), "--out", run_dir, "--quiet",
                     "--plugin", "tests.test_plugin_exits:PLUGIN")
     assert result.exit_code == 1, result.output
     exc = EXITS[how]()
-    cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    message = "<its message raised AttributeError>" if isinstance(exc, Unsayable) else str(exc)
+    cause = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     hint = ("; plugin code must raise an exception, not call sys.exit"
             if isinstance(exc, SystemExit) else "")
     assert _lines(result) == [
@@ -142,6 +156,13 @@ def test_a_plugin_module_that_exits_at_import_is_refused_in_one_line(tmp_path, m
         assert _lines(result) == [  # argparse's own two lines, then kdcore's
             "usage: p [-h]", "p: error: unrecognized arguments: --no-such",
             "kdcore: error: cannot import plugin 'exits_at_import': SystemExit: 2"]
+    (tmp_path / "unsayable_at_import.py").write_text(
+        "class Unsayable(Exception):\n    def __str__(self):\n        return self.detail\n"
+        "raise Unsayable()\n")
+    result = invoke("plugins", "--plugin", "unsayable_at_import")
+    assert result.exit_code == 2 and _lines(result) == [
+        "kdcore: error: cannot import plugin 'unsayable_at_import': Unsayable: "
+        "<its message raised AttributeError>"]
 
 
 def test_an_installed_plugin_that_exits_at_import_is_skipped_with_one_warning(monkeypatch,
@@ -173,7 +194,8 @@ class ExitsInHooks:
 
     @hookimpl
     def kdcore_run_end(self, ctx, summary):
-        raise GeneratorExit() if self.where == "generator" else SystemExit(0)
+        raise {"generator": GeneratorExit(), "unsayable": Unsayable()}.get(self.where,
+                                                                           SystemExit(0))
 
 
 def test_a_registry_hook_that_exits_skips_its_plugin(warnings):
@@ -197,12 +219,13 @@ def test_a_plugin_class_whose_constructor_exits_is_skipped(warnings):
         warnings[0]
 
 
-@pytest.mark.parametrize("where", ["exit", "generator"])
-def test_an_observer_that_exits_is_disabled_after_one_warning(warnings, where):
+@pytest.mark.parametrize("where", ["exit", "generator", "unsayable"])
+def test_an_observer_that_exits_or_cannot_say_why_is_disabled_after_one_warning(warnings, where):
     bus = ObserverBus(PluginHost(entry_points=False, extra=[ExitsInHooks(where)]))
     for _ in range(2):
         bus.call("kdcore_run_end", ctx=None, summary={})
-    said = "GeneratorExit()" if where == "generator" else "SystemExit(0)"
+    said = {"generator": "GeneratorExit()", "exit": "SystemExit(0)",
+            "unsayable": "Unsayable(<its message raised AttributeError>)"}[where]
     assert warnings == [f"plugin 'ExitsInHooks-0' (in-process): kdcore_run_end raised {said}; "
                         "the plugin is disabled for the rest of this run"]
     assert bus.disabled == {"ExitsInHooks-0"}
@@ -220,3 +243,54 @@ def test_a_logger_whose_factory_exits_is_left_out(tmp_path, warnings):
     assert start_loggers(host, recipe, tmp_path) == []
     assert warnings == ["logger 'exits' (ExitingLogger-0) failed to start: SystemExit(0); the "
                         "run goes on without it"]
+
+
+def test_every_plugin_failure_warning_names_an_exception_that_cannot_say_itself(
+        tmp_path, monkeypatch, warnings):
+    def unsayable():
+        raise Unsayable()
+
+    class Hooks:
+        def __init__(self, fail_in_constructor: bool):
+            if fail_in_constructor:
+                unsayable()
+
+        @hookimpl
+        def kdcore_add_datasets(self):
+            unsayable()
+
+        @hookimpl
+        def kdcore_add_loggers(self):
+            return {"unsayable": lambda log_dir, recipe: unsayable()}
+
+    _entry_points(monkeypatch, [FakeEntryPoint("u", "kdcore_u", unsayable,
+                                               FakeDist("kdcore-u", "1"))])
+    PluginHost(extra=[type("InConstructor", (Hooks,), {"__init__": lambda self: unsayable()}),
+                      Hooks(False)])
+    said = "<its message raised AttributeError>"
+    assert warnings == [
+        f"plugin 'u' (kdcore-u 1) skipped: failed to import kdcore_u: Unsayable({said})",
+        "plugin 'InConstructor' (in-process) skipped: is a class, and making one without "
+        f"arguments failed (Unsayable: {said}); name an instance of it",
+        f"plugin 'Hooks-1' (in-process) skipped: kdcore_add_datasets failed: Unsayable({said})"]
+    warnings.clear()
+    host = PluginHost(entry_points=False, extra=[type("Loggers", (), {
+        "kdcore_add_loggers": hookimpl(lambda self: {"unsayable": lambda d, r: unsayable()})})()])
+    data = tiny_recipe(stage("s", 1, ["student"], component("ce")),
+                       run={"loggers": ["unsayable"]})
+    assert start_loggers(host, load_recipe(write_recipe(data, tmp_path / "r.toml")), tmp_path) == []
+    assert warnings == [f"logger 'unsayable' (Loggers-0) failed to start: Unsayable({said}); the "
+                        "run goes on without it"]
+
+
+def test_a_runtime_error_that_cannot_say_itself_is_not_taken_for_out_of_memory():
+    """The CPU allocator's out-of-memory is a RuntimeError told by its message."""
+    from kdcore.failures import failure
+
+    class UnsayableRuntime(RuntimeError):
+        def __str__(self):
+            return self.detail
+
+    assert str(failure(UnsayableRuntime(), "the run")) == (
+        "the run stopped: UnsayableRuntime: <its message raised AttributeError>; "
+        "KDCORE_TRACEBACK=1 shows the traceback")
