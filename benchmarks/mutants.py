@@ -109,11 +109,12 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                        "tests/test_history.py"]),
     # the history file's writer, reader and layout (session 18): what every epoch row holds
     "kdcore-history": (".", ["kdcore/history_writer.py", "kdcore/history.py",
-                             "kdcore/history_layout.py", "kdcore/history_values.py"],
+                             "kdcore/history_layout.py", "kdcore/history_values.py",
+                             "kdcore/history_forecast.py"],
                        ["tests/test_history.py", "tests/test_history_crash.py",
                         "tests/test_history_journal.py", "tests/test_history_format.py",
                         "tests/test_history_skip.py", "tests/test_api.py",
-                        "tests/test_metrics.py"]),
+                        "tests/test_metrics.py", "tests/test_history_forecast.py"]),
     # the run plan (session 18): the checks `kdcore check` and every run make before training
     "kdcore-plan": (".", ["kdcore/plan.py"], ["tests/test_plan.py", "tests/test_column_kinds.py",
                                               "tests/test_history_skip.py"]),

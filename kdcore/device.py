@@ -12,7 +12,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from kdcore.errors import RecipeError
+from kdcore.errors import RecipeError, byte_size
 from kdcore.validators import Param
 
 if TYPE_CHECKING:
@@ -88,17 +88,8 @@ def check_fits(what: str, size: int, device: torch.device, fix: str,
     :class:`~kdcore.errors.RecipeError` at ``key``, the recipe value to change)."""
     free = free_memory(device)
     if free is not None and size > MEMORY_SHARE * free:
-        raise RecipeError(f"{what} needs {_bytes(size)}; {_bytes(free)} are free on {device} "
-                          f"({fix})", key=key)
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20),
-                       ("KiB", 2**10)):
-        if n >= size:
-            # a size from a typo (hidden = 10**12) reads as "3.6e+09 PiB", not 22 digits
-            return f"{n / size:.1f} {unit}" if n < 10**4 * size else f"{n / size:.2g} {unit}"
-    return f"{n} bytes"
+        raise RecipeError(f"{what} needs {byte_size(size)}; {byte_size(free)} are free on "
+                          f"{device} ({fix})", key=key)
 
 
 __all__ = ["ACCEPTED", "MEMORY_SHARE", "check_fits", "device_name", "free_memory",

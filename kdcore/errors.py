@@ -145,6 +145,16 @@ def printable(text: str) -> str:
                    for c in text)
 
 
+def byte_size(n: int) -> str:
+    """``n`` bytes in binary units, one decimal: ``"22.8 GiB"``."""
+    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20),
+                       ("KiB", 2**10)):
+        if n >= size:
+            # a size from a typo (hidden = 10**12) reads as "3.6e+09 PiB", not 22 digits
+            return f"{n / size:.1f} {unit}" if n < 10**4 * size else f"{n / size:.2g} {unit}"
+    return f"{n} bytes"
+
+
 def exception_text(exc: BaseException, *, quoted: bool = False) -> str:
     """``str(exc)``, or ``repr(exc)`` if ``quoted``; where the exception cannot say itself (a
     plugin's ``__str__`` that raises, reading an attribute its ``__init__`` never set), what

@@ -47,6 +47,7 @@ from loguru import logger
 
 from kdcore import interrupts
 from kdcore.errors import KdcoreError, os_reason
+from kdcore.history_forecast import DiskForecast
 from kdcore.history_journal import JournaledFile, locked, recover
 from kdcore.history_layout import (
     FORMAT,
@@ -131,6 +132,7 @@ class HistoryWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._index: _Index | None = None
+        self._forecast = DiskForecast(self.path)
 
     # -- creating ------------------------------------------------------------------------------
 
@@ -251,11 +253,15 @@ class HistoryWriter:
         epoch: int,
         metrics: Mapping[str, float],
         columns: Mapping[str, Column],
+        rows_total: int | None = None,
     ) -> int:
         """Append one epoch row: its metrics and a snapshot of the ledger columns.
 
         ``columns`` maps names to :class:`~kdcore.ledger.Column` (or anything with its
         ``data``, ``producer``, ``kind`` and ``snapshot``; ``data`` a tensor or numpy array).
+        With ``rows_total``, the rows the file holds when the run ends, the first row of each
+        stage warns if the rest would not fit on the disk at its size
+        (:mod:`kdcore.history_forecast`).
 
         Returns:
             the row number written; once this returns the row is committed.
@@ -266,6 +272,8 @@ class HistoryWriter:
         snapshots = [(name, c, None if index is not None and index.unchanged(name, c.data, c.kind)
                       else _as_numpy(c.data, store_dtype(c.kind, c.data)))
                      for name, c in columns.items() if c.snapshot]
+        if rows_total is not None:
+            self._forecast.before(stage)
         with self._update() as (f, index):
             row = int(f["epochs/epoch"].shape[0])
             _append_value(_open(f, "epochs/epoch"), row, np.int32(epoch))
@@ -325,6 +333,8 @@ class HistoryWriter:
                 ds = lgroup[name]
                 ds.resize((row + 1, *ds.shape[1:]))
                 _append_value(_open(pgroup, name), row, np.int32(0))
+        if rows_total is not None:
+            self._forecast.after(row, rows_total)
         return row
 
     # -- resuming ------------------------------------------------------------------------------

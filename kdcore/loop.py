@@ -100,6 +100,7 @@ class Trainer:
         self._checked = 0
         self.hook_writes = HookWrites(run.ledger)  # what batch hooks return or abstain on
         self._epoch_times: dict[int, list[float]] = {}  # stage -> epoch seconds, this process
+        self.rows_total = sum(s.epochs for s in plan.recipe.stages)  # the history's at the end
         self._hard_source: tuple[torch.Tensor, tuple[int, int]] | None = None
         self._hard_labels: torch.Tensor | None = None  # the labels _hard_source matched
         self.current_stage: StagePlan = plan.stages[0]
@@ -271,9 +272,9 @@ class Trainer:
         metrics.take_logged(run.epoch_metrics)
         metrics["time/epoch"] = time.perf_counter() - t0
         kept = self.plan.recipe.run.kept_in_history
+        columns = {n: c for n, c in run.ledger.items() if kept(n) and n not in stale}
         row = self.history.append_epoch(stage=cfg.name, epoch=epoch, metrics=metrics,
-                                        columns={n: c for n, c in run.ledger.items()
-                                                 if kept(n) and n not in stale})
+                                        columns=columns, rows_total=self.rows_total)
         run.epoch_metrics = {}  # what on_stage_start logged went into this first row
         self._log_epoch(stage, epoch, metrics)
         if epoch + 1 < cfg.epochs and self.ckpt.due(first_epoch=row == 0):

@@ -125,9 +125,9 @@ def test_without_meminfo_the_free_pages_are_a_lower_bound(monkeypatch) -> None:
     (4 * 10**24, "3.6e+09 PiB"),
 ])
 def test_sizes_in_messages(size: int, text: str) -> None:
-    from kdcore.device import _bytes
+    from kdcore.errors import byte_size
 
-    assert _bytes(size) == text
+    assert byte_size(size) == text
 
 
 def test_check_fits_refuses_more_than_half_the_free_memory(monkeypatch) -> None:
