@@ -70,6 +70,48 @@ def as_numpy(values: Any, dtype: Any) -> np.ndarray:
     return values.detach().to(as_torch).cpu().numpy()
 
 
+F16_EXACT_INTEGERS = 2048
+"""The largest integer below which float16 holds every integer: 2049 is stored as 2048."""
+
+
+def float16_lost(values: Any, stored: np.ndarray) -> str | None:
+    """What ``stored``, the float16 copy of a column's ``values`` (a tensor or numpy array),
+    lost that a reader of the history would not know, or None: integers past
+    :data:`F16_EXACT_INTEGERS` that it rounded (float16 steps by 2 up to 4096, by 4 to 8192,
+    ...), or finite values past :data:`F16_MAX` (stored as ±inf). Cheap where nothing was
+    lost: one pass over the values or the stored bits."""
+    if stored.dtype != np.float16 or not stored.size:
+        return None
+    numpy = isinstance(values, np.ndarray)
+    integers = (values.dtype.kind in "iu" if numpy
+                else not values.is_floating_point() and not values.is_complex()
+                and values.dtype != _torch_bool())
+    if integers:
+        largest = int(abs(values).max())
+        if largest <= F16_EXACT_INTEGERS:
+            return None
+        rounded = int(np.count_nonzero(stored.astype(np.float64) != host(values)))
+        if not rounded:
+            return None
+        return (f"{rounded:,} of its whole numbers past {F16_EXACT_INTEGERS} are rounded (up to "
+                f"{largest:,}; a column of whole numbers is declared kind 'label', int32)")
+    # an exponent of all ones is inf or NaN: only then is the source compared
+    if (stored.view(np.uint16) & 0x7FFF).max() < 0x7C00:
+        return None
+    overflowed = int(np.isinf(stored).sum()) - (int(np.isinf(values).sum()) if numpy else
+                                                int(values.isinf().sum()))
+    if overflowed <= 0:
+        return None
+    return (f"finite values past ±{F16_MAX:g} are stored as ±inf ({overflowed:,} of them; a "
+            "column that needs them is declared kind 'exact', float32)")
+
+
+def _torch_bool() -> Any:
+    import torch
+
+    return torch.bool
+
+
 def host(values: Any) -> np.ndarray:
     return values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
 

@@ -67,7 +67,15 @@ from kdcore.history_layout import (
 )
 from kdcore.history_names import check_new_metric
 from kdcore.history_rebuild import rebuild
-from kdcore.history_values import FILL, compression, host, store_dtype, version, widened
+from kdcore.history_values import (
+    FILL,
+    compression,
+    float16_lost,
+    host,
+    store_dtype,
+    version,
+    widened,
+)
 from kdcore.history_values import as_numpy as _as_numpy  # a seam tests patch
 
 if TYPE_CHECKING:
@@ -133,6 +141,7 @@ class HistoryWriter:
         self.path = Path(path)
         self._index: _Index | None = None
         self._forecast = DiskForecast(self.path)
+        self._lossy: set[str] = set()  # columns warned of what float16 lost of them
 
     # -- creating ------------------------------------------------------------------------------
 
@@ -272,6 +281,12 @@ class HistoryWriter:
         snapshots = [(name, c, None if index is not None and index.unchanged(name, c.data, c.kind)
                       else _as_numpy(c.data, store_dtype(c.kind, c.data)))
                      for name, c in columns.items() if c.snapshot]
+        for name, column, arr in snapshots:
+            lost = None if arr is None or name in self._lossy else float16_lost(column.data, arr)
+            if lost:
+                self._lossy.add(name)  # said once a run
+                logger.warning(f"the history stores column '{name}' ({column.kind}) as float16: "
+                               f"{lost}")
         if rows_total is not None:
             self._forecast.before(stage)
         with self._update() as (f, index):

@@ -376,3 +376,44 @@ def test_the_writers_lock_timeout_also_bounds_counting_rows(tmp_path):
         release.set()
         thread.join()
     assert w.rows() == 0
+
+
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_what_float16_loses_of_a_column_is_said_once_per_column(tmp_path, warnings, as_numpy):
+    """A value column past float16's range, or of whole numbers past 2048, is stored as float16
+    all the same (its kind says so), but not silently: its reader would take inf or 2048 for
+    what the plugin wrote."""
+    w = _create(tmp_path / "history.h5")
+    big = torch.full((N,), 1.0)
+    big[1] = 70000.0
+    big[5] = math.inf  # an inf of its own is kept, not counted
+    unreal = torch.full((N,), -3.0)
+    unreal[[2, 3]] = torch.tensor([math.nan, -math.inf])  # nothing lost: no warning
+    ids = torch.arange(N) * 301  # up to 3,311: the odd ones past 2048 round
+    even = torch.arange(N) * 300  # up to 3,300: float16 steps by 2 there, so exact
+    small = torch.arange(N) * 186  # up to 2,046: every one exact
+    near = torch.full((N,), 65504.0)  # float16's largest, exact
+    rows = {"odd/big": Col(big, "value"), "odd/ids": Col(ids, "value"),
+            "odd/small": Col(small, "value"), "odd/near": Col(near, "weight"),
+            "odd/exact": Col(big, "exact"), "odd/label": Col(ids, "label"),
+            "odd/even": Col(even, "value"), "odd/unreal": Col(unreal, "value")}
+    if as_numpy:
+        rows = {n: Col(c.data.numpy(), c.kind) for n, c in rows.items()}
+    for epoch in range(2):
+        w.append_epoch(stage="s", epoch=epoch, metrics={}, columns=rows)
+    assert warnings == [
+        "the history stores column 'odd/big' (value) as float16: finite values past ±65504 are "
+        "stored as ±inf (1 of them; a column that needs them is declared kind 'exact', "
+        "float32)",
+        "the history stores column 'odd/ids' (value) as float16: 3 of its whole numbers past "
+        "2048 are rounded (up to 3,311; a column of whole numbers is declared kind 'label', "
+        "int32)"]
+    with History(tmp_path) as h:  # stored as numpy's float16 cast makes them
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(h.column("odd/big", epoch=1),
+                                          big.numpy().astype(np.float16))
+        np.testing.assert_array_equal(h.column("odd/ids", epoch=1),
+                                      ids.numpy().astype(np.float16))
+        assert h.column("odd/ids", epoch=1)[11] == 3312  # 3,311 rounded
+        np.testing.assert_array_equal(h.column("odd/even", epoch=1), even.numpy())
+        np.testing.assert_array_equal(h.column("odd/label", epoch=1), ids.numpy())
