@@ -74,15 +74,25 @@ F16_EXACT_INTEGERS = 2048
 """The largest integer below which float16 holds every integer: 2049 is stored as 2048."""
 
 
-def float16_lost(values: Any, stored: np.ndarray) -> str | None:
-    """What ``stored``, the float16 copy of a column's ``values`` (a tensor or numpy array),
-    lost that a reader of the history would not know, or None: integers past
+def storage_loss(values: Any, stored: np.ndarray) -> str | None:
+    """What ``stored``, the copy of a column's ``values`` (a tensor or numpy array) the history
+    keeps, lost that its reader would not know, or None. As float16: integers past
     :data:`F16_EXACT_INTEGERS` that it rounded (float16 steps by 2 up to 4096, by 4 to 8192,
-    ...), or finite values past :data:`F16_MAX` (stored as ±inf). Cheap where nothing was
-    lost: one pass over the values or the stored bits."""
-    if stored.dtype != np.float16 or not stored.size:
+    ...), or finite values past :data:`F16_MAX` (stored as ±inf). As int32 (a ``label``
+    column): fractions or NaN, cut to whole numbers. Cheap where nothing was lost: one pass
+    over the values or the stored bits."""
+    if not stored.size:
         return None
     numpy = isinstance(values, np.ndarray)
+    if stored.dtype == np.int32:
+        if (values.dtype.kind != "f") if numpy else not values.is_floating_point():
+            return None
+        cut = int(np.count_nonzero(stored != host(values)))
+        return (f"{cut:,} of its values are not whole numbers, cut to int32 (a column of "
+                "fractions is declared kind 'value', float16, or 'exact', float32)"
+                if cut else None)
+    if stored.dtype != np.float16:
+        return None
     integers = (values.dtype.kind in "iu" if numpy
                 else not values.is_floating_point() and not values.is_complex()
                 and values.dtype != _torch_bool())
@@ -128,5 +138,6 @@ def widened(group: h5py.Group, name: str, dtype: Any) -> h5py.Dataset:
     return new
 
 
-__all__ = ["F16_MAX", "FILL", "NO_LABEL", "STORE_DTYPE", "as_numpy", "compression", "host",
-           "store_dtype", "target_labels", "version", "widened"]
+__all__ = ["F16_EXACT_INTEGERS", "F16_MAX", "FILL", "NO_LABEL", "STORE_DTYPE", "as_numpy",
+           "compression", "host", "storage_loss", "store_dtype", "target_labels", "version",
+           "widened"]

@@ -70,8 +70,8 @@ from kdcore.history_rebuild import rebuild
 from kdcore.history_values import (
     FILL,
     compression,
-    float16_lost,
     host,
+    storage_loss,
     store_dtype,
     version,
     widened,
@@ -141,7 +141,7 @@ class HistoryWriter:
         self.path = Path(path)
         self._index: _Index | None = None
         self._forecast = DiskForecast(self.path)
-        self._lossy: set[str] = set()  # columns warned of what float16 lost of them
+        self._lossy: set[str] = set()  # columns warned of what their stored copy lost
 
     # -- creating ------------------------------------------------------------------------------
 
@@ -282,11 +282,11 @@ class HistoryWriter:
                       else _as_numpy(c.data, store_dtype(c.kind, c.data)))
                      for name, c in columns.items() if c.snapshot]
         for name, column, arr in snapshots:
-            lost = None if arr is None or name in self._lossy else float16_lost(column.data, arr)
+            lost = None if arr is None or name in self._lossy else storage_loss(column.data, arr)
             if lost:
                 self._lossy.add(name)  # said once a run
-                logger.warning(f"the history stores column '{name}' ({column.kind}) as float16: "
-                               f"{lost}")
+                logger.warning(f"the history stores column '{name}' ({column.kind}) as "
+                               f"{arr.dtype}: {lost}")
         if rows_total is not None:
             self._forecast.before(stage)
         with self._update() as (f, index):

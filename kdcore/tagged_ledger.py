@@ -4,6 +4,7 @@ writes tagged with the writer's name and held to what it may write."""
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterator
 
 import torch
@@ -11,6 +12,8 @@ import torch
 from kdcore.context import ColumnKind
 from kdcore.history_names import READ_ONLY_COLUMNS, declared_column_problem
 from kdcore.ledger import Ledger
+
+KINDS: tuple[str, ...] = typing.get_args(ColumnKind)
 
 
 class TaggedLedger:
@@ -63,7 +66,14 @@ class TaggedLedger:
     def kind(self, name: str) -> ColumnKind:
         return self._ledger.column(name).kind
 
-    def _check(self, name: str) -> None:
+    def _check(self, name: str, kind: str, *tensors: object) -> None:
+        if kind not in KINDS:  # else the history's write at the epoch's end names no one
+            raise ValueError(f"ledger column '{name}': kind {kind!r} is none of "
+                             f"{', '.join(KINDS)}")
+        for given in tensors:
+            if not isinstance(given, torch.Tensor):
+                raise TypeError(f"ledger column '{name}' takes torch tensors, not "
+                                f"{type(given).__name__} (torch.as_tensor makes one)")
         if self._frozen_in is not None:
             raise RuntimeError(
                 f"component '{self._producer}' wrote ledger column '{name}' in "
@@ -83,17 +93,17 @@ class TaggedLedger:
 
     def add(self, name: str, data: torch.Tensor, *, kind: ColumnKind = "value",
             snapshot: bool = True) -> torch.Tensor:
-        self._check(name)
+        self._check(name, kind, data)
         return self._ledger.add(name, data, producer=self._producer, kind=kind, snapshot=snapshot)
 
     def write(self, name: str, index: torch.Tensor, values: torch.Tensor, *,
               kind: ColumnKind = "value", snapshot: bool = True) -> None:
-        self._check(name)
+        self._check(name, kind, index, values)
         self._ledger.write(name, index, values, producer=self._producer, kind=kind,
                            snapshot=snapshot)
 
     def ensure(self, name: str, like: torch.Tensor, *, kind: ColumnKind = "value",
                fill: float | bool = 0, snapshot: bool = True) -> torch.Tensor:
-        self._check(name)
+        self._check(name, kind, like)
         return self._ledger.ensure(name, like, producer=self._producer, kind=kind, fill=fill,
                                    snapshot=snapshot)

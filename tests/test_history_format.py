@@ -379,10 +379,11 @@ def test_the_writers_lock_timeout_also_bounds_counting_rows(tmp_path):
 
 
 @pytest.mark.parametrize("as_numpy", [False, True])
-def test_what_float16_loses_of_a_column_is_said_once_per_column(tmp_path, warnings, as_numpy):
+def test_what_the_stored_copy_loses_of_a_column_is_said_once_per_column(tmp_path, warnings,
+                                                                        as_numpy):
     """A value column past float16's range, or of whole numbers past 2048, is stored as float16
-    all the same (its kind says so), but not silently: its reader would take inf or 2048 for
-    what the plugin wrote."""
+    all the same (its kind says so), and a label column of fractions as int32, but not
+    silently: its reader would take inf, 2048 or 0 for what the plugin wrote."""
     w = _create(tmp_path / "history.h5")
     big = torch.full((N,), 1.0)
     big[1] = 70000.0
@@ -396,7 +397,9 @@ def test_what_float16_loses_of_a_column_is_said_once_per_column(tmp_path, warnin
     rows = {"odd/big": Col(big, "value"), "odd/ids": Col(ids, "value"),
             "odd/small": Col(small, "value"), "odd/near": Col(near, "weight"),
             "odd/exact": Col(big, "exact"), "odd/label": Col(ids, "label"),
-            "odd/even": Col(even, "value"), "odd/unreal": Col(unreal, "value")}
+            "odd/even": Col(even, "value"), "odd/unreal": Col(unreal, "value"),
+            "odd/cut": Col(torch.linspace(0, 2, N), "label"),  # 0, 0.18, ..., 2
+            "odd/whole": Col(torch.arange(N).double(), "label")}
     if as_numpy:
         rows = {n: Col(c.data.numpy(), c.kind) for n, c in rows.items()}
     for epoch in range(2):
@@ -407,7 +410,10 @@ def test_what_float16_loses_of_a_column_is_said_once_per_column(tmp_path, warnin
         "float32)",
         "the history stores column 'odd/ids' (value) as float16: 3 of its whole numbers past "
         "2048 are rounded (up to 3,311; a column of whole numbers is declared kind 'label', "
-        "int32)"]
+        "int32)",
+        "the history stores column 'odd/cut' (label) as int32: 10 of its values are not whole "
+        "numbers, cut to int32 (a column of fractions is declared kind 'value', float16, or "
+        "'exact', float32)"]
     with History(tmp_path) as h:  # stored as numpy's float16 cast makes them
         with np.errstate(over="ignore"):
             np.testing.assert_array_equal(h.column("odd/big", epoch=1),

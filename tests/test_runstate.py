@@ -268,6 +268,38 @@ def test_a_plugins_new_column_is_one_the_history_can_keep(existing, name, proble
         assert ledger[existing].tolist() == [0, 1, 0, 0]
 
 
+def test_the_tagged_ledger_refuses_an_unknown_kind_and_values_that_are_no_tensor():
+    """An unknown kind failed only in the history's write at the epoch's end (a KeyError that
+    named no component); numpy values or a list, in torch's ``.dim`` (an AttributeError)."""
+    import numpy as np
+
+    from kdcore.ledger import Ledger
+
+    ledger = Ledger(4)
+    mine = TaggedLedger(ledger, "me", frozenset({"me/a"}))
+    with pytest.raises(ValueError) as info:
+        mine.add("me/a", torch.zeros(4), kind="wat")
+    assert str(info.value) == ("ledger column 'me/a': kind 'wat' is none of label, target, "
+                               "mask, weight, value, exact")
+    for write in (lambda: mine.write("me/a", torch.tensor([0]), torch.ones(1), kind="values"),
+                  lambda: mine.ensure("me/a", torch.ones(4), kind="")):
+        with pytest.raises(ValueError, match="^ledger column 'me/a': kind '.*' is none of "):
+            write()
+    for write, given in ((lambda: mine.add("me/a", np.zeros(4)), "ndarray"),
+                         (lambda: mine.add("me/a", [0.0] * 4), "list"),
+                         (lambda: mine.write("me/a", [0], torch.ones(1)), "list"),
+                         (lambda: mine.write("me/a", torch.tensor([0]), 1.0), "float"),
+                         (lambda: mine.ensure("me/a", np.ones(4)), "ndarray")):
+        with pytest.raises(TypeError) as info:
+            write()
+        assert str(info.value) == (f"ledger column 'me/a' takes torch tensors, not {given} "
+                                   "(torch.as_tensor makes one)")
+    assert list(ledger) == []
+    for kind in ("label", "target", "mask", "weight", "value", "exact"):
+        mine.add("me/a", torch.ones(4, 2 if kind == "target" else 1).squeeze(1), kind=kind)
+        assert ledger.column("me/a").kind == kind
+
+
 def test_the_tagged_ledger_refuses_every_write_while_frozen(run):
     ledger = TaggedLedger(run.ledger, "me", None)
     n = ledger.size
