@@ -20,6 +20,7 @@ from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.config import structure
 from kdcore.context import ColumnName, RunContext
 from kdcore.data.base import ArrayDataset
+from kdcore.hook_writes import HookWrites
 from kdcore.hookspecs import hookimpl
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
@@ -27,6 +28,7 @@ from kdcore.models.base import KDModel
 from kdcore.recipe import Recipe, StageConfig
 from kdcore.rundata import RunData
 from kdcore.runstate import ComponentContext, Run
+from kdcore.step import StepResult, check_outputs, combine
 
 
 @attrs.define(eq=False)
@@ -43,6 +45,7 @@ class Harness:
     component: Component
     ctx: ComponentContext
     run: Run
+    _writes: HookWrites | None = attrs.field(default=None, init=False)  # the epoch's, as a run's
 
     def batch(self, index: torch.Tensor | Sequence[int] | None = None,
               x: torch.Tensor | None = None) -> Batch:
@@ -55,6 +58,45 @@ class Harness:
                      num_classes=run.num_classes, step=run.step,
                      targets_from=run.ledger["base_target"])
 
+    def step(self, batch: Batch) -> StepResult:
+        """The component's batch hooks on ``batch`` as a run calls them in a stage of this
+        component alone (:func:`kdcore.step.combine`: ``refine``, ``select``, ``weight``,
+        ``transfer``): what they return is written to the ledger (``target``,
+        ``select/<name>``, ``weight/<name>``) and held to the checks a run makes of it (shapes
+        and devices at once; masks in [0, 1], weights not negative and targets distributions,
+        which a run checks at the epoch's end, here too); a breach raises the
+        :class:`~kdcore.failures.RunFailed` a run would stop with. No backward pass, no
+        optimiser step; whether the loss is finite (``result.losses``) is the test's to ask.
+        :meth:`epoch_end` fills the rows of the batches a hook abstained on, as a run's
+        epoch end does."""
+        refiners, selectors, weighters, transfers = self._kinds()
+        if self._writes is None:
+            self._writes = HookWrites(self.run.ledger)
+        writes = self._writes
+        writes.index = batch.index
+        result = combine(batch, refiners=refiners, selectors=selectors, weighters=weighters,
+                         transfers=transfers, context=lambda _: self.ctx, record=writes.write,
+                         abstain=writes.abstained)
+        check_outputs(self.run.ledger, refiners, selectors, weighters)
+        return result
+
+    def epoch_end(self, metrics: dict[str, float] | None = None) -> dict[str, float]:
+        """The epoch's end as a run's: the rows of the batches a ``select`` or ``weight`` hook
+        abstained on hold 1 where it wrote its column this epoch
+        (:mod:`kdcore.hook_writes`), then ``on_epoch_end`` with ``metrics`` (default: none),
+        which is returned with what it added."""
+        if self._writes is not None:
+            self._writes.settle()
+            self._writes = None
+        metrics = {} if metrics is None else metrics
+        self.component.on_epoch_end(self.ctx, metrics)
+        return metrics
+
+    def _kinds(self) -> list[list[Component]]:
+        comp = self.component
+        return [[comp] if kind in comp.kinds() else []
+                for kind in ("refine", "select", "weight", "transfer")]
+
     def setup(self) -> Harness:
         """``setup`` (the ledger read-only, as in a run) then ``on_stage_start``, as at a
         stage's start; returns self."""
@@ -66,6 +108,7 @@ class Harness:
     def epoch_start(self, epoch: int = 0) -> None:
         """Move to ``epoch`` and run the component's ``on_epoch_start``."""
         self.run.epoch = epoch
+        self._writes = None  # an epoch's abstentions are settled by its own end
         self.component.on_epoch_start(self.ctx)
 
     @property

@@ -236,3 +236,106 @@ def test_tinynet_layers():
     assert full.trunk[1].num_features == 5 and full.trunk[3].p == 0.25
     logits, features = full.eval()(torch.ones(2, 3))
     assert logits.shape == (2, 2) and features.shape == (2, 5)
+
+
+@attrs.frozen
+class _ScoresParams:
+    scores: tuple[float, ...] = ()  # per training row; () abstains
+    abstain_on: int = -1  # a training row whose batches it abstains on
+
+
+class _Scores(Component):
+    """Selects by the scores its parameters give per training row (none: abstains), from
+    epoch 1 on."""
+
+    Params = _ScoresParams
+    description = "given scores"
+
+    def select(self, ctx, batch):
+        if ctx.epoch < 1 or not self.params.scores or bool(
+                (batch.index == self.params.abstain_on).any()):
+            return None
+        return torch.tensor(self.params.scores)[batch.index]
+
+    def on_epoch_end(self, ctx, metrics):
+        metrics[f"s/{self.name}/epoch"] = float(ctx.epoch)
+
+
+class _Weights(_Scores):
+    """Weights as :class:`_Scores` selects."""
+
+    select = Component.select
+
+    def weight(self, ctx, batch):
+        return _Scores.select(self, ctx, batch)
+
+
+class _Doubles(Component):
+    """Refines the targets to twice themselves."""
+
+    description = "doubles"
+
+    def refine(self, ctx, batch, targets):
+        return 2 * targets
+
+
+def test_a_step_writes_what_the_hooks_return_and_holds_it_to_a_runs_checks():
+    from kdcore.failures import RunFailed
+
+    h = harness(_Scores, {"scores": (1.0, 0.25, 0.0, 1.0, 0.5), "abstain_on": 3}, x=X,
+                noisy_label=NOISY, name="s")
+    h.epoch_start(1)
+    assert h.step(h.batch([3, 2])).masks == []  # abstains before its first write
+    result = h.step(h.batch([4, 1]))
+    assert [(p.column, p.producer, p.values.tolist()) for p in result.masks] == [
+        ("select/s", "s", [0.5, 0.25])]
+    assert result.targets is None and result.weights == [] and result.losses == {}
+    assert h.run.ledger["select/s"].tolist() == [0.0, 0.25, 0.0, 0.0, 0.5]  # created at 0
+    assert h.run.ledger.producer("select/s") == "s" and h.run.ledger.producer("target") == "labels"
+    assert h.epoch_end({"m": 1.0}) == {"m": 1.0, "s/s/epoch": 1.0}
+    # the rows it abstained on before its first write, 1, as a run's epoch end leaves them
+    assert h.run.ledger["select/s"].tolist() == [0.0, 0.25, 1.0, 1.0, 0.5]
+    h.epoch_start(2)
+    h.step(h.batch([3, 1]))  # abstains the whole epoch: its rows are left as they were
+    assert h.epoch_end() == {"s/s/epoch": 2.0}
+    assert h.run.ledger["select/s"].tolist() == [0.0, 0.25, 1.0, 1.0, 0.5]
+    h.epoch_start(3)
+    h.step(h.batch([4]))
+    h.step(h.batch([3, 1]))  # written this epoch already: 1 at once
+    assert h.run.ledger["select/s"].tolist() == [0.0, 1.0, 1.0, 1.0, 0.5]
+    h.epoch_end()
+    assert h.step(h.batch([2])).masks[0].values.tolist() == [0.0]  # steps on after an end
+    for cls, params, said in (
+            (_Scores, {"scores": (1.0, 1.5, 0.0, 1.0, 0.5)}, "select returned values outside "
+             "[0, 1] (from 0 to 1.5); a select must lie there"),
+            (_Weights, {"scores": (1.0, -2.0, 0.0, 1.0, 0.5)}, "weight returned values outside "
+             "[0, inf) (from -2 to 1); a weight must lie there"),
+            (_Doubles, {}, "refine made targets that are not distributions (entries from 0, "
+             "rows summing to 1 .. 2); each row must be non-negative and sum to 1")):
+        bad = harness(cls, params, x=X, noisy_label=NOISY, name="s")
+        bad.epoch_start(1)
+        with pytest.raises(RunFailed) as info:  # found at the epoch's end in a run
+            bad.step(bad.batch([0, 1]))
+        assert str(info.value) == f"component 's' (s) {said}"
+    weights = harness(_Weights, {"scores": (1.0, 3.0, 0.0, 1.0, 0.5)}, x=X,
+                      noisy_label=NOISY, name="w")
+    weights.epoch_start(1)
+    assert [p.values.tolist() for p in weights.step(weights.batch([1, 0])).weights] == [
+        [3.0, 1.0]]
+    assert weights.run.ledger["weight/w"].tolist() == [1.0, 3.0, 0.0, 0.0, 0.0]
+
+
+def test_a_step_of_a_transfer_and_a_refiner_as_a_run_takes_them():
+    h = harness(CrossEntropy, x=X, noisy_label=NOISY, models={"student": TinyNet(4, 3)})
+    batch = h.batch([0, 2, 3])
+    result = h.step(batch)
+    logits = batch.out("student").logits
+    expected = torch.nn.functional.cross_entropy(logits, NOISY[[0, 2, 3]])
+    torch.testing.assert_close(result.losses["student"], expected)
+    assert list(result.terms["student"]) == ["crossentropy"]
+    smooth = harness(LabelSmoothing, {"epsilon": 0.3}, x=X, noisy_label=NOISY, name="ls")
+    out = smooth.step(smooth.batch([1]))
+    assert out.targets is not None and out.targets[1] == "ls"
+    torch.testing.assert_close(smooth.run.ledger["target"][1],
+                               torch.tensor([0.1, 0.8, 0.1]))  # (1 - 0.3) one-hot + 0.3 / 3
+    assert smooth.run.ledger.producer("target") == "ls"
