@@ -258,6 +258,7 @@ def _good_split(rows=40, features=5):
 
 def _wrong(what):
     import attrs
+    import torch
 
     from kdcore.data.base import DatasetSplits
 
@@ -280,6 +281,9 @@ def _wrong(what):
                                                                         math.nan))),
         "x numpy": DatasetSplits(attrs.evolve(good, x=good.x.numpy())),
         "x scalar": DatasetSplits(attrs.evolve(good, x=good.x[0, 0])),
+        "x 1d": DatasetSplits(attrs.evolve(good, x=good.x[:, 0])),
+        "x with a graph": DatasetSplits(attrs.evolve(good, x=good.x * torch.ones(
+            (), requires_grad=True))),
         "classes 0": DatasetSplits(attrs.evolve(good, num_classes=0)),
         "classes 10.0": DatasetSplits(attrs.evolve(good, num_classes=10.0)),
         "classes True": DatasetSplits(attrs.evolve(good, num_classes=True)),
@@ -343,6 +347,10 @@ def _images(rows=40):
                 "turns an array into one)"),
     ("x scalar", "its training inputs are torch.float32 of shape () for 40 labels; expected "
                  "float32 (or uint8 images), one per label"),
+    ("x 1d", "its training inputs are of shape (40,): a single number per sample; give each "
+             "sample its values along a dimension of their own (x[:, None] for one feature)"),
+    ("x with a graph", "its training inputs carry an autograd graph (requires_grad); make "
+                       "them data with .detach(), or build them under torch.no_grad()"),
     ("classes 0", "gave num_classes int 0; expected a whole number of classes, at least 1"),
     ("classes 10.0", "gave num_classes float 10.0; expected a whole number of classes, at "
                      "least 1"),

@@ -74,6 +74,13 @@ def _check_inputs(where: str, split: ArrayDataset, labels: int) -> None:
     if x.dtype not in (torch.float32, torch.uint8) or x.dim() == 0 or len(x) != labels:
         raise KdcoreError(f"{where} inputs are {x.dtype} of shape {tuple(x.shape)} for "
                           f"{labels} labels; expected float32 (or uint8 images), one per label")
+    if x.dim() == 1:  # a model was then handed rows of no shape, and named as the culprit
+        raise KdcoreError(f"{where} inputs are of shape {tuple(x.shape)}: a single number per "
+                          "sample; give each sample its values along a dimension of their own "
+                          "(x[:, None] for one feature)")
+    if x.requires_grad:  # the first batch's backward pass ran into the loader's graph
+        raise KdcoreError(f"{where} inputs carry an autograd graph (requires_grad); make them "
+                          "data with .detach(), or build them under torch.no_grad()")
     # a NaN or an infinity made the first batch's loss NaN, a whole set-up later
     if x.dtype == torch.float32 and len(x):
         rows = x.reshape(len(x), -1)
