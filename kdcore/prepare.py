@@ -232,6 +232,10 @@ def _check_takes_inputs(role: str, model: nn.Module, spec: ModelSpec) -> None:
             f"model '{role}' gives logits of shape {tuple(logits.shape)} for a batch of 2 "
             f"inputs, not (2, {spec.num_classes}): one per class of the dataset",
             key=f"models.{role}.arch")
+    if not logits.is_floating_point():  # the first loss term failed on them, and was blamed
+        raise RecipeError(
+            f"model '{role}' gives logits of dtype {logits.dtype}; expected floating point "
+            "numbers (a softmax is taken of them)", key=f"models.{role}.arch")
     if features.dim() != 2 or len(features) != 2:
         raise RecipeError(
             f"model '{role}' gives features of shape {tuple(features.shape)} for a batch of 2 "

@@ -519,7 +519,9 @@ class _Returns(nn.Module):
     def forward(self, x):
         logits = self.classifier(x)
         return {0: logits, 1: (logits, x, x), 2: (logits, x.reshape(len(x), 8, 8)),
-                3: (logits, x[:1]), 4: [logits, x], 5: (logits, "x")}[self.width]
+                3: (logits, x[:1]), 4: [logits, x], 5: (logits, "x"),
+                6: (logits.long(), x), 7: (logits.to(torch.bool), x),
+                8: (logits.double(), x)}[self.width]
 
 
 @pytest.mark.parametrize(("width", "detail"), [
@@ -534,6 +536,11 @@ class _Returns(nn.Module):
     (3, "model 'student' gives features of shape (1, 64) for a batch of 2 inputs, not (2, d): "
         "one vector per input, its classifier's input"),
     (4, None),  # a list of the two is taken as the pair
+    (6, "model 'student' gives logits of dtype torch.int64; expected floating point numbers (a "
+        "softmax is taken of them)"),
+    (7, "model 'student' gives logits of dtype torch.bool; expected floating point numbers (a "
+        "softmax is taken of them)"),
+    (8, None),  # float64: a softmax takes them
 ])
 def test_a_model_that_does_not_return_logits_and_features_is_refused(tmp_path, width, detail):
     plugin = _Architectures()
