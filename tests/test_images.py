@@ -11,7 +11,7 @@ from PIL import Image
 from kdcore.data.images import STATS_IMAGES, channel_stats, read_image, sample_rows
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "RGB", "I;16"])
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "RGB"])
 def test_any_pil_mode_is_read_as_rgb_uint8_of_the_asked_size(tmp_path, mode):
     # (an adaptive palette holds the colour exactly; the default one would dither it)
     extra = {"palette": Image.Palette.ADAPTIVE} if mode == "P" else {}
@@ -20,6 +20,40 @@ def test_any_pil_mode_is_read_as_rgb_uint8_of_the_asked_size(tmp_path, mode):
     assert image.shape == (3, 4, 4) and image.dtype == np.uint8
     want = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))[0, 0]
     assert (image[:, 0, 0] == want).all() and (image == image[:, :1, :1]).all()  # one colour
+
+
+@pytest.mark.parametrize(("mode", "suffix"), [("I;16", ".png"), ("I;16", ".tif"),
+                                              ("I", ".tif")])
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path, mode, suffix):
+    """PIL's convert("RGB") clipped every value past 255: a 16-bit PNG came out white."""
+    values = np.array([[0, 128, 257, 385], [386, 32767, 32768, 65278],
+                       [65279, 65407, 65408, 65535], [1000, 2000, 40000, 60000]])
+    image = Image.fromarray(values.astype(np.uint16 if mode == "I;16" else np.int32))
+    image.save(tmp_path / f"a{suffix}")
+    assert Image.open(tmp_path / f"a{suffix}").mode == mode
+    read = read_image(tmp_path / f"a{suffix}", 4)  # its own size: no resampling
+    want = np.rint(values / 257).astype(np.uint8)  # 65535 / 257 = 255
+    assert want[0].tolist() == [0, 0, 1, 1] and want[2].tolist() == [254, 255, 255, 255]
+    assert all(np.array_equal(read[c], want) for c in range(3))
+
+
+@pytest.mark.parametrize(("values", "mode", "said"), [
+    (np.full((3, 3), 0.5, np.float32), "F", "its pixels are floating point (mode F), which "
+     "have no one scale to 8 bits; save 8- or 16-bit images, or give the arrays through the npz "
+     "dataset"),
+    (np.full((3, 3), 65536, np.int32), "I", "its pixels run from 65536 to 65536 (32-bit "
+     "integers, mode I); save 8- or 16-bit images"),
+    (np.full((3, 3), -1, np.int32), "I", "its pixels run from -1 to -1 (32-bit integers, mode "
+     "I); save 8- or 16-bit images"),
+])
+def test_an_image_of_floats_or_32_bit_integers_is_refused(tmp_path, values, mode, said):
+    from kdcore.errors import KdcoreError
+
+    Image.fromarray(values).save(tmp_path / "a.tif")
+    assert Image.open(tmp_path / "a.tif").mode == mode
+    with pytest.raises(KdcoreError) as info:
+        read_image(tmp_path / "a.tif", 3)
+    assert str(info.value) == f"cannot read image {tmp_path / 'a.tif'}: {said}"
 
 
 def test_resizing_is_bilinear_and_the_channels_come_first(tmp_path):

@@ -33,11 +33,34 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
         with image:
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            rgb = _as_rgb(image, path).resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         # a bomb: more pixels than PIL will decode (Image.MAX_IMAGE_PIXELS)
         raise KdcoreError(f"cannot read image {path}: {exc}") from None
+
+
+def _as_rgb(image: object, path: str | Path) -> object:
+    """``image`` (a PIL image) as 8-bit RGB. PIL's own ``convert("RGB")`` clips a 16-bit
+    image's values to 255 (a 16-bit PNG came out white) and takes floats as they are (an image
+    in [0, 1] came out black); a 16-bit image is scaled to 8 bits instead (``v / 257``,
+    rounded), and one of floats, which has no one scale, is refused."""
+    from PIL import Image
+
+    mode = image.mode  # type: ignore[attr-defined]
+    if mode == "F":
+        raise KdcoreError(f"cannot read image {path}: its pixels are floating point (mode F), "
+                          "which have no one scale to 8 bits; save 8- or 16-bit images, or give "
+                          "the arrays through the npz dataset")
+    if mode == "I" or mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.int64)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:  # 32-bit integers: no 16-bit image
+            raise KdcoreError(f"cannot read image {path}: its pixels run from {low} to {high} "
+                              "(32-bit integers, mode I); save 8- or 16-bit images")
+        eight = (values * 255 + 32767) // 65535  # 65535 -> 255, rounded
+        return Image.fromarray(eight.astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")  # type: ignore[attr-defined]
 
 
 STATS_CHUNK = 512
