@@ -39,7 +39,8 @@ def report_runs(runs: Sequence[Path], *, md_path: Path | None, csv_path: Path | 
     rows = rp.aggregate(shown)
     gap_models = tuple(gap_models) or tuple(dict.fromkeys(choice.models.values()))
     notes = [w for w in [rp.unfinished_note(runs, found), choice.warning(),
-                         rp.mixed_datasets(shown), mixed_code([r.path for r in shown])]
+                         rp.mixed_datasets(shown), rp.mixed_noise(shown, baseline, ceiling),
+                         mixed_code([r.path for r in shown])]
              + rm.gap_warnings(rows, baseline, ceiling, gap_models) if w]
     for line in notes:
         _warn(line)

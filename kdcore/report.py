@@ -102,6 +102,40 @@ def mixed_datasets(runs: Sequence[RunResult]) -> str | None:
             "datasets are tested on different test splits and do not compare")
 
 
+def mixed_noise(runs: Sequence[RunResult], baseline: str | None,
+                ceiling: str | None) -> str | None:
+    """A line when a variant's label noise (``data.noise`` of its saved recipe) is not the
+    baseline's, naming those variants; None when the gap is not asked for or every variant
+    shares it. The gap recovered measures a variant against CE on the same noisy labels: one
+    against another noise's baseline reads as a method's merit what is the noise's. The
+    ceiling, trained on clean labels, is left out."""
+    if baseline is None or ceiling is None:
+        return None
+    noises: dict[str, str] = {}
+    for run in runs:
+        data = (_saved_recipe(run.path) or {}).get("data")
+        if isinstance(data, dict) and run.variant not in noises:
+            noises[run.variant] = _noise_words(data.get("noise"))
+    base = noises.get(baseline)
+    other = [f"{v} ({n})" for v, n in noises.items() if v not in (baseline, ceiling) and
+             base is not None and n != base]
+    if not other:
+        return None
+    return (f"the gap recovered compares variants trained on other label noise than the "
+            f"baseline '{baseline}' ({base}): {', '.join(other[:3])}"
+            f"{f' and {len(other) - 3} more' if len(other) > 3 else ''}; their gap is measured "
+            "against another noise's baseline")
+
+
+def _noise_words(noise: Any) -> str:
+    """A saved recipe's ``data.noise`` as ``model key=value ...`` (params sorted)."""
+    if not isinstance(noise, dict):
+        return "none"
+    params = noise.get("params") if isinstance(noise.get("params"), dict) else {}
+    return " ".join([str(noise.get("model", "none")),
+                     *(f"{k}={params[k]}" for k in sorted(params))])
+
+
 def variant_label(name: str) -> str:
     """A folder's name as a variant's label: a byte that is not UTF-8 (a lone surrogate, as
     Python reads it from a file system or a command line) as its escape, so that every table,

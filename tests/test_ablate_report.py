@@ -450,3 +450,20 @@ def test_the_gap_of_a_model_other_than_student_reaches_every_output(tmp_path):
     html = (page / "index.html").read_text(encoding="utf-8")
     assert '<td>dml</td><td>peer</td>' in html and '<td class="num">+0.50</td></tr>' in html
     assert f"<title>kdcore report: {first}, {second}</title>" in html
+
+
+def test_report_says_when_the_gap_compares_other_noise_than_the_baselines(tmp_path):
+    _fake_run(tmp_path / "runs" / "ce" / "seed0", seed=0, acc=0.5)
+    _fake_run(tmp_path / "runs" / "clean" / "seed0", seed=0, acc=0.9, rate=0.0)
+    _fake_run(tmp_path / "runs" / "kd" / "seed0", seed=0, acc=0.7)
+    same = invoke("report", tmp_path / "runs", "--baseline", "ce", "--ceiling", "clean")
+    assert same.exit_code == 0 and "warning" not in same.output, same.output
+    _fake_run(tmp_path / "runs" / "kd-20" / "seed0", seed=0, acc=0.8, rate=0.2)
+    res = invoke("report", tmp_path / "runs", "--baseline", "ce", "--ceiling", "clean")
+    assert res.exit_code == 0
+    assert res.output.splitlines()[0] == (
+        "kdcore: warning: the gap recovered compares variants trained on other label noise "
+        "than the baseline 'ce' (none rate=0.4): kd-20 (none rate=0.2); their gap is measured "
+        "against another noise's baseline")
+    assert "| kd-20 | student | 1 | 80.00 | 80.00 | 80.00 | +0.75 |" in res.output
+    assert "warning" not in invoke("report", tmp_path / "runs").output  # no gap: no line

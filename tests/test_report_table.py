@@ -168,3 +168,33 @@ def test_variants_of_different_datasets_are_named_by_dataset(tmp_path):
     three = same + [_saved(tmp_path, "n", 0, "npz"), _saved(tmp_path, "m", 0, "mnist")]
     assert mixed_datasets(three).startswith(
         "the variants use 3 datasets ('digits': ce, kd; 'npz': n; 'mnist': m);")
+
+
+def test_a_variant_on_other_noise_than_the_baseline_is_named_when_the_gap_is_asked(tmp_path):
+    from kdcore.report import mixed_noise
+
+    def noisy(variant, noise, seed=0):
+        return _saved(tmp_path, variant, seed, None, f"[data]\ndataset = \"digits\"\n{noise}")
+
+    sym = '[data.noise]\nmodel = "symmetric"\nparams = { rate = 0.4 }\n'
+    runs = [noisy("ce", sym), noisy("ce", sym, 1), noisy("kd", sym),
+            noisy("clean", '[data.noise]\nmodel = "none"\n'),
+            _saved(tmp_path, "old", 0, None)]  # no recipe: nothing to compare
+    assert mixed_noise(runs, "ce", "clean") is None  # the ceiling's clean labels are its own
+    assert mixed_noise(runs, None, None) is None
+    others = [noisy("pair", '[data.noise]\nmodel = "pair_flip"\nparams = { rate = 0.4 }\n'),
+              noisy("sym2", '[data.noise]\nmodel = "symmetric"\nparams = { rate = 0.2 }\n'),
+              noisy("wide", '[data.noise]\nmodel = "symmetric"\n'
+                            'params = { rate = 0.4, include_true = true }\n'),
+              noisy("bare", "")]
+    assert mixed_noise(runs + others, "ce", "clean") == (
+        "the gap recovered compares variants trained on other label noise than the baseline "
+        "'ce' (symmetric rate=0.4): pair (pair_flip rate=0.4), sym2 (symmetric rate=0.2), wide "
+        "(symmetric include_true=True rate=0.4) and 1 more; their gap is measured against "
+        "another noise's baseline")
+    assert mixed_noise(runs[:3] + others[:1], "ce", "pair") is None  # pair: the ceiling here
+    assert mixed_noise(runs + others, "ce", None) is None  # no gap without a ceiling
+    assert mixed_noise(runs + others[1:], "ce", "clean").endswith(
+        ": sym2 (symmetric rate=0.2), wide (symmetric include_true=True rate=0.4), bare (none); "
+        "their gap is measured against another noise's baseline")  # three: all named
+    assert mixed_noise(runs + others[:1], "missing", "clean") is None  # no baseline to match
