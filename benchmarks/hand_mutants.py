@@ -133,8 +133,9 @@ MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", pa
     ("p4", "a grid compares the code of runs not there yet only", "kdcore/grid.py",
      'if status(spec) != "new":', 'if status(spec) == "new":', PROVENANCE),
     ("p5", "a report does not compare its runs' code", "kdcore/cli_report.py",
-     "rp.mixed_datasets(shown), mixed_code([r.path for r in shown])]",
-     "rp.mixed_datasets(shown)]",
+     "rp.mixed_noise(shown, baseline, ceiling),\n                         "
+     "mixed_code([r.path for r in shown])]",
+     "rp.mixed_noise(shown, baseline, ceiling)]",
      PROVENANCE),
 ]]
 
