@@ -268,6 +268,12 @@ def check_augmentations(run: Run) -> None:
             if not (isinstance(out, torch.Tensor) and out.shape == x.shape
                     and out.dtype == x.dtype and out.device == x.device):
                 raise augmentation_changed(run.recipe, i, x, out)
+            if out.is_floating_point() and bool(x.isfinite().all()) and not bool(
+                    out.isfinite().all()):  # blamed on the loss term the first batch made NaN
+                raise RecipeError(
+                    f"augmentation '{run.recipe.data.augment[i].name}' made values that are "
+                    f"not finite (NaN or infinite) of finite inputs ({x.dtype} "
+                    f"{tuple(x.shape)})", file=run.recipe.source, key=f"data.augment[{i}].name")
             x = out
 
 

@@ -240,6 +240,7 @@ PLUGIN_AUGMENTATIONS = {
     "misbehaves_later": _misbehaves_after_the_probe,
     "global_noise": _global_noise,
     "identity": lambda x, generator: x,
+    "divides_by_0": lambda x, generator: x / 0,
     "says_why": lambda x, generator: (_ for _ in ()).throw(ValueError("needs colour images.")),
 }
 
@@ -276,6 +277,8 @@ def _augmented_recipe(tmp_path, *names, data=None):
                 "on cpu"),
     ("needs_images", "augmentation 'needs_images' cannot take the data's inputs (torch.float32 "
                      "(2, 64)): IndexError: too many indices for tensor of dimension 2"),
+    ("divides_by_0", "augmentation 'divides_by_0' made values that are not finite (NaN or "
+                     "infinite) of finite inputs (torch.float32 (2, 64))"),
 ])
 def test_an_augmentation_that_cannot_give_a_batch_of_its_input_is_refused_at_set_up(
         tmp_path, name, message):
