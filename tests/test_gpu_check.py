@@ -26,7 +26,9 @@ def test_without_a_gpu_it_plans_every_step_on_the_cpu(tmp_path):
                          env={**os.environ, "GPU_CHECK_DRY_RUN": "1"}).stdout
     assert "mode cpu, device cpu, 0 GPU(s)" in out
     steps = [line.split()[2] for line in out.splitlines() if line.startswith("gpu_check: step")]
-    assert steps == ["env", "tests", "kd-run", "fmnist-data", "throughput", "throughput-mlp", "ddp"]
+    assert steps == ["env", "tests", "kd-run", "recipes", "fmnist-data", "throughput",
+                     "throughput-mlp", "ddp"]
     assert "ddp_throughput.py --nproc 2 --device cpu" in out  # two gloo processes
     assert '--set run.device="cpu"' in out and "--device cpu" in out
+    assert "gpu_recipes.py --device cpu --budget-s 150 --only amlkd" in out  # one, small
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
