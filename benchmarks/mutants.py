@@ -274,6 +274,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                             "-m", "not slow"]),
     # the package's lazy exports (the engine and the history load on first use; session 24)
     "kdcore-init": (".", ["kdcore/__init__.py"], ["tests/test_structure.py"]),
+    # run.deterministic and the process-wide settings a run gives back (session 40)
+    "kdcore-torch-state": (".", ["kdcore/torch_state.py"], ["tests/test_torch_state.py"]),
     "kdcore-lp": ("plugins/kdcore-lp", ["kdcore_lp/solve.py", "kdcore_lp/propagation.py"],
                   ["tests"]),
     # the LP component's wiring (seeds, seed weights, kept selections, when it runs)

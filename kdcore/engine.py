@@ -6,10 +6,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from kdcore.provenance import code_changes, code_digests, recipe_changes, record
 from kdcore.recipe import Recipe, resolved_now
 from kdcore.rundir import RunDirLock, check_output_dir, prepare_run_dir, run_dir_of
 from kdcore.runstate import ComponentContext, Run
+from kdcore.torch_state import torch_state_kept
 
 
 def fingerprint(recipe: Recipe, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -124,22 +124,6 @@ def _adapt_models(plan: RunPlan, run: Run) -> None:
     for stage in plan.stages:
         for comp in stage.components:
             comp.adapt_models(ComponentContext(run, comp.name, run.generator))
-
-
-@contextlib.contextmanager
-def torch_state_kept(device: torch.device) -> Iterator[None]:
-    """Torch's random states (the CPU's and ``device``'s) and thread count as the block found
-    them: a run seeds the generators and sets ``run.threads``, which must not carry over into
-    the program that called :func:`run_recipe` (a notebook's next draws, a grid's next run)."""
-    threads = torch.get_num_threads()
-    # a torchrun worker has no caller to keep the GPU's state for, and reading it now, before
-    # the worker picks its GPU, would put a CUDA context of every worker on GPU 0
-    gpu = device.type == "cuda" and not distributed.launched()
-    with torch.random.fork_rng(devices=[device] if gpu else []):
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
 
 
 def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPlan:
@@ -397,4 +381,4 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
 
 
 __all__ = ["banner", "check_output_dir", "dry_setup", "fingerprint", "prepare_run_dir",
-           "run_recipe", "torch_state_kept"]
+           "run_recipe"]

@@ -25,6 +25,7 @@ from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe
 from kdcore.rundata import build_run_data
 from kdcore.runstate import Run, augmentation_changed, role_seed
+from kdcore.torch_state import make_deterministic
 
 
 def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
@@ -37,6 +38,8 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
     recipe = plan.recipe
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
+    if recipe.run.deterministic:  # before any kernel runs: cuBLAS reads its workspace setting
+        make_deterministic()
     torch.manual_seed(recipe.run.seed)
     device = resolve_device(recipe.run.device)
     if device.type == "cuda" and distributed.world().size > 1:

@@ -13,7 +13,7 @@ import torch
 
 from kdcore import History
 from kdcore.loop import FINITE_CHECK_EVERY, Trainer
-from kdcore.testing import component, run_tiny, stage, tiny_recipe
+from kdcore.testing import assert_same_history, component, run_tiny, stage, tiny_recipe
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -107,3 +107,23 @@ def test_noise_models_and_splits_with_a_generator_on_either_device(labels_on, ge
                         generator=torch.Generator(device=generator_on).manual_seed(1))
     assert sum(len(p) for p in parts.values()) == 200
     assert all(p.device.type == "cpu" for p in parts.values())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_gpu)])
+def test_a_deterministic_run_repeats_bit_for_bit(tmp_path, device):
+    """``run.deterministic`` on a conv net (cuDNN's convolutions, their backward passes) and
+    AML-KD's label propagation (sparse products, index additions): two runs of one seed write
+    the same history. On the CPU that holds anyway; on a GPU it is what the setting is for."""
+    recipe = tiny_recipe(stage("teacher", 2, ["teacher"], component("ce")),
+                         stage("student", 2, ["student"],
+                               component("initial_lp", params={"teacher": "teacher"}),
+                               component("ce"), component("mixup_kd", weight=0.5)),
+                         models={role: {"arch": "cnn", "params": {"channels": [8, 16]}}
+                                 for role in ("teacher", "student")},
+                         run={"device": device, "deterministic": True},
+                         data={"params": {"flatten": False}}, train_subset=256)
+    for name in ("a", "b"):
+        run_tiny(recipe, tmp_path / name)
+    assert_same_history(tmp_path / "a", tmp_path / "b")
+    with History(tmp_path / "a") as h:
+        assert h.setup["device"].startswith(device)

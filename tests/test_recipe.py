@@ -516,7 +516,8 @@ def test_the_schemas_defaults_are_the_documented_ones():
     defaults = Recipe().to_dict()
     assert defaults["run"] == {
         "name": "run", "seed": 0, "device": "auto", "output_dir": "runs", "threads": 0,
-        "checkpoint_interval_s": 30.0, "precision": "fp32", "compile": False, "loggers": [],
+        "checkpoint_interval_s": 30.0, "precision": "fp32", "deterministic": False,
+        "compile": False, "loggers": [],
         "history_skip": []}
     assert Recipe().run.channels_last is None and Recipe().data.test_fraction is None
     data = defaults["data"]

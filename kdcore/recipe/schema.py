@@ -74,6 +74,11 @@ class RunConfig:
         precision: ``fp32``; ``bf16`` runs the models under autocast in bfloat16 (CPU and
             CUDA); ``fp16`` in float16 with a gradient scaler (CUDA only). Logits and features
             reach the components in float32 either way, so every loss is computed in float32.
+        deterministic: torch's deterministic kernels, cuDNN's autotuner off and cuBLAS's
+            workspace fixed, so that a GPU run gives the same numbers from the same seed and
+            resumes bit for bit (:mod:`kdcore.torch_state`); slower on a GPU. The CPU's
+            kernels are deterministic either way. ``false`` leaves torch's settings as the
+            process has them.
         compile: compile every model with ``torch.compile`` (in place: weights and checkpoints
             keep their names); pays a compilation once per process for faster steps on a GPU.
         channels_last: keep conv nets and their image batches in channels-last memory order
@@ -97,6 +102,7 @@ class RunConfig:
     threads: int = attrs.field(default=0, validator=between(0, MAX_THREADS))
     checkpoint_interval_s: float = attrs.field(default=30.0, validator=finite_non_negative)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    deterministic: bool = False
     compile: bool = False
     channels_last: bool | None = None
     loggers: list[str] = attrs.field(factory=list, validator=each(no_nul))
