@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared check for a machine with a GPU (kdcore's CI has none): run it there in one call,
 #   bash benchmarks/gpu_check.sh [OUT]            (default OUT: gpu-check)
-# and record what it measured. In under 8 minutes it writes, under OUT:
+# and record what it measured. In under 9 minutes it writes, under OUT:
 #   env.txt         torch, CUDA and the GPUs seen
 #   tests.txt       the tests that need CUDA (fp16, precision, no device sync per step, the
 #                   records of a GPU run), run on it
@@ -93,7 +93,8 @@ if [ "$MODE" = gpu ]; then
   # happens (under xdist the summary comes only at the end)
   workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 14" || echo "")
   per_test=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60" || echo "")
-  step suite 240 "$PY" -m pytest -p no:cacheprovider -vv -rfE --tb=short -m "not slow" \
+  step suite 300 "$PY" -m pytest -p no:cacheprovider -vv -rfE --tb=short -m "not slow" \
+    --durations 25 \
     $workers $per_test
 fi
 echo "gpu_check: done; results in $OUT"

@@ -5,7 +5,7 @@
 #   .venv/bin/python -m pip download hdf5plugin loguru submitit --python-version 3.12 \
 #     --only-binary=:all: --platform manylinux_2_28_x86_64 --no-deps -d .device/wheels
 # (.device/ is in .git/info/exclude), then run with carry [".device"]:
-#   bash benchmarks/gpu_device.sh
+#   bash benchmarks/gpu_device.sh        (about 9 minutes: give the call timeout_s 590)
 # The tool returns at most 8 files: the results come back as $OUT/gpu-check.tgz (the generated
 # data left out) beside the recipes' and the suite's outputs.
 set -uo pipefail
@@ -14,7 +14,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . \
   $(for plugin in plugins/*/; do printf -- '-e %s ' "$plugin"; done)
 RESULTS=/tmp/gpu-check
 # a time limit of its own, so that the archive below is written even when a step runs long
-PYTHON=python3 KDCORE="$(dirname "$(command -v python3)")/kdcore" timeout "${GPU_CHECK_LIMIT_S:-420}" \
+PYTHON=python3 KDCORE="$(dirname "$(command -v python3)")/kdcore" timeout "${GPU_CHECK_LIMIT_S:-520}" \
   bash benchmarks/gpu_check.sh "$RESULTS"
 tar czf "${OUT:-.}/gpu-check.tgz" --exclude fmnist -C "$(dirname "$RESULTS")" gpu-check
 for name in env tests recipes suite throughput throughput-mlp; do
