@@ -8,7 +8,8 @@
 #   kd-run/         a KD recipe trained on the GPU in bf16, its frozen teacher's outputs
 #                   stored (models.teacher.cache_outputs; summary.json, history.h5 with the
 #                   GPU's name in its setup attribute, log)
-#   recipes.txt     every shipped recipe trained one epoch per stage on the device
+#   recipes.txt     every shipped recipe trained one epoch per stage on the device, twice
+#                   with run.deterministic and once without (are the histories equal?)
 #                   (benchmarks/gpu_recipes.py: does each method run there, end to end?)
 #   throughput.txt  engine against the plain loop (benchmarks/engine_costs.py) on the GPU,
 #                   on generated Fashion-MNIST-shaped data (the machine has no network)
@@ -65,7 +66,7 @@ step kd-run "$BUDGET" "$KDCORE" run recipes/kd.toml --out "$OUT/kd-run" --overwr
   --set models.teacher.cache_outputs=true
 
 step recipes 200 "$PY" benchmarks/gpu_recipes.py --device "$DEVICE" --budget-s 150 \
-  --only "$RECIPES" --results "$OUT/recipes"
+  --only "$RECIPES" --repeat --results "$OUT/recipes"
 
 # engine_costs.py reads Fashion-MNIST through its loader: point it at generated IDX files
 FMNIST="$OUT/fmnist"
