@@ -128,12 +128,36 @@ def mixed_noise(runs: Sequence[RunResult], baseline: str | None,
 
 
 def _noise_words(noise: Any) -> str:
-    """A saved recipe's ``data.noise`` as ``model key=value ...`` (params sorted)."""
+    """A saved recipe's ``data.noise`` as ``model key=value ...`` (params sorted), leaving out
+    a built-in model's parameters written with their default value: ``include_true = false``
+    spelt out is the same noise as left out."""
     if not isinstance(noise, dict):
         return "none"
+    model = str(noise.get("model", "none"))
     params = noise.get("params") if isinstance(noise.get("params"), dict) else {}
-    return " ".join([str(noise.get("model", "none")),
-                     *(f"{k}={params[k]}" for k in sorted(params))])
+    defaults = _noise_defaults(model)
+    return " ".join([model, *(f"{k}={params[k]}" for k in sorted(params)
+                              if k not in defaults or not _same_value(params[k], defaults[k]))])
+
+
+def _noise_defaults(model: str) -> dict[str, Any]:
+    """The keyword parameters of built-in noise model ``model`` that have defaults (none for a
+    plugin's model: its text is compared as written)."""
+    import inspect
+
+    from kdcore.data.noise import NOISE_MODELS
+
+    fn = NOISE_MODELS.get(model)
+    if fn is None:
+        return {}
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+
+
+def _same_value(value: Any, default: Any) -> bool:
+    """``value`` as a recipe wrote it equals ``default``, of the same type (``1`` is not
+    ``True``)."""
+    return type(value) is type(default) and value == default
 
 
 def variant_label(name: str) -> str:

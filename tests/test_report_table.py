@@ -198,3 +198,31 @@ def test_a_variant_on_other_noise_than_the_baseline_is_named_when_the_gap_is_ask
         ": sym2 (symmetric rate=0.2), wide (symmetric include_true=True rate=0.4), bare (none); "
         "their gap is measured against another noise's baseline")  # three: all named
     assert mixed_noise(runs + others[:1], "missing", "clean") is None  # no baseline to match
+
+
+def test_a_built_in_noise_parameter_spelt_out_at_its_default_is_the_same_noise(tmp_path):
+    from kdcore.report import mixed_noise
+
+    def noisy(variant, params, model="symmetric"):
+        return _saved(tmp_path / model, variant, 0, None,
+                      f'[data]\ndataset = "digits"\n[data.noise]\nmodel = "{model}"\n'
+                      f'params = {params}\n')
+
+    runs = [noisy("ce", "{ rate = 0.4 }"), noisy("clean", "{}", "none"),
+            noisy("spelt", "{ rate = 0.4, include_true = false }")]
+    assert mixed_noise(runs, "ce", "clean") is None  # False is symmetric's default
+    wider = noisy("wider", "{ rate = 0.4, include_true = true }")
+    assert "wider (symmetric include_true=True rate=0.4)" in mixed_noise(runs + [wider], "ce",
+                                                                         "clean")
+    # a value of another type than the default is named (as written), and so is another rate
+    for name, params in (("typed", "{ rate = 0.4, include_true = 0 }"),
+                         ("rate", "{ rate = 0.3, include_true = false }")):
+        line = mixed_noise(runs + [noisy(name, params)], "ce", "clean")
+        assert line is not None and f"{name} (symmetric " in line, name
+    # instance_dependent's std defaults to 0.1; a plugin's model is compared as written
+    idn = [noisy("ce", "{ rate = 0.2 }", "instance_dependent"), runs[1],
+           noisy("std", "{ rate = 0.2, std = 0.1 }", "instance_dependent")]
+    assert mixed_noise(idn, "ce", "clean") is None
+    plugin = [noisy("ce", "{ rate = 0.2 }", "mine"), runs[1],
+              noisy("mine", "{ rate = 0.2, include_true = false }", "mine")]
+    assert "mine (mine include_true=False rate=0.2)" in mixed_noise(plugin, "ce", "clean")
