@@ -189,7 +189,8 @@ def banner(plan: RunPlan, run: Run) -> str:
     """The start-of-run summary: data, models and each stage's components in order."""
     d, r = run.data, plan.recipe
     processes = distributed.world().size
-    on = f"{run.device}" + (f" in {processes} processes" if processes > 1 else "")
+    on = (f"{run.device}" + (f" in {processes} processes" if processes > 1 else "")
+          + (" with deterministic kernels" if r.run.deterministic else ""))
     lines = [
         f"run '{r.run.name}' seed {r.run.seed} on {on} -> {run.run_dir}",
         f"data {r.data.dataset}: train {len(d.train)} (noise {r.data.noise.model}, realised "

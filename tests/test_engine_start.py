@@ -134,6 +134,25 @@ def test_the_banner_names_the_processes_of_a_distributed_run(tmp_path, monkeypat
         f"run 'tiny' seed 4 on cpu in 2 processes -> {tmp_path}")
 
 
+def test_the_banner_says_when_the_kernels_are_deterministic(tmp_path):
+    import torch
+
+    from kdcore import PluginHost
+    from kdcore.engine import banner
+    from kdcore.plan import build_plan
+    from kdcore.prepare import prepare_run
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.torch_state import torch_state_kept
+
+    host = PluginHost()
+    plan = build_plan(recipe_from_dict(tiny_recipe(stage("only", 1, ["student"], component("ce")),
+                                                   run={"deterministic": True})), host)
+    with torch_state_kept(torch.device("cpu")):
+        run = prepare_run(plan, host, tmp_path)
+    assert banner(plan, run).splitlines()[0] == (
+        f"run 'tiny' seed 0 on cpu with deterministic kernels -> {tmp_path}")
+
+
 @pytest.mark.parametrize("stages, unused", [
     ([stage("only", 1, ["student"], component("ce"))], ["teacher"]),
     # a component's role parameter, a stage's eval, a component's models: each one uses it
