@@ -65,7 +65,7 @@ step kd-run "$BUDGET" "$KDCORE" run recipes/kd.toml --out "$OUT/kd-run" --overwr
   --set "run.device=\"$DEVICE\"" --set 'run.precision="bf16"' \
   --set models.teacher.cache_outputs=true
 
-step recipes 200 "$PY" benchmarks/gpu_recipes.py --device "$DEVICE" --budget-s 150 \
+step recipes 170 "$PY" benchmarks/gpu_recipes.py --device "$DEVICE" --budget-s 120 \
   --only "$RECIPES" --repeat --results "$OUT/recipes"
 
 # engine_costs.py reads Fashion-MNIST through its loader: point it at generated IDX files
@@ -94,7 +94,7 @@ if [ "$MODE" = gpu ]; then
   # happens (under xdist the summary comes only at the end)
   workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 14" || echo "")
   per_test=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60" || echo "")
-  step suite 300 "$PY" -m pytest -p no:cacheprovider -vv -rfE --tb=short -m "not slow" \
+  step suite 280 "$PY" -m pytest -p no:cacheprovider -vv -rfE --tb=short -m "not slow" \
     --durations 25 \
     $workers $per_test
 fi

@@ -14,7 +14,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . \
   $(for plugin in plugins/*/; do printf -- '-e %s ' "$plugin"; done)
 RESULTS=/tmp/gpu-check
 # a time limit of its own, so that the archive below is written even when a step runs long
-PYTHON=python3 KDCORE="$(dirname "$(command -v python3)")/kdcore" timeout "${GPU_CHECK_LIMIT_S:-520}" \
+PYTHON=python3 KDCORE="$(dirname "$(command -v python3)")/kdcore" timeout "${GPU_CHECK_LIMIT_S:-560}" \
   bash benchmarks/gpu_check.sh "$RESULTS"
 tar czf "${OUT:-.}/gpu-check.tgz" --exclude fmnist -C "$(dirname "$RESULTS")" gpu-check
 for name in env tests recipes suite throughput throughput-mlp; do

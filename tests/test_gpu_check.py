@@ -30,5 +30,5 @@ def test_without_a_gpu_it_plans_every_step_on_the_cpu(tmp_path):
                      "throughput-mlp", "ddp"]
     assert "ddp_throughput.py --nproc 2 --device cpu" in out  # two gloo processes
     assert '--set run.device="cpu"' in out and "--device cpu" in out
-    assert "gpu_recipes.py --device cpu --budget-s 150 --only amlkd --repeat" in out  # small
+    assert "gpu_recipes.py --device cpu --budget-s 120 --only amlkd --repeat" in out  # small
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
