@@ -221,7 +221,9 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-engine": (".", ["kdcore/engine.py"],
                       ["tests/test_engine_start.py", "tests/test_run_dir_damage.py",
                        "tests/test_resume_contract.py",
-                       "tests/test_history.py::test_setup_is_recorded_and_absent_reads_empty"]),
+                       "tests/test_history.py::test_setup_is_recorded_and_absent_reads_empty",
+                       "tests/test_history.py::"
+                       "test_a_gpu_runs_setup_names_the_gpu_and_its_cuda_and_cudnn_versions"]),
     # a role's optimiser and schedule; the epoch line and its time-left estimate (session 22)
     "kdcore-build": (".", ["kdcore/build.py", "kdcore/epoch_line.py"],
                      ["tests/test_build.py", "tests/test_step.py"]),

@@ -177,12 +177,13 @@ def run_setup(device: torch.device) -> dict[str, Any]:
     """What a history records of where its run was started (``History.setup``)."""
     import platform
 
-    shown = str(device)
-    if device.type == "cuda":
+    shown, gpu = str(device), {}
+    if device.type == "cuda":  # the same seed gives the same numbers on the same software
         shown += f" ({torch.cuda.get_device_name(device)})"
+        gpu = {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
     return {"device": shown, "processes": distributed.world().size,
             "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), **gpu}
 
 
 def banner(plan: RunPlan, run: Run) -> str:

@@ -71,6 +71,19 @@ def test_setup_is_recorded_and_absent_reads_empty(tmp_path):
         assert h.setup == {}
 
 
+def test_a_gpu_runs_setup_names_the_gpu_and_its_cuda_and_cudnn_versions(monkeypatch):
+    from kdcore.engine import run_setup
+
+    assert not {"cuda", "cudnn"} & set(run_setup(torch.device("cpu")))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"GPU of {device}")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    setup = run_setup(torch.device("cuda", 1))
+    assert setup["device"] == "cuda:1 (GPU of cuda:1)"
+    assert setup["cuda"] == "13.0" and setup["cudnn"] == 91002
+    assert json.loads(json.dumps(setup)) == setup  # stored as JSON
+
+
 def test_compressed_and_chunked_by_epoch(tmp_path):
     w = _writer(tmp_path)
     w.append_epoch(stage="s", epoch=0, metrics={}, columns=dict(_ledger().items()))
