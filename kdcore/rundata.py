@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import traceback
@@ -131,7 +132,7 @@ class RunData:
                             generator=torch.Generator())
         # the workers are started and ended with interrupts held: one raised in a fork hook
         # or in torch's iterator __del__ (which joins the workers) is printed and dropped
-        with interrupts.held():
+        with interrupts.held(), _sigterm_blocked():
             decoded = iter(loader)
         try:
             for rows in batches:
@@ -303,6 +304,25 @@ def leave_stop_signals_to_the_run(worker_id: int) -> None:
     """
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # its default action ends the process
     signal.signal(signal.SIGTERM, _end_after_grace)
+    if hasattr(signal, "pthread_sigmask"):  # a SIGTERM held since the fork arrives here now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def _sigterm_blocked() -> Iterator[None]:
+    """SIGTERM blocked in this thread while the DataLoader forks its workers, which inherit
+    the mask: torch puts a SIGTERM handler of its own in a worker (one that ends it at once)
+    before :func:`leave_stop_signals_to_the_run` runs, and a SIGTERM arriving between the two
+    had ended the worker ("DataLoader worker exited unexpectedly" in the run's stop). Blocked,
+    it waits for the worker's own handler; here it arrives when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _end_after_grace(signum: int, frame: object) -> None:

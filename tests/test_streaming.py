@@ -163,10 +163,79 @@ def test_workers_leave_a_sigterm_to_the_run_and_go_on_decoding_for_a_while(folde
         assert torch.equal(x, data.inputs(files, r))
 
 
+def test_a_sigterm_before_a_workers_own_handler_waits_for_it(folders, monkeypatch):
+    """torch gives each worker a SIGTERM handler of its own, which ends it at once, before the
+    worker_init_fn puts kdcore's in place; a SIGTERM in between (a scheduler's, at a worker's
+    start) had ended the worker and the run with "DataLoader worker exited unexpectedly". The
+    workers start with SIGTERM blocked until kdcore's handler is in place. The window is
+    widened here: the init waits a second before putting the handler in place, and the signal
+    is sent as soon as the workers exist."""
+    import multiprocessing
+    import threading
+
+    from kdcore import rundata
+
+    monkeypatch.setattr(rundata, "WORKER_GRACE_S", 60)
+    put_in_place = rundata.leave_stop_signals_to_the_run
+
+    def slow_init(worker_id: int) -> None:
+        time.sleep(1.0)
+        put_in_place(worker_id)
+
+    monkeypatch.setattr(rundata, "leave_stop_signals_to_the_run", slow_init)
+    files = image_folder(root=str(folders / "train"), size=8, stream=True).train
+    data = rundata.RunData(train=files, val=files, test=files, gold=files, train_noisy=files.y,
+                           val_noisy=files.y, train_source=torch.arange(len(files)),
+                           transition=torch.eye(3), noise_rate=0.0, num_classes=3,
+                           class_names=("a", "b", "c"), device=torch.device("cpu"), workers=2)
+    batches = [torch.arange(k, k + 4) for k in range(0, 60, 4)]
+    signalled: list[int] = []
+
+    def terminate_the_workers() -> None:
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and len(signalled) < 2:
+            for worker in multiprocessing.active_children():
+                if worker.pid not in signalled:
+                    os.kill(worker.pid, signal.SIGTERM)
+                    signalled.append(worker.pid)
+            time.sleep(0.005)
+
+    sender = threading.Thread(target=terminate_the_workers)
+    sender.start()
+    stream = data.stream(files, batches)
+    try:
+        got = [next(stream)]
+        sender.join()
+        assert len(signalled) == 2
+        # past its init (the first batch may come before the other's ends), each worker takes
+        # SIGTERM again: multiprocessing ends a worker left at exit with it, and waits
+        deadline = time.monotonic() + 30.0
+        while any(_blocks(pid, signal.SIGTERM) for pid in signalled):
+            assert time.monotonic() < deadline, "a worker still blocks SIGTERM"
+            time.sleep(0.01)
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # ours too
+        got += list(stream)
+    finally:
+        stream.close()  # its workers ended, whatever failed
+        sender.join()
+    assert [r.tolist() for r, _ in got] == [b.tolist() for b in batches]
+    for r, x in got:
+        assert torch.equal(x, data.inputs(files, r))
+
+
 def _catches(pid: int, signum: int) -> bool:
     """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask)."""
+    return _in_mask(pid, "SigCgt", signum)
+
+
+def _blocks(pid: int, signum: int) -> bool:
+    """Whether process ``pid``'s main thread blocks ``signum`` (its SigBlk mask)."""
+    return _in_mask(pid, "SigBlk", signum)
+
+
+def _in_mask(pid: int, mask_name: str, signum: int) -> bool:
     with open(f"/proc/{pid}/status") as status:
-        mask = next(line for line in status if line.startswith("SigCgt:")).split()[1]
+        mask = next(line for line in status if line.startswith(f"{mask_name}:")).split()[1]
     return bool(int(mask, 16) >> (signum - 1) & 1)
 
 
