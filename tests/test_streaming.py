@@ -147,9 +147,10 @@ def test_workers_leave_a_sigterm_to_the_run_and_go_on_decoding_for_a_while(folde
     rows, x = next(stream)
     workers = multiprocessing.active_children()
     assert len(workers) == 2
-    # the first batch can come from one worker while the other is still starting: a SIGTERM
-    # before its handler is in place ends it (the race a loaded machine showed), so wait until
-    # each catches SIGTERM (Linux: /proc/<pid>/status, SigCgt)
+    # the first batch can come from one worker while the other is still starting; wait until
+    # each catches SIGTERM (Linux: /proc/<pid>/status, SigCgt). That is torch's handler first,
+    # kdcore's later: a SIGTERM between the two had ended the worker (this test's flaky
+    # failure, until the workers started with SIGTERM held: the next test)
     deadline = time.monotonic() + 30.0
     while not all(_catches(w.pid, signal.SIGTERM) for w in workers):
         assert time.monotonic() < deadline, "a worker never caught SIGTERM"
