@@ -128,55 +128,33 @@ def is_hot(path: Path) -> bool:
     return journal_path(path).exists()
 
 
-class JournaledFile:
-    """A binary file object for ``h5py.File(fileobj)`` that journals before it overwrites.
+class ShieldedFile:
+    """A binary file object for ``h5py.File(fileobj)`` whose writes never raise into HDF5.
+
+    An error raised into HDF5's write callback leaves h5py's file driver unusable, and its
+    closing flush then crashes the process (a segfault when the disk is full or the file
+    passes the process's size limit), as does HDF5's own driver writing to a path. So the first
+    write the file system refuses is kept in :attr:`failure`, the writes after it are kept in
+    memory (reads see them), and the caller raises :attr:`failure` once HDF5 has closed the
+    file (:func:`shielded_new_file`; :class:`JournaledFile`, which also journals).
 
     Args:
-        fd: the file, open read-write; the caller holds its exclusive lock, has run
-            :func:`recover`, and closes ``fd`` afterwards.
-        path: its path (the journal goes beside it).
+        fd: the file, open read-write; the caller closes it.
     """
 
-    def __init__(self, fd: int, path: Path):
+    def __init__(self, fd: int):
         self._fd = fd
         self._pos = 0
-        self.size = os.fstat(fd).st_size  # bytes beyond this are new: nothing to save
-        self._saved: set[int] = set()
-        self._path = path
-        self._journal = journal_path(path)
-        #: the first write the file system refused (a full disk); from then on the update's
-        #: writes are kept in memory (:attr:`_overlay`), never on disk, and are abandoned
+        #: the first write the file system refused (a full disk); from then on writes are
+        #: kept in memory (:attr:`_overlay`), never on disk
         self.failure: OSError | None = None
         self._overlay: list[tuple[int, bytes]] = []
         self._end = 0  # the file's end as HDF5 sees it, once writes go to the overlay
         self._disk_end = 0  # and how much of what is on disk it still sees beneath them
-        self._jfd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._jpos = 0
-        try:
-            self._append(_HEAD.pack(_MAGIC, self.size))
-        except OSError:  # nothing was written to the file: no journal to leave behind
-            os.close(self._jfd)
-            disk.unlink(self._journal)
-            raise
 
-    def _append(self, data: bytes) -> None:
-        _write_all(self._jfd, data, self._jpos)
-        self._jpos += len(data)
-
-    def _save(self, start: int, end: int) -> None:
-        """Journal the original pages under ``[start, end)`` not journaled yet."""
-        end = min(end, self.size)
-        if start >= end:
-            return
-        records = []
-        for page in range(start // PAGE, (end - 1) // PAGE + 1):
-            if page not in self._saved:
-                self._saved.add(page)
-                offset = page * PAGE
-                data = os.pread(self._fd, min(PAGE, self.size - offset), offset)
-                records.append(_RECORD.pack(offset, len(data), zlib.crc32(data)) + data)
-        if records:
-            self._append(b"".join(records))
+    def _keep(self, start: int, end: float) -> None:
+        """Bytes ``[start, end)`` of the file are about to change (:class:`JournaledFile`
+        saves the originals here first)."""
 
     # -- the file-object protocol h5py's fileobj driver calls -------------------------------
 
@@ -218,12 +196,11 @@ class JournaledFile:
         return bytes(buffer[:self.readinto(buffer)])
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        # never raises: an error raised into HDF5's write callback leaves h5py's file driver
-        # unusable (its closing flush then crashes the process); the caller checks failure
+        # never raises (the class's reason); the caller checks failure
         n = len(data)
         if self.failure is None:
             try:
-                self._save(self._pos, self._pos + n)
+                self._keep(self._pos, self._pos + n)
                 _write_all(self._fd, data, self._pos)
             except OSError as exc:
                 self._fail(exc)
@@ -237,7 +214,7 @@ class JournaledFile:
         size = self._pos if size is None else size
         if self.failure is None:
             try:
-                self._save(size, self.size)
+                self._keep(size, math.inf)
                 disk.ftruncate(self._fd, size)
                 return size
             except OSError as exc:
@@ -254,6 +231,66 @@ class JournaledFile:
 
     def flush(self) -> None:
         pass  # every write above went straight to the kernel, which keeps it if we die
+
+
+@contextmanager
+def shielded_new_file(path: Path) -> Iterator[ShieldedFile]:
+    """``path`` created empty (or emptied) for ``h5py.File(fileobj, "w")`` inside the block;
+    the first write the file system refused is raised once the block (and HDF5's closing
+    flush within it) is done. The caller removes ``path`` if anything is raised."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        shielded = ShieldedFile(fd)
+        yield shielded
+        if shielded.failure is not None:
+            raise shielded.failure
+    finally:
+        os.close(fd)
+
+
+class JournaledFile(ShieldedFile):
+    """A :class:`ShieldedFile` that journals before it overwrites: the update of an existing
+    history.
+
+    Args:
+        fd: the file, open read-write; the caller holds its exclusive lock, has run
+            :func:`recover`, and closes ``fd`` afterwards.
+        path: its path (the journal goes beside it).
+    """
+
+    def __init__(self, fd: int, path: Path):
+        super().__init__(fd)
+        self.size = os.fstat(fd).st_size  # bytes beyond this are new: nothing to save
+        self._saved: set[int] = set()
+        self._path = path
+        self._journal = journal_path(path)
+        self._jfd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._jpos = 0
+        try:
+            self._append(_HEAD.pack(_MAGIC, self.size))
+        except OSError:  # nothing was written to the file: no journal to leave behind
+            os.close(self._jfd)
+            disk.unlink(self._journal)
+            raise
+
+    def _append(self, data: bytes) -> None:
+        _write_all(self._jfd, data, self._jpos)
+        self._jpos += len(data)
+
+    def _keep(self, start: int, end: float) -> None:
+        """Journal the original pages under ``[start, end)`` not journaled yet."""
+        stop = int(min(end, self.size))
+        if start >= stop:
+            return
+        records = []
+        for page in range(start // PAGE, (stop - 1) // PAGE + 1):
+            if page not in self._saved:
+                self._saved.add(page)
+                offset = page * PAGE
+                data = os.pread(self._fd, min(PAGE, self.size - offset), offset)
+                records.append(_RECORD.pack(offset, len(data), zlib.crc32(data)) + data)
+        if records:
+            self._append(b"".join(records))
 
     # -- the end of an update ------------------------------------------------------------------
 

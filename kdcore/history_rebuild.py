@@ -22,7 +22,7 @@ import hdf5plugin  # noqa: F401  (registers the Zstandard filter: the ledger's c
 import numpy as np
 
 from kdcore.errors import KdcoreError
-from kdcore.history_journal import locked, recover
+from kdcore.history_journal import locked, recover, shielded_new_file
 from kdcore.history_layout import (
     FORMAT,
     check_layout,
@@ -52,7 +52,7 @@ def rebuild(path: Path, rows: int, timeout: float) -> None:
                 src = h5py.File(path, "r", locking=False)
             except OSError as exc:
                 raise damaged(path, exc) from None
-            with src, h5py.File(tmp, "w", locking=False) as dst:
+            with src, shielded_new_file(tmp) as fileobj, h5py.File(fileobj, "w") as dst:
                 _Rebuild(src, dst, path).copy(rows)
             replace_file(tmp, path)
     except OSError as exc:  # writing the copy failed (a full disk): the file is untouched

@@ -48,7 +48,7 @@ from loguru import logger
 from kdcore import interrupts
 from kdcore.errors import KdcoreError, os_reason
 from kdcore.history_forecast import DiskForecast
-from kdcore.history_journal import JournaledFile, locked, recover
+from kdcore.history_journal import JournaledFile, locked, recover, shielded_new_file
 from kdcore.history_layout import (
     FORMAT,
     GONE,
@@ -175,7 +175,7 @@ class HistoryWriter:
     def _create(tmp: Path, recipe_toml: str, versions: Mapping[str, str], num_classes: int,
                 class_names: list[str], constants: Mapping[str, Any], transition_matrix: Any,
                 setup: Mapping[str, Any]) -> None:
-        with h5py.File(tmp, "w", locking=False) as f:
+        with shielded_new_file(tmp) as fileobj, h5py.File(fileobj, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["recipe"] = recipe_toml
             f.attrs["versions"] = json.dumps(dict(versions))
