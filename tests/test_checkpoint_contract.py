@@ -93,6 +93,62 @@ def test_a_truncated_checkpoint_is_one_line_naming_overwrite(tmp_path):
     assert "\n" not in message and "miniz" not in message and "likelihood" not in message
 
 
+def _weights_state() -> dict:
+    weights = {"w": torch.full((64,), 1.5), "b": torch.arange(8.0)}
+    return _state(models={"student": weights}, position={"stage": 0, "epoch": 3,
+                                                          "history_rows": 3, "step": 70})
+
+
+def test_a_checkpoint_with_a_damaged_byte_in_its_weights_is_refused_not_loaded(tmp_path):
+    """torch.load does not check its archive's CRC-32s: the flipped bit loaded as another
+    weight, and the resume went on from it. Now the damage is named, with the way out; and a
+    teacher's weights file (``models.<role>.checkpoint``) is read the same way."""
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save(_weights_state(), path)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(np.full(64, 1.5, dtype="<f4").tobytes())
+    raw[at + 100] ^= 0x04
+    path.write_bytes(bytes(raw))
+    assert torch.load(path, weights_only=True)["models"]["student"]["w"][25] != 1.5
+    with pytest.raises(KdcoreError) as info:
+        checkpointing.read(path)
+    assert re.fullmatch(
+        rf"cannot read checkpoint {re.escape(str(path))}: the file is damaged \(its record "
+        r"\S+/data/\d+ fails its CRC-32 check\); start again with --overwrite",
+        str(info.value)), str(info.value)
+    with pytest.raises(KdcoreError, match="fails its CRC-32 check"):
+        ckpt.load_weights(path, "student")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_checkpoint_damaged_anywhere_is_refused_or_reads_exactly(tmp_path, seed):
+    """A flipped bit anywhere in the file (the records, their headers, the archive's
+    directory): reading it either fails with one line, or gives every value as saved (a bit
+    of the records' alignment padding, which nothing reads)."""
+    import random
+
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save(_weights_state(), path)
+    clean = path.read_bytes()
+    rng = random.Random(seed)
+    refused = 0
+    for _ in range(40):
+        raw = bytearray(clean)
+        raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(raw))
+        try:
+            state = checkpointing.read(path)
+        except KdcoreError as exc:
+            assert "\n" not in str(exc) and str(exc).endswith("start again with --overwrite")
+            refused += 1
+            continue
+        expected = _weights_state()
+        assert state.keys() == expected.keys() and state["position"] == expected["position"]
+        for name, tensor in expected["models"]["student"].items():
+            assert torch.equal(state["models"]["student"][name], tensor)
+    assert refused > 20
+
+
 def test_missing_files_and_files_that_hold_no_weights_are_named_whole(tmp_path):
     missing = tmp_path / "none.pt"
     with pytest.raises(KdcoreError) as info:
