@@ -165,13 +165,14 @@ def _recipe_file(recipe: Recipe | Mapping[str, Any], out: Path) -> str:
     return str(path)
 
 
-def _variant(raw: str | grid.Variant | tuple[str, Sequence[str]], recipe: str) -> grid.Variant:
+def _variant(raw: str | grid.Variant | tuple[str, Sequence[str]], recipe: str, prefix: str
+             ) -> grid.Variant:
     if isinstance(raw, grid.Variant):
-        return grid.Variant(raw.name, recipe, list(raw.set))
+        return grid.Variant(prefix + raw.name, recipe, list(raw.set))
     if isinstance(raw, str):
-        return grid.parse_variant(raw, recipe)
+        return grid.parse_variant(raw, recipe, prefix)
     name, sets = raw
-    return grid.Variant(str(name), recipe, [str(s) for s in sets])
+    return grid.Variant(prefix + str(name), recipe, [str(s) for s in sets])
 
 
 def _is_grid_file(item: Any) -> bool:
@@ -201,7 +202,8 @@ def ablate(
         seeds: the seeds of every variant (default: the grid file's, else ``(0,)``).
         variants: applied to every recipe: ``"name:key=value;key=value"`` as ``--variant``
             takes them, ``(name, [overrides])`` pairs or ``Variant`` objects (their recipe
-            ignored); without any, each recipe is one variant.
+            ignored), named ``<recipe stem>-<name>`` when there are several recipes; without
+            any, each recipe is one variant.
         overrides: ``--set`` overrides of every run, applied before each variant's own.
         out: the grid directory.
         jobs: runs in parallel (separate ``kdcore run`` processes); 1 runs here, in turn.
@@ -222,6 +224,7 @@ def ablate(
              else [recipes_or_grid])
     chosen: list[grid.Variant] = []
     grid_seeds = [0]
+    several = sum(not isinstance(i, grid.Variant) and not _is_grid_file(i) for i in items) > 1
     for item in items:
         if isinstance(item, grid.Variant):
             chosen.append(item)
@@ -234,7 +237,8 @@ def ablate(
             else:
                 recipe = _recipe_file(item, out)
                 stem = Path(recipe).stem
-            chosen += ([_variant(v, recipe) for v in variants] if variants
+            prefix = f"{stem}-" if several else ""  # several recipes' variants, told apart
+            chosen += ([_variant(v, recipe, prefix) for v in variants] if variants
                        else [grid.Variant(stem, recipe)])
     if not chosen:
         raise KdcoreError("nothing to run: give recipes, variants or a grid file")

@@ -257,7 +257,8 @@ def inspect(run_dir: Path, columns: tuple[str, ...], csv_path: Path | None,
 @click.option("--seeds", default=None,
               help="Comma-separated seeds and ranges, e.g. 0-4,10 (default: the grid's, or 0).")
 @click.option("--variant", "variants", multiple=True, metavar="NAME:KEY=VAL;KEY=VAL",
-              help="A variant of each recipe (repeatable); none: each recipe as it is.")
+              help="A variant of each recipe (repeatable; of several recipes, named "
+                   "RECIPE-NAME); none: each recipe as it is.")
 @set_option
 @click.option("--out", required=True, type=GivenPath(file_okay=False, path_type=Path),
               help="Grid directory: runs go to OUT/<variant>/seed<k>/.")
@@ -301,8 +302,9 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     if grid:
         specs_variants, grid_seeds = ab.read_grid(grid)
     for recipe in recipes:
-        if variants:
-            specs_variants += [ab.parse_variant(v, str(recipe)) for v in variants]
+        if variants:  # several recipes' variants are told apart by their recipe's name
+            prefix = f"{recipe.stem}-" if len(recipes) > 1 else ""
+            specs_variants += [ab.parse_variant(v, str(recipe), prefix) for v in variants]
         else:
             specs_variants.append(ab.Variant(recipe.stem, str(recipe)))
     if not specs_variants:

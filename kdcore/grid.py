@@ -107,12 +107,12 @@ def read_grid(path: str | Path) -> tuple[list[Variant], list[int]]:
     return variants, list(grid.seeds)
 
 
-def parse_variant(text: str, recipe: str) -> Variant:
-    """``name:key=value;key=value`` from the command line."""
+def parse_variant(text: str, recipe: str, prefix: str = "") -> Variant:
+    """``name:key=value;key=value`` from the command line (named ``prefix`` + name)."""
     name, _, rest = text.partition(":")
     if not name:
         raise KdcoreError(f"variant '{text}' has no name (expected name:key=value;...)")
-    return Variant(name, recipe, [s for s in _split_outside_strings(rest) if s.strip()])
+    return Variant(prefix + name, recipe, [s for s in _split_outside_strings(rest) if s.strip()])
 
 
 def _split_outside_strings(text: str) -> list[str]:
@@ -162,7 +162,10 @@ def plan(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[R
     names = [v.name for v in variants]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise KdcoreError(f"two variants named '{sorted(dup)[0]}'")
+        name = sorted(dup)[0]
+        recipes = " and ".join(dict.fromkeys(v.recipe for v in variants if v.name == name))
+        raise KdcoreError(f"two variants named '{name}' (of {recipes}); each needs a name "
+                          "of its own, the folder its runs go in")
     return [RunSpec(v, s, out / v.name / f"seed{s}") for v in variants for s in seeds]
 
 
@@ -204,9 +207,7 @@ def status(spec: RunSpec) -> str:
     """``done``, ``partial`` (resumable) or ``new``."""
     if (spec.out / "summary.json").is_file():
         return "done"
-    if (spec.out / CHECKPOINT).is_file():
-        return "partial"
-    return "new"
+    return "partial" if (spec.out / CHECKPOINT).is_file() else "new"
 
 
 def pending(specs: Sequence[RunSpec], echo: Callable[[str], None] = print,

@@ -172,3 +172,28 @@ def test_a_range_of_seeds_runs_each(tmp_path):
     assert result.exit_code == 0, result.output
     planned = [line.split(":")[0] for line in result.output.splitlines() if "would start" in line]
     assert planned == ["ce seed 1", "ce seed 2", "ce seed 5"]
+
+
+def test_the_variants_of_several_recipes_are_named_by_recipe(tmp_path):
+    """``--help``: "Run recipes x variants x seeds". Each recipe's variant of one name went in
+    the same folder, so two recipes with any --variant were refused ("two variants named
+    'T'", of a variant given once); now they are RECIPE-NAME, one recipe's keep their names."""
+    rate = "data.noise.params.rate"
+    result = ablate(RECIPES / "ce.toml", RECIPES / "kd.toml", "--variant", f"low:{rate}=0.2",
+                    "--variant", "base:", "--out", tmp_path / "g", "--dry-run")
+    assert result.exit_code == 0, result.output
+    planned = [line.split(":")[0] for line in result.output.splitlines() if "would start" in line]
+    assert planned == ["ce-low seed 0", "ce-base seed 0", "kd-low seed 0", "kd-base seed 0"]
+    result = ablate(RECIPES / "ce.toml", "--variant", f"low:{rate}=0.2", "--out", tmp_path / "g",
+                    "--dry-run")
+    assert "low seed 0: would start" in result.output.splitlines()[0]
+    # two recipes of one name, from two folders, still need names of their own: both named
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(RECIPES / "base-digits.toml", other)
+    shutil.copy(RECIPES / "ce.toml", other)
+    line = one_line_error(ablate(RECIPES / "ce.toml", other / "ce.toml", "--out",
+                                 tmp_path / "g"))
+    assert line == (f"kdcore: error: two variants named 'ce' (of {RECIPES / 'ce.toml'} and "
+                    f"{other / 'ce.toml'}); each needs a name of its own, the folder its runs go "
+                    "in")

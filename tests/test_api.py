@@ -567,6 +567,12 @@ def test_ablate_variants_of_every_kind_on_every_recipe(tmp_path, calls):
     assert [r.variant for r in both.runs] == ["a", "b", "da", "db"]
     assert sorted(p.name for p in (tmp_path / "h" / ".recipes").iterdir()) == ["da.toml",
                                                                              "db.toml"]
+    # variants of several recipes: named after their recipe (they went in one folder)
+    several = kdcore.ablate([a, data_b], variants=["s:run.threads=2", variant],
+                            out=tmp_path / "k", echo=lambda line: None)
+    assert [r.variant for r in several.runs] == ["a-s", "a-obj", "db-s", "db-obj"]
+    assert [c["overrides"] for c in calls[-4:]] == [["run.threads=2", "run.seed=0"],
+                                                    ["run.threads=1", "run.seed=0"]] * 2
 
 
 def test_a_grid_file_with_every_key_beside_a_recipe(tmp_path, calls):

@@ -152,7 +152,8 @@ def test_what_a_grid_refuses_before_any_run(recipes):
         (([a], []), "no seeds to run: give at least one"),
         (([a], [1, 2, 1, 2]), "seed 1 is given twice (a grid runs each seed once)"),
         (([a, Variant("b", a.recipe), Variant("b", a.recipe), Variant("a", a.recipe)], [0]),
-         "two variants named 'a'"),
+         f"two variants named 'a' (of {a.recipe}); each needs a name of its own, the folder its "
+         "runs go in"),
         (([Variant("x/y", a.recipe)], [0]), None),
     ]
     for (variants, seeds), message in cases:
