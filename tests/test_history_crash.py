@@ -316,107 +316,85 @@ class _Full:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.slow
-def test_a_disk_that_fills_up_at_any_write_of_append_epoch_leaves_the_committed_rows(
-        base, tmp_path):
-    """One line naming the disk's error, the file as it was (readable, no journal left),
-    and appendable once there is space again; never a crash of HDF5's file driver."""
+def _fill_at_every_write(tmp_path: Path, start: Path | None, update, refused: str) -> int:
+    """Run ``update(dir)`` on a copy of ``start``'s history (or in an empty folder) with the
+    disk filling up at write 0, 1, 2, ... until one run needs no refused write; each refused
+    one must end in one line starting ``refused`` (``{path}``: the history's path) that names
+    the disk's error. Returns how many writes were refused in turn."""
     from kdcore.errors import KdcoreError
 
     at = 0
     while True:
         path = tmp_path / f"at{at}"
         path.mkdir()
-        shutil.copy(base / "history.h5", path / "history.h5")
+        if start is not None:
+            shutil.copy(start / "history.h5", path / "history.h5")
         full = _Full(at)
         with pytest.MonkeyPatch.context() as m:
             full.install(m)
             try:
-                HistoryWriter(path / "history.h5").append_epoch(**_row(COMMITTED))
+                update(path)
             except KdcoreError as exc:
                 message = str(exc)
             else:
                 message = None
         if not full.refused:
             assert message is None
-            _assert_rows(path, COMMITTED + 1)
-            break
+            return at
         assert message is not None and "\n" not in message
-        assert message.startswith(f"{path / 'history.h5'}: writing the history failed (")
+        assert message.startswith(refused.format(path=path / "history.h5")), message
         assert "No space left on device" in message or "probably full" in message, message
         assert not (path / "history.h5-journal").exists()
-        _assert_rows(path, COMMITTED)
-        w = HistoryWriter(path / "history.h5")
-        w.append_epoch(**_row(COMMITTED))
-        _assert_rows(path, COMMITTED + 1)
         at += 1
-    assert at > 10
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_at_any_write_of_append_epoch_leaves_the_committed_rows(
+        base, tmp_path):
+    """One line naming the disk's error, the file as it was (readable, no journal left),
+    and appendable once there is space again; never a crash of HDF5's file driver."""
+    def append(path: Path) -> None:
+        HistoryWriter(path / "history.h5").append_epoch(**_row(COMMITTED))
+
+    refused = _fill_at_every_write(tmp_path, base, append,
+                                   "{path}: writing the history failed (")
+    assert refused > 10
+    for at in range(refused + 1):
+        path = tmp_path / f"at{at}"
+        if at < refused:  # as committed; then, with space again, the row goes in
+            _assert_rows(path, COMMITTED)
+            append(path)
+        _assert_rows(path, COMMITTED + 1)
 
 
 def test_a_disk_that_fills_up_at_any_write_of_create_leaves_no_file(tmp_path):
     """The new file is written through the shield as well: HDF5's own driver, writing to a
     path, crashed the process (a segfault at its closing flush) when the disk refused a write,
     and wrote around :data:`disk`, where a full disk could not be shown."""
-    from kdcore.errors import KdcoreError
-
-    at = 0
-    while True:
+    refused = _fill_at_every_write(tmp_path, None, _writer, "cannot create {path}: ")
+    assert refused > 3
+    for at in range(refused):
         path = tmp_path / f"at{at}"
-        path.mkdir()
-        full = _Full(at)
-        with pytest.MonkeyPatch.context() as m:
-            full.install(m)
-            try:
-                _writer(path)
-            except KdcoreError as exc:
-                message = str(exc)
-            else:
-                message = None
-        if not full.refused:
-            assert message is None and at > 3
-            break
-        assert message is not None and "\n" not in message
-        assert message.startswith(f"cannot create {path / 'history.h5'}: "), message
-        assert "No space left on device" in message or "probably full" in message, message
         assert sorted(p.name for p in path.iterdir()) == []  # no half file, no temporary one
         _writer(path).append_epoch(**_row(0))
         _assert_rows(path, 1)
-        at += 1
 
 
 def test_a_disk_that_fills_up_at_any_write_of_a_rebuild_leaves_the_file(base, tmp_path):
     """Rollback's rebuild writes its copy through the shield: one line, the file as it was
     and no copy left behind; then, with space again, the rollback goes through."""
-    from kdcore.errors import KdcoreError
-
-    at = 0
-    while True:
+    refused = _fill_at_every_write(tmp_path, base,
+                                   lambda path: HistoryWriter(path / "history.h5").rollback(2),
+                                   "{path}: could not rebuild the history (")
+    assert refused > 3
+    before = (base / "history.h5").read_bytes()
+    for at in range(refused + 1):
         path = tmp_path / f"at{at}"
-        path.mkdir()
-        shutil.copy(base / "history.h5", path / "history.h5")
-        before = (path / "history.h5").read_bytes()
-        full = _Full(at)
-        with pytest.MonkeyPatch.context() as m:
-            full.install(m)
-            try:
-                HistoryWriter(path / "history.h5").rollback(2)
-            except KdcoreError as exc:
-                message = str(exc)
-            else:
-                message = None
-        if not full.refused:
-            assert message is None and at > 3
-            _assert_rows(path, 2)
-            break
-        assert message is not None and "\n" not in message
-        assert message.startswith(f"{path / 'history.h5'}: could not rebuild the history ("
-                                  ), message
-        assert "No space left on device" in message or "probably full" in message, message
-        assert (path / "history.h5").read_bytes() == before
-        assert sorted(p.name for p in path.iterdir()) == ["history.h5"]
-        HistoryWriter(path / "history.h5").rollback(2)
+        if at < refused:
+            assert (path / "history.h5").read_bytes() == before
+            assert sorted(p.name for p in path.iterdir()) == ["history.h5"]
+            HistoryWriter(path / "history.h5").rollback(2)
         _assert_rows(path, 2)
-        at += 1
 
 
 @pytest.mark.slow
