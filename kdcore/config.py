@@ -66,7 +66,12 @@ def _type_name(tp: Any) -> str:
         args = get_args(tp)
         if _fixed_length(tp):
             return f"a list of {len(args)}: {', '.join(_type_name(a) for a in args)}"
-        return f"a list of {_type_name(args[0])}" if args else "a list"
+        if not args:
+            return "a list"
+        item = _type_name(args[0])
+        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings",
+                  "a table": "tables"}
+        return f"a list of {plural[item]}" if item in plural else f"a list, each {item}"
     if origin in (dict, Mapping):
         return "a table"
     if tp is type(None):

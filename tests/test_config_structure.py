@@ -57,6 +57,8 @@ class Everything:
     tables: list[dict[str, int]] = attrs.Factory(list)
     inner_or_none: Inner | None = None
     bare: dict = attrs.Factory(dict)
+    colors: list[Color] = attrs.Factory(list)
+    fs: list[str] = attrs.Factory(list)
 
 
 @pytest.mark.parametrize(("data", "field", "value"), [
@@ -101,7 +103,7 @@ def test_a_str_subclass_value_becomes_that_class():
     ({"opt": "x"}, "p.opt", "got 'x', expected an integer or nothing"),
     ({"none_first": "x"}, "p.none_first", "got 'x', expected nothing or an integer"),
     ({"union": 1.5}, "p.union", "got 1.5, expected an integer or a string"),
-    ({"lst": 1}, "p.lst", "got 1, expected a list of an integer"),
+    ({"lst": 1}, "p.lst", "got 1, expected a list of integers"),
     ({"lst": [1, "x"]}, "p.lst[1]", "got 'x', expected an integer"),
     ({"any_list": 1}, "p.any_list", "got 1, expected a list"),
     ({"tup": ["x"]}, "p.tup[0]", "got 'x', expected an integer"),
@@ -121,13 +123,16 @@ def test_a_str_subclass_value_becomes_that_class():
     ({"count": 0}, "p.count", "'count' must be positive, got 0"),
     ({"count_or_name": 0}, "p.count_or_name", "'count_or_name' must be positive, got 0"),
     ({"raw": "x"}, "p.raw", "got 'x', expected bytes"),
-    ({"tables": 1}, "p.tables", "got 1, expected a list of a table"),
+    ({"tables": 1}, "p.tables", "got 1, expected a list of tables"),
+    ({"fs": "a"}, "p.fs", "got 'a', expected a list of strings"),
+    ({"colors": "red"}, "p.colors", "got 'red', expected a list, each 'red' or 'blue'"),
     ({"inner_or_none": 1}, "p.inner_or_none", "got 1, expected a table or nothing"),
     ({"bare": 1}, "p.bare", "got 1, expected a table"),
     ({"coutn": 1}, "p.coutn", "unknown key 'coutn' (did you mean 'count'?); expected one of: "
-                              "any_list, any_table, anything, b, bare, color, count, "
-                              "count_or_name, f, i, inner, inner_or_none, lit, lst, none_first, "
-                              "opt, pair, raw, s, single, table, tables, tag, tup, union"),
+                              "any_list, any_table, anything, b, bare, color, colors, count, "
+                              "count_or_name, f, fs, i, inner, inner_or_none, lit, lst, "
+                              "none_first, opt, pair, raw, s, single, table, tables, tag, tup, "
+                              "union"),
 ])
 def test_refusals_name_the_key_and_what_was_expected(data, key, detail):
     with pytest.raises(RecipeError) as info:

@@ -73,7 +73,7 @@ def test_a_grid_without_variants_is_its_recipe_under_the_recipes_name(tmp_path):
      "'set' must be a list of strings"),
     ('recipe = "r.toml"\n[[variant]]\nname = "a"\nset = ["x=1", 2]\n', "variant[0].set",
      "'set' must be a list of strings"),
-    ("seeds = 1\n", "seeds", "got 1, expected a list of an integer"),
+    ("seeds = 1\n", "seeds", "got 1, expected a list of integers"),
 ])
 def test_a_grid_file_that_cannot_be_run_names_its_file_and_key(tmp_path, text, key, detail):
     path = _grid_file(tmp_path, text)
