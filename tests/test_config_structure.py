@@ -59,6 +59,7 @@ class Everything:
     bare: dict = attrs.Factory(dict)
     colors: list[Color] = attrs.Factory(list)
     fs: list[str] = attrs.Factory(list)
+    nums: list[float] = attrs.Factory(list)
 
 
 @pytest.mark.parametrize(("data", "field", "value"), [
@@ -125,14 +126,15 @@ def test_a_str_subclass_value_becomes_that_class():
     ({"raw": "x"}, "p.raw", "got 'x', expected bytes"),
     ({"tables": 1}, "p.tables", "got 1, expected a list of tables"),
     ({"fs": "a"}, "p.fs", "got 'a', expected a list of strings"),
+    ({"nums": 0.5}, "p.nums", "got 0.5, expected a list of numbers"),
     ({"colors": "red"}, "p.colors", "got 'red', expected a list, each 'red' or 'blue'"),
     ({"inner_or_none": 1}, "p.inner_or_none", "got 1, expected a table or nothing"),
     ({"bare": 1}, "p.bare", "got 1, expected a table"),
     ({"coutn": 1}, "p.coutn", "unknown key 'coutn' (did you mean 'count'?); expected one of: "
                               "any_list, any_table, anything, b, bare, color, colors, count, "
                               "count_or_name, f, fs, i, inner, inner_or_none, lit, lst, "
-                              "none_first, opt, pair, raw, s, single, table, tables, tag, tup, "
-                              "union"),
+                              "none_first, nums, opt, pair, raw, s, single, table, tables, tag, "
+                              "tup, union"),
 ])
 def test_refusals_name_the_key_and_what_was_expected(data, key, detail):
     with pytest.raises(RecipeError) as info:
