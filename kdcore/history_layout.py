@@ -18,6 +18,7 @@ import numpy as np
 from kdcore.errors import KdcoreError, one_line
 from kdcore.history_journal import disk, is_hot, journal_path, locked, recover
 from kdcore.history_names import FILE_SIZE, INPUT_DIGEST, RESUME_CHECKS  # noqa: F401 (their home before)
+from kdcore.history_values import CHECKSUMMED
 from kdcore.recipe.schema import NAME_BYTES  # the string table's width
 
 FORMAT = "kdcore-history/2"
@@ -91,13 +92,13 @@ def new_codes(group: h5py.Group, name: str, codes: np.ndarray | int = 0) -> h5py
     data = np.asarray(codes, dtype=np.int32) if np.ndim(codes) else None
     shape = (int(codes),) if data is None else data.shape
     return group.create_dataset(name, shape=shape, data=data, maxshape=(None,), dtype=np.int32,
-                                chunks=ROW_CHUNKS, fillvalue=0)
+                                chunks=ROW_CHUNKS, fillvalue=0, **CHECKSUMMED)
 
 
 def string_table(f: h5py.File, names: list[str]) -> None:
     f.create_dataset("strings", data=np.array([n.encode() for n in names],
                                               dtype=f"S{NAME_BYTES}"),
-                     maxshape=(None,), chunks=(64,))
+                     maxshape=(None,), chunks=(64,), **CHECKSUMMED)
 
 
 def replace_file(tmp: Path, path: Path) -> None:

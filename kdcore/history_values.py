@@ -40,6 +40,13 @@ def target_labels(targets: np.ndarray) -> np.ndarray:
     return np.where(tied, NO_LABEL, labels)
 
 
+#: every chunk carries a Fletcher-32 checksum that HDF5 checks when it reads the chunk back, so
+#: a flipped bit or a zeroed block on disk is a read error ("the history is damaged"), never
+#: another value: Zstd's frames carry no checksum of their own (a damaged ledger chunk could
+#: decode to other numbers), and the metrics are stored as they are
+CHECKSUMMED: Mapping[str, Any] = {"fletcher32": True}
+
+
 def compression() -> Mapping[str, Any]:
     # level 1: as small as level 3 on these columns (float16 rows), and faster
     return hdf5plugin.Zstd(clevel=1)
@@ -133,11 +140,12 @@ def widened(group: h5py.Group, name: str, dtype: Any) -> h5py.Dataset:
     rows, attrs, maxshape, chunks = old[:].astype(dtype), dict(old.attrs), old.maxshape, old.chunks
     del group[name]
     new = group.create_dataset(name, data=rows, maxshape=maxshape, chunks=chunks,
-                               fillvalue=FILL[dtype], shuffle=True, **compression())
+                               fillvalue=FILL[dtype], shuffle=True, **compression(),
+                               **CHECKSUMMED)
     new.attrs.update(attrs)
     return new
 
 
-__all__ = ["F16_EXACT_INTEGERS", "F16_MAX", "FILL", "NO_LABEL", "STORE_DTYPE", "as_numpy",
-           "compression", "host", "storage_loss", "store_dtype", "target_labels", "version",
-           "widened"]
+__all__ = ["CHECKSUMMED", "F16_EXACT_INTEGERS", "F16_MAX", "FILL", "NO_LABEL", "STORE_DTYPE",
+           "as_numpy", "compression", "host", "storage_loss", "store_dtype", "target_labels",
+           "version", "widened"]

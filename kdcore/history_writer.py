@@ -68,6 +68,7 @@ from kdcore.history_layout import (
 from kdcore.history_names import check_new_metric
 from kdcore.history_rebuild import rebuild
 from kdcore.history_values import (
+    CHECKSUMMED,
     FILL,
     compression,
     host,
@@ -184,12 +185,13 @@ class HistoryWriter:
             f.attrs["class_names"] = json.dumps(list(class_names))
             data = f.create_group("data")
             for name, values in constants.items():
-                data.create_dataset(name, data=host(values), **compression())
-            data.create_dataset("transition_matrix", data=host(transition_matrix))
+                data.create_dataset(name, data=host(values), **compression(), **CHECKSUMMED)
+            data.create_dataset("transition_matrix", data=host(transition_matrix),
+                                **CHECKSUMMED)
             ep = f.create_group("epochs")
             new_codes(ep, "stage")
             ep.create_dataset("epoch", shape=(0,), maxshape=(None,), dtype=np.int32,
-                              chunks=ROW_CHUNKS)
+                              chunks=ROW_CHUNKS, **CHECKSUMMED)
             for group in ("metrics", "ledger", "producers"):
                 f.create_group(group)
             string_table(f, [""])
@@ -248,7 +250,8 @@ class HistoryWriter:
             group = f["data"]
             if name in group:
                 del group[name]
-            group.create_dataset(name, data=arr, **(compression() if arr.size > 1 else {}))
+            group.create_dataset(name, data=arr, **(compression() if arr.size > 1 else {}),
+                                 **(CHECKSUMMED if arr.ndim else {}))  # a scalar has no chunks
 
     def rows(self) -> int:
         """How many epochs the file holds."""
@@ -303,7 +306,7 @@ class HistoryWriter:
                     check_new_metric(name, index.metrics)
                     dsid = mgroup.create_dataset(
                         name, shape=(row,), maxshape=(None,), dtype=np.float64, chunks=ROW_CHUNKS,
-                        fillvalue=np.nan).id
+                        fillvalue=np.nan, **CHECKSUMMED).id
                     index.metrics.add(name)
                 _append_value(dsid, row, np.float64(value))
             for name in index.metrics.difference(metrics):
@@ -326,6 +329,7 @@ class HistoryWriter:
                     ds = lgroup.create_dataset(
                         name, shape=(row, *arr.shape), maxshape=(None, *arr.shape), dtype=dtype,
                         chunks=(1, *arr.shape), fillvalue=FILL[dtype], **compression(),
+                        **CHECKSUMMED,
                         # bytes grouped by significance first: float16 logits' high bytes
                         # compress, so Zstd has less to do (8% smaller, a little faster)
                         shuffle=True,

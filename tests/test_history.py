@@ -91,8 +91,9 @@ def test_compressed_and_chunked_by_epoch(tmp_path):
         ds = f["ledger/target"]
         assert ds.chunks == (1, 50, 4)
         assert "32015" in str(ds._filters)  # the Zstandard filter id
-        plist = ds.id.get_create_plist()  # byte shuffle (2) first, then Zstandard
-        assert [plist.get_filter(i)[0] for i in range(plist.get_nfilters())] == [2, 32015]
+        # byte shuffle (2) first, then Zstandard, then the Fletcher-32 checksum (3)
+        plist = ds.id.get_create_plist()
+        assert [plist.get_filter(i)[0] for i in range(plist.get_nfilters())] == [2, 32015, 3]
 
 
 def test_an_untouched_column_is_copied_chunk_for_chunk_and_any_change_is_written(

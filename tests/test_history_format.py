@@ -21,7 +21,7 @@ from kdcore.history import History, HistoryWriter, RowCounter
 from kdcore.history_journal import journal_path, locked
 
 N, C = 12, 3
-ZSTD, SHUFFLE = 32015, 2  # HDF5 filter ids
+ZSTD, SHUFFLE, FLETCHER32 = 32015, 2, 3  # HDF5 filter ids
 
 
 class Col:
@@ -61,8 +61,13 @@ def test_the_file_holds_the_documented_layout(tmp_path):
         assert json.loads(f.attrs["versions"]) == {"kdcore": "1"}
         for name in ("noisy_label", "clean_mask"):  # per-sample constants: Zstandard, level 1
             assert [(code, tuple(opts)) for code, _, opts, _ in _filters(f["data"][name])] == [
-                (ZSTD, (1,))]
+                (ZSTD, (1,)), (FLETCHER32, ())]
         assert f["data/transition_matrix"].dtype == np.float64
+        # every chunk checksummed, so that damage on disk is an error, never another value
+        for name in ("data/transition_matrix", "epochs/epoch", "epochs/stage", "metrics/a",
+                     "producers/target", "strings"):
+            assert [code for code, *_ in _filters(f[name])] == [FLETCHER32], name
+        assert [code for code, *_ in _filters(f["ledger/target"])] == [SHUFFLE, ZSTD, FLETCHER32]
         for name in ("epochs/epoch", "epochs/stage", "producers/target", "producers/select/s"):
             ds = f[name]
             assert (ds.dtype, ds.shape, ds.maxshape, ds.chunks) == (
@@ -84,7 +89,8 @@ def test_the_file_holds_the_documented_layout(tmp_path):
             assert (ds.dtype, ds.shape, ds.chunks) == (dtype, (2, *shape), (1, *shape)), name
             assert ds.attrs["kind"] == {"target": "target", "select/s": "mask"}[name]
             assert [(code, tuple(opts)[-1:] if code == ZSTD else ())
-                    for code, _, opts, _ in _filters(ds)] == [(SHUFFLE, ()), (ZSTD, (1,))]
+                    for code, _, opts, _ in _filters(ds)] == [(SHUFFLE, ()), (ZSTD, (1,)),
+                                                        (FLETCHER32, ())]
         assert not f["ledger/select/s"][0].any()  # the fill value before the column existed
 
 
@@ -165,7 +171,7 @@ def test_a_mask_is_stored_as_bool_until_it_holds_soft_scores_then_as_float16(tmp
     with h5py.File(path, "r") as f:  # widened with the column's own layout and filters
         ds = f["ledger/select/s"]
         assert (ds.chunks, ds.maxshape) == ((1, N), (None, N))
-        assert [code for code, *_ in _filters(ds)] == [SHUFFLE, ZSTD]
+        assert [code for code, *_ in _filters(ds)] == [SHUFFLE, ZSTD, FLETCHER32]
         assert np.isnan(ds.fillvalue)
 
 
@@ -209,10 +215,10 @@ def test_an_untouched_columns_chunk_is_copied_with_its_filter_mask(tmp_path):
     w.append_epoch(stage="s", epoch=0, metrics={}, columns={"v": Col(t, "value")})
     with h5py.File(path, "r+") as f:
         f["ledger/v"].id.write_direct_chunk((0, 0), t.numpy().astype(np.float16).tobytes(),
-                                            filter_mask=0b11)
+                                            filter_mask=0b111)  # shuffle, Zstd, checksum
     w.append_epoch(stage="s", epoch=1, metrics={}, columns={"v": Col(t, "value")})  # a copy
     with h5py.File(path, "r") as f:
-        assert f["ledger/v"].id.read_direct_chunk((1, 0))[0] == 0b11
+        assert f["ledger/v"].id.read_direct_chunk((1, 0))[0] == 0b111
     with History(tmp_path) as h:
         np.testing.assert_array_equal(h.column("v", 1), t.numpy().astype(np.float16))
 
@@ -261,8 +267,9 @@ def test_add_data_compresses_arrays_and_stores_scalars(tmp_path):
     w.add_data("two", torch.tensor([1, 2]))
     with h5py.File(path, "r") as f:
         assert f["data/scalar"][()] == 5 and f["data/one"][:].tolist() == [7]
-        assert _filters(f["data/scalar"]) == [] and _filters(f["data/one"]) == []
-        assert [code for code, *_ in _filters(f["data/two"])] == [ZSTD]
+        assert _filters(f["data/scalar"]) == []  # a scalar has no chunk to checksum
+        assert [code for code, *_ in _filters(f["data/one"])] == [FLETCHER32]
+        assert [code for code, *_ in _filters(f["data/two"])] == [ZSTD, FLETCHER32]
         assert f["data/two"][:].tolist() == [1, 2]
 
 

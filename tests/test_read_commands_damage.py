@@ -217,3 +217,42 @@ def test_a_data_array_that_is_not_per_sample_is_not_exported_as_a_column(run_dir
     assert not (tmp_path / "t.csv").exists()
     assert invoke("inspect", run_dir, "--column", "clean_label", "--csv",
                   tmp_path / "c.csv").exit_code == 0
+
+
+def _flip_in_chunk(path: Path, dataset: str, coord: tuple[int, ...], byte: int, bit: int) -> None:
+    """Flip one bit of a stored chunk on disk, as a bad sector or a bad copy would."""
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info_by_coord(coord)
+    assert byte < info.size
+    with open(path, "r+b") as raw:
+        raw.seek(info.byte_offset + byte)
+        value = raw.read(1)[0]
+        raw.seek(info.byte_offset + byte)
+        raw.write(bytes([value ^ (1 << bit)]))
+
+
+@pytest.mark.slow
+def test_a_flipped_bit_on_disk_is_a_damaged_history_never_another_value(run_dir, tmp_path):
+    """Every chunk carries a checksum that HDF5 checks on read. Before, a metric's stored float
+    read back changed and Zstd decoded many a damaged ledger chunk into other numbers: the
+    commands printed them with exit 0."""
+    path = run_dir / "history.h5"
+    clean = path.read_bytes()
+    with h5py.File(path, "r") as f:
+        metric = "metrics/test/student/acc"
+        rows = f[metric].shape[0]
+        first = f["ledger/logits/student"].id.get_chunk_info(0)  # the first row stored
+        coord, size = first.chunk_offset, first.size
+    # the metrics table: a bit of the last row's value (8 bytes a float64)
+    _flip_in_chunk(path, metric, (0,), 8 * (rows - 1) + 3, 5)
+    one_line_error(invoke("inspect", run_dir), "the history is damaged")
+    # a ledger column: a bit in each stretch of its first stored row's compressed chunk
+    refused = 0
+    for byte in range(0, size, max(1, size // 24)):
+        path.write_bytes(clean)
+        _flip_in_chunk(path, "ledger/logits/student", coord, byte, byte % 8)
+        result = invoke("inspect", run_dir, "--column", "logits/student", "--csv",
+                        tmp_path / "out.csv")
+        assert "Traceback" not in result.output
+        refused += result.exit_code == 2 and "the history is damaged" in result.output
+    assert refused == len(range(0, size, max(1, size // 24)))
