@@ -25,16 +25,20 @@ from torch import nn
 from kdcore.errors import KdcoreError, missing_path, os_reason, weights_only_reason
 
 CHECKPOINT = "checkpoint.pt"
+#: the run's checkpoint before its last, kept until the run finishes: a resume whose last
+#: checkpoint was damaged on disk goes on from it rather than start again
+PREVIOUS = "checkpoint.previous.pt"
 
 
-def save(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` through a temporary file, so a kill never leaves half a file.
+def save(state: dict[str, Any], path: Path, previous: Path | None = None) -> None:
+    """Write ``state`` to ``path`` through a temporary file, so a kill never leaves half a file;
+    with ``previous``, the file ``path`` held until now becomes ``previous``.
 
     Raises:
         KdcoreError: the file system refused the write (full, read-only, gone); the temporary
             file is removed and ``path`` is as it was.
     """
-    _replace(path, lambda tmp: torch.save(state, tmp))
+    _replace(path, lambda tmp: torch.save(state, tmp), previous)
 
 
 def save_text(text: str, path: Path) -> None:
@@ -43,11 +47,13 @@ def save_text(text: str, path: Path) -> None:
     _replace(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _replace(path: Path, write: Callable[[Path], object]) -> None:
+def _replace(path: Path, write: Callable[[Path], object], previous: Path | None = None) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        if previous is not None and path.is_file():
+            _keep_as(path, previous)
         os.replace(tmp, path)
     except BaseException as exc:  # a bug, the disk, or Ctrl-C: no half file left behind
         with contextlib.suppress(OSError):  # its folder may be what failed
@@ -58,6 +64,19 @@ def _replace(path: Path, write: Callable[[Path], object]) -> None:
             raise KdcoreError(f"cannot write {path}: {_disk_reason(exc, path.parent)}; the "
                               "files written before it are as they were") from None
         raise
+
+
+def _keep_as(path: Path, previous: Path) -> None:
+    """``previous`` becomes a hard link to ``path`` (no copy), renamed into place so that a
+    kill leaves either file whole. Where the file system has no hard links, ``previous`` stays
+    the older checkpoint it was (a resume from it is as exact, from further back)."""
+    link = previous.with_suffix(previous.suffix + ".tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+    except OSError:
+        return
+    os.replace(link, previous)
 
 
 def _write_failure(exc: RuntimeError) -> bool:
@@ -102,16 +121,16 @@ class BackgroundSaver:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def save(self, state: dict[str, Any], path: Path) -> None:
+    def save(self, state: dict[str, Any], path: Path, previous: Path | None = None) -> None:
         self.wait()
         if not self.background:
-            save(state, path)
+            save(state, path, previous)
             return
         frozen = snapshot(state)  # the live tensors change as soon as training resumes
 
         def write() -> None:
             try:
-                save(frozen, path)
+                save(frozen, path, previous)
             except BaseException as exc:  # re-raised on the main thread by wait()
                 self._error = exc
 

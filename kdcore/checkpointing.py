@@ -70,11 +70,16 @@ class Checkpointer:
         background: write on a background thread (CUDA runs).
         writes: write at all (False on the ranks other than 0 of a distributed run, which
             restore from the checkpoint rank 0 wrote).
+        keep_current: whether the first write keeps the file it replaces as
+            :data:`~kdcore.checkpoint.PREVIOUS` (False when that file is damaged: the run
+            resumed from the one before it, which stays).
     """
 
     def __init__(self, run_dir: Path, fingerprint: Mapping[str, Any], interval_s: float,
-                 background: bool, *, writes: bool = True):
+                 background: bool, *, writes: bool = True, keep_current: bool = True):
         self.path = run_dir / ckpt.CHECKPOINT
+        self.previous = run_dir / ckpt.PREVIOUS
+        self.keep_current = keep_current
         self.weights_dir = run_dir / "models"
         self.fingerprint = dict(fingerprint)
         self.interval_s = interval_s
@@ -118,7 +123,8 @@ class Checkpointer:
         for name, got in trainer.carried.items():
             _refuse_unloadable(f"component '{name}' ({got['use']}) state_dict() at the end of "
                                "its stage", got["state"])
-        self.saver.save(state, self.path)
+        self.saver.save(state, self.path, self.previous if self.keep_current else None)
+        self.keep_current = True
         self._last = time.monotonic()
 
     def save_weights(self, role: str, model: nn.Module) -> None:
@@ -241,6 +247,28 @@ def rehearse_stages(trainer: _EntersStages, stages: Sequence[StagePlan]) -> None
         if previous is not None:
             continue_states(stage.components, carried_states(previous.components))
         previous = stage
+
+
+def read_last(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """The run's last checkpoint (:func:`read`); where it cannot be read (damaged on disk) but
+    the one kept before it (:data:`~kdcore.checkpoint.PREVIOUS`) can, that one, with why the
+    last could not be (else None). Nothing is moved: the resumed run's first checkpoint
+    replaces the damaged one, without keeping it (``Checkpointer(keep_current=False)``).
+
+    Raises:
+        KdcoreError: the last checkpoint's error, where the one before it cannot be read either.
+    """
+    try:
+        return read(run_dir / ckpt.CHECKPOINT), None
+    except KdcoreError as exc:
+        previous = run_dir / ckpt.PREVIOUS
+        if not previous.is_file():
+            raise
+        try:
+            state = read(previous)
+        except KdcoreError:
+            raise exc from None
+        return state, str(exc).removesuffix("; start again with --overwrite")
 
 
 def read(path: Path) -> dict[str, Any]:

@@ -35,7 +35,8 @@ class GivenPath(click.Path):
 
 #: the files a run directory holds (``models/`` holds its weights)
 RUN_FILES = frozenset({"history.h5", "history.h5-journal", "history.h5.rebuild", "checkpoint.pt",
-                       "checkpoint.pt.tmp", "recipe.toml", "summary.json", "log.txt"})
+                       "checkpoint.pt.tmp", "checkpoint.previous.pt", "checkpoint.previous.pt.tmp",
+                       "recipe.toml", "summary.json", "log.txt"})
 
 
 def _is_run_dir(path: Path) -> bool:

@@ -41,14 +41,15 @@ def fingerprint(recipe: Recipe, overrides: Sequence[str] = ()) -> dict[str, Any]
 
 
 def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
-                  ) -> dict[str, Any] | None:
+                  ) -> tuple[dict[str, Any] | None, bool]:
+    """The checkpoint to resume from, and whether it is the one kept before a damaged last."""
     path = run_dir / ckpt.CHECKPOINT  # a folder of that name: refused by prepare_run_dir
     if not path.is_file():
         _check_unstarted(run_dir, started)
         logger.warning(f"{run_dir} has no checkpoint yet (the run stopped before its first "
                        f"one): starting it from the beginning")
-        return None
-    state = checkpointing.read(path)
+        return None, False
+    state, damaged = checkpointing.read_last(run_dir)
     _refuse_changes(f"{run_dir} was started with",
                     resolved_now(state["fingerprint"]["recipe"]), started)
     written = _history_recipe(run_dir / "history.h5")
@@ -62,7 +63,10 @@ def _resume_state(run_dir: Path, started: dict[str, Any], plan: RunPlan
         raise KdcoreError(f"the checkpoint {path} holds a position (stage {stage}, epoch "
                           f"{epoch}, {position['history_rows']} history rows) that this "
                           f"recipe's run never reaches; start again with --overwrite")
-    return state
+    if damaged is not None:
+        logger.warning(f"{damaged}; the run goes on from the checkpoint kept before it "
+                       f"({position['history_rows']} epochs in), and trains again what came after")
+    return state, damaged is not None
 
 
 def _refuse_changes(source: str, saved: dict[str, Any], started: dict[str, Any]) -> None:
@@ -279,7 +283,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
     run_dir, failure = distributed.broadcast(outcome)
     if failure is not None:
         raise KdcoreError(failure)
-    state = _resume_state(run_dir, started, plan) if resume else None
+    state, fell_back = _resume_state(run_dir, started, plan) if resume else (None, False)
     if state is None and main:
         ckpt.save_text(recipe.to_toml(), run_dir / "recipe.toml")
     # loguru formats a sink's path ("{time}" and the like): braces in it are literal here
@@ -334,7 +338,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
                                    f"started; its epochs from here on are this code's")
             checkpointer = checkpointing.Checkpointer(
                 run_dir, started, recipe.run.checkpoint_interval_s,
-                background=run.device.type == "cuda", writes=main)
+                background=run.device.type == "cuda", writes=main, keep_current=not fell_back)
             extra = start_loggers(host, recipe, run_dir) if main else []  # run.loggers
             bus = ObserverBus(host, extra=extra)
             trainer = Trainer(plan, run, history, bus, checkpointer,
@@ -360,6 +364,7 @@ def _run(plan: RunPlan, recipe: Recipe, *, out: str | None, resume: bool, overwr
                 run.data.close_streams()  # and no DataLoader worker behind it
         if main:
             ckpt.save_text(json.dumps(summary, indent=2), run_dir / "summary.json")
+            (run_dir / ckpt.PREVIOUS).unlink(missing_ok=True)  # finished: nothing to go back to
         distributed.barrier()  # the run is finished when its files are
         return summary
     except KeyboardInterrupt as exc:  # Ctrl-C, or the SIGTERM that `kdcore run` turns into one

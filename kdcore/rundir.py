@@ -111,7 +111,8 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
     if lock is not None:  # made just now, or made by a run started at the same moment
         lock.acquire(run_dir)
     # the earlier run's log goes with it: appended to, it opened with that run's lines
-    names = ("history.h5", "history.h5-journal", ckpt.CHECKPOINT, "summary.json", "log.txt")
+    names = ("history.h5", "history.h5-journal", ckpt.CHECKPOINT, ckpt.PREVIOUS, "summary.json",
+             "log.txt")
     if overwrite or resume:
         # everything checked before anything goes: a refused --overwrite deletes nothing, and
         # a resume does not train to its end to fail on saving the weights into a file
@@ -131,7 +132,7 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
     return run_dir
 
 
-RUN_FILES = ("recipe.toml", "log.txt", "summary.json", ckpt.CHECKPOINT, "models")
+RUN_FILES = ("recipe.toml", "log.txt", "summary.json", ckpt.CHECKPOINT, ckpt.PREVIOUS, "models")
 """What a run writes in its folder besides its history (``models`` a folder)."""
 
 

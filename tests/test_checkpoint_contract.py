@@ -5,6 +5,7 @@ knows, when a checkpoint is due, and the state of plugins and of a stage's compo
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import warnings
@@ -219,6 +220,23 @@ def test_a_checkpoint_is_written_under_the_temporary_name_overwrite_clears(tmp_p
     assert ckpt.load(path) == {"x": 1} and not seen[0].exists()
 
 
+def test_a_save_keeps_the_file_it_replaces_as_the_previous_one(tmp_path, monkeypatch):
+    """The run's checkpoint before its last stays, a hard link renamed into place (no copy);
+    without hard links, the previous file stays the older one it was."""
+    path, previous = tmp_path / ckpt.CHECKPOINT, tmp_path / ckpt.PREVIOUS
+    ckpt.save({"k": 0}, path, previous)
+    assert not previous.exists()  # nothing before the first
+    ckpt.save({"k": 1}, path, previous)
+    ckpt.save({"k": 2}, path, previous)
+    assert (ckpt.load(path), ckpt.load(previous)) == ({"k": 2}, {"k": 1})
+    assert os.stat(previous).st_nlink == 1 and sorted(p.name for p in tmp_path.iterdir()) == (
+        sorted([ckpt.CHECKPOINT, ckpt.PREVIOUS]))
+    monkeypatch.setattr(ckpt.os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no")))
+    ckpt.save({"k": 3}, path, previous)
+    assert (ckpt.load(path), ckpt.load(previous)) == ({"k": 3}, {"k": 1})
+    assert {p.name for p in tmp_path.iterdir()} <= RUN_FILES
+
+
 def test_the_disks_refusals_are_one_line_with_its_reason(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -261,8 +279,8 @@ def test_background_writes_follow_one_another_on_a_named_thread_the_exit_waits_f
     says what it is, and not a daemon: the interpreter finishes the write before it exits."""
     threads = []
     real = ckpt.save
-    monkeypatch.setattr(ckpt, "save", lambda state, path: (
-        threads.append(threading.current_thread()), real(state, path)))
+    monkeypatch.setattr(ckpt, "save", lambda state, path, previous: (
+        threads.append(threading.current_thread()), real(state, path, previous)))
     saver = ckpt.BackgroundSaver()
     for k in range(3):
         saver.save({"k": torch.tensor(k)}, tmp_path / f"{k}.pt")

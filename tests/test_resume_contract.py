@@ -5,6 +5,7 @@ and names how to start again."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from kdcore import History, PluginHost, hookimpl, load_recipe, run_recipe
-from kdcore.checkpoint import CHECKPOINT, load, save
+from kdcore.checkpoint import CHECKPOINT, PREVIOUS, load, save
 from kdcore.testing import InterruptAt, Interrupted, assert_same_history
 from tests.cli_helpers import invoke
 from tests.cli_helpers import one_line_error as assert_one_line_error
@@ -285,14 +286,47 @@ def test_models_and_optimisers_that_do_not_match_the_recipe_are_named_whole(tiny
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["no_position", "garbage", "old_format"])
 def test_a_damaged_checkpoint_is_one_line(tiny_recipe, started, damage):
+    """Without a checkpoint kept before it (or with that one damaged too): refused."""
     path = started / CHECKPOINT
     if damage == "garbage":
         path.write_bytes(b"not a checkpoint at all")
+        (started / PREVIOUS).write_bytes(b"nor this")
     else:
         state = load(path)
         state.pop("position" if damage == "no_position" else "format")
         save(state, path)
+        (started / PREVIOUS).unlink()
     assert_one_line_error(invoke("run", tiny_recipe, "--out", started, "--resume"), str(path))
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_resumes_from_the_one_before_it_bit_for_bit(tiny_recipe, started,
+                                                                         tmp_path, warnings):
+    """One bit flipped in the last checkpoint: the run goes on from the checkpoint kept
+    before it (said in a warning) and trains again what came after. Its first new checkpoint
+    replaces the damaged one without keeping it, so a kill then still finds a good one
+    before the last; and the run ends as the run that was never stopped, keeping no second
+    checkpoint once finished."""
+    path = started / CHECKPOINT
+    before = load(started / PREVIOUS)["position"]
+    assert before["history_rows"] < load(path)["position"]["history_rows"]
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(Interrupted):  # stopped again, after the teacher stage's checkpoint
+        run_recipe(load_recipe(tiny_recipe), out=str(started), resume=True,
+                   host=PluginHost(extra=[InterruptAt(epoch=0, batch=1, stage="student")]))
+    (warning,) = [w for w in warnings if "checkpoint kept" in w]
+    assert re.fullmatch(
+        rf"cannot read checkpoint {re.escape(str(path))}: the file is damaged \(its record "
+        r"\S+ fails its CRC-32 check\); the run goes on from the checkpoint kept before it "
+        rf"\({before['history_rows']} epochs in\), and trains again what came after", warning)
+    assert load(started / PREVIOUS)["position"] == before  # not the damaged file
+    assert load(path)["position"]["history_rows"] > before["history_rows"]
+    run_recipe(load_recipe(tiny_recipe), out=str(started), resume=True)
+    run_recipe(load_recipe(tiny_recipe), out=str(tmp_path / "straight"))
+    assert_same_history(started, tmp_path / "straight")
+    assert not (started / PREVIOUS).exists()
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from kdcore import History
-from kdcore.checkpoint import CHECKPOINT, load, save
+from kdcore.checkpoint import CHECKPOINT, PREVIOUS, load, save
 from tests.cli_helpers import digest, invoke, one_line_error
 
 
@@ -85,7 +85,9 @@ def test_overwrite_deletes_nothing_when_it_cannot_finish(runs, odd):
     ("fingerprint", 5), ("optimizers", {"student": 1}), ("ledger", 5), ("best", "x"),
     ("rng", {"torch": 1}), ("summary", "x"), ("carried", 7)])
 def test_a_checkpoint_field_of_the_wrong_type_is_one_line(runs, field, value):
+    """(With no checkpoint kept before it to go on from: test_resume_contract.py.)"""
     run_dir = runs / "started"
+    (run_dir / PREVIOUS).unlink()
     state = load(run_dir / CHECKPOINT)
     state[field] = value
     save(state, run_dir / CHECKPOINT)

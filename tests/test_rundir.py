@@ -90,7 +90,8 @@ def test_overwrite_removes_the_earlier_runs_history_journal_checkpoint_summary_a
         tmp_path):
     recipe, out = _recipe(tmp_path), tmp_path / "run"
     out.mkdir()
-    gone = ("history.h5", "history.h5-journal", "checkpoint.pt", "summary.json", "log.txt")
+    gone = ("history.h5", "history.h5-journal", "checkpoint.pt", "checkpoint.previous.pt",
+            "summary.json", "log.txt")
     for name in (*gone, "recipe.toml"):
         (out / name).write_text("old")
     prepare_run_dir(recipe, str(out), resume=False, overwrite=True)
