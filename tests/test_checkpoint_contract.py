@@ -231,9 +231,14 @@ def test_a_save_keeps_the_file_it_replaces_as_the_previous_one(tmp_path, monkeyp
     assert (ckpt.load(path), ckpt.load(previous)) == ({"k": 2}, {"k": 1})
     assert os.stat(previous).st_nlink == 1 and sorted(p.name for p in tmp_path.iterdir()) == (
         sorted([ckpt.CHECKPOINT, ckpt.PREVIOUS]))
+    # a link left by a save killed before its rename is replaced, not left beside
+    (tmp_path / f"{ckpt.PREVIOUS}.tmp").write_bytes(b"left by a kill")
+    ckpt.save({"k": 2}, path, previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ckpt.CHECKPOINT, ckpt.PREVIOUS])
+    assert f"{ckpt.PREVIOUS}.tmp" in RUN_FILES
     monkeypatch.setattr(ckpt.os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no")))
     ckpt.save({"k": 3}, path, previous)
-    assert (ckpt.load(path), ckpt.load(previous)) == ({"k": 3}, {"k": 1})
+    assert (ckpt.load(path), ckpt.load(previous)) == ({"k": 3}, {"k": 2})
     assert {p.name for p in tmp_path.iterdir()} <= RUN_FILES
 
 

@@ -300,6 +300,17 @@ def test_a_damaged_checkpoint_is_one_line(tiny_recipe, started, damage):
 
 
 @pytest.mark.slow
+def test_a_resumed_runs_next_checkpoint_keeps_the_one_it_resumed_from(tiny_recipe, started):
+    last = load(started / CHECKPOINT)["position"]
+    with pytest.raises(Interrupted):  # a checkpoint every epoch: one after student epoch 0
+        run_recipe(load_recipe(tiny_recipe, ["run.checkpoint_interval_s=0"]), out=str(started),
+                   resume=True, overrides=["run.checkpoint_interval_s=0"],
+                   host=PluginHost(extra=[InterruptAt(epoch=1, batch=1, stage="student")]))
+    assert load(started / PREVIOUS)["position"] == last
+    assert load(started / CHECKPOINT)["position"]["history_rows"] == last["history_rows"] + 1
+
+
+@pytest.mark.slow
 def test_a_damaged_checkpoint_resumes_from_the_one_before_it_bit_for_bit(tiny_recipe, started,
                                                                          tmp_path, warnings):
     """One bit flipped in the last checkpoint: the run goes on from the checkpoint kept
