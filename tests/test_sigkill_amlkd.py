@@ -120,13 +120,13 @@ DRIVER = textwrap.dedent('''
         if kind == "checkpoint":
             save = ckpt.save
 
-            def save_and_die(state, path):
+            def save_and_die(state, path, previous=None):
                 position = state.get("position", {})
                 if position.get("stage") == 3 and position.get("epoch") == 1:
                     import torch
                     torch.save(state, str(path) + ".tmp")  # written, not yet in place
                     die(out, "checkpoint")
-                save(state, path)
+                save(state, path, previous)
             ckpt.save = save_and_die
         recipe = kdcore.load_recipe(recipe_path, [*overrides,
                                                   f"run.checkpoint_interval_s={interval}"])
