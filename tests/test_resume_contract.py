@@ -23,8 +23,8 @@ from tests.cli_helpers import one_line_error as assert_one_line_error
 
 @pytest.fixture
 def started(tiny_recipe, tmp_path):
-    """A run stopped in the student stage (its checkpoints are the run's start, the first
-    epoch and the teacher stage's end)."""
+    """A run stopped in the student stage (its checkpoints: after the first epoch, kept as
+    ``checkpoint.previous.pt``, and at the teacher stage's end, ``checkpoint.pt``)."""
     out = tmp_path / "run"
     with pytest.raises(Interrupted):
         run_recipe(load_recipe(tiny_recipe), out=str(out),
