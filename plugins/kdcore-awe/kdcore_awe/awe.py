@@ -192,6 +192,15 @@ class AWE(kdcore.Component):
     writes = ("awe/seed_weight",)
     column_kinds = {"awe/seed_weight": "weight"}
 
+    def written_columns(self) -> tuple[str, ...]:
+        """``awe/seed_weight`` only where ``seed_mode`` makes seed weights: with ``none`` a
+        label propagation reading them had passed ``kdcore check`` and failed at its stage's
+        first epoch."""
+        columns = super().written_columns()
+        if self.params.seed_mode == "none":
+            return tuple(c for c in columns if c != "awe/seed_weight")
+        return columns
+
     def read_kinds(self) -> dict[str, ColumnKind | tuple[ColumnKind, ...]]:
         """``selection`` is a mask, ``confidence`` one number per sample, and ``propagated``
         (read only with both of them in ``confidence`` mode) labels."""

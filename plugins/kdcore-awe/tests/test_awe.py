@@ -134,6 +134,27 @@ def test_plan_checks_the_selection_column_and_the_student_role():
         _plan(component("awe", terms=["ce"], params={"student": "teacher"}))
 
 
+@pytest.mark.parametrize("seed_mode", ["none", "cosine", "margin", "learned"])
+def test_seed_weights_are_declared_only_where_the_seed_mode_writes_them(seed_mode):
+    """With ``seed_mode = "none"`` nothing writes ``awe/seed_weight``: a label propagation
+    reading it is refused by the plan (it had passed ``kdcore check`` and stopped the run at its
+    stage's first epoch start); every other mode writes it at the epoch start."""
+    selection = component("small_loss", params={"scope": "dataset", "mask_loss": False})
+    awe = component("awe", params={"selection": "select/small_loss", "seed_mode": seed_mode})
+    lp = component("teacher_lp", params={"seeds": "noisy", "graph": "student",
+                                         "seed_weights": "awe/seed_weight"})
+    if seed_mode == "none":
+        with pytest.raises(RecipeError, match="'teacher_lp'.*reads ledger column "
+                                              "'awe/seed_weight', which nothing placed before"):
+            _plan(selection, awe, lp)
+        return
+    plan = _plan(selection, awe, lp)
+    assert "awe/seed_weight" in plan.stages[0].components[1].written_columns()
+    h = _harness({"seed_mode": seed_mode, "loss_mode": "none"}).setup()
+    h.epoch_start(0)
+    assert h.run.ledger["awe/seed_weight"].shape == (60,)
+
+
 @pytest.mark.parametrize("tau", [0.1, 0.5])
 def test_margin_weights_against_a_numpy_transcription(tau):
     """``margin``: sigmoid((a_{i,y} - max_{c != y} a_ic) / tau), then (``mean_one``) divided by
