@@ -183,8 +183,8 @@ class AWEParams:
 class AWE(kdcore.Component):
     """Ambiguity-aware per-sample weights for loss terms and LP seeds.
 
-    Reads ``selection`` (a parameter) and writes ``awe/seed_weight`` besides its ``weight``
-    hook's ``weight/<name>``.
+    Reads ``selection`` (a parameter) and writes ``awe/seed_weight`` (unless ``seed_mode`` is
+    ``none``) besides its ``weight`` hook's ``weight/<name>``.
     """
 
     Params = AWEParams
