@@ -116,8 +116,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                         "tests/test_history_skip.py", "tests/test_api.py",
                         "tests/test_metrics.py", "tests/test_history_forecast.py"]),
     # the run plan (session 18): the checks `kdcore check` and every run make before training
-    "kdcore-plan": (".", ["kdcore/plan.py"], ["tests/test_plan.py", "tests/test_column_kinds.py",
-                                              "tests/test_history_skip.py"]),
+    # (session 42: the data-flow check moved to kdcore/dataflow.py, the key paths beside it)
+    "kdcore-plan": (".", ["kdcore/plan.py", "kdcore/dataflow.py", "kdcore/plan_keys.py"],
+                    ["tests/test_plan.py", "tests/test_column_kinds.py",
+                     "tests/test_history_skip.py"]),
     # the running training's state and a component's view of it (session 18)
     "kdcore-runstate": (".", ["kdcore/runstate.py", "kdcore/history_names.py",
                               "kdcore/tagged_ledger.py"],

@@ -15,7 +15,8 @@ A component declares what it depends on, so that ``kdcore check`` can verify a r
 before anything trains: the model roles it uses (parameters typed :class:`~kdcore.Role`, plus
 :meth:`Component.roles`), the ledger columns it reads (parameters typed
 :class:`~kdcore.ColumnName`, plus :meth:`Component.reads`) and those it writes besides its hooks'
-own (:attr:`Component.writes`).
+own (:attr:`Component.writes`), and which of them it reads or writes before its stage's first
+batch (:meth:`Component.reads_at_start`, :meth:`Component.writes_at_start`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import attrs
 import torch
 
 from kdcore.batch import Batch
-from kdcore.context import ColumnKind, ColumnName, Role, RunContext
+from kdcore.context import ColumnKind, ColumnName, Role, RunContext, StartHook
 from kdcore.terms import PerSampleLoss
 
 PerSample = torch.Tensor | Mapping[str, torch.Tensor]
@@ -152,6 +153,24 @@ class Component:
         the plan refuses a recipe where the column's writer declares another kind. By
         default none is required."""
         return {}
+
+    def reads_at_start(self) -> dict[str, StartHook]:
+        """The columns of :meth:`reads` this component reads before its stage's first batch,
+        each with the first hook that reads it (``on_stage_start`` or ``on_epoch_start``). The
+        plan refuses a recipe where such a column is written only later: by a ``select`` or
+        ``weight`` hook of the same stage (its batches come after), or in ``on_epoch_start``
+        where it is read in ``on_stage_start``. By default none (every read is a batch's)."""
+        return {}
+
+    def writes_at_start(self) -> dict[str, StartHook]:
+        """The columns of :meth:`written_columns` this component has written before its
+        stage's first batch, each with the hook that writes it. By default its own
+        :attr:`writes`, from ``on_stage_start``; none of its hooks' columns (a hook writes in
+        the batches). Override where a column is written later, or a hook's column earlier
+        (a selector that ranks the whole training set at the epoch start)."""
+        written = self.written_columns()
+        return {c: "on_stage_start" for c in (w.format(name=self.name) for w in self.writes)
+                if c in written}
 
     def written_column_kinds(self) -> dict[str, ColumnKind]:
         """The declared kind of each column this component writes: ``mask`` for its

@@ -54,6 +54,11 @@ SCALAR_KINDS: tuple[ColumnKind, ...] = ("mask", "weight", "value", "exact")
 """The kinds that hold one number per sample: what a reader of per-sample weights or scores
 accepts (``read_kinds() -> {column: SCALAR_KINDS}``)."""
 
+StartHook = Literal["on_stage_start", "on_epoch_start"]
+"""The hooks that run before a stage's first batch, in this order (each over every component
+of the stage, in recipe order): where a component declares it reads or writes a column before
+the batches (:meth:`kdcore.Component.reads_at_start`, :meth:`kdcore.Component.writes_at_start`)."""
+
 
 class ModelOutput(NamedTuple):
     """What a model returns for a batch: logits ``(B, C)`` and penultimate features ``(B, d)``.
@@ -220,4 +225,4 @@ class BatchStore:
 
 
 __all__ = ["SCALAR_KINDS", "BatchStore", "ColumnKind", "ColumnName", "LedgerAccess",
-           "ModelOutput", "Role", "RunContext"]
+           "ModelOutput", "Role", "RunContext", "StartHook"]

@@ -3,35 +3,27 @@
 ``kdcore check``, the start banner and the run build the plan through :func:`build_plan`, one
 code path, so a recipe that ``check`` accepts does not fail while the run is being set up.
 The plan instantiates every stage's components once per run (each validating its own
-parameters), resolves the model roles they use, checks that every ledger column a component
-reads is written earlier (by the data, an earlier stage, or an earlier component of its stage)
-and binds the parameters of the dataset loader, the noise model, the architectures and the
-augmentations. Loading the data and building the models is :mod:`kdcore.prepare`'s.
+parameters), resolves the model roles they use, checks the declared data flow
+(:mod:`kdcore.dataflow`) and binds the parameters of the dataset loader, the noise model, the
+architectures and the augmentations. Loading the data and building the models is
+:mod:`kdcore.prepare`'s.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from loguru import logger
 
 from kdcore.component import Component, ComponentSpec
 from kdcore.config import bind_params, structure
+from kdcore.dataflow import check_columns, check_history_skip
 from kdcore.errors import KdcoreError, RecipeError, did_you_mean
-from kdcore.history_names import declared_column_problem
+from kdcore.plan_keys import component_key, param_key
 from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe, StageConfig
-
-DATA_KINDS = {"noisy_label": "label", "clean_label": "label", "clean_mask": "mask",
-              "base_target": "target", "target": "target"}
-"""The columns every ledger has from the start, and their kinds (for the plan's check of what
-a reader needs, :meth:`Component.read_kinds`)."""
-DATA_COLUMNS = tuple(DATA_KINDS)
-"""Columns every ledger has from the start."""
 
 
 @attrs.define(eq=False)
@@ -121,7 +113,7 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
     _check_self_taught(recipe, stages)
     _check_backward_taken_once(recipe, stages)
     _check_trained(recipe, stages)
-    _check_history_skip(recipe, _check_columns(recipe, stages))
+    check_history_skip(recipe, check_columns(recipe, stages))
     _check_precision(recipe, stages)
     _check_cached_outputs(recipe)
     return RunPlan(recipe, stages, models, augmentations)
@@ -244,26 +236,7 @@ def check_distributed(plan: RunPlan, processes: int) -> None:
                     f"component '{comp.name}' ({comp.spec.use}) cannot run in {processes} "
                     f"processes: {why}; run it in one process",
                     file=plan.recipe.source,
-                    key=f"{_component_key(plan.recipe, stage.index, comp)}.use")
-
-
-def _component_key(recipe: Recipe, s: int, comp: Component) -> str:
-    # the enabled entry: a disabled one may carry the same label
-    c = next(c for c, entry in enumerate(recipe.stages[s].components)
-             if entry.enabled and entry.label == comp.name)
-    return f"stages[{s}].components[{c}]"
-
-
-def _param_key(recipe: Recipe, s: int, comp: Component, value: str) -> str:
-    """The key path of the parameter of ``comp`` that holds ``value`` (its params table when
-    no single field does: a role or column named by an override of ``roles``/``reads``)."""
-    base = f"{_component_key(recipe, s, comp)}.params"
-    if attrs.has(type(comp.params)):
-        for field in attrs.fields(type(comp.params)):
-            held = getattr(comp.params, field.name)
-            if held == value or (isinstance(held, (list, tuple)) and value in held):
-                return f"{base}.{field.alias or field.name}"
-    return base
+                    key=f"{component_key(plan.recipe, stage.index, comp)}.use")
 
 
 def _check_roles(recipe: Recipe, stages: Sequence[StagePlan], roles: set[str]) -> None:
@@ -275,7 +248,7 @@ def _check_roles(recipe: Recipe, stages: Sequence[StagePlan], roles: set[str]) -
                         f"component '{comp.name}' ({comp.spec.use}) uses model role '{role}'"
                         f"{did_you_mean(role, roles)}, which [models] does not define; "
                         f"roles: {', '.join(sorted(roles)) or 'none'}",
-                        file=recipe.source, key=_param_key(recipe, stage.index, comp, role))
+                        file=recipe.source, key=param_key(recipe, stage.index, comp, role))
 
 
 def _check_self_taught(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
@@ -296,7 +269,7 @@ def _check_self_taught(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                         f"itself (params.{param}), a term without gradient: it serves "
                         f"{json.dumps(list(comp.models))} (its models, or else the stage's "
                         f"train); {fix}", file=recipe.source,
-                        key=f"{_component_key(recipe, stage.index, comp)}.models")
+                        key=f"{component_key(recipe, stage.index, comp)}.models")
 
 
 def _check_backward_taken_once(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
@@ -314,7 +287,7 @@ def _check_backward_taken_once(recipe: Recipe, stages: Sequence[StagePlan]) -> N
                         f"({comp.spec.use}) both take over the backward pass of '{role}', and "
                         f"only the first would get it; keep one (a mutual method with order = "
                         f"\"simultaneous\" takes none)", file=recipe.source,
-                        key=_component_key(recipe, stage.index, comp))
+                        key=component_key(recipe, stage.index, comp))
 
 
 def _check_trained(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
@@ -329,72 +302,4 @@ def _check_trained(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                     "train", file=recipe.source, key=f"stages[{stage.index}].train")
 
 
-def _check_columns(recipe: Recipe, stages: Sequence[StagePlan]) -> set[str]:
-    """Every column a component reads is written before it, in stage order, and of the kind
-    it needs where both the reader and the last writer say. Returns every column the run
-    writes."""
-    available: set[str] = set(DATA_COLUMNS)
-    kinds: dict[str, tuple[str, str]] = {c: (k, "the data") for c, k in DATA_KINDS.items()}
-    for stage in stages:
-        # per-sample losses and training logits reach the ledger at the end of a stage's first
-        # epoch, so they serve later stages
-        epoch_end: set[str] = {f"logits/{r}" for r in stage.config.train}
-        for comp in stage.components:
-            for column in comp.reads():
-                if column not in available:
-                    raise RecipeError(
-                        f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
-                        f"'{column}'{did_you_mean(column, available)}, which nothing placed "
-                        f"before it writes; written by then: {', '.join(sorted(available))}",
-                        file=recipe.source, key=_param_key(recipe, stage.index, comp, column))
-            for column, need in comp.read_kinds().items():
-                needs = (need,) if isinstance(need, str) else tuple(need)
-                have, writer = kinds.get(column, (needs[0], ""))
-                if have not in needs:
-                    raise RecipeError(
-                        f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
-                        f"'{column}' as a column of kind {_either(needs)}, but {writer} "
-                        f"writes it as kind {have}", file=recipe.source,
-                        key=_param_key(recipe, stage.index, comp, column))
-            _check_writes(recipe, stage, comp, available | epoch_end)
-            available.update(comp.written_columns())
-            declared = comp.written_column_kinds()
-            for column in comp.written_columns():
-                if column in declared:
-                    kinds[column] = (declared[column], f"'{comp.name}'")
-                else:
-                    kinds.pop(column, None)  # rewritten without a declared kind
-            if "transfer" in comp.kinds():
-                epoch_end.add(f"loss/{comp.name}")
-                epoch_end.update(f"loss/{comp.name}/{r}" for r in comp.models)
-        available |= epoch_end
-        # the engine's records: per-sample losses and training logits, as values
-        kinds.update({column: ("value", "the engine") for column in epoch_end})
-    return available
-
-
-def _check_writes(recipe: Recipe, stage: StagePlan, comp: Component, before: set[str]) -> None:
-    """Each column in ``comp``'s ``writes`` can be kept by the history beside the others."""
-    for column in dict.fromkeys(w.format(name=comp.name) for w in comp.writes):
-        problem = declared_column_problem(
-            column, before | set(comp.written_columns()) - {column}, recipe.models)
-        if problem:
-            raise RecipeError(f"component '{comp.name}' ({comp.spec.use}) declares a ledger "
-                              f"column it cannot write: {problem}", file=recipe.source,
-                              key=f"{_component_key(recipe, stage.index, comp)}.use")
-
-
-def _check_history_skip(recipe: Recipe, written: set[str]) -> None:
-    """Warn of a ``run.history_skip`` pattern that matches no column the recipe writes: a
-    misspelt one would leave the history as large as before, unnoticed."""
-    for pattern in recipe.run.history_skip:
-        if not any(fnmatch.fnmatchcase(column, pattern) for column in written):
-            logger.warning(f"run.history_skip: '{pattern}' matches none of the columns this "
-                           f"recipe writes: {', '.join(sorted(written))}")
-
-
-def _either(kinds: Sequence[str]) -> str:
-    return kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} or {kinds[-1]}"
-
-
-__all__ = ["DATA_COLUMNS", "RunPlan", "StagePlan", "build_components", "build_plan"]
+__all__ = ["RunPlan", "StagePlan", "build_components", "build_plan"]

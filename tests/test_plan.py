@@ -13,7 +13,8 @@ import torch
 import kdcore
 from kdcore import PluginHost, RecipeError, hookimpl
 from kdcore.context import ColumnName, Role
-from kdcore.plan import DATA_COLUMNS, build_plan, check_distributed
+from kdcore.dataflow import DATA_COLUMNS
+from kdcore.plan import build_plan, check_distributed
 from kdcore.recipe import load_recipe, recipe_from_dict
 from kdcore.testing import MODELS, component, stage, teacher_stage, tiny_recipe, write_recipe
 
@@ -106,11 +107,54 @@ class LocalWhy(Local):
     distributed = "its graph spans every sample"
 
 
+@attrs.frozen
+class AtStartParams:
+    column: ColumnName = ColumnName("")
+    hook: str = "on_epoch_start"
+
+
+@attrs.frozen
+class WriterParams:
+    column: str = ""
+    hook: str = "on_epoch_start"  # "": in the batches
+
+
+class StartReader(kdcore.Component):
+    """Reads ``column`` before its stage's first batch, in ``hook``."""
+
+    Params = AtStartParams
+    description = "test reader of a column at its stage's start"
+
+    def reads_at_start(self):
+        return {self.params.column: self.params.hook}
+
+    def select(self, ctx, batch):
+        return None
+
+
+class ColumnWriter(kdcore.Component):
+    """Writes ``column`` itself, in ``hook`` (``""``: in the batches)."""
+
+    Params = WriterParams
+    description = "test writer of a column at a chosen time"
+
+    def __init__(self, params, spec):
+        super().__init__(params, spec)
+        self.writes = (params.column,)
+
+    def writes_at_start(self):
+        return {self.params.column: self.params.hook} if self.params.hook else {}
+
+    def weight(self, ctx, batch):
+        return None
+
+
 class Components:
     @hookimpl
     def kdcore_add_components(self):
         return {"taker": Taker, "writer": Writer, "everything": Everything, "picky": Picky,
-                "local": Local, "local_why": LocalWhy}
+                "local": Local, "local_why": LocalWhy, "start_reader": StartReader,
+                "column_writer": ColumnWriter}
 
 
 SOURCE = "recipes/under_test.toml"  # every refusal names the recipe file
@@ -351,6 +395,80 @@ def test_a_selector_or_weighter_makes_its_hook_columns_readable_later_in_the_sta
     assert "weight/writer/teacher" in err.detail
     # a refiner writes the target, which the data already holds: always readable
     _plan(teacher_stage(1), _student(_reader("target"), component("everything")))
+
+
+def _start_reader(column, hook):
+    return component("start_reader", "early", params={"column": column, "hook": hook})
+
+
+def _column_writer(label, hook, column="w/c"):
+    return component("column_writer", label, params={"column": column, "hook": hook})
+
+
+def test_a_column_read_before_the_stages_first_batch_is_written_by_then():
+    # a component's own writes are written by on_stage_start unless it says otherwise
+    for hook in ("on_stage_start", "on_epoch_start"):
+        _plan(teacher_stage(1), _student(component("writer"), _start_reader("w/writer", hook)))
+        _plan(teacher_stage(1), _student(_start_reader("noisy_label", hook)))  # the data's
+    _plan(teacher_stage(1), _student(_column_writer("ew", "on_epoch_start"),
+                                     _start_reader("w/c", "on_epoch_start")))
+    err = _assert_refused(teacher_stage(1), _student(_column_writer("ew", "on_epoch_start"),
+                                                     _start_reader("w/c", "on_stage_start")))
+    assert err.key == "stages[1].components[1].params.column"
+    assert err.detail == (
+        "component 'early' (start_reader) reads ledger column 'w/c' in on_stage_start, before "
+        "stage 's' trains its first batch, but 'ew' (column_writer) writes it in "
+        "on_epoch_start, which runs after every component's on_stage_start; read a column "
+        "written by then, or this one in a later stage")
+    for hook in ("on_stage_start", "on_epoch_start"):
+        err = _assert_refused(teacher_stage(1), _student(_column_writer("bw", ""),
+                                                         _start_reader("w/c", hook)))
+        assert err.detail == (
+            f"component 'early' (start_reader) reads ledger column 'w/c' in {hook}, before "
+            "stage 's' trains its first batch, but 'bw' (column_writer) writes it only from "
+            "the stage's batches on; read a column written by then, or this one in a later "
+            "stage")
+
+
+def test_by_default_a_component_has_its_own_writes_written_from_its_stages_start():
+    spec = kdcore.ComponentSpec("w", "writer", ("student",))
+    writer = Writer(kdcore.NoParams(), spec)
+    assert writer.writes_at_start() == {"w/w": "on_stage_start"}  # not weight/w: a hook's
+    assert writer.reads_at_start() == {}
+
+    class Quiet(Writer):  # declares it writes nothing, so nothing at the start either
+        def written_columns(self):
+            return ()
+
+    assert Quiet(kdcore.NoParams(), spec).writes_at_start() == {}
+
+
+def test_the_earliest_of_several_writers_at_the_start_counts():
+    for first, second in (("on_epoch_start", "on_stage_start"),
+                          ("on_stage_start", "on_epoch_start"), ("", "on_stage_start"),
+                          ("on_stage_start", "")):
+        _plan(teacher_stage(1), _student(_column_writer("a", first), _column_writer("b", second),
+                                         _start_reader("w/c", "on_stage_start")))
+    err = _assert_refused(teacher_stage(1), _student(
+        _column_writer("a", ""), _column_writer("b", "on_epoch_start"),
+        _start_reader("w/c", "on_stage_start")))
+    assert "but 'b' (column_writer) writes it in on_epoch_start" in err.detail
+
+
+def test_a_hook_column_is_read_at_a_stages_start_only_in_a_later_stage():
+    """A ``select`` or ``weight`` hook writes in the batches: its column is there at the start
+    of the stages after its own (a label propagation reading it at its first epoch's start
+    had passed ``check`` and stopped the run there)."""
+    for column in ("weight/writer", "select/reader0"):
+        writers = (component("writer"), component("taker", "reader0"))
+        err = _assert_refused(teacher_stage(1), _student(*writers,
+                                                         _start_reader(column, "on_epoch_start")))
+        name = column.split("/")[1]
+        use = "writer" if name == "writer" else "taker"
+        assert f"but '{name}' ({use}) writes it only from the stage's batches on" in err.detail
+        _plan(teacher_stage(1), _student(*writers),
+              stage("t", 1, ["student"], _start_reader(column, "on_stage_start"),
+                    component("ce")))
 
 
 def test_a_columns_kind_is_the_last_writers_and_the_engines_records_are_values():

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdcore
-from kdcore.context import SCALAR_KINDS, ColumnKind, ColumnName, Role, RunContext
+from kdcore.context import SCALAR_KINDS, ColumnKind, ColumnName, Role, RunContext, StartHook
 from kdcore.losses import one_hot, soft_cross_entropy
 from kdcore.validators import (
     all_of,
@@ -193,13 +193,28 @@ class AWE(kdcore.Component):
     column_kinds = {"awe/seed_weight": "weight"}
 
     def written_columns(self) -> tuple[str, ...]:
-        """``awe/seed_weight`` only where ``seed_mode`` makes seed weights: with ``none`` a
-        label propagation reading them had passed ``kdcore check`` and failed at its stage's
-        first epoch."""
-        columns = super().written_columns()
-        if self.params.seed_mode == "none":
-            return tuple(c for c in columns if c != "awe/seed_weight")
-        return columns
+        """``awe/seed_weight`` only where ``seed_mode`` makes seed weights, and the ``weight``
+        hook's columns only where ``loss_mode`` weights a term: with ``none`` a label
+        propagation reading them had passed ``kdcore check`` and failed at its stage's first
+        epoch."""
+        p = self.params
+        unwritten = {"awe/seed_weight"} if p.seed_mode == "none" else set()
+        if p.loss_mode == "none":
+            unwritten.update((f"weight/{self.name}", *(f"weight/{self.name}/{r}"
+                                                        for r in self.models)))
+        return tuple(c for c in super().written_columns() if c not in unwritten)
+
+    def reads_at_start(self) -> dict[str, StartHook]:
+        """The seed weights need ``selection`` at each epoch start."""
+        p = self.params
+        if p.seed_mode == "none" or not p.selection:
+            return {}
+        return {p.selection: "on_epoch_start"}
+
+    def writes_at_start(self) -> dict[str, StartHook]:
+        """The seed weights, at each epoch start."""
+        return ({} if self.params.seed_mode == "none" else
+                {"awe/seed_weight": "on_epoch_start"})
 
     def read_kinds(self) -> dict[str, ColumnKind | tuple[ColumnKind, ...]]:
         """``selection`` is a mask, ``confidence`` one number per sample, and ``propagated``

@@ -149,10 +149,24 @@ def test_seed_weights_are_declared_only_where_the_seed_mode_writes_them(seed_mod
             _plan(selection, awe, lp)
         return
     plan = _plan(selection, awe, lp)
-    assert "awe/seed_weight" in plan.stages[0].components[1].written_columns()
+    declared = plan.stages[0].components[1]
+    assert "awe/seed_weight" in declared.written_columns()
+    assert declared.writes_at_start() == {"awe/seed_weight": "on_epoch_start"}
+    assert declared.reads_at_start() == {"select/small_loss": "on_epoch_start"}
     h = _harness({"seed_mode": seed_mode, "loss_mode": "none"}).setup()
     h.epoch_start(0)
     assert h.run.ledger["awe/seed_weight"].shape == (60,)
+
+
+def test_loss_weights_are_declared_only_where_the_loss_mode_weights_a_term():
+    """With ``loss_mode = "none"`` the ``weight`` hook abstains on every batch: its columns
+    are never written, so a reader of them is refused by the plan."""
+    none = _harness({"loss_mode": "none", "selection": "select/x"}).component
+    assert none.written_columns() == ()
+    assert (none.writes_at_start(), none.reads_at_start()) == ({}, {})
+    cosine = _harness({"loss_mode": "cosine", "seed_mode": "cosine"}).component
+    assert cosine.written_columns() == ("awe/seed_weight", "weight/awe", "weight/awe/student")
+    assert cosine.reads_at_start() == {}  # no selection: the student's predictions
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.5])

@@ -20,7 +20,7 @@ import attrs
 import torch
 
 import kdcore
-from kdcore.context import SCALAR_KINDS, ColumnKind, ColumnName, Role, RunContext
+from kdcore.context import SCALAR_KINDS, ColumnKind, ColumnName, Role, RunContext, StartHook
 from kdcore.losses import one_hot
 from kdcore.validators import below_one, between, non_negative, positive
 from kdcore_lp.graph import NonFiniteFeatures, check_finite, feature_graph
@@ -143,6 +143,17 @@ class LabelPropagation(kdcore.Component):
             used.append(p.student)
         return tuple(dict.fromkeys(used))
 
+    def reads_at_start(self) -> dict[str, StartHook]:
+        """Its columns are read by the propagation, before the stage's first batch."""
+        return dict.fromkeys(self.reads(), self._start_hook())
+
+    def writes_at_start(self) -> dict[str, StartHook]:
+        """The propagation writes its columns before the stage's first batch."""
+        return dict.fromkeys((w.format(name=self.name) for w in self.writes), self._start_hook())
+
+    def _start_hook(self) -> StartHook:
+        return "on_stage_start" if self.params.when == "stage_start" else "on_epoch_start"
+
     def read_kinds(self) -> dict[str, ColumnKind | tuple[ColumnKind, ...]]:
         """``keep_selected`` is a mask (a weight would be read as "kept" wherever it is not
         0); ``seed_weights`` holds one number per sample (not a label or a target)."""
@@ -250,15 +261,15 @@ class LabelPropagation(kdcore.Component):
         return torch.where(mask, ctx.ledger["noisy_label"], pred)
 
     def _column(self, ctx: RunContext, name: str) -> torch.Tensor:
-        # the plan checked that a component placed earlier writes the column; this catches
-        # one that has not written it yet (a per-batch column read at the stage's start)
+        # the plan checked that the column is written before the stage's first batch
+        # (reads_at_start); a third-party writer may not have declared when it writes
         try:
             return ctx.ledger[name]
         except KeyError:
             raise kdcore.KdcoreError(
-                f"component '{self.name}' reads ledger column '{name}', which no earlier "
-                f"component wrote; place the component that writes it before '{self.name}'"
-            ) from None
+                f"component '{self.name}' reads ledger column '{name}' before the stage's "
+                "first batch, and nothing has written it yet, though its writer declares it "
+                "written by then (Component.writes_at_start)") from None
 
     def propagate_now(self, ctx: RunContext) -> None:
         p = self.params

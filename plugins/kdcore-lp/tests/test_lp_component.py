@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -107,6 +109,47 @@ def test_missing_selection_column_is_a_clear_error():
     with pytest.raises(RecipeError, match="'teacher_lp'.*reads ledger column "
                                           "'select/small_loss'.*nothing placed before it"):
         _plan(_recipe(select_in_refine=False))
+
+
+def _refine(*before: dict, **lp: object) -> dict:
+    """Teacher, then a stage whose teacher LP (``lp`` its parameters) follows ``before``."""
+    return tiny_recipe(teacher_stage(1), stage("refine", 1, ["student"], *before,
+                                               component("teacher_lp", params=lp),
+                                               component("ce")), models=MODELS)
+
+
+@pytest.mark.parametrize(("when", "hook"), [("stage_start", "on_stage_start"),
+                                            ("epoch_start", "on_epoch_start")])
+def test_the_propagation_reads_and_writes_its_columns_before_the_batches(when, hook):
+    data = _refine(when=when, seed_weights="select/small_loss", keep_selected="select/small_loss")
+    data["stages"].insert(1, stage("select", 1, ["student"], SMALL_LOSS, component("ce")))
+    lp = _plan(data).stages[2].components[0]
+    assert lp.reads_at_start() == {"select/small_loss": hook}
+    assert lp.writes_at_start() == {"base_target": hook, "lp/teacher_lp/label": hook,
+                                    "lp/teacher_lp/confidence": hook,
+                                    "lp/teacher_lp/refined": hook}
+    assert _plan(_refine(when=when)).stages[1].components[0].reads_at_start() == {}
+
+
+def test_seed_weights_and_selections_are_read_only_where_written_before_the_batches():
+    """What the propagation reads at its stage's start is there then: AWE's seed weights are
+    written in ``on_epoch_start`` (too late for a propagation in ``on_stage_start``), its loss
+    weights in the batches; small-loss selection at each epoch start."""
+    seeds = component("awe", params={"seed_mode": "cosine", "loss_mode": "cosine"})
+    _plan(_refine(seeds, seed_weights="awe/seed_weight", when="epoch_start"))
+    with pytest.raises(RecipeError, match=re.escape(
+            "'teacher_lp' (teacher_lp) reads ledger column 'awe/seed_weight' in on_stage_start, "
+            "before stage 'refine' trains its first batch, but 'awe' (awe) writes it in "
+            "on_epoch_start")):
+        _plan(_refine(seeds, seed_weights="awe/seed_weight", when="stage_start"))
+    with pytest.raises(RecipeError, match=re.escape(
+            "reads ledger column 'weight/awe' in on_epoch_start, before stage 'refine' trains "
+            "its first batch, but 'awe' (awe) writes it only from the stage's batches on")):
+        _plan(_refine(seeds, seed_weights="weight/awe"))
+    batch_scope = component("small_loss", params={"scope": "batch", "rate": 0.2})
+    _plan(_refine(batch_scope, keep_selected="select/small_loss"))
+    with pytest.raises(RecipeError, match="'select/small_loss' in on_stage_start"):
+        _plan(_refine(batch_scope, keep_selected="select/small_loss", when="stage_start"))
 
 
 def test_plan_checks_the_roles_the_settings_use():

@@ -172,8 +172,8 @@ def test_the_absolute_epoch_counts_this_stages_epoch_only_where_it_does_not_trai
 
 def test_a_column_not_written_yet_is_named():
     h = _harness({"seeds": "noisy", "keep_selected": "select/nowhere"}).setup()
-    with pytest.raises(Exception, match="reads ledger column 'select/nowhere', which no "
-                                        "earlier component wrote"):
+    with pytest.raises(Exception, match="reads ledger column 'select/nowhere' before the "
+                                        "stage's first batch, and nothing has written it yet"):
         h.component._column(h.ctx, "select/nowhere")
 
 

@@ -24,6 +24,7 @@ import attrs
 import torch
 
 import kdcore
+from kdcore.context import StartHook
 from kdcore.device import check_fits
 from kdcore.losses import soft_cross_entropy
 from kdcore.meta import named_trainable
@@ -90,6 +91,10 @@ class MLC(kdcore.Component):
     description = "MLC meta label correction (label-correction network + look-ahead meta step)"
     writes = ("loss/{name}",)  # its L_tr is a scalar: it records the per-sample part itself
     column_kinds = {"loss/{name}": "value"}
+
+    def writes_at_start(self) -> dict[str, StartHook]:
+        """None: ``loss/<name>`` is written in the batches."""
+        return {}
 
     def __init__(self, params: MLCParams, spec: kdcore.ComponentSpec):
         super().__init__(params, spec)

@@ -65,6 +65,7 @@ def test_one_batch_through_refine_transfer_and_backward():
     assert loss.dim() == 0
     # its per-sample CE against y^c is recorded in its declared column
     assert "loss/mlc" in mlc.written_columns()
+    assert mlc.writes_at_start() == {}  # written in the batches: not there at a stage's start
     torch.testing.assert_close(h.run.ledger["loss/mlc"][batch.index],
                                soft_cross_entropy(net(batch.x)[0].detach(), expected))
     assert h.run.ledger.producer("loss/mlc") == "mlc"

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 import kdcore
-from kdcore.context import ColumnKind, ColumnName, Role, RunContext
+from kdcore.context import ColumnKind, ColumnName, Role, RunContext, StartHook
 from kdcore.losses import soft_cross_entropy
 from kdcore.validators import below_one, non_negative
 
@@ -220,6 +220,15 @@ class SmallLoss(kdcore.Component):
 
     def read_kinds(self) -> dict[str, ColumnKind]:
         return {column: "label" for column in self.reads()}
+
+    def reads_at_start(self) -> dict[str, StartHook]:
+        """The estimate column, read for each epoch's rate."""
+        return dict.fromkeys(self.reads(), "on_epoch_start")
+
+    def writes_at_start(self) -> dict[str, StartHook]:
+        """``select/<name>``, at each epoch start (all kept, before any batch ranked, for the
+        ``batch`` scope): a label propagation may read it there."""
+        return {f"select/{self.name}": "on_epoch_start"}
 
     def estimates(self) -> bool:
         """Whether the estimator model is used: no ``rate``, ``estimate = "disagreement"``."""

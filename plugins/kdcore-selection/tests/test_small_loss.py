@@ -243,6 +243,19 @@ def test_the_plan_checks_the_estimate_column_only_where_it_is_read():
                     ).component.read_kinds() == {}
 
 
+@pytest.mark.parametrize("scope", ["batch", "pass", "dataset"])
+def test_the_selection_is_written_and_the_estimate_column_read_at_each_epoch_start(scope):
+    """Every scope writes ``select/<name>`` in ``on_epoch_start`` (all kept, for ``batch``), so
+    a label propagation may read it there; the estimate column is read there too."""
+    h = _harness({"scope": scope, "estimate": "column", "estimate_column": "lp/x/label"})
+    assert h.component.writes_at_start() == {"select/small_loss": "on_epoch_start"}
+    assert h.component.reads_at_start() == {"lp/x/label": "on_epoch_start"}
+    assert _harness({"scope": scope, "rate": 0.2}).component.reads_at_start() == {}
+    h = _harness({"scope": scope, "rate": 0.2, "mask_loss": True}).setup()
+    h.epoch_start(0)
+    assert h.run.ledger["select/small_loss"].shape == (h.run.ledger.size,)
+
+
 def test_roles_are_the_ones_the_settings_use():
     def roles(params):
         return _harness(params).component.roles()

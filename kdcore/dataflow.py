@@ -1,0 +1,146 @@
+"""The recipe's declared data flow, checked in stage order before anything trains: every ledger
+column a component reads is written before it (by the data, an earlier stage, or a component
+placed before it), of the kind it needs, and, where it is read before its stage's first batch,
+written by then; every column a component declares can be kept by the history."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from typing import Protocol
+
+from loguru import logger
+
+from kdcore.component import Component
+from kdcore.context import StartHook
+from kdcore.errors import RecipeError, did_you_mean
+from kdcore.history_names import declared_column_problem
+from kdcore.plan_keys import component_key, param_key
+from kdcore.recipe import Recipe, StageConfig
+
+DATA_KINDS = {"noisy_label": "label", "clean_label": "label", "clean_mask": "mask",
+              "base_target": "target", "target": "target"}
+"""The columns every ledger has from the start, and their kinds (for the plan's check of what
+a reader needs, :meth:`Component.read_kinds`)."""
+DATA_COLUMNS = tuple(DATA_KINDS)
+"""Columns every ledger has from the start."""
+
+_START_ORDER: dict[StartHook, int] = {"on_stage_start": 0, "on_epoch_start": 1}
+
+
+class Stage(Protocol):
+    """What the check needs of a stage's plan (:class:`kdcore.plan.StagePlan`)."""
+
+    index: int
+    config: StageConfig
+    components: list[Component]
+
+
+def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
+    """Every column a component reads is written before it, in stage order, of the kind it
+    needs where both the reader and the last writer say, and before the stage's first batch
+    where the reader reads it then. Returns every column the run writes.
+
+    Raises:
+        RecipeError: the first column that breaks one of these rules, naming its reader.
+    """
+    available: set[str] = set(DATA_COLUMNS)
+    kinds: dict[str, tuple[str, str]] = {c: (k, "the data") for c, k in DATA_KINDS.items()}
+    for stage in stages:
+        # per-sample losses and training logits reach the ledger at the end of a stage's first
+        # epoch, so they serve later stages
+        epoch_end: set[str] = {f"logits/{r}" for r in stage.config.train}
+        # what the stage's first batch finds, and the hook that wrote it by then
+        at_start: dict[str, StartHook] = dict.fromkeys(available, "on_stage_start")
+        writers: dict[str, Component] = {}  # this stage's last writer of each column
+        for comp in stage.components:
+            for column in comp.reads():
+                if column not in available:
+                    raise RecipeError(
+                        f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
+                        f"'{column}'{did_you_mean(column, available)}, which nothing placed "
+                        f"before it writes; written by then: {', '.join(sorted(available))}",
+                        file=recipe.source, key=param_key(recipe, stage.index, comp, column))
+            _check_read_kinds(recipe, stage, comp, kinds)
+            _check_reads_at_start(recipe, stage, comp, at_start, writers)
+            _check_writes(recipe, stage, comp, available | epoch_end)
+            available.update(comp.written_columns())
+            writers.update(dict.fromkeys(comp.written_columns(), comp))
+            for column, hook in comp.writes_at_start().items():
+                have = at_start.get(column)
+                if have is None or _START_ORDER[hook] < _START_ORDER[have]:
+                    at_start[column] = hook
+            declared = comp.written_column_kinds()
+            for column in comp.written_columns():
+                if column in declared:
+                    kinds[column] = (declared[column], f"'{comp.name}'")
+                else:
+                    kinds.pop(column, None)  # rewritten without a declared kind
+            if "transfer" in comp.kinds():
+                epoch_end.add(f"loss/{comp.name}")
+                epoch_end.update(f"loss/{comp.name}/{r}" for r in comp.models)
+        available |= epoch_end
+        # the engine's records: per-sample losses and training logits, as values
+        kinds.update({column: ("value", "the engine") for column in epoch_end})
+    return available
+
+
+def _check_read_kinds(recipe: Recipe, stage: Stage, comp: Component,
+                      kinds: dict[str, tuple[str, str]]) -> None:
+    for column, need in comp.read_kinds().items():
+        needs = (need,) if isinstance(need, str) else tuple(need)
+        have, writer = kinds.get(column, (needs[0], ""))
+        if have not in needs:
+            raise RecipeError(
+                f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
+                f"'{column}' as a column of kind {_either(needs)}, but {writer} "
+                f"writes it as kind {have}", file=recipe.source,
+                key=param_key(recipe, stage.index, comp, column))
+
+
+def _check_reads_at_start(recipe: Recipe, stage: Stage, comp: Component,
+                          at_start: dict[str, StartHook], writers: dict[str, Component]
+                          ) -> None:
+    """A column read before the stage's first batch is there by then: a hook's column of a
+    component of the same stage is written only in the batches (a label propagation reading
+    it at its first epoch's start had stopped the run there, after ``check`` passed it)."""
+    for column, hook in comp.reads_at_start().items():
+        written = at_start.get(column)
+        if written is not None and _START_ORDER[written] <= _START_ORDER[hook]:
+            continue
+        writer = writers.get(column)
+        by = f"'{writer.name}' ({writer.spec.use})" if writer else "the component writing it"
+        when = ("only from the stage's batches on" if written is None else
+                f"in {written}, which runs after every component's {hook}")
+        raise RecipeError(
+            f"component '{comp.name}' ({comp.spec.use}) reads ledger column '{column}' in "
+            f"{hook}, before stage '{stage.config.name}' trains its first batch, but {by} "
+            f"writes it {when}; read a column written by then, or this one in a later stage",
+            file=recipe.source, key=param_key(recipe, stage.index, comp, column))
+
+
+def _check_writes(recipe: Recipe, stage: Stage, comp: Component, before: set[str]) -> None:
+    """Each column in ``comp``'s ``writes`` can be kept by the history beside the others."""
+    for column in dict.fromkeys(w.format(name=comp.name) for w in comp.writes):
+        problem = declared_column_problem(
+            column, before | set(comp.written_columns()) - {column}, recipe.models)
+        if problem:
+            raise RecipeError(f"component '{comp.name}' ({comp.spec.use}) declares a ledger "
+                              f"column it cannot write: {problem}", file=recipe.source,
+                              key=f"{component_key(recipe, stage.index, comp)}.use")
+
+
+def check_history_skip(recipe: Recipe, written: set[str]) -> None:
+    """Warn of a ``run.history_skip`` pattern that matches no column the recipe writes: a
+    misspelt one would leave the history as large as before, unnoticed."""
+    for pattern in recipe.run.history_skip:
+        if not any(fnmatch.fnmatchcase(column, pattern) for column in written):
+            logger.warning(f"run.history_skip: '{pattern}' matches none of the columns this "
+                           f"recipe writes: {', '.join(sorted(written))}")
+
+
+def _either(kinds: Sequence[str]) -> str:
+    return kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} or {kinds[-1]}"
+
+
+__all__ = ["DATA_COLUMNS", "DATA_KINDS", "Stage", "check_columns", "check_history_skip"]
