@@ -54,7 +54,7 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
         at_start: dict[str, StartHook] = dict.fromkeys(available, "on_stage_start")
         writers: dict[str, Component] = {}  # this stage's last writer of each column
         for comp in stage.components:
-            for column in comp.reads():
+            for column in dict.fromkeys((*comp.reads(), *comp.reads_at_start())):
                 if column not in available:
                     raise RecipeError(
                         f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
@@ -108,14 +108,14 @@ def _check_reads_at_start(recipe: Recipe, stage: Stage, comp: Component,
         written = at_start.get(column)
         if written is not None and _START_ORDER[written] <= _START_ORDER[hook]:
             continue
-        writer = writers.get(column)
-        by = f"'{writer.name}' ({writer.spec.use})" if writer else "the component writing it"
+        writer = writers[column]  # an earlier stage's columns are all there at the start
         when = ("only from the stage's batches on" if written is None else
                 f"in {written}, which runs after every component's {hook}")
         raise RecipeError(
             f"component '{comp.name}' ({comp.spec.use}) reads ledger column '{column}' in "
-            f"{hook}, before stage '{stage.config.name}' trains its first batch, but {by} "
-            f"writes it {when}; read a column written by then, or this one in a later stage",
+            f"{hook}, before stage '{stage.config.name}' trains its first batch, but "
+            f"'{writer.name}' ({writer.spec.use}) writes it {when}; read a column written by "
+            "then, or this one in a later stage",
             file=recipe.source, key=param_key(recipe, stage.index, comp, column))
 
 

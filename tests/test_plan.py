@@ -111,6 +111,7 @@ class LocalWhy(Local):
 class AtStartParams:
     column: ColumnName = ColumnName("")
     hook: str = "on_epoch_start"
+    also: str = ""  # one more column read there, not a parameter the plan reads as a column
 
 
 @attrs.frozen
@@ -126,7 +127,8 @@ class StartReader(kdcore.Component):
     description = "test reader of a column at its stage's start"
 
     def reads_at_start(self):
-        return {self.params.column: self.params.hook}
+        also = {self.params.also: self.params.hook} if self.params.also else {}
+        return {self.params.column: self.params.hook, **also}
 
     def select(self, ctx, batch):
         return None
@@ -428,6 +430,17 @@ def test_a_column_read_before_the_stages_first_batch_is_written_by_then():
             "stage 's' trains its first batch, but 'bw' (column_writer) writes it only from "
             "the stage's batches on; read a column written by then, or this one in a later "
             "stage")
+
+
+def test_every_column_read_at_the_start_is_checked_and_each_is_a_read():
+    both = component("start_reader", "early", params={"column": "noisy_label", "also": "w/c"})
+    _plan(teacher_stage(1), _student(_column_writer("ew", "on_epoch_start"), both))
+    err = _assert_refused(teacher_stage(1), _student(_column_writer("bw", ""), both))
+    assert "reads ledger column 'w/c' in on_epoch_start" in err.detail
+    # a column read at the start that reads() leaves out is a read all the same
+    err = _assert_refused(teacher_stage(1), _student(both))
+    assert err.detail.startswith("component 'early' (start_reader) reads ledger column 'w/c', "
+                                 "which nothing placed before it writes")
 
 
 def test_by_default_a_component_has_its_own_writes_written_from_its_stages_start():
