@@ -15,8 +15,9 @@ A component declares what it depends on, so that ``kdcore check`` can verify a r
 before anything trains: the model roles it uses (parameters typed :class:`~kdcore.Role`, plus
 :meth:`Component.roles`), the ledger columns it reads (parameters typed
 :class:`~kdcore.ColumnName`, plus :meth:`Component.reads`) and those it writes besides its hooks'
-own (:attr:`Component.writes`), and which of them it reads or writes before its stage's first
-batch (:meth:`Component.reads_at_start`, :meth:`Component.writes_at_start`).
+own (:attr:`Component.writes`), which of them it reads or writes before its stage's first
+batch (:meth:`Component.reads_at_start`, :meth:`Component.writes_at_start`), and which it
+writes only from a later epoch (:meth:`Component.late_writes`).
 """
 
 from __future__ import annotations
@@ -171,6 +172,13 @@ class Component:
         written = self.written_columns()
         return {c: "on_stage_start" for c in (w.format(name=self.name) for w in self.writes)
                 if c in written}
+
+    def late_writes(self) -> tuple[str, ...]:
+        """The columns of :meth:`written_columns` this component first writes only after its
+        stage's first epoch (an epoch schedule that starts later: F&F's ``start_epoch``): no
+        component of the same stage may read them, at its start or in its batches; later
+        stages may. By default none."""
+        return ()
 
     def written_column_kinds(self) -> dict[str, ColumnKind]:
         """The declared kind of each column this component writes: ``mask`` for its

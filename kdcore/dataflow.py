@@ -37,9 +37,10 @@ class Stage(Protocol):
 
 
 def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
-    """Every column a component reads is written before it, in stage order, of the kind it
-    needs where both the reader and the last writer say, and before the stage's first batch
-    where the reader reads it then. Returns every column the run writes.
+    """Every column a component reads is written before it, in stage order (in its stage's
+    first epoch where the reader is of the same stage), of the kind it needs where both the
+    reader and the last writer say, and before the stage's first batch where the reader reads
+    it then. Returns every column the run writes.
 
     Raises:
         RecipeError: the first column that breaks one of these rules, naming its reader.
@@ -50,9 +51,7 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
         # per-sample losses and training logits reach the ledger at the end of a stage's first
         # epoch, so they serve later stages
         epoch_end: set[str] = {f"logits/{r}" for r in stage.config.train}
-        # what the stage's first batch finds, and the hook that wrote it by then
-        at_start: dict[str, StartHook] = dict.fromkeys(available, "on_stage_start")
-        writers: dict[str, Component] = {}  # this stage's last writer of each column
+        first = _FirstEpoch(recipe, stage, available)
         for comp in stage.components:
             for column in dict.fromkeys((*comp.reads(), *comp.reads_at_start())):
                 if column not in available:
@@ -62,14 +61,10 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
                         f"before it writes; written by then: {', '.join(sorted(available))}",
                         file=recipe.source, key=param_key(recipe, stage.index, comp, column))
             _check_read_kinds(recipe, stage, comp, kinds)
-            _check_reads_at_start(recipe, stage, comp, at_start, writers)
+            first.check_reads(comp)
             _check_writes(recipe, stage, comp, available | epoch_end)
             available.update(comp.written_columns())
-            writers.update(dict.fromkeys(comp.written_columns(), comp))
-            for column, hook in comp.writes_at_start().items():
-                have = at_start.get(column)
-                if have is None or _START_ORDER[hook] < _START_ORDER[have]:
-                    at_start[column] = hook
+            first.add_writes(comp)
             declared = comp.written_column_kinds()
             for column in comp.written_columns():
                 if column in declared:
@@ -98,25 +93,61 @@ def _check_read_kinds(recipe: Recipe, stage: Stage, comp: Component,
                 key=param_key(recipe, stage.index, comp, column))
 
 
-def _check_reads_at_start(recipe: Recipe, stage: Stage, comp: Component,
-                          at_start: dict[str, StartHook], writers: dict[str, Component]
-                          ) -> None:
-    """A column read before the stage's first batch is there by then: a hook's column of a
-    component of the same stage is written only in the batches (a label propagation reading
-    it at its first epoch's start had stopped the run there, after ``check`` passed it)."""
-    for column, hook in comp.reads_at_start().items():
-        written = at_start.get(column)
-        if written is not None and _START_ORDER[written] <= _START_ORDER[hook]:
-            continue
-        writer = writers[column]  # an earlier stage's columns are all there at the start
-        when = ("only from the stage's batches on" if written is None else
-                f"in {written}, which runs after every component's {hook}")
+class _FirstEpoch:
+    """When a stage's first epoch has each column, as its components are placed in order:
+    before its first batch (and from which start hook), from its batches on, or only from a
+    later epoch. A reader of the same stage finds it missing otherwise (a label propagation
+    reading a selector's column at its first epoch's start, or a column written from a later
+    ``start_epoch``, had passed ``check`` and stopped the run there)."""
+
+    def __init__(self, recipe: Recipe, stage: Stage, available: set[str]):
+        self.recipe, self.stage = recipe, stage
+        # an earlier stage's columns are all there at the stage's start; else the hook that
+        # writes one first, and its component
+        self.at_start: dict[str, tuple[StartHook, Component | None]] = dict.fromkeys(
+            available, ("on_stage_start", None))
+        self.present = set(available)  # there in the first epoch (by its batches, at least)
+        self.late: dict[str, Component] = {}  # written only from a later epoch, and by whom
+        self.writers: dict[str, Component] = {}  # this stage's last writer of each column
+
+    def check_reads(self, comp: Component) -> None:
+        for column in dict.fromkeys((*comp.reads(), *comp.reads_at_start())):
+            if column in self.late:
+                writer = self.late[column]
+                self._refuse(comp, column, f", which '{writer.name}' ({writer.spec.use}) writes "
+                                           f"only from a later epoch of stage "
+                                           f"'{self.stage.config.name}' than its first")
+        for column, hook in comp.reads_at_start().items():
+            have = self.at_start.get(column)
+            if have is not None and _START_ORDER[have[0]] <= _START_ORDER[hook]:
+                continue  # (an earlier stage's columns always are: they have no writer here)
+            written, writer = have or (None, self.writers[column])
+            when = ("only from the stage's batches on" if written is None else
+                    f"in {written}, which runs after every component's {hook}")
+            self._refuse(comp, column, f" in {hook}, before stage '{self.stage.config.name}' "
+                                       f"trains its first batch, but '{writer.name}' "
+                                       f"({writer.spec.use}) writes it {when}")
+
+    def add_writes(self, comp: Component) -> None:
+        later = set(comp.late_writes())
+        for column in comp.written_columns():
+            self.writers[column] = comp
+            if column not in later:
+                self.present.add(column)
+                self.late.pop(column, None)
+            elif column not in self.present:
+                self.late.setdefault(column, comp)
+        for column, hook in comp.writes_at_start().items():
+            have = self.at_start.get(column)
+            if column not in later and (have is None or
+                                        _START_ORDER[hook] < _START_ORDER[have[0]]):
+                self.at_start[column] = (hook, comp)
+
+    def _refuse(self, comp: Component, column: str, why: str) -> None:
         raise RecipeError(
-            f"component '{comp.name}' ({comp.spec.use}) reads ledger column '{column}' in "
-            f"{hook}, before stage '{stage.config.name}' trains its first batch, but "
-            f"'{writer.name}' ({writer.spec.use}) writes it {when}; read a column written by "
-            "then, or this one in a later stage",
-            file=recipe.source, key=param_key(recipe, stage.index, comp, column))
+            f"component '{comp.name}' ({comp.spec.use}) reads ledger column '{column}'{why}; "
+            "read a column written by then, or this one in a later stage",
+            file=self.recipe.source, key=param_key(self.recipe, self.stage.index, comp, column))
 
 
 def _check_writes(recipe: Recipe, stage: Stage, comp: Component, before: set[str]) -> None:

@@ -117,7 +117,7 @@ class AtStartParams:
 @attrs.frozen
 class WriterParams:
     column: str = ""
-    hook: str = "on_epoch_start"  # "": in the batches
+    hook: str = "on_epoch_start"  # "": in the batches; "late"/"late_only": from a later epoch
 
 
 class StartReader(kdcore.Component):
@@ -145,7 +145,13 @@ class ColumnWriter(kdcore.Component):
         self.writes = (params.column,)
 
     def writes_at_start(self):
-        return {self.params.column: self.params.hook} if self.params.hook else {}
+        hook = self.params.hook
+        if hook == "late_only":  # overrides late_writes alone: the default says on_stage_start
+            return super().writes_at_start()
+        return {self.params.column: hook} if hook.startswith("on_") else {}
+
+    def late_writes(self):
+        return (self.params.column,) if self.params.hook.startswith("late") else ()
 
     def weight(self, ctx, batch):
         return None
@@ -441,6 +447,40 @@ def test_every_column_read_at_the_start_is_checked_and_each_is_a_read():
     err = _assert_refused(teacher_stage(1), _student(both))
     assert err.detail.startswith("component 'early' (start_reader) reads ledger column 'w/c', "
                                  "which nothing placed before it writes")
+
+
+def test_a_column_written_only_from_a_later_epoch_serves_later_stages_only():
+    """F&F's filter with a later ``start_epoch`` writes its scores from that epoch: a reader of
+    its stage (in the batches, or at the start) found them missing in the first epoch."""
+    reader = component("taker", "reader", params={"column": "w/c"})
+    err = _assert_refused(teacher_stage(1), _student(_column_writer("lw", "late"), reader))
+    assert err.key == "stages[1].components[1].params.column"
+    assert err.detail == (
+        "component 'reader' (taker) reads ledger column 'w/c', which 'lw' (column_writer) writes "
+        "only from a later epoch of stage 's' than its first; read a column written by then, or "
+        "this one in a later stage")
+    err = _assert_refused(teacher_stage(1), _student(_column_writer("lw", "late"),
+                                                     _start_reader("w/c", "on_epoch_start")))
+    assert "which 'lw' (column_writer) writes only from a later epoch" in err.detail
+    _plan(teacher_stage(1), _student(_column_writer("lw", "late")),
+          stage("t", 1, ["student"], reader, component("ce")))
+    # another writer there in the first epoch, before the reader, or an earlier stage's
+    for writers in ((_column_writer("lw", "late"), _column_writer("bw", "")),
+                    (_column_writer("bw", ""), _column_writer("lw", "late"))):
+        _plan(teacher_stage(1), _student(*writers, reader))
+    _plan(teacher_stage(1), _student(_column_writer("bw", "")),
+          stage("t", 1, ["student"], _column_writer("lw", "late"), reader, component("ce")))
+    # a late writer's column is not there at the start, whatever else it declares
+    assert ColumnWriter(WriterParams("w/c", "late_only"), kdcore.ComponentSpec(
+        "lw", "column_writer", ("student",))).writes_at_start() == {"w/c": "on_stage_start"}
+    err = _assert_refused(teacher_stage(1), _student(
+        _column_writer("lw", "late_only"), _start_reader("w/c", "on_epoch_start")))
+    assert "which 'lw' (column_writer) writes only from a later epoch" in err.detail
+    writers = (_column_writer("ew", "on_epoch_start"), _column_writer("lw", "late_only"))
+    _plan(teacher_stage(1), _student(*writers, _start_reader("w/c", "on_epoch_start")))
+    err = _assert_refused(teacher_stage(1), _student(*writers,
+                                                     _start_reader("w/c", "on_stage_start")))
+    assert "but 'ew' (column_writer) writes it in on_epoch_start" in err.detail
 
 
 def test_by_default_a_component_has_its_own_writes_written_from_its_stages_start():

@@ -15,6 +15,7 @@ from torch import nn
 
 import kdcore
 from kdcore import Role
+from kdcore.context import StartHook
 from kdcore.losses import one_hot, soft_cross_entropy
 from kdcore.validators import below_one, non_negative, positive, unit_interval
 from kdcore_ff.ncifar import STATUS_CLEAN, STATUS_CLOSED, STATUS_OPEN, label_classes, run_status
@@ -205,6 +206,16 @@ class InstanceFilter(kdcore.Component):
     def column(self) -> str:
         return f"select/{self.name}"
 
+    def writes_at_start(self) -> dict[str, StartHook]:
+        """Its mask and scores, at each epoch start from ``start_epoch`` on."""
+        if self.params.start_epoch:
+            return {}
+        return {self.column: "on_epoch_start", f"ff/{self.name}/score": "on_epoch_start"}
+
+    def late_writes(self) -> tuple[str, ...]:
+        """With a later ``start_epoch``, its mask and scores are not there in the first epoch."""
+        return (self.column, f"ff/{self.name}/score") if self.params.start_epoch else ()
+
     def current_rate(self, ctx: kdcore.RunContext) -> float:
         if not self.params.oracle_rate:
             return self.params.rate
@@ -298,6 +309,24 @@ class LabelCorrection(kdcore.Component):
     def __init__(self, params: Any, spec: kdcore.ComponentSpec):
         super().__init__(params, spec)
         self.role = _role(self, params.model)
+
+    def writes_at_start(self) -> dict[str, StartHook]:
+        """Its columns, when it corrects: at the stage's start, or at each epoch start from
+        ``start_epoch`` on."""
+        p = self.params
+        if p.when == "stage_start":
+            return super().writes_at_start()
+        if p.start_epoch:
+            return {}
+        return dict.fromkeys(super().writes_at_start(), "on_epoch_start")
+
+    def late_writes(self) -> tuple[str, ...]:
+        """With ``when = "epoch_start"`` and a later ``start_epoch``, its label and confidence
+        columns are not there in the first epoch (``base_target`` is the data's)."""
+        p = self.params
+        if p.when == "epoch_start" and p.start_epoch:
+            return (f"lc/{self.name}/label", f"lc/{self.name}/confidence")
+        return ()
 
     def on_stage_start(self, ctx: kdcore.RunContext) -> None:
         if self.params.when == "stage_start":

@@ -3,6 +3,8 @@ runs the ledger rows they write are the rows of the samples they judged (shuffle
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -319,6 +321,48 @@ def test_plan_checks_model_roles_and_declared_columns(ff):
     score = ff.comp("column_reader", '{ column = "ff/instance_filter/score" }')
     with pytest.raises(RecipeError, match="'ff/instance_filter/score'"):
         ff.plan(ff.stage("s", 1, score, filt, ff.comp("ce")), plugins=[ColumnReaderPlugin()])
+
+
+@pytest.mark.parametrize("start_epoch", [0, 2])
+def test_a_schedule_that_starts_later_serves_its_own_stage_only_from_then(ff, start_epoch):
+    """With a later ``start_epoch`` the correction's and the filter's columns are not there in
+    their stage's first epoch: a reader of the same stage is refused (it stopped the run at
+    the first batch that read them), one of a later stage is not."""
+    corr = ff.comp("label_correction", f"{{ start_epoch = {start_epoch} }}")
+    filt = ff.comp("instance_filter", f"{{ start_epoch = {start_epoch} }}")
+    lc, inst = ff.plan(ff.stage("s", 3, corr, filt, ff.comp("ce"))).stages[0].components[:2]
+    lc_columns = ("lc/label_correction/label", "lc/label_correction/confidence")
+    filter_columns = ("select/instance_filter", "ff/instance_filter/score")
+    if start_epoch:
+        assert (lc.writes_at_start(), inst.writes_at_start()) == ({}, {})
+        assert (lc.late_writes(), inst.late_writes()) == (lc_columns, filter_columns)
+    else:
+        assert lc.writes_at_start() == dict.fromkeys(("base_target", *lc_columns),
+                                                     "on_epoch_start")
+        assert inst.writes_at_start() == dict.fromkeys(filter_columns, "on_epoch_start")
+        assert (lc.late_writes(), inst.late_writes()) == ((), ())
+    for column in (*lc_columns, "ff/instance_filter/score"):
+        reader = ff.comp("column_reader", f'{{ column = "{column}" }}')
+        same = ff.stage("s", 3, corr, filt, reader, ff.comp("ce"))
+        if start_epoch:
+            with pytest.raises(RecipeError, match=re.escape(
+                    f"reads ledger column '{column}', which '{column.split('/')[1]}' ")
+                    + ".* writes only from a later epoch of stage 's' than its first"):
+                ff.plan(same, plugins=[ColumnReaderPlugin()])
+        else:
+            ff.plan(same, plugins=[ColumnReaderPlugin()])
+        ff.plan(ff.stage("s", 3, corr, filt, ff.comp("ce")) + ff.stage("t", 1, reader,
+                                                                       ff.comp("ce")),
+                plugins=[ColumnReaderPlugin()])
+
+
+def test_a_correction_at_the_stages_start_writes_there_whatever_its_start_epoch(ff):
+    corr = ff.comp("label_correction", '{ when = "stage_start", start_epoch = 2 }')
+    lc = ff.plan(ff.stage("s", 3, corr, ff.comp("ce"))).stages[0].components[0]
+    assert lc.writes_at_start() == dict.fromkeys(
+        ("base_target", "lc/label_correction/label", "lc/label_correction/confidence"),
+        "on_stage_start")
+    assert lc.late_writes() == ()
 
 
 # -- one component alone (kdcore.testing.harness) ------------------------------------------------
