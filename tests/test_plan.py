@@ -506,6 +506,11 @@ def test_the_earliest_of_several_writers_at_the_start_counts():
         _column_writer("a", ""), _column_writer("b", "on_epoch_start"),
         _start_reader("w/c", "on_stage_start")))
     assert "but 'b' (column_writer) writes it in on_epoch_start" in err.detail
+    # of two in the same hook, the first in recipe order writes it first
+    err = _assert_refused(teacher_stage(1), _student(
+        _column_writer("a", "on_epoch_start"), _column_writer("b", "on_epoch_start"),
+        _start_reader("w/c", "on_stage_start")))
+    assert "but 'a' (column_writer) writes it in on_epoch_start" in err.detail
 
 
 def test_a_hook_column_is_read_at_a_stages_start_only_in_a_later_stage():
