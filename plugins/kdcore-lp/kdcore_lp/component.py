@@ -52,10 +52,11 @@ class LPParams:
             ``keep_selected`` mask is set, the student's argmax elsewhere), ``previous`` (argmax
             of the current ``base_target``) or ``noisy``.
         seed_weights: a ledger column of per-sample seed weights (e.g. ``awe/seed_weight``),
-            written by a component placed earlier; empty: all 1.
-        keep_selected: a ledger mask column (e.g. ``select/small_loss``), written by a
-            component placed earlier: those samples keep their noisy label, the others take
-            the propagated one.
+            there when the propagation runs, before the stage's first batch (written by an
+            earlier stage, or at the start by a component placed earlier); empty: all 1.
+        keep_selected: a ledger mask column (e.g. ``select/small_loss``), there when the
+            propagation runs, as ``seed_weights``: those samples keep their noisy label, the
+            others take the propagated one.
         keep_percentile: samples whose LP confidence is below this percentile keep their noisy
             label (5 in the initial LP, 0 later).
         when: ``stage_start`` (once) or ``epoch_start`` (every ``every`` epochs).
