@@ -173,12 +173,13 @@ class Component:
         return {c: "on_stage_start" for c in (w.format(name=self.name) for w in self.writes)
                 if c in written}
 
-    def late_writes(self) -> tuple[str, ...]:
-        """The columns of :meth:`written_columns` this component first writes only after its
-        stage's first epoch (an epoch schedule that starts later: F&F's ``start_epoch``): no
-        component of the same stage may read them, at its start or in its batches; later
-        stages may. By default none."""
-        return ()
+    def late_writes(self) -> dict[str, int]:
+        """The columns of :meth:`written_columns` this component first writes only at a later
+        epoch of its stage, each with that epoch (from 0; an epoch schedule that starts later:
+        F&F's ``start_epoch``). No component of the same stage may read them, at its start or
+        in its batches; later stages may, where the stage reaches that epoch. By default
+        none."""
+        return {}
 
     def written_column_kinds(self) -> dict[str, ColumnKind]:
         """The declared kind of each column this component writes: ``mask`` for its

@@ -47,6 +47,7 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
     """
     available: set[str] = set(DATA_COLUMNS)
     kinds: dict[str, tuple[str, str]] = {c: (k, "the data") for c, k in DATA_KINDS.items()}
+    never: dict[str, str] = {}  # a column whose writer's schedule starts past its stage: why
     for stage in stages:
         # per-sample losses and training logits reach the ledger at the end of a stage's first
         # epoch, so they serve later stages
@@ -55,18 +56,21 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
         for comp in stage.components:
             for column in dict.fromkeys((*comp.reads(), *comp.reads_at_start())):
                 if column not in available:
+                    why = never.get(column) or (
+                        f"{did_you_mean(column, available)}, which nothing placed before it "
+                        f"writes; written by then: {', '.join(sorted(available))}")
                     raise RecipeError(
                         f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
-                        f"'{column}'{did_you_mean(column, available)}, which nothing placed "
-                        f"before it writes; written by then: {', '.join(sorted(available))}",
-                        file=recipe.source, key=param_key(recipe, stage.index, comp, column))
+                        f"'{column}'{why}", file=recipe.source,
+                        key=param_key(recipe, stage.index, comp, column))
             _check_read_kinds(recipe, stage, comp, kinds)
             first.check_reads(comp)
             _check_writes(recipe, stage, comp, available | epoch_end)
-            available.update(comp.written_columns())
+            written = _written_in_stage(stage, comp, never)
+            available.update(written)
             first.add_writes(comp)
             declared = comp.written_column_kinds()
-            for column in comp.written_columns():
+            for column in written:
                 if column in declared:
                     kinds[column] = (declared[column], f"'{comp.name}'")
                 else:
@@ -78,6 +82,24 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
         # the engine's records: per-sample losses and training logits, as values
         kinds.update({column: ("value", "the engine") for column in epoch_end})
     return available
+
+
+def _written_in_stage(stage: Stage, comp: Component, never: dict[str, str]) -> list[str]:
+    """``comp``'s written columns but those its schedule would write from an epoch past its
+    stage's last (said once, a warning: the schedule never starts), which join ``never``."""
+    epochs = stage.config.epochs
+    past = {c: e for c, e in comp.late_writes().items() if e >= epochs}
+    if past:
+        start = min(past.values())
+        has = f"{epochs} epoch{'s' if epochs > 1 else ''}"
+        why = (f", which '{comp.name}' ({comp.spec.use}) writes only from epoch {start} of "
+               f"stage '{stage.config.name}' on (counted from 0), and that stage has {has}")
+        never.update(dict.fromkeys(past, why))
+        logger.warning(f"component '{comp.name}' ({comp.spec.use}) would write "
+                       f"{', '.join(sorted(past))} from epoch {start} of stage "
+                       f"'{stage.config.name}' on (counted from 0), and that stage has {has}: "
+                       "its schedule never starts there")
+    return [c for c in comp.written_columns() if c not in past]
 
 
 def _check_read_kinds(recipe: Recipe, stage: Stage, comp: Component,
@@ -115,8 +137,8 @@ class _FirstEpoch:
             if column in self.late:
                 writer = self.late[column]
                 self._refuse(comp, column, f", which '{writer.name}' ({writer.spec.use}) writes "
-                                           f"only from a later epoch of stage "
-                                           f"'{self.stage.config.name}' than its first")
+                                           f"only from epoch {writer.late_writes()[column]} of "
+                                           f"stage '{self.stage.config.name}' on (counted from 0)")
         for column, hook in comp.reads_at_start().items():
             have = self.at_start.get(column)
             if have is not None and _START_ORDER[have[0]] <= _START_ORDER[hook]:
@@ -129,7 +151,7 @@ class _FirstEpoch:
                                        f"({writer.spec.use}) writes it {when}")
 
     def add_writes(self, comp: Component) -> None:
-        later = set(comp.late_writes())
+        later = comp.late_writes()
         for column in comp.written_columns():
             self.writers[column] = comp
             if column not in later:

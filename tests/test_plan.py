@@ -9,6 +9,7 @@ import re
 import attrs
 import pytest
 import torch
+from loguru import logger
 
 import kdcore
 from kdcore import PluginHost, RecipeError, hookimpl
@@ -117,7 +118,7 @@ class AtStartParams:
 @attrs.frozen
 class WriterParams:
     column: str = ""
-    hook: str = "on_epoch_start"  # "": in the batches; "late"/"late_only": from a later epoch
+    hook: str = "on_epoch_start"  # "": in the batches; "late"/"late_only[@E]": from epoch E (1)
 
 
 class StartReader(kdcore.Component):
@@ -146,12 +147,14 @@ class ColumnWriter(kdcore.Component):
 
     def writes_at_start(self):
         hook = self.params.hook
-        if hook == "late_only":  # overrides late_writes alone: the default says on_stage_start
+        if hook.startswith("late_only"):  # overrides late_writes alone: the default says
+            # on_stage_start
             return super().writes_at_start()
         return {self.params.column: hook} if hook.startswith("on_") else {}
 
     def late_writes(self):
-        return (self.params.column,) if self.params.hook.startswith("late") else ()
+        hook = self.params.hook
+        return {self.params.column: int(hook.partition("@")[2] or 1)} if "late" in hook else {}
 
     def weight(self, ctx, batch):
         return None
@@ -453,34 +456,71 @@ def test_a_column_written_only_from_a_later_epoch_serves_later_stages_only():
     """F&F's filter with a later ``start_epoch`` writes its scores from that epoch: a reader of
     its stage (in the batches, or at the start) found them missing in the first epoch."""
     reader = component("taker", "reader", params={"column": "w/c"})
-    err = _assert_refused(teacher_stage(1), _student(_column_writer("lw", "late"), reader))
+
+    def two(*components):  # a stage that reaches the writer's epoch 1
+        return stage("s", 2, ["student"], *components, component("ce"))
+
+    err = _assert_refused(teacher_stage(1), two(_column_writer("lw", "late"), reader))
     assert err.key == "stages[1].components[1].params.column"
     assert err.detail == (
         "component 'reader' (taker) reads ledger column 'w/c', which 'lw' (column_writer) writes "
-        "only from a later epoch of stage 's' than its first; read a column written by then, or "
+        "only from epoch 1 of stage 's' on (counted from 0); read a column written by then, or "
         "this one in a later stage")
-    err = _assert_refused(teacher_stage(1), _student(_column_writer("lw", "late"),
-                                                     _start_reader("w/c", "on_epoch_start")))
-    assert "which 'lw' (column_writer) writes only from a later epoch" in err.detail
-    _plan(teacher_stage(1), _student(_column_writer("lw", "late")),
-          stage("t", 1, ["student"], reader, component("ce")))
+    err = _assert_refused(teacher_stage(1), two(_column_writer("lw", "late@1"),
+                                                _start_reader("w/c", "on_epoch_start")))
+    assert "which 'lw' (column_writer) writes only from epoch 1" in err.detail
+    later = stage("t", 1, ["student"], reader, component("ce"))
+    _plan(teacher_stage(1), two(_column_writer("lw", "late")), later)
     # another writer there in the first epoch, before the reader, or an earlier stage's
     for writers in ((_column_writer("lw", "late"), _column_writer("bw", "")),
                     (_column_writer("bw", ""), _column_writer("lw", "late"))):
-        _plan(teacher_stage(1), _student(*writers, reader))
+        _plan(teacher_stage(1), two(*writers, reader))
     _plan(teacher_stage(1), _student(_column_writer("bw", "")),
           stage("t", 1, ["student"], _column_writer("lw", "late"), reader, component("ce")))
     # a late writer's column is not there at the start, whatever else it declares
     assert ColumnWriter(WriterParams("w/c", "late_only"), kdcore.ComponentSpec(
         "lw", "column_writer", ("student",))).writes_at_start() == {"w/c": "on_stage_start"}
-    err = _assert_refused(teacher_stage(1), _student(
+    err = _assert_refused(teacher_stage(1), two(
         _column_writer("lw", "late_only"), _start_reader("w/c", "on_epoch_start")))
-    assert "which 'lw' (column_writer) writes only from a later epoch" in err.detail
+    assert "which 'lw' (column_writer) writes only from epoch 1" in err.detail
     writers = (_column_writer("ew", "on_epoch_start"), _column_writer("lw", "late_only"))
-    _plan(teacher_stage(1), _student(*writers, _start_reader("w/c", "on_epoch_start")))
-    err = _assert_refused(teacher_stage(1), _student(*writers,
-                                                     _start_reader("w/c", "on_stage_start")))
+    _plan(teacher_stage(1), two(*writers, _start_reader("w/c", "on_epoch_start")))
+    err = _assert_refused(teacher_stage(1), two(*writers, _start_reader("w/c", "on_stage_start")))
     assert "but 'ew' (column_writer) writes it in on_epoch_start" in err.detail
+
+
+def _warnings_of(build) -> list[str]:
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m).rstrip()), level="WARNING")
+    try:
+        build()
+    finally:
+        logger.remove(sink)
+    return messages
+
+
+@pytest.mark.parametrize(("epochs", "has"), [(1, "1 epoch"), (3, "3 epochs")])
+def test_a_schedule_that_starts_past_its_stage_writes_nothing_there(epochs, has):
+    """A writer from epoch 3 in a stage of 3 epochs or fewer never writes: said once as a
+    warning (a filter that never filters), and a later reader is refused saying why."""
+    writer = _column_writer("lw", "late@3")
+    short = stage("s", epochs, ["student"], writer, component("ce"))
+    (message,) = _warnings_of(lambda: _plan(teacher_stage(1), short))
+    assert message.endswith(
+        f"component 'lw' (column_writer) would write w/c from epoch 3 of stage 's' on (counted "
+        f"from 0), and that stage has {has}: its schedule never starts there")
+    err = _assert_refused(teacher_stage(1), short, stage("t", 1, ["student"], _reader("w/c"),
+                                                         component("ce")))
+    assert err.detail == (
+        "component 'reader' (taker) reads ledger column 'w/c', which 'lw' (column_writer) writes "
+        f"only from epoch 3 of stage 's' on (counted from 0), and that stage has {has}")
+    # a stage that reaches it, or another writer before: no warning, no refusal
+    reaches = stage("s", 4, ["student"], writer, component("ce"))
+    assert _warnings_of(lambda: _plan(teacher_stage(1), reaches, stage(
+        "t", 1, ["student"], _reader("w/c"), component("ce")))) == []
+    _plan(teacher_stage(1), stage("w", 1, ["student"], _column_writer("bw", ""),
+                                  component("ce")), short,
+          stage("t", 1, ["student"], _reader("w/c"), component("ce")))
 
 
 def test_by_default_a_component_has_its_own_writes_written_from_its_stages_start():

@@ -212,9 +212,10 @@ class InstanceFilter(kdcore.Component):
             return {}
         return {self.column: "on_epoch_start", f"ff/{self.name}/score": "on_epoch_start"}
 
-    def late_writes(self) -> tuple[str, ...]:
-        """With a later ``start_epoch``, its mask and scores are not there in the first epoch."""
-        return (self.column, f"ff/{self.name}/score") if self.params.start_epoch else ()
+    def late_writes(self) -> dict[str, int]:
+        """With a later ``start_epoch``, its mask and scores are written from that epoch."""
+        start = self.params.start_epoch
+        return dict.fromkeys((self.column, f"ff/{self.name}/score"), start) if start else {}
 
     def current_rate(self, ctx: kdcore.RunContext) -> float:
         if not self.params.oracle_rate:
@@ -320,13 +321,14 @@ class LabelCorrection(kdcore.Component):
             return {}
         return dict.fromkeys(super().writes_at_start(), "on_epoch_start")
 
-    def late_writes(self) -> tuple[str, ...]:
+    def late_writes(self) -> dict[str, int]:
         """With ``when = "epoch_start"`` and a later ``start_epoch``, its label and confidence
-        columns are not there in the first epoch (``base_target`` is the data's)."""
+        columns are written from that epoch (``base_target`` is the data's)."""
         p = self.params
         if p.when == "epoch_start" and p.start_epoch:
-            return (f"lc/{self.name}/label", f"lc/{self.name}/confidence")
-        return ()
+            return dict.fromkeys((f"lc/{self.name}/label", f"lc/{self.name}/confidence"),
+                                 p.start_epoch)
+        return {}
 
     def on_stage_start(self, ctx: kdcore.RunContext) -> None:
         if self.params.when == "stage_start":

@@ -335,19 +335,20 @@ def test_a_schedule_that_starts_later_serves_its_own_stage_only_from_then(ff, st
     filter_columns = ("select/instance_filter", "ff/instance_filter/score")
     if start_epoch:
         assert (lc.writes_at_start(), inst.writes_at_start()) == ({}, {})
-        assert (lc.late_writes(), inst.late_writes()) == (lc_columns, filter_columns)
+        assert (lc.late_writes(), inst.late_writes()) == (dict.fromkeys(lc_columns, 2),
+                                                          dict.fromkeys(filter_columns, 2))
     else:
         assert lc.writes_at_start() == dict.fromkeys(("base_target", *lc_columns),
                                                      "on_epoch_start")
         assert inst.writes_at_start() == dict.fromkeys(filter_columns, "on_epoch_start")
-        assert (lc.late_writes(), inst.late_writes()) == ((), ())
+        assert (lc.late_writes(), inst.late_writes()) == ({}, {})
     for column in (*lc_columns, "ff/instance_filter/score"):
         reader = ff.comp("column_reader", f'{{ column = "{column}" }}')
         same = ff.stage("s", 3, corr, filt, reader, ff.comp("ce"))
         if start_epoch:
             with pytest.raises(RecipeError, match=re.escape(
                     f"reads ledger column '{column}', which '{column.split('/')[1]}' ")
-                    + ".* writes only from a later epoch of stage 's' than its first"):
+                    + r".* writes only from epoch 2 of stage 's' on \(counted from 0\)"):
                 ff.plan(same, plugins=[ColumnReaderPlugin()])
         else:
             ff.plan(same, plugins=[ColumnReaderPlugin()])
@@ -362,7 +363,7 @@ def test_a_correction_at_the_stages_start_writes_there_whatever_its_start_epoch(
     assert lc.writes_at_start() == dict.fromkeys(
         ("base_target", "lc/label_correction/label", "lc/label_correction/confidence"),
         "on_stage_start")
-    assert lc.late_writes() == ()
+    assert lc.late_writes() == {}
 
 
 # -- one component alone (kdcore.testing.harness) ------------------------------------------------
