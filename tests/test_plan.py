@@ -160,12 +160,22 @@ class ColumnWriter(kdcore.Component):
         return None
 
 
+class LateTwo(kdcore.Component):
+    """Writes two columns, from epoch 3 of its stage."""
+
+    description = "test writer of two columns from a later epoch"
+    writes = ("w/{name}/b", "w/{name}/a")
+
+    def late_writes(self):
+        return dict.fromkeys(self.written_columns(), 3)
+
+
 class Components:
     @hookimpl
     def kdcore_add_components(self):
         return {"taker": Taker, "writer": Writer, "everything": Everything, "picky": Picky,
                 "local": Local, "local_why": LocalWhy, "start_reader": StartReader,
-                "column_writer": ColumnWriter}
+                "column_writer": ColumnWriter, "late_two": LateTwo}
 
 
 SOURCE = "recipes/under_test.toml"  # every refusal names the recipe file
@@ -499,7 +509,7 @@ def _warnings_of(build) -> list[str]:
     return messages
 
 
-@pytest.mark.parametrize(("epochs", "has"), [(1, "1 epoch"), (3, "3 epochs")])
+@pytest.mark.parametrize(("epochs", "has"), [(1, "1 epoch"), (2, "2 epochs"), (3, "3 epochs")])
 def test_a_schedule_that_starts_past_its_stage_writes_nothing_there(epochs, has):
     """A writer from epoch 3 in a stage of 3 epochs or fewer never writes: said once as a
     warning (a filter that never filters), and a later reader is refused saying why."""
@@ -514,6 +524,9 @@ def test_a_schedule_that_starts_past_its_stage_writes_nothing_there(epochs, has)
     assert err.detail == (
         "component 'reader' (taker) reads ledger column 'w/c', which 'lw' (column_writer) writes "
         f"only from epoch 3 of stage 's' on (counted from 0), and that stage has {has}")
+    (message,) = _warnings_of(lambda: _plan(teacher_stage(1), stage(
+        "s", epochs, ["student"], component("late_two", "l2"), component("ce"))))
+    assert "would write w/l2/a, w/l2/b from epoch 3" in message  # each, in order
     # a stage that reaches it, or another writer before: no warning, no refusal
     reaches = stage("s", 4, ["student"], writer, component("ce"))
     assert _warnings_of(lambda: _plan(teacher_stage(1), reaches, stage(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from loguru import logger
 
 import kdcore
 from kdcore import RecipeError
@@ -355,6 +356,20 @@ def test_a_schedule_that_starts_later_serves_its_own_stage_only_from_then(ff, st
         ff.plan(ff.stage("s", 3, corr, filt, ff.comp("ce")) + ff.stage("t", 1, reader,
                                                                        ff.comp("ce")),
                 plugins=[ColumnReaderPlugin()])
+
+
+def test_a_filter_whose_start_epoch_is_past_its_stage_is_a_warning_naming_its_columns(ff):
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m).rstrip()), level="WARNING")
+    try:
+        ff.plan(ff.stage("s", 3, ff.comp("instance_filter", "{ start_epoch = 3 }"),
+                         ff.comp("ce")))
+    finally:
+        logger.remove(sink)
+    assert [m for m in messages if "instance_filter" in m][0].endswith(
+        "component 'instance_filter' (instance_filter) would write ff/instance_filter/score, "
+        "select/instance_filter from epoch 3 of stage 's' on (counted from 0), and that stage "
+        "has 3 epochs: its schedule never starts there")
 
 
 def test_a_correction_at_the_stages_start_writes_there_whatever_its_start_epoch(ff):
