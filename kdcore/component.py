@@ -86,6 +86,10 @@ class Component:
     """The kind of some of the ``writes`` columns, by the same template
     (``{"lp/{name}/label": "label"}``), for the plan to check against what readers need
     (:meth:`read_kinds`); a column left out has no declared kind."""
+    row_columns: ClassVar[tuple[str, ...]] = ()
+    """The ``writes`` columns that hold a row of numbers per sample (``N x k``: ALM-KD's
+    per-term weights), by the same template: the plan refuses them to a reader of one number
+    per sample (one whose :meth:`read_kinds` accepts a ``label``, ``mask`` or ``weight``)."""
     own_terms_only: ClassVar[bool] = False
     """A selector or weighter that also contributes a term (LSH's selective variant) acts on
     its own term only, unless the recipe lists ``terms``."""

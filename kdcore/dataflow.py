@@ -26,6 +26,7 @@ DATA_COLUMNS = tuple(DATA_KINDS)
 """Columns every ledger has from the start."""
 
 _START_ORDER: dict[StartHook, int] = {"on_stage_start": 0, "on_epoch_start": 1}
+_PER_SAMPLE = frozenset({"label", "mask", "weight"})  # kinds only one number per sample has
 
 
 class Stage(Protocol):
@@ -48,6 +49,8 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
     available: set[str] = set(DATA_COLUMNS)
     kinds: dict[str, tuple[str, str]] = {c: (k, "the data") for c, k in DATA_KINDS.items()}
     never: dict[str, str] = {}  # a column whose writer's schedule starts past its stage: why
+    # the columns known to hold a row of numbers per sample, and who writes them so
+    rows: dict[str, str] = {"target": "the data", "base_target": "the data"}
     for stage in stages:
         # per-sample losses and training logits reach the ledger at the end of a stage's first
         # epoch, so they serve later stages
@@ -63,24 +66,30 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
                         f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
                         f"'{column}'{why}", file=recipe.source,
                         key=param_key(recipe, stage.index, comp, column))
-            _check_read_kinds(recipe, stage, comp, kinds)
+            _check_read_kinds(recipe, stage, comp, kinds, rows)
             first.check_reads(comp)
             _check_writes(recipe, stage, comp, available | epoch_end)
             written = _written_in_stage(stage, comp, never)
             available.update(written)
             first.add_writes(comp)
             declared = comp.written_column_kinds()
+            row_columns = {template.format(name=comp.name) for template in comp.row_columns}
             for column in written:
                 if column in declared:
                     kinds[column] = (declared[column], f"'{comp.name}'")
                 else:
                     kinds.pop(column, None)  # rewritten without a declared kind
+                if column in row_columns:
+                    rows[column] = f"'{comp.name}'"
+                else:
+                    rows.pop(column, None)
             if "transfer" in comp.kinds():
                 epoch_end.add(f"loss/{comp.name}")
                 epoch_end.update(f"loss/{comp.name}/{r}" for r in comp.models)
         available |= epoch_end
         # the engine's records: per-sample losses and training logits, as values
         kinds.update({column: ("value", "the engine") for column in epoch_end})
+        rows.update({f"logits/{r}": "the engine" for r in stage.config.train})
     return available
 
 
@@ -103,7 +112,10 @@ def _written_in_stage(stage: Stage, comp: Component, never: dict[str, str]) -> l
 
 
 def _check_read_kinds(recipe: Recipe, stage: Stage, comp: Component,
-                      kinds: dict[str, tuple[str, str]]) -> None:
+                      kinds: dict[str, tuple[str, str]], rows: dict[str, str]) -> None:
+    """The kind a reader needs is the last writer's; and a reader of one number per sample
+    (a label, mask or weight) gets no column of rows (the engine's ``logits/<role>`` read
+    as LP seed weights had passed ``check`` and stopped the run at a shape mismatch)."""
     for column, need in comp.read_kinds().items():
         needs = (need,) if isinstance(need, str) else tuple(need)
         have, writer = kinds.get(column, (needs[0], ""))
@@ -113,6 +125,12 @@ def _check_read_kinds(recipe: Recipe, stage: Stage, comp: Component,
                 f"'{column}' as a column of kind {_either(needs)}, but {writer} "
                 f"writes it as kind {have}", file=recipe.source,
                 key=param_key(recipe, stage.index, comp, column))
+        if column in rows and not _PER_SAMPLE.isdisjoint(needs):
+            raise RecipeError(
+                f"component '{comp.name}' ({comp.spec.use}) reads ledger column "
+                f"'{column}' as one number per sample (a column of kind {_either(needs)}), "
+                f"but {rows[column]} writes a row of numbers per sample there",
+                file=recipe.source, key=param_key(recipe, stage.index, comp, column))
 
 
 class _FirstEpoch:

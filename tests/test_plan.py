@@ -613,6 +613,79 @@ def test_a_columns_kind_is_the_last_writers_and_the_engines_records_are_values()
           host=host)
 
 
+@attrs.frozen
+class NeedsParams:
+    column: ColumnName = ColumnName("")
+    kinds: tuple[str, ...] = ("mask",)
+
+
+class Needs(kdcore.Component):
+    """Reads ``column`` as a column of one of ``kinds``."""
+
+    Params = NeedsParams
+    description = "test reader of a column of given kinds"
+
+    def read_kinds(self):
+        return {self.params.column: self.params.kinds}
+
+    def select(self, ctx, batch):
+        return None
+
+
+class RowWriter(kdcore.Component):
+    """Writes ``w/<name>``, a row of numbers per sample, of kind weight (as ALM-KD's table)."""
+
+    description = "test writer of a row of weights per sample"
+    writes = ("w/{name}",)
+    column_kinds = {"w/{name}": "weight"}
+    row_columns = ("w/{name}",)
+
+    def weight(self, ctx, batch):
+        return None
+
+
+class RowComponents:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"needs": Needs, "row_writer": RowWriter}
+
+
+@pytest.mark.parametrize("kinds", [("mask",), ("weight",), ("label",), ("value", "weight"),
+                                   ("mask", "weight", "value", "exact")])
+def test_a_reader_of_one_number_per_sample_gets_no_column_of_rows(kinds):
+    """The engine's ``logits/<role>`` and a declared row column (ALM-KD's per-term weights)
+    hold a row per sample: read as LP's seed weights they had passed ``check`` and stopped
+    the run at a shape mismatch."""
+    host = PluginHost(extra=[Components(), RowComponents()])
+    needs = kinds if "value" in kinds else (*kinds, "value")  # the kind check passes
+
+    def reader(column):
+        return component("needs", "r", params={"column": column, "kinds": list(needs)})
+
+    err = _assert_refused(teacher_stage(1), _student(reader("logits/teacher")), host=host)
+    assert err.key == "stages[1].components[0].params.column"
+    kind = needs[0] if len(needs) == 1 else f"{', '.join(needs[:-1])} or {needs[-1]}"
+    assert err.detail == (
+        f"component 'r' (needs) reads ledger column 'logits/teacher' as one number per sample "
+        f"(a column of kind {kind}), but the engine writes a row of numbers per sample there")
+    if "weight" in needs:
+        err = _assert_refused(teacher_stage(1), _student(component("row_writer", "rw"),
+                                                         reader("w/rw")), host=host)
+        assert err.detail.endswith("but 'rw' writes a row of numbers per sample there")
+        # rewritten as one number per sample by a later writer: read as that
+        _plan(teacher_stage(1), _student(component("row_writer", "rw")),
+              stage("t", 1, ["student"], _column_writer("w2", "", column="w/rw"),
+                    reader("w/rw"), component("ce")), host=host)
+
+
+def test_a_reader_of_values_alone_may_read_rows():
+    host = PluginHost(extra=[Components(), RowComponents()])
+    _plan(teacher_stage(1), _student(component("needs", "r", params={
+        "column": "logits/teacher", "kinds": ["value"]})), host=host)
+    _plan(teacher_stage(1), _student(component("needs", "r", params={
+        "column": "loss/ce", "kinds": ["mask", "weight", "value", "exact"]})), host=host)
+
+
 # -- run-wide checks ----------------------------------------------------------------------------
 
 

@@ -229,6 +229,7 @@ class AlmKD(kdcore.Component):
     description = "ALM-KD / AMAL: per-sample meta-learned mixing of the CE and KD terms"
     writes = ("weight/{name}",)  # the table: a transfer component's column, written by itself
     column_kinds = {"weight/{name}": "weight"}
+    row_columns = ("weight/{name}",)  # (N, M + 1): a weight per term and sample
 
     @property
     def column(self) -> str:

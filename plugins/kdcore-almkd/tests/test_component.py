@@ -4,6 +4,7 @@ digits), the plan's recipe checks, and the noisy-vs-clean analysis."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,18 @@ def _plan(recipe: dict):
 def test_recipe_checks(params, gold, match):
     with pytest.raises(RecipeError, match=match):
         _plan(_tiny(params=params, gold=gold, epochs=1))
+
+
+def test_its_table_of_weights_is_no_reader_s_one_weight_per_sample():
+    """``weight/<name>`` holds a weight per term and sample, ``(N, M + 1)``: read as a label
+    propagation's seed weights it had passed ``check`` and stopped the run at a shape
+    mismatch."""
+    params = {"seeds": "noisy", "graph": "student", "seed_weights": "weight/almkd"}
+    lp = stage("lp", 1, ["student"], component("teacher_lp", params=params), component("ce"))
+    with pytest.raises(RecipeError, match=re.escape(
+            "reads ledger column 'weight/almkd' as one number per sample (a column of kind mask, "
+            "weight, value or exact), but 'almkd' writes a row of numbers per sample there")):
+        _plan(_tiny(lp, params={"teachers": ["teacher"]}))
 
 
 def test_plan_refuses_a_teacher_role_that_does_not_exist():

@@ -178,6 +178,13 @@ class AWEParams:
         if self.loss_mode == "confidence" and not self.confidence:
             raise ValueError('loss_mode "confidence" needs the confidence column (for example '
                              '"lp/teacher_lp/confidence" of an LP component placed before it)')
+        if self.loss_mode == "confidence" and self.selection and \
+                self.propagated in (self.selection, self.confidence):
+            other, holds = (("selection", "a mask") if self.propagated == self.selection else
+                            ("confidence", "one number per sample"))
+            raise ValueError(f"propagated and {other} name the same column "
+                             f"'{self.propagated}', which cannot hold the propagated labels "
+                             f"and the {other} ({holds}) at once")
 
 
 class AWE(kdcore.Component):
@@ -221,10 +228,10 @@ class AWE(kdcore.Component):
         (read only with both of them in ``confidence`` mode) labels."""
         p = self.params
         out: dict[str, ColumnKind | tuple[ColumnKind, ...]] = {}
-        if p.selection:
-            out[p.selection] = "mask"
         if p.confidence:
             out[p.confidence] = SCALAR_KINDS
+        if p.selection:  # after confidence: a column read as both must be a mask
+            out[p.selection] = "mask"
         if p.loss_mode == "confidence" and p.propagated and p.selection:
             out[p.propagated] = "label"
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,12 +11,13 @@ import torch
 
 import kdcore
 from kdcore import PluginHost, RecipeError
+from kdcore.context import SCALAR_KINDS
 from kdcore.plan import build_plan
 from kdcore.recipe import recipe_from_dict
 from kdcore.testing import TinyNet as Net
 from kdcore.testing import component, harness, run_tiny, stage, tiny_recipe
 from kdcore_awe import AWE, WeightNet, ambiguity_profile, class_prototypes
-from kdcore_awe.awe import ascending_ranks, confidence_weights
+from kdcore_awe.awe import AWEParams, ascending_ranks, confidence_weights
 
 
 def _recipe(params: dict, lr: float = 0.0, epochs: int = 1) -> dict:
@@ -156,6 +158,27 @@ def test_seed_weights_are_declared_only_where_the_seed_mode_writes_them(seed_mod
     h = _harness({"seed_mode": seed_mode, "loss_mode": "none"}).setup()
     h.epoch_start(0)
     assert h.run.ledger["awe/seed_weight"].shape == (60,)
+
+
+def test_a_column_read_as_selection_and_confidence_must_be_a_mask():
+    both = _harness({"selection": "select/x", "confidence": "select/x"}).component
+    assert both.read_kinds() == {"select/x": "mask"}
+    apart = _harness({"selection": "select/x", "confidence": "lp/c"}).component
+    assert apart.read_kinds() == {"lp/c": SCALAR_KINDS, "select/x": "mask"}
+
+
+@pytest.mark.parametrize(("other", "holds"), [("selection", "a mask"),
+                                              ("confidence", "one number per sample")])
+def test_the_propagated_labels_are_not_the_selection_or_the_confidence_column(other, holds):
+    params = {"loss_mode": "confidence", "selection": "select/x", "confidence": "lp/c",
+              "propagated": "lp/l"}
+    AWEParams(**params)
+    params["propagated"] = params[other]
+    with pytest.raises(ValueError, match=re.escape(
+            f"propagated and {other} name the same column '{params[other]}', which cannot hold "
+            f"the propagated labels and the {other} ({holds}) at once")):
+        AWEParams(**params)
+    AWEParams(**{**params, "loss_mode": "cosine"})  # not read there
 
 
 def test_loss_weights_are_declared_only_where_the_loss_mode_weights_a_term():

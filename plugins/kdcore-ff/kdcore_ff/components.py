@@ -6,6 +6,7 @@ here is our placeholder reading, with its open choices as parameters (see the RE
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -15,7 +16,7 @@ from torch import nn
 
 import kdcore
 from kdcore import Role
-from kdcore.context import StartHook
+from kdcore.context import ColumnKind, StartHook
 from kdcore.losses import one_hot, soft_cross_entropy
 from kdcore.validators import below_one, non_negative, positive, unit_interval
 from kdcore_ff.ncifar import STATUS_CLEAN, STATUS_CLOSED, STATUS_OPEN, label_classes, run_status
@@ -197,6 +198,7 @@ class InstanceFilter(kdcore.Component):
     Params = FilterParams
     description = "F&F instance filtering (reconstruction): per-class small-loss/confidence"
     writes: ClassVar[tuple[str, ...]] = ("ff/{name}/score",)
+    column_kinds: ClassVar[Mapping[str, ColumnKind]] = {"ff/{name}/score": "value"}
 
     def __init__(self, params: Any, spec: kdcore.ComponentSpec):
         super().__init__(params, spec)
@@ -306,6 +308,8 @@ class LabelCorrection(kdcore.Component):
     description = "F&F label correction (reconstruction): confident disagreements relabelled"
     writes: ClassVar[tuple[str, ...]] = ("base_target", "lc/{name}/label",
                                          "lc/{name}/confidence")
+    column_kinds: ClassVar[Mapping[str, ColumnKind]] = {
+        "base_target": "target", "lc/{name}/label": "label", "lc/{name}/confidence": "value"}
 
     def __init__(self, params: Any, spec: kdcore.ComponentSpec):
         super().__init__(params, spec)

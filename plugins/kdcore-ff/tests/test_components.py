@@ -304,6 +304,13 @@ def test_plan_checks_model_roles_and_declared_columns(ff):
                                            "select/instance_filter/student"}
     assert set(lc.written_columns()) == {"base_target", "lc/label_correction/label",
                                          "lc/label_correction/confidence", "target"}
+    # declared kinds, held against a reader (a label propagation's kept mask read base_target)
+    assert inst.written_column_kinds() == {"ff/instance_filter/score": "value",
+                                           "select/instance_filter": "mask",
+                                           "select/instance_filter/student": "mask"}
+    assert lc.written_column_kinds() == {"base_target": "target", "target": "target",
+                                         "lc/label_correction/label": "label",
+                                         "lc/label_correction/confidence": "value"}
     # a model role that [models] does not define, named by a Role parameter
     for use in ("instance_filter", "label_correction"):
         with pytest.raises(RecipeError, match="model role 'teacher'"):
