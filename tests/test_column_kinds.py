@@ -117,10 +117,14 @@ def test_the_amlkd_wiring_refuses_a_confidence_column_where_labels_are_read():
         "estimate": "column", "estimate_column": "lp/initial_lp/refined"}))
     awe = {"loss_mode": "confidence", "confidence": "lp/initial_lp/confidence",
            "selection": "select/small_loss"}
+    with pytest.raises(RecipeError, match="propagated and confidence name the same column"):
+        _plan(component("small_loss"), lp, component("awe", terms=["ce"], params={
+            **awe, "propagated": "lp/initial_lp/confidence"}))
     with pytest.raises(RecipeError, match="'awe'.*'lp/initial_lp/confidence' as a column of "
                                           "kind label"):
         _plan(component("small_loss"), lp, component("awe", terms=["ce"], params={
-            **awe, "propagated": "lp/initial_lp/confidence"}))
+            **awe, "confidence": "select/small_loss",
+            "propagated": "lp/initial_lp/confidence"}))
     _plan(component("small_loss"), lp, component("awe", terms=["ce"], params={
         **awe, "propagated": "lp/initial_lp/label"}))
 

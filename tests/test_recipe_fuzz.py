@@ -5,7 +5,8 @@ ranges, unknown names, missing model roles, ledger column wiring, NUL bytes, dev
 ``extends``, data (augmentations, noise models), paths (output directory, checkpoints) and
 the inputs added since (class-mapped noise, the ``npz`` dataset, ``run.history_skip``,
 ``run.distributed_timeout_s``), and registered components composed at random (their
-numbers drawn too in the ``numbers`` category). For
+numbers drawn too in the ``numbers`` category, their column parameters wired to columns the
+recipe writes in the ``columns`` category). For
 every mutant, ``check`` exits 0, or exits 2 with exactly one line on stderr and no traceback;
 every mutant that ``check`` accepts must also run to its end with every stage cut to one epoch
 (data, models, run directory, history, every stage's components, a diverging loss excepted),
@@ -22,6 +23,7 @@ import json
 import random
 import shutil
 import tomllib
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,10 @@ import torch
 from click.testing import CliRunner
 
 from kdcore.cli import main
+from kdcore.context import ColumnName
 from kdcore.engine import run_recipe
 from kdcore.errors import KdcoreError, TrainingDiverged
+from kdcore.plan import build_plan
 from kdcore.plugins import PluginHost
 from kdcore.recipe import load_raw, load_recipe, recipe_from_dict
 from kdcore.testing import component, random_composition, stage, teacher_stage, tiny_recipe
@@ -408,12 +412,56 @@ def _compose(rng: random.Random, source: str, data: dict[str, Any], text: str,
     return f"compose on {train}: {described}", {"text": recipe_from_dict(recipe).to_toml()}
 
 
+def _column_params(use: str) -> list[str]:
+    """The recipe names of component ``use``'s parameters typed ``ColumnName``."""
+    params = getattr(_HOST.components.get(use), "Params", None) if _HOST else None
+    if not (params and attrs.has(params)):
+        return []
+    hints = typing.get_type_hints(params)
+    return [f.alias or f.name for f in attrs.fields(params) if hints.get(f.name) is ColumnName]
+
+
+def _columns(rng: random.Random, source: str, data: dict[str, Any], text: str
+             ) -> tuple[str, dict[str, Any]]:
+    """Registered components composed at random over two or three stages, one of them a
+    reader of ledger columns, whose column parameters name columns the recipe writes (any
+    stage, any component, the engine's records): found this way, a label propagation reading
+    a selector's mask or weights at its stage's start, a column written from a later
+    ``start_epoch``, and the engine's ``logits/<role>`` read as one weight per sample."""
+    global _HOST
+    _HOST = _HOST or PluginHost()
+    names = _HOST.components.names()
+    readers = [n for n in names if _column_params(n)]
+    recipe = random_composition(rng, names, must=[rng.choice(readers)], epochs=2, again=0.5,
+                                host=_HOST, train_subset=200)
+    written = {"target", "base_target", "noisy_label", "clean_mask", "logits/teacher"}
+    try:
+        for st in build_plan(recipe_from_dict(recipe), _HOST).stages:
+            for comp in st.components:
+                written.update(comp.written_columns())
+                if "transfer" in comp.kinds():
+                    written.add(f"loss/{comp.name}")
+            written.update(f"logits/{r}" for r in st.config.train)
+    except KdcoreError:
+        pass  # wired to the columns above; check refuses the recipe anyway
+    wired = []
+    for st in recipe["stages"]:
+        for entry in st["components"]:
+            for param in _column_params(entry["use"]):
+                if rng.random() < 0.8:
+                    column = rng.choice(sorted(written))
+                    entry.setdefault("params", {})[param] = column
+                    wired.append(f"{entry.get('name', entry['use'])}.{param} = {column}")
+    return (f"columns in {[s['name'] for s in recipe['stages']]}: {', '.join(wired) or 'none'}",
+            {"text": recipe_from_dict(recipe).to_toml()})
+
+
 CATEGORIES: dict[str, tuple[Mutator, int]] = {
     "syntax": (_syntax, 45), "types": (_types, 45), "ranges": (_ranges, 80),
     "names": (_names, 35), "roles": (_roles, 40), "wiring": (_wiring, 30), "nul": (_nul, 20),
     "devices": (_devices, 15), "extends": (_extends, 15), "data": (_data, 20),
     "paths": (_paths, 15), "added": (_added, 55), "compose": (_compose, 60),
-    "numbers": (functools.partial(_compose, numbers=True), 40),
+    "numbers": (functools.partial(_compose, numbers=True), 40), "columns": (_columns, 40),
 }
 
 
@@ -453,6 +501,8 @@ def test_the_generator_makes_enough_distinct_mutants():
     assert len({c.describe for c in CASES if "-compose-" in c.id}) == 60
     numbered = [c.describe for c in CASES if "-numbers-" in c.id]
     assert len(set(numbered)) == 40 and sum(any(ch.isdigit() for ch in d) for d in numbered) > 30
+    wired = [c.describe for c in CASES if "-columns-" in c.id]
+    assert len(set(wired)) == 40 and sum("none" not in d for d in wired) > 30
     assert len({(c.source, c.describe, c.text, c.extra) for c in CASES}) >= 250
     assert {c.source for c in CASES} == {*SHIPPED, *TINY}
 
