@@ -49,8 +49,9 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
     available: set[str] = set(DATA_COLUMNS)
     kinds: dict[str, tuple[str, str]] = {c: (k, "the data") for c, k in DATA_KINDS.items()}
     never: dict[str, str] = {}  # a column whose writer's schedule starts past its stage: why
-    # the columns known to hold a row of numbers per sample, and who writes them so
-    rows: dict[str, str] = {"target": "the data", "base_target": "the data"}
+    # the columns known to hold a row of numbers per sample (besides those of kind target,
+    # which a reader of one number does not take), and who writes them so
+    rows: dict[str, str] = {}
     for stage in stages:
         # per-sample losses and training logits reach the ledger at the end of a stage's first
         # epoch, so they serve later stages
