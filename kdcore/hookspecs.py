@@ -270,8 +270,8 @@ class ComponentHooks(Protocol):
         When: at every epoch's start (``ctx.epoch``), after the learning rates were set.
         Order: recipe order, so a selection pass placed before a refinement feeds it. Use
         ``ctx.features(role)`` for full-set features: computed once, shared. May write: its
-        declared ledger columns (``base_target`` for an epoch-level refiner). A column others
-        write only in batch hooks is missing at the stage's first epoch start.
+        declared ledger columns (``base_target`` for an epoch-level refiner), named again in
+        ``writes_at_start``; what it reads here is in ``reads_at_start`` (``check`` holds both).
 
         Args: ``ctx``, the run.
         """
