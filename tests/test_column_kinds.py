@@ -32,16 +32,17 @@ class Writer(kdcore.Component):
 class ReaderParams:
     column: ColumnName = ColumnName("")
     kind: str = "label"
+    kinds: tuple[str, ...] = ()  # any of these, instead of ``kind``
 
 
 class Reader(kdcore.Component):
-    """Reads ``column`` as a column of ``kind``."""
+    """Reads ``column`` as a column of ``kind`` (or of any of ``kinds``)."""
 
     Params = ReaderParams
     description = "test reader"
 
     def read_kinds(self) -> dict[str, ColumnKind]:
-        return {self.params.column: self.params.kind}  # type: ignore[dict-item]
+        return {self.params.column: self.params.kinds or self.params.kind}  # type: ignore
 
     def transfer(self, ctx, batch):
         return torch.zeros(len(batch))
@@ -57,10 +58,29 @@ class Rewriter(kdcore.Component):
         return None
 
 
+class WeightWriter(kdcore.Component):
+    """Writes ``w/<name>``, one weight per sample."""
+
+    description = "test writer of weights"
+    writes = ("w/{name}",)
+    column_kinds = {"w/{name}": "weight"}
+
+    def select(self, ctx, batch):
+        return None
+
+
+class RowWriter(WeightWriter):
+    """Writes ``w/<name>`` as a row of weights per sample (as ALM-KD's per-term table)."""
+
+    description = "test writer of a row of weights per sample"
+    row_columns = ("w/{name}",)
+
+
 class Components:
     @hookimpl
     def kdcore_add_components(self):
-        return {"writer": Writer, "reader": Reader, "rewriter": Rewriter}
+        return {"writer": Writer, "reader": Reader, "rewriter": Rewriter,
+                "weight_writer": WeightWriter, "row_writer": RowWriter}
 
 
 def _plan(*components, **recipe_fields):
@@ -127,6 +147,42 @@ def test_the_amlkd_wiring_refuses_a_confidence_column_where_labels_are_read():
             "propagated": "lp/initial_lp/confidence"}))
     _plan(component("small_loss"), lp, component("awe", terms=["ce"], params={
         **awe, "propagated": "lp/initial_lp/label"}))
+
+
+def _stages(*stages):
+    recipe = tiny_recipe(teacher_stage(1), *stages)
+    return build_plan(recipe_from_dict(recipe), PluginHost(extra=[Components()]))
+
+
+@pytest.mark.parametrize("kinds", [("mask", "value"), ("weight", "value"), ("label", "value"),
+                                   ("mask", "weight", "value", "exact")])
+def test_a_reader_of_one_number_per_sample_gets_no_column_of_rows(kinds):
+    """The engine's ``logits/<role>`` and a declared row column (ALM-KD's per-term weights)
+    hold a row per sample: read as LP's seed weights they had passed ``check`` and stopped
+    the run at a shape mismatch."""
+    def reader(column):
+        return component("reader", "r", params={"column": column, "kinds": list(kinds)})
+
+    with pytest.raises(RecipeError) as refused:
+        _plan(reader("logits/teacher"))
+    assert refused.value.key == "stages[1].components[0].params.column"
+    kind = f"{', '.join(kinds[:-1])} or {kinds[-1]}"
+    assert refused.value.detail == (
+        f"component 'r' (reader) reads ledger column 'logits/teacher' as one number per sample "
+        f"(a column of kind {kind}), but the engine writes a row of numbers per sample there")
+    if "weight" in kinds:
+        with pytest.raises(RecipeError, match="but 'rw' writes a row of numbers per sample"):
+            _plan(component("row_writer", "rw"), reader("w/rw"))
+        # rewritten as one number per sample by a later writer: read as that
+        _stages(stage("s", 1, ["student"], component("row_writer", "rw"), component("ce")),
+                stage("t", 1, ["student"], component("weight_writer", "rw"), reader("w/rw"),
+                      component("ce")))
+
+
+def test_a_reader_of_values_alone_may_read_rows():
+    _plan(component("reader", "r", params={"column": "logits/teacher", "kinds": ["value"]}))
+    _plan(component("reader", "r", params={"column": "loss/ce",
+                                           "kinds": ["mask", "weight", "value", "exact"]}))
 
 
 def test_a_column_rewritten_without_a_declared_kind_is_no_longer_held_to_the_old_one():
