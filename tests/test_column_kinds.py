@@ -151,7 +151,8 @@ def test_the_amlkd_wiring_refuses_a_confidence_column_where_labels_are_read():
 
 def _stages(*stages):
     recipe = tiny_recipe(teacher_stage(1), *stages)
-    return build_plan(recipe_from_dict(recipe), PluginHost(extra=[Components()]))
+    return build_plan(recipe_from_dict(recipe, "recipes/under_test.toml"),
+                      PluginHost(extra=[Components()]))
 
 
 @pytest.mark.parametrize("kinds", [("mask", "value"), ("weight", "value"), ("label", "value"),
@@ -164,7 +165,8 @@ def test_a_reader_of_one_number_per_sample_gets_no_column_of_rows(kinds):
         return component("reader", "r", params={"column": column, "kinds": list(kinds)})
 
     with pytest.raises(RecipeError) as refused:
-        _plan(reader("logits/teacher"))
+        _stages(stage("s", 1, ["student"], reader("logits/teacher"), component("ce")))
+    assert refused.value.file == "recipes/under_test.toml"
     assert refused.value.key == "stages[1].components[0].params.column"
     kind = f"{', '.join(kinds[:-1])} or {kinds[-1]}"
     assert refused.value.detail == (
