@@ -182,9 +182,13 @@ def test_a_reader_of_one_number_per_sample_gets_no_column_of_rows(kinds):
 
 
 def test_a_reader_of_values_alone_may_read_rows():
-    _plan(component("reader", "r", params={"column": "logits/teacher", "kinds": ["value"]}))
-    _plan(component("reader", "r", params={"column": "loss/ce",
-                                           "kinds": ["mask", "weight", "value", "exact"]}))
+    """A reader that takes only values may take the logits' rows; one that takes one number per
+    sample, a per-sample loss."""
+    for column, kinds in (("logits/teacher", ["value"]),
+                          ("loss/ce", ["mask", "weight", "value", "exact"])):
+        plan = _plan(component("reader", "r", params={"column": column, "kinds": kinds}))
+        reader = plan.stages[1].components[0]
+        assert (reader.name, reader.read_kinds()) == ("r", {column: tuple(kinds)})
 
 
 def test_a_column_rewritten_without_a_declared_kind_is_no_longer_held_to_the_old_one():
