@@ -51,8 +51,9 @@ ColumnKind = Literal["label", "target", "mask", "weight", "value", "exact"]
 bool, ``weight`` and ``value`` float16, ``exact`` float32."""
 
 SCALAR_KINDS: tuple[ColumnKind, ...] = ("mask", "weight", "value", "exact")
-"""The kinds that hold one number per sample: what a reader of per-sample weights or scores
-accepts (``read_kinds() -> {column: SCALAR_KINDS}``)."""
+"""The kinds that can hold one number per sample: what a reader of per-sample weights or
+scores accepts (``read_kinds() -> {column: SCALAR_KINDS}``; the plan refuses such a reader a
+column known to hold a row per sample, :attr:`kdcore.Component.row_columns`)."""
 
 StartHook = Literal["on_stage_start", "on_epoch_start"]
 """The hooks that run before a stage's first batch, in this order (each over every component

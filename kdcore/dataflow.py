@@ -26,7 +26,8 @@ DATA_COLUMNS = tuple(DATA_KINDS)
 """Columns every ledger has from the start."""
 
 _START_ORDER: dict[StartHook, int] = {"on_stage_start": 0, "on_epoch_start": 1}
-_PER_SAMPLE = frozenset({"label", "mask", "weight"})  # kinds only one number per sample has
+# a reader that accepts one of these kinds reads one number per sample
+_PER_SAMPLE = frozenset({"label", "mask", "weight"})
 
 
 class Stage(Protocol):
