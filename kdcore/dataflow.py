@@ -180,10 +180,13 @@ class _FirstEpoch:
             elif column not in self.present:
                 self.late.setdefault(column, comp)
         for column, hook in comp.writes_at_start().items():
-            have = self.at_start.get(column)
-            if column not in later and (have is None or
-                                        _START_ORDER[hook] < _START_ORDER[have[0]]):
-                self.at_start[column] = (hook, comp)
+            # a hook's one column for every model it serves reads as each model's too
+            shared = column in (f"select/{comp.name}", f"weight/{comp.name}")
+            for name in (column, *(f"{column}/{r}" for r in comp.models if shared)):
+                have = self.at_start.get(name)
+                if name not in later and (have is None or
+                                          _START_ORDER[hook] < _START_ORDER[have[0]]):
+                    self.at_start[name] = (hook, comp)
 
     def _refuse(self, comp: Component, column: str, why: str) -> None:
         raise RecipeError(

@@ -16,6 +16,18 @@ from kdcore.ledger import Ledger
 KINDS: tuple[str, ...] = typing.get_args(ColumnKind)
 
 
+def shared_hook_column(name: str) -> str | None:
+    """``select/<name>`` for ``select/<name>/<role>`` (``weight`` alike): a hook that returned
+    one tensor wrote it once, for every model it serves, so a reader naming one model's
+    column reads that (the plan counts both forms as written; a label propagation reading
+    ``select/small_loss/student`` had stopped the run where ``select/small_loss`` was there)."""
+    hook, _, rest = name.partition("/")
+    component, sep, role = rest.partition("/")
+    if hook not in ("select", "weight") or not sep or not component or not role or "/" in role:
+        return None
+    return f"{hook}/{component}"
+
+
 class TaggedLedger:
     """The ledger as one component sees it: reads as usual, writes tagged with its name.
 
@@ -49,10 +61,19 @@ class TaggedLedger:
         return self._ledger.size
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._ledger[name]
+        try:
+            return self._ledger[name]
+        except KeyError:
+            shared = shared_hook_column(name)
+            if shared is None or shared not in self._ledger:
+                raise
+            return self._ledger[shared]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._ledger
+        if name in self._ledger:
+            return True
+        shared = shared_hook_column(name) if isinstance(name, str) else None
+        return shared is not None and shared in self._ledger
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._ledger)

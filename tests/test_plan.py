@@ -566,6 +566,17 @@ def test_the_earliest_of_several_writers_at_the_start_counts():
     assert "but 'a' (column_writer) writes it in on_epoch_start" in err.detail
 
 
+def test_a_hooks_one_column_written_at_the_start_serves_each_model_s_name_there():
+    """``small_loss`` writes ``select/<name>`` at each epoch start; a reader there may name it
+    for one model, ``select/<name>/<role>`` (the ledger gives the one column for it)."""
+    selection = component("small_loss", params={"scope": "pass", "mask_loss": False})
+    for column in ("select/small_loss", "select/small_loss/student"):
+        _plan(teacher_stage(1), _student(selection, _start_reader(column, "on_epoch_start")))
+    err = _assert_refused(teacher_stage(1), _student(
+        selection, _start_reader("select/small_loss/student", "on_stage_start")))
+    assert "but 'small_loss' (small_loss) writes it in on_epoch_start" in err.detail
+
+
 def test_a_hook_column_is_read_at_a_stages_start_only_in_a_later_stage():
     """A ``select`` or ``weight`` hook writes in the batches: its column is there at the start
     of the stages after its own (a label propagation reading it at its first epoch's start

@@ -268,6 +268,32 @@ def test_a_plugins_new_column_is_one_the_history_can_keep(existing, name, proble
         assert ledger[existing].tolist() == [0, 1, 0, 0]
 
 
+@pytest.mark.parametrize(("name", "shared"), [
+    ("select/small_loss/student", "select/small_loss"), ("weight/awe/peer", "weight/awe"),
+    ("select/small_loss", None), ("loss/ce/student", None), ("select/a/b/c", None),
+    ("select//student", None), ("select/a/", None), ("weights/a/b", None), ("select", None)])
+def test_a_models_hook_column_is_the_hooks_one_column_where_that_was_written(name, shared):
+    """A hook that returned one tensor wrote ``select/<name>`` for every model it serves; a
+    reader naming ``select/<name>/<role>`` (which the plan counts as written) reads that one
+    (a label propagation had stopped the run on it). A column written as named comes first."""
+    from kdcore.ledger import Ledger
+    from kdcore.tagged_ledger import shared_hook_column
+
+    assert shared_hook_column(name) == shared
+    ledger = Ledger(3)
+    reader = TaggedLedger(ledger, "lp", frozenset())
+    assert name not in reader
+    if shared is None:
+        return
+    ledger.add(shared, torch.tensor([True, False, True]), producer="s", kind="mask")
+    assert name in reader
+    assert torch.equal(reader[name], ledger[shared])
+    ledger.add(name, torch.tensor([False, False, True]), producer="s", kind="mask")
+    assert torch.equal(reader[name], torch.tensor([False, False, True]))
+    with pytest.raises(KeyError, match="no ledger column 'select/other/student'"):
+        reader["select/other/student"]
+
+
 def test_the_tagged_ledger_refuses_an_unknown_kind_and_values_that_are_no_tensor():
     """An unknown kind failed only in the history's write at the epoch's end (a KeyError that
     named no component); numpy values or a list, in torch's ``.dim`` (an AttributeError)."""
