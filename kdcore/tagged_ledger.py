@@ -60,32 +60,32 @@ class TaggedLedger:
     def size(self) -> int:
         return self._ledger.size
 
-    def __getitem__(self, name: str) -> torch.Tensor:
-        try:
-            return self._ledger[name]
-        except KeyError:
+    def _held(self, name: str) -> str:
+        """``name``, or where the ledger lacks it, the hook's one column it reads as
+        (:func:`shared_hook_column`) if the ledger holds that."""
+        if name not in self._ledger:
             shared = shared_hook_column(name)
-            if shared is None or shared not in self._ledger:
-                raise
-            return self._ledger[shared]
+            if shared is not None and shared in self._ledger:
+                return shared
+        return name
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._ledger[self._held(name)]
 
     def __contains__(self, name: object) -> bool:
-        if name in self._ledger:
-            return True
-        shared = shared_hook_column(name) if isinstance(name, str) else None
-        return shared is not None and shared in self._ledger
+        return isinstance(name, str) and self._held(name) in self._ledger
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._ledger)
 
     def read(self, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
-        return self._ledger.read(name, index)
+        return self._ledger.read(self._held(name), index)
 
     def producer(self, name: str) -> str:
-        return self._ledger.producer(name)
+        return self._ledger.producer(self._held(name))
 
     def kind(self, name: str) -> ColumnKind:
-        return self._ledger.column(name).kind
+        return self._ledger.column(self._held(name)).kind
 
     def _check(self, name: str, kind: str, *tensors: object) -> None:
         if kind not in KINDS:  # else the history's write at the epoch's end names no one

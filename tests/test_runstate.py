@@ -288,8 +288,11 @@ def test_a_models_hook_column_is_the_hooks_one_column_where_that_was_written(nam
     ledger.add(shared, torch.tensor([True, False, True]), producer="s", kind="mask")
     assert name in reader
     assert torch.equal(reader[name], ledger[shared])
-    ledger.add(name, torch.tensor([False, False, True]), producer="s", kind="mask")
+    assert torch.equal(reader.read(name, torch.tensor([2, 1])), torch.tensor([True, False]))
+    assert (reader.kind(name), reader.producer(name)) == ("mask", "s")
+    ledger.add(name, torch.tensor([False, False, True]), producer="t", kind="weight")
     assert torch.equal(reader[name], torch.tensor([False, False, True]))
+    assert (reader.kind(name), reader.producer(name)) == ("weight", "t")
     with pytest.raises(KeyError, match="no ledger column 'select/other/student'"):
         reader["select/other/student"]
 
