@@ -16,7 +16,8 @@ before anything trains: the model roles it uses (parameters typed :class:`~kdcor
 :meth:`Component.roles`), the ledger columns it reads (parameters typed
 :class:`~kdcore.ColumnName`, plus :meth:`Component.reads`) and those it writes besides its hooks'
 own (:attr:`Component.writes`), which of them it reads or writes before its stage's first
-batch (:meth:`Component.reads_at_start`, :meth:`Component.writes_at_start`), and which it
+batch (:meth:`Component.reads_at_start`, :meth:`Component.writes_at_start`) or in which hook
+of a batch (:meth:`Component.reads_in_batch`, :meth:`Component.writes_in_batch`), and which it
 writes only from a later epoch (:meth:`Component.late_writes`).
 """
 
@@ -31,7 +32,7 @@ import attrs
 import torch
 
 from kdcore.batch import Batch
-from kdcore.context import ColumnKind, ColumnName, Role, RunContext, StartHook
+from kdcore.context import BatchHook, ColumnKind, ColumnName, Role, RunContext, StartHook
 from kdcore.terms import PerSampleLoss
 
 PerSample = torch.Tensor | Mapping[str, torch.Tensor]
@@ -185,6 +186,39 @@ class Component:
         none."""
         return {}
 
+    def reads_in_batch(self) -> dict[str, BatchHook]:
+        """The columns of :meth:`reads` this component reads in the batches, each with the
+        first batch hook that reads it. The plan refuses a recipe where such a column is
+        written in the same stage, and not before its first batch, only by a later hook of the
+        batch (a mask SMKD writes in its ``transfer``, read by a ``weight`` hook): the stage's
+        first batch would not have it. By default every column of :meth:`reads` not read at the
+        start, in the first batch hook this component overrides (none if it overrides none)."""
+        first = next((h for h in BATCH_HOOKS if _overrides(type(self), h)), None)
+        at_start = self.reads_at_start()
+        return {} if first is None else {c: first for c in self.reads() if c not in at_start}
+
+    def writes_in_batch(self) -> dict[str, BatchHook]:
+        """The columns of :meth:`written_columns` this component writes in the batches, each
+        with the batch hook that writes it first. By default its hooks' columns in their
+        hooks (``target`` in ``refine``), and every other column it neither has written at
+        the start nor writes only from a later epoch in the last batch hook it overrides.
+        Override where that is later than the truth (SMKD writes its per-peer masks in
+        ``transfer``, not in its ``backward``), so that a reader in between is not refused."""
+        out: dict[str, BatchHook] = {}
+        for hook in ("select", "weight"):
+            if hook in self.kinds():
+                out.update(dict.fromkeys(
+                    (f"{hook}/{self.name}", *(f"{hook}/{self.name}/{r}" for r in self.models)),
+                    hook))
+        if "refine" in self.kinds():
+            out["target"] = "refine"
+        last = next((h for h in reversed(BATCH_HOOKS) if _overrides(type(self), h)), None)
+        if last is not None:
+            before = {**self.writes_at_start(), **self.late_writes()}
+            out.update({c: last for c in self.written_columns()
+                        if c not in out and c not in before})
+        return out
+
     def written_column_kinds(self) -> dict[str, ColumnKind]:
         """The declared kind of each column this component writes: ``mask`` for its
         ``select`` hook's columns, ``weight`` for its ``weight`` hook's, ``target`` for
@@ -279,6 +313,7 @@ class Component:
 
 
 KINDS: tuple[str, ...] = ("select", "refine", "weight", "transfer")  # each its hook's name
+BATCH_HOOKS: tuple[BatchHook, ...] = typing.get_args(BatchHook)  # in the order a batch calls them
 COMPONENT_HOOKS: tuple[str, ...] = (
     "adapt_models", "setup", "on_stage_start", "on_epoch_start", "select", "refine", "weight",
     "transfer", "backward", "after_step", "on_epoch_end", "on_stage_end", "state_dict",

@@ -60,6 +60,11 @@ StartHook = Literal["on_stage_start", "on_epoch_start"]
 of the stage, in recipe order): where a component declares it reads or writes a column before
 the batches (:meth:`kdcore.Component.reads_at_start`, :meth:`kdcore.Component.writes_at_start`)."""
 
+BatchHook = Literal["refine", "select", "weight", "transfer", "backward", "after_step"]
+"""The hooks of a batch, in the order the engine calls them (each over every component of the
+stage, in recipe order): where a component declares it reads or writes a column in the batches
+(:meth:`kdcore.Component.reads_in_batch`, :meth:`kdcore.Component.writes_in_batch`)."""
+
 
 class ModelOutput(NamedTuple):
     """What a model returns for a batch: logits ``(B, C)`` and penultimate features ``(B, d)``.
@@ -225,5 +230,5 @@ class BatchStore:
         return item in self._values
 
 
-__all__ = ["SCALAR_KINDS", "BatchStore", "ColumnKind", "ColumnName", "LedgerAccess",
+__all__ = ["SCALAR_KINDS", "BatchHook", "BatchStore", "ColumnKind", "ColumnName", "LedgerAccess",
            "ModelOutput", "Role", "RunContext", "StartHook"]

@@ -1,18 +1,20 @@
 """The recipe's declared data flow, checked in stage order before anything trains: every ledger
 column a component reads is written before it (by the data, an earlier stage, or a component
-placed before it), of the kind it needs, and, where it is read before its stage's first batch,
-written by then; every column a component declares can be kept by the history."""
+placed before it), of the kind it needs, and, where it is read before its stage's first batch
+or in a hook of that batch, written by then; every column a component declares can be kept by
+the history."""
 
 from __future__ import annotations
 
 import fnmatch
+import typing
 from collections.abc import Sequence
 from typing import Protocol
 
 from loguru import logger
 
 from kdcore.component import Component
-from kdcore.context import StartHook
+from kdcore.context import BatchHook, StartHook
 from kdcore.errors import RecipeError, did_you_mean
 from kdcore.history_names import declared_column_problem
 from kdcore.plan_keys import component_key, param_key
@@ -26,6 +28,7 @@ DATA_COLUMNS = tuple(DATA_KINDS)
 """Columns every ledger has from the start."""
 
 _START_ORDER: dict[StartHook, int] = {"on_stage_start": 0, "on_epoch_start": 1}
+_BATCH_ORDER: dict[BatchHook, int] = {h: i for i, h in enumerate(typing.get_args(BatchHook))}
 # a reader that accepts one of these kinds reads one number per sample
 _PER_SAMPLE = frozenset({"label", "mask", "weight"})
 
@@ -36,6 +39,17 @@ class Stage(Protocol):
     index: int
     config: StageConfig
     components: list[Component]
+
+
+def per_model_losses(stages: Sequence[Stage]) -> frozenset[str]:
+    """The labels of the transfer terms whose per-sample losses the engine records per model,
+    ``loss/<name>/<role>``, in every stage of the run: those that serve more than one model in
+    some stage (the others record ``loss/<name>``). One form per label for the whole run: a
+    teacher stage's ``loss/ce`` and a later two-model stage's ``loss/ce/<role>`` cannot both
+    be kept by the history (a name is not a column and a folder of columns at once; such a
+    recipe had passed ``check`` and stopped the run at its second stage's first epoch end)."""
+    return frozenset(c.name for stage in stages for c in stage.components
+                     if "transfer" in c.kinds() and len(c.models) > 1)
 
 
 def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
@@ -53,6 +67,7 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
     # the columns known to hold a row of numbers per sample (besides those of kind target,
     # which a reader of one number does not take), and who writes them so
     rows: dict[str, str] = {}
+    per_role = per_model_losses(stages)
     for stage in stages:
         # per-sample losses and training logits reach the ledger at the end of a stage's first
         # epoch, so they serve later stages
@@ -86,8 +101,8 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
                 else:
                     rows.pop(column, None)
             if "transfer" in comp.kinds():
-                epoch_end.add(f"loss/{comp.name}")
-                epoch_end.update(f"loss/{comp.name}/{r}" for r in comp.models)
+                epoch_end.update([f"loss/{comp.name}/{r}" for r in comp.models]
+                                 if comp.name in per_role else [f"loss/{comp.name}"])
         available |= epoch_end
         # the engine's records: per-sample losses and training logits, as values
         kinds.update({column: ("value", "the engine") for column in epoch_end})
@@ -137,10 +152,11 @@ def _check_read_kinds(recipe: Recipe, stage: Stage, comp: Component,
 
 class _FirstEpoch:
     """When a stage's first epoch has each column, as its components are placed in order:
-    before its first batch (and from which start hook), from its batches on, or only from a
-    later epoch. A reader of the same stage finds it missing otherwise (a label propagation
-    reading a selector's column at its first epoch's start, or a column written from a later
-    ``start_epoch``, had passed ``check`` and stopped the run there)."""
+    before its first batch (and from which start hook), from a hook of its first batch on, or
+    only from a later epoch. A reader of the same stage finds it missing otherwise (a label
+    propagation reading a selector's column at its first epoch's start, a column written from
+    a later ``start_epoch``, or AWE's ``weight`` hook reading a mask SMKD writes in its
+    ``transfer``, had passed ``check`` and stopped the run there)."""
 
     def __init__(self, recipe: Recipe, stage: Stage, available: set[str]):
         self.recipe, self.stage = recipe, stage
@@ -151,6 +167,8 @@ class _FirstEpoch:
         self.present = set(available)  # there in the first epoch (by its batches, at least)
         self.late: dict[str, Component] = {}  # written only from a later epoch, and by whom
         self.writers: dict[str, Component] = {}  # this stage's last writer of each column
+        # a column written in the batches: the first batch hook that writes it, and whose
+        self.in_batch: dict[str, tuple[BatchHook, Component]] = {}
 
     def check_reads(self, comp: Component) -> None:
         for column in dict.fromkeys((*comp.reads(), *comp.reads_at_start())):
@@ -170,6 +188,18 @@ class _FirstEpoch:
                                        f"trains its first batch, but '{writer.name}' "
                                        f"({writer.spec.use}) writes it {when}")
 
+        for column, hook in comp.reads_in_batch().items():
+            have = self.in_batch.get(column)
+            if column in self.at_start or have is None or (
+                    _BATCH_ORDER[have[0]] <= _BATCH_ORDER[hook]):
+                continue  # (a column no writer says when it writes is taken on trust)
+            written, writer = have
+            self._refuse(comp, column, f" in its {hook} hook, but '{writer.name}' "
+                                       f"({writer.spec.use}) writes it in its {written} hook, "
+                                       f"which runs after every {hook} hook of a batch, so "
+                                       f"the first batch of stage '{self.stage.config.name}' "
+                                       "does not have it yet")
+
     def add_writes(self, comp: Component) -> None:
         later = comp.late_writes()
         for column in comp.written_columns():
@@ -179,6 +209,11 @@ class _FirstEpoch:
                 self.late.pop(column, None)
             elif column not in self.present:
                 self.late.setdefault(column, comp)
+        for column, hook in comp.writes_in_batch().items():
+            have = self.in_batch.get(column)
+            if column not in later and (have is None or
+                                        _BATCH_ORDER[hook] < _BATCH_ORDER[have[0]]):
+                self.in_batch[column] = (hook, comp)
         for column, hook in comp.writes_at_start().items():
             # a hook's one column for every model it serves reads as each model's too
             shared = column in (f"select/{comp.name}", f"weight/{comp.name}")
@@ -219,4 +254,5 @@ def _either(kinds: Sequence[str]) -> str:
     return kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} or {kinds[-1]}"
 
 
-__all__ = ["DATA_COLUMNS", "DATA_KINDS", "Stage", "check_columns", "check_history_skip"]
+__all__ = ["DATA_COLUMNS", "DATA_KINDS", "Stage", "check_columns", "check_history_skip",
+           "per_model_losses"]

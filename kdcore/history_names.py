@@ -47,6 +47,20 @@ def check_new_metric(name: str, metrics: Any) -> None:
                         "a name with '/' as a folder of metrics; the file is as before this row")
 
 
+def check_new_column(name: str, columns: Any) -> None:
+    """Refuse ledger column ``name``, first written now, when it is the folder of a column the
+    history keeps (``columns``) or lies in one's place: one line, not h5py's "Incompatible
+    object already exists" (a selector that returned one mask for every model in one stage,
+    ``select/<name>``, and one per model in another, ``select/<name>/<role>``)."""
+    from kdcore.failures import RunFailed
+
+    other = folder_clash(name, columns)
+    if other is not None:
+        raise RunFailed(f"ledger columns '{other}' and '{name}' cannot both be kept: the history "
+                        "keeps a name with '/' as a folder of columns (give the component that "
+                        "writes one of them another label); the file is as before this row")
+
+
 #: the ledger's data columns: what the dataset says, which no component rewrites
 READ_ONLY_COLUMNS = ("noisy_label", "clean_label", "clean_mask")
 
@@ -74,4 +88,5 @@ def _per_role(column: str, roles: Any) -> bool:
 
 
 __all__ = ["ENGINE_DATA", "FILE_SIZE", "INPUT_DIGEST", "READ_ONLY_COLUMNS", "RESUME_CHECKS",
-           "check_new_metric", "declared_column_problem", "folder_clash", "name_problem"]
+           "check_new_column", "check_new_metric", "declared_column_problem", "folder_clash",
+           "name_problem"]

@@ -65,7 +65,7 @@ from kdcore.history_layout import (
     replace_file,
     string_table,
 )
-from kdcore.history_names import check_new_metric
+from kdcore.history_names import check_new_column, check_new_metric
 from kdcore.history_rebuild import rebuild
 from kdcore.history_values import (
     CHECKSUMMED,
@@ -325,6 +325,7 @@ class HistoryWriter:
                         arr = arr.astype(ds.dtype)
                 else:
                     assert arr is not None  # a new column was not written before
+                    check_new_column(name, index.ledger)
                     dtype = arr.dtype.type
                     ds = lgroup.create_dataset(
                         name, shape=(row, *arr.shape), maxshape=(None, *arr.shape), dtype=dtype,

@@ -327,7 +327,7 @@ class ComponentHooks(Protocol):
         costs no more than a hand-written loop's fused loss. Combine: each is reduced as
         ``sum(mask * weight * loss) / max(sum(mask), 1)`` (a plain mean where no mask or weight
         acts on it: a ``PerSampleLoss``'s own ``mean``), times its recipe ``weight``, and the
-        terms of a model add. Per-sample losses go to ``loss/<name>`` at the epoch end.
+        terms of a model add. Per-sample losses go to ``loss/<name>[/<role>]`` at the epoch end.
 
         Args:
             ctx: the run.

@@ -19,12 +19,7 @@ from loguru import logger
 from kdcore import distributed, interrupts, step
 from kdcore.batching import batches_per_epoch, epoch_batches
 from kdcore.build import build_optimizer, set_stage_lr
-from kdcore.checkpointing import (
-    Checkpointer,
-    carried_states,
-    continue_states,
-    rehearse_stages,
-)
+from kdcore.checkpointing import Checkpointer, carried_states, continue_states, rehearse_stages
 from kdcore.component import Batch, Component
 from kdcore.epoch_line import epoch_line
 from kdcore.errors import RecipeError, TrainingDiverged
@@ -302,7 +297,8 @@ class Trainer:
         writes.index = index
         result = combine(batch, refiners=stage.refiners, selectors=stage.selectors,
                          weighters=stage.weighters, transfers=stage.transfers,
-                         context=self.context, record=writes.write, abstain=writes.abstained)
+                         context=self.context, record=writes.write, abstain=writes.abstained,
+                         per_model_losses=self.plan.per_model_losses)
         records = self.records
         # each term's loss, and each trained model's logits (training dynamics, as Dataset
         # Cartography records them)

@@ -19,7 +19,7 @@ import attrs
 
 from kdcore.component import Component, ComponentSpec
 from kdcore.config import bind_params, structure
-from kdcore.dataflow import check_columns, check_history_skip
+from kdcore.dataflow import check_columns, check_history_skip, per_model_losses
 from kdcore.errors import KdcoreError, RecipeError, did_you_mean
 from kdcore.plan_keys import component_key, param_key
 from kdcore.plugins import PluginHost
@@ -69,12 +69,15 @@ class RunPlan:
         stages: one :class:`StagePlan` per stage.
         models: per enabled role, its architecture factory and bound parameters.
         augmentations: the training-batch augmentations and their bound parameters.
+        per_model_losses: the transfer terms' labels whose per-sample losses are recorded per
+            model, ``loss/<name>/<role>`` (:func:`kdcore.dataflow.per_model_losses`).
     """
 
     recipe: Recipe
     stages: list[StagePlan]
     models: dict[str, tuple[Callable[..., Any], dict[str, Any]]]
     augmentations: list[tuple[Callable[..., Any], dict[str, Any]]]
+    per_model_losses: frozenset[str] = frozenset()
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -116,7 +119,7 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
     check_history_skip(recipe, check_columns(recipe, stages))
     _check_precision(recipe, stages)
     _check_cached_outputs(recipe)
-    return RunPlan(recipe, stages, models, augmentations)
+    return RunPlan(recipe, stages, models, augmentations, per_model_losses(stages))
 
 
 def build_components(recipe: Recipe, host: PluginHost, s: int) -> list[Component]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -93,6 +93,7 @@ def combine(
     context: Callable[[Component], RunContext],
     record: Callable[[Produced, str], None] | None = None,
     abstain: Callable[[str, str], None] | None = None,
+    per_model_losses: Collection[str] | None = None,
 ) -> StepResult:
     """Call the components' batch hooks in recipe order and combine their results.
 
@@ -107,6 +108,10 @@ def combine(
         abstain: called with each column a ``select`` or ``weight`` hook could have written
             but abstained on (returned None, or a mapping without that model) and its
             component's name: the engine writes the identity there (:mod:`kdcore.hook_writes`).
+        per_model_losses: the labels of the terms whose per-sample losses are recorded per
+            model, ``loss/<name>/<role>``, the others' as ``loss/<name>`` (the run's plan
+            decides it once, :attr:`kdcore.plan.RunPlan.per_model_losses`); None: per model
+            where a term was given for more than one model in this batch.
     """
     result = StepResult()
     if refiners:
@@ -157,7 +162,9 @@ def combine(
                 if loss.dim() == 1:
                     record = loss.detach()
             if record is not None:
-                col = f"loss/{name}" if len(per_role) == 1 else f"loss/{name}/{role}"
+                several = (len(per_role) > 1 if per_model_losses is None
+                           else name in per_model_losses)
+                col = f"loss/{name}/{role}" if several else f"loss/{name}"
                 result.losses_per_sample.append(_produced((col, name, record)))
             value = term.detach()
             result.terms.setdefault(role, {})[name] = value

@@ -18,7 +18,7 @@ from torch import nn
 
 from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.config import structure
-from kdcore.context import ColumnName, RunContext
+from kdcore.context import ColumnName, RunContext, StartHook
 from kdcore.data.base import ArrayDataset
 from kdcore.hook_writes import HookWrites
 from kdcore.hookspecs import hookimpl
@@ -225,6 +225,12 @@ class ColumnReader(Component):
     it with :class:`ColumnReaderPlugin` (``use = "column_reader"``)."""
 
     Params = ColumnReaderParams
+
+    def reads_at_start(self) -> dict[str, StartHook]:
+        """Declared, so that the plan refuses a column not there by each epoch's start (a
+        selector's mask of the same stage: undeclared, ``check`` had accepted it and the run
+        stopped at the stage's first epoch)."""
+        return dict.fromkeys(self.reads(), "on_epoch_start")
 
     def on_epoch_start(self, ctx: RunContext) -> None:
         ctx.ledger[self.params.column]

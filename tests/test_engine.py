@@ -327,6 +327,24 @@ def test_best_val_all_restores_the_roles_best_epoch_from_an_earlier_stage(tmp_pa
     assert scored["val/student/acc"] == pytest.approx(val[best])
 
 
+@pytest.mark.slow
+def test_a_term_serving_one_model_then_two_records_per_model_in_every_stage(tmp_path):
+    """CE on the teacher, then on the teacher and a student: ``loss/ce`` and a later
+    ``loss/ce/<role>`` had stopped the run at the second stage's first epoch end (h5py:
+    'Incompatible object (Dataset) already exists')."""
+    from kdcore.testing import component, run_tiny, stage, teacher_stage, tiny_recipe
+
+    run_tiny(tiny_recipe(teacher_stage(1), stage("both", 1, ["teacher", "student"],
+                                                 component("ce"))), tmp_path / "run")
+    with History(tmp_path / "run") as h:
+        assert [c for c in h.column_names() if c.startswith("loss/")] == [
+            "loss/ce/student", "loss/ce/teacher"]
+        teacher, student = h.column("loss/ce/teacher"), h.column("loss/ce/student")
+        assert np.isfinite(teacher).all() and np.isfinite(student[1]).all()
+        assert np.isnan(student[0]).all()  # the student trained in the second stage only
+        assert h.producers("loss/ce/teacher") == ["ce", "ce"]
+
+
 def test_a_later_stage_that_cannot_be_set_up_stops_the_run_before_any_stage_trains(
         tmp_path):
     """LP's k is refused in its set-up. Before, a run set a stage's components up only when

@@ -594,6 +594,36 @@ def test_the_names_a_missing_name_lists_are_the_first_ten_and_a_count(tmp_path, 
     assert str(NotInHistory()) == ""  # (KeyError's own str would be "''")
 
 
+@pytest.mark.parametrize(("first", "later"), [("select/s", "select/s/a"),
+                                               ("select/s/a", "select/s"), ("a/b", "a/b/c/d")])
+def test_a_column_in_the_place_of_an_earlier_rows_folder_is_one_line_and_writes_nothing(
+        tmp_path, first, later):
+    """A selector that returned one mask for every model in one stage and one per model in
+    the next, under one label: h5py said 'Incompatible object (Dataset) already exists'."""
+    from kdcore.failures import RunFailed
+
+    def cols(*names):
+        return {n: type("C", (), {"data": np.ones(50, np.bool_), "producer": "sel",
+                                  "kind": "mask", "snapshot": True})() for n in names}
+
+    w = _writer(tmp_path)
+    w.append_epoch(stage="s", epoch=0, metrics={"ok": 1.0}, columns=cols(first, "ok/col"))
+    message = (f"ledger columns '{first}' and '{later}' cannot both be kept: the history keeps "
+               "a name with '/' as a folder of columns (give the component that writes one of "
+               "them another label); the file is as before this row")
+    with pytest.raises(RunFailed) as err:
+        w.append_epoch(stage="s", epoch=1, metrics={"ok": 2.0}, columns=cols("ok/col", later))
+    assert str(err.value) == message
+    # two new ones of one row clash alike
+    (tmp_path / "fresh").mkdir()
+    fresh = _writer(tmp_path / "fresh")
+    with pytest.raises(RunFailed, match="cannot both be kept"):
+        fresh.append_epoch(stage="s", epoch=0, metrics={}, columns=cols(first, later))
+    with History(tmp_path) as h:
+        assert h.column_names() == sorted([first, "ok/col"]) and len(h.metric("ok")) == 1
+    assert w.append_epoch(stage="s", epoch=1, metrics={"ok": 3.0}, columns=cols(first)) == 1
+
+
 @pytest.mark.parametrize(("first", "later"), [("m/x", "m"), ("m", "m/x"), ("a/b", "a/b/c")])
 def test_a_metric_in_the_place_of_an_earlier_rows_folder_is_one_line_and_writes_nothing(
         tmp_path, first, later):

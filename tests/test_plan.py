@@ -13,6 +13,7 @@ from loguru import logger
 
 import kdcore
 from kdcore import PluginHost, RecipeError, hookimpl
+from kdcore.component import BATCH_HOOKS
 from kdcore.context import ColumnName, Role
 from kdcore.dataflow import DATA_COLUMNS
 from kdcore.plan import build_plan, check_distributed
@@ -156,7 +157,11 @@ class ColumnWriter(kdcore.Component):
         hook = self.params.hook
         return {self.params.column: int(hook.partition("@")[2] or 1)} if "late" in hook else {}
 
-    def weight(self, ctx, batch):
+    def writes_in_batch(self):
+        hook = self.params.hook  # a batch hook's name: written there ("": in select, its own)
+        return {self.params.column: hook} if hook in BATCH_HOOKS else super().writes_in_batch()
+
+    def select(self, ctx, batch):
         return None
 
 
@@ -170,12 +175,39 @@ class LateTwo(kdcore.Component):
         return dict.fromkeys(self.written_columns(), 3)
 
 
+class BatchReader(kdcore.Component):
+    """Reads ``column`` in the batch hook ``hook`` (declared; it overrides ``select`` only)."""
+
+    Params = AtStartParams
+    description = "test reader of a column in a chosen batch hook"
+
+    def reads_in_batch(self):
+        return {self.params.column: self.params.hook}
+
+    def select(self, ctx, batch):
+        return None
+
+
+class TransferReader(kdcore.Component):
+    """Reads ``column`` in its ``transfer`` hook (the last of a batch's kinds)."""
+
+    Params = TakerParams
+    description = "test reader of a column in transfer"
+
+    def roles(self):
+        return ()
+
+    def transfer(self, ctx, batch):
+        return torch.zeros(len(batch))
+
+
 class Components:
     @hookimpl
     def kdcore_add_components(self):
         return {"taker": Taker, "writer": Writer, "everything": Everything, "picky": Picky,
                 "local": Local, "local_why": LocalWhy, "start_reader": StartReader,
-                "column_writer": ColumnWriter, "late_two": LateTwo}
+                "column_writer": ColumnWriter, "late_two": LateTwo,
+                "transfer_reader": TransferReader, "batch_reader": BatchReader}
 
 
 SOURCE = "recipes/under_test.toml"  # every refusal names the recipe file
@@ -373,7 +405,7 @@ def test_a_column_is_readable_after_its_writer_in_the_stage_not_before():
     _plan(teacher_stage(1), _student(component("writer"), _reader("w/writer")))
     err = _assert_refused(teacher_stage(1), _student(_reader("w/writer"), component("writer")))
     assert err.key == "stages[1].components[0].params.column"
-    written = sorted([*DATA_COLUMNS, "loss/ce", "loss/ce/teacher", "logits/teacher"])
+    written = sorted([*DATA_COLUMNS, "loss/ce", "logits/teacher"])
     assert err.detail == (
         "component 'reader' (taker) reads ledger column 'w/writer', which nothing placed "
         f"before it writes; written by then: {', '.join(written)}")
@@ -392,9 +424,11 @@ def test_a_column_of_an_earlier_stage_is_readable_in_every_later_one():
 
 
 def test_the_engines_records_serve_later_stages_only():
-    # loss/<term> and loss/<term>/<role>, logits/<trained role>: at the end of a stage's epoch
+    # loss/<term> (loss/<term>/<role> where it serves several models: see below), logits/<trained
+    # role>: at the end of a stage's epoch
+    both = stage("teacher", 1, ["teacher", "student"], component("ce"))
     for column in ("loss/ce", "loss/ce/teacher", "logits/teacher"):
-        _plan(teacher_stage(1), _student(_reader(column)))
+        _plan(both if "/ce/" in column else teacher_stage(1), _student(_reader(column)))
         err = _assert_refused(stage("teacher", 1, ["teacher"], component("ce"), _reader(column)))
         assert err.key == "stages[0].components[1].params.column"
         assert "which nothing placed before it writes" in err.detail
@@ -407,10 +441,27 @@ def test_the_engines_records_serve_later_stages_only():
 
 
 def test_a_selector_or_weighter_makes_its_hook_columns_readable_later_in_the_stage():
+    for column in ("select/reader0", "select/reader0/student"):
+        _plan(teacher_stage(1), _student(
+            component("taker", "reader0"), component("writer"), _reader(column)))
     for column in ("select/reader0", "select/reader0/student", "weight/writer",
                    "weight/writer/student"):
         _plan(teacher_stage(1), _student(
-            component("taker", "reader0"), component("writer"), _reader(column)))
+            component("taker", "reader0"), component("writer"),
+            component("transfer_reader", "reader", params={"column": column})))
+    # a batch calls every select hook before any weight hook: a selector placed after the
+    # weighter does not find its column at the stage's first batch
+    for column in ("weight/writer", "weight/writer/student"):
+        err = _assert_refused(teacher_stage(1), _student(component("writer"), _reader(column)))
+        assert err.key == "stages[1].components[1].params.column"
+        assert err.detail == (
+            f"component 'reader' (taker) reads ledger column '{column}' in its select hook, but "
+            "'writer' (writer) writes it in its weight hook, which runs after every select hook "
+            "of a batch, so the first batch of stage 's' does not have it yet; read a column "
+            "written by then, or this one in a later stage")
+    # in a later stage it is there
+    _plan(teacher_stage(1), _student(component("writer")),
+          stage("t", 1, ["student"], _reader("weight/writer"), component("ce")))
     err = _assert_refused(teacher_stage(1), _student(component("writer"),
                                                      _reader("weight/writer/teacher")))
     assert "weight/writer/teacher" in err.detail
@@ -591,6 +642,176 @@ def test_a_hook_column_is_read_at_a_stages_start_only_in_a_later_stage():
         _plan(teacher_stage(1), _student(*writers),
               stage("t", 1, ["student"], _start_reader(column, "on_stage_start"),
                     component("ce")))
+
+
+# the order in which a batch calls its hooks, written out by hand (kdcore.step, hookspecs)
+BATCH_ORDER = ["refine", "select", "weight", "transfer", "backward", "after_step"]
+
+
+def _batch_reader(column, hook):
+    return component("batch_reader", "late", params={"column": column, "hook": hook})
+
+
+@pytest.mark.parametrize("written", BATCH_ORDER)
+@pytest.mark.parametrize("read", BATCH_ORDER)
+def test_a_column_read_in_a_batch_hook_is_written_by_that_hook_of_the_first_batch(written, read):
+    """A column written in the batches is there for a hook of the same batch that runs after
+    the writer's (every refine, then every select, weight, transfer, backward, after_step; in
+    recipe order within one): AWE's ``weight`` hook reading a mask SMKD writes in its
+    ``transfer`` had passed ``check`` and stopped the run at its stage's first batch."""
+    assert BATCH_HOOKS == tuple(BATCH_ORDER)
+    stages = (teacher_stage(1), _student(_column_writer("bw", written),
+                                         _batch_reader("w/c", read)))
+    if BATCH_ORDER.index(written) <= BATCH_ORDER.index(read):
+        _plan(*stages)
+        return
+    err = _assert_refused(*stages)
+    assert err.key == "stages[1].components[1].params.column"
+    assert err.detail == (
+        f"component 'late' (batch_reader) reads ledger column 'w/c' in its {read} hook, but "
+        f"'bw' (column_writer) writes it in its {written} hook, which runs after every {read} "
+        "hook of a batch, so the first batch of stage 's' does not have it yet; read a column "
+        "written by then, or this one in a later stage")
+    # there before the stage's first batch (another writer, or an earlier stage): no refusal
+    _plan(teacher_stage(1), _student(_column_writer("sw", "on_epoch_start"),
+                                     _column_writer("bw", written), _batch_reader("w/c", read)))
+    _plan(teacher_stage(1), _student(_column_writer("bw", written)),
+          stage("t", 1, ["student"], _batch_reader("w/c", read), component("ce")))
+
+
+def test_the_earliest_of_several_writers_in_the_batches_counts():
+    for first, second in (("select", "transfer"), ("transfer", "select")):
+        _plan(teacher_stage(1), _student(_column_writer("a", first), _column_writer("b", second),
+                                         _batch_reader("w/c", "weight")))
+    err = _assert_refused(teacher_stage(1), _student(
+        _column_writer("a", "after_step"), _column_writer("b", "transfer"),
+        _batch_reader("w/c", "weight")))
+    assert "but 'b' (column_writer) writes it in its transfer hook" in err.detail
+    err = _assert_refused(teacher_stage(1), _student(
+        _column_writer("a", "transfer"), _column_writer("b", "transfer"),
+        _batch_reader("w/c", "weight")))
+    assert "but 'a' (column_writer) writes it in its transfer hook" in err.detail
+    # a writer that says nothing of when it writes is taken on trust
+    class Silent(ColumnWriter):
+        def writes_in_batch(self):
+            return {}
+
+    class More:
+        @hookimpl
+        def kdcore_add_components(self):
+            return {"silent": Silent}
+
+    host = PluginHost(extra=[Components(), More()])
+    _plan(teacher_stage(1), _student(component("silent", "a", params={"column": "w/c",
+                                                                        "hook": ""}),
+                                     _batch_reader("w/c", "refine")), host=host)
+
+
+@pytest.mark.parametrize(("writer", "column"), [
+    (component("smkd"), "select/smkd/student"), (component("dml"), "select/dml/peer"),
+    (component("mlc", models=["student"]), "loss/mlc")])
+def test_a_weight_hook_does_not_read_what_a_transfer_of_its_batch_writes(writer, column):
+    """AWE's ``weight`` hook reading a mask SMKD writes in its ``transfer`` (or MLC's
+    per-sample loss, written there too) passed ``check`` and stopped the run at its stage's
+    first batch: "no ledger column 'select/smkd/student'". A later stage may read it."""
+    awe = component("awe", models=["student"], params={
+        "loss_mode": "confidence", "selection": column, "confidence": column} if column.startswith(
+            "select") else {"confidence": column})
+    recipe = tiny_recipe(teacher_stage(1), stage("s", 1, ["student", "peer"], writer, awe,
+                                                 component("ce")),
+                         models={**MODELS, "peer": MODELS["student"]}, gold_per_class=3)
+    with pytest.raises(RecipeError) as err:
+        build_plan(recipe_from_dict(recipe), PluginHost())
+    use = writer["use"]
+    assert str(err.value).endswith(
+        f"reads ledger column '{column}' in its weight hook, but '{use}' ({use}) writes it in "
+        "its transfer hook, which runs after every weight hook of a batch, so the first batch "
+        "of stage 's' does not have it yet; read a column written by then, or this one in a "
+        "later stage")
+    recipe["stages"][1]["components"].remove(awe)
+    recipe["stages"].append(stage("t", 1, ["student"], awe, component("ce")))
+    build_plan(recipe_from_dict(recipe), PluginHost())
+
+
+def test_a_terms_losses_are_recorded_per_model_for_the_whole_run_where_it_serves_several():
+    """A teacher stage's ``loss/ce`` beside a later two-model stage's ``loss/ce/<role>``: the
+    history cannot keep a column and a folder of columns under one name, and the run stopped
+    at the second stage's first epoch end (h5py's 'Incompatible object (Dataset) already
+    exists'). One form per label: per model in every stage if any stage gives it several."""
+    both = stage("both", 1, ["teacher", "student"], component("ce"))
+    plan = _plan(teacher_stage(1), both)
+    assert plan.per_model_losses == {"ce"}
+    assert _plan(teacher_stage(1), _student()).per_model_losses == frozenset()  # one each
+    # a selector or weighter serving two models records no loss
+    assert _plan(teacher_stage(1), stage("both", 1, ["teacher", "student"], component("writer"),
+                                         component("ce", "t", models=["teacher"]),
+                                         component("ce", "s", models=["student"]))
+                 ).per_model_losses == frozenset()
+    # the data flow names the form written
+    later = stage("t", 1, ["student"], _reader("loss/ce/teacher"), component("ce", "c"))
+    _plan(teacher_stage(1), both, later)
+    err = _assert_refused(teacher_stage(1), both,
+                          stage("t", 1, ["student"], _reader("loss/ce"), component("ce", "c")))
+    assert "'loss/ce' (did you mean 'loss/ce/teacher'?), which nothing placed" in err.detail
+    assert "logits/teacher, loss/ce/student, loss/ce/teacher, noisy_label" in err.detail
+    err = _assert_refused(teacher_stage(1), _student(),
+                          stage("t", 1, ["student"], _reader("loss/ce/student"),
+                                component("ce", "c")))
+    assert err.detail.startswith("component 'reader' (taker) reads ledger column "
+                                 "'loss/ce/student' (did you mean 'logits/student'?)")
+    assert err.detail.endswith("logits/teacher, loss/ce, noisy_label, target")
+
+
+def test_by_default_a_component_reads_in_its_first_batch_hook_and_writes_in_its_last():
+    spec = kdcore.ComponentSpec("e", "everything", ("student", "teacher"))
+
+    class Reads(Everything):
+        writes = ("own/{name}", "late/{name}", "start/{name}")
+        Params = AtStartParams  # column read in the batches, also at the start
+
+        def reads(self):
+            return (self.params.column, self.params.also)
+
+        def reads_at_start(self):
+            return {self.params.also: "on_epoch_start"}
+
+        def writes_at_start(self):
+            return {"start/e": "on_epoch_start"}
+
+        def late_writes(self):
+            return {"late/e": 2}
+
+    comp = Reads(AtStartParams("r/a", also="r/b"), spec)
+    assert comp.reads_in_batch() == {"r/a": "refine"}
+    hook_columns = {f"{hook}/e{role}": hook for hook in ("select", "weight")
+                    for role in ("", "/student", "/teacher")}
+    assert comp.writes_in_batch() == {**hook_columns, "target": "refine",
+                                      "own/e": "after_step"}
+
+    class Plain(kdcore.Component):  # no batch hook: nothing read or written in the batches
+        Params = TakerParams
+        writes = ("p/{name}",)
+
+        def on_epoch_end(self, ctx, metrics):
+            pass
+
+    plain = Plain(TakerParams(ColumnName("x/y")), spec)
+    assert plain.reads() == ("x/y",) and plain.reads_in_batch() == {}
+    assert plain.writes_in_batch() == {}
+
+    class Transfers(Plain):
+        def transfer(self, ctx, batch):
+            return None
+
+        def backward(self, ctx, batch, role, loss):
+            return False
+
+        def writes_at_start(self):
+            return {}
+
+    both = Transfers(TakerParams(ColumnName("x/y")), spec)
+    assert both.reads_in_batch() == {"x/y": "transfer"}
+    assert both.writes_in_batch() == {"p/e": "backward"}
 
 
 def test_a_columns_kind_is_the_last_writers_and_the_engines_records_are_values():

@@ -90,6 +90,25 @@ def test_per_role_results_reach_their_own_role_and_column():
     assert [p.column for p in r.losses_per_sample] == ["loss/mutual/p", "loss/mutual/q"]
 
 
+def test_a_terms_record_is_per_model_where_the_plan_says_so_else_where_it_serves_several():
+    one = Fn("one", models=("p",), transfer=lambda b: torch.ones(4))
+    two = Fn("two", models=("p", "q"), transfer=lambda b: torch.ones(4))
+    learner = Fn("learner", models=("p", "q"), transfer=lambda b: {"q": torch.ones(4)})
+
+    def columns(**kw):
+        r = combine(batch4(), refiners=[], selectors=[], weighters=[],
+                    transfers=[one, two, learner], context=lambda c: None, **kw)
+        return [p.column for p in r.losses_per_sample]
+
+    # without the plan's word: by what the batch's term was given for
+    assert columns() == ["loss/one", "loss/two/p", "loss/two/q", "loss/learner"]
+    # the plan's: one form per label for the whole run, whatever a batch returned
+    assert columns(per_model_losses={"one", "learner"}) == [
+        "loss/one/p", "loss/two", "loss/two", "loss/learner/q"]
+    assert columns(per_model_losses=frozenset()) == [
+        "loss/one", "loss/two", "loss/two", "loss/learner"]
+
+
 def test_an_all_false_mask_gives_zero_not_nan_and_abstaining_hooks_change_nothing():
     none = Fn("none", select=lambda b: torch.zeros(4, dtype=torch.bool))
     quiet = Fn("quiet", weigh=lambda b: None)

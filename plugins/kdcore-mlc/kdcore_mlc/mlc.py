@@ -24,7 +24,7 @@ import attrs
 import torch
 
 import kdcore
-from kdcore.context import StartHook
+from kdcore.context import BatchHook, StartHook
 from kdcore.device import check_fits
 from kdcore.losses import soft_cross_entropy
 from kdcore.meta import named_trainable
@@ -95,6 +95,11 @@ class MLC(kdcore.Component):
     def writes_at_start(self) -> dict[str, StartHook]:
         """None: ``loss/<name>`` is written in the batches."""
         return {}
+
+    def writes_in_batch(self) -> dict[str, BatchHook]:
+        """``loss/<name>`` in ``transfer`` (not in ``backward``, the last batch hook it
+        overrides)."""
+        return {**super().writes_in_batch(), f"loss/{self.name}": "transfer"}
 
     def __init__(self, params: MLCParams, spec: kdcore.ComponentSpec):
         super().__init__(params, spec)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import kdcore
+from kdcore.context import BatchHook
 from kdcore.metrics import accuracy
 
 Order = Literal["simultaneous", "in_turn"]
@@ -131,6 +132,12 @@ class MutualComponent(kdcore.Component):
         written from ``transfer`` (the roles are the recipe's, so not a class attribute)."""
         own = tuple(f"select/{self.name}/{role}" for role in self.models)
         return tuple(dict.fromkeys((*super().written_columns(), *own)))
+
+    def writes_in_batch(self) -> dict[str, BatchHook]:
+        """The per-peer masks are written in ``transfer`` (not in ``backward``, the last batch
+        hook the class overrides)."""
+        own = dict.fromkeys((f"select/{self.name}/{role}" for role in self.models), "transfer")
+        return {**super().writes_in_batch(), **own}
 
     def setup(self, ctx: kdcore.RunContext) -> None:
         self._sums = {}

@@ -32,10 +32,15 @@ def make_component(use: str, params: Mapping[str, Any] | None = None,
 
 def peers_recipe(*components: Mapping[str, Any], epochs: int = 1, subset: int = 300,
                  batch: int = 64, seed: int = 0, train: Sequence[str] = ("peer_a", "peer_b"),
-                 extra_models: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The two-peer recipe data with ``components`` in its one stage, ``mutual``."""
+                 extra_models: Mapping[str, Any] | None = None,
+                 later: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The two-peer recipe data with ``components`` in its stage ``mutual`` (and ``later``,
+    with ``ce``, in a second stage where given)."""
+    stages = [stage("mutual", epochs, train, *components)]
+    if later:
+        stages.append(stage("later", 1, train, *later, make_component("ce")))
     return tiny_recipe(
-        stage("mutual", epochs, train, *components),
+        *stages,
         models={**PEERS, **(extra_models or {})}, name="peers", seed=seed, train_subset=subset,
         batch_size=batch, run={"threads": 1},
     )

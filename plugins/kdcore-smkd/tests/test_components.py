@@ -306,13 +306,21 @@ def test_bad_parameters_are_rejected(plan, component):
 
 @pytest.mark.parametrize("use", ["smkd", "dml"])
 def test_plan_checks_the_selection_columns_and_the_peer_roles(plan, component, use):
-    """Each peer's ``select/<name>/<role>`` is declared: a reader after the component is
-    wired; one before it, or one reading a role the component does not serve, is refused."""
+    """Each peer's ``select/<name>/<role>`` is declared, written in ``transfer``: a reader
+    of a later stage is wired; one before it, one at the start of its stage or in an earlier
+    hook of its batches (the column is not there yet), or one reading a role the component
+    does not serve, is refused."""
     reader = component("column_reader", {"column": f"select/{use}/peer_b"}, models=["peer_a"])
     mutual = component(use)
-    comp = plan(mutual, reader, plugins=(ColumnReaderPlugin(),)).stages[0].components[0]
+    comp = plan(mutual, later=[reader], plugins=(ColumnReaderPlugin(),)).stages[0].components[0]
     assert set(comp.written_columns()) >= {f"select/{use}/peer_a", f"select/{use}/peer_b"}
+    assert comp.writes_in_batch() == {f"select/{use}/peer_a": "transfer",
+                                      f"select/{use}/peer_b": "transfer"}
+    assert comp.writes_at_start() == {}
     assert comp.roles() == () and comp.reads() == ()
+    with pytest.raises(kdcore.RecipeError, match=f"'select/{use}/peer_b' in on_epoch_start, "
+                       "before stage 'mutual' trains its first batch"):
+        plan(mutual, reader, plugins=(ColumnReaderPlugin(),))
     with pytest.raises(kdcore.RecipeError, match=f"'select/{use}/peer_b'"):
         plan(reader, mutual, plugins=(ColumnReaderPlugin(),))
     other = component("column_reader", {"column": f"select/{use}/peer_c"}, models=["peer_a"])
