@@ -286,6 +286,13 @@ class Component:
         """Take over the backward pass of model ``role``; True when it did."""
         return False
 
+    def gradient_free_roles(self) -> tuple[str, ...]:
+        """The served models whose term from this component carries no gradient, as the
+        parameters decide (computed from detached outputs only: ``relational_kd`` with
+        ``detach_student``). The plan refuses a stage whose trained models get only such terms:
+        none could learn (the run had stopped at the stage's first batch). Default: none."""
+        return ()
+
     def backward_roles(self) -> tuple[str, ...]:
         """The model roles whose backward pass :meth:`backward` takes over, as the parameters
         decide (a trained role among them): the plan refuses two components of a stage that

@@ -294,15 +294,27 @@ def _check_backward_taken_once(recipe: Recipe, stages: Sequence[StagePlan]) -> N
 
 
 def _check_trained(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
-    """A model a stage trains gets a loss term there: else its optimiser only decays it."""
+    """A model a stage trains gets a loss term there (else its optimiser only decays it), and
+    one of them a term with a gradient (else none can learn, and the first batch stops)."""
     for stage in stages:
         termed = {role for comp in stage.transfers for role in comp.models}
-        for role in stage.config.train:
+        train = stage.config.train
+        for role in train:
             if role not in termed:
                 raise RecipeError(
                     f"stage '{stage.config.name}' trains '{role}', but none of its components "
                     f"gives '{role}' a loss term; add one (ce, say), or leave '{role}' out of "
                     "train", file=recipe.source, key=f"stages[{stage.index}].train")
+        if train and not any(role in c.models and role not in c.gradient_free_roles()
+                             for c in stage.transfers for role in train):
+            free = ", ".join(f"'{c.name}' ({c.spec.use})" for c in stage.transfers
+                             if not set(train).isdisjoint(c.models))
+            raise RecipeError(
+                f"stage '{stage.config.name}' trains {', '.join(map(repr, train))}, but every "
+                f"term it gives {'them' if len(train) > 1 else 'it'} carries no gradient "
+                f"({free}: computed from detached outputs), so nothing can learn; add a term "
+                "with a gradient (ce, say)", file=recipe.source,
+                key=f"stages[{stage.index}].train")
 
 
 __all__ = ["RunPlan", "StagePlan", "build_components", "build_plan"]

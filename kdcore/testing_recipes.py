@@ -79,7 +79,7 @@ def random_composition(rng: random.Random, names: Sequence[str], *, must: Sequen
                        trains: Sequence[Sequence[str]] = (("student",), ("student", "peer")),
                        first: bool = False, epochs: int = 3, again: float = 0.4,
                        host: PluginHost | None = None, numbers: bool = False,
-                       **recipe: Any) -> dict[str, Any]:
+                       retrain: bool = False, **recipe: Any) -> dict[str, Any]:
     """Recipe data composing components at random, to test how they work together.
 
     Stage ``s`` trains one of ``trains`` (the models are :data:`MODELS` and :data:`PEER`) for
@@ -88,10 +88,11 @@ def random_composition(rng: random.Random, names: Sequence[str], *, must: Sequen
     the stage's models or, one time in four, some of them. Stage ``s`` follows a one-epoch
     teacher stage, or comes first with ``first`` (so that a run's first batch calls its
     components); with probability ``again``, a stage ``t`` of 2 epochs repeats the entries
-    (each starts from its state in ``s``). With ``host``, each entry also sets each of its
-    component's ``Literal`` and ``bool`` parameters, half of them, to a value drawn from its
-    type (:func:`random_choices`), and with ``numbers`` a third of its numbers. ``recipe``
-    goes to :func:`tiny_recipe`.
+    (each starts from its state in ``s``; with ``retrain``, training another draw of
+    ``trains``, so that one label serves other models there). With ``host``, each entry also
+    sets each of its component's ``Literal`` and ``bool`` parameters, half of them, to a value
+    drawn from its type (:func:`random_choices`), and with ``numbers`` a third of its numbers.
+    ``recipe`` goes to :func:`tiny_recipe`.
 
     Many draws are recipes that ``kdcore check`` refuses (a peer method with one model, a
     selector of two models): :func:`accepted_compositions` keeps the ones it accepts.
@@ -111,7 +112,10 @@ def random_composition(rng: random.Random, names: Sequence[str], *, must: Sequen
     stages = [stage("s", epochs, train, *comps)]
     stages.insert(len(stages) if first else 0, teacher_stage(1))
     if rng.random() < again:
-        stages.append(stage("t", 2, train, *comps))
+        later = list(rng.choice(trains)) if retrain else train
+        stages.append(stage("t", 2, later, *(
+            {k: v for k, v in c.items() if k != "models" or set(v) <= set(later)}
+            for c in comps)))
     return tiny_recipe(*stages, models={**MODELS, "peer": PEER}, **recipe)
 
 

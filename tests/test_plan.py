@@ -762,6 +762,32 @@ def test_a_terms_losses_are_recorded_per_model_for_the_whole_run_where_it_serves
     assert err.detail.endswith("logits/teacher, loss/ce, noisy_label, target")
 
 
+def test_a_stage_whose_trained_models_get_only_terms_without_gradient_is_refused():
+    """``relational_kd`` with ``detach_student`` (the AML-KD release's no-op) as a stage's
+    only term passed ``check`` and stopped the run at its first batch: "model 'student' got a
+    loss without gradient ..., so it cannot learn"."""
+    detached = component("relational_kd", params={"detach_student": True})
+    err = _assert_refused(teacher_stage(1), stage("s", 1, ["student"], detached))
+    assert err.key == "stages[1].train"
+    assert err.detail == (
+        "stage 's' trains 'student', but every term it gives it carries no gradient "
+        "('relational_kd' (relational_kd): computed from detached outputs), so nothing can "
+        "learn; add a term with a gradient (ce, say)")
+    peer = {**MODELS, "peer": MODELS["student"]}
+    err = _assert_refused(teacher_stage(1), stage("s", 1, ["student", "peer"], detached),
+                          models=peer)
+    assert err.detail.startswith("stage 's' trains 'student', 'peer', but every term it gives "
+                                 "them carries no gradient ('relational_kd' (relational_kd)")
+    # a term with a gradient beside it, for that model or another the stage trains; or the
+    # term without detach_student
+    _plan(teacher_stage(1), stage("s", 1, ["student"], detached, component("ce")))
+    _plan(teacher_stage(1), stage("s", 1, ["student", "peer"], detached,
+                                  component("ce", models=["peer"])), models=peer)
+    _plan(teacher_stage(1), stage("s", 1, ["student"], component("relational_kd")))
+    assert _plan(teacher_stage(1), stage("s", 1, ["student"], detached, component("ce"))
+                 ).stages[1].components[0].gradient_free_roles() == ("student",)
+
+
 def test_by_default_a_component_reads_in_its_first_batch_hook_and_writes_in_its_last():
     spec = kdcore.ComponentSpec("e", "everything", ("student", "teacher"))
 
@@ -783,6 +809,7 @@ def test_by_default_a_component_reads_in_its_first_batch_hook_and_writes_in_its_
 
     comp = Reads(AtStartParams("r/a", also="r/b"), spec)
     assert comp.reads_in_batch() == {"r/a": "refine"}
+    assert comp.gradient_free_roles() == ()  # every term has its gradient, by default
     hook_columns = {f"{hook}/e{role}": hook for hook in ("select", "weight")
                     for role in ("", "/student", "/teacher")}
     assert comp.writes_in_batch() == {**hook_columns, "target": "refine",

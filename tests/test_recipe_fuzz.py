@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import re
 import shutil
 import tomllib
 import typing
@@ -456,12 +457,30 @@ def _columns(rng: random.Random, source: str, data: dict[str, Any], text: str
             {"text": recipe_from_dict(recipe).to_toml()})
 
 
+def _stages(rng: random.Random, source: str, data: dict[str, Any], text: str
+            ) -> tuple[str, dict[str, Any]]:
+    """Registered components composed at random in a stage, then repeated under the same
+    labels in a later stage that trains other models: found this way, a term serving one model
+    and then two (``loss/ce`` beside ``loss/ce/<role>``, which the history cannot keep)."""
+    global _HOST
+    _HOST = _HOST or PluginHost()
+    recipe = random_composition(
+        rng, _HOST.components.names(), epochs=1, again=1.0, retrain=True, host=_HOST,
+        trains=[["student"], ["student", "peer"], ["teacher", "student"], ["peer"]],
+        train_subset=200)
+    described = "; ".join(f"{s['name']} {s['train']}: "
+                          + ", ".join(c.get("name", c["use"]) for c in s["components"])
+                          for s in recipe["stages"])
+    return f"stages {described}", {"text": recipe_from_dict(recipe).to_toml()}
+
+
 CATEGORIES: dict[str, tuple[Mutator, int]] = {
     "syntax": (_syntax, 45), "types": (_types, 45), "ranges": (_ranges, 80),
     "names": (_names, 35), "roles": (_roles, 40), "wiring": (_wiring, 30), "nul": (_nul, 20),
     "devices": (_devices, 15), "extends": (_extends, 15), "data": (_data, 20),
     "paths": (_paths, 15), "added": (_added, 55), "compose": (_compose, 60),
     "numbers": (functools.partial(_compose, numbers=True), 40), "columns": (_columns, 40),
+    "stages": (_stages, 40),
 }
 
 
@@ -503,6 +522,10 @@ def test_the_generator_makes_enough_distinct_mutants():
     assert len(set(numbered)) == 40 and sum(any(ch.isdigit() for ch in d) for d in numbered) > 30
     wired = [c.describe for c in CASES if "-columns-" in c.id]
     assert len(set(wired)) == 40 and sum("none" not in d for d in wired) > 30
+    # the later stage trains other models than the first, under the same labels, in many
+    staged = [c.describe for c in CASES if "-stages-" in c.id]
+    moved = [d for d in staged if re.search(r"s (\[[^]]*\]):.*; t (?!\1)", d)]
+    assert len(set(staged)) == 40 and len(moved) > 20
     assert len({(c.source, c.describe, c.text, c.extra) for c in CASES}) >= 250
     assert {c.source for c in CASES} == {*SHIPPED, *TINY}
 

@@ -141,6 +141,10 @@ class RelationalKD(kdcore.Component):
     learns_from = ("teacher",)
     description = "relational Gram-matrix MSE (AML-KD, optional)"
 
+    def gradient_free_roles(self) -> tuple[str, ...]:
+        """With ``detach_student``, every served model's term is the release's no-op."""
+        return tuple(self.models) if self.params.detach_student else ()
+
     def transfer(self, ctx: RunContext, batch: kdcore.Batch) -> kdcore.PerSample:
         teacher = batch.out(self.params.teacher).features.detach()
         out = {}
