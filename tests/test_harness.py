@@ -15,7 +15,7 @@ from torch import nn
 from kdcore import Component, RecipeError, Role
 from kdcore.builtin.components import AllSamples, CrossEntropy, HintonKD, LabelSmoothing
 from kdcore.component import Batch, ComponentSpec
-from kdcore.context import BatchStore, ModelOutput
+from kdcore.context import BatchStore, ColumnName, ModelOutput
 from kdcore.recipe import StageConfig
 from kdcore.testing import TinyNet, harness
 
@@ -224,6 +224,19 @@ def test_declared_roles_columns_and_kinds():
     assert weigh.written_column_kinds() == {"weight/w": "weight", "weight/w/a": "weight"}
     # the base hook leaves the backward pass to the engine
     assert weigh.backward(None, None, "a", torch.tensor(0.0)) is False
+
+
+def test_the_column_reader_declares_it_reads_at_each_epoch_start():
+    """Undeclared, a reader of a selector's mask of its own stage passed ``check`` and the run
+    stopped at the stage's first epoch start."""
+    from kdcore.testing import ColumnReader
+
+    spec = ComponentSpec("r", "column_reader", ("student",))
+    reader = ColumnReader(ColumnReader.Params(ColumnName("select/s")), spec)
+    assert reader.reads() == ("select/s",)
+    assert reader.reads_at_start() == {"select/s": "on_epoch_start"}
+    assert reader.reads_in_batch() == {}  # it has no batch hook
+    assert ColumnReader(ColumnReader.Params(), spec).reads_at_start() == {}
 
 
 def test_tinynet_layers():

@@ -182,7 +182,8 @@ class BatchReader(kdcore.Component):
     description = "test reader of a column in a chosen batch hook"
 
     def reads_in_batch(self):
-        return {self.params.column: self.params.hook}
+        also = {self.params.also: self.params.hook} if self.params.also else {}
+        return {**also, self.params.column: self.params.hook}
 
     def select(self, ctx, batch):
         return None
@@ -677,6 +678,11 @@ def test_a_column_read_in_a_batch_hook_is_written_by_that_hook_of_the_first_batc
                                      _column_writer("bw", written), _batch_reader("w/c", read)))
     _plan(teacher_stage(1), _student(_column_writer("bw", written)),
           stage("t", 1, ["student"], _batch_reader("w/c", read), component("ce")))
+    # every column a reader reads is checked, not only its first
+    also = component("batch_reader", "late", params={"column": "w/c", "hook": read,
+                                                     "also": "noisy_label"})
+    err = _assert_refused(teacher_stage(1), _student(_column_writer("bw", written), also))
+    assert "reads ledger column 'w/c' in its" in err.detail
 
 
 def test_the_earliest_of_several_writers_in_the_batches_counts():
@@ -774,10 +780,12 @@ def test_a_stage_whose_trained_models_get_only_terms_without_gradient_is_refused
         "('relational_kd' (relational_kd): computed from detached outputs), so nothing can "
         "learn; add a term with a gradient (ce, say)")
     peer = {**MODELS, "peer": MODELS["student"]}
-    err = _assert_refused(teacher_stage(1), stage("s", 1, ["student", "peer"], detached),
+    again = component("relational_kd", "again", params={"detach_student": True})
+    err = _assert_refused(teacher_stage(1), stage("s", 1, ["student", "peer"], detached, again),
                           models=peer)
     assert err.detail.startswith("stage 's' trains 'student', 'peer', but every term it gives "
-                                 "them carries no gradient ('relational_kd' (relational_kd)")
+                                 "them carries no gradient ('relational_kd' (relational_kd), "
+                                 "'again' (relational_kd): computed from detached outputs)")
     # a term with a gradient beside it, for that model or another the stage trains; or the
     # term without detach_student
     _plan(teacher_stage(1), stage("s", 1, ["student"], detached, component("ce")))

@@ -50,6 +50,9 @@ def test_relational_kd_detach_option():
     out = h.component.transfer(h.ctx, batch)["student"]
     expected = gram_mse(batch.out("student").features, batch.out("teacher").features)
     assert out.item() == pytest.approx(expected.item()) and not out.requires_grad
+    # declared, so that a stage with nothing else to learn from is refused before training
+    assert h.component.gradient_free_roles() == ("student",)
+    assert _harness(RelationalKD).component.gradient_free_roles() == ()
 
 
 def test_roles_declared():

@@ -66,6 +66,8 @@ def test_one_batch_through_refine_transfer_and_backward():
     # its per-sample CE against y^c is recorded in its declared column
     assert "loss/mlc" in mlc.written_columns()
     assert mlc.writes_at_start() == {}  # written in the batches: not there at a stage's start
+    # in transfer: after every select and weight hook of the batch, before its backward
+    assert mlc.writes_in_batch() == {"target": "refine", "loss/mlc": "transfer"}
     torch.testing.assert_close(h.run.ledger["loss/mlc"][batch.index],
                                soft_cross_entropy(net(batch.x)[0].detach(), expected))
     assert h.run.ledger.producer("loss/mlc") == "mlc"
