@@ -286,6 +286,13 @@ class Component:
         """Take over the backward pass of model ``role``; True when it did."""
         return False
 
+    def lr_roles(self) -> tuple[str, ...]:
+        """The models whose learning rate this component follows (``ctx.lr``), as the
+        parameters decide (AWE's WeightNet with ``lr = 0``): the plan refuses one that no stage
+        up to the component's trains, since it has no optimiser then (the run had stopped at
+        the first call). Default: none."""
+        return ()
+
     def gradient_free_roles(self) -> tuple[str, ...]:
         """The served models whose term from this component carries no gradient, as the
         parameters decide (computed from detached outputs only: ``relational_kd`` with

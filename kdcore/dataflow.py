@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from loguru import logger
@@ -41,15 +41,15 @@ class Stage(Protocol):
     components: list[Component]
 
 
-def per_model_losses(stages: Sequence[Stage]) -> frozenset[str]:
+def per_model_losses(components: Iterable[Component]) -> frozenset[str]:
     """The labels of the transfer terms whose per-sample losses the engine records per model,
-    ``loss/<name>/<role>``, in every stage of the run: those that serve more than one model in
-    some stage (the others record ``loss/<name>``). One form per label for the whole run: a
+    ``loss/<name>/<role>``, in every stage of the run: those among ``components`` (every
+    stage's) that serve more than one model (the others record ``loss/<name>``). One form per
+    label for the whole run: a
     teacher stage's ``loss/ce`` and a later two-model stage's ``loss/ce/<role>`` cannot both
     be kept by the history (a name is not a column and a folder of columns at once; such a
     recipe had passed ``check`` and stopped the run at its second stage's first epoch end)."""
-    return frozenset(c.name for stage in stages for c in stage.components
-                     if "transfer" in c.kinds() and len(c.models) > 1)
+    return frozenset(c.name for c in components if "transfer" in c.kinds() and len(c.models) > 1)
 
 
 def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
@@ -67,7 +67,7 @@ def check_columns(recipe: Recipe, stages: Sequence[Stage]) -> set[str]:
     # the columns known to hold a row of numbers per sample (besides those of kind target,
     # which a reader of one number does not take), and who writes them so
     rows: dict[str, str] = {}
-    per_role = per_model_losses(stages)
+    per_role = per_model_losses(c for stage in stages for c in stage.components)
     for stage in stages:
         # per-sample losses and training logits reach the ledger at the end of a stage's first
         # epoch, so they serve later stages

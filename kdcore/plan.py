@@ -116,10 +116,12 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
     _check_self_taught(recipe, stages)
     _check_backward_taken_once(recipe, stages)
     _check_trained(recipe, stages)
+    _check_lr_roles(recipe, stages)
     check_history_skip(recipe, check_columns(recipe, stages))
     _check_precision(recipe, stages)
     _check_cached_outputs(recipe)
-    return RunPlan(recipe, stages, models, augmentations, per_model_losses(stages))
+    return RunPlan(recipe, stages, models, augmentations,
+                   per_model_losses(c for stage in stages for c in stage.components))
 
 
 def build_components(recipe: Recipe, host: PluginHost, s: int) -> list[Component]:
@@ -315,6 +317,23 @@ def _check_trained(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                 f"({free}: computed from detached outputs), so nothing can learn; add a term "
                 "with a gradient (ce, say)", file=recipe.source,
                 key=f"stages[{stage.index}].train")
+
+
+def _check_lr_roles(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
+    """A model whose learning rate a component follows has an optimiser by then: a stage up
+    to the component's trains it."""
+    trained: set[str] = set()
+    for stage in stages:
+        trained.update(stage.config.train)
+        for comp in stage.components:
+            for role in comp.lr_roles():
+                if role not in trained:
+                    raise RecipeError(
+                        f"component '{comp.name}' ({comp.spec.use}) follows the learning rate "
+                        f"of '{role}', which no stage up to '{stage.config.name}' trains (it "
+                        f"has no optimiser yet); give the component a learning rate of its "
+                        f"own, or train '{role}' by then", file=recipe.source,
+                        key=component_key(recipe, stage.index, comp))
 
 
 __all__ = ["RunPlan", "StagePlan", "build_components", "build_plan"]

@@ -20,6 +20,7 @@ from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.config import structure
 from kdcore.context import ColumnName, RunContext, StartHook
 from kdcore.data.base import ArrayDataset
+from kdcore.dataflow import per_model_losses
 from kdcore.hook_writes import HookWrites
 from kdcore.hookspecs import hookimpl
 from kdcore.ledger import Ledger
@@ -76,7 +77,8 @@ class Harness:
         writes.index = batch.index
         result = combine(batch, refiners=refiners, selectors=selectors, weighters=weighters,
                          transfers=transfers, context=lambda _: self.ctx, record=writes.write,
-                         abstain=writes.abstained)
+                         abstain=writes.abstained,
+                         per_model_losses=per_model_losses([self.component]))
         check_outputs(self.run.ledger, refiners, selectors, weighters)
         return result
 

@@ -352,3 +352,18 @@ def test_a_step_of_a_transfer_and_a_refiner_as_a_run_takes_them():
     torch.testing.assert_close(smooth.run.ledger["target"][1],
                                torch.tensor([0.1, 0.8, 0.1]))  # (1 - 0.3) one-hot + 0.3 / 3
     assert smooth.run.ledger.producer("target") == "ls"
+
+
+def test_a_steps_loss_records_take_the_column_a_run_of_the_component_would():
+    """A term serving two models records per model, ``loss/<name>/<role>``, even in a batch it
+    gave one of them only (a run decides the form once per label, so the history can keep it)."""
+
+    class FirstOnly(Component):
+        def transfer(self, ctx, batch):
+            return {"a": torch.zeros(len(batch))}
+
+    models = {"a": TinyNet(4, 3), "b": TinyNet(4, 3)}
+    two = harness(FirstOnly, x=X, noisy_label=NOISY, models=models, name="t", train=["a", "b"])
+    assert [p.column for p in two.step(two.batch([0, 1])).losses_per_sample] == ["loss/t/a"]
+    one = harness(FirstOnly, x=X, noisy_label=NOISY, models=models, name="t", train=["a"])
+    assert [p.column for p in one.step(one.batch([0, 1])).losses_per_sample] == ["loss/t"]

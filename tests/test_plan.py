@@ -796,6 +796,30 @@ def test_a_stage_whose_trained_models_get_only_terms_without_gradient_is_refused
                  ).stages[1].components[0].gradient_free_roles() == ("student",)
 
 
+def test_a_learning_rate_a_component_follows_is_that_of_a_model_trained_by_then():
+    """AWE's WeightNet follows its ``student``'s learning rate (``lr = 0``): in a stage that
+    trains another model, with no earlier stage training the student, it passed ``check``
+    and stopped the run at the first step ("model 'student' has no optimiser yet")."""
+    peer = {**MODELS, "peer": MODELS["student"]}
+
+    def awe(**params):
+        return component("awe", params={"seed_mode": "none", **params})
+
+    err = _assert_refused(teacher_stage(1), stage("s", 1, ["peer"], awe(), component("ce")),
+                          models=peer)
+    assert err.key == "stages[1].components[0]"
+    assert err.detail == (
+        "component 'awe' (awe) follows the learning rate of 'student', which no stage up to "
+        "'s' trains (it has no optimiser yet); give the component a learning rate of its own, "
+        "or train 'student' by then")
+    for stages in ((teacher_stage(1), stage("s", 1, ["peer"], awe(lr=0.1), component("ce"))),
+                   (teacher_stage(1), stage("s", 1, ["peer"], awe(student="teacher"),
+                                            component("ce"))),
+                   (_student(), stage("t", 1, ["peer"], awe(), component("ce"))),
+                   (teacher_stage(1), _student(awe()))):
+        _plan(*stages, models=peer)
+
+
 def test_by_default_a_component_reads_in_its_first_batch_hook_and_writes_in_its_last():
     spec = kdcore.ComponentSpec("e", "everything", ("student", "teacher"))
 
@@ -818,6 +842,7 @@ def test_by_default_a_component_reads_in_its_first_batch_hook_and_writes_in_its_
     comp = Reads(AtStartParams("r/a", also="r/b"), spec)
     assert comp.reads_in_batch() == {"r/a": "refine"}
     assert comp.gradient_free_roles() == ()  # every term has its gradient, by default
+    assert comp.lr_roles() == ()
     hook_columns = {f"{hook}/e{role}": hook for hook in ("select", "weight")
                     for role in ("", "/student", "/teacher")}
     assert comp.writes_in_batch() == {**hook_columns, "target": "refine",

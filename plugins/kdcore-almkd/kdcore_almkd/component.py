@@ -241,6 +241,10 @@ class AlmKD(kdcore.Component):
         """The student role, the one model it serves (checked by ``kdcore_configure``)."""
         return self.model
 
+    def lr_roles(self) -> tuple[str, ...]:
+        """Its update pass steps with the student's learning rate."""
+        return (self.student,)
+
     def reads(self) -> tuple[str, ...]:
         # the update's CE targets and the clean/noisy split of the epoch metrics
         return (*super().reads(), "target", "clean_mask")

@@ -101,6 +101,7 @@ def test_declared_data_flow():
     assert comp.roles() == ("teacher",)
     assert "weight/almkd" in comp.written_columns()
     assert set(comp.reads()) == {"target", "clean_mask"}
+    assert comp.lr_roles() == ("student",)  # its update pass steps with the student's
 
 
 def _run_recipe_file(name, tmp_path, *overrides):

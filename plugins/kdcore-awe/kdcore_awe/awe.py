@@ -211,6 +211,10 @@ class AWE(kdcore.Component):
                                                         for r in self.models)))
         return tuple(c for c in super().written_columns() if c not in unwritten)
 
+    def lr_roles(self) -> tuple[str, ...]:
+        """With ``lr = 0`` the WeightNet follows the student's learning rate."""
+        return () if self.params.lr else (self.params.student,)
+
     def reads_at_start(self) -> dict[str, StartHook]:
         """The seed weights need ``selection`` at each epoch start."""
         p = self.params

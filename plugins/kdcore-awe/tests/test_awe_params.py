@@ -37,3 +37,14 @@ def test_an_optimiser_setting_a_model_could_not_have_is_refused(params, needle):
 def test_the_edges_a_model_takes_are_taken():
     check_tiny(_awe(momentum=0.0, lr=10.0, weight_decay=0.0))
     check_tiny(_awe(momentum=0.999, lr=0.0, weight_decay=3.4e38))
+
+
+def test_with_lr_0_the_weightnet_follows_a_student_that_must_be_trained_by_then():
+    """Following an untrained student's learning rate stopped the run at the first step."""
+    stages = (teacher_stage(1), stage("s", 1, ["teacher"], component("awe", params={
+        "seed_mode": "none"}), component("ce")))
+    with pytest.raises(KdcoreError, match=re.escape(
+            "follows the learning rate of 'student', which no stage up to 's' trains")):
+        check_tiny(tiny_recipe(*stages))
+    stages[1]["components"][0]["params"]["lr"] = 0.05  # its own: nothing followed
+    check_tiny(tiny_recipe(*stages))
