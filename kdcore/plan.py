@@ -116,7 +116,6 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
     _check_self_taught(recipe, stages)
     _check_backward_taken_once(recipe, stages)
     _check_trained(recipe, stages)
-    _check_lr_roles(recipe, stages)
     check_history_skip(recipe, check_columns(recipe, stages))
     _check_precision(recipe, stages)
     _check_cached_outputs(recipe)
@@ -245,15 +244,30 @@ def check_distributed(plan: RunPlan, processes: int) -> None:
 
 
 def _check_roles(recipe: Recipe, stages: Sequence[StagePlan], roles: set[str]) -> None:
+    """Every role a component uses is one of [models]; one whose learning rate it follows
+    (:meth:`Component.lr_roles`) is trained by a stage up to its own, the first to give the
+    model an optimiser."""
+    trained: set[str] = set()
     for stage in stages:
+        trained.update(stage.config.train)
         for comp in stage.components:
             for role in comp.roles():
                 if role not in roles:
+                    why = ("', which [models] disables (enabled = false)"
+                           if role in recipe.models else
+                           f"'{did_you_mean(role, roles)}, which [models] does not define")
                     raise RecipeError(
-                        f"component '{comp.name}' ({comp.spec.use}) uses model role '{role}'"
-                        f"{did_you_mean(role, roles)}, which [models] does not define; "
-                        f"roles: {', '.join(sorted(roles)) or 'none'}",
+                        f"component '{comp.name}' ({comp.spec.use}) uses model role '{role}"
+                        f"{why}; roles: {', '.join(sorted(roles)) or 'none'}",
                         file=recipe.source, key=param_key(recipe, stage.index, comp, role))
+            for role in comp.lr_roles():
+                if role not in trained:
+                    raise RecipeError(
+                        f"component '{comp.name}' ({comp.spec.use}) follows the learning rate "
+                        f"of '{role}', which no stage up to '{stage.config.name}' trains (it "
+                        f"has no optimiser yet); give the component a learning rate of its "
+                        f"own, or train '{role}' by then", file=recipe.source,
+                        key=component_key(recipe, stage.index, comp))
 
 
 def _check_self_taught(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
@@ -317,23 +331,6 @@ def _check_trained(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
                 f"({free}: computed from detached outputs), so nothing can learn; add a term "
                 "with a gradient (ce, say)", file=recipe.source,
                 key=f"stages[{stage.index}].train")
-
-
-def _check_lr_roles(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
-    """A model whose learning rate a component follows has an optimiser by then: a stage up
-    to the component's trains it."""
-    trained: set[str] = set()
-    for stage in stages:
-        trained.update(stage.config.train)
-        for comp in stage.components:
-            for role in comp.lr_roles():
-                if role not in trained:
-                    raise RecipeError(
-                        f"component '{comp.name}' ({comp.spec.use}) follows the learning rate "
-                        f"of '{role}', which no stage up to '{stage.config.name}' trains (it "
-                        f"has no optimiser yet); give the component a learning rate of its "
-                        f"own, or train '{role}' by then", file=recipe.source,
-                        key=component_key(recipe, stage.index, comp))
 
 
 __all__ = ["RunPlan", "StagePlan", "build_components", "build_plan"]

@@ -314,7 +314,13 @@ def test_a_role_a_component_uses_must_be_an_enabled_model():
     models = {**MODELS, "third": {**MODELS["student"], "enabled": False}}
     err = _assert_refused(teacher_stage(1),
                           _student(component("taker", params={"role": "third"})), models=models)
-    assert err.detail.endswith("roles: student, teacher")
+    assert err.detail == ("component 'taker' (taker) uses model role 'third', which [models] "
+                          "disables (enabled = false); roles: student, teacher")
+    # (it had said "does not define"); with every model disabled, no role is left
+    err = _assert_refused(stage("s", 1, [], component("taker", params={"role": "teacher"},
+                                                      models=[])),
+                          models={"teacher": {**MODELS["teacher"], "enabled": False}})
+    assert err.detail.endswith("which [models] disables (enabled = false); roles: none")
 
 
 def test_a_role_named_by_no_single_parameter_points_at_the_params_table():
