@@ -45,10 +45,10 @@ def per_model_losses(components: Iterable[Component]) -> frozenset[str]:
     """The labels of the transfer terms whose per-sample losses the engine records per model,
     ``loss/<name>/<role>``, in every stage of the run: those among ``components`` (every
     stage's) that serve more than one model (the others record ``loss/<name>``). One form per
-    label for the whole run: a
-    teacher stage's ``loss/ce`` and a later two-model stage's ``loss/ce/<role>`` cannot both
-    be kept by the history (a name is not a column and a folder of columns at once; such a
-    recipe had passed ``check`` and stopped the run at its second stage's first epoch end)."""
+    label for the whole run: a teacher stage's ``loss/ce`` and a later two-model stage's
+    ``loss/ce/<role>`` cannot both be kept by the history (a name is not a column and a folder
+    of columns at once; such a recipe had passed ``check`` and stopped the run at its second
+    stage's first epoch end)."""
     return frozenset(c.name for c in components if "transfer" in c.kinds() and len(c.models) > 1)
 
 
