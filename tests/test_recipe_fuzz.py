@@ -6,7 +6,8 @@ ranges, unknown names, missing model roles, ledger column wiring, NUL bytes, dev
 the inputs added since (class-mapped noise, the ``npz`` dataset, ``run.history_skip``,
 ``run.distributed_timeout_s``), and registered components composed at random (their
 numbers drawn too in the ``numbers`` category, their column parameters wired to columns the
-recipe writes in the ``columns`` category). For
+recipe writes in the ``columns`` category, their labels met again in a later stage that
+trains other models in the ``stages`` and ``restage`` categories). For
 every mutant, ``check`` exits 0, or exits 2 with exactly one line on stderr and no traceback;
 every mutant that ``check`` accepts must also run to its end with every stage cut to one epoch
 (data, models, run directory, history, every stage's components, a diverging loss excepted),
@@ -41,7 +42,16 @@ from kdcore.errors import KdcoreError, TrainingDiverged
 from kdcore.plan import build_plan
 from kdcore.plugins import PluginHost
 from kdcore.recipe import load_raw, load_recipe, recipe_from_dict
-from kdcore.testing import component, random_composition, stage, teacher_stage, tiny_recipe
+from kdcore.testing import (
+    MODELS,
+    PEER,
+    component,
+    random_choices,
+    random_composition,
+    stage,
+    teacher_stage,
+    tiny_recipe,
+)
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 SEED = 20261130
@@ -474,13 +484,40 @@ def _stages(rng: random.Random, source: str, data: dict[str, Any], text: str
     return f"stages {described}", {"text": recipe_from_dict(recipe).to_toml()}
 
 
+def _restage(rng: random.Random, source: str, data: dict[str, Any], text: str
+              ) -> tuple[str, dict[str, Any]]:
+    """Three stages, each of its own registered components at random (parameter choices
+    drawn), labelled by their use, so that one stage's component meets its namesake of
+    another (which starts from its state), each stage training its own draw of models. On the
+    code before session 43, 59 of 100 such recipes that ``check`` accepted stopped the run."""
+    global _HOST
+    _HOST = _HOST or PluginHost()
+    trains = [["student"], ["student", "peer"], ["teacher", "student"], ["peer"], ["teacher"]]
+    stages = []
+    for k in range(3):
+        train = rng.choice(trains)
+        uses = rng.sample(_HOST.components.names(), rng.randint(1, 3))
+        comps = []
+        for use in dict.fromkeys([*uses, *(["ce"] if rng.random() < 0.8 else [])]):
+            fields = ({"models": rng.sample(train, rng.randint(1, len(train)))}
+                      if rng.random() < 0.25 else {})
+            params = random_choices(rng, _HOST.components.get(use).Params)
+            comps.append(component(use, params=params, **fields))
+        stages.append(stage(f"s{k}", 1, train, *comps))
+    recipe = tiny_recipe(*stages, models={**MODELS, "peer": PEER}, train_subset=200,
+                         gold_per_class=rng.choice([0, 3]))
+    described = "; ".join(f"{s['name']} {s['train']}: "
+                          + ", ".join(c["use"] for c in s["components"]) for s in stages)
+    return f"restage {described}", {"text": recipe_from_dict(recipe).to_toml()}
+
+
 CATEGORIES: dict[str, tuple[Mutator, int]] = {
     "syntax": (_syntax, 45), "types": (_types, 45), "ranges": (_ranges, 80),
     "names": (_names, 35), "roles": (_roles, 40), "wiring": (_wiring, 30), "nul": (_nul, 20),
     "devices": (_devices, 15), "extends": (_extends, 15), "data": (_data, 20),
     "paths": (_paths, 15), "added": (_added, 55), "compose": (_compose, 60),
     "numbers": (functools.partial(_compose, numbers=True), 40), "columns": (_columns, 40),
-    "stages": (_stages, 40),
+    "stages": (_stages, 40), "restage": (_restage, 40),
 }
 
 
@@ -526,6 +563,7 @@ def test_the_generator_makes_enough_distinct_mutants():
     staged = [c.describe for c in CASES if "-stages-" in c.id]
     moved = [d for d in staged if re.search(r"s (\[[^]]*\]):.*; t (?!\1)", d)]
     assert len(set(staged)) == 40 and len(moved) > 20
+    assert len({c.describe for c in CASES if "-restage-" in c.id}) == 40
     assert len({(c.source, c.describe, c.text, c.extra) for c in CASES}) >= 250
     assert {c.source for c in CASES} == {*SHIPPED, *TINY}
 
