@@ -206,6 +206,23 @@ class _GatherRows(torch.autograd.Function):
         return grad[ctx.rows] * ctx.size, None
 
 
+class _GatheredRows(torch.autograd.Function):
+    """Rows gathered already (with other outputs, in one collective), tied to this rank's
+    ``local`` rows for the backward pass, as :class:`_GatherRows`'s."""
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor, whole: torch.Tensor, counts: list[int]
+                ) -> torch.Tensor:
+        rank = _world.rank
+        ctx.rows = slice(sum(counts[:rank]), sum(counts[:rank + 1]))
+        ctx.size = _world.size
+        return whole.clone()  # an output of its own, not the input handed back
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad[ctx.rows] * ctx.size, None, None
+
+
 def _all_gather_rows(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
     import torch.distributed as dist
 
@@ -244,10 +261,15 @@ def split_call(fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], x: torch.Te
     # one collective for all the outputs (logits and features): each one waits for the
     # slowest rank
     widths = [math.prod(o.shape[1:]) for o in outs]
+    counts = row_counts(n, _world.size)
     # widths given, not -1: a rank whose share is empty (fewer rows than ranks) has 0 rows
-    whole = gather_rows(torch.cat([o.reshape(o.shape[0], w) for o, w in zip(outs, widths)],
-                                  dim=1), n)
-    return tuple(part.reshape(n, *o.shape[1:])
+    whole = _all_gather_rows(torch.cat([o.reshape(o.shape[0], w) for o, w in zip(outs, widths)],
+                                       dim=1), counts)
+    # each output its own backward: one the loss leaves unused (the logits of a term on
+    # features alone) sends no gradient, so the layers only it reaches keep none, as in one
+    # process (a gradient of zeros had let momentum and weight decay move them)
+    return tuple(_GatheredRows.apply(o, part.reshape(n, *o.shape[1:]), counts)
+                 if o.requires_grad else part.reshape(n, *o.shape[1:])
                  for part, o in zip(whole.split(widths, dim=1), outs))
 
 

@@ -173,6 +173,37 @@ def test_split_call_gives_every_rank_the_whole_output_from_its_share(ranks, n, s
         assert seen == {r: distributed.row_counts(n, size)[r] for r in range(size)}
 
 
+def test_an_output_the_loss_leaves_unused_sends_no_gradient_back(ranks):
+    """A term on features alone (SSL pre-training) left the classifier with no gradient in one
+    process and with zeros in two (logits and features were gathered as one tensor, one
+    backward), so momentum and weight decay moved it there: 2 processes drifted from 1."""
+    n, size = 5, 2
+    x = torch.linspace(-1, 1, n * 3).reshape(n, 3)
+    weights = torch.arange(n * 4, dtype=torch.float32).reshape(n, 4)
+
+    def grads(rank: int) -> tuple[Any, torch.Tensor]:
+        torch.manual_seed(0)
+        trunk, head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+
+        def model(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            features = trunk(rows)
+            return head(features), features
+
+        logits, features = distributed.split_call(model, x)
+        assert logits.shape == (n, 2) and features.shape == (n, 4)
+        (features * weights).sum().backward()
+        return head.weight.grad, trunk.weight.grad
+
+    torch.manual_seed(0)
+    trunk = torch.nn.Linear(3, 4)
+    (trunk(x) * weights).sum().backward()
+    results = ranks(size, grads)
+    for head_grad, _ in results:
+        assert head_grad is None  # as in one process: the logits took no part in the loss
+    # each rank's rows count size times; averaged over the ranks, one process's gradient
+    torch.testing.assert_close(sum(g for _, g in results) / size, trunk.weight.grad)
+
+
 def test_gradients_are_averaged_and_a_missing_one_counts_as_zero(ranks):
     size = 3
 
