@@ -11,13 +11,17 @@ instead (registered components composed at random after a teacher stage, 2 epoch
 the draws that ``kdcore check`` accepts and that may run in 2 processes; ``--seed`` picks them):
 whether the components keep their parity together as they do in their own recipes. With
 ``--choices`` each entry also draws its ``Literal`` and ``bool`` parameters
-(``kdcore.testing.random_choices``), and with ``--numbers`` a third of its numbers too.
+(``kdcore.testing.random_choices``), and with ``--numbers`` a third of its numbers too. With
+``--retrain`` a second stage repeats the entries under the same labels and trains another draw
+of models (``random_composition(retrain=True)``; the teacher among them), with their parameter
+choices drawn: a model trained in one stage and taught otherwise in the next.
 
 Usage:  .venv/bin/python benchmarks/distributed_parity.py [RECIPE ...]
         .venv/bin/python benchmarks/distributed_parity.py --compositions 15 [--seed 7] [--choices
-            [--numbers]]
+            [--numbers]] [--retrain]
 Writes benchmarks/results/distributed_parity.json (or distributed_parity_compositions.json,
-distributed_parity_compositions_choices.json, distributed_parity_compositions_numbers.json).
+distributed_parity_compositions_choices.json, distributed_parity_compositions_numbers.json,
+distributed_parity_compositions_retrain.json).
 """
 
 from __future__ import annotations
@@ -73,15 +77,19 @@ def compare(name: str, recipe: Path, sets: list[str], work: Path) -> dict:
     return result
 
 
-def compositions(count: int, seed: int, work: Path, choices: bool, numbers: bool = False
-                 ) -> dict[str, Path]:
+def compositions(count: int, seed: int, work: Path, choices: bool, numbers: bool = False,
+                 retrain: bool = False) -> dict[str, Path]:
     """``count`` drawn recipes that ``kdcore check`` accepts in 2 processes, under ``work``."""
     out: dict[str, Path] = {}
-    for recipe in accepted_compositions(random.Random(seed), count, choices=choices or numbers,
-                                        numbers=numbers, processes=2, epochs=2,
-                                        train_subset=240, gold_per_class=3):
+    again = ({"retrain": True, "again": 1.0, "trains": [
+        ["student"], ["student", "peer"], ["teacher", "student"], ["peer"]]} if retrain else {})
+    for recipe in accepted_compositions(random.Random(seed), count,
+                                        choices=choices or numbers or retrain, numbers=numbers,
+                                        processes=2, epochs=2, train_subset=240,
+                                        gold_per_class=3, **again):
         uses = "+".join(c["use"] for c in recipe["stages"][1]["components"])
-        name = f"{len(out)}-{uses}-on-{'+'.join(recipe['stages'][1]['train'])}"
+        trains = "+then+".join("+".join(st["train"]) for st in recipe["stages"][1:])
+        name = f"{len(out)}-{uses}-on-{trains}"
         out[name] = write_recipe(recipe, work / f"{name}.toml")
     return out
 
@@ -93,12 +101,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--choices", action="store_true")
     parser.add_argument("--numbers", action="store_true")
+    parser.add_argument("--retrain", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="parity-"))
     if args.compositions:
-        recipes = compositions(args.compositions, args.seed, work, args.choices, args.numbers)
+        recipes = compositions(args.compositions, args.seed, work, args.choices, args.numbers,
+                               args.retrain)
         sets = {name: [] for name in recipes}
-        target = ("distributed_parity_compositions_numbers.json" if args.numbers else
+        target = ("distributed_parity_compositions_retrain.json" if args.retrain else
+                  "distributed_parity_compositions_numbers.json" if args.numbers else
                   "distributed_parity_compositions_choices.json" if args.choices else
                   "distributed_parity_compositions.json")
     else:
