@@ -190,25 +190,10 @@ def local_rows(n: int) -> slice:
     return slice(start, start + counts[_world.rank])
 
 
-class _GatherRows(torch.autograd.Function):
-    """Every rank's rows, concatenated in rank order; backward: this rank's rows of the
-    gradient, times the number of ranks (see the module docstring)."""
-
-    @staticmethod
-    def forward(ctx: Any, local: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        rank, size = _world.rank, _world.size
-        ctx.rows = slice(sum(counts[:rank]), sum(counts[:rank + 1]))
-        ctx.size = size
-        return _all_gather_rows(local, counts)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad[ctx.rows] * ctx.size, None
-
-
 class _GatheredRows(torch.autograd.Function):
-    """Rows gathered already (with other outputs, in one collective), tied to this rank's
-    ``local`` rows for the backward pass, as :class:`_GatherRows`'s."""
+    """Every rank's rows, gathered already (``whole``, in rank order; several outputs may have
+    shared one collective), tied to this rank's ``local`` rows; backward: this rank's rows of
+    the gradient, times the number of ranks (see the module docstring)."""
 
     @staticmethod
     def forward(ctx: Any, local: torch.Tensor, whole: torch.Tensor, counts: list[int]
@@ -242,9 +227,8 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     if _world.size == 1:
         return local
     counts = row_counts(n, _world.size)
-    if local.requires_grad:
-        return _GatherRows.apply(local, counts)
-    return _all_gather_rows(local, counts)
+    whole = _all_gather_rows(local, counts)
+    return _GatheredRows.apply(local, whole, counts) if local.requires_grad else whole
 
 
 def split_call(fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], x: torch.Tensor
