@@ -249,12 +249,15 @@ def export_cartography(hist: Any, out_dir: Path, role: str | None) -> tuple[str,
     """
     candidates = [c for c in hist.column_names() if c.startswith("logits/")]
     if role is not None:
-        candidates = [c for c in candidates if c == f"logits/{role}"]
+        from kdcore.history import no_logits_of
+
+        if f"logits/{role}" not in candidates:
+            raise no_logits_of(hist, role)
+        candidates = [f"logits/{role}"]
     if not candidates:
         from kdcore.history import logits_kept_out
 
-        raise KdcoreError("the history holds no training logits"
-                          + (f" of model '{role}'" if role else "") + logits_kept_out(hist))
+        raise KdcoreError("the history holds no training logits" + logits_kept_out(hist))
     name = candidates[0]
     role = name.removeprefix("logits/")
     producers = hist.producers(name)

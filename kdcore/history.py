@@ -274,6 +274,15 @@ def logits_kept_out(hist: Any) -> str:
     return f" (the run's run.history_skip '{kept_out[0]}' kept them out)" if kept_out else ""
 
 
+def no_logits_of(hist: Any, role: str) -> NotInHistory:
+    """The error for a model ``role`` whose training logits ``hist`` lacks: the models it has
+    logits of, a near miss, and why they may be missing."""
+    roles = [c.removeprefix("logits/") for c in hist.column_names() if c.startswith("logits/")]
+    return NotInHistory(f"no training logits of model '{role}' in {hist.path}"
+                        f"{did_you_mean(role, roles)}; models: {', '.join(roles) or 'none'}"
+                        f"{logits_kept_out(hist)}")
+
+
 def column_kept_out(hist: Any, name: str) -> str:
     """Why a history holds no column ``name``, when its recipe says: ``" (the run's
     run.history_skip 'loss/*' kept it out)"``, else ``""``."""

@@ -56,8 +56,8 @@ import numpy as np
 
 from kdcore import api_args
 from kdcore.cli_inspect import trained_rows
-from kdcore.errors import KdcoreError, did_you_mean
-from kdcore.history import logits_kept_out
+from kdcore.errors import KdcoreError
+from kdcore.history import logits_kept_out, no_logits_of
 from kdcore.history_values import F16_MAX
 
 __all__ = ["LabelIssues", "find_label_issues", "label_issues", "softmax"]
@@ -196,9 +196,7 @@ def _model(hist: Any, model: str | None) -> str:
     roles = [c.removeprefix(_LOGITS) for c in hist.column_names() if c.startswith(_LOGITS)]
     if model is not None:
         if model not in roles:
-            raise KdcoreError(f"no training logits of model '{model}' in {hist.path}"
-                              f"{did_you_mean(model, roles)}; models: "
-                              f"{', '.join(roles) or 'none'}{logits_kept_out(hist)}")
+            raise no_logits_of(hist, model)
         return model
     if "student" in roles:
         return "student"

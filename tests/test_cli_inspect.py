@@ -277,12 +277,16 @@ def test_the_rows_a_model_trained_are_those_of_its_stages(hist):
 
 
 @pytest.mark.parametrize(("role", "message"), [
-    ("ghost", "the history holds no training logits of model 'ghost'"),
+    ("ghost", "no training logits of model 'ghost' in {path}; models: student, teacher"),
+    ("studnet", "no training logits of model 'studnet' in {path} (did you mean 'student'?); "
+                "models: student, teacher"),
 ])
-def test_cartography_of_a_model_without_logits_is_refused(hist, tmp_path, role, message):
+def test_cartography_of_a_model_without_logits_names_the_models_it_has(hist, tmp_path, role,
+                                                                       message):
     with pytest.raises(KdcoreError) as info:
         export_cartography(hist, tmp_path / "d", role)
-    assert str(info.value) == message and not (tmp_path / "d").exists()
+    assert str(info.value) == message.format(path=hist.path)
+    assert not (tmp_path / "d").exists()
 
 
 def test_cartography_of_a_history_without_logits_or_trained_rows(tmp_path):
