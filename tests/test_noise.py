@@ -222,6 +222,26 @@ def test_deterministic_given_the_generator_only(name: str, params: dict) -> None
     assert not torch.equal(first, other_seed)
 
 
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("none", {}),
+        ("symmetric", {"rate": 0.4}),
+        ("pair_flip", {"rate": 0.3, "mapping": "random"}),
+        ("instance_dependent", {"rate": 0.3}),
+        ("instance_dependent", {"rate": 0.3, "std": 0.0}),
+        ("transition_matrix", {"matrix": [[0.6] + [0.4 / 9] * 9] * 10}),
+        ("class_map", {"rate": 0.5, "mapping": [[1, 2]]}),
+    ],
+)
+@pytest.mark.parametrize("shape", [(0, 8), (0, 1, 4, 4)])
+def test_an_empty_split_gets_no_labels(name: str, params: dict, shape: tuple[int, ...]) -> None:
+    # the validation split of data.val_fraction = 0: instance_dependent had stopped check's
+    # set-up ("cannot reshape tensor of 0 elements into shape [0, -1]")
+    noisy = NOISE_MODELS[name](_ctx(0, x=torch.zeros(shape, dtype=torch.uint8)), **params)
+    assert noisy.dtype == torch.int64 and noisy.shape == (0,)
+
+
 def test_realised_transition() -> None:
     clean = torch.tensor([0, 0, 0, 0, 1, 1, 3])
     noisy = torch.tensor([0, 0, 0, 2, 1, 0, 3])

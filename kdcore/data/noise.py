@@ -14,6 +14,7 @@ inputs) is checked when the model runs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -158,7 +159,7 @@ def instance_dependent(ctx: NoiseContext, *, rate: Rate, std: Std = 0.1) -> torc
         raise KdcoreError(
             f"instance_dependent noise: {ctx.x.shape[0]} inputs for {n} labels; they must match"
         )
-    inputs = ctx.x.reshape(n, -1)
+    inputs = ctx.x.reshape(n, math.prod(ctx.x.shape[1:]))  # (-1 is ambiguous for no rows)
 
     if std == 0:  # the truncated normal degenerates to its mean (and would divide by 0)
         flip_rate = torch.full((n,), float(rate), dtype=torch.float64, device=gen.device)
