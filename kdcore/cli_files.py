@@ -152,6 +152,8 @@ def reading(fn: F) -> F:
             if exc.filename is None or exc.errno is None:
                 raise KdcoreError(f"cannot read the run's files ({one_line(exc)})") from None
             raise KdcoreError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        except KdcoreError:  # its own words (NotInHistory is a KeyError too, not damage)
+            raise
         except _READ_ERRORS as exc:
             detail = " ".join(str(exc).split())[:200]
             raise KdcoreError(f"cannot read the run's files as a kdcore run's; one may be "

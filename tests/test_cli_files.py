@@ -17,7 +17,7 @@ from kdcore.cli_files import (
     write_bytes,
     write_output,
 )
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, NotInHistory
 
 MARKERS = ("history.h5", "checkpoint.pt", "summary.json", "recipe.toml")
 
@@ -184,6 +184,10 @@ def test_reading_passes_results_and_other_errors_through():
     assert reading(lambda x: x + 1)(1) == 2
     with pytest.raises(KdcoreError, match="^mine$"):
         reading(lambda: (_ for _ in ()).throw(KdcoreError("mine")))()
+    # a name the history lacks is the user's, not damage (NotInHistory is a KeyError too)
+    with pytest.raises(NotInHistory) as info:
+        reading(lambda: (_ for _ in ()).throw(NotInHistory("no column 'x' in h.h5")))()
+    assert str(info.value) == "no column 'x' in h.h5"
 
 
 def test_write_bytes_that_fails_says_what_the_system_said_and_keeps_the_older_file(

@@ -425,6 +425,18 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.parametrize("command", [("label-issues", "{run}"),
+                                     ("inspect", "{run}", "--cartography", "{tmp}/c")])
+def test_a_model_without_logits_is_named_with_the_models_there_are(tiny_run, tmp_path, command):
+    # NotInHistory is a KeyError too: the reading commands had called it damage
+    args = [a.format(run=tiny_run, tmp=tmp_path) for a in command]
+    res = CliRunner().invoke(main, [*args, "--model", "studnt"])
+    assert res.exit_code == 2 and res.stderr == (
+        f"kdcore: error: no training logits of model 'studnt' in {tiny_run / 'history.h5'} "
+        "(did you mean 'student'?); models: student, teacher\n")
+    assert not (tmp_path / "c").exists()
+
+
 def test_the_table(tiny_run):
     r = kdcore.label_issues(tiny_run)
     with kdcore.History(tiny_run) as h:
