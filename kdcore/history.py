@@ -280,7 +280,7 @@ def no_logits_of(hist: Any, role: str) -> NotInHistory:
     roles = [c.removeprefix("logits/") for c in hist.column_names() if c.startswith("logits/")]
     return NotInHistory(f"no training logits of model '{role}' in {hist.path}"
                         f"{did_you_mean(role, roles)}; models: {', '.join(roles) or 'none'}"
-                        f"{logits_kept_out(hist)}")
+                        f"{column_kept_out(hist, f'logits/{role}')}")
 
 
 def column_kept_out(hist: Any, name: str) -> str:

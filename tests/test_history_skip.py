@@ -132,6 +132,23 @@ def test_why_a_history_holds_no_logits_is_read_from_its_recipe(recipe, note):
     assert logits_kept_out(SimpleNamespace(recipe=recipe)) == note
 
 
+@pytest.mark.parametrize(("skip", "role", "note"), [
+    ('["logits/student"]', "student", " (the run's run.history_skip 'logits/student' kept it "
+                                      "out)"),
+    ('["logits/student"]', "teacher", ""),  # no stage trained it: the skip had been blamed
+    ('["logits/*"]', "teacher", " (the run's run.history_skip 'logits/*' kept it out)"),
+])
+def test_a_model_without_logits_is_blamed_on_the_skip_that_matches_it(skip, role, note):
+    from types import SimpleNamespace
+
+    from kdcore.history import no_logits_of
+
+    recipe = f'[run]\nhistory_skip = {skip}\n[models.student]\n[models.teacher]\n'
+    hist = SimpleNamespace(recipe=recipe, path="h.h5", column_names=lambda: ["logits/peer"])
+    assert str(no_logits_of(hist, role)) == (
+        f"no training logits of model '{role}' in h.h5; models: peer{note}")
+
+
 def test_seeds_that_differ_only_in_what_their_history_keeps_are_one_variant(tmp_path,
                                                                             report_grid):
     """A seed run before ``run.history_skip`` existed (its recipe.toml lacks the key), and one
