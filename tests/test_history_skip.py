@@ -147,6 +147,10 @@ def test_a_model_without_logits_is_blamed_on_the_skip_that_matches_it(skip, role
     hist = SimpleNamespace(recipe=recipe, path="h.h5", column_names=lambda: ["logits/peer"])
     assert str(no_logits_of(hist, role)) == (
         f"no training logits of model '{role}' in h.h5; models: peer{note}")
+    for have, models in (([], "none"), (["loss/ce", "logits/a", "logits/b"], "a, b")):
+        hist = SimpleNamespace(recipe=recipe, path="h.h5", column_names=lambda h=have: h)
+        assert str(no_logits_of(hist, role)) == (
+            f"no training logits of model '{role}' in h.h5; models: {models}{note}")
 
 
 def test_seeds_that_differ_only_in_what_their_history_keeps_are_one_variant(tmp_path,
