@@ -3,6 +3,7 @@ estimated time left."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from kdcore.recipe import Recipe
@@ -18,14 +19,19 @@ def epoch_line(recipe: Recipe, stage: int, epoch: int, metrics: Mapping[str, flo
         if f"train/{role}/loss" in metrics:
             parts.append(f"{role} loss {metrics[f'train/{role}/loss']:.4f}")
     for role in cfg.eval_roles:
-        parts.append(f"{role} val {metrics[f'val/{role}/acc']:.4f} "
-                     f"test {metrics[f'test/{role}/acc']:.4f}")
-    parts.append(f"labels {metrics['label/acc']:.4f}")
+        parts.append(f"{role} val {_acc(metrics[f'val/{role}/acc'])} "
+                     f"test {_acc(metrics[f'test/{role}/acc'])}")
+    parts.append(f"labels {_acc(metrics['label/acc'])}")
     epochs = [st.epochs for st in recipe.stages]
     done = sum(epochs[:stage]) + epoch + 1
     parts.append(f"{metrics['time/epoch']:.1f}s, run {done}/{sum(epochs)} epochs, "
                  f"{time_left(epochs, stage, epoch, seen)} left")
     return " | ".join(parts)
+
+
+def _acc(value: float) -> str:
+    # NaN: an empty split (data.val_fraction = 0), shown as the tables show a missing value
+    return "-" if math.isnan(value) else f"{value:.4f}"
 
 
 def time_left(epochs: list[int], stage: int, epoch: int,

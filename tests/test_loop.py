@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from kdcore import Component, History, hookimpl
+from kdcore.recipe import recipe_from_dict
 from kdcore.runstate import component_seed
 from kdcore.testing import component, run_tiny, stage, tiny_recipe
 from tests.cli_helpers import logged
@@ -644,6 +645,18 @@ def test_the_time_left_counts_the_stages_own_epochs_at_their_own_mean_time(tmp_p
         want.append(f"{time_left([2, 3], s, e, seen)} left")
     got = [line.rsplit(", ", 1)[-1] for line in lines if line.startswith(("a ", "b "))]
     assert got == want
+
+
+def test_the_epoch_line_shows_an_empty_splits_accuracy_as_missing():
+    from kdcore.epoch_line import epoch_line
+
+    recipe = recipe_from_dict(tiny_recipe(stage("s", 2, ["student"], component("ce"))))
+    metrics = {"train/student/loss": 0.5, "val/student/acc": math.nan,
+               "test/student/acc": 0.25, "label/acc": 0.6, "time/epoch": 1.0}
+    # data.val_fraction = 0: the line had read "student val nan"
+    assert epoch_line(recipe, 0, 0, metrics, {0: [1.0]}) == (
+        "s 1/2 | student loss 0.5000 | student val - test 0.2500 | labels 0.6000 | 1.0s, run "
+        "1/2 epochs, ~1s left")
 
 
 class Relabel(Component):
