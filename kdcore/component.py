@@ -91,6 +91,12 @@ class Component:
     """The ``writes`` columns that hold a row of numbers per sample (``N x k``: ALM-KD's
     per-term weights), by the same template: the plan refuses them to a reader of one number
     per sample (one whose :meth:`read_kinds` accepts a ``label``, ``mask`` or ``weight``)."""
+    per_model_results: ClassVar[bool | None] = None
+    """How the ``select`` and ``weight`` hooks return: True, a mapping of one value per model
+    (columns ``select/<name>/<role>``); False, one value for every model served
+    (``select/<name>``, which a reader of one model's column reads too); None, either. Declared,
+    the plan refuses a reader of a column the form never writes, and the run a hook that
+    returns the other form."""
     own_terms_only: ClassVar[bool] = False
     """A selector or weighter that also contributes a term (LSH's selective variant) acts on
     its own term only, unless the recipe lists ``terms``."""
@@ -205,18 +211,19 @@ class Component:
         Override where that is later than the truth (SMKD writes its per-peer masks in
         ``transfer``, not in its ``backward``), so that a reader in between is not refused."""
         out: dict[str, BatchHook] = {}
+        written = self.written_columns()
         for hook in ("select", "weight"):
             if hook in self.kinds():
                 out.update(dict.fromkeys(
-                    (f"{hook}/{self.name}", *(f"{hook}/{self.name}/{r}" for r in self.models)),
-                    hook))
+                    (c for c in (f"{hook}/{self.name}",
+                                 *(f"{hook}/{self.name}/{r}" for r in self.models))
+                     if c in written), hook))
         if "refine" in self.kinds():
             out["target"] = "refine"
         last = next((h for h in reversed(BATCH_HOOKS) if _overrides(type(self), h)), None)
         if last is not None:
             before = {**self.writes_at_start(), **self.late_writes()}
-            out.update({c: last for c in self.written_columns()
-                        if c not in out and c not in before})
+            out.update({c: last for c in written if c not in out and c not in before})
         return out
 
     def written_column_kinds(self) -> dict[str, ColumnKind]:
@@ -239,10 +246,10 @@ class Component:
         """Every ledger column this component may write (its hooks' and :attr:`writes`)."""
         kinds = self.kinds()
         out = [w.format(name=self.name) for w in self.writes]
-        if "select" in kinds:
-            out += [f"select/{self.name}", *(f"select/{self.name}/{r}" for r in self.models)]
-        if "weight" in kinds:
-            out += [f"weight/{self.name}", *(f"weight/{self.name}/{r}" for r in self.models)]
+        for hook in ("select", "weight"):
+            if hook in kinds:
+                shared = () if self.per_model_results else (f"{hook}/{self.name}",)
+                out += [*shared, *(f"{hook}/{self.name}/{r}" for r in self.models)]
         if "refine" in kinds:
             out.append("target")
         return tuple(dict.fromkeys(out))

@@ -141,7 +141,11 @@ class Ledger:
             return self._columns[name].data
         except KeyError:
             known = ", ".join(sorted(self._columns))
-            raise KeyError(f"no ledger column '{name}'; columns: {known}") from None
+            under = [c for c in sorted(self._columns) if c.startswith(f"{name}/")]
+            # a hook that returned one value per model wrote select/<name>/<role> only
+            why = (f", only the columns under it ({', '.join(under)}: one per model, where a "
+                   "hook returned a value per model)" if under else "")
+            raise KeyError(f"no ledger column '{name}'{why}; columns: {known}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._columns

@@ -247,7 +247,12 @@ def _collect(batch: Batch, comps: Sequence[Component], hook: str,
                     abstain(column, comp.name)
             continue
         # one tensor serves every model of the component (one column), or one per role
-        if isinstance(result, _MAPPINGS):
+        mapping = isinstance(result, _MAPPINGS)
+        if mapping is not comp.per_model_results and comp.per_model_results is not None:
+            raise RunFailed(f"component '{comp.name}' ({comp.spec.use}) {hook} returned "
+                            f"{'one value per model' if mapping else 'one value'}, but its "
+                            f"class declares per_model_results = {not mapping}")
+        if mapping:
             if abstain is not None and len(result) < len(comp.models):
                 for r in comp.models:
                     if r not in result:  # a model left out: abstained for it

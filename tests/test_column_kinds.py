@@ -3,6 +3,7 @@ kind, before anything trains, and says who writes what."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -76,17 +77,42 @@ class RowWriter(WeightWriter):
     row_columns = ("w/{name}",)
 
 
+class PerModelWriter(Writer):
+    """A writer whose ``select`` hook returns one mask per model, and says so."""
+
+    description = "test writer of a mask per model"
+    per_model_results = True
+
+
 class Components:
     @hookimpl
     def kdcore_add_components(self):
         return {"writer": Writer, "reader": Reader, "rewriter": Rewriter,
-                "weight_writer": WeightWriter, "row_writer": RowWriter}
+                "weight_writer": WeightWriter, "row_writer": RowWriter,
+                "per_model_writer": PerModelWriter}
 
 
 def _plan(*components, **recipe_fields):
     recipe = tiny_recipe(teacher_stage(1), stage("s", 1, ["student"], *components,
                                                  component("ce")), **recipe_fields)
     return build_plan(recipe_from_dict(recipe), PluginHost(extra=[Components()]))
+
+
+def test_a_hook_declared_per_model_writes_no_shared_column_for_a_reader():
+    # undeclared, a reader of select/pm passed check and stopped the run at its stage's start
+    # ("no ledger column 'select/pm', only the columns under it (select/pm/peer, ...")
+    read = functools.partial(component, "reader", params={"kind": "mask", "column": "select/pm"})
+    plan = _plan(component("writer", "pm"), read())
+    assert plan.stages[1].components[0].written_columns()[2:] == ("select/pm",
+                                                                  "select/pm/student")
+    with pytest.raises(RecipeError, match=r"component 'reader' \(reader\) reads ledger column "
+                       r"'select/pm' \(did you mean 'select/pm/student'\?\), which nothing "):
+        _plan(component("per_model_writer", "pm"), read())
+    plan = _plan(component("per_model_writer", "pm"),
+                 read(params={"kind": "mask", "column": "select/pm/student"}))
+    writer = plan.stages[1].components[0]
+    assert writer.written_columns()[2:] == ("select/pm/student",)
+    assert writer.writes_in_batch() == {"select/pm/student": "select"}
 
 
 def test_written_column_kinds_cover_hook_columns_and_declared_ones():

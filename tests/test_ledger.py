@@ -142,6 +142,14 @@ def test_lookups_name_what_is_there():
     with pytest.raises(KeyError) as info:
         led["z"]
     assert info.value.args[0] == "no ledger column 'z'; columns: a, b, c"
+    for name in ("select/pm/q", "select/pm/p", "select/pmx"):
+        led.add(name, torch.zeros(2), producer="pm")
+    with pytest.raises(KeyError) as info:  # a hook that returned one mask per model
+        led["select/pm"]
+    assert info.value.args[0] == (
+        "no ledger column 'select/pm', only the columns under it (select/pm/p, select/pm/q: "
+        "one per model, where a hook returned a value per model); columns: a, b, c, "
+        "select/pm/p, select/pm/q, select/pmx")
 
 
 def test_the_state_restores_every_column_and_nothing_else():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -11,6 +12,7 @@ import torch
 from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.context import ModelOutput
 from kdcore.errors import KdcoreError
+from kdcore.failures import RunFailed
 from kdcore.step import StepResult, combine, take_backward, without_gradient
 from tests.cli_helpers import logged
 
@@ -272,6 +274,30 @@ def test_an_abstaining_hook_is_reported_for_each_column_it_could_have_written():
     assert said == [("select/quiet", "quiet"), ("select/quiet/p", "quiet"),
                     ("select/quiet/q", "quiet"), ("select/only_p/q", "only_p"),
                     ("weight/off", "off"), ("weight/off/q", "off")]
+
+
+@pytest.mark.parametrize(("declared", "returns", "message"), [
+    (False, "mapping", "component 'm' (m) select returned one value per model, but its class "
+                       "declares per_model_results = False"),
+    (True, "tensor", "component 'm' (m) select returned one value, but its class declares "
+                     "per_model_results = True"),
+    (True, "mapping", None), (False, "tensor", None), (None, "mapping", None),
+    (None, "tensor", None),
+])
+def test_a_hook_returns_the_form_its_class_declares(declared, returns, message):
+    # the plan checked the column's readers against the declared form
+    roles = ("p", "q")
+    value = {r: torch.ones(4) for r in roles} if returns == "mapping" else torch.ones(4)
+    comp = Fn("m", models=roles, select=lambda b: value)
+    comp.per_model_results = declared
+    call = functools.partial(combine, batch4(), refiners=[], selectors=[comp], weighters=[],
+                             transfers=[], context=lambda c: None)
+    if message is None:
+        call()
+    else:
+        with pytest.raises(RunFailed) as info:
+            call()
+        assert str(info.value) == message
 
 
 def test_a_shared_mask_applies_to_every_served_model_and_is_recorded_once():

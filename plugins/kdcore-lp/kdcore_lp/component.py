@@ -266,11 +266,11 @@ class LabelPropagation(kdcore.Component):
         # (reads_at_start); a third-party writer may not have declared when it writes
         try:
             return ctx.ledger[name]
-        except KeyError:
+        except KeyError as exc:
             raise kdcore.KdcoreError(
                 f"component '{self.name}' reads ledger column '{name}' before the stage's "
-                "first batch, and nothing has written it yet, though its writer declares it "
-                "written by then (Component.writes_at_start)") from None
+                "first batch, where its writer declares it written (Component.writes_at_start "
+                f"and written_columns), but {exc.args[0]}") from None
 
     def propagate_now(self, ctx: RunContext) -> None:
         p = self.params

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import kdcore
 import kdcore_lp.component as lp_component
 from kdcore.losses import one_hot
 from kdcore.testing import harness
@@ -172,9 +173,12 @@ def test_the_absolute_epoch_counts_this_stages_epoch_only_where_it_does_not_trai
 
 def test_a_column_not_written_yet_is_named():
     h = _harness({"seeds": "noisy", "keep_selected": "select/nowhere"}).setup()
-    with pytest.raises(Exception, match="reads ledger column 'select/nowhere' before the "
-                                        "stage's first batch, and nothing has written it yet"):
+    with pytest.raises(kdcore.KdcoreError) as info:
         h.component._column(h.ctx, "select/nowhere")
+    assert str(info.value).startswith(
+        "component 'teacher_lp' reads ledger column 'select/nowhere' before the stage's first "
+        "batch, where its writer declares it written (Component.writes_at_start and "
+        "written_columns), but no ledger column 'select/nowhere'; columns: ")
 
 
 
