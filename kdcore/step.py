@@ -248,7 +248,7 @@ def _collect(batch: Batch, comps: Sequence[Component], hook: str,
             continue
         # one tensor serves every model of the component (one column), or one per role
         mapping = isinstance(result, _MAPPINGS)
-        if mapping is not comp.per_model_results and comp.per_model_results is not None:
+        if comp.per_model_results is not None and mapping != comp.per_model_results:
             raise RunFailed(f"component '{comp.name}' ({comp.spec.use}) {hook} returned "
                             f"{'one value per model' if mapping else 'one value'}, but its "
                             f"class declares per_model_results = {not mapping}")
