@@ -272,7 +272,8 @@ class Component:
 
     def select(self, ctx: RunContext, batch: Batch) -> PerSample | None:
         """Which samples of the batch each term may learn from: a bool or float ``(B,)``
-        tensor (1 = use), one per model role, or None to abstain."""
+        tensor (1 = use), or a mapping of one per model role (:attr:`per_model_results`
+        says which), or None to abstain."""
         return None
 
     def refine(self, ctx: RunContext, batch: Batch, targets: torch.Tensor) -> torch.Tensor:
@@ -280,7 +281,8 @@ class Component:
         return targets
 
     def weight(self, ctx: RunContext, batch: Batch) -> PerSample | None:
-        """A per-sample weight ``(B,)`` for the terms this component acts on, or None."""
+        """A per-sample weight ``(B,)`` for the terms this component acts on, a mapping of
+        one per model role (as :meth:`select`), or None."""
         return None
 
     def transfer(self, ctx: RunContext, batch: Batch) -> TransferTerm | None:
