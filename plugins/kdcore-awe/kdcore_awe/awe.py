@@ -22,7 +22,9 @@ their label (then they are ranked with the others, the more confident the contra
 lower), divided by the batch mean. The released WeightNet objective shrinks every weight (to
 0.001 on Fashion-MNIST).
 
-Release options: ``zero_grad = false`` (D3: WeightNet gradients accumulate), ``batch_mean_weight
+Release options: ``zero_grad = false`` (D3: WeightNet gradients accumulate over a stage's steps;
+our reading: each stage starts them afresh, the network and its optimiser carried over; they are
+checkpointed, so a resumed run accumulates as the uninterrupted one), ``batch_mean_weight
 = true`` (D2: the loss weight is the batch mean of the weights, so the weighted CE equals
 ``mean(CE) * mean(w)``), ``seed_alignment = "release_shuffled"`` (D1: seed weights attached to
 the wrong samples, as a random permutation).
@@ -359,9 +361,24 @@ class AWE(kdcore.Component):
 
     # -- checkpoint -------------------------------------------------------------------------
 
+    def on_stage_start(self, ctx: RunContext) -> None:
+        # a stage's accumulation (D3) starts afresh, as each stage's new WeightNet's did
+        # before the gradients were state: what a stage carries over is the network and its
+        # optimiser, not the gradients the previous stage left (load_state_dict restored them)
+        self.optimizer.zero_grad(set_to_none=True)
+
     def state_dict(self) -> dict[str, object]:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state: dict[str, object] = {"net": self.net.state_dict(),
+                                    "optimizer": self.optimizer.state_dict()}
+        if not self.params.zero_grad:  # D3: accumulated gradients are state, or a run
+            # resumed mid-stage had started them from 0 and trained on another way
+            state["grads"] = [None if p.grad is None else p.grad.detach().clone()
+                              for p in self.net.parameters()]
+        return state
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.net.load_state_dict(state["net"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        grads = state.get("grads") or [None] * len(list(self.net.parameters()))
+        for p, grad in zip(self.net.parameters(), grads):  # type: ignore[call-overload]
+            p.grad = None if grad is None else grad.to(p.device).clone()

@@ -116,6 +116,26 @@ def test_learned_weightnet_trains_and_zero_grad_option(tmp_path):
         assert w[1].astype(np.float64).mean() < w[0].astype(np.float64).mean()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("cut", [(1, 0, "s"), (0, 1, "t"), (1, 1, "t")])
+def test_a_run_resumed_keeps_d3s_accumulated_gradients(tmp_path, cut):
+    """zero_grad = false (D3): the WeightNet's gradients are state within a stage (a stage
+    carries the network and its optimiser over, not them); on the code before, a run cut in
+    a stage's second epoch resumed with them at 0 and its last epochs' losses differed."""
+    from kdcore.testing import InterruptAt, Interrupted, assert_same_history
+
+    params = {"loss_mode": "learned", "zero_grad": False, "seed_alignment": "release_shuffled"}
+    recipe = recipe_from_dict(tiny_recipe(
+        *(stage(name, 2, ["student"], component("awe", params=params), component("ce"))
+          for name in ("s", "t")), train_subset=100, seed=1))
+    kdcore.run_recipe(recipe, out=str(tmp_path / "whole"), progress=False)
+    with pytest.raises(Interrupted):
+        kdcore.run_recipe(recipe, out=str(tmp_path / "cut"), progress=False,
+                          host=PluginHost(extra=[InterruptAt(*cut)]))
+    kdcore.run_recipe(recipe, out=str(tmp_path / "cut"), resume=True, progress=False)
+    assert_same_history(tmp_path / "whole", tmp_path / "cut")
+
+
 def _plan(*components):
     recipe = tiny_recipe(stage("s", 1, ["student"], *components, component("ce")),
                          models={"student": {"arch": "mlp", "params": {"hidden": [16]}}})

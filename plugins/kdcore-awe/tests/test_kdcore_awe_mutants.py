@@ -276,6 +276,29 @@ def test_release_d3_keeps_the_weightnet_gradients():
         np.testing.assert_allclose(_np(p.grad), g)
 
 
+@pytest.mark.parametrize("zero_grad", [False, True])
+def test_accumulated_gradients_are_state_and_a_stage_starts_without_them(zero_grad):
+    # D3's gradients accumulate over a stage's steps: a run resumed mid-stage had started
+    # them from 0 (its WeightNet's state held the weights and the optimiser only)
+    h, _, grads = _stepped({"zero_grad": zero_grad})
+    state = h.component.state_dict()
+    assert sorted(state) == (["grads", "net", "optimizer"] if not zero_grad else
+                             ["net", "optimizer"])
+    fresh = _harness({"loss_mode": "learned", "zero_grad": zero_grad})
+    fresh.component.load_state_dict(state)
+    for p, q, g in zip(fresh.component.net.parameters(), h.component.net.parameters(), grads):
+        torch.testing.assert_close(p.detach(), q.detach())
+        if zero_grad:
+            assert p.grad is None
+        else:  # a copy: the stage that continues does not add to the saved one
+            np.testing.assert_allclose(_np(p.grad), g)
+            assert p.grad.data_ptr() != q.grad.data_ptr()
+    fresh.component.on_stage_start(fresh.ctx)  # what the next stage carries: no gradients
+    assert all(p.grad is None for p in fresh.component.net.parameters())
+    fresh.component.load_state_dict({k: v for k, v in state.items() if k != "grads"})
+    assert all(p.grad is None for p in fresh.component.net.parameters())  # an older state
+
+
 @pytest.mark.parametrize("mode", ["cosine", "none"])
 def test_no_weightnet_step_unless_learned(mode):
     h = _harness({"loss_mode": mode})
