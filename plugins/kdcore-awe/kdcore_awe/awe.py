@@ -379,6 +379,10 @@ class AWE(kdcore.Component):
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.net.load_state_dict(state["net"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        for group in self.optimizer.param_groups:  # this stage's settings, not the saved ones
+            # (torch restores them: a stage continuing one with weight_decay 10 had used it)
+            group["momentum"] = self.params.momentum
+            group["weight_decay"] = self.params.weight_decay
         grads = state.get("grads") or [None] * len(list(self.net.parameters()))
         for p, grad in zip(self.net.parameters(), grads):  # type: ignore[call-overload]
             p.grad = None if grad is None else grad.to(p.device).clone()

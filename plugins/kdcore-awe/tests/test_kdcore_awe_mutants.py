@@ -299,6 +299,20 @@ def test_accumulated_gradients_are_state_and_a_stage_starts_without_them(zero_gr
     assert all(p.grad is None for p in fresh.component.net.parameters())  # an older state
 
 
+def test_a_continued_weightnet_trains_with_this_stages_momentum_and_weight_decay():
+    # torch's load_state_dict restores the saved param groups' settings: a stage continuing
+    # an AWE with weight_decay 10 had trained its WeightNet with 10, whatever it said
+    h, _, _ = _stepped({})  # momentum 0.5, weight decay 0.1
+    later = _harness({"loss_mode": "learned", "momentum": 0.25, "weight_decay": 0.0})
+    later.component.load_state_dict(h.component.state_dict())
+    groups = later.component.optimizer.param_groups
+    assert [(g["momentum"], g["weight_decay"]) for g in groups] == [(0.25, 0.0)] * len(groups)
+    saved = h.component.optimizer.state_dict()["state"]
+    kept = later.component.optimizer.state_dict()["state"]  # the momentum buffers carry on
+    assert sorted(kept) == sorted(saved) and all(
+        torch.equal(kept[k]["momentum_buffer"], saved[k]["momentum_buffer"]) for k in saved)
+
+
 @pytest.mark.parametrize("mode", ["cosine", "none"])
 def test_no_weightnet_step_unless_learned(mode):
     h = _harness({"loss_mode": mode})
