@@ -280,7 +280,20 @@ def no_logits_of(hist: Any, role: str) -> NotInHistory:
     roles = [c.removeprefix("logits/") for c in hist.column_names() if c.startswith("logits/")]
     return NotInHistory(f"no training logits of model '{role}' in {hist.path}"
                         f"{did_you_mean(role, roles)}; models: {', '.join(roles) or 'none'}"
-                        f"{column_kept_out(hist, f'logits/{role}')}")
+                        f"{column_kept_out(hist, f'logits/{role}') or _untrained(hist, role)}")
+
+
+def _untrained(hist: Any, role: str) -> str:
+    """``" (no stage of the run trains it)"`` where the run's recipe says so, else ``""``."""
+    try:
+        stages = tomllib.loads(hist.recipe).get("stages")
+    except tomllib.TOMLDecodeError:
+        return ""
+    if not isinstance(stages, list):
+        return ""
+    trains = any(isinstance(s, dict) and s.get("epochs") != 0 and isinstance(s.get("train"), list)
+                 and role in s["train"] for s in stages)
+    return "" if trains else " (no stage of the run trains it)"
 
 
 def column_kept_out(hist: Any, name: str) -> str:

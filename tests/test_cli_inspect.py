@@ -277,9 +277,10 @@ def test_the_rows_a_model_trained_are_those_of_its_stages(hist):
 
 
 @pytest.mark.parametrize(("role", "message"), [
-    ("ghost", "no training logits of model 'ghost' in {path}; models: student, teacher"),
+    ("ghost", "no training logits of model 'ghost' in {path}; models: student, teacher (no "
+              "stage of the run trains it)"),
     ("studnet", "no training logits of model 'studnet' in {path} (did you mean 'student'?); "
-                "models: student, teacher"),
+                "models: student, teacher (no stage of the run trains it)"),
 ])
 def test_cartography_of_a_model_without_logits_names_the_models_it_has(hist, tmp_path, role,
                                                                        message):

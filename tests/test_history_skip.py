@@ -153,6 +153,25 @@ def test_a_model_without_logits_is_blamed_on_the_skip_that_matches_it(skip, role
             f"no training logits of model '{role}' in h.h5; models: {models}{note}")
 
 
+@pytest.mark.parametrize(("stages", "note"), [
+    ('[[stages]]\nname = "a"\nepochs = 2\ntrain = ["student"]\n', " (no stage of the run "
+                                                                     "trains it)"),
+    ('[[stages]]\nname = "a"\nepochs = 0\ntrain = ["teacher"]\n', " (no stage of the run "
+                                                                     "trains it)"),
+    ('[[stages]]\nname = "a"\nepochs = 1\ntrain = ["teacher"]\n', ""),
+    ('[[stages]]\nname = "a"\ntrain = ["teacher"]\n', ""),     # epochs unread: may train
+    ('stages = 3\n', ""), ('[[stages]\n', ""),                   # not stages, not TOML
+])
+def test_a_model_no_stage_trains_is_said_to_be_untrained(stages, note):
+    from types import SimpleNamespace
+
+    from kdcore.history import no_logits_of
+
+    hist = SimpleNamespace(recipe=stages, path="h.h5", column_names=lambda: ["logits/student"])
+    assert str(no_logits_of(hist, "teacher")) == (
+        f"no training logits of model 'teacher' in h.h5; models: student{note}")
+
+
 def test_seeds_that_differ_only_in_what_their_history_keeps_are_one_variant(tmp_path,
                                                                             report_grid):
     """A seed run before ``run.history_skip`` existed (its recipe.toml lacks the key), and one

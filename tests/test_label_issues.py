@@ -433,7 +433,7 @@ def test_a_model_without_logits_is_named_with_the_models_there_are(tiny_run, tmp
     res = CliRunner().invoke(main, [*args, "--model", "studnt"])
     assert res.exit_code == 2 and res.stderr == (
         f"kdcore: error: no training logits of model 'studnt' in {tiny_run / 'history.h5'} "
-        "(did you mean 'student'?); models: student, teacher\n")
+        "(did you mean 'student'?); models: student, teacher (no stage of the run trains it)\n")
     assert not (tmp_path / "c").exists()
 
 
