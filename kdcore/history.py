@@ -285,10 +285,7 @@ def no_logits_of(hist: Any, role: str) -> NotInHistory:
 
 def _untrained(hist: Any, role: str) -> str:
     """``" (no stage of the run trains it)"`` where the run's recipe says so, else ``""``."""
-    try:
-        stages = tomllib.loads(hist.recipe).get("stages")
-    except tomllib.TOMLDecodeError:
-        return ""
+    stages = _recipe(hist).get("stages")
     if not isinstance(stages, list):
         return ""
     trains = any(isinstance(s, dict) and s.get("epochs") != 0 and isinstance(s.get("train"), list)
@@ -305,11 +302,17 @@ def column_kept_out(hist: Any, name: str) -> str:
 
 def _skipped(hist: Any) -> tuple[list[str], dict[str, Any]]:
     """The recipe's ``run.history_skip`` patterns and its models, as far as they read."""
-    try:
-        recipe = tomllib.loads(hist.recipe)
-    except tomllib.TOMLDecodeError:
-        return [], {}
+    recipe = _recipe(hist)
     run, models = recipe.get("run"), recipe.get("models")
     skip = run.get("history_skip") if isinstance(run, dict) else None
     return ([p for p in skip if isinstance(p, str)] if isinstance(skip, list) else [],
             models if isinstance(models, dict) else {})
+
+
+def _recipe(hist: Any) -> dict[str, Any]:
+    """The run's recipe as TOML tables, or none where it does not read (a reason given from
+    it is a hint, never an error of its own)."""
+    try:
+        return tomllib.loads(hist.recipe)
+    except tomllib.TOMLDecodeError:
+        return {}
