@@ -16,6 +16,7 @@ import attrs
 import torch
 from torch import nn
 
+from kdcore.build import build_optimizer
 from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.config import structure
 from kdcore.context import ColumnName, RunContext, StartHook
@@ -26,7 +27,7 @@ from kdcore.hookspecs import hookimpl
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.models.base import KDModel
-from kdcore.recipe import Recipe, StageConfig
+from kdcore.recipe import ModelConfig, OptimizerConfig, Recipe, StageConfig
 from kdcore.rundata import RunData
 from kdcore.runstate import ComponentContext, Run
 from kdcore.step import StepResult, check_outputs, combine
@@ -47,6 +48,8 @@ class Harness:
     ctx: ComponentContext
     run: Run
     _writes: HookWrites | None = attrs.field(default=None, init=False)  # the epoch's, as a run's
+    _adapted: bool = attrs.field(default=False, init=False)
+    _optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig, kw_only=True)
 
     def batch(self, index: torch.Tensor | Sequence[int] | None = None,
               x: torch.Tensor | None = None) -> Batch:
@@ -100,8 +103,28 @@ class Harness:
                 for kind in ("refine", "select", "weight", "transfer")]
 
     def setup(self) -> Harness:
-        """``setup`` (the ledger read-only, as in a run) then ``on_stage_start``, as at a
-        stage's start; returns self."""
+        """A stage's start as a run's: the first time, ``adapt_models`` (a run calls it before
+        any optimiser exists, so that what it adds to a model is trained); the models the
+        stage trains in training mode with gradients and the others in evaluation mode
+        without; an optimiser for each trained role that has none yet and has parameters
+        (``h.run.optimizers``,
+        built from the ``optimizer`` settings :func:`harness` was given, as a run builds it
+        from the recipe's); then ``setup`` (the ledger read-only) and ``on_stage_start``.
+        Returns self."""
+        run, comp = self.run, self.component
+        if not self._adapted:
+            comp.adapt_models(self.ctx)
+            self._adapted = True
+        train = run.stage.train
+        for role, model in run.models.items():
+            model.train(role in train)
+            model.requires_grad_(role in train)
+        for role in train:  # a stand-in model without parameters gets none (a run refuses it)
+            if role not in run.optimizers and any(True for _ in run.models.get(role, nn.Module())
+                                                  .parameters()):
+                cfg = run.recipe.models.get(role)  # a test may have set another recipe
+                run.optimizers[role] = build_optimizer(
+                    run.models[role], self._optimizer if cfg is None else cfg.optimizer, role)
         with self.ctx.ledger.frozen("setup"):
             self.component.setup(self.ctx)
         self.component.on_stage_start(self.ctx)
@@ -134,6 +157,7 @@ def harness(
     terms: Sequence[str] = (),
     weight: float = 1.0,
     seed: int = 0,
+    optimizer: Mapping[str, Any] | None = None,
 ) -> Harness:
     """Build ``cls`` with ``params`` (validated like a recipe's) in a context over ``x``.
 
@@ -148,6 +172,10 @@ def harness(
         serves: the roles the component serves (default: ``train``).
         name, terms, weight: as in a recipe's component entry.
         seed: seeds the component's generator.
+        optimizer: the trained roles' optimiser settings, as a recipe's
+            ``models.<role>.optimizer`` table (default: the recipe's defaults, SGD); the
+            context's recipe holds them under ``models``, and :meth:`Harness.setup` builds
+            the optimisers.
     """
     clean = noisy_label if clean_label is None else clean_label
     c = int(num_classes or int(max(noisy_label.max(), clean.max())) + 1)
@@ -155,7 +183,9 @@ def harness(
     comp = cls(structure(cls.Params, dict(params or {}), "params"),
                ComponentSpec(label, label, tuple(serves or train), tuple(terms), weight))
     stage = StageConfig(name="stage", epochs=1, train=list(train))
-    run = Run(Recipe(stages=[stage]), Path("."), torch.device("cpu"), [])
+    opt = structure(OptimizerConfig, dict(optimizer or {}), "optimizer")
+    configs = {role: ModelConfig(optimizer=opt) for role in (*(models or {}), *train)}
+    run = Run(Recipe(models=configs, stages=[stage]), Path("."), torch.device("cpu"), [])
     empty = ArrayDataset(x[:0], clean[:0], c)
     train_split = ArrayDataset(x, clean, c)
     run.data = RunData(train=train_split, val=empty, test=empty, gold=empty,
@@ -175,7 +205,7 @@ def harness(
     run.write_data = lambda n, v: None
     ctx = ComponentContext(run, label, torch.Generator().manual_seed(seed),
                            frozenset(comp.written_columns()))
-    return Harness(comp, ctx, run)
+    return Harness(comp, ctx, run, optimizer=opt)
 
 
 class TinyNet(KDModel):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdcore import Component, RecipeError, Role
+from kdcore import Component, PluginHost, RecipeError, Role
 from kdcore.builtin.components import AllSamples, CrossEntropy, HintonKD, LabelSmoothing
 from kdcore.component import Batch, ComponentSpec
 from kdcore.context import BatchStore, ColumnName, ModelOutput
@@ -127,6 +127,115 @@ def test_setup_runs_with_the_ledger_frozen_then_the_stage_start_and_epochs():
                                            "not write the ledger"):
         h.setup()
     assert "mine/w" not in h.run.ledger
+
+
+
+class _Adapter(Component):
+    """Adds a head to its model in ``adapt_models``, as F&F's SSL and LSH's connector do, and
+    notes what it finds at each hook."""
+
+    description = "adapts"
+    seen: list = []
+
+    def adapt_models(self, ctx):
+        _Adapter.seen.append("adapt")
+        model = ctx.models["student"]
+        if not hasattr(model, "head"):  # again on resume: the same head, kept
+            model.add_module("head", nn.Linear(2, 2))
+
+    def setup(self, ctx):
+        optimizer = ctx.optimizers.get("student")
+        trained = None if optimizer is None else {id(p) for g in optimizer.param_groups
+                                                  for p in g["params"]}
+        head = ctx.models["student"].head
+        _Adapter.seen.append(("setup", trained is not None and id(head.weight) in trained))
+
+
+def test_setup_adapts_the_models_once_then_builds_the_optimisers_and_modes_as_a_run():
+    """A run calls ``adapt_models`` before any optimiser exists (what it adds is trained),
+    puts the stage's trained models in training mode with gradients and the others in
+    evaluation mode without, and builds each trained role's optimiser from the recipe before
+    ``setup``; the harness had done none of it (F&F's SSL component raised AttributeError,
+    MLC found no SGD optimiser)."""
+    _Adapter.seen = []
+    teacher, student = TinyNet(4, 3), TinyNet(4, 3)
+    h = harness(_Adapter, x=X, noisy_label=NOISY, models={"teacher": teacher,
+                                                          "student": student})
+    h.setup()
+    assert _Adapter.seen == ["adapt", ("setup", True)]
+    optimizer = h.run.optimizers["student"]
+    assert isinstance(optimizer, torch.optim.SGD) and set(h.run.optimizers) == {"student"}
+    assert optimizer.defaults["lr"] == 0.05 and h.ctx.lr("student") == 0.05  # recipe default
+    assert student.training and not teacher.training
+    assert all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    h.setup()  # the next stage's start: no second adaptation, the same optimiser
+    assert _Adapter.seen == ["adapt", ("setup", True), ("setup", True)]
+    assert h.run.optimizers["student"] is optimizer
+
+
+def test_the_optimiser_settings_are_a_recipes_and_a_given_optimiser_is_kept():
+    h = harness(_Adapter, x=X, noisy_label=NOISY, models={"student": TinyNet(4, 3)},
+                optimizer={"name": "adam", "lr": 0.01})
+    assert h.ctx.recipe.models["student"].optimizer.name == "adam"
+    h.setup()
+    assert isinstance(h.run.optimizers["student"], torch.optim.Adam)
+    assert h.ctx.lr("student") == 0.01
+    with pytest.raises(RecipeError, match="lr"):
+        harness(_Adapter, x=X, noisy_label=NOISY, optimizer={"lr": -1.0})
+    student = TinyNet(4, 3)
+    mine = torch.optim.SGD(student.parameters(), lr=0.3)
+    h = harness(_Adapter, x=X, noisy_label=NOISY, models={"student": student})
+    h.run.optimizers["student"] = mine
+    h.setup()
+    assert h.run.optimizers["student"] is mine
+
+
+class _Stand(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+def test_a_stand_in_model_without_parameters_gets_no_optimiser():
+    h = harness(CrossEntropy, x=X, noisy_label=NOISY, models={"student": _Stand()})
+    h.setup()
+    assert h.run.optimizers == {}
+
+
+ALONE = {"mlc": "needs a clean gold split", "kdmlc_student": "needs exactly one mlc"}
+
+
+@pytest.mark.parametrize("use", sorted(PluginHost().components.names()))
+def test_every_installed_component_runs_in_the_harness_with_its_defaults(use):
+    """Each component's hooks over two epochs of three batches, as a stage of it alone trains
+    the student (or student and peer, for one that needs two models): what a third party's
+    unit test of it would do first. One that cannot stand alone says why in a RecipeError."""
+    cls = PluginHost().components.get(use)
+    gen = torch.Generator().manual_seed(0)
+    x, clean = torch.randn(96, 6, generator=gen), torch.randint(0, 4, (96,), generator=gen)
+    noisy = torch.where(torch.rand(96, generator=gen) < 0.3,
+                        torch.randint(0, 4, (96,), generator=gen), clean)
+
+    def two_epochs(train):
+        torch.manual_seed(1)
+        models = {r: TinyNet(6, 4) for r in ("teacher", "student", "peer")}
+        h = harness(cls, x=x, noisy_label=noisy, clean_label=clean, models=models, train=train)
+        h.setup()
+        for epoch in range(2):
+            h.epoch_start(epoch)
+            for b in range(3):
+                h.step(h.batch(range(32 * b, 32 * b + 32)))
+            h.epoch_end()
+
+    if use in ALONE:
+        with pytest.raises(RecipeError, match=ALONE[use]):
+            two_epochs(["student"])
+        return
+    try:
+        two_epochs(["student"])
+    except (ValueError, RecipeError) as one:  # made for two models, or for one
+        assert "serve" in str(one) or "peer" in str(one)
+        two_epochs(["student", "peer"])
 
 
 def test_batches_as_the_engine_builds_them():
