@@ -16,7 +16,7 @@ from kdcore import Component, PluginHost, RecipeError, Role
 from kdcore.builtin.components import AllSamples, CrossEntropy, HintonKD, LabelSmoothing
 from kdcore.component import Batch, ComponentSpec
 from kdcore.context import BatchStore, ColumnName, ModelOutput
-from kdcore.recipe import StageConfig
+from kdcore.recipe import ModelConfig, OptimizerConfig, Recipe, StageConfig
 from kdcore.testing import TinyNet, harness
 
 X = torch.arange(20.0).reshape(5, 4)
@@ -181,7 +181,7 @@ def test_the_optimiser_settings_are_a_recipes_and_a_given_optimiser_is_kept():
     h.setup()
     assert isinstance(h.run.optimizers["student"], torch.optim.Adam)
     assert h.ctx.lr("student") == 0.01
-    with pytest.raises(RecipeError, match="lr"):
+    with pytest.raises(RecipeError, match=r"^optimizer\.lr: .*-1"):
         harness(_Adapter, x=X, noisy_label=NOISY, optimizer={"lr": -1.0})
     student = TinyNet(4, 3)
     mine = torch.optim.SGD(student.parameters(), lr=0.3)
@@ -190,6 +190,20 @@ def test_the_optimiser_settings_are_a_recipes_and_a_given_optimiser_is_kept():
     h.setup()
     assert h.run.optimizers["student"] is mine
 
+
+
+def test_a_recipe_the_test_sets_gives_the_optimiser_or_else_the_harness_settings():
+    """A test that sets ``h.run.recipe`` (to place the component after earlier stages) gets
+    the optimiser that recipe names for the role, as a run would; a recipe without the role
+    falls back on the settings ``harness`` was given."""
+    for models, expected, lr in (({"student": ModelConfig(optimizer=OptimizerConfig(
+            name="adamw", lr=0.2))}, torch.optim.AdamW, 0.2), ({}, torch.optim.Adam, 0.01)):
+        h = harness(_Adapter, x=X, noisy_label=NOISY, models={"student": TinyNet(4, 3)},
+                    optimizer={"name": "adam", "lr": 0.01})
+        h.run.recipe = Recipe(models=models, stages=[h.run.stage])
+        h.setup()
+        assert type(h.run.optimizers["student"]) is expected
+        assert h.ctx.lr("student") == lr
 
 class _Stand(nn.Module):
     def forward(self, x):
