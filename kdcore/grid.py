@@ -23,7 +23,7 @@ from kdcore.checkpoint import CHECKPOINT
 from kdcore.config import structure
 from kdcore.errors import KdcoreError, RecipeError
 from kdcore.recipe import read_toml
-from kdcore.rundir import check_output_dir
+from kdcore.rundir import check_output_dir, started
 from kdcore.torchrun import LAUNCHER_ENV
 
 
@@ -204,10 +204,10 @@ def check_specs(specs: Sequence[RunSpec], host: Any = None) -> None:
 
 
 def status(spec: RunSpec) -> str:
-    """``done``, ``partial`` (resumable) or ``new``."""
+    """``done``, ``partial`` (resumed; started again if killed before a checkpoint) or ``new``."""
     if (spec.out / "summary.json").is_file():
         return "done"
-    return "partial" if (spec.out / CHECKPOINT).is_file() else "new"
+    return "partial" if started(spec.out) else "new"
 
 
 def pending(specs: Sequence[RunSpec], echo: Callable[[str], None] = print,

@@ -87,8 +87,7 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
     if lock is not None and run_dir.is_dir():
         lock.acquire(run_dir)
     if resume:
-        if not run_dir.is_dir() or not any(
-                (run_dir / n).exists() for n in (ckpt.CHECKPOINT, "history.h5", "recipe.toml")):
+        if not started(run_dir):
             raise KdcoreError(f"nothing to resume: no run was started in {run_dir}; run without "
                               f"--resume to start one (--overwrite replaces an earlier run)")
     elif (run_dir / "history.h5").exists() and not overwrite:
@@ -130,6 +129,13 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
         for weights in _stale_weights(recipe, run_dir):
             weights.unlink()
     return run_dir
+
+
+def started(run_dir: Path) -> bool:
+    """Whether a run was started in ``run_dir``: what ``--resume`` continues (a checkpoint) or
+    starts again (a history or the resolved recipe of a run killed before its first
+    checkpoint)."""
+    return any((run_dir / n).exists() for n in (ckpt.CHECKPOINT, "history.h5", "recipe.toml"))
 
 
 RUN_FILES = ("recipe.toml", "log.txt", "summary.json", ckpt.CHECKPOINT, ckpt.PREVIOUS, "models")
@@ -174,4 +180,5 @@ def check_output_dir(run_dir: Path) -> None:
                           f"{exc.strerror or exc}") from None
 
 
-__all__ = ["RUN_FILES", "RunDirLock", "check_output_dir", "prepare_run_dir", "run_dir_of"]
+__all__ = ["RUN_FILES", "RunDirLock", "check_output_dir", "prepare_run_dir", "run_dir_of",
+           "started"]

@@ -201,6 +201,53 @@ def test_status_and_pending(tmp_path):
     assert grid.pending(specs[:2], said.append)[1]["skipped"] == 0 and said == []
 
 
+
+@pytest.mark.parametrize("left", [["recipe.toml"], ["recipe.toml", "log.txt"],
+                                  ["recipe.toml", "log.txt", "history.h5"], ["history.h5"]])
+def test_a_run_killed_before_its_first_checkpoint_is_resumed(tmp_path, left):
+    """What a run leaves when killed before its first checkpoint (its recipe.toml first, then
+    log.txt, then history.h5) is what ``--resume`` starts again; as "new" the grid had started
+    it without, which the run refused (its folder holds a run's files), so a grid SIGKILLed
+    early failed on every rerun."""
+    spec, = _specs(tmp_path, 1)
+    spec.out.mkdir()
+    for name in left:
+        (spec.out / name).write_text("")
+    assert grid.status(spec) == "partial"
+
+
+def test_files_that_no_run_starts_with_are_a_new_run(tmp_path):
+    spec, = _specs(tmp_path, 1)
+    spec.out.mkdir()
+    (spec.out / "log.txt").write_text("")  # written after recipe.toml: not a run's start
+    (spec.out / "recipe.toml.tmp").write_text("")  # a kill while it was written
+    assert grid.status(spec) == "new"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("history", [True, False])
+def test_a_grid_whose_run_was_killed_in_its_first_epoch_finishes_on_the_next_ablate(
+        tmp_path, history):
+    """The run stopped in its first batch (no checkpoint yet: the first comes after the first
+    epoch), as a SIGKILL of ``kdcore ablate`` leaves it; with ``history`` false, before the
+    history was made. ``kdcore ablate`` again ends the grid, the run as a direct run's."""
+    from kdcore.testing import InterruptAt, Interrupted, assert_same_history, run_tiny
+
+    data = tiny_recipe(teacher_stage(2))
+    recipe = write_recipe(data, tmp_path / "r.toml")
+    out = tmp_path / "grid" / "r" / "seed0"
+    out.parent.mkdir(parents=True)
+    with pytest.raises(Interrupted):
+        run_tiny(data, out, plugins=[InterruptAt(0, 0)], overrides=["run.seed=0"])
+    assert not (out / CHECKPOINT).exists() and (out / "recipe.toml").is_file()
+    if not history:
+        (out / "history.h5").unlink()
+    result = invoke("ablate", recipe, "--seeds", "0", "--out", tmp_path / "grid")
+    assert result.exit_code == 0 and "r seed 0: resuming" in result.output, result.output
+    run_tiny(data, tmp_path / "direct", overrides=["run.seed=0"])
+    assert_same_history(out, tmp_path / "direct")
+
+
 # -- running ------------------------------------------------------------------------------------
 
 
