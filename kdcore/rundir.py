@@ -97,8 +97,11 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
     elif not overwrite and (mine := [n for n in RUN_FILES if (run_dir / n).exists()]):
         # no history: not a run's folder, or one killed at its very start; its files are
         # the user's until --overwrite says otherwise
+        start = ("; a run killed there before its first checkpoint: --resume starts it "
+                 "again" if "recipe.toml" in mine else "")
         raise KdcoreError(f"{run_dir} holds {', '.join(mine)}, which a run writes, but no "
-                          f"run; give an empty or new --out, or --overwrite to replace them")
+                          f"run; give an empty or new --out, or --overwrite to replace them"
+                          f"{start}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"

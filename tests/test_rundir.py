@@ -77,6 +77,19 @@ def test_a_folder_with_a_runs_files_but_no_history_is_the_users(tmp_path):
     assert (out / "log.txt").read_text() == "mine"
 
 
+def test_a_run_killed_at_its_start_is_said_to_resume(tmp_path):
+    """A run killed before its first checkpoint and its history leaves its resolved recipe
+    (then its log): the refusal of a plain rerun says that --resume starts it again."""
+    recipe, out = _recipe(tmp_path), tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.toml").write_text(recipe.to_toml())
+    (out / "log.txt").write_text("")
+    assert _refused(recipe, out) == (
+        f"{out} holds recipe.toml, log.txt, which a run writes, but no run; give an empty or "
+        "new --out, or --overwrite to replace them; a run killed there before its first "
+        "checkpoint: --resume starts it again")
+    assert prepare_run_dir(recipe, str(out), resume=True, overwrite=False) == out
+
 def test_an_earlier_run_needs_resume_or_overwrite(tmp_path):
     recipe, out = _recipe(tmp_path), tmp_path / "run"
     out.mkdir()
