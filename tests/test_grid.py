@@ -434,9 +434,9 @@ def test_a_run_already_in_the_grids_folder_must_be_of_the_same_recipe(tmp_path):
     other = write_recipe(tiny_recipe(teacher_stage(2)), tmp_path / "other.toml")
     spec = RunSpec(Variant("v", str(recipe)), 0, tmp_path / "v" / "seed0")
     spec.out.mkdir(parents=True)
-    (spec.out / "recipe.toml").write_text(other.read_text())
     grid.check_specs([spec])  # nothing there has run: no run to compare with
-    (spec.out / CHECKPOINT).write_text("")
+    # a run killed before its first checkpoint leaves its recipe: the next ablate resumes it
+    (spec.out / "recipe.toml").write_text(other.read_text())
     again = f"remove {spec.out} to run it again, or give the grid another --out"
     for saved, why in ((other.read_bytes(), f"{spec.out} holds an interrupted run of another "
                                             f"recipe (it differs at stages[0].epochs)"),
