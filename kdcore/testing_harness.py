@@ -106,11 +106,10 @@ class Harness:
         """A stage's start as a run's: the first time, ``adapt_models`` (a run calls it before
         any optimiser exists, so that what it adds to a model is trained); the models the
         stage trains in training mode with gradients and the others in evaluation mode
-        without; an optimiser for each trained role that has none yet and has parameters
-        (``h.run.optimizers``,
-        built from the ``optimizer`` settings :func:`harness` was given, as a run builds it
-        from the recipe's); then ``setup`` (the ledger read-only) and ``on_stage_start``.
-        Returns self."""
+        without; an optimiser in ``h.run.optimizers`` for each trained role that has
+        parameters and none yet, built from the recipe's ``models.<role>.optimizer`` (the
+        settings :func:`harness` was given); then ``setup`` (the ledger read-only) and
+        ``on_stage_start``. Returns self."""
         run, comp = self.run, self.component
         if not self._adapted:
             comp.adapt_models(self.ctx)
@@ -119,12 +118,14 @@ class Harness:
         for role, model in run.models.items():
             model.train(role in train)
             model.requires_grad_(role in train)
-        for role in train:  # a stand-in model without parameters gets none (a run refuses it)
-            if role not in run.optimizers and any(True for _ in run.models.get(role, nn.Module())
-                                                  .parameters()):
-                cfg = run.recipe.models.get(role)  # a test may have set another recipe
-                run.optimizers[role] = build_optimizer(
-                    run.models[role], self._optimizer if cfg is None else cfg.optimizer, role)
+        for role in train:
+            model = run.models.get(role)
+            # a stand-in model without parameters gets none (a run would refuse it)
+            if role in run.optimizers or model is None or next(model.parameters(), None) is None:
+                continue
+            cfg = run.recipe.models.get(role)  # a test may have set another recipe
+            run.optimizers[role] = build_optimizer(
+                model, self._optimizer if cfg is None else cfg.optimizer, role)
         with self.ctx.ledger.frozen("setup"):
             self.component.setup(self.ctx)
         self.component.on_stage_start(self.ctx)
