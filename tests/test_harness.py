@@ -214,6 +214,10 @@ def test_a_stand_in_model_without_parameters_gets_no_optimiser():
     h = harness(CrossEntropy, x=X, noisy_label=NOISY, models={"student": _Stand()})
     h.setup()
     assert h.run.optimizers == {}
+    h = harness(CrossEntropy, x=X, noisy_label=NOISY, train=("student", "peer"),
+                models={"student": _Stand(), "peer": TinyNet(4, 3)})
+    h.setup()  # the roles after it still get theirs
+    assert list(h.run.optimizers) == ["peer"]
 
 
 ALONE = {"mlc": "needs a clean gold split", "kdmlc_student": "needs exactly one mlc"}
