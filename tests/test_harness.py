@@ -181,8 +181,10 @@ def test_the_optimiser_settings_are_a_recipes_and_a_given_optimiser_is_kept():
     h.setup()
     assert isinstance(h.run.optimizers["student"], torch.optim.Adam)
     assert h.ctx.lr("student") == 0.01
-    with pytest.raises(RecipeError, match=r"^optimizer\.lr: .*-1"):
-        harness(_Adapter, x=X, noisy_label=NOISY, optimizer={"lr": -1.0})
+    for bad, why in (({"lr": -1.0}, r"^optimizer\.lr: .*-1"), ("adam", "^optimizer: got 'adam', "
+                     "expected a table"), ({"name": "lion"}, r"^optimizer\.name: got 'lion'")):
+        with pytest.raises(RecipeError, match=why):
+            harness(_Adapter, x=X, noisy_label=NOISY, optimizer=bad)
     student = TinyNet(4, 3)
     mine = torch.optim.SGD(student.parameters(), lr=0.3)
     h = harness(_Adapter, x=X, noisy_label=NOISY, models={"student": student})
