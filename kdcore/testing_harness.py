@@ -184,8 +184,7 @@ def harness(
     comp = cls(structure(cls.Params, dict(params or {}), "params"),
                ComponentSpec(label, label, tuple(serves or train), tuple(terms), weight))
     stage = StageConfig(name="stage", epochs=1, train=list(train))
-    given = dict(optimizer) if isinstance(optimizer, Mapping) else optimizer  # else refused
-    opt = structure(OptimizerConfig, {} if given is None else given, "optimizer")
+    opt = structure(OptimizerConfig, {} if optimizer is None else optimizer, "optimizer")
     configs = {role: ModelConfig(optimizer=opt) for role in (*(models or {}), *train)}
     run = Run(Recipe(models=configs, stages=[stage]), Path("."), torch.device("cpu"), [])
     empty = ArrayDataset(x[:0], clean[:0], c)
