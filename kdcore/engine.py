@@ -30,7 +30,7 @@ from kdcore.plugins import ObserverBus, PluginHost
 from kdcore.prepare import check_augmentations, compile_models, load_model_checkpoints, prepare_run
 from kdcore.provenance import code_changes, code_digests, recipe_changes, recorded_code
 from kdcore.recipe import Recipe, resolved_now
-from kdcore.rundir import RunDirLock, check_output_dir, prepare_run_dir, run_dir_of
+from kdcore.rundir import RunDirLock, check_output_dir, new_run_refusal, prepare_run_dir, run_dir_of
 from kdcore.runstate import ComponentContext, Run
 from kdcore.torch_state import torch_state_kept
 
@@ -153,9 +153,9 @@ def dry_setup(recipe: Recipe, host: PluginHost, out: str | None = None) -> RunPl
                 probe.acquire(run_dir)
         except KdcoreError as exc:
             logger.warning(str(exc))
-    if (run_dir / "history.h5").exists():  # the recipe is sound; the run needs a flag
-        logger.warning(f"{run_dir} already holds a run: `kdcore run` needs --resume to "
-                       f"continue it, --overwrite to replace it, or --out for a new directory")
+    refusal = new_run_refusal(run_dir)
+    if refusal is not None:  # the recipe is sound; the run needs a flag
+        logger.warning(f"`kdcore run` without --resume or --overwrite would stop: {refusal}")
     with host.activate(), torch_state_kept(torch.device("cpu")):
         run = prepare_run(plan, host, Path("."))
         run.write_data = lambda name, values: None

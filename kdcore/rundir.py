@@ -90,18 +90,8 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
         if not started(run_dir):
             raise KdcoreError(f"nothing to resume: no run was started in {run_dir}; run without "
                               f"--resume to start one (--overwrite replaces an earlier run)")
-    elif (run_dir / "history.h5").exists() and not overwrite:
-        raise KdcoreError(
-            f"{run_dir} already holds a run; use --resume to continue it, --overwrite to "
-            f"replace it, or --out for a new directory")
-    elif not overwrite and (mine := [n for n in RUN_FILES if (run_dir / n).exists()]):
-        # no history: not a run's folder, or one killed at its very start; its files are
-        # the user's until --overwrite says otherwise
-        start = ("; a run killed there before its first checkpoint: --resume starts it "
-                 "again" if "recipe.toml" in mine else "")
-        raise KdcoreError(f"{run_dir} holds {', '.join(mine)}, which a run writes, but no "
-                          f"run; give an empty or new --out, or --overwrite to replace them"
-                          f"{start}")
+    elif not overwrite and (refusal := new_run_refusal(run_dir)):
+        raise KdcoreError(refusal)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -132,6 +122,23 @@ def prepare_run_dir(recipe: Recipe, out: str | None, *, resume: bool, overwrite:
         for weights in _stale_weights(recipe, run_dir):
             weights.unlink()
     return run_dir
+
+
+def new_run_refusal(run_dir: Path) -> str | None:
+    """Why a run started without ``--resume`` or ``--overwrite`` may not go into ``run_dir``
+    (it holds a run, or files a run writes), as one line; None when it may."""
+    if (run_dir / "history.h5").exists():
+        return (f"{run_dir} already holds a run; use --resume to continue it, --overwrite to "
+                f"replace it, or --out for a new directory")
+    # no history: not a run's folder, or one killed at its very start; its files are the
+    # user's until --overwrite says otherwise
+    mine = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if not mine:
+        return None
+    start = ("; a run killed there before its first checkpoint: --resume starts it again"
+             if "recipe.toml" in mine else "")
+    return (f"{run_dir} holds {', '.join(mine)}, which a run writes, but no run; give an "
+            f"empty or new --out, or --overwrite to replace them{start}")
 
 
 def started(run_dir: Path) -> bool:
@@ -183,5 +190,5 @@ def check_output_dir(run_dir: Path) -> None:
                           f"{exc.strerror or exc}") from None
 
 
-__all__ = ["RUN_FILES", "RunDirLock", "check_output_dir", "prepare_run_dir", "run_dir_of",
-           "started"]
+__all__ = ["RUN_FILES", "RunDirLock", "check_output_dir", "new_run_refusal", "prepare_run_dir",
+           "run_dir_of", "started"]

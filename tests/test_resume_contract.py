@@ -352,13 +352,22 @@ def test_a_history_shorter_than_the_checkpoint_is_refused(tiny_recipe, started):
 
 
 def test_check_says_when_the_run_directory_already_holds_a_run(tiny_recipe, started):
-    """`check --out DIR` passed silently where `run` then refused DIR for want of a flag."""
+    """`check --out DIR` passed silently where `run` then refused DIR for want of a flag: a
+    run's history there, or (until session 45) the files of a run killed at its start."""
     result = invoke("check", tiny_recipe, "--out", started)
     assert result.exit_code == 0
-    assert (f"{started} already holds a run: `kdcore run` needs --resume to continue it, "
-            "--overwrite to replace it, or --out for a new directory") in result.output
-    assert "already holds" not in invoke("check", tiny_recipe, "--out",
-                                         started.parent / "fresh").output
+    assert ("`kdcore run` without --resume or --overwrite would stop: "
+            f"{started} already holds a run; use --resume to continue it, --overwrite to "
+            "replace it, or --out for a new directory") in result.output
+    fresh = started.parent / "fresh"
+    assert "would stop" not in invoke("check", tiny_recipe, "--out", fresh).output
+    fresh.mkdir()
+    (fresh / "recipe.toml").write_text((started / "recipe.toml").read_text())
+    (fresh / "log.txt").write_text("")
+    said = invoke("check", tiny_recipe, "--out", fresh).output
+    assert (f"would stop: {fresh} holds recipe.toml, log.txt, which a run writes, but no "
+            "run; give an empty or new --out, or --overwrite to replace them; a run killed "
+            "there before its first checkpoint: --resume starts it again") in said
 
 
 def test_a_folder_holding_a_runs_files_but_no_run_is_not_written_over(tiny_recipe, tmp_path):
