@@ -201,7 +201,6 @@ def test_status_and_pending(tmp_path):
     assert grid.pending(specs[:2], said.append)[1]["skipped"] == 0 and said == []
 
 
-
 @pytest.mark.parametrize("left", [["recipe.toml"], ["recipe.toml", "log.txt"],
                                   ["recipe.toml", "log.txt", "history.h5"], ["history.h5"]])
 def test_a_run_killed_before_its_first_checkpoint_is_resumed(tmp_path, left):
