@@ -89,6 +89,8 @@ def print_metrics(table: tuple[list[str], list[Any], dict[str, np.ndarray]],
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]
     click.echo("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    if not rows:
+        click.echo("(no epoch yet: the run is in its first epoch, or was stopped there)")
     for r in rows:
         click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths)))
 

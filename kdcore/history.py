@@ -271,16 +271,24 @@ def logits_kept_out(hist: Any) -> str:
     skip, models = _skipped(hist)
     kept_out = [p for p in skip
                 if any(fnmatch.fnmatchcase(f"logits/{role}", p) for role in models)]
-    return f" (the run's run.history_skip '{kept_out[0]}' kept them out)" if kept_out else ""
+    if kept_out:
+        return f" (the run's run.history_skip '{kept_out[0]}' kept them out)"
+    return _no_epoch(hist)
+
+
+def _no_epoch(hist: Any) -> str:
+    """``" (it holds no epoch yet: ...)"`` for a history of no rows, else ``""``."""
+    return (" (it holds no epoch yet: the run is in its first epoch, or was stopped there)"
+            if not hist.epochs() else "")
 
 
 def no_logits_of(hist: Any, role: str) -> NotInHistory:
     """The error for a model ``role`` whose training logits ``hist`` lacks: the models it has
     logits of, a near miss, and why they may be missing."""
     roles = [c.removeprefix("logits/") for c in hist.column_names() if c.startswith("logits/")]
+    why = column_kept_out(hist, f"logits/{role}") or _untrained(hist, role) or _no_epoch(hist)
     return NotInHistory(f"no training logits of model '{role}' in {hist.path}"
-                        f"{did_you_mean(role, roles)}; models: {', '.join(roles) or 'none'}"
-                        f"{column_kept_out(hist, f'logits/{role}') or _untrained(hist, role)}")
+                        f"{did_you_mean(role, roles)}; models: {', '.join(roles) or 'none'}{why}")
 
 
 def _untrained(hist: Any, role: str) -> str:

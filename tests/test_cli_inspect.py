@@ -25,7 +25,7 @@ from kdcore.cli_inspect import (
     write_columns,
 )
 from kdcore.errors import KdcoreError
-from kdcore.history import History
+from kdcore.history import History, no_logits_of
 from kdcore.history_writer import HistoryWriter
 from kdcore.ledger import Column
 
@@ -119,9 +119,10 @@ def test_the_printed_table_rounds_counts_epochs_from_one_and_aligns_right(hist, 
     ]
 
 
-def test_a_table_without_rows_prints_its_header(capsys):
+def test_a_table_without_rows_prints_its_header_and_why(capsys):
     print_metrics((["m"], [], {"m": np.array([])}), None)
-    assert capsys.readouterr().out == "row  stage  epoch  m\n"
+    assert capsys.readouterr().out == ("row  stage  epoch  m\n(no epoch yet: the run is in its "
+                                       "first epoch, or was stopped there)\n")
 
 
 def test_the_metrics_csv_is_exact_with_empty_cells_for_what_was_not_measured(hist, tmp_path):
@@ -305,6 +306,35 @@ def test_cartography_of_a_history_without_logits_or_trained_rows(tmp_path):
         export_cartography(h, tmp_path / "d", None)
     assert str(info.value) == "model 'm' trained in no recorded epoch of this run"
 
+
+def test_a_history_of_no_epoch_yet_says_so(tmp_path):
+    """A run in its first epoch, or stopped there (a kill before the first epoch's row), has
+    a history of no rows: the table said nothing below its header, and cartography and
+    label-issues blamed missing logits on nothing."""
+    writer = HistoryWriter(tmp_path / "history.h5")
+    writer.create(recipe_toml=RECIPE, versions={}, num_classes=2, class_names=["a", "b"],
+                  constants={"noisy_label": np.array([0, 1]), "clean_label": np.array([0, 1])},
+                  transition_matrix=np.eye(2))
+    runner = CliRunner()
+    why = "(it holds no epoch yet: the run is in its first epoch, or was stopped there)"
+    result = runner.invoke(main, ["inspect", str(tmp_path)])
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
+        "row  stage  epoch", "(no epoch yet: the run is in its first epoch, or was stopped "
+        "there)"]
+    for args, said in (
+            (["inspect", tmp_path, "--cartography", tmp_path / "d"],
+             f"the history holds no training logits {why}"),
+            (["inspect", tmp_path, "--cartography", tmp_path / "d", "--model", "student"],
+             f"no training logits of model 'student' in {tmp_path / 'history.h5'}; models: "
+             f"none {why}"),
+            (["label-issues", tmp_path], f"{tmp_path / 'history.h5'} holds no training "
+                                        f"logits of a model its stages train {why}")):
+        result = runner.invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2 and result.output == f"kdcore: error: {said}\n"
+    writer.append_epoch(stage="teacher", epoch=0, metrics={}, columns={})  # a row: no longer
+    with History(tmp_path) as h:
+        assert why not in str(no_logits_of(h, "student"))
 
 def test_a_recipe_that_cannot_be_read_is_named(tmp_path):
     writer = HistoryWriter(tmp_path / "h.h5")

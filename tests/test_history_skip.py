@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -15,6 +16,14 @@ from kdcore import History, KdcoreError, PluginHost, load_recipe
 from kdcore.cli import main
 from kdcore.plan import build_plan
 from kdcore.recipe import RunConfig, recipe_from_dict
+
+
+class _Stub(SimpleNamespace):
+    """What the history's error helpers read of a History: a recipe, a path, column names, and
+    one epoch row (a history of none says so instead)."""
+
+    def epochs(self) -> list[tuple[str, int]]:
+        return [("a", 0)]
 
 
 @pytest.mark.parametrize(("patterns", "column", "kept"), [
@@ -102,11 +111,9 @@ def test_a_run_keeps_the_skipped_columns_out_of_its_history_and_the_readers_say_
     ("[run\n", "loss/ce", ""),                                        # not TOML
 ])
 def test_why_a_history_holds_no_column_is_read_from_its_recipe(recipe, name, note):
-    from types import SimpleNamespace
-
     from kdcore.history import column_kept_out
 
-    assert column_kept_out(SimpleNamespace(recipe=recipe), name) == note
+    assert column_kept_out(_Stub(recipe=recipe), name) == note
 
 
 @pytest.mark.parametrize(("recipe", "note"), [
@@ -125,11 +132,9 @@ def test_why_a_history_holds_no_column_is_read_from_its_recipe(recipe, name, not
     ("[run\n", ""),                                               # not TOML
 ])
 def test_why_a_history_holds_no_logits_is_read_from_its_recipe(recipe, note):
-    from types import SimpleNamespace
-
     from kdcore.history import logits_kept_out
 
-    assert logits_kept_out(SimpleNamespace(recipe=recipe)) == note
+    assert logits_kept_out(_Stub(recipe=recipe)) == note
 
 
 @pytest.mark.parametrize(("skip", "role", "note"), [
@@ -139,16 +144,14 @@ def test_why_a_history_holds_no_logits_is_read_from_its_recipe(recipe, note):
     ('["logits/*"]', "teacher", " (the run's run.history_skip 'logits/*' kept it out)"),
 ])
 def test_a_model_without_logits_is_blamed_on_the_skip_that_matches_it(skip, role, note):
-    from types import SimpleNamespace
-
     from kdcore.history import no_logits_of
 
     recipe = f'[run]\nhistory_skip = {skip}\n[models.student]\n[models.teacher]\n'
-    hist = SimpleNamespace(recipe=recipe, path="h.h5", column_names=lambda: ["logits/peer"])
+    hist = _Stub(recipe=recipe, path="h.h5", column_names=lambda: ["logits/peer"])
     assert str(no_logits_of(hist, role)) == (
         f"no training logits of model '{role}' in h.h5; models: peer{note}")
     for have, models in (([], "none"), (["loss/ce", "logits/a", "logits/b"], "a, b")):
-        hist = SimpleNamespace(recipe=recipe, path="h.h5", column_names=lambda h=have: h)
+        hist = _Stub(recipe=recipe, path="h.h5", column_names=lambda h=have: h)
         assert str(no_logits_of(hist, role)) == (
             f"no training logits of model '{role}' in h.h5; models: {models}{note}")
 
@@ -163,11 +166,9 @@ def test_a_model_without_logits_is_blamed_on_the_skip_that_matches_it(skip, role
     ('stages = 3\n', ""), ('[[stages]\n', ""),                   # not stages, not TOML
 ])
 def test_a_model_no_stage_trains_is_said_to_be_untrained(stages, note):
-    from types import SimpleNamespace
-
     from kdcore.history import no_logits_of
 
-    hist = SimpleNamespace(recipe=stages, path="h.h5", column_names=lambda: ["logits/student"])
+    hist = _Stub(recipe=stages, path="h.h5", column_names=lambda: ["logits/student"])
     assert str(no_logits_of(hist, "teacher")) == (
         f"no training logits of model 'teacher' in h.h5; models: student{note}")
 
