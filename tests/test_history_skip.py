@@ -156,6 +156,18 @@ def test_a_model_without_logits_is_blamed_on_the_skip_that_matches_it(skip, role
             f"no training logits of model '{role}' in h.h5; models: {models}{note}")
 
 
+def test_a_history_of_no_epoch_yet_is_the_reason_when_no_other_is_known():
+    from kdcore.history import logits_kept_out, no_logits_of
+
+    empty = _Stub(recipe="", path="h.h5", column_names=lambda: [], epochs=lambda: [])
+    why = " (it holds no epoch yet: the run is in its first epoch, or was stopped there)"
+    assert logits_kept_out(empty) == why
+    assert logits_kept_out(_Stub(recipe="")) == ""
+    empty.recipe = '[run]\nhistory_skip = ["logits/*"]\n[models.student]\n'
+    assert logits_kept_out(empty) == " (the run's run.history_skip 'logits/*' kept them out)"
+    empty.recipe = '[[stages]]\nname = "a"\ntrain = ["student"]\n'
+    assert str(no_logits_of(empty, "student")).endswith(f"models: none{why}")
+
 @pytest.mark.parametrize(("stages", "note"), [
     ('[[stages]]\nname = "a"\nepochs = 2\ntrain = ["student"]\n', " (no stage of the run "
                                                                      "trains it)"),
