@@ -90,7 +90,9 @@ def print_metrics(table: tuple[list[str], list[Any], dict[str, np.ndarray]],
               for i, h in enumerate(header)]
     click.echo("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     if not rows:
-        click.echo("(no epoch yet: the run is in its first epoch, or was stopped there)")
+        from kdcore.history import NO_EPOCH_YET
+
+        click.echo(f"({NO_EPOCH_YET})")
     for r in rows:
         click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths)))
 

@@ -51,8 +51,8 @@ from kdcore.history_writer import (
     open_readable,
 )
 
-__all__ = ["FORMAT", "History", "HistoryWriter", "RowCounter", "column_kept_out",
-           "logits_kept_out", "open_history"]
+__all__ = ["FORMAT", "NO_EPOCH_YET", "History", "HistoryWriter", "RowCounter",
+           "column_kept_out", "logits_kept_out", "open_history"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -265,9 +265,14 @@ class RowCounter:
         pass
 
 
+NO_EPOCH_YET = "no epoch yet: the run is in its first epoch, or was stopped there"
+"""What a history of no rows says of itself (``kdcore inspect``, the logits' readers)."""
+
+
 def logits_kept_out(hist: Any) -> str:
-    """Why a history holds no training logits, when its recipe says: ``" (the run's
-    run.history_skip 'logits/*' kept them out)"``, else ``""``."""
+    """Why a history holds no training logits: ``" (the run's run.history_skip 'logits/*'
+    kept them out)"`` when its recipe says so, else ``" (it holds no epoch yet: ...)"`` when it
+    has no rows, else ``""``."""
     skip, models = _skipped(hist)
     kept_out = [p for p in skip
                 if any(fnmatch.fnmatchcase(f"logits/{role}", p) for role in models)]
@@ -278,8 +283,7 @@ def logits_kept_out(hist: Any) -> str:
 
 def _no_epoch(hist: Any) -> str:
     """``" (it holds no epoch yet: ...)"`` for a history of no rows, else ``""``."""
-    return (" (it holds no epoch yet: the run is in its first epoch, or was stopped there)"
-            if not hist.epochs() else "")
+    return "" if hist.epochs() else f" (it holds {NO_EPOCH_YET})"
 
 
 def no_logits_of(hist: Any, role: str) -> NotInHistory:
