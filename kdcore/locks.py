@@ -1,12 +1,17 @@
 """Advisory ``flock`` locks, taken the same way wherever kdcore takes one.
 
 ``flock`` locks belong to an open file description, so the kernel releases them when the
-process dies, however it dies: a SIGKILL never leaves a stale lock to clean up by hand.
+process dies, however it dies: a SIGKILL never leaves a stale lock to clean up by hand. A
+forked child shares that description, though: a lock held for the whole run (its directory's)
+is registered with :func:`held_for_the_run`, and a forked worker drops its copies at once
+(:func:`drop_inherited`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import time
 
 try:
@@ -42,4 +47,27 @@ def try_lock(fd: int, *, exclusive: bool, deadline: float) -> bool:
         time.sleep(0.02)  # a reader's close is seen at once
 
 
-__all__ = ["NO_LOCKS", "try_lock"]
+_RUN_LOCKS: set[int] = set()  # descriptors of this process's run-long locks
+
+
+def held_for_the_run(fd: int, held: bool = True) -> None:
+    """Register (``held``) or forget the descriptor of a lock this process holds while its
+    run lasts, for :func:`drop_inherited`."""
+    if held:
+        _RUN_LOCKS.add(fd)
+    else:
+        _RUN_LOCKS.discard(fd)
+
+
+def drop_inherited() -> None:
+    """In a process forked from a run (a DataLoader worker): close its copies of the run's
+    locks, so that each lock goes when the run's own process does. Torch's workers notice
+    their parent's death only seconds later; until then a SIGKILLed run's directory stayed
+    locked, and ``--resume`` was refused as "in use by another kdcore process"."""
+    for fd in _RUN_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _RUN_LOCKS.clear()
+
+
+__all__ = ["NO_LOCKS", "drop_inherited", "held_for_the_run", "try_lock"]

@@ -23,6 +23,7 @@ from kdcore.data.split_checks import check_noisy_labels, check_splits
 from kdcore.data.splits import make_splits
 from kdcore.device import check_fits
 from kdcore.errors import KdcoreError, RecipeError
+from kdcore.locks import drop_inherited
 
 if TYPE_CHECKING:
     from kdcore.plugins import PluginHost
@@ -128,7 +129,7 @@ class RunData:
         # mixup coefficient): a streamed run must train as the in-memory run does
         loader = DataLoader(_Batches(split, cpu), batch_size=None, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda",
-                            worker_init_fn=leave_stop_signals_to_the_run,
+                            worker_init_fn=start_worker,
                             generator=torch.Generator())
         # the workers are started and ended with interrupts held: one raised in a fork hook
         # or in torch's iterator __del__ (which joins the workers) is printed and dropped
@@ -291,6 +292,13 @@ class _Batches:
 
 WORKER_GRACE_S = 3
 """How long a DataLoader worker goes on after a SIGTERM (:func:`leave_stop_signals_to_the_run`)."""
+
+
+def start_worker(worker_id: int) -> None:
+    """A DataLoader worker's start: the run's locks dropped (:func:`kdcore.locks.drop_inherited`),
+    a SIGTERM left to the run (:func:`leave_stop_signals_to_the_run`)."""
+    drop_inherited()
+    leave_stop_signals_to_the_run(worker_id)
 
 
 def leave_stop_signals_to_the_run(worker_id: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kdcore import checkpoint as ckpt
 from kdcore.errors import KdcoreError, os_reason
-from kdcore.locks import try_lock
+from kdcore.locks import held_for_the_run, try_lock
 from kdcore.recipe import Recipe
 
 
@@ -52,9 +52,11 @@ class RunDirLock:
                               "--resume or --overwrite); wait for it to end, or give another "
                               "--out")
         self._fd = fd
+        held_for_the_run(fd)  # not by the DataLoader workers the run forks
 
     def release(self) -> None:
         if self._fd is not None:
+            held_for_the_run(self._fd, held=False)
             os.close(self._fd)  # closing the descriptor drops its lock
             self._fd = None
 

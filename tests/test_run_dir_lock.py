@@ -73,3 +73,43 @@ def test_run_resume_and_overwrite_beside_a_live_run_are_refused_and_touch_nothin
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     result = invoke("run", tiny_recipe, "--out", out, "-q", "--resume")  # ended: it resumes
     assert result.exit_code == 0, result.output
+
+
+def test_a_forked_worker_that_drops_the_runs_locks_does_not_hold_its_folder(tmp_path):
+    """A DataLoader worker is a fork of the run and shares its lock's open file: a SIGKILLed
+    run's directory stayed locked while its workers lived on (seconds, until torch's
+    watchdog saw the parent gone), and ``--resume`` was refused as in use. A worker drops
+    its copies first (:func:`kdcore.locks.drop_inherited`, in ``rundata.start_worker``)."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    for drop, free in ((True, True), (False, False)):
+        run = RunDirLock()
+        run.acquire(tmp_path)
+        ready, done = fork.Event(), fork.Event()
+        worker = fork.Process(target=_worker, args=(drop, ready, done))
+        worker.start()
+        try:
+            assert ready.wait(30)
+            run.release()  # as the run's death closes its descriptor
+            other = RunDirLock()
+            try:
+                other.acquire(tmp_path)
+                taken = True
+            except KdcoreError:
+                taken = False
+            finally:
+                other.release()
+            assert taken is free
+        finally:
+            done.set()
+            worker.join(30)
+
+
+def _worker(drop, ready, done):
+    from kdcore import rundata
+
+    if drop:
+        rundata.start_worker(0)
+    ready.set()
+    done.wait(30)

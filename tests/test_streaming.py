@@ -316,6 +316,48 @@ def test_a_run_stopped_in_the_middle_of_a_streamed_epoch_ends_its_workers(folder
     assert multiprocessing.active_children() == []
 
 
+KILL_AT = """
+import os, signal
+import kdcore
+
+@kdcore.hookimpl
+def kdcore_batch_end(ctx, batch, losses):
+    if ctx.epoch == 1 and ctx.stage_step == ctx.steps_per_epoch + 2:  # workers decoding ahead
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+def test_a_streamed_run_killed_mid_epoch_resumes_at_once(folders, tmp_path):
+    """SIGKILLed while its DataLoader workers decode ahead, the run left them holding its
+    directory's lock (they are forks of it, and live on until torch's watchdog sees their
+    parent gone): an immediate ``--resume`` was refused as in use. The workers now drop the
+    lock as they start; the resume goes on at once and ends as the uninterrupted run."""
+    import subprocess
+    import sys
+
+    from kdcore.rundir import RunDirLock
+    from kdcore.testing import assert_same_history
+
+    (tmp_path / "kill_at.py").write_text(KILL_AT)
+    recipe = tmp_path / "stream.toml"
+    recipe.write_text(RECIPE.format(root=folders, stream="true", workers=2, dropout=0.0)
+                      .replace('device = "cpu"', 'device = "cpu"\ncheckpoint_interval_s = 0'))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    # no pipes: reading one to its end would wait for the workers, which hold it too
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        killed = subprocess.run([sys.executable, "-m", "kdcore", "run", str(recipe), "--out",
+                                 str(tmp_path / "cut"), "-q", "--plugin", "kill_at"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    assert killed.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()
+    with RunDirLock() as lock:  # at once: the workers may live on for seconds
+        lock.acquire(tmp_path / "cut")
+    resumed = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "cut"),
+                                        "--resume", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    straight = _run(tmp_path, "straight", root=folders, stream="true", workers=2, dropout=0.0)
+    assert_same_history(tmp_path / "cut", straight)
+
 @pytest.mark.slow
 def test_a_streamed_run_resumes_on_copied_images_and_refuses_resized_ones(folders, tmp_path):
     """A streamed split keeps no digest of its images (it would read them all at every
