@@ -113,3 +113,48 @@ def _worker(drop, ready, done):
         rundata.start_worker(0)
     ready.set()
     done.wait(30)
+
+
+def test_a_released_lock_is_not_closed_again_by_a_later_worker(tmp_path):
+    """A run that ended gave its lock's descriptor back: a worker forked later (the next run
+    of ``kdcore ablate --jobs 1``, in the same process) must leave alone whatever file now has
+    that number."""
+    import multiprocessing
+
+    run = RunDirLock()
+    run.acquire(tmp_path)
+    number = run._fd
+    run.release()
+    with open(tmp_path / "other", "w") as other:
+        assert other.fileno() == number  # the lowest free number, as POSIX gives it
+        fork = multiprocessing.get_context("fork")
+        still_open = fork.Value("b", 0)
+        worker = fork.Process(target=_still_open_after_start, args=(number, still_open))
+        worker.start()
+        worker.join(30)
+    assert still_open.value == 1
+
+
+def _still_open_after_start(fd, still_open):
+    import os
+
+    from kdcore import rundata
+
+    rundata.start_worker(0)
+    try:
+        os.fstat(fd)
+        still_open.value = 1
+    except OSError:
+        still_open.value = 0
+
+
+def test_dropping_a_lock_whose_descriptor_is_gone_is_quiet(tmp_path):
+    import os
+
+    from kdcore import locks
+
+    fd = os.open(tmp_path, os.O_RDONLY)
+    os.close(fd)
+    locks.held_for_the_run(fd)
+    locks.drop_inherited()  # a worker whose copy was closed already goes on
+    locks.drop_inherited()
