@@ -153,8 +153,12 @@ def test_dropping_a_lock_whose_descriptor_is_gone_is_quiet(tmp_path):
 
     from kdcore import locks
 
-    fd = os.open(tmp_path, os.O_RDONLY)
-    os.close(fd)
-    locks.held_for_the_run(fd)
-    locks.drop_inherited()  # a worker whose copy was closed already goes on
-    locks.drop_inherited()
+    live = os.open(tmp_path, os.O_RDONLY)
+    gone = os.open(tmp_path, os.O_RDONLY)
+    os.close(gone)
+    locks.held_for_the_run(gone)
+    locks.held_for_the_run(live)
+    locks.drop_inherited()  # a worker whose copy was closed already goes on to the next
+    with pytest.raises(OSError):
+        os.fstat(live)  # closed by the drop
+    locks.drop_inherited()  # nothing left to close
