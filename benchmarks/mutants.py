@@ -210,6 +210,12 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # the training loop: an epoch's order of work, a batch's step, the finiteness checks, the
     # epoch's metrics and row, checkpoints and resume (session 21); not the SIGKILL tests
     # (subprocesses)
+    # a batch's backward pass and optimiser steps, shared by the loop and the harness's train
+    # (session 46)
+    "kdcore-update": (".", ["kdcore/update.py"],
+                      ["tests/test_update.py", "tests/test_harness.py", "tests/test_loop.py",
+                       "tests/test_precision.py",
+                       "-m", "not slow"]),
     "kdcore-loop": (".", ["kdcore/loop.py"],
                     ["tests/test_loop.py", "tests/test_engine.py", "tests/test_step.py",
                      "tests/test_resume_contract.py", "tests/test_checkpoint_contract.py",

@@ -37,7 +37,8 @@ from kdcore.plan import RunPlan, StagePlan
 from kdcore.plugins import ObserverBus
 from kdcore.records import EpochRecords
 from kdcore.runstate import ComponentContext, Run, component_seed
-from kdcore.step import check_outputs, combine, take_backward, without_gradient
+from kdcore.step import check_outputs, combine
+from kdcore.update import update_models
 
 # Steps between two checks that the losses are finite: each check waits for the device (every
 # step would stall a GPU); a divergence is still reported with its exact step and term.
@@ -309,26 +310,11 @@ class Trainer:
                 batch.records[column] = records.evaluate(column, producer, values)
             records.add(column, producer, index, values)
         losses = result.losses
-        trained = [r for r in losses if r in trained_roles]
-        for role in trained:  # summed per term at the epoch end, checked every few steps
-            self._unchecked.append((run.step, role, result.total(role), result.terms[role]))
-            if not losses[role].requires_grad:
-                without_gradient(role, result, trained, self.gradient_free)
-        plain: list[torch.Tensor] = []
-        for role in trained:
-            if not stage.backward or not take_backward(stage.backward, self.context, batch,
-                                                       role, losses[role]):
-                plain.append(losses[role])
-        if plain:
-            total = torch.stack(plain).sum() if len(plain) > 1 else plain[0]
-            (self.scaler.scale(total) if self.scaler else total).backward()
-        for role in trained_roles:
-            if role not in run.stepped:  # gradients averaged across ranks first
-                distributed.step(run.optimizers[role], self.scaler)
-            run.bump(role)
-        if self.scaler:
-            self.scaler.update()
-        run.stepped.clear()
+        for role in losses:  # summed per term at the epoch end, checked every few steps
+            if role in trained_roles:
+                self._unchecked.append((run.step, role, result.total(role), result.terms[role]))
+        update_models(run, result, batch, train=trained_roles, takers=stage.backward,
+                      context=self.context, scaler=self.scaler, warned=self.gradient_free)
         if len(self._unchecked) - self._checked >= FINITE_CHECK_EVERY:
             self._check_finite()
         run.step += 1
@@ -337,7 +323,7 @@ class Trainer:
             comp.after_step(self.context(comp), batch)
         if observes:
             self.bus.call("kdcore_batch_end", ctx=self.observer_ctx, batch=batch,
-                          losses={r: losses[r] for r in trained})
+                          losses={r: v for r, v in losses.items() if r in trained_roles})
 
     def _train_metrics(self, batches: int) -> dict[str, float]:
         """Each model's total loss and every term, averaged over the epoch's batches."""

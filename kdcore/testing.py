@@ -39,6 +39,7 @@ from kdcore.history import History
 from kdcore.hookspecs import hookimpl
 from kdcore.plugins import PluginHost
 from kdcore.recipe import load_recipe
+from kdcore.runstate import component_seed
 from kdcore.testing_harness import ColumnReader, ColumnReaderPlugin, Harness, TinyNet, harness
 from kdcore.testing_recipes import (
     COUNTS,
@@ -58,7 +59,8 @@ from kdcore.testing_recipes import (
 
 __all__ = ["COUNTS", "MODELS", "NUMBERS", "PEER", "ColumnReader", "ColumnReaderPlugin",
            "Harness", "InterruptAt", "Interrupted", "TinyNet", "accepted_compositions",
-           "assert_close_history", "assert_same_history", "check_tiny", "component", "harness",
+           "assert_close_history", "assert_same_history", "check_tiny", "component",
+           "component_seed", "harness",
            "one_thread", "quiet_logs", "random_choices", "random_composition", "run_tiny",
            "stage", "teacher_stage", "tiny_recipe", "write_cifar10", "write_fashion_mnist",
            "write_idx", "write_recipe"]

@@ -16,7 +16,8 @@ import attrs
 import torch
 from torch import nn
 
-from kdcore.build import build_optimizer
+from kdcore.batching import batches_per_epoch
+from kdcore.build import build_optimizer, set_stage_lr
 from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.config import structure
 from kdcore.context import ColumnName, RunContext, StartHook
@@ -27,10 +28,18 @@ from kdcore.hookspecs import hookimpl
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.models.base import KDModel
-from kdcore.recipe import ModelConfig, OptimizerConfig, Recipe, StageConfig
+from kdcore.recipe import (
+    DataConfig,
+    ModelConfig,
+    OptimizerConfig,
+    Recipe,
+    ScheduleConfig,
+    StageConfig,
+)
 from kdcore.rundata import RunData
 from kdcore.runstate import ComponentContext, Run
 from kdcore.step import StepResult, check_outputs, combine
+from kdcore.update import update_models
 
 
 @attrs.define(eq=False)
@@ -49,7 +58,11 @@ class Harness:
     run: Run
     _writes: HookWrites | None = attrs.field(default=None, init=False)  # the epoch's, as a run's
     _adapted: bool = attrs.field(default=False, init=False)
+    _warned: set[str] = attrs.field(factory=set, init=False)  # roles said to learn nothing
     _optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig, kw_only=True)
+    _seed: int = attrs.field(default=0, kw_only=True)
+    # the optimisers setup built from the recipe's settings (not one the test set itself)
+    _built: dict[str, torch.optim.Optimizer] = attrs.field(factory=dict, init=False)
 
     def batch(self, index: torch.Tensor | Sequence[int] | None = None,
               x: torch.Tensor | None = None) -> Batch:
@@ -85,6 +98,30 @@ class Harness:
         check_outputs(self.run.ledger, refiners, selectors, weighters)
         return result
 
+    def train(self, batch: Batch) -> StepResult:
+        """The batch as a run trains it: the trained models' gradients zeroed, :meth:`step`
+        (the batch hooks and the run's checks of what they return), the backward pass (the
+        component's ``backward`` where it takes one over), each trained model's optimiser step
+        but one the component stepped itself (``ctx.mark_stepped``), ``ctx.step`` and
+        ``ctx.stage_step`` moved on by one, then ``after_step``
+        (:func:`kdcore.update.update_models`, the training loop's own rules). Call
+        :meth:`setup` first: it builds the optimisers."""
+        run, comp = self.run, self.component
+        train = run.stage.train
+        if missing := [r for r in train if r not in run.optimizers]:
+            raise ValueError(f"Harness.train: no optimiser for {', '.join(missing)}; call "
+                             "setup() first (it builds them)")
+        for role in train:
+            run.optimizers[role].zero_grad(set_to_none=True)
+        result = self.step(batch)
+        update_models(run, result, batch, train=train,
+                      takers=[comp] if "backward" in comp.hooks() else [],
+                      context=lambda _: self.ctx, scaler=None, warned=self._warned)
+        run.step += 1
+        run.stage_step += 1
+        comp.after_step(self.ctx, batch)
+        return result
+
     def epoch_end(self, metrics: dict[str, float] | None = None) -> dict[str, float]:
         """The epoch's end as a run's: the rows of the batches a ``select`` or ``weight`` hook
         abstained on hold 1 where it wrote its column this epoch
@@ -108,8 +145,9 @@ class Harness:
         stage trains in training mode with gradients and the others in evaluation mode
         without; an optimiser in ``h.run.optimizers`` for each trained role that has
         parameters and none yet, built from the recipe's ``models.<role>.optimizer`` (the
-        settings :func:`harness` was given); then ``setup`` (the ledger read-only) and
-        ``on_stage_start``. Returns self."""
+        settings :func:`harness` was given); then ``setup`` (the ledger read-only, torch's
+        generator seeded as :func:`harness`'s ``seed`` says) and ``on_stage_start``. Returns
+        self."""
         run, comp = self.run, self.component
         if not self._adapted:
             comp.adapt_models(self.ctx)
@@ -126,16 +164,34 @@ class Harness:
             cfg = run.recipe.models.get(role)  # a test may have set another recipe
             run.optimizers[role] = build_optimizer(
                 model, self._optimizer if cfg is None else cfg.optimizer, role)
-        with self.ctx.ledger.frozen("setup"):
+            self._built[role] = run.optimizers[role]
+        # as the loop's setup_stage: torch's generator seeded for it alone, the test's left be
+        with torch.random.fork_rng(devices=[]), self.ctx.ledger.frozen("setup"):
+            torch.manual_seed(self._seed + 1)
             self.component.setup(self.ctx)
         self.component.on_stage_start(self.ctx)
         return self
 
     def epoch_start(self, epoch: int = 0) -> None:
-        """Move to ``epoch`` and run the component's ``on_epoch_start``."""
-        self.run.epoch = epoch
+        """Move to the first batch of ``epoch`` as a run's first stage does: ``ctx.epoch``;
+        ``ctx.step`` and ``ctx.stage_step`` ``epoch x ctx.steps_per_epoch``; the learning rate
+        of each optimiser :meth:`setup` built, as the recipe's schedule sets it for the epoch
+        (the ``optimizer`` and ``schedule`` settings :func:`harness` was given; an optimiser
+        the test set itself keeps its rate); then the component's ``on_epoch_start``."""
+        run = self.run
+        run.epoch = epoch
+        run.step = run.stage_step = epoch * run.steps_per_epoch
+        # an optimiser the test set itself keeps its own rate
+        scheduled = [r for r, opt in self._built.items()
+                     if run.optimizers.get(r) is opt and r in run.recipe.models]
+        set_stage_lr(run.optimizers, attrs.evolve(run.recipe, stages=[
+            attrs.evolve(run.stage, train=scheduled)]), 0, epoch)
         self._writes = None  # an epoch's abstentions are settled by its own end
         self.component.on_epoch_start(self.ctx)
+
+    def stage_end(self) -> None:
+        """The stage's end as a run's: the component's ``on_stage_end``."""
+        self.component.on_stage_end(self.ctx)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -159,6 +215,9 @@ def harness(
     weight: float = 1.0,
     seed: int = 0,
     optimizer: Mapping[str, Any] | None = None,
+    schedule: Mapping[str, Any] | None = None,
+    batch_size: int | None = None,
+    epochs: int = 1,
 ) -> Harness:
     """Build ``cls`` with ``params`` (validated like a recipe's) in a context over ``x``.
 
@@ -172,21 +231,35 @@ def harness(
         train: the roles the stage trains.
         serves: the roles the component serves (default: ``train``).
         name, terms, weight: as in a recipe's component entry.
-        seed: seeds the component's generator.
+        seed: the component's seed, as a run's ``component_seed(run.seed, stage index,
+            name)``: its generator (``ctx.generator``) starts from it and its ``setup`` draws
+            from torch's generator seeded with ``seed + 1`` (the test's own random state is
+            left as it was), so that the harness draws what a run of the component would.
         optimizer: the trained roles' optimiser settings, as a recipe's
             ``models.<role>.optimizer`` table (default: the recipe's defaults, SGD); the
             context's recipe holds them under ``models``, and :meth:`Harness.setup` builds
             the optimisers.
+        schedule: their learning-rate schedule, as a recipe's ``models.<role>.schedule``
+            table (default: constant), which :meth:`Harness.epoch_start` follows.
+        batch_size, epochs: the recipe's ``data.batch_size`` (default: the recipe's default)
+            and the stage's epochs: what ``ctx.steps_per_epoch`` (the batches of ``x``) and a
+            schedule over the stage are computed from.
     """
     clean = noisy_label if clean_label is None else clean_label
     c = int(num_classes or int(max(noisy_label.max(), clean.max())) + 1)
     label = name or cls.__name__.lower()
     comp = cls(structure(cls.Params, dict(params or {}), "params"),
                ComponentSpec(label, label, tuple(serves or train), tuple(terms), weight))
-    stage = StageConfig(name="stage", epochs=1, train=list(train))
+    stage = structure(StageConfig, {"name": "stage", "epochs": epochs, "train": list(train)},
+                      "stages")
     opt = structure(OptimizerConfig, {} if optimizer is None else optimizer, "optimizer")
-    configs = {role: ModelConfig(optimizer=opt) for role in (*(models or {}), *train)}
-    run = Run(Recipe(models=configs, stages=[stage]), Path("."), torch.device("cpu"), [])
+    sched = structure(ScheduleConfig, {} if schedule is None else schedule, "schedule")
+    configs = {role: ModelConfig(optimizer=opt, schedule=sched)
+               for role in (*(models or {}), *train)}
+    data = structure(DataConfig, {} if batch_size is None else {"batch_size": batch_size}, "data")
+    run = Run(Recipe(data=data, models=configs, stages=[stage]), Path("."), torch.device("cpu"),
+              [])
+    run.steps_per_epoch = batches_per_epoch(len(x), data.batch_size) if train else 0
     empty = ArrayDataset(x[:0], clean[:0], c)
     train_split = ArrayDataset(x, clean, c)
     run.data = RunData(train=train_split, val=empty, test=empty, gold=empty,
@@ -206,7 +279,7 @@ def harness(
     run.write_data = lambda n, v: None
     ctx = ComponentContext(run, label, torch.Generator().manual_seed(seed),
                            frozenset(comp.written_columns()))
-    return Harness(comp, ctx, run, optimizer=opt)
+    return Harness(comp, ctx, run, optimizer=opt, seed=seed)
 
 
 class TinyNet(KDModel):

@@ -5,6 +5,7 @@ columns)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import attrs
@@ -13,11 +14,21 @@ import torch
 from torch import nn
 
 from kdcore import Component, PluginHost, RecipeError, Role
+from kdcore.batching import epoch_batches
 from kdcore.builtin.components import AllSamples, CrossEntropy, HintonKD, LabelSmoothing
 from kdcore.component import Batch, ComponentSpec
 from kdcore.context import BatchStore, ColumnName, ModelOutput
+from kdcore.hookspecs import hookimpl
 from kdcore.recipe import ModelConfig, OptimizerConfig, Recipe, StageConfig
-from kdcore.testing import TinyNet, harness
+from kdcore.testing import (
+    TinyNet,
+    component,
+    component_seed,
+    harness,
+    run_tiny,
+    stage,
+    tiny_recipe,
+)
 
 X = torch.arange(20.0).reshape(5, 4)
 NOISY = torch.tensor([0, 1, 2, 1, 0])
@@ -228,8 +239,10 @@ ALONE = {"mlc": "needs a clean gold split", "kdmlc_student": "needs exactly one 
 @pytest.mark.parametrize("use", sorted(PluginHost().components.names()))
 def test_every_installed_component_runs_in_the_harness_with_its_defaults(use):
     """Each component's hooks over two epochs of three batches, as a stage of it alone trains
-    the student (or student and peer, for one that needs two models): what a third party's
-    unit test of it would do first. One that cannot stand alone says why in a RecipeError."""
+    the student (or student and peer, for one that needs two models), each batch a whole
+    training step (its backward pass, optimiser step and ``after_step``), then the stage's
+    end: what a third party's unit test of it would do first. One that cannot stand alone
+    says why in a RecipeError."""
     cls = PluginHost().components.get(use)
     gen = torch.Generator().manual_seed(0)
     x, clean = torch.randn(96, 6, generator=gen), torch.randint(0, 4, (96,), generator=gen)
@@ -239,13 +252,16 @@ def test_every_installed_component_runs_in_the_harness_with_its_defaults(use):
     def two_epochs(train):
         torch.manual_seed(1)
         models = {r: TinyNet(6, 4) for r in ("teacher", "student", "peer")}
-        h = harness(cls, x=x, noisy_label=noisy, clean_label=clean, models=models, train=train)
+        h = harness(cls, x=x, noisy_label=noisy, clean_label=clean, models=models, train=train,
+                    batch_size=32, epochs=2)
         h.setup()
         for epoch in range(2):
             h.epoch_start(epoch)
             for b in range(3):
-                h.step(h.batch(range(32 * b, 32 * b + 32)))
+                h.train(h.batch(range(32 * b, 32 * b + 32)))
             h.epoch_end()
+        h.stage_end()
+        assert h.ctx.step == 6 and all(h.ctx.model_version(r) == 6 for r in train)
 
     if use in ALONE:
         with pytest.raises(RecipeError, match=ALONE[use]):
@@ -496,3 +512,254 @@ def test_a_steps_loss_records_take_the_column_a_run_of_the_component_would():
     assert [p.column for p in two.step(two.batch([0, 1])).losses_per_sample] == ["loss/t/a"]
     one = harness(FirstOnly, x=X, noisy_label=NOISY, models=models, name="t", train=["a"])
     assert [p.column for p in one.step(one.batch([0, 1])).losses_per_sample] == ["loss/t"]
+
+
+# -- a whole training step, the stage's counters and its end ---------------------------------
+
+
+class _Noted(Component):
+    """CE that notes each ``after_step`` and ``on_stage_end`` with the counters it finds."""
+
+    description = "notes"
+    seen: list = []
+
+    def transfer(self, ctx, batch):
+        return {"student": torch.nn.functional.cross_entropy(
+            batch.out("student").logits, batch.noisy_label, reduction="none")}
+
+    def after_step(self, ctx, batch):
+        _Noted.seen.append(("after_step", ctx.step, ctx.stage_step, batch.index.tolist(),
+                            ctx.model_version("student")))
+
+    def on_stage_end(self, ctx):
+        _Noted.seen.append(("stage_end", ctx.epoch))
+
+
+def test_train_takes_a_runs_step_then_moves_the_counters_and_calls_after_step():
+    """``train`` is a run's whole step: gradients zeroed, the hooks, the backward pass, the
+    optimiser step, the counters, ``after_step``; the weights move as plain SGD would move a
+    copy of the model on the same loss (momentum and weight decay included, over two
+    steps)."""
+    _Noted.seen = []
+    torch.manual_seed(0)
+    net = TinyNet(4, 3)
+    ref = TinyNet(4, 3)
+    ref.load_state_dict(net.state_dict())
+    h = harness(_Noted, x=X, noisy_label=NOISY, models={"student": net}, batch_size=2,
+                optimizer={"lr": 0.2, "momentum": 0.9, "weight_decay": 1e-3}, name="n")
+    with pytest.raises(ValueError, match=r"^Harness.train: no optimiser for student; call "
+                                         r"setup\(\) first"):
+        h.train(h.batch([0]))
+    h.setup()
+    next(net.parameters()).grad = torch.ones_like(next(net.parameters()))  # stale: zeroed
+    sgd = torch.optim.SGD(ref.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-3)
+    for rows in ([0, 3], [4, 1]):
+        result = h.train(h.batch(rows))
+        sgd.zero_grad()
+        expected = torch.nn.functional.cross_entropy(ref(X[rows])[0], NOISY[rows])
+        expected.backward()
+        sgd.step()
+        torch.testing.assert_close(result.losses["student"], expected, rtol=0, atol=0)
+    for mine, theirs in zip(net.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert _Noted.seen == [("after_step", 1, 1, [0, 3], 1), ("after_step", 2, 2, [4, 1], 2)]
+    assert (h.ctx.step, h.ctx.stage_step) == (2, 2)
+    h.stage_end()
+    assert _Noted.seen[-1] == ("stage_end", 0)
+
+
+class _TakesBackward(Component):
+    """Takes the student's backward pass: twice the loss, and, with ``steps``, its own SGD
+    step (marked, so the engine's optimiser does not step again)."""
+
+    @attrs.frozen
+    class Params:
+        steps: bool = False
+
+    description = "takes the backward pass"
+
+    def transfer(self, ctx, batch):
+        return {"student": torch.nn.functional.cross_entropy(
+            batch.out("student").logits, batch.noisy_label, reduction="none")}
+
+    def backward_roles(self):
+        return ("student",)
+
+    def backward(self, ctx, batch, role, loss):
+        (2 * loss).backward()
+        if self.params.steps:
+            with torch.no_grad():
+                for p in ctx.models[role].parameters():
+                    p -= 1.0 * p.grad
+            ctx.mark_stepped(role)
+        return True
+
+
+@pytest.mark.parametrize("steps", [False, True])
+def test_train_lets_a_component_take_the_backward_pass_and_the_step(steps):
+    torch.manual_seed(0)
+    net = TinyNet(4, 3)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    h = harness(_TakesBackward, {"steps": steps}, x=X, noisy_label=NOISY,
+                models={"student": net}, optimizer={"lr": 0.1, "weight_decay": 0}).setup()
+    h.train(h.batch([0, 1, 2]))
+    ref = TinyNet(4, 3)
+    ref.load_state_dict(start)
+    (2 * torch.nn.functional.cross_entropy(ref(X[[0, 1, 2]])[0], NOISY[[0, 1, 2]])).backward()
+    lr = 1.0 if steps else 0.1  # its own step, or the engine's SGD: one step either way
+    for (name, p), q in zip(net.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, start[name] - lr * q.grad, rtol=0, atol=1e-7)
+    assert h.ctx.model_version("student") == 1 and not h.run.stepped
+
+
+class _Detached(Component):
+    description = "a loss without gradient"
+
+    def transfer(self, ctx, batch):
+        return {"student": batch.out("student").logits.detach().sum(1)}
+
+
+def test_train_refuses_a_stage_whose_losses_have_no_gradient_as_a_run_does():
+    from kdcore.errors import KdcoreError
+
+    h = harness(_Detached, x=X, noisy_label=NOISY, models={"student": TinyNet(4, 3)}).setup()
+    with pytest.raises(KdcoreError, match="model 'student' got a loss without gradient .* so it "
+                                          "cannot learn"):
+        h.train(h.batch([0, 1]))
+
+
+@pytest.mark.parametrize(("n", "batch_size", "train", "per_epoch"), [
+    (70, None, ("student",), 2),  # the recipe's default batch, 64: 64 and 6
+    (10, 4, ("student",), 3),  # 4, 4, 2
+    (10, 3, ("student",), 3),  # 3, 3, 4: a last batch of one joins the one before
+    (9, 3, ("student",), 3),
+    (10, 3, (), 0),  # a stage that trains nothing takes no steps
+])
+def test_steps_per_epoch_and_each_epochs_first_step_are_a_runs(n, batch_size, train, per_epoch):
+    x, y = torch.randn(n, 4), torch.arange(n) % 3
+    h = harness(_Noted, x=x, noisy_label=y, batch_size=batch_size, train=train, epochs=4,
+                serves=("student",))
+    assert h.ctx.steps_per_epoch == per_epoch and h.ctx.stage.epochs == 4
+    assert h.ctx.recipe.data.batch_size == (batch_size or 64)
+    h.epoch_start(3)
+    assert (h.ctx.epoch, h.ctx.step, h.ctx.stage_step) == (3, 3 * per_epoch, 3 * per_epoch)
+    for bad, why in (({"batch_size": 0}, r"^data\.batch_size: "), ({"epochs": -1},
+                                                                   r"^stages\.epochs: ")):
+        with pytest.raises(RecipeError, match=why):
+            harness(_Noted, x=x, noisy_label=y, **bad)
+
+
+def test_each_epoch_starts_at_the_rate_the_recipes_schedule_sets():
+    import math
+
+    h = harness(_Noted, x=X, noisy_label=NOISY, models={"student": TinyNet(4, 3)}, epochs=4,
+                optimizer={"lr": 0.4}, schedule={"name": "cosine"}).setup()
+    for epoch in (0, 1, 3):
+        h.epoch_start(epoch)
+        assert h.ctx.lr("student") == pytest.approx(0.2 * (1 + math.cos(math.pi * epoch / 4)))
+    steps = harness(_Noted, x=X, noisy_label=NOISY, models={"student": TinyNet(4, 3)},
+                    epochs=3, optimizer={"lr": 1.0},
+                    schedule={"name": "multistep", "milestones": [1, 2], "gamma": 0.5}).setup()
+    steps.epoch_start(2)
+    assert steps.ctx.lr("student") == 0.25
+    with pytest.raises(RecipeError, match=r"^schedule\.name: got 'warm'"):
+        harness(_Noted, x=X, noisy_label=NOISY, schedule={"name": "warm"})
+    bare = harness(_Noted, x=X, noisy_label=NOISY, models={"student": _Stand()})
+    bare.setup()
+    bare.epoch_start(1)  # no optimiser to set a rate on: nothing to do
+    assert bare.ctx.epoch == 1
+
+
+class _Capture:
+    """An observer keeping the run's data, its models as they start and as they end, and
+    torch's random state at its first epoch's start."""
+
+    @hookimpl
+    def kdcore_run_start(self, ctx):
+        self.data = ctx.data
+        self.start = {r: copy.deepcopy(m) for r, m in ctx.models.items()}
+
+    @hookimpl
+    def kdcore_epoch_start(self, ctx, epoch):
+        if epoch == 0:  # torch's generator as the first batch finds it (mixup's coefficient)
+            self.rng = torch.get_rng_state()
+
+    @hookimpl
+    def kdcore_run_end(self, ctx, summary):
+        self.end = {r: copy.deepcopy(m.state_dict()) for r, m in ctx.models.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("use", "params", "train"), [
+    ("ce", {}, ["student"]),
+    ("mixup_ce", {"beta": 0.4}, ["student"]),  # draws from its generator each batch
+    ("smkd", {}, ["student", "peer"]),  # takes the backward pass of two models
+])
+def test_a_component_trained_through_the_harness_ends_where_a_run_of_it_ends(tmp_path, use,
+                                                                              params, train):
+    """Two epochs of a stage of the component alone, once as ``kdcore run`` trains it and once
+    through the harness over the run's own data, initial weights and batches, seeded as the
+    run seeds it: the models' weights end bit for bit equal (the optimiser settings, the
+    schedule's rates, the component's random draws, the steps)."""
+    optimizer = {"lr": 0.1, "momentum": 0.5, "weight_decay": 1e-3}
+    schedule = {"name": "cosine"}
+    models = {role: {"arch": "mlp", "params": {"hidden": [16 + 8 * i]}, "optimizer": optimizer,
+                     "schedule": schedule} for i, role in enumerate(train)}
+    recipe = tiny_recipe(stage("s", 2, train, component(use, params=params)), models=models,
+                         batch_size=64, seed=3)
+    seen = _Capture()
+    run_tiny(recipe, tmp_path / "run", plugins=[seen])
+    data = seen.data
+    h = harness(PluginHost().components.get(use), params, x=data.train.x,
+                noisy_label=data.train_noisy, models=seen.start, train=train, batch_size=64,
+                epochs=2, optimizer=optimizer, schedule=schedule, name=use,
+                seed=component_seed(3, 0, use)).setup()
+    order = torch.Generator().manual_seed(3 + 2)  # the loop's batch order (kdcore.loop)
+    torch.set_rng_state(seen.rng)
+    for epoch in range(2):
+        h.epoch_start(epoch)
+        for rows in epoch_batches(torch.randperm(len(data.train), generator=order), 64):
+            h.train(h.batch(rows))
+        h.epoch_end()
+    assert h.ctx.step == 2 * h.ctx.steps_per_epoch == 10  # 300 digits less 10% validation
+    for role in train:
+        mine = h.run.models[role].state_dict()
+        assert mine.keys() == seen.end[role].keys()
+        for name, value in seen.end[role].items():
+            torch.testing.assert_close(mine[name], value, rtol=0, atol=0, msg=f"{role} {name}")
+
+
+class _Draws(Component):
+    """Draws in ``setup`` from torch's generator and from its own, as a network's
+    initialisation and a component's sampling would."""
+
+    description = "draws"
+
+    def setup(self, ctx):
+        self.drawn = (torch.rand(3).tolist(), torch.rand(2, generator=ctx.generator).tolist())
+
+
+def test_setup_draws_what_a_run_of_the_component_would_and_leaves_the_tests_random_state():
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    h = harness(_Draws, x=X, noisy_label=NOISY, seed=41).setup()
+    assert torch.equal(torch.get_rng_state(), before)  # the test's own draws are as they were
+    drawn = [torch.rand(n, generator=torch.Generator().manual_seed(s)).tolist()
+             for n, s in ((3, 42), (2, 41))]
+    assert h.component.drawn == tuple(drawn)
+
+
+def test_an_optimiser_the_test_sets_keeps_its_rate_at_each_epoch():
+    """The schedule sets the rate of the optimisers ``setup`` built only: one the test set
+    before ``setup``, or in place of a built one after it, keeps the rate it was given."""
+    student, peer = TinyNet(4, 3), TinyNet(4, 3)
+    h = harness(_Noted, x=X, noisy_label=NOISY, models={"student": student, "peer": peer},
+                train=("student", "peer"), serves=("student",), optimizer={"lr": 1.0},
+                schedule={"name": "multistep", "milestones": [1]}, epochs=2)
+    h.run.optimizers["student"] = torch.optim.SGD(student.parameters(), lr=0.3)
+    h.setup()
+    h.epoch_start(1)
+    assert (h.ctx.lr("student"), h.ctx.lr("peer")) == (0.3, pytest.approx(0.1))
+    h.run.optimizers["peer"] = torch.optim.SGD(peer.parameters(), lr=0.7)
+    h.epoch_start(0)
+    assert (h.ctx.lr("student"), h.ctx.lr("peer")) == (0.3, 0.7)
