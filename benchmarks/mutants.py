@@ -199,7 +199,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                         ["tests/test_hookspecs.py", "tests/test_step.py", "tests/test_testing.py",
                          "tests/test_column_kinds.py", "tests/test_plan.py",
                          "tests/test_cached_outputs.py", "tests/test_builtin_components.py",
-                         "tests/test_harness.py"]),
+                         "tests/test_harness.py", "tests/test_update.py"]),
     # finding, loading and isolating plugins; the registries they fill (session 21)
     "kdcore-plugins": (".", ["kdcore/plugins.py", "kdcore/registry.py"],
                        ["tests/test_plugins.py", "tests/test_observers.py",

@@ -25,6 +25,7 @@ import attrs
 
 from kdcore.cli_files import output_file
 from kdcore.errors import KdcoreError
+from kdcore.rundir import RUN_STARTS, started
 
 SEED_DIR = re.compile(r"seed\d+$")
 METRICS = {
@@ -69,15 +70,18 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunResult]:
 
 
 def unfinished_note(paths: Iterable[str | Path], found: Sequence[RunResult]) -> str | None:
-    """A line naming the runs at or below ``paths`` that hold a history but no summary.json
-    (running, stopped or failed), which the table leaves out; None when there are none."""
+    """A line naming the runs at or below ``paths`` that were started but hold no summary.json
+    (running, stopped or failed; one killed before its first epoch has no history yet, only
+    its ``recipe.toml``: :func:`kdcore.rundir.started`), which the table leaves out; None when
+    there are none."""
     done = {r.path.resolve() for r in found}
-    left = sorted({h.parent for root in map(Path, paths) for h in Path(root).rglob("history.h5")
-                   if h.parent.resolve() not in done})
+    left = sorted({f.parent for root in map(Path, paths) for name in RUN_STARTS
+                   for f in Path(root).rglob(name)
+                   if f.parent.resolve() not in done and started(f.parent)})
     if not left:
         return None
     named = ", ".join(map(str, left[:5])) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
-    return (f"{len(left)} unfinished run{'s' * (len(left) != 1)} left out (a history but no "
+    return (f"{len(left)} unfinished run{'s' * (len(left) != 1)} left out (started, no "
             f"summary.json: running, stopped or failed): {named}")
 
 

@@ -143,11 +143,15 @@ def new_run_refusal(run_dir: Path) -> str | None:
             f"empty or new --out, or --overwrite to replace them{start}")
 
 
+RUN_STARTS = (ckpt.CHECKPOINT, "history.h5", "recipe.toml")
+"""The files that say a run was started in a folder (:func:`started`)."""
+
+
 def started(run_dir: Path) -> bool:
     """Whether a run was started in ``run_dir``: what ``--resume`` continues (a checkpoint) or
     starts again (a history or the resolved recipe of a run killed before its first
     checkpoint)."""
-    return any((run_dir / n).exists() for n in (ckpt.CHECKPOINT, "history.h5", "recipe.toml"))
+    return any((run_dir / n).exists() for n in RUN_STARTS)
 
 
 RUN_FILES = ("recipe.toml", "log.txt", "summary.json", ckpt.CHECKPOINT, ckpt.PREVIOUS, "models")

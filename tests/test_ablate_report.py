@@ -245,8 +245,8 @@ def test_find_runs_says_where_it_looked_and_what_is_not_a_file(tmp_path):
     with pytest.raises(KdcoreError) as exc:
         find_runs(empty)
     assert str(exc.value) == (f"no finished runs (directories with summary.json) under "
-                              f"{empty[0]}, {empty[1]}; 1 unfinished run left out (a history but "
-                              f"no summary.json: running, stopped or failed): {empty[0] / 'r'}")
+                              f"{empty[0]}, {empty[1]}; 1 unfinished run left out (started, no "
+                              f"summary.json: running, stopped or failed): {empty[0] / 'r'}")
     (tmp_path / "y" / "r" / "summary.json").mkdir(parents=True)
     with pytest.raises(KdcoreError) as exc:
         find_runs(empty)

@@ -545,13 +545,19 @@ def test_train_takes_a_runs_step_then_moves_the_counters_and_calls_after_step():
     net = TinyNet(4, 3)
     ref = TinyNet(4, 3)
     ref.load_state_dict(net.state_dict())
+    net.unused = nn.Parameter(torch.ones(2))  # in no loss: a run's SGD leaves it be
     h = harness(_Noted, x=X, noisy_label=NOISY, models={"student": net}, batch_size=2,
                 optimizer={"lr": 0.2, "momentum": 0.9, "weight_decay": 1e-3}, name="n")
     with pytest.raises(ValueError, match=r"^Harness.train: no optimiser for student; call "
                                          r"setup\(\) first"):
         h.train(h.batch([0]))
+    two = harness(_Noted, x=X, noisy_label=NOISY, train=("student", "peer"),
+                  serves=("student",))
+    with pytest.raises(ValueError, match=r"^Harness.train: no optimiser for student, peer;"):
+        two.train(two.batch([0]))
     h.setup()
-    next(net.parameters()).grad = torch.ones_like(next(net.parameters()))  # stale: zeroed
+    for p in (net.classifier.weight, net.unused):  # stale gradients: gone, not zeros
+        p.grad = torch.ones_like(p)
     sgd = torch.optim.SGD(ref.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-3)
     for rows in ([0, 3], [4, 1]):
         result = h.train(h.batch(rows))
@@ -560,8 +566,11 @@ def test_train_takes_a_runs_step_then_moves_the_counters_and_calls_after_step():
         expected.backward()
         sgd.step()
         torch.testing.assert_close(result.losses["student"], expected, rtol=0, atol=0)
-    for mine, theirs in zip(net.parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    theirs = dict(ref.named_parameters())
+    for name, mine in net.named_parameters():
+        if name != "unused":
+            torch.testing.assert_close(mine, theirs[name], rtol=0, atol=0)
+    assert torch.equal(net.unused, torch.ones(2)) and net.unused.grad is None
     assert _Noted.seen == [("after_step", 1, 1, [0, 3], 1), ("after_step", 2, 2, [4, 1], 2)]
     assert (h.ctx.step, h.ctx.stage_step) == (2, 2)
     h.stage_end()

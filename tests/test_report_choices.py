@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -165,16 +166,31 @@ def test_no_gap_asked_no_gap_warning(grid):
 
 
 def test_unfinished_runs_are_named_as_left_out(grid):
-    """A run still going, stopped or failed has a history but no summary.json: the table
-    leaves it out, and said nothing of it."""
+    """A run still going, stopped or failed was started but has no summary.json: the table
+    leaves it out, and said nothing of it. One killed before its first epoch (its recipe.toml
+    and log.txt, no history) or whose history is gone (its checkpoint) counts as well; a
+    folder of other files does not."""
     for seed in (2, 3):
         write_run(grid / "kd" / f"seed{seed}", KD, {"student": 0.1})
         (grid / "kd" / f"seed{seed}" / "summary.json").unlink()
     res, table, warnings = report(grid, "--model", "student")
     assert res.exit_code == 0 and table["kd"][2] == "2", res.output  # seeds 0 and 1 only
     assert warnings[0] == (
-        f"kdcore: warning: 2 unfinished runs left out (a history but no summary.json: "
+        f"kdcore: warning: 2 unfinished runs left out (started, no summary.json: "
         f"running, stopped or failed): {grid / 'kd' / 'seed2'}, {grid / 'kd' / 'seed3'}")
+    early, moved, other = (grid / "ce" / n for n in ("seed5", "seed6", "notes"))
+    for folder, files in ((early, ("recipe.toml", "log.txt")), (moved, ("checkpoint.pt",)),
+                          (other, ("log.txt", "plot.png"))):
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("x")
+    _, table, warnings = report(grid, "--model", "student")
+    assert warnings[0] == (
+        f"kdcore: warning: 4 unfinished runs left out (started, no summary.json: running, "
+        f"stopped or failed): {early}, {moved}, {grid / 'kd' / 'seed2'}, {grid / 'kd' / 'seed3'}")
+    assert table["ce"][2] == "2"
+    for folder in (early, moved, other):
+        shutil.rmtree(folder)
     for seed, count, end in [(4, 3, "kd/seed3"), (5, 4, "kd/seed3"), (6, 5, "kd/seed3"),
                              (7, 6, "kd/seed2 and 1 more"),
                              (8, 7, "ce/seed8 and 2 more")]:
