@@ -355,8 +355,8 @@ class ComponentHooks(Protocol):
     def after_step(self, ctx: RunContext, batch: Batch) -> None:
         """After the optimisers stepped on this batch (EMA updates, bookkeeping).
 
-        When: after every optimiser step of the batch, before ``kdcore_batch_end``. Order:
-        recipe order.
+        When: after every optimiser step of the batch (``ctx.step`` already counts it),
+        before ``kdcore_batch_end``. Order: recipe order.
 
         Args:
             ctx: the run.

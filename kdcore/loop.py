@@ -310,11 +310,11 @@ class Trainer:
                 batch.records[column] = records.evaluate(column, producer, values)
             records.add(column, producer, index, values)
         losses = result.losses
-        for role in losses:  # summed per term at the epoch end, checked every few steps
-            if role in trained_roles:
-                self._unchecked.append((run.step, role, result.total(role), result.terms[role]))
-        update_models(run, result, batch, train=trained_roles, takers=stage.backward,
-                      context=self.context, scaler=self.scaler, warned=self.gradient_free)
+        trained = [r for r in losses if r in trained_roles]
+        for role in trained:  # summed per term at the epoch end, checked every few steps
+            self._unchecked.append((run.step, role, result.total(role), result.terms[role]))
+        update_models(run, result, batch, trained, trained_roles, stage.backward, self.context,
+                      self.scaler, self.gradient_free)
         if len(self._unchecked) - self._checked >= FINITE_CHECK_EVERY:
             self._check_finite()
         run.step += 1
@@ -323,7 +323,7 @@ class Trainer:
             comp.after_step(self.context(comp), batch)
         if observes:
             self.bus.call("kdcore_batch_end", ctx=self.observer_ctx, batch=batch,
-                          losses={r: v for r, v in losses.items() if r in trained_roles})
+                          losses={r: losses[r] for r in trained})
 
     def _train_metrics(self, batches: int) -> dict[str, float]:
         """Each model's total loss and every term, averaged over the epoch's batches."""

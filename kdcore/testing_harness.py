@@ -114,9 +114,9 @@ class Harness:
         for role in train:
             run.optimizers[role].zero_grad(set_to_none=True)
         result = self.step(batch)
-        update_models(run, result, batch, train=train,
-                      takers=[comp] if "backward" in comp.hooks() else [],
-                      context=lambda _: self.ctx, scaler=None, warned=self._warned)
+        update_models(run, result, batch, [r for r in result.losses if r in train], train,
+                      [comp] if "backward" in comp.hooks() else [], lambda _: self.ctx, None,
+                      self._warned)
         run.step += 1
         run.stage_step += 1
         comp.after_step(self.ctx, batch)

@@ -17,10 +17,12 @@ from kdcore.runstate import Run
 from kdcore.step import StepResult, take_backward, without_gradient
 
 
-def update_models(run: Run, result: StepResult, batch: Batch, *, train: Sequence[str],
-                  takers: Sequence[Component], context: Callable[[Component], RunContext],
+def update_models(run: Run, result: StepResult, batch: Batch, trained: Sequence[str],
+                  train: Sequence[str], takers: Sequence[Component],
+                  context: Callable[[Component], RunContext],
                   scaler: torch.amp.GradScaler | None, warned: set[str]) -> None:
-    """The backward pass of each model in ``train`` that got a loss, then every optimiser step.
+    """The backward pass of each model in ``trained`` (the roles of ``train``, the stage's
+    trained models, that got a loss, in the loss's order), then every optimiser step.
 
     A loss without gradient is said once per role in ``warned`` (an error when no trained
     model's has one: :func:`kdcore.step.without_gradient`). The first of ``takers`` whose
@@ -30,7 +32,6 @@ def update_models(run: Run, result: StepResult, batch: Batch, *, train: Sequence
     (``ctx.mark_stepped``), and counts it (:meth:`Run.bump <kdcore.runstate.Run.bump>`).
     Gradients are the caller's to zero before the batch's hooks."""
     losses = result.losses
-    trained = [r for r in losses if r in train]
     plain: list[torch.Tensor] = []
     for role in trained:
         loss = losses[role]

@@ -67,7 +67,8 @@ def test_a_scaler_scales_the_summed_loss_steps_each_optimiser_and_updates_once()
     batch = h.batch([0, 2, 5])
     result = h.step(batch)
     scaler = _Scaler()
-    update_models(h.run, result, batch, train=["student", "peer"], takers=[],
+    both = ["student", "peer"]
+    update_models(h.run, result, batch, trained=both, train=both, takers=[],
                   context=lambda _: h.ctx, scaler=scaler, warned=set())
     assert scaler.calls == ["scale", "step", "step", "update"]
     for role, model in h.run.models.items():
@@ -105,6 +106,7 @@ def test_a_model_without_gradient_beside_one_with_is_said_once_and_not_moved():
 def test_the_warned_set_is_the_callers(warned):
     h = _two("detach")
     batch = h.batch([0, 1])
-    update_models(h.run, h.step(batch), batch, train=["student", "peer"], takers=[],
+    both = ["student", "peer"]
+    update_models(h.run, h.step(batch), batch, trained=both, train=both, takers=[],
                   context=lambda _: h.ctx, scaler=None, warned=warned)
     assert warned == {"peer"}
