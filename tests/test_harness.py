@@ -21,12 +21,15 @@ from kdcore.context import BatchStore, ColumnName, ModelOutput
 from kdcore.hookspecs import hookimpl
 from kdcore.recipe import ModelConfig, OptimizerConfig, Recipe, StageConfig
 from kdcore.testing import (
+    MODELS,
     TinyNet,
+    check_tiny,
     component,
     component_seed,
     harness,
     run_tiny,
     stage,
+    teacher_stage,
     tiny_recipe,
 )
 
@@ -680,62 +683,111 @@ def test_each_epoch_starts_at_the_rate_the_recipes_schedule_sets():
 
 
 class _Capture:
-    """An observer keeping the run's data, its models as they start and as they end, and
-    torch's random state at its first epoch's start."""
+    """An observer keeping the run's data, its models and torch's random state as stage 's'
+    starts, and its models as the run ends."""
 
     @hookimpl
     def kdcore_run_start(self, ctx):
         self.data = ctx.data
-        self.start = {r: copy.deepcopy(m) for r, m in ctx.models.items()}
 
     @hookimpl
     def kdcore_epoch_start(self, ctx, epoch):
-        if epoch == 0:  # torch's generator as the first batch finds it (mixup's coefficient)
-            self.rng = torch.get_rng_state()
+        if epoch == 0 and ctx.stage.name == "s":  # the stage under test, as it starts
+            self.rng = torch.get_rng_state()  # what the first batch finds (mixup's coefficient)
+            self.start = {r: copy.deepcopy(m) for r, m in ctx.models.items()}
 
     @hookimpl
     def kdcore_run_end(self, ctx, summary):
         self.end = {r: copy.deepcopy(m.state_dict()) for r, m in ctx.models.items()}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("use", "params", "train"), [
-    ("ce", {}, ["student"]),
-    ("mixup_ce", {"beta": 0.4}, ["student"]),  # draws from its generator each batch
-    ("smkd", {}, ["student", "peer"]),  # takes the backward pass of two models
-])
-def test_a_component_trained_through_the_harness_ends_where_a_run_of_it_ends(tmp_path, use,
-                                                                              params, train):
-    """Two epochs of a stage of the component alone, once as ``kdcore run`` trains it and once
-    through the harness over the run's own data, initial weights and batches, seeded as the
-    run seeds it: the models' weights end bit for bit equal (the optimiser settings, the
-    schedule's rates, the component's random draws, the steps)."""
+# the components a stage can train with alone, and the models that stage trains
+STANDS_ALONE = {"ce": ["student"], "dml": ["student", "peer"], "ff_warmup": ["student"],
+                "hinton_kd": ["student"], "l2": ["student"], "lsh": ["student"],
+                "lshl2": ["student"], "lshl2_s": ["student"], "mixup_ce": ["student"],
+                "mixup_kd": ["student"], "relational_kd": ["student"],
+                "smkd": ["student", "peer"], "ssl_pretrain": ["student"]}
+
+
+def _alone(use, train):
     optimizer = {"lr": 0.1, "momentum": 0.5, "weight_decay": 1e-3}
     schedule = {"name": "cosine"}
-    models = {role: {"arch": "mlp", "params": {"hidden": [16 + 8 * i]}, "optimizer": optimizer,
-                     "schedule": schedule} for i, role in enumerate(train)}
-    recipe = tiny_recipe(stage("s", 2, train, component(use, params=params)), models=models,
-                         batch_size=64, seed=3)
+    models = {"teacher": MODELS["teacher"],
+              **{role: {"arch": "mlp", "params": {"hidden": [16 + 8 * i]},
+                        "optimizer": optimizer, "schedule": schedule}
+                 for i, role in enumerate(["student", "peer"])}}
+    return tiny_recipe(teacher_stage(1), stage("s", 2, train, component(use)), models=models,
+                       batch_size=64, seed=3), optimizer, schedule
+
+
+class _RandomScale(Component):
+    """CE scaled by a number drawn at set-up (torch's generator) and one drawn each batch (its
+    own): what a harness seeded as a run draws alike."""
+
+    description = "CE at random scales"
+
+    def setup(self, ctx):
+        self.scale = 1 + float(torch.rand(()))
+
+    def transfer(self, ctx, batch):
+        jitter = 1 + torch.rand((), generator=ctx.generator)
+        return {r: self.scale * jitter * torch.nn.functional.cross_entropy(
+            batch.out(r).logits, batch.noisy_label, reduction="none") for r in self.models}
+
+
+class _RandomScalePlugin:
+    @hookimpl
+    def kdcore_add_components(self):
+        return {"random_scale": _RandomScale}
+
+
+def _trained_alike(tmp_path, use, train, plugins=()):
+    """Train stage 's' of :func:`_alone` by a run and through the harness; compare."""
+    recipe, optimizer, schedule = _alone(use, train)
     seen = _Capture()
-    run_tiny(recipe, tmp_path / "run", plugins=[seen])
+    run_tiny(recipe, tmp_path / "run", plugins=[seen, *plugins])
     data = seen.data
-    h = harness(PluginHost().components.get(use), params, x=data.train.x,
+    h = harness(PluginHost(extra=list(plugins)).components.get(use), x=data.train.x,
                 noisy_label=data.train_noisy, models=seen.start, train=train, batch_size=64,
                 epochs=2, optimizer=optimizer, schedule=schedule, name=use,
-                seed=component_seed(3, 0, use)).setup()
+                seed=component_seed(3, 1, use)).setup()
     order = torch.Generator().manual_seed(3 + 2)  # the loop's batch order (kdcore.loop)
+    torch.randperm(len(data.train), generator=order)  # the teacher's epoch
     torch.set_rng_state(seen.rng)
     for epoch in range(2):
         h.epoch_start(epoch)
         for rows in epoch_batches(torch.randperm(len(data.train), generator=order), 64):
             h.train(h.batch(rows))
         h.epoch_end()
+    h.stage_end()
     assert h.ctx.step == 2 * h.ctx.steps_per_epoch == 10  # 300 digits less 10% validation
     for role in train:
         mine = h.run.models[role].state_dict()
         assert mine.keys() == seen.end[role].keys()
         for name, value in seen.end[role].items():
             torch.testing.assert_close(mine[name], value, rtol=0, atol=0, msg=f"{role} {name}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use", sorted(PluginHost().components.names()))
+def test_a_component_trained_through_the_harness_ends_where_a_run_of_it_ends(tmp_path, use):
+    """A stage of the component alone (after a teacher's), once as ``kdcore run`` trains it
+    and once through the harness over the run's own data, initial weights and batches, seeded
+    as the run seeds it: the models' weights end bit for bit equal (the optimiser settings,
+    the schedule's rates, the component's random draws, its backward pass, the steps). A
+    component that a stage cannot train with alone (a selection, a weighting, one that needs
+    a gold split or a partner) is refused by ``check``."""
+    if use not in STANDS_ALONE:
+        for train in (["student"], ["student", "peer"]):
+            with pytest.raises(RecipeError):
+                check_tiny(_alone(use, train)[0])
+        return
+    _trained_alike(tmp_path, use, STANDS_ALONE[use])
+
+
+@pytest.mark.slow
+def test_a_component_drawing_at_set_up_draws_in_the_harness_what_it_draws_in_a_run(tmp_path):
+    _trained_alike(tmp_path, "random_scale", ["student"], plugins=[_RandomScalePlugin()])
 
 
 class _Draws(Component):
