@@ -195,7 +195,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # the component contract: the batch, the spec, the declared roles and columns, the per-batch
     # store, the test harness (session 20)
     "kdcore-contract": (".", ["kdcore/component.py", "kdcore/batch.py", "kdcore/context.py",
-                              "kdcore/testing_harness.py"],
+                              "kdcore/testing_harness.py", "kdcore/testing_stubs.py"],
                         ["tests/test_hookspecs.py", "tests/test_step.py", "tests/test_testing.py",
                          "tests/test_column_kinds.py", "tests/test_plan.py",
                          "tests/test_cached_outputs.py", "tests/test_builtin_components.py",

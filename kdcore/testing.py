@@ -40,7 +40,7 @@ from kdcore.hookspecs import hookimpl
 from kdcore.plugins import PluginHost
 from kdcore.recipe import load_recipe
 from kdcore.runstate import component_seed
-from kdcore.testing_harness import ColumnReader, ColumnReaderPlugin, Harness, TinyNet, harness
+from kdcore.testing_harness import Harness, harness
 from kdcore.testing_recipes import (
     COUNTS,
     MODELS,
@@ -56,6 +56,7 @@ from kdcore.testing_recipes import (
     tiny_recipe,
     write_recipe,
 )
+from kdcore.testing_stubs import ColumnReader, ColumnReaderPlugin, TinyNet
 
 __all__ = ["COUNTS", "MODELS", "NUMBERS", "PEER", "ColumnReader", "ColumnReaderPlugin",
            "Harness", "InterruptAt", "Interrupted", "TinyNet", "accepted_compositions",

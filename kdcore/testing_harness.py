@@ -20,14 +20,12 @@ from kdcore.batching import batches_per_epoch
 from kdcore.build import build_optimizer, set_stage_lr
 from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.config import structure
-from kdcore.context import ColumnName, RunContext, StartHook
 from kdcore.data.base import ArrayDataset
 from kdcore.dataflow import per_model_losses
 from kdcore.hook_writes import HookWrites
-from kdcore.hookspecs import hookimpl
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
-from kdcore.models.base import KDModel
+from kdcore.plugins import PluginHost
 from kdcore.recipe import (
     DataConfig,
     ModelConfig,
@@ -44,23 +42,29 @@ from kdcore.update import update_models
 
 @attrs.define(eq=False)
 class Harness:
-    """One component, its context and the run behind it.
+    """One component, its context and the run behind it, with the components placed beside it
+    (``ctx.stage.components`` lists their entries, as a recipe's stage does).
 
     Attributes:
         component: the component under test.
         ctx: its context (what its hooks are handed).
         run: the run behind the context; set ``run.epoch``, ``run.step`` or ``run.stage`` to
             put the component at another point of training.
+        beside: the components :func:`harness` placed after it in the stage (its ``beside``
+            entries), in order; every hook of the harness runs theirs too, as a run does.
+        contexts: each component's context by name (``ctx`` is the one under test's).
     """
 
     component: Component
     ctx: ComponentContext
     run: Run
+    beside: list[Component] = attrs.field(factory=list, kw_only=True)
+    contexts: dict[str, ComponentContext] = attrs.field(factory=dict, kw_only=True)
     _writes: HookWrites | None = attrs.field(default=None, init=False)  # the epoch's, as a run's
     _adapted: bool = attrs.field(default=False, init=False)
     _warned: set[str] = attrs.field(factory=set, init=False)  # roles said to learn nothing
     _optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig, kw_only=True)
-    _seed: int = attrs.field(default=0, kw_only=True)
+    _seeds: dict[str, int] = attrs.field(factory=dict, kw_only=True)  # each component's
     # the optimisers setup built from the recipe's settings (not one the test set itself)
     _built: dict[str, torch.optim.Optimizer] = attrs.field(factory=dict, init=False)
 
@@ -75,9 +79,17 @@ class Harness:
                      num_classes=run.num_classes, step=run.step,
                      targets_from=run.ledger["base_target"])
 
+    @property
+    def placed(self) -> list[Component]:
+        """The stage's components in recipe order: the one under test, then ``beside``."""
+        return [self.component, *self.beside]
+
+    def _ctx(self, comp: Component) -> ComponentContext:
+        return self.contexts[comp.name]
+
     def step(self, batch: Batch) -> StepResult:
-        """The component's batch hooks on ``batch`` as a run calls them in a stage of this
-        component alone (:func:`kdcore.step.combine`: ``refine``, ``select``, ``weight``,
+        """The batch hooks on ``batch`` as a run calls them in a stage of the component and
+        those beside it (:func:`kdcore.step.combine`: ``refine``, ``select``, ``weight``,
         ``transfer``): what they return is written to the ledger (``target``,
         ``select/<name>``, ``weight/<name>``) and held to the checks a run makes of it (shapes
         and devices at once; masks in [0, 1], weights not negative and targets distributions,
@@ -92,21 +104,21 @@ class Harness:
         writes = self._writes
         writes.index = batch.index
         result = combine(batch, refiners=refiners, selectors=selectors, weighters=weighters,
-                         transfers=transfers, context=lambda _: self.ctx, record=writes.write,
+                         transfers=transfers, context=self._ctx, record=writes.write,
                          abstain=writes.abstained,
-                         per_model_losses=per_model_losses([self.component]))
+                         per_model_losses=per_model_losses(self.placed))
         check_outputs(self.run.ledger, refiners, selectors, weighters)
         return result
 
     def train(self, batch: Batch) -> StepResult:
         """The batch as a run trains it: the trained models' gradients zeroed, :meth:`step`
         (the batch hooks and the run's checks of what they return), the backward pass (the
-        component's ``backward`` where it takes one over), each trained model's optimiser step
-        but one the component stepped itself (``ctx.mark_stepped``), ``ctx.step`` and
-        ``ctx.stage_step`` moved on by one, then ``after_step``
+        first component's ``backward`` that takes one over), each trained model's optimiser
+        step but one a component stepped itself (``ctx.mark_stepped``), ``ctx.step`` and
+        ``ctx.stage_step`` moved on by one, then each component's ``after_step``
         (:func:`kdcore.update.update_models`, the training loop's own rules). Call
         :meth:`setup` first: it builds the optimisers."""
-        run, comp = self.run, self.component
+        run, placed = self.run, self.placed
         train = run.stage.train
         if missing := [r for r in train if r not in run.optimizers]:
             raise ValueError(f"Harness.train: no optimiser for {', '.join(missing)}; call "
@@ -115,28 +127,29 @@ class Harness:
             run.optimizers[role].zero_grad(set_to_none=True)
         result = self.step(batch)
         update_models(run, result, batch, [r for r in result.losses if r in train], train,
-                      [comp] if "backward" in comp.hooks() else [], lambda _: self.ctx, None,
+                      [c for c in placed if "backward" in c.hooks()], self._ctx, None,
                       self._warned)
         run.step += 1
         run.stage_step += 1
-        comp.after_step(self.ctx, batch)
+        for comp in placed:
+            comp.after_step(self._ctx(comp), batch)
         return result
 
     def epoch_end(self, metrics: dict[str, float] | None = None) -> dict[str, float]:
         """The epoch's end as a run's: the rows of the batches a ``select`` or ``weight`` hook
         abstained on hold 1 where it wrote its column this epoch
-        (:mod:`kdcore.hook_writes`), then ``on_epoch_end`` with ``metrics`` (default: none),
-        which is returned with what it added."""
+        (:mod:`kdcore.hook_writes`), then each component's ``on_epoch_end`` with ``metrics``
+        (default: none), which is returned with what they added."""
         if self._writes is not None:
             self._writes.settle()
             self._writes = None
         metrics = {} if metrics is None else metrics
-        self.component.on_epoch_end(self.ctx, metrics)
+        for comp in self.placed:
+            comp.on_epoch_end(self._ctx(comp), metrics)
         return metrics
 
     def _kinds(self) -> list[list[Component]]:
-        comp = self.component
-        return [[comp] if kind in comp.kinds() else []
+        return [[c for c in self.placed if kind in c.kinds()]
                 for kind in ("refine", "select", "weight", "transfer")]
 
     def setup(self) -> Harness:
@@ -145,12 +158,13 @@ class Harness:
         stage trains in training mode with gradients and the others in evaluation mode
         without; an optimiser in ``h.run.optimizers`` for each trained role that has
         parameters and none yet, built from the recipe's ``models.<role>.optimizer`` (the
-        settings :func:`harness` was given); then ``setup`` (the ledger read-only, torch's
-        generator seeded as :func:`harness`'s ``seed`` says) and ``on_stage_start``. Returns
-        self."""
-        run, comp = self.run, self.component
+        settings :func:`harness` was given); then each component's ``setup`` (the ledger
+        read-only, torch's generator seeded as :func:`harness`'s ``seed`` says), then each
+        one's ``on_stage_start``. Returns self."""
+        run, placed = self.run, self.placed
         if not self._adapted:
-            comp.adapt_models(self.ctx)
+            for comp in placed:
+                comp.adapt_models(self._ctx(comp))
             self._adapted = True
         train = run.stage.train
         for role, model in run.models.items():
@@ -165,11 +179,13 @@ class Harness:
             run.optimizers[role] = build_optimizer(
                 model, self._optimizer if cfg is None else cfg.optimizer, role)
             self._built[role] = run.optimizers[role]
-        # as the loop's setup_stage: torch's generator seeded for it alone, the test's left be
-        with torch.random.fork_rng(devices=[]), self.ctx.ledger.frozen("setup"):
-            torch.manual_seed(self._seed + 1)
-            self.component.setup(self.ctx)
-        self.component.on_stage_start(self.ctx)
+        for comp in placed:  # as the loop's setup_stage: torch's generator seeded for each
+            ctx = self._ctx(comp)  # alone, the test's own left as it was
+            with torch.random.fork_rng(devices=[]), ctx.ledger.frozen("setup"):
+                torch.manual_seed(self._seeds[comp.name] + 1)
+                comp.setup(ctx)
+        for comp in placed:
+            comp.on_stage_start(self._ctx(comp))
         return self
 
     def epoch_start(self, epoch: int = 0) -> None:
@@ -177,7 +193,7 @@ class Harness:
         ``ctx.step`` and ``ctx.stage_step`` ``epoch x ctx.steps_per_epoch``; the learning rate
         of each optimiser :meth:`setup` built, as the recipe's schedule sets it for the epoch
         (the ``optimizer`` and ``schedule`` settings :func:`harness` was given; an optimiser
-        the test set itself keeps its rate); then the component's ``on_epoch_start``."""
+        the test set itself keeps its rate); then each component's ``on_epoch_start``."""
         run = self.run
         run.epoch = epoch
         run.step = run.stage_step = epoch * run.steps_per_epoch
@@ -187,15 +203,17 @@ class Harness:
         set_stage_lr(run.optimizers, attrs.evolve(run.recipe, stages=[
             attrs.evolve(run.stage, train=scheduled)]), 0, epoch)
         self._writes = None  # an epoch's abstentions are settled by its own end
-        self.component.on_epoch_start(self.ctx)
+        for comp in self.placed:
+            comp.on_epoch_start(self._ctx(comp))
 
     def stage_end(self) -> None:
-        """The stage's end as a run's: the component's ``on_stage_end``."""
-        self.component.on_stage_end(self.ctx)
+        """The stage's end as a run's: each component's ``on_stage_end``."""
+        for comp in self.placed:
+            comp.on_stage_end(self._ctx(comp))
 
     @property
     def metrics(self) -> dict[str, float]:
-        """What the component logged with ``ctx.log_metric`` this epoch."""
+        """What the components logged with ``ctx.log_metric`` this epoch."""
         return self.run.epoch_metrics
 
 
@@ -218,6 +236,8 @@ def harness(
     schedule: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
     epochs: int = 1,
+    beside: Sequence[Mapping[str, Any]] = (),
+    plugins: Sequence[Any] = (),
 ) -> Harness:
     """Build ``cls`` with ``params`` (validated like a recipe's) in a context over ``x``.
 
@@ -244,14 +264,29 @@ def harness(
         batch_size, epochs: the recipe's ``data.batch_size`` (default: the recipe's default)
             and the stage's epochs: what ``ctx.steps_per_epoch`` (the batches of ``x``) and a
             schedule over the stage are computed from.
+        beside: components placed after it in the stage, each a recipe's component entry
+            (:func:`kdcore.testing.component`: ``use``, ``name``, ``params``, ``models``,
+            ``terms``, ``weight``; ``models`` defaults to ``train``), ``use`` an installed
+            component's name or a :class:`~kdcore.Component` class, plus ``seed`` (default 0),
+            as ``seed`` above: a ``ce`` beside a selection, say, so that ``train`` has a loss.
+        plugins: in-process plugins whose components a ``beside`` entry's ``use`` may name,
+            besides the installed ones (as :func:`kdcore.testing.run_tiny`'s).
     """
     clean = noisy_label if clean_label is None else clean_label
     c = int(num_classes or int(max(noisy_label.max(), clean.max())) + 1)
     label = name or cls.__name__.lower()
     comp = cls(structure(cls.Params, dict(params or {}), "params"),
                ComponentSpec(label, label, tuple(serves or train), tuple(terms), weight))
-    stage = structure(StageConfig, {"name": "stage", "epochs": epochs, "train": list(train)},
-                      "stages")
+    host = PluginHost(extra=list(plugins)) if beside else None
+    others = [_placed(entry, f"beside[{i}]", train, host) for i, entry in enumerate(beside)]
+    if len(names := [label, *(o.name for o, _ in others)]) != len(set(names)):
+        raise ValueError(f"harness: the stage's components need distinct names, got {names}")
+    entries = [{"use": p.spec.use, "name": p.name, "models": list(p.spec.models),
+                "terms": list(p.spec.terms), "weight": p.spec.weight, "params": dict(table)}
+               for p, table in [(comp, params or {}),
+                                *((o, e.get("params") or {}) for (o, _), e in zip(others, beside))]]
+    stage = structure(StageConfig, {"name": "stage", "epochs": epochs, "train": list(train),
+                                    "components": entries}, "stages")
     opt = structure(OptimizerConfig, {} if optimizer is None else optimizer, "optimizer")
     sched = structure(ScheduleConfig, {} if schedule is None else schedule, "schedule")
     configs = {role: ModelConfig(optimizer=opt, schedule=sched)
@@ -277,74 +312,30 @@ def harness(
                snapshot=False)
     ledger.add("target", one_hot(noisy_label, c), producer="labels", kind="target")
     run.write_data = lambda n, v: None
-    ctx = ComponentContext(run, label, torch.Generator().manual_seed(seed),
-                           frozenset(comp.written_columns()))
-    return Harness(comp, ctx, run, optimizer=opt, seed=seed)
+    seeds = {label: seed, **{o.name: s for o, s in others}}
+    contexts = {p.name: ComponentContext(run, p.name, torch.Generator().manual_seed(seeds[p.name]),
+                                         frozenset(p.written_columns()))
+                for p in [comp, *(o for o, _ in others)]}
+    return Harness(comp, contexts[label], run, beside=[o for o, _ in others], contexts=contexts,
+                   optimizer=opt, seeds=seeds)
 
 
-class TinyNet(KDModel):
-    """A one-hidden-layer MLP of a few parameters, a :class:`kdcore.KDModel` like kdcore's own
-    models (``forward`` returns ``(logits, features)``; ``trunk`` and ``classifier`` are its
-    parts), for the harness (``models={"student": TinyNet()}``).
-
-    The trunk is ``Linear(d, hidden)``, then ``BatchNorm1d`` if ``batch_norm``, the activation,
-    then ``Dropout`` if ``dropout``; the classifier is ``Linear(hidden, c)``. The layers are
-    built in that order, so a seed set before gives the same weights every time.
-
-    Args:
-        d: input features.
-        c: classes.
-        hidden: feature width.
-        activation: ``"relu"`` or ``"tanh"``.
-        batch_norm: a batch-norm layer (a buffer that code freezing a trunk must leave alone).
-        dropout: the dropout probability (what a model in eval mode must switch off).
-    """
-
-    def __init__(self, d: int = 6, c: int = 4, hidden: int = 8, *, activation: str = "relu",
-                 batch_norm: bool = False, dropout: float = 0.0):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Linear(d, hidden)]
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(hidden))
-        layers.append({"relu": nn.ReLU, "tanh": nn.Tanh}[activation]())
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-        self.trunk = nn.Sequential(*layers)
-        self.classifier = nn.Linear(hidden, c)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)
+ENTRY_KEYS = frozenset({"use", "name", "params", "models", "terms", "weight", "seed"})
 
 
-@attrs.frozen
-class ColumnReaderParams:
-    """Args:
-        column: the ledger column read (checked by the plan like any ``ColumnName``).
-    """
-
-    column: ColumnName = ColumnName("")
-
-
-class ColumnReader(Component):
-    """Reads one ledger column at every epoch start: a stand-in for a downstream method, to
-    test that the plan accepts a column read after its writer and refuses it before. Register
-    it with :class:`ColumnReaderPlugin` (``use = "column_reader"``)."""
-
-    Params = ColumnReaderParams
-
-    def reads_at_start(self) -> dict[str, StartHook]:
-        """Declared, so that the plan refuses a column not there by each epoch's start (a
-        selector's mask of the same stage: undeclared, ``check`` had accepted it and the run
-        stopped at the stage's first epoch)."""
-        return dict.fromkeys(self.reads(), "on_epoch_start")
-
-    def on_epoch_start(self, ctx: RunContext) -> None:
-        ctx.ledger[self.params.column]
-
-
-class ColumnReaderPlugin:
-    """An in-process plugin providing ``column_reader``."""
-
-    @hookimpl
-    def kdcore_add_components(self) -> dict[str, type[Component]]:
-        return {"column_reader": ColumnReader}
+def _placed(entry: Mapping[str, Any], where: str, train: Sequence[str], host: Any
+            ) -> tuple[Component, int]:
+    """The component of a ``beside`` entry, and its seed."""
+    if unknown := sorted(set(entry) - ENTRY_KEYS):
+        raise ValueError(f"harness: {where} has no key {', '.join(map(repr, unknown))} (it "
+                         f"takes {', '.join(sorted(ENTRY_KEYS))})")
+    if "use" not in entry:
+        raise ValueError(f"harness: {where} names no component; give its 'use'")
+    use = entry["use"]
+    cls = host.components.get(use) if isinstance(use, str) else use
+    name = entry.get("name") or (use if isinstance(use, str) else cls.__name__.lower())
+    spec = ComponentSpec(name, use if isinstance(use, str) else name,
+                         tuple(entry.get("models") or train), tuple(entry.get("terms", ())),
+                         float(entry.get("weight", 1.0)))
+    return (cls(structure(cls.Params, dict(entry.get("params") or {}), f"{where}.params"),
+                spec), int(entry.get("seed", 0)))

@@ -13,17 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from kdcore import Component, PluginHost, RecipeError, Role
+from kdcore import Component, KdcoreError, PluginHost, RecipeError, Role
 from kdcore.batching import epoch_batches
 from kdcore.builtin.components import AllSamples, CrossEntropy, HintonKD, LabelSmoothing
 from kdcore.component import Batch, ComponentSpec
 from kdcore.context import BatchStore, ColumnName, ModelOutput
 from kdcore.hookspecs import hookimpl
-from kdcore.recipe import ModelConfig, OptimizerConfig, Recipe, StageConfig
+from kdcore.recipe import ComponentConfig, ModelConfig, OptimizerConfig, Recipe, StageConfig
 from kdcore.testing import (
-    MODELS,
     TinyNet,
-    check_tiny,
     component,
     component_seed,
     harness,
@@ -60,7 +58,10 @@ class _Writer(Component):
 def test_the_run_data_and_ledger_it_builds():
     h = harness(CrossEntropy, x=X, noisy_label=NOISY, clean_label=CLEAN)
     run, data, ledger = h.run, h.run.data, h.run.ledger
-    assert run.recipe.stages == [StageConfig(name="stage", epochs=1, train=["student"])]
+    assert run.recipe.stages == [StageConfig(name="stage", epochs=1, train=["student"],
+                                             components=[ComponentConfig(
+                                                 use="crossentropy", name="crossentropy",
+                                                 models=["student"])])]
     assert run.run_dir == Path(".") and run.device == torch.device("cpu")
     assert run.augmentations == []
     assert data.num_classes == 3 and data.class_names == ("0", "1", "2")
@@ -683,8 +684,8 @@ def test_each_epoch_starts_at_the_rate_the_recipes_schedule_sets():
 
 
 class _Capture:
-    """An observer keeping the run's data, its models and torch's random state as stage 's'
-    starts, and its models as the run ends."""
+    """An observer keeping the run's data, and, as stage 's' starts, its models, optimisers'
+    states and torch's random state, and its models as the run ends."""
 
     @hookimpl
     def kdcore_run_start(self, ctx):
@@ -695,29 +696,88 @@ class _Capture:
         if epoch == 0 and ctx.stage.name == "s":  # the stage under test, as it starts
             self.rng = torch.get_rng_state()  # what the first batch finds (mixup's coefficient)
             self.start = {r: copy.deepcopy(m) for r, m in ctx.models.items()}
+            self.optimizers = {r: copy.deepcopy(o.state_dict())
+                               for r, o in ctx.optimizers.items()}
 
     @hookimpl
     def kdcore_run_end(self, ctx, summary):
         self.end = {r: copy.deepcopy(m.state_dict()) for r, m in ctx.models.items()}
 
 
-# the components a stage can train with alone, and the models that stage trains
-STANDS_ALONE = {"ce": ["student"], "dml": ["student", "peer"], "ff_warmup": ["student"],
-                "hinton_kd": ["student"], "l2": ["student"], "lsh": ["student"],
-                "lshl2": ["student"], "lshl2_s": ["student"], "mixup_ce": ["student"],
-                "mixup_kd": ["student"], "relational_kd": ["student"],
-                "smkd": ["student", "peer"], "ssl_pretrain": ["student"]}
+BY_ITSELF, BESIDE_CE = ({"models": ["student"]}, {"models": ["student"], "beside": ["ce"]})
+# how each installed component is placed in stage 's': the models it serves and the stage
+# trains, the components after it, a gold split
+PLACED = {
+    **dict.fromkeys(["ce", "ff_warmup", "hinton_kd", "l2", "lsh", "lshl2", "lshl2_s",
+                     "mixup_ce", "mixup_kd", "relational_kd", "ssl_pretrain"], BY_ITSELF),
+    "dml": {"models": ["student", "peer"]}, "smkd": {"models": ["student", "peer"]},
+    "all_samples": BESIDE_CE, "awe": BESIDE_CE, "initial_lp": BESIDE_CE,
+    "instance_filter": BESIDE_CE, "label_correction": BESIDE_CE, "label_smoothing": BESIDE_CE,
+    "mutual_lp": BESIDE_CE, "small_loss": BESIDE_CE, "teacher_lp": BESIDE_CE,
+    "almkd": {**BESIDE_CE, "gold": 5}, "mlc": {**BESIDE_CE, "gold": 5},
+    # MLC trains the teacher beside the student, which it corrects the labels of
+    "kdmlc_student": {"models": ["student"], "train": ["teacher", "student"],
+                      "beside": [{"use": "mlc", "models": ["teacher"]}], "gold": 5},
+}
 
 
-def _alone(use, train):
+def _trained_alike(tmp_path, use, placed, plugins=()):
+    """Train stage 's' (``use`` placed as ``placed`` says, after a teacher's stage) by a run
+    and through the harness over the run's own data, initial weights, optimiser states and
+    batches, seeded as the run seeds each component; the weights must end bit for bit equal."""
+    serves = placed["models"]
+    train = placed.get("train", serves)
+    beside = [{"use": b} if isinstance(b, str) else b for b in placed.get("beside", [])]
     optimizer = {"lr": 0.1, "momentum": 0.5, "weight_decay": 1e-3}
-    schedule = {"name": "cosine"}
-    models = {"teacher": MODELS["teacher"],
-              **{role: {"arch": "mlp", "params": {"hidden": [16 + 8 * i]},
-                        "optimizer": optimizer, "schedule": schedule}
-                 for i, role in enumerate(["student", "peer"])}}
-    return tiny_recipe(teacher_stage(1), stage("s", 2, train, component(use)), models=models,
-                       batch_size=64, seed=3), optimizer, schedule
+    # a schedule over the stage, but for a teacher trained in the stage before as well
+    schedule = {"name": "constant" if "teacher" in train else "cosine"}
+    models = {role: {"arch": "mlp", "params": {"hidden": [16 + 8 * i]}, "optimizer": optimizer,
+                     "schedule": {"name": "constant"} if role == "teacher" else schedule}
+              for i, role in enumerate(["teacher", "student", "peer"])}
+    recipe = tiny_recipe(teacher_stage(1), stage("s", 2, train, component(use, models=serves),
+                                                 *beside),
+                         models=models, batch_size=64, seed=3, gold_per_class=placed.get("gold", 0))
+    seen = _Capture()
+    run_tiny(recipe, tmp_path / "run", plugins=[seen, *plugins])
+    data = seen.data
+    h = harness(PluginHost(extra=list(plugins)).components.get(use), x=data.train.x,
+                noisy_label=data.train_noisy, models=seen.start, train=train, serves=serves,
+                batch_size=64, epochs=2, optimizer=optimizer, schedule=schedule, name=use,
+                seed=component_seed(3, 1, use),
+                beside=[{**b, "seed": component_seed(3, 1, b.get("name", b["use"]))}
+                        for b in beside], plugins=plugins)
+    h.run.data = data  # its validation and gold splits too
+    h.setup()
+    for role, state in seen.optimizers.items():  # the teacher's momentum, carried over
+        if role in h.run.optimizers:
+            h.run.optimizers[role].load_state_dict(state)
+    order = torch.Generator().manual_seed(3 + 2)  # the loop's batch order (kdcore.loop)
+    torch.randperm(len(data.train), generator=order)  # the teacher's epoch
+    torch.set_rng_state(seen.rng)
+    for epoch in range(2):
+        h.epoch_start(epoch)
+        for rows in epoch_batches(torch.randperm(len(data.train), generator=order), 64):
+            h.train(h.batch(rows))
+        h.epoch_end()
+    h.stage_end()
+    assert h.ctx.step == 2 * h.ctx.steps_per_epoch == 10  # 300 digits less 10% validation
+    for role in train:
+        mine = h.run.models[role].state_dict()
+        assert mine.keys() == seen.end[role].keys()
+        for name, value in seen.end[role].items():
+            torch.testing.assert_close(mine[name], value, rtol=0, atol=0, msg=f"{role} {name}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use", sorted(PluginHost().components.names()))
+def test_a_component_trained_through_the_harness_ends_where_a_run_of_it_ends(tmp_path, use):
+    """Every installed component in a stage, alone or before the component it needs (a ``ce``
+    beside a selection, an ``mlc`` beside KDMLC's student), once as ``kdcore run`` trains it
+    and once through the harness: the models' weights end bit for bit equal (the optimiser
+    settings, the schedule's rates, each component's random draws, a backward pass taken
+    over, the steps)."""
+    assert use in PLACED, f"say in PLACED how a stage trains with '{use}'"
+    _trained_alike(tmp_path, use, PLACED[use])
 
 
 class _RandomScale(Component):
@@ -741,53 +801,13 @@ class _RandomScalePlugin:
         return {"random_scale": _RandomScale}
 
 
-def _trained_alike(tmp_path, use, train, plugins=()):
-    """Train stage 's' of :func:`_alone` by a run and through the harness; compare."""
-    recipe, optimizer, schedule = _alone(use, train)
-    seen = _Capture()
-    run_tiny(recipe, tmp_path / "run", plugins=[seen, *plugins])
-    data = seen.data
-    h = harness(PluginHost(extra=list(plugins)).components.get(use), x=data.train.x,
-                noisy_label=data.train_noisy, models=seen.start, train=train, batch_size=64,
-                epochs=2, optimizer=optimizer, schedule=schedule, name=use,
-                seed=component_seed(3, 1, use)).setup()
-    order = torch.Generator().manual_seed(3 + 2)  # the loop's batch order (kdcore.loop)
-    torch.randperm(len(data.train), generator=order)  # the teacher's epoch
-    torch.set_rng_state(seen.rng)
-    for epoch in range(2):
-        h.epoch_start(epoch)
-        for rows in epoch_batches(torch.randperm(len(data.train), generator=order), 64):
-            h.train(h.batch(rows))
-        h.epoch_end()
-    h.stage_end()
-    assert h.ctx.step == 2 * h.ctx.steps_per_epoch == 10  # 300 digits less 10% validation
-    for role in train:
-        mine = h.run.models[role].state_dict()
-        assert mine.keys() == seen.end[role].keys()
-        for name, value in seen.end[role].items():
-            torch.testing.assert_close(mine[name], value, rtol=0, atol=0, msg=f"{role} {name}")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("use", sorted(PluginHost().components.names()))
-def test_a_component_trained_through_the_harness_ends_where_a_run_of_it_ends(tmp_path, use):
-    """A stage of the component alone (after a teacher's), once as ``kdcore run`` trains it
-    and once through the harness over the run's own data, initial weights and batches, seeded
-    as the run seeds it: the models' weights end bit for bit equal (the optimiser settings,
-    the schedule's rates, the component's random draws, its backward pass, the steps). A
-    component that a stage cannot train with alone (a selection, a weighting, one that needs
-    a gold split or a partner) is refused by ``check``."""
-    if use not in STANDS_ALONE:
-        for train in (["student"], ["student", "peer"]):
-            with pytest.raises(RecipeError):
-                check_tiny(_alone(use, train)[0])
-        return
-    _trained_alike(tmp_path, use, STANDS_ALONE[use])
-
-
-@pytest.mark.slow
-def test_a_component_drawing_at_set_up_draws_in_the_harness_what_it_draws_in_a_run(tmp_path):
-    _trained_alike(tmp_path, "random_scale", ["student"], plugins=[_RandomScalePlugin()])
+@pytest.mark.parametrize("placed", [BY_ITSELF, {"models": ["student"], "beside": [
+    {"use": "label_smoothing"}, {"use": "random_scale", "name": "second"}]}])
+def test_a_component_drawing_at_set_up_draws_in_the_harness_what_it_draws_in_a_run(tmp_path,
+                                                                                   placed):
+    """Alone, and beside a refiner and a second of its kind, each seeded by its own name."""
+    _trained_alike(tmp_path, "random_scale", placed, plugins=[_RandomScalePlugin()])
 
 
 class _Draws(Component):
@@ -824,3 +844,98 @@ def test_an_optimiser_the_test_sets_keeps_its_rate_at_each_epoch():
     h.run.optimizers["peer"] = torch.optim.SGD(peer.parameters(), lr=0.7)
     h.epoch_start(0)
     assert (h.ctx.lr("student"), h.ctx.lr("peer")) == (0.3, 0.7)
+
+
+class _Recorder(Component):
+    """Notes each hook it gets, with its own name and the name its context writes under."""
+
+    description = "records"
+    seen: list = []
+
+    def _note(self, hook, ctx):
+        _Recorder.seen.append((hook, self.name, ctx.name))
+
+    def setup(self, ctx):
+        self._note("setup", ctx)
+
+    def on_stage_start(self, ctx):
+        self._note("stage_start", ctx)
+
+    def on_epoch_start(self, ctx):
+        self._note("epoch_start", ctx)
+
+    def select(self, ctx, batch):
+        self._note("select", ctx)
+        return torch.ones(len(batch))
+
+    def after_step(self, ctx, batch):
+        self._note("after_step", ctx)
+
+    def on_epoch_end(self, ctx, metrics):
+        self._note("epoch_end", ctx)
+
+    def on_stage_end(self, ctx):
+        self._note("stage_end", ctx)
+
+
+def test_components_beside_take_every_hook_after_it_in_recipe_order_each_in_its_context():
+    _Recorder.seen = []
+    h = harness(_Recorder, {}, x=X, noisy_label=NOISY, models={"student": TinyNet(4, 3)},
+                name="a", beside=[{"use": _Recorder, "name": "b"}, {"use": "ce"}],
+                optimizer={"lr": 0.1})
+    assert [c.name for c in h.placed] == ["a", "b", "ce"] and h.beside == h.placed[1:]
+    assert isinstance(h.beside[1], CrossEntropy) and h.contexts["a"] is h.ctx
+    assert [(e.use, e.label, e.models) for e in h.ctx.stage.components] == [
+        ("a", "a", ["student"]), ("b", "b", ["student"]), ("ce", "ce", ["student"])]
+    h.setup()
+    h.epoch_start(0)
+    result = h.train(h.batch([0, 1]))
+    h.epoch_end()
+    h.stage_end()
+    assert _Recorder.seen == [(hook, n, n) for hook in ("setup", "stage_start", "epoch_start",
+                                                       "select", "after_step", "epoch_end",
+                                                       "stage_end") for n in "ab"]
+    assert [m.column for m in result.masks] == ["select/a", "select/b"]
+    assert list(result.terms["student"]) == ["ce"] and h.ctx.model_version("student") == 1
+
+
+@pytest.mark.parametrize(("beside", "why"), [
+    ([{"use": "ce", "wieght": 2}], r"^harness: beside\[0\] has no key 'wieght' \(it takes "
+                                   r"models, name, params, seed, terms, use, weight\)$"),
+    ([{"name": "x"}], r"^harness: beside\[0\] names no component; give its 'use'$"),
+    ([{"use": "ce", "name": "r"}], r"^harness: the stage's components need distinct names, "
+                                   r"got \['r', 'r'\]$"),
+    ([{"use": "ce"}, {"use": "ce"}], r"distinct names, got \['r', 'ce', 'ce'\]$"),
+    ([{"use": "c_e"}], r"^unknown component 'c_e' \(did you mean 'ce'\?\); known: "),
+    ([{"use": "ce", "params": {"x": 1}}], r"^beside\[0\]\.params"),
+])
+def test_a_beside_entry_that_no_recipe_would_take_is_refused(beside, why):
+    with pytest.raises((ValueError, KdcoreError), match=why):
+        harness(_Recorder, x=X, noisy_label=NOISY, name="r", beside=beside)
+
+
+def test_a_beside_entry_names_a_component_of_an_in_process_plugin():
+    h = harness(CrossEntropy, x=X, noisy_label=NOISY, beside=[{"use": "random_scale"}],
+                plugins=[_RandomScalePlugin()], models={"student": TinyNet(4, 3)})
+    assert isinstance(h.beside[0], _RandomScale) and h.beside[0].name == "random_scale"
+
+
+def test_a_beside_entry_is_placed_as_its_recipe_entry_says():
+    h = harness(_Recorder, x=X, noisy_label=NOISY, name="r", train=("student", "peer"),
+                beside=[{"use": "ce", "name": "ce2", "models": ["peer"], "terms": ["x"],
+                         "weight": 2.5, "params": {}, "seed": 7},
+                        {"use": _Recorder},
+                        {"use": "label_smoothing", "params": {"epsilon": 0.2}}])
+    ce, rec, smooth = h.beside
+    assert (ce.name, ce.spec.use, ce.spec.models, ce.spec.terms, ce.spec.weight) == (
+        "ce2", "ce", ("peer",), ("x",), 2.5)
+    assert (rec.name, rec.spec.use, rec.spec.models, rec.spec.terms, rec.spec.weight) == (
+        "_recorder", "_recorder", ("student", "peer"), (), 1.0)
+    assert smooth.params.epsilon == 0.2
+    assert [(e.label, e.params) for e in h.ctx.stage.components] == [
+        ("r", {}), ("ce2", {}), ("_recorder", {}), ("label_smoothing", {"epsilon": 0.2})]
+    for name, seed in (("ce2", 7), ("_recorder", 0), ("label_smoothing", 0)):
+        assert torch.equal(torch.rand(3, generator=h.contexts[name].generator),
+                           torch.rand(3, generator=torch.Generator().manual_seed(seed)))
+    with pytest.raises(ValueError, match=r"^harness: beside\[0\] has no key 'a', 'b' \("):
+        harness(_Recorder, x=X, noisy_label=NOISY, beside=[{"use": "ce", "b": 1, "a": 2}])
