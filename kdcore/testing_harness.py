@@ -16,7 +16,7 @@ import attrs
 import torch
 from torch import nn
 
-from kdcore.batching import batches_per_epoch
+from kdcore.batching import batches_per_epoch, epoch_batches
 from kdcore.build import build_optimizer, set_stage_lr
 from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.config import structure
@@ -139,13 +139,16 @@ class Harness:
         """The epoch's end as a run's: the rows of the batches a ``select`` or ``weight`` hook
         abstained on hold 1 where it wrote its column this epoch
         (:mod:`kdcore.hook_writes`), then each component's ``on_epoch_end`` with ``metrics``
-        (default: none), which is returned with what they added."""
+        (default: none; the engine's evaluation in a run) and what the components logged with
+        ``ctx.log_metric`` so far, which is returned with what they added and logged."""
         if self._writes is not None:
             self._writes.settle()
             self._writes = None
         metrics = {} if metrics is None else metrics
+        metrics.update(self.run.epoch_metrics)  # as a run's row takes them
         for comp in self.placed:
             comp.on_epoch_end(self._ctx(comp), metrics)
+        metrics.update(self.run.epoch_metrics)
         return metrics
 
     def _kinds(self) -> list[list[Component]]:
@@ -210,6 +213,28 @@ class Harness:
         """The stage's end as a run's: each component's ``on_stage_end``."""
         for comp in self.placed:
             comp.on_stage_end(self._ctx(comp))
+
+    def fit(self, order: torch.Generator | None = None) -> list[dict[str, float]]:
+        """The whole stage as a run trains it after :meth:`setup`: for each of its epochs,
+        :meth:`epoch_start`, :meth:`train` on each batch of a shuffle drawn from ``order`` and
+        cut as the loop cuts it (:func:`kdcore.batching.epoch_batches` at the recipe's batch
+        size), :meth:`epoch_end`; then :meth:`stage_end`. ``order`` defaults to the generator a
+        run of seed 0 shuffles its first stage with (``run.seed + 2``). Returns each epoch's
+        metrics (:meth:`epoch_end`'s; a run's evaluation is not done); what was logged goes
+        into its epoch's only, as into a run's history row, so :attr:`metrics` is empty
+        after."""
+        run = self.run
+        order = torch.Generator().manual_seed(2) if order is None else order
+        epochs = []
+        for epoch in range(run.stage.epochs):
+            self.epoch_start(epoch)
+            for rows in epoch_batches(torch.randperm(run.ledger.size, generator=order),
+                                      run.recipe.data.batch_size):
+                self.train(self.batch(rows))
+            epochs.append(self.epoch_end())
+            run.epoch_metrics = {}
+        self.stage_end()
+        return epochs
 
     @property
     def metrics(self) -> dict[str, float]:

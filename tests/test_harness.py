@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from kdcore import Component, KdcoreError, PluginHost, RecipeError, Role
-from kdcore.batching import epoch_batches
 from kdcore.builtin.components import AllSamples, CrossEntropy, HintonKD, LabelSmoothing
 from kdcore.component import Batch, ComponentSpec
 from kdcore.context import BatchStore, ColumnName, ModelOutput
@@ -754,12 +753,7 @@ def _trained_alike(tmp_path, use, placed, plugins=()):
     order = torch.Generator().manual_seed(3 + 2)  # the loop's batch order (kdcore.loop)
     torch.randperm(len(data.train), generator=order)  # the teacher's epoch
     torch.set_rng_state(seen.rng)
-    for epoch in range(2):
-        h.epoch_start(epoch)
-        for rows in epoch_batches(torch.randperm(len(data.train), generator=order), 64):
-            h.train(h.batch(rows))
-        h.epoch_end()
-    h.stage_end()
+    assert len(h.fit(order)) == 2
     assert h.ctx.step == 2 * h.ctx.steps_per_epoch == 10  # 300 digits less 10% validation
     for role in train:
         mine = h.run.models[role].state_dict()
@@ -939,3 +933,40 @@ def test_a_beside_entry_is_placed_as_its_recipe_entry_says():
                            torch.rand(3, generator=torch.Generator().manual_seed(seed)))
     with pytest.raises(ValueError, match=r"^harness: beside\[0\] has no key 'a', 'b' \("):
         harness(_Recorder, x=X, noisy_label=NOISY, beside=[{"use": "ce", "b": 1, "a": 2}])
+
+
+class _Rows(Component):
+    """CE that notes each batch's rows and logs its epoch."""
+
+    description = "notes rows"
+    rows: list = []
+
+    def transfer(self, ctx, batch):
+        _Rows.rows.append((ctx.epoch, batch.index.tolist()))
+        return {"student": torch.nn.functional.cross_entropy(
+            batch.out("student").logits, batch.noisy_label, reduction="none")}
+
+    def on_epoch_end(self, ctx, metrics):
+        ctx.log_metric("seen", float(ctx.epoch))
+
+
+@pytest.mark.parametrize("order", [None, 5])
+def test_fit_trains_the_stages_epochs_in_the_loops_order_then_ends_it(order):
+    _Rows.rows = []
+    x, y = torch.randn(10, 4), torch.arange(10) % 3
+    h = harness(_Rows, x=x, noisy_label=y, models={"student": TinyNet(4, 3)}, batch_size=4,
+                epochs=2, name="rows", beside=[{"use": _Recorder, "name": "rec"}]).setup()
+    _Recorder.seen = []
+    gen = torch.Generator().manual_seed(order) if order is not None else None
+    metrics = h.fit(gen)
+    shuffle = torch.Generator().manual_seed(2 if order is None else order)  # a run's: seed + 2
+    expected = []
+    for epoch in range(2):
+        perm = torch.randperm(10, generator=shuffle).tolist()
+        expected += [(epoch, perm[:4]), (epoch, perm[4:8]), (epoch, perm[8:])]
+    assert _Rows.rows == expected
+    assert metrics == [{"seen": 0.0}, {"seen": 1.0}]  # logged: each epoch's own, as a row
+    assert h.metrics == {}
+    assert (h.ctx.step, h.ctx.model_version("student")) == (6, 6)
+    assert [s[0] for s in _Recorder.seen if s[0] != "select"] == [
+        "epoch_start", *["after_step"] * 3, "epoch_end"] * 2 + ["stage_end"]
