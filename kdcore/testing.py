@@ -2,11 +2,14 @@
 milliseconds, tiny recipes on the built-in digits, and exact history comparison for resume tests.
 
 A component's unit test builds it with :func:`harness` (a real context over data the test
-gives, no recipe file, no history) and calls its hooks::
+gives, no recipe file, no history; ``beside`` places the components it works with after it)
+and calls its hooks, or trains as a run does::
 
-    h = harness(MySelector, {"rate": 0.2}, x=x, noisy_label=y, models={"student": net})
+    h = harness(MySelector, {"rate": 0.2}, x=x, noisy_label=y, models={"student": net},
+                beside=[component("ce")])
     h.setup()
     mask = h.component.select(h.ctx, h.batch(torch.arange(8)))
+    metrics = h.fit()  # the stage's epochs: every batch's step, as a run takes it
 
 kdcore's first-party plugins test themselves with these; a third-party plugin can do the same::
 
