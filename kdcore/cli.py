@@ -318,9 +318,12 @@ def ablate(recipes: tuple[Path, ...], grid: Path | None, seeds: str | None,
     host = plugin_host(plugins, strict_plugins)
     ab.check_specs(specs, host)
     if dry_run:  # checked as each would start; the grid's folder is left as it is
+        from kdcore.checkpoint import CHECKPOINT  # stopped before its first: starts anew
         does = {"new": "would start", "partial": "would resume", "done": "finished: skipped"}
         for spec in specs:
-            click.echo(f"{spec.variant.name} seed {spec.seed}: {does[ab.status(spec)]} "
+            state = ab.status(spec)
+            early = state == "partial" and not (spec.out / CHECKPOINT).is_file()
+            click.echo(f"{spec.variant.name} seed {spec.seed}: {does['new' if early else state]} "
                        f"({spec.out})")
         click.echo(f"grid {out}: {len(specs)} run{'s' * (len(specs) != 1)} checked, none run "
                    "(--dry-run)")

@@ -503,19 +503,21 @@ def test_a_dry_run_checks_every_run_and_says_what_each_would_do(tmp_path):
 
     recipe = write_recipe(tiny_recipe(teacher_stage(1)), tmp_path / "r.toml")
     out = tmp_path / "grid"
-    for seed, left in ((0, "summary.json"), (1, CHECKPOINT)):  # finished; interrupted
+    # finished; interrupted; killed before its first checkpoint
+    for seed, left in ((0, "summary.json"), (1, CHECKPOINT), (3, "log.txt")):
         run = out / "r" / f"seed{seed}"
         run.mkdir(parents=True)
         (run / "recipe.toml").write_text(load_recipe(recipe, [f"run.seed={seed}"]).to_toml())
         (run / left).write_text("{}")
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    result = invoke("ablate", recipe, "--seeds", "0,1,2", "--out", out, "--dry-run")
+    result = invoke("ablate", recipe, "--seeds", "0-3", "--out", out, "--dry-run")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         f"r seed 0: finished: skipped ({out / 'r' / 'seed0'})",
         f"r seed 1: would resume ({out / 'r' / 'seed1'})",
         f"r seed 2: would start ({out / 'r' / 'seed2'})",
-        f"grid {out}: 3 runs checked, none run (--dry-run)"]
+        f"r seed 3: would start ({out / 'r' / 'seed3'})",  # no checkpoint: from its start
+        f"grid {out}: 4 runs checked, none run (--dry-run)"]
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     # checked as a run would be: a bad override is refused, naming the run
     bad = invoke("ablate", recipe, "--seeds", "0", "--out", out, "--dry-run",
