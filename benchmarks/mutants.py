@@ -260,7 +260,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                    ["tests/test_cli.py", "tests/test_cli_entry.py", "tests/test_cli_polish.py",
                     "tests/test_cli_option_fuzz.py", "tests/test_bad_input.py",
                     "tests/test_label_file.py", "tests/test_data_safety.py",
-                    "tests/test_ablate_input.py", "tests/test_launcher.py", "-m", "not slow",
+                    "tests/test_ablate_input.py", "tests/test_launcher.py", "tests/test_grid.py",
+                    "-m", "not slow",
                     # it reads README.md, outside the copy
                     "--deselect=tests/test_cli_polish.py::"
                     "test_readme_documents_plugin_and_exports"]),
