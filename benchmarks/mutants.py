@@ -210,6 +210,10 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # the training loop: an epoch's order of work, a batch's step, the finiteness checks, the
     # epoch's metrics and row, checkpoints and resume (session 21); not the SIGKILL tests
     # (subprocesses)
+    # a component's broken output: its diverged learned state, or its bug (session 46)
+    "kdcore-diverged": (".", ["kdcore/diverged.py"],
+                        ["tests/test_diverged.py", "tests/test_step.py", "tests/test_harness.py",
+                         "-m", "not slow"]),
     # a batch's backward pass and optimiser steps, shared by the loop and the harness's train
     # (session 46)
     "kdcore-update": (".", ["kdcore/update.py"],

@@ -123,6 +123,12 @@ def build_plan(recipe: Recipe, host: PluginHost) -> RunPlan:
                    per_model_losses(c for stage in stages for c in stage.components))
 
 
+def placed_terms(cls: type[Component], terms: Sequence[str], label: str) -> tuple[str, ...]:
+    """The terms a component placed with ``terms`` under ``label`` acts on: those listed, else
+    its own term alone where its class says ``own_terms_only``, else every term (empty)."""
+    return tuple(terms) or ((label,) if cls.own_terms_only else ())
+
+
 def build_components(recipe: Recipe, host: PluginHost, s: int) -> list[Component]:
     """Instantiate stage ``s``'s enabled components, each validating its own parameters."""
     stage = recipe.stages[s]
@@ -139,11 +145,10 @@ def build_components(recipe: Recipe, host: PluginHost, s: int) -> list[Component
             params = structure(cls.Params, comp.params, f"{key}.params")
         except RecipeError as exc:
             raise exc.at(file=recipe.source) from None
-        terms = tuple(comp.terms) or ((comp.label,) if cls.own_terms_only else ())
         spec = ComponentSpec(
             name=comp.label, use=comp.use,
             models=tuple(comp.models if comp.models is not None else stage.train),
-            terms=terms, weight=comp.weight,
+            terms=placed_terms(cls, comp.terms, comp.label), weight=comp.weight,
         )
         try:
             out.append(cls(params, spec))

@@ -26,6 +26,7 @@ from loguru import logger
 
 from kdcore.component import Batch, Component
 from kdcore.context import RunContext
+from kdcore.diverged import broken_output
 from kdcore.errors import KdcoreError
 from kdcore.failures import RunFailed
 from kdcore.ledger import Ledger
@@ -333,25 +334,23 @@ def check_outputs(ledger: Ledger, refiners: Sequence[Component],
                         ((data >= 0) & (data <= high) & (data < math.inf)).all()):
                     continue
                 if bool(data.isnan().any()):
-                    raise RunFailed(f"component '{comp.name}' ({comp.spec.use}) {hook} returned "
-                                    f"NaN; a {hook} must lie in {interval}")
-                raise RunFailed(
-                        f"component '{comp.name}' ({comp.spec.use}) {hook} returned values "
-                        f"outside {interval} (from {float(data.min()):g} to "
-                        f"{float(data.max()):g}); a {hook} must lie there")
+                    raise broken_output(comp, f"{hook} returned NaN; a {hook} must lie in "
+                                              f"{interval}")
+                raise broken_output(comp, f"{hook} returned values outside {interval} (from "
+                                          f"{float(data.min()):g} to {float(data.max()):g}); a "
+                                          f"{hook} must lie there")
     if refiners and "target" in ledger:
         t = ledger["target"].float()
         sums = t.sum(1)
         if t.numel() and not (bool((t >= -1e-3).all()) and bool(((sums - 1).abs() < 1e-2).all())):
             comp = refiners[-1]
             if bool(t.isnan().any()):
-                raise RunFailed(f"component '{comp.name}' ({comp.spec.use}) refine made targets "
-                                "that hold NaN; each row must be non-negative and sum to 1")
-            raise RunFailed(
-                f"component '{comp.name}' ({comp.spec.use}) refine made targets that are not "
-                f"distributions (entries from {float(t.min()):g}, rows summing to "
-                f"{float(sums.min()):g} .. {float(sums.max()):g}); each row must be "
-                "non-negative and sum to 1")
+                raise broken_output(comp, "refine made targets that hold NaN; each row must be "
+                                          "non-negative and sum to 1")
+            raise broken_output(comp, f"refine made targets that are not distributions (entries "
+                                      f"from {float(t.min()):g}, rows summing to "
+                                      f"{float(sums.min()):g} .. {float(sums.max()):g}); each "
+                                      "row must be non-negative and sum to 1")
 
 
 def _applies(src: Component, role: str, term: Component, r: str) -> bool:

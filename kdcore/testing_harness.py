@@ -25,6 +25,7 @@ from kdcore.dataflow import per_model_losses
 from kdcore.hook_writes import HookWrites
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
+from kdcore.plan import placed_terms
 from kdcore.plugins import PluginHost
 from kdcore.recipe import (
     DataConfig,
@@ -301,15 +302,17 @@ def harness(
     c = int(num_classes or int(max(noisy_label.max(), clean.max())) + 1)
     label = name or cls.__name__.lower()
     comp = cls(structure(cls.Params, dict(params or {}), "params"),
-               ComponentSpec(label, label, tuple(serves or train), tuple(terms), weight))
+               ComponentSpec(label, label, tuple(serves or train),
+                             placed_terms(cls, terms, label), weight))
     host = PluginHost(extra=list(plugins)) if beside else None
     others = [_placed(entry, f"beside[{i}]", train, host) for i, entry in enumerate(beside)]
     if len(names := [label, *(o.name for o, _ in others)]) != len(set(names)):
         raise ValueError(f"harness: the stage's components need distinct names, got {names}")
     entries = [{"use": p.spec.use, "name": p.name, "models": list(p.spec.models),
-                "terms": list(p.spec.terms), "weight": p.spec.weight, "params": dict(table)}
-               for p, table in [(comp, params or {}),
-                                *((o, e.get("params") or {}) for (o, _), e in zip(others, beside))]]
+                "terms": list(e.get("terms", ())), "weight": p.spec.weight,
+                "params": dict(e.get("params") or {})}  # as the recipe's entries read
+               for p, e in [(comp, {"terms": terms, "params": params}),
+                            *((o, e) for (o, _), e in zip(others, beside))]]
     stage = structure(StageConfig, {"name": "stage", "epochs": epochs, "train": list(train),
                                     "components": entries}, "stages")
     opt = structure(OptimizerConfig, {} if optimizer is None else optimizer, "optimizer")
@@ -360,7 +363,8 @@ def _placed(entry: Mapping[str, Any], where: str, train: Sequence[str], host: An
     cls = host.components.get(use) if isinstance(use, str) else use
     name = entry.get("name") or (use if isinstance(use, str) else cls.__name__.lower())
     spec = ComponentSpec(name, use if isinstance(use, str) else name,
-                         tuple(entry.get("models") or train), tuple(entry.get("terms", ())),
+                         tuple(entry.get("models") or train),
+                         placed_terms(cls, entry.get("terms", ()), name),
                          float(entry.get("weight", 1.0)))
     return (cls(structure(cls.Params, dict(entry.get("params") or {}), f"{where}.params"),
                 spec), int(entry.get("seed", 0)))

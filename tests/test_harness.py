@@ -763,6 +763,17 @@ def _trained_alike(tmp_path, use, placed, plugins=()):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("use", "placed"), [
+    # a selection acting on its own term only (own_terms_only), beside a term it leaves be
+    ("lshl2_s", {"models": ["student"], "beside": ["ce"]}),
+    ("lshl2_s", {"models": ["student", "peer"], "beside": ["dml"]}),
+])
+def test_a_composition_trained_through_the_harness_ends_where_a_run_of_it_ends(tmp_path, use,
+                                                                              placed):
+    _trained_alike(tmp_path, use, placed)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("use", sorted(PluginHost().components.names()))
 def test_a_component_trained_through_the_harness_ends_where_a_run_of_it_ends(tmp_path, use):
     """Every installed component in a stage, alone or before the component it needs (a ``ce``

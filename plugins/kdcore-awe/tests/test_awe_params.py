@@ -48,3 +48,19 @@ def test_with_lr_0_the_weightnet_follows_a_student_that_must_be_trained_by_then(
         check_tiny(tiny_recipe(*stages))
     stages[1]["components"][0]["params"]["lr"] = 0.05  # its own: nothing followed
     check_tiny(tiny_recipe(*stages))
+
+
+@pytest.mark.slow
+def test_a_weightnet_that_diverges_stops_the_run_as_training_diverged(tmp_path):
+    """SGD with lr x weight_decay = 100 multiplies the WeightNet's weights by -99 a step: they
+    overflow, its weights turn NaN, and the run says the WeightNet diverged (exit 2, the
+    setting's fault), where it had blamed AWE as a failed plugin (exit 1)."""
+    from kdcore import TrainingDiverged
+    from kdcore.testing import run_tiny
+
+    recipe = tiny_recipe(teacher_stage(1), stage("s", 2, ["student"], component(
+        "awe", params={"lr": 10.0, "weight_decay": 10.0}), component("ce")))
+    with pytest.raises(TrainingDiverged, match=r"^component 'awe' \(awe\) weight returned NaN; "
+                                               r"a weight must lie in \[0, inf\); its own "
+                                               r"learned state diverged \('net\.net\.0\.weight' "):
+        run_tiny(recipe, tmp_path / "run")
