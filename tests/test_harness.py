@@ -723,7 +723,8 @@ PLACED = {
 def _trained_alike(tmp_path, use, placed, plugins=()):
     """Train stage 's' (``use`` placed as ``placed`` says, after a teacher's stage) by a run
     and through the harness over the run's own data, initial weights, optimiser states and
-    batches, seeded as the run seeds each component; the weights must end bit for bit equal."""
+    batches, seeded as the run seeds each component; the largest difference of each trained
+    model's weight from the run's ("<role> <name>")."""
     serves = placed["models"]
     train = placed.get("train", serves)
     beside = [{"use": b} if isinstance(b, str) else b for b in placed.get("beside", [])]
@@ -755,11 +756,13 @@ def _trained_alike(tmp_path, use, placed, plugins=()):
     torch.set_rng_state(seen.rng)
     assert len(h.fit(order)) == 2
     assert h.ctx.step == 2 * h.ctx.steps_per_epoch == 10  # 300 digits less 10% validation
+    differ = {}
     for role in train:
         mine = h.run.models[role].state_dict()
         assert mine.keys() == seen.end[role].keys()
-        for name, value in seen.end[role].items():
-            torch.testing.assert_close(mine[name], value, rtol=0, atol=0, msg=f"{role} {name}")
+        differ.update({f"{role} {name}": float((mine[name].double() - value.double()).abs().max())
+                       for name, value in seen.end[role].items()})
+    return differ
 
 
 @pytest.mark.slow
@@ -770,7 +773,8 @@ def _trained_alike(tmp_path, use, placed, plugins=()):
 ])
 def test_a_composition_trained_through_the_harness_ends_where_a_run_of_it_ends(tmp_path, use,
                                                                               placed):
-    _trained_alike(tmp_path, use, placed)
+    differ = _trained_alike(tmp_path, use, placed)
+    assert differ and set(differ.values()) == {0.0}, {k: v for k, v in differ.items() if v}
 
 
 @pytest.mark.slow
@@ -782,7 +786,8 @@ def test_a_component_trained_through_the_harness_ends_where_a_run_of_it_ends(tmp
     settings, the schedule's rates, each component's random draws, a backward pass taken
     over, the steps)."""
     assert use in PLACED, f"say in PLACED how a stage trains with '{use}'"
-    _trained_alike(tmp_path, use, PLACED[use])
+    differ = _trained_alike(tmp_path, use, PLACED[use])
+    assert differ and set(differ.values()) == {0.0}, {k: v for k, v in differ.items() if v}
 
 
 class _RandomScale(Component):
@@ -812,7 +817,8 @@ class _RandomScalePlugin:
 def test_a_component_drawing_at_set_up_draws_in_the_harness_what_it_draws_in_a_run(tmp_path,
                                                                                    placed):
     """Alone, and beside a refiner and a second of its kind, each seeded by its own name."""
-    _trained_alike(tmp_path, "random_scale", placed, plugins=[_RandomScalePlugin()])
+    differ = _trained_alike(tmp_path, "random_scale", placed, plugins=[_RandomScalePlugin()])
+    assert differ and set(differ.values()) == {0.0}, {k: v for k, v in differ.items() if v}
 
 
 class _Draws(Component):
