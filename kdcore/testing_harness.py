@@ -294,7 +294,8 @@ def harness(
             (:func:`kdcore.testing.component`: ``use``, ``name``, ``params``, ``models``,
             ``terms``, ``weight``; ``models`` defaults to ``train``), ``use`` an installed
             component's name or a :class:`~kdcore.Component` class, plus ``seed`` (default 0),
-            as ``seed`` above: a ``ce`` beside a selection, say, so that ``train`` has a loss.
+            as ``seed`` above; one with ``enabled = false`` is left out, as a run leaves it: a
+            ``ce`` beside a selection, say, so that ``train`` has a loss.
         plugins: in-process plugins whose components a ``beside`` entry's ``use`` may name,
             besides the installed ones (as :func:`kdcore.testing.run_tiny`'s).
     """
@@ -304,6 +305,7 @@ def harness(
     comp = cls(structure(cls.Params, dict(params or {}), "params"),
                ComponentSpec(label, label, tuple(serves or train),
                              placed_terms(cls, terms, label), weight))
+    beside = [e for e in beside if e.get("enabled", True)]  # as a recipe's disabled entry
     host = PluginHost(extra=list(plugins)) if beside else None
     others = [_placed(entry, f"beside[{i}]", train, host) for i, entry in enumerate(beside)]
     if len(names := [label, *(o.name for o, _ in others)]) != len(set(names)):
@@ -348,15 +350,16 @@ def harness(
                    optimizer=opt, seeds=seeds)
 
 
-ENTRY_KEYS = frozenset({"use", "name", "params", "models", "terms", "weight", "seed"})
+_ENTRY_KEYS = frozenset({"use", "name", "params", "models", "terms", "weight", "enabled",
+                         "seed"})
 
 
 def _placed(entry: Mapping[str, Any], where: str, train: Sequence[str], host: Any
             ) -> tuple[Component, int]:
     """The component of a ``beside`` entry, and its seed."""
-    if unknown := sorted(set(entry) - ENTRY_KEYS):
+    if unknown := sorted(set(entry) - _ENTRY_KEYS):
         raise ValueError(f"harness: {where} has no key {', '.join(map(repr, unknown))} (it "
-                         f"takes {', '.join(sorted(ENTRY_KEYS))})")
+                         f"takes {', '.join(sorted(_ENTRY_KEYS))})")
     if "use" not in entry:
         raise ValueError(f"harness: {where} names no component; give its 'use'")
     use = entry["use"]

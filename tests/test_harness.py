@@ -912,7 +912,8 @@ def test_components_beside_take_every_hook_after_it_in_recipe_order_each_in_its_
 
 @pytest.mark.parametrize(("beside", "why"), [
     ([{"use": "ce", "wieght": 2}], r"^harness: beside\[0\] has no key 'wieght' \(it takes "
-                                   r"models, name, params, seed, terms, use, weight\)$"),
+                                   r"enabled, models, name, params, seed, terms, use, "
+                                   r"weight\)$"),
     ([{"name": "x"}], r"^harness: beside\[0\] names no component; give its 'use'$"),
     ([{"use": "ce", "name": "r"}], r"^harness: the stage's components need distinct names, "
                                    r"got \['r', 'r'\]$"),
@@ -936,7 +937,8 @@ def test_a_beside_entry_is_placed_as_its_recipe_entry_says():
                 beside=[{"use": "ce", "name": "ce2", "models": ["peer"], "terms": ["x"],
                          "weight": 2.5, "params": {}, "seed": 7},
                         {"use": _Recorder},
-                        {"use": "label_smoothing", "params": {"epsilon": 0.2}}])
+                        {"use": "label_smoothing", "params": {"epsilon": 0.2}},
+                        component("ce", "off", enabled=False)])  # left out, as in a run
     ce, rec, smooth = h.beside
     assert (ce.name, ce.spec.use, ce.spec.models, ce.spec.terms, ce.spec.weight) == (
         "ce2", "ce", ("peer",), ("x",), 2.5)
@@ -987,3 +989,14 @@ def test_fit_trains_the_stages_epochs_in_the_loops_order_then_ends_it(order):
     assert (h.ctx.step, h.ctx.model_version("student")) == (6, 6)
     assert [s[0] for s in _Recorder.seen if s[0] != "select"] == [
         "epoch_start", *["after_step"] * 3, "epoch_end"] * 2 + ["stage_end"]
+
+
+def test_the_stage_lists_each_entry_as_written_and_terms_default_as_the_plan_sets_them():
+    """``ctx.stage.components`` holds the entries as a recipe writes them (``terms`` as listed,
+    the parameters given); the specs act on the terms the plan gives them (an
+    ``own_terms_only`` selection, ``lshl2_s``, on its own term alone)."""
+    h = harness(LabelSmoothing, {"epsilon": 0.2}, x=X, noisy_label=NOISY, name="ls",
+                terms=("ce",), beside=[{"use": "ce", "terms": ["ls"]}, {"use": "lshl2_s"}])
+    assert [(e.label, e.terms, e.params) for e in h.ctx.stage.components] == [
+        ("ls", ["ce"], {"epsilon": 0.2}), ("ce", ["ls"], {}), ("lshl2_s", [], {})]
+    assert [c.spec.terms for c in h.placed] == [("ce",), ("ls",), ("lshl2_s",)]
