@@ -306,7 +306,9 @@ def harness(
                ComponentSpec(label, label, tuple(serves or train),
                              placed_terms(cls, terms, label), weight))
     beside = [e for e in beside if e.get("enabled", True)]  # as a recipe's disabled entry
-    host = PluginHost(extra=list(plugins)) if beside else None
+    # the registry of installed components costs milliseconds: built only to resolve a name
+    named = any(isinstance(e.get("use"), str) for e in beside)
+    host = PluginHost(extra=list(plugins)) if named else None
     others = [_placed(entry, f"beside[{i}]", train, host) for i, entry in enumerate(beside)]
     if len(names := [label, *(o.name for o, _ in others)]) != len(set(names)):
         raise ValueError(f"harness: the stage's components need distinct names, got {names}")
