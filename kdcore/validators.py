@@ -208,6 +208,27 @@ for large-batch scaling while 1e308 (a typo, or a fuzzer) overflows the first up
 learning_rate = between(0.0, MAX_LR, what="a learning rate")
 """``0 <= value <= MAX_LR``: a learning rate (0: the parameters do not move)."""
 
+def decay_bound(momentum: float = 0.0, *, nesterov: bool = False,
+                decoupled: bool = False) -> float:
+    """The ``lr x weight_decay`` past which weight decay alone grows the weights every step,
+    so that training diverges whatever the data: the stability bound of ``p <- p - lr wd p``
+    through the update rule, ``2 (1 + momentum)`` for SGD's momentum (torch's heavy ball),
+    ``2 (1 + momentum) / (1 + 2 momentum)`` for its Nesterov step, 2 for decoupled decay
+    (AdamW's ``p <- (1 - lr wd) p``)."""
+    if decoupled:
+        return 2.0
+    return 2 * (1 + momentum) / (1 + 2 * momentum if nesterov else 1)
+
+
+def check_decay(lr: float, weight_decay: float, bound: float, what: str) -> None:
+    """A ``ValueError`` when ``lr x weight_decay`` is past ``bound`` (:func:`decay_bound`) for
+    ``what`` (the optimiser named)."""
+    if lr * weight_decay > bound:
+        raise ValueError(f"lr x weight_decay = {lr * weight_decay:g} is past {bound:g} ({what}): "
+                         "weight decay alone then grows the weights every step, and every run "
+                         "diverges; lower one of them")
+
+
 FLOAT32_MAX = 3.4028234663852886e38
 """The largest finite float32, the type kdcore's tensors compute in."""
 

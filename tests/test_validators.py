@@ -8,14 +8,18 @@ from typing import Annotated
 
 import attrs
 import pytest
+import torch
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, RecipeError
+from kdcore.recipe import recipe_from_dict
 from kdcore.validators import (
     Param,
     all_of,
     below_one,
     between,
     check_annotated,
+    check_decay,
+    decay_bound,
     each,
     finite,
     finite_non_negative,
@@ -221,3 +225,62 @@ def test_run_names_below_the_output_dir_are_accepted(name):
         name: str = attrs.field(validator=below_output_dir)
 
     assert Run(name).name == name
+
+
+def _decayed(optimizer: str, a: float, momentum: float, nesterov: bool, steps: int = 4000
+             ) -> float:
+    """|p| after ``steps`` of torch's own optimiser with ``lr x weight_decay = a`` and a zero
+    loss gradient, from p = 1: what weight decay alone does."""
+    p = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW([p], lr=1.0, weight_decay=a)
+    else:
+        opt = torch.optim.SGD([p], lr=1.0, weight_decay=a, momentum=momentum, nesterov=nesterov)
+    for _ in range(steps):
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    return float(p.detach().abs())
+
+
+@pytest.mark.parametrize(("optimizer", "momentum", "nesterov"), [
+    ("sgd", 0.0, False), ("sgd", 0.5, False), ("sgd", 0.9, False), ("sgd", 0.5, True),
+    ("sgd", 0.9, True), ("adamw", 0.0, False)])
+def test_the_decay_bound_is_where_torchs_own_step_starts_to_grow_the_weights(optimizer,
+                                                                             momentum,
+                                                                             nesterov):
+    bound = decay_bound(momentum, nesterov=nesterov, decoupled=optimizer == "adamw")
+    assert _decayed(optimizer, 0.99 * bound, momentum, nesterov) < 1e-3
+    assert _decayed(optimizer, 1.01 * bound, momentum, nesterov) > 1e3
+
+
+def test_decay_bound_defaults_and_check_decays_line():
+    assert decay_bound() == 2.0 and decay_bound(0.5) == 3.0
+    assert decay_bound(0.5, nesterov=True) == 1.5 and decay_bound(0.9, decoupled=True) == 2.0
+    check_decay(1.0, 3.0, 3.0, "x")  # at the bound: accepted
+    with pytest.raises(ValueError) as info:
+        check_decay(2.0, 1.5, 2.9, "SGD with momentum 0.45")
+    assert str(info.value) == (
+        "lr x weight_decay = 3 is past 2.9 (SGD with momentum 0.45): weight decay alone then "
+        "grows the weights every step, and every run diverges; lower one of them")
+
+
+def test_a_model_optimiser_whose_decay_alone_diverges_is_refused():
+    base = {"arch": "mlp", "params": {"hidden": [8]}}
+    for optimizer, said in (
+            ({"lr": 2.0, "weight_decay": 2.0}, "lr x weight_decay = 4 is past 3.8 (SGD with "
+                                               "momentum 0.9)"),
+            ({"lr": 1.0, "weight_decay": 1.6, "momentum": 0.5, "nesterov": True},
+             "lr x weight_decay = 1.6 is past 1.5 (Nesterov SGD with momentum 0.5)"),
+            ({"name": "adamw", "lr": 0.5, "weight_decay": 4.5}, "lr x weight_decay = 2.25 is "
+                                                                "past 2 (AdamW)")):
+        recipe = {"models": {"teacher": {**base, "optimizer": optimizer}},
+                  "stages": [{"name": "s", "epochs": 1, "train": ["teacher"],
+                              "components": [{"use": "ce"}]}]}
+        with pytest.raises(RecipeError, match=re.escape(f"models.teacher.optimizer: {said}")):
+            recipe_from_dict(recipe)
+    for accepted in ({"name": "adam", "lr": 1.0, "weight_decay": 100.0},  # through its step
+                     {"lr": 1.0, "weight_decay": 1.4, "momentum": 0.5, "nesterov": True},
+                     {"lr": 1.0, "weight_decay": 3.8}):  # at the bound itself
+        recipe_from_dict({"models": {"teacher": {**base, "optimizer": accepted}},
+                          "stages": [{"name": "s", "epochs": 1, "train": ["teacher"],
+                                      "components": [{"use": "ce"}]}]})

@@ -30,6 +30,8 @@ from kdcore.validators import (
     below_one,
     below_output_dir,
     between,
+    check_decay,
+    decay_bound,
     each,
     finite,
     finite_non_negative,
@@ -184,6 +186,17 @@ def _nesterov_needs_momentum(instance: Any, attribute: Any, value: bool) -> None
                          "defined on the momentum buffer)")
 
 
+def _decay_converges(instance: Any, attribute: Any, value: float) -> None:
+    # a setting whose decay alone diverges trains a whole run into NaN (Adam's L2 decay goes
+    # through its normalised step, which no bound of this kind limits)
+    if instance.name == "sgd":
+        bound = decay_bound(instance.momentum, nesterov=instance.nesterov)
+        check_decay(instance.lr, value, bound, f"{'Nesterov ' * instance.nesterov}SGD with "
+                                               f"momentum {instance.momentum:g}")
+    elif instance.name == "adamw":
+        check_decay(instance.lr, value, decay_bound(decoupled=True), "AdamW")
+
+
 @attrs.frozen
 class OptimizerConfig:
     """The optimiser of one model role.
@@ -192,15 +205,17 @@ class OptimizerConfig:
         name: ``sgd``, ``adam`` or ``adamw``.
         lr: the base learning rate, in [0, :data:`~kdcore.validators.MAX_LR`].
         momentum: SGD's momentum, in [0, 1).
-        weight_decay: >= 0 and a float32 number (``1e300`` stopped the first step).
+        weight_decay: >= 0 and a float32 number (``1e300`` stopped the first step); with
+            ``sgd`` and ``adamw``, ``lr x weight_decay`` at most
+            :func:`~kdcore.validators.decay_bound` (past it the decay alone diverges).
         nesterov: SGD's Nesterov momentum (needs ``momentum > 0``).
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = attrs.field(default=0.05, validator=learning_rate)
     momentum: float = attrs.field(default=0.9, validator=below_one)
-    weight_decay: float = attrs.field(default=5e-4,
-                                      validator=all_of(finite_non_negative, float32))
+    weight_decay: float = attrs.field(
+        default=5e-4, validator=all_of(finite_non_negative, float32, _decay_converges))
     nesterov: bool = attrs.field(default=False, validator=_nesterov_needs_momentum)
 
 

@@ -46,6 +46,8 @@ from kdcore.validators import (
     all_of,
     below_one,
     between,
+    check_decay,
+    decay_bound,
     finite_non_negative,
     float32,
     learning_rate,
@@ -121,6 +123,12 @@ def confidence_weights(confidence: torch.Tensor, selected: torch.Tensor | None, 
     return weights
 
 
+def _weightnet_decay_converges(instance: AWEParams, attribute: object, value: float) -> None:
+    # at its own rate; at lr 0 it follows the student's, which its parameters do not know
+    check_decay(instance.lr, value, decay_bound(instance.momentum),
+                f"the WeightNet's SGD with momentum {instance.momentum:g}")
+
+
 @attrs.frozen
 class AWEParams:
     """Parameters of ``awe``.
@@ -152,7 +160,8 @@ class AWEParams:
         lr: the WeightNet's learning rate, in [0, 10] as a model's; 0 follows the student's
             current learning rate (the release gives both the same settings and schedule).
         momentum, weight_decay: the WeightNet's SGD settings (momentum in [0, 1), weight decay
-            >= 0 and a float32 number, as a model's optimiser).
+            >= 0 and a float32 number, as a model's optimiser; with ``lr > 0``, ``lr x
+            weight_decay`` at most ``2 (1 + momentum)``, past which the decay alone diverges).
         zero_grad: zero the WeightNet's gradients after each step (release: never, D3).
         batch_mean_weight: return the batch mean of the weights for every sample (release D2).
         seed_alignment: ``index`` or ``release_shuffled`` (D1).
@@ -171,7 +180,8 @@ class AWEParams:
     lr: float = attrs.field(default=0.0, validator=learning_rate)
     momentum: float = attrs.field(default=0.9, validator=below_one)
     weight_decay: float = attrs.field(default=5e-4,
-                                      validator=all_of(finite_non_negative, float32))
+                                      validator=all_of(finite_non_negative, float32,
+                                                       _weightnet_decay_converges))
     zero_grad: bool = True
     batch_mean_weight: bool = False
     seed_alignment: Literal["index", "release_shuffled"] = "index"

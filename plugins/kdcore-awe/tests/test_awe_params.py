@@ -52,15 +52,33 @@ def test_with_lr_0_the_weightnet_follows_a_student_that_must_be_trained_by_then(
 
 @pytest.mark.slow
 def test_a_weightnet_that_diverges_stops_the_run_as_training_diverged(tmp_path):
-    """SGD with lr x weight_decay = 100 multiplies the WeightNet's weights by -99 a step: they
-    overflow, its weights turn NaN, and the run says the WeightNet diverged (exit 2, the
-    setting's fault), where it had blamed AWE as a failed plugin (exit 1)."""
+    """At the student's rate (``lr = 0``), 5, a weight decay of 10 multiplies the WeightNet's
+    weights by about -49 a step (its parameters cannot know that rate, so ``check`` cannot
+    refuse it): they overflow, its weights turn NaN, and the run says the WeightNet diverged
+    (exit 2, the setting's fault), where it had blamed AWE as a failed plugin (exit 1)."""
     from kdcore import TrainingDiverged
-    from kdcore.testing import run_tiny
+    from kdcore.testing import MODELS, run_tiny
 
+    models = {**MODELS, "student": {**MODELS["student"], "optimizer": {"lr": 5.0}}}
     recipe = tiny_recipe(teacher_stage(1), stage("s", 2, ["student"], component(
-        "awe", params={"lr": 10.0, "weight_decay": 10.0}), component("ce")))
+        "awe", params={"weight_decay": 10.0}), component("ce")), models=models)
     with pytest.raises(TrainingDiverged, match=r"^component 'awe' \(awe\) weight returned NaN; "
                                                r"a weight must lie in \[0, inf\); its own "
                                                r"learned state diverged \('net\.net\.0\.weight' "):
         run_tiny(recipe, tmp_path / "run")
+
+
+def test_a_weightnet_rate_and_decay_that_diverge_for_certain_are_refused():
+    """Its own SGD at ``lr x weight_decay`` past ``2 (1 + momentum)`` grows the WeightNet's
+    weights every step whatever the data (kdcore.validators.decay_bound)."""
+    def check(params):
+        check_tiny(tiny_recipe(teacher_stage(1), stage("s", 1, ["student"], component(
+            "awe", params=params), component("ce"))))
+
+    check({"lr": 1.0, "weight_decay": 2.9, "momentum": 0.45})  # 2.9 = 2 x 1.45: the bound
+    with pytest.raises(KdcoreError, match=re.escape(
+            "stages[1].components[0].params: lr x weight_decay = 3 is past 2.9 (the "
+            "WeightNet's SGD with momentum 0.45): weight decay alone then grows the weights "
+            "every step, and every run diverges; lower one of them")):
+        check({"lr": 1.0, "weight_decay": 3.0, "momentum": 0.45})
+    check({"lr": 0.0, "weight_decay": 100.0})  # at the student's rate: not its to know
