@@ -225,8 +225,8 @@ def check_decay(lr: float, weight_decay: float, bound: float, what: str) -> None
     ``what`` (the optimiser named)."""
     if lr * weight_decay > bound:
         raise ValueError(f"lr x weight_decay = {lr * weight_decay:g} is past {bound:g} ({what}): "
-                         "weight decay alone then grows the weights every step, and every run "
-                         "diverges; lower one of them")
+                         "weight decay alone then grows the weights at every step, so training "
+                         "at this rate diverges; lower one of them")
 
 
 FLOAT32_MAX = 3.4028234663852886e38

@@ -261,7 +261,7 @@ def test_decay_bound_defaults_and_check_decays_line():
         check_decay(2.0, 1.5, 2.9, "SGD with momentum 0.45")
     assert str(info.value) == (
         "lr x weight_decay = 3 is past 2.9 (SGD with momentum 0.45): weight decay alone then "
-        "grows the weights every step, and every run diverges; lower one of them")
+        "grows the weights at every step, so training at this rate diverges; lower one of them")
 
 
 def test_a_model_optimiser_whose_decay_alone_diverges_is_refused():

@@ -78,7 +78,7 @@ def test_a_weightnet_rate_and_decay_that_diverge_for_certain_are_refused():
     check({"lr": 1.0, "weight_decay": 2.9, "momentum": 0.45})  # 2.9 = 2 x 1.45: the bound
     with pytest.raises(KdcoreError, match=re.escape(
             "stages[1].components[0].params: lr x weight_decay = 3 is past 2.9 (the "
-            "WeightNet's SGD with momentum 0.45): weight decay alone then grows the weights "
-            "every step, and every run diverges; lower one of them")):
+            "WeightNet's SGD with momentum 0.45): weight decay alone then grows the weights at "
+            "every step, so training at this rate diverges; lower one of them")):
         check({"lr": 1.0, "weight_decay": 3.0, "momentum": 0.45})
     check({"lr": 0.0, "weight_decay": 100.0})  # at the student's rate: not its to know
