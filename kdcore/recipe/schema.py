@@ -187,8 +187,9 @@ def _nesterov_needs_momentum(instance: Any, attribute: Any, value: bool) -> None
 
 
 def _decay_converges(instance: Any, attribute: Any, value: float) -> None:
-    # a setting whose decay alone diverges trains a whole run into NaN (Adam's L2 decay goes
-    # through its normalised step, which no bound of this kind limits)
+    # at the base rate (a schedule's later rates are not looked at), a decay that alone grows
+    # the weights trains into NaN; Adam's L2 decay goes through its normalised step, which no
+    # bound of this kind limits
     if instance.name == "sgd":
         bound = decay_bound(instance.momentum, nesterov=instance.nesterov)
         check_decay(instance.lr, value, bound, f"{'Nesterov ' * instance.nesterov}SGD with "
