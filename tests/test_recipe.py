@@ -270,6 +270,21 @@ def _read(recipe, key_path: str):
         ({"models.student.schedule": {"name": "multistep", "milestones": [1] * 40,
                                       "gamma": 1e300}},
          "models.student.schedule.gamma", "above 10"),
+        # the decay bound at the rate a schedule raises to (base: 0.05 x 70 = 3.5 < 3.8 = 2 x
+        # 1.9); s1's 3 epochs reach the milestone at epoch 2 (0.1 x 70 = 7), so the run diverges
+        ({"models.student.optimizer.weight_decay": 70.0,
+          "models.student.schedule": {"name": "multistep", "milestones": [2], "gamma": 2.0}},
+         "models.student.schedule.gamma", ": gamma 2 raises the learning rate to 0.1 by epoch 2, "
+         "where lr x weight_decay = 7 is past 3.8 \\(SGD with momentum 0.9\\)"),
+        ({"models.student.optimizer": {"name": "adamw", "lr": 0.5, "weight_decay": 3.0},
+          "models.student.schedule": {"name": "multistep", "milestones": [9, 0, 1],
+                                      "gamma": 1.2}},
+         "models.student.schedule.gamma", "rate to 0.72 by epoch 1, where lr x weight_decay = "
+                                          "2.16 is past 2 \\(AdamW\\)"),
+        ({"models.student.optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.5,
+                                       "nesterov": True, "weight_decay": 2.5},
+          "models.student.schedule": {"name": "multistep", "milestones": [1], "gamma": 1.3}},
+         "models.student.schedule.gamma", "past 1.5 \\(Nesterov SGD with momentum 0.5\\)"),
         ({"models.student.optimizer.momentum": 0.0, "models.student.optimizer.nesterov": True},
          "models.student.optimizer.nesterov", "needs momentum > 0"),
         # a role trained twice would take two optimiser steps a batch
@@ -314,6 +329,29 @@ def test_cross_field_rules_accept_what_is_sound():
     recipe = recipe_from_dict(data)
     assert recipe.models["student"].schedule.gamma == 2.0
     assert recipe.models["student"].optimizer.nesterov and recipe.data.val_fraction == 0.7
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "schedule"),
+    [
+        # the milestone falls at the role's last epoch or later: the raised rate never trains
+        ({"weight_decay": 70.0}, {"name": "multistep", "milestones": [3, 7], "gamma": 2.0}),
+        # at the bound itself: 0.25 x 2 x 2 x 3 = 3 = 2 (1 + 0.5)
+        ({"lr": 0.25, "momentum": 0.5, "weight_decay": 3.0},
+         {"name": "multistep", "milestones": [0, 2], "gamma": 2.0}),
+        # Adam's decay has no such bound; a falling rate never passes the base rate's
+        ({"name": "adam", "weight_decay": 1e4}, {"name": "multistep", "milestones": [1],
+                                                  "gamma": 2.0}),
+        ({"weight_decay": 70.0}, {"name": "multistep", "milestones": [1], "gamma": 0.5}),
+        ({"weight_decay": 70.0}, {"name": "cosine"}),
+    ],
+)
+def test_a_raised_rate_is_held_to_the_decay_bound_only_while_it_trains(optimizer, schedule):
+    data = tomllib.loads(BASE)
+    apply_override(data, ["models", "student", "optimizer"], optimizer)
+    apply_override(data, ["models", "student", "schedule"], schedule)
+    recipe = recipe_from_dict(data)
+    assert recipe.models["student"].schedule.name == schedule["name"]
 
 
 @pytest.mark.parametrize(

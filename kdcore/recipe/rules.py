@@ -8,7 +8,7 @@ from typing import Any
 
 from kdcore.errors import RecipeError, did_you_mean
 from kdcore.recipe.schema import NAME_BYTES, Recipe
-from kdcore.validators import MAX_LR
+from kdcore.validators import MAX_LR, check_decay
 
 #: keys that may change between a run and its resume, or between the seeds of one variant
 #: that ``kdcore report`` averages: they do not change what is computed
@@ -26,7 +26,7 @@ def check_consistency(recipe: Recipe) -> None:
     for role in roles:
         _check_name(role, f"models.{role}")
     for role, model in recipe.models.items():
-        _check_schedule(role, model)
+        _check_schedule(role, model, sum(st.epochs for st in recipe.stages if role in st.train))
     seen_stages: set[str] = set()
     for s, stage in enumerate(recipe.stages):
         key = f"stages[{s}]"
@@ -89,7 +89,7 @@ def _check_fractions(recipe: Recipe) -> None:
             "be below 1 to leave training samples", key="data.val_fraction")
 
 
-def _check_schedule(role: str, model: Any) -> None:
+def _check_schedule(role: str, model: Any, epochs: int) -> None:
     sched, lr = model.schedule, model.optimizer.lr
     if sched.name != "multistep" or sched.gamma <= 1 or lr == 0:
         return
@@ -99,6 +99,19 @@ def _check_schedule(role: str, model: Any) -> None:
         raise RecipeError(
             f"gamma {sched.gamma:g} over {steps} milestones takes the learning rate "
             f"{lr:g} above {MAX_LR:g}", key=f"models.{role}.schedule.gamma")
+    # the highest rate of the role's `epochs` training epochs (kdcore.build.scheduled_lr): a
+    # milestone at or past the last epoch is never reached
+    reached = sum(m < epochs for m in sched.milestones)
+    limit = model.optimizer.decay_limit()
+    if limit is None or not reached:
+        return
+    peak = lr * sched.gamma ** reached
+    try:
+        check_decay(peak, model.optimizer.weight_decay, *limit)
+    except ValueError as exc:
+        raise RecipeError(f"gamma {sched.gamma:g} raises the learning rate to {peak:g} by "
+                          f"epoch {sorted(sched.milestones)[reached - 1]}, where {exc}",
+                          key=f"models.{role}.schedule.gamma") from None
 
 
 def _check_name(name: str, key: str) -> None:

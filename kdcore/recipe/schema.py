@@ -187,15 +187,11 @@ def _nesterov_needs_momentum(instance: Any, attribute: Any, value: bool) -> None
 
 
 def _decay_converges(instance: Any, attribute: Any, value: float) -> None:
-    # at the base rate (a schedule's later rates are not looked at), a decay that alone grows
-    # the weights trains into NaN; Adam's L2 decay goes through its normalised step, which no
-    # bound of this kind limits
-    if instance.name == "sgd":
-        bound = decay_bound(instance.momentum, nesterov=instance.nesterov)
-        check_decay(instance.lr, value, bound, f"{'Nesterov ' * instance.nesterov}SGD with "
-                                               f"momentum {instance.momentum:g}")
-    elif instance.name == "adamw":
-        check_decay(instance.lr, value, decay_bound(decoupled=True), "AdamW")
+    # at the base rate; a multistep schedule that raises the rate is checked with the recipe
+    # (kdcore.recipe.rules), which knows how many epochs the role trains
+    limit = instance.decay_limit()
+    if limit is not None:
+        check_decay(instance.lr, value, *limit)
 
 
 @attrs.frozen
@@ -208,7 +204,8 @@ class OptimizerConfig:
         momentum: SGD's momentum, in [0, 1).
         weight_decay: >= 0 and a float32 number (``1e300`` stopped the first step); with
             ``sgd`` and ``adamw``, ``lr x weight_decay`` at most
-            :func:`~kdcore.validators.decay_bound` (past it the decay alone diverges).
+            :func:`~kdcore.validators.decay_bound` (past it the decay alone diverges), at the
+            base rate and at the highest rate the role's schedule reaches.
         nesterov: SGD's Nesterov momentum (needs ``momentum > 0``).
     """
 
@@ -218,6 +215,18 @@ class OptimizerConfig:
     weight_decay: float = attrs.field(
         default=5e-4, validator=all_of(finite_non_negative, float32, _decay_converges))
     nesterov: bool = attrs.field(default=False, validator=_nesterov_needs_momentum)
+
+    def decay_limit(self) -> tuple[float, str] | None:
+        """The ``lr x weight_decay`` past which this optimiser's weight decay alone diverges
+        (:func:`~kdcore.validators.decay_bound`) and the optimiser as a message names it;
+        ``None`` for Adam, whose L2 decay goes through its normalised step, which no bound
+        of this kind limits."""
+        if self.name == "sgd":
+            return (decay_bound(self.momentum, nesterov=self.nesterov),
+                    f"{'Nesterov ' * self.nesterov}SGD with momentum {self.momentum:g}")
+        if self.name == "adamw":
+            return decay_bound(decoupled=True), "AdamW"
+        return None
 
 
 @attrs.frozen
