@@ -17,10 +17,13 @@ teacher stage, their choices and a third of their numbers drawn, 4 epochs a stag
 ``kdcore check`` accepts in N processes; ``--seed`` picks them) instead of ``--recipe``,
 ``--kills`` each, the delay drawn from ``--delay``'s low end to the reference's duration. A run
 killed before it began (its folder holds nothing to resume) is started again as the refusal
-says, without ``--resume``, and compared the same way.
+says, without ``--resume``, and compared the same way. With ``--streamed`` the recipe (one on
+digits) reads the first 900 digits as PNG files instead, ``image_folder`` with ``stream = true``
+and ``data.workers = 2``: each batch's images are decoded in DataLoader processes that the
+SIGKILL leaves without their parent.
 
 Usage:  .venv/bin/python benchmarks/kill_resume.py [--recipe recipes/amlkd.toml] [--kills 14]
-            [--delay 1.8 6.0] [--seed 0] [--nproc 1] [--compositions K]
+            [--delay 1.8 6.0] [--seed 0] [--nproc 1] [--compositions K] [--streamed]
 Prints one line per kill and a count; a run whose resume fails or differs is named.
 """
 
@@ -44,6 +47,24 @@ KDCORE = str(Path(sys.executable).parent / "kdcore")
 def run(recipe: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([KDCORE, "run", recipe, "--out", str(out), "--quiet", *extra],
                           capture_output=True, text=True)
+
+
+def streamed(recipe: str, folder: Path) -> str:
+    """``recipe`` (on digits) reading the first 900 digits as PNG files, ``folder/<class>/``,
+    streamed by two DataLoader workers."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images[:900], digits.target[:900])):
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 255 / 16).astype(np.uint8)).save(folder / f"c{label}/{i}.png")
+    path = folder.parent / "streamed.toml"
+    path.write_text(f"extends = {json.dumps(str(Path(recipe).resolve()))}\n[data]\n"
+                    f"dataset = \"image_folder\"\nworkers = 2\n[data.params]\n"
+                    f"root = {json.dumps(str(folder))}\nsize = 8\nstream = true\n")
+    return str(path)
 
 
 def campaign(recipe: str, ref: Path, kills: int, delay: tuple[float, float], nproc: list[str],
@@ -91,11 +112,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--compositions", type=int, default=0)
+    parser.add_argument("--streamed", action="store_true")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     nproc = ["--nproc", str(args.nproc)] if args.nproc > 1 else []
     with tempfile.TemporaryDirectory() as tmp:
-        recipes = [args.recipe]
+        recipes = [streamed(args.recipe, Path(tmp) / "images") if args.streamed else args.recipe]
         if args.compositions:
             drawn = accepted_compositions(random.Random(args.seed), args.compositions,
                                           choices=True, numbers=True, processes=args.nproc,
