@@ -11,6 +11,8 @@ import os
 import signal
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,6 +26,9 @@ ERRORS_ENV = "KDCORE_WORKER_ERRORS"
 # the process id of the launcher (--nproc's, a grid's) its processes die with
 LAUNCHER_ENV = "KDCORE_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1  # prctl(2)
+#: seconds between the looks of :func:`watch_parent` at its parent, where the kernel cannot be
+#: asked to kill a process with its launcher: how long a worker may outlive it
+PARENT_WATCH_S = 0.5
 
 
 class WorkersFailed(KdcoreError):
@@ -84,9 +89,12 @@ def launch(nproc: int, kdcore_args: Sequence[str]) -> None:
 
 def die_with_launcher() -> bool:
     """In a process that a kdcore launcher started (a worker of :func:`launch`, a run of
-    ``kdcore ablate --jobs N``), on Linux: have the kernel SIGKILL it when that launcher
-    dies, and return True; elsewhere return False. The launcher's id is taken out of the
-    environment, so that a process this one starts does not inherit it.
+    ``kdcore ablate --jobs N``): die by SIGKILL when that launcher dies, and return True;
+    elsewhere return False. On Linux the kernel is asked for the signal; where it cannot be
+    (another system, a sandbox whose seccomp filter refuses ``prctl``), a daemon thread looks
+    every :data:`PARENT_WATCH_S` seconds whether the launcher is still this process's parent
+    (:func:`watch_parent`). The launcher's id is taken out of the environment, so that a
+    process this one starts does not inherit it.
 
     Both launchers start their processes in sessions of their own (torch's elastic agent does,
     and the grid, so that a terminal's Ctrl-C reaches only the launcher), so a SIGKILL of the
@@ -100,17 +108,35 @@ def die_with_launcher() -> bool:
             another parent), so no signal will come.
     """
     launcher = os.environ.pop(LAUNCHER_ENV, "")
-    if not launcher.isdigit() or not sys.platform.startswith("linux"):
+    if not launcher.isdigit():
         return False
-    try:
-        if ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-            return False  # refused (a sandbox's seccomp filter)
-    except (OSError, AttributeError):  # no C library to ask
-        return False
+    if not _kernel_kills_with_parent():
+        threading.Thread(target=watch_parent, args=(int(launcher),), daemon=True,
+                         name="kdcore-launcher-watch").start()
     if os.getppid() != int(launcher):  # it died before the request: no signal will come
         raise KdcoreError(f"the process that started this one (process {launcher}, a kdcore "
                           "launcher) is gone; stopping before the run starts")
     return True
+
+
+def _kernel_kills_with_parent() -> bool:
+    """Whether the kernel took the request to SIGKILL this process when its parent dies
+    (Linux's ``prctl(PR_SET_PDEATHSIG)``)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0  # 0: taken
+    except (OSError, AttributeError):  # no C library to ask, or one without prctl
+        return False
+
+
+def watch_parent(launcher: int, interval: float = PARENT_WATCH_S) -> None:
+    """Wait while process ``launcher`` is this process's parent, looking every ``interval``
+    seconds, then SIGKILL this process, as the kernel would have: an orphan is handed on to
+    another parent, so a changed parent id is its launcher's death."""
+    while os.getppid() == launcher:
+        time.sleep(interval)
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows has no SIGKILL
 
 
 def _elastic_loggers() -> list[str]:
@@ -228,4 +254,4 @@ def worker_args(recipe: Path, overrides: Sequence[str], out: str | None, resume:
 
 
 __all__ = ["WorkersFailed", "check_gpus", "die_with_launcher", "launch", "report_worker_error",
-           "worker_args", "workers_failed"]
+           "watch_parent", "worker_args", "workers_failed"]

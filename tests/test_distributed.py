@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -369,30 +370,129 @@ def test_a_worker_whose_launcher_is_not_its_parent_stops_with_one_line(monkeypat
     assert death_signal_cleared() == 9 and LAUNCHER_ENV not in os.environ
 
 
-@pytest.mark.parametrize("libc", ["refuses", "missing", "no prctl"])
-def test_a_worker_that_cannot_ask_to_die_with_its_launcher_goes_on(monkeypatch, libc):
-    """prctl refused (a sandbox's seccomp), no C library, or one without prctl: the worker
-    runs as before."""
+@pytest.fixture
+def watches(monkeypatch):
+    """The launchers watched by :func:`kdcore.torchrun.watch_parent` threads, a stand-in that
+    notes its launcher and returns (the real one would SIGKILL this test's process)."""
+    import threading
+
+    from kdcore import torchrun
+
+    watched: list[tuple[int, float]] = []
+
+    def watch(launcher: int, interval: float = torchrun.PARENT_WATCH_S) -> None:
+        thread = threading.current_thread()
+        # a daemon: a thread that kept the process alive would keep a finished run running
+        assert thread.daemon and thread.name == "kdcore-launcher-watch"
+        watched.append((launcher, interval))
+
+    monkeypatch.setattr(torchrun, "watch_parent", watch)
+
+    def joined() -> list[tuple[int, float]]:
+        for thread in threading.enumerate():
+            if thread.name == "kdcore-launcher-watch":
+                thread.join(10)
+        return watched
+
+    return joined
+
+
+@pytest.mark.parametrize("libc", ["refuses", "missing", "no prctl", "not linux"])
+def test_a_worker_whose_kernel_cannot_be_asked_watches_its_launcher(monkeypatch, watches, libc):
+    """prctl refused (a sandbox's seccomp), no C library, one without prctl, or another
+    system: a thread watches whether the launcher is still the parent instead."""
     import ctypes
 
-    from kdcore.torchrun import LAUNCHER_ENV, die_with_launcher
+    from kdcore.torchrun import LAUNCHER_ENV, PARENT_WATCH_S, die_with_launcher
 
     class Refusing:
         def prctl(self, *args):
             return -1
 
     def load(name, *args, **kwargs):
+        assert libc != "not linux", "prctl is Linux's"
         if libc == "missing":
             raise OSError("no libc")
         return Refusing() if libc == "refuses" else object()
 
     monkeypatch.setattr(ctypes, "CDLL", load)
-    monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid() + 1))  # would stop it if asked
-    assert die_with_launcher() is False
-    monkeypatch.setattr(sys, "platform", "darwin")  # Linux only
+    monkeypatch.setattr(sys, "platform", "darwin" if libc == "not linux" else "linux")
+    monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid()))
+    assert die_with_launcher() is True
+    assert watches() == [(os.getppid(), PARENT_WATCH_S)]
+    assert LAUNCHER_ENV not in os.environ
+    # a launcher that is gone already: one line, as on Linux
     monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid() + 1))
-    assert die_with_launcher() is False
+    with pytest.raises(KdcoreError, match=rf"\(process {os.getppid() + 1}, a kdcore launcher\) "
+                                          "is gone"):
+        die_with_launcher()
+
+
+@pytest.mark.parametrize(("interval", "kept"), [(0.25, 3), (None, 2), (0.25, 0)])
+def test_watch_parent_kills_its_process_once_the_launcher_is_no_longer_its_parent(
+        monkeypatch, interval, kept):
+    import signal
+
+    from kdcore.torchrun import PARENT_WATCH_S, watch_parent
+
+    if kept == 0:  # Windows has no SIGKILL: its SIGTERM ends a process there at once
+        monkeypatch.delattr(signal, "SIGKILL")
+
+    parents = iter([41] * kept + [1])  # then handed on to init: the launcher died
+    naps: list[float] = []
+    kills: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(time, "sleep", naps.append)
+    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    watch_parent(41, *(() if interval is None else (interval,)))
+    assert naps == [interval or PARENT_WATCH_S] * kept
+    assert kills == [(os.getpid(), signal.SIGTERM if kept == 0 else 9)]
+    assert PARENT_WATCH_S == 0.5
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_watching_worker_dies_with_its_killed_launcher():
+    """For real, in processes of their own: a worker that cannot ask the kernel (it takes
+    itself for another system's) dies within moments of a SIGKILL of its launcher alone."""
+    from kdcore.torchrun import LAUNCHER_ENV
+
+    worker = ("import sys, time\nfrom kdcore.torchrun import die_with_launcher\n"
+              "sys.platform = 'darwin'\nassert die_with_launcher()\n"
+              "print('armed', flush=True)\ntime.sleep(120)\n")
+    launcher = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        env = {{**os.environ, {LAUNCHER_ENV!r}: str(os.getpid())}}
+        child = subprocess.Popen([sys.executable, "-c", {worker!r}], env=env,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline() == "armed\\n"
+        print(child.pid, flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    pid = 0
+    try:
+        pid = int(proc.stdout.readline())
+        assert _alive(pid)
+        proc.kill()
+        proc.wait(30)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)
+    finally:
+        proc.kill()
+        if pid and _alive(pid):
+            os.kill(pid, 9)
 
 
 def test_a_run_whose_launcher_is_gone_stops_with_one_line(tmp_path):
@@ -405,14 +505,13 @@ def test_a_run_whose_launcher_is_gone_stops_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kdcore", "run", str(RECIPES / "ce.toml"),
                            "--out", str(tmp_path / "run")], env=env, capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == (2 if sys.platform.startswith("linux") else 0), proc.stderr
-    if proc.returncode == 2:
-        # the last line (a mutation run's copy warns about its configuration first)
-        assert proc.stderr.strip().splitlines()[-1] == (
-            f"kdcore: error: the process that started this one (process {env[LAUNCHER_ENV]}, "
-            "a kdcore launcher) is gone; stopping before the run starts")
-        assert "Traceback" not in proc.stderr
-        assert not (tmp_path / "run").exists()
+    assert proc.returncode == 2, proc.stderr
+    # the last line (a mutation run's copy warns about its configuration first)
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"kdcore: error: the process that started this one (process {env[LAUNCHER_ENV]}, "
+        "a kdcore launcher) is gone; stopping before the run starts")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 READER_GATE = textwrap.dedent('''
