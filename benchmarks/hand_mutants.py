@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 import tempfile
@@ -139,10 +140,43 @@ MUTANTS: list[tuple[Mutant, tuple[str, ...]]] = [(Mutant(key, what, "kdcore", pa
      PROVENANCE),
 ]]
 
+AWE_CONFIGURE = ("plugins/kdcore-awe/tests/test_awe_params.py",)
+"""AWE's check of its WeightNet's weight decay at the student's rate (session 47): the plugin's
+``kdcore_configure``, which mutmut leaves alone (it mutates no decorated function)."""
 
-def run(where: Path, tests: tuple[str, ...]) -> str:
+_AWE_INIT = "plugins/kdcore-awe/kdcore_awe/__init__.py"
+MUTANTS += [(Mutant(key, what, "kdcore-awe", _AWE_INIT, a, b), AWE_CONFIGURE)
+            for key, what, a, b in [
+    ("a1", "an lr = 0 entry not checked", "if params.loss_mode != \"learned\" or params.lr or",
+     "if True or"),
+    ("a2", "checked whatever its loss mode", "if params.loss_mode != \"learned\" or params.lr",
+     "if params.lr"),
+    ("a3", "the student's base rate, not its highest", "check_decay(model.highest_lr(epochs),",
+     "check_decay(model.optimizer.lr,"),
+    ("a4", "the student's highest rate over the whole run, not by the entry's stage's end",
+     "recipe.stages[:s + 1] if", "recipe.stages if"),
+    ("a5", "the epochs of every stage up to the entry's, not the student's",
+     "if params.student in st.train)", ")"),
+    ("a6", "the default momentum's bound, not the entry's", "decay_bound(params.momentum)",
+     "decay_bound(0.9)"),
+    ("a7", "a disabled entry checked", "if comp.use != \"awe\" or not comp.enabled:",
+     "if comp.use != \"awe\":"),
+    ("a8", "the problems found, then dropped", "return problems or None", "return None"),
+]]
+
+
+def _copied(targets: set[str]) -> list[str]:
+    """The package folders of ``targets`` other than kdcore, as the copy holds them."""
+    return sorted(why.mutants.TARGETS[t][0] for t in targets if t != "kdcore")
+
+
+def run(where: Path, tests: tuple[str, ...], packages: list[str] = ()) -> str:
+    env = why.environment(where, ".")
+    # the copy's plugin packages first: their entry points load the module by name
+    env["PYTHONPATH"] = os.pathsep.join([*(str(where / p) for p in packages),
+                                         env["PYTHONPATH"]])
     proc = subprocess.run([sys.executable, "-m", "pytest", "-x", *tests], cwd=where,
-                          env=why.environment(where, "."), capture_output=True, text=True,
+                          env=env, capture_output=True, text=True,
                           errors="replace",  # a test path or name holding a non-UTF-8 byte
                           timeout=why.TIMEOUT_S)
     return {0: "passed", 1: "failed"}.get(proc.returncode, f"error {proc.returncode}")
@@ -166,14 +200,16 @@ def main() -> None:
     survived = []
     with tempfile.TemporaryDirectory(prefix="hand_mutants_") as tmp:
         where = Path(tmp) / "repo"
-        why.build_copy(where, [])
+        targets = {m.target for m, _ in chosen} - {"kdcore"}
+        why.build_copy(where, sorted(targets))
+        packages = _copied(targets)
         for tests in dict.fromkeys(t for _, t in chosen):
-            if (outcome := run(where, tests)) != "passed":
+            if (outcome := run(where, tests, packages)) != "passed":
                 raise SystemExit(f"unmutated {' '.join(tests)}: {outcome}")
         for m, tests in chosen:
             original = why.apply(where, m)
             try:
-                outcome = run(where, tests)
+                outcome = run(where, tests, packages)
             finally:
                 (where / m.path).write_text(original)
             if outcome.startswith("error"):

@@ -18,6 +18,7 @@ from kdcore.recipe import (
     parse_override,
     recipe_from_dict,
 )
+from kdcore.recipe.schema import ModelConfig, OptimizerConfig, ScheduleConfig
 
 
 def _write(tmp_path, name, text):
@@ -329,6 +330,30 @@ def test_cross_field_rules_accept_what_is_sound():
     recipe = recipe_from_dict(data)
     assert recipe.models["student"].schedule.gamma == 2.0
     assert recipe.models["student"].optimizer.nesterov and recipe.data.val_fraction == 0.7
+
+
+@pytest.mark.parametrize("schedule", [
+    {"name": "multistep", "milestones": [3, 1, 3, 5], "gamma": 2.0},  # repeated; 5 past the end
+    {"name": "multistep", "milestones": [0, 4], "gamma": 1.5},  # 4: the last epoch's own
+    {"name": "multistep", "milestones": [1, 2], "gamma": 0.5},  # falling: the base rate
+    {"name": "multistep", "milestones": [1], "gamma": 1.0},
+    {"name": "cosine", "milestones": [0, 1], "gamma": 3.0},  # gamma is multistep's alone
+    {"name": "constant", "milestones": [2], "gamma": 3.0},
+])
+def test_the_highest_rate_of_a_roles_epochs(schedule):
+    """``ModelConfig.highest_lr(epochs)`` against the largest of the ``epochs`` rates a NumPy
+    transcription of the schedule gives (epoch ``e`` at ``base * gamma ** #(m <= e)``)."""
+    import numpy as np
+
+    model = ModelConfig(optimizer=OptimizerConfig(lr=0.25), schedule=ScheduleConfig(**schedule))
+    for epochs in (1, 4, 5, 9):
+        rates = [0.25] * epochs
+        if schedule["name"] == "multistep":
+            marks = np.asarray(schedule["milestones"])
+            rates = [0.25 * schedule["gamma"] ** int((marks <= e).sum()) for e in range(epochs)]
+        elif schedule["name"] == "cosine":
+            rates = [0.25 * 0.5 * (1 + np.cos(np.pi * e / epochs)) for e in range(epochs)]
+        assert model.highest_lr(epochs) == pytest.approx(max(rates), rel=1e-12), epochs
 
 
 @pytest.mark.parametrize(

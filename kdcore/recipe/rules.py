@@ -99,13 +99,12 @@ def _check_schedule(role: str, model: Any, epochs: int) -> None:
         raise RecipeError(
             f"gamma {sched.gamma:g} over {steps} milestones takes the learning rate "
             f"{lr:g} above {MAX_LR:g}", key=f"models.{role}.schedule.gamma")
-    # the highest rate of the role's `epochs` training epochs (kdcore.build.scheduled_lr): a
-    # milestone at or past the last epoch is never reached
+    # a milestone at or past the role's last epoch is never reached
     reached = sum(m < epochs for m in sched.milestones)
     limit = model.optimizer.decay_limit()
     if limit is None or not reached:
         return
-    peak = lr * sched.gamma ** reached
+    peak = model.highest_lr(epochs)
     try:
         check_decay(peak, model.optimizer.weight_decay, *limit)
     except ValueError as exc:

@@ -274,6 +274,15 @@ class ModelConfig:
     cache_outputs: bool = False
     enabled: bool = True
 
+    def highest_lr(self, epochs: int) -> float:
+        """The highest learning rate of the role's first ``epochs`` training epochs
+        (:func:`kdcore.build.scheduled_lr`): the base rate, or where a ``multistep`` schedule's
+        ``gamma`` exceeds 1, the rate after its last milestone before ``epochs``."""
+        sched, lr = self.schedule, self.optimizer.lr
+        if sched.name != "multistep" or sched.gamma <= 1:
+            return lr
+        return lr * sched.gamma ** sum(m < epochs for m in sched.milestones)
+
 
 @attrs.frozen
 class ComponentConfig:

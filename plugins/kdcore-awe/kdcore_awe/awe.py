@@ -124,9 +124,11 @@ def confidence_weights(confidence: torch.Tensor, selected: torch.Tensor | None, 
 
 
 def _weightnet_decay_converges(instance: AWEParams, attribute: object, value: float) -> None:
-    # at its own rate; at lr 0 it follows the student's, which its parameters do not know
-    check_decay(instance.lr, value, decay_bound(instance.momentum),
-                f"the WeightNet's SGD with momentum {instance.momentum:g}")
+    # only a learned loss weight steps the WeightNet (AWE.after_step); at lr 0 it follows the
+    # student's rate, which its parameters do not know (the plugin's kdcore_configure checks it)
+    if instance.loss_mode == "learned":
+        check_decay(instance.lr, value, decay_bound(instance.momentum),
+                    f"the WeightNet's SGD with momentum {instance.momentum:g}")
 
 
 @attrs.frozen
@@ -160,8 +162,10 @@ class AWEParams:
         lr: the WeightNet's learning rate, in [0, 10] as a model's; 0 follows the student's
             current learning rate (the release gives both the same settings and schedule).
         momentum, weight_decay: the WeightNet's SGD settings (momentum in [0, 1), weight decay
-            >= 0 and a float32 number, as a model's optimiser; with ``lr > 0``, ``lr x
-            weight_decay`` at most ``2 (1 + momentum)``, past which the decay alone diverges).
+            >= 0 and a float32 number, as a model's optimiser; where ``loss_mode`` is
+            ``learned`` (the only mode that steps the WeightNet), ``lr x weight_decay`` at
+            most ``2 (1 + momentum)``, past which the decay alone diverges, with ``lr = 0`` at
+            the highest rate the student's schedule reaches by the end of the entry's stage).
         zero_grad: zero the WeightNet's gradients after each step (release: never, D3).
         batch_mean_weight: return the batch mean of the weights for every sample (release D2).
         seed_alignment: ``index`` or ``release_shuffled`` (D1).
