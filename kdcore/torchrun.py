@@ -110,12 +110,13 @@ def die_with_launcher() -> bool:
     launcher = os.environ.pop(LAUNCHER_ENV, "")
     if not launcher.isdigit():
         return False
-    if not _kernel_kills_with_parent():
-        threading.Thread(target=watch_parent, args=(int(launcher),), daemon=True,
-                         name="kdcore-launcher-watch").start()
+    asked = _kernel_kills_with_parent()
     if os.getppid() != int(launcher):  # it died before the request: no signal will come
         raise KdcoreError(f"the process that started this one (process {launcher}, a kdcore "
                           "launcher) is gone; stopping before the run starts")
+    if not asked:  # started after the look above, so that this line is said before any kill
+        threading.Thread(target=watch_parent, args=(int(launcher),), daemon=True,
+                         name="kdcore-launcher-watch").start()
     return True
 
 

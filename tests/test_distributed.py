@@ -426,6 +426,8 @@ def test_a_worker_whose_kernel_cannot_be_asked_watches_its_launcher(monkeypatch,
     with pytest.raises(KdcoreError, match=rf"\(process {os.getppid() + 1}, a kdcore launcher\) "
                                           "is gone"):
         die_with_launcher()
+    # no watcher for it: one would kill the process before its line was said
+    assert watches() == [(os.getppid(), PARENT_WATCH_S)]
 
 
 @pytest.mark.parametrize(("interval", "kept"), [(0.25, 3), (None, 2), (0.25, 0)])
