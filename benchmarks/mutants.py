@@ -187,6 +187,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
                           ["tests/test_interrupts.py", "tests/test_cli_common.py"]),
     # the meta-learning plugins' look-ahead: the virtual SGD step (session 20)
     "kdcore-meta": (".", ["kdcore/meta.py"], ["tests/test_meta.py"]),
+    # the models' training state reckoned before they are built (session 47)
+    "kdcore-footprint": (".", ["kdcore/footprint.py"], ["tests/test_footprint.py"]),
     # the recipe's typed schema: every table's defaults and ranges (session 20)
     "kdcore-schema": (".", ["kdcore/recipe/schema.py"],
                       ["tests/test_config.py", "tests/test_recipe.py", "tests/test_bad_input.py",

@@ -55,9 +55,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-# What a run may plan to hold of the memory left on its device: a model's parameters (gradients
-# and optimiser state take as much again), the ledger's per-class columns, the transition
-# matrix; more is refused before it is allocated.
+# What a run may plan to hold of the memory left on its device: a model's parameters, the
+# ledger's per-class columns, the transition matrix; more is refused before it is allocated
+# (the models' whole training state has its own share: kdcore.footprint).
 MEMORY_SHARE = 0.5
 
 

@@ -17,6 +17,7 @@ from kdcore import distributed
 from kdcore.batching import batches_per_epoch
 from kdcore.device import check_fits, resolve_device
 from kdcore.errors import KdcoreError, RecipeError, one_line, shown
+from kdcore.footprint import check_training_fits
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.models.base import ModelSpec
@@ -54,9 +55,14 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
     channels_last = recipe.run.channels_last
     if channels_last is None:
         channels_last = device.type == "cuda"
+    try:  # every model sized (on the meta device) before any is built
+        sizes = {role: _check_fits(role, factory, spec, params, device)
+                 for role, (factory, params) in plan.models.items()}
+        check_training_fits(recipe, sizes, device)
+    except RecipeError as exc:
+        raise exc.at(file=recipe.source) from None
     for role, (factory, params) in plan.models.items():
         try:
-            _check_fits(role, factory, spec, params, device)
             model = _build_model(role, factory, spec, params, recipe.run.seed).to(device)
         except RecipeError as exc:
             raise exc.at(file=recipe.source) from None
@@ -189,9 +195,9 @@ def _check_batch_norm_batches(recipe: Recipe, run: Run) -> None:
 
 
 def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, object],
-                device: torch.device) -> None:
+                device: torch.device) -> int:
     """Build the model on the meta device (no memory) and refuse one too large to train, or
-    one that cannot take the data's inputs."""
+    one that cannot take the data's inputs; its parameters' bytes."""
     with torch.device("meta"):
         model = _call_factory(role, factory, spec, params)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -199,6 +205,7 @@ def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, o
     check_fits(f"model '{role}' (its parameters alone)", size, device, "a smaller model",
                key=f"models.{role}.params")
     _check_takes_inputs(role, model, spec)
+    return size
 
 
 def _check_takes_inputs(role: str, model: nn.Module, spec: ModelSpec) -> None:

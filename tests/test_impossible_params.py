@@ -581,7 +581,13 @@ def test_a_model_whose_parameters_cannot_fit_is_refused_before_it_is_built(tmp_p
     assert result.output.strip().splitlines()[-1] == (
         f"kdcore: error: {tmp_path / 'many.toml'}: models.student.params: model 'student' (its "
         "parameters alone) needs 62.5 KiB; 125.1 KiB are free on cpu (a smaller model)")
+    # its parameters alone fit; trained (SGD with momentum) it holds 3 x 64,040 = 192,120
+    # bytes, more than 0.8 x 128,080 (kdcore.footprint)
     monkeypatch.setattr("kdcore.device.free_memory", lambda device: 128_080)
+    result = _check_many(tmp_path, 10, hidden=1000)
+    assert result.exit_code == 2, result.output
+    assert "models.student.params: the models' training state needs 187.6 KiB; " in result.output
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 240_150)
     assert _check_many(tmp_path, 10, hidden=1000).exit_code == 0
 
 
