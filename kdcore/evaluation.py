@@ -252,6 +252,13 @@ class BestKeeper:
             return None
         return self.best[key]["stage"], self.best[key]["epoch"], state
 
+    def release(self, s: int) -> None:
+        """Drop the weights stage ``s`` kept for its end (restored by then): no later stage
+        reads them, and each was a whole copy of a model, held to the run's end in memory and
+        in every checkpoint. A role's best over all stages (``best_val_all``) stays."""
+        for key in [k for k in self.states if k.startswith(f"{s}/")]:
+            del self.states[key]
+
     def summary(self, s: int, stage: StageConfig, role: str) -> dict[str, Any] | None:
         best = self.best.get(f"*/{role}" if stage.keep == "best_val_all" else f"{s}/{role}")
         if best is None:

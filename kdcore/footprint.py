@@ -27,15 +27,15 @@ best weights may plan to take; the rest is for what is not reckoned."""
 def weight_copies(recipe: Recipe, role: str) -> dict[str, int]:
     """What a run holds of tensors as large as ``role``'s parameters, by what they are: the
     weights; where a stage trains the role, their gradients and the optimiser's state (SGD's
-    momentum buffer, none without momentum; Adam's two moments); and the best weights kept, one
-    per stage that trains the role with ``keep = "best_val"`` (each is kept to the run's end,
-    in every checkpoint) and one for ``"best_val_all"``."""
+    momentum buffer, none without momentum; Adam's two moments); and the best weights kept: one
+    where a stage that trains the role keeps ``"best_val"`` (each stage's until its end), one
+    more for ``"best_val_all"`` (the best over every stage, to the run's end)."""
     training = [st for st in recipe.stages if role in st.train]
     if not training:
         return {"weights": 1}
     opt = recipe.models[role].optimizer
     state = 2 if opt.name in ("adam", "adamw") else int(opt.momentum > 0)
-    kept = (sum(st.keep == "best_val" for st in training)
+    kept = (any(st.keep == "best_val" for st in training)
             + any(st.keep == "best_val_all" for st in training))
     return {"weights": 1, "gradients": 1, "optimiser state": state, "kept best weights": kept}
 

@@ -201,6 +201,7 @@ class Trainer:
                     matrix = confusion_on_test(run.models[role], run.data,
                                                self.plan.recipe.data.eval_batch_size, run.predict)
                 run.record_data(f"test_confusion/{cfg.name}/{role}", matrix)
+        self.best.release(s)
         for role in cfg.train:
             summary = self.best.summary(s, cfg, role)
             if summary is not None:

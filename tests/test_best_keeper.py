@@ -87,6 +87,28 @@ def test_best_val_all_for_a_role_not_kept_over_stages_keeps_no_weights():
     assert set(keeper.states) == {"0/m"}
 
 
+def test_a_stages_kept_weights_are_released_at_its_end_and_best_val_all_stays():
+    first = StageConfig(name="a", epochs=4, train=["m"], keep="best_val")
+    second = StageConfig(name="b", epochs=2, train=["m"], keep="best_val_all")
+    keeper = BestKeeper(keep_all=frozenset({"m"}))
+    _feed(keeper, 0, first)
+    _feed(keeper, 1, second, epochs=[(0.9, 0.9, 0.9)], scale=10.0)
+    assert set(keeper.states) == {"0/m", "*/m"}  # stage 1 keeps best_val_all: "*/m" only
+    keeper.release(1)  # a stage that kept nothing of its own: nothing to drop
+    assert set(keeper.states) == {"0/m", "*/m"}
+    keeper.release(0)
+    assert set(keeper.states) == {"*/m"}
+    assert keeper.kept_state(0, first, "m") is None
+    assert keeper.summary(0, first, "m")["best_val_epoch"] == 1  # its record stays
+    name, epoch, state = keeper.kept_state(1, second, "m")
+    assert (name, epoch, float(state["weight"])) == ("b", 0, 0.0)
+    keeper = BestKeeper()
+    for s in (1, 10, 11):
+        _feed(keeper, s, first, epochs=EPOCHS[:2])
+    keeper.release(1)  # stage 1's alone, not 10's or 11's
+    assert set(keeper.states) == {"10/m", "11/m"}
+
+
 def test_without_validation_accuracy_no_best_epoch_is_reported():
     stage = StageConfig(name="a", epochs=2, train=["m"], keep="last")
     keeper = BestKeeper()
@@ -274,3 +296,16 @@ def test_numbers_logged_in_on_epoch_end_and_by_observers_reach_the_row(tmp_path)
         assert h.metric("mine/again").tolist() == [3.0, 3.0]
         assert h.metric("mine/end").tolist() == [2.0, 3.0]
         assert h.metric("observed/epoch").tolist() == [0.0, 1.0]
+
+
+def test_a_runs_checkpoint_after_its_best_val_stages_holds_none_of_their_weights(tmp_path):
+    """Each best_val stage's kept copy of the student had stayed in memory and in every later
+    checkpoint to the run's end: two stages, two copies, at the third stage's start."""
+    from kdcore.testing import component, run_tiny, stage, tiny_recipe
+
+    recipe = tiny_recipe(*(stage(name, 1, ["student"], component("ce"), keep="best_val")
+                           for name in ("a", "b")), stage("c", 1, ["teacher"], component("ce")))
+    run_tiny(recipe, tmp_path / "run")
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["position"]["stage"] == 2 and saved["best"]["states"] == {}
+    assert {"0/student", "1/student"} <= set(saved["best"]["best"])  # their records stay

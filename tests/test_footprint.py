@@ -30,9 +30,10 @@ CE = component("ce")
     ({"name": "sgd", "momentum": 0.0}, ["last"], [1, 1, 0, 0]),  # no momentum buffer
     ({"name": "adam", "momentum": 0.0}, ["last"], [1, 1, 2, 0]),  # two moments
     ({"name": "adamw", "momentum": 0.0}, ["best_val"], [1, 1, 2, 1]),
-    # each best_val stage's kept weights stay to the run's end; best_val_all keeps one
-    ({"name": "sgd"}, ["best_val", "best_val", "last"], [1, 1, 1, 2]),
+    # a best_val stage's kept weights go at its end; best_val_all's stay to the run's end
+    ({"name": "sgd"}, ["best_val", "best_val", "last"], [1, 1, 1, 1]),
     ({"name": "sgd"}, ["best_val_all", "best_val_all", "best_val"], [1, 1, 1, 2]),
+    ({"name": "sgd"}, ["best_val_all", "last"], [1, 1, 1, 1]),
 ])
 def test_what_a_trained_role_holds(optimizer, keeps, copies):
     stages = [stage(f"s{i}", 1, ["student"], CE, keep=keep) for i, keep in enumerate(keeps)]
