@@ -1,10 +1,10 @@
 """The memory a run's models hold while they train, reckoned before any is built.
 
 A model whose parameters fit can still not train: its gradients, its optimiser's state and the
-best weights a stage keeps are each as large again, for every model of the run at once. Past the
-free memory, the kernel's out-of-memory killer ended the run mid-set-up with a SIGKILL (exit
-137, no message at all); :func:`check_training_fits` refuses such a recipe first, under
-``kdcore check`` too. The reckoning leaves out activations, evaluation batches and the
+best weights a stage keeps are each as large again, for every model of the run at once. Past
+the free memory, the kernel's out-of-memory killer ended the run in its first steps with a
+SIGKILL (exit 137, no message at all); :func:`check_training_fits` refuses such a recipe
+first, under ``kdcore check`` too. The reckoning leaves out activations, evaluation batches and the
 components' own state, which :data:`TRAINING_SHARE` leaves room for.
 """
 
