@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location("kdcore_why_mutants", Path(__file__).with_name(
@@ -170,7 +171,7 @@ def _copied(targets: set[str]) -> list[str]:
     return sorted(why.mutants.TARGETS[t][0] for t in targets if t != "kdcore")
 
 
-def run(where: Path, tests: tuple[str, ...], packages: list[str] = ()) -> str:
+def run(where: Path, tests: tuple[str, ...], packages: Sequence[str] = ()) -> str:
     env = why.environment(where, ".")
     # the copy's plugin packages first: their entry points load the module by name
     env["PYTHONPATH"] = os.pathsep.join([*(str(where / p) for p in packages),
