@@ -193,7 +193,8 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-schema": (".", ["kdcore/recipe/schema.py"],
                       ["tests/test_config.py", "tests/test_recipe.py", "tests/test_bad_input.py",
                        "tests/test_config_structure.py", "tests/test_recipe_rules.py",
-                       "tests/test_validators.py", "tests/test_history_skip.py"]),
+                       "tests/test_validators.py", "tests/test_history_skip.py",
+                       "tests/test_build.py"]),
     # the component contract: the batch, the spec, the declared roles and columns, the per-batch
     # store, the test harness (session 20)
     "kdcore-contract": (".", ["kdcore/component.py", "kdcore/batch.py", "kdcore/context.py",

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from kdcore.errors import RecipeError
-from kdcore.recipe import ModelConfig, OptimizerConfig, Recipe
+from kdcore.recipe import OptimizerConfig, Recipe
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, role: str) -> torch.optim.Optimizer:
@@ -34,29 +32,15 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, role: str) -> torch.
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def scheduled_lr(cfg: ModelConfig, epoch: int, epochs: int) -> float:
-    """The learning rate at a role's ``epoch``-th training epoch out of ``epochs``.
-
-    Epochs count over every stage that trains the role, so a schedule spans warm-up and later
-    stages alike. A pure function: nothing needs checkpointing.
-    """
-    base = cfg.optimizer.lr
-    sched = cfg.schedule
-    if sched.name == "multistep":
-        return base * sched.gamma ** sum(epoch >= m for m in sched.milestones)
-    if sched.name == "cosine":
-        return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-    return base
-
-
 def set_stage_lr(optimizers: dict[str, torch.optim.Optimizer], recipe: Recipe, stage: int,
                  epoch: int) -> None:
     """Each optimiser of the roles stage ``stage`` trains at its scheduled rate for the stage's
-    ``epoch``-th epoch (:func:`scheduled_lr`, counting the role's epochs of earlier stages)."""
+    ``epoch``-th epoch (:meth:`~kdcore.recipe.ModelConfig.lr_at`, counting the role's epochs
+    of earlier stages)."""
     stages = recipe.stages
     for role in stages[stage].train:
         done = sum(st.epochs for st in stages[:stage] if role in st.train)
         total = sum(st.epochs for st in stages if role in st.train)
-        lr = scheduled_lr(recipe.models[role], done + epoch, total)
+        lr = recipe.models[role].lr_at(done + epoch, total)
         for group in optimizers[role].param_groups:
             group["lr"] = lr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcore.build import build_optimizer, scheduled_lr
+from kdcore.build import build_optimizer
 from kdcore.recipe import ModelConfig, OptimizerConfig, ScheduleConfig
 
 
@@ -75,7 +75,7 @@ def _numpy_lr(name: str, base: float, epoch: int, epochs: int, milestones=(), ga
 def test_each_schedule_follows_its_formula_over_the_roles_epochs(schedule):
     cfg = ModelConfig(optimizer=OptimizerConfig(lr=0.4), schedule=schedule)
     epochs = 7
-    got = [scheduled_lr(cfg, e, epochs) for e in range(epochs)]
+    got = [cfg.lr_at(e, epochs) for e in range(epochs)]
     want = [_numpy_lr(schedule.name, 0.4, e, epochs, schedule.milestones, schedule.gamma)
             for e in range(epochs)]
     np.testing.assert_allclose(got, want, rtol=1e-12)
@@ -94,7 +94,7 @@ def test_each_schedule_is_torchs_scheduler_of_that_name_stepped_once_per_epoch(s
     else:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, schedule.milestones, schedule.gamma)
     for epoch in range(epochs):
-        assert scheduled_lr(cfg, epoch, epochs) == pytest.approx(opt.param_groups[0]["lr"],
+        assert cfg.lr_at(epoch, epochs) == pytest.approx(opt.param_groups[0]["lr"],
                                                                  rel=1e-9)
         opt.step()
         sched.step()
@@ -102,7 +102,7 @@ def test_each_schedule_is_torchs_scheduler_of_that_name_stepped_once_per_epoch(s
 
 def test_a_cosine_schedule_over_no_epochs_stays_at_the_base_rate():
     cfg = ModelConfig(optimizer=OptimizerConfig(lr=0.4), schedule=ScheduleConfig(name="cosine"))
-    assert scheduled_lr(cfg, 0, 0) == 0.4
+    assert cfg.lr_at(0, 0) == 0.4
 
 
 class _Paramless(torch.nn.Module):

@@ -336,6 +336,7 @@ def test_cross_field_rules_accept_what_is_sound():
     {"name": "multistep", "milestones": [3, 1, 3, 5], "gamma": 2.0},  # repeated; 5 past the end
     {"name": "multistep", "milestones": [0, 4], "gamma": 1.5},  # 4: the last epoch's own
     {"name": "multistep", "milestones": [1, 2], "gamma": 0.5},  # falling: the base rate
+    {"name": "multistep", "milestones": [2, 0], "gamma": 0.5},  # below the base from epoch 0
     {"name": "multistep", "milestones": [1], "gamma": 1.0},
     {"name": "cosine", "milestones": [0, 1], "gamma": 3.0},  # gamma is multistep's alone
     {"name": "constant", "milestones": [2], "gamma": 3.0},

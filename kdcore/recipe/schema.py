@@ -18,6 +18,7 @@ path and the accepted range. The bounds that are not mathematical facts:
 from __future__ import annotations
 
 import fnmatch
+import math
 from typing import Any, Literal
 
 import attrs
@@ -274,14 +275,25 @@ class ModelConfig:
     cache_outputs: bool = False
     enabled: bool = True
 
+    def lr_at(self, epoch: int, epochs: int) -> float:
+        """The learning rate at the role's ``epoch``-th training epoch out of ``epochs``.
+
+        Epochs count over every stage that trains the role, so a schedule spans warm-up and
+        later stages alike. A pure function of the recipe: nothing needs checkpointing.
+        """
+        base, sched = self.optimizer.lr, self.schedule
+        if sched.name == "multistep":
+            return base * sched.gamma ** sum(epoch >= m for m in sched.milestones)
+        if sched.name == "cosine":
+            return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+        return base
+
     def highest_lr(self, epochs: int) -> float:
-        """The highest learning rate of the role's first ``epochs`` training epochs
-        (:func:`kdcore.build.scheduled_lr`): the base rate, or where a ``multistep`` schedule's
-        ``gamma`` exceeds 1, the rate after its last milestone before ``epochs``."""
-        sched, lr = self.schedule, self.optimizer.lr
-        if sched.name != "multistep" or sched.gamma <= 1:
-            return lr
-        return lr * sched.gamma ** sum(m < epochs for m in sched.milestones)
+        """The highest of the role's first ``epochs`` training rates (:meth:`lr_at`; the base
+        rate when ``epochs`` is 0)."""
+        # a multistep rate changes only at a milestone; a cosine falls from the base rate
+        marks = (m for m in self.schedule.milestones if m < epochs)
+        return max(self.lr_at(e, epochs) for e in {0, *marks})
 
 
 @attrs.frozen
