@@ -176,7 +176,8 @@ def test_an_empty_label_set_splits_into_empty_parts():
 def test_split_messages():
     with pytest.raises(KdcoreError, match=r"^class 1 has 2 samples: too few for 2 gold, 0 "
                        r"validation and 0 test samples with at least one left for training; "
-                       r"lower data.gold_per_class or the fractions$"):
+                       r"lower data.gold_per_class \(at most 1 fits every class\) or the "
+                       r"fractions$"):
         make_splits(torch.tensor([0, 0, 0, 1, 1]), num_classes=2, generator=torch.Generator(),
                     val_fraction=0.0, gold_per_class=2)
     with pytest.raises(KdcoreError, match=r"^val_fraction \+ test_fraction is 1\.1; it must be "

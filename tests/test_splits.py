@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,57 @@ def test_deterministic_given_the_generator() -> None:
 def test_class_too_small_for_gold() -> None:
     with pytest.raises(KdcoreError, match="class 2 has 20 samples"):
         _split(gold_per_class=17)
+
+
+def _numpy_spare(counts, val_fraction, test_fraction):
+    """The gold each class can give and keep one training sample: n - round(t n) - round(v n)
+    - 1 (NumPy rounds halves to even, as Python's round does); an empty class none."""
+    n = np.asarray(counts)
+    spare = n - np.round(test_fraction * n) - np.round(val_fraction * n) - 1
+    return np.where(n > 0, spare, 0).astype(int)
+
+
+@pytest.mark.parametrize(("counts", "val", "test", "gold"), [
+    ([1, 40, 1, 3, 30, 2, 1, 1, 1, 1, 1, 1, 50], 0.1, 0.2, 10),  # a long tail: many too small
+    ([5, 40, 2], 0.1, 0.2, 2),  # class 2 alone
+    ([3, 40, 30], 0.3, 0.5, 0),  # no gold: the fractions take all of class 0 (1 + 2 = 3)
+    ([0, 40, 30], 0.1, 0.2, 1),  # an empty class gives no gold
+    ([1, 1, 40], 0.1, 0.2, 1),  # two
+    ([1] * 8 + [40], 0.1, 0.2, 1),  # eight, every one listed
+    ([1] * 9 + [40], 0.1, 0.2, 1),  # nine: the first eight listed
+    ([2, 40], 0.3, 0.5, 0),  # no gold: class 0's two samples go to test and validation
+])
+def test_every_class_too_small_is_counted_and_what_fits_is_said(counts, val, test, gold):
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    spare = _numpy_spare(counts, val, test)
+    short = [c for c, n in enumerate(counts) if (n or gold) and spare[c] < gold]
+    with pytest.raises(KdcoreError) as caught:
+        make_splits(labels, num_classes=len(counts), generator=torch.Generator(),
+                    val_fraction=val, test_fraction=test, gold_per_class=gold)
+    said = str(caught.value)
+    first = short[0]
+    assert said.startswith(f"class {first} has {counts[first]} sample")
+    if len(short) > 1:
+        listed = ", ".join(map(str, short[:8])) + (", ..." if len(short) > 8 else "")
+        assert f"({len(short)} classes are too small: {listed})" in said
+    else:
+        assert "classes are too small" not in said
+    if spare.min() >= 0:
+        assert said.endswith(f"lower data.gold_per_class (at most {spare.min()} fits every "
+                             "class) or the fractions")
+        # and that many does fit every class
+        make_splits(labels, num_classes=len(counts), generator=torch.Generator(),
+                    val_fraction=val, test_fraction=test, gold_per_class=int(spare.min()))
+    else:
+        bare = int(np.argmin(spare))
+        assert said.endswith(f"even without gold samples, class {bare} ({counts[bare]} "
+                             f"sample{'s' * (counts[bare] != 1)}) keeps none for training")
+
+
+def test_one_sample_is_said_in_the_singular() -> None:
+    with pytest.raises(KdcoreError, match="^class 0 has 1 sample: too few for 1 gold"):
+        make_splits(torch.tensor([0, 1, 1, 1]), num_classes=2, generator=torch.Generator(),
+                    val_fraction=0.0, gold_per_class=1)
 
 
 @pytest.mark.parametrize(

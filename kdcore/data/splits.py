@@ -54,6 +54,8 @@ def make_splits(
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise KdcoreError(f"labels must lie in 0..{num_classes - 1}")
 
+    counts = torch.bincount(labels, minlength=num_classes).tolist()
+    _check_class_sizes(counts, val_fraction, gold_per_class, test_fraction)
     # One permutation for all classes keeps the draw count independent of the class sizes.
     order = torch.randperm(labels.numel(), generator=generator, device=generator.device).cpu()
     parts: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "gold": [], "test": []}
@@ -62,14 +64,7 @@ def make_splits(
         n = rows.numel()
         n_test = round(test_fraction * n)
         n_val = round(val_fraction * n)
-        n_train = n - n_test - gold_per_class - n_val
-        if (n or gold_per_class) and n_train < 1:
-            raise KdcoreError(
-                f"class {c} has {n} samples: too few for {gold_per_class} gold, {n_val} "
-                f"validation and {n_test} test samples with at least one left for training; "
-                "lower data.gold_per_class or the fractions"
-            )
-        cuts = torch.tensor([n_test, gold_per_class, n_val, n_train]).cumsum(0).tolist()
+        cuts = torch.tensor([n_test, gold_per_class, n_val]).cumsum(0).tolist()
         parts["test"].append(rows[: cuts[0]])
         parts["gold"].append(rows[cuts[0] : cuts[1]])
         parts["val"].append(rows[cuts[1] : cuts[2]])
@@ -81,3 +76,32 @@ def make_splits(
     if test_fraction <= 0:
         del out["test"]
     return out
+
+
+def _check_class_sizes(counts: list[int], val_fraction: float, gold_per_class: int,
+                       test_fraction: float) -> None:
+    """Refuse classes too small to give their share to every split and keep a training sample,
+    naming the first, how many there are, and what would fit: on a long-tailed dataset the
+    first class alone was named, one rerun per class."""
+    # the most gold each class can give and keep one training sample (an empty class: none)
+    spare = [n - round(test_fraction * n) - round(val_fraction * n) - 1 if n else 0
+             for n in counts]
+    short = [c for c, n in enumerate(counts) if (n or gold_per_class)
+             and spare[c] < gold_per_class]
+    if not short:
+        return
+    c, n = short[0], counts[short[0]]
+    others = (f" ({len(short)} classes are too small: {', '.join(map(str, short[:8]))}"
+              f"{', ...' if len(short) > 8 else ''})" if len(short) > 1 else "")
+    fits = min(spare)
+    if fits >= 0:
+        advice = f"lower data.gold_per_class (at most {fits} fits every class) or the fractions"
+    else:
+        bare = spare.index(fits)
+        advice = (f"lower data.val_fraction or data.test_fraction: even without gold samples, "
+                  f"class {bare} ({counts[bare]} sample{'s' * (counts[bare] != 1)}) keeps none "
+                  "for training")
+    raise KdcoreError(
+        f"class {c} has {n} sample{'s' * (n != 1)}: too few for {gold_per_class} gold, "
+        f"{round(val_fraction * n)} validation and {round(test_fraction * n)} test samples "
+        f"with at least one left for training{others}; {advice}")
