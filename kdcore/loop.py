@@ -21,8 +21,9 @@ from kdcore.batching import batches_per_epoch, epoch_batches
 from kdcore.build import build_optimizer, set_stage_lr
 from kdcore.checkpointing import Checkpointer, carried_states, continue_states, rehearse_stages
 from kdcore.component import Batch, Component
+from kdcore.diverged import loss_diverged
 from kdcore.epoch_line import epoch_line
-from kdcore.errors import RecipeError, TrainingDiverged
+from kdcore.errors import RecipeError
 from kdcore.evaluation import (
     BestKeeper,
     EpochMetrics,
@@ -345,18 +346,15 @@ class Trainer:
         self._checked = len(self._unchecked)
         if not window or bool(torch.isfinite(torch.stack([w[2] for w in window])).all()):
             return
-        step, role, _, terms = next(w for w in window if not bool(torch.isfinite(w[2])))
-        term = next((name for name, v in terms.items() if not bool(torch.isfinite(v))), None)
+        at = next(i for i, w in enumerate(window) if not bool(torch.isfinite(w[2])))
+        step, role, _, terms = window[at]
         stage = self.current_stage  # a NaN mask, weight or target is its producer's fault
         check_outputs(self.run.ledger, stage.refiners, stage.selectors, stage.weighters)
-        comp = next((c for c in stage.components if c.name == term), None)
-        use = f" (component '{comp.spec.use}')" if comp else ""
-        cause = (f"term '{term}'{use}" if term else "every term is finite, their sum times "
-                 "the components' weights is not (a weight too large?)")
-        raise TrainingDiverged(
-            f"loss of model '{role}' is not finite at stage '{self.run.stage.name}' epoch "
-            f"{self.run.epoch}, step {step}: {cause}; the history and the last checkpoint "
-            "hold every completed epoch")
+        # every earlier step of the window was finite, as were the windows before it
+        before = next(((w[0], w[3]) for w in reversed(
+            self._unchecked[:len(self._unchecked) - len(window) + at]) if w[1] == role), None)
+        raise loss_diverged(role, f"stage '{self.run.stage.name}' epoch {self.run.epoch}",
+                            step, terms, before, stage.components)
 
     def _one_hot_labels(self) -> tuple[torch.Tensor, tuple[int, int]] | None:
         """``(base_target, (its version, the noisy labels' version))`` when the base targets

@@ -130,7 +130,7 @@ class Components:
     def kdcore_add_components(self):
         return {"recorder": Recorder, "modes": Modes, "undeclared": Undeclared,
                 "nan_from": NanFrom, "wrong_rows": WrongRows, "stale_view": StaleView,
-                "relabel": Relabel}
+                "relabel": Relabel, "grow_from": GrowFrom}
 
 
 def _two_stage_recipe(schedule=None, **rec_params):
@@ -463,10 +463,72 @@ def test_a_loss_that_turns_nan_between_two_checks_is_named_at_its_step(tmp_path)
                          train_subset=300, batch_size=4)  # more than 64 steps in the epoch
     with pytest.raises(TrainingDiverged) as err:
         run_tiny(recipe, tmp_path / "run", plugins=[Components()])
-    assert str(err.value) == (
-        "loss of model 'teacher' is not finite at stage 't' epoch 0, step 35: term 'boom' "
-        "(component 'nan_from'); the history and the last checkpoint hold every completed "
-        "epoch")
+    said = str(err.value)
+    assert re.fullmatch(
+        r"loss of model 'teacher' is not finite at stage 't' epoch 0, step 35: term 'boom' "
+        r"\(component 'nan_from'\); its last finite loss, at step 34, had ce = [0-9.]+, "
+        r"boom = 0; the history and the last checkpoint hold every completed epoch", said), said
+
+
+class GrowFrom(Component):
+    """A constant term of ``10 ** (10 step)``, infinite in float32 from step 4 on; it keeps
+    the CE of each step's batch as torch computes it."""
+
+    ce: dict[int, float] = {}
+
+    def transfer(self, ctx, batch):
+        logits = batch.out(self.model).logits
+        GrowFrom.ce[ctx.step] = float(torch.nn.functional.cross_entropy(logits.detach(),
+                                                                         batch.targets))
+        return logits.sum(1) * 0 + torch.tensor(10.0 ** (10 * ctx.step), dtype=torch.float32)
+
+
+def test_a_loss_that_grew_to_infinity_names_every_term_and_the_values_before(tmp_path):
+    """Every term that is not finite is named, and the model's last finite loss shows which
+    term grew, with its weight: the first term named was not always the cause (an LSHL2_S
+    feature term that grew to 6.6e13 made the next step's CE NaN too, and only 'ce' was
+    named)."""
+    from kdcore.errors import TrainingDiverged
+
+    GrowFrom.ce.clear()
+    recipe = tiny_recipe(stage("t", 1, ["teacher"], component("ce"),
+                               component("grow_from", "grow", weight=3.0),
+                               component("grow_from", "grow2")),
+                         train_subset=300, batch_size=16)
+    with pytest.raises(TrainingDiverged) as err:
+        run_tiny(recipe, tmp_path / "run", plugins=[Components()])
+    said = str(err.value)
+    found = re.fullmatch(
+        r"loss of model 'teacher' is not finite at stage 't' epoch 0, step 4: terms 'grow' "
+        r"\(component 'grow_from'\), 'grow2' \(component 'grow_from'\); its last finite "
+        r"loss, at step 3, had ce = ([0-9.]+), grow = 1e\+30 \(weight 3\), grow2 = 1e\+30; "
+        r"the history and the last checkpoint hold every completed epoch", said)
+    assert found, said
+    assert float(found.group(1)) == pytest.approx(GrowFrom.ce[3], rel=2e-3)  # 3 digits
+
+
+@pytest.mark.parametrize(("weight", "step", "before"), [
+    (1e39, 0, ""),  # the first step: no finite loss before it
+    (1e38, 1, "; its last finite loss, at step 0, had ce = ([0-9.]+), grow = 1 "
+              r"\(weight 1e\+38\)"),
+])
+def test_a_sum_that_overflows_says_so_and_what_came_before(tmp_path, weight, step, before):
+    from kdcore.errors import TrainingDiverged
+
+    GrowFrom.ce.clear()
+    recipe = tiny_recipe(stage("t", 1, ["teacher"], component("ce"),
+                               component("grow_from", "grow", weight=weight)),
+                         train_subset=300, batch_size=16)
+    with pytest.raises(TrainingDiverged) as err:
+        run_tiny(recipe, tmp_path / "run", plugins=[Components()])
+    said = str(err.value)
+    found = re.fullmatch(
+        f"loss of model 'teacher' is not finite at stage 't' epoch 0, step {step}: every term "
+        r"is finite, their sum times the components' weights is not \(a weight too large\?\)"
+        f"{before}; the history and the last checkpoint hold every completed epoch", said)
+    assert found, said
+    if before:
+        assert float(found.group(1)) == pytest.approx(GrowFrom.ce[0], rel=2e-3)
 
 
 def test_every_stage_is_set_up_and_handed_over_before_training_and_an_eval_stage_has_no_steps(
