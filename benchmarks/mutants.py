@@ -216,7 +216,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     # a component's broken output: its diverged learned state, or its bug (session 46)
     "kdcore-diverged": (".", ["kdcore/diverged.py"],
                         ["tests/test_diverged.py", "tests/test_step.py", "tests/test_harness.py",
-                         "-m", "not slow"]),
+                         "tests/test_loop.py", "tests/test_engine.py", "-m", "not slow"]),
     # a batch's backward pass and optimiser steps, shared by the loop and the harness's train
     # (session 46)
     "kdcore-update": (".", ["kdcore/update.py"],

@@ -59,17 +59,17 @@ def loss_diverged(role: str, where: str, step: int, terms: Mapping[str, torch.Te
                   before: tuple[int, Mapping[str, torch.Tensor]] | None,
                   components: Sequence[Component]) -> TrainingDiverged:
     """The error for model ``role``'s loss, not finite at ``step`` (``where``: its stage and
-    epoch), of the terms ``terms``: every term that is not finite, each with its component,
-    and ``before``, the terms of the model's last finite loss in the epoch (its step and its
-    terms), with their weights: the term that grew to it is the divergence's cause, which the
-    first term that is not finite need not be (a feature term that grew without bound made
-    the CE of the next step NaN too, and CE was named)."""
+    epoch), of the terms ``terms`` (by the name of the component in ``components`` that gave
+    each): every term that is not finite, each with its component, and ``before``, the terms
+    of the model's last finite loss in the epoch (its step and its terms), with their weights:
+    the term that grew to it is the divergence's cause, which the first term that is not
+    finite need not be (a feature term that grew without bound made the CE of the next step
+    NaN too, and CE was named)."""
     specs = {c.name: c.spec for c in components}
     bad = [name for name, value in terms.items() if not bool(torch.isfinite(value))]
     if bad:
         cause = f"term{'s' * (len(bad) > 1)} " + ", ".join(
-            f"'{name}'" + (f" (component '{specs[name].use}')" if name in specs else "")
-            for name in bad)
+            f"'{name}' (component '{specs[name].use}')" for name in bad)
     else:
         cause = "every term is finite, their sum times the components' weights is not (a " \
                 "weight too large?)"
@@ -77,8 +77,8 @@ def loss_diverged(role: str, where: str, step: int, terms: Mapping[str, torch.Te
         last, values = before
         cause += f"; its last finite loss, at step {last}, had " + ", ".join(
             f"{name} = {float(value):.3g}" + (
-                f" (weight {specs[name].weight:g})" if name in specs
-                and specs[name].weight != 1.0 else "") for name, value in values.items())
+                f" (weight {specs[name].weight:g})" if specs[name].weight != 1.0 else "")
+            for name, value in values.items())
     return TrainingDiverged(f"loss of model '{role}' is not finite at {where}, step {step}: "
                             f"{cause}; the history and the last checkpoint hold every "
                             "completed epoch")
