@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import kdcore
-from kdcore_lp.component import InitialLP, LabelPropagation, MutualLP, TeacherLP
+from kdcore_lp.component import COMPONENTS, InitialLP, LabelPropagation, MutualLP, TeacherLP
 from kdcore_lp.propagation import Propagated, propagate, propagate_features
 
 __all__ = ["InitialLP", "LabelPropagation", "MutualLP", "Propagated", "TeacherLP", "propagate",
@@ -20,4 +20,4 @@ __all__ = ["InitialLP", "LabelPropagation", "MutualLP", "Propagated", "TeacherLP
 
 @kdcore.hookimpl
 def kdcore_add_components() -> Mapping[str, type[kdcore.Component]]:
-    return {"initial_lp": InitialLP, "teacher_lp": TeacherLP, "mutual_lp": MutualLP}
+    return COMPONENTS

@@ -171,9 +171,18 @@ class LabelPropagation(kdcore.Component):
         # check` says so, not the first propagation after a whole teacher stage
         k, n = self.params.k, ctx.ledger.size
         if k >= n:
+            # the recipe's other LP entries that need as many: named at once, not one per rerun
+            others = [f"'{label}' (k = {other})" for label, other in dict(
+                _entries_k(ctx.recipe)).items() if other >= n and label != self.name]
+            also = ""
+            if others:
+                listed = (others[0] if len(others) == 1 else
+                          f"{', '.join(others[:-1])} and {others[-1]}")
+                also = f", as {'does' if len(others) == 1 else 'do'} {listed}"
             raise kdcore.RecipeError(
                 f"component '{self.name}': k = {k} neighbours needs more than {k} training "
-                f"samples; the run has {n} (lower params.k, or train on more samples)")
+                f"samples{also}; the run has {n} (lower params.k{' of each' * bool(others)}, "
+                "or train on more samples)")
 
     def on_stage_start(self, ctx: RunContext) -> None:
         if self.params.when == "stage_start":
@@ -317,3 +326,20 @@ class MutualLP(LabelPropagation):
 
     Params = MutualLPParams
     description = "mutual LP alternating the student's and the teacher's graphs"
+
+
+COMPONENTS: dict[str, type[LabelPropagation]] = {
+    "initial_lp": InitialLP, "teacher_lp": TeacherLP, "mutual_lp": MutualLP}
+"""The registered names of the LP components."""
+
+
+def _entries_k(recipe: kdcore.Recipe) -> list[tuple[str, int]]:
+    """Each enabled LP entry of ``recipe`` by its label, with its ``k`` (its class's default
+    where the entry gives none; the plan has checked every entry's parameters by then)."""
+    found = []
+    for stage in recipe.stages:
+        for comp in stage.components:
+            if comp.enabled and comp.use in COMPONENTS:
+                k = comp.params.get("k", attrs.fields(COMPONENTS[comp.use].Params).k.default)
+                found.append((comp.label, k))
+    return found

@@ -246,3 +246,62 @@ def test_read_kinds_hold_keep_selected_to_a_mask_and_seed_weights_to_one_number_
     assert _harness({"keep_selected": "select/s"}).component.read_kinds() == {"select/s": "mask"}
     assert _harness({"seed_weights": "awe/w"}).component.read_kinds() == {"awe/w": scalar}
     assert _harness({}).component.read_kinds() == {}
+
+
+def test_every_lp_entry_whose_k_is_too_large_is_named_at_once(tmp_path):
+    """A dataset too small for the recipe's k took one `check` per LP entry to find (AML-KD's
+    three, on 12 training samples); the first entry set up names the rest, each once, and
+    neither an entry whose k fits nor a disabled one."""
+    import re
+
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+    from kdcore.testing import component, stage, teacher_stage, tiny_recipe, write_recipe
+
+    lp = {"seeds": "noisy"}
+
+    def check(*entries):
+        recipe = write_recipe(tiny_recipe(teacher_stage(1), *entries, train_subset=40),
+                              tmp_path / "r.toml")
+        result = CliRunner().invoke(main, ["check", str(recipe)])
+        assert result.exit_code == 2, result.output
+        return result.output.strip().splitlines()[-1]
+
+    # the training samples the run has, as the message says
+    n = int(re.search(r"the run has (\d+) ", check(stage("a", 1, ["student"], component(
+        "ce"), component("teacher_lp", params={**lp, "k": 1000})))).group(1))
+    assert 21 < n <= 40
+    line = check(
+        stage("a", 1, ["student"], component("ce"),
+              component("initial_lp", "first", params={**lp, "k": 1000}),
+              component("teacher_lp", "fits", params={**lp, "k": n - 1}),
+              component("teacher_lp", "off", params={**lp, "k": 4000}, enabled=False)),
+        stage("b", 1, ["student"], component("ce"),
+              component("mutual_lp", "mutual", params={"k": 3000}),
+              component("teacher_lp", "exactly", params={**lp, "k": n}),
+              component("teacher_lp", params=lp)),  # its default k = 20: fits
+        stage("c", 1, ["student"], component("ce"),
+              component("mutual_lp", "mutual", params={"k": 3000}),  # again: named once
+              component("mutual_lp", "last", params={"k": 2000})))
+    assert line == (
+        "kdcore: error: component 'first': k = 1000 neighbours needs more than 1000 training "
+        f"samples, as do 'mutual' (k = 3000), 'exactly' (k = {n}) and 'last' (k = 2000); the "
+        f"run has {n} (lower params.k of each, or train on more samples)")
+
+
+def test_one_other_lp_entry_too_large_is_named_in_the_singular(tmp_path):
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+    from kdcore.testing import component, stage, teacher_stage, tiny_recipe, write_recipe
+
+    recipe = write_recipe(tiny_recipe(
+        teacher_stage(1),
+        stage("a", 1, ["student"], component("ce"),
+              component("teacher_lp", "one", params={"seeds": "noisy", "k": 999}),
+              component("teacher_lp", "two", params={"seeds": "noisy", "k": 1000}))),
+        tmp_path / "r.toml")
+    line = CliRunner().invoke(main, ["check", str(recipe)]).output.strip().splitlines()[-1]
+    assert ", as does 'two' (k = 1000); the run has " in line, line
+    assert line.endswith("(lower params.k of each, or train on more samples)"), line
