@@ -17,7 +17,7 @@ from kdcore import distributed
 from kdcore.batching import batches_per_epoch
 from kdcore.device import check_fits, resolve_device
 from kdcore.errors import KdcoreError, RecipeError, one_line, shown
-from kdcore.footprint import check_training_fits
+from kdcore.footprint import check_training_fits, saved_per_row
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.models.base import ModelSpec
@@ -56,9 +56,11 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
     if channels_last is None:
         channels_last = device.type == "cuda"
     try:  # every model sized (on the meta device) before any is built
-        sizes = {role: _check_fits(role, factory, spec, params, device)
+        sized = {role: _check_fits(role, factory, spec, params, device)
                  for role, (factory, params) in plan.models.items()}
-        check_training_fits(recipe, sizes, device)
+        check_training_fits(recipe, {r: size for r, (size, _) in sized.items()}, device,
+                            {r: per_row for r, (_, per_row) in sized.items()},
+                            _largest_batch_share(len(data.train), recipe.data.batch_size))
     except RecipeError as exc:
         raise exc.at(file=recipe.source) from None
     for role, (factory, params) in plan.models.items():
@@ -194,10 +196,20 @@ def _check_batch_norm_batches(recipe: Recipe, run: Run) -> None:
                 file=recipe.source, key="data.batch_size")
 
 
+def _largest_batch_share(n: int, size: int) -> int:
+    """The rows of the largest training batch a process computes: a lone batch holds every
+    row, a last batch of one row joins the one before, and a batch is cut near-equally among
+    the processes."""
+    count = batches_per_epoch(n, size)
+    largest = n if count <= 1 else max(size, n - (count - 1) * size)
+    return -(-largest // distributed.world().size)
+
+
 def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, object],
-                device: torch.device) -> int:
+                device: torch.device) -> tuple[int, int | None]:
     """Build the model on the meta device (no memory) and refuse one too large to train, or
-    one that cannot take the data's inputs; its parameters' bytes."""
+    one that cannot take the data's inputs; its parameters' bytes, and the bytes its forward
+    pass saves for the backward pass per row (:func:`~kdcore.footprint.saved_per_row`)."""
     with torch.device("meta"):
         model = _call_factory(role, factory, spec, params)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -205,7 +217,7 @@ def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, o
     check_fits(f"model '{role}' (its parameters alone)", size, device, "a smaller model",
                key=f"models.{role}.params")
     _check_takes_inputs(role, model, spec)
-    return size
+    return size, saved_per_row(model, spec.input_shape)
 
 
 def _check_takes_inputs(role: str, model: nn.Module, spec: ModelSpec) -> None:

@@ -10,7 +10,13 @@ from click.testing import CliRunner
 
 from kdcore.cli import main
 from kdcore.errors import RecipeError
-from kdcore.footprint import TRAINING_SHARE, check_training_fits, local_processes, weight_copies
+from kdcore.footprint import (
+    TRAINING_SHARE,
+    check_training_fits,
+    local_processes,
+    saved_per_row,
+    weight_copies,
+)
 from kdcore.recipe import recipe_from_dict
 from kdcore.testing import component, stage, tiny_recipe, write_recipe
 
@@ -64,13 +70,13 @@ def test_the_run_plans_for_its_share_of_the_free_memory(monkeypatch):
     sizes = {"teacher": 1_000, "student": 5_000}  # 1,000 + 4 x 5,000 = 21,000 bytes
     assert TRAINING_SHARE == 0.8
     _free(monkeypatch, 26_250)  # 0.8 x 26,250 = 21,000: just enough
-    check_training_fits(recipe, sizes, torch.device("cpu"))
+    check_training_fits(recipe, sizes, torch.device("cpu"), {}, 0)
     _free(monkeypatch, None)  # unknown: nothing refused
-    check_training_fits(recipe, sizes, torch.device("cpu"))
-    check_training_fits(recipe, {}, torch.device("cpu"))
+    check_training_fits(recipe, sizes, torch.device("cpu"), {}, 0)
+    check_training_fits(recipe, {}, torch.device("cpu"), {}, 0)
     _free(monkeypatch, 26_249)
     with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, sizes, torch.device("cpu"))
+        check_training_fits(recipe, sizes, torch.device("cpu"), {}, 0)
     assert info.value.key == "models.student.params"
     assert info.value.detail == (
         "the models' training state needs 20.5 KiB; 25.6 KiB are free on cpu, and a run plans "
@@ -80,10 +86,12 @@ def test_the_run_plans_for_its_share_of_the_free_memory(monkeypatch):
     # the largest share is named, not the largest model: 4 x 1,000 > 1 x 3,000
     _free(monkeypatch, 100)
     with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, {"teacher": 3_000, "student": 1_000}, torch.device("cpu"))
+        check_training_fits(recipe, {"teacher": 3_000, "student": 1_000}, torch.device("cpu"),
+                            {}, 0)
     assert info.value.key == "models.student.params"
     with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, {"teacher": 5_000, "student": 1_000}, torch.device("cpu"))
+        check_training_fits(recipe, {"teacher": 5_000, "student": 1_000}, torch.device("cpu"),
+                            {}, 0)
     assert info.value.key == "models.teacher.params"
     assert "model 'teacher' holds 1 x 4.9 KiB (1 weights);" in info.value.detail
 
@@ -94,13 +102,13 @@ def test_processes_on_one_machine_each_hold_their_own(monkeypatch):
     monkeypatch.setattr("kdcore.device.free_memory",
                         lambda device: {"cpu": 30_000, "cuda": 30_000}[device.type])
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    check_training_fits(recipe, {"student": 4_000}, torch.device("cpu"))  # 2 x 12,000
-    check_training_fits(recipe, {"student": 8_000}, torch.device("cuda"))  # its own GPU
+    check_training_fits(recipe, {"student": 4_000}, torch.device("cpu"), {}, 0)  # 2 x 12,000
+    check_training_fits(recipe, {"student": 8_000}, torch.device("cuda"), {}, 0)  # its own GPU
     # 2 x 3 x 4,001 = 24,006 bytes
     with pytest.raises(RecipeError, match=r"^models\.student\.params: the models' training state "
                                           r"needs 23\.4 KiB \(2 processes on this machine, each "
                                           r"its own\); "):
-        check_training_fits(recipe, {"student": 4_001}, torch.device("cpu"))
+        check_training_fits(recipe, {"student": 4_001}, torch.device("cpu"), {}, 0)
 
 
 def test_models_that_fit_one_by_one_but_not_together_are_refused_by_check(tmp_path,
@@ -112,16 +120,158 @@ def test_models_that_fit_one_by_one_but_not_together_are_refused_by_check(tmp_pa
     data["models"]["teacher"]["params"] = {"hidden": [1000]}
     data["models"]["student"]["params"] = {"hidden": [900]}  # 4 x 67,510 = 270,040 bytes
     recipe = write_recipe(data, tmp_path / "r.toml")
-    # each fits alone in half the free memory (300,040 < 0.5 x 2,137,800); both train with
-    # SGD's momentum, keep last: 3 x (300,040 + 270,040) = 1,710,240 bytes
-    _free(monkeypatch, 2_137_800)  # 0.8 x 2,137,800 = 1,710,240: just enough
+    # each fits alone in half the free memory (300,040 < 0.5 x 2,478,280); both train with
+    # SGD's momentum, keep last: 3 x (300,040 + 270,040) = 1,710,240 bytes, and the teacher's
+    # stage, the larger step, saves 64 rows x 4 x (64 + 1000) = 272,384 bytes: 1,982,624
+    _free(monkeypatch, 2_478_280)  # 0.8 x 2,478,280 = 1,982,624: just enough
     result = CliRunner().invoke(main, ["check", str(recipe)])
     assert result.exit_code == 0, result.output
-    _free(monkeypatch, 2_137_799)
+    _free(monkeypatch, 2_478_279)
     result = CliRunner().invoke(main, ["check", str(recipe)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1] == (
         f"kdcore: error: {recipe}: models.teacher.params: the models' training state needs "
-        "1.6 MiB; 2.0 MiB are free on cpu, and a run plans for at most 80% of it: model "
+        "1.6 MiB and a training step's activations 266.0 KiB more (a batch of 64 rows in "
+        "stage 't'); 2.4 MiB are free on cpu, and a run plans for at most 80% of it: model "
         "'teacher' holds 3 x 293.0 KiB (1 weights, 1 gradients, 1 optimiser state); a smaller "
         "model, an optimiser with less state or keep = \"last\" takes less")
+
+
+def _mlp(hidden, inputs=64):
+    from kdcore.models.base import ModelSpec
+    from kdcore.models.mlp import mlp
+
+    with torch.device("meta"):
+        return mlp(ModelSpec((inputs,), 10), hidden=hidden)
+
+
+@pytest.mark.parametrize("hidden", [[7], [512, 512], [100, 30, 9]])
+def test_what_an_mlp_saves_for_its_backward_pass_per_row(hidden):
+    """By hand: the first Linear saves its input row, each hidden ReLU its output (the next
+    Linear's input: the same tensor, counted once); 4 bytes each in float32. The weights
+    (and the transposed weights each Linear saves) do not grow with the batch."""
+    assert saved_per_row(_mlp(hidden, 784), (784,)) == 4 * (784 + sum(hidden))
+
+
+def test_a_model_the_meta_device_cannot_run_leaves_its_activations_unknown():
+    class Counts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.linear(x) * float(x.sum()), x  # .item() on meta: not implemented
+
+    assert saved_per_row(Counts(), (4,)) is None
+
+
+def test_a_model_that_saves_nothing_per_row_saves_0_bytes():
+    frozen = _mlp([8], 4)
+    frozen.requires_grad_(False)  # nothing to differentiate: no graph, nothing saved
+    assert saved_per_row(frozen, (4,)) == 0
+    assert type(saved_per_row(_mlp([8], 4), (4,))) is int  # whole bytes
+
+
+def test_a_training_steps_activations_are_reckoned_per_stage(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    # stage a trains the student alone, stage b both: b's step is the larger
+    recipe = _recipe(stage("a", 1, ["student"], CE), stage("b", 1, ["teacher", "student"], CE))
+    sizes = {"teacher": 1_000, "student": 2_000}  # 3 x 1,000 + 3 x 2,000 = 9,000 bytes
+    per_row = {"teacher": 30, "student": 70}  # b: 50 rows x 100 = 5,000 bytes
+    _free(monkeypatch, 17_500)  # 0.8 x 17,500 = 14,000 = 9,000 + 5,000: just enough
+    check_training_fits(recipe, sizes, torch.device("cpu"), per_row, 50)
+    _free(monkeypatch, 17_499)
+    with pytest.raises(RecipeError) as info:
+        check_training_fits(recipe, sizes, torch.device("cpu"), per_row, 50)
+    # the models' state is the larger part: named as before, the activations beside it
+    assert info.value.key == "models.student.params"
+    assert info.value.detail.startswith(
+        "the models' training state needs 8.8 KiB and a training step's activations 4.9 KiB "
+        "more (a batch of 50 rows in stage 'b'); 17.1 KiB are free on cpu, and a run plans "
+        "for at most 80% of it: model 'student' holds 3 x 2.0 KiB ")
+    # 100 rows: 10,000 bytes of activations, past the models' 9,000: the batch is named
+    with pytest.raises(RecipeError) as info:
+        check_training_fits(recipe, sizes, torch.device("cpu"), per_row, 100)
+    assert info.value.key == "data.batch_size"
+    assert info.value.detail == (
+        "the models' training state needs 8.8 KiB and a training step's activations 9.8 KiB "
+        "more (a batch of 100 rows in stage 'b'); 17.1 KiB are free on cpu, and a run plans "
+        "for at most 80% of it: model 'student' saves 70 bytes a row for its backward pass; a "
+        "smaller data.batch_size or model takes less")
+    # as much as the models: the models are named
+    with pytest.raises(RecipeError) as info:
+        check_training_fits(recipe, sizes, torch.device("cpu"), per_row, 90)
+    assert info.value.key == "models.student.params"
+    # unknown activations (a model the meta device cannot run) count as none
+    check_training_fits(recipe, sizes, torch.device("cpu"), {"teacher": None,
+                                                             "student": None}, 10**9)
+
+
+def test_activations_in_16_bits_are_half_and_each_process_holds_its_own(monkeypatch):
+    recipe = _recipe(stage("s", 1, ["student"], CE))  # student: 3 copies, keep last
+    data = tiny_recipe(stage("s", 1, ["student"], CE), run={"precision": "bf16"})
+    half = recipe_from_dict(data)
+    _free(monkeypatch, 10_000)  # 0.8 x 10,000 = 8,000
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    # 2 x (3 x 1,000 + 10 x 100) = 8,000 in 32 bits; in 16: 2 x (3,000 + 10 x 50) = 7,000
+    check_training_fits(recipe, {"student": 1_000}, torch.device("cpu"), {"student": 100}, 10)
+    check_training_fits(half, {"student": 1_000}, torch.device("cpu"), {"student": 110}, 18)
+    with pytest.raises(RecipeError) as info:  # 2 x (3,000 + 18 x 55) = 7,980: fits; 19 rows not
+        check_training_fits(half, {"student": 1_000}, torch.device("cpu"), {"student": 110}, 19)
+    # an odd number of bytes a row: 111 // 2 = 55 in 16 bits, so again 18 rows fit, 19 do not
+    check_training_fits(half, {"student": 1_000}, torch.device("cpu"), {"student": 111}, 18)
+    with pytest.raises(RecipeError):
+        check_training_fits(half, {"student": 1_000}, torch.device("cpu"), {"student": 111}, 19)
+    assert info.value.detail == (
+        "the models' training state needs 5.9 KiB and a training step's activations 2.0 KiB "
+        "more (a batch of 19 rows per process in stage 's') (2 processes on this machine, each "
+        "its own); 9.8 KiB are free on cpu, and a run plans for at most 80% of it: model "
+        "'student' holds 3 x 1000 bytes (1 weights, 1 gradients, 1 optimiser state); a smaller "
+        "model, an optimiser with less state or keep = \"last\" takes less")
+    # activations past the models' state: the batch is named, its bytes in 16 bits
+    with pytest.raises(RecipeError) as info:  # 2 x (3,000 + 60 x 55) = 12,600
+        check_training_fits(half, {"student": 1_000}, torch.device("cpu"), {"student": 110}, 60)
+    assert info.value.key == "data.batch_size"
+    assert info.value.detail.endswith(": model 'student' saves 55 bytes a row (in bf16) for its "
+                                      "backward pass; a smaller data.batch_size or model takes "
+                                      "less")
+
+
+def test_a_batch_whose_activations_do_not_fit_is_refused_by_check(tmp_path, monkeypatch):
+    """Through the command line: a CNN of 128 and 256 channels on Fashion-MNIST's 28 x 28
+    images in batches of 20,000 passed check and was killed by the out-of-memory killer in
+    its first step (exit 137, no message); here the same on digits, the free memory faked."""
+    data = tiny_recipe(stage("s", 1, ["student"], CE), batch_size=300, train_subset=300)
+    data["models"]["student"]["params"] = {"hidden": [1000]}
+    recipe = write_recipe(data, tmp_path / "r.toml")
+    # the student: 3 x 4 x (64 x 1000 + 1000 + 1000 x 10 + 10) = 900,120 bytes of state, the
+    # teacher's weights 4 x (64 x 32 + 32 + 32 x 10 + 10) = 9,640; a batch of 300 rows saves
+    # 300 x 4 x (64 + 1000) = 1,276,800 bytes: 2,186,560 in all
+    _free(monkeypatch, 2_733_200)  # 0.8 x 2,733,200 = 2,186,560: just enough
+    result = CliRunner().invoke(main, ["check", str(recipe)])
+    assert result.exit_code == 0, result.output
+    _free(monkeypatch, 2_733_199)
+    result = CliRunner().invoke(main, ["check", str(recipe)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"kdcore: error: {recipe}: data.batch_size: the models' training state needs 888.4 "
+        "KiB and a training step's activations 1.2 MiB more (a batch of 300 rows in stage "
+        "'s'); 2.6 MiB are free on cpu, and a run plans for at most 80% of it: model 'student' "
+        "saves 4.2 KiB a row for its backward pass; a smaller data.batch_size or model takes "
+        "less")
+
+
+@pytest.mark.parametrize(("n", "size", "world"), [
+    (300, 64, 1), (300, 300, 1), (301, 300, 1), (129, 64, 1), (128, 64, 1), (10, 64, 1),
+    (300, 64, 2), (129, 64, 3), (7, 4, 4), (1, 64, 1)])
+def test_the_largest_batch_a_process_computes(monkeypatch, n, size, world):
+    """Against the engine's own cut of an epoch into batches and of a batch among the
+    processes (near-equal parts, torch.tensor_split)."""
+    from kdcore import distributed
+    from kdcore.batching import epoch_batches
+    from kdcore.prepare import _largest_batch_share
+
+    monkeypatch.setattr(distributed, "_world", distributed.World(rank=0, size=world))
+    parts = [len(part) for batch in epoch_batches(torch.arange(n), size)
+             for part in torch.tensor_split(batch, world)]
+    assert _largest_batch_share(n, size) == max(parts)

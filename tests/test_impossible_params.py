@@ -582,12 +582,16 @@ def test_a_model_whose_parameters_cannot_fit_is_refused_before_it_is_built(tmp_p
         f"kdcore: error: {tmp_path / 'many.toml'}: models.student.params: model 'student' (its "
         "parameters alone) needs 62.5 KiB; 125.1 KiB are free on cpu (a smaller model)")
     # its parameters alone fit; trained (SGD with momentum) it holds 3 x 64,040 = 192,120
-    # bytes, more than 0.8 x 128,080 (kdcore.footprint)
+    # bytes, and a batch of 8 rows saves 8 x 4 x (5 + 1000) = 32,160 for its backward pass:
+    # 224,280 bytes, more than 0.8 x 128,080 (kdcore.footprint)
     monkeypatch.setattr("kdcore.device.free_memory", lambda device: 128_080)
     result = _check_many(tmp_path, 10, hidden=1000)
     assert result.exit_code == 2, result.output
-    assert "models.student.params: the models' training state needs 187.6 KiB; " in result.output
-    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 240_150)
+    assert ("models.student.params: the models' training state needs 187.6 KiB and a training "
+            "step's activations 31.4 KiB more (a batch of 8 rows in stage 's'); ") in result.output
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 280_349)
+    assert _check_many(tmp_path, 10, hidden=1000).exit_code == 2
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 280_350)  # 0.8 x: 224,280
     assert _check_many(tmp_path, 10, hidden=1000).exit_code == 0
 
 
