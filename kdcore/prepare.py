@@ -17,14 +17,14 @@ from kdcore import distributed
 from kdcore.batching import batches_per_epoch
 from kdcore.device import check_fits, resolve_device
 from kdcore.errors import KdcoreError, RecipeError, one_line, shown
-from kdcore.footprint import check_training_fits, saved_per_row
+from kdcore.footprint import Activations, check_training_fits, held_per_row, saved_per_row
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.models.base import ModelSpec
 from kdcore.plan import RunPlan
 from kdcore.plugins import PluginHost
 from kdcore.recipe import Recipe
-from kdcore.rundata import build_run_data
+from kdcore.rundata import RunData, build_run_data
 from kdcore.runstate import Run, augmentation_changed, role_seed
 from kdcore.torch_state import make_deterministic
 
@@ -58,9 +58,8 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
     try:  # every model sized (on the meta device) before any is built
         sized = {role: _check_fits(role, factory, spec, params, device)
                  for role, (factory, params) in plan.models.items()}
-        check_training_fits(recipe, {r: size for r, (size, _) in sized.items()}, device,
-                            {r: per_row for r, (_, per_row) in sized.items()},
-                            _largest_batch_share(len(data.train), recipe.data.batch_size))
+        check_training_fits(recipe, {r: size for r, (size, _, _) in sized.items()}, device,
+                            _batch_activations(recipe, data, sized))
     except RecipeError as exc:
         raise exc.at(file=recipe.source) from None
     for role, (factory, params) in plan.models.items():
@@ -196,20 +195,32 @@ def _check_batch_norm_batches(recipe: Recipe, run: Run) -> None:
                 file=recipe.source, key="data.batch_size")
 
 
+def _batch_activations(recipe: Recipe, data: RunData,
+                       sized: dict[str, tuple[int, int | None, int | None]]) -> Activations:
+    """The bytes a row of a training and of an evaluation batch holds for each model
+    (:func:`_check_fits`), and a process's rows of the largest of each: the splits every epoch
+    evaluates (validation and test) are cut in consecutive slices among the processes."""
+    evaluated = min(max(len(data.val), len(data.test)), recipe.data.eval_batch_size)
+    return Activations(saved={r: saved for r, (_, saved, _) in sized.items()},
+                       held={r: held for r, (_, _, held) in sized.items()},
+                       train_rows=_largest_batch_share(len(data.train), recipe.data.batch_size),
+                       eval_rows=-(-evaluated // distributed.world().size))
+
+
 def _largest_batch_share(n: int, size: int) -> int:
-    """The rows of the largest training batch a process computes: a lone batch holds every
-    row, a last batch of one row joins the one before, and a batch is cut near-equally among
-    the processes."""
+    """The rows of the largest batch of ``n`` rows a process computes: a lone batch holds
+    every row, a last batch of one row joins the one before, and a batch is cut near-equally
+    among the processes."""
     count = batches_per_epoch(n, size)
     largest = n if count <= 1 else max(size, n - (count - 1) * size)
     return -(-largest // distributed.world().size)
 
 
 def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, object],
-                device: torch.device) -> tuple[int, int | None]:
+                device: torch.device) -> tuple[int, int | None, int | None]:
     """Build the model on the meta device (no memory) and refuse one too large to train, or
-    one that cannot take the data's inputs; its parameters' bytes, and the bytes its forward
-    pass saves for the backward pass per row (:func:`~kdcore.footprint.saved_per_row`)."""
+    one that cannot take the data's inputs; its parameters' bytes, and the bytes a row of a
+    training and of an evaluation batch hold (:mod:`kdcore.footprint`)."""
     with torch.device("meta"):
         model = _call_factory(role, factory, spec, params)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -217,7 +228,8 @@ def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, o
     check_fits(f"model '{role}' (its parameters alone)", size, device, "a smaller model",
                key=f"models.{role}.params")
     _check_takes_inputs(role, model, spec)
-    return size, saved_per_row(model, spec.input_shape)
+    return (size, saved_per_row(model, spec.input_shape),
+            held_per_row(model, spec.input_shape))
 
 
 def _check_takes_inputs(role: str, model: nn.Module, spec: ModelSpec) -> None:

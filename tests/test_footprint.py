@@ -12,7 +12,9 @@ from kdcore.cli import main
 from kdcore.errors import RecipeError
 from kdcore.footprint import (
     TRAINING_SHARE,
+    Activations,
     check_training_fits,
+    held_per_row,
     local_processes,
     saved_per_row,
     weight_copies,
@@ -29,6 +31,18 @@ def _recipe(*stages, student=None, teacher=None):
 
 
 CE = component("ce")
+NONE = Activations()  # no batch: the models' state alone
+CPU = torch.device("cpu")
+
+
+def _saved(saved, rows):
+    return Activations(saved=saved, train_rows=rows)
+
+
+def _student(recipe, saved, rows):
+    """A student of 1,000 bytes of parameters, saving ``saved`` bytes a row of ``rows``."""
+    check_training_fits(recipe, {"student": 1_000}, torch.device("cpu"),
+                        _saved({"student": saved}, rows))
 
 
 @pytest.mark.parametrize(("optimizer", "keeps", "copies"), [
@@ -70,13 +84,13 @@ def test_the_run_plans_for_its_share_of_the_free_memory(monkeypatch):
     sizes = {"teacher": 1_000, "student": 5_000}  # 1,000 + 4 x 5,000 = 21,000 bytes
     assert TRAINING_SHARE == 0.8
     _free(monkeypatch, 26_250)  # 0.8 x 26,250 = 21,000: just enough
-    check_training_fits(recipe, sizes, torch.device("cpu"), {}, 0)
+    check_training_fits(recipe, sizes, torch.device("cpu"), NONE)
     _free(monkeypatch, None)  # unknown: nothing refused
-    check_training_fits(recipe, sizes, torch.device("cpu"), {}, 0)
-    check_training_fits(recipe, {}, torch.device("cpu"), {}, 0)
+    check_training_fits(recipe, sizes, torch.device("cpu"), NONE)
+    check_training_fits(recipe, {}, torch.device("cpu"), NONE)
     _free(monkeypatch, 26_249)
     with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, sizes, torch.device("cpu"), {}, 0)
+        check_training_fits(recipe, sizes, torch.device("cpu"), NONE)
     assert info.value.key == "models.student.params"
     assert info.value.detail == (
         "the models' training state needs 20.5 KiB; 25.6 KiB are free on cpu, and a run plans "
@@ -86,12 +100,10 @@ def test_the_run_plans_for_its_share_of_the_free_memory(monkeypatch):
     # the largest share is named, not the largest model: 4 x 1,000 > 1 x 3,000
     _free(monkeypatch, 100)
     with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, {"teacher": 3_000, "student": 1_000}, torch.device("cpu"),
-                            {}, 0)
+        check_training_fits(recipe, {"teacher": 3_000, "student": 1_000}, CPU, NONE)
     assert info.value.key == "models.student.params"
     with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, {"teacher": 5_000, "student": 1_000}, torch.device("cpu"),
-                            {}, 0)
+        check_training_fits(recipe, {"teacher": 5_000, "student": 1_000}, CPU, NONE)
     assert info.value.key == "models.teacher.params"
     assert "model 'teacher' holds 1 x 4.9 KiB (1 weights);" in info.value.detail
 
@@ -102,13 +114,13 @@ def test_processes_on_one_machine_each_hold_their_own(monkeypatch):
     monkeypatch.setattr("kdcore.device.free_memory",
                         lambda device: {"cpu": 30_000, "cuda": 30_000}[device.type])
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    check_training_fits(recipe, {"student": 4_000}, torch.device("cpu"), {}, 0)  # 2 x 12,000
-    check_training_fits(recipe, {"student": 8_000}, torch.device("cuda"), {}, 0)  # its own GPU
+    check_training_fits(recipe, {"student": 4_000}, torch.device("cpu"), NONE)  # 2 x 12,000
+    check_training_fits(recipe, {"student": 8_000}, torch.device("cuda"), NONE)  # its own GPU
     # 2 x 3 x 4,001 = 24,006 bytes
     with pytest.raises(RecipeError, match=r"^models\.student\.params: the models' training state "
                                           r"needs 23\.4 KiB \(2 processes on this machine, each "
                                           r"its own\); "):
-        check_training_fits(recipe, {"student": 4_001}, torch.device("cpu"), {}, 0)
+        check_training_fits(recipe, {"student": 4_001}, torch.device("cpu"), NONE)
 
 
 def test_models_that_fit_one_by_one_but_not_together_are_refused_by_check(tmp_path,
@@ -119,6 +131,7 @@ def test_models_that_fit_one_by_one_but_not_together_are_refused_by_check(tmp_pa
     # 64 inputs, 10 classes, float32: 4 x (64 x 1000 + 1000 + 1000 x 10 + 10) = 300,040 bytes
     data["models"]["teacher"]["params"] = {"hidden": [1000]}
     data["models"]["student"]["params"] = {"hidden": [900]}  # 4 x 67,510 = 270,040 bytes
+    data["data"]["eval_batch_size"] = 8  # evaluation holds less than a training step
     recipe = write_recipe(data, tmp_path / "r.toml")
     # each fits alone in half the free memory (300,040 < 0.5 x 2,478,280); both train with
     # SGD's momentum, keep last: 3 x (300,040 + 270,040) = 1,710,240 bytes, and the teacher's
@@ -179,10 +192,10 @@ def test_a_training_steps_activations_are_reckoned_per_stage(monkeypatch):
     sizes = {"teacher": 1_000, "student": 2_000}  # 3 x 1,000 + 3 x 2,000 = 9,000 bytes
     per_row = {"teacher": 30, "student": 70}  # b: 50 rows x 100 = 5,000 bytes
     _free(monkeypatch, 17_500)  # 0.8 x 17,500 = 14,000 = 9,000 + 5,000: just enough
-    check_training_fits(recipe, sizes, torch.device("cpu"), per_row, 50)
+    check_training_fits(recipe, sizes, torch.device("cpu"), _saved(per_row, 50))
     _free(monkeypatch, 17_499)
     with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, sizes, torch.device("cpu"), per_row, 50)
+        check_training_fits(recipe, sizes, torch.device("cpu"), _saved(per_row, 50))
     # the models' state is the larger part: named as before, the activations beside it
     assert info.value.key == "models.student.params"
     assert info.value.detail.startswith(
@@ -191,7 +204,7 @@ def test_a_training_steps_activations_are_reckoned_per_stage(monkeypatch):
         "for at most 80% of it: model 'student' holds 3 x 2.0 KiB ")
     # 100 rows: 10,000 bytes of activations, past the models' 9,000: the batch is named
     with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, sizes, torch.device("cpu"), per_row, 100)
+        check_training_fits(recipe, sizes, torch.device("cpu"), _saved(per_row, 100))
     assert info.value.key == "data.batch_size"
     assert info.value.detail == (
         "the models' training state needs 8.8 KiB and a training step's activations 9.8 KiB "
@@ -200,11 +213,12 @@ def test_a_training_steps_activations_are_reckoned_per_stage(monkeypatch):
         "smaller data.batch_size or model takes less")
     # as much as the models: the models are named
     with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, sizes, torch.device("cpu"), per_row, 90)
+        check_training_fits(recipe, sizes, torch.device("cpu"), _saved(per_row, 90))
     assert info.value.key == "models.student.params"
     # unknown activations (a model the meta device cannot run) count as none
-    check_training_fits(recipe, sizes, torch.device("cpu"), {"teacher": None,
-                                                             "student": None}, 10**9)
+    unknown = {"teacher": None, "student": None}
+    check_training_fits(recipe, sizes, CPU, Activations(saved=unknown, held=unknown,
+                                                        train_rows=10**9, eval_rows=10**9))
 
 
 def test_activations_in_16_bits_are_half_and_each_process_holds_its_own(monkeypatch):
@@ -214,14 +228,14 @@ def test_activations_in_16_bits_are_half_and_each_process_holds_its_own(monkeypa
     _free(monkeypatch, 10_000)  # 0.8 x 10,000 = 8,000
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     # 2 x (3 x 1,000 + 10 x 100) = 8,000 in 32 bits; in 16: 2 x (3,000 + 10 x 50) = 7,000
-    check_training_fits(recipe, {"student": 1_000}, torch.device("cpu"), {"student": 100}, 10)
-    check_training_fits(half, {"student": 1_000}, torch.device("cpu"), {"student": 110}, 18)
+    _student(recipe, 100, 10)
+    _student(half, 110, 18)
     with pytest.raises(RecipeError) as info:  # 2 x (3,000 + 18 x 55) = 7,980: fits; 19 rows not
-        check_training_fits(half, {"student": 1_000}, torch.device("cpu"), {"student": 110}, 19)
+        _student(half, 110, 19)
     # an odd number of bytes a row: 111 // 2 = 55 in 16 bits, so again 18 rows fit, 19 do not
-    check_training_fits(half, {"student": 1_000}, torch.device("cpu"), {"student": 111}, 18)
+    _student(half, 111, 18)
     with pytest.raises(RecipeError):
-        check_training_fits(half, {"student": 1_000}, torch.device("cpu"), {"student": 111}, 19)
+        _student(half, 111, 19)
     assert info.value.detail == (
         "the models' training state needs 5.9 KiB and a training step's activations 2.0 KiB "
         "more (a batch of 19 rows per process in stage 's') (2 processes on this machine, each "
@@ -230,7 +244,7 @@ def test_activations_in_16_bits_are_half_and_each_process_holds_its_own(monkeypa
         "model, an optimiser with less state or keep = \"last\" takes less")
     # activations past the models' state: the batch is named, its bytes in 16 bits
     with pytest.raises(RecipeError) as info:  # 2 x (3,000 + 60 x 55) = 12,600
-        check_training_fits(half, {"student": 1_000}, torch.device("cpu"), {"student": 110}, 60)
+        _student(half, 110, 60)
     assert info.value.key == "data.batch_size"
     assert info.value.detail.endswith(": model 'student' saves 55 bytes a row (in bf16) for its "
                                       "backward pass; a smaller data.batch_size or model takes "
@@ -241,7 +255,8 @@ def test_a_batch_whose_activations_do_not_fit_is_refused_by_check(tmp_path, monk
     """Through the command line: a CNN of 128 and 256 channels on Fashion-MNIST's 28 x 28
     images in batches of 20,000 passed check and was killed by the out-of-memory killer in
     its first step (exit 137, no message); here the same on digits, the free memory faked."""
-    data = tiny_recipe(stage("s", 1, ["student"], CE), batch_size=300, train_subset=300)
+    data = tiny_recipe(stage("s", 1, ["student"], CE), batch_size=300, train_subset=300,
+                       data={"eval_batch_size": 8})
     data["models"]["student"]["params"] = {"hidden": [1000]}
     recipe = write_recipe(data, tmp_path / "r.toml")
     # the student: 3 x 4 x (64 x 1000 + 1000 + 1000 x 10 + 10) = 900,120 bytes of state, the
@@ -275,3 +290,92 @@ def test_the_largest_batch_a_process_computes(monkeypatch, n, size, world):
     parts = [len(part) for batch in epoch_batches(torch.arange(n), size)
              for part in torch.tensor_split(batch, world)]
     assert _largest_batch_share(n, size) == max(parts)
+
+
+@pytest.mark.parametrize(("hidden", "inputs"), [([7], 784), ([512, 512], 784), ([100, 30, 9], 784),
+                                                ([2000], 4)])
+def test_what_an_mlp_holds_at_once_per_row_in_evaluation(hidden, inputs):
+    """By hand: the largest of its Linear layers' input and output widths added, 4 bytes
+    each (the flattened input is a view of the input, the in-place ReLU's output the Linear's:
+    no memory of their own)."""
+    widths = [inputs, *hidden, 10]
+    assert held_per_row(_mlp(hidden, inputs), (inputs,)) == 4 * max(
+        a + b for a, b in zip(widths, widths[1:]))
+
+
+def test_an_evaluation_batch_that_does_not_fit_is_refused_by_check(tmp_path, monkeypatch):
+    """A CNN of 512 and 512 channels on Fashion-MNIST's images, data.eval_batch_size 20,000,
+    passed check, trained its epoch and was killed evaluating its 10,000 test images at once
+    (exit 137, no message); here the same on digits, the free memory faked."""
+    data = tiny_recipe(stage("s", 1, ["student"], CE), batch_size=8, train_subset=300,
+                       data={"eval_batch_size": 300})  # the test split: 359 images
+    data["models"]["student"]["params"] = {"hidden": [1000]}
+    recipe = write_recipe(data, tmp_path / "r.toml")
+    # the models' state: 900,120 + 9,640 bytes, as above; a training batch saves 8 x 4,256 =
+    # 34,048, an evaluation batch of 300 rows holds 300 x 4 x (64 + 1000) = 1,276,800 at its
+    # largest layer: 2,186,560 in all
+    _free(monkeypatch, 2_733_200)  # 0.8 x 2,733,200 = 2,186,560: just enough
+    result = CliRunner().invoke(main, ["check", str(recipe)])
+    assert result.exit_code == 0, result.output
+    _free(monkeypatch, 2_733_199)
+    result = CliRunner().invoke(main, ["check", str(recipe)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"kdcore: error: {recipe}: data.eval_batch_size: the models' training state needs "
+        "888.4 KiB and an evaluation batch's activations 1.2 MiB more (a batch of 300 rows); "
+        "2.6 MiB are free on cpu, and a run plans for at most 80% of it: model 'student' holds "
+        "4.2 KiB a row at once in its largest layer; a smaller data.eval_batch_size or model "
+        "takes less")
+
+
+def test_an_evaluation_batch_is_one_models_at_a_time_halved_in_16_bits(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    recipe = _recipe(stage("s", 1, ["student"], CE))  # student: 3 copies
+    data = tiny_recipe(stage("s", 1, ["student"], CE), run={"precision": "bf16"})
+    half = recipe_from_dict(data)
+    sizes = {"teacher": 1_000, "student": 1_000}  # 1,000 + 3 x 1,000 = 4,000 bytes
+    held = {"teacher": 101, "student": 40}  # the teacher's rows, alone: 20 x 101 = 2,020
+    _free(monkeypatch, 7_525)  # 0.8 x 7,525 = 6,020 = 4,000 + 2,020: just enough
+    check_training_fits(recipe, sizes, CPU, Activations(held=held, eval_rows=20))
+    with pytest.raises(RecipeError) as info:
+        check_training_fits(recipe, sizes, CPU, Activations(held=held, eval_rows=21))
+    assert info.value.key == "models.student.params"  # 4,000 bytes of state: the larger part
+    assert info.value.detail.startswith(
+        "the models' training state needs 3.9 KiB and an evaluation batch's activations 2.1 "
+        "KiB more (a batch of 21 rows); 7.3 KiB are free on cpu, ")
+    # in 16 bits: 101 // 2 = 50 bytes a row; 40 rows (2,000) fit, 41 do not
+    check_training_fits(half, sizes, CPU, Activations(held=held, eval_rows=40))
+    with pytest.raises(RecipeError):
+        check_training_fits(half, sizes, CPU, Activations(held=held, eval_rows=41))
+    # as much as the models' state: the models are named; past it, the evaluation batch
+    _free(monkeypatch, 100)
+    with pytest.raises(RecipeError) as info:
+        check_training_fits(half, sizes, CPU, Activations(held=held, eval_rows=80))
+    assert info.value.key == "models.student.params"
+    with pytest.raises(RecipeError) as info:
+        check_training_fits(half, sizes, CPU, Activations(held=held, eval_rows=81))
+    assert info.value.key == "data.eval_batch_size"
+    assert info.value.detail.endswith(
+        ": model 'teacher' holds 50 bytes a row (in bf16) at once in its largest layer; a "
+        "smaller data.eval_batch_size or model takes less")
+
+
+def test_a_layer_that_returns_several_tensors_holds_each():
+    class Pair(torch.nn.Module):
+        def forward(self, x):
+            return x * 2, x * 3
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair, self.classifier = Pair(), torch.nn.Linear(6, 2)
+
+        def forward(self, x):
+            a, b = self.pair(x)
+            return self.classifier(a + b), a
+
+    with torch.device("meta"):  # as a run sizes its models
+        model = Model()
+    # the pair's input and its two outputs: 3 x 6 floats a row, past the classifier's 6 + 2
+    assert held_per_row(model, (6,)) == 3 * 6 * 4
+    assert type(held_per_row(model, (6,))) is int

@@ -190,7 +190,7 @@ def _check_many(tmp_path: Path, classes: int, hidden: int = 16):
     _ManyClasses.classes = classes
     data = tiny_recipe(stage("s", 1, ["student"], {"use": "ce"}))
     data["data"] = {"dataset": "many_classes", "batch_size": 8, "val_fraction": 0.0,
-                    "test_fraction": 0.25}
+                    "test_fraction": 0.25, "eval_batch_size": 4}
     del data["models"]["teacher"]
     data["models"]["student"]["params"] = {"hidden": [hidden]}
     recipe = write_recipe(data, tmp_path / "many.toml")
