@@ -39,6 +39,13 @@ def _saved(saved, rows):
     return Activations(saved=saved, train_rows=rows)
 
 
+def _refused(recipe, sizes, activations):
+    """The :class:`RecipeError` ``check_training_fits`` refuses with, on the CPU."""
+    with pytest.raises(RecipeError) as info:
+        check_training_fits(recipe, sizes, CPU, activations)
+    return info.value
+
+
 def _student(recipe, saved, rows):
     """A student of 1,000 bytes of parameters, saving ``saved`` bytes a row of ``rows``."""
     check_training_fits(recipe, {"student": 1_000}, torch.device("cpu"),
@@ -78,34 +85,43 @@ def _free(monkeypatch, n):
     monkeypatch.setattr("kdcore.device.free_memory", lambda device: n)
 
 
+def _refused_a_byte_short(monkeypatch, recipe, free):
+    """``check`` accepts ``recipe`` with ``free`` bytes free and refuses it with one byte
+    less, in one line: that line."""
+    _free(monkeypatch, free)
+    result = CliRunner().invoke(main, ["check", str(recipe)])
+    assert result.exit_code == 0, result.output
+    _free(monkeypatch, free - 1)
+    result = CliRunner().invoke(main, ["check", str(recipe)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    return result.output.strip().splitlines()[-1]
+
+
 def test_the_run_plans_for_its_share_of_the_free_memory(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     recipe = _recipe(stage("s", 1, ["student"], CE, keep="best_val"))  # student: 4 copies
     sizes = {"teacher": 1_000, "student": 5_000}  # 1,000 + 4 x 5,000 = 21,000 bytes
     assert TRAINING_SHARE == 0.8
     _free(monkeypatch, 26_250)  # 0.8 x 26,250 = 21,000: just enough
-    check_training_fits(recipe, sizes, torch.device("cpu"), NONE)
+    check_training_fits(recipe, sizes, CPU, NONE)
     _free(monkeypatch, None)  # unknown: nothing refused
-    check_training_fits(recipe, sizes, torch.device("cpu"), NONE)
-    check_training_fits(recipe, {}, torch.device("cpu"), NONE)
+    check_training_fits(recipe, sizes, CPU, NONE)
+    check_training_fits(recipe, {}, CPU, NONE)
     _free(monkeypatch, 26_249)
-    with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, sizes, torch.device("cpu"), NONE)
-    assert info.value.key == "models.student.params"
-    assert info.value.detail == (
+    info = _refused(recipe, sizes, NONE)
+    assert info.key == "models.student.params"
+    assert info.detail == (
         "the models' training state needs 20.5 KiB; 25.6 KiB are free on cpu, and a run plans "
         "for at most 80% of it: model 'student' holds 4 x 4.9 KiB (1 weights, 1 gradients, 1 "
         "optimiser state, 1 kept best weights); a smaller model, an optimiser with less state "
         "or keep = \"last\" takes less")
     # the largest share is named, not the largest model: 4 x 1,000 > 1 x 3,000
     _free(monkeypatch, 100)
-    with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, {"teacher": 3_000, "student": 1_000}, CPU, NONE)
-    assert info.value.key == "models.student.params"
-    with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, {"teacher": 5_000, "student": 1_000}, CPU, NONE)
-    assert info.value.key == "models.teacher.params"
-    assert "model 'teacher' holds 1 x 4.9 KiB (1 weights);" in info.value.detail
+    info = _refused(recipe, {"teacher": 3_000, "student": 1_000}, NONE)
+    assert info.key == "models.student.params"
+    info = _refused(recipe, {"teacher": 5_000, "student": 1_000}, NONE)
+    assert info.key == "models.teacher.params"
+    assert "model 'teacher' holds 1 x 4.9 KiB (1 weights);" in info.detail
 
 
 def test_processes_on_one_machine_each_hold_their_own(monkeypatch):
@@ -136,13 +152,8 @@ def test_models_that_fit_one_by_one_but_not_together_are_refused_by_check(tmp_pa
     # each fits alone in half the free memory (300,040 < 0.5 x 2,478,280); both train with
     # SGD's momentum, keep last: 3 x (300,040 + 270,040) = 1,710,240 bytes, and the teacher's
     # stage, the larger step, saves 64 rows x 4 x (64 + 1000) = 272,384 bytes: 1,982,624
-    _free(monkeypatch, 2_478_280)  # 0.8 x 2,478,280 = 1,982,624: just enough
-    result = CliRunner().invoke(main, ["check", str(recipe)])
-    assert result.exit_code == 0, result.output
-    _free(monkeypatch, 2_478_279)
-    result = CliRunner().invoke(main, ["check", str(recipe)])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.strip().splitlines()[-1] == (
+    # 0.8 x 2,478,280 = 1,982,624: just enough
+    assert _refused_a_byte_short(monkeypatch, recipe, 2_478_280) == (
         f"kdcore: error: {recipe}: models.teacher.params: the models' training state needs "
         "1.6 MiB and a training step's activations 266.0 KiB more (a batch of 64 rows in "
         "stage 't'); 2.4 MiB are free on cpu, and a run plans for at most 80% of it: model "
@@ -192,29 +203,26 @@ def test_a_training_steps_activations_are_reckoned_per_stage(monkeypatch):
     sizes = {"teacher": 1_000, "student": 2_000}  # 3 x 1,000 + 3 x 2,000 = 9,000 bytes
     per_row = {"teacher": 30, "student": 70}  # b: 50 rows x 100 = 5,000 bytes
     _free(monkeypatch, 17_500)  # 0.8 x 17,500 = 14,000 = 9,000 + 5,000: just enough
-    check_training_fits(recipe, sizes, torch.device("cpu"), _saved(per_row, 50))
+    check_training_fits(recipe, sizes, CPU, _saved(per_row, 50))
     _free(monkeypatch, 17_499)
-    with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, sizes, torch.device("cpu"), _saved(per_row, 50))
+    info = _refused(recipe, sizes, _saved(per_row, 50))
     # the models' state is the larger part: named as before, the activations beside it
-    assert info.value.key == "models.student.params"
-    assert info.value.detail.startswith(
+    assert info.key == "models.student.params"
+    assert info.detail.startswith(
         "the models' training state needs 8.8 KiB and a training step's activations 4.9 KiB "
         "more (a batch of 50 rows in stage 'b'); 17.1 KiB are free on cpu, and a run plans "
         "for at most 80% of it: model 'student' holds 3 x 2.0 KiB ")
     # 100 rows: 10,000 bytes of activations, past the models' 9,000: the batch is named
-    with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, sizes, torch.device("cpu"), _saved(per_row, 100))
-    assert info.value.key == "data.batch_size"
-    assert info.value.detail == (
+    info = _refused(recipe, sizes, _saved(per_row, 100))
+    assert info.key == "data.batch_size"
+    assert info.detail == (
         "the models' training state needs 8.8 KiB and a training step's activations 9.8 KiB "
         "more (a batch of 100 rows in stage 'b'); 17.1 KiB are free on cpu, and a run plans "
         "for at most 80% of it: model 'student' saves 70 bytes a row for its backward pass; a "
         "smaller data.batch_size or model takes less")
     # as much as the models: the models are named
-    with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, sizes, torch.device("cpu"), _saved(per_row, 90))
-    assert info.value.key == "models.student.params"
+    info = _refused(recipe, sizes, _saved(per_row, 90))
+    assert info.key == "models.student.params"
     # unknown activations (a model the meta device cannot run) count as none
     unknown = {"teacher": None, "student": None}
     check_training_fits(recipe, sizes, CPU, Activations(saved=unknown, held=unknown,
@@ -230,50 +238,54 @@ def test_activations_in_16_bits_are_half_and_each_process_holds_its_own(monkeypa
     # 2 x (3 x 1,000 + 10 x 100) = 8,000 in 32 bits; in 16: 2 x (3,000 + 10 x 50) = 7,000
     _student(recipe, 100, 10)
     _student(half, 110, 18)
-    with pytest.raises(RecipeError) as info:  # 2 x (3,000 + 18 x 55) = 7,980: fits; 19 rows not
-        _student(half, 110, 19)
+    # 2 x (3,000 + 18 x 55) = 7,980: fits; 19 rows do not
+    info = _refused(half, {"student": 1_000}, _saved({"student": 110}, 19))
     # an odd number of bytes a row: 111 // 2 = 55 in 16 bits, so again 18 rows fit, 19 do not
     _student(half, 111, 18)
     with pytest.raises(RecipeError):
         _student(half, 111, 19)
-    assert info.value.detail == (
+    assert info.detail == (
         "the models' training state needs 5.9 KiB and a training step's activations 2.0 KiB "
         "more (a batch of 19 rows per process in stage 's') (2 processes on this machine, each "
         "its own); 9.8 KiB are free on cpu, and a run plans for at most 80% of it: model "
         "'student' holds 3 x 1000 bytes (1 weights, 1 gradients, 1 optimiser state); a smaller "
         "model, an optimiser with less state or keep = \"last\" takes less")
     # activations past the models' state: the batch is named, its bytes in 16 bits
-    with pytest.raises(RecipeError) as info:  # 2 x (3,000 + 60 x 55) = 12,600
-        _student(half, 110, 60)
-    assert info.value.key == "data.batch_size"
-    assert info.value.detail.endswith(": model 'student' saves 55 bytes a row (in bf16) for its "
-                                      "backward pass; a smaller data.batch_size or model takes "
-                                      "less")
+    info = _refused(half, {"student": 1_000}, _saved({"student": 110}, 60))  # 12,600 bytes
+    assert info.key == "data.batch_size"
+    assert info.detail.endswith(": model 'student' saves 55 bytes a row (in bf16) for its "
+                                "backward pass; a smaller data.batch_size or model takes less")
 
 
-def test_a_batch_whose_activations_do_not_fit_is_refused_by_check(tmp_path, monkeypatch):
-    """Through the command line: a CNN of 128 and 256 channels on Fashion-MNIST's 28 x 28
-    images in batches of 20,000 passed check and was killed by the out-of-memory killer in
-    its first step (exit 137, no message); here the same on digits, the free memory faked."""
-    data = tiny_recipe(stage("s", 1, ["student"], CE), batch_size=300, train_subset=300,
-                       data={"eval_batch_size": 8})
+@pytest.mark.parametrize(("batch_size", "eval_batch_size", "said"), [
+    # a CNN of 128 and 256 channels on Fashion-MNIST's images in batches of 20,000 passed check
+    # and was killed by the out-of-memory killer at its first step (exit 137, no message)
+    (300, 8, "data.batch_size: the models' training state needs 888.4 KiB and a training "
+             "step's activations 1.2 MiB more (a batch of 300 rows in stage 's'); 2.6 MiB are "
+             "free on cpu, and a run plans for at most 80% of it: model 'student' saves 4.2 KiB "
+             "a row for its backward pass; a smaller data.batch_size or model takes less"),
+    # one of 512 and 512 channels with data.eval_batch_size 20,000 trained its epoch and was
+    # killed evaluating its 10,000 test images at once; digits' test split: 359 images
+    (8, 300, "data.eval_batch_size: the models' training state needs 888.4 KiB and an "
+             "evaluation batch's activations 1.2 MiB more (a batch of 300 rows); 2.6 MiB are "
+             "free on cpu, and a run plans for at most 80% of it: model 'student' holds 4.2 KiB "
+             "a row at once in its largest layer; a smaller data.eval_batch_size or model takes "
+             "less"),
+])
+def test_a_batch_whose_activations_do_not_fit_is_refused_by_check(tmp_path, monkeypatch,
+                                                                   batch_size, eval_batch_size,
+                                                                   said):
+    """Through the command line, on digits, the free memory faked. The student: 3 x 4 x (64 x
+    1000 + 1000 + 1000 x 10 + 10) = 900,120 bytes of state, the teacher's weights 4 x (64 x 32 +
+    32 + 32 x 10 + 10) = 9,640; a training batch of 300 rows saves, and an evaluation batch of
+    300 holds at its largest layer, 300 x 4 x (64 + 1000) = 1,276,800 bytes (the other batch,
+    of 8 rows, 34,048): 2,186,560 in all, 0.8 x 2,733,200."""
+    data = tiny_recipe(stage("s", 1, ["student"], CE), batch_size=batch_size, train_subset=300,
+                       data={"eval_batch_size": eval_batch_size})
     data["models"]["student"]["params"] = {"hidden": [1000]}
     recipe = write_recipe(data, tmp_path / "r.toml")
-    # the student: 3 x 4 x (64 x 1000 + 1000 + 1000 x 10 + 10) = 900,120 bytes of state, the
-    # teacher's weights 4 x (64 x 32 + 32 + 32 x 10 + 10) = 9,640; a batch of 300 rows saves
-    # 300 x 4 x (64 + 1000) = 1,276,800 bytes: 2,186,560 in all
-    _free(monkeypatch, 2_733_200)  # 0.8 x 2,733,200 = 2,186,560: just enough
-    result = CliRunner().invoke(main, ["check", str(recipe)])
-    assert result.exit_code == 0, result.output
-    _free(monkeypatch, 2_733_199)
-    result = CliRunner().invoke(main, ["check", str(recipe)])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.strip().splitlines()[-1] == (
-        f"kdcore: error: {recipe}: data.batch_size: the models' training state needs 888.4 "
-        "KiB and a training step's activations 1.2 MiB more (a batch of 300 rows in stage "
-        "'s'); 2.6 MiB are free on cpu, and a run plans for at most 80% of it: model 'student' "
-        "saves 4.2 KiB a row for its backward pass; a smaller data.batch_size or model takes "
-        "less")
+    assert _refused_a_byte_short(monkeypatch, recipe, 2_733_200) == (
+        f"kdcore: error: {recipe}: {said}")
 
 
 @pytest.mark.parametrize(("n", "size", "world"), [
@@ -303,31 +315,6 @@ def test_what_an_mlp_holds_at_once_per_row_in_evaluation(hidden, inputs):
         a + b for a, b in zip(widths, widths[1:]))
 
 
-def test_an_evaluation_batch_that_does_not_fit_is_refused_by_check(tmp_path, monkeypatch):
-    """A CNN of 512 and 512 channels on Fashion-MNIST's images, data.eval_batch_size 20,000,
-    passed check, trained its epoch and was killed evaluating its 10,000 test images at once
-    (exit 137, no message); here the same on digits, the free memory faked."""
-    data = tiny_recipe(stage("s", 1, ["student"], CE), batch_size=8, train_subset=300,
-                       data={"eval_batch_size": 300})  # the test split: 359 images
-    data["models"]["student"]["params"] = {"hidden": [1000]}
-    recipe = write_recipe(data, tmp_path / "r.toml")
-    # the models' state: 900,120 + 9,640 bytes, as above; a training batch saves 8 x 4,256 =
-    # 34,048, an evaluation batch of 300 rows holds 300 x 4 x (64 + 1000) = 1,276,800 at its
-    # largest layer: 2,186,560 in all
-    _free(monkeypatch, 2_733_200)  # 0.8 x 2,733,200 = 2,186,560: just enough
-    result = CliRunner().invoke(main, ["check", str(recipe)])
-    assert result.exit_code == 0, result.output
-    _free(monkeypatch, 2_733_199)
-    result = CliRunner().invoke(main, ["check", str(recipe)])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.strip().splitlines()[-1] == (
-        f"kdcore: error: {recipe}: data.eval_batch_size: the models' training state needs "
-        "888.4 KiB and an evaluation batch's activations 1.2 MiB more (a batch of 300 rows); "
-        "2.6 MiB are free on cpu, and a run plans for at most 80% of it: model 'student' holds "
-        "4.2 KiB a row at once in its largest layer; a smaller data.eval_batch_size or model "
-        "takes less")
-
-
 def test_an_evaluation_batch_is_one_models_at_a_time_halved_in_16_bits(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     recipe = _recipe(stage("s", 1, ["student"], CE))  # student: 3 copies
@@ -337,10 +324,9 @@ def test_an_evaluation_batch_is_one_models_at_a_time_halved_in_16_bits(monkeypat
     held = {"teacher": 101, "student": 40}  # the teacher's rows, alone: 20 x 101 = 2,020
     _free(monkeypatch, 7_525)  # 0.8 x 7,525 = 6,020 = 4,000 + 2,020: just enough
     check_training_fits(recipe, sizes, CPU, Activations(held=held, eval_rows=20))
-    with pytest.raises(RecipeError) as info:
-        check_training_fits(recipe, sizes, CPU, Activations(held=held, eval_rows=21))
-    assert info.value.key == "models.student.params"  # 4,000 bytes of state: the larger part
-    assert info.value.detail.startswith(
+    info = _refused(recipe, sizes, Activations(held=held, eval_rows=21))
+    assert info.key == "models.student.params"  # 4,000 bytes of state: the larger part
+    assert info.detail.startswith(
         "the models' training state needs 3.9 KiB and an evaluation batch's activations 2.1 "
         "KiB more (a batch of 21 rows); 7.3 KiB are free on cpu, ")
     # in 16 bits: 101 // 2 = 50 bytes a row; 40 rows (2,000) fit, 41 do not
@@ -349,13 +335,11 @@ def test_an_evaluation_batch_is_one_models_at_a_time_halved_in_16_bits(monkeypat
         check_training_fits(half, sizes, CPU, Activations(held=held, eval_rows=41))
     # as much as the models' state: the models are named; past it, the evaluation batch
     _free(monkeypatch, 100)
-    with pytest.raises(RecipeError) as info:
-        check_training_fits(half, sizes, CPU, Activations(held=held, eval_rows=80))
-    assert info.value.key == "models.student.params"
-    with pytest.raises(RecipeError) as info:
-        check_training_fits(half, sizes, CPU, Activations(held=held, eval_rows=81))
-    assert info.value.key == "data.eval_batch_size"
-    assert info.value.detail.endswith(
+    info = _refused(half, sizes, Activations(held=held, eval_rows=80))
+    assert info.key == "models.student.params"
+    info = _refused(half, sizes, Activations(held=held, eval_rows=81))
+    assert info.key == "data.eval_batch_size"
+    assert info.detail.endswith(
         ": model 'teacher' holds 50 bytes a row (in bf16) at once in its largest layer; a "
         "smaller data.eval_batch_size or model takes less")
 

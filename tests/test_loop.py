@@ -483,21 +483,26 @@ class GrowFrom(Component):
         return logits.sum(1) * 0 + torch.tensor(10.0 ** (10 * ctx.step), dtype=torch.float32)
 
 
+def _diverged(tmp_path, *components):
+    """The message of the divergence that a teacher stage of ``ce`` and ``components`` ends
+    with (:class:`GrowFrom`'s record of the CE cleared first)."""
+    from kdcore.errors import TrainingDiverged
+
+    GrowFrom.ce.clear()
+    recipe = tiny_recipe(stage("t", 1, ["teacher"], component("ce"), *components),
+                         train_subset=300, batch_size=16)
+    with pytest.raises(TrainingDiverged) as err:
+        run_tiny(recipe, tmp_path / "run", plugins=[Components()])
+    return str(err.value)
+
+
 def test_a_loss_that_grew_to_infinity_names_every_term_and_the_values_before(tmp_path):
     """Every term that is not finite is named, and the model's last finite loss shows which
     term grew, with its weight: the first term named was not always the cause (an LSHL2_S
     feature term that grew to 6.6e13 made the next step's CE NaN too, and only 'ce' was
     named)."""
-    from kdcore.errors import TrainingDiverged
-
-    GrowFrom.ce.clear()
-    recipe = tiny_recipe(stage("t", 1, ["teacher"], component("ce"),
-                               component("grow_from", "grow", weight=3.0),
-                               component("grow_from", "grow2")),
-                         train_subset=300, batch_size=16)
-    with pytest.raises(TrainingDiverged) as err:
-        run_tiny(recipe, tmp_path / "run", plugins=[Components()])
-    said = str(err.value)
+    said = _diverged(tmp_path, component("grow_from", "grow", weight=3.0),
+                     component("grow_from", "grow2"))
     found = re.fullmatch(
         r"loss of model 'teacher' is not finite at stage 't' epoch 0, step 4: terms 'grow' "
         r"\(component 'grow_from'\), 'grow2' \(component 'grow_from'\); its last finite "
@@ -513,15 +518,7 @@ def test_a_loss_that_grew_to_infinity_names_every_term_and_the_values_before(tmp
               r"\(weight 1e\+38\)"),
 ])
 def test_a_sum_that_overflows_says_so_and_what_came_before(tmp_path, weight, step, before):
-    from kdcore.errors import TrainingDiverged
-
-    GrowFrom.ce.clear()
-    recipe = tiny_recipe(stage("t", 1, ["teacher"], component("ce"),
-                               component("grow_from", "grow", weight=weight)),
-                         train_subset=300, batch_size=16)
-    with pytest.raises(TrainingDiverged) as err:
-        run_tiny(recipe, tmp_path / "run", plugins=[Components()])
-    said = str(err.value)
+    said = _diverged(tmp_path, component("grow_from", "grow", weight=weight))
     found = re.fullmatch(
         f"loss of model 'teacher' is not finite at stage 't' epoch 0, step {step}: every term "
         r"is finite, their sum times the components' weights is not \(a weight too large\?\)"
