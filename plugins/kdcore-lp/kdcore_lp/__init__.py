@@ -20,4 +20,4 @@ __all__ = ["InitialLP", "LabelPropagation", "MutualLP", "Propagated", "TeacherLP
 
 @kdcore.hookimpl
 def kdcore_add_components() -> Mapping[str, type[kdcore.Component]]:
-    return COMPONENTS
+    return dict(COMPONENTS)  # a copy: whoever changes it leaves the plugin's own alone
