@@ -428,7 +428,7 @@ def test_a_trained_model_without_a_loss_term_is_refused_by_the_plan():
 
 def test_a_loss_that_overflows_only_in_the_weighted_sum_says_so(tiny_recipe, tmp_path):
     """Each term was finite, so the message named term '?'."""
-    r = _recipe(tiny_recipe, "stages.teacher.components.ce.weight=1e308",
+    r = _recipe(tiny_recipe, "stages.teacher.components.ce.weight=3e38",
                 "stages.teacher.components.0.name=\"ce1\"")
     stage = attrs.evolve(r.stages[0], components=[
         *r.stages[0].components, attrs.evolve(r.stages[0].components[0], name="ce2")])

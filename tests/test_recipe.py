@@ -220,6 +220,9 @@ def _with(key_path: str, value):
         ("stages.s1.epochs", -1, "must be >= 0"),
         ("stages.s1.components.kd.weight", math.inf, "'weight' must be a finite number"),
         ("stages.s1.components.kd.weight", -math.inf, "'weight' must be a finite number"),
+        # infinite in float32: every step's loss was, so the run stopped at its first step
+        ("stages.s1.components.kd.weight", 1e39, r"'weight' must be a float32 number"),
+        ("stages.s1.components.kd.weight", -3.5e38, r"'weight' must be a float32 number"),
         ("stages.s1.components.kd.weight", math.nan, "NaN is not a value any recipe key"),
         ("data.noise.params.rate", math.nan, "NaN"),
     ],

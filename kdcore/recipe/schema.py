@@ -305,7 +305,8 @@ class ComponentConfig:
         name: its label in this stage (default: ``use``); tags everything it produces.
         models: the model roles it serves (default: the roles the stage trains).
         terms: for selectors and weighters, the transfer terms they act on (default: all).
-        weight: for transfer components, the factor on their loss term (finite).
+        weight: for transfer components, the factor on their loss term: finite, and a float32
+            number (``1e39`` is infinite in float32: every step's loss was).
         enabled: ``false`` leaves it out (handy in ablations that extend a recipe).
         params: validated by the component's own ``Params`` class.
     """
@@ -314,7 +315,7 @@ class ComponentConfig:
     name: str | None = None
     models: list[str] | None = None
     terms: list[str] = attrs.Factory(list)
-    weight: float = attrs.field(default=1.0, validator=finite)
+    weight: float = attrs.field(default=1.0, validator=all_of(finite, float32))
     enabled: bool = True
     params: dict[str, Any] = attrs.Factory(dict)
 
