@@ -30,7 +30,7 @@ import torch
 import kdcore
 from kdcore import Role
 from kdcore.device import check_fits
-from kdcore.validators import positive
+from kdcore.validators import all_of, float32, positive
 from kdcore_lsh import functional as lshf
 from kdcore_lsh.connector import attach_connector
 
@@ -49,8 +49,9 @@ class MimicParams:
             size already equals the teacher's ``D`` (the release's ``force_2FC``).
         num_hashes: ``N``, the number of hash functions; None: ``32 * D`` (the release's CIFAR
             default; its ImageNet and multi-label scripts use 2048).
-        sigma: the standard deviation of the entries of ``W``; None: the standard deviation of
-            the teacher's classifier weight, read at the start of the stage.
+        sigma: the standard deviation of the entries of ``W``, a float32 number (``1e300``
+            made every projection infinite at the stage's first step); None: the standard
+            deviation of the teacher's classifier weight, read at the start of the stage.
         bias: ``"median"`` (every bit is 1 on half the training set; the CIFAR default),
             ``"mean"`` (centred projections) or ``"zero"`` (the ImageNet script).
         bias_update: ``"once"`` at the start of the stage (the release: its teacher is frozen)
@@ -60,7 +61,7 @@ class MimicParams:
     teacher: Role = Role("teacher")
     force_connector: bool = False
     num_hashes: int | None = attrs.field(default=None, validator=positive)
-    sigma: float | None = attrs.field(default=None, validator=positive)
+    sigma: float | None = attrs.field(default=None, validator=all_of(positive, float32))
     bias: Literal["median", "mean", "zero"] = "median"
     bias_update: Literal["once", "epoch"] = "once"
 

@@ -220,6 +220,11 @@ def test_bad_parameters_are_rejected(comp):
         lsh_plan(comp("lsh", params={"num_hashes": 0}))
     with pytest.raises(RecipeError, match="did you mean 'correct_against'"):
         lsh_plan(comp("lshl2_s", params={"correct_agains": "noisy"}))
+    # past float32: every projection was infinite at the stage's first step
+    for sigma in (3.5e38, 1e300):
+        with pytest.raises(RecipeError, match=r"params\.sigma: 'sigma' must be a float32"):
+            lsh_plan(comp("lshl2", params={"sigma": sigma}))
+    lsh_plan(comp("lshl2", params={"sigma": 3e38}))  # a float32 number: the run says the rest
 
 
 def test_teacher_cannot_mimic_itself(comp):
