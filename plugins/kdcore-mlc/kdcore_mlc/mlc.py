@@ -28,7 +28,8 @@ from kdcore.context import BatchHook, StartHook
 from kdcore.device import check_fits
 from kdcore.losses import soft_cross_entropy
 from kdcore.meta import named_trainable
-from kdcore.validators import all_of, learning_rate, non_negative, positive
+from kdcore.recipe import MAX_BATCH_SIZE
+from kdcore.validators import all_of, between, learning_rate, positive
 from kdcore_mlc.gold import GoldCycler
 from kdcore_mlc.lcn import LabelCorrectionNet
 from kdcore_mlc.lookahead import MetaAccumulator, clean_gradient, lookahead
@@ -50,7 +51,9 @@ class MLCParams:
         skip: the skip-link LCN: ``y = (1 - a) softmax + a onehot(noisy)``.
         gradient_steps: K, the meta step is taken every K iterations with the discounted sum of
             the meta-gradients since the last one (1: every iteration, no discount).
-        gold_batch_size: rows per gold batch (0: the recipe's ``data.batch_size``, as MLC).
+        gold_batch_size: rows per gold batch (0: the recipe's ``data.batch_size``, as MLC); at
+            most ``kdcore.recipe.MAX_BATCH_SIZE``, as ``data.batch_size`` (``10**12`` passed
+            and its first batch's indices took the machine's memory).
         augment_gold: apply the recipe's ``data.augment`` to the gold batches too (MLC's
             training transform augments gold and noisy images alike).
     """
@@ -61,7 +64,7 @@ class MLCParams:
     hidden: int = attrs.field(default=128, validator=positive)
     skip: bool = False
     gradient_steps: int = attrs.field(default=1, validator=positive)
-    gold_batch_size: int = attrs.field(default=0, validator=non_negative)
+    gold_batch_size: int = attrs.field(default=0, validator=between(0, MAX_BATCH_SIZE))
     augment_gold: bool = True
 
 

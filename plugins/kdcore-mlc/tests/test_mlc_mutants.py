@@ -393,3 +393,16 @@ def test_student_clean_half_is_weighted_by_batch_sizes():
     clean = -_log_softmax(zc)[np.arange(2), gold.clean_y.numpy()].mean()
     want = (5 * _sce(_np(net(batch.x)[0]), yc) + 2 * clean) / 7  # beta 0: the CE term only
     np.testing.assert_allclose(_np(out), want, rtol=1e-5)
+
+
+def test_a_gold_batch_is_held_to_the_recipes_batch_bound():
+    """``gold_batch_size = 10**12`` passed ``check``; the first gold batch's indices took the
+    machine's memory (the out-of-memory killer, or std::bad_alloc under a memory limit)."""
+    from kdcore.config import structure
+    from kdcore.recipe import MAX_BATCH_SIZE
+    from kdcore_mlc.mlc import MLCParams
+
+    assert structure(MLCParams, {"gold_batch_size": MAX_BATCH_SIZE}).gold_batch_size == 2**20
+    for size in (MAX_BATCH_SIZE + 1, 10**12, -1):
+        with pytest.raises(kdcore.RecipeError, match=r"gold_batch_size' must be in \[0, 1048576\]"):
+            structure(MLCParams, {"gold_batch_size": size})
