@@ -20,8 +20,10 @@ from torch import nn
 import kdcore
 from kdcore.device import check_fits
 from kdcore.validators import (
+    all_of,
     below_one,
     finite_non_negative,
+    float32,
     non_negative,
     positive,
     softmax_temperature,
@@ -84,7 +86,8 @@ class SSLParams:
         temperature: NT-Xent's temperature.
         projection_dim: the projection head's output size.
         projection_hidden: its hidden width (0: the model's feature size).
-        noise_std: Gaussian noise added to every input entry of a view.
+        noise_std: Gaussian noise added to every input entry of a view; a float32 number
+            (``1e300`` made every view infinite at the first step).
         drop_prob: the probability that an entry of a view is masked to 0.
         crop_padding: image inputs only: a random crop after this much zero padding
             (kdcore's ``crop_flip`` augmentation, at most 64 pixels); 0: no crop.
@@ -95,7 +98,7 @@ class SSLParams:
     temperature: float = attrs.field(default=0.5, validator=softmax_temperature)
     projection_dim: int = attrs.field(default=64, validator=positive)
     projection_hidden: int = attrs.field(default=0, validator=non_negative)
-    noise_std: float = attrs.field(default=0.1, validator=finite_non_negative)
+    noise_std: float = attrs.field(default=0.1, validator=all_of(finite_non_negative, float32))
     drop_prob: float = attrs.field(default=0.2, validator=below_one)
     crop_padding: int = attrs.field(default=2, validator=non_negative)
     flip: bool = False

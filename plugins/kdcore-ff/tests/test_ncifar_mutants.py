@@ -365,3 +365,14 @@ def test_feature_view_draws_only_what_it_uses():
     feature_view(x, gen, noise_std=0.0, drop_prob=0.0)
     assert torch.equal(torch.rand(3, generator=gen),
                        torch.rand(3, generator=torch.Generator().manual_seed(3)))
+
+
+def test_a_views_noise_is_held_to_float32():
+    """``noise_std = 1e300`` passed ``check``; every view was infinite at the first step."""
+    from kdcore.config import structure
+    from kdcore_ff.ssl import SSLParams
+
+    assert structure(SSLParams, {"noise_std": 3e38}).noise_std == 3e38
+    for std in (3.5e38, 1e300):
+        with pytest.raises(kdcore.RecipeError, match="'noise_std' must be a float32 number"):
+            structure(SSLParams, {"noise_std": std})
