@@ -208,6 +208,10 @@ for large-batch scaling while 1e308 (a typo, or a fuzzer) overflows the first up
 learning_rate = between(0.0, MAX_LR, what="a learning rate")
 """``0 <= value <= MAX_LR``: a learning rate (0: the parameters do not move)."""
 
+MAX_BATCH_SIZE = 2**20
+"""The largest batch: a batch of a million samples fits no accelerator; the bound catches typos
+such as ``1e9`` (``data.batch_size``, a component's own batches: MLC's gold batch)."""
+
 def decay_bound(momentum: float = 0.0, *, nesterov: bool = False,
                 decoupled: bool = False) -> float:
     """The ``lr x weight_decay`` past which weight decay alone grows the weights every step,

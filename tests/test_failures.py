@@ -338,7 +338,7 @@ def test_a_run_stopped_by_a_user_error_says_why_in_its_log(tmp_path):
     """A diverged loss ended the console's one line but left log.txt at its last epoch, so a
     batch job's run directory did not say why it stopped."""
     recipe = tiny_recipe(teacher_stage(1), stage("s", 1, ["student"],
-                                                 component("ce", weight=1e308),
+                                                 component("ce", weight=3e38),
                                                  component("label_smoothing")))
     path = write_recipe(recipe, tmp_path / "diverges.toml")
     run_dir = tmp_path / "run"

@@ -512,13 +512,15 @@ def test_a_loss_that_grew_to_infinity_names_every_term_and_the_values_before(tmp
     assert float(found.group(1)) == pytest.approx(GrowFrom.ce[3], rel=2e-3)  # 3 digits
 
 
-@pytest.mark.parametrize(("weight", "step", "before"), [
-    (1e39, 0, ""),  # the first step: no finite loss before it
-    (1e38, 1, "; its last finite loss, at step 0, had ce = ([0-9.]+), grow = 1 "
-              r"\(weight 1e\+38\)"),
+@pytest.mark.parametrize(("weights", "step", "before"), [
+    # 3e38 + 3e38 at the first step: no finite loss before it
+    ((3e38, 3e38), 0, ""),
+    ((1e38,), 1, "; its last finite loss, at step 0, had ce = ([0-9.]+), grow0 = 1 "
+                 r"\(weight 1e\+38\)"),
 ])
-def test_a_sum_that_overflows_says_so_and_what_came_before(tmp_path, weight, step, before):
-    said = _diverged(tmp_path, component("grow_from", "grow", weight=weight))
+def test_a_sum_that_overflows_says_so_and_what_came_before(tmp_path, weights, step, before):
+    said = _diverged(tmp_path, *(component("grow_from", f"grow{i}", weight=weight)
+                                 for i, weight in enumerate(weights)))
     found = re.fullmatch(
         f"loss of model 'teacher' is not finite at stage 't' epoch 0, step {step}: every term "
         r"is finite, their sum times the components' weights is not \(a weight too large\?\)"

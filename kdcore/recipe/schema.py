@@ -9,8 +9,8 @@ path and the accepted range. The bounds that are not mathematical facts:
   moving, which tests use to hold a model fixed.
 * :data:`MAX_THREADS` = 4096: more threads than any CPU has; ``10**6`` fails inside torch.
 * :data:`MAX_WORKERS` = 256: DataLoader processes; each is a process of its own.
-* :data:`MAX_BATCH_SIZE` = 2**20: a batch of a million samples fits no accelerator; the bound
-  catches typos such as ``1e9``.
+* :data:`~kdcore.validators.MAX_BATCH_SIZE` = 2**20: a batch of a million samples fits no
+  accelerator; the bound catches typos such as ``1e9``.
 * ``gamma`` of a multistep schedule may exceed 1, but the learning rate it reaches must stay
   within :data:`~kdcore.validators.MAX_LR` (checked with the recipe, :mod:`kdcore.recipe.resolve`).
 """
@@ -27,6 +27,7 @@ from kdcore.config import unstructure
 from kdcore.device import device_name
 from kdcore.recipe.writer import dumps_toml
 from kdcore.validators import (
+    MAX_BATCH_SIZE,
     all_of,
     below_one,
     below_output_dir,
@@ -53,8 +54,6 @@ NAME_BYTES = 255
 holds names of this length."""
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 """The longest process-group timeout: a week (a hung collective is found within it)."""
-MAX_BATCH_SIZE = 2**20
-
 _batch_size = between(1, MAX_BATCH_SIZE)
 
 

@@ -28,8 +28,7 @@ from kdcore.context import BatchHook, StartHook
 from kdcore.device import check_fits
 from kdcore.losses import soft_cross_entropy
 from kdcore.meta import named_trainable
-from kdcore.recipe import MAX_BATCH_SIZE
-from kdcore.validators import all_of, between, learning_rate, positive
+from kdcore.validators import MAX_BATCH_SIZE, all_of, between, learning_rate, positive
 from kdcore_mlc.gold import GoldCycler
 from kdcore_mlc.lcn import LabelCorrectionNet
 from kdcore_mlc.lookahead import MetaAccumulator, clean_gradient, lookahead
@@ -52,7 +51,7 @@ class MLCParams:
         gradient_steps: K, the meta step is taken every K iterations with the discounted sum of
             the meta-gradients since the last one (1: every iteration, no discount).
         gold_batch_size: rows per gold batch (0: the recipe's ``data.batch_size``, as MLC); at
-            most ``kdcore.recipe.MAX_BATCH_SIZE``, as ``data.batch_size`` (``10**12`` passed
+            most ``kdcore.validators.MAX_BATCH_SIZE``, as ``data.batch_size`` (``10**12`` passed
             and its first batch's indices took the machine's memory).
         augment_gold: apply the recipe's ``data.augment`` to the gold batches too (MLC's
             training transform augments gold and noisy images alike).

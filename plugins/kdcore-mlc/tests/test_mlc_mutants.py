@@ -399,7 +399,7 @@ def test_a_gold_batch_is_held_to_the_recipes_batch_bound():
     """``gold_batch_size = 10**12`` passed ``check``; the first gold batch's indices took the
     machine's memory (the out-of-memory killer, or std::bad_alloc under a memory limit)."""
     from kdcore.config import structure
-    from kdcore.recipe import MAX_BATCH_SIZE
+    from kdcore.validators import MAX_BATCH_SIZE
     from kdcore_mlc.mlc import MLCParams
 
     assert structure(MLCParams, {"gold_batch_size": MAX_BATCH_SIZE}).gold_batch_size == 2**20
