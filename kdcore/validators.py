@@ -244,3 +244,12 @@ def float32(instance: Any, attribute: Any, value: Any) -> None:
     if value is not None and not (abs(value) <= FLOAT32_MAX or math.isinf(value)):
         raise ValueError(f"'{attribute.name}' must be a float32 number (magnitude at most "
                          f"3.4e38, or inf), got {value!r}")
+
+
+def finite_float32(instance: Any, attribute: Any, value: Any) -> None:
+    """A finite number a float32 tensor holds: ``|value| <= FLOAT32_MAX``; NaN and +-inf fail.
+    For a value every step computes with (a loss weight, a decay, a noise scale), where inf is
+    no bound but a loss of inf; its message names only what it accepts."""
+    if value is not None and not abs(value) <= FLOAT32_MAX:
+        raise ValueError(f"'{attribute.name}' must be a finite float32 number (magnitude at "
+                         f"most 3.4e38), got {value!r}")

@@ -109,7 +109,7 @@ def test_a_missing_recipe_file(tmp_path: Path) -> None:
         ("models.student.optimizer.momentum=nan", "models.student.optimizer.momentum", "NaN"),
         ("models.student.optimizer.lr=1e308", "models.student.optimizer.lr", "must be in [0, 10]"),
         ("stages.student.components.ce.weight=inf", "stages[1].components[0].weight",
-         "must be a finite number"),
+         "must be a finite float32 number"),
         ("stages.student.components.ce.weight=nan", "stages[1].components[0].weight", "NaN"),
         ("data.dataset=cifar10", "data.params.root", "missing required key 'root'"),
         ("data.augment=[{name='cutout', params={size=4, sigma=1}}]",

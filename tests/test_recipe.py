@@ -205,8 +205,8 @@ def _with(key_path: str, value):
         ("models.student.optimizer.weight_decay", math.inf, "must be a finite number"),
         ("models.student.optimizer.weight_decay", -1e-4, "must be >= 0"),
         # torch's SGD step cannot put it in a float32 tensor: "value cannot be converted"
-        ("models.student.optimizer.weight_decay", 1e300, "'weight_decay' must be a float32 "
-                                                         "number"),
+        ("models.student.optimizer.weight_decay", 1e300, "'weight_decay' must be a finite "
+                                                         "float32 number"),
         ("models.student.schedule.gamma", 0.0, "'gamma' must be positive"),
         ("models.student.schedule.gamma", math.inf, "'gamma' must be a finite"),
         ("models.student.schedule.milestones", [3, -1], "'milestones\\[1\\]' must be >= 0"),
@@ -218,11 +218,13 @@ def _with(key_path: str, value):
         ("data.gold_per_class", -1, "must be >= 0"),
         ("data.train_subset", -5, "must be >= 0"),
         ("stages.s1.epochs", -1, "must be >= 0"),
-        ("stages.s1.components.kd.weight", math.inf, "'weight' must be a finite number"),
-        ("stages.s1.components.kd.weight", -math.inf, "'weight' must be a finite number"),
+        ("stages.s1.components.kd.weight", math.inf,
+         r"'weight' must be a finite float32 number \(magnitude at most 3.4e38\), got inf"),
+        ("stages.s1.components.kd.weight", -math.inf, "'weight' must be a finite float32 number"),
         # infinite in float32: every step's loss was, so the run stopped at its first step
-        ("stages.s1.components.kd.weight", 1e39, r"'weight' must be a float32 number"),
-        ("stages.s1.components.kd.weight", -3.5e38, r"'weight' must be a float32 number"),
+        ("stages.s1.components.kd.weight", 1e39,
+         r"'weight' must be a finite float32 number \(magnitude at most 3.4e38\), got 1e\+39"),
+        ("stages.s1.components.kd.weight", -3.5e38, r"'weight' must be a finite float32 number"),
         ("stages.s1.components.kd.weight", math.nan, "NaN is not a value any recipe key"),
         ("data.noise.params.rate", math.nan, "NaN"),
     ],

@@ -186,6 +186,24 @@ def test_float32_holds_what_a_float32_tensor_holds():
         torch.full((1,), beyond)
 
 
+def test_finite_float32_holds_what_a_float32_tensor_holds_and_no_infinity():
+    """Where a value is computed with every step (a loss weight, a decay), inf is refused with
+    the rest; the message says what is accepted, without the "or inf" of :func:`float32`."""
+    import numpy as np
+
+    from kdcore.validators import finite_float32
+
+    largest = float(np.finfo(np.float32).max)
+    beyond = float(np.nextafter(np.float64(largest), np.inf))
+    for ok in (None, 0.0, -0.0, largest, -largest, 1e-300, 1):
+        finite_float32(None, Param("w"), ok)
+    for bad in (beyond, -beyond, 1e300, math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError) as err:
+            finite_float32(None, Param("w"), bad)
+        assert str(err.value) == ("'w' must be a finite float32 number (magnitude at most "
+                                  f"3.4e38), got {bad!r}")
+
+
 def test_learning_rate_is_a_models_range():
     from kdcore.recipe import MAX_LR
     from kdcore.validators import learning_rate

@@ -35,10 +35,9 @@ from kdcore.validators import (
     check_decay,
     decay_bound,
     each,
-    finite,
+    finite_float32,
     finite_non_negative,
     finite_positive,
-    float32,
     learning_rate,
     no_nul,
     non_negative,
@@ -213,7 +212,7 @@ class OptimizerConfig:
     lr: float = attrs.field(default=0.05, validator=learning_rate)
     momentum: float = attrs.field(default=0.9, validator=below_one)
     weight_decay: float = attrs.field(
-        default=5e-4, validator=all_of(finite_non_negative, float32, _decay_converges))
+        default=5e-4, validator=all_of(finite_non_negative, finite_float32, _decay_converges))
     nesterov: bool = attrs.field(default=False, validator=_nesterov_needs_momentum)
 
     def decay_limit(self) -> tuple[float, str] | None:
@@ -314,7 +313,7 @@ class ComponentConfig:
     name: str | None = None
     models: list[str] | None = None
     terms: list[str] = attrs.Factory(list)
-    weight: float = attrs.field(default=1.0, validator=all_of(finite, float32))
+    weight: float = attrs.field(default=1.0, validator=finite_float32)
     enabled: bool = True
     params: dict[str, Any] = attrs.Factory(dict)
 

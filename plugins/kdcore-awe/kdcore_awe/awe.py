@@ -48,8 +48,8 @@ from kdcore.validators import (
     between,
     check_decay,
     decay_bound,
+    finite_float32,
     finite_non_negative,
-    float32,
     learning_rate,
     softmax_temperature,
 )
@@ -184,7 +184,7 @@ class AWEParams:
     lr: float = attrs.field(default=0.0, validator=learning_rate)
     momentum: float = attrs.field(default=0.9, validator=below_one)
     weight_decay: float = attrs.field(default=5e-4,
-                                      validator=all_of(finite_non_negative, float32,
+                                      validator=all_of(finite_non_negative, finite_float32,
                                                        _weightnet_decay_converges))
     zero_grad: bool = True
     batch_mean_weight: bool = False

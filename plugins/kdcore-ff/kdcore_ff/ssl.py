@@ -22,8 +22,8 @@ from kdcore.device import check_fits
 from kdcore.validators import (
     all_of,
     below_one,
+    finite_float32,
     finite_non_negative,
-    float32,
     non_negative,
     positive,
     softmax_temperature,
@@ -98,7 +98,8 @@ class SSLParams:
     temperature: float = attrs.field(default=0.5, validator=softmax_temperature)
     projection_dim: int = attrs.field(default=64, validator=positive)
     projection_hidden: int = attrs.field(default=0, validator=non_negative)
-    noise_std: float = attrs.field(default=0.1, validator=all_of(finite_non_negative, float32))
+    noise_std: float = attrs.field(default=0.1,
+                                   validator=all_of(finite_non_negative, finite_float32))
     drop_prob: float = attrs.field(default=0.2, validator=below_one)
     crop_padding: int = attrs.field(default=2, validator=non_negative)
     flip: bool = False

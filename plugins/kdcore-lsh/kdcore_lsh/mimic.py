@@ -30,7 +30,7 @@ import torch
 import kdcore
 from kdcore import Role
 from kdcore.device import check_fits
-from kdcore.validators import all_of, float32, positive
+from kdcore.validators import all_of, finite_float32, positive
 from kdcore_lsh import functional as lshf
 from kdcore_lsh.connector import attach_connector
 
@@ -61,7 +61,7 @@ class MimicParams:
     teacher: Role = Role("teacher")
     force_connector: bool = False
     num_hashes: int | None = attrs.field(default=None, validator=positive)
-    sigma: float | None = attrs.field(default=None, validator=all_of(positive, float32))
+    sigma: float | None = attrs.field(default=None, validator=all_of(positive, finite_float32))
     bias: Literal["median", "mean", "zero"] = "median"
     bias_update: Literal["once", "epoch"] = "once"
 

@@ -222,7 +222,8 @@ def test_bad_parameters_are_rejected(comp):
         lsh_plan(comp("lshl2_s", params={"correct_agains": "noisy"}))
     # past float32: every projection was infinite at the stage's first step
     for sigma in (3.5e38, 1e300):
-        with pytest.raises(RecipeError, match=r"params\.sigma: 'sigma' must be a float32"):
+        with pytest.raises(RecipeError, match=r"params\.sigma: 'sigma' must be a finite float32 "
+                                              r"number \(magnitude at most 3\.4e38\), got"):
             lsh_plan(comp("lshl2", params={"sigma": sigma}))
     lsh_plan(comp("lshl2", params={"sigma": 3e38}))  # a float32 number: the run says the rest
 
