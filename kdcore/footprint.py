@@ -16,9 +16,10 @@ state, which :data:`TRAINING_SHARE` leaves room for.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import torch
@@ -31,6 +32,56 @@ from kdcore.recipe import Recipe
 TRAINING_SHARE = 0.8
 """The share of the free memory the models' weights, gradients, optimiser state and kept
 best weights may plan to take; the rest is for what is not reckoned."""
+
+
+Built = TypeVar("Built")
+
+
+def meta_cannot_run(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the meta device could not run an operation (a ``.item()``, a
+    ``.tolist()``, a data-dependent shape), rather than that the model is wrong."""
+    return isinstance(exc, NotImplementedError) or "meta" in str(exc).lower()
+
+
+def build_on_meta(build: Callable[[], Built]) -> Built:
+    """``build()`` with its weights on the meta device, taking no memory: built in the meta
+    device's context, where every tensor is meta. A model that computes its layers' sizes with
+    tensors (torchvision's RegNet: ``torch.arange(depth) ... .tolist()``) cannot be built
+    there ("Cannot copy out of meta tensor"), and was refused though it trains; it is built
+    again with real tensors, each parameter and buffer sent to the meta device as it is
+    registered (the weights' own memory is then never written)."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except Exception as exc:  # whatever the builder raises; its own error is raised again
+        if not meta_cannot_run(exc):
+            raise
+    with _weights_to_meta():
+        return build()
+
+
+@contextlib.contextmanager
+def _weights_to_meta() -> Iterator[None]:
+    register_parameter = nn.Module.register_parameter
+    register_buffer = nn.Module.register_buffer
+
+    def parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not isinstance(param, nn.parameter.UninitializedParameter):
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        register_parameter(module, name, param)
+
+    def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None,
+               persistent: bool = True) -> None:
+        register_buffer(module, name, None if tensor is None else tensor.to("meta"),
+                        persistent)
+
+    nn.Module.register_parameter = parameter  # type: ignore[method-assign]
+    nn.Module.register_buffer = buffer  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
 
 
 def weight_copies(recipe: Recipe, role: str) -> dict[str, int]:

@@ -17,7 +17,14 @@ from kdcore import distributed
 from kdcore.batching import batches_per_epoch
 from kdcore.device import check_fits, resolve_device
 from kdcore.errors import KdcoreError, RecipeError, one_line, shown
-from kdcore.footprint import Activations, check_training_fits, held_per_row, saved_per_row
+from kdcore.footprint import (
+    Activations,
+    build_on_meta,
+    check_training_fits,
+    held_per_row,
+    meta_cannot_run,
+    saved_per_row,
+)
 from kdcore.ledger import Ledger
 from kdcore.losses import one_hot
 from kdcore.models.base import ModelSpec
@@ -221,8 +228,7 @@ def _check_fits(role: str, factory: object, spec: ModelSpec, params: dict[str, o
     """Build the model on the meta device (no memory) and refuse one too large to train, or
     one that cannot take the data's inputs; its parameters' bytes, and the bytes a row of a
     training and of an evaluation batch hold (:mod:`kdcore.footprint`)."""
-    with torch.device("meta"):
-        model = _call_factory(role, factory, spec, params)
+    model = build_on_meta(lambda: _call_factory(role, factory, spec, params))
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     # gradients and optimiser state take as much again
     check_fits(f"model '{role}' (its parameters alone)", size, device, "a smaller model",
@@ -246,7 +252,7 @@ def _check_takes_inputs(role: str, model: nn.Module, spec: ModelSpec) -> None:
     except KdcoreError:
         raise
     except Exception as exc:  # whatever the architecture raises on these shapes
-        if isinstance(exc, NotImplementedError) or "meta" in str(exc).lower():
+        if meta_cannot_run(exc):
             return
         raise RecipeError(
             f"model '{role}' cannot take the data's inputs of shape {tuple(spec.input_shape)}: "

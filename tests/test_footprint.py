@@ -363,3 +363,68 @@ def test_a_layer_that_returns_several_tensors_holds_each():
     # the pair's input and its two outputs: 3 x 6 floats a row, past the classifier's 6 + 2
     assert held_per_row(model, (6,)) == 3 * 6 * 4
     assert type(held_per_row(model, (6,))) is int
+
+
+# -- building on the meta device --------------------------------------------------------------
+
+
+def _sized_by_tensors():
+    """Widths computed with tensors and read back, as torchvision's RegNet computes them."""
+    first, second = (torch.arange(1, 3) * 3).tolist()
+    return torch.nn.Sequential(torch.nn.Linear(4, first), torch.nn.BatchNorm1d(first),
+                               torch.nn.Linear(first, second))
+
+
+def test_a_model_the_meta_devices_context_cannot_build_gets_its_weights_on_meta():
+    from kdcore.footprint import build_on_meta
+
+    register = torch.nn.Module.register_parameter, torch.nn.Module.register_buffer
+    with pytest.raises(RuntimeError, match="meta"), torch.device("meta"):
+        _sized_by_tensors()
+    model = build_on_meta(_sized_by_tensors)
+    assert [t.device.type for t in (*model.parameters(), *model.buffers())] == ["meta"] * 9
+    assert [p.shape for p in model.parameters()] == [(3, 4), (3,), (3,), (3,), (6, 3), (6,)]
+    assert all(p.requires_grad for p in model.parameters())
+    assert (torch.nn.Module.register_parameter, torch.nn.Module.register_buffer) == register
+    # a frozen parameter stays frozen, an absent bias absent
+    frozen = build_on_meta(lambda: _frozen(_sized_by_tensors()))
+    assert [p.requires_grad for p in frozen.parameters()] == [False, True, True, True, True]
+    # the registration is the module's own again, after a build that fails there too
+    with pytest.raises(ValueError, match="no meta"):
+        build_on_meta(_fails_on_meta_twice)
+    assert (torch.nn.Module.register_parameter, torch.nn.Module.register_buffer) == register
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
+
+
+def _frozen(model):
+    first, _, last = model
+    frozen = torch.nn.Linear(4, 3, bias=False)
+    frozen.weight.requires_grad_(False)
+    return torch.nn.Sequential(frozen, first, last)
+
+
+def _fails_on_meta_twice():
+    raise ValueError("no meta here" if torch.empty(0).device.type == "cpu" else "meta")
+
+
+def test_a_builder_that_fails_for_its_own_reason_is_not_built_twice():
+    from kdcore.footprint import build_on_meta
+
+    calls = []
+
+    def fails():
+        calls.append(torch.empty(0).device.type)
+        raise ValueError("width 0")
+
+    with pytest.raises(ValueError, match="width 0"):
+        build_on_meta(fails)
+    assert calls == ["meta"]
+    # what the meta device cannot run is retried with real tensors
+    calls.clear()
+
+    def reads_back():
+        calls.append(torch.empty(0).device.type)
+        return torch.nn.Linear(int(torch.tensor(2).item()), 1)
+
+    assert build_on_meta(reads_back).weight.device.type == "meta"
+    assert calls == ["meta", "cpu"]

@@ -466,6 +466,61 @@ class _Draws(_FixedWidth):
         raise AssertionError("unreachable")
 
 
+class _SizedByTensors(_Seq):
+    """Computes its widths with tensors and reads them back (``.tolist()``), as torchvision's
+    RegNet does: the meta device's context cannot build it ("Cannot copy out of meta
+    tensor")."""
+
+    def __init__(self, spec, width):
+        first, second = (torch.arange(1, 3) * width).tolist()
+        super().__init__(nn.Linear(spec.input_shape[0], first), nn.BatchNorm1d(first),
+                         nn.Linear(first, second), nn.Linear(second, spec.num_classes))
+
+
+def test_a_model_that_computes_its_sizes_with_tensors_is_sized_before_it_is_built(
+        tmp_path, monkeypatch):
+    """It was refused ("architecture cannot be built: Cannot copy out of meta tensor; no
+    data!"), though it trains: every torchvision RegNet was."""
+    plugin = _Architectures()
+    plugin.factory = _SizedByTensors
+    run = _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(params={
+        "width": 20}))
+    # the meta device's context, then its weights sent there as registered, then for real
+    assert plugin.calls == ["meta", "cpu", "cpu"]
+    assert [m.weight.shape for m in run.models["student"] if isinstance(m, nn.Linear)] == [
+        (20, 64), (40, 20), (10, 40)]
+    assert run.models["student"][1].running_mean.device.type == "cpu"
+    # sized without its weights: refused with what they need, never built for real
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 100_000)
+    plugin.calls.clear()
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(params={
+            "width": 1000}))
+    assert plugin.calls == ["meta", "cpu"]
+    # Linear 64->1000, BatchNorm's 2 x 1000, Linear 1000->2000, Linear 2000->10, in float32
+    weights = 64 * 1000 + 1000 + 2 * 1000 + 1000 * 2000 + 2000 + 2000 * 10 + 10
+    assert info.value.detail.startswith(
+        f"model 'student' (its parameters alone) needs {weights * 4 / 2**20:.1f} MiB; "), \
+        info.value.detail
+
+
+def test_every_torchvision_regnet_is_accepted_by_check(tmp_path):
+    """The torchvision family that sizes its stages with tensors, on 8x8 images."""
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+    from kdcore.testing import write_recipe
+
+    data = tiny_recipe(_student_stage(), models={"student": {
+        "arch": "torchvision", "params": {"name": "regnet_x_400mf"}}}, train_subset=60,
+        data={"params": {"flatten": False}})
+    path = write_recipe(data, tmp_path / "regnet.toml")
+    for name in ("regnet_x_400mf", "regnet_y_400mf"):
+        result = CliRunner().invoke(main, ["check", str(path), "--set",
+                                           f"models.student.params.name={name!r}"])
+        assert result.exit_code == 0, result.output
+
+
 def test_a_model_that_cannot_take_the_inputs_is_refused_before_it_is_built(tmp_path):
     plugin = _Architectures()
     plugin.factory = _FixedWidth
