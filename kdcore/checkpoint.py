@@ -94,12 +94,25 @@ def _disk_reason(exc: BaseException, folder: Path) -> str:
     return f"{reason} ({free} bytes free on its file system)"
 
 
+def with_metadata(copy: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """``copy`` of a module's ``state_dict`` with the state dict's ``_metadata`` (each
+    submodule's format version), which ``load_state_dict`` hands to every module: without it
+    torchvision's MNASNet refuses its own weights ("version should be set to 1 or 2 instead of
+    None") and BatchNorm reads them as its oldest format."""
+    metadata = getattr(state, "_metadata", None)
+    if metadata is None:
+        return copy
+    kept: OrderedDict[str, Any] = OrderedDict(copy)
+    kept._metadata = metadata  # type: ignore[attr-defined]
+    return kept
+
+
 def snapshot(obj: Any) -> Any:
     """A copy of a state tree whose tensors no longer share memory with the live ones."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().clone()
     if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
+        return with_metadata({k: snapshot(v) for k, v in obj.items()}, obj)
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple takes its fields
         return type(obj)(*(snapshot(v) for v in obj))
     if isinstance(obj, (list, tuple)):
@@ -268,8 +281,9 @@ def weights_of(model: nn.Module) -> dict[str, Any]:
     """A model's ``state_dict`` for a weights file, loadable as a recipe's
     ``models.<role>.checkpoint``: its tensors detached, on the CPU, and its extra state (what
     its ``get_extra_state`` returns, which need not be a tensor) as it is."""
-    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
-            for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    return with_metadata({k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+                          for k, v in state.items()}, state)
 
 
 def load_weights(path: str | Path, role: str) -> dict[str, torch.Tensor]:

@@ -37,6 +37,50 @@ def test_a_snapshot_copies_every_tensor_of_the_tree_and_keeps_its_containers():
     assert torch.equal(copy["t"][0], torch.zeros(2))
 
 
+class _Versioned(torch.nn.Module):
+    """Refuses weights without its format version, as torchvision's MNASNet does ("version
+    should be set to 1 or 2 instead of None"), and counts the versions it was given."""
+
+    _version = 2
+
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.BatchNorm1d(3)
+        self.given = []
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
+        self.given.append(local_metadata.get("version"))
+        if local_metadata.get("version") not in (1, 2):
+            raise ValueError(f"version should be set to 1 or 2 instead of "
+                             f"{local_metadata.get('version')}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_modules_weights_keep_their_format_versions_through_every_copy(tmp_path, background):
+    """The best weights a stage keeps, a checkpoint written in the background and a weights
+    file were copies without ``_metadata``: MNASNet's run stopped at its best-validation
+    restore."""
+    model = _Versioned()
+    BN = torch.nn.BatchNorm1d._version
+    for copy in (ckpt.snapshot(model.state_dict()), ckpt.weights_of(model)):
+        assert copy._metadata == {"": {"version": 2}, "inner": {"version": BN}}
+        model.given.clear()
+        model.load_state_dict(copy)
+        assert model.given == [2]
+        model.load_state_dict(ckpt.snapshot({"models": {"s": copy}})["models"]["s"])
+    saver = ckpt.BackgroundSaver(background=background)
+    saver.save({"models": {"s": model.state_dict()}}, tmp_path / "c.pt")
+    saver.wait()
+    model.load_state_dict(ckpt.load(tmp_path / "c.pt")["models"]["s"])
+    ckpt.save_weights(model, tmp_path / "w.pt")
+    model.given.clear()
+    model.load_state_dict(ckpt.load_weights(tmp_path / "w.pt", "s"))
+    assert model.given == [2]
+    # a plain dict of tensors stays one: nothing to keep
+    assert type(ckpt.snapshot({"w": torch.zeros(1)})) is dict
+
+
 def test_background_write_errors_surface_on_wait(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -144,3 +144,28 @@ def test_torchvision_errors() -> None:
         torchvision_model(spec, name="resnet-18")
     with pytest.raises(KdcoreError, match="1- or 3-channel"):
         torchvision_model(ModelSpec((4, 32, 32), 10), name="resnet18")
+
+
+@pytest.mark.slow
+def test_a_torchvision_mnasnet_trains_keeps_its_best_weights_and_starts_from_them(tmp_path) -> None:
+    """Its weights carry format versions, which kept weights lost: the run stopped at its
+    best-validation restore ("version should be set to 1 or 2 instead of None")."""
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+    from kdcore.testing import component, stage, tiny_recipe, write_recipe
+
+    data = tiny_recipe(stage("s", 2, ["student"], component("ce"), keep="best_val"),
+                       models={"student": {"arch": "torchvision",
+                                           "params": {"name": "mnasnet0_5"}}},
+                       train_subset=64, data={"params": {"flatten": False}})
+    path = write_recipe(data, tmp_path / "mnasnet.toml")
+    out = tmp_path / "run"
+    first = CliRunner().invoke(main, ["run", str(path), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert "restored to its best-validation epoch" in first.output
+    # its saved weights start another run (a weights file had lost the versions too)
+    again = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "again"),
+                                      "--set", f"models.student.checkpoint='{out}/models/"
+                                               "student.pt'"])
+    assert again.exit_code == 0, again.output
