@@ -66,14 +66,19 @@ def _weights_to_meta() -> Iterator[None]:
     register_buffer = nn.Module.register_buffer
 
     def parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and not isinstance(param, nn.parameter.UninitializedParameter):
+        if isinstance(param, nn.UninitializedParameter):  # a lazy module's: shaped on meta
+            param = nn.UninitializedParameter(param.requires_grad, device="meta")
+        elif param is not None:
             param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
         register_parameter(module, name, param)
 
     def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None,
                persistent: bool = True) -> None:
-        register_buffer(module, name, None if tensor is None else tensor.to("meta"),
-                        persistent)
+        if isinstance(tensor, nn.UninitializedBuffer):
+            tensor = nn.UninitializedBuffer(device="meta")
+        elif tensor is not None:
+            tensor = tensor.to("meta")
+        register_buffer(module, name, tensor, persistent)
 
     nn.Module.register_parameter = parameter  # type: ignore[method-assign]
     nn.Module.register_buffer = buffer  # type: ignore[method-assign]

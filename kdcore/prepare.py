@@ -155,8 +155,11 @@ def _materialise(model: nn.Module, spec: ModelSpec) -> None:
     other model's, and its optimiser gets real parameters."""
     training = model.training
     model.eval()
+    # on its parameters' device: the meta device where a model built with real tensors is
+    # sized (kdcore.footprint.build_on_meta)
+    device = next(model.parameters()).device
     with torch.no_grad():
-        model(torch.zeros(1, *spec.input_shape))
+        model(torch.zeros(1, *spec.input_shape, device=device))
     model.train(training)
 
 

@@ -236,6 +236,37 @@ def test_a_lazy_module_is_sized_on_the_meta_device(tmp_path, monkeypatch):
                                         "300.8 KiB; ")
 
 
+class _LazySizedByTensors(_LazyNet):
+    """A lazy first layer whose width, and a lazy norm whose statistics, are computed with
+    tensors: built with real tensors and sized on the meta device all the same."""
+
+    def __init__(self, spec, width):
+        super().__init__(spec, int(torch.tensor(width).item()))
+        self.trunk[2] = nn.LazyBatchNorm1d()
+
+
+def test_a_lazy_module_sized_by_tensors_is_sized_on_the_meta_device(tmp_path, monkeypatch):
+    plugin = _Architectures()
+    plugin.factory = _LazySizedByTensors
+    run = _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(params={
+        "width": 5}), seed=3)
+    assert plugin.calls == ["meta", "cpu", "cpu"]
+    torch.manual_seed(role_seed(3, "student"))
+    expected = _LazySizedByTensors(ModelSpec((64,), 10), 5)
+    expected.eval()
+    expected(torch.zeros(1, 64))
+    assert [p.shape for p in run.models["student"].parameters()] == [
+        (5, 64), (5,), (5,), (5,), (10, 5), (10,)]
+    assert all(torch.equal(a, b) for a, b in zip(run.models["student"].parameters(),
+                                                 expected.parameters(), strict=True))
+    monkeypatch.setattr("kdcore.device.free_memory", lambda device: 100_000)
+    with pytest.raises(RecipeError) as info:
+        _prepare(tmp_path, _student_stage(), plugin=plugin, models=_custom(params={
+            "width": 1000}))
+    assert info.value.detail.startswith("model 'student' (its parameters alone) needs "
+                                        "300.8 KiB; "), info.value.detail
+
+
 def test_a_dry_batch_that_fails_is_blamed_on_the_models_parameters(tmp_path):
     plugin = _Architectures()
 
