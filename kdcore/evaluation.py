@@ -40,7 +40,7 @@ def evaluate(models: Mapping[str, torch.nn.Module], roles: list[str], data: RunD
     for role in roles:
         preds = predictions(models[role], data, ("val", "test"), batch_size, predict)
         if warned is None or role not in warned:
-            _warn_unpredicted(role, preds, warned)
+            _warn_unpredicted(role, preds, warned, models[role])
         if confusions is not None:
             confusions[role] = confusion(data.test.y, preds["test"], data.num_classes)
         out[f"val/{role}/acc"] = accuracy(preds["val"], data.val_noisy)
@@ -76,18 +76,35 @@ def _predicted(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1).masked_fill_(torch.isnan(logits).any(1), NO_PREDICTION)
 
 
-def _warn_unpredicted(role: str, preds: Mapping[str, torch.Tensor], warned: set[str] | None
-                      ) -> None:
+def _warn_unpredicted(role: str, preds: Mapping[str, torch.Tensor], warned: set[str] | None,
+                      model: torch.nn.Module) -> None:
     missing = {split: int((p == NO_PREDICTION).sum()) for split, p in preds.items()}
     if not any(missing.values()):
         return
     counts = " and ".join(f"{missing[s]} of {len(preds[s])} {_SPLIT_NAMES.get(s, s)}"
                           for s in preds)
     logger.warning(f"model '{role}' gave NaN logits for {counts} samples, which count as wrong "
-                   "predictions: a NaN in its weights or BatchNorm statistics (training loss "
-                   "finite, evaluation not)?" + (" (said once)" if warned is not None else ""))
+                   f"predictions: {_why_not_finite(model)}"
+                   + (" (said once)" if warned is not None else ""))
     if warned is not None:
         warned.add(role)
+
+
+def _why_not_finite(model: torch.nn.Module) -> str:
+    """What a model whose evaluation gave NaN holds: the tensors of its state that are not
+    finite, or, where all are, that its activations overflowed (a MNASNet on 8x8 images, its
+    weights finite and its training loss too, overflowed float32 at its BatchNorm running
+    statistics, which evaluation normalises with in place of each batch's own)."""
+    bad = [name for name, t in model.state_dict().items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        return f"its weights or BatchNorm statistics hold NaN or inf ({', '.join(bad[:3])}{more})"
+    return ("its weights and BatchNorm statistics are all finite, so its activations overflowed "
+            "float32 or turned NaN in evaluation (which normalises with BatchNorm's running "
+            "statistics where training uses each batch's own; statistics far from the "
+            "batches' can overflow: a lower learning rate, or an architecture made for inputs "
+            "of this size)")
 
 
 def confusion(truth: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:

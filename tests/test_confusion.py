@@ -77,11 +77,60 @@ def test_a_sample_whose_logits_hold_nan_has_no_prediction_and_is_said_once(tiny_
     assert warnings == [  # once: the second epoch is not said again
         f"model 's' gave NaN logits for {val_nan.sum()} of {len(val_nan)} validation and "
         f"{test_nan.sum()} of {len(test_nan)} test samples, which count as wrong predictions: "
-        "a NaN in its weights or BatchNorm statistics (training loss finite, evaluation "
-        "not)? (said once)"]
+        "its weights and BatchNorm statistics are all finite, so its activations overflowed "
+        "float32 or turned NaN in evaluation (which normalises with BatchNorm's running "
+        "statistics where training uses each batch's own; statistics far from the batches' "
+        "can overflow: a lower learning rate, or an architecture made for inputs of this "
+        "size) (said once)"]
     assert said == {"s"}
     evaluate({"s": Model()}, ["s"], data, 7)  # without a set to note it in: said every time
     assert warnings[1] == warnings[0].removesuffix(" (said once)")
+
+
+def test_the_warning_names_the_state_that_is_not_finite_or_says_that_none_is(tiny_recipe,
+                                                                             warnings):
+    """It asked "a NaN in its weights or BatchNorm statistics?" of a MNASNet whose weights and
+    statistics were finite: its activations had overflowed float32 at a BatchNorm in
+    evaluation mode, which normalises with the running statistics."""
+    from kdcore.evaluation import evaluate
+
+    data, _ = _data_and_linear(tiny_recipe)
+
+    class Model(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(64)
+            self.head = torch.nn.Linear(64, 10)
+            with torch.no_grad():
+                self.norm.weight.fill_(scale)  # an input off its running mean overflows
+                self.norm.running_mean.fill_(-1.0)
+                self.head.weight.copy_(torch.tensor([1.0, -1.0]).repeat(10, 32))
+
+        def forward(self, x):
+            z = self.norm(x)
+            return self.head(z), z
+
+    overflowing = Model(3e38).eval()
+    evaluate({"s": overflowing}, ["s"], data, 64)
+    assert warnings[-1].endswith(
+        "samples, which count as wrong predictions: its weights and BatchNorm statistics are "
+        "all finite, so its activations overflowed float32 or turned NaN in evaluation (which "
+        "normalises with BatchNorm's running statistics where training uses each batch's own; "
+        "statistics far from the batches' can overflow: a lower learning rate, or an "
+        "architecture made for inputs of this size)"), warnings[-1]
+    broken = Model(1.0).eval()
+    broken.norm.running_var[5] = float("nan")
+    evaluate({"s": broken}, ["s"], data, 64)
+    assert warnings[-1].endswith("which count as wrong predictions: its weights or BatchNorm "
+                                 "statistics hold NaN or inf (norm.running_var)"), warnings[-1]
+    with torch.no_grad():
+        broken.head.weight[0, 0] = float("inf")
+        broken.head.bias[1] = float("nan")
+        broken.norm.weight[2] = -float("inf")
+    evaluate({"s": broken}, ["s"], data, 64)
+    assert warnings[-1].endswith("hold NaN or inf (norm.weight, norm.running_var, head.weight "
+                                 "and 1 more)"), warnings[-1]
+    assert len(warnings) == 3
 
 
 @pytest.mark.slow
