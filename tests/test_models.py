@@ -130,6 +130,23 @@ def test_image_models_refuse_flat_inputs() -> None:
 def test_bad_parameters() -> None:
     with pytest.raises(KdcoreError, match="halve the 8x8 input below 1 pixel"):
         cnn(ModelSpec((1, 8, 8), 10), channels=(8, 8, 8, 8))
+    # what fits is said in words that can be done: no block at all was "at most 0 entries"
+    for (h, w), channels, said in (
+            ((8, 8), (8, 8, 8, 8), "4 blocks halve the 8x8 input below 1 pixel; use at most 3 "
+                                   "entries in channels"),
+            ((16, 3), (8, 8), "2 blocks halve the 16x3 input below 1 pixel; use at most 1 entry "
+                              "in channels"),
+            ((1, 1), (8,), "1 block halves the 1x1 input below 1 pixel; no block fits an input "
+                           "1 pixel wide or high: use the mlp or a resnet architecture, or "
+                           "larger inputs")):
+        with pytest.raises(KdcoreError) as info:
+            cnn(ModelSpec((1, h, w), 10), channels=channels)
+        assert str(info.value) == f"cnn: {said}"
+    for h, w, most in ((2, 2, 1), (3, 9, 1), (4, 5, 2), (7, 7, 2), (8, 8, 3), (32, 32, 5)):
+        logits, _ = cnn(ModelSpec((1, h, w), 10), channels=(4,) * most)(torch.zeros(2, 1, h, w))
+        assert logits.shape == (2, 10)  # as many blocks as said fit, and run
+        with pytest.raises(KdcoreError, match=f"at most {most} entr"):
+            cnn(ModelSpec((1, h, w), 10), channels=(4,) * (most + 1))
     with pytest.raises(KdcoreError, match="6n \\+ 4"):
         wrn(ModelSpec((3, 8, 8), 10), depth=18)
     with pytest.raises(KdcoreError, match="dropout"):

@@ -63,8 +63,11 @@ def cnn(spec: ModelSpec, *, channels: Stages = (32, 64), hidden: Width = 128) ->
     require(hidden, "hidden", Width, where="cnn")
     smallest = min(shape[1:])
     if smallest >> len(channels) < 1:
-        raise KdcoreError(
-            f"cnn: {len(channels)} blocks halve the {shape[1]}x{shape[2]} input below 1 pixel; "
-            f"use at most {smallest.bit_length() - 1} entries in channels"
-        )
+        fits = smallest.bit_length() - 1  # the halvings the smaller side takes
+        blocks = "block halves" if len(channels) == 1 else "blocks halve"
+        fix = (f"use at most {fits} {'entry' if fits == 1 else 'entries'} in channels" if fits
+               else "no block fits an input 1 pixel wide or high: use the mlp or a resnet "
+                    "architecture, or larger inputs")
+        raise KdcoreError(f"cnn: {len(channels)} {blocks} the {shape[1]}x{shape[2]} input below "
+                          f"1 pixel; {fix}")
     return SmallCNN(shape, spec.num_classes, tuple(channels), hidden)
