@@ -116,6 +116,12 @@ class Component:
     A component that cannot run in several processes sets this to a sentence saying why, and
     the run refuses more than one process with it."""
 
+    compiled: ClassVar[bool | str] = True
+    """Whether the component works on models that ``run.compile`` compiled. One that takes
+    gradients of a model's gradients (a look-ahead meta step, MLC's) cannot: a compiled
+    model's backward has no double backward. It sets this to a sentence saying why, and
+    ``check`` refuses ``run.compile`` with it."""
+
     def __init__(self, params: Any, spec: ComponentSpec):
         self.params = params
         self.spec = spec

@@ -201,7 +201,16 @@ def _check_loggers(recipe: Recipe, host: PluginHost) -> None:
 
 def _check_precision(recipe: Recipe, stages: Sequence[StagePlan]) -> None:
     """fp16's gradient scaler scales the engine's backward pass: a component that takes the
-    backward pass over would step unscaled gradients."""
+    backward pass over would step unscaled gradients. A component that cannot work on
+    compiled models (:attr:`Component.compiled`) is refused with ``run.compile``: MLC's run
+    had stopped at its first step."""
+    for stage in stages if recipe.run.compile else ():
+        for comp in stage.components:
+            if comp.compiled is not True:
+                why = comp.compiled or "it does not support compiled models"
+                raise RecipeError(f"component '{comp.name}' ({comp.spec.use}) cannot work on "
+                                  f"compiled models: {why}; set run.compile = false",
+                                  file=recipe.source, key="run.compile")
     if recipe.run.precision != "fp16":
         return
     for stage in stages:

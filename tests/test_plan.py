@@ -109,6 +109,17 @@ class LocalWhy(Local):
     distributed = "its graph spans every sample"
 
 
+class Uncompiled(Local):
+    description = "test component that cannot work on compiled models"
+    distributed = True
+    compiled = "it takes gradients of gradients"
+
+
+class UncompiledUnsaid(Uncompiled):
+    description = "test component that cannot work on compiled models, without a reason"
+    compiled = False
+
+
 @attrs.frozen
 class AtStartParams:
     column: ColumnName = ColumnName("")
@@ -207,6 +218,7 @@ class Components:
     def kdcore_add_components(self):
         return {"taker": Taker, "writer": Writer, "everything": Everything, "picky": Picky,
                 "local": Local, "local_why": LocalWhy, "start_reader": StartReader,
+                "uncompiled": Uncompiled, "uncompiled_unsaid": UncompiledUnsaid,
                 "column_writer": ColumnWriter, "late_two": LateTwo,
                 "transfer_reader": TransferReader, "batch_reader": BatchReader}
 
@@ -950,6 +962,27 @@ def test_fp16_needs_a_gpu_and_a_component_that_runs_its_own_backward_refuses_it(
     assert (err.key, err.detail) == (
         "run.precision", "component 'everything' (everything) runs its own backward pass, "
         "which fp16's gradient scaler does not cover; use \"bf16\" or \"fp32\"")
+
+
+def test_a_component_that_cannot_work_on_compiled_models_refuses_run_compile():
+    """MLC's look-ahead took gradients of a compiled model's gradients: with run.compile the
+    run stopped at its first step ("torch.compile with aot_autograd does not currently
+    support double backward"), after check had accepted it."""
+    later = stage("later", 1, ["student"], component("ce"), component("uncompiled", "meta"))
+    _plan(teacher_stage(1), later)  # not compiled: accepted
+    _plan(teacher_stage(1), _student(component("local")), run={"compile": True})
+    err = _assert_refused(teacher_stage(1), later, run={"compile": True})
+    assert (err.key, err.detail) == (
+        "run.compile", "component 'meta' (uncompiled) cannot work on compiled models: it takes "
+        "gradients of gradients; set run.compile = false")
+    err = _assert_refused(teacher_stage(1), _student(component("uncompiled_unsaid")),
+                          run={"compile": True})
+    assert err.detail == ("component 'uncompiled_unsaid' (uncompiled_unsaid) cannot work on "
+                          "compiled models: it does not support compiled models; set "
+                          "run.compile = false")
+    # a component switched off is no component
+    _plan(teacher_stage(1), _student(component("uncompiled", enabled=False)),
+          run={"compile": True})
 
 
 def test_cached_outputs_need_unaugmented_batches_and_a_stage_where_the_model_is_frozen():

@@ -93,6 +93,8 @@ class MLC(kdcore.Component):
     description = "MLC meta label correction (label-correction network + look-ahead meta step)"
     writes = ("loss/{name}",)  # its L_tr is a scalar: it records the per-sample part itself
     column_kinds = {"loss/{name}": "value"}
+    compiled = ("its look-ahead takes gradients of the model's gradients (create_graph), and "
+                "torch.compile's backward has no double backward")
 
     def writes_at_start(self) -> dict[str, StartHook]:
         """None: ``loss/<name>`` is written in the batches."""

@@ -60,3 +60,19 @@ def test_mlc_declares_the_backward_pass_it_takes_over():
 
     plan = build_plan(recipe_from_dict(_mlc()), PluginHost())
     assert plan.stages[1].components[0].backward_roles() == ("student",)
+
+
+def test_compiled_models_are_refused_by_check():
+    """Its look-ahead takes gradients of the model's gradients; compiled, the run stopped at
+    its first step ("torch.compile with aot_autograd does not currently support double
+    backward"), after check had accepted it."""
+    data = _mlc()
+    check_tiny(data)
+    data["run"] = {**data.get("run", {}), "compile": True}
+    with pytest.raises(KdcoreError) as info:
+        check_tiny(data)
+    assert info.value.key == "run.compile"
+    assert info.value.detail == (
+        "component 'mlc' (mlc) cannot work on compiled models: its look-ahead takes gradients "
+        "of the model's gradients (create_graph), and torch.compile's backward has no double "
+        "backward; set run.compile = false")
