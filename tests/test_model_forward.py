@@ -116,7 +116,7 @@ def test_cnn_refuses_blocks_that_halve_the_smaller_side_below_one_pixel(rows, co
     with pytest.raises(KdcoreError) as info:
         cnn(spec, channels=(3,) * blocks)
     assert str(info.value) == (f"cnn: {blocks} blocks halve the {rows}x{cols} input below 1 "
-                               f"pixel; use at most 1 entries in channels")
+                               f"pixel; use at most 1 entry in channels")
 
 
 def _resnet_features(model: nn.Module, x: torch.Tensor, width: int) -> torch.Tensor:
