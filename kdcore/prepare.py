@@ -300,8 +300,11 @@ def check_augmentations(run: Run) -> None:
         for i, (fn, params) in enumerate(run.augmentations):
             try:
                 out = fn(x, generator, **params)
-            except KdcoreError:
+            except RecipeError:
                 raise
+            except KdcoreError as exc:  # its own refusal of these inputs: said where it is set
+                raise RecipeError(str(exc), file=run.recipe.source,
+                                  key=f"data.augment[{i}]") from None
             except Exception as exc:  # whatever the augmentation raises on these inputs
                 raise RecipeError(
                     f"augmentation '{run.recipe.data.augment[i].name}' cannot take the data's "

@@ -149,6 +149,48 @@ def test_direct_calls_check_their_parameters_too(fn, params, message) -> None:
         fn(_batch(), _gen(), **params)
 
 
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (2, 2), (5, 7), (9, 3)])
+def test_a_padding_with_which_a_crop_could_miss_the_image_is_refused(height, width):
+    """On 1x1 images crop_flip's default padding of 4 cut 80 of 81 windows from the padding
+    alone, and a ResNet's loss diverged; a padding below the smaller side always keeps some of
+    the image."""
+    side = min(height, width)
+    ones = torch.ones(256, 1, height, width)
+    if side > 1:
+        kept = random_crop_flip(ones, _gen(), padding=side - 1)
+        assert bool((kept.flatten(1) != 0).any(1).all())
+    # one padding more, and the window at offset (0, 0) is padding alone
+    padded = np.pad(np.ones((height, width)), side)
+    assert not padded[:height, :width].any()
+    with pytest.raises(KdcoreError) as info:
+        random_crop_flip(ones, _gen(), padding=side)
+    assert str(info.value) == (
+        f"crop_flip: padding {side} is not below the images' smaller side ({height}x{width}): "
+        f"some crops would hold no pixel of the image (on 1x1 images a ResNet's loss "
+        f"diverged); use a padding of at most {side - 1}")
+
+
+def test_check_says_an_augmentations_refusal_of_the_data_where_the_recipe_sets_it(tmp_path):
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+
+    images = {"params": {"flatten": False}}
+    fine = _augmented_recipe(tmp_path, {"name": "crop_flip", "params": {"padding": 7}},
+                             data=images)
+    assert CliRunner().invoke(main, ["check", str(fine)]).exit_code == 0
+    for augment, said in (
+            ({"name": "crop_flip", "params": {"padding": 8}}, "crop_flip: padding 8 is not "
+                                                               "below the images' smaller side"),
+            ({"name": "cutout", "params": {"size": 2}}, "cutout augments float image batches")):
+        recipe = _augmented_recipe(tmp_path, augment, data=None if "size" in augment["params"]
+                                   else images)
+        result = CliRunner().invoke(main, ["check", str(recipe)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1].startswith(
+            f"kdcore: error: {recipe}: data.augment[0]: {said}"), result.output
+
+
 # -- the documented draws, one by one (a seed gives the same batches in every version) --------
 
 

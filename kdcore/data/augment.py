@@ -43,15 +43,24 @@ def random_crop_flip(
         x: a float image batch ``(N, C, H, W)``.
         generator: the source of randomness.
         padding: pixels of zero padding on each side (0: no crop), at most
-            :data:`MAX_PADDING`.
+            :data:`MAX_PADDING`, and below the images' smaller side, so that every crop holds
+            some of its image.
         flip: whether to mirror half of the images.
 
     Returns:
         A new batch of the same shape.
+
+    Raises:
+        KdcoreError: ``x`` is not a float image batch, or ``padding`` is out of its range.
     """
     _check_batch(x, "crop_flip")
     require(padding, "padding", Padding, where="crop_flip")
     n, _, height, width = x.shape
+    if padding >= min(height, width):  # a window at the padded edge misses the image
+        raise KdcoreError(
+            f"crop_flip: padding {padding} is not below the images' smaller side "
+            f"({height}x{width}): some crops would hold no pixel of the image (on 1x1 images a "
+            f"ResNet's loss diverged); use a padding of at most {min(height, width) - 1}")
     dev = generator.device
     top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev).to(x.device)
     left = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev).to(x.device)
