@@ -86,6 +86,12 @@ def test_mlp_is_linear_batchnorm_relu_per_hidden_layer():
     assert [type(m) for m in plain.trunk] == [nn.Flatten, nn.Linear, nn.ReLU]  # no dropout of 0
 
 
+def test_small_cnns_defaults_are_two_blocks_of_32_and_64_channels_and_128_features():
+    model = cnn(ModelSpec((1, 8, 8), 10))
+    assert [m.out_channels for m in model.trunk if isinstance(m, nn.Conv2d)] == [32, 64]
+    assert [m.out_features for m in model.trunk if isinstance(m, nn.Linear)] == [128]
+
+
 def test_small_cnn_blocks_then_a_feature_layer_on_a_non_square_image():
     model = _randomised(cnn(ModelSpec((2, 8, 12), 3), channels=(4, 5), hidden=6))
     x = torch.randn(3, 2, 8, 12)
