@@ -358,6 +358,10 @@ def _apply_noise(name: str, fn: Any, params: dict[str, Any], ds: Split, num_clas
         noisy = fn(ctx, **params)
     except TypeError as exc:
         raise RecipeError(str(exc), key="data.noise.params") from None
+    except RecipeError:
+        raise
+    except KdcoreError as exc:  # its refusal of these data ("needs at least 2 classes")
+        raise RecipeError(str(exc), key="data.noise") from None
     return check_noisy_labels(name, noisy, ds.y, num_classes)
 
 

@@ -539,3 +539,25 @@ def test_a_recipe_whose_noise_mislabels_classes_is_warned_of_while_its_data_is_b
                 f'data.noise={{model="pair_flip", params={{rate={rate}}}}}']), PluginHost())
     assert [line[:62] for line in lines if line.startswith("data.noise")] == [
         "data.noise (pair_flip): in the training labels, class '0' most"]
+
+
+@pytest.mark.parametrize("model", ["symmetric", "pair_flip", "instance_dependent"])
+def test_a_noise_models_refusal_of_the_data_says_where_the_recipe_sets_it(tmp_path, model):
+    """On a dataset of one class `check` said only "symmetric noise needs at least 2
+    classes", without the recipe or its key."""
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+    from kdcore.testing import stage, tiny_recipe, write_recipe
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "one.npz", x_train=rng.normal(size=(60, 4)).astype(np.float32),
+             y_train=np.zeros(60, dtype=np.int64))
+    data = tiny_recipe(stage("s", 1, ["student"], {"use": "ce"}), train_subset=0,
+                       data={"dataset": "npz", "params": {"path": str(tmp_path / "one.npz")}})
+    data["data"]["noise"] = {"model": model, "params": {"rate": 0.2}}
+    path = write_recipe(data, tmp_path / "one.toml")
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"kdcore: error: {path}: data.noise: {model} noise needs at least 2 classes")
