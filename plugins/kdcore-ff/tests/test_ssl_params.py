@@ -48,8 +48,14 @@ def test_a_crop_padding_crop_flip_refuses_is_refused_in_set_up(padding):
         check_tiny(_ssl(crop_padding=padding))
 
 
-def test_crop_flips_largest_padding_is_taken():
-    check_tiny(_ssl(crop_padding=64))
+def test_the_largest_padding_the_images_take_is_taken():
+    """crop_flip takes a padding below the images' smaller side (digits: 8 pixels), so that
+    every view holds some of its image; its bound of 64 is for images larger than that."""
+    check_tiny(_ssl(crop_padding=7))
+    with pytest.raises(KdcoreError, match=re.escape(
+            "component 'ssl_pretrain': crop_padding: crop_flip: padding 8 is not below the "
+            "images' smaller side (8x8): some crops would hold no pixel of the image")):
+        check_tiny(_ssl(crop_padding=8))
 
 
 def test_infinite_noise_is_refused():
