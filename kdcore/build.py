@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
 from kdcore.errors import RecipeError
 from kdcore.recipe import OptimizerConfig, Recipe
+
+
+def architecture_frozen(model: nn.Module) -> frozenset[str]:
+    """The parameters ``model`` is built with frozen (``requires_grad = False``: a backbone an
+    architecture keeps fixed under a trained head), which no stage trains."""
+    return frozenset(name for name, p in model.named_parameters() if not p.requires_grad)
+
+
+def set_trainable(model: nn.Module, trained: bool, fixed: Collection[str] = ()) -> None:
+    """A stage that trains a role trains its parameters but the ``fixed`` ones (its
+    architecture's frozen ones, :func:`architecture_frozen`); a role the stage does not train
+    is frozen whole. A stage had set every parameter of a trained role trainable, undoing an
+    architecture's own freeze."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(trained and name not in fixed)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, role: str) -> torch.optim.Optimizer:

@@ -18,7 +18,7 @@ from loguru import logger
 
 from kdcore import distributed, interrupts, step
 from kdcore.batching import batches_per_epoch, epoch_batches
-from kdcore.build import build_optimizer, set_stage_lr
+from kdcore.build import build_optimizer, set_stage_lr, set_trainable
 from kdcore.checkpointing import Checkpointer, carried_states, continue_states, rehearse_stages
 from kdcore.component import Batch, Component
 from kdcore.diverged import loss_diverged
@@ -157,8 +157,7 @@ class Trainer:
         self.current_stage = stage
         for role, model in run.models.items():
             model.train(role in cfg.train)
-            for p in model.parameters():
-                p.requires_grad_(role in cfg.train)
+            set_trainable(model, role in cfg.train, run.fixed_parameters.get(role, ()))
         for role in cfg.train:
             if role not in run.optimizers:
                 try:

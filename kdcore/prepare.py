@@ -15,6 +15,7 @@ from torch import nn
 from kdcore import checkpoint as ckpt
 from kdcore import distributed
 from kdcore.batching import batches_per_epoch
+from kdcore.build import architecture_frozen
 from kdcore.device import check_fits, resolve_device
 from kdcore.errors import KdcoreError, RecipeError, one_line, shown
 from kdcore.footprint import (
@@ -77,6 +78,7 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
         if channels_last and len(spec.input_shape) == 3:  # images (C, H, W): conv nets
             model = model.to(memory_format=torch.channels_last)
         run.models[role] = model
+        run.fixed_parameters[role] = _check_trainable(recipe, role, model)
     run.channels_last = bool(channels_last) and len(spec.input_shape) == 3
     _check_batch_norm_batches(recipe, run)
     run.ledger = ledger = Ledger(len(data.train), device)
@@ -161,6 +163,21 @@ def _materialise(model: nn.Module, spec: ModelSpec) -> None:
     with torch.no_grad():
         model(torch.zeros(1, *spec.input_shape, device=device))
     model.train(training)
+
+
+def _check_trainable(recipe: Recipe, role: str, model: nn.Module) -> frozenset[str]:
+    """The parameters ``role``'s architecture builds frozen, which no stage trains; a model
+    with parameters, every one frozen, that a stage trains is refused: it would learn
+    nothing."""
+    fixed = architecture_frozen(model)
+    trained = any(role in stage.train for stage in recipe.stages)
+    if trained and fixed and len(fixed) == sum(1 for _ in model.parameters()):
+        raise RecipeError(f"model '{role}' is built with every parameter frozen "
+                          "(requires_grad = False), so a stage that trains it has nothing to "
+                          "learn; take it out of the stage's train list (it can still serve "
+                          "as a fixed teacher), or build some of its parameters trainable",
+                          file=recipe.source, key=f"models.{role}.arch")
+    return fixed
 
 
 def _check_validation(recipe: Recipe, samples: int) -> None:

@@ -51,6 +51,8 @@ class Run:
         self.device = device
         self.data: RunData
         self.models: dict[str, KDModel] = {}
+        # each role's parameters its architecture builds frozen (prepare sets it)
+        self.fixed_parameters: dict[str, frozenset[str]] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ledger: Ledger
         self.stage: StageConfig = recipe.stages[0]

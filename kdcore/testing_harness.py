@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kdcore.batching import batches_per_epoch, epoch_batches
-from kdcore.build import build_optimizer, set_stage_lr
+from kdcore.build import architecture_frozen, build_optimizer, set_stage_lr, set_trainable
 from kdcore.component import Batch, Component, ComponentSpec
 from kdcore.config import structure
 from kdcore.data.base import ArrayDataset
@@ -173,7 +173,8 @@ class Harness:
         train = run.stage.train
         for role, model in run.models.items():
             model.train(role in train)
-            model.requires_grad_(role in train)
+            fixed = run.fixed_parameters.setdefault(role, architecture_frozen(model))
+            set_trainable(model, role in train, fixed)
         for role in train:
             model = run.models.get(role)
             # a stand-in model without parameters gets none (a run would refuse it)

@@ -205,3 +205,93 @@ def test_a_cosine_schedule_spans_every_epoch_of_the_role_over_its_stages():
     set_stage_lr(opts, recipe, 2, 1)
     assert opts["student"].param_groups[0]["lr"] == pytest.approx(
         0.8 * (1 + math.cos(3 * math.pi / 5)) / 2, rel=1e-12)
+
+
+# -- parameters an architecture builds frozen ---------------------------------------------------
+
+
+def test_a_trained_role_keeps_the_parameters_its_architecture_froze_frozen():
+    from kdcore.build import architecture_frozen, set_trainable
+
+    model = _model()
+    model[0].weight.requires_grad_(False)
+    fixed = architecture_frozen(model)
+    assert fixed == {"0.weight"}
+    set_trainable(model, False, fixed)
+    assert not any(p.requires_grad for p in model.parameters())
+    set_trainable(model, True, fixed)  # a later stage trains the role: its freeze stands
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
+        n for n, _ in model.named_parameters() if n != "0.weight"]
+    set_trainable(model, True)  # nothing fixed: every parameter
+    assert all(p.requires_grad for p in model.parameters())
+
+
+class _FrozenTrunk(torch.nn.Module):
+    """An architecture that keeps its trunk fixed and trains its head (``frozen = "all"``:
+    the head too)."""
+
+    def __init__(self, spec, frozen: str = "trunk"):
+        super().__init__()
+        self.trunk = torch.nn.Linear(spec.input_shape[0], 8)
+        self.classifier = torch.nn.Linear(8, spec.num_classes)
+        for p in (self.parameters() if frozen == "all" else self.trunk.parameters()):
+            p.requires_grad_(False)
+
+    def forward(self, x):
+        features = torch.relu(self.trunk(x))
+        return self.classifier(features), features
+
+
+class _FrozenArchitectures:
+    from kdcore import hookimpl
+
+    @hookimpl
+    def kdcore_add_models(self):
+        def frozen_trunk(spec, *, frozen: str = "trunk"):
+            return _FrozenTrunk(spec, frozen)
+
+        return {"frozen_trunk": frozen_trunk}
+
+
+def test_a_run_trains_the_head_of_an_architecture_that_freezes_its_trunk(tmp_path):
+    """Every stage start set every parameter of a trained role trainable: the trunk the
+    architecture froze was trained all the same, silently."""
+    from kdcore.engine import run_recipe
+    from kdcore.models.base import ModelSpec
+    from kdcore.plugins import PluginHost
+    from kdcore.recipe import recipe_from_dict
+    from kdcore.runstate import role_seed
+    from kdcore.testing import component, stage, tiny_recipe
+
+    data = tiny_recipe(stage("warm", 1, ["student"], component("ce")),
+                       stage("s", 2, ["student"], component("ce")), train_subset=60,
+                       models={"student": {"arch": "frozen_trunk"}})
+    host = PluginHost(extra=[_FrozenArchitectures()], entry_points=False)
+    run_recipe(recipe_from_dict(data), out=str(tmp_path / "r"), host=host, progress=False)
+    trained = torch.load(tmp_path / "r" / "models" / "student.pt", weights_only=True)
+    torch.manual_seed(role_seed(0, "student"))
+    initial = _FrozenTrunk(ModelSpec((64,), 10))
+    assert torch.equal(trained["trunk.weight"], initial.trunk.weight)
+    assert torch.equal(trained["trunk.bias"], initial.trunk.bias)
+    assert not torch.equal(trained["classifier.weight"], initial.classifier.weight)
+
+
+def test_a_trained_role_built_with_every_parameter_frozen_is_refused_by_check(tmp_path):
+    from kdcore.errors import RecipeError
+    from kdcore.plugins import PluginHost
+    from kdcore.testing import check_tiny, component, stage, tiny_recipe
+
+    host = PluginHost(extra=[_FrozenArchitectures()], entry_points=False)
+    frozen = {"arch": "frozen_trunk", "params": {"frozen": "all"}}
+    with pytest.raises(RecipeError) as info:
+        check_tiny(tiny_recipe(stage("s", 1, ["student"], component("ce")),
+                               models={"student": frozen}), host=host)
+    assert (info.value.key, info.value.detail) == (
+        "models.student.arch", "model 'student' is built with every parameter frozen "
+        "(requires_grad = False), so a stage that trains it has nothing to learn; take it out "
+        "of the stage's train list (it can still serve as a fixed teacher), or build some of "
+        "its parameters trainable")
+    # as a fixed teacher it serves
+    check_tiny(tiny_recipe(stage("s", 1, ["student"], component("ce"),
+                                 component("hinton_kd", params={"teacher": "teacher"})),
+                           models={"teacher": frozen, "student": {"arch": "mlp"}}), host=host)

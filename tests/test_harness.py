@@ -188,6 +188,17 @@ def test_setup_adapts_the_models_once_then_builds_the_optimisers_and_modes_as_a_
     assert h.run.optimizers["student"] is optimizer
 
 
+def test_setup_keeps_what_the_architecture_froze_frozen_as_a_run():
+    student = TinyNet(4, 3)
+    frozen = next(student.parameters())
+    frozen.requires_grad_(False)  # a backbone the architecture keeps fixed
+    h = harness(_Adapter, x=X, noisy_label=NOISY, models={"student": student})
+    h.setup()
+    h.setup()
+    assert [p.requires_grad for p in student.parameters()] == [
+        p is not frozen for p in student.parameters()]
+
+
 def test_the_optimiser_settings_are_a_recipes_and_a_given_optimiser_is_kept():
     h = harness(_Adapter, x=X, noisy_label=NOISY, models={"student": TinyNet(4, 3)},
                 optimizer={"name": "adam", "lr": 0.01})
