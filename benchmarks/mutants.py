@@ -148,7 +148,7 @@ TARGETS: dict[str, tuple[str, list[str], list[str]]] = {
     "kdcore-prepare": (".", ["kdcore/prepare.py"],
                        ["tests/test_prepare.py", "tests/test_impossible_params.py",
                         "tests/test_batching.py", "tests/test_augment.py",
-                        "tests/test_footprint.py"]),
+                        "tests/test_footprint.py", "tests/test_build.py"]),
     # what `kdcore inspect` reads and writes: metrics, columns as CSV, cartography (session 19)
     "kdcore-cli-inspect": (".", ["kdcore/cli_inspect.py"],
                            ["tests/test_cli_inspect.py", "tests/test_read_commands_damage.py"]),

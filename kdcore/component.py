@@ -122,6 +122,11 @@ class Component:
     model's backward has no double backward. It sets this to a sentence saying why, and
     ``check`` refuses ``run.compile`` with it."""
 
+    model_attributes: ClassVar[tuple[str, ...]] = ()
+    """What it reads of the models it names besides their ``(logits, features)``: attributes
+    of :class:`kdcore.KDModel` (``"classifier"``, ``"feature_dim"``, ``"forward_features"``).
+    ``check`` refuses a model without one (the set-up stopped with an AttributeError)."""
+
     def __init__(self, params: Any, spec: ComponentSpec):
         self.params = params
         self.spec = spec

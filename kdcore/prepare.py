@@ -80,6 +80,7 @@ def prepare_run(plan: RunPlan, host: PluginHost, run_dir: Path) -> Run:
         run.models[role] = model
         run.fixed_parameters[role] = _check_trainable(recipe, role, model)
     run.channels_last = bool(channels_last) and len(spec.input_shape) == 3
+    _check_model_attributes(plan, run)
     _check_batch_norm_batches(recipe, run)
     run.ledger = ledger = Ledger(len(data.train), device)
     ledger.add("noisy_label", data.train_noisy, producer="data", kind="label", snapshot=False)
@@ -163,6 +164,24 @@ def _materialise(model: nn.Module, spec: ModelSpec) -> None:
     with torch.no_grad():
         model(torch.zeros(1, *spec.input_shape, device=device))
     model.train(training)
+
+
+def _check_model_attributes(plan: RunPlan, run: Run) -> None:
+    """Each model a component names has the attributes the component reads of it
+    (:attr:`Component.model_attributes`): a plugin's model that is an ``nn.Module`` but no
+    ``kdcore.KDModel`` passed ``check``, and MLC's or LSH's set-up stopped on it."""
+    for stage in plan.stages:
+        for comp in stage.components:
+            for role in dict.fromkeys((*comp.models, *comp.roles())):
+                model = run.models.get(role)
+                missing = [a for a in comp.model_attributes if not hasattr(model, a)]
+                if model is not None and missing:
+                    raise RecipeError(
+                        f"component '{comp.name}' ({comp.spec.use}) reads "
+                        f"{', '.join(repr(a) for a in missing)} of model '{role}', which its "
+                        f"architecture's {type(model).__name__} does not have; derive it from "
+                        "kdcore.KDModel (a classifier nn.Linear, feature_dim, "
+                        "forward_features)", file=run.recipe.source, key=f"models.{role}.arch")
 
 
 def _check_trainable(recipe: Recipe, role: str, model: nn.Module) -> frozenset[str]:

@@ -639,3 +639,52 @@ def test_a_model_that_does_not_return_logits_and_features_is_refused(tmp_path, w
         _prepare(tmp_path, _student_stage(), plugin=plugin, models=models)
     assert (info.value.key, info.value.detail) == ("models.student.arch", detail)
     assert plugin.calls == ["meta"]
+
+
+# -- what a component reads of a model -------------------------------------------------------
+
+
+class _ReadsHead:
+    """A component that reads a model's ``feature_dim`` and ``classifier``, as MLC and LSH do."""
+
+    from kdcore import hookimpl
+
+    @hookimpl
+    def kdcore_add_components(self):
+        import kdcore
+
+        class ReadsHead(kdcore.Component):
+            description = "test component that reads what kdcore.KDModel has"
+            model_attributes = ("classifier", "feature_dim")
+
+            def transfer(self, ctx, batch):
+                return torch.zeros(len(batch))
+
+        return {"reads_head": ReadsHead}
+
+
+def test_a_model_without_what_a_component_reads_of_it_is_refused_before_set_up(tmp_path):
+    """A plugin's model that is an nn.Module returning (logits, features) but no
+    kdcore.KDModel passed check; MLC's and LSH's set-up then stopped with an AttributeError
+    ("'Net' object has no attribute 'feature_dim'", exit 1)."""
+    plugin = _Architectures()
+    plugin.factory = lambda spec, width: _Seq(nn.Linear(64, width), nn.Linear(width, 10))
+
+    def prepared(models, *components):
+        data = tiny_recipe(stage("s", 1, ["student"], component("ce"), *components),
+                           models=models, train_subset=60)
+        host = PluginHost(extra=[plugin, _ReadsHead()], entry_points=False)
+        return prepare_run(build_plan(recipe_from_dict(data, source=SOURCE), host), host,
+                           tmp_path)
+
+    prepared(_custom())  # nothing reads it: a plain module serves
+    with pytest.raises(RecipeError) as info:
+        prepared(_custom(), component("reads_head"))
+    assert (info.value.file, info.value.key, info.value.detail) == (
+        SOURCE, "models.student.arch", "component 'reads_head' (reads_head) reads "
+        "'classifier', 'feature_dim' of model 'student', which its architecture's _Seq does "
+        "not have; derive it from kdcore.KDModel (a classifier nn.Linear, feature_dim, "
+        "forward_features)")
+    # a kdcore.KDModel has both
+    mlp_student = {"student": tiny_recipe()["models"]["student"]}
+    prepared(mlp_student, component("reads_head"))

@@ -61,6 +61,7 @@ class Warmup(kdcore.Component):
     """Supervised warm-up on the noisy labels, optionally classifier-only first."""
 
     Params = WarmupParams
+    model_attributes = ("classifier",)
     description = "F&F warm-up (reconstruction): CE for a few epochs, classifier-only first"
 
     def setup(self, ctx: kdcore.RunContext) -> None:

@@ -121,6 +121,7 @@ class SSLPretrain(kdcore.Component):
     """SimCLR pre-training of the served models' backbones, without labels."""
 
     Params = SSLParams
+    model_attributes = ("feature_dim",)
     description = "self-supervised pre-training: SimCLR NT-Xent on two augmented views"
 
     def adapt_models(self, ctx: kdcore.RunContext) -> None:

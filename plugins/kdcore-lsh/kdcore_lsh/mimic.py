@@ -85,6 +85,8 @@ class FeatureMimic(kdcore.Component):
 
     Params: ClassVar[type] = MimicParams
     learns_from = ("teacher",)
+    # the connector (connector.py) replaces a student's classifier and wraps forward_features
+    model_attributes = ("classifier", "feature_dim", "forward_features")
     terms_used: ClassVar[tuple[str, ...]] = ("l2",)
 
     def __init__(self, params: Any, spec: kdcore.ComponentSpec):

@@ -90,6 +90,7 @@ class MLC(kdcore.Component):
     """
 
     Params = MLCParams
+    model_attributes = ("feature_dim",)
     description = "MLC meta label correction (label-correction network + look-ahead meta step)"
     writes = ("loss/{name}",)  # its L_tr is a scalar: it records the per-sample part itself
     column_kinds = {"loss/{name}": "value"}
