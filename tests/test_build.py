@@ -253,6 +253,9 @@ class _FrozenArchitectures:
         return {"frozen_trunk": frozen_trunk}
 
 
+FROZEN = _FrozenArchitectures()
+
+
 def test_a_run_trains_the_head_of_an_architecture_that_freezes_its_trunk(tmp_path):
     """Every stage start set every parameter of a trained role trainable: the trunk the
     architecture froze was trained all the same, silently."""
@@ -291,6 +294,19 @@ def test_a_trained_role_built_with_every_parameter_frozen_is_refused_by_check(tm
         "(requires_grad = False), so a stage that trains it has nothing to learn; take it out "
         "of the stage's train list (it can still serve as a fixed teacher), or build some of "
         "its parameters trainable")
+    # through the CLI: the recipe's file and key, one line
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+    from kdcore.testing import write_recipe
+
+    path = write_recipe(tiny_recipe(stage("s", 1, ["student"], component("ce")),
+                                    models={"student": frozen}), tmp_path / "frozen.toml")
+    result = CliRunner().invoke(main, ["check", "--plugin", "tests.test_build:FROZEN", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith(
+        f"kdcore: error: {path}: models.student.arch: model 'student' is built with every "
+        "parameter frozen"), result.output
     # as a fixed teacher it serves
     check_tiny(tiny_recipe(stage("s", 1, ["student"], component("ce"),
                                  component("hinton_kd", params={"teacher": "teacher"})),
